@@ -1,0 +1,183 @@
+//! The seam between the pure adapters and the ingest layer that does the I/O.
+//!
+//! An adapter is a sans-I/O state machine: it says which pub/sub channels and which keys it cares
+//! about, asks for reads ([`ReadRequest`]) when a key changes or a periodic pass is due, and turns
+//! the replies and pub/sub payloads into [`Observation`]s. The ingest layer owns the Redis
+//! connection, batches and pipelines the reads, and routes each reply back with the request that
+//! asked for it. Nothing here knows about fred, tokio or DuckDB.
+
+use crate::model::{Broker, Observation, QueueSample};
+use chrono::{DateTime, Utc};
+
+/// A Redis reply, reduced to what adapters need. Bulk strings stay bytes: payloads may be
+/// msgpack, pickle or zlib.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reply {
+    Nil,
+    Int(i64),
+    Double(f64),
+    Bytes(Vec<u8>),
+    Array(Vec<Reply>),
+    /// A per-command error inside a pipeline (e.g. WRONGTYPE): that read failed, the others did not.
+    Error(String),
+}
+
+impl Reply {
+    /// The bytes of a bulk-string reply.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Reply::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// An integer reply, or a bulk string holding an integer.
+    pub fn as_i64(&self) -> Option<i64> {
+        match self {
+            Reply::Int(i) => Some(*i),
+            Reply::Bytes(b) => std::str::from_utf8(b).ok()?.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// A float reply (sorted-set scores), or a bulk string holding one.
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Reply::Double(d) => Some(*d),
+            Reply::Int(i) => Some(*i as f64),
+            Reply::Bytes(b) => std::str::from_utf8(b).ok()?.trim().parse().ok(),
+            _ => None,
+        }
+    }
+
+    /// The items of an array reply; empty for anything else (a missing key reads as empty).
+    pub fn into_items(self) -> Vec<Reply> {
+        match self {
+            Reply::Array(items) => items,
+            _ => Vec::new(),
+        }
+    }
+
+    /// A flat `[field, value, field, value, ...]` array (HGETALL, ZRANGE WITHSCORES) as pairs.
+    pub fn into_pairs(self) -> Vec<(Reply, Reply)> {
+        let mut items = self.into_items().into_iter();
+        let mut pairs = Vec::new();
+        while let (Some(k), Some(v)) = (items.next(), items.next()) {
+            pairs.push((k, v));
+        }
+        pairs
+    }
+}
+
+/// A read-only command an adapter wants run. The ingest layer pipelines many of them in one
+/// round trip; every request gets exactly one reply, in [`Adapter::on_reply`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReadRequest {
+    Get(String),
+    MGet(Vec<String>),
+    LLen(String),
+    LRange { key: String, start: i64, stop: i64 },
+    HGetAll(String),
+    HLen(String),
+    SMembers(String),
+    ZCard(String),
+    ZRangeWithScores { key: String, start: i64, stop: i64 },
+}
+
+impl ReadRequest {
+    /// The key (or first key) the request reads, for logs and error context.
+    pub fn key(&self) -> &str {
+        match self {
+            ReadRequest::Get(k)
+            | ReadRequest::LLen(k)
+            | ReadRequest::HGetAll(k)
+            | ReadRequest::HLen(k)
+            | ReadRequest::SMembers(k)
+            | ReadRequest::ZCard(k)
+            | ReadRequest::LRange { key: k, .. }
+            | ReadRequest::ZRangeWithScores { key: k, .. } => k,
+            ReadRequest::MGet(keys) => keys.first().map(String::as_str).unwrap_or(""),
+        }
+    }
+}
+
+/// A payload that did not decode. The ingest layer logs the first of each `kind` per broker
+/// with its key, counts all of them, and goes on with the neighbours.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeError {
+    pub broker: Broker,
+    /// A stable short name for the failure (`envelope-json`, `body-base64`, `result-json`...).
+    pub kind: &'static str,
+    /// The key or channel the payload came from.
+    pub key: String,
+    pub message: String,
+}
+
+/// What an adapter produced from one reply or message.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Output {
+    pub observations: Vec<Observation>,
+    pub decode_errors: Vec<DecodeError>,
+    /// Reads that this reply showed are needed (e.g. a discovered queue to read).
+    pub follow_up: Vec<ReadRequest>,
+    /// Queue sizes read in this reply.
+    pub queue_samples: Vec<QueueSample>,
+}
+
+impl Output {
+    pub fn merge(&mut self, other: Output) {
+        self.observations.extend(other.observations);
+        self.decode_errors.extend(other.decode_errors);
+        self.follow_up.extend(other.follow_up);
+        self.queue_samples.extend(other.queue_samples);
+    }
+}
+
+/// What an adapter wants to hear about, at a given moment. Re-read after every batch: it grows
+/// as the adapter discovers queues.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Interest {
+    /// Pub/sub channel patterns (PSUBSCRIBE), e.g. `celery-task-meta-*`.
+    pub channel_patterns: Vec<String>,
+    /// Key glob patterns whose keyspace notifications the adapter wants (`__keyspace@db__:<p>`).
+    pub key_patterns: Vec<String>,
+    /// Key glob patterns to find with a bounded SCAN at start and then periodically.
+    pub scan_patterns: Vec<String>,
+}
+
+/// A task the ingest layer still considers open (not success/failure), handed to adapters so
+/// they can check on it (e.g. read its result key).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenTask {
+    pub id: String,
+    pub queue: Option<String>,
+    pub name: Option<String>,
+}
+
+/// One broker's decoding and inference. Implementations are pure and deterministic given their
+/// inputs (`now` is passed in, never read from the clock).
+pub trait Adapter: Send {
+    fn broker(&self) -> Broker;
+
+    /// Channels and keys this adapter wants notifications for.
+    fn interest(&self) -> Interest;
+
+    /// Keys that a SCAN with one of `interest().scan_patterns` found.
+    fn on_scan(&mut self, pattern: &str, keys: Vec<String>, now: DateTime<Utc>) -> Vec<ReadRequest>;
+
+    /// A keyspace notification: `op` (`lpush`, `hset`, `del`...) happened on `key`.
+    fn on_key_event(&mut self, key: &str, op: &str, now: DateTime<Utc>) -> Vec<ReadRequest>;
+
+    /// A pub/sub message on a channel matching one of the adapter's patterns.
+    fn on_message(&mut self, channel: &str, payload: &[u8], now: DateTime<Utc>) -> Output;
+
+    /// The reply to a read this adapter asked for.
+    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output;
+
+    /// Periodic reconciliation: reads that catch what notifications could not carry (and, when
+    /// notifications are off, the polling itself). `open` are tasks not yet finished.
+    fn reconcile(&mut self, open: &[OpenTask], now: DateTime<Utc>) -> Vec<ReadRequest>;
+
+    /// Reads whose replies produce this adapter's queue samples.
+    fn sample_queues(&mut self, now: DateTime<Utc>) -> Vec<ReadRequest>;
+}

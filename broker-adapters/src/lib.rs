@@ -1,0 +1,21 @@
+//! Pure decoding and inference for the task queues taskscope watches.
+//!
+//! # Layout
+//! - [`model`]: the shared vocabulary (tasks, states, observations, workers, queue samples).
+//! - [`adapter`]: the sans-I/O seam: what an adapter asks Redis for and what it gets back.
+//! - [`state`]: the one state machine every broker shares, and the abandon sweep.
+//! - [`codec`]: payload helpers every adapter needs (JSON, msgpack, base64, pickle).
+//! - one module per broker: [`celery`].
+//!
+//! # Invariant
+//! Nothing in this crate does I/O or reads the clock: bytes and `now` in, observations out. That
+//! is what lets every decoder be tested on captured payloads and fuzzed with garbage.
+
+pub mod adapter;
+pub mod celery;
+pub mod codec;
+pub mod model;
+pub mod state;
+
+pub use adapter::{Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply};
+pub use model::*;

@@ -1,0 +1,350 @@
+//! The vocabulary every adapter, the state machine, the store and the views share.
+//!
+//! `Task` and `Transition` serialise exactly to the JSON shapes of the external contract
+//! (`shared/contract.md`): unknown fields are `null`, never absent; times are RFC 3339 UTC with
+//! milliseconds. Adapters never build a `Task` themselves: they emit [`TaskObservation`]s and the
+//! shared state machine (`crate::state`) folds them into tasks.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+use std::fmt;
+use std::str::FromStr;
+
+/// The task-queue libraries taskscope understands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Broker {
+    Celery,
+    Dramatiq,
+    Taskiq,
+    Rq,
+}
+
+impl Broker {
+    pub const ALL: [Broker; 4] = [Broker::Celery, Broker::Dramatiq, Broker::Taskiq, Broker::Rq];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Broker::Celery => "celery",
+            Broker::Dramatiq => "dramatiq",
+            Broker::Taskiq => "taskiq",
+            Broker::Rq => "rq",
+        }
+    }
+}
+
+impl fmt::Display for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A broker name that is not one of `celery`, `dramatiq`, `taskiq`, `rq`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown broker {0:?}: expected one of celery, dramatiq, taskiq, rq")]
+pub struct UnknownBroker(pub String);
+
+impl FromStr for Broker {
+    type Err = UnknownBroker;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Broker::ALL
+            .into_iter()
+            .find(|b| b.as_str() == s.trim())
+            .ok_or_else(|| UnknownBroker(s.to_string()))
+    }
+}
+
+/// The six states of the contract. See `shared/contract.md` for their exact meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskState {
+    Queued,
+    Running,
+    Success,
+    Failure,
+    Retried,
+    Abandoned,
+}
+
+impl TaskState {
+    pub const ALL: [TaskState; 6] = [
+        TaskState::Queued,
+        TaskState::Running,
+        TaskState::Success,
+        TaskState::Failure,
+        TaskState::Retried,
+        TaskState::Abandoned,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Queued => "queued",
+            TaskState::Running => "running",
+            TaskState::Success => "success",
+            TaskState::Failure => "failure",
+            TaskState::Retried => "retried",
+            TaskState::Abandoned => "abandoned",
+        }
+    }
+
+    /// Success and failure end a task; every other state may still move on.
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskState::Success | TaskState::Failure)
+    }
+}
+
+impl fmt::Display for TaskState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A state name that is not one of the six.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state {0:?}: expected one of queued, running, success, failure, retried, abandoned")]
+pub struct UnknownState(pub String);
+
+impl FromStr for TaskState {
+    type Err = UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        TaskState::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s.trim())
+            .ok_or_else(|| UnknownState(s.to_string()))
+    }
+}
+
+/// Serialises a time the way the contract wants it: `2026-11-23T12:16:07.706Z`.
+pub fn rfc3339(at: &DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+fn ser_time<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&rfc3339(at))
+}
+
+fn ser_opt_time<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    match at {
+        Some(at) => s.serialize_str(&rfc3339(at)),
+        None => s.serialize_none(),
+    }
+}
+
+/// One task as the contract shows it (`GET /api/tasks/{id}` without `transitions`).
+///
+/// A task keeps one row across retries; `retries` counts the failed attempts that were retried.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub broker: Broker,
+    pub queue: Option<String>,
+    pub name: Option<String>,
+    pub state: TaskState,
+    pub args: Option<Value>,
+    pub kwargs: Option<Value>,
+    pub result: Option<Value>,
+    /// One line, e.g. `ValueError: card declined 3`.
+    pub error: Option<String>,
+    pub traceback: Option<String>,
+    pub retries: u32,
+    pub worker: Option<String>,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub eta: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub enqueued_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "ser_opt_time")]
+    pub finished_at: Option<DateTime<Utc>>,
+    pub runtime_ms: Option<f64>,
+    #[serde(serialize_with = "ser_time")]
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Task {
+    /// A task about which nothing but its identity is known yet.
+    pub fn new(broker: Broker, id: impl Into<String>, at: DateTime<Utc>) -> Task {
+        Task {
+            id: id.into(),
+            broker,
+            queue: None,
+            name: None,
+            state: TaskState::Queued,
+            args: None,
+            kwargs: None,
+            result: None,
+            error: None,
+            traceback: None,
+            retries: 0,
+            worker: None,
+            eta: None,
+            enqueued_at: None,
+            started_at: None,
+            finished_at: None,
+            runtime_ms: None,
+            updated_at: at,
+        }
+    }
+}
+
+/// One state change of one task, as stored and as shown in a task's timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Transition {
+    #[serde(skip_serializing)]
+    pub task_id: String,
+    #[serde(skip_serializing)]
+    pub broker: Broker,
+    pub state: TaskState,
+    #[serde(serialize_with = "ser_time")]
+    pub at: DateTime<Utc>,
+    pub worker: Option<String>,
+    /// What was seen, in a few words (`retry 1: ValueError: boom`, `worker celery@a went silent`).
+    pub detail: Option<String>,
+}
+
+/// What an adapter saw happen to a task. The state machine decides what it means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskEvent {
+    /// The message sits in a queue (or a delay queue, then `eta` is set).
+    Queued,
+    /// A worker took the message (reserved, prefetched, or started).
+    Running,
+    /// The attempt finished without error.
+    Succeeded,
+    /// The attempt failed and no retry will follow (dead-lettered, revoked, rejected too).
+    Failed,
+    /// The attempt failed and the task will run again.
+    Retried,
+    /// The task's worker died or fell silent while it ran (emitted by the sweep, not adapters).
+    Abandoned,
+}
+
+/// Everything an observation may know about a task besides its state. `None` means "not seen
+/// here", never "cleared": the state machine only fills or overwrites with known values.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskFields {
+    pub queue: Option<String>,
+    pub name: Option<String>,
+    pub args: Option<Value>,
+    pub kwargs: Option<Value>,
+    pub result: Option<Value>,
+    pub error: Option<String>,
+    pub traceback: Option<String>,
+    pub worker: Option<String>,
+    pub eta: Option<DateTime<Utc>>,
+    /// When the message was first enqueued, if the payload says so.
+    pub enqueued_at: Option<DateTime<Utc>>,
+    /// When the attempt started, if the payload says so (better than the observation time).
+    pub started_at: Option<DateTime<Utc>>,
+    /// Runtime as measured by the worker itself, when it reports one.
+    pub runtime_ms: Option<f64>,
+}
+
+/// One fact about one task, from one place in Redis, at one time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskObservation {
+    pub broker: Broker,
+    pub task_id: String,
+    /// When it happened (the payload's own time when it has one, else when taskscope saw it).
+    pub at: DateTime<Utc>,
+    pub event: TaskEvent,
+    /// Which attempt this is about, counting from 0 (= the number of retries before it), when
+    /// the payload says so. `None`: the current attempt, whatever it is.
+    pub attempt: Option<u32>,
+    pub fields: TaskFields,
+    /// Where it was seen, for the transition's detail (`queue`, `unacked`, `result`, `event`).
+    pub source: &'static str,
+    /// A transition detail that replaces the one derived from `event` and `source`.
+    pub detail: Option<String>,
+}
+
+impl TaskObservation {
+    pub fn new(
+        broker: Broker,
+        task_id: impl Into<String>,
+        at: DateTime<Utc>,
+        event: TaskEvent,
+        source: &'static str,
+    ) -> TaskObservation {
+        TaskObservation {
+            broker,
+            task_id: task_id.into(),
+            at,
+            event,
+            attempt: None,
+            fields: TaskFields::default(),
+            source,
+            detail: None,
+        }
+    }
+}
+
+/// What a worker told about itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerEvent {
+    Online,
+    Heartbeat,
+    Offline,
+}
+
+/// One sign of life (or death) of a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkerObservation {
+    pub broker: Broker,
+    /// The broker's name for the worker (`celery@host`, a Dramatiq worker id, an RQ worker name).
+    pub id: String,
+    pub hostname: Option<String>,
+    /// The process id: a new pid under the same name is a restarted worker.
+    pub pid: Option<u32>,
+    pub at: DateTime<Utc>,
+    pub event: WorkerEvent,
+    /// How many tasks the worker says it is running, if it says.
+    pub active: Option<u32>,
+    /// The heartbeat interval the worker announces, in seconds.
+    pub heartbeat_every_s: Option<f64>,
+}
+
+/// A worker as the contract shows it (`GET /api/workers`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Worker {
+    pub broker: Broker,
+    pub id: String,
+    pub hostname: Option<String>,
+    pub alive: bool,
+    #[serde(serialize_with = "ser_time")]
+    pub last_seen: DateTime<Utc>,
+    /// Tasks taskscope believes are running on it.
+    pub running: u64,
+    #[serde(skip)]
+    pub pid: Option<u32>,
+    /// When the current process of this worker was first seen (a restart resets it).
+    #[serde(skip)]
+    pub online_since: DateTime<Utc>,
+}
+
+/// A queue's size at one moment (`GET /api/queues`, backlog over time).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct QueueSample {
+    pub broker: Broker,
+    pub name: String,
+    /// Messages waiting to be delivered.
+    pub length: u64,
+    /// Messages waiting for their ETA.
+    pub delayed: u64,
+    /// Dead-lettered messages.
+    pub dead: u64,
+    /// Messages taken by a worker and not yet acknowledged.
+    pub running: u64,
+    #[serde(serialize_with = "ser_time")]
+    pub sampled_at: DateTime<Utc>,
+}
+
+/// Anything an adapter can report.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Observation {
+    Task(TaskObservation),
+    Worker(WorkerObservation),
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Installs everything taskscope needs to build and test on a fresh Debian machine:
+#   - redis-server (Debian package) for the integration tests,
+#   - the official libduckdb.so 1.5.6 (from the npm package that ships it) into .deps/duckdb,
+#     so the duckdb crate links in a minute instead of compiling DuckDB for 25,
+#   - a Python venv (.venv) with the pinned worker libraries of tests/python/requirements.txt.
+# Idempotent: re-running skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+want_apt=()
+command -v redis-server >/dev/null 2>&1 || want_apt+=(redis-server)
+if [ "${TASKSCOPE_SETUP_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+  want_apt+=(chromium)
+fi
+if [ ${#want_apt[@]} -gt 0 ]; then
+  echo "setup: installing ${want_apt[*]} from Debian packages"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${want_apt[@]}" >/dev/null
+fi
+
+DUCKDB_NPM_VERSION=1.5.6-r.1   # must match the duckdb crate (=1.10506.1 <-> engine 1.5.6)
+if [ ! -f .deps/duckdb/libduckdb.so ] || [ "$(cat .deps/duckdb/VERSION 2>/dev/null)" != "$DUCKDB_NPM_VERSION" ]; then
+  echo "setup: fetching libduckdb.so $DUCKDB_NPM_VERSION"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent "@duckdb/node-bindings-linux-x64@$DUCKDB_NPM_VERSION" >/dev/null && tar xzf ./*.tgz)
+  mkdir -p .deps/duckdb
+  cp "$tmp/package/libduckdb.so" .deps/duckdb/
+  echo "$DUCKDB_NPM_VERSION" > .deps/duckdb/VERSION
+  rm -rf "$tmp"
+fi
+
+if [ ! -x .venv/bin/python ] || ! cmp -s tests/python/requirements.txt .venv/.requirements 2>/dev/null; then
+  echo "setup: creating .venv with tests/python/requirements.txt"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -r tests/python/requirements.txt
+  cp tests/python/requirements.txt .venv/.requirements
+fi
+echo "setup: done (redis-server $(redis-server --version | awk '{print $3}'), libduckdb $(cat .deps/duckdb/VERSION), $(.venv/bin/python --version))"
