@@ -163,7 +163,8 @@ pub trait Adapter: Send {
     fn interest(&self) -> Interest;
 
     /// Keys that a SCAN with one of `interest().scan_patterns` found.
-    fn on_scan(&mut self, pattern: &str, keys: Vec<String>, now: DateTime<Utc>) -> Vec<ReadRequest>;
+    fn on_scan(&mut self, pattern: &str, keys: Vec<String>, now: DateTime<Utc>)
+        -> Vec<ReadRequest>;
 
     /// A keyspace notification: `op` (`lpush`, `hset`, `del`...) happened on `key`.
     fn on_key_event(&mut self, key: &str, op: &str, now: DateTime<Utc>) -> Vec<ReadRequest>;

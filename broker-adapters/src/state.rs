@@ -56,26 +56,25 @@ fn task_position(task: &Task) -> Position {
 /// Applies `obs` to `current` (the task as known so far, if any).
 pub fn apply(current: Option<Task>, obs: &TaskObservation) -> Applied {
     let is_new = current.is_none();
-    let mut task =
-        current.unwrap_or_else(|| Task::new(obs.broker, obs.task_id.clone(), obs.at));
+    let mut task = current.unwrap_or_else(|| Task::new(obs.broker, obs.task_id.clone(), obs.at));
     let before = task.clone();
 
     match decide(&task, obs, is_new) {
         Decision::Move { state, attempt } => {
             move_to(&mut task, obs, state, attempt);
-            let transition = if is_new || before.state != task.state || before.retries != task.retries
-            {
-                Some(Transition {
-                    task_id: task.id.clone(),
-                    broker: task.broker,
-                    state: task.state,
-                    at: obs.at,
-                    worker: task.worker.clone(),
-                    detail: Some(detail(obs, &task)),
-                })
-            } else {
-                None
-            };
+            let transition =
+                if is_new || before.state != task.state || before.retries != task.retries {
+                    Some(Transition {
+                        task_id: task.id.clone(),
+                        broker: task.broker,
+                        state: task.state,
+                        at: obs.at,
+                        worker: task.worker.clone(),
+                        detail: Some(detail(obs, &task)),
+                    })
+                } else {
+                    None
+                };
             let changed = is_new || task != before;
             Applied {
                 task,
@@ -170,6 +169,7 @@ fn pos(attempt: u32, rank: u8) -> Position {
 
 fn move_to(task: &mut Task, obs: &TaskObservation, state: TaskState, attempt: u32) {
     let new_attempt = attempt > task.retries;
+    let previous_state = task.state;
     overwrite_known(task, obs);
     task.state = state;
     task.retries = task.retries.max(attempt);
@@ -191,7 +191,7 @@ fn move_to(task: &mut Task, obs: &TaskObservation, state: TaskState, attempt: u3
             let started = obs.fields.started_at.unwrap_or(obs.at);
             // Keep the earliest sign of this attempt's start, unless it is a new attempt.
             task.started_at = match task.started_at {
-                Some(s) if !new_attempt && s <= started && task_was_running_this_attempt(task) => {
+                Some(s) if !new_attempt && s <= started && ran_this_attempt(previous_state) => {
                     Some(s)
                 }
                 _ => Some(started),
@@ -219,10 +219,10 @@ fn move_to(task: &mut Task, obs: &TaskObservation, state: TaskState, attempt: u3
     task.updated_at = task.updated_at.max(obs.at);
 }
 
-/// Whether `started_at` already belongs to the current attempt (the task ran or finished in it).
-fn task_was_running_this_attempt(task: &Task) -> bool {
+/// Whether a task in `state` has a `started_at` that belongs to its current attempt.
+fn ran_this_attempt(state: TaskState) -> bool {
     matches!(
-        task.state,
+        state,
         TaskState::Running | TaskState::Abandoned | TaskState::Success | TaskState::Failure
     )
 }
@@ -349,13 +349,15 @@ pub fn find_abandoned(
                     }
                 }),
             None => {
-                let mut same_broker = workers.iter().filter(|w| w.broker == task.broker).peekable();
+                let mut same_broker = workers
+                    .iter()
+                    .filter(|w| w.broker == task.broker)
+                    .peekable();
                 if same_broker.peek().is_none() {
                     None
                 } else {
-                    let survivor = same_broker.any(|w| {
-                        w.online_since <= started && worker_alive(w, now, abandon_after)
-                    });
+                    let survivor = same_broker
+                        .any(|w| w.online_since <= started && worker_alive(w, now, abandon_after));
                     (!survivor && now - started > abandon_after.min(Duration::seconds(5)))
                         .then(|| "abandoned: every worker up when it started is gone".to_string())
                 }
@@ -375,4 +377,213 @@ pub fn find_abandoned(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Broker, TaskFields};
+    use chrono::TimeZone;
+
+    fn t(secs: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + secs, 0).single().unwrap()
+    }
+
+    fn obs(event: TaskEvent, at: i64, attempt: Option<u32>) -> TaskObservation {
+        let mut o = TaskObservation::new(Broker::Celery, "t1", t(at), event, "test");
+        o.attempt = attempt;
+        o
+    }
+
+    fn run(observations: &[TaskObservation]) -> (Task, Vec<Transition>) {
+        let mut task = None;
+        let mut transitions = Vec::new();
+        for o in observations {
+            let applied = apply(task, o);
+            transitions.extend(applied.transition);
+            task = Some(applied.task);
+        }
+        (task.unwrap(), transitions)
+    }
+
+    fn states(transitions: &[Transition]) -> Vec<TaskState> {
+        transitions.iter().map(|t| t.state).collect()
+    }
+
+    #[test]
+    fn full_lifecycle_with_two_retries_counts_two_retries() {
+        let mut failed = obs(TaskEvent::Retried, 3, None);
+        failed.fields.error = Some("ValueError: boom".into());
+        let (task, tr) = run(&[
+            obs(TaskEvent::Queued, 0, Some(0)),
+            obs(TaskEvent::Running, 1, Some(0)),
+            failed.clone(),
+            obs(TaskEvent::Queued, 4, Some(1)),
+            obs(TaskEvent::Running, 5, Some(1)),
+            TaskObservation { at: t(6), ..failed },
+            obs(TaskEvent::Running, 7, Some(2)),
+            obs(TaskEvent::Succeeded, 9, None),
+        ]);
+        assert_eq!(task.state, TaskState::Success);
+        assert_eq!(task.retries, 2);
+        assert_eq!(task.error, None, "a success clears the last retry's error");
+        assert_eq!(task.runtime_ms, Some(2000.0), "runtime of the last attempt");
+        assert_eq!(
+            states(&tr),
+            [
+                TaskState::Queued,
+                TaskState::Running,
+                TaskState::Retried,
+                TaskState::Running,
+                TaskState::Retried,
+                TaskState::Running,
+                TaskState::Success
+            ]
+        );
+        assert!(tr[2].detail.as_deref().unwrap().contains("ValueError: boom"));
+    }
+
+    #[test]
+    fn result_before_message_keeps_success_and_fills_fields() {
+        let mut queued = obs(TaskEvent::Queued, 0, Some(0));
+        queued.fields.name = Some("billing.add".into());
+        queued.fields.args = Some(serde_json::json!([1, 2]));
+        let (task, tr) = run(&[obs(TaskEvent::Succeeded, 5, None), queued]);
+        assert_eq!(task.state, TaskState::Success);
+        assert_eq!(task.name.as_deref(), Some("billing.add"));
+        assert_eq!(task.args, Some(serde_json::json!([1, 2])));
+        assert_eq!(states(&tr), [TaskState::Success]);
+    }
+
+    #[test]
+    fn duplicate_retry_without_attempt_is_not_counted_twice() {
+        let (task, tr) = run(&[
+            obs(TaskEvent::Running, 1, Some(0)),
+            obs(TaskEvent::Retried, 2, None),
+            obs(TaskEvent::Retried, 2, None),
+            obs(TaskEvent::Queued, 3, Some(1)),
+        ]);
+        assert_eq!(task.retries, 1);
+        assert_eq!(task.state, TaskState::Retried);
+        assert_eq!(states(&tr), [TaskState::Running, TaskState::Retried]);
+    }
+
+    #[test]
+    fn late_retry_of_previous_attempt_does_not_count_again() {
+        // The re-sent message (attempt 1) was seen running before attempt 0's retry record.
+        let (task, _) = run(&[
+            obs(TaskEvent::Running, 1, Some(0)),
+            obs(TaskEvent::Running, 3, Some(1)),
+            obs(TaskEvent::Retried, 2, None),
+        ]);
+        assert_eq!(task.retries, 1);
+        assert_eq!(task.state, TaskState::Running);
+    }
+
+    #[test]
+    fn stale_running_after_success_is_ignored() {
+        let (task, tr) = run(&[
+            obs(TaskEvent::Queued, 0, Some(0)),
+            obs(TaskEvent::Succeeded, 2, None),
+            obs(TaskEvent::Running, 1, Some(0)),
+        ]);
+        assert_eq!(task.state, TaskState::Success);
+        assert_eq!(tr.len(), 2);
+    }
+
+    #[test]
+    fn abandoned_task_moves_on_when_redelivered() {
+        let (task, tr) = run(&[
+            obs(TaskEvent::Running, 1, Some(0)),
+            obs(TaskEvent::Abandoned, 100, Some(0)),
+            obs(TaskEvent::Queued, 200, Some(0)),
+            obs(TaskEvent::Running, 201, Some(0)),
+            obs(TaskEvent::Succeeded, 202, None),
+        ]);
+        assert_eq!(task.state, TaskState::Success);
+        assert_eq!(
+            states(&tr),
+            [
+                TaskState::Running,
+                TaskState::Abandoned,
+                TaskState::Queued,
+                TaskState::Running,
+                TaskState::Success
+            ]
+        );
+    }
+
+    #[test]
+    fn abandon_only_applies_to_a_running_task() {
+        let (task, _) = run(&[
+            obs(TaskEvent::Running, 1, Some(0)),
+            obs(TaskEvent::Succeeded, 2, None),
+            obs(TaskEvent::Abandoned, 100, Some(0)),
+        ]);
+        assert_eq!(task.state, TaskState::Success);
+    }
+
+    #[test]
+    fn queued_with_eta_keeps_eta_and_clears_it_when_requeued_without() {
+        let mut delayed = obs(TaskEvent::Queued, 0, Some(0));
+        delayed.fields = TaskFields {
+            eta: Some(t(60)),
+            ..TaskFields::default()
+        };
+        let (task, _) = run(&[delayed]);
+        assert_eq!(task.eta, Some(t(60)));
+        assert_eq!(task.state, TaskState::Queued);
+    }
+
+    fn worker(id: &str, last_seen: i64, online_since: i64, alive: bool) -> Worker {
+        Worker {
+            broker: Broker::Celery,
+            id: id.into(),
+            hostname: None,
+            alive,
+            last_seen: t(last_seen),
+            running: 0,
+            pid: Some(1),
+            online_since: t(online_since),
+        }
+    }
+
+    fn running_task(worker: Option<&str>, started: i64) -> Task {
+        let mut task = Task::new(Broker::Celery, "t1", t(started));
+        task.state = TaskState::Running;
+        task.started_at = Some(t(started));
+        task.worker = worker.map(str::to_string);
+        task
+    }
+
+    #[test]
+    fn sweep_abandons_tasks_of_silent_worker_only() {
+        let after = Duration::seconds(60);
+        let tasks = [running_task(Some("w1"), 10)];
+        assert!(find_abandoned(&tasks, &[worker("w1", 50, 0, true)], t(100), after).is_empty());
+        let found = find_abandoned(&tasks, &[worker("w1", 30, 0, true)], t(100), after);
+        assert_eq!(found.len(), 1);
+        assert!(found[0].detail.as_deref().unwrap().contains("silent"));
+        let restarted = find_abandoned(&tasks, &[worker("w1", 99, 50, true)], t(100), after);
+        assert_eq!(restarted.len(), 1, "a new process under the same name");
+        let offline = find_abandoned(&tasks, &[worker("w1", 99, 0, false)], t(100), after);
+        assert_eq!(offline.len(), 1);
+    }
+
+    #[test]
+    fn sweep_of_task_with_unknown_worker_waits_for_every_candidate() {
+        let after = Duration::seconds(60);
+        let tasks = [running_task(None, 10)];
+        let one_alive = [worker("w1", 30, 0, true), worker("w2", 99, 0, true)];
+        assert!(find_abandoned(&tasks, &one_alive, t(100), after).is_empty());
+        let both_gone = [worker("w1", 30, 0, true), worker("w2", 99, 0, false)];
+        assert_eq!(find_abandoned(&tasks, &both_gone, t(100), after).len(), 1);
+        let late_joiner_only = [worker("w1", 30, 0, true), worker("w3", 99, 50, true)];
+        assert_eq!(
+            find_abandoned(&tasks, &late_joiner_only, t(100), after).len(),
+            1,
+            "a worker that came up after the task started cannot be running it"
+        );
+        assert!(find_abandoned(&tasks, &[], t(100), after).is_empty());
+    }
 }

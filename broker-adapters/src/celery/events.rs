@@ -1,0 +1,179 @@
+//! Celery events (`PUBLISH /<db>.celeryev/<routing key>`): worker heartbeats, which every worker
+//! sends even without `-E`, and task events when events are enabled. Each message is a kombu
+//! envelope whose body is one event, or a list of events (routing key `task.multi`: workers
+//! buffer task events and flush them together).
+
+use super::message::{as_string, as_u32};
+use crate::codec;
+use crate::model::{
+    Broker, Observation, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
+};
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EventError {
+    #[error("event envelope is not JSON: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("event body: {0}")]
+    Body(#[from] codec::CodecError),
+    #[error("event envelope has no body")]
+    NoBody,
+}
+
+impl EventError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            EventError::Json(_) => "event-json",
+            EventError::Body(_) => "event-body",
+            EventError::NoBody => "event-shape",
+        }
+    }
+}
+
+/// Decodes one published event message into its event dicts.
+pub fn decode(bytes: &[u8]) -> Result<Vec<Value>, EventError> {
+    let envelope: Value = serde_json::from_slice(bytes)?;
+    let body = match envelope.get("body") {
+        Some(Value::String(raw)) => {
+            let encoding = envelope
+                .get("properties")
+                .and_then(|p| p.get("body_encoding"))
+                .and_then(Value::as_str);
+            let bytes = if encoding == Some("base64") {
+                codec::base64_decode(raw)?
+            } else {
+                raw.as_bytes().to_vec()
+            };
+            let content_type = envelope
+                .get("content-type")
+                .and_then(Value::as_str)
+                .unwrap_or("application/json");
+            codec::decode_by_content_type(content_type, &bytes)?
+        }
+        Some(other) => other.clone(),
+        // A bare event dict published by hand.
+        None if envelope.get("type").is_some() => envelope,
+        None => return Err(EventError::NoBody),
+    };
+    Ok(match body {
+        Value::Array(events) => events,
+        single => vec![single],
+    })
+}
+
+/// Turns one event dict into an observation; `None` for events taskscope does not use.
+pub fn observe(event: &Value, now: DateTime<Utc>) -> Option<Observation> {
+    let kind = event.get("type")?.as_str()?;
+    let at = event
+        .get("timestamp")
+        .and_then(codec::parse_time)
+        .unwrap_or(now);
+    let hostname = event.get("hostname").and_then(as_string);
+    if let Some(worker_event) = kind.strip_prefix("worker-") {
+        let event_kind = match worker_event {
+            "online" => WorkerEvent::Online,
+            "heartbeat" => WorkerEvent::Heartbeat,
+            "offline" => WorkerEvent::Offline,
+            _ => return None,
+        };
+        let id = hostname.clone()?;
+        return Some(Observation::Worker(WorkerObservation {
+            broker: Broker::Celery,
+            hostname: id.split_once('@').map(|(_, host)| host.to_string()),
+            id,
+            pid: event.get("pid").and_then(as_u32),
+            at,
+            event: event_kind,
+            active: event.get("active").and_then(as_u32),
+            heartbeat_every_s: event.get("freq").and_then(Value::as_f64),
+        }));
+    }
+    let task_id = event.get("uuid").and_then(as_string)?;
+    let eta = event.get("eta").and_then(codec::parse_time);
+    let task_event = match kind {
+        "task-sent" => TaskEvent::Queued,
+        "task-received" if eta.is_some_and(|eta| eta > at) => TaskEvent::Queued,
+        "task-received" | "task-started" => TaskEvent::Running,
+        "task-succeeded" => TaskEvent::Succeeded,
+        "task-failed" => TaskEvent::Failed,
+        "task-retried" => TaskEvent::Retried,
+        "task-revoked" => TaskEvent::Failed,
+        "task-rejected" if event.get("requeue").and_then(Value::as_bool) == Some(true) => {
+            TaskEvent::Queued
+        }
+        "task-rejected" => TaskEvent::Failed,
+        _ => return None,
+    };
+    let mut obs = TaskObservation::new(Broker::Celery, task_id, at, task_event, "event");
+    let f = &mut obs.fields;
+    f.name = event.get("name").and_then(as_string);
+    f.args = event.get("args").and_then(repr_value);
+    f.kwargs = event.get("kwargs").and_then(repr_value);
+    f.eta = eta;
+    f.queue = event
+        .get("queue")
+        .or_else(|| event.get("routing_key"))
+        .and_then(as_string);
+    if matches!(
+        kind,
+        "task-received" | "task-started" | "task-succeeded" | "task-failed" | "task-retried"
+    ) {
+        f.worker = hostname;
+    }
+    match kind {
+        "task-sent" => {
+            obs.attempt = event.get("retries").and_then(as_u32);
+            f.enqueued_at = Some(at);
+        }
+        "task-received" => obs.attempt = event.get("retries").and_then(as_u32),
+        "task-started" => f.started_at = Some(at),
+        "task-succeeded" => {
+            f.result = event.get("result").and_then(repr_value);
+            f.runtime_ms = event
+                .get("runtime")
+                .and_then(Value::as_f64)
+                .filter(|r| r.is_finite() && *r >= 0.0)
+                .map(|r| r * 1000.0);
+        }
+        "task-failed" | "task-retried" => {
+            let traceback = event
+                .get("traceback")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string);
+            f.error = event
+                .get("exception")
+                .and_then(Value::as_str)
+                .map(codec::error_line_from_repr)
+                .or_else(|| {
+                    traceback
+                        .as_deref()
+                        .and_then(codec::error_line_from_traceback)
+                });
+            f.traceback = traceback;
+        }
+        "task-revoked" => {
+            let why = if event.get("expired").and_then(Value::as_bool) == Some(true) {
+                "expired"
+            } else if event.get("terminated").and_then(Value::as_bool) == Some(true) {
+                "terminated"
+            } else {
+                "revoked"
+            };
+            f.error = Some(format!("TaskRevokedError: {why}"));
+        }
+        "task-rejected" => f.error = Some("rejected by the worker".to_string()),
+        _ => {}
+    }
+    Some(Observation::Task(obs))
+}
+
+/// Events carry Python reprs of args, kwargs and results; plain literals become JSON.
+fn repr_value(v: &Value) -> Option<Value> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(codec::python_literal(s).unwrap_or_else(|| v.clone())),
+        other => Some(other.clone()),
+    }
+}

@@ -1,0 +1,550 @@
+//! Celery on Redis (kombu's Redis transport and Celery's Redis result backend).
+//!
+//! Where each state comes from:
+//! - `queued`: the queue lists (`<queue>` and the priority lists `<queue>\x06\x16<p>`), read on
+//!   `lpush` notifications and at every reconciliation; `task-sent` events.
+//! - `running`: the `unacked` hash (the message a worker took, until it acks: with Celery's
+//!   default early ack that is only a few milliseconds), a `STARTED` result
+//!   (`task_track_started`), `task-received` / `task-started` events.
+//! - `success` / `failure` / `retried`: result records (`celery-task-meta-<id>`, read from their
+//!   pub/sub channel, and from the keys on start and for open tasks), task events.
+//! - workers: `worker-online/heartbeat/offline` events, which workers send even without `-E`.
+//!
+//! Queues are found in kombu's `_kombu.binding.*` sets (workers and producers declare them) and
+//! from configuration.
+
+pub mod events;
+pub mod message;
+pub mod result;
+
+use crate::adapter::{Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply};
+use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
+use chrono::{DateTime, Utc};
+use message::CeleryMessage;
+use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+
+/// kombu's separator in binding entries and priority queue names (`\x06\x16`).
+pub const SEP: &str = "\x06\x16";
+/// Celery's default priority steps beyond 0; each has its own list `<queue>\x06\x16<p>`.
+pub const PRIORITY_STEPS: [u8; 3] = [3, 6, 9];
+const UNACKED: &str = "unacked";
+const BINDING_PREFIX: &str = "_kombu.binding.";
+/// Queue entries read per LRANGE page.
+const PAGE: i64 = 200;
+/// How deep into one queue a reconciliation reads (a deeper backlog is counted, not listed).
+const MAX_QUEUE_DEPTH: i64 = 100_000;
+/// How many message identities are remembered to skip decoding the same entry twice.
+const SEEN_CAPACITY: usize = 200_000;
+/// Result keys read per MGET.
+const MGET_CHUNK: usize = 100;
+
+/// What the user told taskscope about their Celery setup.
+#[derive(Debug, Clone)]
+pub struct CeleryConfig {
+    /// The Redis database number: event channels are prefixed with it (`/0.celeryev/...`).
+    pub db: u32,
+    /// Queues to watch even before any binding names them.
+    pub queues: Vec<String>,
+}
+
+impl Default for CeleryConfig {
+    fn default() -> Self {
+        CeleryConfig {
+            db: 0,
+            queues: vec!["celery".to_string()],
+        }
+    }
+}
+
+/// The Celery adapter's memory between replies. Everything in it can be rebuilt from Redis.
+pub struct CeleryAdapter {
+    config: CeleryConfig,
+    queues: BTreeSet<String>,
+    seen: SeenSet,
+    /// Delivery tags in the last read of `unacked`: a new tag is a newly taken message.
+    unacked_tags: HashSet<String>,
+    /// Queue lengths read by the current sampling round, emitted with the `unacked` read that
+    /// ends the round.
+    sampled_lengths: Option<BTreeMap<String, u64>>,
+}
+
+impl CeleryAdapter {
+    pub fn new(config: CeleryConfig) -> CeleryAdapter {
+        let queues = config.queues.iter().cloned().collect();
+        CeleryAdapter {
+            config,
+            queues,
+            seen: SeenSet::new(SEEN_CAPACITY),
+            unacked_tags: HashSet::new(),
+            sampled_lengths: None,
+        }
+    }
+
+    /// The queues known so far.
+    pub fn queues(&self) -> impl Iterator<Item = &str> {
+        self.queues.iter().map(String::as_str)
+    }
+
+    /// The queue a list key belongs to (`celery` for `celery` and `celery\x06\x163`).
+    fn queue_of_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        let base = key.split_once(SEP).map_or(key, |(q, _)| q);
+        self.queues.contains(base).then_some(base)
+    }
+
+    fn read_queue(key: &str, start: i64) -> ReadRequest {
+        ReadRequest::LRange {
+            key: key.to_string(),
+            start,
+            stop: start + PAGE - 1,
+        }
+    }
+
+    fn queue_keys(queue: &str) -> impl Iterator<Item = String> + '_ {
+        std::iter::once(queue.to_string()).chain(
+            PRIORITY_STEPS
+                .iter()
+                .map(move |p| format!("{queue}{SEP}{p}")),
+        )
+    }
+
+    /// A new queue: remember it and read what it holds.
+    fn add_queue(&mut self, queue: &str, out: &mut Vec<ReadRequest>) {
+        if self.queues.insert(queue.to_string()) {
+            out.extend(Self::queue_keys(queue).map(|k| Self::read_queue(&k, 0)));
+        }
+    }
+
+    fn on_queue_page(&mut self, key: &str, start: i64, reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let queue = key.split_once(SEP).map_or(key, |(q, _)| q).to_string();
+        let items = reply.into_items();
+        let full_page = items.len() as i64 >= PAGE;
+        let mut unseen = 0usize;
+        for item in items {
+            let Some(bytes) = item.as_bytes() else {
+                continue;
+            };
+            match message::decode(bytes) {
+                Ok(msg) => {
+                    if self.seen.insert(message_identity(&msg)) {
+                        unseen += 1;
+                        out.observations.push(queued_observation(&msg, &queue, now));
+                    }
+                }
+                Err(e) => out
+                    .decode_errors
+                    .push(decode_error(e.kind(), key, e.to_string())),
+            }
+        }
+        // A page of nothing but new messages: there may be more new ones behind it.
+        if full_page && unseen > 0 && start >= 0 && start + PAGE < MAX_QUEUE_DEPTH {
+            out.follow_up.push(Self::read_queue(key, start + PAGE));
+        }
+        out
+    }
+
+    fn on_unacked(&mut self, reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let mut tags = HashSet::new();
+        let mut running: BTreeMap<String, u64> = BTreeMap::new();
+        let mut delayed: BTreeMap<String, u64> = BTreeMap::new();
+        for (tag, value) in reply.into_pairs() {
+            let Some(tag) = tag
+                .as_bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+            else {
+                continue;
+            };
+            let Some(bytes) = value.as_bytes() else {
+                continue;
+            };
+            let decoded = serde_json::from_slice::<serde_json::Value>(bytes)
+                .map_err(message::MessageError::from)
+                .and_then(|v| {
+                    // [message, exchange, routing_key]
+                    let envelope = v.get(0).cloned().unwrap_or(v);
+                    message::decode_envelope(&envelope)
+                });
+            match decoded {
+                Ok(msg) => {
+                    let queue = msg.routing_key.clone().unwrap_or_else(|| "celery".into());
+                    let is_delayed = msg.eta.is_some_and(|eta| eta > now);
+                    *if is_delayed {
+                        &mut delayed
+                    } else {
+                        &mut running
+                    }
+                    .entry(queue.clone())
+                    .or_default() += 1;
+                    if !self.unacked_tags.contains(&tag) {
+                        out.observations.push(taken_observation(&msg, &queue, now));
+                    }
+                    tags.insert(tag);
+                }
+                Err(e) => out
+                    .decode_errors
+                    .push(decode_error(e.kind(), UNACKED, e.to_string())),
+            }
+        }
+        self.unacked_tags = tags;
+        if let Some(lengths) = self.sampled_lengths.take() {
+            for (queue, length) in lengths {
+                out.queue_samples.push(QueueSample {
+                    broker: Broker::Celery,
+                    running: running.get(&queue).copied().unwrap_or(0),
+                    delayed: delayed.get(&queue).copied().unwrap_or(0),
+                    name: queue,
+                    length,
+                    dead: 0,
+                    sampled_at: now,
+                });
+            }
+        }
+        out
+    }
+
+    fn on_results(&mut self, keys: &[String], reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let items = match reply {
+            Reply::Array(items) => items,
+            single => vec![single],
+        };
+        for (key, item) in keys.iter().zip(items) {
+            if let Some(bytes) = item.as_bytes() {
+                out.merge(self.result_record(key, bytes, now));
+            }
+        }
+        out
+    }
+
+    fn result_record(&mut self, key: &str, bytes: &[u8], now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let key_id = key.strip_prefix(result::RESULT_PREFIX);
+        match result::decode(bytes, key_id) {
+            Ok(meta) => out.observations.extend(result_observation(meta, now)),
+            Err(e) => out
+                .decode_errors
+                .push(decode_error("result", key, e.to_string())),
+        }
+        out
+    }
+
+    fn on_bindings(&mut self, key: &str, reply: Reply) -> Output {
+        let mut out = Output::default();
+        for member in reply.into_items() {
+            let Some(bytes) = member.as_bytes() else {
+                continue;
+            };
+            let text = String::from_utf8_lossy(bytes);
+            // routing_key \x06\x16 pattern \x06\x16 queue
+            let Some(queue) = text.rsplit(SEP).next() else {
+                continue;
+            };
+            if is_task_queue(key, queue) {
+                let mut reads = Vec::new();
+                self.add_queue(queue, &mut reads);
+                out.follow_up.extend(reads);
+            }
+        }
+        out
+    }
+}
+
+/// Bindings also name Celery's own broadcast queues (pidbox, events, replies): not task queues.
+fn is_task_queue(binding_key: &str, queue: &str) -> bool {
+    let exchange = binding_key
+        .strip_prefix(BINDING_PREFIX)
+        .unwrap_or(binding_key);
+    !queue.is_empty()
+        && !exchange.ends_with(".pidbox")
+        && exchange != "celeryev"
+        && !queue.ends_with(".pidbox")
+        && !queue.starts_with("celeryev.")
+}
+
+fn message_identity(msg: &CeleryMessage) -> String {
+    match &msg.delivery_tag {
+        Some(tag) => tag.clone(),
+        None => format!("{}#{}", msg.task_id, msg.retries),
+    }
+}
+
+fn message_fields(msg: &CeleryMessage, queue: &str, obs: &mut TaskObservation) {
+    obs.attempt = Some(msg.retries);
+    obs.fields.queue = Some(queue.to_string());
+    obs.fields.name = msg.name.clone();
+    obs.fields.args = msg.args.clone();
+    obs.fields.kwargs = msg.kwargs.clone();
+    obs.fields.eta = msg.eta;
+}
+
+fn queued_observation(msg: &CeleryMessage, queue: &str, now: DateTime<Utc>) -> Observation {
+    let mut obs = TaskObservation::new(
+        Broker::Celery,
+        &msg.task_id,
+        now,
+        TaskEvent::Queued,
+        "queue",
+    );
+    message_fields(msg, queue, &mut obs);
+    Observation::Task(obs)
+}
+
+/// A message in `unacked`: taken by a worker; still waiting if its ETA is in the future.
+fn taken_observation(msg: &CeleryMessage, queue: &str, now: DateTime<Utc>) -> Observation {
+    let event = if msg.eta.is_some_and(|eta| eta > now) {
+        TaskEvent::Queued
+    } else {
+        TaskEvent::Running
+    };
+    let mut obs = TaskObservation::new(Broker::Celery, &msg.task_id, now, event, "unacked");
+    message_fields(msg, queue, &mut obs);
+    Observation::Task(obs)
+}
+
+/// What a result record says about its task; `None` for `PENDING` and custom states.
+fn result_observation(meta: result::ResultMeta, now: DateTime<Utc>) -> Option<Observation> {
+    let event = match meta.status.as_str() {
+        "STARTED" => TaskEvent::Running,
+        "RETRY" => TaskEvent::Retried,
+        "SUCCESS" => TaskEvent::Succeeded,
+        "FAILURE" | "REVOKED" | "REJECTED" => TaskEvent::Failed,
+        _ => return None,
+    };
+    let at = meta.date_done.unwrap_or(now);
+    let mut obs = TaskObservation::new(Broker::Celery, &meta.task_id, at, event, "result");
+    obs.attempt = meta.retries;
+    let f = &mut obs.fields;
+    f.name = meta.name;
+    f.args = meta.args;
+    f.kwargs = meta.kwargs;
+    f.queue = meta.queue;
+    f.worker = meta.worker;
+    match event {
+        TaskEvent::Running => {
+            // STARTED carries {"pid", "hostname"}.
+            if f.worker.is_none() {
+                f.worker = meta.result.get("hostname").and_then(message::as_string);
+            }
+            f.started_at = meta.date_done;
+        }
+        TaskEvent::Succeeded => f.result = Some(meta.result),
+        _ => {
+            f.error = if meta.status == "REVOKED" {
+                Some(
+                    result::error_line(&meta.result, None)
+                        .unwrap_or_else(|| "TaskRevokedError: revoked".into()),
+                )
+            } else {
+                result::error_line(&meta.result, meta.traceback.as_deref())
+            };
+            f.traceback = meta.traceback;
+        }
+    }
+    Some(Observation::Task(obs))
+}
+
+fn decode_error(kind: &'static str, key: &str, message: String) -> DecodeError {
+    DecodeError {
+        broker: Broker::Celery,
+        kind,
+        key: key.to_string(),
+        message,
+    }
+}
+
+/// Escapes Redis glob characters so a queue name matches only itself in a pattern.
+pub fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Adapter for CeleryAdapter {
+    fn broker(&self) -> Broker {
+        Broker::Celery
+    }
+
+    fn interest(&self) -> Interest {
+        let mut key_patterns = vec![UNACKED.to_string(), format!("{BINDING_PREFIX}*")];
+        for q in &self.queues {
+            let escaped = glob_escape(q);
+            key_patterns.push(escaped.clone());
+            key_patterns.push(format!("{escaped}{SEP}*"));
+        }
+        Interest {
+            channel_patterns: vec![
+                format!("{}*", result::RESULT_PREFIX),
+                format!("/{}.celeryev*", self.config.db),
+                "celeryev*".to_string(),
+            ],
+            key_patterns,
+            scan_patterns: vec![
+                format!("{BINDING_PREFIX}*"),
+                format!("{}*", result::RESULT_PREFIX),
+            ],
+        }
+    }
+
+    fn on_scan(
+        &mut self,
+        pattern: &str,
+        keys: Vec<String>,
+        _now: DateTime<Utc>,
+    ) -> Vec<ReadRequest> {
+        if pattern.starts_with(BINDING_PREFIX) {
+            keys.into_iter().map(ReadRequest::SMembers).collect()
+        } else if pattern.starts_with(result::RESULT_PREFIX) {
+            keys.chunks(MGET_CHUNK)
+                .map(|c| ReadRequest::MGet(c.to_vec()))
+                .collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        if key == UNACKED {
+            return if op == "hset" {
+                vec![ReadRequest::HGetAll(UNACKED.to_string())]
+            } else {
+                Vec::new()
+            };
+        }
+        if key.starts_with(BINDING_PREFIX) {
+            return if op == "sadd" {
+                vec![ReadRequest::SMembers(key.to_string())]
+            } else {
+                Vec::new()
+            };
+        }
+        if self.queue_of_key(key).is_some() {
+            return match op {
+                "lpush" | "linsert" => vec![Self::read_queue(key, 0)],
+                // kombu restores unacked messages with RPUSH-like pushes at the tail.
+                "rpush" => vec![ReadRequest::LRange {
+                    key: key.to_string(),
+                    start: -PAGE,
+                    stop: -1,
+                }],
+                _ => Vec::new(),
+            };
+        }
+        Vec::new()
+    }
+
+    fn on_message(&mut self, channel: &str, payload: &[u8], now: DateTime<Utc>) -> Output {
+        if channel.starts_with(result::RESULT_PREFIX) {
+            return self.result_record(channel, payload, now);
+        }
+        let mut out = Output::default();
+        if channel.contains("celeryev") {
+            match events::decode(payload) {
+                Ok(evs) => out
+                    .observations
+                    .extend(evs.iter().filter_map(|e| events::observe(e, now))),
+                Err(e) => out
+                    .decode_errors
+                    .push(decode_error(e.kind(), channel, e.to_string())),
+            }
+        }
+        out
+    }
+
+    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
+        if let Reply::Error(e) = &reply {
+            return Output {
+                decode_errors: vec![decode_error("redis-reply", request.key(), e.clone())],
+                ..Output::default()
+            };
+        }
+        match request {
+            ReadRequest::LRange { key, start, .. } => self.on_queue_page(key, *start, reply, now),
+            ReadRequest::HGetAll(key) if key == UNACKED => self.on_unacked(reply, now),
+            ReadRequest::MGet(keys) => self.on_results(keys, reply, now),
+            ReadRequest::Get(key) => self.on_results(std::slice::from_ref(key), reply, now),
+            ReadRequest::SMembers(key) => self.on_bindings(key, reply),
+            ReadRequest::LLen(key) => {
+                if let (Some(lengths), Some(queue)) = (
+                    self.sampled_lengths.as_mut(),
+                    key.split_once(SEP)
+                        .map_or(Some(key.as_str()), |(q, _)| Some(q)),
+                ) {
+                    *lengths.entry(queue.to_string()).or_default() +=
+                        reply.as_i64().unwrap_or(0).max(0) as u64;
+                }
+                Output::default()
+            }
+            _ => Output::default(),
+        }
+    }
+
+    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        let mut reads: Vec<ReadRequest> = self
+            .queues
+            .iter()
+            .flat_map(|q| Self::queue_keys(q))
+            .map(|k| Self::read_queue(&k, 0))
+            .collect();
+        reads.push(ReadRequest::HGetAll(UNACKED.to_string()));
+        let result_keys: Vec<String> = open
+            .iter()
+            .map(|t| format!("{}{}", result::RESULT_PREFIX, t.id))
+            .collect();
+        reads.extend(
+            result_keys
+                .chunks(MGET_CHUNK)
+                .map(|c| ReadRequest::MGet(c.to_vec())),
+        );
+        reads
+    }
+
+    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        self.sampled_lengths = Some(self.queues.iter().map(|q| (q.clone(), 0)).collect());
+        let mut reads: Vec<ReadRequest> = self
+            .queues
+            .iter()
+            .flat_map(|q| Self::queue_keys(q))
+            .map(ReadRequest::LLen)
+            .collect();
+        reads.push(ReadRequest::HGetAll(UNACKED.to_string()));
+        reads
+    }
+}
+
+/// A bounded set of recently seen identities; the oldest are forgotten first.
+struct SeenSet {
+    capacity: usize,
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl SeenSet {
+    fn new(capacity: usize) -> SeenSet {
+        SeenSet {
+            capacity,
+            set: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// True when the identity was not seen before.
+    fn insert(&mut self, id: String) -> bool {
+        if self.set.contains(&id) {
+            return false;
+        }
+        if self.order.len() >= self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        self.order.push_back(id.clone());
+        self.set.insert(id);
+        true
+    }
+}
