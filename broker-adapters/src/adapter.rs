@@ -143,6 +143,9 @@ pub struct Interest {
     pub key_patterns: Vec<String>,
     /// Key glob patterns to find with a bounded SCAN at start and then periodically.
     pub scan_patterns: Vec<String>,
+    /// The `notify-keyspace-events` classes the key patterns need (`l` lists, `h` hashes, `s`
+    /// sets, `z` sorted sets, `t` streams, `$` strings, `g` generic, `x` expired).
+    pub notify_classes: String,
 }
 
 /// A task the ingest layer still considers open (not success/failure), handed to adapters so

@@ -68,7 +68,13 @@ pub fn apply(current: Option<Task>, obs: &TaskObservation) -> Applied {
                         task_id: task.id.clone(),
                         broker: task.broker,
                         state: task.state,
-                        at: obs.at,
+                        // Observations come from several clocks (worker timestamps,
+                        // taskscope's own): a task's timeline never goes backwards.
+                        at: if is_new {
+                            obs.at
+                        } else {
+                            obs.at.max(before.updated_at)
+                        },
                         worker: task.worker.clone(),
                         detail: Some(detail(obs, &task)),
                     })
@@ -440,7 +446,11 @@ mod tests {
                 TaskState::Success
             ]
         );
-        assert!(tr[2].detail.as_deref().unwrap().contains("ValueError: boom"));
+        assert!(tr[2]
+            .detail
+            .as_deref()
+            .unwrap()
+            .contains("ValueError: boom"));
     }
 
     #[test]
@@ -478,6 +488,21 @@ mod tests {
         ]);
         assert_eq!(task.retries, 1);
         assert_eq!(task.state, TaskState::Running);
+    }
+
+    #[test]
+    fn timeline_never_goes_backwards_across_clocks() {
+        // A worker's date_done (its clock) earlier than the start taskscope saw (its clock).
+        let (task, tr) = run(&[
+            obs(TaskEvent::Running, 5, Some(0)),
+            obs(TaskEvent::Succeeded, 4, None),
+        ]);
+        assert_eq!(task.state, TaskState::Success);
+        assert!(tr[0].at <= tr[1].at);
+        assert_eq!(
+            task.runtime_ms, None,
+            "a negative runtime is unknown, not zero"
+        );
     }
 
     #[test]

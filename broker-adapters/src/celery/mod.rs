@@ -13,6 +13,7 @@
 //! Queues are found in kombu's `_kombu.binding.*` sets (workers and producers declare them) and
 //! from configuration.
 
+pub mod control;
 pub mod events;
 pub mod message;
 pub mod result;
@@ -21,7 +22,7 @@ use crate::adapter::{Adapter, DecodeError, Interest, OpenTask, Output, ReadReque
 use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
 use chrono::{DateTime, Utc};
 use message::CeleryMessage;
-use std::collections::{BTreeMap, BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// kombu's separator in binding entries and priority queue names (`\x06\x16`).
 pub const SEP: &str = "\x06\x16";
@@ -61,8 +62,10 @@ pub struct CeleryAdapter {
     config: CeleryConfig,
     queues: BTreeSet<String>,
     seen: SeenSet,
-    /// Delivery tags in the last read of `unacked`: a new tag is a newly taken message.
-    unacked_tags: HashSet<String>,
+    /// The last read of `unacked`, by delivery tag: a new tag is a newly taken message; a tag
+    /// that vanished was acknowledged, which with Celery's default early ack means the task
+    /// just started executing.
+    unacked: HashMap<String, InFlight>,
     /// Queue lengths read by the current sampling round, emitted with the `unacked` read that
     /// ends the round.
     sampled_lengths: Option<BTreeMap<String, u64>>,
@@ -75,7 +78,7 @@ impl CeleryAdapter {
             config,
             queues,
             seen: SeenSet::new(SEEN_CAPACITY),
-            unacked_tags: HashSet::new(),
+            unacked: HashMap::new(),
             sampled_lengths: None,
         }
     }
@@ -145,7 +148,7 @@ impl CeleryAdapter {
 
     fn on_unacked(&mut self, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
-        let mut tags = HashSet::new();
+        let mut tags = HashMap::new();
         let mut running: BTreeMap<String, u64> = BTreeMap::new();
         let mut delayed: BTreeMap<String, u64> = BTreeMap::new();
         for (tag, value) in reply.into_pairs() {
@@ -176,17 +179,38 @@ impl CeleryAdapter {
                     }
                     .entry(queue.clone())
                     .or_default() += 1;
-                    if !self.unacked_tags.contains(&tag) {
+                    if !self.unacked.contains_key(&tag) {
                         out.observations.push(taken_observation(&msg, &queue, now));
                     }
-                    tags.insert(tag);
+                    tags.insert(
+                        tag,
+                        InFlight {
+                            task_id: msg.task_id,
+                            attempt: msg.retries,
+                            queue,
+                        },
+                    );
                 }
                 Err(e) => out
                     .decode_errors
                     .push(decode_error(e.kind(), UNACKED, e.to_string())),
             }
         }
-        self.unacked_tags = tags;
+        for (tag, gone) in &self.unacked {
+            if !tags.contains_key(tag) {
+                let mut obs = TaskObservation::new(
+                    Broker::Celery,
+                    gone.task_id.clone(),
+                    now,
+                    TaskEvent::Running,
+                    "unacked: acknowledged",
+                );
+                obs.attempt = Some(gone.attempt);
+                obs.fields.queue = Some(gone.queue.clone());
+                out.observations.push(Observation::Task(obs));
+            }
+        }
+        self.unacked = tags;
         if let Some(lengths) = self.sampled_lengths.take() {
             for (queue, length) in lengths {
                 out.queue_samples.push(QueueSample {
@@ -248,6 +272,13 @@ impl CeleryAdapter {
         }
         out
     }
+}
+
+/// A message a worker holds, as last read from `unacked`.
+struct InFlight {
+    task_id: String,
+    attempt: u32,
+    queue: String,
 }
 
 /// Bindings also name Celery's own broadcast queues (pidbox, events, replies): not task queues.
@@ -388,6 +419,7 @@ impl Adapter for CeleryAdapter {
                 format!("{BINDING_PREFIX}*"),
                 format!("{}*", result::RESULT_PREFIX),
             ],
+            notify_classes: "lhs".to_string(),
         }
     }
 
@@ -410,7 +442,7 @@ impl Adapter for CeleryAdapter {
 
     fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
         if key == UNACKED {
-            return if op == "hset" {
+            return if matches!(op, "hset" | "hdel") {
                 vec![ReadRequest::HGetAll(UNACKED.to_string())]
             } else {
                 Vec::new()

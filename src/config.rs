@@ -1,0 +1,372 @@
+//! Command line, environment and TOML configuration, validated into [`ServeSettings`].
+//!
+//! Precedence: a flag beats its environment variable (`TASKSCOPE_<FLAG>`), which beats the TOML
+//! file given by `--config`, which beats the default. The TOML file is applied by exporting its
+//! keys as the environment variables clap already reads, for every variable not set already:
+//! one code path, one set of names (`abandon_after` and `abandon-after` both work; a table
+//! `[celery] queues = [...]` is `celery_queues`).
+
+use anyhow::{bail, Context};
+use broker_adapters::Broker;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "taskscope",
+    version,
+    about = "Watches Celery, Dramatiq, taskiq and RQ queues on Redis; history in DuckDB; a web UI and JSON API."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Watch a Redis and serve the UI and API (the main job).
+    Serve(ServeArgs),
+}
+
+/// `taskscope serve`: what the user typed, validated only as far as clap does.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// A TOML file with any of these settings (keys as the flag names).
+    #[arg(long, env = "TASKSCOPE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The Redis to watch (`redis://[:password@]host:port/db`, `rediss://` for TLS).
+    #[arg(
+        long,
+        env = "TASKSCOPE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0",
+        value_name = "URL"
+    )]
+    pub redis: String,
+
+    /// The DuckDB file that keeps the history.
+    #[arg(
+        long,
+        env = "TASKSCOPE_DB",
+        default_value = "./taskscope.duckdb",
+        value_name = "PATH"
+    )]
+    pub db: PathBuf,
+
+    /// The HTTP address to serve the UI and API on.
+    #[arg(
+        long,
+        env = "TASKSCOPE_LISTEN",
+        default_value = "127.0.0.1:7979",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// `auto`, or a comma list of brokers to watch (`celery,dramatiq,taskiq,rq`).
+    #[arg(
+        long,
+        env = "TASKSCOPE_BROKERS",
+        default_value = "auto",
+        value_name = "LIST"
+    )]
+    pub brokers: String,
+
+    /// Silence of a worker after which its running tasks are abandoned.
+    #[arg(long, env = "TASKSCOPE_ABANDON_AFTER", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
+    pub abandon_after: Duration,
+
+    /// Queue length sampling period (backlog over time).
+    #[arg(long, env = "TASKSCOPE_SAMPLE_EVERY", default_value = "5s", value_parser = parse_duration, value_name = "DUR")]
+    pub sample_every: Duration,
+
+    /// Never run `CONFIG SET` on Redis (managed Redis): poll instead of keyspace notifications
+    /// unless they are already enabled.
+    #[arg(long, env = "TASKSCOPE_NO_CONFIG_SET")]
+    pub no_config_set: bool,
+
+    /// When set, every page and API call but `/healthz` needs it (`Authorization: Bearer`,
+    /// or `?token=`).
+    #[arg(long, env = "TASKSCOPE_AUTH_TOKEN", value_name = "TOKEN")]
+    pub auth_token: Option<String>,
+
+    /// Broadcast Celery's `enable_events` control command periodically (as Flower does), so
+    /// task events flow without restarting workers with `-E`.
+    #[arg(long, env = "TASKSCOPE_CELERY_ENABLE_EVENTS")]
+    pub celery_enable_events: bool,
+
+    /// Celery queues to watch before any worker or producer declares them (comma list; queues
+    /// declared in Redis are found on their own).
+    #[arg(
+        long,
+        env = "TASKSCOPE_CELERY_QUEUES",
+        value_delimiter = ',',
+        default_value = "celery",
+        value_name = "LIST"
+    )]
+    pub celery_queues: Vec<String>,
+
+    /// How often the reconciliation pass re-reads queues, in-flight messages and open tasks'
+    /// results (catching what notifications cannot carry).
+    #[arg(long, env = "TASKSCOPE_RECONCILE_EVERY", default_value = "5s", value_parser = parse_duration, value_name = "DUR")]
+    pub reconcile_every: Duration,
+
+    /// How often to poll when keyspace notifications are unavailable.
+    #[arg(long, env = "TASKSCOPE_POLL_EVERY", default_value = "1s", value_parser = parse_duration, value_name = "DUR")]
+    pub poll_every: Duration,
+
+    /// How often to re-scan Redis for queues and result keys (also done at start and after
+    /// every reconnect).
+    #[arg(long, env = "TASKSCOPE_RESCAN_EVERY", default_value = "5m", value_parser = parse_duration, value_name = "DUR")]
+    pub rescan_every: Duration,
+}
+
+/// Parses the contract's durations: `500ms`, `6s`, `5m`, `2h`, `30d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (expected a duration like 500ms, 6s, 5m, 2h or 30d)"))?;
+    if d.is_zero() {
+        return Err("must be greater than zero".to_string());
+    }
+    Ok(d)
+}
+
+/// Everything `serve` needs, validated and resolved.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub redis_url: String,
+    /// The database number in the URL: keyspace channels and Celery event channels name it.
+    pub redis_db: u32,
+    pub db_path: PathBuf,
+    pub listen: SocketAddr,
+    pub brokers: Vec<Broker>,
+    pub abandon_after: Duration,
+    pub sample_every: Duration,
+    pub config_set: bool,
+    pub auth_token: Option<String>,
+    pub celery_enable_events: bool,
+    pub celery_queues: Vec<String>,
+    pub reconcile_every: Duration,
+    pub poll_every: Duration,
+    pub rescan_every: Duration,
+}
+
+/// Brokers with an adapter in this version.
+pub const AVAILABLE_BROKERS: [Broker; 1] = [Broker::Celery];
+
+impl ServeArgs {
+    pub fn into_settings(self) -> Result<ServeSettings, UsageError> {
+        let brokers = parse_brokers(&self.brokers)?;
+        let redis_db = redis_db_of(&self.redis)?;
+        if self
+            .auth_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err(UsageError("--auth-token must not be empty".into()));
+        }
+        let celery_queues: Vec<String> = self
+            .celery_queues
+            .into_iter()
+            .map(|q| q.trim().to_string())
+            .filter(|q| !q.is_empty())
+            .collect();
+        Ok(ServeSettings {
+            redis_url: self.redis,
+            redis_db,
+            db_path: self.db,
+            listen: self.listen,
+            brokers,
+            abandon_after: self.abandon_after,
+            sample_every: self.sample_every,
+            config_set: !self.no_config_set,
+            auth_token: self.auth_token,
+            celery_enable_events: self.celery_enable_events,
+            celery_queues,
+            reconcile_every: self.reconcile_every,
+            poll_every: self.poll_every,
+            rescan_every: self.rescan_every,
+        })
+    }
+}
+
+/// A configuration mistake: exit code 2 with this message.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+fn parse_brokers(list: &str) -> Result<Vec<Broker>, UsageError> {
+    if list.trim() == "auto" {
+        return Ok(AVAILABLE_BROKERS.to_vec());
+    }
+    let mut brokers = Vec::new();
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let broker: Broker = name
+            .parse()
+            .map_err(|e: broker_adapters::model::UnknownBroker| {
+                UsageError(format!("--brokers: {e}"))
+            })?;
+        if !AVAILABLE_BROKERS.contains(&broker) {
+            return Err(UsageError(format!(
+                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto or celery"
+            )));
+        }
+        if !brokers.contains(&broker) {
+            brokers.push(broker);
+        }
+    }
+    if brokers.is_empty() {
+        return Err(UsageError(
+            "--brokers: give `auto` or at least one broker".into(),
+        ));
+    }
+    Ok(brokers)
+}
+
+/// The database number of a `redis://host:port/N` URL (0 when absent).
+fn redis_db_of(url: &str) -> Result<u32, UsageError> {
+    let rest = url
+        .split_once("://")
+        .filter(|(scheme, _)| matches!(*scheme, "redis" | "rediss" | "valkey" | "valkeys"))
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| {
+            UsageError(format!(
+                "--redis {url:?}: expected a URL like redis://127.0.0.1:6379/0 (rediss:// for TLS)"
+            ))
+        })?;
+    let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
+    let db = path.split(['?', '#']).next().unwrap_or("");
+    if db.is_empty() {
+        return Ok(0);
+    }
+    db.parse().map_err(|_| {
+        UsageError(format!(
+            "--redis {url:?}: the database after '/' must be a number"
+        ))
+    })
+}
+
+/// Reads the `--config` / `TASKSCOPE_CONFIG` file (if any) before clap parses, and exports its
+/// keys as `TASKSCOPE_*` environment variables that are not already set.
+pub fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
+    let path = args
+        .iter()
+        .enumerate()
+        .find_map(|(i, a)| {
+            if a == "--config" {
+                args.get(i + 1).cloned()
+            } else {
+                a.strip_prefix("--config=").map(str::to_string)
+            }
+        })
+        .or_else(|| std::env::var("TASKSCOPE_CONFIG").ok());
+    let Some(path) = path else { return Ok(()) };
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read the config file {path}"))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("the config file {path} is not valid TOML"))?;
+    let mut vars = Vec::new();
+    flatten("", &table, &mut vars).with_context(|| format!("in the config file {path}"))?;
+    for (key, value) in vars {
+        let var = format!("TASKSCOPE_{}", key.replace('-', "_").to_uppercase());
+        let var = if var == "TASKSCOPE_REDIS" {
+            "TASKSCOPE_REDIS_URL".to_string()
+        } else {
+            var
+        };
+        if !KNOWN_VARS.contains(&var.as_str()) {
+            bail!("unknown setting {key:?} in the config file {path}");
+        }
+        if std::env::var_os(&var).is_none() {
+            // Single-threaded: this runs before the runtime starts.
+            std::env::set_var(var, value);
+        }
+    }
+    Ok(())
+}
+
+const KNOWN_VARS: &[&str] = &[
+    "TASKSCOPE_REDIS_URL",
+    "TASKSCOPE_DB",
+    "TASKSCOPE_LISTEN",
+    "TASKSCOPE_BROKERS",
+    "TASKSCOPE_ABANDON_AFTER",
+    "TASKSCOPE_SAMPLE_EVERY",
+    "TASKSCOPE_NO_CONFIG_SET",
+    "TASKSCOPE_AUTH_TOKEN",
+    "TASKSCOPE_CELERY_ENABLE_EVENTS",
+    "TASKSCOPE_CELERY_QUEUES",
+    "TASKSCOPE_RECONCILE_EVERY",
+    "TASKSCOPE_POLL_EVERY",
+    "TASKSCOPE_RESCAN_EVERY",
+];
+
+fn flatten(
+    prefix: &str,
+    table: &toml::Table,
+    out: &mut Vec<(String, String)>,
+) -> anyhow::Result<()> {
+    for (key, value) in table {
+        let name = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}_{key}")
+        };
+        let text = match value {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Integer(i) => i.to_string(),
+            toml::Value::Float(f) => f.to_string(),
+            toml::Value::Boolean(b) => b.to_string(),
+            toml::Value::Array(items) => items
+                .iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s.clone()),
+                    toml::Value::Integer(i) => Ok(i.to_string()),
+                    other => bail!("{name}: unsupported list item {other}"),
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?
+                .join(","),
+            toml::Value::Table(inner) => {
+                flatten(&name, inner, out)?;
+                continue;
+            }
+            toml::Value::Datetime(d) => d.to_string(),
+        };
+        out.push((name, text));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn contract_durations_parse() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+    }
+
+    #[test]
+    fn redis_db_comes_from_the_url() {
+        assert_eq!(redis_db_of("redis://127.0.0.1:6379/3").unwrap(), 3);
+        assert_eq!(redis_db_of("redis://:pw@host:1/").unwrap(), 0);
+        assert_eq!(redis_db_of("rediss://host").unwrap(), 0);
+        assert!(redis_db_of("http://host").is_err());
+        assert!(redis_db_of("redis://host/x").is_err());
+    }
+
+    #[test]
+    fn brokers_list_is_checked() {
+        assert_eq!(parse_brokers("auto").unwrap(), vec![Broker::Celery]);
+        assert_eq!(
+            parse_brokers("celery, celery").unwrap(),
+            vec![Broker::Celery]
+        );
+        assert!(parse_brokers("sidekiq").is_err());
+    }
+}

@@ -1,0 +1,139 @@
+//! The JSON API of the contract (`/healthz`, `/api/...`).
+
+use super::query::{parse_time_filter, TaskFilterParams};
+use super::{ApiError, AppState, VERSION};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
+
+pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
+    let writer = state.writer.stats();
+    let feed = match state.metrics.change_feed() {
+        crate::metrics::ChangeFeed::Unknown => "unknown",
+        crate::metrics::ChangeFeed::Notifications => "notifications",
+        crate::metrics::ChangeFeed::Polling => "polling",
+    };
+    Json(json!({
+        "status": "ok",
+        "redis": if state.metrics.redis_connected() { "connected" } else { "disconnected" },
+        "version": VERSION,
+        "brokers": state.metrics.brokers().iter().map(|b| b.as_str()).collect::<Vec<_>>(),
+        "change_feed": feed,
+        "decode_errors": state.metrics.decode_errors_total(),
+        "ingest_events": state.metrics.ingest_events().into_iter()
+            .map(|(source, n)| (source.as_str().to_string(), json!(n)))
+            .collect::<serde_json::Map<String, Value>>(),
+        "redis_commands": state.metrics.redis_commands.load(Ordering::Relaxed),
+        "lagged_events": state.metrics.lagged_events.load(Ordering::Relaxed),
+        "store": {
+            "observations_applied": writer.observations_applied.load(Ordering::Relaxed),
+            "transitions_written": writer.transitions_written.load(Ordering::Relaxed),
+            "batches": writer.batches.load(Ordering::Relaxed),
+            "batch_errors": writer.batch_errors.load(Ordering::Relaxed),
+            "dropped": writer.dropped.load(Ordering::Relaxed),
+            "backlog": state.writer.backlog(),
+        },
+    }))
+}
+
+pub async fn list_tasks(
+    State(state): State<AppState>,
+    Query(params): Query<TaskFilterParams>,
+) -> Result<Json<Value>, ApiError> {
+    let query = params.to_query(Utc::now())?;
+    let page = state.reader.list_tasks(&query).await?;
+    Ok(Json(
+        json!({ "tasks": page.tasks, "next_cursor": page.next_cursor }),
+    ))
+}
+
+pub async fn get_task(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let Some((task, transitions)) = state.reader.get_task(&id).await? else {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no task with id {id:?}"),
+        ));
+    };
+    let mut value = serde_json::to_value(&task)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Value::Object(map) = &mut value {
+        map.insert("transitions".into(), json!(transitions));
+    }
+    Ok(Json(value))
+}
+
+pub async fn queues(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "queues": state.reader.queues().await? })))
+}
+
+pub async fn workers(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let abandon_after =
+        chrono::Duration::from_std(state.abandon_after).unwrap_or(chrono::Duration::MAX);
+    Ok(Json(
+        json!({ "workers": state.reader.workers(Utc::now(), abandon_after).await? }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StatsParams {
+    since: Option<String>,
+}
+
+pub async fn stats(
+    State(state): State<AppState>,
+    Query(params): Query<StatsParams>,
+) -> Result<Json<Value>, ApiError> {
+    let since = params
+        .since
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| parse_time_filter("since", s, Utc::now()))
+        .transpose()?;
+    let stats = state.reader.stats(since).await?;
+    let by_state: serde_json::Map<String, Value> = stats
+        .by_state
+        .iter()
+        .map(|(s, n)| (s.as_str().to_string(), json!(n)))
+        .collect();
+    let by_broker: serde_json::Map<String, Value> = stats
+        .by_broker
+        .iter()
+        .map(|(b, n)| (b.as_str().to_string(), json!(n)))
+        .collect();
+    Ok(Json(
+        json!({ "by_state": by_state, "by_broker": by_broker }),
+    ))
+}
+
+/// `GET /api/events`: Server-Sent Events, one `transition` event per state change, data = the
+/// task after it. A client too slow to keep up gets a `lagged` event with the number it missed
+/// (then it should re-read `/api/tasks`).
+pub async fn events(
+    State(state): State<AppState>,
+) -> axum::response::Sse<
+    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    use futures::StreamExt;
+    use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
+    let stream = BroadcastStream::new(state.writer.subscribe()).map(|item| {
+        Ok(match item {
+            Ok(ev) => Event::default()
+                .event("transition")
+                .json_data(&ev.task)
+                .unwrap_or_else(|_| Event::default().event("error")),
+            Err(BroadcastStreamRecvError::Lagged(n)) => {
+                Event::default().event("lagged").data(n.to_string())
+            }
+        })
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}

@@ -1,0 +1,610 @@
+//! The ingest pipeline: Redis in, observations out to the store.
+//!
+//! ```text
+//! keyspace notifications ─┐                       ┌─▶ adapter.on_key_event ─▶ reads ─┐
+//! pub/sub (results, events)┼─▶ Incoming (mpsc) ──▶│                                  │
+//! lag / reconnect ────────┘                       └─▶ adapter.on_message ──┐         │
+//! ticks: reconcile, sample, rescan, sweep ───────────▶ reads ──────────────┼─────────┤
+//!                                  pipelined round trip ◀──────────────────┼─────────┘
+//!                                  adapter.on_reply ─▶ observations ───────┴─▶ StoreWriter
+//! ```
+//!
+//! Notifications are hints: they only tell which keys to read. Everything is re-derived from
+//! reads, so a lost notification (pub/sub is at-most-once, fred drops messages for a lagging
+//! receiver, taskscope may be down) costs latency, never correctness where Redis still holds
+//! the data: the reconciliation pass and the scans after every (re)connect read it again.
+//!
+//! Invariant: only this module and [`redis`] know fred; adapters only see [`Reply`]s.
+
+pub mod notifications;
+pub mod redis;
+
+use crate::metrics::{ChangeFeed, Metrics, Source};
+use crate::store::{StoreReader, StoreWriter};
+use broker_adapters::{Adapter, Broker, Output, ReadRequest};
+use chrono::Utc;
+use fred::clients::SubscriberClient;
+use fred::prelude::*;
+use notifications::Feed;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+/// The knobs of the pipeline (from `ServeSettings`).
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    pub redis_url: String,
+    pub redis_db: u32,
+    pub config_set: bool,
+    pub abandon_after: Duration,
+    pub sample_every: Duration,
+    pub reconcile_every: Duration,
+    pub poll_every: Duration,
+    pub rescan_every: Duration,
+    pub celery_enable_events: bool,
+}
+
+/// Something that arrived from Redis without being asked for.
+#[derive(Debug)]
+enum Incoming {
+    Key {
+        key: String,
+        op: String,
+    },
+    Message {
+        channel: String,
+        payload: Vec<u8>,
+    },
+    /// fred dropped this many messages: resynchronise by reading.
+    Lagged(u64),
+    /// A connection came back: what happened meanwhile is only in Redis's data.
+    Reconnected,
+}
+
+/// How many open tasks per broker a reconciliation checks on.
+const OPEN_TASKS_PER_RECONCILE: usize = 1_000;
+/// Keys a SCAN call asks for at once.
+const SCAN_COUNT: u32 = 1_000;
+/// Incoming messages handled before the pending reads run.
+const INCOMING_BATCH: usize = 20_000;
+/// Read rounds (follow-ups of follow-ups) per batch before yielding to incoming messages.
+const MAX_READ_ROUNDS: usize = 64;
+
+/// Runs until `shutdown` flips to true. Never returns early on Redis trouble: it reconnects.
+pub async fn run(
+    cfg: IngestConfig,
+    adapters: Vec<Box<dyn Adapter>>,
+    writer: StoreWriter,
+    reader: StoreReader,
+    metrics: Arc<Metrics>,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let client = redis::builder(&cfg.redis_url)?.build()?;
+    let subscriber = redis::builder(&cfg.redis_url)?.build_subscriber_client()?;
+    let (tx, rx) = mpsc::channel::<Incoming>(200_000);
+    spawn_forwarders(&subscriber, &client, cfg.redis_db, tx);
+
+    info!(url = %redact(&cfg.redis_url), "Connecting to Redis.");
+    tokio::select! {
+        r = client.init() => { r?; }
+        _ = shutdown.changed() => return Ok(()),
+    }
+    tokio::select! {
+        r = subscriber.init() => { r?; }
+        _ = shutdown.changed() => return Ok(()),
+    }
+    let _resubscribe = subscriber.manage_subscriptions();
+    metrics.redis_connected.store(true, Ordering::Relaxed);
+    info!("Connected to Redis.");
+
+    let mut pipeline = Pipeline {
+        cfg,
+        client,
+        subscriber,
+        adapters,
+        writer,
+        reader,
+        metrics,
+        rx,
+        pending: Vec::new(),
+        pending_set: HashSet::new(),
+        subscribed: BTreeSet::new(),
+        feed: Feed::Polling {
+            reason: "not checked yet".into(),
+        },
+        logged_errors: HashSet::new(),
+        writer_error: None,
+    };
+    pipeline.resync().await;
+    pipeline.run_loop(&mut shutdown).await;
+    let _ = pipeline.client.quit().await;
+    let _ = pipeline.subscriber.quit().await;
+    match pipeline.writer_error {
+        Some(e) => anyhow::bail!("{e}; the history file may be unwritable (disk full?)"),
+        None => Ok(()),
+    }
+}
+
+/// `redis://:secret@host` -> `redis://:***@host` for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
+        _ => url.to_string(),
+    }
+}
+
+/// Moves fred's broadcast messages into our own bounded queue at once, so the broadcast
+/// receivers never lag behind the (slower) processing; a lag that still happens is reported.
+fn spawn_forwarders(
+    subscriber: &SubscriberClient,
+    client: &Client,
+    db: u32,
+    tx: mpsc::Sender<Incoming>,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    let mut keys = subscriber.keyspace_event_rx();
+    let key_tx = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            match keys.recv().await {
+                Ok(ev) if u32::from(ev.db) == db => {
+                    let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
+                    if key_tx
+                        .send(Incoming::Key {
+                            key,
+                            op: ev.operation,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => {
+                    let _ = key_tx.send(Incoming::Lagged(n)).await;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    let mut messages = subscriber.message_rx();
+    let msg_tx = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            match messages.recv().await {
+                Ok(m) => {
+                    let payload = match m.value {
+                        Value::Bytes(b) => b.to_vec(),
+                        Value::String(s) => s.as_bytes().to_vec(),
+                        other => other.as_bytes().map(<[u8]>::to_vec).unwrap_or_default(),
+                    };
+                    let channel = m.channel.to_string();
+                    if msg_tx
+                        .send(Incoming::Message { channel, payload })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(RecvError::Lagged(n)) => {
+                    let _ = msg_tx.send(Incoming::Lagged(n)).await;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
+    for mut reconnects in [subscriber.reconnect_rx(), client.reconnect_rx()] {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            // The first event is the initial connection, which `run` handles itself.
+            let mut initial = true;
+            loop {
+                match reconnects.recv().await {
+                    Ok(_) if initial => initial = false,
+                    Ok(_) | Err(RecvError::Lagged(_)) => {
+                        if tx.send(Incoming::Reconnected).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+}
+
+struct Pipeline {
+    cfg: IngestConfig,
+    client: Client,
+    subscriber: SubscriberClient,
+    adapters: Vec<Box<dyn Adapter>>,
+    writer: StoreWriter,
+    reader: StoreReader,
+    metrics: Arc<Metrics>,
+    rx: mpsc::Receiver<Incoming>,
+    /// Reads asked for and not yet run, with the index of the adapter that asked.
+    pending: Vec<(usize, ReadRequest)>,
+    pending_set: HashSet<(usize, ReadRequest)>,
+    /// Patterns already PSUBSCRIBEd.
+    subscribed: BTreeSet<String>,
+    feed: Feed,
+    /// (broker, kind) pairs of decode errors already logged: each is logged once.
+    logged_errors: HashSet<(Broker, &'static str)>,
+    /// Set when the store writer stopped: ingest ends with this error.
+    writer_error: Option<String>,
+}
+
+impl Pipeline {
+    async fn run_loop(&mut self, shutdown: &mut watch::Receiver<bool>) {
+        let mut reconcile = tokio::time::interval(self.reconcile_period());
+        let mut sample = tokio::time::interval(self.cfg.sample_every);
+        let mut rescan = tokio::time::interval(self.cfg.rescan_every);
+        let mut sweep = tokio::time::interval(Duration::from_secs(1));
+        let mut enable_events = tokio::time::interval(Duration::from_secs(30));
+        for t in [
+            &mut reconcile,
+            &mut sample,
+            &mut rescan,
+            &mut sweep,
+            &mut enable_events,
+        ] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        // The first tick of an interval fires at once; resync() already did that work.
+        reconcile.tick().await;
+        rescan.tick().await;
+        let mut was_connected = true;
+        loop {
+            if self.writer_error.is_some() {
+                return;
+            }
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                Some(first) = self.rx.recv() => {
+                    self.handle_incoming(first).await;
+                }
+                _ = sweep.tick() => {
+                    let connected = self.client.is_connected();
+                    self.metrics.redis_connected.store(connected, Ordering::Relaxed);
+                    if connected && !was_connected {
+                        self.resync().await;
+                    }
+                    was_connected = connected;
+                    let swept = self.writer.sweep(Utc::now(), chrono_duration(self.cfg.abandon_after)).await;
+                    self.check_writer(swept);
+                }
+                _ = reconcile.tick() => {
+                    let period = self.reconcile_period();
+                    if reconcile.period() != period {
+                        reconcile = tokio::time::interval(period);
+                        reconcile.tick().await;
+                    }
+                    self.reconcile().await;
+                }
+                _ = sample.tick() => self.sample().await,
+                _ = rescan.tick() => self.scan().await,
+                _ = enable_events.tick(), if self.cfg.celery_enable_events => self.enable_celery_events().await,
+            }
+        }
+    }
+
+    /// The writer only fails once it has stopped: nothing more can be recorded, so stop too.
+    fn check_writer(&mut self, result: Result<(), crate::store::StoreError>) {
+        if let Err(e) = result {
+            if self.writer_error.is_none() {
+                error!(error = %e, "The store writer stopped; stopping ingest.");
+                self.writer_error = Some(e.to_string());
+            }
+        }
+    }
+
+    fn reconcile_period(&self) -> Duration {
+        match self.feed {
+            Feed::Notifications { .. } => self.cfg.reconcile_every,
+            Feed::Polling { .. } => self.cfg.poll_every,
+        }
+    }
+
+    /// After a (re)connect: notifications may be off again (a restarted Redis forgets CONFIG
+    /// SET), pub/sub messages were lost: check, subscribe, scan and reconcile.
+    async fn resync(&mut self) {
+        let span = info_span!("resync");
+        async {
+            let classes: String = self
+                .adapters
+                .iter()
+                .map(|a| a.interest().notify_classes)
+                .collect();
+            self.feed = notifications::ensure(&self.client, &classes, self.cfg.config_set).await;
+            match &self.feed {
+                Feed::Notifications { .. } => {
+                    self.metrics.set_change_feed(ChangeFeed::Notifications);
+                    self.metrics.set_warning("notifications", None);
+                }
+                Feed::Polling { reason } => {
+                    warn!(%reason, every = ?self.cfg.poll_every, "Keyspace notifications are unavailable; polling instead.");
+                    self.metrics.set_change_feed(ChangeFeed::Polling);
+                    self.metrics.set_warning(
+                        "notifications",
+                        Some(format!("keyspace notifications are off, polling every {:?}: {reason}", self.cfg.poll_every)),
+                    );
+                }
+            }
+            // A reconnect re-subscribes what fred tracks; we only add what is new.
+            self.update_subscriptions().await;
+            self.scan().await;
+            self.reconcile().await;
+            self.sample().await;
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn update_subscriptions(&mut self) {
+        let mut wanted = BTreeSet::new();
+        for adapter in &self.adapters {
+            let interest = adapter.interest();
+            wanted.extend(interest.channel_patterns);
+            if matches!(self.feed, Feed::Notifications { .. }) {
+                wanted.extend(
+                    interest
+                        .key_patterns
+                        .iter()
+                        .map(|p| format!("__keyspace@{}__:{p}", self.cfg.redis_db)),
+                );
+            }
+        }
+        let new: Vec<String> = wanted.difference(&self.subscribed).cloned().collect();
+        if new.is_empty() {
+            return;
+        }
+        match self.subscriber.psubscribe(new.clone()).await {
+            Ok(()) => {
+                debug!(patterns = ?new, "Subscribed.");
+                self.subscribed.extend(new);
+            }
+            Err(e) => warn!(error = %e, "PSUBSCRIBE failed; will retry after the next batch."),
+        }
+    }
+
+    async fn handle_incoming(&mut self, first: Incoming) {
+        let now = Utc::now();
+        let mut output = Output::default();
+        let mut resync = false;
+        let mut next = Some(first);
+        let mut handled = 0usize;
+        let (mut keyspace, mut pubsub) = (0u64, 0u64);
+        while let Some(item) = next.take() {
+            match item {
+                Incoming::Key { key, op } => {
+                    keyspace += 1;
+                    for i in 0..self.adapters.len() {
+                        let reads = self.adapters[i].on_key_event(&key, &op, now);
+                        self.queue_reads(i, reads);
+                    }
+                }
+                Incoming::Message { channel, payload } => {
+                    pubsub += 1;
+                    for i in 0..self.adapters.len() {
+                        let out = self.adapters[i].on_message(&channel, &payload, now);
+                        self.collect(i, out, &mut output);
+                    }
+                }
+                Incoming::Lagged(n) => {
+                    warn!(
+                        dropped = n,
+                        "Fell behind Redis pub/sub; re-reading to catch up."
+                    );
+                    self.metrics.lagged_events.fetch_add(n, Ordering::Relaxed);
+                    resync = true;
+                }
+                Incoming::Reconnected => {
+                    info!("Reconnected to Redis; re-reading what may have been missed.");
+                    resync = true;
+                }
+            }
+            handled += 1;
+            if handled < INCOMING_BATCH {
+                next = self.rx.try_recv().ok();
+            }
+        }
+        self.metrics.ingested(Source::Keyspace, keyspace);
+        self.metrics.ingested(Source::Pubsub, pubsub);
+        self.run_pending(now, &mut output).await;
+        self.deliver(output).await;
+        if resync {
+            self.resync().await;
+        }
+    }
+
+    fn queue_reads(&mut self, adapter: usize, reads: Vec<ReadRequest>) {
+        for r in reads {
+            if self.pending_set.insert((adapter, r.clone())) {
+                self.pending.push((adapter, r));
+            }
+        }
+    }
+
+    /// Takes an adapter's output apart: follow-up reads are queued, the rest is gathered.
+    fn collect(&mut self, adapter: usize, mut out: Output, into: &mut Output) {
+        for e in out.decode_errors.drain(..) {
+            self.metrics.decode_error(e.broker);
+            if self.logged_errors.insert((e.broker, e.kind)) {
+                warn!(broker = %e.broker, kind = e.kind, key = %e.key, error = %e.message,
+                    "Skipped a payload that does not decode (logged once per kind; counted in taskscope_decode_errors_total).");
+            } else {
+                debug!(broker = %e.broker, kind = e.kind, key = %e.key, error = %e.message, "Skipped a payload that does not decode.");
+            }
+        }
+        let follow_up = std::mem::take(&mut out.follow_up);
+        self.queue_reads(adapter, follow_up);
+        into.merge(out);
+    }
+
+    /// Runs the pending reads (and the reads their replies ask for) as pipelined round trips.
+    async fn run_pending(&mut self, now: chrono::DateTime<Utc>, into: &mut Output) {
+        for _ in 0..MAX_READ_ROUNDS {
+            if self.pending.is_empty() {
+                return;
+            }
+            let batch = std::mem::take(&mut self.pending);
+            self.pending_set.clear();
+            let requests: Vec<ReadRequest> = batch.iter().map(|(_, r)| r.clone()).collect();
+            self.metrics
+                .redis_commands
+                .fetch_add(requests.len() as u64, Ordering::Relaxed);
+            match redis::run_reads(&self.client, &requests).await {
+                Ok(replies) => {
+                    self.metrics.ingested(Source::Read, replies.len() as u64);
+                    for ((adapter, request), reply) in batch.into_iter().zip(replies) {
+                        let out = self.adapters[adapter].on_reply(&request, reply, now);
+                        self.collect(adapter, out, into);
+                    }
+                }
+                Err(e) => {
+                    warn!(error = %e, reads = requests.len(), "Reads failed; they will be redone after reconnecting.");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands observations and samples to the store, and subscribes to newly found keys.
+    async fn deliver(&mut self, output: Output) {
+        let Output {
+            observations,
+            queue_samples,
+            ..
+        } = output;
+        if !observations.is_empty() {
+            let sent = self.writer.observe(observations).await;
+            self.check_writer(sent);
+        }
+        if !queue_samples.is_empty() {
+            let sent = self.writer.samples(queue_samples).await;
+            self.check_writer(sent);
+        }
+        self.update_subscriptions().await;
+    }
+
+    async fn reconcile(&mut self) {
+        let now = Utc::now();
+        for i in 0..self.adapters.len() {
+            let broker = self.adapters[i].broker();
+            let open = match self
+                .reader
+                .open_tasks(broker, OPEN_TASKS_PER_RECONCILE)
+                .await
+            {
+                Ok(open) => open,
+                Err(e) => {
+                    error!(error = %e, %broker, "Cannot list open tasks for reconciliation.");
+                    Vec::new()
+                }
+            };
+            let reads = self.adapters[i].reconcile(&open, now);
+            self.queue_reads(i, reads);
+        }
+        let mut output = Output::default();
+        self.run_pending(now, &mut output).await;
+        self.deliver(output).await;
+    }
+
+    /// Samples queue sizes; each adapter's sample reads run as one contiguous pipeline, so the
+    /// adapter sees its replies in order.
+    async fn sample(&mut self) {
+        let now = Utc::now();
+        let mut output = Output::default();
+        for i in 0..self.adapters.len() {
+            let reads = self.adapters[i].sample_queues(now);
+            if reads.is_empty() {
+                continue;
+            }
+            self.metrics
+                .redis_commands
+                .fetch_add(reads.len() as u64, Ordering::Relaxed);
+            match redis::run_reads(&self.client, &reads).await {
+                Ok(replies) => {
+                    for (request, reply) in reads.iter().zip(replies) {
+                        let out = self.adapters[i].on_reply(request, reply, now);
+                        self.collect(i, out, &mut output);
+                    }
+                }
+                Err(e) => warn!(error = %e, "Queue sampling failed; next round will retry."),
+            }
+        }
+        self.run_pending(now, &mut output).await;
+        self.deliver(output).await;
+    }
+
+    /// Bounded SCANs for every adapter's scan patterns; reads run page by page so memory stays
+    /// flat on a large keyspace, and incoming messages are handled between pages.
+    async fn scan(&mut self) {
+        let started = std::time::Instant::now();
+        let mut total = 0usize;
+        for i in 0..self.adapters.len() {
+            for pattern in self.adapters[i].interest().scan_patterns {
+                let mut cursor = 0u64;
+                loop {
+                    self.metrics.redis_commands.fetch_add(1, Ordering::Relaxed);
+                    let (next, keys) = match redis::scan_page(
+                        &self.client,
+                        cursor,
+                        &pattern,
+                        SCAN_COUNT,
+                    )
+                    .await
+                    {
+                        Ok(page) => page,
+                        Err(e) => {
+                            warn!(error = %e, "Scan interrupted; it will run again after reconnecting.");
+                            return;
+                        }
+                    };
+                    total += keys.len();
+                    let now = Utc::now();
+                    let reads = self.adapters[i].on_scan(&pattern, keys, now);
+                    self.queue_reads(i, reads);
+                    let mut output = Output::default();
+                    self.run_pending(now, &mut output).await;
+                    self.deliver(output).await;
+                    while let Ok(item) = self.rx.try_recv() {
+                        Box::pin(self.handle_incoming(item)).await;
+                    }
+                    if next == 0 {
+                        break;
+                    }
+                    cursor = next;
+                }
+            }
+        }
+        info!(keys = total, took = ?started.elapsed(), "Scanned Redis for queues and results.");
+    }
+
+    async fn enable_celery_events(&mut self) {
+        let (channel, payload) = broker_adapters::celery::control::enable_events(
+            self.cfg.redis_db,
+            &uuid::Uuid::new_v4().to_string(),
+            Utc::now(),
+        );
+        self.metrics.redis_commands.fetch_add(1, Ordering::Relaxed);
+        match self
+            .client
+            .publish::<i64, _, _>(channel.as_str(), payload)
+            .await
+        {
+            Ok(receivers) => debug!(receivers, "Broadcast Celery enable_events."),
+            Err(e) => warn!(error = %e, "Could not broadcast Celery enable_events."),
+        }
+    }
+}
+
+fn chrono_duration(d: Duration) -> chrono::Duration {
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}

@@ -1,0 +1,157 @@
+//! The only place that knows fred: building clients, turning an adapter's [`ReadRequest`]s into
+//! one pipelined round trip, converting replies into [`Reply`]s, bounded SCANs.
+
+use anyhow::Context;
+use broker_adapters::{ReadRequest, Reply};
+use fred::prelude::*;
+use fred::types::{ClusterHash, CustomCommand};
+use std::time::Duration;
+
+/// Commands per pipeline: enough to amortise the round trip, small enough to keep replies
+/// (and Redis's output buffer for us) modest.
+pub const PIPELINE_CHUNK: usize = 512;
+
+/// Builds a client for `url` that reconnects forever with backoff and keeps going when Redis is
+/// down at start (`fail_fast = false`).
+pub fn builder(url: &str) -> anyhow::Result<Builder> {
+    let mut config =
+        Config::from_url(url).with_context(|| format!("cannot use the Redis URL {url:?}"))?;
+    config.fail_fast = false;
+    let mut builder = Builder::from_config(config);
+    builder
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(5);
+            c.internal_command_timeout = Duration::from_secs(10);
+        })
+        .with_performance_config(|p| {
+            // fred drops pub/sub messages for a receiver that lags more than this.
+            p.broadcast_channel_capacity = 65_536;
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 100, 10_000, 2));
+    Ok(builder)
+}
+
+fn cmd(name: &'static str) -> CustomCommand {
+    CustomCommand::new_static(name, ClusterHash::FirstKey, false)
+}
+
+fn command(req: &ReadRequest) -> (CustomCommand, Vec<Value>) {
+    let s = |k: &str| Value::from(k.to_string());
+    match req {
+        ReadRequest::Get(k) => (cmd("GET"), vec![s(k)]),
+        ReadRequest::MGet(keys) => (cmd("MGET"), keys.iter().map(|k| s(k)).collect()),
+        ReadRequest::LLen(k) => (cmd("LLEN"), vec![s(k)]),
+        ReadRequest::LRange { key, start, stop } => (
+            cmd("LRANGE"),
+            vec![s(key), Value::from(*start), Value::from(*stop)],
+        ),
+        ReadRequest::HGetAll(k) => (cmd("HGETALL"), vec![s(k)]),
+        ReadRequest::HLen(k) => (cmd("HLEN"), vec![s(k)]),
+        ReadRequest::SMembers(k) => (cmd("SMEMBERS"), vec![s(k)]),
+        ReadRequest::ZCard(k) => (cmd("ZCARD"), vec![s(k)]),
+        ReadRequest::ZRangeWithScores { key, start, stop } => (
+            cmd("ZRANGE"),
+            vec![
+                s(key),
+                Value::from(*start),
+                Value::from(*stop),
+                s("WITHSCORES"),
+            ],
+        ),
+    }
+}
+
+/// Converts a fred value into the adapters' reply type.
+pub fn to_reply(value: Value) -> Reply {
+    match value {
+        Value::Null | Value::Queued => Reply::Nil,
+        Value::Boolean(b) => Reply::Int(i64::from(b)),
+        Value::Integer(i) => Reply::Int(i),
+        Value::Double(d) => Reply::Double(d),
+        Value::String(s) => Reply::Bytes(s.as_bytes().to_vec()),
+        Value::Bytes(b) => Reply::Bytes(b.to_vec()),
+        Value::Array(items) => Reply::Array(items.into_iter().map(to_reply).collect()),
+        Value::Map(map) => Reply::Array(
+            map.inner()
+                .into_iter()
+                .flat_map(|(k, v)| [Reply::Bytes(k.as_bytes().to_vec()), to_reply(v)])
+                .collect(),
+        ),
+    }
+}
+
+/// Runs `requests` as pipelines of [`PIPELINE_CHUNK`] commands; one reply per request, in order.
+/// A failed command yields `Reply::Error` for that request only; a lost connection fails all.
+pub async fn run_reads(client: &Client, requests: &[ReadRequest]) -> anyhow::Result<Vec<Reply>> {
+    let mut replies = Vec::with_capacity(requests.len());
+    for chunk in requests.chunks(PIPELINE_CHUNK) {
+        let pipeline = client.pipeline();
+        for req in chunk {
+            let (c, args) = command(req);
+            let _: () = pipeline.custom(c, args).await?;
+        }
+        let results = pipeline.try_all::<Value>().await;
+        if results.len() != chunk.len() {
+            // The whole pipeline failed (connection lost): report it as one error.
+            let reason = results
+                .into_iter()
+                .find_map(Result::err)
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "pipeline returned a different number of replies".into());
+            anyhow::bail!("pipelined read failed: {reason}");
+        }
+        for result in results {
+            replies.push(match result {
+                Ok(v) => to_reply(v),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout
+                    ) =>
+                {
+                    anyhow::bail!("pipelined read failed: {e}")
+                }
+                Err(e) => Reply::Error(e.to_string()),
+            });
+        }
+    }
+    Ok(replies)
+}
+
+/// One page of `SCAN cursor MATCH pattern COUNT count`: the next cursor (0 = done) and keys.
+pub async fn scan_page(
+    client: &Client,
+    cursor: u64,
+    pattern: &str,
+    count: u32,
+) -> anyhow::Result<(u64, Vec<String>)> {
+    let reply: Value = client
+        .custom(
+            cmd("SCAN"),
+            vec![
+                Value::from(cursor.to_string()),
+                Value::from("MATCH"),
+                Value::from(pattern.to_string()),
+                Value::from("COUNT"),
+                Value::from(i64::from(count)),
+            ],
+        )
+        .await
+        .with_context(|| format!("SCAN {pattern}"))?;
+    let mut parts = match to_reply(reply) {
+        Reply::Array(parts) => parts.into_iter(),
+        other => anyhow::bail!("SCAN {pattern}: unexpected reply {other:?}"),
+    };
+    let next = parts.next().and_then(|c| c.as_i64()).unwrap_or(0).max(0) as u64;
+    let keys = parts
+        .next()
+        .map(Reply::into_items)
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|k| {
+            k.as_bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+        })
+        .collect();
+    Ok((next, keys))
+}

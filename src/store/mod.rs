@@ -1,0 +1,134 @@
+//! The history of tasks, workers and queues, in one embedded DuckDB file.
+//!
+//! # Layout
+//! - [`open`]: takes the file's lock, migrates the schema, starts the writer thread.
+//! - `schema`: versioned migrations and the index policy.
+//! - `writer`: [`StoreWriter`], the handle through which everything is written; the writer thread
+//!   folds observations with the shared state machine and writes them in batches.
+//! - `reader`: [`StoreReader`], every query the HTTP layer, exports and ingest need.
+//! - `rows`: conversions between the model and rows (timestamps, JSON text, cursors).
+//!
+//! # Architecture invariants
+//! - Only this module touches DuckDB. Callers see `broker_adapters` types and plain structs.
+//! - One writer thread owns the write connection; everything else sends it commands. Readers
+//!   use connections of their own, on `spawn_blocking` threads.
+//! - No `Connection` is ever held across an `.await`: a connection is `Send` but not `Sync`, and
+//!   a DuckDB call blocks.
+//! - One taskscope process per file: DuckDB allows one read-write process, and [`open`] fails
+//!   fast when another holds the lock.
+
+mod reader;
+mod rows;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+pub use reader::{StoreReader, TaskQuery};
+pub use writer::StoreWriter;
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+/// Everything that can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "cannot open {path}: the database is locked by another process (another taskscope \
+         probably runs on it); stop it or pass a different --db ({source})"
+    )]
+    Locked {
+        path: PathBuf,
+        #[source]
+        source: duckdb::Error,
+    },
+    #[error("cannot open the database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: duckdb::Error,
+    },
+    #[error("database migration to schema version {version} failed: {source}")]
+    Migration {
+        version: i32,
+        #[source]
+        source: duckdb::Error,
+    },
+    #[error(
+        "the database has schema version {found}, newer than this taskscope supports \
+         ({supported}): upgrade taskscope or use another --db"
+    )]
+    TooNew { found: i32, supported: i32 },
+    #[error("cannot start the store writer thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("invalid cursor {0:?}: pass the next_cursor of a previous page")]
+    BadCursor(String),
+    #[error("database query failed: {0}")]
+    Query(#[from] duckdb::Error),
+    #[error("unexpected data in the database: {0}")]
+    Corrupt(String),
+    #[error("the store writer has stopped")]
+    WriterGone,
+    #[error("a store query was cancelled: {0}")]
+    Cancelled(String),
+}
+
+/// Tuning knobs; [`Default`] suits a sidecar.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Commands the writer's channel holds before `send` waits (back-pressure on ingest).
+    pub channel_capacity: usize,
+    /// Tasks the writer keeps in memory to fold observations without reading the database.
+    /// Finished tasks are evicted first.
+    pub cache_capacity: usize,
+    /// Upper bound of observations folded into one transaction.
+    pub max_batch_observations: usize,
+    /// Transition events buffered for slow subscribers (SSE) before they lag.
+    pub broadcast_capacity: usize,
+    /// Reader connections kept open when idle.
+    pub max_idle_readers: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            channel_capacity: 10_000,
+            cache_capacity: 200_000,
+            max_batch_observations: 50_000,
+            broadcast_capacity: 4_096,
+            max_idle_readers: 4,
+        }
+    }
+}
+
+/// Opens (or creates) the database at `path`, migrates it and starts the writer thread.
+///
+/// The writer thread stops once every [`StoreWriter`] clone is dropped, after writing what was
+/// sent; join the handle to be sure everything reached the file.
+pub fn open(
+    path: &Path,
+    opts: StoreOptions,
+) -> Result<(StoreWriter, StoreReader, JoinHandle<()>), StoreError> {
+    let mut conn = duckdb::Connection::open(path).map_err(|source| {
+        let msg = source.to_string();
+        if msg.contains("Could not set lock") || msg.contains("Conflicting lock") {
+            StoreError::Locked {
+                path: path.to_path_buf(),
+                source,
+            }
+        } else {
+            StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    schema::migrate(&mut conn)?;
+    let reader_template = conn.try_clone().map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let reader = StoreReader::new(reader_template, opts.max_idle_readers);
+    let (writer, handle) = writer::start(conn, &opts)?;
+    Ok((writer, reader, handle))
+}

@@ -1,0 +1,399 @@
+//! Every query of the history. [`StoreReader`] is a cheap clone around a small pool of DuckDB
+//! connections (clones of the writer's database); each query borrows one on a `spawn_blocking`
+//! thread and gives it back, so no connection ever crosses an `.await`.
+//!
+//! Readers see what the writer has committed (MVCC): call `StoreWriter::flush` first to read
+//! your own writes. User input only ever reaches SQL as bound parameters.
+
+use super::rows::{
+    self, decode_cursor, encode_cursor, get_ts_required, read_task, read_transition, TASK_COLUMNS,
+    TRANSITION_COLUMNS,
+};
+use super::StoreError;
+use broker_adapters::state::worker_alive;
+use broker_adapters::{Broker, OpenTask, QueueSample, Task, TaskState, Transition, Worker};
+use chrono::{DateTime, Utc};
+use duckdb::types::Value as DbValue;
+use duckdb::Connection;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The filters of `/api/tasks` (and of the CSV export). Empty lists and `None` mean "any".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TaskQuery {
+    pub brokers: Vec<Broker>,
+    pub queue: Option<String>,
+    pub name: Option<String>,
+    pub states: Vec<TaskState>,
+    /// Case-insensitive substring of the id, the name, or the arguments (args and kwargs JSON).
+    pub q: Option<String>,
+    /// `updated_at >= since`.
+    pub since: Option<DateTime<Utc>>,
+    /// `updated_at < until`.
+    pub until: Option<DateTime<Utc>>,
+    /// Page size; the caller clamps it to 1..=1000 (0 reads as 1).
+    pub limit: usize,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of tasks, newest activity first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPage {
+    pub tasks: Vec<Task>,
+    /// `Some` when more tasks match after this page.
+    pub next_cursor: Option<String>,
+}
+
+/// Counts for the overview and `/api/stats`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Stats {
+    /// Every one of the six states, 0 when none.
+    pub by_state: BTreeMap<TaskState, u64>,
+    /// Only brokers that have tasks.
+    pub by_broker: BTreeMap<Broker, u64>,
+}
+
+/// Read access to the history. Cheap to clone.
+#[derive(Clone)]
+pub struct StoreReader {
+    pool: Arc<Pool>,
+}
+
+impl std::fmt::Debug for StoreReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreReader").finish_non_exhaustive()
+    }
+}
+
+struct Pool {
+    /// Cloned to make new connections (never queried itself).
+    template: Mutex<Connection>,
+    idle: Mutex<Vec<Connection>>,
+    max_idle: usize,
+}
+
+impl Pool {
+    fn take(&self) -> Result<Connection, StoreError> {
+        if let Some(conn) = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+        {
+            return Ok(conn);
+        }
+        let template = self.template.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(template.try_clone()?)
+    }
+
+    fn give_back(&self, conn: Connection) {
+        let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
+        if idle.len() < self.max_idle {
+            idle.push(conn);
+        }
+    }
+}
+
+/// A task's state as the SQL literal the schema stores.
+fn state_value(s: TaskState) -> DbValue {
+    DbValue::Text(s.as_str().to_string())
+}
+
+/// `col IN (?, ?, …)` for a non-empty list.
+fn in_list(col: &str, n: usize) -> String {
+    format!("{col} IN ({})", vec!["?"; n].join(", "))
+}
+
+impl StoreReader {
+    pub(super) fn new(template: Connection, max_idle: usize) -> StoreReader {
+        StoreReader {
+            pool: Arc::new(Pool {
+                template: Mutex::new(template),
+                idle: Mutex::new(Vec::new()),
+                max_idle,
+            }),
+        }
+    }
+
+    /// Runs `f` with a pooled connection on a blocking thread.
+    async fn with_conn<T, F>(&self, what: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let pool = self.pool.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = pool.take()?;
+            let out = f(&conn);
+            pool.give_back(conn);
+            out
+        })
+        .await
+        .map_err(|e| StoreError::Cancelled(format!("{what}: {e}")))?
+    }
+
+    /// Runs raw SQL on a reader connection: lets tests plant rows no writer would write.
+    #[cfg(test)]
+    pub(super) async fn execute_for_test(&self, sql: &'static str) {
+        self.with_conn("test", move |conn| Ok(conn.execute_batch(sql)?))
+            .await
+            .unwrap();
+    }
+
+    /// The tasks matching `query`, newest activity first (`updated_at` desc, then broker, id).
+    pub async fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage, StoreError> {
+        let query = query.clone();
+        let cursor = query.cursor.as_deref().map(decode_cursor).transpose()?;
+        self.with_conn("list_tasks", move |conn| {
+            let mut wheres: Vec<String> = Vec::new();
+            let mut params: Vec<DbValue> = Vec::new();
+            if !query.brokers.is_empty() {
+                wheres.push(in_list("broker", query.brokers.len()));
+                params.extend(
+                    query
+                        .brokers
+                        .iter()
+                        .map(|b| DbValue::Text(b.as_str().to_string())),
+                );
+            }
+            if let Some(queue) = &query.queue {
+                wheres.push("queue = ?".into());
+                params.push(DbValue::Text(queue.clone()));
+            }
+            if let Some(name) = &query.name {
+                wheres.push("name = ?".into());
+                params.push(DbValue::Text(name.clone()));
+            }
+            if !query.states.is_empty() {
+                wheres.push(in_list("state", query.states.len()));
+                params.extend(query.states.iter().copied().map(state_value));
+            }
+            if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+                wheres.push(
+                    "(contains(lower(id), ?) OR contains(lower(coalesce(name, '')), ?) \
+                     OR contains(lower(coalesce(args, '')), ?) \
+                     OR contains(lower(coalesce(kwargs, '')), ?))"
+                        .into(),
+                );
+                let q = q.to_lowercase();
+                params.extend(std::iter::repeat_n(DbValue::Text(q), 4));
+            }
+            if let Some(since) = query.since {
+                wheres.push("updated_at >= ?".into());
+                params.push(rows::opt_ts(Some(since)));
+            }
+            if let Some(until) = query.until {
+                wheres.push("updated_at < ?".into());
+                params.push(rows::opt_ts(Some(until)));
+            }
+            if let Some(c) = &cursor {
+                wheres.push(
+                    "(updated_at < ? OR (updated_at = ? AND (broker > ? OR (broker = ? AND id > ?))))"
+                        .into(),
+                );
+                let at = rows::opt_ts(Some(c.updated_at));
+                let broker = DbValue::Text(c.broker.as_str().to_string());
+                params.extend([
+                    at.clone(),
+                    at,
+                    broker.clone(),
+                    broker,
+                    DbValue::Text(c.id.clone()),
+                ]);
+            }
+            let limit = query.limit.clamp(1, 10_000);
+            let sql = format!(
+                "SELECT {TASK_COLUMNS} FROM tasks {} ORDER BY updated_at DESC, broker, id LIMIT {}",
+                if wheres.is_empty() {
+                    String::new()
+                } else {
+                    format!("WHERE {}", wheres.join(" AND "))
+                },
+                // A number we computed, not user text.
+                limit + 1
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let mut rows = stmt.query(duckdb::params_from_iter(params))?;
+            let mut tasks = Vec::with_capacity(limit + 1);
+            while let Some(row) = rows.next()? {
+                tasks.push(read_task(row)?);
+            }
+            let next_cursor = if tasks.len() > limit {
+                tasks.truncate(limit);
+                tasks.last().map(encode_cursor)
+            } else {
+                None
+            };
+            Ok(TaskPage { tasks, next_cursor })
+        })
+        .await
+    }
+
+    /// The newest `limit` tasks, unfiltered.
+    pub async fn recent_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
+        let query = TaskQuery {
+            limit,
+            ..TaskQuery::default()
+        };
+        Ok(self.list_tasks(&query).await?.tasks)
+    }
+
+    /// A task and its timeline (oldest first). When several brokers know the id, the most
+    /// recently updated task wins.
+    pub async fn get_task(&self, id: &str) -> Result<Option<(Task, Vec<Transition>)>, StoreError> {
+        let id = id.to_string();
+        self.with_conn("get_task", move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?
+                 ORDER BY updated_at DESC, broker LIMIT 1"
+            ))?;
+            let mut rows = stmt.query([&id])?;
+            let Some(row) = rows.next()? else {
+                return Ok(None);
+            };
+            let task = read_task(row)?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {TRANSITION_COLUMNS} FROM transitions WHERE broker = ? AND task_id = ?
+                 ORDER BY occurred_at, seq"
+            ))?;
+            let mut rows = stmt.query([task.broker.as_str(), task.id.as_str()])?;
+            let mut transitions = Vec::new();
+            while let Some(row) = rows.next()? {
+                transitions.push(read_transition(row)?);
+            }
+            Ok(Some((task, transitions)))
+        })
+        .await
+    }
+
+    /// The newest sample of every queue, ordered by broker and queue.
+    pub async fn queues(&self) -> Result<Vec<QueueSample>, StoreError> {
+        self.with_conn("queues", |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT broker, queue, sampled_at, length, delayed, dead, running FROM queue_latest
+                 ORDER BY broker, queue",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let broker: String = row.get(0)?;
+                out.push(QueueSample {
+                    broker: rows::parse_broker(&broker)?,
+                    name: row.get(1)?,
+                    sampled_at: get_ts_required(row, 2)?,
+                    length: row.get(3)?,
+                    delayed: row.get(4)?,
+                    dead: row.get(5)?,
+                    running: row.get(6)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Every known worker, ordered by broker and id. `alive` is judged at `now`
+    /// (`state::worker_alive`); `running` counts its tasks in state `running`.
+    pub async fn workers(
+        &self,
+        now: DateTime<Utc>,
+        abandon_after: chrono::Duration,
+    ) -> Result<Vec<Worker>, StoreError> {
+        self.with_conn("workers", move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT w.broker, w.id, w.hostname, w.pid, w.alive, w.last_seen, w.online_since,
+                        coalesce(r.n, 0)
+                 FROM workers w
+                 LEFT JOIN (SELECT broker, worker, count(*) AS n FROM tasks
+                            WHERE state = 'running' AND worker IS NOT NULL
+                            GROUP BY broker, worker) r
+                   ON r.broker = w.broker AND r.worker = w.id
+                 ORDER BY w.broker, w.id",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let broker: String = row.get(0)?;
+                let pid: Option<i64> = row.get(3)?;
+                let running: i64 = row.get(7)?;
+                let mut w = Worker {
+                    broker: rows::parse_broker(&broker)?,
+                    id: row.get(1)?,
+                    hostname: row.get(2)?,
+                    pid: pid.and_then(|p| u32::try_from(p).ok()),
+                    alive: row.get(4)?,
+                    last_seen: get_ts_required(row, 5)?,
+                    online_since: get_ts_required(row, 6)?,
+                    running: u64::try_from(running).unwrap_or(0),
+                };
+                w.alive = worker_alive(&w, now, abandon_after);
+                out.push(w);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Task counts by state and by broker, of the tasks updated since `since` (all when `None`).
+    pub async fn stats(&self, since: Option<DateTime<Utc>>) -> Result<Stats, StoreError> {
+        self.with_conn("stats", move |conn| {
+            let (filter, params): (&str, Vec<DbValue>) = match since {
+                Some(since) => ("WHERE updated_at >= ?", vec![rows::opt_ts(Some(since))]),
+                None => ("", Vec::new()),
+            };
+            let mut stmt = conn.prepare(&format!(
+                "SELECT broker, state, count(*) FROM tasks {filter} GROUP BY broker, state"
+            ))?;
+            let mut rows = stmt.query(duckdb::params_from_iter(params))?;
+            let mut stats = Stats {
+                by_state: TaskState::ALL.into_iter().map(|s| (s, 0)).collect(),
+                by_broker: BTreeMap::new(),
+            };
+            while let Some(row) = rows.next()? {
+                let broker: String = row.get(0)?;
+                let state: String = row.get(1)?;
+                let n: i64 = row.get(2)?;
+                let n = u64::try_from(n).unwrap_or(0);
+                *stats
+                    .by_state
+                    .entry(rows::parse_state(&state)?)
+                    .or_default() += n;
+                *stats
+                    .by_broker
+                    .entry(rows::parse_broker(&broker)?)
+                    .or_default() += n;
+            }
+            Ok(stats)
+        })
+        .await
+    }
+
+    /// Tasks of `broker` that may still move (queued, running, retried, abandoned), most
+    /// recently updated first: what the reconcile poller re-reads.
+    pub async fn open_tasks(
+        &self,
+        broker: Broker,
+        limit: usize,
+    ) -> Result<Vec<OpenTask>, StoreError> {
+        self.with_conn("open_tasks", move |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT id, queue, name FROM tasks
+                 WHERE broker = ? AND state IN ('queued', 'running', 'retried', 'abandoned')
+                 ORDER BY updated_at DESC, id LIMIT ?",
+            )?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let mut rows = stmt.query(duckdb::params![broker.as_str(), limit])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(OpenTask {
+                    id: row.get(0)?,
+                    queue: row.get(1)?,
+                    name: row.get(2)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

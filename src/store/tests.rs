@@ -1,0 +1,586 @@
+//! The store as its callers see it: observations in through the writer, answers out of the
+//! reader, against a real DuckDB file in a temporary directory. Times are fixed, in the past.
+
+use super::*;
+use broker_adapters::{
+    Broker, Observation, QueueSample, TaskEvent, TaskObservation, TaskState, WorkerEvent,
+    WorkerObservation,
+};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use serde_json::json;
+use std::path::Path;
+
+fn at(secs: i64) -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap() + Duration::milliseconds(secs * 1000)
+}
+
+fn task_obs(broker: Broker, id: &str, secs: i64, event: TaskEvent) -> TaskObservation {
+    TaskObservation::new(broker, id, at(secs), event, "test")
+}
+
+fn worker_obs(id: &str, pid: u32, secs: i64, event: WorkerEvent) -> Observation {
+    Observation::Worker(WorkerObservation {
+        broker: Broker::Celery,
+        id: id.into(),
+        hostname: Some("host".into()),
+        pid: Some(pid),
+        at: at(secs),
+        event,
+        active: None,
+        heartbeat_every_s: None,
+    })
+}
+
+fn open_at(path: &Path) -> (StoreWriter, StoreReader, std::thread::JoinHandle<()>) {
+    open(path, StoreOptions::default()).unwrap()
+}
+
+async fn write(writer: &StoreWriter, obs: Vec<TaskObservation>) {
+    writer
+        .observe(obs.into_iter().map(Observation::Task).collect())
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+}
+
+fn close(writer: StoreWriter, reader: StoreReader, handle: std::thread::JoinHandle<()>) {
+    drop(writer);
+    handle.join().unwrap();
+    drop(reader);
+}
+
+#[tokio::test]
+async fn lifecycle_with_one_retry_writes_five_transitions_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.duckdb");
+    let (writer, reader, handle) = open_at(&path);
+    let mut events = writer.subscribe();
+
+    let mut queued = task_obs(Broker::Celery, "t1", 0, TaskEvent::Queued);
+    queued.fields.name = Some("billing.add".into());
+    queued.fields.queue = Some("celery".into());
+    queued.fields.args = Some(json!([1, 2]));
+    queued.fields.kwargs = Some(json!({"x": 1}));
+    let mut running = task_obs(Broker::Celery, "t1", 1, TaskEvent::Running);
+    running.fields.worker = Some("celery@a".into());
+    let mut retried = task_obs(Broker::Celery, "t1", 2, TaskEvent::Retried);
+    retried.fields.error = Some("ValueError: boom".into());
+    let running2 = task_obs(Broker::Celery, "t1", 3, TaskEvent::Running);
+    let mut success = task_obs(Broker::Celery, "t1", 4, TaskEvent::Succeeded);
+    success.fields.result = Some(json!(3));
+    // Two rounds, so both the in-batch fold and the cache across batches are exercised.
+    write(&writer, vec![queued, running, retried]).await;
+    write(&writer, vec![running2, success]).await;
+
+    let check = |task: &broker_adapters::Task, transitions: &[broker_adapters::Transition]| {
+        assert_eq!(task.state, TaskState::Success);
+        assert_eq!(task.retries, 1);
+        assert_eq!(task.name.as_deref(), Some("billing.add"));
+        assert_eq!(task.args, Some(json!([1, 2])));
+        assert_eq!(task.kwargs, Some(json!({"x": 1})));
+        assert_eq!(task.result, Some(json!(3)));
+        assert_eq!(task.worker.as_deref(), Some("celery@a"));
+        assert_eq!(task.enqueued_at, Some(at(0)));
+        assert_eq!(task.started_at, Some(at(3)));
+        assert_eq!(task.finished_at, Some(at(4)));
+        assert_eq!(task.runtime_ms, Some(1000.0));
+        assert_eq!(task.updated_at, at(4));
+        let states: Vec<TaskState> = transitions.iter().map(|t| t.state).collect();
+        assert_eq!(
+            states,
+            [
+                TaskState::Queued,
+                TaskState::Running,
+                TaskState::Retried,
+                TaskState::Running,
+                TaskState::Success
+            ]
+        );
+        assert_eq!(transitions[2].at, at(2));
+    };
+    let (task, transitions) = reader.get_task("t1").await.unwrap().unwrap();
+    check(&task, &transitions);
+    for _ in 0..5 {
+        let e = events.try_recv().unwrap();
+        assert_eq!(e.task.id, "t1");
+    }
+    assert_eq!(
+        writer
+            .stats()
+            .transitions_written
+            .load(std::sync::atomic::Ordering::Relaxed),
+        5
+    );
+
+    close(writer, reader, handle);
+    let (writer, reader, handle) = open_at(&path);
+    let (task, transitions) = reader.get_task("t1").await.unwrap().unwrap();
+    check(&task, &transitions);
+    assert!(reader.get_task("nope").await.unwrap().is_none());
+    // A late duplicate after the restart is read from the file and changes nothing.
+    write(
+        &writer,
+        vec![task_obs(Broker::Celery, "t1", 1, TaskEvent::Running)],
+    )
+    .await;
+    let (again, transitions) = reader.get_task("t1").await.unwrap().unwrap();
+    assert_eq!(again, task);
+    assert_eq!(transitions.len(), 5);
+    close(writer, reader, handle);
+}
+
+#[tokio::test]
+async fn success_seen_before_queued_stays_success_and_gains_name_and_args() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    write(
+        &writer,
+        vec![task_obs(Broker::Rq, "j1", 5, TaskEvent::Succeeded)],
+    )
+    .await;
+    let mut queued = task_obs(Broker::Rq, "j1", 1, TaskEvent::Queued);
+    queued.fields.name = Some("jobs.send".into());
+    queued.fields.args = Some(json!(["a@b.c"]));
+    write(&writer, vec![queued]).await;
+    let (task, _) = reader.get_task("j1").await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Success);
+    assert_eq!(task.name.as_deref(), Some("jobs.send"));
+    assert_eq!(task.args, Some(json!(["a@b.c"])));
+    close(writer, reader, handle);
+}
+
+#[tokio::test]
+async fn list_tasks_filters_and_pages_every_task_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    let mut obs = Vec::new();
+    for i in 0..120 {
+        let broker = if i % 2 == 0 {
+            Broker::Celery
+        } else {
+            Broker::Dramatiq
+        };
+        // Groups of three share an updated_at, so ties are paged by (broker, id).
+        let secs = i / 3;
+        let mut q = task_obs(broker, &format!("task-{i:03}"), secs, TaskEvent::Queued);
+        q.fields.name = Some(if i % 3 == 0 { "mail.Send" } else { "calc.add" }.into());
+        q.fields.queue = Some("default".into());
+        q.fields.args = Some(json!([format!("Customer-{i}")]));
+        obs.push(q);
+        if i % 4 == 0 {
+            obs.push(task_obs(
+                broker,
+                &format!("task-{i:03}"),
+                secs,
+                TaskEvent::Failed,
+            ));
+        }
+    }
+    write(&writer, obs).await;
+
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = None;
+    let mut last: Option<(DateTime<Utc>, Broker, String)> = None;
+    loop {
+        let page = reader
+            .list_tasks(&TaskQuery {
+                limit: 7,
+                cursor: cursor.clone(),
+                ..TaskQuery::default()
+            })
+            .await
+            .unwrap();
+        for t in &page.tasks {
+            assert!(seen.insert(t.id.clone()), "{} twice", t.id);
+            let key = (t.updated_at, t.broker, t.id.clone());
+            if let Some(prev) = &last {
+                assert!(
+                    (prev.0 > key.0) || (prev.0 == key.0 && (prev.1, &prev.2) < (key.1, &key.2)),
+                    "order broken at {}",
+                    t.id
+                );
+            }
+            last = Some(key);
+        }
+        match page.next_cursor {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 120);
+
+    let count = |q: TaskQuery| {
+        let reader = reader.clone();
+        async move {
+            reader
+                .list_tasks(&TaskQuery { limit: 1000, ..q })
+                .await
+                .unwrap()
+                .tasks
+                .len()
+        }
+    };
+    let failed_or_queued = TaskQuery {
+        states: vec![TaskState::Failure, TaskState::Queued],
+        ..TaskQuery::default()
+    };
+    assert_eq!(count(failed_or_queued).await, 120);
+    let failed = TaskQuery {
+        states: vec![TaskState::Failure],
+        ..TaskQuery::default()
+    };
+    assert_eq!(count(failed).await, 30);
+    let dramatiq = TaskQuery {
+        brokers: vec![Broker::Dramatiq],
+        ..TaskQuery::default()
+    };
+    assert_eq!(count(dramatiq).await, 60);
+    // Case-insensitive substring of the name, the args, the id.
+    let by_name = TaskQuery {
+        q: Some("MAIL.send".into()),
+        ..TaskQuery::default()
+    };
+    assert_eq!(count(by_name).await, 40);
+    let by_args = TaskQuery {
+        q: Some("customer-11".into()),
+        ..TaskQuery::default()
+    };
+    assert_eq!(count(by_args).await, 11); // 11, 110..=119
+    let by_id = TaskQuery {
+        q: Some("TASK-00".into()),
+        ..TaskQuery::default()
+    };
+    assert_eq!(count(by_id).await, 10);
+    // since inclusive, until exclusive: seconds 10..20 hold tasks 30..=59.
+    let window = TaskQuery {
+        since: Some(at(10)),
+        until: Some(at(20)),
+        ..TaskQuery::default()
+    };
+    assert_eq!(count(window).await, 30);
+    let injection = TaskQuery {
+        q: Some("' OR 1=1 --".into()),
+        name: Some("x' OR 'a'='a".into()),
+        ..TaskQuery::default()
+    };
+    assert_eq!(count(injection).await, 0);
+    let bad = reader
+        .list_tasks(&TaskQuery {
+            limit: 5,
+            cursor: Some("not-a-cursor".into()),
+            ..TaskQuery::default()
+        })
+        .await;
+    assert!(matches!(bad, Err(StoreError::BadCursor(_))));
+    assert_eq!(reader.recent_tasks(5).await.unwrap().len(), 5);
+    close(writer, reader, handle);
+}
+
+#[tokio::test]
+async fn sweep_abandons_the_tasks_of_a_silent_worker_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    writer
+        .observe(vec![
+            worker_obs("celery@silent", 10, 0, WorkerEvent::Online),
+            worker_obs("celery@alive", 20, 0, WorkerEvent::Online),
+            worker_obs("celery@alive", 20, 100, WorkerEvent::Heartbeat),
+        ])
+        .await
+        .unwrap();
+    let mut on_silent = task_obs(Broker::Celery, "a", 5, TaskEvent::Running);
+    on_silent.fields.worker = Some("celery@silent".into());
+    let mut on_alive = task_obs(Broker::Celery, "b", 5, TaskEvent::Running);
+    on_alive.fields.worker = Some("celery@alive".into());
+    write(&writer, vec![on_silent, on_alive]).await;
+
+    writer.sweep(at(110), Duration::seconds(60)).await.unwrap();
+    writer.flush().await.unwrap();
+
+    let (a, transitions) = reader.get_task("a").await.unwrap().unwrap();
+    assert_eq!(a.state, TaskState::Abandoned);
+    assert_eq!(transitions.last().unwrap().state, TaskState::Abandoned);
+    let (b, _) = reader.get_task("b").await.unwrap().unwrap();
+    assert_eq!(b.state, TaskState::Running);
+
+    let workers = reader
+        .workers(at(110), Duration::seconds(60))
+        .await
+        .unwrap();
+    let alive: Vec<(&str, bool, u64)> = workers
+        .iter()
+        .map(|w| (w.id.as_str(), w.alive, w.running))
+        .collect();
+    assert_eq!(
+        alive,
+        [("celery@alive", true, 1), ("celery@silent", false, 0)]
+    );
+
+    // The running set survives a restart: a sweep right after reopening still finds `b`.
+    close(writer, reader, handle);
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    writer.sweep(at(500), Duration::seconds(60)).await.unwrap();
+    writer.flush().await.unwrap();
+    let (b, _) = reader.get_task("b").await.unwrap().unwrap();
+    assert_eq!(b.state, TaskState::Abandoned);
+    close(writer, reader, handle);
+}
+
+#[tokio::test]
+async fn a_new_pid_under_the_same_worker_name_is_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    writer
+        .observe(vec![
+            worker_obs("celery@a", 1, 0, WorkerEvent::Online),
+            worker_obs("celery@a", 1, 10, WorkerEvent::Heartbeat),
+        ])
+        .await
+        .unwrap();
+    let mut running = task_obs(Broker::Celery, "t", 5, TaskEvent::Running);
+    running.fields.worker = Some("celery@a".into());
+    write(&writer, vec![running]).await;
+    // A heartbeat older than the newest one changes nothing.
+    writer
+        .observe(vec![
+            worker_obs("celery@a", 2, 20, WorkerEvent::Online),
+            worker_obs("celery@a", 1, 15, WorkerEvent::Heartbeat),
+        ])
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+    let workers = reader.workers(at(21), Duration::seconds(60)).await.unwrap();
+    assert_eq!(workers.len(), 1);
+    assert_eq!(workers[0].pid, Some(2));
+    assert_eq!(workers[0].online_since, at(20));
+    assert_eq!(workers[0].last_seen, at(20));
+    assert!(workers[0].alive);
+
+    // The task the old process ran is abandoned even though the name is alive.
+    writer.sweep(at(21), Duration::seconds(60)).await.unwrap();
+    writer.flush().await.unwrap();
+    let (t, _) = reader.get_task("t").await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Abandoned);
+
+    writer
+        .observe(vec![worker_obs("celery@a", 2, 30, WorkerEvent::Offline)])
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+    let workers = reader.workers(at(31), Duration::seconds(60)).await.unwrap();
+    assert!(!workers[0].alive);
+    close(writer, reader, handle);
+}
+
+#[tokio::test]
+async fn stats_count_every_state_and_broker_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    let mut obs = Vec::new();
+    for i in 0..10 {
+        obs.push(task_obs(
+            Broker::Celery,
+            &format!("c{i}"),
+            i,
+            TaskEvent::Queued,
+        ));
+    }
+    for i in 0..4 {
+        obs.push(task_obs(
+            Broker::Celery,
+            &format!("c{i}"),
+            20,
+            TaskEvent::Succeeded,
+        ));
+    }
+    obs.push(task_obs(Broker::Taskiq, "k1", 30, TaskEvent::Failed));
+    obs.push(task_obs(Broker::Taskiq, "k2", 30, TaskEvent::Running));
+    write(&writer, obs).await;
+
+    let stats = reader.stats(None).await.unwrap();
+    let by_state: Vec<(TaskState, u64)> = stats.by_state.into_iter().collect();
+    assert_eq!(
+        by_state,
+        [
+            (TaskState::Queued, 6),
+            (TaskState::Running, 1),
+            (TaskState::Success, 4),
+            (TaskState::Failure, 1),
+            (TaskState::Retried, 0),
+            (TaskState::Abandoned, 0),
+        ]
+    );
+    assert_eq!(stats.by_broker.get(&Broker::Celery), Some(&10));
+    assert_eq!(stats.by_broker.get(&Broker::Taskiq), Some(&2));
+    assert_eq!(stats.by_broker.get(&Broker::Rq), None);
+
+    let recent = reader.stats(Some(at(20))).await.unwrap();
+    assert_eq!(recent.by_state[&TaskState::Success], 4);
+    assert_eq!(recent.by_state[&TaskState::Queued], 0);
+    assert_eq!(recent.by_broker.values().sum::<u64>(), 6);
+
+    let open = reader.open_tasks(Broker::Celery, 100).await.unwrap();
+    assert_eq!(open.len(), 6);
+    assert_eq!(open[0].id, "c9");
+    close(writer, reader, handle);
+}
+
+#[tokio::test]
+async fn garbage_json_in_the_file_reads_back_as_a_string() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    let mut q = task_obs(Broker::Dramatiq, "m1", 0, TaskEvent::Queued);
+    q.fields.args = Some(json!([1]));
+    write(&writer, vec![q]).await;
+    reader
+        .execute_for_test("UPDATE tasks SET args = '{oops', result = 'nan]'")
+        .await;
+    let (task, _) = reader.get_task("m1").await.unwrap().unwrap();
+    assert_eq!(task.args, Some(json!("{oops")));
+    assert_eq!(task.result, Some(json!("nan]")));
+    let page = reader
+        .list_tasks(&TaskQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(page.unwrap().tasks.len(), 1);
+    // The writer folds on top of it without trouble.
+    write(
+        &writer,
+        vec![task_obs(Broker::Dramatiq, "m1", 1, TaskEvent::Running)],
+    )
+    .await;
+    let (task, _) = reader.get_task("m1").await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Running);
+    close(writer, reader, handle);
+}
+
+#[tokio::test]
+async fn queues_answer_the_newest_sample_of_each_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    let sample = |name: &str, secs: i64, length: u64| QueueSample {
+        broker: Broker::Celery,
+        name: name.into(),
+        length,
+        delayed: 1,
+        dead: 2,
+        running: 3,
+        sampled_at: at(secs),
+    };
+    writer
+        .samples(vec![
+            sample("a", 0, 10),
+            sample("a", 5, 50),
+            sample("b", 1, 7),
+        ])
+        .await
+        .unwrap();
+    // Late and out of order: ignored for the latest view.
+    writer.samples(vec![sample("a", 3, 30)]).await.unwrap();
+    writer.flush().await.unwrap();
+    let queues = reader.queues().await.unwrap();
+    assert_eq!(queues, [sample("a", 5, 50), sample("b", 1, 7)]);
+    close(writer, reader, handle);
+}
+
+#[tokio::test]
+async fn timestamps_round_trip_to_the_microsecond() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    let precise = Utc.timestamp_micros(1_709_294_400_123_456).unwrap();
+    let mut q = TaskObservation::new(Broker::Celery, "p", precise, TaskEvent::Queued, "test");
+    q.fields.eta = Some(Utc.timestamp_micros(-1_000_001).unwrap());
+    write(&writer, vec![q]).await;
+    let (task, transitions) = reader.get_task("p").await.unwrap().unwrap();
+    assert_eq!(task.updated_at, precise);
+    assert_eq!(task.eta, Some(Utc.timestamp_micros(-1_000_001).unwrap()));
+    assert_eq!(transitions[0].at, precise);
+    close(writer, reader, handle);
+}
+
+#[test]
+fn a_second_open_of_a_locked_file_says_which_file_and_why() {
+    // DuckDB's lock is per process, so this only checks the message of the error we build.
+    let err = StoreError::Locked {
+        path: "/data/t.duckdb".into(),
+        source: duckdb::Error::InvalidQuery,
+    };
+    let msg = err.to_string();
+    assert!(msg.contains("/data/t.duckdb") && msg.contains("another taskscope"));
+}
+
+/// `cargo test --release -- --ignored --nocapture store::tests::throughput`
+#[tokio::test]
+#[ignore]
+async fn throughput_of_100k_observations() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    let n_tasks = 50_000;
+    let started = std::time::Instant::now();
+    for chunk in 0..(n_tasks / 500) {
+        let mut obs = Vec::with_capacity(1000);
+        for i in chunk * 500..(chunk + 1) * 500 {
+            let id = format!("{i:08}-0000-4000-8000-000000000000");
+            let mut q = task_obs(Broker::Celery, &id, i as i64 / 100, TaskEvent::Queued);
+            q.fields.name = Some("bench.task".into());
+            q.fields.args = Some(json!([i, "x"]));
+            obs.push(Observation::Task(q));
+        }
+        writer.observe(obs).await.unwrap();
+    }
+    for chunk in 0..(n_tasks / 500) {
+        let mut obs = Vec::with_capacity(1000);
+        for i in chunk * 500..(chunk + 1) * 500 {
+            let id = format!("{i:08}-0000-4000-8000-000000000000");
+            let mut s = task_obs(
+                Broker::Celery,
+                &id,
+                i as i64 / 100 + 1,
+                TaskEvent::Succeeded,
+            );
+            s.fields.result = Some(json!(i));
+            obs.push(Observation::Task(s));
+        }
+        writer.observe(obs).await.unwrap();
+    }
+    writer.flush().await.unwrap();
+    let elapsed = started.elapsed();
+    let stats = writer.stats();
+    let batches = stats.batches.load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "100k observations ({} tasks) in {:.2?}: {:.0} observations/s, {} batches, {} transitions",
+        n_tasks,
+        elapsed,
+        100_000.0 / elapsed.as_secs_f64(),
+        batches,
+        stats
+            .transitions_written
+            .load(std::sync::atomic::Ordering::Relaxed)
+    );
+    let s = reader.stats(None).await.unwrap();
+    assert_eq!(s.by_state[&TaskState::Success], n_tasks as u64);
+    let t = std::time::Instant::now();
+    let page = reader
+        .list_tasks(&TaskQuery {
+            limit: 50,
+            q: Some("4999".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    println!(
+        "list_tasks q= over 50k tasks: {:.2?} ({} hits)",
+        t.elapsed(),
+        page.tasks.len()
+    );
+    let t = std::time::Instant::now();
+    reader
+        .get_task("00012345-0000-4000-8000-000000000000")
+        .await
+        .unwrap()
+        .unwrap();
+    println!("get_task: {:.2?}", t.elapsed());
+    close(writer, reader, handle);
+}

@@ -1,0 +1,227 @@
+//! The overview page (`/`): counts by state, queues and workers at a glance, recent tasks, and a
+//! banner for anything that needs attention.
+//!
+//! It shows what the handler read from the store; it decides nothing but what is worth a
+//! warning.
+
+use crate::components::{self, banner, empty, state_class, task_table, tasks_href};
+use crate::format::{self, time, time_ago};
+use crate::layout::{page, Nav};
+use broker_adapters::{QueueSample, Task, TaskState, Worker};
+use chrono::{DateTime, Utc};
+use maud::{html, Markup};
+
+/// Everything the overview shows.
+#[derive(Debug, Clone, Default)]
+pub struct OverviewView {
+    pub version: String,
+    /// Whether taskscope's Redis connection is up right now.
+    pub redis_connected: bool,
+    /// The adapters that are active (`celery`, `rq`, ...), as `--brokers` resolved them.
+    pub brokers: Vec<String>,
+    /// Task counts per state; states left out count as zero.
+    pub by_state: Vec<(TaskState, u64)>,
+    /// The latest sample of every queue.
+    pub queues: Vec<QueueSample>,
+    pub workers: Vec<Worker>,
+    /// The most recently active tasks, newest first.
+    pub recent: Vec<Task>,
+    /// Messages that could not be decoded since start.
+    pub decode_errors: u64,
+    /// Anything else the user should know (`CONFIG SET refused: polling every 5s`).
+    pub warnings: Vec<String>,
+}
+
+/// The overview page.
+pub fn overview(view: &OverviewView) -> Markup {
+    render(view, &Utc::now())
+}
+
+pub(crate) fn render(view: &OverviewView, now: &DateTime<Utc>) -> Markup {
+    let body = html! {
+        div.page-head {
+            h1 { "Overview" }
+            div.chips {
+                @if view.redis_connected {
+                    span.chip.chip-ok { "Redis connected" }
+                } @else {
+                    span.chip.chip-bad { "Redis disconnected" }
+                }
+                @if view.brokers.is_empty() {
+                    span.chip { "no broker detected yet" }
+                }
+                @for broker in &view.brokers {
+                    span.chip { (broker) }
+                }
+            }
+        }
+        @for warning in warnings(view) {
+            (banner(&warning))
+        }
+        (state_strip(&view.by_state))
+        section #queues {
+            h2 { "Queues" }
+            (queue_table(&view.queues, now))
+        }
+        section #workers {
+            h2 { "Workers" }
+            (worker_table(&view.workers, now))
+        }
+        section #recent {
+            div.section-head {
+                h2 { "Recent tasks" }
+                a href="/tasks" { "All tasks →" }
+            }
+            @if view.recent.is_empty() {
+                (empty("No task seen yet. Tasks appear here as soon as a producer enqueues one."))
+            } @else {
+                (task_table(&view.recent, now))
+            }
+        }
+    };
+    page("Overview", Nav::Overview, &view.version, body)
+}
+
+/// What deserves a banner, most urgent first. Nothing when all is well.
+fn warnings(view: &OverviewView) -> Vec<String> {
+    let mut out = Vec::new();
+    if !view.redis_connected {
+        out.push(
+            "Redis is disconnected: what you see is history, nothing new is recorded. \
+             Check that Redis is up and that --redis points at it."
+                .to_string(),
+        );
+    }
+    let mut idle_brokers: Vec<_> = view
+        .queues
+        .iter()
+        .filter(|q| q.length > 0)
+        .map(|q| q.broker)
+        .filter(|b| !view.workers.iter().any(|w| w.broker == *b && w.alive))
+        .collect();
+    idle_brokers.sort();
+    idle_brokers.dedup();
+    for broker in idle_brokers {
+        let waiting: u64 = view
+            .queues
+            .iter()
+            .filter(|q| q.broker == broker)
+            .map(|q| q.length)
+            .sum();
+        out.push(format!(
+            "{waiting} {broker} message{s} wait in queues but no {broker} worker is alive: start a worker or check why it stopped.",
+            s = if waiting == 1 { "" } else { "s" },
+        ));
+    }
+    if view.decode_errors > 0 {
+        out.push(format!(
+            "{} message{} could not be decoded; the log says which key and why (metric taskscope_decode_errors_total).",
+            view.decode_errors,
+            if view.decode_errors == 1 { "" } else { "s" },
+        ));
+    }
+    out.extend(view.warnings.iter().cloned());
+    out
+}
+
+/// One card per state, always all six in the contract's order, each linking to its tasks.
+fn state_strip(by_state: &[(TaskState, u64)]) -> Markup {
+    let count_of = |state: TaskState| -> u64 {
+        by_state
+            .iter()
+            .filter(|(s, _)| *s == state)
+            .map(|(_, n)| n)
+            .sum()
+    };
+    html! {
+        nav.stats aria-label="Tasks by state" {
+            @for state in TaskState::ALL {
+                @let n = count_of(state);
+                a class={ "stat " (state_class(state)) } href=(tasks_href([("state", state.as_str())])) {
+                    span.stat-count.zero[n == 0] { (components::count(n)) }
+                    span.stat-label { (state.as_str()) }
+                }
+            }
+        }
+    }
+}
+
+fn queue_table(queues: &[QueueSample], now: &DateTime<Utc>) -> Markup {
+    if queues.is_empty() {
+        return empty("No queue seen yet.");
+    }
+    html! {
+        div.table-wrap {
+            table.data {
+                thead {
+                    tr {
+                        th { "Broker" }
+                        th { "Queue" }
+                        th.num { "Waiting" }
+                        th.num { "Delayed" }
+                        th.num { "Dead" }
+                        th.num { "Running" }
+                        th { "Sampled" }
+                    }
+                }
+                tbody {
+                    @for q in queues {
+                        tr {
+                            td { (q.broker.as_str()) }
+                            td {
+                                a href=(tasks_href([("broker", q.broker.as_str()), ("queue", q.name.as_str())])) {
+                                    (format::cell_text(&q.name, 40))
+                                }
+                            }
+                            td.num { (components::count(q.length)) }
+                            td.num { (components::count(q.delayed)) }
+                            td.num.warn[q.dead > 0] { (components::count(q.dead)) }
+                            td.num { (q.running) }
+                            td.nowrap { (time(&q.sampled_at, now)) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn worker_table(workers: &[Worker], now: &DateTime<Utc>) -> Markup {
+    if workers.is_empty() {
+        return empty("No worker seen yet.");
+    }
+    html! {
+        div.table-wrap {
+            table.data {
+                thead {
+                    tr {
+                        th { "Status" }
+                        th { "Broker" }
+                        th { "Worker" }
+                        th { "Host" }
+                        th { "Last seen" }
+                        th.num { "Running" }
+                    }
+                }
+                tbody {
+                    @for w in workers {
+                        tr {
+                            td {
+                                @if w.alive {
+                                    span.badge.alive { "alive" }
+                                } @else {
+                                    span.badge.dead { "dead" }
+                                }
+                            }
+                            td { (w.broker.as_str()) }
+                            td.mono { (format::cell_text(&w.id, 40)) }
+                            td { (components::opt_cell(w.hostname.as_deref(), 32)) }
+                            td.nowrap { (time_ago(&w.last_seen, now)) }
+                            td.num { (w.running) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,766 @@
+//! Harness for the integration tests: a private redis-server, the taskscope binary, real Celery
+//! workers and producers (tests/python), an HTTP client and a polling helper.
+//!
+//! Every test owns its processes: they are killed on drop, and when a test fails the last lines
+//! of each process's log are printed. Nothing here sleeps to synchronise: `wait_for` polls a
+//! condition until a deadline and reports the last value it saw.
+#![allow(dead_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// Deadline for anything that should happen within a few seconds on a healthy machine.
+pub const SHORT: Duration = Duration::from_secs(30);
+/// Deadline for outcomes that involve a worker starting or a task running.
+pub const LONG: Duration = Duration::from_secs(60);
+
+// ---------------------------------------------------------------------------------------------
+// Paths and environment
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn python_dir() -> PathBuf {
+    repo_root().join("tests").join("python")
+}
+
+/// The venv's python: `TASKSCOPE_TEST_PYTHON`, else `<repo>/.venv/bin/python`. Never skips.
+pub fn python() -> PathBuf {
+    let path = match std::env::var_os("TASKSCOPE_TEST_PYTHON") {
+        Some(p) => PathBuf::from(p),
+        None => repo_root().join(".venv").join("bin").join("python"),
+    };
+    if !path.exists() {
+        panic!(
+            "no Python for the Celery workers at {}: run scripts/setup.sh (it creates .venv from \
+             tests/python/requirements.txt), or set TASKSCOPE_TEST_PYTHON to a python that has them",
+            path.display()
+        );
+    }
+    path
+}
+
+pub fn taskscope_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_taskscope"))
+}
+
+fn which(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+        .unwrap_or(false)
+}
+
+/// A port that was free a moment ago (bind to port 0, read it, release it). Callers retry when
+/// the port got taken in between.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    listener.local_addr().expect("local_addr").port()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Limiting how many scenarios run at once
+
+static SLOTS: Mutex<usize> = Mutex::new(0);
+static SLOT_FREED: Condvar = Condvar::new();
+
+/// Each scenario runs a redis-server, taskscope and a 3-process Celery worker; on a 2-core CI
+/// machine running all of them at once makes every deadline flaky. Hold a slot for the whole
+/// test (`let _slot = test_slot();` as the first line, so it is released last).
+/// `TASKSCOPE_TEST_JOBS` sets how many tests run at once (default 2).
+pub struct Slot;
+
+pub fn test_slot() -> Slot {
+    let max = std::env::var("TASKSCOPE_TEST_JOBS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(2);
+    let mut used = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+    while *used >= max {
+        used = SLOT_FREED.wait(used).unwrap_or_else(|e| e.into_inner());
+    }
+    *used += 1;
+    Slot
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut used = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+        *used -= 1;
+        SLOT_FREED.notify_one();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Polling
+
+/// Polls `probe` every 100 ms until it returns `Ok(value)` or `timeout` passes; then panics with
+/// `what` and the last `Err` the probe returned (the last observed value).
+pub fn wait_for<T>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let start = Instant::now();
+    let mut last;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(observed) => last = observed,
+        }
+        if start.elapsed() >= timeout {
+            panic!("timed out after {timeout:?} waiting for {what}; last observed: {last}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let mut bytes = Vec::new();
+        let _ = f.read_to_end(&mut bytes);
+        text = String::from_utf8_lossy(&bytes).into_owned();
+    }
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn read_to_string_lossy(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+fn log_file(path: &Path) -> (Stdio, Stdio) {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open log {}: {e}", path.display()));
+    let err = file.try_clone().expect("clone log file handle");
+    (Stdio::from(file), Stdio::from(err))
+}
+
+fn signal(pid_or_group: &str, sig: &str) {
+    let _ = Command::new("kill")
+        .args([sig, "--", pid_or_group])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+// ---------------------------------------------------------------------------------------------
+// redis-server
+
+pub struct RedisServer {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    /// A private redis-server on a free port (never 6379), without persistence.
+    pub fn start() -> RedisServer {
+        if !which("redis-server") {
+            panic!(
+                "redis-server is not on PATH: run scripts/setup.sh (installs the Debian package)"
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("taskscope-redis-")
+            .tempdir()
+            .expect("tempdir");
+        let log = dir.path().join("redis.log");
+        for _attempt in 0..5 {
+            let port = free_port();
+            if port == 6379 {
+                continue;
+            }
+            let (out, err) = log_file(&log);
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("spawn redis-server");
+            let start = Instant::now();
+            while start.elapsed() < SHORT {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // most likely the port was taken meanwhile: try another
+                }
+                if resp_ping(port) {
+                    return RedisServer { port, child, dir };
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start; its log:\n{}", tail(&log, 50));
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// `redis-cli --raw` against this server; returns stdout without the trailing newline.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "--raw"])
+            .args(args)
+            .output()
+            .expect("run redis-cli (Debian package redis-tools, installed with redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+    }
+
+    /// The Celery result stored for `id` (`celery-task-meta-<id>`), if any.
+    pub fn celery_result(&self, id: &str) -> Option<Value> {
+        let raw = self.cli(&["GET", &format!("celery-task-meta-{id}")]);
+        if raw.is_empty() {
+            return None;
+        }
+        serde_json::from_str(&raw).ok()
+    }
+}
+
+fn resp_ping(port: u16) -> bool {
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    if stream.write_all(b"*1\r\n$4\r\nPING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(n) => buf[..n].starts_with(b"+PONG"),
+        Err(_) => false,
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- redis-server :{} log (last 20 lines) -----\n{}",
+                self.port,
+                tail(&self.dir.path().join("redis.log"), 20)
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// taskscope
+
+pub struct Taskscope {
+    pub base_url: String,
+    pub redis_url: String,
+    pub db_path: PathBuf,
+    pub extra_args: Vec<String>,
+    child: Option<Child>,
+    log: PathBuf,
+    http: reqwest::blocking::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Taskscope {
+    /// `taskscope serve --redis <redis_url> --db <db_path> --listen 127.0.0.1:<free port>
+    /// --abandon-after 5s <extra_args>`, with stdout and stderr in a log file; returns once
+    /// `/healthz` answers.
+    pub fn start(redis_url: &str, db_path: &Path, extra_args: &[&str]) -> Taskscope {
+        let dir = tempfile::Builder::new()
+            .prefix("taskscope-log-")
+            .tempdir()
+            .expect("tempdir");
+        let mut ts = Taskscope {
+            base_url: String::new(),
+            redis_url: redis_url.to_string(),
+            db_path: db_path.to_path_buf(),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            child: None,
+            log: dir.path().join("taskscope.log"),
+            http: reqwest::blocking::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("reqwest client"),
+            _dir: dir,
+        };
+        ts.spawn();
+        ts
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "taskscope is already running");
+        for attempt in 0..3 {
+            let port = free_port();
+            let listen = format!("127.0.0.1:{port}");
+            {
+                let mut f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.log)
+                    .expect("open taskscope log");
+                let _ = writeln!(
+                    f,
+                    "===== harness: starting taskscope (attempt {}) on {listen} =====",
+                    attempt + 1
+                );
+            }
+            let (out, err) = log_file(&self.log);
+            let mut cmd = Command::new(taskscope_bin());
+            cmd.arg("serve")
+                .args(["--redis", &self.redis_url])
+                .arg("--db")
+                .arg(&self.db_path)
+                .args(["--listen", &listen, "--abandon-after", "5s"])
+                .args(&self.extra_args)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err);
+            if std::env::var_os("RUST_LOG").is_none() {
+                cmd.env("RUST_LOG", "info");
+            }
+            let child = cmd.spawn().expect("spawn taskscope");
+            self.child = Some(child);
+            self.base_url = format!("http://{listen}");
+            let start = Instant::now();
+            while start.elapsed() < LONG {
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    self.child = None;
+                    let log = read_to_string_lossy(&self.log);
+                    let bind_problem = log.contains("in use") || log.contains("AddrInUse");
+                    if bind_problem && attempt < 2 {
+                        break; // the free port was taken meanwhile: try another
+                    }
+                    panic!(
+                        "taskscope exited during startup ({status}); its log:\n{}",
+                        tail(&self.log, 100)
+                    );
+                }
+                if let Ok(resp) = self.http.get(self.url("/healthz")).send() {
+                    if resp.status().is_success() {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if self.child.is_some() {
+                panic!(
+                    "taskscope did not answer GET /healthz within {LONG:?}; its log:\n{}",
+                    tail(&self.log, 100)
+                );
+            }
+        }
+        panic!(
+            "taskscope could not bind a free port; its log:\n{}",
+            tail(&self.log, 100)
+        );
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base_url, path)
+    }
+
+    /// SIGKILL: a crash, nothing flushed on the way out.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the process to exit (SIGKILL after 30 s).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child.id().to_string(), "-TERM");
+            let start = Instant::now();
+            while start.elapsed() < SHORT {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("taskscope ignored SIGTERM for {SHORT:?}; killing it");
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again with the same Redis, database and flags (on a new free port).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log_text(&self) -> String {
+        read_to_string_lossy(&self.log)
+    }
+
+    /// GET `path`, returning the status and the JSON body (`Value::Null` when not JSON).
+    pub fn try_get(&self, path: &str) -> Result<(u16, Value), String> {
+        let resp = self
+            .http
+            .get(self.url(path))
+            .send()
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        let status = resp.status().as_u16();
+        let text = resp.text().map_err(|e| format!("GET {path}: body: {e}"))?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+
+    /// GET `path`, which must answer 200 with JSON.
+    pub fn get(&self, path: &str) -> Value {
+        http_get_json(&self.http, &self.url(path))
+    }
+
+    /// The task as taskscope knows it (with `transitions`), `None` on 404.
+    pub fn task(&self, id: &str) -> Option<Value> {
+        let path = format!("/api/tasks/{id}");
+        match self.try_get(&path) {
+            Ok((200, v)) => Some(v),
+            Ok((404, _)) => None,
+            Ok((status, v)) => panic!("GET {path}: unexpected status {status}: {v}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Polls `/api/tasks/{id}` until `pred` holds; returns the task. `what` names the condition.
+    pub fn wait_task(
+        &self,
+        id: &str,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        wait_for(&format!("task {id}: {what}"), timeout, || {
+            match self.try_get(&format!("/api/tasks/{id}")) {
+                Ok((200, task)) if pred(&task) => Ok(task),
+                Ok((200, task)) => Err(task.to_string()),
+                Ok((status, body)) => Err(format!("HTTP {status} {body}")),
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// Polls until the task's `state` is `state`; returns the task.
+    pub fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        self.wait_task(id, &format!("state == {state:?}"), timeout, |t| {
+            t["state"] == state
+        })
+    }
+
+    pub fn wait_all_state(&self, ids: &[String], state: &str, timeout: Duration) -> Vec<Value> {
+        ids.iter()
+            .map(|id| self.wait_state(id, state, timeout))
+            .collect()
+    }
+}
+
+impl Drop for Taskscope {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- taskscope log {} (last 100 lines) -----\n{}\n----- end of taskscope log -----",
+                self.log.display(),
+                tail(&self.log, 100)
+            );
+        }
+        self.kill();
+    }
+}
+
+pub fn http_get_json(client: &reqwest::blocking::Client, url: &str) -> Value {
+    let resp = client
+        .get(url)
+        .send()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    let status = resp.status();
+    let text = resp
+        .text()
+        .unwrap_or_else(|e| panic!("GET {url}: body: {e}"));
+    assert!(status.is_success(), "GET {url}: HTTP {status}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: not JSON ({e}): {text}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Celery
+
+/// The environment of every Celery process the tests start.
+fn celery_env(cmd: &mut Command, redis_url: &str) {
+    cmd.env("TS_REDIS_URL", redis_url)
+        .env("PYTHONPATH", python_dir())
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(python_dir());
+}
+
+pub struct CeleryWorker {
+    pub hostname: String,
+    child: Option<Child>,
+    pgid: u32,
+    dir: tempfile::TempDir,
+}
+
+impl CeleryWorker {
+    /// `celery -A celery_app worker -P prefork -c 2 -Q <queues> [-E] --hostname w1@%h <extra>`
+    /// in its own process group; returns once the worker logged "ready.".
+    pub fn start(redis_url: &str, queues: &str, events: bool, extra: &[&str]) -> CeleryWorker {
+        let dir = tempfile::Builder::new()
+            .prefix("taskscope-celery-")
+            .tempdir()
+            .expect("tempdir");
+        let log = dir.path().join("worker.log");
+        let (out, err) = log_file(&log);
+        let mut cmd = Command::new(python());
+        cmd.args([
+            "-m",
+            "celery",
+            "-A",
+            "celery_app",
+            "worker",
+            "-P",
+            "prefork",
+            "-c",
+            "2",
+        ])
+        .args(["-Q", queues, "--hostname", "w1@%h", "-l", "info"]);
+        if events {
+            cmd.arg("-E");
+        }
+        cmd.args(extra);
+        celery_env(&mut cmd, redis_url);
+        cmd.env("TS_MARKER_DIR", dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("spawn celery worker");
+        let pgid = child.id();
+        let mut worker = CeleryWorker {
+            hostname: String::new(),
+            child: Some(child),
+            pgid,
+            dir,
+        };
+        worker.hostname = wait_for("the Celery worker to log \"ready.\"", LONG, || {
+            if let Some(status) = worker
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "the Celery worker exited during startup ({status}); its log:\n{}",
+                    tail(&log, 60)
+                );
+            }
+            let text = read_to_string_lossy(&log);
+            // "[... INFO/MainProcess] w1@host ready."
+            text.lines()
+                .find_map(|l| {
+                    let l = l.trim_end();
+                    let rest = l.strip_suffix(" ready.")?;
+                    Some(rest.rsplit(' ').next()?.to_string())
+                })
+                .ok_or_else(|| format!("log so far:\n{}", tail(&log, 10)))
+        });
+        worker
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("worker.log")
+    }
+
+    pub fn log_text(&self) -> String {
+        read_to_string_lossy(&self.log_path())
+    }
+
+    /// Waits until the task `id` has begun executing in this worker (tasks `slow` and `hang`
+    /// touch a marker file as they start).
+    pub fn wait_started(&self, id: &str, timeout: Duration) {
+        let marker = self.dir.path().join(format!("{id}.started"));
+        wait_for(
+            &format!("task {id} to start in the worker"),
+            timeout,
+            || {
+                if marker.exists() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no marker yet; worker log:\n{}",
+                        tail(&self.log_path(), 5)
+                    ))
+                }
+            },
+        )
+    }
+
+    /// SIGKILL to the whole process group (main process and pool children): no goodbye, no
+    /// worker-offline event, the running task is lost.
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&format!("-{}", self.pgid), "-KILL");
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for CeleryWorker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- celery worker log (last 40 lines) -----\n{}\n----- end of worker log -----",
+                tail(&self.log_path(), 40)
+            );
+        }
+        self.sigkill();
+    }
+}
+
+/// Options of tests/python/produce.py.
+#[derive(Default, Clone)]
+pub struct ProduceOpts {
+    /// Positional arguments for every task (else produce.py's per-kind defaults: add [i, i+1],
+    /// fail [i+1], flaky ["k<i>", 2], slow [2.0], hang []).
+    pub args: Option<Value>,
+    pub countdown: Option<f64>,
+    /// RFC 3339 time the task is due.
+    pub eta: Option<String>,
+    /// `json` or `msgpack`.
+    pub serializer: Option<String>,
+    pub seconds: Option<f64>,
+    pub fail_times: Option<u32>,
+}
+
+/// Sends `n` tasks of `kind` (add, fail, flaky, slow, hang) to `queue` like an application
+/// would; returns their Celery task ids in order.
+pub fn produce(
+    redis_url: &str,
+    kind: &str,
+    n: usize,
+    queue: &str,
+    opts: &ProduceOpts,
+) -> Vec<String> {
+    let mut cmd = Command::new(python());
+    cmd.arg(python_dir().join("produce.py")).arg(kind).args([
+        "--n",
+        &n.to_string(),
+        "--queue",
+        queue,
+    ]);
+    if let Some(args) = &opts.args {
+        cmd.args(["--args", &args.to_string()]);
+    }
+    if let Some(c) = opts.countdown {
+        cmd.args(["--countdown", &c.to_string()]);
+    }
+    if let Some(eta) = &opts.eta {
+        cmd.args(["--eta", eta]);
+    }
+    if let Some(s) = &opts.serializer {
+        cmd.args(["--serializer", s]);
+    }
+    if let Some(s) = opts.seconds {
+        cmd.args(["--seconds", &s.to_string()]);
+    }
+    if let Some(f) = opts.fail_times {
+        cmd.args(["--fail-times", &f.to_string()]);
+    }
+    celery_env(&mut cmd, redis_url);
+    let out = cmd.output().expect("run produce.py");
+    assert!(
+        out.status.success(),
+        "produce.py {kind} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ids: Vec<String> = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("produce.py printed no JSON list of ids ({e}): {stdout}"));
+    assert_eq!(
+        ids.len(),
+        n,
+        "produce.py returned {} ids for --n {n}",
+        ids.len()
+    );
+    ids
+}
+
+// ---------------------------------------------------------------------------------------------
+// Assertions on taskscope's JSON
+
+/// The `state` of every transition, oldest first.
+pub fn transition_states(task: &Value) -> Vec<String> {
+    task["transitions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("task has no transitions array: {task}"))
+        .iter()
+        .map(|t| t["state"].as_str().unwrap_or("<not a string>").to_string())
+        .collect()
+}
+
+pub fn parse_time(task: &Value, field: &str) -> chrono::DateTime<chrono::FixedOffset> {
+    let s = task[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("task.{field} is not a time string: {task}"));
+    chrono::DateTime::parse_from_rfc3339(s)
+        .unwrap_or_else(|e| panic!("task.{field} = {s:?} is not RFC 3339 ({e}): {task}"))
+}
+
+/// Every field of the contract's Task is present (null when unknown, never absent).
+pub fn assert_task_shape(task: &Value) {
+    const FIELDS: [&str; 19] = [
+        "id",
+        "broker",
+        "queue",
+        "name",
+        "state",
+        "args",
+        "kwargs",
+        "result",
+        "error",
+        "traceback",
+        "retries",
+        "worker",
+        "eta",
+        "enqueued_at",
+        "started_at",
+        "finished_at",
+        "runtime_ms",
+        "updated_at",
+        "transitions",
+    ];
+    let obj = task
+        .as_object()
+        .unwrap_or_else(|| panic!("task is not an object: {task}"));
+    for field in FIELDS {
+        assert!(
+            obj.contains_key(field),
+            "task lacks field {field:?}: {task}"
+        );
+    }
+}
