@@ -92,6 +92,31 @@ fn assert_worker_is(task: &Value, worker: &CeleryWorker) {
     assert_eq!(task["worker"], worker.hostname.as_str(), "worker: {task}");
 }
 
+/// Polls `/api/workers` until the worker is listed alive: taskscope hears its heartbeats (sent
+/// every 2 s with or without `-E`), so it is watching the broker.
+fn wait_worker_alive(ts: &Taskscope, worker: &CeleryWorker) {
+    wait_for(
+        &format!("GET /api/workers to list {} alive", worker.hostname),
+        LONG,
+        || {
+            let ws = ts.get("/api/workers");
+            let alive = ws["workers"].as_array().is_some_and(|list| {
+                list.iter().any(|x| {
+                    x["broker"] == "celery"
+                        && x["alive"] == true
+                        && (x["hostname"] == worker.hostname.as_str()
+                            || x["id"] == worker.hostname.as_str())
+                })
+            });
+            if alive {
+                Ok(())
+            } else {
+                Err(ws.to_string())
+            }
+        },
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Scenarios
 
@@ -109,7 +134,8 @@ fn success(mode: Mode) {
         assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
         assert!(t["error"].is_null(), "error: {t}");
         assert_eq!(t["retries"], 0, "retries: {t}");
-        assert!(t["enqueued_at"].is_string(), "enqueued_at unset: {t}");
+        // enqueued_at may be null: an idle worker's BRPOP takes the message within the LPUSH,
+        // so it is never seen waiting in the list (the message has no send time of its own).
         if mode == Mode::Events {
             assert_worker_is(&t, &worker);
             assert!(t["started_at"].is_string(), "started_at unset: {t}");
@@ -228,8 +254,10 @@ fn slow_runtime(mode: Mode) {
     let started = parse_time(&t, "started_at");
     let finished = parse_time(&t, "finished_at");
     assert!(started < finished, "started_at >= finished_at: {t}");
-    let enqueued = parse_time(&t, "enqueued_at");
-    assert!(enqueued <= started, "enqueued_at after started_at: {t}");
+    if !t["enqueued_at"].is_null() {
+        let enqueued = parse_time(&t, "enqueued_at");
+        assert!(enqueued <= started, "enqueued_at after started_at: {t}");
+    }
 }
 
 /// Tasks on a queue no worker consumes (one of them with a countdown) stay `queued`, with the
@@ -335,7 +363,11 @@ fn abandoned_after_sigkill(mode: Mode) {
         w.ts.wait_state(&id, "abandoned", Duration::from_secs(5 + 25));
     eprintln!("abandoned {:?} after the SIGKILL", killed.elapsed());
     assert_common(&t, &id, "billing.hang", "celery");
-    assert_eq!(t["worker"], hostname.as_str(), "worker: {t}");
+    // Without events nothing in Redis names the worker that took a message (the unacked entry
+    // does not), so passive mode may not know it; when it does, it must be the right one.
+    if mode == Mode::Events || !t["worker"].is_null() {
+        assert_eq!(t["worker"], hostname.as_str(), "worker: {t}");
+    }
     let states = transition_states(&t);
     let running = states.iter().position(|s| s == "running");
     let abandoned = states.iter().position(|s| s == "abandoned");
@@ -398,26 +430,7 @@ fn sent_while_no_worker(mode: Mode) {
 fn sent_to_idle_worker(mode: Mode) {
     let w = World::new(mode);
     let worker = w.worker("celery");
-    wait_for(
-        "GET /api/workers to list the idle worker alive",
-        LONG,
-        || {
-            let ws = w.ts.get("/api/workers");
-            let alive = ws["workers"].as_array().is_some_and(|list| {
-                list.iter().any(|x| {
-                    x["broker"] == "celery"
-                        && x["alive"] == true
-                        && (x["hostname"] == worker.hostname.as_str()
-                            || x["id"] == worker.hostname.as_str())
-                })
-            });
-            if alive {
-                Ok(())
-            } else {
-                Err(ws.to_string())
-            }
-        },
-    );
+    wait_worker_alive(&w.ts, &worker);
     let ids = w.produce("add", 3, "celery", &ProduceOpts::default());
     for (i, id) in ids.iter().enumerate() {
         let t = w.ts.wait_state(id, "success", LONG);
@@ -433,7 +446,7 @@ fn sent_to_idle_worker(mode: Mode) {
 /// after it comes back, all end in their outcome; nothing recorded before the crash is lost.
 fn restart_mid_stream(mode: Mode) {
     let mut w = World::new(mode);
-    let _worker = w.worker("celery");
+    let worker = w.worker("celery");
     let before = w.produce("add", 3, "celery", &ProduceOpts::default());
     w.ts.wait_all_state(&before, "success", LONG);
 
@@ -453,6 +466,8 @@ fn restart_mid_stream(mode: Mode) {
     }
 
     w.ts.restart();
+    // Tasks sent from now on are taken at once by the idle worker: wait until taskscope watches.
+    wait_worker_alive(&w.ts, &worker);
     let after = w.produce("add", 2, "celery", &ProduceOpts::default());
 
     for (i, id) in before.iter().enumerate() {

@@ -362,8 +362,9 @@ impl Taskscope {
                         tail(&self.log, 100)
                     );
                 }
-                if let Ok(resp) = self.http.get(self.url("/healthz")).send() {
-                    if resp.status().is_success() {
+                // Ready once it serves and is connected to the Redis it watches.
+                if let Ok((200, health)) = self.try_get("/healthz") {
+                    if health["redis"] == "connected" {
                         return;
                     }
                 }
@@ -371,7 +372,7 @@ impl Taskscope {
             }
             if self.child.is_some() {
                 panic!(
-                    "taskscope did not answer GET /healthz within {LONG:?}; its log:\n{}",
+                    "taskscope did not answer GET /healthz with redis \"connected\" within {LONG:?}; its log:\n{}",
                     tail(&self.log, 100)
                 );
             }
