@@ -69,12 +69,47 @@ fn args(v: Value) -> ProduceOpts {
     }
 }
 
-fn assert_common(task: &Value, id: &str, name: &str, queue: &str) {
+fn assert_common(mode: Mode, task: &Value, id: &str, name: &str, queue: &str) {
     assert_task_shape(task);
     assert_eq!(task["id"], id, "id: {task}");
     assert_eq!(task["broker"], "celery", "broker: {task}");
+    if mode == Mode::Passive && task["name"].is_null() && !saw_message(task) {
+        // Passive mode learns name, queue and arguments from the message itself. An idle
+        // worker pops a message the instant it is pushed and acknowledges it 2-9 ms later; when
+        // taskscope's read of `unacked` loses that race (a loaded machine), only the result
+        // record is left, which names none of them without `result_extended` (README, limits).
+        assert!(
+            task["queue"].is_null() && task["args"].is_null(),
+            "partial message fields: {task}"
+        );
+        return;
+    }
     assert_eq!(task["name"], name, "name: {task}");
     assert_eq!(task["queue"], queue, "queue: {task}");
+}
+
+/// Arguments come from the message: see `assert_common` for when passive mode has none.
+fn assert_args(mode: Mode, task: &Value, expected: Value) {
+    assert_message_field(mode, task, "args", expected);
+}
+
+/// A field only the message carries (`args`, `kwargs`): see `assert_common`.
+fn assert_message_field(mode: Mode, task: &Value, field: &str, expected: Value) {
+    if mode == Mode::Passive && task[field].is_null() && !saw_message(task) {
+        return;
+    }
+    assert_eq!(task[field], expected, "{field}: {task}");
+}
+
+/// Whether taskscope read the task's message (in a queue or in `unacked`).
+fn saw_message(task: &Value) -> bool {
+    task["transitions"].as_array().is_some_and(|ts| {
+        ts.iter().any(|t| {
+            t["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("in queue") || d.contains("unacked"))
+        })
+    })
 }
 
 fn assert_finished(task: &Value) {
@@ -127,10 +162,10 @@ fn success(mode: Mode) {
     let ids = w.produce("add", 3, "celery", &ProduceOpts::default());
     for (i, id) in ids.iter().enumerate() {
         let t = w.ts.wait_state(id, "success", LONG);
-        assert_common(&t, id, "billing.add", "celery");
+        assert_common(mode, &t, id, "billing.add", "celery");
         assert_finished(&t);
-        assert_eq!(t["args"], json!([i, i + 1]), "args: {t}");
-        assert_eq!(t["kwargs"], json!({}), "kwargs: {t}");
+        assert_args(mode, &t, json!([i, i + 1]));
+        assert_message_field(mode, &t, "kwargs", json!({}));
         assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
         assert!(t["error"].is_null(), "error: {t}");
         assert_eq!(t["retries"], 0, "retries: {t}");
@@ -164,8 +199,8 @@ fn success_msgpack(mode: Mode) {
     let ids = w.produce("add", 2, "celery", &opts);
     for (i, id) in ids.iter().enumerate() {
         let t = w.ts.wait_state(id, "success", LONG);
-        assert_common(&t, id, "billing.add", "celery");
-        assert_eq!(t["args"], json!([i, i + 1]), "args: {t}");
+        assert_common(mode, &t, id, "billing.add", "celery");
+        assert_args(mode, &t, json!([i, i + 1]));
         assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
     }
 }
@@ -176,9 +211,9 @@ fn failure(mode: Mode) {
     let _worker = w.worker("celery");
     let id = w.produce("fail", 1, "celery", &args(json!([3]))).remove(0);
     let t = w.ts.wait_state(&id, "failure", LONG);
-    assert_common(&t, &id, "billing.fail", "celery");
+    assert_common(mode, &t, &id, "billing.fail", "celery");
     assert_finished(&t);
-    assert_eq!(t["args"], json!([3]), "args: {t}");
+    assert_args(mode, &t, json!([3]));
     let error = t["error"]
         .as_str()
         .unwrap_or_else(|| panic!("error unset: {t}"));
@@ -211,9 +246,9 @@ fn retried_then_success(mode: Mode) {
         w.ts.wait_task(&id, "state success with retries == 2", LONG, |t| {
             t["state"] == "success" && t["retries"] == 2
         });
-    assert_common(&t, &id, "billing.flaky", "celery");
+    assert_common(mode, &t, &id, "billing.flaky", "celery");
     assert_finished(&t);
-    assert_eq!(t["args"], json!(["r1", 2]), "args: {t}");
+    assert_args(mode, &t, json!(["r1", 2]));
     assert_eq!(t["result"], "r1 ok after 2 retries", "result: {t}");
     let states = transition_states(&t);
     assert!(
@@ -241,7 +276,7 @@ fn slow_runtime(mode: Mode) {
     let id = w.produce("slow", 1, "celery", &opts).remove(0);
     worker.wait_started(&id, LONG);
     let t = w.ts.wait_state(&id, "success", LONG);
-    assert_common(&t, &id, "billing.slow", "celery");
+    assert_common(mode, &t, &id, "billing.slow", "celery");
     assert_finished(&t);
     assert_eq!(t["result"], json!(2.0), "result: {t}");
     let runtime = t["runtime_ms"]
@@ -283,8 +318,8 @@ fn parked_queue(mode: Mode) {
     w.ts.wait_all_state(&busy, "success", LONG);
     for (i, id) in parked.iter().enumerate() {
         let t = w.ts.wait_state(id, "queued", SHORT);
-        assert_common(&t, id, "billing.add", "parked");
-        assert_eq!(t["args"], json!([i, i + 1]), "args: {t}");
+        assert_common(mode, &t, id, "billing.add", "parked");
+        assert_args(mode, &t, json!([i, i + 1]));
         assert!(t["enqueued_at"].is_string(), "enqueued_at unset: {t}");
         assert!(
             t["started_at"].is_null(),
@@ -294,7 +329,7 @@ fn parked_queue(mode: Mode) {
         assert_eq!(transition_states(&t), vec!["queued"], "{t}");
     }
     let t = w.ts.wait_state(&delayed, "queued", SHORT);
-    assert_common(&t, &delayed, "billing.add", "parked");
+    assert_common(mode, &t, &delayed, "billing.add", "parked");
     let eta = parse_time(&t, "eta");
     let enqueued = parse_time(&t, "enqueued_at");
     assert!(
@@ -351,7 +386,7 @@ fn abandoned_after_sigkill(mode: Mode) {
         .remove(0);
     worker.wait_started(&id, LONG);
     let t = w.ts.wait_state(&id, "running", SHORT);
-    assert_common(&t, &id, "billing.hang", "celery");
+    assert_common(mode, &t, &id, "billing.hang", "celery");
     assert!(
         t["started_at"].is_string(),
         "started_at unset on a running task: {t}"
@@ -362,7 +397,7 @@ fn abandoned_after_sigkill(mode: Mode) {
     let t =
         w.ts.wait_state(&id, "abandoned", Duration::from_secs(5 + 25));
     eprintln!("abandoned {:?} after the SIGKILL", killed.elapsed());
-    assert_common(&t, &id, "billing.hang", "celery");
+    assert_common(mode, &t, &id, "billing.hang", "celery");
     // Without events nothing in Redis names the worker that took a message (the unacked entry
     // does not), so passive mode may not know it; when it does, it must be the right one.
     if mode == Mode::Events || !t["worker"].is_null() {
@@ -400,14 +435,14 @@ fn sent_while_no_worker(mode: Mode) {
     let fail = w.produce("fail", 1, "celery", &args(json!([5]))).remove(0);
     for (i, id) in ids.iter().enumerate() {
         let t = w.ts.wait_state(id, "queued", SHORT);
-        assert_common(&t, id, "billing.add", "celery");
-        assert_eq!(t["args"], json!([i, i + 1]), "args: {t}");
+        assert_common(mode, &t, id, "billing.add", "celery");
+        assert_args(mode, &t, json!([i, i + 1]));
     }
     w.ts.wait_state(&fail, "queued", SHORT);
     let _worker = w.worker("celery");
     for (i, id) in ids.iter().enumerate() {
         let t = w.ts.wait_state(id, "success", LONG);
-        assert_common(&t, id, "billing.add", "celery");
+        assert_common(mode, &t, id, "billing.add", "celery");
         assert_finished(&t);
         assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
         assert_eq!(
@@ -434,7 +469,7 @@ fn sent_to_idle_worker(mode: Mode) {
     let ids = w.produce("add", 3, "celery", &ProduceOpts::default());
     for (i, id) in ids.iter().enumerate() {
         let t = w.ts.wait_state(id, "success", LONG);
-        assert_common(&t, id, "billing.add", "celery");
+        assert_common(mode, &t, id, "billing.add", "celery");
         assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
         if mode == Mode::Events {
             assert_worker_is(&t, &worker);
@@ -472,12 +507,8 @@ fn restart_mid_stream(mode: Mode) {
 
     for (i, id) in before.iter().enumerate() {
         let t = w.ts.wait_state(id, "success", LONG);
-        assert_common(&t, id, "billing.add", "celery");
-        assert_eq!(
-            t["args"],
-            json!([i, i + 1]),
-            "args lost over the restart: {t}"
-        );
+        assert_common(mode, &t, id, "billing.add", "celery");
+        assert_args(mode, &t, json!([i, i + 1]));
         assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
         assert!(
             transition_states(&t).contains(&"success".to_string()),
@@ -500,7 +531,7 @@ fn restart_mid_stream(mode: Mode) {
     );
     for (i, id) in after.iter().enumerate() {
         let t = w.ts.wait_state(id, "success", LONG);
-        assert_common(&t, id, "billing.add", "celery");
+        assert_common(mode, &t, id, "billing.add", "celery");
         assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
     }
 }

@@ -146,6 +146,20 @@ pub struct Interest {
     /// The `notify-keyspace-events` classes the key patterns need (`l` lists, `h` hashes, `s`
     /// sets, `z` sorted sets, `t` streams, `$` strings, `g` generic, `x` expired).
     pub notify_classes: String,
+    /// Reads to run the moment a notification arrives, for keys whose content lives only
+    /// milliseconds.
+    pub prefetch: Vec<Prefetch>,
+}
+
+/// A read the ingest layer runs as soon as `op` happens on `key`, ahead of its batching loop
+/// (Celery's `unacked` entries live 2-9 ms). For a matching key and op the ingest layer does not
+/// call [`Adapter::on_key_event`]; it runs `read` (at most one in flight per rule, plus one
+/// trailing read when the key changed meanwhile) and hands the reply to [`Adapter::on_reply`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Prefetch {
+    pub key: String,
+    pub ops: Vec<String>,
+    pub read: ReadRequest,
 }
 
 /// A task the ingest layer still considers open (not success/failure), handed to adapters so

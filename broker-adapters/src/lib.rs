@@ -17,5 +17,5 @@ pub mod codec;
 pub mod model;
 pub mod state;
 
-pub use adapter::{Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply};
+pub use adapter::{Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, ReadRequest, Reply};
 pub use model::*;

@@ -17,6 +17,7 @@
 //! Invariant: only this module and [`redis`] know fred; adapters only see [`Reply`]s.
 
 pub mod notifications;
+mod prefetch;
 pub mod redis;
 
 use crate::metrics::{ChangeFeed, Metrics, Source};
@@ -58,6 +59,12 @@ enum Incoming {
         channel: String,
         payload: Vec<u8>,
     },
+    /// A prefetch read ran at once on a notification (see [`prefetch`]).
+    Prefetched {
+        adapter: usize,
+        request: ReadRequest,
+        reply: Result<broker_adapters::Reply, String>,
+    },
     /// fred dropped this many messages: resynchronise by reading.
     Lagged(u64),
     /// A connection came back: what happened meanwhile is only in Redis's data.
@@ -85,7 +92,16 @@ pub async fn run(
     let client = redis::builder(&cfg.redis_url)?.build()?;
     let subscriber = redis::builder(&cfg.redis_url)?.build_subscriber_client()?;
     let (tx, rx) = mpsc::channel::<Incoming>(200_000);
-    spawn_forwarders(&subscriber, &client, cfg.redis_db, tx);
+    let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Rules::new()));
+    prefetch::spawn(
+        &subscriber,
+        client.clone(),
+        cfg.redis_db,
+        tx.clone(),
+        rules_rx,
+        metrics.clone(),
+    );
+    spawn_forwarders(&subscriber, &client, tx);
 
     info!(url = %redact(&cfg.redis_url), "Connecting to Redis.");
     tokio::select! {
@@ -117,6 +133,8 @@ pub async fn run(
         },
         logged_errors: HashSet::new(),
         writer_error: None,
+        resync_requested: false,
+        rules_tx,
     };
     pipeline.resync().await;
     pipeline.run_loop(&mut shutdown).await;
@@ -138,39 +156,8 @@ pub fn redact(url: &str) -> String {
 
 /// Moves fred's broadcast messages into our own bounded queue at once, so the broadcast
 /// receivers never lag behind the (slower) processing; a lag that still happens is reported.
-fn spawn_forwarders(
-    subscriber: &SubscriberClient,
-    client: &Client,
-    db: u32,
-    tx: mpsc::Sender<Incoming>,
-) {
+fn spawn_forwarders(subscriber: &SubscriberClient, client: &Client, tx: mpsc::Sender<Incoming>) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut keys = subscriber.keyspace_event_rx();
-    let key_tx = tx.clone();
-    tokio::spawn(async move {
-        loop {
-            match keys.recv().await {
-                Ok(ev) if u32::from(ev.db) == db => {
-                    let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
-                    if key_tx
-                        .send(Incoming::Key {
-                            key,
-                            op: ev.operation,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(RecvError::Lagged(n)) => {
-                    let _ = key_tx.send(Incoming::Lagged(n)).await;
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    });
     let mut messages = subscriber.message_rx();
     let msg_tx = tx.clone();
     tokio::spawn(async move {
@@ -237,6 +224,10 @@ struct Pipeline {
     logged_errors: HashSet<(Broker, &'static str)>,
     /// Set when the store writer stopped: ingest ends with this error.
     writer_error: Option<String>,
+    /// A reconnect or a pub/sub lag asked for a resync (run on the next sweep tick).
+    resync_requested: bool,
+    /// The adapters' prefetch rules, for the keyspace forwarder.
+    rules_tx: watch::Sender<Arc<prefetch::Rules>>,
 }
 
 impl Pipeline {
@@ -272,10 +263,11 @@ impl Pipeline {
                 _ = sweep.tick() => {
                     let connected = self.client.is_connected();
                     self.metrics.redis_connected.store(connected, Ordering::Relaxed);
-                    if connected && !was_connected {
+                    self.resync_requested |= connected && !was_connected;
+                    was_connected = connected;
+                    if connected && std::mem::take(&mut self.resync_requested) {
                         self.resync().await;
                     }
-                    was_connected = connected;
                     let swept = self.writer.sweep(Utc::now(), chrono_duration(self.cfg.abandon_after)).await;
                     self.check_writer(swept);
                 }
@@ -347,6 +339,15 @@ impl Pipeline {
     }
 
     async fn update_subscriptions(&mut self) {
+        let rules = prefetch::rules(
+            self.adapters
+                .iter()
+                .enumerate()
+                .map(|(i, a)| (i, a.interest().prefetch)),
+        );
+        if **self.rules_tx.borrow() != rules {
+            self.rules_tx.send_replace(Arc::new(rules));
+        }
         let mut wanted = BTreeSet::new();
         for adapter in &self.adapters {
             let interest = adapter.interest();
@@ -396,6 +397,18 @@ impl Pipeline {
                         self.collect(i, out, &mut output);
                     }
                 }
+                Incoming::Prefetched {
+                    adapter,
+                    request,
+                    reply,
+                } => match reply {
+                    Ok(reply) => {
+                        self.metrics.ingested(Source::Read, 1);
+                        let out = self.adapters[adapter].on_reply(&request, reply, now);
+                        self.collect(adapter, out, &mut output);
+                    }
+                    Err(e) => debug!(error = %e, key = request.key(), "A prefetch read failed."),
+                },
                 Incoming::Lagged(n) => {
                     warn!(
                         dropped = n,
@@ -418,9 +431,9 @@ impl Pipeline {
         self.metrics.ingested(Source::Pubsub, pubsub);
         self.run_pending(now, &mut output).await;
         self.deliver(output).await;
-        if resync {
-            self.resync().await;
-        }
+        // Both clients report a reconnect, and a lag can come in bursts: the next sweep tick
+        // runs one resync for all of them.
+        self.resync_requested |= resync;
     }
 
     fn queue_reads(&mut self, adapter: usize, reads: Vec<ReadRequest>) {

@@ -13,6 +13,7 @@
 //! Queues are found in kombu's `_kombu.binding.*` sets (workers and producers declare them) and
 //! from configuration.
 
+mod attempts;
 pub mod control;
 pub mod events;
 pub mod message;
@@ -69,6 +70,8 @@ pub struct CeleryAdapter {
     /// Queue lengths read by the current sampling round, emitted with the `unacked` read that
     /// ends the round.
     sampled_lengths: Option<BTreeMap<String, u64>>,
+    /// Attempt numbers for observations whose payload does not name one.
+    attempts: attempts::Attempts,
 }
 
 impl CeleryAdapter {
@@ -80,6 +83,34 @@ impl CeleryAdapter {
             seen: SeenSet::new(SEEN_CAPACITY),
             unacked: HashMap::new(),
             sampled_lengths: None,
+            attempts: attempts::Attempts::new(SEEN_CAPACITY),
+        }
+    }
+
+    /// Numbers the attempts of `out`'s task observations (see [`attempts`]), in order.
+    /// `pubsub_result`: the observations come from a result record published on its channel.
+    fn number_attempts(&mut self, out: &mut Output, pubsub_result: bool) {
+        for obs in &mut out.observations {
+            let Observation::Task(obs) = obs else {
+                continue;
+            };
+            let from_event = obs.source == "event";
+            match obs.attempt {
+                Some(a) => self.attempts.explicit(&obs.task_id, a),
+                None => {
+                    use attempts::Unnumbered as U;
+                    let source = match (from_event, pubsub_result, obs.event) {
+                        (true, _, TaskEvent::Retried) => Some(U::RetryEvent),
+                        (true, _, TaskEvent::Running) => Some(U::StartedEvent),
+                        (false, true, TaskEvent::Retried) => Some(U::RetryResult),
+                        (false, true, TaskEvent::Running) => Some(U::StartedResult),
+                        _ => None,
+                    };
+                    if let Some(source) = source {
+                        obs.attempt = self.attempts.number(&obs.task_id, source);
+                    }
+                }
+            }
         }
     }
 
@@ -420,6 +451,11 @@ impl Adapter for CeleryAdapter {
                 format!("{}*", result::RESULT_PREFIX),
             ],
             notify_classes: "lhs".to_string(),
+            prefetch: vec![crate::adapter::Prefetch {
+                key: UNACKED.to_string(),
+                ops: vec!["hset".to_string(), "hdel".to_string()],
+                read: ReadRequest::HGetAll(UNACKED.to_string()),
+            }],
         }
     }
 
@@ -472,7 +508,9 @@ impl Adapter for CeleryAdapter {
 
     fn on_message(&mut self, channel: &str, payload: &[u8], now: DateTime<Utc>) -> Output {
         if channel.starts_with(result::RESULT_PREFIX) {
-            return self.result_record(channel, payload, now);
+            let mut out = self.result_record(channel, payload, now);
+            self.number_attempts(&mut out, true);
+            return out;
         }
         let mut out = Output::default();
         if channel.contains("celeryev") {
@@ -484,6 +522,7 @@ impl Adapter for CeleryAdapter {
                     .decode_errors
                     .push(decode_error(e.kind(), channel, e.to_string())),
             }
+            self.number_attempts(&mut out, false);
         }
         out
     }
@@ -495,7 +534,7 @@ impl Adapter for CeleryAdapter {
                 ..Output::default()
             };
         }
-        match request {
+        let mut out = match request {
             ReadRequest::LRange { key, start, .. } => self.on_queue_page(key, *start, reply, now),
             ReadRequest::HGetAll(key) if key == UNACKED => self.on_unacked(reply, now),
             ReadRequest::MGet(keys) => self.on_results(keys, reply, now),
@@ -513,7 +552,9 @@ impl Adapter for CeleryAdapter {
                 Output::default()
             }
             _ => Output::default(),
-        }
+        };
+        self.number_attempts(&mut out, false);
+        out
     }
 
     fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {

@@ -1,0 +1,132 @@
+//! Which attempt an observation is about, when the payload does not say.
+//!
+//! Celery names the attempt (`retries`) in messages, `task-received` events and extended results,
+//! but not in `task-started/succeeded/failed/retried` events nor in plain `RETRY` / `STARTED`
+//! results. Guessing "the current attempt" goes wrong when sources overtake each other (a
+//! retried task's next message is pushed, and may be taken, before the `RETRY` record of the
+//! attempt that failed is stored; task events are buffered). Each source is ordered in itself,
+//! so the adapter numbers its observations per source: the k-th `task-retried` event,
+//! `task-started` event, `RETRY` record or `STARTED` record of a task (each source counted on its
+//! own) is attempt `first + k - 1`, `first` being the attempt of the first explicit sign of the
+//! task seen. Anything else stays unknown, and the state machine's rules for unknown attempts
+//! apply. (The attempt of the last `task-received` event is no guide: with a prefork pool the
+//! main process sends `task-received` and the pool process the others, unordered.)
+
+use std::collections::{HashMap, VecDeque};
+
+/// Per-task numbering state.
+#[derive(Debug, Default, Clone)]
+struct Memo {
+    /// The attempt of the first explicit observation, when nothing unnumbered came before it.
+    first: Option<u32>,
+    /// How many of each unnumbered kind were seen, by [`Unnumbered`] index.
+    counts: [u32; 4],
+    /// An unnumbered result arrived before any explicit attempt: `first` can no longer be trusted.
+    unanchored: bool,
+}
+
+/// Where an observation without an attempt came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unnumbered {
+    RetryEvent = 0,
+    StartedEvent = 1,
+    /// A `RETRY` record published on the result channel.
+    RetryResult = 2,
+    /// A `STARTED` record published on the result channel.
+    StartedResult = 3,
+}
+
+/// A bounded memory of task numbering; the oldest tasks are forgotten first.
+pub struct Attempts {
+    capacity: usize,
+    memos: HashMap<String, Memo>,
+    order: VecDeque<String>,
+}
+
+impl Attempts {
+    pub fn new(capacity: usize) -> Attempts {
+        Attempts {
+            capacity,
+            memos: HashMap::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn memo(&mut self, task_id: &str) -> &mut Memo {
+        if !self.memos.contains_key(task_id) {
+            if self.order.len() >= self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.memos.remove(&old);
+                }
+            }
+            self.order.push_back(task_id.to_string());
+        }
+        self.memos.entry(task_id.to_string()).or_default()
+    }
+
+    /// Records an observation that named its attempt.
+    pub fn explicit(&mut self, task_id: &str, attempt: u32) {
+        let memo = self.memo(task_id);
+        if memo.first.is_none() && !memo.unanchored {
+            memo.first = Some(attempt);
+        }
+    }
+
+    /// The attempt of an observation that did not name one, if it can be told.
+    pub fn number(&mut self, task_id: &str, source: Unnumbered) -> Option<u32> {
+        let memo = self.memo(task_id);
+        let count = &mut memo.counts[source as usize];
+        *count += 1;
+        let k = *count;
+        match memo.first {
+            Some(first) => Some(first + k - 1),
+            None => {
+                memo.unanchored = true;
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_records_are_numbered_from_the_first_message_seen() {
+        let mut a = Attempts::new(10);
+        a.explicit("t", 0);
+        a.explicit("t", 1); // the re-queued message, seen before attempt 0's RETRY
+        assert_eq!(a.number("t", Unnumbered::RetryResult), Some(0));
+        a.explicit("t", 2);
+        assert_eq!(a.number("t", Unnumbered::RetryResult), Some(1));
+    }
+
+    #[test]
+    fn each_source_is_counted_on_its_own() {
+        let mut a = Attempts::new(10);
+        a.explicit("t", 0);
+        assert_eq!(a.number("t", Unnumbered::RetryResult), Some(0));
+        assert_eq!(a.number("t", Unnumbered::RetryEvent), Some(0));
+        assert_eq!(a.number("t", Unnumbered::StartedEvent), Some(0));
+        assert_eq!(a.number("t", Unnumbered::StartedEvent), Some(1));
+    }
+
+    #[test]
+    fn a_record_before_any_message_leaves_the_rest_unknown() {
+        let mut a = Attempts::new(10);
+        assert_eq!(a.number("t", Unnumbered::RetryResult), None);
+        a.explicit("t", 1);
+        assert_eq!(a.number("t", Unnumbered::RetryResult), None);
+    }
+
+    #[test]
+    fn memory_is_bounded() {
+        let mut a = Attempts::new(2);
+        a.explicit("a", 0);
+        a.explicit("b", 0);
+        a.explicit("c", 0);
+        assert_eq!(a.number("a", Unnumbered::RetryEvent), None);
+        assert_eq!(a.number("c", Unnumbered::RetryEvent), Some(0));
+    }
+}
