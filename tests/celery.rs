@@ -101,6 +101,28 @@ fn assert_message_field(mode: Mode, task: &Value, field: &str, expected: Value) 
     assert_eq!(task[field], expected, "{field}: {task}");
 }
 
+/// Sends one task of `kind` and returns once a worker runs it. Events mode sends it to an idle
+/// worker. Passive mode sends it first and starts the worker after taskscope saw it waiting:
+/// without events, a message an idle worker takes at once is seen running only if taskscope
+/// wins a millisecond race for its `unacked` entry, while a message that waited in its queue
+/// is seen leaving it (README, capability table).
+fn start_one(w: &World, mode: Mode, kind: &str, opts: &ProduceOpts) -> (CeleryWorker, String) {
+    let (worker, id) = match mode {
+        Mode::Events => {
+            let worker = w.worker("celery");
+            let id = w.produce(kind, 1, "celery", opts).remove(0);
+            (worker, id)
+        }
+        Mode::Passive => {
+            let id = w.produce(kind, 1, "celery", opts).remove(0);
+            w.ts.wait_state(&id, "queued", SHORT);
+            (w.worker("celery"), id)
+        }
+    };
+    worker.wait_started(&id, LONG);
+    (worker, id)
+}
+
 /// Whether taskscope read the task's message (in a queue or in `unacked`).
 fn saw_message(task: &Value) -> bool {
     task["transitions"].as_array().is_some_and(|ts| {
@@ -268,13 +290,11 @@ fn retried_then_success(mode: Mode) {
 /// slow(2): runtime_ms measures the execution (>= 1.5 s, < 10 s), started_at < finished_at.
 fn slow_runtime(mode: Mode) {
     let w = World::new(mode);
-    let worker = w.worker("celery");
     let opts = ProduceOpts {
         seconds: Some(2.0),
         ..ProduceOpts::default()
     };
-    let id = w.produce("slow", 1, "celery", &opts).remove(0);
-    worker.wait_started(&id, LONG);
+    let (_worker, id) = start_one(&w, mode, "slow", &opts);
     let t = w.ts.wait_state(&id, "success", LONG);
     assert_common(mode, &t, &id, "billing.slow", "celery");
     assert_finished(&t);
@@ -380,11 +400,7 @@ fn parked_queue(mode: Mode) {
 /// within --abandon-after (5 s) plus slack, and the worker is no longer alive.
 fn abandoned_after_sigkill(mode: Mode) {
     let w = World::new(mode);
-    let mut worker = w.worker("celery");
-    let id = w
-        .produce("hang", 1, "celery", &ProduceOpts::default())
-        .remove(0);
-    worker.wait_started(&id, LONG);
+    let (mut worker, id) = start_one(&w, mode, "hang", &ProduceOpts::default());
     let t = w.ts.wait_state(&id, "running", SHORT);
     assert_common(mode, &t, &id, "billing.hang", "celery");
     assert!(

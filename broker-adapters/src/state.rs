@@ -211,10 +211,7 @@ fn move_to(task: &mut Task, obs: &TaskObservation, state: TaskState, attempt: u3
                 task.traceback = None;
             }
             if obs.fields.runtime_ms.is_none() {
-                task.runtime_ms = task.started_at.and_then(|s| {
-                    let ms = (obs.at - s).num_microseconds()? as f64 / 1000.0;
-                    (ms >= 0.0).then_some(ms)
-                });
+                task.runtime_ms = task.started_at.and_then(|s| runtime_ms(s, obs.at));
             }
         }
         TaskState::Abandoned => {}
@@ -285,7 +282,22 @@ fn fill_missing(task: &mut Task, obs: &TaskObservation) {
     }
     if task.started_at.is_none() && obs.event == TaskEvent::Running {
         task.started_at = Some(f.started_at.unwrap_or(obs.at));
+        // The start was learned after the outcome: the runtime can now be told.
+        if let (true, None, Some(started), Some(finished)) = (
+            task.state.is_final(),
+            task.runtime_ms,
+            task.started_at,
+            task.finished_at,
+        ) {
+            task.runtime_ms = runtime_ms(started, finished);
+        }
     }
+}
+
+/// Milliseconds from `started` to `finished`; `None` when clocks make it negative.
+fn runtime_ms(started: DateTime<Utc>, finished: DateTime<Utc>) -> Option<f64> {
+    let ms = (finished - started).num_microseconds()? as f64 / 1000.0;
+    (ms >= 0.0).then_some(ms)
 }
 
 fn detail(obs: &TaskObservation, task: &Task) -> String {
@@ -503,6 +515,17 @@ mod tests {
             task.runtime_ms, None,
             "a negative runtime is unknown, not zero"
         );
+    }
+
+    #[test]
+    fn start_learned_after_the_outcome_still_gives_the_runtime() {
+        let (task, tr) = run(&[
+            obs(TaskEvent::Succeeded, 5, None),
+            obs(TaskEvent::Running, 3, Some(0)),
+        ]);
+        assert_eq!(task.state, TaskState::Success);
+        assert_eq!(task.runtime_ms, Some(2000.0));
+        assert_eq!(states(&tr), [TaskState::Success]);
     }
 
     #[test]

@@ -64,6 +64,8 @@ enum Incoming {
         adapter: usize,
         request: ReadRequest,
         reply: Result<broker_adapters::Reply, String>,
+        /// When the reply arrived: what it shows was true then, whenever the loop gets to it.
+        at: chrono::DateTime<Utc>,
     },
     /// fred dropped this many messages: resynchronise by reading.
     Lagged(u64),
@@ -93,9 +95,11 @@ pub async fn run(
     let subscriber = redis::builder(&cfg.redis_url)?.build_subscriber_client()?;
     let (tx, rx) = mpsc::channel::<Incoming>(200_000);
     let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Rules::new()));
+    // Prefetches get a connection of their own: they must not queue behind a large pipeline.
+    let prefetch_client = redis::builder(&cfg.redis_url)?.build()?;
     prefetch::spawn(
         &subscriber,
-        client.clone(),
+        prefetch_client.clone(),
         cfg.redis_db,
         tx.clone(),
         rules_rx,
@@ -110,6 +114,10 @@ pub async fn run(
     }
     tokio::select! {
         r = subscriber.init() => { r?; }
+        _ = shutdown.changed() => return Ok(()),
+    }
+    tokio::select! {
+        r = prefetch_client.init() => { r?; }
         _ = shutdown.changed() => return Ok(()),
     }
     let _resubscribe = subscriber.manage_subscriptions();
@@ -140,6 +148,7 @@ pub async fn run(
     pipeline.run_loop(&mut shutdown).await;
     let _ = pipeline.client.quit().await;
     let _ = pipeline.subscriber.quit().await;
+    let _ = prefetch_client.quit().await;
     match pipeline.writer_error {
         Some(e) => anyhow::bail!("{e}; the history file may be unwritable (disk full?)"),
         None => Ok(()),
@@ -401,10 +410,11 @@ impl Pipeline {
                     adapter,
                     request,
                     reply,
+                    at,
                 } => match reply {
                     Ok(reply) => {
                         self.metrics.ingested(Source::Read, 1);
-                        let out = self.adapters[adapter].on_reply(&request, reply, now);
+                        let out = self.adapters[adapter].on_reply(&request, reply, at);
                         self.collect(adapter, out, &mut output);
                     }
                     Err(e) => debug!(error = %e, key = request.key(), "A prefetch read failed."),

@@ -65,6 +65,7 @@ pub fn spawn(
                         adapter,
                         request: read.clone(),
                         reply,
+                        at: chrono::Utc::now(),
                     })
                     .await;
                 let _ = done_tx.send((adapter, read));
@@ -80,7 +81,7 @@ pub fn spawn(
                             .get(&key)
                             .map(|rs| {
                                 rs.iter()
-                                    .filter(|(_, p)| p.ops.iter().any(|op| *op == ev.operation))
+                                    .filter(|(_, p)| p.ops.contains(&ev.operation))
                                     .map(|(a, p)| (*a, p.read.clone()))
                                     .collect()
                             })

@@ -72,6 +72,13 @@ pub struct CeleryAdapter {
     sampled_lengths: Option<BTreeMap<String, u64>>,
     /// Attempt numbers for observations whose payload does not name one.
     attempts: attempts::Attempts,
+    /// The messages of each queue list at its last complete read (a list shorter than a page):
+    /// one gone at the next complete read was taken by a worker. This is how passive mode sees
+    /// a waiting message start, even when its `unacked` entry lived too briefly to be read.
+    listed: HashMap<String, HashMap<String, InFlight>>,
+    /// List keys whose last notification was a pop: the `del` that follows a pop emptying the
+    /// list is not a purge.
+    popped: HashSet<String>,
 }
 
 impl CeleryAdapter {
@@ -84,6 +91,8 @@ impl CeleryAdapter {
             unacked: HashMap::new(),
             sampled_lengths: None,
             attempts: attempts::Attempts::new(SEEN_CAPACITY),
+            listed: HashMap::new(),
+            popped: HashSet::new(),
         }
     }
 
@@ -153,6 +162,8 @@ impl CeleryAdapter {
         let queue = key.split_once(SEP).map_or(key, |(q, _)| q).to_string();
         let items = reply.into_items();
         let full_page = items.len() as i64 >= PAGE;
+        let complete = start == 0 && !full_page;
+        let mut listing = HashMap::new();
         let mut unseen = 0usize;
         for item in items {
             let Some(bytes) = item.as_bytes() else {
@@ -160,9 +171,20 @@ impl CeleryAdapter {
             };
             match message::decode(bytes) {
                 Ok(msg) => {
-                    if self.seen.insert(message_identity(&msg)) {
+                    let identity = message_identity(&msg);
+                    if self.seen.insert(identity.clone()) {
                         unseen += 1;
                         out.observations.push(queued_observation(&msg, &queue, now));
+                    }
+                    if complete {
+                        listing.insert(
+                            identity,
+                            InFlight {
+                                task_id: msg.task_id.clone(),
+                                attempt: msg.retries,
+                                queue: queue.clone(),
+                            },
+                        );
                     }
                 }
                 Err(e) => out
@@ -173,6 +195,21 @@ impl CeleryAdapter {
         // A page of nothing but new messages: there may be more new ones behind it.
         if full_page && unseen > 0 && start >= 0 && start + PAGE < MAX_QUEUE_DEPTH {
             out.follow_up.push(Self::read_queue(key, start + PAGE));
+        }
+        if complete {
+            self.popped.remove(key);
+            if let Some(before) = self.listed.insert(key.to_string(), listing) {
+                let after = &self.listed[key];
+                for (identity, gone) in before {
+                    if !after.contains_key(&identity) {
+                        out.observations
+                            .push(gone.running(now, "queue: taken by a worker"));
+                    }
+                }
+            }
+        } else if start == 0 {
+            // Too long to list whole: nothing can be inferred from what is missing.
+            self.listed.remove(key);
         }
         out
     }
@@ -229,16 +266,8 @@ impl CeleryAdapter {
         }
         for (tag, gone) in &self.unacked {
             if !tags.contains_key(tag) {
-                let mut obs = TaskObservation::new(
-                    Broker::Celery,
-                    gone.task_id.clone(),
-                    now,
-                    TaskEvent::Running,
-                    "unacked: acknowledged",
-                );
-                obs.attempt = Some(gone.attempt);
-                obs.fields.queue = Some(gone.queue.clone());
-                out.observations.push(Observation::Task(obs));
+                out.observations
+                    .push(gone.running(now, "unacked: acknowledged"));
             }
         }
         self.unacked = tags;
@@ -305,11 +334,27 @@ impl CeleryAdapter {
     }
 }
 
-/// A message a worker holds, as last read from `unacked`.
+/// A message as last read from a queue list or from `unacked`.
 struct InFlight {
     task_id: String,
     attempt: u32,
     queue: String,
+}
+
+impl InFlight {
+    /// The message left where it was: a worker has it (and, after an early ack, runs it).
+    fn running(&self, now: DateTime<Utc>, source: &'static str) -> Observation {
+        let mut obs = TaskObservation::new(
+            Broker::Celery,
+            self.task_id.clone(),
+            now,
+            TaskEvent::Running,
+            source,
+        );
+        obs.attempt = Some(self.attempt);
+        obs.fields.queue = Some(self.queue.clone());
+        Observation::Task(obs)
+    }
 }
 
 /// Bindings also name Celery's own broadcast queues (pidbox, events, replies): not task queues.
@@ -450,7 +495,7 @@ impl Adapter for CeleryAdapter {
                 format!("{BINDING_PREFIX}*"),
                 format!("{}*", result::RESULT_PREFIX),
             ],
-            notify_classes: "lhs".to_string(),
+            notify_classes: "lhsg".to_string(),
             prefetch: vec![crate::adapter::Prefetch {
                 key: UNACKED.to_string(),
                 ops: vec!["hset".to_string(), "hdel".to_string()],
@@ -494,6 +539,19 @@ impl Adapter for CeleryAdapter {
         if self.queue_of_key(key).is_some() {
             return match op {
                 "lpush" | "linsert" => vec![Self::read_queue(key, 0)],
+                // A worker took a message (BRPOP fires `rpop`): see which one.
+                "rpop" | "lpop" => {
+                    self.popped.insert(key.to_string());
+                    vec![Self::read_queue(key, 0)]
+                }
+                // A `del` right after a pop is the pop emptying the list; alone, a purge: what
+                // was listed was not taken by anyone.
+                "del" => {
+                    if !self.popped.remove(key) {
+                        self.listed.remove(key);
+                    }
+                    Vec::new()
+                }
                 // kombu restores unacked messages with RPUSH-like pushes at the tail.
                 "rpush" => vec![ReadRequest::LRange {
                     key: key.to_string(),
