@@ -59,11 +59,14 @@ pub fn sniff_decode(bytes: &[u8]) -> Result<Value, CodecError> {
     }
 }
 
+/// Nesting deeper than this is refused (deeper input would overflow the stack).
+const MAX_DEPTH: usize = 128;
+
 /// Decodes msgpack schemalessly (binary values included, which `rmp-serde` into JSON rejects).
 pub fn msgpack_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
     let mut cursor = bytes;
-    let value =
-        rmpv::decode::read_value(&mut cursor).map_err(|e| CodecError::Msgpack(e.to_string()))?;
+    let value = rmpv::decode::read_value_with_max_depth(&mut cursor, MAX_DEPTH)
+        .map_err(|e| CodecError::Msgpack(e.to_string()))?;
     Ok(msgpack_value_to_json(value))
 }
 

@@ -1122,10 +1122,6 @@ fn adapter_hgetall_unacked_early_ack_snapshot_is_running_then_acknowledged() {
 /// runs (it is acknowledged when it finishes). The first read saw it before its ETA (queued);
 /// a read after the ETA still finds it, so it is running now.
 #[test]
-#[ignore = "bug (inference gap): CeleryAdapter::on_unacked only emits taken_observation for tags \
-            not in the previous read, so an ETA task first read as Queued (eta > now) is never \
-            re-reported as Running when a later read (now > eta) still holds the same tag; with \
-            acks_late and no events/track_started it goes queued -> success with no running"]
 fn adapter_unacked_eta_task_still_held_after_its_eta_becomes_running() {
     let mut a = adapter();
     let f = "unacked_eta_plain.bin";
@@ -1758,12 +1754,6 @@ fn moderately_nested_msgpack_decodes() {
 }
 
 #[test]
-#[ignore = "bug: stack overflow (process abort) in a test/debug build on a 500-byte msgpack value \
-            of 500 nested arrays: codec::msgpack_to_json calls rmpv::decode::read_value, whose \
-            depth limit (rmpv MAX_DEPTH 1024) is deeper than a 2 MB stack holds in debug \
-            (overflow between 300 and 400 levels), and msgpack_value_to_json recurses as deep; \
-            reachable from result::decode (sniff_decode tries msgpack for any non-JSON value). \
-            Fix: codec.rs:66 read_value -> read_value_with_max_depth(&mut cursor, 128)"]
 fn deeply_nested_msgpack_result_does_not_overflow() {
     for n in [500, 100_000] {
         let mp = nested_msgpack(n);

@@ -17,7 +17,8 @@ use std::collections::{HashMap, VecDeque};
 /// Per-task numbering state.
 #[derive(Debug, Default, Clone)]
 struct Memo {
-    /// The attempt of the first explicit observation, when nothing unnumbered came before it.
+    /// `Some(0)` once the first explicit observation was attempt 0 and nothing unnumbered came
+    /// before it.
     first: Option<u32>,
     /// How many of each unnumbered kind were seen, by [`Unnumbered`] index.
     counts: [u32; 4],
@@ -64,11 +65,18 @@ impl Attempts {
         self.memos.entry(task_id.to_string()).or_default()
     }
 
-    /// Records an observation that named its attempt.
+    /// Records an observation that named its attempt. Counting starts only from a task's
+    /// attempt 0: when the first sign of a task is a later attempt (its first message was
+    /// missed), the records seen next may be the late `RETRY` of the attempt before it, and
+    /// counting would be off by one.
     pub fn explicit(&mut self, task_id: &str, attempt: u32) {
         let memo = self.memo(task_id);
         if memo.first.is_none() && !memo.unanchored {
-            memo.first = Some(attempt);
+            if attempt == 0 {
+                memo.first = Some(0);
+            } else {
+                memo.unanchored = true;
+            }
         }
     }
 
@@ -91,6 +99,13 @@ impl Attempts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_first_sign_past_attempt_zero_leaves_records_unnumbered() {
+        let mut a = Attempts::new(10);
+        a.explicit("t", 1); // attempt 0's message was missed; this is the re-queued one
+        assert_eq!(a.number("t", Unnumbered::RetryResult), None);
+    }
 
     #[test]
     fn retry_records_are_numbered_from_the_first_message_seen() {

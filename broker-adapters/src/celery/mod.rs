@@ -183,6 +183,7 @@ impl CeleryAdapter {
                                 task_id: msg.task_id.clone(),
                                 attempt: msg.retries,
                                 queue: queue.clone(),
+                                waiting_eta: None,
                             },
                         );
                     }
@@ -247,15 +248,28 @@ impl CeleryAdapter {
                     }
                     .entry(queue.clone())
                     .or_default() += 1;
-                    if !self.unacked.contains_key(&tag) {
-                        out.observations.push(taken_observation(&msg, &queue, now));
-                    }
+                    let waiting_eta = match self.unacked.get(&tag) {
+                        None => {
+                            out.observations.push(taken_observation(&msg, &queue, now));
+                            msg.eta.filter(|eta| *eta > now)
+                        }
+                        // A held ETA message still held after its ETA: the worker runs it now
+                        // (with late acks it stays here until it finishes).
+                        Some(held) => match held.waiting_eta {
+                            Some(eta) if eta <= now => {
+                                out.observations.push(held.running(now, "unacked: due"));
+                                None
+                            }
+                            other => other,
+                        },
+                    };
                     tags.insert(
                         tag,
                         InFlight {
                             task_id: msg.task_id,
                             attempt: msg.retries,
                             queue,
+                            waiting_eta,
                         },
                     );
                 }
@@ -339,6 +353,8 @@ struct InFlight {
     task_id: String,
     attempt: u32,
     queue: String,
+    /// A held message reported as waiting for this ETA, not yet reported running.
+    waiting_eta: Option<DateTime<Utc>>,
 }
 
 impl InFlight {
