@@ -106,6 +106,8 @@ fn msgpack_value_to_json(v: rmpv::Value) -> Value {
 /// Decodes a Python pickle (any protocol) into JSON. Instances of classes serde-pickle cannot
 /// resolve (datetime, UUID, user classes) come out as their pickled state instead of failing.
 pub fn pickle_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
+    crate::pickle_guard::check_depth(bytes, MAX_DEPTH)
+        .map_err(|refused| CodecError::Pickle(refused.to_string()))?;
     let opts = serde_pickle::DeOptions::new()
         .replace_unresolved_globals()
         .replace_recursive_structures()

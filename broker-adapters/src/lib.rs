@@ -15,6 +15,7 @@ pub mod adapter;
 pub mod celery;
 pub mod codec;
 pub mod model;
+mod pickle_guard;
 pub mod state;
 
 pub use adapter::{Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, ReadRequest, Reply};

@@ -1779,11 +1779,6 @@ fn shallow_nested_pickle_decodes() {
 }
 
 #[test]
-#[ignore = "bug: stack overflow (process abort, not a panic) on a 2 KB pickle of 1000 nested \
-            lists: serde_pickle::value_from_slice recurses without a depth limit (and so do \
-            codec::pickle_value_to_json and the drop of the Value); reachable from \
-            result::decode, whose sniff_decode sends any value starting with 0x80 to \
-            codec::pickle_to_json, i.e. from any celery-task-meta-* key or channel"]
 fn deeply_nested_pickle_result_does_not_overflow() {
     let p = nested_pickle(1000);
     let _ = codec::pickle_to_json(&p);
