@@ -180,7 +180,7 @@ pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), Refused> {
                 let m = pop_mark(&mut stack)?;
                 stack.push(Slot::Value(m + 1));
             }
-            0x85 | 0x86 | 0x87 => {
+            0x85..=0x87 => {
                 let n = usize::from(op - 0x84);
                 let mut m = 0;
                 for _ in 0..n {
