@@ -210,6 +210,50 @@ fn success(mode: Mode) {
     );
 }
 
+/// Celery 5.7 with `task_compression` and `result_compression` (zlib): message bodies and
+/// result records arrive compressed; taskscope still reads arguments, results and errors.
+fn compressed(mode: Mode) {
+    let w = World::new(mode);
+    let env = [("TS_COMPRESSION", "zlib")];
+    let worker =
+        CeleryWorker::start_with_env(&w.redis.url(), "celery", mode == Mode::Events, &[], &env);
+    let opts = ProduceOpts {
+        compression: Some("zlib".into()),
+        ..ProduceOpts::default()
+    };
+    // Sent before the worker consumes (it is up, but taskscope must read the compressed
+    // message from the queue or unacked either way).
+    let ids = w.produce("add", 2, "celery", &opts);
+    let failed = w
+        .produce(
+            "fail",
+            1,
+            "celery",
+            &ProduceOpts {
+                args: Some(json!([7])),
+                ..opts
+            },
+        )
+        .remove(0);
+    for (i, id) in ids.iter().enumerate() {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_common(mode, &t, id, "billing.add", "celery");
+        assert_args(mode, &t, json!([i, i + 1]));
+        assert_eq!(t["result"], json!(2 * i + 1), "compressed result: {t}");
+    }
+    let t = w.ts.wait_state(&failed, "failure", LONG);
+    assert_eq!(
+        t["error"], "ValueError: card declined 7",
+        "compressed failure: {t}"
+    );
+    let health = w.ts.get("/healthz");
+    assert_eq!(
+        health["decode_errors"], 0,
+        "nothing failed to decode: {health}"
+    );
+    drop(worker);
+}
+
 /// The same with the msgpack serializer (content-type application/x-msgpack).
 fn success_msgpack(mode: Mode) {
     let w = World::new(mode);
@@ -568,6 +612,11 @@ macro_rules! scenarios {
         fn failure() {
             let _slot = crate::common::test_slot();
             crate::failure($mode)
+        }
+        #[test]
+        fn compressed() {
+            let _slot = crate::common::test_slot();
+            crate::compressed($mode)
         }
         #[test]
         fn retried_then_success() {

@@ -21,6 +21,40 @@ pub enum CodecError {
     Pickle(String),
     #[error("unsupported content type {0:?}")]
     UnsupportedContentType(String),
+    #[error("unsupported compression {0:?} (zlib and gzip are supported)")]
+    UnsupportedCompression(String),
+    #[error("cannot decompress: {0}")]
+    Decompress(#[from] std::io::Error),
+}
+
+/// Decompressed payloads larger than this are refused (a zip bomb must not exhaust memory).
+const MAX_DECOMPRESSED: u64 = 64 * 1024 * 1024;
+
+/// Decompresses a body compressed by kombu (`application/x-gzip` is zlib there, `zlib` and
+/// `gzip` by name too).
+pub fn decompress(content_type: &str, body: &[u8]) -> Result<Vec<u8>, CodecError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    match content_type.trim() {
+        "application/x-gzip" | "application/zlib" | "zlib" | "application/x-zlib" => {
+            if body.starts_with(&[0x1f, 0x8b]) {
+                flate2::read::GzDecoder::new(body)
+                    .take(MAX_DECOMPRESSED)
+                    .read_to_end(&mut out)?;
+            } else {
+                flate2::read::ZlibDecoder::new(body)
+                    .take(MAX_DECOMPRESSED)
+                    .read_to_end(&mut out)?;
+            }
+        }
+        "application/gzip" | "gzip" => {
+            flate2::read::GzDecoder::new(body)
+                .take(MAX_DECOMPRESSED)
+                .read_to_end(&mut out)?;
+        }
+        other => return Err(CodecError::UnsupportedCompression(other.to_string())),
+    }
+    Ok(out)
 }
 
 /// Decodes standard base64, tolerating missing padding and embedded newlines (kombu wraps none,
@@ -507,6 +541,23 @@ mod tests {
         let bytes = [0x81, 0xa1, b'a', 0xc4, 0x02, b'x', b'y'];
         assert_eq!(msgpack_to_json(&bytes).unwrap(), json!({"a": "xy"}));
         assert!(msgpack_to_json(&[0x92, 0x01]).is_err());
+    }
+
+    #[test]
+    fn zlib_and_gzip_bodies_decompress() {
+        use std::io::Write;
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(b"[1, 2]").unwrap();
+        let zlib = z.finish().unwrap();
+        assert_eq!(decompress("application/x-gzip", &zlib).unwrap(), b"[1, 2]");
+        let mut g = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        g.write_all(b"{}").unwrap();
+        assert_eq!(
+            decompress("application/x-gzip", &g.finish().unwrap()).unwrap(),
+            b"{}"
+        );
+        assert!(decompress("application/x-bz2", b"x").is_err());
+        assert!(decompress("zlib", b"not zlib").is_err());
     }
 
     #[test]

@@ -439,8 +439,19 @@ impl Pipeline {
         }
         self.metrics.ingested(Source::Keyspace, keyspace);
         self.metrics.ingested(Source::Pubsub, pubsub);
-        self.run_pending(now, &mut output).await;
-        self.deliver(output).await;
+        let span = tracing::debug_span!(
+            "ingest_batch",
+            events = handled,
+            reads = self.pending.len(),
+            observations = tracing::field::Empty
+        );
+        async {
+            self.run_pending(now, &mut output).await;
+            tracing::Span::current().record("observations", output.observations.len());
+            self.deliver(output).await;
+        }
+        .instrument(span)
+        .await;
         // Both clients report a reconnect, and a lag can come in bursts: the next sweep tick
         // runs one resync for all of them.
         self.resync_requested |= resync;

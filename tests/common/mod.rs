@@ -531,6 +531,17 @@ impl CeleryWorker {
     /// `celery -A celery_app worker -P prefork -c 2 -Q <queues> [-E] --hostname w1@%h <extra>`
     /// in its own process group; returns once the worker logged "ready.".
     pub fn start(redis_url: &str, queues: &str, events: bool, extra: &[&str]) -> CeleryWorker {
+        CeleryWorker::start_with_env(redis_url, queues, events, extra, &[])
+    }
+
+    /// [`CeleryWorker::start`] with extra environment variables (celery_app.py's `TS_*`).
+    pub fn start_with_env(
+        redis_url: &str,
+        queues: &str,
+        events: bool,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> CeleryWorker {
         let dir = tempfile::Builder::new()
             .prefix("taskscope-celery-")
             .tempdir()
@@ -555,6 +566,7 @@ impl CeleryWorker {
         }
         cmd.args(extra);
         celery_env(&mut cmd, redis_url);
+        cmd.envs(env.iter().copied());
         cmd.env("TS_MARKER_DIR", dir.path())
             .stdin(Stdio::null())
             .stdout(out)
@@ -655,6 +667,8 @@ pub struct ProduceOpts {
     pub serializer: Option<String>,
     pub seconds: Option<f64>,
     pub fail_times: Option<u32>,
+    /// `task_compression` of the producer (e.g. `zlib`).
+    pub compression: Option<String>,
 }
 
 /// Sends `n` tasks of `kind` (add, fail, flaky, slow, hang) to `queue` like an application
@@ -692,6 +706,9 @@ pub fn produce(
         cmd.args(["--fail-times", &f.to_string()]);
     }
     celery_env(&mut cmd, redis_url);
+    if let Some(c) = &opts.compression {
+        cmd.env("TS_COMPRESSION", c);
+    }
     let out = cmd.output().expect("run produce.py");
     assert!(
         out.status.success(),

@@ -5,6 +5,7 @@ Configured only from the environment so the Rust harness can point it at a priva
   TS_RESULT_EXTENDED  "1" stores name/args/kwargs/worker/queue in the result (result_extended)
   TS_SERIALIZER       default task serializer: json (default) or msgpack
   TS_TRACK_STARTED    "1" makes workers store a STARTED result (task_track_started)
+  TS_COMPRESSION      e.g. "zlib": task_compression and result_compression (Celery 5.7)
   TS_MARKER_DIR       when set, long tasks touch <dir>/<task id>.started as they begin, so a test
                       knows a worker is executing them without asking taskscope
 
@@ -28,6 +29,8 @@ app.conf.update(
     result_serializer="json",
     result_extended=os.environ.get("TS_RESULT_EXTENDED") == "1",
     task_track_started=os.environ.get("TS_TRACK_STARTED") == "1",
+    task_compression=os.environ.get("TS_COMPRESSION") or None,
+    result_compression=os.environ.get("TS_COMPRESSION") or None,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=True,
 )

@@ -68,7 +68,7 @@ pub fn decode_envelope(envelope: &Value) -> Result<CeleryMessage, MessageError> 
         .get("properties")
         .and_then(Value::as_object)
         .unwrap_or(&empty);
-    let body = decode_body(obj, properties);
+    let body = decode_body(obj, headers, properties);
 
     let delivery_tag = properties.get("delivery_tag").and_then(as_string);
     let routing_key = properties
@@ -123,6 +123,7 @@ pub fn decode_envelope(envelope: &Value) -> Result<CeleryMessage, MessageError> 
 
 fn decode_body(
     obj: &serde_json::Map<String, Value>,
+    headers: &serde_json::Map<String, Value>,
     properties: &serde_json::Map<String, Value>,
 ) -> Result<Value, CodecError> {
     let content_type = obj
@@ -138,6 +139,11 @@ fn decode_body(
         codec::base64_decode(raw)?
     } else {
         raw.as_bytes().to_vec()
+    };
+    // `task_compression`: compressed before base64, named in `headers.compression`.
+    let bytes = match headers.get("compression").and_then(Value::as_str) {
+        Some(compression) => codec::decompress(compression, &bytes)?,
+        None => bytes,
     };
     codec::decode_by_content_type(content_type, &bytes)
 }

@@ -10,6 +10,9 @@ use serde_json::Value;
 /// The key and channel prefix of result records.
 pub const RESULT_PREFIX: &str = "celery-task-meta-";
 
+/// What Celery 5.7's `result_compression` puts before a compressed record.
+const COMPRESSED_MARKER: &[u8] = b"\x00celery-compressed\x00";
+
 /// One result record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ResultMeta {
@@ -39,6 +42,20 @@ pub enum ResultError {
 /// Decodes a stored or published result record (JSON by default; msgpack and pickle
 /// result serializers are recognised by their first byte).
 pub fn decode(bytes: &[u8], key_task_id: Option<&str>) -> Result<ResultMeta, ResultError> {
+    let decompressed;
+    let bytes = match bytes.strip_prefix(COMPRESSED_MARKER) {
+        // Celery 5.7 `result_compression`: marker, compression type, NUL, compressed body.
+        Some(rest) => {
+            let nul = rest
+                .iter()
+                .position(|b| *b == 0)
+                .ok_or(ResultError::Shape)?;
+            let compression = String::from_utf8_lossy(&rest[..nul]);
+            decompressed = codec::decompress(&compression, &rest[nul + 1..])?;
+            &decompressed[..]
+        }
+        None => bytes,
+    };
     let v = codec::sniff_decode(bytes)?;
     let obj = v.as_object().ok_or(ResultError::Shape)?;
     let status = obj
