@@ -69,6 +69,18 @@ impl Reply {
     }
 }
 
+/// Escapes Redis glob characters so a key matches only itself in a pattern.
+pub fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A read-only command an adapter wants run. The ingest layer pipelines many of them in one
 /// round trip; every request gets exactly one reply, in [`Adapter::on_reply`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

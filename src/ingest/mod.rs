@@ -95,17 +95,14 @@ pub async fn run(
     let subscriber = redis::builder(&cfg.redis_url)?.build_subscriber_client()?;
     let (tx, rx) = mpsc::channel::<Incoming>(200_000);
     let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Rules::new()));
-    // Prefetches get a connection of their own: they must not queue behind a large pipeline.
-    let prefetch_client = redis::builder(&cfg.redis_url)?.build()?;
-    prefetch::spawn(
-        &subscriber,
-        prefetch_client.clone(),
+    let prefetcher = prefetch::spawn(
+        &cfg.redis_url,
         cfg.redis_db,
         tx.clone(),
         rules_rx,
         metrics.clone(),
-    );
-    spawn_forwarders(&subscriber, &client, tx);
+    )?;
+    spawn_forwarders(&subscriber, &client, cfg.redis_db, tx);
 
     info!(url = %redact(&cfg.redis_url), "Connecting to Redis.");
     tokio::select! {
@@ -114,10 +111,6 @@ pub async fn run(
     }
     tokio::select! {
         r = subscriber.init() => { r?; }
-        _ = shutdown.changed() => return Ok(()),
-    }
-    tokio::select! {
-        r = prefetch_client.init() => { r?; }
         _ = shutdown.changed() => return Ok(()),
     }
     let _resubscribe = subscriber.manage_subscriptions();
@@ -148,7 +141,9 @@ pub async fn run(
     pipeline.run_loop(&mut shutdown).await;
     let _ = pipeline.client.quit().await;
     let _ = pipeline.subscriber.quit().await;
-    let _ = prefetch_client.quit().await;
+    // Dropping the loop's receiver stops the prefetcher.
+    drop(pipeline.rx);
+    let _ = tokio::task::spawn_blocking(move || prefetcher.join()).await;
     match pipeline.writer_error {
         Some(e) => anyhow::bail!("{e}; the history file may be unwritable (disk full?)"),
         None => Ok(()),
@@ -165,8 +160,33 @@ pub fn redact(url: &str) -> String {
 
 /// Moves fred's broadcast messages into our own bounded queue at once, so the broadcast
 /// receivers never lag behind the (slower) processing; a lag that still happens is reported.
-fn spawn_forwarders(subscriber: &SubscriberClient, client: &Client, tx: mpsc::Sender<Incoming>) {
+fn spawn_forwarders(
+    subscriber: &SubscriberClient,
+    client: &Client,
+    db: u32,
+    tx: mpsc::Sender<Incoming>,
+) {
     use tokio::sync::broadcast::error::RecvError;
+    let mut keys = subscriber.keyspace_event_rx();
+    let key_tx = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            match keys.recv().await {
+                Ok(ev) if u32::from(ev.db) == db => {
+                    let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
+                    let op = ev.operation;
+                    if key_tx.send(Incoming::Key { key, op }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => {
+                    let _ = key_tx.send(Incoming::Lagged(n)).await;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
     let mut messages = subscriber.message_rx();
     let msg_tx = tx.clone();
     tokio::spawn(async move {
@@ -362,10 +382,13 @@ impl Pipeline {
             let interest = adapter.interest();
             wanted.extend(interest.channel_patterns);
             if matches!(self.feed, Feed::Notifications { .. }) {
+                let rules = self.rules_tx.borrow();
                 wanted.extend(
                     interest
                         .key_patterns
                         .iter()
+                        // The prefetcher subscribes to its keys itself.
+                        .filter(|p| !rules.keys().any(|k| prefetch::key_pattern(k) == **p))
                         .map(|p| format!("__keyspace@{}__:{p}", self.cfg.redis_db)),
                 );
             }

@@ -19,7 +19,9 @@ pub mod events;
 pub mod message;
 pub mod result;
 
-use crate::adapter::{Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply};
+use crate::adapter::{
+    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
+};
 use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
 use chrono::{DateTime, Utc};
 use message::CeleryMessage;
@@ -69,7 +71,7 @@ pub struct CeleryAdapter {
     unacked: HashMap<String, InFlight>,
     /// Queue lengths read by the current sampling round, emitted with the `unacked` read that
     /// ends the round.
-    sampled_lengths: Option<BTreeMap<String, u64>>,
+    sampled_lengths: Option<Sampling>,
     /// Attempt numbers for observations whose payload does not name one.
     attempts: attempts::Attempts,
     /// The messages of each queue list at its last complete read (a list shorter than a page):
@@ -285,7 +287,12 @@ impl CeleryAdapter {
             }
         }
         self.unacked = tags;
-        if let Some(lengths) = self.sampled_lengths.take() {
+        // A round whose length reads did not all arrive (a failed pipeline) is dropped.
+        if let Some(Sampling {
+            lengths,
+            awaiting: 0,
+        }) = self.sampled_lengths.take()
+        {
             for (queue, length) in lengths {
                 out.queue_samples.push(QueueSample {
                     broker: Broker::Celery,
@@ -346,6 +353,13 @@ impl CeleryAdapter {
         }
         out
     }
+}
+
+/// One round of queue sampling: lengths summed over a queue's priority lists, and how many
+/// length replies are still to come before the closing `unacked` read emits the samples.
+struct Sampling {
+    lengths: BTreeMap<String, u64>,
+    awaiting: usize,
 }
 
 /// A message as last read from a queue list or from `unacked`.
@@ -476,18 +490,6 @@ fn decode_error(kind: &'static str, key: &str, message: String) -> DecodeError {
     }
 }
 
-/// Escapes Redis glob characters so a queue name matches only itself in a pattern.
-pub fn glob_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 impl Adapter for CeleryAdapter {
     fn broker(&self) -> Broker {
         Broker::Celery
@@ -603,6 +605,11 @@ impl Adapter for CeleryAdapter {
 
     fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
         if let Reply::Error(e) = &reply {
+            // A failed length read still arrived: that list counts as empty in this round.
+            if let (ReadRequest::LLen(_), Some(sampling)) = (request, self.sampled_lengths.as_mut())
+            {
+                sampling.awaiting = sampling.awaiting.saturating_sub(1);
+            }
             return Output {
                 decode_errors: vec![decode_error("redis-reply", request.key(), e.clone())],
                 ..Output::default()
@@ -615,13 +622,11 @@ impl Adapter for CeleryAdapter {
             ReadRequest::Get(key) => self.on_results(std::slice::from_ref(key), reply, now),
             ReadRequest::SMembers(key) => self.on_bindings(key, reply),
             ReadRequest::LLen(key) => {
-                if let (Some(lengths), Some(queue)) = (
-                    self.sampled_lengths.as_mut(),
-                    key.split_once(SEP)
-                        .map_or(Some(key.as_str()), |(q, _)| Some(q)),
-                ) {
-                    *lengths.entry(queue.to_string()).or_default() +=
+                if let Some(sampling) = self.sampled_lengths.as_mut() {
+                    let queue = key.split_once(SEP).map_or(key.as_str(), |(q, _)| q);
+                    *sampling.lengths.entry(queue.to_string()).or_default() +=
                         reply.as_i64().unwrap_or(0).max(0) as u64;
+                    sampling.awaiting = sampling.awaiting.saturating_sub(1);
                 }
                 Output::default()
             }
@@ -652,13 +657,16 @@ impl Adapter for CeleryAdapter {
     }
 
     fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
-        self.sampled_lengths = Some(self.queues.iter().map(|q| (q.clone(), 0)).collect());
         let mut reads: Vec<ReadRequest> = self
             .queues
             .iter()
             .flat_map(|q| Self::queue_keys(q))
             .map(ReadRequest::LLen)
             .collect();
+        self.sampled_lengths = Some(Sampling {
+            lengths: self.queues.iter().map(|q| (q.clone(), 0)).collect(),
+            awaiting: reads.len(),
+        });
         reads.push(ReadRequest::HGetAll(UNACKED.to_string()));
         reads
     }
