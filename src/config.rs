@@ -107,6 +107,11 @@ pub struct ServeArgs {
     )]
     pub celery_queues: Vec<String>,
 
+    /// The Redis of Celery's result backend when it is not the broker's (e.g.
+    /// `redis://127.0.0.1:6379/1`): result keys are scanned and read there.
+    #[arg(long, env = "TASKSCOPE_CELERY_RESULT_URL", value_name = "URL")]
+    pub celery_result_url: Option<String>,
+
     /// How often the reconciliation pass re-reads queues, in-flight messages and open tasks'
     /// results (catching what notifications cannot carry).
     #[arg(long, env = "TASKSCOPE_RECONCILE_EVERY", default_value = "5s", value_parser = parse_duration, value_name = "DUR")]
@@ -147,6 +152,8 @@ pub struct ServeSettings {
     pub auth_token: Option<String>,
     pub celery_enable_events: bool,
     pub celery_queues: Vec<String>,
+    /// `None` when the results live in the watched Redis database itself.
+    pub celery_result_url: Option<String>,
     pub reconcile_every: Duration,
     pub poll_every: Duration,
     pub rescan_every: Duration,
@@ -172,6 +179,15 @@ impl ServeArgs {
             .map(|q| q.trim().to_string())
             .filter(|q| !q.is_empty())
             .collect();
+        let celery_result_url = match self.celery_result_url {
+            Some(url) if url.trim() != self.redis.trim() => {
+                redis_db_of(&url).map_err(|UsageError(e)| {
+                    UsageError(e.replace("--redis", "--celery-result-url"))
+                })?;
+                Some(url)
+            }
+            _ => None,
+        };
         Ok(ServeSettings {
             redis_url: self.redis,
             redis_db,
@@ -184,6 +200,7 @@ impl ServeArgs {
             auth_token: self.auth_token,
             celery_enable_events: self.celery_enable_events,
             celery_queues,
+            celery_result_url,
             reconcile_every: self.reconcile_every,
             poll_every: self.poll_every,
             rescan_every: self.rescan_every,
@@ -298,6 +315,7 @@ const KNOWN_VARS: &[&str] = &[
     "TASKSCOPE_AUTH_TOKEN",
     "TASKSCOPE_CELERY_ENABLE_EVENTS",
     "TASKSCOPE_CELERY_QUEUES",
+    "TASKSCOPE_CELERY_RESULT_URL",
     "TASKSCOPE_RECONCILE_EVERY",
     "TASKSCOPE_POLL_EVERY",
     "TASKSCOPE_RESCAN_EVERY",

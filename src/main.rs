@@ -83,6 +83,7 @@ fn build_adapters(settings: &ServeSettings) -> Vec<Box<dyn Adapter>> {
                 Broker::Celery => Box::new(CeleryAdapter::new(CeleryConfig {
                     db: settings.redis_db,
                     queues: settings.celery_queues.clone(),
+                    result_url: settings.celery_result_url.clone(),
                 })),
                 // config::parse_brokers only lets through brokers of AVAILABLE_BROKERS.
                 other => unreachable!("no adapter for {other}"),

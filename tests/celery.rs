@@ -670,6 +670,44 @@ mod events {
 mod flags {
     use super::*;
 
+    /// `--celery-result-url`: results in database 1, the broker in 0 (a common setup). Results
+    /// stored while taskscope was down are found by scanning database 1 after a restart.
+    #[test]
+    fn celery_result_url_reads_results_in_another_database() {
+        let _slot = test_slot();
+        let redis = RedisServer::start();
+        let results = format!("redis://127.0.0.1:{}/1", redis.port);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut ts = Taskscope::start(
+            &redis.url(),
+            &dir.path().join("t.duckdb"),
+            &["--celery-result-url", &results],
+        );
+        let env = [("TS_RESULT_URL", results.as_str())];
+        let _worker = CeleryWorker::start_with_env(&redis.url(), "celery", false, &[], &env);
+        let live = produce(&redis.url(), "add", 1, "celery", &args(json!([1, 1]))).remove(0);
+        let t = ts.wait_state(&live, "success", LONG);
+        assert_eq!(t["result"], 2, "seen live on the result channel: {t}");
+
+        ts.kill();
+        let id = produce(&redis.url(), "add", 1, "celery", &args(json!([40, 2]))).remove(0);
+        wait_for("Celery to store the result in database 1", LONG, || {
+            let raw = redis.cli(&["-n", "1", "GET", &format!("celery-task-meta-{id}")]);
+            if raw.contains("SUCCESS") {
+                Ok(())
+            } else {
+                Err(raw)
+            }
+        });
+        assert!(redis.celery_result(&id).is_none(), "nothing in database 0");
+        ts.restart();
+        let t = ts.wait_state(&id, "success", LONG);
+        assert_eq!(
+            t["result"], 42,
+            "found in database 1 after the restart: {t}"
+        );
+    }
+
     /// `--celery-enable-events` turns task events on in a worker started without `-E`.
     #[test]
     fn celery_enable_events_reaches_the_worker() {

@@ -88,12 +88,23 @@ pub enum ReadRequest {
     Get(String),
     MGet(Vec<String>),
     LLen(String),
-    LRange { key: String, start: i64, stop: i64 },
+    LRange {
+        key: String,
+        start: i64,
+        stop: i64,
+    },
     HGetAll(String),
     HLen(String),
     SMembers(String),
     ZCard(String),
-    ZRangeWithScores { key: String, start: i64, stop: i64 },
+    ZRangeWithScores {
+        key: String,
+        start: i64,
+        stop: i64,
+    },
+    /// The same read on the adapter's side connection ([`Adapter::side_url`], e.g. Celery's
+    /// result backend in another database); on the main connection when there is none.
+    Side(Box<ReadRequest>),
 }
 
 impl ReadRequest {
@@ -109,6 +120,15 @@ impl ReadRequest {
             | ReadRequest::LRange { key: k, .. }
             | ReadRequest::ZRangeWithScores { key: k, .. } => k,
             ReadRequest::MGet(keys) => keys.first().map(String::as_str).unwrap_or(""),
+            ReadRequest::Side(inner) => inner.key(),
+        }
+    }
+
+    /// The read itself, whichever connection it goes to.
+    pub fn inner(&self) -> &ReadRequest {
+        match self {
+            ReadRequest::Side(inner) => inner.inner(),
+            other => other,
         }
     }
 }
@@ -155,6 +175,8 @@ pub struct Interest {
     pub key_patterns: Vec<String>,
     /// Key glob patterns to find with a bounded SCAN at start and then periodically.
     pub scan_patterns: Vec<String>,
+    /// The same, scanned on the side connection ([`Adapter::side_url`]).
+    pub side_scan_patterns: Vec<String>,
     /// The `notify-keyspace-events` classes the key patterns need (`l` lists, `h` hashes, `s`
     /// sets, `z` sorted sets, `t` streams, `$` strings, `g` generic, `x` expired).
     pub notify_classes: String,
@@ -210,4 +232,10 @@ pub trait Adapter: Send {
 
     /// Reads whose replies produce this adapter's queue samples.
     fn sample_queues(&mut self, now: DateTime<Utc>) -> Vec<ReadRequest>;
+
+    /// A second Redis this adapter reads from ([`ReadRequest::Side`], `side_scan_patterns`),
+    /// when part of its data lives elsewhere. Configuration, not I/O: the ingest layer connects.
+    fn side_url(&self) -> Option<String> {
+        None
+    }
 }

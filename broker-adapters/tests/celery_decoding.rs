@@ -1361,6 +1361,7 @@ fn adapter_smembers_binding_adds_the_queue_and_reads_its_lists() {
     let mut a = CeleryAdapter::new(CeleryConfig {
         db: 0,
         queues: vec![],
+        result_url: None,
     });
     assert_eq!(a.queues().count(), 0);
     let req = ReadRequest::SMembers("_kombu.binding.celery".into());
@@ -1411,6 +1412,7 @@ fn adapter_smembers_pidbox_and_celeryev_bindings_add_no_queue() {
     let mut a = CeleryAdapter::new(CeleryConfig {
         db: 0,
         queues: vec![],
+        result_url: None,
     });
     for (key, file) in [
         (
@@ -1485,6 +1487,7 @@ fn adapter_interest_covers_celeryev_and_result_channels() {
     let other_db = CeleryAdapter::new(CeleryConfig {
         db: 5,
         queues: vec!["celery".into()],
+        result_url: None,
     });
     assert!(other_db
         .interest()
@@ -2016,4 +2019,43 @@ proptest! {
         let _ = codec::python_literal(&text);
         let _ = codec::error_line_from_repr(&format!("E({text})"));
     }
+}
+
+/// With the result backend elsewhere (`result_url`), result keys are scanned and read on the
+/// side connection, and the replies still decode.
+#[test]
+fn adapter_result_reads_go_to_the_side_connection_when_results_live_elsewhere() {
+    let mut a = CeleryAdapter::new(CeleryConfig {
+        db: 0,
+        queues: vec!["celery".into()],
+        result_url: Some("redis://127.0.0.1:6390/1".into()),
+    });
+    assert_eq!(a.side_url().as_deref(), Some("redis://127.0.0.1:6390/1"));
+    let interest = a.interest();
+    assert!(!interest
+        .scan_patterns
+        .iter()
+        .any(|p| p.starts_with("celery-task-meta-")));
+    assert_eq!(
+        interest.side_scan_patterns,
+        vec!["celery-task-meta-*".to_string()]
+    );
+    let key = "celery-task-meta-abc".to_string();
+    let reads = a.on_scan("celery-task-meta-*", vec![key.clone()], Utc::now());
+    assert_eq!(
+        reads,
+        vec![ReadRequest::Side(Box::new(ReadRequest::MGet(vec![key])))]
+    );
+    let reply = Reply::Array(vec![Reply::Bytes(fixture("result_success_plain.bin"))]);
+    let out = a.on_reply(&reads[0], reply, Utc::now());
+    assert_eq!(out.observations.len(), 1, "{out:?}");
+    let open = [broker_adapters::OpenTask {
+        id: "t1".into(),
+        queue: None,
+        name: None,
+    }];
+    assert!(a
+        .reconcile(&open, Utc::now())
+        .iter()
+        .any(|r| matches!(r, ReadRequest::Side(inner) if matches!(**inner, ReadRequest::MGet(_)))));
 }

@@ -22,7 +22,7 @@ pub mod redis;
 
 use crate::metrics::{ChangeFeed, Metrics, Source};
 use crate::store::{StoreReader, StoreWriter};
-use broker_adapters::{Adapter, Broker, Output, ReadRequest};
+use broker_adapters::{Adapter, Broker, Output, ReadRequest, Reply};
 use chrono::Utc;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
@@ -113,6 +113,25 @@ pub async fn run(
         r = subscriber.init() => { r?; }
         _ = shutdown.changed() => return Ok(()),
     }
+    let side_urls: Vec<(Broker, Option<String>)> = adapters
+        .iter()
+        .map(|a| (a.broker(), a.side_url()))
+        .collect();
+    let mut side = Vec::with_capacity(side_urls.len());
+    for (broker, url) in side_urls {
+        side.push(match url {
+            Some(url) => {
+                let c = redis::builder(&url)?.build()?;
+                info!(url = %redact(&url), %broker, "Connecting to a second Redis.");
+                tokio::select! {
+                    r = c.init() => { r?; }
+                    _ = shutdown.changed() => return Ok(()),
+                }
+                Some(c)
+            }
+            None => None,
+        });
+    }
     let _resubscribe = subscriber.manage_subscriptions();
     metrics.redis_connected.store(true, Ordering::Relaxed);
     info!("Connected to Redis.");
@@ -136,11 +155,15 @@ pub async fn run(
         writer_error: None,
         resync_requested: false,
         rules_tx,
+        side,
     };
     pipeline.resync().await;
     pipeline.run_loop(&mut shutdown).await;
     let _ = pipeline.client.quit().await;
     let _ = pipeline.subscriber.quit().await;
+    for side in pipeline.side.iter().flatten() {
+        let _ = side.quit().await;
+    }
     // Dropping the loop's receiver stops the prefetcher.
     drop(pipeline.rx);
     let _ = tokio::task::spawn_blocking(move || prefetcher.join()).await;
@@ -255,6 +278,8 @@ struct Pipeline {
     writer_error: Option<String>,
     /// A reconnect or a pub/sub lag asked for a resync (run on the next sweep tick).
     resync_requested: bool,
+    /// Each adapter's side connection ([`Adapter::side_url`]), by adapter index.
+    side: Vec<Option<Client>>,
     /// The adapters' prefetch rules, for the keyspace forwarder.
     rules_tx: watch::Sender<Arc<prefetch::Rules>>,
 }
@@ -516,7 +541,7 @@ impl Pipeline {
             self.metrics
                 .redis_commands
                 .fetch_add(requests.len() as u64, Ordering::Relaxed);
-            match redis::run_reads(&self.client, &requests).await {
+            match execute(&self.client, &self.side, &batch).await {
                 Ok(replies) => {
                     self.metrics.ingested(Source::Read, replies.len() as u64);
                     for ((adapter, request), reply) in batch.into_iter().zip(replies) {
@@ -586,7 +611,8 @@ impl Pipeline {
             self.metrics
                 .redis_commands
                 .fetch_add(reads.len() as u64, Ordering::Relaxed);
-            match redis::run_reads(&self.client, &reads).await {
+            let batch: Vec<(usize, ReadRequest)> = reads.iter().map(|r| (i, r.clone())).collect();
+            match execute(&self.client, &self.side, &batch).await {
                 Ok(replies) => {
                     for (request, reply) in reads.iter().zip(replies) {
                         let out = self.adapters[i].on_reply(request, reply, now);
@@ -606,17 +632,31 @@ impl Pipeline {
         let started = std::time::Instant::now();
         let mut total = 0usize;
         for i in 0..self.adapters.len() {
-            for pattern in self.adapters[i].interest().scan_patterns {
+            let interest = self.adapters[i].interest();
+            let main = self.client.clone();
+            let side = self
+                .side
+                .get(i)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| main.clone());
+            let patterns: Vec<(Client, String)> = interest
+                .scan_patterns
+                .into_iter()
+                .map(|p| (main.clone(), p))
+                .chain(
+                    interest
+                        .side_scan_patterns
+                        .into_iter()
+                        .map(|p| (side.clone(), p)),
+                )
+                .collect();
+            for (client, pattern) in patterns {
                 let mut cursor = 0u64;
                 loop {
                     self.metrics.redis_commands.fetch_add(1, Ordering::Relaxed);
-                    let (next, keys) = match redis::scan_page(
-                        &self.client,
-                        cursor,
-                        &pattern,
-                        SCAN_COUNT,
-                    )
-                    .await
+                    let (next, keys) = match redis::scan_page(&client, cursor, &pattern, SCAN_COUNT)
+                        .await
                     {
                         Ok(page) => page,
                         Err(e) => {
@@ -660,6 +700,45 @@ impl Pipeline {
             Err(e) => warn!(error = %e, "Could not broadcast Celery enable_events."),
         }
     }
+}
+
+/// Runs reads on the connection each belongs to (the main one, or the asking adapter's side
+/// connection for [`ReadRequest::Side`]), pipelined per connection; replies in order.
+async fn execute(
+    main: &Client,
+    side: &[Option<Client>],
+    batch: &[(usize, ReadRequest)],
+) -> anyhow::Result<Vec<Reply>> {
+    let side_of = |(adapter, read): &(usize, ReadRequest)| match read {
+        ReadRequest::Side(_) => side.get(*adapter).and_then(Option::as_ref),
+        _ => None,
+    };
+    if batch.iter().all(|r| side_of(r).is_none()) {
+        let reads: Vec<ReadRequest> = batch.iter().map(|(_, r)| r.clone()).collect();
+        return redis::run_reads(main, &reads).await;
+    }
+    let mut replies: Vec<Option<Reply>> = vec![None; batch.len()];
+    let mut groups: Vec<(&Client, Vec<usize>)> = Vec::new();
+    for (index, item) in batch.iter().enumerate() {
+        let client = side_of(item).unwrap_or(main);
+        match groups.iter_mut().find(|(c, _)| std::ptr::eq(*c, client)) {
+            Some((_, indexes)) => indexes.push(index),
+            None => groups.push((client, vec![index])),
+        }
+    }
+    for (client, indexes) in groups {
+        let reads: Vec<ReadRequest> = indexes.iter().map(|i| batch[*i].1.clone()).collect();
+        for (i, reply) in indexes
+            .into_iter()
+            .zip(redis::run_reads(client, &reads).await?)
+        {
+            replies[i] = Some(reply);
+        }
+    }
+    Ok(replies
+        .into_iter()
+        .map(|r| r.unwrap_or(Reply::Nil))
+        .collect())
 }
 
 fn chrono_duration(d: Duration) -> chrono::Duration {

@@ -38,6 +38,7 @@ fn cmd(name: &'static str) -> CustomCommand {
 fn command(req: &ReadRequest) -> (CustomCommand, Vec<Value>) {
     let s = |k: &str| Value::from(k.to_string());
     match req {
+        ReadRequest::Side(inner) => command(inner),
         ReadRequest::Get(k) => (cmd("GET"), vec![s(k)]),
         ReadRequest::MGet(keys) => (cmd("MGET"), keys.iter().map(|k| s(k)).collect()),
         ReadRequest::LLen(k) => (cmd("LLEN"), vec![s(k)]),

@@ -6,6 +6,7 @@ Configured only from the environment so the Rust harness can point it at a priva
   TS_SERIALIZER       default task serializer: json (default) or msgpack
   TS_TRACK_STARTED    "1" makes workers store a STARTED result (task_track_started)
   TS_COMPRESSION      e.g. "zlib": task_compression and result_compression (Celery 5.7)
+  TS_RESULT_URL       the result backend, when it is not the broker (e.g. another database)
   TS_MARKER_DIR       when set, long tasks touch <dir>/<task id>.started as they begin, so a test
                       knows a worker is executing them without asking taskscope
 
@@ -21,7 +22,12 @@ REDIS_URL = os.environ.get("TS_REDIS_URL")
 if not REDIS_URL:
     raise SystemExit("celery_app: set TS_REDIS_URL (e.g. redis://127.0.0.1:6390/0)")
 
-app = Celery("taskscope_tests", broker=REDIS_URL, backend=REDIS_URL, include=["billing"])
+app = Celery(
+    "taskscope_tests",
+    broker=REDIS_URL,
+    backend=os.environ.get("TS_RESULT_URL") or REDIS_URL,
+    include=["billing"],
+)
 app.conf.update(
     task_serializer=os.environ.get("TS_SERIALIZER", "json"),
     accept_content=["json", "msgpack"],

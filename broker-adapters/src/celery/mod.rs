@@ -49,6 +49,10 @@ pub struct CeleryConfig {
     pub db: u32,
     /// Queues to watch even before any binding names them.
     pub queues: Vec<String>,
+    /// The result backend's Redis when it is not the broker's (e.g. another database): result
+    /// keys are then scanned and read there. Result channels need nothing: pub/sub spans
+    /// databases.
+    pub result_url: Option<String>,
 }
 
 impl Default for CeleryConfig {
@@ -56,6 +60,7 @@ impl Default for CeleryConfig {
         CeleryConfig {
             db: 0,
             queues: vec!["celery".to_string()],
+            result_url: None,
         }
     }
 }
@@ -95,6 +100,15 @@ impl CeleryAdapter {
             attempts: attempts::Attempts::new(SEEN_CAPACITY),
             listed: HashMap::new(),
             popped: HashSet::new(),
+        }
+    }
+
+    /// A read of result keys: on the side connection when the results live elsewhere.
+    fn result_read(&self, read: ReadRequest) -> ReadRequest {
+        if self.config.result_url.is_some() {
+            ReadRequest::Side(Box::new(read))
+        } else {
+            read
         }
     }
 
@@ -509,10 +523,19 @@ impl Adapter for CeleryAdapter {
                 "celeryev*".to_string(),
             ],
             key_patterns,
-            scan_patterns: vec![
-                format!("{BINDING_PREFIX}*"),
-                format!("{}*", result::RESULT_PREFIX),
-            ],
+            scan_patterns: if self.config.result_url.is_some() {
+                vec![format!("{BINDING_PREFIX}*")]
+            } else {
+                vec![
+                    format!("{BINDING_PREFIX}*"),
+                    format!("{}*", result::RESULT_PREFIX),
+                ]
+            },
+            side_scan_patterns: if self.config.result_url.is_some() {
+                vec![format!("{}*", result::RESULT_PREFIX)]
+            } else {
+                Vec::new()
+            },
             notify_classes: "lhsg".to_string(),
             prefetch: vec![crate::adapter::Prefetch {
                 key: UNACKED.to_string(),
@@ -532,7 +555,7 @@ impl Adapter for CeleryAdapter {
             keys.into_iter().map(ReadRequest::SMembers).collect()
         } else if pattern.starts_with(result::RESULT_PREFIX) {
             keys.chunks(MGET_CHUNK)
-                .map(|c| ReadRequest::MGet(c.to_vec()))
+                .map(|c| self.result_read(ReadRequest::MGet(c.to_vec())))
                 .collect()
         } else {
             Vec::new()
@@ -615,7 +638,7 @@ impl Adapter for CeleryAdapter {
                 ..Output::default()
             };
         }
-        let mut out = match request {
+        let mut out = match request.inner() {
             ReadRequest::LRange { key, start, .. } => self.on_queue_page(key, *start, reply, now),
             ReadRequest::HGetAll(key) if key == UNACKED => self.on_unacked(reply, now),
             ReadRequest::MGet(keys) => self.on_results(keys, reply, now),
@@ -651,9 +674,13 @@ impl Adapter for CeleryAdapter {
         reads.extend(
             result_keys
                 .chunks(MGET_CHUNK)
-                .map(|c| ReadRequest::MGet(c.to_vec())),
+                .map(|c| self.result_read(ReadRequest::MGet(c.to_vec()))),
         );
         reads
+    }
+
+    fn side_url(&self) -> Option<String> {
+        self.config.result_url.clone()
     }
 
     fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
