@@ -109,7 +109,10 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
             )
         })?;
     info!(address = %settings.listen, "Serving the UI and API on http://{}.", settings.listen);
+    let task_metrics = http::prometheus::TaskMetrics::default();
+    task_metrics.clone().spawn_feed(writer.subscribe());
     let app = http::router(http::AppState {
+        task_metrics,
         reader: reader.clone(),
         writer: writer.clone(),
         metrics: metrics.clone(),

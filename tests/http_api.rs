@@ -154,6 +154,20 @@ fn api_routes_answer_the_contract_shapes_and_errors() {
     assert!(ts.get("/api/workers")["workers"].is_array());
 
     let http = reqwest::blocking::Client::new();
+    let metrics = http.get(ts.url("/metrics")).send().expect("GET /metrics");
+    assert_eq!(metrics.status().as_u16(), 200);
+    let text = metrics.text().expect("metrics body");
+    for needle in [
+        "taskscope_tasks_total{broker=\"celery\",queue=\"celery\",name=\"cap.add\",state=\"queued\"} 1",
+        "taskscope_queue_length{broker=\"celery\",queue=\"celery\"} 2",
+        "taskscope_workers_alive{broker=\"celery\"} 0",
+        "taskscope_decode_errors_total{broker=\"celery\"} 1",
+        "taskscope_redis_connected 1",
+        "taskscope_ingest_events_total{source=\"keyspace\"}",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
+    }
+
     for (path, status, needle) in [
         ("/".to_string(), 200, "Overview"),
         ("/tasks?state=queued".to_string(), 200, id.as_str()),

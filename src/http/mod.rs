@@ -5,6 +5,7 @@
 mod api;
 mod auth;
 mod pages;
+pub mod prometheus;
 mod query;
 
 use crate::metrics::Metrics;
@@ -26,6 +27,8 @@ pub struct AppState {
     /// For `alive` in the workers list.
     pub abandon_after: Duration,
     pub auth_token: Option<Arc<str>>,
+    /// Transition counters and runtime histograms for `/metrics`.
+    pub task_metrics: prometheus::TaskMetrics,
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -42,6 +45,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/workers", get(api::workers))
         .route("/api/stats", get(api::stats))
         .route("/api/events", get(api::events))
+        .route("/metrics", get(prometheus::metrics))
         .fallback(not_found)
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -7,8 +7,8 @@
 //! idle taskscope's first read after a quiet spell came 1.7 ms after the write. So the
 //! prefetcher owns a single-threaded runtime on its own OS thread, with its own subscriber
 //! (only to the prefetch keys) and its own read connection: notification in, read out, with no
-//! hand-off between threads. Reads are coalesced per rule: at most one in flight, plus one
-//! trailing read if the key changed while it was. Replies go to the loop as
+//! hand-off between threads. Each notification fires its read at once, up to
+//! [`MAX_IN_FLIGHT`] per rule; past that, one trailing read follows when one completes. Replies go to the loop as
 //! [`Incoming::Prefetched`], stamped with the time they arrived.
 
 use super::{redis, Incoming};
@@ -44,9 +44,14 @@ pub fn key_pattern(key: &str) -> String {
     glob_escape(key)
 }
 
+/// Reads of one rule in flight at once. One would coalesce a burst into a few snapshots taken
+/// between entries that each live a millisecond (measured: 7 of 15 names caught in bursts of 5);
+/// each notification gets its own read up to this bound, and past it one trailing read follows.
+const MAX_IN_FLIGHT: usize = 8;
+
 #[derive(Default)]
 struct RuleState {
-    in_flight: bool,
+    in_flight: usize,
     dirty: bool,
 }
 
@@ -168,10 +173,10 @@ async fn run(
                     metrics.ingested(Source::Keyspace, 1);
                     for (adapter, read) in matched {
                         let state = states.entry((adapter, read.clone())).or_default();
-                        if state.in_flight {
+                        if state.in_flight >= MAX_IN_FLIGHT {
                             state.dirty = true;
                         } else {
-                            state.in_flight = true;
+                            state.in_flight += 1;
                             fire(adapter, read);
                         }
                     }
@@ -188,7 +193,7 @@ async fn run(
                 if std::mem::take(&mut state.dirty) {
                     fire(adapter, read);
                 } else {
-                    state.in_flight = false;
+                    state.in_flight = state.in_flight.saturating_sub(1);
                 }
             }
         }

@@ -25,7 +25,7 @@ mod tests;
 mod writer;
 
 pub use reader::{StoreReader, TaskQuery};
-pub use writer::StoreWriter;
+pub use writer::{StoreWriter, TransitionEvent};
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;

@@ -103,6 +103,15 @@ impl CeleryAdapter {
         }
     }
 
+    /// Whether a payload that does not decode is reported for the first time: one that stays in
+    /// Redis is read again by every reconciliation and must be counted once, not every time.
+    fn first_time_bad(&mut self, bytes: &[u8]) -> bool {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        self.seen.insert(format!("undecodable:{:016x}", hasher.finish()))
+    }
+
     /// A read of result keys: on the side connection when the results live elsewhere.
     fn result_read(&self, read: ReadRequest) -> ReadRequest {
         if self.config.result_url.is_some() {
@@ -204,9 +213,10 @@ impl CeleryAdapter {
                         );
                     }
                 }
-                Err(e) => out
+                Err(e) if self.first_time_bad(bytes) => out
                     .decode_errors
                     .push(decode_error(e.kind(), key, e.to_string())),
+                Err(_) => {}
             }
         }
         // A page of nothing but new messages: there may be more new ones behind it.
@@ -289,9 +299,10 @@ impl CeleryAdapter {
                         },
                     );
                 }
-                Err(e) => out
+                Err(e) if self.first_time_bad(bytes) => out
                     .decode_errors
                     .push(decode_error(e.kind(), UNACKED, e.to_string())),
+                Err(_) => {}
             }
         }
         for (tag, gone) in &self.unacked {
@@ -341,9 +352,10 @@ impl CeleryAdapter {
         let key_id = key.strip_prefix(result::RESULT_PREFIX);
         match result::decode(bytes, key_id) {
             Ok(meta) => out.observations.extend(result_observation(meta, now)),
-            Err(e) => out
+            Err(e) if self.first_time_bad(bytes) => out
                 .decode_errors
                 .push(decode_error("result", key, e.to_string())),
+            Err(_) => {}
         }
         out
     }
