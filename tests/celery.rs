@@ -670,6 +670,46 @@ mod events {
 mod flags {
     use super::*;
 
+    /// Redis crashes and comes back empty (its `notify-keyspace-events` forgotten): taskscope
+    /// reconnects, says so in `/healthz`, turns notifications on again and sees new tasks,
+    /// including one parked on a queue (seen only through a keyspace notification or a read).
+    #[test]
+    fn redis_restart_reconnects_and_restores_notifications() {
+        let _slot = test_slot();
+        let mut w = World::new(Mode::Passive);
+        let before = w
+            .produce("add", 1, "parked", &ProduceOpts::default())
+            .remove(0);
+        w.ts.wait_state(&before, "queued", SHORT);
+        assert_ne!(
+            w.redis.cli(&["CONFIG", "GET", "notify-keyspace-events"]),
+            "notify-keyspace-events\n"
+        );
+
+        w.redis.crash_and_restart();
+        wait_for(
+            "taskscope to reconnect and re-enable notifications",
+            LONG,
+            || {
+                let flags = w.redis.cli(&["CONFIG", "GET", "notify-keyspace-events"]);
+                let health = w.ts.get("/healthz");
+                if health["redis"] == "connected" && flags.contains('K') {
+                    Ok(())
+                } else {
+                    Err(format!("{health} / {flags:?}"))
+                }
+            },
+        );
+        let after = w
+            .produce("add", 1, "parked", &args(json!([5, 6])))
+            .remove(0);
+        let t = w.ts.wait_state(&after, "queued", SHORT);
+        assert_eq!(t["args"], json!([5, 6]), "{t}");
+        // The task seen before the crash is still there: nothing recorded was lost.
+        w.ts.wait_state(&before, "queued", SHORT);
+        drop(w.worker("parked"));
+    }
+
     /// `--celery-result-url`: results in database 1, the broker in 0 (a common setup). Results
     /// stored while taskscope was down are found by scanning database 1 after a restart.
     #[test]

@@ -233,6 +233,12 @@ pub trait Adapter: Send {
     /// Reads whose replies produce this adapter's queue samples.
     fn sample_queues(&mut self, now: DateTime<Utc>) -> Vec<ReadRequest>;
 
+    /// The connection to Redis was lost (or notifications lagged): anything may have happened
+    /// meanwhile, including a Redis that restarted empty. Forget snapshots whose differences
+    /// would otherwise be read as events (a list emptied by a restart is not a list drained by
+    /// workers).
+    fn on_gap(&mut self) {}
+
     /// A second Redis this adapter reads from ([`ReadRequest::Side`], `side_scan_patterns`),
     /// when part of its data lives elsewhere. Configuration, not I/O: the ingest layer connects.
     fn side_url(&self) -> Option<String> {

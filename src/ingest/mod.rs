@@ -361,6 +361,9 @@ impl Pipeline {
     /// SET), pub/sub messages were lost: check, subscribe, scan and reconcile.
     async fn resync(&mut self) {
         let span = info_span!("resync");
+        for adapter in &mut self.adapters {
+            adapter.on_gap();
+        }
         async {
             let classes: String = self
                 .adapters

@@ -216,6 +216,46 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
+    /// Kills the server (SIGKILL: no goodbye to clients, all data and config gone) and starts a
+    /// fresh one on the same port, as a crashed-and-restarted Redis looks to its clients.
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let log = self.dir.path().join("redis.log");
+        let start = Instant::now();
+        while start.elapsed() < SHORT {
+            let (out, err) = log_file(&log);
+            let mut child = Command::new("redis-server")
+                .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--save", "", "--appendonly", "no"])
+                .arg("--dir")
+                .arg(self.dir.path())
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .expect("spawn redis-server");
+            let up = Instant::now();
+            while up.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // the port is not free again yet: retry
+                }
+                if resp_ping(self.port) {
+                    self.child = child;
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!(
+            "redis-server did not restart on port {}; its log:\n{}",
+            self.port,
+            tail(&log, 50)
+        );
+    }
+
     /// `redis-cli --raw` against this server; returns stdout without the trailing newline.
     pub fn cli(&self, args: &[&str]) -> String {
         let out = Command::new("redis-cli")

@@ -109,7 +109,8 @@ impl CeleryAdapter {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         bytes.hash(&mut hasher);
-        self.seen.insert(format!("undecodable:{:016x}", hasher.finish()))
+        self.seen
+            .insert(format!("undecodable:{:016x}", hasher.finish()))
     }
 
     /// A read of result keys: on the side connection when the results live elsewhere.
@@ -213,9 +214,10 @@ impl CeleryAdapter {
                         );
                     }
                 }
-                Err(e) if self.first_time_bad(bytes) => out
-                    .decode_errors
-                    .push(decode_error(e.kind(), key, e.to_string())),
+                Err(e) if self.first_time_bad(bytes) => {
+                    out.decode_errors
+                        .push(decode_error(e.kind(), key, e.to_string()))
+                }
                 Err(_) => {}
             }
         }
@@ -299,9 +301,10 @@ impl CeleryAdapter {
                         },
                     );
                 }
-                Err(e) if self.first_time_bad(bytes) => out
-                    .decode_errors
-                    .push(decode_error(e.kind(), UNACKED, e.to_string())),
+                Err(e) if self.first_time_bad(bytes) => {
+                    out.decode_errors
+                        .push(decode_error(e.kind(), UNACKED, e.to_string()))
+                }
                 Err(_) => {}
             }
         }
@@ -352,9 +355,10 @@ impl CeleryAdapter {
         let key_id = key.strip_prefix(result::RESULT_PREFIX);
         match result::decode(bytes, key_id) {
             Ok(meta) => out.observations.extend(result_observation(meta, now)),
-            Err(e) if self.first_time_bad(bytes) => out
-                .decode_errors
-                .push(decode_error("result", key, e.to_string())),
+            Err(e) if self.first_time_bad(bytes) => {
+                out.decode_errors
+                    .push(decode_error("result", key, e.to_string()))
+            }
             Err(_) => {}
         }
         out
@@ -693,6 +697,13 @@ impl Adapter for CeleryAdapter {
 
     fn side_url(&self) -> Option<String> {
         self.config.result_url.clone()
+    }
+
+    fn on_gap(&mut self) {
+        self.listed.clear();
+        self.popped.clear();
+        self.unacked.clear();
+        self.sampled_lengths = None;
     }
 
     fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
