@@ -112,6 +112,15 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKSCOPE_CELERY_RESULT_URL", value_name = "URL")]
     pub celery_result_url: Option<String>,
 
+    /// Dramatiq's Redis namespace (`RedisBroker(namespace=...)`).
+    #[arg(
+        long,
+        env = "TASKSCOPE_DRAMATIQ_NAMESPACE",
+        default_value = "dramatiq",
+        value_name = "NS"
+    )]
+    pub dramatiq_namespace: String,
+
     /// How often the reconciliation pass re-reads queues, in-flight messages and open tasks'
     /// results (catching what notifications cannot carry).
     #[arg(long, env = "TASKSCOPE_RECONCILE_EVERY", default_value = "5s", value_parser = parse_duration, value_name = "DUR")]
@@ -154,13 +163,14 @@ pub struct ServeSettings {
     pub celery_queues: Vec<String>,
     /// `None` when the results live in the watched Redis database itself.
     pub celery_result_url: Option<String>,
+    pub dramatiq_namespace: String,
     pub reconcile_every: Duration,
     pub poll_every: Duration,
     pub rescan_every: Duration,
 }
 
 /// Brokers with an adapter in this version.
-pub const AVAILABLE_BROKERS: [Broker; 1] = [Broker::Celery];
+pub const AVAILABLE_BROKERS: [Broker; 2] = [Broker::Celery, Broker::Dramatiq];
 
 impl ServeArgs {
     pub fn into_settings(self) -> Result<ServeSettings, UsageError> {
@@ -201,6 +211,7 @@ impl ServeArgs {
             celery_enable_events: self.celery_enable_events,
             celery_queues,
             celery_result_url,
+            dramatiq_namespace: self.dramatiq_namespace,
             reconcile_every: self.reconcile_every,
             poll_every: self.poll_every,
             rescan_every: self.rescan_every,
@@ -226,7 +237,7 @@ fn parse_brokers(list: &str) -> Result<Vec<Broker>, UsageError> {
             })?;
         if !AVAILABLE_BROKERS.contains(&broker) {
             return Err(UsageError(format!(
-                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto or celery"
+                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto, celery or dramatiq"
             )));
         }
         if !brokers.contains(&broker) {
@@ -316,6 +327,7 @@ const KNOWN_VARS: &[&str] = &[
     "TASKSCOPE_CELERY_ENABLE_EVENTS",
     "TASKSCOPE_CELERY_QUEUES",
     "TASKSCOPE_CELERY_RESULT_URL",
+    "TASKSCOPE_DRAMATIQ_NAMESPACE",
     "TASKSCOPE_RECONCILE_EVERY",
     "TASKSCOPE_POLL_EVERY",
     "TASKSCOPE_RESCAN_EVERY",
@@ -380,7 +392,10 @@ mod tests {
 
     #[test]
     fn brokers_list_is_checked() {
-        assert_eq!(parse_brokers("auto").unwrap(), vec![Broker::Celery]);
+        assert_eq!(
+            parse_brokers("auto").unwrap(),
+            vec![Broker::Celery, Broker::Dramatiq]
+        );
         assert_eq!(
             parse_brokers("celery, celery").unwrap(),
             vec![Broker::Celery]

@@ -17,6 +17,7 @@ mod store;
 
 use anyhow::Context;
 use broker_adapters::celery::{CeleryAdapter, CeleryConfig};
+use broker_adapters::dramatiq::{DramatiqAdapter, DramatiqConfig};
 use broker_adapters::{Adapter, Broker};
 use clap::Parser;
 use config::{Cli, Command, ServeSettings, UsageError};
@@ -84,6 +85,9 @@ fn build_adapters(settings: &ServeSettings) -> Vec<Box<dyn Adapter>> {
                     db: settings.redis_db,
                     queues: settings.celery_queues.clone(),
                     result_url: settings.celery_result_url.clone(),
+                })),
+                Broker::Dramatiq => Box::new(DramatiqAdapter::new(DramatiqConfig {
+                    namespace: settings.dramatiq_namespace.clone(),
                 })),
                 // config::parse_brokers only lets through brokers of AVAILABLE_BROKERS.
                 other => unreachable!("no adapter for {other}"),

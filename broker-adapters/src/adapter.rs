@@ -95,6 +95,10 @@ pub enum ReadRequest {
     },
     HGetAll(String),
     HLen(String),
+    HMGet {
+        key: String,
+        fields: Vec<String>,
+    },
     SMembers(String),
     ZCard(String),
     ZRangeWithScores {
@@ -118,6 +122,7 @@ impl ReadRequest {
             | ReadRequest::SMembers(k)
             | ReadRequest::ZCard(k)
             | ReadRequest::LRange { key: k, .. }
+            | ReadRequest::HMGet { key: k, .. }
             | ReadRequest::ZRangeWithScores { key: k, .. } => k,
             ReadRequest::MGet(keys) => keys.first().map(String::as_str).unwrap_or(""),
             ReadRequest::Side(inner) => inner.key(),

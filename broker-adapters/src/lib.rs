@@ -14,6 +14,7 @@
 pub mod adapter;
 pub mod celery;
 pub mod codec;
+pub mod dramatiq;
 pub mod model;
 mod pickle_guard;
 pub mod state;

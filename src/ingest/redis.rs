@@ -47,6 +47,12 @@ fn command(req: &ReadRequest) -> (CustomCommand, Vec<Value>) {
             vec![s(key), Value::from(*start), Value::from(*stop)],
         ),
         ReadRequest::HGetAll(k) => (cmd("HGETALL"), vec![s(k)]),
+        ReadRequest::HMGet { key, fields } => (
+            cmd("HMGET"),
+            std::iter::once(s(key))
+                .chain(fields.iter().map(|f| s(f)))
+                .collect(),
+        ),
         ReadRequest::HLen(k) => (cmd("HLEN"), vec![s(k)]),
         ReadRequest::SMembers(k) => (cmd("SMEMBERS"), vec![s(k)]),
         ReadRequest::ZCard(k) => (cmd("ZCARD"), vec![s(k)]),

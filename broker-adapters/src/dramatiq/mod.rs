@@ -1,0 +1,767 @@
+//! Dramatiq's RedisBroker (namespace `dramatiq` by default), with no middleware in the workers.
+//!
+//! Where each state comes from (fixtures and notes: `tests/fixtures/dramatiq/README.md`):
+//! - `queued`: a message enqueued into `<ns>:<q>` / `<ns>:<q>.msgs` (read on the `hset` of the
+//!   `.msgs` hash: the new ids are at the tail of the list, or already in an ack set);
+//!   delayed and retried copies in `<q>.DQ` with `options.eta` (a retry has `options.retries`
+//!   and the failure's traceback).
+//! - `running`: the id in `<ns>:__acks__.<worker>.<q>` (fetched by that worker process; with
+//!   prefetch it may still wait for a thread). Ack sets of `<q>.DQ` hold delayed messages a
+//!   worker keeps in memory until due: those stay `queued`.
+//! - `success`: an id leaving an ack set that is neither still in `.msgs` (requeued), nor in
+//!   `.XQ.msgs` (dead-lettered), nor followed by a retry copy of the same `message_id`.
+//! - `failure`: an id in `<q>.XQ` / `<q>.XQ.msgs`.
+//! - `retried`: a copy of the same `message_id` with `options.retries` increased.
+//! - results and errors from the Results middleware when its keys exist.
+//! - workers from `<ns>:__heartbeats__` (sampled, never followed notification by notification:
+//!   every dispatch call of every process writes it).
+
+pub mod message;
+
+use crate::adapter::{
+    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
+};
+use crate::model::{
+    Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
+};
+use chrono::{DateTime, Utc};
+use message::DramatiqMessage;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+/// Ids read per list or dead-letter page.
+const PAGE: i64 = 200;
+/// Messages remembered by redis id.
+const KNOWN_CAPACITY: usize = 200_000;
+
+#[derive(Debug, Clone)]
+pub struct DramatiqConfig {
+    pub namespace: String,
+}
+
+impl Default for DramatiqConfig {
+    fn default() -> Self {
+        DramatiqConfig {
+            namespace: "dramatiq".to_string(),
+        }
+    }
+}
+
+/// A decoded message, remembered by its `redis_message_id`.
+#[derive(Debug, Clone)]
+struct Known {
+    message_id: String,
+    queue: String,
+    actor: String,
+    retries: u32,
+}
+
+/// An id that left a worker's ack set, waiting for the reads that tell what became of it.
+#[derive(Debug, Clone)]
+struct Leaving {
+    known: Known,
+    worker: String,
+    /// Whether the id is still in `<q>.msgs` (a requeue keeps it there; an ack deletes it).
+    still_queued: Option<bool>,
+}
+
+pub struct DramatiqAdapter {
+    ns: String,
+    /// Base queue names found so far.
+    queues: BTreeSet<String>,
+    known: HashMap<String, Known>,
+    known_order: VecDeque<String>,
+    /// The highest `options.retries` seen per `message_id` (a retry copy outranks its ack).
+    highest_retry: HashMap<String, u32>,
+    /// Members of each ack set at its last read, by key.
+    acks: HashMap<String, BTreeSet<String>>,
+    /// Ids seen in an ack set before their message was read: (worker, list key).
+    pending_running: HashMap<String, String>,
+    leaving: HashMap<String, Leaving>,
+    /// Ids of dead-lettered messages already reported.
+    dead_seen: HashSet<String>,
+    /// Worker ids seen owning an ack set: heartbeats of other ids are producers.
+    consumers: BTreeSet<String>,
+    /// Per queue: (length, delayed, dead) read by the current sampling round.
+    sampling: Option<BTreeMap<String, (u64, u64, u64)>>,
+    /// Result keys asked for, and the task each belongs to.
+    result_owner: HashMap<String, String>,
+}
+
+impl DramatiqAdapter {
+    pub fn new(config: DramatiqConfig) -> DramatiqAdapter {
+        DramatiqAdapter {
+            ns: config.namespace,
+            queues: BTreeSet::new(),
+            known: HashMap::new(),
+            known_order: VecDeque::new(),
+            highest_retry: HashMap::new(),
+            acks: HashMap::new(),
+            pending_running: HashMap::new(),
+            leaving: HashMap::new(),
+            dead_seen: HashSet::new(),
+            consumers: BTreeSet::new(),
+            sampling: None,
+            result_owner: HashMap::new(),
+        }
+    }
+
+    fn key(&self, rest: &str) -> String {
+        format!("{}:{rest}", self.ns)
+    }
+
+    fn acks_prefix(&self) -> String {
+        self.key("__acks__.")
+    }
+
+    fn heartbeats(&self) -> String {
+        self.key("__heartbeats__")
+    }
+
+    /// `<ns>:__acks__.<worker>.<queue>` -> (worker, queue as named, e.g. `default.DQ`).
+    fn parse_acks_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
+        let rest = key.strip_prefix(&self.acks_prefix())?;
+        // Worker ids are uuids (no dots); the queue may contain dots.
+        rest.split_once('.')
+    }
+
+    fn remember(&mut self, redis_id: &str, msg: &DramatiqMessage) {
+        if !self.known.contains_key(redis_id) {
+            if self.known_order.len() >= KNOWN_CAPACITY {
+                if let Some(old) = self.known_order.pop_front() {
+                    self.known.remove(&old);
+                }
+            }
+            self.known_order.push_back(redis_id.to_string());
+        }
+        self.known.insert(
+            redis_id.to_string(),
+            Known {
+                message_id: msg.message_id.clone(),
+                queue: msg.queue.clone(),
+                actor: msg.actor.clone(),
+                retries: msg.retries,
+            },
+        );
+        let highest = self
+            .highest_retry
+            .entry(msg.message_id.clone())
+            .or_insert(0);
+        *highest = (*highest).max(msg.retries);
+        if self.highest_retry.len() > KNOWN_CAPACITY {
+            self.highest_retry.clear();
+        }
+        self.queues.insert(msg.queue.clone());
+    }
+
+    fn observation(
+        &self,
+        msg: &DramatiqMessage,
+        event: TaskEvent,
+        at: DateTime<Utc>,
+        source: &'static str,
+    ) -> Observation {
+        let mut obs = TaskObservation::new(Broker::Dramatiq, &msg.message_id, at, event, source);
+        obs.attempt = Some(msg.retries);
+        let f = &mut obs.fields;
+        f.queue = Some(msg.queue.clone());
+        f.name = Some(msg.actor.clone());
+        f.args = msg.args.clone();
+        f.kwargs = msg.kwargs.clone();
+        f.enqueued_at = msg.sent_at;
+        f.eta = msg.eta;
+        if matches!(event, TaskEvent::Failed) || msg.retries > 0 {
+            f.error = msg.error.clone();
+            f.traceback = msg.traceback.clone();
+        }
+        Observation::Task(obs)
+    }
+
+    fn known_observation(
+        &self,
+        k: &Known,
+        event: TaskEvent,
+        at: DateTime<Utc>,
+        source: &'static str,
+    ) -> TaskObservation {
+        let mut obs = TaskObservation::new(Broker::Dramatiq, &k.message_id, at, event, source);
+        obs.attempt = Some(k.retries);
+        obs.fields.queue = Some(k.queue.clone());
+        obs.fields.name = Some(k.actor.clone());
+        obs
+    }
+
+    fn read_tail(key: String) -> ReadRequest {
+        ReadRequest::LRange {
+            key,
+            start: -PAGE,
+            stop: -1,
+        }
+    }
+
+    fn queue_reads(&self, queue: &str) -> Vec<ReadRequest> {
+        vec![
+            Self::read_tail(self.key(queue)),
+            Self::read_tail(self.key(&format!("{queue}.DQ"))),
+            ReadRequest::ZRangeWithScores {
+                key: self.key(&format!("{queue}.XQ")),
+                start: -PAGE,
+                stop: -1,
+            },
+        ]
+    }
+
+    /// A list page of redis ids (`<ns>:<q>` or `<ns>:<q>.DQ`): read the messages not known yet.
+    fn on_list(&mut self, key: &str, reply: Reply) -> Output {
+        let unknown: Vec<String> = reply
+            .into_items()
+            .iter()
+            .filter_map(|r| {
+                r.as_bytes()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .filter(|id| !self.known.contains_key(id))
+            .collect();
+        let mut out = Output::default();
+        if !unknown.is_empty() {
+            out.follow_up.push(ReadRequest::HMGet {
+                key: format!("{key}.msgs"),
+                fields: unknown,
+            });
+        }
+        out
+    }
+
+    fn on_dead_list(&mut self, key: &str, reply: Reply) -> Output {
+        let fresh: Vec<String> = reply
+            .into_pairs()
+            .into_iter()
+            .filter_map(|(id, _)| {
+                id.as_bytes()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .filter(|id| !self.dead_seen.contains(id))
+            .collect();
+        let mut out = Output::default();
+        if !fresh.is_empty() {
+            out.follow_up.push(ReadRequest::HMGet {
+                key: format!("{key}.msgs"),
+                fields: fresh,
+            });
+        }
+        out
+    }
+
+    /// HMGET of a `.msgs` hash: decode what is there, settle what left an ack set.
+    fn on_messages(
+        &mut self,
+        key: &str,
+        fields: &[String],
+        reply: Reply,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let mut out = Output::default();
+        let hash = key.strip_suffix(".msgs").unwrap_or(key);
+        let dead = hash.ends_with(".XQ");
+        let delayed = hash.ends_with(".DQ");
+        let values = reply.into_items();
+        for (id, value) in fields.iter().zip(values) {
+            let bytes = value.as_bytes();
+            if let Some(leaving) = self.leaving.get_mut(id) {
+                if dead {
+                    // The second of the two reads for a leaving id: settle it.
+                    let Some(leaving) = self.leaving.remove(id) else {
+                        continue;
+                    };
+                    if bytes.is_none() {
+                        let (queue, actor, message_id) = (
+                            leaving.known.queue.clone(),
+                            leaving.known.actor.clone(),
+                            leaving.known.message_id.clone(),
+                        );
+                        if let Some(obs) = self.settle(id, leaving, now) {
+                            let succeeded = matches!(&obs, Observation::Task(o) if o.event == TaskEvent::Succeeded);
+                            out.observations.push(obs);
+                            if succeeded {
+                                out.follow_up
+                                    .push(self.result_read(&queue, &actor, &message_id));
+                            }
+                        }
+                    }
+                } else if !delayed {
+                    leaving.still_queued = Some(bytes.is_some());
+                    continue;
+                }
+            }
+            let Some(bytes) = bytes else { continue };
+            let msg = match message::decode(bytes) {
+                Ok(msg) => msg,
+                Err(e) => {
+                    out.decode_errors.push(DecodeError {
+                        broker: Broker::Dramatiq,
+                        kind: e.kind(),
+                        key: key.to_string(),
+                        message: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            let first_time = !self.known.contains_key(id);
+            self.remember(id, &msg);
+            if dead {
+                if self.dead_seen.insert(id.clone()) {
+                    out.observations.push(self.observation(
+                        &msg,
+                        TaskEvent::Failed,
+                        now,
+                        "dead letters",
+                    ));
+                    let read = self.result_read(&msg.queue, &msg.actor, &msg.message_id);
+                    out.follow_up.push(read);
+                }
+            } else if let Some(worker) = self.pending_running.remove(id).filter(|_| !delayed) {
+                let mut obs = self.observation(&msg, TaskEvent::Running, now, "ack set");
+                if let Observation::Task(o) = &mut obs {
+                    o.fields.worker = Some(worker);
+                }
+                out.observations.push(obs);
+            } else if first_time {
+                out.observations.push(self.observation(
+                    &msg,
+                    TaskEvent::Queued,
+                    now,
+                    if delayed { "delay queue" } else { "queue" },
+                ));
+            }
+        }
+        out
+    }
+
+    /// What became of an id that left an ack set of a main queue and is not dead-lettered.
+    fn settle(&mut self, id: &str, leaving: Leaving, now: DateTime<Utc>) -> Option<Observation> {
+        let k = &leaving.known;
+        if leaving.still_queued == Some(true) {
+            // Requeued (a graceful stop, or maintenance after the worker died): waiting again.
+            return Some(Observation::Task(self.known_observation(
+                k,
+                TaskEvent::Queued,
+                now,
+                "requeued",
+            )));
+        }
+        if self
+            .highest_retry
+            .get(&k.message_id)
+            .is_some_and(|r| *r > k.retries)
+        {
+            // The Retries middleware enqueued a copy before acking this one.
+            return None;
+        }
+        self.known.remove(id);
+        let mut obs = self.known_observation(k, TaskEvent::Succeeded, now, "acknowledged");
+        obs.fields.worker = Some(leaving.worker);
+        Some(Observation::Task(obs))
+    }
+
+    /// A read of the Results middleware's record of a task (nothing when it is not used).
+    fn result_read(&mut self, queue: &str, actor: &str, message_id: &str) -> ReadRequest {
+        let key = message::result_key(queue, actor, message_id);
+        if self.result_owner.len() > KNOWN_CAPACITY {
+            self.result_owner.clear();
+        }
+        self.result_owner
+            .insert(key.clone(), message_id.to_string());
+        ReadRequest::LRange {
+            key,
+            start: 0,
+            stop: 0,
+        }
+    }
+
+    /// SMEMBERS of an ack set: new members are taken, departed ones are settled by reads.
+    fn on_acks(&mut self, key: &str, reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let Some((worker, queue_name)) = self.parse_acks_key(key) else {
+            return out;
+        };
+        let (worker, queue_name) = (worker.to_string(), queue_name.to_string());
+        self.consumers.insert(worker.clone());
+        let delayed = queue_name.ends_with(".DQ");
+        let base = message::base_queue(&queue_name).to_string();
+        self.queues.insert(base.clone());
+        let members: BTreeSet<String> = reply
+            .into_items()
+            .iter()
+            .filter_map(|r| {
+                r.as_bytes()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .collect();
+        let before = self
+            .acks
+            .insert(key.to_string(), members.clone())
+            .unwrap_or_default();
+        let mut to_read = Vec::new();
+        for id in members.difference(&before) {
+            match self.known.get(id) {
+                Some(k) if !delayed => {
+                    let mut obs = self.known_observation(k, TaskEvent::Running, now, "ack set");
+                    obs.fields.worker = Some(worker.clone());
+                    out.observations.push(Observation::Task(obs));
+                }
+                Some(_) => {}
+                None => {
+                    if !delayed {
+                        self.pending_running.insert(id.clone(), worker.clone());
+                    }
+                    to_read.push(id.clone());
+                }
+            }
+        }
+        if !to_read.is_empty() {
+            out.follow_up.push(ReadRequest::HMGet {
+                key: self.key(&format!("{queue_name}.msgs")),
+                fields: to_read,
+            });
+        }
+        if !delayed {
+            let departed: Vec<String> = before
+                .difference(&members)
+                .filter(|id| self.known.contains_key(*id))
+                .cloned()
+                .collect();
+            if !departed.is_empty() {
+                for id in &departed {
+                    if let Some(k) = self.known.get(id).cloned() {
+                        self.leaving.insert(
+                            id.clone(),
+                            Leaving {
+                                known: k,
+                                worker: worker.clone(),
+                                still_queued: None,
+                            },
+                        );
+                    }
+                }
+                // In this order, the last one settling: a requeue keeps the id in `.msgs`; a retry
+                // put a copy in `.DQ.msgs` just before the ack (read whole: the delay-queue
+                // consumer may already have taken the copy off the `.DQ` list); a nack moved the
+                // id to `.XQ.msgs`.
+                out.follow_up.push(ReadRequest::HMGet {
+                    key: self.key(&format!("{base}.msgs")),
+                    fields: departed.clone(),
+                });
+                out.follow_up
+                    .push(ReadRequest::HGetAll(self.key(&format!("{base}.DQ.msgs"))));
+                out.follow_up.push(ReadRequest::HMGet {
+                    key: self.key(&format!("{base}.XQ.msgs")),
+                    fields: departed,
+                });
+            }
+        }
+        out
+    }
+
+    fn on_result(&mut self, key: &str, reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let Some(bytes) = reply
+            .into_items()
+            .into_iter()
+            .next()
+            .and_then(|r| r.as_bytes().map(<[u8]>::to_vec))
+        else {
+            return out;
+        };
+        let Some(message_id) = self.result_owner.remove(key) else {
+            return out;
+        };
+        match message::decode_result(&bytes) {
+            Ok(Ok(value)) => {
+                let mut obs = TaskObservation::new(
+                    Broker::Dramatiq,
+                    message_id,
+                    now,
+                    TaskEvent::Succeeded,
+                    "result",
+                );
+                obs.fields.result = Some(value);
+                out.observations.push(Observation::Task(obs));
+            }
+            Ok(Err(error)) => {
+                let mut obs = TaskObservation::new(
+                    Broker::Dramatiq,
+                    message_id,
+                    now,
+                    TaskEvent::Failed,
+                    "result",
+                );
+                obs.fields.error = Some(error);
+                out.observations.push(Observation::Task(obs));
+            }
+            Err(e) => out.decode_errors.push(DecodeError {
+                broker: Broker::Dramatiq,
+                kind: e.kind(),
+                key: key.to_string(),
+                message: e.to_string(),
+            }),
+        }
+        out
+    }
+}
+
+impl Adapter for DramatiqAdapter {
+    fn broker(&self) -> Broker {
+        Broker::Dramatiq
+    }
+
+    fn interest(&self) -> Interest {
+        let ns = glob_escape(&self.ns);
+        Interest {
+            channel_patterns: Vec::new(),
+            key_patterns: vec![
+                format!("{ns}:*.msgs"),
+                format!("{ns}:__acks__.*"),
+                format!("{ns}:*.XQ"),
+            ],
+            scan_patterns: vec![format!("{ns}:*.msgs"), format!("{ns}:__acks__.*")],
+            side_scan_patterns: Vec::new(),
+            notify_classes: "hsz".to_string(),
+            prefetch: Vec::new(),
+        }
+    }
+
+    fn on_scan(
+        &mut self,
+        _pattern: &str,
+        keys: Vec<String>,
+        _now: DateTime<Utc>,
+    ) -> Vec<ReadRequest> {
+        let mut reads = Vec::new();
+        for key in keys {
+            if key.starts_with(&self.acks_prefix()) {
+                reads.push(ReadRequest::SMembers(key));
+            } else if let Some(hash) = key
+                .strip_prefix(&format!("{}:", self.ns))
+                .and_then(|rest| rest.strip_suffix(".msgs"))
+            {
+                let base = message::base_queue(hash).to_string();
+                if self.queues.insert(base.clone()) {
+                    reads.extend(self.queue_reads(&base));
+                }
+            }
+        }
+        reads
+    }
+
+    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        if key.starts_with(&self.acks_prefix()) {
+            return match op {
+                "sadd" | "srem" | "del" => vec![ReadRequest::SMembers(key.to_string())],
+                _ => Vec::new(),
+            };
+        }
+        let Some(rest) = key.strip_prefix(&format!("{}:", self.ns)) else {
+            return Vec::new();
+        };
+        if let Some(dead) = rest.strip_suffix(".XQ") {
+            self.queues.insert(dead.to_string());
+            return if op == "zadd" {
+                vec![ReadRequest::ZRangeWithScores {
+                    key: key.to_string(),
+                    start: -PAGE,
+                    stop: -1,
+                }]
+            } else {
+                Vec::new()
+            };
+        }
+        let Some(hash) = rest.strip_suffix(".msgs") else {
+            return Vec::new();
+        };
+        if op != "hset" {
+            return Vec::new();
+        }
+        self.queues.insert(message::base_queue(hash).to_string());
+        if let Some(dead) = hash.strip_suffix(".XQ") {
+            vec![ReadRequest::ZRangeWithScores {
+                key: self.key(&format!("{dead}.XQ")),
+                start: -PAGE,
+                stop: -1,
+            }]
+        } else {
+            vec![Self::read_tail(self.key(hash))]
+        }
+    }
+
+    fn on_message(&mut self, _channel: &str, _payload: &[u8], _now: DateTime<Utc>) -> Output {
+        Output::default()
+    }
+
+    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
+        if let Reply::Error(e) = &reply {
+            return Output {
+                decode_errors: vec![DecodeError {
+                    broker: Broker::Dramatiq,
+                    kind: "redis-reply",
+                    key: request.key().to_string(),
+                    message: e.clone(),
+                }],
+                ..Output::default()
+            };
+        }
+        match request.inner() {
+            ReadRequest::LRange { key, .. } if self.result_owner.contains_key(key) => {
+                self.on_result(key, reply, now)
+            }
+            ReadRequest::LRange { key, .. } => self.on_list(key, reply),
+            ReadRequest::HMGet { key, fields } => self.on_messages(key, fields, reply, now),
+            ReadRequest::HGetAll(key) => {
+                let (fields, values): (Vec<String>, Vec<Reply>) = reply
+                    .into_pairs()
+                    .into_iter()
+                    .filter_map(|(f, v)| {
+                        f.as_bytes()
+                            .map(|b| (String::from_utf8_lossy(b).into_owned(), v))
+                    })
+                    .unzip();
+                self.on_messages(key, &fields, Reply::Array(values), now)
+            }
+            ReadRequest::SMembers(key) => self.on_acks(key, reply, now),
+            ReadRequest::ZRangeWithScores { key, .. } if *key == self.heartbeats() => {
+                self.on_heartbeats(reply, now)
+            }
+            ReadRequest::ZRangeWithScores { key, .. } => self.on_dead_list(key, reply),
+            ReadRequest::LLen(key) | ReadRequest::ZCard(key) => {
+                self.on_length(key, reply.as_i64().unwrap_or(0).max(0) as u64);
+                Output::default()
+            }
+            _ => Output::default(),
+        }
+    }
+
+    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        let mut reads: Vec<ReadRequest> = self
+            .acks
+            .keys()
+            .cloned()
+            .map(ReadRequest::SMembers)
+            .collect();
+        let queues: Vec<String> = self.queues.iter().cloned().collect();
+        for q in &queues {
+            reads.extend(self.queue_reads(q));
+        }
+        for task in open {
+            if let (Some(queue), Some(name)) = (&task.queue, &task.name) {
+                let read = self.result_read(queue, name, &task.id);
+                reads.push(read);
+            }
+        }
+        reads
+    }
+
+    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        let mut reads = Vec::new();
+        for q in &self.queues {
+            reads.push(ReadRequest::LLen(self.key(q)));
+            reads.push(ReadRequest::LLen(self.key(&format!("{q}.DQ"))));
+            reads.push(ReadRequest::ZCard(self.key(&format!("{q}.XQ"))));
+        }
+        self.sampling = Some(self.queues.iter().map(|q| (q.clone(), (0, 0, 0))).collect());
+        reads.push(ReadRequest::ZRangeWithScores {
+            key: self.heartbeats(),
+            start: 0,
+            stop: -1,
+        });
+        reads
+    }
+
+    fn on_gap(&mut self) {
+        self.acks.clear();
+        self.leaving.clear();
+        self.pending_running.clear();
+        self.sampling = None;
+    }
+}
+
+impl DramatiqAdapter {
+    fn on_length(&mut self, key: &str, n: u64) {
+        let Some(rest) = key.strip_prefix(&format!("{}:", self.ns)) else {
+            return;
+        };
+        let Some(sampling) = self.sampling.as_mut() else {
+            return;
+        };
+        if let Some(q) = rest.strip_suffix(".DQ") {
+            if let Some(entry) = sampling.get_mut(q) {
+                entry.1 += n;
+            }
+        } else if let Some(q) = rest.strip_suffix(".XQ") {
+            if let Some(entry) = sampling.get_mut(q) {
+                entry.2 += n;
+            }
+        } else if let Some(entry) = sampling.get_mut(rest) {
+            entry.0 += n;
+        }
+    }
+
+    /// The heartbeats ZSET closes a sampling round: worker observations and queue samples.
+    fn on_heartbeats(&mut self, reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        for (worker, score) in reply.into_pairs() {
+            let Some(worker) = worker
+                .as_bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+            else {
+                continue;
+            };
+            if !self.consumers.contains(&worker) {
+                continue; // a producer's broker: it dispatches, it does not consume
+            }
+            let Some(at) = score
+                .as_f64()
+                .and_then(|ms| crate::codec::unix_seconds(ms / 1000.0))
+            else {
+                continue;
+            };
+            out.observations
+                .push(Observation::Worker(WorkerObservation {
+                    broker: Broker::Dramatiq,
+                    id: worker,
+                    hostname: None,
+                    pid: None,
+                    at,
+                    event: WorkerEvent::Heartbeat,
+                    active: None,
+                    heartbeat_every_s: None,
+                }));
+        }
+        if let Some(sampling) = self.sampling.take() {
+            for (queue, (length, delayed, dead)) in sampling {
+                let running: u64 = self
+                    .acks
+                    .iter()
+                    .filter(|(key, _)| self.parse_acks_key(key).is_some_and(|(_, q)| q == queue))
+                    .map(|(_, members)| members.len() as u64)
+                    .sum();
+                let held: u64 = self
+                    .acks
+                    .iter()
+                    .filter(|(key, _)| {
+                        self.parse_acks_key(key)
+                            .is_some_and(|(_, q)| q.strip_suffix(".DQ") == Some(queue.as_str()))
+                    })
+                    .map(|(_, members)| members.len() as u64)
+                    .sum();
+                out.queue_samples.push(QueueSample {
+                    broker: Broker::Dramatiq,
+                    name: queue,
+                    length,
+                    delayed: delayed + held,
+                    dead,
+                    running,
+                    sampled_at: now,
+                });
+            }
+        }
+        out
+    }
+}
