@@ -822,3 +822,251 @@ pub fn assert_task_shape(task: &Value) {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dramatiq
+
+/// The `TS_*` variables dramatiq_app.py reads besides `TS_REDIS_URL`: cleared in every Dramatiq
+/// process the tests start (so the caller's environment cannot leak in), then set from `env`.
+const DRAMATIQ_VARS: [&str; 6] = [
+    "TS_DRAMATIQ_NAMESPACE",
+    "TS_DRAMATIQ_RESULTS",
+    "TS_DRAMATIQ_QUEUE",
+    "TS_DRAMATIQ_HEARTBEAT_TIMEOUT",
+    "TS_DRAMATIQ_MAINTENANCE_CHANCE",
+    "TS_MARKER_DIR",
+];
+
+/// The environment of every Dramatiq process the tests start (the same as Celery's, plus
+/// dramatiq_app.py's `TS_DRAMATIQ_*` from `env`).
+fn dramatiq_env(cmd: &mut Command, redis_url: &str, env: &[(&str, &str)]) {
+    celery_env(cmd, redis_url);
+    for var in DRAMATIQ_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+}
+
+/// The members of `<namespace>:__heartbeats__`: the broker ids of every Dramatiq worker and
+/// producer that talked to this Redis (until maintenance drops stale ones).
+pub fn dramatiq_heartbeat_ids(redis_url: &str, namespace: &str) -> Vec<String> {
+    let out = Command::new("redis-cli")
+        .args(["-u", redis_url, "--raw", "ZRANGE"])
+        .arg(format!("{namespace}:__heartbeats__"))
+        .args(["0", "-1"])
+        .output()
+        .expect("run redis-cli (Debian package redis-tools, installed with redis-server)");
+    assert!(
+        out.status.success(),
+        "redis-cli ZRANGE {namespace}:__heartbeats__ failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+pub struct DramatiqWorker {
+    /// The worker's broker id(s) (Dramatiq's `broker_id`, what taskscope reports as `worker`):
+    /// the members of `<ns>:__heartbeats__` that appeared while it started. Meaningful only when
+    /// no producer runs while a worker starts (the tests never do that).
+    pub broker_ids: Vec<String>,
+    child: Option<Child>,
+    pgid: u32,
+    dir: tempfile::TempDir,
+}
+
+impl DramatiqWorker {
+    /// `python -m dramatiq dramatiq_app --processes 1 --threads 2` (cwd tests/python) in its own
+    /// process group, with dramatiq_app.py's `TS_*` variables from `env` (`TS_MARKER_DIR` is
+    /// the worker's own scratch directory); returns once the worker process logged "ready for
+    /// action" and its first fetch put a new broker id in `<ns>:__heartbeats__`.
+    pub fn start(redis_url: &str, env: &[(&str, &str)]) -> DramatiqWorker {
+        let namespace = env
+            .iter()
+            .find(|(k, _)| *k == "TS_DRAMATIQ_NAMESPACE")
+            .map(|(_, v)| v.to_string())
+            .unwrap_or_else(|| "dramatiq".to_string());
+        let before = dramatiq_heartbeat_ids(redis_url, &namespace);
+        let dir = tempfile::Builder::new()
+            .prefix("taskscope-dramatiq-")
+            .tempdir()
+            .expect("tempdir");
+        let log = dir.path().join("worker.log");
+        let (out, err) = log_file(&log);
+        let mut cmd = Command::new(python());
+        cmd.args(["-m", "dramatiq", "dramatiq_app"])
+            .args(["--processes", "1", "--threads", "2"]);
+        dramatiq_env(&mut cmd, redis_url, env);
+        cmd.env("TS_MARKER_DIR", dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd.spawn().expect("spawn dramatiq worker");
+        let pgid = child.id();
+        let mut worker = DramatiqWorker {
+            broker_ids: Vec::new(),
+            child: Some(child),
+            pgid,
+            dir,
+        };
+        worker.broker_ids = wait_for(
+            "the Dramatiq worker to be ready and heartbeat",
+            LONG,
+            || {
+                if let Some(status) = worker
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!(
+                        "the Dramatiq worker exited during startup ({status}); its log:\n{}",
+                        tail(&log, 60)
+                    );
+                }
+                let text = read_to_string_lossy(&log);
+                if !text.contains("Worker process is ready for action.") {
+                    return Err(format!("log so far:\n{}", tail(&log, 10)));
+                }
+                let new: Vec<String> = dramatiq_heartbeat_ids(redis_url, &namespace)
+                    .into_iter()
+                    .filter(|id| !before.contains(id))
+                    .collect();
+                if new.is_empty() {
+                    Err(format!(
+                        "ready, but no new member of {namespace}:__heartbeats__ yet"
+                    ))
+                } else {
+                    Ok(new)
+                }
+            },
+        );
+        worker
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("worker.log")
+    }
+
+    pub fn log_text(&self) -> String {
+        read_to_string_lossy(&self.log_path())
+    }
+
+    /// Waits until the message `id` has begun executing in this worker (actors `slow` and `hang`
+    /// touch a marker file as they start).
+    pub fn wait_started(&self, id: &str, timeout: Duration) {
+        let marker = self.dir.path().join(format!("{id}.started"));
+        wait_for(
+            &format!("message {id} to start in the Dramatiq worker"),
+            timeout,
+            || {
+                if marker.exists() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no marker yet; worker log:\n{}",
+                        tail(&self.log_path(), 5)
+                    ))
+                }
+            },
+        )
+    }
+
+    /// SIGKILL to the whole process group (main process and worker process): no goodbye, its
+    /// ack sets stay behind and its heartbeat goes stale.
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&format!("-{}", self.pgid), "-KILL");
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for DramatiqWorker {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- dramatiq worker log (last 40 lines) -----\n{}\n----- end of worker log -----",
+                tail(&self.log_path(), 40)
+            );
+        }
+        self.sigkill();
+    }
+}
+
+/// Options of tests/python/dramatiq_produce.py.
+#[derive(Default, Clone)]
+pub struct DramatiqProduceOpts {
+    /// Queue to send to (else the actors' queue, `default`).
+    pub queue: Option<String>,
+    /// Positional arguments for every message (else dramatiq_produce.py's per-kind defaults:
+    /// add [i, i+1], fail [i+1], flaky ["k<i>", fail_times], slow [seconds], hang []).
+    pub args: Option<Value>,
+    pub kwargs: Option<Value>,
+    /// Milliseconds before the message is due (sent to the delay queue `<q>.DQ`).
+    pub delay_ms: Option<u64>,
+    pub fail_times: Option<u32>,
+    pub seconds: Option<f64>,
+    /// dramatiq_app.py's `TS_DRAMATIQ_*` variables (the namespace must match the worker's).
+    pub env: Vec<(String, String)>,
+}
+
+/// Sends `n` messages of `kind` (add, fail, flaky, slow, hang) like an application would;
+/// returns their Dramatiq `message_id`s in order.
+pub fn dramatiq_produce(
+    redis_url: &str,
+    kind: &str,
+    n: usize,
+    opts: &DramatiqProduceOpts,
+) -> Vec<String> {
+    let mut cmd = Command::new(python());
+    cmd.arg(python_dir().join("dramatiq_produce.py"))
+        .arg(kind)
+        .args(["--n", &n.to_string()]);
+    if let Some(q) = &opts.queue {
+        cmd.args(["--queue", q]);
+    }
+    if let Some(args) = &opts.args {
+        cmd.args(["--args", &args.to_string()]);
+    }
+    if let Some(kwargs) = &opts.kwargs {
+        cmd.args(["--kwargs", &kwargs.to_string()]);
+    }
+    if let Some(d) = opts.delay_ms {
+        cmd.args(["--delay", &d.to_string()]);
+    }
+    if let Some(f) = opts.fail_times {
+        cmd.args(["--fail-times", &f.to_string()]);
+    }
+    if let Some(s) = opts.seconds {
+        cmd.args(["--seconds", &s.to_string()]);
+    }
+    let env: Vec<(&str, &str)> = opts
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    dramatiq_env(&mut cmd, redis_url, &env);
+    let out = cmd.output().expect("run dramatiq_produce.py");
+    assert!(
+        out.status.success(),
+        "dramatiq_produce.py {kind} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ids: Vec<String> = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("dramatiq_produce.py printed no JSON list of message_ids ({e}): {stdout}")
+    });
+    assert_eq!(
+        ids.len(),
+        n,
+        "dramatiq_produce.py returned {} ids for --n {n}",
+        ids.len()
+    );
+    ids
+}

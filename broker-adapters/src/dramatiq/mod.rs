@@ -30,8 +30,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// Ids read per list or dead-letter page.
 const PAGE: i64 = 200;
+/// Reads of a result record that came back empty before it is given up (one per
+/// reconciliation).
+const RESULT_TRIES: u32 = 3;
 /// Messages remembered by redis id.
 const KNOWN_CAPACITY: usize = 200_000;
+/// Unsettled messages of a queue checked when one of its messages is acknowledged.
+const CHECK_ON_ACK: usize = 64;
+/// Unsettled messages remembered per queue (older ones are settled by reconciliation only).
+const IN_FLIGHT_CAPACITY: usize = 10_000;
 
 #[derive(Debug, Clone)]
 pub struct DramatiqConfig {
@@ -59,7 +66,8 @@ struct Known {
 #[derive(Debug, Clone)]
 struct Leaving {
     known: Known,
-    worker: String,
+    /// The worker whose ack set it left; `None` when the ack was noticed on `.msgs` instead.
+    worker: Option<String>,
     /// Whether the id is still in `<q>.msgs` (a requeue keeps it there; an ack deletes it).
     still_queued: Option<bool>,
 }
@@ -85,6 +93,11 @@ pub struct DramatiqAdapter {
     sampling: Option<BTreeMap<String, (u64, u64, u64)>>,
     /// Result keys asked for, and the task each belongs to.
     result_owner: HashMap<String, String>,
+    /// Main-queue messages not settled yet, oldest first, per queue: an ack can come and go
+    /// between two reads of the ack set, and is then noticed by the `hdel` on `.msgs`.
+    in_flight: HashMap<String, VecDeque<String>>,
+    /// Result keys read empty so far, with how many times: re-read by reconciliation.
+    result_retries: HashMap<String, u32>,
 }
 
 impl DramatiqAdapter {
@@ -102,7 +115,56 @@ impl DramatiqAdapter {
             consumers: BTreeSet::new(),
             sampling: None,
             result_owner: HashMap::new(),
+            in_flight: HashMap::new(),
+            result_retries: HashMap::new(),
         }
+    }
+
+    fn forget_in_flight(&mut self, queue: &str, id: &str) {
+        if let Some(ids) = self.in_flight.get_mut(queue) {
+            ids.retain(|x| x != id);
+        }
+    }
+
+    /// An `hdel` on `<q>.msgs`: some message of `q` was acknowledged (or nacked). Check the
+    /// oldest unsettled ones (consumers take the oldest first).
+    fn check_acked(&mut self, queue: &str) -> Vec<ReadRequest> {
+        let ids: Vec<String> = self
+            .in_flight
+            .get(queue)
+            .map(|ids| ids.iter().take(CHECK_ON_ACK).cloned().collect())
+            .unwrap_or_default();
+        let mut fresh = Vec::new();
+        for id in ids {
+            if self.leaving.contains_key(&id) {
+                continue;
+            }
+            if let Some(k) = self.known.get(&id).cloned() {
+                self.leaving.insert(
+                    id.clone(),
+                    Leaving {
+                        known: k,
+                        worker: None,
+                        still_queued: None,
+                    },
+                );
+                fresh.push(id);
+            }
+        }
+        if fresh.is_empty() {
+            return Vec::new();
+        }
+        vec![
+            ReadRequest::HMGet {
+                key: self.key(&format!("{queue}.msgs")),
+                fields: fresh.clone(),
+            },
+            ReadRequest::HGetAll(self.key(&format!("{queue}.DQ.msgs"))),
+            ReadRequest::HMGet {
+                key: self.key(&format!("{queue}.XQ.msgs")),
+                fields: fresh,
+            },
+        ]
     }
 
     fn key(&self, rest: &str) -> String {
@@ -307,8 +369,17 @@ impl DramatiqAdapter {
             };
             let first_time = !self.known.contains_key(id);
             self.remember(id, &msg);
+            if first_time && !dead && !delayed {
+                let ids = self.in_flight.entry(msg.queue.clone()).or_default();
+                if ids.len() >= IN_FLIGHT_CAPACITY {
+                    ids.pop_front();
+                }
+                ids.push_back(id.clone());
+            }
             if dead {
                 if self.dead_seen.insert(id.clone()) {
+                    let queue = msg.queue.clone();
+                    self.forget_in_flight(&queue, id);
                     out.observations.push(self.observation(
                         &msg,
                         TaskEvent::Failed,
@@ -339,6 +410,10 @@ impl DramatiqAdapter {
     /// What became of an id that left an ack set of a main queue and is not dead-lettered.
     fn settle(&mut self, id: &str, leaving: Leaving, now: DateTime<Utc>) -> Option<Observation> {
         let k = &leaving.known;
+        if leaving.still_queued == Some(true) && leaving.worker.is_none() {
+            // Checked on an ack of another message: this one is simply still there.
+            return None;
+        }
         if leaving.still_queued == Some(true) {
             // Requeued (a graceful stop, or maintenance after the worker died): waiting again.
             return Some(Observation::Task(self.known_observation(
@@ -354,11 +429,16 @@ impl DramatiqAdapter {
             .is_some_and(|r| *r > k.retries)
         {
             // The Retries middleware enqueued a copy before acking this one.
+            let queue = k.queue.clone();
+            self.forget_in_flight(&queue, id);
+            self.known.remove(id);
             return None;
         }
         self.known.remove(id);
         let mut obs = self.known_observation(k, TaskEvent::Succeeded, now, "acknowledged");
-        obs.fields.worker = Some(leaving.worker);
+        obs.fields.worker = leaving.worker;
+        let queue = k.queue.clone();
+        self.forget_in_flight(&queue, id);
         Some(Observation::Task(obs))
     }
 
@@ -436,7 +516,7 @@ impl DramatiqAdapter {
                             id.clone(),
                             Leaving {
                                 known: k,
-                                worker: worker.clone(),
+                                worker: Some(worker.clone()),
                                 still_queued: None,
                             },
                         );
@@ -469,8 +549,19 @@ impl DramatiqAdapter {
             .next()
             .and_then(|r| r.as_bytes().map(<[u8]>::to_vec))
         else {
+            // Not written yet (the middleware stores a failure just after the nack) or no
+            // Results middleware: look again at the next reconciliations, a few times.
+            if self.result_owner.contains_key(key) {
+                let tries = self.result_retries.entry(key.to_string()).or_insert(0);
+                *tries += 1;
+                if *tries > RESULT_TRIES {
+                    self.result_retries.remove(key);
+                    self.result_owner.remove(key);
+                }
+            }
             return out;
         };
+        self.result_retries.remove(key);
         let Some(message_id) = self.result_owner.remove(key) else {
             return out;
         };
@@ -577,6 +668,9 @@ impl Adapter for DramatiqAdapter {
         let Some(hash) = rest.strip_suffix(".msgs") else {
             return Vec::new();
         };
+        if op == "hdel" && !hash.ends_with(".DQ") && !hash.ends_with(".XQ") {
+            return self.check_acked(hash);
+        }
         if op != "hset" {
             return Vec::new();
         }
@@ -645,6 +739,11 @@ impl Adapter for DramatiqAdapter {
             .cloned()
             .map(ReadRequest::SMembers)
             .collect();
+        reads.extend(self.result_retries.keys().map(|key| ReadRequest::LRange {
+            key: key.clone(),
+            start: 0,
+            stop: 0,
+        }));
         let queues: Vec<String> = self.queues.iter().cloned().collect();
         for q in &queues {
             reads.extend(self.queue_reads(q));
