@@ -291,3 +291,23 @@ proptest! {
         let _ = a.on_reply(&acks, Reply::Bytes(bytes), now);
     }
 }
+
+/// A backlog found at start is read page after page from the tail, older pages after newer.
+#[test]
+fn a_full_page_of_new_ids_asks_for_the_older_page() {
+    let mut a = adapter();
+    let now = Utc::now();
+    let reads = a.on_key_event("dramatiq:default.msgs", "hset", now);
+    let ids: Vec<String> = (0..200).map(|i| format!("id{i}")).collect();
+    let page = Reply::Array(
+        ids.iter()
+            .map(|i| Reply::Bytes(i.as_bytes().to_vec()))
+            .collect(),
+    );
+    let out = a.on_reply(&reads[0], page, now);
+    assert!(out.follow_up.contains(&ReadRequest::LRange {
+        key: "dramatiq:default".into(),
+        start: -400,
+        stop: -201
+    }));
+}

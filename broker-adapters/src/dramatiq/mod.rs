@@ -30,6 +30,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 /// Ids read per list or dead-letter page.
 const PAGE: i64 = 200;
+/// How deep into a waiting list the reads go (a deeper backlog is counted, not listed).
+const MAX_LIST_DEPTH: i64 = 100_000;
 /// Reads of a result record that came back empty before it is given up (one per
 /// reconciliation).
 const RESULT_TRIES: u32 = 3;
@@ -273,9 +275,11 @@ impl DramatiqAdapter {
     }
 
     /// A list page of redis ids (`<ns>:<q>` or `<ns>:<q>.DQ`): read the messages not known yet.
-    fn on_list(&mut self, key: &str, reply: Reply) -> Output {
-        let unknown: Vec<String> = reply
-            .into_items()
+    /// A page of ids from the tail of a list (`start` counted from the end, negative).
+    fn on_list(&mut self, key: &str, start: i64, reply: Reply) -> Output {
+        let items = reply.into_items();
+        let full_page = items.len() as i64 >= PAGE;
+        let unknown: Vec<String> = items
             .iter()
             .filter_map(|r| {
                 r.as_bytes()
@@ -284,6 +288,14 @@ impl DramatiqAdapter {
             .filter(|id| !self.known.contains_key(id))
             .collect();
         let mut out = Output::default();
+        // A full page of new ids (a backlog found at start): older ones wait before it.
+        if full_page && !unknown.is_empty() && start < 0 && -start < MAX_LIST_DEPTH {
+            out.follow_up.push(ReadRequest::LRange {
+                key: key.to_string(),
+                start: start - PAGE,
+                stop: start - 1,
+            });
+        }
         if !unknown.is_empty() {
             out.follow_up.push(ReadRequest::HMGet {
                 key: format!("{key}.msgs"),
@@ -706,7 +718,7 @@ impl Adapter for DramatiqAdapter {
             ReadRequest::LRange { key, .. } if self.result_owner.contains_key(key) => {
                 self.on_result(key, reply, now)
             }
-            ReadRequest::LRange { key, .. } => self.on_list(key, reply),
+            ReadRequest::LRange { key, start, .. } => self.on_list(key, *start, reply),
             ReadRequest::HMGet { key, fields } => self.on_messages(key, fields, reply, now),
             ReadRequest::HGetAll(key) => {
                 let (fields, values): (Vec<String>, Vec<Reply>) = reply
