@@ -449,6 +449,52 @@ fn abandoned_after_sigkill_then_redelivered() {
 }
 
 /// Messages sent while no worker runs are `queued`; once a worker starts they end in success.
+/// taskscope is SIGKILLed while a message runs; the worker acknowledges it while taskscope is
+/// down (no Results middleware: nothing in Redis remembers the outcome). After the restart the
+/// task is settled as a success because its message is gone from every queue, delay queue and
+/// dead-letter hash; a message still waiting on a parked queue stays queued.
+#[test]
+fn restart_mid_stream_settles_what_finished_meanwhile() {
+    let _slot = test_slot();
+    let mut w = World::new();
+    let worker = w.worker();
+    let slow = DramatiqProduceOpts {
+        seconds: Some(2.0),
+        ..defaults()
+    };
+    let id = w.produce("slow", 1, &slow).remove(0);
+    worker.wait_started(&id, LONG);
+    w.ts.wait_state(&id, "running", SHORT);
+    let parked = DramatiqProduceOpts {
+        queue: Some("parked".into()),
+        ..defaults()
+    };
+    let waiting = w.produce("add", 1, &parked).remove(0);
+    w.ts.wait_state(&waiting, "queued", SHORT);
+
+    w.ts.kill();
+    let redis = &w.redis;
+    wait_for("the worker to acknowledge the slow message", LONG, || {
+        let n = redis.cli(&["HLEN", "dramatiq:default.msgs"]);
+        if n.trim() == "0" {
+            Ok(())
+        } else {
+            Err(n)
+        }
+    });
+    w.ts.restart();
+    let t = w.ts.wait_state(&id, "success", SHORT);
+    let states = transition_states(&t);
+    assert_eq!(
+        states.first().map(String::as_str),
+        Some("queued"),
+        "history kept over the restart: {t}"
+    );
+    assert!(states.contains(&"running".to_string()), "{t}");
+    let t = w.ts.wait_state(&waiting, "queued", SHORT);
+    assert_eq!(transition_states(&t), vec!["queued".to_string()], "{t}");
+}
+
 #[test]
 fn sent_while_no_worker() {
     let _slot = test_slot();

@@ -100,6 +100,20 @@ pub struct DramatiqAdapter {
     in_flight: HashMap<String, VecDeque<String>>,
     /// Result keys read empty so far, with how many times: re-read by reconciliation.
     result_retries: HashMap<String, u32>,
+    /// Set at start and after every gap: the next reconciliation settles the open tasks whose
+    /// message is gone from Redis (acknowledged while taskscope was not looking).
+    needs_settlement: bool,
+    settlement: Option<Settlement>,
+}
+
+/// Open tasks being checked against every message Redis still holds for their queues.
+struct Settlement {
+    /// `message_id` of each open task.
+    open: HashSet<String>,
+    /// Hashes (`.msgs`, `.DQ.msgs`, `.XQ.msgs`) still to be read.
+    awaiting: HashSet<String>,
+    /// `message_id`s found in them.
+    present: HashSet<String>,
 }
 
 impl DramatiqAdapter {
@@ -119,7 +133,44 @@ impl DramatiqAdapter {
             result_owner: HashMap::new(),
             in_flight: HashMap::new(),
             result_retries: HashMap::new(),
+            needs_settlement: true,
+            settlement: None,
         }
+    }
+
+    /// Records what a whole `.msgs` hash read for a settlement holds; settles when the last is in.
+    fn settle_open(&mut self, key: &str, values: &[Reply], now: DateTime<Utc>) -> Vec<Observation> {
+        let Some(settlement) = self.settlement.as_mut() else {
+            return Vec::new();
+        };
+        if !settlement.awaiting.remove(key) {
+            return Vec::new();
+        }
+        for value in values {
+            if let Some(msg) = value.as_bytes().and_then(|b| message::decode(b).ok()) {
+                settlement.present.insert(msg.message_id);
+            }
+        }
+        if !settlement.awaiting.is_empty() {
+            return Vec::new();
+        }
+        let Some(settlement) = self.settlement.take() else {
+            return Vec::new();
+        };
+        settlement
+            .open
+            .difference(&settlement.present)
+            .map(|id| {
+                // Neither waiting, nor running, nor retried, nor dead: it was acknowledged.
+                Observation::Task(TaskObservation::new(
+                    Broker::Dramatiq,
+                    id.clone(),
+                    now,
+                    TaskEvent::Succeeded,
+                    "acknowledged while taskscope was away",
+                ))
+            })
+            .collect()
     }
 
     fn forget_in_flight(&mut self, queue: &str, id: &str) {
@@ -720,6 +771,25 @@ impl Adapter for DramatiqAdapter {
             }
             ReadRequest::LRange { key, start, .. } => self.on_list(key, *start, reply),
             ReadRequest::HMGet { key, fields } => self.on_messages(key, fields, reply, now),
+            ReadRequest::HGetAll(key)
+                if self
+                    .settlement
+                    .as_ref()
+                    .is_some_and(|s| s.awaiting.contains(key)) =>
+            {
+                let (fields, values): (Vec<String>, Vec<Reply>) = reply
+                    .into_pairs()
+                    .into_iter()
+                    .filter_map(|(f, v)| {
+                        f.as_bytes()
+                            .map(|b| (String::from_utf8_lossy(b).into_owned(), v))
+                    })
+                    .unzip();
+                let settled = self.settle_open(key, &values, now);
+                let mut out = self.on_messages(key, &fields, Reply::Array(values), now);
+                out.observations.extend(settled);
+                out
+            }
             ReadRequest::HGetAll(key) => {
                 let (fields, values): (Vec<String>, Vec<Reply>) = reply
                     .into_pairs()
@@ -766,6 +836,31 @@ impl Adapter for DramatiqAdapter {
                 reads.push(read);
             }
         }
+        if std::mem::take(&mut self.needs_settlement) {
+            let queues: BTreeSet<&str> = open.iter().filter_map(|t| t.queue.as_deref()).collect();
+            let awaiting: HashSet<String> = queues
+                .iter()
+                .flat_map(|q| {
+                    [
+                        self.key(&format!("{q}.msgs")),
+                        self.key(&format!("{q}.DQ.msgs")),
+                        self.key(&format!("{q}.XQ.msgs")),
+                    ]
+                })
+                .collect();
+            if !awaiting.is_empty() {
+                reads.extend(awaiting.iter().cloned().map(ReadRequest::HGetAll));
+                self.settlement = Some(Settlement {
+                    open: open
+                        .iter()
+                        .filter(|t| t.queue.is_some())
+                        .map(|t| t.id.clone())
+                        .collect(),
+                    awaiting,
+                    present: HashSet::new(),
+                });
+            }
+        }
         reads
     }
 
@@ -786,6 +881,8 @@ impl Adapter for DramatiqAdapter {
     }
 
     fn on_gap(&mut self) {
+        self.needs_settlement = true;
+        self.settlement = None;
         self.acks.clear();
         self.leaving.clear();
         self.pending_running.clear();
