@@ -560,11 +560,117 @@ fn celery_env(cmd: &mut Command, redis_url: &str) {
         .current_dir(python_dir());
 }
 
-pub struct CeleryWorker {
-    pub hostname: String,
+/// A worker's process group, with a scratch directory for its log and start markers.
+/// Killed (the whole group) on drop; its log is printed when a test fails.
+pub struct WorkerProcess {
+    label: &'static str,
     child: Option<Child>,
     pgid: u32,
     dir: tempfile::TempDir,
+}
+
+impl WorkerProcess {
+    /// Spawns `cmd` in its own process group with `TS_MARKER_DIR` and the log in `dir`.
+    fn spawn(label: &'static str, mut cmd: Command, dir: tempfile::TempDir) -> WorkerProcess {
+        let (out, err) = log_file(&dir.path().join("worker.log"));
+        cmd.env("TS_MARKER_DIR", dir.path())
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn the {label} worker: {e}"));
+        WorkerProcess {
+            label,
+            pgid: child.id(),
+            child: Some(child),
+            dir,
+        }
+    }
+
+    /// Panics with the log when the worker exited (during startup).
+    fn assert_running(&mut self) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            panic!(
+                "the {} worker exited during startup ({status}); its log:\n{}",
+                self.label,
+                tail(&self.log_path(), 60)
+            );
+        }
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("worker.log")
+    }
+
+    pub fn log_text(&self) -> String {
+        read_to_string_lossy(&self.log_path())
+    }
+
+    /// Waits until the task `id` has begun executing in this worker (`slow` and `hang` touch a
+    /// marker file as they start).
+    pub fn wait_started(&self, id: &str, timeout: Duration) {
+        let marker = self.dir.path().join(format!("{id}.started"));
+        wait_for(
+            &format!("task {id} to start in the {} worker", self.label),
+            timeout,
+            || {
+                if marker.exists() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "no marker yet; worker log:\n{}",
+                        tail(&self.log_path(), 5)
+                    ))
+                }
+            },
+        )
+    }
+
+    /// SIGKILL to the whole process group (main process and pool children): no goodbye, the
+    /// running task is lost.
+    pub fn sigkill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&format!("-{}", self.pgid), "-KILL");
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "----- {} worker log (last 40 lines) -----\n{}\n----- end of worker log -----",
+                self.label,
+                tail(&self.log_path(), 40)
+            );
+        }
+        self.sigkill();
+    }
+}
+
+pub struct CeleryWorker {
+    pub hostname: String,
+    process: WorkerProcess,
+}
+
+impl std::ops::Deref for CeleryWorker {
+    type Target = WorkerProcess;
+    fn deref(&self) -> &WorkerProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for CeleryWorker {
+    fn deref_mut(&mut self) -> &mut WorkerProcess {
+        &mut self.process
+    }
 }
 
 impl CeleryWorker {
@@ -587,7 +693,6 @@ impl CeleryWorker {
             .tempdir()
             .expect("tempdir");
         let log = dir.path().join("worker.log");
-        let (out, err) = log_file(&log);
         let mut cmd = Command::new(python());
         cmd.args([
             "-m",
@@ -607,30 +712,12 @@ impl CeleryWorker {
         cmd.args(extra);
         celery_env(&mut cmd, redis_url);
         cmd.envs(env.iter().copied());
-        cmd.env("TS_MARKER_DIR", dir.path())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().expect("spawn celery worker");
-        let pgid = child.id();
         let mut worker = CeleryWorker {
             hostname: String::new(),
-            child: Some(child),
-            pgid,
-            dir,
+            process: WorkerProcess::spawn("Celery", cmd, dir),
         };
         worker.hostname = wait_for("the Celery worker to log \"ready.\"", LONG, || {
-            if let Some(status) = worker
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "the Celery worker exited during startup ({status}); its log:\n{}",
-                    tail(&log, 60)
-                );
-            }
+            worker.process.assert_running();
             let text = read_to_string_lossy(&log);
             // "[... INFO/MainProcess] w1@host ready."
             text.lines()
@@ -642,55 +729,6 @@ impl CeleryWorker {
                 .ok_or_else(|| format!("log so far:\n{}", tail(&log, 10)))
         });
         worker
-    }
-
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("worker.log")
-    }
-
-    pub fn log_text(&self) -> String {
-        read_to_string_lossy(&self.log_path())
-    }
-
-    /// Waits until the task `id` has begun executing in this worker (tasks `slow` and `hang`
-    /// touch a marker file as they start).
-    pub fn wait_started(&self, id: &str, timeout: Duration) {
-        let marker = self.dir.path().join(format!("{id}.started"));
-        wait_for(
-            &format!("task {id} to start in the worker"),
-            timeout,
-            || {
-                if marker.exists() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "no marker yet; worker log:\n{}",
-                        tail(&self.log_path(), 5)
-                    ))
-                }
-            },
-        )
-    }
-
-    /// SIGKILL to the whole process group (main process and pool children): no goodbye, no
-    /// worker-offline event, the running task is lost.
-    pub fn sigkill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&format!("-{}", self.pgid), "-KILL");
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for CeleryWorker {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "----- celery worker log (last 40 lines) -----\n{}\n----- end of worker log -----",
-                tail(&self.log_path(), 40)
-            );
-        }
-        self.sigkill();
     }
 }
 
@@ -874,9 +912,20 @@ pub struct DramatiqWorker {
     /// the members of `<ns>:__heartbeats__` that appeared while it started. Meaningful only when
     /// no producer runs while a worker starts (the tests never do that).
     pub broker_ids: Vec<String>,
-    child: Option<Child>,
-    pgid: u32,
-    dir: tempfile::TempDir,
+    process: WorkerProcess,
+}
+
+impl std::ops::Deref for DramatiqWorker {
+    type Target = WorkerProcess;
+    fn deref(&self) -> &WorkerProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for DramatiqWorker {
+    fn deref_mut(&mut self) -> &mut WorkerProcess {
+        &mut self.process
+    }
 }
 
 impl DramatiqWorker {
@@ -896,38 +945,19 @@ impl DramatiqWorker {
             .tempdir()
             .expect("tempdir");
         let log = dir.path().join("worker.log");
-        let (out, err) = log_file(&log);
         let mut cmd = Command::new(python());
         cmd.args(["-m", "dramatiq", "dramatiq_app"])
             .args(["--processes", "1", "--threads", "2"]);
         dramatiq_env(&mut cmd, redis_url, env);
-        cmd.env("TS_MARKER_DIR", dir.path())
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err);
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().expect("spawn dramatiq worker");
-        let pgid = child.id();
         let mut worker = DramatiqWorker {
             broker_ids: Vec::new(),
-            child: Some(child),
-            pgid,
-            dir,
+            process: WorkerProcess::spawn("Dramatiq", cmd, dir),
         };
         worker.broker_ids = wait_for(
             "the Dramatiq worker to be ready and heartbeat",
             LONG,
             || {
-                if let Some(status) = worker
-                    .child
-                    .as_mut()
-                    .and_then(|c| c.try_wait().ok().flatten())
-                {
-                    panic!(
-                        "the Dramatiq worker exited during startup ({status}); its log:\n{}",
-                        tail(&log, 60)
-                    );
-                }
+                worker.process.assert_running();
                 let text = read_to_string_lossy(&log);
                 if !text.contains("Worker process is ready for action.") {
                     return Err(format!("log so far:\n{}", tail(&log, 10)));
@@ -946,55 +976,6 @@ impl DramatiqWorker {
             },
         );
         worker
-    }
-
-    pub fn log_path(&self) -> PathBuf {
-        self.dir.path().join("worker.log")
-    }
-
-    pub fn log_text(&self) -> String {
-        read_to_string_lossy(&self.log_path())
-    }
-
-    /// Waits until the message `id` has begun executing in this worker (actors `slow` and `hang`
-    /// touch a marker file as they start).
-    pub fn wait_started(&self, id: &str, timeout: Duration) {
-        let marker = self.dir.path().join(format!("{id}.started"));
-        wait_for(
-            &format!("message {id} to start in the Dramatiq worker"),
-            timeout,
-            || {
-                if marker.exists() {
-                    Ok(())
-                } else {
-                    Err(format!(
-                        "no marker yet; worker log:\n{}",
-                        tail(&self.log_path(), 5)
-                    ))
-                }
-            },
-        )
-    }
-
-    /// SIGKILL to the whole process group (main process and worker process): no goodbye, its
-    /// ack sets stay behind and its heartbeat goes stale.
-    pub fn sigkill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&format!("-{}", self.pgid), "-KILL");
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for DramatiqWorker {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!(
-                "----- dramatiq worker log (last 40 lines) -----\n{}\n----- end of worker log -----",
-                tail(&self.log_path(), 40)
-            );
-        }
-        self.sigkill();
     }
 }
 
