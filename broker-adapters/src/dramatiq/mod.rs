@@ -629,26 +629,15 @@ impl DramatiqAdapter {
             return out;
         };
         match message::decode_result(&bytes) {
-            Ok(Ok(value)) => {
-                let mut obs = TaskObservation::new(
-                    Broker::Dramatiq,
-                    message_id,
-                    now,
-                    TaskEvent::Succeeded,
-                    "result",
-                );
-                obs.fields.result = Some(value);
-                out.observations.push(Observation::Task(obs));
-            }
-            Ok(Err(error)) => {
-                let mut obs = TaskObservation::new(
-                    Broker::Dramatiq,
-                    message_id,
-                    now,
-                    TaskEvent::Failed,
-                    "result",
-                );
-                obs.fields.error = Some(error);
+            Ok(outcome) => {
+                let (event, result, error) = match outcome {
+                    Ok(value) => (TaskEvent::Succeeded, Some(value), None),
+                    Err(error) => (TaskEvent::Failed, None, Some(error)),
+                };
+                let mut obs =
+                    TaskObservation::new(Broker::Dramatiq, message_id, now, event, "result");
+                obs.fields.result = result;
+                obs.fields.error = error;
                 out.observations.push(Observation::Task(obs));
             }
             Err(e) => out.decode_errors.push(DecodeError {
