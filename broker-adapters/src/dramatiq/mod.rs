@@ -760,25 +760,6 @@ impl Adapter for DramatiqAdapter {
             }
             ReadRequest::LRange { key, start, .. } => self.on_list(key, *start, reply),
             ReadRequest::HMGet { key, fields } => self.on_messages(key, fields, reply, now),
-            ReadRequest::HGetAll(key)
-                if self
-                    .settlement
-                    .as_ref()
-                    .is_some_and(|s| s.awaiting.contains(key)) =>
-            {
-                let (fields, values): (Vec<String>, Vec<Reply>) = reply
-                    .into_pairs()
-                    .into_iter()
-                    .filter_map(|(f, v)| {
-                        f.as_bytes()
-                            .map(|b| (String::from_utf8_lossy(b).into_owned(), v))
-                    })
-                    .unzip();
-                let settled = self.settle_open(key, &values, now);
-                let mut out = self.on_messages(key, &fields, Reply::Array(values), now);
-                out.observations.extend(settled);
-                out
-            }
             ReadRequest::HGetAll(key) => {
                 let (fields, values): (Vec<String>, Vec<Reply>) = reply
                     .into_pairs()
@@ -788,7 +769,11 @@ impl Adapter for DramatiqAdapter {
                             .map(|b| (String::from_utf8_lossy(b).into_owned(), v))
                     })
                     .unzip();
-                self.on_messages(key, &fields, Reply::Array(values), now)
+                // Empty unless this hash is one a settlement waits for.
+                let settled = self.settle_open(key, &values, now);
+                let mut out = self.on_messages(key, &fields, Reply::Array(values), now);
+                out.observations.extend(settled);
+                out
             }
             ReadRequest::SMembers(key) => self.on_acks(key, reply, now),
             ReadRequest::ZRangeWithScores { key, .. } if *key == self.heartbeats() => {
