@@ -396,21 +396,18 @@ impl Pipeline {
     }
 
     async fn update_subscriptions(&mut self) {
+        // Runs after every batch: ask each adapter for its interest once.
+        let interests: Vec<_> = self.adapters.iter().map(|a| a.interest()).collect();
         let rules = prefetch::rules(
-            self.adapters
+            interests
                 .iter()
                 .enumerate()
-                .map(|(i, a)| (i, a.interest().prefetch)),
+                .map(|(i, interest)| (i, interest.prefetch.clone())),
         );
-        if **self.rules_tx.borrow() != rules {
-            self.rules_tx.send_replace(Arc::new(rules));
-        }
         let mut wanted = BTreeSet::new();
-        for adapter in &self.adapters {
-            let interest = adapter.interest();
+        for interest in interests {
             wanted.extend(interest.channel_patterns);
             if matches!(self.feed, Feed::Notifications { .. }) {
-                let rules = self.rules_tx.borrow();
                 wanted.extend(
                     interest
                         .key_patterns
@@ -420,6 +417,9 @@ impl Pipeline {
                         .map(|p| format!("__keyspace@{}__:{p}", self.cfg.redis_db)),
                 );
             }
+        }
+        if **self.rules_tx.borrow() != rules {
+            self.rules_tx.send_replace(Arc::new(rules));
         }
         let new: Vec<String> = wanted.difference(&self.subscribed).cloned().collect();
         if new.is_empty() {
