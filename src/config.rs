@@ -98,28 +98,30 @@ pub struct ServeArgs {
 
     /// Celery queues to watch before any worker or producer declares them (comma list; queues
     /// declared in Redis are found on their own).
+    /// With `--brokers auto`, setting it starts the Celery adapter without waiting for
+    /// detection. Default: `celery`.
     #[arg(
         long,
         env = "TASKSCOPE_CELERY_QUEUES",
         value_delimiter = ',',
-        default_value = "celery",
         value_name = "LIST"
     )]
-    pub celery_queues: Vec<String>,
+    pub celery_queues: Option<Vec<String>>,
 
     /// The Redis of Celery's result backend when it is not the broker's (e.g.
     /// `redis://127.0.0.1:6379/1`): result keys are scanned and read there.
     #[arg(long, env = "TASKSCOPE_CELERY_RESULT_URL", value_name = "URL")]
     pub celery_result_url: Option<String>,
 
-    /// Dramatiq's Redis namespace (`RedisBroker(namespace=...)`).
-    #[arg(
-        long,
-        env = "TASKSCOPE_DRAMATIQ_NAMESPACE",
-        default_value = "dramatiq",
-        value_name = "NS"
-    )]
-    pub dramatiq_namespace: String,
+    /// Dramatiq's Redis namespace (`RedisBroker(namespace=...)`). Default: the one
+    /// `--brokers auto` finds, else `dramatiq`; setting it starts the Dramatiq adapter at once.
+    #[arg(long, env = "TASKSCOPE_DRAMATIQ_NAMESPACE", value_name = "NS")]
+    pub dramatiq_namespace: Option<String>,
+
+    /// With `--brokers auto`: how often to look for brokers not watched yet (bounded SCANs;
+    /// also done at start).
+    #[arg(long, env = "TASKSCOPE_DETECT_EVERY", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
+    pub detect_every: Duration,
 
     /// How often the reconciliation pass re-reads queues, in-flight messages and open tasks'
     /// results (catching what notifications cannot carry).
@@ -154,7 +156,11 @@ pub struct ServeSettings {
     pub redis_db: u32,
     pub db_path: PathBuf,
     pub listen: SocketAddr,
+    /// Adapters started at once: the `--brokers` list, or with `auto` those whose own settings
+    /// were given.
     pub brokers: Vec<Broker>,
+    /// `--brokers auto`: look for more every this often.
+    pub detect_every: Option<Duration>,
     pub abandon_after: Duration,
     pub sample_every: Duration,
     pub config_set: bool,
@@ -164,6 +170,8 @@ pub struct ServeSettings {
     /// `None` when the results live in the watched Redis database itself.
     pub celery_result_url: Option<String>,
     pub dramatiq_namespace: String,
+    /// The namespace was given, not defaulted: detection does not override it.
+    pub dramatiq_namespace_given: bool,
     pub reconcile_every: Duration,
     pub poll_every: Duration,
     pub rescan_every: Duration,
@@ -174,7 +182,7 @@ pub const AVAILABLE_BROKERS: [Broker; 2] = [Broker::Celery, Broker::Dramatiq];
 
 impl ServeArgs {
     pub fn into_settings(self) -> Result<ServeSettings, UsageError> {
-        let brokers = parse_brokers(&self.brokers)?;
+        let selection = parse_brokers(&self.brokers)?;
         let redis_db = redis_db_of(&self.redis)?;
         if self
             .auth_token
@@ -183,8 +191,33 @@ impl ServeArgs {
         {
             return Err(UsageError("--auth-token must not be empty".into()));
         }
+        let celery_given = self.celery_queues.is_some()
+            || self.celery_result_url.is_some()
+            || self.celery_enable_events;
+        let dramatiq_given = self.dramatiq_namespace.is_some();
+        let (brokers, detect_every) = match selection {
+            BrokerSelection::Listed(brokers) => (brokers, None),
+            BrokerSelection::Auto => {
+                let mut given = Vec::new();
+                if celery_given {
+                    given.push(Broker::Celery);
+                }
+                if dramatiq_given {
+                    given.push(Broker::Dramatiq);
+                }
+                (given, Some(self.detect_every))
+            }
+        };
+        let dramatiq_namespace = match self.dramatiq_namespace {
+            Some(ns) if ns.trim().is_empty() => {
+                return Err(UsageError("--dramatiq-namespace must not be empty".into()))
+            }
+            Some(ns) => ns,
+            None => "dramatiq".to_string(),
+        };
         let celery_queues: Vec<String> = self
             .celery_queues
+            .unwrap_or_else(|| vec!["celery".to_string()])
             .into_iter()
             .map(|q| q.trim().to_string())
             .filter(|q| !q.is_empty())
@@ -204,6 +237,7 @@ impl ServeArgs {
             db_path: self.db,
             listen: self.listen,
             brokers,
+            detect_every,
             abandon_after: self.abandon_after,
             sample_every: self.sample_every,
             config_set: !self.no_config_set,
@@ -211,7 +245,8 @@ impl ServeArgs {
             celery_enable_events: self.celery_enable_events,
             celery_queues,
             celery_result_url,
-            dramatiq_namespace: self.dramatiq_namespace,
+            dramatiq_namespace,
+            dramatiq_namespace_given: dramatiq_given,
             reconcile_every: self.reconcile_every,
             poll_every: self.poll_every,
             rescan_every: self.rescan_every,
@@ -224,9 +259,18 @@ impl ServeArgs {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-fn parse_brokers(list: &str) -> Result<Vec<Broker>, UsageError> {
+/// What `--brokers` asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BrokerSelection {
+    /// Detect brokers from their keys (and start those whose settings were given).
+    Auto,
+    /// Exactly these; no detection.
+    Listed(Vec<Broker>),
+}
+
+fn parse_brokers(list: &str) -> Result<BrokerSelection, UsageError> {
     if list.trim() == "auto" {
-        return Ok(AVAILABLE_BROKERS.to_vec());
+        return Ok(BrokerSelection::Auto);
     }
     let mut brokers = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -249,7 +293,7 @@ fn parse_brokers(list: &str) -> Result<Vec<Broker>, UsageError> {
             "--brokers: give `auto` or at least one broker".into(),
         ));
     }
-    Ok(brokers)
+    Ok(BrokerSelection::Listed(brokers))
 }
 
 /// The database number of a `redis://host:port/N` URL (0 when absent).
@@ -328,6 +372,7 @@ const KNOWN_VARS: &[&str] = &[
     "TASKSCOPE_CELERY_QUEUES",
     "TASKSCOPE_CELERY_RESULT_URL",
     "TASKSCOPE_DRAMATIQ_NAMESPACE",
+    "TASKSCOPE_DETECT_EVERY",
     "TASKSCOPE_RECONCILE_EVERY",
     "TASKSCOPE_POLL_EVERY",
     "TASKSCOPE_RESCAN_EVERY",
@@ -392,13 +437,10 @@ mod tests {
 
     #[test]
     fn brokers_list_is_checked() {
-        assert_eq!(
-            parse_brokers("auto").unwrap(),
-            vec![Broker::Celery, Broker::Dramatiq]
-        );
+        assert_eq!(parse_brokers("auto").unwrap(), BrokerSelection::Auto);
         assert_eq!(
             parse_brokers("celery, celery").unwrap(),
-            vec![Broker::Celery]
+            BrokerSelection::Listed(vec![Broker::Celery])
         );
         assert!(parse_brokers("sidekiq").is_err());
     }

@@ -17,6 +17,7 @@ mod store;
 
 use anyhow::Context;
 use broker_adapters::celery::{CeleryAdapter, CeleryConfig};
+use broker_adapters::detect::Setting;
 use broker_adapters::dramatiq::{DramatiqAdapter, DramatiqConfig};
 use broker_adapters::{Adapter, Broker};
 use clap::Parser;
@@ -25,6 +26,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info};
+
+/// SCAN pages (of 1000 keys) per kind of scan per detection pass: 100k keys a pass.
+const DETECT_PAGES_PER_PASS: usize = 100;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -75,25 +79,43 @@ fn init_tracing() {
         .init();
 }
 
-fn build_adapters(settings: &ServeSettings) -> Vec<Box<dyn Adapter>> {
-    settings
-        .brokers
-        .iter()
-        .map(|broker| -> Box<dyn Adapter> {
-            match broker {
-                Broker::Celery => Box::new(CeleryAdapter::new(CeleryConfig {
-                    db: settings.redis_db,
-                    queues: settings.celery_queues.clone(),
-                    result_url: settings.celery_result_url.clone(),
-                })),
-                Broker::Dramatiq => Box::new(DramatiqAdapter::new(DramatiqConfig {
-                    namespace: settings.dramatiq_namespace.clone(),
-                })),
-                // config::parse_brokers only lets through brokers of AVAILABLE_BROKERS.
-                other => unreachable!("no adapter for {other}"),
+/// The adapter of `broker`, configured by the settings and, where the user left a setting
+/// out, by what auto-detection learned (`detected`). `None` when this build has no adapter
+/// for it.
+fn build_adapter(
+    broker: Broker,
+    settings: &ServeSettings,
+    detected: &[Setting],
+) -> Option<Box<dyn Adapter>> {
+    match broker {
+        Broker::Celery => {
+            let mut queues = settings.celery_queues.clone();
+            for setting in detected {
+                if let Setting::CeleryQueue(q) = setting {
+                    if !queues.contains(q) {
+                        queues.push(q.clone());
+                    }
+                }
             }
-        })
-        .collect()
+            Some(Box::new(CeleryAdapter::new(CeleryConfig {
+                db: settings.redis_db,
+                queues,
+                result_url: settings.celery_result_url.clone(),
+            })))
+        }
+        Broker::Dramatiq => {
+            let detected_namespace = detected.iter().find_map(|s| match s {
+                Setting::DramatiqNamespace(ns) => Some(ns.clone()),
+                _ => None,
+            });
+            let namespace = match detected_namespace {
+                Some(ns) if !settings.dramatiq_namespace_given => ns,
+                _ => settings.dramatiq_namespace.clone(),
+            };
+            Some(Box::new(DramatiqAdapter::new(DramatiqConfig { namespace })))
+        }
+        Broker::Taskiq | Broker::Rq => None,
+    }
 }
 
 async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
@@ -143,9 +165,30 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         rescan_every: settings.rescan_every,
         celery_enable_events: settings.celery_enable_events,
     };
+    let adapters = settings
+        .brokers
+        .iter()
+        .filter_map(|b| build_adapter(*b, &settings, &[]))
+        .collect();
+    let auto = settings.detect_every.map(|every| {
+        info!(every = ?every, "Looking for Celery, Dramatiq, RQ and taskiq keys in Redis (--brokers auto).");
+        let factory_settings = settings.clone();
+        ingest::AutoDetect {
+            options: ingest::detect::DetectOptions {
+                every,
+                pages_per_pass: DETECT_PAGES_PER_PASS,
+                dramatiq_namespace: settings.dramatiq_namespace.clone(),
+                rq_prefix: "rq:".to_string(),
+            },
+            factory: Box::new(move |broker, detected| {
+                build_adapter(broker, &factory_settings, detected)
+            }),
+        }
+    });
     let ingest = tokio::spawn(ingest::run(
         ingest_cfg,
-        build_adapters(&settings),
+        adapters,
+        auto,
         writer.clone(),
         reader,
         metrics,
