@@ -85,6 +85,14 @@ fn auto_detection_finds_every_broker_sharing_one_redis() {
     );
     assert!(found.contains("_kombu.binding."), "{health}");
 
+    let overview = reqwest::blocking::get(ts.url("/"))
+        .and_then(|r| r.text())
+        .expect("GET /");
+    assert!(
+        overview.contains("celery (detected: ") && overview.contains("dramatiq (detected: "),
+        "the overview says what was detected"
+    );
+
     // Tasks of both are followed to the end, including the one sent before detection.
     let c = ts.wait_state(&celery_task, "success", LONG);
     assert_eq!(c["broker"], "celery");

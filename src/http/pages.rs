@@ -21,6 +21,19 @@ fn failed(message: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
+/// The active brokers, with `(detected)` for those `--brokers auto` found in Redis.
+fn broker_chips(metrics: &crate::metrics::Metrics) -> Vec<String> {
+    let detection = metrics.detection();
+    metrics
+        .brokers()
+        .iter()
+        .map(|b| match detection.found.iter().find(|f| f.broker == *b) {
+            Some(found) => format!("{b} (detected: {})", found.key),
+            None => b.as_str().to_string(),
+        })
+        .collect()
+}
+
 pub async fn overview(State(state): State<AppState>) -> Response {
     let now = Utc::now();
     let abandon_after =
@@ -38,12 +51,7 @@ pub async fn overview(State(state): State<AppState>) -> Response {
     let view = templates::OverviewView {
         version: VERSION.to_string(),
         redis_connected: state.metrics.redis_connected(),
-        brokers: state
-            .metrics
-            .brokers()
-            .iter()
-            .map(|b| b.as_str().to_string())
-            .collect(),
+        brokers: broker_chips(&state.metrics),
         by_state: stats.by_state.into_iter().collect(),
         queues,
         workers,
