@@ -27,7 +27,112 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch a Redis and serve the UI and API (the main job).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Run housekeeping (roll-up, retention, compaction) once now and print what it did.
+    /// `taskscope serve` runs it on its own schedule; this needs the file not in use.
+    Housekeeping(Box<HousekeepingCmd>),
+}
+
+/// `taskscope housekeeping`.
+#[derive(Debug, Args)]
+pub struct HousekeepingCmd {
+    /// A TOML file with any of these settings (keys as the flag names).
+    #[arg(long, env = "TASKSCOPE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The DuckDB file that keeps the history.
+    #[arg(
+        long,
+        env = "TASKSCOPE_DB",
+        default_value = "./taskscope.duckdb",
+        value_name = "PATH"
+    )]
+    pub db: PathBuf,
+
+    /// Only say what would be done.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Run only these jobs (comma list of rollup, retention, compaction); default all.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub jobs: Vec<String>,
+
+    #[command(flatten)]
+    pub housekeeping: HousekeepingArgs,
+}
+
+/// Housekeeping settings, shared by `serve` and `housekeeping`.
+#[derive(Debug, Clone, Args)]
+pub struct HousekeepingArgs {
+    /// When housekeeping runs: cron with a seconds field (`sec min hour day month weekday`;
+    /// weekday names like `Mon` are safer than numbers: this cron counts Sunday as 1).
+    #[arg(
+        long,
+        env = "TASKSCOPE_HOUSEKEEPING",
+        default_value = "0 0 * * * *",
+        value_name = "CRON"
+    )]
+    pub housekeeping: String,
+
+    /// Raw task history kept (tasks and transitions); older rows are rolled up, then deleted.
+    #[arg(long, env = "TASKSCOPE_RETENTION", default_value = "30d", value_parser = parse_duration, value_name = "DUR")]
+    pub retention: Duration,
+
+    /// Queue samples kept at full resolution; older ones are down-sampled to 5 minutes.
+    #[arg(long, env = "TASKSCOPE_SAMPLE_RETENTION", default_value = "7d", value_parser = parse_duration, value_name = "DUR")]
+    pub sample_retention: Duration,
+
+    /// Hourly and daily roll-ups and down-sampled queue samples kept.
+    #[arg(long, env = "TASKSCOPE_AGGREGATE_RETENTION", default_value = "400d", value_parser = parse_duration, value_name = "DUR")]
+    pub aggregate_retention: Duration,
+
+    /// A schedule of its own for the roll-up job (TOML: `[schedule] rollup = "..."`).
+    #[arg(long, env = "TASKSCOPE_SCHEDULE_ROLLUP", value_name = "CRON")]
+    pub schedule_rollup: Option<String>,
+
+    /// A schedule of its own for the retention job.
+    #[arg(long, env = "TASKSCOPE_SCHEDULE_RETENTION", value_name = "CRON")]
+    pub schedule_retention: Option<String>,
+
+    /// A schedule of its own for the compaction (checkpoint) job.
+    #[arg(long, env = "TASKSCOPE_SCHEDULE_COMPACTION", value_name = "CRON")]
+    pub schedule_compaction: Option<String>,
+}
+
+impl HousekeepingArgs {
+    pub fn into_settings(self) -> Result<crate::housekeeping::Settings, UsageError> {
+        use crate::housekeeping::{jobs::Job, jobs::Policy, schedule::Schedule};
+        let parse = |flag: &str, text: &str| {
+            Schedule::parse(text).map_err(|e| UsageError(format!("--{flag}: {e}")))
+        };
+        let default_schedule = parse("housekeeping", &self.housekeeping)?;
+        let mut job_schedules = std::collections::BTreeMap::new();
+        for (job, text) in [
+            (Job::Rollup, &self.schedule_rollup),
+            (Job::Retention, &self.schedule_retention),
+            (Job::Compaction, &self.schedule_compaction),
+        ] {
+            if let Some(text) = text {
+                job_schedules.insert(job, parse(&format!("schedule-{job}"), text)?);
+            }
+        }
+        if self.aggregate_retention < self.retention {
+            return Err(UsageError(format!(
+                "--aggregate-retention ({}) must be at least --retention ({}): roll-ups summarise the raw history they replace",
+                humantime::format_duration(self.aggregate_retention),
+                humantime::format_duration(self.retention)
+            )));
+        }
+        Ok(crate::housekeeping::Settings {
+            default_schedule,
+            job_schedules,
+            policy: Policy {
+                retention: self.retention,
+                sample_retention: self.sample_retention,
+                aggregate_retention: self.aggregate_retention,
+            },
+        })
+    }
 }
 
 /// `taskscope serve`: what the user typed, validated only as far as clap does.
@@ -136,6 +241,31 @@ pub struct ServeArgs {
     /// every reconnect).
     #[arg(long, env = "TASKSCOPE_RESCAN_EVERY", default_value = "5m", value_parser = parse_duration, value_name = "DUR")]
     pub rescan_every: Duration,
+
+    /// Arguments, keyword arguments, results and tracebacks larger than this (bytes of JSON
+    /// text) are truncated before they are stored: nested containers emptied first, then
+    /// strings cut, with a marker.
+    #[arg(
+        long,
+        env = "TASKSCOPE_MAX_VALUE_BYTES",
+        default_value = "65536",
+        value_name = "BYTES"
+    )]
+    pub max_value_bytes: usize,
+
+    /// Values under keys containing any of these words (case-insensitive) are stored as
+    /// `"[redacted]"`, at any depth of kwargs, args and results.
+    #[arg(
+        long,
+        env = "TASKSCOPE_REDACT_KEYS",
+        value_delimiter = ',',
+        default_value = "password,passwd,secret,token,api_key,apikey,authorization,credential,private_key,access_key",
+        value_name = "LIST"
+    )]
+    pub redact_keys: Vec<String>,
+
+    #[command(flatten)]
+    pub housekeeping: HousekeepingArgs,
 }
 
 /// Parses the contract's durations: `500ms`, `6s`, `5m`, `2h`, `30d`.
@@ -175,6 +305,9 @@ pub struct ServeSettings {
     pub reconcile_every: Duration,
     pub poll_every: Duration,
     pub rescan_every: Duration,
+    pub max_value_bytes: usize,
+    pub redact_keys: Vec<String>,
+    pub housekeeping: crate::housekeeping::Settings,
 }
 
 /// Brokers with an adapter in this version.
@@ -250,6 +383,14 @@ impl ServeArgs {
             reconcile_every: self.reconcile_every,
             poll_every: self.poll_every,
             rescan_every: self.rescan_every,
+            max_value_bytes: self.max_value_bytes.max(256),
+            redact_keys: self
+                .redact_keys
+                .into_iter()
+                .map(|k| k.trim().to_lowercase())
+                .filter(|k| !k.is_empty())
+                .collect(),
+            housekeeping: self.housekeeping.into_settings()?,
         })
     }
 }
@@ -373,6 +514,15 @@ const KNOWN_VARS: &[&str] = &[
     "TASKSCOPE_CELERY_RESULT_URL",
     "TASKSCOPE_DRAMATIQ_NAMESPACE",
     "TASKSCOPE_DETECT_EVERY",
+    "TASKSCOPE_HOUSEKEEPING",
+    "TASKSCOPE_RETENTION",
+    "TASKSCOPE_SAMPLE_RETENTION",
+    "TASKSCOPE_AGGREGATE_RETENTION",
+    "TASKSCOPE_SCHEDULE_ROLLUP",
+    "TASKSCOPE_SCHEDULE_RETENTION",
+    "TASKSCOPE_SCHEDULE_COMPACTION",
+    "TASKSCOPE_MAX_VALUE_BYTES",
+    "TASKSCOPE_REDACT_KEYS",
     "TASKSCOPE_RECONCILE_EVERY",
     "TASKSCOPE_POLL_EVERY",
     "TASKSCOPE_RESCAN_EVERY",

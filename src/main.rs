@@ -10,6 +10,7 @@
 //! Exit codes: 0 success, 2 bad usage, 1 any other error (one line saying what to do).
 
 mod config;
+mod housekeeping;
 mod http;
 mod ingest;
 mod metrics;
@@ -21,7 +22,7 @@ use broker_adapters::detect::Setting;
 use broker_adapters::dramatiq::{DramatiqAdapter, DramatiqConfig};
 use broker_adapters::{Adapter, Broker};
 use clap::Parser;
-use config::{Cli, Command, ServeSettings, UsageError};
+use config::{Cli, Command, HousekeepingCmd, ServeSettings, UsageError};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -39,6 +40,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(&args);
     init_tracing();
     match cli.command {
+        Command::Housekeeping(args) => housekeeping_once(args),
         Command::Serve(serve_args) => {
             let settings = match serve_args.into_settings() {
                 Ok(s) => s,
@@ -65,6 +67,87 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// `taskscope housekeeping`: runs the jobs once on a file no `serve` holds, prints each.
+fn housekeeping_once(args: Box<HousekeepingCmd>) -> ExitCode {
+    let args = *args;
+    use housekeeping::jobs::{Context, Job};
+    let settings = match args.housekeeping.into_settings() {
+        Ok(s) => s,
+        Err(UsageError(msg)) => {
+            eprintln!("taskscope: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut jobs = Vec::new();
+    for name in args.jobs.iter().map(|j| j.trim()).filter(|j| !j.is_empty()) {
+        match Job::ALL.into_iter().find(|j| j.as_str() == name) {
+            Some(job) => jobs.push(job),
+            None => {
+                eprintln!(
+                    "taskscope: --jobs: unknown job {name:?} (rollup, retention, compaction)"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if jobs.is_empty() {
+        jobs = Job::ALL.to_vec();
+    }
+    if !args.db.exists() {
+        eprintln!(
+            "taskscope: {} does not exist: pass the --db that taskscope serve writes",
+            args.db.display()
+        );
+        return ExitCode::from(1);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("taskscope: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let (writer, reader, writer_thread) =
+            store::open(&args.db, store::StoreOptions::default())?;
+        let cx = Context {
+            writer: &writer,
+            reader: &reader,
+            db_path: args.db.clone(),
+            policy: &settings.policy,
+        };
+        let mut failed = false;
+        for job in jobs {
+            match housekeeping::run_job(job, &cx, None, args.dry_run).await {
+                Ok(report) => println!(
+                    "{job}{}: {}",
+                    if args.dry_run { " (dry run)" } else { "" },
+                    report.detail
+                ),
+                Err(e) => {
+                    failed = true;
+                    println!("{job}: failed: {e}");
+                }
+            }
+        }
+        writer.flush().await?;
+        drop(writer);
+        let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+        anyhow::ensure!(!failed, "some housekeeping jobs failed (see above)");
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("taskscope: {e:#}");
+            ExitCode::from(1)
         }
     }
 }
@@ -164,6 +247,10 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         poll_every: settings.poll_every,
         rescan_every: settings.rescan_every,
         celery_enable_events: settings.celery_enable_events,
+        sanitizer: ingest::sanitize::Sanitizer::new(
+            settings.max_value_bytes,
+            settings.redact_keys.clone(),
+        ),
     };
     let adapters = settings
         .brokers
@@ -185,6 +272,14 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
             }),
         }
     });
+    let housekeeping = housekeeping::spawn(
+        settings.housekeeping.clone(),
+        writer.clone(),
+        reader.clone(),
+        settings.db_path.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    );
     let ingest = tokio::spawn(ingest::run(
         ingest_cfg,
         adapters,
@@ -203,6 +298,9 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         r = ingest => Some(r),
     };
     let _ = shutdown_tx.send(true);
+    // A job mid-run stops at its next step; its work so far is committed and idempotent.
+    housekeeping.abort();
+    let _ = housekeeping.await;
     if let Some(result) = ingest_result {
         result.context("the ingest task panicked")??;
     }

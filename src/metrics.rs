@@ -57,6 +57,39 @@ pub struct Metrics {
     warnings: Mutex<Vec<String>>,
     /// What `--brokers auto` has found so far.
     detection: Mutex<Detection>,
+    /// The last run and next time of each housekeeping job, by job name.
+    housekeeping: Mutex<BTreeMap<String, HousekeepingRun>>,
+}
+
+/// A housekeeping job's last run (and next time), for `/`, `/healthz` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct HousekeepingRun {
+    pub job: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub duration_ms: f64,
+    pub rows: u64,
+    pub detail: String,
+    pub error: Option<String>,
+    pub next_at: Option<DateTime<Utc>>,
+    /// Runs and failed runs by this process.
+    pub runs: u64,
+    pub failures: u64,
+}
+
+impl From<&crate::store::maintenance::RunRecord> for HousekeepingRun {
+    fn from(r: &crate::store::maintenance::RunRecord) -> Self {
+        HousekeepingRun {
+            job: r.job.clone(),
+            started_at: Some(r.started_at),
+            duration_ms: r.duration_ms,
+            rows: r.rows,
+            detail: r.detail.clone(),
+            error: r.error.clone(),
+            next_at: None,
+            runs: 0,
+            failures: 0,
+        }
+    }
 }
 
 /// The state of broker auto-detection, for `/healthz` and the overview.
@@ -92,6 +125,7 @@ impl Default for Metrics {
             brokers: Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
             detection: Mutex::new(Detection::default()),
+            housekeeping: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -168,6 +202,35 @@ impl Metrics {
 
     pub fn warnings(&self) -> Vec<String> {
         self.warnings.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    /// A job ran (`by_this_process`), or at start the previous process's last run was read
+    /// back.
+    pub fn housekeeping_ran(&self, run: HousekeepingRun, by_this_process: bool) {
+        if let Ok(mut map) = self.housekeeping.lock() {
+            let entry = map.entry(run.job.clone()).or_default();
+            let (runs, failures, next_at) = (entry.runs, entry.failures, entry.next_at);
+            let failed = run.error.is_some();
+            *entry = run;
+            entry.next_at = next_at;
+            entry.runs = runs + u64::from(by_this_process);
+            entry.failures = failures + u64::from(by_this_process && failed);
+        }
+    }
+
+    pub fn housekeeping_next(&self, job: &str, at: DateTime<Utc>) {
+        if let Ok(mut map) = self.housekeeping.lock() {
+            let entry = map.entry(job.to_string()).or_default();
+            entry.job = job.to_string();
+            entry.next_at = Some(at);
+        }
+    }
+
+    pub fn housekeeping(&self) -> Vec<HousekeepingRun> {
+        self.housekeeping
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Counts Redis commands taskscope issued (pipelined ones one each).

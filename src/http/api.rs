@@ -39,6 +39,15 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
         "version": VERSION,
         "brokers": state.metrics.brokers().iter().map(|b| b.as_str()).collect::<Vec<_>>(),
         "detection": detection_json(&state.metrics.detection()),
+        "housekeeping": state.metrics.housekeeping().iter().map(|r| json!({
+            "job": r.job,
+            "last_run": r.started_at.map(|t| broker_adapters::rfc3339(&t)),
+            "duration_ms": r.duration_ms,
+            "rows": r.rows,
+            "detail": r.detail,
+            "error": r.error,
+            "next_run": r.next_at.map(|t| broker_adapters::rfc3339(&t)),
+        })).collect::<Vec<_>>(),
         "change_feed": feed,
         "decode_errors": state.metrics.decode_errors_total(),
         "ingest_events": state.metrics.ingest_events().into_iter()

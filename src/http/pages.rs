@@ -58,6 +58,19 @@ pub async fn overview(State(state): State<AppState>) -> Response {
         recent,
         decode_errors: state.metrics.decode_errors_total(),
         warnings: state.metrics.warnings(),
+        housekeeping: state
+            .metrics
+            .housekeeping()
+            .into_iter()
+            .map(|r| templates::HousekeepingLine {
+                job: r.job,
+                last_run: r.started_at,
+                duration_ms: r.duration_ms,
+                detail: r.detail,
+                error: r.error,
+                next_run: r.next_at,
+            })
+            .collect(),
     };
     templates::overview(&view).into_response()
 }

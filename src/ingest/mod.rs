@@ -20,6 +20,7 @@ pub mod detect;
 pub mod notifications;
 mod prefetch;
 pub mod redis;
+pub mod sanitize;
 
 use crate::metrics::{ChangeFeed, Metrics, Source};
 use crate::store::{StoreReader, StoreWriter};
@@ -48,6 +49,8 @@ pub struct IngestConfig {
     pub poll_every: Duration,
     pub rescan_every: Duration,
     pub celery_enable_events: bool,
+    /// Redaction and truncation applied to every task payload before it is stored.
+    pub sanitizer: sanitize::Sanitizer,
 }
 
 /// Something that arrived from Redis without being asked for.
@@ -665,10 +668,15 @@ impl Pipeline {
     /// Hands observations and samples to the store, and subscribes to newly found keys.
     async fn deliver(&mut self, output: Output) {
         let Output {
-            observations,
+            mut observations,
             queue_samples,
             ..
         } = output;
+        for obs in &mut observations {
+            if let broker_adapters::Observation::Task(t) = obs {
+                self.cfg.sanitizer.apply(&mut t.fields);
+            }
+        }
         if !observations.is_empty() {
             let sent = self.writer.observe(observations).await;
             self.check_writer(sent);

@@ -6,6 +6,8 @@
 //! - `writer`: [`StoreWriter`], the handle through which everything is written; the writer thread
 //!   folds observations with the shared state machine and writes them in batches.
 //! - `reader`: [`StoreReader`], every query the HTTP layer, exports and ingest need.
+//! - [`maintenance`]: housekeeping's SQL (roll-ups, retention, down-sampling, checkpoints),
+//!   run as steps on the writer thread.
 //! - `rows`: conversions between the model and rows (timestamps, JSON text, cursors).
 //!
 //! # Architecture invariants
@@ -17,6 +19,7 @@
 //! - One taskscope process per file: DuckDB allows one read-write process, and [`open`] fails
 //!   fast when another holds the lock.
 
+pub mod maintenance;
 mod reader;
 mod rows;
 mod schema;

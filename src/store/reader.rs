@@ -117,7 +117,7 @@ impl StoreReader {
     }
 
     /// Runs `f` with a pooled connection on a blocking thread.
-    async fn with_conn<T, F>(&self, what: &'static str, f: F) -> Result<T, StoreError>
+    pub(super) async fn with_conn<T, F>(&self, what: &'static str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,

@@ -28,7 +28,7 @@ mod tests;
 
 pub use layout::{page, Nav};
 pub use message::{error_page, not_found};
-pub use overview::{overview, OverviewView};
+pub use overview::{overview, HousekeepingLine, OverviewView};
 pub use task::{task_detail, TaskDetailView};
 pub use tasks::{next_page_href, task_list, TaskFilters, TaskListView};
 

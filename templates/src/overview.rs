@@ -30,6 +30,19 @@ pub struct OverviewView {
     pub decode_errors: u64,
     /// Anything else the user should know (`CONFIG SET refused: polling every 5s`).
     pub warnings: Vec<String>,
+    /// One line per housekeeping job: its last run and next time.
+    pub housekeeping: Vec<HousekeepingLine>,
+}
+
+/// A housekeeping job as the overview shows it.
+#[derive(Debug, Clone, Default)]
+pub struct HousekeepingLine {
+    pub job: String,
+    pub last_run: Option<DateTime<Utc>>,
+    pub duration_ms: f64,
+    pub detail: String,
+    pub error: Option<String>,
+    pub next_run: Option<DateTime<Utc>>,
 }
 
 /// The overview page.
@@ -76,6 +89,28 @@ pub(crate) fn render(view: &OverviewView, now: &DateTime<Utc>) -> Markup {
                 (empty("No task seen yet. Tasks appear here as soon as a producer enqueues one."))
             } @else {
                 (task_table(&view.recent, now))
+            }
+        }
+        @if !view.housekeeping.is_empty() {
+            section #housekeeping {
+                h2 { "Housekeeping" }
+                table.table {
+                    thead { tr { th { "job" } th { "last run" } th { "took" } th { "what it did" } th { "next" } } }
+                    tbody {
+                        @for line in &view.housekeeping {
+                            tr {
+                                td { (line.job) }
+                                td { @match line.last_run { Some(t) => (time_ago(&t, now)), None => "never" } }
+                                td { @if line.last_run.is_some() { (format!("{:.0} ms", line.duration_ms)) } }
+                                td {
+                                    @if let Some(e) = &line.error { span.chip.chip-bad { "failed" } " " (e) }
+                                    @else { (line.detail) }
+                                }
+                                td { @if let Some(t) = line.next_run { (time(&t, now)) } }
+                            }
+                        }
+                    }
+                }
             }
         }
     };

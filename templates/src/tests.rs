@@ -119,6 +119,14 @@ fn sample_overview() -> OverviewView {
         recent: sample_tasks().into_iter().take(6).collect(),
         decode_errors: 0,
         warnings: vec![],
+        housekeeping: vec![crate::HousekeepingLine {
+            job: "retention".to_string(),
+            last_run: Some(ago(600)),
+            duration_ms: 35.0,
+            detail: "deleted 120 tasks and 360 transitions".to_string(),
+            error: None,
+            next_run: Some(ago(-3000)),
+        }],
     }
 }
 
