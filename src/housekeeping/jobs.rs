@@ -15,12 +15,12 @@ use crate::store::maintenance::{rollup_limit, DbSize, Period, Step};
 use crate::store::{StoreError, StoreReader, StoreWriter};
 use chrono::{DateTime, Utc};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How long one delete chunk should take.
-pub const CHUNK_TARGET: Duration = Duration::from_millis(5);
-const MIN_CHUNK: u64 = 100;
-const MAX_CHUNK: u64 = 200_000;
+/// How long one delete step should take: ingestion waits at most about this long.
+pub const CHUNK_TARGET: Duration = Duration::from_millis(10);
+const MIN_WINDOW: chrono::Duration = chrono::Duration::seconds(1);
+const MAX_WINDOW: chrono::Duration = chrono::Duration::days(30);
 /// Periods rolled up per step (one transaction each).
 const ROLLUP_PERIODS_PER_STEP: i64 = 24;
 
@@ -147,32 +147,36 @@ async fn rollup(
     Ok(report)
 }
 
-/// Deletes in chunks of adaptive size until a step says nothing more remains; returns the rows,
-/// the chunks and the longest chunk.
-async fn chunked_delete(
+/// Deletes `[start, before)` in time windows sized so each step takes about [`CHUNK_TARGET`]
+/// (a window that took longer is halved, a quick one doubled); returns the rows, the steps
+/// and the longest step.
+async fn windowed_delete(
     cx: &Context<'_>,
-    make: impl Fn(u64) -> Step,
+    start: DateTime<Utc>,
+    before: DateTime<Utc>,
+    make: impl Fn(DateTime<Utc>, DateTime<Utc>) -> Step,
 ) -> Result<(u64, u32, Duration), StoreError> {
-    let mut chunk = 5_000u64;
-    let (mut rows, mut chunks, mut longest) = (0u64, 0u32, Duration::ZERO);
-    loop {
-        let started = Instant::now();
-        let outcome = cx.writer.maintain(make(chunk)).await?;
-        let took = started.elapsed();
+    let mut window = chrono::Duration::minutes(1);
+    let (mut rows, mut steps, mut longest) = (0u64, 0u32, Duration::ZERO);
+    let mut from = start;
+    while from < before {
+        let to = from
+            .checked_add_signed(window)
+            .map_or(before, |t| t.min(before));
+        let outcome = cx.writer.maintain(make(from, to)).await?;
         rows += outcome.rows;
-        chunks += 1;
-        longest = longest.max(took);
-        if !outcome.more {
-            return Ok((rows, chunks, longest));
+        steps += 1;
+        longest = longest.max(outcome.took);
+        if outcome.took > CHUNK_TARGET {
+            window = (window / 2).max(MIN_WINDOW);
+        } else if outcome.took < CHUNK_TARGET / 3 {
+            window = (window * 2).min(MAX_WINDOW);
         }
-        if took > CHUNK_TARGET {
-            chunk = (chunk / 2).max(MIN_CHUNK);
-        } else if took < CHUNK_TARGET / 3 {
-            chunk = (chunk * 2).min(MAX_CHUNK);
-        }
-        // Let the ingest path queue its next batch ahead of the next chunk.
+        from = to;
+        // Let the ingest path queue its next batch ahead of the next step.
         tokio::task::yield_now().await;
     }
+    Ok((rows, steps, longest))
 }
 
 async fn retention(
@@ -221,16 +225,27 @@ async fn retention(
         return Ok(report);
     }
     if let Some(before) = raw_before {
-        let (tasks, chunks, longest) =
-            chunked_delete(cx, |limit| Step::DeleteTasks { before, limit }).await?;
-        let (transitions, chunks2, longest2) =
-            chunked_delete(cx, |limit| Step::DeleteTransitions { before, limit }).await?;
-        report.rows += tasks + transitions;
+        let (oldest_task, oldest_transition) = cx.reader.oldest_history().await?;
+        let (mut tasks, mut transitions) = ((0, 0, Duration::ZERO), (0, 0, Duration::ZERO));
+        if let Some(start) = oldest_task {
+            tasks = windowed_delete(cx, start, before, |from, to| Step::DeleteTasks { from, to })
+                .await?;
+        }
+        if let Some(start) = oldest_transition {
+            transitions = windowed_delete(cx, start, before, |from, to| Step::DeleteTransitions {
+                from,
+                to,
+            })
+            .await?;
+        }
+        report.rows += tasks.0 + transitions.0;
         parts.push(format!(
-            "deleted {tasks} tasks and {transitions} transitions older than {} in {} chunks (longest {:.1} ms)",
+            "deleted {} tasks and {} transitions older than {} in {} steps (longest {:.1} ms)",
+            tasks.0,
+            transitions.0,
             broker_adapters::rfc3339(&before),
-            chunks + chunks2,
-            longest.max(longest2).as_secs_f64() * 1000.0
+            tasks.1 + transitions.1,
+            tasks.2.max(transitions.2).as_secs_f64() * 1000.0
         ));
     }
     let mut downsampled = 0;

@@ -123,36 +123,57 @@ pub fn spawn(
         for (schedule, jobs) in &plan {
             info!(schedule = schedule.text(), jobs = ?jobs.iter().map(|j| j.as_str()).collect::<Vec<_>>(), "Housekeeping scheduled.");
         }
+        // Each schedule's next time, computed independently: schedules due at the same
+        // moment all run (in job order), and a time missed while a run went on is skipped.
+        let mut next: Vec<Option<chrono::DateTime<Utc>>> =
+            plan.iter().map(|(s, _)| s.next_after(Utc::now())).collect();
         loop {
-            let now = Utc::now();
-            let Some((at, jobs)) = plan
-                .iter()
-                .filter_map(|(s, jobs)| s.next_after(now).map(|at| (at, jobs)))
-                .min_by_key(|(at, _)| *at)
-            else {
+            let Some(at) = next.iter().flatten().min().copied() else {
                 info!("No housekeeping schedule fires again; the scheduler stops.");
                 return;
             };
-            for job in jobs {
-                metrics.housekeeping_next(job.as_str(), at);
+            for ((_, jobs), when) in plan.iter().zip(&next) {
+                for job in jobs {
+                    if let Some(when) = when {
+                        metrics.housekeeping_next(job.as_str(), *when);
+                    }
+                }
             }
-            let wait = (at - now).to_std().unwrap_or_default();
+            let wait = (at - Utc::now()).to_std().unwrap_or_default();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.changed() => return,
             }
+            let mut due: Vec<Job> = Vec::new();
+            for (index, (_, jobs)) in plan.iter().enumerate() {
+                if next[index].is_some_and(|when| when <= at) {
+                    due.extend(jobs);
+                    next[index] = None;
+                }
+            }
+            due.sort();
+            due.dedup();
             let cx = Context {
                 writer: &writer,
                 reader: &reader,
                 db_path: db_path.clone(),
                 policy: &settings.policy,
             };
-            for job in jobs {
+            for job in due {
                 if *shutdown.borrow() {
                     return;
                 }
-                let _ = run_job(*job, &cx, Some(&metrics), false).await;
+                let _ = run_job(job, &cx, Some(&metrics), false).await;
+            }
+            let now = Utc::now();
+            for (index, (schedule, _)) in plan.iter().enumerate() {
+                if next[index].is_none() {
+                    next[index] = schedule.next_after(now);
+                }
             }
         }
     })
 }
+
+#[cfg(test)]
+mod tests;

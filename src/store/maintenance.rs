@@ -71,10 +71,17 @@ pub enum Step {
         until: DateTime<Utc>,
         max_periods: i64,
     },
-    /// Delete at most `limit` tasks last updated before `before` (never running ones).
-    DeleteTasks { before: DateTime<Utc>, limit: u64 },
-    /// Delete at most `limit` transitions older than `before`.
-    DeleteTransitions { before: DateTime<Utc>, limit: u64 },
+    /// Delete the tasks last updated in `[from, to)` (never running ones). Deleting by time
+    /// windows lets DuckDB prune row groups by their min/max instead of scanning the table.
+    DeleteTasks {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+    /// Delete the transitions that occurred in `[from, to)`.
+    DeleteTransitions {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
     /// Replace raw queue samples of one day before `before` by one per queue and
     /// [`DOWNSAMPLE_BUCKET`] (the maximum of each count).
     DownsampleSamples { before: DateTime<Utc> },
@@ -105,6 +112,8 @@ pub struct StepOutcome {
     pub rows: u64,
     /// More of the same work remains (call the step again).
     pub more: bool,
+    /// How long the writer spent on the step (what ingestion waited for it).
+    pub took: std::time::Duration,
 }
 
 /// Runs one step in its own transaction.
@@ -115,28 +124,20 @@ pub fn run_step(conn: &mut Connection, step: &Step) -> Result<StepOutcome, Store
             until,
             max_periods,
         } => rollup(conn, *period, *until, *max_periods),
-        Step::DeleteTasks { before, limit } => {
-            let rows = conn.execute(
-                "DELETE FROM tasks WHERE rowid IN (
-                     SELECT rowid FROM tasks WHERE updated_at < ? AND state <> 'running' LIMIT ?)",
-                duckdb::params![Ts(*before), *limit as i64],
-            )? as u64;
-            Ok(StepOutcome {
-                rows,
-                more: rows >= *limit,
-            })
-        }
-        Step::DeleteTransitions { before, limit } => {
-            let rows = conn.execute(
-                "DELETE FROM transitions WHERE rowid IN (
-                     SELECT rowid FROM transitions WHERE occurred_at < ? LIMIT ?)",
-                duckdb::params![Ts(*before), *limit as i64],
-            )? as u64;
-            Ok(StepOutcome {
-                rows,
-                more: rows >= *limit,
-            })
-        }
+        Step::DeleteTasks { from, to } => Ok(StepOutcome {
+            rows: conn.execute(
+                "DELETE FROM tasks WHERE updated_at >= ? AND updated_at < ? AND state <> 'running'",
+                duckdb::params![Ts(*from), Ts(*to)],
+            )? as u64,
+            ..StepOutcome::default()
+        }),
+        Step::DeleteTransitions { from, to } => Ok(StepOutcome {
+            rows: conn.execute(
+                "DELETE FROM transitions WHERE occurred_at >= ? AND occurred_at < ?",
+                duckdb::params![Ts(*from), Ts(*to)],
+            )? as u64,
+            ..StepOutcome::default()
+        }),
         Step::DownsampleSamples { before } => downsample(conn, *before),
         Step::DeleteAggregates { before } => {
             let tx = conn.transaction()?;
@@ -160,7 +161,10 @@ pub fn run_step(conn: &mut Connection, step: &Step) -> Result<StepOutcome, Store
                 [],
             )?;
             tx.commit()?;
-            Ok(StepOutcome { rows, more: false })
+            Ok(StepOutcome {
+                rows,
+                ..StepOutcome::default()
+            })
         }
         Step::Checkpoint => {
             conn.execute_batch("FORCE CHECKPOINT")?;
@@ -181,6 +185,7 @@ pub fn run_step(conn: &mut Connection, step: &Step) -> Result<StepOutcome, Store
             Ok(StepOutcome {
                 rows: 1,
                 more: false,
+                ..StepOutcome::default()
             })
         }
     }
@@ -217,6 +222,28 @@ impl super::StoreReader {
     pub async fn db_size(&self, path: std::path::PathBuf) -> Result<DbSize, StoreError> {
         self.with_conn("database size", move |conn| db_size(conn, &path))
             .await
+    }
+
+    /// The oldest `updated_at` of a deletable task and the oldest transition, where to start
+    /// deleting.
+    pub async fn oldest_history(
+        &self,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), StoreError> {
+        self.with_conn("oldest history", |conn| {
+            let first = |sql: &str| -> Result<Option<DateTime<Utc>>, StoreError> {
+                let mut stmt = conn.prepare(sql)?;
+                let mut rows = stmt.query([])?;
+                match rows.next()? {
+                    Some(row) => Ok(super::rows::get_ts(row, 0)?),
+                    None => Ok(None),
+                }
+            };
+            Ok((
+                first("SELECT min(updated_at) FROM tasks WHERE state <> 'running'")?,
+                first("SELECT min(occurred_at) FROM transitions")?,
+            ))
+        })
+        .await
     }
 
     /// The newest run of each job.
@@ -338,6 +365,7 @@ fn rollup(
     Ok(StepOutcome {
         rows,
         more: end < until,
+        ..StepOutcome::default()
     })
 }
 
@@ -384,6 +412,7 @@ fn downsample(conn: &mut Connection, before: DateTime<Utc>) -> Result<StepOutcom
     Ok(StepOutcome {
         rows: removed.saturating_sub(kept),
         more: end < before,
+        ..StepOutcome::default()
     })
 }
 

@@ -133,9 +133,27 @@ impl StoreReader {
         .map_err(|e| StoreError::Cancelled(format!("{what}: {e}")))?
     }
 
+    /// The first column of every row of `sql`, as text (tests check exact table contents).
+    #[cfg(test)]
+    pub(crate) async fn column_for_test(&self, sql: &str) -> Vec<String> {
+        let sql = sql.to_string();
+        self.with_conn("test", move |conn| {
+            let mut stmt = conn.prepare(&sql)?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let v: Option<String> = row.get(0)?;
+                out.push(v.unwrap_or_else(|| "NULL".into()));
+            }
+            Ok(out)
+        })
+        .await
+        .unwrap()
+    }
+
     /// Runs raw SQL on a reader connection: lets tests plant rows no writer would write.
     #[cfg(test)]
-    pub(super) async fn execute_for_test(&self, sql: &'static str) {
+    pub(crate) async fn execute_for_test(&self, sql: &'static str) {
         self.with_conn("test", move |conn| Ok(conn.execute_batch(sql)?))
             .await
             .unwrap();

@@ -366,12 +366,15 @@ impl Writer {
         let span =
             tracing::debug_span!("store_maintenance", step = ?step, rows = tracing::field::Empty);
         let _entered = span.enter();
-        let outcome = maintenance::run_step(&mut self.conn, step)?;
+        let started = Instant::now();
+        let mut outcome = maintenance::run_step(&mut self.conn, step)?;
+        outcome.took = started.elapsed();
         span.record("rows", outcome.rows);
-        if let Step::DeleteTasks { before, .. } = step {
+        if let Step::DeleteTasks { from, to } = step {
             let running = &self.running;
-            self.cache
-                .retain(|key, task| running.contains(key) || task.updated_at >= *before);
+            self.cache.retain(|key, task| {
+                running.contains(key) || task.updated_at < *from || task.updated_at >= *to
+            });
         }
         Ok(outcome)
     }

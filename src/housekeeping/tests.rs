@@ -1,0 +1,482 @@
+//! Housekeeping against a real DuckDB file: generated history with timestamps in the past,
+//! exact expectations on what is rolled up, deleted and down-sampled; the scheduler with a
+//! seconds-level cron; ingestion flowing while a large retention delete runs.
+
+use super::jobs::{self, Context, Job, Policy};
+use super::schedule::Schedule;
+use super::Settings;
+use crate::metrics::Metrics;
+use crate::store::{self, StoreOptions, StoreReader, StoreWriter};
+use broker_adapters::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// "Now" for these tests: a fixed time, so every expectation is exact.
+fn now() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2024, 3, 31, 12, 0, 0).unwrap()
+}
+
+fn days_ago(days: i64, plus_ms: i64) -> DateTime<Utc> {
+    now() - Duration::days(days) + Duration::milliseconds(plus_ms)
+}
+
+fn policy() -> Policy {
+    Policy {
+        retention: std::time::Duration::from_secs(30 * 86_400),
+        sample_retention: std::time::Duration::from_secs(7 * 86_400),
+        aggregate_retention: std::time::Duration::from_secs(400 * 86_400),
+    }
+}
+
+/// queued at `start`, running 1 s later, then `end` after `runtime_ms` (unless `end` is None).
+fn lifecycle(
+    id: &str,
+    name: &str,
+    start: DateTime<Utc>,
+    end: Option<TaskEvent>,
+    runtime_ms: f64,
+) -> Vec<Observation> {
+    let mut queued = TaskObservation::new(Broker::Celery, id, start, TaskEvent::Queued, "test");
+    queued.fields.name = Some(name.into());
+    queued.fields.queue = Some("celery".into());
+    let running = TaskObservation::new(
+        Broker::Celery,
+        id,
+        start + Duration::seconds(1),
+        TaskEvent::Running,
+        "test",
+    );
+    let mut out = vec![queued, running];
+    if let Some(end) = end {
+        let at =
+            start + Duration::seconds(1) + Duration::microseconds((runtime_ms * 1000.0) as i64);
+        let mut finished = TaskObservation::new(Broker::Celery, id, at, end, "test");
+        finished.fields.runtime_ms = Some(runtime_ms);
+        out.push(finished);
+    }
+    out.into_iter().map(Observation::Task).collect()
+}
+
+fn sample(length: u64, at: DateTime<Utc>) -> QueueSample {
+    QueueSample {
+        broker: Broker::Celery,
+        name: "celery".into(),
+        length,
+        delayed: 0,
+        dead: 0,
+        running: 1,
+        sampled_at: at,
+    }
+}
+
+struct Store {
+    writer: StoreWriter,
+    reader: StoreReader,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Store {
+    fn open() -> Store {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.duckdb");
+        let (writer, reader, _thread) = store::open(&path, StoreOptions::default()).unwrap();
+        Store {
+            writer,
+            reader,
+            path,
+            _dir: dir,
+        }
+    }
+
+    async fn observe(&self, obs: Vec<Observation>) {
+        self.writer.observe(obs).await.unwrap();
+        self.writer.flush().await.unwrap();
+    }
+
+    async fn column(&self, sql: &str) -> Vec<String> {
+        self.reader.column_for_test(sql).await
+    }
+
+    async fn count(&self, table: &str) -> u64 {
+        self.column(&format!("SELECT count(*)::VARCHAR FROM {table}"))
+            .await
+            .first()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+#[tokio::test]
+async fn retention_rolls_up_then_deletes_old_history_and_downsamples_old_samples() {
+    let store = Store::open();
+    let policy = policy();
+    // 40 days ago: two successes (100 and 300 ms), one failure (50 ms), one task still
+    // running (its worker is alive as far as the store knows: it must stay).
+    let old = days_ago(40, 0);
+    let mut obs = Vec::new();
+    obs.extend(lifecycle(
+        "old-1",
+        "app.add",
+        old,
+        Some(TaskEvent::Succeeded),
+        100.0,
+    ));
+    obs.extend(lifecycle(
+        "old-2",
+        "app.add",
+        old,
+        Some(TaskEvent::Succeeded),
+        300.0,
+    ));
+    obs.extend(lifecycle(
+        "old-3",
+        "app.pay",
+        old,
+        Some(TaskEvent::Failed),
+        50.0,
+    ));
+    obs.extend(lifecycle("old-run", "app.slow", old, None, 0.0));
+    // Yesterday: two successes, kept.
+    let recent = days_ago(1, 0);
+    obs.extend(lifecycle(
+        "new-1",
+        "app.add",
+        recent,
+        Some(TaskEvent::Succeeded),
+        20.0,
+    ));
+    obs.extend(lifecycle(
+        "new-2",
+        "app.add",
+        recent,
+        Some(TaskEvent::Succeeded),
+        40.0,
+    ));
+    store.observe(obs).await;
+    // Queue samples: 10 minutes every 5 s, 10 days ago (down-sampled to 2 rows: the maximum of
+    // each 5-minute bucket), and 10 samples yesterday (kept as they are).
+    let start = days_ago(10, 0);
+    let old_samples: Vec<QueueSample> = (0..120)
+        .map(|i| sample(i, start + Duration::seconds(5 * i as i64)))
+        .collect();
+    let new_samples: Vec<QueueSample> = (0..10)
+        .map(|i| sample(1000 + i, recent + Duration::seconds(5 * i as i64)))
+        .collect();
+    store.writer.samples(old_samples).await.unwrap();
+    store.writer.samples(new_samples).await.unwrap();
+    store.writer.flush().await.unwrap();
+    assert_eq!(store.count("tasks").await, 6);
+    assert_eq!(store.count("transitions").await, 17);
+
+    let cx = Context {
+        writer: &store.writer,
+        reader: &store.reader,
+        db_path: store.path.clone(),
+        policy: &policy,
+    };
+    // A dry run says what would go and changes nothing.
+    let preview = jobs::run(Job::Retention, &cx, now(), true).await.unwrap();
+    assert!(
+        preview
+            .detail
+            .starts_with("would delete 3 tasks and 11 transitions"),
+        "{}",
+        preview.detail
+    );
+    assert_eq!(store.count("tasks").await, 6);
+    assert_eq!(store.count("rollup_hourly").await, 0);
+
+    let report = jobs::run(Job::Retention, &cx, now(), false).await.unwrap();
+    assert!(
+        report.detail.contains("deleted 3 tasks and 11 transitions"),
+        "{}",
+        report.detail
+    );
+
+    // The old finished tasks are gone; the running one and yesterday's stay.
+    assert_eq!(
+        store.column("SELECT id FROM tasks ORDER BY id").await,
+        ["new-1", "new-2", "old-run"]
+    );
+    assert_eq!(store.count("transitions").await, 6);
+    // The old hour was rolled up first: counts per state and runtime percentiles of what
+    // finished, per task name.
+    let old_hour = store
+        .column(&format!(
+            "SELECT name || ' ' || state || ' ' || transitions || ' ' || runtime_count || ' '
+                    || coalesce(runtime_sum_ms::VARCHAR, '-') || ' ' || coalesce(runtime_p50_ms::VARCHAR, '-')
+                    || ' ' || coalesce(runtime_max_ms::VARCHAR, '-')
+             FROM rollup_hourly WHERE bucket = TIMESTAMP '{}' ORDER BY name, state",
+            old.format("%Y-%m-%d %H:00:00")
+        ))
+        .await;
+    assert_eq!(
+        old_hour,
+        [
+            "app.add queued 2 0 - - -",
+            "app.add running 2 0 - - -",
+            "app.add success 2 2 400.0 200.0 300.0",
+            "app.pay failure 1 1 50.0 50.0 50.0",
+            "app.pay queued 1 0 - - -",
+            "app.pay running 1 0 - - -",
+            "app.slow queued 1 0 - - -",
+            "app.slow running 1 0 - - -",
+        ]
+    );
+    // The daily roll-up has the same totals.
+    let daily: u64 = store
+        .column(&format!(
+            "SELECT sum(transitions)::VARCHAR FROM rollup_daily WHERE bucket = TIMESTAMP '{}'",
+            old.format("%Y-%m-%d 00:00:00")
+        ))
+        .await[0]
+        .parse()
+        .unwrap();
+    assert_eq!(daily, 11);
+    // Old samples: one per 5 minutes, the maximum of each bucket; recent ones untouched.
+    assert_eq!(
+        store
+            .column("SELECT length::VARCHAR FROM queue_samples ORDER BY sampled_at")
+            .await,
+        [
+            "59", "119", "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008",
+            "1009"
+        ]
+    );
+
+    // A second run finds nothing more to do and changes nothing.
+    let rollups = store.count("rollup_hourly").await;
+    let again = jobs::run(Job::Retention, &cx, now(), false).await.unwrap();
+    assert!(
+        again.detail.contains("deleted 0 tasks and 0 transitions"),
+        "{}",
+        again.detail
+    );
+    assert_eq!(store.count("rollup_hourly").await, rollups);
+    assert_eq!(store.count("queue_samples").await, 12);
+}
+
+#[tokio::test]
+async fn raw_rows_wait_for_their_rollup_and_aggregates_expire_after_their_retention() {
+    let store = Store::open();
+    // A short raw retention: yesterday's rows are past it, but today's hours that are not yet
+    // rolled up (the current hour, within the late-data grace) must stay.
+    let policy = Policy {
+        retention: std::time::Duration::from_secs(60),
+        sample_retention: std::time::Duration::from_secs(60),
+        aggregate_retention: std::time::Duration::from_secs(3 * 86_400),
+    };
+    let mut obs = lifecycle(
+        "a",
+        "app.add",
+        days_ago(5, 0),
+        Some(TaskEvent::Succeeded),
+        10.0,
+    );
+    obs.extend(lifecycle(
+        "b",
+        "app.add",
+        now() - Duration::minutes(5),
+        Some(TaskEvent::Succeeded),
+        10.0,
+    ));
+    store.observe(obs).await;
+    let cx = Context {
+        writer: &store.writer,
+        reader: &store.reader,
+        db_path: store.path.clone(),
+        policy: &policy,
+    };
+    jobs::run(Job::Retention, &cx, now(), false).await.unwrap();
+    // "a" rolled up and deleted; "b" finished 5 minutes ago: not rolled up yet, so kept.
+    assert_eq!(store.column("SELECT id FROM tasks").await, ["b"]);
+    // "a"'s roll-ups are 5 days old: past the 3-day aggregate retention, deleted too.
+    assert_eq!(store.count("rollup_hourly").await, 0);
+    assert_eq!(store.count("rollup_daily").await, 0);
+}
+
+#[tokio::test]
+async fn compaction_checkpoints_and_reports_the_file_size() {
+    let store = Store::open();
+    store
+        .observe(lifecycle(
+            "a",
+            "app.add",
+            days_ago(1, 0),
+            Some(TaskEvent::Succeeded),
+            1.0,
+        ))
+        .await;
+    let policy = policy();
+    let cx = Context {
+        writer: &store.writer,
+        reader: &store.reader,
+        db_path: store.path.clone(),
+        policy: &policy,
+    };
+    let report = jobs::run(Job::Compaction, &cx, now(), false).await.unwrap();
+    assert!(
+        report.detail.starts_with("checkpointed: "),
+        "{}",
+        report.detail
+    );
+    assert!(report.detail.contains(" -> "), "{}", report.detail);
+    // After a checkpoint the WAL is folded into the file.
+    assert!(report.detail.ends_with("blocks free"), "{}", report.detail);
+    let wal = std::fs::metadata(store.path.with_extension("duckdb.wal"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert_eq!(wal, 0, "the WAL is empty after FORCE CHECKPOINT");
+}
+
+#[tokio::test]
+async fn a_seconds_level_schedule_runs_every_job_repeatedly_without_overlap() {
+    let store = Store::open();
+    store
+        .observe(lifecycle(
+            "a",
+            "app.add",
+            days_ago(40, 0),
+            Some(TaskEvent::Succeeded),
+            1.0,
+        ))
+        .await;
+    let metrics = Arc::new(Metrics::default());
+    let settings = Settings {
+        default_schedule: Schedule::parse("* * * * * *").unwrap(),
+        job_schedules: BTreeMap::from([(
+            Job::Compaction,
+            Schedule::parse("*/2 * * * * *").unwrap(),
+        )]),
+        policy: policy(),
+    };
+    let plan = settings.plan();
+    assert_eq!(plan.len(), 2);
+    assert_eq!(plan[0].1, vec![Job::Rollup, Job::Retention]);
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    let task = super::spawn(
+        settings,
+        store.writer.clone(),
+        store.reader.clone(),
+        store.path.clone(),
+        metrics.clone(),
+        shutdown,
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let runs: BTreeMap<String, u64> = metrics
+            .housekeeping()
+            .into_iter()
+            .map(|r| (r.job, r.runs))
+            .collect();
+        if ["rollup", "retention", "compaction"]
+            .iter()
+            .all(|j| runs.get(*j).copied().unwrap_or(0) >= 2)
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "jobs did not run twice each within 30 s: {runs:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    task.abort();
+    // The 40-day-old task went at the first retention run, and every run was recorded.
+    assert_eq!(store.count("tasks").await, 0);
+    assert!(metrics
+        .housekeeping()
+        .iter()
+        .all(|r| r.error.is_none() && r.next_at.is_some()));
+    store.writer.flush().await.unwrap();
+    // Runs never overlap: each run starts after the previous one (of any job) ended.
+    let spans = store
+        .column(
+            "SELECT epoch_ms(started_at)::VARCHAR || ' ' || duration_ms::VARCHAR
+             FROM housekeeping_runs ORDER BY started_at",
+        )
+        .await;
+    let mut previous_end = f64::MIN;
+    for span in &spans {
+        let (start, duration) = span.split_once(' ').unwrap();
+        let (start, duration): (f64, f64) = (start.parse().unwrap(), duration.parse().unwrap());
+        assert!(start + 1.0 >= previous_end, "overlapping runs: {spans:?}");
+        previous_end = start + duration;
+    }
+}
+
+#[tokio::test]
+async fn ingestion_keeps_flowing_while_a_large_retention_delete_runs() {
+    let store = Store::open();
+    // 200k old finished tasks with two transitions each, planted directly.
+    store
+        .reader
+        .execute_for_test(
+            "INSERT INTO tasks (broker, id, queue, name, state, retries, updated_at, finished_at, runtime_ms)
+             SELECT 'celery', 'old-' || i, 'celery', 'app.add', 'success', 0,
+                    TIMESTAMP '2024-02-01 10:00:00' + INTERVAL (i % 3600) SECOND,
+                    TIMESTAMP '2024-02-01 10:00:00' + INTERVAL (i % 3600) SECOND, 5.0
+             FROM range(200000) t(i);
+             INSERT INTO transitions (broker, task_id, state, occurred_at, seq)
+             SELECT 'celery', 'old-' || i, s, TIMESTAMP '2024-02-01 10:00:00' + INTERVAL (i % 3600) SECOND, i * 2 + j
+             FROM range(200000) t(i), (VALUES ('running', 0), ('success', 1)) v(s, j);",
+        )
+        .await;
+    let policy = policy();
+    let writer = store.writer.clone();
+    let reader = store.reader.clone();
+    let path = store.path.clone();
+    let retention = tokio::spawn(async move {
+        let cx = Context {
+            writer: &writer,
+            reader: &reader,
+            db_path: path,
+            policy: &policy,
+        };
+        jobs::run(Job::Retention, &cx, now(), false).await.unwrap()
+    });
+    // Meanwhile, batches of new tasks keep arriving; count those committed before the
+    // retention finished, and the slowest flush.
+    let mut during = 0;
+    let mut slowest = std::time::Duration::ZERO;
+    let mut batch = 0;
+    while !retention.is_finished() {
+        let obs: Vec<Observation> = (0..50)
+            .flat_map(|i| {
+                lifecycle(
+                    &format!("new-{batch}-{i}"),
+                    "app.add",
+                    days_ago(0, -60_000),
+                    Some(TaskEvent::Succeeded),
+                    1.0,
+                )
+            })
+            .collect();
+        let started = std::time::Instant::now();
+        store.observe(obs).await;
+        slowest = slowest.max(started.elapsed());
+        if !retention.is_finished() {
+            during += 1;
+        }
+        batch += 1;
+    }
+    let report = retention.await.unwrap();
+    println!(
+        "retention: {}; {during} ingest batches committed meanwhile, slowest flush {slowest:?}",
+        report.detail
+    );
+    assert!(
+        report
+            .detail
+            .contains("deleted 200000 tasks and 400000 transitions"),
+        "{}",
+        report.detail
+    );
+    assert!(
+        during >= 3,
+        "ingestion must interleave with the delete chunks, got {during} batches during it"
+    );
+    assert_eq!(store.count("tasks").await, batch as u64 * 50);
+}
