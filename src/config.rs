@@ -121,6 +121,16 @@ pub struct ServeArgs {
     )]
     pub dramatiq_namespace: String,
 
+    /// RQ's key prefix: `rq:`, or what the application's `RQ_KEY_PREFIX` says (a missing `:`
+    /// is added).
+    #[arg(
+        long,
+        env = "TASKSCOPE_RQ_PREFIX",
+        default_value = "rq:",
+        value_name = "PREFIX"
+    )]
+    pub rq_prefix: String,
+
     /// How often the reconciliation pass re-reads queues, in-flight messages and open tasks'
     /// results (catching what notifications cannot carry).
     #[arg(long, env = "TASKSCOPE_RECONCILE_EVERY", default_value = "5s", value_parser = parse_duration, value_name = "DUR")]
@@ -164,13 +174,14 @@ pub struct ServeSettings {
     /// `None` when the results live in the watched Redis database itself.
     pub celery_result_url: Option<String>,
     pub dramatiq_namespace: String,
+    pub rq_prefix: String,
     pub reconcile_every: Duration,
     pub poll_every: Duration,
     pub rescan_every: Duration,
 }
 
 /// Brokers with an adapter in this version.
-pub const AVAILABLE_BROKERS: [Broker; 2] = [Broker::Celery, Broker::Dramatiq];
+pub const AVAILABLE_BROKERS: [Broker; 3] = [Broker::Celery, Broker::Dramatiq, Broker::Rq];
 
 impl ServeArgs {
     pub fn into_settings(self) -> Result<ServeSettings, UsageError> {
@@ -212,6 +223,7 @@ impl ServeArgs {
             celery_queues,
             celery_result_url,
             dramatiq_namespace: self.dramatiq_namespace,
+            rq_prefix: self.rq_prefix,
             reconcile_every: self.reconcile_every,
             poll_every: self.poll_every,
             rescan_every: self.rescan_every,
@@ -237,7 +249,7 @@ fn parse_brokers(list: &str) -> Result<Vec<Broker>, UsageError> {
             })?;
         if !AVAILABLE_BROKERS.contains(&broker) {
             return Err(UsageError(format!(
-                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto, celery or dramatiq"
+                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto, celery, dramatiq or rq"
             )));
         }
         if !brokers.contains(&broker) {
@@ -394,7 +406,7 @@ mod tests {
     fn brokers_list_is_checked() {
         assert_eq!(
             parse_brokers("auto").unwrap(),
-            vec![Broker::Celery, Broker::Dramatiq]
+            vec![Broker::Celery, Broker::Dramatiq, Broker::Rq]
         );
         assert_eq!(
             parse_brokers("celery, celery").unwrap(),

@@ -18,6 +18,7 @@ mod store;
 use anyhow::Context;
 use broker_adapters::celery::{CeleryAdapter, CeleryConfig};
 use broker_adapters::dramatiq::{DramatiqAdapter, DramatiqConfig};
+use broker_adapters::rq::{RqAdapter, RqConfig};
 use broker_adapters::{Adapter, Broker};
 use clap::Parser;
 use config::{Cli, Command, ServeSettings, UsageError};
@@ -88,6 +89,9 @@ fn build_adapters(settings: &ServeSettings) -> Vec<Box<dyn Adapter>> {
                 })),
                 Broker::Dramatiq => Box::new(DramatiqAdapter::new(DramatiqConfig {
                     namespace: settings.dramatiq_namespace.clone(),
+                })),
+                Broker::Rq => Box::new(RqAdapter::new(RqConfig {
+                    prefix: settings.rq_prefix.clone(),
                 })),
                 // config::parse_brokers only lets through brokers of AVAILABLE_BROKERS.
                 other => unreachable!("no adapter for {other}"),

@@ -5,7 +5,7 @@
 //! - [`adapter`]: the sans-I/O seam: what an adapter asks Redis for and what it gets back.
 //! - [`state`]: the one state machine every broker shares, and the abandon sweep.
 //! - [`codec`]: payload helpers every adapter needs (JSON, msgpack, base64, pickle).
-//! - one module per broker: [`celery`].
+//! - one module per broker: [`celery`], [`dramatiq`], [`rq`].
 //!
 //! # Invariant
 //! Nothing in this crate does I/O or reads the clock: bytes and `now` in, observations out. That
@@ -17,6 +17,7 @@ pub mod codec;
 pub mod dramatiq;
 pub mod model;
 mod pickle_guard;
+pub mod rq;
 pub mod state;
 
 pub use adapter::{Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, ReadRequest, Reply};

@@ -1,0 +1,1 @@
+//! Unit tests of the RQ adapter on synthetic replies.
