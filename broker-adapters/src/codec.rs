@@ -151,6 +151,19 @@ pub fn pickle_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
     Ok(pickle_value_to_json(value))
 }
 
+/// [`pickle_to_json`] that refuses a pickle naming any class (a user's class, `datetime`,
+/// `Decimal`...): for callers that must show arguments exactly or not at all.
+pub fn pickle_to_json_strict(bytes: &[u8]) -> Result<Value, CodecError> {
+    crate::pickle_guard::check_depth(bytes, MAX_DEPTH)
+        .map_err(|refused| CodecError::Pickle(refused.to_string()))?;
+    let opts = serde_pickle::DeOptions::new()
+        .replace_recursive_structures()
+        .decode_strings();
+    let value = serde_pickle::value_from_slice(bytes, opts)
+        .map_err(|e| CodecError::Pickle(e.to_string()))?;
+    Ok(pickle_value_to_json(value))
+}
+
 fn pickle_value_to_json(v: serde_pickle::Value) -> Value {
     use serde_pickle::{HashableValue as H, Value as P};
     fn key_string(k: H) -> String {

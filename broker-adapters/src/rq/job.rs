@@ -208,8 +208,19 @@ pub fn decompress_text(bytes: &[u8]) -> String {
     }
 }
 
+/// A serializer's output as JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// Plain data (numbers, strings, lists, dicts...): shown as is.
+    Exact(Value),
+    /// A pickle naming classes taskscope cannot know (a custom class, `datetime`, `Decimal`):
+    /// its structure, with the objects replaced by what they pickled. Good enough to find the
+    /// function name; not shown as arguments or results.
+    WithClasses(Value),
+}
+
 /// A serializer's output (pickle or JSON), sniffed: pickle protocol 2+ starts with `0x80`.
-pub fn deserialize(bytes: &[u8]) -> Result<Value, String> {
+pub fn deserialize(bytes: &[u8]) -> Result<Decoded, String> {
     let json_like = bytes
         .iter()
         .find(|b| !b.is_ascii_whitespace())
@@ -220,17 +231,28 @@ pub fn deserialize(bytes: &[u8]) -> Result<Value, String> {
             )
         });
     if bytes.first() == Some(&0x80) || !json_like {
-        codec::pickle_to_json(bytes).map_err(|e| e.to_string())
+        match codec::pickle_to_json_strict(bytes) {
+            Ok(v) => Ok(Decoded::Exact(v)),
+            Err(strict) => codec::pickle_to_json(bytes)
+                .map(Decoded::WithClasses)
+                .map_err(|_| strict.to_string()),
+        }
     } else {
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid JSON: {e}"))
+        serde_json::from_slice(bytes)
+            .map(Decoded::Exact)
+            .map_err(|e| format!("invalid JSON: {e}"))
     }
 }
 
 /// Decodes `data`: zlib (older RQ stored it raw), then the serializer, then the
-/// `(func_name, instance, args, kwargs)` tuple.
+/// `(func_name, instance, args, kwargs)` tuple. Arguments holding objects of classes come out
+/// as `None` (the function name is still known).
 pub fn decode_data(bytes: &[u8]) -> Result<Call, JobError> {
     let plain = codec::decompress("zlib", bytes).unwrap_or_else(|_| bytes.to_vec());
-    let value = deserialize(&plain).map_err(JobError::Data)?;
+    let (value, exact) = match deserialize(&plain).map_err(JobError::Data)? {
+        Decoded::Exact(v) => (v, true),
+        Decoded::WithClasses(v) => (v, false),
+    };
     let Value::Array(mut parts) = value else {
         return Err(JobError::Data(
             "not a (func_name, instance, args, kwargs) tuple".into(),
@@ -248,6 +270,13 @@ pub fn decode_data(bytes: &[u8]) -> Result<Call, JobError> {
         Some(Value::String(s)) => Some(s.clone()),
         _ => None,
     };
+    if !exact {
+        return Ok(Call {
+            name,
+            args: None,
+            kwargs: None,
+        });
+    }
     let args = match args {
         Value::Array(_) => Some(args),
         Value::Null => None,

@@ -12,7 +12,9 @@
 //!   stream `<p>results:<id>`;
 //! - `retried`: a job waiting again (`queued` or `scheduled`) after an attempt started: RQ's
 //!   `Retry` keeps the job id. Retries are counted from `number_of_retries` (a job that returned
-//!   `Retry`), from `retries_left` going down, and from the distinct `started_at` of attempts;
+//!   `Retry`) and from `retries_left` going down (from the highest value seen); a job waiting
+//!   again with a `started_at` has been retried at least once. (`started_at` cannot tell
+//!   attempts apart: RQ writes it twice per attempt, with different times.)
 //! - `abandoned`: by the shared sweep, from worker heartbeats (see [`worker`]); RQ's own
 //!   cleanup of a dead worker's job later moves it to `failed` (`AbandonedJobError`) or retries
 //!   it, which taskscope follows;
@@ -41,8 +43,6 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 const PAGE: i64 = 500;
 /// Jobs remembered (decoded call, retry counting); older ones are decoded again when seen.
 const KNOWN_CAPACITY: usize = 200_000;
-/// Distinct attempt starts remembered per job.
-const STARTS_PER_JOB: usize = 32;
 /// A worker hash is read at most this often on notifications (every job writes it 3-4 times).
 const WORKER_READ_EVERY: Duration = Duration::seconds(1);
 
@@ -70,8 +70,6 @@ struct JobMemo {
     retries: u32,
     /// The highest `retries_left` seen (the `Retry(max=...)` it was enqueued with, if seen).
     first_retries_left: Option<u32>,
-    /// Distinct `started_at` values seen: one per attempt.
-    starts: Vec<String>,
     /// What the last observation was made of: a read that changes nothing emits nothing.
     fingerprint: Option<String>,
 }
@@ -333,18 +331,10 @@ impl RqAdapter {
             memo.first_retries_left = Some(first);
             retries = retries.max(first - left);
         }
-        if let Some(start) = &record.started_at_raw {
-            if !memo.starts.contains(start) && memo.starts.len() < STARTS_PER_JOB {
-                memo.starts.push(start.clone());
-            }
-            let attempts_started = memo.starts.len() as u32;
-            let ended = if record.status.is_waiting() {
-                // Waiting again after an attempt: every start seen was a failed attempt.
-                attempts_started
-            } else {
-                attempts_started.saturating_sub(1)
-            };
-            retries = retries.max(ended);
+        if record.status.is_waiting() && record.started_at.is_some() {
+            // Waiting again after an attempt ran: at least one retry, even when the reads
+            // that would tell how many were missed.
+            retries = retries.max(1);
         }
         memo.retries = retries;
         retries

@@ -120,7 +120,9 @@ pub fn decode_entry(entry: Reply) -> Result<ResultEntry, ResultError> {
                     .map_err(|e| e.to_string())
                     .and_then(|bytes| super::job::deserialize(&bytes))
                 {
-                    Ok(v) => entry.return_value = Some(v),
+                    Ok(super::job::Decoded::Exact(v)) => entry.return_value = Some(v),
+                    // An object of a class: not shown, not an error either.
+                    Ok(super::job::Decoded::WithClasses(_)) => {}
                     Err(_) => entry.return_value_undecodable = true,
                 }
             }
