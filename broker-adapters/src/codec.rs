@@ -151,17 +151,13 @@ pub fn pickle_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
     Ok(pickle_value_to_json(value))
 }
 
-/// [`pickle_to_json`] that refuses a pickle naming any class (a user's class, `datetime`,
-/// `Decimal`...): for callers that must show arguments exactly or not at all.
-pub fn pickle_to_json_strict(bytes: &[u8]) -> Result<Value, CodecError> {
-    crate::pickle_guard::check_depth(bytes, MAX_DEPTH)
+/// [`pickle_to_json`], also telling whether the pickle names any global (an object of a user's
+/// class, `datetime`, `Decimal`...): then the JSON holds the objects' pickled state in their
+/// place, which callers that must show values exactly may prefer not to show.
+pub fn pickle_to_json_checked(bytes: &[u8]) -> Result<(Value, bool), CodecError> {
+    let scanned = crate::pickle_guard::scan(bytes, MAX_DEPTH)
         .map_err(|refused| CodecError::Pickle(refused.to_string()))?;
-    let opts = serde_pickle::DeOptions::new()
-        .replace_recursive_structures()
-        .decode_strings();
-    let value = serde_pickle::value_from_slice(bytes, opts)
-        .map_err(|e| CodecError::Pickle(e.to_string()))?;
-    Ok(pickle_value_to_json(value))
+    Ok((pickle_to_json(bytes)?, scanned.names_globals))
 }
 
 fn pickle_value_to_json(v: serde_pickle::Value) -> Value {

@@ -32,7 +32,7 @@ def _mark_started():
         Path(marker_dir, f"{job.id}.started").touch()
 
 
-def add(x, y):
+def add(x, y, note=None):
     return x + y
 
 

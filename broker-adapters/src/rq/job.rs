@@ -231,11 +231,10 @@ pub fn deserialize(bytes: &[u8]) -> Result<Decoded, String> {
             )
         });
     if bytes.first() == Some(&0x80) || !json_like {
-        match codec::pickle_to_json_strict(bytes) {
-            Ok(v) => Ok(Decoded::Exact(v)),
-            Err(strict) => codec::pickle_to_json(bytes)
-                .map(Decoded::WithClasses)
-                .map_err(|_| strict.to_string()),
+        match codec::pickle_to_json_checked(bytes) {
+            Ok((v, false)) => Ok(Decoded::Exact(v)),
+            Ok((v, true)) => Ok(Decoded::WithClasses(v)),
+            Err(e) => Err(e.to_string()),
         }
     } else {
         serde_json::from_slice(bytes)

@@ -752,6 +752,3 @@ impl Adapter for RqAdapter {
         }
     }
 }
-
-#[cfg(test)]
-mod tests;
