@@ -393,3 +393,49 @@ proptest! {
         let _ = result::decode_latest(entry);
     }
 }
+
+#[test]
+fn a_worker_that_registered_its_death_is_offline() {
+    let mut a = RqAdapter::new(RqConfig::default());
+    let mut w = hash("worker_busy.json");
+    w.push(("death".into(), b"2026-11-23T16:30:00.000000Z".to_vec()));
+    let t = now();
+    let reads = a.on_key_event("rq:worker:w9", "hset", t);
+    a.on_reply(&reads[0], Reply::Int(59_000), t);
+    let out = a.on_reply(&reads[1], hmget_reply(&reads[1], &w), t);
+    let Some(Observation::Worker(obs)) = out.observations.last() else {
+        panic!("{:?}", out.observations)
+    };
+    assert_eq!(obs.event, WorkerEvent::Offline);
+    assert_eq!(obs.id, "w9");
+}
+
+#[test]
+fn a_job_hash_left_with_only_a_heartbeat_is_not_a_decode_error() {
+    let mut a = RqAdapter::new(RqConfig::default());
+    let reads = a.on_key_event("rq:job:raced", "hset", now());
+    let h = vec![(
+        "last_heartbeat".to_string(),
+        b"2026-11-23T16:30:00.000000Z".to_vec(),
+    )];
+    let out = a.on_reply(&reads[0], hmget_reply(&reads[0], &h), now());
+    assert!(out.decode_errors.is_empty(), "{:?}", out.decode_errors);
+    assert!(out.observations.is_empty());
+}
+
+#[test]
+fn keys_under_another_prefix_are_ignored_and_a_custom_prefix_is_followed() {
+    let mut a = RqAdapter::new(RqConfig {
+        prefix: "shop".into(),
+    });
+    assert!(a.on_key_event("rq:job:x", "hset", now()).is_empty());
+    let reads = a.on_key_event("shop:job:x", "hset", now());
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0].key(), "shop:job:x");
+    let out = a.on_reply(
+        &reads[0],
+        hmget_reply(&reads[0], &hash("job_pickle_queued.json")),
+        now(),
+    );
+    assert_eq!(tasks(&out)[0].fields.name.as_deref(), Some("rq_app.add"));
+}

@@ -13,7 +13,7 @@ use serde_json::Value;
 
 /// The fields read with every HMGET of a job hash, in this order; `data` is appended when the
 /// call has not been decoded yet.
-pub const JOB_FIELDS: [&str; 12] = [
+pub const JOB_FIELDS: [&str; 13] = [
     "status",
     "origin",
     "description",
@@ -26,6 +26,7 @@ pub const JOB_FIELDS: [&str; 12] = [
     "retries_left",
     "number_of_retries",
     "exc_info",
+    "result",
 ];
 
 /// The field holding the serialized call.
@@ -132,6 +133,9 @@ pub struct JobRecord {
     /// The legacy `exc_info` field (zlib text); RQ >= 1.12 keeps the traceback in the results
     /// stream instead.
     pub exc_info: Option<String>,
+    /// The legacy `result` field (the serializer's bytes of the return value), when present and
+    /// plain data; RQ >= 1.12 keeps results in the results stream instead.
+    pub legacy_result: Option<Value>,
     /// `None` when `data` was not read; `Some(Err)` when it was but did not decode.
     pub call: Option<Result<Call, JobError>>,
 }
@@ -175,7 +179,18 @@ pub fn decode(fields: &[String], values: &[Reply]) -> Result<Option<JobRecord>, 
             .and_then(|i| values.get(i))
             .unwrap_or(&Reply::Nil)
     };
-    let status_text = text(get("status")).ok_or(JobError::NoStatus)?;
+    let Some(status_text) = text(get("status")) else {
+        // RQ's heartbeat can race the deletion of a job (`result_ttl=0`) and leave a hash with
+        // only `last_heartbeat`, which it deletes at once: not a job.
+        let job_like = ["origin", "description", DATA_FIELD]
+            .iter()
+            .any(|f| !matches!(get(f), Reply::Nil));
+        return if job_like {
+            Err(JobError::NoStatus)
+        } else {
+            Ok(None)
+        };
+    };
     let status =
         JobStatus::parse(&status_text).ok_or_else(|| JobError::UnknownStatus(status_text))?;
     let call = get(DATA_FIELD).as_bytes().map(decode_data);
@@ -196,6 +211,10 @@ pub fn decode(fields: &[String], values: &[Reply]) -> Result<Option<JobRecord>, 
             .as_bytes()
             .map(decompress_text)
             .filter(|t| !t.trim().is_empty()),
+        legacy_result: get("result").as_bytes().and_then(|b| match deserialize(b) {
+            Ok(Decoded::Exact(v)) => Some(v),
+            _ => None,
+        }),
         call,
     }))
 }

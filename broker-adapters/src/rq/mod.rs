@@ -145,11 +145,21 @@ impl RqAdapter {
         }
     }
 
+    /// The first page of a registry (lowest scores: the jobs due or expiring first).
     fn page(key: String) -> ReadRequest {
         ReadRequest::ZRangeWithScores {
             key,
             start: 0,
             stop: PAGE - 1,
+        }
+    }
+
+    /// The last page of a registry scored by expiry (highest scores: the newest jobs).
+    fn newest(key: String) -> ReadRequest {
+        ReadRequest::ZRangeWithScores {
+            key,
+            start: -PAGE,
+            stop: -1,
         }
     }
 
@@ -167,20 +177,19 @@ impl RqAdapter {
         ]
     }
 
-    /// Reads of a queue's waiting list and registries that find jobs not known yet.
+    /// Reads of a queue's waiting list and registries that find jobs not known yet (what
+    /// notifications missed, and all there is when taskscope polls).
     fn queue_reads(&self, queue: &str) -> Vec<ReadRequest> {
         let mut reads = vec![ReadRequest::LRange {
             key: self.layout.queue(queue),
             start: 0,
             stop: PAGE - 1,
         }];
-        for registry in [
-            Registry::Started,
-            Registry::Scheduled,
-            Registry::Deferred,
-            Registry::Failed,
-        ] {
+        for registry in [Registry::Started, Registry::Scheduled, Registry::Deferred] {
             reads.push(Self::page(self.layout.registry(registry, queue)));
+        }
+        for registry in [Registry::Finished, Registry::Failed, Registry::Canceled] {
+            reads.push(Self::newest(self.layout.registry(registry, queue)));
         }
         reads
     }
@@ -588,6 +597,9 @@ fn observe(
             }
         }
         _ => {}
+    }
+    if record.status == JobStatus::Finished {
+        f.result = record.legacy_result.clone();
     }
     match record.status {
         JobStatus::Failed => {
