@@ -439,3 +439,33 @@ fn keys_under_another_prefix_are_ignored_and_a_custom_prefix_is_followed() {
     );
     assert_eq!(tasks(&out)[0].fields.name.as_deref(), Some("rq_app.add"));
 }
+
+#[test]
+fn rq_cleanup_of_a_dead_workers_job_is_an_abandoned_job_error() {
+    use std::io::Write;
+    let text = "Moved to FailedJobRegistry, due to AbandonedJobError, at 2026-11-23 16:30:00";
+    let mut enc = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    enc.write_all(text.as_bytes()).unwrap();
+    let b64 = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        enc.finish().unwrap(),
+    );
+    let entry = Reply::Array(vec![Reply::Array(vec![
+        Reply::Bytes(b"1795450625319-0".to_vec()),
+        Reply::Array(vec![
+            Reply::Bytes(b"type".to_vec()),
+            Reply::Bytes(b"2".to_vec()),
+            Reply::Bytes(b"worker_name".to_vec()),
+            Reply::Bytes(Vec::new()),
+            Reply::Bytes(b"exc_string".to_vec()),
+            Reply::Bytes(b64.into_bytes()),
+        ]),
+    ])]);
+    let e = result::decode_latest(entry).unwrap().unwrap();
+    assert_eq!(e.kind, result::ResultType::Failed);
+    assert_eq!(e.worker_name, None);
+    assert_eq!(
+        e.error_line().unwrap(),
+        format!("AbandonedJobError: {text}")
+    );
+}

@@ -57,11 +57,17 @@ pub struct ResultEntry {
 }
 
 impl ResultEntry {
-    /// The traceback's last line (`ValueError: card declined 3`), the contract's `error`.
+    /// The traceback's last line (`ValueError: card declined 3`), the contract's `error`. RQ's
+    /// cleanup of a dead worker's job writes a sentence instead of a traceback
+    /// (`Moved to FailedJobRegistry, due to AbandonedJobError, at ...`): it becomes
+    /// `AbandonedJobError: Moved to ...`.
     pub fn error_line(&self) -> Option<String> {
-        self.traceback
-            .as_deref()
-            .and_then(codec::error_line_from_traceback)
+        let tb = self.traceback.as_deref()?;
+        let line = codec::error_line_from_traceback(tb)?;
+        if !tb.trim_start().starts_with("Traceback") && line.contains("AbandonedJobError") {
+            return Some(format!("AbandonedJobError: {line}"));
+        }
+        Some(line)
     }
 }
 
