@@ -191,8 +191,7 @@ pub fn decode(fields: &[String], values: &[Reply]) -> Result<Option<JobRecord>, 
             Ok(None)
         };
     };
-    let status =
-        JobStatus::parse(&status_text).ok_or_else(|| JobError::UnknownStatus(status_text))?;
+    let status = JobStatus::parse(&status_text).ok_or(JobError::UnknownStatus(status_text))?;
     let call = get(DATA_FIELD).as_bytes().map(decode_data);
     Ok(Some(JobRecord {
         status,
