@@ -416,3 +416,73 @@ fn rq_custom_key_prefix_is_followed() {
     assert_common(&t, &ids[0], "rq_app.add", "default");
     assert_ran_on(&t, &worker);
 }
+
+#[test]
+fn rq_polling_without_keyspace_notifications_sees_every_outcome() {
+    let _slot = test_slot();
+    // Redis starts with notify-keyspace-events "" and --no-config-set forbids changing it.
+    let w = World::new(&["--no-config-set", "--poll-every", "500ms"]);
+    let worker = w.worker(&["default"], &[]);
+    let adds = w.produce("add", 20, &on("default"));
+    let fails = w.produce("fail", 2, &on("default"));
+    for (i, id) in adds.iter().enumerate() {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_eq!(t["result"], json!(2 * i + 1), "{t}");
+        assert_eq!(t["worker"], worker.name.as_str(), "{t}");
+        assert!(t["started_at"].is_string(), "{t}");
+    }
+    for id in &fails {
+        let t = w.ts.wait_task(id, "failure with its error", LONG, |t| {
+            t["state"] == "failure" && t["error"].is_string()
+        });
+        assert!(
+            t["error"]
+                .as_str()
+                .unwrap_or_default()
+                .starts_with("ValueError: card declined"),
+            "{t}"
+        );
+    }
+}
+
+#[test]
+fn rq_jobs_that_ran_while_taskscope_was_down_are_found_after_its_restart() {
+    let _slot = test_slot();
+    let mut w = World::new(&[]);
+    let worker = w.worker(&["default"], &[]);
+    let first = w.produce("add", 1, &on("default"));
+    w.ts.wait_state(&first[0], "success", LONG);
+    let slow = w.produce(
+        "slow",
+        1,
+        &RqProduceOpts {
+            seconds: Some(1.5),
+            ..on("default")
+        },
+    );
+    w.ts.wait_state(&slow[0], "running", SHORT);
+    w.ts.kill();
+    // While it is down: the running job finishes, others run from start to end.
+    let during = w.produce("add", 3, &on("default"));
+    wait_for("the jobs to finish in RQ", SHORT, || {
+        let done = during.iter().chain(&slow).all(|id| {
+            w.redis
+                .cli(&["HGET", &format!("rq:job:{id}"), "status"])
+                .trim()
+                == "finished"
+        });
+        if done {
+            Ok(())
+        } else {
+            Err("not all finished".into())
+        }
+    });
+    w.ts.restart();
+    let t = w.ts.wait_state(&slow[0], "success", LONG);
+    assert_ran_on(&t, &worker);
+    for id in &during {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_ran_on(&t, &worker);
+        assert!(t["args"].is_array(), "{t}");
+    }
+}

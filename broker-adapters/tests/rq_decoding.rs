@@ -131,9 +131,13 @@ fn finished_job_succeeds_and_its_results_entry_gives_the_return_value() {
     let mut a = RqAdapter::new(RqConfig::default());
     let out = read_job(&mut a, "job-f", "job_pickle_finished.json", now());
     let t = tasks(&out);
-    assert_eq!(t[0].event, TaskEvent::Succeeded);
-    assert!(t[0].fields.worker.is_some());
-    assert!(t[0].fields.runtime_ms.is_some());
+    // First seen finished: its start too, then its outcome.
+    assert_eq!(t.len(), 2, "{t:?}");
+    assert_eq!(t[0].event, TaskEvent::Running);
+    assert!(t[0].fields.started_at.is_some());
+    assert_eq!(t[1].event, TaskEvent::Succeeded);
+    assert!(t[1].fields.worker.is_some());
+    assert!(t[1].fields.runtime_ms.is_some());
     let results = out
         .follow_up
         .iter()
@@ -150,7 +154,7 @@ fn finished_job_succeeds_and_its_results_entry_gives_the_return_value() {
 fn failed_job_gives_the_error_line_and_traceback_from_its_results_entry() {
     let mut a = RqAdapter::new(RqConfig::default());
     let out = read_job(&mut a, "job-x", "job_failed.json", now());
-    assert_eq!(tasks(&out)[0].event, TaskEvent::Failed);
+    assert_eq!(tasks(&out).last().unwrap().event, TaskEvent::Failed);
     let read = ReadRequest::XRevRange {
         key: "rq:results:job-x".into(),
         count: 1,

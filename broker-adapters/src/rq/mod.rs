@@ -323,6 +323,24 @@ impl RqAdapter {
             JobStatus::Finished | JobStatus::Failed | JobStatus::Stopped
         ) {
             out.follow_up.push(self.results_read(id));
+            if let Some(started) = record.started_at {
+                // The attempt's start, for a job first seen finished (polling, a restart): it
+                // only fills what is unknown when the start was seen already.
+                let mut ran = TaskObservation::new(
+                    Broker::Rq,
+                    id,
+                    started.min(obs.at),
+                    TaskEvent::Running,
+                    "job started",
+                );
+                ran.attempt = obs.attempt;
+                ran.fields.queue = obs.fields.queue.clone();
+                ran.fields.name = obs.fields.name.clone();
+                ran.fields.worker = record.worker_name.clone();
+                ran.fields.started_at = Some(started);
+                ran.fields.enqueued_at = obs.fields.enqueued_at;
+                out.observations.push(Observation::Task(ran));
+            }
         }
         out.observations.push(Observation::Task(obs));
         out
