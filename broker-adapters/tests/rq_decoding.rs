@@ -473,3 +473,99 @@ fn rq_cleanup_of_a_dead_workers_job_is_an_abandoned_job_error() {
         format!("AbandonedJobError: {text}")
     );
 }
+
+#[test]
+fn a_worker_name_reused_by_a_new_process_seen_late_reports_no_pid() {
+    let mut a = RqAdapter::new(RqConfig::default());
+    let w = hash("worker_busy.json");
+    let birth: DateTime<Utc> = std::str::from_utf8(field(&w, "birth").unwrap())
+        .unwrap()
+        .parse()
+        .unwrap();
+    let read = |a: &mut RqAdapter, h: &[(String, Vec<u8>)], at: DateTime<Utc>| {
+        let reads = a.on_key_event("rq:worker:fixed", "hset", at);
+        a.on_reply(&reads[0], Reply::Int(80_000), at);
+        a.on_reply(&reads[1], hmget_reply(&reads[1], h), at)
+    };
+    let pids = |out: &Output| -> Vec<Option<u32>> {
+        out.observations
+            .iter()
+            .filter_map(|o| match o {
+                Observation::Worker(w) => Some(w.pid),
+                _ => None,
+            })
+            .collect()
+    };
+    let out = read(&mut a, &w, birth + Duration::seconds(1));
+    assert!(pids(&out).iter().all(Option::is_some));
+    // The same name, a new process born a minute later, first read 10 s after its birth.
+    let mut reborn = w.clone();
+    let later = birth + Duration::seconds(60);
+    for (k, v) in reborn.iter_mut() {
+        match k.as_str() {
+            "birth" | "last_heartbeat" => *v = later.to_rfc3339().into_bytes(),
+            "pid" => *v = b"4242".to_vec(),
+            _ => {}
+        }
+    }
+    let out = read(&mut a, &reborn, later + Duration::seconds(10));
+    assert!(!pids(&out).is_empty());
+    assert!(
+        pids(&out).iter().all(Option::is_none),
+        "{:?}",
+        out.observations
+    );
+    // Seen promptly instead: the new pid is reported.
+    let mut b = RqAdapter::new(RqConfig::default());
+    read(&mut b, &w, birth + Duration::seconds(1));
+    let out = read(&mut b, &reborn, later + Duration::milliseconds(300));
+    assert!(pids(&out).contains(&Some(4242)), "{:?}", out.observations);
+}
+
+proptest! {
+    /// Job and worker hashes with any times (far future, far past, Unix seconds, junk) and any
+    /// status: no panic, whatever the arithmetic on them.
+    #[test]
+    fn extreme_times_never_panic(
+        times in proptest::collection::vec(prop_oneof![
+            Just("+262143-12-31T23:59:59Z".to_string()),
+            Just("-262143-01-01T00:00:00Z".to_string()),
+            Just("9999-12-31T23:59:59.999999Z".to_string()),
+            Just("0001-01-01T00:00:00Z".to_string()),
+            "[0-9]{1,12}(\\.[0-9]{1,6})?",
+            ".{0,20}",
+        ], 8),
+        status in prop_oneof![
+            Just("queued"), Just("started"), Just("finished"), Just("failed"),
+            Just("scheduled"), Just("deferred"), Just("stopped"), Just("canceled"), Just("x"),
+        ],
+        pttl in any::<i64>(),
+    ) {
+        let t = now();
+        let mut a = RqAdapter::new(RqConfig::default());
+        let mut h = hash("job_started.json");
+        let names = ["created_at", "enqueued_at", "started_at", "ended_at", "last_heartbeat"];
+        for (k, v) in h.iter_mut() {
+            if let Some(i) = names.iter().position(|n| n == k) {
+                *v = times[i].clone().into_bytes();
+            }
+            if k == "status" {
+                *v = status.as_bytes().to_vec();
+            }
+        }
+        let reads = a.on_key_event("rq:job:j", "hset", t);
+        let _ = a.on_reply(&reads[0], hmget_reply(&reads[0], &h), t);
+        let mut w = hash("worker_busy.json");
+        for (k, v) in w.iter_mut() {
+            match k.as_str() {
+                "birth" => *v = times[5].clone().into_bytes(),
+                "last_heartbeat" => *v = times[6].clone().into_bytes(),
+                _ => {}
+            }
+        }
+        w.push(("death".into(), times[7].clone().into_bytes()));
+        let reads = a.on_key_event("rq:worker:w", "hset", t);
+        let _ = a.on_reply(&reads[0], Reply::Int(pttl), t);
+        let _ = a.on_reply(&reads[1], hmget_reply(&reads[1], &w), t);
+    }
+}

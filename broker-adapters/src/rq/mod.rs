@@ -84,12 +84,13 @@ pub struct RqAdapter {
     etas: HashMap<String, DateTime<Utc>>,
     /// Worker names from `<p>workers`.
     workers: BTreeSet<String>,
-    /// Workers already announced with their birth (so the store knows since when they run).
-    workers_born: HashSet<String>,
+    /// Per worker, the birth of the process last announced, and whether its pid is reported
+    /// (see [`RqAdapter::on_worker`]).
+    workers_born: HashMap<String, (Option<DateTime<Utc>>, bool)>,
     /// When each worker was last read on a notification.
     worker_read_at: HashMap<String, DateTime<Utc>>,
-    /// `PTTL` of worker keys read just before their hash, by worker name.
-    worker_pttl: HashMap<String, i64>,
+    /// When worker keys expire, from the `PTTL` read just before their hash, by worker name.
+    worker_expiry: HashMap<String, DateTime<Utc>>,
     /// Jobs asked for by reconciliation: a hash found gone settles them.
     reconciling: HashSet<String>,
     /// Per queue: (length, delayed, dead, running) of the current sampling round.
@@ -105,9 +106,9 @@ impl RqAdapter {
             known_order: VecDeque::new(),
             etas: HashMap::new(),
             workers: BTreeSet::new(),
-            workers_born: HashSet::new(),
+            workers_born: HashMap::new(),
             worker_read_at: HashMap::new(),
-            worker_pttl: HashMap::new(),
+            worker_expiry: HashMap::new(),
             reconciling: HashSet::new(),
             sampling: None,
         }
@@ -417,19 +418,39 @@ impl RqAdapter {
     }
 
     /// `PTTL` then HMGET of a worker hash.
+    ///
+    /// The pid tells the store that a worker name now belongs to a new process (the tasks of
+    /// the old one are then abandoned as "restarted"), from the moment it is first seen. That
+    /// is right when the new process is seen as it starts (its `birth` notification); seen
+    /// later (polling, a restart of taskscope), the jobs it started meanwhile would look older
+    /// than it, so its pid is not reported and the old process's jobs are left to silence and
+    /// to RQ's own cleanup.
     fn on_worker(&mut self, name: &str, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
-        let pttl = self.worker_pttl.remove(name);
+        let expires_at = self.worker_expiry.remove(name);
         let Some(record) = worker::decode(&reply.into_items()) else {
             // Expired (its heartbeats stopped) or deleted: silence, judged by the sweep.
             return out;
         };
+        let first_sight = match self.workers_born.get(name) {
+            None => true,
+            Some((birth, _)) => *birth != record.birth,
+        };
+        if first_sight {
+            let known_name = self.workers_born.contains_key(name);
+            let prompt = record
+                .birth
+                .is_some_and(|b| now - b <= WORKER_READ_EVERY * 2);
+            self.workers_born
+                .insert(name.to_string(), (record.birth, !known_name || prompt));
+        }
+        let with_pid = self.workers_born.get(name).is_some_and(|(_, p)| *p);
         let observation = |at: DateTime<Utc>, event: WorkerEvent| {
             Observation::Worker(WorkerObservation {
                 broker: Broker::Rq,
                 id: name.to_string(),
                 hostname: record.hostname.clone(),
-                pid: record.pid,
+                pid: if with_pid { record.pid } else { None },
                 at,
                 event,
                 active: None,
@@ -437,18 +458,16 @@ impl RqAdapter {
             })
         };
         if let Some(death) = record.death {
-            self.workers_born.remove(name);
             out.observations
                 .push(observation(death.min(now), WorkerEvent::Offline));
             return out;
         }
-        if let Some(birth) = record.birth {
-            if self.workers_born.insert(name.to_string()) {
-                out.observations
-                    .push(observation(birth.min(now), WorkerEvent::Heartbeat));
-            }
+        if let (true, Some(birth)) = (first_sight, record.birth) {
+            // A new row starts at the birth: tasks it started are not older than it.
+            out.observations
+                .push(observation(birth.min(now), WorkerEvent::Heartbeat));
         }
-        if let Some(at) = record.alive_at(now, pttl) {
+        if let Some(at) = record.alive_at(now, expires_at) {
             out.observations
                 .push(observation(at, WorkerEvent::Heartbeat));
         }
@@ -717,11 +736,19 @@ impl Adapter for RqAdapter {
             (ReadRequest::HMGet { .. }, Some(RqKey::Worker(name))) => {
                 return self.on_worker(name, reply, now);
             }
-            (ReadRequest::PTtl(_), Some(RqKey::Worker(name))) => {
-                if let Some(ms) = reply.as_i64() {
-                    self.worker_pttl.insert(name.to_string(), ms);
+            (ReadRequest::PTtl(_), Some(RqKey::Worker(name))) => match reply.as_i64() {
+                Some(ms) if ms > 0 => {
+                    // Checked: a reply is data, and data must not panic.
+                    if let Some(at) =
+                        Duration::try_milliseconds(ms).and_then(|ttl| now.checked_add_signed(ttl))
+                    {
+                        self.worker_expiry.insert(name.to_string(), at);
+                    }
                 }
-            }
+                _ => {
+                    self.worker_expiry.remove(name);
+                }
+            },
             (ReadRequest::XRevRange { key, .. }, Some(RqKey::Results(id))) => {
                 return self.on_results(key, id, reply, now);
             }
@@ -776,7 +803,7 @@ impl Adapter for RqAdapter {
     fn on_gap(&mut self) {
         self.sampling = None;
         self.reconciling.clear();
-        self.worker_pttl.clear();
+        self.worker_expiry.clear();
         for memo in self.known.values_mut() {
             memo.fingerprint = None;
         }

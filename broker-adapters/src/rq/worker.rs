@@ -72,15 +72,23 @@ pub fn decode(values: &[Reply]) -> Option<WorkerRecord> {
 }
 
 impl WorkerRecord {
-    /// The latest moment the worker is known to be alive, read at `now` with the key's
-    /// remaining time to live (`PTTL`, milliseconds; negative when unknown or none).
-    pub fn alive_at(&self, now: DateTime<Utc>, pttl_ms: Option<i64>) -> Option<DateTime<Utc>> {
+    /// The latest moment the worker is known to be alive, read at `now`, given when its key
+    /// expires (from `PTTL`, when it has a TTL).
+    pub fn alive_at(
+        &self,
+        now: DateTime<Utc>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Option<DateTime<Utc>> {
         let last = self.last_heartbeat.or(self.birth)?;
-        let due = match pttl_ms.filter(|ms| *ms > 0) {
-            Some(ms) => now + Duration::milliseconds(ms) - TTL_MARGIN,
-            None if self.state.as_deref() == Some("busy") => last + DEFAULT_BUSY_CADENCE,
-            None => last + DEFAULT_IDLE_CADENCE,
-        };
+        // Times come from Redis: checked arithmetic, a year-9999 heartbeat must not panic.
+        let due = match expires_at {
+            Some(expires_at) => expires_at.checked_sub_signed(TTL_MARGIN),
+            None if self.state.as_deref() == Some("busy") => {
+                last.checked_add_signed(DEFAULT_BUSY_CADENCE)
+            }
+            None => last.checked_add_signed(DEFAULT_IDLE_CADENCE),
+        }
+        .unwrap_or(last);
         Some(due.min(now).max(last))
     }
 }
@@ -107,11 +115,14 @@ mod tests {
         let busy = record("busy", hb);
         // Heartbeat 20 s ago, TTL 70 s left: next one due in 10 s.
         let now = hb + Duration::seconds(20);
-        assert_eq!(busy.alive_at(now, Some(70_000)), Some(now));
+        assert_eq!(
+            busy.alive_at(now, Some(now + Duration::seconds(70))),
+            Some(now)
+        );
         // 85 s after: due 30 s after the heartbeat, the key is still there for 5 s.
         let late = hb + Duration::seconds(85);
         assert_eq!(
-            busy.alive_at(late, Some(5_000)),
+            busy.alive_at(late, Some(late + Duration::seconds(5))),
             Some(hb + Duration::seconds(30))
         );
         // Without a TTL, RQ's default cadences.
