@@ -128,18 +128,19 @@ impl Layout {
         if name.is_empty() {
             return None;
         }
-        // Job ids and worker names never hold a `:`; the keys that extend them do
-        // (`job:<id>:dependents`, `worker:<name>:executions`, `queue:<q>:intermediate`).
+        // Job ids never hold a `:` (RQ checks them against `[A-Za-z0-9_-]+`), nor do worker
+        // names in practice; the keys that extend them do (`job:<id>:dependents`,
+        // `worker:<name>:executions`). Queue names may (`app:high`): only the intermediate list
+        // `queue:<q>:intermediate` is set apart.
         let plain = !name.contains(':');
         match segment {
             "job" if plain => Some(RqKey::Job(name)),
             "results" if plain => Some(RqKey::Results(name)),
             "worker" if plain => Some(RqKey::Worker(name)),
-            "queue" if plain => Some(RqKey::Queue(name)),
+            "queue" if !name.ends_with(":intermediate") => Some(RqKey::Queue(name)),
             _ => Registry::ALL
                 .into_iter()
                 .find(|r| r.segment() == segment)
-                .filter(|_| plain)
                 .map(|r| RqKey::Registry(r, name)),
         }
     }
@@ -169,6 +170,14 @@ mod tests {
         assert_eq!(l.classify("rq:worker:w1"), Some(RqKey::Worker("w1")));
         assert_eq!(l.classify("rq:worker:w1:executions"), None);
         assert_eq!(l.classify("rq:execution:a:b"), None);
+        assert_eq!(
+            l.classify("rq:queue:app:high"),
+            Some(RqKey::Queue("app:high"))
+        );
+        assert_eq!(
+            l.classify("rq:scheduled:app:high"),
+            Some(RqKey::Registry(Registry::Scheduled, "app:high"))
+        );
         assert_eq!(l.classify("other:job:abc"), None);
         assert_eq!(
             Layout::new("myapp:").classify("myapp:results:x"),
