@@ -486,3 +486,47 @@ fn rq_jobs_that_ran_while_taskscope_was_down_are_found_after_its_restart() {
         assert!(t["args"].is_array(), "{t}");
     }
 }
+
+#[test]
+fn rq_own_cleanup_of_an_abandoned_job_makes_it_a_failure() {
+    let _slot = test_slot();
+    let w = World::new(&[]);
+    let mut doomed = w.worker(&["default"], &["--job-monitoring-interval", "1"]);
+    let hang = w.produce("hang", 1, &on("default"));
+    doomed.wait_started(&hang[0], SHORT);
+    doomed.sigkill();
+    w.ts.wait_state(&hang[0], "abandoned", LONG);
+    // RQ cleans a started job up once its `rq:wip:<q>` score (heartbeat expiry, here about
+    // 61 s after the last heartbeat) has passed, when a worker starts (and every 10 min).
+    wait_for(
+        "the abandoned job's wip score to pass",
+        Duration::from_secs(90),
+        || {
+            let now: i64 = w
+                .redis
+                .cli(&["TIME"])
+                .lines()
+                .next()
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(0);
+            let score: f64 = w
+                .redis
+                .cli(&["ZRANGE", "rq:wip:default", "0", "0", "WITHSCORES"])
+                .lines()
+                .nth(1)
+                .and_then(|s| s.trim().parse().ok())
+                .unwrap_or(f64::MAX);
+            if (now as f64) > score {
+                Ok(())
+            } else {
+                Err(format!("now {now}, score {score}"))
+            }
+        },
+    );
+    let _cleaner = w.worker(&["default"], &[]);
+    let t = w.ts.wait_state(&hang[0], "failure", LONG);
+    let error = t["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("AbandonedJobError: "), "{t}");
+    let states = transition_states(&t);
+    assert!(states.contains(&"abandoned".to_string()), "{states:?}");
+}
