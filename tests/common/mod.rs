@@ -1059,6 +1059,13 @@ pub struct RqWorker {
     process: WorkerProcess,
 }
 
+impl Drop for RqWorker {
+    fn drop(&mut self) {
+        // The process group goes with `process`; the horses are in sessions of their own.
+        self.kill_horses();
+    }
+}
+
 impl std::ops::Deref for RqWorker {
     type Target = WorkerProcess;
     fn deref(&self) -> &WorkerProcess {
@@ -1117,13 +1124,27 @@ impl RqWorker {
         worker
     }
 
-    /// SIGTERM to the worker (a warm shutdown: it finishes its job and registers its death).
-    pub fn stop(&mut self) {
-        if let Some(child) = self.process.child.as_mut() {
-            signal(&child.id().to_string(), "-TERM");
-            let _ = child.wait();
+    /// SIGKILL to the worker's process group and to the work horses of its long jobs (RQ
+    /// forks each horse into a session of its own; a machine or container dying takes both).
+    pub fn sigkill(&mut self) {
+        self.process.sigkill();
+        self.kill_horses();
+    }
+
+    /// Kills the processes whose pid long jobs wrote to their start markers.
+    fn kill_horses(&self) {
+        let Ok(entries) = std::fs::read_dir(self.process.dir.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "started") {
+                let pid = read_to_string_lossy(&path);
+                if let Ok(pid) = pid.trim().parse::<u32>() {
+                    signal(&pid.to_string(), "-KILL");
+                }
+            }
         }
-        self.process.child = None;
     }
 }
 

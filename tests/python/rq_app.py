@@ -4,8 +4,10 @@ Workers run from this directory (`rq worker --url <redis> <queues>`) so `rq_app.
 Nothing here configures RQ: workers and producers use RQ's defaults (pickle serializer, forking
 `Worker`), which is what taskscope must understand without any change to an application.
 
-  TS_MARKER_DIR   when set, long jobs (slow, hang) touch <dir>/<job_id>.started as they begin, so a
-                  test knows a worker is executing them without asking taskscope
+  TS_MARKER_DIR   when set, long jobs (slow, hang) write their pid to <dir>/<job_id>.started as
+                  they begin, so a test knows a worker is executing them without asking
+                  taskscope, and can kill the work horse (RQ forks it into a session of its
+                  own: killing the worker's process group leaves it running)
 """
 
 import os
@@ -29,7 +31,7 @@ def _mark_started():
     marker_dir = os.environ.get("TS_MARKER_DIR")
     job = get_current_job()
     if marker_dir and job is not None:
-        Path(marker_dir, f"{job.id}.started").touch()
+        Path(marker_dir, f"{job.id}.started").write_text(str(os.getpid()))
 
 
 def add(x, y, note=None):
