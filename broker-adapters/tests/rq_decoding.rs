@@ -363,7 +363,6 @@ proptest! {
         reads.extend(a.on_key_event("rq:results:j1", "xadd", t));
         reads.extend(a.on_key_event("rq:scheduled:default", "zadd", t));
         reads.extend(a.on_key_event("rq:worker:w1", "hset", t));
-        reads.extend(a.on_key_event("rq:workers", "sadd", t));
         reads.extend(a.on_key_event("rq:queues", "sadd", t));
         reads.extend(a.sample_queues(t));
         reads.push(ReadRequest::LRange { key: "rq:queue:default".into(), start: 0, stop: 10 });
@@ -568,4 +567,45 @@ proptest! {
         let _ = a.on_reply(&reads[0], Reply::Int(pttl), t);
         let _ = a.on_reply(&reads[1], hmget_reply(&reads[1], &w), t);
     }
+}
+
+#[test]
+fn a_sampling_round_gives_length_delayed_dead_and_running_per_queue() {
+    let mut a = RqAdapter::new(RqConfig::default());
+    let t = now();
+    let queues = Reply::Array(vec![Reply::Bytes(b"rq:queue:default".to_vec())]);
+    let out = a.on_reply(
+        &ReadRequest::SMembers("rq:queues".into()),
+        queues.clone(),
+        t,
+    );
+    assert!(!out.follow_up.is_empty(), "a new queue is read");
+    let reads = a.sample_queues(t);
+    let mut samples = Vec::new();
+    for read in &reads {
+        let reply = match read {
+            ReadRequest::SMembers(k) if k == "rq:queues" => queues.clone(),
+            ReadRequest::SMembers(_) => Reply::Array(vec![Reply::Bytes(b"rq:worker:w1".to_vec())]),
+            ReadRequest::LLen(_) => Reply::Int(4),
+            ReadRequest::ZCard(k) if k.starts_with("rq:scheduled:") => Reply::Int(2),
+            ReadRequest::ZCard(k) if k.starts_with("rq:failed:") => Reply::Int(1),
+            ReadRequest::ZCard(k) if k.starts_with("rq:wip:") => Reply::Int(3),
+            other => panic!("unexpected sampling read {other:?}"),
+        };
+        let out = a.on_reply(read, reply, t);
+        samples.extend(out.queue_samples);
+        if matches!(read, ReadRequest::SMembers(k) if k == "rq:workers") {
+            assert!(
+                out.follow_up.iter().any(|r| r.key() == "rq:worker:w1"),
+                "workers are read: {:?}",
+                out.follow_up
+            );
+        }
+    }
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    let s = &samples[0];
+    assert_eq!(
+        (s.name.as_str(), s.length, s.delayed, s.dead, s.running),
+        ("default", 4, 2, 1, 3)
+    );
 }

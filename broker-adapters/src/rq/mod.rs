@@ -474,7 +474,8 @@ impl RqAdapter {
         out
     }
 
-    /// `SMEMBERS <p>workers`: read every worker; closes a sampling round.
+    /// `SMEMBERS <p>workers`, the last read of a sampling round: read every worker, and close
+    /// the round.
     fn on_workers(&mut self, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
         let prefix = self.layout.worker("");
@@ -665,8 +666,9 @@ impl Adapter for RqAdapter {
                 format!("{p}job:*"),
                 format!("{p}results:*"),
                 format!("{p}scheduled:*"),
+                // A new worker's birth writes its hash: `<p>workers` itself is read by sampling
+                // only, whose round its reply closes.
                 format!("{p}worker:*"),
-                format!("{p}workers"),
                 format!("{p}queues"),
             ],
             scan_patterns: vec![format!("{p}job:*")],
@@ -696,9 +698,6 @@ impl Adapter for RqAdapter {
             (Some(RqKey::Results(id)), "xadd") => vec![self.results_read(id)],
             (Some(RqKey::Registry(Registry::Scheduled, _)), "zadd") => {
                 vec![Self::page(key.to_string())]
-            }
-            (Some(RqKey::Workers), "sadd" | "srem") => {
-                vec![ReadRequest::SMembers(self.layout.workers())]
             }
             (Some(RqKey::Queues), "sadd") => vec![ReadRequest::SMembers(self.layout.queues())],
             (Some(RqKey::Worker(name)), "hset" | "hmset") => {
