@@ -530,3 +530,69 @@ fn rq_own_cleanup_of_an_abandoned_job_makes_it_a_failure() {
     let states = transition_states(&t);
     assert!(states.contains(&"abandoned".to_string()), "{states:?}");
 }
+
+#[test]
+fn rq_json_serializer_worker_timeouts_and_result_ttl_zero() {
+    let _slot = test_slot();
+    let w = World::new(&["--reconcile-every", "1s"]);
+    let worker = w.worker(
+        &["json"],
+        &["--serializer", "rq.serializers.JSONSerializer"],
+    );
+    let json = |extra: RqProduceOpts| RqProduceOpts {
+        serializer: Some("json".into()),
+        ..extra
+    };
+    let ok = w.produce(
+        "add",
+        1,
+        &json(RqProduceOpts {
+            args: Some(json!([20, 22])),
+            ..on("json")
+        }),
+    );
+    let fail = w.produce("fail", 1, &json(on("json")));
+    let t = w.ts.wait_state(&ok[0], "success", LONG);
+    assert_ran_on(&t, &worker);
+    assert_eq!(t["args"], json!([20, 22]), "{t}");
+    assert_eq!(t["result"], 42, "{t}");
+    let t =
+        w.ts.wait_task(&fail[0], "failure with its error", LONG, |t| {
+            t["state"] == "failure" && t["error"].is_string()
+        });
+    assert_eq!(t["error"], "ValueError: card declined 1", "{t}");
+
+    // The default worker: a job over its timeout fails; a job with result_ttl=0 is deleted
+    // by RQ as it succeeds.
+    let worker = w.worker(&["default"], &[]);
+    let timed_out = w.produce(
+        "slow",
+        1,
+        &RqProduceOpts {
+            seconds: Some(30.0),
+            timeout: Some(1),
+            ..on("default")
+        },
+    );
+    let gone = w.produce(
+        "add",
+        1,
+        &RqProduceOpts {
+            result_ttl: Some(0),
+            ..on("default")
+        },
+    );
+    let t =
+        w.ts.wait_task(&timed_out[0], "failure with its error", LONG, |t| {
+            t["state"] == "failure" && t["error"].is_string()
+        });
+    assert_eq!(t["worker"], worker.name.as_str(), "{t}");
+    assert!(
+        t["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("JobTimeoutException"),
+        "{t}"
+    );
+    w.ts.wait_state(&gone[0], "success", LONG);
+}

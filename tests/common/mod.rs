@@ -1164,6 +1164,10 @@ pub struct RqProduceOpts {
     /// `json` for RQ's JSONSerializer (default pickle).
     pub serializer: Option<String>,
     pub cancel: bool,
+    /// `result_ttl` (0: RQ deletes the job as soon as it succeeds).
+    pub result_ttl: Option<u32>,
+    /// `job_timeout` in seconds.
+    pub timeout: Option<u32>,
     /// Environment of the producer (e.g. `RQ_KEY_PREFIX`).
     pub env: Vec<(String, String)>,
 }
@@ -1195,6 +1199,8 @@ pub fn rq_produce(redis_url: &str, kind: &str, n: usize, opts: &RqProduceOpts) -
     );
     flag("--depends-on", opts.depends_on.clone());
     flag("--serializer", opts.serializer.clone());
+    flag("--result-ttl", opts.result_ttl.map(|s| s.to_string()));
+    flag("--timeout", opts.timeout.map(|s| s.to_string()));
     if opts.cancel {
         cmd.arg("--cancel");
     }

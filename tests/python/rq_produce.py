@@ -4,6 +4,7 @@
     rq_produce.py KIND --url redis://127.0.0.1:6390/0 [--n N] [--queue Q] [--args JSON]
                   [--kwargs JSON] [--in SECONDS] [--retry MAX] [--retry-interval S]
                   [--depends-on ID] [--serializer pickle|json] [--cancel]
+                  [--result-ttl S] [--timeout S]
 
 KIND is a function of rq_app.py (add, fail, slow, hang, charge, retry_then_fail, ask_retry).
 Defaults per kind: add [i, i+1], fail [i+1], slow [--seconds], charge [Card(i)], others [i].
@@ -39,6 +40,8 @@ def main():
     p.add_argument("--depends-on")
     p.add_argument("--serializer", default="pickle")
     p.add_argument("--cancel", action="store_true")
+    p.add_argument("--result-ttl", type=int)
+    p.add_argument("--timeout", type=int)
     a = p.parse_args()
 
     conn = Redis.from_url(a.url)
@@ -67,6 +70,10 @@ def main():
             opts["retry"] = Retry(max=a.retry, interval=a.retry_interval)
         if a.depends_on:
             opts["depends_on"] = a.depends_on
+        if a.result_ttl is not None:
+            opts["result_ttl"] = a.result_ttl
+        if a.timeout is not None:
+            opts["job_timeout"] = a.timeout
         if a.delay is not None:
             job = q.enqueue_in(timedelta(seconds=a.delay), func, *args, **kwargs, **opts)
         else:
