@@ -596,3 +596,27 @@ fn rq_json_serializer_worker_timeouts_and_result_ttl_zero() {
     );
     w.ts.wait_state(&gone[0], "success", LONG);
 }
+
+#[test]
+fn rq_stopped_job_is_a_failure() {
+    let _slot = test_slot();
+    let w = World::new(&[]);
+    let worker = w.worker(&["default"], &[]);
+    let hang = w.produce("hang", 1, &on("default"));
+    worker.wait_started(&hang[0], SHORT);
+    w.ts.wait_state(&hang[0], "running", SHORT);
+    let code = format!(
+        "from redis import Redis; from rq.command import send_stop_job_command; \
+         send_stop_job_command(Redis.from_url({:?}), {:?})",
+        w.redis.url(),
+        hang[0]
+    );
+    let status = std::process::Command::new(python())
+        .args(["-c", &code])
+        .status()
+        .expect("run python");
+    assert!(status.success(), "send_stop_job_command failed");
+    let t = w.ts.wait_state(&hang[0], "failure", LONG);
+    assert_eq!(t["error"], "stopped", "{t}");
+    assert_eq!(t["worker"], worker.name.as_str(), "{t}");
+}
