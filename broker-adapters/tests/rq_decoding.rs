@@ -609,3 +609,35 @@ fn a_sampling_round_gives_length_delayed_dead_and_running_per_queue() {
         ("default", 4, 2, 1, 3)
     );
 }
+
+#[test]
+fn a_started_job_whose_wip_entry_expired_is_abandoned_once() {
+    let mut a = RqAdapter::new(RqConfig::default());
+    let t = now();
+    let out = read_job(&mut a, "job-s", "job_started.json", t);
+    assert_eq!(tasks(&out)[0].event, TaskEvent::Running);
+    let wip = ReadRequest::ZRangeWithScores {
+        key: "rq:wip:default".into(),
+        start: 0,
+        stop: 499,
+    };
+    let entry = |score: f64| {
+        Reply::Array(vec![
+            Reply::Bytes(b"job-s:exec1".to_vec()),
+            Reply::Double(score),
+        ])
+    };
+    // Due in the future, or just past (worker clocks may be a little ahead): nothing.
+    let out = a.on_reply(&wip, entry(t.timestamp() as f64 + 30.0), t);
+    assert!(out.observations.is_empty());
+    let out = a.on_reply(&wip, entry(t.timestamp() as f64 - 5.0), t);
+    assert!(out.observations.is_empty());
+    // Long past: abandoned, once.
+    let out = a.on_reply(&wip, entry(t.timestamp() as f64 - 120.0), t);
+    let obs = tasks(&out);
+    assert_eq!(obs.len(), 1);
+    assert_eq!(obs[0].event, TaskEvent::Abandoned);
+    assert_eq!(obs[0].task_id, "job-s");
+    let out = a.on_reply(&wip, entry(t.timestamp() as f64 - 120.0), t);
+    assert!(out.observations.is_empty());
+}

@@ -43,6 +43,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 const PAGE: i64 = 500;
 /// Jobs remembered (decoded call, retry counting); older ones are decoded again when seen.
 const KNOWN_CAPACITY: usize = 200_000;
+/// How long past its `rq:wip` score a started job must be to count as abandoned (the score
+/// comes from the worker's clock).
+const WIP_SKEW_MARGIN: Duration = Duration::seconds(30);
 /// A worker hash is read at most this often on notifications (every job writes it 3-4 times).
 const WORKER_READ_EVERY: Duration = Duration::seconds(1);
 
@@ -72,6 +75,10 @@ struct JobMemo {
     first_retries_left: Option<u32>,
     /// What the last observation was made of: a read that changes nothing emits nothing.
     fingerprint: Option<String>,
+    /// The status of the last read.
+    status: Option<JobStatus>,
+    /// The `rq:wip` member (`<job>:<execution>`) already reported expired.
+    expired_execution: Option<String>,
 }
 
 pub struct RqAdapter {
@@ -223,8 +230,17 @@ impl RqAdapter {
     }
 
     /// A page of a registry. The `scheduled` scores are due times: they become `eta`s.
-    fn on_registry(&mut self, registry: Registry, reply: Reply, out: &mut Output) {
+    fn on_registry(
+        &mut self,
+        registry: Registry,
+        reply: Reply,
+        now: DateTime<Utc>,
+        out: &mut Output,
+    ) {
         let pairs = reply.into_pairs();
+        if registry == Registry::Started {
+            self.on_started_registry(&pairs, now, out);
+        }
         if registry != Registry::Scheduled {
             let ids = pairs.into_iter().map(|(member, _)| member).collect();
             self.on_ids(ids, out);
@@ -247,6 +263,47 @@ impl RqAdapter {
                 }
                 out.follow_up.push(self.job_read(&id));
             }
+        }
+    }
+
+    /// `rq:wip:<q>` members whose score (the heartbeat expiry RQ set: next heartbeat due + 60
+    /// s) has passed: the worker missed its deadline, RQ itself will treat the job as
+    /// abandoned. This catches what the worker sweep cannot: a worker taskscope never heard
+    /// from (it died before taskscope started, its key long expired).
+    fn on_started_registry(
+        &mut self,
+        pairs: &[(Reply, Reply)],
+        now: DateTime<Utc>,
+        out: &mut Output,
+    ) {
+        for (member, score) in pairs {
+            let (Some(member), Some(score)) = (member.as_bytes(), score.as_f64()) else {
+                continue;
+            };
+            // Worker clocks write the score: a margin for their skew.
+            if score >= (now - WIP_SKEW_MARGIN).timestamp() as f64 {
+                continue;
+            }
+            let member = String::from_utf8_lossy(member).into_owned();
+            let id = member.split(':').next().unwrap_or_default().to_string();
+            let Some(memo) = self.known.get_mut(&id) else {
+                continue; // read first (the follow-up); judged at the next reconciliation
+            };
+            if memo.status != Some(JobStatus::Started)
+                || memo.expired_execution.as_deref() == Some(member.as_str())
+            {
+                continue;
+            }
+            memo.expired_execution = Some(member);
+            let mut obs =
+                TaskObservation::new(Broker::Rq, &id, now, TaskEvent::Abandoned, "rq:wip");
+            obs.detail = Some(format!(
+                "abandoned: its worker missed its heartbeat deadline ({})",
+                crate::codec::unix_seconds(score)
+                    .map(|t| crate::model::rfc3339(&t))
+                    .unwrap_or_default()
+            ));
+            out.observations.push(Observation::Task(obs));
         }
     }
 
@@ -311,6 +368,7 @@ impl RqAdapter {
             record.status, record.started_at_raw, record.ended_at, record.last_heartbeat
         );
         let memo = self.memo(id);
+        memo.status = Some(record.status);
         if record.call.is_some() {
             memo.call_read = true;
         }
@@ -759,7 +817,7 @@ impl Adapter for RqAdapter {
                 self.on_ids(reply.into_items(), &mut out);
             }
             (ReadRequest::ZRangeWithScores { .. }, Some(RqKey::Registry(registry, _))) => {
-                self.on_registry(registry, reply, &mut out);
+                self.on_registry(registry, reply, now, &mut out);
             }
             (ReadRequest::LLen(key) | ReadRequest::ZCard(key), _) => {
                 self.on_length(key, reply.as_i64().unwrap_or(0).max(0) as u64);
