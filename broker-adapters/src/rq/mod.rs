@@ -89,8 +89,6 @@ pub struct RqAdapter {
     known_order: VecDeque<String>,
     /// Due times from the `scheduled` registries, by job id.
     etas: HashMap<String, DateTime<Utc>>,
-    /// Worker names from `<p>workers`.
-    workers: BTreeSet<String>,
     /// Per worker, the birth of the process last announced, and whether its pid is reported
     /// (see [`RqAdapter::on_worker`]).
     workers_born: HashMap<String, (Option<DateTime<Utc>>, bool)>,
@@ -112,7 +110,6 @@ impl RqAdapter {
             known: HashMap::new(),
             known_order: VecDeque::new(),
             etas: HashMap::new(),
-            workers: BTreeSet::new(),
             workers_born: HashMap::new(),
             worker_read_at: HashMap::new(),
             worker_expiry: HashMap::new(),
@@ -549,8 +546,9 @@ impl RqAdapter {
             out.follow_up.extend(self.worker_reads(name));
             self.worker_read_at.insert(name.clone(), now);
         }
+        // Names leave `<p>workers` when a worker dies cleanly or RQ cleans a dead one up.
         self.worker_read_at.retain(|n, _| names.contains(n));
-        self.workers = names;
+        self.workers_born.retain(|n, _| names.contains(n));
         if let Some(sampling) = self.sampling.take() {
             for (queue, [length, delayed, dead, running]) in sampling {
                 out.queue_samples.push(QueueSample {
