@@ -340,6 +340,7 @@ const KNOWN_VARS: &[&str] = &[
     "TASKSCOPE_CELERY_QUEUES",
     "TASKSCOPE_CELERY_RESULT_URL",
     "TASKSCOPE_DRAMATIQ_NAMESPACE",
+    "TASKSCOPE_RQ_PREFIX",
     "TASKSCOPE_RECONCILE_EVERY",
     "TASKSCOPE_POLL_EVERY",
     "TASKSCOPE_RESCAN_EVERY",
@@ -400,6 +401,26 @@ mod tests {
         assert_eq!(redis_db_of("rediss://host").unwrap(), 0);
         assert!(redis_db_of("http://host").is_err());
         assert!(redis_db_of("redis://host/x").is_err());
+    }
+
+    #[test]
+    fn rq_prefix_defaults_to_rq_and_has_a_flag() {
+        use clap::Parser;
+        let prefix = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Serve(serve)) => serve.rq_prefix,
+            other => panic!("{other:?}"),
+        };
+        if std::env::var_os("TASKSCOPE_RQ_PREFIX").is_none() {
+            assert_eq!(prefix(&["taskscope", "serve"]), "rq:");
+        }
+        assert_eq!(
+            prefix(&["taskscope", "serve", "--rq-prefix", "shop"]),
+            "shop"
+        );
+        assert!(
+            KNOWN_VARS.contains(&"TASKSCOPE_RQ_PREFIX"),
+            "the TOML key [rq] prefix"
+        );
     }
 
     #[test]

@@ -393,8 +393,15 @@ fn rq_sigkilled_worker_abandons_its_job_but_a_slow_job_of_a_live_worker_keeps_ru
 #[test]
 fn rq_custom_key_prefix_is_followed() {
     let _slot = test_slot();
-    // RQ's RQ_KEY_PREFIX without the colon; taskscope adds it.
-    let w = World::new(&["--rq-prefix", "shop"]);
+    // RQ's RQ_KEY_PREFIX without the colon (taskscope adds it), from the TOML file's `[rq]`
+    // table (`--rq-prefix` and TASKSCOPE_RQ_PREFIX set the same setting).
+    let conf = tempfile::Builder::new()
+        .prefix("taskscope-conf-")
+        .tempdir()
+        .expect("tempdir");
+    let path = conf.path().join("taskscope.toml");
+    std::fs::write(&path, "[rq]\nprefix = \"shop\"\n").expect("write the config file");
+    let w = World::new(&["--config", path.to_str().expect("utf-8 path")]);
     let env = [("RQ_KEY_PREFIX", "shop")];
     let worker = RqWorker::start(&w.redis.url(), &["default"], &[], &env);
     let ids = w.produce(
