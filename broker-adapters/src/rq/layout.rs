@@ -128,15 +128,15 @@ impl Layout {
         if name.is_empty() {
             return None;
         }
-        // Job ids never hold a `:` (RQ checks them against `[A-Za-z0-9_-]+`), nor do worker
-        // names in practice; the keys that extend them do (`job:<id>:dependents`,
-        // `worker:<name>:executions`). Queue names may (`app:high`): only the intermediate list
-        // `queue:<q>:intermediate` is set apart.
+        // Job ids never hold a `:` (RQ checks them against `[A-Za-z0-9_-]+`); the keys that
+        // extend them do (`job:<id>:dependents`, `job::<id>:dependencies`). Worker names
+        // (`--name host:1`) and queue names (`app:high`) may: only `worker:<name>:executions`
+        // and `queue:<q>:intermediate` are set apart.
         let plain = !name.contains(':');
         match segment {
             "job" if plain => Some(RqKey::Job(name)),
             "results" if plain => Some(RqKey::Results(name)),
-            "worker" if plain => Some(RqKey::Worker(name)),
+            "worker" if !name.ends_with(":executions") => Some(RqKey::Worker(name)),
             "queue" if !name.ends_with(":intermediate") => Some(RqKey::Queue(name)),
             _ => Registry::ALL
                 .into_iter()
@@ -169,6 +169,10 @@ mod tests {
         );
         assert_eq!(l.classify("rq:worker:w1"), Some(RqKey::Worker("w1")));
         assert_eq!(l.classify("rq:worker:w1:executions"), None);
+        assert_eq!(
+            l.classify("rq:worker:host:1"),
+            Some(RqKey::Worker("host:1"))
+        );
         assert_eq!(l.classify("rq:execution:a:b"), None);
         assert_eq!(
             l.classify("rq:queue:app:high"),
