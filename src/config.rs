@@ -228,6 +228,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKSCOPE_DETECT_EVERY", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
     pub detect_every: Duration,
 
+    /// RQ's key prefix: `rq:`, or what the application's `RQ_KEY_PREFIX` says (a missing `:`
+    /// is added). Setting it starts the RQ adapter at once under `--brokers auto`.
+    #[arg(long, env = "TASKSCOPE_RQ_PREFIX", value_name = "PREFIX")]
+    pub rq_prefix: Option<String>,
+
     /// How often the reconciliation pass re-reads queues, in-flight messages and open tasks'
     /// results (catching what notifications cannot carry).
     #[arg(long, env = "TASKSCOPE_RECONCILE_EVERY", default_value = "5s", value_parser = parse_duration, value_name = "DUR")]
@@ -302,6 +307,7 @@ pub struct ServeSettings {
     pub dramatiq_namespace: String,
     /// The namespace was given, not defaulted: detection does not override it.
     pub dramatiq_namespace_given: bool,
+    pub rq_prefix: String,
     pub reconcile_every: Duration,
     pub poll_every: Duration,
     pub rescan_every: Duration,
@@ -311,7 +317,7 @@ pub struct ServeSettings {
 }
 
 /// Brokers with an adapter in this version.
-pub const AVAILABLE_BROKERS: [Broker; 2] = [Broker::Celery, Broker::Dramatiq];
+pub const AVAILABLE_BROKERS: [Broker; 3] = [Broker::Celery, Broker::Dramatiq, Broker::Rq];
 
 impl ServeArgs {
     pub fn into_settings(self) -> Result<ServeSettings, UsageError> {
@@ -328,6 +334,7 @@ impl ServeArgs {
             || self.celery_result_url.is_some()
             || self.celery_enable_events;
         let dramatiq_given = self.dramatiq_namespace.is_some();
+        let rq_given = self.rq_prefix.is_some();
         let (brokers, detect_every) = match selection {
             BrokerSelection::Listed(brokers) => (brokers, None),
             BrokerSelection::Auto => {
@@ -337,6 +344,9 @@ impl ServeArgs {
                 }
                 if dramatiq_given {
                     given.push(Broker::Dramatiq);
+                }
+                if rq_given {
+                    given.push(Broker::Rq);
                 }
                 (given, Some(self.detect_every))
             }
@@ -348,6 +358,7 @@ impl ServeArgs {
             Some(ns) => ns,
             None => "dramatiq".to_string(),
         };
+        let rq_prefix = self.rq_prefix.unwrap_or_else(|| "rq:".to_string());
         let celery_queues: Vec<String> = self
             .celery_queues
             .unwrap_or_else(|| vec!["celery".to_string()])
@@ -380,6 +391,7 @@ impl ServeArgs {
             celery_result_url,
             dramatiq_namespace,
             dramatiq_namespace_given: dramatiq_given,
+            rq_prefix,
             reconcile_every: self.reconcile_every,
             poll_every: self.poll_every,
             rescan_every: self.rescan_every,
@@ -422,7 +434,7 @@ fn parse_brokers(list: &str) -> Result<BrokerSelection, UsageError> {
             })?;
         if !AVAILABLE_BROKERS.contains(&broker) {
             return Err(UsageError(format!(
-                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto, celery or dramatiq"
+                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto, celery, dramatiq or rq"
             )));
         }
         if !brokers.contains(&broker) {
@@ -523,6 +535,7 @@ const KNOWN_VARS: &[&str] = &[
     "TASKSCOPE_SCHEDULE_COMPACTION",
     "TASKSCOPE_MAX_VALUE_BYTES",
     "TASKSCOPE_REDACT_KEYS",
+    "TASKSCOPE_RQ_PREFIX",
     "TASKSCOPE_RECONCILE_EVERY",
     "TASKSCOPE_POLL_EVERY",
     "TASKSCOPE_RESCAN_EVERY",
@@ -583,6 +596,26 @@ mod tests {
         assert_eq!(redis_db_of("rediss://host").unwrap(), 0);
         assert!(redis_db_of("http://host").is_err());
         assert!(redis_db_of("redis://host/x").is_err());
+    }
+
+    #[test]
+    fn rq_prefix_defaults_to_rq_and_has_a_flag() {
+        use clap::Parser;
+        let prefix = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Serve(serve)) => serve.rq_prefix.unwrap_or_else(|| "rq:".into()),
+            other => panic!("{other:?}"),
+        };
+        if std::env::var_os("TASKSCOPE_RQ_PREFIX").is_none() {
+            assert_eq!(prefix(&["taskscope", "serve"]), "rq:");
+        }
+        assert_eq!(
+            prefix(&["taskscope", "serve", "--rq-prefix", "shop"]),
+            "shop"
+        );
+        assert!(
+            KNOWN_VARS.contains(&"TASKSCOPE_RQ_PREFIX"),
+            "the TOML key [rq] prefix"
+        );
     }
 
     #[test]

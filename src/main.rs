@@ -20,6 +20,7 @@ use anyhow::Context;
 use broker_adapters::celery::{CeleryAdapter, CeleryConfig};
 use broker_adapters::detect::Setting;
 use broker_adapters::dramatiq::{DramatiqAdapter, DramatiqConfig};
+use broker_adapters::rq::{RqAdapter, RqConfig};
 use broker_adapters::{Adapter, Broker};
 use clap::Parser;
 use config::{Cli, Command, HousekeepingCmd, ServeSettings, UsageError};
@@ -197,7 +198,18 @@ fn build_adapter(
             };
             Some(Box::new(DramatiqAdapter::new(DramatiqConfig { namespace })))
         }
-        Broker::Taskiq | Broker::Rq => None,
+        Broker::Rq => {
+            // A prefix the user gave wins; else the one detection found (RQ_KEY_PREFIX).
+            let prefix = match detected.iter().find_map(|s| match s {
+                Setting::RqPrefix(p) => Some(p.clone()),
+                _ => None,
+            }) {
+                Some(p) if !settings.brokers.contains(&Broker::Rq) => p,
+                _ => settings.rq_prefix.clone(),
+            };
+            Some(Box::new(RqAdapter::new(RqConfig { prefix })))
+        }
+        Broker::Taskiq => None,
     }
 }
 
@@ -265,7 +277,7 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
                 every,
                 pages_per_pass: DETECT_PAGES_PER_PASS,
                 dramatiq_namespace: settings.dramatiq_namespace.clone(),
-                rq_prefix: "rq:".to_string(),
+                rq_prefix: settings.rq_prefix.clone(),
             },
             factory: Box::new(move |broker, detected| {
                 build_adapter(broker, &factory_settings, detected)

@@ -106,6 +106,13 @@ pub enum ReadRequest {
         start: i64,
         stop: i64,
     },
+    /// `PTTL key`: milliseconds left before the key expires (-1 none, -2 no such key).
+    PTtl(String),
+    /// `XREVRANGE key + - COUNT count`: the newest entries of a stream.
+    XRevRange {
+        key: String,
+        count: u32,
+    },
     /// The same read on the adapter's side connection ([`Adapter::side_url`], e.g. Celery's
     /// result backend in another database); on the main connection when there is none.
     Side(Box<ReadRequest>),
@@ -121,6 +128,8 @@ impl ReadRequest {
             | ReadRequest::HLen(k)
             | ReadRequest::SMembers(k)
             | ReadRequest::ZCard(k)
+            | ReadRequest::PTtl(k)
+            | ReadRequest::XRevRange { key: k, .. }
             | ReadRequest::LRange { key: k, .. }
             | ReadRequest::HMGet { key: k, .. }
             | ReadRequest::ZRangeWithScores { key: k, .. } => k,

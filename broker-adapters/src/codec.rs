@@ -151,6 +151,15 @@ pub fn pickle_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
     Ok(pickle_value_to_json(value))
 }
 
+/// [`pickle_to_json`], also telling whether the pickle names any global (an object of a user's
+/// class, `datetime`, `Decimal`...): then the JSON holds the objects' pickled state in their
+/// place, which callers that must show values exactly may prefer not to show.
+pub fn pickle_to_json_checked(bytes: &[u8]) -> Result<(Value, bool), CodecError> {
+    let scanned = crate::pickle_guard::scan(bytes, MAX_DEPTH)
+        .map_err(|refused| CodecError::Pickle(refused.to_string()))?;
+    Ok((pickle_to_json(bytes)?, scanned.names_globals))
+}
+
 fn pickle_value_to_json(v: serde_pickle::Value) -> Value {
     use serde_pickle::{HashableValue as H, Value as P};
     fn key_string(k: H) -> String {

@@ -6,7 +6,7 @@
 //! - [`state`]: the one state machine every broker shares, and the abandon sweep.
 //! - [`codec`]: payload helpers every adapter needs (JSON, msgpack, base64, pickle).
 //! - [`detect`]: which brokers live in a Redis, from key names and sampled messages.
-//! - one module per broker: [`celery`], [`dramatiq`].
+//! - one module per broker: [`celery`], [`dramatiq`], [`rq`].
 //!
 //! # Invariant
 //! Nothing in this crate does I/O or reads the clock: bytes and `now` in, observations out. That
@@ -19,6 +19,7 @@ pub mod detect;
 pub mod dramatiq;
 pub mod model;
 mod pickle_guard;
+pub mod rq;
 pub mod state;
 
 pub use adapter::{Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, ReadRequest, Reply};

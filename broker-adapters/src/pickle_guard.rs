@@ -32,6 +32,22 @@ enum Slot {
 
 /// Checks that the pickle's value nests at most `limit` levels.
 pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), Refused> {
+    scan(bytes, limit).map(|_| ())
+}
+
+/// What a pickle that passed the depth check holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scanned {
+    /// It names a global (`GLOBAL`, `STACK_GLOBAL`, `INST`): an object of some class, or a
+    /// builtin used as a constructor.
+    pub names_globals: bool,
+}
+
+/// [`check_depth`], also telling whether the pickle names any global.
+pub fn scan(bytes: &[u8], limit: usize) -> Result<Scanned, Refused> {
+    let mut scanned = Scanned {
+        names_globals: false,
+    };
     let mut stack: Vec<Slot> = Vec::new();
     let mut memo: std::collections::HashMap<u64, usize> = std::collections::HashMap::new();
     let mut next_memo: u64 = 0;
@@ -87,7 +103,7 @@ pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), Refused> {
             .first()
             .ok_or(Refused::Malformed("truncated"))?;
         match op {
-            b'.' => return Ok(()), // STOP
+            b'.' => return Ok(scanned), // STOP
             // Arguments of fixed or prefixed length, pushing an atom.
             0x80 => {
                 take(&mut i, 1)?;
@@ -130,6 +146,7 @@ pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), Refused> {
             b'c' => {
                 line(&mut i)?;
                 line(&mut i)?;
+                scanned.names_globals = true;
                 stack.push(Slot::Value(0));
             } // GLOBAL
             b'N' | 0x88 | 0x89 => stack.push(Slot::Value(0)), // NONE, NEWTRUE, NEWFALSE
@@ -201,6 +218,7 @@ pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), Refused> {
                 *t = (*t).max(a.max(k) + 1);
             }
             0x93 => {
+                scanned.names_globals = true;
                 let a = pop(&mut stack)?;
                 let b = pop(&mut stack)?;
                 stack.push(Slot::Value(a.max(b)));
@@ -210,6 +228,7 @@ pub fn check_depth(bytes: &[u8], limit: usize) -> Result<(), Refused> {
                 stack.push(Slot::Value(m + 1));
             }
             b'i' => {
+                scanned.names_globals = true;
                 line(&mut i)?;
                 line(&mut i)?;
                 let m = pop_mark(&mut stack)?;

@@ -56,6 +56,17 @@ fn command(req: &ReadRequest) -> (CustomCommand, Vec<Value>) {
         ReadRequest::HLen(k) => (cmd("HLEN"), vec![s(k)]),
         ReadRequest::SMembers(k) => (cmd("SMEMBERS"), vec![s(k)]),
         ReadRequest::ZCard(k) => (cmd("ZCARD"), vec![s(k)]),
+        ReadRequest::PTtl(k) => (cmd("PTTL"), vec![s(k)]),
+        ReadRequest::XRevRange { key, count } => (
+            cmd("XREVRANGE"),
+            vec![
+                s(key),
+                s("+"),
+                s("-"),
+                s("COUNT"),
+                Value::from(i64::from(*count)),
+            ],
+        ),
         ReadRequest::ZRangeWithScores { key, start, stop } => (
             cmd("ZRANGE"),
             vec![

@@ -1051,3 +1051,173 @@ pub fn dramatiq_produce(
     );
     ids
 }
+
+/// A real `rq worker` (RQ's default forking `Worker`) on a private redis-server.
+pub struct RqWorker {
+    /// The worker's name (`--name`), what taskscope reports as `worker`.
+    pub name: String,
+    process: WorkerProcess,
+}
+
+impl Drop for RqWorker {
+    fn drop(&mut self) {
+        // The process group goes with `process`; the horses are in sessions of their own.
+        self.kill_horses();
+    }
+}
+
+impl std::ops::Deref for RqWorker {
+    type Target = WorkerProcess;
+    fn deref(&self) -> &WorkerProcess {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for RqWorker {
+    fn deref_mut(&mut self) -> &mut WorkerProcess {
+        &mut self.process
+    }
+}
+
+impl RqWorker {
+    /// `rq worker --url <redis> --name <unique> <extra...> <queues...>` (cwd tests/python, so
+    /// `rq_app` imports) in its own process group, with `env` (e.g. `RQ_KEY_PREFIX`); returns
+    /// once it listens on its queues.
+    pub fn start(
+        redis_url: &str,
+        queues: &[&str],
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> RqWorker {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let name = format!(
+            "w{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("taskscope-rq-")
+            .tempdir()
+            .expect("tempdir");
+        let log = dir.path().join("worker.log");
+        let rq = python().with_file_name("rq");
+        let mut cmd = Command::new(rq);
+        cmd.args(["worker", "--url", redis_url, "--name", &name])
+            .args(extra)
+            .args(queues)
+            .env("PYTHONUNBUFFERED", "1")
+            .env_remove("RQ_KEY_PREFIX")
+            .envs(env.iter().copied())
+            .current_dir(python_dir());
+        let mut worker = RqWorker {
+            name,
+            process: WorkerProcess::spawn("RQ", cmd, dir),
+        };
+        wait_for("the RQ worker to listen", LONG, || {
+            worker.process.assert_running();
+            if read_to_string_lossy(&log).contains("*** Listening on") {
+                Ok(())
+            } else {
+                Err(format!("log so far:\n{}", tail(&log, 10)))
+            }
+        });
+        worker
+    }
+
+    /// SIGKILL to the worker's process group and to the work horses of its long jobs (RQ
+    /// forks each horse into a session of its own; a machine or container dying takes both).
+    pub fn sigkill(&mut self) {
+        self.process.sigkill();
+        self.kill_horses();
+    }
+
+    /// Kills the processes whose pid long jobs wrote to their start markers.
+    fn kill_horses(&self) {
+        let Ok(entries) = std::fs::read_dir(self.process.dir.path()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "started") {
+                let pid = read_to_string_lossy(&path);
+                if let Ok(pid) = pid.trim().parse::<u32>() {
+                    signal(&pid.to_string(), "-KILL");
+                }
+            }
+        }
+    }
+}
+
+/// Options of tests/python/rq_produce.py.
+#[derive(Default, Clone)]
+pub struct RqProduceOpts {
+    pub queue: Option<String>,
+    pub args: Option<Value>,
+    pub kwargs: Option<Value>,
+    pub seconds: Option<f64>,
+    /// `enqueue_in` seconds.
+    pub delay_s: Option<f64>,
+    /// `Retry(max=...)` on enqueue, with `retry_interval` seconds between attempts.
+    pub retry: Option<u32>,
+    pub retry_interval: Option<u32>,
+    pub depends_on: Option<String>,
+    /// `json` for RQ's JSONSerializer (default pickle).
+    pub serializer: Option<String>,
+    pub cancel: bool,
+    /// `result_ttl` (0: RQ deletes the job as soon as it succeeds).
+    pub result_ttl: Option<u32>,
+    /// `job_timeout` in seconds.
+    pub timeout: Option<u32>,
+    /// Environment of the producer (e.g. `RQ_KEY_PREFIX`).
+    pub env: Vec<(String, String)>,
+}
+
+/// Enqueues `n` jobs of `kind` (a function of rq_app.py) like an application would; returns
+/// their RQ job ids in order.
+pub fn rq_produce(redis_url: &str, kind: &str, n: usize, opts: &RqProduceOpts) -> Vec<String> {
+    let mut cmd = Command::new(python());
+    cmd.arg(python_dir().join("rq_produce.py")).arg(kind).args([
+        "--url",
+        redis_url,
+        "--n",
+        &n.to_string(),
+    ]);
+    let mut flag = |name: &str, value: Option<String>| {
+        if let Some(v) = value {
+            cmd.args([name, &v]);
+        }
+    };
+    flag("--queue", opts.queue.clone());
+    flag("--args", opts.args.as_ref().map(Value::to_string));
+    flag("--kwargs", opts.kwargs.as_ref().map(Value::to_string));
+    flag("--seconds", opts.seconds.map(|s| s.to_string()));
+    flag("--in", opts.delay_s.map(|s| s.to_string()));
+    flag("--retry", opts.retry.map(|s| s.to_string()));
+    flag(
+        "--retry-interval",
+        opts.retry_interval.map(|s| s.to_string()),
+    );
+    flag("--depends-on", opts.depends_on.clone());
+    flag("--serializer", opts.serializer.clone());
+    flag("--result-ttl", opts.result_ttl.map(|s| s.to_string()));
+    flag("--timeout", opts.timeout.map(|s| s.to_string()));
+    if opts.cancel {
+        cmd.arg("--cancel");
+    }
+    cmd.env_remove("RQ_KEY_PREFIX")
+        .envs(opts.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .current_dir(python_dir());
+    let out = cmd.output().expect("run rq_produce.py");
+    assert!(
+        out.status.success(),
+        "rq_produce.py {kind} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ids: Vec<String> = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!("rq_produce.py printed no JSON list of job ids ({e}): {stdout}")
+    });
+    assert_eq!(ids.len(), n, "rq_produce.py returned {} ids", ids.len());
+    ids
+}

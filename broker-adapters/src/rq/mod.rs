@@ -1,0 +1,866 @@
+//! RQ (Redis Queue) under its key prefix (`rq:` by default).
+//!
+//! Where each state comes from (notes and fixtures: `tests/fixtures/rq/README.md`):
+//! - every state: the job hash `<p>job:<id>` (`status`, timestamps, `origin`, `worker_name`,
+//!   `retries_left`, `number_of_retries`), read on its `hset` notifications, for open tasks at
+//!   every reconciliation, and for ids found in queue lists and registries;
+//! - `queued`: statuses `queued`, `deferred` (`depends_on`), `scheduled` (`enqueue_at/in`, with
+//!   `eta` from the score of `<p>scheduled:<q>`), `created`, `rate_limited`, `ready_to_enqueue`;
+//! - `running`: status `started`, with the worker's name and the attempt's `started_at`;
+//! - `success` / `failure`: statuses `finished` / `failed` (`stopped` and `canceled` are
+//!   failures too), with the return value or the traceback from the newest entry of the results
+//!   stream `<p>results:<id>`;
+//! - `retried`: a job waiting again (`queued` or `scheduled`) after an attempt started: RQ's
+//!   `Retry` keeps the job id. Retries are counted from `number_of_retries` (a job that returned
+//!   `Retry`) and from `retries_left` going down (from the highest value seen); a job waiting
+//!   again with a `started_at` has been retried at least once. (`started_at` cannot tell
+//!   attempts apart: RQ writes it twice per attempt, with different times.)
+//! - `abandoned`: by the shared sweep, from worker heartbeats (see [`worker`]); RQ's own
+//!   cleanup of a dead worker's job later moves it to `failed` (`AbandonedJobError`) or retries
+//!   it, which taskscope follows;
+//! - workers: `<p>workers` and `<p>worker:<name>` hashes with their TTL;
+//! - queue samples: `LLEN <p>queue:<q>`, and the sizes of the `scheduled` (delayed), `failed`
+//!   (dead) and `wip` (running) registries.
+
+pub mod job;
+pub mod layout;
+pub mod result;
+pub mod worker;
+
+use crate::adapter::{
+    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
+};
+use crate::model::{
+    Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
+};
+use chrono::{DateTime, Duration, Utc};
+use job::{JobRecord, JobStatus, DATA_FIELD, JOB_FIELDS};
+use layout::{Layout, Registry, RqKey};
+use result::ResultType;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+/// Ids read per list or registry page.
+const PAGE: i64 = 500;
+/// Jobs remembered (decoded call, retry counting); older ones are decoded again when seen.
+const KNOWN_CAPACITY: usize = 200_000;
+/// How long past its `rq:wip` score a started job must be to count as abandoned (the score
+/// comes from the worker's clock).
+const WIP_SKEW_MARGIN: Duration = Duration::seconds(30);
+/// A worker hash is read at most this often on notifications (every job writes it 3-4 times).
+const WORKER_READ_EVERY: Duration = Duration::seconds(1);
+
+/// Configuration of the RQ adapter.
+#[derive(Debug, Clone)]
+pub struct RqConfig {
+    /// Key prefix, `rq:` by default (RQ's `RQ_KEY_PREFIX` plus `:`; a missing `:` is added).
+    pub prefix: String,
+}
+
+impl Default for RqConfig {
+    fn default() -> Self {
+        RqConfig {
+            prefix: "rq:".to_string(),
+        }
+    }
+}
+
+/// What the adapter remembers about a job between reads.
+#[derive(Debug, Clone, Default)]
+struct JobMemo {
+    /// Whether `data` was decoded (or found undecodable): later reads skip it.
+    call_read: bool,
+    /// Retries counted so far.
+    retries: u32,
+    /// The highest `retries_left` seen (the `Retry(max=...)` it was enqueued with, if seen).
+    first_retries_left: Option<u32>,
+    /// What the last observation was made of: a read that changes nothing emits nothing.
+    fingerprint: Option<String>,
+    /// The status of the last read.
+    status: Option<JobStatus>,
+    /// The `rq:wip` member (`<job>:<execution>`) already reported expired.
+    expired_execution: Option<String>,
+}
+
+pub struct RqAdapter {
+    layout: Layout,
+    /// Queue names found (`<p>queues`, job origins).
+    queues: BTreeSet<String>,
+    known: HashMap<String, JobMemo>,
+    known_order: VecDeque<String>,
+    /// Due times from the `scheduled` registries, by job id.
+    etas: HashMap<String, DateTime<Utc>>,
+    /// Per worker, the birth of the process last announced, and whether its pid is reported
+    /// (see [`RqAdapter::on_worker`]).
+    workers_born: HashMap<String, (Option<DateTime<Utc>>, bool)>,
+    /// When each worker was last read on a notification.
+    worker_read_at: HashMap<String, DateTime<Utc>>,
+    /// When worker keys expire, from the `PTTL` read just before their hash, by worker name.
+    worker_expiry: HashMap<String, DateTime<Utc>>,
+    /// Jobs asked for by reconciliation: a hash found gone settles them.
+    reconciling: HashSet<String>,
+    /// Per queue: (length, delayed, dead, running) of the current sampling round.
+    sampling: Option<BTreeMap<String, [u64; 4]>>,
+}
+
+impl RqAdapter {
+    pub fn new(config: RqConfig) -> RqAdapter {
+        RqAdapter {
+            layout: Layout::new(&config.prefix),
+            queues: BTreeSet::new(),
+            known: HashMap::new(),
+            known_order: VecDeque::new(),
+            etas: HashMap::new(),
+            workers_born: HashMap::new(),
+            worker_read_at: HashMap::new(),
+            worker_expiry: HashMap::new(),
+            reconciling: HashSet::new(),
+            sampling: None,
+        }
+    }
+
+    fn memo(&mut self, id: &str) -> &mut JobMemo {
+        if !self.known.contains_key(id) {
+            if self.known_order.len() >= KNOWN_CAPACITY {
+                if let Some(old) = self.known_order.pop_front() {
+                    self.known.remove(&old);
+                    self.etas.remove(&old);
+                }
+            }
+            self.known_order.push_back(id.to_string());
+        }
+        self.known.entry(id.to_string()).or_default()
+    }
+
+    /// The HMGET of a job hash (with `data` until its call was decoded once).
+    fn job_read(&self, id: &str) -> ReadRequest {
+        let mut fields: Vec<String> = JOB_FIELDS.iter().map(|f| f.to_string()).collect();
+        if !self.known.get(id).is_some_and(|m| m.call_read) {
+            fields.push(DATA_FIELD.to_string());
+        }
+        ReadRequest::HMGet {
+            key: self.layout.job(id),
+            fields,
+        }
+    }
+
+    fn results_read(&self, id: &str) -> ReadRequest {
+        ReadRequest::XRevRange {
+            key: self.layout.results(id),
+            count: 1,
+        }
+    }
+
+    /// The first page of a registry (lowest scores: the jobs due or expiring first).
+    fn page(key: String) -> ReadRequest {
+        ReadRequest::ZRangeWithScores {
+            key,
+            start: 0,
+            stop: PAGE - 1,
+        }
+    }
+
+    /// The last page of a registry scored by expiry (highest scores: the newest jobs).
+    fn newest(key: String) -> ReadRequest {
+        ReadRequest::ZRangeWithScores {
+            key,
+            start: -PAGE,
+            stop: -1,
+        }
+    }
+
+    fn worker_reads(&self, name: &str) -> [ReadRequest; 2] {
+        let key = self.layout.worker(name);
+        [
+            ReadRequest::PTtl(key.clone()),
+            ReadRequest::HMGet {
+                key,
+                fields: worker::WORKER_FIELDS
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect(),
+            },
+        ]
+    }
+
+    /// Reads of a queue's waiting list and registries that find jobs not known yet (what
+    /// notifications missed, and all there is when taskscope polls).
+    fn queue_reads(&self, queue: &str) -> Vec<ReadRequest> {
+        let mut reads = vec![ReadRequest::LRange {
+            key: self.layout.queue(queue),
+            start: 0,
+            stop: PAGE - 1,
+        }];
+        for registry in [Registry::Started, Registry::Scheduled, Registry::Deferred] {
+            reads.push(Self::page(self.layout.registry(registry, queue)));
+        }
+        for registry in [Registry::Finished, Registry::Failed, Registry::Canceled] {
+            reads.push(Self::newest(self.layout.registry(registry, queue)));
+        }
+        reads
+    }
+
+    fn add_queue(&mut self, queue: &str) -> bool {
+        !queue.is_empty() && self.queues.insert(queue.to_string())
+    }
+
+    fn decode_error(key: &str, kind: &'static str, message: String) -> DecodeError {
+        DecodeError {
+            broker: Broker::Rq,
+            kind,
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// Job ids (of a list, or registry members `<job_id>:<execution_id>`) not known yet: read.
+    fn on_ids(&mut self, ids: Vec<Reply>, out: &mut Output) {
+        for member in ids {
+            let Some(bytes) = member.as_bytes() else {
+                continue;
+            };
+            let member = String::from_utf8_lossy(bytes);
+            let id = member.split(':').next().unwrap_or(&member);
+            if !id.is_empty() && !self.known.contains_key(id) {
+                out.follow_up.push(self.job_read(id));
+            }
+        }
+    }
+
+    /// A page of a registry. The `scheduled` scores are due times: they become `eta`s.
+    fn on_registry(
+        &mut self,
+        registry: Registry,
+        reply: Reply,
+        now: DateTime<Utc>,
+        out: &mut Output,
+    ) {
+        let pairs = reply.into_pairs();
+        if registry == Registry::Started {
+            self.on_started_registry(&pairs, now, out);
+        }
+        if registry != Registry::Scheduled {
+            let ids = pairs.into_iter().map(|(member, _)| member).collect();
+            self.on_ids(ids, out);
+            return;
+        }
+        for (member, score) in pairs {
+            let Some(id) = member
+                .as_bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+            else {
+                continue;
+            };
+            let Some(eta) = score.as_f64().and_then(crate::codec::unix_seconds) else {
+                continue;
+            };
+            if self.etas.insert(id.clone(), eta) != Some(eta) {
+                // New or moved: the job's next observation carries it.
+                if let Some(memo) = self.known.get_mut(&id) {
+                    memo.fingerprint = None;
+                }
+                out.follow_up.push(self.job_read(&id));
+            }
+        }
+    }
+
+    /// `rq:wip:<q>` members whose score (the heartbeat expiry RQ set: next heartbeat due + 60
+    /// s) has passed: the worker missed its deadline, RQ itself will treat the job as
+    /// abandoned. This catches what the worker sweep cannot: a worker taskscope never heard
+    /// from (it died before taskscope started, its key long expired).
+    fn on_started_registry(
+        &mut self,
+        pairs: &[(Reply, Reply)],
+        now: DateTime<Utc>,
+        out: &mut Output,
+    ) {
+        for (member, score) in pairs {
+            let (Some(member), Some(score)) = (member.as_bytes(), score.as_f64()) else {
+                continue;
+            };
+            // Worker clocks write the score: a margin for their skew.
+            if score >= (now - WIP_SKEW_MARGIN).timestamp() as f64 {
+                continue;
+            }
+            let member = String::from_utf8_lossy(member).into_owned();
+            let id = member.split(':').next().unwrap_or_default().to_string();
+            let Some(memo) = self.known.get_mut(&id) else {
+                continue; // read first (the follow-up); judged at the next reconciliation
+            };
+            if memo.status != Some(JobStatus::Started)
+                || memo.expired_execution.as_deref() == Some(member.as_str())
+            {
+                continue;
+            }
+            memo.expired_execution = Some(member);
+            let mut obs =
+                TaskObservation::new(Broker::Rq, &id, now, TaskEvent::Abandoned, "rq:wip");
+            obs.detail = Some(format!(
+                "abandoned: its worker missed its heartbeat deadline ({})",
+                crate::codec::unix_seconds(score)
+                    .map(|t| crate::model::rfc3339(&t))
+                    .unwrap_or_default()
+            ));
+            out.observations.push(Observation::Task(obs));
+        }
+    }
+
+    /// An HMGET of a job hash.
+    fn on_job(
+        &mut self,
+        key: &str,
+        id: &str,
+        fields: &[String],
+        reply: Reply,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let mut out = Output::default();
+        let reconciled = self.reconciling.remove(id);
+        let values = reply.into_items();
+        let record = match job::decode(fields, &values) {
+            Ok(Some(record)) => record,
+            Ok(None) => {
+                if reconciled {
+                    // Open, and its hash is gone: RQ deletes a job's hash `result_ttl` (500 s)
+                    // after success, at once with `result_ttl=0`, or on `job.delete()`.
+                    self.known.remove(id);
+                    let mut obs = TaskObservation::new(
+                        Broker::Rq,
+                        id,
+                        now,
+                        TaskEvent::Succeeded,
+                        "job hash gone",
+                    );
+                    obs.detail = Some("job hash expired or deleted (succeeded)".to_string());
+                    out.observations.push(Observation::Task(obs));
+                }
+                return out;
+            }
+            Err(e) => {
+                out.decode_errors
+                    .push(Self::decode_error(key, e.kind(), e.to_string()));
+                return out;
+            }
+        };
+        if let Some(Err(e)) = &record.call {
+            // The job is still shown (name from its description, no arguments).
+            out.decode_errors
+                .push(Self::decode_error(key, e.kind(), e.to_string()));
+        }
+        if let Some(origin) = &record.origin {
+            if self.add_queue(origin) {
+                out.follow_up.extend(self.queue_reads(origin));
+            }
+        }
+        let eta = self.etas.get(id).copied();
+        if record.status == JobStatus::Scheduled && eta.is_none() {
+            if let Some(origin) = &record.origin {
+                out.follow_up.push(Self::page(
+                    self.layout.registry(Registry::Scheduled, origin),
+                ));
+            }
+        }
+        let retries = self.count_retries(id, &record);
+        let fingerprint = format!(
+            "{:?}|{:?}|{:?}|{:?}|{retries}|{eta:?}",
+            record.status, record.started_at_raw, record.ended_at, record.last_heartbeat
+        );
+        let memo = self.memo(id);
+        memo.status = Some(record.status);
+        if record.call.is_some() {
+            memo.call_read = true;
+        }
+        if memo.fingerprint.as_deref() == Some(fingerprint.as_str()) && record.call.is_none() {
+            return out;
+        }
+        memo.fingerprint = Some(fingerprint);
+        let obs = observe(id, &record, retries, eta, now);
+        if matches!(
+            record.status,
+            JobStatus::Finished | JobStatus::Failed | JobStatus::Stopped
+        ) {
+            out.follow_up.push(self.results_read(id));
+            if let Some(started) = record.started_at {
+                // The attempt's start, for a job first seen finished (polling, a restart): it
+                // only fills what is unknown when the start was seen already.
+                let mut ran = TaskObservation::new(
+                    Broker::Rq,
+                    id,
+                    started.min(obs.at),
+                    TaskEvent::Running,
+                    "job started",
+                );
+                ran.attempt = obs.attempt;
+                ran.fields.queue = obs.fields.queue.clone();
+                ran.fields.name = obs.fields.name.clone();
+                ran.fields.worker = record.worker_name.clone();
+                ran.fields.started_at = Some(started);
+                ran.fields.enqueued_at = obs.fields.enqueued_at;
+                out.observations.push(Observation::Task(ran));
+            }
+        }
+        out.observations.push(Observation::Task(obs));
+        out
+    }
+
+    /// Retries so far, from every sign RQ leaves (see the module doc).
+    fn count_retries(&mut self, id: &str, record: &JobRecord) -> u32 {
+        let memo = self.memo(id);
+        let mut retries = memo.retries;
+        if let Some(n) = record.number_of_retries {
+            retries = retries.max(n);
+        }
+        if let Some(left) = record.retries_left {
+            let first = memo.first_retries_left.map_or(left, |f| f.max(left));
+            memo.first_retries_left = Some(first);
+            retries = retries.max(first - left);
+        }
+        if record.status.is_waiting() && record.started_at.is_some() {
+            // Waiting again after an attempt ran: at least one retry, even when the reads
+            // that would tell how many were missed.
+            retries = retries.max(1);
+        }
+        memo.retries = retries;
+        retries
+    }
+
+    /// The newest results-stream entry of a job.
+    fn on_results(&mut self, key: &str, id: &str, reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let entry = match result::decode_latest(reply) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return out,
+            Err(e) => {
+                out.decode_errors
+                    .push(Self::decode_error(key, e.kind(), e.to_string()));
+                return out;
+            }
+        };
+        if entry.return_value_undecodable {
+            out.decode_errors.push(Self::decode_error(
+                key,
+                "result-return-value",
+                "return value did not decode (custom class or unknown serializer)".into(),
+            ));
+        }
+        let at = entry.ended_at.or(entry.written_at).unwrap_or(now);
+        let (event, error) = match entry.kind {
+            ResultType::Successful => (TaskEvent::Succeeded, None),
+            ResultType::Failed => (TaskEvent::Failed, entry.error_line()),
+            ResultType::Stopped => (TaskEvent::Failed, Some("stopped".to_string())),
+            ResultType::MaxRetriesExceeded => (
+                TaskEvent::Failed,
+                Some("maximum retries exceeded".to_string()),
+            ),
+            // The job hash, waiting again, says which attempt it is.
+            ResultType::Retried => return out,
+        };
+        let mut obs = TaskObservation::new(Broker::Rq, id, at, event, "results stream");
+        if let Some(memo) = self.known.get(id) {
+            obs.attempt = Some(memo.retries);
+        }
+        obs.fields.worker = entry.worker_name.clone();
+        obs.fields.result = entry.return_value.clone();
+        obs.fields.error = error;
+        obs.fields.traceback = entry.traceback.clone();
+        if let (Some(s), Some(e)) = (entry.started_at, entry.ended_at) {
+            obs.fields.started_at = Some(s);
+            obs.fields.runtime_ms = ((e - s).num_microseconds())
+                .map(|us| us as f64 / 1000.0)
+                .filter(|ms| *ms >= 0.0);
+        }
+        out.observations.push(Observation::Task(obs));
+        out
+    }
+
+    /// `PTTL` then HMGET of a worker hash.
+    ///
+    /// The pid tells the store that a worker name now belongs to a new process (the tasks of
+    /// the old one are then abandoned as "restarted"), from the moment it is first seen. That
+    /// is right when the new process is seen as it starts (its `birth` notification); seen
+    /// later (polling, a restart of taskscope), the jobs it started meanwhile would look older
+    /// than it, so its pid is not reported and the old process's jobs are left to silence and
+    /// to RQ's own cleanup.
+    fn on_worker(&mut self, name: &str, reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let expires_at = self.worker_expiry.remove(name);
+        let Some(record) = worker::decode(&reply.into_items()) else {
+            // Expired (its heartbeats stopped) or deleted: silence, judged by the sweep.
+            return out;
+        };
+        let first_sight = match self.workers_born.get(name) {
+            None => true,
+            Some((birth, _)) => *birth != record.birth,
+        };
+        if first_sight {
+            let known_name = self.workers_born.contains_key(name);
+            let prompt = record
+                .birth
+                .is_some_and(|b| now - b <= WORKER_READ_EVERY * 2);
+            self.workers_born
+                .insert(name.to_string(), (record.birth, !known_name || prompt));
+        }
+        let with_pid = self.workers_born.get(name).is_some_and(|(_, p)| *p);
+        let observation = |at: DateTime<Utc>, event: WorkerEvent| {
+            Observation::Worker(WorkerObservation {
+                broker: Broker::Rq,
+                id: name.to_string(),
+                hostname: record.hostname.clone(),
+                pid: if with_pid { record.pid } else { None },
+                at,
+                event,
+                active: None,
+                heartbeat_every_s: None,
+            })
+        };
+        if let Some(death) = record.death {
+            out.observations
+                .push(observation(death.min(now), WorkerEvent::Offline));
+            return out;
+        }
+        if let (true, Some(birth)) = (first_sight, record.birth) {
+            // A new row starts at the birth: tasks it started are not older than it.
+            out.observations
+                .push(observation(birth.min(now), WorkerEvent::Heartbeat));
+        }
+        if let Some(at) = record.alive_at(now, expires_at) {
+            out.observations
+                .push(observation(at, WorkerEvent::Heartbeat));
+        }
+        out
+    }
+
+    /// `SMEMBERS <p>workers`, the last read of a sampling round: read every worker, and close
+    /// the round.
+    fn on_workers(&mut self, reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let prefix = self.layout.worker("");
+        let names: BTreeSet<String> = reply
+            .into_items()
+            .iter()
+            .filter_map(|r| r.as_bytes())
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .filter_map(|key| key.strip_prefix(&prefix).map(str::to_string))
+            .filter(|name| !name.is_empty())
+            .collect();
+        for name in &names {
+            out.follow_up.extend(self.worker_reads(name));
+            self.worker_read_at.insert(name.clone(), now);
+        }
+        // Names leave `<p>workers` when a worker dies cleanly or RQ cleans a dead one up.
+        self.worker_read_at.retain(|n, _| names.contains(n));
+        self.workers_born.retain(|n, _| names.contains(n));
+        if let Some(sampling) = self.sampling.take() {
+            for (queue, [length, delayed, dead, running]) in sampling {
+                out.queue_samples.push(QueueSample {
+                    broker: Broker::Rq,
+                    name: queue,
+                    length,
+                    delayed,
+                    dead,
+                    running,
+                    sampled_at: now,
+                });
+            }
+        }
+        out
+    }
+
+    /// `SMEMBERS <p>queues`: queue keys.
+    fn on_queues(&mut self, reply: Reply) -> Output {
+        let mut out = Output::default();
+        let prefix = self.layout.queue("");
+        for member in reply.into_items() {
+            let Some(bytes) = member.as_bytes() else {
+                continue;
+            };
+            let key = String::from_utf8_lossy(bytes);
+            if let Some(name) = key.strip_prefix(&prefix) {
+                if self.add_queue(name) {
+                    out.follow_up.extend(self.queue_reads(name));
+                }
+            }
+        }
+        out
+    }
+
+    fn on_length(&mut self, key: &str, n: u64) {
+        let Some(sampling) = self.sampling.as_mut() else {
+            return;
+        };
+        let (queue, slot) = match self.layout.classify(key) {
+            Some(RqKey::Queue(q)) => (q, 0),
+            Some(RqKey::Registry(Registry::Scheduled, q)) => (q, 1),
+            Some(RqKey::Registry(Registry::Failed, q)) => (q, 2),
+            Some(RqKey::Registry(Registry::Started, q)) => (q, 3),
+            _ => return,
+        };
+        if let Some(entry) = sampling.get_mut(queue) {
+            entry[slot] += n;
+        }
+    }
+}
+
+/// The observation one job hash makes.
+fn observe(
+    id: &str,
+    record: &JobRecord,
+    retries: u32,
+    eta: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> TaskObservation {
+    let waiting_again = record.status.is_waiting() && record.started_at.is_some() && retries > 0;
+    let (event, attempt, at, source) = match record.status {
+        _ if waiting_again => (
+            TaskEvent::Retried,
+            retries - 1,
+            record.ended_at.unwrap_or(now),
+            "job requeued",
+        ),
+        JobStatus::Scheduled => (
+            TaskEvent::Queued,
+            retries,
+            record.enqueued_at.or(record.created_at).unwrap_or(now),
+            "scheduled registry",
+        ),
+        JobStatus::Deferred => (
+            TaskEvent::Queued,
+            retries,
+            record.created_at.unwrap_or(now),
+            "deferred registry",
+        ),
+        s if s.is_waiting() => (
+            TaskEvent::Queued,
+            retries,
+            record.enqueued_at.or(record.created_at).unwrap_or(now),
+            "queue",
+        ),
+        JobStatus::Started => (
+            TaskEvent::Running,
+            retries,
+            // The heartbeat too: a job seen running after it was abandoned moves on only when
+            // its worker heartbeats it again.
+            record
+                .last_heartbeat
+                .max(record.started_at)
+                .unwrap_or(now)
+                .min(now),
+            "job started",
+        ),
+        JobStatus::Finished => (
+            TaskEvent::Succeeded,
+            retries,
+            record.ended_at.unwrap_or(now),
+            "job finished",
+        ),
+        _ => (
+            TaskEvent::Failed,
+            retries,
+            record.ended_at.unwrap_or(now),
+            match record.status {
+                JobStatus::Stopped => "job stopped",
+                JobStatus::Canceled => "job canceled",
+                _ => "job failed",
+            },
+        ),
+    };
+    let mut obs = TaskObservation::new(Broker::Rq, id, at, event, source);
+    obs.attempt = Some(attempt);
+    let f = &mut obs.fields;
+    f.queue = record.origin.clone();
+    f.name = record.name();
+    if let Some(Ok(call)) = &record.call {
+        f.args = call.args.clone();
+        f.kwargs = call.kwargs.clone();
+    }
+    f.enqueued_at = record.enqueued_at.or(record.created_at);
+    if record.status == JobStatus::Scheduled {
+        f.eta = eta;
+    }
+    match record.status {
+        JobStatus::Started => {
+            f.worker = record.worker_name.clone();
+            f.started_at = record.started_at;
+        }
+        JobStatus::Finished | JobStatus::Failed | JobStatus::Stopped => {
+            f.worker = record.worker_name.clone();
+            if let (Some(s), Some(e)) = (record.started_at, record.ended_at) {
+                f.runtime_ms = (e - s)
+                    .num_microseconds()
+                    .map(|us| us as f64 / 1000.0)
+                    .filter(|ms| *ms >= 0.0);
+            }
+        }
+        _ => {}
+    }
+    if record.status == JobStatus::Finished {
+        f.result = record.legacy_result.clone();
+    }
+    match record.status {
+        JobStatus::Failed => {
+            if let Some(tb) = &record.exc_info {
+                f.error = crate::codec::error_line_from_traceback(tb);
+                f.traceback = Some(tb.clone());
+            }
+        }
+        JobStatus::Stopped => f.error = Some("stopped".to_string()),
+        JobStatus::Canceled => f.error = Some("canceled".to_string()),
+        _ => {}
+    }
+    obs
+}
+
+impl Adapter for RqAdapter {
+    fn broker(&self) -> Broker {
+        Broker::Rq
+    }
+
+    fn interest(&self) -> Interest {
+        let p = glob_escape(self.layout.prefix());
+        Interest {
+            channel_patterns: Vec::new(),
+            key_patterns: vec![
+                format!("{p}job:*"),
+                format!("{p}results:*"),
+                format!("{p}scheduled:*"),
+                // A new worker's birth writes its hash: `<p>workers` itself is read by sampling
+                // only, whose round its reply closes.
+                format!("{p}worker:*"),
+                format!("{p}queues"),
+            ],
+            scan_patterns: vec![format!("{p}job:*")],
+            side_scan_patterns: Vec::new(),
+            notify_classes: "hszt".to_string(),
+            prefetch: Vec::new(),
+        }
+    }
+
+    fn on_scan(
+        &mut self,
+        _pattern: &str,
+        keys: Vec<String>,
+        _now: DateTime<Utc>,
+    ) -> Vec<ReadRequest> {
+        keys.iter()
+            .filter_map(|key| match self.layout.classify(key) {
+                Some(RqKey::Job(id)) if !self.known.contains_key(id) => Some(self.job_read(id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn on_key_event(&mut self, key: &str, op: &str, now: DateTime<Utc>) -> Vec<ReadRequest> {
+        match (self.layout.classify(key), op) {
+            (Some(RqKey::Job(id)), "hset" | "hmset") => vec![self.job_read(id)],
+            (Some(RqKey::Results(id)), "xadd") => vec![self.results_read(id)],
+            (Some(RqKey::Registry(Registry::Scheduled, _)), "zadd") => {
+                vec![Self::page(key.to_string())]
+            }
+            (Some(RqKey::Queues), "sadd") => vec![ReadRequest::SMembers(self.layout.queues())],
+            (Some(RqKey::Worker(name)), "hset" | "hmset") => {
+                let recent = self
+                    .worker_read_at
+                    .get(name)
+                    .is_some_and(|at| now - *at < WORKER_READ_EVERY);
+                if recent {
+                    return Vec::new();
+                }
+                self.worker_read_at.insert(name.to_string(), now);
+                self.worker_reads(name).to_vec()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn on_message(&mut self, _channel: &str, _payload: &[u8], _now: DateTime<Utc>) -> Output {
+        Output::default()
+    }
+
+    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
+        if let Reply::Error(e) = &reply {
+            return Output {
+                decode_errors: vec![Self::decode_error(request.key(), "redis-reply", e.clone())],
+                ..Output::default()
+            };
+        }
+        let layout = self.layout.clone();
+        let mut out = Output::default();
+        match (request.inner(), layout.classify(request.key())) {
+            (ReadRequest::HMGet { key, fields }, Some(RqKey::Job(id))) => {
+                return self.on_job(key, id, fields, reply, now);
+            }
+            (ReadRequest::HMGet { .. }, Some(RqKey::Worker(name))) => {
+                return self.on_worker(name, reply, now);
+            }
+            (ReadRequest::PTtl(_), Some(RqKey::Worker(name))) => match reply.as_i64() {
+                Some(ms) if ms > 0 => {
+                    // Checked: a reply is data, and data must not panic.
+                    if let Some(at) =
+                        Duration::try_milliseconds(ms).and_then(|ttl| now.checked_add_signed(ttl))
+                    {
+                        self.worker_expiry.insert(name.to_string(), at);
+                    }
+                }
+                _ => {
+                    self.worker_expiry.remove(name);
+                }
+            },
+            (ReadRequest::XRevRange { key, .. }, Some(RqKey::Results(id))) => {
+                return self.on_results(key, id, reply, now);
+            }
+            (ReadRequest::SMembers(_), Some(RqKey::Workers)) => {
+                return self.on_workers(reply, now);
+            }
+            (ReadRequest::SMembers(_), Some(RqKey::Queues)) => return self.on_queues(reply),
+            (ReadRequest::LRange { .. }, Some(RqKey::Queue(_))) => {
+                self.on_ids(reply.into_items(), &mut out);
+            }
+            (ReadRequest::ZRangeWithScores { .. }, Some(RqKey::Registry(registry, _))) => {
+                self.on_registry(registry, reply, now, &mut out);
+            }
+            (ReadRequest::LLen(key) | ReadRequest::ZCard(key), _) => {
+                self.on_length(key, reply.as_i64().unwrap_or(0).max(0) as u64);
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        let mut reads = vec![ReadRequest::SMembers(self.layout.queues())];
+        for queue in &self.queues {
+            reads.extend(self.queue_reads(queue));
+        }
+        for task in open {
+            self.reconciling.insert(task.id.clone());
+            reads.push(self.job_read(&task.id));
+        }
+        if self.reconciling.len() > 4 * open.len().max(1_000) {
+            // Replies lost to a connection gap: start afresh.
+            self.reconciling = open.iter().map(|t| t.id.clone()).collect();
+        }
+        reads
+    }
+
+    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        let mut reads = vec![ReadRequest::SMembers(self.layout.queues())];
+        for q in &self.queues {
+            reads.push(ReadRequest::LLen(self.layout.queue(q)));
+            for registry in [Registry::Scheduled, Registry::Failed, Registry::Started] {
+                reads.push(ReadRequest::ZCard(self.layout.registry(registry, q)));
+            }
+        }
+        self.sampling = Some(self.queues.iter().map(|q| (q.clone(), [0; 4])).collect());
+        // Last: its reply closes the round.
+        reads.push(ReadRequest::SMembers(self.layout.workers()));
+        reads
+    }
+
+    fn on_gap(&mut self) {
+        self.sampling = None;
+        self.reconciling.clear();
+        self.worker_expiry.clear();
+        for memo in self.known.values_mut() {
+            memo.fingerprint = None;
+        }
+    }
+}
