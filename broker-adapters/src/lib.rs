@@ -5,7 +5,7 @@
 //! - [`adapter`]: the sans-I/O seam: what an adapter asks Redis for and what it gets back.
 //! - [`state`]: the one state machine every broker shares, and the abandon sweep.
 //! - [`codec`]: payload helpers every adapter needs (JSON, msgpack, base64, pickle).
-//! - one module per broker: [`celery`].
+//! - one module per broker: [`celery`], [`dramatiq`], [`taskiq`].
 //!
 //! # Invariant
 //! Nothing in this crate does I/O or reads the clock: bytes and `now` in, observations out. That
@@ -18,6 +18,7 @@ pub mod dramatiq;
 pub mod model;
 mod pickle_guard;
 pub mod state;
+pub mod taskiq;
 
 pub use adapter::{Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, ReadRequest, Reply};
 pub use model::*;

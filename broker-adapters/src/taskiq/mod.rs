@@ -1,0 +1,886 @@
+//! taskiq with taskiq-redis: `RedisStreamBroker`, `ListQueueBroker`, `PubSubBroker`, and the
+//! `RedisAsyncResultBackend`.
+//!
+//! Where each state comes from (fixtures: `tests/fixtures/taskiq/`, notes in ARCHITECTURE.md):
+//! - **Stream** (`XADD <queue> * data <message>`, consumer groups): the stream is read on its own
+//!   with `XRANGE` from the last id seen (never `XREADGROUP`: taskscope joins no group and acks
+//!   nothing), so every entry is seen even when a worker reads and acks it within milliseconds.
+//!   `queued` when added; `running` while the entry is in a group's pending entries list
+//!   (`XPENDING`, worker = consumer name); once it has left the PEL behind the group's
+//!   `last-delivered-id` it was acknowledged, and the result record tells the outcome. Consumers'
+//!   idle times (`XINFO CONSUMERS`) are their heartbeats: the shared sweep abandons a running
+//!   task whose consumer fell silent. An `XAUTOCLAIM` by another consumer moves it on.
+//! - **List** (`LPUSH` / `BRPOP`): `queued` while the item is in the list, `running` once it is
+//!   gone (a worker popped it: no worker name, no acknowledgement exists), outcome from results.
+//! - **Pub/sub**: `queued` when published on the channel; outcome from results.
+//! - **Results**: key `<task_id>` or `<prefix>:<task_id>`; pickle, JSON or msgpack (see
+//!   [`result`]). `retried`: a new message with the same `task_id` and a higher `_retries` label.
+//!
+//! An acknowledged stream entry without a result record (no result backend configured): taskiq
+//! acknowledges failures too, so the outcome is unknown. When no result record was ever seen in
+//! this Redis it is settled as `success` with a detail that says it was assumed; when results do
+//! exist, taskscope keeps waiting for the record.
+
+pub mod message;
+pub mod result;
+pub mod stream;
+
+use crate::adapter::{
+    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
+};
+use crate::model::{
+    Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
+};
+use chrono::{DateTime, Duration, Utc};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use stream::{Entry, StreamId};
+
+pub use message::{looks_like_message, looks_like_stream_entry};
+pub use result::looks_like_result;
+
+/// Entries read per `XRANGE` page.
+const PAGE: u64 = 500;
+/// How far back the first read of a stream goes (older entries are history taskscope skips).
+const INITIAL_WINDOW: u64 = 1_000;
+/// Pending entries read per group and pass.
+const PEL_PAGE: u64 = 1_000;
+/// List items read per pass (a deeper backlog is counted by sampling, not listed).
+const LIST_DEPTH: i64 = 10_000;
+/// Result keys per `MGET`.
+const MGET_CHUNK: usize = 256;
+/// Empty reads of an acknowledged task's result key before, with no result backend in sight,
+/// it is settled as an assumed success.
+const RESULT_TRIES: u32 = 3;
+/// Tasks and unsettled entries remembered (the oldest are forgotten first).
+const TASK_CAPACITY: usize = 200_000;
+const ENTRY_CAPACITY: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct TaskiqConfig {
+    /// Queue names: streams, lists or pub/sub channels (the broker's `queue_name`).
+    pub queues: Vec<String>,
+    /// The result backend's `prefix_str`; `None`: result keys are bare task ids.
+    pub result_prefix: Option<String>,
+}
+
+impl Default for TaskiqConfig {
+    fn default() -> Self {
+        TaskiqConfig {
+            queues: vec!["taskiq".to_string()],
+            result_prefix: None,
+        }
+    }
+}
+
+/// What a configured queue name turned out to be in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueKind {
+    /// Not seen as a key yet (absent, or a pub/sub channel).
+    Unknown,
+    Stream,
+    List,
+}
+
+/// An entry read from a stream and not settled yet.
+#[derive(Debug, Clone)]
+struct EntryInfo {
+    task_id: String,
+    attempt: u32,
+    /// The consumer whose PEL held it at the last read.
+    consumer: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    last_id: Option<StreamId>,
+    entries: BTreeMap<StreamId, EntryInfo>,
+    groups: BTreeMap<String, stream::Group>,
+    /// `XLEN` of the current sampling round.
+    xlen: Option<u64>,
+}
+
+/// A task taskscope learned about from a message.
+#[derive(Debug, Clone)]
+struct TaskTrack {
+    /// The highest `_retries` seen in its messages.
+    attempt: u32,
+    /// Acknowledged (stream) or popped (list), its result not read yet: empty reads so far.
+    awaiting: Option<u32>,
+}
+
+#[derive(Debug, Clone)]
+struct ConsumerSeen {
+    pending: u64,
+    last_alive: DateTime<Utc>,
+}
+
+pub struct TaskiqAdapter {
+    queues: Vec<String>,
+    prefix: Option<String>,
+    kinds: HashMap<String, QueueKind>,
+    streams: HashMap<String, StreamState>,
+    /// Per list: the (task id, attempt) of the items at its last read; `None` after a gap.
+    lists: HashMap<String, Option<HashSet<(String, u32)>>>,
+    tasks: HashMap<String, TaskTrack>,
+    task_order: VecDeque<String>,
+    consumers: HashMap<String, ConsumerSeen>,
+    /// Streams whose next `XINFO GROUPS` reply makes a queue sample.
+    sampling: HashSet<String>,
+    /// Whether any result record was ever decoded: then a missing one means "not yet".
+    results_seen: bool,
+}
+
+fn hex32_pattern() -> String {
+    "[0-9a-f]".repeat(32)
+}
+
+fn text(r: &Reply) -> Option<String> {
+    r.as_bytes()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+impl TaskiqAdapter {
+    pub fn new(config: TaskiqConfig) -> TaskiqAdapter {
+        let queues: Vec<String> = config
+            .queues
+            .into_iter()
+            .map(|q| q.trim().to_string())
+            .filter(|q| !q.is_empty())
+            .collect();
+        TaskiqAdapter {
+            kinds: queues
+                .iter()
+                .map(|q| (q.clone(), QueueKind::Unknown))
+                .collect(),
+            queues,
+            prefix: config.result_prefix.filter(|p| !p.is_empty()),
+            streams: HashMap::new(),
+            lists: HashMap::new(),
+            tasks: HashMap::new(),
+            task_order: VecDeque::new(),
+            consumers: HashMap::new(),
+            sampling: HashSet::new(),
+            results_seen: false,
+        }
+    }
+
+    fn result_key(&self, task_id: &str) -> String {
+        match &self.prefix {
+            Some(p) => format!("{p}:{task_id}"),
+            None => task_id.to_string(),
+        }
+    }
+
+    /// The task id a result key belongs to, if the key is one.
+    fn task_of_result_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        if key.ends_with(result::PROGRESS_SUFFIX) {
+            return None;
+        }
+        match &self.prefix {
+            Some(p) => key.strip_prefix(p.as_str())?.strip_prefix(':'),
+            None => Some(key),
+        }
+    }
+
+    fn result_pattern(&self) -> String {
+        match &self.prefix {
+            Some(p) => format!("{}:*", glob_escape(p)),
+            None => hex32_pattern(),
+        }
+    }
+
+    fn is_queue(&self, key: &str) -> bool {
+        self.kinds.contains_key(key)
+    }
+
+    fn track(&mut self, task_id: &str, attempt: u32) -> &mut TaskTrack {
+        if !self.tasks.contains_key(task_id) {
+            if self.task_order.len() >= TASK_CAPACITY {
+                if let Some(old) = self.task_order.pop_front() {
+                    self.tasks.remove(&old);
+                }
+            }
+            self.task_order.push_back(task_id.to_string());
+        }
+        let t = self
+            .tasks
+            .entry(task_id.to_string())
+            .or_insert(TaskTrack {
+                attempt,
+                awaiting: None,
+            });
+        t.attempt = t.attempt.max(attempt);
+        t
+    }
+
+    /// Reads that bring a stream up to date: new entries, groups, consumers, pending entries.
+    fn stream_reads(&self, key: &str) -> Vec<ReadRequest> {
+        let state = self.streams.get(key);
+        let mut reads = vec![match state.and_then(|s| s.last_id) {
+            Some(last) => ReadRequest::XRange {
+                key: key.to_string(),
+                start: format!("({last}"),
+                end: "+".to_string(),
+                count: PAGE,
+            },
+            None => ReadRequest::XRevRange {
+                key: key.to_string(),
+                end: "+".to_string(),
+                start: "-".to_string(),
+                count: INITIAL_WINDOW,
+            },
+        }];
+        reads.push(ReadRequest::XInfoGroups(key.to_string()));
+        if let Some(state) = state {
+            for group in state.groups.keys() {
+                reads.extend(group_reads(key, group));
+            }
+        }
+        reads
+    }
+
+    fn list_reads(key: &str) -> Vec<ReadRequest> {
+        vec![ReadRequest::LRange {
+            key: key.to_string(),
+            start: 0,
+            stop: LIST_DEPTH - 1,
+        }]
+    }
+
+    fn queue_reads(&self, key: &str) -> Vec<ReadRequest> {
+        match self.kinds.get(key) {
+            Some(QueueKind::Stream) => self.stream_reads(key),
+            Some(QueueKind::List) => Self::list_reads(key),
+            _ => vec![ReadRequest::Type(key.to_string())],
+        }
+    }
+
+    fn set_kind(&mut self, key: &str, kind: QueueKind) -> bool {
+        let slot = self
+            .kinds
+            .entry(key.to_string())
+            .or_insert(QueueKind::Unknown);
+        let changed = *slot != kind;
+        *slot = kind;
+        changed
+    }
+
+    fn message_error(key: &str, kind: &'static str, message: String) -> DecodeError {
+        DecodeError {
+            broker: Broker::Taskiq,
+            kind,
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// A message seen waiting in `queue`: `queued`, or `retried` for a retry middleware's copy.
+    fn queued_observation(
+        &mut self,
+        msg: &message::TaskiqMessage,
+        queue: &str,
+        at: DateTime<Utc>,
+        source: &'static str,
+    ) -> Observation {
+        self.track(&msg.task_id, msg.retries);
+        let mut obs = TaskObservation::new(
+            Broker::Taskiq,
+            msg.task_id.clone(),
+            at,
+            TaskEvent::Queued,
+            source,
+        );
+        obs.attempt = Some(msg.retries);
+        obs.fields.queue = Some(queue.to_string());
+        obs.fields.name = Some(msg.task_name.clone());
+        obs.fields.args = msg.args.clone();
+        obs.fields.kwargs = msg.kwargs.clone();
+        obs.fields.enqueued_at = Some(at);
+        if msg.retries > 0 {
+            obs.detail = Some(format!(
+                "retry {}: re-sent with the same task id ({source})",
+                msg.retries
+            ));
+        }
+        Observation::Task(obs)
+    }
+
+    fn on_entries(
+        &mut self,
+        key: &str,
+        entries: Vec<Entry>,
+        now: DateTime<Utc>,
+        out: &mut Output,
+    ) {
+        for entry in entries {
+            let known_before = self
+                .streams
+                .get(key)
+                .is_some_and(|s| s.last_id.is_some_and(|l| entry.id <= l));
+            if known_before
+                && self
+                    .streams
+                    .get(key)
+                    .is_some_and(|s| s.entries.contains_key(&entry.id))
+            {
+                continue;
+            }
+            let Some(data) = entry.field(message::STREAM_DATA_FIELD) else {
+                out.decode_errors.push(Self::message_error(
+                    key,
+                    "stream-entry-shape",
+                    format!("entry {} has no data field", entry.id),
+                ));
+                continue;
+            };
+            let msg = match message::decode(data) {
+                Ok(m) => m,
+                Err(e) => {
+                    out.decode_errors.push(Self::message_error(
+                        key,
+                        e.kind(),
+                        format!("entry {}: {e}", entry.id),
+                    ));
+                    continue;
+                }
+            };
+            let at = entry.id.time().unwrap_or(now);
+            let obs = self.queued_observation(&msg, key, at, "stream");
+            out.observations.push(obs);
+            let state = self.streams.entry(key.to_string()).or_default();
+            if state.entries.len() >= ENTRY_CAPACITY {
+                state.entries.pop_first();
+            }
+            state.entries.insert(
+                entry.id,
+                EntryInfo {
+                    task_id: msg.task_id,
+                    attempt: msg.retries,
+                    consumer: None,
+                },
+            );
+        }
+    }
+
+    /// Entries acknowledged: their results are read to learn the outcome.
+    fn settle(&mut self, settled: Vec<EntryInfo>, out: &mut Output) {
+        let mut keys = Vec::new();
+        for e in settled {
+            let Some(track) = self.tasks.get_mut(&e.task_id) else {
+                continue;
+            };
+            // A later attempt exists: this acknowledgement ended a retried attempt.
+            if e.attempt < track.attempt {
+                continue;
+            }
+            track.awaiting.get_or_insert(0);
+            keys.push(self.result_key(&e.task_id));
+        }
+        for chunk in keys.chunks(MGET_CHUNK) {
+            out.follow_up.push(ReadRequest::MGet(chunk.to_vec()));
+        }
+    }
+
+    fn on_pending(
+        &mut self,
+        key: &str,
+        group: &str,
+        count: u64,
+        reply: Reply,
+        now: DateTime<Utc>,
+        out: &mut Output,
+    ) {
+        let listed = stream::pending(reply);
+        let complete = (listed.len() as u64) < count;
+        let max_listed = listed.last().map(|p| p.id);
+        let pel: HashMap<StreamId, &stream::Pending> = listed.iter().map(|p| (p.id, p)).collect();
+        let Some(state) = self.streams.get_mut(key) else {
+            return;
+        };
+        let last_delivered = state.groups.get(group).and_then(|g| g.last_delivered);
+        let mut settled = Vec::new();
+        let mut running = Vec::new();
+        let ids: Vec<StreamId> = state.entries.keys().copied().collect();
+        for id in ids {
+            if let Some(p) = pel.get(&id) {
+                let Some(entry) = state.entries.get_mut(&id) else {
+                    continue;
+                };
+                if entry.consumer.as_deref() != Some(p.consumer.as_str()) {
+                    entry.consumer = Some(p.consumer.clone());
+                    running.push((entry.clone(), p.consumer.clone(), p.deliveries));
+                }
+            } else if last_delivered.is_some_and(|d| id <= d)
+                && (complete || max_listed.is_some_and(|m| id < m))
+            {
+                if let Some(entry) = state.entries.remove(&id) {
+                    settled.push(entry);
+                }
+            }
+        }
+        // Pending entries taskscope never read (older than its window, or read meanwhile).
+        let unknown: Vec<StreamId> = listed
+            .iter()
+            .map(|p| p.id)
+            .filter(|id| !state.entries.contains_key(id) && state.last_id.is_some_and(|l| *id <= l))
+            .take(64)
+            .collect();
+        for id in unknown {
+            out.follow_up.push(ReadRequest::XRange {
+                key: key.to_string(),
+                start: id.to_string(),
+                end: id.to_string(),
+                count: 1,
+            });
+        }
+        for (entry, consumer, deliveries) in running {
+            let mut obs = TaskObservation::new(
+                Broker::Taskiq,
+                entry.task_id.clone(),
+                now,
+                TaskEvent::Running,
+                "stream PEL",
+            );
+            obs.attempt = Some(entry.attempt);
+            obs.fields.worker = Some(consumer.clone());
+            obs.fields.queue = Some(key.to_string());
+            obs.detail = Some(if deliveries > 1 {
+                format!("claimed by consumer {consumer} (delivery {deliveries})")
+            } else {
+                format!("delivered to consumer {consumer} of group {group}")
+            });
+            out.observations.push(Observation::Task(obs));
+        }
+        self.settle(settled, out);
+    }
+
+    fn on_consumers(&mut self, reply: Reply, now: DateTime<Utc>, out: &mut Output) {
+        for c in stream::consumers(reply) {
+            let idle = Duration::milliseconds(i64::try_from(c.idle_ms).unwrap_or(i64::MAX));
+            let mut alive = now - idle;
+            let previous = self.consumers.get(&c.name).cloned();
+            if let Some(prev) = &previous {
+                // It acknowledged something since the last read: alive now, even when it
+                // has not read the stream for a while (all its slots busy).
+                if c.pending < prev.pending {
+                    alive = now;
+                }
+                alive = alive.max(prev.last_alive);
+            }
+            let report = previous
+                .as_ref()
+                .is_none_or(|p| alive - p.last_alive >= Duration::milliseconds(500));
+            self.consumers.insert(
+                c.name.clone(),
+                ConsumerSeen {
+                    pending: c.pending,
+                    last_alive: alive,
+                },
+            );
+            if report {
+                out.observations.push(Observation::Worker(WorkerObservation {
+                    broker: Broker::Taskiq,
+                    id: c.name,
+                    hostname: None,
+                    pid: None,
+                    at: alive,
+                    event: WorkerEvent::Heartbeat,
+                    active: Some(u32::try_from(c.pending).unwrap_or(u32::MAX)),
+                    heartbeat_every_s: None,
+                }));
+            }
+        }
+    }
+
+    fn on_groups(&mut self, key: &str, reply: Reply, now: DateTime<Utc>, out: &mut Output) {
+        let groups = stream::groups(reply);
+        let state = self.streams.entry(key.to_string()).or_default();
+        for g in &groups {
+            if !state.groups.contains_key(&g.name) {
+                out.follow_up.extend(group_reads(key, &g.name));
+            }
+        }
+        state.groups = groups.into_iter().map(|g| (g.name.clone(), g)).collect();
+        if self.sampling.remove(key) {
+            let running = state.groups.values().map(|g| g.pending).sum();
+            let length = if state.groups.is_empty() {
+                state.xlen.unwrap_or(0)
+            } else {
+                state
+                    .groups
+                    .values()
+                    .map(|g| match (g.lag, g.last_delivered) {
+                        (Some(lag), _) => lag,
+                        (None, d) => state
+                            .entries
+                            .keys()
+                            .filter(|id| d.is_none_or(|d| **id > d))
+                            .count() as u64,
+                    })
+                    .min()
+                    .unwrap_or(0)
+            };
+            out.queue_samples.push(QueueSample {
+                broker: Broker::Taskiq,
+                name: key.to_string(),
+                length,
+                delayed: 0,
+                dead: 0,
+                running,
+                sampled_at: now,
+            });
+        }
+    }
+
+    fn on_list(&mut self, key: &str, reply: Reply, now: DateTime<Utc>, out: &mut Output) {
+        let mut present = HashSet::new();
+        let mut fresh = Vec::new();
+        for item in reply.into_items() {
+            let Some(bytes) = item.as_bytes() else {
+                continue;
+            };
+            match message::decode(bytes) {
+                Ok(msg) => {
+                    present.insert((msg.task_id.clone(), msg.retries));
+                    fresh.push(msg);
+                }
+                Err(e) => out.decode_errors.push(Self::message_error(
+                    key,
+                    e.kind(),
+                    format!("list item: {e}"),
+                )),
+            }
+        }
+        let previous = self.lists.get(key).cloned().flatten();
+        for msg in fresh {
+            let seen = previous
+                .as_ref()
+                .is_some_and(|p| p.contains(&(msg.task_id.clone(), msg.retries)));
+            if !seen {
+                let obs = self.queued_observation(&msg, key, now, "list");
+                out.observations.push(obs);
+            }
+        }
+        let mut keys = Vec::new();
+        if let Some(previous) = previous {
+            for (task_id, attempt) in previous.difference(&present) {
+                let mut obs = TaskObservation::new(
+                    Broker::Taskiq,
+                    task_id.clone(),
+                    now,
+                    TaskEvent::Running,
+                    "list",
+                );
+                obs.attempt = Some(*attempt);
+                obs.fields.queue = Some(key.to_string());
+                obs.detail = Some(format!("taken from list {key} by a worker"));
+                out.observations.push(Observation::Task(obs));
+                self.track(task_id, *attempt).awaiting.get_or_insert(0);
+                keys.push(self.result_key(task_id));
+            }
+        }
+        for chunk in keys.chunks(MGET_CHUNK) {
+            out.follow_up.push(ReadRequest::MGet(chunk.to_vec()));
+        }
+        self.lists.insert(key.to_string(), Some(present));
+    }
+
+    fn on_result(&mut self, key: &str, value: &Reply, now: DateTime<Utc>, out: &mut Output) {
+        let Some(task_id) = self.task_of_result_key(key).map(str::to_string) else {
+            return;
+        };
+        let bytes = match value {
+            Reply::Bytes(b) => b,
+            Reply::Nil => {
+                self.result_missing(&task_id, now, out);
+                return;
+            }
+            // WRONGTYPE and friends: not a taskiq result key.
+            _ => return,
+        };
+        let record = match result::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                // Other 32-hex keys (Dramatiq's result keys, say) are not taskiq's: only a key
+                // of a task taskscope knows is a decode error.
+                if self.tasks.contains_key(&task_id) {
+                    out.decode_errors
+                        .push(Self::message_error(key, e.kind(), e.to_string()));
+                }
+                return;
+            }
+        };
+        self.results_seen = true;
+        let attempt = record.retries.unwrap_or(0);
+        if let Some(track) = self.tasks.get_mut(&task_id) {
+            if attempt >= track.attempt {
+                track.awaiting = None;
+            }
+        }
+        let event = if record.is_err {
+            TaskEvent::Failed
+        } else {
+            TaskEvent::Succeeded
+        };
+        let mut obs = TaskObservation::new(Broker::Taskiq, task_id, now, event, "result");
+        obs.attempt = Some(attempt);
+        obs.fields.runtime_ms = record.runtime_ms;
+        obs.fields.queue = record.queue_label;
+        if record.is_err {
+            obs.fields.error = record.error;
+            obs.fields.traceback = record.traceback;
+        } else {
+            obs.fields.result = Some(record.return_value);
+        }
+        out.observations.push(Observation::Task(obs));
+    }
+
+    fn result_missing(&mut self, task_id: &str, now: DateTime<Utc>, out: &mut Output) {
+        let results_seen = self.results_seen;
+        let Some(track) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        let Some(misses) = track.awaiting.as_mut() else {
+            return;
+        };
+        *misses += 1;
+        if *misses < RESULT_TRIES || results_seen {
+            return;
+        }
+        track.awaiting = None;
+        let mut obs = TaskObservation::new(
+            Broker::Taskiq,
+            task_id,
+            now,
+            TaskEvent::Succeeded,
+            "acknowledgement",
+        );
+        obs.attempt = Some(track.attempt);
+        obs.detail = Some(
+            "acknowledged; no result stored (no result backend?): success assumed".to_string(),
+        );
+        out.observations.push(Observation::Task(obs));
+    }
+}
+
+/// The reads of one consumer group: its consumers (heartbeats) and its pending entries.
+fn group_reads(key: &str, group: &str) -> [ReadRequest; 2] {
+    [
+        ReadRequest::XInfoConsumers {
+            key: key.to_string(),
+            group: group.to_string(),
+        },
+        ReadRequest::XPending {
+            key: key.to_string(),
+            group: group.to_string(),
+            count: PEL_PAGE,
+        },
+    ]
+}
+
+impl Adapter for TaskiqAdapter {
+    fn broker(&self) -> Broker {
+        Broker::Taskiq
+    }
+
+    fn interest(&self) -> Interest {
+        let escaped: Vec<String> = self.queues.iter().map(|q| glob_escape(q)).collect();
+        let mut key_patterns = escaped.clone();
+        key_patterns.push(self.result_pattern());
+        Interest {
+            channel_patterns: escaped,
+            key_patterns,
+            scan_patterns: vec![self.result_pattern()],
+            side_scan_patterns: Vec::new(),
+            notify_classes: "tl$".to_string(),
+            prefetch: Vec::new(),
+        }
+    }
+
+    fn on_scan(
+        &mut self,
+        _pattern: &str,
+        keys: Vec<String>,
+        _now: DateTime<Utc>,
+    ) -> Vec<ReadRequest> {
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| self.task_of_result_key(k).is_some() && !self.is_queue(k))
+            .collect();
+        keys.chunks(MGET_CHUNK)
+            .map(|c| ReadRequest::MGet(c.to_vec()))
+            .collect()
+    }
+
+    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        if self.is_queue(key) {
+            match op {
+                "xadd" | "xtrim" | "xdel" | "xsetid" | "xgroup-create" | "xautoclaim"
+                | "xclaim" => {
+                    self.set_kind(key, QueueKind::Stream);
+                }
+                "lpush" | "rpush" | "lpop" | "rpop" | "lrem" | "ltrim" | "lset" | "linsert" => {
+                    self.set_kind(key, QueueKind::List);
+                }
+                _ => {}
+            }
+            return self.queue_reads(key);
+        }
+        if op == "set" && self.task_of_result_key(key).is_some() {
+            return vec![ReadRequest::Get(key.to_string())];
+        }
+        Vec::new()
+    }
+
+    fn on_message(&mut self, channel: &str, payload: &[u8], now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        if !self.is_queue(channel) {
+            return out;
+        }
+        match message::decode(payload) {
+            Ok(msg) => {
+                let obs = self.queued_observation(&msg, channel, now, "pub/sub");
+                out.observations.push(obs);
+            }
+            Err(e) => out.decode_errors.push(Self::message_error(
+                channel,
+                e.kind(),
+                format!("published message: {e}"),
+            )),
+        }
+        out
+    }
+
+    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        if let Reply::Error(e) = &reply {
+            // WRONGTYPE (the name is another kind of key now), NOGROUP, ...: re-learn the kind.
+            tracing::debug!(key = request.key(), error = %e, "taskiq read failed");
+            if self.is_queue(request.key()) {
+                self.set_kind(request.key(), QueueKind::Unknown);
+            }
+            return out;
+        }
+        match request {
+            ReadRequest::Type(key) => {
+                let kind = match text(&reply).as_deref() {
+                    Some("stream") => QueueKind::Stream,
+                    Some("list") => QueueKind::List,
+                    _ => QueueKind::Unknown,
+                };
+                if kind != QueueKind::Unknown && self.set_kind(key, kind) {
+                    out.follow_up = self.queue_reads(key);
+                }
+            }
+            ReadRequest::XRevRange { key, .. } => {
+                let mut entries = stream::entries(reply);
+                entries.reverse();
+                let newest = entries.last().map(|e| e.id);
+                let state = self.streams.entry(key.clone()).or_default();
+                if newest.is_some() && state.last_id.is_none() {
+                    state.last_id = newest;
+                }
+                self.on_entries(key, entries, now, &mut out);
+            }
+            ReadRequest::XRange {
+                key,
+                start,
+                end,
+                count,
+            } => {
+                let entries = stream::entries(reply);
+                if start == end {
+                    // One pending entry read by id: known now, its state comes with the next
+                    // XPENDING read.
+                    self.on_entries(key, entries, now, &mut out);
+                    return out;
+                }
+                let full = entries.len() as u64 >= *count;
+                let newest = entries.last().map(|e| e.id);
+                self.on_entries(key, entries, now, &mut out);
+                let state = self.streams.entry(key.clone()).or_default();
+                if let Some(n) = newest {
+                    state.last_id = Some(state.last_id.map_or(n, |l| l.max(n)));
+                }
+                if full {
+                    out.follow_up = self.stream_reads(key);
+                }
+            }
+            ReadRequest::XInfoGroups(key) => self.on_groups(key, reply, now, &mut out),
+            ReadRequest::XInfoConsumers { .. } => self.on_consumers(reply, now, &mut out),
+            ReadRequest::XPending { key, group, count } => {
+                self.on_pending(key, group, *count, reply, now, &mut out)
+            }
+            ReadRequest::XLen(key) => {
+                self.streams.entry(key.clone()).or_default().xlen =
+                    reply.as_i64().map(|n| n.max(0) as u64);
+            }
+            ReadRequest::LRange { key, .. } => self.on_list(key, reply, now, &mut out),
+            ReadRequest::LLen(key) => out.queue_samples.push(QueueSample {
+                broker: Broker::Taskiq,
+                name: key.clone(),
+                length: reply.as_i64().unwrap_or(0).max(0) as u64,
+                delayed: 0,
+                dead: 0,
+                running: 0,
+                sampled_at: now,
+            }),
+            ReadRequest::Get(key) => self.on_result(key, &reply, now, &mut out),
+            ReadRequest::MGet(keys) => {
+                for (key, value) in keys.iter().zip(reply.into_items()) {
+                    self.on_result(key, &value, now, &mut out);
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        let mut reads: Vec<ReadRequest> = self
+            .queues
+            .iter()
+            .flat_map(|q| self.queue_reads(q))
+            .collect();
+        // Results after the queues: a retry's new message is read before the old attempt's
+        // result, as they were written.
+        let keys: Vec<String> = open.iter().map(|t| self.result_key(&t.id)).collect();
+        reads.extend(keys.chunks(MGET_CHUNK).map(|c| ReadRequest::MGet(c.to_vec())));
+        reads
+    }
+
+    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        let mut reads = Vec::new();
+        for q in &self.queues {
+            match self.kinds.get(q) {
+                Some(QueueKind::Stream) => {
+                    self.sampling.insert(q.clone());
+                    reads.push(ReadRequest::XLen(q.clone()));
+                    reads.push(ReadRequest::XInfoGroups(q.clone()));
+                    if let Some(state) = self.streams.get(q) {
+                        for g in state.groups.keys() {
+                            reads.push(ReadRequest::XInfoConsumers {
+                                key: q.clone(),
+                                group: g.clone(),
+                            });
+                        }
+                    }
+                }
+                Some(QueueKind::List) => reads.push(ReadRequest::LLen(q.clone())),
+                _ => reads.push(ReadRequest::Type(q.clone())),
+            }
+        }
+        reads
+    }
+
+    fn on_gap(&mut self) {
+        // A Redis restarted empty is not a drained list nor a stream whose ids went back.
+        for snapshot in self.lists.values_mut() {
+            *snapshot = None;
+        }
+        for state in self.streams.values_mut() {
+            state.last_id = None;
+        }
+        self.consumers.clear();
+    }
+}
