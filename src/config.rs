@@ -121,6 +121,22 @@ pub struct ServeArgs {
     )]
     pub dramatiq_namespace: String,
 
+    /// taskiq queue names (the broker's `queue_name`): streams (`RedisStreamBroker`), lists
+    /// (`ListQueueBroker`) or pub/sub channels (`PubSubBroker`); which one is found in Redis.
+    #[arg(
+        long,
+        env = "TASKSCOPE_TASKIQ_QUEUES",
+        value_delimiter = ',',
+        default_value = "taskiq",
+        value_name = "LIST"
+    )]
+    pub taskiq_queues: Vec<String>,
+
+    /// The `prefix_str` of taskiq's `RedisAsyncResultBackend` (result keys `<prefix>:<task_id>`);
+    /// unset: result keys are the bare task ids.
+    #[arg(long, env = "TASKSCOPE_TASKIQ_RESULT_PREFIX", value_name = "PREFIX")]
+    pub taskiq_result_prefix: Option<String>,
+
     /// How often the reconciliation pass re-reads queues, in-flight messages and open tasks'
     /// results (catching what notifications cannot carry).
     #[arg(long, env = "TASKSCOPE_RECONCILE_EVERY", default_value = "5s", value_parser = parse_duration, value_name = "DUR")]
@@ -164,13 +180,15 @@ pub struct ServeSettings {
     /// `None` when the results live in the watched Redis database itself.
     pub celery_result_url: Option<String>,
     pub dramatiq_namespace: String,
+    pub taskiq_queues: Vec<String>,
+    pub taskiq_result_prefix: Option<String>,
     pub reconcile_every: Duration,
     pub poll_every: Duration,
     pub rescan_every: Duration,
 }
 
 /// Brokers with an adapter in this version.
-pub const AVAILABLE_BROKERS: [Broker; 2] = [Broker::Celery, Broker::Dramatiq];
+pub const AVAILABLE_BROKERS: [Broker; 3] = [Broker::Celery, Broker::Dramatiq, Broker::Taskiq];
 
 impl ServeArgs {
     pub fn into_settings(self) -> Result<ServeSettings, UsageError> {
@@ -212,6 +230,13 @@ impl ServeArgs {
             celery_queues,
             celery_result_url,
             dramatiq_namespace: self.dramatiq_namespace,
+            taskiq_queues: self
+                .taskiq_queues
+                .into_iter()
+                .map(|q| q.trim().to_string())
+                .filter(|q| !q.is_empty())
+                .collect(),
+            taskiq_result_prefix: self.taskiq_result_prefix.filter(|p| !p.trim().is_empty()),
             reconcile_every: self.reconcile_every,
             poll_every: self.poll_every,
             rescan_every: self.rescan_every,
@@ -237,7 +262,7 @@ fn parse_brokers(list: &str) -> Result<Vec<Broker>, UsageError> {
             })?;
         if !AVAILABLE_BROKERS.contains(&broker) {
             return Err(UsageError(format!(
-                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto, celery or dramatiq"
+                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto, celery, dramatiq or taskiq"
             )));
         }
         if !brokers.contains(&broker) {
@@ -394,7 +419,7 @@ mod tests {
     fn brokers_list_is_checked() {
         assert_eq!(
             parse_brokers("auto").unwrap(),
-            vec![Broker::Celery, Broker::Dramatiq]
+            vec![Broker::Celery, Broker::Dramatiq, Broker::Taskiq]
         );
         assert_eq!(
             parse_brokers("celery, celery").unwrap(),

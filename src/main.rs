@@ -18,6 +18,7 @@ mod store;
 use anyhow::Context;
 use broker_adapters::celery::{CeleryAdapter, CeleryConfig};
 use broker_adapters::dramatiq::{DramatiqAdapter, DramatiqConfig};
+use broker_adapters::taskiq::{TaskiqAdapter, TaskiqConfig};
 use broker_adapters::{Adapter, Broker};
 use clap::Parser;
 use config::{Cli, Command, ServeSettings, UsageError};
@@ -88,6 +89,10 @@ fn build_adapters(settings: &ServeSettings) -> Vec<Box<dyn Adapter>> {
                 })),
                 Broker::Dramatiq => Box::new(DramatiqAdapter::new(DramatiqConfig {
                     namespace: settings.dramatiq_namespace.clone(),
+                })),
+                Broker::Taskiq => Box::new(TaskiqAdapter::new(TaskiqConfig {
+                    queues: settings.taskiq_queues.clone(),
+                    result_prefix: settings.taskiq_result_prefix.clone(),
                 })),
                 // config::parse_brokers only lets through brokers of AVAILABLE_BROKERS.
                 other => unreachable!("no adapter for {other}"),

@@ -132,7 +132,9 @@ mod tests {
         assert_eq!(m.task_id, "a1");
         assert_eq!(m.retries, 2);
         assert_eq!(m.args, Some(serde_json::json!([1])));
-        assert!(looks_like_message(br#"{"task_id": "a1", "task_name": "n", "labels": {}, "args": [], "kwargs": {}}"#));
+        assert!(looks_like_message(
+            br#"{"task_id": "a1", "task_name": "n", "labels": {}, "args": [], "kwargs": {}}"#
+        ));
     }
 
     #[test]

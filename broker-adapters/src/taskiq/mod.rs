@@ -202,13 +202,10 @@ impl TaskiqAdapter {
             }
             self.task_order.push_back(task_id.to_string());
         }
-        let t = self
-            .tasks
-            .entry(task_id.to_string())
-            .or_insert(TaskTrack {
-                attempt,
-                awaiting: None,
-            });
+        let t = self.tasks.entry(task_id.to_string()).or_insert(TaskTrack {
+            attempt,
+            awaiting: None,
+        });
         t.attempt = t.attempt.max(attempt);
         t
     }
@@ -305,13 +302,7 @@ impl TaskiqAdapter {
         Observation::Task(obs)
     }
 
-    fn on_entries(
-        &mut self,
-        key: &str,
-        entries: Vec<Entry>,
-        now: DateTime<Utc>,
-        out: &mut Output,
-    ) {
+    fn on_entries(&mut self, key: &str, entries: Vec<Entry>, now: DateTime<Utc>, out: &mut Output) {
         for entry in entries {
             let known_before = self
                 .streams
@@ -478,16 +469,17 @@ impl TaskiqAdapter {
                 },
             );
             if report {
-                out.observations.push(Observation::Worker(WorkerObservation {
-                    broker: Broker::Taskiq,
-                    id: c.name,
-                    hostname: None,
-                    pid: None,
-                    at: alive,
-                    event: WorkerEvent::Heartbeat,
-                    active: Some(u32::try_from(c.pending).unwrap_or(u32::MAX)),
-                    heartbeat_every_s: None,
-                }));
+                out.observations
+                    .push(Observation::Worker(WorkerObservation {
+                        broker: Broker::Taskiq,
+                        id: c.name,
+                        hostname: None,
+                        pid: None,
+                        at: alive,
+                        event: WorkerEvent::Heartbeat,
+                        active: Some(u32::try_from(c.pending).unwrap_or(u32::MAX)),
+                        heartbeat_every_s: None,
+                    }));
             }
         }
     }
@@ -845,7 +837,10 @@ impl Adapter for TaskiqAdapter {
         // Results after the queues: a retry's new message is read before the old attempt's
         // result, as they were written.
         let keys: Vec<String> = open.iter().map(|t| self.result_key(&t.id)).collect();
-        reads.extend(keys.chunks(MGET_CHUNK).map(|c| ReadRequest::MGet(c.to_vec())));
+        reads.extend(
+            keys.chunks(MGET_CHUNK)
+                .map(|c| ReadRequest::MGet(c.to_vec())),
+        );
         reads
     }
 
