@@ -93,6 +93,7 @@ fn build_adapters(settings: &ServeSettings) -> Vec<Box<dyn Adapter>> {
                 Broker::Taskiq => Box::new(TaskiqAdapter::new(TaskiqConfig {
                     queues: settings.taskiq_queues.clone(),
                     result_prefix: settings.taskiq_result_prefix.clone(),
+                    db: settings.redis_db,
                 })),
                 // config::parse_brokers only lets through brokers of AVAILABLE_BROKERS.
                 other => unreachable!("no adapter for {other}"),

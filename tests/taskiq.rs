@@ -216,6 +216,28 @@ fn stream_msgpack_messages_json_results_with_prefix() {
     success_and_failure(&w, "billing");
 }
 
+/// A stream queue taskscope was not told about (`--taskiq-queues` left at `taskiq`) is found
+/// from its first `xadd` and watched like a configured one.
+#[test]
+fn stream_on_an_unconfigured_queue_is_discovered() {
+    let _slot = test_slot();
+    let w = World::new(
+        &[
+            ("TS_TASKIQ_BROKER", "stream"),
+            ("TS_TASKIQ_QUEUE", "orders"),
+        ],
+        &[],
+    );
+    let _worker = w.worker();
+    let ids = w.produce("add", 2, &[]);
+    for (i, id) in ids.iter().enumerate() {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_common(&t, id, "add", "orders");
+        assert_eq!(t["args"], json!([i, i + 1]), "args: {t}");
+        assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
+    }
+}
+
 /// ListQueueBroker with msgpack results: tasks sent while no worker runs wait `queued` in the
 /// list (and are counted); a worker then takes them and the results tell the outcome.
 #[test]

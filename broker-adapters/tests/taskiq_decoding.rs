@@ -453,6 +453,7 @@ fn prefixed_result_keys() {
     let mut a = TaskiqAdapter::new(TaskiqConfig {
         queues: vec!["taskiq".into()],
         result_prefix: Some("res".into()),
+        db: 0,
     });
     let now = Utc::now();
     assert_eq!(
@@ -471,6 +472,50 @@ fn prefixed_result_keys() {
         (t[0].task_id.as_str(), t[0].event),
         ("abc", TaskEvent::Failed)
     );
+}
+
+/// A stream nobody configured is probed once on its first `xadd`; one holding taskiq messages
+/// becomes a watched queue, another is left alone.
+#[test]
+fn taskiq_streams_are_discovered_from_key_events() {
+    let mut a = adapter();
+    let now = Utc::now();
+    assert!(a
+        .interest()
+        .channel_patterns
+        .contains(&"__keyevent@0__:xadd".to_string()));
+    let probe = a.on_key_event("orders", "xadd", now);
+    assert_eq!(probe.len(), 1, "{probe:?}");
+    assert!(
+        a.on_key_event("orders", "xadd", now).is_empty(),
+        "probed once"
+    );
+    let out = a.on_reply(
+        &probe[0],
+        entries(&[("5-0", fixture("stream_json_pickle_message_add.bin"))]),
+        now,
+    );
+    assert!(
+        out.follow_up
+            .iter()
+            .any(|r| matches!(r, ReadRequest::XRevRange { key, count, .. } if key == "orders" && *count > 1)),
+        "the stream is read: {:?}",
+        out.follow_up
+    );
+    assert!(a.interest().key_patterns.contains(&"orders".to_string()));
+
+    let probe = a.on_key_event("rq:results:x", "xadd", now);
+    let out = a.on_reply(
+        &probe[0],
+        entries(&[("6-0", b"{\"type\": 1}".to_vec())]),
+        now,
+    );
+    assert!(out.follow_up.is_empty() && out.decode_errors.is_empty());
+    assert!(a.on_key_event("rq:results:x", "xadd", now).is_empty());
+    assert!(!a
+        .interest()
+        .key_patterns
+        .contains(&"rq:results:x".to_string()));
 }
 
 /// A bad entry between two good ones: counted, and its neighbours are still read.

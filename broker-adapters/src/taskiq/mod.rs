@@ -46,6 +46,8 @@ const INITIAL_WINDOW: u64 = 1_000;
 const PEL_PAGE: u64 = 1_000;
 /// List items read per pass (a deeper backlog is counted by sampling, not listed).
 const LIST_DEPTH: i64 = 10_000;
+/// Stream keys found not to be taskiq's, remembered so each is probed once.
+const PROBED_CAPACITY: usize = 100_000;
 /// Result keys per `MGET`.
 const MGET_CHUNK: usize = 256;
 /// Empty reads of an acknowledged task's result key before, with no result backend in sight,
@@ -61,6 +63,8 @@ pub struct TaskiqConfig {
     pub queues: Vec<String>,
     /// The result backend's `prefix_str`; `None`: result keys are bare task ids.
     pub result_prefix: Option<String>,
+    /// The watched database: other taskiq streams are discovered from its `xadd` key events.
+    pub db: u32,
 }
 
 impl Default for TaskiqConfig {
@@ -68,6 +72,7 @@ impl Default for TaskiqConfig {
         TaskiqConfig {
             queues: vec!["taskiq".to_string()],
             result_prefix: None,
+            db: 0,
         }
     }
 }
@@ -115,7 +120,11 @@ struct ConsumerSeen {
 }
 
 pub struct TaskiqAdapter {
+    /// Configured queue names, then streams discovered from `xadd` key events.
     queues: Vec<String>,
+    db: u32,
+    /// Streams probed (one entry read) and found not to hold taskiq messages, or being probed.
+    probed: HashSet<String>,
     prefix: Option<String>,
     kinds: HashMap<String, QueueKind>,
     streams: HashMap<String, StreamState>,
@@ -153,6 +162,8 @@ impl TaskiqAdapter {
                 .map(|q| (q.clone(), QueueKind::Unknown))
                 .collect(),
             queues,
+            db: config.db,
+            probed: HashSet::new(),
             prefix: config.result_prefix.filter(|p| !p.is_empty()),
             streams: HashMap::new(),
             lists: HashMap::new(),
@@ -679,12 +690,16 @@ impl Adapter for TaskiqAdapter {
         let escaped: Vec<String> = self.queues.iter().map(|q| glob_escape(q)).collect();
         let mut key_patterns = escaped.clone();
         key_patterns.push(self.result_pattern());
+        let mut channel_patterns = escaped;
+        // Every stream add in the database: streams of other taskiq queues are found by their
+        // first entry (`E` turns key events on).
+        channel_patterns.push(format!("__keyevent@{}__:xadd", self.db));
         Interest {
-            channel_patterns: escaped,
+            channel_patterns,
             key_patterns,
             scan_patterns: vec![self.result_pattern()],
             side_scan_patterns: Vec::new(),
-            notify_classes: "tl$".to_string(),
+            notify_classes: "tl$E".to_string(),
             prefetch: Vec::new(),
         }
     }
@@ -717,6 +732,19 @@ impl Adapter for TaskiqAdapter {
                 _ => {}
             }
             return self.queue_reads(key);
+        }
+        if op == "xadd" && !self.probed.contains(key) {
+            // An unknown stream: does it carry taskiq messages?
+            if self.probed.len() >= PROBED_CAPACITY {
+                self.probed.clear();
+            }
+            self.probed.insert(key.to_string());
+            return vec![ReadRequest::XRevRange {
+                key: key.to_string(),
+                end: "+".to_string(),
+                start: "-".to_string(),
+                count: 1,
+            }];
         }
         if op == "set" && self.task_of_result_key(key).is_some() {
             return vec![ReadRequest::Get(key.to_string())];
@@ -762,6 +790,23 @@ impl Adapter for TaskiqAdapter {
                 };
                 if kind != QueueKind::Unknown && self.set_kind(key, kind) {
                     out.follow_up = self.queue_reads(key);
+                }
+            }
+            ReadRequest::XRevRange { key, .. } if !self.is_queue(key) => {
+                let taskiq = stream::entries(reply).first().is_some_and(|e| {
+                    let fields: Vec<(&[u8], &[u8])> = e
+                        .fields
+                        .iter()
+                        .map(|(f, v)| (f.as_slice(), v.as_slice()))
+                        .collect();
+                    looks_like_stream_entry(&fields)
+                });
+                if taskiq {
+                    tracing::info!(stream = %key, "Found a taskiq stream; watching it as a queue.");
+                    self.probed.remove(key);
+                    self.queues.push(key.clone());
+                    self.set_kind(key, QueueKind::Stream);
+                    out.follow_up = self.stream_reads(key);
                 }
             }
             ReadRequest::XRevRange { key, .. } => {
