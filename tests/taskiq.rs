@@ -310,6 +310,50 @@ fn retry_middleware_retried_then_final() {
     assert_eq!(retried, 2, "two retried transitions: {t}");
 }
 
+/// SimpleRetryMiddleware with `no_result_on_retry=False`: every failed attempt writes its
+/// result record (same key) after the retry's message; the task still ends in one success.
+#[test]
+fn retry_with_intermediate_results_kept() {
+    let _slot = test_slot();
+    let w = World::new(
+        &[
+            ("TS_TASKIQ_BROKER", "stream"),
+            ("TS_TASKIQ_RETRY", "simple-keep"),
+        ],
+        &[],
+    );
+    let _worker = w.worker();
+    let id = w.produce("flaky", 1, &["--fail-times", "2"]).remove(0);
+    let t = w.ts.wait_state(&id, "success", LONG);
+    assert_common(&t, &id, "flaky", "taskiq");
+    assert_eq!(t["retries"], 2, "retries: {t}");
+    assert_eq!(t["result"], "ok after 2", "result: {t}");
+    assert!(t["error"].is_null(), "no error on a success: {t}");
+    let states = transition_states(&t);
+    assert!(
+        !states.contains(&"failure".to_string()),
+        "a retried attempt's error record is not a failure: {t}"
+    );
+    assert_eq!(states.iter().filter(|s| *s == "retried").count(), 2, "{t}");
+}
+
+/// PubSubBroker: `queued` when published, the outcome from the result records.
+#[test]
+fn pubsub_broker_published_then_outcomes() {
+    let _slot = test_slot();
+    let w = World::new(&[("TS_TASKIQ_BROKER", "pubsub")], &[]);
+    let _worker = w.worker();
+    let add = w.produce("add", 1, &[]).remove(0);
+    let fail = w.produce("fail", 1, &[]).remove(0);
+    let t = w.ts.wait_state(&add, "success", LONG);
+    assert_common(&t, &add, "add", "taskiq");
+    assert_eq!(t["result"], json!(1), "result: {t}");
+    assert_eq!(transition_states(&t), vec!["queued", "success"], "{t}");
+    let t = w.ts.wait_state(&fail, "failure", LONG);
+    assert_common(&t, &fail, "fail", "taskiq");
+    assert_eq!(t["error"], "CardDeclined: card declined 1", "error: {t}");
+}
+
 /// A worker SIGKILLed while it runs a task: the entry stays in its consumer's pending list and
 /// the consumer falls silent; after `--abandon-after` (5 s here) the task is `abandoned`.
 #[test]

@@ -17,8 +17,8 @@
 //!   [`result`]). `retried`: a new message with the same `task_id` and a higher `_retries` label.
 //!
 //! An acknowledged stream entry without a result record (no result backend configured): taskiq
-//! acknowledges failures too, so the outcome is unknown. When no result record was ever seen in
-//! this Redis it is settled as `success` with a detail that says it was assumed; when results do
+//! acknowledges failures too, so the outcome is unknown. When no result record was ever seen for
+//! a task of that queue it is settled as `success` with a detail that says it was assumed; when results do
 //! exist, taskscope keeps waiting for the record.
 
 pub mod message;
@@ -111,6 +111,8 @@ struct TaskTrack {
     attempt: u32,
     /// Acknowledged (stream) or popped (list), its result not read yet: empty reads so far.
     awaiting: Option<u32>,
+    /// The queue its message was seen in.
+    queue: String,
 }
 
 #[derive(Debug, Clone)]
@@ -135,8 +137,9 @@ pub struct TaskiqAdapter {
     consumers: HashMap<String, ConsumerSeen>,
     /// Streams whose next `XINFO GROUPS` reply makes a queue sample.
     sampling: HashSet<String>,
-    /// Whether any result record was ever decoded: then a missing one means "not yet".
-    results_seen: bool,
+    /// Queues with a task whose result record was read: there, a missing one means "not yet"
+    /// (a result backend is configured), elsewhere "never" (none is).
+    results_seen: HashSet<String>,
 }
 
 fn hex32_pattern() -> String {
@@ -171,7 +174,7 @@ impl TaskiqAdapter {
             task_order: VecDeque::new(),
             consumers: HashMap::new(),
             sampling: HashSet::new(),
-            results_seen: false,
+            results_seen: HashSet::new(),
         }
     }
 
@@ -204,7 +207,7 @@ impl TaskiqAdapter {
         self.kinds.contains_key(key)
     }
 
-    fn track(&mut self, task_id: &str, attempt: u32) -> &mut TaskTrack {
+    fn track(&mut self, task_id: &str, attempt: u32, queue: &str) -> &mut TaskTrack {
         if !self.tasks.contains_key(task_id) {
             if self.task_order.len() >= TASK_CAPACITY {
                 if let Some(old) = self.task_order.pop_front() {
@@ -216,6 +219,7 @@ impl TaskiqAdapter {
         let t = self.tasks.entry(task_id.to_string()).or_insert(TaskTrack {
             attempt,
             awaiting: None,
+            queue: queue.to_string(),
         });
         t.attempt = t.attempt.max(attempt);
         t
@@ -290,7 +294,7 @@ impl TaskiqAdapter {
         at: DateTime<Utc>,
         source: &'static str,
     ) -> Observation {
-        self.track(&msg.task_id, msg.retries);
+        self.track(&msg.task_id, msg.retries, queue);
         let mut obs = TaskObservation::new(
             Broker::Taskiq,
             msg.task_id.clone(),
@@ -578,7 +582,7 @@ impl TaskiqAdapter {
                 obs.fields.queue = Some(key.to_string());
                 obs.detail = Some(format!("taken from list {key} by a worker"));
                 out.observations.push(Observation::Task(obs));
-                self.track(task_id, *attempt).awaiting.get_or_insert(0);
+                self.track(task_id, *attempt, key).awaiting.get_or_insert(0);
                 keys.push(self.result_key(task_id));
             }
         }
@@ -613,11 +617,13 @@ impl TaskiqAdapter {
                 return;
             }
         };
-        self.results_seen = true;
         let attempt = record.retries.unwrap_or(0);
         if let Some(track) = self.tasks.get_mut(&task_id) {
             if attempt >= track.attempt {
                 track.awaiting = None;
+            }
+            if !self.results_seen.contains(&track.queue) {
+                self.results_seen.insert(track.queue.clone());
             }
         }
         let event = if record.is_err {
@@ -639,10 +645,10 @@ impl TaskiqAdapter {
     }
 
     fn result_missing(&mut self, task_id: &str, now: DateTime<Utc>, out: &mut Output) {
-        let results_seen = self.results_seen;
         let Some(track) = self.tasks.get_mut(task_id) else {
             return;
         };
+        let results_seen = self.results_seen.contains(&track.queue);
         let Some(misses) = track.awaiting.as_mut() else {
             return;
         };
