@@ -518,6 +518,29 @@ fn taskiq_streams_are_discovered_from_key_events() {
         .contains(&"rq:results:x".to_string()));
 }
 
+/// Without a prefix only keys that can be task ids are read (other brokers' keys share the
+/// notification feed).
+#[test]
+fn bare_result_keys_are_task_ids() {
+    let mut a = adapter();
+    let now = Utc::now();
+    let id = "0123456789abcdef0123456789abcdef";
+    assert_eq!(
+        a.on_key_event(id, "set", now),
+        vec![ReadRequest::Get(id.into())]
+    );
+    assert!(a
+        .on_key_event(
+            "celery-task-meta-5b6c0e7a-1d2e-4f3a-9b8c-7d6e5f4a3b2c",
+            "set",
+            now
+        )
+        .is_empty());
+    assert!(a
+        .on_key_event(&format!("{id}__progress"), "set", now)
+        .is_empty());
+}
+
 /// A bad entry between two good ones: counted, and its neighbours are still read.
 #[test]
 fn bad_entry_does_not_hide_its_neighbours() {

@@ -146,6 +146,11 @@ fn hex32_pattern() -> String {
     "[0-9a-f]".repeat(32)
 }
 
+/// taskiq's default task id: `uuid4().hex`.
+fn is_hex32(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
 fn text(r: &Reply) -> Option<String> {
     r.as_bytes()
         .map(|b| String::from_utf8_lossy(b).into_owned())
@@ -193,6 +198,17 @@ impl TaskiqAdapter {
         match &self.prefix {
             Some(p) => key.strip_prefix(p.as_str())?.strip_prefix(':'),
             None => Some(key),
+        }
+    }
+
+    /// Whether a changed or scanned key may be a result record worth a read: with a prefix, any
+    /// key under it; without, taskiq's default ids (32 hex digits) and ids of known tasks (other
+    /// brokers' keys come through the same notification feed).
+    fn is_result_key(&self, key: &str) -> bool {
+        match (self.task_of_result_key(key), &self.prefix) {
+            (Some(_), Some(_)) => true,
+            (Some(id), None) => is_hex32(id) || self.tasks.contains_key(id),
+            (None, _) => false,
         }
     }
 
@@ -718,7 +734,7 @@ impl Adapter for TaskiqAdapter {
     ) -> Vec<ReadRequest> {
         let keys: Vec<String> = keys
             .into_iter()
-            .filter(|k| self.task_of_result_key(k).is_some() && !self.is_queue(k))
+            .filter(|k| self.is_result_key(k) && !self.is_queue(k))
             .collect();
         keys.chunks(MGET_CHUNK)
             .map(|c| ReadRequest::MGet(c.to_vec()))
@@ -752,7 +768,7 @@ impl Adapter for TaskiqAdapter {
                 count: 1,
             }];
         }
-        if op == "set" && self.task_of_result_key(key).is_some() {
+        if op == "set" && self.is_result_key(key) {
             return vec![ReadRequest::Get(key.to_string())];
         }
         Vec::new()
