@@ -20,7 +20,8 @@ use serde_json::{json, Value};
 
 /// The `TS_*` variables taskiq_app.py reads besides `TS_REDIS_URL`: cleared in every process
 /// the tests start (the caller's environment cannot leak in), then set per scenario.
-const TASKIQ_VARS: [&str; 7] = [
+const TASKIQ_VARS: [&str; 8] = [
+    "TS_TASKIQ_IDLE_TIMEOUT",
     "TS_TASKIQ_BROKER",
     "TS_TASKIQ_QUEUE",
     "TS_TASKIQ_SERIALIZER",
@@ -355,11 +356,13 @@ fn pubsub_broker_published_then_outcomes() {
 }
 
 /// A worker SIGKILLed while it runs a task: the entry stays in its consumer's pending list and
-/// the consumer falls silent; after `--abandon-after` (5 s here) the task is `abandoned`.
+/// the consumer falls silent; after `--abandon-after` (5 s here) the task is `abandoned`. A new
+/// worker (idle_timeout 2 s) claims the entry with `XAUTOCLAIM` after its next non-empty read:
+/// the task runs again, on the new consumer.
 #[test]
-fn sigkilled_worker_abandoned() {
+fn sigkilled_worker_abandoned_then_claimed() {
     let _slot = test_slot();
-    let w = World::new(&STREAM_JSON, &[]);
+    let mut w = World::new(&[("TS_TASKIQ_BROKER", "stream")], &[]);
     let mut worker = w.worker();
     let id = w.produce("hang", 1, &[]).remove(0);
     worker.wait_started(&id, LONG);
@@ -387,6 +390,20 @@ fn sigkilled_worker_abandoned() {
         matches!((running, abandoned), (Some(r), Some(a)) if r < a),
         "running -> abandoned: {t}"
     );
+
+    w.env.push(("TS_TASKIQ_IDLE_TIMEOUT", "2000"));
+    let new_worker = w.worker();
+    // taskiq reclaims only after a read that returned messages.
+    let nudge = w.produce("add", 1, &[]).remove(0);
+    w.ts.wait_state(&nudge, "success", LONG);
+    new_worker.wait_started(&id, LONG);
+    let t =
+        w.ts.wait_task(&id, "running again on another consumer", LONG, |t| {
+            t["state"] == "running" && t["worker"] != consumer.as_str()
+        });
+    let states = transition_states(&t);
+    assert_eq!(states.last().map(String::as_str), Some("running"), "{t}");
+    assert!(states.contains(&"abandoned".to_string()), "{t}");
 }
 
 /// Tasks sent to a stream no worker reads stay `queued` and are counted in the queue's length.

@@ -12,6 +12,8 @@ Configured only from the environment so the Rust harness can point it at a priva
   TS_TASKIQ_RETRY         "simple" (SimpleRetryMiddleware, default), "simple-keep"
                           (no_result_on_retry=False), "smart" (SmartRetryMiddleware, no delay,
                           no schedule source) or "none"
+  TS_TASKIQ_IDLE_TIMEOUT  RedisStreamBroker idle_timeout in ms (default taskiq-redis's 600000):
+                          pending entries idle longer are XAUTOCLAIMed by a worker that reads
   TS_MARKER_DIR           when set, long tasks (slow, hang) touch <dir>/<task_id>.started as they
                           begin, so a test knows a worker is executing them without asking taskscope
 
@@ -41,7 +43,10 @@ RETRY = os.environ.get("TS_TASKIQ_RETRY") or "simple"
 _SERIALIZERS = {"json": JSONSerializer, "msgpack": MSGPackSerializer, "pickle": PickleSerializer}
 
 if KIND == "stream":
-    broker = RedisStreamBroker(REDIS_URL, queue_name=QUEUE)
+    _stream_opts = {}
+    if os.environ.get("TS_TASKIQ_IDLE_TIMEOUT"):
+        _stream_opts["idle_timeout"] = int(os.environ["TS_TASKIQ_IDLE_TIMEOUT"])
+    broker = RedisStreamBroker(REDIS_URL, queue_name=QUEUE, **_stream_opts)
 elif KIND == "list":
     broker = ListQueueBroker(REDIS_URL, queue_name=QUEUE)
 elif KIND == "pubsub":
