@@ -422,7 +422,12 @@ impl TaskiqAdapter {
         let last_delivered = state.groups.get(group).and_then(|g| g.last_delivered);
         let mut settled = Vec::new();
         let mut running = Vec::new();
-        let ids: Vec<StreamId> = state.entries.keys().copied().collect();
+        // Entries after the group's last-delivered-id wait undelivered: neither pending nor
+        // acknowledged (a backlog of them is not walked on every read).
+        let ids: Vec<StreamId> = match last_delivered {
+            Some(d) => state.entries.range(..=d).map(|(id, _)| *id).collect(),
+            None => Vec::new(),
+        };
         for id in ids {
             if let Some(p) = pel.get(&id) {
                 let Some(entry) = state.entries.get_mut(&id) else {
