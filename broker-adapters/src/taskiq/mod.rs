@@ -335,15 +335,11 @@ impl TaskiqAdapter {
 
     fn on_entries(&mut self, key: &str, entries: Vec<Entry>, now: DateTime<Utc>, out: &mut Output) {
         for entry in entries {
-            let known_before = self
+            // Already read and not settled yet: nothing new to say.
+            if self
                 .streams
                 .get(key)
-                .is_some_and(|s| s.last_id.is_some_and(|l| entry.id <= l));
-            if known_before
-                && self
-                    .streams
-                    .get(key)
-                    .is_some_and(|s| s.entries.contains_key(&entry.id))
+                .is_some_and(|s| s.entries.contains_key(&entry.id))
             {
                 continue;
             }
