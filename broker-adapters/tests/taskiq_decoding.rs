@@ -360,10 +360,14 @@ fn acknowledged_without_result_backend_is_assumed_success() {
         let out = a.on_reply(&mget, Reply::Array(vec![Reply::Nil]), now);
         settled.extend(tasks(&out).into_iter().cloned());
     }
-    assert_eq!(settled.len(), 1);
-    assert_eq!(settled[0].event, TaskEvent::Succeeded);
-    assert_eq!(settled[0].task_id, id);
-    assert!(settled[0]
+    let events: Vec<TaskEvent> = settled.iter().map(|t| t.event).collect();
+    assert_eq!(
+        events,
+        vec![TaskEvent::Running, TaskEvent::Succeeded],
+        "taken, then assumed done: {settled:?}"
+    );
+    assert_eq!(settled[1].task_id, id);
+    assert!(settled[1]
         .detail
         .as_deref()
         .unwrap_or("")

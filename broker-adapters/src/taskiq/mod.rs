@@ -670,6 +670,20 @@ impl TaskiqAdapter {
             return;
         };
         *misses += 1;
+        if *misses == 1 {
+            // Taken and acknowledged, no outcome yet: it runs (ack_type `when_received`
+            // acknowledges before the task starts; a PEL read may never have caught it).
+            let mut obs = TaskObservation::new(
+                Broker::Taskiq,
+                task_id,
+                now,
+                TaskEvent::Running,
+                "acknowledgement",
+            );
+            obs.attempt = Some(track.attempt);
+            obs.detail = Some("taken by a worker; no result yet".to_string());
+            out.observations.push(Observation::Task(obs));
+        }
         if *misses < RESULT_TRIES || results_seen {
             return;
         }
