@@ -562,6 +562,19 @@ fn bad_entry_does_not_hide_its_neighbours() {
     );
     assert_eq!(tasks(&out).len(), 2);
     assert_eq!(out.decode_errors.len(), 1);
+    // Pending in a worker's PEL, the bad entry is not fetched (and counted) again.
+    a.on_reply(
+        &ReadRequest::XInfoGroups("taskiq".into()),
+        groups("3-0", 1),
+        now,
+    );
+    let out = a.on_reply(&xpending(), pel(&[("2-0", "c")]), now);
+    assert!(
+        out.follow_up
+            .iter()
+            .all(|r| !matches!(r, ReadRequest::XRange { .. })),
+        "{out:?}"
+    );
 }
 
 proptest! {

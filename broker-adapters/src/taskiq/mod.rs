@@ -102,6 +102,8 @@ struct StreamState {
     groups: BTreeMap<String, stream::Group>,
     /// `XLEN` of the current sampling round.
     xlen: Option<u64>,
+    /// Entries that did not decode (counted once; not re-read when they sit in a PEL).
+    undecodable: HashSet<StreamId>,
 }
 
 /// A task taskscope learned about from a message.
@@ -343,7 +345,15 @@ impl TaskiqAdapter {
             {
                 continue;
             }
+            if self
+                .streams
+                .get(key)
+                .is_some_and(|s| s.undecodable.contains(&entry.id))
+            {
+                continue;
+            }
             let Some(data) = entry.field(message::STREAM_DATA_FIELD) else {
+                self.mark_undecodable(key, entry.id);
                 out.decode_errors.push(Self::message_error(
                     key,
                     "stream-entry-shape",
@@ -354,6 +364,7 @@ impl TaskiqAdapter {
             let msg = match message::decode(data) {
                 Ok(m) => m,
                 Err(e) => {
+                    self.mark_undecodable(key, entry.id);
                     out.decode_errors.push(Self::message_error(
                         key,
                         e.kind(),
@@ -378,6 +389,14 @@ impl TaskiqAdapter {
                 },
             );
         }
+    }
+
+    fn mark_undecodable(&mut self, key: &str, id: StreamId) {
+        let state = self.streams.entry(key.to_string()).or_default();
+        if state.undecodable.len() >= ENTRY_CAPACITY {
+            state.undecodable.clear();
+        }
+        state.undecodable.insert(id);
     }
 
     /// Entries acknowledged: their results are read to learn the outcome.
@@ -445,7 +464,11 @@ impl TaskiqAdapter {
         let unknown: Vec<StreamId> = listed
             .iter()
             .map(|p| p.id)
-            .filter(|id| !state.entries.contains_key(id) && state.last_id.is_some_and(|l| *id <= l))
+            .filter(|id| {
+                !state.entries.contains_key(id)
+                    && !state.undecodable.contains(id)
+                    && state.last_id.is_some_and(|l| *id <= l)
+            })
             .take(64)
             .collect();
         for id in unknown {
