@@ -593,5 +593,9 @@ proptest! {
         let _ = a.on_reply(&lrange, Reply::Array(vec![Reply::Bytes(bytes.clone())]), now);
         let _ = a.on_reply(&ReadRequest::Get("0123456789abcdef0123456789abcdef".into()), Reply::Bytes(bytes.clone()), now);
         let _ = a.on_message("taskiq", &bytes, now);
+        let consumers = ReadRequest::XInfoConsumers { key: "taskiq".into(), group: "taskiq".into() };
+        let n = i64::from_le_bytes(bytes.iter().copied().chain(std::iter::repeat(0)).take(8).collect::<Vec<u8>>().try_into().unwrap_or([0; 8]));
+        let row = Reply::Array(vec![b("name"), b("c"), b("pending"), Reply::Int(n), b("idle"), Reply::Int(n)]);
+        let _ = a.on_reply(&consumers, Reply::Array(vec![row]), now);
     }
 }

@@ -502,8 +502,14 @@ impl TaskiqAdapter {
 
     fn on_consumers(&mut self, reply: Reply, now: DateTime<Utc>, out: &mut Output) {
         for c in stream::consumers(reply) {
-            let idle = Duration::milliseconds(i64::try_from(c.idle_ms).unwrap_or(i64::MAX));
-            let mut alive = now - idle;
+            let idle = i64::try_from(c.idle_ms)
+                .ok()
+                .and_then(Duration::try_milliseconds)
+                .unwrap_or(Duration::MAX);
+            // An absurd idle time (or clock) dates the consumer at the epoch, never panics.
+            let mut alive = now
+                .checked_sub_signed(idle)
+                .unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
             let previous = self.consumers.get(&c.name).cloned();
             if let Some(prev) = &previous {
                 // It acknowledged something since the last read: alive now, even when it
