@@ -763,7 +763,10 @@ impl Adapter for TaskiqAdapter {
         Interest {
             channel_patterns,
             key_patterns,
-            scan_patterns: vec![self.result_pattern()],
+            // No SCAN for result keys: taskiq keeps them forever by default, and re-reading
+            // every one each rescan would cost more than the history it adds. Results of
+            // known tasks are read by key (notifications, reconciliation).
+            scan_patterns: Vec::new(),
             side_scan_patterns: Vec::new(),
             notify_classes: "tl$E".to_string(),
             prefetch: Vec::new(),
