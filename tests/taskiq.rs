@@ -406,6 +406,39 @@ fn sigkilled_worker_abandoned_then_claimed() {
     assert!(states.contains(&"abandoned".to_string()), "{t}");
 }
 
+/// taskscope is SIGKILLed while a task runs and others are sent and finished meanwhile; after
+/// its restart the stream and the result records tell every outcome.
+#[test]
+fn restart_of_taskscope_settles_what_finished_meanwhile() {
+    let _slot = test_slot();
+    let mut w = World::new(&STREAM_JSON, &[]);
+    let worker = w.worker();
+    let slow = w.produce("slow", 1, &["--seconds", "2"]).remove(0);
+    worker.wait_started(&slow, LONG);
+    w.ts.wait_state(&slow, "running", SHORT);
+    w.ts.kill();
+    let unseen = w.produce("add", 2, &[]);
+    let fail = w.produce("fail", 1, &[]).remove(0);
+    for id in unseen.iter().chain([&slow, &fail]) {
+        wait_for("the result record", LONG, || {
+            match w.redis.cli(&["EXISTS", id]).as_str() {
+                "1" => Ok(()),
+                other => Err(other.to_string()),
+            }
+        });
+    }
+    w.ts.restart();
+    let t = w.ts.wait_state(&slow, "success", LONG);
+    assert_eq!(t["result"], json!(2.0), "{t}");
+    for (i, id) in unseen.iter().enumerate() {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_common(&t, id, "add", "taskiq");
+        assert_eq!(t["result"], json!(2 * i + 1), "{t}");
+    }
+    let t = w.ts.wait_state(&fail, "failure", LONG);
+    assert_eq!(t["error"], "CardDeclined: card declined 1", "{t}");
+}
+
 /// Tasks sent to a stream no worker reads stay `queued` and are counted in the queue's length.
 #[test]
 fn stream_without_worker_stays_queued() {
