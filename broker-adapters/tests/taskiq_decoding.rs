@@ -277,6 +277,49 @@ fn fast_task_never_in_the_pel_still_ends_with_its_outcome() {
     );
 }
 
+/// Two consumer groups each get every entry: it is settled only when neither holds it.
+#[test]
+fn with_two_groups_an_entry_settles_when_both_are_done() {
+    let mut a = adapter();
+    let now = Utc::now();
+    let read = first_read(&mut a);
+    a.on_reply(
+        &read,
+        entries(&[("700-0", fixture("stream_json_pickle_message_add.bin"))]),
+        now,
+    );
+    let two = Reply::Array(vec![
+        Reply::Array(vec![
+            b("name"),
+            b("a"),
+            b("pending"),
+            Reply::Int(1),
+            b("last-delivered-id"),
+            b("700-0"),
+        ]),
+        Reply::Array(vec![
+            b("name"),
+            b("b"),
+            b("pending"),
+            Reply::Int(0),
+            b("last-delivered-id"),
+            b("700-0"),
+        ]),
+    ]);
+    a.on_reply(&ReadRequest::XInfoGroups("taskiq".into()), two, now);
+    let pending = |g: &str| ReadRequest::XPending {
+        key: "taskiq".into(),
+        group: g.into(),
+        count: 1000,
+    };
+    let out = a.on_reply(&pending("a"), pel(&[("700-0", "ca")]), now);
+    assert_eq!(tasks(&out)[0].event, TaskEvent::Running);
+    let out = a.on_reply(&pending("b"), pel(&[]), now);
+    assert!(out.follow_up.is_empty(), "group a still holds it: {out:?}");
+    let out = a.on_reply(&pending("a"), pel(&[]), now);
+    assert_eq!(out.follow_up.len(), 1, "done in both: {out:?}");
+}
+
 /// An entry not yet delivered (after the group's last-delivered-id) stays queued.
 #[test]
 fn undelivered_entry_is_not_settled() {

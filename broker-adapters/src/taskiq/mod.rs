@@ -104,6 +104,9 @@ struct StreamState {
     xlen: Option<u64>,
     /// Entries that did not decode (counted once; not re-read when they sit in a PEL).
     undecodable: HashSet<StreamId>,
+    /// Per group, the pending ids of its last `XPENDING` read: with several groups (each gets
+    /// every entry) an entry is settled only once no group holds it.
+    pels: HashMap<String, HashSet<StreamId>>,
 }
 
 /// A task taskscope learned about from a message.
@@ -435,6 +438,18 @@ impl TaskiqAdapter {
             return;
         };
         let last_delivered = state.groups.get(group).and_then(|g| g.last_delivered);
+        state
+            .pels
+            .insert(group.to_string(), listed.iter().map(|p| p.id).collect());
+        state.pels.retain(|g, _| state.groups.contains_key(g));
+        // Held or not yet delivered by another group: not done there.
+        let elsewhere = |id: &StreamId| {
+            state.groups.iter().any(|(name, g)| {
+                name != group
+                    && (g.last_delivered.is_none_or(|d| *id > d)
+                        || state.pels.get(name).is_some_and(|p| p.contains(id)))
+            })
+        };
         let mut settled = Vec::new();
         let mut running = Vec::new();
         // Entries after the group's last-delivered-id wait undelivered: neither pending nor
@@ -454,6 +469,7 @@ impl TaskiqAdapter {
                 }
             } else if last_delivered.is_some_and(|d| id <= d)
                 && (complete || max_listed.is_some_and(|m| id < m))
+                && !elsewhere(&id)
             {
                 if let Some(entry) = state.entries.remove(&id) {
                     settled.push(entry);
