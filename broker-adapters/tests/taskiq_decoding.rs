@@ -417,6 +417,47 @@ fn acknowledged_without_result_backend_is_assumed_success() {
         .contains("assumed"));
 }
 
+/// No result backend and a retry: the retry's copy read after attempt 0 was acknowledged stops
+/// the wait for attempt 0's result; nothing is assumed about attempt 1 before it is taken.
+#[test]
+fn a_retry_copy_cancels_the_assumption_about_the_previous_attempt() {
+    let mut a = adapter();
+    let now = Utc::now();
+    let read = first_read(&mut a);
+    a.on_reply(
+        &read,
+        entries(&[("800-0", fixture("stream_json_pickle_message_flaky.bin"))]),
+        now,
+    );
+    a.on_reply(
+        &ReadRequest::XInfoGroups("taskiq".into()),
+        groups("800-0", 0),
+        now,
+    );
+    let out = a.on_reply(&xpending(), pel(&[]), now);
+    let mget = out.follow_up[0].clone();
+    a.on_reply(&mget, Reply::Array(vec![Reply::Nil]), now);
+    let next = ReadRequest::XRange {
+        key: "taskiq".into(),
+        start: "(800-0".into(),
+        end: "+".into(),
+        count: 500,
+    };
+    let out = a.on_reply(
+        &next,
+        entries(&[(
+            "800-1",
+            fixture("stream_json_pickle_message_flaky_retry1.bin"),
+        )]),
+        now,
+    );
+    assert_eq!(tasks(&out)[0].attempt, Some(1));
+    for _ in 0..5 {
+        let out = a.on_reply(&mget, Reply::Array(vec![Reply::Nil]), now);
+        assert!(tasks(&out).is_empty(), "{out:?}");
+    }
+}
+
 /// Consumers are the workers: their idle time dates their last sign of life.
 #[test]
 fn consumers_heartbeat_from_their_idle_time() {

@@ -242,7 +242,11 @@ impl TaskiqAdapter {
             awaiting: None,
             queue: queue.to_string(),
         });
-        t.attempt = t.attempt.max(attempt);
+        if attempt > t.attempt {
+            // A retry's copy: whatever the previous attempt awaited is moot now.
+            t.attempt = attempt;
+            t.awaiting = None;
+        }
         t
     }
 
