@@ -519,7 +519,19 @@ fn list_item_queued_then_taken() {
         (t[0].event, t[0].task_id.as_str()),
         (TaskEvent::Running, id.as_str())
     );
-    assert_eq!(out.follow_up, vec![ReadRequest::MGet(vec![id])]);
+    assert_eq!(out.follow_up, vec![ReadRequest::MGet(vec![id.clone()])]);
+    // No result backend: a popped item stays running (nothing says when it ended).
+    for _ in 0..5 {
+        let out = a.on_reply(
+            &ReadRequest::MGet(vec![id.clone()]),
+            Reply::Array(vec![Reply::Nil]),
+            now,
+        );
+        assert!(
+            tasks(&out).iter().all(|t| t.event == TaskEvent::Running),
+            "{out:?}"
+        );
+    }
 }
 
 #[test]

@@ -733,7 +733,10 @@ impl TaskiqAdapter {
             obs.detail = Some("taken by a worker; no result yet".to_string());
             out.observations.push(Observation::Task(obs));
         }
-        if *misses < RESULT_TRIES || results_seen {
+        // A list item's disappearance says it was taken, not that it finished: only a stream's
+        // acknowledgement (after the task, by default) may stand for an unstored outcome.
+        let acknowledged = self.kinds.get(&track.queue) == Some(&QueueKind::Stream);
+        if *misses < RESULT_TRIES || results_seen || !acknowledged {
             return;
         }
         track.awaiting = None;
