@@ -8,6 +8,8 @@ use chrono::{DateTime, Utc};
 use std::collections::HashSet;
 
 impl TaskiqAdapter {
+    /// The items of list `key`: new ones `queued`, vanished ones `running` (popped) with their
+    /// result read.
     pub(super) fn on_list(
         &mut self,
         key: &str,

@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use stream::{Entry, StreamId};
 
 impl TaskiqAdapter {
+    /// New entries of stream `key`: each one `queued` (a retry copy `retried`), remembered until
+    /// it is settled.
     pub(super) fn on_entries(
         &mut self,
         key: &str,
@@ -77,6 +79,7 @@ impl TaskiqAdapter {
         }
     }
 
+    /// Remembers an entry that did not decode, so that it is counted once.
     pub(super) fn mark_undecodable(&mut self, key: &str, id: StreamId) {
         let state = self.streams.entry(key.to_string()).or_default();
         if state.undecodable.len() >= ENTRY_CAPACITY {
@@ -104,6 +107,8 @@ impl TaskiqAdapter {
         }
     }
 
+    /// One group's pending entries: entries held by a consumer are `running` on it; delivered
+    /// entries no group holds any more were acknowledged and are settled.
     pub(super) fn on_pending(
         &mut self,
         key: &str,
@@ -199,6 +204,8 @@ impl TaskiqAdapter {
         self.settle(settled, out);
     }
 
+    /// A group's consumers: heartbeats dated by their idle time (or now, when they acknowledged
+    /// something since the last read).
     pub(super) fn on_consumers(&mut self, reply: Reply, now: DateTime<Utc>, out: &mut Output) {
         for c in stream::consumers(reply) {
             let idle = i64::try_from(c.idle_ms)
@@ -244,6 +251,8 @@ impl TaskiqAdapter {
         }
     }
 
+    /// The stream's consumer groups: new ones get their reads; a sampling round makes the queue
+    /// sample (undelivered entries, pending entries).
     pub(super) fn on_groups(
         &mut self,
         key: &str,

@@ -7,6 +7,7 @@ use crate::model::{Broker, Observation, TaskEvent, TaskObservation};
 use chrono::{DateTime, Utc};
 
 impl TaskiqAdapter {
+    /// A result key's value: the outcome of the attempt its labels name (`_retries`).
     pub(super) fn on_result(
         &mut self,
         key: &str,
@@ -65,6 +66,9 @@ impl TaskiqAdapter {
         out.observations.push(Observation::Task(obs));
     }
 
+    /// An awaited result key read empty: on the first miss the task is `running` (taken, no
+    /// outcome yet); after a few, a stream task of a queue that never had results is settled as
+    /// an assumed success.
     pub(super) fn result_missing(&mut self, task_id: &str, now: DateTime<Utc>, out: &mut Output) {
         let Some(track) = self.tasks.get_mut(task_id) else {
             return;
