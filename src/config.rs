@@ -233,6 +233,23 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKSCOPE_RQ_PREFIX", value_name = "PREFIX")]
     pub rq_prefix: Option<String>,
 
+    /// taskiq queue names (the broker's `queue_name`): streams (`RedisStreamBroker`), lists
+    /// (`ListQueueBroker`) or pub/sub channels (`PubSubBroker`); which one is found in Redis.
+    /// Default: `taskiq`, plus the streams and lists `--brokers auto` finds holding taskiq
+    /// messages; setting it (or `--taskiq-result-prefix`) starts the taskiq adapter at once.
+    #[arg(
+        long,
+        env = "TASKSCOPE_TASKIQ_QUEUES",
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    pub taskiq_queues: Option<Vec<String>>,
+
+    /// The `prefix_str` of taskiq's `RedisAsyncResultBackend` (result keys `<prefix>:<task_id>`);
+    /// unset: result keys are the bare task ids.
+    #[arg(long, env = "TASKSCOPE_TASKIQ_RESULT_PREFIX", value_name = "PREFIX")]
+    pub taskiq_result_prefix: Option<String>,
+
     /// How often the reconciliation pass re-reads queues, in-flight messages and open tasks'
     /// results (catching what notifications cannot carry).
     #[arg(long, env = "TASKSCOPE_RECONCILE_EVERY", default_value = "5s", value_parser = parse_duration, value_name = "DUR")]
@@ -308,6 +325,8 @@ pub struct ServeSettings {
     /// The namespace was given, not defaulted: detection does not override it.
     pub dramatiq_namespace_given: bool,
     pub rq_prefix: String,
+    pub taskiq_queues: Vec<String>,
+    pub taskiq_result_prefix: Option<String>,
     pub reconcile_every: Duration,
     pub poll_every: Duration,
     pub rescan_every: Duration,
@@ -317,7 +336,8 @@ pub struct ServeSettings {
 }
 
 /// Brokers with an adapter in this version.
-pub const AVAILABLE_BROKERS: [Broker; 3] = [Broker::Celery, Broker::Dramatiq, Broker::Rq];
+pub const AVAILABLE_BROKERS: [Broker; 4] =
+    [Broker::Celery, Broker::Dramatiq, Broker::Rq, Broker::Taskiq];
 
 impl ServeArgs {
     pub fn into_settings(self) -> Result<ServeSettings, UsageError> {
@@ -335,6 +355,7 @@ impl ServeArgs {
             || self.celery_enable_events;
         let dramatiq_given = self.dramatiq_namespace.is_some();
         let rq_given = self.rq_prefix.is_some();
+        let taskiq_given = self.taskiq_queues.is_some() || self.taskiq_result_prefix.is_some();
         let (brokers, detect_every) = match selection {
             BrokerSelection::Listed(brokers) => (brokers, None),
             BrokerSelection::Auto => {
@@ -347,6 +368,9 @@ impl ServeArgs {
                 }
                 if rq_given {
                     given.push(Broker::Rq);
+                }
+                if taskiq_given {
+                    given.push(Broker::Taskiq);
                 }
                 (given, Some(self.detect_every))
             }
@@ -392,6 +416,14 @@ impl ServeArgs {
             dramatiq_namespace,
             dramatiq_namespace_given: dramatiq_given,
             rq_prefix,
+            taskiq_queues: self
+                .taskiq_queues
+                .unwrap_or_else(|| vec!["taskiq".to_string()])
+                .into_iter()
+                .map(|q| q.trim().to_string())
+                .filter(|q| !q.is_empty())
+                .collect(),
+            taskiq_result_prefix: self.taskiq_result_prefix.filter(|p| !p.trim().is_empty()),
             reconcile_every: self.reconcile_every,
             poll_every: self.poll_every,
             rescan_every: self.rescan_every,
@@ -434,7 +466,7 @@ fn parse_brokers(list: &str) -> Result<BrokerSelection, UsageError> {
             })?;
         if !AVAILABLE_BROKERS.contains(&broker) {
             return Err(UsageError(format!(
-                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto, celery, dramatiq or rq"
+                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto, celery, dramatiq, rq or taskiq"
             )));
         }
         if !brokers.contains(&broker) {

@@ -21,6 +21,7 @@ use broker_adapters::celery::{CeleryAdapter, CeleryConfig};
 use broker_adapters::detect::Setting;
 use broker_adapters::dramatiq::{DramatiqAdapter, DramatiqConfig};
 use broker_adapters::rq::{RqAdapter, RqConfig};
+use broker_adapters::taskiq::{TaskiqAdapter, TaskiqConfig};
 use broker_adapters::{Adapter, Broker};
 use clap::Parser;
 use config::{Cli, Command, HousekeepingCmd, ServeSettings, UsageError};
@@ -209,7 +210,21 @@ fn build_adapter(
             };
             Some(Box::new(RqAdapter::new(RqConfig { prefix })))
         }
-        Broker::Taskiq => None,
+        Broker::Taskiq => {
+            let mut queues = settings.taskiq_queues.clone();
+            for setting in detected {
+                if let Setting::TaskiqStream(q) | Setting::TaskiqList(q) = setting {
+                    if !queues.contains(q) {
+                        queues.push(q.clone());
+                    }
+                }
+            }
+            Some(Box::new(TaskiqAdapter::new(TaskiqConfig {
+                queues,
+                result_prefix: settings.taskiq_result_prefix.clone(),
+                db: settings.redis_db,
+            })))
+        }
     }
 }
 

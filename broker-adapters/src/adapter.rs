@@ -108,10 +108,36 @@ pub enum ReadRequest {
     },
     /// `PTTL key`: milliseconds left before the key expires (-1 none, -2 no such key).
     PTtl(String),
-    /// `XREVRANGE key + - COUNT count`: the newest entries of a stream.
+    /// `TYPE key`: which kind of key a configured name is (taskiq queues are streams or lists).
+    Type(String),
+    XLen(String),
+    /// `XRANGE key start end COUNT count` (`start` may be exclusive: `(1700000000000-0`).
+    XRange {
+        key: String,
+        start: String,
+        end: String,
+        count: u64,
+    },
+    /// `XREVRANGE key end start COUNT count`: the newest entries first.
     XRevRange {
         key: String,
-        count: u32,
+        end: String,
+        start: String,
+        count: u64,
+    },
+    /// `XPENDING key group - + count`: the pending entries of a consumer group, with consumer,
+    /// idle time and delivery count. Never joins or acknowledges for the group.
+    XPending {
+        key: String,
+        group: String,
+        count: u64,
+    },
+    /// `XINFO GROUPS key`.
+    XInfoGroups(String),
+    /// `XINFO CONSUMERS key group`.
+    XInfoConsumers {
+        key: String,
+        group: String,
     },
     /// The same read on the adapter's side connection ([`Adapter::side_url`], e.g. Celery's
     /// result backend in another database); on the main connection when there is none.
@@ -129,7 +155,13 @@ impl ReadRequest {
             | ReadRequest::SMembers(k)
             | ReadRequest::ZCard(k)
             | ReadRequest::PTtl(k)
+            | ReadRequest::Type(k)
+            | ReadRequest::XLen(k)
+            | ReadRequest::XInfoGroups(k)
+            | ReadRequest::XRange { key: k, .. }
             | ReadRequest::XRevRange { key: k, .. }
+            | ReadRequest::XPending { key: k, .. }
+            | ReadRequest::XInfoConsumers { key: k, .. }
             | ReadRequest::LRange { key: k, .. }
             | ReadRequest::HMGet { key: k, .. }
             | ReadRequest::ZRangeWithScores { key: k, .. } => k,

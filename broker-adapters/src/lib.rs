@@ -6,7 +6,7 @@
 //! - [`state`]: the one state machine every broker shares, and the abandon sweep.
 //! - [`codec`]: payload helpers every adapter needs (JSON, msgpack, base64, pickle).
 //! - [`detect`]: which brokers live in a Redis, from key names and sampled messages.
-//! - one module per broker: [`celery`], [`dramatiq`], [`rq`].
+//! - one module per broker: [`celery`], [`dramatiq`], [`rq`], [`taskiq`].
 //!
 //! # Invariant
 //! Nothing in this crate does I/O or reads the clock: bytes and `now` in, observations out. That
@@ -21,6 +21,7 @@ pub mod model;
 mod pickle_guard;
 pub mod rq;
 pub mod state;
+pub mod taskiq;
 
 pub use adapter::{Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, ReadRequest, Reply};
 pub use model::*;

@@ -157,6 +157,8 @@ fn failed_job_gives_the_error_line_and_traceback_from_its_results_entry() {
     assert_eq!(tasks(&out).last().unwrap().event, TaskEvent::Failed);
     let read = ReadRequest::XRevRange {
         key: "rq:results:job-x".into(),
+        end: "+".into(),
+        start: "-".into(),
         count: 1,
     };
     let out = a.on_reply(&read, stream_reply("results_failure.json"), now());

@@ -57,16 +57,52 @@ fn command(req: &ReadRequest) -> (CustomCommand, Vec<Value>) {
         ReadRequest::SMembers(k) => (cmd("SMEMBERS"), vec![s(k)]),
         ReadRequest::ZCard(k) => (cmd("ZCARD"), vec![s(k)]),
         ReadRequest::PTtl(k) => (cmd("PTTL"), vec![s(k)]),
-        ReadRequest::XRevRange { key, count } => (
+        ReadRequest::Type(k) => (cmd("TYPE"), vec![s(k)]),
+        ReadRequest::XLen(k) => (cmd("XLEN"), vec![s(k)]),
+        ReadRequest::XRange {
+            key,
+            start,
+            end,
+            count,
+        } => (
+            cmd("XRANGE"),
+            vec![
+                s(key),
+                s(start),
+                s(end),
+                s("COUNT"),
+                Value::from(i64::try_from(*count).unwrap_or(i64::MAX)),
+            ],
+        ),
+        ReadRequest::XRevRange {
+            key,
+            end,
+            start,
+            count,
+        } => (
             cmd("XREVRANGE"),
             vec![
                 s(key),
-                s("+"),
-                s("-"),
+                s(end),
+                s(start),
                 s("COUNT"),
-                Value::from(i64::from(*count)),
+                Value::from(i64::try_from(*count).unwrap_or(i64::MAX)),
             ],
         ),
+        ReadRequest::XPending { key, group, count } => (
+            cmd("XPENDING"),
+            vec![
+                s(key),
+                s(group),
+                s("-"),
+                s("+"),
+                Value::from(i64::try_from(*count).unwrap_or(i64::MAX)),
+            ],
+        ),
+        ReadRequest::XInfoGroups(k) => (cmd("XINFO"), vec![s("GROUPS"), s(k)]),
+        ReadRequest::XInfoConsumers { key, group } => {
+            (cmd("XINFO"), vec![s("CONSUMERS"), s(key), s(group)])
+        }
         ReadRequest::ZRangeWithScores { key, start, stop } => (
             cmd("ZRANGE"),
             vec![

@@ -571,7 +571,7 @@ pub struct WorkerProcess {
 
 impl WorkerProcess {
     /// Spawns `cmd` in its own process group with `TS_MARKER_DIR` and the log in `dir`.
-    fn spawn(label: &'static str, mut cmd: Command, dir: tempfile::TempDir) -> WorkerProcess {
+    pub fn spawn(label: &'static str, mut cmd: Command, dir: tempfile::TempDir) -> WorkerProcess {
         let (out, err) = log_file(&dir.path().join("worker.log"));
         cmd.env("TS_MARKER_DIR", dir.path())
             .stdin(Stdio::null())
@@ -590,7 +590,7 @@ impl WorkerProcess {
     }
 
     /// Panics with the log when the worker exited (during startup).
-    fn assert_running(&mut self) {
+    pub fn assert_running(&mut self) {
         if let Some(status) = self
             .child
             .as_mut()

@@ -146,6 +146,8 @@ impl RqAdapter {
     fn results_read(&self, id: &str) -> ReadRequest {
         ReadRequest::XRevRange {
             key: self.layout.results(id),
+            end: "+".to_string(),
+            start: "-".to_string(),
             count: 1,
         }
     }

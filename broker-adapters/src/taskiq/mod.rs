@@ -1,0 +1,624 @@
+//! taskiq with taskiq-redis: `RedisStreamBroker`, `ListQueueBroker`, `PubSubBroker`, and the
+//! `RedisAsyncResultBackend`.
+//!
+//! Where each state comes from (fixtures: `tests/fixtures/taskiq/`, notes in ARCHITECTURE.md):
+//! - **Stream** (`XADD <queue> * data <message>`, consumer groups): the stream is read on its own
+//!   with `XRANGE` from the last id seen (never `XREADGROUP`: taskscope joins no group and acks
+//!   nothing), so every entry is seen even when a worker reads and acks it within milliseconds.
+//!   `queued` when added; `running` while the entry is in a group's pending entries list
+//!   (`XPENDING`, worker = consumer name); once it has left the PEL behind the group's
+//!   `last-delivered-id` it was acknowledged, and the result record tells the outcome. Consumers'
+//!   idle times (`XINFO CONSUMERS`) are their heartbeats: the shared sweep abandons a running
+//!   task whose consumer fell silent. An `XAUTOCLAIM` by another consumer moves it on.
+//! - **List** (`LPUSH` / `BRPOP`): `queued` while the item is in the list, `running` once it is
+//!   gone (a worker popped it: no worker name, no acknowledgement exists), outcome from results.
+//! - **Pub/sub**: `queued` when published on the channel; outcome from results.
+//! - **Results**: key `<task_id>` or `<prefix>:<task_id>`; pickle, JSON or msgpack (see
+//!   [`result`]). `retried`: a new message with the same `task_id` and a higher `_retries` label.
+//!
+//! An acknowledged stream entry without a result record (no result backend configured): taskiq
+//! acknowledges failures too, so the outcome is unknown. When no result record was ever seen for
+//! a task of that queue it is settled as `success` with a detail that says it was assumed; when results do
+//! exist, taskscope keeps waiting for the record.
+
+mod follow_list;
+mod follow_stream;
+pub mod message;
+mod outcome;
+pub mod result;
+pub mod stream;
+
+use crate::adapter::{
+    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
+};
+use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use stream::StreamId;
+
+pub use message::{looks_like_message, looks_like_stream_entry};
+pub use result::looks_like_result;
+
+/// Entries read per `XRANGE` page.
+const PAGE: u64 = 500;
+/// How far back the first read of a stream goes (older entries are history taskscope skips).
+const INITIAL_WINDOW: u64 = 1_000;
+/// Pending entries read per group and pass.
+const PEL_PAGE: u64 = 1_000;
+/// List items read per pass (a deeper backlog is counted by sampling, not listed).
+const LIST_DEPTH: i64 = 10_000;
+/// Stream keys found not to be taskiq's, remembered so each is probed once.
+const PROBED_CAPACITY: usize = 100_000;
+/// Result keys per `MGET`.
+const MGET_CHUNK: usize = 256;
+/// Empty reads of an acknowledged task's result key before, with no result backend in sight,
+/// it is settled as an assumed success.
+const RESULT_TRIES: u32 = 3;
+/// Tasks and unsettled entries remembered (the oldest are forgotten first).
+const TASK_CAPACITY: usize = 200_000;
+const ENTRY_CAPACITY: usize = 100_000;
+
+#[derive(Debug, Clone)]
+pub struct TaskiqConfig {
+    /// Queue names: streams, lists or pub/sub channels (the broker's `queue_name`).
+    pub queues: Vec<String>,
+    /// The result backend's `prefix_str`; `None`: result keys are bare task ids.
+    pub result_prefix: Option<String>,
+    /// The watched database: other taskiq streams are discovered from its `xadd` key events.
+    pub db: u32,
+}
+
+impl Default for TaskiqConfig {
+    fn default() -> Self {
+        TaskiqConfig {
+            queues: vec!["taskiq".to_string()],
+            result_prefix: None,
+            db: 0,
+        }
+    }
+}
+
+/// What a configured queue name turned out to be in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueKind {
+    /// Not seen as a key yet (absent, or a pub/sub channel).
+    Unknown,
+    Stream,
+    List,
+}
+
+/// An entry read from a stream and not settled yet.
+#[derive(Debug, Clone)]
+struct EntryInfo {
+    task_id: String,
+    attempt: u32,
+    /// The consumer whose PEL held it at the last read.
+    consumer: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct StreamState {
+    last_id: Option<StreamId>,
+    entries: BTreeMap<StreamId, EntryInfo>,
+    groups: BTreeMap<String, stream::Group>,
+    /// `XLEN` of the current sampling round.
+    xlen: Option<u64>,
+    /// Entries that did not decode (counted once; not re-read when they sit in a PEL).
+    undecodable: HashSet<StreamId>,
+    /// Per group, the pending ids of its last `XPENDING` read: with several groups (each gets
+    /// every entry) an entry is settled only once no group holds it.
+    pels: HashMap<String, HashSet<StreamId>>,
+}
+
+/// A task taskscope learned about from a message.
+#[derive(Debug, Clone)]
+struct TaskTrack {
+    /// The highest `_retries` seen in its messages.
+    attempt: u32,
+    /// Acknowledged (stream) or popped (list), its result not read yet: empty reads so far.
+    awaiting: Option<u32>,
+    /// The queue its message was seen in.
+    queue: String,
+}
+
+#[derive(Debug, Clone)]
+struct ConsumerSeen {
+    pending: u64,
+    last_alive: DateTime<Utc>,
+}
+
+pub struct TaskiqAdapter {
+    /// Configured queue names, then streams discovered from `xadd` key events.
+    queues: Vec<String>,
+    db: u32,
+    /// Streams probed (one entry read) and found not to hold taskiq messages, or being probed.
+    probed: HashSet<String>,
+    prefix: Option<String>,
+    kinds: HashMap<String, QueueKind>,
+    streams: HashMap<String, StreamState>,
+    /// Per list: the (task id, attempt) of the items at its last read; `None` after a gap.
+    lists: HashMap<String, Option<HashSet<(String, u32)>>>,
+    tasks: HashMap<String, TaskTrack>,
+    task_order: VecDeque<String>,
+    consumers: HashMap<String, ConsumerSeen>,
+    /// Streams whose next `XINFO GROUPS` reply makes a queue sample.
+    sampling: HashSet<String>,
+    /// Queues with a task whose result record was read: there, a missing one means "not yet"
+    /// (a result backend is configured), elsewhere "never" (none is).
+    results_seen: HashSet<String>,
+}
+
+fn hex32_pattern() -> String {
+    "[0-9a-f]".repeat(32)
+}
+
+/// taskiq's default task id: `uuid4().hex`.
+fn is_hex32(id: &str) -> bool {
+    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn text(r: &Reply) -> Option<String> {
+    r.as_bytes()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+}
+
+impl TaskiqAdapter {
+    pub fn new(config: TaskiqConfig) -> TaskiqAdapter {
+        let queues: Vec<String> = config
+            .queues
+            .into_iter()
+            .map(|q| q.trim().to_string())
+            .filter(|q| !q.is_empty())
+            .collect();
+        TaskiqAdapter {
+            kinds: queues
+                .iter()
+                .map(|q| (q.clone(), QueueKind::Unknown))
+                .collect(),
+            queues,
+            db: config.db,
+            probed: HashSet::new(),
+            prefix: config.result_prefix.filter(|p| !p.is_empty()),
+            streams: HashMap::new(),
+            lists: HashMap::new(),
+            tasks: HashMap::new(),
+            task_order: VecDeque::new(),
+            consumers: HashMap::new(),
+            sampling: HashSet::new(),
+            results_seen: HashSet::new(),
+        }
+    }
+
+    fn result_key(&self, task_id: &str) -> String {
+        match &self.prefix {
+            Some(p) => format!("{p}:{task_id}"),
+            None => task_id.to_string(),
+        }
+    }
+
+    /// The task id a result key belongs to, if the key is one.
+    fn task_of_result_key<'k>(&self, key: &'k str) -> Option<&'k str> {
+        if key.ends_with(result::PROGRESS_SUFFIX) {
+            return None;
+        }
+        match &self.prefix {
+            Some(p) => key.strip_prefix(p.as_str())?.strip_prefix(':'),
+            None => Some(key),
+        }
+    }
+
+    /// Whether a changed or scanned key may be a result record worth a read: with a prefix, any
+    /// key under it; without, taskiq's default ids (32 hex digits) and ids of known tasks (other
+    /// brokers' keys come through the same notification feed).
+    fn is_result_key(&self, key: &str) -> bool {
+        match (self.task_of_result_key(key), &self.prefix) {
+            (Some(_), Some(_)) => true,
+            (Some(id), None) => is_hex32(id) || self.tasks.contains_key(id),
+            (None, _) => false,
+        }
+    }
+
+    fn result_pattern(&self) -> String {
+        match &self.prefix {
+            Some(p) => format!("{}:*", glob_escape(p)),
+            None => hex32_pattern(),
+        }
+    }
+
+    fn is_queue(&self, key: &str) -> bool {
+        self.kinds.contains_key(key)
+    }
+
+    fn track(&mut self, task_id: &str, attempt: u32, queue: &str) -> &mut TaskTrack {
+        if !self.tasks.contains_key(task_id) {
+            if self.task_order.len() >= TASK_CAPACITY {
+                if let Some(old) = self.task_order.pop_front() {
+                    self.tasks.remove(&old);
+                }
+            }
+            self.task_order.push_back(task_id.to_string());
+        }
+        let t = self.tasks.entry(task_id.to_string()).or_insert(TaskTrack {
+            attempt,
+            awaiting: None,
+            queue: queue.to_string(),
+        });
+        if attempt > t.attempt {
+            // A retry's copy: whatever the previous attempt awaited is moot now.
+            t.attempt = attempt;
+            t.awaiting = None;
+        }
+        t
+    }
+
+    /// Reads that bring a stream up to date: new entries, groups, consumers, pending entries.
+    fn stream_reads(&self, key: &str) -> Vec<ReadRequest> {
+        let state = self.streams.get(key);
+        let mut reads = vec![match state.and_then(|s| s.last_id) {
+            Some(last) => ReadRequest::XRange {
+                key: key.to_string(),
+                start: format!("({last}"),
+                end: "+".to_string(),
+                count: PAGE,
+            },
+            None => ReadRequest::XRevRange {
+                key: key.to_string(),
+                end: "+".to_string(),
+                start: "-".to_string(),
+                count: INITIAL_WINDOW,
+            },
+        }];
+        reads.push(ReadRequest::XInfoGroups(key.to_string()));
+        if let Some(state) = state {
+            for group in state.groups.keys() {
+                reads.extend(group_reads(key, group));
+            }
+        }
+        reads
+    }
+
+    fn list_reads(key: &str) -> Vec<ReadRequest> {
+        vec![ReadRequest::LRange {
+            key: key.to_string(),
+            start: 0,
+            stop: LIST_DEPTH - 1,
+        }]
+    }
+
+    fn queue_reads(&self, key: &str) -> Vec<ReadRequest> {
+        match self.kinds.get(key) {
+            Some(QueueKind::Stream) => self.stream_reads(key),
+            Some(QueueKind::List) => Self::list_reads(key),
+            _ => vec![ReadRequest::Type(key.to_string())],
+        }
+    }
+
+    fn set_kind(&mut self, key: &str, kind: QueueKind) -> bool {
+        let slot = self
+            .kinds
+            .entry(key.to_string())
+            .or_insert(QueueKind::Unknown);
+        let changed = *slot != kind;
+        *slot = kind;
+        changed
+    }
+
+    fn message_error(key: &str, kind: &'static str, message: String) -> DecodeError {
+        DecodeError {
+            broker: Broker::Taskiq,
+            kind,
+            key: key.to_string(),
+            message,
+        }
+    }
+
+    /// A message seen waiting in `queue`: `queued`, or `retried` for a retry middleware's copy.
+    fn queued_observation(
+        &mut self,
+        msg: &message::TaskiqMessage,
+        queue: &str,
+        at: DateTime<Utc>,
+        source: &'static str,
+    ) -> Observation {
+        self.track(&msg.task_id, msg.retries, queue);
+        let mut obs = TaskObservation::new(
+            Broker::Taskiq,
+            msg.task_id.clone(),
+            at,
+            TaskEvent::Queued,
+            source,
+        );
+        obs.attempt = Some(msg.retries);
+        obs.fields.queue = Some(queue.to_string());
+        obs.fields.name = Some(msg.task_name.clone());
+        obs.fields.args = msg.args.clone();
+        obs.fields.kwargs = msg.kwargs.clone();
+        obs.fields.enqueued_at = Some(at);
+        if msg.retries > 0 {
+            obs.detail = Some(format!(
+                "retry {}: re-sent with the same task id ({source})",
+                msg.retries
+            ));
+        }
+        Observation::Task(obs)
+    }
+}
+
+/// The reads of one consumer group: its consumers (heartbeats) and its pending entries.
+fn group_reads(key: &str, group: &str) -> [ReadRequest; 2] {
+    [
+        ReadRequest::XInfoConsumers {
+            key: key.to_string(),
+            group: group.to_string(),
+        },
+        ReadRequest::XPending {
+            key: key.to_string(),
+            group: group.to_string(),
+            count: PEL_PAGE,
+        },
+    ]
+}
+
+impl Adapter for TaskiqAdapter {
+    fn broker(&self) -> Broker {
+        Broker::Taskiq
+    }
+
+    fn interest(&self) -> Interest {
+        let escaped: Vec<String> = self.queues.iter().map(|q| glob_escape(q)).collect();
+        let mut key_patterns = escaped.clone();
+        key_patterns.push(self.result_pattern());
+        let mut channel_patterns = escaped;
+        // Every stream add in the database: streams of other taskiq queues are found by their
+        // first entry (`E` turns key events on).
+        channel_patterns.push(format!("__keyevent@{}__:xadd", self.db));
+        Interest {
+            channel_patterns,
+            key_patterns,
+            // No SCAN for result keys: taskiq keeps them forever by default, and re-reading
+            // every one each rescan would cost more than the history it adds. Results of
+            // known tasks are read by key (notifications, reconciliation).
+            scan_patterns: Vec::new(),
+            side_scan_patterns: Vec::new(),
+            notify_classes: "tl$E".to_string(),
+            prefetch: Vec::new(),
+        }
+    }
+
+    fn on_scan(
+        &mut self,
+        _pattern: &str,
+        keys: Vec<String>,
+        _now: DateTime<Utc>,
+    ) -> Vec<ReadRequest> {
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| self.is_result_key(k) && !self.is_queue(k))
+            .collect();
+        keys.chunks(MGET_CHUNK)
+            .map(|c| ReadRequest::MGet(c.to_vec()))
+            .collect()
+    }
+
+    fn on_detected(&mut self, setting: &crate::detect::Setting) -> Vec<ReadRequest> {
+        use crate::detect::Setting;
+        let (key, kind) = match setting {
+            Setting::TaskiqStream(k) => (k, QueueKind::Stream),
+            Setting::TaskiqList(k) => (k, QueueKind::List),
+            _ => return Vec::new(),
+        };
+        if self.is_queue(key) {
+            return Vec::new();
+        }
+        tracing::info!(queue = %key, "Auto-detection found a taskiq queue; watching it.");
+        self.probed.remove(key);
+        self.queues.push(key.clone());
+        self.set_kind(key, kind);
+        self.queue_reads(key)
+    }
+
+    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        if self.is_queue(key) {
+            match op {
+                "xadd" | "xtrim" | "xdel" | "xsetid" | "xgroup-create" | "xautoclaim"
+                | "xclaim" => {
+                    self.set_kind(key, QueueKind::Stream);
+                }
+                "lpush" | "rpush" | "lpop" | "rpop" | "lrem" | "ltrim" | "lset" | "linsert" => {
+                    self.set_kind(key, QueueKind::List);
+                }
+                _ => {}
+            }
+            return self.queue_reads(key);
+        }
+        if op == "xadd" && !self.probed.contains(key) {
+            // An unknown stream: does it carry taskiq messages?
+            if self.probed.len() >= PROBED_CAPACITY {
+                self.probed.clear();
+            }
+            self.probed.insert(key.to_string());
+            return vec![ReadRequest::XRevRange {
+                key: key.to_string(),
+                end: "+".to_string(),
+                start: "-".to_string(),
+                count: 1,
+            }];
+        }
+        if op == "set" && self.is_result_key(key) {
+            return vec![ReadRequest::Get(key.to_string())];
+        }
+        Vec::new()
+    }
+
+    fn on_message(&mut self, channel: &str, payload: &[u8], now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        if !self.is_queue(channel) {
+            return out;
+        }
+        match message::decode(payload) {
+            Ok(msg) => {
+                let obs = self.queued_observation(&msg, channel, now, "pub/sub");
+                out.observations.push(obs);
+            }
+            Err(e) => out.decode_errors.push(Self::message_error(
+                channel,
+                e.kind(),
+                format!("published message: {e}"),
+            )),
+        }
+        out
+    }
+
+    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        if let Reply::Error(e) = &reply {
+            // WRONGTYPE (the name is another kind of key now), NOGROUP, ...: re-learn the kind.
+            tracing::debug!(key = request.key(), error = %e, "taskiq read failed");
+            if self.is_queue(request.key()) {
+                self.set_kind(request.key(), QueueKind::Unknown);
+            }
+            return out;
+        }
+        match request {
+            ReadRequest::Type(key) => {
+                let kind = match text(&reply).as_deref() {
+                    Some("stream") => QueueKind::Stream,
+                    Some("list") => QueueKind::List,
+                    _ => QueueKind::Unknown,
+                };
+                if kind != QueueKind::Unknown && self.set_kind(key, kind) {
+                    out.follow_up = self.queue_reads(key);
+                }
+            }
+            ReadRequest::XRevRange { key, .. } if !self.is_queue(key) => {
+                let taskiq = stream::entries(reply).first().is_some_and(|e| {
+                    let fields: Vec<(&[u8], &[u8])> = e
+                        .fields
+                        .iter()
+                        .map(|(f, v)| (f.as_slice(), v.as_slice()))
+                        .collect();
+                    looks_like_stream_entry(&fields)
+                });
+                if taskiq {
+                    tracing::info!(stream = %key, "Found a taskiq stream; watching it as a queue.");
+                    self.probed.remove(key);
+                    self.queues.push(key.clone());
+                    self.set_kind(key, QueueKind::Stream);
+                    out.follow_up = self.stream_reads(key);
+                }
+            }
+            ReadRequest::XRevRange { key, .. } => {
+                let mut entries = stream::entries(reply);
+                entries.reverse();
+                let newest = entries.last().map(|e| e.id);
+                let state = self.streams.entry(key.clone()).or_default();
+                if newest.is_some() && state.last_id.is_none() {
+                    state.last_id = newest;
+                }
+                self.on_entries(key, entries, now, &mut out);
+            }
+            ReadRequest::XRange {
+                key,
+                start,
+                end,
+                count,
+            } => {
+                let entries = stream::entries(reply);
+                if start == end {
+                    // One pending entry read by id: known now, its state comes with the next
+                    // XPENDING read.
+                    self.on_entries(key, entries, now, &mut out);
+                    return out;
+                }
+                let full = entries.len() as u64 >= *count;
+                let newest = entries.last().map(|e| e.id);
+                self.on_entries(key, entries, now, &mut out);
+                let state = self.streams.entry(key.clone()).or_default();
+                if let Some(n) = newest {
+                    state.last_id = Some(state.last_id.map_or(n, |l| l.max(n)));
+                }
+                if full {
+                    out.follow_up = self.stream_reads(key);
+                }
+            }
+            ReadRequest::XInfoGroups(key) => self.on_groups(key, reply, now, &mut out),
+            ReadRequest::XInfoConsumers { .. } => self.on_consumers(reply, now, &mut out),
+            ReadRequest::XPending { key, group, count } => {
+                self.on_pending(key, group, *count, reply, now, &mut out)
+            }
+            ReadRequest::XLen(key) => {
+                self.streams.entry(key.clone()).or_default().xlen =
+                    reply.as_i64().map(|n| n.max(0) as u64);
+            }
+            ReadRequest::LRange { key, .. } => self.on_list(key, reply, now, &mut out),
+            ReadRequest::LLen(key) => out.queue_samples.push(QueueSample {
+                broker: Broker::Taskiq,
+                name: key.clone(),
+                length: reply.as_i64().unwrap_or(0).max(0) as u64,
+                delayed: 0,
+                dead: 0,
+                running: 0,
+                sampled_at: now,
+            }),
+            ReadRequest::Get(key) => self.on_result(key, &reply, now, &mut out),
+            ReadRequest::MGet(keys) => {
+                for (key, value) in keys.iter().zip(reply.into_items()) {
+                    self.on_result(key, &value, now, &mut out);
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        let mut reads: Vec<ReadRequest> = self
+            .queues
+            .iter()
+            .flat_map(|q| self.queue_reads(q))
+            .collect();
+        // Results after the queues: a retry's new message is read before the old attempt's
+        // result, as they were written.
+        let keys: Vec<String> = open.iter().map(|t| self.result_key(&t.id)).collect();
+        reads.extend(
+            keys.chunks(MGET_CHUNK)
+                .map(|c| ReadRequest::MGet(c.to_vec())),
+        );
+        reads
+    }
+
+    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        let mut reads = Vec::new();
+        for q in &self.queues {
+            match self.kinds.get(q) {
+                Some(QueueKind::Stream) => {
+                    self.sampling.insert(q.clone());
+                    reads.push(ReadRequest::XLen(q.clone()));
+                    reads.push(ReadRequest::XInfoGroups(q.clone()));
+                    if let Some(state) = self.streams.get(q) {
+                        for g in state.groups.keys() {
+                            reads.push(ReadRequest::XInfoConsumers {
+                                key: q.clone(),
+                                group: g.clone(),
+                            });
+                        }
+                    }
+                }
+                Some(QueueKind::List) => reads.push(ReadRequest::LLen(q.clone())),
+                _ => reads.push(ReadRequest::Type(q.clone())),
+            }
+        }
+        reads
+    }
+
+    fn on_gap(&mut self) {
+        // A Redis restarted empty is not a drained list nor a stream whose ids went back.
+        for snapshot in self.lists.values_mut() {
+            *snapshot = None;
+        }
+        for state in self.streams.values_mut() {
+            state.last_id = None;
+        }
+        self.consumers.clear();
+    }
+}

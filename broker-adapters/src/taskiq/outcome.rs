@@ -1,0 +1,115 @@
+//! Outcomes from the result backend's records, and what a missing record means (see the
+//! module documentation of [`super`]).
+
+use super::{result, QueueKind, TaskiqAdapter, RESULT_TRIES};
+use crate::adapter::{Output, Reply};
+use crate::model::{Broker, Observation, TaskEvent, TaskObservation};
+use chrono::{DateTime, Utc};
+
+impl TaskiqAdapter {
+    /// A result key's value: the outcome of the attempt its labels name (`_retries`).
+    pub(super) fn on_result(
+        &mut self,
+        key: &str,
+        value: &Reply,
+        now: DateTime<Utc>,
+        out: &mut Output,
+    ) {
+        let Some(task_id) = self.task_of_result_key(key).map(str::to_string) else {
+            return;
+        };
+        let bytes = match value {
+            Reply::Bytes(b) => b,
+            Reply::Nil => {
+                self.result_missing(&task_id, now, out);
+                return;
+            }
+            // WRONGTYPE and friends: not a taskiq result key.
+            _ => return,
+        };
+        let record = match result::decode(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                // Other 32-hex keys (Dramatiq's result keys, say) are not taskiq's: only a key
+                // of a task taskscope knows is a decode error.
+                if self.tasks.contains_key(&task_id) {
+                    out.decode_errors
+                        .push(Self::message_error(key, e.kind(), e.to_string()));
+                }
+                return;
+            }
+        };
+        let attempt = record.retries.unwrap_or(0);
+        if let Some(track) = self.tasks.get_mut(&task_id) {
+            if attempt >= track.attempt {
+                track.awaiting = None;
+            }
+            if !self.results_seen.contains(&track.queue) {
+                self.results_seen.insert(track.queue.clone());
+            }
+        }
+        let event = if record.is_err {
+            TaskEvent::Failed
+        } else {
+            TaskEvent::Succeeded
+        };
+        let mut obs = TaskObservation::new(Broker::Taskiq, task_id, now, event, "result");
+        obs.attempt = Some(attempt);
+        obs.fields.runtime_ms = record.runtime_ms;
+        obs.fields.queue = record.queue_label;
+        if record.is_err {
+            obs.fields.error = record.error;
+            obs.fields.traceback = record.traceback;
+        } else {
+            obs.fields.result = Some(record.return_value);
+        }
+        out.observations.push(Observation::Task(obs));
+    }
+
+    /// An awaited result key read empty: on the first miss the task is `running` (taken, no
+    /// outcome yet); after a few, a stream task of a queue that never had results is settled as
+    /// an assumed success.
+    pub(super) fn result_missing(&mut self, task_id: &str, now: DateTime<Utc>, out: &mut Output) {
+        let Some(track) = self.tasks.get_mut(task_id) else {
+            return;
+        };
+        let results_seen = self.results_seen.contains(&track.queue);
+        let Some(misses) = track.awaiting.as_mut() else {
+            return;
+        };
+        *misses += 1;
+        if *misses == 1 {
+            // Taken and acknowledged, no outcome yet: it runs (ack_type `when_received`
+            // acknowledges before the task starts; a PEL read may never have caught it).
+            let mut obs = TaskObservation::new(
+                Broker::Taskiq,
+                task_id,
+                now,
+                TaskEvent::Running,
+                "acknowledgement",
+            );
+            obs.attempt = Some(track.attempt);
+            obs.detail = Some("taken by a worker; no result yet".to_string());
+            out.observations.push(Observation::Task(obs));
+        }
+        // A list item's disappearance says it was taken, not that it finished: only a stream's
+        // acknowledgement (after the task, by default) may stand for an unstored outcome.
+        let acknowledged = self.kinds.get(&track.queue) == Some(&QueueKind::Stream);
+        if *misses < RESULT_TRIES || results_seen || !acknowledged {
+            return;
+        }
+        track.awaiting = None;
+        let mut obs = TaskObservation::new(
+            Broker::Taskiq,
+            task_id,
+            now,
+            TaskEvent::Succeeded,
+            "acknowledgement",
+        );
+        obs.attempt = Some(track.attempt);
+        obs.detail = Some(
+            "acknowledged; no result stored (no result backend?): success assumed".to_string(),
+        );
+        out.observations.push(Observation::Task(obs));
+    }
+}

@@ -1,0 +1,494 @@
+//! taskiq end to end: real `taskiq worker` processes and producers (tests/python/taskiq_app.py
+//! and taskiq_produce.py, taskiq 0.13.0 + taskiq-redis 1.2.4) on a private redis-server, the
+//! taskscope binary watching with `--brokers taskiq`, and per task id an assertion on what
+//! taskscope inferred through the HTTP API.
+//!
+//! Stream mode is read without joining the workers' consumer group (XRANGE, XPENDING, XINFO);
+//! list mode from the list's contents; outcomes from the result backend's records.
+//!
+//! Needs `scripts/setup.sh` (redis-server, .venv with tests/python/requirements.txt).
+//! Each test owns its redis-server, taskscope and workers; at most `TASKSCOPE_TEST_JOBS`
+//! (default 2) run at once. Run one: `cargo test --test taskiq -- sigkill`.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+/// The `TS_*` variables taskiq_app.py reads besides `TS_REDIS_URL`: cleared in every process
+/// the tests start (the caller's environment cannot leak in), then set per scenario.
+const TASKIQ_VARS: [&str; 8] = [
+    "TS_TASKIQ_IDLE_TIMEOUT",
+    "TS_TASKIQ_BROKER",
+    "TS_TASKIQ_QUEUE",
+    "TS_TASKIQ_SERIALIZER",
+    "TS_TASKIQ_RESULTS",
+    "TS_TASKIQ_RESULT_PREFIX",
+    "TS_TASKIQ_RETRY",
+    "TS_MARKER_DIR",
+];
+
+fn taskiq_env(cmd: &mut Command, redis_url: &str, env: &[(&str, &str)]) {
+    cmd.env("TS_REDIS_URL", redis_url)
+        .env("PYTHONPATH", python_dir())
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(python_dir());
+    for var in TASKIQ_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+}
+
+/// One scenario's world: redis-server, taskscope watching it for taskiq, the scenario's
+/// taskiq_app.py configuration, and a scratch directory.
+struct World {
+    env: Vec<(&'static str, &'static str)>,
+    // Field order is drop order: taskscope goes before the Redis it watches.
+    ts: Taskscope,
+    redis: RedisServer,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new(env: &[(&'static str, &'static str)], extra_args: &[&str]) -> World {
+        let redis = RedisServer::start();
+        let dir = tempfile::Builder::new()
+            .prefix("taskscope-db-")
+            .tempdir()
+            .expect("tempdir");
+        let mut args = vec![
+            "--brokers",
+            "taskiq",
+            "--reconcile-every",
+            "1s",
+            "--sample-every",
+            "1s",
+        ];
+        args.extend_from_slice(extra_args);
+        let ts = Taskscope::start(&redis.url(), &dir.path().join("t.duckdb"), &args);
+        World {
+            env: env.to_vec(),
+            ts,
+            redis,
+            _dir: dir,
+        }
+    }
+
+    /// `python -m taskiq worker taskiq_app:broker --workers 1` in its own process group;
+    /// returns once the worker process logged "Listening started." (the stream broker has
+    /// created its consumer group by then).
+    fn worker(&self) -> WorkerProcess {
+        let dir = tempfile::Builder::new()
+            .prefix("taskscope-taskiq-")
+            .tempdir()
+            .expect("tempdir");
+        let log = dir.path().join("worker.log");
+        let mut cmd = Command::new(python());
+        cmd.args([
+            "-m",
+            "taskiq",
+            "worker",
+            "taskiq_app:broker",
+            "--workers",
+            "1",
+        ]);
+        taskiq_env(&mut cmd, &self.redis.url(), &self.env);
+        let mut worker = WorkerProcess::spawn("taskiq", cmd, dir);
+        wait_for("the taskiq worker to listen", LONG, || {
+            worker.assert_running();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Listening started.") {
+                Ok(())
+            } else {
+                Err(format!("log so far:\n{text}"))
+            }
+        });
+        worker
+    }
+
+    /// Sends `n` tasks of `kind` with taskiq_produce.py; their task ids in order.
+    fn produce(&self, kind: &str, n: usize, extra: &[&str]) -> Vec<String> {
+        let mut cmd = Command::new(python());
+        cmd.arg(python_dir().join("taskiq_produce.py"))
+            .arg(kind)
+            .args(["--n", &n.to_string()])
+            .args(extra);
+        taskiq_env(&mut cmd, &self.redis.url(), &self.env);
+        let out = cmd.output().expect("run taskiq_produce.py");
+        assert!(
+            out.status.success(),
+            "taskiq_produce.py {kind} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let ids: Vec<String> = serde_json::from_str(stdout.trim())
+            .unwrap_or_else(|e| panic!("taskiq_produce.py printed no JSON list ({e}): {stdout}"));
+        assert_eq!(ids.len(), n, "taskiq_produce.py ids: {stdout}");
+        ids
+    }
+}
+
+const STREAM_JSON: [(&str, &str); 1] = [("TS_TASKIQ_BROKER", "stream")];
+
+fn assert_common(task: &Value, id: &str, name: &str, queue: &str) {
+    assert_task_shape(task);
+    assert_eq!(task["id"], id, "id: {task}");
+    assert_eq!(task["broker"], "taskiq", "broker: {task}");
+    assert_eq!(task["name"], format!("taskiq_app:{name}"), "name: {task}");
+    assert_eq!(task["queue"], queue, "queue: {task}");
+}
+
+fn assert_finished(task: &Value) {
+    assert!(task["finished_at"].is_string(), "finished_at: {task}");
+    assert!(task["enqueued_at"].is_string(), "enqueued_at: {task}");
+}
+
+/// add and fail on one worker: successes with their return values, a failure with the
+/// exception's one-line error.
+fn success_and_failure(w: &World, queue: &str) {
+    let _worker = w.worker();
+    let adds = w.produce("add", 3, &[]);
+    let fail = w.produce("fail", 1, &[]).remove(0);
+    for (i, id) in adds.iter().enumerate() {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_common(&t, id, "add", queue);
+        assert_finished(&t);
+        assert_eq!(t["args"], json!([i, i + 1]), "args: {t}");
+        assert_eq!(t["kwargs"], json!({}), "kwargs: {t}");
+        assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
+        assert!(t["error"].is_null(), "error: {t}");
+        assert_eq!(t["retries"], 0, "retries: {t}");
+    }
+    let t = w.ts.wait_state(&fail, "failure", LONG);
+    assert_common(&t, &fail, "fail", queue);
+    assert_finished(&t);
+    assert_eq!(t["args"], json!([1]), "args: {t}");
+    assert_eq!(t["error"], "CardDeclined: card declined 1", "error: {t}");
+    assert!(
+        t["traceback"]
+            .as_str()
+            .is_some_and(|tb| tb.contains("taskiq_app.CardDeclined")),
+        "traceback: {t}"
+    );
+    assert_eq!(t["retries"], 0, "retries: {t}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+
+/// RedisStreamBroker, JSON messages, the default pickled results.
+#[test]
+fn stream_json_messages_pickled_results() {
+    let _slot = test_slot();
+    let w = World::new(&STREAM_JSON, &[]);
+    success_and_failure(&w, "taskiq");
+    let stats = w.ts.get("/api/stats");
+    assert!(
+        stats["by_broker"]["taskiq"].as_u64().unwrap_or(0) >= 4,
+        "/api/stats: {stats}"
+    );
+}
+
+/// RedisStreamBroker with the msgpack serializer and JSON results under a prefix, on a queue
+/// that is not the default.
+#[test]
+fn stream_msgpack_messages_json_results_with_prefix() {
+    let _slot = test_slot();
+    let w = World::new(
+        &[
+            ("TS_TASKIQ_BROKER", "stream"),
+            ("TS_TASKIQ_SERIALIZER", "msgpack"),
+            ("TS_TASKIQ_RESULTS", "json"),
+            ("TS_TASKIQ_RESULT_PREFIX", "res"),
+            ("TS_TASKIQ_QUEUE", "billing"),
+        ],
+        &[
+            "--taskiq-queues",
+            "billing",
+            "--taskiq-result-prefix",
+            "res",
+        ],
+    );
+    success_and_failure(&w, "billing");
+}
+
+/// A stream queue taskscope was not told about (`--taskiq-queues` left at `taskiq`) is found
+/// from its first `xadd` and watched like a configured one.
+#[test]
+fn stream_on_an_unconfigured_queue_is_discovered() {
+    let _slot = test_slot();
+    let w = World::new(
+        &[
+            ("TS_TASKIQ_BROKER", "stream"),
+            ("TS_TASKIQ_QUEUE", "orders"),
+        ],
+        &[],
+    );
+    let _worker = w.worker();
+    let ids = w.produce("add", 2, &[]);
+    for (i, id) in ids.iter().enumerate() {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_common(&t, id, "add", "orders");
+        assert_eq!(t["args"], json!([i, i + 1]), "args: {t}");
+        assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
+    }
+}
+
+/// ListQueueBroker with msgpack results: tasks sent while no worker runs wait `queued` in the
+/// list (and are counted); a worker then takes them and the results tell the outcome.
+#[test]
+fn list_broker_queued_then_outcomes() {
+    let _slot = test_slot();
+    let w = World::new(
+        &[
+            ("TS_TASKIQ_BROKER", "list"),
+            ("TS_TASKIQ_RESULTS", "msgpack"),
+        ],
+        &[],
+    );
+    let adds = w.produce("add", 2, &[]);
+    let fail = w.produce("fail", 1, &[]).remove(0);
+    for id in adds.iter().chain([&fail]) {
+        let t = w.ts.wait_state(id, "queued", LONG);
+        assert!(t["queue"] == "taskiq", "queue: {t}");
+    }
+    wait_for("the list's length in /api/queues", LONG, || {
+        let q = w.ts.get("/api/queues");
+        let found = q["queues"].as_array().and_then(|qs| {
+            qs.iter()
+                .find(|q| q["broker"] == "taskiq" && q["name"] == "taskiq")
+        });
+        match found {
+            Some(q) if q["length"] == 3 => Ok(()),
+            _ => Err(q.to_string()),
+        }
+    });
+    let _worker = w.worker();
+    for (i, id) in adds.iter().enumerate() {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_common(&t, id, "add", "taskiq");
+        assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
+        let states = transition_states(&t);
+        assert_eq!(states.first().map(String::as_str), Some("queued"), "{t}");
+    }
+    let t = w.ts.wait_state(&fail, "failure", LONG);
+    assert_common(&t, &fail, "fail", "taskiq");
+    assert_eq!(t["error"], "CardDeclined: card declined 1", "error: {t}");
+}
+
+/// SimpleRetryMiddleware: flaky fails once, is re-sent with the same task id and `_retries`
+/// 1, then succeeds; flaky failing every time ends in failure after max_retries=3 attempts.
+#[test]
+fn retry_middleware_retried_then_final() {
+    let _slot = test_slot();
+    let w = World::new(&STREAM_JSON, &[]);
+    let _worker = w.worker();
+    let ok = w.produce("flaky", 1, &["--fail-times", "1"]).remove(0);
+    let bad = w.produce("flaky", 1, &["--fail-times", "9"]).remove(0);
+
+    let t = w.ts.wait_state(&ok, "success", LONG);
+    assert_common(&t, &ok, "flaky", "taskiq");
+    assert_eq!(t["retries"], 1, "retries: {t}");
+    assert_eq!(t["result"], "ok after 1", "result: {t}");
+    assert!(
+        transition_states(&t).contains(&"retried".to_string()),
+        "a retried state before success: {t}"
+    );
+
+    let t = w.ts.wait_state(&bad, "failure", LONG);
+    assert_common(&t, &bad, "flaky", "taskiq");
+    assert_eq!(t["retries"], 2, "three attempts, two retries: {t}");
+    assert_eq!(t["error"], "ValueError: flaky k0 attempt 2", "error: {t}");
+    let retried = transition_states(&t)
+        .iter()
+        .filter(|s| *s == "retried")
+        .count();
+    assert_eq!(retried, 2, "two retried transitions: {t}");
+}
+
+/// SimpleRetryMiddleware with `no_result_on_retry=False`: every failed attempt writes its
+/// result record (same key) after the retry's message; the task still ends in one success.
+#[test]
+fn retry_with_intermediate_results_kept() {
+    let _slot = test_slot();
+    let w = World::new(
+        &[
+            ("TS_TASKIQ_BROKER", "stream"),
+            ("TS_TASKIQ_RETRY", "simple-keep"),
+        ],
+        &[],
+    );
+    let _worker = w.worker();
+    let id = w.produce("flaky", 1, &["--fail-times", "2"]).remove(0);
+    let t = w.ts.wait_state(&id, "success", LONG);
+    assert_common(&t, &id, "flaky", "taskiq");
+    assert_eq!(t["retries"], 2, "retries: {t}");
+    assert_eq!(t["result"], "ok after 2", "result: {t}");
+    assert!(t["error"].is_null(), "no error on a success: {t}");
+    let states = transition_states(&t);
+    assert!(
+        !states.contains(&"failure".to_string()),
+        "a retried attempt's error record is not a failure: {t}"
+    );
+    assert_eq!(states.iter().filter(|s| *s == "retried").count(), 2, "{t}");
+}
+
+/// PubSubBroker: `queued` when published, the outcome from the result records.
+#[test]
+fn pubsub_broker_published_then_outcomes() {
+    let _slot = test_slot();
+    let w = World::new(&[("TS_TASKIQ_BROKER", "pubsub")], &[]);
+    let _worker = w.worker();
+    let add = w.produce("add", 1, &[]).remove(0);
+    let fail = w.produce("fail", 1, &[]).remove(0);
+    let t = w.ts.wait_state(&add, "success", LONG);
+    assert_common(&t, &add, "add", "taskiq");
+    assert_eq!(t["result"], json!(1), "result: {t}");
+    assert_eq!(transition_states(&t), vec!["queued", "success"], "{t}");
+    let t = w.ts.wait_state(&fail, "failure", LONG);
+    assert_common(&t, &fail, "fail", "taskiq");
+    assert_eq!(t["error"], "CardDeclined: card declined 1", "error: {t}");
+}
+
+/// A worker SIGKILLed while it runs a task: the entry stays in its consumer's pending list and
+/// the consumer falls silent; after `--abandon-after` (5 s here) the task is `abandoned`. A new
+/// worker (idle_timeout 2 s) claims the entry with `XAUTOCLAIM` after its next non-empty read:
+/// the task runs again, on the new consumer.
+#[test]
+fn sigkilled_worker_abandoned_then_claimed() {
+    let _slot = test_slot();
+    let mut w = World::new(&[("TS_TASKIQ_BROKER", "stream")], &[]);
+    let mut worker = w.worker();
+    let id = w.produce("hang", 1, &[]).remove(0);
+    worker.wait_started(&id, LONG);
+    let t = w.ts.wait_state(&id, "running", SHORT);
+    assert_common(&t, &id, "hang", "taskiq");
+    let consumer = t["worker"].as_str().unwrap_or_default().to_string();
+    assert!(!consumer.is_empty(), "the consumer name as worker: {t}");
+    assert!(t["started_at"].is_string(), "started_at: {t}");
+    let workers = w.ts.get("/api/workers");
+    assert!(
+        workers["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().any(|x| x["id"] == consumer.as_str())),
+        "the consumer in /api/workers: {workers}"
+    );
+
+    worker.sigkill();
+    let t =
+        w.ts.wait_state(&id, "abandoned", Duration::from_secs(5 + 25));
+    assert_eq!(t["worker"], consumer.as_str(), "worker: {t}");
+    let states = transition_states(&t);
+    let running = states.iter().position(|s| s == "running");
+    let abandoned = states.iter().position(|s| s == "abandoned");
+    assert!(
+        matches!((running, abandoned), (Some(r), Some(a)) if r < a),
+        "running -> abandoned: {t}"
+    );
+
+    w.env.push(("TS_TASKIQ_IDLE_TIMEOUT", "2000"));
+    let new_worker = w.worker();
+    // taskiq reclaims only after a read that returned messages.
+    let nudge = w.produce("add", 1, &[]).remove(0);
+    w.ts.wait_state(&nudge, "success", LONG);
+    new_worker.wait_started(&id, LONG);
+    let t =
+        w.ts.wait_task(&id, "running again on another consumer", LONG, |t| {
+            t["state"] == "running" && t["worker"] != consumer.as_str()
+        });
+    let states = transition_states(&t);
+    assert_eq!(states.last().map(String::as_str), Some("running"), "{t}");
+    assert!(states.contains(&"abandoned".to_string()), "{t}");
+}
+
+/// taskscope is SIGKILLed while a task runs and others are sent and finished meanwhile; after
+/// its restart the stream and the result records tell every outcome.
+#[test]
+fn restart_of_taskscope_settles_what_finished_meanwhile() {
+    let _slot = test_slot();
+    let mut w = World::new(&STREAM_JSON, &[]);
+    let worker = w.worker();
+    let slow = w.produce("slow", 1, &["--seconds", "2"]).remove(0);
+    worker.wait_started(&slow, LONG);
+    w.ts.wait_state(&slow, "running", SHORT);
+    w.ts.kill();
+    let unseen = w.produce("add", 2, &[]);
+    let fail = w.produce("fail", 1, &[]).remove(0);
+    for id in unseen.iter().chain([&slow, &fail]) {
+        wait_for("the result record", LONG, || {
+            match w.redis.cli(&["EXISTS", id]).as_str() {
+                "1" => Ok(()),
+                other => Err(other.to_string()),
+            }
+        });
+    }
+    w.ts.restart();
+    let t = w.ts.wait_state(&slow, "success", LONG);
+    assert_eq!(t["result"], json!(2.0), "{t}");
+    for (i, id) in unseen.iter().enumerate() {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_common(&t, id, "add", "taskiq");
+        assert_eq!(t["result"], json!(2 * i + 1), "{t}");
+    }
+    let t = w.ts.wait_state(&fail, "failure", LONG);
+    assert_eq!(t["error"], "CardDeclined: card declined 1", "{t}");
+}
+
+/// Tasks sent to a stream no worker reads stay `queued` and are counted in the queue's length.
+#[test]
+fn stream_without_worker_stays_queued() {
+    let _slot = test_slot();
+    let w = World::new(&STREAM_JSON, &[]);
+    let ids = w.produce("add", 2, &[]);
+    for id in &ids {
+        let t = w.ts.wait_state(id, "queued", LONG);
+        assert_common(&t, id, "add", "taskiq");
+        assert!(t["started_at"].is_null(), "started_at: {t}");
+    }
+    wait_for("the stream's length in /api/queues", LONG, || {
+        let q = w.ts.get("/api/queues");
+        let found = q["queues"].as_array().and_then(|qs| {
+            qs.iter()
+                .find(|q| q["broker"] == "taskiq" && q["name"] == "taskiq")
+        });
+        match found {
+            Some(q) if q["length"] == 2 && q["running"] == 0 => Ok(()),
+            _ => Err(q.to_string()),
+        }
+    });
+    // Still queued after the reconciliations that sampled the queue (nothing took them).
+    for id in &ids {
+        let t = w.ts.task(id).unwrap_or_default();
+        assert_eq!(t["state"], "queued", "{t}");
+    }
+}
+
+/// No result backend: taskiq acknowledges successes and failures alike, so an acknowledged
+/// entry with no result record anywhere in Redis is settled as an assumed success.
+#[test]
+fn stream_without_result_backend_settles_acknowledged_as_success() {
+    let _slot = test_slot();
+    let w = World::new(
+        &[
+            ("TS_TASKIQ_BROKER", "stream"),
+            ("TS_TASKIQ_RESULTS", "none"),
+        ],
+        &[],
+    );
+    let _worker = w.worker();
+    let id = w.produce("add", 1, &[]).remove(0);
+    let t = w.ts.wait_state(&id, "success", LONG);
+    assert_common(&t, &id, "add", "taskiq");
+    assert!(t["result"].is_null(), "no result stored: {t}");
+    let detail = t["transitions"]
+        .as_array()
+        .and_then(|ts| ts.last())
+        .map(|x| x["detail"].to_string())
+        .unwrap_or_default();
+    assert!(detail.contains("assumed"), "the detail says so: {t}");
+}
