@@ -6,6 +6,8 @@
 //! - `writer`: [`StoreWriter`], the handle through which everything is written; the writer thread
 //!   folds observations with the shared state machine and writes them in batches.
 //! - `reader`: [`StoreReader`], every query the HTTP layer, exports and ingest need.
+//! - `reports`: the aggregate queries behind `/api/reports/*` and the charts.
+//! - `export`: streamed CSV and Parquet exports of the task list.
 //! - `rows`: conversions between the model and rows (timestamps, JSON text, cursors).
 //!
 //! # Architecture invariants
@@ -17,14 +19,21 @@
 //! - One taskscope process per file: DuckDB allows one read-write process, and [`open`] fails
 //!   fast when another holds the lock.
 
+mod export;
 mod reader;
+mod reports;
 mod rows;
 mod schema;
 #[cfg(test)]
 mod tests;
 mod writer;
 
+pub use export::{open_read_only, CSV_HEADER};
 pub use reader::{StoreReader, TaskQuery};
+pub use reports::{
+    BacklogPoint, BacklogSeries, FailureReport, FailureSeries, NameOrder, NameStats, ReportFilter,
+    ReportRange, RuntimeStats, ThroughputSeries,
+};
 pub use writer::{StoreWriter, TransitionEvent};
 
 use std::path::{Path, PathBuf};
@@ -69,6 +78,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store writer has stopped")]
     WriterGone,
+    #[error("cannot write the export: {0}")]
+    Io(#[from] std::io::Error),
     #[error("a store query was cancelled: {0}")]
     Cancelled(String),
 }

@@ -7,6 +7,7 @@
 use crate::components::{self, banner, empty, state_class, task_table, tasks_href};
 use crate::format::{self, time, time_ago};
 use crate::layout::{page, Nav};
+use crate::reports::{chart_grid, ChartSet};
 use broker_adapters::{QueueSample, Task, TaskState, Worker};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
@@ -30,6 +31,9 @@ pub struct OverviewView {
     pub decode_errors: u64,
     /// Anything else the user should know (`CONFIG SET refused: polling every 5s`).
     pub warnings: Vec<String>,
+    /// Backlog, throughput and failure charts of the last hour (none in unit tests that do not
+    /// need them).
+    pub charts: Option<ChartSet>,
 }
 
 /// The overview page.
@@ -54,17 +58,28 @@ pub(crate) fn render(view: &OverviewView, now: &DateTime<Utc>) -> Markup {
                     span.chip { (broker) }
                 }
             }
+            (components::live_toggle())
         }
         @for warning in warnings(view) {
             (banner(&warning))
         }
+        div #live-overview data-live-region="overview" {
         (state_strip(&view.by_state))
+        @if let Some(charts) = &view.charts {
+            (chart_grid(charts, false))
+        }
         section #queues {
-            h2 { "Queues" }
+            div.section-head {
+                h2 { "Queues" }
+                a href="/queues" { "All queues →" }
+            }
             (queue_table(&view.queues, now))
         }
         section #workers {
-            h2 { "Workers" }
+            div.section-head {
+                h2 { "Workers" }
+                a href="/workers" { "All workers →" }
+            }
             (worker_table(&view.workers, now))
         }
         section #recent {
@@ -77,6 +92,7 @@ pub(crate) fn render(view: &OverviewView, now: &DateTime<Utc>) -> Markup {
             } @else {
                 (task_table(&view.recent, now))
             }
+        }
         }
     };
     page("Overview", Nav::Overview, &view.version, body)
@@ -92,27 +108,7 @@ fn warnings(view: &OverviewView) -> Vec<String> {
                 .to_string(),
         );
     }
-    let mut idle_brokers: Vec<_> = view
-        .queues
-        .iter()
-        .filter(|q| q.length > 0)
-        .map(|q| q.broker)
-        .filter(|b| !view.workers.iter().any(|w| w.broker == *b && w.alive))
-        .collect();
-    idle_brokers.sort();
-    idle_brokers.dedup();
-    for broker in idle_brokers {
-        let waiting: u64 = view
-            .queues
-            .iter()
-            .filter(|q| q.broker == broker)
-            .map(|q| q.length)
-            .sum();
-        out.push(format!(
-            "{waiting} {broker} message{s} wait in queues but no {broker} worker is alive: start a worker or check why it stopped.",
-            s = if waiting == 1 { "" } else { "s" },
-        ));
-    }
+    out.extend(components::no_worker_warnings(&view.queues, &view.workers));
     if view.decode_errors > 0 {
         out.push(format!(
             "{} message{} could not be decoded; the log says which key and why (metric taskscope_decode_errors_total).",

@@ -1,0 +1,1 @@
+//! Route tests on a store filled with known rows: every report answers exact numbers.
