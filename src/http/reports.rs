@@ -325,7 +325,7 @@ mod tests {
             assert!(p.window(now).is_err(), "{since} {until} {step}");
         }
         let p = ReportParams {
-            since: Some("2026-11-23T11:00:00Z".into()),
+            since: Some("2026-11-23T11:30:00Z".into()),
             step: Some("500ms".into()),
             ..Default::default()
         };

@@ -182,7 +182,7 @@ impl StoreReader {
 
     /// Runs raw SQL on a reader connection: lets tests plant rows no writer would write.
     #[cfg(test)]
-    pub(super) async fn execute_for_test(&self, sql: &'static str) {
+    pub(crate) async fn execute_for_test(&self, sql: &'static str) {
         self.with_conn("test", move |conn| Ok(conn.execute_batch(sql)?))
             .await
             .unwrap();
