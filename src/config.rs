@@ -28,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Watch a Redis and serve the UI and API (the main job).
     Serve(ServeArgs),
+    /// Write every task matching the task-list filters to a CSV or Parquet file.
+    Export(crate::export::ExportArgs),
 }
 
 /// `taskscope serve`: what the user typed, validated only as far as clap does.

@@ -6,7 +6,7 @@ mod api;
 mod auth;
 mod pages;
 pub mod prometheus;
-mod query;
+pub(crate) mod query;
 mod reports;
 #[cfg(test)]
 mod tests;

@@ -120,11 +120,7 @@ pub(crate) fn write_csv(
 /// Writes every task matching `query`'s filters to `out` as Parquet (DuckDB's `COPY`), with the
 /// same columns as the CSV (JSON values as text, times as UTC timestamps). Returns the number
 /// of tasks written.
-pub(crate) fn write_parquet(
-    conn: &Connection,
-    query: &TaskQuery,
-    out: &Path,
-) -> Result<u64, StoreError> {
+pub fn write_parquet(conn: &Connection, query: &TaskQuery, out: &Path) -> Result<u64, StoreError> {
     let (wheres, mut params) = task_filter(query);
     let sql = format!(
         "COPY (SELECT id, broker, queue, name, state, args, kwargs, result, error, traceback,
@@ -139,7 +135,7 @@ pub(crate) fn write_parquet(
 }
 
 /// Writes the CSV of [`write_csv`] to `out`.
-pub(crate) fn write_csv_file(
+pub fn write_csv_file(
     conn: &Connection,
     query: &TaskQuery,
     out: &mut impl Write,

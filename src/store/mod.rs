@@ -28,12 +28,13 @@ mod schema;
 mod tests;
 mod writer;
 
-pub use export::{open_read_only, CSV_HEADER};
-pub use reader::{StoreReader, TaskQuery};
-pub use reports::{
-    BacklogPoint, BacklogSeries, FailureReport, FailureSeries, NameOrder, NameStats, ReportFilter,
-    ReportRange, RuntimeStats, ThroughputSeries,
+#[cfg(test)]
+pub use export::CSV_HEADER;
+pub use export::{
+    open_read_only, write_csv_file as export_csv_to, write_parquet as export_parquet,
 };
+pub use reader::{StoreReader, TaskQuery};
+pub use reports::{NameOrder, NameStats, ReportFilter, ReportRange};
 pub use writer::{StoreWriter, TransitionEvent};
 
 use std::path::{Path, PathBuf};
