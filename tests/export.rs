@@ -125,6 +125,10 @@ fn export_of_a_million_tasks_streams_with_flat_memory() {
     );
     assert!(ok, "taskscope export parquet failed");
     eprintln!("parquet peak RSS {peak_kib} KiB");
+    assert!(
+        peak_kib < 300 * 1024,
+        "parquet export peak RSS {peak_kib} KiB"
+    );
     let conn = duckdb::Connection::open_in_memory().expect("duckdb");
     let n: i64 = conn
         .query_row(
