@@ -26,11 +26,15 @@ fn failed(message: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
-pub async fn overview(State(state): State<AppState>) -> Response {
+/// `/`: counts, the charts of the window in the query (default: the last hour), queues,
+/// workers and recent tasks.
+pub async fn overview(
+    State(state): State<AppState>,
+    Query(chart_params): Query<ReportParams>,
+) -> Response {
     let now = Utc::now();
     let abandon_after =
         chrono::Duration::from_std(state.abandon_after).unwrap_or(chrono::Duration::MAX);
-    let chart_params = ReportParams::default();
     let (stats, queues, workers, recent, charts) = tokio::join!(
         state.reader.stats(None),
         state.reader.queues(),

@@ -7,7 +7,7 @@
 use crate::components::{self, banner, empty, state_class, task_table, tasks_href};
 use crate::format::{self, time, time_ago};
 use crate::layout::{page, Nav};
-use crate::reports::{chart_grid, ChartSet};
+use crate::reports::{chart_grid, range_selector, ChartSet};
 use broker_adapters::{QueueSample, Task, TaskState, Worker};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
@@ -66,6 +66,10 @@ pub(crate) fn render(view: &OverviewView, now: &DateTime<Utc>) -> Markup {
         div #live-overview data-live-region="overview" {
         (state_strip(&view.by_state))
         @if let Some(charts) = &view.charts {
+            div.section-head.charts-head {
+                h2 { "Activity" }
+                (range_selector(&charts.window, "/"))
+            }
             (chart_grid(charts, false))
         }
         section #queues {
