@@ -74,26 +74,36 @@ pub struct LineSeries {
 /// Where a bucket's column links to: the task list for `[from, to)`.
 pub type BucketHref<'a> = &'a dyn Fn(DateTime<Utc>, DateTime<Utc>) -> String;
 
-/// A nice axis maximum (1, 2, 2.5, 5 x 10^k) at or above `max`, and at least 1.
+/// A nice axis maximum (1, 1.5, 2, 2.5, 3, 4, 5, 6, 8 x 10^k, whole numbers only) at or above
+/// `max`, and at least 1.
 pub fn nice_max(max: u64) -> u64 {
     if max <= 1 {
         return 1;
+    }
+    if max <= 6 {
+        return max;
     }
     let mut magnitude = 1u64;
     while magnitude.saturating_mul(10) < max {
         magnitude = magnitude.saturating_mul(10);
     }
-    for m in [1, 2, 5, 10] {
-        if magnitude.saturating_mul(m) >= max {
-            return magnitude.saturating_mul(m);
+    // In tenths of the magnitude, so 1.5 and 2.5 stay whole when the magnitude is 10 or more.
+    for tenths in [10u64, 15, 20, 25, 30, 40, 50, 60, 80, 100] {
+        let candidate = magnitude.saturating_mul(tenths) / 10;
+        if candidate >= max && (magnitude >= 10 || tenths % 10 == 0) {
+            return candidate;
         }
     }
     magnitude.saturating_mul(10)
 }
 
-/// Axis values from 0 to `max` (4 intervals when they are whole numbers, else fewer).
+/// Axis values from 0 to `max`: every whole number up to 6, else 4, 3 or 2 equal parts when
+/// they are whole numbers.
 fn y_ticks(max: u64) -> Vec<u64> {
-    for parts in [4u64, 2, 1] {
+    if max <= 6 {
+        return (0..=max).collect();
+    }
+    for parts in [4u64, 3, 2] {
         if max % parts == 0 {
             return (0..=parts).map(|i| max / parts * i).collect();
         }
@@ -103,7 +113,9 @@ fn y_ticks(max: u64) -> Vec<u64> {
 
 /// How a tick on a time axis is labelled, given the axis span.
 fn time_label(at: &DateTime<Utc>, span_ms: i64) -> String {
-    if span_ms <= 36 * 3_600_000 {
+    if span_ms <= 10 * 60_000 {
+        at.format("%H:%M:%S").to_string()
+    } else if span_ms <= 36 * 3_600_000 {
         at.format("%H:%M").to_string()
     } else if span_ms <= 8 * 86_400_000 {
         at.format("%a %H:%M").to_string()
@@ -359,4 +371,29 @@ pub fn meter(value: f64, max: f64, class: &str) -> Markup {
 /// The tooltip text of a runtime.
 pub fn runtime_label(ms: f64) -> String {
     format::runtime(ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn axis_maxima_are_nice_whole_numbers() {
+        let cases = [
+            (0, 1),
+            (1, 1),
+            (5, 5),
+            (7, 8),
+            (11, 15),
+            (101, 150),
+            (160, 200),
+            (2_600, 3_000),
+        ];
+        for (max, nice) in cases {
+            assert_eq!(nice_max(max), nice, "{max}");
+        }
+        assert_eq!(y_ticks(5), [0, 1, 2, 3, 4, 5]);
+        assert_eq!(y_ticks(150), [0, 50, 100, 150]);
+        assert_eq!(y_ticks(200), [0, 50, 100, 150, 200]);
+    }
 }

@@ -15,6 +15,7 @@ use maud::{html, Markup};
 
 /// The ranges the selector offers.
 pub const RANGES: &[(&str, &str)] = &[
+    ("15m", "15 min"),
     ("1h", "1 h"),
     ("24h", "24 h"),
     ("7d", "7 d"),
