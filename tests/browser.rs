@@ -330,7 +330,7 @@ fn pages_render_in_chromium_with_real_traffic_and_no_console_errors() {
     let chromium = Chromium::start();
     let mut page = chromium.new_page();
     let shots = screenshot_dir();
-    let window = "since=100s&step=2s";
+    let window = "since=70s&step=2s";
     let pages: Vec<(&str, String)> = vec![
         ("overview", format!("/?{window}")),
         ("reports", format!("/reports?{window}")),

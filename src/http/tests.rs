@@ -6,6 +6,7 @@ use super::{router, AppState};
 use crate::store::{self, StoreOptions, StoreReader, StoreWriter};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
+use broker_adapters::{Broker, Task, TaskState, Transition};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -64,13 +65,35 @@ async fn fixture() -> Fixture {
     let (writer, reader, _handle) =
         store::open(&dir.path().join("t.duckdb"), StoreOptions::default()).unwrap();
     reader.execute_for_test(PLANT).await;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    metrics.set_brokers(vec![Broker::Celery, Broker::Dramatiq]);
+    let task_metrics = super::prometheus::TaskMetrics::default();
+    let at = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:01:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    let mut task = Task::new(Broker::Celery, "c1", at);
+    task.queue = Some("celery".into());
+    task.name = Some("billing.add".into());
+    task.state = TaskState::Success;
+    task.runtime_ms = Some(10.0);
+    task_metrics.record(&crate::store::TransitionEvent {
+        transition: Transition {
+            broker: Broker::Celery,
+            task_id: "c1".into(),
+            state: TaskState::Success,
+            at,
+            worker: None,
+            detail: None,
+        },
+        task,
+    });
     let app = router(AppState {
         reader: reader.clone(),
         writer: writer.clone(),
-        metrics: Arc::new(crate::metrics::Metrics::default()),
+        metrics,
         abandon_after: Duration::from_secs(60),
         auth_token: None,
-        task_metrics: super::prometheus::TaskMetrics::default(),
+        task_metrics,
     });
     Fixture {
         app,
@@ -301,4 +324,36 @@ async fn report_pages_render_charts_and_drill_down_links() {
     let (status, js) = get(&f, "/static/app.js").await;
     assert_eq!(status, StatusCode::OK);
     assert!(js.contains("EventSource"));
+}
+
+#[tokio::test]
+async fn metrics_declare_every_contract_name() {
+    let f = fixture().await;
+    let (status, text) = get(&f, "/metrics").await;
+    assert_eq!(status, StatusCode::OK);
+    for name in [
+        "taskscope_tasks",
+        "taskscope_queue_length",
+        "taskscope_task_runtime_seconds",
+        "taskscope_workers_alive",
+        "taskscope_ingest_events",
+        "taskscope_decode_errors",
+        "taskscope_redis_connected",
+    ] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# TYPE {name} "))),
+            "/metrics lacks {name}:\n{text}"
+        );
+    }
+    for needle in [
+        "taskscope_queue_length{broker=\"dramatiq\",queue=\"default\"} 1",
+        "taskscope_tasks_total{broker=\"celery\",queue=\"celery\",name=\"billing.add\",state=\"success\"} 1",
+        "taskscope_task_runtime_seconds_count{broker=\"celery\",name=\"billing.add\"} 1",
+        "taskscope_workers_alive{broker=\"dramatiq\"} 0",
+        "taskscope_decode_errors_total{broker=\"celery\"} 0",
+        "taskscope_ingest_events_total{source=\"pubsub\"} 0",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
+    }
 }
