@@ -104,7 +104,7 @@ fn y_ticks(max: u64) -> Vec<u64> {
         return (0..=max).collect();
     }
     for parts in [4u64, 3, 2] {
-        if max % parts == 0 {
+        if max.is_multiple_of(parts) {
             return (0..=parts).map(|i| max / parts * i).collect();
         }
     }

@@ -182,13 +182,19 @@ pub fn reports(view: &ReportsView) -> Markup {
 
 /// The range links (`1 h`, `24 h`, ...) that keep the filters; the active one is marked.
 pub fn range_selector(w: &ReportWindow, path: &str) -> Markup {
+    let links: Vec<(String, &str, bool)> = RANGES
+        .iter()
+        .map(|(key, label)| {
+            let mut pairs = vec![("range", *key)];
+            pairs.extend(w.filter_pairs());
+            let href = format!("{path}?{}", format::query(pairs));
+            (href, *label, w.range.as_deref() == Some(*key))
+        })
+        .collect();
     html! {
         nav.ranges aria-label="Time range" {
-            @for (key, label) in RANGES {
-                @let mut pairs = vec![("range", *key)];
-                @let _ = pairs.extend(w.filter_pairs());
-                a href={ (path) "?" (format::query(pairs)) }
-                    aria-current=[(w.range.as_deref() == Some(*key)).then_some("true")] { (label) }
+            @for (href, label, current) in &links {
+                a href=(href) aria-current=[current.then_some("true")] { (label) }
             }
             @if w.range.is_none() {
                 span.custom aria-current="true" { "custom" }
@@ -399,8 +405,10 @@ fn name_table(w: &ReportWindow, rows: &[NameRow], column: Column) -> Markup {
                 }
                 tbody {
                     @for r in &rows {
-                        @let mut pairs: Vec<(&str, &str)> = r.name.as_deref().map(|n| vec![("name", n)]).unwrap_or_default();
-                        @let _ = if let Some(s) = state { pairs.push(("state", s)); };
+                        @let pairs: Vec<(&str, &str)> = r.name.as_deref().map(|n| ("name", n))
+                            .into_iter()
+                            .chain(state.map(|s| ("state", s)))
+                            .collect();
                         @let href = w.tasks_href(&pairs, &w.since, &w.until);
                         tr {
                             td.name { a href=(href) { (name_cell(&r.name)) } }
