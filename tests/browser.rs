@@ -14,6 +14,7 @@ use common::{
 };
 use serde_json::{json, Value};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -49,6 +50,8 @@ impl Chromium {
             .arg("about:blank")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group, so the renderers and helpers it forks end with it.
+            .process_group(0)
             .spawn()
             .expect("start chromium (scripts/setup.sh installs it with TASKSCOPE_SETUP_BROWSER=1)");
         let c = Chromium {
@@ -97,6 +100,8 @@ impl Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -184,6 +189,25 @@ impl Page {
         self.call("Page.navigate", json!({ "url": url }));
         self.wait_event("Page.loadEventFired", since, Duration::from_secs(30));
         self.settle(Duration::from_millis(700));
+    }
+
+    /// How many elements match `selector`, through the DOM domain (works with scripts off).
+    fn count(&mut self, selector: &str) -> usize {
+        let doc = self.call("DOM.getDocument", json!({ "depth": 0 }));
+        let nodes = self.call(
+            "DOM.querySelectorAll",
+            json!({ "nodeId": doc["root"]["nodeId"], "selector": selector }),
+        );
+        nodes["nodeIds"].as_array().map_or(0, Vec::len)
+    }
+
+    /// Polls `expression` until it is `true`.
+    fn wait_true(&mut self, what: &str, expression: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.eval(expression) != json!(true) {
+            assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+            self.settle(Duration::from_millis(250));
+        }
     }
 
     fn eval(&mut self, expression: &str) -> Value {
@@ -384,6 +408,60 @@ fn pages_render_in_chromium_with_real_traffic_and_no_console_errors() {
         page.eval("document.querySelectorAll('svg.plot path.line').length > 0"),
         json!(true)
     );
+
+    // Live: a task produced now appears in the open task list without a reload; while paused
+    // nothing changes, and resuming catches up.
+    page.open(&ts.url("/tasks"));
+    let marker = "window.__same_page = true";
+    page.eval(marker);
+    let fresh = produce(&redis.url(), "add", 1, "celery", &ProduceOpts::default()).remove(0);
+    page.wait_true(
+        "the new task in the live task list",
+        &format!("document.querySelector('#live-tasks a[title=\"{fresh}\"]') !== null"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        page.eval("window.__same_page === true"),
+        json!(true),
+        "no reload"
+    );
+    page.eval("document.querySelector('.live-toggle').click()");
+    let held = produce(&redis.url(), "add", 1, "celery", &ProduceOpts::default()).remove(0);
+    ts.wait_state(&held, "success", LONG);
+    page.settle(Duration::from_secs(3));
+    let shown = format!("document.querySelector('#live-tasks a[title=\"{held}\"]') !== null");
+    assert_eq!(
+        page.eval(&shown),
+        json!(false),
+        "paused: the list must not change"
+    );
+    page.eval("document.querySelector('.live-toggle').click()");
+    page.wait_true("resuming catches up", &shown, Duration::from_secs(30));
+
+    // Without JavaScript every page is complete: charts, tables, links; the live toggle stays
+    // hidden.
+    page.call(
+        "Emulation.setScriptExecutionDisabled",
+        json!({ "value": true }),
+    );
+    page.open(&ts.url(&format!("/reports?{window}")));
+    assert!(
+        page.count("svg.plot rect.bar.state-failure") > 0,
+        "bars without JS"
+    );
+    assert!(page.count("svg.plot path.line") > 0, "lines without JS");
+    assert!(
+        page.count("svg.plot rect.hit title") > 0,
+        "native tooltips without JS"
+    );
+    page.screenshot(&shots.join("reports-nojs.png"));
+    page.open(&ts.url("/"));
+    assert_eq!(page.count(".stat"), 6);
+    assert!(
+        page.count("svg.plot rect.bar") > 0,
+        "overview charts without JS"
+    );
+    assert_eq!(page.count(".live-toggle[hidden]"), 1);
     drop(celery);
     drop(dramatiq);
 }
