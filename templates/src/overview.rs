@@ -173,10 +173,11 @@ fn queue_table(queues: &[QueueSample], now: &DateTime<Utc>) -> Markup {
                                     (format::cell_text(&q.name, 40))
                                 }
                             }
-                            td.num { (components::count(q.length)) }
-                            td.num { (components::count(q.delayed)) }
-                            td.num.warn[q.dead > 0] { (components::count(q.dead)) }
-                            td.num { (q.running) }
+                            @let link = |state: &'static str| tasks_href([("broker", q.broker.as_str()), ("queue", q.name.as_str()), ("state", state)]);
+                            td.num { a href=(link("queued")) { (components::count(q.length)) } }
+                            td.num { a href=(link("queued")) { (components::count(q.delayed)) } }
+                            td.num.warn[q.dead > 0] { a href=(link("failure")) { (components::count(q.dead)) } }
+                            td.num { a href=(link("running")) { (components::count(q.running)) } }
                             td.nowrap { (time(&q.sampled_at, now)) }
                         }
                     }

@@ -413,3 +413,51 @@ mod charts {
         assert!(zero.contains(">none<"), "{zero}");
     }
 }
+
+mod workers_page {
+    use crate::workers::{render, WorkersView};
+    use broker_adapters::{Broker, QueueSample, Worker};
+    use chrono::{TimeZone, Utc};
+
+    fn view(waiting: u64, alive: bool) -> WorkersView {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        WorkersView {
+            version: "0.1.0".into(),
+            workers: vec![Worker {
+                broker: Broker::Celery,
+                id: "celery@w1".into(),
+                hostname: Some("w1".into()),
+                pid: Some(7),
+                alive,
+                last_seen: now,
+                online_since: now,
+                running: 0,
+            }],
+            queues: vec![QueueSample {
+                broker: Broker::Celery,
+                name: "celery".into(),
+                length: waiting,
+                delayed: 0,
+                dead: 0,
+                running: 0,
+                sampled_at: now,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_no_worker_warning_shows_only_when_messages_wait_with_no_worker_alive() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        let warn = "no celery worker is alive";
+        assert!(render(&view(3, false), &now).into_string().contains(warn));
+        assert!(
+            !render(&view(0, false), &now).into_string().contains(warn),
+            "drained queue"
+        );
+        assert!(
+            !render(&view(3, true), &now).into_string().contains(warn),
+            "a worker is up"
+        );
+        assert!(render(&view(0, false), &now).into_string().contains("gone"));
+    }
+}
