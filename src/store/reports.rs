@@ -317,12 +317,21 @@ fn throughput(
     range: &ReportRange,
     filter: &ReportFilter,
 ) -> Result<Vec<ThroughputSeries>, StoreError> {
-    let cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
+    // Transitions know their broker; the join to `tasks` is only needed for queue or name.
+    let needs_task = filter.queue.is_some() || filter.name.is_some();
+    let (cond, from) = if needs_task {
+        (
+            filter.conditions("k.broker", "k.queue", Some("k.name")),
+            "transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id",
+        )
+    } else {
+        (filter.conditions("t.broker", "", None), "transitions t")
+    };
     let (buckets, bucket_params) = buckets_sql(range);
     let sql = format!(
         "WITH c AS (
             SELECT (epoch_us(t.occurred_at) // ?) * ? AS bucket, t.state, count(*) AS n
-            FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
+            FROM {from}
             WHERE t.occurred_at >= ? AND t.occurred_at < ?{}
             GROUP BY ALL)
          SELECT s.state, b.bucket, coalesce(c.n, 0)

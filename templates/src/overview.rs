@@ -1,5 +1,6 @@
-//! The overview page (`/`): counts by state, queues and workers at a glance, recent tasks, and a
-//! banner for anything that needs attention.
+//! The overview page (`/`): counts by state, backlog / throughput / failure charts of a window
+//! (the last hour unless the URL says otherwise), queues and workers at a glance, recent tasks,
+//! and a banner for anything that needs attention. Its main region updates live with `app.js`.
 //!
 //! It shows what the handler read from the store; it decides nothing but what is worth a
 //! warning.
