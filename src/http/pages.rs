@@ -292,16 +292,34 @@ async fn reports_view(
     let (range, filter) = params.window(now).map_err(PageError::BadRequest)?;
     let (since, until) = (range.since, range.until);
     let r = &state.reader;
-    let (charts, runtime, failing, frequent, retried) = tokio::join!(
+    let (charts, by_name, runtime, failing, frequent, retried) = tokio::join!(
         chart_set(state, params, now),
+        r.failures(range, filter.clone(), super::reports::TOP_NAMES),
         r.runtime(since, until, filter.clone(), TOP_ROWS),
         r.name_stats(since, until, filter.clone(), NameOrder::Failures, TOP_ROWS),
         r.name_stats(since, until, filter.clone(), NameOrder::Runs, TOP_ROWS),
         r.name_stats(since, until, filter, NameOrder::Retries, TOP_ROWS),
     );
+    let charts = charts?;
+    let count = charts.window.axis.count;
+    let failures_by_name = by_name?
+        .series
+        .into_iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let mut values: Vec<u64> = s.points.iter().map(|(_, f, r)| f + r).collect();
+            values.resize(count, 0);
+            templates::charts::BarSeries {
+                label: s.name.unwrap_or_else(|| "(unnamed)".into()),
+                class: format!("series-{}", i % 8),
+                values,
+            }
+        })
+        .collect();
     Ok(templates::ReportsView {
         version: VERSION.to_string(),
-        charts: charts?,
+        charts,
+        failures_by_name,
         runtime: runtime?
             .into_iter()
             .map(|r| templates::RuntimeRow {

@@ -311,6 +311,8 @@ async fn report_pages_render_charts_and_drill_down_links() {
         "billing.charge",
         "/tasks?name=billing.charge&amp;state=failure&amp;since=2026-11-23T10%3A00%3A00.000Z",
         "29.0 ms",
+        "Failures and retries by task",
+        "billing.charge 1 · mail.send 0",
     ] {
         assert!(html.contains(needle), "/reports lacks {needle}");
     }

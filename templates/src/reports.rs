@@ -138,6 +138,9 @@ pub struct ChartSet {
 pub struct ReportsView {
     pub version: String,
     pub charts: ChartSet,
+    /// Failures plus retries per bucket of the task names with the most of them, one stacked
+    /// layer per name.
+    pub failures_by_name: Vec<BarSeries>,
     /// Slowest first (p95).
     pub runtime: Vec<RuntimeRow>,
     pub top_failing: Vec<NameRow>,
@@ -155,6 +158,16 @@ pub fn reports(view: &ReportsView) -> Markup {
         }
         (filter_form(w))
         (chart_grid(&view.charts, true))
+        section.card.chart-card.by-name {
+            div.section-head {
+                h2 { "Failures and retries by task" }
+                a.muted-link href=(w.href("/api/reports/failures", &[])) { "JSON" }
+            }
+            @let failed = |from: DateTime<Utc>, to: DateTime<Utc>| {
+                w.tasks_href(&[("state", "failure,retried")], &from, &to)
+            };
+            (bar_chart(&w.axis, &view.failures_by_name, &failed, "failures and retries", "No failure or retry in this range."))
+        }
         div.report-tables {
             section.card.wide {
                 div.section-head {
