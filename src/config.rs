@@ -27,9 +27,114 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Watch a Redis and serve the UI and API (the main job).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Run housekeeping (roll-up, retention, compaction) once now and print what it did.
+    /// `taskscope serve` runs it on its own schedule; this needs the file not in use.
+    Housekeeping(Box<HousekeepingCmd>),
     /// Write every task matching the task-list filters to a CSV or Parquet file.
-    Export(crate::export::ExportArgs),
+    Export(Box<crate::export::ExportArgs>),
+}
+
+/// `taskscope housekeeping`.
+#[derive(Debug, Args)]
+pub struct HousekeepingCmd {
+    /// A TOML file with any of these settings (keys as the flag names).
+    #[arg(long, env = "TASKSCOPE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// The DuckDB file that keeps the history.
+    #[arg(
+        long,
+        env = "TASKSCOPE_DB",
+        default_value = "./taskscope.duckdb",
+        value_name = "PATH"
+    )]
+    pub db: PathBuf,
+
+    /// Only say what would be done.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Run only these jobs (comma list of rollup, retention, compaction); default all.
+    #[arg(long, value_delimiter = ',', value_name = "LIST")]
+    pub jobs: Vec<String>,
+
+    #[command(flatten)]
+    pub housekeeping: HousekeepingArgs,
+}
+
+/// Housekeeping settings, shared by `serve` and `housekeeping`.
+#[derive(Debug, Clone, Args)]
+pub struct HousekeepingArgs {
+    /// When housekeeping runs: cron with a seconds field (`sec min hour day month weekday`;
+    /// weekday names like `Mon` are safer than numbers: this cron counts Sunday as 1).
+    #[arg(
+        long,
+        env = "TASKSCOPE_HOUSEKEEPING",
+        default_value = "0 0 * * * *",
+        value_name = "CRON"
+    )]
+    pub housekeeping: String,
+
+    /// Raw task history kept (tasks and transitions); older rows are rolled up, then deleted.
+    #[arg(long, env = "TASKSCOPE_RETENTION", default_value = "30d", value_parser = parse_duration, value_name = "DUR")]
+    pub retention: Duration,
+
+    /// Queue samples kept at full resolution; older ones are down-sampled to 5 minutes.
+    #[arg(long, env = "TASKSCOPE_SAMPLE_RETENTION", default_value = "7d", value_parser = parse_duration, value_name = "DUR")]
+    pub sample_retention: Duration,
+
+    /// Hourly and daily roll-ups and down-sampled queue samples kept.
+    #[arg(long, env = "TASKSCOPE_AGGREGATE_RETENTION", default_value = "400d", value_parser = parse_duration, value_name = "DUR")]
+    pub aggregate_retention: Duration,
+
+    /// A schedule of its own for the roll-up job (TOML: `[schedule] rollup = "..."`).
+    #[arg(long, env = "TASKSCOPE_SCHEDULE_ROLLUP", value_name = "CRON")]
+    pub schedule_rollup: Option<String>,
+
+    /// A schedule of its own for the retention job.
+    #[arg(long, env = "TASKSCOPE_SCHEDULE_RETENTION", value_name = "CRON")]
+    pub schedule_retention: Option<String>,
+
+    /// A schedule of its own for the compaction (checkpoint) job.
+    #[arg(long, env = "TASKSCOPE_SCHEDULE_COMPACTION", value_name = "CRON")]
+    pub schedule_compaction: Option<String>,
+}
+
+impl HousekeepingArgs {
+    pub fn into_settings(self) -> Result<crate::housekeeping::Settings, UsageError> {
+        use crate::housekeeping::{jobs::Job, jobs::Policy, schedule::Schedule};
+        let parse = |flag: &str, text: &str| {
+            Schedule::parse(text).map_err(|e| UsageError(format!("--{flag}: {e}")))
+        };
+        let default_schedule = parse("housekeeping", &self.housekeeping)?;
+        let mut job_schedules = std::collections::BTreeMap::new();
+        for (job, text) in [
+            (Job::Rollup, &self.schedule_rollup),
+            (Job::Retention, &self.schedule_retention),
+            (Job::Compaction, &self.schedule_compaction),
+        ] {
+            if let Some(text) = text {
+                job_schedules.insert(job, parse(&format!("schedule-{job}"), text)?);
+            }
+        }
+        if self.aggregate_retention < self.retention {
+            return Err(UsageError(format!(
+                "--aggregate-retention ({}) must be at least --retention ({}): roll-ups summarise the raw history they replace",
+                humantime::format_duration(self.aggregate_retention),
+                humantime::format_duration(self.retention)
+            )));
+        }
+        Ok(crate::housekeeping::Settings {
+            default_schedule,
+            job_schedules,
+            policy: Policy {
+                retention: self.retention,
+                sample_retention: self.sample_retention,
+                aggregate_retention: self.aggregate_retention,
+            },
+        })
+    }
 }
 
 /// `taskscope serve`: what the user typed, validated only as far as clap does.
@@ -100,28 +205,30 @@ pub struct ServeArgs {
 
     /// Celery queues to watch before any worker or producer declares them (comma list; queues
     /// declared in Redis are found on their own).
+    /// With `--brokers auto`, setting it starts the Celery adapter without waiting for
+    /// detection. Default: `celery`.
     #[arg(
         long,
         env = "TASKSCOPE_CELERY_QUEUES",
         value_delimiter = ',',
-        default_value = "celery",
         value_name = "LIST"
     )]
-    pub celery_queues: Vec<String>,
+    pub celery_queues: Option<Vec<String>>,
 
     /// The Redis of Celery's result backend when it is not the broker's (e.g.
     /// `redis://127.0.0.1:6379/1`): result keys are scanned and read there.
     #[arg(long, env = "TASKSCOPE_CELERY_RESULT_URL", value_name = "URL")]
     pub celery_result_url: Option<String>,
 
-    /// Dramatiq's Redis namespace (`RedisBroker(namespace=...)`).
-    #[arg(
-        long,
-        env = "TASKSCOPE_DRAMATIQ_NAMESPACE",
-        default_value = "dramatiq",
-        value_name = "NS"
-    )]
-    pub dramatiq_namespace: String,
+    /// Dramatiq's Redis namespace (`RedisBroker(namespace=...)`). Default: the one
+    /// `--brokers auto` finds, else `dramatiq`; setting it starts the Dramatiq adapter at once.
+    #[arg(long, env = "TASKSCOPE_DRAMATIQ_NAMESPACE", value_name = "NS")]
+    pub dramatiq_namespace: Option<String>,
+
+    /// With `--brokers auto`: how often to look for brokers not watched yet (bounded SCANs;
+    /// also done at start).
+    #[arg(long, env = "TASKSCOPE_DETECT_EVERY", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
+    pub detect_every: Duration,
 
     /// How often the reconciliation pass re-reads queues, in-flight messages and open tasks'
     /// results (catching what notifications cannot carry).
@@ -136,6 +243,31 @@ pub struct ServeArgs {
     /// every reconnect).
     #[arg(long, env = "TASKSCOPE_RESCAN_EVERY", default_value = "5m", value_parser = parse_duration, value_name = "DUR")]
     pub rescan_every: Duration,
+
+    /// Arguments, keyword arguments, results and tracebacks larger than this (bytes of JSON
+    /// text) are truncated before they are stored: nested containers emptied first, then
+    /// strings cut, with a marker.
+    #[arg(
+        long,
+        env = "TASKSCOPE_MAX_VALUE_BYTES",
+        default_value = "65536",
+        value_name = "BYTES"
+    )]
+    pub max_value_bytes: usize,
+
+    /// Values under keys containing any of these words (case-insensitive) are stored as
+    /// `"[redacted]"`, at any depth of kwargs, args and results.
+    #[arg(
+        long,
+        env = "TASKSCOPE_REDACT_KEYS",
+        value_delimiter = ',',
+        default_value = "password,passwd,secret,token,api_key,apikey,authorization,credential,private_key,access_key",
+        value_name = "LIST"
+    )]
+    pub redact_keys: Vec<String>,
+
+    #[command(flatten)]
+    pub housekeeping: HousekeepingArgs,
 }
 
 /// Parses the contract's durations: `500ms`, `6s`, `5m`, `2h`, `30d`.
@@ -156,7 +288,11 @@ pub struct ServeSettings {
     pub redis_db: u32,
     pub db_path: PathBuf,
     pub listen: SocketAddr,
+    /// Adapters started at once: the `--brokers` list, or with `auto` those whose own settings
+    /// were given.
     pub brokers: Vec<Broker>,
+    /// `--brokers auto`: look for more every this often.
+    pub detect_every: Option<Duration>,
     pub abandon_after: Duration,
     pub sample_every: Duration,
     pub config_set: bool,
@@ -166,9 +302,14 @@ pub struct ServeSettings {
     /// `None` when the results live in the watched Redis database itself.
     pub celery_result_url: Option<String>,
     pub dramatiq_namespace: String,
+    /// The namespace was given, not defaulted: detection does not override it.
+    pub dramatiq_namespace_given: bool,
     pub reconcile_every: Duration,
     pub poll_every: Duration,
     pub rescan_every: Duration,
+    pub max_value_bytes: usize,
+    pub redact_keys: Vec<String>,
+    pub housekeeping: crate::housekeeping::Settings,
 }
 
 /// Brokers with an adapter in this version.
@@ -176,7 +317,7 @@ pub const AVAILABLE_BROKERS: [Broker; 2] = [Broker::Celery, Broker::Dramatiq];
 
 impl ServeArgs {
     pub fn into_settings(self) -> Result<ServeSettings, UsageError> {
-        let brokers = parse_brokers(&self.brokers)?;
+        let selection = parse_brokers(&self.brokers)?;
         let redis_db = redis_db_of(&self.redis)?;
         if self
             .auth_token
@@ -185,8 +326,33 @@ impl ServeArgs {
         {
             return Err(UsageError("--auth-token must not be empty".into()));
         }
+        let celery_given = self.celery_queues.is_some()
+            || self.celery_result_url.is_some()
+            || self.celery_enable_events;
+        let dramatiq_given = self.dramatiq_namespace.is_some();
+        let (brokers, detect_every) = match selection {
+            BrokerSelection::Listed(brokers) => (brokers, None),
+            BrokerSelection::Auto => {
+                let mut given = Vec::new();
+                if celery_given {
+                    given.push(Broker::Celery);
+                }
+                if dramatiq_given {
+                    given.push(Broker::Dramatiq);
+                }
+                (given, Some(self.detect_every))
+            }
+        };
+        let dramatiq_namespace = match self.dramatiq_namespace {
+            Some(ns) if ns.trim().is_empty() => {
+                return Err(UsageError("--dramatiq-namespace must not be empty".into()))
+            }
+            Some(ns) => ns,
+            None => "dramatiq".to_string(),
+        };
         let celery_queues: Vec<String> = self
             .celery_queues
+            .unwrap_or_else(|| vec!["celery".to_string()])
             .into_iter()
             .map(|q| q.trim().to_string())
             .filter(|q| !q.is_empty())
@@ -206,6 +372,7 @@ impl ServeArgs {
             db_path: self.db,
             listen: self.listen,
             brokers,
+            detect_every,
             abandon_after: self.abandon_after,
             sample_every: self.sample_every,
             config_set: !self.no_config_set,
@@ -213,10 +380,19 @@ impl ServeArgs {
             celery_enable_events: self.celery_enable_events,
             celery_queues,
             celery_result_url,
-            dramatiq_namespace: self.dramatiq_namespace,
+            dramatiq_namespace,
+            dramatiq_namespace_given: dramatiq_given,
             reconcile_every: self.reconcile_every,
             poll_every: self.poll_every,
             rescan_every: self.rescan_every,
+            max_value_bytes: self.max_value_bytes.max(256),
+            redact_keys: self
+                .redact_keys
+                .into_iter()
+                .map(|k| k.trim().to_lowercase())
+                .filter(|k| !k.is_empty())
+                .collect(),
+            housekeeping: self.housekeeping.into_settings()?,
         })
     }
 }
@@ -226,9 +402,18 @@ impl ServeArgs {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-fn parse_brokers(list: &str) -> Result<Vec<Broker>, UsageError> {
+/// What `--brokers` asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BrokerSelection {
+    /// Detect brokers from their keys (and start those whose settings were given).
+    Auto,
+    /// Exactly these; no detection.
+    Listed(Vec<Broker>),
+}
+
+fn parse_brokers(list: &str) -> Result<BrokerSelection, UsageError> {
     if list.trim() == "auto" {
-        return Ok(AVAILABLE_BROKERS.to_vec());
+        return Ok(BrokerSelection::Auto);
     }
     let mut brokers = Vec::new();
     for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -251,7 +436,7 @@ fn parse_brokers(list: &str) -> Result<Vec<Broker>, UsageError> {
             "--brokers: give `auto` or at least one broker".into(),
         ));
     }
-    Ok(brokers)
+    Ok(BrokerSelection::Listed(brokers))
 }
 
 /// The database number of a `redis://host:port/N` URL (0 when absent).
@@ -330,6 +515,16 @@ const KNOWN_VARS: &[&str] = &[
     "TASKSCOPE_CELERY_QUEUES",
     "TASKSCOPE_CELERY_RESULT_URL",
     "TASKSCOPE_DRAMATIQ_NAMESPACE",
+    "TASKSCOPE_DETECT_EVERY",
+    "TASKSCOPE_HOUSEKEEPING",
+    "TASKSCOPE_RETENTION",
+    "TASKSCOPE_SAMPLE_RETENTION",
+    "TASKSCOPE_AGGREGATE_RETENTION",
+    "TASKSCOPE_SCHEDULE_ROLLUP",
+    "TASKSCOPE_SCHEDULE_RETENTION",
+    "TASKSCOPE_SCHEDULE_COMPACTION",
+    "TASKSCOPE_MAX_VALUE_BYTES",
+    "TASKSCOPE_REDACT_KEYS",
     "TASKSCOPE_RECONCILE_EVERY",
     "TASKSCOPE_POLL_EVERY",
     "TASKSCOPE_RESCAN_EVERY",
@@ -394,13 +589,10 @@ mod tests {
 
     #[test]
     fn brokers_list_is_checked() {
-        assert_eq!(
-            parse_brokers("auto").unwrap(),
-            vec![Broker::Celery, Broker::Dramatiq]
-        );
+        assert_eq!(parse_brokers("auto").unwrap(), BrokerSelection::Auto);
         assert_eq!(
             parse_brokers("celery, celery").unwrap(),
-            vec![Broker::Celery]
+            BrokerSelection::Listed(vec![Broker::Celery])
         );
         assert!(parse_brokers("sidekiq").is_err());
     }

@@ -12,6 +12,7 @@
 
 mod config;
 mod export;
+mod housekeeping;
 mod http;
 mod ingest;
 mod metrics;
@@ -19,14 +20,18 @@ mod store;
 
 use anyhow::Context;
 use broker_adapters::celery::{CeleryAdapter, CeleryConfig};
+use broker_adapters::detect::Setting;
 use broker_adapters::dramatiq::{DramatiqAdapter, DramatiqConfig};
 use broker_adapters::{Adapter, Broker};
 use clap::Parser;
-use config::{Cli, Command, ServeSettings, UsageError};
+use config::{Cli, Command, HousekeepingCmd, ServeSettings, UsageError};
 use std::process::ExitCode;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tracing::{error, info};
+
+/// SCAN pages (of 1000 keys) per kind of scan per detection pass: 100k keys a pass.
+const DETECT_PAGES_PER_PASS: usize = 100;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
@@ -37,7 +42,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse_from(&args);
     init_tracing();
     match cli.command {
-        Command::Export(export_args) => match export::run(export_args) {
+        Command::Housekeeping(args) => housekeeping_once(args),
+        Command::Export(export_args) => match export::run(*export_args) {
             Ok(n) => {
                 info!(tasks = n, "Exported.");
                 ExitCode::SUCCESS
@@ -81,6 +87,87 @@ fn main() -> ExitCode {
     }
 }
 
+/// `taskscope housekeeping`: runs the jobs once on a file no `serve` holds, prints each.
+fn housekeeping_once(args: Box<HousekeepingCmd>) -> ExitCode {
+    let args = *args;
+    use housekeeping::jobs::{Context, Job};
+    let settings = match args.housekeeping.into_settings() {
+        Ok(s) => s,
+        Err(UsageError(msg)) => {
+            eprintln!("taskscope: {msg}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut jobs = Vec::new();
+    for name in args.jobs.iter().map(|j| j.trim()).filter(|j| !j.is_empty()) {
+        match Job::ALL.into_iter().find(|j| j.as_str() == name) {
+            Some(job) => jobs.push(job),
+            None => {
+                eprintln!(
+                    "taskscope: --jobs: unknown job {name:?} (rollup, retention, compaction)"
+                );
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if jobs.is_empty() {
+        jobs = Job::ALL.to_vec();
+    }
+    if !args.db.exists() {
+        eprintln!(
+            "taskscope: {} does not exist: pass the --db that taskscope serve writes",
+            args.db.display()
+        );
+        return ExitCode::from(1);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("taskscope: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(async {
+        let (writer, reader, writer_thread) =
+            store::open(&args.db, store::StoreOptions::default())?;
+        let cx = Context {
+            writer: &writer,
+            reader: &reader,
+            db_path: args.db.clone(),
+            policy: &settings.policy,
+        };
+        let mut failed = false;
+        for job in jobs {
+            match housekeeping::run_job(job, &cx, None, args.dry_run).await {
+                Ok(report) => println!(
+                    "{job}{}: {}",
+                    if args.dry_run { " (dry run)" } else { "" },
+                    report.detail
+                ),
+                Err(e) => {
+                    failed = true;
+                    println!("{job}: failed: {e}");
+                }
+            }
+        }
+        writer.flush().await?;
+        drop(writer);
+        let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
+        anyhow::ensure!(!failed, "some housekeeping jobs failed (see above)");
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("taskscope: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TASKSCOPE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fred=warn"));
@@ -91,25 +178,43 @@ fn init_tracing() {
         .init();
 }
 
-fn build_adapters(settings: &ServeSettings) -> Vec<Box<dyn Adapter>> {
-    settings
-        .brokers
-        .iter()
-        .map(|broker| -> Box<dyn Adapter> {
-            match broker {
-                Broker::Celery => Box::new(CeleryAdapter::new(CeleryConfig {
-                    db: settings.redis_db,
-                    queues: settings.celery_queues.clone(),
-                    result_url: settings.celery_result_url.clone(),
-                })),
-                Broker::Dramatiq => Box::new(DramatiqAdapter::new(DramatiqConfig {
-                    namespace: settings.dramatiq_namespace.clone(),
-                })),
-                // config::parse_brokers only lets through brokers of AVAILABLE_BROKERS.
-                other => unreachable!("no adapter for {other}"),
+/// The adapter of `broker`, configured by the settings and, where the user left a setting
+/// out, by what auto-detection learned (`detected`). `None` when this build has no adapter
+/// for it.
+fn build_adapter(
+    broker: Broker,
+    settings: &ServeSettings,
+    detected: &[Setting],
+) -> Option<Box<dyn Adapter>> {
+    match broker {
+        Broker::Celery => {
+            let mut queues = settings.celery_queues.clone();
+            for setting in detected {
+                if let Setting::CeleryQueue(q) = setting {
+                    if !queues.contains(q) {
+                        queues.push(q.clone());
+                    }
+                }
             }
-        })
-        .collect()
+            Some(Box::new(CeleryAdapter::new(CeleryConfig {
+                db: settings.redis_db,
+                queues,
+                result_url: settings.celery_result_url.clone(),
+            })))
+        }
+        Broker::Dramatiq => {
+            let detected_namespace = detected.iter().find_map(|s| match s {
+                Setting::DramatiqNamespace(ns) => Some(ns.clone()),
+                _ => None,
+            });
+            let namespace = match detected_namespace {
+                Some(ns) if !settings.dramatiq_namespace_given => ns,
+                _ => settings.dramatiq_namespace.clone(),
+            };
+            Some(Box::new(DramatiqAdapter::new(DramatiqConfig { namespace })))
+        }
+        Broker::Taskiq | Broker::Rq => None,
+    }
 }
 
 async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
@@ -158,10 +263,43 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         poll_every: settings.poll_every,
         rescan_every: settings.rescan_every,
         celery_enable_events: settings.celery_enable_events,
+        sanitizer: ingest::sanitize::Sanitizer::new(
+            settings.max_value_bytes,
+            settings.redact_keys.clone(),
+        ),
     };
+    let adapters = settings
+        .brokers
+        .iter()
+        .filter_map(|b| build_adapter(*b, &settings, &[]))
+        .collect();
+    let auto = settings.detect_every.map(|every| {
+        info!(every = ?every, "Looking for Celery, Dramatiq, RQ and taskiq keys in Redis (--brokers auto).");
+        let factory_settings = settings.clone();
+        ingest::AutoDetect {
+            options: ingest::detect::DetectOptions {
+                every,
+                pages_per_pass: DETECT_PAGES_PER_PASS,
+                dramatiq_namespace: settings.dramatiq_namespace.clone(),
+                rq_prefix: "rq:".to_string(),
+            },
+            factory: Box::new(move |broker, detected| {
+                build_adapter(broker, &factory_settings, detected)
+            }),
+        }
+    });
+    let housekeeping = housekeeping::spawn(
+        settings.housekeeping.clone(),
+        writer.clone(),
+        reader.clone(),
+        settings.db_path.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    );
     let ingest = tokio::spawn(ingest::run(
         ingest_cfg,
-        build_adapters(&settings),
+        adapters,
+        auto,
         writer.clone(),
         reader,
         metrics,
@@ -176,6 +314,9 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         r = ingest => Some(r),
     };
     let _ = shutdown_tx.send(true);
+    // A job mid-run stops at its next step; its work so far is committed and idempotent.
+    housekeeping.abort();
+    let _ = housekeeping.await;
     if let Some(result) = ingest_result {
         result.context("the ingest task panicked")??;
     }

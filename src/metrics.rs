@@ -2,7 +2,9 @@
 //! and (later) `/metrics` read. Plain atomics and one small mutex-guarded map: cheap enough to
 //! bump on the hot path.
 
+use broker_adapters::detect::{Finding, Setting};
 use broker_adapters::Broker;
+use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -53,6 +55,62 @@ pub struct Metrics {
     brokers: Mutex<Vec<Broker>>,
     /// Warnings worth showing on the overview (e.g. "keyspace notifications are off").
     warnings: Mutex<Vec<String>>,
+    /// What `--brokers auto` has found so far.
+    detection: Mutex<Detection>,
+    /// The last run and next time of each housekeeping job, by job name.
+    housekeeping: Mutex<BTreeMap<String, HousekeepingRun>>,
+}
+
+/// A housekeeping job's last run (and next time), for `/`, `/healthz` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct HousekeepingRun {
+    pub job: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub duration_ms: f64,
+    pub rows: u64,
+    pub detail: String,
+    pub error: Option<String>,
+    pub next_at: Option<DateTime<Utc>>,
+    /// Runs and failed runs by this process.
+    pub runs: u64,
+    pub failures: u64,
+}
+
+impl From<&crate::store::maintenance::RunRecord> for HousekeepingRun {
+    fn from(r: &crate::store::maintenance::RunRecord) -> Self {
+        HousekeepingRun {
+            job: r.job.clone(),
+            started_at: Some(r.started_at),
+            duration_ms: r.duration_ms,
+            rows: r.rows,
+            detail: r.detail.clone(),
+            error: r.error.clone(),
+            next_at: None,
+            runs: 0,
+            failures: 0,
+        }
+    }
+}
+
+/// The state of broker auto-detection, for `/healthz` and the overview.
+#[derive(Debug, Clone, Default)]
+pub struct Detection {
+    /// `--brokers auto` is on.
+    pub enabled: bool,
+    pub passes: u64,
+    pub keys_examined: u64,
+    pub last_pass: Option<DateTime<Utc>>,
+    /// Evidence, in the order found: broker, the key that showed it, the setting learned.
+    pub found: Vec<DetectedBroker>,
+}
+
+/// One piece of detection evidence.
+#[derive(Debug, Clone)]
+pub struct DetectedBroker {
+    pub broker: Broker,
+    pub key: String,
+    pub setting: Option<String>,
+    pub at: DateTime<Utc>,
 }
 
 impl Default for Metrics {
@@ -66,6 +124,8 @@ impl Default for Metrics {
             change_feed: Mutex::new(ChangeFeed::Unknown),
             brokers: Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
+            detection: Mutex::new(Detection::default()),
+            housekeeping: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -142,5 +202,80 @@ impl Metrics {
 
     pub fn warnings(&self) -> Vec<String> {
         self.warnings.lock().map(|w| w.clone()).unwrap_or_default()
+    }
+
+    /// A job ran (`by_this_process`), or at start the previous process's last run was read
+    /// back.
+    pub fn housekeeping_ran(&self, run: HousekeepingRun, by_this_process: bool) {
+        if let Ok(mut map) = self.housekeeping.lock() {
+            let entry = map.entry(run.job.clone()).or_default();
+            let (runs, failures, next_at) = (entry.runs, entry.failures, entry.next_at);
+            let failed = run.error.is_some();
+            *entry = run;
+            entry.next_at = next_at;
+            entry.runs = runs + u64::from(by_this_process);
+            entry.failures = failures + u64::from(by_this_process && failed);
+        }
+    }
+
+    pub fn housekeeping_next(&self, job: &str, at: DateTime<Utc>) {
+        if let Ok(mut map) = self.housekeeping.lock() {
+            let entry = map.entry(job.to_string()).or_default();
+            entry.job = job.to_string();
+            entry.next_at = Some(at);
+        }
+    }
+
+    pub fn housekeeping(&self) -> Vec<HousekeepingRun> {
+        self.housekeeping
+            .lock()
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Counts Redis commands taskscope issued (pipelined ones one each).
+    pub fn count_redis_commands(&self, n: u64) {
+        self.redis_commands.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn enable_detection(&self) {
+        if let Ok(mut d) = self.detection.lock() {
+            d.enabled = true;
+        }
+    }
+
+    pub fn detection_pass(&self, keys_examined: u64) {
+        if let Ok(mut d) = self.detection.lock() {
+            d.passes += 1;
+            d.keys_examined += keys_examined;
+            d.last_pass = Some(Utc::now());
+        }
+    }
+
+    pub fn detected(&self, finding: &Finding) {
+        if let Ok(mut d) = self.detection.lock() {
+            d.found.push(DetectedBroker {
+                broker: finding.broker,
+                key: finding.key.clone(),
+                setting: finding.setting.as_ref().map(describe_setting),
+                at: Utc::now(),
+            });
+        }
+    }
+
+    pub fn detection(&self) -> Detection {
+        self.detection.lock().map(|d| d.clone()).unwrap_or_default()
+    }
+}
+
+/// A detected setting in the words of the flag that would set it.
+pub fn describe_setting(setting: &Setting) -> String {
+    match setting {
+        Setting::DramatiqNamespace(ns) => format!("dramatiq namespace {ns}"),
+        Setting::RqPrefix(p) => format!("rq prefix {p}"),
+        Setting::CeleryQueue(q) => format!("celery queue {q}"),
+        Setting::TaskiqStream(s) => format!("taskiq stream {s}"),
+        Setting::TaskiqList(l) => format!("taskiq list {l}"),
+        Setting::TaskiqResults => "taskiq results".to_string(),
     }
 }

@@ -43,7 +43,12 @@ impl World {
             .prefix("taskscope-db-")
             .tempdir()
             .expect("tempdir");
-        let ts = Taskscope::start(&redis.url(), &dir.path().join("t.duckdb"), extra);
+        // These tests are about the Celery adapter, not detection (tests/detect.rs).
+        let args: Vec<&str> = ["--brokers", "celery"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let ts = Taskscope::start(&redis.url(), &dir.path().join("t.duckdb"), &args);
         World {
             mode,
             ts,

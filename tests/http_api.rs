@@ -50,7 +50,7 @@ fn api_routes_answer_the_contract_shapes_and_errors() {
     let ts = Taskscope::start(
         &redis_server.url(),
         &db_path(&dir),
-        &["--sample-every", "500ms"],
+        &["--brokers", "celery", "--sample-every", "500ms"],
     );
 
     let message = fixture("queue_message_json.bin");

@@ -244,6 +244,13 @@ pub trait Adapter: Send {
     /// workers).
     fn on_gap(&mut self) {}
 
+    /// Auto-detection learned a setting of this broker while the adapter was running (another
+    /// queue, say): the reads that start watching it. Settings an adapter cannot take (a second
+    /// Dramatiq namespace) are ignored.
+    fn on_detected(&mut self, _setting: &crate::detect::Setting) -> Vec<ReadRequest> {
+        Vec::new()
+    }
+
     /// A second Redis this adapter reads from ([`ReadRequest::Side`], `side_scan_patterns`),
     /// when part of its data lives elsewhere. Configuration, not I/O: the ingest layer connects.
     fn side_url(&self) -> Option<String> {

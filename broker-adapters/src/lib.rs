@@ -5,7 +5,8 @@
 //! - [`adapter`]: the sans-I/O seam: what an adapter asks Redis for and what it gets back.
 //! - [`state`]: the one state machine every broker shares, and the abandon sweep.
 //! - [`codec`]: payload helpers every adapter needs (JSON, msgpack, base64, pickle).
-//! - one module per broker: [`celery`].
+//! - [`detect`]: which brokers live in a Redis, from key names and sampled messages.
+//! - one module per broker: [`celery`], [`dramatiq`].
 //!
 //! # Invariant
 //! Nothing in this crate does I/O or reads the clock: bytes and `now` in, observations out. That
@@ -14,6 +15,7 @@
 pub mod adapter;
 pub mod celery;
 pub mod codec;
+pub mod detect;
 pub mod dramatiq;
 pub mod model;
 mod pickle_guard;

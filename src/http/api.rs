@@ -10,6 +10,22 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
+/// `--brokers auto` in `/healthz`: what was found, from which key, and how much was looked at.
+fn detection_json(d: &crate::metrics::Detection) -> Value {
+    json!({
+        "mode": if d.enabled { "auto" } else { "listed" },
+        "passes": d.passes,
+        "keys_examined": d.keys_examined,
+        "last_pass": d.last_pass.map(|t| broker_adapters::rfc3339(&t)),
+        "found": d.found.iter().map(|f| json!({
+            "broker": f.broker.as_str(),
+            "key": f.key,
+            "setting": f.setting,
+            "at": broker_adapters::rfc3339(&f.at),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
     let writer = state.writer.stats();
     let feed = match state.metrics.change_feed() {
@@ -22,6 +38,16 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
         "redis": if state.metrics.redis_connected() { "connected" } else { "disconnected" },
         "version": VERSION,
         "brokers": state.metrics.brokers().iter().map(|b| b.as_str()).collect::<Vec<_>>(),
+        "detection": detection_json(&state.metrics.detection()),
+        "housekeeping": state.metrics.housekeeping().iter().map(|r| json!({
+            "job": r.job,
+            "last_run": r.started_at.map(|t| broker_adapters::rfc3339(&t)),
+            "duration_ms": r.duration_ms,
+            "rows": r.rows,
+            "detail": r.detail,
+            "error": r.error,
+            "next_run": r.next_at.map(|t| broker_adapters::rfc3339(&t)),
+        })).collect::<Vec<_>>(),
         "change_feed": feed,
         "decode_errors": state.metrics.decode_errors_total(),
         "ingest_events": state.metrics.ingest_events().into_iter()

@@ -26,6 +26,19 @@ fn failed(message: impl std::fmt::Display) -> Response {
         .into_response()
 }
 
+/// The active brokers, with `(detected)` for those `--brokers auto` found in Redis.
+fn broker_chips(metrics: &crate::metrics::Metrics) -> Vec<String> {
+    let detection = metrics.detection();
+    metrics
+        .brokers()
+        .iter()
+        .map(|b| match detection.found.iter().find(|f| f.broker == *b) {
+            Some(found) => format!("{b} (detected: {})", found.key),
+            None => b.as_str().to_string(),
+        })
+        .collect()
+}
+
 /// `/`: counts, the charts of the window in the query (default: the last hour), queues,
 /// workers and recent tasks.
 pub async fn overview(
@@ -53,12 +66,7 @@ pub async fn overview(
     let view = templates::OverviewView {
         version: VERSION.to_string(),
         redis_connected: state.metrics.redis_connected(),
-        brokers: state
-            .metrics
-            .brokers()
-            .iter()
-            .map(|b| b.as_str().to_string())
-            .collect(),
+        brokers: broker_chips(&state.metrics),
         by_state: stats.by_state.into_iter().collect(),
         queues,
         workers,
@@ -66,6 +74,19 @@ pub async fn overview(
         decode_errors: state.metrics.decode_errors_total(),
         warnings: state.metrics.warnings(),
         charts: Some(charts),
+        housekeeping: state
+            .metrics
+            .housekeeping()
+            .into_iter()
+            .map(|r| templates::HousekeepingLine {
+                job: r.job,
+                last_run: r.started_at,
+                duration_ms: r.duration_ms,
+                detail: r.detail,
+                error: r.error,
+                next_run: r.next_at,
+            })
+            .collect(),
     };
     templates::overview(&view).into_response()
 }

@@ -53,6 +53,11 @@ struct SourceLabels {
     source: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    job: String,
+}
+
 /// Runtime buckets in seconds: from 5 ms to 10 min.
 const RUNTIME_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0,
@@ -174,6 +179,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         alive,
     );
     register_ingest(&mut registry, &state.metrics);
+    register_housekeeping(&mut registry, &state.metrics);
     let writer = state.writer.stats();
     let store = [
         (
@@ -213,6 +219,59 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// The last run of each housekeeping job (from this process or, after a restart, the file).
+fn register_housekeeping(registry: &mut Registry, metrics: &Metrics) {
+    use std::sync::atomic::AtomicU64;
+    let last_run = Family::<JobLabels, Gauge<f64, AtomicU64>>::default();
+    let duration = Family::<JobLabels, Gauge<f64, AtomicU64>>::default();
+    let rows = Family::<JobLabels, Gauge>::default();
+    let runs = Family::<JobLabels, Counter>::default();
+    let failures = Family::<JobLabels, Counter>::default();
+    for run in metrics.housekeeping() {
+        let labels = JobLabels {
+            job: run.job.clone(),
+        };
+        runs.get_or_create(&labels).inc_by(run.runs);
+        failures.get_or_create(&labels).inc_by(run.failures);
+        let Some(started) = run.started_at else {
+            continue;
+        };
+        last_run
+            .get_or_create(&labels)
+            .set(started.timestamp_millis() as f64 / 1000.0);
+        duration
+            .get_or_create(&labels)
+            .set(run.duration_ms / 1000.0);
+        rows.get_or_create(&labels)
+            .set(i64::try_from(run.rows).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "taskscope_housekeeping_last_run_timestamp_seconds",
+        "When each housekeeping job last started (Unix time)",
+        last_run,
+    );
+    registry.register(
+        "taskscope_housekeeping_last_duration_seconds",
+        "How long each housekeeping job's last run took",
+        duration,
+    );
+    registry.register(
+        "taskscope_housekeeping_last_rows",
+        "Rows the last run of each housekeeping job deleted, rolled up or down-sampled",
+        rows,
+    );
+    registry.register(
+        "taskscope_housekeeping_runs",
+        "Housekeeping job runs by this process",
+        runs,
+    );
+    registry.register(
+        "taskscope_housekeeping_failures",
+        "Housekeeping job runs that failed (retried at the next scheduled time)",
+        failures,
+    );
 }
 
 fn register_ingest(registry: &mut Registry, metrics: &Metrics) {

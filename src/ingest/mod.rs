@@ -16,18 +16,21 @@
 //!
 //! Invariant: only this module and [`redis`] know fred; adapters only see [`Reply`]s.
 
+pub mod detect;
 pub mod notifications;
 mod prefetch;
 pub mod redis;
+pub mod sanitize;
 
 use crate::metrics::{ChangeFeed, Metrics, Source};
 use crate::store::{StoreReader, StoreWriter};
+use broker_adapters::detect::{Finding, Setting};
 use broker_adapters::{Adapter, Broker, Output, ReadRequest, Reply};
 use chrono::Utc;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use notifications::Feed;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +49,8 @@ pub struct IngestConfig {
     pub poll_every: Duration,
     pub rescan_every: Duration,
     pub celery_enable_events: bool,
+    /// Redaction and truncation applied to every task payload before it is stored.
+    pub sanitizer: sanitize::Sanitizer,
 }
 
 /// Something that arrived from Redis without being asked for.
@@ -82,10 +87,22 @@ const INCOMING_BATCH: usize = 20_000;
 /// Read rounds (follow-ups of follow-ups) per batch before yielding to incoming messages.
 const MAX_READ_ROUNDS: usize = 64;
 
+/// Builds the adapter of a broker that auto-detection found, given the settings detection
+/// learned about it; `None` when this build has no adapter for it.
+pub type AdapterFactory = Box<dyn Fn(Broker, &[Setting]) -> Option<Box<dyn Adapter>> + Send + Sync>;
+
+/// `--brokers auto`: how to detect brokers and start their adapters.
+pub struct AutoDetect {
+    pub options: detect::DetectOptions,
+    pub factory: AdapterFactory,
+}
+
 /// Runs until `shutdown` flips to true. Never returns early on Redis trouble: it reconnects.
+/// `adapters` run from the start; with `auto`, detected brokers' adapters join them.
 pub async fn run(
     cfg: IngestConfig,
     adapters: Vec<Box<dyn Adapter>>,
+    auto: Option<AutoDetect>,
     writer: StoreWriter,
     reader: StoreReader,
     metrics: Arc<Metrics>,
@@ -120,18 +137,28 @@ pub async fn run(
     let mut side = Vec::with_capacity(side_urls.len());
     for (broker, url) in side_urls {
         side.push(match url {
-            Some(url) => {
-                let c = redis::builder(&url)?.build()?;
-                info!(url = %redact(&url), %broker, "Connecting to a second Redis.");
-                tokio::select! {
-                    r = c.init() => { r?; }
-                    _ = shutdown.changed() => return Ok(()),
-                }
-                Some(c)
-            }
+            Some(url) => tokio::select! {
+                c = connect_side(&url, broker) => Some(c?),
+                _ = shutdown.changed() => return Ok(()),
+            },
             None => None,
         });
     }
+    let (detect_rx, factory) = match auto {
+        Some(AutoDetect { options, factory }) => {
+            let (found_tx, found_rx) = mpsc::channel(256);
+            metrics.enable_detection();
+            detect::spawn(
+                client.clone(),
+                options,
+                found_tx,
+                metrics.clone(),
+                shutdown.clone(),
+            );
+            (Some(found_rx), Some(factory))
+        }
+        None => (None, None),
+    };
     let _resubscribe = subscriber.manage_subscriptions();
     metrics.redis_connected.store(true, Ordering::Relaxed);
     info!("Connected to Redis.");
@@ -156,6 +183,10 @@ pub async fn run(
         resync_requested: false,
         rules_tx,
         side,
+        detect_rx,
+        factory,
+        learned: BTreeMap::new(),
+        unsupported: HashSet::new(),
     };
     pipeline.resync().await;
     pipeline.run_loop(&mut shutdown).await;
@@ -171,6 +202,14 @@ pub async fn run(
         Some(e) => anyhow::bail!("{e}; the history file may be unwritable (disk full?)"),
         None => Ok(()),
     }
+}
+
+/// Connects an adapter's second Redis ([`Adapter::side_url`]).
+async fn connect_side(url: &str, broker: Broker) -> anyhow::Result<Client> {
+    let c = redis::builder(url)?.build()?;
+    info!(url = %redact(url), %broker, "Connecting to a second Redis.");
+    c.init().await?;
+    Ok(c)
 }
 
 /// `redis://:secret@host` -> `redis://:***@host` for logs.
@@ -282,6 +321,13 @@ struct Pipeline {
     side: Vec<Option<Client>>,
     /// The adapters' prefetch rules, for the keyspace forwarder.
     rules_tx: watch::Sender<Arc<prefetch::Rules>>,
+    /// Findings of auto-detection (`--brokers auto`), and how to start their adapters.
+    detect_rx: Option<mpsc::Receiver<Finding>>,
+    factory: Option<AdapterFactory>,
+    /// Settings detection learned, per broker (for adapters started later).
+    learned: BTreeMap<Broker, Vec<Setting>>,
+    /// Detected brokers without an adapter in this build (logged once).
+    unsupported: HashSet<Broker>,
 }
 
 impl Pipeline {
@@ -333,11 +379,70 @@ impl Pipeline {
                     }
                     self.reconcile().await;
                 }
+                Some(finding) = next_finding(&mut self.detect_rx) => self.on_detected(finding).await,
                 _ = sample.tick() => self.sample().await,
                 _ = rescan.tick() => self.scan().await,
                 _ = enable_events.tick(), if self.cfg.celery_enable_events => self.enable_celery_events().await,
             }
         }
+    }
+
+    /// A broker auto-detection found: start its adapter, or hand a new setting (another
+    /// queue) to the one running.
+    async fn on_detected(&mut self, finding: Finding) {
+        let broker = finding.broker;
+        if let Some(setting) = &finding.setting {
+            self.learned
+                .entry(broker)
+                .or_default()
+                .push(setting.clone());
+        }
+        let running = self.adapters.iter().position(|a| a.broker() == broker);
+        if let Some(i) = running {
+            if let Some(setting) = &finding.setting {
+                let reads = self.adapters[i].on_detected(setting);
+                if !reads.is_empty() {
+                    self.queue_reads(i, reads);
+                    let mut output = Output::default();
+                    self.run_pending(Utc::now(), &mut output).await;
+                    self.deliver(output).await;
+                }
+            }
+            return;
+        }
+        let settings = self.learned.get(&broker).cloned().unwrap_or_default();
+        let Some(adapter) = self.factory.as_ref().and_then(|f| f(broker, &settings)) else {
+            if self.unsupported.insert(broker) {
+                warn!(%broker, key = %finding.key, "Found this broker in Redis, but this version of taskscope has no adapter for it.");
+            }
+            return;
+        };
+        let side = match adapter.side_url() {
+            Some(url) => {
+                match tokio::time::timeout(Duration::from_secs(10), connect_side(&url, broker))
+                    .await
+                {
+                    Ok(Ok(c)) => Some(c),
+                    Ok(Err(e)) => {
+                        warn!(error = %e, %broker, "Cannot connect to the second Redis; reading everything from the first.");
+                        None
+                    }
+                    Err(_) => {
+                        warn!(%broker, "The second Redis did not answer in 10s; reading everything from the first.");
+                        None
+                    }
+                }
+            }
+            None => None,
+        };
+        info!(%broker, key = %finding.key, "Watching a detected broker.");
+        self.adapters.push(adapter);
+        self.side.push(side);
+        self.metrics
+            .set_brokers(self.adapters.iter().map(|a| a.broker()).collect());
+        self.metrics.set_warning("detection", None);
+        // Its key classes may need notifications turned on, its keys subscribing and scanning.
+        self.resync().await;
     }
 
     /// The writer only fails once it has stopped: nothing more can be recorded, so stop too.
@@ -563,10 +668,15 @@ impl Pipeline {
     /// Hands observations and samples to the store, and subscribes to newly found keys.
     async fn deliver(&mut self, output: Output) {
         let Output {
-            observations,
+            mut observations,
             queue_samples,
             ..
         } = output;
+        for obs in &mut observations {
+            if let broker_adapters::Observation::Task(t) = obs {
+                self.cfg.sanitizer.apply(&mut t.fields);
+            }
+        }
         if !observations.is_empty() {
             let sent = self.writer.observe(observations).await;
             self.check_writer(sent);
@@ -747,6 +857,14 @@ async fn execute(
         .into_iter()
         .map(|r| r.unwrap_or(Reply::Nil))
         .collect())
+}
+
+/// The next finding of auto-detection; never resolves when detection is off.
+async fn next_finding(rx: &mut Option<mpsc::Receiver<Finding>>) -> Option<Finding> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 fn chrono_duration(d: Duration) -> chrono::Duration {

@@ -90,12 +90,34 @@ pub fn to_reply(value: Value) -> Reply {
 /// Runs `requests` as pipelines of [`PIPELINE_CHUNK`] commands; one reply per request, in order.
 /// A failed command yields `Reply::Error` for that request only; a lost connection fails all.
 pub async fn run_reads(client: &Client, requests: &[ReadRequest]) -> anyhow::Result<Vec<Reply>> {
-    let mut replies = Vec::with_capacity(requests.len());
-    for chunk in requests.chunks(PIPELINE_CHUNK) {
+    run_pipelined(client, requests.iter().map(command).collect()).await
+}
+
+/// [`run_reads`] for commands outside the adapters' vocabulary (auto-detection's `EXISTS`,
+/// `TYPE`, `XRANGE`...): `(name, arguments)` pairs, replies in order.
+pub async fn run_commands(
+    client: &Client,
+    commands: Vec<(&'static str, Vec<Value>)>,
+) -> anyhow::Result<Vec<Reply>> {
+    run_pipelined(
+        client,
+        commands
+            .into_iter()
+            .map(|(name, args)| (cmd(name), args))
+            .collect(),
+    )
+    .await
+}
+
+async fn run_pipelined(
+    client: &Client,
+    commands: Vec<(CustomCommand, Vec<Value>)>,
+) -> anyhow::Result<Vec<Reply>> {
+    let mut replies = Vec::with_capacity(commands.len());
+    for chunk in commands.chunks(PIPELINE_CHUNK) {
         let pipeline = client.pipeline();
-        for req in chunk {
-            let (c, args) = command(req);
-            let _: () = pipeline.custom(c, args).await?;
+        for (c, args) in chunk {
+            let _: () = pipeline.custom(c.clone(), args.clone()).await?;
         }
         let results = pipeline.try_all::<Value>().await;
         if results.len() != chunk.len() {
@@ -132,17 +154,30 @@ pub async fn scan_page(
     pattern: &str,
     count: u32,
 ) -> anyhow::Result<(u64, Vec<String>)> {
+    scan_page_of_type(client, cursor, pattern, None, count).await
+}
+
+/// [`scan_page`] keeping only keys of one type (`SCAN ... TYPE stream`): Redis filters, so
+/// only matching names cross the wire.
+pub async fn scan_page_of_type(
+    client: &Client,
+    cursor: u64,
+    pattern: &str,
+    key_type: Option<&str>,
+    count: u32,
+) -> anyhow::Result<(u64, Vec<String>)> {
+    let mut args = vec![
+        Value::from(cursor.to_string()),
+        Value::from("MATCH"),
+        Value::from(pattern.to_string()),
+        Value::from("COUNT"),
+        Value::from(i64::from(count)),
+    ];
+    if let Some(t) = key_type {
+        args.extend([Value::from("TYPE"), Value::from(t.to_string())]);
+    }
     let reply: Value = client
-        .custom(
-            cmd("SCAN"),
-            vec![
-                Value::from(cursor.to_string()),
-                Value::from("MATCH"),
-                Value::from(pattern.to_string()),
-                Value::from("COUNT"),
-                Value::from(i64::from(count)),
-            ],
-        )
+        .custom(cmd("SCAN"), args)
         .await
         .with_context(|| format!("SCAN {pattern}"))?;
     let mut parts = match to_reply(reply) {

@@ -8,6 +8,8 @@
 //! - `reader`: [`StoreReader`], every query the HTTP layer, exports and ingest need.
 //! - `reports`: the aggregate queries behind `/api/reports/*` and the charts.
 //! - `export`: streamed CSV and Parquet exports of the task list.
+//! - [`maintenance`]: housekeeping's SQL (roll-ups, retention, down-sampling, checkpoints),
+//!   run as steps on the writer thread.
 //! - `rows`: conversions between the model and rows (timestamps, JSON text, cursors).
 //!
 //! # Architecture invariants
@@ -20,6 +22,7 @@
 //!   fast when another holds the lock.
 
 mod export;
+pub mod maintenance;
 mod reader;
 mod reports;
 mod rows;

@@ -19,9 +19,10 @@ use super::StoreError;
 use duckdb::Connection;
 
 /// `(version, SQL)`, in order. The SQL may hold several statements.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE tasks (
         broker      VARCHAR NOT NULL,
         id          VARCHAR NOT NULL,
@@ -89,10 +90,50 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         PRIMARY KEY (broker, queue)
     );
     "#,
-)];
+    ),
+    (
+        2,
+        r#"
+    -- Housekeeping (src/store/maintenance.rs): roll-ups of raw transitions per period, broker,
+    -- queue, task name and state; `queue`/`name` are '' when unknown (they are key columns).
+    CREATE TABLE rollup_hourly (
+        bucket      TIMESTAMP NOT NULL,
+        broker      VARCHAR NOT NULL,
+        queue       VARCHAR NOT NULL,
+        name        VARCHAR NOT NULL,
+        state       VARCHAR NOT NULL,
+        transitions UBIGINT NOT NULL,
+        runtime_count  UBIGINT NOT NULL,
+        runtime_sum_ms DOUBLE,
+        runtime_min_ms DOUBLE,
+        runtime_max_ms DOUBLE,
+        runtime_p50_ms DOUBLE,
+        runtime_p95_ms DOUBLE,
+        runtime_p99_ms DOUBLE
+    );
+    CREATE TABLE rollup_daily AS SELECT * FROM rollup_hourly LIMIT 0;
+
+    -- Watermarks: how far roll-ups and down-sampling went.
+    CREATE TABLE housekeeping_state (
+        name  VARCHAR PRIMARY KEY,
+        value TIMESTAMP NOT NULL
+    );
+
+    -- One row per job run, for `/`, `/healthz` and `taskscope housekeeping`.
+    CREATE TABLE housekeeping_runs (
+        job         VARCHAR NOT NULL,
+        started_at  TIMESTAMP NOT NULL,
+        duration_ms DOUBLE NOT NULL,
+        rows_affected UBIGINT NOT NULL,
+        detail      VARCHAR,
+        error       VARCHAR
+    );
+    "#,
+    ),
+];
 
 /// The schema version this build writes.
-pub(crate) const LATEST_VERSION: i32 = 1;
+pub(crate) const LATEST_VERSION: i32 = 2;
 
 /// Brings the database to [`LATEST_VERSION`]; a no-op when it is there already.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -13,6 +13,7 @@
 //! costs one batched lookup per round), every running task (the sweep judges them without a
 //! query) and every worker.
 
+use super::maintenance::{self, Step, StepOutcome};
 use super::rows::{opt_text, read_task, task_params, Ts, TASK_COLUMNS};
 use super::{StoreError, StoreOptions};
 use broker_adapters::state;
@@ -44,6 +45,12 @@ pub enum WriterCommand {
     },
     /// Answered once everything sent before it is committed (or dropped after a failure).
     Flush(oneshot::Sender<()>),
+    /// One housekeeping step, run after the observations sent before it are committed and
+    /// before the ones sent after it.
+    Maintain {
+        step: Step,
+        reply: oneshot::Sender<Result<StepOutcome, StoreError>>,
+    },
 }
 
 /// One state change, after it was committed. Sent to [`StoreWriter::subscribe`]rs.
@@ -111,6 +118,13 @@ impl StoreWriter {
         let (tx, rx) = oneshot::channel();
         self.send(WriterCommand::Flush(tx)).await?;
         rx.await.map_err(|_| StoreError::WriterGone)
+    }
+
+    /// Runs one housekeeping step on the writer thread, between ingest batches.
+    pub async fn maintain(&self, step: Step) -> Result<StepOutcome, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterCommand::Maintain { step, reply }).await?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
     /// Every committed transition from now on. A subscriber that falls behind by more than
@@ -269,6 +283,7 @@ impl Writer {
             while weight < self.max_batch
                 && cmds.len() < MAX_COMMANDS
                 && started.elapsed() < MAX_DRAIN
+                && !matches!(cmds.last(), Some(WriterCommand::Maintain { .. }))
             {
                 match rx.try_recv() {
                     Ok(cmd) => {
@@ -278,7 +293,22 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.process(cmds, weight);
+            // Draining stops at a maintenance step: the batch before it, then the step.
+            match cmds.pop() {
+                Some(WriterCommand::Maintain { step, reply }) => {
+                    if !cmds.is_empty() {
+                        self.process(cmds, weight.saturating_sub(1));
+                    }
+                    let outcome = self.maintain(&step);
+                    // The caller may have stopped waiting (shutdown); the step is done anyway.
+                    let _ = reply.send(outcome);
+                }
+                Some(last) => {
+                    cmds.push(last);
+                    self.process(cmds, weight);
+                }
+                None => {}
+            }
         }
         tracing::debug!("store writer stopped: every StoreWriter was dropped");
     }
@@ -329,6 +359,21 @@ impl Writer {
                 let _ = ack.send(());
             }
         }
+    }
+
+    /// Runs a housekeeping step; deleted tasks leave the cache too.
+    fn maintain(&mut self, step: &Step) -> Result<StepOutcome, StoreError> {
+        let span =
+            tracing::debug_span!("store_maintenance", step = ?step, rows = tracing::field::Empty);
+        let _entered = span.enter();
+        let outcome = maintenance::run_step(&mut self.conn, step)?;
+        span.record("rows", outcome.rows);
+        if let Step::DeleteTasks { before, .. } = step {
+            let running = &self.running;
+            self.cache
+                .retain(|key, task| running.contains(key) || task.updated_at >= *before);
+        }
+        Ok(outcome)
     }
 
     /// Loads, folds and writes one batch in one transaction. Changes nothing in memory.
@@ -409,7 +454,7 @@ impl Writer {
                         self.fold_task(&mut out, loaded, &obs);
                     }
                 }
-                WriterCommand::Flush(_) => {}
+                WriterCommand::Flush(_) | WriterCommand::Maintain { .. } => {}
             }
         }
         out

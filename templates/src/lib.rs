@@ -35,7 +35,7 @@ mod tests;
 
 pub use layout::{page, Nav};
 pub use message::{error_page, not_found};
-pub use overview::{overview, OverviewView};
+pub use overview::{overview, HousekeepingLine, OverviewView};
 pub use queues::{queues, QueueCard, QueuesView};
 pub use reports::{reports, ChartSet, NameRow, ReportWindow, ReportsView, RuntimeRow};
 pub use task::{task_detail, TaskDetailView};

@@ -35,6 +35,19 @@ pub struct OverviewView {
     /// Backlog, throughput and failure charts of the last hour (none in unit tests that do not
     /// need them).
     pub charts: Option<ChartSet>,
+    /// One line per housekeeping job: its last run and next time.
+    pub housekeeping: Vec<HousekeepingLine>,
+}
+
+/// A housekeeping job as the overview shows it.
+#[derive(Debug, Clone, Default)]
+pub struct HousekeepingLine {
+    pub job: String,
+    pub last_run: Option<DateTime<Utc>>,
+    pub duration_ms: f64,
+    pub detail: String,
+    pub error: Option<String>,
+    pub next_run: Option<DateTime<Utc>>,
 }
 
 /// The overview page.
@@ -98,6 +111,28 @@ pub(crate) fn render(view: &OverviewView, now: &DateTime<Utc>) -> Markup {
                 (task_table(&view.recent, now))
             }
         }
+        }
+        @if !view.housekeeping.is_empty() {
+            section #housekeeping {
+                h2 { "Housekeeping" }
+                table.table {
+                    thead { tr { th { "job" } th { "last run" } th { "took" } th { "what it did" } th { "next" } } }
+                    tbody {
+                        @for line in &view.housekeeping {
+                            tr {
+                                td { (line.job) }
+                                td { @match line.last_run { Some(t) => (time_ago(&t, now)), None => "never" } }
+                                td { @if line.last_run.is_some() { (format!("{:.0} ms", line.duration_ms)) } }
+                                td {
+                                    @if let Some(e) = &line.error { span.chip.chip-bad { "failed" } " " (e) }
+                                    @else { (line.detail) }
+                                }
+                                td { @if let Some(t) = line.next_run { (time(&t, now)) } }
+                            }
+                        }
+                    }
+                }
+            }
         }
     };
     page("Overview", Nav::Overview, &view.version, body)

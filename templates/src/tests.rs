@@ -120,6 +120,14 @@ fn sample_overview() -> OverviewView {
         decode_errors: 0,
         warnings: vec![],
         charts: None,
+        housekeeping: vec![crate::HousekeepingLine {
+            job: "retention".to_string(),
+            last_run: Some(ago(600)),
+            duration_ms: 35.0,
+            detail: "deleted 120 tasks and 360 transitions".to_string(),
+            error: None,
+            next_run: Some(ago(-3000)),
+        }],
     }
 }
 

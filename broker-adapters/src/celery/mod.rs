@@ -525,6 +525,14 @@ impl Adapter for CeleryAdapter {
         Broker::Celery
     }
 
+    fn on_detected(&mut self, setting: &crate::detect::Setting) -> Vec<ReadRequest> {
+        let mut reads = Vec::new();
+        if let crate::detect::Setting::CeleryQueue(queue) = setting {
+            self.add_queue(queue, &mut reads);
+        }
+        reads
+    }
+
     fn interest(&self) -> Interest {
         let mut key_patterns = vec![UNACKED.to_string(), format!("{BINDING_PREFIX}*")];
         for q in &self.queues {

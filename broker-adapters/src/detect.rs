@@ -1,0 +1,315 @@
+//! Broker auto-detection: which task queues live in a Redis, judged from what each broker
+//! leaves there.
+//!
+//! Two kinds of evidence, cheapest first:
+//! - **key names** ([`classify_key`]): kombu's `_kombu.binding.*` sets and Celery's
+//!   `celery-task-meta-*` results, Dramatiq's `<ns>:__heartbeats__` and `<ns>:<queue>.msgs`,
+//!   RQ's `rq:queues`, `rq:job:*` and registries;
+//! - **one message** ([`classify_message`]): for a stream or a list whose name says nothing
+//!   (taskiq queues have any name, `taskiq` by default), whether an entry is a `TaskiqMessage`
+//!   or a kombu envelope; for a key named like a taskiq task id, whether its value is a taskiq
+//!   result ([`is_taskiq_result`]).
+//!
+//! Pure: the ingest layer scans and reads (bounded SCANs, one sample read per unknown key) and
+//! hands names and bytes here.
+
+use crate::codec;
+use crate::model::Broker;
+use serde_json::Value;
+
+/// A setting detection learned along with the broker, so its adapter watches the right keys.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Setting {
+    /// Dramatiq's `RedisBroker(namespace=...)`, from `<ns>:__heartbeats__` or `<ns>:q.msgs`.
+    DramatiqNamespace(String),
+    /// RQ's key prefix (`rq:`).
+    RqPrefix(String),
+    /// A Celery queue (list) found without a kombu binding.
+    CeleryQueue(String),
+    /// A stream holding taskiq messages (`RedisStreamBroker`).
+    TaskiqStream(String),
+    /// A list holding taskiq messages (`ListQueueBroker`).
+    TaskiqList(String),
+    /// A taskiq result key was found (`RedisAsyncResultBackend`).
+    TaskiqResults,
+}
+
+/// One piece of evidence that a broker is present.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub broker: Broker,
+    /// The key that showed it, for logs and `/healthz`.
+    pub key: String,
+    pub setting: Option<Setting>,
+}
+
+impl Finding {
+    fn new(broker: Broker, key: &str, setting: Option<Setting>) -> Finding {
+        Finding {
+            broker,
+            key: key.to_string(),
+            setting,
+        }
+    }
+}
+
+/// What a key name alone says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyVerdict {
+    /// The name belongs to a broker.
+    Broker(Finding),
+    /// The name says nothing; a sample of its value may ([`classify_message`]).
+    SampleIfStreamOrList,
+    /// Named like a taskiq task id (32 hex digits): its value may be a taskiq result.
+    MaybeTaskiqResult,
+    /// Nothing to learn here.
+    Unknown,
+}
+
+/// Kombu's Redis transport keys (Celery is the kombu user taskscope watches).
+const KOMBU_BINDING: &str = "_kombu.binding.";
+const CELERY_RESULT: &str = "celery-task-meta-";
+const CELERY_GROUP_RESULT: &str = "celery-taskset-meta-";
+/// RQ's keys under its prefix.
+const RQ_KEYS: [&str; 2] = ["queues", "workers"];
+const RQ_PREFIXES: [&str; 12] = [
+    "job:",
+    "queue:",
+    "wip:",
+    "finished:",
+    "failed:",
+    "deferred:",
+    "scheduled:",
+    "canceled:",
+    "results:",
+    "worker:",
+    "workers:",
+    "executions:",
+];
+
+/// Classifies a key by its name. `rq_prefixes` are the RQ prefixes to recognise (the default
+/// `rq:` plus a configured one).
+pub fn classify_key(key: &str, rq_prefixes: &[&str]) -> KeyVerdict {
+    if key.starts_with(KOMBU_BINDING) {
+        return KeyVerdict::Broker(Finding::new(Broker::Celery, key, None));
+    }
+    if key.starts_with(CELERY_RESULT) || key.starts_with(CELERY_GROUP_RESULT) {
+        return KeyVerdict::Broker(Finding::new(Broker::Celery, key, None));
+    }
+    for prefix in rq_prefixes {
+        if let Some(rest) = key.strip_prefix(prefix) {
+            if RQ_KEYS.contains(&rest) || RQ_PREFIXES.iter().any(|p| rest.starts_with(p)) {
+                let setting = Setting::RqPrefix((*prefix).to_string());
+                return KeyVerdict::Broker(Finding::new(Broker::Rq, key, Some(setting)));
+            }
+        }
+    }
+    if let Some(namespace) = dramatiq_namespace_of(key) {
+        let setting = Setting::DramatiqNamespace(namespace);
+        return KeyVerdict::Broker(Finding::new(Broker::Dramatiq, key, Some(setting)));
+    }
+    if is_task_id_hex(key) {
+        return KeyVerdict::MaybeTaskiqResult;
+    }
+    KeyVerdict::SampleIfStreamOrList
+}
+
+/// The namespace of a key only Dramatiq's RedisBroker writes: `<ns>:__heartbeats__`,
+/// `<ns>:__acks__.<worker>.<queue>`, `<ns>:<queue>.msgs` (and `.DQ.msgs`, `.XQ.msgs`).
+fn dramatiq_namespace_of(key: &str) -> Option<String> {
+    let namespace = if let Some(ns) = key.strip_suffix(":__heartbeats__") {
+        ns
+    } else if let Some((ns, _worker_queue)) = key.split_once(":__acks__.") {
+        ns
+    } else if key.ends_with(".msgs") {
+        let (ns, queue) = key.rsplit_once(':')?;
+        queue.strip_suffix(".msgs").filter(|q| !q.is_empty())?;
+        ns
+    } else {
+        return None;
+    };
+    (!namespace.is_empty()).then(|| namespace.to_string())
+}
+
+/// taskiq's default task ids are `uuid4().hex`: 32 lower-case hex digits, and its result backend
+/// stores a result under that id (with an optional prefix, which detection does not guess).
+fn is_task_id_hex(key: &str) -> bool {
+    key.len() == 32
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Whether one entry of a stream or list (`key`) shows a broker: a `TaskiqMessage` (JSON or
+/// msgpack with `task_id`, `task_name` and `labels`) or a kombu envelope (`body`, `headers`,
+/// `properties.delivery_tag`). `stream` says which kind of key the entry came from.
+pub fn classify_message(key: &str, entry: &[u8], stream: bool) -> Option<Finding> {
+    let value = decode_small(entry)?;
+    let object = value.as_object()?;
+    let has_str = |name: &str| object.get(name).is_some_and(Value::is_string);
+    if has_str("task_id") && has_str("task_name") && object.contains_key("labels") {
+        let setting = if stream {
+            Setting::TaskiqStream(key.to_string())
+        } else {
+            Setting::TaskiqList(key.to_string())
+        };
+        return Some(Finding::new(Broker::Taskiq, key, Some(setting)));
+    }
+    let kombu = object.contains_key("body")
+        && object.get("headers").is_some_and(Value::is_object)
+        && object
+            .get("properties")
+            .and_then(|p| p.get("delivery_tag"))
+            .is_some();
+    if kombu && !stream {
+        let setting = Setting::CeleryQueue(key.to_string());
+        return Some(Finding::new(Broker::Celery, key, Some(setting)));
+    }
+    None
+}
+
+/// Whether (the start of) a string value is a taskiq result: its field names `is_err` and
+/// `return_value` appear as plain bytes in every serialisation taskiq-redis uses (JSON, msgpack,
+/// pickle), and a prefix read is enough, even when the value itself would not decode.
+pub fn is_taskiq_result(value: &[u8]) -> bool {
+    contains(value, b"is_err") && contains(value, b"return_value")
+}
+
+/// Decodes a sampled value as JSON or msgpack; detection never needs more than 1 MiB of one.
+fn decode_small(bytes: &[u8]) -> Option<Value> {
+    if bytes.len() > 1 << 20 || bytes.first() == Some(&0x80) {
+        return None;
+    }
+    codec::sniff_decode(bytes).ok()
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Keys whose existence alone shows a broker in its default layout, checked at every pass
+/// before any scan: one pipelined round trip finds the common case in a Redis of any size.
+pub fn well_known_keys(dramatiq_namespace: &str, rq_prefix: &str) -> Vec<String> {
+    vec![
+        format!("{KOMBU_BINDING}celery"),
+        format!("{KOMBU_BINDING}celeryev"),
+        format!("{KOMBU_BINDING}celery.pidbox"),
+        format!("{dramatiq_namespace}:__heartbeats__"),
+        format!("{dramatiq_namespace}:default.msgs"),
+        format!("{rq_prefix}queues"),
+        format!("{rq_prefix}workers"),
+    ]
+}
+
+/// Streams and lists whose default names are worth sampling before any scan: Celery's and
+/// taskiq's default queues.
+pub const WELL_KNOWN_QUEUES: [&str; 2] = ["celery", "taskiq"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn broker_of(key: &str) -> Option<(Broker, Option<Setting>)> {
+        match classify_key(key, &["rq:"]) {
+            KeyVerdict::Broker(f) => Some((f.broker, f.setting)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn key_names_of_each_broker_are_recognised() {
+        assert_eq!(
+            broker_of("_kombu.binding.celery"),
+            Some((Broker::Celery, None))
+        );
+        assert_eq!(
+            broker_of("celery-task-meta-7c9d4875-a02c-4dcb-b08a-c82e543624e9"),
+            Some((Broker::Celery, None))
+        );
+        let ns = |s: &str| Some(Setting::DramatiqNamespace(s.to_string()));
+        assert_eq!(
+            broker_of("dramatiq:__heartbeats__"),
+            Some((Broker::Dramatiq, ns("dramatiq")))
+        );
+        assert_eq!(
+            broker_of("shop:emails.DQ.msgs"),
+            Some((Broker::Dramatiq, ns("shop")))
+        );
+        assert_eq!(
+            broker_of("dramatiq:__acks__.0b8a.default"),
+            Some((Broker::Dramatiq, ns("dramatiq")))
+        );
+        let rq = Some(Setting::RqPrefix("rq:".into()));
+        assert_eq!(broker_of("rq:queues"), Some((Broker::Rq, rq.clone())));
+        assert_eq!(broker_of("rq:job:1234"), Some((Broker::Rq, rq.clone())));
+        assert_eq!(broker_of("rq:wip:default"), Some((Broker::Rq, rq)));
+    }
+
+    #[test]
+    fn ordinary_keys_are_not_brokers() {
+        for key in [
+            "session:42",
+            "rq:cache",
+            ".msgs",
+            ":x.msgs",
+            "cache:user:1",
+            "celery",
+            "taskiq",
+        ] {
+            assert!(broker_of(key).is_none(), "{key}");
+        }
+        assert_eq!(
+            classify_key("0123456789abcdef0123456789abcdef", &["rq:"]),
+            KeyVerdict::MaybeTaskiqResult
+        );
+    }
+
+    #[test]
+    fn taskiq_messages_are_told_from_kombu_envelopes_and_noise() {
+        let taskiq = json!({"task_id": "a1", "task_name": "app:add", "labels": {},
+            "labels_types": null, "args": [1, 2], "kwargs": {}});
+        let bytes = serde_json::to_vec(&taskiq).unwrap();
+        assert_eq!(
+            classify_message("jobs", &bytes, true).map(|f| f.setting),
+            Some(Some(Setting::TaskiqStream("jobs".into())))
+        );
+        let packed = rmp_serde::to_vec_named(&taskiq).unwrap();
+        assert_eq!(
+            classify_message("jobs", &packed, false).map(|f| f.setting),
+            Some(Some(Setting::TaskiqList("jobs".into())))
+        );
+        let kombu = json!({"body": "W10=", "headers": {"task": "x"}, "content-type": "application/json",
+            "properties": {"delivery_tag": "t1", "body_encoding": "base64"}});
+        let bytes = serde_json::to_vec(&kombu).unwrap();
+        assert_eq!(
+            classify_message("emails", &bytes, false).map(|f| f.broker),
+            Some(Broker::Celery)
+        );
+        for noise in [&b"plain text"[..], b"{}", b"[1,2]", b"\x80\x04K\x01.", b""] {
+            assert!(classify_message("k", noise, true).is_none());
+        }
+    }
+
+    #[test]
+    fn taskiq_results_are_recognised_in_each_serialisation() {
+        let result = json!({"is_err": false, "log": null, "return_value": 3,
+            "execution_time": 0.01, "labels": {}, "error": null});
+        assert!(is_taskiq_result(&serde_json::to_vec(&result).unwrap()));
+        assert!(is_taskiq_result(&rmp_serde::to_vec_named(&result).unwrap()));
+        let pickled = b"\x80\x04\x95\x10\x00\x00\x00\x00\x00\x00\x00}\x94(\x8c\x06is_err\x94\x89\x8c\x0creturn_value\x94K\x03u.";
+        assert!(is_taskiq_result(pickled));
+        assert!(!is_taskiq_result(b"{\"value\": 1}"));
+        assert!(!is_taskiq_result(b"\x80\x04K\x01."));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn garbage_never_panics(key in ".{0,64}", bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
+            let _ = classify_key(&key, &["rq:"]);
+            let _ = classify_message(&key, &bytes, true);
+            let _ = classify_message(&key, &bytes, false);
+            let _ = is_taskiq_result(&bytes);
+        }
+    }
+}

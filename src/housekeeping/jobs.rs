@@ -1,0 +1,309 @@
+//! The housekeeping jobs: what each does, as a sequence of store steps.
+//!
+//! - `rollup`: aggregate finished hours and days of raw transitions into `rollup_hourly` and
+//!   `rollup_daily`.
+//! - `retention`: roll up first, then delete raw tasks and transitions older than
+//!   `--retention` (never past the roll-up watermarks), down-sample queue samples older than
+//!   `--sample-retention`, delete aggregates older than `--aggregate-retention`.
+//! - `compaction`: `FORCE CHECKPOINT`, so the blocks of deleted rows are reused instead of the
+//!   file growing; the file size and free blocks before and after are reported.
+//!
+//! Deletes run in chunks sized so that each takes about [`CHUNK_TARGET`]: the writer runs
+//! ingest batches between chunks, so ingestion never waits longer than one chunk.
+
+use crate::store::maintenance::{rollup_limit, DbSize, Period, Step};
+use crate::store::{StoreError, StoreReader, StoreWriter};
+use chrono::{DateTime, Utc};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// How long one delete chunk should take.
+pub const CHUNK_TARGET: Duration = Duration::from_millis(5);
+const MIN_CHUNK: u64 = 100;
+const MAX_CHUNK: u64 = 200_000;
+/// Periods rolled up per step (one transaction each).
+const ROLLUP_PERIODS_PER_STEP: i64 = 24;
+
+/// The jobs, in the order a combined run does them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Job {
+    Rollup,
+    Retention,
+    Compaction,
+}
+
+impl Job {
+    pub const ALL: [Job; 3] = [Job::Rollup, Job::Retention, Job::Compaction];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Job::Rollup => "rollup",
+            Job::Retention => "retention",
+            Job::Compaction => "compaction",
+        }
+    }
+}
+
+impl std::fmt::Display for Job {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How long each kind of data is kept.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// Raw tasks and transitions.
+    pub retention: Duration,
+    /// Queue samples at full resolution; older ones are down-sampled.
+    pub sample_retention: Duration,
+    /// Roll-ups and down-sampled queue samples.
+    pub aggregate_retention: Duration,
+}
+
+/// What a job did (or, in a dry run, would do).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobReport {
+    pub rows: u64,
+    /// One line for logs, `/` and the CLI.
+    pub detail: String,
+}
+
+/// Everything a job needs.
+pub struct Context<'a> {
+    pub writer: &'a StoreWriter,
+    pub reader: &'a StoreReader,
+    pub db_path: PathBuf,
+    pub policy: &'a Policy,
+}
+
+fn ago(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+pub async fn run(
+    job: Job,
+    cx: &Context<'_>,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<JobReport, StoreError> {
+    match job {
+        Job::Rollup => rollup(cx, now, dry_run).await,
+        Job::Retention => retention(cx, now, dry_run).await,
+        Job::Compaction => compaction(cx, dry_run).await,
+    }
+}
+
+async fn rollup(
+    cx: &Context<'_>,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<JobReport, StoreError> {
+    let mut report = JobReport::default();
+    let mut parts = Vec::new();
+    for period in Period::ALL {
+        let until = rollup_limit(period, now);
+        if dry_run {
+            let (hourly, daily) = cx.reader.rollup_watermarks().await?;
+            let mark = if period == Period::Hour {
+                hourly
+            } else {
+                daily
+            };
+            parts.push(format!(
+                "{}: rolled up until {}, would roll up until {}",
+                period.table(),
+                mark.map_or("never".to_string(), |m| broker_adapters::rfc3339(&m)),
+                broker_adapters::rfc3339(&until)
+            ));
+            continue;
+        }
+        let mut rows = 0;
+        loop {
+            let outcome = cx
+                .writer
+                .maintain(Step::Rollup {
+                    period,
+                    until,
+                    max_periods: ROLLUP_PERIODS_PER_STEP,
+                })
+                .await?;
+            rows += outcome.rows;
+            if !outcome.more {
+                break;
+            }
+        }
+        report.rows += rows;
+        parts.push(format!(
+            "{rows} {} rows up to {}",
+            period.table(),
+            broker_adapters::rfc3339(&until)
+        ));
+    }
+    report.detail = parts.join("; ");
+    Ok(report)
+}
+
+/// Deletes in chunks of adaptive size until a step says nothing more remains; returns the rows,
+/// the chunks and the longest chunk.
+async fn chunked_delete(
+    cx: &Context<'_>,
+    make: impl Fn(u64) -> Step,
+) -> Result<(u64, u32, Duration), StoreError> {
+    let mut chunk = 5_000u64;
+    let (mut rows, mut chunks, mut longest) = (0u64, 0u32, Duration::ZERO);
+    loop {
+        let started = Instant::now();
+        let outcome = cx.writer.maintain(make(chunk)).await?;
+        let took = started.elapsed();
+        rows += outcome.rows;
+        chunks += 1;
+        longest = longest.max(took);
+        if !outcome.more {
+            return Ok((rows, chunks, longest));
+        }
+        if took > CHUNK_TARGET {
+            chunk = (chunk / 2).max(MIN_CHUNK);
+        } else if took < CHUNK_TARGET / 3 {
+            chunk = (chunk * 2).min(MAX_CHUNK);
+        }
+        // Let the ingest path queue its next batch ahead of the next chunk.
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn retention(
+    cx: &Context<'_>,
+    now: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<JobReport, StoreError> {
+    let mut report = JobReport::default();
+    let mut parts = Vec::new();
+    // Raw rows go only once rolled up.
+    let rolled = rollup(cx, now, dry_run).await?;
+    if !dry_run {
+        parts.push(format!("rolled up {}", rolled.rows));
+    }
+    let (hourly, daily) = cx.reader.rollup_watermarks().await?;
+    let wanted = ago(now, cx.policy.retention);
+    let raw_before = match (hourly, daily) {
+        (Some(h), Some(d)) => Some(wanted.min(h).min(d)),
+        // Nothing rolled up yet: either no transitions at all, or a dry run before the first
+        // roll-up. Deleting waits for the roll-up.
+        _ if dry_run => Some(wanted),
+        _ => None,
+    };
+    let samples_before = ago(now, cx.policy.sample_retention);
+    let aggregates_before = ago(now, cx.policy.aggregate_retention);
+    if dry_run {
+        let p = cx
+            .reader
+            .retention_preview(
+                raw_before.unwrap_or(DateTime::<Utc>::MIN_UTC),
+                samples_before,
+                aggregates_before,
+            )
+            .await?;
+        report.rows = p.tasks + p.transitions + p.aggregates;
+        report.detail = format!(
+            "would delete {} tasks and {} transitions older than {}, down-sample {} queue samples older than {}, delete {} aggregate rows older than {}",
+            p.tasks,
+            p.transitions,
+            raw_before.map_or("-".into(), |t| broker_adapters::rfc3339(&t)),
+            p.samples_to_downsample,
+            broker_adapters::rfc3339(&samples_before),
+            p.aggregates,
+            broker_adapters::rfc3339(&aggregates_before),
+        );
+        return Ok(report);
+    }
+    if let Some(before) = raw_before {
+        let (tasks, chunks, longest) =
+            chunked_delete(cx, |limit| Step::DeleteTasks { before, limit }).await?;
+        let (transitions, chunks2, longest2) =
+            chunked_delete(cx, |limit| Step::DeleteTransitions { before, limit }).await?;
+        report.rows += tasks + transitions;
+        parts.push(format!(
+            "deleted {tasks} tasks and {transitions} transitions older than {} in {} chunks (longest {:.1} ms)",
+            broker_adapters::rfc3339(&before),
+            chunks + chunks2,
+            longest.max(longest2).as_secs_f64() * 1000.0
+        ));
+    }
+    let mut downsampled = 0;
+    loop {
+        let outcome = cx
+            .writer
+            .maintain(Step::DownsampleSamples {
+                before: samples_before,
+            })
+            .await?;
+        downsampled += outcome.rows;
+        if !outcome.more {
+            break;
+        }
+    }
+    let aggregates = cx
+        .writer
+        .maintain(Step::DeleteAggregates {
+            before: aggregates_before,
+        })
+        .await?
+        .rows;
+    report.rows += downsampled + aggregates;
+    parts.push(format!(
+        "down-sampled queue samples older than {} (-{downsampled} rows); deleted {aggregates} aggregate rows older than {}",
+        broker_adapters::rfc3339(&samples_before),
+        broker_adapters::rfc3339(&aggregates_before)
+    ));
+    report.detail = parts.join("; ");
+    Ok(report)
+}
+
+fn describe(size: &DbSize) -> String {
+    format!(
+        "{} (+{} WAL), {} of {} blocks free",
+        human_bytes(size.file_bytes),
+        human_bytes(size.wal_bytes),
+        size.free_blocks,
+        size.total_blocks
+    )
+}
+
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+async fn compaction(cx: &Context<'_>, dry_run: bool) -> Result<JobReport, StoreError> {
+    let before = cx.reader.db_size(cx.db_path.clone()).await?;
+    if dry_run {
+        return Ok(JobReport {
+            rows: 0,
+            detail: format!("would checkpoint; now {}", describe(&before)),
+        });
+    }
+    cx.writer.maintain(Step::Checkpoint).await?;
+    let after = cx.reader.db_size(cx.db_path.clone()).await?;
+    Ok(JobReport {
+        rows: 0,
+        detail: format!(
+            "checkpointed: {} -> {}",
+            describe(&before),
+            describe(&after)
+        ),
+    })
+}

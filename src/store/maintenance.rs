@@ -1,0 +1,461 @@
+//! Housekeeping's SQL: roll-ups, retention deletes, queue-sample down-sampling, checkpoints.
+//!
+//! Each [`Step`] is small and runs on the writer thread between ingest batches, in a
+//! transaction of its own, so ingestion waits at most one step (the scheduler sizes delete
+//! chunks to a few milliseconds). Steps are idempotent: a step that failed or was cut short by
+//! a restart is simply run again by the next housekeeping run.
+//!
+//! Invariants:
+//! - raw transitions are rolled up before they are deleted: the retention cutoff never passes
+//!   the roll-up watermarks;
+//! - roll-ups cover whole periods that ended more than [`LATE_DATA_GRACE`] ago, and each period
+//!   is rolled up exactly once (the watermark moves in the same transaction as the insert);
+//! - `running` tasks are never deleted: the writer keeps them in memory for the abandon sweep.
+
+use super::rows::Ts;
+use super::StoreError;
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use duckdb::Connection;
+
+/// How long after a period ends before it is rolled up: transitions may arrive late (an
+/// adapter reconciling after a gap reports what happened minutes ago).
+pub const LATE_DATA_GRACE: Duration = Duration::minutes(15);
+
+/// The width of a down-sampled queue-sample bucket.
+pub const DOWNSAMPLE_BUCKET: Duration = Duration::minutes(5);
+
+/// Periods of a roll-up table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Period {
+    Hour,
+    Day,
+}
+
+impl Period {
+    pub const ALL: [Period; 2] = [Period::Hour, Period::Day];
+
+    pub fn table(self) -> &'static str {
+        match self {
+            Period::Hour => "rollup_hourly",
+            Period::Day => "rollup_daily",
+        }
+    }
+
+    fn watermark(self) -> &'static str {
+        match self {
+            Period::Hour => "rollup_hourly_until",
+            Period::Day => "rollup_daily_until",
+        }
+    }
+
+    pub fn duration(self) -> Duration {
+        match self {
+            Period::Hour => Duration::hours(1),
+            Period::Day => Duration::days(1),
+        }
+    }
+
+    /// The start of the period holding `at`.
+    pub fn floor(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        at.duration_trunc(self.duration()).unwrap_or(at)
+    }
+}
+
+/// One unit of housekeeping work, run on the writer's connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Step {
+    /// Roll up the periods from the watermark (or the oldest transition) up to `until`, at most
+    /// `max_periods` of them.
+    Rollup {
+        period: Period,
+        until: DateTime<Utc>,
+        max_periods: i64,
+    },
+    /// Delete at most `limit` tasks last updated before `before` (never running ones).
+    DeleteTasks { before: DateTime<Utc>, limit: u64 },
+    /// Delete at most `limit` transitions older than `before`.
+    DeleteTransitions { before: DateTime<Utc>, limit: u64 },
+    /// Replace raw queue samples of one day before `before` by one per queue and
+    /// [`DOWNSAMPLE_BUCKET`] (the maximum of each count).
+    DownsampleSamples { before: DateTime<Utc> },
+    /// Delete queue samples and roll-ups older than `before` (the long retention), and
+    /// housekeeping run records beyond the newest 1000.
+    DeleteAggregates { before: DateTime<Utc> },
+    /// `FORCE CHECKPOINT`: deleted rows' blocks become reusable, the WAL is folded in.
+    Checkpoint,
+    /// Record a job run (for `/`, `/healthz` and the next process).
+    RecordRun(RunRecord),
+}
+
+/// One housekeeping job run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRecord {
+    pub job: String,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: f64,
+    pub rows: u64,
+    pub detail: String,
+    pub error: Option<String>,
+}
+
+/// What a step did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepOutcome {
+    /// Rows inserted, deleted or replaced.
+    pub rows: u64,
+    /// More of the same work remains (call the step again).
+    pub more: bool,
+}
+
+/// Runs one step in its own transaction.
+pub fn run_step(conn: &mut Connection, step: &Step) -> Result<StepOutcome, StoreError> {
+    match step {
+        Step::Rollup {
+            period,
+            until,
+            max_periods,
+        } => rollup(conn, *period, *until, *max_periods),
+        Step::DeleteTasks { before, limit } => {
+            let rows = conn.execute(
+                "DELETE FROM tasks WHERE rowid IN (
+                     SELECT rowid FROM tasks WHERE updated_at < ? AND state <> 'running' LIMIT ?)",
+                duckdb::params![Ts(*before), *limit as i64],
+            )? as u64;
+            Ok(StepOutcome {
+                rows,
+                more: rows >= *limit,
+            })
+        }
+        Step::DeleteTransitions { before, limit } => {
+            let rows = conn.execute(
+                "DELETE FROM transitions WHERE rowid IN (
+                     SELECT rowid FROM transitions WHERE occurred_at < ? LIMIT ?)",
+                duckdb::params![Ts(*before), *limit as i64],
+            )? as u64;
+            Ok(StepOutcome {
+                rows,
+                more: rows >= *limit,
+            })
+        }
+        Step::DownsampleSamples { before } => downsample(conn, *before),
+        Step::DeleteAggregates { before } => {
+            let tx = conn.transaction()?;
+            let mut rows = 0;
+            for table in ["queue_samples", "rollup_hourly", "rollup_daily"] {
+                let column = if table == "queue_samples" {
+                    "sampled_at"
+                } else {
+                    "bucket"
+                };
+                rows += tx.execute(
+                    &format!("DELETE FROM {table} WHERE {column} < ?"),
+                    [Ts(*before)],
+                )? as u64;
+            }
+            tx.execute(
+                "DELETE FROM housekeeping_runs WHERE started_at < (
+                     SELECT coalesce(min(started_at), TIMESTAMP '1970-01-01') FROM (
+                         SELECT started_at FROM housekeeping_runs
+                         ORDER BY started_at DESC LIMIT 1000))",
+                [],
+            )?;
+            tx.commit()?;
+            Ok(StepOutcome { rows, more: false })
+        }
+        Step::Checkpoint => {
+            conn.execute_batch("FORCE CHECKPOINT")?;
+            Ok(StepOutcome::default())
+        }
+        Step::RecordRun(run) => {
+            conn.execute(
+                "INSERT INTO housekeeping_runs VALUES (?, ?, ?, ?, ?, ?)",
+                duckdb::params![
+                    run.job,
+                    Ts(run.started_at),
+                    run.duration_ms,
+                    run.rows as i64,
+                    run.detail,
+                    run.error
+                ],
+            )?;
+            Ok(StepOutcome {
+                rows: 1,
+                more: false,
+            })
+        }
+    }
+}
+
+impl super::StoreReader {
+    /// The roll-up watermarks (hourly, daily).
+    pub async fn rollup_watermarks(
+        &self,
+    ) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), StoreError> {
+        self.with_conn("rollup watermarks", |conn| {
+            Ok((
+                watermark(conn, Period::Hour)?,
+                watermark(conn, Period::Day)?,
+            ))
+        })
+        .await
+    }
+
+    /// What retention would remove with these cutoffs.
+    pub async fn retention_preview(
+        &self,
+        raw_before: DateTime<Utc>,
+        samples_before: DateTime<Utc>,
+        aggregates_before: DateTime<Utc>,
+    ) -> Result<RetentionPreview, StoreError> {
+        self.with_conn("retention preview", move |conn| {
+            preview(conn, raw_before, samples_before, aggregates_before)
+        })
+        .await
+    }
+
+    /// The size of the database file at `path` (the one this reader reads).
+    pub async fn db_size(&self, path: std::path::PathBuf) -> Result<DbSize, StoreError> {
+        self.with_conn("database size", move |conn| db_size(conn, &path))
+            .await
+    }
+
+    /// The newest run of each job.
+    pub async fn last_housekeeping_runs(&self) -> Result<Vec<RunRecord>, StoreError> {
+        self.with_conn("housekeeping runs", |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT job, started_at, duration_ms, rows_affected, detail, error
+                 FROM housekeeping_runs
+                 QUALIFY row_number() OVER (PARTITION BY job ORDER BY started_at DESC) = 1
+                 ORDER BY job",
+            )?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let n: i64 = row.get(3)?;
+                out.push(RunRecord {
+                    job: row.get(0)?,
+                    started_at: super::rows::get_ts_required(row, 1)?,
+                    duration_ms: row.get(2)?,
+                    rows: n.max(0) as u64,
+                    detail: row.get::<_, Option<String>>(4)?.unwrap_or_default(),
+                    error: row.get(5)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// The time up to which `period` is rolled up, if any roll-up ran.
+pub fn watermark(conn: &Connection, period: Period) -> Result<Option<DateTime<Utc>>, StoreError> {
+    get_mark(conn, period.watermark())
+}
+
+fn get_mark(conn: &Connection, name: &str) -> Result<Option<DateTime<Utc>>, StoreError> {
+    let mut stmt = conn.prepare("SELECT value FROM housekeeping_state WHERE name = ?")?;
+    let mut rows = stmt.query([name])?;
+    match rows.next()? {
+        Some(row) => Ok(super::rows::get_ts(row, 0)?),
+        None => Ok(None),
+    }
+}
+
+fn set_mark(conn: &Connection, name: &str, at: DateTime<Utc>) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT OR REPLACE INTO housekeeping_state (name, value) VALUES (?, ?)",
+        duckdb::params![name, Ts(at)],
+    )?;
+    Ok(())
+}
+
+/// Where roll-up of `period` starts: the watermark, else the period of the oldest transition.
+fn rollup_start(conn: &Connection, period: Period) -> Result<Option<DateTime<Utc>>, StoreError> {
+    if let Some(mark) = watermark(conn, period)? {
+        return Ok(Some(mark));
+    }
+    let mut stmt = conn.prepare("SELECT min(occurred_at) FROM transitions")?;
+    let mut rows = stmt.query([])?;
+    let oldest = match rows.next()? {
+        Some(row) => super::rows::get_ts(row, 0)?,
+        None => None,
+    };
+    Ok(oldest.map(|t| period.floor(t)))
+}
+
+/// The last period end that may be rolled up at `now`.
+pub fn rollup_limit(period: Period, now: DateTime<Utc>) -> DateTime<Utc> {
+    period.floor(now - LATE_DATA_GRACE)
+}
+
+/// The roll-up columns, computed from raw transitions joined with their task: how many
+/// transitions entered each state, and the runtimes of the tasks that finished (success or
+/// failure) in the period.
+const ROLLUP_SELECT: &str = "
+    SELECT time_bucket(?::INTERVAL, tr.occurred_at) AS bucket,
+           tr.broker,
+           coalesce(t.queue, '') AS queue,
+           coalesce(t.name, '') AS name,
+           tr.state,
+           count(*) AS transitions,
+           count(t.runtime_ms) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_count,
+           sum(t.runtime_ms) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_sum_ms,
+           min(t.runtime_ms) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_min_ms,
+           max(t.runtime_ms) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_max_ms,
+           quantile_cont(t.runtime_ms, 0.5) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_p50_ms,
+           quantile_cont(t.runtime_ms, 0.95) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_p95_ms,
+           quantile_cont(t.runtime_ms, 0.99) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_p99_ms
+    FROM transitions tr
+    LEFT JOIN tasks t ON t.broker = tr.broker AND t.id = tr.task_id
+    WHERE tr.occurred_at >= ? AND tr.occurred_at < ?
+    GROUP BY ALL";
+
+fn rollup(
+    conn: &mut Connection,
+    period: Period,
+    until: DateTime<Utc>,
+    max_periods: i64,
+) -> Result<StepOutcome, StoreError> {
+    let until = period.floor(until);
+    let Some(start) = rollup_start(conn, period)? else {
+        return Ok(StepOutcome::default());
+    };
+    if start >= until {
+        return Ok(StepOutcome::default());
+    }
+    let end = (start + period.duration() * max_periods.max(1) as i32).min(until);
+    let interval = match period {
+        Period::Hour => "1 hour",
+        Period::Day => "1 day",
+    };
+    let tx = conn.transaction()?;
+    let rows = tx.execute(
+        &format!("INSERT INTO {} {ROLLUP_SELECT}", period.table()),
+        duckdb::params![interval, Ts(start), Ts(end)],
+    )? as u64;
+    set_mark(&tx, period.watermark(), end)?;
+    tx.commit()?;
+    Ok(StepOutcome {
+        rows,
+        more: end < until,
+    })
+}
+
+fn downsample(conn: &mut Connection, before: DateTime<Utc>) -> Result<StepOutcome, StoreError> {
+    const MARK: &str = "samples_downsampled_until";
+    let before = before.duration_trunc(DOWNSAMPLE_BUCKET).unwrap_or(before);
+    let start = match get_mark(conn, MARK)? {
+        Some(mark) => mark,
+        None => {
+            let mut stmt = conn.prepare("SELECT min(sampled_at) FROM queue_samples")?;
+            let mut rows = stmt.query([])?;
+            let oldest = match rows.next()? {
+                Some(row) => super::rows::get_ts(row, 0)?,
+                None => None,
+            };
+            match oldest {
+                Some(t) => t.duration_trunc(DOWNSAMPLE_BUCKET).unwrap_or(t),
+                None => return Ok(StepOutcome::default()),
+            }
+        }
+    };
+    if start >= before {
+        return Ok(StepOutcome::default());
+    }
+    // One day per step keeps each transaction short.
+    let end = (start + Duration::days(1)).min(before);
+    let tx = conn.transaction()?;
+    tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS downsampled AS SELECT * FROM queue_samples LIMIT 0; DELETE FROM downsampled;")?;
+    tx.execute(
+        "INSERT INTO downsampled
+         SELECT broker, queue, time_bucket(INTERVAL 5 MINUTE, sampled_at) AS sampled_at,
+                max(length), max(delayed), max(dead), max(running)
+         FROM queue_samples WHERE sampled_at >= ? AND sampled_at < ?
+         GROUP BY ALL",
+        duckdb::params![Ts(start), Ts(end)],
+    )?;
+    let removed = tx.execute(
+        "DELETE FROM queue_samples WHERE sampled_at >= ? AND sampled_at < ?",
+        duckdb::params![Ts(start), Ts(end)],
+    )? as u64;
+    let kept = tx.execute("INSERT INTO queue_samples SELECT * FROM downsampled", [])? as u64;
+    set_mark(&tx, MARK, end)?;
+    tx.commit()?;
+    Ok(StepOutcome {
+        rows: removed.saturating_sub(kept),
+        more: end < before,
+    })
+}
+
+/// Counts for a dry run and for the report: what retention would remove now.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RetentionPreview {
+    pub tasks: u64,
+    pub transitions: u64,
+    pub samples_to_downsample: u64,
+    pub aggregates: u64,
+}
+
+/// What retention would remove with these cutoffs (read-only).
+pub fn preview(
+    conn: &Connection,
+    raw_before: DateTime<Utc>,
+    samples_before: DateTime<Utc>,
+    aggregates_before: DateTime<Utc>,
+) -> Result<RetentionPreview, StoreError> {
+    let count = |sql: &str, at: DateTime<Utc>| -> Result<u64, StoreError> {
+        let n: i64 = conn.query_row(sql, [Ts(at)], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    };
+    let mark = get_mark(conn, "samples_downsampled_until")?;
+    let samples_from = mark.unwrap_or(DateTime::<Utc>::MIN_UTC);
+    let samples: i64 = conn.query_row(
+        "SELECT count(*) FROM queue_samples WHERE sampled_at >= ? AND sampled_at < ?",
+        duckdb::params![Ts(samples_from.max(aggregates_before)), Ts(samples_before)],
+        |r| r.get(0),
+    )?;
+    Ok(RetentionPreview {
+        tasks: count(
+            "SELECT count(*) FROM tasks WHERE updated_at < ? AND state <> 'running'",
+            raw_before,
+        )?,
+        transitions: count(
+            "SELECT count(*) FROM transitions WHERE occurred_at < ?",
+            raw_before,
+        )?,
+        samples_to_downsample: samples.max(0) as u64,
+        aggregates: count(
+            "SELECT (SELECT count(*) FROM queue_samples WHERE sampled_at < $1)
+                  + (SELECT count(*) FROM rollup_hourly WHERE bucket < $1)
+                  + (SELECT count(*) FROM rollup_daily WHERE bucket < $1)",
+            aggregates_before,
+        )?,
+    })
+}
+
+/// The database's size: the file and its free blocks (`PRAGMA database_size`).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DbSize {
+    pub file_bytes: u64,
+    pub wal_bytes: u64,
+    pub total_blocks: u64,
+    pub free_blocks: u64,
+}
+
+pub fn db_size(conn: &Connection, path: &std::path::Path) -> Result<DbSize, StoreError> {
+    let (total, free): (i64, i64) = conn.query_row(
+        "SELECT total_blocks, free_blocks FROM pragma_database_size() LIMIT 1",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    let file_bytes = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut wal = path.as_os_str().to_owned();
+    wal.push(".wal");
+    let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    Ok(DbSize {
+        file_bytes,
+        wal_bytes,
+        total_blocks: total.max(0) as u64,
+        free_blocks: free.max(0) as u64,
+    })
+}
