@@ -262,7 +262,7 @@ fn pages_render_in_chromium_with_real_traffic_and_no_console_errors() {
     let ts = Taskscope::start(
         &redis.url(),
         &dir.path().join("t.duckdb"),
-        &["--sample-every", "1s"],
+        &["--brokers", "celery,dramatiq", "--sample-every", "1s"],
     );
     let celery = CeleryWorker::start(&redis.url(), "celery", false, &["--concurrency", "2"]);
     let dramatiq = DramatiqWorker::start(&redis.url(), &[]);

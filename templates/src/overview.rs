@@ -115,19 +115,21 @@ pub(crate) fn render(view: &OverviewView, now: &DateTime<Utc>) -> Markup {
         @if !view.housekeeping.is_empty() {
             section #housekeeping {
                 h2 { "Housekeeping" }
-                table.table {
-                    thead { tr { th { "job" } th { "last run" } th { "took" } th { "what it did" } th { "next" } } }
-                    tbody {
-                        @for line in &view.housekeeping {
-                            tr {
-                                td { (line.job) }
-                                td { @match line.last_run { Some(t) => (time_ago(&t, now)), None => "never" } }
-                                td { @if line.last_run.is_some() { (format!("{:.0} ms", line.duration_ms)) } }
-                                td {
-                                    @if let Some(e) = &line.error { span.chip.chip-bad { "failed" } " " (e) }
-                                    @else { (line.detail) }
+                div.table-wrap {
+                    table.data {
+                        thead { tr { th { "Job" } th { "Last run" } th.num { "Took" } th { "What it did" } th { "Next" } } }
+                        tbody {
+                            @for line in &view.housekeeping {
+                                tr {
+                                    td { (line.job) }
+                                    td.nowrap { @match line.last_run { Some(t) => (time_ago(&t, now)), None => span.muted { "never" } } }
+                                    td.num { @if line.last_run.is_some() { (format!("{:.0} ms", line.duration_ms)) } }
+                                    td {
+                                        @if let Some(e) = &line.error { span.chip.chip-bad { "failed" } " " (e) }
+                                        @else { (line.detail) }
+                                    }
+                                    td.nowrap { @if let Some(t) = line.next_run { (time(&t, now)) } }
                                 }
-                                td { @if let Some(t) = line.next_run { (time(&t, now)) } }
                             }
                         }
                     }
