@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything taskscope needs to build and test on a fresh Debian machine:
 #   - redis-server (Debian package) for the integration tests,
+#   - with TASKSCOPE_SETUP_BROWSER=1 (as .ci/run sets), Debian's chromium for tests/browser.rs,
 #   - the official libduckdb.so 1.5.6 (from the npm package that ships it) into .deps/duckdb,
 #     so the duckdb crate links in a minute instead of compiling DuckDB for 25,
 #   - a Python venv (.venv) with the pinned worker libraries of tests/python/requirements.txt.

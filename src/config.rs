@@ -31,6 +31,8 @@ pub enum Command {
     /// Run housekeeping (roll-up, retention, compaction) once now and print what it did.
     /// `taskscope serve` runs it on its own schedule; this needs the file not in use.
     Housekeeping(Box<HousekeepingCmd>),
+    /// Write every task matching the task-list filters to a CSV or Parquet file.
+    Export(Box<crate::export::ExportArgs>),
 }
 
 /// `taskscope housekeeping`.

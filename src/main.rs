@@ -6,10 +6,12 @@
 //! - [`store`]: DuckDB history; one writer thread folds observations with the state machine.
 //! - [`http`]: the JSON API and the pages.
 //! - [`metrics`]: counters shared by the above.
+//! - [`export`]: `taskscope export`, the task list to CSV or Parquet.
 //!
 //! Exit codes: 0 success, 2 bad usage, 1 any other error (one line saying what to do).
 
 mod config;
+mod export;
 mod housekeeping;
 mod http;
 mod ingest;
@@ -43,6 +45,20 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Housekeeping(args) => housekeeping_once(args),
+        Command::Export(export_args) => match export::run(*export_args) {
+            Ok(n) => {
+                info!(tasks = n, "Exported.");
+                ExitCode::SUCCESS
+            }
+            Err(export::ExportError::Usage(msg)) => {
+                eprintln!("taskscope: {msg}");
+                ExitCode::from(2)
+            }
+            Err(export::ExportError::Other(e)) => {
+                eprintln!("taskscope: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Serve(serve_args) => {
             let settings = match serve_args.into_settings() {
                 Ok(s) => s,

@@ -163,3 +163,30 @@ pub async fn events(
     });
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
+
+/// `GET /export.csv`: every task matching the `/api/tasks` filters as CSV with a header row,
+/// streamed from the store chunk by chunk (the cursor and limit are ignored).
+pub async fn export_csv(
+    State(state): State<AppState>,
+    Query(params): Query<TaskFilterParams>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    use futures::StreamExt;
+    let mut query = params.to_query(Utc::now())?;
+    query.cursor = None;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    state.reader.export_csv(query, tx);
+    let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+        .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string())));
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                "attachment; filename=\"taskscope-tasks.csv\"",
+            ),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}

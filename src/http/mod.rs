@@ -6,7 +6,10 @@ mod api;
 mod auth;
 mod pages;
 pub mod prometheus;
-mod query;
+pub(crate) mod query;
+mod reports;
+#[cfg(test)]
+mod tests;
 
 use crate::metrics::Metrics;
 use crate::store::StoreReader;
@@ -45,6 +48,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/workers", get(api::workers))
         .route("/api/stats", get(api::stats))
         .route("/api/events", get(api::events))
+        .route("/api/reports/backlog", get(reports::backlog))
+        .route("/api/reports/runtime", get(reports::runtime))
+        .route("/api/reports/failures", get(reports::failures))
+        .route("/api/reports/throughput", get(reports::throughput))
+        .route("/api/reports/names", get(reports::names))
+        .route("/export.csv", get(api::export_csv))
+        .route("/reports", get(pages::reports))
+        .route("/queues", get(pages::queues))
+        .route("/workers", get(pages::workers))
         .route("/metrics", get(prometheus::metrics))
         .fallback(not_found)
         .route_layer(axum::middleware::from_fn_with_state(
@@ -54,6 +66,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(api::healthz))
         .route("/static/app.css", get(app_css))
+        .route("/static/app.js", get(app_js))
         .merge(protected)
         .with_state(state)
         .layer(tower_http::compression::CompressionLayer::new())
@@ -67,6 +80,19 @@ async fn app_css() -> impl IntoResponse {
             (axum::http::header::CACHE_CONTROL, "public, max-age=3600"),
         ],
         templates::APP_CSS,
+    )
+}
+
+async fn app_js() -> impl IntoResponse {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "public, max-age=3600"),
+        ],
+        templates::APP_JS,
     )
 }
 

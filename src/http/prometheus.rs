@@ -6,7 +6,7 @@
 //! so a series that no longer exists disappears.
 
 use super::AppState;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Source};
 use crate::store::TransitionEvent;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -276,6 +276,12 @@ fn register_housekeeping(registry: &mut Registry, metrics: &Metrics) {
 
 fn register_ingest(registry: &mut Registry, metrics: &Metrics) {
     let ingest = Family::<SourceLabels, Counter>::default();
+    // Every source has a series from the start (0 until it delivers), so the name is always there.
+    for source in [Source::Keyspace, Source::Pubsub, Source::Read] {
+        let _ = ingest.get_or_create(&SourceLabels {
+            source: source.as_str().to_string(),
+        });
+    }
     for (source, n) in metrics.ingest_events() {
         ingest
             .get_or_create(&SourceLabels {

@@ -711,25 +711,30 @@ impl Pipeline {
         self.deliver(output).await;
     }
 
-    /// Samples queue sizes; each adapter's sample reads run as one contiguous pipeline, so the
-    /// adapter sees its replies in order.
+    /// Samples queue sizes: every adapter's sample reads go out as one pipeline (one round trip
+    /// per sampling round), each adapter's reads contiguous and in order so it sees its replies
+    /// in the order it asked.
     async fn sample(&mut self) {
         let now = Utc::now();
         let mut output = Output::default();
+        let mut batch: Vec<(usize, ReadRequest)> = Vec::new();
         for i in 0..self.adapters.len() {
-            let reads = self.adapters[i].sample_queues(now);
-            if reads.is_empty() {
-                continue;
-            }
+            batch.extend(
+                self.adapters[i]
+                    .sample_queues(now)
+                    .into_iter()
+                    .map(|r| (i, r)),
+            );
+        }
+        if !batch.is_empty() {
             self.metrics
                 .redis_commands
-                .fetch_add(reads.len() as u64, Ordering::Relaxed);
-            let batch: Vec<(usize, ReadRequest)> = reads.iter().map(|r| (i, r.clone())).collect();
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
             match execute(&self.client, &self.side, &batch).await {
                 Ok(replies) => {
-                    for (request, reply) in reads.iter().zip(replies) {
-                        let out = self.adapters[i].on_reply(request, reply, now);
-                        self.collect(i, out, &mut output);
+                    for ((i, request), reply) in batch.iter().zip(replies) {
+                        let out = self.adapters[*i].on_reply(request, reply, now);
+                        self.collect(*i, out, &mut output);
                     }
                 }
                 Err(e) => warn!(error = %e, "Queue sampling failed; next round will retry."),

@@ -6,6 +6,8 @@
 //! - `writer`: [`StoreWriter`], the handle through which everything is written; the writer thread
 //!   folds observations with the shared state machine and writes them in batches.
 //! - `reader`: [`StoreReader`], every query the HTTP layer, exports and ingest need.
+//! - `reports`: the aggregate queries behind `/api/reports/*` and the charts.
+//! - `export`: streamed CSV and Parquet exports of the task list.
 //! - [`maintenance`]: housekeeping's SQL (roll-ups, retention, down-sampling, checkpoints),
 //!   run as steps on the writer thread.
 //! - `rows`: conversions between the model and rows (timestamps, JSON text, cursors).
@@ -19,15 +21,23 @@
 //! - One taskscope process per file: DuckDB allows one read-write process, and [`open`] fails
 //!   fast when another holds the lock.
 
+mod export;
 pub mod maintenance;
 mod reader;
+mod reports;
 mod rows;
 mod schema;
 #[cfg(test)]
 mod tests;
 mod writer;
 
+#[cfg(test)]
+pub use export::CSV_HEADER;
+pub use export::{
+    open_read_only, write_csv_file as export_csv_to, write_parquet as export_parquet,
+};
 pub use reader::{StoreReader, TaskQuery};
+pub use reports::{NameOrder, NameStats, ReportFilter, ReportRange};
 pub use writer::{StoreWriter, TransitionEvent};
 
 use std::path::{Path, PathBuf};
@@ -72,6 +82,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store writer has stopped")]
     WriterGone,
+    #[error("cannot write the export: {0}")]
+    Io(#[from] std::io::Error),
     #[error("a store query was cancelled: {0}")]
     Cancelled(String),
 }

@@ -101,8 +101,55 @@ fn state_value(s: TaskState) -> DbValue {
 }
 
 /// `col IN (?, ?, …)` for a non-empty list.
-fn in_list(col: &str, n: usize) -> String {
+pub(super) fn in_list(col: &str, n: usize) -> String {
     format!("{col} IN ({})", vec!["?"; n].join(", "))
+}
+
+/// The `WHERE` conditions of a [`TaskQuery`]'s filters (not its cursor or limit), and their bound
+/// values in order. Shared by the task list and the exports.
+pub(super) fn task_filter(query: &TaskQuery) -> (Vec<String>, Vec<DbValue>) {
+    let mut wheres: Vec<String> = Vec::new();
+    let mut params: Vec<DbValue> = Vec::new();
+    if !query.brokers.is_empty() {
+        wheres.push(in_list("broker", query.brokers.len()));
+        params.extend(
+            query
+                .brokers
+                .iter()
+                .map(|b| DbValue::Text(b.as_str().to_string())),
+        );
+    }
+    if let Some(queue) = &query.queue {
+        wheres.push("queue = ?".into());
+        params.push(DbValue::Text(queue.clone()));
+    }
+    if let Some(name) = &query.name {
+        wheres.push("name = ?".into());
+        params.push(DbValue::Text(name.clone()));
+    }
+    if !query.states.is_empty() {
+        wheres.push(in_list("state", query.states.len()));
+        params.extend(query.states.iter().copied().map(state_value));
+    }
+    if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+        wheres.push(
+            "(contains(lower(id), ?) OR contains(lower(coalesce(name, '')), ?) \
+             OR contains(lower(coalesce(args, '')), ?) \
+             OR contains(lower(coalesce(kwargs, '')), ?))"
+                .into(),
+        );
+        let q = q.to_lowercase();
+        params.extend(std::iter::repeat_n(DbValue::Text(q), 4));
+    }
+    if let Some(since) = query.since {
+        wheres.push("updated_at >= ?".into());
+        params.push(rows::opt_ts(Some(since)));
+    }
+    if let Some(until) = query.until {
+        wheres.push("updated_at < ?".into());
+        params.push(rows::opt_ts(Some(until)));
+    }
+    (wheres, params)
 }
 
 impl StoreReader {
@@ -164,47 +211,7 @@ impl StoreReader {
         let query = query.clone();
         let cursor = query.cursor.as_deref().map(decode_cursor).transpose()?;
         self.with_conn("list_tasks", move |conn| {
-            let mut wheres: Vec<String> = Vec::new();
-            let mut params: Vec<DbValue> = Vec::new();
-            if !query.brokers.is_empty() {
-                wheres.push(in_list("broker", query.brokers.len()));
-                params.extend(
-                    query
-                        .brokers
-                        .iter()
-                        .map(|b| DbValue::Text(b.as_str().to_string())),
-                );
-            }
-            if let Some(queue) = &query.queue {
-                wheres.push("queue = ?".into());
-                params.push(DbValue::Text(queue.clone()));
-            }
-            if let Some(name) = &query.name {
-                wheres.push("name = ?".into());
-                params.push(DbValue::Text(name.clone()));
-            }
-            if !query.states.is_empty() {
-                wheres.push(in_list("state", query.states.len()));
-                params.extend(query.states.iter().copied().map(state_value));
-            }
-            if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
-                wheres.push(
-                    "(contains(lower(id), ?) OR contains(lower(coalesce(name, '')), ?) \
-                     OR contains(lower(coalesce(args, '')), ?) \
-                     OR contains(lower(coalesce(kwargs, '')), ?))"
-                        .into(),
-                );
-                let q = q.to_lowercase();
-                params.extend(std::iter::repeat_n(DbValue::Text(q), 4));
-            }
-            if let Some(since) = query.since {
-                wheres.push("updated_at >= ?".into());
-                params.push(rows::opt_ts(Some(since)));
-            }
-            if let Some(until) = query.until {
-                wheres.push("updated_at < ?".into());
-                params.push(rows::opt_ts(Some(until)));
-            }
+            let (mut wheres, mut params) = task_filter(&query);
             if let Some(c) = &cursor {
                 wheres.push(
                     "(updated_at < ? OR (updated_at = ? AND (broker > ? OR (broker = ? AND id > ?))))"

@@ -5,7 +5,7 @@
 //! colour on every page.
 
 use crate::format::{self, cell_text, encode_component, unknown};
-use broker_adapters::{Task, TaskState};
+use broker_adapters::{QueueSample, Task, TaskState, Worker};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 
@@ -117,6 +117,43 @@ pub fn task_table(tasks: &[Task], now: &DateTime<Utc>) -> Markup {
                     }
                 }
             }
+        }
+    }
+}
+
+/// One warning per broker whose queues hold waiting messages while none of its workers is
+/// alive; nothing when all is well (dead workers of a drained queue are history, not a problem).
+pub fn no_worker_warnings(queues: &[QueueSample], workers: &[Worker]) -> Vec<String> {
+    let mut idle_brokers: Vec<_> = queues
+        .iter()
+        .filter(|q| q.length > 0)
+        .map(|q| q.broker)
+        .filter(|b| !workers.iter().any(|w| w.broker == *b && w.alive))
+        .collect();
+    idle_brokers.sort();
+    idle_brokers.dedup();
+    idle_brokers
+        .into_iter()
+        .map(|broker| {
+            let waiting: u64 = queues
+                .iter()
+                .filter(|q| q.broker == broker)
+                .map(|q| q.length)
+                .sum();
+            format!(
+                "{waiting} {broker} message{s} wait in queues but no {broker} worker is alive: start a worker or check why it stopped.",
+                s = if waiting == 1 { "" } else { "s" },
+            )
+        })
+        .collect()
+}
+
+/// The live-update switch: hidden without JavaScript (the page is then a plain snapshot);
+/// `app.js` reveals it and follows `/api/events` until it is paused.
+pub fn live_toggle() -> Markup {
+    html! {
+        button.live-toggle type="button" hidden aria-pressed="false" title="Pause or resume live updates" {
+            span.live-dot {} span.live-text { "Live" }
         }
     }
 }

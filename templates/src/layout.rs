@@ -1,7 +1,8 @@
 //! The frame every page shares: document head, top navigation and footer.
 //!
 //! Pages hand over their body and which section they belong to; nothing else about a page
-//! lives here. No script is loaded: every page must work without JavaScript.
+//! lives here. One small script (`/static/app.js`: chart tooltips, live updates) is loaded
+//! deferred; every page must work without it.
 
 use maud::{html, Markup, DOCTYPE};
 
@@ -10,6 +11,9 @@ use maud::{html, Markup, DOCTYPE};
 pub enum Nav {
     Overview,
     Tasks,
+    Queues,
+    Workers,
+    Reports,
     /// A page outside the sections (not found, error): nothing is highlighted.
     None,
 }
@@ -19,6 +23,9 @@ pub enum Nav {
 const SECTIONS: &[(Nav, &str, &str)] = &[
     (Nav::Overview, "/", "Overview"),
     (Nav::Tasks, "/tasks", "Tasks"),
+    (Nav::Queues, "/queues", "Queues"),
+    (Nav::Workers, "/workers", "Workers"),
+    (Nav::Reports, "/reports", "Reports"),
 ];
 
 /// A tiny inline icon, so browsers do not ask for `/favicon.ico`.
@@ -36,6 +43,7 @@ pub fn page(title: &str, nav_active: Nav, version: &str, body: Markup) -> Markup
                 title { (title) " · taskscope" }
                 link rel="icon" href=(FAVICON);
                 link rel="stylesheet" href="/static/app.css";
+                script src="/static/app.js" defer {}
             }
             body {
                 header.topbar {

@@ -4,24 +4,31 @@
 //! - [`layout`]: the frame of every page (head, navigation, footer).
 //! - [`mod@overview`], [`tasks`], [`mod@task`]: one module per page, each with the view struct its
 //!   handler fills and the function that renders it.
+//! - [`mod@reports`], [`mod@queues`], [`mod@workers`]: the report pages.
+//! - [`charts`]: server-side SVG time-series charts.
 //! - [`message`]: not found and error pages.
 //! - [`components`]: pieces pages share (state badge, task table, banner).
 //! - [`mod@format`]: times, runtimes, truncation and URL encoding.
 //! - `static/app.css`: the one stylesheet, served as [`APP_CSS`] at `/static/app.css`.
+//! - `static/app.js`: the one script (tooltips, live updates), served as [`APP_JS`].
 //!
 //! # Invariant
 //! Templates do no I/O and query no store: handlers fill a view struct and pass it in. The only
 //! clock read is `Utc::now()` in each public page function (tests pin it). Nothing that came from
 //! a broker is ever marked as trusted HTML: it all goes through maud's escaping. Pages work
-//! without JavaScript.
+//! without JavaScript; `app.js` only adds tooltips and live refresh.
 
+pub mod charts;
 pub mod components;
 pub mod format;
 pub mod layout;
 pub mod message;
 pub mod overview;
+pub mod queues;
+pub mod reports;
 pub mod task;
 pub mod tasks;
+pub mod workers;
 
 #[cfg(test)]
 mod tests;
@@ -29,8 +36,15 @@ mod tests;
 pub use layout::{page, Nav};
 pub use message::{error_page, not_found};
 pub use overview::{overview, HousekeepingLine, OverviewView};
+pub use queues::{queues, QueueCard, QueuesView};
+pub use reports::{reports, ChartSet, NameRow, ReportWindow, ReportsView, RuntimeRow};
 pub use task::{task_detail, TaskDetailView};
 pub use tasks::{next_page_href, task_list, TaskFilters, TaskListView};
+pub use workers::{workers, WorkersView};
 
 /// The stylesheet every page links as `/static/app.css`.
 pub const APP_CSS: &str = include_str!("../static/app.css");
+
+/// The one script every page loads deferred as `/static/app.js`: chart tooltips and live
+/// updates. Pages work without it.
+pub const APP_JS: &str = include_str!("../static/app.js");

@@ -1,5 +1,6 @@
-//! The overview page (`/`): counts by state, queues and workers at a glance, recent tasks, and a
-//! banner for anything that needs attention.
+//! The overview page (`/`): counts by state, backlog / throughput / failure charts of a window
+//! (the last hour unless the URL says otherwise), queues and workers at a glance, recent tasks,
+//! and a banner for anything that needs attention. Its main region updates live with `app.js`.
 //!
 //! It shows what the handler read from the store; it decides nothing but what is worth a
 //! warning.
@@ -7,6 +8,7 @@
 use crate::components::{self, banner, empty, state_class, task_table, tasks_href};
 use crate::format::{self, time, time_ago};
 use crate::layout::{page, Nav};
+use crate::reports::{chart_grid, range_selector, ChartSet};
 use broker_adapters::{QueueSample, Task, TaskState, Worker};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
@@ -30,6 +32,9 @@ pub struct OverviewView {
     pub decode_errors: u64,
     /// Anything else the user should know (`CONFIG SET refused: polling every 5s`).
     pub warnings: Vec<String>,
+    /// Backlog, throughput and failure charts of the last hour (none in unit tests that do not
+    /// need them).
+    pub charts: Option<ChartSet>,
     /// One line per housekeeping job: its last run and next time.
     pub housekeeping: Vec<HousekeepingLine>,
 }
@@ -67,17 +72,32 @@ pub(crate) fn render(view: &OverviewView, now: &DateTime<Utc>) -> Markup {
                     span.chip { (broker) }
                 }
             }
+            (components::live_toggle())
         }
         @for warning in warnings(view) {
             (banner(&warning))
         }
+        div #live-overview data-live-region="overview" {
         (state_strip(&view.by_state))
+        @if let Some(charts) = &view.charts {
+            div.section-head.charts-head {
+                h2 { "Activity" }
+                (range_selector(&charts.window, "/"))
+            }
+            (chart_grid(charts, false))
+        }
         section #queues {
-            h2 { "Queues" }
+            div.section-head {
+                h2 { "Queues" }
+                a href="/queues" { "All queues →" }
+            }
             (queue_table(&view.queues, now))
         }
         section #workers {
-            h2 { "Workers" }
+            div.section-head {
+                h2 { "Workers" }
+                a href="/workers" { "All workers →" }
+            }
             (worker_table(&view.workers, now))
         }
         section #recent {
@@ -91,22 +111,25 @@ pub(crate) fn render(view: &OverviewView, now: &DateTime<Utc>) -> Markup {
                 (task_table(&view.recent, now))
             }
         }
+        }
         @if !view.housekeeping.is_empty() {
             section #housekeeping {
                 h2 { "Housekeeping" }
-                table.table {
-                    thead { tr { th { "job" } th { "last run" } th { "took" } th { "what it did" } th { "next" } } }
-                    tbody {
-                        @for line in &view.housekeeping {
-                            tr {
-                                td { (line.job) }
-                                td { @match line.last_run { Some(t) => (time_ago(&t, now)), None => "never" } }
-                                td { @if line.last_run.is_some() { (format!("{:.0} ms", line.duration_ms)) } }
-                                td {
-                                    @if let Some(e) = &line.error { span.chip.chip-bad { "failed" } " " (e) }
-                                    @else { (line.detail) }
+                div.table-wrap {
+                    table.data {
+                        thead { tr { th { "Job" } th { "Last run" } th.num { "Took" } th { "What it did" } th { "Next" } } }
+                        tbody {
+                            @for line in &view.housekeeping {
+                                tr {
+                                    td { (line.job) }
+                                    td.nowrap { @match line.last_run { Some(t) => (time_ago(&t, now)), None => span.muted { "never" } } }
+                                    td.num { @if line.last_run.is_some() { (format!("{:.0} ms", line.duration_ms)) } }
+                                    td {
+                                        @if let Some(e) = &line.error { span.chip.chip-bad { "failed" } " " (e) }
+                                        @else { (line.detail) }
+                                    }
+                                    td.nowrap { @if let Some(t) = line.next_run { (time(&t, now)) } }
                                 }
-                                td { @if let Some(t) = line.next_run { (time(&t, now)) } }
                             }
                         }
                     }
@@ -127,27 +150,7 @@ fn warnings(view: &OverviewView) -> Vec<String> {
                 .to_string(),
         );
     }
-    let mut idle_brokers: Vec<_> = view
-        .queues
-        .iter()
-        .filter(|q| q.length > 0)
-        .map(|q| q.broker)
-        .filter(|b| !view.workers.iter().any(|w| w.broker == *b && w.alive))
-        .collect();
-    idle_brokers.sort();
-    idle_brokers.dedup();
-    for broker in idle_brokers {
-        let waiting: u64 = view
-            .queues
-            .iter()
-            .filter(|q| q.broker == broker)
-            .map(|q| q.length)
-            .sum();
-        out.push(format!(
-            "{waiting} {broker} message{s} wait in queues but no {broker} worker is alive: start a worker or check why it stopped.",
-            s = if waiting == 1 { "" } else { "s" },
-        ));
-    }
+    out.extend(components::no_worker_warnings(&view.queues, &view.workers));
     if view.decode_errors > 0 {
         out.push(format!(
             "{} message{} could not be decoded; the log says which key and why (metric taskscope_decode_errors_total).",
@@ -208,10 +211,11 @@ fn queue_table(queues: &[QueueSample], now: &DateTime<Utc>) -> Markup {
                                     (format::cell_text(&q.name, 40))
                                 }
                             }
-                            td.num { (components::count(q.length)) }
-                            td.num { (components::count(q.delayed)) }
-                            td.num.warn[q.dead > 0] { (components::count(q.dead)) }
-                            td.num { (q.running) }
+                            @let link = |state: &'static str| tasks_href([("broker", q.broker.as_str()), ("queue", q.name.as_str()), ("state", state)]);
+                            td.num { a href=(link("queued")) { (components::count(q.length)) } }
+                            td.num { a href=(link("queued")) { (components::count(q.delayed)) } }
+                            td.num.warn[q.dead > 0] { a href=(link("failure")) { (components::count(q.dead)) } }
+                            td.num { a href=(link("running")) { (components::count(q.running)) } }
                             td.nowrap { (time(&q.sampled_at, now)) }
                         }
                     }

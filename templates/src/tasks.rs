@@ -84,12 +84,20 @@ pub(crate) fn render(view: &TaskListView, now: &DateTime<Utc>) -> Markup {
         q if q.is_empty() => "/api/tasks".to_string(),
         q => format!("/api/tasks?{q}"),
     };
+    let export_href =
+        match crate::format::query(filters.pairs().into_iter().filter(|(k, _)| *k != "limit")) {
+            q if q.is_empty() => "/export.csv".to_string(),
+            q => format!("/export.csv?{q}"),
+        };
     let body = html! {
         div.page-head {
             h1 { "Tasks" }
             a.muted-link href=(api_href) { "as JSON" }
+            a.muted-link href=(export_href) { "export CSV" }
+            (crate::components::live_toggle())
         }
         (filter_form(filters))
+        div #live-tasks data-live-region="tasks" {
         @if view.tasks.is_empty() {
             @if filters.is_empty() {
                 (empty("No task seen yet. Tasks appear here as soon as a producer enqueues one."))
@@ -103,6 +111,7 @@ pub(crate) fn render(view: &TaskListView, now: &DateTime<Utc>) -> Markup {
             nav.pager aria-label="Pages" {
                 a.button href=(next_page_href(filters, cursor)) rel="next" { "Next page →" }
             }
+        }
         }
     };
     page("Tasks", Nav::Tasks, &view.version, body)

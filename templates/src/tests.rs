@@ -119,6 +119,7 @@ fn sample_overview() -> OverviewView {
         recent: sample_tasks().into_iter().take(6).collect(),
         decode_errors: 0,
         warnings: vec![],
+        charts: None,
         housekeeping: vec![crate::HousekeepingLine {
             job: "retention".to_string(),
             last_run: Some(ago(600)),
@@ -349,4 +350,122 @@ fn render_samples_when_asked() {
         std::fs::write(dir.join(file), html).unwrap();
     }
     std::fs::write(dir.join("app.css"), crate::APP_CSS).unwrap();
+}
+
+mod charts {
+    use crate::charts::{bar_chart, line_chart, BarSeries, LineSeries, TimeAxis};
+    use chrono::{TimeZone, Utc};
+
+    fn axis(count: usize) -> TimeAxis {
+        TimeAxis {
+            start: Utc.with_ymd_and_hms(2026, 11, 23, 10, 0, 0).unwrap(),
+            step_ms: 60_000,
+            count,
+        }
+    }
+
+    fn href(from: chrono::DateTime<Utc>, _to: chrono::DateTime<Utc>) -> String {
+        format!("/tasks?since={}", from.timestamp())
+    }
+
+    #[test]
+    fn an_empty_range_draws_the_frame_with_a_note() {
+        let html = line_chart(&axis(5), &[], &href, "No samples here.").into_string();
+        assert!(html.contains("No samples here."), "{html}");
+        assert!(html.contains("<svg"), "{html}");
+        assert_eq!(
+            html.matches("class=\"hit\"").count(),
+            5,
+            "one column per bucket"
+        );
+    }
+
+    #[test]
+    fn a_single_point_is_a_dot_not_a_missing_line() {
+        let series = LineSeries {
+            label: "celery".into(),
+            class: "series-0".into(),
+            points: vec![(axis(5).bucket_start(2), 7)],
+        };
+        let html = line_chart(&axis(5), &[series], &href, "empty").into_string();
+        assert!(!html.contains("empty"), "{html}");
+        assert!(html.contains("class=\"dot series-0\""), "{html}");
+        assert!(
+            html.contains("celery 7"),
+            "the tooltip names the value: {html}"
+        );
+    }
+
+    #[test]
+    fn bars_stack_in_state_colours_and_link_each_bucket() {
+        let series = [
+            BarSeries {
+                label: "failure".into(),
+                class: "state-failure".into(),
+                values: vec![0, 2, 0],
+            },
+            BarSeries {
+                label: "retried".into(),
+                class: "state-retried".into(),
+                values: vec![1, 2, 0],
+            },
+        ];
+        let html = bar_chart(&axis(3), &series, &href, "failures", "none").into_string();
+        assert_eq!(html.matches("class=\"bar state-failure\"").count(), 1);
+        assert_eq!(html.matches("class=\"bar state-retried\"").count(), 2);
+        assert!(html.contains("failure 2 · retried 2"), "{html}");
+        let first = axis(3).bucket_start(0).timestamp();
+        assert!(html.contains(&format!("/tasks?since={first}")), "{html}");
+        assert!(!html.contains(">none<"), "{html}");
+        let zero = bar_chart(&axis(3), &[], &href, "failures", "none").into_string();
+        assert!(zero.contains(">none<"), "{zero}");
+    }
+}
+
+mod workers_page {
+    use crate::workers::{render, WorkersView};
+    use broker_adapters::{Broker, QueueSample, Worker};
+    use chrono::{TimeZone, Utc};
+
+    fn view(waiting: u64, alive: bool) -> WorkersView {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        WorkersView {
+            version: "0.1.0".into(),
+            workers: vec![Worker {
+                broker: Broker::Celery,
+                id: "celery@w1".into(),
+                hostname: Some("w1".into()),
+                pid: Some(7),
+                alive,
+                last_seen: now,
+                online_since: now,
+                running: 0,
+            }],
+            queues: vec![QueueSample {
+                broker: Broker::Celery,
+                name: "celery".into(),
+                length: waiting,
+                delayed: 0,
+                dead: 0,
+                running: 0,
+                sampled_at: now,
+            }],
+        }
+    }
+
+    #[test]
+    fn the_no_worker_warning_shows_only_when_messages_wait_with_no_worker_alive() {
+        let now = Utc.with_ymd_and_hms(2026, 11, 23, 12, 0, 0).unwrap();
+        let warn = "no celery worker is alive";
+        assert!(render(&view(3, false), &now).into_string().contains(warn));
+        assert!(
+            !render(&view(0, false), &now).into_string().contains(warn),
+            "drained queue"
+        );
+        assert!(
+            !render(&view(3, true), &now).into_string().contains(warn),
+            "a worker is up"
+        );
+        assert!(render(&view(0, false), &now).into_string().contains("gone"));
+    }
 }

@@ -423,6 +423,14 @@ impl Taskscope {
         );
     }
 
+    /// The running process's id (for `/proc/<pid>/status`).
+    pub fn pid(&self) -> u32 {
+        self.child
+            .as_ref()
+            .map(Child::id)
+            .expect("taskscope is running")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base_url, path)
     }

@@ -1,0 +1,525 @@
+//! The reports: aggregate queries over the history, all computed by DuckDB (bucketing, counts,
+//! percentiles, ranking), never by loops over rows in Rust.
+//!
+//! Time is cut into buckets of `step` microseconds aligned on the Unix epoch
+//! (`epoch_us(t) // step * step`), so the same time always falls in the same bucket whatever the
+//! range asked for. Counting reports (throughput, failures) are dense: every bucket of the range
+//! is present, with zeros where nothing happened (`range(first, until, step)` joined to the
+//! counts). The backlog is sparse: a bucket without a sample is unknown, not empty, and is left
+//! out; each point is the highest length sampled in its bucket (a peak must not be averaged away).
+//!
+//! "Failures over time" counts transitions into `failure`; "retries" counts transitions into
+//! `retried`; both are attributed to the bucket of the transition's own time.
+
+use super::reader::{in_list, StoreReader};
+use super::rows::{self, micros_to_time};
+use super::StoreError;
+use broker_adapters::{Broker, TaskState};
+use chrono::{DateTime, Utc};
+use duckdb::types::Value as DbValue;
+use duckdb::Connection;
+
+/// The time window of a report, cut into buckets of `step_us`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportRange {
+    /// Inclusive.
+    pub since: DateTime<Utc>,
+    /// Exclusive.
+    pub until: DateTime<Utc>,
+    /// Bucket width in microseconds, > 0.
+    pub step_us: i64,
+}
+
+impl ReportRange {
+    /// The start of the bucket `since` falls in (epoch-aligned).
+    pub fn first_bucket_us(&self) -> i64 {
+        self.since.timestamp_micros().div_euclid(self.step_us) * self.step_us
+    }
+
+    /// How many buckets the range spans.
+    pub fn buckets(&self) -> i64 {
+        let span = self.until.timestamp_micros() - self.first_bucket_us();
+        if span <= 0 {
+            0
+        } else {
+            (span + self.step_us - 1) / self.step_us
+        }
+    }
+}
+
+/// Filters every report accepts. Empty and `None` mean "any".
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ReportFilter {
+    pub brokers: Vec<Broker>,
+    pub queue: Option<String>,
+    /// A task name (ignored by the backlog, which is about queues).
+    pub name: Option<String>,
+}
+
+impl ReportFilter {
+    /// `AND ...` conditions on the given column prefix (`k.` for tasks), with their parameters.
+    fn conditions(&self, broker_col: &str, queue_col: &str, name_col: Option<&str>) -> Cond {
+        let mut sql = String::new();
+        let mut params = Vec::new();
+        if !self.brokers.is_empty() {
+            sql.push_str(&format!(" AND {}", in_list(broker_col, self.brokers.len())));
+            params.extend(
+                self.brokers
+                    .iter()
+                    .map(|b| DbValue::Text(b.as_str().to_string())),
+            );
+        }
+        if let Some(queue) = &self.queue {
+            sql.push_str(&format!(" AND {queue_col} = ?"));
+            params.push(DbValue::Text(queue.clone()));
+        }
+        if let (Some(name), Some(col)) = (&self.name, name_col) {
+            sql.push_str(&format!(" AND {col} = ?"));
+            params.push(DbValue::Text(name.clone()));
+        }
+        Cond { sql, params }
+    }
+}
+
+/// SQL conditions (each starting with ` AND `) and their bound values, in order.
+struct Cond {
+    sql: String,
+    params: Vec<DbValue>,
+}
+
+/// One point of the backlog: the highest sample of each count in the bucket.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BacklogPoint {
+    pub at: DateTime<Utc>,
+    pub length: u64,
+    pub delayed: u64,
+    pub dead: u64,
+    pub running: u64,
+}
+
+/// The backlog of one queue over time, buckets with samples only, oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BacklogSeries {
+    pub broker: Broker,
+    pub queue: String,
+    pub points: Vec<BacklogPoint>,
+}
+
+/// Transitions into one state per bucket (dense), oldest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThroughputSeries {
+    pub state: TaskState,
+    pub points: Vec<(DateTime<Utc>, u64)>,
+}
+
+/// Failure and retry transitions per bucket (dense), oldest first. `name` is `None` for the
+/// total over all names (and for tasks whose name is unknown).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureSeries {
+    pub name: Option<String>,
+    /// `(bucket start, failures, retries)`.
+    pub points: Vec<(DateTime<Utc>, u64, u64)>,
+}
+
+/// What the failures report returns: one series per name (the names with the most failures and
+/// retries first) and the total.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailureReport {
+    pub series: Vec<FailureSeries>,
+    pub total: FailureSeries,
+}
+
+/// Activity of one task name in a range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NameStats {
+    pub name: Option<String>,
+    /// Distinct tasks with at least one transition in the range.
+    pub runs: u64,
+    /// Transitions into `failure` in the range.
+    pub failures: u64,
+    /// Transitions into `retried` in the range.
+    pub retries: u64,
+    /// `failures / runs` (0 when there are no runs).
+    pub failure_rate: f64,
+}
+
+/// How [`StoreReader::name_stats`] ranks names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameOrder {
+    /// Top failing: most failures, then highest failure rate.
+    Failures,
+    /// Most frequent: most runs.
+    Runs,
+    /// Most retried: most retries.
+    Retries,
+}
+
+impl NameOrder {
+    fn order_by(self) -> &'static str {
+        match self {
+            NameOrder::Failures => "failures DESC, failure_rate DESC, runs DESC, name",
+            NameOrder::Runs => "runs DESC, failures DESC, name",
+            NameOrder::Retries => "retries DESC, runs DESC, name",
+        }
+    }
+}
+
+/// Runtime percentiles of one task name, over tasks that finished in the range.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeStats {
+    pub broker: Broker,
+    pub name: Option<String>,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    pub mean_ms: f64,
+}
+
+fn ts(at: DateTime<Utc>) -> DbValue {
+    rows::opt_ts(Some(at))
+}
+
+fn count(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn bucket_time(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+    micros_to_time(micros).ok_or_else(|| StoreError::Corrupt(format!("bucket {micros} µs")))
+}
+
+/// `range(first, until, step) AS b(bucket)`: every bucket start of the range, and its 3 values.
+fn buckets_sql(range: &ReportRange) -> (&'static str, [DbValue; 3]) {
+    (
+        "(SELECT range AS bucket FROM range(?, ?, ?))",
+        [
+            DbValue::BigInt(range.first_bucket_us()),
+            DbValue::BigInt(range.until.timestamp_micros()),
+            DbValue::BigInt(range.step_us),
+        ],
+    )
+}
+
+impl StoreReader {
+    /// The backlog of each queue over `range`: per bucket, the highest sampled length (and
+    /// delayed, dead, running), buckets without samples left out. Ordered by broker, queue, time.
+    pub async fn backlog(
+        &self,
+        range: ReportRange,
+        filter: ReportFilter,
+    ) -> Result<Vec<BacklogSeries>, StoreError> {
+        self.with_conn("backlog", move |conn| backlog(conn, &range, &filter))
+            .await
+    }
+
+    /// Transitions into each of the six states per bucket (dense), in the contract's state order.
+    pub async fn throughput(
+        &self,
+        range: ReportRange,
+        filter: ReportFilter,
+    ) -> Result<Vec<ThroughputSeries>, StoreError> {
+        self.with_conn("throughput", move |conn| throughput(conn, &range, &filter))
+            .await
+    }
+
+    /// Failure and retry transitions per bucket: the total, and one series for each of the
+    /// `top` names with the most of them.
+    pub async fn failures(
+        &self,
+        range: ReportRange,
+        filter: ReportFilter,
+        top: usize,
+    ) -> Result<FailureReport, StoreError> {
+        self.with_conn("failures", move |conn| failures(conn, &range, &filter, top))
+            .await
+    }
+
+    /// Runs, failures and retries per task name in `[since, until)`, ranked by `order`.
+    pub async fn name_stats(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        filter: ReportFilter,
+        order: NameOrder,
+        limit: usize,
+    ) -> Result<Vec<NameStats>, StoreError> {
+        self.with_conn("name_stats", move |conn| {
+            name_stats(conn, since, until, &filter, order, limit)
+        })
+        .await
+    }
+
+    /// Runtime percentiles per (broker, name) of the tasks that finished in `[since, until)`
+    /// with a known runtime, slowest (p95) first.
+    pub async fn runtime(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        filter: ReportFilter,
+        limit: usize,
+    ) -> Result<Vec<RuntimeStats>, StoreError> {
+        self.with_conn("runtime", move |conn| {
+            runtime(conn, since, until, &filter, limit)
+        })
+        .await
+    }
+}
+
+fn backlog(
+    conn: &Connection,
+    range: &ReportRange,
+    filter: &ReportFilter,
+) -> Result<Vec<BacklogSeries>, StoreError> {
+    let cond = filter.conditions("broker", "queue", None);
+    let sql = format!(
+        "SELECT broker, queue, (epoch_us(sampled_at) // ?) * ? AS bucket,
+                max(length), max(delayed), max(dead), max(running)
+         FROM queue_samples
+         WHERE sampled_at >= ? AND sampled_at < ?{}
+         GROUP BY ALL ORDER BY broker, queue, bucket",
+        cond.sql
+    );
+    let mut params = vec![
+        DbValue::BigInt(range.step_us),
+        DbValue::BigInt(range.step_us),
+        ts(range.since),
+        ts(range.until),
+    ];
+    params.extend(cond.params);
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(duckdb::params_from_iter(params))?;
+    let mut out: Vec<BacklogSeries> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let broker = rows::parse_broker(&row.get::<_, String>(0)?)?;
+        let queue: String = row.get(1)?;
+        let point = BacklogPoint {
+            at: bucket_time(row.get(2)?)?,
+            length: row.get(3)?,
+            delayed: row.get(4)?,
+            dead: row.get(5)?,
+            running: row.get(6)?,
+        };
+        match out.last_mut() {
+            Some(s) if s.broker == broker && s.queue == queue => s.points.push(point),
+            _ => out.push(BacklogSeries {
+                broker,
+                queue,
+                points: vec![point],
+            }),
+        }
+    }
+    Ok(out)
+}
+
+fn throughput(
+    conn: &Connection,
+    range: &ReportRange,
+    filter: &ReportFilter,
+) -> Result<Vec<ThroughputSeries>, StoreError> {
+    // Transitions know their broker; the join to `tasks` is only needed for queue or name.
+    let needs_task = filter.queue.is_some() || filter.name.is_some();
+    let (cond, from) = if needs_task {
+        (
+            filter.conditions("k.broker", "k.queue", Some("k.name")),
+            "transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id",
+        )
+    } else {
+        (filter.conditions("t.broker", "", None), "transitions t")
+    };
+    let (buckets, bucket_params) = buckets_sql(range);
+    let sql = format!(
+        "WITH c AS (
+            SELECT (epoch_us(t.occurred_at) // ?) * ? AS bucket, t.state, count(*) AS n
+            FROM {from}
+            WHERE t.occurred_at >= ? AND t.occurred_at < ?{}
+            GROUP BY ALL)
+         SELECT s.state, b.bucket, coalesce(c.n, 0)
+         FROM {buckets} b
+         CROSS JOIN (SELECT unnest(['queued', 'running', 'success', 'failure', 'retried', 'abandoned'])
+                     AS state) s
+         LEFT JOIN c ON c.bucket = b.bucket AND c.state = s.state
+         ORDER BY s.state, b.bucket",
+        cond.sql
+    );
+    let mut params = vec![
+        DbValue::BigInt(range.step_us),
+        DbValue::BigInt(range.step_us),
+        ts(range.since),
+        ts(range.until),
+    ];
+    params.extend(cond.params);
+    params.extend(bucket_params);
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(duckdb::params_from_iter(params))?;
+    let mut out: Vec<ThroughputSeries> = TaskState::ALL
+        .into_iter()
+        .map(|state| ThroughputSeries {
+            state,
+            points: Vec::new(),
+        })
+        .collect();
+    while let Some(row) = rows.next()? {
+        let state = rows::parse_state(&row.get::<_, String>(0)?)?;
+        let point = (bucket_time(row.get(1)?)?, count(row.get(2)?));
+        if let Some(s) = out.iter_mut().find(|s| s.state == state) {
+            s.points.push(point);
+        }
+    }
+    Ok(out)
+}
+
+fn failures(
+    conn: &Connection,
+    range: &ReportRange,
+    filter: &ReportFilter,
+    top: usize,
+) -> Result<FailureReport, StoreError> {
+    let cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
+    let (buckets, bucket_params) = buckets_sql(range);
+    // `ev`: the failure and retry transitions of the range with their task's name and bucket.
+    // `top`: the names with the most of them (rank 1 first); rank 0 is the total.
+    let sql = format!(
+        "WITH ev AS (
+            SELECT k.name, (epoch_us(t.occurred_at) // ?) * ? AS bucket, t.state
+            FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
+            WHERE t.state IN ('failure', 'retried')
+              AND t.occurred_at >= ? AND t.occurred_at < ?{}),
+         top AS (
+            SELECT name, row_number() OVER (ORDER BY count(*) DESC, name NULLS LAST) AS rank
+            FROM ev GROUP BY name ORDER BY rank LIMIT ?),
+         series AS (SELECT name, rank FROM top UNION ALL SELECT NULL, 0)
+         SELECT s.rank, s.name, b.bucket,
+                count(ev.state) FILTER (WHERE ev.state = 'failure'),
+                count(ev.state) FILTER (WHERE ev.state = 'retried')
+         FROM series s CROSS JOIN {buckets} b
+         LEFT JOIN ev ON ev.bucket = b.bucket
+                     AND (s.rank = 0 OR ev.name IS NOT DISTINCT FROM s.name)
+         GROUP BY ALL ORDER BY s.rank, b.bucket",
+        cond.sql
+    );
+    let mut params = vec![
+        DbValue::BigInt(range.step_us),
+        DbValue::BigInt(range.step_us),
+        ts(range.since),
+        ts(range.until),
+    ];
+    params.extend(cond.params);
+    params.push(DbValue::BigInt(i64::try_from(top).unwrap_or(i64::MAX)));
+    params.extend(bucket_params);
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(duckdb::params_from_iter(params))?;
+    let mut total = FailureSeries {
+        name: None,
+        points: Vec::new(),
+    };
+    let mut series: Vec<(i64, FailureSeries)> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let rank: i64 = row.get(0)?;
+        let name: Option<String> = row.get(1)?;
+        let point = (
+            bucket_time(row.get(2)?)?,
+            count(row.get(3)?),
+            count(row.get(4)?),
+        );
+        if rank == 0 {
+            total.points.push(point);
+            continue;
+        }
+        match series.last_mut() {
+            Some((r, s)) if *r == rank => s.points.push(point),
+            _ => series.push((
+                rank,
+                FailureSeries {
+                    name,
+                    points: vec![point],
+                },
+            )),
+        }
+    }
+    Ok(FailureReport {
+        series: series.into_iter().map(|(_, s)| s).collect(),
+        total,
+    })
+}
+
+fn name_stats(
+    conn: &Connection,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    filter: &ReportFilter,
+    order: NameOrder,
+    limit: usize,
+) -> Result<Vec<NameStats>, StoreError> {
+    let cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
+    let sql = format!(
+        "SELECT name, runs, failures, retries,
+                CASE WHEN runs = 0 THEN 0.0 ELSE failures / runs END AS failure_rate
+         FROM (
+            SELECT k.name AS name,
+                   count(DISTINCT t.broker || chr(0) || t.task_id) AS runs,
+                   count(*) FILTER (WHERE t.state = 'failure') AS failures,
+                   count(*) FILTER (WHERE t.state = 'retried') AS retries
+            FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
+            WHERE t.occurred_at >= ? AND t.occurred_at < ?{}
+            GROUP BY k.name)
+         ORDER BY {} LIMIT ?",
+        cond.sql,
+        order.order_by()
+    );
+    let mut params = vec![ts(since), ts(until)];
+    params.extend(cond.params);
+    params.push(DbValue::BigInt(i64::try_from(limit).unwrap_or(i64::MAX)));
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(duckdb::params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(NameStats {
+            name: row.get(0)?,
+            runs: count(row.get(1)?),
+            failures: count(row.get(2)?),
+            retries: count(row.get(3)?),
+            failure_rate: row.get(4)?,
+        });
+    }
+    Ok(out)
+}
+
+fn runtime(
+    conn: &Connection,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    filter: &ReportFilter,
+    limit: usize,
+) -> Result<Vec<RuntimeStats>, StoreError> {
+    let cond = filter.conditions("broker", "queue", Some("name"));
+    let sql = format!(
+        "SELECT broker, name, count(*) AS n,
+                quantile_cont(runtime_ms, 0.5), quantile_cont(runtime_ms, 0.95) AS p95,
+                quantile_cont(runtime_ms, 0.99), max(runtime_ms), avg(runtime_ms)
+         FROM tasks
+         WHERE runtime_ms IS NOT NULL AND finished_at >= ? AND finished_at < ?{}
+         GROUP BY broker, name
+         ORDER BY p95 DESC, n DESC, broker, name LIMIT ?",
+        cond.sql
+    );
+    let mut params = vec![ts(since), ts(until)];
+    params.extend(cond.params);
+    params.push(DbValue::BigInt(i64::try_from(limit).unwrap_or(i64::MAX)));
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(duckdb::params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(RuntimeStats {
+            broker: rows::parse_broker(&row.get::<_, String>(0)?)?,
+            name: row.get(1)?,
+            count: count(row.get(2)?),
+            p50_ms: row.get(3)?,
+            p95_ms: row.get(4)?,
+            p99_ms: row.get(5)?,
+            max_ms: row.get(6)?,
+            mean_ms: row.get(7)?,
+        });
+    }
+    Ok(out)
+}

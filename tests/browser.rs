@@ -1,0 +1,470 @@
+//! The UI in real headless Chromium (Debian's `chromium`, installed by scripts/setup.sh with
+//! TASKSCOPE_SETUP_BROWSER=1, which .ci/run sets): a running taskscope watches real Celery and
+//! Dramatiq workers through waves of traffic with backlog, failures and retries; then every page
+//! is loaded at 1280 px and at a phone's 390 px through the DevTools protocol, which reports
+//! console errors, uncaught exceptions and failed loads. Screenshots go to
+//! `target/screenshots/` (README's come from there).
+
+mod common;
+
+use base64::Engine;
+use common::{
+    dramatiq_produce, produce, wait_for, CeleryWorker, DramatiqProduceOpts, DramatiqWorker,
+    ProduceOpts, RedisServer, Taskscope, LONG,
+};
+use serde_json::{json, Value};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+/// A headless Chromium with a DevTools port, killed on drop.
+struct Chromium {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Chromium {
+    fn start() -> Chromium {
+        let profile = tempfile::tempdir().expect("profile dir");
+        let port = common::free_port();
+        let child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                "--font-render-hinting=none",
+            ])
+            .arg(format!("--remote-debugging-port={port}"))
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg("about:blank")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own process group, so the renderers and helpers it forks end with it.
+            .process_group(0)
+            .spawn()
+            .expect("start chromium (scripts/setup.sh installs it with TASKSCOPE_SETUP_BROWSER=1)");
+        let c = Chromium {
+            child,
+            port,
+            _profile: profile,
+        };
+        wait_for("chromium's DevTools endpoint", LONG, || {
+            reqwest::blocking::get(format!("http://127.0.0.1:{port}/json/version"))
+                .map_err(|e| e.to_string())
+                .map(|_| ())
+        });
+        c
+    }
+
+    /// A new tab, driven through its own DevTools websocket.
+    fn new_page(&self) -> Page {
+        let target: Value = reqwest::blocking::Client::new()
+            .put(format!(
+                "http://127.0.0.1:{}/json/new?about:blank",
+                self.port
+            ))
+            .send()
+            .and_then(|r| r.json())
+            .expect("open a tab");
+        let ws_url = target["webSocketDebuggerUrl"]
+            .as_str()
+            .expect("webSocketDebuggerUrl")
+            .to_string();
+        let (socket, _) = tungstenite::connect(ws_url.as_str()).expect("connect to the tab");
+        if let MaybeTlsStream::Plain(s) = socket.get_ref() {
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .expect("read timeout");
+        }
+        let mut page = Page {
+            socket,
+            next_id: 0,
+            events: Vec::new(),
+        };
+        page.call("Runtime.enable", json!({}));
+        page.call("Log.enable", json!({}));
+        page.call("Page.enable", json!({}));
+        page
+    }
+}
+
+impl Drop for Chromium {
+    fn drop(&mut self) {
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Page {
+    socket: WebSocket<MaybeTlsStream<TcpStream>>,
+    next_id: u64,
+    /// Every event received so far (method, params).
+    events: Vec<(String, Value)>,
+}
+
+impl Page {
+    /// Reads one message if one arrives within the read timeout.
+    fn pump(&mut self) -> Option<Value> {
+        match self.socket.read() {
+            Ok(Message::Text(text)) => {
+                let v: Value = serde_json::from_str(&text).expect("DevTools JSON");
+                if let Some(method) = v["method"].as_str() {
+                    self.events.push((method.to_string(), v["params"].clone()));
+                }
+                Some(v)
+            }
+            Ok(_) => None,
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                None
+            }
+            Err(e) => panic!("DevTools connection: {e}"),
+        }
+    }
+
+    fn call(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let msg = json!({ "id": id, "method": method, "params": params });
+        self.socket
+            .send(Message::Text(msg.to_string()))
+            .expect("send to DevTools");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(v) = self.pump() {
+                if v["id"] == id {
+                    assert!(v.get("error").is_none(), "{method}: {v}");
+                    return v["result"].clone();
+                }
+            }
+        }
+        panic!("{method}: no answer from DevTools");
+    }
+
+    /// Pumps events for `d`.
+    fn settle(&mut self, d: Duration) {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            self.pump();
+        }
+    }
+
+    fn wait_event(&mut self, method: &str, since: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.events[since..].iter().any(|(m, _)| m == method) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no {method} within {timeout:?}");
+            self.pump();
+        }
+    }
+
+    fn viewport(&mut self, width: u32, mobile: bool) {
+        self.call(
+            "Emulation.setDeviceMetricsOverride",
+            json!({ "width": width, "height": 900, "deviceScaleFactor": if mobile { 2 } else { 1 }, "mobile": mobile }),
+        );
+    }
+
+    /// Navigates and waits for the load event and a moment for scripts.
+    fn open(&mut self, url: &str) {
+        let since = self.events.len();
+        self.call("Page.navigate", json!({ "url": url }));
+        self.wait_event("Page.loadEventFired", since, Duration::from_secs(30));
+        self.settle(Duration::from_millis(700));
+    }
+
+    /// How many elements match `selector`, through the DOM domain (works with scripts off).
+    fn count(&mut self, selector: &str) -> usize {
+        let doc = self.call("DOM.getDocument", json!({ "depth": 0 }));
+        let nodes = self.call(
+            "DOM.querySelectorAll",
+            json!({ "nodeId": doc["root"]["nodeId"], "selector": selector }),
+        );
+        nodes["nodeIds"].as_array().map_or(0, Vec::len)
+    }
+
+    /// Polls `expression` until it is `true`.
+    fn wait_true(&mut self, what: &str, expression: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.eval(expression) != json!(true) {
+            assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+            self.settle(Duration::from_millis(250));
+        }
+    }
+
+    fn eval(&mut self, expression: &str) -> Value {
+        let r = self.call(
+            "Runtime.evaluate",
+            json!({ "expression": expression, "returnByValue": true }),
+        );
+        r["result"]["value"].clone()
+    }
+
+    /// Console errors, uncaught exceptions and failed loads seen since event `since`.
+    fn errors_since(&self, since: usize) -> Vec<String> {
+        self.events[since..]
+            .iter()
+            .filter_map(|(method, p)| match method.as_str() {
+                "Runtime.exceptionThrown" => Some(format!("exception: {}", p["exceptionDetails"])),
+                "Runtime.consoleAPICalled" if p["type"] == "error" || p["type"] == "assert" => {
+                    Some(format!("console.{}: {}", p["type"], p["args"]))
+                }
+                "Log.entryAdded" if p["entry"]["level"] == "error" => {
+                    Some(format!("log: {}", p["entry"]))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A PNG of the whole page at the current width.
+    fn screenshot(&mut self, path: &Path) {
+        let png = self.call(
+            "Page.captureScreenshot",
+            json!({ "format": "png", "captureBeyondViewport": true }),
+        );
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(png["data"].as_str().expect("screenshot data"))
+            .expect("base64");
+        std::fs::write(path, bytes).expect("write screenshot");
+    }
+}
+
+fn screenshot_dir() -> PathBuf {
+    let dir = common::repo_root().join("target").join("screenshots");
+    std::fs::create_dir_all(&dir).expect("target/screenshots");
+    dir
+}
+
+#[test]
+fn pages_render_in_chromium_with_real_traffic_and_no_console_errors() {
+    let _slot = common::test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ts = Taskscope::start(
+        &redis.url(),
+        &dir.path().join("t.duckdb"),
+        &["--brokers", "celery,dramatiq", "--sample-every", "1s"],
+    );
+    let celery = CeleryWorker::start(&redis.url(), "celery", false, &["--concurrency", "2"]);
+    let dramatiq = DramatiqWorker::start(&redis.url(), &[]);
+
+    // Waves of traffic: slow tasks pile up in the queue (backlog) and drain, a few fail, a few
+    // are retried; a queue nobody consumes keeps a steady backlog.
+    let mut failed_id = None;
+    produce(&redis.url(), "add", 4, "reports", &ProduceOpts::default());
+    for wave in 0..5usize {
+        let slow = ProduceOpts {
+            seconds: Some(0.4),
+            ..ProduceOpts::default()
+        };
+        produce(&redis.url(), "slow", 10, "celery", &slow);
+        produce(&redis.url(), "add", 6, "celery", &ProduceOpts::default());
+        let ids = produce(
+            &redis.url(),
+            "fail",
+            1 + wave % 2,
+            "celery",
+            &ProduceOpts::default(),
+        );
+        failed_id.get_or_insert_with(|| ids[0].clone());
+        if wave % 2 == 0 {
+            produce(
+                &redis.url(),
+                "flaky",
+                1,
+                "celery",
+                &ProduceOpts {
+                    args: Some(json!([format!("w{wave}"), 1])),
+                    ..ProduceOpts::default()
+                },
+            );
+        }
+        dramatiq_produce(&redis.url(), "add", 8, &DramatiqProduceOpts::default());
+        dramatiq_produce(
+            &redis.url(),
+            "slow",
+            6,
+            &DramatiqProduceOpts {
+                seconds: Some(0.3),
+                ..DramatiqProduceOpts::default()
+            },
+        );
+        if wave % 2 == 1 {
+            dramatiq_produce(&redis.url(), "fail", 1, &DramatiqProduceOpts::default());
+        }
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    let failed_id = failed_id.expect("a failing task");
+    ts.wait_state(&failed_id, "failure", LONG);
+    wait_for("failures and retries in the failures report", LONG, || {
+        let v = ts.get("/api/reports/failures?since=10m&step=10s");
+        let (f, r) = v["total"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .fold((0, 0), |acc, p| {
+                (
+                    acc.0 + p[1].as_u64().unwrap_or(0),
+                    acc.1 + p[2].as_u64().unwrap_or(0),
+                )
+            });
+        if f >= 5 && r >= 1 {
+            Ok(())
+        } else {
+            Err(format!("{f} failures, {r} retries: {v}"))
+        }
+    });
+    wait_for("a backlog above zero in the backlog report", LONG, || {
+        let v = ts.get("/api/reports/backlog?since=10m&step=5s");
+        let peak = v["series"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|s| s["queue"] == "celery")
+            .flat_map(|s| s["points"].as_array().cloned().unwrap_or_default())
+            .map(|p| p[1].as_u64().unwrap_or(0))
+            .max()
+            .unwrap_or(0);
+        if peak >= 3 {
+            Ok(())
+        } else {
+            Err(v.to_string())
+        }
+    });
+
+    let chromium = Chromium::start();
+    let mut page = chromium.new_page();
+    let shots = screenshot_dir();
+    let window = "since=70s&step=2s";
+    let pages: Vec<(&str, String)> = vec![
+        ("overview", format!("/?{window}")),
+        ("reports", format!("/reports?{window}")),
+        ("queues", "/queues?range=15m".to_string()),
+        ("workers", "/workers".to_string()),
+        ("tasks", "/tasks".to_string()),
+        ("task", format!("/tasks/{failed_id}")),
+    ];
+    let mut problems = Vec::new();
+    for (width, mobile, suffix) in [(1280, false, "desktop"), (390, true, "phone")] {
+        page.viewport(width, mobile);
+        for (name, path) in &pages {
+            let since = page.events.len();
+            page.open(&ts.url(path));
+            let errors = page.errors_since(since);
+            if !errors.is_empty() {
+                problems.push(format!("{path} at {width}px: {errors:#?}"));
+            }
+            // The page scrolls vertically only: nothing sticks out sideways.
+            // (Against the emulated width: on a phone the layout viewport grows to fit content.)
+            let overflow = page.eval(&format!(
+                "Math.max(document.documentElement.scrollWidth, window.innerWidth) - {width}"
+            ));
+            if overflow.as_i64().unwrap_or(0) > 0 {
+                problems.push(format!("{path} at {width}px is {overflow} px too wide"));
+            }
+            page.screenshot(&shots.join(format!("{name}-{suffix}.png")));
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+
+    // The script ran: the live toggle is visible, chart tooltips are prepared, and pausing works.
+    page.viewport(1280, false);
+    page.open(&ts.url(&format!("/?{window}")));
+    assert_eq!(
+        page.eval("document.querySelector('.live-toggle').hidden"),
+        json!(false)
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('rect.hit[data-tip]').length > 0"),
+        json!(true)
+    );
+    page.eval("document.querySelector('.live-toggle').click()");
+    assert_eq!(
+        page.eval("document.querySelector('.live-toggle').getAttribute('aria-pressed')"),
+        json!("true")
+    );
+    // The overview has real bars for failures and a backlog line.
+    assert_eq!(
+        page.eval("document.querySelectorAll('svg.plot rect.bar.state-failure').length > 0"),
+        json!(true)
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('svg.plot path.line').length > 0"),
+        json!(true)
+    );
+
+    // Live: a task produced now appears in the open task list without a reload; while paused
+    // nothing changes, and resuming catches up.
+    page.open(&ts.url("/tasks"));
+    let marker = "window.__same_page = true";
+    page.eval(marker);
+    let fresh = produce(&redis.url(), "add", 1, "celery", &ProduceOpts::default()).remove(0);
+    page.wait_true(
+        "the new task in the live task list",
+        &format!("document.querySelector('#live-tasks a[title=\"{fresh}\"]') !== null"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        page.eval("window.__same_page === true"),
+        json!(true),
+        "no reload"
+    );
+    page.eval("document.querySelector('.live-toggle').click()");
+    let held = produce(&redis.url(), "add", 1, "celery", &ProduceOpts::default()).remove(0);
+    ts.wait_state(&held, "success", LONG);
+    page.settle(Duration::from_secs(3));
+    let shown = format!("document.querySelector('#live-tasks a[title=\"{held}\"]') !== null");
+    assert_eq!(
+        page.eval(&shown),
+        json!(false),
+        "paused: the list must not change"
+    );
+    page.eval("document.querySelector('.live-toggle').click()");
+    page.wait_true("resuming catches up", &shown, Duration::from_secs(30));
+
+    // Without JavaScript every page is complete: charts, tables, links; the live toggle stays
+    // hidden.
+    page.call(
+        "Emulation.setScriptExecutionDisabled",
+        json!({ "value": true }),
+    );
+    page.open(&ts.url(&format!("/reports?{window}")));
+    assert!(
+        page.count("svg.plot rect.bar.state-failure") > 0,
+        "bars without JS"
+    );
+    assert!(page.count("svg.plot path.line") > 0, "lines without JS");
+    assert!(
+        page.count("svg.plot rect.hit title") > 0,
+        "native tooltips without JS"
+    );
+    page.screenshot(&shots.join("reports-nojs.png"));
+    page.open(&ts.url("/"));
+    assert_eq!(page.count(".stat"), 6);
+    assert!(
+        page.count("svg.plot rect.bar") > 0,
+        "overview charts without JS"
+    );
+    assert_eq!(page.count(".live-toggle[hidden]"), 1);
+    drop(celery);
+    drop(dramatiq);
+}
