@@ -8,8 +8,9 @@
 //! - `compaction`: `FORCE CHECKPOINT`, so the blocks of deleted rows are reused instead of the
 //!   file growing; the file size and free blocks before and after are reported.
 //!
-//! Deletes run in chunks sized so that each takes about [`CHUNK_TARGET`]: the writer runs
-//! ingest batches between chunks, so ingestion never waits longer than one chunk.
+//! Deletes run in time windows sized so that each step takes about [`CHUNK_TARGET`]: the writer
+//! runs ingest batches between steps, so ingestion waits at most one step (plus, rarely, a
+//! checkpoint DuckDB starts on its own when its WAL grows past `wal_autocheckpoint`).
 
 use crate::store::maintenance::{rollup_limit, DbSize, Period, Step};
 use crate::store::{StoreError, StoreReader, StoreWriter};
@@ -20,6 +21,8 @@ use std::time::Duration;
 /// How long one delete step should take: ingestion waits at most about this long.
 pub const CHUNK_TARGET: Duration = Duration::from_millis(10);
 const MIN_WINDOW: chrono::Duration = chrono::Duration::seconds(1);
+/// Below this many rows a step's time is mostly its fixed cost.
+const FEW_ROWS: u64 = 1_000;
 const MAX_WINDOW: chrono::Duration = chrono::Duration::days(30);
 /// Periods rolled up per step (one transaction each).
 const ROLLUP_PERIODS_PER_STEP: i64 = 24;
@@ -167,9 +170,11 @@ async fn windowed_delete(
         rows += outcome.rows;
         steps += 1;
         longest = longest.max(outcome.took);
-        if outcome.took > CHUNK_TARGET {
+        // A step costs a fixed part (the statement, the commit) plus a part per row: shrink
+        // the window only when rows make it slow, grow it when the fixed part dominates.
+        if outcome.took > CHUNK_TARGET && outcome.rows > FEW_ROWS {
             window = (window / 2).max(MIN_WINDOW);
-        } else if outcome.took < CHUNK_TARGET / 3 {
+        } else if outcome.took < CHUNK_TARGET / 3 || outcome.rows < FEW_ROWS / 2 {
             window = (window * 2).min(MAX_WINDOW);
         }
         from = to;

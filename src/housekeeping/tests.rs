@@ -410,18 +410,20 @@ async fn a_seconds_level_schedule_runs_every_job_repeatedly_without_overlap() {
 #[tokio::test]
 async fn ingestion_keeps_flowing_while_a_large_retention_delete_runs() {
     let store = Store::open();
-    // 200k old finished tasks with two transitions each, planted directly.
+    // 100k old finished tasks with two transitions each, planted directly, in time order as
+    // the writer appends them (one per 36 ms over an hour).
     store
         .reader
         .execute_for_test(
             "INSERT INTO tasks (broker, id, queue, name, state, retries, updated_at, finished_at, runtime_ms)
              SELECT 'celery', 'old-' || i, 'celery', 'app.add', 'success', 0,
-                    TIMESTAMP '2024-02-01 10:00:00' + INTERVAL (i % 3600) SECOND,
-                    TIMESTAMP '2024-02-01 10:00:00' + INTERVAL (i % 3600) SECOND, 5.0
-             FROM range(200000) t(i);
+                    TIMESTAMP '2024-02-01 10:00:00' + INTERVAL (i * 36) MILLISECOND,
+                    TIMESTAMP '2024-02-01 10:00:00' + INTERVAL (i * 36) MILLISECOND, 5.0
+             FROM range(100000) t(i);
              INSERT INTO transitions (broker, task_id, state, occurred_at, seq)
-             SELECT 'celery', 'old-' || i, s, TIMESTAMP '2024-02-01 10:00:00' + INTERVAL (i % 3600) SECOND, i * 2 + j
-             FROM range(200000) t(i), (VALUES ('running', 0), ('success', 1)) v(s, j);",
+             SELECT 'celery', 'old-' || i, s, TIMESTAMP '2024-02-01 10:00:00' + INTERVAL (i * 36) MILLISECOND, i * 2 + j
+             FROM range(100000) t(i), (VALUES ('running', 0), ('success', 1)) v(s, j)
+             ORDER BY i, j;",
         )
         .await;
     let policy = policy();
@@ -470,7 +472,7 @@ async fn ingestion_keeps_flowing_while_a_large_retention_delete_runs() {
     assert!(
         report
             .detail
-            .contains("deleted 200000 tasks and 400000 transitions"),
+            .contains("deleted 100000 tasks and 200000 transitions"),
         "{}",
         report.detail
     );
