@@ -1,12 +1,14 @@
 //! `--brokers auto` end to end: taskscope starts on an empty Redis watching nothing, real
-//! workers of several brokers start in that same database, and taskscope finds each broker
-//! from its own keys, starts its adapter (with the namespace it found) and follows its tasks.
+//! Celery, Dramatiq, RQ and taskiq workers start in that same database, and taskscope finds
+//! each broker from its own keys, starts its adapter (with the Dramatiq namespace and the taskiq
+//! stream it found) and follows every broker's tasks.
 
 mod common;
 
 use common::{
-    dramatiq_produce, produce, wait_for, CeleryWorker, DramatiqProduceOpts, DramatiqWorker,
-    ProduceOpts, RedisServer, Taskscope, LONG,
+    dramatiq_produce, produce, rq_produce, taskiq_produce, taskiq_worker, wait_for, CeleryWorker,
+    DramatiqProduceOpts, DramatiqWorker, ProduceOpts, RedisServer, RqProduceOpts, RqWorker,
+    Taskscope, LONG,
 };
 use serde_json::{json, Value};
 
@@ -48,12 +50,20 @@ fn auto_detection_finds_every_broker_sharing_one_redis() {
         }
     });
 
-    // Celery and Dramatiq (in a namespace of its own) start in the same database.
-    let _celery = CeleryWorker::start(&redis.url(), "celery", false, &[]);
+    // Celery, Dramatiq (in a namespace of its own), RQ and taskiq (a stream named "orders")
+    // start in the same database.
+    let url = redis.url();
+    let _celery = CeleryWorker::start(&url, "celery", false, &[]);
     let ns = [("TS_DRAMATIQ_NAMESPACE", "shop")];
-    let _dramatiq = DramatiqWorker::start(&redis.url(), &ns);
+    let _dramatiq = DramatiqWorker::start(&url, &ns);
+    let _rq = RqWorker::start(&url, &["default"], &[], &[]);
+    let taskiq_env = [
+        ("TS_TASKIQ_BROKER", "stream"),
+        ("TS_TASKIQ_QUEUE", "orders"),
+    ];
+    let _taskiq = taskiq_worker(&url, &taskiq_env);
     let celery_task = produce(
-        &redis.url(),
+        &url,
         "add",
         1,
         "celery",
@@ -67,45 +77,72 @@ fn auto_detection_finds_every_broker_sharing_one_redis() {
         env: vec![("TS_DRAMATIQ_NAMESPACE".into(), "shop".into())],
         ..DramatiqProduceOpts::default()
     };
-    let dramatiq_message = dramatiq_produce(&redis.url(), "add", 1, &dramatiq_opts).remove(0);
+    let dramatiq_message = dramatiq_produce(&url, "add", 1, &dramatiq_opts).remove(0);
+    let rq_job = rq_produce(&url, "add", 1, &RqProduceOpts::default()).remove(0);
+    let taskiq_task = taskiq_produce(&url, &taskiq_env, "add", 1, &[]).remove(0);
 
-    let health = wait_for("both brokers detected", LONG, || {
-        let h = ts.get("/healthz");
-        let b = brokers(&h);
-        if b.contains(&"celery".to_string()) && b.contains(&"dramatiq".to_string()) {
-            Ok(h)
-        } else {
-            Err(h.to_string())
-        }
-    });
+    let all = ["celery", "dramatiq", "rq", "taskiq"].map(String::from);
+    let health = wait_for(
+        "all four brokers and the taskiq stream detected",
+        LONG,
+        || {
+            let h = ts.get("/healthz");
+            let b = brokers(&h);
+            let stream = h["detection"]["found"]
+                .to_string()
+                .contains("taskiq stream orders");
+            if all.iter().all(|x| b.contains(x)) && stream {
+                Ok(h)
+            } else {
+                Err(h.to_string())
+            }
+        },
+    );
     let found = health["detection"]["found"].to_string();
     assert!(
         found.contains("dramatiq namespace shop"),
         "the namespace is learned from the keys: {health}"
     );
+    assert!(
+        found.contains("taskiq stream orders"),
+        "the taskiq stream is found by its messages: {health}"
+    );
     assert!(found.contains("_kombu.binding."), "{health}");
+    assert!(found.contains("rq prefix rq:"), "{health}");
 
     let overview = reqwest::blocking::get(ts.url("/"))
         .and_then(|r| r.text())
         .expect("GET /");
-    assert!(
-        overview.contains("celery (detected: ") && overview.contains("dramatiq (detected: "),
-        "the overview says what was detected"
-    );
+    for broker in &all {
+        assert!(
+            overview.contains(&format!("{broker} (detected: ")),
+            "the overview says {broker} was detected"
+        );
+    }
 
-    // Tasks of both are followed to the end, including the one sent before detection.
-    let c = ts.wait_state(&celery_task, "success", LONG);
-    assert_eq!(c["broker"], "celery");
-    let d = ts.wait_state(&dramatiq_message, "success", LONG);
-    assert_eq!(d["broker"], "dramatiq");
-    assert_eq!(d["queue"], "default");
+    // Tasks of every broker are followed to the end, including those sent before detection.
+    for (id, broker) in [
+        (&celery_task, "celery"),
+        (&dramatiq_message, "dramatiq"),
+        (&rq_job, "rq"),
+        (&taskiq_task, "taskiq"),
+    ] {
+        let t = ts.wait_state(id, "success", LONG);
+        assert_eq!(t["broker"], broker, "{t}");
+    }
+    let t = ts.wait_state(&taskiq_task, "success", LONG);
+    assert_eq!(t["queue"], "orders", "{t}");
 
-    // A later task of each is followed live.
-    let later = produce(&redis.url(), "fail", 1, "celery", &ProduceOpts::default()).remove(0);
+    // Later tasks of each are followed live.
+    let later = produce(&url, "fail", 1, "celery", &ProduceOpts::default()).remove(0);
     let t = ts.wait_state(&later, "failure", LONG);
     assert!(t["error"].as_str().is_some_and(|e| !e.is_empty()), "{t}");
-    let later = dramatiq_produce(&redis.url(), "add", 1, &dramatiq_opts).remove(0);
+    let later = dramatiq_produce(&url, "add", 1, &dramatiq_opts).remove(0);
     ts.wait_state(&later, "success", LONG);
+    let later = rq_produce(&url, "fail", 1, &RqProduceOpts::default()).remove(0);
+    ts.wait_state(&later, "failure", LONG);
+    let later = taskiq_produce(&url, &taskiq_env, "fail", 1, &[]).remove(0);
+    ts.wait_state(&later, "failure", LONG);
 
     let log = ts.log_text();
     assert!(

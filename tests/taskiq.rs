@@ -12,36 +12,10 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-
-/// The `TS_*` variables taskiq_app.py reads besides `TS_REDIS_URL`: cleared in every process
-/// the tests start (the caller's environment cannot leak in), then set per scenario.
-const TASKIQ_VARS: [&str; 8] = [
-    "TS_TASKIQ_IDLE_TIMEOUT",
-    "TS_TASKIQ_BROKER",
-    "TS_TASKIQ_QUEUE",
-    "TS_TASKIQ_SERIALIZER",
-    "TS_TASKIQ_RESULTS",
-    "TS_TASKIQ_RESULT_PREFIX",
-    "TS_TASKIQ_RETRY",
-    "TS_MARKER_DIR",
-];
-
-fn taskiq_env(cmd: &mut Command, redis_url: &str, env: &[(&str, &str)]) {
-    cmd.env("TS_REDIS_URL", redis_url)
-        .env("PYTHONPATH", python_dir())
-        .env("PYTHONUNBUFFERED", "1")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .current_dir(python_dir());
-    for var in TASKIQ_VARS {
-        cmd.env_remove(var);
-    }
-    cmd.envs(env.iter().copied());
-}
 
 /// One scenario's world: redis-server, taskscope watching it for taskiq, the scenario's
 /// taskiq_app.py configuration, and a scratch directory.
@@ -78,58 +52,14 @@ impl World {
         }
     }
 
-    /// `python -m taskiq worker taskiq_app:broker --workers 1` in its own process group;
-    /// returns once the worker process logged "Listening started." (the stream broker has
-    /// created its consumer group by then).
+    /// A taskiq worker with this scenario's configuration (see [`TaskiqWorker::start`]).
     fn worker(&self) -> WorkerProcess {
-        let dir = tempfile::Builder::new()
-            .prefix("taskscope-taskiq-")
-            .tempdir()
-            .expect("tempdir");
-        let log = dir.path().join("worker.log");
-        let mut cmd = Command::new(python());
-        cmd.args([
-            "-m",
-            "taskiq",
-            "worker",
-            "taskiq_app:broker",
-            "--workers",
-            "1",
-        ]);
-        taskiq_env(&mut cmd, &self.redis.url(), &self.env);
-        let mut worker = WorkerProcess::spawn("taskiq", cmd, dir);
-        wait_for("the taskiq worker to listen", LONG, || {
-            worker.assert_running();
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("Listening started.") {
-                Ok(())
-            } else {
-                Err(format!("log so far:\n{text}"))
-            }
-        });
-        worker
+        taskiq_worker(&self.redis.url(), &self.env)
     }
 
     /// Sends `n` tasks of `kind` with taskiq_produce.py; their task ids in order.
     fn produce(&self, kind: &str, n: usize, extra: &[&str]) -> Vec<String> {
-        let mut cmd = Command::new(python());
-        cmd.arg(python_dir().join("taskiq_produce.py"))
-            .arg(kind)
-            .args(["--n", &n.to_string()])
-            .args(extra);
-        taskiq_env(&mut cmd, &self.redis.url(), &self.env);
-        let out = cmd.output().expect("run taskiq_produce.py");
-        assert!(
-            out.status.success(),
-            "taskiq_produce.py {kind} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let ids: Vec<String> = serde_json::from_str(stdout.trim())
-            .unwrap_or_else(|e| panic!("taskiq_produce.py printed no JSON list ({e}): {stdout}"));
-        assert_eq!(ids.len(), n, "taskiq_produce.py ids: {stdout}");
-        ids
+        taskiq_produce(&self.redis.url(), &self.env, kind, n, extra)
     }
 }
 

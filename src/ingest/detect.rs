@@ -270,7 +270,10 @@ impl Detector {
             {
                 found.push(finding);
             }
-            self.remember(key);
+            // An empty stream (a consumer group made it with MKSTREAM) is judged again later.
+            if !entries.is_empty() {
+                self.remember(key);
+            }
         }
         Ok(found)
     }

@@ -48,8 +48,12 @@ pub fn python() -> PathBuf {
     path
 }
 
+/// The binary under test: `TASKSCOPE_TEST_BIN` (a snapshot, so a long run is not disturbed by
+/// rebuilds), else the one cargo built for these tests.
 pub fn taskscope_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_taskscope"))
+    std::env::var_os("TASKSCOPE_TEST_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_taskscope")))
 }
 
 fn which(program: &str) -> bool {
@@ -1227,5 +1231,94 @@ pub fn rq_produce(redis_url: &str, kind: &str, n: usize, opts: &RqProduceOpts) -
         panic!("rq_produce.py printed no JSON list of job ids ({e}): {stdout}")
     });
     assert_eq!(ids.len(), n, "rq_produce.py returned {} ids", ids.len());
+    ids
+}
+
+// ---------------------------------------------------------------------------------------------
+// taskiq (tests/python/taskiq_app.py, taskiq_produce.py)
+
+/// The `TS_*` variables taskiq_app.py reads besides `TS_REDIS_URL`: cleared in every process
+/// the tests start (the caller's environment cannot leak in), then set per scenario.
+pub const TASKIQ_VARS: [&str; 8] = [
+    "TS_TASKIQ_IDLE_TIMEOUT",
+    "TS_TASKIQ_BROKER",
+    "TS_TASKIQ_QUEUE",
+    "TS_TASKIQ_SERIALIZER",
+    "TS_TASKIQ_RESULTS",
+    "TS_TASKIQ_RESULT_PREFIX",
+    "TS_TASKIQ_RETRY",
+    "TS_MARKER_DIR",
+];
+
+pub fn taskiq_env(cmd: &mut Command, redis_url: &str, env: &[(&str, &str)]) {
+    cmd.env("TS_REDIS_URL", redis_url)
+        .env("PYTHONPATH", python_dir())
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(python_dir());
+    for var in TASKIQ_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied());
+}
+
+/// `python -m taskiq worker taskiq_app:broker --workers 1` in its own process group, configured
+/// by `env` (`TS_TASKIQ_*`); returns once the worker process logged "Listening started." (the
+/// stream broker has created its consumer group by then).
+pub fn taskiq_worker(redis_url: &str, env: &[(&str, &str)]) -> WorkerProcess {
+    let dir = tempfile::Builder::new()
+        .prefix("taskscope-taskiq-")
+        .tempdir()
+        .expect("tempdir");
+    let log = dir.path().join("worker.log");
+    let mut cmd = Command::new(python());
+    cmd.args([
+        "-m",
+        "taskiq",
+        "worker",
+        "taskiq_app:broker",
+        "--workers",
+        "1",
+    ]);
+    taskiq_env(&mut cmd, redis_url, env);
+    let mut worker = WorkerProcess::spawn("taskiq", cmd, dir);
+    wait_for("the taskiq worker to listen", LONG, || {
+        worker.assert_running();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Listening started.") {
+            Ok(())
+        } else {
+            Err(format!("log so far:\n{text}"))
+        }
+    });
+    worker
+}
+
+/// Sends `n` tasks of `kind` (add, fail, flaky, slow, hang) with taskiq_produce.py, configured
+/// by `env`; their task ids in order.
+pub fn taskiq_produce(
+    redis_url: &str,
+    env: &[(&str, &str)],
+    kind: &str,
+    n: usize,
+    extra: &[&str],
+) -> Vec<String> {
+    let mut cmd = Command::new(python());
+    cmd.arg(python_dir().join("taskiq_produce.py"))
+        .arg(kind)
+        .args(["--n", &n.to_string()])
+        .args(extra);
+    taskiq_env(&mut cmd, redis_url, env);
+    let out = cmd.output().expect("run taskiq_produce.py");
+    assert!(
+        out.status.success(),
+        "taskiq_produce.py {kind} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let ids: Vec<String> = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("taskiq_produce.py printed no JSON list ({e}): {stdout}"));
+    assert_eq!(ids.len(), n, "taskiq_produce.py ids: {stdout}");
     ids
 }
