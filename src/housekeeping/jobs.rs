@@ -198,8 +198,9 @@ async fn retention(
     }
     let (hourly, daily) = cx.reader.rollup_watermarks().await?;
     let wanted = ago(now, cx.policy.retention);
+    // On an hour boundary: reports read whole rolled-up hours before it, raw rows after.
     let raw_before = match (hourly, daily) {
-        (Some(h), Some(d)) => Some(wanted.min(h).min(d)),
+        (Some(h), Some(d)) => Some(Period::Hour.floor(wanted.min(h).min(d))),
         // Nothing rolled up yet: either no transitions at all, or a dry run before the first
         // roll-up. Deleting waits for the roll-up.
         _ if dry_run => Some(wanted),
@@ -243,6 +244,7 @@ async fn retention(
             })
             .await?;
         }
+        cx.writer.maintain(Step::SetRawFloor(before)).await?;
         report.rows += tasks.0 + transitions.0;
         parts.push(format!(
             "deleted {} tasks and {} transitions older than {} in {} steps (longest {:.1} ms)",

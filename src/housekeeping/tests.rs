@@ -246,6 +246,68 @@ async fn retention_rolls_up_then_deletes_old_history_and_downsamples_old_samples
         ]
     );
 
+    // Reports over a range longer than the raw retention read the roll-ups for the deleted
+    // part and raw rows after it: nothing lost, nothing counted twice.
+    let range = store::ReportRange {
+        since: days_ago(45, 0),
+        until: now(),
+        step_us: 86_400_000_000,
+    };
+    let filter = store::ReportFilter::default();
+    let throughput = store
+        .reader
+        .throughput(range, filter.clone())
+        .await
+        .unwrap();
+    let total = |state: broker_adapters::TaskState| -> u64 {
+        throughput
+            .iter()
+            .find(|s| s.state == state)
+            .map(|s| s.points.iter().map(|(_, n)| n).sum())
+            .unwrap_or(0)
+    };
+    use broker_adapters::TaskState as S;
+    assert_eq!(total(S::Success), 4, "2 rolled up + 2 raw");
+    assert_eq!(total(S::Failure), 1);
+    assert_eq!(total(S::Queued), 6);
+    let failures = store
+        .reader
+        .failures(range, filter.clone(), 5)
+        .await
+        .unwrap();
+    let failed: u64 = failures.total.points.iter().map(|p| p.1).sum();
+    assert_eq!(failed, 1);
+    assert_eq!(failures.series[0].name.as_deref(), Some("app.pay"));
+    let runtime = store
+        .reader
+        .runtime(range.since, range.until, filter.clone(), 10)
+        .await
+        .unwrap();
+    let add = runtime
+        .iter()
+        .find(|r| r.name.as_deref() == Some("app.add"))
+        .unwrap();
+    assert_eq!(add.count, 4, "two rolled-up runtimes and two raw ones");
+    assert_eq!(add.max_ms, 300.0);
+    assert!(
+        (add.mean_ms - 115.0).abs() < 1e-9,
+        "(100+300+20+40)/4: {}",
+        add.mean_ms
+    );
+    let names = store
+        .reader
+        .name_stats(
+            range.since,
+            range.until,
+            filter,
+            store::NameOrder::Failures,
+            5,
+        )
+        .await
+        .unwrap();
+    assert_eq!(names[0].name.as_deref(), Some("app.pay"));
+    assert_eq!((names[0].runs, names[0].failures), (1, 1));
+
     // A second run finds nothing more to do and changes nothing.
     let rollups = store.count("rollup_hourly").await;
     let again = jobs::run(Job::Retention, &cx, now(), false).await.unwrap();

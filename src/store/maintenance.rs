@@ -92,6 +92,8 @@ pub enum Step {
     Checkpoint,
     /// Record a job run (for `/`, `/healthz` and the next process).
     RecordRun(RunRecord),
+    /// Raw history before this hour boundary is gone: reports read roll-ups before it.
+    SetRawFloor(DateTime<Utc>),
 }
 
 /// One housekeeping job run.
@@ -168,6 +170,14 @@ pub fn run_step(conn: &mut Connection, step: &Step) -> Result<StepOutcome, Store
         }
         Step::Checkpoint => {
             conn.execute_batch("FORCE CHECKPOINT")?;
+            Ok(StepOutcome::default())
+        }
+        Step::SetRawFloor(at) => {
+            // Never moves back: a shorter retention configured later must not expose a gap.
+            let current = get_mark(conn, RAW_FLOOR)?;
+            if current.is_none_or(|c| c < *at) {
+                set_mark(conn, RAW_FLOOR, *at)?;
+            }
             Ok(StepOutcome::default())
         }
         Step::RecordRun(run) => {
@@ -273,6 +283,14 @@ impl super::StoreReader {
         .await
     }
 }
+
+/// Raw transitions before this time were deleted (after being rolled up): reports read
+/// `rollup_hourly` before it. `None`: no raw history was ever deleted.
+pub fn raw_floor(conn: &Connection) -> Result<Option<DateTime<Utc>>, StoreError> {
+    get_mark(conn, RAW_FLOOR)
+}
+
+const RAW_FLOOR: &str = "raw_deleted_before";
 
 /// The time up to which `period` is rolled up, if any roll-up ran.
 pub fn watermark(conn: &Connection, period: Period) -> Result<Option<DateTime<Utc>>, StoreError> {

@@ -10,6 +10,15 @@
 //!
 //! "Failures over time" counts transitions into `failure`; "retries" counts transitions into
 //! `retried`; both are attributed to the bucket of the transition's own time.
+//!
+//! Raw or rolled up: housekeeping deletes raw transitions before `raw_floor` (an hour boundary,
+//! recorded in `housekeeping_state`) after rolling them up into `rollup_hourly`. Counting
+//! reports (throughput, failures) read `rollup_hourly` for the part of the range before the
+//! floor and raw transitions from it on, so a range longer than `--retention` still works,
+//! without counting anything twice; rolled-up counts land in the bucket of their hour. The
+//! per-name tables do the same: rolled-up runs are finished runs, and runtime percentiles over
+//! rolled-up hours are the count-weighted mean of the hourly percentiles (an approximation;
+//! counts, max and mean stay exact).
 
 use super::reader::{in_list, StoreReader};
 use super::rows::{self, micros_to_time};
@@ -317,6 +326,7 @@ fn throughput(
     range: &ReportRange,
     filter: &ReportFilter,
 ) -> Result<Vec<ThroughputSeries>, StoreError> {
+    let split = Split::of(conn, range.since, range.until)?;
     // Transitions know their broker; the join to `tasks` is only needed for queue or name.
     let needs_task = filter.queue.is_some() || filter.name.is_some();
     let (cond, from) = if needs_task {
@@ -327,12 +337,18 @@ fn throughput(
     } else {
         (filter.conditions("t.broker", "", None), "transitions t")
     };
+    let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
     let (buckets, bucket_params) = buckets_sql(range);
     let sql = format!(
         "WITH c AS (
-            SELECT (epoch_us(t.occurred_at) // ?) * ? AS bucket, t.state, count(*) AS n
-            FROM {from}
-            WHERE t.occurred_at >= ? AND t.occurred_at < ?{}
+            SELECT (epoch_us(occurred) // ?) * ? AS bucket, state, sum(n)::BIGINT AS n FROM (
+                SELECT t.occurred_at AS occurred, t.state, 1 AS n
+                FROM {from}
+                WHERE t.occurred_at >= ? AND t.occurred_at < ?{}
+                UNION ALL
+                SELECT r.bucket, r.state, r.transitions
+                FROM rollup_hourly r
+                WHERE r.bucket >= ? AND r.bucket < ?{})
             GROUP BY ALL)
          SELECT s.state, b.bucket, coalesce(c.n, 0)
          FROM {buckets} b
@@ -340,15 +356,16 @@ fn throughput(
                      AS state) s
          LEFT JOIN c ON c.bucket = b.bucket AND c.state = s.state
          ORDER BY s.state, b.bucket",
-        cond.sql
+        cond.sql, rolled.sql
     );
     let mut params = vec![
         DbValue::BigInt(range.step_us),
         DbValue::BigInt(range.step_us),
-        ts(range.since),
-        ts(range.until),
     ];
+    params.extend(split.raw_params());
     params.extend(cond.params);
+    params.extend(split.rolled_params());
+    params.extend(rolled.params);
     params.extend(bucket_params);
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(duckdb::params_from_iter(params))?;
@@ -369,6 +386,42 @@ fn throughput(
     Ok(out)
 }
 
+/// Where a range reads raw transitions and where roll-ups: raw in `[raw_from, until)`, roll-ups
+/// in `[since, rolled_until)` (empty when no raw history was ever deleted).
+struct Split {
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    raw_from: DateTime<Utc>,
+    rolled_until: DateTime<Utc>,
+}
+
+impl Split {
+    fn of(
+        conn: &Connection,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Split, StoreError> {
+        let (raw_from, rolled_until) = match super::maintenance::raw_floor(conn)? {
+            Some(floor) => (since.max(floor), until.min(floor)),
+            None => (since, since),
+        };
+        Ok(Split {
+            since,
+            until,
+            raw_from,
+            rolled_until,
+        })
+    }
+
+    fn raw_params(&self) -> [DbValue; 2] {
+        [ts(self.raw_from), ts(self.until)]
+    }
+
+    fn rolled_params(&self) -> [DbValue; 2] {
+        [ts(self.since), ts(self.rolled_until)]
+    }
+}
+
 fn failures(
     conn: &Connection,
     range: &ReportRange,
@@ -376,35 +429,44 @@ fn failures(
     top: usize,
 ) -> Result<FailureReport, StoreError> {
     let cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
+    let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
     let (buckets, bucket_params) = buckets_sql(range);
     // `ev`: the failure and retry transitions of the range with their task's name and bucket.
     // `top`: the names with the most of them (rank 1 first); rank 0 is the total.
     let sql = format!(
         "WITH ev AS (
-            SELECT k.name, (epoch_us(t.occurred_at) // ?) * ? AS bucket, t.state
-            FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
-            WHERE t.state IN ('failure', 'retried')
-              AND t.occurred_at >= ? AND t.occurred_at < ?{}),
+            SELECT name, (epoch_us(occurred) // ?) * ? AS bucket, state, n FROM (
+                SELECT k.name, t.occurred_at AS occurred, t.state, 1 AS n
+                FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
+                WHERE t.state IN ('failure', 'retried')
+                  AND t.occurred_at >= ? AND t.occurred_at < ?{}
+                UNION ALL
+                SELECT nullif(r.name, ''), r.bucket, r.state, r.transitions
+                FROM rollup_hourly r
+                WHERE r.state IN ('failure', 'retried')
+                  AND r.bucket >= ? AND r.bucket < ?{})),
          top AS (
-            SELECT name, row_number() OVER (ORDER BY count(*) DESC, name NULLS LAST) AS rank
+            SELECT name, row_number() OVER (ORDER BY sum(n) DESC, name NULLS LAST) AS rank
             FROM ev GROUP BY name ORDER BY rank LIMIT ?),
          series AS (SELECT name, rank FROM top UNION ALL SELECT NULL, 0)
          SELECT s.rank, s.name, b.bucket,
-                count(ev.state) FILTER (WHERE ev.state = 'failure'),
-                count(ev.state) FILTER (WHERE ev.state = 'retried')
+                coalesce(sum(ev.n) FILTER (WHERE ev.state = 'failure'), 0)::BIGINT,
+                coalesce(sum(ev.n) FILTER (WHERE ev.state = 'retried'), 0)::BIGINT
          FROM series s CROSS JOIN {buckets} b
          LEFT JOIN ev ON ev.bucket = b.bucket
                      AND (s.rank = 0 OR ev.name IS NOT DISTINCT FROM s.name)
          GROUP BY ALL ORDER BY s.rank, b.bucket",
-        cond.sql
+        cond.sql, rolled.sql
     );
+    let split = Split::of(conn, range.since, range.until)?;
     let mut params = vec![
         DbValue::BigInt(range.step_us),
         DbValue::BigInt(range.step_us),
-        ts(range.since),
-        ts(range.until),
     ];
+    params.extend(split.raw_params());
     params.extend(cond.params);
+    params.extend(split.rolled_params());
+    params.extend(rolled.params);
     params.push(DbValue::BigInt(i64::try_from(top).unwrap_or(i64::MAX)));
     params.extend(bucket_params);
     let mut stmt = conn.prepare(&sql)?;
@@ -452,23 +514,42 @@ fn name_stats(
     limit: usize,
 ) -> Result<Vec<NameStats>, StoreError> {
     let cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
+    let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
+    // Rolled-up hours count finished runs (success, failure, abandoned transitions): they no
+    // longer know which tasks they were.
     let sql = format!(
         "SELECT name, runs, failures, retries,
                 CASE WHEN runs = 0 THEN 0.0 ELSE failures / runs END AS failure_rate
          FROM (
-            SELECT k.name AS name,
-                   count(DISTINCT t.broker || chr(0) || t.task_id) AS runs,
-                   count(*) FILTER (WHERE t.state = 'failure') AS failures,
-                   count(*) FILTER (WHERE t.state = 'retried') AS retries
-            FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
-            WHERE t.occurred_at >= ? AND t.occurred_at < ?{}
-            GROUP BY k.name)
+            SELECT name, sum(runs)::BIGINT AS runs, sum(failures)::BIGINT AS failures,
+                   sum(retries)::BIGINT AS retries
+            FROM (
+                SELECT k.name AS name,
+                       count(DISTINCT t.broker || chr(0) || t.task_id) AS runs,
+                       count(*) FILTER (WHERE t.state = 'failure') AS failures,
+                       count(*) FILTER (WHERE t.state = 'retried') AS retries
+                FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
+                WHERE t.occurred_at >= ? AND t.occurred_at < ?{}
+                GROUP BY k.name
+                UNION ALL
+                SELECT nullif(r.name, ''),
+                       coalesce(sum(r.transitions) FILTER (WHERE r.state IN ('success', 'failure', 'abandoned')), 0),
+                       coalesce(sum(r.transitions) FILTER (WHERE r.state = 'failure'), 0),
+                       coalesce(sum(r.transitions) FILTER (WHERE r.state = 'retried'), 0)
+                FROM rollup_hourly r
+                WHERE r.bucket >= ? AND r.bucket < ?{}
+                GROUP BY 1)
+            GROUP BY name)
          ORDER BY {} LIMIT ?",
         cond.sql,
+        rolled.sql,
         order.order_by()
     );
-    let mut params = vec![ts(since), ts(until)];
+    let split = Split::of(conn, since, until)?;
+    let mut params: Vec<DbValue> = split.raw_params().into();
     params.extend(cond.params);
+    params.extend(split.rolled_params());
+    params.extend(rolled.params);
     params.push(DbValue::BigInt(i64::try_from(limit).unwrap_or(i64::MAX)));
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(duckdb::params_from_iter(params))?;
@@ -493,18 +574,37 @@ fn runtime(
     limit: usize,
 ) -> Result<Vec<RuntimeStats>, StoreError> {
     let cond = filter.conditions("broker", "queue", Some("name"));
+    let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
+    // Raw tasks give exact figures; rolled-up hours give counts, max and sums exactly and their
+    // percentiles, which are merged as a count-weighted mean (exact when all is raw).
     let sql = format!(
-        "SELECT broker, name, count(*) AS n,
-                quantile_cont(runtime_ms, 0.5), quantile_cont(runtime_ms, 0.95) AS p95,
-                quantile_cont(runtime_ms, 0.99), max(runtime_ms), avg(runtime_ms)
-         FROM tasks
-         WHERE runtime_ms IS NOT NULL AND finished_at >= ? AND finished_at < ?{}
+        "WITH parts AS (
+            SELECT broker, name, count(*) AS n,
+                   quantile_cont(runtime_ms, 0.5) AS p50, quantile_cont(runtime_ms, 0.95) AS p95,
+                   quantile_cont(runtime_ms, 0.99) AS p99, max(runtime_ms) AS mx,
+                   sum(runtime_ms) AS total
+            FROM tasks
+            WHERE runtime_ms IS NOT NULL AND finished_at >= ? AND finished_at < ?{}
+            GROUP BY broker, name
+            UNION ALL
+            SELECT r.broker, nullif(r.name, ''), r.runtime_count, r.runtime_p50_ms, r.runtime_p95_ms,
+                   r.runtime_p99_ms, r.runtime_max_ms, r.runtime_sum_ms
+            FROM rollup_hourly r
+            WHERE r.runtime_count > 0 AND r.state IN ('success', 'failure')
+              AND r.bucket >= ? AND r.bucket < ?{})
+         SELECT broker, name, sum(n)::BIGINT AS n,
+                sum(p50 * n) / sum(n), sum(p95 * n) / sum(n) AS p95, sum(p99 * n) / sum(n),
+                max(mx), sum(total) / sum(n)
+         FROM parts
          GROUP BY broker, name
          ORDER BY p95 DESC, n DESC, broker, name LIMIT ?",
-        cond.sql
+        cond.sql, rolled.sql
     );
-    let mut params = vec![ts(since), ts(until)];
+    let split = Split::of(conn, since, until)?;
+    let mut params: Vec<DbValue> = split.raw_params().into();
     params.extend(cond.params);
+    params.extend(split.rolled_params());
+    params.extend(rolled.params);
     params.push(DbValue::BigInt(i64::try_from(limit).unwrap_or(i64::MAX)));
     let mut stmt = conn.prepare(&sql)?;
     let mut rows = stmt.query(duckdb::params_from_iter(params))?;
