@@ -55,6 +55,11 @@ pub struct HousekeepingCmd {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// After the jobs, rewrite the file with only its live rows (`COPY FROM DATABASE`), giving
+    /// the space of deleted rows back to the file system; a checkpoint only makes it reusable.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub rewrite: bool,
+
     /// Run only these jobs (comma list of rollup, retention, compaction); default all.
     #[arg(long, value_delimiter = ',', value_name = "LIST")]
     pub jobs: Vec<String>,

@@ -157,8 +157,17 @@ fn housekeeping_once(args: Box<HousekeepingCmd>) -> ExitCode {
         }
         writer.flush().await?;
         drop(writer);
+        drop(reader);
         let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
         anyhow::ensure!(!failed, "some housekeeping jobs failed (see above)");
+        if args.rewrite {
+            let (before, after) = store::maintenance::rewrite(&args.db)?;
+            println!(
+                "rewrite: {} -> {}",
+                housekeeping::jobs::human_bytes(before),
+                housekeeping::jobs::human_bytes(after)
+            );
+        }
         anyhow::Ok(())
     });
     match result {

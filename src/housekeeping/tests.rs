@@ -74,6 +74,7 @@ struct Store {
     writer: StoreWriter,
     reader: StoreReader,
     path: std::path::PathBuf,
+    thread: std::thread::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
@@ -81,13 +82,22 @@ impl Store {
     fn open() -> Store {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("h.duckdb");
-        let (writer, reader, _thread) = store::open(&path, StoreOptions::default()).unwrap();
+        let (writer, reader, thread) = store::open(&path, StoreOptions::default()).unwrap();
         Store {
             writer,
             reader,
             path,
+            thread,
             _dir: dir,
         }
+    }
+
+    /// Closes every connection (the writer thread ends once its handles are gone).
+    fn close(self) -> tempfile::TempDir {
+        drop(self.writer);
+        drop(self.reader);
+        self.thread.join().unwrap();
+        self._dir
     }
 
     async fn observe(&self, obs: Vec<Observation>) {
@@ -543,4 +553,114 @@ async fn ingestion_keeps_flowing_while_a_large_retention_delete_runs() {
         "ingestion must interleave with the delete chunks, got {during} batches during it"
     );
     assert_eq!(store.count("tasks").await, batch as u64 * 50);
+}
+
+/// Disk use over "months": 60 days of history at ~8 tasks a minute (700k tasks, 2.1M
+/// transitions), then retention at 30 days and compaction, then another 30 days of new history
+/// and the same again: the file must stop growing once deleted blocks are reused. Prints the
+/// figures; run with
+/// `cargo test --release --bin taskscope -- --ignored --nocapture housekeeping_disk_benchmark`.
+#[tokio::test]
+#[ignore = "benchmark: prints figures, takes a minute"]
+async fn housekeeping_disk_benchmark() {
+    let store = Store::open();
+    let policy = policy();
+    let cx = Context {
+        writer: &store.writer,
+        reader: &store.reader,
+        db_path: store.path.clone(),
+        policy: &policy,
+    };
+    let size = |label: &str| {
+        let file = std::fs::metadata(&store.path).map(|m| m.len()).unwrap_or(0);
+        println!("{label}: file {}", jobs::human_bytes(file));
+        file
+    };
+    // Planted in time order, as the writer appends them; `start_day` days before now().
+    async fn plant(store: &Store, start_day: i64, days: i64) {
+        let minutes = days * 1440;
+        let sql: &'static str = Box::leak(
+            format!(
+                "INSERT INTO tasks (broker, id, queue, name, state, args, kwargs, result, retries,
+                                    worker, enqueued_at, started_at, finished_at, runtime_ms, updated_at)
+                 SELECT 'celery', 'd{start_day}-' || i, 'celery', 'billing.charge_' || (i % 20),
+                        CASE WHEN i % 50 = 0 THEN 'failure' ELSE 'success' END,
+                        '[' || i || ', \"EUR\"]', '{{\"customer\": ' || (i % 997) || '}}', '\"ok\"', 0,
+                        'celery@worker-' || (i % 4),
+                        t, t + INTERVAL 1 SECOND, t + INTERVAL 2 SECOND, 1000.0 + (i % 300), t + INTERVAL 2 SECOND
+                 FROM (SELECT i, TIMESTAMP '2024-03-31 12:00:00' - INTERVAL {start_day} DAY
+                                 + INTERVAL (i * 7500) MILLISECOND AS t
+                       FROM range({n}) r(i));
+                 INSERT INTO transitions (broker, task_id, state, occurred_at, worker, seq)
+                 SELECT 'celery', 'd{start_day}-' || i, s, t + INTERVAL (j) SECOND, 'celery@worker-' || (i % 4), i * 3 + j
+                 FROM (SELECT i, TIMESTAMP '2024-03-31 12:00:00' - INTERVAL {start_day} DAY
+                                 + INTERVAL (i * 7500) MILLISECOND AS t
+                       FROM range({n}) r(i)),
+                      (VALUES ('queued', 0), ('running', 1), ('success', 2)) v(s, j)
+                 ORDER BY i, j;",
+                n = minutes * 8,
+            )
+            .into_boxed_str(),
+        );
+        store.reader.execute_for_test(sql).await;
+    }
+    plant(&store, 60, 60).await;
+    store
+        .writer
+        .maintain(crate::store::maintenance::Step::Checkpoint)
+        .await
+        .unwrap();
+    let tasks = store.count("tasks").await;
+    let first = size(&format!("60 days, {tasks} tasks"));
+    println!("  {:.0} bytes per task", first as f64 / tasks as f64);
+    let started = std::time::Instant::now();
+    let retention = jobs::run(Job::Retention, &cx, now(), false).await.unwrap();
+    let compaction = jobs::run(Job::Compaction, &cx, now(), false).await.unwrap();
+    println!(
+        "  retention ({:?}): {}",
+        started.elapsed(),
+        retention.detail
+    );
+    println!("  compaction: {}", compaction.detail);
+    let after = size(&format!(
+        "after retention, {} tasks",
+        store.count("tasks").await
+    ));
+    // The next month arrives, and housekeeping runs again a month later.
+    plant(&store, 0, 30).await;
+    let later = now() + Duration::days(30);
+    let retention = jobs::run(Job::Retention, &cx, later, false).await.unwrap();
+    jobs::run(Job::Compaction, &cx, later, false).await.unwrap();
+    println!("  month 2 retention: {}", retention.detail);
+    let steady = size(&format!(
+        "a month later, {} tasks",
+        store.count("tasks").await
+    ));
+    println!(
+        "  steady state: {:.0} bytes per kept task (file {} before retention, {} after, {} a month later)",
+        steady as f64 / store.count("tasks").await as f64,
+        jobs::human_bytes(first),
+        jobs::human_bytes(after),
+        jobs::human_bytes(steady)
+    );
+    assert!(
+        steady <= first + first / 10,
+        "the file must not keep growing: {first} -> {steady}"
+    );
+    // Offline, `taskscope housekeeping --rewrite` gives the free blocks back.
+    let kept = store.count("tasks").await;
+    let path = store.path.clone();
+    let _dir = store.close();
+    let (before, after) = crate::store::maintenance::rewrite(&path).unwrap();
+    println!(
+        "  rewrite: {} -> {} ({:.0} bytes per kept task)",
+        jobs::human_bytes(before),
+        jobs::human_bytes(after),
+        after as f64 / kept as f64
+    );
+    let (_writer, reader, _thread) = store::open(&path, StoreOptions::default()).unwrap();
+    let n = reader
+        .column_for_test("SELECT count(*)::VARCHAR FROM tasks")
+        .await;
+    assert_eq!(n, [kept.to_string()]);
 }

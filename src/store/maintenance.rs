@@ -506,3 +506,40 @@ pub fn db_size(conn: &Connection, path: &std::path::Path) -> Result<DbSize, Stor
         free_blocks: free.max(0) as u64,
     })
 }
+
+/// Rewrites the database file into a fresh one holding only live rows (`COPY FROM DATABASE`)
+/// and puts it in place: the only way to give the space of deleted rows back to the file
+/// system (a checkpoint only makes it reusable). Needs the file closed by every other
+/// connection (`taskscope serve` stopped). Returns the file size before and after.
+pub fn rewrite(path: &std::path::Path) -> Result<(u64, u64), StoreError> {
+    let before = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut fresh = path.as_os_str().to_owned();
+    fresh.push(".rewrite");
+    let fresh = std::path::PathBuf::from(fresh);
+    let _ = std::fs::remove_file(&fresh);
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    {
+        let conn = Connection::open(path).map_err(open_err)?;
+        conn.execute_batch("FORCE CHECKPOINT")?;
+        let name: String = conn.query_row("SELECT current_database()", [], |r| r.get(0))?;
+        let fresh_text = fresh.to_string_lossy().replace('\'', "''");
+        conn.execute_batch(&format!(
+            "ATTACH '{fresh_text}' AS taskscope_rewrite;
+             COPY FROM DATABASE \"{}\" TO taskscope_rewrite;
+             DETACH taskscope_rewrite;",
+            name.replace('"', "\"\"")
+        ))?;
+    }
+    std::fs::rename(&fresh, path).map_err(|source| StoreError::File {
+        what: format!("cannot put the rewritten file {} in place", fresh.display()),
+        source,
+    })?;
+    let mut wal = path.as_os_str().to_owned();
+    wal.push(".wal");
+    let _ = std::fs::remove_file(std::path::PathBuf::from(wal));
+    let after = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    Ok((before, after))
+}

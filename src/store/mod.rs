@@ -82,6 +82,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store writer has stopped")]
     WriterGone,
+    #[error("{what}: {source}")]
+    File {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot write the export: {0}")]
     Io(#[from] std::io::Error),
     #[error("a store query was cancelled: {0}")]

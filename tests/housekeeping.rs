@@ -1,0 +1,97 @@
+//! Housekeeping end to end: `taskscope serve` runs the jobs on a seconds-level schedule and
+//! reports them on `/`, `/healthz` and `/metrics`; `taskscope housekeeping` runs them once on a
+//! stopped instance's file (dry run, real run, rewrite) and refuses a file in use.
+
+mod common;
+
+use common::{taskscope_bin, wait_for, RedisServer, Taskscope, LONG};
+use std::process::Command;
+
+fn housekeeping(db: &std::path::Path, extra: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(taskscope_bin())
+        .arg("housekeeping")
+        .arg("--db")
+        .arg(db)
+        .args(extra)
+        .output()
+        .expect("run taskscope housekeeping");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn scheduled_jobs_are_reported_and_the_one_shot_command_runs_them() {
+    let _slot = common::test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.duckdb");
+    let mut ts = Taskscope::start(
+        &redis.url(),
+        &db,
+        &["--brokers", "celery", "--housekeeping", "* * * * * *"],
+    );
+    let health = wait_for("every job to have run", LONG, || {
+        let h = ts.get("/healthz");
+        let runs = h["housekeeping"].as_array().cloned().unwrap_or_default();
+        let ran = runs
+            .iter()
+            .filter(|r| r["last_run"].is_string() && r["error"].is_null())
+            .count();
+        if ran == 3 {
+            Ok(h)
+        } else {
+            Err(h["housekeeping"].to_string())
+        }
+    });
+    assert!(
+        health["housekeeping"]
+            .to_string()
+            .contains("checkpointed: "),
+        "{health}"
+    );
+    let metrics = reqwest::blocking::get(ts.url("/metrics"))
+        .and_then(|r| r.text())
+        .expect("GET /metrics");
+    for job in ["rollup", "retention", "compaction"] {
+        assert!(
+            metrics.contains(&format!(
+                "taskscope_housekeeping_last_run_timestamp_seconds{{job=\"{job}\"}}"
+            )),
+            "{metrics}"
+        );
+    }
+    let overview = reqwest::blocking::get(ts.url("/"))
+        .and_then(|r| r.text())
+        .expect("GET /");
+    assert!(overview.contains("Housekeeping") && overview.contains("checkpointed"));
+
+    // While serve holds the file, the one-shot command says so.
+    let (code, _, err) = housekeeping(&db, &["--dry-run"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("locked by another process"), "{err}");
+
+    ts.stop();
+    let (code, out, err) = housekeeping(&db, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("retention (dry run): would delete 0 tasks"),
+        "{out}"
+    );
+    assert!(
+        out.contains("compaction (dry run): would checkpoint"),
+        "{out}"
+    );
+    let (code, out, err) = housekeeping(&db, &["--jobs", "retention,compaction", "--rewrite"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.contains("rollup:"), "only the jobs asked for: {out}");
+    assert!(out.contains("retention: rolled up"), "{out}");
+    assert!(out.contains("rewrite: "), "{out}");
+    let (code, _, err) = housekeeping(&db, &["--jobs", "vacuum"]);
+    assert_eq!(code, Some(2), "{err}");
+    let (code, _, err) = housekeeping(&db, &["--housekeeping", "*/5 * * * *"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("seconds field"), "{err}");
+}
