@@ -67,15 +67,9 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match async_runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("taskscope: cannot start the async runtime: {e}");
-                    return ExitCode::from(1);
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(serve(settings)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -122,15 +116,9 @@ fn housekeeping_once(args: Box<HousekeepingCmd>) -> ExitCode {
         );
         return ExitCode::from(1);
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match async_runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("taskscope: cannot start the async runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let result = runtime.block_on(async {
         let (writer, reader, writer_thread) =
@@ -177,6 +165,17 @@ fn housekeeping_once(args: Box<HousekeepingCmd>) -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// The multi-threaded tokio runtime, or the exit code after saying why it cannot start.
+fn async_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("taskscope: cannot start the async runtime: {e}");
+            ExitCode::from(1)
+        })
 }
 
 fn init_tracing() {

@@ -124,21 +124,12 @@ async fn rollup(
             ));
             continue;
         }
-        let mut rows = 0;
-        loop {
-            let outcome = cx
-                .writer
-                .maintain(Step::Rollup {
-                    period,
-                    until,
-                    max_periods: ROLLUP_PERIODS_PER_STEP,
-                })
-                .await?;
-            rows += outcome.rows;
-            if !outcome.more {
-                break;
-            }
-        }
+        let rows = repeat_step(cx, || Step::Rollup {
+            period,
+            until,
+            max_periods: ROLLUP_PERIODS_PER_STEP,
+        })
+        .await?;
         report.rows += rows;
         parts.push(format!(
             "{rows} {} rows up to {}",
@@ -148,6 +139,18 @@ async fn rollup(
     }
     report.detail = parts.join("; ");
     Ok(report)
+}
+
+/// Runs a step until it says no more of its work remains; the rows of all runs.
+async fn repeat_step(cx: &Context<'_>, step: impl Fn() -> Step) -> Result<u64, StoreError> {
+    let mut rows = 0;
+    loop {
+        let outcome = cx.writer.maintain(step()).await?;
+        rows += outcome.rows;
+        if !outcome.more {
+            return Ok(rows);
+        }
+    }
 }
 
 /// Deletes `[start, before)` in time windows sized so each step takes about [`CHUNK_TARGET`]
@@ -255,19 +258,10 @@ async fn retention(
             tasks.2.max(transitions.2).as_secs_f64() * 1000.0
         ));
     }
-    let mut downsampled = 0;
-    loop {
-        let outcome = cx
-            .writer
-            .maintain(Step::DownsampleSamples {
-                before: samples_before,
-            })
-            .await?;
-        downsampled += outcome.rows;
-        if !outcome.more {
-            break;
-        }
-    }
+    let downsampled = repeat_step(cx, || Step::DownsampleSamples {
+        before: samples_before,
+    })
+    .await?;
     let aggregates = cx
         .writer
         .maintain(Step::DeleteAggregates {

@@ -92,6 +92,15 @@ impl Store {
         }
     }
 
+    fn context<'a>(&'a self, policy: &'a Policy) -> Context<'a> {
+        Context {
+            writer: &self.writer,
+            reader: &self.reader,
+            db_path: self.path.clone(),
+            policy,
+        }
+    }
+
     /// Closes every connection (the writer thread ends once its handles are gone).
     fn close(self) -> tempfile::TempDir {
         drop(self.writer);
@@ -180,12 +189,7 @@ async fn retention_rolls_up_then_deletes_old_history_and_downsamples_old_samples
     assert_eq!(store.count("tasks").await, 6);
     assert_eq!(store.count("transitions").await, 17);
 
-    let cx = Context {
-        writer: &store.writer,
-        reader: &store.reader,
-        db_path: store.path.clone(),
-        policy: &policy,
-    };
+    let cx = store.context(&policy);
     // A dry run says what would go and changes nothing.
     let preview = jobs::run(Job::Retention, &cx, now(), true).await.unwrap();
     assert!(
@@ -355,12 +359,7 @@ async fn raw_rows_wait_for_their_rollup_and_aggregates_expire_after_their_retent
         10.0,
     ));
     store.observe(obs).await;
-    let cx = Context {
-        writer: &store.writer,
-        reader: &store.reader,
-        db_path: store.path.clone(),
-        policy: &policy,
-    };
+    let cx = store.context(&policy);
     jobs::run(Job::Retention, &cx, now(), false).await.unwrap();
     // "a" rolled up and deleted; "b" finished 5 minutes ago: not rolled up yet, so kept.
     assert_eq!(store.column("SELECT id FROM tasks").await, ["b"]);
@@ -382,12 +381,7 @@ async fn compaction_checkpoints_and_reports_the_file_size() {
         ))
         .await;
     let policy = policy();
-    let cx = Context {
-        writer: &store.writer,
-        reader: &store.reader,
-        db_path: store.path.clone(),
-        policy: &policy,
-    };
+    let cx = store.context(&policy);
     let report = jobs::run(Job::Compaction, &cx, now(), false).await.unwrap();
     assert!(
         report.detail.starts_with("checkpointed: "),
@@ -565,12 +559,7 @@ async fn ingestion_keeps_flowing_while_a_large_retention_delete_runs() {
 async fn housekeeping_disk_benchmark() {
     let store = Store::open();
     let policy = policy();
-    let cx = Context {
-        writer: &store.writer,
-        reader: &store.reader,
-        db_path: store.path.clone(),
-        policy: &policy,
-    };
+    let cx = store.context(&policy);
     let size = |label: &str| {
         let file = std::fs::metadata(&store.path).map(|m| m.len()).unwrap_or(0);
         println!("{label}: file {}", jobs::human_bytes(file));
