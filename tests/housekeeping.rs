@@ -95,3 +95,45 @@ fn scheduled_jobs_are_reported_and_the_one_shot_command_runs_them() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("seconds field"), "{err}");
 }
+
+#[test]
+fn payloads_are_redacted_and_truncated_before_they_are_stored() {
+    let _slot = common::test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ts = Taskscope::start(
+        &redis.url(),
+        &dir.path().join("t.duckdb"),
+        &["--brokers", "dramatiq", "--max-value-bytes", "300"],
+    );
+    // No worker: the message waits in the queue, as a producer wrote it.
+    let big: Vec<String> = (0..100).map(|i| format!("row-{i}")).collect();
+    let id = common::dramatiq_produce(
+        &redis.url(),
+        "add",
+        1,
+        &common::DramatiqProduceOpts {
+            args: Some(serde_json::json!([big, 2])),
+            kwargs: Some(
+                serde_json::json!({"note": "hello", "db": {"Password": "hunter2"},
+                "api_token": "t0k3n"}),
+            ),
+            ..Default::default()
+        },
+    )
+    .remove(0);
+    let task = ts.wait_state(&id, "queued", LONG);
+    assert_eq!(
+        task["kwargs"],
+        serde_json::json!({"note": "hello", "db": {"Password": "[redacted]"},
+            "api_token": "[redacted]"}),
+        "{task}"
+    );
+    assert_eq!(
+        task["args"],
+        serde_json::json!(["[truncated: list of 100 items]", 2]),
+        "{task}"
+    );
+    let raw = redis.cli(&["HGETALL", "dramatiq:default.msgs"]);
+    assert!(raw.contains("hunter2"), "Redis itself is untouched: {raw}");
+}
