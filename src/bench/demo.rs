@@ -107,6 +107,7 @@ async fn drive(client: &Client, child: &mut procs::Proc, args: &DemoArgs) -> any
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);
     let mut d = Driver::new(seed, &FLAVORS);
+    d.retry_delay = Duration::from_secs(5);
     let _ = send(client, d.setup()).await?;
     let started = Instant::now();
     let stop_at = args.duration.map(|d| started + d);
@@ -116,7 +117,7 @@ async fn drive(client: &Client, child: &mut procs::Proc, args: &DemoArgs) -> any
     let mut enqueue_credit: HashMap<Flavor, f64> = HashMap::new();
     let mut worker_credit: HashMap<Flavor, f64> = HashMap::new();
     let mut next = started;
-    let mut ctrl_c = std::pin::pin!(tokio::signal::ctrl_c());
+    let mut stop = std::pin::pin!(stop_signal());
     loop {
         if let Ok(Some(status)) = child.child.try_wait() {
             anyhow::bail!("taskscope stopped ({status})");
@@ -167,8 +168,24 @@ async fn drive(client: &Client, child: &mut procs::Proc, args: &DemoArgs) -> any
             next = now;
         }
         tokio::select! {
-            _ = &mut ctrl_c => return Ok(()),
+            _ = &mut stop => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
     }
+}
+
+/// Ctrl-C or `SIGTERM`.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

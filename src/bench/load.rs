@@ -27,6 +27,10 @@ pub struct LoadArgs {
     /// Lifecycles per broker.
     #[arg(long, default_value_t = 10_000)]
     pub tasks: usize,
+    /// How long each (simulated) task runs between its delivery and its outcome: `0s` (the
+    /// default) is the harshest case, a payload gone within two pipelines.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+    pub runtime: Duration,
     /// New lifecycles per pipeline at `--rate max`.
     #[arg(long, default_value_t = 200)]
     pub batch: usize,
@@ -150,6 +154,7 @@ async fn generate(
     n: usize,
     rate: Rate,
     batch: usize,
+    runtime: Duration,
     run: u64,
 ) -> anyhow::Result<Generated> {
     let mut d = Driver::new(run, &[flavor]);
@@ -173,7 +178,7 @@ async fn generate(
         let new: Vec<usize> = (0..k).map(|_| d.new_task(flavor, None)).collect();
         created += k;
         write_at.resize(d.tasks.len(), None);
-        let out = d.tick(now, &new, &|_| None, &mut |_| Duration::ZERO);
+        let out = d.tick(now, &new, &|_| None, &mut |_| runtime);
         let sent = Instant::now();
         errors += send(client, out.commands).await?;
         for i in out.finished {
@@ -254,6 +259,7 @@ pub struct FlavorReport {
     pub broker: String,
     pub tasks: usize,
     pub rate: String,
+    pub runtime_ms: f64,
     /// Whether the target requires 0 lost and 0 wrong here.
     pub must_not_lose: bool,
     /// Lifecycles the generator completed per second (with taskscope watching).
@@ -435,7 +441,16 @@ async fn run_flavor(
     } else {
         reset(client).await?;
         let before = redis_counters(client).await?;
-        let g = generate(client, flavor, args.tasks, rate, args.batch, seed).await?;
+        let g = generate(
+            client,
+            flavor,
+            args.tasks,
+            rate,
+            args.batch,
+            args.runtime,
+            seed,
+        )
+        .await?;
         Some((before, g))
     };
 
@@ -505,6 +520,7 @@ async fn run_flavor(
         broker: flavor.as_str().to_string(),
         tasks: args.tasks,
         rate: args.rate.clone(),
+        runtime_ms: args.runtime.as_secs_f64() * 1000.0,
         must_not_lose: flavor.must_not_lose(),
         generated_per_s: n / g.elapsed.as_secs_f64().max(1e-9),
         ingested_per_s: (args.tasks - lost) as f64 / ingest_span.as_secs_f64().max(1e-9),
@@ -556,7 +572,16 @@ async fn watched_run(
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ts_before = api.redis_commands().await?;
     let before = redis_counters(client).await?;
-    let g = generate(client, flavor, args.tasks, rate, args.batch, seed).await?;
+    let g = generate(
+        client,
+        flavor,
+        args.tasks,
+        rate,
+        args.batch,
+        args.runtime,
+        seed,
+    )
+    .await?;
 
     // Wait for every final state on the event stream, then check the task list (which also
     // covers events the stream dropped) until it is right or the deadline passes.

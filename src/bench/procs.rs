@@ -62,6 +62,26 @@ impl Drop for Proc {
     }
 }
 
+/// Makes the kernel kill the child when this process dies, however it dies (Linux), so an
+/// interrupted benchmark or demo leaves no `redis-server` behind.
+fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: the closure runs between fork and exec and only calls `prctl`, which is
+        // async-signal-safe; it allocates nothing and touches no lock.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
 /// A private `redis-server` on a free port, no persistence.
 #[derive(Debug)]
 pub struct RedisServer {
@@ -85,7 +105,7 @@ pub fn start_redis(dir: &Path) -> anyhow::Result<RedisServer> {
         );
     };
     let port = free_port()?;
-    let child = Command::new(bin)
+    let child = die_with_parent(&mut Command::new(bin))
         .args([
             "--port",
             &port.to_string(),
@@ -125,7 +145,7 @@ pub fn start_taskscope(args: &[String], log: &Path) -> anyhow::Result<Proc> {
     let exe = std::env::current_exe().context("cannot find the taskscope binary")?;
     let log_file =
         std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
-    let child = Command::new(exe)
+    let child = die_with_parent(&mut Command::new(exe))
         .arg("serve")
         .args(args)
         .env(

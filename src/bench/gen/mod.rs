@@ -7,7 +7,7 @@
 //!
 //! 1. running tasks whose (simulated) runtime is over finish: success, failure, or a failed
 //!    first attempt that is requeued (a retry);
-//! 2. Dramatiq retries wait one tick in the delay queue, then move back to the queue;
+//! 2. Dramatiq retries wait in the delay queue for their backoff, then move back to the queue;
 //! 3. waiting tasks are delivered to the (simulated) worker, oldest first, up to a capacity;
 //! 4. new tasks are enqueued.
 //!
@@ -199,8 +199,11 @@ pub struct Driver {
     rng: Rng,
     waiting: HashMap<Flavor, VecDeque<usize>>,
     running: Vec<(Instant, usize)>,
-    /// Dramatiq retries in the delay queue, moved back on the next tick.
-    delayed: Vec<usize>,
+    /// Dramatiq retries in the delay queue, moved back when due.
+    delayed: Vec<(Instant, usize)>,
+    /// How long a Dramatiq retry waits in the delay queue (its backoff; Dramatiq's default
+    /// `min_backoff` is 15 s).
+    pub retry_delay: Duration,
     taskiq: taskiq::StreamIds,
     last_heartbeat: Option<Instant>,
     pub active_flavors: Vec<Flavor>,
@@ -215,6 +218,7 @@ impl Driver {
             waiting: HashMap::new(),
             running: Vec::new(),
             delayed: Vec::new(),
+            retry_delay: Duration::from_secs(1),
             taskiq: taskiq::StreamIds::default(),
             last_heartbeat: None,
             active_flavors: flavors.to_vec(),
@@ -296,7 +300,7 @@ impl Driver {
             let retry =
                 self.tasks[i].outcome == Outcome::RetryThenSuccess && self.tasks[i].attempt == 0;
             if retry {
-                let cmds = self.retry(i, wall);
+                let cmds = self.retry(i, now, wall);
                 out.commands.extend(cmds);
             } else {
                 let t = &self.tasks[i];
@@ -311,7 +315,9 @@ impl Driver {
         }
 
         // 2. Dramatiq: delay queue back to the queue (the worker's `enqueue` of a due message).
-        for i in std::mem::take(&mut self.delayed) {
+        let (due, later): (Vec<_>, Vec<_>) = self.delayed.drain(..).partition(|(at, _)| *at <= now);
+        self.delayed = later;
+        for (_, i) in due {
             let old = self.tasks[i].delivery.clone();
             let new_rid = uuid_id(self.run ^ 0xD0, self.tasks[i].seq * 4 + 2);
             self.tasks[i].delivery = new_rid;
@@ -376,7 +382,7 @@ impl Driver {
 
     /// A failed first attempt that will run again: the broker's retry commands; the task goes
     /// back to waiting (Dramatiq: to the delay queue first).
-    fn retry(&mut self, i: usize, wall: chrono::DateTime<chrono::Utc>) -> Vec<Cmd> {
+    fn retry(&mut self, i: usize, now: Instant, wall: chrono::DateTime<chrono::Utc>) -> Vec<Cmd> {
         let flavor = self.tasks[i].flavor;
         let cmds = match flavor {
             Flavor::Celery | Flavor::CeleryEvents => {
@@ -391,7 +397,7 @@ impl Driver {
                 self.tasks[i].delivery = uuid_id(self.run ^ 0xD0, self.tasks[i].seq * 4 + 1);
                 self.tasks[i].attempt = 1;
                 let c = dramatiq::retry(&self.tasks[i], &old, wall);
-                self.delayed.push(i);
+                self.delayed.push((now + self.retry_delay, i));
                 return c;
             }
             Flavor::Rq => {
@@ -426,6 +432,7 @@ mod tests {
         let mut t = Instant::now();
         let mut out = d.tick(t, &new, &|_| Some(3), &mut |_| Duration::ZERO);
         assert_eq!(out.enqueued, 50);
+        d.retry_delay = Duration::ZERO;
         for _ in 0..200 {
             t += Duration::from_millis(10);
             out = d.tick(t, &[], &|_| Some(3), &mut |_| Duration::ZERO);
