@@ -25,6 +25,7 @@ const FIGURES: &[&str] = &[
     "taskscope_peak_rss_mb",
     "taskscope_redis_commands",
     "taskscope_commands_per_lifecycle",
+    "taskscope_round_trips_per_lifecycle",
     "redis_extra_commands_per_lifecycle",
     "redis_cpu_seconds_baseline",
     "redis_cpu_seconds_with",

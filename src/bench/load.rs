@@ -278,6 +278,8 @@ pub struct FlavorReport {
     /// Commands taskscope counted itself (`/healthz` `redis_commands`) during the run.
     pub taskscope_redis_commands: u64,
     pub taskscope_commands_per_lifecycle: f64,
+    /// Round trips (a pipeline counts once): the target's way of counting.
+    pub taskscope_round_trips_per_lifecycle: f64,
     /// Redis's `INFO commandstats`: commands with taskscope minus without, per lifecycle.
     pub redis_extra_commands_per_lifecycle: Option<f64>,
     /// Redis CPU seconds while generating, without and with taskscope.
@@ -490,6 +492,7 @@ async fn run_flavor(
         lag,
         last_arrival,
         ts_commands,
+        ts_round_trips,
         sse_lagged,
     } = report_parts;
     let n = args.tasks as f64;
@@ -532,6 +535,7 @@ async fn run_flavor(
         taskscope_peak_rss_mb: usage.peak_rss_mb,
         taskscope_redis_commands: ts_commands,
         taskscope_commands_per_lifecycle: ts_commands as f64 / n,
+        taskscope_round_trips_per_lifecycle: ts_round_trips as f64 / n,
         redis_extra_commands_per_lifecycle: extra_cmds,
         redis_cpu_seconds_baseline: base_cpu,
         redis_cpu_seconds_with: with_cpu,
@@ -553,6 +557,7 @@ struct Watched {
     lag: Lag,
     last_arrival: Option<Instant>,
     ts_commands: u64,
+    ts_round_trips: u64,
     sse_lagged: u64,
 }
 
@@ -621,7 +626,9 @@ async fn watched_run(
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     let usage = procs::usage(child.pid())?;
-    let ts_commands = api.redis_commands().await?.saturating_sub(ts_before);
+    let ts_after = api.redis_commands().await?;
+    let ts_commands = ts_after.0.saturating_sub(ts_before.0);
+    let ts_round_trips = ts_after.1.saturating_sub(ts_before.1);
     let at_settle = redis_counters(client).await?;
     follower.abort();
     let a = arrivals
@@ -648,6 +655,7 @@ async fn watched_run(
             lag: percentiles(lags),
             last_arrival,
             ts_commands,
+            ts_round_trips,
             sse_lagged,
         },
         usage,
@@ -661,7 +669,7 @@ pub fn print_table(r: &Report) {
         r.version, r.machine.cpus, r.machine.loadavg_before, r.machine.redis_version
     );
     println!(
-        "{:<14}{:>7}{:>6}{:>10}{:>10}{:>6}{:>6}{:>9}{:>9}{:>8}{:>8}{:>9}{:>9}{:>9}{:>8}",
+        "{:<14}{:>6}{:>6}{:>9}{:>9}{:>6}{:>6}{:>8}{:>8}{:>7}{:>8}{:>8}{:>8}{:>10}{:>10}{:>7}",
         "broker",
         "tasks",
         "rate",
@@ -673,7 +681,8 @@ pub fn print_table(r: &Report) {
         "p99 ms",
         "cpu s",
         "rss MB",
-        "ts cmd/lc",
+        "cmd/lc",
+        "rtt/lc",
         "redis+cmd",
         "redis+cpu",
         "busy%"
@@ -681,7 +690,7 @@ pub fn print_table(r: &Report) {
     let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
     for x in &r.runs {
         println!(
-            "{:<14}{:>7}{:>6}{:>10.0}{:>10.0}{:>6}{:>6}{:>9.1}{:>9.1}{:>8.2}{:>8.1}{:>9.3}{:>9}{:>8}%{:>8}",
+            "{:<14}{:>6}{:>6}{:>9.0}{:>9.0}{:>6}{:>6}{:>8.1}{:>8.1}{:>7.2}{:>8.1}{:>8.3}{:>8.3}{:>10}{:>9}%{:>7}",
             x.broker,
             x.tasks,
             x.rate,
@@ -694,6 +703,7 @@ pub fn print_table(r: &Report) {
             x.taskscope_cpu_seconds,
             x.taskscope_peak_rss_mb,
             x.taskscope_commands_per_lifecycle,
+            x.taskscope_round_trips_per_lifecycle,
             opt(x.redis_extra_commands_per_lifecycle, 3),
             opt(x.redis_extra_cpu_pct, 1),
             opt(x.redis_busy_pct_baseline, 0),

@@ -73,12 +73,17 @@ impl Api {
         }
     }
 
-    /// `redis_commands` from `/healthz`: commands taskscope issued so far.
-    pub async fn redis_commands(&self) -> anyhow::Result<u64> {
+    /// `redis_commands` and `redis_round_trips` from `/healthz`: what taskscope sent so far.
+    pub async fn redis_commands(&self) -> anyhow::Result<(u64, u64)> {
         let h = self.get_json("/healthz").await?;
-        h["redis_commands"]
-            .as_u64()
-            .context("/healthz has no redis_commands")
+        Ok((
+            h["redis_commands"]
+                .as_u64()
+                .context("/healthz has no redis_commands")?,
+            h["redis_round_trips"]
+                .as_u64()
+                .context("/healthz has no redis_round_trips")?,
+        ))
     }
 
     /// Every task, newest first, paged by 1,000.
