@@ -592,9 +592,15 @@ async fn watched_run(
     // covers events the stream dropped) until it is right or the deadline passes.
     let deadline = Instant::now() + args.settle;
     let n = g.tasks.len();
+    let mut polls = 0u32;
     loop {
         let seen = arrivals.lock().map(|a| a.final_at.len()).unwrap_or(0);
         if seen >= n || Instant::now() > deadline {
+            break;
+        }
+        // The event stream may have dropped some (`lagged`): every second, ask the store.
+        polls += 1;
+        if polls % 20 == 0 && api.final_tasks().await.unwrap_or(0) >= n as u64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -86,6 +86,15 @@ impl Api {
         ))
     }
 
+    /// Tasks in a final state (`/api/stats`).
+    pub async fn final_tasks(&self) -> anyhow::Result<u64> {
+        let stats = self.get_json("/api/stats").await?;
+        Ok(["success", "failure"]
+            .iter()
+            .map(|s| stats["by_state"][*s].as_u64().unwrap_or(0))
+            .sum())
+    }
+
     /// Every task, newest first, paged by 1,000.
     pub async fn all_tasks(&self) -> anyhow::Result<HashMap<String, Seen>> {
         let mut out = HashMap::new();
