@@ -30,6 +30,7 @@ const FIGURES: &[&str] = &[
     "redis_cpu_seconds_baseline",
     "redis_cpu_seconds_with",
     "redis_extra_cpu_pct",
+    "redis_extra_cpu_pct_notifications_only",
     "redis_busy_pct_baseline",
     "baseline_generated_per_s",
     "generator_command_errors",

@@ -286,6 +286,8 @@ pub struct FlavorReport {
     pub redis_cpu_seconds_baseline: Option<f64>,
     pub redis_cpu_seconds_with: f64,
     pub redis_extra_cpu_pct: Option<f64>,
+    /// The same without taskscope but with its keyspace notifications on: their share.
+    pub redis_extra_cpu_pct_notifications_only: Option<f64>,
     /// Redis CPU use while generating without taskscope, in % of one core (~100: saturated).
     pub redis_busy_pct_baseline: Option<f64>,
     pub baseline_generated_per_s: Option<f64>,
@@ -473,6 +475,25 @@ async fn run_flavor(
     let api = Api::new(format!("http://127.0.0.1:{port}"))?;
     let result = watched_run(client, &api, &mut child, flavor, rate, args, seed ^ 0xFF).await;
     child.stop(Duration::from_secs(10));
+    // 3. Without taskscope but with the keyspace notifications it turned on (still set): how
+    // much of its cost to Redis is the notifications themselves.
+    let notify_only = if args.no_baseline || result.is_err() {
+        None
+    } else {
+        rio::run_commands(client, vec![("FLUSHALL", vec![])]).await?;
+        let before = redis_counters(client).await?;
+        let g = generate(
+            client,
+            flavor,
+            args.tasks,
+            rate,
+            args.batch,
+            args.runtime,
+            seed,
+        )
+        .await?;
+        Some(g.at_end.cpu_seconds - before.cpu_seconds)
+    };
     let (report_parts, usage) = match result {
         Ok(r) => r,
         Err(e) => {
@@ -540,6 +561,12 @@ async fn run_flavor(
         redis_cpu_seconds_baseline: base_cpu,
         redis_cpu_seconds_with: with_cpu,
         redis_extra_cpu_pct: extra_cpu,
+        redis_extra_cpu_pct_notifications_only: match (notify_only, base_cpu) {
+            (Some(with_notify), Some(base)) if base > 0.0 => {
+                Some((with_notify - base) / base * 100.0)
+            }
+            _ => None,
+        },
         redis_busy_pct_baseline: busy,
         baseline_generated_per_s: base_rate,
         generator_command_errors: g.command_errors,
