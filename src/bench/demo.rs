@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use tracing::Instrument;
 
 /// `taskscope demo` flags.
 #[derive(Debug, clap::Args)]
@@ -94,7 +95,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "taskscope demo: open http://{listen}  (redis-server on port {}, Ctrl-C to stop)",
         redis.port
     );
-    let outcome = drive(&client, &mut child, &args).await;
+    let outcome = drive(&client, &mut child, &args)
+        .instrument(tracing::info_span!("demo", port = listen.port()))
+        .await;
     println!("taskscope demo: stopping.");
     let _ = client.quit().await;
     child.stop(Duration::from_secs(10));

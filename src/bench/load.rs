@@ -12,7 +12,7 @@ use fred::prelude::*;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tracing::info;
+use tracing::{info, Instrument};
 
 /// `taskscope bench load` flags.
 #[derive(Debug, clap::Args)]
@@ -342,6 +342,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     for (k, flavor) in flavors.iter().enumerate() {
         info!(broker = flavor.as_str(), "Running the load benchmark.");
         let report = run_flavor(&client, &redis, dir.path(), *flavor, rate, &args, k as u64)
+            .instrument(tracing::info_span!("bench_load", broker = flavor.as_str()))
             .await
             .with_context(|| format!("{} run", flavor.as_str()))?;
         runs.push(report);
