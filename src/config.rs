@@ -33,6 +33,12 @@ pub enum Command {
     Housekeeping(Box<HousekeepingCmd>),
     /// Write every task matching the task-list filters to a CSV or Parquet file.
     Export(Box<crate::export::ExportArgs>),
+    /// Benchmarks (`bench load`: the ingest benchmark on a private redis-server).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCmd),
+    /// A private redis-server, generated traffic of every broker and the UI: a live
+    /// dashboard in one command (needs `redis-server` on PATH).
+    Demo(Box<crate::bench::demo::DemoArgs>),
 }
 
 /// `taskscope housekeeping`.

@@ -10,6 +10,7 @@
 //!
 //! Exit codes: 0 success, 2 bad usage, 1 any other error (one line saying what to do).
 
+mod bench;
 mod config;
 mod export;
 mod housekeeping;
@@ -59,6 +60,17 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Bench(bench::BenchCmd::Load(args)) => run_async(async move {
+            let json = args.json;
+            let report = bench::load::run(*args).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                bench::load::print_table(&report);
+            }
+            Ok(())
+        }),
+        Command::Demo(args) => run_async(bench::demo::run(*args)),
         Command::Serve(serve_args) => {
             let settings = match serve_args.into_settings() {
                 Ok(s) => s,
@@ -79,6 +91,27 @@ fn main() -> ExitCode {
                     ExitCode::from(1)
                 }
             }
+        }
+    }
+}
+
+/// Runs a subcommand's future on a fresh runtime; errors print one line and exit 1.
+fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("taskscope: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("taskscope: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

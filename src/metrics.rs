@@ -50,6 +50,8 @@ pub struct Metrics {
     pub lagged_events: AtomicU64,
     /// Redis commands taskscope issued (pipelined commands count one each).
     pub redis_commands: AtomicU64,
+    /// Round trips to Redis (a pipeline of up to 512 commands counts once).
+    pub redis_round_trips: AtomicU64,
     change_feed: Mutex<ChangeFeed>,
     /// Adapters running, for `/` and `/healthz`.
     brokers: Mutex<Vec<Broker>>,
@@ -121,6 +123,7 @@ impl Default for Metrics {
             decode_errors: Mutex::new(BTreeMap::new()),
             lagged_events: AtomicU64::new(0),
             redis_commands: AtomicU64::new(0),
+            redis_round_trips: AtomicU64::new(0),
             change_feed: Mutex::new(ChangeFeed::Unknown),
             brokers: Mutex::new(Vec::new()),
             warnings: Mutex::new(Vec::new()),
@@ -236,6 +239,14 @@ impl Metrics {
     /// Counts Redis commands taskscope issued (pipelined ones one each).
     pub fn count_redis_commands(&self, n: u64) {
         self.redis_commands.fetch_add(n, Ordering::Relaxed);
+        self.count_round_trips(n);
+    }
+
+    /// Counts the round trips of `n` commands sent pipelined (one per 512-command chunk).
+    pub fn count_round_trips(&self, n: u64) {
+        let chunk = crate::ingest::redis::PIPELINE_CHUNK as u64;
+        self.redis_round_trips
+            .fetch_add(n.div_ceil(chunk), Ordering::Relaxed);
     }
 
     pub fn enable_detection(&self) {

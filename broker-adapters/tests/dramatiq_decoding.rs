@@ -311,3 +311,35 @@ fn a_full_page_of_new_ids_asks_for_the_older_page() {
         stop: -201
     }));
 }
+
+/// A message read while queued whose fetch and ack both fell between two reads of the ack set
+/// (fast workers): reconciliation checks it, and finds it acknowledged.
+#[test]
+fn message_never_seen_in_an_ack_set_is_settled_by_reconciliation() {
+    let mut a = adapter();
+    let now = Utc::now();
+    let msg = fixture("queue_message.bin");
+    let rid = "16deba5e-78c0-48dd-9722-a2be2c56937d";
+    let reads = a.on_key_event("dramatiq:default.msgs", "hset", now);
+    let out = a.on_reply(&reads[0], bulk(&[rid.as_bytes()]), now);
+    let out = a.on_reply(&out.follow_up[0], bulk(&[&msg]), now);
+    assert_eq!(tasks(&out)[0].event, TaskEvent::Queued);
+
+    let reads = a.reconcile(&[], now);
+    let check = reads
+        .iter()
+        .position(|r| {
+            *r == ReadRequest::HMGet {
+                key: "dramatiq:default.msgs".into(),
+                fields: vec![rid.into()],
+            }
+        })
+        .expect("reconciliation checks the unsettled message");
+    let gone = a.on_reply(&reads[check], Reply::Array(vec![Reply::Nil]), now);
+    assert!(tasks(&gone).is_empty());
+    let delayed = a.on_reply(&reads[check + 1], Reply::Array(vec![]), now);
+    assert!(tasks(&delayed).is_empty());
+    let settled = a.on_reply(&reads[check + 2], Reply::Array(vec![Reply::Nil]), now);
+    let t = tasks(&settled);
+    assert_eq!(t[0].event, TaskEvent::Succeeded);
+}

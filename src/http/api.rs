@@ -54,6 +54,7 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
             .map(|(source, n)| (source.as_str().to_string(), json!(n)))
             .collect::<serde_json::Map<String, Value>>(),
         "redis_commands": state.metrics.redis_commands.load(Ordering::Relaxed),
+        "redis_round_trips": state.metrics.redis_round_trips.load(Ordering::Relaxed),
         "lagged_events": state.metrics.lagged_events.load(Ordering::Relaxed),
         "store": {
             "observations_applied": writer.observations_applied.load(Ordering::Relaxed),

@@ -646,9 +646,7 @@ impl Pipeline {
             let batch = std::mem::take(&mut self.pending);
             self.pending_set.clear();
             let requests: Vec<ReadRequest> = batch.iter().map(|(_, r)| r.clone()).collect();
-            self.metrics
-                .redis_commands
-                .fetch_add(requests.len() as u64, Ordering::Relaxed);
+            self.metrics.count_redis_commands(requests.len() as u64);
             match execute(&self.client, &self.side, &batch).await {
                 Ok(replies) => {
                     self.metrics.ingested(Source::Read, replies.len() as u64);
@@ -727,9 +725,7 @@ impl Pipeline {
             );
         }
         if !batch.is_empty() {
-            self.metrics
-                .redis_commands
-                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            self.metrics.count_redis_commands(batch.len() as u64);
             match execute(&self.client, &self.side, &batch).await {
                 Ok(replies) => {
                     for ((i, request), reply) in batch.iter().zip(replies) {
@@ -772,7 +768,7 @@ impl Pipeline {
             for (client, pattern) in patterns {
                 let mut cursor = 0u64;
                 loop {
-                    self.metrics.redis_commands.fetch_add(1, Ordering::Relaxed);
+                    self.metrics.count_redis_commands(1);
                     let (next, keys) = match redis::scan_page(&client, cursor, &pattern, SCAN_COUNT)
                         .await
                     {
@@ -808,7 +804,7 @@ impl Pipeline {
             &uuid::Uuid::new_v4().to_string(),
             Utc::now(),
         );
-        self.metrics.redis_commands.fetch_add(1, Ordering::Relaxed);
+        self.metrics.count_redis_commands(1);
         match self
             .client
             .publish::<i64, _, _>(channel.as_str(), payload)

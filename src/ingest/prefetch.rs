@@ -18,7 +18,6 @@ use broker_adapters::{Prefetch, ReadRequest};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{mpsc, watch};
@@ -112,7 +111,7 @@ async fn run(
         let client = client.clone();
         let tx = tx.clone();
         let done_tx = done_tx.clone();
-        metrics.redis_commands.fetch_add(1, Ordering::Relaxed);
+        metrics.count_redis_commands(1);
         tokio::spawn(async move {
             let reply = redis::run_reads(&client, std::slice::from_ref(&read))
                 .await

@@ -417,7 +417,14 @@ impl DramatiqAdapter {
                     continue;
                 }
             }
-            let Some(bytes) = bytes else { continue };
+            let Some(bytes) = bytes else {
+                if !dead && !self.known.contains_key(id) {
+                    // The payload was gone before it could be read (a fast worker took and
+                    // acknowledged it): only a settlement can tell what became of its task.
+                    self.needs_settlement = true;
+                }
+                continue;
+            };
             let msg = match message::decode(bytes) {
                 Ok(msg) => msg,
                 Err(e) => {
@@ -803,6 +810,17 @@ impl Adapter for DramatiqAdapter {
         let queues: Vec<String> = self.queues.iter().cloned().collect();
         for q in &queues {
             reads.extend(self.queue_reads(q));
+        }
+        // Messages read but not seen leaving an ack set (both moves fell between two reads)
+        // are checked here too, not only on the next `hdel` of their queue.
+        let unsettled: Vec<String> = self
+            .in_flight
+            .iter()
+            .filter(|(_, ids)| !ids.is_empty())
+            .map(|(q, _)| q.clone())
+            .collect();
+        for q in &unsettled {
+            reads.extend(self.check_acked(q));
         }
         for task in open {
             if let (Some(queue), Some(name)) = (&task.queue, &task.name) {

@@ -1,0 +1,189 @@
+//! Smoke versions of `taskscope bench load` and `taskscope demo`, so neither can rot: a few
+//! hundred lifecycles per broker through a private redis-server, and the demo until its
+//! dashboard shows tasks of all four brokers. Seconds, not minutes.
+
+mod common;
+
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Every figure the benchmark promises, per broker run.
+const FIGURES: &[&str] = &[
+    "broker",
+    "tasks",
+    "rate",
+    "runtime_ms",
+    "must_not_lose",
+    "generated_per_s",
+    "ingested_per_s",
+    "lost",
+    "wrong",
+    "wrong_examples",
+    "lag",
+    "taskscope_cpu_seconds",
+    "taskscope_peak_rss_mb",
+    "taskscope_redis_commands",
+    "taskscope_commands_per_lifecycle",
+    "taskscope_round_trips_per_lifecycle",
+    "redis_extra_commands_per_lifecycle",
+    "redis_cpu_seconds_baseline",
+    "redis_cpu_seconds_with",
+    "redis_extra_cpu_pct",
+    "redis_extra_cpu_pct_notifications_only",
+    "redis_busy_pct_baseline",
+    "baseline_generated_per_s",
+    "generator_command_errors",
+    "sse_lagged",
+];
+
+#[test]
+fn bench_load_smoke_every_broker_no_lifecycle_lost() {
+    let _slot = common::test_slot();
+    let started = Instant::now();
+    let out = Command::new(common::taskscope_bin())
+        .args([
+            "bench",
+            "load",
+            "--broker",
+            "all",
+            "--tasks",
+            "200",
+            "--rate",
+            "400",
+            "--settle",
+            "30s",
+            "--runtime",
+            "50ms",
+            "--json",
+        ])
+        .env("TASKSCOPE_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run taskscope bench load");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench load failed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let runs = report["runs"].as_array().expect("runs");
+    let brokers: Vec<&str> = runs.iter().filter_map(|r| r["broker"].as_str()).collect();
+    assert_eq!(
+        brokers,
+        ["celery", "celery-events", "dramatiq", "rq", "taskiq"]
+    );
+    for run in runs {
+        for figure in FIGURES {
+            assert!(
+                run.get(*figure).is_some_and(|v| !v.is_null()),
+                "{}: no {figure} in {run}",
+                run["broker"]
+            );
+        }
+        for p in ["samples", "p50_ms", "p99_ms", "max_ms"] {
+            assert!(run["lag"][p].is_number(), "lag.{p} in {run}");
+        }
+        assert_eq!(run["generator_command_errors"], 0, "{run}");
+        assert!(
+            run["taskscope_cpu_seconds"].as_f64().unwrap_or(0.0) > 0.0,
+            "{run}"
+        );
+        assert!(
+            run["taskscope_peak_rss_mb"].as_f64().unwrap_or(0.0) > 1.0,
+            "{run}"
+        );
+        if run["must_not_lose"] == true {
+            assert_eq!(run["lost"], 0, "lost lifecycles: {run}");
+            assert_eq!(run["wrong"], 0, "wrong lifecycles: {run}");
+            assert_eq!(
+                run["lag"]["samples"], 200,
+                "a final state never reached /api/events: {run}"
+            );
+        }
+    }
+    assert!(report["machine"]["redis_version"].is_string());
+    eprintln!("bench load smoke took {:?}", started.elapsed());
+}
+
+#[test]
+fn demo_smoke_shows_all_four_brokers() {
+    let _slot = common::test_slot();
+    let port = common::free_port();
+    let mut child = Command::new(common::taskscope_bin())
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--rate",
+            "40",
+            "--duration",
+            "120s",
+        ])
+        .env("TASKSCOPE_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start taskscope demo");
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("client");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = Value::Null;
+    let ok = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("demo exited early ({status})");
+        }
+        if let Ok(resp) = http.get(format!("{base}/api/stats")).send() {
+            if let Ok(v) = resp.json::<Value>() {
+                last = v;
+                let all = ["celery", "dramatiq", "rq", "taskiq"]
+                    .iter()
+                    .all(|b| last["by_broker"][*b].as_u64().unwrap_or(0) > 0);
+                if all {
+                    break true;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    // Ctrl-C: the demo stops its taskscope and its redis-server.
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let stop_deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if Instant::now() > stop_deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let output = child.wait_with_output().ok();
+    let text = output
+        .map(|o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        })
+        .unwrap_or_default();
+    assert!(
+        ok,
+        "the demo never showed all four brokers; last /api/stats: {last}\n{text}"
+    );
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the demo did not stop cleanly on Ctrl-C ({status:?}):\n{text}"
+    );
+    assert!(text.contains(&format!("http://127.0.0.1:{port}")), "{text}");
+}
