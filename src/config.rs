@@ -33,6 +33,8 @@ pub enum Command {
     Housekeeping(Box<HousekeepingCmd>),
     /// Write every task matching the task-list filters to a CSV or Parquet file.
     Export(Box<crate::export::ExportArgs>),
+    /// Benchmarks (`bench store`: history size and route latency at N tasks).
+    Bench(Box<crate::bench::BenchCmd>),
 }
 
 /// `taskscope housekeeping`.

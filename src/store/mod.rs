@@ -10,6 +10,7 @@
 //! - `export`: streamed CSV and Parquet exports of the task list.
 //! - [`maintenance`]: housekeeping's SQL (roll-ups, retention, down-sampling, checkpoints),
 //!   run as steps on the writer thread.
+//! - [`synthetic`]: generated histories for `taskscope bench store`.
 //! - `rows`: conversions between the model and rows (timestamps, JSON text, cursors).
 //!
 //! # Architecture invariants
@@ -27,6 +28,7 @@ mod reader;
 mod reports;
 mod rows;
 mod schema;
+pub mod synthetic;
 #[cfg(test)]
 mod tests;
 mod writer;
