@@ -236,6 +236,34 @@ fn routes(port: u16) -> anyhow::Result<Vec<(String, String, bool)>> {
     Ok(out)
 }
 
+/// Waits until the server's writer has been idle for 2 s: at start, ingest reconciles the open
+/// tasks and the abandon sweep settles the generated `running` tasks whose workers are silent,
+/// which writes; timing during that would measure the writer, not the reads.
+fn settle(port: u16) -> anyhow::Result<()> {
+    let written = || -> anyhow::Result<(u64, u64)> {
+        let h = get_json(port, "/healthz")?;
+        let w = &h["store"];
+        Ok((
+            w["transitions_written"].as_u64().unwrap_or(0),
+            w["backlog"].as_u64().unwrap_or(0),
+        ))
+    };
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut last = written()?;
+    let mut quiet_since = Instant::now();
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = written()?;
+        if now != last || now.1 > 0 {
+            last = now;
+            quiet_since = Instant::now();
+        } else if quiet_since.elapsed() >= Duration::from_secs(2) {
+            return Ok(());
+        }
+    }
+    bail!("the server's writer did not settle within 10 minutes")
+}
+
 /// Runs `taskscope bench store`.
 pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
     let span = chrono::Duration::from_std(args.span).context("--span is too long")?;
@@ -292,7 +320,7 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
             "--retention",
             "365d",
         ])
-        .env("RUST_LOG", "warn")
+        .env("TASKSCOPE_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -303,6 +331,7 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
     };
     proc::wait_http(&mut serve, http_port, "/healthz", Duration::from_secs(300))?;
     let startup = serve_started.elapsed();
+    settle(http_port)?;
     let rss_idle = proc::status_kb(serve.pid(), "VmRSS").unwrap_or(0);
     let stats = get_json(http_port, "/api/stats")?;
     let tasks_served: u64 = stats["by_state"]

@@ -104,6 +104,10 @@ pub struct StoreOptions {
     pub broadcast_capacity: usize,
     /// Reader connections kept open when idle.
     pub max_idle_readers: usize,
+    /// DuckDB's `memory_limit` (its buffer pool: cached blocks, hash tables, sorts) in MiB.
+    /// DuckDB's own default is 80% of the machine's RAM, which a sidecar must not take: past
+    /// this limit DuckDB evicts cached blocks and spills joins and sorts to `<db>.tmp`.
+    pub memory_limit_mib: usize,
 }
 
 impl Default for StoreOptions {
@@ -114,6 +118,7 @@ impl Default for StoreOptions {
             max_batch_observations: 50_000,
             broadcast_capacity: 4_096,
             max_idle_readers: 4,
+            memory_limit_mib: 256,
         }
     }
 }
@@ -139,6 +144,15 @@ pub fn open(
                 source,
             }
         }
+    })?;
+    // A database-wide setting: every connection cloned below shares it.
+    conn.execute_batch(&format!(
+        "SET memory_limit = '{}MiB'",
+        opts.memory_limit_mib.max(16)
+    ))
+    .map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
     })?;
     schema::migrate(&mut conn)?;
     let reader_template = conn.try_clone().map_err(|source| StoreError::Open {
