@@ -55,6 +55,8 @@ struct Timing {
     bytes: usize,
     /// Counted against the reports target.
     report: bool,
+    /// A route that failed (status and body): the run goes on and says so.
+    error: Option<String>,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -67,7 +69,27 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 impl Timing {
+    fn failed(name: &str, path: &str, report: bool, answer: &proc::Answer) -> Timing {
+        Timing {
+            name: name.to_string(),
+            path: path.to_string(),
+            samples_ms: Vec::new(),
+            bytes: 0,
+            report,
+            error: Some(format!(
+                "status {}: {}",
+                answer.status,
+                String::from_utf8_lossy(&answer.body)
+            )),
+        }
+    }
+
     fn json(&self) -> Value {
+        if let Some(e) = &self.error {
+            return json!({
+                "name": self.name, "path": self.path, "report": self.report, "error": e,
+            });
+        }
         let mut s = self.samples_ms.clone();
         s.sort_by(f64::total_cmp);
         json!({
@@ -121,11 +143,7 @@ fn time_route(
     let _span = tracing::info_span!("route", name).entered();
     let warm = proc::get(port, path)?;
     if warm.status != 200 {
-        bail!(
-            "GET {path}: status {}: {}",
-            warm.status,
-            String::from_utf8_lossy(&warm.body)
-        );
+        return Ok(Timing::failed(name, path, report, &warm));
     }
     let mut samples_ms = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
@@ -133,7 +151,7 @@ fn time_route(
         let a = proc::get(port, path)?;
         samples_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         if a.status != 200 {
-            bail!("GET {path}: status {}", a.status);
+            return Ok(Timing::failed(name, path, report, &a));
         }
     }
     Ok(Timing {
@@ -142,6 +160,7 @@ fn time_route(
         samples_ms,
         bytes: warm.body.len(),
         report,
+        error: None,
     })
 }
 
@@ -342,7 +361,9 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
     let mut timings = Vec::new();
     for (name, path, report) in routes(http_port)? {
         let t = time_route(http_port, &name, &path, args.runs, report)?;
-        if human {
+        if let (true, Some(e)) = (human, &t.error) {
+            eprintln!("{name:<28} FAILED {e}");
+        } else if human {
             let j = t.json();
             eprintln!(
                 "{:<28} p50 {:>9.2} ms  p95 {:>9.2} ms  max {:>9.2} ms",
@@ -359,17 +380,23 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
 
     let tasks = generated.as_ref().map(|g| g.tasks).unwrap_or(tasks_served);
     let bytes_per_task = file_bytes as f64 / tasks.max(1) as f64;
+    let failed: Vec<&str> = timings
+        .iter()
+        .filter(|t| t.error.is_some())
+        .map(|t| t.name.as_str())
+        .collect();
     let report_p95 = timings
         .iter()
         .filter(|t| t.report)
-        .map(|t| t.json()["p95_ms"].as_f64().unwrap_or(0.0))
+        .map(|t| t.json()["p95_ms"].as_f64().unwrap_or(f64::INFINITY))
         .fold(0.0, f64::max);
     let report_p95_default = timings
         .iter()
         .filter(|t| t.report && (t.name.ends_with(" 1h") || t.name.starts_with("stats")))
-        .map(|t| t.json()["p95_ms"].as_f64().unwrap_or(0.0))
+        .map(|t| t.json()["p95_ms"].as_f64().unwrap_or(f64::INFINITY))
         .fold(0.0, f64::max);
     let out = json!({
+        "failed_routes": failed,
         "tasks": tasks,
         "tasks_served": tasks_served,
         "transitions": generated.as_ref().map(|g| g.transitions),
@@ -388,8 +415,10 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
             "cpu_seconds": round2(cpu),
         },
         "summary": {
-            "report_p95_max_ms": report_p95,
-            "report_p95_max_default_window_ms": report_p95_default,
+            // null when a report route failed.
+            "report_p95_max_ms": report_p95.is_finite().then_some(report_p95),
+            "report_p95_max_default_window_ms":
+                report_p95_default.is_finite().then_some(report_p95_default),
             "targets": {
                 "report_p95_ms": TARGET_REPORT_P95_MS,
                 "bytes_per_task": TARGET_BYTES_PER_TASK,
@@ -403,6 +432,9 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
             },
         },
     });
+    if !failed.is_empty() && human {
+        println!("FAILED routes: {}", failed.join(", "));
+    }
     if args.json {
         println!("{out}");
     } else {

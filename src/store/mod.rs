@@ -118,7 +118,7 @@ impl Default for StoreOptions {
             max_batch_observations: 50_000,
             broadcast_capacity: 4_096,
             max_idle_readers: 4,
-            memory_limit_mib: 256,
+            memory_limit_mib: 512,
         }
     }
 }

@@ -2,8 +2,8 @@
 //! DuckDB itself (`INSERT ... SELECT ... FROM range(...)`), far faster than folding observations.
 //!
 //! The rows look like what the writer keeps: four brokers in uneven shares, a handful of queues
-//! and ~20 task names per broker, ~90% successes and a few failures (with a traceback), retries,
-//! abandoned, running and queued tasks, JSON arguments of ~80 bytes, three transitions per
+//! and ~20 task names per broker, ~90% successes and a few failures (with a traceback), some
+//! abandoned, and retried, running and queued tasks in the last ten minutes, JSON arguments of ~80 bytes, three transitions per
 //! finished task, queue samples every 5 s over the last day and every 5 min before. Tasks are
 //! spread evenly over `span` ending at `now`, written in time order (as the writer appends them),
 //! in chunks of [`CHUNK`] tasks so that memory stays bounded. Every value is a hash of the row
@@ -55,8 +55,13 @@ fn tasks_sql(lo: u64, hi: u64, n: u64, now_us: i64, span_us: i64) -> String {
         FROM r
     ), s AS (
         SELECT *,
+            -- Tasks still open (queued, running, retried) only in the last 10 minutes: older
+            -- ones have long finished, as in a real history, where the abandon sweep would
+            -- otherwise rewrite them (and widen every row group's `updated_at` range).
             CASE WHEN pick < 900 THEN 'success' WHEN pick < 930 THEN 'failure'
-                 WHEN pick < 940 THEN 'retried' WHEN pick < 945 THEN 'abandoned'
+                 WHEN pick < 935 THEN 'abandoned'
+                 WHEN t0 < {now_us} - 600000000 THEN 'success'
+                 WHEN pick < 945 THEN 'retried'
                  WHEN pick < 970 THEN 'running' ELSE 'queued' END AS state,
             -- Runtimes from 5 ms to ~5 s, most of them short.
             round(5 + r1 * r1 * r1 / 200000.0, 3) AS runtime
