@@ -7,7 +7,6 @@ Events go through Celery's own `app.events.Dispatcher`, so their wire format is 
 """
 import argparse
 import json
-import os
 import sys
 import time
 import uuid
@@ -59,7 +58,7 @@ def main():
                    args=repr((i, f"user-{i % 977}@example.com")), kwargs="{}",
                    retries=0, eta=None, root_id=tid, parent_id=None)
         for k, tid in enumerate(ids):
-            workers[(sent + k) % len(workers)].send("task-started", uuid=tid, pid=os.getpid())
+            workers[(sent + k) % len(workers)].send("task-started", uuid=tid)
         for k, tid in enumerate(ids):
             i = sent + k
             w = workers[i % len(workers)]

@@ -105,7 +105,9 @@ def main():
                    env=dict(os.environ, TASKSCOPE_LOG="warn"))
         fl = spawn([os.path.join(os.path.dirname(a.python), "celery"), "--broker", broker,
                     "flower", f"--port={fport}", "--address=127.0.0.1",
-                    f"--max_tasks={a.max_tasks}"])
+                    f"--max_tasks={a.max_tasks}"],
+                   # Flower 2 answers its API only with auth, or with this set.
+                   env=dict(os.environ, FLOWER_UNAUTHENTICATED_API="true"))
         wait_for("taskscope /healthz", lambda: get(f"http://127.0.0.1:{tport}/healthz") and True, 60)
         wait_for("flower /healthcheck", lambda: get(f"http://127.0.0.1:{fport}/healthcheck") and True, 60)
         time.sleep(2)  # both subscribed and settled

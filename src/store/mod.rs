@@ -108,6 +108,8 @@ pub struct StoreOptions {
     /// DuckDB's own default is 80% of the machine's RAM, which a sidecar must not take: past
     /// this limit DuckDB evicts cached blocks and spills joins and sorts to `<db>.tmp`.
     pub memory_limit_mib: usize,
+    /// DuckDB's worker `threads` (database-wide). `None` keeps DuckDB's default (one per core).
+    pub threads: Option<usize>,
 }
 
 impl Default for StoreOptions {
@@ -119,6 +121,9 @@ impl Default for StoreOptions {
             broadcast_capacity: 4_096,
             max_idle_readers: 4,
             memory_limit_mib: 512,
+            threads: std::env::var("TASKSCOPE_DUCKDB_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         }
     }
 }
@@ -146,8 +151,12 @@ pub fn open(
         }
     })?;
     // A database-wide setting: every connection cloned below shares it.
+    let threads = opts
+        .threads
+        .map(|n| format!("; SET threads = {}", n.max(1)))
+        .unwrap_or_default();
     conn.execute_batch(&format!(
-        "SET memory_limit = '{}MiB'",
+        "SET memory_limit = '{}MiB'{threads}",
         opts.memory_limit_mib.max(16)
     ))
     .map_err(|source| StoreError::Open {
