@@ -33,7 +33,8 @@ pub enum Command {
     Housekeeping(Box<HousekeepingCmd>),
     /// Write every task matching the task-list filters to a CSV or Parquet file.
     Export(Box<crate::export::ExportArgs>),
-    /// Benchmarks (`bench load`: the ingest benchmark on a private redis-server).
+    /// Benchmarks (`bench load`: ingest on a private redis-server; `bench store`: history size and route
+    /// latency at N tasks).
     #[command(subcommand)]
     Bench(crate::bench::BenchCmd),
     /// A private redis-server, generated traffic of every broker and the UI: a live

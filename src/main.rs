@@ -7,6 +7,7 @@
 //! - [`http`]: the JSON API and the pages.
 //! - [`metrics`]: counters shared by the above.
 //! - [`export`]: `taskscope export`, the task list to CSV or Parquet.
+//! - [`bench`]: `taskscope bench store`, size and latency of a generated history.
 //!
 //! Exit codes: 0 success, 2 bad usage, 1 any other error (one line saying what to do).
 
@@ -46,6 +47,13 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Housekeeping(args) => housekeeping_once(args),
+        Command::Bench(bench::BenchCmd::Store(args)) => match bench::store::run(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("taskscope: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Export(export_args) => match export::run(*export_args) {
             Ok(n) => {
                 info!(tasks = n, "Exported.");

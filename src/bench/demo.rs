@@ -86,7 +86,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         return Err(e.context(format!("taskscope's log:\n{text}")));
     }
-    let client = rio::builder(&redis.url())?.build()?;
+    let client = rio::builder(&redis.url(), false)?.build()?;
     client
         .init()
         .await

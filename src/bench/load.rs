@@ -322,7 +322,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         .trim()
         .to_string();
     let redis = procs::start_redis(dir.path())?;
-    let client = rio::builder(&redis.url())?.build()?;
+    let client = rio::builder(&redis.url(), false)?.build()?;
     client
         .init()
         .await

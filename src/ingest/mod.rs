@@ -108,8 +108,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let client = redis::builder(&cfg.redis_url)?.build()?;
-    let subscriber = redis::builder(&cfg.redis_url)?.build_subscriber_client()?;
+    let client = redis::builder(&cfg.redis_url, false)?.build()?;
+    let subscriber = redis::builder(&cfg.redis_url, true)?.build_subscriber_client()?;
     let (tx, rx) = mpsc::channel::<Incoming>(200_000);
     let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Rules::new()));
     let prefetcher = prefetch::spawn(
@@ -206,7 +206,7 @@ pub async fn run(
 
 /// Connects an adapter's second Redis ([`Adapter::side_url`]).
 async fn connect_side(url: &str, broker: Broker) -> anyhow::Result<Client> {
-    let c = redis::builder(url)?.build()?;
+    let c = redis::builder(url, false)?.build()?;
     info!(url = %redact(url), %broker, "Connecting to a second Redis.");
     c.init().await?;
     Ok(c)

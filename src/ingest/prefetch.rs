@@ -62,8 +62,8 @@ pub fn spawn(
     rules: watch::Receiver<Arc<Rules>>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let subscriber = redis::builder(redis_url)?.build_subscriber_client()?;
-    let client = redis::builder(redis_url)?.build()?;
+    let subscriber = redis::builder(redis_url, true)?.build_subscriber_client()?;
+    let client = redis::builder(redis_url, false)?.build()?;
     let thread = std::thread::Builder::new()
         .name("taskscope-prefetch".into())
         .spawn(move || {

@@ -13,7 +13,13 @@ pub const PIPELINE_CHUNK: usize = 512;
 
 /// Builds a client for `url` that reconnects forever with backoff and keeps going when Redis is
 /// down at start (`fail_fast = false`).
-pub fn builder(url: &str) -> anyhow::Result<Builder> {
+///
+/// `pubsub`: the client subscribes. fred sizes all eight of a client's broadcast channels
+/// (messages, keyspace events, errors, reconnects...) with one capacity and allocates every slot
+/// up front, so a large capacity costs ~20 MB of resident memory per client: only subscribers
+/// need it (their messages and keyspace events must survive a burst); command clients keep
+/// fred's default.
+pub fn builder(url: &str, pubsub: bool) -> anyhow::Result<Builder> {
     let mut config =
         Config::from_url(url).with_context(|| format!("cannot use the Redis URL {url:?}"))?;
     config.fail_fast = false;
@@ -25,7 +31,9 @@ pub fn builder(url: &str) -> anyhow::Result<Builder> {
         })
         .with_performance_config(|p| {
             // fred drops pub/sub messages for a receiver that lags more than this.
-            p.broadcast_channel_capacity = 65_536;
+            if pubsub {
+                p.broadcast_channel_capacity = 65_536;
+            }
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 10_000, 2));
     Ok(builder)

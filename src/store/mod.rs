@@ -10,6 +10,7 @@
 //! - `export`: streamed CSV and Parquet exports of the task list.
 //! - [`maintenance`]: housekeeping's SQL (roll-ups, retention, down-sampling, checkpoints),
 //!   run as steps on the writer thread.
+//! - [`synthetic`]: generated histories for `taskscope bench store`.
 //! - `rows`: conversions between the model and rows (timestamps, JSON text, cursors).
 //!
 //! # Architecture invariants
@@ -27,6 +28,7 @@ mod reader;
 mod reports;
 mod rows;
 mod schema;
+pub mod synthetic;
 #[cfg(test)]
 mod tests;
 mod writer;
@@ -108,6 +110,12 @@ pub struct StoreOptions {
     pub broadcast_capacity: usize,
     /// Reader connections kept open when idle.
     pub max_idle_readers: usize,
+    /// DuckDB's `memory_limit` (its buffer pool: cached blocks, hash tables, sorts) in MiB.
+    /// DuckDB's own default is 80% of the machine's RAM, which a sidecar must not take: past
+    /// this limit DuckDB evicts cached blocks and spills joins and sorts to `<db>.tmp`.
+    pub memory_limit_mib: usize,
+    /// DuckDB's worker `threads` (database-wide). `None` keeps DuckDB's default (one per core).
+    pub threads: Option<usize>,
 }
 
 impl Default for StoreOptions {
@@ -118,6 +126,10 @@ impl Default for StoreOptions {
             max_batch_observations: 50_000,
             broadcast_capacity: 4_096,
             max_idle_readers: 4,
+            memory_limit_mib: 512,
+            threads: std::env::var("TASKSCOPE_DUCKDB_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
         }
     }
 }
@@ -143,6 +155,19 @@ pub fn open(
                 source,
             }
         }
+    })?;
+    // A database-wide setting: every connection cloned below shares it.
+    let threads = opts
+        .threads
+        .map(|n| format!("; SET threads = {}", n.max(1)))
+        .unwrap_or_default();
+    conn.execute_batch(&format!(
+        "SET memory_limit = '{}MiB'{threads}",
+        opts.memory_limit_mib.max(16)
+    ))
+    .map_err(|source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
     })?;
     schema::migrate(&mut conn)?;
     let reader_template = conn.try_clone().map_err(|source| StoreError::Open {

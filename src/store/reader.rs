@@ -228,16 +228,25 @@ impl StoreReader {
                 ]);
             }
             let limit = query.limit.clamp(1, 10_000);
+            let where_sql = if wheres.is_empty() {
+                String::new()
+            } else {
+                format!("WHERE {}", wheres.join(" AND "))
+            };
+            // Two passes: the top-N of the `updated_at` column alone (a narrow scan), then the
+            // full rows at or after the N-th newest time, which zone maps find in a few row
+            // groups. A single `ORDER BY ... LIMIT` over every column reads the whole table.
             let sql = format!(
-                "SELECT {TASK_COLUMNS} FROM tasks {} ORDER BY updated_at DESC, broker, id LIMIT {}",
-                if wheres.is_empty() {
-                    String::new()
-                } else {
-                    format!("WHERE {}", wheres.join(" AND "))
-                },
+                "SELECT {TASK_COLUMNS} FROM tasks {where_sql}{and} updated_at >= (
+                     SELECT min(updated_at) FROM (
+                         SELECT updated_at FROM tasks {where_sql}
+                         ORDER BY updated_at DESC LIMIT {n}))
+                 ORDER BY updated_at DESC, broker, id LIMIT {n}",
+                and = if wheres.is_empty() { " WHERE" } else { " AND" },
                 // A number we computed, not user text.
-                limit + 1
+                n = limit + 1
             );
+            let params: Vec<DbValue> = params.iter().chain(params.iter()).cloned().collect();
             let mut stmt = conn.prepare(&sql)?;
             let mut rows = stmt.query(duckdb::params_from_iter(params))?;
             let mut tasks = Vec::with_capacity(limit + 1);

@@ -209,6 +209,14 @@ struct Outcome {
 
 /// How long a round drains the channel before it writes.
 const MAX_DRAIN: Duration = Duration::from_millis(50);
+/// How long a round waits for more commands once the channel is empty, unless it holds a flush:
+/// each batch is a DuckDB transaction whose fixed cost (statements, commit, executor start-up)
+/// dwarfs its per-row cost, so a steady trickle of events written as it arrives cost about as
+/// much CPU per event as Flower (issue #8 profile). A few milliseconds of lingering turn a
+/// thousand tiny transactions a second into a few dozen.
+const LINGER: Duration = Duration::from_millis(25);
+/// How often a lingering round polls the channel.
+const LINGER_POLL: Duration = Duration::from_millis(2);
 const MAX_COMMANDS: usize = 10_000;
 
 impl Writer {
@@ -289,6 +297,12 @@ impl Writer {
                     Ok(cmd) => {
                         weight += command_weight(&cmd);
                         cmds.push(cmd);
+                    }
+                    Err(tokio::sync::mpsc::error::TryRecvError::Empty)
+                        if started.elapsed() < LINGER
+                            && !cmds.iter().any(|c| matches!(c, WriterCommand::Flush(_))) =>
+                    {
+                        std::thread::sleep(LINGER_POLL);
                     }
                     Err(_) => break,
                 }
