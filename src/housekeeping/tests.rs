@@ -202,6 +202,28 @@ async fn retention_rolls_up_then_deletes_old_history_and_downsamples_old_samples
     assert_eq!(store.count("tasks").await, 6);
     assert_eq!(store.count("rollup_hourly").await, 0);
 
+    // Rolled up but not deleted yet: reports with whole-hour buckets read the roll-ups, finer
+    // ones the raw rows, and both count the same.
+    jobs::run(Job::Rollup, &cx, now(), false).await.unwrap();
+    for step_us in [86_400_000_000, 3_600_000_000, 60_000_000] {
+        let range = store::ReportRange {
+            since: days_ago(45, 0),
+            until: now(),
+            step_us,
+        };
+        let throughput = store
+            .reader
+            .throughput(range, store::ReportFilter::default())
+            .await
+            .unwrap();
+        let counts: Vec<u64> = throughput
+            .iter()
+            .map(|s| s.points.iter().map(|(_, n)| n).sum())
+            .collect();
+        // queued, running, success, failure, retried, abandoned
+        assert_eq!(counts, [6, 6, 4, 1, 0, 0], "step {step_us} µs");
+    }
+
     let report = jobs::run(Job::Retention, &cx, now(), false).await.unwrap();
     assert!(
         report.detail.contains("deleted 3 tasks and 11 transitions"),

@@ -59,6 +59,16 @@ impl Period {
     pub fn floor(self, at: DateTime<Utc>) -> DateTime<Utc> {
         at.duration_trunc(self.duration()).unwrap_or(at)
     }
+
+    /// The first period start at or after `at`.
+    pub fn ceil(self, at: DateTime<Utc>) -> DateTime<Utc> {
+        let floor = self.floor(at);
+        if floor == at {
+            at
+        } else {
+            floor + self.duration()
+        }
+    }
 }
 
 /// One unit of housekeeping work, run on the writer's connection.

@@ -331,13 +331,13 @@ fn throughput(
     range: &ReportRange,
     filter: &ReportFilter,
 ) -> Result<Vec<ThroughputSeries>, StoreError> {
-    let split = Split::of(conn, range.since, range.until)?;
+    let split = Split::of(conn, range.since, range.until, Some(range.step_us))?;
     // Transitions know their broker; the join to `tasks` is only needed for queue or name.
     let needs_task = filter.queue.is_some() || filter.name.is_some();
     let (cond, from) = if needs_task {
         let mut cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
         cond.sql.insert_str(0, " AND k.updated_at >= ?");
-        cond.params.insert(0, ts(split.raw_from));
+        cond.params.insert(0, ts(range.since));
         (
             cond,
             "transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id",
@@ -352,7 +352,7 @@ fn throughput(
             SELECT (epoch_us(occurred) // ?) * ? AS bucket, state, sum(n)::BIGINT AS n FROM (
                 SELECT t.occurred_at AS occurred, t.state, 1 AS n
                 FROM {from}
-                WHERE t.occurred_at >= ? AND t.occurred_at < ?{}
+                WHERE {}{}
                 UNION ALL
                 SELECT r.bucket, r.state, r.transitions
                 FROM rollup_hourly r
@@ -364,7 +364,9 @@ fn throughput(
                      AS state) s
          LEFT JOIN c ON c.bucket = b.bucket AND c.state = s.state
          ORDER BY s.state, b.bucket",
-        cond.sql, rolled.sql
+        Split::raw_sql("t.occurred_at"),
+        cond.sql,
+        rolled.sql
     );
     let mut params = vec![
         DbValue::BigInt(range.step_us),
@@ -394,39 +396,78 @@ fn throughput(
     Ok(out)
 }
 
-/// Where a range reads raw transitions and where roll-ups: raw in `[raw_from, until)`, roll-ups
-/// in `[since, rolled_until)` (empty when no raw history was ever deleted).
+/// Where a range reads roll-ups and where raw rows: roll-ups in `[rolled_from, rolled_until)`,
+/// raw rows in the rest of `[since, until)`.
+///
+/// Whole hours that are rolled up (before the hourly watermark) are read from `rollup_hourly`
+/// when the buckets are whole hours (or there are none): a 30-day report reads ~720 rows per
+/// series instead of every transition. Before the raw floor only roll-ups exist. Empty when
+/// nothing is rolled up.
 struct Split {
     since: DateTime<Utc>,
     until: DateTime<Utc>,
-    raw_from: DateTime<Utc>,
+    rolled_from: DateTime<Utc>,
     rolled_until: DateTime<Utc>,
 }
+
+const HOUR_US: i64 = 3_600_000_000;
 
 impl Split {
     fn of(
         conn: &Connection,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
+        step_us: Option<i64>,
     ) -> Result<Split, StoreError> {
-        let (raw_from, rolled_until) = match super::maintenance::raw_floor(conn)? {
-            Some(floor) => (since.max(floor), until.min(floor)),
+        use super::maintenance::{raw_floor, watermark, Period};
+        let floor = raw_floor(conn)?;
+        let hours_fit = step_us.is_none_or(|s| s % HOUR_US == 0);
+        let rolled_up_to = match (floor, watermark(conn, Period::Hour)?) {
+            (f, Some(w)) if hours_fit => Some(f.map_or(w, |f| f.max(w))),
+            (f, _) => f,
+        };
+        let (rolled_from, rolled_until) = match rolled_up_to {
+            Some(end) => {
+                // Before the floor only roll-ups exist; after it, a partial first hour is read
+                // raw so the range starts exactly at `since`.
+                let start = if floor.is_some_and(|f| since < f) {
+                    since
+                } else {
+                    Period::Hour.ceil(since)
+                };
+                let end = end.min(until);
+                if end > start {
+                    (start, end)
+                } else {
+                    (since, since)
+                }
+            }
             None => (since, since),
         };
         Ok(Split {
             since,
             until,
-            raw_from,
+            rolled_from,
             rolled_until,
         })
     }
 
-    fn raw_params(&self) -> [DbValue; 2] {
-        [ts(self.raw_from), ts(self.until)]
+    /// `col >= ? AND col < ? AND NOT (col >= ? AND col < ?)`: the raw part of the range.
+    fn raw_sql(col: &str) -> String {
+        format!("{col} >= ? AND {col} < ? AND NOT ({col} >= ? AND {col} < ?)")
+    }
+
+    fn raw_params(&self) -> [DbValue; 4] {
+        [
+            ts(self.since),
+            ts(self.until),
+            ts(self.rolled_from),
+            ts(self.rolled_until),
+        ]
     }
 
     fn rolled_params(&self) -> [DbValue; 2] {
-        [ts(self.since), ts(self.rolled_until)]
+        [ts(self.rolled_from), ts(self.rolled_until)]
     }
 }
 
@@ -447,7 +488,7 @@ fn failures(
                 SELECT k.name, t.occurred_at AS occurred, t.state, 1 AS n
                 FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
                 WHERE t.state IN ('failure', 'retried')
-                  AND t.occurred_at >= ? AND t.occurred_at < ? AND k.updated_at >= ?{}
+                  AND {} AND k.updated_at >= ?{}
                 UNION ALL
                 SELECT nullif(r.name, ''), r.bucket, r.state, r.transitions
                 FROM rollup_hourly r
@@ -464,9 +505,11 @@ fn failures(
          LEFT JOIN ev ON ev.bucket = b.bucket
                      AND (s.rank = 0 OR ev.name IS NOT DISTINCT FROM s.name)
          GROUP BY ALL ORDER BY s.rank, b.bucket",
-        cond.sql, rolled.sql
+        Split::raw_sql("t.occurred_at"),
+        cond.sql,
+        rolled.sql
     );
-    let split = Split::of(conn, range.since, range.until)?;
+    let split = Split::of(conn, range.since, range.until, Some(range.step_us))?;
     let mut params = vec![
         DbValue::BigInt(range.step_us),
         DbValue::BigInt(range.step_us),
@@ -474,7 +517,7 @@ fn failures(
     params.extend(split.raw_params());
     // Tasks of a transition in the window were updated at or after it: the bound lets the
     // join skip older tasks.
-    params.push(ts(split.raw_from));
+    params.push(ts(range.since));
     params.extend(cond.params);
     params.extend(split.rolled_params());
     params.extend(rolled.params);
@@ -540,7 +583,7 @@ fn name_stats(
                        count(*) FILTER (WHERE t.state = 'failure') AS failures,
                        count(*) FILTER (WHERE t.state = 'retried') AS retries
                 FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
-                WHERE t.occurred_at >= ? AND t.occurred_at < ? AND k.updated_at >= ?{}
+                WHERE {} AND k.updated_at >= ?{}
                 GROUP BY k.name
                 UNION ALL
                 SELECT nullif(r.name, ''),
@@ -552,13 +595,14 @@ fn name_stats(
                 GROUP BY 1)
             GROUP BY name)
          ORDER BY {} LIMIT ?",
+        Split::raw_sql("t.occurred_at"),
         cond.sql,
         rolled.sql,
         order.order_by()
     );
-    let split = Split::of(conn, since, until)?;
+    let split = Split::of(conn, since, until, None)?;
     let mut params: Vec<DbValue> = split.raw_params().into();
-    params.push(ts(split.raw_from));
+    params.push(ts(since));
     params.extend(cond.params);
     params.extend(split.rolled_params());
     params.extend(rolled.params);
@@ -596,7 +640,7 @@ fn runtime(
                    quantile_cont(runtime_ms, 0.99) AS p99, max(runtime_ms) AS mx,
                    sum(runtime_ms) AS total
             FROM tasks
-            WHERE runtime_ms IS NOT NULL AND finished_at >= ? AND finished_at < ?{}
+            WHERE runtime_ms IS NOT NULL AND {}{}
             GROUP BY broker, name
             UNION ALL
             SELECT r.broker, nullif(r.name, ''), r.runtime_count, r.runtime_p50_ms, r.runtime_p95_ms,
@@ -610,9 +654,11 @@ fn runtime(
          FROM parts
          GROUP BY broker, name
          ORDER BY p95 DESC, n DESC, broker, name LIMIT ?",
-        cond.sql, rolled.sql
+        Split::raw_sql("finished_at"),
+        cond.sql,
+        rolled.sql
     );
-    let split = Split::of(conn, since, until)?;
+    let split = Split::of(conn, since, until, None)?;
     let mut params: Vec<DbValue> = split.raw_params().into();
     params.extend(cond.params);
     params.extend(split.rolled_params());
