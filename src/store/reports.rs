@@ -16,14 +16,14 @@
 //! "Failures over time" counts transitions into `failure`; "retries" counts transitions into
 //! `retried`; both are attributed to the bucket of the transition's own time.
 //!
-//! Raw or rolled up: housekeeping deletes raw transitions before `raw_floor` (an hour boundary,
-//! recorded in `housekeeping_state`) after rolling them up into `rollup_hourly`. Counting
-//! reports (throughput, failures) read `rollup_hourly` for the part of the range before the
-//! floor and raw transitions from it on, so a range longer than `--retention` still works,
-//! without counting anything twice; rolled-up counts land in the bucket of their hour. The
-//! per-name tables do the same: rolled-up runs are finished runs, and runtime percentiles over
-//! rolled-up hours are the count-weighted mean of the hourly percentiles (an approximation;
-//! counts, max and mean stay exact).
+//! Raw or rolled up ([`Split`]): whole hours that housekeeping rolled up (before the hourly
+//! watermark, and everything before the raw floor, whose raw rows are deleted) are read from
+//! `rollup_hourly` when the buckets are whole hours, and raw transitions for the rest of the
+//! range (the current hour, a partial first hour, minute buckets), so long windows read ~one row
+//! per hour and series instead of every transition, and nothing is counted twice; rolled-up
+//! counts land in the bucket of their hour. The per-name tables do the same: rolled-up runs are
+//! finished runs, and runtime percentiles over rolled-up hours are the count-weighted mean of
+//! the hourly percentiles (an approximation; counts, max and mean stay exact).
 
 use super::reader::{in_list, StoreReader};
 use super::rows::{self, micros_to_time};
