@@ -7,7 +7,7 @@
 //! - [`demo`]: `taskscope demo`, a live dashboard in one command.
 //! - [`store`]: `taskscope bench store`, a generated history of N tasks, its size on disk, the
 //!   latency of every report and task-list route of a real `taskscope serve` on it, and that
-//!   server's peak memory (`proc`: its minimal HTTP client and child processes).
+//!   server's peak memory (`proc`: its minimal HTTP client).
 
 pub mod demo;
 pub mod gen;

@@ -1,98 +1,13 @@
-//! Child processes, a minimal HTTP/1.1 client and `/proc` readings for the benchmarks.
+//! A minimal HTTP/1.1 client for `bench store`, and waiting for a child server to answer.
 //!
 //! The client is std-only on purpose: one `GET` per connection (`Connection: close`), which is
 //! what a browser's first request of a page costs, and no extra dependency in the binary.
 
+use super::procs::Proc;
 use anyhow::{bail, Context};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
-
-/// A free TCP port on 127.0.0.1 (bound, then released: good enough for a private child).
-pub fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot bind a local port")?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// A child process that is stopped (SIGTERM, then SIGKILL after 10 s) when dropped.
-pub struct Guard {
-    pub child: Child,
-    pub what: &'static str,
-}
-
-impl Guard {
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// SIGTERM, then waits up to `grace` before SIGKILL.
-    pub fn stop(&mut self, grace: Duration) {
-        if let Ok(Some(_)) = self.child.try_wait() {
-            return;
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + grace;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        tracing::warn!(
-            what = self.what,
-            "Child did not stop on SIGTERM; killing it."
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        self.stop(Duration::from_secs(10));
-    }
-}
-
-/// Starts a private `redis-server` (no persistence) on a free port.
-pub fn start_redis() -> anyhow::Result<(Guard, u16)> {
-    let port = free_port()?;
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("cannot start redis-server: install it (scripts/setup.sh) or put it on PATH")?;
-    let guard = Guard {
-        child,
-        what: "redis-server",
-    };
-    wait_for_port(port, Duration::from_secs(10)).context("redis-server did not start")?;
-    Ok((guard, port))
-}
-
-fn wait_for_port(port: u16, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    while Instant::now() < deadline {
-        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!("nothing listens on 127.0.0.1:{port} after {timeout:?}")
-}
 
 /// An HTTP answer: status and body (de-chunked).
 pub struct Answer {
@@ -150,7 +65,7 @@ fn dechunk(mut raw: &[u8]) -> anyhow::Result<Vec<u8>> {
 
 /// Waits until `GET path` answers 200, failing early when `server` exits.
 pub fn wait_http(
-    server: &mut Guard,
+    server: &mut Proc,
     port: u16,
     path: &str,
     timeout: Duration,
@@ -158,7 +73,7 @@ pub fn wait_http(
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(Some(status)) = server.child.try_wait() {
-            bail!("{} exited ({status}) before answering", server.what);
+            bail!("taskscope serve exited ({status}) before answering");
         }
         if let Ok(a) = get(port, path) {
             if a.status == 200 {
@@ -170,36 +85,4 @@ pub fn wait_http(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// A `kB` line of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in bytes.
-pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-}
-
-/// CPU time (user + system) of a process so far, from `/proc/<pid>/stat`.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the `(comm)`, which may hold spaces: utime and stime are 14th and 15th.
-    let rest = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
-}
-
-/// `getconf CLK_TCK` (100 on Linux in practice).
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(100.0)
 }

@@ -1,4 +1,4 @@
-//! Child processes of `bench load` and `demo`: a private `redis-server` and a `taskscope
+//! Child processes of the benchmarks and `demo`: a private `redis-server` and a `taskscope
 //! serve`, both killed when dropped; and what `/proc` says about a process.
 
 use anyhow::{bail, Context};
@@ -173,31 +173,35 @@ pub struct ProcUsage {
 }
 
 pub fn usage(pid: u32) -> anyhow::Result<ProcUsage> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .with_context(|| format!("cannot read /proc/{pid}/stat"))?;
-    // Fields after the `(comm)`, which may contain spaces: utime is field 14, stime 15.
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // `after` starts at field 3 (state): utime (14) is index 11, stime (15) index 12.
-    let hz = clock_ticks();
-    let cpu_seconds = (ticks(11) + ticks(12)) / hz;
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .with_context(|| format!("cannot read /proc/{pid}/status"))?;
-    let peak_kb = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0);
+    let cpu_seconds = cpu_seconds(pid).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+    let peak = status_bytes(pid, "VmHWM")
+        .with_context(|| format!("cannot read VmHWM in /proc/{pid}/status"))?;
     Ok(ProcUsage {
         cpu_seconds,
-        peak_rss_mb: peak_kb / 1024.0,
+        peak_rss_mb: peak as f64 / (1024.0 * 1024.0),
     })
+}
+
+/// A `kB` line of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in bytes.
+pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+}
+
+/// CPU time (user + system) of a process so far, from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the `(comm)`, which may hold spaces, start at field 3 (state): utime (14)
+    // is index 11, stime (15) index 12.
+    let rest = &text[text.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / clock_ticks())
 }
 
 /// `sysconf(_SC_CLK_TCK)`: 100 on every Linux we run on (`getconf CLK_TCK` says so).

@@ -9,7 +9,8 @@
 //!
 //! With `--json` the figures are one JSON object on stdout (what CI's smoke test checks).
 
-use super::proc::{self, Guard};
+use super::proc;
+use super::procs::{self, Proc};
 use crate::store::synthetic;
 use anyhow::{bail, Context};
 use chrono::Utc;
@@ -319,8 +320,10 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
     let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
 
     // A private Redis and a real server on the file.
-    let (_redis, redis_port) = proc::start_redis()?;
-    let http_port = proc::free_port()?;
+    let scratch = super::load::tempdir()?;
+    let redis = procs::start_redis(scratch.path())?;
+    let redis_port = redis.port;
+    let http_port = procs::free_port()?;
     let exe = std::env::current_exe().context("cannot find the taskscope binary")?;
     let serve_started = Instant::now();
     let child = Command::new(exe)
@@ -344,14 +347,11 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
         .stderr(Stdio::inherit())
         .spawn()
         .context("cannot start taskscope serve")?;
-    let mut serve = Guard {
-        child,
-        what: "taskscope serve",
-    };
+    let mut serve = Proc { child };
     proc::wait_http(&mut serve, http_port, "/healthz", Duration::from_secs(300))?;
     let startup = serve_started.elapsed();
     settle(http_port)?;
-    let rss_idle = proc::status_kb(serve.pid(), "VmRSS").unwrap_or(0);
+    let rss_idle = procs::status_bytes(serve.pid(), "VmRSS").unwrap_or(0);
     let stats = get_json(http_port, "/api/stats")?;
     let tasks_served: u64 = stats["by_state"]
         .as_object()
@@ -373,9 +373,9 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
         timings.push(t);
     }
     let pid = serve.pid();
-    let peak_rss = proc::status_kb(pid, "VmHWM").unwrap_or(0);
-    let rss_end = proc::status_kb(pid, "VmRSS").unwrap_or(0);
-    let cpu = proc::cpu_seconds(pid).unwrap_or(0.0);
+    let peak_rss = procs::status_bytes(pid, "VmHWM").unwrap_or(0);
+    let rss_end = procs::status_bytes(pid, "VmRSS").unwrap_or(0);
+    let cpu = procs::cpu_seconds(pid).unwrap_or(0.0);
     serve.stop(Duration::from_secs(30));
 
     let tasks = generated.as_ref().map(|g| g.tasks).unwrap_or(tasks_served);
