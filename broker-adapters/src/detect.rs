@@ -140,14 +140,13 @@ fn is_task_id_hex(key: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-/// Whether one entry of a stream or list (`key`) shows a broker: a `TaskiqMessage` (JSON or
-/// msgpack with `task_id`, `task_name` and `labels`) or a kombu envelope (`body`, `headers`,
+/// Whether one entry of a stream or list (`key`) shows a broker: a `TaskiqMessage` (the taskiq
+/// adapter's own [`crate::taskiq::looks_like_message`]) or a kombu envelope (`body`, `headers`,
 /// `properties.delivery_tag`). `stream` says which kind of key the entry came from.
 pub fn classify_message(key: &str, entry: &[u8], stream: bool) -> Option<Finding> {
     let value = decode_small(entry)?;
     let object = value.as_object()?;
-    let has_str = |name: &str| object.get(name).is_some_and(Value::is_string);
-    if has_str("task_id") && has_str("task_name") && object.contains_key("labels") {
+    if crate::taskiq::looks_like_message(entry) {
         let setting = if stream {
             Setting::TaskiqStream(key.to_string())
         } else {
