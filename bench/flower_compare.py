@@ -144,6 +144,8 @@ def main():
                         "tasks_at_end": tasks,
                         "caught_up_seconds": round(done[who], 2)}
         res["taskscope"]["by_state"] = by_state
+        # How many DuckDB transactions the writer needed: its fixed cost per batch dominates.
+        res["taskscope"]["store_batches"] = json.loads(get(f"http://127.0.0.1:{tport}/healthz"))["store"]["batches"]
         res["cpu_ratio_flower_over_taskscope"] = round(
             res["flower"]["cpu_seconds"] / max(res["taskscope"]["cpu_seconds"], 1e-9), 1)
         if a.json:
@@ -156,6 +158,7 @@ def main():
                 r = res[who]
                 print(f"{who:10} {r['cpu_seconds_per_10k_events']:>13.3f} {mib(r['peak_rss_bytes']):>13.1f} "
                       f"{r['tasks_at_end']:>13} {r['caught_up_seconds']:>12.1f}")
+            print(f"taskscope wrote {res['taskscope']['store_batches']} store batches")
             print(f"Flower used {res['cpu_ratio_flower_over_taskscope']}x the CPU of taskscope "
                   f"(Flower keeps at most --max_tasks={a.max_tasks} tasks)")
     finally:

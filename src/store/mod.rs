@@ -28,6 +28,7 @@ mod reader;
 mod reports;
 mod rows;
 mod schema;
+mod seen;
 pub mod synthetic;
 #[cfg(test)]
 mod tests;
@@ -116,6 +117,9 @@ pub struct StoreOptions {
     pub memory_limit_mib: usize,
     /// DuckDB's worker `threads` (database-wide). `None` keeps DuckDB's default (one per core).
     pub threads: Option<usize>,
+    /// How long the writer waits for more commands once its channel is empty before it writes
+    /// a batch (never while a flush waits). `TASKSCOPE_WRITER_LINGER_MS` overrides it.
+    pub writer_linger: std::time::Duration,
 }
 
 impl Default for StoreOptions {
@@ -130,6 +134,12 @@ impl Default for StoreOptions {
             threads: std::env::var("TASKSCOPE_DUCKDB_THREADS")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            writer_linger: std::time::Duration::from_millis(
+                std::env::var("TASKSCOPE_WRITER_LINGER_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(75),
+            ),
         }
     }
 }

@@ -584,3 +584,58 @@ async fn throughput_of_100k_observations() {
     println!("get_task: {:.2?}", t.elapsed());
     close(writer, reader, handle);
 }
+
+/// The writer appends tasks it has never stored and upserts the others; after a restart it
+/// knows the stored ones only through its filter of stored keys (its cache starts empty of
+/// finished tasks). A stored task must be updated, not appended again (that would break the
+/// key and cost a failed batch), and no new task may be lost.
+#[tokio::test]
+async fn tasks_stored_before_a_restart_are_updated_and_new_ones_appended_without_a_failed_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.duckdb");
+    let (writer, reader, handle) = open_at(&path);
+    let first: Vec<_> = (0..50)
+        .map(|i| task_obs(Broker::Celery, &format!("old-{i}"), 0, TaskEvent::Queued))
+        .collect();
+    write(&writer, first).await;
+    close(writer, reader, handle);
+
+    let (writer, reader, handle) = open_at(&path);
+    let mut later = Vec::new();
+    for i in 0..50 {
+        // Stored and queued: not in the cache after the restart.
+        later.push(task_obs(
+            Broker::Celery,
+            &format!("old-{i}"),
+            5,
+            TaskEvent::Succeeded,
+        ));
+        later.push(task_obs(
+            Broker::Celery,
+            &format!("new-{i}"),
+            5,
+            TaskEvent::Queued,
+        ));
+    }
+    write(&writer, later).await;
+    let stats = writer.stats();
+    assert_eq!(
+        stats
+            .batch_errors
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(stats.dropped.load(std::sync::atomic::Ordering::Relaxed), 0);
+    let s = reader.stats(None).await.unwrap();
+    assert_eq!(s.by_broker.get(&Broker::Celery), Some(&100), "{s:?}");
+    let (old, _) = reader.get_task("old-7").await.unwrap().unwrap();
+    assert_eq!(old.state, TaskState::Success);
+    assert_eq!(
+        old.enqueued_at,
+        Some(at(0)),
+        "the stored row was updated, not replaced"
+    );
+    let (new, _) = reader.get_task("new-7").await.unwrap().unwrap();
+    assert_eq!(new.state, TaskState::Queued);
+    close(writer, reader, handle);
+}

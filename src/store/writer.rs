@@ -1,7 +1,8 @@
 //! The single writer: a `std::thread` that owns the read-write connection, fed by a bounded
 //! channel of [`WriterCommand`]s.
 //!
-//! Each round drains what the channel holds (up to `max_batch_observations`, ~50 ms of work),
+//! Each round drains what the channel holds (up to `max_batch_observations`, at most 100 ms,
+//! and lingers up to `StoreOptions::writer_linger`, 75 ms, for more once it is empty),
 //! folds every observation with the shared state machine (`broker_adapters::state::apply`), in
 //! the order they were sent, and writes the outcome in one transaction: the changed tasks (last
 //! version of each), their transitions, the workers, the queue samples. Only after the commit
@@ -10,11 +11,13 @@
 //! transition that is not in the file.
 //!
 //! The writer keeps in memory: a bounded cache of tasks (finished ones are evicted first; a miss
-//! costs one batched lookup per round), every running task (the sweep judges them without a
-//! query) and every worker.
+//! costs one batched lookup per round), a Bloom filter of every task key stored (`seen.rs`: a
+//! key never stored is neither looked up nor upserted, it is appended), every running task (the
+//! sweep judges them without a query) and every worker.
 
 use super::maintenance::{self, Step, StepOutcome};
 use super::rows::{opt_text, read_task, task_params, Ts, TASK_COLUMNS};
+use super::seen::SeenKeys;
 use super::{StoreError, StoreOptions};
 use broker_adapters::state;
 use broker_adapters::{
@@ -154,11 +157,13 @@ pub(super) fn start(
     let mut writer = Writer {
         conn,
         cache: HashMap::new(),
+        seen: SeenKeys::with_expected(0),
         cache_capacity: opts.cache_capacity.max(1),
         running: HashSet::new(),
         workers: HashMap::new(),
         next_seq: 1,
         max_batch: opts.max_batch_observations.max(1),
+        linger: opts.writer_linger,
         events: events.clone(),
         stats: stats.clone(),
     };
@@ -183,6 +188,8 @@ struct WorkerRow {
 struct Writer {
     conn: Connection,
     cache: HashMap<Key, Task>,
+    /// Every key stored (a Bloom filter): a key it has never seen is not looked up.
+    seen: SeenKeys,
     cache_capacity: usize,
     /// Keys of the tasks in state `running`. Invariant: each is in `cache` (never evicted).
     running: HashSet<Key>,
@@ -190,6 +197,8 @@ struct Writer {
     /// The `seq` of the next transition.
     next_seq: i64,
     max_batch: usize,
+    /// See `StoreOptions::writer_linger`.
+    linger: Duration,
     events: broadcast::Sender<Arc<TransitionEvent>>,
     stats: Arc<WriterStats>,
 }
@@ -199,6 +208,9 @@ struct Writer {
 struct Outcome {
     /// The last version of every changed task.
     tasks: HashMap<Key, Task>,
+    /// The keys of `tasks` that are not in the database: neither in memory nor found by the
+    /// lookup. They are appended; the others go through the staging table's upsert.
+    new_tasks: HashSet<Key>,
     transitions: Vec<Transition>,
     /// The task right after each transition, for subscribers.
     events: Vec<TransitionEvent>,
@@ -208,13 +220,12 @@ struct Outcome {
 }
 
 /// How long a round drains the channel before it writes.
-const MAX_DRAIN: Duration = Duration::from_millis(50);
-/// How long a round waits for more commands once the channel is empty, unless it holds a flush:
-/// each batch is a DuckDB transaction whose fixed cost (statements, commit, executor start-up)
-/// dwarfs its per-row cost, so a steady trickle of events written as it arrives cost about as
-/// much CPU per event as Flower (issue #8 profile). A few milliseconds of lingering turn a
-/// thousand tiny transactions a second into a few dozen.
-const LINGER: Duration = Duration::from_millis(25);
+const MAX_DRAIN: Duration = Duration::from_millis(100);
+// How long a round waits for more commands once the channel is empty (`Writer::linger`), unless
+// it holds a flush: each batch is a DuckDB transaction whose fixed cost (statements, commit,
+// executor start-up) dwarfs its per-row cost, so a steady trickle of events written as it
+// arrives cost about as much CPU per event as Flower (issue #8 profile). A few milliseconds of
+// lingering turn a thousand tiny transactions a second into a few dozen.
 /// How often a lingering round polls the channel.
 const LINGER_POLL: Duration = Duration::from_millis(2);
 const MAX_COMMANDS: usize = 10_000;
@@ -240,6 +251,7 @@ impl Writer {
             }
             out
         };
+        self.load_seen()?;
         for task in running {
             let key = (task.broker, task.id.clone());
             self.running.insert(key.clone());
@@ -283,6 +295,30 @@ impl Writer {
         Ok(())
     }
 
+    /// Fills the filter of stored keys from the `tasks` table.
+    fn load_seen(&mut self) -> Result<(), StoreError> {
+        let started = Instant::now();
+        let count: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM tasks", [], |r| r.get(0))?;
+        let mut seen =
+            SeenKeys::with_expected(usize::try_from(count).unwrap_or(0).saturating_mul(2));
+        let mut stmt = self.conn.prepare("SELECT broker, id FROM tasks")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let broker: String = row.get(0)?;
+            let id: String = row.get(1)?;
+            seen.insert(&(super::rows::parse_broker(&broker)?, id));
+        }
+        self.seen = seen;
+        tracing::info!(
+            tasks = count,
+            took_ms = started.elapsed().as_millis() as u64,
+            "store writer: loaded the filter of stored task ids"
+        );
+        Ok(())
+    }
+
     fn run(mut self, mut rx: mpsc::Receiver<WriterCommand>) {
         while let Some(first) = rx.blocking_recv() {
             let started = Instant::now();
@@ -290,7 +326,7 @@ impl Writer {
             let mut cmds = vec![first];
             while weight < self.max_batch
                 && cmds.len() < MAX_COMMANDS
-                && started.elapsed() < MAX_DRAIN
+                && started.elapsed() < MAX_DRAIN.max(self.linger)
                 && !matches!(cmds.last(), Some(WriterCommand::Maintain { .. }))
             {
                 match rx.try_recv() {
@@ -299,7 +335,7 @@ impl Writer {
                         cmds.push(cmd);
                     }
                     Err(tokio::sync::mpsc::error::TryRecvError::Empty)
-                        if started.elapsed() < LINGER
+                        if started.elapsed() < self.linger
                             && !cmds.iter().any(|c| matches!(c, WriterCommand::Flush(_))) =>
                     {
                         std::thread::sleep(LINGER_POLL);
@@ -343,12 +379,13 @@ impl Writer {
             );
             let _entered = span.enter();
             let started = Instant::now();
-            let mut result = self.try_batch(&cmds);
+            let mut result = self.try_batch(&cmds, Insert::AppendNew);
             if let Err(e) = &result {
                 self.stats.batch_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, commands = cmds.len(), observations = weight,
                     "store batch failed; retrying once");
-                result = self.try_batch(&cmds);
+                // The retry upserts every task, should a new one have been in the file after all.
+                result = self.try_batch(&cmds, Insert::UpsertAll);
             }
             match result {
                 Ok(outcome) => {
@@ -394,10 +431,10 @@ impl Writer {
     }
 
     /// Loads, folds and writes one batch in one transaction. Changes nothing in memory.
-    fn try_batch(&mut self, cmds: &[WriterCommand]) -> Result<Outcome, StoreError> {
+    fn try_batch(&mut self, cmds: &[WriterCommand], insert: Insert) -> Result<Outcome, StoreError> {
         let loaded = self.load_missing(cmds)?;
         let outcome = self.fold(cmds, &loaded);
-        self.write(&outcome)?;
+        self.write(&outcome, insert)?;
         Ok(outcome)
     }
 
@@ -409,7 +446,8 @@ impl Writer {
                 for obs in list {
                     if let Observation::Task(t) = obs {
                         let key = (t.broker, t.task_id.clone());
-                        if !self.cache.contains_key(&key) {
+                        // Never stored: nothing to look up (most new tasks).
+                        if !self.cache.contains_key(&key) && self.seen.may_contain(&key) {
                             missing.insert((t.broker, t.task_id.as_str()));
                         }
                     }
@@ -483,6 +521,9 @@ impl Writer {
         let changed_earlier = pending.is_some();
         let current =
             pending.or_else(|| self.cache.get(&key).or_else(|| loaded.get(&key)).cloned());
+        if current.is_none() && !changed_earlier {
+            out.new_tasks.insert(key.clone());
+        }
         let applied = state::apply(current, obs);
         out.applied += 1;
         if let Some(transition) = applied.transition {
@@ -528,12 +569,22 @@ impl Writer {
     }
 
     /// Writes the outcome in one transaction.
-    fn write(&mut self, out: &Outcome) -> Result<(), StoreError> {
+    fn write(&mut self, out: &Outcome, insert: Insert) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        if !out.tasks.is_empty() {
+        let is_new = |key: &Key| insert == Insert::AppendNew && out.new_tasks.contains(key);
+        // New tasks are appended straight to the table: no staging copy, no upsert (the
+        // cheapest write DuckDB has, and most of a batch when tasks are short).
+        if out.tasks.keys().any(is_new) {
+            let mut app = tx.appender("tasks")?;
+            for (_, task) in out.tasks.iter().filter(|(k, _)| is_new(k)) {
+                app.append_row(task_params(task))?;
+            }
+            app.flush()?;
+        }
+        if out.tasks.keys().any(|k| !is_new(k)) {
             {
                 let mut app = tx.appender("staging_tasks")?;
-                for task in out.tasks.values() {
+                for (_, task) in out.tasks.iter().filter(|(k, _)| !is_new(k)) {
                     app.append_row(task_params(task))?;
                 }
                 app.flush()?;
@@ -622,6 +673,7 @@ impl Writer {
         s.batches.fetch_add(1, Ordering::Relaxed);
         self.next_seq += out.transitions.len() as i64;
         for (key, task) in out.tasks {
+            self.seen.insert(&key);
             if task.state == TaskState::Running {
                 self.running.insert(key.clone());
             } else {
@@ -662,6 +714,15 @@ impl Writer {
             }
         });
     }
+}
+
+/// How a batch writes its tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Insert {
+    /// Tasks the writer knows are not in the file are appended, the others upserted.
+    AppendNew,
+    /// Every task is upserted (the retry of a failed batch).
+    UpsertAll,
 }
 
 /// Observations count by their number, other commands as one.
