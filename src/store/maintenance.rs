@@ -136,13 +136,28 @@ pub fn run_step(conn: &mut Connection, step: &Step) -> Result<StepOutcome, Store
             until,
             max_periods,
         } => rollup(conn, *period, *until, *max_periods),
-        Step::DeleteTasks { from, to } => Ok(StepOutcome {
-            rows: conn.execute(
-                "DELETE FROM tasks WHERE updated_at >= ? AND updated_at < ? AND state <> 'running'",
+        Step::DeleteTasks { from, to } => {
+            // `task_counts` (what `/api/stats` reads) loses what is deleted, in the same
+            // transaction.
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO task_counts
+                 SELECT broker, state, -count(*) FROM task_rows
+                 WHERE updated_at >= ? AND updated_at < ? AND state <> 'running'
+                 GROUP BY ALL
+                 ON CONFLICT (broker, state) DO UPDATE SET n = task_counts.n + excluded.n",
                 duckdb::params![Ts(*from), Ts(*to)],
-            )? as u64,
-            ..StepOutcome::default()
-        }),
+            )?;
+            let rows = tx.execute(
+                "DELETE FROM task_rows WHERE updated_at >= ? AND updated_at < ? AND state <> 'running'",
+                duckdb::params![Ts(*from), Ts(*to)],
+            )? as u64;
+            tx.commit()?;
+            Ok(StepOutcome {
+                rows,
+                ..StepOutcome::default()
+            })
+        }
         Step::DeleteTransitions { from, to } => Ok(StepOutcome {
             rows: conn.execute(
                 "DELETE FROM transitions WHERE occurred_at >= ? AND occurred_at < ?",
@@ -361,7 +376,7 @@ const ROLLUP_SELECT: &str = "
            quantile_cont(t.runtime_ms, 0.95) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_p95_ms,
            quantile_cont(t.runtime_ms, 0.99) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_p99_ms
     FROM transitions tr
-    LEFT JOIN tasks t ON t.broker = tr.broker AND t.id = tr.task_id
+    LEFT JOIN task_rows t ON t.num = tr.task_num
     WHERE tr.occurred_at >= ? AND tr.occurred_at < ?
     GROUP BY ALL";
 

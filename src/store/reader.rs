@@ -278,20 +278,32 @@ impl StoreReader {
     pub async fn get_task(&self, id: &str) -> Result<Option<(Task, Vec<Transition>)>, StoreError> {
         let id = id.to_string();
         self.with_conn("get_task", move |conn| {
+            // The 16-byte key (no index: a scan of one narrow column), then the text.
             let mut stmt = conn.prepare(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?
-                 ORDER BY updated_at DESC, broker LIMIT 1"
+                "SELECT {TASK_COLUMNS}, num FROM tasks WHERE uid = {} AND id = $1
+                 ORDER BY updated_at DESC, broker LIMIT 1",
+                super::schema::uid_sql("$1::VARCHAR")
             ))?;
             let mut rows = stmt.query([&id])?;
             let Some(row) = rows.next()? else {
                 return Ok(None);
             };
             let task = read_task(row)?;
+            let num: i64 = row.get(18)?;
+            // The timeline by the task's number, bounded by its last update (no transition is
+            // later): zone maps skip the row groups written before the task was first seen
+            // (their numbers are lower) and after it last changed.
             let mut stmt = conn.prepare(&format!(
-                "SELECT {TRANSITION_COLUMNS} FROM transitions WHERE broker = ? AND task_id = ?
+                "SELECT {TRANSITION_COLUMNS} FROM (
+                     SELECT t.broker, ? AS task_id, t.state, t.occurred_at, t.worker, t.detail, t.seq
+                     FROM transitions t WHERE t.task_num = ? AND t.occurred_at <= ?)
                  ORDER BY occurred_at, seq"
             ))?;
-            let mut rows = stmt.query([task.broker.as_str(), task.id.as_str()])?;
+            let mut rows = stmt.query(duckdb::params![
+                task.id.as_str(),
+                num,
+                rows::Ts(task.updated_at)
+            ])?;
             let mut transitions = Vec::new();
             while let Some(row) = rows.next()? {
                 transitions.push(read_transition(row)?);
@@ -372,13 +384,19 @@ impl StoreReader {
     /// Task counts by state and by broker, of the tasks updated since `since` (all when `None`).
     pub async fn stats(&self, since: Option<DateTime<Utc>>) -> Result<Stats, StoreError> {
         self.with_conn("stats", move |conn| {
-            let (filter, params): (&str, Vec<DbValue>) = match since {
-                Some(since) => ("WHERE updated_at >= ?", vec![rows::opt_ts(Some(since))]),
-                None => ("", Vec::new()),
+            // All time: the counts the writer keeps (no scan of every task).
+            let (sql, params): (&str, Vec<DbValue>) = match since {
+                Some(since) => (
+                    "SELECT broker, state, count(*) FROM tasks WHERE updated_at >= ?
+                     GROUP BY broker, state",
+                    vec![rows::opt_ts(Some(since))],
+                ),
+                None => (
+                    "SELECT broker, state, n FROM task_counts WHERE n > 0",
+                    Vec::new(),
+                ),
             };
-            let mut stmt = conn.prepare(&format!(
-                "SELECT broker, state, count(*) FROM tasks {filter} GROUP BY broker, state"
-            ))?;
+            let mut stmt = conn.prepare(sql)?;
             let mut rows = stmt.query(duckdb::params_from_iter(params))?;
             let mut stats = Stats {
                 by_state: TaskState::ALL.into_iter().map(|s| (s, 0)).collect(),

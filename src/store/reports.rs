@@ -340,7 +340,7 @@ fn throughput(
         cond.params.insert(0, ts(range.since));
         (
             cond,
-            "transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id",
+            "transitions t JOIN task_rows k ON k.num = t.task_num",
         )
     } else {
         (filter.conditions("t.broker", "", None), "transitions t")
@@ -486,7 +486,7 @@ fn failures(
         "WITH ev AS (
             SELECT name, (epoch_us(occurred) // ?) * ? AS bucket, state, n FROM (
                 SELECT k.name, t.occurred_at AS occurred, t.state, 1 AS n
-                FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
+                FROM transitions t JOIN task_rows k ON k.num = t.task_num
                 WHERE t.state IN ('failure', 'retried')
                   AND {} AND k.updated_at >= ?{}
                 UNION ALL
@@ -579,10 +579,10 @@ fn name_stats(
                    sum(retries)::BIGINT AS retries
             FROM (
                 SELECT k.name AS name,
-                       count(DISTINCT t.broker || chr(0) || t.task_id) AS runs,
+                       count(DISTINCT t.task_num) AS runs,
                        count(*) FILTER (WHERE t.state = 'failure') AS failures,
                        count(*) FILTER (WHERE t.state = 'retried') AS retries
-                FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
+                FROM transitions t JOIN task_rows k ON k.num = t.task_num
                 WHERE {} AND k.updated_at >= ?{}
                 GROUP BY k.name
                 UNION ALL

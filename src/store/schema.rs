@@ -130,10 +130,120 @@ const MIGRATIONS: &[(i32, &str)] = &[
     );
     "#,
     ),
+    (
+        3,
+        r#"
+    -- Issue #8 (472 bytes per task at 10M, 1.1 GB RSS): the two ART indexes were two thirds of
+    -- the file and lived in memory, and the ids were stored four times as 36-char text. Tasks
+    -- now have no index: a task number `num` (assigned in order of first sight) ties
+    -- transitions to their task, ids are a 16-byte UUID (`id_text` only for ids that are not a
+    -- canonical lower-case UUID; `uid` is then the md5 of the text), and the view `tasks` gives
+    -- the previous columns back to every reader.
+    CREATE TABLE task_rows (
+        num         BIGINT NOT NULL,
+        broker      VARCHAR NOT NULL,
+        uid         UUID NOT NULL,
+        id_text     VARCHAR,
+        queue       VARCHAR,
+        name        VARCHAR,
+        state       VARCHAR NOT NULL,
+        args        VARCHAR,
+        kwargs      VARCHAR,
+        result      VARCHAR,
+        error       VARCHAR,
+        traceback   VARCHAR,
+        retries     INTEGER NOT NULL DEFAULT 0,
+        worker      VARCHAR,
+        eta         TIMESTAMP,
+        enqueued_at TIMESTAMP,
+        started_at  TIMESTAMP,
+        finished_at TIMESTAMP,
+        runtime_ms  DOUBLE,
+        updated_at  TIMESTAMP NOT NULL
+    );
+    CREATE TABLE transitions_v3 (
+        broker   VARCHAR NOT NULL,
+        task_num BIGINT,              -- task_rows.num; NULL when the task was deleted before
+        state    VARCHAR NOT NULL,
+        occurred_at TIMESTAMP NOT NULL,
+        worker   VARCHAR,
+        detail   VARCHAR,
+        seq      BIGINT NOT NULL
+    );
+    -- Task counts by broker and state, kept by the writer and retention: `/api/stats`.
+    CREATE TABLE task_counts (
+        broker VARCHAR NOT NULL,
+        state  VARCHAR NOT NULL,
+        n      BIGINT NOT NULL,
+        PRIMARY KEY (broker, state)
+    );
+    "#,
+    ),
 ];
 
+/// The statements of migration 3 that follow its DDL: the v2 rows of `tasks` and `transitions`
+/// copied into the v3 tables, the old tables replaced by the view. See [`copy_v2_rows_sql`].
+fn finish_v3_sql() -> String {
+    format!(
+        "{}
+         DROP INDEX transitions_task;
+         DROP TABLE transitions;
+         ALTER TABLE transitions_v3 RENAME TO transitions;
+         DROP TABLE tasks;
+         {TASKS_VIEW}",
+        copy_v2_rows_sql("tasks", "transitions", "transitions_v3")
+    )
+}
+
+/// The view readers query: `tasks` with the columns of schema v2 (and `num`, `uid`).
+pub(crate) const TASKS_VIEW: &str = "CREATE VIEW tasks AS
+    SELECT num, uid, broker, coalesce(id_text, uid::VARCHAR) AS id, queue, name, state, args,
+           kwargs, result, error, traceback, retries, worker, eta, enqueued_at, started_at,
+           finished_at, runtime_ms, updated_at
+    FROM task_rows;";
+
+/// SQL of the 16-byte key of a task id (text): the id itself when it is a canonical UUID,
+/// else the md5 of the text.
+pub(crate) fn uid_sql(id: &str) -> String {
+    format!(
+        "coalesce(CASE WHEN try_cast({id} AS UUID)::VARCHAR = {id} THEN try_cast({id} AS UUID) END, \
+         md5({id})::UUID)"
+    )
+}
+
+/// SQL of the text kept beside the key: `NULL` when the key gives the id back.
+pub(crate) fn id_text_sql(id: &str) -> String {
+    format!("CASE WHEN try_cast({id} AS UUID)::VARCHAR = {id} THEN NULL ELSE {id} END")
+}
+
+/// Copies rows shaped like schema v2 (`src_tasks`: `broker, id, ...`; `src_transitions`:
+/// `broker, task_id, ...`) into `task_rows` and `dst_transitions`, numbering the tasks after
+/// the highest `num` in order of first sight, then recounts `task_counts`. Used by migration 3
+/// and by tests that plant v2-shaped rows.
+pub(crate) fn copy_v2_rows_sql(src_tasks: &str, src_transitions: &str, dst_transitions: &str) -> String {
+    format!(
+        "INSERT INTO task_rows
+         SELECT (SELECT coalesce(max(num), 0) FROM task_rows)
+                    + row_number() OVER (ORDER BY coalesce(enqueued_at, started_at, updated_at), broker, id),
+                broker, {uid}, {id_text}, queue, name, state, args, kwargs, result, error,
+                traceback, retries, worker, eta, enqueued_at, started_at, finished_at, runtime_ms,
+                updated_at
+         FROM {src_tasks};
+         INSERT INTO {dst_transitions}
+         SELECT t.broker, k.num, t.state, t.occurred_at, t.worker, t.detail, t.seq
+         FROM {src_transitions} t
+         LEFT JOIN task_rows k ON k.broker = t.broker AND k.uid = {tuid}
+         ORDER BY t.occurred_at, t.seq;
+         DELETE FROM task_counts;
+         INSERT INTO task_counts SELECT broker, state, count(*) FROM task_rows GROUP BY ALL;",
+        uid = uid_sql("id"),
+        id_text = id_text_sql("id"),
+        tuid = uid_sql("t.task_id"),
+    )
+}
+
 /// The schema version this build writes.
-pub(crate) const LATEST_VERSION: i32 = 2;
+pub(crate) const LATEST_VERSION: i32 = 3;
 
 /// Brings the database to [`LATEST_VERSION`]; a no-op when it is there already.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -167,6 +277,9 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let run = |conn: &mut Connection| -> duckdb::Result<()> {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
+            if version == 3 {
+                tx.execute_batch(&finish_v3_sql())?;
+            }
             tx.execute("INSERT INTO schema_version (version) VALUES (?)", [version])?;
             tx.commit()
         };

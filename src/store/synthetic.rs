@@ -32,7 +32,7 @@ fn tasks_sql(lo: u64, hi: u64, n: u64, now_us: i64, span_us: i64) -> String {
     // h: a 64-bit hash of the row number; its bit ranges drive the independent choices.
     format!(
         r#"
-    INSERT INTO tasks
+    INSERT INTO task_rows
     WITH r AS (
         SELECT i, hash(i) AS h, md5(i::VARCHAR) AS m,
                {now_us} - {span_us} + (i::HUGEINT * {span_us}) // {n} AS t0
@@ -75,9 +75,11 @@ fn tasks_sql(lo: u64, hi: u64, n: u64, now_us: i64, span_us: i64) -> String {
         FROM s
     )
     SELECT
+        i + 1 AS num,
         broker,
-        substr(m, 1, 8) || '-' || substr(m, 9, 4) || '-4' || substr(m, 14, 3) || '-'
-            || substr(m, 17, 4) || '-' || substr(m, 21, 12) AS id,
+        (substr(m, 1, 8) || '-' || substr(m, 9, 4) || '-4' || substr(m, 14, 3) || '-'
+            || substr(m, 17, 4) || '-' || substr(m, 21, 12))::UUID AS uid,
+        NULL AS id_text,
         queue,
         CASE broker WHEN 'celery' THEN 'myapp.tasks.' || fn
                     WHEN 'rq' THEN 'myapp.jobs.' || fn
@@ -132,20 +134,20 @@ fn transitions_sql(from_us: i64, to_us: i64, seq0: u64) -> String {
         r#"
     INSERT INTO transitions
     WITH k AS (
-        SELECT * FROM tasks
+        SELECT * FROM task_rows
         WHERE enqueued_at >= make_timestamp({from_us}) AND enqueued_at < make_timestamp({to_us})
     ), e AS (
-        SELECT broker, id, 'queued' AS state, enqueued_at AS ts, NULL AS worker, NULL AS detail, 0 AS o FROM k
+        SELECT broker, num, 'queued' AS state, enqueued_at AS ts, NULL AS worker, NULL AS detail, 0 AS o FROM k
         UNION ALL
-        SELECT broker, id, 'running', started_at, worker, NULL, 1 FROM k WHERE started_at IS NOT NULL
+        SELECT broker, num, 'running', started_at, worker, NULL, 1 FROM k WHERE started_at IS NOT NULL
         UNION ALL
-        SELECT broker, id, state, updated_at, worker, error, 2 FROM k
+        SELECT broker, num, state, updated_at, worker, error, 2 FROM k
         WHERE state IN ('success', 'failure', 'retried', 'abandoned')
     )
-    SELECT broker, id, state, ts, worker, detail,
-           {seq0} + row_number() OVER (ORDER BY ts, o, broker, id) AS seq
+    SELECT broker, num, state, ts, worker, detail,
+           {seq0} + row_number() OVER (ORDER BY ts, o, num) AS seq
     FROM e
-    ORDER BY ts, o, broker, id
+    ORDER BY ts, o, num
     "#
     )
 }
@@ -229,6 +231,7 @@ pub fn generate(
                 1000 + hash(worker) % 60000, true, min(started_at), max(updated_at),
                 min(started_at)
          FROM tasks WHERE worker IS NOT NULL GROUP BY broker, worker;
+         INSERT INTO task_counts SELECT broker, state, count(*) FROM task_rows GROUP BY ALL;
          CHECKPOINT;",
     )?;
     let count = |sql: &str| -> Result<u64, StoreError> {
