@@ -199,11 +199,48 @@ impl StoreReader {
     }
 
     /// Runs raw SQL on a reader connection: lets tests plant rows no writer would write.
+    ///
+    /// Tests plant rows shaped like schema v2 (`INSERT INTO tasks (broker, id, ...)`,
+    /// `INSERT INTO transitions (broker, task_id, ...)`, `UPDATE tasks`): they go to
+    /// v2-shaped temporary tables and are filed as migration 3 files them, numbered far above
+    /// the writer's numbers.
     #[cfg(test)]
     pub(crate) async fn execute_for_test(&self, sql: &'static str) {
-        self.with_conn("test", move |conn| Ok(conn.execute_batch(sql)?))
-            .await
-            .unwrap();
+        let planted = sql
+            .replace("INSERT INTO tasks ", "INSERT INTO plant_tasks ")
+            .replace("INSERT INTO transitions ", "INSERT INTO plant_transitions ")
+            .replace("UPDATE tasks ", "UPDATE task_rows ");
+        self.with_conn("test", move |conn| {
+            conn.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS plant_tasks (
+                     broker VARCHAR NOT NULL, id VARCHAR NOT NULL, queue VARCHAR, name VARCHAR,
+                     state VARCHAR NOT NULL, args VARCHAR, kwargs VARCHAR, result VARCHAR,
+                     error VARCHAR, traceback VARCHAR, retries INTEGER NOT NULL DEFAULT 0,
+                     worker VARCHAR, eta TIMESTAMP, enqueued_at TIMESTAMP, started_at TIMESTAMP,
+                     finished_at TIMESTAMP, runtime_ms DOUBLE, updated_at TIMESTAMP NOT NULL);
+                 CREATE TEMP TABLE IF NOT EXISTS plant_transitions (
+                     broker VARCHAR NOT NULL, task_id VARCHAR NOT NULL, state VARCHAR NOT NULL,
+                     occurred_at TIMESTAMP NOT NULL, worker VARCHAR, detail VARCHAR,
+                     seq BIGINT NOT NULL);",
+            )?;
+            conn.execute_batch(&planted)?;
+            conn.execute_batch(&format!(
+                "BEGIN;
+                 {}
+                 DELETE FROM plant_tasks;
+                 DELETE FROM plant_transitions;
+                 COMMIT;",
+                super::schema::copy_v2_rows_sql(
+                    "plant_tasks",
+                    "plant_transitions",
+                    "transitions",
+                    1_000_000_000_000
+                )
+            ))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
     }
 
     /// The tasks matching `query`, newest activity first (`updated_at` desc, then broker, id).

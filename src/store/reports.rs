@@ -338,10 +338,7 @@ fn throughput(
         let mut cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
         cond.sql.insert_str(0, " AND k.updated_at >= ?");
         cond.params.insert(0, ts(range.since));
-        (
-            cond,
-            "transitions t JOIN task_rows k ON k.num = t.task_num",
-        )
+        (cond, "transitions t JOIN task_rows k ON k.num = t.task_num")
     } else {
         (filter.conditions("t.broker", "", None), "transitions t")
     };

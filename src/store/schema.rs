@@ -19,7 +19,7 @@ use super::StoreError;
 use duckdb::Connection;
 
 /// `(version, SQL)`, in order. The SQL may hold several statements.
-const MIGRATIONS: &[(i32, &str)] = &[
+pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
         r#"
@@ -191,7 +191,7 @@ fn finish_v3_sql() -> String {
          ALTER TABLE transitions_v3 RENAME TO transitions;
          DROP TABLE tasks;
          {TASKS_VIEW}",
-        copy_v2_rows_sql("tasks", "transitions", "transitions_v3")
+        copy_v2_rows_sql("tasks", "transitions", "transitions_v3", 0)
     )
 }
 
@@ -218,12 +218,17 @@ pub(crate) fn id_text_sql(id: &str) -> String {
 
 /// Copies rows shaped like schema v2 (`src_tasks`: `broker, id, ...`; `src_transitions`:
 /// `broker, task_id, ...`) into `task_rows` and `dst_transitions`, numbering the tasks after
-/// the highest `num` in order of first sight, then recounts `task_counts`. Used by migration 3
+/// the highest `num` (plus `num_offset`) in order of first sight, then recounts `task_counts`. Used by migration 3
 /// and by tests that plant v2-shaped rows.
-pub(crate) fn copy_v2_rows_sql(src_tasks: &str, src_transitions: &str, dst_transitions: &str) -> String {
+pub(crate) fn copy_v2_rows_sql(
+    src_tasks: &str,
+    src_transitions: &str,
+    dst_transitions: &str,
+    num_offset: i64,
+) -> String {
     format!(
         "INSERT INTO task_rows
-         SELECT (SELECT coalesce(max(num), 0) FROM task_rows)
+         SELECT (SELECT coalesce(max(num), 0) FROM task_rows) + {num_offset}
                     + row_number() OVER (ORDER BY coalesce(enqueued_at, started_at, updated_at), broker, id),
                 broker, {uid}, {id_text}, queue, name, state, args, kwargs, result, error,
                 traceback, retries, worker, eta, enqueued_at, started_at, finished_at, runtime_ms,

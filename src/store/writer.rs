@@ -229,11 +229,11 @@ impl Writer {
         // `prev_updated_at`: the stored version's time (from memory), which bounds the search for
         // the row it replaces (tasks have no index: zone maps on `updated_at` find it);
         // `num` and `prev_state` are filled from that row.
-        let next_num: i64 = self.conn.query_row(
-            "SELECT coalesce(max(num), 0) + 1 FROM task_rows",
-            [],
-            |r| r.get(0),
-        )?;
+        let next_num: i64 =
+            self.conn
+                .query_row("SELECT coalesce(max(num), 0) + 1 FROM task_rows", [], |r| {
+                    r.get(0)
+                })?;
         self.conn.execute_batch(&format!(
             "CREATE TEMP TABLE IF NOT EXISTS staging_tasks AS
                  SELECT {TASK_COLUMNS}, NULL::TIMESTAMP AS prev_updated_at, NULL::BIGINT AS num,
