@@ -126,7 +126,10 @@ impl Default for StoreOptions {
             max_batch_observations: 50_000,
             broadcast_capacity: 4_096,
             max_idle_readers: 4,
-            memory_limit_mib: 512,
+            memory_limit_mib: std::env::var("TASKSCOPE_DUCKDB_MEMORY_MIB")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(512),
             threads: std::env::var("TASKSCOPE_DUCKDB_THREADS")
                 .ok()
                 .and_then(|v| v.parse().ok()),

@@ -7,9 +7,10 @@
 //! finished task, queue samples every 5 s over the last day and every 5 min before. Tasks are
 //! spread evenly over `span` ending at `now`, written in time order (as the writer appends them),
 //! in chunks of [`CHUNK`] tasks so that memory stays bounded. Every value is a hash of the row
-//! number: the same `n` and `now` give the same file.
+//! number: the same `n` and `now` give the same file. Every whole hour and day is then rolled
+//! up (`maintenance::Step::Rollup`), as the hourly housekeeping job would have done.
 
-use super::{schema, StoreError};
+use super::{maintenance, schema, StoreError};
 use chrono::{DateTime, Utc};
 use duckdb::Connection;
 use std::path::Path;
@@ -234,6 +235,20 @@ pub fn generate(
          INSERT INTO task_counts SELECT broker, state, count(*) FROM task_rows GROUP BY ALL;
          CHECKPOINT;",
     )?;
+    // Roll up every whole hour and day, as the hourly housekeeping job of a long-running
+    // deployment would have done: reports read rolled-up hours from `rollup_hourly`.
+    for period in maintenance::Period::ALL {
+        let step = maintenance::Step::Rollup {
+            period,
+            until: maintenance::rollup_limit(period, now),
+            max_periods: match period {
+                maintenance::Period::Hour => 24,
+                maintenance::Period::Day => 1,
+            },
+        };
+        while maintenance::run_step(&mut conn, &step)?.more {}
+    }
+    conn.execute_batch("CHECKPOINT")?;
     let count = |sql: &str| -> Result<u64, StoreError> {
         let v: i64 = conn.query_row(sql, [], |r| r.get(0))?;
         Ok(u64::try_from(v).unwrap_or(0))
