@@ -525,17 +525,26 @@ fn failures(
                       UNION ALL SELECT * FROM rollup_daily WHERE bucket >= ? AND bucket < ?) r
                 WHERE r.state IN ('failure', 'retried')
                   AND r.bucket >= ? AND r.bucket < ?{})),
+         agg AS (
+            SELECT name, bucket,
+                   coalesce(sum(n) FILTER (WHERE state = 'failure'), 0) AS f,
+                   coalesce(sum(n) FILTER (WHERE state = 'retried'), 0) AS r
+            FROM ev GROUP BY ALL),
          top AS (
-            SELECT name, row_number() OVER (ORDER BY sum(n) DESC, name NULLS LAST) AS rank
-            FROM ev GROUP BY name ORDER BY rank LIMIT ?),
-         series AS (SELECT name, rank FROM top UNION ALL SELECT NULL, 0)
-         SELECT s.rank, s.name, b.bucket,
-                coalesce(sum(ev.n) FILTER (WHERE ev.state = 'failure'), 0)::BIGINT,
-                coalesce(sum(ev.n) FILTER (WHERE ev.state = 'retried'), 0)::BIGINT
+            SELECT name, row_number() OVER (ORDER BY sum(f + r) DESC, name NULLS LAST) AS rank
+            FROM agg GROUP BY name ORDER BY rank LIMIT ?),
+         series AS (SELECT name, rank FROM top UNION ALL SELECT NULL, 0),
+         -- Points per series and bucket, joined on equalities only (a join on
+         -- `rank = 0 OR name = ...` was a nested loop over every event).
+         pts AS (
+            SELECT t.rank, a.bucket, a.f, a.r
+            FROM top t JOIN agg a ON a.name IS NOT DISTINCT FROM t.name
+            UNION ALL
+            SELECT 0, bucket, sum(f), sum(r) FROM agg GROUP BY bucket)
+         SELECT s.rank, s.name, b.bucket, coalesce(p.f, 0)::BIGINT, coalesce(p.r, 0)::BIGINT
          FROM series s CROSS JOIN {buckets} b
-         LEFT JOIN ev ON ev.bucket = b.bucket
-                     AND (s.rank = 0 OR ev.name IS NOT DISTINCT FROM s.name)
-         GROUP BY ALL ORDER BY s.rank, b.bucket",
+         LEFT JOIN pts p ON p.rank = s.rank AND p.bucket = b.bucket
+         ORDER BY s.rank, b.bucket",
         Split::raw_sql("t.occurred_at"),
         cond.sql,
         rolled.sql
