@@ -3,15 +3,17 @@
 //! restart simply runs it again. Migrations are append-only: never edit a released one, add the
 //! next.
 //!
-//! Index policy: DuckDB scans columns fast and prunes with per-row-group min/max, so indexes only
-//! pay for point lookups, and every index is maintained on the single writer's path:
-//! * `tasks.updated_at` has none: the task list is `ORDER BY updated_at DESC ... LIMIT`, a top-N
-//!   scan DuckDB does without an index (an ART index is not used for ordering), while every
-//!   upsert changes `updated_at` and would have to maintain it.
-//! * `transitions` gets one on `(broker, task_id)`: a task's timeline is a point lookup into an
-//!   ever-growing append-only table.
-//! * `queue_samples` is only ever scanned by time ranges (zone maps prune it); the newest sample
-//!   per queue lives in the small `queue_latest` table instead.
+//! Index policy (schema v3): DuckDB scans columns fast and prunes with per-row-group min/max
+//! (zone maps), and keeps every ART index in memory (at 10M tasks the two v2 indexes were two
+//! thirds of the file and most of the RSS), so the history tables have none:
+//! * `task_rows` (read through the `tasks` view) is found by time: the writer replaces a task's
+//!   row within the `updated_at` range of the stored versions it holds; `/api/tasks/{id}` scans
+//!   the 16-byte `uid` column; the task list is a top-N on `updated_at`.
+//! * `transitions` name their task by its number `task_num` (a small, nearly sorted integer):
+//!   a timeline is `task_num = n AND occurred_at <= updated_at`, which zone maps cut to the row
+//!   groups written while the task lived.
+//! * `queue_samples` is only ever scanned by time ranges; the newest sample per queue lives in
+//!   the small `queue_latest` table, task counts in `task_counts`.
 //!
 //! `at` is a DuckDB keyword, hence `occurred_at` / `sampled_at`.
 
