@@ -335,26 +335,43 @@ fn throughput(
 ) -> Result<Vec<ThroughputSeries>, StoreError> {
     let split = Split::of(conn, range.since, range.until, Some(range.step_us))?;
     // Transitions know their broker; the join to `tasks` is only needed for queue or name.
+    // A task's `updated_at` is never before its transitions: the bound lets zone maps skip
+    // older tasks.
     let needs_task = filter.queue.is_some() || filter.name.is_some();
-    let (cond, from) = if needs_task {
-        let mut cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
-        cond.sql.insert_str(0, " AND k.updated_at >= ?");
-        cond.params.insert(0, ts(range.since));
-        (cond, "transitions t JOIN task_rows k ON k.num = t.task_num")
+    let (cond, from, task_bound) = if needs_task {
+        (
+            filter.conditions("k.broker", "k.queue", Some("k.name")),
+            "transitions t JOIN task_rows k ON k.num = t.task_num",
+            " AND k.updated_at >= ?",
+        )
     } else {
-        (filter.conditions("t.broker", "", None), "transitions t")
+        (filter.conditions("t.broker", "", None), "transitions t", "")
     };
+    let (raw, raw_params) = split.raw_union(
+        &format!(
+            "SELECT t.occurred_at AS occurred, t.state, 1 AS n FROM {from}
+             WHERE t.occurred_at >= ? AND t.occurred_at < ?{task_bound}{}",
+            cond.sql
+        ),
+        |lo, hi| {
+            let mut p = vec![lo.clone(), hi];
+            if needs_task {
+                p.push(lo);
+            }
+            p.extend(cond.params.iter().cloned());
+            p
+        },
+    );
     let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
     let (buckets, bucket_params) = buckets_sql(range);
     let sql = format!(
         "WITH c AS (
             SELECT (epoch_us(occurred) // ?) * ? AS bucket, state, sum(n)::BIGINT AS n FROM (
-                SELECT t.occurred_at AS occurred, t.state, 1 AS n
-                FROM {from}
-                WHERE {}{}
+                SELECT * FROM {raw}
                 UNION ALL
                 SELECT r.bucket, r.state, r.transitions
-                FROM (SELECT * FROM rollup_hourly WHERE NOT (bucket >= ? AND bucket < ?)
+                FROM (SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
                       UNION ALL SELECT * FROM rollup_daily WHERE bucket >= ? AND bucket < ?) r
                 WHERE r.bucket >= ? AND r.bucket < ?{})
             GROUP BY ALL)
@@ -364,16 +381,13 @@ fn throughput(
                      AS state) s
          LEFT JOIN c ON c.bucket = b.bucket AND c.state = s.state
          ORDER BY s.state, b.bucket",
-        Split::raw_sql("t.occurred_at"),
-        cond.sql,
         rolled.sql
     );
     let mut params = vec![
         DbValue::BigInt(range.step_us),
         DbValue::BigInt(range.step_us),
     ];
-    params.extend(split.raw_params());
-    params.extend(cond.params);
+    params.extend(raw_params);
     params.extend(split.rolled_params());
     params.extend(rolled.params);
     params.extend(bucket_params);
@@ -473,26 +487,43 @@ impl Split {
         })
     }
 
-    /// `col >= ? AND col < ? AND NOT (col >= ? AND col < ?)`: the raw part of the range.
-    fn raw_sql(col: &str) -> String {
-        format!("{col} >= ? AND {col} < ? AND NOT ({col} >= ? AND {col} < ?)")
+    /// The raw part of the range as two plain time ranges, before and after the rolled-up
+    /// hours (either may be empty). Each is a range zone maps prune: a `NOT (rolled range)`
+    /// condition made DuckDB scan (and join) every transition of the window.
+    fn raw_ranges(&self) -> [(DateTime<Utc>, DateTime<Utc>); 2] {
+        if self.rolled_until > self.rolled_from {
+            [
+                (self.since, self.rolled_from),
+                (self.rolled_until, self.until),
+            ]
+        } else {
+            [(self.since, self.until), (self.until, self.until)]
+        }
     }
 
-    fn raw_params(&self) -> [DbValue; 4] {
+    /// `(part UNION ALL part)`, one copy per raw range; `params(lo, hi)` gives one copy's
+    /// values in the order of its placeholders.
+    fn raw_union(
+        &self,
+        part: &str,
+        params: impl Fn(DbValue, DbValue) -> Vec<DbValue>,
+    ) -> (String, Vec<DbValue>) {
+        let [(a, b), (c, d)] = self.raw_ranges();
+        (
+            format!("({part} UNION ALL {part})"),
+            [params(ts(a), ts(b)), params(ts(c), ts(d))].concat(),
+        )
+    }
+
+    /// The values of `FROM (hourly rows before the daily range UNION ALL hourly rows after it
+    /// UNION ALL daily rows in it) r WHERE r.bucket >= ? AND r.bucket < ?`: plain ranges, which
+    /// zone maps prune.
+    fn rolled_params(&self) -> [DbValue; 8] {
         [
-            ts(self.since),
-            ts(self.until),
             ts(self.rolled_from),
-            ts(self.rolled_until),
-        ]
-    }
-
-    /// The values of `FROM (hourly rows outside the daily range UNION ALL daily rows in it) r
-    /// WHERE r.bucket >= ? AND r.bucket < ?`.
-    fn rolled_params(&self) -> [DbValue; 6] {
-        [
             ts(self.daily_from),
             ts(self.daily_until),
+            ts(self.rolled_until),
             ts(self.daily_from),
             ts(self.daily_until),
             ts(self.rolled_from),
@@ -510,18 +541,33 @@ fn failures(
     let cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
     let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
     let (buckets, bucket_params) = buckets_sql(range);
+    let split = Split::of(conn, range.since, range.until, Some(range.step_us))?;
+    // Tasks of a transition in a range were updated at or after its start: the bound lets the
+    // join skip older tasks.
+    let (raw, raw_params) = split.raw_union(
+        &format!(
+            "SELECT k.name, t.occurred_at AS occurred, t.state, 1 AS n
+             FROM transitions t JOIN task_rows k ON k.num = t.task_num
+             WHERE t.state IN ('failure', 'retried')
+               AND t.occurred_at >= ? AND t.occurred_at < ? AND k.updated_at >= ?{}",
+            cond.sql
+        ),
+        |lo, hi| {
+            let mut p = vec![lo.clone(), hi, lo];
+            p.extend(cond.params.iter().cloned());
+            p
+        },
+    );
     // `ev`: the failure and retry transitions of the range with their task's name and bucket.
     // `top`: the names with the most of them (rank 1 first); rank 0 is the total.
     let sql = format!(
         "WITH ev AS (
             SELECT name, (epoch_us(occurred) // ?) * ? AS bucket, state, n FROM (
-                SELECT k.name, t.occurred_at AS occurred, t.state, 1 AS n
-                FROM transitions t JOIN task_rows k ON k.num = t.task_num
-                WHERE t.state IN ('failure', 'retried')
-                  AND {} AND k.updated_at >= ?{}
+                SELECT * FROM {raw}
                 UNION ALL
                 SELECT nullif(r.name, ''), r.bucket, r.state, r.transitions
-                FROM (SELECT * FROM rollup_hourly WHERE NOT (bucket >= ? AND bucket < ?)
+                FROM (SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
                       UNION ALL SELECT * FROM rollup_daily WHERE bucket >= ? AND bucket < ?) r
                 WHERE r.state IN ('failure', 'retried')
                   AND r.bucket >= ? AND r.bucket < ?{})),
@@ -545,20 +591,13 @@ fn failures(
          FROM series s CROSS JOIN {buckets} b
          LEFT JOIN pts p ON p.rank = s.rank AND p.bucket = b.bucket
          ORDER BY s.rank, b.bucket",
-        Split::raw_sql("t.occurred_at"),
-        cond.sql,
         rolled.sql
     );
-    let split = Split::of(conn, range.since, range.until, Some(range.step_us))?;
     let mut params = vec![
         DbValue::BigInt(range.step_us),
         DbValue::BigInt(range.step_us),
     ];
-    params.extend(split.raw_params());
-    // Tasks of a transition in the window were updated at or after it: the bound lets the
-    // join skip older tasks.
-    params.push(ts(range.since));
-    params.extend(cond.params);
+    params.extend(raw_params);
     params.extend(split.rolled_params());
     params.extend(rolled.params);
     params.push(DbValue::BigInt(i64::try_from(top).unwrap_or(i64::MAX)));
@@ -609,6 +648,20 @@ fn name_stats(
 ) -> Result<Vec<NameStats>, StoreError> {
     let cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
     let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
+    let split = Split::of(conn, since, until, None)?;
+    let (raw, raw_params) = split.raw_union(
+        &format!(
+            "SELECT k.name, t.task_num, t.state
+             FROM transitions t JOIN task_rows k ON k.num = t.task_num
+             WHERE t.occurred_at >= ? AND t.occurred_at < ? AND k.updated_at >= ?{}",
+            cond.sql
+        ),
+        |lo, hi| {
+            let mut p = vec![lo.clone(), hi, lo];
+            p.extend(cond.params.iter().cloned());
+            p
+        },
+    );
     // Rolled-up hours count finished runs (success, failure, abandoned transitions): they no
     // longer know which tasks they were.
     let sql = format!(
@@ -618,33 +671,28 @@ fn name_stats(
             SELECT name, sum(runs)::BIGINT AS runs, sum(failures)::BIGINT AS failures,
                    sum(retries)::BIGINT AS retries
             FROM (
-                SELECT k.name AS name,
-                       count(DISTINCT t.task_num) AS runs,
-                       count(*) FILTER (WHERE t.state = 'failure') AS failures,
-                       count(*) FILTER (WHERE t.state = 'retried') AS retries
-                FROM transitions t JOIN task_rows k ON k.num = t.task_num
-                WHERE {} AND k.updated_at >= ?{}
-                GROUP BY k.name
+                SELECT name,
+                       count(DISTINCT task_num) AS runs,
+                       count(*) FILTER (WHERE state = 'failure') AS failures,
+                       count(*) FILTER (WHERE state = 'retried') AS retries
+                FROM {raw}
+                GROUP BY name
                 UNION ALL
                 SELECT nullif(r.name, ''),
                        coalesce(sum(r.transitions) FILTER (WHERE r.state IN ('success', 'failure', 'abandoned')), 0),
                        coalesce(sum(r.transitions) FILTER (WHERE r.state = 'failure'), 0),
                        coalesce(sum(r.transitions) FILTER (WHERE r.state = 'retried'), 0)
-                FROM (SELECT * FROM rollup_hourly WHERE NOT (bucket >= ? AND bucket < ?)
+                FROM (SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
                       UNION ALL SELECT * FROM rollup_daily WHERE bucket >= ? AND bucket < ?) r
                 WHERE r.bucket >= ? AND r.bucket < ?{}
                 GROUP BY 1)
             GROUP BY name)
          ORDER BY {} LIMIT ?",
-        Split::raw_sql("t.occurred_at"),
-        cond.sql,
         rolled.sql,
         order.order_by()
     );
-    let split = Split::of(conn, since, until, None)?;
-    let mut params: Vec<DbValue> = split.raw_params().into();
-    params.push(ts(since));
-    params.extend(cond.params);
+    let mut params: Vec<DbValue> = raw_params;
     params.extend(split.rolled_params());
     params.extend(rolled.params);
     params.push(DbValue::BigInt(i64::try_from(limit).unwrap_or(i64::MAX)));
@@ -672,6 +720,19 @@ fn runtime(
 ) -> Result<Vec<RuntimeStats>, StoreError> {
     let cond = filter.conditions("broker", "queue", Some("name"));
     let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
+    let split = Split::of(conn, since, until, None)?;
+    let (raw, raw_params) = split.raw_union(
+        &format!(
+            "SELECT broker, name, runtime_ms FROM task_rows
+             WHERE runtime_ms IS NOT NULL AND finished_at >= ? AND finished_at < ?{}",
+            cond.sql
+        ),
+        |lo, hi| {
+            let mut p = vec![lo, hi];
+            p.extend(cond.params.iter().cloned());
+            p
+        },
+    );
     // Raw tasks give exact figures; rolled-up hours give counts, max and sums exactly and their
     // percentiles, which are merged as a count-weighted mean (exact when all is raw).
     let sql = format!(
@@ -680,13 +741,13 @@ fn runtime(
                    quantile_cont(runtime_ms, 0.5) AS p50, quantile_cont(runtime_ms, 0.95) AS p95,
                    quantile_cont(runtime_ms, 0.99) AS p99, max(runtime_ms) AS mx,
                    sum(runtime_ms) AS total
-            FROM tasks
-            WHERE runtime_ms IS NOT NULL AND {}{}
+            FROM {raw}
             GROUP BY broker, name
             UNION ALL
             SELECT r.broker, nullif(r.name, ''), r.runtime_count, r.runtime_p50_ms, r.runtime_p95_ms,
                    r.runtime_p99_ms, r.runtime_max_ms, r.runtime_sum_ms
-            FROM (SELECT * FROM rollup_hourly WHERE NOT (bucket >= ? AND bucket < ?)
+            FROM (SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
                       UNION ALL SELECT * FROM rollup_daily WHERE bucket >= ? AND bucket < ?) r
             WHERE r.runtime_count > 0 AND r.state IN ('success', 'failure')
               AND r.bucket >= ? AND r.bucket < ?{})
@@ -696,13 +757,9 @@ fn runtime(
          FROM parts
          GROUP BY broker, name
          ORDER BY p95 DESC, n DESC, broker, name LIMIT ?",
-        Split::raw_sql("finished_at"),
-        cond.sql,
         rolled.sql
     );
-    let split = Split::of(conn, since, until, None)?;
-    let mut params: Vec<DbValue> = split.raw_params().into();
-    params.extend(cond.params);
+    let mut params: Vec<DbValue> = raw_params;
     params.extend(split.rolled_params());
     params.extend(rolled.params);
     params.push(DbValue::BigInt(i64::try_from(limit).unwrap_or(i64::MAX)));
