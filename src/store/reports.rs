@@ -342,26 +342,29 @@ fn throughput(
         (
             filter.conditions("k.broker", "k.queue", Some("k.name")),
             "transitions t JOIN task_rows k ON k.num = t.task_num",
-            " AND k.updated_at >= ?",
+            " AND k.updated_at >= ? AND k.num >= ? AND k.num <= ?",
         )
     } else {
         (filter.conditions("t.broker", "", None), "transitions t", "")
     };
-    let (raw, raw_params) = split.raw_union(
-        &format!(
-            "SELECT t.occurred_at AS occurred, t.state, 1 AS n FROM {from}
-             WHERE t.occurred_at >= ? AND t.occurred_at < ?{task_bound}{}",
-            cond.sql
-        ),
-        |lo, hi| {
-            let mut p = vec![lo.clone(), hi];
-            if needs_task {
-                p.push(lo);
-            }
+    let part = format!(
+        "SELECT t.occurred_at AS occurred, t.state, 1 AS n FROM {from}
+         WHERE t.occurred_at >= ? AND t.occurred_at < ?{task_bound}{}",
+        cond.sql
+    );
+    let (raw, raw_params) = if needs_task {
+        split.raw_union_tasks(conn, &part, |lo, hi, first, last| {
+            let mut p = vec![lo.clone(), hi, lo, first, last];
             p.extend(cond.params.iter().cloned());
             p
-        },
-    );
+        })?
+    } else {
+        split.raw_union(&part, |lo, hi| {
+            let mut p = vec![lo, hi];
+            p.extend(cond.params.iter().cloned());
+            p
+        })
+    };
     let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
     let (buckets, bucket_params) = buckets_sql(range);
     let sql = format!(
@@ -515,6 +518,44 @@ impl Split {
         )
     }
 
+    /// Like [`Split::raw_union`] for parts that join transitions to `task_rows k`:
+    /// `params(lo, hi, first, last)` also gets the lowest and highest task number of the
+    /// range's transitions (one narrow, zone-mapped query each), to bound `k.num` with
+    /// constants. Without them DuckDB built its hash table on every task of the window (or
+    /// scanned all of them): seconds, and out of memory at 64 MiB, at 10M tasks.
+    fn raw_union_tasks(
+        &self,
+        conn: &Connection,
+        part: &str,
+        params: impl Fn(DbValue, DbValue, DbValue, DbValue) -> Vec<DbValue>,
+    ) -> Result<(String, Vec<DbValue>), StoreError> {
+        let mut all = Vec::new();
+        for (lo, hi) in self.raw_ranges() {
+            let (first, last): (Option<i64>, Option<i64>) = if lo < hi {
+                conn.query_row(
+                    "SELECT min(task_num), max(task_num) FROM transitions
+                     WHERE occurred_at >= ? AND occurred_at < ?",
+                    [ts(lo), ts(hi)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+            } else {
+                (None, None)
+            };
+            let (first, last) = match (first, last) {
+                (Some(f), Some(l)) => (f, l),
+                // Nothing in the range: an empty bound.
+                _ => (0, -1),
+            };
+            all.extend(params(
+                ts(lo),
+                ts(hi),
+                DbValue::BigInt(first),
+                DbValue::BigInt(last),
+            ));
+        }
+        Ok((format!("({part} UNION ALL {part})"), all))
+    }
+
     /// The values of `FROM (hourly rows before the daily range UNION ALL hourly rows after it
     /// UNION ALL daily rows in it) r WHERE r.bucket >= ? AND r.bucket < ?`: plain ranges, which
     /// zone maps prune.
@@ -544,20 +585,22 @@ fn failures(
     let split = Split::of(conn, range.since, range.until, Some(range.step_us))?;
     // Tasks of a transition in a range were updated at or after its start: the bound lets the
     // join skip older tasks.
-    let (raw, raw_params) = split.raw_union(
+    let (raw, raw_params) = split.raw_union_tasks(
+        conn,
         &format!(
             "SELECT k.name, t.occurred_at AS occurred, t.state, 1 AS n
              FROM transitions t JOIN task_rows k ON k.num = t.task_num
              WHERE t.state IN ('failure', 'retried')
-               AND t.occurred_at >= ? AND t.occurred_at < ? AND k.updated_at >= ?{}",
+               AND t.occurred_at >= ? AND t.occurred_at < ? AND k.updated_at >= ?
+               AND k.num >= ? AND k.num <= ?{}",
             cond.sql
         ),
-        |lo, hi| {
-            let mut p = vec![lo.clone(), hi, lo];
+        |lo, hi, first, last| {
+            let mut p = vec![lo.clone(), hi, lo, first, last];
             p.extend(cond.params.iter().cloned());
             p
         },
-    );
+    )?;
     // `ev`: the failure and retry transitions of the range with their task's name and bucket.
     // `top`: the names with the most of them (rank 1 first); rank 0 is the total.
     let sql = format!(
@@ -649,19 +692,21 @@ fn name_stats(
     let cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
     let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
     let split = Split::of(conn, since, until, None)?;
-    let (raw, raw_params) = split.raw_union(
+    let (raw, raw_params) = split.raw_union_tasks(
+        conn,
         &format!(
             "SELECT k.name, t.task_num, t.state
              FROM transitions t JOIN task_rows k ON k.num = t.task_num
-             WHERE t.occurred_at >= ? AND t.occurred_at < ? AND k.updated_at >= ?{}",
+             WHERE t.occurred_at >= ? AND t.occurred_at < ? AND k.updated_at >= ?
+               AND k.num >= ? AND k.num <= ?{}",
             cond.sql
         ),
-        |lo, hi| {
-            let mut p = vec![lo.clone(), hi, lo];
+        |lo, hi, first, last| {
+            let mut p = vec![lo.clone(), hi, lo, first, last];
             p.extend(cond.params.iter().cloned());
             p
         },
-    );
+    )?;
     // Rolled-up hours count finished runs (success, failure, abandoned transitions): they no
     // longer know which tasks they were.
     let sql = format!(
