@@ -20,9 +20,12 @@ fn generate_store(db: &Path) {
     }
     let conn = duckdb::Connection::open(db).expect("open the generated store");
     conn.execute_batch(&format!(
-        "INSERT INTO tasks (broker, id, queue, name, state, args, kwargs, retries, enqueued_at,
-                            finished_at, runtime_ms, updated_at)
-         SELECT 'celery', 'task-' || i, 'q' || (i % 7), 'bulk.job' || (i % 13),
+        // Schema v3: tasks live in `task_rows` (number, 16-byte key, the id's text when it is
+        // not a UUID); readers see them through the `tasks` view.
+        "INSERT INTO task_rows (num, broker, uid, id_text, queue, name, state, args, kwargs,
+                                retries, enqueued_at, finished_at, runtime_ms, updated_at)
+         SELECT i + 1, 'celery', md5('task-' || i)::UUID, 'task-' || i, 'q' || (i % 7),
+                'bulk.job' || (i % 13),
                 CASE WHEN i % 10 = 0 THEN 'failure' ELSE 'success' END,
                 '[' || i || ', \"' || repeat('x', 180) || '\"]', '{{}}', 0,
                 TIMESTAMP '2026-01-01' + to_microseconds(i * 1000),

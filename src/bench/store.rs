@@ -454,8 +454,9 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
             "reports p95: worst {report_p95:.1} ms, worst on the default 1h window {report_p95_default:.1} ms (target < {TARGET_REPORT_P95_MS})"
         );
         println!(
-            "serve: started in {:.1?}, peak RSS {:.1} MiB (target < {:.0} MiB), {:.1} CPU s",
+            "serve: started in {:.1?}, idle RSS {:.1} MiB, peak RSS {:.1} MiB (target < {:.0} MiB), {:.1} CPU s",
             startup,
+            mib(rss_idle),
             mib(peak_rss),
             mib(TARGET_RSS_BYTES),
             cpu

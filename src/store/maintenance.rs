@@ -136,13 +136,28 @@ pub fn run_step(conn: &mut Connection, step: &Step) -> Result<StepOutcome, Store
             until,
             max_periods,
         } => rollup(conn, *period, *until, *max_periods),
-        Step::DeleteTasks { from, to } => Ok(StepOutcome {
-            rows: conn.execute(
-                "DELETE FROM tasks WHERE updated_at >= ? AND updated_at < ? AND state <> 'running'",
+        Step::DeleteTasks { from, to } => {
+            // `task_counts` (what `/api/stats` reads) loses what is deleted, in the same
+            // transaction.
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO task_counts
+                 SELECT broker, state, -count(*) FROM task_rows
+                 WHERE updated_at >= ? AND updated_at < ? AND state <> 'running'
+                 GROUP BY ALL
+                 ON CONFLICT (broker, state) DO UPDATE SET n = task_counts.n + excluded.n",
                 duckdb::params![Ts(*from), Ts(*to)],
-            )? as u64,
-            ..StepOutcome::default()
-        }),
+            )?;
+            let rows = tx.execute(
+                "DELETE FROM task_rows WHERE updated_at >= ? AND updated_at < ? AND state <> 'running'",
+                duckdb::params![Ts(*from), Ts(*to)],
+            )? as u64;
+            tx.commit()?;
+            Ok(StepOutcome {
+                rows,
+                ..StepOutcome::default()
+            })
+        }
         Step::DeleteTransitions { from, to } => Ok(StepOutcome {
             rows: conn.execute(
                 "DELETE FROM transitions WHERE occurred_at >= ? AND occurred_at < ?",
@@ -347,7 +362,7 @@ pub fn rollup_limit(period: Period, now: DateTime<Utc>) -> DateTime<Utc> {
 /// transitions entered each state, and the runtimes of the tasks that finished (success or
 /// failure) in the period.
 const ROLLUP_SELECT: &str = "
-    SELECT time_bucket(?::INTERVAL, tr.occurred_at) AS bucket,
+    SELECT time_bucket($1::INTERVAL, tr.occurred_at) AS bucket,
            tr.broker,
            coalesce(t.queue, '') AS queue,
            coalesce(t.name, '') AS name,
@@ -361,8 +376,9 @@ const ROLLUP_SELECT: &str = "
            quantile_cont(t.runtime_ms, 0.95) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_p95_ms,
            quantile_cont(t.runtime_ms, 0.99) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_p99_ms
     FROM transitions tr
-    LEFT JOIN tasks t ON t.broker = tr.broker AND t.id = tr.task_id
-    WHERE tr.occurred_at >= ? AND tr.occurred_at < ?
+    LEFT JOIN task_rows t ON t.num = tr.task_num
+        AND t.updated_at >= $2 AND t.num >= $4 AND t.num <= $5
+    WHERE tr.occurred_at >= $2 AND tr.occurred_at < $3
     GROUP BY ALL";
 
 fn rollup(
@@ -384,9 +400,23 @@ fn rollup(
         Period::Day => "1 day",
     };
     let tx = conn.transaction()?;
+    // The task numbers of the period's transitions, as constants: they bound the join to
+    // `task_rows` (zone maps), which DuckDB would otherwise build over every task.
+    let (first, last): (Option<i64>, Option<i64>) = tx.query_row(
+        "SELECT min(task_num), max(task_num) FROM transitions
+         WHERE occurred_at >= ? AND occurred_at < ?",
+        duckdb::params![Ts(start), Ts(end)],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let rows = tx.execute(
         &format!("INSERT INTO {} {ROLLUP_SELECT}", period.table()),
-        duckdb::params![interval, Ts(start), Ts(end)],
+        duckdb::params![
+            interval,
+            Ts(start),
+            Ts(end),
+            first.unwrap_or(0),
+            last.unwrap_or(-1)
+        ],
     )? as u64;
     set_mark(&tx, period.watermark(), end)?;
     tx.commit()?;

@@ -111,9 +111,13 @@ pub struct StoreOptions {
     pub broadcast_capacity: usize,
     /// Reader connections kept open when idle.
     pub max_idle_readers: usize,
-    /// DuckDB's `memory_limit` (its buffer pool: cached blocks, hash tables, sorts) in MiB.
-    /// DuckDB's own default is 80% of the machine's RAM, which a sidecar must not take: past
-    /// this limit DuckDB evicts cached blocks and spills joins and sorts to `<db>.tmp`.
+    /// DuckDB's `memory_limit` (its buffer pool: cached blocks, hash tables, sorts) in MiB
+    /// (`TASKSCOPE_DUCKDB_MEMORY_MIB`, 128 by default). DuckDB's own default is 80% of the
+    /// machine's RAM, which a sidecar must not take: past this limit DuckDB evicts cached
+    /// blocks (re-read from the OS page cache) and spills joins and sorts to `<db>.tmp`.
+    /// Schema v3 has no ART index, which DuckDB keeps in memory whatever the limit. At 10M
+    /// tasks every route ran within 64 MiB alone, but `/reports` runs its queries at once and
+    /// ran out of memory there; the buffer pool fills up to the limit and stays resident.
     pub memory_limit_mib: usize,
     /// DuckDB's worker `threads` (database-wide). `None` keeps DuckDB's default (one per core).
     pub threads: Option<usize>,
@@ -130,7 +134,10 @@ impl Default for StoreOptions {
             max_batch_observations: 50_000,
             broadcast_capacity: 4_096,
             max_idle_readers: 4,
-            memory_limit_mib: 512,
+            memory_limit_mib: std::env::var("TASKSCOPE_DUCKDB_MEMORY_MIB")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(128),
             threads: std::env::var("TASKSCOPE_DUCKDB_THREADS")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -172,8 +179,10 @@ pub fn open(
         .map(|n| format!("; SET threads = {}", n.max(1)))
         .unwrap_or_default();
     conn.execute_batch(&format!(
-        "SET memory_limit = '{}MiB'{threads}",
-        opts.memory_limit_mib.max(16)
+        // DuckDB's allocator keeps freed memory of a finished query for the next one up to
+        // this threshold (128 MB by default): a sidecar gives it back.
+        "SET memory_limit = '{}MiB'; SET allocator_flush_threshold = '8MiB'{threads}",
+        opts.memory_limit_mib.max(16),
     ))
     .map_err(|source| StoreError::Open {
         path: path.to_path_buf(),

@@ -199,11 +199,48 @@ impl StoreReader {
     }
 
     /// Runs raw SQL on a reader connection: lets tests plant rows no writer would write.
+    ///
+    /// Tests plant rows shaped like schema v2 (`INSERT INTO tasks (broker, id, ...)`,
+    /// `INSERT INTO transitions (broker, task_id, ...)`, `UPDATE tasks`): they go to
+    /// v2-shaped temporary tables and are filed as migration 3 files them, numbered far above
+    /// the writer's numbers.
     #[cfg(test)]
     pub(crate) async fn execute_for_test(&self, sql: &'static str) {
-        self.with_conn("test", move |conn| Ok(conn.execute_batch(sql)?))
-            .await
-            .unwrap();
+        let planted = sql
+            .replace("INSERT INTO tasks ", "INSERT INTO plant_tasks ")
+            .replace("INSERT INTO transitions ", "INSERT INTO plant_transitions ")
+            .replace("UPDATE tasks ", "UPDATE task_rows ");
+        self.with_conn("test", move |conn| {
+            conn.execute_batch(
+                "CREATE TEMP TABLE IF NOT EXISTS plant_tasks (
+                     broker VARCHAR NOT NULL, id VARCHAR NOT NULL, queue VARCHAR, name VARCHAR,
+                     state VARCHAR NOT NULL, args VARCHAR, kwargs VARCHAR, result VARCHAR,
+                     error VARCHAR, traceback VARCHAR, retries INTEGER NOT NULL DEFAULT 0,
+                     worker VARCHAR, eta TIMESTAMP, enqueued_at TIMESTAMP, started_at TIMESTAMP,
+                     finished_at TIMESTAMP, runtime_ms DOUBLE, updated_at TIMESTAMP NOT NULL);
+                 CREATE TEMP TABLE IF NOT EXISTS plant_transitions (
+                     broker VARCHAR NOT NULL, task_id VARCHAR NOT NULL, state VARCHAR NOT NULL,
+                     occurred_at TIMESTAMP NOT NULL, worker VARCHAR, detail VARCHAR,
+                     seq BIGINT NOT NULL);",
+            )?;
+            conn.execute_batch(&planted)?;
+            conn.execute_batch(&format!(
+                "BEGIN;
+                 {}
+                 DELETE FROM plant_tasks;
+                 DELETE FROM plant_transitions;
+                 COMMIT;",
+                super::schema::copy_v2_rows_sql(
+                    "plant_tasks",
+                    "plant_transitions",
+                    "transitions",
+                    1_000_000_000_000
+                )
+            ))?;
+            Ok(())
+        })
+        .await
+        .unwrap();
     }
 
     /// The tasks matching `query`, newest activity first (`updated_at` desc, then broker, id).
@@ -278,20 +315,32 @@ impl StoreReader {
     pub async fn get_task(&self, id: &str) -> Result<Option<(Task, Vec<Transition>)>, StoreError> {
         let id = id.to_string();
         self.with_conn("get_task", move |conn| {
+            // The 16-byte key (no index: a scan of one narrow column), then the text.
             let mut stmt = conn.prepare(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?
-                 ORDER BY updated_at DESC, broker LIMIT 1"
+                "SELECT {TASK_COLUMNS}, num FROM tasks WHERE uid = {} AND id = $1
+                 ORDER BY updated_at DESC, broker LIMIT 1",
+                super::schema::uid_sql("$1::VARCHAR")
             ))?;
             let mut rows = stmt.query([&id])?;
             let Some(row) = rows.next()? else {
                 return Ok(None);
             };
             let task = read_task(row)?;
+            let num: i64 = row.get(18)?;
+            // The timeline by the task's number, bounded by its last update (no transition is
+            // later): zone maps skip the row groups written before the task was first seen
+            // (their numbers are lower) and after it last changed.
             let mut stmt = conn.prepare(&format!(
-                "SELECT {TRANSITION_COLUMNS} FROM transitions WHERE broker = ? AND task_id = ?
+                "SELECT {TRANSITION_COLUMNS} FROM (
+                     SELECT t.broker, ? AS task_id, t.state, t.occurred_at, t.worker, t.detail, t.seq
+                     FROM transitions t WHERE t.task_num = ? AND t.occurred_at <= ?)
                  ORDER BY occurred_at, seq"
             ))?;
-            let mut rows = stmt.query([task.broker.as_str(), task.id.as_str()])?;
+            let mut rows = stmt.query(duckdb::params![
+                task.id.as_str(),
+                num,
+                rows::Ts(task.updated_at)
+            ])?;
             let mut transitions = Vec::new();
             while let Some(row) = rows.next()? {
                 transitions.push(read_transition(row)?);
@@ -372,13 +421,19 @@ impl StoreReader {
     /// Task counts by state and by broker, of the tasks updated since `since` (all when `None`).
     pub async fn stats(&self, since: Option<DateTime<Utc>>) -> Result<Stats, StoreError> {
         self.with_conn("stats", move |conn| {
-            let (filter, params): (&str, Vec<DbValue>) = match since {
-                Some(since) => ("WHERE updated_at >= ?", vec![rows::opt_ts(Some(since))]),
-                None => ("", Vec::new()),
+            // All time: the counts the writer keeps (no scan of every task).
+            let (sql, params): (&str, Vec<DbValue>) = match since {
+                Some(since) => (
+                    "SELECT broker, state, count(*) FROM tasks WHERE updated_at >= ?
+                     GROUP BY broker, state",
+                    vec![rows::opt_ts(Some(since))],
+                ),
+                None => (
+                    "SELECT broker, state, n FROM task_counts WHERE n > 0",
+                    Vec::new(),
+                ),
             };
-            let mut stmt = conn.prepare(&format!(
-                "SELECT broker, state, count(*) FROM tasks {filter} GROUP BY broker, state"
-            ))?;
+            let mut stmt = conn.prepare(sql)?;
             let mut rows = stmt.query(duckdb::params_from_iter(params))?;
             let mut stats = Stats {
                 by_state: TaskState::ALL.into_iter().map(|s| (s, 0)).collect(),

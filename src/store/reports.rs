@@ -21,7 +21,9 @@
 //! `rollup_hourly` when the buckets are whole hours, and raw transitions for the rest of the
 //! range (the current hour, a partial first hour, minute buckets), so long windows read ~one row
 //! per hour and series instead of every transition, and nothing is counted twice; rolled-up
-//! counts land in the bucket of their hour. The per-name tables do the same: rolled-up runs are
+//! counts land in the bucket of their hour. Whole days rolled up by day are read from
+//! `rollup_daily` when the buckets are whole days or there are none (the per-name tables): a
+//! month of hourly rows is millions of rows at 10M tasks. The per-name tables do the same: rolled-up runs are
 //! finished runs, and runtime percentiles over rolled-up hours are the count-weighted mean of
 //! the hourly percentiles (an approximation; counts, max and mean stay exact).
 
@@ -333,29 +335,47 @@ fn throughput(
 ) -> Result<Vec<ThroughputSeries>, StoreError> {
     let split = Split::of(conn, range.since, range.until, Some(range.step_us))?;
     // Transitions know their broker; the join to `tasks` is only needed for queue or name.
+    // A task's `updated_at` is never before its transitions: the bound lets zone maps skip
+    // older tasks.
     let needs_task = filter.queue.is_some() || filter.name.is_some();
-    let (cond, from) = if needs_task {
-        let mut cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
-        cond.sql.insert_str(0, " AND k.updated_at >= ?");
-        cond.params.insert(0, ts(range.since));
+    let (cond, from, task_bound) = if needs_task {
         (
-            cond,
-            "transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id",
+            filter.conditions("k.broker", "k.queue", Some("k.name")),
+            "transitions t JOIN task_rows k ON k.num = t.task_num",
+            " AND k.updated_at >= ? AND k.num >= ? AND k.num <= ?",
         )
     } else {
-        (filter.conditions("t.broker", "", None), "transitions t")
+        (filter.conditions("t.broker", "", None), "transitions t", "")
+    };
+    let part = format!(
+        "SELECT t.occurred_at AS occurred, t.state, 1 AS n FROM {from}
+         WHERE t.occurred_at >= ? AND t.occurred_at < ?{task_bound}{}",
+        cond.sql
+    );
+    let (raw, raw_params) = if needs_task {
+        split.raw_union_tasks(conn, &part, |lo, hi, first, last| {
+            let mut p = vec![lo.clone(), hi, lo, first, last];
+            p.extend(cond.params.iter().cloned());
+            p
+        })?
+    } else {
+        split.raw_union(&part, |lo, hi| {
+            let mut p = vec![lo, hi];
+            p.extend(cond.params.iter().cloned());
+            p
+        })
     };
     let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
     let (buckets, bucket_params) = buckets_sql(range);
     let sql = format!(
         "WITH c AS (
             SELECT (epoch_us(occurred) // ?) * ? AS bucket, state, sum(n)::BIGINT AS n FROM (
-                SELECT t.occurred_at AS occurred, t.state, 1 AS n
-                FROM {from}
-                WHERE {}{}
+                SELECT * FROM {raw}
                 UNION ALL
                 SELECT r.bucket, r.state, r.transitions
-                FROM rollup_hourly r
+                FROM (SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_daily WHERE bucket >= ? AND bucket < ?) r
                 WHERE r.bucket >= ? AND r.bucket < ?{})
             GROUP BY ALL)
          SELECT s.state, b.bucket, coalesce(c.n, 0)
@@ -364,16 +384,13 @@ fn throughput(
                      AS state) s
          LEFT JOIN c ON c.bucket = b.bucket AND c.state = s.state
          ORDER BY s.state, b.bucket",
-        Split::raw_sql("t.occurred_at"),
-        cond.sql,
         rolled.sql
     );
     let mut params = vec![
         DbValue::BigInt(range.step_us),
         DbValue::BigInt(range.step_us),
     ];
-    params.extend(split.raw_params());
-    params.extend(cond.params);
+    params.extend(raw_params);
     params.extend(split.rolled_params());
     params.extend(rolled.params);
     params.extend(bucket_params);
@@ -408,9 +425,15 @@ struct Split {
     until: DateTime<Utc>,
     rolled_from: DateTime<Utc>,
     rolled_until: DateTime<Utc>,
+    /// The whole days of the rolled-up range read from `rollup_daily` instead of 24 hourly
+    /// rows each (when buckets are whole days, or there are none): at 10M tasks a month holds
+    /// millions of hourly rows but ~30x fewer daily ones. Empty when not rolled up by day.
+    daily_from: DateTime<Utc>,
+    daily_until: DateTime<Utc>,
 }
 
 const HOUR_US: i64 = 3_600_000_000;
+const DAY_US: i64 = 24 * HOUR_US;
 
 impl Split {
     fn of(
@@ -444,30 +467,109 @@ impl Split {
             }
             None => (since, since),
         };
+        let days_fit = step_us.is_none_or(|s| s % DAY_US == 0);
+        let (daily_from, daily_until) = match watermark(conn, Period::Day)? {
+            Some(w) if days_fit && rolled_until > rolled_from => {
+                let from = Period::Day.ceil(rolled_from);
+                let until = Period::Day.floor(rolled_until.min(w));
+                if until > from {
+                    (from, until)
+                } else {
+                    (since, since)
+                }
+            }
+            _ => (since, since),
+        };
         Ok(Split {
             since,
             until,
             rolled_from,
             rolled_until,
+            daily_from,
+            daily_until,
         })
     }
 
-    /// `col >= ? AND col < ? AND NOT (col >= ? AND col < ?)`: the raw part of the range.
-    fn raw_sql(col: &str) -> String {
-        format!("{col} >= ? AND {col} < ? AND NOT ({col} >= ? AND {col} < ?)")
+    /// The raw part of the range as two plain time ranges, before and after the rolled-up
+    /// hours (either may be empty). Each is a range zone maps prune: a `NOT (rolled range)`
+    /// condition made DuckDB scan (and join) every transition of the window.
+    fn raw_ranges(&self) -> [(DateTime<Utc>, DateTime<Utc>); 2] {
+        if self.rolled_until > self.rolled_from {
+            [
+                (self.since, self.rolled_from),
+                (self.rolled_until, self.until),
+            ]
+        } else {
+            [(self.since, self.until), (self.until, self.until)]
+        }
     }
 
-    fn raw_params(&self) -> [DbValue; 4] {
+    /// `(part UNION ALL part)`, one copy per raw range; `params(lo, hi)` gives one copy's
+    /// values in the order of its placeholders.
+    fn raw_union(
+        &self,
+        part: &str,
+        params: impl Fn(DbValue, DbValue) -> Vec<DbValue>,
+    ) -> (String, Vec<DbValue>) {
+        let [(a, b), (c, d)] = self.raw_ranges();
+        (
+            format!("({part} UNION ALL {part})"),
+            [params(ts(a), ts(b)), params(ts(c), ts(d))].concat(),
+        )
+    }
+
+    /// Like [`Split::raw_union`] for parts that join transitions to `task_rows k`:
+    /// `params(lo, hi, first, last)` also gets the lowest and highest task number of the
+    /// range's transitions (one narrow, zone-mapped query each), to bound `k.num` with
+    /// constants. Without them DuckDB built its hash table on every task of the window (or
+    /// scanned all of them): seconds, and out of memory at 64 MiB, at 10M tasks.
+    fn raw_union_tasks(
+        &self,
+        conn: &Connection,
+        part: &str,
+        params: impl Fn(DbValue, DbValue, DbValue, DbValue) -> Vec<DbValue>,
+    ) -> Result<(String, Vec<DbValue>), StoreError> {
+        let mut all = Vec::new();
+        for (lo, hi) in self.raw_ranges() {
+            let (first, last): (Option<i64>, Option<i64>) = if lo < hi {
+                conn.query_row(
+                    "SELECT min(task_num), max(task_num) FROM transitions
+                     WHERE occurred_at >= ? AND occurred_at < ?",
+                    [ts(lo), ts(hi)],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?
+            } else {
+                (None, None)
+            };
+            let (first, last) = match (first, last) {
+                (Some(f), Some(l)) => (f, l),
+                // Nothing in the range: an empty bound.
+                _ => (0, -1),
+            };
+            all.extend(params(
+                ts(lo),
+                ts(hi),
+                DbValue::BigInt(first),
+                DbValue::BigInt(last),
+            ));
+        }
+        Ok((format!("({part} UNION ALL {part})"), all))
+    }
+
+    /// The values of `FROM (hourly rows before the daily range UNION ALL hourly rows after it
+    /// UNION ALL daily rows in it) r WHERE r.bucket >= ? AND r.bucket < ?`: plain ranges, which
+    /// zone maps prune.
+    fn rolled_params(&self) -> [DbValue; 8] {
         [
-            ts(self.since),
-            ts(self.until),
+            ts(self.rolled_from),
+            ts(self.daily_from),
+            ts(self.daily_until),
+            ts(self.rolled_until),
+            ts(self.daily_from),
+            ts(self.daily_until),
             ts(self.rolled_from),
             ts(self.rolled_until),
         ]
-    }
-
-    fn rolled_params(&self) -> [DbValue; 2] {
-        [ts(self.rolled_from), ts(self.rolled_until)]
     }
 }
 
@@ -480,45 +582,65 @@ fn failures(
     let cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
     let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
     let (buckets, bucket_params) = buckets_sql(range);
+    let split = Split::of(conn, range.since, range.until, Some(range.step_us))?;
+    // Tasks of a transition in a range were updated at or after its start: the bound lets the
+    // join skip older tasks.
+    let (raw, raw_params) = split.raw_union_tasks(
+        conn,
+        &format!(
+            "SELECT k.name, t.occurred_at AS occurred, t.state, 1 AS n
+             FROM transitions t JOIN task_rows k ON k.num = t.task_num
+             WHERE t.state IN ('failure', 'retried')
+               AND t.occurred_at >= ? AND t.occurred_at < ? AND k.updated_at >= ?
+               AND k.num >= ? AND k.num <= ?{}",
+            cond.sql
+        ),
+        |lo, hi, first, last| {
+            let mut p = vec![lo.clone(), hi, lo, first, last];
+            p.extend(cond.params.iter().cloned());
+            p
+        },
+    )?;
     // `ev`: the failure and retry transitions of the range with their task's name and bucket.
     // `top`: the names with the most of them (rank 1 first); rank 0 is the total.
     let sql = format!(
         "WITH ev AS (
             SELECT name, (epoch_us(occurred) // ?) * ? AS bucket, state, n FROM (
-                SELECT k.name, t.occurred_at AS occurred, t.state, 1 AS n
-                FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
-                WHERE t.state IN ('failure', 'retried')
-                  AND {} AND k.updated_at >= ?{}
+                SELECT * FROM {raw}
                 UNION ALL
                 SELECT nullif(r.name, ''), r.bucket, r.state, r.transitions
-                FROM rollup_hourly r
+                FROM (SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_daily WHERE bucket >= ? AND bucket < ?) r
                 WHERE r.state IN ('failure', 'retried')
                   AND r.bucket >= ? AND r.bucket < ?{})),
+         agg AS (
+            SELECT name, bucket,
+                   coalesce(sum(n) FILTER (WHERE state = 'failure'), 0) AS f,
+                   coalesce(sum(n) FILTER (WHERE state = 'retried'), 0) AS r
+            FROM ev GROUP BY ALL),
          top AS (
-            SELECT name, row_number() OVER (ORDER BY sum(n) DESC, name NULLS LAST) AS rank
-            FROM ev GROUP BY name ORDER BY rank LIMIT ?),
-         series AS (SELECT name, rank FROM top UNION ALL SELECT NULL, 0)
-         SELECT s.rank, s.name, b.bucket,
-                coalesce(sum(ev.n) FILTER (WHERE ev.state = 'failure'), 0)::BIGINT,
-                coalesce(sum(ev.n) FILTER (WHERE ev.state = 'retried'), 0)::BIGINT
+            SELECT name, row_number() OVER (ORDER BY sum(f + r) DESC, name NULLS LAST) AS rank
+            FROM agg GROUP BY name ORDER BY rank LIMIT ?),
+         series AS (SELECT name, rank FROM top UNION ALL SELECT NULL, 0),
+         -- Points per series and bucket, joined on equalities only (a join on
+         -- `rank = 0 OR name = ...` was a nested loop over every event).
+         pts AS (
+            SELECT t.rank, a.bucket, a.f, a.r
+            FROM top t JOIN agg a ON a.name IS NOT DISTINCT FROM t.name
+            UNION ALL
+            SELECT 0, bucket, sum(f), sum(r) FROM agg GROUP BY bucket)
+         SELECT s.rank, s.name, b.bucket, coalesce(p.f, 0)::BIGINT, coalesce(p.r, 0)::BIGINT
          FROM series s CROSS JOIN {buckets} b
-         LEFT JOIN ev ON ev.bucket = b.bucket
-                     AND (s.rank = 0 OR ev.name IS NOT DISTINCT FROM s.name)
-         GROUP BY ALL ORDER BY s.rank, b.bucket",
-        Split::raw_sql("t.occurred_at"),
-        cond.sql,
+         LEFT JOIN pts p ON p.rank = s.rank AND p.bucket = b.bucket
+         ORDER BY s.rank, b.bucket",
         rolled.sql
     );
-    let split = Split::of(conn, range.since, range.until, Some(range.step_us))?;
     let mut params = vec![
         DbValue::BigInt(range.step_us),
         DbValue::BigInt(range.step_us),
     ];
-    params.extend(split.raw_params());
-    // Tasks of a transition in the window were updated at or after it: the bound lets the
-    // join skip older tasks.
-    params.push(ts(range.since));
-    params.extend(cond.params);
+    params.extend(raw_params);
     params.extend(split.rolled_params());
     params.extend(rolled.params);
     params.push(DbValue::BigInt(i64::try_from(top).unwrap_or(i64::MAX)));
@@ -569,6 +691,22 @@ fn name_stats(
 ) -> Result<Vec<NameStats>, StoreError> {
     let cond = filter.conditions("k.broker", "k.queue", Some("k.name"));
     let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
+    let split = Split::of(conn, since, until, None)?;
+    let (raw, raw_params) = split.raw_union_tasks(
+        conn,
+        &format!(
+            "SELECT k.name, t.task_num, t.state
+             FROM transitions t JOIN task_rows k ON k.num = t.task_num
+             WHERE t.occurred_at >= ? AND t.occurred_at < ? AND k.updated_at >= ?
+               AND k.num >= ? AND k.num <= ?{}",
+            cond.sql
+        ),
+        |lo, hi, first, last| {
+            let mut p = vec![lo.clone(), hi, lo, first, last];
+            p.extend(cond.params.iter().cloned());
+            p
+        },
+    )?;
     // Rolled-up hours count finished runs (success, failure, abandoned transitions): they no
     // longer know which tasks they were.
     let sql = format!(
@@ -578,32 +716,28 @@ fn name_stats(
             SELECT name, sum(runs)::BIGINT AS runs, sum(failures)::BIGINT AS failures,
                    sum(retries)::BIGINT AS retries
             FROM (
-                SELECT k.name AS name,
-                       count(DISTINCT t.broker || chr(0) || t.task_id) AS runs,
-                       count(*) FILTER (WHERE t.state = 'failure') AS failures,
-                       count(*) FILTER (WHERE t.state = 'retried') AS retries
-                FROM transitions t JOIN tasks k ON k.broker = t.broker AND k.id = t.task_id
-                WHERE {} AND k.updated_at >= ?{}
-                GROUP BY k.name
+                SELECT name,
+                       count(DISTINCT task_num) AS runs,
+                       count(*) FILTER (WHERE state = 'failure') AS failures,
+                       count(*) FILTER (WHERE state = 'retried') AS retries
+                FROM {raw}
+                GROUP BY name
                 UNION ALL
                 SELECT nullif(r.name, ''),
                        coalesce(sum(r.transitions) FILTER (WHERE r.state IN ('success', 'failure', 'abandoned')), 0),
                        coalesce(sum(r.transitions) FILTER (WHERE r.state = 'failure'), 0),
                        coalesce(sum(r.transitions) FILTER (WHERE r.state = 'retried'), 0)
-                FROM rollup_hourly r
+                FROM (SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_daily WHERE bucket >= ? AND bucket < ?) r
                 WHERE r.bucket >= ? AND r.bucket < ?{}
                 GROUP BY 1)
             GROUP BY name)
          ORDER BY {} LIMIT ?",
-        Split::raw_sql("t.occurred_at"),
-        cond.sql,
         rolled.sql,
         order.order_by()
     );
-    let split = Split::of(conn, since, until, None)?;
-    let mut params: Vec<DbValue> = split.raw_params().into();
-    params.push(ts(since));
-    params.extend(cond.params);
+    let mut params: Vec<DbValue> = raw_params;
     params.extend(split.rolled_params());
     params.extend(rolled.params);
     params.push(DbValue::BigInt(i64::try_from(limit).unwrap_or(i64::MAX)));
@@ -631,6 +765,19 @@ fn runtime(
 ) -> Result<Vec<RuntimeStats>, StoreError> {
     let cond = filter.conditions("broker", "queue", Some("name"));
     let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
+    let split = Split::of(conn, since, until, None)?;
+    let (raw, raw_params) = split.raw_union(
+        &format!(
+            "SELECT broker, name, runtime_ms FROM task_rows
+             WHERE runtime_ms IS NOT NULL AND finished_at >= ? AND finished_at < ?{}",
+            cond.sql
+        ),
+        |lo, hi| {
+            let mut p = vec![lo, hi];
+            p.extend(cond.params.iter().cloned());
+            p
+        },
+    );
     // Raw tasks give exact figures; rolled-up hours give counts, max and sums exactly and their
     // percentiles, which are merged as a count-weighted mean (exact when all is raw).
     let sql = format!(
@@ -639,13 +786,14 @@ fn runtime(
                    quantile_cont(runtime_ms, 0.5) AS p50, quantile_cont(runtime_ms, 0.95) AS p95,
                    quantile_cont(runtime_ms, 0.99) AS p99, max(runtime_ms) AS mx,
                    sum(runtime_ms) AS total
-            FROM tasks
-            WHERE runtime_ms IS NOT NULL AND {}{}
+            FROM {raw}
             GROUP BY broker, name
             UNION ALL
             SELECT r.broker, nullif(r.name, ''), r.runtime_count, r.runtime_p50_ms, r.runtime_p95_ms,
                    r.runtime_p99_ms, r.runtime_max_ms, r.runtime_sum_ms
-            FROM rollup_hourly r
+            FROM (SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_daily WHERE bucket >= ? AND bucket < ?) r
             WHERE r.runtime_count > 0 AND r.state IN ('success', 'failure')
               AND r.bucket >= ? AND r.bucket < ?{})
          SELECT broker, name, sum(n)::BIGINT AS n,
@@ -654,13 +802,9 @@ fn runtime(
          FROM parts
          GROUP BY broker, name
          ORDER BY p95 DESC, n DESC, broker, name LIMIT ?",
-        Split::raw_sql("finished_at"),
-        cond.sql,
         rolled.sql
     );
-    let split = Split::of(conn, since, until, None)?;
-    let mut params: Vec<DbValue> = split.raw_params().into();
-    params.extend(cond.params);
+    let mut params: Vec<DbValue> = raw_params;
     params.extend(split.rolled_params());
     params.extend(rolled.params);
     params.push(DbValue::BigInt(i64::try_from(limit).unwrap_or(i64::MAX)));

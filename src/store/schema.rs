@@ -3,15 +3,17 @@
 //! restart simply runs it again. Migrations are append-only: never edit a released one, add the
 //! next.
 //!
-//! Index policy: DuckDB scans columns fast and prunes with per-row-group min/max, so indexes only
-//! pay for point lookups, and every index is maintained on the single writer's path:
-//! * `tasks.updated_at` has none: the task list is `ORDER BY updated_at DESC ... LIMIT`, a top-N
-//!   scan DuckDB does without an index (an ART index is not used for ordering), while every
-//!   upsert changes `updated_at` and would have to maintain it.
-//! * `transitions` gets one on `(broker, task_id)`: a task's timeline is a point lookup into an
-//!   ever-growing append-only table.
-//! * `queue_samples` is only ever scanned by time ranges (zone maps prune it); the newest sample
-//!   per queue lives in the small `queue_latest` table instead.
+//! Index policy (schema v3): DuckDB scans columns fast and prunes with per-row-group min/max
+//! (zone maps), and keeps every ART index in memory (at 10M tasks the two v2 indexes were two
+//! thirds of the file and most of the RSS), so the history tables have none:
+//! * `task_rows` (read through the `tasks` view) is found by time: the writer replaces a task's
+//!   row within the `updated_at` range of the stored versions it holds; `/api/tasks/{id}` scans
+//!   the 16-byte `uid` column; the task list is a top-N on `updated_at`.
+//! * `transitions` name their task by its number `task_num` (a small, nearly sorted integer):
+//!   a timeline is `task_num = n AND occurred_at <= updated_at`, which zone maps cut to the row
+//!   groups written while the task lived.
+//! * `queue_samples` is only ever scanned by time ranges; the newest sample per queue lives in
+//!   the small `queue_latest` table, task counts in `task_counts`.
 //!
 //! `at` is a DuckDB keyword, hence `occurred_at` / `sampled_at`.
 
@@ -19,7 +21,7 @@ use super::StoreError;
 use duckdb::Connection;
 
 /// `(version, SQL)`, in order. The SQL may hold several statements.
-const MIGRATIONS: &[(i32, &str)] = &[
+pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
         r#"
@@ -130,10 +132,125 @@ const MIGRATIONS: &[(i32, &str)] = &[
     );
     "#,
     ),
+    (
+        3,
+        r#"
+    -- Issue #8 (472 bytes per task at 10M, 1.1 GB RSS): the two ART indexes were two thirds of
+    -- the file and lived in memory, and the ids were stored four times as 36-char text. Tasks
+    -- now have no index: a task number `num` (assigned in order of first sight) ties
+    -- transitions to their task, ids are a 16-byte UUID (`id_text` only for ids that are not a
+    -- canonical lower-case UUID; `uid` is then the md5 of the text), and the view `tasks` gives
+    -- the previous columns back to every reader.
+    CREATE TABLE task_rows (
+        num         BIGINT NOT NULL,
+        broker      VARCHAR NOT NULL,
+        uid         UUID NOT NULL,
+        id_text     VARCHAR,
+        queue       VARCHAR,
+        name        VARCHAR,
+        state       VARCHAR NOT NULL,
+        args        VARCHAR,
+        kwargs      VARCHAR,
+        result      VARCHAR,
+        error       VARCHAR,
+        traceback   VARCHAR,
+        retries     INTEGER NOT NULL DEFAULT 0,
+        worker      VARCHAR,
+        eta         TIMESTAMP,
+        enqueued_at TIMESTAMP,
+        started_at  TIMESTAMP,
+        finished_at TIMESTAMP,
+        runtime_ms  DOUBLE,
+        updated_at  TIMESTAMP NOT NULL
+    );
+    CREATE TABLE transitions_v3 (
+        broker   VARCHAR NOT NULL,
+        task_num BIGINT,              -- task_rows.num; NULL when the task was deleted before
+        state    VARCHAR NOT NULL,
+        occurred_at TIMESTAMP NOT NULL,
+        worker   VARCHAR,
+        detail   VARCHAR,
+        seq      BIGINT NOT NULL
+    );
+    -- Task counts by broker and state, kept by the writer and retention: `/api/stats`.
+    CREATE TABLE task_counts (
+        broker VARCHAR NOT NULL,
+        state  VARCHAR NOT NULL,
+        n      BIGINT NOT NULL,
+        PRIMARY KEY (broker, state)
+    );
+    "#,
+    ),
 ];
 
+/// The statements of migration 3 that follow its DDL: the v2 rows of `tasks` and `transitions`
+/// copied into the v3 tables, the old tables replaced by the view. See [`copy_v2_rows_sql`].
+fn finish_v3_sql() -> String {
+    format!(
+        "{}
+         DROP INDEX transitions_task;
+         DROP TABLE transitions;
+         ALTER TABLE transitions_v3 RENAME TO transitions;
+         DROP TABLE tasks;
+         {TASKS_VIEW}",
+        copy_v2_rows_sql("tasks", "transitions", "transitions_v3", 0)
+    )
+}
+
+/// The view readers query: `tasks` with the columns of schema v2 (and `num`, `uid`).
+pub(crate) const TASKS_VIEW: &str = "CREATE VIEW tasks AS
+    SELECT num, uid, broker, coalesce(id_text, uid::VARCHAR) AS id, queue, name, state, args,
+           kwargs, result, error, traceback, retries, worker, eta, enqueued_at, started_at,
+           finished_at, runtime_ms, updated_at
+    FROM task_rows;";
+
+/// SQL of the 16-byte key of a task id (text): the id itself when it is a canonical UUID,
+/// else the md5 of the text.
+pub(crate) fn uid_sql(id: &str) -> String {
+    format!(
+        "coalesce(CASE WHEN try_cast({id} AS UUID)::VARCHAR = {id} THEN try_cast({id} AS UUID) END, \
+         md5({id})::UUID)"
+    )
+}
+
+/// SQL of the text kept beside the key: `NULL` when the key gives the id back.
+pub(crate) fn id_text_sql(id: &str) -> String {
+    format!("CASE WHEN try_cast({id} AS UUID)::VARCHAR = {id} THEN NULL ELSE {id} END")
+}
+
+/// Copies rows shaped like schema v2 (`src_tasks`: `broker, id, ...`; `src_transitions`:
+/// `broker, task_id, ...`) into `task_rows` and `dst_transitions`, numbering the tasks after
+/// the highest `num` (plus `num_offset`) in order of first sight, then recounts `task_counts`. Used by migration 3
+/// and by tests that plant v2-shaped rows.
+pub(crate) fn copy_v2_rows_sql(
+    src_tasks: &str,
+    src_transitions: &str,
+    dst_transitions: &str,
+    num_offset: i64,
+) -> String {
+    format!(
+        "INSERT INTO task_rows
+         SELECT (SELECT coalesce(max(num), 0) FROM task_rows) + {num_offset}
+                    + row_number() OVER (ORDER BY coalesce(enqueued_at, started_at, updated_at), broker, id),
+                broker, {uid}, {id_text}, queue, name, state, args, kwargs, result, error,
+                traceback, retries, worker, eta, enqueued_at, started_at, finished_at, runtime_ms,
+                updated_at
+         FROM {src_tasks};
+         INSERT INTO {dst_transitions}
+         SELECT t.broker, k.num, t.state, t.occurred_at, t.worker, t.detail, t.seq
+         FROM {src_transitions} t
+         LEFT JOIN task_rows k ON k.broker = t.broker AND k.uid = {tuid}
+         ORDER BY t.occurred_at, t.seq;
+         DELETE FROM task_counts;
+         INSERT INTO task_counts SELECT broker, state, count(*) FROM task_rows GROUP BY ALL;",
+        uid = uid_sql("id"),
+        id_text = id_text_sql("id"),
+        tuid = uid_sql("t.task_id"),
+    )
+}
+
 /// The schema version this build writes.
-pub(crate) const LATEST_VERSION: i32 = 2;
+pub(crate) const LATEST_VERSION: i32 = 3;
 
 /// Brings the database to [`LATEST_VERSION`]; a no-op when it is there already.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
@@ -167,6 +284,9 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         let run = |conn: &mut Connection| -> duckdb::Result<()> {
             let tx = conn.transaction()?;
             tx.execute_batch(sql)?;
+            if version == 3 {
+                tx.execute_batch(&finish_v3_sql())?;
+            }
             tx.execute("INSERT INTO schema_version (version) VALUES (?)", [version])?;
             tx.commit()
         };

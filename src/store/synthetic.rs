@@ -7,9 +7,10 @@
 //! finished task, queue samples every 5 s over the last day and every 5 min before. Tasks are
 //! spread evenly over `span` ending at `now`, written in time order (as the writer appends them),
 //! in chunks of [`CHUNK`] tasks so that memory stays bounded. Every value is a hash of the row
-//! number: the same `n` and `now` give the same file.
+//! number: the same `n` and `now` give the same file. Every whole hour and day is then rolled
+//! up (`maintenance::Step::Rollup`), as the hourly housekeeping job would have done.
 
-use super::{schema, StoreError};
+use super::{maintenance, schema, StoreError};
 use chrono::{DateTime, Utc};
 use duckdb::Connection;
 use std::path::Path;
@@ -32,7 +33,7 @@ fn tasks_sql(lo: u64, hi: u64, n: u64, now_us: i64, span_us: i64) -> String {
     // h: a 64-bit hash of the row number; its bit ranges drive the independent choices.
     format!(
         r#"
-    INSERT INTO tasks
+    INSERT INTO task_rows
     WITH r AS (
         SELECT i, hash(i) AS h, md5(i::VARCHAR) AS m,
                {now_us} - {span_us} + (i::HUGEINT * {span_us}) // {n} AS t0
@@ -75,9 +76,11 @@ fn tasks_sql(lo: u64, hi: u64, n: u64, now_us: i64, span_us: i64) -> String {
         FROM s
     )
     SELECT
+        i + 1 AS num,
         broker,
-        substr(m, 1, 8) || '-' || substr(m, 9, 4) || '-4' || substr(m, 14, 3) || '-'
-            || substr(m, 17, 4) || '-' || substr(m, 21, 12) AS id,
+        (substr(m, 1, 8) || '-' || substr(m, 9, 4) || '-4' || substr(m, 14, 3) || '-'
+            || substr(m, 17, 4) || '-' || substr(m, 21, 12))::UUID AS uid,
+        NULL AS id_text,
         queue,
         CASE broker WHEN 'celery' THEN 'myapp.tasks.' || fn
                     WHEN 'rq' THEN 'myapp.jobs.' || fn
@@ -132,20 +135,20 @@ fn transitions_sql(from_us: i64, to_us: i64, seq0: u64) -> String {
         r#"
     INSERT INTO transitions
     WITH k AS (
-        SELECT * FROM tasks
+        SELECT * FROM task_rows
         WHERE enqueued_at >= make_timestamp({from_us}) AND enqueued_at < make_timestamp({to_us})
     ), e AS (
-        SELECT broker, id, 'queued' AS state, enqueued_at AS ts, NULL AS worker, NULL AS detail, 0 AS o FROM k
+        SELECT broker, num, 'queued' AS state, enqueued_at AS ts, NULL AS worker, NULL AS detail, 0 AS o FROM k
         UNION ALL
-        SELECT broker, id, 'running', started_at, worker, NULL, 1 FROM k WHERE started_at IS NOT NULL
+        SELECT broker, num, 'running', started_at, worker, NULL, 1 FROM k WHERE started_at IS NOT NULL
         UNION ALL
-        SELECT broker, id, state, updated_at, worker, error, 2 FROM k
+        SELECT broker, num, state, updated_at, worker, error, 2 FROM k
         WHERE state IN ('success', 'failure', 'retried', 'abandoned')
     )
-    SELECT broker, id, state, ts, worker, detail,
-           {seq0} + row_number() OVER (ORDER BY ts, o, broker, id) AS seq
+    SELECT broker, num, state, ts, worker, detail,
+           {seq0} + row_number() OVER (ORDER BY ts, o, num) AS seq
     FROM e
-    ORDER BY ts, o, broker, id
+    ORDER BY ts, o, num
     "#
     )
 }
@@ -229,8 +232,23 @@ pub fn generate(
                 1000 + hash(worker) % 60000, true, min(started_at), max(updated_at),
                 min(started_at)
          FROM tasks WHERE worker IS NOT NULL GROUP BY broker, worker;
+         INSERT INTO task_counts SELECT broker, state, count(*) FROM task_rows GROUP BY ALL;
          CHECKPOINT;",
     )?;
+    // Roll up every whole hour and day, as the hourly housekeeping job of a long-running
+    // deployment would have done: reports read rolled-up hours from `rollup_hourly`.
+    for period in maintenance::Period::ALL {
+        let step = maintenance::Step::Rollup {
+            period,
+            until: maintenance::rollup_limit(period, now),
+            max_periods: match period {
+                maintenance::Period::Hour => 24,
+                maintenance::Period::Day => 1,
+            },
+        };
+        while maintenance::run_step(&mut conn, &step)?.more {}
+    }
+    conn.execute_batch("CHECKPOINT")?;
     let count = |sql: &str| -> Result<u64, StoreError> {
         let v: i64 = conn.query_row(sql, [], |r| r.get(0))?;
         Ok(u64::try_from(v).unwrap_or(0))

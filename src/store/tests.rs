@@ -585,10 +585,9 @@ async fn throughput_of_100k_observations() {
     close(writer, reader, handle);
 }
 
-/// The writer appends tasks it has never stored and upserts the others; after a restart it
-/// knows the stored ones only through its filter of stored keys (its cache starts empty of
-/// finished tasks). A stored task must be updated, not appended again (that would break the
-/// key and cost a failed batch), and no new task may be lost.
+/// The writer looks up only the keys its filter of stored keys may hold; after a restart its
+/// cache is empty of queued and finished tasks, so the filter alone says which to look up. A
+/// stored task must be found and updated, not stored a second time, and no new task may be lost.
 #[tokio::test]
 async fn tasks_stored_before_a_restart_are_updated_and_new_ones_appended_without_a_failed_batch() {
     let dir = tempfile::tempdir().unwrap();
@@ -637,5 +636,181 @@ async fn tasks_stored_before_a_restart_are_updated_and_new_ones_appended_without
     );
     let (new, _) = reader.get_task("new-7").await.unwrap().unwrap();
     assert_eq!(new.state, TaskState::Queued);
+    close(writer, reader, handle);
+}
+
+/// A file of schema v2 (the migrations up to 2 only), as an older taskscope left it.
+fn v2_file(path: &Path, rows: &str) {
+    let conn = duckdb::Connection::open(path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE schema_version (
+             version INTEGER PRIMARY KEY,
+             applied_at TIMESTAMP NOT NULL DEFAULT current_timestamp)",
+    )
+    .unwrap();
+    for (version, sql) in schema::MIGRATIONS.iter().filter(|(v, _)| *v <= 2) {
+        conn.execute_batch(sql).unwrap();
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+            .unwrap();
+    }
+    conn.execute_batch(rows).unwrap();
+}
+
+#[tokio::test]
+async fn a_v2_file_migrates_to_v3_with_its_tasks_timelines_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v2.duckdb");
+    let uuid = "5f0c6f3e-9a51-4a8e-8f3e-2b7d4c1a9e10";
+    v2_file(
+        &path,
+        &format!(
+            "INSERT INTO tasks (broker, id, queue, name, state, args, retries, enqueued_at,
+                                started_at, finished_at, runtime_ms, updated_at) VALUES
+             ('celery', '{uuid}', 'q', 'app.add', 'success', '[1]', 0, '2024-03-01 12:00:00',
+              '2024-03-01 12:00:01', '2024-03-01 12:00:02', 1000, '2024-03-01 12:00:02'),
+             ('dramatiq', '{uuid}', 'q', 'app.mul', 'queued', NULL, 0, '2024-03-01 12:00:05',
+              NULL, NULL, NULL, '2024-03-01 12:00:05'),
+             ('rq', 'job:1', 'default', 'app.job', 'running', NULL, 0, '2024-03-01 12:00:03',
+              '2024-03-01 12:00:04', NULL, NULL, '2024-03-01 12:00:04'),
+             ('celery', 'ABC-not-a-uuid', NULL, NULL, 'queued', NULL, 0, NULL, NULL, NULL,
+              NULL, '2024-03-01 12:00:06');
+             INSERT INTO transitions (broker, task_id, state, occurred_at, worker, detail, seq) VALUES
+             ('celery', '{uuid}', 'queued', '2024-03-01 12:00:00', NULL, 'sent', 1),
+             ('celery', '{uuid}', 'running', '2024-03-01 12:00:01', 'w1', NULL, 2),
+             ('celery', '{uuid}', 'success', '2024-03-01 12:00:02', 'w1', NULL, 3),
+             ('rq', 'job:1', 'queued', '2024-03-01 12:00:03', NULL, NULL, 4),
+             ('rq', 'job:1', 'running', '2024-03-01 12:00:04', 'w2', NULL, 5),
+             ('dramatiq', '{uuid}', 'queued', '2024-03-01 12:00:05', NULL, NULL, 6),
+             ('celery', 'ABC-not-a-uuid', 'queued', '2024-03-01 12:00:06', NULL, NULL, 7),
+             ('celery', 'deleted-task', 'queued', '2024-03-01 11:00:00', NULL, NULL, 0);"
+        ),
+    );
+    let (writer, reader, handle) = open_at(&path);
+    let version = reader
+        .column_for_test("SELECT max(version)::VARCHAR FROM schema_version")
+        .await;
+    assert_eq!(version, ["3"]);
+    // No index is left, and the old tables are gone.
+    assert_eq!(
+        reader
+            .column_for_test("SELECT count(*)::VARCHAR FROM duckdb_indexes() WHERE table_name IN ('tasks', 'task_rows', 'transitions')")
+            .await,
+        ["0"]
+    );
+    // The id found under the most recently updated broker, with its own timeline only.
+    let (task, timeline) = reader.get_task(uuid).await.unwrap().unwrap();
+    assert_eq!(
+        (task.broker, task.state),
+        (Broker::Dramatiq, TaskState::Queued)
+    );
+    assert_eq!(timeline.len(), 1);
+    let (task, timeline) = reader.get_task("job:1").await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Running);
+    assert_eq!(task.worker, None);
+    assert_eq!(
+        timeline
+            .iter()
+            .map(|t| (t.task_id.as_str(), t.state, t.worker.clone()))
+            .collect::<Vec<_>>(),
+        [
+            ("job:1", TaskState::Queued, None),
+            ("job:1", TaskState::Running, Some("w2".to_string()))
+        ]
+    );
+    let (task, _) = reader.get_task("ABC-not-a-uuid").await.unwrap().unwrap();
+    assert_eq!(task.id, "ABC-not-a-uuid");
+    assert!(reader.get_task("abc-not-a-uuid").await.unwrap().is_none());
+    assert_eq!(
+        reader
+            .column_for_test("SELECT id FROM tasks WHERE broker = 'celery' ORDER BY id")
+            .await,
+        ["5f0c6f3e-9a51-4a8e-8f3e-2b7d4c1a9e10", "ABC-not-a-uuid"]
+    );
+    // Counts came along; the orphan transition (its task was deleted) stays for the roll-ups.
+    let stats = reader.stats(None).await.unwrap();
+    assert_eq!(stats.by_state[&TaskState::Queued], 2);
+    assert_eq!(stats.by_state[&TaskState::Running], 1);
+    assert_eq!(stats.by_state[&TaskState::Success], 1);
+    assert_eq!(
+        reader
+            .column_for_test("SELECT count(*)::VARCHAR FROM transitions WHERE task_num IS NULL")
+            .await,
+        ["1"]
+    );
+
+    // The writer goes on from the migrated rows: the running task finishes (it was loaded as
+    // running), the counts move, nothing is duplicated.
+    let mut done = task_obs(Broker::Rq, "job:1", 10, TaskEvent::Succeeded);
+    done.fields.runtime_ms = Some(6000.0);
+    write(
+        &writer,
+        vec![done, task_obs(Broker::Rq, "job:2", 11, TaskEvent::Queued)],
+    )
+    .await;
+    close(writer, reader, handle);
+    let (writer, reader, handle) = open_at(&path);
+    let (task, timeline) = reader.get_task("job:1").await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Success);
+    assert_eq!(timeline.len(), 3);
+    assert_eq!(
+        reader
+            .column_for_test("SELECT count(*)::VARCHAR FROM tasks WHERE id LIKE 'job:%'")
+            .await,
+        ["2"]
+    );
+    let stats = reader.stats(None).await.unwrap();
+    assert_eq!(stats.by_state[&TaskState::Running], 0);
+    assert_eq!(stats.by_state[&TaskState::Success], 2);
+    assert_eq!(stats.by_state[&TaskState::Queued], 3);
+    close(writer, reader, handle);
+}
+
+#[tokio::test]
+async fn tasks_read_back_from_the_file_are_replaced_not_duplicated() {
+    let dir = tempfile::tempdir().unwrap();
+    // A one-task cache: every later observation finds its task in the file, not in memory.
+    let opts = StoreOptions {
+        cache_capacity: 1,
+        ..StoreOptions::default()
+    };
+    let (writer, reader, handle) = open(&dir.path().join("t.duckdb"), opts).unwrap();
+    let ids: Vec<String> = (0..50)
+        .map(|i| {
+            if i % 2 == 0 {
+                uuid::Uuid::new_v4().to_string()
+            } else {
+                format!("task-{i}")
+            }
+        })
+        .collect();
+    for (step, event) in [TaskEvent::Queued, TaskEvent::Running, TaskEvent::Succeeded]
+        .into_iter()
+        .enumerate()
+    {
+        for (i, id) in ids.iter().enumerate() {
+            // Spread over time so the stored versions lie in different places.
+            let secs = (step * 1000 + i * 7) as i64;
+            write(&writer, vec![task_obs(Broker::Celery, id, secs, event)]).await;
+        }
+    }
+    assert_eq!(
+        reader
+            .column_for_test("SELECT count(*)::VARCHAR FROM tasks")
+            .await,
+        ["50"]
+    );
+    let stats = reader.stats(None).await.unwrap();
+    assert_eq!(stats.by_state[&TaskState::Success], 50);
+    assert_eq!(stats.by_state.values().sum::<u64>(), 50);
+    for id in &ids {
+        let (task, timeline) = reader.get_task(id).await.unwrap().unwrap();
+        assert_eq!(&task.id, id);
+        let states: Vec<TaskState> = timeline.iter().map(|t| t.state).collect();
+        assert_eq!(
+            states,
+            [TaskState::Queued, TaskState::Running, TaskState::Success],
+            "{id}"
+        );
+    }
     close(writer, reader, handle);
 }

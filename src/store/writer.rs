@@ -12,11 +12,12 @@
 //!
 //! The writer keeps in memory: a bounded cache of tasks (finished ones are evicted first; a miss
 //! costs one batched lookup per round), a Bloom filter of every task key stored (`seen.rs`: a
-//! key never stored is neither looked up nor upserted, it is appended), every running task (the
+//! key never stored is not looked up: with no index, a lookup scans the key column), every running task (the
 //! sweep judges them without a query) and every worker.
 
 use super::maintenance::{self, Step, StepOutcome};
 use super::rows::{opt_text, read_task, task_params, Ts, TASK_COLUMNS};
+use super::schema::{id_text_sql, uid_sql};
 use super::seen::SeenKeys;
 use super::{StoreError, StoreOptions};
 use broker_adapters::state;
@@ -208,9 +209,6 @@ struct Writer {
 struct Outcome {
     /// The last version of every changed task.
     tasks: HashMap<Key, Task>,
-    /// The keys of `tasks` that are not in the database: neither in memory nor found by the
-    /// lookup. They are appended; the others go through the staging table's upsert.
-    new_tasks: HashSet<Key>,
     transitions: Vec<Transition>,
     /// The task right after each transition, for subscribers.
     events: Vec<TransitionEvent>,
@@ -236,9 +234,24 @@ impl Writer {
         // Staging for upserts: appending here and `INSERT OR REPLACE ... SELECT` is ~60x faster
         // than multi-row `INSERT ... ON CONFLICT DO UPDATE` with bound values (measured: 50k
         // tasks in 0.6 s vs 14 s).
+        // `prev_updated_at`: the stored version's time (from memory), which bounds the search for
+        // the row it replaces (tasks have no index: zone maps on `updated_at` find it);
+        // `num` and `prev_state` are filled from that row.
+        let next_num: i64 =
+            self.conn
+                .query_row("SELECT coalesce(max(num), 0) + 1 FROM task_rows", [], |r| {
+                    r.get(0)
+                })?;
         self.conn.execute_batch(&format!(
-            "CREATE TEMP TABLE IF NOT EXISTS staging_tasks AS SELECT {TASK_COLUMNS} FROM tasks LIMIT 0;
-             CREATE TEMP TABLE IF NOT EXISTS lookup_keys (broker VARCHAR, id VARCHAR);"
+            "CREATE TEMP TABLE IF NOT EXISTS staging_tasks AS
+                 SELECT {TASK_COLUMNS}, NULL::TIMESTAMP AS prev_updated_at, NULL::BIGINT AS num,
+                        NULL::VARCHAR AS prev_state
+                 FROM tasks LIMIT 0;
+             CREATE TEMP TABLE IF NOT EXISTS staging_transitions (
+                 broker VARCHAR, task_id VARCHAR, state VARCHAR, occurred_at TIMESTAMP,
+                 worker VARCHAR, detail VARCHAR, seq BIGINT);
+             CREATE TEMP TABLE IF NOT EXISTS lookup_keys (broker VARCHAR, id VARCHAR);
+             CREATE OR REPLACE TEMP SEQUENCE task_num START WITH {next_num};"
         ))?;
         let running = {
             let mut stmt = self.conn.prepare(&format!(
@@ -379,13 +392,12 @@ impl Writer {
             );
             let _entered = span.enter();
             let started = Instant::now();
-            let mut result = self.try_batch(&cmds, Insert::AppendNew);
+            let mut result = self.try_batch(&cmds);
             if let Err(e) = &result {
                 self.stats.batch_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!(error = %e, commands = cmds.len(), observations = weight,
                     "store batch failed; retrying once");
-                // The retry upserts every task, should a new one have been in the file after all.
-                result = self.try_batch(&cmds, Insert::UpsertAll);
+                result = self.try_batch(&cmds);
             }
             match result {
                 Ok(outcome) => {
@@ -431,10 +443,10 @@ impl Writer {
     }
 
     /// Loads, folds and writes one batch in one transaction. Changes nothing in memory.
-    fn try_batch(&mut self, cmds: &[WriterCommand], insert: Insert) -> Result<Outcome, StoreError> {
+    fn try_batch(&mut self, cmds: &[WriterCommand]) -> Result<Outcome, StoreError> {
         let loaded = self.load_missing(cmds)?;
         let outcome = self.fold(cmds, &loaded);
-        self.write(&outcome, insert)?;
+        self.write(&outcome, &loaded)?;
         Ok(outcome)
     }
 
@@ -467,9 +479,12 @@ impl Writer {
             app.flush()?;
         }
         {
+            // No index: one scan of the 16-byte keys finds every missing task at once.
             let mut stmt = tx.prepare(&format!(
-                "SELECT {} FROM tasks t JOIN lookup_keys k ON t.broker = k.broker AND t.id = k.id",
-                prefixed_task_columns("t")
+                "SELECT {} FROM tasks t JOIN lookup_keys k
+                     ON t.broker = k.broker AND t.uid = {} AND t.id = k.id",
+                prefixed_task_columns("t"),
+                uid_sql("k.id")
             ))?;
             let mut rows = stmt.query([])?;
             while let Some(row) = rows.next()? {
@@ -521,9 +536,6 @@ impl Writer {
         let changed_earlier = pending.is_some();
         let current =
             pending.or_else(|| self.cache.get(&key).or_else(|| loaded.get(&key)).cloned());
-        if current.is_none() && !changed_earlier {
-            out.new_tasks.insert(key.clone());
-        }
         let applied = state::apply(current, obs);
         out.applied += 1;
         if let Some(transition) = applied.transition {
@@ -568,46 +580,108 @@ impl Writer {
         running
     }
 
-    /// Writes the outcome in one transaction.
-    fn write(&mut self, out: &Outcome, insert: Insert) -> Result<(), StoreError> {
+    /// Writes the outcome in one transaction. `loaded` (with the cache) holds the stored
+    /// version of every changed task that has one.
+    ///
+    /// Tasks have no index (schema v3): a changed task's stored row is found by its key within
+    /// the `updated_at` range of the stored versions (zone maps skip the other row groups),
+    /// deleted, and the new version appended with the same `num`; new tasks take the next
+    /// number. Transitions are appended with their task's number.
+    fn write(&mut self, out: &Outcome, loaded: &HashMap<Key, Task>) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
-        let is_new = |key: &Key| insert == Insert::AppendNew && out.new_tasks.contains(key);
-        // New tasks are appended straight to the table: no staging copy, no upsert (the
-        // cheapest write DuckDB has, and most of a batch when tasks are short).
-        if out.tasks.keys().any(is_new) {
-            let mut app = tx.appender("tasks")?;
-            for (_, task) in out.tasks.iter().filter(|(k, _)| is_new(k)) {
-                app.append_row(task_params(task))?;
-            }
-            app.flush()?;
-        }
-        if out.tasks.keys().any(|k| !is_new(k)) {
+        if !out.tasks.is_empty() {
+            let mut range: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
             {
                 let mut app = tx.appender("staging_tasks")?;
-                for (_, task) in out.tasks.iter().filter(|(k, _)| !is_new(k)) {
-                    app.append_row(task_params(task))?;
+                for (key, task) in &out.tasks {
+                    let prev = self
+                        .cache
+                        .get(key)
+                        .or_else(|| loaded.get(key))
+                        .map(|t| t.updated_at);
+                    if let Some(p) = prev {
+                        range = Some(range.map_or((p, p), |(lo, hi)| (lo.min(p), hi.max(p))));
+                    }
+                    let mut row: Vec<DbValue> = task_params(task).into();
+                    row.extend([super::rows::opt_ts(prev), DbValue::Null, DbValue::Null]);
+                    app.append_row(duckdb::appender_params_from_iter(row))?;
                 }
                 app.flush()?;
             }
+            if let Some((lo, hi)) = range {
+                // Stored times are whole microseconds: `hi` rounded up keeps its row in range.
+                let hi = hi + chrono::Duration::microseconds(1);
+                tx.execute(
+                    &format!(
+                        "UPDATE staging_tasks s SET num = r.num, prev_state = r.state
+                         FROM task_rows r
+                         WHERE r.updated_at >= ? AND r.updated_at < ?
+                           AND r.broker = s.broker AND r.uid = {}",
+                        uid_sql("s.id")
+                    ),
+                    duckdb::params![Ts(lo), Ts(hi)],
+                )?;
+                tx.execute(
+                    "DELETE FROM task_rows
+                     WHERE updated_at >= ? AND updated_at < ?
+                       AND num IN (SELECT num FROM staging_tasks WHERE num IS NOT NULL)",
+                    duckdb::params![Ts(lo), Ts(hi)],
+                )?;
+            }
             tx.execute_batch(&format!(
-                "INSERT OR REPLACE INTO tasks ({TASK_COLUMNS}) SELECT {TASK_COLUMNS} FROM staging_tasks;
-                 DELETE FROM staging_tasks;"
+                "UPDATE staging_tasks SET num = nextval('task_num') WHERE num IS NULL;
+                 INSERT INTO task_rows
+                 SELECT num, broker, {}, {}, queue, name, state, args, kwargs, result, error,
+                        traceback, retries, worker, eta, enqueued_at, started_at, finished_at,
+                        runtime_ms, updated_at
+                 FROM staging_tasks;
+                 INSERT INTO task_counts
+                 SELECT broker, state, sum(d) FROM (
+                     SELECT broker, state, 1 AS d FROM staging_tasks
+                     UNION ALL
+                     SELECT broker, prev_state, -1 FROM staging_tasks WHERE prev_state IS NOT NULL)
+                 GROUP BY ALL HAVING sum(d) <> 0
+                 ON CONFLICT (broker, state) DO UPDATE SET n = task_counts.n + excluded.n;",
+                uid_sql("id"),
+                id_text_sql("id")
             ))?;
         }
         if !out.transitions.is_empty() {
-            let mut app = tx.appender("transitions")?;
-            for (i, t) in out.transitions.iter().enumerate() {
-                app.append_row([
-                    DbValue::Text(t.broker.as_str().to_string()),
-                    DbValue::Text(t.task_id.clone()),
-                    DbValue::Text(t.state.as_str().to_string()),
-                    super::rows::opt_ts(Some(t.at)),
-                    opt_text(&t.worker),
-                    opt_text(&t.detail),
-                    DbValue::BigInt(self.next_seq + i as i64),
-                ])?;
+            {
+                let mut app = tx.appender("staging_transitions")?;
+                for (i, t) in out.transitions.iter().enumerate() {
+                    app.append_row([
+                        DbValue::Text(t.broker.as_str().to_string()),
+                        DbValue::Text(t.task_id.clone()),
+                        DbValue::Text(t.state.as_str().to_string()),
+                        super::rows::opt_ts(Some(t.at)),
+                        opt_text(&t.worker),
+                        opt_text(&t.detail),
+                        DbValue::BigInt(self.next_seq + i as i64),
+                    ])?;
+                }
+                app.flush()?;
             }
-            app.flush()?;
+            // Every transition's task changed, so it is in `staging_tasks` with its number.
+            let written = tx.execute(
+                "INSERT INTO transitions
+                 SELECT t.broker, k.num, t.state, t.occurred_at, t.worker, t.detail, t.seq
+                 FROM staging_transitions t
+                 JOIN staging_tasks k ON k.broker = t.broker AND k.id = t.task_id
+                 ORDER BY t.seq",
+                [],
+            )?;
+            if written != out.transitions.len() {
+                return Err(StoreError::Corrupt(format!(
+                    "{} of {} transitions found their task in the batch",
+                    written,
+                    out.transitions.len()
+                )));
+            }
+            tx.execute("DELETE FROM staging_transitions", [])?;
+        }
+        if !out.tasks.is_empty() {
+            tx.execute("DELETE FROM staging_tasks", [])?;
         }
         if !out.workers.is_empty() {
             let mut stmt = tx.prepare(
@@ -714,15 +788,6 @@ impl Writer {
             }
         });
     }
-}
-
-/// How a batch writes its tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Insert {
-    /// Tasks the writer knows are not in the file are appended, the others upserted.
-    AppendNew,
-    /// Every task is upserted (the retry of a failed batch).
-    UpsertAll,
 }
 
 /// Observations count by their number, other commands as one.
