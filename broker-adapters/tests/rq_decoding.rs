@@ -46,11 +46,20 @@ fn hmget_reply(request: &ReadRequest, h: &[(String, Vec<u8>)]) -> Reply {
 }
 
 fn stream_reply(name: &str) -> Reply {
+    stream_reply_with(name, &[])
+}
+
+/// A captured stream entry with some fields replaced.
+fn stream_reply_with(name: &str, replace: &[(&str, &str)]) -> Reply {
     let v = fixture(name);
     let mut flat = Vec::new();
     for (k, val) in v["fields"].as_object().unwrap() {
         flat.push(Reply::Bytes(k.as_bytes().to_vec()));
-        flat.push(Reply::Bytes(base64_decode(val.as_str().unwrap()).unwrap()));
+        let value = match replace.iter().find(|(f, _)| f == k) {
+            Some((_, new)) => new.as_bytes().to_vec(),
+            None => base64_decode(val.as_str().unwrap()).unwrap(),
+        };
+        flat.push(Reply::Bytes(value));
     }
     Reply::Array(vec![Reply::Array(vec![
         Reply::Bytes(v["id"].as_str().unwrap().as_bytes().to_vec()),
@@ -642,4 +651,66 @@ fn a_started_job_whose_wip_entry_expired_is_abandoned_once() {
     assert_eq!(obs[0].task_id, "job-s");
     let out = a.on_reply(&wip, entry(t.timestamp() as f64 - 120.0), t);
     assert!(out.observations.is_empty());
+}
+
+/// A job retried twice by a real worker (`Retry(max=2)`, three failed attempts), whose hash
+/// taskscope reads only once, at the end (every read in between came too late): its three
+/// execution hashes, named in the keyspace events it did receive, say it ran three times.
+#[test]
+fn retries_missed_by_every_read_are_counted_from_the_attempts_execution_keys() {
+    let mut a = RqAdapter::new(RqConfig::default());
+    let events = fixture("keyspace_retried_twice.json");
+    let t0 = now();
+    for pair in events["events"].as_array().unwrap() {
+        let key = pair[0].as_str().unwrap().replace("JOB", "job-2");
+        let op = pair[1].as_str().unwrap();
+        // The reads they ask for are not answered (they would come too late).
+        let _ = a.on_key_event(&key, op, t0);
+    }
+    let out = read_job(&mut a, "job-2", "job_failed_after_two_retries.json", t0);
+    let t = tasks(&out);
+    let failed = t.iter().find(|o| o.event == TaskEvent::Failed).unwrap();
+    assert_eq!(failed.attempt, Some(2), "{t:?}");
+    // The results entry of the last attempt closes that same attempt.
+    let read = ReadRequest::XRevRange {
+        key: "rq:results:job-2".into(),
+        end: "+".into(),
+        start: "-".into(),
+        count: 1,
+    };
+    let last = stream_reply_with(
+        "results_failure.json",
+        &[("execution_id", "4a985ab888344a8ba82290bceaa78323")],
+    );
+    let out = a.on_reply(&read, last, t0);
+    assert_eq!(tasks(&out)[0].attempt, Some(2));
+}
+
+#[test]
+fn results_entries_name_their_execution() {
+    let entry = result::decode_latest(stream_reply("results_failure.json"))
+        .unwrap()
+        .unwrap();
+    let id = entry.execution_id.expect("an execution id");
+    assert_eq!(id.len(), 32, "{id}");
+}
+
+/// A results `xadd` and the finishing `hset` in one batch: the results stream is read once.
+#[test]
+fn a_finished_job_whose_results_xadd_was_seen_does_not_read_them_twice() {
+    let mut a = RqAdapter::new(RqConfig::default());
+    let t0 = now();
+    let xadd = a.on_key_event("rq:results:job-f", "xadd", t0);
+    assert_eq!(xadd.len(), 1);
+    let out = read_job(&mut a, "job-f", "job_pickle_finished.json", t0);
+    assert!(
+        !out
+            .follow_up
+            .iter()
+            .any(|r| matches!(r, ReadRequest::XRevRange { .. })),
+        "{:?}",
+        out.follow_up
+    );
+    let out = a.on_reply(&xadd[0], stream_reply("results_success.json"), t0);
+    assert_eq!(tasks(&out)[0].event, TaskEvent::Succeeded);
 }

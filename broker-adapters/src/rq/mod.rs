@@ -48,6 +48,8 @@ const KNOWN_CAPACITY: usize = 200_000;
 const WIP_SKEW_MARGIN: Duration = Duration::seconds(30);
 /// A worker hash is read at most this often on notifications (every job writes it 3-4 times).
 const WORKER_READ_EVERY: Duration = Duration::seconds(1);
+/// Execution ids remembered per job (attempts counted beyond this are not told apart).
+const EXECUTIONS_PER_JOB: usize = 64;
 
 /// Configuration of the RQ adapter.
 #[derive(Debug, Clone)]
@@ -79,6 +81,26 @@ struct JobMemo {
     status: Option<JobStatus>,
     /// The `rq:wip` member (`<job>:<execution>`) already reported expired.
     expired_execution: Option<String>,
+    /// The execution ids of its attempts seen so far (`<p>execution:<job>:<id>` notifications,
+    /// `rq:wip` members, results entries): one per attempt, whatever was missed in between.
+    executions: Vec<String>,
+    /// A results-stream read was asked for by an `xadd` and has not been answered yet: a read
+    /// of the job hash finding it finished does not ask for another.
+    results_pending: bool,
+}
+
+impl JobMemo {
+    /// Records an attempt's execution id; true when it is new.
+    fn saw_execution(&mut self, id: &str) -> bool {
+        if id.is_empty()
+            || self.executions.len() >= EXECUTIONS_PER_JOB
+            || self.executions.iter().any(|e| e == id)
+        {
+            return false;
+        }
+        self.executions.push(id.to_string());
+        true
+    }
 }
 
 pub struct RqAdapter {
@@ -129,6 +151,11 @@ impl RqAdapter {
             self.known_order.push_back(id.to_string());
         }
         self.known.entry(id.to_string()).or_default()
+    }
+
+    /// Whether the job's hash was read already (a memo may come from notifications alone).
+    fn was_read(&self, id: &str) -> bool {
+        self.known.get(id).is_some_and(|m| m.status.is_some())
     }
 
     /// The HMGET of a job hash (with `data` until its call was decoded once).
@@ -222,7 +249,7 @@ impl RqAdapter {
             };
             let member = String::from_utf8_lossy(bytes);
             let id = member.split(':').next().unwrap_or(&member);
-            if !id.is_empty() && !self.known.contains_key(id) {
+            if !id.is_empty() && !self.was_read(id) {
                 out.follow_up.push(self.job_read(id));
             }
         }
@@ -238,6 +265,14 @@ impl RqAdapter {
     ) {
         let pairs = reply.into_pairs();
         if registry == Registry::Started {
+            for (member, _) in &pairs {
+                let member = member.as_bytes().map(String::from_utf8_lossy);
+                if let Some((job, execution)) = member.as_deref().and_then(|m| m.split_once(':')) {
+                    if let Some(memo) = self.known.get_mut(job) {
+                        memo.saw_execution(execution);
+                    }
+                }
+            }
             self.on_started_registry(&pairs, now, out);
         }
         if registry != Registry::Scheduled {
@@ -376,11 +411,14 @@ impl RqAdapter {
         }
         memo.fingerprint = Some(fingerprint);
         let obs = observe(id, &record, retries, eta, now);
+        let results_pending = self.known.get(id).is_some_and(|m| m.results_pending);
         if matches!(
             record.status,
             JobStatus::Finished | JobStatus::Failed | JobStatus::Stopped
         ) {
-            out.follow_up.push(self.results_read(id));
+            if !results_pending {
+                out.follow_up.push(self.results_read(id));
+            }
             if let Some(started) = record.started_at {
                 // The attempt's start, for a job first seen finished (polling, a restart): it
                 // only fills what is unknown when the start was seen already.
@@ -421,6 +459,12 @@ impl RqAdapter {
             // that would tell how many were missed.
             retries = retries.max(1);
         }
+        // Every attempt has its own execution id: the ones seen, less the current (or next)
+        // attempt, were retried. Exact when every attempt's notification arrived, whatever
+        // the reads of the hash missed (`retries_left` alone cannot tell a retry that happened
+        // between two reads).
+        let executions = memo.executions.len() as u32;
+        retries = retries.max(executions.saturating_sub(1));
         memo.retries = retries;
         retries
     }
@@ -428,6 +472,9 @@ impl RqAdapter {
     /// The newest results-stream entry of a job.
     fn on_results(&mut self, key: &str, id: &str, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
+        if let Some(memo) = self.known.get_mut(id) {
+            memo.results_pending = false;
+        }
         let entry = match result::decode_latest(reply) {
             Ok(Some(entry)) => entry,
             Ok(None) => return out,
@@ -457,7 +504,12 @@ impl RqAdapter {
             ResultType::Retried => return out,
         };
         let mut obs = TaskObservation::new(Broker::Rq, id, at, event, "results stream");
-        if let Some(memo) = self.known.get(id) {
+        if let Some(memo) = self.known.get_mut(id) {
+            if let Some(execution) = &entry.execution_id {
+                memo.saw_execution(execution);
+            }
+            let executions = memo.executions.len() as u32;
+            memo.retries = memo.retries.max(executions.saturating_sub(1));
             obs.attempt = Some(memo.retries);
         }
         obs.fields.worker = entry.worker_name.clone();
@@ -728,6 +780,8 @@ impl Adapter for RqAdapter {
                 // only, whose round its reply closes.
                 format!("{p}worker:*"),
                 format!("{p}queues"),
+                // Each attempt's execution hash: its name tells attempts apart (no read).
+                format!("{p}execution:*"),
             ],
             scan_patterns: vec![format!("{p}job:*")],
             side_scan_patterns: Vec::new(),
@@ -744,7 +798,7 @@ impl Adapter for RqAdapter {
     ) -> Vec<ReadRequest> {
         keys.iter()
             .filter_map(|key| match self.layout.classify(key) {
-                Some(RqKey::Job(id)) if !self.known.contains_key(id) => Some(self.job_read(id)),
+                Some(RqKey::Job(id)) if !self.was_read(id) => Some(self.job_read(id)),
                 _ => None,
             })
             .collect()
@@ -753,7 +807,15 @@ impl Adapter for RqAdapter {
     fn on_key_event(&mut self, key: &str, op: &str, now: DateTime<Utc>) -> Vec<ReadRequest> {
         match (self.layout.classify(key), op) {
             (Some(RqKey::Job(id)), "hset" | "hmset") => vec![self.job_read(id)],
-            (Some(RqKey::Results(id)), "xadd") => vec![self.results_read(id)],
+            (Some(RqKey::Execution(job, execution)), "hset" | "hmset") => {
+                // The retry count a later read makes includes it (the fingerprint too).
+                self.memo(job).saw_execution(execution);
+                Vec::new()
+            }
+            (Some(RqKey::Results(id)), "xadd") => {
+                self.memo(id).results_pending = true;
+                vec![self.results_read(id)]
+            }
             (Some(RqKey::Registry(Registry::Scheduled, _)), "zadd") => {
                 vec![Self::page(key.to_string())]
             }
@@ -863,6 +925,7 @@ impl Adapter for RqAdapter {
         self.worker_expiry.clear();
         for memo in self.known.values_mut() {
             memo.fingerprint = None;
+            memo.results_pending = false;
         }
     }
 }
