@@ -139,14 +139,8 @@ fn custom_class_argument_gives_the_job_with_null_args_and_its_name() {
 fn finished_job_succeeds_and_its_results_entry_gives_the_return_value() {
     let mut a = RqAdapter::new(RqConfig::default());
     let out = read_job(&mut a, "job-f", "job_pickle_finished.json", now());
-    let t = tasks(&out);
-    // First seen finished: its start too, then its outcome.
-    assert_eq!(t.len(), 2, "{t:?}");
-    assert_eq!(t[0].event, TaskEvent::Running);
-    assert!(t[0].fields.started_at.is_some());
-    assert_eq!(t[1].event, TaskEvent::Succeeded);
-    assert!(t[1].fields.worker.is_some());
-    assert!(t[1].fields.runtime_ms.is_some());
+    // The outcome waits for the results entry, which names the last attempt.
+    assert!(tasks(&out).is_empty(), "{:?}", tasks(&out));
     let results = out
         .follow_up
         .iter()
@@ -157,13 +151,19 @@ fn finished_job_succeeds_and_its_results_entry_gives_the_return_value() {
     let t = tasks(&out);
     assert_eq!(t[0].event, TaskEvent::Succeeded);
     assert_eq!(t[0].fields.result, Some(json!(5)));
+    // Then the job hash's: first seen finished, its start too, then its outcome.
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert_eq!(t[1].event, TaskEvent::Running);
+    assert!(t[1].fields.started_at.is_some());
+    assert_eq!(t[2].event, TaskEvent::Succeeded);
+    assert!(t[2].fields.worker.is_some());
+    assert!(t[2].fields.runtime_ms.is_some());
 }
 
 #[test]
 fn failed_job_gives_the_error_line_and_traceback_from_its_results_entry() {
     let mut a = RqAdapter::new(RqConfig::default());
-    let out = read_job(&mut a, "job-x", "job_failed.json", now());
-    assert_eq!(tasks(&out).last().unwrap().event, TaskEvent::Failed);
+    let _ = read_job(&mut a, "job-x", "job_failed.json", now());
     let read = ReadRequest::XRevRange {
         key: "rq:results:job-x".into(),
         end: "+".into(),
@@ -668,10 +668,7 @@ fn retries_missed_by_every_read_are_counted_from_the_attempts_execution_keys() {
         let _ = a.on_key_event(&key, op, t0);
     }
     let out = read_job(&mut a, "job-2", "job_failed_after_two_retries.json", t0);
-    let t = tasks(&out);
-    let failed = t.iter().find(|o| o.event == TaskEvent::Failed).unwrap();
-    assert_eq!(failed.attempt, Some(2), "{t:?}");
-    // The results entry of the last attempt closes that same attempt.
+    assert!(tasks(&out).is_empty(), "held for the results entry");
     let read = ReadRequest::XRevRange {
         key: "rq:results:job-2".into(),
         end: "+".into(),
@@ -683,7 +680,44 @@ fn retries_missed_by_every_read_are_counted_from_the_attempts_execution_keys() {
         &[("execution_id", "4a985ab888344a8ba82290bceaa78323")],
     );
     let out = a.on_reply(&read, last, t0);
-    assert_eq!(tasks(&out)[0].attempt, Some(2));
+    let t = tasks(&out);
+    assert!(t.iter().any(|o| o.event == TaskEvent::Failed), "{t:?}");
+    assert!(t.iter().all(|o| o.attempt == Some(2)), "{t:?}");
+}
+
+/// The read of the job hash overtook the notification of its second attempt's execution: the
+/// outcome it found waits for the results entry, which names that execution.
+#[test]
+fn an_outcome_read_before_its_attempts_notification_waits_for_the_results_entry() {
+    let mut a = RqAdapter::new(RqConfig::default());
+    let t0 = now();
+    let _ = a.on_key_event("rq:execution:job-3:aaaa", "hset", t0);
+    let out = read_job(&mut a, "job-3", "job_pickle_finished.json", t0);
+    assert!(tasks(&out).is_empty(), "{:?}", tasks(&out));
+    let read = out
+        .follow_up
+        .iter()
+        .find(|r| matches!(r, ReadRequest::XRevRange { .. }))
+        .expect("a read of the results stream")
+        .clone();
+    let entry = stream_reply_with("results_success.json", &[("execution_id", "bbbb")]);
+    let out = a.on_reply(&read, entry, t0);
+    let t = tasks(&out);
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert!(t.iter().all(|o| o.attempt == Some(1)), "{t:?}");
+    // A stream without entries (no results kept): the job hash's outcome goes out as it is.
+    let _ = read_job(&mut a, "job-4", "job_pickle_finished.json", t0);
+    let out = a.on_reply(&read_for("job-4"), Reply::Array(Vec::new()), t0);
+    assert_eq!(tasks(&out).last().unwrap().event, TaskEvent::Succeeded);
+}
+
+fn read_for(id: &str) -> ReadRequest {
+    ReadRequest::XRevRange {
+        key: format!("rq:results:{id}"),
+        end: "+".into(),
+        start: "-".into(),
+        count: 1,
+    }
 }
 
 #[test]
@@ -704,8 +738,7 @@ fn a_finished_job_whose_results_xadd_was_seen_does_not_read_them_twice() {
     assert_eq!(xadd.len(), 1);
     let out = read_job(&mut a, "job-f", "job_pickle_finished.json", t0);
     assert!(
-        !out
-            .follow_up
+        !out.follow_up
             .iter()
             .any(|r| matches!(r, ReadRequest::XRevRange { .. })),
         "{:?}",

@@ -11,10 +11,15 @@
 //!   failures too), with the return value or the traceback from the newest entry of the results
 //!   stream `<p>results:<id>`;
 //! - `retried`: a job waiting again (`queued` or `scheduled`) after an attempt started: RQ's
-//!   `Retry` keeps the job id. Retries are counted from `number_of_retries` (a job that returned
-//!   `Retry`) and from `retries_left` going down (from the highest value seen); a job waiting
-//!   again with a `started_at` has been retried at least once. (`started_at` cannot tell
-//!   attempts apart: RQ writes it twice per attempt, with different times.)
+//!   `Retry` keeps the job id. Retries are counted from the attempts' execution ids (RQ 3 gives
+//!   each attempt a hash `<p>execution:<job>:<execution id>`, deleted as the attempt ends: the
+//!   `hset` notifications name it, `rq:wip` members and results entries carry it; attempts seen
+//!   less one), from `number_of_retries` (a job that returned `Retry`) and from `retries_left`
+//!   going down (from the highest value seen); a job waiting again with a `started_at` has been
+//!   retried at least once. Nothing RQ keeps counts `Retry(max=...)` attempts (`rq:executions:
+//!   <job>` holds only the running one), so a retry between two reads of the job hash is known
+//!   only from its execution's notification. (`started_at` cannot tell attempts apart: RQ
+//!   writes it twice per attempt, with different times.)
 //! - `abandoned`: by the shared sweep, from worker heartbeats (see [`worker`]); RQ's own
 //!   cleanup of a dead worker's job later moves it to `failed` (`AbandonedJobError`) or retries
 //!   it, which taskscope follows;
@@ -87,6 +92,14 @@ struct JobMemo {
     /// A results-stream read was asked for by an `xadd` and has not been answered yet: a read
     /// of the job hash finding it finished does not ask for another.
     results_pending: bool,
+    /// The outcome a read of the job hash found, held until the results stream is read: the
+    /// read may have overtaken the notification naming the last attempt's execution, and an
+    /// outcome is final (its attempt cannot be corrected later). The results entry names that
+    /// execution; without one (no results stream) these go out as they are.
+    held_outcome: Vec<TaskObservation>,
+    /// The attempt of the outcome a results entry gave (the job hash's outcome goes out at
+    /// once then).
+    results_outcome: Option<u32>,
 }
 
 impl JobMemo {
@@ -416,9 +429,7 @@ impl RqAdapter {
             record.status,
             JobStatus::Finished | JobStatus::Failed | JobStatus::Stopped
         ) {
-            if !results_pending {
-                out.follow_up.push(self.results_read(id));
-            }
+            let mut outcome = Vec::with_capacity(2);
             if let Some(started) = record.started_at {
                 // The attempt's start, for a job first seen finished (polling, a restart): it
                 // only fills what is unknown when the start was seen already.
@@ -435,11 +446,44 @@ impl RqAdapter {
                 ran.fields.worker = record.worker_name.clone();
                 ran.fields.started_at = Some(started);
                 ran.fields.enqueued_at = obs.fields.enqueued_at;
-                out.observations.push(Observation::Task(ran));
+                outcome.push(ran);
             }
+            outcome.push(obs);
+            let memo = self.memo(id);
+            if let Some(attempt) = memo.results_outcome {
+                // The results entry was read first: it named the last execution.
+                for o in &mut outcome {
+                    o.attempt = o.attempt.map(|a| a.max(attempt));
+                }
+                out.observations
+                    .extend(outcome.into_iter().map(Observation::Task));
+                return out;
+            }
+            memo.held_outcome = outcome;
+            if !results_pending {
+                out.follow_up.push(self.results_read(id));
+            }
+            return out;
+        }
+        if let Some(memo) = self.known.get_mut(id) {
+            // Waiting or running (again): a later outcome is another attempt's.
+            memo.results_outcome = None;
         }
         out.observations.push(Observation::Task(obs));
         out
+    }
+
+    /// The job-hash outcome held for the results read ([`JobMemo::held_outcome`]), at the
+    /// attempt known now.
+    fn release_outcome(&mut self, id: &str, out: &mut Output) {
+        let Some(memo) = self.known.get_mut(id) else {
+            return;
+        };
+        let attempt = memo.retries;
+        for mut o in std::mem::take(&mut memo.held_outcome) {
+            o.attempt = Some(o.attempt.unwrap_or(0).max(attempt));
+            out.observations.push(Observation::Task(o));
+        }
     }
 
     /// Retries so far, from every sign RQ leaves (see the module doc).
@@ -477,10 +521,14 @@ impl RqAdapter {
         }
         let entry = match result::decode_latest(reply) {
             Ok(Some(entry)) => entry,
-            Ok(None) => return out,
+            Ok(None) => {
+                self.release_outcome(id, &mut out);
+                return out;
+            }
             Err(e) => {
                 out.decode_errors
                     .push(Self::decode_error(key, e.kind(), e.to_string()));
+                self.release_outcome(id, &mut out);
                 return out;
             }
         };
@@ -501,7 +549,10 @@ impl RqAdapter {
                 Some("maximum retries exceeded".to_string()),
             ),
             // The job hash, waiting again, says which attempt it is.
-            ResultType::Retried => return out,
+            ResultType::Retried => {
+                self.release_outcome(id, &mut out);
+                return out;
+            }
         };
         let mut obs = TaskObservation::new(Broker::Rq, id, at, event, "results stream");
         if let Some(memo) = self.known.get_mut(id) {
@@ -510,6 +561,7 @@ impl RqAdapter {
             }
             let executions = memo.executions.len() as u32;
             memo.retries = memo.retries.max(executions.saturating_sub(1));
+            memo.results_outcome = Some(memo.retries);
             obs.attempt = Some(memo.retries);
         }
         obs.fields.worker = entry.worker_name.clone();
@@ -523,6 +575,7 @@ impl RqAdapter {
                 .filter(|ms| *ms >= 0.0);
         }
         out.observations.push(Observation::Task(obs));
+        self.release_outcome(id, &mut out);
         out
     }
 
@@ -926,6 +979,7 @@ impl Adapter for RqAdapter {
         for memo in self.known.values_mut() {
             memo.fingerprint = None;
             memo.results_pending = false;
+            memo.held_outcome.clear();
         }
     }
 }
