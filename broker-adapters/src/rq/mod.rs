@@ -972,6 +972,12 @@ impl Adapter for RqAdapter {
         reads
     }
 
+    fn wants_read_barrier(&self) -> bool {
+        // Attempts are counted from the execution ids notifications name: a read finding a
+        // job finished must not be judged before the notifications of its attempts.
+        true
+    }
+
     fn on_gap(&mut self) {
         self.sampling = None;
         self.reconciling.clear();
