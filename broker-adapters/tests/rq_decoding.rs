@@ -149,15 +149,16 @@ fn finished_job_succeeds_and_its_results_entry_gives_the_return_value() {
     assert_eq!(results.key(), "rq:results:job-f");
     let out = a.on_reply(results, stream_reply("results_success.json"), now());
     let t = tasks(&out);
-    assert_eq!(t[0].event, TaskEvent::Succeeded);
-    assert_eq!(t[0].fields.result, Some(json!(5)));
-    // Then the job hash's: first seen finished, its start too, then its outcome.
+    // The job hash's first: first seen finished, its start too, then its outcome.
     assert_eq!(t.len(), 3, "{t:?}");
-    assert_eq!(t[1].event, TaskEvent::Running);
-    assert!(t[1].fields.started_at.is_some());
+    assert_eq!(t[0].event, TaskEvent::Running);
+    assert!(t[0].fields.started_at.is_some());
+    assert_eq!(t[1].event, TaskEvent::Succeeded);
+    assert!(t[1].fields.worker.is_some());
+    assert!(t[1].fields.runtime_ms.is_some());
+    // Then the entry's, with the return value.
     assert_eq!(t[2].event, TaskEvent::Succeeded);
-    assert!(t[2].fields.worker.is_some());
-    assert!(t[2].fields.runtime_ms.is_some());
+    assert_eq!(t[2].fields.result, Some(json!(5)));
 }
 
 #[test]
@@ -172,12 +173,13 @@ fn failed_job_gives_the_error_line_and_traceback_from_its_results_entry() {
     };
     let out = a.on_reply(&read, stream_reply("results_failure.json"), now());
     let t = tasks(&out);
-    assert_eq!(t[0].event, TaskEvent::Failed);
+    let t = t.last().unwrap();
+    assert_eq!(t.event, TaskEvent::Failed);
     assert_eq!(
-        t[0].fields.error.as_deref(),
+        t.fields.error.as_deref(),
         Some("ValueError: card declined 3")
     );
-    let tb = t[0].fields.traceback.as_deref().unwrap();
+    let tb = t.fields.traceback.as_deref().unwrap();
     assert!(tb.starts_with("Traceback (most recent call last):"), "{tb}");
     assert!(tb.contains("rq_app.py"), "{tb}");
 }
@@ -745,5 +747,7 @@ fn a_finished_job_whose_results_xadd_was_seen_does_not_read_them_twice() {
         out.follow_up
     );
     let out = a.on_reply(&xadd[0], stream_reply("results_success.json"), t0);
-    assert_eq!(tasks(&out)[0].event, TaskEvent::Succeeded);
+    let t = tasks(&out);
+    assert_eq!(t.last().unwrap().event, TaskEvent::Succeeded);
+    assert_eq!(t.last().unwrap().fields.result, Some(json!(5)));
 }

@@ -574,8 +574,10 @@ impl RqAdapter {
                 .map(|us| us as f64 / 1000.0)
                 .filter(|ms| *ms >= 0.0);
         }
-        out.observations.push(Observation::Task(obs));
+        // The job hash's outcome first, as when it is read after the entry: the entry then
+        // fills what the hash does not say (a stopped job's error stays `stopped`).
         self.release_outcome(id, &mut out);
+        out.observations.push(Observation::Task(obs));
         out
     }
 
