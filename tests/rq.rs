@@ -219,6 +219,61 @@ fn rq_retry_on_enqueue_counts_retries_then_fails() {
     );
 }
 
+/// SIGSTOP / SIGCONT to taskscope (a pause: its notifications wait in Redis's buffer).
+fn signal_taskscope(ts: &Taskscope, sig: &str) {
+    let status = std::process::Command::new("kill")
+        .args([sig, &ts.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill {sig} failed");
+}
+
+/// A job retried twice and failed while taskscope was paused: when it resumes, every read of
+/// the job hash comes after the fact (`retries_left` 0, status `failed`, nothing left to count
+/// down from), but its notifications name the three attempts' execution hashes.
+#[test]
+fn rq_retries_no_read_saw_are_counted_from_the_attempts_executions() {
+    let _slot = test_slot();
+    let w = World::new(&[]);
+    wait_for("keyspace notifications on", LONG, || {
+        let h = w.ts.get("/healthz");
+        if h["change_feed"] == "notifications" {
+            Ok(())
+        } else {
+            Err(h["change_feed"].to_string())
+        }
+    });
+    signal_taskscope(&w.ts, "-STOP");
+    let _worker = w.worker(&["default"], &[]);
+    let ids = w.produce(
+        "retry_then_fail",
+        1,
+        &RqProduceOpts {
+            retry: Some(2),
+            ..on("default")
+        },
+    );
+    let key = format!("rq:job:{}", ids[0]);
+    let failed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        wait_for("the job to fail for good", LONG, || {
+            let status = w.redis.cli(&["HGET", &key, "status"]);
+            if status.trim() == "failed" {
+                Ok(())
+            } else {
+                Err(status)
+            }
+        })
+    }));
+    signal_taskscope(&w.ts, "-CONT");
+    if let Err(e) = failed {
+        std::panic::resume_unwind(e);
+    }
+    let t = w.ts.wait_task(&ids[0], "final failure", LONG, |t| {
+        t["state"] == "failure" && t["traceback"].is_string()
+    });
+    assert_eq!(t["retries"], 2, "retries: {t}");
+}
+
 #[test]
 fn rq_retry_with_interval_is_retried_with_an_eta_then_fails() {
     let _slot = test_slot();

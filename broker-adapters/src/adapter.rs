@@ -297,4 +297,12 @@ pub trait Adapter: Send {
     fn side_url(&self) -> Option<String> {
         None
     }
+
+    /// Whether replies to this adapter's reads must wait until every keyspace notification
+    /// Redis sent before the reads ran has been handed to [`Adapter::on_key_event`]: notifications
+    /// travel on another connection, so a read can overtake them, and an adapter that counts
+    /// what notifications name (RQ's attempts) would judge a reply without them.
+    fn wants_read_barrier(&self) -> bool {
+        false
+    }
 }

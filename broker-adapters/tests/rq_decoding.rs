@@ -46,11 +46,20 @@ fn hmget_reply(request: &ReadRequest, h: &[(String, Vec<u8>)]) -> Reply {
 }
 
 fn stream_reply(name: &str) -> Reply {
+    stream_reply_with(name, &[])
+}
+
+/// A captured stream entry with some fields replaced.
+fn stream_reply_with(name: &str, replace: &[(&str, &str)]) -> Reply {
     let v = fixture(name);
     let mut flat = Vec::new();
     for (k, val) in v["fields"].as_object().unwrap() {
         flat.push(Reply::Bytes(k.as_bytes().to_vec()));
-        flat.push(Reply::Bytes(base64_decode(val.as_str().unwrap()).unwrap()));
+        let value = match replace.iter().find(|(f, _)| f == k) {
+            Some((_, new)) => new.as_bytes().to_vec(),
+            None => base64_decode(val.as_str().unwrap()).unwrap(),
+        };
+        flat.push(Reply::Bytes(value));
     }
     Reply::Array(vec![Reply::Array(vec![
         Reply::Bytes(v["id"].as_str().unwrap().as_bytes().to_vec()),
@@ -130,14 +139,8 @@ fn custom_class_argument_gives_the_job_with_null_args_and_its_name() {
 fn finished_job_succeeds_and_its_results_entry_gives_the_return_value() {
     let mut a = RqAdapter::new(RqConfig::default());
     let out = read_job(&mut a, "job-f", "job_pickle_finished.json", now());
-    let t = tasks(&out);
-    // First seen finished: its start too, then its outcome.
-    assert_eq!(t.len(), 2, "{t:?}");
-    assert_eq!(t[0].event, TaskEvent::Running);
-    assert!(t[0].fields.started_at.is_some());
-    assert_eq!(t[1].event, TaskEvent::Succeeded);
-    assert!(t[1].fields.worker.is_some());
-    assert!(t[1].fields.runtime_ms.is_some());
+    // The outcome waits for the results entry, which names the last attempt.
+    assert!(tasks(&out).is_empty(), "{:?}", tasks(&out));
     let results = out
         .follow_up
         .iter()
@@ -146,15 +149,22 @@ fn finished_job_succeeds_and_its_results_entry_gives_the_return_value() {
     assert_eq!(results.key(), "rq:results:job-f");
     let out = a.on_reply(results, stream_reply("results_success.json"), now());
     let t = tasks(&out);
-    assert_eq!(t[0].event, TaskEvent::Succeeded);
-    assert_eq!(t[0].fields.result, Some(json!(5)));
+    // The job hash's first: first seen finished, its start too, then its outcome.
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert_eq!(t[0].event, TaskEvent::Running);
+    assert!(t[0].fields.started_at.is_some());
+    assert_eq!(t[1].event, TaskEvent::Succeeded);
+    assert!(t[1].fields.worker.is_some());
+    assert!(t[1].fields.runtime_ms.is_some());
+    // Then the entry's, with the return value.
+    assert_eq!(t[2].event, TaskEvent::Succeeded);
+    assert_eq!(t[2].fields.result, Some(json!(5)));
 }
 
 #[test]
 fn failed_job_gives_the_error_line_and_traceback_from_its_results_entry() {
     let mut a = RqAdapter::new(RqConfig::default());
-    let out = read_job(&mut a, "job-x", "job_failed.json", now());
-    assert_eq!(tasks(&out).last().unwrap().event, TaskEvent::Failed);
+    let _ = read_job(&mut a, "job-x", "job_failed.json", now());
     let read = ReadRequest::XRevRange {
         key: "rq:results:job-x".into(),
         end: "+".into(),
@@ -163,12 +173,13 @@ fn failed_job_gives_the_error_line_and_traceback_from_its_results_entry() {
     };
     let out = a.on_reply(&read, stream_reply("results_failure.json"), now());
     let t = tasks(&out);
-    assert_eq!(t[0].event, TaskEvent::Failed);
+    let t = t.last().unwrap();
+    assert_eq!(t.event, TaskEvent::Failed);
     assert_eq!(
-        t[0].fields.error.as_deref(),
+        t.fields.error.as_deref(),
         Some("ValueError: card declined 3")
     );
-    let tb = t[0].fields.traceback.as_deref().unwrap();
+    let tb = t.fields.traceback.as_deref().unwrap();
     assert!(tb.starts_with("Traceback (most recent call last):"), "{tb}");
     assert!(tb.contains("rq_app.py"), "{tb}");
 }
@@ -642,4 +653,101 @@ fn a_started_job_whose_wip_entry_expired_is_abandoned_once() {
     assert_eq!(obs[0].task_id, "job-s");
     let out = a.on_reply(&wip, entry(t.timestamp() as f64 - 120.0), t);
     assert!(out.observations.is_empty());
+}
+
+/// A job retried twice by a real worker (`Retry(max=2)`, three failed attempts), whose hash
+/// taskscope reads only once, at the end (every read in between came too late): its three
+/// execution hashes, named in the keyspace events it did receive, say it ran three times.
+#[test]
+fn retries_missed_by_every_read_are_counted_from_the_attempts_execution_keys() {
+    let mut a = RqAdapter::new(RqConfig::default());
+    let events = fixture("keyspace_retried_twice.json");
+    let t0 = now();
+    for pair in events["events"].as_array().unwrap() {
+        let key = pair[0].as_str().unwrap().replace("JOB", "job-2");
+        let op = pair[1].as_str().unwrap();
+        // The reads they ask for are not answered (they would come too late).
+        let _ = a.on_key_event(&key, op, t0);
+    }
+    let out = read_job(&mut a, "job-2", "job_failed_after_two_retries.json", t0);
+    assert!(tasks(&out).is_empty(), "held for the results entry");
+    let read = ReadRequest::XRevRange {
+        key: "rq:results:job-2".into(),
+        end: "+".into(),
+        start: "-".into(),
+        count: 1,
+    };
+    let last = stream_reply_with(
+        "results_failure.json",
+        &[("execution_id", "4a985ab888344a8ba82290bceaa78323")],
+    );
+    let out = a.on_reply(&read, last, t0);
+    let t = tasks(&out);
+    assert!(t.iter().any(|o| o.event == TaskEvent::Failed), "{t:?}");
+    assert!(t.iter().all(|o| o.attempt == Some(2)), "{t:?}");
+}
+
+/// The read of the job hash overtook the notification of its second attempt's execution: the
+/// outcome it found waits for the results entry, which names that execution.
+#[test]
+fn an_outcome_read_before_its_attempts_notification_waits_for_the_results_entry() {
+    let mut a = RqAdapter::new(RqConfig::default());
+    let t0 = now();
+    let _ = a.on_key_event("rq:execution:job-3:aaaa", "hset", t0);
+    let out = read_job(&mut a, "job-3", "job_pickle_finished.json", t0);
+    assert!(tasks(&out).is_empty(), "{:?}", tasks(&out));
+    let read = out
+        .follow_up
+        .iter()
+        .find(|r| matches!(r, ReadRequest::XRevRange { .. }))
+        .expect("a read of the results stream")
+        .clone();
+    let entry = stream_reply_with("results_success.json", &[("execution_id", "bbbb")]);
+    let out = a.on_reply(&read, entry, t0);
+    let t = tasks(&out);
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert!(t.iter().all(|o| o.attempt == Some(1)), "{t:?}");
+    // A stream without entries (no results kept): the job hash's outcome goes out as it is.
+    let _ = read_job(&mut a, "job-4", "job_pickle_finished.json", t0);
+    let out = a.on_reply(&read_for("job-4"), Reply::Array(Vec::new()), t0);
+    assert_eq!(tasks(&out).last().unwrap().event, TaskEvent::Succeeded);
+}
+
+fn read_for(id: &str) -> ReadRequest {
+    ReadRequest::XRevRange {
+        key: format!("rq:results:{id}"),
+        end: "+".into(),
+        start: "-".into(),
+        count: 1,
+    }
+}
+
+#[test]
+fn results_entries_name_their_execution() {
+    let entry = result::decode_latest(stream_reply("results_failure.json"))
+        .unwrap()
+        .unwrap();
+    let id = entry.execution_id.expect("an execution id");
+    assert_eq!(id.len(), 32, "{id}");
+}
+
+/// A results `xadd` and the finishing `hset` in one batch: the results stream is read once.
+#[test]
+fn a_finished_job_whose_results_xadd_was_seen_does_not_read_them_twice() {
+    let mut a = RqAdapter::new(RqConfig::default());
+    let t0 = now();
+    let xadd = a.on_key_event("rq:results:job-f", "xadd", t0);
+    assert_eq!(xadd.len(), 1);
+    let out = read_job(&mut a, "job-f", "job_pickle_finished.json", t0);
+    assert!(
+        !out.follow_up
+            .iter()
+            .any(|r| matches!(r, ReadRequest::XRevRange { .. })),
+        "{:?}",
+        out.follow_up
+    );
+    let out = a.on_reply(&xadd[0], stream_reply("results_success.json"), t0);
+    let t = tasks(&out);
+    assert_eq!(t.last().unwrap().event, TaskEvent::Succeeded);
+    assert_eq!(t.last().unwrap().fields.result, Some(json!(5)));
 }

@@ -86,6 +86,11 @@ const SCAN_COUNT: u32 = 1_000;
 const INCOMING_BATCH: usize = 20_000;
 /// Read rounds (follow-ups of follow-ups) per batch before yielding to incoming messages.
 const MAX_READ_ROUNDS: usize = 64;
+/// The channel of the read barrier ([`Adapter::wants_read_barrier`]): a `PUBLISH` on it after a
+/// round of reads comes back on the subscriber after every notification sent before the reads.
+const BARRIER_CHANNEL: &str = "__taskscope:barrier";
+/// How long a round of reads waits for its barrier before its replies are handled anyway.
+const BARRIER_WAIT: Duration = Duration::from_millis(250);
 
 /// Builds the adapter of a broker that auto-detection found, given the settings detection
 /// learned about it; `None` when this build has no adapter for it.
@@ -187,6 +192,8 @@ pub async fn run(
         factory,
         learned: BTreeMap::new(),
         unsupported: HashSet::new(),
+        barrier_seq: 0,
+        barrier_subscribed: false,
     };
     pipeline.resync().await;
     pipeline.run_loop(&mut shutdown).await;
@@ -328,6 +335,10 @@ struct Pipeline {
     learned: BTreeMap<Broker, Vec<Setting>>,
     /// Detected brokers without an adapter in this build (logged once).
     unsupported: HashSet<Broker>,
+    /// The last read-barrier token published.
+    barrier_seq: u64,
+    /// Whether [`BARRIER_CHANNEL`] is subscribed.
+    barrier_subscribed: bool,
 }
 
 impl Pipeline {
@@ -647,8 +658,14 @@ impl Pipeline {
             self.pending_set.clear();
             let requests: Vec<ReadRequest> = batch.iter().map(|(_, r)| r.clone()).collect();
             self.metrics.count_redis_commands(requests.len() as u64);
+            let barrier = batch
+                .iter()
+                .any(|(i, _)| self.adapters[*i].wants_read_barrier());
             match execute(&self.client, &self.side, &batch).await {
                 Ok(replies) => {
+                    if barrier {
+                        self.read_barrier(now, into).await;
+                    }
                     self.metrics.ingested(Source::Read, replies.len() as u64);
                     for ((adapter, request), reply) in batch.into_iter().zip(replies) {
                         let out = self.adapters[adapter].on_reply(&request, reply, now);
@@ -657,6 +674,80 @@ impl Pipeline {
                 }
                 Err(e) => {
                     warn!(error = %e, reads = requests.len(), "Reads failed; they will be redone after reconnecting.");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits until the subscriber has delivered every notification Redis sent before the reads
+    /// just run (a `PUBLISH` on [`BARRIER_CHANNEL`] comes back after them), handing those to
+    /// the adapters; their reads run in the next round. Gives up after [`BARRIER_WAIT`].
+    async fn read_barrier(&mut self, now: chrono::DateTime<Utc>, into: &mut Output) {
+        if !self.barrier_subscribed {
+            match self.subscriber.subscribe(BARRIER_CHANNEL).await {
+                Ok(()) => self.barrier_subscribed = true,
+                Err(e) => {
+                    debug!(error = %e, "Cannot subscribe to the read barrier channel.");
+                    return;
+                }
+            }
+        }
+        self.barrier_seq += 1;
+        let token = self.barrier_seq.to_string();
+        self.metrics.count_redis_commands(1);
+        if let Err(e) = redis::run_commands(
+            &self.client,
+            vec![(
+                "PUBLISH",
+                vec![Value::from(BARRIER_CHANNEL), Value::from(token.clone())],
+            )],
+        )
+        .await
+        {
+            debug!(error = %e, "Read barrier PUBLISH failed.");
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + BARRIER_WAIT;
+        loop {
+            let item = match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(item)) => item,
+                Ok(None) | Err(_) => return,
+            };
+            match item {
+                Incoming::Message { channel, payload } if channel == BARRIER_CHANNEL => {
+                    if payload == token.as_bytes() {
+                        return;
+                    }
+                }
+                Incoming::Key { key, op } => {
+                    self.metrics.ingested(Source::Keyspace, 1);
+                    for i in 0..self.adapters.len() {
+                        let reads = self.adapters[i].on_key_event(&key, &op, now);
+                        self.queue_reads(i, reads);
+                    }
+                }
+                Incoming::Message { channel, payload } => {
+                    self.metrics.ingested(Source::Pubsub, 1);
+                    for i in 0..self.adapters.len() {
+                        let out = self.adapters[i].on_message(&channel, &payload, now);
+                        self.collect(i, out, into);
+                    }
+                }
+                Incoming::Prefetched {
+                    adapter,
+                    request,
+                    reply,
+                    at,
+                } => {
+                    if let Ok(reply) = reply {
+                        self.metrics.ingested(Source::Read, 1);
+                        let out = self.adapters[adapter].on_reply(&request, reply, at);
+                        self.collect(adapter, out, into);
+                    }
+                }
+                Incoming::Lagged(_) | Incoming::Reconnected => {
+                    self.resync_requested = true;
                     return;
                 }
             }

@@ -20,6 +20,9 @@ pub enum RqKey<'k> {
     Workers,
     /// `<p>worker:<name>`: a worker hash.
     Worker(&'k str),
+    /// `<p>execution:<job id>:<execution id>`: one attempt of a job (RQ >= 2.0), created as the
+    /// attempt starts, deleted as it ends. Only its name is used: each attempt has its own id.
+    Execution(&'k str, &'k str),
 }
 
 /// RQ's per-queue registries (sorted sets of job ids).
@@ -114,7 +117,7 @@ impl Layout {
         format!("{}worker:{name}", self.prefix)
     }
 
-    /// What `key` is, or `None` for keys taskscope does not read (locks, executions,
+    /// What `key` is, or `None` for keys taskscope does not read (locks, execution registries,
     /// intermediate lists, dependents sets, keys of other applications).
     pub fn classify<'k>(&self, key: &'k str) -> Option<RqKey<'k>> {
         let rest = key.strip_prefix(&self.prefix)?;
@@ -138,6 +141,14 @@ impl Layout {
             "results" if plain => Some(RqKey::Results(name)),
             "worker" if !name.ends_with(":executions") => Some(RqKey::Worker(name)),
             "queue" if !name.ends_with(":intermediate") => Some(RqKey::Queue(name)),
+            "execution" => match name.split_once(':') {
+                Some((job, execution))
+                    if !job.is_empty() && !execution.is_empty() && !execution.contains(':') =>
+                {
+                    Some(RqKey::Execution(job, execution))
+                }
+                _ => None,
+            },
             _ => Registry::ALL
                 .into_iter()
                 .find(|r| r.segment() == segment)
@@ -173,7 +184,12 @@ mod tests {
             l.classify("rq:worker:host:1"),
             Some(RqKey::Worker("host:1"))
         );
-        assert_eq!(l.classify("rq:execution:a:b"), None);
+        assert_eq!(
+            l.classify("rq:execution:a:b"),
+            Some(RqKey::Execution("a", "b"))
+        );
+        assert_eq!(l.classify("rq:execution:a"), None);
+        assert_eq!(l.classify("rq:executions:a"), None);
         assert_eq!(
             l.classify("rq:queue:app:high"),
             Some(RqKey::Queue("app:high"))

@@ -11,10 +11,15 @@
 //!   failures too), with the return value or the traceback from the newest entry of the results
 //!   stream `<p>results:<id>`;
 //! - `retried`: a job waiting again (`queued` or `scheduled`) after an attempt started: RQ's
-//!   `Retry` keeps the job id. Retries are counted from `number_of_retries` (a job that returned
-//!   `Retry`) and from `retries_left` going down (from the highest value seen); a job waiting
-//!   again with a `started_at` has been retried at least once. (`started_at` cannot tell
-//!   attempts apart: RQ writes it twice per attempt, with different times.)
+//!   `Retry` keeps the job id. Retries are counted from the attempts' execution ids (RQ 3 gives
+//!   each attempt a hash `<p>execution:<job>:<execution id>`, deleted as the attempt ends: the
+//!   `hset` notifications name it, `rq:wip` members and results entries carry it; attempts seen
+//!   less one), from `number_of_retries` (a job that returned `Retry`) and from `retries_left`
+//!   going down (from the highest value seen); a job waiting again with a `started_at` has been
+//!   retried at least once. Nothing RQ keeps counts `Retry(max=...)` attempts (`rq:executions:
+//!   <job>` holds only the running one), so a retry between two reads of the job hash is known
+//!   only from its execution's notification. (`started_at` cannot tell attempts apart: RQ
+//!   writes it twice per attempt, with different times.)
 //! - `abandoned`: by the shared sweep, from worker heartbeats (see [`worker`]); RQ's own
 //!   cleanup of a dead worker's job later moves it to `failed` (`AbandonedJobError`) or retries
 //!   it, which taskscope follows;
@@ -48,6 +53,8 @@ const KNOWN_CAPACITY: usize = 200_000;
 const WIP_SKEW_MARGIN: Duration = Duration::seconds(30);
 /// A worker hash is read at most this often on notifications (every job writes it 3-4 times).
 const WORKER_READ_EVERY: Duration = Duration::seconds(1);
+/// Execution ids remembered per job (attempts counted beyond this are not told apart).
+const EXECUTIONS_PER_JOB: usize = 64;
 
 /// Configuration of the RQ adapter.
 #[derive(Debug, Clone)]
@@ -79,6 +86,34 @@ struct JobMemo {
     status: Option<JobStatus>,
     /// The `rq:wip` member (`<job>:<execution>`) already reported expired.
     expired_execution: Option<String>,
+    /// The execution ids of its attempts seen so far (`<p>execution:<job>:<id>` notifications,
+    /// `rq:wip` members, results entries): one per attempt, whatever was missed in between.
+    executions: Vec<String>,
+    /// A results-stream read was asked for by an `xadd` and has not been answered yet: a read
+    /// of the job hash finding it finished does not ask for another.
+    results_pending: bool,
+    /// The outcome a read of the job hash found, held until the results stream is read: the
+    /// read may have overtaken the notification naming the last attempt's execution, and an
+    /// outcome is final (its attempt cannot be corrected later). The results entry names that
+    /// execution; without one (no results stream) these go out as they are.
+    held_outcome: Vec<TaskObservation>,
+    /// The attempt of the outcome a results entry gave (the job hash's outcome goes out at
+    /// once then).
+    results_outcome: Option<u32>,
+}
+
+impl JobMemo {
+    /// Records an attempt's execution id; true when it is new.
+    fn saw_execution(&mut self, id: &str) -> bool {
+        if id.is_empty()
+            || self.executions.len() >= EXECUTIONS_PER_JOB
+            || self.executions.iter().any(|e| e == id)
+        {
+            return false;
+        }
+        self.executions.push(id.to_string());
+        true
+    }
 }
 
 pub struct RqAdapter {
@@ -129,6 +164,11 @@ impl RqAdapter {
             self.known_order.push_back(id.to_string());
         }
         self.known.entry(id.to_string()).or_default()
+    }
+
+    /// Whether the job's hash was read already (a memo may come from notifications alone).
+    fn was_read(&self, id: &str) -> bool {
+        self.known.get(id).is_some_and(|m| m.status.is_some())
     }
 
     /// The HMGET of a job hash (with `data` until its call was decoded once).
@@ -222,7 +262,7 @@ impl RqAdapter {
             };
             let member = String::from_utf8_lossy(bytes);
             let id = member.split(':').next().unwrap_or(&member);
-            if !id.is_empty() && !self.known.contains_key(id) {
+            if !id.is_empty() && !self.was_read(id) {
                 out.follow_up.push(self.job_read(id));
             }
         }
@@ -238,6 +278,14 @@ impl RqAdapter {
     ) {
         let pairs = reply.into_pairs();
         if registry == Registry::Started {
+            for (member, _) in &pairs {
+                let member = member.as_bytes().map(String::from_utf8_lossy);
+                if let Some((job, execution)) = member.as_deref().and_then(|m| m.split_once(':')) {
+                    if let Some(memo) = self.known.get_mut(job) {
+                        memo.saw_execution(execution);
+                    }
+                }
+            }
             self.on_started_registry(&pairs, now, out);
         }
         if registry != Registry::Scheduled {
@@ -376,11 +424,12 @@ impl RqAdapter {
         }
         memo.fingerprint = Some(fingerprint);
         let obs = observe(id, &record, retries, eta, now);
+        let results_pending = self.known.get(id).is_some_and(|m| m.results_pending);
         if matches!(
             record.status,
             JobStatus::Finished | JobStatus::Failed | JobStatus::Stopped
         ) {
-            out.follow_up.push(self.results_read(id));
+            let mut outcome = Vec::with_capacity(2);
             if let Some(started) = record.started_at {
                 // The attempt's start, for a job first seen finished (polling, a restart): it
                 // only fills what is unknown when the start was seen already.
@@ -397,11 +446,44 @@ impl RqAdapter {
                 ran.fields.worker = record.worker_name.clone();
                 ran.fields.started_at = Some(started);
                 ran.fields.enqueued_at = obs.fields.enqueued_at;
-                out.observations.push(Observation::Task(ran));
+                outcome.push(ran);
             }
+            outcome.push(obs);
+            let memo = self.memo(id);
+            if let Some(attempt) = memo.results_outcome {
+                // The results entry was read first: it named the last execution.
+                for o in &mut outcome {
+                    o.attempt = o.attempt.map(|a| a.max(attempt));
+                }
+                out.observations
+                    .extend(outcome.into_iter().map(Observation::Task));
+                return out;
+            }
+            memo.held_outcome = outcome;
+            if !results_pending {
+                out.follow_up.push(self.results_read(id));
+            }
+            return out;
+        }
+        if let Some(memo) = self.known.get_mut(id) {
+            // Waiting or running (again): a later outcome is another attempt's.
+            memo.results_outcome = None;
         }
         out.observations.push(Observation::Task(obs));
         out
+    }
+
+    /// The job-hash outcome held for the results read ([`JobMemo::held_outcome`]), at the
+    /// attempt known now.
+    fn release_outcome(&mut self, id: &str, out: &mut Output) {
+        let Some(memo) = self.known.get_mut(id) else {
+            return;
+        };
+        let attempt = memo.retries;
+        for mut o in std::mem::take(&mut memo.held_outcome) {
+            o.attempt = Some(o.attempt.unwrap_or(0).max(attempt));
+            out.observations.push(Observation::Task(o));
+        }
     }
 
     /// Retries so far, from every sign RQ leaves (see the module doc).
@@ -421,6 +503,12 @@ impl RqAdapter {
             // that would tell how many were missed.
             retries = retries.max(1);
         }
+        // Every attempt has its own execution id: the ones seen, less the current (or next)
+        // attempt, were retried. Exact when every attempt's notification arrived, whatever
+        // the reads of the hash missed (`retries_left` alone cannot tell a retry that happened
+        // between two reads).
+        let executions = memo.executions.len() as u32;
+        retries = retries.max(executions.saturating_sub(1));
         memo.retries = retries;
         retries
     }
@@ -428,12 +516,19 @@ impl RqAdapter {
     /// The newest results-stream entry of a job.
     fn on_results(&mut self, key: &str, id: &str, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
+        if let Some(memo) = self.known.get_mut(id) {
+            memo.results_pending = false;
+        }
         let entry = match result::decode_latest(reply) {
             Ok(Some(entry)) => entry,
-            Ok(None) => return out,
+            Ok(None) => {
+                self.release_outcome(id, &mut out);
+                return out;
+            }
             Err(e) => {
                 out.decode_errors
                     .push(Self::decode_error(key, e.kind(), e.to_string()));
+                self.release_outcome(id, &mut out);
                 return out;
             }
         };
@@ -454,10 +549,19 @@ impl RqAdapter {
                 Some("maximum retries exceeded".to_string()),
             ),
             // The job hash, waiting again, says which attempt it is.
-            ResultType::Retried => return out,
+            ResultType::Retried => {
+                self.release_outcome(id, &mut out);
+                return out;
+            }
         };
         let mut obs = TaskObservation::new(Broker::Rq, id, at, event, "results stream");
-        if let Some(memo) = self.known.get(id) {
+        if let Some(memo) = self.known.get_mut(id) {
+            if let Some(execution) = &entry.execution_id {
+                memo.saw_execution(execution);
+            }
+            let executions = memo.executions.len() as u32;
+            memo.retries = memo.retries.max(executions.saturating_sub(1));
+            memo.results_outcome = Some(memo.retries);
             obs.attempt = Some(memo.retries);
         }
         obs.fields.worker = entry.worker_name.clone();
@@ -470,6 +574,9 @@ impl RqAdapter {
                 .map(|us| us as f64 / 1000.0)
                 .filter(|ms| *ms >= 0.0);
         }
+        // The job hash's outcome first, as when it is read after the entry: the entry then
+        // fills what the hash does not say (a stopped job's error stays `stopped`).
+        self.release_outcome(id, &mut out);
         out.observations.push(Observation::Task(obs));
         out
     }
@@ -728,6 +835,8 @@ impl Adapter for RqAdapter {
                 // only, whose round its reply closes.
                 format!("{p}worker:*"),
                 format!("{p}queues"),
+                // Each attempt's execution hash: its name tells attempts apart (no read).
+                format!("{p}execution:*"),
             ],
             scan_patterns: vec![format!("{p}job:*")],
             side_scan_patterns: Vec::new(),
@@ -744,7 +853,7 @@ impl Adapter for RqAdapter {
     ) -> Vec<ReadRequest> {
         keys.iter()
             .filter_map(|key| match self.layout.classify(key) {
-                Some(RqKey::Job(id)) if !self.known.contains_key(id) => Some(self.job_read(id)),
+                Some(RqKey::Job(id)) if !self.was_read(id) => Some(self.job_read(id)),
                 _ => None,
             })
             .collect()
@@ -753,7 +862,15 @@ impl Adapter for RqAdapter {
     fn on_key_event(&mut self, key: &str, op: &str, now: DateTime<Utc>) -> Vec<ReadRequest> {
         match (self.layout.classify(key), op) {
             (Some(RqKey::Job(id)), "hset" | "hmset") => vec![self.job_read(id)],
-            (Some(RqKey::Results(id)), "xadd") => vec![self.results_read(id)],
+            (Some(RqKey::Execution(job, execution)), "hset" | "hmset") => {
+                // The retry count a later read makes includes it (the fingerprint too).
+                self.memo(job).saw_execution(execution);
+                Vec::new()
+            }
+            (Some(RqKey::Results(id)), "xadd") => {
+                self.memo(id).results_pending = true;
+                vec![self.results_read(id)]
+            }
             (Some(RqKey::Registry(Registry::Scheduled, _)), "zadd") => {
                 vec![Self::page(key.to_string())]
             }
@@ -857,12 +974,20 @@ impl Adapter for RqAdapter {
         reads
     }
 
+    fn wants_read_barrier(&self) -> bool {
+        // Attempts are counted from the execution ids notifications name: a read finding a
+        // job finished must not be judged before the notifications of its attempts.
+        true
+    }
+
     fn on_gap(&mut self) {
         self.sampling = None;
         self.reconciling.clear();
         self.worker_expiry.clear();
         for memo in self.known.values_mut() {
             memo.fingerprint = None;
+            memo.results_pending = false;
+            memo.held_outcome.clear();
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct ResultEntry {
     /// Whether a return value was present but did not decode.
     pub return_value_undecodable: bool,
     pub traceback: Option<String>,
+    /// The attempt's execution id (RQ >= 2.0): one per attempt of the job.
+    pub execution_id: Option<String>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     /// From the stream id.
@@ -98,6 +100,7 @@ pub fn decode_entry(entry: Reply) -> Result<ResultEntry, ResultError> {
         return_value: None,
         return_value_undecodable: false,
         traceback: None,
+        execution_id: None,
         started_at: None,
         ended_at: None,
         written_at,
@@ -140,6 +143,7 @@ pub fn decode_entry(entry: Reply) -> Result<ResultEntry, ResultError> {
                     entry.traceback = Some(text);
                 }
             }
+            (b"execution_id", Some(id)) if !id.is_empty() => entry.execution_id = Some(id),
             (b"execution_started_at", Some(t)) => entry.started_at = codec::parse_time_str(&t),
             (b"execution_ended_at", Some(t)) => entry.ended_at = codec::parse_time_str(&t),
             _ => {}

@@ -1,7 +1,9 @@
 //! RQ 3 (prefix `rq:`, queue `default`, `JSONSerializer`), as captured in
 //! `broker-adapters/tests/fixtures/rq/`: a job hash (`data` = zlib of the JSON call),
-//! `RPUSH rq:queue:default`; the worker's `LPOP`, `rq:wip:default` member
-//! `<job id>:<execution id>`, status `started`; then a `rq:results:<id>` stream entry (type 1
+//! `RPUSH rq:queue:default`; the worker's `LPOP`, the attempt's execution (hash
+//! `rq:execution:<job id>:<execution id>`, `rq:executions:<job id>`, `rq:wip:default` member
+//! `<job id>:<execution id>`, the worker's execution index; removed as the attempt ends),
+//! status `started`; then a `rq:results:<id>` stream entry (type 1
 //! succeeded, 2 failed with `exc_string` = base64 of zlib of the traceback), status
 //! `finished`/`failed` and the finished/failed registry. A `Retry(max=1)` job goes back to
 //! `queued` with `retries_left` decremented and no results entry for the failed attempt.
@@ -39,8 +41,72 @@ fn job_key(t: &Task) -> String {
     format!("rq:job:{}", t.id)
 }
 
+fn execution_id(t: &Task) -> String {
+    t.delivery.replace('-', "")
+}
+
 fn wip_member(t: &Task) -> String {
-    format!("{}:{}", t.id, t.delivery.replace('-', ""))
+    format!("{}:{}", t.id, execution_id(t))
+}
+
+fn worker_executions() -> String {
+    format!("rq:worker:{WORKER}:executions")
+}
+
+/// RQ 3's `prepare_execution`: the execution hash, the job's executions registry, the `wip`
+/// member and the worker's execution index (captured from a real worker with `MONITOR`).
+fn start_execution(t: &Task, wall: DateTime<Utc>) -> Vec<Cmd> {
+    let key = format!("rq:execution:{}", wip_member(t));
+    let executions = format!("rq:executions:{}", t.id);
+    let now = format!("{:.6}", wall.timestamp_micros() as f64 / 1e6);
+    vec![
+        cmd(
+            "HSET",
+            [
+                key.clone(),
+                "id".into(),
+                execution_id(t),
+                "job_id".into(),
+                t.id.clone(),
+                "created_at".into(),
+                now.clone(),
+                "last_heartbeat".into(),
+                now,
+                "worker_name".into(),
+                WORKER.into(),
+            ],
+        ),
+        cmd("EXPIRE", [key, "90".to_string()]),
+        cmd(
+            "ZADD",
+            [
+                executions.clone(),
+                (wall.timestamp() + 150).to_string(),
+                execution_id(t),
+            ],
+        ),
+        cmd("EXPIRE", [executions, "150".to_string()]),
+        cmd(
+            "ZADD",
+            [
+                format!("rq:wip:{QUEUE}"),
+                (wall.timestamp() + 90).to_string(),
+                wip_member(t),
+            ],
+        ),
+        cmd("SADD", [worker_executions(), wip_member(t)]),
+        cmd("EXPIRE", [worker_executions(), "150".to_string()]),
+    ]
+}
+
+/// RQ 3's `cleanup_execution`, at the end of every attempt.
+fn end_execution(t: &Task) -> Vec<Cmd> {
+    vec![
+        cmd("DEL", [format!("rq:execution:{}", wip_member(t))]),
+        cmd("ZREM", [format!("rq:wip:{QUEUE}"), wip_member(t)]),
+        cmd("ZREM", [format!("rq:executions:{}", t.id), execution_id(t)]),
+        cmd("SREM", [worker_executions(), wip_member(t)]),
+    ]
 }
 
 fn hset(key: String, fields: Vec<(&str, Vec<u8>)>) -> Cmd {
@@ -90,49 +156,40 @@ pub fn enqueue(t: &Task, wall: DateTime<Utc>) -> Vec<Cmd> {
 
 pub fn deliver(t: &Task, wall: DateTime<Utc>) -> Vec<Cmd> {
     let now = iso(wall);
-    vec![
-        cmd("LPOP", [format!("rq:queue:{QUEUE}")]),
-        cmd(
-            "ZADD",
-            [
-                format!("rq:wip:{QUEUE}"),
-                (wall.timestamp() + 90).to_string(),
-                wip_member(t),
-            ],
-        ),
-        hset(
-            job_key(t),
-            vec![
-                ("status", b"started".to_vec()),
-                ("started_at", now.clone().into_bytes()),
-                ("last_heartbeat", now.into_bytes()),
-                ("worker_name", WORKER.as_bytes().to_vec()),
-            ],
-        ),
-    ]
+    let mut out = vec![cmd("LPOP", [format!("rq:queue:{QUEUE}")])];
+    out.extend(start_execution(t, wall));
+    out.push(hset(
+        job_key(t),
+        vec![
+            ("status", b"started".to_vec()),
+            ("started_at", now.clone().into_bytes()),
+            ("last_heartbeat", now.into_bytes()),
+            ("worker_name", WORKER.as_bytes().to_vec()),
+        ],
+    ));
+    out
 }
 
 fn end(t: &Task, status: &str, registry: &str, wall: DateTime<Utc>) -> Vec<Cmd> {
     let now = iso(wall);
-    vec![
-        hset(
-            job_key(t),
-            vec![
-                ("status", status.as_bytes().to_vec()),
-                ("ended_at", now.clone().into_bytes()),
-                ("last_heartbeat", now.into_bytes()),
-            ],
-        ),
-        cmd("ZREM", [format!("rq:wip:{QUEUE}"), wip_member(t)]),
-        cmd(
-            "ZADD",
-            [
-                format!("rq:{registry}:{QUEUE}"),
-                (wall.timestamp() + 500).to_string(),
-                t.id.clone(),
-            ],
-        ),
-    ]
+    let mut out = vec![hset(
+        job_key(t),
+        vec![
+            ("status", status.as_bytes().to_vec()),
+            ("ended_at", now.clone().into_bytes()),
+            ("last_heartbeat", now.into_bytes()),
+        ],
+    )];
+    out.extend(end_execution(t));
+    out.push(cmd(
+        "ZADD",
+        [
+            format!("rq:{registry}:{QUEUE}"),
+            (wall.timestamp() + 500).to_string(),
+            t.id.clone(),
+        ],
+    ));
+    out
 }
 
 /// The results stream entry, then the job's status and registries.
@@ -179,19 +236,18 @@ pub fn finish(t: &Task, wall: DateTime<Utc>) -> Vec<Cmd> {
 /// `Retry(max=1)`: back to `queued`, `retries_left` 0, requeued at the tail of the queue.
 pub fn retry(t: &Task, wall: DateTime<Utc>) -> Vec<Cmd> {
     let now = iso(wall);
-    vec![
-        hset(
-            job_key(t),
-            vec![
-                ("status", b"queued".to_vec()),
-                ("retries_left", b"0".to_vec()),
-                ("ended_at", now.clone().into_bytes()),
-                ("enqueued_at", now.into_bytes()),
-            ],
-        ),
-        cmd("ZREM", [format!("rq:wip:{QUEUE}"), wip_member(t)]),
-        cmd("RPUSH", [format!("rq:queue:{QUEUE}"), t.id.clone()]),
-    ]
+    let mut out = end_execution(t);
+    out.push(hset(
+        job_key(t),
+        vec![
+            ("status", b"queued".to_vec()),
+            ("retries_left", b"0".to_vec()),
+            ("ended_at", now.clone().into_bytes()),
+            ("enqueued_at", now.into_bytes()),
+        ],
+    ));
+    out.push(cmd("RPUSH", [format!("rq:queue:{QUEUE}"), t.id.clone()]));
+    out
 }
 
 /// The worker's hash and TTL (`next heartbeat due + 60 s`), and the workers set.
