@@ -168,23 +168,36 @@ async fn generate(
     run: u64,
 ) -> anyhow::Result<Generated> {
     let k = clients.len().max(1);
-    let parts = clients.iter().enumerate().map(|(i, client)| {
-        let share = n / k + usize::from(i < n % k);
-        let rate = match rate {
-            Rate::Max => Rate::Max,
-            Rate::PerSec(r) => Rate::PerSec(r / k as f64),
-        };
-        generate_one(
-            client,
-            flavor,
-            share,
-            rate,
-            batch,
-            runtime,
-            run ^ ((i as u64) << 56),
-        )
-    });
-    let parts = futures::future::try_join_all(parts).await?;
+    // One task per connection: the drivers build their commands in parallel, not only
+    // concurrently (building payloads costs more CPU than waiting for Redis).
+    let handles: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let share = n / k + usize::from(i < n % k);
+            let rate = match rate {
+                Rate::Max => Rate::Max,
+                Rate::PerSec(r) => Rate::PerSec(r / k as f64),
+            };
+            let client = client.clone();
+            tokio::spawn(async move {
+                generate_one(
+                    &client,
+                    flavor,
+                    share,
+                    rate,
+                    batch,
+                    runtime,
+                    run ^ ((i as u64) << 56),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut parts = Vec::with_capacity(handles.len());
+    for h in handles {
+        parts.push(h.await.context("a generator connection's task failed")??);
+    }
     let mut tasks = Vec::with_capacity(n);
     let mut started: Option<Instant> = None;
     let mut ended: Option<Instant> = None;
