@@ -32,6 +32,8 @@ const FIGURES: &[&str] = &[
     "redis_extra_cpu_pct",
     "redis_extra_cpu_pct_notifications_only",
     "redis_busy_pct_baseline",
+    "redis_busy_pct_with",
+    "connections",
     "baseline_generated_per_s",
     "generator_command_errors",
     "sse_lagged",
@@ -102,6 +104,51 @@ fn bench_load_smoke_every_broker_no_lifecycle_lost() {
     }
     assert!(report["machine"]["redis_version"].is_string());
     eprintln!("bench load smoke took {:?}", started.elapsed());
+}
+
+/// `--connections`: the lifecycles split over several generator connections keep the ground
+/// truth (ids stay unique, every final state and retry count is shown).
+#[test]
+fn bench_load_smoke_over_several_connections() {
+    let _slot = common::test_slot();
+    let out = Command::new(common::taskscope_bin())
+        .args([
+            "bench",
+            "load",
+            "--broker",
+            "celery-events",
+            "--tasks",
+            "200",
+            "--rate",
+            "400",
+            "--connections",
+            "3",
+            "--settle",
+            "30s",
+            "--runtime",
+            "50ms",
+            "--no-baseline",
+            "--json",
+        ])
+        .env("TASKSCOPE_LOG", "warn")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run taskscope bench load");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench load failed: {stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let run = &report["runs"][0];
+    assert_eq!(run["connections"], 3, "{run}");
+    assert_eq!(run["tasks"], 200, "{run}");
+    assert_eq!(run["lost"], 0, "{run}");
+    assert_eq!(run["wrong"], 0, "{run}");
+    assert_eq!(run["lag"]["samples"], 200, "{run}");
+    assert_eq!(run["generator_command_errors"], 0, "{run}");
+    assert!(
+        run["redis_busy_pct_with"].as_f64().unwrap_or(-1.0) > 0.0,
+        "{run}"
+    );
 }
 
 #[test]

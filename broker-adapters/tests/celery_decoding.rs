@@ -1246,6 +1246,101 @@ fn adapter_plain_retry_record_is_numbered_after_the_message_that_ran() {
     assert_eq!(the_task(&out).attempt, None);
 }
 
+/// A `task.multi` event message (a bare kombu envelope whose body is the list of events).
+fn task_multi(events: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({ "body": events })).unwrap()
+}
+
+fn task_event(id: &str, kind: &str, at: f64, extra: Value) -> Value {
+    let mut e = json!({"hostname": "celery@w1", "pid": 7, "clock": 1, "uuid": id,
+                       "timestamp": at, "type": kind});
+    if let (Some(map), Value::Object(more)) = (e.as_object_mut(), extra) {
+        map.extend(more);
+    }
+    e
+}
+
+fn plain_record(id: &str, status: &str, date_done: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"status": status, "result": 1, "traceback": null,
+                               "children": [], "date_done": date_done, "task_id": id}))
+    .unwrap()
+}
+
+#[test]
+fn adapter_requeued_message_read_before_attempt_zero_events_counts_one_retry() {
+    // Under load a queue read runs late and sees Redis as it is now: the re-queued message of
+    // attempt 1 (pushed and popped in one pipeline) is the first sign of the task, while the
+    // pub/sub messages of attempt 0 still wait in taskscope's queue. They must not make the
+    // RETRY of attempt 0 a second retry.
+    use broker_adapters::state;
+    let mut a = adapter();
+    let id = "00000000-0000-4000-8000-000000000042";
+    let (w1, w2, w3) = (1_795_000_000.100_f64, 1_795_000_000.140, 1_795_000_000.180);
+    let requeued = json_message_variant(42, |v| {
+        v["headers"]["retries"] = json!(1);
+        v["properties"]["delivery_tag"] = json!("ffffffff-0000-4000-8000-000000000043");
+    });
+    let read_at = unix(w2 + 0.05);
+    let meta = format!("celery-task-meta-{id}");
+    let mut outputs = vec![a.on_reply(&lrange("celery"), bulk_array(&[requeued]), read_at)];
+    let mut publish = |channel: &str, payload: Vec<u8>| {
+        outputs.push(a.on_message(channel, &payload, read_at));
+    };
+    let ev = "/0.celeryev/task.multi";
+    publish(
+        ev,
+        task_multi(json!([
+            task_event(
+                id,
+                "task-received",
+                w1,
+                json!({"name": "cap.add", "retries": 0})
+            ),
+            task_event(id, "task-started", w1, json!({})),
+        ])),
+    );
+    publish(&meta, plain_record(id, "RETRY", "2026-11-18T11:06:40.140Z"));
+    publish(
+        ev,
+        task_multi(json!([task_event(id, "task-retried", w2, json!({}))])),
+    );
+    publish(
+        ev,
+        task_multi(json!([
+            task_event(
+                id,
+                "task-received",
+                w2,
+                json!({"name": "cap.add", "retries": 1})
+            ),
+            task_event(id, "task-started", w2, json!({})),
+        ])),
+    );
+    publish(
+        &meta,
+        plain_record(id, "SUCCESS", "2026-11-18T11:06:40.180Z"),
+    );
+    publish(
+        ev,
+        task_multi(json!([task_event(
+            id,
+            "task-succeeded",
+            w3,
+            json!({"runtime": 0.04})
+        )])),
+    );
+    let mut task = None;
+    for out in &outputs {
+        assert!(out.decode_errors.is_empty(), "{:#?}", out.decode_errors);
+        for obs in tasks(out) {
+            task = Some(state::apply(task, obs).task);
+        }
+    }
+    let task = task.expect("observations of the task");
+    assert_eq!(task.state, broker_adapters::model::TaskState::Success);
+    assert_eq!(task.retries, 1, "{task:#?}");
+}
+
 #[test]
 fn adapter_mget_and_get_of_result_keys_yield_observations() {
     let mut a = adapter();

@@ -277,6 +277,55 @@ fn fast_task_never_in_the_pel_still_ends_with_its_outcome() {
     );
 }
 
+/// taskiq saves the result before it acknowledges: the record read on its `set` notification
+/// is not read a second time when the acknowledgement is seen; a later attempt's still is.
+#[test]
+fn acknowledgement_after_the_result_was_read_reads_nothing_more() {
+    let mut a = adapter();
+    let now = Utc::now();
+    let data = fixture("stream_json_pickle_message_add.bin");
+    let id = task_id("stream_json_pickle_message_add.bin");
+    let read = first_read(&mut a);
+    a.on_reply(&read, entries(&[("100-0", data)]), now);
+    a.on_reply(
+        &ReadRequest::XInfoGroups("taskiq".into()),
+        groups("100-0", 1),
+        now,
+    );
+    a.on_reply(&xpending(), pel(&[("100-0", "c-1")]), now);
+    let reads = a.on_key_event(&id, "set", now);
+    assert_eq!(reads, vec![ReadRequest::Get(id.clone())]);
+    let out = a.on_reply(
+        &reads[0],
+        Reply::Bytes(fixture("stream_json_pickle_result_add.bin")),
+        now,
+    );
+    assert_eq!(tasks(&out)[0].event, TaskEvent::Succeeded);
+    let out = a.on_reply(&xpending(), pel(&[]), now);
+    assert!(
+        out.follow_up.is_empty(),
+        "read already: {:?}",
+        out.follow_up
+    );
+    assert!(tasks(&out).is_empty());
+
+    // A retry's copy (attempt 1) acknowledged: attempt 0's record says nothing about it.
+    let mut retry: Value =
+        serde_json::from_slice(&fixture("stream_json_pickle_message_add.bin")).unwrap();
+    retry["labels"]["_retries"] = json!("1");
+    let retry = serde_json::to_vec(&retry).unwrap();
+    let reads = a.on_key_event("taskiq", "xadd", now);
+    let out = a.on_reply(&reads[0], entries(&[("101-0", retry)]), now);
+    assert_eq!(tasks(&out)[0].attempt, Some(1));
+    a.on_reply(
+        &ReadRequest::XInfoGroups("taskiq".into()),
+        groups("101-0", 0),
+        now,
+    );
+    let out = a.on_reply(&xpending(), pel(&[]), now);
+    assert_eq!(out.follow_up, vec![ReadRequest::MGet(vec![id])]);
+}
+
 /// Two consumer groups each get every entry: it is settled only when neither holds it.
 #[test]
 fn with_two_groups_an_entry_settles_when_both_are_done() {

@@ -34,6 +34,13 @@ pub struct LoadArgs {
     /// New lifecycles per pipeline at `--rate max`.
     #[arg(long, default_value_t = 200)]
     pub batch: usize,
+    /// Generator connections: the lifecycles are split over this many connections, each with
+    /// its own pipeline in flight (and `--rate` / N), so that `--rate max` can saturate Redis
+    /// rather than one connection's round trips. Lists are shared: a pop may take another
+    /// connection's message (final states and retries, the ground truth, name task ids and are
+    /// unaffected). taskiq needs 1: the generator picks stream entry ids, which must grow.
+    #[arg(long, default_value_t = 1)]
+    pub connections: usize,
     /// How long to wait, after the last write, for taskscope to show every final state.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub settle: Duration,
@@ -147,9 +154,12 @@ struct Generated {
     command_errors: u64,
 }
 
-/// Runs `n` lifecycles of `flavor` at `rate`.
+/// Runs `n` lifecycles of `flavor` at `rate`, split over `clients` (one driver, one pipeline in
+/// flight and `rate / clients` each; task ids stay unique: each driver has its own run number).
+/// Redis's counters are read on `clients[0]` once every connection is done.
+#[allow(clippy::too_many_arguments)]
 async fn generate(
-    client: &Client,
+    clients: &[Client],
     flavor: Flavor,
     n: usize,
     rate: Rate,
@@ -157,7 +167,86 @@ async fn generate(
     runtime: Duration,
     run: u64,
 ) -> anyhow::Result<Generated> {
+    let k = clients.len().max(1);
+    // One task per connection: the drivers build their commands in parallel, not only
+    // concurrently (building payloads costs more CPU than waiting for Redis).
+    let handles: Vec<_> = clients
+        .iter()
+        .enumerate()
+        .map(|(i, client)| {
+            let share = n / k + usize::from(i < n % k);
+            let rate = match rate {
+                Rate::Max => Rate::Max,
+                Rate::PerSec(r) => Rate::PerSec(r / k as f64),
+            };
+            let client = client.clone();
+            tokio::spawn(async move {
+                generate_one(
+                    &client,
+                    flavor,
+                    share,
+                    rate,
+                    batch,
+                    runtime,
+                    run ^ ((i as u64) << 56),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut parts = Vec::with_capacity(handles.len());
+    for h in handles {
+        parts.push(h.await.context("a generator connection's task failed")??);
+    }
+    let mut tasks = Vec::with_capacity(n);
+    let mut started: Option<Instant> = None;
+    let mut ended: Option<Instant> = None;
+    let mut command_errors = 0;
+    for p in parts {
+        tasks.extend(p.tasks);
+        started = Some(started.map_or(p.started, |s| s.min(p.started)));
+        let end = p.started + p.elapsed;
+        ended = Some(ended.map_or(end, |e| e.max(end)));
+        command_errors += p.command_errors;
+    }
+    let started = started.unwrap_or_else(Instant::now);
+    let first = clients.first().context("no generator connection")?;
+    Ok(Generated {
+        tasks,
+        started,
+        elapsed: ended.map_or(Duration::ZERO, |e| e.duration_since(started)),
+        at_end: redis_counters(first).await?,
+        command_errors,
+    })
+}
+
+/// What one generator connection wrote.
+struct Part {
+    tasks: Vec<(String, Outcome, Option<Instant>)>,
+    started: Instant,
+    elapsed: Duration,
+    command_errors: u64,
+}
+
+/// Runs `n` lifecycles of `flavor` at `rate` on one connection.
+async fn generate_one(
+    client: &Client,
+    flavor: Flavor,
+    n: usize,
+    rate: Rate,
+    batch: usize,
+    runtime: Duration,
+    run: u64,
+) -> anyhow::Result<Part> {
     let mut d = Driver::new(run, &[flavor]);
+    if n == 0 {
+        return Ok(Part {
+            tasks: Vec::new(),
+            started: Instant::now(),
+            elapsed: Duration::ZERO,
+            command_errors: 0,
+        });
+    }
     let mut errors = 0u64;
     // A consumer group that exists already (BUSYGROUP) is fine.
     let _ = rio::run_commands(client, d.setup()).await?;
@@ -198,18 +287,16 @@ async fn generate(
         }
     }
     let elapsed = started.elapsed();
-    let at_end = redis_counters(client).await?;
     let tasks = d
         .tasks
         .iter()
         .zip(write_at)
         .map(|(t, w)| (t.id.clone(), t.outcome, w))
         .collect();
-    Ok(Generated {
+    Ok(Part {
         tasks,
         started,
         elapsed,
-        at_end,
         command_errors: errors,
     })
 }
@@ -290,6 +377,10 @@ pub struct FlavorReport {
     pub redis_extra_cpu_pct_notifications_only: Option<f64>,
     /// Redis CPU use while generating without taskscope, in % of one core (~100: saturated).
     pub redis_busy_pct_baseline: Option<f64>,
+    /// The same with taskscope watching (`INFO cpu` delta over the generator's wall time).
+    pub redis_busy_pct_with: f64,
+    /// Generator connections (`--connections`).
+    pub connections: usize,
     pub baseline_generated_per_s: Option<f64>,
     pub generator_command_errors: u64,
     pub sse_lagged: u64,
@@ -322,11 +413,21 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         .trim()
         .to_string();
     let redis = procs::start_redis(dir.path())?;
-    let client = rio::builder(&redis.url(), false)?.build()?;
-    client
-        .init()
-        .await
-        .context("cannot connect to the private redis-server")?;
+    anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
+    anyhow::ensure!(
+        args.connections == 1 || !flavors.contains(&Flavor::Taskiq),
+        "--connections: taskiq needs 1 (the generator picks stream entry ids, which must grow \
+         across connections)"
+    );
+    let mut clients = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        let c = rio::builder(&redis.url(), false)?.build()?;
+        c.init()
+            .await
+            .context("cannot connect to the private redis-server")?;
+        clients.push(c);
+    }
+    let client = clients[0].clone();
     let redis_version = client
         .info::<String>(Some(fred::types::InfoKind::Server))
         .await
@@ -341,13 +442,15 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     let mut runs = Vec::new();
     for (k, flavor) in flavors.iter().enumerate() {
         info!(broker = flavor.as_str(), "Running the load benchmark.");
-        let report = run_flavor(&client, &redis, dir.path(), *flavor, rate, &args, k as u64)
+        let report = run_flavor(&clients, &redis, dir.path(), *flavor, rate, &args, k as u64)
             .instrument(tracing::info_span!("bench_load", broker = flavor.as_str()))
             .await
             .with_context(|| format!("{} run", flavor.as_str()))?;
         runs.push(report);
     }
-    let _ = client.quit().await;
+    for c in &clients {
+        let _ = c.quit().await;
+    }
     drop(redis);
     Ok(Report {
         version: env!("CARGO_PKG_VERSION"),
@@ -427,7 +530,7 @@ pub fn serve_args(
 }
 
 async fn run_flavor(
-    client: &Client,
+    clients: &[Client],
     redis: &RedisServer,
     dir: &std::path::Path,
     flavor: Flavor,
@@ -440,6 +543,7 @@ async fn run_flavor(
         .map_or(1, |d| d.as_nanos() as u64)
         ^ k;
 
+    let client = clients.first().context("no generator connection")?;
     // 1. Without taskscope.
     let baseline = if args.no_baseline {
         None
@@ -447,7 +551,7 @@ async fn run_flavor(
         reset(client).await?;
         let before = redis_counters(client).await?;
         let g = generate(
-            client,
+            clients,
             flavor,
             args.tasks,
             rate,
@@ -474,7 +578,7 @@ async fn run_flavor(
         &log,
     )?;
     let api = Api::new(format!("http://127.0.0.1:{port}"))?;
-    let result = watched_run(client, &api, &mut child, flavor, rate, args, seed ^ 0xFF).await;
+    let result = watched_run(clients, &api, &mut child, flavor, rate, args, seed ^ 0xFF).await;
     child.stop(Duration::from_secs(10));
     // 3. Without taskscope but with the keyspace notifications it turned on (still set): how
     // much of its cost to Redis is the notifications themselves.
@@ -484,7 +588,7 @@ async fn run_flavor(
         rio::run_commands(client, vec![("FLUSHALL", vec![])]).await?;
         let before = redis_counters(client).await?;
         let g = generate(
-            client,
+            clients,
             flavor,
             args.tasks,
             rate,
@@ -569,6 +673,8 @@ async fn run_flavor(
             _ => None,
         },
         redis_busy_pct_baseline: busy,
+        redis_busy_pct_with: with_cpu / g.elapsed.as_secs_f64().max(1e-9) * 100.0,
+        connections: args.connections,
         baseline_generated_per_s: base_rate,
         generator_command_errors: g.command_errors,
         sse_lagged,
@@ -590,7 +696,7 @@ struct Watched {
 }
 
 async fn watched_run(
-    client: &Client,
+    clients: &[Client],
     api: &Api,
     child: &mut Proc,
     flavor: Flavor,
@@ -598,6 +704,7 @@ async fn watched_run(
     args: &LoadArgs,
     seed: u64,
 ) -> anyhow::Result<(Watched, procs::ProcUsage)> {
+    let client = clients.first().context("no generator connection")?;
     api.wait_ready(Duration::from_secs(30), child).await?;
     let arrivals = Arc::new(Mutex::new(Arrivals::default()));
     let follower = tokio::spawn(follow_events(api.clone(), arrivals.clone()));
@@ -606,7 +713,7 @@ async fn watched_run(
     let ts_before = api.redis_commands().await?;
     let before = redis_counters(client).await?;
     let g = generate(
-        client,
+        clients,
         flavor,
         args.tasks,
         rate,
@@ -703,7 +810,7 @@ pub fn print_table(r: &Report) {
         r.version, r.machine.cpus, r.machine.loadavg_before, r.machine.redis_version
     );
     println!(
-        "{:<14}{:>6}{:>6}{:>9}{:>9}{:>6}{:>6}{:>8}{:>8}{:>7}{:>8}{:>8}{:>8}{:>10}{:>10}{:>7}",
+        "{:<14}{:>6}{:>6}{:>9}{:>9}{:>6}{:>6}{:>8}{:>8}{:>7}{:>8}{:>8}{:>8}{:>10}{:>10}{:>7}{:>7}",
         "broker",
         "tasks",
         "rate",
@@ -719,12 +826,13 @@ pub fn print_table(r: &Report) {
         "rtt/lc",
         "redis+cmd",
         "redis+cpu",
-        "busy%"
+        "busy%",
+        "busy%+"
     );
     let opt = |v: Option<f64>, p: usize| v.map_or("-".to_string(), |v| format!("{v:.p$}"));
     for x in &r.runs {
         println!(
-            "{:<14}{:>6}{:>6}{:>9.0}{:>9.0}{:>6}{:>6}{:>8.1}{:>8.1}{:>7.2}{:>8.1}{:>8.3}{:>8.3}{:>10}{:>9}%{:>7}",
+            "{:<14}{:>6}{:>6}{:>9.0}{:>9.0}{:>6}{:>6}{:>8.1}{:>8.1}{:>7.2}{:>8.1}{:>8.3}{:>8.3}{:>10}{:>9}%{:>7}{:>7.0}",
             x.broker,
             x.tasks,
             x.rate,
@@ -741,6 +849,7 @@ pub fn print_table(r: &Report) {
             opt(x.redis_extra_commands_per_lifecycle, 3),
             opt(x.redis_extra_cpu_pct, 1),
             opt(x.redis_busy_pct_baseline, 0),
+            x.redis_busy_pct_with,
         );
         for e in &x.wrong_examples {
             println!("    wrong: {e}");

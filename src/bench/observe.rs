@@ -158,10 +158,18 @@ pub async fn follow_events(api: Api, arrivals: Arc<Mutex<Arrivals>>) -> anyhow::
     let mut buf: Vec<u8> = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         let now = Instant::now();
+        // Events are cut from the front of `buf` by offset and the rest dropped at once: one
+        // large chunk (a writer batch of a thousand transitions) costs linear time, so parsing
+        // never delays the stamping of the next chunk.
+        let scan_from = buf.len().saturating_sub(1);
         buf.extend_from_slice(&chunk);
-        while let Some(end) = find(&buf, b"\n\n") {
-            let event: Vec<u8> = buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&event);
+        let mut start = 0;
+        let mut from = scan_from;
+        while let Some(end) = find(&buf[from..], b"\n\n").map(|e| from + e) {
+            let event = &buf[start..end + 2];
+            start = end + 2;
+            from = start;
+            let text = String::from_utf8_lossy(event);
             let mut kind = "message";
             let mut data = String::new();
             for line in text.lines() {
@@ -194,6 +202,7 @@ pub async fn follow_events(api: Api, arrivals: Arc<Mutex<Arrivals>>) -> anyhow::
                 _ => {}
             }
         }
+        buf.drain(..start);
     }
     Ok(())
 }

@@ -91,6 +91,8 @@ const MAX_READ_ROUNDS: usize = 64;
 const BARRIER_CHANNEL: &str = "__taskscope:barrier";
 /// How long a round of reads waits for its barrier before its replies are handled anyway.
 const BARRIER_WAIT: Duration = Duration::from_millis(250);
+/// Keys per `MGET` when a round's single-key `GET`s are sent together (see [`coalesce_gets`]).
+const GET_CHUNK: usize = 256;
 
 /// Builds the adapter of a broker that auto-detection found, given the settings detection
 /// learned about it; `None` when this build has no adapter for it.
@@ -656,24 +658,28 @@ impl Pipeline {
             }
             let batch = std::mem::take(&mut self.pending);
             self.pending_set.clear();
-            let requests: Vec<ReadRequest> = batch.iter().map(|(_, r)| r.clone()).collect();
-            self.metrics.count_redis_commands(requests.len() as u64);
             let barrier = batch
                 .iter()
                 .any(|(i, _)| self.adapters[*i].wants_read_barrier());
-            match execute(&self.client, &self.side, &batch).await {
+            let (wire, merged) = coalesce_gets(batch);
+            self.metrics.count_redis_commands(wire.len() as u64);
+            match execute(&self.client, &self.side, &wire).await {
                 Ok(replies) => {
                     if barrier {
                         self.read_barrier(now, into).await;
                     }
                     self.metrics.ingested(Source::Read, replies.len() as u64);
-                    for ((adapter, request), reply) in batch.into_iter().zip(replies) {
-                        let out = self.adapters[adapter].on_reply(&request, reply, now);
-                        self.collect(adapter, out, into);
+                    for (((adapter, request), reply), merged) in
+                        wire.into_iter().zip(replies).zip(merged)
+                    {
+                        for (request, reply) in split_reply(request, reply, merged) {
+                            let out = self.adapters[adapter].on_reply(&request, reply, now);
+                            self.collect(adapter, out, into);
+                        }
                     }
                 }
                 Err(e) => {
-                    warn!(error = %e, reads = requests.len(), "Reads failed; they will be redone after reconnecting.");
+                    warn!(error = %e, reads = wire.len(), "Reads failed; they will be redone after reconnecting.");
                     return;
                 }
             }
@@ -907,6 +913,68 @@ impl Pipeline {
     }
 }
 
+/// Sends one round's single-key `GET`s (taskiq's result keys, one per `set` notification) as
+/// `MGET`s of up to [`GET_CHUNK`] keys per adapter: one command instead of one per key, for
+/// Redis and for the count of commands per lifecycle. The `MGET`s take the place of the
+/// adapter's last `GET` in the round, so a key is never read earlier than it was asked for
+/// (taskiq reads a queue before the results of its tasks). Returns the reads to send, each
+/// flagged when it is such an `MGET`; [`split_reply`] hands each `GET` its own reply.
+fn coalesce_gets(batch: Vec<(usize, ReadRequest)>) -> (Vec<(usize, ReadRequest)>, Vec<bool>) {
+    let mut gets: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let mut last_get: BTreeMap<usize, usize> = BTreeMap::new();
+    for (i, (adapter, read)) in batch.iter().enumerate() {
+        if let ReadRequest::Get(key) = read {
+            gets.entry(*adapter).or_default().push(key.clone());
+            last_get.insert(*adapter, i);
+        }
+    }
+    // A lone GET stays a GET.
+    gets.retain(|_, keys| keys.len() > 1);
+    if gets.is_empty() {
+        let flags = vec![false; batch.len()];
+        return (batch, flags);
+    }
+    let mut wire = Vec::with_capacity(batch.len());
+    let mut flags = Vec::with_capacity(batch.len());
+    for (i, (adapter, read)) in batch.into_iter().enumerate() {
+        let Some(keys) = gets
+            .get(&adapter)
+            .filter(|_| matches!(read, ReadRequest::Get(_)))
+        else {
+            wire.push((adapter, read));
+            flags.push(false);
+            continue;
+        };
+        if last_get.get(&adapter) == Some(&i) {
+            for chunk in keys.chunks(GET_CHUNK) {
+                wire.push((adapter, ReadRequest::MGet(chunk.to_vec())));
+                flags.push(true);
+            }
+        }
+    }
+    (wire, flags)
+}
+
+/// The reply of one read sent by [`coalesce_gets`]: an `MGET` that stands for `GET`s
+/// (`merged`) is split into one reply per key (an error goes to each of them); any other read
+/// keeps its reply.
+fn split_reply(request: ReadRequest, reply: Reply, merged: bool) -> Vec<(ReadRequest, Reply)> {
+    let ReadRequest::MGet(keys) = request else {
+        return vec![(request, reply)];
+    };
+    if !merged {
+        return vec![(ReadRequest::MGet(keys), reply)];
+    }
+    let gets = keys.into_iter().map(ReadRequest::Get);
+    match reply {
+        Reply::Array(items) if items.len() == gets.len() => gets.zip(items).collect(),
+        Reply::Error(e) => gets.map(|g| (g, Reply::Error(e.clone()))).collect(),
+        _ => gets
+            .map(|g| (g, Reply::Error("MGET reply of an unexpected shape".into())))
+            .collect(),
+    }
+}
+
 /// Runs reads on the connection each belongs to (the main one, or the asking adapter's side
 /// connection for [`ReadRequest::Side`]), pipelined per connection; replies in order.
 async fn execute(
@@ -956,4 +1024,73 @@ async fn next_finding(rx: &mut Option<mpsc::Receiver<Finding>>) -> Option<Findin
 
 fn chrono_duration(d: Duration) -> chrono::Duration {
     chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(k: &str) -> ReadRequest {
+        ReadRequest::Get(k.to_string())
+    }
+
+    #[test]
+    fn gets_of_a_round_go_out_as_one_mget_in_place_of_the_last() {
+        let queue = ReadRequest::XInfoGroups("taskiq".into());
+        let other = ReadRequest::LLen("celery".into());
+        let batch = vec![
+            (0, get("a")),
+            (1, get("lone")),
+            (0, queue.clone()),
+            (0, get("b")),
+            (1, other.clone()),
+        ];
+        let (wire, merged) = coalesce_gets(batch);
+        assert_eq!(
+            wire,
+            vec![
+                (1, get("lone")),
+                (0, queue.clone()),
+                (0, ReadRequest::MGet(vec!["a".into(), "b".into()])),
+                (1, other),
+            ]
+        );
+        assert_eq!(merged, vec![false, false, true, false]);
+
+        let reply = Reply::Array(vec![Reply::Bytes(b"1".to_vec()), Reply::Nil]);
+        assert_eq!(
+            split_reply(wire[2].1.clone(), reply.clone(), true),
+            vec![
+                (get("a"), Reply::Bytes(b"1".to_vec())),
+                (get("b"), Reply::Nil)
+            ]
+        );
+        // An adapter's own MGET keeps its reply whole.
+        assert_eq!(
+            split_reply(wire[2].1.clone(), reply.clone(), false),
+            vec![(wire[2].1.clone(), reply)]
+        );
+        assert_eq!(
+            split_reply(wire[2].1.clone(), Reply::Error("LOADING".into()), true),
+            vec![
+                (get("a"), Reply::Error("LOADING".into())),
+                (get("b"), Reply::Error("LOADING".into()))
+            ]
+        );
+    }
+
+    #[test]
+    fn many_gets_are_chunked_and_a_round_without_them_is_untouched() {
+        let batch: Vec<(usize, ReadRequest)> = (0..GET_CHUNK + 1)
+            .map(|i| (0, get(&format!("k{i}"))))
+            .collect();
+        let (wire, merged) = coalesce_gets(batch);
+        assert_eq!(wire.len(), 2);
+        assert_eq!(merged, vec![true, true]);
+        assert!(matches!(&wire[1].1, ReadRequest::MGet(k) if k.len() == 1));
+
+        let batch = vec![(0, ReadRequest::HGetAll("unacked".into()))];
+        let (wire, merged) = coalesce_gets(batch.clone());
+        assert_eq!((wire, merged), (batch, vec![false]));
+    }
 }

@@ -11,19 +11,25 @@
 //! task seen. Anything else stays unknown, and the state machine's rules for unknown attempts
 //! apply. (The attempt of the last `task-received` event is no guide: with a prefork pool the
 //! main process sends `task-received` and the pool process the others, unordered.)
+//!
+//! Reads overtake pub/sub: a queue read run for an older notification sees Redis as it is now,
+//! so a retried task's re-queued message (attempt 1) can be the first sign of it while the
+//! events of attempt 0 still wait in taskscope's queue. An attempt 0 seen after that, before
+//! anything unnumbered was counted, still anchors the numbering: otherwise attempt 0's
+//! `task-started` would be taken for attempt 1's start, and attempt 0's `RETRY` record, newer
+//! than that start, for a second retry.
 
 use std::collections::{HashMap, VecDeque};
 
 /// Per-task numbering state.
 #[derive(Debug, Default, Clone)]
 struct Memo {
-    /// `Some(0)` once the first explicit observation was attempt 0 and nothing unnumbered came
-    /// before it.
+    /// `Some(0)` once an explicit observation was attempt 0 and nothing unnumbered came before
+    /// it.
     first: Option<u32>,
-    /// How many of each unnumbered kind were seen, by [`Unnumbered`] index.
+    /// How many of each unnumbered kind were seen, by [`Unnumbered`] index. Any of them counted
+    /// before `first` is known means `first` can no longer be trusted.
     counts: [u32; 4],
-    /// An unnumbered result arrived before any explicit attempt: `first` can no longer be trusted.
-    unanchored: bool,
 }
 
 /// Where an observation without an attempt came from.
@@ -66,17 +72,15 @@ impl Attempts {
     }
 
     /// Records an observation that named its attempt. Counting starts only from a task's
-    /// attempt 0: when the first sign of a task is a later attempt (its first message was
-    /// missed), the records seen next may be the late `RETRY` of the attempt before it, and
-    /// counting would be off by one.
+    /// attempt 0: while only a later attempt was seen (its first message may have been missed),
+    /// the records seen next may be the late `RETRY` of the attempt before it, and counting
+    /// would be off by one. An attempt 0 seen after a later one (a read overtook the pub/sub
+    /// messages of attempt 0, see the module docs) anchors the count as long as nothing
+    /// unnumbered was counted yet.
     pub fn explicit(&mut self, task_id: &str, attempt: u32) {
         let memo = self.memo(task_id);
-        if memo.first.is_none() && !memo.unanchored {
-            if attempt == 0 {
-                memo.first = Some(0);
-            } else {
-                memo.unanchored = true;
-            }
+        if memo.first.is_none() && attempt == 0 && memo.counts == [0; 4] {
+            memo.first = Some(0);
         }
     }
 
@@ -86,13 +90,7 @@ impl Attempts {
         let count = &mut memo.counts[source as usize];
         *count += 1;
         let k = *count;
-        match memo.first {
-            Some(first) => Some(first + k - 1),
-            None => {
-                memo.unanchored = true;
-                None
-            }
-        }
+        memo.first.map(|first| first + k - 1)
     }
 }
 
@@ -125,6 +123,30 @@ mod tests {
         assert_eq!(a.number("t", Unnumbered::RetryEvent), Some(0));
         assert_eq!(a.number("t", Unnumbered::StartedEvent), Some(0));
         assert_eq!(a.number("t", Unnumbered::StartedEvent), Some(1));
+    }
+
+    #[test]
+    fn attempt_zero_seen_after_the_requeued_message_still_anchors() {
+        // A queue read saw the re-queued message (attempt 1) before the pub/sub messages of
+        // attempt 0 were handled: task-received(0), task-started, RETRY, task-retried,
+        // task-received(1), task-started.
+        let mut a = Attempts::new(10);
+        a.explicit("t", 1);
+        a.explicit("t", 0);
+        assert_eq!(a.number("t", Unnumbered::StartedEvent), Some(0));
+        assert_eq!(a.number("t", Unnumbered::RetryResult), Some(0));
+        assert_eq!(a.number("t", Unnumbered::RetryEvent), Some(0));
+        a.explicit("t", 1);
+        assert_eq!(a.number("t", Unnumbered::StartedEvent), Some(1));
+    }
+
+    #[test]
+    fn attempt_zero_seen_after_something_unnumbered_does_not_anchor() {
+        let mut a = Attempts::new(10);
+        a.explicit("t", 1);
+        assert_eq!(a.number("t", Unnumbered::RetryResult), None);
+        a.explicit("t", 0);
+        assert_eq!(a.number("t", Unnumbered::RetryResult), None);
     }
 
     #[test]

@@ -88,7 +88,9 @@ impl TaskiqAdapter {
         state.undecodable.insert(id);
     }
 
-    /// Entries acknowledged: their results are read to learn the outcome.
+    /// Entries acknowledged: their results are read to learn the outcome, unless the record
+    /// of that attempt was read already (taskiq saves the result before it acknowledges, so
+    /// the `set` notification's read usually comes first).
     pub(super) fn settle(&mut self, settled: Vec<EntryInfo>, out: &mut Output) {
         let mut keys = Vec::new();
         for e in settled {
@@ -97,6 +99,9 @@ impl TaskiqAdapter {
             };
             // A later attempt exists: this acknowledgement ended a retried attempt.
             if e.attempt < track.attempt {
+                continue;
+            }
+            if track.result_read.is_some_and(|r| r >= e.attempt) {
                 continue;
             }
             track.awaiting.get_or_insert(0);

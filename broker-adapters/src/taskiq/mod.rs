@@ -117,6 +117,10 @@ struct TaskTrack {
     attempt: u32,
     /// Acknowledged (stream) or popped (list), its result not read yet: empty reads so far.
     awaiting: Option<u32>,
+    /// The attempt whose result record was read last (on its `set` notification, usually
+    /// before the acknowledgement is seen): an acknowledgement of it or an earlier attempt
+    /// needs no second read of the same record.
+    result_read: Option<u32>,
     /// The queue its message was seen in.
     queue: String,
 }
@@ -241,6 +245,7 @@ impl TaskiqAdapter {
         let t = self.tasks.entry(task_id.to_string()).or_insert(TaskTrack {
             attempt,
             awaiting: None,
+            result_read: None,
             queue: queue.to_string(),
         });
         if attempt > t.attempt {

@@ -44,6 +44,7 @@ impl TaskiqAdapter {
             if attempt >= track.attempt {
                 track.awaiting = None;
             }
+            track.result_read = Some(track.result_read.map_or(attempt, |r| r.max(attempt)));
             if !self.results_seen.contains(&track.queue) {
                 self.results_seen.insert(track.queue.clone());
             }
