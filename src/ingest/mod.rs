@@ -112,11 +112,13 @@ pub async fn run(
     let subscriber = redis::builder(&cfg.redis_url, true)?.build_subscriber_client()?;
     let (tx, rx) = mpsc::channel::<Incoming>(200_000);
     let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Rules::new()));
+    let kick = prefetch::Kick::default();
     let prefetcher = prefetch::spawn(
         &cfg.redis_url,
         cfg.redis_db,
         tx.clone(),
         rules_rx,
+        kick.clone(),
         metrics.clone(),
     )?;
     spawn_forwarders(&subscriber, &client, cfg.redis_db, tx);
@@ -182,6 +184,7 @@ pub async fn run(
         writer_error: None,
         resync_requested: false,
         rules_tx,
+        kick,
         side,
         detect_rx,
         factory,
@@ -321,6 +324,8 @@ struct Pipeline {
     side: Vec<Option<Client>>,
     /// The adapters' prefetch rules, for the keyspace forwarder.
     rules_tx: watch::Sender<Arc<prefetch::Rules>>,
+    /// Runs the coalesced prefetch rules at every reconciliation.
+    kick: prefetch::Kick,
     /// Findings of auto-detection (`--brokers auto`), and how to start their adapters.
     detect_rx: Option<mpsc::Receiver<Finding>>,
     factory: Option<AdapterFactory>,
@@ -707,6 +712,9 @@ impl Pipeline {
         let mut output = Output::default();
         self.run_pending(now, &mut output).await;
         self.deliver(output).await;
+        // What coalesced prefetch rules follow is re-read too (a lost notification costs
+        // latency, never a task).
+        self.kick.notify_one();
     }
 
     /// Samples queue sizes: every adapter's sample reads go out as one pipeline (one round trip

@@ -2,29 +2,41 @@
 //! own.
 //!
 //! Some keys hold their content for milliseconds only (Celery's `unacked` entries: 1-9 ms
-//! between a worker taking a message and acknowledging it). Waiting for the batching loop loses
-//! them, and so does a cold wake-up through several tasks on a shared runtime: measured, an
-//! idle taskscope's first read after a quiet spell came 1.7 ms after the write. So the
-//! prefetcher owns a single-threaded runtime on its own OS thread, with its own subscriber
-//! (only to the prefetch keys) and its own read connection: notification in, read out, with no
-//! hand-off between threads. Each notification fires its read at once, up to
-//! [`MAX_IN_FLIGHT`] per rule; past that, one trailing read follows when one completes. Replies go to the loop as
-//! [`Incoming::Prefetched`], stamped with the time they arrived.
+//! between a worker taking a message and acknowledging it; a Dramatiq message in its `.msgs`
+//! hash with a fast worker). Waiting for the batching loop loses them, and so does a cold
+//! wake-up through several tasks on a shared runtime: measured, an idle taskscope's first read
+//! after a quiet spell came 1.7 ms after the write. So the prefetcher owns a single-threaded
+//! runtime on its own OS thread, with its own subscriber (only to the prefetch keys) and its own
+//! read connection: notification in, read out, with no hand-off between threads.
+//!
+//! Two kinds of rules ([`Prefetch::coalesce`]): plain ones fire one run per notification, up to
+//! [`MAX_IN_FLIGHT`] at once, then one trailing run when one completes. Coalesced ones run at
+//! most once at a time: the notifications that arrive meanwhile (and the rest of the burst they
+//! came in, gathered before firing) only mark the rule dirty, and one trailing run follows, so
+//! their reads grow with round trips, not with writes. Coalesced rules also run when the loop
+//! reconciles ([`Kick`]). [`PrefetchRead::FollowHash`] keeps the previous `HKEYS` snapshot of
+//! its hash here, reads only the fields that are new since then (and looks up the departed ones
+//! where they may have gone), and runs of one hash never overlap, so the adapter sees its
+//! snapshots in order. Replies go to the loop as [`Incoming::Prefetched`], stamped with the time
+//! they arrived.
 
 use super::{redis, Incoming};
 use crate::metrics::{Metrics, Source};
 use broker_adapters::adapter::glob_escape;
-use broker_adapters::{Prefetch, ReadRequest};
+use broker_adapters::{Prefetch, PrefetchRead, ReadRequest, Reply};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, watch};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, warn};
 
 /// Prefetch rules by key: (adapter index, rule).
 pub type Rules = HashMap<String, Vec<(usize, Prefetch)>>;
+
+/// Wakes the coalesced rules (the loop's reconciliation): a lost notification costs latency.
+pub type Kick = Arc<Notify>;
 
 /// Builds the rule table from each adapter's declared prefetches.
 pub fn rules(per_adapter: impl IntoIterator<Item = (usize, Vec<Prefetch>)>) -> Rules {
@@ -43,15 +55,28 @@ pub fn key_pattern(key: &str) -> String {
     glob_escape(key)
 }
 
-/// Reads of one rule in flight at once. One would coalesce a burst into a few snapshots taken
-/// between entries that each live a millisecond (measured: 7 of 15 names caught in bursts of 5);
-/// each notification gets its own read up to this bound, and past it one trailing read follows.
+/// Runs of one plain rule in flight at once. One would coalesce a burst into a few snapshots
+/// taken between entries that each live a millisecond (measured: 7 of 15 names caught in bursts
+/// of 5); each notification gets its own run up to this bound, and past it one trailing run
+/// follows.
 const MAX_IN_FLIGHT: usize = 8;
 
+/// What a run reads: the adapter and the rule's reads. Rules with the same reads share runs.
+type RunKey = (usize, Vec<PrefetchRead>);
+
 #[derive(Default)]
-struct RuleState {
+struct RunState {
     in_flight: usize,
     dirty: bool,
+    coalesce: bool,
+}
+
+/// The previous snapshot of every followed hash, and the order of snapshots.
+#[derive(Default)]
+struct Snapshots {
+    fields: HashMap<String, HashSet<String>>,
+    /// Hashes a run is reading now: a second run of the same hash waits (marked dirty).
+    busy: HashSet<String>,
 }
 
 /// Starts the prefetcher thread. It stops when the loop drops its receiver of `tx`.
@@ -60,6 +85,7 @@ pub fn spawn(
     db: u32,
     tx: mpsc::Sender<Incoming>,
     rules: watch::Receiver<Arc<Rules>>,
+    kick: Kick,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let subscriber = redis::builder(redis_url, true)?.build_subscriber_client()?;
@@ -77,9 +103,248 @@ pub fn spawn(
                     return;
                 }
             };
-            runtime.block_on(run(subscriber, client, db, tx, rules, metrics));
+            runtime.block_on(run(subscriber, client, db, tx, rules, kick, metrics));
         })?;
     Ok(thread)
+}
+
+/// The run loop's state: which runs are in flight or due.
+struct Prefetcher {
+    client: Client,
+    tx: mpsc::Sender<Incoming>,
+    done_tx: mpsc::UnboundedSender<RunKey>,
+    metrics: Arc<Metrics>,
+    states: HashMap<RunKey, RunState>,
+    snapshots: Arc<Mutex<Snapshots>>,
+    /// Coalesced runs asked for by the current burst of notifications, fired once it is read.
+    due: Vec<RunKey>,
+}
+
+impl Prefetcher {
+    /// A notification matched `key`'s rule: fire (plain) or mark due (coalesced).
+    fn on_match(&mut self, run: RunKey, coalesce: bool) {
+        let state = self.states.entry(run.clone()).or_default();
+        state.coalesce = coalesce;
+        if coalesce {
+            if !self.due.contains(&run) {
+                self.due.push(run);
+            }
+        } else if state.in_flight >= MAX_IN_FLIGHT {
+            state.dirty = true;
+        } else {
+            state.in_flight += 1;
+            self.fire(run);
+        }
+    }
+
+    /// Fires the due coalesced runs that are not running (the others run once more after).
+    fn fire_due(&mut self) {
+        for run in std::mem::take(&mut self.due) {
+            let busy = {
+                let snaps = self
+                    .snapshots
+                    .lock()
+                    .map(|s| s.busy.clone())
+                    .unwrap_or_default();
+                followed(&run.1).any(|k| snaps.contains(k))
+            };
+            let state = self.states.entry(run.clone()).or_default();
+            if state.in_flight > 0 || busy {
+                state.dirty = true;
+            } else {
+                state.in_flight = 1;
+                self.fire(run);
+            }
+        }
+    }
+
+    /// A run completed: its trailing run, and coalesced runs that waited for its hashes.
+    fn on_done(&mut self, run: RunKey) {
+        let state = self.states.entry(run.clone()).or_default();
+        if state.coalesce {
+            state.in_flight = 0;
+            let waiting: Vec<RunKey> = self
+                .states
+                .iter_mut()
+                .filter(|(_, s)| s.coalesce && s.dirty && s.in_flight == 0)
+                .map(|(k, s)| {
+                    s.dirty = false;
+                    k.clone()
+                })
+                .collect();
+            self.due.extend(waiting);
+            self.fire_due();
+        } else if std::mem::take(&mut state.dirty) {
+            self.fire(run);
+        } else {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+    }
+
+    fn kick(&mut self) {
+        let coalesced: Vec<RunKey> = self
+            .states
+            .iter()
+            .filter(|(_, s)| s.coalesce)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for run in coalesced {
+            if !self.due.contains(&run) {
+                self.due.push(run);
+            }
+        }
+        self.fire_due();
+    }
+
+    /// Forgets runs and snapshots no rule asks for any more.
+    fn retain(&mut self, rules: &Rules) {
+        let live: HashSet<RunKey> = rules
+            .values()
+            .flatten()
+            .map(|(a, p)| (*a, p.reads.clone()))
+            .collect();
+        self.states
+            .retain(|k, s| live.contains(k) || s.in_flight > 0);
+        let hashes: HashSet<&String> = live.iter().flat_map(|(_, reads)| followed(reads)).collect();
+        if let Ok(mut snaps) = self.snapshots.lock() {
+            snaps.fields.retain(|k, _| hashes.contains(k));
+        }
+    }
+
+    fn fire(&self, run: RunKey) {
+        let client = self.client.clone();
+        let tx = self.tx.clone();
+        let done_tx = self.done_tx.clone();
+        let snapshots = self.snapshots.clone();
+        let metrics = self.metrics.clone();
+        if let Ok(mut snaps) = self.snapshots.lock() {
+            snaps.busy.extend(followed(&run.1).cloned());
+        }
+        tokio::spawn(async move {
+            let (adapter, reads) = &run;
+            let result = run_reads(&client, reads, &snapshots, &metrics).await;
+            if let Ok(mut snaps) = snapshots.lock() {
+                for k in followed(reads) {
+                    snaps.busy.remove(k);
+                }
+            }
+            let at = chrono::Utc::now();
+            match result {
+                Ok(replies) => {
+                    for (request, reply) in replies {
+                        let _ = tx
+                            .send(Incoming::Prefetched {
+                                adapter: *adapter,
+                                request,
+                                reply: Ok(reply),
+                                at,
+                            })
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    if let Some(first) = reads.first() {
+                        let request = match first {
+                            PrefetchRead::Read(r) => r.clone(),
+                            PrefetchRead::FollowHash { key, .. } => ReadRequest::HKeys(key.clone()),
+                        };
+                        let _ = tx
+                            .send(Incoming::Prefetched {
+                                adapter: *adapter,
+                                request,
+                                reply: Err(e),
+                                at,
+                            })
+                            .await;
+                    }
+                }
+            }
+            let _ = done_tx.send(run);
+        });
+    }
+}
+
+/// The hashes a rule's reads follow.
+fn followed(reads: &[PrefetchRead]) -> impl Iterator<Item = &String> {
+    reads.iter().filter_map(|r| match r {
+        PrefetchRead::FollowHash { key, .. } => Some(key),
+        PrefetchRead::Read(_) => None,
+    })
+}
+
+/// One run of a rule: its pipeline, then the new and departed fields of the hashes it follows.
+/// The replies in the order the adapter gets them (see [`PrefetchRead::FollowHash`]).
+async fn run_reads(
+    client: &Client,
+    reads: &[PrefetchRead],
+    snapshots: &Mutex<Snapshots>,
+    metrics: &Metrics,
+) -> Result<Vec<(ReadRequest, Reply)>, String> {
+    let first: Vec<ReadRequest> = reads
+        .iter()
+        .map(|r| match r {
+            PrefetchRead::Read(r) => r.clone(),
+            PrefetchRead::FollowHash { key, .. } => ReadRequest::HKeys(key.clone()),
+        })
+        .collect();
+    metrics.count_redis_commands(first.len() as u64);
+    let replies = redis::run_reads(client, &first)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut second = Vec::new();
+    if let Ok(mut snaps) = snapshots.lock() {
+        for (read, reply) in reads.iter().zip(&replies) {
+            let PrefetchRead::FollowHash { key, departed_to } = read else {
+                continue;
+            };
+            if matches!(reply, Reply::Error(_)) {
+                continue;
+            }
+            let current: HashSet<String> = reply
+                .clone()
+                .into_items()
+                .iter()
+                .filter_map(|r| {
+                    r.as_bytes()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                })
+                .collect();
+            let previous = snaps.fields.remove(key);
+            let mut new: Vec<String> = match &previous {
+                Some(prev) => current.difference(prev).cloned().collect(),
+                None => current.iter().cloned().collect(),
+            };
+            let mut departed: Vec<String> = previous
+                .as_ref()
+                .map(|prev| prev.difference(&current).cloned().collect())
+                .unwrap_or_default();
+            snaps.fields.insert(key.clone(), current);
+            if !new.is_empty() {
+                new.sort_unstable();
+                second.push(ReadRequest::HMGet {
+                    key: key.clone(),
+                    fields: new,
+                });
+            }
+            if let Some(to) = departed_to.as_ref().filter(|_| !departed.is_empty()) {
+                departed.sort_unstable();
+                second.push(ReadRequest::HMGet {
+                    key: to.clone(),
+                    fields: departed,
+                });
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(second.len() + first.len());
+    if !second.is_empty() {
+        metrics.count_redis_commands(second.len() as u64);
+        let more = redis::run_reads(client, &second)
+            .await
+            .map_err(|e| e.to_string())?;
+        out.extend(second.into_iter().zip(more));
+    }
+    out.extend(first.into_iter().zip(replies));
+    Ok(out)
 }
 
 async fn run(
@@ -88,6 +353,7 @@ async fn run(
     db: u32,
     tx: mpsc::Sender<Incoming>,
     mut rules: watch::Receiver<Arc<Rules>>,
+    kick: Kick,
     metrics: Arc<Metrics>,
 ) {
     let mut keys = subscriber.keyspace_event_rx();
@@ -105,36 +371,22 @@ async fn run(
     }
     let _resubscribe = subscriber.manage_subscriptions();
     let mut subscribed = BTreeSet::new();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, ReadRequest)>();
-    let mut states: HashMap<(usize, ReadRequest), RuleState> = HashMap::new();
-    let fire = |adapter: usize, read: ReadRequest| {
-        let client = client.clone();
-        let tx = tx.clone();
-        let done_tx = done_tx.clone();
-        metrics.count_redis_commands(1);
-        tokio::spawn(async move {
-            let reply = redis::run_reads(&client, std::slice::from_ref(&read))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|mut r| r.pop().ok_or_else(|| "no reply".to_string()));
-            let at = chrono::Utc::now();
-            let request = read.clone();
-            let _ = tx
-                .send(Incoming::Prefetched {
-                    adapter,
-                    request,
-                    reply,
-                    at,
-                })
-                .await;
-            let _ = done_tx.send((adapter, read));
-        });
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RunKey>();
+    let mut p = Prefetcher {
+        client: client.clone(),
+        tx: tx.clone(),
+        done_tx,
+        metrics: metrics.clone(),
+        states: HashMap::new(),
+        snapshots: Arc::new(Mutex::new(Snapshots::default())),
+        due: Vec::new(),
     };
     let mut rules_changed = true;
     loop {
         if std::mem::take(&mut rules_changed) {
-            let wanted: BTreeSet<String> = rules
-                .borrow()
+            let current = rules.borrow().clone();
+            p.retain(&current);
+            let wanted: BTreeSet<String> = current
                 .keys()
                 .map(|k| format!("__keyspace@{db}__:{}", key_pattern(k)))
                 .collect();
@@ -156,45 +408,55 @@ async fn run(
                 }
                 rules_changed = true;
             }
-            ev = keys.recv() => match ev {
-                Ok(ev) if u32::from(ev.db) == db => {
-                    let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
-                    let matched: Vec<(usize, ReadRequest)> = rules
-                        .borrow()
-                        .get(&key)
-                        .map(|rs| {
-                            rs.iter()
-                                .filter(|(_, p)| p.ops.contains(&ev.operation))
-                                .map(|(a, p)| (*a, p.read.clone()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    metrics.ingested(Source::Keyspace, 1);
-                    for (adapter, read) in matched {
-                        let state = states.entry((adapter, read.clone())).or_default();
-                        if state.in_flight >= MAX_IN_FLIGHT {
-                            state.dirty = true;
-                        } else {
-                            state.in_flight += 1;
-                            fire(adapter, read);
+            _ = kick.notified() => p.kick(),
+            ev = keys.recv() => {
+                let mut ev = ev;
+                let mut yielded = false;
+                // Read the whole burst (a script's or a pipeline's notifications) before firing
+                // the coalesced runs it asks for.
+                'burst: loop {
+                    match ev {
+                        Ok(ev) if u32::from(ev.db) == db => {
+                            metrics.ingested(Source::Keyspace, 1);
+                            let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
+                            let matched: Vec<(RunKey, bool)> = rules
+                                .borrow()
+                                .get(&key)
+                                .map(|rs| {
+                                    rs.iter()
+                                        .filter(|(_, p)| p.ops.contains(&ev.operation))
+                                        .map(|(a, p)| ((*a, p.reads.clone()), p.coalesce))
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            for (run, coalesce) in matched {
+                                p.on_match(run, coalesce);
+                            }
                         }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(n)) => {
+                            debug!(dropped = n, "The prefetcher fell behind; the loop will resync.");
+                            let _ = tx.send(Incoming::Lagged(n)).await;
+                        }
+                        Err(RecvError::Closed) => return,
                     }
+                    ev = loop {
+                        match keys.try_recv() {
+                            Ok(next) => break Ok(next),
+                            Err(TryRecvError::Lagged(n)) => break Err(RecvError::Lagged(n)),
+                            Err(TryRecvError::Closed) => return,
+                            Err(TryRecvError::Empty) if !yielded && !p.due.is_empty() => {
+                                // Let the connection task hand over the rest of the burst.
+                                yielded = true;
+                                tokio::task::yield_now().await;
+                            }
+                            Err(TryRecvError::Empty) => break 'burst,
+                        }
+                    };
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(n)) => {
-                    debug!(dropped = n, "The prefetcher fell behind; the loop will resync.");
-                    let _ = tx.send(Incoming::Lagged(n)).await;
-                }
-                Err(RecvError::Closed) => break,
-            },
-            Some((adapter, read)) = done_rx.recv() => {
-                let state = states.entry((adapter, read.clone())).or_default();
-                if std::mem::take(&mut state.dirty) {
-                    fire(adapter, read);
-                } else {
-                    state.in_flight = state.in_flight.saturating_sub(1);
-                }
+                p.fire_due();
             }
+            Some(run) = done_rx.recv() => p.on_done(run),
         }
     }
     let _ = subscriber.quit().await;
