@@ -35,6 +35,17 @@ use tracing::{debug, error, warn};
 /// Prefetch rules by key: (adapter index, rule).
 pub type Rules = HashMap<String, Vec<(usize, Prefetch)>>;
 
+/// What the prefetcher subscribes to: every adapter's keyspace key patterns (forwarded to the
+/// loop as [`Incoming::Key`]) and the keys of the rules (run here). One subscriber for both, so
+/// Redis delivers each notification once: measured, each subscriber a notification goes to
+/// costs Redis about as much again as turning notifications on.
+#[derive(Debug, Default, PartialEq)]
+pub struct Subscriptions {
+    /// Key glob patterns (without `__keyspace@<db>__:`), empty while polling.
+    pub patterns: BTreeSet<String>,
+    pub rules: Rules,
+}
+
 /// Wakes the coalesced rules (the loop's reconciliation): a lost notification costs latency.
 pub type Kick = Arc<Notify>;
 
@@ -49,10 +60,89 @@ pub fn rules(per_adapter: impl IntoIterator<Item = (usize, Vec<Prefetch>)>) -> R
     rules
 }
 
-/// The keyspace pattern the prefetcher subscribes to for a prefetch key; the main subscriber
-/// leaves these to it.
+/// The keyspace pattern the prefetcher subscribes to for a prefetch key no key pattern covers.
 pub fn key_pattern(key: &str) -> String {
     glob_escape(key)
+}
+
+/// Whether `text` matches the Redis glob `pattern` (`*`, `?`, `[abc]`, `[^a-z]`, `\x`), as
+/// `PSUBSCRIBE` matches channels.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    fn matches(p: &[u8], t: &[u8]) -> bool {
+        let (mut pi, mut ti) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while ti < t.len() {
+            if pi < p.len() {
+                match p[pi] {
+                    b'*' => {
+                        star = Some((pi, ti));
+                        pi += 1;
+                        continue;
+                    }
+                    b'?' => {
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                    b'[' => {
+                        if let Some((matched, next)) = class(p, pi, t[ti]) {
+                            if matched {
+                                pi = next;
+                                ti += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    b'\\' if pi + 1 < p.len() => {
+                        if p[pi + 1] == t[ti] {
+                            pi += 2;
+                            ti += 1;
+                            continue;
+                        }
+                    }
+                    c if c == t[ti] => {
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            }
+        }
+        p[pi..].iter().all(|c| *c == b'*')
+    }
+    /// A `[...]` class at `p[start]`: whether `c` is in it, and where the pattern goes on.
+    fn class(p: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
+        let mut i = start + 1;
+        let negate = p.get(i) == Some(&b'^');
+        if negate {
+            i += 1;
+        }
+        let mut found = false;
+        while i < p.len() && p[i] != b']' {
+            if p[i] == b'\\' && i + 1 < p.len() {
+                found |= p[i + 1] == c;
+                i += 2;
+            } else if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
+                let (lo, hi) = (p[i].min(p[i + 2]), p[i].max(p[i + 2]));
+                found |= (lo..=hi).contains(&c);
+                i += 3;
+            } else {
+                found |= p[i] == c;
+                i += 1;
+            }
+        }
+        (i < p.len()).then_some((found != negate, i + 1))
+    }
+    matches(pattern.as_bytes(), text.as_bytes())
 }
 
 /// Runs of one plain rule in flight at once. One would coalesce a burst into a few snapshots
@@ -84,7 +174,7 @@ pub fn spawn(
     redis_url: &str,
     db: u32,
     tx: mpsc::Sender<Incoming>,
-    rules: watch::Receiver<Arc<Rules>>,
+    rules: watch::Receiver<Arc<Subscriptions>>,
     kick: Kick,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
@@ -352,7 +442,7 @@ async fn run(
     client: Client,
     db: u32,
     tx: mpsc::Sender<Incoming>,
-    mut rules: watch::Receiver<Arc<Rules>>,
+    mut rules: watch::Receiver<Arc<Subscriptions>>,
     kick: Kick,
     metrics: Arc<Metrics>,
 ) {
@@ -370,6 +460,33 @@ async fn run(
         _ = tx.closed() => return,
     }
     let _resubscribe = subscriber.manage_subscriptions();
+    // Events for the loop go through a task of their own: a busy loop never delays a prefetch.
+    let (forward_tx, mut forward_rx) = mpsc::unbounded_channel::<Incoming>();
+    let loop_tx = tx.clone();
+    tokio::spawn(async move {
+        while let Some(item) = forward_rx.recv().await {
+            if loop_tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut reconnects = subscriber.reconnect_rx();
+    let reconnect_tx = forward_tx.clone();
+    tokio::spawn(async move {
+        // The first event is the initial connection.
+        let mut initial = true;
+        loop {
+            match reconnects.recv().await {
+                Ok(_) if initial => initial = false,
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    if reconnect_tx.send(Incoming::Reconnected).is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
     let mut subscribed = BTreeSet::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RunKey>();
     let mut p = Prefetcher {
@@ -385,10 +502,19 @@ async fn run(
     loop {
         if std::mem::take(&mut rules_changed) {
             let current = rules.borrow().clone();
-            p.retain(&current);
+            p.retain(&current.rules);
             let wanted: BTreeSet<String> = current
-                .keys()
-                .map(|k| format!("__keyspace@{db}__:{}", key_pattern(k)))
+                .patterns
+                .iter()
+                .cloned()
+                .chain(
+                    current
+                        .rules
+                        .keys()
+                        .filter(|k| !current.patterns.iter().any(|p| glob_match(p, k)))
+                        .map(|k| key_pattern(k)),
+                )
+                .map(|p| format!("__keyspace@{db}__:{p}"))
                 .collect();
             let new: Vec<String> = wanted.difference(&subscribed).cloned().collect();
             if !new.is_empty() {
@@ -417,26 +543,36 @@ async fn run(
                 'burst: loop {
                     match ev {
                         Ok(ev) if u32::from(ev.db) == db => {
-                            metrics.ingested(Source::Keyspace, 1);
                             let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
-                            let matched: Vec<(RunKey, bool)> = rules
-                                .borrow()
-                                .get(&key)
-                                .map(|rs| {
-                                    rs.iter()
-                                        .filter(|(_, p)| p.ops.contains(&ev.operation))
-                                        .map(|(a, p)| ((*a, p.reads.clone()), p.coalesce))
-                                        .collect()
-                                })
-                                .unwrap_or_default();
+                            let (matched, forward): (Vec<(RunKey, bool)>, bool) = {
+                                let subs = rules.borrow();
+                                let matched = subs
+                                    .rules
+                                    .get(&key)
+                                    .map(|rs| {
+                                        rs.iter()
+                                            .filter(|(_, p)| p.ops.contains(&ev.operation))
+                                            .map(|(a, p)| ((*a, p.reads.clone()), p.coalesce))
+                                            .collect()
+                                    })
+                                    .unwrap_or_default();
+                                let forward = subs.patterns.iter().any(|p| glob_match(p, &key));
+                                (matched, forward)
+                            };
                             for (run, coalesce) in matched {
                                 p.on_match(run, coalesce);
+                            }
+                            if forward {
+                                // Counted by the loop.
+                                let _ = forward_tx.send(Incoming::Key { key, op: ev.operation });
+                            } else {
+                                metrics.ingested(Source::Keyspace, 1);
                             }
                         }
                         Ok(_) => {}
                         Err(RecvError::Lagged(n)) => {
                             debug!(dropped = n, "The prefetcher fell behind; the loop will resync.");
-                            let _ = tx.send(Incoming::Lagged(n)).await;
+                            let _ = forward_tx.send(Incoming::Lagged(n));
                         }
                         Err(RecvError::Closed) => return,
                     }
@@ -461,4 +597,31 @@ async fn run(
     }
     let _ = subscriber.quit().await;
     let _ = client.quit().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs_match_as_redis_does() {
+        assert!(glob_match("dramatiq:*.msgs", "dramatiq:default.msgs"));
+        assert!(glob_match("dramatiq:*.msgs", "dramatiq:default.DQ.msgs"));
+        assert!(!glob_match("dramatiq:*.msgs", "dramatiq:default"));
+        assert!(glob_match(
+            "dramatiq:__acks__.*",
+            "dramatiq:__acks__.w1.default"
+        ));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("a[bx]c", "axc"));
+        assert!(!glob_match("a[^bx]c", "abc"));
+        assert!(glob_match("a[a-c]d", "abd"));
+        assert!(glob_match("a\\*b", "a*b"));
+        assert!(!glob_match("a\\*b", "axb"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("unacked", "unacked"));
+        assert!(!glob_match("unacked", "unacked_index"));
+        assert!(glob_match("*a*b", "xxaybzb"));
+    }
 }
