@@ -261,8 +261,9 @@ pub enum PrefetchRead {
     /// `departed_to`, `HMGET departed_to` of the fields that left `key` since that snapshot
     /// (where they may have moved). The adapter gets those as [`ReadRequest::HMGet`] replies
     /// first (when not empty; the first snapshot reads every field), then every first-pipeline
-    /// reply in order, this one as [`ReadRequest::HKeys`] with the whole snapshot. A run whose
-    /// snapshot is older than one already handed over is dropped whole.
+    /// reply in order, this one as [`ReadRequest::HKeys`] with the whole snapshot. The hashes of
+    /// a rule are read together, and only when one was notified since the last run (or at a
+    /// reconciliation); runs of one hash never overlap.
     FollowHash {
         key: String,
         departed_to: Option<String>,

@@ -167,6 +167,11 @@ struct Snapshots {
     fields: HashMap<String, HashSet<String>>,
     /// Hashes a run is reading now: a second run of the same hash waits (marked dirty).
     busy: HashSet<String>,
+    /// Followed hashes notified since their last snapshot was taken; the others are not read
+    /// again (unless a reconciliation forces it): a run for an ack set reads no hash.
+    changed: HashSet<String>,
+    /// Set by a kick: the next run of each rule reads every hash it follows.
+    force: HashSet<RunKey>,
 }
 
 /// Starts the prefetcher thread. It stops when the loop drops its receiver of `tx`.
@@ -278,6 +283,9 @@ impl Prefetcher {
             .filter(|(_, s)| s.coalesce)
             .map(|(k, _)| k.clone())
             .collect();
+        if let Ok(mut snaps) = self.snapshots.lock() {
+            snaps.force.extend(coalesced.iter().cloned());
+        }
         for run in coalesced {
             if !self.due.contains(&run) {
                 self.due.push(run);
@@ -312,7 +320,7 @@ impl Prefetcher {
         }
         tokio::spawn(async move {
             let (adapter, reads) = &run;
-            let result = run_reads(&client, reads, &snapshots, &metrics).await;
+            let result = run_reads(&client, &run, &snapshots, &metrics).await;
             if let Ok(mut snaps) = snapshots.lock() {
                 for k in followed(reads) {
                     snaps.busy.remove(k);
@@ -366,10 +374,28 @@ fn followed(reads: &[PrefetchRead]) -> impl Iterator<Item = &String> {
 /// The replies in the order the adapter gets them (see [`PrefetchRead::FollowHash`]).
 async fn run_reads(
     client: &Client,
-    reads: &[PrefetchRead],
+    run: &RunKey,
     snapshots: &Mutex<Snapshots>,
     metrics: &Metrics,
 ) -> Result<Vec<(ReadRequest, Reply)>, String> {
+    // The hashes are read together or not at all: a snapshot of one may show a write whose
+    // notification is still on its way, and of which an earlier write to another hash is the
+    // key (Dramatiq's retry copy, written before the original's ack). Not at all when none was
+    // notified since its last snapshot (a run for an ack set alone).
+    let reads: Vec<&PrefetchRead> = match snapshots.lock() {
+        Ok(mut snaps) => {
+            let force = snaps.force.remove(run);
+            let mut any = force;
+            for key in followed(&run.1) {
+                any |= snaps.changed.remove(key) | !snaps.fields.contains_key(key);
+            }
+            run.1
+                .iter()
+                .filter(|r| any || matches!(r, PrefetchRead::Read(_)))
+                .collect()
+        }
+        Err(_) => run.1.iter().collect(),
+    };
     let first: Vec<ReadRequest> = reads
         .iter()
         .map(|r| match r {
@@ -384,7 +410,7 @@ async fn run_reads(
     let mut second = Vec::new();
     if let Ok(mut snaps) = snapshots.lock() {
         for (read, reply) in reads.iter().zip(&replies) {
-            let PrefetchRead::FollowHash { key, departed_to } = read else {
+            let PrefetchRead::FollowHash { key, departed_to } = *read else {
                 continue;
             };
             if matches!(reply, Reply::Error(_)) {
@@ -559,6 +585,13 @@ async fn run(
                                 let forward = subs.patterns.iter().any(|p| glob_match(p, &key));
                                 (matched, forward)
                             };
+                            if !matched.is_empty() {
+                                if let Ok(mut snaps) = p.snapshots.lock() {
+                                    if snaps.fields.contains_key(&key) {
+                                        snaps.changed.insert(key.clone());
+                                    }
+                                }
+                            }
                             for (run, coalesce) in matched {
                                 p.on_match(run, coalesce);
                             }
