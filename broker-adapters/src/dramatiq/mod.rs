@@ -731,7 +731,18 @@ impl DramatiqAdapter {
         }
         let departed: Vec<String> = match self.snapshot.get(&queue) {
             Some(previous) => previous.difference(&current).cloned().collect(),
-            None => Vec::new(),
+            // The first snapshot since the queue is followed (or since a gap): what was read
+            // before and is gone now left meanwhile.
+            None => self
+                .in_flight
+                .get(&queue)
+                .map(|ids| {
+                    ids.iter()
+                        .filter(|id| !current.contains(*id) && !self.leaving.contains_key(*id))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
         };
         self.snapshot.insert(queue.clone(), current);
         let mut gone = HashSet::new();
