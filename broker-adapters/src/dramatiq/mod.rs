@@ -558,7 +558,9 @@ impl DramatiqAdapter {
     fn probe_result(&mut self, queue: &str, actor: &str, message_id: &str) -> Option<ReadRequest> {
         if !self.results_seen {
             self.result_probes += 1;
-            if self.result_probes > RESULT_PROBES && self.result_probes % RESULT_SAMPLE_EVERY != 0 {
+            if self.result_probes > RESULT_PROBES
+                && !self.result_probes.is_multiple_of(RESULT_SAMPLE_EVERY)
+            {
                 return None;
             }
         }
