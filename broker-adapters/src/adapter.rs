@@ -94,6 +94,8 @@ pub enum ReadRequest {
         stop: i64,
     },
     HGetAll(String),
+    /// `HKEYS key`: the fields of a hash, without their values.
+    HKeys(String),
     HLen(String),
     HMGet {
         key: String,
@@ -151,6 +153,7 @@ impl ReadRequest {
             ReadRequest::Get(k)
             | ReadRequest::LLen(k)
             | ReadRequest::HGetAll(k)
+            | ReadRequest::HKeys(k)
             | ReadRequest::HLen(k)
             | ReadRequest::SMembers(k)
             | ReadRequest::ZCard(k)
@@ -231,17 +234,41 @@ pub struct Interest {
     pub prefetch: Vec<Prefetch>,
 }
 
-/// A read the ingest layer runs as soon as `op` happens on `key`, ahead of its batching loop
-/// (Celery's `unacked` entries live 2-9 ms). For a matching key and op the ingest layer does not
-/// call [`Adapter::on_key_event`]; it runs `read` (at most one in flight per rule, plus one
-/// trailing read when the key changed meanwhile) and hands the reply to [`Adapter::on_reply`].
+/// Reads the ingest layer runs as soon as one of `ops` happens on `key`, ahead of its batching
+/// loop (Celery's `unacked` entries live 2-9 ms; a Dramatiq message with a fast worker lives in
+/// its `.msgs` hash for a few ms). The notification still reaches [`Adapter::on_key_event`]
+/// when a key pattern of the adapter matches it. The replies go to [`Adapter::on_reply`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Prefetch {
     pub key: String,
     pub ops: Vec<String>,
-    pub read: ReadRequest,
+    /// Run as one pipeline; rules with equal `reads` (of one adapter) share their runs.
+    pub reads: Vec<PrefetchRead>,
+    /// `false`: every notification fires its own run, up to a few in flight (each snapshot of a
+    /// short-lived entry counts). `true`: at most one run in flight, and one trailing run when a
+    /// notification came meanwhile, so reads scale with round trips, not with writes; such rules
+    /// also run at every reconciliation.
+    pub coalesce: bool,
 }
 
+/// One read of a [`Prefetch`] rule.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum PrefetchRead {
+    /// A plain read; its reply is handed over as it is.
+    Read(ReadRequest),
+    /// Follows the fields of a hash: `HKEYS key` in the rule's pipeline, then a second pipeline
+    /// with `HMGET key` of the fields the previous snapshot of `key` lacked and, with
+    /// `departed_to`, `HMGET departed_to` of the fields that left `key` since that snapshot
+    /// (where they may have moved). The adapter gets those as [`ReadRequest::HMGet`] replies
+    /// first (when not empty; the first snapshot reads every field), then every first-pipeline
+    /// reply in order, this one as [`ReadRequest::HKeys`] with the whole snapshot. The hashes of
+    /// a rule are read together, and only when one was notified since the last run (or at a
+    /// reconciliation); runs of one hash never overlap.
+    FollowHash {
+        key: String,
+        departed_to: Option<String>,
+    },
+}
 /// A task the ingest layer still considers open (not success/failure), handed to adapters so
 /// they can check on it (e.g. read its result key).
 #[derive(Debug, Clone, PartialEq, Eq)]

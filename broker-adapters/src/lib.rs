@@ -23,5 +23,7 @@ pub mod rq;
 pub mod state;
 pub mod taskiq;
 
-pub use adapter::{Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, ReadRequest, Reply};
+pub use adapter::{
+    Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, PrefetchRead, ReadRequest, Reply,
+};
 pub use model::*;

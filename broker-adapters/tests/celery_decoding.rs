@@ -1574,10 +1574,8 @@ fn adapter_interest_covers_celeryev_and_result_channels() {
     assert!(interest.key_patterns.contains(&"unacked".to_string()));
     assert!(interest.key_patterns.contains(&"celery".to_string()));
     assert!(interest.key_patterns.contains(&format!("celery{SEP}*")));
-    assert!(interest
-        .prefetch
-        .iter()
-        .any(|p| p.key == "unacked" && p.read == hgetall_unacked()));
+    assert!(interest.prefetch.iter().any(|p| p.key == "unacked"
+        && p.reads == vec![broker_adapters::PrefetchRead::Read(hgetall_unacked())]));
 
     let other_db = CeleryAdapter::new(CeleryConfig {
         db: 5,

@@ -118,15 +118,17 @@ pub async fn run(
     let client = redis::builder(&cfg.redis_url, false)?.build()?;
     let subscriber = redis::builder(&cfg.redis_url, true)?.build_subscriber_client()?;
     let (tx, rx) = mpsc::channel::<Incoming>(200_000);
-    let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Rules::new()));
+    let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Subscriptions::default()));
+    let kick = prefetch::Kick::default();
     let prefetcher = prefetch::spawn(
         &cfg.redis_url,
         cfg.redis_db,
         tx.clone(),
         rules_rx,
+        kick.clone(),
         metrics.clone(),
     )?;
-    spawn_forwarders(&subscriber, &client, cfg.redis_db, tx);
+    spawn_forwarders(&subscriber, &client, tx);
 
     info!(url = %redact(&cfg.redis_url), "Connecting to Redis.");
     tokio::select! {
@@ -189,6 +191,7 @@ pub async fn run(
         writer_error: None,
         resync_requested: false,
         rules_tx,
+        kick,
         side,
         detect_rx,
         factory,
@@ -231,33 +234,8 @@ pub fn redact(url: &str) -> String {
 
 /// Moves fred's broadcast messages into our own bounded queue at once, so the broadcast
 /// receivers never lag behind the (slower) processing; a lag that still happens is reported.
-fn spawn_forwarders(
-    subscriber: &SubscriberClient,
-    client: &Client,
-    db: u32,
-    tx: mpsc::Sender<Incoming>,
-) {
+fn spawn_forwarders(subscriber: &SubscriberClient, client: &Client, tx: mpsc::Sender<Incoming>) {
     use tokio::sync::broadcast::error::RecvError;
-    let mut keys = subscriber.keyspace_event_rx();
-    let key_tx = tx.clone();
-    tokio::spawn(async move {
-        loop {
-            match keys.recv().await {
-                Ok(ev) if u32::from(ev.db) == db => {
-                    let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
-                    let op = ev.operation;
-                    if key_tx.send(Incoming::Key { key, op }).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(RecvError::Lagged(n)) => {
-                    let _ = key_tx.send(Incoming::Lagged(n)).await;
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    });
     let mut messages = subscriber.message_rx();
     let msg_tx = tx.clone();
     tokio::spawn(async move {
@@ -328,8 +306,10 @@ struct Pipeline {
     resync_requested: bool,
     /// Each adapter's side connection ([`Adapter::side_url`]), by adapter index.
     side: Vec<Option<Client>>,
-    /// The adapters' prefetch rules, for the keyspace forwarder.
-    rules_tx: watch::Sender<Arc<prefetch::Rules>>,
+    /// The adapters' keyspace patterns and prefetch rules, for the prefetcher's subscriber.
+    rules_tx: watch::Sender<Arc<prefetch::Subscriptions>>,
+    /// Runs the coalesced prefetch rules at every reconciliation.
+    kick: prefetch::Kick,
     /// Findings of auto-detection (`--brokers auto`), and how to start their adapters.
     detect_rx: Option<mpsc::Receiver<Finding>>,
     factory: Option<AdapterFactory>,
@@ -523,21 +503,23 @@ impl Pipeline {
                 .map(|(i, interest)| (i, interest.prefetch.clone())),
         );
         let mut wanted = BTreeSet::new();
+        let mut patterns = BTreeSet::new();
         for interest in interests {
             wanted.extend(interest.channel_patterns);
             if matches!(self.feed, Feed::Notifications { .. }) {
-                wanted.extend(
+                // Keyspace notifications all go to the prefetcher's subscriber, which forwards
+                // what its rules do not keep (a pattern equal to a rule's key stays its own).
+                patterns.extend(
                     interest
                         .key_patterns
-                        .iter()
-                        // The prefetcher subscribes to its keys itself.
-                        .filter(|p| !rules.keys().any(|k| prefetch::key_pattern(k) == **p))
-                        .map(|p| format!("__keyspace@{}__:{p}", self.cfg.redis_db)),
+                        .into_iter()
+                        .filter(|p| !rules.keys().any(|k| prefetch::key_pattern(k) == *p)),
                 );
             }
         }
-        if **self.rules_tx.borrow() != rules {
-            self.rules_tx.send_replace(Arc::new(rules));
+        let subscriptions = prefetch::Subscriptions { patterns, rules };
+        if **self.rules_tx.borrow() != subscriptions {
+            self.rules_tx.send_replace(Arc::new(subscriptions));
         }
         let new: Vec<String> = wanted.difference(&self.subscribed).cloned().collect();
         if new.is_empty() {
@@ -804,6 +786,9 @@ impl Pipeline {
         let mut output = Output::default();
         self.run_pending(now, &mut output).await;
         self.deliver(output).await;
+        // What coalesced prefetch rules follow is re-read too (a lost notification costs
+        // latency, never a task).
+        self.kick.notify_one();
     }
 
     /// Samples queue sizes: every adapter's sample reads go out as one pipeline (one round trip

@@ -2,29 +2,52 @@
 //! own.
 //!
 //! Some keys hold their content for milliseconds only (Celery's `unacked` entries: 1-9 ms
-//! between a worker taking a message and acknowledging it). Waiting for the batching loop loses
-//! them, and so does a cold wake-up through several tasks on a shared runtime: measured, an
-//! idle taskscope's first read after a quiet spell came 1.7 ms after the write. So the
-//! prefetcher owns a single-threaded runtime on its own OS thread, with its own subscriber
-//! (only to the prefetch keys) and its own read connection: notification in, read out, with no
-//! hand-off between threads. Each notification fires its read at once, up to
-//! [`MAX_IN_FLIGHT`] per rule; past that, one trailing read follows when one completes. Replies go to the loop as
-//! [`Incoming::Prefetched`], stamped with the time they arrived.
+//! between a worker taking a message and acknowledging it; a Dramatiq message in its `.msgs`
+//! hash with a fast worker). Waiting for the batching loop loses them, and so does a cold
+//! wake-up through several tasks on a shared runtime: measured, an idle taskscope's first read
+//! after a quiet spell came 1.7 ms after the write. So the prefetcher owns a single-threaded
+//! runtime on its own OS thread, with its own subscriber (only to the prefetch keys) and its own
+//! read connection: notification in, read out, with no hand-off between threads.
+//!
+//! Two kinds of rules ([`Prefetch::coalesce`]): plain ones fire one run per notification, up to
+//! [`MAX_IN_FLIGHT`] at once, then one trailing run when one completes. Coalesced ones run at
+//! most once at a time: the notifications that arrive meanwhile (and the rest of the burst they
+//! came in, gathered before firing) only mark the rule dirty, and one trailing run follows, so
+//! their reads grow with round trips, not with writes. Coalesced rules also run when the loop
+//! reconciles ([`Kick`]). [`PrefetchRead::FollowHash`] keeps the previous `HKEYS` snapshot of
+//! its hash here, reads only the fields that are new since then (and looks up the departed ones
+//! where they may have gone), and runs of one hash never overlap, so the adapter sees its
+//! snapshots in order. Replies go to the loop as [`Incoming::Prefetched`], stamped with the time
+//! they arrived.
 
 use super::{redis, Incoming};
 use crate::metrics::{Metrics, Source};
 use broker_adapters::adapter::glob_escape;
-use broker_adapters::{Prefetch, ReadRequest};
+use broker_adapters::{Prefetch, PrefetchRead, ReadRequest, Reply};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
-use tokio::sync::broadcast::error::RecvError;
-use tokio::sync::{mpsc, watch};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, warn};
 
 /// Prefetch rules by key: (adapter index, rule).
 pub type Rules = HashMap<String, Vec<(usize, Prefetch)>>;
+
+/// What the prefetcher subscribes to: every adapter's keyspace key patterns (forwarded to the
+/// loop as [`Incoming::Key`]) and the keys of the rules (run here). One subscriber for both, so
+/// Redis delivers each notification once: measured, each subscriber a notification goes to
+/// costs Redis about as much again as turning notifications on.
+#[derive(Debug, Default, PartialEq)]
+pub struct Subscriptions {
+    /// Key glob patterns (without `__keyspace@<db>__:`), empty while polling.
+    pub patterns: BTreeSet<String>,
+    pub rules: Rules,
+}
+
+/// Wakes the coalesced rules (the loop's reconciliation): a lost notification costs latency.
+pub type Kick = Arc<Notify>;
 
 /// Builds the rule table from each adapter's declared prefetches.
 pub fn rules(per_adapter: impl IntoIterator<Item = (usize, Vec<Prefetch>)>) -> Rules {
@@ -37,21 +60,117 @@ pub fn rules(per_adapter: impl IntoIterator<Item = (usize, Vec<Prefetch>)>) -> R
     rules
 }
 
-/// The keyspace pattern the prefetcher subscribes to for a prefetch key; the main subscriber
-/// leaves these to it.
+/// The keyspace pattern the prefetcher subscribes to for a prefetch key no key pattern covers.
 pub fn key_pattern(key: &str) -> String {
     glob_escape(key)
 }
 
-/// Reads of one rule in flight at once. One would coalesce a burst into a few snapshots taken
-/// between entries that each live a millisecond (measured: 7 of 15 names caught in bursts of 5);
-/// each notification gets its own read up to this bound, and past it one trailing read follows.
+/// Whether `text` matches the Redis glob `pattern` (`*`, `?`, `[abc]`, `[^a-z]`, `\x`), as
+/// `PSUBSCRIBE` matches channels.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    fn matches(p: &[u8], t: &[u8]) -> bool {
+        let (mut pi, mut ti) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while ti < t.len() {
+            if pi < p.len() {
+                match p[pi] {
+                    b'*' => {
+                        star = Some((pi, ti));
+                        pi += 1;
+                        continue;
+                    }
+                    b'?' => {
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                    b'[' => {
+                        if let Some((matched, next)) = class(p, pi, t[ti]) {
+                            if matched {
+                                pi = next;
+                                ti += 1;
+                                continue;
+                            }
+                        }
+                    }
+                    b'\\' if pi + 1 < p.len() && p[pi + 1] == t[ti] => {
+                        pi += 2;
+                        ti += 1;
+                        continue;
+                    }
+                    b'\\' if pi + 1 < p.len() => {}
+                    c if c == t[ti] => {
+                        pi += 1;
+                        ti += 1;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            match star {
+                Some((sp, st)) => {
+                    pi = sp + 1;
+                    ti = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            }
+        }
+        p[pi..].iter().all(|c| *c == b'*')
+    }
+    /// A `[...]` class at `p[start]`: whether `c` is in it, and where the pattern goes on.
+    fn class(p: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
+        let mut i = start + 1;
+        let negate = p.get(i) == Some(&b'^');
+        if negate {
+            i += 1;
+        }
+        let mut found = false;
+        while i < p.len() && p[i] != b']' {
+            if p[i] == b'\\' && i + 1 < p.len() {
+                found |= p[i + 1] == c;
+                i += 2;
+            } else if i + 2 < p.len() && p[i + 1] == b'-' && p[i + 2] != b']' {
+                let (lo, hi) = (p[i].min(p[i + 2]), p[i].max(p[i + 2]));
+                found |= (lo..=hi).contains(&c);
+                i += 3;
+            } else {
+                found |= p[i] == c;
+                i += 1;
+            }
+        }
+        (i < p.len()).then_some((found != negate, i + 1))
+    }
+    matches(pattern.as_bytes(), text.as_bytes())
+}
+
+/// Runs of one plain rule in flight at once. One would coalesce a burst into a few snapshots
+/// taken between entries that each live a millisecond (measured: 7 of 15 names caught in bursts
+/// of 5); each notification gets its own run up to this bound, and past it one trailing run
+/// follows.
 const MAX_IN_FLIGHT: usize = 8;
 
+/// What a run reads: the adapter and the rule's reads. Rules with the same reads share runs.
+type RunKey = (usize, Vec<PrefetchRead>);
+
 #[derive(Default)]
-struct RuleState {
+struct RunState {
     in_flight: usize,
     dirty: bool,
+    coalesce: bool,
+}
+
+/// The previous snapshot of every followed hash, and the order of snapshots.
+#[derive(Default)]
+struct Snapshots {
+    fields: HashMap<String, HashSet<String>>,
+    /// Hashes a run is reading now: a second run of the same hash waits (marked dirty).
+    busy: HashSet<String>,
+    /// Followed hashes notified since their last snapshot was taken; the others are not read
+    /// again (unless a reconciliation forces it): a run for an ack set reads no hash.
+    changed: HashSet<String>,
+    /// Set by a kick: the next run of each rule reads every hash it follows.
+    force: HashSet<RunKey>,
 }
 
 /// Starts the prefetcher thread. It stops when the loop drops its receiver of `tx`.
@@ -59,7 +178,8 @@ pub fn spawn(
     redis_url: &str,
     db: u32,
     tx: mpsc::Sender<Incoming>,
-    rules: watch::Receiver<Arc<Rules>>,
+    rules: watch::Receiver<Arc<Subscriptions>>,
+    kick: Kick,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let subscriber = redis::builder(redis_url, true)?.build_subscriber_client()?;
@@ -77,9 +197,269 @@ pub fn spawn(
                     return;
                 }
             };
-            runtime.block_on(run(subscriber, client, db, tx, rules, metrics));
+            runtime.block_on(run(subscriber, client, db, tx, rules, kick, metrics));
         })?;
     Ok(thread)
+}
+
+/// The run loop's state: which runs are in flight or due.
+struct Prefetcher {
+    client: Client,
+    tx: mpsc::Sender<Incoming>,
+    done_tx: mpsc::UnboundedSender<RunKey>,
+    metrics: Arc<Metrics>,
+    states: HashMap<RunKey, RunState>,
+    snapshots: Arc<Mutex<Snapshots>>,
+    /// Coalesced runs asked for by the current burst of notifications, fired once it is read.
+    due: Vec<RunKey>,
+}
+
+impl Prefetcher {
+    /// A notification matched `key`'s rule: fire (plain) or mark due (coalesced).
+    fn on_match(&mut self, run: RunKey, coalesce: bool) {
+        let state = self.states.entry(run.clone()).or_default();
+        state.coalesce = coalesce;
+        if coalesce {
+            if !self.due.contains(&run) {
+                self.due.push(run);
+            }
+        } else if state.in_flight >= MAX_IN_FLIGHT {
+            state.dirty = true;
+        } else {
+            state.in_flight += 1;
+            self.fire(run);
+        }
+    }
+
+    /// Fires the due coalesced runs that are not running (the others run once more after).
+    fn fire_due(&mut self) {
+        for run in std::mem::take(&mut self.due) {
+            let busy = {
+                let snaps = self
+                    .snapshots
+                    .lock()
+                    .map(|s| s.busy.clone())
+                    .unwrap_or_default();
+                followed(&run.1).any(|k| snaps.contains(k))
+            };
+            let state = self.states.entry(run.clone()).or_default();
+            if state.in_flight > 0 || busy {
+                state.dirty = true;
+            } else {
+                state.in_flight = 1;
+                self.fire(run);
+            }
+        }
+    }
+
+    /// A run completed: its trailing run, and coalesced runs that waited for its hashes.
+    fn on_done(&mut self, run: RunKey) {
+        let state = self.states.entry(run.clone()).or_default();
+        if state.coalesce {
+            state.in_flight = 0;
+            let waiting: Vec<RunKey> = self
+                .states
+                .iter_mut()
+                .filter(|(_, s)| s.coalesce && s.dirty && s.in_flight == 0)
+                .map(|(k, s)| {
+                    s.dirty = false;
+                    k.clone()
+                })
+                .collect();
+            self.due.extend(waiting);
+            self.fire_due();
+        } else if std::mem::take(&mut state.dirty) {
+            self.fire(run);
+        } else {
+            state.in_flight = state.in_flight.saturating_sub(1);
+        }
+    }
+
+    fn kick(&mut self) {
+        let coalesced: Vec<RunKey> = self
+            .states
+            .iter()
+            .filter(|(_, s)| s.coalesce)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if let Ok(mut snaps) = self.snapshots.lock() {
+            snaps.force.extend(coalesced.iter().cloned());
+        }
+        for run in coalesced {
+            if !self.due.contains(&run) {
+                self.due.push(run);
+            }
+        }
+        self.fire_due();
+    }
+
+    /// Forgets runs and snapshots no rule asks for any more.
+    fn retain(&mut self, rules: &Rules) {
+        let live: HashSet<RunKey> = rules
+            .values()
+            .flatten()
+            .map(|(a, p)| (*a, p.reads.clone()))
+            .collect();
+        self.states
+            .retain(|k, s| live.contains(k) || s.in_flight > 0);
+        let hashes: HashSet<&String> = live.iter().flat_map(|(_, reads)| followed(reads)).collect();
+        if let Ok(mut snaps) = self.snapshots.lock() {
+            snaps.fields.retain(|k, _| hashes.contains(k));
+        }
+    }
+
+    fn fire(&self, run: RunKey) {
+        let client = self.client.clone();
+        let tx = self.tx.clone();
+        let done_tx = self.done_tx.clone();
+        let snapshots = self.snapshots.clone();
+        let metrics = self.metrics.clone();
+        if let Ok(mut snaps) = self.snapshots.lock() {
+            snaps.busy.extend(followed(&run.1).cloned());
+        }
+        tokio::spawn(async move {
+            let (adapter, reads) = &run;
+            let result = run_reads(&client, &run, &snapshots, &metrics).await;
+            if let Ok(mut snaps) = snapshots.lock() {
+                for k in followed(reads) {
+                    snaps.busy.remove(k);
+                }
+            }
+            let at = chrono::Utc::now();
+            match result {
+                Ok(replies) => {
+                    for (request, reply) in replies {
+                        let _ = tx
+                            .send(Incoming::Prefetched {
+                                adapter: *adapter,
+                                request,
+                                reply: Ok(reply),
+                                at,
+                            })
+                            .await;
+                    }
+                }
+                Err(e) => {
+                    if let Some(first) = reads.first() {
+                        let request = match first {
+                            PrefetchRead::Read(r) => r.clone(),
+                            PrefetchRead::FollowHash { key, .. } => ReadRequest::HKeys(key.clone()),
+                        };
+                        let _ = tx
+                            .send(Incoming::Prefetched {
+                                adapter: *adapter,
+                                request,
+                                reply: Err(e),
+                                at,
+                            })
+                            .await;
+                    }
+                }
+            }
+            let _ = done_tx.send(run);
+        });
+    }
+}
+
+/// The hashes a rule's reads follow.
+fn followed(reads: &[PrefetchRead]) -> impl Iterator<Item = &String> {
+    reads.iter().filter_map(|r| match r {
+        PrefetchRead::FollowHash { key, .. } => Some(key),
+        PrefetchRead::Read(_) => None,
+    })
+}
+
+/// One run of a rule: its pipeline, then the new and departed fields of the hashes it follows.
+/// The replies in the order the adapter gets them (see [`PrefetchRead::FollowHash`]).
+async fn run_reads(
+    client: &Client,
+    run: &RunKey,
+    snapshots: &Mutex<Snapshots>,
+    metrics: &Metrics,
+) -> Result<Vec<(ReadRequest, Reply)>, String> {
+    // The hashes are read together or not at all: a snapshot of one may show a write whose
+    // notification is still on its way, and of which an earlier write to another hash is the
+    // key (Dramatiq's retry copy, written before the original's ack). Not at all when none was
+    // notified since its last snapshot (a run for an ack set alone).
+    let reads: Vec<&PrefetchRead> = match snapshots.lock() {
+        Ok(mut snaps) => {
+            let force = snaps.force.remove(run);
+            let mut any = force;
+            for key in followed(&run.1) {
+                any |= snaps.changed.remove(key) | !snaps.fields.contains_key(key);
+            }
+            run.1
+                .iter()
+                .filter(|r| any || matches!(r, PrefetchRead::Read(_)))
+                .collect()
+        }
+        Err(_) => run.1.iter().collect(),
+    };
+    let first: Vec<ReadRequest> = reads
+        .iter()
+        .map(|r| match r {
+            PrefetchRead::Read(r) => r.clone(),
+            PrefetchRead::FollowHash { key, .. } => ReadRequest::HKeys(key.clone()),
+        })
+        .collect();
+    metrics.count_redis_commands(first.len() as u64);
+    let replies = redis::run_reads(client, &first)
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut second = Vec::new();
+    if let Ok(mut snaps) = snapshots.lock() {
+        for (read, reply) in reads.iter().zip(&replies) {
+            let PrefetchRead::FollowHash { key, departed_to } = *read else {
+                continue;
+            };
+            if matches!(reply, Reply::Error(_)) {
+                continue;
+            }
+            let current: HashSet<String> = reply
+                .clone()
+                .into_items()
+                .iter()
+                .filter_map(|r| {
+                    r.as_bytes()
+                        .map(|b| String::from_utf8_lossy(b).into_owned())
+                })
+                .collect();
+            let previous = snaps.fields.remove(key);
+            let mut new: Vec<String> = match &previous {
+                Some(prev) => current.difference(prev).cloned().collect(),
+                None => current.iter().cloned().collect(),
+            };
+            let mut departed: Vec<String> = previous
+                .as_ref()
+                .map(|prev| prev.difference(&current).cloned().collect())
+                .unwrap_or_default();
+            snaps.fields.insert(key.clone(), current);
+            if !new.is_empty() {
+                new.sort_unstable();
+                second.push(ReadRequest::HMGet {
+                    key: key.clone(),
+                    fields: new,
+                });
+            }
+            if let Some(to) = departed_to.as_ref().filter(|_| !departed.is_empty()) {
+                departed.sort_unstable();
+                second.push(ReadRequest::HMGet {
+                    key: to.clone(),
+                    fields: departed,
+                });
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(second.len() + first.len());
+    if !second.is_empty() {
+        metrics.count_redis_commands(second.len() as u64);
+        let more = redis::run_reads(client, &second)
+            .await
+            .map_err(|e| e.to_string())?;
+        out.extend(second.into_iter().zip(more));
+    }
+    out.extend(first.into_iter().zip(replies));
+    Ok(out)
 }
 
 async fn run(
@@ -87,7 +467,8 @@ async fn run(
     client: Client,
     db: u32,
     tx: mpsc::Sender<Incoming>,
-    mut rules: watch::Receiver<Arc<Rules>>,
+    mut rules: watch::Receiver<Arc<Subscriptions>>,
+    kick: Kick,
     metrics: Arc<Metrics>,
 ) {
     let mut keys = subscriber.keyspace_event_rx();
@@ -104,39 +485,61 @@ async fn run(
         _ = tx.closed() => return,
     }
     let _resubscribe = subscriber.manage_subscriptions();
+    // Events for the loop go through a task of their own: a busy loop never delays a prefetch.
+    let (forward_tx, mut forward_rx) = mpsc::unbounded_channel::<Incoming>();
+    let loop_tx = tx.clone();
+    tokio::spawn(async move {
+        while let Some(item) = forward_rx.recv().await {
+            if loop_tx.send(item).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut reconnects = subscriber.reconnect_rx();
+    let reconnect_tx = forward_tx.clone();
+    tokio::spawn(async move {
+        // The first event is the initial connection.
+        let mut initial = true;
+        loop {
+            match reconnects.recv().await {
+                Ok(_) if initial => initial = false,
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    if reconnect_tx.send(Incoming::Reconnected).is_err() {
+                        return;
+                    }
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
     let mut subscribed = BTreeSet::new();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(usize, ReadRequest)>();
-    let mut states: HashMap<(usize, ReadRequest), RuleState> = HashMap::new();
-    let fire = |adapter: usize, read: ReadRequest| {
-        let client = client.clone();
-        let tx = tx.clone();
-        let done_tx = done_tx.clone();
-        metrics.count_redis_commands(1);
-        tokio::spawn(async move {
-            let reply = redis::run_reads(&client, std::slice::from_ref(&read))
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|mut r| r.pop().ok_or_else(|| "no reply".to_string()));
-            let at = chrono::Utc::now();
-            let request = read.clone();
-            let _ = tx
-                .send(Incoming::Prefetched {
-                    adapter,
-                    request,
-                    reply,
-                    at,
-                })
-                .await;
-            let _ = done_tx.send((adapter, read));
-        });
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RunKey>();
+    let mut p = Prefetcher {
+        client: client.clone(),
+        tx: tx.clone(),
+        done_tx,
+        metrics: metrics.clone(),
+        states: HashMap::new(),
+        snapshots: Arc::new(Mutex::new(Snapshots::default())),
+        due: Vec::new(),
     };
     let mut rules_changed = true;
     loop {
         if std::mem::take(&mut rules_changed) {
-            let wanted: BTreeSet<String> = rules
-                .borrow()
-                .keys()
-                .map(|k| format!("__keyspace@{db}__:{}", key_pattern(k)))
+            let current = rules.borrow().clone();
+            p.retain(&current.rules);
+            let wanted: BTreeSet<String> = current
+                .patterns
+                .iter()
+                .cloned()
+                .chain(
+                    current
+                        .rules
+                        .keys()
+                        .filter(|k| !current.patterns.iter().any(|p| glob_match(p, k)))
+                        .map(|k| key_pattern(k)),
+                )
+                .map(|p| format!("__keyspace@{db}__:{p}"))
                 .collect();
             let new: Vec<String> = wanted.difference(&subscribed).cloned().collect();
             if !new.is_empty() {
@@ -156,47 +559,101 @@ async fn run(
                 }
                 rules_changed = true;
             }
-            ev = keys.recv() => match ev {
-                Ok(ev) if u32::from(ev.db) == db => {
-                    let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
-                    let matched: Vec<(usize, ReadRequest)> = rules
-                        .borrow()
-                        .get(&key)
-                        .map(|rs| {
-                            rs.iter()
-                                .filter(|(_, p)| p.ops.contains(&ev.operation))
-                                .map(|(a, p)| (*a, p.read.clone()))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    metrics.ingested(Source::Keyspace, 1);
-                    for (adapter, read) in matched {
-                        let state = states.entry((adapter, read.clone())).or_default();
-                        if state.in_flight >= MAX_IN_FLIGHT {
-                            state.dirty = true;
-                        } else {
-                            state.in_flight += 1;
-                            fire(adapter, read);
+            _ = kick.notified() => p.kick(),
+            ev = keys.recv() => {
+                let mut ev = ev;
+                let mut yielded = false;
+                // Read the whole burst (a script's or a pipeline's notifications) before firing
+                // the coalesced runs it asks for.
+                'burst: loop {
+                    match ev {
+                        Ok(ev) if u32::from(ev.db) == db => {
+                            let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
+                            let (matched, forward): (Vec<(RunKey, bool)>, bool) = {
+                                let subs = rules.borrow();
+                                let matched = subs
+                                    .rules
+                                    .get(&key)
+                                    .map(|rs| {
+                                        rs.iter()
+                                            .filter(|(_, p)| p.ops.contains(&ev.operation))
+                                            .map(|(a, p)| ((*a, p.reads.clone()), p.coalesce))
+                                            .collect()
+                                    })
+                                    .unwrap_or_default();
+                                let forward = subs.patterns.iter().any(|p| glob_match(p, &key));
+                                (matched, forward)
+                            };
+                            if !matched.is_empty() {
+                                if let Ok(mut snaps) = p.snapshots.lock() {
+                                    if snaps.fields.contains_key(&key) {
+                                        snaps.changed.insert(key.clone());
+                                    }
+                                }
+                            }
+                            for (run, coalesce) in matched {
+                                p.on_match(run, coalesce);
+                            }
+                            if forward {
+                                // Counted by the loop.
+                                let _ = forward_tx.send(Incoming::Key { key, op: ev.operation });
+                            } else {
+                                metrics.ingested(Source::Keyspace, 1);
+                            }
                         }
+                        Ok(_) => {}
+                        Err(RecvError::Lagged(n)) => {
+                            debug!(dropped = n, "The prefetcher fell behind; the loop will resync.");
+                            let _ = forward_tx.send(Incoming::Lagged(n));
+                        }
+                        Err(RecvError::Closed) => return,
                     }
+                    ev = loop {
+                        match keys.try_recv() {
+                            Ok(next) => break Ok(next),
+                            Err(TryRecvError::Lagged(n)) => break Err(RecvError::Lagged(n)),
+                            Err(TryRecvError::Closed) => return,
+                            Err(TryRecvError::Empty) if !yielded && !p.due.is_empty() => {
+                                // Let the connection task hand over the rest of the burst.
+                                yielded = true;
+                                tokio::task::yield_now().await;
+                            }
+                            Err(TryRecvError::Empty) => break 'burst,
+                        }
+                    };
                 }
-                Ok(_) => {}
-                Err(RecvError::Lagged(n)) => {
-                    debug!(dropped = n, "The prefetcher fell behind; the loop will resync.");
-                    let _ = tx.send(Incoming::Lagged(n)).await;
-                }
-                Err(RecvError::Closed) => break,
-            },
-            Some((adapter, read)) = done_rx.recv() => {
-                let state = states.entry((adapter, read.clone())).or_default();
-                if std::mem::take(&mut state.dirty) {
-                    fire(adapter, read);
-                } else {
-                    state.in_flight = state.in_flight.saturating_sub(1);
-                }
+                p.fire_due();
             }
+            Some(run) = done_rx.recv() => p.on_done(run),
         }
     }
     let _ = subscriber.quit().await;
     let _ = client.quit().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs_match_as_redis_does() {
+        assert!(glob_match("dramatiq:*.msgs", "dramatiq:default.msgs"));
+        assert!(glob_match("dramatiq:*.msgs", "dramatiq:default.DQ.msgs"));
+        assert!(!glob_match("dramatiq:*.msgs", "dramatiq:default"));
+        assert!(glob_match(
+            "dramatiq:__acks__.*",
+            "dramatiq:__acks__.w1.default"
+        ));
+        assert!(glob_match("a?c", "abc"));
+        assert!(!glob_match("a?c", "ac"));
+        assert!(glob_match("a[bx]c", "axc"));
+        assert!(!glob_match("a[^bx]c", "abc"));
+        assert!(glob_match("a[a-c]d", "abd"));
+        assert!(glob_match("a\\*b", "a*b"));
+        assert!(!glob_match("a\\*b", "axb"));
+        assert!(glob_match("*", ""));
+        assert!(glob_match("unacked", "unacked"));
+        assert!(!glob_match("unacked", "unacked_index"));
+        assert!(glob_match("*a*b", "xxaybzb"));
+    }
 }

@@ -62,6 +62,7 @@ fn command(req: &ReadRequest) -> (CustomCommand, Vec<Value>) {
                 .collect(),
         ),
         ReadRequest::HLen(k) => (cmd("HLEN"), vec![s(k)]),
+        ReadRequest::HKeys(k) => (cmd("HKEYS"), vec![s(k)]),
         ReadRequest::SMembers(k) => (cmd("SMEMBERS"), vec![s(k)]),
         ReadRequest::ZCard(k) => (cmd("ZCARD"), vec![s(k)]),
         ReadRequest::PTtl(k) => (cmd("PTTL"), vec![s(k)]),

@@ -564,7 +564,10 @@ impl Adapter for CeleryAdapter {
             prefetch: vec![crate::adapter::Prefetch {
                 key: UNACKED.to_string(),
                 ops: vec!["hset".to_string(), "hdel".to_string()],
-                read: ReadRequest::HGetAll(UNACKED.to_string()),
+                reads: vec![crate::adapter::PrefetchRead::Read(ReadRequest::HGetAll(
+                    UNACKED.to_string(),
+                ))],
+                coalesce: false,
             }],
         }
     }

@@ -19,7 +19,8 @@
 pub mod message;
 
 use crate::adapter::{
-    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
+    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, PrefetchRead,
+    ReadRequest, Reply,
 };
 use crate::model::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
@@ -41,6 +42,14 @@ const KNOWN_CAPACITY: usize = 200_000;
 const CHECK_ON_ACK: usize = 64;
 /// Unsettled messages remembered per queue (older ones are settled by reconciliation only).
 const IN_FLIGHT_CAPACITY: usize = 10_000;
+/// A queue is followed by the prefetcher (see [`DramatiqAdapter::interest`]) while it holds at
+/// most this many messages (waiting plus fetched, at the last sample); past it, its messages
+/// live long enough for the batching loop, and `HKEYS` of its hash would cost too much.
+const FOLLOW_MAX: u64 = 2_000;
+/// Settled tasks whose result key is read before any was found (then one in
+/// [`RESULT_SAMPLE_EVERY`]): without the Results middleware every such read is wasted.
+const RESULT_PROBES: u64 = 20;
+const RESULT_SAMPLE_EVERY: u64 = 256;
 
 #[derive(Debug, Clone)]
 pub struct DramatiqConfig {
@@ -104,6 +113,22 @@ pub struct DramatiqAdapter {
     /// message is gone from Redis (acknowledged while taskscope was not looking).
     needs_settlement: bool,
     settlement: Option<Settlement>,
+    /// Queues not followed by the prefetcher (found by a scan and not sampled yet, or long).
+    unfollowed: HashSet<String>,
+    /// Per followed queue, the fields of `<q>.msgs` at the prefetcher's last snapshot.
+    snapshot: HashMap<String, HashSet<String>>,
+    /// Ids that left `.msgs` and were looked up in `.XQ.msgs` by the prefetcher (not there, or
+    /// reported dead): the departure can be settled.
+    xq_checked: HashSet<String>,
+    /// Ids that left an ack set of a followed queue, with the worker: requeued if the next
+    /// snapshot of `.msgs` still has them.
+    acks_left: HashMap<String, String>,
+    /// The worker whose ack set holds each main-queue id.
+    running_on: HashMap<String, String>,
+    /// Whether a Results-middleware record was ever found, and how many settled tasks had
+    /// their result key read without one.
+    results_seen: bool,
+    result_probes: u64,
 }
 
 /// Open tasks being checked against every message Redis still holds for their queues.
@@ -135,6 +160,13 @@ impl DramatiqAdapter {
             result_retries: HashMap::new(),
             needs_settlement: true,
             settlement: None,
+            unfollowed: HashSet::new(),
+            snapshot: HashMap::new(),
+            xq_checked: HashSet::new(),
+            acks_left: HashMap::new(),
+            running_on: HashMap::new(),
+            results_seen: false,
+            result_probes: 0,
         }
     }
 
@@ -389,8 +421,14 @@ impl DramatiqAdapter {
         let dead = hash.ends_with(".XQ");
         let delayed = hash.ends_with(".DQ");
         let values = reply.into_items();
+        if dead && self.xq_checked.len() > KNOWN_CAPACITY {
+            self.xq_checked.clear();
+        }
         for (id, value) in fields.iter().zip(values) {
             let bytes = value.as_bytes();
+            if dead {
+                self.xq_checked.insert(id.clone());
+            }
             if let Some(leaving) = self.leaving.get_mut(id) {
                 if dead {
                     // The second of the two reads for a leaving id: settle it.
@@ -407,8 +445,11 @@ impl DramatiqAdapter {
                             let succeeded = matches!(&obs, Observation::Task(o) if o.event == TaskEvent::Succeeded);
                             out.observations.push(obs);
                             if succeeded {
-                                out.follow_up
-                                    .push(self.result_read(&queue, &actor, &message_id));
+                                out.follow_up.extend(self.probe_result(
+                                    &queue,
+                                    &actor,
+                                    &message_id,
+                                ));
                             }
                         }
                     }
@@ -456,8 +497,8 @@ impl DramatiqAdapter {
                         now,
                         "dead letters",
                     ));
-                    let read = self.result_read(&msg.queue, &msg.actor, &msg.message_id);
-                    out.follow_up.push(read);
+                    let read = self.probe_result(&msg.queue, &msg.actor, &msg.message_id);
+                    out.follow_up.extend(read);
                 }
             } else if let Some(worker) = self.pending_running.remove(id).filter(|_| !delayed) {
                 let mut obs = self.observation(&msg, TaskEvent::Running, now, "ack set");
@@ -512,6 +553,20 @@ impl DramatiqAdapter {
         Some(Observation::Task(obs))
     }
 
+    /// [`Self::result_read`] once the Results middleware was seen; before, only for the first
+    /// [`RESULT_PROBES`] settled tasks and then one in [`RESULT_SAMPLE_EVERY`].
+    fn probe_result(&mut self, queue: &str, actor: &str, message_id: &str) -> Option<ReadRequest> {
+        if !self.results_seen {
+            self.result_probes += 1;
+            if self.result_probes > RESULT_PROBES
+                && !self.result_probes.is_multiple_of(RESULT_SAMPLE_EVERY)
+            {
+                return None;
+            }
+        }
+        Some(self.result_read(queue, actor, message_id))
+    }
+
     /// A read of the Results middleware's record of a task (nothing when it is not used).
     fn result_read(&mut self, queue: &str, actor: &str, message_id: &str) -> ReadRequest {
         let key = message::result_key(queue, actor, message_id);
@@ -552,6 +607,12 @@ impl DramatiqAdapter {
             .unwrap_or_default();
         let mut to_read = Vec::new();
         for id in members.difference(&before) {
+            if !delayed {
+                if self.running_on.len() > KNOWN_CAPACITY {
+                    self.running_on.clear();
+                }
+                self.running_on.insert(id.clone(), worker.clone());
+            }
             match self.known.get(id) {
                 Some(k) if !delayed => {
                     let mut obs = self.known_observation(k, TaskEvent::Running, now, "ack set");
@@ -573,7 +634,19 @@ impl DramatiqAdapter {
                 fields: to_read,
             });
         }
-        if !delayed {
+        if !delayed && self.followed(&base) {
+            // Acknowledged, dead-lettered and retried ids leave `.msgs` too, where the
+            // prefetcher's snapshots see them go; one still there at the next snapshot was
+            // requeued.
+            for id in before.difference(&members) {
+                if self.known.contains_key(id) {
+                    if self.acks_left.len() > KNOWN_CAPACITY {
+                        self.acks_left.clear();
+                    }
+                    self.acks_left.insert(id.clone(), worker.clone());
+                }
+            }
+        } else if !delayed {
             let departed: Vec<String> = before
                 .difference(&members)
                 .filter(|id| self.known.contains_key(*id))
@@ -611,6 +684,177 @@ impl DramatiqAdapter {
         out
     }
 
+    /// Whether the prefetcher follows `queue` (a base queue name).
+    fn followed(&self, queue: &str) -> bool {
+        !self.unfollowed.contains(queue)
+    }
+
+    /// The prefetcher's `HKEYS` of a followed `<q>.msgs` (after the `HMGET`s of its new fields
+    /// and of the departed ones in `.XQ.msgs`): ids gone since the previous snapshot were
+    /// acknowledged (success, or a retry whose copy is already known), or dead-lettered
+    /// (reported from `.XQ.msgs`); ids that left an ack set and are still here were requeued.
+    fn on_snapshot(&mut self, key: &str, reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let Some(queue) = key
+            .strip_prefix(&format!("{}:", self.ns))
+            .and_then(|rest| rest.strip_suffix(".msgs"))
+            .filter(|q| !q.ends_with(".DQ") && !q.ends_with(".XQ"))
+            .map(str::to_string)
+        else {
+            return out; // `.DQ.msgs`: its new messages came in the HMGET before
+        };
+        if !self.followed(&queue) {
+            return out;
+        }
+        let current: HashSet<String> = reply
+            .into_items()
+            .iter()
+            .filter_map(|r| {
+                r.as_bytes()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .collect();
+        let left: Vec<(String, String)> = self
+            .acks_left
+            .iter()
+            .filter(|(id, _)| self.known.get(*id).is_some_and(|k| k.queue == queue))
+            .map(|(id, w)| (id.clone(), w.clone()))
+            .collect();
+        for (id, worker) in left {
+            self.acks_left.remove(&id);
+            if current.contains(&id) {
+                if let Some(k) = self.known.get(&id) {
+                    let mut obs = self.known_observation(k, TaskEvent::Queued, now, "requeued");
+                    obs.fields.worker = Some(worker);
+                    out.observations.push(Observation::Task(obs));
+                }
+                self.running_on.remove(&id);
+            }
+        }
+        let departed: Vec<String> = match self.snapshot.get(&queue) {
+            Some(previous) => previous.difference(&current).cloned().collect(),
+            // The first snapshot since the queue is followed (or since a gap): what was read
+            // before and is gone now left meanwhile.
+            None => self
+                .in_flight
+                .get(&queue)
+                .map(|ids| {
+                    ids.iter()
+                        .filter(|id| !current.contains(*id) && !self.leaving.contains_key(*id))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        self.snapshot.insert(queue.clone(), current);
+        let mut gone = HashSet::new();
+        let mut unchecked = Vec::new();
+        for id in departed {
+            if self.dead_seen.contains(&id) {
+                // Reported from `.XQ.msgs` already.
+                self.known.remove(&id);
+                self.running_on.remove(&id);
+                self.xq_checked.remove(&id);
+                gone.insert(id);
+                continue;
+            }
+            let Some(k) = self.known.get(&id).cloned() else {
+                continue; // never read (gone before its HMGET)
+            };
+            if !self.xq_checked.remove(&id) {
+                unchecked.push((id, k));
+                continue;
+            }
+            self.known.remove(&id);
+            let worker = self.running_on.remove(&id);
+            gone.insert(id);
+            if self
+                .highest_retry
+                .get(&k.message_id)
+                .is_some_and(|r| *r > k.retries)
+            {
+                // The Retries middleware enqueued a copy (read already) before the ack.
+                continue;
+            }
+            let mut obs = self.known_observation(&k, TaskEvent::Succeeded, now, "acknowledged");
+            obs.fields.worker = worker;
+            out.observations.push(Observation::Task(obs));
+            out.follow_up
+                .extend(self.probe_result(&k.queue, &k.actor, &k.message_id));
+        }
+        if !gone.is_empty() {
+            if let Some(ids) = self.in_flight.get_mut(&queue) {
+                ids.retain(|id| !gone.contains(id));
+            }
+        }
+        if !unchecked.is_empty() {
+            // Not looked up by the prefetcher (its snapshots and ours differ after a gap):
+            // the loop reads `.XQ.msgs`, then `settle` decides.
+            let mut fields = Vec::with_capacity(unchecked.len());
+            for (id, k) in unchecked {
+                let worker = self.running_on.get(&id).cloned();
+                self.leaving.insert(
+                    id.clone(),
+                    Leaving {
+                        known: k,
+                        worker,
+                        still_queued: Some(false),
+                    },
+                );
+                fields.push(id);
+            }
+            out.follow_up.push(ReadRequest::HMGet {
+                key: self.key(&format!("{queue}.XQ.msgs")),
+                fields,
+            });
+        }
+        out
+    }
+
+    /// The prefetch rule that follows `queue`: any of its writes (an enqueue, a fetch, an ack or
+    /// a nack, a retry copy) runs one pipeline of its ack sets' `SMEMBERS` and the `HKEYS` of
+    /// `<q>.msgs` and `<q>.DQ.msgs`, then `HMGET`s of the new messages only and of the departed
+    /// ids in `.XQ.msgs`. Coalesced: reads follow round trips, not messages.
+    fn follow_rules(&self, queue: &str) -> Vec<Prefetch> {
+        let msgs = self.key(&format!("{queue}.msgs"));
+        let delayed = self.key(&format!("{queue}.DQ.msgs"));
+        let mut ack_keys: Vec<(&String, bool)> = self
+            .acks
+            .keys()
+            .filter_map(|k| {
+                let (_, q) = self.parse_acks_key(k)?;
+                (message::base_queue(q) == queue).then_some((k, q.ends_with(".DQ")))
+            })
+            .collect();
+        ack_keys.sort();
+        let mut reads: Vec<PrefetchRead> = ack_keys
+            .iter()
+            .map(|(k, _)| PrefetchRead::Read(ReadRequest::SMembers((*k).clone())))
+            .collect();
+        reads.push(PrefetchRead::FollowHash {
+            key: msgs.clone(),
+            departed_to: Some(self.key(&format!("{queue}.XQ.msgs"))),
+        });
+        reads.push(PrefetchRead::FollowHash {
+            key: delayed.clone(),
+            departed_to: None,
+        });
+        let rule = |key: String, ops: &[&str]| Prefetch {
+            key,
+            ops: ops.iter().map(|o| o.to_string()).collect(),
+            reads: reads.clone(),
+            coalesce: true,
+        };
+        let mut rules = vec![rule(msgs, &["hset", "hdel"]), rule(delayed, &["hset"])];
+        rules.extend(
+            ack_keys
+                .iter()
+                .filter(|(_, delayed)| !delayed)
+                .map(|(k, _)| rule((*k).clone(), &["sadd"])),
+        );
+        rules
+    }
+
     fn on_result(&mut self, key: &str, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
         let Some(bytes) = reply
@@ -632,6 +876,7 @@ impl DramatiqAdapter {
             return out;
         };
         self.result_retries.remove(key);
+        self.results_seen = true;
         let Some(message_id) = self.result_owner.remove(key) else {
             return out;
         };
@@ -675,7 +920,12 @@ impl Adapter for DramatiqAdapter {
             scan_patterns: vec![format!("{ns}:*.msgs"), format!("{ns}:__acks__.*")],
             side_scan_patterns: Vec::new(),
             notify_classes: "hsz".to_string(),
-            prefetch: Vec::new(),
+            prefetch: self
+                .queues
+                .iter()
+                .filter(|q| self.followed(q))
+                .flat_map(|q| self.follow_rules(q))
+                .collect(),
         }
     }
 
@@ -688,6 +938,14 @@ impl Adapter for DramatiqAdapter {
         let mut reads = Vec::new();
         for key in keys {
             if key.starts_with(&self.acks_prefix()) {
+                // A queue found here may hold a backlog: followed once a sample says it is short.
+                if let Some(base) = self
+                    .parse_acks_key(&key)
+                    .map(|(_, q)| message::base_queue(q).to_string())
+                    .filter(|q| !self.queues.contains(q))
+                {
+                    self.unfollowed.insert(base);
+                }
                 reads.push(ReadRequest::SMembers(key));
             } else if let Some(hash) = key
                 .strip_prefix(&format!("{}:", self.ns))
@@ -695,6 +953,7 @@ impl Adapter for DramatiqAdapter {
             {
                 let base = message::base_queue(hash).to_string();
                 if self.queues.insert(base.clone()) {
+                    self.unfollowed.insert(base.clone());
                     reads.extend(self.queue_reads(&base));
                 }
             }
@@ -704,8 +963,15 @@ impl Adapter for DramatiqAdapter {
 
     fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
         if key.starts_with(&self.acks_prefix()) {
+            // A followed queue's known ack sets are read by its prefetch rule.
+            let followed = self.acks.contains_key(key)
+                && self
+                    .parse_acks_key(key)
+                    .is_some_and(|(_, q)| self.followed(message::base_queue(q)));
             return match op {
-                "sadd" | "srem" | "del" => vec![ReadRequest::SMembers(key.to_string())],
+                "sadd" | "srem" | "del" if !followed => {
+                    vec![ReadRequest::SMembers(key.to_string())]
+                }
                 _ => Vec::new(),
             };
         }
@@ -713,8 +979,9 @@ impl Adapter for DramatiqAdapter {
             return Vec::new();
         };
         if let Some(dead) = rest.strip_suffix(".XQ") {
-            self.queues.insert(dead.to_string());
-            return if op == "zadd" {
+            // Dead letters of a followed queue are looked up as their ids leave `.msgs`.
+            let new_queue = self.queues.insert(dead.to_string());
+            return if op == "zadd" && (new_queue || !self.followed(dead)) {
                 vec![ReadRequest::ZRangeWithScores {
                     key: key.to_string(),
                     start: -PAGE,
@@ -727,6 +994,10 @@ impl Adapter for DramatiqAdapter {
         let Some(hash) = rest.strip_suffix(".msgs") else {
             return Vec::new();
         };
+        let base = message::base_queue(hash);
+        if self.queues.contains(base) && self.followed(base) {
+            return Vec::new(); // the prefetch rule reads it
+        }
         if op == "hdel" && !hash.ends_with(".DQ") && !hash.ends_with(".XQ") {
             return self.check_acked(hash);
         }
@@ -783,6 +1054,7 @@ impl Adapter for DramatiqAdapter {
                 out
             }
             ReadRequest::SMembers(key) => self.on_acks(key, reply, now),
+            ReadRequest::HKeys(key) => self.on_snapshot(key, reply, now),
             ReadRequest::ZRangeWithScores { key, .. } if *key == self.heartbeats() => {
                 self.on_heartbeats(reply, now)
             }
@@ -813,19 +1085,22 @@ impl Adapter for DramatiqAdapter {
         }
         // Messages read but not seen leaving an ack set (both moves fell between two reads)
         // are checked here too, not only on the next `hdel` of their queue.
+        // (A followed queue's departures are in the prefetcher's snapshots, re-read now too.)
         let unsettled: Vec<String> = self
             .in_flight
             .iter()
-            .filter(|(_, ids)| !ids.is_empty())
+            .filter(|(q, ids)| !ids.is_empty() && !self.followed(q))
             .map(|(q, _)| q.clone())
             .collect();
         for q in &unsettled {
             reads.extend(self.check_acked(q));
         }
-        for task in open {
-            if let (Some(queue), Some(name)) = (&task.queue, &task.name) {
-                let read = self.result_read(queue, name, &task.id);
-                reads.push(read);
+        if self.results_seen {
+            for task in open {
+                if let (Some(queue), Some(name)) = (&task.queue, &task.name) {
+                    let read = self.result_read(queue, name, &task.id);
+                    reads.push(read);
+                }
             }
         }
         if std::mem::take(&mut self.needs_settlement) {
@@ -879,6 +1154,8 @@ impl Adapter for DramatiqAdapter {
         self.leaving.clear();
         self.pending_running.clear();
         self.sampling = None;
+        self.snapshot.clear();
+        self.acks_left.clear();
     }
 }
 
@@ -936,6 +1213,20 @@ impl DramatiqAdapter {
         }
         if let Some(sampling) = self.sampling.take() {
             for (queue, (length, delayed, dead)) in sampling {
+                let fetched: u64 = self
+                    .acks
+                    .iter()
+                    .filter(|(key, _)| self.parse_acks_key(key).is_some_and(|(_, q)| q == queue))
+                    .map(|(_, members)| members.len() as u64)
+                    .sum();
+                let size = length + fetched;
+                if size > FOLLOW_MAX {
+                    if self.unfollowed.insert(queue.clone()) {
+                        self.snapshot.remove(&queue);
+                    }
+                } else if size <= FOLLOW_MAX / 2 {
+                    self.unfollowed.remove(&queue);
+                }
                 let running: u64 = self
                     .acks
                     .iter()
