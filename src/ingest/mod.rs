@@ -87,8 +87,9 @@ const INCOMING_BATCH: usize = 20_000;
 /// Read rounds (follow-ups of follow-ups) per batch before yielding to incoming messages.
 const MAX_READ_ROUNDS: usize = 64;
 /// The channel of the read barrier ([`Adapter::wants_read_barrier`]): a `PUBLISH` on it after a
-/// round of reads comes back on the subscriber after every notification sent before the reads.
-const BARRIER_CHANNEL: &str = "__taskscope:barrier";
+/// round of reads comes back on the prefetcher's subscriber (the one of the keyspace events),
+/// which forwards it after every notification Redis sent before it.
+pub(crate) const BARRIER_CHANNEL: &str = "__taskscope:barrier";
 /// How long a round of reads waits for its barrier before its replies are handled anyway.
 const BARRIER_WAIT: Duration = Duration::from_millis(250);
 /// Keys per `MGET` when a round's single-key `GET`s are sent together (see [`coalesce_gets`]).
@@ -198,7 +199,6 @@ pub async fn run(
         learned: BTreeMap::new(),
         unsupported: HashSet::new(),
         barrier_seq: 0,
-        barrier_subscribed: false,
     };
     pipeline.resync().await;
     pipeline.run_loop(&mut shutdown).await;
@@ -319,8 +319,6 @@ struct Pipeline {
     unsupported: HashSet<Broker>,
     /// The last read-barrier token published.
     barrier_seq: u64,
-    /// Whether [`BARRIER_CHANNEL`] is subscribed.
-    barrier_subscribed: bool,
 }
 
 impl Pipeline {
@@ -672,14 +670,9 @@ impl Pipeline {
     /// just run (a `PUBLISH` on [`BARRIER_CHANNEL`] comes back after them), handing those to
     /// the adapters; their reads run in the next round. Gives up after [`BARRIER_WAIT`].
     async fn read_barrier(&mut self, now: chrono::DateTime<Utc>, into: &mut Output) {
-        if !self.barrier_subscribed {
-            match self.subscriber.subscribe(BARRIER_CHANNEL).await {
-                Ok(()) => self.barrier_subscribed = true,
-                Err(e) => {
-                    debug!(error = %e, "Cannot subscribe to the read barrier channel.");
-                    return;
-                }
-            }
+        // Without keyspace events (polling) there is nothing to wait for.
+        if !matches!(self.feed, Feed::Notifications { .. }) {
+            return;
         }
         self.barrier_seq += 1;
         let token = self.barrier_seq.to_string();

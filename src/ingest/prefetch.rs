@@ -20,7 +20,7 @@
 //! snapshots in order. Replies go to the loop as [`Incoming::Prefetched`], stamped with the time
 //! they arrived.
 
-use super::{redis, Incoming};
+use super::{redis, Incoming, BARRIER_CHANNEL};
 use crate::metrics::{Metrics, Source};
 use broker_adapters::adapter::glob_escape;
 use broker_adapters::{Prefetch, PrefetchRead, ReadRequest, Reply};
@@ -472,6 +472,7 @@ async fn run(
     metrics: Arc<Metrics>,
 ) {
     let mut keys = subscriber.keyspace_event_rx();
+    let mut messages = subscriber.message_rx();
     let init = async {
         subscriber.init().await?;
         client.init().await?;
@@ -483,6 +484,10 @@ async fn run(
             return;
         },
         _ = tx.closed() => return,
+    }
+    // The loop's read barrier comes back here, on the connection of the keyspace events.
+    if let Err(e) = subscriber.subscribe(BARRIER_CHANNEL).await {
+        warn!(error = %e, "Cannot subscribe to the read barrier channel; RQ retries may be undercounted.");
     }
     let _resubscribe = subscriber.manage_subscriptions();
     // Events for the loop go through a task of their own: a busy loop never delays a prefetch.
@@ -568,38 +573,7 @@ async fn run(
                 'burst: loop {
                     match ev {
                         Ok(ev) if u32::from(ev.db) == db => {
-                            let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
-                            let (matched, forward): (Vec<(RunKey, bool)>, bool) = {
-                                let subs = rules.borrow();
-                                let matched = subs
-                                    .rules
-                                    .get(&key)
-                                    .map(|rs| {
-                                        rs.iter()
-                                            .filter(|(_, p)| p.ops.contains(&ev.operation))
-                                            .map(|(a, p)| ((*a, p.reads.clone()), p.coalesce))
-                                            .collect()
-                                    })
-                                    .unwrap_or_default();
-                                let forward = subs.patterns.iter().any(|p| glob_match(p, &key));
-                                (matched, forward)
-                            };
-                            if !matched.is_empty() {
-                                if let Ok(mut snaps) = p.snapshots.lock() {
-                                    if snaps.fields.contains_key(&key) {
-                                        snaps.changed.insert(key.clone());
-                                    }
-                                }
-                            }
-                            for (run, coalesce) in matched {
-                                p.on_match(run, coalesce);
-                            }
-                            if forward {
-                                // Counted by the loop.
-                                let _ = forward_tx.send(Incoming::Key { key, op: ev.operation });
-                            } else {
-                                metrics.ingested(Source::Keyspace, 1);
-                            }
+                            on_key_event(&mut p, &rules, &forward_tx, &metrics, ev);
                         }
                         Ok(_) => {}
                         Err(RecvError::Lagged(n)) => {
@@ -625,10 +599,83 @@ async fn run(
                 p.fire_due();
             }
             Some(run) = done_rx.recv() => p.on_done(run),
+            msg = messages.recv() => {
+                let Ok(msg) = msg else { continue };
+                if &*msg.channel != BARRIER_CHANNEL {
+                    continue;
+                }
+                // fred hands a connection's keyspace events and messages over in the order
+                // Redis sent them, into two channels: every event sent before the barrier is
+                // in `keys` by now. Handle those first, so the loop gets them before it.
+                loop {
+                    match keys.try_recv() {
+                        Ok(ev) if u32::from(ev.db) == db => {
+                            on_key_event(&mut p, &rules, &forward_tx, &metrics, ev);
+                        }
+                        Ok(_) => {}
+                        Err(TryRecvError::Lagged(n)) => {
+                            let _ = forward_tx.send(Incoming::Lagged(n));
+                        }
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                    }
+                }
+                p.fire_due();
+                let payload = msg.value.as_bytes().map(<[u8]>::to_vec).unwrap_or_default();
+                let _ = forward_tx.send(Incoming::Message {
+                    channel: BARRIER_CHANNEL.to_string(),
+                    payload,
+                });
+            }
         }
     }
     let _ = subscriber.quit().await;
     let _ = client.quit().await;
+}
+
+/// Handles one keyspace event of the prefetcher's database: runs the rules it matches and
+/// forwards it to the loop when an adapter's pattern wants it.
+fn on_key_event(
+    p: &mut Prefetcher,
+    rules: &watch::Receiver<Arc<Subscriptions>>,
+    forward_tx: &mpsc::UnboundedSender<Incoming>,
+    metrics: &Metrics,
+    ev: fred::types::KeyspaceEvent,
+) {
+    let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
+    let (matched, forward): (Vec<(RunKey, bool)>, bool) = {
+        let subs = rules.borrow();
+        let matched = subs
+            .rules
+            .get(&key)
+            .map(|rs| {
+                rs.iter()
+                    .filter(|(_, p)| p.ops.contains(&ev.operation))
+                    .map(|(a, p)| ((*a, p.reads.clone()), p.coalesce))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let forward = subs.patterns.iter().any(|p| glob_match(p, &key));
+        (matched, forward)
+    };
+    if !matched.is_empty() {
+        if let Ok(mut snaps) = p.snapshots.lock() {
+            if snaps.fields.contains_key(&key) {
+                snaps.changed.insert(key.clone());
+            }
+        }
+    }
+    for (run, coalesce) in matched {
+        p.on_match(run, coalesce);
+    }
+    if forward {
+        // Counted by the loop.
+        let _ = forward_tx.send(Incoming::Key {
+            key,
+            op: ev.operation,
+        });
+    } else {
+        metrics.ingested(Source::Keyspace, 1);
+    }
 }
 
 #[cfg(test)]
