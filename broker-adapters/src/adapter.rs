@@ -58,6 +58,18 @@ impl Reply {
         }
     }
 
+    /// The bulk strings of an array reply (SMEMBERS, HKEYS, LRANGE), as text; other items are
+    /// skipped.
+    pub fn into_strings<C: FromIterator<String>>(self) -> C {
+        self.into_items()
+            .iter()
+            .filter_map(|r| {
+                r.as_bytes()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+            })
+            .collect()
+    }
+
     /// A flat `[field, value, field, value, ...]` array (HGETALL, ZRANGE WITHSCORES) as pairs.
     pub fn into_pairs(self) -> Vec<(Reply, Reply)> {
         let mut items = self.into_items().into_iter();

@@ -415,15 +415,7 @@ async fn run_reads(
             if matches!(reply, Reply::Error(_)) {
                 continue;
             }
-            let current: HashSet<String> = reply
-                .clone()
-                .into_items()
-                .iter()
-                .filter_map(|r| {
-                    r.as_bytes()
-                        .map(|b| String::from_utf8_lossy(b).into_owned())
-                })
-                .collect();
+            let current: HashSet<String> = reply.clone().into_strings();
             let previous = snaps.fields.remove(key);
             let mut new: Vec<String> = match &previous {
                 Some(prev) => current.difference(prev).cloned().collect(),

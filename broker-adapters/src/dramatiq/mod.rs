@@ -593,14 +593,7 @@ impl DramatiqAdapter {
         let delayed = queue_name.ends_with(".DQ");
         let base = message::base_queue(&queue_name).to_string();
         self.queues.insert(base.clone());
-        let members: BTreeSet<String> = reply
-            .into_items()
-            .iter()
-            .filter_map(|r| {
-                r.as_bytes()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-            })
-            .collect();
+        let members: BTreeSet<String> = reply.into_strings();
         let before = self
             .acks
             .insert(key.to_string(), members.clone())
@@ -706,14 +699,7 @@ impl DramatiqAdapter {
         if !self.followed(&queue) {
             return out;
         }
-        let current: HashSet<String> = reply
-            .into_items()
-            .iter()
-            .filter_map(|r| {
-                r.as_bytes()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-            })
-            .collect();
+        let current: HashSet<String> = reply.into_strings();
         let left: Vec<(String, String)> = self
             .acks_left
             .iter()
