@@ -145,7 +145,7 @@ impl Default for StoreOptions {
                 std::env::var("TASKSCOPE_WRITER_LINGER_MS")
                     .ok()
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or(75),
+                    .unwrap_or(50),
             ),
         }
     }

@@ -2,7 +2,7 @@
 //! channel of [`WriterCommand`]s.
 //!
 //! Each round drains what the channel holds (up to `max_batch_observations`, at most 100 ms,
-//! and lingers up to `StoreOptions::writer_linger`, 75 ms, for more once it is empty),
+//! and lingers up to `StoreOptions::writer_linger`, 50 ms, for more once it is empty),
 //! folds every observation with the shared state machine (`broker_adapters::state::apply`), in
 //! the order they were sent, and writes the outcome in one transaction: the changed tasks (last
 //! version of each), their transitions, the workers, the queue samples. Only after the commit
