@@ -129,7 +129,7 @@ pub async fn run(
         kick.clone(),
         metrics.clone(),
     )?;
-    spawn_forwarders(&subscriber, &client, tx);
+    spawn_forwarders(&subscriber, &client, cfg.redis_db, tx);
 
     info!(url = %redact(&cfg.redis_url), "Connecting to Redis.");
     tokio::select! {
@@ -234,8 +234,36 @@ pub fn redact(url: &str) -> String {
 
 /// Moves fred's broadcast messages into our own bounded queue at once, so the broadcast
 /// receivers never lag behind the (slower) processing; a lag that still happens is reported.
-fn spawn_forwarders(subscriber: &SubscriberClient, client: &Client, tx: mpsc::Sender<Incoming>) {
+fn spawn_forwarders(
+    subscriber: &SubscriberClient,
+    client: &Client,
+    db: u32,
+    tx: mpsc::Sender<Incoming>,
+) {
     use tokio::sync::broadcast::error::RecvError;
+    // Keyspace notifications come through the prefetcher's subscriber; this one subscribes to
+    // key-event channels only (taskiq's `__keyevent@<db>__:xadd`, which finds streams of queues
+    // it was not told about), and fred hands those over as keyspace events too.
+    let mut keys = subscriber.keyspace_event_rx();
+    let key_tx = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            match keys.recv().await {
+                Ok(ev) if u32::from(ev.db) == db => {
+                    let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
+                    let op = ev.operation;
+                    if key_tx.send(Incoming::Key { key, op }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(RecvError::Lagged(n)) => {
+                    let _ = key_tx.send(Incoming::Lagged(n)).await;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    });
     let mut messages = subscriber.message_rx();
     let msg_tx = tx.clone();
     tokio::spawn(async move {
