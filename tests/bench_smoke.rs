@@ -39,34 +39,38 @@ const FIGURES: &[&str] = &[
     "sse_lagged",
 ];
 
-#[test]
-fn bench_load_smoke_every_broker_no_lifecycle_lost() {
-    let _slot = common::test_slot();
-    let started = Instant::now();
+/// Runs `taskscope bench load <args> --json` and returns its report.
+fn bench_load(args: &[&str]) -> Value {
     let out = Command::new(common::taskscope_bin())
-        .args([
-            "bench",
-            "load",
-            "--broker",
-            "all",
-            "--tasks",
-            "200",
-            "--rate",
-            "400",
-            "--settle",
-            "30s",
-            "--runtime",
-            "50ms",
-            "--json",
-        ])
+        .args(["bench", "load"])
+        .args(args)
+        .arg("--json")
         .env("TASKSCOPE_LOG", "warn")
         .stdin(Stdio::null())
         .output()
         .expect("run taskscope bench load");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench load failed: {stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+#[test]
+fn bench_load_smoke_every_broker_no_lifecycle_lost() {
+    let _slot = common::test_slot();
+    let started = Instant::now();
+    let report = bench_load(&[
+        "--broker",
+        "all",
+        "--tasks",
+        "200",
+        "--rate",
+        "400",
+        "--settle",
+        "30s",
+        "--runtime",
+        "50ms",
+    ]);
     let runs = report["runs"].as_array().expect("runs");
     let brokers: Vec<&str> = runs.iter().filter_map(|r| r["broker"].as_str()).collect();
     assert_eq!(
@@ -111,33 +115,21 @@ fn bench_load_smoke_every_broker_no_lifecycle_lost() {
 #[test]
 fn bench_load_smoke_over_several_connections() {
     let _slot = common::test_slot();
-    let out = Command::new(common::taskscope_bin())
-        .args([
-            "bench",
-            "load",
-            "--broker",
-            "celery-events",
-            "--tasks",
-            "200",
-            "--rate",
-            "400",
-            "--connections",
-            "3",
-            "--settle",
-            "30s",
-            "--runtime",
-            "50ms",
-            "--no-baseline",
-            "--json",
-        ])
-        .env("TASKSCOPE_LOG", "warn")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run taskscope bench load");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench load failed: {stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let report = bench_load(&[
+        "--broker",
+        "celery-events",
+        "--tasks",
+        "200",
+        "--rate",
+        "400",
+        "--connections",
+        "3",
+        "--settle",
+        "30s",
+        "--runtime",
+        "50ms",
+        "--no-baseline",
+    ]);
     let run = &report["runs"][0];
     assert_eq!(run["connections"], 3, "{run}");
     assert_eq!(run["tasks"], 200, "{run}");
