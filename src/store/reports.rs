@@ -103,6 +103,15 @@ struct Cond {
     params: Vec<DbValue>,
 }
 
+impl Cond {
+    /// `head` (the values of a query part's own placeholders) followed by these conditions'.
+    fn after(&self, head: impl IntoIterator<Item = DbValue>) -> Vec<DbValue> {
+        head.into_iter()
+            .chain(self.params.iter().cloned())
+            .collect()
+    }
+}
+
 /// One point of the backlog: the highest sample of each count in the bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BacklogPoint {
@@ -354,16 +363,10 @@ fn throughput(
     );
     let (raw, raw_params) = if needs_task {
         split.raw_union_tasks(conn, &part, |lo, hi, first, last| {
-            let mut p = vec![lo.clone(), hi, lo, first, last];
-            p.extend(cond.params.iter().cloned());
-            p
+            cond.after([lo.clone(), hi, lo, first, last])
         })?
     } else {
-        split.raw_union(&part, |lo, hi| {
-            let mut p = vec![lo, hi];
-            p.extend(cond.params.iter().cloned());
-            p
-        })
+        split.raw_union(&part, |lo, hi| cond.after([lo, hi]))
     };
     let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
     let (buckets, bucket_params) = buckets_sql(range);
@@ -595,11 +598,7 @@ fn failures(
                AND k.num >= ? AND k.num <= ?{}",
             cond.sql
         ),
-        |lo, hi, first, last| {
-            let mut p = vec![lo.clone(), hi, lo, first, last];
-            p.extend(cond.params.iter().cloned());
-            p
-        },
+        |lo, hi, first, last| cond.after([lo.clone(), hi, lo, first, last]),
     )?;
     // `ev`: the failure and retry transitions of the range with their task's name and bucket.
     // `top`: the names with the most of them (rank 1 first); rank 0 is the total.
@@ -701,11 +700,7 @@ fn name_stats(
                AND k.num >= ? AND k.num <= ?{}",
             cond.sql
         ),
-        |lo, hi, first, last| {
-            let mut p = vec![lo.clone(), hi, lo, first, last];
-            p.extend(cond.params.iter().cloned());
-            p
-        },
+        |lo, hi, first, last| cond.after([lo.clone(), hi, lo, first, last]),
     )?;
     // Rolled-up hours count finished runs (success, failure, abandoned transitions): they no
     // longer know which tasks they were.
@@ -772,11 +767,7 @@ fn runtime(
              WHERE runtime_ms IS NOT NULL AND finished_at >= ? AND finished_at < ?{}",
             cond.sql
         ),
-        |lo, hi| {
-            let mut p = vec![lo, hi];
-            p.extend(cond.params.iter().cloned());
-            p
-        },
+        |lo, hi| cond.after([lo, hi]),
     );
     // Raw tasks give exact figures; rolled-up hours give counts, max and sums exactly and their
     // percentiles, which are merged as a count-weighted mean (exact when all is raw).
