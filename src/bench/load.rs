@@ -529,6 +529,29 @@ pub fn serve_args(
     ]
 }
 
+/// One generator run that no taskscope watches: Redis's counters before it, and what it wrote.
+async fn unwatched_run(
+    clients: &[Client],
+    flavor: Flavor,
+    rate: Rate,
+    args: &LoadArgs,
+    seed: u64,
+) -> anyhow::Result<(RedisCounters, Generated)> {
+    let client = clients.first().context("no generator connection")?;
+    let before = redis_counters(client).await?;
+    let g = generate(
+        clients,
+        flavor,
+        args.tasks,
+        rate,
+        args.batch,
+        args.runtime,
+        seed,
+    )
+    .await?;
+    Ok((before, g))
+}
+
 async fn run_flavor(
     clients: &[Client],
     redis: &RedisServer,
@@ -549,18 +572,7 @@ async fn run_flavor(
         None
     } else {
         reset(client).await?;
-        let before = redis_counters(client).await?;
-        let g = generate(
-            clients,
-            flavor,
-            args.tasks,
-            rate,
-            args.batch,
-            args.runtime,
-            seed,
-        )
-        .await?;
-        Some((before, g))
+        Some(unwatched_run(clients, flavor, rate, args, seed).await?)
     };
 
     // 2. With taskscope.
@@ -586,17 +598,7 @@ async fn run_flavor(
         None
     } else {
         rio::run_commands(client, vec![("FLUSHALL", vec![])]).await?;
-        let before = redis_counters(client).await?;
-        let g = generate(
-            clients,
-            flavor,
-            args.tasks,
-            rate,
-            args.batch,
-            args.runtime,
-            seed,
-        )
-        .await?;
+        let (before, g) = unwatched_run(clients, flavor, rate, args, seed).await?;
         Some(g.at_end.cpu_seconds - before.cpu_seconds)
     };
     let (report_parts, usage) = match result {
