@@ -240,17 +240,21 @@ fn build_adapter(
     match broker {
         Broker::Celery => {
             let mut queues = settings.celery_queues.clone();
+            let mut result_url = settings.celery_result_url.clone();
             for setting in detected {
-                if let Setting::CeleryQueue(q) = setting {
-                    if !queues.contains(q) {
-                        queues.push(q.clone());
+                match setting {
+                    Setting::CeleryQueue(q) if !queues.contains(q) => queues.push(q.clone()),
+                    // --celery-result-url wins over the database detection found.
+                    Setting::CeleryResultDb { url, .. } if result_url.is_none() => {
+                        result_url = Some(url.clone());
                     }
+                    _ => {}
                 }
             }
             Some(Box::new(CeleryAdapter::new(CeleryConfig {
                 db: settings.redis_db,
                 queues,
-                result_url: settings.celery_result_url.clone(),
+                result_url,
             })))
         }
         Broker::Dramatiq => {
@@ -278,7 +282,10 @@ fn build_adapter(
         Broker::Taskiq => {
             let mut queues = settings.taskiq_queues.clone();
             for setting in detected {
-                if let Setting::TaskiqStream(q) | Setting::TaskiqList(q) = setting {
+                if let Setting::TaskiqStream(q)
+                | Setting::TaskiqList(q)
+                | Setting::TaskiqChannel(q) = setting
+                {
                     if !queues.contains(q) {
                         queues.push(q.clone());
                     }
@@ -358,6 +365,8 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
                 pages_per_pass: DETECT_PAGES_PER_PASS,
                 dramatiq_namespace: settings.dramatiq_namespace.clone(),
                 rq_prefix: settings.rq_prefix.clone(),
+                redis_url: settings.redis_url.clone(),
+                db: settings.redis_db,
             },
             factory: Box::new(move |broker, detected| {
                 build_adapter(broker, &factory_settings, detected)

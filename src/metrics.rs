@@ -94,6 +94,30 @@ impl From<&crate::store::maintenance::RunRecord> for HousekeepingRun {
     }
 }
 
+/// How a piece of detection evidence was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A new-key notification (or an empty stream sampled again after one).
+    NewKey,
+    /// The quick probe of the default layouts.
+    Probe,
+    /// A full pass over the keyspace.
+    Pass,
+    /// A message on a broker's pub/sub channel.
+    Message,
+}
+
+impl Via {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Via::NewKey => "new-key",
+            Via::Probe => "probe",
+            Via::Pass => "pass",
+            Via::Message => "message",
+        }
+    }
+}
+
 /// The state of broker auto-detection, for `/healthz` and the overview.
 #[derive(Debug, Clone, Default)]
 pub struct Detection {
@@ -101,6 +125,9 @@ pub struct Detection {
     pub enabled: bool,
     pub passes: u64,
     pub keys_examined: u64,
+    /// New-key notifications judged, and those skipped (over the `TYPE` budget).
+    pub new_keys: u64,
+    pub new_keys_skipped: u64,
     pub last_pass: Option<DateTime<Utc>>,
     /// Evidence, in the order found: broker, the key that showed it, the setting learned.
     pub found: Vec<DetectedBroker>,
@@ -113,6 +140,10 @@ pub struct DetectedBroker {
     pub key: String,
     pub setting: Option<String>,
     pub at: DateTime<Utc>,
+    pub via: Via,
+    /// From the evidence reaching taskscope to the broker's adapter watching (the first
+    /// finding of a broker only).
+    pub watching_after_ms: Option<f64>,
 }
 
 impl Default for Metrics {
@@ -263,14 +294,41 @@ impl Metrics {
         }
     }
 
-    pub fn detected(&self, finding: &Finding) {
+    pub fn detected(&self, finding: &Finding, via: Via) {
         if let Ok(mut d) = self.detection.lock() {
             d.found.push(DetectedBroker {
                 broker: finding.broker,
                 key: finding.key.clone(),
                 setting: finding.setting.as_ref().map(describe_setting),
                 at: Utc::now(),
+                via,
+                watching_after_ms: None,
             });
+        }
+    }
+
+    /// A detected broker's adapter is watching, `delay` after its evidence reached taskscope.
+    pub fn watching(&self, broker: Broker, key: &str, delay: std::time::Duration) {
+        if let Ok(mut d) = self.detection.lock() {
+            if let Some(f) = d
+                .found
+                .iter_mut()
+                .find(|f| f.broker == broker && f.key == key)
+            {
+                f.watching_after_ms = Some(delay.as_secs_f64() * 1e3);
+            }
+        }
+    }
+
+    pub fn detection_hints(&self, n: u64) {
+        if let Ok(mut d) = self.detection.lock() {
+            d.new_keys += n;
+        }
+    }
+
+    pub fn detection_hint_skipped(&self) {
+        if let Ok(mut d) = self.detection.lock() {
+            d.new_keys_skipped += 1;
         }
     }
 
@@ -285,6 +343,8 @@ pub fn describe_setting(setting: &Setting) -> String {
         Setting::DramatiqNamespace(ns) => format!("dramatiq namespace {ns}"),
         Setting::RqPrefix(p) => format!("rq prefix {p}"),
         Setting::CeleryQueue(q) => format!("celery queue {q}"),
+        Setting::CeleryResultDb { db, .. } => format!("celery results in database {db}"),
+        Setting::TaskiqChannel(c) => format!("taskiq pub/sub channel {c}"),
         Setting::TaskiqStream(s) => format!("taskiq stream {s}"),
         Setting::TaskiqList(l) => format!("taskiq list {l}"),
         Setting::TaskiqResults => "taskiq results".to_string(),

@@ -26,6 +26,12 @@ pub enum Setting {
     RqPrefix(String),
     /// A Celery queue (list) found without a kombu binding.
     CeleryQueue(String),
+    /// Celery's result backend writes `celery-task-meta-*` keys in another database of the same
+    /// Redis (`result_backend = redis://.../1`): its number, and the broker's URL with that
+    /// database, for the adapter's side connection.
+    CeleryResultDb { db: u32, url: String },
+    /// A pub/sub channel carrying taskiq messages (`PubSubBroker`).
+    TaskiqChannel(String),
     /// A stream holding taskiq messages (`RedisStreamBroker`).
     TaskiqStream(String),
     /// A list holding taskiq messages (`ListQueueBroker`).
@@ -186,6 +192,54 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// The pub/sub channels worth listening to before any broker is found: events are not
+/// replayable, and a subscription costs Redis nothing while nobody publishes. Celery's result
+/// channels (published by every worker with the Redis result backend, whatever its database),
+/// its event fanout (`worker-heartbeat` every 2 s even without `-E`), and taskiq's default
+/// `PubSubBroker` channel. [`classify_channel`] judges what arrives on them.
+pub fn early_channels(db: u32) -> Vec<String> {
+    vec![
+        format!("{CELERY_RESULT}*"),
+        format!("/{db}.celeryev*"),
+        "celeryev*".to_string(),
+        TASKIQ_DEFAULT_CHANNEL.to_string(),
+    ]
+}
+
+/// taskiq's default queue name, also the `PubSubBroker`'s channel.
+const TASKIQ_DEFAULT_CHANNEL: &str = "taskiq";
+
+/// Whether a pub/sub message shows a broker: a Celery result record or event on Celery's
+/// channels, a taskiq message on a channel. `payload` is only decoded for taskiq (a bounded
+/// sniff).
+pub fn classify_channel(channel: &str, payload: &[u8]) -> Option<Finding> {
+    if channel.starts_with(CELERY_RESULT) || channel.contains("celeryev") {
+        return Some(Finding::new(Broker::Celery, channel, None));
+    }
+    if payload.len() <= 1 << 20 && crate::taskiq::looks_like_message(payload) {
+        let setting = Setting::TaskiqChannel(channel.to_string());
+        return Some(Finding::new(Broker::Taskiq, channel, Some(setting)));
+    }
+    None
+}
+
+/// Whether a key of *another* database than the watched one shows where Celery keeps its
+/// results (`celery-task-meta-<id>`).
+pub fn is_celery_result_key(key: &str) -> bool {
+    key.starts_with(CELERY_RESULT) || key.starts_with(CELERY_GROUP_RESULT)
+}
+
+/// What a key name looks like with its variable parts cut off: the text up to its last `:`,
+/// `.` or `-` (`cache:user:` for `cache:user:42`), or the whole name when it has none. Keys of
+/// one shape are one family: once several of them turned out not to be queues, the detector
+/// stops reading their kind (a cache writing a million keys costs one `TYPE` per family).
+pub fn key_shape(key: &str) -> &str {
+    match key.rfind([':', '.', '-']) {
+        Some(i) => &key[..=i],
+        None => key,
+    }
+}
+
 /// Keys whose existence alone shows a broker in its default layout, checked at every pass
 /// before any scan: one pipelined round trip finds the common case in a Redis of any size.
 pub fn well_known_keys(dramatiq_namespace: &str, rq_prefix: &str) -> Vec<String> {
@@ -302,6 +356,31 @@ mod tests {
         assert!(!is_taskiq_result(b"\x80\x04K\x01."));
     }
 
+    #[test]
+    fn channels_show_celery_and_taskiq() {
+        assert!(early_channels(0).contains(&"/0.celeryev*".to_string()));
+        let celery = |c: &str| classify_channel(c, b"{}").map(|f| f.broker);
+        assert_eq!(celery("celery-task-meta-7c9d"), Some(Broker::Celery));
+        assert_eq!(celery("/0.celeryev/worker.heartbeat"), Some(Broker::Celery));
+        assert_eq!(celery("taskiq"), None);
+        let msg = json!({"task_id": "a1", "task_name": "app:add", "labels": {},
+            "labels_types": null, "args": [1, 2], "kwargs": {}});
+        let found = classify_channel("taskiq", &serde_json::to_vec(&msg).unwrap());
+        assert_eq!(
+            found.and_then(|f| f.setting),
+            Some(Setting::TaskiqChannel("taskiq".into()))
+        );
+    }
+
+    #[test]
+    fn key_shapes_group_families() {
+        assert_eq!(key_shape("cache:user:42"), "cache:user:");
+        assert_eq!(key_shape("orders"), "orders");
+        assert_eq!(key_shape("a.b"), "a.");
+        assert!(is_celery_result_key("celery-task-meta-1"));
+        assert!(!is_celery_result_key("celery"));
+    }
+
     proptest::proptest! {
         #[test]
         fn garbage_never_panics(key in ".{0,64}", bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
@@ -309,6 +388,8 @@ mod tests {
             let _ = classify_message(&key, &bytes, true);
             let _ = classify_message(&key, &bytes, false);
             let _ = is_taskiq_result(&bytes);
+            let _ = classify_channel(&key, &bytes);
+            let _ = key_shape(&key);
         }
     }
 }

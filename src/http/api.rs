@@ -16,12 +16,16 @@ fn detection_json(d: &crate::metrics::Detection) -> Value {
         "mode": if d.enabled { "auto" } else { "listed" },
         "passes": d.passes,
         "keys_examined": d.keys_examined,
+        "new_keys": d.new_keys,
+        "new_keys_skipped": d.new_keys_skipped,
         "last_pass": d.last_pass.map(|t| broker_adapters::rfc3339(&t)),
         "found": d.found.iter().map(|f| json!({
             "broker": f.broker.as_str(),
             "key": f.key,
             "setting": f.setting,
             "at": broker_adapters::rfc3339(&f.at),
+            "via": f.via.as_str(),
+            "watching_after_ms": f.watching_after_ms,
         })).collect::<Vec<_>>(),
     })
 }

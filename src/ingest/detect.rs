@@ -1,27 +1,40 @@
-//! `--brokers auto`: finds which brokers live in the watched Redis, on start and every
-//! `--detect-every`, and tells the pipeline, which starts their adapters.
+//! `--brokers auto`: finds which brokers live in the watched Redis and tells the pipeline,
+//! which starts their adapters. It reacts to keys as Redis creates them, and passes over the
+//! keyspace as a safety net.
 //!
-//! Each pass is bounded and never blocks Redis:
-//! 1. one pipelined round trip of `EXISTS` on the keys each broker writes in its default layout
-//!    (and `TYPE` + one sample of the default queue names), which finds the common case in a
-//!    Redis of any size;
-//! 2. three resumable SCANs (`COUNT` [`SCAN_COUNT`], at most `pages_per_pass` pages each): all
-//!    names (judged by [`broker_adapters::detect::classify_key`]), `TYPE stream` and `TYPE list`
-//!    (one entry of each unknown one sampled: taskiq messages have any queue name);
-//! 3. a prefix (`GETRANGE 0 4095`) of a few keys named like taskiq task ids, for result keys.
+//! Three sources of evidence, fastest first:
+//! 1. **new keys**, as they are created: the subscriber forwards Redis 7's new-key key events
+//!    (`__keyevent@*__:new`, class `n`, which `A` does not include) here, and each name is judged
+//!    at once ([`broker_adapters::detect::classify_key`]): a broker's first key (kombu's
+//!    `_kombu.binding.celery`, Dramatiq's `__heartbeats__`, RQ's `rq:queues`...) starts its
+//!    adapter within milliseconds. A name that says nothing is typed (`TYPE`, pipelined per
+//!    batch, at most [`TYPE_PROBES_PER_SECOND`]) and a stream or list has one entry sampled; a
+//!    family of keys ([`broker_adapters::detect::key_shape`]) that is not a queue
+//!    [`MISSES_TO_REJECT`] times is not typed again, so a cache writing a million keys costs a
+//!    few reads. An empty stream (a consumer group made with `MKSTREAM` before any message) is
+//!    sampled again every [`PENDING_REPROBE`] until its first entry. Celery result keys created
+//!    in *another* database show where the result backend lives
+//!    ([`Setting::CeleryResultDb`]).
+//! 2. **a quick probe** every [`QUICK_PROBE_EVERY`] while no broker is watched (one pipelined
+//!    round trip of `EXISTS` on the default layouts' keys): the same reaction where keyspace
+//!    notifications are unavailable.
+//! 3. **a full pass** at start and every `--detect-every`, bounded and never blocking Redis:
+//!    the quick probe; three resumable SCANs (`COUNT` [`SCAN_COUNT`], at most `pages_per_pass`
+//!    pages each: all names, `TYPE stream`, `TYPE list`), one entry of each unknown stream or
+//!    list sampled; a prefix (`GETRANGE 0 4095`) of a few keys named like taskiq task ids; and
+//!    `INFO keyspace` with a bounded SCAN of every other database holding keys, for Celery
+//!    results kept there. A cursor left mid-keyspace is resumed by the next pass.
 //!
-//! A cursor left mid-keyspace is resumed by the next pass, so a huge keyspace is covered over
-//! several passes at a bounded cost each. The classification is pure and lives in the adapters
-//! crate; this module only does the I/O.
+//! The classification is pure and lives in the adapters crate; this module only does the I/O.
 
 use super::redis;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Via};
 use broker_adapters::detect::{self, Finding, KeyVerdict, Setting};
 use broker_adapters::{Broker, Reply};
 use fred::prelude::*;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, info_span, warn, Instrument};
 
@@ -33,6 +46,42 @@ const SAMPLED_MEMORY: usize = 100_000;
 const RESULT_SAMPLES_PER_PASS: usize = 16;
 /// Bytes read of a candidate taskiq result.
 const RESULT_PREFIX_BYTES: i64 = 4_095;
+/// The quick probe's period while no broker is watched.
+pub const QUICK_PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How often streams seen empty are sampled again.
+pub const PENDING_REPROBE: Duration = Duration::from_millis(250);
+/// How long an empty stream is sampled again before it is left to the full passes.
+const PENDING_FOR: Duration = Duration::from_secs(600);
+/// Empty streams sampled again at most (the oldest is dropped first).
+const PENDING_CAPACITY: usize = 64;
+/// Unknown new keys typed per second at most; the rest are left to the full passes.
+pub const TYPE_PROBES_PER_SECOND: u32 = 500;
+/// A key family that was not a queue this many times is not typed again.
+pub const MISSES_TO_REJECT: u8 = 3;
+/// Key families remembered; cleared when this full.
+const SHAPES_MEMORY: usize = 10_000;
+/// New-key notifications handled per batch.
+const HINT_BATCH: usize = 4_096;
+/// Other databases looked into per pass, and SCAN pages per database.
+const OTHER_DBS_PER_PASS: usize = 16;
+const OTHER_DB_PAGES: usize = 10;
+
+/// A key Redis just created (`__keyevent@<db>__:new`), forwarded by the subscriber.
+#[derive(Debug)]
+pub struct NewKey {
+    pub db: u32,
+    pub key: String,
+    /// When the notification reached taskscope.
+    pub at: Instant,
+}
+
+/// A finding, with when its evidence reached taskscope and by which way.
+#[derive(Debug)]
+pub struct Detected {
+    pub finding: Finding,
+    pub seen: Instant,
+    pub via: Via,
+}
 
 /// What detection needs to know.
 #[derive(Debug, Clone)]
@@ -44,6 +93,9 @@ pub struct DetectOptions {
     pub dramatiq_namespace: String,
     /// RQ key prefix to recognise (besides the default `rq:`).
     pub rq_prefix: String,
+    /// The watched Redis (other databases of it are looked into for Celery results).
+    pub redis_url: String,
+    pub db: u32,
 }
 
 /// The kinds of resumable scans a pass runs.
@@ -66,6 +118,15 @@ impl ScanKind {
     }
 }
 
+/// What one sampled stream or list showed.
+enum Sample {
+    Broker(Finding),
+    /// Nothing to judge yet (an empty stream).
+    Empty,
+    /// Entries that belong to no broker.
+    Other,
+}
+
 /// The outcome of one pass, for logs and `/healthz`.
 #[derive(Debug, Default)]
 pub struct PassSummary {
@@ -76,7 +137,7 @@ pub struct PassSummary {
     pub covered_keyspace: bool,
 }
 
-/// Detection state kept across passes.
+/// Detection state kept across passes and notifications.
 pub struct Detector {
     client: Client,
     opts: DetectOptions,
@@ -85,6 +146,14 @@ pub struct Detector {
     wrapped: [bool; 3],
     sampled: HashSet<String>,
     reported: HashSet<(Broker, Option<Setting>)>,
+    /// Key families and how often one of them turned out not to be a queue.
+    shapes: HashMap<String, u8>,
+    /// Streams seen empty, sampled again until their first entry, with when they were seen.
+    pending: VecDeque<(String, Instant)>,
+    /// The current second of `TYPE` probes and how many were spent in it.
+    type_window: (Instant, u32),
+    /// Databases whose Celery results were found (reported once each).
+    result_dbs: HashSet<u32>,
 }
 
 impl Detector {
@@ -96,6 +165,10 @@ impl Detector {
             wrapped: [false; 3],
             sampled: HashSet::new(),
             reported: HashSet::new(),
+            shapes: HashMap::new(),
+            pending: VecDeque::new(),
+            type_window: (Instant::now(), 0),
+            result_dbs: HashSet::new(),
         }
     }
 
@@ -107,7 +180,15 @@ impl Detector {
         prefixes
     }
 
-    /// One bounded pass; findings already reported by an earlier pass are left out.
+    /// Keeps the findings not reported before.
+    fn fresh(&mut self, found: Vec<Finding>) -> Vec<Finding> {
+        found
+            .into_iter()
+            .filter(|f| self.reported.insert((f.broker, f.setting.clone())))
+            .collect()
+    }
+
+    /// One bounded pass; findings already reported are left out.
     pub async fn pass(&mut self, metrics: &Metrics) -> anyhow::Result<PassSummary> {
         let mut summary = PassSummary::default();
         let mut found = self.probe_well_known(metrics).await?;
@@ -151,19 +232,203 @@ impl Detector {
                     break;
                 }
             }
-            found.extend(self.sample_queues(kind, to_sample, metrics).await?);
+            let samples = self.sample_queues(kind, to_sample, metrics).await?;
+            found.extend(samples.into_iter().filter_map(|(_, s)| match s {
+                Sample::Broker(f) => Some(f),
+                _ => None,
+            }));
         }
-        found.extend(self.sample_results(result_candidates, metrics).await?);
+        let results = self.sample_results(result_candidates, metrics).await?;
+        found.extend(results.into_iter().filter_map(|(_, f)| f));
+        match self.scan_other_databases(metrics).await {
+            Ok(more) => found.extend(more),
+            Err(e) => debug!(error = %e, "Could not look into the other databases."),
+        }
         summary.covered_keyspace = self.wrapped.iter().all(|w| *w);
-        for finding in found {
-            if self
-                .reported
-                .insert((finding.broker, finding.setting.clone()))
-            {
-                summary.findings.push(finding);
+        summary.findings = self.fresh(found);
+        Ok(summary)
+    }
+
+    /// The quick probe: the default layouts' keys in one round trip.
+    pub async fn quick(&mut self, metrics: &Metrics) -> anyhow::Result<Vec<Finding>> {
+        let found = self.probe_well_known(metrics).await?;
+        Ok(self.fresh(found))
+    }
+
+    /// Judges keys Redis just created (see the module doc): names first, then one pipelined
+    /// `TYPE` of the unknown ones and a sample of each stream or list among them.
+    pub async fn on_new_keys(
+        &mut self,
+        keys: Vec<NewKey>,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Vec<(Finding, Instant)>> {
+        let prefixes = self.rq_prefixes();
+        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
+        let mut found: Vec<(Finding, Instant)> = Vec::new();
+        let mut to_type: Vec<(String, Instant)> = Vec::new();
+        let mut results: Vec<(String, Instant)> = Vec::new();
+        let mut batch_keys = HashSet::new();
+        for NewKey { db, key, at } in keys {
+            if db != self.opts.db {
+                if detect::is_celery_result_key(&key) && !self.result_dbs.contains(&db) {
+                    if let Some(finding) = self.result_db_finding(db, &key) {
+                        found.push((finding, at));
+                    }
+                }
+                continue;
+            }
+            if !batch_keys.insert(key.clone()) {
+                continue;
+            }
+            match detect::classify_key(&key, &prefixes) {
+                KeyVerdict::Broker(finding) => found.push((finding, at)),
+                KeyVerdict::MaybeTaskiqResult if !self.rejected(&key) => results.push((key, at)),
+                KeyVerdict::SampleIfStreamOrList if !self.rejected(&key) => {
+                    if self.may_type() {
+                        to_type.push((key, at));
+                    } else {
+                        metrics.detection_hint_skipped();
+                    }
+                }
+                _ => {}
             }
         }
-        Ok(summary)
+        if !to_type.is_empty() {
+            let commands = to_type
+                .iter()
+                .map(|(k, _)| ("TYPE", vec![Value::from(k.clone())]))
+                .collect();
+            metrics.count_redis_commands(to_type.len() as u64);
+            let types = redis::run_commands(&self.client, commands).await?;
+            let mut streams = Vec::new();
+            let mut lists = Vec::new();
+            let mut seen_at = HashMap::new();
+            for ((key, at), kind) in to_type.into_iter().zip(types) {
+                match kind.as_bytes() {
+                    Some(b"stream") => streams.push(key.clone()),
+                    Some(b"list") => lists.push(key.clone()),
+                    // Gone already (a list popped inside its push, a short-lived key): nothing
+                    // to judge, and no evidence against its family either.
+                    Some(b"none") => {}
+                    _ => self.miss(&key),
+                }
+                seen_at.insert(key, at);
+            }
+            for (kind, keys) in [(ScanKind::Streams, streams), (ScanKind::Lists, lists)] {
+                for (key, sample) in self.sample_queues(kind, keys, metrics).await? {
+                    let at = seen_at.get(&key).copied().unwrap_or_else(Instant::now);
+                    match sample {
+                        Sample::Broker(f) => found.push((f, at)),
+                        Sample::Empty if kind == ScanKind::Streams => self.pend(key, at),
+                        Sample::Empty => {}
+                        Sample::Other => self.miss(&key),
+                    }
+                }
+            }
+        }
+        if !results.is_empty() {
+            let seen_at: HashMap<String, Instant> = results.iter().cloned().collect();
+            let keys = results.into_iter().map(|(k, _)| k).collect();
+            for (key, finding) in self.sample_results(keys, metrics).await? {
+                let at = seen_at.get(&key).copied().unwrap_or_else(Instant::now);
+                match finding {
+                    Some(f) => found.push((f, at)),
+                    None => self.miss(&key),
+                }
+            }
+        }
+        Ok(found
+            .into_iter()
+            .filter(|(f, _)| self.reported.insert((f.broker, f.setting.clone())))
+            .collect())
+    }
+
+    /// Samples the streams seen empty again; the ones with an entry are judged and dropped.
+    pub async fn reprobe_pending(
+        &mut self,
+        metrics: &Metrics,
+    ) -> anyhow::Result<Vec<(Finding, Instant)>> {
+        while self
+            .pending
+            .front()
+            .is_some_and(|(_, at)| at.elapsed() > PENDING_FOR)
+        {
+            self.pending.pop_front();
+        }
+        if self.pending.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = self.pending.iter().map(|(k, _)| k.clone()).collect();
+        let samples = self.sample_queues(ScanKind::Streams, keys, metrics).await?;
+        let mut found = Vec::new();
+        for (key, sample) in samples {
+            match sample {
+                Sample::Empty => continue,
+                Sample::Broker(f) => found.push(f),
+                Sample::Other => self.miss(&key),
+            }
+            self.pending.retain(|(k, _)| *k != key);
+        }
+        Ok(self
+            .fresh(found)
+            .into_iter()
+            .map(|f| (f, Instant::now()))
+            .collect())
+    }
+
+    fn pend(&mut self, key: String, at: Instant) {
+        if self.pending.iter().any(|(k, _)| *k == key) {
+            return;
+        }
+        if self.pending.len() >= PENDING_CAPACITY {
+            self.pending.pop_front();
+        }
+        self.pending.push_back((key, at));
+    }
+
+    /// Whether this key's family was not a queue often enough to stop looking at it.
+    fn rejected(&self, key: &str) -> bool {
+        self.shapes
+            .get(detect::key_shape(key))
+            .is_some_and(|misses| *misses >= MISSES_TO_REJECT)
+    }
+
+    fn miss(&mut self, key: &str) {
+        if self.shapes.len() >= SHAPES_MEMORY {
+            self.shapes.clear();
+        }
+        let misses = self
+            .shapes
+            .entry(detect::key_shape(key).to_string())
+            .or_default();
+        *misses = misses.saturating_add(1);
+    }
+
+    /// Spends one of this second's `TYPE` probes, if any is left.
+    fn may_type(&mut self) -> bool {
+        let (start, spent) = &mut self.type_window;
+        if start.elapsed() >= Duration::from_secs(1) {
+            *start = Instant::now();
+            *spent = 0;
+        }
+        *spent += 1;
+        *spent <= TYPE_PROBES_PER_SECOND
+    }
+
+    fn result_db_finding(&mut self, db: u32, key: &str) -> Option<Finding> {
+        let url = match redis::url_with_db(&self.opts.redis_url, db) {
+            Ok(url) => url,
+            Err(e) => {
+                debug!(error = %e, db, "Cannot name another database of this Redis.");
+                return None;
+            }
+        };
+        self.result_dbs.insert(db);
+        Some(Finding {
+            broker: Broker::Celery,
+            key: format!("db{db}:{key}"),
+            setting: Some(Setting::CeleryResultDb { db, url }),
+        })
     }
 
     /// The default layouts, in one round trip: `EXISTS` of each broker's well-known keys, and
@@ -203,10 +468,13 @@ impl Detector {
             // Default queue names are sampled at every pass: they are few and may hold a
             // different broker's messages later.
             self.sampled.remove(*queue);
-            found.extend(
-                self.sample_queues(kind, vec![queue.to_string()], metrics)
-                    .await?,
-            );
+            let samples = self
+                .sample_queues(kind, vec![queue.to_string()], metrics)
+                .await?;
+            found.extend(samples.into_iter().filter_map(|(_, s)| match s {
+                Sample::Broker(f) => Some(f),
+                _ => None,
+            }));
         }
         Ok(found)
     }
@@ -217,7 +485,7 @@ impl Detector {
         kind: ScanKind,
         keys: Vec<String>,
         metrics: &Metrics,
-    ) -> anyhow::Result<Vec<Finding>> {
+    ) -> anyhow::Result<Vec<(String, Sample)>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -243,7 +511,7 @@ impl Detector {
         metrics.count_redis_commands(commands.len() as u64);
         let replies = redis::run_commands(&self.client, commands).await?;
         let stream = kind == ScanKind::Streams;
-        let mut found = Vec::new();
+        let mut samples = Vec::new();
         for (key, reply) in keys.into_iter().zip(replies) {
             let entries: Vec<Vec<u8>> = if stream {
                 // [[id, [field, value, ...]]]: every field value is a candidate message.
@@ -264,18 +532,21 @@ impl Detector {
                     })
                     .collect()
             };
-            if let Some(finding) = entries
+            let sample = match entries
                 .iter()
                 .find_map(|e| detect::classify_message(&key, e, stream))
             {
-                found.push(finding);
-            }
+                Some(finding) => Sample::Broker(finding),
+                None if entries.is_empty() => Sample::Empty,
+                None => Sample::Other,
+            };
             // An empty stream (a consumer group made it with MKSTREAM) is judged again later.
             if !entries.is_empty() {
-                self.remember(key);
+                self.remember(key.clone());
             }
+            samples.push((key, sample));
         }
-        Ok(found)
+        Ok(samples)
     }
 
     /// Reads a prefix of keys named like taskiq task ids: a taskiq result shows the broker even
@@ -284,7 +555,7 @@ impl Detector {
         &mut self,
         keys: Vec<String>,
         metrics: &Metrics,
-    ) -> anyhow::Result<Vec<Finding>> {
+    ) -> anyhow::Result<Vec<(String, Option<Finding>)>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -303,17 +574,62 @@ impl Detector {
             .collect();
         metrics.count_redis_commands(keys.len() as u64);
         let replies = redis::run_commands(&self.client, commands).await?;
-        let mut found = Vec::new();
+        let mut judged = Vec::new();
         for (key, reply) in keys.into_iter().zip(replies) {
             // A WRONGTYPE error (a hash, a set...) simply is not a result.
-            if reply.as_bytes().is_some_and(detect::is_taskiq_result) {
-                found.push(Finding {
+            let finding = reply
+                .as_bytes()
+                .is_some_and(detect::is_taskiq_result)
+                .then(|| Finding {
                     broker: Broker::Taskiq,
                     key: key.clone(),
                     setting: Some(Setting::TaskiqResults),
                 });
+            self.remember(key.clone());
+            judged.push((key, finding));
+        }
+        Ok(judged)
+    }
+
+    /// `INFO keyspace`, then a bounded SCAN for Celery result keys in every other database that
+    /// holds keys (`result_backend = redis://.../1` is the most common Celery setup). Finds
+    /// results written while taskscope was down; new ones are seen as they are created.
+    async fn scan_other_databases(&mut self, metrics: &Metrics) -> anyhow::Result<Vec<Finding>> {
+        metrics.count_redis_commands(1);
+        let info: String = self
+            .client
+            .info(Some(fred::types::InfoKind::Keyspace))
+            .await?;
+        let dbs: Vec<u32> = parse_keyspace_dbs(&info)
+            .into_iter()
+            .filter(|db| *db != self.opts.db && !self.result_dbs.contains(db))
+            .take(OTHER_DBS_PER_PASS)
+            .collect();
+        let mut found = Vec::new();
+        for db in dbs {
+            let url = redis::url_with_db(&self.opts.redis_url, db)?;
+            let client = redis::builder(&url, false)?.build()?;
+            let connected = tokio::time::timeout(Duration::from_secs(5), client.init()).await;
+            if !matches!(connected, Ok(Ok(_))) {
+                let _ = client.quit().await;
+                continue;
             }
-            self.remember(key);
+            let mut cursor = 0;
+            for _ in 0..OTHER_DB_PAGES {
+                metrics.count_redis_commands(1);
+                let (next, keys) =
+                    redis::scan_page_of_type(&client, cursor, "celery-task-*", None, SCAN_COUNT)
+                        .await?;
+                if let Some(key) = keys.iter().find(|k| detect::is_celery_result_key(k)) {
+                    found.extend(self.result_db_finding(db, key));
+                    break;
+                }
+                cursor = next;
+                if next == 0 {
+                    break;
+                }
+            }
+            let _ = client.quit().await;
         }
         Ok(found)
     }
@@ -326,11 +642,21 @@ impl Detector {
     }
 }
 
-/// Runs passes until shutdown, sending new findings to the pipeline.
+/// The database numbers `INFO keyspace` lists (`db1:keys=5,expires=0,avg_ttl=0`).
+fn parse_keyspace_dbs(info: &str) -> Vec<u32> {
+    info.lines()
+        .filter_map(|line| line.strip_prefix("db")?.split_once(':'))
+        .filter_map(|(n, _)| n.parse().ok())
+        .collect()
+}
+
+/// The detector's task: passes, quick probes and new-key notifications until shutdown,
+/// sending new findings to the pipeline.
 pub fn spawn(
     client: Client,
     opts: DetectOptions,
-    findings: mpsc::Sender<Finding>,
+    mut hints: mpsc::Receiver<NewKey>,
+    findings: mpsc::Sender<Detected>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -338,40 +664,118 @@ pub fn spawn(
         let every = opts.every;
         let mut detector = Detector::new(client, opts);
         let mut logged_empty = false;
+        let mut next_pass = tokio::time::Instant::now();
+        let mut quick = tokio::time::interval(QUICK_PROBE_EVERY);
+        let mut reprobe = tokio::time::interval(PENDING_REPROBE);
+        for t in [&mut quick, &mut reprobe] {
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        }
+        let send = |found: Vec<(Finding, Instant)>, via: Via| {
+            let findings = findings.clone();
+            let metrics = metrics.clone();
+            async move {
+                for (finding, seen) in found {
+                    info!(broker = %finding.broker, key = %finding.key, setting = ?finding.setting, via = via.as_str(), "Detected a broker in Redis.");
+                    metrics.detected(&finding, via);
+                    if findings
+                        .send(Detected { finding, seen, via })
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                }
+                true
+            }
+        };
         loop {
-            let span = info_span!("detect_pass");
-            let started = std::time::Instant::now();
-            match detector.pass(&metrics).instrument(span).await {
-                Ok(summary) => {
-                    metrics.detection_pass(summary.keys_examined);
-                    debug!(keys = summary.keys_examined, took = ?started.elapsed(), found = summary.findings.len(), "Detection pass done.");
-                    for finding in summary.findings {
-                        info!(broker = %finding.broker, key = %finding.key, setting = ?finding.setting, "Detected a broker in Redis.");
-                        metrics.detected(&finding);
-                        if findings.send(finding).await.is_err() {
-                            return;
+            let none_watched = metrics.brokers().is_empty();
+            let sent = tokio::select! {
+                biased;
+                _ = shutdown.changed() => return,
+                Some(first) = hints.recv() => {
+                    let mut batch = vec![first];
+                    while batch.len() < HINT_BATCH {
+                        match hints.try_recv() {
+                            Ok(hint) => batch.push(hint),
+                            Err(_) => break,
                         }
                     }
-                    let none_yet =
-                        metrics.brokers().is_empty() && metrics.detection().found.is_empty();
-                    if none_yet && summary.covered_keyspace && !logged_empty {
-                        logged_empty = true;
-                        info!(every = ?every, "No task broker found in this Redis yet; looking again periodically.");
+                    metrics.detection_hints(batch.len() as u64);
+                    match detector.on_new_keys(batch, &metrics).instrument(info_span!("detect_new_keys")).await {
+                        Ok(found) => send(found, Via::NewKey).await,
+                        Err(e) => {
+                            debug!(error = %e, "Could not judge new keys; the next pass will.");
+                            true
+                        }
                     }
-                    metrics.set_warning(
-                        "detection",
-                        (none_yet && summary.covered_keyspace).then(|| format!(
-                            "no Celery, Dramatiq, RQ or taskiq keys found in this Redis yet; taskscope looks again every {}. Pass --brokers to watch one anyway.",
-                            humantime::format_duration(every)
-                        )),
-                    );
                 }
-                Err(e) => warn!(error = %e, "Broker detection pass failed; retrying next time."),
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(every) => {}
-                _ = shutdown.changed() => return,
+                _ = tokio::time::sleep_until(next_pass) => {
+                    next_pass = tokio::time::Instant::now() + every;
+                    let started = Instant::now();
+                    match detector.pass(&metrics).instrument(info_span!("detect_pass")).await {
+                        Ok(summary) => {
+                            metrics.detection_pass(summary.keys_examined);
+                            debug!(keys = summary.keys_examined, took = ?started.elapsed(), found = summary.findings.len(), "Detection pass done.");
+                            let none_yet = metrics.brokers().is_empty()
+                                && metrics.detection().found.is_empty()
+                                && summary.findings.is_empty();
+                            if none_yet && summary.covered_keyspace && !logged_empty {
+                                logged_empty = true;
+                                info!(every = ?every, "No task broker found in this Redis yet; watching for its first key.");
+                            }
+                            metrics.set_warning(
+                                "detection",
+                                (none_yet && summary.covered_keyspace).then(|| format!(
+                                    "no Celery, Dramatiq, RQ or taskiq keys found in this Redis yet; taskscope watches for new keys and looks again every {}. Pass --brokers to watch one anyway.",
+                                    humantime::format_duration(every)
+                                )),
+                            );
+                            let found = summary.findings.into_iter().map(|f| (f, started)).collect();
+                            send(found, Via::Pass).await
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "Broker detection pass failed; retrying next time.");
+                            true
+                        }
+                    }
+                }
+                _ = quick.tick(), if none_watched => {
+                    let started = Instant::now();
+                    match detector.quick(&metrics).await {
+                        Ok(found) => send(found.into_iter().map(|f| (f, started)).collect(), Via::Probe).await,
+                        Err(e) => {
+                            debug!(error = %e, "Quick detection probe failed.");
+                            true
+                        }
+                    }
+                }
+                _ = reprobe.tick() => {
+                    match detector.reprobe_pending(&metrics).await {
+                        Ok(found) => send(found, Via::NewKey).await,
+                        Err(e) => {
+                            debug!(error = %e, "Could not sample the empty streams again.");
+                            true
+                        }
+                    }
+                }
+            };
+            if !sent {
+                return;
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyspace_info_lists_databases() {
+        let info =
+            "# Keyspace\r\ndb0:keys=3,expires=0,avg_ttl=0\r\ndb12:keys=1,expires=1,avg_ttl=5\r\n";
+        assert_eq!(parse_keyspace_dbs(info), vec![0, 12]);
+        assert!(parse_keyspace_dbs("# Keyspace\r\n").is_empty());
+    }
 }

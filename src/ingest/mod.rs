@@ -24,7 +24,7 @@ pub mod sanitize;
 
 use crate::metrics::{ChangeFeed, Metrics, Source};
 use crate::store::{StoreReader, StoreWriter};
-use broker_adapters::detect::{Finding, Setting};
+use broker_adapters::detect::{self as detection, Setting};
 use broker_adapters::{Adapter, Broker, Output, ReadRequest, Reply};
 use chrono::Utc;
 use fred::clients::SubscriberClient;
@@ -94,6 +94,17 @@ pub(crate) const BARRIER_CHANNEL: &str = "__taskscope:barrier";
 const BARRIER_WAIT: Duration = Duration::from_millis(250);
 /// Keys per `MGET` when a round's single-key `GET`s are sent together (see [`coalesce_gets`]).
 const GET_CHUNK: usize = 256;
+/// New-key notifications waiting for the detector; more are dropped (the passes find them).
+const HINT_QUEUE: usize = 65_536;
+/// Notification classes auto-detection needs: key events (`E`) of new keys (`n`).
+const DETECT_CLASSES: &str = "En";
+/// The key-event channel of new keys in every database (Celery results may live in another).
+const NEW_KEY_EVENTS: &str = "__keyevent@*__:new";
+
+/// The side URLs the adapters started with, by adapter index.
+fn side_urls_now(urls: &[(Broker, Option<String>)]) -> Vec<Option<String>> {
+    urls.iter().map(|(_, url)| url.clone()).collect()
+}
 
 /// Builds the adapter of a broker that auto-detection found, given the settings detection
 /// learned about it; `None` when this build has no adapter for it.
@@ -129,7 +140,15 @@ pub async fn run(
         kick.clone(),
         metrics.clone(),
     )?;
-    spawn_forwarders(&subscriber, &client, cfg.redis_db, tx);
+    // `--brokers auto`: new-key notifications go straight to the detector.
+    let (hint_tx, hint_rx) = match auto {
+        Some(_) => {
+            let (tx, rx) = mpsc::channel(HINT_QUEUE);
+            (Some(tx), Some(rx))
+        }
+        None => (None, None),
+    };
+    spawn_forwarders(&subscriber, &client, cfg.redis_db, tx, hint_tx);
 
     info!(url = %redact(&cfg.redis_url), "Connecting to Redis.");
     tokio::select! {
@@ -144,6 +163,7 @@ pub async fn run(
         .iter()
         .map(|a| (a.broker(), a.side_url()))
         .collect();
+    let side_urls_at_start = side_urls.clone();
     let mut side = Vec::with_capacity(side_urls.len());
     for (broker, url) in side_urls {
         side.push(match url {
@@ -154,20 +174,21 @@ pub async fn run(
             None => None,
         });
     }
-    let (detect_rx, factory) = match auto {
-        Some(AutoDetect { options, factory }) => {
+    let (detect_rx, factory) = match (auto, hint_rx) {
+        (Some(AutoDetect { options, factory }), Some(hints)) => {
             let (found_tx, found_rx) = mpsc::channel(256);
             metrics.enable_detection();
             detect::spawn(
                 client.clone(),
                 options,
+                hints,
                 found_tx,
                 metrics.clone(),
                 shutdown.clone(),
             );
             (Some(found_rx), Some(factory))
         }
-        None => (None, None),
+        _ => (None, None),
     };
     let _resubscribe = subscriber.manage_subscriptions();
     metrics.redis_connected.store(true, Ordering::Relaxed);
@@ -193,6 +214,7 @@ pub async fn run(
         resync_requested: false,
         rules_tx,
         kick,
+        side_urls: side_urls_now(&side_urls_at_start),
         side,
         detect_rx,
         factory,
@@ -239,6 +261,7 @@ fn spawn_forwarders(
     client: &Client,
     db: u32,
     tx: mpsc::Sender<Incoming>,
+    hints: Option<mpsc::Sender<detect::NewKey>>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     // Keyspace notifications come through the prefetcher's subscriber; this one subscribes to
@@ -249,6 +272,19 @@ fn spawn_forwarders(
     tokio::spawn(async move {
         loop {
             match keys.recv().await {
+                // New keys (of any database) are the detector's, never the adapters'.
+                Ok(ev) if ev.operation == "new" => {
+                    if let Some(hints) = &hints {
+                        let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
+                        let hint = detect::NewKey {
+                            db: u32::from(ev.db),
+                            key,
+                            at: std::time::Instant::now(),
+                        };
+                        // Full: the detector is behind; its passes find what it skips.
+                        let _ = hints.try_send(hint);
+                    }
+                }
                 Ok(ev) if u32::from(ev.db) == db => {
                     let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
                     let op = ev.operation;
@@ -332,14 +368,16 @@ struct Pipeline {
     writer_error: Option<String>,
     /// A reconnect or a pub/sub lag asked for a resync (run on the next sweep tick).
     resync_requested: bool,
-    /// Each adapter's side connection ([`Adapter::side_url`]), by adapter index.
+    /// Each adapter's side connection ([`Adapter::side_url`]), by adapter index, and the URL
+    /// it was made for (an adapter may learn its side URL later, from detection).
     side: Vec<Option<Client>>,
+    side_urls: Vec<Option<String>>,
     /// The adapters' keyspace patterns and prefetch rules, for the prefetcher's subscriber.
     rules_tx: watch::Sender<Arc<prefetch::Subscriptions>>,
     /// Runs the coalesced prefetch rules at every reconciliation.
     kick: prefetch::Kick,
     /// Findings of auto-detection (`--brokers auto`), and how to start their adapters.
-    detect_rx: Option<mpsc::Receiver<Finding>>,
+    detect_rx: Option<mpsc::Receiver<detect::Detected>>,
     factory: Option<AdapterFactory>,
     /// Settings detection learned, per broker (for adapters started later).
     learned: BTreeMap<Broker, Vec<Setting>>,
@@ -407,8 +445,10 @@ impl Pipeline {
     }
 
     /// A broker auto-detection found: start its adapter, or hand a new setting (another
-    /// queue) to the one running.
-    async fn on_detected(&mut self, finding: Finding) {
+    /// queue, a result database) to the one running. Logs how long after its evidence reached
+    /// taskscope the broker is watched.
+    async fn on_detected(&mut self, detected: detect::Detected) {
+        let detect::Detected { finding, seen, via } = detected;
         let broker = finding.broker;
         if let Some(setting) = &finding.setting {
             self.learned
@@ -420,6 +460,11 @@ impl Pipeline {
         if let Some(i) = running {
             if let Some(setting) = &finding.setting {
                 let reads = self.adapters[i].on_detected(setting);
+                if self.adapters[i].side_url() != self.side_urls[i] {
+                    self.connect_side_of(i).await;
+                    // Its side keys need scanning and its open tasks' results reading there.
+                    self.resync().await;
+                }
                 if !reads.is_empty() {
                     self.queue_reads(i, reads);
                     let mut output = Output::default();
@@ -436,32 +481,68 @@ impl Pipeline {
             }
             return;
         };
-        let side = match adapter.side_url() {
-            Some(url) => {
-                match tokio::time::timeout(Duration::from_secs(10), connect_side(&url, broker))
-                    .await
-                {
-                    Ok(Ok(c)) => Some(c),
-                    Ok(Err(e)) => {
-                        warn!(error = %e, %broker, "Cannot connect to the second Redis; reading everything from the first.");
-                        None
-                    }
-                    Err(_) => {
-                        warn!(%broker, "The second Redis did not answer in 10s; reading everything from the first.");
-                        None
-                    }
-                }
-            }
-            None => None,
-        };
-        info!(%broker, key = %finding.key, "Watching a detected broker.");
         self.adapters.push(adapter);
-        self.side.push(side);
+        self.side.push(None);
+        self.side_urls.push(None);
+        self.connect_side_of(self.adapters.len() - 1).await;
         self.metrics
             .set_brokers(self.adapters.iter().map(|a| a.broker()).collect());
         self.metrics.set_warning("detection", None);
-        // Its key classes may need notifications turned on, its keys subscribing and scanning.
+        // Its key classes may need notifications turned on, its keys subscribing and scanning:
+        // it catches up as on start-up.
         self.resync().await;
+        let delay = seen.elapsed();
+        self.metrics.watching(broker, &finding.key, delay);
+        info!(%broker, key = %finding.key, via = via.as_str(), delay_ms = delay.as_secs_f64() * 1e3, "Watching a detected broker.");
+    }
+
+    /// (Re)connects adapter `i`'s side connection to its current [`Adapter::side_url`].
+    async fn connect_side_of(&mut self, i: usize) {
+        let url = self.adapters[i].side_url();
+        let broker = self.adapters[i].broker();
+        if let Some(old) = self.side[i].take() {
+            let _ = old.quit().await;
+        }
+        self.side_urls[i] = url.clone();
+        let Some(url) = url else {
+            return;
+        };
+        self.side[i] = match tokio::time::timeout(
+            Duration::from_secs(10),
+            connect_side(&url, broker),
+        )
+        .await
+        {
+            Ok(Ok(c)) => Some(c),
+            Ok(Err(e)) => {
+                warn!(error = %e, %broker, "Cannot connect to the second Redis; reading everything from the first.");
+                None
+            }
+            Err(_) => {
+                warn!(%broker, "The second Redis did not answer in 10s; reading everything from the first.");
+                None
+            }
+        };
+    }
+
+    /// A message on a channel detection listens to before any adapter does: the broker it
+    /// shows is started at once, so this message and the next reach its adapter.
+    async fn detect_from_message(&mut self, channel: &str, payload: &[u8]) {
+        let Some(finding) = detection::classify_channel(channel, payload) else {
+            return;
+        };
+        if self.adapters.iter().any(|a| a.broker() == finding.broker) {
+            return;
+        }
+        info!(broker = %finding.broker, channel, "Detected a broker from its pub/sub message.");
+        self.metrics
+            .detected(&finding, crate::metrics::Via::Message);
+        self.on_detected(detect::Detected {
+            finding,
+            seen: std::time::Instant::now(),
+            via: crate::metrics::Via::Message,
+        })
+        .await;
     }
 
     /// The writer only fails once it has stopped: nothing more can be recorded, so stop too.
@@ -489,11 +570,14 @@ impl Pipeline {
             adapter.on_gap();
         }
         async {
-            let classes: String = self
+            let mut classes: String = self
                 .adapters
                 .iter()
                 .map(|a| a.interest().notify_classes)
                 .collect();
+            if self.factory.is_some() {
+                classes.push_str(DETECT_CLASSES);
+            }
             self.feed = notifications::ensure(&self.client, &classes, self.cfg.config_set).await;
             match &self.feed {
                 Feed::Notifications { .. } => {
@@ -530,6 +614,10 @@ impl Pipeline {
         );
         let mut wanted = BTreeSet::new();
         let mut patterns = BTreeSet::new();
+        if self.factory.is_some() {
+            wanted.insert(NEW_KEY_EVENTS.to_string());
+            wanted.extend(detection::early_channels(self.cfg.redis_db));
+        }
         for interest in interests {
             wanted.extend(interest.channel_patterns);
             if matches!(self.feed, Feed::Notifications { .. }) {
@@ -569,6 +657,8 @@ impl Pipeline {
         let (mut keyspace, mut pubsub) = (0u64, 0u64);
         while let Some(item) = next.take() {
             match item {
+                // The key's creation: its write's own event follows.
+                Incoming::Key { op, .. } if op == "new" => {}
                 Incoming::Key { key, op } => {
                     keyspace += 1;
                     for i in 0..self.adapters.len() {
@@ -578,6 +668,9 @@ impl Pipeline {
                 }
                 Incoming::Message { channel, payload } => {
                     pubsub += 1;
+                    if self.factory.is_some() {
+                        self.detect_from_message(&channel, &payload).await;
+                    }
                     for i in 0..self.adapters.len() {
                         let out = self.adapters[i].on_message(&channel, &payload, now);
                         self.collect(i, out, &mut output);
@@ -1021,7 +1114,9 @@ async fn execute(
 }
 
 /// The next finding of auto-detection; never resolves when detection is off.
-async fn next_finding(rx: &mut Option<mpsc::Receiver<Finding>>) -> Option<Finding> {
+async fn next_finding(
+    rx: &mut Option<mpsc::Receiver<detect::Detected>>,
+) -> Option<detect::Detected> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,

@@ -253,3 +253,32 @@ pub async fn scan_page_of_type(
         .collect();
     Ok((next, keys))
 }
+
+/// `url` with its database number replaced by `db` (`redis://h:6379/0` -> `redis://h:6379/1`),
+/// for a connection to another database of the same Redis.
+pub fn url_with_db(url: &str, db: u32) -> anyhow::Result<String> {
+    let mut parsed = url::Url::parse(url).context("cannot parse the Redis URL")?;
+    parsed.set_path(&format!("/{db}"));
+    Ok(parsed.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_database_of_the_same_redis() {
+        assert_eq!(
+            url_with_db("redis://:pw@localhost:6380/0", 1).unwrap(),
+            "redis://:pw@localhost:6380/1"
+        );
+        assert_eq!(
+            url_with_db("redis://127.0.0.1:6379", 2).unwrap(),
+            "redis://127.0.0.1:6379/2"
+        );
+        assert_eq!(
+            url_with_db("rediss://h/3?protocol=resp3", 4).unwrap(),
+            "rediss://h/4?protocol=resp3"
+        );
+    }
+}

@@ -759,6 +759,8 @@ pub struct ProduceOpts {
     pub fail_times: Option<u32>,
     /// `task_compression` of the producer (e.g. `zlib`).
     pub compression: Option<String>,
+    /// More of celery_app.py's `TS_*` variables (e.g. `TS_RESULT_URL`).
+    pub env: Vec<(String, String)>,
 }
 
 /// Sends `n` tasks of `kind` (add, fail, flaky, slow, hang) to `queue` like an application
@@ -796,6 +798,7 @@ pub fn produce(
         cmd.args(["--fail-times", &f.to_string()]);
     }
     celery_env(&mut cmd, redis_url);
+    cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
     if let Some(c) = &opts.compression {
         cmd.env("TS_COMPRESSION", c);
     }

@@ -527,8 +527,16 @@ impl Adapter for CeleryAdapter {
 
     fn on_detected(&mut self, setting: &crate::detect::Setting) -> Vec<ReadRequest> {
         let mut reads = Vec::new();
-        if let crate::detect::Setting::CeleryQueue(queue) = setting {
-            self.add_queue(queue, &mut reads);
+        match setting {
+            crate::detect::Setting::CeleryQueue(queue) => self.add_queue(queue, &mut reads),
+            // A result backend the user named wins; results found in another database are
+            // read there from now on (the ingest layer connects on `side_url`).
+            crate::detect::Setting::CeleryResultDb { url, .. }
+                if self.config.result_url.is_none() =>
+            {
+                self.config.result_url = Some(url.clone());
+            }
+            _ => {}
         }
         reads
     }

@@ -410,6 +410,7 @@ impl Adapter for TaskiqAdapter {
         let (key, kind) = match setting {
             Setting::TaskiqStream(k) => (k, QueueKind::Stream),
             Setting::TaskiqList(k) => (k, QueueKind::List),
+            Setting::TaskiqChannel(k) => (k, QueueKind::Unknown),
             _ => return Vec::new(),
         };
         if self.is_queue(key) {
