@@ -275,3 +275,86 @@ fn taskiq_stream_is_followed_from_its_first_key() {
     let t = ts.wait_state(&failed, "failure", LONG);
     assert_eq!(t["name"], "taskiq_app:fail", "{t}");
 }
+
+/// Queues declared after their broker is watched (a worker of a new queue starting later) are
+/// followed at once: their first tasks are seen queued, with their names and arguments.
+#[test]
+fn late_queues_of_watched_brokers_are_followed_at_once() {
+    let _slot = common::test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ts = start_defaults(&redis, &dir);
+    let url = redis.url();
+
+    let _celery = CeleryWorker::start(&url, "celery", false, &[]);
+    let _dramatiq = DramatiqWorker::start(&url, &[]);
+    let _rq = RqWorker::start(&url, &["default"], &[], &[]);
+    for broker in ["celery", "dramatiq", "rq"] {
+        detected(&ts, broker);
+    }
+
+    // Then workers of queues nobody named start, and tasks go to those queues at once.
+    let _jobs = CeleryWorker::start(&url, "jobs", false, &["--hostname", "w2@%h"]);
+    let emails = [("TS_DRAMATIQ_QUEUE", "emails")];
+    let _emails = DramatiqWorker::start(&url, &emails);
+    let _reports = RqWorker::start(&url, &["reports"], &[], &[]);
+    let celery_args = json!([4, 5]);
+    let celery = produce(
+        &url,
+        "add",
+        1,
+        "jobs",
+        &ProduceOpts {
+            args: Some(celery_args.clone()),
+            ..ProduceOpts::default()
+        },
+    )
+    .remove(0);
+    let dramatiq_args = json!([6, 7]);
+    let dramatiq = dramatiq_produce(
+        &url,
+        "add",
+        1,
+        &DramatiqProduceOpts {
+            args: Some(dramatiq_args.clone()),
+            env: vec![("TS_DRAMATIQ_QUEUE".into(), "emails".into())],
+            ..DramatiqProduceOpts::default()
+        },
+    )
+    .remove(0);
+    let rq_args = json!([8, 9]);
+    let rq = rq_produce(
+        &url,
+        "add",
+        1,
+        &RqProduceOpts {
+            args: Some(rq_args.clone()),
+            queue: Some("reports".into()),
+            ..RqProduceOpts::default()
+        },
+    )
+    .remove(0);
+
+    let t = assert_task(&ts, &celery, "success", "billing.add", Some(&celery_args));
+    assert_eq!(t["queue"], "jobs", "{t}");
+    // The first message of a queue can come and go before its first notification is read:
+    // a fast actor's running phase may be too short to see, a slower one's is not.
+    let t = ts.wait_state(&dramatiq, "success", LONG);
+    assert_eq!(t["name"], "add", "{t}");
+    assert_eq!(t["args"], dramatiq_args, "{t}");
+    assert_eq!(t["queue"], "emails", "{t}");
+    let slow = dramatiq_produce(
+        &url,
+        "slow",
+        1,
+        &DramatiqProduceOpts {
+            seconds: Some(0.5),
+            env: vec![("TS_DRAMATIQ_QUEUE".into(), "emails".into())],
+            ..DramatiqProduceOpts::default()
+        },
+    )
+    .remove(0);
+    assert_task(&ts, &slow, "success", "slow", None);
+    let t = assert_task(&ts, &rq, "success", "rq_app.add", Some(&rq_args));
+    assert_eq!(t["queue"], "reports", "{t}");
+}
