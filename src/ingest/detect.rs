@@ -62,6 +62,12 @@ pub const MISSES_TO_REJECT: u8 = 3;
 const SHAPES_MEMORY: usize = 10_000;
 /// New-key notifications handled per batch.
 const HINT_BATCH: usize = 4_096;
+/// New-key notifications per second (averaged over [`RATE_WINDOW`]) above which listening to
+/// them costs Redis more than it is worth: a cache writing keys at this rate pays a notification
+/// per key. Listening pauses for [`PAUSE_FOR`]; the quick probe and the passes go on.
+pub const NEW_KEY_RATE_CAP: u64 = 1_000;
+const RATE_WINDOW: Duration = Duration::from_secs(10);
+pub const PAUSE_FOR: Duration = Duration::from_secs(600);
 /// Other databases looked into per pass, and SCAN pages per database.
 const OTHER_DBS_PER_PASS: usize = 16;
 const OTHER_DB_PAGES: usize = 10;
@@ -650,13 +656,56 @@ fn parse_keyspace_dbs(info: &str) -> Vec<u32> {
         .collect()
 }
 
+/// Whether new-key notifications are worth listening to: while a broker is not watched yet,
+/// unless they arrive faster than [`NEW_KEY_RATE_CAP`] (then not for [`PAUSE_FOR`]).
+struct ListenPolicy {
+    window_start: Instant,
+    in_window: u64,
+    paused_until: Option<Instant>,
+}
+
+impl ListenPolicy {
+    fn new(now: Instant) -> ListenPolicy {
+        ListenPolicy {
+            window_start: now,
+            in_window: 0,
+            paused_until: None,
+        }
+    }
+
+    fn count(&mut self, n: u64) {
+        self.in_window += n;
+    }
+
+    /// Whether to listen now; `all_watched`: every broker this build knows has its adapter.
+    fn listen(&mut self, all_watched: bool, now: Instant) -> bool {
+        let window = now.duration_since(self.window_start);
+        if window >= RATE_WINDOW {
+            let rate = self.in_window * 1_000 / (window.as_millis().max(1) as u64);
+            if rate > NEW_KEY_RATE_CAP && self.paused_until.is_none() {
+                warn!(per_second = rate, cap = NEW_KEY_RATE_CAP, pause = ?PAUSE_FOR, "New keys are created too fast for detection to react to each one at a fair cost to Redis; pausing that (the quick probe and the passes go on).");
+                self.paused_until = Some(now + PAUSE_FOR);
+            }
+            self.window_start = now;
+            self.in_window = 0;
+        }
+        if self.paused_until.is_some_and(|until| now >= until) {
+            info!("Reacting to new keys again.");
+            self.paused_until = None;
+        }
+        !all_watched && self.paused_until.is_none()
+    }
+}
+
 /// The detector's task: passes, quick probes and new-key notifications until shutdown,
-/// sending new findings to the pipeline.
+/// sending new findings to the pipeline, and telling it (`listen`) whether new-key
+/// notifications are wanted ([`ListenPolicy`]).
 pub fn spawn(
     client: Client,
     opts: DetectOptions,
     mut hints: mpsc::Receiver<NewKey>,
     findings: mpsc::Sender<Detected>,
+    listen: watch::Sender<bool>,
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -664,6 +713,7 @@ pub fn spawn(
         let every = opts.every;
         let mut detector = Detector::new(client, opts);
         let mut logged_empty = false;
+        let mut policy = ListenPolicy::new(Instant::now());
         let mut next_pass = tokio::time::Instant::now();
         let mut quick = tokio::time::interval(QUICK_PROBE_EVERY);
         let mut reprobe = tokio::time::interval(PENDING_REPROBE);
@@ -689,7 +739,11 @@ pub fn spawn(
             }
         };
         loop {
-            let none_watched = metrics.brokers().is_empty();
+            let watched = metrics.brokers();
+            let none_watched = watched.is_empty();
+            let all_watched = Broker::ALL.iter().all(|b| watched.contains(b));
+            let wanted = policy.listen(all_watched, Instant::now());
+            listen.send_if_modified(|on| std::mem::replace(on, wanted) != wanted);
             let sent = tokio::select! {
                 biased;
                 _ = shutdown.changed() => return,
@@ -702,6 +756,7 @@ pub fn spawn(
                         }
                     }
                     metrics.detection_hints(batch.len() as u64);
+                    policy.count(batch.len() as u64);
                     match detector.on_new_keys(batch, &metrics).instrument(info_span!("detect_new_keys")).await {
                         Ok(found) => send(found, Via::NewKey).await,
                         Err(e) => {
@@ -770,6 +825,25 @@ pub fn spawn(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listening_stops_when_every_broker_is_watched_or_keys_come_too_fast() {
+        let t0 = Instant::now();
+        let mut policy = ListenPolicy::new(t0);
+        assert!(policy.listen(false, t0));
+        assert!(!policy.listen(true, t0), "nothing left to find");
+        // A cache creating 5,000 keys a second for a whole window.
+        policy.count(5_000 * RATE_WINDOW.as_secs());
+        assert!(!policy.listen(false, t0 + RATE_WINDOW), "paused");
+        assert!(!policy.listen(false, t0 + RATE_WINDOW * 2), "still paused");
+        assert!(
+            policy.listen(false, t0 + RATE_WINDOW + PAUSE_FOR),
+            "resumed"
+        );
+        // A slow trickle never pauses it.
+        policy.count(RATE_WINDOW.as_secs() * NEW_KEY_RATE_CAP / 2);
+        assert!(policy.listen(false, t0 + RATE_WINDOW * 2 + PAUSE_FOR));
+    }
 
     #[test]
     fn keyspace_info_lists_databases() {

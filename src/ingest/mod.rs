@@ -174,21 +174,23 @@ pub async fn run(
             None => None,
         });
     }
-    let (detect_rx, factory) = match (auto, hint_rx) {
+    let (detect_rx, factory, listen_rx) = match (auto, hint_rx) {
         (Some(AutoDetect { options, factory }), Some(hints)) => {
             let (found_tx, found_rx) = mpsc::channel(256);
+            let (listen_tx, listen_rx) = watch::channel(true);
             metrics.enable_detection();
             detect::spawn(
                 client.clone(),
                 options,
                 hints,
                 found_tx,
+                listen_tx,
                 metrics.clone(),
                 shutdown.clone(),
             );
-            (Some(found_rx), Some(factory))
+            (Some(found_rx), Some(factory), Some(listen_rx))
         }
-        _ => (None, None),
+        _ => (None, None, None),
     };
     let _resubscribe = subscriber.manage_subscriptions();
     metrics.redis_connected.store(true, Ordering::Relaxed);
@@ -218,6 +220,8 @@ pub async fn run(
         side,
         detect_rx,
         factory,
+        listen_rx,
+        new_key_class_added: false,
         learned: BTreeMap::new(),
         unsupported: HashSet::new(),
         barrier_seq: 0,
@@ -378,6 +382,10 @@ struct Pipeline {
     kick: prefetch::Kick,
     /// Findings of auto-detection (`--brokers auto`), and how to start their adapters.
     detect_rx: Option<mpsc::Receiver<detect::Detected>>,
+    /// Whether the detector wants new-key notifications (see `detect::ListenPolicy`).
+    listen_rx: Option<watch::Receiver<bool>>,
+    /// taskscope turned on the new-key class (`n`) itself: it turns it off when done.
+    new_key_class_added: bool,
     factory: Option<AdapterFactory>,
     /// Settings detection learned, per broker (for adapters started later).
     learned: BTreeMap<Broker, Vec<Setting>>,
@@ -437,6 +445,7 @@ impl Pipeline {
                     self.reconcile().await;
                 }
                 Some(finding) = next_finding(&mut self.detect_rx) => self.on_detected(finding).await,
+                Some(()) = listen_changed(&mut self.listen_rx) => self.apply_listening().await,
                 _ = sample.tick() => self.sample().await,
                 _ = rescan.tick() => self.scan().await,
                 _ = enable_events.tick(), if self.cfg.celery_enable_events => self.enable_celery_events().await,
@@ -575,10 +584,16 @@ impl Pipeline {
                 .iter()
                 .map(|a| a.interest().notify_classes)
                 .collect();
-            if self.factory.is_some() {
+            let before = self.listening_new_keys();
+            if before {
                 classes.push_str(DETECT_CLASSES);
             }
-            self.feed = notifications::ensure(&self.client, &classes, self.cfg.config_set).await;
+            let (feed, previous) =
+                notifications::ensure(&self.client, &classes, self.cfg.config_set).await;
+            self.feed = feed;
+            if before && previous.is_some_and(|p| !p.contains('n')) {
+                self.new_key_class_added |= matches!(self.feed, Feed::Notifications { changed: true });
+            }
             match &self.feed {
                 Feed::Notifications { .. } => {
                     self.metrics.set_change_feed(ChangeFeed::Notifications);
@@ -603,6 +618,29 @@ impl Pipeline {
         .await
     }
 
+    fn listening_new_keys(&self) -> bool {
+        self.listen_rx.as_ref().is_some_and(|rx| *rx.borrow())
+    }
+
+    /// The detector started or stopped wanting new-key notifications: (un)subscribe, and turn
+    /// the class on, or off again when taskscope turned it on.
+    async fn apply_listening(&mut self) {
+        if self.listening_new_keys() {
+            info!("Listening to new keys for auto-detection.");
+            self.resync().await;
+            return;
+        }
+        info!("No longer listening to new keys for auto-detection.");
+        if self.subscribed.remove(NEW_KEY_EVENTS) {
+            if let Err(e) = self.subscriber.punsubscribe(NEW_KEY_EVENTS).await {
+                debug!(error = %e, "PUNSUBSCRIBE of new-key events failed.");
+            }
+        }
+        if std::mem::take(&mut self.new_key_class_added) && self.cfg.config_set {
+            notifications::drop_class(&self.client, 'n').await;
+        }
+    }
+
     async fn update_subscriptions(&mut self) {
         // Runs after every batch: ask each adapter for its interest once.
         let interests: Vec<_> = self.adapters.iter().map(|a| a.interest()).collect();
@@ -615,8 +653,10 @@ impl Pipeline {
         let mut wanted = BTreeSet::new();
         let mut patterns = BTreeSet::new();
         if self.factory.is_some() {
-            wanted.insert(NEW_KEY_EVENTS.to_string());
             wanted.extend(detection::early_channels(self.cfg.redis_db));
+        }
+        if self.listening_new_keys() {
+            wanted.insert(NEW_KEY_EVENTS.to_string());
         }
         for interest in interests {
             wanted.extend(interest.channel_patterns);
@@ -822,6 +862,7 @@ impl Pipeline {
                         return;
                     }
                 }
+                Incoming::Key { op, .. } if op == "new" => {}
                 Incoming::Key { key, op } => {
                     self.metrics.ingested(Source::Keyspace, 1);
                     for i in 0..self.adapters.len() {
@@ -1114,6 +1155,14 @@ async fn execute(
 }
 
 /// The next finding of auto-detection; never resolves when detection is off.
+/// The next change of whether the detector listens to new keys; pending forever without one.
+async fn listen_changed(rx: &mut Option<watch::Receiver<bool>>) -> Option<()> {
+    match rx {
+        Some(rx) => rx.changed().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
 async fn next_finding(
     rx: &mut Option<mpsc::Receiver<detect::Detected>>,
 ) -> Option<detect::Detected> {

@@ -33,18 +33,55 @@ pub fn merged_flags(current: &str, classes: &str) -> Option<String> {
     (!dedup.is_empty()).then(|| format!("{current}{dedup}"))
 }
 
-/// Makes sure keyspace notifications for `classes` are on, if allowed to ask.
-pub async fn ensure(client: &Client, classes: &str, may_config_set: bool) -> Feed {
+/// The flags to set so that `current` no longer has `class`, or `None` when it has not.
+pub fn without_class(current: &str, class: char) -> Option<String> {
+    current
+        .contains(class)
+        .then(|| current.chars().filter(|c| *c != class).collect())
+}
+
+/// Turns one notification class off again (one taskscope turned on and needs no more).
+pub async fn drop_class(client: &Client, class: char) {
+    let current: Result<Vec<String>, _> = client.config_get("notify-keyspace-events").await;
+    let Some(wanted) = current
+        .ok()
+        .and_then(|pair| pair.get(1).cloned())
+        .and_then(|current| without_class(&current, class))
+    else {
+        return;
+    };
+    match client
+        .config_set("notify-keyspace-events", wanted.as_str())
+        .await
+    {
+        Ok(()) => info!(to = %wanted, %class, "Turned a keyspace notification class off again."),
+        Err(e) => warn!(error = %e, %class, "Could not turn a notification class off."),
+    }
+}
+
+/// Makes sure keyspace notifications for `classes` are on, if allowed to ask. Also returns the
+/// flags found before (when they could be read).
+pub async fn ensure(
+    client: &Client,
+    classes: &str,
+    may_config_set: bool,
+) -> (Feed, Option<String>) {
     let current: Result<Vec<String>, _> = client.config_get("notify-keyspace-events").await;
     let current = match current {
         Ok(pair) => pair.get(1).cloned().unwrap_or_default(),
         Err(e) => {
-            return Feed::Polling {
+            let feed = Feed::Polling {
                 reason: format!("CONFIG GET notify-keyspace-events was refused ({e})"),
-            }
+            };
+            return (feed, None);
         }
     };
-    let Some(wanted) = merged_flags(&current, classes) else {
+    let feed = ensure_from(client, &current, classes, may_config_set).await;
+    (feed, Some(current))
+}
+
+async fn ensure_from(client: &Client, current: &str, classes: &str, may_config_set: bool) -> Feed {
+    let Some(wanted) = merged_flags(current, classes) else {
         info!(flags = %current, "Keyspace notifications already cover what the adapters need.");
         return Feed::Notifications { changed: false };
     };
@@ -85,5 +122,11 @@ mod tests {
         assert_eq!(merged_flags("KEA", "lhs"), None);
         assert_eq!(merged_flags("Kl", "lhs").as_deref(), Some("Klhs"));
         assert_eq!(merged_flags("AK", "lhst"), None);
+    }
+
+    #[test]
+    fn dropping_a_class_keeps_the_rest() {
+        assert_eq!(without_class("nKElhsg", 'n').as_deref(), Some("KElhsg"));
+        assert_eq!(without_class("KElhsg", 'n'), None);
     }
 }
