@@ -363,3 +363,27 @@ fn late_queues_of_watched_brokers_are_followed_at_once() {
     let t = assert_task(&ts, &rq, "success", "rq_app.add", Some(&rq_args));
     assert_eq!(t["queue"], "reports", "{t}");
 }
+
+/// taskiq's `PubSubBroker` leaves no key until a result: its first published message (on the
+/// default channel, listened to from the start) starts the adapter, which keeps that message.
+#[test]
+fn taskiq_pubsub_is_found_from_its_first_message() {
+    let _slot = common::test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ts = start_defaults(&redis, &dir);
+    let url = redis.url();
+
+    let env = [("TS_TASKIQ_BROKER", "pubsub")];
+    let _worker = taskiq_worker(&url, &env);
+    let add = taskiq_produce(&url, &env, "add", 1, &[]).remove(0);
+    let fail = taskiq_produce(&url, &env, "fail", 1, &[]).remove(0);
+    let found = detected(&ts, "taskiq");
+    assert_eq!(found["via"], "message", "{found}");
+    let t = ts.wait_state(&add, "success", LONG);
+    assert_eq!(t["name"], "taskiq_app:add", "{t}");
+    assert_eq!(t["args"], json!([0, 1]), "{t}");
+    assert_eq!(transition_states(&t), vec!["queued", "success"], "{t}");
+    let t = ts.wait_state(&fail, "failure", LONG);
+    assert_eq!(t["name"], "taskiq_app:fail", "{t}");
+}
