@@ -772,3 +772,51 @@ impl SeenSet {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::detect::Setting;
+
+    fn result_db(url: &str) -> Setting {
+        Setting::CeleryResultDb {
+            db: 1,
+            url: url.to_string(),
+        }
+    }
+
+    #[test]
+    fn results_found_in_another_database_move_result_reads_there() {
+        let mut adapter = CeleryAdapter::new(CeleryConfig::default());
+        assert_eq!(adapter.side_url(), None);
+        assert!(adapter.interest().side_scan_patterns.is_empty());
+        adapter.on_detected(&result_db("redis://h:6379/1"));
+        assert_eq!(adapter.side_url().as_deref(), Some("redis://h:6379/1"));
+        assert_eq!(
+            adapter.interest().side_scan_patterns,
+            vec!["celery-task-meta-*".to_string()]
+        );
+        let open = [OpenTask {
+            id: "t1".into(),
+            queue: None,
+            name: None,
+        }];
+        let reads = adapter.reconcile(&open, Utc::now());
+        assert!(
+            reads.iter().any(
+                |r| matches!(r, ReadRequest::Side(inner) if matches!(**inner, ReadRequest::MGet(_)))
+            ),
+            "open tasks' results are read on the side connection: {reads:?}"
+        );
+    }
+
+    #[test]
+    fn a_given_result_url_wins_over_detection() {
+        let mut adapter = CeleryAdapter::new(CeleryConfig {
+            result_url: Some("redis://other:6379/2".into()),
+            ..CeleryConfig::default()
+        });
+        adapter.on_detected(&result_db("redis://h:6379/1"));
+        assert_eq!(adapter.side_url().as_deref(), Some("redis://other:6379/2"));
+    }
+}
