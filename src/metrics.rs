@@ -287,6 +287,9 @@ pub fn describe_setting(setting: &Setting) -> String {
         Setting::CeleryQueue(q) => format!("celery queue {q}"),
         Setting::TaskiqStream(s) => format!("taskiq stream {s}"),
         Setting::TaskiqList(l) => format!("taskiq list {l}"),
-        Setting::TaskiqResults => "taskiq results".to_string(),
+        Setting::TaskiqResultPrefix(p) if p.is_empty() => {
+            "taskiq results (bare task ids)".to_string()
+        }
+        Setting::TaskiqResultPrefix(p) => format!("taskiq result prefix {p}"),
     }
 }

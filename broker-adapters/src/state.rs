@@ -338,6 +338,9 @@ pub fn worker_alive(worker: &Worker, now: DateTime<Utc>, abandon_after: Duration
 ///   message) is abandoned when no worker of its broker that was already up when it started is
 ///   still alive.
 /// * A task whose worker name was never heard from is left alone: silence cannot be judged.
+/// * A task whose worker is unknown, of a broker whose workers do not vouch for such tasks
+///   ([`crate::model::Broker::workers_vouch_for_unnamed_runs`]: taskiq lists and pub/sub), is
+///   never abandoned: there is no evidence either way.
 pub fn find_abandoned(
     running: &[Task],
     workers: &[Worker],
@@ -366,6 +369,7 @@ pub fn find_abandoned(
                         None
                     }
                 }),
+            None if !task.broker.workers_vouch_for_unnamed_runs() => None,
             None => {
                 let mut same_broker = workers
                     .iter()

@@ -601,7 +601,7 @@ fn published_message_is_queued() {
 fn prefixed_result_keys() {
     let mut a = TaskiqAdapter::new(TaskiqConfig {
         queues: vec!["taskiq".into()],
-        result_prefix: Some("res".into()),
+        result_prefixes: vec!["res".into()],
         db: 0,
     });
     let now = Utc::now();

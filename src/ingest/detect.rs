@@ -310,7 +310,7 @@ impl Detector {
                 found.push(Finding {
                     broker: Broker::Taskiq,
                     key: key.clone(),
-                    setting: Some(Setting::TaskiqResults),
+                    setting: detect::taskiq_result_prefix_of(&key).map(Setting::TaskiqResultPrefix),
                 });
             }
             self.remember(key);
