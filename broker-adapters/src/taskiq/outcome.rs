@@ -25,17 +25,11 @@ impl TaskiqAdapter {
                 continue;
             };
             match value {
-                Reply::Nil => {
-                    if !missing.contains(&task_id) {
-                        missing.push(task_id);
-                    }
+                Reply::Nil if !missing.contains(&task_id) => missing.push(task_id),
+                Reply::Bytes(bytes) if self.on_result(key, &task_id, &bytes, now, out) => {
+                    found.insert(task_id);
                 }
-                Reply::Bytes(bytes) => {
-                    if self.on_result(key, &task_id, &bytes, now, out) {
-                        found.insert(task_id);
-                    }
-                }
-                // WRONGTYPE and friends: not a taskiq result key.
+                // A record that is not taskiq's, WRONGTYPE and friends: not a result.
                 _ => {}
             }
         }
