@@ -924,3 +924,26 @@ fn detected_list_holding_no_taskiq_message_is_dropped() {
         "still followed"
     );
 }
+
+/// Results written before their prefix was known, of tasks taskscope never saw (a list worker
+/// took them inside the `LPUSH`): handed over as keys (`on_scan`, e.g. the key that showed the
+/// prefix), they are read once the prefix is known, and not before.
+#[test]
+fn result_keys_handed_over_after_their_prefix_is_known_are_read() {
+    let mut a = adapter();
+    let now = Utc::now();
+    let key = format!("results:{ID}");
+    assert!(a.on_scan("", vec![key.clone()], now).is_empty());
+    a.on_detected(&Setting::TaskiqResultPrefix("results".into()));
+    let reads = a.on_scan("", vec![key.clone(), "session:1".into()], now);
+    assert_eq!(reads, vec![ReadRequest::MGet(vec![key.clone()])]);
+    let out = a.on_reply(
+        &reads[0],
+        Reply::Array(vec![Reply::Bytes(fixture(
+            "stream_msgpack_json_result_add.bin",
+        ))]),
+        now,
+    );
+    assert_eq!(tasks(&out)[0].event, TaskEvent::Succeeded);
+    assert_eq!(tasks(&out)[0].task_id, ID);
+}
