@@ -8,18 +8,23 @@
 //! once that pairing held often enough to be more than chance.
 //!
 //! The rule, with a window `w` (2 s by default) and `needed` hits (3):
-//! * A result at `t` is credited to a list `L` only when `L` is the **only** unclassified list
-//!   pushed in `[t - w, t]` and one of its pushes in that window is not paired yet: that push
-//!   and that result are paired (one hit). With two lists pushed in the window nothing is
-//!   credited: the result could be either's.
-//! * A push that leaves the window unpaired is a miss for its list.
+//! * A result at `t` is paired with a push of list `L` only when `L` is the **only**
+//!   unclassified list pushed in `[t - w, t]` and one of its pushes in that window is not paired
+//!   yet. With two lists pushed in the window nothing is paired: the result could be either's.
+//!   A result not paired is *unexplained* (a stream broker's, another app's...).
+//! * Only a push made while the system was quiet, with no unexplained result in the `w` before
+//!   it, is evidence: paired, it is a hit for its list; left unpaired past the window, a miss.
+//!   A push amid unexplained results is neutral: results that keep coming anyway say nothing
+//!   about it.
 //! * `L` is adopted once `hits >= needed` and `hits > misses + its unpaired pushes still in
 //!   the window` (those are misses in the making).
 //!
-//! What this keeps out: a busy unrelated list next to a stream broker's results gets at most
-//! one hit per result but a miss for every other push, so it stays below its misses; a list
-//! pushed while no results appear only collects misses. What it cannot tell: an unrelated list
-//! pushed exactly as often as, and just before, unrelated results appear. The taskiq adapter
+//! What this keeps out: a busy unrelated list gets at most one hit per result but a miss for
+//! every other push, so it stays below its misses; a list pushed while no results appear only
+//! collects misses; an unrelated list pushed now and then next to a stream broker whose results
+//! keep coming is never judged. What it cannot tell: an unrelated list pushed exactly as often
+//! as, and just before, results appear in an otherwise quiet Redis. And a taskiq list whose
+//! pushes always fall amid another broker's results is not found this way. The taskiq adapter
 //! therefore watches a list found this way on probation: the first time it holds items and
 //! none is a taskiq message, it stops watching it. Tasks longer than `w` are never paired (a
 //! list running only those is not found this way).
@@ -43,6 +48,8 @@ struct Push {
     list: String,
     at: DateTime<Utc>,
     paired: bool,
+    /// Made while no unexplained result was in the window before it: evidence either way.
+    counts: bool,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -59,6 +66,8 @@ pub struct ListCorrelator {
     capacity: usize,
     /// Pushes of the last `window`, oldest first.
     pushes: VecDeque<Push>,
+    /// The last result no push explained.
+    last_unexplained: Option<DateTime<Utc>>,
     scores: HashMap<String, Score>,
     /// Scored lists, least recently scored first (eviction order).
     order: VecDeque<String>,
@@ -83,6 +92,7 @@ impl ListCorrelator {
             needed: needed.max(1),
             capacity: capacity.max(1),
             pushes: VecDeque::new(),
+            last_unexplained: None,
             scores: HashMap::new(),
             order: VecDeque::new(),
         }
@@ -95,10 +105,12 @@ impl ListCorrelator {
             // A flood of pushes: the oldest leaves unjudged rather than as a miss.
             self.pushes.pop_front();
         }
+        let counts = self.last_unexplained.is_none_or(|u| at - u >= self.window);
         self.pushes.push_back(Push {
             list: list_key.to_string(),
             at,
             paired: false,
+            counts,
         });
     }
 
@@ -107,6 +119,33 @@ impl ListCorrelator {
     /// forgotten here, the caller watches it from now on).
     pub fn on_taskiq_result(&mut self, at: DateTime<Utc>) -> Option<String> {
         self.expire(at);
+        let Some((list, counts)) = self.pair(at) else {
+            self.last_unexplained = Some(at);
+            return None;
+        };
+        if !counts {
+            return None;
+        }
+        // Pushes of the list still waiting in the window are misses in the making.
+        let waiting = self
+            .pushes
+            .iter()
+            .filter(|p| p.list == list && !p.paired && p.counts)
+            .count();
+        let score = self.score(&list);
+        score.hits += 1;
+        let Score { hits, misses } = *score;
+        let against = u64::from(misses) + waiting as u64;
+        if hits >= self.needed && u64::from(hits) > against {
+            self.forget(&list);
+            return Some(list);
+        }
+        None
+    }
+
+    /// Pairs a result at `at` with the oldest unpaired push in its window, when one list alone
+    /// was pushed there: that list, and whether the push counts as evidence.
+    fn pair(&mut self, at: DateTime<Utc>) -> Option<(String, bool)> {
         let from = at - self.window;
         let mut in_window = self
             .pushes
@@ -126,21 +165,7 @@ impl ListCorrelator {
         }
         let push = candidate?;
         push.paired = true;
-        // Pushes of the list still waiting in the window are misses in the making.
-        let waiting = self
-            .pushes
-            .iter()
-            .filter(|p| p.list == list && !p.paired)
-            .count();
-        let score = self.score(&list);
-        score.hits += 1;
-        let Score { hits, misses } = *score;
-        let against = u64::from(misses) + waiting as u64;
-        if hits >= self.needed && u64::from(hits) > against {
-            self.forget(&list);
-            return Some(list);
-        }
-        None
+        Some((list, push.counts))
     }
 
     /// Stops scoring `list_key` (it was classified some other way).
@@ -157,7 +182,7 @@ impl ListCorrelator {
             let Some(push) = self.pushes.pop_front() else {
                 break;
             };
-            if !push.paired {
+            if !push.paired && push.counts {
                 self.score(&push.list).misses += 1;
             }
         }
@@ -253,6 +278,33 @@ mod tests {
                 assert_eq!(c.on_taskiq_result(ms(i * 100 + 50)), None, "at {i}");
             }
         }
+    }
+
+    #[test]
+    fn unrelated_list_pushed_now_and_then_next_to_a_busy_stream_is_not_adopted() {
+        let mut c = ListCorrelator::default();
+        // A stream broker's results every 500 ms; `events` pushed every 10 s.
+        for i in 0..400 {
+            if i % 20 == 5 {
+                c.on_push("events", ms(i * 500 + 100));
+            }
+            assert_eq!(c.on_taskiq_result(ms(i * 500 + 300)), None, "at {i}");
+        }
+    }
+
+    #[test]
+    fn list_is_found_in_a_quiet_spell_after_stream_traffic() {
+        let mut c = ListCorrelator::default();
+        for i in 0..20 {
+            assert_eq!(c.on_taskiq_result(ms(i * 500)), None);
+        }
+        // Quiet from 9.5 s on; the list's traffic starts at 15 s.
+        let mut adopted = Vec::new();
+        for i in 0..3 {
+            c.on_push("lq", ms(15_000 + i * 3_000));
+            adopted.extend(c.on_taskiq_result(ms(15_000 + i * 3_000 + 200)));
+        }
+        assert_eq!(adopted, vec!["lq".to_string()]);
     }
 
     #[test]
