@@ -947,3 +947,71 @@ fn result_keys_handed_over_after_their_prefix_is_known_are_read() {
     assert_eq!(tasks(&out)[0].event, TaskEvent::Succeeded);
     assert_eq!(tasks(&out)[0].task_id, ID);
 }
+
+/// Issue #20, end to end through the state machine: a list item taken by a worker is `running`
+/// with no worker; the stream consumers of the same app, silent or gone, do not make the sweep
+/// abandon it; its result record settles it. And a result read after a sweep did abandon a
+/// task (a stream task whose consumer fell silent) still settles it.
+#[test]
+fn list_task_is_never_abandoned_and_a_late_result_settles_an_abandoned_one() {
+    use broker_adapters::state::{apply, find_abandoned};
+    use broker_adapters::{Task, TaskState, Worker};
+    let fold = |task: Option<Task>, out: &Output| {
+        tasks(out)
+            .into_iter()
+            .fold(task, |t, o| Some(apply(t, o).task))
+    };
+    let mut a = adapter();
+    let t0 = Utc::now();
+    let id = task_id("list_json_pickle_message_add.bin");
+    let lrange = a.on_key_event("taskiq", "lpush", t0)[0].clone();
+    let item = Reply::Array(vec![Reply::Bytes(fixture(
+        "list_json_pickle_message_add.bin",
+    ))]);
+    let task = fold(None, &a.on_reply(&lrange, item, t0));
+    let task = fold(task, &a.on_reply(&lrange, Reply::Array(vec![]), t0)).unwrap();
+    assert_eq!(
+        (task.state, task.worker.as_deref()),
+        (TaskState::Running, None)
+    );
+    let consumer = |id: &str, alive: bool| Worker {
+        broker: broker_adapters::Broker::Taskiq,
+        id: id.into(),
+        hostname: None,
+        alive,
+        last_seen: t0 - Duration::seconds(30),
+        running: 0,
+        pid: None,
+        online_since: t0 - Duration::seconds(60),
+    };
+    let consumers = [consumer("c1", true), consumer("c2", false)];
+    let later = t0 + Duration::seconds(600);
+    assert!(
+        find_abandoned(&[task.clone()], &consumers, later, Duration::seconds(6)).is_empty(),
+        "no evidence against a list task"
+    );
+
+    // A stream task held by consumer c1, abandoned at `later`; its result is read afterwards
+    // but dated before the sweep (the read waited): it still ends `success`.
+    let mut stream_task = task.clone();
+    stream_task.worker = Some("c1".into());
+    let abandoned = find_abandoned(
+        &[stream_task.clone()],
+        &consumers,
+        later,
+        Duration::seconds(6),
+    );
+    assert_eq!(abandoned.len(), 1);
+    let stream_task = apply(Some(stream_task), &abandoned[0]).task;
+    assert_eq!(stream_task.state, TaskState::Abandoned);
+    let mget = ReadRequest::MGet(vec![id.clone()]);
+    let out = a.on_reply(
+        &mget,
+        Reply::Array(vec![Reply::Bytes(fixture(
+            "list_json_pickle_result_add.bin",
+        ))]),
+        later - Duration::seconds(1),
+    );
+    let settled = fold(Some(stream_task), &out).unwrap();
+    assert_eq!(settled.state, TaskState::Success);
+}
