@@ -987,7 +987,13 @@ fn list_task_is_never_abandoned_and_a_late_result_settles_an_abandoned_one() {
     let consumers = [consumer("c1", true), consumer("c2", false)];
     let later = t0 + Duration::seconds(600);
     assert!(
-        find_abandoned(&[task.clone()], &consumers, later, Duration::seconds(6)).is_empty(),
+        find_abandoned(
+            std::slice::from_ref(&task),
+            &consumers,
+            later,
+            Duration::seconds(6)
+        )
+        .is_empty(),
         "no evidence against a list task"
     );
 
