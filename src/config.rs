@@ -259,10 +259,17 @@ pub struct ServeArgs {
     )]
     pub taskiq_queues: Option<Vec<String>>,
 
-    /// The `prefix_str` of taskiq's `RedisAsyncResultBackend` (result keys `<prefix>:<task_id>`);
-    /// unset: result keys are the bare task ids.
-    #[arg(long, env = "TASKSCOPE_TASKIQ_RESULT_PREFIX", value_name = "PREFIX")]
-    pub taskiq_result_prefix: Option<String>,
+    /// The `prefix_str`s of taskiq's `RedisAsyncResultBackend`s (result keys
+    /// `<prefix>:<task_id>`), a comma list: one per result backend of the app. Bare task ids
+    /// are always read too. Unset: the prefixes `--brokers auto` finds; set, only these.
+    #[arg(
+        long,
+        alias = "taskiq-result-prefixes",
+        env = "TASKSCOPE_TASKIQ_RESULT_PREFIX",
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    pub taskiq_result_prefix: Option<Vec<String>>,
 
     /// How often the reconciliation pass re-reads queues, in-flight messages and open tasks'
     /// results (catching what notifications cannot carry).
@@ -340,7 +347,8 @@ pub struct ServeSettings {
     pub dramatiq_namespace_given: bool,
     pub rq_prefix: String,
     pub taskiq_queues: Vec<String>,
-    pub taskiq_result_prefix: Option<String>,
+    /// Empty: none given (detected ones are read).
+    pub taskiq_result_prefixes: Vec<String>,
     pub reconcile_every: Duration,
     pub poll_every: Duration,
     pub rescan_every: Duration,
@@ -437,7 +445,13 @@ impl ServeArgs {
                 .map(|q| q.trim().to_string())
                 .filter(|q| !q.is_empty())
                 .collect(),
-            taskiq_result_prefix: self.taskiq_result_prefix.filter(|p| !p.trim().is_empty()),
+            taskiq_result_prefixes: self
+                .taskiq_result_prefix
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.trim().to_string())
+                .filter(|p| !p.is_empty())
+                .collect(),
             reconcile_every: self.reconcile_every,
             poll_every: self.poll_every,
             rescan_every: self.rescan_every,
@@ -582,6 +596,8 @@ const KNOWN_VARS: &[&str] = &[
     "TASKSCOPE_MAX_VALUE_BYTES",
     "TASKSCOPE_REDACT_KEYS",
     "TASKSCOPE_RQ_PREFIX",
+    "TASKSCOPE_TASKIQ_QUEUES",
+    "TASKSCOPE_TASKIQ_RESULT_PREFIX",
     "TASKSCOPE_RECONCILE_EVERY",
     "TASKSCOPE_POLL_EVERY",
     "TASKSCOPE_RESCAN_EVERY",
@@ -661,6 +677,44 @@ mod tests {
         assert!(
             KNOWN_VARS.contains(&"TASKSCOPE_RQ_PREFIX"),
             "the TOML key [rq] prefix"
+        );
+    }
+
+    #[test]
+    fn taskiq_result_prefixes_are_a_list_and_one_value_still_works() {
+        use clap::Parser;
+        let prefixes = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Serve(serve)) => serve.taskiq_result_prefix,
+            other => panic!("{other:?}"),
+        };
+        let owned = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            prefixes(&["taskscope", "serve", "--taskiq-result-prefix", "results"]),
+            owned(&["results"])
+        );
+        assert_eq!(
+            prefixes(&[
+                "taskscope",
+                "serve",
+                "--taskiq-result-prefix",
+                "results,app:res"
+            ]),
+            owned(&["results", "app:res"])
+        );
+        assert!(
+            KNOWN_VARS.contains(&"TASKSCOPE_TASKIQ_RESULT_PREFIX"),
+            "the TOML key [taskiq] result_prefix (an array)"
+        );
+        let mut flat = Vec::new();
+        let table: toml::Table =
+            toml::from_str("[taskiq]\nresult_prefix = [\"results\", \"res\"]").expect("valid TOML");
+        flatten("", &table, &mut flat).expect("flattens");
+        assert_eq!(
+            flat,
+            vec![(
+                "taskiq_result_prefix".to_string(),
+                "results,res".to_string()
+            )]
         );
     }
 

@@ -291,9 +291,22 @@ fn build_adapter(
                     }
                 }
             }
+            // Prefixes the user gave win; else the ones detection found so far (more are
+            // handed over at runtime through `on_detected`).
+            let result_prefixes = if settings.taskiq_result_prefixes.is_empty() {
+                detected
+                    .iter()
+                    .filter_map(|s| match s {
+                        Setting::TaskiqResultPrefix(p) if !p.is_empty() => Some(p.clone()),
+                        _ => None,
+                    })
+                    .collect()
+            } else {
+                settings.taskiq_result_prefixes.clone()
+            };
             Some(Box::new(TaskiqAdapter::new(TaskiqConfig {
                 queues,
-                result_prefix: settings.taskiq_result_prefix.clone(),
+                result_prefixes,
                 db: settings.redis_db,
             })))
         }

@@ -347,6 +347,9 @@ pub fn describe_setting(setting: &Setting) -> String {
         Setting::TaskiqChannel(c) => format!("taskiq pub/sub channel {c}"),
         Setting::TaskiqStream(s) => format!("taskiq stream {s}"),
         Setting::TaskiqList(l) => format!("taskiq list {l}"),
-        Setting::TaskiqResults => "taskiq results".to_string(),
+        Setting::TaskiqResultPrefix(p) if p.is_empty() => {
+            "taskiq results (bare task ids)".to_string()
+        }
+        Setting::TaskiqResultPrefix(p) => format!("taskiq result prefix {p}"),
     }
 }

@@ -422,3 +422,250 @@ fn stream_without_result_backend_settles_acknowledged_as_success() {
         .unwrap_or_default();
     assert!(detail.contains("assumed"), "the detail says so: {t}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Two brokers in one app (issue #20): tests/python/taskiq_two_brokers.py
+
+/// The two-broker app's world: a `RedisStreamBroker` on `ingest` (SimpleRetryMiddleware) and a
+/// `ListQueueBroker` on `lq`, each with a JSON `RedisAsyncResultBackend` (prefix per `env`),
+/// and taskscope started with `taskscope_args` (explicit flags here; the default-mode variants
+/// pass none).
+struct TwoBrokers {
+    env: Vec<(&'static str, &'static str)>,
+    ts: Taskscope,
+    redis: RedisServer,
+    _dir: tempfile::TempDir,
+}
+
+/// What a user who names everything gives: both queues and the (shared) result prefix.
+const TWO_BROKERS_EXPLICIT: [&str; 6] = [
+    "--brokers",
+    "taskiq",
+    "--taskiq-queues",
+    "ingest,lq",
+    "--taskiq-result-prefix",
+    "results",
+];
+
+impl TwoBrokers {
+    fn new(env: &[(&'static str, &'static str)], taskscope_args: &[&str]) -> TwoBrokers {
+        let redis = RedisServer::start();
+        let dir = tempfile::Builder::new()
+            .prefix("taskscope-db-")
+            .tempdir()
+            .expect("tempdir");
+        let mut args = vec!["--reconcile-every", "1s", "--sample-every", "1s"];
+        args.extend_from_slice(taskscope_args);
+        let ts = Taskscope::start(&redis.url(), &dir.path().join("t.duckdb"), &args);
+        TwoBrokers {
+            env: env.to_vec(),
+            ts,
+            redis,
+            _dir: dir,
+        }
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(python());
+        taskiq_env(&mut cmd, &self.redis.url(), &self.env);
+        cmd
+    }
+
+    /// `taskiq worker taskiq_two_brokers:<broker>_broker --workers 1`, once it listens.
+    fn worker(&self, broker: &str) -> WorkerProcess {
+        let dir = tempfile::Builder::new()
+            .prefix("taskscope-taskiq-")
+            .tempdir()
+            .expect("tempdir");
+        let log = dir.path().join("worker.log");
+        let mut cmd = self.command();
+        cmd.args(["-m", "taskiq", "worker"])
+            .arg(format!("taskiq_two_brokers:{broker}_broker"))
+            .args(["--workers", "1"]);
+        let mut worker = WorkerProcess::spawn("taskiq", cmd, dir);
+        wait_for("the taskiq worker to listen", LONG, || {
+            worker.assert_running();
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("Listening started.") {
+                Ok(())
+            } else {
+                Err(format!("log so far:\n{text}"))
+            }
+        });
+        worker
+    }
+
+    /// Sends `n` tasks of `kind` (add, flaky, slow) through `broker` (stream, list).
+    fn produce(&self, broker: &str, kind: &str, n: usize, extra: &[&str]) -> Vec<String> {
+        let mut cmd = self.command();
+        cmd.arg(python_dir().join("taskiq_two_brokers.py"))
+            .args([broker, kind, "--n", &n.to_string()])
+            .args(extra);
+        let out = cmd.output().expect("run taskiq_two_brokers.py");
+        assert!(
+            out.status.success(),
+            "taskiq_two_brokers.py {broker} {kind} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let ids: Vec<String> = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!("taskiq_two_brokers.py printed no JSON list ({e}): {stdout}")
+        });
+        assert_eq!(ids.len(), n, "ids: {stdout}");
+        ids
+    }
+}
+
+fn assert_two_brokers_task(task: &Value, id: &str, name: &str, queue: &str) {
+    assert_task_shape(task);
+    assert_eq!(task["id"], id, "id: {task}");
+    assert_eq!(task["broker"], "taskiq", "broker: {task}");
+    assert_eq!(
+        task["name"],
+        format!("taskiq_two_brokers:{name}"),
+        "name: {task}"
+    );
+    assert_eq!(task["queue"], queue, "queue: {task}");
+}
+
+/// Stream and list brokers of one app, prefixed JSON results, a retry through the middleware:
+/// every task ends with its outcome, name, arguments and queue.
+fn stream_and_list_brokers_with_prefixed_results(w: &TwoBrokers) {
+    let _stream = w.worker("stream");
+    let _list = w.worker("list");
+    let stream_adds = w.produce("stream", "add", 3, &[]);
+    let list_adds = w.produce("list", "add", 3, &[]);
+    let flaky = w
+        .produce("stream", "flaky", 1, &["--fail-times", "1"])
+        .remove(0);
+    for (i, id) in stream_adds.iter().enumerate() {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_two_brokers_task(&t, id, "add", "ingest");
+        assert_eq!(t["args"], json!([i, i + 1]), "args: {t}");
+        assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
+    }
+    for (i, id) in list_adds.iter().enumerate() {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
+        assert_eq!(t["broker"], "taskiq", "broker: {t}");
+    }
+    let t = w.ts.wait_state(&flaky, "success", LONG);
+    assert_two_brokers_task(&t, &flaky, "flaky", "ingest");
+    assert_eq!(t["retries"], 1, "retries: {t}");
+    assert_eq!(t["result"], "ok after 1", "result: {t}");
+    assert!(
+        transition_states(&t).contains(&"retried".to_string()),
+        "a retried state before success: {t}"
+    );
+}
+
+#[test]
+fn two_brokers_stream_and_list_with_prefixed_json_results() {
+    let _slot = test_slot();
+    let w = TwoBrokers::new(&[], &TWO_BROKERS_EXPLICIT);
+    stream_and_list_brokers_with_prefixed_results(&w);
+}
+
+/// Two result backends in one app, one prefixed (`results`, the stream broker's) and one
+/// bare (the list broker's): both are read, with `--taskiq-result-prefix` naming only the
+/// prefixed one.
+#[test]
+fn two_result_backends_prefixed_and_bare_are_both_read() {
+    let _slot = test_slot();
+    let w = TwoBrokers::new(
+        &[("TS_TASKIQ_LIST_RESULT_PREFIX", "-")],
+        &TWO_BROKERS_EXPLICIT,
+    );
+    stream_and_list_brokers_with_prefixed_results(&w);
+}
+
+/// A list task running longer than `--abandon-after` (5 s) while the broker's only known
+/// workers, the stream consumers, are gone: nothing says anything about the list worker, so
+/// the task is never `abandoned`, and it ends `success` when its result is written. It waits
+/// in the list first (no list worker yet), so taskscope sees it taken (`running`, no worker).
+fn long_list_task_is_never_abandoned(w: &TwoBrokers) {
+    let mut stream = w.worker("stream");
+    let add = w.produce("stream", "add", 1, &[]).remove(0);
+    w.ts.wait_state(&add, "success", LONG);
+    wait_for("a stream consumer in /api/workers", LONG, || {
+        let workers = w.ts.get("/api/workers");
+        let any = workers["workers"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().any(|x| x["broker"] == "taskiq"));
+        if any {
+            Ok(())
+        } else {
+            Err(workers.to_string())
+        }
+    });
+    stream.sigkill();
+    let slow = w.produce("list", "slow", 1, &["--seconds", "12"]).remove(0);
+    w.ts.wait_state(&slow, "queued", LONG);
+    let list = w.worker("list");
+    list.wait_started(&slow, LONG);
+    let t = w.ts.wait_state(&slow, "running", SHORT);
+    assert!(t["worker"].is_null(), "a list worker has no name: {t}");
+    let t = w.ts.wait_state(&slow, "success", LONG);
+    assert_two_brokers_task(&t, &slow, "list_slow", "lq");
+    assert_eq!(t["result"], json!(12.0), "result: {t}");
+    let states = transition_states(&t);
+    assert!(
+        !states.contains(&"abandoned".to_string()),
+        "no abandoned transition: {t}"
+    );
+    assert_eq!(states, vec!["queued", "running", "success"], "{t}");
+}
+
+#[test]
+fn list_task_longer_than_abandon_after_ends_success_never_abandoned() {
+    let _slot = test_slot();
+    let w = TwoBrokers::new(&[], &TWO_BROKERS_EXPLICIT);
+    long_list_task_is_never_abandoned(&w);
+}
+
+/// The same two-broker app with taskscope's defaults (no `--brokers`, no queue, no prefix):
+/// the stream, the `results` prefix and the list are found on their own.
+#[test]
+fn two_brokers_found_without_flags() {
+    let _slot = test_slot();
+    let w = TwoBrokers::new(&[], &[]);
+    stream_and_list_brokers_with_prefixed_results(&w);
+    let found = w.ts.get("/healthz")["detection"]["found"].to_string();
+    assert!(found.contains("taskiq stream ingest"), "{found}");
+}
+
+/// A list task longer than `--abandon-after`, with the defaults: the list is found while the
+/// task waits in it, and the task ends `success` without `abandoned`.
+#[test]
+fn long_list_task_found_without_flags_is_never_abandoned() {
+    let _slot = test_slot();
+    let w = TwoBrokers::new(&[], &[]);
+    long_list_task_is_never_abandoned(&w);
+}
+
+/// An idle `ListQueueBroker` worker takes every message inside the `LPUSH`: the list never
+/// holds one to sample. With the defaults, its pushes followed by new result keys give it away
+/// (detection's list correlator), and every task still gets its outcome.
+#[test]
+fn idle_list_worker_found_by_timing_without_flags() {
+    let _slot = test_slot();
+    let w = TwoBrokers::new(&[], &[]);
+    let _list = w.worker("list");
+    let mut ids = Vec::new();
+    let found = wait_for("the list found by timing", LONG, || {
+        ids.extend(w.produce("list", "add", 1, &[]));
+        let found = w.ts.get("/healthz")["detection"]["found"].to_string();
+        if found.contains("taskiq list lq") {
+            Ok(found)
+        } else {
+            Err(format!("{} tasks sent: {found}", ids.len()))
+        }
+    });
+    eprintln!("found after {} tasks: {found}", ids.len());
+    assert!(ids.len() <= 10, "found after {} tasks: {found}", ids.len());
+    for id in &ids {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_eq!(t["broker"], "taskiq", "{t}");
+    }
+}

@@ -7,15 +7,23 @@
 //!   RQ's `rq:queues`, `rq:job:*` and registries;
 //! - **one message** ([`classify_message`]): for a stream or a list whose name says nothing
 //!   (taskiq queues have any name, `taskiq` by default), whether an entry is a `TaskiqMessage`
-//!   or a kombu envelope; for a key named like a taskiq task id, whether its value is a taskiq
-//!   result ([`is_taskiq_result`]).
+//!   or a kombu envelope; for a key named like a taskiq result key (a task id, bare or after a
+//!   `prefix_str`: [`taskiq_result_prefix_of`]), whether its value is a taskiq result
+//!   ([`is_taskiq_result`]);
+//! - **timing** ([`ListCorrelator`]): a `ListQueueBroker` list an idle worker empties inside
+//!   the `LPUSH` never holds a message to sample; its pushes followed by new taskiq result keys
+//!   give it away.
 //!
 //! Pure: the ingest layer scans and reads (bounded SCANs, one sample read per unknown key) and
 //! hands names and bytes here.
 
+mod correlate;
+
 use crate::codec;
 use crate::model::Broker;
 use serde_json::Value;
+
+pub use correlate::ListCorrelator;
 
 /// A setting detection learned along with the broker, so its adapter watches the right keys.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -36,8 +44,9 @@ pub enum Setting {
     TaskiqStream(String),
     /// A list holding taskiq messages (`ListQueueBroker`).
     TaskiqList(String),
-    /// A taskiq result key was found (`RedisAsyncResultBackend`).
-    TaskiqResults,
+    /// A taskiq result key was found (`RedisAsyncResultBackend`): its `prefix_str`, empty for
+    /// bare task ids ([`taskiq_result_prefix_of`] of the key).
+    TaskiqResultPrefix(String),
 }
 
 /// One piece of evidence that a broker is present.
@@ -66,7 +75,8 @@ pub enum KeyVerdict {
     Broker(Finding),
     /// The name says nothing; a sample of its value may ([`classify_message`]).
     SampleIfStreamOrList,
-    /// Named like a taskiq task id (32 hex digits): its value may be a taskiq result.
+    /// Named like a taskiq result key (a task id, bare or as `<prefix>:<task id>`): its value
+    /// may be a taskiq result; [`taskiq_result_prefix_of`] says under which prefix.
     MaybeTaskiqResult,
     /// Nothing to learn here.
     Unknown,
@@ -114,10 +124,27 @@ pub fn classify_key(key: &str, rq_prefixes: &[&str]) -> KeyVerdict {
         let setting = Setting::DramatiqNamespace(namespace);
         return KeyVerdict::Broker(Finding::new(Broker::Dramatiq, key, Some(setting)));
     }
-    if is_task_id_hex(key) {
+    if taskiq_result_prefix_of(key).is_some() {
         return KeyVerdict::MaybeTaskiqResult;
     }
     KeyVerdict::SampleIfStreamOrList
+}
+
+/// The `prefix_str` of a key named like a taskiq result: `""` for a bare task id,
+/// `"results"` for `results:<task id>`, `"app:results"` for `app:results:<task id>` (the id is
+/// what follows the last `:`). `None` when the name cannot be a result key.
+///
+/// Only task ids of a recognisable shape count: taskiq's default `uuid4().hex` (32 lower-case
+/// hex digits) and the dashed `str(uuid4())` of a common custom `id_generator`. taskiq accepts
+/// any string (`with_task_id`, `with_id_generator`), but a name alone cannot tell such an id
+/// from any other key: those results are read by id once their task is known.
+/// Progress keys (`<task id>__progress`) are not results and never match.
+pub fn taskiq_result_prefix_of(key: &str) -> Option<String> {
+    if is_task_id(key) {
+        return Some(String::new());
+    }
+    let (prefix, id) = key.rsplit_once(':')?;
+    (!prefix.is_empty() && is_task_id(id)).then(|| prefix.to_string())
 }
 
 /// The namespace of a key only Dramatiq's RedisBroker writes: `<ns>:__heartbeats__`,
@@ -137,13 +164,17 @@ fn dramatiq_namespace_of(key: &str) -> Option<String> {
     (!namespace.is_empty()).then(|| namespace.to_string())
 }
 
-/// taskiq's default task ids are `uuid4().hex`: 32 lower-case hex digits, and its result backend
-/// stores a result under that id (with an optional prefix, which detection does not guess).
-fn is_task_id_hex(key: &str) -> bool {
-    key.len() == 32
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+/// A task id of a shape taskiq makes: `uuid4().hex` (its default) or `str(uuid4())`.
+fn is_task_id(id: &str) -> bool {
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    match id.len() {
+        32 => id.bytes().all(hex),
+        36 => id.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => hex(b),
+        }),
+        _ => false,
+    }
 }
 
 /// Whether one entry of a stream or list (`key`) shows a broker: a `TaskiqMessage` (the taskiq
@@ -319,6 +350,59 @@ mod tests {
     }
 
     #[test]
+    fn taskiq_result_keys_are_recognised_bare_and_under_any_prefix() {
+        let id = "0123456789abcdef0123456789abcdef";
+        let dashed = "7c9d4875-a02c-4dcb-b08a-c82e543624e9";
+        for (key, prefix) in [
+            (id.to_string(), ""),
+            (format!("results:{id}"), "results"),
+            (format!("app:results:{id}"), "app:results"),
+            (format!("res:{dashed}"), "res"),
+            (dashed.to_string(), ""),
+        ] {
+            assert_eq!(
+                taskiq_result_prefix_of(&key).as_deref(),
+                Some(prefix),
+                "{key}"
+            );
+            assert_eq!(
+                classify_key(&key, &["rq:"]),
+                KeyVerdict::MaybeTaskiqResult,
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_that_cannot_be_taskiq_results_are_not_taken_for_them() {
+        let id = "0123456789abcdef0123456789abcdef";
+        for key in [
+            format!("{id}__progress"),
+            format!("results:{id}__progress"),
+            format!(":{id}"),
+            format!("results:{}", id.to_uppercase()),
+            "results:42".to_string(),
+            "session:abc".to_string(),
+            format!("{id}0"),
+            "7c9d4875a02c-4dcb-b08a-c82e543624e9x".to_string(),
+        ] {
+            assert_eq!(taskiq_result_prefix_of(&key), None, "{key}");
+        }
+        // Other brokers' keys that end in an id keep their own verdict.
+        assert!(matches!(
+            classify_key(&format!("rq:job:{id}"), &["rq:"]),
+            KeyVerdict::Broker(_)
+        ));
+        assert!(matches!(
+            classify_key(
+                "celery-task-meta-7c9d4875-a02c-4dcb-b08a-c82e543624e9",
+                &["rq:"]
+            ),
+            KeyVerdict::Broker(_)
+        ));
+    }
+
+    #[test]
     fn taskiq_messages_are_told_from_kombu_envelopes_and_noise() {
         let taskiq = json!({"task_id": "a1", "task_name": "app:add", "labels": {},
             "labels_types": null, "args": [1, 2], "kwargs": {}});
@@ -385,6 +469,7 @@ mod tests {
         #[test]
         fn garbage_never_panics(key in ".{0,64}", bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
             let _ = classify_key(&key, &["rq:"]);
+            let _ = taskiq_result_prefix_of(&key);
             let _ = classify_message(&key, &bytes, true);
             let _ = classify_message(&key, &bytes, false);
             let _ = is_taskiq_result(&bytes);

@@ -24,6 +24,17 @@ pub enum Broker {
 impl Broker {
     pub const ALL: [Broker; 4] = [Broker::Celery, Broker::Dramatiq, Broker::Taskiq, Broker::Rq];
 
+    /// Whether this broker's known workers vouch for its running tasks whose worker is
+    /// unknown, so that the sweep may abandon such a task once every worker that was up when
+    /// it started is gone. Celery without events cannot tell which worker prefetched a
+    /// message, but every Celery worker is seen (heartbeats, pidbox). Not taskiq: the only
+    /// workers taskscope knows there are stream consumers, which cannot have taken a list or
+    /// pub/sub message, and taskiq-redis has no heartbeat: a taskiq task with no consumer named
+    /// has no liveness signal, and silence is not evidence.
+    pub fn workers_vouch_for_unnamed_runs(self) -> bool {
+        !matches!(self, Broker::Taskiq)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Broker::Celery => "celery",

@@ -9,7 +9,10 @@
 //!   `n + 1`, which is what the `retried` state means. A task moves only forward; an observation
 //!   behind the task's position only fills fields the task does not know yet.
 //! * `success` and `failure` are final. `abandoned` is not: a later sign of the task (a
-//!   redelivery, a late result) moves it on.
+//!   redelivery, a late result) moves it on. An outcome of the current attempt (or a later
+//!   one) always does, whatever its time says: it is the strongest evidence there is, and it
+//!   may be dated before the sweep's decision (the worker's own clock, a read that waited in
+//!   a queue, or taskscope reading it late after a restart).
 //! * An observation that does not know its attempt (`attempt: None`) is about the current one; a
 //!   retry without an attempt that is older than the current attempt's start is a late copy of
 //!   the retry that started it, not a new one.
@@ -154,8 +157,14 @@ fn decide(task: &Task, obs: &TaskObservation, is_new: bool) -> Decision {
         return Decision::FillOnly;
     }
     let forward = if task.state == TaskState::Abandoned {
-        // A redelivery or a late outcome after the worker was given up on.
-        target >= pos(current.attempt, RANK_QUEUED) && obs.at >= task.updated_at
+        let outcome = matches!(obs.event, TaskEvent::Succeeded | TaskEvent::Failed);
+        if outcome {
+            // A late outcome after the worker was given up on.
+            target.attempt >= current.attempt
+        } else {
+            // A redelivery; a sign older than the sweep's decision was already judged.
+            target >= pos(current.attempt, RANK_QUEUED) && obs.at >= task.updated_at
+        }
     } else {
         target >= current
     };
@@ -338,6 +347,9 @@ pub fn worker_alive(worker: &Worker, now: DateTime<Utc>, abandon_after: Duration
 ///   message) is abandoned when no worker of its broker that was already up when it started is
 ///   still alive.
 /// * A task whose worker name was never heard from is left alone: silence cannot be judged.
+/// * A task whose worker is unknown, of a broker whose workers do not vouch for such tasks
+///   ([`crate::model::Broker::workers_vouch_for_unnamed_runs`]: taskiq lists and pub/sub), is
+///   never abandoned: there is no evidence either way.
 pub fn find_abandoned(
     running: &[Task],
     workers: &[Worker],
@@ -366,6 +378,7 @@ pub fn find_abandoned(
                         None
                     }
                 }),
+            None if !task.broker.workers_vouch_for_unnamed_runs() => None,
             None => {
                 let mut same_broker = workers
                     .iter()
@@ -562,6 +575,58 @@ mod tests {
     }
 
     #[test]
+    fn outcome_dated_before_the_sweep_still_moves_an_abandoned_task_on() {
+        // The result was written at 99 (its own clock) and read after the sweep gave up at 100.
+        for (event, state) in [
+            (TaskEvent::Succeeded, TaskState::Success),
+            (TaskEvent::Failed, TaskState::Failure),
+        ] {
+            let (task, tr) = run(&[
+                obs(TaskEvent::Running, 1, Some(0)),
+                obs(TaskEvent::Abandoned, 100, Some(0)),
+                obs(event, 99, Some(0)),
+            ]);
+            assert_eq!(task.state, state);
+            assert_eq!(
+                states(&tr),
+                [TaskState::Running, TaskState::Abandoned, state]
+            );
+            assert!(tr[1].at <= tr[2].at, "the timeline never goes backwards");
+        }
+        // Without an attempt too.
+        let (task, _) = run(&[
+            obs(TaskEvent::Running, 1, Some(0)),
+            obs(TaskEvent::Abandoned, 100, Some(0)),
+            obs(TaskEvent::Succeeded, 50, None),
+        ]);
+        assert_eq!(task.state, TaskState::Success);
+    }
+
+    #[test]
+    fn outcome_of_an_earlier_attempt_leaves_an_abandoned_retry_alone() {
+        // Attempt 0 failed and was retried; attempt 1 was abandoned; attempt 0's record is late.
+        let (task, _) = run(&[
+            obs(TaskEvent::Running, 1, Some(0)),
+            obs(TaskEvent::Retried, 2, Some(0)),
+            obs(TaskEvent::Running, 3, Some(1)),
+            obs(TaskEvent::Abandoned, 100, Some(1)),
+            obs(TaskEvent::Failed, 101, Some(0)),
+        ]);
+        assert_eq!(task.state, TaskState::Abandoned);
+        assert_eq!(task.retries, 1);
+    }
+
+    #[test]
+    fn stale_running_read_before_the_sweep_does_not_undo_it() {
+        let (task, _) = run(&[
+            obs(TaskEvent::Running, 1, Some(0)),
+            obs(TaskEvent::Abandoned, 100, Some(0)),
+            obs(TaskEvent::Running, 99, Some(0)),
+        ]);
+        assert_eq!(task.state, TaskState::Abandoned);
+    }
+
+    #[test]
     fn abandon_only_applies_to_a_running_task() {
         let (task, _) = run(&[
             obs(TaskEvent::Running, 1, Some(0)),
@@ -633,5 +698,28 @@ mod tests {
             "a worker that came up after the task started cannot be running it"
         );
         assert!(find_abandoned(&tasks, &[], t(100), after).is_empty());
+    }
+
+    #[test]
+    fn sweep_never_abandons_a_taskiq_task_nobody_is_named_for() {
+        // A list task (popped: no worker name) next to the stream consumers of the same
+        // broker, all of them silent or gone: none of them could have taken it.
+        let after = Duration::seconds(6);
+        let mut task = running_task(None, 10);
+        task.broker = Broker::Taskiq;
+        let consumers = [
+            Worker {
+                broker: Broker::Taskiq,
+                ..worker("consumer-1", 11, 0, true)
+            },
+            Worker {
+                broker: Broker::Taskiq,
+                ..worker("consumer-2", 30, 0, false)
+            },
+        ];
+        assert!(find_abandoned(&[task.clone()], &consumers, t(100), after).is_empty());
+        // A stream task held by a consumer that fell silent still is.
+        task.worker = Some("consumer-1".into());
+        assert_eq!(find_abandoned(&[task], &consumers, t(100), after).len(), 1);
     }
 }

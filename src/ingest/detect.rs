@@ -160,6 +160,8 @@ pub struct Detector {
     type_window: (Instant, u32),
     /// Databases whose Celery results were found (reported once each).
     result_dbs: HashSet<u32>,
+    /// Pairs pushes on lists nobody classified with taskiq results (idle list workers).
+    lists: detect::ListCorrelator,
 }
 
 impl Detector {
@@ -175,6 +177,7 @@ impl Detector {
             pending: VecDeque::new(),
             type_window: (Instant::now(), 0),
             result_dbs: HashSet::new(),
+            lists: detect::ListCorrelator::default(),
         }
     }
 
@@ -288,7 +291,19 @@ impl Detector {
             }
             match detect::classify_key(&key, &prefixes) {
                 KeyVerdict::Broker(finding) => found.push((finding, at)),
-                KeyVerdict::MaybeTaskiqResult if !self.rejected(&key) => results.push((key, at)),
+                KeyVerdict::MaybeTaskiqResult => {
+                    // A result under a prefix already known to be taskiq's needs no read: it
+                    // only says that a task just finished (which may give a list queue away).
+                    let known = detect::taskiq_result_prefix_of(&key).is_some_and(|p| {
+                        self.reported
+                            .contains(&(Broker::Taskiq, Some(Setting::TaskiqResultPrefix(p))))
+                    });
+                    if known {
+                        found.extend(self.taskiq_result_written(at));
+                    } else if !self.rejected(&key) {
+                        results.push((key, at));
+                    }
+                }
                 KeyVerdict::SampleIfStreamOrList if !self.rejected(&key) => {
                     if self.may_type() {
                         to_type.push((key, at));
@@ -315,7 +330,9 @@ impl Detector {
                     Some(b"list") => lists.push(key.clone()),
                     // Gone already (a list popped inside its push, a short-lived key): nothing
                     // to judge, and no evidence against its family either.
-                    Some(b"none") => {}
+                    // A list an idle worker emptied inside its push looks like this: timing
+                    // may still give it away ([`detect::ListCorrelator`]).
+                    Some(b"none") => self.lists.on_push(&key, chrono::Utc::now()),
                     _ => self.miss(&key),
                 }
                 seen_at.insert(key, at);
@@ -323,6 +340,10 @@ impl Detector {
             for (kind, keys) in [(ScanKind::Streams, streams), (ScanKind::Lists, lists)] {
                 for (key, sample) in self.sample_queues(kind, keys, metrics).await? {
                     let at = seen_at.get(&key).copied().unwrap_or_else(Instant::now);
+                    // Classified by its content from now on, not by timing.
+                    if !matches!(sample, Sample::Empty) {
+                        self.lists.forget(&key);
+                    }
                     match sample {
                         Sample::Broker(f) => found.push((f, at)),
                         Sample::Empty if kind == ScanKind::Streams => self.pend(key, at),
@@ -338,7 +359,10 @@ impl Detector {
             for (key, finding) in self.sample_results(keys, metrics).await? {
                 let at = seen_at.get(&key).copied().unwrap_or_else(Instant::now);
                 match finding {
-                    Some(f) => found.push((f, at)),
+                    Some(f) => {
+                        found.push((f, at));
+                        found.extend(self.taskiq_result_written(at));
+                    }
                     None => self.miss(&key),
                 }
             }
@@ -392,10 +416,26 @@ impl Detector {
         self.pending.push_back((key, at));
     }
 
+    /// A taskiq result was just written: a list an idle worker empties inside every push is
+    /// found when its pushes keep coming right before results.
+    fn taskiq_result_written(&mut self, at: Instant) -> Option<(Finding, Instant)> {
+        let list = self.lists.on_taskiq_result(chrono::Utc::now())?;
+        info!(list = %list, "Pushes on this list keep being followed by taskiq results: watching it as a taskiq list queue.");
+        let setting = Setting::TaskiqList(list.clone());
+        Some((
+            Finding {
+                broker: Broker::Taskiq,
+                key: list,
+                setting: Some(setting),
+            },
+            at,
+        ))
+    }
+
     /// Whether this key's family was not a queue often enough to stop looking at it.
     fn rejected(&self, key: &str) -> bool {
         self.shapes
-            .get(detect::key_shape(key))
+            .get(&family(key))
             .is_some_and(|misses| *misses >= MISSES_TO_REJECT)
     }
 
@@ -403,10 +443,7 @@ impl Detector {
         if self.shapes.len() >= SHAPES_MEMORY {
             self.shapes.clear();
         }
-        let misses = self
-            .shapes
-            .entry(detect::key_shape(key).to_string())
-            .or_default();
+        let misses = self.shapes.entry(family(key)).or_default();
         *misses = misses.saturating_add(1);
     }
 
@@ -589,7 +626,7 @@ impl Detector {
                 .then(|| Finding {
                     broker: Broker::Taskiq,
                     key: key.clone(),
-                    setting: Some(Setting::TaskiqResults),
+                    setting: detect::taskiq_result_prefix_of(&key).map(Setting::TaskiqResultPrefix),
                 });
             self.remember(key.clone());
             judged.push((key, finding));
@@ -645,6 +682,15 @@ impl Detector {
             self.sampled.clear();
         }
         self.sampled.insert(key);
+    }
+}
+
+/// The family of a key for the detector's memory of misses: keys named like result keys under
+/// one prefix are one family (`results:<id>`), others go by [`detect::key_shape`].
+fn family(key: &str) -> String {
+    match detect::taskiq_result_prefix_of(key) {
+        Some(prefix) => format!("{prefix}:<task id>"),
+        None => detect::key_shape(key).to_string(),
     }
 }
 
@@ -843,6 +889,14 @@ mod tests {
         // A slow trickle never pauses it.
         policy.count(RATE_WINDOW.as_secs() * NEW_KEY_RATE_CAP / 2);
         assert!(policy.listen(false, t0 + RATE_WINDOW * 2 + PAUSE_FOR));
+    }
+
+    #[test]
+    fn result_keys_under_one_prefix_are_one_family() {
+        let id = "0123456789abcdef0123456789abcdef";
+        assert_eq!(family(&format!("results:{id}")), "results:<task id>");
+        assert_eq!(family(id), ":<task id>");
+        assert_eq!(family("cache:user:42"), "cache:user:");
     }
 
     #[test]

@@ -468,7 +468,10 @@ impl Pipeline {
         let running = self.adapters.iter().position(|a| a.broker() == broker);
         if let Some(i) = running {
             if let Some(setting) = &finding.setting {
-                let reads = self.adapters[i].on_detected(setting);
+                let mut reads = self.adapters[i].on_detected(setting);
+                // The key that showed the setting is read as a scanned one (a result written
+                // before its prefix was known belongs to a task never seen otherwise).
+                reads.extend(self.adapters[i].on_scan("", vec![finding.key.clone()], Utc::now()));
                 if self.adapters[i].side_url() != self.side_urls[i] {
                     self.connect_side_of(i).await;
                     // Its side keys need scanning and its open tasks' results reading there.
@@ -498,7 +501,10 @@ impl Pipeline {
             .set_brokers(self.adapters.iter().map(|a| a.broker()).collect());
         self.metrics.set_warning("detection", None);
         // Its key classes may need notifications turned on, its keys subscribing and scanning:
-        // it catches up as on start-up.
+        // it catches up as on start-up, and reads the key that showed it as a scanned one.
+        let i = self.adapters.len() - 1;
+        let reads = self.adapters[i].on_scan("", vec![finding.key.clone()], Utc::now());
+        self.queue_reads(i, reads);
         self.resync().await;
         let delay = seen.elapsed();
         self.metrics.watching(broker, &finding.key, delay);

@@ -1,8 +1,8 @@
 //! Following a `ListQueueBroker` list: items waiting are `queued`; an item gone between two
 //! reads was popped by a worker (`running`, worker unknown) and its result is read.
 
-use super::{message, TaskiqAdapter, MGET_CHUNK};
-use crate::adapter::{Output, ReadRequest, Reply};
+use super::{message, TaskiqAdapter};
+use crate::adapter::{Output, Reply};
 use crate::model::{Broker, Observation, TaskEvent, TaskObservation};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
@@ -19,6 +19,7 @@ impl TaskiqAdapter {
     ) {
         let mut present = HashSet::new();
         let mut fresh = Vec::new();
+        let mut errors = Vec::new();
         for item in reply.into_items() {
             let Some(bytes) = item.as_bytes() else {
                 continue;
@@ -28,13 +29,24 @@ impl TaskiqAdapter {
                     present.insert((msg.task_id.clone(), msg.retries));
                     fresh.push(msg);
                 }
-                Err(e) => out.decode_errors.push(Self::message_error(
+                Err(e) => errors.push(Self::message_error(
                     key,
                     e.kind(),
                     format!("list item: {e}"),
                 )),
             }
         }
+        if self.probation.contains(key) {
+            if !fresh.is_empty() {
+                self.probation.remove(key);
+            } else if !errors.is_empty() {
+                // Found by timing alone, and what it holds is not taskiq's: not a taskiq queue.
+                tracing::info!(list = %key, "A list taken for a taskiq queue holds no taskiq message; no longer following it.");
+                self.unfollow(key);
+                return;
+            }
+        }
+        out.decode_errors.extend(errors);
         let previous = self.lists.get(key).cloned().flatten();
         for msg in fresh {
             let seen = previous
@@ -45,7 +57,7 @@ impl TaskiqAdapter {
                 out.observations.push(obs);
             }
         }
-        let mut keys = Vec::new();
+        let mut taken = Vec::new();
         if let Some(previous) = previous {
             for (task_id, attempt) in previous.difference(&present) {
                 let mut obs = TaskObservation::new(
@@ -60,12 +72,19 @@ impl TaskiqAdapter {
                 obs.detail = Some(format!("taken from list {key} by a worker"));
                 out.observations.push(Observation::Task(obs));
                 self.track(task_id, *attempt, key).awaiting.get_or_insert(0);
-                keys.push(self.result_key(task_id));
+                taken.push(task_id.clone());
             }
         }
-        for chunk in keys.chunks(MGET_CHUNK) {
-            out.follow_up.push(ReadRequest::MGet(chunk.to_vec()));
-        }
+        out.follow_up
+            .extend(self.result_reads(taken.iter().map(String::as_str)));
         self.lists.insert(key.to_string(), Some(present));
+    }
+
+    /// Stops following list `key` (a detected list that turned out not to be taskiq's).
+    fn unfollow(&mut self, key: &str) {
+        self.probation.remove(key);
+        self.queues.retain(|q| q != key);
+        self.kinds.remove(key);
+        self.lists.remove(key);
     }
 }

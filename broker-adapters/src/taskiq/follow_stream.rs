@@ -2,10 +2,7 @@
 //! lists (`running`, and acknowledgements that send the task to its result), consumers' idle
 //! times (worker heartbeats) and groups (queue samples). Never joins a group, never acks.
 
-use super::{
-    group_reads, message, stream, ConsumerSeen, EntryInfo, TaskiqAdapter, ENTRY_CAPACITY,
-    MGET_CHUNK,
-};
+use super::{group_reads, message, stream, ConsumerSeen, EntryInfo, TaskiqAdapter, ENTRY_CAPACITY};
 use crate::adapter::{Output, ReadRequest, Reply};
 use crate::model::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
@@ -92,7 +89,7 @@ impl TaskiqAdapter {
     /// of that attempt was read already (taskiq saves the result before it acknowledges, so
     /// the `set` notification's read usually comes first).
     pub(super) fn settle(&mut self, settled: Vec<EntryInfo>, out: &mut Output) {
-        let mut keys = Vec::new();
+        let mut ids = Vec::new();
         for e in settled {
             let Some(track) = self.tasks.get_mut(&e.task_id) else {
                 continue;
@@ -105,11 +102,10 @@ impl TaskiqAdapter {
                 continue;
             }
             track.awaiting.get_or_insert(0);
-            keys.push(self.result_key(&e.task_id));
+            ids.push(e.task_id.clone());
         }
-        for chunk in keys.chunks(MGET_CHUNK) {
-            out.follow_up.push(ReadRequest::MGet(chunk.to_vec()));
-        }
+        out.follow_up
+            .extend(self.result_reads(ids.iter().map(String::as_str)));
     }
 
     /// One group's pending entries: entries held by a consumer are `running` on it; delivered

@@ -14,7 +14,16 @@
 //!   gone (a worker popped it: no worker name, no acknowledgement exists), outcome from results.
 //! - **Pub/sub**: `queued` when published on the channel; outcome from results.
 //! - **Results**: key `<task_id>` or `<prefix>:<task_id>`; pickle, JSON or msgpack (see
-//!   [`result`]). `retried`: a new message with the same `task_id` and a higher `_retries` label.
+//!   [`result`]). Any number of prefixes at once (an app with two brokers may use two result
+//!   backends), bare ids always: a task's result is read under each, the first record found
+//!   tells. Prefixes come from the configuration, or, when it names none, from auto-detection
+//!   ([`crate::detect::Setting::TaskiqResultPrefix`]). `retried`: a new message with the same
+//!   `task_id` and a higher `_retries` label.
+//!
+//! Liveness: taskiq-redis has no worker heartbeat. The only workers taskscope knows are a
+//! stream's consumers, and only a task in a consumer's pending list carries one as its worker;
+//! a list or pub/sub task (and an acknowledged stream entry) runs with no worker, and the
+//! sweep never abandons those ([`crate::model::Broker::workers_vouch_for_unnamed_runs`]).
 //!
 //! An acknowledged stream entry without a result record (no result backend configured): taskiq
 //! acknowledges failures too, so the outcome is unknown. When no result record was ever seen for
@@ -62,8 +71,10 @@ const ENTRY_CAPACITY: usize = 100_000;
 pub struct TaskiqConfig {
     /// Queue names: streams, lists or pub/sub channels (the broker's `queue_name`).
     pub queues: Vec<String>,
-    /// The result backend's `prefix_str`; `None`: result keys are bare task ids.
-    pub result_prefix: Option<String>,
+    /// The result backends' `prefix_str`s given by the user (bare task ids are always read
+    /// too). Empty: the prefixes auto-detection hands over; given: only these, detection's are
+    /// ignored (the user's word wins).
+    pub result_prefixes: Vec<String>,
     /// The watched database: other taskiq streams are discovered from its `xadd` key events.
     pub db: u32,
 }
@@ -72,7 +83,7 @@ impl Default for TaskiqConfig {
     fn default() -> Self {
         TaskiqConfig {
             queues: vec!["taskiq".to_string()],
-            result_prefix: None,
+            result_prefixes: Vec::new(),
             db: 0,
         }
     }
@@ -137,7 +148,13 @@ pub struct TaskiqAdapter {
     db: u32,
     /// Streams probed (one entry read) and found not to hold taskiq messages, or being probed.
     probed: HashSet<String>,
-    prefix: Option<String>,
+    /// Result key prefixes, longest first (a key is matched against the most specific one).
+    prefixes: Vec<String>,
+    /// The prefixes came from the configuration: detected ones are not added.
+    prefixes_given: bool,
+    /// Lists added by auto-detection and not confirmed yet by holding a taskiq message: the
+    /// first read that finds items and none of them taskiq's stops following the list.
+    probation: HashSet<String>,
     kinds: HashMap<String, QueueKind>,
     streams: HashMap<String, StreamState>,
     /// Per list: the (task id, attempt) of the items at its last read; `None` after a gap.
@@ -150,6 +167,18 @@ pub struct TaskiqAdapter {
     /// Queues with a task whose result record was read: there, a missing one means "not yet"
     /// (a result backend is configured), elsewhere "never" (none is).
     results_seen: HashSet<String>,
+}
+
+/// Prefixes trimmed, without empties and duplicates, longest first.
+fn sorted_prefixes(prefixes: Vec<String>) -> Vec<String> {
+    let mut out: Vec<String> = prefixes
+        .into_iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !p.is_empty())
+        .collect();
+    out.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    out.dedup();
+    out
 }
 
 fn hex32_pattern() -> String {
@@ -182,7 +211,9 @@ impl TaskiqAdapter {
             queues,
             db: config.db,
             probed: HashSet::new(),
-            prefix: config.result_prefix.filter(|p| !p.is_empty()),
+            prefixes_given: config.result_prefixes.iter().any(|p| !p.trim().is_empty()),
+            prefixes: sorted_prefixes(config.result_prefixes),
+            probation: HashSet::new(),
             streams: HashMap::new(),
             lists: HashMap::new(),
             tasks: HashMap::new(),
@@ -193,40 +224,95 @@ impl TaskiqAdapter {
         }
     }
 
-    fn result_key(&self, task_id: &str) -> String {
-        match &self.prefix {
-            Some(p) => format!("{p}:{task_id}"),
-            None => task_id.to_string(),
+    /// Where `task_id`'s result record may be: under every known prefix, and bare.
+    fn result_keys(&self, task_id: &str) -> Vec<String> {
+        self.prefixes
+            .iter()
+            .map(|p| format!("{p}:{task_id}"))
+            .chain(std::iter::once(task_id.to_string()))
+            .collect()
+    }
+
+    /// `MGET`s of the result keys of `ids`, a task's keys never split across two reads (a
+    /// miss is judged over all of them).
+    fn result_reads<'i>(&self, ids: impl IntoIterator<Item = &'i str>) -> Vec<ReadRequest> {
+        let per_chunk = (MGET_CHUNK / (self.prefixes.len() + 1)).max(1);
+        let ids: Vec<&str> = ids.into_iter().collect();
+        ids.chunks(per_chunk)
+            .map(|c| ReadRequest::MGet(c.iter().flat_map(|id| self.result_keys(id)).collect()))
+            .collect()
+    }
+
+    /// A result key's prefix (`None`: a bare id) and task id, if the key may be one.
+    fn split_result_key<'k>(&self, key: &'k str) -> Option<(Option<&str>, &'k str)> {
+        if key.ends_with(result::PROGRESS_SUFFIX) {
+            return None;
         }
+        for p in &self.prefixes {
+            if let Some(id) = key
+                .strip_prefix(p.as_str())
+                .and_then(|rest| rest.strip_prefix(':'))
+                .filter(|id| !id.is_empty())
+            {
+                return Some((Some(p.as_str()), id));
+            }
+        }
+        Some((None, key))
     }
 
     /// The task id a result key belongs to, if the key is one.
     fn task_of_result_key<'k>(&self, key: &'k str) -> Option<&'k str> {
-        if key.ends_with(result::PROGRESS_SUFFIX) {
-            return None;
-        }
-        match &self.prefix {
-            Some(p) => key.strip_prefix(p.as_str())?.strip_prefix(':'),
-            None => Some(key),
-        }
+        self.split_result_key(key).map(|(_, id)| id)
     }
 
-    /// Whether a changed or scanned key may be a result record worth a read: with a prefix, any
-    /// key under it; without, taskiq's default ids (32 hex digits) and ids of known tasks (other
+    /// Whether a changed or scanned key may be a result record worth a read: any key under a
+    /// known prefix; bare, taskiq's default ids (32 hex digits) and ids of known tasks (other
     /// brokers' keys come through the same notification feed).
     fn is_result_key(&self, key: &str) -> bool {
-        match (self.task_of_result_key(key), &self.prefix) {
-            (Some(_), Some(_)) => true,
-            (Some(id), None) => is_hex32(id) || self.tasks.contains_key(id),
-            (None, _) => false,
+        match self.split_result_key(key) {
+            Some((Some(_), _)) => true,
+            Some((None, id)) => is_hex32(id) || self.tasks.contains_key(id),
+            None => false,
         }
     }
 
-    fn result_pattern(&self) -> String {
-        match &self.prefix {
-            Some(p) => format!("{}:*", glob_escape(p)),
-            None => hex32_pattern(),
+    fn result_patterns(&self) -> Vec<String> {
+        self.prefixes
+            .iter()
+            .map(|p| format!("{}:*", glob_escape(p)))
+            .chain(std::iter::once(hex32_pattern()))
+            .collect()
+    }
+
+    /// Starts reading results under `prefix` (found by auto-detection): reads of the records of
+    /// the tasks followed whose outcome is not known yet (open tasks of the store come with the
+    /// next reconciliation, new records with their `set` notification).
+    fn add_prefix(&mut self, prefix: &str) -> Vec<ReadRequest> {
+        let prefix = prefix.trim();
+        if prefix.is_empty() || self.prefixes.iter().any(|p| p == prefix) {
+            return Vec::new();
         }
+        if self.prefixes_given {
+            tracing::debug!(%prefix, "Auto-detection found a taskiq result prefix; --taskiq-result-prefix was given, so it is not read.");
+            return Vec::new();
+        }
+        tracing::info!(%prefix, "Auto-detection found a taskiq result prefix; reading results under it.");
+        let mut prefixes = std::mem::take(&mut self.prefixes);
+        prefixes.push(prefix.to_string());
+        self.prefixes = sorted_prefixes(prefixes);
+        let keys: Vec<String> = self
+            .task_order
+            .iter()
+            .filter(|id| {
+                self.tasks
+                    .get(*id)
+                    .is_some_and(|t| t.result_read.is_none_or(|r| r < t.attempt))
+            })
+            .map(|id| format!("{prefix}:{id}"))
+            .collect();
+        keys.chunks(MGET_CHUNK)
+            .map(|c| ReadRequest::MGet(c.to_vec()))
+            .collect()
     }
 
     fn is_queue(&self, key: &str) -> bool {
@@ -372,7 +458,7 @@ impl Adapter for TaskiqAdapter {
     fn interest(&self) -> Interest {
         let escaped: Vec<String> = self.queues.iter().map(|q| glob_escape(q)).collect();
         let mut key_patterns = escaped.clone();
-        key_patterns.push(self.result_pattern());
+        key_patterns.extend(self.result_patterns());
         let mut channel_patterns = escaped;
         // Every stream add in the database: streams of other taskiq queues are found by their
         // first entry (`E` turns key events on).
@@ -411,12 +497,16 @@ impl Adapter for TaskiqAdapter {
             Setting::TaskiqStream(k) => (k, QueueKind::Stream),
             Setting::TaskiqList(k) => (k, QueueKind::List),
             Setting::TaskiqChannel(k) => (k, QueueKind::Unknown),
+            Setting::TaskiqResultPrefix(p) => return self.add_prefix(p),
             _ => return Vec::new(),
         };
         if self.is_queue(key) {
             return Vec::new();
         }
         tracing::info!(queue = %key, "Auto-detection found a taskiq queue; watching it.");
+        if kind == QueueKind::List {
+            self.probation.insert(key.clone());
+        }
         self.probed.remove(key);
         self.queues.push(key.clone());
         self.set_kind(key, kind);
@@ -566,12 +656,10 @@ impl Adapter for TaskiqAdapter {
                 running: 0,
                 sampled_at: now,
             }),
-            ReadRequest::Get(key) => self.on_result(key, &reply, now, &mut out),
-            ReadRequest::MGet(keys) => {
-                for (key, value) in keys.iter().zip(reply.into_items()) {
-                    self.on_result(key, &value, now, &mut out);
-                }
+            ReadRequest::Get(key) => {
+                self.on_results(std::slice::from_ref(key), vec![reply], now, &mut out)
             }
+            ReadRequest::MGet(keys) => self.on_results(keys, reply.into_items(), now, &mut out),
             _ => {}
         }
         out
@@ -585,11 +673,7 @@ impl Adapter for TaskiqAdapter {
             .collect();
         // Results after the queues: a retry's new message is read before the old attempt's
         // result, as they were written.
-        let keys: Vec<String> = open.iter().map(|t| self.result_key(&t.id)).collect();
-        reads.extend(
-            keys.chunks(MGET_CHUNK)
-                .map(|c| ReadRequest::MGet(c.to_vec())),
-        );
+        reads.extend(self.result_reads(open.iter().map(|t| t.id.as_str())));
         reads
     }
 

@@ -5,42 +5,63 @@ use super::{result, QueueKind, TaskiqAdapter, RESULT_TRIES};
 use crate::adapter::{Output, Reply};
 use crate::model::{Broker, Observation, TaskEvent, TaskObservation};
 use chrono::{DateTime, Utc};
+use std::collections::HashSet;
 
 impl TaskiqAdapter {
-    /// A result key's value: the outcome of the attempt its labels name (`_retries`).
-    pub(super) fn on_result(
+    /// The values of result keys (one `GET`, or an `MGET` of several tasks' keys under every
+    /// known prefix): each record found is an outcome; a task none of whose keys holds one
+    /// counts one miss ([`Self::result_missing`]), however many prefixes were tried.
+    pub(super) fn on_results(
         &mut self,
-        key: &str,
-        value: &Reply,
+        keys: &[String],
+        values: Vec<Reply>,
         now: DateTime<Utc>,
         out: &mut Output,
     ) {
-        let Some(task_id) = self.task_of_result_key(key).map(str::to_string) else {
-            return;
-        };
-        let bytes = match value {
-            Reply::Bytes(b) => b,
-            Reply::Nil => {
-                self.result_missing(&task_id, now, out);
-                return;
+        let mut missing: Vec<String> = Vec::new();
+        let mut found: HashSet<String> = HashSet::new();
+        for (key, value) in keys.iter().zip(values) {
+            let Some(task_id) = self.task_of_result_key(key).map(str::to_string) else {
+                continue;
+            };
+            match value {
+                Reply::Nil if !missing.contains(&task_id) => missing.push(task_id),
+                Reply::Bytes(bytes) if self.on_result(key, &task_id, &bytes, now, out) => {
+                    found.insert(task_id);
+                }
+                // A record that is not taskiq's, WRONGTYPE and friends: not a result.
+                _ => {}
             }
-            // WRONGTYPE and friends: not a taskiq result key.
-            _ => return,
-        };
+        }
+        for task_id in missing.iter().filter(|id| !found.contains(*id)) {
+            self.result_missing(task_id, now, out);
+        }
+    }
+
+    /// A result key's value: the outcome of the attempt its labels name (`_retries`). Whether
+    /// it was a taskiq result record.
+    fn on_result(
+        &mut self,
+        key: &str,
+        task_id: &str,
+        bytes: &[u8],
+        now: DateTime<Utc>,
+        out: &mut Output,
+    ) -> bool {
         let record = match result::decode(bytes) {
             Ok(r) => r,
             Err(e) => {
                 // Other 32-hex keys (Dramatiq's result keys, say) are not taskiq's: only a key
                 // of a task taskscope knows is a decode error.
-                if self.tasks.contains_key(&task_id) {
+                if self.tasks.contains_key(task_id) {
                     out.decode_errors
                         .push(Self::message_error(key, e.kind(), e.to_string()));
                 }
-                return;
+                return false;
             }
         };
         let attempt = record.retries.unwrap_or(0);
-        if let Some(track) = self.tasks.get_mut(&task_id) {
+        if let Some(track) = self.tasks.get_mut(task_id) {
             if attempt >= track.attempt {
                 track.awaiting = None;
             }
@@ -65,6 +86,7 @@ impl TaskiqAdapter {
             obs.fields.result = Some(record.return_value);
         }
         out.observations.push(Observation::Task(obs));
+        true
     }
 
     /// An awaited result key read empty: on the first miss the task is `running` (taken, no
