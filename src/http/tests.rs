@@ -87,14 +87,16 @@ async fn fixture() -> Fixture {
         },
         task,
     });
-    let app = router(AppState {
-        reader: reader.clone(),
-        writer: writer.clone(),
+    let app = router(AppState::new(
+        reader.clone(),
+        writer.clone(),
         metrics,
-        abandon_after: Duration::from_secs(60),
-        auth_token: None,
+        Duration::from_secs(60),
         task_metrics,
-    });
+        super::Access::default(),
+        super::limits::HttpLimits::default(),
+        tokio::sync::watch::channel(false).1,
+    ));
     Fixture {
         app,
         _writer: writer,

@@ -21,7 +21,14 @@ pub const PIPELINE_CHUNK: usize = 512;
 /// fred's default.
 pub fn builder(url: &str, pubsub: bool) -> anyhow::Result<Builder> {
     let mut config =
-        Config::from_url(url).with_context(|| format!("cannot use the Redis URL {url:?}"))?;
+        // Not `{e}` of fred's error: it may quote the URL, password included.
+        Config::from_url(url).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot use the Redis URL {:?} ({:?}): expected redis://[:password@]host:port/db",
+                super::redact(url),
+                e.kind()
+            )
+        })?;
     config.fail_fast = false;
     let mut builder = Builder::from_config(config);
     builder
