@@ -130,11 +130,18 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ));
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/static/app.css", get(app_css))
         .route("/static/app.js", get(app_js))
-        .merge(protected)
+        .merge(protected);
+    with_guards(routes, state)
+}
+
+/// The layers around every route: the request timeout, compression, a panic caught as a 500
+/// JSON error, request tracing.
+fn with_guards(routes: Router<AppState>, state: AppState) -> Router {
+    routes
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             limits::request_timeout,
