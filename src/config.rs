@@ -748,6 +748,57 @@ mod tests {
     }
 
     #[test]
+    fn a_listen_beyond_loopback_needs_a_token_or_insecure_listen() {
+        use clap::Parser;
+        let settings = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Serve(serve)) => serve.into_settings(),
+            other => panic!("{other:?}"),
+        };
+        if std::env::var_os("TASKSCOPE_AUTH_TOKEN").is_some()
+            || std::env::var_os("TASKSCOPE_INSECURE_LISTEN").is_some()
+        {
+            return;
+        }
+        let refused = settings(&["taskscope", "serve", "--listen", "0.0.0.0:7979"]);
+        let Err(UsageError(msg)) = refused else {
+            panic!("0.0.0.0 without a token must be refused")
+        };
+        assert!(
+            msg.contains("--auth-token") && msg.contains("--insecure-listen"),
+            "{msg}"
+        );
+        for ok in [
+            &[
+                "taskscope",
+                "serve",
+                "--listen",
+                "0.0.0.0:7979",
+                "--insecure-listen",
+            ][..],
+            &[
+                "taskscope",
+                "serve",
+                "--listen",
+                "[::]:7979",
+                "--auth-token",
+                "t",
+            ],
+            &["taskscope", "serve", "--listen", "127.0.0.1:7979"],
+            &["taskscope", "serve", "--listen", "[::1]:7979"],
+        ] {
+            assert!(settings(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn bad_redis_urls_are_reported_without_their_password() {
+        let err = redis_db_of("http://:hunter2@host/0").unwrap_err().0;
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = redis_db_of("redis://:hunter2@host/x").unwrap_err().0;
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
     fn brokers_list_is_checked() {
         assert_eq!(parse_brokers("auto").unwrap(), BrokerSelection::Auto);
         assert_eq!(
