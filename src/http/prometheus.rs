@@ -316,7 +316,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     let queue_length = Family::<QueueLabels, Gauge>::default();
     let mut queues: Vec<_> = queues.into_iter().flatten().collect();
     // The longest queues get series of their own, the rest add up under `other`.
-    queues.sort_by(|a, b| b.length.cmp(&a.length));
+    queues.sort_by_key(|q| std::cmp::Reverse(q.length));
     let max_queues = state.task_metrics.max_labels();
     for (i, q) in queues.iter().enumerate() {
         let name = if i < max_queues {

@@ -200,7 +200,7 @@ async fn metrics_labels_are_capped_in_number_and_length() {
         .with_timezone(&chrono::Utc);
     let long = "n".repeat(5_000);
     for i in 0..200 {
-        let mut task = Task::new(Broker::Celery, &format!("t{i}"), at);
+        let mut task = Task::new(Broker::Celery, format!("t{i}"), at);
         task.queue = Some(format!("queue-{i}"));
         task.name = Some(if i == 0 {
             long.clone()
