@@ -112,14 +112,16 @@ async fn queries_past_the_cap_wait_then_503_and_a_stalled_export_gives_its_slot_
     state.reader.export_csv(
         crate::store::TaskQuery::default(),
         tx,
-        Duration::from_millis(700),
+        Duration::from_millis(1_200),
     );
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (status, body) = get(&f, "/api/tasks").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("too many queries"), "{body}");
+    let (status, _) = get(&f, "/tasks").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "pages too");
     // The export gives up after its send timeout and frees the slot.
-    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     let (status, body) = get(&f, "/api/tasks").await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
