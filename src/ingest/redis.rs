@@ -21,12 +21,24 @@ pub const PIPELINE_CHUNK: usize = 512;
 /// fred's default.
 pub fn builder(url: &str, pubsub: bool) -> anyhow::Result<Builder> {
     let mut config =
-        // Not `{e}` of fred's error: it may quote the URL, password included.
+        // fred's message is shown only when it cannot quote the URL's credentials.
         Config::from_url(url).map_err(|e| {
+            let details = e.details();
+            let credentials = url
+                .split_once("://")
+                .map_or(url, |(_, rest)| rest)
+                .rsplit_once('@')
+                .map_or("", |(user, _)| user);
+            let leaks = details.contains('@')
+                || (!credentials.is_empty() && details.contains(credentials));
+            let why = if leaks {
+                format!("{:?}", e.kind())
+            } else {
+                details.to_string()
+            };
             anyhow::anyhow!(
-                "cannot use the Redis URL {:?} ({:?}): expected redis://[:password@]host:port/db",
-                super::redact(url),
-                e.kind()
+                "cannot use the Redis URL {:?} ({why}): expected redis://[:password@]host:port/db",
+                super::redact(url)
             )
         })?;
     config.fail_fast = false;
