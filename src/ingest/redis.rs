@@ -30,7 +30,9 @@ pub fn builder(url: &str, pubsub: bool) -> anyhow::Result<Builder> {
                 .rsplit_once('@')
                 .map_or("", |(user, _)| user);
             let leaks = details.contains('@')
-                || (!credentials.is_empty() && details.contains(credentials));
+                || credentials
+                    .split(':')
+                    .any(|part| !part.is_empty() && details.contains(part));
             let why = if leaks {
                 format!("{:?}", e.kind())
             } else {
