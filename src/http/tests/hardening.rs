@@ -223,11 +223,12 @@ async fn metrics_labels_are_capped_in_number_and_length() {
             task,
         });
     }
-    let f = fixture_with(Options {
+    let (f, state) = fixture_and_state(Options {
         task_metrics: Some(task_metrics),
         ..Options::default()
     })
     .await;
+    state.reader.execute_for_test(MANY_QUEUES).await;
     let (status, text) = get(&f, "/metrics").await;
     assert_eq!(status, StatusCode::OK);
     let series: Vec<&str> = text
@@ -250,12 +251,31 @@ async fn metrics_labels_are_capped_in_number_and_length() {
         text.lines().all(|l| l.len() < 1_000),
         "a 5,000-character name is cut"
     );
+    // The three longest queues have gauges of their own; the others add up per broker.
+    for needle in [
+        "taskscope_queue_length{broker=\"celery\",queue=\"q5\"} 15",
+        "taskscope_queue_length{broker=\"celery\",queue=\"q3\"} 13",
+        "taskscope_queue_length{broker=\"celery\",queue=\"other\"} 33",
+        "taskscope_queue_length{broker=\"dramatiq\",queue=\"other\"} 1",
+    ] {
+        assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
+    }
     let runtime_series = text
         .lines()
         .filter(|l| l.starts_with("taskscope_task_runtime_seconds_count{"))
         .count();
     assert!(runtime_series <= 4, "{text}");
 }
+
+const MANY_QUEUES: &str = r#"
+INSERT INTO queue_latest VALUES
+ ('celery', 'q0', '2026-11-23 10:04:00', 10, 0, 0, 0),
+ ('celery', 'q1', '2026-11-23 10:04:00', 11, 0, 0, 0),
+ ('celery', 'q2', '2026-11-23 10:04:00', 12, 0, 0, 0),
+ ('celery', 'q3', '2026-11-23 10:04:00', 13, 0, 0, 0),
+ ('celery', 'q4', '2026-11-23 10:04:00', 14, 0, 0, 0),
+ ('celery', 'q5', '2026-11-23 10:04:00', 15, 0, 0, 0);
+"#;
 
 const HOSTILE_NAMES: &str = r#"
 INSERT INTO tasks (broker, id, queue, name, state, args, kwargs, retries, updated_at) VALUES
