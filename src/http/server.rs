@@ -204,6 +204,74 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    /// A server of one route on a free loopback port, and its shutdown switch.
+    async fn start(
+        options: ServerOptions,
+    ) -> (
+        std::net::SocketAddr,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<io::Result<()>>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = Router::new()
+            .route("/", axum::routing::get(|| async { "hi" }))
+            .route(
+                "/forever",
+                axum::routing::get(|| async {
+                    // A body that never ends (and ignores shutdown).
+                    axum::body::Body::from_stream(futures::stream::pending::<
+                        Result<Vec<u8>, io::Error>,
+                    >())
+                }),
+            );
+        let (stop, stopped) = watch::channel(false);
+        let server = tokio::spawn(serve(listener, app, options, stopped));
+        (addr, stop, server)
+    }
+
+    #[tokio::test]
+    async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+        use tokio::io::AsyncReadExt;
+        let (addr, _stop, _server) = start(ServerOptions {
+            header_read_timeout: Duration::from_millis(300),
+            ..ServerOptions::default()
+        })
+        .await;
+        let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(3), slow.read_to_end(&mut buf)).await;
+        assert!(closed.is_ok(), "the half-sent request held its connection");
+    }
+
+    #[tokio::test]
+    async fn shutdown_drops_connections_still_open_after_the_grace_period() {
+        let (addr, stop, server) = start(ServerOptions {
+            grace: Duration::from_millis(300),
+            ..ServerOptions::default()
+        })
+        .await;
+        // A response whose body never ends is streaming when the shutdown comes.
+        use tokio::io::AsyncReadExt;
+        let mut open = tokio::net::TcpStream::connect(addr).await.unwrap();
+        open.write_all(b"GET /forever HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 64];
+        let n = open.read(&mut head).await.unwrap();
+        assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+        stop.send(true).unwrap();
+        let done = tokio::time::timeout(Duration::from_secs(3), server).await;
+        assert!(done.is_ok(), "serve() outlived its grace period");
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "still listening"
+        );
+    }
+
     #[tokio::test]
     async fn a_write_the_peer_never_takes_times_out() {
         // A duplex pipe with a 16-byte buffer nobody reads: the second write stalls.
