@@ -210,6 +210,56 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKSCOPE_AUTH_TOKEN", value_name = "TOKEN")]
     pub auth_token: Option<String>,
 
+    /// Allow a non-loopback `--listen` without `--auth-token` (something else guards the
+    /// port: a proxy, a private network, a port published on the host's loopback only).
+    #[arg(long, env = "TASKSCOPE_INSECURE_LISTEN")]
+    pub insecure_listen: bool,
+
+    /// Without `--auth-token`, host names (comma list, any port) a request's `Host` may name
+    /// besides `localhost`, loopback addresses and the listen address; `*` allows any (DNS
+    /// rebinding defence off).
+    #[arg(
+        long,
+        env = "TASKSCOPE_ALLOWED_HOSTS",
+        value_delimiter = ',',
+        value_name = "LIST"
+    )]
+    pub allowed_hosts: Vec<String>,
+
+    /// Longest time a request may take to start its response (then 503); streamed bodies
+    /// (`/api/events`, `/export.csv`) are timed only to their start.
+    #[arg(long, env = "TASKSCOPE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    pub request_timeout: Duration,
+
+    /// Open `/api/events` streams (live pages) at most; more get 503.
+    #[arg(
+        long,
+        env = "TASKSCOPE_MAX_SSE_CLIENTS",
+        default_value = "100",
+        value_name = "N"
+    )]
+    pub max_sse_clients: usize,
+
+    /// History queries of HTTP requests running at once (each holds a blocking thread and a
+    /// DuckDB read); a request that waits 10 s for a turn gets 503.
+    #[arg(
+        long,
+        env = "TASKSCOPE_MAX_HTTP_QUERIES",
+        default_value = "8",
+        value_name = "N"
+    )]
+    pub max_http_queries: usize,
+
+    /// `/metrics` gives own label values to at most this many queues and this many task names
+    /// (the busiest); the rest are counted under `other`.
+    #[arg(
+        long,
+        env = "TASKSCOPE_METRICS_MAX_LABELS",
+        default_value = "100",
+        value_name = "N"
+    )]
+    pub metrics_max_labels: usize,
+
     /// Broadcast Celery's `enable_events` control command periodically (as Flower does), so
     /// task events flow without restarting workers with `-E`.
     #[arg(long, env = "TASKSCOPE_CELERY_ENABLE_EVENTS")]
@@ -338,6 +388,12 @@ pub struct ServeSettings {
     pub sample_every: Duration,
     pub config_set: bool,
     pub auth_token: Option<String>,
+    /// Without a token: extra `Host` names answered (lower case).
+    pub allowed_hosts: Vec<String>,
+    pub request_timeout: Duration,
+    pub max_sse_clients: usize,
+    pub max_http_queries: usize,
+    pub metrics_max_labels: usize,
     pub celery_enable_events: bool,
     pub celery_queues: Vec<String>,
     /// `None` when the results live in the watched Redis database itself.
@@ -371,6 +427,15 @@ impl ServeArgs {
             .is_some_and(|t| t.trim().is_empty())
         {
             return Err(UsageError("--auth-token must not be empty".into()));
+        }
+        if !self.listen.ip().is_loopback() && self.auth_token.is_none() && !self.insecure_listen {
+            return Err(UsageError(format!(
+                "--listen {} is reachable beyond this machine and no --auth-token is set: anyone \
+                 who reaches it reads task arguments and results. Set --auth-token \
+                 (TASKSCOPE_AUTH_TOKEN), or pass --insecure-listen (TASKSCOPE_INSECURE_LISTEN=true) \
+                 when something else guards the port",
+                self.listen
+            )));
         }
         let celery_given = self.celery_queues.is_some()
             || self.celery_result_url.is_some()
@@ -432,6 +497,16 @@ impl ServeArgs {
             sample_every: self.sample_every,
             config_set: !self.no_config_set,
             auth_token: self.auth_token,
+            allowed_hosts: self
+                .allowed_hosts
+                .into_iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            request_timeout: self.request_timeout,
+            max_sse_clients: self.max_sse_clients,
+            max_http_queries: self.max_http_queries.max(1),
+            metrics_max_labels: self.metrics_max_labels,
             celery_enable_events: self.celery_enable_events,
             celery_queues,
             celery_result_url,
@@ -517,7 +592,8 @@ fn redis_db_of(url: &str) -> Result<u32, UsageError> {
         .map(|(_, rest)| rest)
         .ok_or_else(|| {
             UsageError(format!(
-                "--redis {url:?}: expected a URL like redis://127.0.0.1:6379/0 (rediss:// for TLS)"
+                "--redis {:?}: expected a URL like redis://127.0.0.1:6379/0 (rediss:// for TLS)",
+                crate::ingest::redact(url)
             ))
         })?;
     let path = rest.split_once('/').map(|(_, p)| p).unwrap_or("");
@@ -527,7 +603,8 @@ fn redis_db_of(url: &str) -> Result<u32, UsageError> {
     }
     db.parse().map_err(|_| {
         UsageError(format!(
-            "--redis {url:?}: the database after '/' must be a number"
+            "--redis {:?}: the database after '/' must be a number",
+            crate::ingest::redact(url)
         ))
     })
 }
@@ -581,6 +658,12 @@ const KNOWN_VARS: &[&str] = &[
     "TASKSCOPE_SAMPLE_EVERY",
     "TASKSCOPE_NO_CONFIG_SET",
     "TASKSCOPE_AUTH_TOKEN",
+    "TASKSCOPE_INSECURE_LISTEN",
+    "TASKSCOPE_ALLOWED_HOSTS",
+    "TASKSCOPE_REQUEST_TIMEOUT",
+    "TASKSCOPE_MAX_SSE_CLIENTS",
+    "TASKSCOPE_MAX_HTTP_QUERIES",
+    "TASKSCOPE_METRICS_MAX_LABELS",
     "TASKSCOPE_CELERY_ENABLE_EVENTS",
     "TASKSCOPE_CELERY_QUEUES",
     "TASKSCOPE_CELERY_RESULT_URL",
@@ -716,6 +799,57 @@ mod tests {
                 "results,res".to_string()
             )]
         );
+    }
+
+    #[test]
+    fn a_listen_beyond_loopback_needs_a_token_or_insecure_listen() {
+        use clap::Parser;
+        let settings = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Serve(serve)) => serve.into_settings(),
+            other => panic!("{other:?}"),
+        };
+        if std::env::var_os("TASKSCOPE_AUTH_TOKEN").is_some()
+            || std::env::var_os("TASKSCOPE_INSECURE_LISTEN").is_some()
+        {
+            return;
+        }
+        let refused = settings(&["taskscope", "serve", "--listen", "0.0.0.0:7979"]);
+        let Err(UsageError(msg)) = refused else {
+            panic!("0.0.0.0 without a token must be refused")
+        };
+        assert!(
+            msg.contains("--auth-token") && msg.contains("--insecure-listen"),
+            "{msg}"
+        );
+        for ok in [
+            &[
+                "taskscope",
+                "serve",
+                "--listen",
+                "0.0.0.0:7979",
+                "--insecure-listen",
+            ][..],
+            &[
+                "taskscope",
+                "serve",
+                "--listen",
+                "[::]:7979",
+                "--auth-token",
+                "t",
+            ],
+            &["taskscope", "serve", "--listen", "127.0.0.1:7979"],
+            &["taskscope", "serve", "--listen", "[::1]:7979"],
+        ] {
+            assert!(settings(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn bad_redis_urls_are_reported_without_their_password() {
+        let err = redis_db_of("http://:hunter2@host/0").unwrap_err().0;
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = redis_db_of("redis://:hunter2@host/x").unwrap_err().0;
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

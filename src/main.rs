@@ -330,24 +330,44 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
             )
         })?;
     info!(address = %settings.listen, "Serving the UI and API on http://{}.", settings.listen);
-    let task_metrics = http::prometheus::TaskMetrics::default();
+    if settings.auth_token.is_none() && !settings.listen.ip().is_loopback() {
+        tracing::warn!(
+            address = %settings.listen,
+            "INSECURE: serving task arguments and results without --auth-token on an address \
+             reachable beyond this machine (--insecure-listen). Set --auth-token unless a proxy \
+             or a private network guards this port."
+        );
+    }
+    let task_metrics = http::prometheus::TaskMetrics::new(settings.metrics_max_labels);
     task_metrics.clone().spawn_feed(writer.subscribe());
-    let app = http::router(http::AppState {
+    let app = http::router(http::AppState::new(
+        reader.clone(),
+        writer.clone(),
+        metrics.clone(),
+        settings.abandon_after,
         task_metrics,
-        reader: reader.clone(),
-        writer: writer.clone(),
-        metrics: metrics.clone(),
-        abandon_after: settings.abandon_after,
-        auth_token: settings.auth_token.as_deref().map(Arc::from),
-    });
-    let mut http_shutdown = shutdown_rx.clone();
-    let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = http_shutdown.changed().await;
-            })
-            .await
-    });
+        http::Access {
+            auth_token: settings.auth_token.clone(),
+            hosts: http::auth::HostPolicy {
+                listen: Some(settings.listen),
+                allowed: settings.allowed_hosts.clone(),
+            },
+            max_queries: settings.max_http_queries,
+            ..http::Access::default()
+        },
+        http::limits::HttpLimits {
+            request_timeout: settings.request_timeout,
+            max_sse_clients: settings.max_sse_clients,
+            ..http::limits::HttpLimits::default()
+        },
+        shutdown_rx.clone(),
+    ));
+    let server = tokio::spawn(http::server::serve(
+        listener,
+        app,
+        http::server::ServerOptions::default(),
+        shutdown_rx.clone(),
+    ));
 
     let ingest_cfg = ingest::IngestConfig {
         redis_url: settings.redis_url.clone(),

@@ -221,14 +221,27 @@ fn auth_token_guards_everything_but_healthz() {
         );
         assert_eq!(status(path, Some("s3cret")), 200, "{path} with the token");
     }
-    let resp = http.get(ts.url("/?token=s3cret")).send().expect("GET");
-    assert_eq!(resp.status().as_u16(), 200);
+    // Opening a page with ?token= sets the session cookie and redirects to the address
+    // without the token.
+    let no_redirects = reqwest::blocking::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let resp = no_redirects
+        .get(ts.url("/tasks?token=s3cret&state=failure"))
+        .send()
+        .expect("GET");
+    assert_eq!(resp.status().as_u16(), 303);
+    assert_eq!(resp.headers()["location"], "/tasks?state=failure");
+    assert_eq!(resp.headers()["referrer-policy"], "no-referrer");
     let cookie = resp.headers()["set-cookie"]
         .to_str()
         .unwrap_or("")
         .to_string();
     assert!(
-        cookie.starts_with("taskscope_token=") && cookie.contains("HttpOnly"),
+        cookie.starts_with("taskscope_session=")
+            && cookie.contains("HttpOnly")
+            && !cookie.contains("s3cret"),
         "{cookie}"
     );
     let cookie_value = cookie.split(';').next().unwrap_or("").to_string();
@@ -285,4 +298,64 @@ fn bad_usage_exits_2_and_a_locked_database_exits_1_with_a_message() {
     ]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("locked by another process"), "{err}");
+}
+
+/// Issue #14: SIGTERM used to hang while a browser held `/api/events` open (graceful shutdown
+/// waited for the stream, which ended only once the server stopped), until the orchestrator's
+/// SIGKILL skipped the final flush.
+#[test]
+fn sigterm_exits_within_5s_with_a_live_stream_open_and_keeps_the_data() {
+    let _slot = common::test_slot();
+    let redis_server = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = db_path(&dir);
+    let mut ts = Taskscope::start(&redis_server.url(), &db, &["--brokers", "celery"]);
+    let address = ts.base_url.trim_start_matches("http://").to_string();
+    let mut browser = TcpStream::connect(&address).expect("connect");
+    write!(
+        browser,
+        "GET /api/events HTTP/1.1\r\nHost: {address}\r\nAccept: text/event-stream\r\n\r\n"
+    )
+    .expect("request /api/events");
+    browser.set_read_timeout(Some(SHORT)).expect("read timeout");
+    let mut seen = Vec::new();
+    let message = fixture("queue_message_json.bin");
+    let id = task_id_of(&message);
+    redis(redis_server.port, &[b"LPUSH", b"celery", &message]);
+    // The transition event is published after its batch commits.
+    while !String::from_utf8_lossy(&seen).contains(&id) {
+        let mut buf = [0u8; 4096];
+        let n = browser.read(&mut buf).expect("read the event stream");
+        assert!(
+            n > 0,
+            "the stream closed early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let (took, status) = ts.stop_timed(std::time::Duration::from_secs(10));
+    eprintln!("SIGTERM with /api/events open: exited in {took:?}");
+    let status = status.unwrap_or_else(|| panic!("no exit within 10 s of SIGTERM"));
+    assert!(status.success(), "{status}");
+    assert!(took < std::time::Duration::from_secs(5), "took {took:?}");
+    // The stream was ended, not left hanging.
+    let mut rest = Vec::new();
+    let _ = browser.read_to_end(&mut rest);
+    // The history file is whole and holds the task.
+    let out = dir.path().join("tasks.csv");
+    let export = Command::new(common::taskscope_bin())
+        .arg("export")
+        .arg("--db")
+        .arg(&db)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("run taskscope export");
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let csv = std::fs::read_to_string(&out).expect("read the export");
+    assert!(csv.contains(&id), "{csv}");
 }

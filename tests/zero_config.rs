@@ -73,6 +73,9 @@ fn celery_on_a_queue_of_its_own_is_followed_from_its_first_key() {
         args: Some(args),
         ..ProduceOpts::default()
     };
+    // Both worker processes busy first, so the next messages wait in the queue where passive
+    // mode reads them (a message an idle worker takes at once may go unread: see the README).
+    let slow = produce(&url, "slow", 2, "jobs", &opts(json!([1.5])));
     let adds: Vec<(String, Value)> = (0..3)
         .map(|i| {
             let args = json!([i, 10 * i]);
@@ -85,6 +88,9 @@ fn celery_on_a_queue_of_its_own_is_followed_from_its_first_key() {
     let failed = produce(&url, "fail", 1, "jobs", &opts(json!([7]))).remove(0);
     let flaky = produce(&url, "flaky", 1, "jobs", &opts(json!(["k", 2]))).remove(0);
 
+    for id in &slow {
+        assert_task(&ts, id, "success", "billing.slow", Some(&json!([1.5])));
+    }
     for (id, args) in &adds {
         let t = assert_task(&ts, id, "success", "billing.add", Some(args));
         assert_eq!(t["queue"], "jobs", "{t}");
@@ -208,6 +214,11 @@ fn dramatiq_is_followed_from_its_first_key() {
         found.to_string().contains("dramatiq namespace dramatiq"),
         "{found}"
     );
+    let slow_opts = DramatiqProduceOpts {
+        seconds: Some(1.0),
+        ..DramatiqProduceOpts::default()
+    };
+    let slow = dramatiq_produce(&url, "slow", 2, &slow_opts);
     let adds: Vec<(String, Value)> = (0..3)
         .map(|i| {
             let args = json!([i, 2 * i]);
@@ -219,8 +230,14 @@ fn dramatiq_is_followed_from_its_first_key() {
         })
         .collect();
     let failed = dramatiq_produce(&url, "fail", 1, &DramatiqProduceOpts::default()).remove(0);
+    for id in &slow {
+        assert_task(&ts, id, "success", "slow", None);
+    }
+    // A fast actor's running phase lasts a few milliseconds: shown when a read lands in it.
     for (id, args) in &adds {
-        assert_task(&ts, id, "success", "add", Some(args));
+        let t = ts.wait_state(id, "success", LONG);
+        assert_eq!(t["name"], "add", "{t}");
+        assert_eq!(&t["args"], args, "{t}");
     }
     let t = ts.wait_state(&failed, "failure", LONG);
     assert_eq!(t["name"], "fail", "{t}");
@@ -303,6 +320,17 @@ fn late_queues_of_watched_brokers_are_followed_at_once() {
     let emails = [("TS_DRAMATIQ_QUEUE", "emails")];
     let _emails = DramatiqWorker::start(&url, &emails);
     let _reports = RqWorker::start(&url, &["reports"], &[], &[]);
+    // The "jobs" worker busy first, so the add waits in its queue (see above).
+    let busy = produce(
+        &url,
+        "slow",
+        2,
+        "jobs",
+        &ProduceOpts {
+            args: Some(json!([1.0])),
+            ..ProduceOpts::default()
+        },
+    );
     let celery_args = json!([4, 5]);
     let celery = produce(
         &url,
@@ -340,7 +368,12 @@ fn late_queues_of_watched_brokers_are_followed_at_once() {
     )
     .remove(0);
 
-    let t = assert_task(&ts, &celery, "success", "billing.add", Some(&celery_args));
+    for id in &busy {
+        assert_task(&ts, id, "success", "billing.slow", Some(&json!([1.0])));
+    }
+    let t = ts.wait_state(&celery, "success", LONG);
+    assert_eq!(t["name"], "billing.add", "{t}");
+    assert_eq!(t["args"], celery_args, "{t}");
     assert_eq!(t["queue"], "jobs", "{t}");
     // The first message of a queue can come and go before its first notification is read:
     // a fast actor's running phase may be too short to see, a slower one's is not.

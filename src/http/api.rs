@@ -30,7 +30,21 @@ fn detection_json(d: &crate::metrics::Detection) -> Value {
     })
 }
 
-pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
+/// `GET /healthz`: liveness for anyone; the counters only for a caller with the token (or,
+/// without a token, for an allowed `Host`).
+pub async fn healthz(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+    uri: axum::http::Uri,
+) -> Json<Value> {
+    let redis = if state.metrics.redis_connected() {
+        "connected"
+    } else {
+        "disconnected"
+    };
+    if !super::auth::is_trusted(&state, &headers, &uri) {
+        return Json(json!({ "status": "ok", "redis": redis, "version": VERSION }));
+    }
     let writer = state.writer.stats();
     let feed = match state.metrics.change_feed() {
         crate::metrics::ChangeFeed::Unknown => "unknown",
@@ -39,7 +53,7 @@ pub async fn healthz(State(state): State<AppState>) -> Json<Value> {
     };
     Json(json!({
         "status": "ok",
-        "redis": if state.metrics.redis_connected() { "connected" } else { "disconnected" },
+        "redis": redis,
         "version": VERSION,
         "brokers": state.metrics.brokers().iter().map(|b| b.as_str()).collect::<Vec<_>>(),
         "detection": detection_json(&state.metrics.detection()),
@@ -146,16 +160,38 @@ pub async fn stats(
 
 /// `GET /api/events`: Server-Sent Events, one `transition` event per state change, data = the
 /// task after it. A client too slow to keep up gets a `lagged` event with the number it missed
-/// (then it should re-read `/api/tasks`).
+/// (then it should re-read `/api/tasks`). At most `--max-sse-clients` streams at once (503
+/// past that); every stream ends when taskscope shuts down.
 pub async fn events(
     State(state): State<AppState>,
-) -> axum::response::Sse<
-    impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+) -> Result<
+    axum::response::Sse<
+        impl futures::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
 > {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use futures::StreamExt;
     use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
-    let stream = BroadcastStream::new(state.writer.subscribe()).map(|item| {
+    let slot = state.sse_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "too many live streams ({} open, --max-sse-clients); close a tab or try again later",
+                state.limits.max_sse_clients
+            ),
+        )
+    })?;
+    let mut shutdown = state.shutdown.clone();
+    let stopping = async move {
+        // A dropped sender (tests) means "never".
+        if shutdown.wait_for(|stop| *stop).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let stream = BroadcastStream::new(state.writer.subscribe()).map(move |item| {
+        // The slot is held for as long as the stream lives.
+        let _slot = &slot;
         Ok(match item {
             Ok(ev) => Event::default()
                 .event("transition")
@@ -166,7 +202,7 @@ pub async fn events(
             }
         })
     });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    Ok(Sse::new(stream.take_until(stopping)).keep_alive(KeepAlive::default()))
 }
 
 /// `GET /export.csv`: every task matching the `/api/tasks` filters as CSV with a header row,
@@ -180,7 +216,9 @@ pub async fn export_csv(
     let mut query = params.to_query(Utc::now())?;
     query.cursor = None;
     let (tx, rx) = tokio::sync::mpsc::channel(4);
-    state.reader.export_csv(query, tx);
+    state
+        .reader
+        .export_csv(query, tx, state.limits.stream_send_timeout);
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
         .map(|chunk| chunk.map_err(|e| std::io::Error::other(e.to_string())));
     Ok((

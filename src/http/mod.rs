@@ -3,11 +3,14 @@
 //! crate; nothing here touches Redis or DuckDB directly.
 
 mod api;
-mod auth;
+pub mod auth;
+pub mod limits;
+mod metric_labels;
 mod pages;
 pub mod prometheus;
 pub(crate) mod query;
 mod reports;
+pub mod server;
 #[cfg(test)]
 mod tests;
 
@@ -29,9 +32,73 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// For `alive` in the workers list.
     pub abandon_after: Duration,
-    pub auth_token: Option<Arc<str>>,
+    /// `--auth-token`, as the hash its session cookie holds.
+    pub auth: Option<Arc<auth::AuthToken>>,
+    /// Without a token: which `Host` headers are answered.
+    pub hosts: Arc<auth::HostPolicy>,
     /// Transition counters and runtime histograms for `/metrics`.
     pub task_metrics: prometheus::TaskMetrics,
+    pub limits: limits::HttpLimits,
+    /// Free slots for `/api/events` streams (`limits.max_sse_clients` in all).
+    pub sse_slots: Arc<tokio::sync::Semaphore>,
+    /// Turns true when the process stops: SSE streams end on it, so shutdown need not wait
+    /// for browsers to close their tabs.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// The state of a router over `reader` and `writer`, with the given access policy and
+    /// limits. `reader` is wrapped in a gate of `max_queries` concurrent queries, each waiting
+    /// at most `query_wait` for its turn (then 503).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        reader: StoreReader,
+        writer: crate::store::StoreWriter,
+        metrics: Arc<Metrics>,
+        abandon_after: Duration,
+        task_metrics: prometheus::TaskMetrics,
+        access: Access,
+        limits: limits::HttpLimits,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> AppState {
+        AppState {
+            reader: reader.gated(access.max_queries, access.query_wait),
+            writer,
+            metrics,
+            abandon_after,
+            auth: access
+                .auth_token
+                .as_deref()
+                .map(|t| Arc::new(auth::AuthToken::new(t))),
+            hosts: Arc::new(access.hosts),
+            task_metrics,
+            sse_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_sse_clients)),
+            limits,
+            shutdown,
+        }
+    }
+}
+
+/// Who may use the HTTP layer and how much of the store it may use at once.
+#[derive(Debug, Clone)]
+pub struct Access {
+    pub auth_token: Option<String>,
+    pub hosts: auth::HostPolicy,
+    /// Store queries of HTTP requests running at once.
+    pub max_queries: usize,
+    /// How long a request waits for a query slot before 503.
+    pub query_wait: Duration,
+}
+
+impl Default for Access {
+    fn default() -> Self {
+        Access {
+            auth_token: None,
+            hosts: auth::HostPolicy::default(),
+            max_queries: 8,
+            query_wait: Duration::from_secs(10),
+        }
+    }
 }
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -63,13 +130,27 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_token,
         ));
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(api::healthz))
         .route("/static/app.css", get(app_css))
         .route("/static/app.js", get(app_js))
-        .merge(protected)
+        .merge(protected);
+    with_guards(routes, state)
+}
+
+/// The layers around every route: the request timeout, compression, a panic caught as a 500
+/// JSON error, request tracing.
+fn with_guards(routes: Router<AppState>, state: AppState) -> Router {
+    routes
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            limits::request_timeout,
+        ))
         .with_state(state)
         .layer(tower_http::compression::CompressionLayer::new())
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            limits::panic_response,
+        ))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
@@ -142,6 +223,9 @@ impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> ApiError {
         match e {
             crate::store::StoreError::BadCursor(_) => ApiError::bad_request(e.to_string()),
+            crate::store::StoreError::Busy(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "Store query failed.");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())

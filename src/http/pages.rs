@@ -14,14 +14,17 @@ use chrono::Utc;
 
 const RECENT_ON_OVERVIEW: usize = 20;
 
-fn failed(message: impl std::fmt::Display) -> Response {
-    tracing::error!(error = %message, "Page query failed.");
+fn failed(error: crate::store::StoreError) -> Response {
+    // Too many queries at once is a moment's congestion, not a fault: 503, no error log.
+    let status = if matches!(error, crate::store::StoreError::Busy(_)) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        tracing::error!(error = %error, "Page query failed.");
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
     (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        templates::error_page(
-            VERSION,
-            &format!("The history could not be read: {message}"),
-        ),
+        status,
+        templates::error_page(VERSION, &format!("The history could not be read: {error}")),
     )
         .into_response()
 }

@@ -5,6 +5,7 @@
 //! scrape time (queue lengths and workers from the store, ingest counters from [`Metrics`]),
 //! so a series that no longer exists disappears.
 
+use super::metric_labels::{self, LabelCap, OTHER};
 use super::AppState;
 use crate::metrics::{Metrics, Source};
 use crate::store::TransitionEvent;
@@ -17,10 +18,10 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::broadcast;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -63,52 +64,144 @@ const RUNTIME_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0,
 ];
 
-fn runtime_histogram() -> Histogram {
-    Histogram::new(RUNTIME_BUCKETS)
+/// One runtime histogram's state: per-bucket counts (the last is `+Inf`), sum and count.
+#[derive(Debug, Clone, Default)]
+struct RuntimeHistogram {
+    buckets: [u64; RUNTIME_BUCKETS.len() + 1],
+    sum: f64,
+    count: u64,
 }
 
-/// Per-task counters accumulated from transitions since this process started.
+impl RuntimeHistogram {
+    fn observe(&mut self, seconds: f64) {
+        let i = RUNTIME_BUCKETS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(RUNTIME_BUCKETS.len());
+        self.buckets[i] += 1;
+        self.sum += seconds;
+        self.count += 1;
+    }
+
+    fn merge(&mut self, other: &RuntimeHistogram) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum += other.sum;
+        self.count += other.count;
+    }
+}
+
+/// The runtime histograms as one metric family, encoded from a snapshot at scrape time.
+#[derive(Debug)]
+struct RuntimeFamily(Vec<(RuntimeLabels, RuntimeHistogram)>);
+
+impl prometheus_client::encoding::EncodeMetric for RuntimeFamily {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::MetricEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        let bounds = RUNTIME_BUCKETS.iter().copied().chain([f64::INFINITY]);
+        for (labels, h) in &self.0 {
+            let buckets: Vec<(f64, u64)> = bounds.clone().zip(h.buckets).collect();
+            encoder
+                .encode_family(labels)?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    h.sum, h.count, &buckets, None,
+                )?;
+        }
+        Ok(())
+    }
+
+    fn metric_type(&self) -> prometheus_client::metrics::MetricType {
+        prometheus_client::metrics::MetricType::Histogram
+    }
+}
+
+/// Per-task counters accumulated from transitions since this process started, with bounded
+/// label values (`metric_labels.rs`).
 #[derive(Clone)]
 pub struct TaskMetrics {
-    tasks: Family<TaskLabels, Counter>,
-    runtime: Family<RuntimeLabels, Histogram, fn() -> Histogram>,
+    inner: Arc<Mutex<TaskCounts>>,
+}
+
+struct TaskCounts {
+    queues: LabelCap,
+    names: LabelCap,
+    tasks: HashMap<TaskLabels, u64>,
+    runtime: HashMap<RuntimeLabels, RuntimeHistogram>,
 }
 
 impl Default for TaskMetrics {
     fn default() -> Self {
-        TaskMetrics {
-            tasks: Family::default(),
-            runtime: Family::new_with_constructor(runtime_histogram),
-        }
+        TaskMetrics::new(100)
     }
 }
 
 impl TaskMetrics {
+    /// Counters where at most `max_labels` queues and `max_labels` task names have series of
+    /// their own (the busiest); the rest count under `other`.
+    pub fn new(max_labels: usize) -> TaskMetrics {
+        TaskMetrics {
+            inner: Arc::new(Mutex::new(TaskCounts {
+                queues: LabelCap::new(max_labels),
+                names: LabelCap::new(max_labels),
+                tasks: HashMap::new(),
+                runtime: HashMap::new(),
+            })),
+        }
+    }
+
     /// Counts one committed transition.
     pub fn record(&self, event: &TransitionEvent) {
         let task = &event.task;
-        let unknown = || "unknown".to_string();
-        self.tasks
-            .get_or_create(&TaskLabels {
-                broker: task.broker.as_str().to_string(),
-                queue: task.queue.clone().unwrap_or_else(unknown),
-                name: task.name.clone().unwrap_or_else(unknown),
+        let mut counts = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let queue = counts
+            .queues
+            .observe(task.queue.as_deref().unwrap_or("unknown"));
+        let name = counts
+            .names
+            .observe(task.name.as_deref().unwrap_or("unknown"));
+        if let Some(demoted) = queue.demoted {
+            counts.fold_queue(&demoted);
+        }
+        if let Some(demoted) = name.demoted {
+            counts.fold_name(&demoted);
+        }
+        let broker = task.broker.as_str().to_string();
+        *counts
+            .tasks
+            .entry(TaskLabels {
+                broker: broker.clone(),
+                queue: queue.label,
+                name: name.label.clone(),
                 state: event.transition.state.as_str().to_string(),
             })
-            .inc();
+            .or_default() += 1;
         if matches!(
             event.transition.state,
             TaskState::Success | TaskState::Failure
         ) {
             if let Some(ms) = task.runtime_ms {
-                self.runtime
-                    .get_or_create(&RuntimeLabels {
-                        broker: task.broker.as_str().to_string(),
-                        name: task.name.clone().unwrap_or_else(unknown),
+                counts
+                    .runtime
+                    .entry(RuntimeLabels {
+                        broker,
+                        name: name.label,
                     })
+                    .or_default()
                     .observe(ms / 1000.0);
             }
         }
+    }
+
+    /// How many queues or names get series of their own.
+    pub fn max_labels(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .queues
+            .max()
     }
 
     /// Feeds these metrics from the writer's transition events until the writer stops.
@@ -125,6 +218,80 @@ impl TaskMetrics {
             }
         });
     }
+
+    /// The counters as metric families, for one scrape.
+    fn snapshot(&self) -> (Family<TaskLabels, Counter>, RuntimeFamily) {
+        let counts = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let tasks = Family::<TaskLabels, Counter>::default();
+        for (labels, n) in &counts.tasks {
+            tasks.get_or_create(labels).inc_by(*n);
+        }
+        let mut runtime: Vec<_> = counts
+            .runtime
+            .iter()
+            .map(|(l, h)| (l.clone(), h.clone()))
+            .collect();
+        runtime.sort_by(|a, b| (&a.0.broker, &a.0.name).cmp(&(&b.0.broker, &b.0.name)));
+        (tasks, RuntimeFamily(runtime))
+    }
+}
+
+impl TaskCounts {
+    /// Moves the counts of a queue that lost its own series into `other`.
+    fn fold_queue(&mut self, queue: &str) {
+        let moved: Vec<_> = self
+            .tasks
+            .iter()
+            .filter(|(l, _)| l.queue == queue)
+            .map(|(l, n)| (l.clone(), *n))
+            .collect();
+        for (labels, n) in moved {
+            self.tasks.remove(&labels);
+            *self
+                .tasks
+                .entry(TaskLabels {
+                    queue: OTHER.to_string(),
+                    ..labels
+                })
+                .or_default() += n;
+        }
+    }
+
+    /// Moves the counts and runtimes of a task name that lost its own series into `other`.
+    fn fold_name(&mut self, name: &str) {
+        let moved: Vec<_> = self
+            .tasks
+            .iter()
+            .filter(|(l, _)| l.name == name)
+            .map(|(l, n)| (l.clone(), *n))
+            .collect();
+        for (labels, n) in moved {
+            self.tasks.remove(&labels);
+            *self
+                .tasks
+                .entry(TaskLabels {
+                    name: OTHER.to_string(),
+                    ..labels
+                })
+                .or_default() += n;
+        }
+        let moved: Vec<_> = self
+            .runtime
+            .iter()
+            .filter(|(l, _)| l.name == name)
+            .map(|(l, h)| (l.clone(), h.clone()))
+            .collect();
+        for (labels, h) in moved {
+            self.runtime.remove(&labels);
+            self.runtime
+                .entry(RuntimeLabels {
+                    name: OTHER.to_string(),
+                    ..labels
+                })
+                .or_default()
+                .merge(&h);
+        }
+    }
 }
 
 pub async fn metrics(State(state): State<AppState>) -> Response {
@@ -135,24 +302,34 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         state.reader.workers(chrono::Utc::now(), abandon_after)
     );
     let mut registry = Registry::default();
+    let (tasks, runtime) = state.task_metrics.snapshot();
     registry.register(
         "taskscope_tasks",
         "State transitions of tasks, by broker, queue, task name and the state entered",
-        state.task_metrics.tasks.clone(),
+        tasks,
     );
     registry.register(
         "taskscope_task_runtime_seconds",
         "Runtime of finished tasks",
-        state.task_metrics.runtime.clone(),
+        runtime,
     );
     let queue_length = Family::<QueueLabels, Gauge>::default();
-    for q in queues.iter().flatten() {
+    let mut queues: Vec<_> = queues.into_iter().flatten().collect();
+    // The longest queues get series of their own, the rest add up under `other`.
+    queues.sort_by_key(|q| std::cmp::Reverse(q.length));
+    let max_queues = state.task_metrics.max_labels();
+    for (i, q) in queues.iter().enumerate() {
+        let name = if i < max_queues {
+            metric_labels::cut(&q.name)
+        } else {
+            OTHER
+        };
         queue_length
             .get_or_create(&QueueLabels {
                 broker: q.broker.as_str().to_string(),
-                queue: q.name.clone(),
+                queue: name.to_string(),
             })
-            .set(i64::try_from(q.length).unwrap_or(i64::MAX));
+            .inc_by(i64::try_from(q.length).unwrap_or(i64::MAX));
     }
     registry.register(
         "taskscope_queue_length",

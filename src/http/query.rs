@@ -38,9 +38,16 @@ pub fn parse_time_filter(
         return Ok(t.with_timezone(&Utc));
     }
     if let Ok(d) = humantime::parse_duration(text) {
-        if let Ok(d) = chrono::Duration::from_std(d) {
-            return Ok(now - d);
-        }
+        // Checked: `300000y` ago is before the first representable time, and chrono's `-`
+        // panics there.
+        return chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "{name}={text:?}: too long ago (give a duration of at most a few thousand years)"
+                ))
+            });
     }
     Err(ApiError::bad_request(format!(
         "{name}={text:?}: expected an RFC 3339 time (2026-11-23T12:00:00Z) or a duration ago (1h, 7d)"

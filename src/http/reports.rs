@@ -23,6 +23,8 @@ pub const AUTO_BUCKETS: i64 = 90;
 pub const MAX_BUCKETS: i64 = 5_000;
 /// Default window length.
 pub const DEFAULT_WINDOW: Duration = Duration::hours(1);
+/// The largest step: bucket arithmetic in microseconds stays far from `i64`'s ends.
+pub const MAX_STEP: Duration = Duration::days(36_525);
 /// How many names the failure series and the top lists hold.
 pub const TOP_NAMES: usize = 8;
 pub const TOP_ROWS: usize = 20;
@@ -74,7 +76,9 @@ impl ReportParams {
         let since = match (set(&self.since), set(&self.range)) {
             (Some(t), _) => parse_time_filter("since", t, now)?,
             (None, Some(r)) => parse_time_filter("range", r, until)?,
-            (None, None) => until - DEFAULT_WINDOW,
+            (None, None) => until
+                .checked_sub_signed(DEFAULT_WINDOW)
+                .ok_or_else(|| ApiError::bad_request("until is too early"))?,
         };
         if since >= until {
             return Err(ApiError::bad_request(format!(
@@ -88,20 +92,24 @@ impl ReportParams {
                 let d = humantime::parse_duration(s)
                     .ok()
                     .and_then(|d| Duration::from_std(d).ok())
-                    .filter(|d| d.num_milliseconds() > 0)
+                    .filter(|d| d.num_milliseconds() > 0 && *d <= MAX_STEP)
                     .ok_or_else(|| {
                         ApiError::bad_request(format!(
-                            "step={s:?}: expected a duration of at least 1ms (500ms, 5m, 2h, 30d)"
+                            "step={s:?}: expected a duration from 1ms to 100 years (500ms, 5m, 2h, 30d)"
                         ))
                     })?;
                 d
             }
             None => auto_step(until - since),
         };
+        let step_us = step
+            .num_microseconds()
+            .filter(|us| *us > 0)
+            .ok_or_else(|| ApiError::bad_request("step is too large"))?;
         let range = ReportRange {
             since,
             until,
-            step_us: step.num_microseconds().unwrap_or(i64::MAX),
+            step_us,
         };
         let buckets = range.buckets();
         if buckets > MAX_BUCKETS {

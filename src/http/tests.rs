@@ -61,13 +61,32 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(Options::default()).await
+}
+
+/// What a test changes of the router's state.
+#[derive(Default)]
+struct Options {
+    access: super::Access,
+    limits: super::limits::HttpLimits,
+    task_metrics: Option<super::prometheus::TaskMetrics>,
+    /// Keep the sender to shut down; `None`: never.
+    shutdown: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+async fn fixture_with(options: Options) -> Fixture {
+    let (fixture, _) = fixture_and_state(options).await;
+    fixture
+}
+
+async fn fixture_and_state(options: Options) -> (Fixture, AppState) {
     let dir = tempfile::tempdir().unwrap();
     let (writer, reader, _handle) =
         store::open(&dir.path().join("t.duckdb"), StoreOptions::default()).unwrap();
     reader.execute_for_test(PLANT).await;
     let metrics = Arc::new(crate::metrics::Metrics::default());
     metrics.set_brokers(vec![Broker::Celery, Broker::Dramatiq]);
-    let task_metrics = super::prometheus::TaskMetrics::default();
+    let task_metrics = options.task_metrics.unwrap_or_default();
     let at = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:01:00Z")
         .unwrap()
         .with_timezone(&chrono::Utc);
@@ -87,20 +106,36 @@ async fn fixture() -> Fixture {
         },
         task,
     });
-    let app = router(AppState {
-        reader: reader.clone(),
-        writer: writer.clone(),
+    let state = AppState::new(
+        reader.clone(),
+        writer.clone(),
         metrics,
-        abandon_after: Duration::from_secs(60),
-        auth_token: None,
+        Duration::from_secs(60),
         task_metrics,
-    });
-    Fixture {
-        app,
-        _writer: writer,
-        _reader: reader,
-        _dir: dir,
-    }
+        options.access,
+        options.limits,
+        options
+            .shutdown
+            .unwrap_or_else(|| tokio::sync::watch::channel(false).1),
+    );
+    let app = router(state.clone());
+    (
+        Fixture {
+            app,
+            _writer: writer,
+            _reader: reader,
+            _dir: dir,
+        },
+        state,
+    )
+}
+
+/// Sends `request` and reads the whole answer.
+async fn send(f: &Fixture, request: Request<Body>) -> axum::response::Response<String> {
+    let resp = f.app.clone().oneshot(request).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    axum::response::Response::from_parts(parts, String::from_utf8_lossy(&body).into_owned())
 }
 
 async fn get(f: &Fixture, uri: &str) -> (StatusCode, String) {
@@ -359,3 +394,5 @@ async fn metrics_declare_every_contract_name() {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
 }
+
+mod hardening;

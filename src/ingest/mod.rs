@@ -250,11 +250,21 @@ async fn connect_side(url: &str, broker: Broker) -> anyhow::Result<Client> {
     Ok(c)
 }
 
-/// `redis://:secret@host` -> `redis://:***@host` for logs.
+/// `redis://user:secret@host/0` -> `redis://***@host/0` for logs and error messages, whether
+/// or not the URL parses: everything before the last `@` after the scheme (user and password,
+/// which may themselves hold `@`, `/` or `:`) and any query string (`?password=`) is hidden.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}***{}", &url[..s + 3], &url[at..]),
-        _ => url.to_string(),
+    let (scheme, rest) = match url.find("://") {
+        Some(s) => url.split_at(s + 3),
+        None => ("", url),
+    };
+    let (rest, query) = match rest.find('?') {
+        Some(q) => (&rest[..q], "?***"),
+        None => (rest, ""),
+    };
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}***{}{query}", &rest[at..]),
+        None => format!("{scheme}{rest}{query}"),
     }
 }
 
@@ -1184,6 +1194,25 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redact_hides_credentials_of_any_url_parsable_or_not() {
+        use super::redact;
+        assert_eq!(
+            redact("redis://:s3cret@host:6379/0"),
+            "redis://***@host:6379/0"
+        );
+        assert_eq!(redact("redis://u:p@ss/w@rd@host/1"), "redis://***@host/1");
+        assert_eq!(redact("redis//:s3cret@host"), "***@host");
+        assert_eq!(
+            redact("redis://host/0?password=s3cret"),
+            "redis://host/0?***"
+        );
+        assert_eq!(
+            redact("redis://127.0.0.1:6379/0"),
+            "redis://127.0.0.1:6379/0"
+        );
+    }
+
     use super::*;
 
     fn get(k: &str) -> ReadRequest {

@@ -21,7 +21,28 @@ pub const PIPELINE_CHUNK: usize = 512;
 /// fred's default.
 pub fn builder(url: &str, pubsub: bool) -> anyhow::Result<Builder> {
     let mut config =
-        Config::from_url(url).with_context(|| format!("cannot use the Redis URL {url:?}"))?;
+        // fred's message is shown only when it cannot quote the URL's credentials.
+        Config::from_url(url).map_err(|e| {
+            let details = e.details();
+            let credentials = url
+                .split_once("://")
+                .map_or(url, |(_, rest)| rest)
+                .rsplit_once('@')
+                .map_or("", |(user, _)| user);
+            let leaks = details.contains('@')
+                || credentials
+                    .split(':')
+                    .any(|part| !part.is_empty() && details.contains(part));
+            let why = if leaks {
+                format!("{:?}", e.kind())
+            } else {
+                details.to_string()
+            };
+            anyhow::anyhow!(
+                "cannot use the Redis URL {:?} ({why}): expected redis://[:password@]host:port/db",
+                super::redact(url)
+            )
+        })?;
     config.fail_fast = false;
     let mut builder = Builder::from_config(config);
     builder

@@ -20,9 +20,25 @@ use std::path::Path;
 pub const CSV_HEADER: &str = "id,broker,queue,name,state,args,kwargs,result,error,traceback,\
 retries,worker,eta,enqueued_at,started_at,finished_at,runtime_ms,updated_at\n";
 
-/// A text column as a CSV field: always quoted (quotes doubled), empty when NULL.
+/// A text column as a CSV field: always quoted (quotes doubled), empty when NULL, and
+/// [`neutralised`].
 fn text(col: &str) -> String {
-    format!("coalesce('\"' || replace({col}, '\"', '\"\"') || '\"', '')")
+    format!(
+        "coalesce('\"' || replace({}, '\"', '\"\"') || '\"', '')",
+        neutralised(col)
+    )
+}
+
+/// `col` with a `'` in front when a spreadsheet would read it as a formula (OWASP's CSV
+/// injection advice): it starts with `=`, `+`, `-`, `@`, a tab or a carriage return. Every
+/// text cell can come from a producer (a task named `=HYPERLINK(...)`). Plain numbers (`-3`,
+/// a JSON result) are left alone: they are not formulas.
+fn neutralised(col: &str) -> String {
+    format!(
+        "CASE WHEN left({col}, 1) IN ('=', '+', '-', '@', chr(9), chr(13)) \
+              AND NOT regexp_full_match({col}, '-?[0-9]+(\\.[0-9]+)?([eE][-+]?[0-9]+)?') \
+         THEN '''' || {col} ELSE {col} END"
+    )
 }
 
 /// A timestamp as RFC 3339 UTC with milliseconds, empty when NULL.
@@ -160,18 +176,37 @@ pub fn write_csv_file(
 impl StoreReader {
     /// Streams the CSV of every task matching `query`'s filters into `tx`, chunk by chunk, on a
     /// blocking thread; the bounded channel is the back-pressure that keeps memory flat. Ends
-    /// quietly when the receiver is dropped; an error is sent as the last item.
+    /// quietly when the receiver is dropped or takes no chunk for `send_timeout`; an error is
+    /// sent as the last item.
     pub fn export_csv(
         &self,
         query: TaskQuery,
         tx: tokio::sync::mpsc::Sender<Result<Vec<u8>, StoreError>>,
+        send_timeout: std::time::Duration,
     ) {
         let reader = self.clone();
+        let runtime = tokio::runtime::Handle::current();
         tokio::spawn(async move {
             let err_tx = tx.clone();
             let result = reader
                 .with_conn("export_csv", move |conn| {
-                    write_csv(conn, &query, |chunk| tx.blocking_send(Ok(chunk)).is_ok())
+                    write_csv(conn, &query, |chunk| {
+                        // A client that takes nothing for `send_timeout` loses the export: it
+                        // must not hold this thread and the read transaction forever.
+                        let sent = runtime
+                            .block_on(tokio::time::timeout(send_timeout, tx.send(Ok(chunk))));
+                        match sent {
+                            Ok(Ok(())) => true,
+                            Ok(Err(_)) => false,
+                            Err(_) => {
+                                tracing::warn!(
+                                    timeout = ?send_timeout,
+                                    "CSV export abandoned: the client stopped reading."
+                                );
+                                false
+                            }
+                        }
+                    })
                 })
                 .await;
             match result {

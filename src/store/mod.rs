@@ -95,6 +95,9 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("a store query was cancelled: {0}")]
     Cancelled(String),
+    /// Every query slot of a gated reader stayed taken for its whole wait.
+    #[error("{0}: too many queries at once; try again in a moment")]
+    Busy(&'static str),
 }
 
 /// Tuning knobs; [`Default`] suits a sidecar.

@@ -58,6 +58,17 @@ pub struct Stats {
 #[derive(Clone)]
 pub struct StoreReader {
     pool: Arc<Pool>,
+    /// `Some` for the HTTP layer's reader ([`StoreReader::gated`]): a bound on its queries
+    /// running at once, so a burst of requests queues here instead of taking every blocking
+    /// thread and a DuckDB transaction each. Ingest and housekeeping read ungated.
+    gate: Option<Arc<QueryGate>>,
+}
+
+/// At most `slots.available_permits()` queries at once; a query waits at most `wait` for one.
+#[derive(Debug)]
+struct QueryGate {
+    slots: Arc<tokio::sync::Semaphore>,
+    wait: std::time::Duration,
 }
 
 impl std::fmt::Debug for StoreReader {
@@ -160,17 +171,42 @@ impl StoreReader {
                 idle: Mutex::new(Vec::new()),
                 max_idle,
             }),
+            gate: None,
         }
     }
 
-    /// Runs `f` with a pooled connection on a blocking thread.
+    /// A reader of the same pool that runs at most `max` queries at once (a CSV export holds
+    /// one for as long as it streams); a query that waits longer than `wait` for a slot fails
+    /// with [`StoreError::Busy`] (HTTP 503).
+    pub fn gated(&self, max: usize, wait: std::time::Duration) -> StoreReader {
+        StoreReader {
+            pool: self.pool.clone(),
+            gate: Some(Arc::new(QueryGate {
+                slots: Arc::new(tokio::sync::Semaphore::new(max.max(1))),
+                wait,
+            })),
+        }
+    }
+
+    /// Runs `f` with a pooled connection on a blocking thread (after taking a slot of the gate,
+    /// if this reader has one).
     pub(super) async fn with_conn<T, F>(&self, what: &'static str, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let pool = self.pool.clone();
+        let permit = match &self.gate {
+            None => None,
+            Some(gate) => Some(
+                tokio::time::timeout(gate.wait, gate.slots.clone().acquire_owned())
+                    .await
+                    .map_err(|_| StoreError::Busy(what))?
+                    .map_err(|_| StoreError::Cancelled(format!("{what}: the gate closed")))?,
+            ),
+        };
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let conn = pool.take()?;
             let out = f(&conn);
             pool.give_back(conn);

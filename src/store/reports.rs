@@ -49,16 +49,21 @@ pub struct ReportRange {
 impl ReportRange {
     /// The start of the bucket `since` falls in (epoch-aligned).
     pub fn first_bucket_us(&self) -> i64 {
-        self.since.timestamp_micros().div_euclid(self.step_us) * self.step_us
+        let step = self.step_us.max(1);
+        let first = i128::from(self.since.timestamp_micros()).div_euclid(i128::from(step))
+            * i128::from(step);
+        i64::try_from(first).unwrap_or(i64::MIN)
     }
 
-    /// How many buckets the range spans.
+    /// How many buckets the range spans (saturating: in `i128`, so no step or window wraps it
+    /// into a small or negative count).
     pub fn buckets(&self) -> i64 {
-        let span = self.until.timestamp_micros() - self.first_bucket_us();
+        let step = i128::from(self.step_us.max(1));
+        let span = i128::from(self.until.timestamp_micros()) - i128::from(self.first_bucket_us());
         if span <= 0 {
             0
         } else {
-            (span + self.step_us - 1) / self.step_us
+            i64::try_from((span + step - 1) / step).unwrap_or(i64::MAX)
         }
     }
 }

@@ -464,6 +464,23 @@ impl Taskscope {
         }
     }
 
+    /// SIGTERM, then wait up to `limit` for the exit: how long it took and the exit status
+    /// (`None`: still running at `limit`, then killed).
+    pub fn stop_timed(&mut self, limit: Duration) -> (Duration, Option<std::process::ExitStatus>) {
+        let mut child = self.child.take().expect("taskscope is running");
+        let start = Instant::now();
+        signal(&child.id().to_string(), "-TERM");
+        while start.elapsed() < limit {
+            if let Ok(Some(status)) = child.try_wait() {
+                return (start.elapsed(), Some(status));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        (start.elapsed(), None)
+    }
+
     /// Starts it again with the same Redis, database and flags (on a new free port).
     pub fn restart(&mut self) {
         self.kill();
