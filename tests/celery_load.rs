@@ -96,12 +96,14 @@ const TASKIQ_STREAM: [(&str, &str); 1] = [("TS_TASKIQ_BROKER", "stream")];
 
 /// What Celery itself stored for `id` says the task is done.
 fn wait_celery_success(redis: &RedisServer, id: &str) {
-    wait_for(&format!("Celery to store SUCCESS for {id}"), LONG, || {
-        match redis.celery_result(id) {
+    wait_for(
+        &format!("Celery to store SUCCESS for {id}"),
+        LONG,
+        || match redis.celery_result(id) {
             Some(r) if r["status"] == "SUCCESS" => Ok(()),
             other => Err(format!("{other:?}")),
-        }
-    });
+        },
+    );
 }
 
 fn retried_under_load(all_brokers: bool) {
@@ -152,6 +154,20 @@ fn retried_under_load(all_brokers: bool) {
                 ..ProduceOpts::default()
             },
         ));
+        // `TASKSCOPE_LOAD_STALL_MS`: taskscope stops (SIGSTOP) that long while the task retries,
+        // as a process starved of CPU on a loaded machine does.
+        let stall = env_or("TASKSCOPE_LOAD_STALL_MS", 0);
+        if stall > 0 {
+            let pid = ts.pid().to_string();
+            let run = |sig: &str| {
+                let _ = std::process::Command::new("kill")
+                    .args([sig, &pid])
+                    .status();
+            };
+            run("-STOP");
+            std::thread::sleep(Duration::from_millis(stall as u64));
+            run("-CONT");
+        }
         std::thread::sleep(Duration::from_millis(300));
     }
     for id in &ids {
@@ -194,7 +210,11 @@ fn retried_under_load(all_brokers: bool) {
             .collect();
         let _ = std::fs::write(
             &path,
-            format!("{}\n===== tasks =====\n{}\n", ts.log_text(), tasks.join("\n")),
+            format!(
+                "{}\n===== tasks =====\n{}\n",
+                ts.log_text(),
+                tasks.join("\n")
+            ),
         );
         eprintln!("taskscope log: {}", path.display());
     }

@@ -1341,6 +1341,90 @@ fn adapter_requeued_message_read_before_attempt_zero_events_counts_one_retry() {
     assert_eq!(task.retries, 1, "{task:#?}");
 }
 
+/// An `unacked` entry (`[envelope, exchange, routing_key]`) of attempt `retries` of task `id`
+/// (the captured message, edited), due at `eta`.
+fn unacked_attempt(id: &str, retries: u32, eta: Option<&str>) -> Vec<u8> {
+    let envelope = json_message_variant(50 + retries as usize, |v| {
+        v["headers"]["id"] = json!(id);
+        v["headers"]["retries"] = json!(retries);
+        v["headers"]["eta"] = json!(eta);
+    });
+    let envelope: Value = serde_json::from_slice(&envelope).unwrap();
+    serde_json::to_vec(&json!([envelope, "", "celery"])).unwrap()
+}
+
+#[test]
+fn adapter_retried_message_due_before_the_retry_record_still_counts_as_retried() {
+    // Issue #13: passive mode, `self.retry()` with `default_retry_delay=0.3`, a loaded machine.
+    // Order seen end to end (tests/celery_load.rs, taskscope stalled as a CPU-starved process
+    // is): the re-sent message of attempt 1 is first read in `unacked` already due, and the
+    // worker stores the RETRY record of attempt 0 only after that (the message is published
+    // first, the record ~0.3 s later under load). The record is then behind attempt 1's start;
+    // each retry must still leave a `retried` in the timeline.
+    use broker_adapters::model::{TaskState, Transition};
+    use broker_adapters::state;
+    let mut a = adapter();
+    let id = "00000000-0000-4000-8000-000000000077";
+    let meta = format!("celery-task-meta-{id}");
+    let tag = |n: u32| format!("ffffffff-0000-4000-8000-0000000001{n:02}");
+    let unacked = |entries: &[(u32, Vec<u8>)]| {
+        let mut items = Vec::new();
+        for (n, value) in entries {
+            items.push(Reply::Bytes(tag(*n).into_bytes()));
+            items.push(Reply::Bytes(value.clone()));
+        }
+        Reply::Array(items)
+    };
+    let at = |s: &str| t(&format!("2026-12-06T01:08:{s}Z"));
+    let mut outputs = Vec::new();
+    // Attempt 0: taken, acknowledged (it runs), fails.
+    let m0 = unacked_attempt(id, 0, None);
+    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[(0, m0)]), at("48.441")));
+    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[]), at("48.497")));
+    // Attempt 1's message (due 48.730) is first read when due; then acknowledged.
+    let m1 = unacked_attempt(id, 1, Some("2026-12-06T01:08:48.730000+00:00"));
+    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[(1, m1)]), at("48.732")));
+    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[]), at("48.819")));
+    // The RETRY record of attempt 0 only now.
+    let retry0 = plain_record(id, "RETRY", "2026-12-06T01:08:48.730Z");
+    outputs.push(a.on_message(&meta, &retry0, at("48.840")));
+    // Attempt 2's message waits for its ETA; the RETRY of attempt 1; attempt 2 runs, succeeds.
+    let m2 = unacked_attempt(id, 2, Some("2026-12-06T01:08:49.290000+00:00"));
+    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[(2, m2)]), at("48.981")));
+    let retry1 = plain_record(id, "RETRY", "2026-12-06T01:08:49.041Z");
+    outputs.push(a.on_message(&meta, &retry1, at("49.045")));
+    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[]), at("49.300")));
+    let success = plain_record(id, "SUCCESS", "2026-12-06T01:08:49.350Z");
+    outputs.push(a.on_message(&meta, &success, at("49.352")));
+
+    let mut task = None;
+    let mut transitions: Vec<Transition> = Vec::new();
+    for out in &outputs {
+        assert!(out.decode_errors.is_empty(), "{:#?}", out.decode_errors);
+        for obs in tasks(out) {
+            let applied = state::apply(task, obs);
+            transitions.extend(applied.transition);
+            task = Some(applied.task);
+        }
+    }
+    let task = task.expect("observations of the task");
+    let states: Vec<TaskState> = transitions.iter().map(|t| t.state).collect();
+    assert_eq!(task.state, TaskState::Success, "{states:?}");
+    assert_eq!(task.retries, 2, "{task:#?}");
+    assert_eq!(
+        states,
+        [
+            TaskState::Running,
+            TaskState::Retried,
+            TaskState::Running,
+            TaskState::Retried,
+            TaskState::Running,
+            TaskState::Success
+        ],
+        "{transitions:#?}"
+    );
+}
+
 #[test]
 fn adapter_mget_and_get_of_result_keys_yield_observations() {
     let mut a = adapter();
