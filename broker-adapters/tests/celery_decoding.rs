@@ -1236,11 +1236,20 @@ fn adapter_plain_retry_record_is_numbered_after_the_message_that_ran() {
         Some("ValueError: card declined 3")
     );
 
-    // Without any earlier sign of the task, the attempt stays unknown.
+    // Without any earlier sign of the task, a published RETRY record is taken for attempt 0's
+    // (pub/sub delivers each record once; see `attempts`).
     let mut b = adapter();
     let out = b.on_message(
         &format!("celery-task-meta-{id}"),
         &fixture("result_retry_plain.bin"),
+        now,
+    );
+    assert_eq!(the_task(&out).attempt, Some(0));
+    // Read from its key (a re-read may repeat a record), it stays unknown.
+    let mut c = adapter();
+    let out = c.on_reply(
+        &ReadRequest::Get(format!("celery-task-meta-{id}")),
+        Reply::Bytes(fixture("result_retry_plain.bin")),
         now,
     );
     assert_eq!(the_task(&out).attempt, None);
@@ -1421,6 +1430,57 @@ fn adapter_retried_message_due_before_the_retry_record_still_counts_as_retried()
             TaskState::Running,
             TaskState::Success
         ],
+        "{transitions:#?}"
+    );
+}
+
+#[test]
+fn adapter_retry_records_published_before_any_other_sign_count_every_retry() {
+    // Issue #13, reproduced end to end by stalling taskscope (tests/celery_load.rs,
+    // TASKSCOPE_LOAD_STALL_MS) as a CPU-starved process is: attempt 0's message came and went
+    // unseen, and the task's first sign is its RETRY record (no date_done: taskscope's time).
+    // Then the re-sent message held in `unacked`, the RETRY record of attempt 1, the SUCCESS,
+    // and a late `unacked` read. The task retried twice; it counted one, the second RETRY
+    // record taken for a copy of the first.
+    use broker_adapters::model::{TaskState, Transition};
+    use broker_adapters::state;
+    let mut a = adapter();
+    let id = "00000000-0000-4000-8000-000000000078";
+    let meta = format!("celery-task-meta-{id}");
+    let at = |s: &str| t(&format!("2026-12-06T01:13:{s}Z"));
+    let retry = serde_json::to_vec(
+        &json!({"status": "RETRY", "result": {"exc_type": "RuntimeError",
+        "exc_message": ["flaky"], "exc_module": "builtins"}, "traceback": "Traceback ...",
+        "children": [], "date_done": null, "task_id": id}),
+    )
+    .unwrap();
+    let mut outputs = vec![a.on_message(&meta, &retry, at("08.982"))];
+    let m1 = unacked_attempt(id, 1, Some("2026-12-06T01:13:09.280000+00:00"));
+    let tag = b"ffffffff-0000-4000-8000-000000000201".to_vec();
+    let held = Reply::Array(vec![Reply::Bytes(tag), Reply::Bytes(m1)]);
+    outputs.push(a.on_reply(&hgetall_unacked(), held, at("08.981")));
+    outputs.push(a.on_message(&meta, &retry, at("13.081")));
+    let success = plain_record(id, "SUCCESS", "2026-12-06T01:13:09.545Z");
+    outputs.push(a.on_message(&meta, &success, at("13.082")));
+    outputs.push(a.on_reply(&hgetall_unacked(), Reply::Array(vec![]), at("13.109")));
+
+    let mut task = None;
+    let mut transitions: Vec<Transition> = Vec::new();
+    for out in &outputs {
+        assert!(out.decode_errors.is_empty(), "{:#?}", out.decode_errors);
+        for obs in tasks(out) {
+            let applied = state::apply(task, obs);
+            transitions.extend(applied.transition);
+            task = Some(applied.task);
+        }
+    }
+    let task = task.expect("observations of the task");
+    let states: Vec<TaskState> = transitions.iter().map(|t| t.state).collect();
+    assert_eq!(task.state, TaskState::Success, "{states:?}");
+    assert_eq!(task.retries, 2, "{task:#?}");
+    assert_eq!(
+        states,
+        [TaskState::Retried, TaskState::Retried, TaskState::Success],
         "{transitions:#?}"
     );
 }
