@@ -142,7 +142,19 @@ fn retried_under_load(all_brokers: bool) {
     // Let the load build up before the retrying tasks go out.
     std::thread::sleep(Duration::from_secs(3));
     let mut ids = Vec::new();
+    // `TASKSCOPE_LOAD_STALL_MS`: taskscope is stopped (SIGSTOP) from just before each retrying
+    // task is sent until that long after, as a process starved of CPU on a loaded machine is:
+    // the task's messages come and go unseen, its records wait in Redis's output buffer.
+    let stall = env_or("TASKSCOPE_LOAD_STALL_MS", 0);
+    let signal = |sig: &str| {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &ts.pid().to_string()])
+            .status();
+    };
     for i in 0..env_or("TASKSCOPE_LOAD_RETRYING", RETRYING) {
+        if stall > 0 {
+            signal("-STOP");
+        }
         let key = format!("r{i}");
         ids.extend(produce(
             &url,
@@ -154,19 +166,9 @@ fn retried_under_load(all_brokers: bool) {
                 ..ProduceOpts::default()
             },
         ));
-        // `TASKSCOPE_LOAD_STALL_MS`: taskscope stops (SIGSTOP) that long while the task retries,
-        // as a process starved of CPU on a loaded machine does.
-        let stall = env_or("TASKSCOPE_LOAD_STALL_MS", 0);
         if stall > 0 {
-            let pid = ts.pid().to_string();
-            let run = |sig: &str| {
-                let _ = std::process::Command::new("kill")
-                    .args([sig, &pid])
-                    .status();
-            };
-            run("-STOP");
             std::thread::sleep(Duration::from_millis(stall as u64));
-            run("-CONT");
+            signal("-CONT");
         }
         std::thread::sleep(Duration::from_millis(300));
     }
