@@ -2,11 +2,25 @@
 //! themselves with `default_retry_delay` (no countdown), in a Redis where the workers of all
 //! four brokers are busy and a parked Celery queue holds garbage, with every adapter named
 //! explicitly. Each retried task must end `success` with `retries: 2` and two `retried`
-//! transitions, as it does in a Redis with Celery alone (`celery_alone`).
+//! transitions, as it does in a Redis with Celery alone
+//! (`retried_tasks_under_celery_load_alone`).
+//!
+//! Every other retrying task lives its whole life while taskscope is stopped (SIGSTOP), as a
+//! process starved of CPU on a loaded machine is: its messages come and go unseen and only its
+//! result records, waiting in Redis's output buffer, tell what happened (before the fix it
+//! counted one retry of two).
+//!
+//! Knobs (environment): `TASKSCOPE_LOAD_RETRYING` (retrying tasks, default 4),
+//! `TASKSCOPE_LOAD_PRODUCERS` (producers per broker, default 1), `TASKSCOPE_LOAD_SLOW_MS`
+//! (the Celery load is `slow` tasks of that many ms), `TASKSCOPE_LOAD_GARBAGE` (more garbage
+//! entries), `TASKSCOPE_LOAD_STALL_MS` (the stall, default 2500), `TASKSCOPE_LOAD_LOG=<dir>`
+//! (keep taskscope's log and the tasks there). `TASKSCOPE_LOAD_PUBSUB_LIMIT` sets Redis's
+//! `client-output-buffer-limit` (e.g. `pubsub 1kb 1kb 0`): Redis then closes taskscope's
+//! subscribers during a stall, the RETRY records are lost with them, and a task that retried
+//! twice ends `success` with `retries: 0`: nothing left in Redis says it retried (expected to
+//! fail; README, limits).
 //!
 //! Needs `scripts/setup.sh` (redis-server, .venv with tests/python/requirements.txt).
-//! `TASKSCOPE_LOAD_LOG=<dir>` keeps taskscope's log there (run with `RUST_LOG=taskscope=debug`
-//! to see every observation).
 
 mod common;
 
@@ -22,6 +36,8 @@ use serde_json::{json, Value};
 const RETRYING: usize = 4;
 /// Producers per broker (`TASKSCOPE_LOAD_PRODUCERS` to change).
 const PRODUCERS: usize = 1;
+/// How long taskscope is stopped around every other retrying task (`TASKSCOPE_LOAD_STALL_MS`).
+const STALL_MS: usize = 2500;
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -130,6 +146,9 @@ fn retried_under_load(all_brokers: bool) {
         redis.cli(&["LPUSH", "parked", &format!("garbage {i}")]);
     }
 
+    if let Ok(limit) = std::env::var("TASKSCOPE_LOAD_PUBSUB_LIMIT") {
+        redis.cli(&["CONFIG", "SET", "client-output-buffer-limit", &limit]);
+    }
     let _celery = CeleryWorker::start(&url, "celery", false, &[]);
     let _others = all_brokers.then(|| {
         (
@@ -142,17 +161,18 @@ fn retried_under_load(all_brokers: bool) {
     // Let the load build up before the retrying tasks go out.
     std::thread::sleep(Duration::from_secs(3));
     let mut ids = Vec::new();
-    // `TASKSCOPE_LOAD_STALL_MS`: taskscope is stopped (SIGSTOP) from just before each retrying
-    // task is sent until that long after, as a process starved of CPU on a loaded machine is:
-    // the task's messages come and go unseen, its records wait in Redis's output buffer.
-    let stall = env_or("TASKSCOPE_LOAD_STALL_MS", 0);
+    // Every other retrying task: taskscope is stopped (SIGSTOP) from just before it is sent
+    // until `stall` after, as a process starved of CPU on a loaded machine is: the task's
+    // messages come and go unseen, its records wait in Redis's output buffer.
+    let stall = env_or("TASKSCOPE_LOAD_STALL_MS", STALL_MS);
     let signal = |sig: &str| {
         let _ = std::process::Command::new("kill")
             .args([sig, &ts.pid().to_string()])
             .status();
     };
     for i in 0..env_or("TASKSCOPE_LOAD_RETRYING", RETRYING) {
-        if stall > 0 {
+        let stalled = stall > 0 && i % 2 == 1;
+        if stalled {
             signal("-STOP");
         }
         let key = format!("r{i}");
@@ -166,7 +186,7 @@ fn retried_under_load(all_brokers: bool) {
                 ..ProduceOpts::default()
             },
         ));
-        if stall > 0 {
+        if stalled {
             std::thread::sleep(Duration::from_millis(stall as u64));
             signal("-CONT");
         }
