@@ -1245,6 +1245,21 @@ fn adapter_plain_retry_record_is_numbered_after_the_message_that_ran() {
         now,
     );
     assert_eq!(the_task(&out).attempt, Some(0));
+    // Of a task the store holds (open at a reconciliation: taskscope restarted while it was
+    // retrying), the record may be of any attempt: unknown.
+    let mut d = adapter();
+    let open = broker_adapters::adapter::OpenTask {
+        id: id.clone(),
+        queue: None,
+        name: None,
+    };
+    d.reconcile(&[open], now);
+    let out = d.on_message(
+        &format!("celery-task-meta-{id}"),
+        &fixture("result_retry_plain.bin"),
+        now,
+    );
+    assert_eq!(the_task(&out).attempt, None);
     // Read from its key (a re-read may repeat a record), it stays unknown.
     let mut c = adapter();
     let out = c.on_reply(

@@ -27,7 +27,9 @@
 //! the first records (it started, or lost pub/sub, while the task was retrying), numbering from
 //! 0 counts too few, never too many; a message whose attempt the assumption cannot explain
 //! (more than one past the records counted: a retry publishes the next message before it
-//! stores its record) withdraws it, and what follows is left unnumbered.
+//! stores its record) withdraws it, and what follows is left unnumbered. A task the store
+//! already holds (open at a reconciliation: taskscope restarted while it was retrying) is
+//! never assumed to start from a record.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -40,8 +42,9 @@ struct Memo {
     /// How many of each unnumbered kind were seen, by [`Unnumbered`] index. Any of them counted
     /// before `first` is known means `first` can no longer be trusted.
     counts: [u32; 4],
-    /// Whether an observation named its attempt.
-    explicit_seen: bool,
+    /// Whether anything but unnumbered observations told of the task: an observation that named
+    /// its attempt, or the store (an open task at reconciliation, e.g. after a restart).
+    other_sign: bool,
     /// `first` was assumed from a `RETRY` record that was the first sign of the task (module
     /// docs), not seen: a message attempt it cannot explain withdraws it.
     assumed: bool,
@@ -94,7 +97,7 @@ impl Attempts {
     /// unnumbered was counted yet.
     pub fn explicit(&mut self, task_id: &str, attempt: u32) {
         let memo = self.memo(task_id);
-        memo.explicit_seen = true;
+        memo.other_sign = true;
         if memo.assumed {
             // Records of attempts 0..k-1 counted: the messages of attempts up to k+1 exist.
             let records = memo.counts[Unnumbered::RetryResult as usize];
@@ -111,10 +114,16 @@ impl Attempts {
         }
     }
 
+    /// The store holds the task (it is open): a `RETRY` record seen next may be of any attempt
+    /// (taskscope restarted while the task was retrying), so it is not taken for attempt 0's.
+    pub fn stored(&mut self, task_id: &str) {
+        self.memo(task_id).other_sign = true;
+    }
+
     /// The attempt of an observation that did not name one, if it can be told.
     pub fn number(&mut self, task_id: &str, source: Unnumbered) -> Option<u32> {
         let memo = self.memo(task_id);
-        if source == Unnumbered::RetryResult && !memo.explicit_seen && memo.counts == [0; 4] {
+        if source == Unnumbered::RetryResult && !memo.other_sign && memo.counts == [0; 4] {
             memo.first = Some(0);
             memo.assumed = true;
         }
@@ -211,6 +220,17 @@ mod tests {
         assert_eq!(a.number("t", Unnumbered::RetryResult), None);
         a.explicit("t", 0);
         assert_eq!(a.number("t", Unnumbered::RetryResult), None);
+    }
+
+    #[test]
+    fn a_retry_record_of_a_stored_task_is_not_taken_for_attempt_zero() {
+        let mut a = Attempts::new(10);
+        a.stored("t"); // open in the store: taskscope restarted while it was retrying
+        assert_eq!(a.number("t", Unnumbered::RetryResult), None);
+        // A task whose numbering was assumed keeps it when it is stored meanwhile.
+        assert_eq!(a.number("u", Unnumbered::RetryResult), Some(0));
+        a.stored("u");
+        assert_eq!(a.number("u", Unnumbered::RetryResult), Some(1));
     }
 
     #[test]

@@ -708,6 +708,9 @@ impl Adapter for CeleryAdapter {
     }
 
     fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        for task in open {
+            self.attempts.stored(&task.id);
+        }
         let mut reads: Vec<ReadRequest> = self
             .queues
             .iter()
