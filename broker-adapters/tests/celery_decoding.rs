@@ -1236,11 +1236,35 @@ fn adapter_plain_retry_record_is_numbered_after_the_message_that_ran() {
         Some("ValueError: card declined 3")
     );
 
-    // Without any earlier sign of the task, the attempt stays unknown.
+    // Without any earlier sign of the task, a published RETRY record is taken for attempt 0's
+    // (pub/sub delivers each record once; see `attempts`).
     let mut b = adapter();
     let out = b.on_message(
         &format!("celery-task-meta-{id}"),
         &fixture("result_retry_plain.bin"),
+        now,
+    );
+    assert_eq!(the_task(&out).attempt, Some(0));
+    // Of a task the store holds (open at a reconciliation: taskscope restarted while it was
+    // retrying), the record may be of any attempt: unknown.
+    let mut d = adapter();
+    let open = broker_adapters::adapter::OpenTask {
+        id: id.clone(),
+        queue: None,
+        name: None,
+    };
+    d.reconcile(&[open], now);
+    let out = d.on_message(
+        &format!("celery-task-meta-{id}"),
+        &fixture("result_retry_plain.bin"),
+        now,
+    );
+    assert_eq!(the_task(&out).attempt, None);
+    // Read from its key (a re-read may repeat a record), it stays unknown.
+    let mut c = adapter();
+    let out = c.on_reply(
+        &ReadRequest::Get(format!("celery-task-meta-{id}")),
+        Reply::Bytes(fixture("result_retry_plain.bin")),
         now,
     );
     assert_eq!(the_task(&out).attempt, None);
@@ -1339,6 +1363,141 @@ fn adapter_requeued_message_read_before_attempt_zero_events_counts_one_retry() {
     let task = task.expect("observations of the task");
     assert_eq!(task.state, broker_adapters::model::TaskState::Success);
     assert_eq!(task.retries, 1, "{task:#?}");
+}
+
+/// An `unacked` entry (`[envelope, exchange, routing_key]`) of attempt `retries` of task `id`
+/// (the captured message, edited), due at `eta`.
+fn unacked_attempt(id: &str, retries: u32, eta: Option<&str>) -> Vec<u8> {
+    let envelope = json_message_variant(50 + retries as usize, |v| {
+        v["headers"]["id"] = json!(id);
+        v["headers"]["retries"] = json!(retries);
+        v["headers"]["eta"] = json!(eta);
+    });
+    let envelope: Value = serde_json::from_slice(&envelope).unwrap();
+    serde_json::to_vec(&json!([envelope, "", "celery"])).unwrap()
+}
+
+#[test]
+fn adapter_retried_message_due_before_the_retry_record_still_counts_as_retried() {
+    // Issue #13: passive mode, `self.retry()` with `default_retry_delay=0.3`, a loaded machine.
+    // Order seen end to end (tests/celery_load.rs, taskscope stalled as a CPU-starved process
+    // is): the re-sent message of attempt 1 is first read in `unacked` already due, and the
+    // worker stores the RETRY record of attempt 0 only after that (the message is published
+    // first, the record ~0.3 s later under load). The record is then behind attempt 1's start;
+    // each retry must still leave a `retried` in the timeline.
+    use broker_adapters::model::{TaskState, Transition};
+    use broker_adapters::state;
+    let mut a = adapter();
+    let id = "00000000-0000-4000-8000-000000000077";
+    let meta = format!("celery-task-meta-{id}");
+    let tag = |n: u32| format!("ffffffff-0000-4000-8000-0000000001{n:02}");
+    let unacked = |entries: &[(u32, Vec<u8>)]| {
+        let mut items = Vec::new();
+        for (n, value) in entries {
+            items.push(Reply::Bytes(tag(*n).into_bytes()));
+            items.push(Reply::Bytes(value.clone()));
+        }
+        Reply::Array(items)
+    };
+    let at = |s: &str| t(&format!("2026-12-06T01:08:{s}Z"));
+    let mut outputs = Vec::new();
+    // Attempt 0: taken, acknowledged (it runs), fails.
+    let m0 = unacked_attempt(id, 0, None);
+    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[(0, m0)]), at("48.441")));
+    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[]), at("48.497")));
+    // Attempt 1's message (due 48.730) is first read when due; then acknowledged.
+    let m1 = unacked_attempt(id, 1, Some("2026-12-06T01:08:48.730000+00:00"));
+    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[(1, m1)]), at("48.732")));
+    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[]), at("48.819")));
+    // The RETRY record of attempt 0 only now.
+    let retry0 = plain_record(id, "RETRY", "2026-12-06T01:08:48.730Z");
+    outputs.push(a.on_message(&meta, &retry0, at("48.840")));
+    // Attempt 2's message waits for its ETA; the RETRY of attempt 1; attempt 2 runs, succeeds.
+    let m2 = unacked_attempt(id, 2, Some("2026-12-06T01:08:49.290000+00:00"));
+    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[(2, m2)]), at("48.981")));
+    let retry1 = plain_record(id, "RETRY", "2026-12-06T01:08:49.041Z");
+    outputs.push(a.on_message(&meta, &retry1, at("49.045")));
+    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[]), at("49.300")));
+    let success = plain_record(id, "SUCCESS", "2026-12-06T01:08:49.350Z");
+    outputs.push(a.on_message(&meta, &success, at("49.352")));
+
+    let mut task = None;
+    let mut transitions: Vec<Transition> = Vec::new();
+    for out in &outputs {
+        assert!(out.decode_errors.is_empty(), "{:#?}", out.decode_errors);
+        for obs in tasks(out) {
+            let applied = state::apply(task, obs);
+            transitions.extend(applied.transition);
+            task = Some(applied.task);
+        }
+    }
+    let task = task.expect("observations of the task");
+    let states: Vec<TaskState> = transitions.iter().map(|t| t.state).collect();
+    assert_eq!(task.state, TaskState::Success, "{states:?}");
+    assert_eq!(task.retries, 2, "{task:#?}");
+    assert_eq!(
+        states,
+        [
+            TaskState::Running,
+            TaskState::Retried,
+            TaskState::Running,
+            TaskState::Retried,
+            TaskState::Running,
+            TaskState::Success
+        ],
+        "{transitions:#?}"
+    );
+}
+
+#[test]
+fn adapter_retry_records_published_before_any_other_sign_count_every_retry() {
+    // Issue #13, reproduced end to end by stalling taskscope (tests/celery_load.rs,
+    // TASKSCOPE_LOAD_STALL_MS) as a CPU-starved process is: attempt 0's message came and went
+    // unseen, and the task's first sign is its RETRY record (no date_done: taskscope's time).
+    // Then the re-sent message held in `unacked`, the RETRY record of attempt 1, the SUCCESS,
+    // and a late `unacked` read. The task retried twice; it counted one, the second RETRY
+    // record taken for a copy of the first.
+    use broker_adapters::model::{TaskState, Transition};
+    use broker_adapters::state;
+    let mut a = adapter();
+    let id = "00000000-0000-4000-8000-000000000078";
+    let meta = format!("celery-task-meta-{id}");
+    let at = |s: &str| t(&format!("2026-12-06T01:13:{s}Z"));
+    let retry = serde_json::to_vec(
+        &json!({"status": "RETRY", "result": {"exc_type": "RuntimeError",
+        "exc_message": ["flaky"], "exc_module": "builtins"}, "traceback": "Traceback ...",
+        "children": [], "date_done": null, "task_id": id}),
+    )
+    .unwrap();
+    let mut outputs = vec![a.on_message(&meta, &retry, at("08.982"))];
+    let m1 = unacked_attempt(id, 1, Some("2026-12-06T01:13:09.280000+00:00"));
+    let tag = b"ffffffff-0000-4000-8000-000000000201".to_vec();
+    let held = Reply::Array(vec![Reply::Bytes(tag), Reply::Bytes(m1)]);
+    outputs.push(a.on_reply(&hgetall_unacked(), held, at("08.981")));
+    outputs.push(a.on_message(&meta, &retry, at("13.081")));
+    let success = plain_record(id, "SUCCESS", "2026-12-06T01:13:09.545Z");
+    outputs.push(a.on_message(&meta, &success, at("13.082")));
+    outputs.push(a.on_reply(&hgetall_unacked(), Reply::Array(vec![]), at("13.109")));
+
+    let mut task = None;
+    let mut transitions: Vec<Transition> = Vec::new();
+    for out in &outputs {
+        assert!(out.decode_errors.is_empty(), "{:#?}", out.decode_errors);
+        for obs in tasks(out) {
+            let applied = state::apply(task, obs);
+            transitions.extend(applied.transition);
+            task = Some(applied.task);
+        }
+    }
+    let task = task.expect("observations of the task");
+    let states: Vec<TaskState> = transitions.iter().map(|t| t.state).collect();
+    assert_eq!(task.state, TaskState::Success, "{states:?}");
+    assert_eq!(task.retries, 2, "{task:#?}");
+    assert_eq!(
+        states,
+        [TaskState::Retried, TaskState::Retried, TaskState::Success],
+        "{transitions:#?}"
+    );
 }
 
 #[test]

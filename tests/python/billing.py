@@ -36,6 +36,18 @@ def flaky(self, key, fail_times):
     return f"{key} ok after {attempt} retries"
 
 
+@app.task(bind=True, max_retries=5, default_retry_delay=0.3)
+def flaky_default_delay(self, key, fail_times):
+    """`flaky` without a countdown: `self.retry()` waits `default_retry_delay` (0.3 s), so the
+    re-sent message carries an ETA and is held in `unacked` until due."""
+    attempt = self.request.retries
+    if attempt < fail_times:
+        raise self.retry(
+            exc=RuntimeError(f"flaky {key}: attempt {attempt + 1} of {fail_times + 1} failed"),
+        )
+    return f"{key} ok after {attempt} retries"
+
+
 @app.task(bind=True)
 def slow(self, seconds):
     _mark_started(self.request.id)

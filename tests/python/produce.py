@@ -3,7 +3,7 @@
     TS_REDIS_URL=redis://127.0.0.1:6390/0 python produce.py add --n 3 --queue celery
 
 Default arguments of the i-th task (0-based), unless --args gives them for every task:
-  add [i, i+1]   fail [i+1]   flaky ["k<i>", --fail-times]   slow [--seconds]   hang []
+  add [i, i+1]   fail [i+1]   flaky, flaky_default_delay ["k<i>", --fail-times]   slow [--seconds]   hang []
 """
 
 import argparse
@@ -18,6 +18,7 @@ KINDS = {
     "add": billing.add,
     "fail": billing.fail,
     "flaky": billing.flaky,
+    "flaky_default_delay": billing.flaky_default_delay,
     "slow": billing.slow,
     "hang": billing.hang,
 }
@@ -28,7 +29,7 @@ def default_args(kind, i, opts):
         return [i, i + 1]
     if kind == "fail":
         return [i + 1]
-    if kind == "flaky":
+    if kind in ("flaky", "flaky_default_delay"):
         return [f"k{i}", opts.fail_times]
     if kind == "slow":
         return [opts.seconds]

@@ -18,6 +18,18 @@
 //! anything unnumbered was counted, still anchors the numbering: otherwise attempt 0's
 //! `task-started` would be taken for attempt 1's start, and attempt 0's `RETRY` record, newer
 //! than that start, for a second retry.
+//!
+//! A `RETRY` record published before any other sign of its task (passive mode, a taskscope
+//! that fell behind: the task's messages lived and went while it was not reading) is taken for
+//! attempt 0's, and the records after it for the next attempts: pub/sub delivers each record
+//! once, so two records are two retries (issue #13: a task that retried twice counted one,
+//! the second record taken by the state machine for a copy of the first). Had taskscope missed
+//! the first records (it started, or lost pub/sub, while the task was retrying), numbering from
+//! 0 counts too few, never too many; a message whose attempt the assumption cannot explain
+//! (more than one past the records counted: a retry publishes the next message before it
+//! stores its record) withdraws it, and what follows is left unnumbered. A task the store
+//! already holds (open at a reconciliation: taskscope restarted while it was retrying) is
+//! never assumed to start from a record.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -30,6 +42,12 @@ struct Memo {
     /// How many of each unnumbered kind were seen, by [`Unnumbered`] index. Any of them counted
     /// before `first` is known means `first` can no longer be trusted.
     counts: [u32; 4],
+    /// Whether anything but unnumbered observations told of the task: an observation that named
+    /// its attempt, or the store (an open task at reconciliation, e.g. after a restart).
+    other_sign: bool,
+    /// `first` was assumed from a `RETRY` record that was the first sign of the task (module
+    /// docs), not seen: a message attempt it cannot explain withdraws it.
+    assumed: bool,
 }
 
 /// Where an observation without an attempt came from.
@@ -79,14 +97,36 @@ impl Attempts {
     /// unnumbered was counted yet.
     pub fn explicit(&mut self, task_id: &str, attempt: u32) {
         let memo = self.memo(task_id);
+        memo.other_sign = true;
+        if memo.assumed {
+            // Records of attempts 0..k-1 counted: the messages of attempts up to k+1 exist.
+            let records = memo.counts[Unnumbered::RetryResult as usize];
+            if attempt == 0 {
+                memo.assumed = false;
+            } else if attempt > records + 1 {
+                memo.first = None;
+                memo.assumed = false;
+            }
+            return;
+        }
         if memo.first.is_none() && attempt == 0 && memo.counts == [0; 4] {
             memo.first = Some(0);
         }
     }
 
+    /// The store holds the task (it is open): a `RETRY` record seen next may be of any attempt
+    /// (taskscope restarted while the task was retrying), so it is not taken for attempt 0's.
+    pub fn stored(&mut self, task_id: &str) {
+        self.memo(task_id).other_sign = true;
+    }
+
     /// The attempt of an observation that did not name one, if it can be told.
     pub fn number(&mut self, task_id: &str, source: Unnumbered) -> Option<u32> {
         let memo = self.memo(task_id);
+        if source == Unnumbered::RetryResult && !memo.other_sign && memo.counts == [0; 4] {
+            memo.first = Some(0);
+            memo.assumed = true;
+        }
         let count = &mut memo.counts[source as usize];
         *count += 1;
         let k = *count;
@@ -152,9 +192,54 @@ mod tests {
     #[test]
     fn a_record_before_any_message_leaves_the_rest_unknown() {
         let mut a = Attempts::new(10);
-        assert_eq!(a.number("t", Unnumbered::RetryResult), None);
+        assert_eq!(a.number("t", Unnumbered::StartedResult), None);
         a.explicit("t", 1);
         assert_eq!(a.number("t", Unnumbered::RetryResult), None);
+    }
+
+    #[test]
+    fn retry_records_before_any_other_sign_are_numbered_from_attempt_zero() {
+        // Issue #13: taskscope fell behind; attempt 0's message came and went unseen. Its
+        // RETRY record, the re-sent message (attempt 1), the RETRY record of attempt 1.
+        let mut a = Attempts::new(10);
+        assert_eq!(a.number("t", Unnumbered::RetryResult), Some(0));
+        a.explicit("t", 1);
+        assert_eq!(a.number("t", Unnumbered::RetryResult), Some(1));
+        a.explicit("t", 2);
+        a.explicit("t", 1); // a late read of attempt 1's message
+        assert_eq!(a.number("t", Unnumbered::RetryResult), Some(2));
+    }
+
+    #[test]
+    fn a_message_the_assumed_numbering_cannot_explain_withdraws_it() {
+        // taskscope started while the task was retrying: the first record it got was attempt
+        // 3's; the message of attempt 4 shows the records were not numbered from attempt 0.
+        let mut a = Attempts::new(10);
+        assert_eq!(a.number("t", Unnumbered::RetryResult), Some(0));
+        a.explicit("t", 4);
+        assert_eq!(a.number("t", Unnumbered::RetryResult), None);
+        a.explicit("t", 0);
+        assert_eq!(a.number("t", Unnumbered::RetryResult), None);
+    }
+
+    #[test]
+    fn a_retry_record_of_a_stored_task_is_not_taken_for_attempt_zero() {
+        let mut a = Attempts::new(10);
+        a.stored("t"); // open in the store: taskscope restarted while it was retrying
+        assert_eq!(a.number("t", Unnumbered::RetryResult), None);
+        // A task whose numbering was assumed keeps it when it is stored meanwhile.
+        assert_eq!(a.number("u", Unnumbered::RetryResult), Some(0));
+        a.stored("u");
+        assert_eq!(a.number("u", Unnumbered::RetryResult), Some(1));
+    }
+
+    #[test]
+    fn attempt_zero_confirms_the_assumed_numbering() {
+        let mut a = Attempts::new(10);
+        assert_eq!(a.number("t", Unnumbered::RetryResult), Some(0));
+        a.explicit("t", 0); // a late read of attempt 0's message
+        a.explicit("t", 5); // however far the reads run ahead now
+        assert_eq!(a.number("t", Unnumbered::RetryResult), Some(1));
     }
 
     #[test]

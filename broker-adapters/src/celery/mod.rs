@@ -278,7 +278,8 @@ impl CeleryAdapter {
                     .or_default() += 1;
                     let waiting_eta = match self.unacked.get(&tag) {
                         None => {
-                            out.observations.push(taken_observation(&msg, &queue, now));
+                            out.observations
+                                .extend(taken_observations(&msg, &queue, now));
                             msg.eta.filter(|eta| *eta > now)
                         }
                         // A held ETA message still held after its ETA: the worker runs it now
@@ -458,15 +459,27 @@ fn queued_observation(msg: &CeleryMessage, queue: &str, now: DateTime<Utc>) -> O
 }
 
 /// A message in `unacked`: taken by a worker; still waiting if its ETA is in the future.
-fn taken_observation(msg: &CeleryMessage, queue: &str, now: DateTime<Utc>) -> Observation {
-    let event = if msg.eta.is_some_and(|eta| eta > now) {
-        TaskEvent::Queued
-    } else {
-        TaskEvent::Running
+///
+/// A re-sent message (`retries` > 0) first seen already due was queued as that attempt before
+/// it ran: it is reported queued, then running. Under load a `self.retry()` with a short delay
+/// (`default_retry_delay=0.3`) publishes the next attempt's message, and that message can be
+/// due before the worker has stored the `RETRY` record of the attempt that failed; the record
+/// then comes after the next attempt's start, which makes it late (the state machine keeps it
+/// behind), and without the queued report the task would go from running to running with no
+/// `retried` in its timeline.
+fn taken_observations(msg: &CeleryMessage, queue: &str, now: DateTime<Utc>) -> Vec<Observation> {
+    let observe = |event| {
+        let mut obs = TaskObservation::new(Broker::Celery, &msg.task_id, now, event, "unacked");
+        message_fields(msg, queue, &mut obs);
+        Observation::Task(obs)
     };
-    let mut obs = TaskObservation::new(Broker::Celery, &msg.task_id, now, event, "unacked");
-    message_fields(msg, queue, &mut obs);
-    Observation::Task(obs)
+    if msg.eta.is_some_and(|eta| eta > now) {
+        vec![observe(TaskEvent::Queued)]
+    } else if msg.retries > 0 {
+        vec![observe(TaskEvent::Queued), observe(TaskEvent::Running)]
+    } else {
+        vec![observe(TaskEvent::Running)]
+    }
 }
 
 /// What a result record says about its task; `None` for `PENDING` and custom states.
@@ -695,6 +708,9 @@ impl Adapter for CeleryAdapter {
     }
 
     fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
+        for task in open {
+            self.attempts.stored(&task.id);
+        }
         let mut reads: Vec<ReadRequest> = self
             .queues
             .iter()
