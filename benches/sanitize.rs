@@ -5,7 +5,8 @@
 //! `broker-adapters` and `serde_json`).
 
 #[path = "../src/ingest/sanitize.rs"]
-#[allow(dead_code)]
+// Its unit tests are compiled here too, without their harness.
+#[allow(dead_code, unused_imports)]
 mod sanitize;
 
 use serde_json::{json, Value};
