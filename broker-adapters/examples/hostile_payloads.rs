@@ -80,13 +80,13 @@ fn range_list(n: u32) -> Vec<u8> {
 
 /// An RQ job's `data`: zlib of the pickled `(func, None, args, kwargs)` tuple around `arg`.
 fn rq_call(arg: &[u8]) -> Vec<u8> {
-    let mut p = vec![0x80, 4, 0x8c, 8];
+    let mut p = vec![0x80, 4, b'(', 0x8c, 8];
     p.extend(b"app.task");
     p.push(b'N');
     // args = (arg,)
     p.extend(&arg[2..arg.len() - 1]);
     p.push(0x85);
-    p.extend([b'}', 0x87, b'.']);
+    p.extend([b'}', b't', b'.']);
     zlib(&p)
 }
 
