@@ -339,6 +339,7 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         poll_every: settings.poll_every,
         rescan_every: settings.rescan_every,
         celery_enable_events: settings.celery_enable_events,
+        max_payload_bytes: settings.max_payload_bytes,
         sanitizer: ingest::sanitize::Sanitizer::new(
             settings.max_value_bytes,
             settings.redact_keys.clone(),

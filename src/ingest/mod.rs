@@ -18,6 +18,7 @@
 
 pub mod detect;
 pub mod notifications;
+mod oversize;
 mod prefetch;
 pub mod redis;
 pub mod sanitize;
@@ -49,6 +50,8 @@ pub struct IngestConfig {
     pub poll_every: Duration,
     pub rescan_every: Duration,
     pub celery_enable_events: bool,
+    /// `--max-payload-bytes`: longer values are not read (see [`redis`]).
+    pub max_payload_bytes: usize,
     /// Redaction and truncation applied to every task payload before it is stored.
     pub sanitizer: sanitize::Sanitizer,
 }
@@ -116,6 +119,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    redis::set_max_payload_bytes(cfg.max_payload_bytes);
     let client = redis::builder(&cfg.redis_url, false)?.build()?;
     let subscriber = redis::builder(&cfg.redis_url, true)?.build_subscriber_client()?;
     let (tx, rx) = mpsc::channel::<Incoming>(200_000);
@@ -199,6 +203,7 @@ pub async fn run(
         learned: BTreeMap::new(),
         unsupported: HashSet::new(),
         barrier_seq: 0,
+        oversize: oversize::Oversize::default(),
     };
     pipeline.resync().await;
     pipeline.run_loop(&mut shutdown).await;
@@ -347,6 +352,8 @@ struct Pipeline {
     unsupported: HashSet<Broker>,
     /// The last read-barrier token published.
     barrier_seq: u64,
+    /// Values over `--max-payload-bytes` already counted.
+    oversize: oversize::Oversize,
 }
 
 impl Pipeline {
@@ -578,10 +585,7 @@ impl Pipeline {
                 }
                 Incoming::Message { channel, payload } => {
                     pubsub += 1;
-                    for i in 0..self.adapters.len() {
-                        let out = self.adapters[i].on_message(&channel, &payload, now);
-                        self.collect(i, out, &mut output);
-                    }
+                    self.on_message(&channel, &payload, now, &mut output);
                 }
                 Incoming::Prefetched {
                     adapter,
@@ -591,8 +595,7 @@ impl Pipeline {
                 } => match reply {
                     Ok(reply) => {
                         self.metrics.ingested(Source::Read, 1);
-                        let out = self.adapters[adapter].on_reply(&request, reply, at);
-                        self.collect(adapter, out, &mut output);
+                        self.on_reply(adapter, &request, reply, at, &mut output);
                     }
                     Err(e) => debug!(error = %e, key = request.key(), "A prefetch read failed."),
                 },
@@ -642,6 +645,55 @@ impl Pipeline {
         }
     }
 
+    /// Hands a reply to the adapter that asked for it; values too large to read are counted.
+    fn on_reply(
+        &mut self,
+        adapter: usize,
+        request: &ReadRequest,
+        reply: Reply,
+        at: chrono::DateTime<Utc>,
+        into: &mut Output,
+    ) {
+        let broker = self.adapters[adapter].broker();
+        let oversize = self.oversize.in_reply(broker, request.key(), &reply);
+        let mut out = self.adapters[adapter].on_reply(request, reply, at);
+        out.decode_errors.extend(oversize);
+        self.collect(adapter, out, into);
+    }
+
+    /// Hands a pub/sub message to every adapter, unless it is over `--max-payload-bytes`: then
+    /// it is a decode error of the adapters that subscribed to its channel.
+    fn on_message(
+        &mut self,
+        channel: &str,
+        payload: &[u8],
+        now: chrono::DateTime<Utc>,
+        into: &mut Output,
+    ) {
+        if payload.len() > self.cfg.max_payload_bytes {
+            for i in 0..self.adapters.len() {
+                let subscribed = self.adapters[i]
+                    .interest()
+                    .channel_patterns
+                    .iter()
+                    .any(|p| prefetch::glob_match(p, channel));
+                let broker = self.adapters[i].broker();
+                let error = subscribed
+                    .then(|| oversize::message_error(broker, channel, payload.len() as u64));
+                let out = Output {
+                    decode_errors: error.into_iter().collect(),
+                    ..Output::default()
+                };
+                self.collect(i, out, into);
+            }
+            return;
+        }
+        for i in 0..self.adapters.len() {
+            let out = self.adapters[i].on_message(channel, payload, now);
+            self.collect(i, out, into);
+        }
+    }
+
     /// Takes an adapter's output apart: follow-up reads are queued, the rest is gathered.
     fn collect(&mut self, adapter: usize, mut out: Output, into: &mut Output) {
         for e in out.decode_errors.drain(..) {
@@ -681,8 +733,7 @@ impl Pipeline {
                         wire.into_iter().zip(replies).zip(merged)
                     {
                         for (request, reply) in split_reply(request, reply, merged) {
-                            let out = self.adapters[adapter].on_reply(&request, reply, now);
-                            self.collect(adapter, out, into);
+                            self.on_reply(adapter, &request, reply, now, into);
                         }
                     }
                 }
@@ -738,10 +789,7 @@ impl Pipeline {
                 }
                 Incoming::Message { channel, payload } => {
                     self.metrics.ingested(Source::Pubsub, 1);
-                    for i in 0..self.adapters.len() {
-                        let out = self.adapters[i].on_message(&channel, &payload, now);
-                        self.collect(i, out, into);
-                    }
+                    self.on_message(&channel, &payload, now, into);
                 }
                 Incoming::Prefetched {
                     adapter,
@@ -751,8 +799,7 @@ impl Pipeline {
                 } => {
                     if let Ok(reply) = reply {
                         self.metrics.ingested(Source::Read, 1);
-                        let out = self.adapters[adapter].on_reply(&request, reply, at);
-                        self.collect(adapter, out, into);
+                        self.on_reply(adapter, &request, reply, at, into);
                     }
                 }
                 Incoming::Lagged(_) | Incoming::Reconnected => {

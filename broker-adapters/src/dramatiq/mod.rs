@@ -409,6 +409,33 @@ impl DramatiqAdapter {
     }
 
     /// HMGET of a `.msgs` hash: decode what is there, settle what left an ack set.
+    /// A message of `hash` too large to read: its task is shown (queued, or failed in the dead
+    /// letters) with the error saying so; the actor is unknown. The ingest layer counts it.
+    fn too_large_observation(
+        &self,
+        hash: &str,
+        id: &str,
+        bytes: u64,
+        dead: bool,
+        delayed: bool,
+        now: DateTime<Utc>,
+    ) -> Observation {
+        let (event, source) = match (dead, delayed) {
+            (true, _) => (TaskEvent::Failed, "dead letters"),
+            (_, true) => (TaskEvent::Queued, "delay queue"),
+            _ => (TaskEvent::Queued, "queue"),
+        };
+        let mut obs = TaskObservation::new(Broker::Dramatiq, id, now, event, source);
+        let queue = hash
+            .strip_prefix(&format!("{}:", self.ns))
+            .unwrap_or(hash)
+            .trim_end_matches(".DQ")
+            .trim_end_matches(".XQ");
+        obs.fields.queue = Some(queue.to_string());
+        obs.fields.error = Some(crate::adapter::too_large_error(bytes));
+        Observation::Task(obs)
+    }
+
     fn on_messages(
         &mut self,
         key: &str,
@@ -426,6 +453,9 @@ impl DramatiqAdapter {
         }
         for (id, value) in fields.iter().zip(values) {
             let bytes = value.as_bytes();
+            // A message over `--max-payload-bytes` is there, only not read.
+            let too_large = value.too_large();
+            let present = bytes.is_some() || too_large.is_some();
             if dead {
                 self.xq_checked.insert(id.clone());
             }
@@ -435,7 +465,7 @@ impl DramatiqAdapter {
                     let Some(leaving) = self.leaving.remove(id) else {
                         continue;
                     };
-                    if bytes.is_none() {
+                    if !present {
                         let (queue, actor, message_id) = (
                             leaving.known.queue.clone(),
                             leaving.known.actor.clone(),
@@ -454,9 +484,14 @@ impl DramatiqAdapter {
                         }
                     }
                 } else if !delayed {
-                    leaving.still_queued = Some(bytes.is_some());
+                    leaving.still_queued = Some(present);
                     continue;
                 }
+            }
+            if let Some(n) = too_large {
+                out.observations
+                    .push(self.too_large_observation(hash, id, n, dead, delayed, now));
+                continue;
             }
             let Some(bytes) = bytes else {
                 if !dead && !self.known.contains_key(id) {
