@@ -16,6 +16,7 @@
 //!
 //! Invariant: only this module and [`redis`] know fred; adapters only see [`Reply`]s.
 
+mod decode;
 pub mod detect;
 pub mod notifications;
 mod oversize;
@@ -585,7 +586,7 @@ impl Pipeline {
                 }
                 Incoming::Message { channel, payload } => {
                     pubsub += 1;
-                    self.on_message(&channel, &payload, now, &mut output);
+                    self.on_message(&channel, payload, now, &mut output).await;
                 }
                 Incoming::Prefetched {
                     adapter,
@@ -595,7 +596,8 @@ impl Pipeline {
                 } => match reply {
                     Ok(reply) => {
                         self.metrics.ingested(Source::Read, 1);
-                        self.on_reply(adapter, &request, reply, at, &mut output);
+                        self.on_reply(adapter, &request, reply, at, &mut output)
+                            .await;
                     }
                     Err(e) => debug!(error = %e, key = request.key(), "A prefetch read failed."),
                 },
@@ -646,7 +648,7 @@ impl Pipeline {
     }
 
     /// Hands a reply to the adapter that asked for it; values too large to read are counted.
-    fn on_reply(
+    async fn on_reply(
         &mut self,
         adapter: usize,
         request: &ReadRequest,
@@ -656,17 +658,17 @@ impl Pipeline {
     ) {
         let broker = self.adapters[adapter].broker();
         let oversize = self.oversize.in_reply(broker, request.key(), &reply);
-        let mut out = self.adapters[adapter].on_reply(request, reply, at);
+        let mut out = decode::reply(&mut self.adapters[adapter], request, reply, at).await;
         out.decode_errors.extend(oversize);
         self.collect(adapter, out, into);
     }
 
     /// Hands a pub/sub message to every adapter, unless it is over `--max-payload-bytes`: then
     /// it is a decode error of the adapters that subscribed to its channel.
-    fn on_message(
+    async fn on_message(
         &mut self,
         channel: &str,
-        payload: &[u8],
+        payload: Vec<u8>,
         now: chrono::DateTime<Utc>,
         into: &mut Output,
     ) {
@@ -688,8 +690,9 @@ impl Pipeline {
             }
             return;
         }
+        let payload = Arc::new(payload);
         for i in 0..self.adapters.len() {
-            let out = self.adapters[i].on_message(channel, payload, now);
+            let out = decode::message(&mut self.adapters[i], channel, &payload, now).await;
             self.collect(i, out, into);
         }
     }
@@ -733,7 +736,7 @@ impl Pipeline {
                         wire.into_iter().zip(replies).zip(merged)
                     {
                         for (request, reply) in split_reply(request, reply, merged) {
-                            self.on_reply(adapter, &request, reply, now, into);
+                            self.on_reply(adapter, &request, reply, now, into).await;
                         }
                     }
                 }
@@ -789,7 +792,7 @@ impl Pipeline {
                 }
                 Incoming::Message { channel, payload } => {
                     self.metrics.ingested(Source::Pubsub, 1);
-                    self.on_message(&channel, &payload, now, into);
+                    self.on_message(&channel, payload, now, into).await;
                 }
                 Incoming::Prefetched {
                     adapter,
@@ -799,7 +802,7 @@ impl Pipeline {
                 } => {
                     if let Ok(reply) = reply {
                         self.metrics.ingested(Source::Read, 1);
-                        self.on_reply(adapter, &request, reply, at, into);
+                        self.on_reply(adapter, &request, reply, at, into).await;
                     }
                 }
                 Incoming::Lagged(_) | Incoming::Reconnected => {
