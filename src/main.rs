@@ -373,7 +373,7 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown_rx.clone(),
     );
-    let ingest = tokio::spawn(ingest::run(
+    let ingest = ingest::spawn(
         ingest_cfg,
         adapters,
         auto,
@@ -381,7 +381,7 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         reader,
         metrics,
         shutdown_rx,
-    ));
+    )?;
 
     let ingest_result = tokio::select! {
         _ = shutdown_signal() => {

@@ -26,6 +26,7 @@ pub mod sanitize;
 
 use crate::metrics::{ChangeFeed, Metrics, Source};
 use crate::store::{StoreReader, StoreWriter};
+use anyhow::Context;
 use broker_adapters::detect::{Finding, Setting};
 use broker_adapters::{Adapter, Broker, Output, ReadRequest, Reply};
 use chrono::Utc;
@@ -107,6 +108,36 @@ pub type AdapterFactory = Box<dyn Fn(Broker, &[Setting]) -> Option<Box<dyn Adapt
 pub struct AutoDetect {
     pub options: detect::DetectOptions,
     pub factory: AdapterFactory,
+}
+
+/// [`run`] on a thread of its own with its own single-threaded runtime (its Redis connections,
+/// forwarders and auto-detection run there too), so that decoding never holds a thread of the
+/// runtime that serves HTTP: `/healthz` and the API answer whatever payload is being decoded.
+/// The receiver gets `run`'s result; it fails (closed) when the thread panicked.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    cfg: IngestConfig,
+    adapters: Vec<Box<dyn Adapter>>,
+    auto: Option<AutoDetect>,
+    writer: StoreWriter,
+    reader: StoreReader,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<()>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the ingest runtime")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("taskscope-ingest".into())
+        .spawn(move || {
+            let result =
+                runtime.block_on(run(cfg, adapters, auto, writer, reader, metrics, shutdown));
+            let _ = done_tx.send(result);
+        })
+        .context("cannot start the ingest thread")?;
+    Ok(done_rx)
 }
 
 /// Runs until `shutdown` flips to true. Never returns early on Redis trouble: it reconnects.
