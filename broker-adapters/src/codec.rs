@@ -3,10 +3,13 @@
 //! formats brokers write.
 //!
 //! Every function returns a `Result` or `Option`: garbage in is an error out, never a panic.
+//! Every decoder works within the decode budget ([`Limits`]): a payload over it is a
+//! [`CodecError::Budget`], whatever its bytes say.
 
+pub use crate::limits::{BudgetExceeded, Limits};
 use base64::Engine as _;
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
-use serde_json::{Map, Number, Value};
+use serde_json::{Map, Value};
 
 /// Why a payload did not decode.
 #[derive(Debug, thiserror::Error)]
@@ -25,34 +28,56 @@ pub enum CodecError {
     UnsupportedCompression(String),
     #[error("cannot decompress: {0}")]
     Decompress(#[from] std::io::Error),
+    /// Over one of the [`Limits`]: the payload is refused, not cut.
+    #[error("{0}")]
+    Budget(#[from] BudgetExceeded),
 }
 
-/// Decompressed payloads larger than this are refused (a zip bomb must not exhaust memory).
-const MAX_DECOMPRESSED: u64 = 64 * 1024 * 1024;
+impl CodecError {
+    /// The payload broke a limit of the decode budget (rather than being malformed).
+    pub fn is_over_budget(&self) -> bool {
+        matches!(self, CodecError::Budget(_))
+    }
+}
 
 /// Decompresses a body compressed by kombu (`application/x-gzip` is zlib there, `zlib` and
-/// `gzip` by name too).
+/// `gzip` by name too), within the configured [`Limits`].
 pub fn decompress(content_type: &str, body: &[u8]) -> Result<Vec<u8>, CodecError> {
+    decompress_with(content_type, body, &Limits::current())
+}
+
+/// [`decompress`] within `limits`: more than `max_decompressed_bytes` out is an error.
+pub fn decompress_with(
+    content_type: &str,
+    body: &[u8],
+    limits: &Limits,
+) -> Result<Vec<u8>, CodecError> {
     use std::io::Read;
+    let max = limits.max_decompressed_bytes;
+    // One byte more than allowed tells "exactly at the limit" from "over it".
+    let cap = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
     let mut out = Vec::new();
     match content_type.trim() {
         "application/x-gzip" | "application/zlib" | "zlib" | "application/x-zlib" => {
             if body.starts_with(&[0x1f, 0x8b]) {
                 flate2::read::GzDecoder::new(body)
-                    .take(MAX_DECOMPRESSED)
+                    .take(cap)
                     .read_to_end(&mut out)?;
             } else {
                 flate2::read::ZlibDecoder::new(body)
-                    .take(MAX_DECOMPRESSED)
+                    .take(cap)
                     .read_to_end(&mut out)?;
             }
         }
         "application/gzip" | "gzip" => {
             flate2::read::GzDecoder::new(body)
-                .take(MAX_DECOMPRESSED)
+                .take(cap)
                 .read_to_end(&mut out)?;
         }
         other => return Err(CodecError::UnsupportedCompression(other.to_string())),
+    }
+    if out.len() > max {
+        return Err(BudgetExceeded::Decompressed(max).into());
     }
     Ok(out)
 }
@@ -79,7 +104,7 @@ const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::n
 /// Decodes a body according to its MIME content type (kombu's names).
 pub fn decode_by_content_type(content_type: &str, body: &[u8]) -> Result<Value, CodecError> {
     match content_type.trim() {
-        "application/json" | "" => Ok(serde_json::from_slice(body)?),
+        "application/json" | "" => json_from_slice(body),
         "application/x-msgpack" | "application/msgpack" => msgpack_to_json(body),
         "application/x-python-serialize" => pickle_to_json(body),
         other => Err(CodecError::UnsupportedContentType(other.to_string())),
@@ -92,21 +117,58 @@ pub fn sniff_decode(bytes: &[u8]) -> Result<Value, CodecError> {
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace()).copied();
     match first {
         Some(0x80) => pickle_to_json(bytes),
-        Some(b'{' | b'[' | b'"') => Ok(serde_json::from_slice(bytes)?),
-        _ => match serde_json::from_slice(bytes) {
+        Some(b'{' | b'[' | b'"') => json_from_slice(bytes),
+        _ => match json_from_slice(bytes) {
             Ok(v) => Ok(v),
-            Err(json_err) => msgpack_to_json(bytes).map_err(|_| CodecError::Json(json_err)),
+            Err(budget @ CodecError::Budget(_)) => Err(budget),
+            Err(json_err) => match msgpack_to_json(bytes) {
+                Ok(v) => Ok(v),
+                Err(budget @ CodecError::Budget(_)) => Err(budget),
+                Err(_) => Err(json_err),
+            },
         },
     }
 }
 
-/// Nesting deeper than this is refused (deeper input would overflow the stack).
-const MAX_DEPTH: usize = 128;
+/// Parses JSON into a `Value` within the configured [`Limits`] (serde_json alone bounds the
+/// depth, not the number of values).
+pub fn json_from_slice(bytes: &[u8]) -> Result<Value, CodecError> {
+    json_from_slice_with(bytes, &Limits::current())
+}
 
-/// Decodes msgpack schemalessly (binary values included, which `rmp-serde` into JSON rejects).
+/// [`json_from_slice`] within `limits`.
+pub fn json_from_slice_with(bytes: &[u8], limits: &Limits) -> Result<Value, CodecError> {
+    crate::budgeted::json(bytes, limits).map_err(|e| match e {
+        crate::budgeted::JsonError::Json(e) => CodecError::Json(e),
+        crate::budgeted::JsonError::Budget(b) => CodecError::Budget(b),
+    })
+}
+
+/// [`json_from_slice`] for callers whose error type is `serde_json::Error` (envelopes): the
+/// budget's refusal is a JSON error saying which limit.
+pub fn json_value(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+    crate::budgeted::json(bytes, &Limits::current()).map_err(|e| match e {
+        crate::budgeted::JsonError::Json(e) => e,
+        crate::budgeted::JsonError::Budget(b) => serde::de::Error::custom(b),
+    })
+}
+
+/// Decodes msgpack schemalessly (binary values included, which `rmp-serde` into JSON rejects),
+/// within the configured [`Limits`].
 pub fn msgpack_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
+    msgpack_to_json_with(bytes, &Limits::current())
+}
+
+/// [`msgpack_to_json`] within `limits`: headers are checked first, then `rmpv` decodes.
+pub fn msgpack_to_json_with(bytes: &[u8], limits: &Limits) -> Result<Value, CodecError> {
+    crate::budgeted::msgpack_fits(bytes, limits).map_err(|e| match e {
+        Some(budget) => CodecError::Budget(budget),
+        None => CodecError::Msgpack("truncated or malformed".into()),
+    })?;
+    // rmpv counts strings and binaries as levels too: leave the depth to the check above.
+    let depth = limits.max_depth.saturating_mul(2).saturating_add(2);
     let mut cursor = bytes;
-    let value = rmpv::decode::read_value_with_max_depth(&mut cursor, MAX_DEPTH)
+    let value = rmpv::decode::read_value_with_max_depth(&mut cursor, depth)
         .map_err(|e| CodecError::Msgpack(e.to_string()))?;
     Ok(msgpack_value_to_json(value))
 }
@@ -144,81 +206,30 @@ fn msgpack_value_to_json(v: rmpv::Value) -> Value {
     }
 }
 
-/// Decodes a Python pickle (any protocol) into JSON. Instances of classes serde-pickle cannot
-/// resolve (datetime, UUID, user classes) come out as their pickled state instead of failing.
+/// Decodes a Python pickle (protocols 0 to 5) into JSON within the configured [`Limits`].
+/// Objects of classes come out as `{"__class__": "module.Name", ...}` placeholders (see
+/// [`crate::pickle`]).
 pub fn pickle_to_json(bytes: &[u8]) -> Result<Value, CodecError> {
-    crate::pickle_guard::check_depth(bytes, MAX_DEPTH)
-        .map_err(|refused| CodecError::Pickle(refused.to_string()))?;
-    let opts = serde_pickle::DeOptions::new()
-        .replace_unresolved_globals()
-        .replace_recursive_structures()
-        .decode_strings();
-    let value = serde_pickle::value_from_slice(bytes, opts)
-        .map_err(|e| CodecError::Pickle(e.to_string()))?;
-    Ok(pickle_value_to_json(value))
+    Ok(pickle_to_json_with(bytes, &Limits::current())?.0)
 }
 
-/// [`pickle_to_json`], also telling whether the pickle names any global (an object of a user's
-/// class, `datetime`, `Decimal`...): then the JSON holds the objects' pickled state in their
-/// place, which callers that must show values exactly may prefer not to show.
+/// [`pickle_to_json`], also telling whether the pickle held objects of classes (a user's
+/// class, `datetime`, `Decimal`...): then the JSON holds placeholders or text in their place,
+/// which callers that must show values exactly may prefer not to show.
 pub fn pickle_to_json_checked(bytes: &[u8]) -> Result<(Value, bool), CodecError> {
-    let scanned = crate::pickle_guard::scan(bytes, MAX_DEPTH)
-        .map_err(|refused| CodecError::Pickle(refused.to_string()))?;
-    Ok((pickle_to_json(bytes)?, scanned.names_globals))
+    pickle_to_json_with(bytes, &Limits::current())
 }
 
-fn pickle_value_to_json(v: serde_pickle::Value) -> Value {
-    use serde_pickle::{HashableValue as H, Value as P};
-    fn key_string(k: H) -> String {
-        match k {
-            H::String(s) => s,
-            H::Bytes(b) => String::from_utf8_lossy(&b).into_owned(),
-            H::I64(i) => i.to_string(),
-            H::Int(i) => i.to_string(),
-            H::F64(f) => f.to_string(),
-            H::Bool(b) => if b { "True" } else { "False" }.to_string(),
-            H::None => "None".to_string(),
-            other => format!("{other:?}"),
-        }
-    }
-    match v {
-        P::None => Value::Null,
-        P::Bool(b) => Value::Bool(b),
-        P::I64(i) => Value::from(i),
-        P::Int(i) => Value::String(i.to_string()),
-        P::F64(f) => float(f),
-        P::Bytes(b) => bytes_to_json(&b),
-        P::String(s) => Value::String(s),
-        P::List(items) | P::Tuple(items) => {
-            Value::Array(items.into_iter().map(pickle_value_to_json).collect())
-        }
-        P::Set(items) | P::FrozenSet(items) => Value::Array(
-            items
-                .into_iter()
-                .map(|h| pickle_value_to_json(h.into_value()))
-                .collect(),
-        ),
-        P::Dict(map) => Value::Object(
-            map.into_iter()
-                .map(|(k, v)| (key_string(k), pickle_value_to_json(v)))
-                .collect(),
-        ),
+/// [`pickle_to_json_checked`] within `limits`.
+pub fn pickle_to_json_with(bytes: &[u8], limits: &Limits) -> Result<(Value, bool), CodecError> {
+    match crate::pickle::decode(bytes, limits) {
+        Ok(d) => Ok((d.value, d.names_classes)),
+        Err(crate::pickle::PickleError::Budget(b)) => Err(CodecError::Budget(b)),
+        Err(e) => Err(CodecError::Pickle(e.to_string())),
     }
 }
 
-fn float(f: f64) -> Value {
-    Number::from_f64(f)
-        .map(Value::Number)
-        .unwrap_or(Value::Null)
-}
-
-/// Binary values are shown as text when they are UTF-8, else as a short marker.
-fn bytes_to_json(b: &[u8]) -> Value {
-    match std::str::from_utf8(b) {
-        Ok(s) => Value::String(s.to_string()),
-        Err(_) => Value::String(format!("<{} bytes>", b.len())),
-    }
-}
+use crate::pickle::{bytes_to_json, float};
 
 /// Parses a time as brokers write it: RFC 3339 / ISO 8601 with or without offset (naive times
 /// are UTC, as Celery and RQ write them), or Unix seconds as a number.
@@ -574,6 +585,76 @@ mod tests {
         );
         assert!(decompress("application/x-bz2", b"x").is_err());
         assert!(decompress("zlib", b"not zlib").is_err());
+    }
+
+    #[test]
+    fn a_zlib_json_bomb_is_refused_not_decoded() {
+        use std::io::Write;
+        // ~64 KB of zlib holding 64 MB of `[0,0,0,...]`: tens of millions of values.
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(b"[").unwrap();
+        for _ in 0..(32 * 1024) {
+            z.write_all(&b"0,".repeat(1024)).unwrap();
+        }
+        z.write_all(b"0]").unwrap();
+        let bomb = z.finish().unwrap();
+        assert!(bomb.len() < 100_000, "{}", bomb.len());
+        let started = std::time::Instant::now();
+        let err = decompress("zlib", &bomb).unwrap_err();
+        assert!(
+            matches!(err, CodecError::Budget(BudgetExceeded::Decompressed(_))),
+            "{err}"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // Under a larger decompression cap, the item budget stops it instead.
+        let loose = Limits {
+            max_decompressed_bytes: 128 * 1024 * 1024,
+            ..Limits::DEFAULT
+        };
+        let text = decompress_with("zlib", &bomb, &loose).unwrap();
+        let err = json_from_slice_with(&text, &Limits::DEFAULT).unwrap_err();
+        assert!(
+            matches!(err, CodecError::Budget(BudgetExceeded::Items(2_000_000))),
+            "{err}"
+        );
+        // A body exactly at the cap is fine.
+        let exact = Limits {
+            max_decompressed_bytes: 6,
+            ..Limits::DEFAULT
+        };
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+        z.write_all(b"[1, 2]").unwrap();
+        assert_eq!(
+            decompress_with("zlib", &z.finish().unwrap(), &exact).unwrap(),
+            b"[1, 2]"
+        );
+    }
+
+    #[test]
+    fn msgpack_with_a_huge_declared_length_is_refused_without_allocating() {
+        // map32 announcing 2^32-1 pairs; array32 announcing 2^32-1 items; bin32 of 4 GB.
+        for bytes in [
+            &[0xdf, 0xff, 0xff, 0xff, 0xff, 0xc0][..],
+            &[0xdd, 0xff, 0xff, 0xff, 0xff, 0xc0],
+            &[0xc6, 0xff, 0xff, 0xff, 0xff, 0x00],
+        ] {
+            assert!(msgpack_to_json(bytes).is_err());
+        }
+        // A million nils in a declared array of a million: the item budget holds.
+        let mut many = vec![0xdd, 0x00, 0x0f, 0x42, 0x40];
+        many.extend(std::iter::repeat_n(0xc0, 1_000_000));
+        let small = Limits {
+            max_items: 1000,
+            ..Limits::DEFAULT
+        };
+        assert!(matches!(
+            msgpack_to_json_with(&many, &small),
+            Err(CodecError::Budget(BudgetExceeded::Items(1000)))
+        ));
+        assert_eq!(
+            msgpack_to_json(&many).unwrap().as_array().map(Vec::len),
+            Some(1_000_000)
+        );
     }
 
     #[test]

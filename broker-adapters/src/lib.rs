@@ -5,6 +5,8 @@
 //! - [`adapter`]: the sans-I/O seam: what an adapter asks Redis for and what it gets back.
 //! - [`state`]: the one state machine every broker shares, and the abandon sweep.
 //! - [`codec`]: payload helpers every adapter needs (JSON, msgpack, base64, pickle).
+//! - [`limits`]: the decode budget every decoder works within.
+//! - [`pickle`]: an iterative pickle VM into JSON, within the budget.
 //! - [`detect`]: which brokers live in a Redis, from key names and sampled messages.
 //! - one module per broker: [`celery`], [`dramatiq`], [`rq`], [`taskiq`].
 //!
@@ -13,12 +15,14 @@
 //! is what lets every decoder be tested on captured payloads and fuzzed with garbage.
 
 pub mod adapter;
+mod budgeted;
 pub mod celery;
 pub mod codec;
 pub mod detect;
 pub mod dramatiq;
+pub mod limits;
 pub mod model;
-mod pickle_guard;
+pub mod pickle;
 pub mod rq;
 pub mod state;
 pub mod taskiq;

@@ -68,7 +68,7 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Value>, EventError> {
         };
         return Ok(into_events(body));
     }
-    let envelope: Value = serde_json::from_slice(bytes)?;
+    let envelope: Value = codec::json_value(bytes)?;
     let body = match envelope.get("body") {
         Some(Value::String(raw)) => {
             let encoding = envelope

@@ -52,7 +52,7 @@ impl MessageError {
 
 /// Decodes a raw queue entry.
 pub fn decode(bytes: &[u8]) -> Result<CeleryMessage, MessageError> {
-    let envelope: Value = serde_json::from_slice(bytes)?;
+    let envelope: Value = codec::json_value(bytes)?;
     decode_envelope(&envelope)
 }
 

@@ -258,7 +258,7 @@ impl CeleryAdapter {
             let Some(bytes) = value.as_bytes() else {
                 continue;
             };
-            let decoded = serde_json::from_slice::<serde_json::Value>(bytes)
+            let decoded = crate::codec::json_value(bytes)
                 .map_err(message::MessageError::from)
                 .and_then(|v| {
                     // [message, exchange, routing_key]

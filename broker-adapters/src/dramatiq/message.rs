@@ -56,7 +56,7 @@ fn millis(v: &Value) -> Option<DateTime<Utc>> {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<DramatiqMessage, MessageError> {
-    let v: Value = serde_json::from_slice(bytes)?;
+    let v: Value = codec::json_value(bytes)?;
     let str_of = |key: &'static str| {
         v.get(key)
             .and_then(Value::as_str)
@@ -100,7 +100,7 @@ pub fn result_key(queue: &str, actor: &str, message_id: &str) -> String {
 /// A stored result: the return value, or `{"__t": "dramatiq.results.Result", "exn": {...}}`
 /// for a failure. `Ok(value)` or `Err(error line)`.
 pub fn decode_result(bytes: &[u8]) -> Result<Result<Value, String>, MessageError> {
-    let v: Value = serde_json::from_slice(bytes)?;
+    let v: Value = codec::json_value(bytes)?;
     if v.get("__t").and_then(Value::as_str) == Some("dramatiq.results.Result") {
         let exn = v.get("exn");
         let kind = exn

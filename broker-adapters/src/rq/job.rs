@@ -229,6 +229,7 @@ pub fn decode(fields: &[String], values: &[Reply]) -> Result<Option<JobRecord>, 
 pub fn decompress_text(bytes: &[u8]) -> String {
     match codec::decompress("zlib", bytes) {
         Ok(plain) => String::from_utf8_lossy(&plain).into_owned(),
+        Err(over @ codec::CodecError::Budget(_)) => format!("[not shown: {over}]"),
         Err(_) => String::from_utf8_lossy(bytes).into_owned(),
     }
 }
@@ -262,9 +263,9 @@ pub fn deserialize(bytes: &[u8]) -> Result<Decoded, String> {
             Err(e) => Err(e.to_string()),
         }
     } else {
-        serde_json::from_slice(bytes)
+        codec::json_from_slice(bytes)
             .map(Decoded::Exact)
-            .map_err(|e| format!("invalid JSON: {e}"))
+            .map_err(|e| e.to_string())
     }
 }
 
@@ -272,7 +273,12 @@ pub fn deserialize(bytes: &[u8]) -> Result<Decoded, String> {
 /// `(func_name, instance, args, kwargs)` tuple. Arguments holding objects of classes come out
 /// as `None` (the function name is still known).
 pub fn decode_data(bytes: &[u8]) -> Result<Call, JobError> {
-    let plain = codec::decompress("zlib", bytes).unwrap_or_else(|_| bytes.to_vec());
+    let plain = match codec::decompress("zlib", bytes) {
+        Ok(plain) => plain,
+        Err(over @ codec::CodecError::Budget(_)) => return Err(JobError::Data(over.to_string())),
+        // Older RQ stored it uncompressed.
+        Err(_) => bytes.to_vec(),
+    };
     let (value, exact) = match deserialize(&plain).map_err(JobError::Data)? {
         Decoded::Exact(v) => (v, true),
         Decoded::WithClasses(v) => (v, false),
