@@ -201,6 +201,7 @@ impl CeleryAdapter {
                     if self.seen.insert(identity.clone()) {
                         unseen += 1;
                         out.observations.push(queued_observation(&msg, &queue, now));
+                        out.decode_errors.extend(body_error(&msg, key));
                     }
                     if complete {
                         listing.insert(
@@ -279,6 +280,9 @@ impl CeleryAdapter {
                     let waiting_eta = match self.unacked.get(&tag) {
                         None => {
                             out.observations.push(taken_observation(&msg, &queue, now));
+                            if self.first_time_bad(msg.task_id.as_bytes()) {
+                                out.decode_errors.extend(body_error(&msg, UNACKED));
+                            }
                             msg.eta.filter(|eta| *eta > now)
                         }
                         // A held ETA message still held after its ETA: the worker runs it now
@@ -443,6 +447,20 @@ fn message_fields(msg: &CeleryMessage, queue: &str, obs: &mut TaskObservation) {
     obs.fields.args = msg.args.clone();
     obs.fields.kwargs = msg.kwargs.clone();
     obs.fields.eta = msg.eta;
+    if let Some(e) = &msg.body_error {
+        // Listed all the same (name from the headers), saying why it has no arguments.
+        obs.fields.error = Some(format!("message body does not decode: {e}"));
+    }
+}
+
+/// The decode error of a message whose envelope decoded but whose body did not.
+fn body_error(msg: &CeleryMessage, key: &str) -> Option<DecodeError> {
+    let e = msg.body_error.as_ref()?;
+    Some(decode_error(
+        "body-decode",
+        key,
+        format!("task {}: {e}", msg.task_id),
+    ))
 }
 
 fn queued_observation(msg: &CeleryMessage, queue: &str, now: DateTime<Utc>) -> Observation {

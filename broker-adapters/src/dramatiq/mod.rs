@@ -120,6 +120,8 @@ pub struct DramatiqAdapter {
     /// Ids that left `.msgs` and were looked up in `.XQ.msgs` by the prefetcher (not there, or
     /// reported dead): the departure can be settled.
     xq_checked: HashSet<String>,
+    /// Ids whose message did not decode, reported once (reconciliation reads them again).
+    undecodable: HashSet<String>,
     /// Ids that left an ack set of a followed queue, with the worker: requeued if the next
     /// snapshot of `.msgs` still has them.
     acks_left: HashMap<String, String>,
@@ -163,6 +165,7 @@ impl DramatiqAdapter {
             unfollowed: HashSet::new(),
             snapshot: HashMap::new(),
             xq_checked: HashSet::new(),
+            undecodable: HashSet::new(),
             acks_left: HashMap::new(),
             running_on: HashMap::new(),
             results_seen: false,
@@ -409,13 +412,13 @@ impl DramatiqAdapter {
     }
 
     /// HMGET of a `.msgs` hash: decode what is there, settle what left an ack set.
-    /// A message of `hash` too large to read: its task is shown (queued, or failed in the dead
-    /// letters) with the error saying so; the actor is unknown. The ingest layer counts it.
-    fn too_large_observation(
+    /// A message of `hash` too large to read or that does not decode: its task is shown
+    /// (queued, or failed in the dead letters) with `error` saying why; the actor is unknown.
+    fn undecodable_observation(
         &self,
         hash: &str,
         id: &str,
-        bytes: u64,
+        error: String,
         dead: bool,
         delayed: bool,
         now: DateTime<Utc>,
@@ -432,7 +435,7 @@ impl DramatiqAdapter {
             .trim_end_matches(".DQ")
             .trim_end_matches(".XQ");
         obs.fields.queue = Some(queue.to_string());
-        obs.fields.error = Some(crate::adapter::too_large_error(bytes));
+        obs.fields.error = Some(error);
         Observation::Task(obs)
     }
 
@@ -489,8 +492,9 @@ impl DramatiqAdapter {
                 }
             }
             if let Some(n) = too_large {
+                let error = crate::adapter::too_large_error(n);
                 out.observations
-                    .push(self.too_large_observation(hash, id, n, dead, delayed, now));
+                    .push(self.undecodable_observation(hash, id, error, dead, delayed, now));
                 continue;
             }
             let Some(bytes) = bytes else {
@@ -504,12 +508,26 @@ impl DramatiqAdapter {
             let msg = match message::decode(bytes) {
                 Ok(msg) => msg,
                 Err(e) => {
-                    out.decode_errors.push(DecodeError {
-                        broker: Broker::Dramatiq,
-                        kind: e.kind(),
-                        key: key.to_string(),
-                        message: e.to_string(),
-                    });
+                    // Listed all the same (its id is the field), once.
+                    if self.undecodable.len() >= KNOWN_CAPACITY {
+                        self.undecodable.clear();
+                    }
+                    if self.undecodable.insert(id.clone()) {
+                        out.decode_errors.push(DecodeError {
+                            broker: Broker::Dramatiq,
+                            kind: e.kind(),
+                            key: key.to_string(),
+                            message: format!("message {id}: {e}"),
+                        });
+                        out.observations.push(self.undecodable_observation(
+                            hash,
+                            id,
+                            format!("message does not decode: {e}"),
+                            dead,
+                            delayed,
+                            now,
+                        ));
+                    }
                     continue;
                 }
             };

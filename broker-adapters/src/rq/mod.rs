@@ -787,8 +787,10 @@ fn observe(
             f.args = call.args.clone();
             f.kwargs = call.kwargs.clone();
         }
+        // Listed all the same (name from the description), saying why it has no arguments.
         Some(Err(JobError::TooLarge(n))) => f.error = Some(crate::adapter::too_large_error(*n)),
-        _ => {}
+        Some(Err(e)) => f.error = Some(e.to_string()),
+        None => {}
     }
     f.enqueued_at = record.enqueued_at.or(record.created_at);
     if record.status == JobStatus::Scheduled {
