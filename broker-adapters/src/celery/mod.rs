@@ -86,7 +86,14 @@ pub struct CeleryAdapter {
     /// List keys whose last notification was a pop: the `del` that follows a pop emptying the
     /// list is not a purge.
     popped: HashSet<String>,
+    /// Queue entries whose body did not decode, by hash of their bytes, as decoded: every
+    /// reconciliation reads the queue again, and such a body (a zlib bomb decompressed up to
+    /// its cap, say) costs its whole budget each time. At most [`BAD_BODIES`], then cleared.
+    bad_bodies: HashMap<u64, CeleryMessage>,
 }
+
+/// Undecodable bodies remembered (see `CeleryAdapter::bad_bodies`).
+const BAD_BODIES: usize = 1_024;
 
 impl CeleryAdapter {
     pub fn new(config: CeleryConfig) -> CeleryAdapter {
@@ -100,6 +107,7 @@ impl CeleryAdapter {
             attempts: attempts::Attempts::new(SEEN_CAPACITY),
             listed: HashMap::new(),
             popped: HashSet::new(),
+            bad_bodies: HashMap::new(),
         }
     }
 
@@ -111,6 +119,25 @@ impl CeleryAdapter {
         bytes.hash(&mut hasher);
         self.seen
             .insert(format!("undecodable:{:016x}", hasher.finish()))
+    }
+
+    /// Decodes a queue entry, or takes it from `bad_bodies` when its body failed before.
+    fn decode_queued(&mut self, bytes: &[u8]) -> Result<CeleryMessage, message::MessageError> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        let hash = hasher.finish();
+        if let Some(msg) = self.bad_bodies.get(&hash) {
+            return Ok(msg.clone());
+        }
+        let msg = message::decode(bytes)?;
+        if msg.body_error.is_some() {
+            if self.bad_bodies.len() >= BAD_BODIES {
+                self.bad_bodies.clear();
+            }
+            self.bad_bodies.insert(hash, msg.clone());
+        }
+        Ok(msg)
     }
 
     /// A read of result keys: on the side connection when the results live elsewhere.
@@ -195,7 +222,7 @@ impl CeleryAdapter {
             let Some(bytes) = item.as_bytes() else {
                 continue;
             };
-            match message::decode(bytes) {
+            match self.decode_queued(bytes) {
                 Ok(msg) => {
                     let identity = message_identity(&msg);
                     if self.seen.insert(identity.clone()) {

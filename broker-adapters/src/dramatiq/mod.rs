@@ -174,16 +174,32 @@ impl DramatiqAdapter {
     }
 
     /// Records what a whole `.msgs` hash read for a settlement holds; settles when the last is in.
-    fn settle_open(&mut self, key: &str, values: &[Reply], now: DateTime<Utc>) -> Vec<Observation> {
+    fn settle_open(
+        &mut self,
+        key: &str,
+        fields: &[String],
+        values: &[Reply],
+        now: DateTime<Utc>,
+    ) -> Vec<Observation> {
         let Some(settlement) = self.settlement.as_mut() else {
             return Vec::new();
         };
         if !settlement.awaiting.remove(key) {
             return Vec::new();
         }
-        for value in values {
-            if let Some(msg) = value.as_bytes().and_then(|b| message::decode(b).ok()) {
-                settlement.present.insert(msg.message_id);
+        for (field, value) in fields.iter().zip(values) {
+            match value.as_bytes().map(message::decode) {
+                Some(Ok(msg)) => {
+                    settlement.present.insert(msg.message_id);
+                }
+                // There but unreadable (too large, or does not decode): its field names it.
+                Some(Err(_)) => {
+                    settlement.present.insert(field.clone());
+                }
+                None if value.too_large().is_some() => {
+                    settlement.present.insert(field.clone());
+                }
+                None => {}
             }
         }
         if !settlement.awaiting.is_empty() {
@@ -1087,7 +1103,7 @@ impl Adapter for DramatiqAdapter {
                     })
                     .unzip();
                 // Empty unless this hash is one a settlement waits for.
-                let settled = self.settle_open(key, &values, now);
+                let settled = self.settle_open(key, &fields, &values, now);
                 let mut out = self.on_messages(key, &fields, Reply::Array(values), now);
                 out.observations.extend(settled);
                 out
