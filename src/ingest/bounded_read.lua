@@ -3,13 +3,14 @@
 -- {'taskscope:too-large', <its length>}, so a huge value never crosses the wire.
 -- KEYS: the keys read. ARGV[1]: the limit in bytes; ARGV[2]: the command (GET, MGET, HMGET,
 -- HGETALL, LRANGE, XRANGE, XREVRANGE); ARGV[3..]: its arguments after the key.
--- Strings and hash fields are measured (STRLEN, HSTRLEN) before they are read, so Redis never
--- copies a huge one into Lua; list elements and stream fields have no length command and are
--- measured after the read (a transient copy inside Redis, never sent).
+-- One command inside the script per read (the project counts Redis commands per lifecycle):
+-- values are measured after the read, so a huge one is copied into Lua for the time of the
+-- script (inside Redis, never sent), except a lone GET's, measured first with STRLEN (a
+-- result key read at every reconciliation must not be copied each time).
 local max = tonumber(ARGV[1])
 local cmd = ARGV[2]
 local MARK = 'taskscope:too-large'
--- Lua's unpack() takes at most ~8000 values: multi-key reads go in chunks.
+-- Lua's unpack() takes at most ~8000 values: MGET and HMGET go in chunks.
 local CHUNK = 1000
 
 local function too_large(n)
@@ -31,35 +32,6 @@ local function bound(v)
   return v
 end
 
--- Reads `names` (keys for MGET, fields of `key` for HMGET) whose lengths `lengths` are known:
--- the small ones with `read` in chunks, the others as markers. Returns values in order.
-local function read_measured(read, key, names, lengths)
-  local out, small, at = {}, {}, {}
-  for i = 1, #names do
-    if lengths[i] > max then
-      out[i] = too_large(lengths[i])
-    else
-      small[#small + 1] = names[i]
-      at[#at + 1] = i
-    end
-  end
-  local first = 1
-  while first <= #small do
-    local last = math.min(first + CHUNK - 1, #small)
-    local vals
-    if key then
-      vals = redis.call(read, key, unpack(small, first, last))
-    else
-      vals = redis.call(read, unpack(small, first, last))
-    end
-    for j = first, last do
-      out[at[j]] = vals[j - first + 1]
-    end
-    first = last + 1
-  end
-  return out
-end
-
 if cmd == 'GET' then
   local n = redis.call('STRLEN', KEYS[1])
   if n > max then
@@ -67,43 +39,30 @@ if cmd == 'GET' then
   end
   return redis.call('GET', KEYS[1])
 elseif cmd == 'MGET' then
-  -- MGET answers nil for a key of another type; STRLEN would fail: measure it as empty.
-  local lengths = {}
-  for i = 1, #KEYS do
-    local n = redis.pcall('STRLEN', KEYS[i])
-    if type(n) ~= 'number' then
-      n = 0
-    end
-    lengths[i] = n
-  end
-  return read_measured('MGET', nil, KEYS, lengths)
-elseif cmd == 'HMGET' then
-  local fields, lengths = {}, {}
-  for i = 3, #ARGV do
-    fields[#fields + 1] = ARGV[i]
-    lengths[#lengths + 1] = redis.call('HSTRLEN', KEYS[1], ARGV[i])
-  end
-  return read_measured('HMGET', KEYS[1], fields, lengths)
-elseif cmd == 'HGETALL' then
-  -- Usually small (Celery's unacked, Dramatiq's delay queues): one exact MEMORY USAGE says
-  -- whether every value fits, else each field is measured.
-  local usage = redis.call('MEMORY', 'USAGE', KEYS[1], 'SAMPLES', '0')
-  if not usage or usage <= max then
-    return redis.call('HGETALL', KEYS[1])
-  end
-  local fields = redis.call('HKEYS', KEYS[1])
-  local lengths = {}
-  for i = 1, #fields do
-    lengths[i] = redis.call('HSTRLEN', KEYS[1], fields[i])
-  end
-  local values = read_measured('HMGET', KEYS[1], fields, lengths)
   local out = {}
-  for i = 1, #fields do
-    out[#out + 1] = bound(fields[i])
-    out[#out + 1] = values[i]
+  local first = 1
+  while first <= #KEYS do
+    local last = math.min(first + CHUNK - 1, #KEYS)
+    local vals = redis.call('MGET', unpack(KEYS, first, last))
+    for i = 1, #vals do
+      out[first + i - 1] = bound(vals[i])
+    end
+    first = last + 1
   end
   return out
-elseif cmd == 'LRANGE' or cmd == 'XRANGE' or cmd == 'XREVRANGE' then
+elseif cmd == 'HMGET' then
+  local out = {}
+  local first = 3
+  while first <= #ARGV do
+    local last = math.min(first + CHUNK - 1, #ARGV)
+    local vals = redis.call('HMGET', KEYS[1], unpack(ARGV, first, last))
+    for i = 1, #vals do
+      out[first - 3 + i] = bound(vals[i])
+    end
+    first = last + 1
+  end
+  return out
+elseif cmd == 'HGETALL' or cmd == 'LRANGE' or cmd == 'XRANGE' or cmd == 'XREVRANGE' then
   return bound(redis.call(cmd, KEYS[1], unpack(ARGV, 3)))
 end
 return redis.error_reply('taskscope bounded read: unsupported command ' .. tostring(cmd))
