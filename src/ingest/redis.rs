@@ -7,7 +7,8 @@
 //! ([`Reply::TooLarge`]). fred buffers a whole reply before parsing it (its RESP reader keeps
 //! the bytes of an incomplete frame and parses again from the start as more arrive), so the
 //! guard has to be on Redis's side. Same commands and round trips as unbounded reads; inside
-//! Redis a `STRLEN`/`HSTRLEN` per string or hash field read. When Redis refuses scripts (ACLs,
+//! Redis one more command per read (the `EVALSHA`; the read runs inside it, plus a `STRLEN`
+//! before a lone `GET`). When Redis refuses scripts (ACLs,
 //! a managed Redis without `EVALSHA`), reads fall back to the plain commands, with a warning.
 
 use anyhow::Context;
