@@ -311,6 +311,46 @@ pub struct ServeArgs {
     )]
     pub redact_keys: Vec<String>,
 
+    /// A zlib or gzip payload (RQ job data, compressed Celery messages and results) that
+    /// decompresses to more than this many bytes is a decode error for its task, not decoded.
+    #[arg(
+        long,
+        env = "TASKSCOPE_MAX_DECOMPRESSED_BYTES",
+        default_value = "8388608",
+        value_name = "BYTES"
+    )]
+    pub max_decompressed_bytes: usize,
+
+    /// A payload (pickle, JSON, msgpack) that decodes to more than this many bytes of strings,
+    /// shared references counted each time they appear, is a decode error for its task.
+    #[arg(
+        long,
+        env = "TASKSCOPE_MAX_DECODED_BYTES",
+        default_value = "16777216",
+        value_name = "BYTES"
+    )]
+    pub max_decoded_bytes: usize,
+
+    /// A payload that decodes to more than this many values (containers and scalars, shared
+    /// references counted each time they appear) is a decode error for its task.
+    #[arg(
+        long,
+        env = "TASKSCOPE_MAX_DECODED_ITEMS",
+        default_value = "2000000",
+        value_name = "N"
+    )]
+    pub max_decoded_items: usize,
+
+    /// A payload whose containers nest deeper than this is a decode error for its task (at
+    /// most 512).
+    #[arg(
+        long,
+        env = "TASKSCOPE_MAX_DECODE_DEPTH",
+        default_value = "128",
+        value_name = "N"
+    )]
+    pub max_decode_depth: usize,
+
     #[command(flatten)]
     pub housekeeping: HousekeepingArgs,
 }
@@ -358,6 +398,8 @@ pub struct ServeSettings {
     pub max_value_bytes: usize,
     pub max_payload_bytes: usize,
     pub redact_keys: Vec<String>,
+    /// The decode budget every decoder works within.
+    pub decode_limits: broker_adapters::limits::Limits,
     pub housekeeping: crate::housekeeping::Settings,
 }
 
@@ -456,6 +498,12 @@ impl ServeArgs {
             max_value_bytes: self.max_value_bytes.max(256),
             // Below a few KB ordinary messages would be refused.
             max_payload_bytes: self.max_payload_bytes.max(4096),
+            decode_limits: broker_adapters::limits::Limits {
+                max_depth: self.max_decode_depth.clamp(1, 512),
+                max_items: self.max_decoded_items.max(1),
+                max_decoded_bytes: self.max_decoded_bytes,
+                max_decompressed_bytes: self.max_decompressed_bytes,
+            },
             redact_keys: self
                 .redact_keys
                 .into_iter()
@@ -595,6 +643,10 @@ const KNOWN_VARS: &[&str] = &[
     "TASKSCOPE_SCHEDULE_COMPACTION",
     "TASKSCOPE_MAX_VALUE_BYTES",
     "TASKSCOPE_MAX_PAYLOAD_BYTES",
+    "TASKSCOPE_MAX_DECOMPRESSED_BYTES",
+    "TASKSCOPE_MAX_DECODED_BYTES",
+    "TASKSCOPE_MAX_DECODED_ITEMS",
+    "TASKSCOPE_MAX_DECODE_DEPTH",
     "TASKSCOPE_REDACT_KEYS",
     "TASKSCOPE_RQ_PREFIX",
     "TASKSCOPE_RECONCILE_EVERY",
@@ -676,6 +728,50 @@ mod tests {
         assert!(
             KNOWN_VARS.contains(&"TASKSCOPE_RQ_PREFIX"),
             "the TOML key [rq] prefix"
+        );
+    }
+
+    #[test]
+    fn decode_budget_flags_reach_the_limits() {
+        use clap::Parser;
+        let limits = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Serve(serve)) => serve.into_settings().map(|s| s.decode_limits),
+            other => panic!("{other:?}"),
+        };
+        let budget_env = [
+            "TASKSCOPE_MAX_DECOMPRESSED_BYTES",
+            "TASKSCOPE_MAX_DECODED_BYTES",
+            "TASKSCOPE_MAX_DECODED_ITEMS",
+            "TASKSCOPE_MAX_DECODE_DEPTH",
+        ];
+        if budget_env.iter().all(|v| std::env::var_os(v).is_none()) {
+            assert_eq!(
+                limits(&["taskscope", "serve"]).unwrap(),
+                broker_adapters::limits::Limits::DEFAULT
+            );
+        }
+        let set = limits(&[
+            "taskscope",
+            "serve",
+            "--max-decompressed-bytes",
+            "1000",
+            "--max-decoded-bytes",
+            "2000",
+            "--max-decoded-items",
+            "30",
+            "--max-decode-depth",
+            "100000",
+        ])
+        .unwrap();
+        assert_eq!(
+            set,
+            broker_adapters::limits::Limits {
+                max_depth: 512,
+                max_items: 30,
+                max_decoded_bytes: 2000,
+                max_decompressed_bytes: 1000,
+            },
+            "the depth is capped: deeper values would risk the stack of whatever serialises them"
         );
     }
 

@@ -294,6 +294,8 @@ fn build_adapter(
 }
 
 async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
+    // Before any decoding: every decoder reads the budget from here.
+    broker_adapters::limits::Limits::configure(settings.decode_limits);
     let (writer, reader, writer_thread) =
         store::open(&settings.db_path, store::StoreOptions::default())?;
     info!(db = %settings.db_path.display(), "Opened the history.");

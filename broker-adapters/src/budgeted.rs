@@ -135,8 +135,8 @@ impl<'de> Visitor<'de> for Counted<'_> {
 }
 
 /// Checks a msgpack value's headers against `limits` without allocating: depth, number of
-/// values, and every declared length against the bytes left. `Err(None)`: malformed (truncated,
-/// a reserved marker); `Err(Some(_))`: over budget.
+/// values, and every declared length against the bytes left. `Err(None)`: malformed
+/// (truncated); `Err(Some(_))`: over budget.
 pub(crate) fn msgpack_fits(bytes: &[u8], limits: &Limits) -> Result<(), Option<BudgetExceeded>> {
     let mut spent = Spent::new(*limits);
     // Values still to read in each open container, outermost first.
@@ -161,11 +161,11 @@ pub(crate) fn msgpack_fits(bytes: &[u8], limits: &Limits) -> Result<(), Option<B
         };
         // (bytes of payload to skip, values inside it)
         let (skip, children): (u64, u64) = match marker {
-            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            // 0xc1 is reserved; rmpv reads it as nil, so it passes here too (found by fuzzing).
+            0x00..=0x7f | 0xe0..=0xff | 0xc0..=0xc3 => (0, 0),
             0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
             0x90..=0x9f => (0, u64::from(marker & 0x0f)),
             0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
-            0xc1 => return Err(None),
             0xc4 | 0xd9 => (be(&mut i, 1)?, 0),
             0xc5 | 0xda => (be(&mut i, 2)?, 0),
             0xc6 | 0xdb => (be(&mut i, 4)?, 0),
@@ -269,5 +269,7 @@ mod tests {
             Ok(())
         );
         assert_eq!(msgpack_fits(&[0x92, 0x01], &Limits::DEFAULT), Err(None));
+        // The reserved marker, as rmpv reads it: a nil.
+        assert_eq!(msgpack_fits(&[0x91, 0xc1], &Limits::DEFAULT), Ok(()));
     }
 }

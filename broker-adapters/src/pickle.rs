@@ -209,6 +209,14 @@ impl Vm<'_> {
         Ok(Item::Ref(id))
     }
 
+    /// Pushes a scalar or a reference: counted, so that the stack and the containers built
+    /// from it stay within `max_items` whatever the input's length.
+    fn push(&mut self, item: Item) -> Result<(), PickleError> {
+        self.charge(1)?;
+        self.stack.push(item);
+        Ok(())
+    }
+
     fn push_node(&mut self, node: Node) -> Result<(), PickleError> {
         let item = self.alloc(node)?;
         self.stack.push(item);
@@ -276,9 +284,9 @@ impl Vm<'_> {
     }
 
     fn memo_get(&mut self, key: u32) -> Result<(), PickleError> {
-        match self.memo.get(&key) {
+        match self.memo.get(&key).copied() {
             Some(item) => {
-                self.stack.push(*item);
+                self.push(item)?;
                 Ok(())
             }
             None => self.malformed("memo key not found"),
@@ -287,6 +295,9 @@ impl Vm<'_> {
 
     fn memo_put(&mut self, key: u32) -> Result<(), PickleError> {
         let top = self.top()?;
+        if self.memo.len() >= self.limits.max_items && !self.memo.contains_key(&key) {
+            return Err(BudgetExceeded::Items(self.limits.max_items).into());
+        }
         self.memo.insert(key, top);
         Ok(())
     }
@@ -442,26 +453,26 @@ impl Vm<'_> {
                     self.input.take(8)?;
                 } // FRAME
                 // Scalars.
-                b'N' => self.stack.push(Item::None),
-                0x88 => self.stack.push(Item::Bool(true)),
-                0x89 => self.stack.push(Item::Bool(false)),
+                b'N' => self.push(Item::None)?,
+                0x88 => self.push(Item::Bool(true))?,
+                0x89 => self.push(Item::Bool(false))?,
                 b'K' => {
                     let v = self.input.le(1)?;
-                    self.stack.push(Item::Int(v as i64));
+                    self.push(Item::Int(v as i64))?;
                 }
                 b'M' => {
                     let v = self.input.le(2)?;
-                    self.stack.push(Item::Int(v as i64));
+                    self.push(Item::Int(v as i64))?;
                 }
                 b'J' => {
                     let v = self.input.le(4)? as u32 as i32;
-                    self.stack.push(Item::Int(i64::from(v)));
+                    self.push(Item::Int(i64::from(v)))?;
                 }
                 0x8a | 0x8b => {
                     let n = self.input.len(if op == 0x8a { 1 } else { 4 })?;
                     let bytes = self.input.take(n)?;
                     let item = self.int_from_le(bytes)?;
-                    self.stack.push(item);
+                    self.push(item)?;
                 }
                 b'I' => {
                     let line = self.input.line()?;
@@ -470,12 +481,12 @@ impl Vm<'_> {
                         b"01" => Item::Bool(true),
                         _ => self.int_from_text(line)?,
                     };
-                    self.stack.push(item);
+                    self.push(item)?;
                 }
                 b'L' => {
                     let line = self.input.line()?;
                     let item = self.int_from_text(line)?;
-                    self.stack.push(item);
+                    self.push(item)?;
                 }
                 b'F' => {
                     let line = self.input.line()?;
@@ -483,7 +494,7 @@ impl Vm<'_> {
                         .ok()
                         .and_then(|s| s.trim().parse().ok())
                     {
-                        Some(f) => self.stack.push(Item::Float(f)),
+                        Some(f) => self.push(Item::Float(f))?,
                         None => return self.malformed("bad float"),
                     }
                 }
@@ -491,7 +502,7 @@ impl Vm<'_> {
                     let b = self.input.take(8)?;
                     let mut buf = [0u8; 8];
                     buf.copy_from_slice(b);
-                    self.stack.push(Item::Float(f64::from_be_bytes(buf)));
+                    self.push(Item::Float(f64::from_be_bytes(buf)))?;
                 }
                 // Text and bytes.
                 0x8c | b'X' | 0x8d => {
@@ -600,7 +611,7 @@ impl Vm<'_> {
                 }
                 b'2' => {
                     let top = self.top()?;
-                    self.stack.push(top);
+                    self.push(top)?;
                 }
                 // Memo.
                 b'p' => {

@@ -64,16 +64,20 @@ fn fuzz<S: Strategy>(
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let mut runner = TestRunner::new(Config {
+    let config = Config {
         cases,
         failure_persistence: None,
         ..Config::default()
-    });
+    };
     let started = Instant::now();
     let slowest = std::cell::Cell::new(Duration::ZERO);
-    let mut executions = 0u64;
+    let calls = std::cell::Cell::new(0u64);
     loop {
+        // A fresh runner per round: a runner that met its case count runs nothing more, and a
+        // new one draws a new random seed.
+        let mut runner = TestRunner::new(config.clone());
         let result = runner.run(&strategy, |input| {
+            calls.set(calls.get() + 1);
             let t = Instant::now();
             let outcome = check(input);
             let took = t.elapsed();
@@ -81,7 +85,6 @@ fn fuzz<S: Strategy>(
             prop_assert!(took < SLOWEST, "took {took:?}");
             outcome
         });
-        executions += u64::from(cases);
         if let Err(e) = result {
             panic!("{target}: {e}");
         }
@@ -89,6 +92,7 @@ fn fuzz<S: Strategy>(
             break;
         }
     }
+    let executions = calls.get();
     println!(
         "{target}: {executions} executions in {:.1} s, slowest case {:?}, no failure",
         started.elapsed().as_secs_f64(),

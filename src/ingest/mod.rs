@@ -848,13 +848,14 @@ impl Pipeline {
     async fn deliver(&mut self, output: Output) {
         let Output {
             mut observations,
-            queue_samples,
+            mut queue_samples,
             ..
         } = output;
         for obs in &mut observations {
-            if let broker_adapters::Observation::Task(t) = obs {
-                self.cfg.sanitizer.apply(&mut t.fields);
-            }
+            self.cfg.sanitizer.apply_observation(obs);
+        }
+        for sample in &mut queue_samples {
+            self.cfg.sanitizer.apply_sample(sample);
         }
         if !observations.is_empty() {
             let sent = self.writer.observe(observations).await;
