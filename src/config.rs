@@ -346,6 +346,17 @@ pub struct ServeArgs {
     )]
     pub max_value_bytes: usize,
 
+    /// A Redis value (a string, a hash field, a list element, a stream entry's field) larger
+    /// than this is never read whole: Redis checks the size before replying, and the task it
+    /// belongs to is shown with the error "payload too large (N bytes)".
+    #[arg(
+        long,
+        env = "TASKSCOPE_MAX_PAYLOAD_BYTES",
+        default_value = "4194304",
+        value_name = "BYTES"
+    )]
+    pub max_payload_bytes: usize,
+
     /// Values under keys containing any of these words (case-insensitive) are stored as
     /// `"[redacted]"`, at any depth of kwargs, args and results.
     #[arg(
@@ -449,6 +460,7 @@ pub struct ServeSettings {
     pub poll_every: Duration,
     pub rescan_every: Duration,
     pub max_value_bytes: usize,
+    pub max_payload_bytes: usize,
     pub redact_keys: Vec<String>,
     /// The decode budget every decoder works within.
     pub decode_limits: broker_adapters::limits::Limits,
@@ -573,6 +585,8 @@ impl ServeArgs {
             poll_every: self.poll_every,
             rescan_every: self.rescan_every,
             max_value_bytes: self.max_value_bytes.max(256),
+            // Below a few KB ordinary messages would be refused.
+            max_payload_bytes: self.max_payload_bytes.max(4096),
             decode_limits: broker_adapters::limits::Limits {
                 max_depth: self.max_decode_depth.clamp(1, 512),
                 max_items: self.max_decoded_items.max(1),
@@ -725,6 +739,7 @@ const KNOWN_VARS: &[&str] = &[
     "TASKSCOPE_SCHEDULE_RETENTION",
     "TASKSCOPE_SCHEDULE_COMPACTION",
     "TASKSCOPE_MAX_VALUE_BYTES",
+    "TASKSCOPE_MAX_PAYLOAD_BYTES",
     "TASKSCOPE_MAX_DECOMPRESSED_BYTES",
     "TASKSCOPE_MAX_DECODED_BYTES",
     "TASKSCOPE_MAX_DECODED_ITEMS",

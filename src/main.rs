@@ -381,6 +381,7 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         poll_every: settings.poll_every,
         rescan_every: settings.rescan_every,
         celery_enable_events: settings.celery_enable_events,
+        max_payload_bytes: settings.max_payload_bytes,
         sanitizer: ingest::sanitize::Sanitizer::new(
             settings.max_value_bytes,
             settings.redact_keys.clone(),
@@ -416,7 +417,7 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown_rx.clone(),
     );
-    let ingest = tokio::spawn(ingest::run(
+    let ingest = ingest::spawn(
         ingest_cfg,
         adapters,
         auto,
@@ -424,7 +425,7 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         reader,
         metrics,
         shutdown_rx,
-    ));
+    )?;
 
     let ingest_result = tokio::select! {
         _ = shutdown_signal() => {

@@ -20,6 +20,15 @@ pub enum Reply {
     Array(Vec<Reply>),
     /// A per-command error inside a pipeline (e.g. WRONGTYPE): that read failed, the others did not.
     Error(String),
+    /// A bulk string the ingest layer did not read because it is longer than
+    /// `--max-payload-bytes`: its length in bytes. Where a task id is known without it, the
+    /// adapter still shows the task, with [`too_large_error`] as its error.
+    TooLarge(u64),
+}
+
+/// The task error shown for a payload that was too large to read.
+pub fn too_large_error(bytes: u64) -> String {
+    format!("payload too large ({bytes} bytes)")
 }
 
 impl Reply {
@@ -27,6 +36,14 @@ impl Reply {
     pub fn as_bytes(&self) -> Option<&[u8]> {
         match self {
             Reply::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    /// The length of a value too large to be read ([`Reply::TooLarge`]).
+    pub fn too_large(&self) -> Option<u64> {
+        match self {
+            Reply::TooLarge(n) => Some(*n),
             _ => None,
         }
     }

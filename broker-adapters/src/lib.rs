@@ -28,6 +28,7 @@ pub mod state;
 pub mod taskiq;
 
 pub use adapter::{
-    Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, PrefetchRead, ReadRequest, Reply,
+    too_large_error, Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, PrefetchRead,
+    ReadRequest, Reply,
 };
 pub use model::*;

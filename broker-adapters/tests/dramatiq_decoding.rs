@@ -266,7 +266,7 @@ fn heartbeats_of_producers_are_not_workers() {
 }
 
 #[test]
-fn garbage_message_is_one_decode_error_and_neighbours_survive() {
+fn garbage_message_is_one_decode_error_listed_with_its_error_and_neighbours_survive() {
     let mut a = adapter();
     let now = Utc::now();
     let hmget = ReadRequest::HMGet {
@@ -282,12 +282,30 @@ fn garbage_message_is_one_decode_error_and_neighbours_survive() {
         ]),
         now,
     );
-    assert_eq!(tasks(&out).len(), 1);
+    // The field is the message id: the two garbage messages are listed, with the error.
+    let listed = tasks(&out);
+    assert_eq!(listed.len(), 3);
+    for t in &listed {
+        let has_error = t.fields.error.is_some();
+        assert_eq!(has_error, t.task_id != listed[1].task_id, "{t:?}");
+    }
+    assert_eq!(listed[0].task_id, "a");
     assert_eq!(out.decode_errors.len(), 2);
     assert!(out
         .decode_errors
         .iter()
         .all(|e| e.key == "dramatiq:default.msgs"));
+    // Read again (reconciliation): nothing new, nothing counted twice.
+    let again = a.on_reply(
+        &hmget,
+        bulk(&[
+            b"{not json",
+            &fixture("queue_message.bin"),
+            b"{\"queue_name\":\"q\"}",
+        ]),
+        now,
+    );
+    assert!(again.decode_errors.is_empty());
 }
 
 proptest! {

@@ -30,7 +30,7 @@
 use super::redis;
 use crate::metrics::{Metrics, Via};
 use broker_adapters::detect::{self, Finding, KeyVerdict, Setting};
-use broker_adapters::{Broker, Reply};
+use broker_adapters::{Broker, ReadRequest, Reply};
 use fred::prelude::*;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -532,27 +532,25 @@ impl Detector {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let commands: Vec<(&'static str, Vec<Value>)> = keys
+        // Bounded reads: an entry over `--max-payload-bytes` comes back as its length only.
+        let reads: Vec<ReadRequest> = keys
             .iter()
             .map(|k| match kind {
-                ScanKind::Streams => (
-                    "XRANGE",
-                    vec![
-                        Value::from(k.clone()),
-                        Value::from("-"),
-                        Value::from("+"),
-                        Value::from("COUNT"),
-                        Value::from(1),
-                    ],
-                ),
-                _ => (
-                    "LRANGE",
-                    vec![Value::from(k.clone()), Value::from(-1), Value::from(-1)],
-                ),
+                ScanKind::Streams => ReadRequest::XRange {
+                    key: k.clone(),
+                    start: "-".into(),
+                    end: "+".into(),
+                    count: 1,
+                },
+                _ => ReadRequest::LRange {
+                    key: k.clone(),
+                    start: -1,
+                    stop: -1,
+                },
             })
             .collect();
-        metrics.count_redis_commands(commands.len() as u64);
-        let replies = redis::run_commands(&self.client, commands).await?;
+        metrics.count_redis_commands(reads.len() as u64);
+        let replies = redis::run_reads(&self.client, &reads).await?;
         let stream = kind == ScanKind::Streams;
         let mut samples = Vec::new();
         for (key, reply) in keys.into_iter().zip(replies) {

@@ -16,14 +16,17 @@
 //!
 //! Invariant: only this module and [`redis`] know fred; adapters only see [`Reply`]s.
 
+mod decode;
 pub mod detect;
 pub mod notifications;
+mod oversize;
 mod prefetch;
 pub mod redis;
 pub mod sanitize;
 
 use crate::metrics::{ChangeFeed, Metrics, Source};
 use crate::store::{StoreReader, StoreWriter};
+use anyhow::Context;
 use broker_adapters::detect::{self as detection, Setting};
 use broker_adapters::{Adapter, Broker, Output, ReadRequest, Reply};
 use chrono::Utc;
@@ -49,6 +52,8 @@ pub struct IngestConfig {
     pub poll_every: Duration,
     pub rescan_every: Duration,
     pub celery_enable_events: bool,
+    /// `--max-payload-bytes`: longer values are not read (see [`redis`]).
+    pub max_payload_bytes: usize,
     /// Redaction and truncation applied to every task payload before it is stored.
     pub sanitizer: sanitize::Sanitizer,
 }
@@ -116,6 +121,36 @@ pub struct AutoDetect {
     pub factory: AdapterFactory,
 }
 
+/// [`run`] on a thread of its own with its own single-threaded runtime (its Redis connections,
+/// forwarders and auto-detection run there too), so that decoding never holds a thread of the
+/// runtime that serves HTTP: `/healthz` and the API answer whatever payload is being decoded.
+/// The receiver gets `run`'s result; it fails (closed) when the thread panicked.
+#[allow(clippy::too_many_arguments)]
+pub fn spawn(
+    cfg: IngestConfig,
+    adapters: Vec<Box<dyn Adapter>>,
+    auto: Option<AutoDetect>,
+    writer: StoreWriter,
+    reader: StoreReader,
+    metrics: Arc<Metrics>,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::sync::oneshot::Receiver<anyhow::Result<()>>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the ingest runtime")?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("taskscope-ingest".into())
+        .spawn(move || {
+            let result =
+                runtime.block_on(run(cfg, adapters, auto, writer, reader, metrics, shutdown));
+            let _ = done_tx.send(result);
+        })
+        .context("cannot start the ingest thread")?;
+    Ok(done_rx)
+}
+
 /// Runs until `shutdown` flips to true. Never returns early on Redis trouble: it reconnects.
 /// `adapters` run from the start; with `auto`, detected brokers' adapters join them.
 pub async fn run(
@@ -127,6 +162,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    redis::set_max_payload_bytes(cfg.max_payload_bytes);
     let client = redis::builder(&cfg.redis_url, false)?.build()?;
     let subscriber = redis::builder(&cfg.redis_url, true)?.build_subscriber_client()?;
     let (tx, rx) = mpsc::channel::<Incoming>(200_000);
@@ -225,6 +261,7 @@ pub async fn run(
         learned: BTreeMap::new(),
         unsupported: HashSet::new(),
         barrier_seq: 0,
+        oversize: oversize::Oversize::default(),
     };
     pipeline.resync().await;
     pipeline.run_loop(&mut shutdown).await;
@@ -403,6 +440,8 @@ struct Pipeline {
     unsupported: HashSet<Broker>,
     /// The last read-barrier token published.
     barrier_seq: u64,
+    /// Values over `--max-payload-bytes` already counted.
+    oversize: oversize::Oversize,
 }
 
 impl Pipeline {
@@ -727,10 +766,7 @@ impl Pipeline {
                     if self.factory.is_some() {
                         self.detect_from_message(&channel, &payload).await;
                     }
-                    for i in 0..self.adapters.len() {
-                        let out = self.adapters[i].on_message(&channel, &payload, now);
-                        self.collect(i, out, &mut output);
-                    }
+                    self.on_message(&channel, payload, now, &mut output).await;
                 }
                 Incoming::Prefetched {
                     adapter,
@@ -740,8 +776,8 @@ impl Pipeline {
                 } => match reply {
                     Ok(reply) => {
                         self.metrics.ingested(Source::Read, 1);
-                        let out = self.adapters[adapter].on_reply(&request, reply, at);
-                        self.collect(adapter, out, &mut output);
+                        self.on_reply(adapter, &request, reply, at, &mut output)
+                            .await;
                     }
                     Err(e) => debug!(error = %e, key = request.key(), "A prefetch read failed."),
                 },
@@ -791,6 +827,56 @@ impl Pipeline {
         }
     }
 
+    /// Hands a reply to the adapter that asked for it; values too large to read are counted.
+    async fn on_reply(
+        &mut self,
+        adapter: usize,
+        request: &ReadRequest,
+        reply: Reply,
+        at: chrono::DateTime<Utc>,
+        into: &mut Output,
+    ) {
+        let broker = self.adapters[adapter].broker();
+        let oversize = self.oversize.in_reply(broker, request.key(), &reply);
+        let mut out = decode::reply(&mut self.adapters[adapter], request, reply, at).await;
+        out.decode_errors.extend(oversize);
+        self.collect(adapter, out, into);
+    }
+
+    /// Hands a pub/sub message to every adapter, unless it is over `--max-payload-bytes`: then
+    /// it is a decode error of the adapters that subscribed to its channel.
+    async fn on_message(
+        &mut self,
+        channel: &str,
+        payload: Vec<u8>,
+        now: chrono::DateTime<Utc>,
+        into: &mut Output,
+    ) {
+        if payload.len() > self.cfg.max_payload_bytes {
+            for i in 0..self.adapters.len() {
+                let subscribed = self.adapters[i]
+                    .interest()
+                    .channel_patterns
+                    .iter()
+                    .any(|p| prefetch::glob_match(p, channel));
+                let broker = self.adapters[i].broker();
+                let error = subscribed
+                    .then(|| oversize::message_error(broker, channel, payload.len() as u64));
+                let out = Output {
+                    decode_errors: error.into_iter().collect(),
+                    ..Output::default()
+                };
+                self.collect(i, out, into);
+            }
+            return;
+        }
+        let payload = Arc::new(payload);
+        for i in 0..self.adapters.len() {
+            let out = decode::message(&mut self.adapters[i], channel, &payload, now).await;
+            self.collect(i, out, into);
+        }
+    }
+
     /// Takes an adapter's output apart: follow-up reads are queued, the rest is gathered.
     fn collect(&mut self, adapter: usize, mut out: Output, into: &mut Output) {
         for e in out.decode_errors.drain(..) {
@@ -830,8 +916,7 @@ impl Pipeline {
                         wire.into_iter().zip(replies).zip(merged)
                     {
                         for (request, reply) in split_reply(request, reply, merged) {
-                            let out = self.adapters[adapter].on_reply(&request, reply, now);
-                            self.collect(adapter, out, into);
+                            self.on_reply(adapter, &request, reply, now, into).await;
                         }
                     }
                 }
@@ -888,10 +973,7 @@ impl Pipeline {
                 }
                 Incoming::Message { channel, payload } => {
                     self.metrics.ingested(Source::Pubsub, 1);
-                    for i in 0..self.adapters.len() {
-                        let out = self.adapters[i].on_message(&channel, &payload, now);
-                        self.collect(i, out, into);
-                    }
+                    self.on_message(&channel, payload, now, into).await;
                 }
                 Incoming::Prefetched {
                     adapter,
@@ -901,8 +983,7 @@ impl Pipeline {
                 } => {
                     if let Ok(reply) = reply {
                         self.metrics.ingested(Source::Read, 1);
-                        let out = self.adapters[adapter].on_reply(&request, reply, at);
-                        self.collect(adapter, out, into);
+                        self.on_reply(adapter, &request, reply, at, into).await;
                     }
                 }
                 Incoming::Lagged(_) | Incoming::Reconnected => {

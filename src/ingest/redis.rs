@@ -1,11 +1,24 @@
 //! The only place that knows fred: building clients, turning an adapter's [`ReadRequest`]s into
 //! one pipelined round trip, converting replies into [`Reply`]s, bounded SCANs.
+//!
+//! Reads of values (`GET`, `MGET`, `HMGET`, `HGETALL`, `LRANGE`, `XRANGE`, `XREVRANGE`) are
+//! *bounded*: each runs inside one `EVALSHA` of `bounded_read.lua`, which replies as the command
+//! would but replaces every bulk string longer than `--max-payload-bytes` by its length
+//! ([`Reply::TooLarge`]). fred buffers a whole reply before parsing it (its RESP reader keeps
+//! the bytes of an incomplete frame and parses again from the start as more arrive), so the
+//! guard has to be on Redis's side. Same commands and round trips as unbounded reads; inside
+//! Redis one more command per read (the `EVALSHA`; the read runs inside it, plus a `STRLEN`
+//! before a lone `GET`). When Redis refuses scripts (ACLs,
+//! a managed Redis without `EVALSHA`), reads fall back to the plain commands, with a warning.
 
 use anyhow::Context;
 use broker_adapters::{ReadRequest, Reply};
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
+use tracing::warn;
 
 /// Commands per pipeline: enough to amortise the round trip, small enough to keep replies
 /// (and Redis's output buffer for us) modest.
@@ -145,6 +158,83 @@ fn command(req: &ReadRequest) -> (CustomCommand, Vec<Value>) {
     }
 }
 
+/// The script of bounded reads (see its header).
+const BOUNDED_READ: &str = include_str!("bounded_read.lua");
+/// What the script puts in place of a value too large to send: `[MARK, length]`.
+const TOO_LARGE_MARK: &[u8] = b"taskscope:too-large";
+/// The script's SHA-1, as Redis named it at its first `SCRIPT LOAD` (it never changes).
+static BOUNDED_SHA: OnceLock<String> = OnceLock::new();
+/// Redis refused scripts once: reads are sent as plain commands from then on.
+static SCRIPTS_REFUSED: AtomicBool = AtomicBool::new(false);
+/// `--max-payload-bytes`: one setting for every connection of the process (the loop's, the
+/// prefetcher's, side connections), set once at start by [`set_max_payload_bytes`].
+static MAX_PAYLOAD: AtomicUsize = AtomicUsize::new(DEFAULT_MAX_PAYLOAD);
+/// The limit until [`set_max_payload_bytes`] is called (`--max-payload-bytes`'s default).
+const DEFAULT_MAX_PAYLOAD: usize = 4 << 20;
+
+/// Sets the largest value a read brings back whole (`--max-payload-bytes`).
+pub fn set_max_payload_bytes(bytes: usize) {
+    MAX_PAYLOAD.store(bytes, Ordering::Relaxed);
+}
+
+/// The command a read is sent as, bounded to `max_payload` bytes per value when it reads
+/// values and scripts are available.
+fn wire_command(
+    req: &ReadRequest,
+    max_payload: usize,
+    sha: Option<&str>,
+) -> (CustomCommand, Vec<Value>) {
+    let (name, args) = command(req);
+    let Some(sha) = sha.filter(|_| is_bounded(req)) else {
+        return (name, args);
+    };
+    let s = |k: &str| Value::from(k.to_string());
+    let keys = match req.inner() {
+        ReadRequest::MGet(keys) => keys.len(),
+        _ => 1,
+    };
+    let mut wire = Vec::with_capacity(args.len() + 5);
+    wire.push(s(sha));
+    wire.push(Value::from(keys as i64));
+    let mut args = args.into_iter();
+    wire.extend(args.by_ref().take(keys));
+    wire.push(Value::from(i64::try_from(max_payload).unwrap_or(i64::MAX)));
+    wire.push(Value::from(name.cmd.to_string()));
+    wire.extend(args);
+    (cmd("EVALSHA"), wire)
+}
+
+/// Whether a read returns values (payloads) and so goes through the bounded-read script.
+fn is_bounded(req: &ReadRequest) -> bool {
+    matches!(
+        req.inner(),
+        ReadRequest::Get(_)
+            | ReadRequest::MGet(_)
+            | ReadRequest::HMGet { .. }
+            | ReadRequest::HGetAll(_)
+            | ReadRequest::LRange { .. }
+            | ReadRequest::XRange { .. }
+            | ReadRequest::XRevRange { .. }
+    )
+}
+
+/// Converts the reply of a bounded read: the script's `[MARK, length]` pairs become
+/// [`Reply::TooLarge`]. (No reply of these commands holds an integer inside an array, so the
+/// pair cannot be mistaken for data.)
+fn to_bounded_reply(value: Value) -> Reply {
+    match value {
+        Value::Array(items) => {
+            if let [mark, Value::Integer(n)] = items.as_slice() {
+                if mark.as_bytes() == Some(TOO_LARGE_MARK) {
+                    return Reply::TooLarge(u64::try_from(*n).unwrap_or(0));
+                }
+            }
+            Reply::Array(items.into_iter().map(to_bounded_reply).collect())
+        }
+        other => to_reply(other),
+    }
+}
+
 /// Converts a fred value into the adapters' reply type.
 pub fn to_reply(value: Value) -> Reply {
     match value {
@@ -166,8 +256,100 @@ pub fn to_reply(value: Value) -> Reply {
 
 /// Runs `requests` as pipelines of [`PIPELINE_CHUNK`] commands; one reply per request, in order.
 /// A failed command yields `Reply::Error` for that request only; a lost connection fails all.
+/// Values longer than [`set_max_payload_bytes`] come back as [`Reply::TooLarge`] (module docs).
 pub async fn run_reads(client: &Client, requests: &[ReadRequest]) -> anyhow::Result<Vec<Reply>> {
-    run_pipelined(client, requests.iter().map(command).collect()).await
+    let max_payload = MAX_PAYLOAD.load(Ordering::Relaxed);
+    let sha = if SCRIPTS_REFUSED.load(Ordering::Relaxed) || !requests.iter().any(is_bounded) {
+        None
+    } else {
+        load_script(client, false).await?
+    };
+    let wire = |req: &ReadRequest, sha: Option<&str>| wire_command(req, max_payload, sha);
+    let mut replies = run_pipelined(
+        client,
+        requests.iter().map(|r| wire(r, sha.as_deref())).collect(),
+    )
+    .await?;
+    let Some(sha) = sha else {
+        return Ok(replies);
+    };
+    // Redis restarted (or `SCRIPT FLUSH`): load the script again and redo those reads; Redis
+    // refuses scripts (ACL, disabled `EVALSHA`): redo them plainly, from now on too.
+    let mut redo: Vec<usize> = Vec::new();
+    let mut refused = false;
+    for (i, reply) in replies.iter().enumerate() {
+        if let Reply::Error(e) = reply {
+            if e.contains("NOSCRIPT") {
+                redo.push(i);
+            } else if is_bounded(&requests[i]) && script_refused(e) {
+                refused = true;
+                redo.push(i);
+            }
+        }
+    }
+    if redo.is_empty() {
+        return Ok(replies);
+    }
+    let sha = if refused {
+        warn!("Redis refuses EVALSHA: values are read whole, --max-payload-bytes is not enforced.");
+        SCRIPTS_REFUSED.store(true, Ordering::Relaxed);
+        None
+    } else {
+        load_script(client, true).await?.or(Some(sha))
+    };
+    let again = run_pipelined(
+        client,
+        redo.iter()
+            .map(|i| wire(&requests[*i], sha.as_deref()))
+            .collect(),
+    )
+    .await?;
+    for (i, reply) in redo.into_iter().zip(again) {
+        replies[i] = reply;
+    }
+    Ok(replies)
+}
+
+/// Whether an `EVALSHA` error means scripts are not allowed for us.
+fn script_refused(error: &str) -> bool {
+    ["NOPERM", "unknown command", "disabled", "not allowed"]
+        .iter()
+        .any(|p| error.contains(p))
+}
+
+/// The bounded-read script's SHA, loading it into Redis when `reload` or never loaded. `None`
+/// when Redis refuses scripts (then reads go out plainly).
+async fn load_script(client: &Client, reload: bool) -> anyhow::Result<Option<String>> {
+    if let (Some(sha), false) = (BOUNDED_SHA.get(), reload) {
+        return Ok(Some(sha.clone()));
+    }
+    let reply: Result<Value, Error> = client
+        .custom(
+            cmd("SCRIPT"),
+            vec![Value::from("LOAD"), Value::from(BOUNDED_READ)],
+        )
+        .await;
+    match reply {
+        Ok(value) => {
+            let sha = value
+                .as_string()
+                .context("SCRIPT LOAD of the bounded-read script: no SHA in the reply")?;
+            Ok(Some(BOUNDED_SHA.get_or_init(|| sha).clone()))
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::IO | ErrorKind::Canceled | ErrorKind::Timeout
+            ) =>
+        {
+            Err(e).context("SCRIPT LOAD of the bounded-read script")
+        }
+        Err(e) => {
+            warn!(error = %e, "Redis refuses SCRIPT LOAD: values are read whole, --max-payload-bytes is not enforced.");
+            SCRIPTS_REFUSED.store(true, Ordering::Relaxed);
+            Ok(None)
+        }
+    }
 }
 
 /// [`run_reads`] for commands outside the adapters' vocabulary (auto-detection's `EXISTS`,
@@ -208,7 +390,9 @@ async fn run_pipelined(
         }
         for result in results {
             replies.push(match result {
-                Ok(v) => to_reply(v),
+                // Only the bounded-read script sends `[MARK, length]` pairs (the mark is no
+                // key, field or stream id a plain read could return with an integer).
+                Ok(v) => to_bounded_reply(v),
                 Err(e)
                     if matches!(
                         e.kind(),

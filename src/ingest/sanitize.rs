@@ -157,6 +157,29 @@ fn size(value: &Value) -> usize {
     }
 }
 
+/// Whether `value`'s JSON text fits in `max` bytes, stopping at the first byte over: a value of
+/// a million items that does not fit costs only the bytes up to `max`.
+fn fits(value: &Value, max: usize) -> bool {
+    struct Capped {
+        written: usize,
+        max: usize,
+    }
+    impl std::io::Write for Capped {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.written += buf.len();
+            if self.written > self.max {
+                return Err(std::io::Error::other("over the limit"));
+            }
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    serde_json::to_writer(&mut Capped { written: 0, max }, value).is_ok()
+}
+
 fn str_size(s: &str) -> usize {
     let mut counter = Counter(0);
     match serde_json::to_writer(&mut counter, s) {
@@ -263,6 +286,15 @@ impl LevelSizes {
     }
 }
 
+fn longest_string_len(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len(),
+        Value::Array(items) => items.iter().map(longest_string_len).max().unwrap_or(0),
+        Value::Object(map) => map.values().map(longest_string_len).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 /// Every string in `value`, in the order a depth-first walk meets them.
 fn strings_of<'a>(value: &'a mut Value, out: &mut Vec<&'a mut String>) {
     match value {
@@ -293,8 +325,7 @@ fn cut_string(s: &mut String, keep: usize) {
 /// linear in the size of the value: sizes are measured once and then updated, never
 /// re-measured per step.
 pub fn truncate_value(value: &mut Value, max: usize) {
-    let mut current = size(value);
-    if current <= max {
+    if fits(value, max) {
         return;
     }
     // Collapse the deepest level that makes it fit (the levels below it go with it), else
@@ -307,13 +338,14 @@ pub fn truncate_value(value: &mut Value, max: usize) {
             .find(|l| sizes.collapsed_at(*l) <= max)
             .unwrap_or(1);
         collapse_at(value, level);
-        current = size(value);
-        if current <= max {
+        if fits(value, max) {
             return;
         }
     }
-    // Cut the longest string, again and again; a heap keeps "the longest" at hand.
-    {
+    // Cut the longest string, again and again; a heap keeps "the longest" at hand. The whole
+    // size is measured only when there is a string to cut.
+    if longest_string_len(value) > MIN_STRING {
+        let mut current = size(value);
         let mut strings: Vec<&mut String> = Vec::new();
         strings_of(value, &mut strings);
         // Ties go to the last string met, like `max_by_key`.

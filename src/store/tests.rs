@@ -372,6 +372,36 @@ async fn a_new_pid_under_the_same_worker_name_is_a_restart() {
     close(writer, reader, handle);
 }
 
+/// A worker first heard of by a heartbeat read after its task started (a Dramatiq ack set
+/// names the worker before its heartbeat is sampled; a taskiq consumer claims before its idle
+/// time is read) was up all along: not a restart, so its task is not abandoned.
+#[tokio::test]
+async fn a_worker_first_seen_after_its_task_started_is_not_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    let mut running = task_obs(Broker::Celery, "t", 5, TaskEvent::Running);
+    running.fields.worker = Some("w-new".into());
+    write(&writer, vec![running]).await;
+    writer
+        .observe(vec![worker_obs("w-new", 1, 10, WorkerEvent::Heartbeat)])
+        .await
+        .unwrap();
+    writer.sweep(at(11), Duration::seconds(60)).await.unwrap();
+    writer.flush().await.unwrap();
+    let (t, _) = reader.get_task("t").await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Running, "{t:?}");
+    // Its Online event, when that is what taskscope hears first, dates its process.
+    writer
+        .observe(vec![worker_obs("w-late", 2, 20, WorkerEvent::Online)])
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+    let workers = reader.workers(at(21), Duration::seconds(60)).await.unwrap();
+    let late = workers.iter().find(|w| w.id == "w-late").unwrap();
+    assert_eq!(late.online_since, at(20));
+    close(writer, reader, handle);
+}
+
 #[tokio::test]
 async fn stats_count_every_state_and_broker_exactly() {
     let dir = tempfile::tempdir().unwrap();

@@ -836,8 +836,18 @@ fn sample_params(s: &QueueSample) -> [DbValue; 7] {
 /// unknown. A new pid under the same name, or an `Online` after an `Offline`, is a restart:
 /// `online_since` moves to the observation's time, which is what lets the sweep abandon tasks
 /// the previous process was running.
+///
+/// A worker first heard of by anything but its `Online` event (a heartbeat read after
+/// taskscope started, a consumer or ack set found by a read) has been up since before taskscope
+/// looked: its `online_since` is the epoch, never "after the task it already runs started",
+/// which the sweep would take for a restart.
 fn apply_worker(current: Option<&WorkerRow>, obs: &WorkerObservation) -> Option<WorkerRow> {
     let Some(current) = current else {
+        let online_since = if obs.event == WorkerEvent::Online {
+            obs.at
+        } else {
+            chrono::DateTime::<chrono::Utc>::UNIX_EPOCH
+        };
         return Some(WorkerRow {
             worker: Worker {
                 broker: obs.broker,
@@ -847,7 +857,7 @@ fn apply_worker(current: Option<&WorkerRow>, obs: &WorkerObservation) -> Option<
                 last_seen: obs.at,
                 running: 0,
                 pid: obs.pid,
-                online_since: obs.at,
+                online_since,
             },
             first_seen: obs.at,
         });

@@ -86,7 +86,14 @@ pub struct CeleryAdapter {
     /// List keys whose last notification was a pop: the `del` that follows a pop emptying the
     /// list is not a purge.
     popped: HashSet<String>,
+    /// Queue entries whose body did not decode, by hash of their bytes, as decoded: every
+    /// reconciliation reads the queue again, and such a body (a zlib bomb decompressed up to
+    /// its cap, say) costs its whole budget each time. At most [`BAD_BODIES`], then cleared.
+    bad_bodies: HashMap<u64, CeleryMessage>,
 }
+
+/// Undecodable bodies remembered (see `CeleryAdapter::bad_bodies`).
+const BAD_BODIES: usize = 1_024;
 
 impl CeleryAdapter {
     pub fn new(config: CeleryConfig) -> CeleryAdapter {
@@ -100,6 +107,7 @@ impl CeleryAdapter {
             attempts: attempts::Attempts::new(SEEN_CAPACITY),
             listed: HashMap::new(),
             popped: HashSet::new(),
+            bad_bodies: HashMap::new(),
         }
     }
 
@@ -111,6 +119,25 @@ impl CeleryAdapter {
         bytes.hash(&mut hasher);
         self.seen
             .insert(format!("undecodable:{:016x}", hasher.finish()))
+    }
+
+    /// Decodes a queue entry, or takes it from `bad_bodies` when its body failed before.
+    fn decode_queued(&mut self, bytes: &[u8]) -> Result<CeleryMessage, message::MessageError> {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        bytes.hash(&mut hasher);
+        let hash = hasher.finish();
+        if let Some(msg) = self.bad_bodies.get(&hash) {
+            return Ok(msg.clone());
+        }
+        let msg = message::decode(bytes)?;
+        if msg.body_error.is_some() {
+            if self.bad_bodies.len() >= BAD_BODIES {
+                self.bad_bodies.clear();
+            }
+            self.bad_bodies.insert(hash, msg.clone());
+        }
+        Ok(msg)
     }
 
     /// A read of result keys: on the side connection when the results live elsewhere.
@@ -195,12 +222,13 @@ impl CeleryAdapter {
             let Some(bytes) = item.as_bytes() else {
                 continue;
             };
-            match message::decode(bytes) {
+            match self.decode_queued(bytes) {
                 Ok(msg) => {
                     let identity = message_identity(&msg);
                     if self.seen.insert(identity.clone()) {
                         unseen += 1;
                         out.observations.push(queued_observation(&msg, &queue, now));
+                        out.decode_errors.extend(body_error(&msg, key));
                     }
                     if complete {
                         listing.insert(
@@ -280,6 +308,9 @@ impl CeleryAdapter {
                         None => {
                             out.observations
                                 .extend(taken_observations(&msg, &queue, now));
+                            if self.first_time_bad(msg.task_id.as_bytes()) {
+                                out.decode_errors.extend(body_error(&msg, UNACKED));
+                            }
                             msg.eta.filter(|eta| *eta > now)
                         }
                         // A held ETA message still held after its ETA: the worker runs it now
@@ -444,6 +475,20 @@ fn message_fields(msg: &CeleryMessage, queue: &str, obs: &mut TaskObservation) {
     obs.fields.args = msg.args.clone();
     obs.fields.kwargs = msg.kwargs.clone();
     obs.fields.eta = msg.eta;
+    if let Some(e) = &msg.body_error {
+        // Listed all the same (name from the headers), saying why it has no arguments.
+        obs.fields.error = Some(format!("message body does not decode: {e}"));
+    }
+}
+
+/// The decode error of a message whose envelope decoded but whose body did not.
+fn body_error(msg: &CeleryMessage, key: &str) -> Option<DecodeError> {
+    let e = msg.body_error.as_ref()?;
+    Some(decode_error(
+        "body-decode",
+        key,
+        format!("task {}: {e}", msg.task_id),
+    ))
 }
 
 fn queued_observation(msg: &CeleryMessage, queue: &str, now: DateTime<Utc>) -> Observation {

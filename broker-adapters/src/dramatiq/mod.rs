@@ -120,6 +120,8 @@ pub struct DramatiqAdapter {
     /// Ids that left `.msgs` and were looked up in `.XQ.msgs` by the prefetcher (not there, or
     /// reported dead): the departure can be settled.
     xq_checked: HashSet<String>,
+    /// Ids whose message did not decode, reported once (reconciliation reads them again).
+    undecodable: HashSet<String>,
     /// Ids that left an ack set of a followed queue, with the worker: requeued if the next
     /// snapshot of `.msgs` still has them.
     acks_left: HashMap<String, String>,
@@ -163,6 +165,7 @@ impl DramatiqAdapter {
             unfollowed: HashSet::new(),
             snapshot: HashMap::new(),
             xq_checked: HashSet::new(),
+            undecodable: HashSet::new(),
             acks_left: HashMap::new(),
             running_on: HashMap::new(),
             results_seen: false,
@@ -171,16 +174,32 @@ impl DramatiqAdapter {
     }
 
     /// Records what a whole `.msgs` hash read for a settlement holds; settles when the last is in.
-    fn settle_open(&mut self, key: &str, values: &[Reply], now: DateTime<Utc>) -> Vec<Observation> {
+    fn settle_open(
+        &mut self,
+        key: &str,
+        fields: &[String],
+        values: &[Reply],
+        now: DateTime<Utc>,
+    ) -> Vec<Observation> {
         let Some(settlement) = self.settlement.as_mut() else {
             return Vec::new();
         };
         if !settlement.awaiting.remove(key) {
             return Vec::new();
         }
-        for value in values {
-            if let Some(msg) = value.as_bytes().and_then(|b| message::decode(b).ok()) {
-                settlement.present.insert(msg.message_id);
+        for (field, value) in fields.iter().zip(values) {
+            match value.as_bytes().map(message::decode) {
+                Some(Ok(msg)) => {
+                    settlement.present.insert(msg.message_id);
+                }
+                // There but unreadable (too large, or does not decode): its field names it.
+                Some(Err(_)) => {
+                    settlement.present.insert(field.clone());
+                }
+                None if value.too_large().is_some() => {
+                    settlement.present.insert(field.clone());
+                }
+                None => {}
             }
         }
         if !settlement.awaiting.is_empty() {
@@ -409,6 +428,33 @@ impl DramatiqAdapter {
     }
 
     /// HMGET of a `.msgs` hash: decode what is there, settle what left an ack set.
+    /// A message of `hash` too large to read or that does not decode: its task is shown
+    /// (queued, or failed in the dead letters) with `error` saying why; the actor is unknown.
+    fn undecodable_observation(
+        &self,
+        hash: &str,
+        id: &str,
+        error: String,
+        dead: bool,
+        delayed: bool,
+        now: DateTime<Utc>,
+    ) -> Observation {
+        let (event, source) = match (dead, delayed) {
+            (true, _) => (TaskEvent::Failed, "dead letters"),
+            (_, true) => (TaskEvent::Queued, "delay queue"),
+            _ => (TaskEvent::Queued, "queue"),
+        };
+        let mut obs = TaskObservation::new(Broker::Dramatiq, id, now, event, source);
+        let queue = hash
+            .strip_prefix(&format!("{}:", self.ns))
+            .unwrap_or(hash)
+            .trim_end_matches(".DQ")
+            .trim_end_matches(".XQ");
+        obs.fields.queue = Some(queue.to_string());
+        obs.fields.error = Some(error);
+        Observation::Task(obs)
+    }
+
     fn on_messages(
         &mut self,
         key: &str,
@@ -426,6 +472,9 @@ impl DramatiqAdapter {
         }
         for (id, value) in fields.iter().zip(values) {
             let bytes = value.as_bytes();
+            // A message over `--max-payload-bytes` is there, only not read.
+            let too_large = value.too_large();
+            let present = bytes.is_some() || too_large.is_some();
             if dead {
                 self.xq_checked.insert(id.clone());
             }
@@ -435,7 +484,7 @@ impl DramatiqAdapter {
                     let Some(leaving) = self.leaving.remove(id) else {
                         continue;
                     };
-                    if bytes.is_none() {
+                    if !present {
                         let (queue, actor, message_id) = (
                             leaving.known.queue.clone(),
                             leaving.known.actor.clone(),
@@ -454,9 +503,15 @@ impl DramatiqAdapter {
                         }
                     }
                 } else if !delayed {
-                    leaving.still_queued = Some(bytes.is_some());
+                    leaving.still_queued = Some(present);
                     continue;
                 }
+            }
+            if let Some(n) = too_large {
+                let error = crate::adapter::too_large_error(n);
+                out.observations
+                    .push(self.undecodable_observation(hash, id, error, dead, delayed, now));
+                continue;
             }
             let Some(bytes) = bytes else {
                 if !dead && !self.known.contains_key(id) {
@@ -469,12 +524,26 @@ impl DramatiqAdapter {
             let msg = match message::decode(bytes) {
                 Ok(msg) => msg,
                 Err(e) => {
-                    out.decode_errors.push(DecodeError {
-                        broker: Broker::Dramatiq,
-                        kind: e.kind(),
-                        key: key.to_string(),
-                        message: e.to_string(),
-                    });
+                    // Listed all the same (its id is the field), once.
+                    if self.undecodable.len() >= KNOWN_CAPACITY {
+                        self.undecodable.clear();
+                    }
+                    if self.undecodable.insert(id.clone()) {
+                        out.decode_errors.push(DecodeError {
+                            broker: Broker::Dramatiq,
+                            kind: e.kind(),
+                            key: key.to_string(),
+                            message: format!("message {id}: {e}"),
+                        });
+                        out.observations.push(self.undecodable_observation(
+                            hash,
+                            id,
+                            format!("message does not decode: {e}"),
+                            dead,
+                            delayed,
+                            now,
+                        ));
+                    }
                     continue;
                 }
             };
@@ -1034,7 +1103,7 @@ impl Adapter for DramatiqAdapter {
                     })
                     .unzip();
                 // Empty unless this hash is one a settlement waits for.
-                let settled = self.settle_open(key, &values, now);
+                let settled = self.settle_open(key, &fields, &values, now);
                 let mut out = self.on_messages(key, &fields, Reply::Array(values), now);
                 out.observations.extend(settled);
                 out

@@ -89,6 +89,9 @@ pub enum JobError {
     UnknownStatus(String),
     #[error("job data: {0}")]
     Data(String),
+    /// `data` is over `--max-payload-bytes` and was not read (its length).
+    #[error("job data: {}", crate::adapter::too_large_error(*.0))]
+    TooLarge(u64),
 }
 
 impl JobError {
@@ -98,6 +101,7 @@ impl JobError {
             JobError::NoStatus => "job-no-status",
             JobError::UnknownStatus(_) => "job-status",
             JobError::Data(_) => "job-data",
+            JobError::TooLarge(_) => "job-data-too-large",
         }
     }
 }
@@ -192,7 +196,10 @@ pub fn decode(fields: &[String], values: &[Reply]) -> Result<Option<JobRecord>, 
         };
     };
     let status = JobStatus::parse(&status_text).ok_or(JobError::UnknownStatus(status_text))?;
-    let call = get(DATA_FIELD).as_bytes().map(decode_data);
+    let call = match get(DATA_FIELD) {
+        Reply::TooLarge(n) => Some(Err(JobError::TooLarge(*n))),
+        data => data.as_bytes().map(decode_data),
+    };
     Ok(Some(JobRecord {
         status,
         origin: text(get("origin")),

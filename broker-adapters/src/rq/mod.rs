@@ -39,7 +39,7 @@ use crate::model::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
 };
 use chrono::{DateTime, Duration, Utc};
-use job::{JobRecord, JobStatus, DATA_FIELD, JOB_FIELDS};
+use job::{JobError, JobRecord, JobStatus, DATA_FIELD, JOB_FIELDS};
 use layout::{Layout, Registry, RqKey};
 use result::ResultType;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -391,10 +391,15 @@ impl RqAdapter {
                 return out;
             }
         };
-        if let Some(Err(e)) = &record.call {
+        match &record.call {
+            // Counted by the ingest layer, which did not read it; shown as the task's error.
+            Some(Err(JobError::TooLarge(_))) => {}
             // The job is still shown (name from its description, no arguments).
-            out.decode_errors
-                .push(Self::decode_error(key, e.kind(), e.to_string()));
+            Some(Err(e)) => {
+                out.decode_errors
+                    .push(Self::decode_error(key, e.kind(), e.to_string()))
+            }
+            _ => {}
         }
         if let Some(origin) = &record.origin {
             if self.add_queue(origin) {
@@ -777,9 +782,15 @@ fn observe(
     let f = &mut obs.fields;
     f.queue = record.origin.clone();
     f.name = record.name();
-    if let Some(Ok(call)) = &record.call {
-        f.args = call.args.clone();
-        f.kwargs = call.kwargs.clone();
+    match &record.call {
+        Some(Ok(call)) => {
+            f.args = call.args.clone();
+            f.kwargs = call.kwargs.clone();
+        }
+        // Listed all the same (name from the description), saying why it has no arguments.
+        Some(Err(JobError::TooLarge(n))) => f.error = Some(crate::adapter::too_large_error(*n)),
+        Some(Err(e)) => f.error = Some(e.to_string()),
+        None => {}
     }
     f.enqueued_at = record.enqueued_at.or(record.created_at);
     if record.status == JobStatus::Scheduled {

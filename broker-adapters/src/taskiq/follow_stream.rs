@@ -39,6 +39,13 @@ impl TaskiqAdapter {
             }
             let Some(data) = entry.field(message::STREAM_DATA_FIELD) else {
                 self.mark_undecodable(key, entry.id);
+                if entry
+                    .too_large
+                    .iter()
+                    .any(|f| f == message::STREAM_DATA_FIELD)
+                {
+                    continue; // counted by the ingest layer, which did not read it
+                }
                 out.decode_errors.push(Self::message_error(
                     key,
                     "stream-entry-shape",

@@ -52,6 +52,8 @@ fn id_of(r: &Reply) -> Option<StreamId> {
 pub struct Entry {
     pub id: StreamId,
     pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Fields whose value was over `--max-payload-bytes` (not read, not in `fields`).
+    pub too_large: Vec<Vec<u8>>,
 }
 
 impl Entry {
@@ -71,14 +73,25 @@ pub fn entries(reply: Reply) -> Vec<Entry> {
         .filter_map(|item| {
             let mut parts = item.into_items().into_iter();
             let id = id_of(&parts.next()?)?;
-            let fields = parts
-                .next()
-                .map(Reply::into_pairs)
-                .unwrap_or_default()
-                .into_iter()
-                .filter_map(|(f, v)| Some((f.as_bytes()?.to_vec(), v.as_bytes()?.to_vec())))
-                .collect();
-            Some(Entry { id, fields })
+            let (mut fields, mut too_large) = (Vec::new(), Vec::new());
+            for (f, v) in parts.next().map(Reply::into_pairs).unwrap_or_default() {
+                let Some(f) = f.as_bytes() else {
+                    continue;
+                };
+                match v {
+                    Reply::TooLarge(_) => too_large.push(f.to_vec()),
+                    v => {
+                        if let Some(v) = v.as_bytes() {
+                            fields.push((f.to_vec(), v.to_vec()));
+                        }
+                    }
+                }
+            }
+            Some(Entry {
+                id,
+                fields,
+                too_large,
+            })
         })
         .collect()
 }
