@@ -477,22 +477,11 @@ impl TwoBrokers {
             .prefix("taskscope-taskiq-")
             .tempdir()
             .expect("tempdir");
-        let log = dir.path().join("worker.log");
         let mut cmd = self.command();
         cmd.args(["-m", "taskiq", "worker"])
             .arg(format!("taskiq_two_brokers:{broker}_broker"))
             .args(["--workers", "1"]);
-        let mut worker = WorkerProcess::spawn("taskiq", cmd, dir);
-        wait_for("the taskiq worker to listen", LONG, || {
-            worker.assert_running();
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("Listening started.") {
-                Ok(())
-            } else {
-                Err(format!("log so far:\n{text}"))
-            }
-        });
-        worker
+        spawn_taskiq_worker(cmd, dir)
     }
 
     /// Sends `n` tasks of `kind` (add, flaky, slow) through `broker` (stream, list).

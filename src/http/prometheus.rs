@@ -237,44 +237,44 @@ impl TaskMetrics {
 }
 
 impl TaskCounts {
-    /// Moves the counts of a queue that lost its own series into `other`.
-    fn fold_queue(&mut self, queue: &str) {
+    /// Adds the counts of every series `matches` picks to the series `relabel` names.
+    fn fold_counts(
+        &mut self,
+        matches: impl Fn(&TaskLabels) -> bool,
+        relabel: impl Fn(TaskLabels) -> TaskLabels,
+    ) {
         let moved: Vec<_> = self
             .tasks
             .iter()
-            .filter(|(l, _)| l.queue == queue)
+            .filter(|(l, _)| matches(l))
             .map(|(l, n)| (l.clone(), *n))
             .collect();
         for (labels, n) in moved {
             self.tasks.remove(&labels);
-            *self
-                .tasks
-                .entry(TaskLabels {
-                    queue: OTHER.to_string(),
-                    ..labels
-                })
-                .or_default() += n;
+            *self.tasks.entry(relabel(labels)).or_default() += n;
         }
+    }
+
+    /// Moves the counts of a queue that lost its own series into `other`.
+    fn fold_queue(&mut self, queue: &str) {
+        self.fold_counts(
+            |l| l.queue == queue,
+            |l| TaskLabels {
+                queue: OTHER.to_string(),
+                ..l
+            },
+        );
     }
 
     /// Moves the counts and runtimes of a task name that lost its own series into `other`.
     fn fold_name(&mut self, name: &str) {
-        let moved: Vec<_> = self
-            .tasks
-            .iter()
-            .filter(|(l, _)| l.name == name)
-            .map(|(l, n)| (l.clone(), *n))
-            .collect();
-        for (labels, n) in moved {
-            self.tasks.remove(&labels);
-            *self
-                .tasks
-                .entry(TaskLabels {
-                    name: OTHER.to_string(),
-                    ..labels
-                })
-                .or_default() += n;
-        }
+        self.fold_counts(
+            |l| l.name == name,
+            |l| TaskLabels {
+                name: OTHER.to_string(),
+                ..l
+            },
+        );
         let moved: Vec<_> = self
             .runtime
             .iter()

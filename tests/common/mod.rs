@@ -1290,7 +1290,6 @@ pub fn taskiq_worker(redis_url: &str, env: &[(&str, &str)]) -> WorkerProcess {
         .prefix("taskscope-taskiq-")
         .tempdir()
         .expect("tempdir");
-    let log = dir.path().join("worker.log");
     let mut cmd = Command::new(python());
     cmd.args([
         "-m",
@@ -1301,6 +1300,13 @@ pub fn taskiq_worker(redis_url: &str, env: &[(&str, &str)]) -> WorkerProcess {
         "1",
     ]);
     taskiq_env(&mut cmd, redis_url, env);
+    spawn_taskiq_worker(cmd, dir)
+}
+
+/// Spawns a `taskiq worker` command (logging into `dir`) and returns once it listens (the
+/// stream broker has created its consumer group by then).
+pub fn spawn_taskiq_worker(cmd: Command, dir: tempfile::TempDir) -> WorkerProcess {
+    let log = dir.path().join("worker.log");
     let mut worker = WorkerProcess::spawn("taskiq", cmd, dir);
     wait_for("the taskiq worker to listen", LONG, || {
         worker.assert_running();
