@@ -240,14 +240,22 @@ pub fn early_channels(db: u32) -> Vec<String> {
 /// taskiq's default queue name, also the `PubSubBroker`'s channel.
 const TASKIQ_DEFAULT_CHANNEL: &str = "taskiq";
 
-/// Whether a pub/sub message shows a broker: a Celery result record or event on Celery's
-/// channels, a taskiq message on a channel. `payload` is only decoded for taskiq (a bounded
-/// sniff).
-pub fn classify_channel(channel: &str, payload: &[u8]) -> Option<Finding> {
+/// Whether a pub/sub message shows a broker still `wanted` (not watched yet): a Celery result
+/// record or event on Celery's channels, a taskiq message on a channel. `payload` is only
+/// decoded for taskiq (a bounded sniff), and only while taskiq is wanted: the messages of a
+/// watched broker cost nothing here.
+pub fn classify_channel(
+    channel: &str,
+    payload: &[u8],
+    wanted: impl Fn(Broker) -> bool,
+) -> Option<Finding> {
     if channel.starts_with(CELERY_RESULT) || channel.contains("celeryev") {
-        return Some(Finding::new(Broker::Celery, channel, None));
+        return wanted(Broker::Celery).then(|| Finding::new(Broker::Celery, channel, None));
     }
-    if payload.len() <= 1 << 20 && crate::taskiq::looks_like_message(payload) {
+    if wanted(Broker::Taskiq)
+        && payload.len() <= 1 << 20
+        && crate::taskiq::looks_like_message(payload)
+    {
         let setting = Setting::TaskiqChannel(channel.to_string());
         return Some(Finding::new(Broker::Taskiq, channel, Some(setting)));
     }
@@ -443,13 +451,17 @@ mod tests {
     #[test]
     fn channels_show_celery_and_taskiq() {
         assert!(early_channels(0).contains(&"/0.celeryev*".to_string()));
-        let celery = |c: &str| classify_channel(c, b"{}").map(|f| f.broker);
+        let celery = |c: &str| classify_channel(c, b"{}", |_| true).map(|f| f.broker);
         assert_eq!(celery("celery-task-meta-7c9d"), Some(Broker::Celery));
         assert_eq!(celery("/0.celeryev/worker.heartbeat"), Some(Broker::Celery));
         assert_eq!(celery("taskiq"), None);
         let msg = json!({"task_id": "a1", "task_name": "app:add", "labels": {},
             "labels_types": null, "args": [1, 2], "kwargs": {}});
-        let found = classify_channel("taskiq", &serde_json::to_vec(&msg).unwrap());
+        let bytes = serde_json::to_vec(&msg).unwrap();
+        let watched = |b| b != Broker::Taskiq;
+        assert!(classify_channel("taskiq", &bytes, watched).is_none());
+        assert!(classify_channel("/0.celeryev/x", b"{}", |b| b != Broker::Celery).is_none());
+        let found = classify_channel("taskiq", &bytes, |_| true);
         assert_eq!(
             found.and_then(|f| f.setting),
             Some(Setting::TaskiqChannel("taskiq".into()))
@@ -473,7 +485,7 @@ mod tests {
             let _ = classify_message(&key, &bytes, true);
             let _ = classify_message(&key, &bytes, false);
             let _ = is_taskiq_result(&bytes);
-            let _ = classify_channel(&key, &bytes);
+            let _ = classify_channel(&key, &bytes, |_| true);
             let _ = key_shape(&key);
         }
     }

@@ -191,10 +191,13 @@ impl Detector {
 
     /// Keeps the findings not reported before.
     fn fresh(&mut self, found: Vec<Finding>) -> Vec<Finding> {
-        found
-            .into_iter()
-            .filter(|f| self.reported.insert((f.broker, f.setting.clone())))
-            .collect()
+        found.into_iter().filter(|f| self.first_report(f)).collect()
+    }
+
+    /// Whether `finding` (its broker and setting) is reported for the first time.
+    fn first_report(&mut self, finding: &Finding) -> bool {
+        self.reported
+            .insert((finding.broker, finding.setting.clone()))
     }
 
     /// One bounded pass; findings already reported are left out.
@@ -369,7 +372,7 @@ impl Detector {
         }
         Ok(found
             .into_iter()
-            .filter(|(f, _)| self.reported.insert((f.broker, f.setting.clone())))
+            .filter(|(f, _)| self.first_report(f))
             .collect())
     }
 

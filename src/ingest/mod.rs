@@ -106,11 +106,6 @@ const DETECT_CLASSES: &str = "En";
 /// The key-event channel of new keys in every database (Celery results may live in another).
 const NEW_KEY_EVENTS: &str = "__keyevent@*__:new";
 
-/// The side URLs the adapters started with, by adapter index.
-fn side_urls_now(urls: &[(Broker, Option<String>)]) -> Vec<Option<String>> {
-    urls.iter().map(|(_, url)| url.clone()).collect()
-}
-
 /// Builds the adapter of a broker that auto-detection found, given the settings detection
 /// learned about it; `None` when this build has no adapter for it.
 pub type AdapterFactory = Box<dyn Fn(Broker, &[Setting]) -> Option<Box<dyn Adapter>> + Send + Sync>;
@@ -199,7 +194,8 @@ pub async fn run(
         .iter()
         .map(|a| (a.broker(), a.side_url()))
         .collect();
-    let side_urls_at_start = side_urls.clone();
+    let side_urls_at_start: Vec<Option<String>> =
+        side_urls.iter().map(|(_, url)| url.clone()).collect();
     let mut side = Vec::with_capacity(side_urls.len());
     for (broker, url) in side_urls {
         side.push(match url {
@@ -252,7 +248,7 @@ pub async fn run(
         resync_requested: false,
         rules_tx,
         kick,
-        side_urls: side_urls_now(&side_urls_at_start),
+        side_urls: side_urls_at_start,
         side,
         detect_rx,
         factory,
@@ -592,12 +588,10 @@ impl Pipeline {
     /// A message on a channel detection listens to before any adapter does: the broker it
     /// shows is started at once, so this message and the next reach its adapter.
     async fn detect_from_message(&mut self, channel: &str, payload: &[u8]) {
-        let Some(finding) = detection::classify_channel(channel, payload) else {
+        let unwatched = |b| !self.adapters.iter().any(|a| a.broker() == b);
+        let Some(finding) = detection::classify_channel(channel, payload, unwatched) else {
             return;
         };
-        if self.adapters.iter().any(|a| a.broker() == finding.broker) {
-            return;
-        }
         info!(broker = %finding.broker, channel, "Detected a broker from its pub/sub message.");
         self.metrics
             .detected(&finding, crate::metrics::Via::Message);
@@ -634,35 +628,7 @@ impl Pipeline {
             adapter.on_gap();
         }
         async {
-            let mut classes: String = self
-                .adapters
-                .iter()
-                .map(|a| a.interest().notify_classes)
-                .collect();
-            let before = self.listening_new_keys();
-            if before {
-                classes.push_str(DETECT_CLASSES);
-            }
-            let (feed, previous) =
-                notifications::ensure(&self.client, &classes, self.cfg.config_set).await;
-            self.feed = feed;
-            if before && previous.is_some_and(|p| !p.contains('n')) {
-                self.new_key_class_added |= matches!(self.feed, Feed::Notifications { changed: true });
-            }
-            match &self.feed {
-                Feed::Notifications { .. } => {
-                    self.metrics.set_change_feed(ChangeFeed::Notifications);
-                    self.metrics.set_warning("notifications", None);
-                }
-                Feed::Polling { reason } => {
-                    warn!(%reason, every = ?self.cfg.poll_every, "Keyspace notifications are unavailable; polling instead.");
-                    self.metrics.set_change_feed(ChangeFeed::Polling);
-                    self.metrics.set_warning(
-                        "notifications",
-                        Some(format!("keyspace notifications are off, polling every {:?}: {reason}", self.cfg.poll_every)),
-                    );
-                }
-            }
+            self.ensure_feed().await;
             // A reconnect re-subscribes what fred tracks; we only add what is new.
             self.update_subscriptions().await;
             self.scan().await;
@@ -673,6 +639,43 @@ impl Pipeline {
         .await
     }
 
+    /// Makes sure notifications cover the adapters' classes (and new keys while the detector
+    /// listens), or settles for polling; the overview and `/healthz` say which.
+    async fn ensure_feed(&mut self) {
+        let mut classes: String = self
+            .adapters
+            .iter()
+            .map(|a| a.interest().notify_classes)
+            .collect();
+        let listening = self.listening_new_keys();
+        if listening {
+            classes.push_str(DETECT_CLASSES);
+        }
+        let (feed, previous) =
+            notifications::ensure(&self.client, &classes, self.cfg.config_set).await;
+        self.feed = feed;
+        if listening && previous.is_some_and(|p| !p.contains('n')) {
+            self.new_key_class_added |= matches!(self.feed, Feed::Notifications { changed: true });
+        }
+        match &self.feed {
+            Feed::Notifications { .. } => {
+                self.metrics.set_change_feed(ChangeFeed::Notifications);
+                self.metrics.set_warning("notifications", None);
+            }
+            Feed::Polling { reason } => {
+                warn!(%reason, every = ?self.cfg.poll_every, "Keyspace notifications are unavailable; polling instead.");
+                self.metrics.set_change_feed(ChangeFeed::Polling);
+                self.metrics.set_warning(
+                    "notifications",
+                    Some(format!(
+                        "keyspace notifications are off, polling every {:?}: {reason}",
+                        self.cfg.poll_every
+                    )),
+                );
+            }
+        }
+    }
+
     fn listening_new_keys(&self) -> bool {
         self.listen_rx.as_ref().is_some_and(|rx| *rx.borrow())
     }
@@ -681,8 +684,11 @@ impl Pipeline {
     /// the class on, or off again when taskscope turned it on.
     async fn apply_listening(&mut self) {
         if self.listening_new_keys() {
+            // Nothing was missed meanwhile (the probe and the passes went on): only the class
+            // and the subscription come back, without a resync.
             info!("Listening to new keys for auto-detection.");
-            self.resync().await;
+            self.ensure_feed().await;
+            self.update_subscriptions().await;
             return;
         }
         info!("No longer listening to new keys for auto-detection.");
@@ -1252,7 +1258,6 @@ async fn execute(
         .collect())
 }
 
-/// The next finding of auto-detection; never resolves when detection is off.
 /// The next change of whether the detector listens to new keys; pending forever without one.
 async fn listen_changed(rx: &mut Option<watch::Receiver<bool>>) -> Option<()> {
     match rx {
@@ -1261,6 +1266,7 @@ async fn listen_changed(rx: &mut Option<watch::Receiver<bool>>) -> Option<()> {
     }
 }
 
+/// The next finding of auto-detection; never resolves when detection is off.
 async fn next_finding(
     rx: &mut Option<mpsc::Receiver<detect::Detected>>,
 ) -> Option<detect::Detected> {

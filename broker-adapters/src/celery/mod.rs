@@ -114,19 +114,13 @@ impl CeleryAdapter {
     /// Whether a payload that does not decode is reported for the first time: one that stays in
     /// Redis is read again by every reconciliation and must be counted once, not every time.
     fn first_time_bad(&mut self, bytes: &[u8]) -> bool {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut hasher);
         self.seen
-            .insert(format!("undecodable:{:016x}", hasher.finish()))
+            .insert(format!("undecodable:{:016x}", hash_of(bytes)))
     }
 
     /// Decodes a queue entry, or takes it from `bad_bodies` when its body failed before.
     fn decode_queued(&mut self, bytes: &[u8]) -> Result<CeleryMessage, message::MessageError> {
-        use std::hash::{Hash, Hasher};
-        let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        bytes.hash(&mut hasher);
-        let hash = hasher.finish();
+        let hash = hash_of(bytes);
         if let Some(msg) = self.bad_bodies.get(&hash) {
             return Ok(msg.clone());
         }
@@ -479,6 +473,14 @@ fn message_fields(msg: &CeleryMessage, queue: &str, obs: &mut TaskObservation) {
         // Listed all the same (name from the headers), saying why it has no arguments.
         obs.fields.error = Some(format!("message body does not decode: {e}"));
     }
+}
+
+/// A payload's identity in the adapter's memories of bad payloads.
+fn hash_of(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The decode error of a message whose envelope decoded but whose body did not.
