@@ -2247,7 +2247,9 @@ proptest! {
 
     #[test]
     fn lrange_with_valid_messages_and_random_items_reports_every_valid_one(
-        garbage in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..128), 0..6),
+        // Distinct: an undecodable entry is counted once however often it appears (it stays
+        // in Redis and is read again), so two equal garbage items make one decode error.
+        garbage in prop::collection::btree_set(prop::collection::vec(any::<u8>(), 0..128), 0..6),
         valid_mask in prop::collection::vec(any::<bool>(), QUEUE_MESSAGES.len()),
     ) {
         let mut items = Vec::new();
