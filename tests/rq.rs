@@ -243,6 +243,10 @@ fn rq_retries_no_read_saw_are_counted_from_the_attempts_executions() {
             Err(h["change_feed"].to_string())
         }
     });
+    // `/healthz` says `notifications` only once the keyspace patterns are subscribed: an
+    // event between the start-up scan and a late subscription would be lost.
+    let patterns = w.redis.cli(&["PUBSUB", "NUMPAT"]);
+    assert_ne!(patterns.trim(), "0", "no keyspace pattern subscribed yet");
     signal_taskscope(&w.ts, "-STOP");
     let _worker = w.worker(&["default"], &[]);
     let ids = w.produce(

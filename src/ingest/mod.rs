@@ -97,6 +97,8 @@ const MAX_READ_ROUNDS: usize = 64;
 pub(crate) const BARRIER_CHANNEL: &str = "__taskscope:barrier";
 /// How long a round of reads waits for its barrier before its replies are handled anyway.
 const BARRIER_WAIT: Duration = Duration::from_millis(250);
+/// How long a scan waits for the prefetcher to confirm its keyspace subscriptions.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// Keys per `MGET` when a round's single-key `GET`s are sent together (see [`coalesce_gets`]).
 const GET_CHUNK: usize = 256;
 /// New-key notifications waiting for the detector; more are dropped (the passes find them).
@@ -162,12 +164,14 @@ pub async fn run(
     let subscriber = redis::builder(&cfg.redis_url, true)?.build_subscriber_client()?;
     let (tx, rx) = mpsc::channel::<Incoming>(200_000);
     let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Subscriptions::default()));
+    let (applied_tx, applied_rx) = watch::channel(None);
     let kick = prefetch::Kick::default();
     let prefetcher = prefetch::spawn(
         &cfg.redis_url,
         cfg.redis_db,
         tx.clone(),
         rules_rx,
+        applied_tx,
         kick.clone(),
         metrics.clone(),
     )?;
@@ -247,6 +251,7 @@ pub async fn run(
         writer_error: None,
         resync_requested: false,
         rules_tx,
+        applied_rx,
         kick,
         side_urls: side_urls_at_start,
         side,
@@ -421,6 +426,8 @@ struct Pipeline {
     side_urls: Vec<Option<String>>,
     /// The adapters' keyspace patterns and prefetch rules, for the prefetcher's subscriber.
     rules_tx: watch::Sender<Arc<prefetch::Subscriptions>>,
+    /// What the prefetcher has subscribed to so far.
+    applied_rx: watch::Receiver<Option<Arc<prefetch::Subscriptions>>>,
     /// Runs the coalesced prefetch rules at every reconciliation.
     kick: prefetch::Kick,
     /// Findings of auto-detection (`--brokers auto`), and how to start their adapters.
@@ -658,10 +665,9 @@ impl Pipeline {
             self.new_key_class_added |= matches!(self.feed, Feed::Notifications { changed: true });
         }
         match &self.feed {
-            Feed::Notifications { .. } => {
-                self.metrics.set_change_feed(ChangeFeed::Notifications);
-                self.metrics.set_warning("notifications", None);
-            }
+            // `/healthz` says `notifications` once the subscriptions are answered
+            // ([`Self::update_subscriptions`]), which follows.
+            Feed::Notifications { .. } => self.metrics.set_warning("notifications", None),
             Feed::Polling { reason } => {
                 warn!(%reason, every = ?self.cfg.poll_every, "Keyspace notifications are unavailable; polling instead.");
                 self.metrics.set_change_feed(ChangeFeed::Polling);
@@ -734,18 +740,40 @@ impl Pipeline {
         }
         let subscriptions = prefetch::Subscriptions { patterns, rules };
         if **self.rules_tx.borrow() != subscriptions {
-            self.rules_tx.send_replace(Arc::new(subscriptions));
+            let sent = Arc::new(subscriptions);
+            self.rules_tx.send_replace(sent.clone());
+            self.await_prefetch_subscriptions(&sent).await;
         }
         let new: Vec<String> = wanted.difference(&self.subscribed).cloned().collect();
-        if new.is_empty() {
-            return;
-        }
-        match self.subscriber.psubscribe(new.clone()).await {
-            Ok(()) => {
-                debug!(patterns = ?new, "Subscribed.");
-                self.subscribed.extend(new);
+        if !new.is_empty() {
+            match self.subscriber.psubscribe(new.clone()).await {
+                Ok(()) => {
+                    debug!(patterns = ?new, "Subscribed.");
+                    self.subscribed.extend(new);
+                }
+                Err(e) => warn!(error = %e, "PSUBSCRIBE failed; will retry after the next batch."),
             }
-            Err(e) => warn!(error = %e, "PSUBSCRIBE failed; will retry after the next batch."),
+        }
+        if matches!(self.feed, Feed::Notifications { .. })
+            && self.metrics.change_feed() != ChangeFeed::Notifications
+        {
+            self.metrics.set_change_feed(ChangeFeed::Notifications);
+        }
+    }
+
+    /// Waits (a bounded time) until the prefetcher has subscribed to `sent`: a scan or a
+    /// reconciliation that runs before keyspace events flow misses what happens in between.
+    async fn await_prefetch_subscriptions(&mut self, sent: &Arc<prefetch::Subscriptions>) {
+        let applied = self
+            .applied_rx
+            .wait_for(|a| a.as_ref().is_some_and(|a| Arc::ptr_eq(a, sent)));
+        match tokio::time::timeout(SUBSCRIBE_WAIT, applied).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => debug!("The prefetcher is gone; its subscriptions are not awaited."),
+            Err(_) => warn!(
+                waited = ?SUBSCRIBE_WAIT,
+                "The keyspace subscriptions were not confirmed in time; carrying on (the next reconciliation reads what was missed)."
+            ),
         }
     }
 

@@ -46,6 +46,11 @@ pub struct Subscriptions {
     pub rules: Rules,
 }
 
+/// The subscriptions the prefetcher has applied (its `PSUBSCRIBE`s answered by Redis), sent
+/// back so the loop scans only once the notifications it relies on are flowing: an event
+/// between a scan and a late subscription would be lost (an RQ retry, for one).
+pub type Applied = watch::Sender<Option<Arc<Subscriptions>>>;
+
 /// Wakes the coalesced rules (the loop's reconciliation): a lost notification costs latency.
 pub type Kick = Arc<Notify>;
 
@@ -179,6 +184,7 @@ pub fn spawn(
     db: u32,
     tx: mpsc::Sender<Incoming>,
     rules: watch::Receiver<Arc<Subscriptions>>,
+    applied: Applied,
     kick: Kick,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
@@ -197,7 +203,9 @@ pub fn spawn(
                     return;
                 }
             };
-            runtime.block_on(run(subscriber, client, db, tx, rules, kick, metrics));
+            runtime.block_on(run(
+                subscriber, client, db, tx, rules, applied, kick, metrics,
+            ));
         })?;
     Ok(thread)
 }
@@ -460,6 +468,7 @@ async fn run(
     db: u32,
     tx: mpsc::Sender<Incoming>,
     mut rules: watch::Receiver<Arc<Subscriptions>>,
+    applied: Applied,
     kick: Kick,
     metrics: Arc<Metrics>,
 ) {
@@ -547,6 +556,8 @@ async fn run(
                     }
                 }
             }
+            // Answered (or failed, which was logged): the loop waits for nothing more.
+            applied.send_replace(Some(current));
         }
         tokio::select! {
             _ = tx.closed() => break,
