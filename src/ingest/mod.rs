@@ -170,8 +170,10 @@ pub async fn run(
         &cfg.redis_url,
         cfg.redis_db,
         tx.clone(),
-        rules_rx,
-        applied_tx,
+        prefetch::SubscriptionLink {
+            wanted: rules_rx,
+            applied: applied_tx,
+        },
         kick.clone(),
         metrics.clone(),
     )?;

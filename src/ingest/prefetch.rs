@@ -51,6 +51,12 @@ pub struct Subscriptions {
 /// between a scan and a late subscription would be lost (an RQ retry, for one).
 pub type Applied = watch::Sender<Option<Arc<Subscriptions>>>;
 
+/// The loop's side of the subscriptions: what it wants, and where the prefetcher confirms.
+pub struct SubscriptionLink {
+    pub wanted: watch::Receiver<Arc<Subscriptions>>,
+    pub applied: Applied,
+}
+
 /// Wakes the coalesced rules (the loop's reconciliation): a lost notification costs latency.
 pub type Kick = Arc<Notify>;
 
@@ -183,8 +189,7 @@ pub fn spawn(
     redis_url: &str,
     db: u32,
     tx: mpsc::Sender<Incoming>,
-    rules: watch::Receiver<Arc<Subscriptions>>,
-    applied: Applied,
+    link: SubscriptionLink,
     kick: Kick,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
@@ -203,9 +208,7 @@ pub fn spawn(
                     return;
                 }
             };
-            runtime.block_on(run(
-                subscriber, client, db, tx, rules, applied, kick, metrics,
-            ));
+            runtime.block_on(run(subscriber, client, db, tx, link, kick, metrics));
         })?;
     Ok(thread)
 }
@@ -467,11 +470,14 @@ async fn run(
     client: Client,
     db: u32,
     tx: mpsc::Sender<Incoming>,
-    mut rules: watch::Receiver<Arc<Subscriptions>>,
-    applied: Applied,
+    link: SubscriptionLink,
     kick: Kick,
     metrics: Arc<Metrics>,
 ) {
+    let SubscriptionLink {
+        wanted: mut rules,
+        applied,
+    } = link;
     let mut keys = subscriber.keyspace_event_rx();
     let mut messages = subscriber.message_rx();
     let init = async {
