@@ -16,13 +16,13 @@
 //!
 //! Invariant: only this module and [`redis`] know fred; adapters only see [`Reply`]s.
 
-mod decode;
 pub mod detect;
 pub mod notifications;
 mod oversize;
 mod prefetch;
 pub mod redis;
 pub mod sanitize;
+mod slot;
 
 use crate::metrics::{ChangeFeed, Metrics, Source};
 use crate::store::{StoreReader, StoreWriter};
@@ -99,6 +99,8 @@ pub(crate) const BARRIER_CHANNEL: &str = "__taskscope:barrier";
 const BARRIER_WAIT: Duration = Duration::from_millis(250);
 /// How long a scan waits for the prefetcher to confirm its keyspace subscriptions.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
+/// How long shutdown waits for adapters decoding off the loop, so their observations are kept.
+const SETTLE_AT_SHUTDOWN: Duration = Duration::from_secs(2);
 /// Keys per `MGET` when a round's single-key `GET`s are sent together (see [`coalesce_gets`]).
 const GET_CHUNK: usize = 256;
 /// New-key notifications waiting for the detector; more are dropped (the passes find them).
@@ -234,11 +236,18 @@ pub async fn run(
     metrics.redis_connected.store(true, Ordering::Relaxed);
     info!("Connected to Redis.");
 
+    let (decoded_tx, decoded_rx) = mpsc::unbounded_channel();
     let mut pipeline = Pipeline {
         cfg,
         client,
         subscriber,
-        adapters,
+        slots: adapters
+            .into_iter()
+            .enumerate()
+            .map(|(i, a)| slot::Slot::new(i, a))
+            .collect(),
+        decoded_tx,
+        decoded_rx,
         writer,
         reader,
         metrics,
@@ -268,6 +277,7 @@ pub async fn run(
     };
     pipeline.resync().await;
     pipeline.run_loop(&mut shutdown).await;
+    pipeline.settle_all(SETTLE_AT_SHUTDOWN).await;
     let _ = pipeline.client.quit().await;
     let _ = pipeline.subscriber.quit().await;
     for side in pipeline.side.iter().flatten() {
@@ -405,7 +415,11 @@ struct Pipeline {
     cfg: IngestConfig,
     client: Client,
     subscriber: SubscriberClient,
-    adapters: Vec<Box<dyn Adapter>>,
+    /// The adapters, each in its slot (see [`slot`]).
+    slots: Vec<slot::Slot>,
+    /// Adapters coming back from decoding off the loop.
+    decoded_tx: mpsc::UnboundedSender<slot::Decoded>,
+    decoded_rx: mpsc::UnboundedReceiver<slot::Decoded>,
     writer: StoreWriter,
     reader: StoreReader,
     metrics: Arc<Metrics>,
@@ -479,6 +493,7 @@ impl Pipeline {
                 Some(first) = self.rx.recv() => {
                     self.handle_incoming(first).await;
                 }
+                Some(decoded) = self.decoded_rx.recv() => self.on_decoded(decoded).await,
                 _ = sweep.tick() => {
                     let connected = self.client.is_connected();
                     self.metrics.redis_connected.store(connected, Ordering::Relaxed);
@@ -519,14 +534,19 @@ impl Pipeline {
                 .or_default()
                 .push(setting.clone());
         }
-        let running = self.adapters.iter().position(|a| a.broker() == broker);
+        let running = self.slots.iter().position(|a| a.broker() == broker);
         if let Some(i) = running {
             if let Some(setting) = &finding.setting {
-                let mut reads = self.adapters[i].on_detected(setting);
+                // A new setting is rare: it waits for the adapter to be back from decoding.
+                self.settle(i).await;
+                let Some(adapter) = self.slots[i].here() else {
+                    return;
+                };
+                let mut reads = adapter.on_detected(setting);
                 // The key that showed the setting is read as a scanned one (a result written
                 // before its prefix was known belongs to a task never seen otherwise).
-                reads.extend(self.adapters[i].on_scan("", vec![finding.key.clone()], Utc::now()));
-                if self.adapters[i].side_url() != self.side_urls[i] {
+                reads.extend(adapter.on_scan("", vec![finding.key.clone()], Utc::now()));
+                if self.slots[i].side_url() != self.side_urls[i] {
                     self.connect_side_of(i).await;
                     // Its side keys need scanning and its open tasks' results reading there.
                     self.resync().await;
@@ -541,23 +561,23 @@ impl Pipeline {
             return;
         }
         let settings = self.learned.get(&broker).cloned().unwrap_or_default();
-        let Some(adapter) = self.factory.as_ref().and_then(|f| f(broker, &settings)) else {
+        let Some(mut adapter) = self.factory.as_ref().and_then(|f| f(broker, &settings)) else {
             if self.unsupported.insert(broker) {
                 warn!(%broker, key = %finding.key, "Found this broker in Redis, but this version of taskscope has no adapter for it.");
             }
             return;
         };
-        self.adapters.push(adapter);
+        let i = self.slots.len();
+        let reads = adapter.on_scan("", vec![finding.key.clone()], Utc::now());
+        self.slots.push(slot::Slot::new(i, adapter));
         self.side.push(None);
         self.side_urls.push(None);
-        self.connect_side_of(self.adapters.len() - 1).await;
+        self.connect_side_of(i).await;
         self.metrics
-            .set_brokers(self.adapters.iter().map(|a| a.broker()).collect());
+            .set_brokers(self.slots.iter().map(|a| a.broker()).collect());
         self.metrics.set_warning("detection", None);
         // Its key classes may need notifications turned on, its keys subscribing and scanning:
         // it catches up as on start-up, and reads the key that showed it as a scanned one.
-        let i = self.adapters.len() - 1;
-        let reads = self.adapters[i].on_scan("", vec![finding.key.clone()], Utc::now());
         self.queue_reads(i, reads);
         self.resync().await;
         let delay = seen.elapsed();
@@ -567,8 +587,8 @@ impl Pipeline {
 
     /// (Re)connects adapter `i`'s side connection to its current [`Adapter::side_url`].
     async fn connect_side_of(&mut self, i: usize) {
-        let url = self.adapters[i].side_url();
-        let broker = self.adapters[i].broker();
+        let url = self.slots[i].side_url();
+        let broker = self.slots[i].broker();
         if let Some(old) = self.side[i].take() {
             let _ = old.quit().await;
         }
@@ -597,7 +617,7 @@ impl Pipeline {
     /// A message on a channel detection listens to before any adapter does: the broker it
     /// shows is started at once, so this message and the next reach its adapter.
     async fn detect_from_message(&mut self, channel: &str, payload: &[u8]) {
-        let unwatched = |b| !self.adapters.iter().any(|a| a.broker() == b);
+        let unwatched = |b| !self.slots.iter().any(|a| a.broker() == b);
         let Some(finding) = detection::classify_channel(channel, payload, unwatched) else {
             return;
         };
@@ -633,8 +653,9 @@ impl Pipeline {
     /// SET), pub/sub messages were lost: check, subscribe, scan and reconcile.
     async fn resync(&mut self) {
         let span = info_span!("resync");
-        for adapter in &mut self.adapters {
-            adapter.on_gap();
+        for i in 0..self.slots.len() {
+            // A gap waits its turn behind the calls before it; what it asks for is nothing.
+            let _ = self.slots[i].call(slot::Call::Gap, &self.decoded_tx);
         }
         async {
             self.ensure_feed().await;
@@ -652,8 +673,8 @@ impl Pipeline {
     /// listens), or settles for polling; the overview and `/healthz` say which.
     async fn ensure_feed(&mut self) {
         let mut classes: String = self
-            .adapters
-            .iter()
+            .slots
+            .iter_mut()
             .map(|a| a.interest().notify_classes)
             .collect();
         let listening = self.listening_new_keys();
@@ -712,7 +733,7 @@ impl Pipeline {
 
     async fn update_subscriptions(&mut self) {
         // Runs after every batch: ask each adapter for its interest once.
-        let interests: Vec<_> = self.adapters.iter().map(|a| a.interest()).collect();
+        let interests: Vec<_> = self.slots.iter_mut().map(|a| a.interest()).collect();
         let rules = prefetch::rules(
             interests
                 .iter()
@@ -792,10 +813,7 @@ impl Pipeline {
                 Incoming::Key { op, .. } if op == "new" => {}
                 Incoming::Key { key, op } => {
                     keyspace += 1;
-                    for i in 0..self.adapters.len() {
-                        let reads = self.adapters[i].on_key_event(&key, &op, now);
-                        self.queue_reads(i, reads);
-                    }
+                    self.on_key_event(key, op, now, &mut output);
                 }
                 Incoming::Message { channel, payload } => {
                     pubsub += 1;
@@ -872,11 +890,81 @@ impl Pipeline {
         at: chrono::DateTime<Utc>,
         into: &mut Output,
     ) {
-        let broker = self.adapters[adapter].broker();
+        let broker = self.slots[adapter].broker();
         let oversize = self.oversize.in_reply(broker, request.key(), &reply);
-        let mut out = decode::reply(&mut self.adapters[adapter], request, reply, at).await;
-        out.decode_errors.extend(oversize);
+        let mut out = Output {
+            decode_errors: oversize.into_iter().collect(),
+            ..Output::default()
+        };
+        let call = slot::Call::Reply {
+            request: request.clone(),
+            reply,
+            at,
+        };
+        if let slot::Outcome::Ran(o) = self.slots[adapter].call(call, &self.decoded_tx) {
+            out.merge(o);
+        }
         self.collect(adapter, out, into);
+    }
+
+    /// Hands a keyspace event to every adapter.
+    fn on_key_event(
+        &mut self,
+        key: String,
+        op: String,
+        now: chrono::DateTime<Utc>,
+        into: &mut Output,
+    ) {
+        for i in 0..self.slots.len() {
+            let call = slot::Call::Key {
+                key: key.clone(),
+                op: op.clone(),
+                now,
+            };
+            if let slot::Outcome::Ran(out) = self.slots[i].call(call, &self.decoded_tx) {
+                self.collect(i, out, into);
+            }
+        }
+    }
+
+    /// An adapter is back from decoding off the loop: its output is delivered and the calls
+    /// that waited for it run.
+    async fn on_decoded(&mut self, decoded: slot::Decoded) {
+        let i = decoded.slot;
+        let now = Utc::now();
+        let mut out = self.slots[i].restore(decoded);
+        out.merge(self.slots[i].resume(&self.decoded_tx));
+        if self.slots[i].take_overflow() {
+            warn!(broker = %self.slots[i].broker(), "Too many events waited for an adapter decoding a large payload; re-reading to catch up.");
+            self.resync_requested = true;
+        }
+        let mut output = Output::default();
+        self.collect(i, out, &mut output);
+        self.run_pending(now, &mut output).await;
+        self.deliver(output).await;
+    }
+
+    /// Waits until adapter `i` is back from decoding and has run the calls that waited.
+    async fn settle(&mut self, i: usize) {
+        while self.slots[i].is_away() {
+            let Some(decoded) = self.decoded_rx.recv().await else {
+                return;
+            };
+            Box::pin(self.on_decoded(decoded)).await;
+        }
+    }
+
+    /// Waits (at most `limit`) for every adapter decoding off the loop, so what they decode
+    /// is stored before shutdown.
+    async fn settle_all(&mut self, limit: Duration) {
+        let settle = async {
+            for i in 0..self.slots.len() {
+                self.settle(i).await;
+            }
+        };
+        if tokio::time::timeout(limit, settle).await.is_err() {
+            warn!(waited = ?limit, "Shutting down while a large payload was still decoding; its observations are lost.");
+        }
     }
 
     /// Hands a pub/sub message to every adapter, unless it is over `--max-payload-bytes`: then
@@ -889,13 +977,13 @@ impl Pipeline {
         into: &mut Output,
     ) {
         if payload.len() > self.cfg.max_payload_bytes {
-            for i in 0..self.adapters.len() {
-                let subscribed = self.adapters[i]
+            for i in 0..self.slots.len() {
+                let subscribed = self.slots[i]
                     .interest()
                     .channel_patterns
                     .iter()
                     .any(|p| prefetch::glob_match(p, channel));
-                let broker = self.adapters[i].broker();
+                let broker = self.slots[i].broker();
                 let error = subscribed
                     .then(|| oversize::message_error(broker, channel, payload.len() as u64));
                 let out = Output {
@@ -907,9 +995,15 @@ impl Pipeline {
             return;
         }
         let payload = Arc::new(payload);
-        for i in 0..self.adapters.len() {
-            let out = decode::message(&mut self.adapters[i], channel, &payload, now).await;
-            self.collect(i, out, into);
+        for i in 0..self.slots.len() {
+            let call = slot::Call::Message {
+                channel: channel.to_string(),
+                payload: payload.clone(),
+                now,
+            };
+            if let slot::Outcome::Ran(out) = self.slots[i].call(call, &self.decoded_tx) {
+                self.collect(i, out, into);
+            }
         }
     }
 
@@ -939,7 +1033,7 @@ impl Pipeline {
             self.pending_set.clear();
             let barrier = batch
                 .iter()
-                .any(|(i, _)| self.adapters[*i].wants_read_barrier());
+                .any(|(i, _)| self.slots[*i].wants_read_barrier());
             let (wire, merged) = coalesce_gets(batch);
             self.metrics.count_redis_commands(wire.len() as u64);
             match execute(&self.client, &self.side, &wire).await {
@@ -1002,10 +1096,7 @@ impl Pipeline {
                 Incoming::Key { op, .. } if op == "new" => {}
                 Incoming::Key { key, op } => {
                     self.metrics.ingested(Source::Keyspace, 1);
-                    for i in 0..self.adapters.len() {
-                        let reads = self.adapters[i].on_key_event(&key, &op, now);
-                        self.queue_reads(i, reads);
-                    }
+                    self.on_key_event(key, op, now, into);
                 }
                 Incoming::Message { channel, payload } => {
                     self.metrics.ingested(Source::Pubsub, 1);
@@ -1056,8 +1147,9 @@ impl Pipeline {
 
     async fn reconcile(&mut self) {
         let now = Utc::now();
-        for i in 0..self.adapters.len() {
-            let broker = self.adapters[i].broker();
+        let mut output = Output::default();
+        for i in 0..self.slots.len() {
+            let broker = self.slots[i].broker();
             let open = match self
                 .reader
                 .open_tasks(broker, OPEN_TASKS_PER_RECONCILE)
@@ -1069,10 +1161,11 @@ impl Pipeline {
                     Vec::new()
                 }
             };
-            let reads = self.adapters[i].reconcile(&open, now);
-            self.queue_reads(i, reads);
+            let call = slot::Call::Reconcile { open, now };
+            if let slot::Outcome::Ran(out) = self.slots[i].call(call, &self.decoded_tx) {
+                self.collect(i, out, &mut output);
+            }
         }
-        let mut output = Output::default();
         self.run_pending(now, &mut output).await;
         self.deliver(output).await;
         // What coalesced prefetch rules follow is re-read too (a lost notification costs
@@ -1087,21 +1180,18 @@ impl Pipeline {
         let now = Utc::now();
         let mut output = Output::default();
         let mut batch: Vec<(usize, ReadRequest)> = Vec::new();
-        for i in 0..self.adapters.len() {
-            batch.extend(
-                self.adapters[i]
-                    .sample_queues(now)
-                    .into_iter()
-                    .map(|r| (i, r)),
-            );
+        for i in 0..self.slots.len() {
+            // An adapter away decoding skips this round.
+            if let Some(adapter) = self.slots[i].here() {
+                batch.extend(adapter.sample_queues(now).into_iter().map(|r| (i, r)));
+            }
         }
         if !batch.is_empty() {
             self.metrics.count_redis_commands(batch.len() as u64);
             match execute(&self.client, &self.side, &batch).await {
                 Ok(replies) => {
-                    for ((i, request), reply) in batch.iter().zip(replies) {
-                        let out = self.adapters[*i].on_reply(request, reply, now);
-                        self.collect(*i, out, &mut output);
+                    for ((i, request), reply) in batch.into_iter().zip(replies) {
+                        self.on_reply(i, &request, reply, now, &mut output).await;
                     }
                 }
                 Err(e) => warn!(error = %e, "Queue sampling failed; next round will retry."),
@@ -1116,8 +1206,8 @@ impl Pipeline {
     async fn scan(&mut self) {
         let started = std::time::Instant::now();
         let mut total = 0usize;
-        for i in 0..self.adapters.len() {
-            let interest = self.adapters[i].interest();
+        for i in 0..self.slots.len() {
+            let interest = self.slots[i].interest();
             let main = self.client.clone();
             let side = self
                 .side
@@ -1151,9 +1241,15 @@ impl Pipeline {
                     };
                     total += keys.len();
                     let now = Utc::now();
-                    let reads = self.adapters[i].on_scan(&pattern, keys, now);
-                    self.queue_reads(i, reads);
                     let mut output = Output::default();
+                    let call = slot::Call::Scan {
+                        pattern: pattern.clone(),
+                        keys,
+                        now,
+                    };
+                    if let slot::Outcome::Ran(out) = self.slots[i].call(call, &self.decoded_tx) {
+                        self.collect(i, out, &mut output);
+                    }
                     self.run_pending(now, &mut output).await;
                     self.deliver(output).await;
                     while let Ok(item) = self.rx.try_recv() {
