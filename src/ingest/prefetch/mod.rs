@@ -9,16 +9,15 @@
 //! runtime on its own OS thread, with its own subscriber (only to the prefetch keys) and its own
 //! read connection: notification in, read out, with no hand-off between threads.
 //!
-//! Two kinds of rules ([`Prefetch::coalesce`]): plain ones fire one run per notification, up to
-//! [`MAX_IN_FLIGHT`] at once, then one trailing run when one completes. Coalesced ones run at
-//! most once at a time: the notifications that arrive meanwhile (and the rest of the burst they
-//! came in, gathered before firing) only mark the rule dirty, and one trailing run follows, so
-//! their reads grow with round trips, not with writes. Coalesced rules also run when the loop
-//! reconciles ([`Kick`]). [`PrefetchRead::FollowHash`] keeps the previous `HKEYS` snapshot of
-//! its hash here, reads only the fields that are new since then (and looks up the departed ones
-//! where they may have gone), and runs of one hash never overlap, so the adapter sees its
-//! snapshots in order. Replies go to the loop as [`Incoming::Prefetched`], stamped with the time
-//! they arrived.
+//! Two kinds of rules ([`Prefetch::coalesce`]), plain and coalesced; which runs fire when is
+//! decided, without I/O, by [`schedule::Schedule`] (its doc says how). Coalesced rules also
+//! run when the loop reconciles ([`Kick`]). [`PrefetchRead::FollowHash`] keeps the previous
+//! `HKEYS` snapshot of its hash here, reads only the fields that are new since then (and looks
+//! up the departed ones where they may have gone); runs of one hash never overlap, so the
+//! adapter sees its snapshots in order. Replies go to the loop as [`Incoming::Prefetched`],
+//! stamped with the time they arrived.
+
+mod schedule;
 
 use super::{redis, Incoming, BARRIER_CHANNEL};
 use crate::metrics::{Metrics, Source};
@@ -26,6 +25,7 @@ use broker_adapters::adapter::glob_escape;
 use broker_adapters::{Prefetch, PrefetchRead, ReadRequest, Reply};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
+use schedule::{followed, RunKey, Schedule};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use tokio::sync::broadcast::error::{RecvError, TryRecvError};
@@ -155,28 +155,10 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     matches(pattern.as_bytes(), text.as_bytes())
 }
 
-/// Runs of one plain rule in flight at once. One would coalesce a burst into a few snapshots
-/// taken between entries that each live a millisecond (measured: 7 of 15 names caught in bursts
-/// of 5); each notification gets its own run up to this bound, and past it one trailing run
-/// follows.
-const MAX_IN_FLIGHT: usize = 8;
-
-/// What a run reads: the adapter and the rule's reads. Rules with the same reads share runs.
-type RunKey = (usize, Vec<PrefetchRead>);
-
-#[derive(Default)]
-struct RunState {
-    in_flight: usize,
-    dirty: bool,
-    coalesce: bool,
-}
-
 /// The previous snapshot of every followed hash, and the order of snapshots.
 #[derive(Default)]
 struct Snapshots {
     fields: HashMap<String, HashSet<String>>,
-    /// Hashes a run is reading now: a second run of the same hash waits (marked dirty).
-    busy: HashSet<String>,
     /// Followed hashes notified since their last snapshot was taken; the others are not read
     /// again (unless a reconciliation forces it): a run for an ack set reads no hash.
     changed: HashSet<String>,
@@ -219,89 +201,39 @@ struct Prefetcher {
     tx: mpsc::Sender<Incoming>,
     done_tx: mpsc::UnboundedSender<RunKey>,
     metrics: Arc<Metrics>,
-    states: HashMap<RunKey, RunState>,
+    schedule: Schedule,
     snapshots: Arc<Mutex<Snapshots>>,
-    /// Coalesced runs asked for by the current burst of notifications, fired once it is read.
-    due: Vec<RunKey>,
 }
 
 impl Prefetcher {
-    /// A notification matched `key`'s rule: fire (plain) or mark due (coalesced).
+    /// A notification matched `run`'s rule.
     fn on_match(&mut self, run: RunKey, coalesce: bool) {
-        let state = self.states.entry(run.clone()).or_default();
-        state.coalesce = coalesce;
-        if coalesce {
-            if !self.due.contains(&run) {
-                self.due.push(run);
-            }
-        } else if state.in_flight >= MAX_IN_FLIGHT {
-            state.dirty = true;
-        } else {
-            state.in_flight += 1;
+        if let Some(run) = self.schedule.on_match(run, coalesce) {
             self.fire(run);
         }
     }
 
-    /// Fires the due coalesced runs that are not running (the others run once more after).
+    /// The burst is read: the coalesced runs it asked for start.
     fn fire_due(&mut self) {
-        for run in std::mem::take(&mut self.due) {
-            let busy = {
-                let snaps = self
-                    .snapshots
-                    .lock()
-                    .map(|s| s.busy.clone())
-                    .unwrap_or_default();
-                followed(&run.1).any(|k| snaps.contains(k))
-            };
-            let state = self.states.entry(run.clone()).or_default();
-            if state.in_flight > 0 || busy {
-                state.dirty = true;
-            } else {
-                state.in_flight = 1;
-                self.fire(run);
-            }
-        }
-    }
-
-    /// A run completed: its trailing run, and coalesced runs that waited for its hashes.
-    fn on_done(&mut self, run: RunKey) {
-        let state = self.states.entry(run.clone()).or_default();
-        if state.coalesce {
-            state.in_flight = 0;
-            let waiting: Vec<RunKey> = self
-                .states
-                .iter_mut()
-                .filter(|(_, s)| s.coalesce && s.dirty && s.in_flight == 0)
-                .map(|(k, s)| {
-                    s.dirty = false;
-                    k.clone()
-                })
-                .collect();
-            self.due.extend(waiting);
-            self.fire_due();
-        } else if std::mem::take(&mut state.dirty) {
+        for run in self.schedule.fire_due() {
             self.fire(run);
-        } else {
-            state.in_flight = state.in_flight.saturating_sub(1);
         }
     }
 
+    fn on_done(&mut self, run: RunKey) {
+        for run in self.schedule.on_done(run) {
+            self.fire(run);
+        }
+    }
+
+    /// The loop reconciles: every coalesced rule's next run reads all the hashes it follows.
     fn kick(&mut self) {
-        let coalesced: Vec<RunKey> = self
-            .states
-            .iter()
-            .filter(|(_, s)| s.coalesce)
-            .map(|(k, _)| k.clone())
-            .collect();
         if let Ok(mut snaps) = self.snapshots.lock() {
-            snaps.force.extend(coalesced.iter().cloned());
+            snaps.force.extend(self.schedule.coalesced());
         }
-        for run in coalesced {
-            if !self.due.contains(&run) {
-                self.due.push(run);
-            }
+        for run in self.schedule.kick() {
+            self.fire(run);
         }
-        self.fire_due();
     }
 
     /// Forgets runs and snapshots no rule asks for any more.
@@ -311,8 +243,7 @@ impl Prefetcher {
             .flatten()
             .map(|(a, p)| (*a, p.reads.clone()))
             .collect();
-        self.states
-            .retain(|k, s| live.contains(k) || s.in_flight > 0);
+        self.schedule.retain(&live);
         let hashes: HashSet<&String> = live.iter().flat_map(|(_, reads)| followed(reads)).collect();
         if let Ok(mut snaps) = self.snapshots.lock() {
             snaps.fields.retain(|k, _| hashes.contains(k));
@@ -325,17 +256,9 @@ impl Prefetcher {
         let done_tx = self.done_tx.clone();
         let snapshots = self.snapshots.clone();
         let metrics = self.metrics.clone();
-        if let Ok(mut snaps) = self.snapshots.lock() {
-            snaps.busy.extend(followed(&run.1).cloned());
-        }
         tokio::spawn(async move {
             let (adapter, reads) = &run;
             let result = run_reads(&client, &run, &snapshots, &metrics).await;
-            if let Ok(mut snaps) = snapshots.lock() {
-                for k in followed(reads) {
-                    snaps.busy.remove(k);
-                }
-            }
             let at = chrono::Utc::now();
             match result {
                 Ok(replies) => {
@@ -370,14 +293,6 @@ impl Prefetcher {
             let _ = done_tx.send(run);
         });
     }
-}
-
-/// The hashes a rule's reads follow.
-fn followed(reads: &[PrefetchRead]) -> impl Iterator<Item = &String> {
-    reads.iter().filter_map(|r| match r {
-        PrefetchRead::FollowHash { key, .. } => Some(key),
-        PrefetchRead::Read(_) => None,
-    })
 }
 
 /// One run of a rule: its pipeline, then the new and departed fields of the hashes it follows.
@@ -531,9 +446,8 @@ async fn run(
         tx: tx.clone(),
         done_tx,
         metrics: metrics.clone(),
-        states: HashMap::new(),
+        schedule: Schedule::default(),
         snapshots: Arc::new(Mutex::new(Snapshots::default())),
-        due: Vec::new(),
     };
     let mut rules_changed = true;
     loop {
@@ -596,7 +510,7 @@ async fn run(
                             Ok(next) => break Ok(next),
                             Err(TryRecvError::Lagged(n)) => break Err(RecvError::Lagged(n)),
                             Err(TryRecvError::Closed) => return,
-                            Err(TryRecvError::Empty) if !yielded && !p.due.is_empty() => {
+                            Err(TryRecvError::Empty) if !yielded && p.schedule.has_due() => {
                                 // Let the connection task hand over the rest of the burst.
                                 yielded = true;
                                 tokio::task::yield_now().await;
