@@ -26,6 +26,7 @@ pub mod pickle;
 pub mod rq;
 pub mod state;
 pub mod taskiq;
+pub mod worker_state;
 
 pub use adapter::{
     too_large_error, Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, PrefetchRead,

@@ -23,7 +23,7 @@ use super::{StoreError, StoreOptions};
 use broker_adapters::state;
 use broker_adapters::{
     Broker, Observation, QueueSample, Task, TaskObservation, TaskState, Transition, Worker,
-    WorkerEvent, WorkerObservation,
+    WorkerObservation,
 };
 use chrono::{DateTime, Utc};
 use duckdb::types::Value as DbValue;
@@ -830,62 +830,11 @@ fn sample_params(s: &QueueSample) -> [DbValue; 7] {
     ]
 }
 
-/// Folds a worker observation; `None` when nothing changed.
-///
-/// The newest observation (by its time) decides `alive`; an older one only fills what is
-/// unknown. A new pid under the same name, or an `Online` after an `Offline`, is a restart:
-/// `online_since` moves to the observation's time, which is what lets the sweep abandon tasks
-/// the previous process was running.
-///
-/// A worker first heard of by anything but its `Online` event (a heartbeat read after
-/// taskscope started, a consumer or ack set found by a read) has been up since before taskscope
-/// looked: its `online_since` is the epoch, never "after the task it already runs started",
-/// which the sweep would take for a restart.
+/// The worker row after `obs` ([`broker_adapters::worker_state::fold`]), `None` when
+/// nothing changed.
 fn apply_worker(current: Option<&WorkerRow>, obs: &WorkerObservation) -> Option<WorkerRow> {
-    let Some(current) = current else {
-        let online_since = if obs.event == WorkerEvent::Online {
-            obs.at
-        } else {
-            chrono::DateTime::<chrono::Utc>::UNIX_EPOCH
-        };
-        return Some(WorkerRow {
-            worker: Worker {
-                broker: obs.broker,
-                id: obs.id.clone(),
-                hostname: obs.hostname.clone(),
-                alive: obs.event != WorkerEvent::Offline,
-                last_seen: obs.at,
-                running: 0,
-                pid: obs.pid,
-                online_since,
-            },
-            first_seen: obs.at,
-        });
-    };
-    let mut next = current.clone();
-    let w = &mut next.worker;
-    if obs.at >= w.last_seen {
-        let new_process = matches!((obs.pid, w.pid), (Some(new), Some(old)) if new != old);
-        let back_online = obs.event == WorkerEvent::Online && !w.alive;
-        if obs.event != WorkerEvent::Offline && (new_process || back_online) {
-            w.online_since = obs.at;
-        }
-        w.alive = obs.event != WorkerEvent::Offline;
-        w.last_seen = obs.at;
-        if obs.pid.is_some() {
-            w.pid = obs.pid;
-        }
-        if obs.hostname.is_some() {
-            w.hostname = obs.hostname.clone();
-        }
-    } else {
-        if w.pid.is_none() {
-            w.pid = obs.pid;
-        }
-        if w.hostname.is_none() {
-            w.hostname = obs.hostname.clone();
-        }
-    }
-    next.first_seen = next.first_seen.min(obs.at);
-    (next != *current).then_some(next)
+    let worker = broker_adapters::worker_state::fold(current.map(|r| &r.worker), obs);
+    let first_seen = current.map_or(obs.at, |r| r.first_seen.min(obs.at));
+    let next = WorkerRow { worker, first_seen };
+    (current != Some(&next)).then_some(next)
 }
