@@ -128,6 +128,14 @@ impl FromStr for TaskState {
     }
 }
 
+/// [`Task::wait_ms`] in DuckDB SQL over a task row aliased `t`.
+pub const WAIT_MS_SQL: &str = "(CASE WHEN date_diff('microsecond', \
+     CASE WHEN t.eta IS NOT NULL AND (t.enqueued_at IS NULL OR t.eta > t.enqueued_at) \
+          THEN t.eta ELSE t.enqueued_at END, t.started_at) < 0 THEN 0.0 \
+     ELSE date_diff('microsecond', \
+     CASE WHEN t.eta IS NOT NULL AND (t.enqueued_at IS NULL OR t.eta > t.enqueued_at) \
+          THEN t.eta ELSE t.enqueued_at END, t.started_at) / 1000.0 END)";
+
 /// Serialises a time the way the contract wants it: `2026-11-23T12:16:07.706Z`.
 pub fn rfc3339(at: &DateTime<Utc>) -> String {
     at.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -137,17 +145,12 @@ fn ser_time<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> 
     s.serialize_str(&rfc3339(at))
 }
 
-fn ser_opt_time<S: Serializer>(at: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-    match at {
-        Some(at) => s.serialize_str(&rfc3339(at)),
-        None => s.serialize_none(),
-    }
-}
-
 /// One task as the contract shows it (`GET /api/tasks/{id}` without `transitions`).
 ///
 /// A task keeps one row across retries; `retries` counts the failed attempts that were retried.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// Its JSON also carries the derived `wait_ms` ([`Task::wait_ms`]) and `fingerprint` (`null`
+/// until failure groups exist).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Task {
     pub id: String,
     pub broker: Broker,
@@ -162,20 +165,60 @@ pub struct Task {
     pub traceback: Option<String>,
     pub retries: u32,
     pub worker: Option<String>,
-    #[serde(serialize_with = "ser_opt_time")]
     pub eta: Option<DateTime<Utc>>,
-    #[serde(serialize_with = "ser_opt_time")]
     pub enqueued_at: Option<DateTime<Utc>>,
-    #[serde(serialize_with = "ser_opt_time")]
     pub started_at: Option<DateTime<Utc>>,
-    #[serde(serialize_with = "ser_opt_time")]
     pub finished_at: Option<DateTime<Utc>>,
     pub runtime_ms: Option<f64>,
-    #[serde(serialize_with = "ser_time")]
     pub updated_at: DateTime<Utc>,
 }
 
+impl Serialize for Task {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let time = |t: &Option<DateTime<Utc>>| t.as_ref().map(rfc3339);
+        let mut st = s.serialize_struct("Task", 21)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("broker", &self.broker)?;
+        st.serialize_field("queue", &self.queue)?;
+        st.serialize_field("name", &self.name)?;
+        st.serialize_field("state", &self.state)?;
+        st.serialize_field("args", &self.args)?;
+        st.serialize_field("kwargs", &self.kwargs)?;
+        st.serialize_field("result", &self.result)?;
+        st.serialize_field("error", &self.error)?;
+        st.serialize_field("traceback", &self.traceback)?;
+        st.serialize_field("retries", &self.retries)?;
+        st.serialize_field("worker", &self.worker)?;
+        st.serialize_field("eta", &time(&self.eta))?;
+        st.serialize_field("enqueued_at", &time(&self.enqueued_at))?;
+        st.serialize_field("started_at", &time(&self.started_at))?;
+        st.serialize_field("finished_at", &time(&self.finished_at))?;
+        st.serialize_field("runtime_ms", &self.runtime_ms)?;
+        st.serialize_field("wait_ms", &self.wait_ms())?;
+        st.serialize_field("fingerprint", &None::<String>)?;
+        st.serialize_field("updated_at", &rfc3339(&self.updated_at))?;
+        st.end()
+    }
+}
+
 impl Task {
+    /// How long it waited before a worker started it, in ms: `started_at` minus `enqueued_at`,
+    /// or minus `eta` when it was delayed past its enqueueing (a retry with a countdown too).
+    /// `None` while it has not started or when neither time is known; never negative (the
+    /// producer's and the worker's clocks may disagree by a little). The SQL of the reports is
+    /// [`WAIT_MS_SQL`].
+    pub fn wait_ms(&self) -> Option<f64> {
+        let started = self.started_at?;
+        let since = match (self.enqueued_at, self.eta) {
+            (Some(enqueued), Some(eta)) => enqueued.max(eta),
+            (Some(at), None) | (None, Some(at)) => at,
+            (None, None) => return None,
+        };
+        let micros = (started - since).num_microseconds()?;
+        Some((micros as f64 / 1000.0).max(0.0))
+    }
+
     /// A task about which nothing but its identity is known yet.
     pub fn new(broker: Broker, id: impl Into<String>, at: DateTime<Utc>) -> Task {
         Task {
@@ -362,4 +405,85 @@ pub struct QueueSample {
 pub enum Observation {
     Task(TaskObservation),
     Worker(WorkerObservation),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{Duration, TimeZone};
+
+    fn t(ms: i64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_800_000_000_000 + ms)
+            .single()
+            .expect("valid time")
+    }
+
+    #[test]
+    fn wait_is_from_enqueueing_or_from_the_eta_to_the_start_never_negative() {
+        let mut task = Task::new(Broker::Celery, "a", t(0));
+        assert_eq!(task.wait_ms(), None, "not started");
+        task.enqueued_at = Some(t(0));
+        task.started_at = Some(t(1_500) + Duration::microseconds(250));
+        assert_eq!(task.wait_ms(), Some(1_500.25));
+        // Delayed: the wait starts at its eta.
+        task.eta = Some(t(1_000));
+        assert_eq!(task.wait_ms(), Some(500.25));
+        // An eta before its enqueueing (a countdown of 0) changes nothing.
+        task.eta = Some(t(-5_000));
+        assert_eq!(task.wait_ms(), Some(1_500.25));
+        // The worker's clock behind the producer's: 0, not negative.
+        task.started_at = Some(t(-10));
+        task.eta = None;
+        assert_eq!(task.wait_ms(), Some(0.0));
+        task.enqueued_at = None;
+        assert_eq!(task.wait_ms(), None, "no reference time");
+    }
+
+    #[test]
+    fn task_json_has_every_contract_field_in_order() {
+        let mut task = Task::new(Broker::Rq, "a", t(0));
+        task.enqueued_at = Some(t(0));
+        task.started_at = Some(t(40));
+        let json = serde_json::to_string(&task).expect("serialises");
+        let v: Value = serde_json::from_str(&json).expect("json");
+        let keys: Vec<&str> = v
+            .as_object()
+            .expect("object")
+            .keys()
+            .map(String::as_str)
+            .collect();
+        let mut expected = [
+            "id",
+            "broker",
+            "queue",
+            "name",
+            "state",
+            "args",
+            "kwargs",
+            "result",
+            "error",
+            "traceback",
+            "retries",
+            "worker",
+            "eta",
+            "enqueued_at",
+            "started_at",
+            "finished_at",
+            "runtime_ms",
+            "wait_ms",
+            "fingerprint",
+            "updated_at",
+        ];
+        let mut got = keys.clone();
+        got.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(got, expected);
+        assert_eq!(v["wait_ms"], 40.0);
+        assert!(v["fingerprint"].is_null());
+        assert_eq!(v["started_at"], "2027-01-15T08:00:00.040Z");
+        assert!(json.find("\"runtime_ms\"") < json.find("\"wait_ms\""));
+        // What serialises reads back (the bench and tests round-trip tasks).
+        let back: Task = serde_json::from_str(&json).expect("deserialises");
+        assert_eq!(back, task);
+    }
 }

@@ -224,7 +224,38 @@ async fn retention_rolls_up_then_deletes_old_history_and_downsamples_old_samples
         assert_eq!(counts, [6, 6, 4, 1, 0, 0], "step {step_us} µs");
     }
 
+    // Wait times (queued -> running: 1 s each) of what finished, from raw rows now and from
+    // the roll-ups once the raw rows are gone.
+    let waits = || async {
+        let rows = store
+            .reader
+            .wait(days_ago(45, 0), now(), store::ReportFilter::default(), 100)
+            .await
+            .unwrap();
+        let mut out: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {} {} {} {}",
+                    r.name.as_deref().unwrap_or("-"),
+                    r.count,
+                    r.p50_ms,
+                    r.p95_ms,
+                    r.max_ms
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    let before = waits().await;
+    assert_eq!(
+        before,
+        ["app.add 4 1000 1000 1000", "app.pay 1 1000 1000 1000"]
+    );
+
     let report = jobs::run(Job::Retention, &cx, now(), false).await.unwrap();
+    assert_eq!(waits().await, before, "the roll-ups keep the wait report");
     assert!(
         report.detail.contains("deleted 3 tasks and 11 transitions"),
         "{}",

@@ -117,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/events", get(api::events))
         .route("/api/reports/backlog", get(reports::backlog))
         .route("/api/reports/runtime", get(reports::runtime))
+        .route("/api/reports/wait", get(reports::wait))
         .route("/api/reports/failures", get(reports::failures))
         .route("/api/reports/throughput", get(reports::throughput))
         .route("/api/reports/names", get(reports::names))

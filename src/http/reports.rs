@@ -212,6 +212,29 @@ pub async fn runtime(
     Ok(Json(merge(json!({ "tasks": tasks }), window_json(&range))))
 }
 
+/// `GET /api/reports/wait`: wait-time (enqueued or eta -> started) percentiles per queue and
+/// task name of the tasks that finished in the window, the longest waits (p95) first.
+pub async fn wait(
+    State(state): State<AppState>,
+    Query(params): Query<ReportParams>,
+) -> Result<Json<Value>, ApiError> {
+    let (range, filter) = params.window(Utc::now())?;
+    let rows = state
+        .reader
+        .wait(range.since, range.until, filter, 100)
+        .await?;
+    let tasks: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "broker": r.broker.as_str(), "queue": r.queue, "name": r.name, "count": r.count,
+                "p50_ms": r.p50_ms, "p95_ms": r.p95_ms, "p99_ms": r.p99_ms, "max_ms": r.max_ms,
+            })
+        })
+        .collect();
+    Ok(Json(merge(json!({ "tasks": tasks }), window_json(&range))))
+}
+
 fn failure_points(points: &[(DateTime<Utc>, u64, u64)]) -> Vec<Value> {
     points
         .iter()

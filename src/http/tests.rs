@@ -265,6 +265,57 @@ async fn runtime_report_gives_percentiles_per_name_slowest_first() {
 }
 
 #[tokio::test]
+async fn wait_report_gives_percentiles_per_queue_and_name_from_enqueueing_or_eta() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_writer, reader, _handle) =
+        store::open(&dir.path().join("t.duckdb"), StoreOptions::default()).unwrap();
+    reader.execute_for_test(PLANT).await;
+    // c1, c2 start 2 s after their enqueueing; c3 was delayed to 10:03:05 and started 1 s
+    // after its eta; c4 never started (no wait); d1 started 500 ms after its enqueueing.
+    reader
+        .execute_for_test(
+            "UPDATE tasks SET started_at = enqueued_at + INTERVAL 2 SECOND WHERE id_text IN ('c1', 'c2');
+             UPDATE tasks SET eta = '2026-11-23 10:03:05', started_at = '2026-11-23 10:03:06' WHERE id_text = 'c3';
+             UPDATE tasks SET started_at = '2026-11-23 10:03:30.5' WHERE id_text = 'd1';",
+        )
+        .await;
+    let state = AppState::new(
+        reader.clone(),
+        _writer.clone(),
+        Arc::new(crate::metrics::Metrics::default()),
+        Duration::from_secs(60),
+        Default::default(),
+        Default::default(),
+        Default::default(),
+        tokio::sync::watch::channel(false).1,
+    );
+    let f = Fixture {
+        app: router(state),
+        _writer,
+        _reader: reader,
+        _dir: dir,
+    };
+    let v = get_json(&f, &format!("/api/reports/wait?{WINDOW}")).await;
+    assert_eq!(
+        v["tasks"],
+        json!([
+            {"broker": "celery", "queue": "celery", "name": "billing.add", "count": 3,
+             "p50_ms": 2000.0, "p95_ms": 2000.0, "p99_ms": 2000.0, "max_ms": 2000.0},
+            {"broker": "dramatiq", "queue": "default", "name": "mail.send", "count": 1,
+             "p50_ms": 500.0, "p95_ms": 500.0, "p99_ms": 500.0, "max_ms": 500.0},
+        ]),
+        "{v}"
+    );
+    let default = get_json(&f, &format!("/api/reports/wait?{WINDOW}&queue=default")).await;
+    assert_eq!(default["tasks"].as_array().unwrap().len(), 1, "{default}");
+    let task = get_json(&f, "/api/tasks/c3").await;
+    assert_eq!(task["wait_ms"], 1000.0, "{task}");
+    let never = get_json(&f, "/api/tasks/c4").await;
+    assert!(never["wait_ms"].is_null(), "{never}");
+    assert!(never["fingerprint"].is_null(), "{never}");
+}
+
+#[tokio::test]
 async fn throughput_report_counts_transitions_per_state_per_bucket() {
     let f = fixture().await;
     let v = get_json(&f, &format!("/api/reports/throughput?{WINDOW}")).await;

@@ -359,9 +359,13 @@ pub fn rollup_limit(period: Period, now: DateTime<Utc>) -> DateTime<Utc> {
 }
 
 /// The roll-up columns, computed from raw transitions joined with their task: how many
-/// transitions entered each state, and the runtimes of the tasks that finished (success or
-/// failure) in the period.
-const ROLLUP_SELECT: &str = "
+/// transitions entered each state, and the runtimes and wait times of the tasks that finished
+/// (success or failure) in the period.
+static ROLLUP_SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    ROLLUP_SELECT_TEMPLATE.replace("{wait}", broker_adapters::model::WAIT_MS_SQL)
+});
+
+const ROLLUP_SELECT_TEMPLATE: &str = "
     SELECT time_bucket($1::INTERVAL, tr.occurred_at) AS bucket,
            tr.broker,
            coalesce(t.queue, '') AS queue,
@@ -374,7 +378,13 @@ const ROLLUP_SELECT: &str = "
            max(t.runtime_ms) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_max_ms,
            quantile_cont(t.runtime_ms, 0.5) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_p50_ms,
            quantile_cont(t.runtime_ms, 0.95) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_p95_ms,
-           quantile_cont(t.runtime_ms, 0.99) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_p99_ms
+           quantile_cont(t.runtime_ms, 0.99) FILTER (WHERE tr.state IN ('success', 'failure')) AS runtime_p99_ms,
+           count({wait}) FILTER (WHERE tr.state IN ('success', 'failure')) AS wait_count,
+           sum({wait}) FILTER (WHERE tr.state IN ('success', 'failure')) AS wait_sum_ms,
+           max({wait}) FILTER (WHERE tr.state IN ('success', 'failure')) AS wait_max_ms,
+           quantile_cont({wait}, 0.5) FILTER (WHERE tr.state IN ('success', 'failure')) AS wait_p50_ms,
+           quantile_cont({wait}, 0.95) FILTER (WHERE tr.state IN ('success', 'failure')) AS wait_p95_ms,
+           quantile_cont({wait}, 0.99) FILTER (WHERE tr.state IN ('success', 'failure')) AS wait_p99_ms
     FROM transitions tr
     LEFT JOIN task_rows t ON t.num = tr.task_num
         AND t.updated_at >= $2 AND t.num >= $4 AND t.num <= $5
@@ -409,7 +419,7 @@ fn rollup(
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
     let rows = tx.execute(
-        &format!("INSERT INTO {} {ROLLUP_SELECT}", period.table()),
+        &format!("INSERT INTO {} {}", period.table(), *ROLLUP_SELECT),
         duckdb::params![
             interval,
             Ts(start),

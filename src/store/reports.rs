@@ -207,6 +207,19 @@ pub struct RuntimeStats {
     pub mean_ms: f64,
 }
 
+/// Wait-time percentiles of one (broker, queue, name) (`/api/reports/wait`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitStats {
+    pub broker: Broker,
+    pub queue: Option<String>,
+    pub name: Option<String>,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
 fn ts(at: DateTime<Utc>) -> DbValue {
     rows::opt_ts(Some(at))
 }
@@ -293,6 +306,20 @@ impl StoreReader {
             runtime(conn, since, until, &filter, limit)
         })
         .await
+    }
+
+    /// Wait-time percentiles (enqueued or eta -> started, [`broker_adapters::Task::wait_ms`])
+    /// per (broker, queue, name) of the tasks that finished in `[since, until)`, the longest
+    /// waits (p95) first. Rolled-up hours count as in [`StoreReader::runtime`].
+    pub async fn wait(
+        &self,
+        since: DateTime<Utc>,
+        until: DateTime<Utc>,
+        filter: ReportFilter,
+        limit: usize,
+    ) -> Result<Vec<WaitStats>, StoreError> {
+        self.with_conn("wait", move |conn| wait(conn, since, until, &filter, limit))
+            .await
     }
 }
 
@@ -751,6 +778,71 @@ fn name_stats(
             failures: count(row.get(2)?),
             retries: count(row.get(3)?),
             failure_rate: row.get(4)?,
+        });
+    }
+    Ok(out)
+}
+
+fn wait(
+    conn: &Connection,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    filter: &ReportFilter,
+    limit: usize,
+) -> Result<Vec<WaitStats>, StoreError> {
+    let cond = filter.conditions("t.broker", "t.queue", Some("t.name"));
+    let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
+    let split = Split::of(conn, since, until, None)?;
+    let wait = broker_adapters::model::WAIT_MS_SQL;
+    let (raw, raw_params) = split.raw_union(
+        &format!(
+            "SELECT t.broker, t.queue, t.name, {wait} AS wait_ms FROM task_rows t
+             WHERE t.started_at IS NOT NULL AND t.finished_at >= ? AND t.finished_at < ?{}",
+            cond.sql
+        ),
+        |lo, hi| cond.after([lo, hi]),
+    );
+    let sql = format!(
+        "WITH parts AS (
+            SELECT broker, queue, name, count(wait_ms) AS n,
+                   quantile_cont(wait_ms, 0.5) AS p50, quantile_cont(wait_ms, 0.95) AS p95,
+                   quantile_cont(wait_ms, 0.99) AS p99, max(wait_ms) AS mx
+            FROM {raw}
+            GROUP BY broker, queue, name
+            HAVING count(wait_ms) > 0
+            UNION ALL
+            SELECT r.broker, nullif(r.queue, ''), nullif(r.name, ''), r.wait_count, r.wait_p50_ms,
+                   r.wait_p95_ms, r.wait_p99_ms, r.wait_max_ms
+            FROM (SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
+                      UNION ALL SELECT * FROM rollup_daily WHERE bucket >= ? AND bucket < ?) r
+            WHERE r.wait_count > 0 AND r.state IN ('success', 'failure')
+              AND r.bucket >= ? AND r.bucket < ?{})
+         SELECT broker, queue, name, sum(n)::BIGINT AS n,
+                sum(p50 * n) / sum(n), sum(p95 * n) / sum(n) AS p95, sum(p99 * n) / sum(n),
+                max(mx)
+         FROM parts
+         GROUP BY broker, queue, name
+         ORDER BY p95 DESC, n DESC, broker, queue, name LIMIT ?",
+        rolled.sql
+    );
+    let mut params: Vec<DbValue> = raw_params;
+    params.extend(split.rolled_params());
+    params.extend(rolled.params);
+    params.push(DbValue::BigInt(i64::try_from(limit).unwrap_or(i64::MAX)));
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(duckdb::params_from_iter(params))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(WaitStats {
+            broker: rows::parse_broker(&row.get::<_, String>(0)?)?,
+            queue: row.get(1)?,
+            name: row.get(2)?,
+            count: count(row.get(3)?),
+            p50_ms: row.get(4)?,
+            p95_ms: row.get(5)?,
+            p99_ms: row.get(6)?,
+            max_ms: row.get(7)?,
         });
     }
     Ok(out)

@@ -181,6 +181,25 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     );
     "#,
     ),
+    (
+        4,
+        r#"
+    -- Wait time (enqueued or eta -> started) of the tasks that finished in each period, as the
+    -- runtime columns (issue #19); hours rolled up before this migration have none.
+    ALTER TABLE rollup_hourly ADD COLUMN wait_count UBIGINT DEFAULT 0;
+    ALTER TABLE rollup_hourly ADD COLUMN wait_sum_ms DOUBLE;
+    ALTER TABLE rollup_hourly ADD COLUMN wait_max_ms DOUBLE;
+    ALTER TABLE rollup_hourly ADD COLUMN wait_p50_ms DOUBLE;
+    ALTER TABLE rollup_hourly ADD COLUMN wait_p95_ms DOUBLE;
+    ALTER TABLE rollup_hourly ADD COLUMN wait_p99_ms DOUBLE;
+    ALTER TABLE rollup_daily ADD COLUMN wait_count UBIGINT DEFAULT 0;
+    ALTER TABLE rollup_daily ADD COLUMN wait_sum_ms DOUBLE;
+    ALTER TABLE rollup_daily ADD COLUMN wait_max_ms DOUBLE;
+    ALTER TABLE rollup_daily ADD COLUMN wait_p50_ms DOUBLE;
+    ALTER TABLE rollup_daily ADD COLUMN wait_p95_ms DOUBLE;
+    ALTER TABLE rollup_daily ADD COLUMN wait_p99_ms DOUBLE;
+    "#,
+    ),
 ];
 
 /// The statements of migration 3 that follow its DDL: the v2 rows of `tasks` and `transitions`
@@ -249,8 +268,8 @@ pub(crate) fn copy_v2_rows_sql(
     )
 }
 
-/// The schema version this build writes.
-pub(crate) const LATEST_VERSION: i32 = 3;
+/// The schema version this build writes: the last migration's.
+pub(crate) const LATEST_VERSION: i32 = MIGRATIONS[MIGRATIONS.len() - 1].0;
 
 /// Brings the database to [`LATEST_VERSION`]; a no-op when it is there already.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

@@ -861,7 +861,7 @@ pub fn parse_time(task: &Value, field: &str) -> chrono::DateTime<chrono::FixedOf
 
 /// Every field of the contract's Task is present (null when unknown, never absent).
 pub fn assert_task_shape(task: &Value) {
-    const FIELDS: [&str; 19] = [
+    const FIELDS: [&str; 21] = [
         "id",
         "broker",
         "queue",
@@ -879,6 +879,8 @@ pub fn assert_task_shape(task: &Value) {
         "started_at",
         "finished_at",
         "runtime_ms",
+        "wait_ms",
+        "fingerprint",
         "updated_at",
         "transitions",
     ];
