@@ -751,7 +751,7 @@ async fn watched_run(
 /// The report as a table.
 pub fn print_table(r: &Report) {
     println!(
-        "taskscope {} bench load: {} CPUs, load before {}, redis {}",
+        "taskscope-bench {} load: {} CPUs, load before {}, redis {}",
         r.version, r.machine.cpus, r.machine.loadavg_before, r.machine.redis_version
     );
     println!(

@@ -10,7 +10,7 @@
 //! - `export`: streamed CSV and Parquet exports of the task list.
 //! - [`maintenance`]: housekeeping's SQL (roll-ups, retention, down-sampling, checkpoints),
 //!   run as steps on the writer thread.
-//! - [`synthetic`]: generated histories for `taskscope bench store`.
+//! - [`synthetic`]: generated histories for `taskscope-bench store`.
 //! - `rows`: conversions between the model and rows (timestamps, JSON text, cursors).
 //!
 //! # Architecture invariants
