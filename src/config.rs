@@ -33,13 +33,9 @@ pub enum Command {
     Housekeeping(Box<HousekeepingCmd>),
     /// Write every task matching the task-list filters to a CSV or Parquet file.
     Export(Box<crate::export::ExportArgs>),
-    /// Benchmarks (`bench load`: ingest on a private redis-server; `bench store`: history size and route
-    /// latency at N tasks).
-    #[command(subcommand)]
-    Bench(crate::bench::BenchCmd),
     /// A private redis-server, generated traffic of every broker and the UI: a live
     /// dashboard in one command (needs `redis-server` on PATH).
-    Demo(Box<crate::bench::demo::DemoArgs>),
+    Demo(Box<crate::demo::DemoArgs>),
 }
 
 /// `taskscope housekeeping`.

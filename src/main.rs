@@ -7,18 +7,22 @@
 //! - [`http`]: the JSON API and the pages.
 //! - [`metrics`]: counters shared by the above.
 //! - [`export`]: `taskscope export`, the task list to CSV or Parquet.
-//! - [`bench`]: `taskscope bench store`, size and latency of a generated history.
+//! - [`demo`]: `taskscope demo`, a live dashboard fed by the load generator.
+//!
+//! `store` and the load generator live in the package's library (`src/lib.rs`), which the
+//! benchmarks (`bench/`, package `taskscope-bench`) share.
 //!
 //! Exit codes: 0 success, 2 bad usage, 1 any other error (one line saying what to do).
 
-mod bench;
 mod config;
+mod demo;
 mod export;
 mod housekeeping;
 mod http;
 mod ingest;
 mod metrics;
-mod store;
+
+use taskscope::store;
 
 use anyhow::Context;
 use broker_adapters::celery::{CeleryAdapter, CeleryConfig};
@@ -47,13 +51,6 @@ fn main() -> ExitCode {
     init_tracing();
     match cli.command {
         Command::Housekeeping(args) => housekeeping_once(args),
-        Command::Bench(bench::BenchCmd::Store(args)) => match bench::store::run(*args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("taskscope: {e:#}");
-                ExitCode::from(1)
-            }
-        },
         Command::Export(export_args) => match export::run(*export_args) {
             Ok(n) => {
                 info!(tasks = n, "Exported.");
@@ -68,17 +65,7 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Bench(bench::BenchCmd::Load(args)) => run_async(async move {
-            let json = args.json;
-            let report = bench::load::run(*args).await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                bench::load::print_table(&report);
-            }
-            Ok(())
-        }),
-        Command::Demo(args) => run_async(bench::demo::run(*args)),
+        Command::Demo(args) => run_async(demo::run(*args)),
         Command::Serve(serve_args) => {
             let settings = match serve_args.into_settings() {
                 Ok(s) => s,

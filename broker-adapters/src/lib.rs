@@ -6,6 +6,7 @@
 //! - [`state`]: the one state machine every broker shares, and the abandon sweep.
 //! - [`codec`]: payload helpers every adapter needs (JSON, msgpack, base64, pickle).
 //! - [`limits`]: the decode budget every decoder works within.
+//! - [`bounded`]: `FifoSet` and `FifoMap`, the bounded memories every adapter keeps.
 //! - [`pickle`]: an iterative pickle VM into JSON, within the budget.
 //! - [`detect`]: which brokers live in a Redis, from key names and sampled messages.
 //! - one module per broker: [`celery`], [`dramatiq`], [`rq`], [`taskiq`].
@@ -15,6 +16,7 @@
 //! is what lets every decoder be tested on captured payloads and fuzzed with garbage.
 
 pub mod adapter;
+pub mod bounded;
 mod budgeted;
 pub mod celery;
 pub mod codec;

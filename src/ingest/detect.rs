@@ -29,10 +29,11 @@
 
 use super::redis;
 use crate::metrics::{Metrics, Via};
+use broker_adapters::bounded::{FifoMap, FifoSet};
 use broker_adapters::detect::{self, Finding, KeyVerdict, Setting};
 use broker_adapters::{Broker, ReadRequest, Reply};
 use fred::prelude::*;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -40,7 +41,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 /// Keys asked for per SCAN page.
 const SCAN_COUNT: u32 = 1_000;
-/// Keys whose sample was read, remembered so they are read once; cleared when this full.
+/// Keys whose sample was read, remembered so they are read once (the oldest forgotten first).
 const SAMPLED_MEMORY: usize = 100_000;
 /// Keys named like taskiq task ids whose value prefix is read per pass.
 const RESULT_SAMPLES_PER_PASS: usize = 16;
@@ -58,7 +59,7 @@ const PENDING_CAPACITY: usize = 64;
 pub const TYPE_PROBES_PER_SECOND: u32 = 500;
 /// A key family that was not a queue this many times is not typed again.
 pub const MISSES_TO_REJECT: u8 = 3;
-/// Key families remembered; cleared when this full.
+/// Key families remembered (the oldest forgotten first).
 const SHAPES_MEMORY: usize = 10_000;
 /// New-key notifications handled per batch.
 const HINT_BATCH: usize = 4_096;
@@ -150,12 +151,12 @@ pub struct Detector {
     cursors: [u64; 3],
     /// Whether each scan has wrapped around at least once.
     wrapped: [bool; 3],
-    sampled: HashSet<String>,
+    sampled: FifoSet<String>,
     reported: HashSet<(Broker, Option<Setting>)>,
     /// Key families and how often one of them turned out not to be a queue.
-    shapes: HashMap<String, u8>,
+    shapes: FifoMap<String, u8>,
     /// Streams seen empty, sampled again until their first entry, with when they were seen.
-    pending: VecDeque<(String, Instant)>,
+    pending: FifoMap<String, Instant>,
     /// The current second of `TYPE` probes and how many were spent in it.
     type_window: (Instant, u32),
     /// Databases whose Celery results were found (reported once each).
@@ -171,10 +172,10 @@ impl Detector {
             opts,
             cursors: [0; 3],
             wrapped: [false; 3],
-            sampled: HashSet::new(),
+            sampled: FifoSet::new(SAMPLED_MEMORY),
             reported: HashSet::new(),
-            shapes: HashMap::new(),
-            pending: VecDeque::new(),
+            shapes: FifoMap::new(SHAPES_MEMORY),
+            pending: FifoMap::new(PENDING_CAPACITY),
             type_window: (Instant::now(), 0),
             result_dbs: HashSet::new(),
             lists: detect::ListCorrelator::default(),
@@ -381,13 +382,7 @@ impl Detector {
         &mut self,
         metrics: &Metrics,
     ) -> anyhow::Result<Vec<(Finding, Instant)>> {
-        while self
-            .pending
-            .front()
-            .is_some_and(|(_, at)| at.elapsed() > PENDING_FOR)
-        {
-            self.pending.pop_front();
-        }
+        self.pending.retain(|_, at| at.elapsed() <= PENDING_FOR);
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
@@ -400,7 +395,7 @@ impl Detector {
                 Sample::Broker(f) => found.push(f),
                 Sample::Other => self.miss(&key),
             }
-            self.pending.retain(|(k, _)| *k != key);
+            self.pending.remove(&key);
         }
         Ok(self
             .fresh(found)
@@ -410,13 +405,9 @@ impl Detector {
     }
 
     fn pend(&mut self, key: String, at: Instant) {
-        if self.pending.iter().any(|(k, _)| *k == key) {
-            return;
+        if !self.pending.contains_key(&key) {
+            self.pending.insert(key, at);
         }
-        if self.pending.len() >= PENDING_CAPACITY {
-            self.pending.pop_front();
-        }
-        self.pending.push_back((key, at));
     }
 
     /// A taskiq result was just written: a list an idle worker empties inside every push is
@@ -443,10 +434,7 @@ impl Detector {
     }
 
     fn miss(&mut self, key: &str) {
-        if self.shapes.len() >= SHAPES_MEMORY {
-            self.shapes.clear();
-        }
-        let misses = self.shapes.entry(family(key)).or_default();
+        let misses = self.shapes.get_or_insert_with(family(key), u8::default);
         *misses = misses.saturating_add(1);
     }
 
@@ -679,9 +667,6 @@ impl Detector {
     }
 
     fn remember(&mut self, key: String) {
-        if self.sampled.len() >= SAMPLED_MEMORY {
-            self.sampled.clear();
-        }
         self.sampled.insert(key);
     }
 }

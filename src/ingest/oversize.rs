@@ -7,8 +7,8 @@
 //! own. The same value is read again at every reconciliation; a value is counted once per key
 //! and length, among the last [`REMEMBERED`] ones.
 
+use broker_adapters::bounded::FifoSet;
 use broker_adapters::{too_large_error, Broker, DecodeError, Reply};
-use std::collections::{HashSet, VecDeque};
 
 /// Oversize values remembered so that re-reads do not count them again.
 const REMEMBERED: usize = 10_000;
@@ -17,10 +17,17 @@ const REMEMBERED: usize = 10_000;
 pub const KIND: &str = "payload-too-large";
 
 /// Oversize values seen lately, by (key, length), oldest first out.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Oversize {
-    seen: HashSet<(String, u64)>,
-    order: VecDeque<(String, u64)>,
+    seen: FifoSet<(String, u64)>,
+}
+
+impl Default for Oversize {
+    fn default() -> Self {
+        Oversize {
+            seen: FifoSet::new(REMEMBERED),
+        }
+    }
 }
 
 impl Oversize {
@@ -36,15 +43,8 @@ impl Oversize {
     }
 
     fn first_time(&mut self, broker: Broker, key: &str, len: u64) -> Option<DecodeError> {
-        let entry = (key.to_string(), len);
-        if !self.seen.insert(entry.clone()) {
+        if !self.seen.insert((key.to_string(), len)) {
             return None;
-        }
-        self.order.push_back(entry);
-        if self.order.len() > REMEMBERED {
-            if let Some(old) = self.order.pop_front() {
-                self.seen.remove(&old);
-            }
         }
         Some(error(broker, key, len, "not read"))
     }
@@ -112,6 +112,5 @@ mod tests {
             o.in_reply(Broker::Taskiq, "k", &Reply::TooLarge(i));
         }
         assert_eq!(o.seen.len(), REMEMBERED);
-        assert_eq!(o.order.len(), REMEMBERED);
     }
 }

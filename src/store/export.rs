@@ -235,18 +235,5 @@ pub fn open_read_only(path: &Path) -> Result<Connection, StoreError> {
             path: path.to_path_buf(),
             source,
         })?;
-    Connection::open_with_flags(path, config).map_err(|source| {
-        let msg = source.to_string();
-        if msg.contains("lock") {
-            StoreError::Locked {
-                path: path.to_path_buf(),
-                source,
-            }
-        } else {
-            StoreError::Open {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })
+    Connection::open_with_flags(path, config).map_err(|source| super::open_error(path, source))
 }

@@ -10,7 +10,7 @@
 //! - `export`: streamed CSV and Parquet exports of the task list.
 //! - [`maintenance`]: housekeeping's SQL (roll-ups, retention, down-sampling, checkpoints),
 //!   run as steps on the writer thread.
-//! - [`synthetic`]: generated histories for `taskscope bench store`.
+//! - [`synthetic`]: generated histories for `taskscope-bench store`.
 //! - `rows`: conversions between the model and rows (timestamps, JSON text, cursors).
 //!
 //! # Architecture invariants
@@ -34,10 +34,8 @@ pub mod synthetic;
 mod tests;
 mod writer;
 
-#[cfg(test)]
-pub use export::CSV_HEADER;
 pub use export::{
-    open_read_only, write_csv_file as export_csv_to, write_parquet as export_parquet,
+    open_read_only, write_csv_file as export_csv_to, write_parquet as export_parquet, CSV_HEADER,
 };
 pub use reader::{StoreReader, TaskQuery};
 pub use reports::{NameOrder, NameStats, ReportFilter, ReportRange};
@@ -154,6 +152,24 @@ impl Default for StoreOptions {
     }
 }
 
+/// Why DuckDB could not open `path`: [`StoreError::Locked`] when another process holds the
+/// file's lock (DuckDB says "Could not set lock on file ...: Conflicting lock is held in ..."),
+/// else [`StoreError::Open`]. Every open of the file (writer, exports) maps errors here.
+pub(crate) fn open_error(path: &Path, source: duckdb::Error) -> StoreError {
+    let msg = source.to_string();
+    if msg.contains("Could not set lock") || msg.contains("Conflicting lock") {
+        StoreError::Locked {
+            path: path.to_path_buf(),
+            source,
+        }
+    } else {
+        StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
 /// Opens (or creates) the database at `path`, migrates it and starts the writer thread.
 ///
 /// The writer thread stops once every [`StoreWriter`] clone is dropped, after writing what was
@@ -162,20 +178,7 @@ pub fn open(
     path: &Path,
     opts: StoreOptions,
 ) -> Result<(StoreWriter, StoreReader, JoinHandle<()>), StoreError> {
-    let mut conn = duckdb::Connection::open(path).map_err(|source| {
-        let msg = source.to_string();
-        if msg.contains("Could not set lock") || msg.contains("Conflicting lock") {
-            StoreError::Locked {
-                path: path.to_path_buf(),
-                source,
-            }
-        } else {
-            StoreError::Open {
-                path: path.to_path_buf(),
-                source,
-            }
-        }
-    })?;
+    let mut conn = duckdb::Connection::open(path).map_err(|source| open_error(path, source))?;
     // A database-wide setting: every connection cloned below shares it.
     let threads = opts
         .threads

@@ -217,8 +217,11 @@ impl StoreReader {
     }
 
     /// The first column of every row of `sql`, as text (tests check exact table contents).
-    #[cfg(test)]
-    pub(crate) async fn column_for_test(&self, sql: &str) -> Vec<String> {
+    ///
+    /// Test support, compiled always: the binary's unit tests (`src/http`, `src/housekeeping`)
+    /// use it through this library, where `cfg(test)` is off.
+    #[doc(hidden)]
+    pub async fn column_for_test(&self, sql: &str) -> Vec<String> {
         let sql = sql.to_string();
         self.with_conn("test", move |conn| {
             let mut stmt = conn.prepare(&sql)?;
@@ -239,9 +242,9 @@ impl StoreReader {
     /// Tests plant rows shaped like schema v2 (`INSERT INTO tasks (broker, id, ...)`,
     /// `INSERT INTO transitions (broker, task_id, ...)`, `UPDATE tasks`): they go to
     /// v2-shaped temporary tables and are filed as migration 3 files them, numbered far above
-    /// the writer's numbers.
-    #[cfg(test)]
-    pub(crate) async fn execute_for_test(&self, sql: &'static str) {
+    /// the writer's numbers. Test support, compiled always (see [`Self::column_for_test`]).
+    #[doc(hidden)]
+    pub async fn execute_for_test(&self, sql: &'static str) {
         let planted = sql
             .replace("INSERT INTO tasks ", "INSERT INTO plant_tasks ")
             .replace("INSERT INTO transitions ", "INSERT INTO plant_transitions ")

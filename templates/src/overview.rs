@@ -9,6 +9,7 @@ use crate::components::{self, banner, empty, state_class, task_table, tasks_href
 use crate::format::{self, time, time_ago};
 use crate::layout::{page, Nav};
 use crate::reports::{chart_grid, range_selector, ChartSet};
+use crate::workers::worker_table;
 use broker_adapters::{QueueSample, Task, TaskState, Worker};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
@@ -217,46 +218,6 @@ fn queue_table(queues: &[QueueSample], now: &DateTime<Utc>) -> Markup {
                             td.num.warn[q.dead > 0] { a href=(link("failure")) { (components::count(q.dead)) } }
                             td.num { a href=(link("running")) { (components::count(q.running)) } }
                             td.nowrap { (time(&q.sampled_at, now)) }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn worker_table(workers: &[Worker], now: &DateTime<Utc>) -> Markup {
-    if workers.is_empty() {
-        return empty("No worker seen yet.");
-    }
-    html! {
-        div.table-wrap {
-            table.data {
-                thead {
-                    tr {
-                        th { "Status" }
-                        th { "Broker" }
-                        th { "Worker" }
-                        th { "Host" }
-                        th { "Last seen" }
-                        th.num { "Running" }
-                    }
-                }
-                tbody {
-                    @for w in workers {
-                        tr {
-                            td {
-                                @if w.alive {
-                                    span.badge.alive { "alive" }
-                                } @else {
-                                    span.badge.dead { "dead" }
-                                }
-                            }
-                            td { (w.broker.as_str()) }
-                            td.mono { (format::cell_text(&w.id, 40)) }
-                            td { (components::opt_cell(w.hostname.as_deref(), 32)) }
-                            td.nowrap { (time_ago(&w.last_seen, now)) }
-                            td.num { (w.running) }
                         }
                     }
                 }

@@ -466,6 +466,11 @@ mod workers_page {
             !render(&view(3, true), &now).into_string().contains(warn),
             "a worker is up"
         );
-        assert!(render(&view(0, false), &now).into_string().contains("gone"));
+        assert!(render(&view(0, false), &now)
+            .into_string()
+            .contains("0 alive"));
+        assert!(render(&view(0, false), &now)
+            .into_string()
+            .contains("1 dead"));
     }
 }

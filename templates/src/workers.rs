@@ -29,7 +29,7 @@ pub(crate) fn render(view: &WorkersView, now: &DateTime<Utc>) -> Markup {
         div.page-head {
             h1 { "Workers" }
             span.chip { (alive) " alive" }
-            span.chip { (view.workers.len() - alive) " gone" }
+            span.chip { (view.workers.len() - alive) " dead" }
             a.muted-link href="/api/workers" { "as JSON" }
         }
         @for warning in components::no_worker_warnings(&view.queues, &view.workers) {
@@ -42,7 +42,8 @@ pub(crate) fn render(view: &WorkersView, now: &DateTime<Utc>) -> Markup {
     page("Workers", Nav::Workers, &view.version, body)
 }
 
-/// The table of workers the overview and the workers page share.
+/// The table of workers the overview and the workers page share. A worker not alive is
+/// "dead", the contract's word (its running tasks are abandoned when it died).
 pub fn worker_table(workers: &[Worker], now: &DateTime<Utc>) -> Markup {
     if workers.is_empty() {
         return empty("No worker seen yet.");
@@ -68,7 +69,7 @@ pub fn worker_table(workers: &[Worker], now: &DateTime<Utc>) -> Markup {
                                 @if w.alive {
                                     span.badge.alive { "alive" }
                                 } @else {
-                                    span.badge.dead { "gone" }
+                                    span.badge.dead { "dead" }
                                 }
                             }
                             td { (w.broker.as_str()) }

@@ -31,7 +31,7 @@
 //! already holds (open at a reconciliation: taskscope restarted while it was retrying) is
 //! never assumed to start from a record.
 
-use std::collections::{HashMap, VecDeque};
+use crate::bounded::FifoMap;
 
 /// Per-task numbering state.
 #[derive(Debug, Default, Clone)]
@@ -63,30 +63,19 @@ pub enum Unnumbered {
 
 /// A bounded memory of task numbering; the oldest tasks are forgotten first.
 pub struct Attempts {
-    capacity: usize,
-    memos: HashMap<String, Memo>,
-    order: VecDeque<String>,
+    memos: FifoMap<String, Memo>,
 }
 
 impl Attempts {
     pub fn new(capacity: usize) -> Attempts {
         Attempts {
-            capacity,
-            memos: HashMap::new(),
-            order: VecDeque::new(),
+            memos: FifoMap::new(capacity),
         }
     }
 
     fn memo(&mut self, task_id: &str) -> &mut Memo {
-        if !self.memos.contains_key(task_id) {
-            if self.order.len() >= self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    self.memos.remove(&old);
-                }
-            }
-            self.order.push_back(task_id.to_string());
-        }
-        self.memos.entry(task_id.to_string()).or_default()
+        self.memos
+            .get_or_insert_with(task_id.to_string(), Memo::default)
     }
 
     /// Records an observation that named its attempt. Counting starts only from a task's

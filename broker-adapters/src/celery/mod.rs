@@ -22,10 +22,11 @@ pub mod result;
 use crate::adapter::{
     glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
 };
+use crate::bounded::{FifoMap, FifoSet};
 use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
 use chrono::{DateTime, Utc};
 use message::CeleryMessage;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// kombu's separator in binding entries and priority queue names (`\x06\x16`).
 pub const SEP: &str = "\x06\x16";
@@ -69,7 +70,7 @@ impl Default for CeleryConfig {
 pub struct CeleryAdapter {
     config: CeleryConfig,
     queues: BTreeSet<String>,
-    seen: SeenSet,
+    seen: FifoSet<String>,
     /// The last read of `unacked`, by delivery tag: a new tag is a newly taken message; a tag
     /// that vanished was acknowledged, which with Celery's default early ack means the task
     /// just started executing.
@@ -88,8 +89,9 @@ pub struct CeleryAdapter {
     popped: HashSet<String>,
     /// Queue entries whose body did not decode, by hash of their bytes, as decoded: every
     /// reconciliation reads the queue again, and such a body (a zlib bomb decompressed up to
-    /// its cap, say) costs its whole budget each time. At most [`BAD_BODIES`], then cleared.
-    bad_bodies: HashMap<u64, CeleryMessage>,
+    /// its cap, say) costs its whole budget each time. At most [`BAD_BODIES`], oldest
+    /// forgotten first.
+    bad_bodies: FifoMap<u64, CeleryMessage>,
 }
 
 /// Undecodable bodies remembered (see `CeleryAdapter::bad_bodies`).
@@ -101,13 +103,13 @@ impl CeleryAdapter {
         CeleryAdapter {
             config,
             queues,
-            seen: SeenSet::new(SEEN_CAPACITY),
+            seen: FifoSet::new(SEEN_CAPACITY),
             unacked: HashMap::new(),
             sampled_lengths: None,
             attempts: attempts::Attempts::new(SEEN_CAPACITY),
             listed: HashMap::new(),
             popped: HashSet::new(),
-            bad_bodies: HashMap::new(),
+            bad_bodies: FifoMap::new(BAD_BODIES),
         }
     }
 
@@ -126,9 +128,6 @@ impl CeleryAdapter {
         }
         let msg = message::decode(bytes)?;
         if msg.body_error.is_some() {
-            if self.bad_bodies.len() >= BAD_BODIES {
-                self.bad_bodies.clear();
-            }
             self.bad_bodies.insert(hash, msg.clone());
         }
         Ok(msg)
@@ -801,38 +800,6 @@ impl Adapter for CeleryAdapter {
         });
         reads.push(ReadRequest::HGetAll(UNACKED.to_string()));
         reads
-    }
-}
-
-/// A bounded set of recently seen identities; the oldest are forgotten first.
-struct SeenSet {
-    capacity: usize,
-    set: HashSet<String>,
-    order: VecDeque<String>,
-}
-
-impl SeenSet {
-    fn new(capacity: usize) -> SeenSet {
-        SeenSet {
-            capacity,
-            set: HashSet::new(),
-            order: VecDeque::new(),
-        }
-    }
-
-    /// True when the identity was not seen before.
-    fn insert(&mut self, id: String) -> bool {
-        if self.set.contains(&id) {
-            return false;
-        }
-        if self.order.len() >= self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.set.remove(&old);
-            }
-        }
-        self.order.push_back(id.clone());
-        self.set.insert(id);
-        true
     }
 }
 

@@ -32,8 +32,9 @@
 //! Memory is bounded: at most `capacity` pushes in the window and `capacity` lists scored (the
 //! longest-unscored list is forgotten first).
 
+use crate::bounded::FifoMap;
 use chrono::{DateTime, Duration, Utc};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// Pushes and results further apart than this are not paired.
 const DEFAULT_WINDOW_MS: i64 = 2_000;
@@ -68,9 +69,8 @@ pub struct ListCorrelator {
     pushes: VecDeque<Push>,
     /// The last result no push explained.
     last_unexplained: Option<DateTime<Utc>>,
-    scores: HashMap<String, Score>,
     /// Scored lists, least recently scored first (eviction order).
-    order: VecDeque<String>,
+    scores: FifoMap<String, Score>,
 }
 
 impl Default for ListCorrelator {
@@ -93,8 +93,7 @@ impl ListCorrelator {
             capacity: capacity.max(1),
             pushes: VecDeque::new(),
             last_unexplained: None,
-            scores: HashMap::new(),
-            order: VecDeque::new(),
+            scores: FifoMap::new(capacity.max(1)),
         }
     }
 
@@ -171,7 +170,6 @@ impl ListCorrelator {
     /// Stops scoring `list_key` (it was classified some other way).
     pub fn forget(&mut self, list_key: &str) {
         self.scores.remove(list_key);
-        self.order.retain(|l| l != list_key);
         self.pushes.retain(|p| p.list != list_key);
     }
 
@@ -189,17 +187,9 @@ impl ListCorrelator {
     }
 
     fn score(&mut self, list: &str) -> &mut Score {
-        if !self.scores.contains_key(list) {
-            if self.scores.len() >= self.capacity {
-                if let Some(oldest) = self.order.pop_front() {
-                    self.scores.remove(&oldest);
-                }
-            }
-        } else {
-            self.order.retain(|l| l != list);
-        }
-        self.order.push_back(list.to_string());
-        self.scores.entry(list.to_string()).or_default()
+        self.scores.make_newest(list);
+        self.scores
+            .get_or_insert_with(list.to_string(), Score::default)
     }
 }
 
@@ -339,6 +329,6 @@ mod tests {
         }
         c.on_taskiq_result(ms(5_000));
         assert!(c.pushes.len() <= 8);
-        assert!(c.scores.len() <= 8 && c.order.len() <= 8);
+        assert!(c.scores.len() <= 8);
     }
 }

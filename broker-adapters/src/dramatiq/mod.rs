@@ -22,12 +22,13 @@ use crate::adapter::{
     glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, PrefetchRead,
     ReadRequest, Reply,
 };
+use crate::bounded::{FifoMap, FifoSet};
 use crate::model::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
 };
 use chrono::{DateTime, Utc};
 use message::DramatiqMessage;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Ids read per list or dead-letter page.
 const PAGE: i64 = 200;
@@ -36,7 +37,8 @@ const MAX_LIST_DEPTH: i64 = 100_000;
 /// Reads of a result record that came back empty before it is given up (one per
 /// reconciliation).
 const RESULT_TRIES: u32 = 3;
-/// Messages remembered by redis id.
+/// Messages remembered by redis id (and each per-message memory of the adapter; oldest forgotten
+/// first).
 const KNOWN_CAPACITY: usize = 200_000;
 /// Unsettled messages of a queue checked when one of its messages is acknowledged.
 const CHECK_ON_ACK: usize = 64;
@@ -87,10 +89,9 @@ pub struct DramatiqAdapter {
     ns: String,
     /// Base queue names found so far.
     queues: BTreeSet<String>,
-    known: HashMap<String, Known>,
-    known_order: VecDeque<String>,
+    known: FifoMap<String, Known>,
     /// The highest `options.retries` seen per `message_id` (a retry copy outranks its ack).
-    highest_retry: HashMap<String, u32>,
+    highest_retry: FifoMap<String, u32>,
     /// Members of each ack set at its last read, by key.
     acks: HashMap<String, BTreeSet<String>>,
     /// Ids seen in an ack set before their message was read: (worker, list key).
@@ -103,10 +104,10 @@ pub struct DramatiqAdapter {
     /// Per queue: (length, delayed, dead) read by the current sampling round.
     sampling: Option<BTreeMap<String, (u64, u64, u64)>>,
     /// Result keys asked for, and the task each belongs to.
-    result_owner: HashMap<String, String>,
+    result_owner: FifoMap<String, String>,
     /// Main-queue messages not settled yet, oldest first, per queue: an ack can come and go
     /// between two reads of the ack set, and is then noticed by the `hdel` on `.msgs`.
-    in_flight: HashMap<String, VecDeque<String>>,
+    in_flight: HashMap<String, FifoSet<String>>,
     /// Result keys read empty so far, with how many times: re-read by reconciliation.
     result_retries: HashMap<String, u32>,
     /// Set at start and after every gap: the next reconciliation settles the open tasks whose
@@ -119,14 +120,14 @@ pub struct DramatiqAdapter {
     snapshot: HashMap<String, HashSet<String>>,
     /// Ids that left `.msgs` and were looked up in `.XQ.msgs` by the prefetcher (not there, or
     /// reported dead): the departure can be settled.
-    xq_checked: HashSet<String>,
+    xq_checked: FifoSet<String>,
     /// Ids whose message did not decode, reported once (reconciliation reads them again).
-    undecodable: HashSet<String>,
+    undecodable: FifoSet<String>,
     /// Ids that left an ack set of a followed queue, with the worker: requeued if the next
     /// snapshot of `.msgs` still has them.
-    acks_left: HashMap<String, String>,
+    acks_left: FifoMap<String, String>,
     /// The worker whose ack set holds each main-queue id.
-    running_on: HashMap<String, String>,
+    running_on: FifoMap<String, String>,
     /// Whether a Results-middleware record was ever found, and how many settled tasks had
     /// their result key read without one.
     results_seen: bool,
@@ -148,26 +149,25 @@ impl DramatiqAdapter {
         DramatiqAdapter {
             ns: config.namespace,
             queues: BTreeSet::new(),
-            known: HashMap::new(),
-            known_order: VecDeque::new(),
-            highest_retry: HashMap::new(),
+            known: FifoMap::new(KNOWN_CAPACITY),
+            highest_retry: FifoMap::new(KNOWN_CAPACITY),
             acks: HashMap::new(),
             pending_running: HashMap::new(),
             leaving: HashMap::new(),
             dead_seen: HashSet::new(),
             consumers: BTreeSet::new(),
             sampling: None,
-            result_owner: HashMap::new(),
+            result_owner: FifoMap::new(KNOWN_CAPACITY),
             in_flight: HashMap::new(),
             result_retries: HashMap::new(),
             needs_settlement: true,
             settlement: None,
             unfollowed: HashSet::new(),
             snapshot: HashMap::new(),
-            xq_checked: HashSet::new(),
-            undecodable: HashSet::new(),
-            acks_left: HashMap::new(),
-            running_on: HashMap::new(),
+            xq_checked: FifoSet::new(KNOWN_CAPACITY),
+            undecodable: FifoSet::new(KNOWN_CAPACITY),
+            acks_left: FifoMap::new(KNOWN_CAPACITY),
+            running_on: FifoMap::new(KNOWN_CAPACITY),
             results_seen: false,
             result_probes: 0,
         }
@@ -226,7 +226,7 @@ impl DramatiqAdapter {
 
     fn forget_in_flight(&mut self, queue: &str, id: &str) {
         if let Some(ids) = self.in_flight.get_mut(queue) {
-            ids.retain(|x| x != id);
+            ids.remove(id);
         }
     }
 
@@ -291,14 +291,6 @@ impl DramatiqAdapter {
     }
 
     fn remember(&mut self, redis_id: &str, msg: &DramatiqMessage) {
-        if !self.known.contains_key(redis_id) {
-            if self.known_order.len() >= KNOWN_CAPACITY {
-                if let Some(old) = self.known_order.pop_front() {
-                    self.known.remove(&old);
-                }
-            }
-            self.known_order.push_back(redis_id.to_string());
-        }
         self.known.insert(
             redis_id.to_string(),
             Known {
@@ -310,12 +302,8 @@ impl DramatiqAdapter {
         );
         let highest = self
             .highest_retry
-            .entry(msg.message_id.clone())
-            .or_insert(0);
+            .get_or_insert_with(msg.message_id.clone(), || 0);
         *highest = (*highest).max(msg.retries);
-        if self.highest_retry.len() > KNOWN_CAPACITY {
-            self.highest_retry.clear();
-        }
         self.queues.insert(msg.queue.clone());
     }
 
@@ -467,9 +455,6 @@ impl DramatiqAdapter {
         let dead = hash.ends_with(".XQ");
         let delayed = hash.ends_with(".DQ");
         let values = reply.into_items();
-        if dead && self.xq_checked.len() > KNOWN_CAPACITY {
-            self.xq_checked.clear();
-        }
         for (id, value) in fields.iter().zip(values) {
             let bytes = value.as_bytes();
             // A message over `--max-payload-bytes` is there, only not read.
@@ -525,9 +510,6 @@ impl DramatiqAdapter {
                 Ok(msg) => msg,
                 Err(e) => {
                     // Listed all the same (its id is the field), once.
-                    if self.undecodable.len() >= KNOWN_CAPACITY {
-                        self.undecodable.clear();
-                    }
                     if self.undecodable.insert(id.clone()) {
                         out.decode_errors.push(DecodeError {
                             broker: Broker::Dramatiq,
@@ -550,11 +532,10 @@ impl DramatiqAdapter {
             let first_time = !self.known.contains_key(id);
             self.remember(id, &msg);
             if first_time && !dead && !delayed {
-                let ids = self.in_flight.entry(msg.queue.clone()).or_default();
-                if ids.len() >= IN_FLIGHT_CAPACITY {
-                    ids.pop_front();
-                }
-                ids.push_back(id.clone());
+                self.in_flight
+                    .entry(msg.queue.clone())
+                    .or_insert_with(|| FifoSet::new(IN_FLIGHT_CAPACITY))
+                    .insert(id.clone());
             }
             if dead {
                 if self.dead_seen.insert(id.clone()) {
@@ -639,9 +620,6 @@ impl DramatiqAdapter {
     /// A read of the Results middleware's record of a task (nothing when it is not used).
     fn result_read(&mut self, queue: &str, actor: &str, message_id: &str) -> ReadRequest {
         let key = message::result_key(queue, actor, message_id);
-        if self.result_owner.len() > KNOWN_CAPACITY {
-            self.result_owner.clear();
-        }
         self.result_owner
             .insert(key.clone(), message_id.to_string());
         ReadRequest::LRange {
@@ -670,9 +648,6 @@ impl DramatiqAdapter {
         let mut to_read = Vec::new();
         for id in members.difference(&before) {
             if !delayed {
-                if self.running_on.len() > KNOWN_CAPACITY {
-                    self.running_on.clear();
-                }
                 self.running_on.insert(id.clone(), worker.clone());
             }
             match self.known.get(id) {
@@ -702,9 +677,6 @@ impl DramatiqAdapter {
             // requeued.
             for id in before.difference(&members) {
                 if self.known.contains_key(id) {
-                    if self.acks_left.len() > KNOWN_CAPACITY {
-                        self.acks_left.clear();
-                    }
                     self.acks_left.insert(id.clone(), worker.clone());
                 }
             }

@@ -35,6 +35,7 @@ pub mod worker;
 use crate::adapter::{
     glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
 };
+use crate::bounded::FifoMap;
 use crate::model::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
 };
@@ -42,7 +43,7 @@ use chrono::{DateTime, Duration, Utc};
 use job::{JobError, JobRecord, JobStatus, DATA_FIELD, JOB_FIELDS};
 use layout::{Layout, Registry, RqKey};
 use result::ResultType;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Ids read per list or registry page.
 const PAGE: i64 = 500;
@@ -120,8 +121,7 @@ pub struct RqAdapter {
     layout: Layout,
     /// Queue names found (`<p>queues`, job origins).
     queues: BTreeSet<String>,
-    known: HashMap<String, JobMemo>,
-    known_order: VecDeque<String>,
+    known: FifoMap<String, JobMemo>,
     /// Due times from the `scheduled` registries, by job id.
     etas: HashMap<String, DateTime<Utc>>,
     /// Per worker, the birth of the process last announced, and whether its pid is reported
@@ -142,8 +142,7 @@ impl RqAdapter {
         RqAdapter {
             layout: Layout::new(&config.prefix),
             queues: BTreeSet::new(),
-            known: HashMap::new(),
-            known_order: VecDeque::new(),
+            known: FifoMap::new(KNOWN_CAPACITY),
             etas: HashMap::new(),
             workers_born: HashMap::new(),
             worker_read_at: HashMap::new(),
@@ -154,16 +153,13 @@ impl RqAdapter {
     }
 
     fn memo(&mut self, id: &str) -> &mut JobMemo {
-        if !self.known.contains_key(id) {
-            if self.known_order.len() >= KNOWN_CAPACITY {
-                if let Some(old) = self.known_order.pop_front() {
-                    self.known.remove(&old);
-                    self.etas.remove(&old);
-                }
-            }
-            self.known_order.push_back(id.to_string());
+        let (memo, evicted) = self
+            .known
+            .get_or_insert_evicting(id.to_string(), JobMemo::default);
+        if let Some((old, _)) = evicted {
+            self.etas.remove(&old);
         }
-        self.known.entry(id.to_string()).or_default()
+        memo
     }
 
     /// Whether the job's hash was read already (a memo may come from notifications alone).

@@ -86,9 +86,6 @@ impl TaskiqAdapter {
     /// Remembers an entry that did not decode, so that it is counted once.
     pub(super) fn mark_undecodable(&mut self, key: &str, id: StreamId) {
         let state = self.streams.entry(key.to_string()).or_default();
-        if state.undecodable.len() >= ENTRY_CAPACITY {
-            state.undecodable.clear();
-        }
         state.undecodable.insert(id);
     }
 

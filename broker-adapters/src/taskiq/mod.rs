@@ -40,9 +40,10 @@ pub mod stream;
 use crate::adapter::{
     glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
 };
+use crate::bounded::{FifoMap, FifoSet};
 use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
 use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use stream::StreamId;
 
 pub use message::{looks_like_message, looks_like_stream_entry};
@@ -107,7 +108,7 @@ struct EntryInfo {
     consumer: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct StreamState {
     last_id: Option<StreamId>,
     entries: BTreeMap<StreamId, EntryInfo>,
@@ -115,10 +116,23 @@ struct StreamState {
     /// `XLEN` of the current sampling round.
     xlen: Option<u64>,
     /// Entries that did not decode (counted once; not re-read when they sit in a PEL).
-    undecodable: HashSet<StreamId>,
+    undecodable: FifoSet<StreamId>,
     /// Per group, the pending ids of its last `XPENDING` read: with several groups (each gets
     /// every entry) an entry is settled only once no group holds it.
     pels: HashMap<String, HashSet<StreamId>>,
+}
+
+impl Default for StreamState {
+    fn default() -> Self {
+        StreamState {
+            last_id: None,
+            entries: BTreeMap::new(),
+            groups: BTreeMap::new(),
+            xlen: None,
+            undecodable: FifoSet::new(ENTRY_CAPACITY),
+            pels: HashMap::new(),
+        }
+    }
 }
 
 /// A task taskscope learned about from a message.
@@ -147,7 +161,7 @@ pub struct TaskiqAdapter {
     queues: Vec<String>,
     db: u32,
     /// Streams probed (one entry read) and found not to hold taskiq messages, or being probed.
-    probed: HashSet<String>,
+    probed: FifoSet<String>,
     /// Result key prefixes, longest first (a key is matched against the most specific one).
     prefixes: Vec<String>,
     /// The prefixes came from the configuration: detected ones are not added.
@@ -159,8 +173,7 @@ pub struct TaskiqAdapter {
     streams: HashMap<String, StreamState>,
     /// Per list: the (task id, attempt) of the items at its last read; `None` after a gap.
     lists: HashMap<String, Option<HashSet<(String, u32)>>>,
-    tasks: HashMap<String, TaskTrack>,
-    task_order: VecDeque<String>,
+    tasks: FifoMap<String, TaskTrack>,
     consumers: HashMap<String, ConsumerSeen>,
     /// Streams whose next `XINFO GROUPS` reply makes a queue sample.
     sampling: HashSet<String>,
@@ -210,14 +223,13 @@ impl TaskiqAdapter {
                 .collect(),
             queues,
             db: config.db,
-            probed: HashSet::new(),
+            probed: FifoSet::new(PROBED_CAPACITY),
             prefixes_given: config.result_prefixes.iter().any(|p| !p.trim().is_empty()),
             prefixes: sorted_prefixes(config.result_prefixes),
             probation: HashSet::new(),
             streams: HashMap::new(),
             lists: HashMap::new(),
-            tasks: HashMap::new(),
-            task_order: VecDeque::new(),
+            tasks: FifoMap::new(TASK_CAPACITY),
             consumers: HashMap::new(),
             sampling: HashSet::new(),
             results_seen: HashSet::new(),
@@ -301,14 +313,10 @@ impl TaskiqAdapter {
         prefixes.push(prefix.to_string());
         self.prefixes = sorted_prefixes(prefixes);
         let keys: Vec<String> = self
-            .task_order
+            .tasks
             .iter()
-            .filter(|id| {
-                self.tasks
-                    .get(*id)
-                    .is_some_and(|t| t.result_read.is_none_or(|r| r < t.attempt))
-            })
-            .map(|id| format!("{prefix}:{id}"))
+            .filter(|(_, t)| t.result_read.is_none_or(|r| r < t.attempt))
+            .map(|(id, _)| format!("{prefix}:{id}"))
             .collect();
         keys.chunks(MGET_CHUNK)
             .map(|c| ReadRequest::MGet(c.to_vec()))
@@ -320,20 +328,14 @@ impl TaskiqAdapter {
     }
 
     fn track(&mut self, task_id: &str, attempt: u32, queue: &str) -> &mut TaskTrack {
-        if !self.tasks.contains_key(task_id) {
-            if self.task_order.len() >= TASK_CAPACITY {
-                if let Some(old) = self.task_order.pop_front() {
-                    self.tasks.remove(&old);
-                }
-            }
-            self.task_order.push_back(task_id.to_string());
-        }
-        let t = self.tasks.entry(task_id.to_string()).or_insert(TaskTrack {
-            attempt,
-            awaiting: None,
-            result_read: None,
-            queue: queue.to_string(),
-        });
+        let t = self
+            .tasks
+            .get_or_insert_with(task_id.to_string(), || TaskTrack {
+                attempt,
+                awaiting: None,
+                result_read: None,
+                queue: queue.to_string(),
+            });
         if attempt > t.attempt {
             // A retry's copy: whatever the previous attempt awaited is moot now.
             t.attempt = attempt;
@@ -529,9 +531,6 @@ impl Adapter for TaskiqAdapter {
         }
         if op == "xadd" && !self.probed.contains(key) {
             // An unknown stream: does it carry taskiq messages?
-            if self.probed.len() >= PROBED_CAPACITY {
-                self.probed.clear();
-            }
             self.probed.insert(key.to_string());
             return vec![ReadRequest::XRevRange {
                 key: key.to_string(),

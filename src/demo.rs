@@ -3,17 +3,15 @@
 //! that swells and ebbs over two minutes against workers of fixed capacity (so backlogs rise
 //! and fall), runtimes from 50 ms to 3 s, failures and retries.
 
-use super::gen::{Driver, Flavor, Rng};
-use super::load::{send, serve_args, tempdir};
-use super::observe::Api;
-use super::procs;
-use crate::ingest::redis as rio;
 use anyhow::Context;
 use fred::prelude::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use taskscope::loadgen::redis::{self as gen_redis, send};
+use taskscope::loadgen::sandbox::{self, serve_args, tempdir};
+use taskscope::loadgen::{http, Driver, Flavor, Rng};
 use tracing::Instrument;
 
 /// `taskscope demo` flags.
@@ -66,7 +64,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "--rate must be a positive number"
     );
     let dir = tempdir()?;
-    let redis = procs::start_redis(dir.path())?;
+    let redis = sandbox::start_redis(dir.path())?;
     let listen = free_listen(args.listen)?;
     let db = args
         .db
@@ -80,15 +78,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         "celery,dramatiq,rq,taskiq",
     );
     serve.extend(["--sample-every".to_string(), "2s".to_string()]);
-    let mut child = procs::start_taskscope(&serve, &log)?;
-    let api = Api::new(format!("http://{listen}"))?;
-    if let Err(e) = api.wait_ready(Duration::from_secs(30), &mut child).await {
+    let exe = std::env::current_exe().context("cannot find the taskscope binary")?;
+    let mut child = sandbox::start_taskscope(&exe, &serve, &log)?;
+    let ready = tokio::task::spawn_blocking(move || {
+        let outcome = http::wait_ready(&mut child, listen.port(), Duration::from_secs(30));
+        (child, outcome)
+    });
+    let (mut child, outcome) = ready.await.context("the readiness check panicked")?;
+    if let Err(e) = outcome {
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         return Err(e.context(format!("taskscope's log:\n{text}")));
     }
-    let client = rio::builder(&redis.url(), false)?.build()?;
-    client
-        .init()
+    let client = gen_redis::connect(&redis.url())
         .await
         .context("cannot connect to the private redis-server")?;
     println!(
@@ -105,7 +106,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     outcome
 }
 
-async fn drive(client: &Client, child: &mut procs::Proc, args: &DemoArgs) -> anyhow::Result<()> {
+async fn drive(client: &Client, child: &mut sandbox::Proc, args: &DemoArgs) -> anyhow::Result<()> {
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(1, |d| d.as_nanos() as u64);

@@ -1,20 +1,20 @@
-//! `taskscope bench load`: drives a known set of lifecycles through a private Redis, once
+//! `taskscope-bench load`: drives a known set of lifecycles through a private Redis, once
 //! without taskscope (the baseline) and once with a child `taskscope serve` watching, and
 //! reports what taskscope made of them (see [`FlavorReport`]).
 
-use super::gen::{Cmd, Driver, Flavor, Outcome};
-use super::observe::{follow_events, Api, Arrivals};
-use super::procs::{self, Proc, RedisServer};
-use crate::ingest::redis as rio;
+use crate::observe::{follow_events, Api, Arrivals};
+use crate::usage::{self, ProcUsage};
 use anyhow::{bail, Context};
-use broker_adapters::Reply;
 use fred::prelude::*;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use taskscope::loadgen::redis::{self as rio, send};
+use taskscope::loadgen::sandbox::{self, serve_args, tempdir, Proc, RedisServer};
+use taskscope::loadgen::{Driver, Flavor, Outcome};
 use tracing::{info, Instrument};
 
-/// `taskscope bench load` flags.
+/// `taskscope-bench load` flags.
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
     /// Which broker formats to write: a comma list of celery, celery-events, dramatiq, rq,
@@ -50,6 +50,9 @@ pub struct LoadArgs {
     /// Print the report as JSON (one object) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// The taskscope binary to run (the global `--taskscope`).
+    #[arg(skip)]
+    pub taskscope: std::path::PathBuf,
 }
 
 /// Target rate.
@@ -108,8 +111,8 @@ async fn redis_counters(client: &Client) -> anyhow::Result<RedisCounters> {
         ],
     )
     .await?;
-    let text = |r: Option<&Reply>| match r {
-        Some(Reply::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+    let text = |r: Option<&Result<Value, String>>| match r {
+        Some(Ok(v)) => v.as_str().map(|s| s.into_owned()).unwrap_or_default(),
         _ => String::new(),
     };
     let stats = text(replies.first());
@@ -301,22 +304,6 @@ async fn generate_one(
     })
 }
 
-/// Sends one tick's commands pipelined; returns how many Redis refused.
-pub async fn send(client: &Client, commands: Vec<Cmd>) -> anyhow::Result<u64> {
-    if commands.is_empty() {
-        return Ok(0);
-    }
-    let replies = rio::run_commands(client, commands).await?;
-    let mut errors = 0;
-    for r in replies {
-        if let Reply::Error(e) = r {
-            errors += 1;
-            tracing::debug!(error = %e, "Redis refused a generated command.");
-        }
-    }
-    Ok(errors)
-}
-
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Lag {
@@ -402,7 +389,7 @@ pub struct Machine {
     pub redis_version: String,
 }
 
-/// `taskscope bench load`.
+/// `taskscope-bench load`.
 pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     let flavors = parse_flavors(&args.broker)?;
     let rate = parse_rate(&args.rate)?;
@@ -412,7 +399,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
         .unwrap_or_default()
         .trim()
         .to_string();
-    let redis = procs::start_redis(dir.path())?;
+    let redis = sandbox::start_redis(dir.path())?;
     anyhow::ensure!(args.connections > 0, "--connections must be at least 1");
     anyhow::ensure!(
         args.connections == 1 || !flavors.contains(&Flavor::Taskiq),
@@ -421,8 +408,7 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     );
     let mut clients = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
-        let c = rio::builder(&redis.url(), false)?.build()?;
-        c.init()
+        let c = rio::connect(&redis.url())
             .await
             .context("cannot connect to the private redis-server")?;
         clients.push(c);
@@ -463,27 +449,6 @@ pub async fn run(args: LoadArgs) -> anyhow::Result<Report> {
     })
 }
 
-/// A temporary directory removed on drop.
-pub struct TempDir(std::path::PathBuf);
-
-impl TempDir {
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-pub fn tempdir() -> anyhow::Result<TempDir> {
-    let p = std::env::temp_dir().join(format!("taskscope-bench-{}", uuid::Uuid::new_v4()));
-    std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
-    Ok(TempDir(p))
-}
-
 async fn reset(client: &Client) -> anyhow::Result<()> {
     let replies = rio::run_commands(
         client,
@@ -500,33 +465,10 @@ async fn reset(client: &Client) -> anyhow::Result<()> {
         ],
     )
     .await?;
-    if let Some(Reply::Error(e)) = replies.into_iter().find(|r| matches!(r, Reply::Error(_))) {
+    if let Some(Err(e)) = replies.into_iter().find(Result::is_err) {
         bail!("cannot reset the private Redis: {e}");
     }
     Ok(())
-}
-
-/// The serve flags of a child watching the generator's keys.
-pub fn serve_args(
-    redis_url: &str,
-    db: &std::path::Path,
-    listen: &str,
-    brokers: &str,
-) -> Vec<String> {
-    vec![
-        "--redis".into(),
-        redis_url.into(),
-        "--db".into(),
-        db.display().to_string(),
-        "--listen".into(),
-        listen.into(),
-        "--brokers".into(),
-        brokers.into(),
-        "--taskiq-queues".into(),
-        super::gen::taskiq::STREAM.into(),
-        "--celery-queues".into(),
-        super::gen::celery::QUEUE.into(),
-    ]
 }
 
 /// One generator run that no taskscope watches: Redis's counters before it, and what it wrote.
@@ -577,10 +519,11 @@ async fn run_flavor(
 
     // 2. With taskscope.
     reset(client).await?;
-    let port = procs::free_port()?;
+    let port = sandbox::free_port()?;
     let db = dir.join(format!("bench-{}.duckdb", flavor.as_str()));
     let log = dir.join(format!("taskscope-{}.log", flavor.as_str()));
-    let mut child = procs::start_taskscope(
+    let mut child = sandbox::start_taskscope(
+        &args.taskscope,
         &serve_args(
             &redis.url(),
             &db,
@@ -705,7 +648,7 @@ async fn watched_run(
     rate: Rate,
     args: &LoadArgs,
     seed: u64,
-) -> anyhow::Result<(Watched, procs::ProcUsage)> {
+) -> anyhow::Result<(Watched, ProcUsage)> {
     let client = clients.first().context("no generator connection")?;
     api.wait_ready(Duration::from_secs(30), child).await?;
     let arrivals = Arc::new(Mutex::new(Arrivals::default()));
@@ -768,7 +711,7 @@ async fn watched_run(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    let usage = procs::usage(child.pid())?;
+    let usage = usage::usage(child.pid())?;
     let ts_after = api.redis_commands().await?;
     let ts_commands = ts_after.0.saturating_sub(ts_before.0);
     let ts_round_trips = ts_after.1.saturating_sub(ts_before.1);
@@ -808,7 +751,7 @@ async fn watched_run(
 /// The report as a table.
 pub fn print_table(r: &Report) {
     println!(
-        "taskscope {} bench load: {} CPUs, load before {}, redis {}",
+        "taskscope-bench {} load: {} CPUs, load before {}, redis {}",
         r.version, r.machine.cpus, r.machine.loadavg_before, r.machine.redis_version
     );
     println!(

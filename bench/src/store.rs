@@ -1,31 +1,32 @@
-//! `taskscope bench store`: how big and how fast the history is at N tasks.
+//! `taskscope-bench store`: how big and how fast the history is at N tasks.
 //!
 //! 1. Generates N tasks into a new DuckDB file with `store::synthetic` (or reuses one with
 //!    `--reuse`), checkpoints it and reports its size and bytes per task.
-//! 2. Starts a private `redis-server` and a real `taskscope serve` on the file (the same binary),
+//! 2. Starts a private `redis-server` and a real `taskscope serve` on the file (`--taskscope`),
 //!    then times every report route, `/api/stats` and `/api/tasks` with each filter and a
 //!    cursor page, over HTTP, `--runs` times each after one warm-up: p50, p95 and max.
 //! 3. Reads the server's peak RSS (`VmHWM`) once every route has run.
 //!
 //! With `--json` the figures are one JSON object on stdout (what CI's smoke test checks).
 
-use super::proc;
-use super::procs::{self, Proc};
-use crate::store::synthetic;
+use crate::usage;
 use anyhow::{bail, Context};
 use chrono::Utc;
 use clap::Args;
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use taskscope::loadgen::http;
+use taskscope::loadgen::sandbox::{self, Proc};
+use taskscope::store::synthetic;
 
 /// Targets from issue #8, printed beside the figures.
 const TARGET_REPORT_P95_MS: f64 = 100.0;
 const TARGET_BYTES_PER_TASK: f64 = 100.0;
 const TARGET_RSS_BYTES: u64 = 150 * 1024 * 1024;
 
-/// `taskscope bench store`.
+/// `taskscope-bench store`.
 #[derive(Debug, Args)]
 pub struct StoreBenchArgs {
     /// How many tasks to generate.
@@ -70,7 +71,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 impl Timing {
-    fn failed(name: &str, path: &str, report: bool, answer: &proc::Answer) -> Timing {
+    fn failed(name: &str, path: &str, report: bool, answer: &http::Answer) -> Timing {
         Timing {
             name: name.to_string(),
             path: path.to_string(),
@@ -122,7 +123,7 @@ fn encode(v: &str) -> String {
 }
 
 fn get_json(port: u16, path: &str) -> anyhow::Result<Value> {
-    let a = proc::get(port, path)?;
+    let a = http::get(port, path)?;
     if a.status != 200 {
         bail!(
             "GET {path}: status {}: {}",
@@ -142,14 +143,14 @@ fn time_route(
     report: bool,
 ) -> anyhow::Result<Timing> {
     let _span = tracing::info_span!("route", name).entered();
-    let warm = proc::get(port, path)?;
+    let warm = http::get(port, path)?;
     if warm.status != 200 {
         return Ok(Timing::failed(name, path, report, &warm));
     }
     let mut samples_ms = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
         let t = Instant::now();
-        let a = proc::get(port, path)?;
+        let a = http::get(port, path)?;
         samples_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         if a.status != 200 {
             return Ok(Timing::failed(name, path, report, &a));
@@ -284,8 +285,8 @@ fn settle(port: u16) -> anyhow::Result<()> {
     bail!("the server's writer did not settle within 10 minutes")
 }
 
-/// Runs `taskscope bench store`.
-pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
+/// Runs `taskscope-bench store` against the taskscope binary `exe`.
+pub fn run(exe: &Path, args: StoreBenchArgs) -> anyhow::Result<()> {
     let span = chrono::Duration::from_std(args.span).context("--span is too long")?;
     let human = !args.json;
     let generated = if args.reuse {
@@ -320,11 +321,10 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
     let wal_bytes = std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
 
     // A private Redis and a real server on the file.
-    let scratch = super::load::tempdir()?;
-    let redis = procs::start_redis(scratch.path())?;
+    let scratch = sandbox::tempdir()?;
+    let redis = sandbox::start_redis(scratch.path())?;
     let redis_port = redis.port;
-    let http_port = procs::free_port()?;
-    let exe = std::env::current_exe().context("cannot find the taskscope binary")?;
+    let http_port = sandbox::free_port()?;
     let serve_started = Instant::now();
     let child = Command::new(exe)
         .args(["serve", "--db"])
@@ -348,10 +348,10 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
         .spawn()
         .context("cannot start taskscope serve")?;
     let mut serve = Proc { child };
-    proc::wait_http(&mut serve, http_port, "/healthz", Duration::from_secs(300))?;
+    http::wait_http(&mut serve, http_port, "/healthz", Duration::from_secs(300))?;
     let startup = serve_started.elapsed();
     settle(http_port)?;
-    let rss_idle = procs::status_bytes(serve.pid(), "VmRSS").unwrap_or(0);
+    let rss_idle = usage::status_bytes(serve.pid(), "VmRSS").unwrap_or(0);
     let stats = get_json(http_port, "/api/stats")?;
     let tasks_served: u64 = stats["by_state"]
         .as_object()
@@ -373,9 +373,9 @@ pub fn run(args: StoreBenchArgs) -> anyhow::Result<()> {
         timings.push(t);
     }
     let pid = serve.pid();
-    let peak_rss = procs::status_bytes(pid, "VmHWM").unwrap_or(0);
-    let rss_end = procs::status_bytes(pid, "VmRSS").unwrap_or(0);
-    let cpu = procs::cpu_seconds(pid).unwrap_or(0.0);
+    let peak_rss = usage::status_bytes(pid, "VmHWM").unwrap_or(0);
+    let rss_end = usage::status_bytes(pid, "VmRSS").unwrap_or(0);
+    let cpu = usage::cpu_seconds(pid).unwrap_or(0.0);
     serve.stop(Duration::from_secs(30));
 
     let tasks = generated.as_ref().map(|g| g.tasks).unwrap_or(tasks_served);

@@ -1,9 +1,10 @@
-//! A minimal HTTP/1.1 client for `bench store`, and waiting for a child server to answer.
+//! A minimal HTTP/1.1 client for `demo` and `bench store`, and waiting for a child server to
+//! answer.
 //!
 //! The client is std-only on purpose: one `GET` per connection (`Connection: close`), which is
-//! what a browser's first request of a page costs, and no extra dependency in the binary.
+//! what a browser's first request of a page costs, and no HTTP client in the product binary.
 
-use super::procs::Proc;
+use super::sandbox::Proc;
 use anyhow::{bail, Context};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -84,5 +85,30 @@ pub fn wait_http(
             bail!("{path} on port {port} did not answer 200 within {timeout:?}");
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits until the child's `/healthz` says Redis is connected and keyspace notifications are
+/// on (so nothing the generator writes next goes unseen), failing early when it exits.
+pub fn wait_ready(server: &mut Proc, port: u16, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = server.child.try_wait() {
+            bail!("taskscope exited during start ({status})");
+        }
+        if let Ok(a) = get(port, "/healthz") {
+            let health: serde_json::Value =
+                serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null);
+            if a.status == 200
+                && health["redis"] == "connected"
+                && health["change_feed"] == "notifications"
+            {
+                return Ok(());
+            }
+        }
+        if Instant::now() >= deadline {
+            bail!("taskscope was not ready within {timeout:?} (127.0.0.1:{port}/healthz)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -51,7 +51,7 @@ impl Api {
     pub async fn wait_ready(
         &self,
         deadline: Duration,
-        proc: &mut super::procs::Proc,
+        proc: &mut taskscope::loadgen::sandbox::Proc,
     ) -> anyhow::Result<Value> {
         let until = Instant::now() + deadline;
         loop {

@@ -1,4 +1,5 @@
-//! The load generator: task lifecycles written to Redis in each broker's own format.
+//! The load generator: task lifecycles written to Redis in each broker's own format, shared by
+//! `taskscope demo` and the benchmarks (package `taskscope-bench` under `bench/`).
 //!
 //! Each broker module turns one lifecycle step of one task into the Redis commands the real
 //! library issues for it (the shapes captured under `broker-adapters/tests/fixtures/`), so the
@@ -13,10 +14,18 @@
 //!
 //! The driver mirrors each Redis list in a `VecDeque`, so a pop pops exactly the task it
 //! believes it pops. Ground truth is the [`Outcome`] each task was given.
+//!
+//! Around the generator, what both of its users need to run it:
+//! - [`redis`]: a plain connection and pipelined commands (not the ingest layer's client);
+//! - [`sandbox`]: a private `redis-server` and a child `taskscope serve`, killed with us;
+//! - [`http`]: a std-only HTTP `GET`, and waiting for a child server to answer.
 
 pub mod celery;
 pub mod dramatiq;
+pub mod http;
+pub mod redis;
 pub mod rq;
+pub mod sandbox;
 pub mod taskiq;
 
 use fred::prelude::Value;

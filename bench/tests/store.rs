@@ -1,23 +1,24 @@
-//! CI smoke run of `taskscope bench store` (issue #8): a 20k-task history generated, served by a
+//! CI smoke run of `taskscope-bench store` (issue #8): a 20k-task history generated, served by a
 //! real `taskscope serve` and timed route by route in seconds, so the benchmark cannot rot. It
 //! checks that every figure of the JSON is there and that every route answered, not the figures
 //! themselves (CI machines vary); `README.md#performance` has the real numbers.
+
+mod common;
 
 use serde_json::Value;
 use std::process::Command;
 
 #[test]
 fn bench_store_smoke_reports_every_figure() {
+    let _slot = common::test_slot();
     let dir = tempfile::tempdir().expect("tempdir");
     let db = dir.path().join("bench.duckdb");
-    let out = Command::new(env!("CARGO_BIN_EXE_taskscope"))
-        .args([
-            "bench", "store", "--tasks", "20000", "--runs", "2", "--json", "--db",
-        ])
+    let out = Command::new(common::bench_bin())
+        .args(["store", "--tasks", "20000", "--runs", "2", "--json", "--db"])
         .arg(&db)
         .env("TASKSCOPE_LOG", "error")
         .output()
-        .expect("run taskscope bench store");
+        .expect("run taskscope-bench store");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "bench store failed: {stderr}");
     let json: Value = serde_json::from_slice(&out.stdout)

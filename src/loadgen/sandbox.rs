@@ -1,5 +1,5 @@
-//! Child processes of the benchmarks and `demo`: a private `redis-server` and a `taskscope
-//! serve`, both killed when dropped; and what `/proc` says about a process.
+//! Child processes of `demo` and the benchmarks: a private `redis-server` and a `taskscope
+//! serve`, both killed when dropped and when we die; a scratch directory for them.
 
 use anyhow::{bail, Context};
 use std::net::TcpListener;
@@ -140,9 +140,8 @@ pub fn start_redis(dir: &Path) -> anyhow::Result<RedisServer> {
     Ok(server)
 }
 
-/// Starts `taskscope serve` (this very binary) with `args`, its log to `log`.
-pub fn start_taskscope(args: &[String], log: &Path) -> anyhow::Result<Proc> {
-    let exe = std::env::current_exe().context("cannot find the taskscope binary")?;
+/// Starts `exe serve` (a taskscope binary) with `args`, its log to `log`.
+pub fn start_taskscope(exe: &Path, args: &[String], log: &Path) -> anyhow::Result<Proc> {
     let log_file =
         std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let child = die_with_parent(&mut Command::new(exe))
@@ -161,56 +160,47 @@ pub fn start_taskscope(args: &[String], log: &Path) -> anyhow::Result<Proc> {
         .stdout(Stdio::null())
         .stderr(log_file)
         .spawn()
-        .context("cannot start taskscope serve")?;
+        .with_context(|| format!("cannot start {} serve", exe.display()))?;
     Ok(Proc { child })
 }
 
-/// CPU seconds (user + system) and peak RSS of a live process, from `/proc`.
-#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct ProcUsage {
-    pub cpu_seconds: f64,
-    pub peak_rss_mb: f64,
+/// A temporary directory removed on drop.
+#[derive(Debug)]
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
 }
 
-pub fn usage(pid: u32) -> anyhow::Result<ProcUsage> {
-    let cpu_seconds = cpu_seconds(pid).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
-    let peak = status_bytes(pid, "VmHWM")
-        .with_context(|| format!("cannot read VmHWM in /proc/{pid}/status"))?;
-    Ok(ProcUsage {
-        cpu_seconds,
-        peak_rss_mb: peak as f64 / (1024.0 * 1024.0),
-    })
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
-/// A `kB` line of `/proc/<pid>/status` (`VmHWM`, `VmRSS`), in bytes.
-pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    text.lines()
-        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .map(|kb| kb * 1024)
+/// A new, empty directory under the system's temporary directory.
+pub fn tempdir() -> anyhow::Result<TempDir> {
+    let p = std::env::temp_dir().join(format!("taskscope-bench-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
+    Ok(TempDir(p))
 }
 
-/// CPU time (user + system) of a process so far, from `/proc/<pid>/stat`.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the `(comm)`, which may hold spaces, start at field 3 (state): utime (14)
-    // is index 11, stime (15) index 12.
-    let rest = &text[text.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / clock_ticks())
-}
-
-/// `sysconf(_SC_CLK_TCK)`: 100 on every Linux we run on (`getconf CLK_TCK` says so).
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .unwrap_or(100.0)
+/// The serve flags of a child watching the generator's keys.
+pub fn serve_args(redis_url: &str, db: &Path, listen: &str, brokers: &str) -> Vec<String> {
+    vec![
+        "--redis".into(),
+        redis_url.into(),
+        "--db".into(),
+        db.display().to_string(),
+        "--listen".into(),
+        listen.into(),
+        "--brokers".into(),
+        brokers.into(),
+        "--taskiq-queues".into(),
+        super::taskiq::STREAM.into(),
+        "--celery-queues".into(),
+        super::celery::QUEUE.into(),
+    ]
 }

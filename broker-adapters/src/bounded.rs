@@ -1,0 +1,345 @@
+//! Bounded memories: a set and a map that hold at most a stated number of entries and forget
+//! the oldest first.
+//!
+//! Adapters remember things about tasks they cannot ask Redis again cheaply (ids already
+//! reported, attempt numbering, bodies that failed to decode, which result key belongs to
+//! which message). A long-lived sidecar watching millions of tasks must not grow with them, so
+//! every such memory is one of these two types, with its capacity written where it is built.
+//!
+//! Eviction is by *insertion* order (first in, first out): inserting a key that is already
+//! present updates its value but does not make it younger, and reading never does either. An
+//! entry is forgotten only when a new key arrives while the memory is full. All operations are
+//! O(1) (a hash map threaded by a linked list: `hashlink`).
+
+use hashlink::linked_hash_map::Entry;
+use hashlink::{LinkedHashMap, LinkedHashSet};
+use std::borrow::Borrow;
+use std::hash::Hash;
+
+/// A set of at most `capacity` values; inserting a new value into a full set forgets the
+/// oldest one.
+#[derive(Debug, Clone)]
+pub struct FifoSet<T: Hash + Eq> {
+    capacity: usize,
+    items: LinkedHashSet<T>,
+}
+
+impl<T: Hash + Eq> FifoSet<T> {
+    /// An empty set that holds at most `capacity` values (at least one).
+    pub fn new(capacity: usize) -> Self {
+        FifoSet {
+            capacity: capacity.max(1),
+            items: LinkedHashSet::new(),
+        }
+    }
+
+    /// The most values this set holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Adds `value`; true when it was not there (an existing value keeps its age). When the
+    /// set is full, the oldest value is forgotten first.
+    pub fn insert(&mut self, value: T) -> bool {
+        if self.items.contains(&value) {
+            return false;
+        }
+        if self.items.len() >= self.capacity {
+            self.items.pop_front();
+        }
+        self.items.insert(value)
+    }
+
+    pub fn contains<Q>(&self, value: &Q) -> bool
+    where
+        T: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.items.contains(value)
+    }
+
+    /// Forgets `value`; true when it was there.
+    pub fn remove<Q>(&mut self, value: &Q) -> bool
+    where
+        T: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.items.remove(value)
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.items.clear();
+    }
+
+    /// Values from the oldest to the newest.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.items.iter()
+    }
+
+    /// Keeps only the values `keep` accepts (their order unchanged).
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) {
+        self.items.retain_with_order(|v| keep(v));
+    }
+}
+
+/// A map of at most `capacity` entries; inserting a new key into a full map forgets the oldest
+/// entry.
+#[derive(Debug, Clone)]
+pub struct FifoMap<K: Hash + Eq, V> {
+    capacity: usize,
+    entries: LinkedHashMap<K, V>,
+}
+
+impl<K: Hash + Eq, V> FifoMap<K, V> {
+    /// An empty map that holds at most `capacity` entries (at least one).
+    pub fn new(capacity: usize) -> Self {
+        FifoMap {
+            capacity: capacity.max(1),
+            entries: LinkedHashMap::new(),
+        }
+    }
+
+    /// The most entries this map holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Sets `key` to `value`, returning the value it replaces (the entry keeps its age). When a
+    /// new key arrives in a full map, the oldest entry is forgotten first.
+    pub fn insert(&mut self, key: K, value: V) -> Option<V> {
+        if let Some(slot) = self.entries.get_mut(&key) {
+            return Some(std::mem::replace(slot, value));
+        }
+        self.make_room();
+        self.entries.insert(key, value);
+        None
+    }
+
+    /// The value of `key`, inserted with `make` when absent (evicting the oldest entry when
+    /// full).
+    pub fn get_or_insert_with(&mut self, key: K, make: impl FnOnce() -> V) -> &mut V {
+        self.get_or_insert_evicting(key, make).0
+    }
+
+    /// [`Self::get_or_insert_with`], also handing back the entry forgotten to make room, for
+    /// callers that keep something beside it.
+    pub fn get_or_insert_evicting(
+        &mut self,
+        key: K,
+        make: impl FnOnce() -> V,
+    ) -> (&mut V, Option<(K, V)>) {
+        let evicted = if self.entries.contains_key(&key) {
+            None
+        } else {
+            self.make_room()
+        };
+        // Not `or_insert_with`: hashlink's moves an occupied entry to the back.
+        let value = match self.entries.entry(key) {
+            Entry::Occupied(entry) => entry.into_mut(),
+            Entry::Vacant(entry) => entry.insert(make()),
+        };
+        (value, evicted)
+    }
+
+    fn make_room(&mut self) -> Option<(K, V)> {
+        if self.entries.len() >= self.capacity {
+            self.entries.pop_front()
+        } else {
+            None
+        }
+    }
+
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.get(key)
+    }
+
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.get_mut(key)
+    }
+
+    pub fn contains_key<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.contains_key(key)
+    }
+
+    /// Makes `key`'s entry the youngest, as if inserted now (for a least-recently-used
+    /// order); true when it was there.
+    pub fn make_newest<Q>(&mut self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.to_back(key).is_some()
+    }
+
+    /// Forgets `key`, returning its value.
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.entries.remove(key)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+    }
+
+    /// Entries from the oldest to the newest.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.entries.iter()
+    }
+
+    /// Values from the oldest to the newest, mutable.
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut V> {
+        self.entries.values_mut()
+    }
+
+    /// Keeps only the entries `keep` accepts (their order unchanged).
+    pub fn retain(&mut self, keep: impl FnMut(&K, &mut V) -> bool) {
+        self.entries.retain_with_order(keep);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_set_forgets_the_oldest_value_first() {
+        let mut set = FifoSet::new(3);
+        for v in ["a", "b", "c", "d"] {
+            assert!(set.insert(v));
+        }
+        assert_eq!(set.len(), 3);
+        assert!(!set.contains("a"));
+        assert_eq!(set.iter().copied().collect::<Vec<_>>(), ["b", "c", "d"]);
+    }
+
+    #[test]
+    fn inserting_a_present_value_keeps_its_age_and_evicts_nothing() {
+        let mut set = FifoSet::new(2);
+        set.insert(1);
+        set.insert(2);
+        assert!(!set.insert(1), "already there");
+        assert_eq!(set.len(), 2);
+        set.insert(3);
+        assert!(!set.contains(&1), "1 is still the oldest");
+        assert!(set.contains(&2) && set.contains(&3));
+    }
+
+    #[test]
+    fn removed_values_free_their_room() {
+        let mut set = FifoSet::new(2);
+        set.insert(1);
+        set.insert(2);
+        assert!(set.remove(&1));
+        assert!(!set.remove(&1));
+        set.insert(3);
+        assert!(set.contains(&2) && set.contains(&3), "nothing evicted");
+    }
+
+    #[test]
+    fn zero_capacity_holds_one() {
+        let mut set = FifoSet::new(0);
+        set.insert(1);
+        set.insert(2);
+        assert_eq!(set.capacity(), 1);
+        assert_eq!(set.iter().copied().collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
+    fn full_map_forgets_the_oldest_entry_first() {
+        let mut map = FifoMap::new(2);
+        assert_eq!(map.insert("a", 1), None);
+        map.insert("b", 2);
+        map.insert("c", 3);
+        assert_eq!(map.get("a"), None);
+        assert_eq!(map.get("b"), Some(&2));
+        assert_eq!(map.len(), 2);
+    }
+
+    #[test]
+    fn updating_a_value_keeps_the_entry_age() {
+        let mut map = FifoMap::new(2);
+        map.insert("a", 1);
+        map.insert("b", 2);
+        assert_eq!(map.insert("a", 10), Some(1));
+        *map.get_mut("b").expect("b") += 1;
+        map.insert("c", 3);
+        assert_eq!(map.get("a"), None, "a is still the oldest");
+        assert_eq!(
+            map.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>(),
+            [("b", 3), ("c", 3)]
+        );
+    }
+
+    #[test]
+    fn get_or_insert_with_evicts_only_for_a_new_key() {
+        let mut map: FifoMap<&str, Vec<u32>> = FifoMap::new(2);
+        map.get_or_insert_with("a", Vec::new).push(1);
+        map.get_or_insert_with("b", Vec::new).push(2);
+        map.get_or_insert_with("a", Vec::new).push(3);
+        assert_eq!(map.get("a"), Some(&vec![1, 3]));
+        map.get_or_insert_with("c", Vec::new);
+        assert!(!map.contains_key("a") && map.contains_key("b") && map.contains_key("c"));
+    }
+
+    #[test]
+    fn get_or_insert_evicting_names_the_forgotten_entry() {
+        let mut map = FifoMap::new(1);
+        assert_eq!(map.get_or_insert_evicting("a", || 1).1, None);
+        assert_eq!(map.get_or_insert_evicting("a", || 2), (&mut 1, None));
+        assert_eq!(map.get_or_insert_evicting("b", || 3).1, Some(("a", 1)));
+    }
+
+    #[test]
+    fn make_newest_moves_an_entry_to_the_back_of_the_line() {
+        let mut map = FifoMap::new(2);
+        map.insert("a", 1);
+        map.insert("b", 2);
+        assert!(map.make_newest("a"));
+        assert!(!map.make_newest("z"));
+        map.insert("c", 3);
+        assert!(map.contains_key("a") && !map.contains_key("b"));
+    }
+
+    #[test]
+    fn retain_and_remove_keep_the_order_of_the_rest() {
+        let mut map = FifoMap::new(4);
+        for (k, v) in [(1, 'a'), (2, 'b'), (3, 'c'), (4, 'd')] {
+            map.insert(k, v);
+        }
+        map.retain(|k, _| k % 2 == 0);
+        assert_eq!(map.remove(&2), Some('b'));
+        map.insert(5, 'e');
+        assert_eq!(map.iter().map(|(k, _)| *k).collect::<Vec<_>>(), [4, 5]);
+    }
+}
