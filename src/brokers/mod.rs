@@ -221,6 +221,17 @@ mod tests {
             ),
         ];
         for (setting, text) in cases {
+            // Exhaustive on purpose: a new `Setting` gets a case above (and a describer).
+            match &setting {
+                Setting::DramatiqNamespace(_)
+                | Setting::RqPrefix(_)
+                | Setting::CeleryQueue(_)
+                | Setting::CeleryResultDb { .. }
+                | Setting::TaskiqChannel(_)
+                | Setting::TaskiqStream(_)
+                | Setting::TaskiqList(_)
+                | Setting::TaskiqResultPrefix(_) => {}
+            }
             assert_eq!(describe_setting(&setting), text);
             let owners = DESCRIBERS.iter().filter(|d| d(&setting).is_some()).count();
             assert_eq!(owners, 1, "{setting:?} has one owner");
