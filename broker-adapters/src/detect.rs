@@ -338,6 +338,31 @@ mod tests {
     }
 
     #[test]
+    fn a_name_both_rq_and_dramatiq_rules_claim_is_rqs_prefix_rules_first() {
+        let rq = Some(Setting::RqPrefix("rq:".into()));
+        assert_eq!(broker_of("rq:job:report.msgs"), Some((Broker::Rq, rq)));
+        let wk: Vec<String> = rules()
+            .well_known_keys()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            wk,
+            [
+                "_kombu.binding.celery",
+                "_kombu.binding.celeryev",
+                "_kombu.binding.celery.pidbox",
+                "dramatiq:__heartbeats__",
+                "dramatiq:default.msgs",
+                "rq:queues",
+                "rq:workers",
+            ],
+            "probed in the registry's order"
+        );
+        assert_eq!(rules().well_known_queues(), ["celery", "taskiq"]);
+    }
+
+    #[test]
     fn ordinary_keys_are_not_brokers() {
         for key in [
             "session:42",
