@@ -12,8 +12,9 @@
 //!   ([`BrokerSpec::build_adapter`]);
 //! - how a detected setting of it reads in `/healthz` ([`BrokerModule::describe_setting`]).
 //!
-//! The rest of the binary iterates the registry (the [`registry!`] call below) and never names a
-//! broker. Adding one: `docs/adding-a-broker.md`.
+//! The rest of the binary iterates the registry (the `registry!` call below) and names no broker,
+//! log lines aside and Celery's `enable_events` timer in the ingest loop (to become an adapter
+//! capability, issue #15 point 4). Adding one: `docs/adding-a-broker.md`.
 
 pub mod celery;
 pub mod dramatiq;
