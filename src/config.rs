@@ -11,6 +11,7 @@ use broker_adapters::Broker;
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -256,66 +257,14 @@ pub struct ServeArgs {
     )]
     pub metrics_max_labels: usize,
 
-    /// Broadcast Celery's `enable_events` control command periodically (as Flower does), so
-    /// task events flow without restarting workers with `-E`.
-    #[arg(long, env = "TASKSCOPE_CELERY_ENABLE_EVENTS")]
-    pub celery_enable_events: bool,
-
-    /// Celery queues to watch before any worker or producer declares them (comma list; queues
-    /// declared in Redis are found on their own).
-    /// With `--brokers auto`, setting it starts the Celery adapter without waiting for
-    /// detection. Default: `celery`.
-    #[arg(
-        long,
-        env = "TASKSCOPE_CELERY_QUEUES",
-        value_delimiter = ',',
-        value_name = "LIST"
-    )]
-    pub celery_queues: Option<Vec<String>>,
-
-    /// The Redis of Celery's result backend when it is not the broker's (e.g.
-    /// `redis://127.0.0.1:6379/1`): result keys are scanned and read there.
-    #[arg(long, env = "TASKSCOPE_CELERY_RESULT_URL", value_name = "URL")]
-    pub celery_result_url: Option<String>,
-
-    /// Dramatiq's Redis namespace (`RedisBroker(namespace=...)`). Default: the one
-    /// `--brokers auto` finds, else `dramatiq`; setting it starts the Dramatiq adapter at once.
-    #[arg(long, env = "TASKSCOPE_DRAMATIQ_NAMESPACE", value_name = "NS")]
-    pub dramatiq_namespace: Option<String>,
+    /// Every broker's own settings (`--celery-*`, `--dramatiq-*`, `--rq-*`, `--taskiq-*`).
+    #[command(flatten)]
+    pub per_broker: crate::brokers::BrokerArgs,
 
     /// With `--brokers auto`: how often to look for brokers not watched yet (bounded SCANs;
     /// also done at start).
     #[arg(long, env = "TASKSCOPE_DETECT_EVERY", default_value = "60s", value_parser = parse_duration, value_name = "DUR")]
     pub detect_every: Duration,
-
-    /// RQ's key prefix: `rq:`, or what the application's `RQ_KEY_PREFIX` says (a missing `:`
-    /// is added). Setting it starts the RQ adapter at once under `--brokers auto`.
-    #[arg(long, env = "TASKSCOPE_RQ_PREFIX", value_name = "PREFIX")]
-    pub rq_prefix: Option<String>,
-
-    /// taskiq queue names (the broker's `queue_name`): streams (`RedisStreamBroker`), lists
-    /// (`ListQueueBroker`) or pub/sub channels (`PubSubBroker`); which one is found in Redis.
-    /// Default: `taskiq`, plus the streams and lists `--brokers auto` finds holding taskiq
-    /// messages; setting it (or `--taskiq-result-prefix`) starts the taskiq adapter at once.
-    #[arg(
-        long,
-        env = "TASKSCOPE_TASKIQ_QUEUES",
-        value_delimiter = ',',
-        value_name = "LIST"
-    )]
-    pub taskiq_queues: Option<Vec<String>>,
-
-    /// The `prefix_str`s of taskiq's `RedisAsyncResultBackend`s (result keys
-    /// `<prefix>:<task_id>`), a comma list: one per result backend of the app. Bare task ids
-    /// are always read too. Unset: the prefixes `--brokers auto` finds; set, only these.
-    #[arg(
-        long,
-        alias = "taskiq-result-prefixes",
-        env = "TASKSCOPE_TASKIQ_RESULT_PREFIX",
-        value_delimiter = ',',
-        value_name = "LIST"
-    )]
-    pub taskiq_result_prefix: Option<Vec<String>>,
 
     /// How often the reconciliation pass re-reads queues, in-flight messages and open tasks'
     /// results (catching what notifications cannot carry).
@@ -441,17 +390,8 @@ pub struct ServeSettings {
     pub max_sse_clients: usize,
     pub max_http_queries: usize,
     pub metrics_max_labels: usize,
-    pub celery_enable_events: bool,
-    pub celery_queues: Vec<String>,
-    /// `None` when the results live in the watched Redis database itself.
-    pub celery_result_url: Option<String>,
-    pub dramatiq_namespace: String,
-    /// The namespace was given, not defaulted: detection does not override it.
-    pub dramatiq_namespace_given: bool,
-    pub rq_prefix: String,
-    pub taskiq_queues: Vec<String>,
-    /// Empty: none given (detected ones are read).
-    pub taskiq_result_prefixes: Vec<String>,
+    /// Every broker's resolved settings (`src/brokers/`).
+    pub registry: crate::brokers::Registry,
     pub reconcile_every: Duration,
     pub poll_every: Duration,
     pub rescan_every: Duration,
@@ -462,10 +402,6 @@ pub struct ServeSettings {
     pub decode_limits: broker_adapters::limits::Limits,
     pub housekeeping: crate::housekeeping::Settings,
 }
-
-/// Brokers with an adapter in this version.
-pub const AVAILABLE_BROKERS: [Broker; 4] =
-    [Broker::Celery, Broker::Dramatiq, Broker::Rq, Broker::Taskiq];
 
 impl ServeArgs {
     pub fn into_settings(self) -> Result<ServeSettings, UsageError> {
@@ -487,54 +423,13 @@ impl ServeArgs {
                 self.listen
             )));
         }
-        let celery_given = self.celery_queues.is_some()
-            || self.celery_result_url.is_some()
-            || self.celery_enable_events;
-        let dramatiq_given = self.dramatiq_namespace.is_some();
-        let rq_given = self.rq_prefix.is_some();
-        let taskiq_given = self.taskiq_queues.is_some() || self.taskiq_result_prefix.is_some();
+        let registry = self.per_broker.resolve(&crate::brokers::ResolveContext {
+            redis_url: self.redis.clone(),
+            redis_db,
+        })?;
         let (brokers, detect_every) = match selection {
             BrokerSelection::Listed(brokers) => (brokers, None),
-            BrokerSelection::Auto => {
-                let mut given = Vec::new();
-                if celery_given {
-                    given.push(Broker::Celery);
-                }
-                if dramatiq_given {
-                    given.push(Broker::Dramatiq);
-                }
-                if rq_given {
-                    given.push(Broker::Rq);
-                }
-                if taskiq_given {
-                    given.push(Broker::Taskiq);
-                }
-                (given, Some(self.detect_every))
-            }
-        };
-        let dramatiq_namespace = match self.dramatiq_namespace {
-            Some(ns) if ns.trim().is_empty() => {
-                return Err(UsageError("--dramatiq-namespace must not be empty".into()))
-            }
-            Some(ns) => ns,
-            None => "dramatiq".to_string(),
-        };
-        let rq_prefix = self.rq_prefix.unwrap_or_else(|| "rq:".to_string());
-        let celery_queues: Vec<String> = self
-            .celery_queues
-            .unwrap_or_else(|| vec!["celery".to_string()])
-            .into_iter()
-            .map(|q| q.trim().to_string())
-            .filter(|q| !q.is_empty())
-            .collect();
-        let celery_result_url = match self.celery_result_url {
-            Some(url) if url.trim() != self.redis.trim() => {
-                redis_db_of(&url).map_err(|UsageError(e)| {
-                    UsageError(e.replace("--redis", "--celery-result-url"))
-                })?;
-                Some(url)
-            }
-            _ => None,
+            BrokerSelection::Auto => (registry.given(), Some(self.detect_every)),
         };
         Ok(ServeSettings {
             redis_url: self.redis,
@@ -557,26 +452,7 @@ impl ServeArgs {
             max_sse_clients: self.max_sse_clients,
             max_http_queries: self.max_http_queries.max(1),
             metrics_max_labels: self.metrics_max_labels,
-            celery_enable_events: self.celery_enable_events,
-            celery_queues,
-            celery_result_url,
-            dramatiq_namespace,
-            dramatiq_namespace_given: dramatiq_given,
-            rq_prefix,
-            taskiq_queues: self
-                .taskiq_queues
-                .unwrap_or_else(|| vec!["taskiq".to_string()])
-                .into_iter()
-                .map(|q| q.trim().to_string())
-                .filter(|q| !q.is_empty())
-                .collect(),
-            taskiq_result_prefixes: self
-                .taskiq_result_prefix
-                .unwrap_or_default()
-                .into_iter()
-                .map(|p| p.trim().to_string())
-                .filter(|p| !p.is_empty())
-                .collect(),
+            registry,
             reconcile_every: self.reconcile_every,
             poll_every: self.poll_every,
             rescan_every: self.rescan_every,
@@ -625,9 +501,10 @@ fn parse_brokers(list: &str) -> Result<BrokerSelection, UsageError> {
             .map_err(|e: broker_adapters::model::UnknownBroker| {
                 UsageError(format!("--brokers: {e}"))
             })?;
-        if !AVAILABLE_BROKERS.contains(&broker) {
+        if !crate::brokers::ALL.contains(&broker) {
             return Err(UsageError(format!(
-                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto, celery, dramatiq, rq or taskiq"
+                "--brokers: the {broker} adapter is not in this version of taskscope yet; use --brokers auto, {}",
+                crate::brokers::names_for_humans()
             )));
         }
         if !brokers.contains(&broker) {
@@ -643,7 +520,7 @@ fn parse_brokers(list: &str) -> Result<BrokerSelection, UsageError> {
 }
 
 /// The database number of a `redis://host:port/N` URL (0 when absent).
-fn redis_db_of(url: &str) -> Result<u32, UsageError> {
+pub(crate) fn redis_db_of(url: &str) -> Result<u32, UsageError> {
     let rest = url
         .split_once("://")
         .filter(|(scheme, _)| matches!(*scheme, "redis" | "rediss" | "valkey" | "valkeys"))
@@ -707,47 +584,19 @@ pub fn apply_config_file(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-const KNOWN_VARS: &[&str] = &[
-    "TASKSCOPE_REDIS_URL",
-    "TASKSCOPE_DB",
-    "TASKSCOPE_LISTEN",
-    "TASKSCOPE_BROKERS",
-    "TASKSCOPE_ABANDON_AFTER",
-    "TASKSCOPE_SAMPLE_EVERY",
-    "TASKSCOPE_NO_CONFIG_SET",
-    "TASKSCOPE_AUTH_TOKEN",
-    "TASKSCOPE_INSECURE_LISTEN",
-    "TASKSCOPE_ALLOWED_HOSTS",
-    "TASKSCOPE_REQUEST_TIMEOUT",
-    "TASKSCOPE_MAX_SSE_CLIENTS",
-    "TASKSCOPE_MAX_HTTP_QUERIES",
-    "TASKSCOPE_METRICS_MAX_LABELS",
-    "TASKSCOPE_CELERY_ENABLE_EVENTS",
-    "TASKSCOPE_CELERY_QUEUES",
-    "TASKSCOPE_CELERY_RESULT_URL",
-    "TASKSCOPE_DRAMATIQ_NAMESPACE",
-    "TASKSCOPE_DETECT_EVERY",
-    "TASKSCOPE_HOUSEKEEPING",
-    "TASKSCOPE_RETENTION",
-    "TASKSCOPE_SAMPLE_RETENTION",
-    "TASKSCOPE_AGGREGATE_RETENTION",
-    "TASKSCOPE_SCHEDULE_ROLLUP",
-    "TASKSCOPE_SCHEDULE_RETENTION",
-    "TASKSCOPE_SCHEDULE_COMPACTION",
-    "TASKSCOPE_MAX_VALUE_BYTES",
-    "TASKSCOPE_MAX_PAYLOAD_BYTES",
-    "TASKSCOPE_MAX_DECOMPRESSED_BYTES",
-    "TASKSCOPE_MAX_DECODED_BYTES",
-    "TASKSCOPE_MAX_DECODED_ITEMS",
-    "TASKSCOPE_MAX_DECODE_DEPTH",
-    "TASKSCOPE_REDACT_KEYS",
-    "TASKSCOPE_RQ_PREFIX",
-    "TASKSCOPE_TASKIQ_QUEUES",
-    "TASKSCOPE_TASKIQ_RESULT_PREFIX",
-    "TASKSCOPE_RECONCILE_EVERY",
-    "TASKSCOPE_POLL_EVERY",
-    "TASKSCOPE_RESCAN_EVERY",
-];
+/// The `TASKSCOPE_*` variables a TOML key may set: those of every `serve` flag (each broker's
+/// included, from its own settings in `src/brokers/`), but `--config` itself.
+static KNOWN_VARS: LazyLock<Vec<&'static str>> = LazyLock::new(|| {
+    SERVE_COMMAND
+        .get_arguments()
+        .filter_map(|arg| arg.get_env()?.to_str())
+        .filter(|var| *var != "TASKSCOPE_CONFIG")
+        .collect()
+});
+
+/// `taskscope serve`'s flags, as clap knows them.
+static SERVE_COMMAND: LazyLock<clap::Command> =
+    LazyLock::new(|| ServeArgs::augment_args(clap::Command::new("serve")));
 
 fn flatten(
     prefix: &str,
@@ -810,7 +659,11 @@ mod tests {
     fn rq_prefix_defaults_to_rq_and_has_a_flag() {
         use clap::Parser;
         let prefix = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
-            Ok(Command::Serve(serve)) => serve.rq_prefix.unwrap_or_else(|| "rq:".into()),
+            Ok(Command::Serve(serve)) => serve
+                .per_broker
+                .rq
+                .rq_prefix
+                .unwrap_or_else(|| "rq:".into()),
             other => panic!("{other:?}"),
         };
         if std::env::var_os("TASKSCOPE_RQ_PREFIX").is_none() {
@@ -830,7 +683,7 @@ mod tests {
     fn taskiq_result_prefixes_are_a_list_and_one_value_still_works() {
         use clap::Parser;
         let prefixes = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
-            Ok(Command::Serve(serve)) => serve.taskiq_result_prefix,
+            Ok(Command::Serve(serve)) => serve.per_broker.taskiq.taskiq_result_prefix,
             other => panic!("{other:?}"),
         };
         let owned = |v: &[&str]| Some(v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
@@ -967,5 +820,55 @@ mod tests {
             BrokerSelection::Listed(vec![Broker::Celery])
         );
         assert!(parse_brokers("sidekiq").is_err());
+    }
+
+    #[test]
+    fn toml_keys_are_every_serve_flag_as_before_the_registry() {
+        let before_the_registry = [
+            "TASKSCOPE_REDIS_URL",
+            "TASKSCOPE_DB",
+            "TASKSCOPE_LISTEN",
+            "TASKSCOPE_BROKERS",
+            "TASKSCOPE_ABANDON_AFTER",
+            "TASKSCOPE_SAMPLE_EVERY",
+            "TASKSCOPE_NO_CONFIG_SET",
+            "TASKSCOPE_AUTH_TOKEN",
+            "TASKSCOPE_INSECURE_LISTEN",
+            "TASKSCOPE_ALLOWED_HOSTS",
+            "TASKSCOPE_REQUEST_TIMEOUT",
+            "TASKSCOPE_MAX_SSE_CLIENTS",
+            "TASKSCOPE_MAX_HTTP_QUERIES",
+            "TASKSCOPE_METRICS_MAX_LABELS",
+            "TASKSCOPE_CELERY_ENABLE_EVENTS",
+            "TASKSCOPE_CELERY_QUEUES",
+            "TASKSCOPE_CELERY_RESULT_URL",
+            "TASKSCOPE_DRAMATIQ_NAMESPACE",
+            "TASKSCOPE_DETECT_EVERY",
+            "TASKSCOPE_HOUSEKEEPING",
+            "TASKSCOPE_RETENTION",
+            "TASKSCOPE_SAMPLE_RETENTION",
+            "TASKSCOPE_AGGREGATE_RETENTION",
+            "TASKSCOPE_SCHEDULE_ROLLUP",
+            "TASKSCOPE_SCHEDULE_RETENTION",
+            "TASKSCOPE_SCHEDULE_COMPACTION",
+            "TASKSCOPE_MAX_VALUE_BYTES",
+            "TASKSCOPE_MAX_PAYLOAD_BYTES",
+            "TASKSCOPE_MAX_DECOMPRESSED_BYTES",
+            "TASKSCOPE_MAX_DECODED_BYTES",
+            "TASKSCOPE_MAX_DECODED_ITEMS",
+            "TASKSCOPE_MAX_DECODE_DEPTH",
+            "TASKSCOPE_REDACT_KEYS",
+            "TASKSCOPE_RQ_PREFIX",
+            "TASKSCOPE_TASKIQ_QUEUES",
+            "TASKSCOPE_TASKIQ_RESULT_PREFIX",
+            "TASKSCOPE_RECONCILE_EVERY",
+            "TASKSCOPE_POLL_EVERY",
+            "TASKSCOPE_RESCAN_EVERY",
+        ];
+        let mut known: Vec<&str> = KNOWN_VARS.clone();
+        known.sort_unstable();
+        let mut expected = before_the_registry.to_vec();
+        expected.sort_unstable();
+        assert_eq!(known, expected);
     }
 }

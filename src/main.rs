@@ -2,6 +2,7 @@
 //!
 //! # Layout
 //! - [`config`]: flags, environment and TOML into validated settings.
+//! - [`brokers`]: the broker registry: each broker's settings, detection rules and adapter.
 //! - [`ingest`]: Redis in (notifications, pub/sub, reads), adapters' observations out.
 //! - [`store`]: DuckDB history; one writer thread folds observations with the state machine.
 //! - [`http`]: the JSON API and the pages.
@@ -14,6 +15,7 @@
 //!
 //! Exit codes: 0 success, 2 bad usage, 1 any other error (one line saying what to do).
 
+mod brokers;
 mod config;
 mod demo;
 mod export;
@@ -25,12 +27,6 @@ mod metrics;
 use taskscope::store;
 
 use anyhow::Context;
-use broker_adapters::celery::{CeleryAdapter, CeleryConfig};
-use broker_adapters::detect::Setting;
-use broker_adapters::dramatiq::{DramatiqAdapter, DramatiqConfig};
-use broker_adapters::rq::{RqAdapter, RqConfig};
-use broker_adapters::taskiq::{TaskiqAdapter, TaskiqConfig};
-use broker_adapters::{Adapter, Broker};
 use clap::Parser;
 use config::{Cli, Command, HousekeepingCmd, ServeSettings, UsageError};
 use std::process::ExitCode;
@@ -216,90 +212,6 @@ fn init_tracing() {
         .init();
 }
 
-/// The adapter of `broker`, configured by the settings and, where the user left a setting
-/// out, by what auto-detection learned (`detected`). `None` when this build has no adapter
-/// for it.
-fn build_adapter(
-    broker: Broker,
-    settings: &ServeSettings,
-    detected: &[Setting],
-) -> Option<Box<dyn Adapter>> {
-    match broker {
-        Broker::Celery => {
-            let mut queues = settings.celery_queues.clone();
-            let mut result_url = settings.celery_result_url.clone();
-            for setting in detected {
-                match setting {
-                    Setting::CeleryQueue(q) if !queues.contains(q) => queues.push(q.clone()),
-                    // --celery-result-url wins over the database detection found.
-                    Setting::CeleryResultDb { url, .. } if result_url.is_none() => {
-                        result_url = Some(url.clone());
-                    }
-                    _ => {}
-                }
-            }
-            Some(Box::new(CeleryAdapter::new(CeleryConfig {
-                db: settings.redis_db,
-                queues,
-                result_url,
-            })))
-        }
-        Broker::Dramatiq => {
-            let detected_namespace = detected.iter().find_map(|s| match s {
-                Setting::DramatiqNamespace(ns) => Some(ns.clone()),
-                _ => None,
-            });
-            let namespace = match detected_namespace {
-                Some(ns) if !settings.dramatiq_namespace_given => ns,
-                _ => settings.dramatiq_namespace.clone(),
-            };
-            Some(Box::new(DramatiqAdapter::new(DramatiqConfig { namespace })))
-        }
-        Broker::Rq => {
-            // A prefix the user gave wins; else the one detection found (RQ_KEY_PREFIX).
-            let prefix = match detected.iter().find_map(|s| match s {
-                Setting::RqPrefix(p) => Some(p.clone()),
-                _ => None,
-            }) {
-                Some(p) if !settings.brokers.contains(&Broker::Rq) => p,
-                _ => settings.rq_prefix.clone(),
-            };
-            Some(Box::new(RqAdapter::new(RqConfig { prefix })))
-        }
-        Broker::Taskiq => {
-            let mut queues = settings.taskiq_queues.clone();
-            for setting in detected {
-                if let Setting::TaskiqStream(q)
-                | Setting::TaskiqList(q)
-                | Setting::TaskiqChannel(q) = setting
-                {
-                    if !queues.contains(q) {
-                        queues.push(q.clone());
-                    }
-                }
-            }
-            // Prefixes the user gave win; else the ones detection found so far (more are
-            // handed over at runtime through `on_detected`).
-            let result_prefixes = if settings.taskiq_result_prefixes.is_empty() {
-                detected
-                    .iter()
-                    .filter_map(|s| match s {
-                        Setting::TaskiqResultPrefix(p) if !p.is_empty() => Some(p.clone()),
-                        _ => None,
-                    })
-                    .collect()
-            } else {
-                settings.taskiq_result_prefixes.clone()
-            };
-            Some(Box::new(TaskiqAdapter::new(TaskiqConfig {
-                queues,
-                result_prefixes,
-                db: settings.redis_db,
-            })))
-        }
-    }
-}
-
 async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     // Before any decoding: every decoder reads the budget from here.
     broker_adapters::limits::Limits::configure(settings.decode_limits);
@@ -367,7 +279,7 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         reconcile_every: settings.reconcile_every,
         poll_every: settings.poll_every,
         rescan_every: settings.rescan_every,
-        celery_enable_events: settings.celery_enable_events,
+        celery_enable_events: settings.registry.broadcasts_enable_events(),
         max_payload_bytes: settings.max_payload_bytes,
         sanitizer: ingest::sanitize::Sanitizer::new(
             settings.max_value_bytes,
@@ -377,23 +289,20 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let adapters = settings
         .brokers
         .iter()
-        .filter_map(|b| build_adapter(*b, &settings, &[]))
+        .filter_map(|b| settings.registry.build_adapter(*b, &[]))
         .collect();
     let auto = settings.detect_every.map(|every| {
         info!(every = ?every, "Looking for Celery, Dramatiq, RQ and taskiq keys in Redis (--brokers auto).");
-        let factory_settings = settings.clone();
+        let registry = settings.registry.clone();
         ingest::AutoDetect {
             options: ingest::detect::DetectOptions {
                 every,
                 pages_per_pass: DETECT_PAGES_PER_PASS,
-                dramatiq_namespace: settings.dramatiq_namespace.clone(),
-                rq_prefix: settings.rq_prefix.clone(),
+                rules: Arc::new(settings.registry.key_rules()),
                 redis_url: settings.redis_url.clone(),
                 db: settings.redis_db,
             },
-            factory: Box::new(move |broker, detected| {
-                build_adapter(broker, &factory_settings, detected)
-            }),
+            factory: Box::new(move |broker, detected| registry.build_adapter(broker, detected)),
         }
     });
     let housekeeping = housekeeping::spawn(

@@ -2,7 +2,7 @@
 //! and (later) `/metrics` read. Plain atomics and one small mutex-guarded map: cheap enough to
 //! bump on the hot path.
 
-use broker_adapters::detect::{Finding, Setting};
+use broker_adapters::detect::Finding;
 use broker_adapters::Broker;
 use chrono::{DateTime, Utc};
 use std::collections::BTreeMap;
@@ -299,7 +299,10 @@ impl Metrics {
             d.found.push(DetectedBroker {
                 broker: finding.broker,
                 key: finding.key.clone(),
-                setting: finding.setting.as_ref().map(describe_setting),
+                setting: finding
+                    .setting
+                    .as_ref()
+                    .map(crate::brokers::describe_setting),
                 at: Utc::now(),
                 via,
                 watching_after_ms: None,
@@ -334,22 +337,5 @@ impl Metrics {
 
     pub fn detection(&self) -> Detection {
         self.detection.lock().map(|d| d.clone()).unwrap_or_default()
-    }
-}
-
-/// A detected setting in the words of the flag that would set it.
-pub fn describe_setting(setting: &Setting) -> String {
-    match setting {
-        Setting::DramatiqNamespace(ns) => format!("dramatiq namespace {ns}"),
-        Setting::RqPrefix(p) => format!("rq prefix {p}"),
-        Setting::CeleryQueue(q) => format!("celery queue {q}"),
-        Setting::CeleryResultDb { db, .. } => format!("celery results in database {db}"),
-        Setting::TaskiqChannel(c) => format!("taskiq pub/sub channel {c}"),
-        Setting::TaskiqStream(s) => format!("taskiq stream {s}"),
-        Setting::TaskiqList(l) => format!("taskiq list {l}"),
-        Setting::TaskiqResultPrefix(p) if p.is_empty() => {
-            "taskiq results (bare task ids)".to_string()
-        }
-        Setting::TaskiqResultPrefix(p) => format!("taskiq result prefix {p}"),
     }
 }

@@ -16,13 +16,21 @@
 //!
 //! Pure: the ingest layer scans and reads (bounded SCANs, one sample read per unknown key) and
 //! hands names and bytes here.
+//!
+//! Key-name rules belong to their broker: each broker module has a `detect` module with its
+//! [`KeyRules`] (`celery::detect::CeleryKeys`, `dramatiq::detect::DramatiqKeys`,
+//! `rq::detect::RqKeys`, `taskiq::detect::TaskiqKeys`), and the binary's broker registry hands
+//! them, configured, to a [`KeyRuleSet`]. This module keeps what spans brokers: the verdicts,
+//! the sampled-message and channel rules, and key shapes.
 
 mod correlate;
 
+use crate::celery::detect::{CELERY_GROUP_RESULT, CELERY_RESULT};
 use crate::codec;
 use crate::model::Broker;
 use serde_json::Value;
 
+pub use crate::taskiq::detect::taskiq_result_prefix_of;
 pub use correlate::ListCorrelator;
 
 /// A setting detection learned along with the broker, so its adapter watches the right keys.
@@ -59,7 +67,8 @@ pub struct Finding {
 }
 
 impl Finding {
-    fn new(broker: Broker, key: &str, setting: Option<Setting>) -> Finding {
+    /// Evidence of `broker` shown by `key`, with the setting it teaches.
+    pub fn new(broker: Broker, key: &str, setting: Option<Setting>) -> Finding {
         Finding {
             broker,
             key: key.to_string(),
@@ -82,98 +91,90 @@ pub enum KeyVerdict {
     Unknown,
 }
 
-/// Kombu's Redis transport keys (Celery is the kombu user taskscope watches).
-const KOMBU_BINDING: &str = "_kombu.binding.";
-const CELERY_RESULT: &str = "celery-task-meta-";
-const CELERY_GROUP_RESULT: &str = "celery-taskset-meta-";
-/// RQ's keys under its prefix.
-const RQ_KEYS: [&str; 2] = ["queues", "workers"];
-const RQ_PREFIXES: [&str; 12] = [
-    "job:",
-    "queue:",
-    "wip:",
-    "finished:",
-    "failed:",
-    "deferred:",
-    "scheduled:",
-    "canceled:",
-    "results:",
-    "worker:",
-    "workers:",
-    "executions:",
-];
+/// Where a broker's rules look in a key name. A name that rules of both kinds would claim
+/// belongs to the prefix rule: a name recognised by how it starts (RQ's `rq:job:<id>`) is
+/// judged more surely than one recognised by how it ends (Dramatiq's `<ns>:<queue>.msgs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Anchor {
+    /// The name's start says it (a fixed prefix).
+    Prefix,
+    /// The name's end or middle says it (a suffix, a task id).
+    Suffix,
+}
 
-/// Classifies a key by its name. `rq_prefixes` are the RQ prefixes to recognise (the default
-/// `rq:` plus a configured one).
-pub fn classify_key(key: &str, rq_prefixes: &[&str]) -> KeyVerdict {
-    if key.starts_with(KOMBU_BINDING) {
-        return KeyVerdict::Broker(Finding::new(Broker::Celery, key, None));
+/// One broker's detection rules for key names, configured by its settings (RQ's prefix,
+/// Dramatiq's namespace). Implemented in each broker's own `detect` module.
+pub trait KeyRules: Send + Sync + std::fmt::Debug {
+    /// The broker these rules find.
+    fn broker(&self) -> Broker;
+    /// Which part of a name the rules read (the order rules are asked in, see [`Anchor`]).
+    fn anchor(&self) -> Anchor;
+    /// This broker's verdict on a name; `None` when the name is not one of its keys.
+    fn classify(&self, key: &str) -> Option<KeyVerdict>;
+    /// Keys whose existence alone shows the broker in its default (or configured) layout,
+    /// checked at every pass before any scan.
+    fn well_known_keys(&self) -> Vec<String> {
+        Vec::new()
     }
-    if key.starts_with(CELERY_RESULT) || key.starts_with(CELERY_GROUP_RESULT) {
-        return KeyVerdict::Broker(Finding::new(Broker::Celery, key, None));
+    /// Streams or lists with the broker's default queue names, sampled before any scan.
+    fn well_known_queues(&self) -> Vec<String> {
+        Vec::new()
     }
-    for prefix in rq_prefixes {
-        if let Some(rest) = key.strip_prefix(prefix) {
-            if RQ_KEYS.contains(&rest) || RQ_PREFIXES.iter().any(|p| rest.starts_with(p)) {
-                let setting = Setting::RqPrefix((*prefix).to_string());
-                return KeyVerdict::Broker(Finding::new(Broker::Rq, key, Some(setting)));
-            }
+}
+
+/// Every broker's key rules, asked in [`Anchor`] order (prefix rules first), then in the order
+/// given (the registry's).
+#[derive(Debug, Default)]
+pub struct KeyRuleSet {
+    /// In the registry's order: well-known keys are probed in this order.
+    rules: Vec<Box<dyn KeyRules>>,
+    /// Indices into `rules`, in the order names are judged.
+    judging_order: Vec<usize>,
+}
+
+impl KeyRuleSet {
+    pub fn new(rules: Vec<Box<dyn KeyRules>>) -> KeyRuleSet {
+        let mut judging_order: Vec<usize> = (0..rules.len()).collect();
+        judging_order.sort_by_key(|&i| rules[i].anchor());
+        KeyRuleSet {
+            rules,
+            judging_order,
         }
     }
-    if let Some(namespace) = dramatiq_namespace_of(key) {
-        let setting = Setting::DramatiqNamespace(namespace);
-        return KeyVerdict::Broker(Finding::new(Broker::Dramatiq, key, Some(setting)));
-    }
-    if taskiq_result_prefix_of(key).is_some() {
-        return KeyVerdict::MaybeTaskiqResult;
-    }
-    KeyVerdict::SampleIfStreamOrList
-}
 
-/// The `prefix_str` of a key named like a taskiq result: `""` for a bare task id,
-/// `"results"` for `results:<task id>`, `"app:results"` for `app:results:<task id>` (the id is
-/// what follows the last `:`). `None` when the name cannot be a result key.
-///
-/// Only task ids of a recognisable shape count: taskiq's default `uuid4().hex` (32 lower-case
-/// hex digits) and the dashed `str(uuid4())` of a common custom `id_generator`. taskiq accepts
-/// any string (`with_task_id`, `with_id_generator`), but a name alone cannot tell such an id
-/// from any other key: those results are read by id once their task is known.
-/// Progress keys (`<task id>__progress`) are not results and never match.
-pub fn taskiq_result_prefix_of(key: &str) -> Option<String> {
-    if is_task_id(key) {
-        return Some(String::new());
+    /// Classifies a key by its name: the first rule (prefix rules first) that claims it, else
+    /// [`KeyVerdict::SampleIfStreamOrList`].
+    pub fn classify_key(&self, key: &str) -> KeyVerdict {
+        self.judging_order
+            .iter()
+            .find_map(|&i| self.rules[i].classify(key))
+            .unwrap_or(KeyVerdict::SampleIfStreamOrList)
     }
-    let (prefix, id) = key.rsplit_once(':')?;
-    (!prefix.is_empty() && is_task_id(id)).then(|| prefix.to_string())
-}
 
-/// The namespace of a key only Dramatiq's RedisBroker writes: `<ns>:__heartbeats__`,
-/// `<ns>:__acks__.<worker>.<queue>`, `<ns>:<queue>.msgs` (and `.DQ.msgs`, `.XQ.msgs`).
-fn dramatiq_namespace_of(key: &str) -> Option<String> {
-    let namespace = if let Some(ns) = key.strip_suffix(":__heartbeats__") {
-        ns
-    } else if let Some((ns, _worker_queue)) = key.split_once(":__acks__.") {
-        ns
-    } else if key.ends_with(".msgs") {
-        let (ns, queue) = key.rsplit_once(':')?;
-        queue.strip_suffix(".msgs").filter(|q| !q.is_empty())?;
-        ns
-    } else {
-        return None;
-    };
-    (!namespace.is_empty()).then(|| namespace.to_string())
-}
+    /// Every broker's well-known keys (see [`KeyRules::well_known_keys`]), with the rules
+    /// they belong to.
+    pub fn well_known_keys(&self) -> Vec<(String, &dyn KeyRules)> {
+        self.rules
+            .iter()
+            .flat_map(|r| {
+                r.well_known_keys()
+                    .into_iter()
+                    .map(move |k| (k, r.as_ref() as &dyn KeyRules))
+            })
+            .collect()
+    }
 
-/// A task id of a shape taskiq makes: `uuid4().hex` (its default) or `str(uuid4())`.
-fn is_task_id(id: &str) -> bool {
-    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
-    match id.len() {
-        32 => id.bytes().all(hex),
-        36 => id.bytes().enumerate().all(|(i, b)| match i {
-            8 | 13 | 18 | 23 => b == b'-',
-            _ => hex(b),
-        }),
-        _ => false,
+    /// Every broker's default queue names (see [`KeyRules::well_known_queues`]).
+    pub fn well_known_queues(&self) -> Vec<String> {
+        self.rules
+            .iter()
+            .flat_map(|r| r.well_known_queues())
+            .collect()
+    }
+
+    /// The brokers these rules find.
+    pub fn brokers(&self) -> Vec<Broker> {
+        self.rules.iter().map(|r| r.broker()).collect()
     }
 }
 
@@ -279,31 +280,29 @@ pub fn key_shape(key: &str) -> &str {
     }
 }
 
-/// Keys whose existence alone shows a broker in its default layout, checked at every pass
-/// before any scan: one pipelined round trip finds the common case in a Redis of any size.
-pub fn well_known_keys(dramatiq_namespace: &str, rq_prefix: &str) -> Vec<String> {
-    vec![
-        format!("{KOMBU_BINDING}celery"),
-        format!("{KOMBU_BINDING}celeryev"),
-        format!("{KOMBU_BINDING}celery.pidbox"),
-        format!("{dramatiq_namespace}:__heartbeats__"),
-        format!("{dramatiq_namespace}:default.msgs"),
-        format!("{rq_prefix}queues"),
-        format!("{rq_prefix}workers"),
-    ]
-}
-
-/// Streams and lists whose default names are worth sampling before any scan: Celery's and
-/// taskiq's default queues.
-pub const WELL_KNOWN_QUEUES: [&str; 2] = ["celery", "taskiq"];
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Every broker's rules in their default layouts, in the registry's order.
+    fn rules() -> KeyRuleSet {
+        KeyRuleSet::new(vec![
+            Box::new(crate::celery::detect::CeleryKeys),
+            Box::new(crate::dramatiq::detect::DramatiqKeys {
+                namespace: "dramatiq".into(),
+            }),
+            Box::new(crate::rq::detect::RqKeys::new("rq:")),
+            Box::new(crate::taskiq::detect::TaskiqKeys),
+        ])
+    }
+
+    fn classify_key(key: &str) -> KeyVerdict {
+        rules().classify_key(key)
+    }
+
     fn broker_of(key: &str) -> Option<(Broker, Option<Setting>)> {
-        match classify_key(key, &["rq:"]) {
+        match classify_key(key) {
             KeyVerdict::Broker(f) => Some((f.broker, f.setting)),
             _ => None,
         }
@@ -339,6 +338,31 @@ mod tests {
     }
 
     #[test]
+    fn a_name_both_rq_and_dramatiq_rules_claim_is_rqs_prefix_rules_first() {
+        let rq = Some(Setting::RqPrefix("rq:".into()));
+        assert_eq!(broker_of("rq:job:report.msgs"), Some((Broker::Rq, rq)));
+        let wk: Vec<String> = rules()
+            .well_known_keys()
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        assert_eq!(
+            wk,
+            [
+                "_kombu.binding.celery",
+                "_kombu.binding.celeryev",
+                "_kombu.binding.celery.pidbox",
+                "dramatiq:__heartbeats__",
+                "dramatiq:default.msgs",
+                "rq:queues",
+                "rq:workers",
+            ],
+            "probed in the registry's order"
+        );
+        assert_eq!(rules().well_known_queues(), ["celery", "taskiq"]);
+    }
+
+    #[test]
     fn ordinary_keys_are_not_brokers() {
         for key in [
             "session:42",
@@ -352,7 +376,7 @@ mod tests {
             assert!(broker_of(key).is_none(), "{key}");
         }
         assert_eq!(
-            classify_key("0123456789abcdef0123456789abcdef", &["rq:"]),
+            classify_key("0123456789abcdef0123456789abcdef"),
             KeyVerdict::MaybeTaskiqResult
         );
     }
@@ -373,11 +397,7 @@ mod tests {
                 Some(prefix),
                 "{key}"
             );
-            assert_eq!(
-                classify_key(&key, &["rq:"]),
-                KeyVerdict::MaybeTaskiqResult,
-                "{key}"
-            );
+            assert_eq!(classify_key(&key), KeyVerdict::MaybeTaskiqResult, "{key}");
         }
     }
 
@@ -398,14 +418,11 @@ mod tests {
         }
         // Other brokers' keys that end in an id keep their own verdict.
         assert!(matches!(
-            classify_key(&format!("rq:job:{id}"), &["rq:"]),
+            classify_key(&format!("rq:job:{id}")),
             KeyVerdict::Broker(_)
         ));
         assert!(matches!(
-            classify_key(
-                "celery-task-meta-7c9d4875-a02c-4dcb-b08a-c82e543624e9",
-                &["rq:"]
-            ),
+            classify_key("celery-task-meta-7c9d4875-a02c-4dcb-b08a-c82e543624e9"),
             KeyVerdict::Broker(_)
         ));
     }
@@ -480,7 +497,7 @@ mod tests {
     proptest::proptest! {
         #[test]
         fn garbage_never_panics(key in ".{0,64}", bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..256)) {
-            let _ = classify_key(&key, &["rq:"]);
+            let _ = classify_key(&key);
             let _ = taskiq_result_prefix_of(&key);
             let _ = classify_message(&key, &bytes, true);
             let _ = classify_message(&key, &bytes, false);

@@ -35,6 +35,11 @@ impl Broker {
         !matches!(self, Broker::Taskiq)
     }
 
+    /// Every broker's name, comma separated (`celery, dramatiq, taskiq, rq`).
+    pub fn names() -> String {
+        Broker::ALL.map(Broker::as_str).join(", ")
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Broker::Celery => "celery",
@@ -51,9 +56,9 @@ impl fmt::Display for Broker {
     }
 }
 
-/// A broker name that is not one of `celery`, `dramatiq`, `taskiq`, `rq`.
+/// A broker name that is not one of [`Broker::ALL`]'s.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown broker {0:?}: expected one of celery, dramatiq, taskiq, rq")]
+#[error("unknown broker {0:?}: expected one of {expected}", expected = Broker::names())]
 pub struct UnknownBroker(pub String);
 
 impl FromStr for Broker {
@@ -485,5 +490,15 @@ mod tests {
         // What serialises reads back (the bench and tests round-trip tasks).
         let back: Task = serde_json::from_str(&json).expect("deserialises");
         assert_eq!(back, task);
+    }
+
+    #[test]
+    fn an_unknown_broker_error_names_every_broker() {
+        let err = "sidekiq".parse::<Broker>().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "unknown broker \"sidekiq\": expected one of celery, dramatiq, taskiq, rq"
+        );
+        assert_eq!(" rq ".parse::<Broker>(), Ok(Broker::Rq));
     }
 }

@@ -5,7 +5,7 @@
 //! Three sources of evidence, fastest first:
 //! 1. **new keys**, as they are created: the subscriber forwards Redis 7's new-key key events
 //!    (`__keyevent@*__:new`, class `n`, which `A` does not include) here, and each name is judged
-//!    at once ([`broker_adapters::detect::classify_key`]): a broker's first key (kombu's
+//!    at once (each broker's rules, [`broker_adapters::detect::KeyRuleSet`]): a broker's first key (kombu's
 //!    `_kombu.binding.celery`, Dramatiq's `__heartbeats__`, RQ's `rq:queues`...) starts its
 //!    adapter within milliseconds. A name that says nothing is typed (`TYPE`, pipelined per
 //!    batch, at most [`TYPE_PROBES_PER_SECOND`]) and a stream or list has one entry sampled; a
@@ -96,10 +96,9 @@ pub struct DetectOptions {
     pub every: Duration,
     /// SCAN pages per kind of scan per pass (each page is one non-blocking `SCAN`).
     pub pages_per_pass: usize,
-    /// Dramatiq namespace to probe first (the configured one, or `dramatiq`).
-    pub dramatiq_namespace: String,
-    /// RQ key prefix to recognise (besides the default `rq:`).
-    pub rq_prefix: String,
+    /// Every registered broker's key rules (configured: Dramatiq's namespace to probe first,
+    /// RQ's prefix to recognise besides the default `rq:`...).
+    pub rules: Arc<detect::KeyRuleSet>,
     /// The watched Redis (other databases of it are looked into for Celery results).
     pub redis_url: String,
     pub db: u32,
@@ -182,14 +181,6 @@ impl Detector {
         }
     }
 
-    fn rq_prefixes(&self) -> Vec<String> {
-        let mut prefixes = vec!["rq:".to_string()];
-        if self.opts.rq_prefix != "rq:" && !self.opts.rq_prefix.is_empty() {
-            prefixes.push(self.opts.rq_prefix.clone());
-        }
-        prefixes
-    }
-
     /// Keeps the findings not reported before.
     fn fresh(&mut self, found: Vec<Finding>) -> Vec<Finding> {
         found.into_iter().filter(|f| self.first_report(f)).collect()
@@ -205,8 +196,6 @@ impl Detector {
     pub async fn pass(&mut self, metrics: &Metrics) -> anyhow::Result<PassSummary> {
         let mut summary = PassSummary::default();
         let mut found = self.probe_well_known(metrics).await?;
-        let prefixes = self.rq_prefixes();
-        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
         let mut result_candidates = Vec::new();
         for (index, kind) in ScanKind::ALL.into_iter().enumerate() {
             let mut to_sample = Vec::new();
@@ -222,7 +211,7 @@ impl Detector {
                 .await?;
                 summary.keys_examined += keys.len() as u64;
                 for key in keys {
-                    match detect::classify_key(&key, &prefixes) {
+                    match self.opts.rules.classify_key(&key) {
                         KeyVerdict::Broker(finding) => found.push(finding),
                         KeyVerdict::MaybeTaskiqResult
                             if kind == ScanKind::Names
@@ -275,8 +264,6 @@ impl Detector {
         keys: Vec<NewKey>,
         metrics: &Metrics,
     ) -> anyhow::Result<Vec<(Finding, Instant)>> {
-        let prefixes = self.rq_prefixes();
-        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
         let mut found: Vec<(Finding, Instant)> = Vec::new();
         let mut to_type: Vec<(String, Instant)> = Vec::new();
         let mut results: Vec<(String, Instant)> = Vec::new();
@@ -293,7 +280,7 @@ impl Detector {
             if !batch_keys.insert(key.clone()) {
                 continue;
             }
-            match detect::classify_key(&key, &prefixes) {
+            match self.opts.rules.classify_key(&key) {
                 KeyVerdict::Broker(finding) => found.push((finding, at)),
                 KeyVerdict::MaybeTaskiqResult => {
                     // A result under a prefix already known to be taskiq's needs no read: it
@@ -468,32 +455,31 @@ impl Detector {
     /// The default layouts, in one round trip: `EXISTS` of each broker's well-known keys, and
     /// `TYPE` of the default queue names (sampled when they are lists or streams).
     async fn probe_well_known(&mut self, metrics: &Metrics) -> anyhow::Result<Vec<Finding>> {
-        let prefix = self.rq_prefixes().pop().unwrap_or_else(|| "rq:".into());
-        let keys = detect::well_known_keys(&self.opts.dramatiq_namespace, &prefix);
+        let rules = self.opts.rules.clone();
+        let keys = rules.well_known_keys();
+        let queues = rules.well_known_queues();
         let mut commands: Vec<(&'static str, Vec<Value>)> = keys
             .iter()
-            .map(|k| ("EXISTS", vec![Value::from(k.clone())]))
+            .map(|(k, _)| ("EXISTS", vec![Value::from(k.clone())]))
             .collect();
         commands.extend(
-            detect::WELL_KNOWN_QUEUES
+            queues
                 .iter()
-                .map(|q| ("TYPE", vec![Value::from(*q)])),
+                .map(|q| ("TYPE", vec![Value::from(q.clone())])),
         );
         metrics.count_redis_commands(commands.len() as u64);
         let replies = redis::run_commands(&self.client, commands).await?;
         let (exists, types) = replies.split_at(keys.len().min(replies.len()));
-        let prefixes = self.rq_prefixes();
-        let prefixes: Vec<&str> = prefixes.iter().map(String::as_str).collect();
         let mut found: Vec<Finding> = keys
             .iter()
             .zip(exists)
             .filter(|(_, reply)| reply.as_i64() == Some(1))
-            .filter_map(|(key, _)| match detect::classify_key(key, &prefixes) {
-                KeyVerdict::Broker(finding) => Some(finding),
+            .filter_map(|((key, rules), _)| match rules.classify(key) {
+                Some(KeyVerdict::Broker(finding)) => Some(finding),
                 _ => None,
             })
             .collect();
-        for (queue, reply) in detect::WELL_KNOWN_QUEUES.iter().zip(types) {
+        for (queue, reply) in queues.iter().zip(types) {
             let kind = match reply.as_bytes() {
                 Some(b"stream") => ScanKind::Streams,
                 Some(b"list") => ScanKind::Lists,
@@ -501,7 +487,7 @@ impl Detector {
             };
             // Default queue names are sampled at every pass: they are few and may hold a
             // different broker's messages later.
-            self.sampled.remove(*queue);
+            self.sampled.remove(queue);
             let samples = self
                 .sample_queues(kind, vec![queue.to_string()], metrics)
                 .await?;
@@ -743,6 +729,7 @@ pub fn spawn(
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let every = opts.every;
+        let brokers = opts.rules.brokers();
         let mut detector = Detector::new(client, opts);
         let mut logged_empty = false;
         let mut policy = ListenPolicy::new(Instant::now());
@@ -773,7 +760,7 @@ pub fn spawn(
         loop {
             let watched = metrics.brokers();
             let none_watched = watched.is_empty();
-            let all_watched = Broker::ALL.iter().all(|b| watched.contains(b));
+            let all_watched = brokers.iter().all(|b| watched.contains(b));
             let wanted = policy.listen(all_watched, Instant::now());
             listen.send_if_modified(|on| std::mem::replace(on, wanted) != wanted);
             let sent = tokio::select! {

@@ -15,6 +15,7 @@
 
 mod attempts;
 pub mod control;
+pub mod detect;
 pub mod events;
 pub mod message;
 pub mod result;

@@ -16,6 +16,7 @@
 //! - workers from `<ns>:__heartbeats__` (sampled, never followed notification by notification:
 //!   every dispatch call of every process writes it).
 
+pub mod detect;
 pub mod message;
 
 use crate::adapter::{

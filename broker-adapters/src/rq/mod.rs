@@ -27,6 +27,7 @@
 //! - queue samples: `LLEN <p>queue:<q>`, and the sizes of the `scheduled` (delayed), `failed`
 //!   (dead) and `wip` (running) registries.
 
+pub mod detect;
 pub mod job;
 pub mod layout;
 pub mod result;

@@ -30,6 +30,7 @@
 //! a task of that queue it is settled as `success` with a detail that says it was assumed; when results do
 //! exist, taskscope keeps waiting for the record.
 
+pub mod detect;
 mod follow_list;
 mod follow_stream;
 pub mod message;
