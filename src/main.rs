@@ -279,7 +279,6 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         reconcile_every: settings.reconcile_every,
         poll_every: settings.poll_every,
         rescan_every: settings.rescan_every,
-        celery_enable_events: settings.registry.broadcasts_enable_events(),
         max_payload_bytes: settings.max_payload_bytes,
         sanitizer: ingest::sanitize::Sanitizer::new(
             settings.max_value_bytes,

@@ -361,4 +361,19 @@ pub trait Adapter: Send {
     fn wants_read_barrier(&self) -> bool {
         false
     }
+
+    /// Messages this adapter publishes on its own schedule (asked about every second), such as
+    /// Celery's `enable_events` broadcast. Only what the operator opted into: an adapter's
+    /// configuration says whether it publishes anything at all. Configuration, not I/O: the
+    /// ingest layer sends them.
+    fn due_publishes(&mut self, _now: DateTime<Utc>) -> Vec<Publish> {
+        Vec::new()
+    }
+}
+
+/// A pub/sub message an adapter asks to publish ([`Adapter::due_publishes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Publish {
+    pub channel: String,
+    pub payload: Vec<u8>,
 }

@@ -32,6 +32,6 @@ pub mod worker_state;
 
 pub use adapter::{
     too_large_error, Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, PrefetchRead,
-    ReadRequest, Reply,
+    Publish, ReadRequest, Reply,
 };
 pub use model::*;

@@ -1616,6 +1616,7 @@ fn adapter_smembers_binding_adds_the_queue_and_reads_its_lists() {
         db: 0,
         queues: vec![],
         result_url: None,
+        ..CeleryConfig::default()
     });
     assert_eq!(a.queues().count(), 0);
     let req = ReadRequest::SMembers("_kombu.binding.celery".into());
@@ -1667,6 +1668,7 @@ fn adapter_smembers_pidbox_and_celeryev_bindings_add_no_queue() {
         db: 0,
         queues: vec![],
         result_url: None,
+        ..CeleryConfig::default()
     });
     for (key, file) in [
         (
@@ -1740,6 +1742,7 @@ fn adapter_interest_covers_celeryev_and_result_channels() {
         db: 5,
         queues: vec!["celery".into()],
         result_url: None,
+        ..CeleryConfig::default()
     });
     assert!(other_db
         .interest()
@@ -2305,6 +2308,7 @@ fn adapter_result_reads_go_to_the_side_connection_when_results_live_elsewhere() 
         db: 0,
         queues: vec!["celery".into()],
         result_url: Some("redis://127.0.0.1:6390/1".into()),
+        ..CeleryConfig::default()
     });
     assert_eq!(a.side_url().as_deref(), Some("redis://127.0.0.1:6390/1"));
     let interest = a.interest();

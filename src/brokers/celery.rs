@@ -114,10 +114,7 @@ impl BrokerSpec for CelerySpec {
             db: self.redis_db,
             queues,
             result_url: self.result_url.or_detected(detected_url),
+            enable_events: self.enable_events,
         }))
-    }
-
-    fn broadcasts_enable_events(&self) -> bool {
-        self.enable_events
     }
 }

@@ -13,8 +13,7 @@
 //! - how a detected setting of it reads in `/healthz` ([`BrokerModule::describe_setting`]).
 //!
 //! The rest of the binary iterates the registry (the `registry!` call below) and names no broker,
-//! log lines aside and Celery's `enable_events` timer in the ingest loop (to become an adapter
-//! capability, issue #15 point 4). Adding one: `docs/adding-a-broker.md`.
+//! log lines aside. Adding one: `docs/adding-a-broker.md`.
 
 pub mod celery;
 pub mod dramatiq;
@@ -66,12 +65,6 @@ pub trait BrokerSpec: std::fmt::Debug + Send + Sync {
     /// Its adapter, configured by the settings and, where the user left a setting out, by what
     /// auto-detection learned (`detected`: settings of every broker, in the order found).
     fn build_adapter(&self, detected: &[Setting]) -> Box<dyn Adapter>;
-
-    /// Whether the pipeline broadcasts Celery's `enable_events` control command periodically
-    /// (`--celery-enable-events`). Until periodic publishes are an adapter capability.
-    fn broadcasts_enable_events(&self) -> bool {
-        false
-    }
 }
 
 /// Declares the registry: one line per broker, `field: module::Args`, in the order brokers
@@ -141,11 +134,6 @@ impl Registry {
     /// Every broker's key rules, for detection.
     pub fn key_rules(&self) -> KeyRuleSet {
         KeyRuleSet::new(self.0.iter().map(|s| s.key_rules()).collect())
-    }
-
-    /// See [`BrokerSpec::broadcasts_enable_events`].
-    pub fn broadcasts_enable_events(&self) -> bool {
-        self.0.iter().any(|s| s.broadcasts_enable_events())
     }
 }
 

@@ -51,7 +51,6 @@ pub struct IngestConfig {
     pub reconcile_every: Duration,
     pub poll_every: Duration,
     pub rescan_every: Duration,
-    pub celery_enable_events: bool,
     /// `--max-payload-bytes`: longer values are not read (see [`redis`]).
     pub max_payload_bytes: usize,
     /// Redaction and truncation applied to every task payload before it is stored.
@@ -469,14 +468,7 @@ impl Pipeline {
         let mut sample = tokio::time::interval(self.cfg.sample_every);
         let mut rescan = tokio::time::interval(self.cfg.rescan_every);
         let mut sweep = tokio::time::interval(Duration::from_secs(1));
-        let mut enable_events = tokio::time::interval(Duration::from_secs(30));
-        for t in [
-            &mut reconcile,
-            &mut sample,
-            &mut rescan,
-            &mut sweep,
-            &mut enable_events,
-        ] {
+        for t in [&mut reconcile, &mut sample, &mut rescan, &mut sweep] {
             t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         }
         // The first tick of an interval fires at once; resync() already did that work.
@@ -502,6 +494,9 @@ impl Pipeline {
                     if connected && std::mem::take(&mut self.resync_requested) {
                         self.resync().await;
                     }
+                    if connected {
+                        self.publish_due().await;
+                    }
                     let swept = self.writer.sweep(Utc::now(), chrono_duration(self.cfg.abandon_after)).await;
                     self.check_writer(swept);
                 }
@@ -517,7 +512,6 @@ impl Pipeline {
                 Some(()) = listen_changed(&mut self.listen_rx) => self.apply_listening().await,
                 _ = sample.tick() => self.sample().await,
                 _ = rescan.tick() => self.scan().await,
-                _ = enable_events.tick(), if self.cfg.celery_enable_events => self.enable_celery_events().await,
             }
         }
     }
@@ -1265,20 +1259,32 @@ impl Pipeline {
         info!(keys = total, took = ?started.elapsed(), "Scanned Redis for queues and results.");
     }
 
-    async fn enable_celery_events(&mut self) {
-        let (channel, payload) = broker_adapters::celery::control::enable_events(
-            self.cfg.redis_db,
-            &uuid::Uuid::new_v4().to_string(),
-            Utc::now(),
-        );
-        self.metrics.count_redis_commands(1);
-        match self
-            .client
-            .publish::<i64, _, _>(channel.as_str(), payload)
-            .await
-        {
-            Ok(receivers) => debug!(receivers, "Broadcast Celery enable_events."),
-            Err(e) => warn!(error = %e, "Could not broadcast Celery enable_events."),
+    /// Publishes what adapters schedule themselves ([`Adapter::due_publishes`], e.g. Celery's
+    /// `enable_events` with `--celery-enable-events`). An adapter away decoding is asked at
+    /// the next tick.
+    async fn publish_due(&mut self) {
+        let now = Utc::now();
+        let mut due = Vec::new();
+        for slot in &mut self.slots {
+            let broker = slot.broker();
+            if let Some(adapter) = slot.here() {
+                due.extend(adapter.due_publishes(now).into_iter().map(|p| (broker, p)));
+            }
+        }
+        for (broker, p) in due {
+            self.metrics.count_redis_commands(1);
+            match self
+                .client
+                .publish::<i64, _, _>(p.channel.as_str(), p.payload)
+                .await
+            {
+                Ok(receivers) => {
+                    debug!(%broker, channel = %p.channel, receivers, "Published an adapter's message.")
+                }
+                Err(e) => {
+                    warn!(%broker, channel = %p.channel, error = %e, "Could not publish an adapter's message.")
+                }
+            }
         }
     }
 }

@@ -21,7 +21,7 @@ pub mod message;
 pub mod result;
 
 use crate::adapter::{
-    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
+    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, Publish, ReadRequest, Reply,
 };
 use crate::bounded::{FifoMap, FifoSet};
 use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
@@ -55,7 +55,14 @@ pub struct CeleryConfig {
     /// keys are then scanned and read there. Result channels need nothing: pub/sub spans
     /// databases.
     pub result_url: Option<String>,
+    /// Broadcast `enable_events` every [`ENABLE_EVENTS_EVERY`] (`--celery-enable-events`, as
+    /// Flower does), so task events flow without restarting workers with `-E`.
+    pub enable_events: bool,
 }
+
+/// How often `enable_events` is broadcast when asked for: a worker started since gets it
+/// within this long.
+pub const ENABLE_EVENTS_EVERY: chrono::Duration = chrono::Duration::seconds(30);
 
 impl Default for CeleryConfig {
     fn default() -> Self {
@@ -63,6 +70,7 @@ impl Default for CeleryConfig {
             db: 0,
             queues: vec!["celery".to_string()],
             result_url: None,
+            enable_events: false,
         }
     }
 }
@@ -93,6 +101,8 @@ pub struct CeleryAdapter {
     /// its cap, say) costs its whole budget each time. At most [`BAD_BODIES`], oldest
     /// forgotten first.
     bad_bodies: FifoMap<u64, CeleryMessage>,
+    /// When `enable_events` was last broadcast, and how many times.
+    enable_events_sent: Option<(DateTime<Utc>, u64)>,
 }
 
 /// Undecodable bodies remembered (see `CeleryAdapter::bad_bodies`).
@@ -111,6 +121,7 @@ impl CeleryAdapter {
             listed: HashMap::new(),
             popped: HashSet::new(),
             bad_bodies: FifoMap::new(BAD_BODIES),
+            enable_events_sent: None,
         }
     }
 
@@ -781,6 +792,22 @@ impl Adapter for CeleryAdapter {
         self.config.result_url.clone()
     }
 
+    /// `enable_events` at start and every [`ENABLE_EVENTS_EVERY`], when configured.
+    fn due_publishes(&mut self, now: DateTime<Utc>) -> Vec<Publish> {
+        if !self.config.enable_events {
+            return Vec::new();
+        }
+        let sent = match self.enable_events_sent {
+            Some((last, _)) if now - last < ENABLE_EVENTS_EVERY => return Vec::new(),
+            Some((_, n)) => n + 1,
+            None => 1,
+        };
+        self.enable_events_sent = Some((now, sent));
+        let (channel, payload) =
+            control::enable_events(self.config.db, &control::delivery_tag(now, sent), now);
+        vec![Publish { channel, payload }]
+    }
+
     fn on_gap(&mut self) {
         self.listed.clear();
         self.popped.clear();
@@ -849,5 +876,32 @@ mod tests {
         });
         adapter.on_detected(&result_db("redis://h:6379/1"));
         assert_eq!(adapter.side_url().as_deref(), Some("redis://other:6379/2"));
+    }
+
+    #[test]
+    fn enable_events_is_published_only_when_asked_then_every_30_s() {
+        let now = Utc::now();
+        let mut quiet = CeleryAdapter::new(CeleryConfig::default());
+        assert!(quiet.due_publishes(now).is_empty(), "read-only by default");
+        let mut a = CeleryAdapter::new(CeleryConfig {
+            db: 3,
+            enable_events: true,
+            ..CeleryConfig::default()
+        });
+        let first = a.due_publishes(now);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].channel, "/3.celery.pidbox");
+        let body: serde_json::Value =
+            serde_json::from_slice(&first[0].payload).expect("a kombu envelope");
+        assert_eq!(
+            body["properties"]["delivery_info"]["exchange"],
+            "celery.pidbox"
+        );
+        assert!(a
+            .due_publishes(now + chrono::Duration::seconds(29))
+            .is_empty());
+        let again = a.due_publishes(now + ENABLE_EVENTS_EVERY);
+        assert_eq!(again.len(), 1);
+        assert_ne!(again[0].payload, first[0].payload, "a new delivery tag");
     }
 }
