@@ -22,6 +22,9 @@
 //! - One taskscope process per file: DuckDB allows one read-write process, and [`open`] fails
 //!   fast when another holds the lock.
 
+// DuckDB lives here and nowhere else (clippy.toml).
+#![allow(clippy::disallowed_types)]
+
 mod export;
 pub mod maintenance;
 mod reader;
