@@ -790,37 +790,140 @@ fn wait(
     filter: &ReportFilter,
     limit: usize,
 ) -> Result<Vec<WaitStats>, StoreError> {
+    let rows = percentiles(conn, since, until, filter, limit, Measure::Wait)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| WaitStats {
+            broker: r.broker,
+            queue: r.queue,
+            name: r.name,
+            count: r.count,
+            p50_ms: r.p50_ms,
+            p95_ms: r.p95_ms,
+            p99_ms: r.p99_ms,
+            max_ms: r.max_ms,
+        })
+        .collect())
+}
+
+fn runtime(
+    conn: &Connection,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    filter: &ReportFilter,
+    limit: usize,
+) -> Result<Vec<RuntimeStats>, StoreError> {
+    let rows = percentiles(conn, since, until, filter, limit, Measure::Runtime)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| RuntimeStats {
+            broker: r.broker,
+            name: r.name,
+            count: r.count,
+            p50_ms: r.p50_ms,
+            p95_ms: r.p95_ms,
+            p99_ms: r.p99_ms,
+            max_ms: r.max_ms,
+            mean_ms: r.mean_ms,
+        })
+        .collect())
+}
+
+/// What a percentile report measures, over the tasks that finished in the window.
+#[derive(Debug, Clone, Copy)]
+enum Measure {
+    /// `runtime_ms`, per (broker, name).
+    Runtime,
+    /// [`broker_adapters::Task::wait_ms`], per (broker, queue, name).
+    Wait,
+}
+
+impl Measure {
+    /// The value over a raw task row `t`, and the condition for it to be known.
+    fn raw(self) -> (&'static str, &'static str) {
+        match self {
+            Measure::Runtime => ("t.runtime_ms", "t.runtime_ms IS NOT NULL"),
+            Measure::Wait => (
+                broker_adapters::model::WAIT_MS_SQL,
+                "t.started_at IS NOT NULL",
+            ),
+        }
+    }
+
+    /// The prefix of its roll-up columns (`<prefix>_count`, `_p50_ms`...).
+    fn rolled(self) -> &'static str {
+        match self {
+            Measure::Runtime => "runtime",
+            Measure::Wait => "wait",
+        }
+    }
+
+    fn by_queue(self) -> bool {
+        matches!(self, Measure::Wait)
+    }
+}
+
+/// One group of a percentile report.
+struct Percentiles {
+    broker: Broker,
+    queue: Option<String>,
+    name: Option<String>,
+    count: u64,
+    p50_ms: f64,
+    p95_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    mean_ms: f64,
+}
+
+/// Percentiles of `measure` per group, the highest p95 first. Raw tasks give exact figures;
+/// rolled-up hours give counts, max and sums exactly and their percentiles, which are merged
+/// as a count-weighted mean (exact when all is raw).
+fn percentiles(
+    conn: &Connection,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    filter: &ReportFilter,
+    limit: usize,
+    measure: Measure,
+) -> Result<Vec<Percentiles>, StoreError> {
     let cond = filter.conditions("t.broker", "t.queue", Some("t.name"));
     let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
     let split = Split::of(conn, since, until, None)?;
-    let wait = broker_adapters::model::WAIT_MS_SQL;
+    let (value, known) = measure.raw();
+    let (raw_queue, rolled_queue) = if measure.by_queue() {
+        ("t.queue", "nullif(r.queue, '')")
+    } else {
+        ("NULL::VARCHAR", "NULL::VARCHAR")
+    };
     let (raw, raw_params) = split.raw_union(
         &format!(
-            "SELECT t.broker, t.queue, t.name, {wait} AS wait_ms FROM task_rows t
-             WHERE t.started_at IS NOT NULL AND t.finished_at >= ? AND t.finished_at < ?{}",
+            "SELECT t.broker, {raw_queue} AS queue, t.name, {value} AS v FROM task_rows t
+             WHERE {known} AND t.finished_at >= ? AND t.finished_at < ?{}",
             cond.sql
         ),
         |lo, hi| cond.after([lo, hi]),
     );
+    let p = measure.rolled();
     let sql = format!(
         "WITH parts AS (
-            SELECT broker, queue, name, count(wait_ms) AS n,
-                   quantile_cont(wait_ms, 0.5) AS p50, quantile_cont(wait_ms, 0.95) AS p95,
-                   quantile_cont(wait_ms, 0.99) AS p99, max(wait_ms) AS mx
+            SELECT broker, queue, name, count(v) AS n,
+                   quantile_cont(v, 0.5) AS p50, quantile_cont(v, 0.95) AS p95,
+                   quantile_cont(v, 0.99) AS p99, max(v) AS mx, sum(v) AS total
             FROM {raw}
             GROUP BY broker, queue, name
-            HAVING count(wait_ms) > 0
+            HAVING count(v) > 0
             UNION ALL
-            SELECT r.broker, nullif(r.queue, ''), nullif(r.name, ''), r.wait_count, r.wait_p50_ms,
-                   r.wait_p95_ms, r.wait_p99_ms, r.wait_max_ms
+            SELECT r.broker, {rolled_queue}, nullif(r.name, ''), r.{p}_count, r.{p}_p50_ms,
+                   r.{p}_p95_ms, r.{p}_p99_ms, r.{p}_max_ms, r.{p}_sum_ms
             FROM (SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
                       UNION ALL SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
                       UNION ALL SELECT * FROM rollup_daily WHERE bucket >= ? AND bucket < ?) r
-            WHERE r.wait_count > 0 AND r.state IN ('success', 'failure')
+            WHERE r.{p}_count > 0 AND r.state IN ('success', 'failure')
               AND r.bucket >= ? AND r.bucket < ?{})
          SELECT broker, queue, name, sum(n)::BIGINT AS n,
                 sum(p50 * n) / sum(n), sum(p95 * n) / sum(n) AS p95, sum(p99 * n) / sum(n),
-                max(mx)
+                max(mx), sum(total) / sum(n)
          FROM parts
          GROUP BY broker, queue, name
          ORDER BY p95 DESC, n DESC, broker, queue, name LIMIT ?",
@@ -834,7 +937,7 @@ fn wait(
     let mut rows = stmt.query(duckdb::params_from_iter(params))?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
-        out.push(WaitStats {
+        out.push(Percentiles {
             broker: rows::parse_broker(&row.get::<_, String>(0)?)?,
             queue: row.get(1)?,
             name: row.get(2)?,
@@ -843,72 +946,7 @@ fn wait(
             p95_ms: row.get(5)?,
             p99_ms: row.get(6)?,
             max_ms: row.get(7)?,
-        });
-    }
-    Ok(out)
-}
-
-fn runtime(
-    conn: &Connection,
-    since: DateTime<Utc>,
-    until: DateTime<Utc>,
-    filter: &ReportFilter,
-    limit: usize,
-) -> Result<Vec<RuntimeStats>, StoreError> {
-    let cond = filter.conditions("broker", "queue", Some("name"));
-    let rolled = filter.conditions("r.broker", "r.queue", Some("r.name"));
-    let split = Split::of(conn, since, until, None)?;
-    let (raw, raw_params) = split.raw_union(
-        &format!(
-            "SELECT broker, name, runtime_ms FROM task_rows
-             WHERE runtime_ms IS NOT NULL AND finished_at >= ? AND finished_at < ?{}",
-            cond.sql
-        ),
-        |lo, hi| cond.after([lo, hi]),
-    );
-    // Raw tasks give exact figures; rolled-up hours give counts, max and sums exactly and their
-    // percentiles, which are merged as a count-weighted mean (exact when all is raw).
-    let sql = format!(
-        "WITH parts AS (
-            SELECT broker, name, count(*) AS n,
-                   quantile_cont(runtime_ms, 0.5) AS p50, quantile_cont(runtime_ms, 0.95) AS p95,
-                   quantile_cont(runtime_ms, 0.99) AS p99, max(runtime_ms) AS mx,
-                   sum(runtime_ms) AS total
-            FROM {raw}
-            GROUP BY broker, name
-            UNION ALL
-            SELECT r.broker, nullif(r.name, ''), r.runtime_count, r.runtime_p50_ms, r.runtime_p95_ms,
-                   r.runtime_p99_ms, r.runtime_max_ms, r.runtime_sum_ms
-            FROM (SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
-                      UNION ALL SELECT * FROM rollup_hourly WHERE bucket >= ? AND bucket < ?
-                      UNION ALL SELECT * FROM rollup_daily WHERE bucket >= ? AND bucket < ?) r
-            WHERE r.runtime_count > 0 AND r.state IN ('success', 'failure')
-              AND r.bucket >= ? AND r.bucket < ?{})
-         SELECT broker, name, sum(n)::BIGINT AS n,
-                sum(p50 * n) / sum(n), sum(p95 * n) / sum(n) AS p95, sum(p99 * n) / sum(n),
-                max(mx), sum(total) / sum(n)
-         FROM parts
-         GROUP BY broker, name
-         ORDER BY p95 DESC, n DESC, broker, name LIMIT ?",
-        rolled.sql
-    );
-    let mut params: Vec<DbValue> = raw_params;
-    params.extend(split.rolled_params());
-    params.extend(rolled.params);
-    params.push(DbValue::BigInt(i64::try_from(limit).unwrap_or(i64::MAX)));
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(duckdb::params_from_iter(params))?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        out.push(RuntimeStats {
-            broker: rows::parse_broker(&row.get::<_, String>(0)?)?,
-            name: row.get(1)?,
-            count: count(row.get(2)?),
-            p50_ms: row.get(3)?,
-            p95_ms: row.get(4)?,
-            p99_ms: row.get(5)?,
-            max_ms: row.get(6)?,
-            mean_ms: row.get(7)?,
+            mean_ms: row.get(8)?,
         });
     }
     Ok(out)
