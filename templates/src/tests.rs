@@ -216,6 +216,15 @@ fn overview_links_every_state_count_to_its_task_list() {
 }
 
 #[test]
+fn a_worker_up_before_taskscope_looked_says_so_not_1970() {
+    let mut view = sample_overview();
+    view.workers[0].online_since = chrono::DateTime::<chrono::Utc>::UNIX_EPOCH;
+    let html = crate::overview::render(&view, &now()).into_string();
+    assert!(html.contains("before taskscope"), "{html}");
+    assert!(!html.contains("1970"), "{html}");
+}
+
+#[test]
 fn overview_is_quiet_when_all_is_well() {
     let mut view = sample_overview();
     view.workers[1].alive = true;

@@ -75,7 +75,14 @@ pub fn worker_table(workers: &[Worker], now: &DateTime<Utc>) -> Markup {
                             td { (w.broker.as_str()) }
                             td.mono { (format::cell_text(&w.id, 40)) }
                             td { (components::opt_cell(w.hostname.as_deref(), 32)) }
-                            td.nowrap { (format::time(&w.online_since, now)) }
+                            td.nowrap {
+                                // The epoch: up since before taskscope first heard of it.
+                                @if w.online_since == DateTime::<Utc>::UNIX_EPOCH {
+                                    span.muted title="up since before taskscope first heard of it" { "before taskscope" }
+                                } @else {
+                                    (format::time(&w.online_since, now))
+                                }
+                            }
                             td.nowrap { (time_ago(&w.last_seen, now)) }
                             td.num {
                                 a href=(components::tasks_href([("broker", w.broker.as_str()), ("state", "running")])) { (w.running) }
