@@ -395,3 +395,130 @@ on_both_paths!(
         assert_eq!(d.state(&id), TaskState::Success);
     }
 );
+
+on_both_paths!(
+    message_fetched_and_nacked_between_two_reads_is_a_failure_not_a_success,
+    |path| {
+        let mut d = driver(path);
+        let msg = fixture("dead_letter_message.bin");
+        let rid = dq::redis_id(&msg);
+        let id = dq::message_id(&msg);
+        first_enqueue(&mut d, path, &msg);
+        dq::fetch(&mut d.redis, W1, "default", 1);
+        dq::nack(&mut d.redis, W1, "default", &rid);
+        d.deliver();
+        assert_eq!(d.state(&id), TaskState::Failure);
+        assert!(
+            !d.observations_of(&id)
+                .iter()
+                .any(|o| o.event == TaskEvent::Succeeded),
+            "{:#?}",
+            d.observations_of(&id)
+        );
+    }
+);
+
+on_both_paths!(
+    running_message_acknowledged_during_a_gap_is_settled_by_the_next_reconciliation,
+    |path| {
+        let mut d = driver(path);
+        let msg = fixture("queue_message.bin");
+        let rid = dq::redis_id(&msg);
+        let id = dq::message_id(&msg);
+        first_enqueue(&mut d, path, &msg);
+        step(&mut d, |r| {
+            dq::fetch(r, W1, "default", 1);
+        });
+        d.reconcile();
+        assert_eq!(d.state(&id), TaskState::Running);
+        d.gap();
+        dq::ack(&mut d.redis, W1, "default", &rid);
+        d.lose_notifications();
+        d.reconcile();
+        assert_eq!(d.state(&id), TaskState::Success);
+    }
+);
+
+/// taskscope lags behind a short retry backoff: the copy is written, the failed attempt acked,
+/// the copy taken off `.DQ`, moved back to `.msgs` under a new id and acked on `.DQ`, all before
+/// the first read of the ack.
+fn retry_copy_moved_back_before_the_ack_is_read(path: Path) {
+    let mut d = driver(path);
+    let attempt1 = fixture("retry_copy_requeued_1.bin");
+    let copy2 = fixture("retry_copy_dq_2.bin");
+    let moved2 = fixture("retry_copy_requeued_2.bin");
+    let id = dq::message_id(&attempt1);
+    first_enqueue(&mut d, path, &attempt1);
+    step(&mut d, |r| {
+        dq::fetch(r, W1, "default", 1);
+    });
+    dq::enqueue(&mut d.redis, W1, &copy2);
+    dq::ack(&mut d.redis, W1, "default", &dq::redis_id(&attempt1));
+    dq::fetch(&mut d.redis, W2, "default.DQ", 1);
+    dq::enqueue(&mut d.redis, W2, &moved2);
+    dq::ack(&mut d.redis, W2, "default.DQ", &dq::redis_id(&copy2));
+    d.deliver();
+    let t = d.task(&id);
+    assert_eq!(
+        (t.state, t.retries),
+        (TaskState::Retried, 2),
+        "{:#?}",
+        d.observations_of(&id)
+    );
+}
+
+mod retry_copy_moved_back_before_the_ack_is_read_is_still_no_success {
+    use super::*;
+
+    #[test]
+    fn followed() {
+        retry_copy_moved_back_before_the_ack_is_read(Path::Followed);
+    }
+
+    /// The unfollowed path settles a departed id from `.msgs` (its own field), `.DQ.msgs`
+    /// (whole) and `.XQ.msgs`: the copy is no longer in `.DQ.msgs` and its new field in `.msgs`
+    /// is read only on the later `hset` notification, so the ack of the failed attempt is taken
+    /// for a success, final, and the retry that follows is lost. Left for the settlement-model
+    /// rewrite (issue 15 point 3): no read of the unfollowed path finds the moved copy in time.
+    #[test]
+    #[ignore = "bug: the unfollowed path reports a success when the retry copy moved back first"]
+    fn unfollowed() {
+        retry_copy_moved_back_before_the_ack_is_read(Path::Unfollowed);
+    }
+}
+
+/// A queue found by a scan is left to the adapter's reads until a sample says it is short; a
+/// message taken before the switch is settled once, by the followed path.
+#[test]
+fn message_running_when_its_queue_becomes_followed_succeeds_once() {
+    let mut d = driver(Path::Unfollowed);
+    let msg = fixture("queue_message.bin");
+    let rid = dq::redis_id(&msg);
+    let id = dq::message_id(&msg);
+    first_enqueue(&mut d, Path::Unfollowed, &msg);
+    step(&mut d, |r| {
+        dq::fetch(r, W1, "default", 1);
+    });
+    assert_eq!(d.state(&id), TaskState::Running);
+    d.sample();
+    assert!(
+        d.adapter
+            .interest()
+            .prefetch
+            .iter()
+            .any(|rule| rule.key == format!("{NS}:default.msgs")),
+        "a short queue is followed after a sample"
+    );
+    step(&mut d, |r| dq::ack(r, W1, "default", &rid));
+    let t = d.task(&id);
+    assert_eq!(
+        (t.state, t.worker.as_deref()),
+        (TaskState::Success, Some(W1))
+    );
+    let successes = d
+        .observations_of(&id)
+        .iter()
+        .filter(|o| o.event == TaskEvent::Succeeded)
+        .count();
+    assert_eq!(successes, 1, "{:#?}", d.observations_of(&id));
+}
