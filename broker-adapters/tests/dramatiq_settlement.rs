@@ -441,7 +441,7 @@ on_both_paths!(
 
 /// taskscope lags behind a short retry backoff: the copy is written, the failed attempt acked,
 /// the copy taken off `.DQ`, moved back to `.msgs` under a new id and acked on `.DQ`, all before
-/// the first read of the ack.
+/// the first read of the ack; the loop gets those notifications in one batch.
 fn retry_copy_moved_back_before_the_ack_is_read(path: Path) {
     let mut d = driver(path);
     let attempt1 = fixture("retry_copy_requeued_1.bin");
@@ -457,7 +457,7 @@ fn retry_copy_moved_back_before_the_ack_is_read(path: Path) {
     dq::fetch(&mut d.redis, W2, "default.DQ", 1);
     dq::enqueue(&mut d.redis, W2, &moved2);
     dq::ack(&mut d.redis, W2, "default.DQ", &dq::redis_id(&copy2));
-    d.deliver();
+    d.deliver_batch();
     let t = d.task(&id);
     assert_eq!(
         (t.state, t.retries),
@@ -522,3 +522,46 @@ fn message_running_when_its_queue_becomes_followed_succeeds_once() {
         .count();
     assert_eq!(successes, 1, "{:#?}", d.observations_of(&id));
 }
+
+on_both_paths!(
+    message_enqueued_taken_and_acknowledged_within_one_lagging_batch_succeeds,
+    |path| {
+        let mut d = driver(path);
+        let first = fixture("queue_message_unicode.bin"); // makes `default` known first
+        first_enqueue(&mut d, path, &first);
+        let msg = fixture("queue_message.bin");
+        let rid = dq::redis_id(&msg);
+        let id = dq::message_id(&msg);
+        dq::enqueue(&mut d.redis, PRODUCER, &msg);
+        d.deliver();
+        // The loop lags: fetch and ack of both arrive in one batch.
+        let taken = dq::fetch(&mut d.redis, W1, "default", 2);
+        assert_eq!(taken.len(), 2);
+        for rid in &taken {
+            dq::ack(&mut d.redis, W1, "default", rid);
+        }
+        d.deliver_batch();
+        assert!(!d.redis.exists(&format!("{NS}:default.msgs")));
+        assert_eq!(d.state(&id), TaskState::Success, "{rid}");
+        assert_eq!(d.state(&dq::message_id(&first)), TaskState::Success);
+    }
+);
+
+on_both_paths!(
+    message_nacked_within_one_lagging_batch_is_a_failure,
+    |path| {
+        let mut d = driver(path);
+        let msg = fixture("dead_letter_message.bin");
+        let rid = dq::redis_id(&msg);
+        let id = dq::message_id(&msg);
+        first_enqueue(&mut d, path, &msg);
+        dq::fetch(&mut d.redis, W1, "default", 1);
+        dq::nack(&mut d.redis, W1, "default", &rid);
+        d.deliver_batch();
+        assert_eq!(d.state(&id), TaskState::Failure);
+        assert!(!d
+            .observations_of(&id)
+            .iter()
+            .any(|o| o.event == TaskEvent::Succeeded));
+    }
+);

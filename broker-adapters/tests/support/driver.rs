@@ -67,14 +67,33 @@ impl<A: Adapter> Driver<A> {
         }
     }
 
+    /// Delivers the pending notifications as one batch of a loop that lagged behind them: every
+    /// `on_key_event` first, their reads then answered in rounds (follow-ups after the whole
+    /// round), as the ingest loop pipelines a batch. Prefetch rules still run at each
+    /// notification (the prefetcher has a thread of its own).
+    pub fn deliver_batch(&mut self) {
+        let mut reads = Vec::new();
+        for KeyEvent { key, op } in self.redis.take_events() {
+            reads.extend(self.key_event(&key, &op));
+        }
+        self.pump(reads);
+    }
+
     /// Discards the pending notifications (lost while disconnected, say).
     pub fn lose_notifications(&mut self) {
         self.redis.take_events();
     }
 
-    /// One notification: to the adapter when one of its key patterns matches, then the prefetch
-    /// rules on that key and op (each distinct set of reads run once).
+    /// One notification: to the adapter when one of its key patterns matches, and to the
+    /// prefetch rules on that key and op (each distinct set of reads run once, answered at
+    /// once); then the adapter's reads are answered.
     pub fn notify(&mut self, key: &str, op: &str) {
+        let reads = self.key_event(key, op);
+        self.pump(reads);
+    }
+
+    /// A notification's prefetch runs (answered at once) and the reads the adapter asks for.
+    fn key_event(&mut self, key: &str, op: &str) -> Vec<ReadRequest> {
         let interest = self.adapter.interest();
         self.retain_snapshots(&interest.prefetch);
         for rule in &interest.prefetch {
@@ -86,19 +105,21 @@ impl<A: Adapter> Driver<A> {
                 }
             }
         }
-        if interest.key_patterns.iter().any(|p| glob_match(p, key)) {
-            let reads = self.adapter.on_key_event(key, op, self.now);
-            self.pump(reads);
-        }
+        let reads = if interest.key_patterns.iter().any(|p| glob_match(p, key)) {
+            self.adapter.on_key_event(key, op, self.now)
+        } else {
+            Vec::new()
+        };
         let mut runs: Vec<Vec<PrefetchRead>> = Vec::new();
         for rule in interest.prefetch {
             if rule.key == key && rule.ops.iter().any(|o| o == op) && !runs.contains(&rule.reads) {
                 runs.push(rule.reads);
             }
         }
-        for reads in runs {
-            self.run_prefetch(&reads, false);
+        for run in runs {
+            self.run_prefetch(&run, false);
         }
+        reads
     }
 
     /// One run of a prefetch rule, as `src/ingest/prefetch` does it: the followed hashes are
