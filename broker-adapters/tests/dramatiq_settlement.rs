@@ -565,3 +565,52 @@ on_both_paths!(
             .any(|o| o.event == TaskEvent::Succeeded));
     }
 );
+
+/// A followed queue that grows past 2,000 messages is left to the adapter's reads at the next
+/// sample; a message running at the switch is still settled, once.
+#[test]
+fn message_running_when_its_queue_grows_long_and_is_unfollowed_succeeds_once() {
+    let mut d = driver(Path::Followed);
+    let msg = fixture("queue_message.bin");
+    let rid = dq::redis_id(&msg);
+    let id = dq::message_id(&msg);
+    first_enqueue(&mut d, Path::Followed, &msg);
+    step(&mut d, |r| {
+        dq::fetch(r, W1, "default", 1);
+    });
+    // A backlog: 2,001 more copies of another message under fresh ids.
+    let other = fixture("queue_message_unicode.bin");
+    for n in 0..2_001 {
+        let rid = format!("00000000-0000-4000-8000-{n:012}");
+        let mut v: serde_json::Value = serde_json::from_slice(&other).unwrap();
+        v["options"]["redis_message_id"] = rid.into();
+        v["message_id"] = format!("10000000-0000-4000-8000-{n:012}").into();
+        dq::enqueue(&mut d.redis, PRODUCER, &serde_json::to_vec(&v).unwrap());
+    }
+    d.deliver_batch();
+    d.sample();
+    assert!(
+        !d.adapter
+            .interest()
+            .prefetch
+            .iter()
+            .any(|rule| rule.key == format!("{NS}:default.msgs")),
+        "a long queue is not followed"
+    );
+    step(&mut d, |r| dq::ack(r, W1, "default", &rid));
+    let t = d.task(&id);
+    assert_eq!(
+        (t.state, t.worker.as_deref()),
+        (TaskState::Success, Some(W1))
+    );
+    let successes = d
+        .observations_of(&id)
+        .iter()
+        .filter(|o| o.event == TaskEvent::Succeeded)
+        .count();
+    assert_eq!(successes, 1, "{:#?}", d.observations_of(&id));
+    assert_eq!(
+        d.state("10000000-0000-4000-8000-000000002000"),
+        TaskState::Queued
+    );
+}

@@ -69,12 +69,16 @@ impl<A: Adapter> Driver<A> {
 
     /// Delivers the pending notifications as one batch of a loop that lagged behind them: every
     /// `on_key_event` first, their reads then answered in rounds (follow-ups after the whole
-    /// round), as the ingest loop pipelines a batch. Prefetch rules still run at each
-    /// notification (the prefetcher has a thread of its own).
+    /// round), as the ingest loop pipelines a batch. Plain prefetch rules run at each
+    /// notification; a coalesced rule runs once, after the burst (its trailing run).
     pub fn deliver_batch(&mut self) {
         let mut reads = Vec::new();
+        let mut coalesced = Vec::new();
         for KeyEvent { key, op } in self.redis.take_events() {
-            reads.extend(self.key_event(&key, &op));
+            reads.extend(self.key_event(&key, &op, Some(&mut coalesced)));
+        }
+        for run in coalesced {
+            self.run_prefetch(&run, false);
         }
         self.pump(reads);
     }
@@ -88,12 +92,18 @@ impl<A: Adapter> Driver<A> {
     /// prefetch rules on that key and op (each distinct set of reads run once, answered at
     /// once); then the adapter's reads are answered.
     pub fn notify(&mut self, key: &str, op: &str) {
-        let reads = self.key_event(key, op);
+        let reads = self.key_event(key, op, None);
         self.pump(reads);
     }
 
-    /// A notification's prefetch runs (answered at once) and the reads the adapter asks for.
-    fn key_event(&mut self, key: &str, op: &str) -> Vec<ReadRequest> {
+    /// A notification's prefetch runs (answered at once, or the coalesced ones added to
+    /// `coalesced` when given) and the reads the adapter asks for.
+    fn key_event(
+        &mut self,
+        key: &str,
+        op: &str,
+        mut coalesced: Option<&mut Vec<Vec<PrefetchRead>>>,
+    ) -> Vec<ReadRequest> {
         let interest = self.adapter.interest();
         self.retain_snapshots(&interest.prefetch);
         for rule in &interest.prefetch {
@@ -112,7 +122,14 @@ impl<A: Adapter> Driver<A> {
         };
         let mut runs: Vec<Vec<PrefetchRead>> = Vec::new();
         for rule in interest.prefetch {
-            if rule.key == key && rule.ops.iter().any(|o| o == op) && !runs.contains(&rule.reads) {
+            if rule.key != key || !rule.ops.iter().any(|o| o == op) {
+                continue;
+            }
+            let runs = match coalesced.as_deref_mut() {
+                Some(later) if rule.coalesce => later,
+                _ => &mut runs,
+            };
+            if !runs.contains(&rule.reads) {
                 runs.push(rule.reads);
             }
         }
