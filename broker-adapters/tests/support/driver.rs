@@ -106,14 +106,14 @@ impl<A: Adapter> Driver<A> {
     ) -> Vec<ReadRequest> {
         let interest = self.adapter.interest();
         self.retain_snapshots(&interest.prefetch);
-        for rule in &interest.prefetch {
-            for read in &rule.reads {
-                if let PrefetchRead::FollowHash { key: k, .. } = read {
-                    if k == key {
-                        self.changed.insert(k.clone());
-                    }
-                }
-            }
+        // A followed hash with a snapshot is marked changed when the notification runs a rule
+        // (as the prefetcher does: an op no rule names, `del` say, marks nothing).
+        let runs_a_rule = interest
+            .prefetch
+            .iter()
+            .any(|rule| rule.key == key && rule.ops.iter().any(|o| o == op));
+        if runs_a_rule && self.snapshots.contains_key(key) {
+            self.changed.insert(key.to_string());
         }
         let reads = if interest.key_patterns.iter().any(|p| glob_match(p, key)) {
             self.adapter.on_key_event(key, op, self.now)
