@@ -614,3 +614,58 @@ fn message_running_when_its_queue_grows_long_and_is_unfollowed_succeeds_once() {
         TaskState::Queued
     );
 }
+
+on_both_paths!(
+    running_message_dead_lettered_during_a_gap_is_a_failure_after_reconciliation,
+    |path| {
+        let mut d = driver(path);
+        let msg = fixture("dead_letter_message.bin");
+        let rid = dq::redis_id(&msg);
+        let id = dq::message_id(&msg);
+        first_enqueue(&mut d, path, &msg);
+        step(&mut d, |r| {
+            dq::fetch(r, W1, "default", 1);
+        });
+        d.reconcile();
+        assert_eq!(d.state(&id), TaskState::Running);
+        d.gap();
+        dq::nack(&mut d.redis, W1, "default", &rid);
+        d.lose_notifications();
+        d.reconcile();
+        assert_eq!(d.state(&id), TaskState::Failure);
+        assert!(
+            !d.observations_of(&id)
+                .iter()
+                .any(|o| o.event == TaskEvent::Succeeded),
+            "{:#?}",
+            d.observations_of(&id)
+        );
+    }
+);
+
+on_both_paths!(
+    retry_during_a_gap_is_retried_not_a_success_after_reconciliation,
+    |path| {
+        let mut d = driver(path);
+        let attempt1 = fixture("retry_copy_requeued_1.bin");
+        let copy2 = fixture("retry_copy_dq_2.bin");
+        let id = dq::message_id(&attempt1);
+        first_enqueue(&mut d, path, &attempt1);
+        step(&mut d, |r| {
+            dq::fetch(r, W1, "default", 1);
+        });
+        d.reconcile();
+        d.gap();
+        dq::enqueue(&mut d.redis, W1, &copy2);
+        dq::ack(&mut d.redis, W1, "default", &dq::redis_id(&attempt1));
+        d.lose_notifications();
+        d.reconcile();
+        let t = d.task(&id);
+        assert_eq!(
+            (t.state, t.retries),
+            (TaskState::Retried, 2),
+            "{:#?}",
+            d.observations_of(&id)
+        );
+    }
+);
