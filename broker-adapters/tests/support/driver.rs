@@ -1,0 +1,338 @@
+//! Drives any [`Adapter`] against a [`FakeRedis`] the way the ingest layer does, without I/O:
+//! notifications to `on_key_event` (when a key pattern of the adapter matches), the adapter's
+//! prefetch rules (`interest().prefetch`, with [`PrefetchRead::FollowHash`] snapshots kept here
+//! as the prefetcher keeps them), reconciliation, sampling and scans; every read the adapter
+//! asks for (and every follow-up read its replies ask for) is answered from the fake's state
+//! until none is left. Task observations are folded with the shared state machine, so a test
+//! can ask what a task's state is, as the store would show it.
+//!
+//! Reads run synchronously after each delivered notification: the fake's state at that moment
+//! is what a prompt read would see. Writes of one Lua script call should be applied together
+//! before [`Driver::deliver`] (a script is atomic: no read runs inside it).
+
+use super::fake_redis::{glob_match, FakeRedis, KeyEvent};
+use broker_adapters::state;
+use broker_adapters::{
+    Adapter, DecodeError, Observation, OpenTask, Output, PrefetchRead, QueueSample, ReadRequest,
+    Task, TaskObservation, TaskState,
+};
+use chrono::{DateTime, Duration, Utc};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+pub struct Driver<A: Adapter> {
+    pub redis: FakeRedis,
+    pub adapter: A,
+    /// The clock handed to the adapter; [`Driver::advance`] moves it.
+    pub now: DateTime<Utc>,
+    /// Every observation, in the order the adapter produced them.
+    pub observations: Vec<Observation>,
+    pub decode_errors: Vec<DecodeError>,
+    pub samples: Vec<QueueSample>,
+    /// Every read answered, in order (the prefetcher's included).
+    pub reads: Vec<ReadRequest>,
+    /// Tasks as the state machine folds the observations.
+    tasks: BTreeMap<String, Task>,
+    /// The prefetcher's last `HKEYS` snapshot of each followed hash.
+    snapshots: HashMap<String, HashSet<String>>,
+    /// Followed hashes notified since their last snapshot.
+    changed: HashSet<String>,
+}
+
+impl<A: Adapter> Driver<A> {
+    pub fn new(adapter: A) -> Driver<A> {
+        Driver {
+            redis: FakeRedis::new(),
+            adapter,
+            now: DateTime::parse_from_rfc3339("2026-12-06T12:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+            observations: Vec::new(),
+            decode_errors: Vec::new(),
+            samples: Vec::new(),
+            reads: Vec::new(),
+            tasks: BTreeMap::new(),
+            snapshots: HashMap::new(),
+            changed: HashSet::new(),
+        }
+    }
+
+    pub fn advance(&mut self, ms: i64) {
+        self.now += Duration::milliseconds(ms);
+    }
+
+    /// Delivers every notification the fake's writes caused since the last delivery, in order.
+    pub fn deliver(&mut self) {
+        for KeyEvent { key, op } in self.redis.take_events() {
+            self.notify(&key, &op);
+        }
+    }
+
+    /// Delivers the pending notifications as one batch of a loop that lagged behind them: every
+    /// `on_key_event` first, their reads then answered in rounds (follow-ups after the whole
+    /// round), as the ingest loop pipelines a batch. Plain prefetch rules run at each
+    /// notification; a coalesced rule runs once, after the burst (its trailing run).
+    pub fn deliver_batch(&mut self) {
+        let mut reads = Vec::new();
+        let mut coalesced = Vec::new();
+        for KeyEvent { key, op } in self.redis.take_events() {
+            reads.extend(self.key_event(&key, &op, Some(&mut coalesced)));
+        }
+        for run in coalesced {
+            self.run_prefetch(&run, false);
+        }
+        self.pump(reads);
+    }
+
+    /// Discards the pending notifications (lost while disconnected, say).
+    pub fn lose_notifications(&mut self) {
+        self.redis.take_events();
+    }
+
+    /// One notification: to the adapter when one of its key patterns matches, and to the
+    /// prefetch rules on that key and op (each distinct set of reads run once, answered at
+    /// once); then the adapter's reads are answered.
+    pub fn notify(&mut self, key: &str, op: &str) {
+        let reads = self.key_event(key, op, None);
+        self.pump(reads);
+    }
+
+    /// A notification's prefetch runs (answered at once, or the coalesced ones added to
+    /// `coalesced` when given) and the reads the adapter asks for.
+    fn key_event(
+        &mut self,
+        key: &str,
+        op: &str,
+        mut coalesced: Option<&mut Vec<Vec<PrefetchRead>>>,
+    ) -> Vec<ReadRequest> {
+        let interest = self.adapter.interest();
+        self.retain_snapshots(&interest.prefetch);
+        // A followed hash with a snapshot is marked changed when the notification runs a rule
+        // (as the prefetcher does: an op no rule names, `del` say, marks nothing).
+        let runs_a_rule = interest
+            .prefetch
+            .iter()
+            .any(|rule| rule.key == key && rule.ops.iter().any(|o| o == op));
+        if runs_a_rule && self.snapshots.contains_key(key) {
+            self.changed.insert(key.to_string());
+        }
+        let reads = if interest.key_patterns.iter().any(|p| glob_match(p, key)) {
+            self.adapter.on_key_event(key, op, self.now)
+        } else {
+            Vec::new()
+        };
+        let mut runs: Vec<Vec<PrefetchRead>> = Vec::new();
+        for rule in interest.prefetch {
+            if rule.key != key || !rule.ops.iter().any(|o| o == op) {
+                continue;
+            }
+            let runs = match coalesced.as_deref_mut() {
+                Some(later) if rule.coalesce => later,
+                _ => &mut runs,
+            };
+            if !runs.contains(&rule.reads) {
+                runs.push(rule.reads);
+            }
+        }
+        for run in runs {
+            self.run_prefetch(&run, false);
+        }
+        reads
+    }
+
+    /// One run of a prefetch rule, as `src/ingest/prefetch` does it: the followed hashes are
+    /// read only when one was notified since its last snapshot (or has none, or `force`); their
+    /// new fields (and the departed ones, looked up in `departed_to`) are read next, and the
+    /// adapter gets those `HMGET` replies first, then the first pipeline's replies in order.
+    fn run_prefetch(&mut self, rule: &[PrefetchRead], force: bool) {
+        let mut any = force;
+        for read in rule {
+            if let PrefetchRead::FollowHash { key, .. } = read {
+                any |= self.changed.remove(key) | !self.snapshots.contains_key(key);
+            }
+        }
+        let first: Vec<(ReadRequest, Option<&Option<String>>)> = rule
+            .iter()
+            .filter(|r| any || matches!(r, PrefetchRead::Read(_)))
+            .map(|r| match r {
+                PrefetchRead::Read(r) => (r.clone(), None),
+                PrefetchRead::FollowHash { key, departed_to } => {
+                    (ReadRequest::HKeys(key.clone()), Some(departed_to))
+                }
+            })
+            .collect();
+        let replies: Vec<_> = first.iter().map(|(r, _)| self.redis.read(r)).collect();
+        let mut second = Vec::new();
+        for ((request, departed_to), reply) in first.iter().zip(&replies) {
+            let Some(departed_to) = departed_to else {
+                continue;
+            };
+            let key = request.key().to_string();
+            let current: HashSet<String> = reply.clone().into_strings();
+            let previous = self.snapshots.insert(key.clone(), current.clone());
+            let mut new: Vec<String> = match &previous {
+                Some(prev) => current.difference(prev).cloned().collect(),
+                None => current.iter().cloned().collect(),
+            };
+            let mut departed: Vec<String> = previous
+                .map(|prev| prev.difference(&current).cloned().collect())
+                .unwrap_or_default();
+            if !new.is_empty() {
+                new.sort_unstable();
+                second.push(ReadRequest::HMGet {
+                    key: key.clone(),
+                    fields: new,
+                });
+            }
+            if let Some(to) = departed_to.as_ref().filter(|_| !departed.is_empty()) {
+                departed.sort_unstable();
+                second.push(ReadRequest::HMGet {
+                    key: to.clone(),
+                    fields: departed,
+                });
+            }
+        }
+        let second: Vec<_> = second
+            .into_iter()
+            .map(|r| {
+                let reply = self.redis.read(&r);
+                (r, reply)
+            })
+            .collect();
+        let mut follow_up = Vec::new();
+        let answers = second
+            .into_iter()
+            .chain(first.into_iter().map(|(r, _)| r).zip(replies));
+        for (request, reply) in answers {
+            self.reads.push(request.clone());
+            let out = self.adapter.on_reply(&request, reply, self.now);
+            follow_up.extend(self.absorb(out));
+        }
+        self.pump(follow_up);
+    }
+
+    /// Answers `reads` and every follow-up they cause, breadth first (one pipelined round
+    /// after another).
+    pub fn pump(&mut self, reads: Vec<ReadRequest>) {
+        let mut queue: VecDeque<ReadRequest> = reads.into();
+        let mut answered = 0;
+        while let Some(request) = queue.pop_front() {
+            answered += 1;
+            assert!(answered < 100_000, "the adapter keeps asking: {request:?}");
+            let reply = self.redis.read(&request);
+            self.reads.push(request.clone());
+            let out = self.adapter.on_reply(&request, reply, self.now);
+            queue.extend(self.absorb(out));
+        }
+    }
+
+    /// An observation from outside the adapter (the abandon sweep's, say), folded like the rest.
+    pub fn observe(&mut self, obs: TaskObservation) {
+        self.absorb(Output {
+            observations: vec![Observation::Task(obs)],
+            ..Output::default()
+        });
+    }
+
+    fn absorb(&mut self, out: Output) -> Vec<ReadRequest> {
+        for obs in &out.observations {
+            if let Observation::Task(t) = obs {
+                let applied = state::apply(self.tasks.remove(&t.task_id), t);
+                self.tasks.insert(t.task_id.clone(), applied.task);
+            }
+        }
+        self.observations.extend(out.observations);
+        self.decode_errors.extend(out.decode_errors);
+        self.samples.extend(out.queue_samples);
+        out.follow_up
+    }
+
+    /// The periodic reconciliation: the adapter's reads (with the tasks still open), then every
+    /// coalesced prefetch rule, forced.
+    pub fn reconcile(&mut self) {
+        let open: Vec<OpenTask> = self
+            .tasks
+            .values()
+            .filter(|t| !t.state.is_final())
+            .map(|t| OpenTask {
+                id: t.id.clone(),
+                queue: t.queue.clone(),
+                name: t.name.clone(),
+            })
+            .collect();
+        let reads = self.adapter.reconcile(&open, self.now);
+        self.pump(reads);
+        let prefetch = self.adapter.interest().prefetch;
+        self.retain_snapshots(&prefetch);
+        let mut runs: Vec<Vec<PrefetchRead>> = Vec::new();
+        for rule in prefetch {
+            if rule.coalesce && !runs.contains(&rule.reads) {
+                runs.push(rule.reads);
+            }
+        }
+        for reads in runs {
+            self.run_prefetch(&reads, true);
+        }
+    }
+
+    /// A sampling tick.
+    pub fn sample(&mut self) {
+        let reads = self.adapter.sample_queues(self.now);
+        self.pump(reads);
+    }
+
+    /// A SCAN pass over the adapter's scan patterns.
+    pub fn scan(&mut self) {
+        for pattern in self.adapter.interest().scan_patterns {
+            let keys: Vec<String> = self
+                .redis
+                .keys()
+                .filter(|k| glob_match(&pattern, k))
+                .cloned()
+                .collect();
+            if !keys.is_empty() {
+                let reads = self.adapter.on_scan(&pattern, keys, self.now);
+                self.pump(reads);
+            }
+        }
+    }
+
+    /// A connection gap: the adapter drops its snapshots. The prefetcher keeps its own (it
+    /// forgets only the hashes no rule follows any more), as `src/ingest/prefetch` does.
+    pub fn gap(&mut self) {
+        self.adapter.on_gap();
+    }
+
+    /// The prefetcher's `retain`: snapshots of hashes no rule follows any more are forgotten.
+    fn retain_snapshots(&mut self, prefetch: &[broker_adapters::Prefetch]) {
+        let followed: HashSet<&String> = prefetch
+            .iter()
+            .flat_map(|rule| &rule.reads)
+            .filter_map(|r| match r {
+                PrefetchRead::FollowHash { key, .. } => Some(key),
+                PrefetchRead::Read(_) => None,
+            })
+            .collect();
+        self.snapshots.retain(|k, _| followed.contains(k));
+    }
+
+    pub fn task(&self, id: &str) -> &Task {
+        self.tasks
+            .get(id)
+            .unwrap_or_else(|| panic!("no task {id}; observations: {:#?}", self.observations))
+    }
+
+    pub fn state(&self, id: &str) -> TaskState {
+        self.task(id).state
+    }
+
+    /// The task observations about `id`, in order.
+    pub fn observations_of(&self, id: &str) -> Vec<&TaskObservation> {
+        self.observations
+            .iter()
+            .filter_map(|o| match o {
+                Observation::Task(t) if t.task_id == id => Some(t),
+                _ => None,
+            })
+            .collect()
+    }
+}

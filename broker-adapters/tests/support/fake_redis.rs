@@ -1,0 +1,405 @@
+//! An in-memory stand-in for the Redis data structures the adapters read: strings, lists,
+//! hashes, sets and sorted sets, with the keyspace notification each write causes.
+//!
+//! Writes are the commands a broker's worker runs (`HSET`, `RPUSH`, `LPOP`, `SADD`...); each
+//! records the events Redis would publish (`hset`, and `del` when a write empties a key), in
+//! order, for [`super::driver::Driver`] to deliver. Reads answer a [`ReadRequest`] the way the
+//! ingest layer would after converting Redis's reply: a missing key reads as empty (`Nil` for
+//! `GET`), a key of another type is a `WRONGTYPE` [`Reply::Error`]. Streams, `XPENDING` and
+//! `XINFO` are not modelled yet: those reads answer an error that says so.
+//!
+//! No TTLs either: `PTTL` answers -1 for a key that exists, -2 otherwise.
+
+use broker_adapters::{ReadRequest, Reply};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Str(Vec<u8>),
+    List(VecDeque<Vec<u8>>),
+    Hash(BTreeMap<String, Vec<u8>>),
+    Set(BTreeSet<String>),
+    /// Member -> score; read back in Redis's order (score, then member).
+    ZSet(BTreeMap<String, f64>),
+}
+
+impl Value {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Value::Str(_) => "string",
+            Value::List(_) => "list",
+            Value::Hash(_) => "hash",
+            Value::Set(_) => "set",
+            Value::ZSet(_) => "zset",
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            Value::Str(_) => false,
+            Value::List(l) => l.is_empty(),
+            Value::Hash(h) => h.is_empty(),
+            Value::Set(s) => s.is_empty(),
+            Value::ZSet(z) => z.is_empty(),
+        }
+    }
+}
+
+/// A keyspace notification: `op` happened on `key` (`__keyevent@0__:<op>` -> `<key>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyEvent {
+    pub key: String,
+    pub op: String,
+}
+
+/// The fake database, plus the notifications its writes caused and nobody took yet.
+#[derive(Debug, Default)]
+pub struct FakeRedis {
+    keys: BTreeMap<String, Value>,
+    events: Vec<KeyEvent>,
+}
+
+const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+
+fn bulk(b: &[u8]) -> Reply {
+    Reply::Bytes(b.to_vec())
+}
+
+fn text(s: &str) -> Reply {
+    Reply::Bytes(s.as_bytes().to_vec())
+}
+
+/// Redis's `start..=stop` with negative indices counted from the end, clamped to `len`.
+fn range(len: usize, start: i64, stop: i64) -> std::ops::Range<usize> {
+    let len = len as i64;
+    let norm = |i: i64| if i < 0 { len + i } else { i };
+    let (start, stop) = (norm(start).max(0), norm(stop).min(len - 1));
+    if start > stop || start >= len {
+        0..0
+    } else {
+        start as usize..stop as usize + 1
+    }
+}
+
+impl FakeRedis {
+    pub fn new() -> FakeRedis {
+        FakeRedis::default()
+    }
+
+    /// The notifications caused since the last call, oldest first.
+    pub fn take_events(&mut self) -> Vec<KeyEvent> {
+        std::mem::take(&mut self.events)
+    }
+
+    fn event(&mut self, key: &str, op: &str) {
+        self.events.push(KeyEvent {
+            key: key.to_string(),
+            op: op.to_string(),
+        });
+    }
+
+    /// Drops `key` if the last write emptied it, as Redis does (with a `del` event).
+    fn drop_if_empty(&mut self, key: &str) {
+        if self.keys.get(key).is_some_and(Value::is_empty) {
+            self.keys.remove(key);
+            self.event(key, "del");
+        }
+    }
+
+    /// The value at `key`, created by `new` when missing; panics on a type mismatch (a test
+    /// that writes a hash where a list is is wrong, not Redis).
+    fn entry(&mut self, key: &str, new: fn() -> Value) -> &mut Value {
+        let value = self.keys.entry(key.to_string()).or_insert_with(new);
+        let fresh = new();
+        assert_eq!(value.type_name(), fresh.type_name(), "{key}: {WRONGTYPE}");
+        value
+    }
+
+    pub fn exists(&self, key: &str) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &String> {
+        self.keys.keys()
+    }
+
+    // --- strings ---
+
+    pub fn set(&mut self, key: &str, value: &[u8]) {
+        self.keys
+            .insert(key.to_string(), Value::Str(value.to_vec()));
+        self.event(key, "set");
+    }
+
+    pub fn del(&mut self, key: &str) -> bool {
+        let existed = self.keys.remove(key).is_some();
+        if existed {
+            self.event(key, "del");
+        }
+        existed
+    }
+
+    // --- lists ---
+
+    pub fn rpush(&mut self, key: &str, value: &[u8]) {
+        if let Value::List(l) = self.entry(key, || Value::List(VecDeque::new())) {
+            l.push_back(value.to_vec());
+        }
+        self.event(key, "rpush");
+    }
+
+    pub fn lpush(&mut self, key: &str, value: &[u8]) {
+        if let Value::List(l) = self.entry(key, || Value::List(VecDeque::new())) {
+            l.push_front(value.to_vec());
+        }
+        self.event(key, "lpush");
+    }
+
+    pub fn lpop(&mut self, key: &str) -> Option<Vec<u8>> {
+        let Some(Value::List(l)) = self.keys.get_mut(key) else {
+            return None;
+        };
+        let popped = l.pop_front();
+        if popped.is_some() {
+            self.event(key, "lpop");
+            self.drop_if_empty(key);
+        }
+        popped
+    }
+
+    pub fn list(&self, key: &str) -> Vec<Vec<u8>> {
+        match self.keys.get(key) {
+            Some(Value::List(l)) => l.iter().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    // --- hashes ---
+
+    pub fn hset(&mut self, key: &str, field: &str, value: &[u8]) {
+        if let Value::Hash(h) = self.entry(key, || Value::Hash(BTreeMap::new())) {
+            h.insert(field.to_string(), value.to_vec());
+        }
+        self.event(key, "hset");
+    }
+
+    pub fn hget(&self, key: &str, field: &str) -> Option<Vec<u8>> {
+        match self.keys.get(key) {
+            Some(Value::Hash(h)) => h.get(field).cloned(),
+            _ => None,
+        }
+    }
+
+    pub fn hdel(&mut self, key: &str, field: &str) -> bool {
+        let Some(Value::Hash(h)) = self.keys.get_mut(key) else {
+            return false;
+        };
+        let removed = h.remove(field).is_some();
+        if removed {
+            self.event(key, "hdel");
+            self.drop_if_empty(key);
+        }
+        removed
+    }
+
+    // --- sets ---
+
+    pub fn sadd(&mut self, key: &str, member: &str) -> bool {
+        let added = match self.entry(key, || Value::Set(BTreeSet::new())) {
+            Value::Set(s) => s.insert(member.to_string()),
+            _ => false,
+        };
+        if added {
+            self.event(key, "sadd");
+        }
+        added
+    }
+
+    pub fn srem(&mut self, key: &str, member: &str) -> bool {
+        let Some(Value::Set(s)) = self.keys.get_mut(key) else {
+            return false;
+        };
+        let removed = s.remove(member);
+        if removed {
+            self.event(key, "srem");
+            self.drop_if_empty(key);
+        }
+        removed
+    }
+
+    pub fn smembers(&self, key: &str) -> Vec<String> {
+        match self.keys.get(key) {
+            Some(Value::Set(s)) => s.iter().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    // --- sorted sets ---
+
+    pub fn zadd(&mut self, key: &str, score: f64, member: &str) {
+        if let Value::ZSet(z) = self.entry(key, || Value::ZSet(BTreeMap::new())) {
+            z.insert(member.to_string(), score);
+        }
+        self.event(key, "zadd");
+    }
+
+    pub fn zrem(&mut self, key: &str, member: &str) -> bool {
+        let Some(Value::ZSet(z)) = self.keys.get_mut(key) else {
+            return false;
+        };
+        let removed = z.remove(member).is_some();
+        if removed {
+            self.event(key, "zrem");
+            self.drop_if_empty(key);
+        }
+        removed
+    }
+
+    fn zsorted(z: &BTreeMap<String, f64>) -> Vec<(&String, f64)> {
+        let mut items: Vec<(&String, f64)> = z.iter().map(|(m, s)| (m, *s)).collect();
+        items.sort_by(|a, b| a.1.total_cmp(&b.1).then_with(|| a.0.cmp(b.0)));
+        items
+    }
+
+    // --- reads ---
+
+    /// The reply Redis (through the ingest layer) gives to `request`. A `Side` read goes to this
+    /// same database (an adapter without a side connection reads the main one).
+    pub fn read(&self, request: &ReadRequest) -> Reply {
+        let value = self.keys.get(request.key());
+        let wrong = |expected: &str| {
+            value.is_some_and(|v| v.type_name() != expected)
+                && !matches!(request, ReadRequest::MGet(_))
+        };
+        match request {
+            ReadRequest::Side(inner) => self.read(inner),
+            ReadRequest::Get(_) if wrong("string") => Reply::Error(WRONGTYPE.into()),
+            ReadRequest::Get(_) => match value {
+                Some(Value::Str(s)) => bulk(s),
+                _ => Reply::Nil,
+            },
+            ReadRequest::MGet(keys) => Reply::Array(
+                keys.iter()
+                    .map(|k| match self.keys.get(k) {
+                        Some(Value::Str(s)) => bulk(s),
+                        _ => Reply::Nil,
+                    })
+                    .collect(),
+            ),
+            ReadRequest::LLen(_) | ReadRequest::LRange { .. } if wrong("list") => {
+                Reply::Error(WRONGTYPE.into())
+            }
+            ReadRequest::LLen(_) => match value {
+                Some(Value::List(l)) => Reply::Int(l.len() as i64),
+                _ => Reply::Int(0),
+            },
+            ReadRequest::LRange { start, stop, .. } => match value {
+                Some(Value::List(l)) => {
+                    Reply::Array(range(l.len(), *start, *stop).map(|i| bulk(&l[i])).collect())
+                }
+                _ => Reply::Array(Vec::new()),
+            },
+            ReadRequest::HGetAll(_)
+            | ReadRequest::HKeys(_)
+            | ReadRequest::HLen(_)
+            | ReadRequest::HMGet { .. }
+                if wrong("hash") =>
+            {
+                Reply::Error(WRONGTYPE.into())
+            }
+            ReadRequest::HGetAll(_) => match value {
+                Some(Value::Hash(h)) => {
+                    Reply::Array(h.iter().flat_map(|(f, v)| [text(f), bulk(v)]).collect())
+                }
+                _ => Reply::Array(Vec::new()),
+            },
+            ReadRequest::HKeys(_) => match value {
+                Some(Value::Hash(h)) => Reply::Array(h.keys().map(|f| text(f)).collect()),
+                _ => Reply::Array(Vec::new()),
+            },
+            ReadRequest::HLen(_) => match value {
+                Some(Value::Hash(h)) => Reply::Int(h.len() as i64),
+                _ => Reply::Int(0),
+            },
+            ReadRequest::HMGet { fields, .. } => Reply::Array(
+                fields
+                    .iter()
+                    .map(|f| match value {
+                        Some(Value::Hash(h)) => h.get(f).map_or(Reply::Nil, |v| bulk(v)),
+                        _ => Reply::Nil,
+                    })
+                    .collect(),
+            ),
+            ReadRequest::SMembers(_) if wrong("set") => Reply::Error(WRONGTYPE.into()),
+            ReadRequest::SMembers(_) => match value {
+                Some(Value::Set(s)) => Reply::Array(s.iter().map(|m| text(m)).collect()),
+                _ => Reply::Array(Vec::new()),
+            },
+            ReadRequest::ZCard(_) | ReadRequest::ZRangeWithScores { .. } if wrong("zset") => {
+                Reply::Error(WRONGTYPE.into())
+            }
+            ReadRequest::ZCard(_) => match value {
+                Some(Value::ZSet(z)) => Reply::Int(z.len() as i64),
+                _ => Reply::Int(0),
+            },
+            ReadRequest::ZRangeWithScores { start, stop, .. } => match value {
+                Some(Value::ZSet(z)) => {
+                    let items = Self::zsorted(z);
+                    Reply::Array(
+                        items[range(items.len(), *start, *stop)]
+                            .iter()
+                            .flat_map(|(m, s)| [text(m), Reply::Double(*s)])
+                            .collect(),
+                    )
+                }
+                _ => Reply::Array(Vec::new()),
+            },
+            ReadRequest::PTtl(_) => Reply::Int(if value.is_some() { -1 } else { -2 }),
+            ReadRequest::Type(_) => text(value.map_or("none", Value::type_name)),
+            ReadRequest::XLen(_)
+            | ReadRequest::XRange { .. }
+            | ReadRequest::XRevRange { .. }
+            | ReadRequest::XPending { .. }
+            | ReadRequest::XInfoGroups(_)
+            | ReadRequest::XInfoConsumers { .. } => Reply::Error(format!(
+                "fake redis: streams are not modelled ({request:?})"
+            )),
+        }
+    }
+}
+
+/// Redis's glob matching (`*`, `?`, `[abc]`, `[a-z]`, `[^a]`, `\` escapes), for key patterns.
+pub fn glob_match(pattern: &str, key: &str) -> bool {
+    fn go(p: &[u8], k: &[u8]) -> bool {
+        match p.first() {
+            None => k.is_empty(),
+            Some(b'*') => (0..=k.len()).any(|i| go(&p[1..], &k[i..])),
+            Some(b'?') => !k.is_empty() && go(&p[1..], &k[1..]),
+            Some(b'[') => {
+                let Some(close) = p.iter().skip(1).position(|&c| c == b']').map(|i| i + 1) else {
+                    return k.first() == Some(&b'[') && go(&p[1..], &k[1..]);
+                };
+                let Some(&c) = k.first() else { return false };
+                let (negate, class) = match &p[1..close] {
+                    [b'^', rest @ ..] => (true, rest),
+                    class => (false, class),
+                };
+                let mut hit = false;
+                let mut i = 0;
+                while i < class.len() {
+                    if i + 2 < class.len() && class[i + 1] == b'-' {
+                        hit |= (class[i]..=class[i + 2]).contains(&c);
+                        i += 3;
+                    } else {
+                        hit |= class[i] == c;
+                        i += 1;
+                    }
+                }
+                hit != negate && go(&p[close + 1..], &k[1..])
+            }
+            Some(b'\\') if p.len() > 1 => k.first() == Some(&p[1]) && go(&p[2..], &k[1..]),
+            Some(&c) => k.first() == Some(&c) && go(&p[1..], &k[1..]),
+        }
+    }
+    go(pattern.as_bytes(), key.as_bytes())
+}
