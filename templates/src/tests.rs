@@ -83,6 +83,7 @@ fn sample_overview() -> OverviewView {
                 dead: 0,
                 running: 3,
                 sampled_at: ago(2),
+                oldest_enqueued_at: None,
             },
             QueueSample {
                 broker: Broker::Rq,
@@ -92,6 +93,7 @@ fn sample_overview() -> OverviewView {
                 dead: 4,
                 running: 0,
                 sampled_at: ago(2),
+                oldest_enqueued_at: None,
             },
         ],
         workers: vec![
@@ -449,6 +451,7 @@ mod workers_page {
                 dead: 0,
                 running: 0,
                 sampled_at: now,
+                oldest_enqueued_at: None,
             }],
         }
     }
