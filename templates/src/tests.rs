@@ -93,7 +93,7 @@ fn sample_overview() -> OverviewView {
                 dead: 4,
                 running: 0,
                 sampled_at: ago(2),
-                oldest_enqueued_at: None,
+                oldest_enqueued_at: Some(ago(192)),
             },
         ],
         workers: vec![
@@ -215,6 +215,18 @@ fn overview_links_every_state_count_to_its_task_list() {
     assert!(html.contains("href=\"/tasks?broker=rq&amp;queue=high%20priority%2Femails\""));
     assert!(html.contains("badge alive") && html.contains("badge dead"));
     assert!(html.contains("href=\"/static/app.css\""));
+}
+
+#[test]
+fn overview_shows_the_oldest_waiting_age_and_a_dash_when_the_broker_does_not_say() {
+    let html = crate::overview::render(&sample_overview(), &now()).into_string();
+    assert!(html.contains(">Oldest</th>"), "{html}");
+    // rq: enqueued 192.7 s before now; celery (40 waiting): unknown.
+    assert!(html.contains(">3 m 13 s</td>"), "{html}");
+    assert!(
+        html.contains("<td class=\"num nowrap\"><span class=\"muted\">"),
+        "{html}"
+    );
 }
 
 #[test]
