@@ -444,3 +444,52 @@ async fn without_a_token_foreign_hosts_are_refused() {
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
 }
+
+/// Wait histograms are capped like the counters: queues past the cap fold into `other`, and no
+/// observation is lost.
+#[tokio::test]
+async fn wait_histograms_fold_queues_past_the_label_cap_into_other() {
+    let task_metrics = crate::http::prometheus::TaskMetrics::new(2);
+    let at = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:01:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    for i in 0..20 {
+        let mut task = Task::new(Broker::Rq, format!("w{i}"), at);
+        task.queue = Some(format!("queue-{i}"));
+        task.name = Some("job".into());
+        task.state = TaskState::Running;
+        task.enqueued_at = Some(at - chrono::Duration::seconds(2));
+        task.started_at = Some(at);
+        task_metrics.record(&crate::store::TransitionEvent {
+            transition: Transition {
+                broker: Broker::Rq,
+                task_id: task.id.clone(),
+                state: TaskState::Running,
+                at,
+                worker: None,
+                detail: None,
+            },
+            task,
+        });
+    }
+    let f = fixture_with(Options {
+        task_metrics: Some(task_metrics),
+        ..Options::default()
+    })
+    .await;
+    let (_, text) = get(&f, "/metrics").await;
+    let counts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("taskscope_task_wait_seconds_count{broker=\"rq\""))
+        .collect();
+    assert!(counts.len() <= 3, "{counts:?}");
+    assert!(
+        counts.iter().any(|l| l.contains("queue=\"other\"")),
+        "{counts:?}"
+    );
+    let total: u64 = counts
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(total, 20, "{text}");
+}
