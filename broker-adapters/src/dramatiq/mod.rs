@@ -74,8 +74,10 @@ struct Known {
     queue: String,
     actor: String,
     retries: u32,
-    /// Since when it waits: `message_timestamp`, or `options.eta` when later (a delayed
-    /// message moved to its queue when due). The oldest age of a queue it heads.
+    /// Since when it waits: `message_timestamp`, or `options.eta` when later. The oldest age of
+    /// a queue it heads. A delayed message moved to its queue when due keeps its first
+    /// `message_timestamp` and has no `eta` any more (dramatiq deletes it on the move): its
+    /// age then counts the delay as well.
     waiting_since: Option<DateTime<Utc>>,
 }
 
