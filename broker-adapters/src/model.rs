@@ -401,6 +401,21 @@ pub struct QueueSample {
     pub running: u64,
     #[serde(serialize_with = "ser_time")]
     pub sampled_at: DateTime<Utc>,
+    /// When the oldest message still waiting was enqueued, from the broker's own data (a
+    /// timestamp in the message or job, a stream id); `None` when nothing waits or the broker
+    /// does not say (Celery's messages carry no enqueue time). Shown as an age,
+    /// [`QueueSample::oldest_age_ms`], computed when asked.
+    #[serde(skip)]
+    pub oldest_enqueued_at: Option<DateTime<Utc>>,
+}
+
+impl QueueSample {
+    /// The age at `now` of the oldest message still waiting, in ms (`oldest_age_ms` of
+    /// `/api/queues`); never negative (producers' clocks may run ahead of ours).
+    pub fn oldest_age_ms(&self, now: DateTime<Utc>) -> Option<f64> {
+        let micros = (now - self.oldest_enqueued_at?).num_microseconds()?;
+        Some((micros as f64 / 1000.0).max(0.0))
+    }
 }
 
 /// Anything an adapter can report. Task observations dominate by far, so the size difference

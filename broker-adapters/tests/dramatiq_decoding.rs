@@ -374,3 +374,43 @@ fn message_never_seen_in_an_ack_set_is_settled_by_reconciliation() {
     let t = tasks(&settled);
     assert_eq!(t[0].event, TaskEvent::Succeeded);
 }
+
+/// The oldest age of a Dramatiq queue: the first redis id of `<ns>:<q>` (the enqueue script
+/// `RPUSH`es, `fetch` `LPOP`s), dated by its message's `message_timestamp` (ms).
+#[test]
+fn a_sampling_round_dates_the_oldest_waiting_message_from_its_timestamp() {
+    let mut a = adapter();
+    let now = Utc::now();
+    a.on_reply(
+        &ReadRequest::SMembers("dramatiq:__acks__.w1.default".into()),
+        Reply::Array(vec![]),
+        now,
+    );
+    let head = "16deba5e-78c0-48dd-9722-a2be2c56937d";
+    a.on_reply(
+        &ReadRequest::HMGet {
+            key: "dramatiq:default.msgs".into(),
+            fields: vec![head.into()],
+        },
+        bulk(&[&fixture("queue_message.bin")]),
+        now,
+    );
+    let mut samples = Vec::new();
+    for read in a.sample_queues(now) {
+        let reply = match &read {
+            ReadRequest::LRange {
+                key,
+                start: 0,
+                stop: 0,
+            } if key == "dramatiq:default" => bulk(&[head.as_bytes()]),
+            ReadRequest::ZRangeWithScores { .. } => Reply::Array(vec![]),
+            _ => Reply::Int(1),
+        };
+        samples.extend(a.on_reply(&read, reply, now).queue_samples);
+    }
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    assert_eq!(
+        samples[0].oldest_enqueued_at.map(|t| t.timestamp_millis()),
+        Some(1795445570199)
+    );
+}

@@ -603,6 +603,7 @@ fn a_sampling_round_gives_length_delayed_dead_and_running_per_queue() {
             ReadRequest::ZCard(k) if k.starts_with("rq:scheduled:") => Reply::Int(2),
             ReadRequest::ZCard(k) if k.starts_with("rq:failed:") => Reply::Int(1),
             ReadRequest::ZCard(k) if k.starts_with("rq:wip:") => Reply::Int(3),
+            ReadRequest::LRange { .. } => Reply::Array(vec![]),
             other => panic!("unexpected sampling read {other:?}"),
         };
         let out = a.on_reply(read, reply, t);
@@ -620,6 +621,51 @@ fn a_sampling_round_gives_length_delayed_dead_and_running_per_queue() {
     assert_eq!(
         (s.name.as_str(), s.length, s.delayed, s.dead, s.running),
         ("default", 4, 2, 1, 3)
+    );
+    assert_eq!(s.oldest_enqueued_at, None, "an empty head: nothing waits");
+}
+
+/// The oldest age of an RQ queue: the first job id of `rq:queue:<q>` (RQ `RPUSH`es, workers
+/// `LPOP`), then that job hash's `enqueued_at`.
+#[test]
+fn a_sampling_round_dates_the_oldest_waiting_job_from_its_enqueued_at() {
+    let mut a = RqAdapter::new(RqConfig::default());
+    let t = now();
+    read_job(&mut a, "job-1", "job_pickle_queued.json", t);
+    let queues = Reply::Array(vec![Reply::Bytes(b"rq:queue:default".to_vec())]);
+    a.on_reply(&ReadRequest::SMembers("rq:queues".into()), queues, t);
+    let round = |a: &mut RqAdapter, head: &[u8]| {
+        let mut samples = Vec::new();
+        let mut follow_up = Vec::new();
+        for read in a.sample_queues(t) {
+            let reply = match &read {
+                ReadRequest::LRange {
+                    key,
+                    start: 0,
+                    stop: 0,
+                } if key == "rq:queue:default" => Reply::Array(vec![Reply::Bytes(head.to_vec())]),
+                ReadRequest::LRange { .. } => panic!("one head per queue: {read:?}"),
+                ReadRequest::LLen(_) => Reply::Int(1),
+                _ => Reply::Array(vec![]),
+            };
+            let out = a.on_reply(&read, reply, t);
+            samples.extend(out.queue_samples);
+            follow_up.extend(out.follow_up);
+        }
+        (samples, follow_up)
+    };
+    let (samples, _) = round(&mut a, b"job-1");
+    let expected = "2026-11-23T16:24:34.349983Z"
+        .parse::<DateTime<Utc>>()
+        .unwrap();
+    assert_eq!(samples[0].oldest_enqueued_at, Some(expected));
+    assert!(samples[0].oldest_age_ms(t).is_some_and(|ms| ms > 0.0));
+    // A head never read: unknown this round, and its hash is read for the next.
+    let (samples, follow_up) = round(&mut a, b"job-2");
+    assert_eq!(samples[0].oldest_enqueued_at, None);
+    assert!(
+        follow_up.iter().any(|r| r.key() == "rq:job:job-2"),
+        "{follow_up:?}"
     );
 }
 

@@ -1021,3 +1021,58 @@ fn list_task_is_never_abandoned_and_a_late_result_settles_an_abandoned_one() {
     let settled = fold(Some(stream_task), &out).unwrap();
     assert_eq!(settled.state, TaskState::Success);
 }
+
+/// The oldest age of a taskiq stream: the id of the first entry after the group's
+/// `last-delivered-id` (`XRANGE key (<id> + COUNT 1`), whose ms part is when Redis added it.
+#[test]
+fn a_sampling_round_dates_the_oldest_undelivered_entry_from_its_stream_id() {
+    let mut a = adapter();
+    let now = Utc::now();
+    let data = fixture("stream_json_pickle_message_add.bin");
+    let read = first_read(&mut a);
+    a.on_reply(&read, entries(&[("100-0", data.clone())]), now);
+    let group = |lag: i64| {
+        Reply::Array(vec![Reply::Array(vec![
+            b("name"),
+            b("taskiq"),
+            b("consumers"),
+            Reply::Int(1),
+            b("pending"),
+            Reply::Int(0),
+            b("last-delivered-id"),
+            b("100-0"),
+            b("entries-read"),
+            Reply::Int(1),
+            b("lag"),
+            Reply::Int(lag),
+        ])])
+    };
+    let reads = a.sample_queues(now);
+    assert!(
+        reads.contains(&ReadRequest::XInfoGroups("taskiq".into())),
+        "{reads:?}"
+    );
+    // Two entries wait: the sample waits for the probe of the oldest.
+    let out = a.on_reply(&ReadRequest::XInfoGroups("taskiq".into()), group(2), now);
+    assert!(out.queue_samples.is_empty());
+    let probe = ReadRequest::XRange {
+        key: "taskiq".into(),
+        start: "(100-0".into(),
+        end: "+".into(),
+        count: 1,
+    };
+    assert!(out.follow_up.contains(&probe), "{:?}", out.follow_up);
+    let out = a.on_reply(&probe, entries(&[("1795445570199-3", data)]), now);
+    assert_eq!(out.queue_samples.len(), 1);
+    let s = &out.queue_samples[0];
+    assert_eq!(s.length, 2);
+    assert_eq!(
+        s.oldest_enqueued_at.map(|t| t.timestamp_millis()),
+        Some(1795445570199)
+    );
+    // Nothing waiting: no probe, no age.
+    a.sample_queues(now);
+    let out = a.on_reply(&ReadRequest::XInfoGroups("taskiq".into()), group(0), now);
+    assert_eq!(out.queue_samples.len(), 1);
+    assert_eq!(out.queue_samples[0].oldest_enqueued_at, None);
+}

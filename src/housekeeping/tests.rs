@@ -67,6 +67,7 @@ fn sample(length: u64, at: DateTime<Utc>) -> QueueSample {
         dead: 0,
         running: 1,
         sampled_at: at,
+        oldest_enqueued_at: None,
     }
 }
 

@@ -114,8 +114,24 @@ pub async fn get_task(
     Ok(Json(value))
 }
 
+/// `/api/queues`: each queue's latest sample, with `oldest_age_ms` (the age now of its oldest
+/// waiting message, `null` when unknown).
 pub async fn queues(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "queues": state.reader.queues().await? })))
+    let now = Utc::now();
+    let queues: Vec<Value> = state
+        .reader
+        .queues()
+        .await?
+        .into_iter()
+        .map(|q| {
+            let mut value = json!(q);
+            if let Value::Object(map) = &mut value {
+                map.insert("oldest_age_ms".into(), json!(q.oldest_age_ms(now)));
+            }
+            value
+        })
+        .collect();
+    Ok(Json(json!({ "queues": queues })))
 }
 
 pub async fn workers(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

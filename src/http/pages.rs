@@ -316,10 +316,11 @@ async fn reports_view(
     let (range, filter) = params.window(now).map_err(PageError::BadRequest)?;
     let (since, until) = (range.since, range.until);
     let r = &state.reader;
-    let (charts, by_name, runtime, failing, frequent, retried) = tokio::join!(
+    let (charts, by_name, runtime, wait, failing, frequent, retried) = tokio::join!(
         chart_set(state, params, now),
         r.failures(range, filter.clone(), super::reports::TOP_NAMES),
         r.runtime(since, until, filter.clone(), TOP_ROWS),
+        r.wait(since, until, filter.clone(), TOP_ROWS),
         r.name_stats(since, until, filter.clone(), NameOrder::Failures, TOP_ROWS),
         r.name_stats(since, until, filter.clone(), NameOrder::Runs, TOP_ROWS),
         r.name_stats(since, until, filter, NameOrder::Retries, TOP_ROWS),
@@ -355,6 +356,19 @@ async fn reports_view(
                 p99_ms: r.p99_ms,
                 max_ms: r.max_ms,
                 mean_ms: r.mean_ms,
+            })
+            .collect(),
+        wait: wait?
+            .into_iter()
+            .map(|r| templates::WaitRow {
+                broker: r.broker.as_str().to_string(),
+                queue: r.queue,
+                name: r.name,
+                count: r.count,
+                p50_ms: r.p50_ms,
+                p95_ms: r.p95_ms,
+                p99_ms: r.p99_ms,
+                max_ms: r.max_ms,
             })
             .collect(),
         top_failing: name_rows(failing?),

@@ -1,6 +1,6 @@
 //! `GET /metrics`: Prometheus / OpenMetrics text, with the contract's names.
 //!
-//! Counters that must survive between scrapes (transitions by task, runtimes) live in
+//! Counters that must survive between scrapes (transitions by task, runtimes, waits) live in
 //! [`TaskMetrics`], fed by the store writer's transition events; everything else is read at
 //! scrape time (queue lengths and workers from the store, ingest counters from [`Metrics`]),
 //! so a series that no longer exists disappears.
@@ -64,27 +64,53 @@ const RUNTIME_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 120.0, 600.0,
 ];
 
-/// One runtime histogram's state: per-bucket counts (the last is `+Inf`), sum and count.
-#[derive(Debug, Clone, Default)]
-struct RuntimeHistogram {
-    buckets: [u64; RUNTIME_BUCKETS.len() + 1],
+/// Wait buckets in seconds: from 10 ms to 6 h (a starving queue waits far longer than a task
+/// runs).
+const WAIT_BUCKETS: [f64; 15] = [
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0,
+];
+
+/// One histogram's state: per-bucket counts over `bounds` (the last is `+Inf`), sum and count.
+#[derive(Debug, Clone)]
+struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<u64>,
     sum: f64,
     count: u64,
 }
 
-impl RuntimeHistogram {
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            buckets: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    fn runtime() -> Histogram {
+        Histogram::new(&RUNTIME_BUCKETS)
+    }
+
+    fn wait() -> Histogram {
+        Histogram::new(&WAIT_BUCKETS)
+    }
+
     fn observe(&mut self, seconds: f64) {
-        let i = RUNTIME_BUCKETS
+        let i = self
+            .bounds
             .iter()
             .position(|b| seconds <= *b)
-            .unwrap_or(RUNTIME_BUCKETS.len());
+            .unwrap_or(self.bounds.len());
         self.buckets[i] += 1;
         self.sum += seconds;
         self.count += 1;
     }
 
-    fn merge(&mut self, other: &RuntimeHistogram) {
-        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+    /// Adds another histogram of the same buckets.
+    fn merge(&mut self, other: &Histogram) {
+        for (a, b) in self.buckets.iter_mut().zip(&other.buckets) {
             *a += b;
         }
         self.sum += other.sum;
@@ -92,18 +118,21 @@ impl RuntimeHistogram {
     }
 }
 
-/// The runtime histograms as one metric family, encoded from a snapshot at scrape time.
+/// Histograms of one metric as a family, encoded from a snapshot at scrape time.
 #[derive(Debug)]
-struct RuntimeFamily(Vec<(RuntimeLabels, RuntimeHistogram)>);
+struct HistogramFamily<L>(Vec<(L, Histogram)>);
 
-impl prometheus_client::encoding::EncodeMetric for RuntimeFamily {
+impl<L> prometheus_client::encoding::EncodeMetric for HistogramFamily<L>
+where
+    L: EncodeLabelSet + std::fmt::Debug + Send + Sync,
+{
     fn encode(
         &self,
         mut encoder: prometheus_client::encoding::MetricEncoder,
     ) -> Result<(), std::fmt::Error> {
-        let bounds = RUNTIME_BUCKETS.iter().copied().chain([f64::INFINITY]);
         for (labels, h) in &self.0 {
-            let buckets: Vec<(f64, u64)> = bounds.clone().zip(h.buckets).collect();
+            let bounds = h.bounds.iter().copied().chain([f64::INFINITY]);
+            let buckets: Vec<(f64, u64)> = bounds.zip(h.buckets.iter().copied()).collect();
             encoder
                 .encode_family(labels)?
                 .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
@@ -129,7 +158,9 @@ struct TaskCounts {
     queues: LabelCap,
     names: LabelCap,
     tasks: HashMap<TaskLabels, u64>,
-    runtime: HashMap<RuntimeLabels, RuntimeHistogram>,
+    runtime: HashMap<RuntimeLabels, Histogram>,
+    /// Wait before running (`Task::wait_ms` when a task enters `running`), by broker and queue.
+    wait: HashMap<QueueLabels, Histogram>,
 }
 
 impl Default for TaskMetrics {
@@ -148,6 +179,7 @@ impl TaskMetrics {
                 names: LabelCap::new(max_labels),
                 tasks: HashMap::new(),
                 runtime: HashMap::new(),
+                wait: HashMap::new(),
             })),
         }
     }
@@ -173,11 +205,23 @@ impl TaskMetrics {
             .tasks
             .entry(TaskLabels {
                 broker: broker.clone(),
-                queue: queue.label,
+                queue: queue.label.clone(),
                 name: name.label.clone(),
                 state: event.transition.state.as_str().to_string(),
             })
             .or_default() += 1;
+        if event.transition.state == TaskState::Running {
+            if let Some(ms) = task.wait_ms() {
+                counts
+                    .wait
+                    .entry(QueueLabels {
+                        broker: broker.clone(),
+                        queue: queue.label,
+                    })
+                    .or_insert_with(Histogram::wait)
+                    .observe(ms / 1000.0);
+            }
+        }
         if matches!(
             event.transition.state,
             TaskState::Success | TaskState::Failure
@@ -189,7 +233,7 @@ impl TaskMetrics {
                         broker,
                         name: name.label,
                     })
-                    .or_default()
+                    .or_insert_with(Histogram::runtime)
                     .observe(ms / 1000.0);
             }
         }
@@ -220,7 +264,13 @@ impl TaskMetrics {
     }
 
     /// The counters as metric families, for one scrape.
-    fn snapshot(&self) -> (Family<TaskLabels, Counter>, RuntimeFamily) {
+    fn snapshot(
+        &self,
+    ) -> (
+        Family<TaskLabels, Counter>,
+        HistogramFamily<RuntimeLabels>,
+        HistogramFamily<QueueLabels>,
+    ) {
         let counts = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let tasks = Family::<TaskLabels, Counter>::default();
         for (labels, n) in &counts.tasks {
@@ -232,7 +282,13 @@ impl TaskMetrics {
             .map(|(l, h)| (l.clone(), h.clone()))
             .collect();
         runtime.sort_by(|a, b| (&a.0.broker, &a.0.name).cmp(&(&b.0.broker, &b.0.name)));
-        (tasks, RuntimeFamily(runtime))
+        let mut wait: Vec<_> = counts
+            .wait
+            .iter()
+            .map(|(l, h)| (l.clone(), h.clone()))
+            .collect();
+        wait.sort_by(|a, b| (&a.0.broker, &a.0.queue).cmp(&(&b.0.broker, &b.0.queue)));
+        (tasks, HistogramFamily(runtime), HistogramFamily(wait))
     }
 }
 
@@ -255,7 +311,7 @@ impl TaskCounts {
         }
     }
 
-    /// Moves the counts of a queue that lost its own series into `other`.
+    /// Moves the counts and waits of a queue that lost its own series into `other`.
     fn fold_queue(&mut self, queue: &str) {
         self.fold_counts(
             |l| l.queue == queue,
@@ -264,6 +320,22 @@ impl TaskCounts {
                 ..l
             },
         );
+        let moved: Vec<_> = self
+            .wait
+            .iter()
+            .filter(|(l, _)| l.queue == queue)
+            .map(|(l, h)| (l.clone(), h.clone()))
+            .collect();
+        for (labels, h) in moved {
+            self.wait.remove(&labels);
+            self.wait
+                .entry(QueueLabels {
+                    queue: OTHER.to_string(),
+                    ..labels
+                })
+                .or_insert_with(Histogram::wait)
+                .merge(&h);
+        }
     }
 
     /// Moves the counts and runtimes of a task name that lost its own series into `other`.
@@ -288,7 +360,7 @@ impl TaskCounts {
                     name: OTHER.to_string(),
                     ..labels
                 })
-                .or_default()
+                .or_insert_with(Histogram::runtime)
                 .merge(&h);
         }
     }
@@ -302,7 +374,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         state.reader.workers(chrono::Utc::now(), abandon_after)
     );
     let mut registry = Registry::default();
-    let (tasks, runtime) = state.task_metrics.snapshot();
+    let (tasks, runtime, wait) = state.task_metrics.snapshot();
     registry.register(
         "taskscope_tasks",
         "State transitions of tasks, by broker, queue, task name and the state entered",
@@ -312,6 +384,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "taskscope_task_runtime_seconds",
         "Runtime of finished tasks",
         runtime,
+    );
+    registry.register(
+        "taskscope_task_wait_seconds",
+        "Wait of tasks from enqueueing (or their eta) until a worker started them",
+        wait,
     );
     let queue_length = Family::<QueueLabels, Gauge>::default();
     let mut queues: Vec<_> = queues.into_iter().flatten().collect();
@@ -335,6 +412,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "taskscope_queue_length",
         "Messages waiting in a queue at the last sample",
         queue_length,
+    );
+    registry.register(
+        "taskscope_queue_oldest_age_seconds",
+        "Age of the oldest message waiting in a queue (from its enqueue time at the last sample)",
+        oldest_age(&queues, max_queues, chrono::Utc::now()),
     );
     let alive = Family::<BrokerLabels, Gauge>::default();
     for broker in state.metrics.brokers() {
@@ -396,6 +478,39 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// `taskscope_queue_oldest_age_seconds`: a series per queue whose oldest waiting message is
+/// known, capped like the queue lengths (`queues` sorted longest first); the queues past the cap
+/// share `other`, which shows the oldest of them.
+fn oldest_age(
+    queues: &[broker_adapters::QueueSample],
+    max_queues: usize,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Family<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>> {
+    let family = Family::<QueueLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    let mut ages: HashMap<QueueLabels, f64> = HashMap::new();
+    for (i, q) in queues.iter().enumerate() {
+        let Some(ms) = q.oldest_age_ms(now) else {
+            continue;
+        };
+        let name = if i < max_queues {
+            metric_labels::cut(&q.name)
+        } else {
+            OTHER
+        };
+        let age = ages
+            .entry(QueueLabels {
+                broker: q.broker.as_str().to_string(),
+                queue: name.to_string(),
+            })
+            .or_insert(0.0);
+        *age = age.max(ms / 1000.0);
+    }
+    for (labels, age) in ages {
+        family.get_or_create(&labels).set(age);
+    }
+    family
 }
 
 /// The last run of each housekeeping job (from this process or, after a restart, the file).

@@ -46,9 +46,9 @@ INSERT INTO queue_samples (broker, queue, sampled_at, length, delayed, dead, run
  ('celery', 'celery', '2026-11-23 10:01:00', 2, 0, 0, 1),
  ('celery', 'celery', '2026-11-23 10:03:00', 0, 0, 0, 0),
  ('dramatiq', 'default', '2026-11-23 10:03:30', 1, 0, 3, 0);
-INSERT INTO queue_latest VALUES
- ('celery', 'celery', '2026-11-23 10:03:00', 0, 0, 0, 0),
- ('dramatiq', 'default', '2026-11-23 10:03:30', 1, 0, 3, 0);
+INSERT INTO queue_latest (broker, queue, sampled_at, length, delayed, dead, running, oldest_enqueued_at) VALUES
+ ('celery', 'celery', '2026-11-23 10:03:00', 0, 0, 0, 0, NULL),
+ ('dramatiq', 'default', '2026-11-23 10:03:30', 1, 0, 3, 0, '2026-11-23 10:03:00');
 "#;
 
 const WINDOW: &str = "since=2026-11-23T10:00:00Z&until=2026-11-23T10:05:00Z&step=1m";
@@ -93,19 +93,24 @@ async fn fixture_and_state(options: Options) -> (Fixture, AppState) {
     let mut task = Task::new(Broker::Celery, "c1", at);
     task.queue = Some("celery".into());
     task.name = Some("billing.add".into());
-    task.state = TaskState::Success;
-    task.runtime_ms = Some(10.0);
-    task_metrics.record(&crate::store::TransitionEvent {
-        transition: Transition {
-            broker: Broker::Celery,
-            task_id: "c1".into(),
-            state: TaskState::Success,
-            at,
-            worker: None,
-            detail: None,
-        },
-        task,
-    });
+    // Enqueued 10:00:10, started 10:00:50: a 40 s wait, observed on entering `running`.
+    task.enqueued_at = Some(at - chrono::Duration::seconds(50));
+    task.started_at = Some(at - chrono::Duration::seconds(10));
+    for state in [TaskState::Running, TaskState::Success] {
+        task.state = state;
+        task.runtime_ms = (state == TaskState::Success).then_some(10.0);
+        task_metrics.record(&crate::store::TransitionEvent {
+            transition: Transition {
+                broker: Broker::Celery,
+                task_id: "c1".into(),
+                state,
+                at,
+                worker: None,
+                detail: None,
+            },
+            task: task.clone(),
+        });
+    }
     let state = AppState::new(
         reader.clone(),
         writer.clone(),
@@ -423,6 +428,8 @@ async fn metrics_declare_every_contract_name() {
         "taskscope_tasks",
         "taskscope_queue_length",
         "taskscope_task_runtime_seconds",
+        "taskscope_task_wait_seconds",
+        "taskscope_queue_oldest_age_seconds",
         "taskscope_workers_alive",
         "taskscope_ingest_events",
         "taskscope_decode_errors",
@@ -438,12 +445,49 @@ async fn metrics_declare_every_contract_name() {
         "taskscope_queue_length{broker=\"dramatiq\",queue=\"default\"} 1",
         "taskscope_tasks_total{broker=\"celery\",queue=\"celery\",name=\"billing.add\",state=\"success\"} 1",
         "taskscope_task_runtime_seconds_count{broker=\"celery\",name=\"billing.add\"} 1",
+        "taskscope_task_wait_seconds_count{broker=\"celery\",queue=\"celery\"} 1",
+        "taskscope_task_wait_seconds_sum{broker=\"celery\",queue=\"celery\"} 40.0",
+        "taskscope_task_wait_seconds_bucket{le=\"30.0\",broker=\"celery\",queue=\"celery\"} 0",
+        "taskscope_task_wait_seconds_bucket{le=\"60.0\",broker=\"celery\",queue=\"celery\"} 1",
         "taskscope_workers_alive{broker=\"dramatiq\"} 0",
         "taskscope_decode_errors_total{broker=\"celery\"} 0",
         "taskscope_ingest_events_total{source=\"pubsub\"} 0",
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
+}
+
+/// `oldest_age_ms` is computed when asked, from the stored enqueue time of the oldest waiting
+/// message; `null` when the broker does not say (Celery), and no gauge then.
+#[tokio::test]
+async fn queues_answer_the_oldest_age_now_and_null_when_unknown() {
+    let f = fixture().await;
+    let oldest = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:03:00Z").unwrap();
+    let before = (chrono::Utc::now() - oldest.with_timezone(&chrono::Utc)).num_milliseconds();
+    let body = get_json(&f, "/api/queues").await;
+    let after = (chrono::Utc::now() - oldest.with_timezone(&chrono::Utc)).num_milliseconds();
+    let queues = body["queues"].as_array().unwrap();
+    let by_name = |name: &str| queues.iter().find(|q| q["name"] == name).unwrap().clone();
+    assert_eq!(by_name("celery")["oldest_age_ms"], Value::Null);
+    let age = by_name("default")["oldest_age_ms"].as_f64().unwrap();
+    assert!(
+        (before as f64..=after as f64).contains(&age),
+        "{before} <= {age} <= {after}"
+    );
+    let (_, text) = get(&f, "/metrics").await;
+    let gauge: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("taskscope_queue_oldest_age_seconds{"))
+        .collect();
+    assert_eq!(gauge.len(), 1, "{text}");
+    assert!(
+        gauge[0].starts_with(
+            "taskscope_queue_oldest_age_seconds{broker=\"dramatiq\",queue=\"default\"} "
+        ),
+        "{gauge:?}"
+    );
+    let seconds: f64 = gauge[0].rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((seconds - age / 1000.0).abs() < 60.0, "{seconds} vs {age}");
 }
 
 mod hardening;

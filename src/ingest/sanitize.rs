@@ -694,6 +694,7 @@ mod tests {
             dead: 0,
             running: 0,
             sampled_at: chrono::Utc::now(),
+            oldest_enqueued_at: None,
         };
         s.apply_sample(&mut sample);
         assert!(sample.name.len() <= MAX_ID_BYTES);

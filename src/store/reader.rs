@@ -393,8 +393,8 @@ impl StoreReader {
     pub async fn queues(&self) -> Result<Vec<QueueSample>, StoreError> {
         self.with_conn("queues", |conn| {
             let mut stmt = conn.prepare(
-                "SELECT broker, queue, sampled_at, length, delayed, dead, running FROM queue_latest
-                 ORDER BY broker, queue",
+                "SELECT broker, queue, sampled_at, length, delayed, dead, running, oldest_enqueued_at
+                 FROM queue_latest ORDER BY broker, queue",
             )?;
             let mut rows = stmt.query([])?;
             let mut out = Vec::new();
@@ -408,6 +408,7 @@ impl StoreReader {
                     delayed: row.get(4)?,
                     dead: row.get(5)?,
                     running: row.get(6)?,
+                    oldest_enqueued_at: rows::get_ts(row, 7)?,
                 });
             }
             Ok(out)

@@ -200,6 +200,14 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     ALTER TABLE rollup_daily ADD COLUMN wait_p99_ms DOUBLE;
     "#,
     ),
+    (
+        5,
+        r#"
+    -- When the oldest message still waiting in each queue was enqueued, from the broker's own
+    -- data (issue #19): `/api/queues` shows its age at answer time. NULL when unknown.
+    ALTER TABLE queue_latest ADD COLUMN oldest_enqueued_at TIMESTAMP;
+    "#,
+    ),
 ];
 
 /// The statements of migration 3 that follow its DDL: the v2 rows of `tasks` and `transitions`

@@ -222,7 +222,7 @@ pub fn generate(
     }
     conn.execute_batch(&samples_sql(now_us, span_us))?;
     conn.execute_batch(
-        "INSERT INTO queue_latest
+        "INSERT INTO queue_latest (broker, queue, sampled_at, length, delayed, dead, running)
          SELECT broker, queue, max(sampled_at), arg_max(length, sampled_at),
                 arg_max(delayed, sampled_at), arg_max(dead, sampled_at),
                 arg_max(running, sampled_at)

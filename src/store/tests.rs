@@ -498,6 +498,7 @@ async fn queues_answer_the_newest_sample_of_each_queue() {
         dead: 2,
         running: 3,
         sampled_at: at(secs),
+        oldest_enqueued_at: None,
     };
     writer
         .samples(vec![

@@ -733,15 +733,19 @@ impl Writer {
                 }
             }
             let mut stmt = tx.prepare(
-                "INSERT INTO queue_latest (broker, queue, sampled_at, length, delayed, dead, running)
-                 VALUES (?, ?, ?, ?, ?, ?, ?)
+                "INSERT INTO queue_latest (broker, queue, sampled_at, length, delayed, dead, running,
+                                           oldest_enqueued_at)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT (broker, queue) DO UPDATE SET
                      sampled_at = excluded.sampled_at, length = excluded.length, delayed = excluded.delayed,
-                     dead = excluded.dead, running = excluded.running
+                     dead = excluded.dead, running = excluded.running,
+                     oldest_enqueued_at = excluded.oldest_enqueued_at
                  WHERE excluded.sampled_at >= queue_latest.sampled_at",
             )?;
             for s in latest.values() {
-                stmt.execute(sample_params(s))?;
+                let [b, q, at, length, delayed, dead, running] = sample_params(s);
+                let oldest = super::rows::opt_ts(s.oldest_enqueued_at);
+                stmt.execute([b, q, at, length, delayed, dead, running, oldest])?;
             }
         }
         tx.commit()?;

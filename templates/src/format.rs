@@ -76,6 +76,16 @@ pub fn unknown() -> Markup {
     html! { span.muted { (UNKNOWN) } }
 }
 
+/// The age of a queue's oldest waiting message: `-` when nothing waits, the muted dash when
+/// the broker does not say (Celery, taskiq lists) or its message is not read yet.
+pub fn oldest_age(waiting: u64, age_ms: Option<f64>) -> Markup {
+    match age_ms {
+        Some(ms) => html! { (runtime(ms)) },
+        None if waiting == 0 => html! { span.muted { "-" } },
+        None => unknown(),
+    }
+}
+
 /// A runtime in the unit a person reads fastest: `0.42 ms`, `12.5 ms`, `512 ms`, `2.01 s`,
 /// `14.2 s`, `3 m 4 s`, `2 h 5 m`, `1 d 3 h`.
 pub fn runtime(ms: f64) -> String {

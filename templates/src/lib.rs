@@ -37,7 +37,7 @@ pub use layout::{page, Nav};
 pub use message::{error_page, not_found};
 pub use overview::{overview, HousekeepingLine, OverviewView};
 pub use queues::{queues, QueueCard, QueuesView};
-pub use reports::{reports, ChartSet, NameRow, ReportWindow, ReportsView, RuntimeRow};
+pub use reports::{reports, ChartSet, NameRow, ReportWindow, ReportsView, RuntimeRow, WaitRow};
 pub use task::{task_detail, TaskDetailView};
 pub use tasks::{next_page_href, task_list, TaskFilters, TaskListView};
 pub use workers::{workers, WorkersView};

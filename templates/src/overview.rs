@@ -200,6 +200,7 @@ fn queue_table(queues: &[QueueSample], now: &DateTime<Utc>) -> Markup {
                         th.num { "Delayed" }
                         th.num { "Dead" }
                         th.num { "Running" }
+                        th.num title="Age of the oldest message waiting" { "Oldest" }
                         th { "Sampled" }
                     }
                 }
@@ -217,6 +218,7 @@ fn queue_table(queues: &[QueueSample], now: &DateTime<Utc>) -> Markup {
                             td.num { a href=(link("queued")) { (components::count(q.delayed)) } }
                             td.num.warn[q.dead > 0] { a href=(link("failure")) { (components::count(q.dead)) } }
                             td.num { a href=(link("running")) { (components::count(q.running)) } }
+                            td.num.nowrap { (format::oldest_age(q.length, q.oldest_age_ms(*now))) }
                             td.nowrap { (time(&q.sampled_at, now)) }
                         }
                     }

@@ -1,5 +1,5 @@
 //! The queues page (`/queues`): one card per queue (waiting, delayed, dead, running, each a link
-//! to its tasks) with its backlog over the last hour, and the warning that matters when messages
+//! to its tasks), the age of its oldest waiting message, its backlog over the last hour, and the warning that matters when messages
 //! wait with no worker alive.
 
 use crate::charts::{line_chart, LineSeries};
@@ -64,6 +64,10 @@ pub(crate) fn render(view: &QueuesView, now: &DateTime<Utc>) -> Markup {
                         (count_link("delayed", s.delayed, tasks_href([base[0], base[1], ("state", "queued")]), "state-queued"))
                         (count_link("running", s.running, tasks_href([base[0], base[1], ("state", "running")]), "state-running"))
                         (count_link("dead", s.dead, tasks_href([base[0], base[1], ("state", "failure")]), "state-failure"))
+                    }
+                    p.queue-oldest {
+                        span.muted { "Oldest waiting " }
+                        strong { (format::oldest_age(s.length, s.oldest_age_ms(*now))) }
                     }
                     @let href = |from: DateTime<Utc>, to: DateTime<Utc>| w.tasks_href(&base, &from, &to);
                     (line_chart(&w.axis, std::slice::from_ref(&q.backlog), &href, "No samples in this range."))

@@ -121,6 +121,19 @@ pub struct RuntimeRow {
     pub mean_ms: f64,
 }
 
+/// Wait before running (enqueued or eta -> started) of one task name on one queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaitRow {
+    pub broker: String,
+    pub queue: Option<String>,
+    pub name: Option<String>,
+    pub count: u64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
 /// The charts the overview and the reports page share.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChartSet {
@@ -143,6 +156,8 @@ pub struct ReportsView {
     pub failures_by_name: Vec<BarSeries>,
     /// Slowest first (p95).
     pub runtime: Vec<RuntimeRow>,
+    /// Longest waits first (p95).
+    pub wait: Vec<WaitRow>,
     pub top_failing: Vec<NameRow>,
     pub most_frequent: Vec<NameRow>,
     pub most_retried: Vec<NameRow>,
@@ -175,6 +190,13 @@ pub fn reports(view: &ReportsView) -> Markup {
                     a.muted-link href=(w.href("/api/reports/runtime", &[])) { "JSON" }
                 }
                 (runtime_table(w, &view.runtime))
+            }
+            section.card.wide {
+                div.section-head {
+                    h2 { "Wait before running by queue and task (longest first)" }
+                    a.muted-link href=(w.href("/api/reports/wait", &[])) { "JSON" }
+                }
+                (wait_table(w, &view.wait))
             }
             section.card {
                 h2 { "Top failing" }
@@ -357,6 +379,51 @@ fn runtime_table(w: &ReportWindow, rows: &[RuntimeRow]) -> Markup {
                             td.num { (format::runtime(r.max_ms)) }
                             td.num { (format::runtime(r.mean_ms)) }
                             td.meter-cell { (meter(r.p95_ms, max, "state-running")) }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn wait_table(w: &ReportWindow, rows: &[WaitRow]) -> Markup {
+    if rows.is_empty() {
+        return empty("No task with a known wait finished in this range.");
+    }
+    let max = rows.iter().map(|r| r.p95_ms).fold(0.0, f64::max);
+    html! {
+        div.table-wrap {
+            table.data {
+                thead {
+                    tr {
+                        th { "Task" }
+                        th { "Queue" }
+                        th { "Broker" }
+                        th.num { "Runs" }
+                        th.num { "p50" }
+                        th.num { "p95" }
+                        th.num { "p99" }
+                        th.num { "Max" }
+                        th { span.visually-hidden { "p95 bar" } }
+                    }
+                }
+                tbody {
+                    @for r in rows {
+                        @let pairs: Vec<(&str, &str)> = [("broker", Some(r.broker.as_str())), ("queue", r.queue.as_deref()), ("name", r.name.as_deref())]
+                            .into_iter()
+                            .filter_map(|(k, v)| Some((k, v?)))
+                            .collect();
+                        tr {
+                            td.name { a href=(w.tasks_href(&pairs, &w.since, &w.until)) { (name_cell(&r.name)) } }
+                            td { (name_cell(&r.queue)) }
+                            td { (r.broker) }
+                            td.num { (crate::components::count(r.count)) }
+                            td.num { (format::runtime(r.p50_ms)) }
+                            td.num { strong { (format::runtime(r.p95_ms)) } }
+                            td.num { (format::runtime(r.p99_ms)) }
+                            td.num { (format::runtime(r.max_ms)) }
+                            td.meter-cell { (meter(r.p95_ms, max, "state-queued")) }
                         }
                     }
                 }

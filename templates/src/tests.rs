@@ -83,6 +83,7 @@ fn sample_overview() -> OverviewView {
                 dead: 0,
                 running: 3,
                 sampled_at: ago(2),
+                oldest_enqueued_at: None,
             },
             QueueSample {
                 broker: Broker::Rq,
@@ -92,6 +93,7 @@ fn sample_overview() -> OverviewView {
                 dead: 4,
                 running: 0,
                 sampled_at: ago(2),
+                oldest_enqueued_at: Some(ago(192)),
             },
         ],
         workers: vec![
@@ -222,6 +224,18 @@ fn a_worker_up_before_taskscope_looked_says_so_not_1970() {
     let html = crate::overview::render(&view, &now()).into_string();
     assert!(html.contains("before taskscope"), "{html}");
     assert!(!html.contains("1970"), "{html}");
+}
+
+#[test]
+fn overview_shows_the_oldest_waiting_age_and_a_dash_when_the_broker_does_not_say() {
+    let html = crate::overview::render(&sample_overview(), &now()).into_string();
+    assert!(html.contains(">Oldest</th>"), "{html}");
+    // rq: enqueued 192.7 s before now; celery (40 waiting): unknown.
+    assert!(html.contains(">3 m 13 s</td>"), "{html}");
+    assert!(
+        html.contains("<td class=\"num nowrap\"><span class=\"muted\">"),
+        "{html}"
+    );
 }
 
 #[test]
@@ -458,6 +472,7 @@ mod workers_page {
                 dead: 0,
                 running: 0,
                 sampled_at: now,
+                oldest_enqueued_at: None,
             }],
         }
     }

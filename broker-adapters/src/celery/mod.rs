@@ -367,6 +367,9 @@ impl CeleryAdapter {
                     length,
                     dead: 0,
                     sampled_at: now,
+                    // Protocol 2 messages carry no enqueue time (headers: eta, expires, retries,
+                    // origin...; `unacked_index` scores are delivery times, not enqueueing).
+                    oldest_enqueued_at: None,
                 });
             }
         }

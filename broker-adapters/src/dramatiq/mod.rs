@@ -74,6 +74,11 @@ struct Known {
     queue: String,
     actor: String,
     retries: u32,
+    /// Since when it waits: `message_timestamp`, or `options.eta` when later. The oldest age of
+    /// a queue it heads. A delayed message moved to its queue when due keeps its first
+    /// `message_timestamp` and has no `eta` any more (dramatiq deletes it on the move): its
+    /// age then counts the delay as well.
+    waiting_since: Option<DateTime<Utc>>,
 }
 
 /// An id that left a worker's ack set, waiting for the reads that tell what became of it.
@@ -104,6 +109,9 @@ pub struct DramatiqAdapter {
     consumers: BTreeSet<String>,
     /// Per queue: (length, delayed, dead) read by the current sampling round.
     sampling: Option<BTreeMap<String, (u64, u64, u64)>>,
+    /// Per queue, the first redis id of `<ns>:<q>` read by the current sampling round (the
+    /// enqueue script `RPUSH`es, `fetch` `LPOP`s: the next delivered, normally the oldest).
+    sampled_heads: HashMap<String, String>,
     /// Result keys asked for, and the task each belongs to.
     result_owner: FifoMap<String, String>,
     /// Main-queue messages not settled yet, oldest first, per queue: an ack can come and go
@@ -158,6 +166,7 @@ impl DramatiqAdapter {
             dead_seen: HashSet::new(),
             consumers: BTreeSet::new(),
             sampling: None,
+            sampled_heads: HashMap::new(),
             result_owner: FifoMap::new(KNOWN_CAPACITY),
             in_flight: HashMap::new(),
             result_retries: HashMap::new(),
@@ -299,6 +308,7 @@ impl DramatiqAdapter {
                 queue: msg.queue.clone(),
                 actor: msg.actor.clone(),
                 retries: msg.retries,
+                waiting_since: msg.sent_at.max(msg.eta),
             },
         );
         let highest = self
@@ -1064,6 +1074,22 @@ impl Adapter for DramatiqAdapter {
             ReadRequest::LRange { key, .. } if self.result_owner.contains_key(key) => {
                 self.on_result(key, reply, now)
             }
+            ReadRequest::LRange {
+                key,
+                start: 0,
+                stop: 0,
+            } if self.sampling.is_some() => {
+                let items = reply.into_items();
+                if let (Some(head), Some(q)) = (
+                    items.first().and_then(Reply::as_bytes),
+                    key.strip_prefix(&format!("{}:", self.ns)),
+                ) {
+                    self.sampled_heads
+                        .insert(q.to_string(), String::from_utf8_lossy(head).into_owned());
+                }
+                // A head not read yet is read now (for the next round).
+                self.on_list(key, 0, Reply::Array(items))
+            }
             ReadRequest::LRange { key, start, .. } => self.on_list(key, *start, reply),
             ReadRequest::HMGet { key, fields } => self.on_messages(key, fields, reply, now),
             ReadRequest::HGetAll(key) => {
@@ -1165,8 +1191,15 @@ impl Adapter for DramatiqAdapter {
             reads.push(ReadRequest::LLen(self.key(q)));
             reads.push(ReadRequest::LLen(self.key(&format!("{q}.DQ"))));
             reads.push(ReadRequest::ZCard(self.key(&format!("{q}.XQ"))));
+            // The head's redis id: its message's timestamp is the queue's oldest.
+            reads.push(ReadRequest::LRange {
+                key: self.key(q),
+                start: 0,
+                stop: 0,
+            });
         }
         self.sampling = Some(self.queues.iter().map(|q| (q.clone(), (0, 0, 0))).collect());
+        self.sampled_heads.clear();
         reads.push(ReadRequest::ZRangeWithScores {
             key: self.heartbeats(),
             start: 0,
@@ -1182,6 +1215,7 @@ impl Adapter for DramatiqAdapter {
         self.leaving.clear();
         self.pending_running.clear();
         self.sampling = None;
+        self.sampled_heads.clear();
         self.snapshot.clear();
         self.acks_left.clear();
     }
@@ -1240,7 +1274,11 @@ impl DramatiqAdapter {
                 }));
         }
         if let Some(sampling) = self.sampling.take() {
+            let mut heads = std::mem::take(&mut self.sampled_heads);
             for (queue, (length, delayed, dead)) in sampling {
+                let oldest_enqueued_at = heads
+                    .remove(&queue)
+                    .and_then(|id| self.known.get(&id).and_then(|k| k.waiting_since));
                 let fetched: u64 = self
                     .acks
                     .iter()
@@ -1278,6 +1316,7 @@ impl DramatiqAdapter {
                     dead,
                     running,
                     sampled_at: now,
+                    oldest_enqueued_at,
                 });
             }
         }

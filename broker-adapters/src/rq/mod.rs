@@ -102,6 +102,8 @@ struct JobMemo {
     /// The attempt of the outcome a results entry gave (the job hash's outcome goes out at
     /// once then).
     results_outcome: Option<u32>,
+    /// `enqueued_at` at the last read of its hash: the oldest age of a queue it heads.
+    enqueued_at: Option<DateTime<Utc>>,
 }
 
 impl JobMemo {
@@ -136,6 +138,9 @@ pub struct RqAdapter {
     reconciling: HashSet<String>,
     /// Per queue: (length, delayed, dead, running) of the current sampling round.
     sampling: Option<BTreeMap<String, [u64; 4]>>,
+    /// Per queue, the first job id of `<p>queue:<q>` (RQ `RPUSH`es and workers `LPOP`: the
+    /// next to run, normally the oldest) read by the current sampling round.
+    sampled_heads: HashMap<String, String>,
 }
 
 impl RqAdapter {
@@ -150,6 +155,7 @@ impl RqAdapter {
             worker_expiry: HashMap::new(),
             reconciling: HashSet::new(),
             sampling: None,
+            sampled_heads: HashMap::new(),
         }
     }
 
@@ -418,6 +424,7 @@ impl RqAdapter {
         );
         let memo = self.memo(id);
         memo.status = Some(record.status);
+        memo.enqueued_at = record.enqueued_at;
         if record.call.is_some() {
             memo.call_read = true;
         }
@@ -661,7 +668,13 @@ impl RqAdapter {
         self.worker_read_at.retain(|n, _| names.contains(n));
         self.workers_born.retain(|n, _| names.contains(n));
         if let Some(sampling) = self.sampling.take() {
+            let mut heads = std::mem::take(&mut self.sampled_heads);
             for (queue, [length, delayed, dead, running]) in sampling {
+                // A head not read yet (its hash read follows the `LRANGE`) is unknown for
+                // this round.
+                let oldest_enqueued_at = heads
+                    .remove(&queue)
+                    .and_then(|id| self.known.get(&id).and_then(|m| m.enqueued_at));
                 out.queue_samples.push(QueueSample {
                     broker: Broker::Rq,
                     name: queue,
@@ -670,6 +683,7 @@ impl RqAdapter {
                     dead,
                     running,
                     sampled_at: now,
+                    oldest_enqueued_at,
                 });
             }
         }
@@ -938,6 +952,19 @@ impl Adapter for RqAdapter {
                 return self.on_workers(reply, now);
             }
             (ReadRequest::SMembers(_), Some(RqKey::Queues)) => return self.on_queues(reply),
+            (
+                ReadRequest::LRange {
+                    start: 0, stop: 0, ..
+                },
+                Some(RqKey::Queue(q)),
+            ) if self.sampling.is_some() => {
+                let items = reply.into_items();
+                if let Some(head) = items.first().and_then(Reply::as_bytes) {
+                    self.sampled_heads
+                        .insert(q.to_string(), String::from_utf8_lossy(head).into_owned());
+                }
+                self.on_ids(items, &mut out);
+            }
             (ReadRequest::LRange { .. }, Some(RqKey::Queue(_))) => {
                 self.on_ids(reply.into_items(), &mut out);
             }
@@ -972,11 +999,18 @@ impl Adapter for RqAdapter {
         let mut reads = vec![ReadRequest::SMembers(self.layout.queues())];
         for q in &self.queues {
             reads.push(ReadRequest::LLen(self.layout.queue(q)));
+            // The head's id: its job hash's `enqueued_at` is the queue's oldest.
+            reads.push(ReadRequest::LRange {
+                key: self.layout.queue(q),
+                start: 0,
+                stop: 0,
+            });
             for registry in [Registry::Scheduled, Registry::Failed, Registry::Started] {
                 reads.push(ReadRequest::ZCard(self.layout.registry(registry, q)));
             }
         }
         self.sampling = Some(self.queues.iter().map(|q| (q.clone(), [0; 4])).collect());
+        self.sampled_heads.clear();
         // Last: its reply closes the round.
         reads.push(ReadRequest::SMembers(self.layout.workers()));
         reads
@@ -990,6 +1024,7 @@ impl Adapter for RqAdapter {
 
     fn on_gap(&mut self) {
         self.sampling = None;
+        self.sampled_heads.clear();
         self.reconciling.clear();
         self.worker_expiry.clear();
         for memo in self.known.values_mut() {

@@ -292,7 +292,7 @@ impl TaskiqAdapter {
                     .min()
                     .unwrap_or(0)
             };
-            out.queue_samples.push(QueueSample {
+            let sample = QueueSample {
                 broker: Broker::Taskiq,
                 name: key.to_string(),
                 length,
@@ -300,7 +300,25 @@ impl TaskiqAdapter {
                 dead: 0,
                 running,
                 sampled_at: now,
-            });
+                oldest_enqueued_at: None,
+            };
+            if length == 0 {
+                out.queue_samples.push(sample);
+                return;
+            }
+            // The oldest waiting entry is the first after the last id delivered (to the group
+            // furthest on, as `length` counts), or the stream's first without a group.
+            let delivered = state.groups.values().filter_map(|g| g.last_delivered).max();
+            let probe = ReadRequest::XRange {
+                key: key.to_string(),
+                start: delivered.map_or_else(|| "-".to_string(), |d| format!("({d}")),
+                end: "+".to_string(),
+                count: 1,
+            };
+            // One probe per stream at a time: a reply lost to a gap does not pile up.
+            self.oldest_probes.retain(|read, _| read.key() != key);
+            self.oldest_probes.insert(probe.clone(), sample);
+            out.follow_up.push(probe);
         }
     }
 }

@@ -178,6 +178,9 @@ pub struct TaskiqAdapter {
     consumers: HashMap<String, ConsumerSeen>,
     /// Streams whose next `XINFO GROUPS` reply makes a queue sample.
     sampling: HashSet<String>,
+    /// Queue samples of streams with entries waiting, held until the `XRANGE ... COUNT 1`
+    /// after the last delivered id answers with the oldest one (keyed by that read).
+    oldest_probes: HashMap<ReadRequest, QueueSample>,
     /// Queues with a task whose result record was read: there, a missing one means "not yet"
     /// (a result backend is configured), elsewhere "never" (none is).
     results_seen: HashSet<String>,
@@ -233,6 +236,7 @@ impl TaskiqAdapter {
             tasks: FifoMap::new(TASK_CAPACITY),
             consumers: HashMap::new(),
             sampling: HashSet::new(),
+            oldest_probes: HashMap::new(),
             results_seen: HashSet::new(),
         }
     }
@@ -567,6 +571,12 @@ impl Adapter for TaskiqAdapter {
 
     fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
+        if let Some(mut sample) = self.oldest_probes.remove(request) {
+            // The oldest undelivered entry's id: when Redis added it.
+            sample.oldest_enqueued_at = stream::entries(reply).first().and_then(|e| e.id.time());
+            out.queue_samples.push(sample);
+            return out;
+        }
         if let Reply::Error(e) = &reply {
             // WRONGTYPE (the name is another kind of key now), NOGROUP, ...: re-learn the kind.
             tracing::debug!(key = request.key(), error = %e, "taskiq read failed");
@@ -655,6 +665,8 @@ impl Adapter for TaskiqAdapter {
                 dead: 0,
                 running: 0,
                 sampled_at: now,
+                // A list message (`TaskiqMessage`) carries no enqueue time.
+                oldest_enqueued_at: None,
             }),
             ReadRequest::Get(key) => {
                 self.on_results(std::slice::from_ref(key), vec![reply], now, &mut out)
@@ -710,5 +722,6 @@ impl Adapter for TaskiqAdapter {
             state.last_id = None;
         }
         self.consumers.clear();
+        self.oldest_probes.clear();
     }
 }

@@ -245,7 +245,7 @@ async fn metrics_labels_are_capped_in_number_and_length() {
         .lines()
         .filter(|l| l.starts_with("taskscope_tasks_total{"))
         .collect();
-    // The fixture's own event plus 200: at most 3 queues and 3 names of their own.
+    // At most 3 queues and 3 names of their own.
     let names: std::collections::BTreeSet<&str> = series
         .iter()
         .filter_map(|l| l.split("name=\"").nth(1)?.split('"').next())
@@ -256,7 +256,8 @@ async fn metrics_labels_are_capped_in_number_and_length() {
         .iter()
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
-    assert_eq!(total, 201, "every transition is still counted:\n{text}");
+    // The fixture's two (c1 running, then success) plus 200.
+    assert_eq!(total, 202, "every transition is still counted:\n{text}");
     assert!(
         text.lines().all(|l| l.len() < 1_000),
         "a 5,000-character name is cut"
@@ -278,7 +279,7 @@ async fn metrics_labels_are_capped_in_number_and_length() {
 }
 
 const MANY_QUEUES: &str = r#"
-INSERT INTO queue_latest VALUES
+INSERT INTO queue_latest (broker, queue, sampled_at, length, delayed, dead, running) VALUES
  ('celery', 'q0', '2026-11-23 10:04:00', 10, 0, 0, 0),
  ('celery', 'q1', '2026-11-23 10:04:00', 11, 0, 0, 0),
  ('celery', 'q2', '2026-11-23 10:04:00', 12, 0, 0, 0),
@@ -290,7 +291,7 @@ INSERT INTO queue_latest VALUES
 const HOSTILE_NAMES: &str = r#"
 INSERT INTO tasks (broker, id, queue, name, state, args, kwargs, retries, updated_at) VALUES
  ('celery', 'x"><img src=x onerror=alert(1)>', 'a"&b<q>', '<script>alert(1)</script>', 'failure', '["<b>"]', '{}', 0, '2026-11-23 10:04:30');
-INSERT INTO queue_latest VALUES ('celery', 'a"&b<q>', '2026-11-23 10:04:30', 4, 0, 0, 0);
+INSERT INTO queue_latest (broker, queue, sampled_at, length, delayed, dead, running) VALUES ('celery', 'a"&b<q>', '2026-11-23 10:04:30', 4, 0, 0, 0);
 "#;
 
 #[tokio::test]
@@ -442,4 +443,53 @@ async fn without_a_token_foreign_hosts_are_refused() {
     )
     .await;
     assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// Wait histograms are capped like the counters: queues past the cap fold into `other`, and no
+/// observation is lost.
+#[tokio::test]
+async fn wait_histograms_fold_queues_past_the_label_cap_into_other() {
+    let task_metrics = crate::http::prometheus::TaskMetrics::new(2);
+    let at = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:01:00Z")
+        .unwrap()
+        .with_timezone(&chrono::Utc);
+    for i in 0..20 {
+        let mut task = Task::new(Broker::Rq, format!("w{i}"), at);
+        task.queue = Some(format!("queue-{i}"));
+        task.name = Some("job".into());
+        task.state = TaskState::Running;
+        task.enqueued_at = Some(at - chrono::Duration::seconds(2));
+        task.started_at = Some(at);
+        task_metrics.record(&crate::store::TransitionEvent {
+            transition: Transition {
+                broker: Broker::Rq,
+                task_id: task.id.clone(),
+                state: TaskState::Running,
+                at,
+                worker: None,
+                detail: None,
+            },
+            task,
+        });
+    }
+    let f = fixture_with(Options {
+        task_metrics: Some(task_metrics),
+        ..Options::default()
+    })
+    .await;
+    let (_, text) = get(&f, "/metrics").await;
+    let counts: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("taskscope_task_wait_seconds_count{broker=\"rq\""))
+        .collect();
+    assert!(counts.len() <= 3, "{counts:?}");
+    assert!(
+        counts.iter().any(|l| l.contains("queue=\"other\"")),
+        "{counts:?}"
+    );
+    let total: u64 = counts
+        .iter()
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(total, 20, "{text}");
 }
