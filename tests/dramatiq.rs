@@ -386,22 +386,7 @@ fn parked_queue() {
         },
     );
     // The oldest waiting message's age: known from the broker's data, and growing.
-    let age = || {
-        let q = w.ts.get("/api/queues");
-        q["queues"].as_array().and_then(|qs| {
-            qs.iter()
-                .find(|q| q["broker"] == "dramatiq" && q["name"] == "parked")
-                .and_then(|q| q["oldest_age_ms"].as_f64())
-        })
-    };
-    wait_for("oldest_age_ms of dramatiq/parked", LONG, || {
-        age().ok_or_else(|| "not known yet".to_string())
-    });
-    let first = age().unwrap_or_default();
-    assert!(first < 120_000.0, "{first} ms");
-    std::thread::sleep(std::time::Duration::from_millis(1_100));
-    let later = age().unwrap_or_default();
-    assert!(later >= first + 1_000.0, "{first} then {later}");
+    common::assert_oldest_age_grows(&w.ts, "dramatiq", "parked");
     // Still queued after all that.
     for id in &parked {
         let t = w.ts.task(id).expect("parked task known");

@@ -127,6 +127,35 @@ pub fn wait_for<T>(
     }
 }
 
+/// Asserts that `/api/queues` knows the age of the oldest message waiting in `broker`/`queue`
+/// (from the broker's own data) and that it grows as time passes: it is an age computed when
+/// asked, not a number stored once.
+pub fn assert_oldest_age_grows(ts: &Taskscope, broker: &str, queue: &str) {
+    let age = || {
+        let q = ts.get("/api/queues");
+        q["queues"].as_array().and_then(|qs| {
+            qs.iter()
+                .find(|q| q["broker"] == broker && q["name"] == queue)
+                .and_then(|q| q["oldest_age_ms"].as_f64())
+        })
+    };
+    let first = wait_for(
+        &format!("oldest_age_ms of {broker}/{queue}"),
+        Duration::from_secs(30),
+        || age().ok_or_else(|| "not known yet".to_string()),
+    );
+    assert!(first < 120_000.0, "{first} ms");
+    let later = wait_for(
+        &format!("oldest_age_ms of {broker}/{queue} to grow by 1 s"),
+        Duration::from_secs(30),
+        || match age() {
+            Some(later) if later >= first + 1_000.0 => Ok(later),
+            other => Err(format!("{first} then {other:?}")),
+        },
+    );
+    assert!(later < first + 60_000.0, "{first} then {later}");
+}
+
 fn tail(path: &Path, lines: usize) -> String {
     let mut text = String::new();
     if let Ok(mut f) = File::open(path) {
