@@ -123,6 +123,13 @@ pub enum ReadRequest {
         stop: i64,
     },
     HGetAll(String),
+    /// `HSCAN key 0 COUNT count`: the first page of a hash's fields and values, a small hash
+    /// whole (Redis answers a small hash in one page whatever the count), a big one bounded in
+    /// count where `HGETALL` is not. The reply is `[cursor, [field, value, ...]]`.
+    HScanFirstPage {
+        key: String,
+        count: u64,
+    },
     /// `HKEYS key`: the fields of a hash, without their values.
     HKeys(String),
     HLen(String),
@@ -196,6 +203,7 @@ impl ReadRequest {
             | ReadRequest::XInfoConsumers { key: k, .. }
             | ReadRequest::LRange { key: k, .. }
             | ReadRequest::HMGet { key: k, .. }
+            | ReadRequest::HScanFirstPage { key: k, .. }
             | ReadRequest::ZRangeWithScores { key: k, .. } => k,
             ReadRequest::MGet(keys) => keys.first().map(String::as_str).unwrap_or(""),
             ReadRequest::Side(inner) => inner.key(),
@@ -261,6 +269,42 @@ pub struct Interest {
     /// Reads to run the moment a notification arrives, for keys whose content lives only
     /// milliseconds.
     pub prefetch: Vec<Prefetch>,
+    /// Reads to run the moment a key the adapter has no [`Prefetch`] rule for yet is first
+    /// notified (a new queue's first message).
+    pub first_sight: Vec<FirstSight>,
+}
+
+/// A read of a key no [`Prefetch`] rule covers yet, run by the prefetcher the moment one of
+/// `ops` first happens on a key matching `pattern`, once per key: the first messages of a queue
+/// that appears while a worker is idle live a few milliseconds (a Dramatiq message is fetched and
+/// acknowledged within 1-3 ms of a worker's poll), far less than the loop's reply to the
+/// notification and the prefetch rule it then installs. The reply reaches
+/// [`Adapter::on_reply`] as the request [`FirstSight::request`] makes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct FirstSight {
+    /// A Redis glob over key names (as the adapter's key patterns).
+    pub pattern: String,
+    pub ops: Vec<String>,
+    pub read: FirstSightRead,
+}
+
+/// What a [`FirstSight`] reads of the notified key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FirstSightRead {
+    /// [`ReadRequest::HScanFirstPage`]: a new hash whole, an old big one bounded.
+    HashFirstPage { count: u64 },
+}
+
+impl FirstSight {
+    /// The read of `key`, a key matching [`FirstSight::pattern`].
+    pub fn request(&self, key: &str) -> ReadRequest {
+        match self.read {
+            FirstSightRead::HashFirstPage { count } => ReadRequest::HScanFirstPage {
+                key: key.to_string(),
+                count,
+            },
+        }
+    }
 }
 
 /// Reads the ingest layer runs as soon as one of `ops` happens on `key`, ahead of its batching

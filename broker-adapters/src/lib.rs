@@ -31,7 +31,7 @@ pub mod taskiq;
 pub mod worker_state;
 
 pub use adapter::{
-    too_large_error, Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, PrefetchRead,
-    Publish, ReadRequest, Reply,
+    too_large_error, Adapter, DecodeError, FirstSight, FirstSightRead, Interest, OpenTask, Output,
+    Prefetch, PrefetchRead, Publish, ReadRequest, Reply,
 };
 pub use model::*;

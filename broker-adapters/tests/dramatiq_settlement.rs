@@ -135,6 +135,33 @@ on_both_paths!(
     }
 );
 
+/// A queue's first message, fetched and acknowledged by an idle worker before the loop has read
+/// anything of it (a worker polls on its own clock; the loop's reads come a few ms late): the
+/// prefetcher read it at its first sight, so it is a success, not an unknown id.
+#[test]
+fn first_message_of_a_new_queue_outrun_by_an_idle_worker_succeeds() {
+    let mut d = Driver::new(DramatiqAdapter::new(DramatiqConfig::default()));
+    let msg = fixture("queue_message.bin");
+    let rid = dq::redis_id(&msg);
+    dq::enqueue(&mut d.redis, PRODUCER, &msg);
+    d.deliver_outrun(|r| {
+        assert_eq!(dq::fetch(r, W1, "default", 1), vec![rid.clone()]);
+        dq::ack(r, W1, "default", &rid);
+    });
+    d.reconcile();
+    let t = d.task(&dq::message_id(&msg));
+    assert_eq!(t.state, TaskState::Success, "{:#?}", d.observations);
+    assert_eq!(t.name.as_deref(), Some("add"));
+    assert_eq!(t.args, Some(serde_json::json!([1, 2])));
+    assert!(
+        d.reads
+            .iter()
+            .any(|r| matches!(r, ReadRequest::HScanFirstPage { key, .. } if *key == format!("{NS}:default.msgs"))),
+        "read at first sight: {:?}",
+        d.reads
+    );
+}
+
 on_both_paths!(acknowledged_message_succeeds_on_its_worker, |path| {
     let mut d = driver(path);
     let msg = fixture("queue_message.bin");

@@ -2,7 +2,7 @@
 -- that every bulk string longer than ARGV[1] bytes is replaced by the pair
 -- {'taskscope:too-large', <its length>}, so a huge value never crosses the wire.
 -- KEYS: the keys read. ARGV[1]: the limit in bytes; ARGV[2]: the command (GET, MGET, HMGET,
--- HGETALL, LRANGE, XRANGE, XREVRANGE); ARGV[3..]: its arguments after the key.
+-- HGETALL, HSCAN, LRANGE, XRANGE, XREVRANGE); ARGV[3..]: its arguments after the key.
 -- One command inside the script per read (the project counts Redis commands per lifecycle):
 -- values are measured after the read, so a huge one is copied into Lua for the time of the
 -- script (inside Redis, never sent), except a lone GET's, measured first with STRLEN (a
@@ -62,7 +62,7 @@ elseif cmd == 'HMGET' then
     first = last + 1
   end
   return out
-elseif cmd == 'HGETALL' or cmd == 'LRANGE' or cmd == 'XRANGE' or cmd == 'XREVRANGE' then
+elseif cmd == 'HGETALL' or cmd == 'HSCAN' or cmd == 'LRANGE' or cmd == 'XRANGE' or cmd == 'XREVRANGE' then
   return bound(redis.call(cmd, KEYS[1], unpack(ARGV, 3)))
 end
 return redis.error_reply('taskscope bounded read: unsupported command ' .. tostring(cmd))

@@ -745,6 +745,15 @@ impl Pipeline {
         if self.listening_new_keys() {
             wanted.insert(NEW_KEY_EVENTS.to_string());
         }
+        let first_sight = if matches!(self.feed, Feed::Notifications { .. }) {
+            interests
+                .iter()
+                .enumerate()
+                .flat_map(|(i, interest)| interest.first_sight.iter().map(move |f| (i, f.clone())))
+                .collect()
+        } else {
+            Vec::new()
+        };
         for interest in interests {
             wanted.extend(interest.channel_patterns);
             if matches!(self.feed, Feed::Notifications { .. }) {
@@ -758,7 +767,11 @@ impl Pipeline {
                 );
             }
         }
-        let subscriptions = prefetch::Subscriptions { patterns, rules };
+        let subscriptions = prefetch::Subscriptions {
+            patterns,
+            rules,
+            first_sight,
+        };
         if **self.rules_tx.borrow() != subscriptions {
             let sent = Arc::new(subscriptions);
             self.rules_tx.send_replace(sent.clone());

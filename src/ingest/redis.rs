@@ -89,6 +89,15 @@ fn command(req: &ReadRequest) -> (CustomCommand, Vec<Value>) {
             vec![s(key), Value::from(*start), Value::from(*stop)],
         ),
         ReadRequest::HGetAll(k) => (cmd("HGETALL"), vec![s(k)]),
+        ReadRequest::HScanFirstPage { key, count } => (
+            cmd("HSCAN"),
+            vec![
+                s(key),
+                s("0"),
+                s("COUNT"),
+                Value::from(i64::try_from(*count).unwrap_or(i64::MAX)),
+            ],
+        ),
         ReadRequest::HMGet { key, fields } => (
             cmd("HMGET"),
             std::iter::once(s(key))
@@ -212,6 +221,7 @@ fn is_bounded(req: &ReadRequest) -> bool {
             | ReadRequest::MGet(_)
             | ReadRequest::HMGet { .. }
             | ReadRequest::HGetAll(_)
+            | ReadRequest::HScanFirstPage { .. }
             | ReadRequest::LRange { .. }
             | ReadRequest::XRange { .. }
             | ReadRequest::XRevRange { .. }

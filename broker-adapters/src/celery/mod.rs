@@ -651,6 +651,7 @@ impl Adapter for CeleryAdapter {
                 ))],
                 coalesce: false,
             }],
+            first_sight: Vec::new(),
         }
     }
 

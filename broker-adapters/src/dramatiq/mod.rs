@@ -20,8 +20,8 @@ pub mod detect;
 pub mod message;
 
 use crate::adapter::{
-    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, Prefetch, PrefetchRead,
-    ReadRequest, Reply,
+    glob_escape, Adapter, DecodeError, FirstSight, FirstSightRead, Interest, OpenTask, Output,
+    Prefetch, PrefetchRead, ReadRequest, Reply,
 };
 use crate::bounded::{FifoMap, FifoSet};
 use crate::model::{
@@ -452,6 +452,34 @@ impl DramatiqAdapter {
         obs.fields.queue = Some(queue.to_string());
         obs.fields.error = Some(error);
         Observation::Task(obs)
+    }
+
+    /// A hash's messages (`.msgs`, `.DQ.msgs` or `.XQ.msgs`) as `[field, value, ...]`: all of
+    /// them (`HGETALL`), or a first page (`HSCAN`), which tells nothing of the fields it lacks.
+    fn on_hash_entries(
+        &mut self,
+        key: &str,
+        reply: Reply,
+        whole: bool,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let (fields, values): (Vec<String>, Vec<Reply>) = reply
+            .into_pairs()
+            .into_iter()
+            .filter_map(|(f, v)| {
+                f.as_bytes()
+                    .map(|b| (String::from_utf8_lossy(b).into_owned(), v))
+            })
+            .unzip();
+        // Empty unless this hash is one a settlement waits for.
+        let settled = if whole {
+            self.settle_open(key, &fields, &values, now)
+        } else {
+            Vec::new()
+        };
+        let mut out = self.on_messages(key, &fields, Reply::Array(values), now);
+        out.observations.extend(settled);
+        out
     }
 
     fn on_messages(
@@ -964,6 +992,14 @@ impl Adapter for DramatiqAdapter {
                 .filter(|q| self.followed(q))
                 .flat_map(|q| self.follow_rules(q))
                 .collect(),
+            // A queue's first messages, read the instant its `.msgs` hash is written: with an
+            // idle worker they are fetched and acknowledged within milliseconds, before the
+            // queue's prefetch rule exists.
+            first_sight: vec![FirstSight {
+                pattern: format!("{ns}:*.msgs"),
+                ops: vec!["hset".to_string()],
+                read: FirstSightRead::HashFirstPage { count: PAGE as u64 },
+            }],
         }
     }
 
@@ -1092,20 +1128,11 @@ impl Adapter for DramatiqAdapter {
             }
             ReadRequest::LRange { key, start, .. } => self.on_list(key, *start, reply),
             ReadRequest::HMGet { key, fields } => self.on_messages(key, fields, reply, now),
-            ReadRequest::HGetAll(key) => {
-                let (fields, values): (Vec<String>, Vec<Reply>) = reply
-                    .into_pairs()
-                    .into_iter()
-                    .filter_map(|(f, v)| {
-                        f.as_bytes()
-                            .map(|b| (String::from_utf8_lossy(b).into_owned(), v))
-                    })
-                    .unzip();
-                // Empty unless this hash is one a settlement waits for.
-                let settled = self.settle_open(key, &fields, &values, now);
-                let mut out = self.on_messages(key, &fields, Reply::Array(values), now);
-                out.observations.extend(settled);
-                out
+            ReadRequest::HGetAll(key) => self.on_hash_entries(key, reply, true, now),
+            ReadRequest::HScanFirstPage { key, .. } => {
+                // `[cursor, [field, value, ...]]`: the first messages of a queue new to us.
+                let page = reply.into_items().into_iter().nth(1).unwrap_or(Reply::Nil);
+                self.on_hash_entries(key, page, false, now)
             }
             ReadRequest::SMembers(key) => self.on_acks(key, reply, now),
             ReadRequest::HKeys(key) => self.on_snapshot(key, reply, now),

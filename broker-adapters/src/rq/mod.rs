@@ -864,6 +864,7 @@ impl Adapter for RqAdapter {
             side_scan_patterns: Vec::new(),
             notify_classes: "hszt".to_string(),
             prefetch: Vec::new(),
+            first_sight: Vec::new(),
         }
     }
 

@@ -480,6 +480,7 @@ impl Adapter for TaskiqAdapter {
             side_scan_patterns: Vec::new(),
             notify_classes: "tl$E".to_string(),
             prefetch: Vec::new(),
+            first_sight: Vec::new(),
         }
     }
 

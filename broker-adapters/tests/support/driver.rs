@@ -36,6 +36,8 @@ pub struct Driver<A: Adapter> {
     snapshots: HashMap<String, HashSet<String>>,
     /// Followed hashes notified since their last snapshot.
     changed: HashSet<String>,
+    /// Keys whose first sight the prefetcher read (each is read once).
+    first_seen: HashSet<String>,
 }
 
 impl<A: Adapter> Driver<A> {
@@ -53,6 +55,7 @@ impl<A: Adapter> Driver<A> {
             tasks: BTreeMap::new(),
             snapshots: HashMap::new(),
             changed: HashSet::new(),
+            first_seen: HashSet::new(),
         }
     }
 
@@ -83,6 +86,20 @@ impl<A: Adapter> Driver<A> {
         self.pump(reads);
     }
 
+    /// Delivers the pending notifications to a loop that a worker outruns: the prefetcher's
+    /// reads (its rules and first sights) run at each notification, then `meanwhile` writes (an
+    /// idle worker fetching and acknowledging), then the loop's reads for those notifications are
+    /// answered, then the notifications of `meanwhile` are delivered.
+    pub fn deliver_outrun(&mut self, meanwhile: impl FnOnce(&mut FakeRedis)) {
+        let mut reads = Vec::new();
+        for KeyEvent { key, op } in self.redis.take_events() {
+            reads.extend(self.key_event(&key, &op, None));
+        }
+        meanwhile(&mut self.redis);
+        self.pump(reads);
+        self.deliver();
+    }
+
     /// Discards the pending notifications (lost while disconnected, say).
     pub fn lose_notifications(&mut self) {
         self.redis.take_events();
@@ -106,6 +123,7 @@ impl<A: Adapter> Driver<A> {
     ) -> Vec<ReadRequest> {
         let interest = self.adapter.interest();
         self.retain_snapshots(&interest.prefetch);
+        let ruled = interest.prefetch.iter().any(|r| r.key == key);
         // A followed hash with a snapshot is marked changed when the notification runs a rule
         // (as the prefetcher does: an op no rule names, `del` say, marks nothing).
         let runs_a_rule = interest
@@ -135,6 +153,25 @@ impl<A: Adapter> Driver<A> {
         }
         for run in runs {
             self.run_prefetch(&run, false);
+        }
+        // A key no rule covers is read at its first sight, as the prefetcher does it.
+        if !ruled && !self.first_seen.contains(key) {
+            let first: Vec<ReadRequest> = interest
+                .first_sight
+                .iter()
+                .filter(|f| f.ops.iter().any(|o| o == op) && glob_match(&f.pattern, key))
+                .map(|f| f.request(key))
+                .collect();
+            if !first.is_empty() {
+                self.first_seen.insert(key.to_string());
+            }
+            for request in first {
+                let reply = self.redis.read(&request);
+                self.reads.push(request.clone());
+                let out = self.adapter.on_reply(&request, reply, self.now);
+                let more = self.absorb(out);
+                self.pump(more);
+            }
         }
         reads
     }

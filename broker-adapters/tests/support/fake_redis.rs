@@ -300,6 +300,7 @@ impl FakeRedis {
                 _ => Reply::Array(Vec::new()),
             },
             ReadRequest::HGetAll(_)
+            | ReadRequest::HScanFirstPage { .. }
             | ReadRequest::HKeys(_)
             | ReadRequest::HLen(_)
             | ReadRequest::HMGet { .. }
@@ -313,6 +314,16 @@ impl FakeRedis {
                 }
                 _ => Reply::Array(Vec::new()),
             },
+            // Small hashes come whole in one page, as from Redis; `count` is not modelled.
+            ReadRequest::HScanFirstPage { .. } => Reply::Array(vec![
+                text("0"),
+                match value {
+                    Some(Value::Hash(h)) => {
+                        Reply::Array(h.iter().flat_map(|(f, v)| [text(f), bulk(v)]).collect())
+                    }
+                    _ => Reply::Array(Vec::new()),
+                },
+            ]),
             ReadRequest::HKeys(_) => match value {
                 Some(Value::Hash(h)) => Reply::Array(h.keys().map(|f| text(f)).collect()),
                 _ => Reply::Array(Vec::new()),

@@ -22,7 +22,8 @@ mod schedule;
 use super::{redis, Incoming, BARRIER_CHANNEL};
 use crate::metrics::{Metrics, Source};
 use broker_adapters::adapter::glob_escape;
-use broker_adapters::{Prefetch, PrefetchRead, ReadRequest, Reply};
+use broker_adapters::bounded::FifoSet;
+use broker_adapters::{FirstSight, Prefetch, PrefetchRead, ReadRequest, Reply};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use schedule::{followed, RunKey, Schedule};
@@ -44,7 +45,13 @@ pub struct Subscriptions {
     /// Key glob patterns (without `__keyspace@<db>__:`), empty while polling.
     pub patterns: BTreeSet<String>,
     pub rules: Rules,
+    /// Reads of keys no rule covers yet, by adapter index (see [`FirstSight`]).
+    pub first_sight: Vec<(usize, FirstSight)>,
 }
+
+/// Keys whose first sight was read, remembered so each is read once (oldest forgotten first:
+/// a key forgotten and notified again costs one more bounded read).
+const FIRST_SIGHT_MEMORY: usize = 10_000;
 
 /// The subscriptions the prefetcher has applied (its `PSUBSCRIBE`s answered by Redis), sent
 /// back so the loop scans only once the notifications it relies on are flowing: an event
@@ -203,6 +210,8 @@ struct Prefetcher {
     metrics: Arc<Metrics>,
     schedule: Schedule,
     snapshots: Arc<Mutex<Snapshots>>,
+    /// Keys a [`FirstSight`] read was fired for.
+    first_seen: FifoSet<String>,
 }
 
 impl Prefetcher {
@@ -236,18 +245,42 @@ impl Prefetcher {
         }
     }
 
-    /// Forgets runs and snapshots no rule asks for any more.
-    fn retain(&mut self, rules: &Rules) {
-        let live: HashSet<RunKey> = rules
+    /// Takes the rules now: forgets runs and snapshots no rule asks for any more, and runs each
+    /// new coalesced rule once (see [`Schedule::set_rules`]).
+    fn set_rules(&mut self, rules: &Rules) {
+        let live: HashMap<RunKey, bool> = rules
             .values()
             .flatten()
-            .map(|(a, p)| (*a, p.reads.clone()))
+            .map(|(a, p)| ((*a, p.reads.clone()), p.coalesce))
             .collect();
-        self.schedule.retain(&live);
-        let hashes: HashSet<&String> = live.iter().flat_map(|(_, reads)| followed(reads)).collect();
+        let hashes: HashSet<&String> = live.keys().flat_map(|(_, reads)| followed(reads)).collect();
         if let Ok(mut snaps) = self.snapshots.lock() {
             snaps.fields.retain(|k, _| hashes.contains(k));
         }
+        for run in self.schedule.set_rules(&live) {
+            self.fire(run);
+        }
+    }
+
+    /// Reads `request` for `adapter` now, outside any rule: the first sight of a key.
+    fn fire_first_sight(&self, adapter: usize, request: ReadRequest) {
+        let client = self.client.clone();
+        let tx = self.tx.clone();
+        self.metrics.count_redis_commands(1);
+        tokio::spawn(async move {
+            let reply = redis::run_reads(&client, std::slice::from_ref(&request))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|mut replies| replies.pop().ok_or_else(|| "no reply".to_string()));
+            let _ = tx
+                .send(Incoming::Prefetched {
+                    adapter,
+                    request,
+                    reply,
+                    at: chrono::Utc::now(),
+                })
+                .await;
+        });
     }
 
     fn fire(&self, run: RunKey) {
@@ -448,12 +481,13 @@ async fn run(
         metrics: metrics.clone(),
         schedule: Schedule::default(),
         snapshots: Arc::new(Mutex::new(Snapshots::default())),
+        first_seen: FifoSet::new(FIRST_SIGHT_MEMORY),
     };
     let mut rules_changed = true;
     loop {
         if std::mem::take(&mut rules_changed) {
             let current = rules.borrow().clone();
-            p.retain(&current.rules);
+            p.set_rules(&current.rules);
             let wanted: BTreeSet<String> = current
                 .patterns
                 .iter()
@@ -464,6 +498,13 @@ async fn run(
                         .keys()
                         .filter(|k| !current.patterns.iter().any(|p| glob_match(p, k)))
                         .map(|k| key_pattern(k)),
+                )
+                .chain(
+                    current
+                        .first_sight
+                        .iter()
+                        .map(|(_, f)| f.pattern.clone())
+                        .filter(|f| !current.patterns.contains(f)),
                 )
                 .map(|p| format!("__keyspace@{db}__:{p}"))
                 .collect();
@@ -565,11 +606,10 @@ fn on_key_event(
     ev: fred::types::KeyspaceEvent,
 ) {
     let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
-    let (matched, forward): (Vec<(RunKey, bool)>, bool) = {
+    let (matched, first_sight, forward) = {
         let subs = rules.borrow();
-        let matched = subs
-            .rules
-            .get(&key)
+        let ruled = subs.rules.get(&key);
+        let matched: Vec<(RunKey, bool)> = ruled
             .map(|rs| {
                 rs.iter()
                     .filter(|(_, p)| p.ops.contains(&ev.operation))
@@ -577,9 +617,25 @@ fn on_key_event(
                     .collect()
             })
             .unwrap_or_default();
+        let first_sight: Vec<(usize, ReadRequest)> =
+            if ruled.is_none() && !p.first_seen.contains(&key) {
+                subs.first_sight
+                    .iter()
+                    .filter(|(_, f)| f.ops.contains(&ev.operation) && glob_match(&f.pattern, &key))
+                    .map(|(a, f)| (*a, f.request(&key)))
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let forward = subs.patterns.iter().any(|p| glob_match(p, &key));
-        (matched, forward)
+        (matched, first_sight, forward)
     };
+    if !first_sight.is_empty() {
+        p.first_seen.insert(key.clone());
+        for (adapter, request) in first_sight {
+            p.fire_first_sight(adapter, request);
+        }
+    }
     if !matched.is_empty() {
         if let Ok(mut snaps) = p.snapshots.lock() {
             if snaps.fields.contains_key(&key) {
