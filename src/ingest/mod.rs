@@ -14,7 +14,8 @@
 //! receiver, taskscope may be down) costs latency, never correctness where Redis still holds
 //! the data: the reconciliation pass and the scans after every (re)connect read it again.
 //!
-//! Invariant: only this module and [`redis`] know fred; adapters only see [`Reply`]s.
+//! Invariant: adapters only see [`Reply`]s, never fred's types (`clippy.toml` keeps fred out of
+//! the adapters and the store).
 
 // fred lives in the Redis I/O layers (clippy.toml): this is one.
 #![allow(clippy::disallowed_types)]

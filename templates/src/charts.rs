@@ -9,6 +9,11 @@
 //! Colours come from CSS only: a series carries a class (`state-failure`, `series-2`) whose
 //! `--state` variable the stylesheet defines once, so a state has one colour on every page.
 //!
+//! Why not a chart library: pages must work without JavaScript and the project has no front-end
+//! build. A vendored library (uPlot ~50 kB, Chart.js ~200 kB) draws nothing without JS, needs the
+//! data a second time as JSON and brings its own colours and fonts; the charts needed (stacked
+//! columns, lines over time buckets) are few and simple.
+//!
 //! Degenerate data is drawn on purpose: no data at all shows the frame with a note; a single
 //! point is a dot (there is no line to draw); all-zero counts show a flat baseline on a 0..1 axis.
 

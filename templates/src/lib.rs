@@ -17,6 +17,12 @@
 //! clock read is `Utc::now()` in each public page function (tests pin it). Nothing that came from
 //! a broker is ever marked as trusted HTML: it all goes through maud's escaping. Pages work
 //! without JavaScript; `app.js` only adds tooltips and live refresh.
+//!
+//! # Live refresh
+//! A page marks regions with `data-live-region`. `app.js` opens an `EventSource` on
+//! `/api/events` and, after a `transition` (or `lagged`) event, re-fetches the page's own URL at
+//! most every 2 s and swaps those regions' HTML: the server stays the only renderer and the
+//! filters in the URL stay the source of truth. The *Live* button pauses and resumes.
 
 pub mod charts;
 pub mod components;

@@ -1,7 +1,7 @@
 //! taskiq with taskiq-redis: `RedisStreamBroker`, `ListQueueBroker`, `PubSubBroker`, and the
 //! `RedisAsyncResultBackend`.
 //!
-//! Where each state comes from (fixtures: `tests/fixtures/taskiq/`, notes in ARCHITECTURE.md):
+//! Where each state comes from (fixtures: `tests/fixtures/taskiq/`):
 //! - **Stream** (`XADD <queue> * data <message>`, consumer groups): the stream is read on its own
 //!   with `XRANGE` from the last id seen (never `XREADGROUP`: taskscope joins no group and acks
 //!   nothing), so every entry is seen even when a worker reads and acks it within milliseconds.
@@ -29,6 +29,17 @@
 //! acknowledges failures too, so the outcome is unknown. When no result record was ever seen for
 //! a task of that queue it is settled as `success` with a detail that says it was assumed; when results do
 //! exist, taskscope keeps waiting for the record.
+//!
+//! How a stream is followed: `XRANGE` from the last entry id seen (`XREVRANGE` of the newest
+//! 1,000 the first time), then per consumer group `XINFO GROUPS` (`last-delivered-id`, `lag`),
+//! `XINFO CONSUMERS` (idle times, emitted as worker heartbeats dated `now - idle`) and
+//! `XPENDING`. These run on every `xadd` notification of the stream and at every reconciliation,
+//! because `XREADGROUP` and `XACK` raise no keyspace event. taskiq acknowledges after saving the
+//! result (`when_saved`), so an acknowledged entry's result is read in one pipelined `MGET`,
+//! unless its record was already read on its `set` notification (the usual case). Other streams
+//! are probed once at their first `xadd` key event and adopted when their entry is a taskiq
+//! message; lists found by timing (`detect::ListCorrelator`) are followed on probation until they
+//! hold a taskiq message.
 
 pub mod detect;
 mod follow_list;
