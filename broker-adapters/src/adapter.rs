@@ -231,6 +231,16 @@ pub struct DecodeError {
     pub message: String,
 }
 
+/// The decode error a read Redis refused counts as.
+pub fn read_error(broker: Broker, request: &ReadRequest, error: &str) -> DecodeError {
+    DecodeError {
+        broker,
+        kind: "redis-reply",
+        key: request.key().to_string(),
+        message: error.to_string(),
+    }
+}
+
 /// What an adapter produced from one reply or message.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Output {
@@ -369,8 +379,28 @@ pub trait Adapter: Send {
     /// A pub/sub message on a channel matching one of the adapter's patterns.
     fn on_message(&mut self, channel: &str, payload: &[u8], now: DateTime<Utc>) -> Output;
 
-    /// The reply to a read this adapter asked for.
+    /// The reply to a read this adapter asked for; never a [`Reply::Error`] (those go to
+    /// [`Adapter::on_read_error`]). Callers use [`Adapter::handle_reply`].
     fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output;
+
+    /// A read that Redis refused (`WRONGTYPE`, `NOGROUP`, a script error...): by default one
+    /// `redis-reply` decode error; an adapter that waits for the reply (a sampling round, a
+    /// key's kind) overrides it to account for it as well.
+    fn on_read_error(&mut self, request: &ReadRequest, error: &str, _now: DateTime<Utc>) -> Output {
+        Output {
+            decode_errors: vec![read_error(self.broker(), request, error)],
+            ..Output::default()
+        }
+    }
+
+    /// Hands a reply to [`Adapter::on_reply`], or a refused read to [`Adapter::on_read_error`]:
+    /// the one place replies are routed (the ingest layer and the tests' driver both call it).
+    fn handle_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
+        match reply {
+            Reply::Error(e) => self.on_read_error(request, &e, now),
+            reply => self.on_reply(request, reply, now),
+        }
+    }
 
     /// Periodic reconciliation: reads that catch what notifications could not carry (and, when
     /// notifications are off, the polling itself). `open` are tasks not yet finished.

@@ -1803,7 +1803,7 @@ fn adapter_sampling_round_yields_queue_samples_with_length_running_delayed() {
         Reply::Int(-1),
     ];
     for (req, reply) in reads.iter().zip(replies) {
-        a.on_reply(req, reply, now);
+        a.handle_reply(req, reply, now);
     }
     let out = a.on_reply(reads.last().unwrap(), Reply::Array(vec![]), now);
     assert_eq!(out.queue_samples.len(), 1);
@@ -1814,7 +1814,7 @@ fn adapter_sampling_round_yields_queue_samples_with_length_running_delayed() {
 #[test]
 fn adapter_redis_error_reply_is_a_decode_error_with_the_key() {
     let mut a = adapter();
-    let out = a.on_reply(
+    let out = a.handle_reply(
         &lrange("celery"),
         Reply::Error("WRONGTYPE Operation against a key".into()),
         during_capture(),

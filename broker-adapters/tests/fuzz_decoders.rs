@@ -16,8 +16,9 @@ use serde_json::Value;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-/// One decode may take this long at most (a debug build on a shared machine included).
-const SLOWEST: Duration = Duration::from_secs(2);
+/// One decode may take this long at most: a stall guard, not a speed target (a debug build on a
+/// loaded shared machine included; speed is measured by `tests/hostile_decode_time.rs`).
+const SLOWEST: Duration = Duration::from_secs(20);
 
 fn depth_and_count(v: &Value) -> (usize, usize) {
     let mut stack = vec![(v, 0usize)];

@@ -120,10 +120,12 @@ fn objects_of_every_protocol_become_readable_placeholders() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Hostile pickles. Each must fail fast with a budget error; the bound is generous for a debug
-// build on a shared machine, the figures in the report are from release builds.
+// Hostile pickles. Each must fail with a budget error, never stall: the bound only tells a
+// bounded decode (milliseconds in release, seconds in a debug build on a loaded machine: 2.9 s
+// seen at load average 7.7 on 2 cores) from a runaway one (these payloads expand to 2^64 values
+// or recurse 50,000 deep). Speed is measured by `tests/hostile_decode_time.rs`, not here.
 
-const FAST: Duration = Duration::from_secs(2);
+const FAST: Duration = Duration::from_secs(20);
 
 fn zlib(bytes: &[u8]) -> Vec<u8> {
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());

@@ -236,12 +236,14 @@ impl Slot {
                 let bytes = reply_bytes(&reply, OFF_LOOP_BYTES);
                 if bytes < OFF_LOOP_BYTES {
                     let start = Instant::now();
-                    let out = adapter.on_reply(&request, reply, at);
+                    let out = adapter.handle_reply(&request, reply, at);
                     log_if_slow(self.broker, request.key(), bytes, start.elapsed(), false);
                     return Outcome::Ran(out);
                 }
                 let key = request.key().to_string();
-                self.off_loop(key, bytes, done, move |a| a.on_reply(&request, reply, at))
+                self.off_loop(key, bytes, done, move |a| {
+                    a.handle_reply(&request, reply, at)
+                })
             }
             Call::Message {
                 channel,

@@ -736,18 +736,22 @@ impl Adapter for CeleryAdapter {
         out
     }
 
-    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
-        if let Reply::Error(e) = &reply {
-            // A failed length read still arrived: that list counts as empty in this round.
-            if let (ReadRequest::LLen(_), Some(sampling)) = (request, self.sampled_lengths.as_mut())
-            {
-                sampling.awaiting = sampling.awaiting.saturating_sub(1);
-            }
-            return Output {
-                decode_errors: vec![decode_error("redis-reply", request.key(), e.clone())],
-                ..Output::default()
-            };
+    /// A failed length read still arrived: that list counts as empty in this round.
+    fn on_read_error(&mut self, request: &ReadRequest, error: &str, _now: DateTime<Utc>) -> Output {
+        if let (ReadRequest::LLen(_), Some(sampling)) = (request, self.sampled_lengths.as_mut()) {
+            sampling.awaiting = sampling.awaiting.saturating_sub(1);
         }
+        Output {
+            decode_errors: vec![decode_error(
+                "redis-reply",
+                request.key(),
+                error.to_string(),
+            )],
+            ..Output::default()
+        }
+    }
+
+    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = match request.inner() {
             ReadRequest::LRange { key, start, .. } => self.on_queue_page(key, *start, reply, now),
             ReadRequest::HGetAll(key) if key == UNACKED => self.on_unacked(reply, now),

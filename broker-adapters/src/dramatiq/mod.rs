@@ -1095,17 +1095,6 @@ impl Adapter for DramatiqAdapter {
     }
 
     fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
-        if let Reply::Error(e) = &reply {
-            return Output {
-                decode_errors: vec![DecodeError {
-                    broker: Broker::Dramatiq,
-                    kind: "redis-reply",
-                    key: request.key().to_string(),
-                    message: e.clone(),
-                }],
-                ..Output::default()
-            };
-        }
         match request.inner() {
             ReadRequest::LRange { key, .. } if self.result_owner.contains_key(key) => {
                 self.on_result(key, reply, now)

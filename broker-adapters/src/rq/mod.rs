@@ -918,12 +918,6 @@ impl Adapter for RqAdapter {
     }
 
     fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
-        if let Reply::Error(e) = &reply {
-            return Output {
-                decode_errors: vec![Self::decode_error(request.key(), "redis-reply", e.clone())],
-                ..Output::default()
-            };
-        }
         let layout = self.layout.clone();
         let mut out = Output::default();
         match (request.inner(), layout.classify(request.key())) {

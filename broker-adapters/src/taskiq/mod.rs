@@ -581,20 +581,27 @@ impl Adapter for TaskiqAdapter {
         out
     }
 
+    /// WRONGTYPE (the name is another kind of key now), NOGROUP, ...: a queue's kind is learnt
+    /// again, and a sample waiting for its oldest entry goes out without it. Not a decode error.
+    fn on_read_error(&mut self, request: &ReadRequest, error: &str, _now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        if let Some(sample) = self.oldest_probes.remove(request) {
+            out.queue_samples.push(sample);
+            return out;
+        }
+        tracing::debug!(key = request.key(), error, "taskiq read failed");
+        if self.is_queue(request.key()) {
+            self.set_kind(request.key(), QueueKind::Unknown);
+        }
+        out
+    }
+
     fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
         if let Some(mut sample) = self.oldest_probes.remove(request) {
             // The oldest undelivered entry's id: when Redis added it.
             sample.oldest_enqueued_at = stream::entries(reply).first().and_then(|e| e.id.time());
             out.queue_samples.push(sample);
-            return out;
-        }
-        if let Reply::Error(e) = &reply {
-            // WRONGTYPE (the name is another kind of key now), NOGROUP, ...: re-learn the kind.
-            tracing::debug!(key = request.key(), error = %e, "taskiq read failed");
-            if self.is_queue(request.key()) {
-                self.set_kind(request.key(), QueueKind::Unknown);
-            }
             return out;
         }
         match request {

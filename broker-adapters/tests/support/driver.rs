@@ -168,7 +168,7 @@ impl<A: Adapter> Driver<A> {
             for request in first {
                 let reply = self.redis.read(&request);
                 self.reads.push(request.clone());
-                let out = self.adapter.on_reply(&request, reply, self.now);
+                let out = self.adapter.handle_reply(&request, reply, self.now);
                 let more = self.absorb(out);
                 self.pump(more);
             }
@@ -241,7 +241,7 @@ impl<A: Adapter> Driver<A> {
             .chain(first.into_iter().map(|(r, _)| r).zip(replies));
         for (request, reply) in answers {
             self.reads.push(request.clone());
-            let out = self.adapter.on_reply(&request, reply, self.now);
+            let out = self.adapter.handle_reply(&request, reply, self.now);
             follow_up.extend(self.absorb(out));
         }
         self.pump(follow_up);
@@ -257,7 +257,7 @@ impl<A: Adapter> Driver<A> {
             assert!(answered < 100_000, "the adapter keeps asking: {request:?}");
             let reply = self.redis.read(&request);
             self.reads.push(request.clone());
-            let out = self.adapter.on_reply(&request, reply, self.now);
+            let out = self.adapter.handle_reply(&request, reply, self.now);
             queue.extend(self.absorb(out));
         }
     }

@@ -92,7 +92,8 @@ async fn a_request_slower_than_the_timeout_answers_503() {
     let started = std::time::Instant::now();
     let resp = app.oneshot(request("/api/slow", &[])).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Cut at the 100 ms timeout, not after the handler's 5 s (a loaded machine may add seconds).
+    assert!(started.elapsed() < Duration::from_secs(4));
 }
 
 #[tokio::test]
