@@ -267,7 +267,8 @@ impl Metrics {
             .unwrap_or_default()
     }
 
-    /// Counts Redis commands taskscope issued (pipelined ones one each).
+    /// Counts Redis commands taskscope issued (pipelined ones one each): called by
+    /// `ingest::redis::Redis` only, the one connection type every command goes through.
     pub fn count_redis_commands(&self, n: u64) {
         self.redis_commands.fetch_add(n, Ordering::Relaxed);
         self.count_round_trips(n);

@@ -76,6 +76,11 @@ fn celery_on_a_queue_of_its_own_is_followed_from_its_first_key() {
     // Both worker processes busy first, so the next messages wait in the queue where passive
     // mode reads them (a message an idle worker takes at once may go unread: see the README).
     let slow = produce(&url, "slow", 2, "jobs", &opts(json!([1.5])));
+    for id in &slow {
+        ts.wait_task(id, "running (its worker process busy)", LONG, |t| {
+            t["state"] == "running"
+        });
+    }
     let adds: Vec<(String, Value)> = (0..3)
         .map(|i| {
             let args = json!([i, 10 * i]);

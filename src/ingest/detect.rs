@@ -145,7 +145,7 @@ pub struct PassSummary {
 
 /// Detection state kept across passes and notifications.
 pub struct Detector {
-    client: Client,
+    client: redis::Redis,
     opts: DetectOptions,
     cursors: [u64; 3],
     /// Whether each scan has wrapped around at least once.
@@ -165,7 +165,7 @@ pub struct Detector {
 }
 
 impl Detector {
-    pub fn new(client: Client, opts: DetectOptions) -> Detector {
+    pub fn new(client: redis::Redis, opts: DetectOptions) -> Detector {
         Detector {
             client,
             opts,
@@ -193,22 +193,17 @@ impl Detector {
     }
 
     /// One bounded pass; findings already reported are left out.
-    pub async fn pass(&mut self, metrics: &Metrics) -> anyhow::Result<PassSummary> {
+    pub async fn pass(&mut self) -> anyhow::Result<PassSummary> {
         let mut summary = PassSummary::default();
-        let mut found = self.probe_well_known(metrics).await?;
+        let mut found = self.probe_well_known().await?;
         let mut result_candidates = Vec::new();
         for (index, kind) in ScanKind::ALL.into_iter().enumerate() {
             let mut to_sample = Vec::new();
             for _ in 0..self.opts.pages_per_pass {
-                metrics.count_redis_commands(1);
-                let (next, keys) = redis::scan_page_of_type(
-                    &self.client,
-                    self.cursors[index],
-                    "*",
-                    kind.key_type(),
-                    SCAN_COUNT,
-                )
-                .await?;
+                let (next, keys) = self
+                    .client
+                    .scan_page_of_type(self.cursors[index], "*", kind.key_type(), SCAN_COUNT)
+                    .await?;
                 summary.keys_examined += keys.len() as u64;
                 for key in keys {
                     match self.opts.rules.classify_key(&key) {
@@ -234,15 +229,15 @@ impl Detector {
                     break;
                 }
             }
-            let samples = self.sample_queues(kind, to_sample, metrics).await?;
+            let samples = self.sample_queues(kind, to_sample).await?;
             found.extend(samples.into_iter().filter_map(|(_, s)| match s {
                 Sample::Broker(f) => Some(f),
                 _ => None,
             }));
         }
-        let results = self.sample_results(result_candidates, metrics).await?;
+        let results = self.sample_results(result_candidates).await?;
         found.extend(results.into_iter().filter_map(|(_, f)| f));
-        match self.scan_other_databases(metrics).await {
+        match self.scan_other_databases().await {
             Ok(more) => found.extend(more),
             Err(e) => debug!(error = %e, "Could not look into the other databases."),
         }
@@ -252,8 +247,8 @@ impl Detector {
     }
 
     /// The quick probe: the default layouts' keys in one round trip.
-    pub async fn quick(&mut self, metrics: &Metrics) -> anyhow::Result<Vec<Finding>> {
-        let found = self.probe_well_known(metrics).await?;
+    pub async fn quick(&mut self) -> anyhow::Result<Vec<Finding>> {
+        let found = self.probe_well_known().await?;
         Ok(self.fresh(found))
     }
 
@@ -310,8 +305,7 @@ impl Detector {
                 .iter()
                 .map(|(k, _)| ("TYPE", vec![Value::from(k.clone())]))
                 .collect();
-            metrics.count_redis_commands(to_type.len() as u64);
-            let types = redis::run_commands(&self.client, commands).await?;
+            let types = self.client.commands(commands).await?;
             let mut streams = Vec::new();
             let mut lists = Vec::new();
             let mut seen_at = HashMap::new();
@@ -329,7 +323,7 @@ impl Detector {
                 seen_at.insert(key, at);
             }
             for (kind, keys) in [(ScanKind::Streams, streams), (ScanKind::Lists, lists)] {
-                for (key, sample) in self.sample_queues(kind, keys, metrics).await? {
+                for (key, sample) in self.sample_queues(kind, keys).await? {
                     let at = seen_at.get(&key).copied().unwrap_or_else(Instant::now);
                     // Classified by its content from now on, not by timing.
                     if !matches!(sample, Sample::Empty) {
@@ -347,7 +341,7 @@ impl Detector {
         if !results.is_empty() {
             let seen_at: HashMap<String, Instant> = results.iter().cloned().collect();
             let keys = results.into_iter().map(|(k, _)| k).collect();
-            for (key, finding) in self.sample_results(keys, metrics).await? {
+            for (key, finding) in self.sample_results(keys).await? {
                 let at = seen_at.get(&key).copied().unwrap_or_else(Instant::now);
                 match finding {
                     Some(f) => {
@@ -365,16 +359,13 @@ impl Detector {
     }
 
     /// Samples the streams seen empty again; the ones with an entry are judged and dropped.
-    pub async fn reprobe_pending(
-        &mut self,
-        metrics: &Metrics,
-    ) -> anyhow::Result<Vec<(Finding, Instant)>> {
+    pub async fn reprobe_pending(&mut self) -> anyhow::Result<Vec<(Finding, Instant)>> {
         self.pending.retain(|_, at| at.elapsed() <= PENDING_FOR);
         if self.pending.is_empty() {
             return Ok(Vec::new());
         }
         let keys: Vec<String> = self.pending.iter().map(|(k, _)| k.clone()).collect();
-        let samples = self.sample_queues(ScanKind::Streams, keys, metrics).await?;
+        let samples = self.sample_queues(ScanKind::Streams, keys).await?;
         let mut found = Vec::new();
         for (key, sample) in samples {
             match sample {
@@ -454,7 +445,7 @@ impl Detector {
 
     /// The default layouts, in one round trip: `EXISTS` of each broker's well-known keys, and
     /// `TYPE` of the default queue names (sampled when they are lists or streams).
-    async fn probe_well_known(&mut self, metrics: &Metrics) -> anyhow::Result<Vec<Finding>> {
+    async fn probe_well_known(&mut self) -> anyhow::Result<Vec<Finding>> {
         let rules = self.opts.rules.clone();
         let keys = rules.well_known_keys();
         let queues = rules.well_known_queues();
@@ -467,8 +458,7 @@ impl Detector {
                 .iter()
                 .map(|q| ("TYPE", vec![Value::from(q.clone())])),
         );
-        metrics.count_redis_commands(commands.len() as u64);
-        let replies = redis::run_commands(&self.client, commands).await?;
+        let replies = self.client.commands(commands).await?;
         let (exists, types) = replies.split_at(keys.len().min(replies.len()));
         let mut found: Vec<Finding> = keys
             .iter()
@@ -488,9 +478,7 @@ impl Detector {
             // Default queue names are sampled at every pass: they are few and may hold a
             // different broker's messages later.
             self.sampled.remove(queue);
-            let samples = self
-                .sample_queues(kind, vec![queue.to_string()], metrics)
-                .await?;
+            let samples = self.sample_queues(kind, vec![queue.to_string()]).await?;
             found.extend(samples.into_iter().filter_map(|(_, s)| match s {
                 Sample::Broker(f) => Some(f),
                 _ => None,
@@ -504,7 +492,6 @@ impl Detector {
         &mut self,
         kind: ScanKind,
         keys: Vec<String>,
-        metrics: &Metrics,
     ) -> anyhow::Result<Vec<(String, Sample)>> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -526,8 +513,7 @@ impl Detector {
                 },
             })
             .collect();
-        metrics.count_redis_commands(reads.len() as u64);
-        let replies = redis::run_reads(&self.client, &reads).await?;
+        let replies = self.client.reads(&reads).await?;
         let stream = kind == ScanKind::Streams;
         let mut samples = Vec::new();
         for (key, reply) in keys.into_iter().zip(replies) {
@@ -572,7 +558,6 @@ impl Detector {
     async fn sample_results(
         &mut self,
         keys: Vec<String>,
-        metrics: &Metrics,
     ) -> anyhow::Result<Vec<(String, Option<Finding>)>> {
         if keys.is_empty() {
             return Ok(Vec::new());
@@ -590,8 +575,7 @@ impl Detector {
                 )
             })
             .collect();
-        metrics.count_redis_commands(keys.len() as u64);
-        let replies = redis::run_commands(&self.client, commands).await?;
+        let replies = self.client.commands(commands).await?;
         let mut judged = Vec::new();
         for (key, reply) in keys.into_iter().zip(replies) {
             // A WRONGTYPE error (a hash, a set...) simply is not a result.
@@ -612,12 +596,8 @@ impl Detector {
     /// `INFO keyspace`, then a bounded SCAN for Celery result keys in every other database that
     /// holds keys (`result_backend = redis://.../1` is the most common Celery setup). Finds
     /// results written while taskscope was down; new ones are seen as they are created.
-    async fn scan_other_databases(&mut self, metrics: &Metrics) -> anyhow::Result<Vec<Finding>> {
-        metrics.count_redis_commands(1);
-        let info: String = self
-            .client
-            .info(Some(fred::types::InfoKind::Keyspace))
-            .await?;
+    async fn scan_other_databases(&mut self) -> anyhow::Result<Vec<Finding>> {
+        let info = self.client.info_keyspace().await?;
         let dbs: Vec<u32> = parse_keyspace_dbs(&info)
             .into_iter()
             .filter(|db| *db != self.opts.db && !self.result_dbs.contains(db))
@@ -626,18 +606,18 @@ impl Detector {
         let mut found = Vec::new();
         for db in dbs {
             let url = redis::url_with_db(&self.opts.redis_url, db)?;
-            let client = redis::builder(&url, false)?.build()?;
-            let connected = tokio::time::timeout(Duration::from_secs(5), client.init()).await;
+            let client = self.client.sibling(redis::builder(&url, false)?.build()?);
+            let connected =
+                tokio::time::timeout(Duration::from_secs(5), client.client().init()).await;
             if !matches!(connected, Ok(Ok(_))) {
-                let _ = client.quit().await;
+                let _ = client.client().quit().await;
                 continue;
             }
             let mut cursor = 0;
             for _ in 0..OTHER_DB_PAGES {
-                metrics.count_redis_commands(1);
-                let (next, keys) =
-                    redis::scan_page_of_type(&client, cursor, "celery-task-*", None, SCAN_COUNT)
-                        .await?;
+                let (next, keys) = client
+                    .scan_page_of_type(cursor, "celery-task-*", None, SCAN_COUNT)
+                    .await?;
                 if let Some(key) = keys.iter().find(|k| detect::is_celery_result_key(k)) {
                     found.extend(self.result_db_finding(db, key));
                     break;
@@ -647,7 +627,7 @@ impl Detector {
                     break;
                 }
             }
-            let _ = client.quit().await;
+            let _ = client.client().quit().await;
         }
         Ok(found)
     }
@@ -719,7 +699,7 @@ impl ListenPolicy {
 /// sending new findings to the pipeline, and telling it (`listen`) whether new-key
 /// notifications are wanted ([`ListenPolicy`]).
 pub fn spawn(
-    client: Client,
+    client: redis::Redis,
     opts: DetectOptions,
     mut hints: mpsc::Receiver<NewKey>,
     findings: mpsc::Sender<Detected>,
@@ -787,7 +767,7 @@ pub fn spawn(
                 _ = tokio::time::sleep_until(next_pass) => {
                     next_pass = tokio::time::Instant::now() + every;
                     let started = Instant::now();
-                    match detector.pass(&metrics).instrument(info_span!("detect_pass")).await {
+                    match detector.pass().instrument(info_span!("detect_pass")).await {
                         Ok(summary) => {
                             metrics.detection_pass(summary.keys_examined);
                             debug!(keys = summary.keys_examined, took = ?started.elapsed(), found = summary.findings.len(), "Detection pass done.");
@@ -816,7 +796,7 @@ pub fn spawn(
                 }
                 _ = quick.tick(), if none_watched => {
                     let started = Instant::now();
-                    match detector.quick(&metrics).await {
+                    match detector.quick().await {
                         Ok(found) => send(found.into_iter().map(|f| (f, started)).collect(), Via::Probe).await,
                         Err(e) => {
                             debug!(error = %e, "Quick detection probe failed.");
@@ -825,7 +805,7 @@ pub fn spawn(
                     }
                 }
                 _ = reprobe.tick() => {
-                    match detector.reprobe_pending(&metrics).await {
+                    match detector.reprobe_pending().await {
                         Ok(found) => send(found, Via::NewKey).await,
                         Err(e) => {
                             debug!(error = %e, "Could not sample the empty streams again.");

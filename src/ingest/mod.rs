@@ -211,7 +211,7 @@ pub async fn run(
     for (broker, url) in side_urls {
         side.push(match url {
             Some(url) => tokio::select! {
-                c = connect_side(&url, broker) => Some(c?),
+                c = connect_side(&url, broker) => Some(redis::Redis::new(c?, metrics.clone())),
                 _ = shutdown.changed() => return Ok(()),
             },
             None => None,
@@ -223,7 +223,7 @@ pub async fn run(
             let (listen_tx, listen_rx) = watch::channel(true);
             metrics.enable_detection();
             detect::spawn(
-                client.clone(),
+                redis::Redis::new(client.clone(), metrics.clone()),
                 options,
                 hints,
                 found_tx,
@@ -242,7 +242,7 @@ pub async fn run(
     let (decoded_tx, decoded_rx) = mpsc::unbounded_channel();
     let mut pipeline = Pipeline {
         cfg,
-        client,
+        client: redis::Redis::new(client, metrics.clone()),
         subscriber,
         slots: adapters
             .into_iter()
@@ -281,10 +281,10 @@ pub async fn run(
     pipeline.resync().await;
     pipeline.run_loop(&mut shutdown).await;
     pipeline.settle_all(SETTLE_AT_SHUTDOWN).await;
-    let _ = pipeline.client.quit().await;
+    let _ = pipeline.client.client().quit().await;
     let _ = pipeline.subscriber.quit().await;
     for side in pipeline.side.iter().flatten() {
-        let _ = side.quit().await;
+        let _ = side.client().quit().await;
     }
     // Dropping the loop's receiver stops the prefetcher.
     drop(pipeline.rx);
@@ -416,7 +416,7 @@ fn spawn_forwarders(
 
 struct Pipeline {
     cfg: IngestConfig,
-    client: Client,
+    client: redis::Redis,
     subscriber: SubscriberClient,
     /// The adapters, each in its slot (see [`slot`]).
     slots: Vec<slot::Slot>,
@@ -441,7 +441,7 @@ struct Pipeline {
     resync_requested: bool,
     /// Each adapter's side connection ([`Adapter::side_url`]), by adapter index, and the URL
     /// it was made for (an adapter may learn its side URL later, from detection).
-    side: Vec<Option<Client>>,
+    side: Vec<Option<redis::Redis>>,
     side_urls: Vec<Option<String>>,
     /// The adapters' keyspace patterns and prefetch rules, for the prefetcher's subscriber.
     rules_tx: watch::Sender<Arc<prefetch::Subscriptions>>,
@@ -491,7 +491,7 @@ impl Pipeline {
                 }
                 Some(decoded) = self.decoded_rx.recv() => self.on_decoded(decoded).await,
                 _ = sweep.tick() => {
-                    let connected = self.client.is_connected();
+                    let connected = self.client.client().is_connected();
                     self.metrics.redis_connected.store(connected, Ordering::Relaxed);
                     self.resync_requested |= connected && !was_connected;
                     was_connected = connected;
@@ -588,7 +588,7 @@ impl Pipeline {
         let url = self.slots[i].side_url();
         let broker = self.slots[i].broker();
         if let Some(old) = self.side[i].take() {
-            let _ = old.quit().await;
+            let _ = old.client().quit().await;
         }
         self.side_urls[i] = url.clone();
         let Some(url) = url else {
@@ -600,7 +600,7 @@ impl Pipeline {
         )
         .await
         {
-            Ok(Ok(c)) => Some(c),
+            Ok(Ok(c)) => Some(redis::Redis::new(c, self.metrics.clone())),
             Ok(Err(e)) => {
                 warn!(error = %e, %broker, "Cannot connect to the second Redis; reading everything from the first.");
                 None
@@ -680,7 +680,7 @@ impl Pipeline {
             classes.push_str(DETECT_CLASSES);
         }
         let (feed, previous) =
-            notifications::ensure(&self.client, &classes, self.cfg.config_set).await;
+            notifications::ensure(self.client.client(), &classes, self.cfg.config_set).await;
         self.feed = feed;
         if listening && previous.is_some_and(|p| !p.contains('n')) {
             self.new_key_class_added |= matches!(self.feed, Feed::Notifications { changed: true });
@@ -725,7 +725,7 @@ impl Pipeline {
             }
         }
         if std::mem::take(&mut self.new_key_class_added) && self.cfg.config_set {
-            notifications::drop_class(&self.client, 'n').await;
+            notifications::drop_class(self.client.client(), 'n').await;
         }
     }
 
@@ -1046,7 +1046,6 @@ impl Pipeline {
                 .iter()
                 .any(|(i, _)| self.slots[*i].wants_read_barrier());
             let (wire, merged) = coalesce_gets(batch);
-            self.metrics.count_redis_commands(wire.len() as u64);
             match execute(&self.client, &self.side, &wire).await {
                 Ok(replies) => {
                     if barrier {
@@ -1079,15 +1078,13 @@ impl Pipeline {
         }
         self.barrier_seq += 1;
         let token = self.barrier_seq.to_string();
-        self.metrics.count_redis_commands(1);
-        if let Err(e) = redis::run_commands(
-            &self.client,
-            vec![(
+        if let Err(e) = self
+            .client
+            .commands(vec![(
                 "PUBLISH",
                 vec![Value::from(BARRIER_CHANNEL), Value::from(token.clone())],
-            )],
-        )
-        .await
+            )])
+            .await
         {
             debug!(error = %e, "Read barrier PUBLISH failed.");
             return;
@@ -1198,7 +1195,6 @@ impl Pipeline {
             }
         }
         if !batch.is_empty() {
-            self.metrics.count_redis_commands(batch.len() as u64);
             match execute(&self.client, &self.side, &batch).await {
                 Ok(replies) => {
                     for ((i, request), reply) in batch.into_iter().zip(replies) {
@@ -1226,7 +1222,7 @@ impl Pipeline {
                 .cloned()
                 .flatten()
                 .unwrap_or_else(|| main.clone());
-            let patterns: Vec<(Client, String)> = interest
+            let patterns: Vec<(redis::Redis, String)> = interest
                 .scan_patterns
                 .into_iter()
                 .map(|p| (main.clone(), p))
@@ -1240,10 +1236,7 @@ impl Pipeline {
             for (client, pattern) in patterns {
                 let mut cursor = 0u64;
                 loop {
-                    self.metrics.count_redis_commands(1);
-                    let (next, keys) = match redis::scan_page(&client, cursor, &pattern, SCAN_COUNT)
-                        .await
-                    {
+                    let (next, keys) = match client.scan_page(cursor, &pattern, SCAN_COUNT).await {
                         Ok(page) => page,
                         Err(e) => {
                             warn!(error = %e, "Scan interrupted; it will run again after reconnecting.");
@@ -1289,12 +1282,7 @@ impl Pipeline {
             }
         }
         for (broker, p) in due {
-            self.metrics.count_redis_commands(1);
-            match self
-                .client
-                .publish::<i64, _, _>(p.channel.as_str(), p.payload)
-                .await
-            {
+            match self.client.publish(&p.channel, p.payload).await {
                 Ok(receivers) => {
                     debug!(%broker, channel = %p.channel, receivers, "Published an adapter's message.")
                 }
@@ -1371,8 +1359,8 @@ fn split_reply(request: ReadRequest, reply: Reply, merged: bool) -> Vec<(ReadReq
 /// Runs reads on the connection each belongs to (the main one, or the asking adapter's side
 /// connection for [`ReadRequest::Side`]), pipelined per connection; replies in order.
 async fn execute(
-    main: &Client,
-    side: &[Option<Client>],
+    main: &redis::Redis,
+    side: &[Option<redis::Redis>],
     batch: &[(usize, ReadRequest)],
 ) -> anyhow::Result<Vec<Reply>> {
     let side_of = |(adapter, read): &(usize, ReadRequest)| match read {
@@ -1381,10 +1369,10 @@ async fn execute(
     };
     if batch.iter().all(|r| side_of(r).is_none()) {
         let reads: Vec<ReadRequest> = batch.iter().map(|(_, r)| r.clone()).collect();
-        return redis::run_reads(main, &reads).await;
+        return main.reads(&reads).await;
     }
     let mut replies: Vec<Option<Reply>> = vec![None; batch.len()];
-    let mut groups: Vec<(&Client, Vec<usize>)> = Vec::new();
+    let mut groups: Vec<(&redis::Redis, Vec<usize>)> = Vec::new();
     for (index, item) in batch.iter().enumerate() {
         let client = side_of(item).unwrap_or(main);
         match groups.iter_mut().find(|(c, _)| std::ptr::eq(*c, client)) {
@@ -1394,10 +1382,7 @@ async fn execute(
     }
     for (client, indexes) in groups {
         let reads: Vec<ReadRequest> = indexes.iter().map(|i| batch[*i].1.clone()).collect();
-        for (i, reply) in indexes
-            .into_iter()
-            .zip(redis::run_reads(client, &reads).await?)
-        {
+        for (i, reply) in indexes.into_iter().zip(client.reads(&reads).await?) {
             replies[i] = Some(reply);
         }
     }

@@ -11,14 +11,105 @@
 //! before a lone `GET`). When Redis refuses scripts (ACLs,
 //! a managed Redis without `EVALSHA`), reads fall back to the plain commands, with a warning.
 
+use crate::metrics::Metrics;
 use anyhow::Context;
 use broker_adapters::{ReadRequest, Reply};
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tracing::warn;
+
+/// A Redis connection whose every command is counted (`/healthz` `redis_commands` and
+/// `redis_round_trips`; the benchmarks' commands per lifecycle): all of taskscope's reads, scans
+/// and publishes go through one, so the count is kept here and nowhere else. What is not a
+/// command of the watch (connecting, the notification config) uses [`Redis::client`].
+#[derive(Clone)]
+pub struct Redis {
+    client: Client,
+    metrics: Arc<Metrics>,
+}
+
+impl Redis {
+    pub fn new(client: Client, metrics: Arc<Metrics>) -> Redis {
+        Redis { client, metrics }
+    }
+
+    /// Another connection counted with this one (a second database of the same Redis).
+    pub fn sibling(&self, client: Client) -> Redis {
+        Redis::new(client, self.metrics.clone())
+    }
+
+    /// fred's client, for connecting and what is not counted.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Runs `requests` pipelined, bounded; one reply per request, in order (see
+    /// [`run_reads`]).
+    pub async fn reads(&self, requests: &[ReadRequest]) -> anyhow::Result<Vec<Reply>> {
+        run_reads(self, requests).await
+    }
+
+    /// Commands outside the adapters' vocabulary (auto-detection's `EXISTS`, `TYPE`,
+    /// `XRANGE`...), `(name, arguments)` pairs, pipelined; replies in order.
+    pub async fn commands(
+        &self,
+        commands: Vec<(&'static str, Vec<Value>)>,
+    ) -> anyhow::Result<Vec<Reply>> {
+        run_pipelined(
+            self,
+            commands
+                .into_iter()
+                .map(|(name, args)| (cmd(name), args))
+                .collect(),
+        )
+        .await
+    }
+
+    /// One page of `SCAN cursor MATCH pattern COUNT count`: the next cursor (0 = done) and keys.
+    pub async fn scan_page(
+        &self,
+        cursor: u64,
+        pattern: &str,
+        count: u32,
+    ) -> anyhow::Result<(u64, Vec<String>)> {
+        self.scan_page_of_type(cursor, pattern, None, count).await
+    }
+
+    /// [`Redis::scan_page`] keeping only keys of one type (`SCAN ... TYPE stream`): Redis
+    /// filters, so only matching names cross the wire.
+    pub async fn scan_page_of_type(
+        &self,
+        cursor: u64,
+        pattern: &str,
+        key_type: Option<&str>,
+        count: u32,
+    ) -> anyhow::Result<(u64, Vec<String>)> {
+        self.count(1);
+        scan_page_of_type(&self.client, cursor, pattern, key_type, count).await
+    }
+
+    /// `PUBLISH channel payload`: how many subscribers received it.
+    pub async fn publish(&self, channel: &str, payload: Vec<u8>) -> anyhow::Result<i64> {
+        self.count(1);
+        Ok(self.client.publish::<i64, _, _>(channel, payload).await?)
+    }
+
+    /// `INFO keyspace`.
+    pub async fn info_keyspace(&self) -> anyhow::Result<String> {
+        self.count(1);
+        Ok(self
+            .client
+            .info(Some(fred::types::InfoKind::Keyspace))
+            .await?)
+    }
+
+    fn count(&self, commands: usize) {
+        self.metrics.count_redis_commands(commands as u64);
+    }
+}
 
 /// Commands per pipeline: enough to amortise the round trip, small enough to keep replies
 /// (and Redis's output buffer for us) modest.
@@ -267,16 +358,16 @@ pub fn to_reply(value: Value) -> Reply {
 /// Runs `requests` as pipelines of [`PIPELINE_CHUNK`] commands; one reply per request, in order.
 /// A failed command yields `Reply::Error` for that request only; a lost connection fails all.
 /// Values longer than [`set_max_payload_bytes`] come back as [`Reply::TooLarge`] (module docs).
-pub async fn run_reads(client: &Client, requests: &[ReadRequest]) -> anyhow::Result<Vec<Reply>> {
+async fn run_reads(redis: &Redis, requests: &[ReadRequest]) -> anyhow::Result<Vec<Reply>> {
     let max_payload = MAX_PAYLOAD.load(Ordering::Relaxed);
     let sha = if SCRIPTS_REFUSED.load(Ordering::Relaxed) || !requests.iter().any(is_bounded) {
         None
     } else {
-        load_script(client, false).await?
+        load_script(redis, false).await?
     };
     let wire = |req: &ReadRequest, sha: Option<&str>| wire_command(req, max_payload, sha);
     let mut replies = run_pipelined(
-        client,
+        redis,
         requests.iter().map(|r| wire(r, sha.as_deref())).collect(),
     )
     .await?;
@@ -305,10 +396,10 @@ pub async fn run_reads(client: &Client, requests: &[ReadRequest]) -> anyhow::Res
         SCRIPTS_REFUSED.store(true, Ordering::Relaxed);
         None
     } else {
-        load_script(client, true).await?.or(Some(sha))
+        load_script(redis, true).await?.or(Some(sha))
     };
     let again = run_pipelined(
-        client,
+        redis,
         redo.iter()
             .map(|i| wire(&requests[*i], sha.as_deref()))
             .collect(),
@@ -329,11 +420,13 @@ fn script_refused(error: &str) -> bool {
 
 /// The bounded-read script's SHA, loading it into Redis when `reload` or never loaded. `None`
 /// when Redis refuses scripts (then reads go out plainly).
-async fn load_script(client: &Client, reload: bool) -> anyhow::Result<Option<String>> {
+async fn load_script(redis: &Redis, reload: bool) -> anyhow::Result<Option<String>> {
     if let (Some(sha), false) = (BOUNDED_SHA.get(), reload) {
         return Ok(Some(sha.clone()));
     }
-    let reply: Result<Value, Error> = client
+    redis.count(1);
+    let reply: Result<Value, Error> = redis
+        .client
         .custom(
             cmd("SCRIPT"),
             vec![Value::from("LOAD"), Value::from(BOUNDED_READ)],
@@ -362,29 +455,14 @@ async fn load_script(client: &Client, reload: bool) -> anyhow::Result<Option<Str
     }
 }
 
-/// [`run_reads`] for commands outside the adapters' vocabulary (auto-detection's `EXISTS`,
-/// `TYPE`, `XRANGE`...): `(name, arguments)` pairs, replies in order.
-pub async fn run_commands(
-    client: &Client,
-    commands: Vec<(&'static str, Vec<Value>)>,
-) -> anyhow::Result<Vec<Reply>> {
-    run_pipelined(
-        client,
-        commands
-            .into_iter()
-            .map(|(name, args)| (cmd(name), args))
-            .collect(),
-    )
-    .await
-}
-
 async fn run_pipelined(
-    client: &Client,
+    redis: &Redis,
     commands: Vec<(CustomCommand, Vec<Value>)>,
 ) -> anyhow::Result<Vec<Reply>> {
     let mut replies = Vec::with_capacity(commands.len());
     for chunk in commands.chunks(PIPELINE_CHUNK) {
-        let pipeline = client.pipeline();
+        redis.count(chunk.len());
+        let pipeline = redis.client.pipeline();
         for (c, args) in chunk {
             let _: () = pipeline.custom(c.clone(), args.clone()).await?;
         }
@@ -418,19 +496,7 @@ async fn run_pipelined(
     Ok(replies)
 }
 
-/// One page of `SCAN cursor MATCH pattern COUNT count`: the next cursor (0 = done) and keys.
-pub async fn scan_page(
-    client: &Client,
-    cursor: u64,
-    pattern: &str,
-    count: u32,
-) -> anyhow::Result<(u64, Vec<String>)> {
-    scan_page_of_type(client, cursor, pattern, None, count).await
-}
-
-/// [`scan_page`] keeping only keys of one type (`SCAN ... TYPE stream`): Redis filters, so
-/// only matching names cross the wire.
-pub async fn scan_page_of_type(
+async fn scan_page_of_type(
     client: &Client,
     cursor: u64,
     pattern: &str,

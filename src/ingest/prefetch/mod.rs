@@ -183,7 +183,7 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
     let subscriber = redis::builder(redis_url, true)?.build_subscriber_client()?;
-    let client = redis::builder(redis_url, false)?.build()?;
+    let client = redis::Redis::new(redis::builder(redis_url, false)?.build()?, metrics.clone());
     let thread = std::thread::Builder::new()
         .name("taskscope-prefetch".into())
         .spawn(move || {
@@ -204,10 +204,9 @@ pub fn spawn(
 
 /// The run loop's state: which runs are in flight or due.
 struct Prefetcher {
-    client: Client,
+    client: redis::Redis,
     tx: mpsc::Sender<Incoming>,
     done_tx: mpsc::UnboundedSender<RunKey>,
-    metrics: Arc<Metrics>,
     schedule: Schedule,
     snapshots: Arc<Mutex<Snapshots>>,
     /// Keys a [`FirstSight`] read was fired for.
@@ -266,9 +265,9 @@ impl Prefetcher {
     fn fire_first_sight(&self, adapter: usize, request: ReadRequest) {
         let client = self.client.clone();
         let tx = self.tx.clone();
-        self.metrics.count_redis_commands(1);
         tokio::spawn(async move {
-            let reply = redis::run_reads(&client, std::slice::from_ref(&request))
+            let reply = client
+                .reads(std::slice::from_ref(&request))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|mut replies| replies.pop().ok_or_else(|| "no reply".to_string()));
@@ -288,10 +287,9 @@ impl Prefetcher {
         let tx = self.tx.clone();
         let done_tx = self.done_tx.clone();
         let snapshots = self.snapshots.clone();
-        let metrics = self.metrics.clone();
         tokio::spawn(async move {
             let (adapter, reads) = &run;
-            let result = run_reads(&client, &run, &snapshots, &metrics).await;
+            let result = run_reads(&client, &run, &snapshots).await;
             let at = chrono::Utc::now();
             match result {
                 Ok(replies) => {
@@ -331,10 +329,9 @@ impl Prefetcher {
 /// One run of a rule: its pipeline, then the new and departed fields of the hashes it follows.
 /// The replies in the order the adapter gets them (see [`PrefetchRead::FollowHash`]).
 async fn run_reads(
-    client: &Client,
+    client: &redis::Redis,
     run: &RunKey,
     snapshots: &Mutex<Snapshots>,
-    metrics: &Metrics,
 ) -> Result<Vec<(ReadRequest, Reply)>, String> {
     // The hashes are read together or not at all: a snapshot of one may show a write whose
     // notification is still on its way, and of which an earlier write to another hash is the
@@ -361,10 +358,7 @@ async fn run_reads(
             PrefetchRead::FollowHash { key, .. } => ReadRequest::HKeys(key.clone()),
         })
         .collect();
-    metrics.count_redis_commands(first.len() as u64);
-    let replies = redis::run_reads(client, &first)
-        .await
-        .map_err(|e| e.to_string())?;
+    let replies = client.reads(&first).await.map_err(|e| e.to_string())?;
     let mut second = Vec::new();
     if let Ok(mut snaps) = snapshots.lock() {
         for (read, reply) in reads.iter().zip(&replies) {
@@ -403,10 +397,7 @@ async fn run_reads(
     }
     let mut out = Vec::with_capacity(second.len() + first.len());
     if !second.is_empty() {
-        metrics.count_redis_commands(second.len() as u64);
-        let more = redis::run_reads(client, &second)
-            .await
-            .map_err(|e| e.to_string())?;
+        let more = client.reads(&second).await.map_err(|e| e.to_string())?;
         out.extend(second.into_iter().zip(more));
     }
     out.extend(first.into_iter().zip(replies));
@@ -415,7 +406,7 @@ async fn run_reads(
 
 async fn run(
     subscriber: SubscriberClient,
-    client: Client,
+    client: redis::Redis,
     db: u32,
     tx: mpsc::Sender<Incoming>,
     link: SubscriptionLink,
@@ -430,7 +421,7 @@ async fn run(
     let mut messages = subscriber.message_rx();
     let init = async {
         subscriber.init().await?;
-        client.init().await?;
+        client.client().init().await?;
         Ok::<(), fred::error::Error>(())
     };
     tokio::select! {
@@ -478,7 +469,6 @@ async fn run(
         client: client.clone(),
         tx: tx.clone(),
         done_tx,
-        metrics: metrics.clone(),
         schedule: Schedule::default(),
         snapshots: Arc::new(Mutex::new(Snapshots::default())),
         first_seen: FifoSet::new(FIRST_SIGHT_MEMORY),
@@ -593,7 +583,7 @@ async fn run(
         }
     }
     let _ = subscriber.quit().await;
-    let _ = client.quit().await;
+    let _ = client.client().quit().await;
 }
 
 /// Handles one keyspace event of the prefetcher's database: runs the rules it matches and
