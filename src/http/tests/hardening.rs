@@ -229,6 +229,7 @@ async fn metrics_labels_are_capped_in_number_and_length() {
                 at,
                 worker: None,
                 detail: None,
+                fingerprint: None,
             },
             task,
         });
@@ -468,6 +469,7 @@ async fn wait_histograms_fold_queues_past_the_label_cap_into_other() {
                 at,
                 worker: None,
                 detail: None,
+                fingerprint: None,
             },
             task,
         });
