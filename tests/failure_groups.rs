@@ -180,6 +180,14 @@ fn two_exceptions_then_a_new_one_form_three_groups_with_their_counts() {
     assert!(new_page.contains("LookupError"));
     assert!(new_page.contains("new-badge"));
     assert!(!new_page.contains("ValueError"));
+    let (status, body) = ts
+        .try_get("/api/failures/groups?state=closed")
+        .expect("GET");
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("open or all"),
+        "{body}"
+    );
     let tasks_page = page_html(&ts, &format!("/tasks?fingerprint={}", fp(lookup)));
     for id in &missing {
         assert!(
