@@ -468,3 +468,97 @@ fn pages_render_in_chromium_with_real_traffic_and_no_console_errors() {
     drop(celery);
     drop(dramatiq);
 }
+
+/// `/failures` (issue #19) in Chromium, on groups that real `rq worker`s made: two errors that
+/// started before the window, a new one inside it; desktop and phone, no console error, nothing
+/// wider than the screen, every group linked to its tasks. Screenshots `failures-*.png`.
+#[test]
+fn failure_groups_page_renders_in_chromium_with_real_rq_failures() {
+    use common::{rq_produce, RqProduceOpts, RqWorker};
+    let _slot = common::test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ts = Taskscope::start(
+        &redis.url(),
+        &dir.path().join("t.duckdb"),
+        &["--brokers", "rq", "--sample-every", "1s"],
+    );
+    let _worker = RqWorker::start(&redis.url(), &["default"], &[], &[]);
+    let fail = |kind: &str, args: Value| {
+        let opts = RqProduceOpts {
+            args: Some(args),
+            ..RqProduceOpts::default()
+        };
+        rq_produce(&redis.url(), kind, 1, &opts).remove(0)
+    };
+    // Before the window: the two old errors.
+    let mut ids = vec![
+        fail("fail", json!([3])),
+        fail("retry_then_fail", json!([8])),
+    ];
+    for id in &ids {
+        ts.wait_state(id, "failure", LONG);
+    }
+    std::thread::sleep(Duration::from_millis(1_100));
+    let since = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    // Waves inside it: the old errors again, and a new one.
+    for wave in 0..3u32 {
+        for n in 0..(2 + wave) {
+            ids.push(fail("fail", json!([100 * wave + n])));
+        }
+        ids.push(fail("retry_then_fail", json!([wave])));
+        if wave > 0 {
+            ids.push(fail(
+                "missing_account",
+                json!([format!(
+                    "6f1c2a9e-0b7d-4e5f-9a3c-{:012x}",
+                    0x51_u32 * (wave + 1)
+                )]),
+            ));
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    for id in &ids {
+        ts.wait_state(id, "failure", LONG);
+    }
+    let query = format!("since={since}&step=1s");
+    let groups = ts.get(&format!("/api/failures/groups?{query}"))["groups"]
+        .as_array()
+        .expect("groups")
+        .clone();
+    assert_eq!(groups.len(), 3, "{groups:?}");
+
+    let chromium = Chromium::start();
+    let mut page = chromium.new_page();
+    let shots = screenshot_dir();
+    let path = format!("/failures?{query}");
+    let mut problems = Vec::new();
+    for (width, mobile, suffix) in [(1280, false, "desktop"), (390, true, "phone")] {
+        page.viewport(width, mobile);
+        let before = page.events.len();
+        page.open(&ts.url(&path));
+        let errors = page.errors_since(before);
+        if !errors.is_empty() {
+            problems.push(format!("{path} at {width}px: {errors:#?}"));
+        }
+        let overflow = page.eval(&format!(
+            "Math.max(document.documentElement.scrollWidth, window.innerWidth) - {width}"
+        ));
+        if overflow.as_i64().unwrap_or(0) > 0 {
+            problems.push(format!("{path} at {width}px is {overflow} px too wide"));
+        }
+        page.screenshot(&shots.join(format!("failures-{suffix}.png")));
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(
+        page.eval(
+            "document.querySelectorAll('section.group a[href^=\"/tasks?fingerprint=\"]').length"
+        ),
+        json!(3)
+    );
+    assert_eq!(
+        page.eval("document.querySelectorAll('.new-badge').length"),
+        json!(1),
+        "only the error first seen in the window is new"
+    );
+}

@@ -9,6 +9,7 @@
 //! - [`bounded`]: `FifoSet` and `FifoMap`, the bounded memories every adapter keeps.
 //! - [`pickle`]: an iterative pickle VM into JSON, within the budget.
 //! - [`detect`]: which brokers live in a Redis, from key names and sampled messages.
+//! - [`fingerprint`]: failure fingerprints, what groups failures into "the same error".
 //! - one module per broker: [`celery`], [`dramatiq`], [`rq`], [`taskiq`].
 //!
 //! # Invariant
@@ -22,6 +23,7 @@ pub mod celery;
 pub mod codec;
 pub mod detect;
 pub mod dramatiq;
+pub mod fingerprint;
 pub mod limits;
 pub mod model;
 pub mod pickle;

@@ -153,8 +153,7 @@ fn ser_time<S: Serializer>(at: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> 
 /// One task as the contract shows it (`GET /api/tasks/{id}` without `transitions`).
 ///
 /// A task keeps one row across retries; `retries` counts the failed attempts that were retried.
-/// Its JSON also carries the derived `wait_ms` ([`Task::wait_ms`]) and `fingerprint` (`null`
-/// until failure groups exist).
+/// Its JSON also carries the derived `wait_ms` ([`Task::wait_ms`]) and `fingerprint`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct Task {
     pub id: String,
@@ -175,6 +174,10 @@ pub struct Task {
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
     pub runtime_ms: Option<f64>,
+    /// The failure group of its current `error` and `traceback`
+    /// ([`crate::fingerprint::fingerprint`]), kept by the state machine; `None` without an error.
+    #[serde(default)]
+    pub fingerprint: Option<String>,
     pub updated_at: DateTime<Utc>,
 }
 
@@ -201,7 +204,7 @@ impl Serialize for Task {
         st.serialize_field("finished_at", &time(&self.finished_at))?;
         st.serialize_field("runtime_ms", &self.runtime_ms)?;
         st.serialize_field("wait_ms", &self.wait_ms())?;
-        st.serialize_field("fingerprint", &None::<String>)?;
+        st.serialize_field("fingerprint", &self.fingerprint)?;
         st.serialize_field("updated_at", &rfc3339(&self.updated_at))?;
         st.end()
     }
@@ -244,6 +247,7 @@ impl Task {
             started_at: None,
             finished_at: None,
             runtime_ms: None,
+            fingerprint: None,
             updated_at: at,
         }
     }
@@ -262,6 +266,10 @@ pub struct Transition {
     pub worker: Option<String>,
     /// What was seen, in a few words (`retry 1: ValueError: boom`, `worker celery@a went silent`).
     pub detail: Option<String>,
+    /// The failure group of the attempt's error, on `failure` and `retried` transitions whose
+    /// error is known (not in the timeline's JSON).
+    #[serde(skip_serializing, default)]
+    pub fingerprint: Option<String>,
 }
 
 /// What an adapter saw happen to a task. The state machine decides what it means.

@@ -65,6 +65,7 @@ pub fn apply(current: Option<Task>, obs: &TaskObservation) -> Applied {
     match decide(&task, obs, is_new) {
         Decision::Move { state, attempt } => {
             move_to(&mut task, obs, state, attempt);
+            refresh_fingerprint(&mut task, &before);
             let transition =
                 if is_new || before.state != task.state || before.retries != task.retries {
                     Some(Transition {
@@ -80,6 +81,7 @@ pub fn apply(current: Option<Task>, obs: &TaskObservation) -> Applied {
                         },
                         worker: task.worker.clone(),
                         detail: Some(detail(obs, &task)),
+                        fingerprint: transition_fingerprint(&task, obs),
                     })
                 } else {
                     None
@@ -93,6 +95,7 @@ pub fn apply(current: Option<Task>, obs: &TaskObservation) -> Applied {
         }
         Decision::FillOnly => {
             fill_missing(&mut task, obs);
+            refresh_fingerprint(&mut task, &before);
             let changed = task != before;
             Applied {
                 task,
@@ -100,6 +103,27 @@ pub fn apply(current: Option<Task>, obs: &TaskObservation) -> Applied {
                 changed,
             }
         }
+    }
+}
+
+/// The one place a task's fingerprint is computed: whenever its error or traceback changed.
+fn refresh_fingerprint(task: &mut Task, before: &Task) {
+    if task.error != before.error || task.traceback != before.traceback {
+        task.fingerprint =
+            crate::fingerprint::fingerprint(task.error.as_deref(), task.traceback.as_deref())
+                .map(|f| f.id);
+    }
+}
+
+/// The failure group a `failure` or `retried` transition counts in: the task's, once the
+/// observation said what the error was (a retry seen without its error is not counted under
+/// an earlier attempt's); a failure always takes the task's last known error.
+fn transition_fingerprint(task: &Task, obs: &TaskObservation) -> Option<String> {
+    let error_seen = obs.fields.error.is_some() || obs.fields.traceback.is_some();
+    match task.state {
+        TaskState::Failure => task.fingerprint.clone(),
+        TaskState::Retried if error_seen => task.fingerprint.clone(),
+        _ => None,
     }
 }
 
@@ -476,6 +500,64 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("ValueError: boom"));
+    }
+
+    #[test]
+    fn failed_attempts_carry_their_fingerprint_and_a_success_clears_the_tasks() {
+        let mut first = obs(TaskEvent::Retried, 2, None);
+        first.fields.error = Some("ValueError: card declined 3".into());
+        let mut second = obs(TaskEvent::Retried, 4, None);
+        second.fields.error = Some("ValueError: card declined 4".into());
+        let unknown = obs(TaskEvent::Retried, 6, None);
+        let (task, tr) = run(&[
+            obs(TaskEvent::Running, 1, Some(0)),
+            first,
+            obs(TaskEvent::Running, 3, Some(1)),
+            second,
+            obs(TaskEvent::Running, 5, Some(2)),
+            unknown,
+            obs(TaskEvent::Running, 7, Some(3)),
+        ]);
+        let retries: Vec<&Transition> = tr
+            .iter()
+            .filter(|t| t.state == TaskState::Retried)
+            .collect();
+        let expected = crate::fingerprint::fingerprint(Some("ValueError: card declined 9"), None)
+            .map(|f| f.id);
+        assert!(expected.is_some());
+        assert_eq!(retries[0].fingerprint, expected);
+        assert_eq!(
+            retries[1].fingerprint, expected,
+            "numbers do not split a group"
+        );
+        assert_eq!(
+            retries[2].fingerprint, None,
+            "a retry without its error is not counted"
+        );
+        assert_eq!(task.fingerprint, expected);
+
+        let mut failed = obs(TaskEvent::Failed, 8, None);
+        failed.fields.error = Some("KeyError: 'user'".into());
+        let (failed_task, tr2) = run(&[obs(TaskEvent::Running, 1, Some(0)), failed]);
+        assert!(failed_task.fingerprint.is_some());
+        assert_eq!(tr2[1].fingerprint, failed_task.fingerprint);
+        assert_ne!(failed_task.fingerprint, expected);
+
+        let (ok, _) = run(&[
+            obs(TaskEvent::Running, 1, Some(0)),
+            TaskObservation {
+                fields: TaskFields {
+                    error: Some("ValueError: x".into()),
+                    ..TaskFields::default()
+                },
+                ..obs(TaskEvent::Retried, 2, None)
+            },
+            obs(TaskEvent::Succeeded, 3, Some(1)),
+        ]);
+        assert_eq!(
+            ok.fingerprint, None,
+            "a success clears the error and its group"
+        );
     }
 
     #[test]

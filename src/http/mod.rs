@@ -4,6 +4,7 @@
 
 mod api;
 pub mod auth;
+mod failures;
 pub mod limits;
 mod metric_labels;
 mod pages;
@@ -121,6 +122,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/reports/failures", get(reports::failures))
         .route("/api/reports/throughput", get(reports::throughput))
         .route("/api/reports/names", get(reports::names))
+        .route("/api/failures/groups", get(failures::groups))
+        .route("/failures", get(failures::page))
         .route("/export.csv", get(api::export_csv))
         .route("/reports", get(pages::reports))
         .route("/queues", get(pages::queues))

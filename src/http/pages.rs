@@ -220,7 +220,7 @@ async fn chart_set(
     })
 }
 
-fn report_window(params: &ReportParams, range: &ReportRange) -> templates::ReportWindow {
+pub(super) fn report_window(params: &ReportParams, range: &ReportRange) -> templates::ReportWindow {
     let own = |v: &Option<String>| {
         v.as_deref()
             .map(str::trim)
@@ -261,7 +261,7 @@ fn report_window(params: &ReportParams, range: &ReportRange) -> templates::Repor
 }
 
 /// Why a page could not be drawn.
-enum PageError {
+pub(super) enum PageError {
     BadRequest(super::ApiError),
     Store(crate::store::StoreError),
 }

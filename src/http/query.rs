@@ -22,6 +22,9 @@ pub struct TaskFilterParams {
     pub until: Option<String>,
     pub limit: Option<String>,
     pub cursor: Option<String>,
+    /// A failure group (`/api/failures/groups`): tasks whose error, or a failed attempt's, is
+    /// of this group.
+    pub fingerprint: Option<String>,
 }
 
 fn set(v: &Option<String>) -> Option<&str> {
@@ -94,6 +97,7 @@ impl TaskFilterParams {
             query.limit = n.clamp(1, MAX_LIMIT);
         }
         query.cursor = set(&self.cursor).map(str::to_string);
+        query.fingerprint = set(&self.fingerprint).map(str::to_string);
         Ok(query)
     }
 
@@ -109,6 +113,7 @@ impl TaskFilterParams {
             since: own(&self.since),
             until: own(&self.until),
             limit: own(&self.limit),
+            fingerprint: own(&self.fingerprint),
         }
     }
 }

@@ -48,6 +48,8 @@ pub struct ReportParams {
     pub step: Option<String>,
     /// `failures` (default), `runs` or `retries`: the order of `/api/reports/names`.
     pub order: Option<String>,
+    /// `open` (default) or `all`: which failure groups `/api/failures/groups` lists.
+    pub state: Option<String>,
 }
 
 fn set(v: &Option<String>) -> Option<&str> {
@@ -144,7 +146,7 @@ impl ReportParams {
     }
 }
 
-fn window_json(range: &ReportRange) -> Value {
+pub(super) fn window_json(range: &ReportRange) -> Value {
     json!({
         "since": rfc3339(&range.since),
         "until": rfc3339(&range.until),
@@ -152,7 +154,7 @@ fn window_json(range: &ReportRange) -> Value {
     })
 }
 
-fn merge(mut base: Value, extra: Value) -> Value {
+pub(super) fn merge(mut base: Value, extra: Value) -> Value {
     if let (Value::Object(b), Value::Object(e)) = (&mut base, extra) {
         b.extend(e);
     }

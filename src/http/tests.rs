@@ -107,6 +107,7 @@ async fn fixture_and_state(options: Options) -> (Fixture, AppState) {
                 at,
                 worker: None,
                 detail: None,
+                fingerprint: None,
             },
             task: task.clone(),
         });

@@ -41,6 +41,14 @@ impl Period {
         }
     }
 
+    /// The failure groups' roll-up table of this period.
+    pub fn failure_table(self) -> &'static str {
+        match self {
+            Period::Hour => "failure_rollup_hourly",
+            Period::Day => "failure_rollup_daily",
+        }
+    }
+
     fn watermark(self) -> &'static str {
         match self {
             Period::Hour => "rollup_hourly_until",
@@ -169,7 +177,13 @@ pub fn run_step(conn: &mut Connection, step: &Step) -> Result<StepOutcome, Store
         Step::DeleteAggregates { before } => {
             let tx = conn.transaction()?;
             let mut rows = 0;
-            for table in ["queue_samples", "rollup_hourly", "rollup_daily"] {
+            for table in [
+                "queue_samples",
+                "rollup_hourly",
+                "rollup_daily",
+                "failure_rollup_hourly",
+                "failure_rollup_daily",
+            ] {
                 let column = if table == "queue_samples" {
                     "sampled_at"
                 } else {
@@ -180,6 +194,11 @@ pub fn run_step(conn: &mut Connection, step: &Step) -> Result<StepOutcome, Store
                     [Ts(*before)],
                 )? as u64;
             }
+            // A group last seen before the long retention is forgotten with its counts.
+            rows += tx.execute(
+                "DELETE FROM failure_groups WHERE last_seen < ?",
+                [Ts(*before)],
+            )? as u64;
             tx.execute(
                 "DELETE FROM housekeeping_runs WHERE started_at < (
                      SELECT coalesce(min(started_at), TIMESTAMP '1970-01-01') FROM (
@@ -391,6 +410,33 @@ const ROLLUP_SELECT_TEMPLATE: &str = "
     WHERE tr.occurred_at >= $2 AND tr.occurred_at < $3
     GROUP BY ALL";
 
+/// Failure and retried transitions per period and failure group, from raw transitions joined
+/// with their task (same parameters as [`ROLLUP_SELECT`]). A failure whose error was learned
+/// after its transition counts under its task's fingerprint ([`FAILURE_FINGERPRINT_SQL`]).
+static FAILURE_ROLLUP_SELECT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    format!(
+        "SELECT time_bucket($1::INTERVAL, tr.occurred_at) AS bucket,
+                {fp} AS fingerprint,
+                tr.broker,
+                coalesce(t.queue, '') AS queue,
+                coalesce(t.name, '') AS name,
+                tr.state,
+                count(*) AS transitions
+         FROM transitions tr
+         LEFT JOIN task_rows t ON t.num = tr.task_num
+             AND t.updated_at >= $2 AND t.num >= $4 AND t.num <= $5
+         WHERE tr.occurred_at >= $2 AND tr.occurred_at < $3
+           AND tr.state IN ('failure', 'retried') AND {fp} IS NOT NULL
+         GROUP BY ALL",
+        fp = FAILURE_FINGERPRINT_SQL
+    )
+});
+
+/// The failure group of a transition `tr` of task `t` (`failure` or `retried`): its own
+/// fingerprint, else, for a failure, its task's (the error read after the state).
+pub(crate) const FAILURE_FINGERPRINT_SQL: &str =
+    "coalesce(tr.fingerprint, CASE WHEN tr.state = 'failure' THEN t.fingerprint END)";
+
 fn rollup(
     conn: &mut Connection,
     period: Period,
@@ -428,6 +474,20 @@ fn rollup(
             last.unwrap_or(-1)
         ],
     )? as u64;
+    tx.execute(
+        &format!(
+            "INSERT INTO {} {}",
+            period.failure_table(),
+            *FAILURE_ROLLUP_SELECT
+        ),
+        duckdb::params![
+            interval,
+            Ts(start),
+            Ts(end),
+            first.unwrap_or(0),
+            last.unwrap_or(-1)
+        ],
+    )?;
     set_mark(&tx, period.watermark(), end)?;
     tx.commit()?;
     Ok(StepOutcome {
@@ -524,7 +584,10 @@ pub fn preview(
         aggregates: count(
             "SELECT (SELECT count(*) FROM queue_samples WHERE sampled_at < $1)
                   + (SELECT count(*) FROM rollup_hourly WHERE bucket < $1)
-                  + (SELECT count(*) FROM rollup_daily WHERE bucket < $1)",
+                  + (SELECT count(*) FROM rollup_daily WHERE bucket < $1)
+                  + (SELECT count(*) FROM failure_rollup_hourly WHERE bucket < $1)
+                  + (SELECT count(*) FROM failure_rollup_daily WHERE bucket < $1)
+                  + (SELECT count(*) FROM failure_groups WHERE last_seen < $1)",
             aggregates_before,
         )?,
     })

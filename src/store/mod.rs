@@ -7,6 +7,7 @@
 //!   folds observations with the shared state machine and writes them in batches.
 //! - `reader`: [`StoreReader`], every query the HTTP layer, exports and ingest need.
 //! - `reports`: the aggregate queries behind `/api/reports/*` and the charts.
+//! - `groups`: failure groups (`/api/failures/groups`): counts per fingerprint over a window.
 //! - `export`: streamed CSV and Parquet exports of the task list.
 //! - [`maintenance`]: housekeeping's SQL (roll-ups, retention, down-sampling, checkpoints),
 //!   run as steps on the writer thread.
@@ -26,6 +27,9 @@
 #![allow(clippy::disallowed_types)]
 
 mod export;
+mod groups;
+#[cfg(test)]
+mod groups_tests;
 pub mod maintenance;
 mod reader;
 mod reports;
@@ -40,6 +44,7 @@ mod writer;
 pub use export::{
     open_read_only, write_csv_file as export_csv_to, write_parquet as export_parquet, CSV_HEADER,
 };
+pub use groups::{FailureGroup, GroupState, MAX_GROUPS};
 pub use reader::{StoreReader, TaskQuery};
 pub use reports::{NameOrder, NameStats, ReportFilter, ReportRange};
 pub use writer::{StoreWriter, TransitionEvent};

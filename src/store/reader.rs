@@ -35,6 +35,9 @@ pub struct TaskQuery {
     pub limit: usize,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// A failure group: tasks whose current error, or one of whose failed attempts, has this
+    /// fingerprint.
+    pub fingerprint: Option<String>,
 }
 
 /// One page of tasks, newest activity first.
@@ -151,6 +154,13 @@ pub(super) fn task_filter(query: &TaskQuery) -> (Vec<String>, Vec<DbValue>) {
         );
         let q = q.to_lowercase();
         params.extend(std::iter::repeat_n(DbValue::Text(q), 4));
+    }
+    if let Some(fingerprint) = &query.fingerprint {
+        wheres.push(
+            "(fingerprint = ? OR num IN (SELECT task_num FROM transitions WHERE fingerprint = ?))"
+                .into(),
+        );
+        params.extend(std::iter::repeat_n(DbValue::Text(fingerprint.clone()), 2));
     }
     if let Some(since) = query.since {
         wheres.push("updated_at >= ?".into());
@@ -365,7 +375,7 @@ impl StoreReader {
                 return Ok(None);
             };
             let task = read_task(row)?;
-            let num: i64 = row.get(18)?;
+            let num: i64 = row.get(19)?;
             // The timeline by the task's number, bounded by its last update (no transition is
             // later): zone maps skip the row groups written before the task was first seen
             // (their numbers are lower) and after it last changed.

@@ -79,7 +79,12 @@ pub struct ReportFilter {
 
 impl ReportFilter {
     /// `AND ...` conditions on the given column prefix (`k.` for tasks), with their parameters.
-    fn conditions(&self, broker_col: &str, queue_col: &str, name_col: Option<&str>) -> Cond {
+    pub(super) fn conditions(
+        &self,
+        broker_col: &str,
+        queue_col: &str,
+        name_col: Option<&str>,
+    ) -> Cond {
         let mut sql = String::new();
         let mut params = Vec::new();
         if !self.brokers.is_empty() {
@@ -103,14 +108,14 @@ impl ReportFilter {
 }
 
 /// SQL conditions (each starting with ` AND `) and their bound values, in order.
-struct Cond {
-    sql: String,
-    params: Vec<DbValue>,
+pub(super) struct Cond {
+    pub(super) sql: String,
+    pub(super) params: Vec<DbValue>,
 }
 
 impl Cond {
     /// `head` (the values of a query part's own placeholders) followed by these conditions'.
-    fn after(&self, head: impl IntoIterator<Item = DbValue>) -> Vec<DbValue> {
+    pub(super) fn after(&self, head: impl IntoIterator<Item = DbValue>) -> Vec<DbValue> {
         head.into_iter()
             .chain(self.params.iter().cloned())
             .collect()
@@ -220,20 +225,20 @@ pub struct WaitStats {
     pub max_ms: f64,
 }
 
-fn ts(at: DateTime<Utc>) -> DbValue {
+pub(super) fn ts(at: DateTime<Utc>) -> DbValue {
     rows::opt_ts(Some(at))
 }
 
-fn count(v: i64) -> u64 {
+pub(super) fn count(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
-fn bucket_time(micros: i64) -> Result<DateTime<Utc>, StoreError> {
+pub(super) fn bucket_time(micros: i64) -> Result<DateTime<Utc>, StoreError> {
     micros_to_time(micros).ok_or_else(|| StoreError::Corrupt(format!("bucket {micros} µs")))
 }
 
 /// `range(first, until, step) AS b(bucket)`: every bucket start of the range, and its 3 values.
-fn buckets_sql(range: &ReportRange) -> (&'static str, [DbValue; 3]) {
+pub(super) fn buckets_sql(range: &ReportRange) -> (&'static str, [DbValue; 3]) {
     (
         "(SELECT range AS bucket FROM range(?, ?, ?))",
         [
@@ -455,7 +460,7 @@ fn throughput(
 /// when the buckets are whole hours (or there are none): a 30-day report reads ~720 rows per
 /// series instead of every transition. Before the raw floor only roll-ups exist. Empty when
 /// nothing is rolled up.
-struct Split {
+pub(super) struct Split {
     since: DateTime<Utc>,
     until: DateTime<Utc>,
     rolled_from: DateTime<Utc>,
@@ -471,7 +476,7 @@ const HOUR_US: i64 = 3_600_000_000;
 const DAY_US: i64 = 24 * HOUR_US;
 
 impl Split {
-    fn of(
+    pub(super) fn of(
         conn: &Connection,
         since: DateTime<Utc>,
         until: DateTime<Utc>,
@@ -558,7 +563,7 @@ impl Split {
     /// range's transitions (one narrow, zone-mapped query each), to bound `k.num` with
     /// constants. Without them DuckDB built its hash table on every task of the window (or
     /// scanned all of them): seconds, and out of memory at 64 MiB, at 10M tasks.
-    fn raw_union_tasks(
+    pub(super) fn raw_union_tasks(
         &self,
         conn: &Connection,
         part: &str,
@@ -594,7 +599,7 @@ impl Split {
     /// The values of `FROM (hourly rows before the daily range UNION ALL hourly rows after it
     /// UNION ALL daily rows in it) r WHERE r.bucket >= ? AND r.bucket < ?`: plain ranges, which
     /// zone maps prune.
-    fn rolled_params(&self) -> [DbValue; 8] {
+    pub(super) fn rolled_params(&self) -> [DbValue; 8] {
         [
             ts(self.rolled_from),
             ts(self.daily_from),

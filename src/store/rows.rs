@@ -102,10 +102,11 @@ pub(crate) fn parse_state(s: &str) -> Result<TaskState, StoreError> {
 /// The columns of `tasks`, in the order [`task_params`] binds them and [`read_task`] reads them.
 pub(crate) const TASK_COLUMNS: &str =
     "broker, id, queue, name, state, args, kwargs, result, error, \
-     traceback, retries, worker, eta, enqueued_at, started_at, finished_at, runtime_ms, updated_at";
+     traceback, retries, worker, eta, enqueued_at, started_at, finished_at, runtime_ms, updated_at, \
+     fingerprint";
 
-/// A task as the 18 values of [`TASK_COLUMNS`].
-pub(crate) fn task_params(t: &Task) -> [DbValue; 18] {
+/// A task as the 19 values of [`TASK_COLUMNS`].
+pub(crate) fn task_params(t: &Task) -> [DbValue; 19] {
     [
         DbValue::Text(t.broker.as_str().to_string()),
         DbValue::Text(t.id.clone()),
@@ -128,10 +129,11 @@ pub(crate) fn task_params(t: &Task) -> [DbValue; 18] {
             None => DbValue::Null,
         },
         DbValue::Timestamp(TimeUnit::Microsecond, t.updated_at.timestamp_micros()),
+        opt_text(&t.fingerprint),
     ]
 }
 
-/// Reads a task from a row whose first 18 columns are [`TASK_COLUMNS`].
+/// Reads a task from a row whose first 19 columns are [`TASK_COLUMNS`].
 pub(crate) fn read_task(row: &Row<'_>) -> Result<Task, StoreError> {
     let broker: String = row.get(0)?;
     let state: String = row.get(4)?;
@@ -155,6 +157,7 @@ pub(crate) fn read_task(row: &Row<'_>) -> Result<Task, StoreError> {
         finished_at: get_ts(row, 15)?,
         runtime_ms: row.get(16)?,
         updated_at: get_ts_required(row, 17)?,
+        fingerprint: row.get(18)?,
     })
 }
 
@@ -171,6 +174,7 @@ pub(crate) fn read_transition(row: &Row<'_>) -> Result<Transition, StoreError> {
         at: get_ts_required(row, 3)?,
         worker: row.get(4)?,
         detail: row.get(5)?,
+        fingerprint: None,
     })
 }
 

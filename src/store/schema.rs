@@ -208,6 +208,42 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     ALTER TABLE queue_latest ADD COLUMN oldest_enqueued_at TIMESTAMP;
     "#,
     ),
+    (
+        6,
+        r#"
+    -- Failure groups (issue #19): the fingerprint of a task's current error, and of the error
+    -- of each failure and retried transition where known (broker_adapters::fingerprint).
+    ALTER TABLE task_rows ADD COLUMN fingerprint VARCHAR;
+    ALTER TABLE transitions ADD COLUMN fingerprint VARCHAR;
+    CREATE OR REPLACE VIEW tasks AS
+        SELECT num, uid, broker, coalesce(id_text, uid::VARCHAR) AS id, queue, name, state, args,
+               kwargs, result, error, traceback, retries, worker, eta, enqueued_at, started_at,
+               finished_at, runtime_ms, updated_at, fingerprint
+        FROM task_rows;
+    -- What each group is, and when it was first and last seen: kept by the writer, so a group
+    -- stays known (and not "new") after its raw rows are gone.
+    CREATE TABLE failure_groups (
+        fingerprint VARCHAR PRIMARY KEY,
+        exception   VARCHAR,
+        message     VARCHAR NOT NULL,
+        frames      VARCHAR,         -- innermost frames, outermost first, one a line
+        first_seen  TIMESTAMP NOT NULL,
+        last_seen   TIMESTAMP NOT NULL
+    );
+    -- Failure and retried transitions per period and group (housekeeping), so counts survive
+    -- retention; `queue`/`name` are '' when unknown, as in rollup_hourly.
+    CREATE TABLE failure_rollup_hourly (
+        bucket      TIMESTAMP NOT NULL,
+        fingerprint VARCHAR NOT NULL,
+        broker      VARCHAR NOT NULL,
+        queue       VARCHAR NOT NULL,
+        name        VARCHAR NOT NULL,
+        state       VARCHAR NOT NULL,
+        transitions UBIGINT NOT NULL
+    );
+    CREATE TABLE failure_rollup_daily AS SELECT * FROM failure_rollup_hourly LIMIT 0;
+    "#,
+    ),
 ];
 
 /// The statements of migration 3 that follow its DDL: the v2 rows of `tasks` and `transitions`
@@ -224,7 +260,8 @@ fn finish_v3_sql() -> String {
     )
 }
 
-/// The view readers query: `tasks` with the columns of schema v2 (and `num`, `uid`).
+/// The view readers query: `tasks` with the columns of schema v2 (and `num`, `uid`), as
+/// migration 3 made it (migration 6 adds `fingerprint`).
 pub(crate) const TASKS_VIEW: &str = "CREATE VIEW tasks AS
     SELECT num, uid, broker, coalesce(id_text, uid::VARCHAR) AS id, queue, name, state, args,
            kwargs, result, error, traceback, retries, worker, eta, enqueued_at, started_at,
@@ -256,14 +293,16 @@ pub(crate) fn copy_v2_rows_sql(
     num_offset: i64,
 ) -> String {
     format!(
-        "INSERT INTO task_rows
+        "INSERT INTO task_rows (num, broker, uid, id_text, queue, name, state, args, kwargs, result,
+                                error, traceback, retries, worker, eta, enqueued_at, started_at,
+                                finished_at, runtime_ms, updated_at)
          SELECT (SELECT coalesce(max(num), 0) FROM task_rows) + {num_offset}
                     + row_number() OVER (ORDER BY coalesce(enqueued_at, started_at, updated_at), broker, id),
                 broker, {uid}, {id_text}, queue, name, state, args, kwargs, result, error,
                 traceback, retries, worker, eta, enqueued_at, started_at, finished_at, runtime_ms,
                 updated_at
          FROM {src_tasks};
-         INSERT INTO {dst_transitions}
+         INSERT INTO {dst_transitions} (broker, task_num, state, occurred_at, worker, detail, seq)
          SELECT t.broker, k.num, t.state, t.occurred_at, t.worker, t.detail, t.seq
          FROM {src_transitions} t
          LEFT JOIN task_rows k ON k.broker = t.broker AND k.uid = {tuid}

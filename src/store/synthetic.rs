@@ -33,7 +33,9 @@ fn tasks_sql(lo: u64, hi: u64, n: u64, now_us: i64, span_us: i64) -> String {
     // h: a 64-bit hash of the row number; its bit ranges drive the independent choices.
     format!(
         r#"
-    INSERT INTO task_rows
+    INSERT INTO task_rows (num, broker, uid, id_text, queue, name, state, args, kwargs, result,
+                           error, traceback, retries, worker, eta, enqueued_at, started_at,
+                           finished_at, runtime_ms, updated_at)
     WITH r AS (
         SELECT i, hash(i) AS h, md5(i::VARCHAR) AS m,
                {now_us} - {span_us} + (i::HUGEINT * {span_us}) // {n} AS t0
@@ -133,7 +135,7 @@ fn tasks_sql(lo: u64, hi: u64, n: u64, now_us: i64, span_us: i64) -> String {
 fn transitions_sql(from_us: i64, to_us: i64, seq0: u64) -> String {
     format!(
         r#"
-    INSERT INTO transitions
+    INSERT INTO transitions (broker, task_num, state, occurred_at, worker, detail, seq)
     WITH k AS (
         SELECT * FROM task_rows
         WHERE enqueued_at >= make_timestamp({from_us}) AND enqueued_at < make_timestamp({to_us})

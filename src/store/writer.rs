@@ -20,6 +20,7 @@ use super::rows::{opt_text, read_task, task_params, Ts, TASK_COLUMNS};
 use super::schema::{id_text_sql, uid_sql};
 use super::seen::SeenKeys;
 use super::{StoreError, StoreOptions};
+use broker_adapters::fingerprint::{fingerprint, Fingerprint};
 use broker_adapters::state;
 use broker_adapters::{
     Broker, Observation, QueueSample, Task, TaskObservation, TaskState, Transition, Worker,
@@ -214,7 +215,16 @@ struct Outcome {
     events: Vec<TransitionEvent>,
     workers: HashMap<Key, WorkerRow>,
     samples: Vec<QueueSample>,
+    /// The failure groups seen in the batch: what each is, first and last time.
+    groups: HashMap<String, GroupSighting>,
     applied: u64,
+}
+
+/// A failure group as one batch saw it (upserted into `failure_groups`).
+struct GroupSighting {
+    group: Fingerprint,
+    first: DateTime<Utc>,
+    last: DateTime<Utc>,
 }
 
 /// How long a round drains the channel before it writes.
@@ -249,7 +259,7 @@ impl Writer {
                  FROM tasks LIMIT 0;
              CREATE TEMP TABLE IF NOT EXISTS staging_transitions (
                  broker VARCHAR, task_id VARCHAR, state VARCHAR, occurred_at TIMESTAMP,
-                 worker VARCHAR, detail VARCHAR, seq BIGINT);
+                 worker VARCHAR, detail VARCHAR, seq BIGINT, fingerprint VARCHAR);
              CREATE TEMP TABLE IF NOT EXISTS lookup_keys (broker VARCHAR, id VARCHAR);
              CREATE OR REPLACE TEMP SEQUENCE task_num START WITH {next_num};"
         ))?;
@@ -547,8 +557,24 @@ impl Writer {
         let changed_earlier = pending.is_some();
         let current =
             pending.or_else(|| self.cache.get(&key).or_else(|| loaded.get(&key)).cloned());
+        let before_fingerprint = current.as_ref().and_then(|t| t.fingerprint.clone());
         let applied = state::apply(current, obs);
         out.applied += 1;
+        // A failure group is seen on a failure or retry with a known error, or when a failed
+        // task's error is learned after its failure.
+        let seen_at = match &applied.transition {
+            Some(t) if t.fingerprint.is_some() => Some(t.at),
+            _ if applied.task.state == TaskState::Failure
+                && applied.task.fingerprint.is_some()
+                && applied.task.fingerprint != before_fingerprint =>
+            {
+                Some(applied.task.finished_at.unwrap_or(applied.task.updated_at))
+            }
+            _ => None,
+        };
+        if let (Some(at), Some(id)) = (seen_at, &applied.task.fingerprint) {
+            see_group(out, id, &applied.task, at);
+        }
         if let Some(transition) = applied.transition {
             out.transitions.push(transition.clone());
             out.events.push(TransitionEvent {
@@ -641,10 +667,13 @@ impl Writer {
             }
             tx.execute_batch(&format!(
                 "UPDATE staging_tasks SET num = nextval('task_num') WHERE num IS NULL;
-                 INSERT INTO task_rows
+                 INSERT INTO task_rows (num, broker, uid, id_text, queue, name, state, args,
+                                        kwargs, result, error, traceback, retries, worker, eta,
+                                        enqueued_at, started_at, finished_at, runtime_ms,
+                                        updated_at, fingerprint)
                  SELECT num, broker, {}, {}, queue, name, state, args, kwargs, result, error,
                         traceback, retries, worker, eta, enqueued_at, started_at, finished_at,
-                        runtime_ms, updated_at
+                        runtime_ms, updated_at, fingerprint
                  FROM staging_tasks;
                  INSERT INTO task_counts
                  SELECT broker, state, sum(d) FROM (
@@ -669,14 +698,17 @@ impl Writer {
                         opt_text(&t.worker),
                         opt_text(&t.detail),
                         DbValue::BigInt(self.next_seq + i as i64),
+                        opt_text(&t.fingerprint),
                     ])?;
                 }
                 app.flush()?;
             }
             // Every transition's task changed, so it is in `staging_tasks` with its number.
             let written = tx.execute(
-                "INSERT INTO transitions
-                 SELECT t.broker, k.num, t.state, t.occurred_at, t.worker, t.detail, t.seq
+                "INSERT INTO transitions (broker, task_num, state, occurred_at, worker, detail,
+                                          seq, fingerprint)
+                 SELECT t.broker, k.num, t.state, t.occurred_at, t.worker, t.detail, t.seq,
+                        t.fingerprint
                  FROM staging_transitions t
                  JOIN staging_tasks k ON k.broker = t.broker AND k.id = t.task_id
                  ORDER BY t.seq",
@@ -693,6 +725,26 @@ impl Writer {
         }
         if !out.tasks.is_empty() {
             tx.execute("DELETE FROM staging_tasks", [])?;
+        }
+        if !out.groups.is_empty() {
+            let mut stmt = tx.prepare(
+                "INSERT INTO failure_groups (fingerprint, exception, message, frames, first_seen,
+                                             last_seen)
+                 VALUES (?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (fingerprint) DO UPDATE SET
+                     first_seen = least(failure_groups.first_seen, excluded.first_seen),
+                     last_seen = greatest(failure_groups.last_seen, excluded.last_seen)",
+            )?;
+            for (id, seen) in &out.groups {
+                stmt.execute(duckdb::params![
+                    id,
+                    seen.group.exception,
+                    seen.group.message,
+                    seen.group.frames.join("\n"),
+                    Ts(seen.first),
+                    Ts(seen.last),
+                ])?;
+            }
         }
         if !out.workers.is_empty() {
             let mut stmt = tx.prepare(
@@ -803,6 +855,27 @@ impl Writer {
             }
         });
     }
+}
+
+/// Records that the failure group `id` (the fingerprint of `task`'s error) was seen at `at`;
+/// what the group is is computed once per batch.
+fn see_group(out: &mut Outcome, id: &str, task: &Task, at: DateTime<Utc>) {
+    if let Some(seen) = out.groups.get_mut(id) {
+        seen.first = seen.first.min(at);
+        seen.last = seen.last.max(at);
+        return;
+    }
+    let Some(group) = fingerprint(task.error.as_deref(), task.traceback.as_deref()) else {
+        return;
+    };
+    out.groups.insert(
+        id.to_string(),
+        GroupSighting {
+            group,
+            first: at,
+            last: at,
+        },
+    );
 }
 
 /// Observations count by their number, other commands as one.

@@ -13,6 +13,7 @@ pub enum Nav {
     Tasks,
     Queues,
     Workers,
+    Failures,
     Reports,
     /// A page outside the sections (not found, error): nothing is highlighted.
     None,
@@ -25,6 +26,7 @@ const SECTIONS: &[(Nav, &str, &str)] = &[
     (Nav::Tasks, "/tasks", "Tasks"),
     (Nav::Queues, "/queues", "Queues"),
     (Nav::Workers, "/workers", "Workers"),
+    (Nav::Failures, "/failures", "Failures"),
     (Nav::Reports, "/reports", "Reports"),
 ];
 

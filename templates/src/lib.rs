@@ -4,7 +4,7 @@
 //! - [`layout`]: the frame of every page (head, navigation, footer).
 //! - [`mod@overview`], [`tasks`], [`mod@task`]: one module per page, each with the view struct its
 //!   handler fills and the function that renders it.
-//! - [`mod@reports`], [`mod@queues`], [`mod@workers`]: the report pages.
+//! - [`mod@reports`], [`mod@queues`], [`mod@workers`], [`mod@failures`]: the report pages.
 //! - [`charts`]: server-side SVG time-series charts.
 //! - [`message`]: not found and error pages.
 //! - [`components`]: pieces pages share (state badge, task table, banner).
@@ -26,6 +26,7 @@
 
 pub mod charts;
 pub mod components;
+pub mod failures;
 pub mod format;
 pub mod layout;
 pub mod message;
@@ -38,7 +39,10 @@ pub mod workers;
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_failures;
 
+pub use failures::{failures, FailuresView, GroupRow};
 pub use layout::{page, Nav};
 pub use message::{error_page, not_found};
 pub use overview::{overview, HousekeepingLine, OverviewView};

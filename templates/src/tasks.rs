@@ -26,6 +26,8 @@ pub struct TaskFilters {
     pub until: Option<String>,
     /// Page size, kept so the next page has the same size.
     pub limit: Option<String>,
+    /// A failure group's fingerprint (from `/failures`).
+    pub fingerprint: Option<String>,
 }
 
 impl TaskFilters {
@@ -40,6 +42,7 @@ impl TaskFilters {
             ("since", &self.since),
             ("until", &self.until),
             ("limit", &self.limit),
+            ("fingerprint", &self.fingerprint),
         ]
         .into_iter()
         .filter_map(|(key, value)| match value.as_deref().map(str::trim) {
@@ -173,6 +176,12 @@ fn filter_form(f: &TaskFilters) -> Markup {
             }
             @if let Some(limit) = f.limit.as_deref().filter(|l| !l.is_empty()) {
                 input type="hidden" name="limit" value=(limit);
+            }
+            @if let Some(fingerprint) = f.fingerprint.as_deref().filter(|v| !v.is_empty()) {
+                label {
+                    span { "Failure group" }
+                    input type="text" name="fingerprint" value=(fingerprint);
+                }
             }
             div.form-actions {
                 button type="submit" { "Filter" }

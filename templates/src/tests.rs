@@ -151,6 +151,7 @@ fn sample_detail() -> TaskDetailView {
         at: ago(secs),
         worker: worker.map(str::to_string),
         detail: detail.map(str::to_string),
+        fingerprint: None,
     };
     let transitions = vec![
         step(TaskState::Queued, 130, None, Some("queue")),

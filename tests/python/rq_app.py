@@ -70,3 +70,8 @@ def ask_retry(n):
     if (job.number_of_retries or 0) < 2:
         return Retry(max=2)
     return n
+
+
+def missing_account(account_id):
+    """Fails with the account's id in the message (failure groups set ids aside)."""
+    raise LookupError(f"no account {account_id}")

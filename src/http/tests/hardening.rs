@@ -230,6 +230,7 @@ async fn metrics_labels_are_capped_in_number_and_length() {
                 at,
                 worker: None,
                 detail: None,
+                fingerprint: None,
             },
             task,
         });
@@ -469,6 +470,7 @@ async fn wait_histograms_fold_queues_past_the_label_cap_into_other() {
                 at,
                 worker: None,
                 detail: None,
+                fingerprint: None,
             },
             task,
         });
