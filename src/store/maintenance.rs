@@ -464,30 +464,26 @@ fn rollup(
         duckdb::params![Ts(start), Ts(end)],
         |r| Ok((r.get(0)?, r.get(1)?)),
     )?;
-    let rows = tx.execute(
-        &format!("INSERT INTO {} {}", period.table(), *ROLLUP_SELECT),
-        duckdb::params![
-            interval,
-            Ts(start),
-            Ts(end),
-            first.unwrap_or(0),
-            last.unwrap_or(-1)
-        ],
-    )? as u64;
-    tx.execute(
-        &format!(
-            "INSERT INTO {} {}",
-            period.failure_table(),
-            *FAILURE_ROLLUP_SELECT
-        ),
-        duckdb::params![
-            interval,
-            Ts(start),
-            Ts(end),
-            first.unwrap_or(0),
-            last.unwrap_or(-1)
-        ],
-    )?;
+    // The period's task roll-up (its rows are the step's count), then its failure groups'.
+    let mut rows = 0;
+    for (table, select) in [
+        (period.table(), &*ROLLUP_SELECT),
+        (period.failure_table(), &*FAILURE_ROLLUP_SELECT),
+    ] {
+        let inserted = tx.execute(
+            &format!("INSERT INTO {table} {select}"),
+            duckdb::params![
+                interval,
+                Ts(start),
+                Ts(end),
+                first.unwrap_or(0),
+                last.unwrap_or(-1)
+            ],
+        )? as u64;
+        if table == period.table() {
+            rows = inserted;
+        }
+    }
     set_mark(&tx, period.watermark(), end)?;
     tx.commit()?;
     Ok(StepOutcome {
