@@ -320,17 +320,81 @@ fn an_expired_in_progress_key_without_a_result_is_abandoned() {
     let (key, job) = string("job_pickle_queued");
     let id = id_of(&key);
     status(&mut a, &id, "set", None, Some(job.clone()), Some("1"), true);
-    let out = status(&mut a, &id, "expired", None, Some(job), Some("1"), false);
+    let out = status(
+        &mut a,
+        &id,
+        "expired",
+        None,
+        Some(job.clone()),
+        Some("1"),
+        false,
+    );
     let obs = one(&out);
     assert_eq!(obs.event, TaskEvent::Abandoned);
     assert_eq!(obs.attempt, Some(0));
     assert!(obs.detail.as_deref().is_some_and(|d| d.contains("expired")));
+    // Waiting for its rerun is no retry it asked for: nothing until a worker takes it again.
+    let out = status(
+        &mut a,
+        &id,
+        "del",
+        None,
+        Some(job.clone()),
+        Some("1"),
+        false,
+    );
+    assert!(tasks(&out).is_empty(), "{out:?}");
+    let out = status(
+        &mut a,
+        &id,
+        "incrby",
+        None,
+        Some(job.clone()),
+        Some("2"),
+        true,
+    );
+    assert_eq!(
+        (one(&out).event, one(&out).attempt),
+        (TaskEvent::Running, Some(1))
+    );
     // A result read first (a finished cron job's key expires a minute later) wins.
     let (rkey, result) = string("result_pickle_success");
     let rid = id_of(&rkey);
     let out = status(&mut a, &rid, "expired", Some(result), None, None, false);
     let events: Vec<TaskEvent> = tasks(&out).iter().map(|t| t.event).collect();
     assert_eq!(events, [TaskEvent::Running, TaskEvent::Succeeded]);
+}
+
+#[test]
+fn a_job_deleted_without_a_result_finished_and_its_later_expiry_changes_nothing() {
+    // A `cron()` job (keep_result 0): its definition is deleted, its in-progress key kept for
+    // a minute (PEXPIRE 60 s), no result.
+    let mut a = adapter();
+    let (key, job) = string("job_pickle_queued");
+    let id = id_of(&key);
+    read_on_set(&mut a, "job_pickle_queued");
+    status(&mut a, &id, "set", None, Some(job), Some("1"), true);
+    let reads = a.on_key_event(&key, "del", now());
+    let reply = Reply::Array(vec![
+        Reply::Nil,
+        Reply::Nil,
+        Reply::Nil,
+        Reply::Bytes(b"1".to_vec()),
+    ]);
+    let out = a.on_reply(&reads[0], reply, now());
+    let obs = one(&out);
+    assert_eq!(obs.event, TaskEvent::Succeeded);
+    assert!(obs
+        .detail
+        .as_deref()
+        .is_some_and(|d| d.contains("keep_result=0")));
+    assert!(a
+        .on_key_event(&layout::in_progress(&id), "expired", now())
+        .is_empty());
+    // Read afresh (taskscope restarted meanwhile): gone everywhere is not abandoned.
+    let mut fresh = adapter();
+    let out = status(&mut fresh, &id, "expired", None, None, None, false);
+    assert!(tasks(&out).is_empty(), "{out:?}");
 }
 
 #[test]

@@ -2,14 +2,13 @@
 the capture script (capture_arq.py) and nothing else.
 
 Workers run from this directory: `arq arq_app.WorkerSettings` (or `JsonWorkerSettings`,
-`MsgpackWorkerSettings`). Nothing here configures arq beyond what an application would: the
+`MsgpackWorkerSettings`, `CronWorkerSettings`: the same plus a cron job `tick` every second). Nothing here configures arq beyond what an application would: the
 default pickle serializer unless a JSON or msgpack settings class is chosen.
 
   TS_REDIS_PORT   the Redis port (database 0)
   TS_ARQ_QUEUE    the queue name (default arq's own `arq:queue`)
   TS_MARKER_DIR   when set, long jobs write their pid to <dir>/<job_id>.started as they begin,
                   so a test knows a worker runs them without asking taskscope
-  TS_ARQ_CRON     when "1", a cron job `tick` runs every second
 """
 
 import asyncio
@@ -52,12 +51,8 @@ async def tick(ctx):
     return "tick"
 
 
-_CRON = [cron(tick, second=set(range(60)))] if os.environ.get("TS_ARQ_CRON") == "1" else []
-
-
 class WorkerSettings:
     functions = [add, fail, flaky, slow]
-    cron_jobs = _CRON
     redis_settings = RedisSettings(port=int(os.environ.get("TS_REDIS_PORT", "6379")))
     queue_name = os.environ.get("TS_ARQ_QUEUE", "arq:queue")
     allow_abort_jobs = True
@@ -75,6 +70,10 @@ def _msgpack():
 
 # arq reads a settings class's own attributes only (`__dict__`): no subclassing.
 _BASE = {k: v for k, v in vars(WorkerSettings).items() if not k.startswith("__")}
+CronWorkerSettings = type("CronWorkerSettings", (), {
+    **_BASE,
+    "cron_jobs": [cron(tick, second=set(range(60)))],
+})
 JsonWorkerSettings = type("JsonWorkerSettings", (), {
     **_BASE,
     "job_serializer": staticmethod(lambda d: json.dumps(d).encode()),

@@ -77,14 +77,22 @@ struct JobMemo {
     score: Option<f64>,
     /// The definition was decoded (or found undecodable): later reads skip it.
     job_read: bool,
+    /// A read of the definition is in flight (queue pages ask for it only once).
+    job_asked: bool,
     /// A worker was seen running it.
     started: bool,
     /// Seen running right now (for the queue samples' `running`).
     running: bool,
     /// Its in-progress key expired and the status read that judges it is pending.
     expired: bool,
+    /// Judged abandoned, and not seen running since: waiting for arq to run it again is not
+    /// a retry it asked for.
+    abandoned: bool,
     /// A result was read: nothing else about it matters.
     finished: bool,
+    /// A result's `set` was notified: the deletions that follow it in arq's transaction need
+    /// no read of their own.
+    result_written: bool,
 }
 
 /// A queue's sampling round: its replies, in the order asked.
@@ -235,9 +243,9 @@ impl ArqAdapter {
             let moved = memo.score != Some(score) || memo.queue.as_deref() != Some(queue);
             memo.score = Some(score);
             memo.queue = Some(queue.to_string());
-            let (started, finished, job_read, enqueued_at) =
-                (memo.started, memo.finished, memo.job_read, memo.enqueued_at);
-            if !job_read {
+            let (started, finished, enqueued_at) = (memo.started, memo.finished, memo.enqueued_at);
+            if !memo.job_read && !memo.job_asked && !finished {
+                memo.job_asked = true;
                 out.follow_up.push(ReadRequest::Get(layout::job(&id)));
             }
             if !moved || started || finished {
@@ -421,21 +429,48 @@ impl ArqAdapter {
         }
         // The try counter is the try running (or last run), 1-based.
         let tries = tries.as_i64().and_then(|n| u32::try_from(n).ok());
+        let job_kept = job.as_bytes().is_some() || job.too_large().is_some();
         let memo = self.memo(id);
         let expired = std::mem::take(&mut memo.expired);
-        let event = if in_progress.as_bytes().is_some() {
+        let known = memo.job_read || memo.started;
+        let event = if memo.finished {
+            None
+        } else if !job_kept && known {
+            // arq deletes the definition only as the job ends (a retry keeps it, a dead worker
+            // leaves it); with no result, `keep_result` was 0 (the default of `cron()` jobs,
+            // whose in-progress key then lives on for a minute, showing that it ran).
+            if in_progress.as_bytes().is_some() && !memo.started {
+                let mut ran =
+                    TaskObservation::new(Broker::Arq, id, now, TaskEvent::Running, "in-progress");
+                ran.fields.queue = memo.queue.clone();
+                out.observations.push(Observation::Task(ran));
+            }
+            memo.started = true;
+            memo.finished = true;
+            memo.running = false;
+            Some((
+                TaskEvent::Succeeded,
+                None,
+                "job deleted",
+                Some(
+                    "finished; arq kept no result (keep_result=0, the default of cron jobs): \
+                     the outcome is not recorded"
+                        .to_string(),
+                ),
+            ))
+        } else if in_progress.as_bytes().is_some() {
             memo.started = true;
             memo.running = true;
+            memo.abandoned = false;
             Some((
                 TaskEvent::Running,
                 Some(tries.unwrap_or(1).saturating_sub(1)),
                 "in-progress",
                 None,
             ))
-        } else if memo.finished {
-            None
-        } else if expired {
+        } else if expired && job_kept {
             memo.running = false;
+            memo.abandoned = true;
             Some((
                 TaskEvent::Abandoned,
                 tries.map(|n| n.saturating_sub(1)),
@@ -446,7 +481,7 @@ impl ArqAdapter {
                         .to_string(),
                 ),
             ))
-        } else if job.as_bytes().is_some() && tries.is_some_and(|n| n >= 1) {
+        } else if job_kept && tries.is_some_and(|n| n >= 1) && !memo.abandoned {
             memo.started = true;
             memo.running = false;
             let n = tries.unwrap_or(1);
@@ -600,16 +635,22 @@ impl Adapter for ArqAdapter {
             return Vec::new();
         };
         match (kind, op) {
-            (ArqKey::Job(_), "set") => vec![ReadRequest::Get(key.to_string())],
+            (ArqKey::Job(id), "set") => {
+                self.memo(id).job_asked = true;
+                vec![ReadRequest::Get(key.to_string())]
+            }
             (ArqKey::Result(id), "set") => {
-                self.memo(id);
+                self.memo(id).result_written = true;
                 vec![ReadRequest::Get(key.to_string())]
             }
             // A try starts (`set`), the try counter moves (`incrby`), a try ends without a
-            // result (`del`: a retry), or its worker is gone (`expired`).
-            (ArqKey::InProgress(id), "set" | "del" | "expired") | (ArqKey::Retry(id), "incrby") => {
+            // result (`del`: a retry), its worker is gone (`expired`), or the job ended
+            // (its definition deleted).
+            (ArqKey::InProgress(id), "set" | "del" | "expired")
+            | (ArqKey::Retry(id), "incrby")
+            | (ArqKey::Job(id), "del") => {
                 let memo = self.memo(id);
-                if memo.finished {
+                if memo.finished || (op == "del" && memo.result_written) {
                     return Vec::new();
                 }
                 if op == "expired" {
@@ -746,6 +787,9 @@ impl Adapter for ArqAdapter {
     }
 
     fn on_gap(&mut self) {
+        for memo in self.known.values_mut() {
+            memo.job_asked = false;
+        }
         self.page_pending.clear();
         self.sampling.clear();
         self.health_ttl.clear();
