@@ -495,6 +495,23 @@ fn garbage_never_panics_and_is_counted() {
         // Listed all the same, saying why it has no call.
         assert!(one(&out).fields.error.is_some());
     }
+    // Times at the end of chrono's range: no overflow when a queue score is compared.
+    let last_ms = 8_210_266_876_799_999_i64;
+    let job = format!(r#"{{"t": null, "f": "x", "a": [], "k": {{}}, "et": {last_ms}}}"#);
+    a.on_reply(
+        &ReadRequest::Get("arq:job:end".into()),
+        Reply::Bytes(job.into_bytes()),
+        now(),
+    );
+    for score in [last_ms as f64, f64::MAX, f64::NAN, -1e300] {
+        let page = Reply::Array(vec![Reply::Bytes(b"end".to_vec()), Reply::Double(score)]);
+        let request = ReadRequest::ZRangeWithScores {
+            key: "arq:queue".into(),
+            start: -500,
+            stop: -1,
+        };
+        a.on_reply(&request, page, now());
+    }
     let out = a.on_reply(
         &ReadRequest::Get("arq:job:z".into()),
         Reply::TooLarge(9_000_000),

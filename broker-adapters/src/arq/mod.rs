@@ -254,7 +254,10 @@ impl ArqAdapter {
             }
             let runs_at = Utc.timestamp_millis_opt(score as i64).single();
             let deferred = match (runs_at, enqueued_at) {
-                (Some(at), Some(enqueued)) => at > enqueued + Duration::milliseconds(1),
+                // Checked: both times come from the payload.
+                (Some(at), Some(enqueued)) => enqueued
+                    .checked_add_signed(Duration::milliseconds(1))
+                    .is_some_and(|soon| at > soon),
                 (Some(at), None) => at > now,
                 _ => false,
             };
