@@ -512,6 +512,17 @@ fn garbage_never_panics_and_is_counted() {
         };
         a.on_reply(&request, page, now());
     }
+    // Too large to read: the ingest layer counts it; the task is listed with why.
+    let out = a.on_reply(
+        &ReadRequest::Get("arq:result:big".into()),
+        Reply::TooLarge(7_000_000),
+        now(),
+    );
+    assert!(out.decode_errors.is_empty(), "counted once, by ingest");
+    assert_eq!(
+        one(&out).fields.error.as_deref(),
+        Some("payload too large (7000000 bytes)")
+    );
     let out = a.on_reply(
         &ReadRequest::Get("arq:job:z".into()),
         Reply::TooLarge(9_000_000),

@@ -366,11 +366,11 @@ impl ArqAdapter {
     fn on_result(&mut self, id: &str, key: &str, reply: &Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
         if let Some(n) = reply.too_large() {
-            out.decode_errors.push(Self::decode_error(
-                key,
-                "result-too-large",
-                too_large_error(n),
-            ));
+            // Counted by the ingest layer (once per key and length); listed here, its outcome
+            // unknown.
+            let mut obs = TaskObservation::new(Broker::Arq, id, now, TaskEvent::Queued, "result");
+            obs.fields.error = Some(too_large_error(n));
+            out.observations.push(Observation::Task(obs));
             return out;
         }
         let Some(bytes) = reply.as_bytes() else {
