@@ -32,11 +32,14 @@ if [ ! -f .deps/duckdb/libduckdb.so ] || [ "$(cat .deps/duckdb/VERSION 2>/dev/nu
   rm -rf "$tmp"
 fi
 
-if [ ! -x .venv/bin/python ] || ! cmp -s tests/python/requirements.txt .venv/.requirements 2>/dev/null; then
-  echo "setup: creating .venv with tests/python/requirements.txt"
+# requirements-nodeps.txt: pinned libraries whose declared dependencies contradict ours (arq).
+wanted_requirements() { cat tests/python/requirements.txt tests/python/requirements-nodeps.txt; }
+if [ ! -x .venv/bin/python ] || ! wanted_requirements | cmp -s - .venv/.requirements 2>/dev/null; then
+  echo "setup: creating .venv with tests/python/requirements*.txt"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -r tests/python/requirements.txt
-  cp tests/python/requirements.txt .venv/.requirements
+  .venv/bin/pip install -q --no-deps -r tests/python/requirements-nodeps.txt
+  wanted_requirements > .venv/.requirements
 fi
 echo "setup: done (redis-server $(redis-server --version | awk '{print $3}'), libduckdb $(cat .deps/duckdb/VERSION), $(.venv/bin/python --version))"

@@ -7,9 +7,9 @@
 mod common;
 
 use common::{
-    dramatiq_produce, produce, rq_produce, taskiq_produce, taskiq_worker, transition_states,
-    wait_for, CeleryWorker, DramatiqProduceOpts, DramatiqWorker, ProduceOpts, RedisServer,
-    RqProduceOpts, RqWorker, Taskscope, LONG,
+    arq_produce, arq_worker, dramatiq_produce, produce, rq_produce, taskiq_produce, taskiq_worker,
+    transition_states, wait_for, CeleryWorker, DramatiqProduceOpts, DramatiqWorker, ProduceOpts,
+    RedisServer, RqProduceOpts, RqWorker, Taskscope, LONG,
 };
 use serde_json::{json, Value};
 
@@ -274,6 +274,33 @@ fn rq_is_followed_from_its_first_key() {
     }
     let t = ts.wait_state(&failed, "failure", LONG);
     assert_eq!(t["name"], "rq_app.fail", "{t}");
+}
+
+#[test]
+fn arq_is_followed_from_its_first_key() {
+    let _slot = common::test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ts = start_defaults(&redis, &dir);
+
+    // Its first key: the worker's health check, written as it starts.
+    let _worker = arq_worker(redis.port, "WorkerSettings", "arq:queue");
+    detected(&ts, "arq");
+    let adds: Vec<(String, Value)> = (0..3)
+        .map(|i| {
+            let args = json!([i, 3 * i]);
+            (
+                arq_produce(redis.port, &["add", &args.to_string()]).remove(0),
+                args,
+            )
+        })
+        .collect();
+    let failed = arq_produce(redis.port, &["fail", "[1]"]).remove(0);
+    for (id, args) in &adds {
+        assert_task(&ts, id, "success", "add", Some(args));
+    }
+    let t = assert_task(&ts, &failed, "failure", "fail", None);
+    assert_eq!(t["error"], "ValueError: card declined 1", "{t}");
 }
 
 #[test]

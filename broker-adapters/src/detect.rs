@@ -55,6 +55,8 @@ pub enum Setting {
     /// A taskiq result key was found (`RedisAsyncResultBackend`): its `prefix_str`, empty for
     /// bare task ids ([`taskiq_result_prefix_of`] of the key).
     TaskiqResultPrefix(String),
+    /// An arq queue (`queue_name`) other than `arq:queue`, from its `<queue>:health-check`.
+    ArqQueue(String),
 }
 
 /// One piece of evidence that a broker is present.

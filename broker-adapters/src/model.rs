@@ -19,10 +19,17 @@ pub enum Broker {
     Dramatiq,
     Taskiq,
     Rq,
+    Arq,
 }
 
 impl Broker {
-    pub const ALL: [Broker; 4] = [Broker::Celery, Broker::Dramatiq, Broker::Taskiq, Broker::Rq];
+    pub const ALL: [Broker; 5] = [
+        Broker::Celery,
+        Broker::Dramatiq,
+        Broker::Taskiq,
+        Broker::Rq,
+        Broker::Arq,
+    ];
 
     /// Whether this broker's known workers vouch for its running tasks whose worker is
     /// unknown, so that the sweep may abandon such a task once every worker that was up when
@@ -30,9 +37,11 @@ impl Broker {
     /// message, but every Celery worker is seen (heartbeats, pidbox). Not taskiq: the only
     /// workers taskscope knows there are stream consumers, which cannot have taken a list or
     /// pub/sub message, and taskiq-redis has no heartbeat: a taskiq task with no consumer named
-    /// has no liveness signal, and silence is not evidence.
+    /// has no liveness signal, and silence is not evidence. Not arq either: its only worker
+    /// signal is one health-check key per queue, written once per `health_check_interval` (an
+    /// hour by default); its running jobs are judged by their own in-progress keys' expiry.
     pub fn workers_vouch_for_unnamed_runs(self) -> bool {
-        !matches!(self, Broker::Taskiq)
+        !matches!(self, Broker::Taskiq | Broker::Arq)
     }
 
     /// Every broker's name, comma separated (`celery, dramatiq, taskiq, rq`).
@@ -46,6 +55,7 @@ impl Broker {
             Broker::Dramatiq => "dramatiq",
             Broker::Taskiq => "taskiq",
             Broker::Rq => "rq",
+            Broker::Arq => "arq",
         }
     }
 }
@@ -520,7 +530,7 @@ mod tests {
         let err = "sidekiq".parse::<Broker>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown broker \"sidekiq\": expected one of celery, dramatiq, taskiq, rq"
+            "unknown broker \"sidekiq\": expected one of celery, dramatiq, taskiq, rq, arq"
         );
         assert_eq!(" rq ".parse::<Broker>(), Ok(Broker::Rq));
     }

@@ -531,3 +531,60 @@ fn fuzz_decompress() {
         Ok(())
     });
 }
+
+/// arq's job definitions and results (`tests/fixtures/arq/`, pickle, JSON and msgpack), as
+/// captured and mutated.
+fn arq_records() -> Vec<Vec<u8>> {
+    let dir = format!("{}/tests/fixtures/arq", env!("CARGO_MANIFEST_DIR"));
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("arq fixtures").flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+        let Ok(v) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if let Some(b64) = v["value"].as_str() {
+            if let Ok(bytes) = codec::base64_decode(b64) {
+                out.push(bytes);
+            }
+        }
+    }
+    assert!(!out.is_empty(), "no arq fixtures in {dir}");
+    out
+}
+
+#[test]
+fn fuzz_arq_records() {
+    use broker_adapters::arq::record;
+    let input = prop_oneof![
+        3 => (prop::sample::select(arq_records()), vec((any::<prop::sample::Index>(), any::<u8>()), 0..6), any::<prop::sample::Index>())
+            .prop_map(|(mut p, flips, cut)| {
+                for (at, b) in flips {
+                    let i = at.index(p.len());
+                    p[i] = b;
+                }
+                let keep = cut.index(p.len() + 1);
+                p.truncate(keep.max(p.len() / 2));
+                p
+            }),
+        // Hostile pickles in general are `fuzz_pickle`'s (the same decoder, and its slowest
+        // cases take most of the time limit on a loaded machine).
+        1 => json_input(),
+        1 => msgpack_input(),
+    ];
+    // One decoder per case: each decodes the whole payload, and the time limit is per decode.
+    fuzz("arq-records", (input, any::<bool>()), |(bytes, as_job)| {
+        if as_job {
+            if let Ok(job) = record::decode_job(&bytes) {
+                for v in [&job.args, &job.kwargs].into_iter().flatten() {
+                    within_budget(v)?;
+                }
+            }
+        } else if let Ok(r) = record::decode_result(&bytes) {
+            if let Some(v) = &r.value {
+                within_budget(v)?;
+            }
+            prop_assert!(r.error.as_deref().is_none_or(|e| !e.contains('\n')));
+        }
+        Ok(())
+    });
+}

@@ -1,7 +1,7 @@
 //! The broker registry: every broker taskscope watches, each in a module of its own here that
 //! owns everything the binary knows about it.
 //!
-//! A broker module (`celery.rs`, `dramatiq.rs`, `rq.rs`, `taskiq.rs`) holds:
+//! A broker module (`celery.rs`, `dramatiq.rs`, `rq.rs`, `taskiq.rs`, `arq.rs`) holds:
 //! - its settings: a clap [`Args`] struct flattened into `taskscope serve` (flags, their
 //!   `TASKSCOPE_*` variables and TOML keys all come from it), implementing [`BrokerModule`];
 //! - how they resolve ([`BrokerModule::resolve`]): defaults, validation, and whether the user
@@ -15,6 +15,7 @@
 //! The rest of the binary iterates the registry (the `registry!` call below) and names no broker,
 //! log lines aside. Adding one: `docs/adding-a-broker.md`.
 
+pub mod arq;
 pub mod celery;
 pub mod dramatiq;
 mod given;
@@ -102,6 +103,7 @@ registry! {
     dramatiq: dramatiq::DramatiqArgs,
     rq: rq::RqArgs,
     taskiq: taskiq::TaskiqArgs,
+    arq: arq::ArqArgs,
 }
 
 /// Every broker's resolved settings, in the registry's order.
@@ -175,7 +177,7 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), ALL.len());
-        assert_eq!(names_for_humans(), "celery, dramatiq, rq or taskiq");
+        assert_eq!(names_for_humans(), "celery, dramatiq, rq, taskiq or arq");
     }
 
     #[test]
@@ -208,6 +210,7 @@ mod tests {
                 Setting::TaskiqResultPrefix("res".into()),
                 "taskiq result prefix res",
             ),
+            (Setting::ArqQueue("emails".into()), "arq queue emails"),
         ];
         for (setting, text) in cases {
             // Exhaustive on purpose: a new `Setting` gets a case above (and a describer).
@@ -219,7 +222,8 @@ mod tests {
                 | Setting::TaskiqChannel(_)
                 | Setting::TaskiqStream(_)
                 | Setting::TaskiqList(_)
-                | Setting::TaskiqResultPrefix(_) => {}
+                | Setting::TaskiqResultPrefix(_)
+                | Setting::ArqQueue(_) => {}
             }
             assert_eq!(describe_setting(&setting), text);
             let owners = DESCRIBERS.iter().filter(|d| d(&setting).is_some()).count();

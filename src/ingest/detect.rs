@@ -781,7 +781,8 @@ pub fn spawn(
                             metrics.set_warning(
                                 "detection",
                                 (none_yet && summary.covered_keyspace).then(|| format!(
-                                    "no Celery, Dramatiq, RQ or taskiq keys found in this Redis yet; taskscope watches for new keys and looks again every {}. Pass --brokers to watch one anyway.",
+                                    "no {} keys found in this Redis yet; taskscope watches for new keys and looks again every {}. Pass --brokers to watch one anyway.",
+                                    crate::brokers::names_for_humans(),
                                     humantime::format_duration(every)
                                 )),
                             );

@@ -23,6 +23,7 @@
 // fred lives in the Redis I/O layers (clippy.toml): this is one.
 #![allow(clippy::disallowed_types)]
 
+pub mod arq;
 pub mod celery;
 pub mod dramatiq;
 pub mod http;
@@ -63,15 +64,18 @@ pub enum Flavor {
     Rq,
     /// taskiq's `RedisStreamBroker` with a JSON result backend.
     Taskiq,
+    /// arq with a JSON `job_serializer` (job, in-progress, try counter, result keys).
+    Arq,
 }
 
 impl Flavor {
-    pub const ALL: [Flavor; 5] = [
+    pub const ALL: [Flavor; 6] = [
         Flavor::Celery,
         Flavor::CeleryEvents,
         Flavor::Dramatiq,
         Flavor::Rq,
         Flavor::Taskiq,
+        Flavor::Arq,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +85,7 @@ impl Flavor {
             Flavor::Dramatiq => "dramatiq",
             Flavor::Rq => "rq",
             Flavor::Taskiq => "taskiq",
+            Flavor::Arq => "arq",
         }
     }
 
@@ -91,6 +96,7 @@ impl Flavor {
             Flavor::Dramatiq => "dramatiq",
             Flavor::Rq => "rq",
             Flavor::Taskiq => "taskiq",
+            Flavor::Arq => "arq",
         }
     }
 
@@ -262,7 +268,7 @@ impl Driver {
         let seq = self.tasks.len() as u64;
         let outcome = outcome.unwrap_or_else(|| Outcome::from_percent(self.rng.below(100)));
         let id = match flavor {
-            Flavor::Taskiq | Flavor::Rq => hex_id(self.run, seq),
+            Flavor::Taskiq | Flavor::Rq | Flavor::Arq => hex_id(self.run, seq),
             _ => uuid_id(self.run, seq),
         };
         self.tasks.push(Task {
@@ -301,6 +307,7 @@ impl Driver {
                     Flavor::Dramatiq => dramatiq::heartbeat(wall),
                     Flavor::Rq => rq::heartbeat(wall),
                     Flavor::Taskiq => Vec::new(),
+                    Flavor::Arq => arq::heartbeat(wall),
                 });
             }
         }
@@ -321,6 +328,7 @@ impl Driver {
                     Flavor::Dramatiq => dramatiq::finish(t, wall),
                     Flavor::Rq => rq::finish(t, wall),
                     Flavor::Taskiq => taskiq::finish(t),
+                    Flavor::Arq => arq::finish(t, wall),
                 });
                 out.finished.push(i);
             }
@@ -365,6 +373,7 @@ impl Driver {
                     Flavor::Dramatiq => dramatiq::deliver(t, wall),
                     Flavor::Rq => rq::deliver(t, wall),
                     Flavor::Taskiq => Vec::new(),
+                    Flavor::Arq => arq::deliver(t),
                 });
                 self.running.push((now + rt, i));
             }
@@ -385,6 +394,7 @@ impl Driver {
                 Flavor::Dramatiq => dramatiq::enqueue(t, wall),
                 Flavor::Rq => rq::enqueue(t, wall),
                 Flavor::Taskiq => taskiq::enqueue(t),
+                Flavor::Arq => arq::enqueue(t, wall),
             });
             self.waiting.entry(flavor).or_default().push_back(i);
             out.enqueued += 1;
@@ -422,6 +432,11 @@ impl Driver {
                 self.tasks[i].delivery = self.taskiq.next(wall);
                 self.tasks[i].attempt = 1;
                 taskiq::retry(&self.tasks[i], &old)
+            }
+            Flavor::Arq => {
+                let c = arq::retry(&self.tasks[i]);
+                self.tasks[i].attempt = 1;
+                c
             }
         };
         self.waiting.entry(flavor).or_default().push_back(i);

@@ -1379,3 +1379,63 @@ pub fn taskiq_produce(
     assert_eq!(ids.len(), n, "taskiq_produce.py ids: {stdout}");
     ids
 }
+
+// ---------------------------------------------------------------------------------------------
+// arq (tests/python/arq_app.py, arq_produce.py)
+
+/// `arq arq_app.<settings>` (`WorkerSettings`, `JsonWorkerSettings`, `MsgpackWorkerSettings`)
+/// on `queue` of the Redis on `port`, in its own process group; returns once it logged its
+/// start.
+pub fn arq_worker(port: u16, settings: &str, queue: &str) -> WorkerProcess {
+    let dir = tempfile::Builder::new()
+        .prefix("taskscope-arq-")
+        .tempdir()
+        .expect("tempdir");
+    let mut cmd = Command::new(python().with_file_name("arq"));
+    cmd.arg(format!("arq_app.{settings}"))
+        .env("TS_REDIS_PORT", port.to_string())
+        .env("TS_ARQ_QUEUE", queue)
+        .env("PYTHONUNBUFFERED", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .current_dir(python_dir());
+    let log = dir.path().join("worker.log");
+    let mut worker = WorkerProcess::spawn("arq", cmd, dir);
+    wait_for("the arq worker to start", LONG, || {
+        worker.assert_running();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("Starting worker") {
+            Ok(())
+        } else {
+            Err(format!("log so far:\n{text}"))
+        }
+    });
+    worker
+}
+
+/// `arq_produce.py --port <port> <args>` (`ArqRedis.enqueue_job`, or `abort ID`): the job ids.
+pub fn arq_produce(port: u16, args: &[&str]) -> Vec<String> {
+    let out = Command::new(python())
+        .arg(python_dir().join("arq_produce.py"))
+        .args(["--port", &port.to_string()])
+        .args(args)
+        .current_dir(python_dir())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .output()
+        .expect("run arq_produce.py");
+    assert!(
+        out.status.success(),
+        "arq_produce.py {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("arq_produce.py prints JSON");
+    v["ids"]
+        .as_array()
+        .expect("ids")
+        .iter()
+        .map(|id| {
+            id.as_str()
+                .expect("an id (null: a duplicate job id)")
+                .to_string()
+        })
+        .collect()
+}

@@ -264,6 +264,31 @@ def plant(r, only):
         "msgpack arrays nested 1,000,000 deep (1 MB)",
         lambda: r.xadd("hostile-stream", {"data": b"\x91" * 1_000_000 + b"\xc0"}),
     )
+    # arq: a job definition and a result in queue `arq:hostile`, which no worker polls.
+    def arq_job(job_id, payload):
+        r.psetex(f"arq:job:{job_id}", 86_400_000, payload)
+        r.zadd("arq:hostile", {job_id: 1})
+
+    add(
+        "arq_deep_job",
+        "arq",
+        "hostile-arq-deep-job",
+        True,
+        "JSON job definition whose arguments nest 100,000 lists deep",
+        lambda: arq_job(
+            "hostile-arq-deep-job",
+            b'{"t": null, "f": "hostile", "a": ' + b"[" * 100_000 + b"]" * 100_000
+            + b', "k": {}, "et": 0}',
+        ),
+    )
+    add(
+        "arq_huge_result",
+        "arq",
+        "hostile-arq-huge-result",
+        True,
+        "6 MiB result (over --max-payload-bytes)",
+        lambda: r.set("arq:result:hostile-arq-huge-result", b"\x80\x04" + os.urandom(6 * MiB)),
+    )
     return planted
 
 
