@@ -601,6 +601,7 @@ impl Adapter for ArqAdapter {
             // in-progress key that expires is a dead worker.
             notify_classes: "$zgx".to_string(),
             prefetch: Vec::new(),
+            first_sight: Vec::new(),
         }
     }
 
@@ -683,12 +684,6 @@ impl Adapter for ArqAdapter {
     }
 
     fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
-        if let Reply::Error(e) = &reply {
-            return Output {
-                decode_errors: vec![Self::decode_error(request.key(), "redis-reply", e.clone())],
-                ..Output::default()
-            };
-        }
         let key = request.key().to_string();
         let queues = self.queues.clone();
         let mut out = Output::default();
