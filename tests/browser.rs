@@ -246,6 +246,28 @@ impl Page {
             .expect("base64");
         std::fs::write(path, bytes).expect("write screenshot");
     }
+
+    /// Opens `url` (shown as `path`) at the current viewport `width` and saves a screenshot to
+    /// `shot`; the problems found: console errors, exceptions and failed loads, and anything
+    /// sticking out sideways (against the emulated width: on a phone the layout viewport grows
+    /// to fit content; the page must scroll vertically only).
+    fn check(&mut self, url: &str, path: &str, width: u32, shot: &Path) -> Vec<String> {
+        let since = self.events.len();
+        self.open(url);
+        let mut problems = Vec::new();
+        let errors = self.errors_since(since);
+        if !errors.is_empty() {
+            problems.push(format!("{path} at {width}px: {errors:#?}"));
+        }
+        let overflow = self.eval(&format!(
+            "Math.max(document.documentElement.scrollWidth, window.innerWidth) - {width}"
+        ));
+        if overflow.as_i64().unwrap_or(0) > 0 {
+            problems.push(format!("{path} at {width}px is {overflow} px too wide"));
+        }
+        self.screenshot(shot);
+        problems
+    }
 }
 
 fn screenshot_dir() -> PathBuf {
@@ -367,21 +389,8 @@ fn pages_render_in_chromium_with_real_traffic_and_no_console_errors() {
     for (width, mobile, suffix) in [(1280, false, "desktop"), (390, true, "phone")] {
         page.viewport(width, mobile);
         for (name, path) in &pages {
-            let since = page.events.len();
-            page.open(&ts.url(path));
-            let errors = page.errors_since(since);
-            if !errors.is_empty() {
-                problems.push(format!("{path} at {width}px: {errors:#?}"));
-            }
-            // The page scrolls vertically only: nothing sticks out sideways.
-            // (Against the emulated width: on a phone the layout viewport grows to fit content.)
-            let overflow = page.eval(&format!(
-                "Math.max(document.documentElement.scrollWidth, window.innerWidth) - {width}"
-            ));
-            if overflow.as_i64().unwrap_or(0) > 0 {
-                problems.push(format!("{path} at {width}px is {overflow} px too wide"));
-            }
-            page.screenshot(&shots.join(format!("{name}-{suffix}.png")));
+            let shot = shots.join(format!("{name}-{suffix}.png"));
+            problems.extend(page.check(&ts.url(path), path, width, &shot));
         }
     }
     assert!(problems.is_empty(), "{problems:#?}");
@@ -535,19 +544,8 @@ fn failure_groups_page_renders_in_chromium_with_real_rq_failures() {
     let mut problems = Vec::new();
     for (width, mobile, suffix) in [(1280, false, "desktop"), (390, true, "phone")] {
         page.viewport(width, mobile);
-        let before = page.events.len();
-        page.open(&ts.url(&path));
-        let errors = page.errors_since(before);
-        if !errors.is_empty() {
-            problems.push(format!("{path} at {width}px: {errors:#?}"));
-        }
-        let overflow = page.eval(&format!(
-            "Math.max(document.documentElement.scrollWidth, window.innerWidth) - {width}"
-        ));
-        if overflow.as_i64().unwrap_or(0) > 0 {
-            problems.push(format!("{path} at {width}px is {overflow} px too wide"));
-        }
-        page.screenshot(&shots.join(format!("failures-{suffix}.png")));
+        let shot = shots.join(format!("failures-{suffix}.png"));
+        problems.extend(page.check(&ts.url(&path), &path, width, &shot));
     }
     assert!(problems.is_empty(), "{problems:#?}");
     assert_eq!(
