@@ -72,9 +72,12 @@ def race(binary, n, max_delay_ms):
         api = f"http://127.0.0.1:{http}"
         wait(lambda: get(f"{api}/healthz") is not None, 30, "taskscope")
         broker.client.zadd("dramatiq:__heartbeats__", {"booting-worker": int(time.time() * 1000)})
-        wait(lambda: "dramatiq" in json.dumps((get(f"{api}/healthz") or {}).get("detection", "")), 30,
-             "detection of dramatiq")
-        time.sleep(1)  # detection settles its subscriptions; not a synchronisation of the race itself
+        def watching():
+            found = ((get(f"{api}/healthz") or {}).get("detection") or {}).get("found") or []
+            return any(f.get("broker") == "dramatiq" and isinstance(f.get("watching_after_ms"), (int, float))
+                       for f in found)
+        # Detected, and its adapter watching: subscriptions answered, start-up scan done.
+        wait(watching, 30, "the dramatiq adapter watching")
         ids, gaps = [], []
         stamp = int(time.time())
         for i in range(n):
