@@ -2,6 +2,7 @@
 //! store. Handlers read only through [`StoreReader`] queries and render with the `templates`
 //! crate; nothing here touches Redis or DuckDB directly.
 
+mod alerts;
 mod api;
 pub mod auth;
 mod failures;
@@ -45,6 +46,8 @@ pub struct AppState {
     /// Turns true when the process stops: SSE streams end on it, so shutdown need not wait
     /// for browsers to close their tabs.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Alert rules, their instances and webhook counters (empty without `[[alert]]` rules).
+    pub alerts: crate::alerts::AlertBoard,
 }
 
 impl AppState {
@@ -76,7 +79,14 @@ impl AppState {
             sse_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_sse_clients)),
             limits,
             shutdown,
+            alerts: crate::alerts::AlertBoard::default(),
         }
+    }
+
+    /// The same state showing `alerts` (`/api/alerts`, `/`, `/metrics`).
+    pub fn with_alerts(mut self, alerts: crate::alerts::AlertBoard) -> AppState {
+        self.alerts = alerts;
+        self
     }
 }
 
@@ -123,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/reports/throughput", get(reports::throughput))
         .route("/api/reports/names", get(reports::names))
         .route("/api/failures/groups", get(failures::groups))
+        .route("/api/alerts", get(alerts::list))
         .route("/failures", get(failures::page))
         .route("/export.csv", get(api::export_csv))
         .route("/reports", get(pages::reports))
