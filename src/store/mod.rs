@@ -28,6 +28,8 @@
 #![allow(clippy::disallowed_types)]
 
 mod alert_window;
+#[cfg(test)]
+mod alert_window_tests;
 mod export;
 mod groups;
 #[cfg(test)]
