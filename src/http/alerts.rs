@@ -77,7 +77,10 @@ pub(crate) fn overview_lines(board: &AlertBoard) -> templates::AlertsView {
                     rule: i.rule.clone(),
                     state: i.phase.as_str().to_string(),
                     since: i.since,
-                    value: crate::alerts::webhook::round(i.value),
+                    value: rule.map_or_else(
+                        || crate::alerts::webhook::round(i.value),
+                        |r| with_unit(r.when, i.value),
+                    ),
                     when: rule
                         .map(|r| r.when.as_str().to_string())
                         .unwrap_or_default(),
@@ -104,5 +107,16 @@ pub(crate) fn overview_lines(board: &AlertBoard) -> templates::AlertsView {
             )
         }),
         delivery_failures: board.deliveries.failures.load(Ordering::Relaxed),
+    }
+}
+
+/// A value as the overview shows it: a rate as a percentage, ages and waits in seconds.
+fn with_unit(when: crate::alerts::rules::Condition, value: f64) -> String {
+    use crate::alerts::rules::Condition;
+    use crate::alerts::webhook::round;
+    match when {
+        Condition::FailureRate => format!("{}%", round(value * 100.0)),
+        Condition::OldestAge | Condition::WaitP95 => format!("{} s", round(value)),
+        _ => round(value),
     }
 }
