@@ -879,6 +879,42 @@ mod tests {
     }
 
     #[test]
+    fn alert_rules_come_from_the_config_file_and_stay_within_retention() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("taskscope.toml");
+        let toml = "abandon_after = \"2m\"\n[[alert]]\nname = \"a\"\nwhen = \"failures\"\n\
+                    above = 1\nover = \"1h\"\n";
+        std::fs::write(&path, toml).expect("write");
+        let path = path.to_str().expect("utf-8").to_string();
+        let settings = |extra: &[&str]| {
+            let mut args = vec!["taskscope", "serve", "--config", path.as_str()];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).map(|c| c.command) {
+                Ok(Command::Serve(serve)) => serve.into_settings(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let ok = settings(&["--public-url", "https://ts.example.com/"]).unwrap();
+        assert_eq!(ok.alerts.rules.len(), 1);
+        assert_eq!(ok.alerts.rules[0].over, Duration::from_secs(3600));
+        assert_eq!(ok.alerts.public_url, "https://ts.example.com");
+        let err = settings(&["--retention", "30m", "--aggregate-retention", "1d"])
+            .unwrap_err()
+            .0;
+        assert!(
+            err.starts_with("alert \"a\": over: 1h is longer than --retention"),
+            "{err}"
+        );
+        let err = settings(&["--public-url", "ftp://x"]).unwrap_err().0;
+        assert!(err.starts_with("--public-url"), "{err}");
+        // The other keys of the file still become settings; `[[alert]]` is not one.
+        let mut flat = Vec::new();
+        flatten("", &toml.parse().expect("TOML"), &mut flat).expect("flattens");
+        assert_eq!(flat, vec![("abandon_after".to_string(), "2m".to_string())]);
+    }
+
+    #[test]
     fn brokers_list_is_checked() {
         assert_eq!(parse_brokers("auto").unwrap(), BrokerSelection::Auto);
         assert_eq!(

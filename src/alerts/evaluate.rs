@@ -18,6 +18,10 @@ pub const MAX_INSTANCES_PER_RULE: usize = 200;
 /// What one evaluation reads, shared by its rules (each read at most once per evaluation).
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// Queue samples older than this are left out: the history keeps each queue's last sample
+    /// across restarts, and a sample from before this process started says nothing about now
+    /// (it would fire, or keep firing, on a backlog long gone).
+    pub fresh_since: Option<DateTime<Utc>>,
     pub queues: Option<Vec<broker_adapters::QueueSample>>,
     pub workers: Option<Vec<broker_adapters::Worker>>,
 }
@@ -29,6 +33,8 @@ pub enum RuleData<'a> {
         queues: &'a [broker_adapters::QueueSample],
         /// Only for `no_worker`.
         workers: &'a [broker_adapters::Worker],
+        /// [`Snapshot::fresh_since`].
+        fresh_since: Option<DateTime<Utc>>,
     },
     Window(Vec<QueueWindow>),
     Groups(Vec<FailureGroup>),
@@ -61,6 +67,7 @@ pub async fn read<'a>(
             Ok(RuleData::Queues {
                 queues: snapshot.queues.as_deref().unwrap_or_default(),
                 workers: snapshot.workers.as_deref().unwrap_or_default(),
+                fresh_since: snapshot.fresh_since,
             })
         }
         Condition::FailureRate
@@ -90,8 +97,13 @@ pub async fn read<'a>(
 /// `new_failure_group`), at most [`MAX_INSTANCES_PER_RULE`], the highest values kept.
 pub fn readings(rule: &AlertRule, data: &RuleData<'_>, now: DateTime<Utc>) -> Vec<Reading> {
     let mut out: Vec<Reading> = match data {
-        RuleData::Queues { queues, workers } => queues
+        RuleData::Queues {
+            queues,
+            workers,
+            fresh_since,
+        } => queues
             .iter()
+            .filter(|q| fresh_since.is_none_or(|since| q.sampled_at >= since))
             .filter(|q| rule.broker.is_none_or(|b| b == q.broker))
             .filter(|q| rule.queue.as_deref().is_none_or(|name| name == q.name))
             .filter_map(|q| {
@@ -240,6 +252,7 @@ mod tests {
         let data = RuleData::Queues {
             queues: &queues,
             workers: &[],
+            fresh_since: None,
         };
         let all = readings(&rule("when = \"oldest_age\"\nabove = 30"), &data, now());
         assert_eq!(
@@ -260,6 +273,20 @@ mod tests {
     }
 
     #[test]
+    fn samples_from_before_the_start_are_left_out() {
+        let mut stale = queue(Broker::Rq, "old", 9, Some(3600));
+        stale.sampled_at = now() - chrono::TimeDelta::minutes(10);
+        let queues = [stale, queue(Broker::Rq, "new", 1, Some(5))];
+        let data = RuleData::Queues {
+            queues: &queues,
+            workers: &[],
+            fresh_since: Some(now() - chrono::TimeDelta::minutes(1)),
+        };
+        let r = readings(&rule("when = \"backlog\"\nabove = 0"), &data, now());
+        assert_eq!(values(&r), [("new".into(), 1.0)]);
+    }
+
+    #[test]
     fn no_worker_is_the_backlog_of_a_broker_without_a_live_worker() {
         let queues = [
             queue(Broker::Rq, "a", 5, None),
@@ -269,6 +296,7 @@ mod tests {
         let data = RuleData::Queues {
             queues: &queues,
             workers: &workers,
+            fresh_since: None,
         };
         let r = readings(&rule("when = \"no_worker\""), &data, now());
         assert_eq!(values(&r), [("a".into(), 5.0), ("b".into(), 0.0)]);
@@ -330,6 +358,7 @@ mod tests {
         let data = RuleData::Queues {
             queues: &queues,
             workers: &[],
+            fresh_since: None,
         };
         let r = readings(&rule("when = \"backlog\"\nabove = 1"), &data, now());
         assert_eq!(r.len(), MAX_INSTANCES_PER_RULE);

@@ -127,6 +127,7 @@ pub fn spawn(
         webhook::spawn(webhook::DeliveryPolicy::default(), board.deliveries.clone())?;
     Ok(tokio::spawn(async move {
         let mut tracker = Tracker::default();
+        let started = Utc::now();
         let mut tick = tokio::time::interval(settings.every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -134,7 +135,7 @@ pub fn spawn(
                 _ = tick.tick() => {}
                 _ = shutdown.wait_for(|stop| *stop) => break,
             }
-            evaluate_once(&settings, &reader, &board, &mut tracker, &outbox).await;
+            evaluate_once(&settings, &reader, &board, &mut tracker, &outbox, started).await;
         }
         drop(outbox);
         // Notices already queued get a moment to leave.
@@ -149,9 +150,13 @@ async fn evaluate_once(
     board: &AlertBoard,
     tracker: &mut Tracker,
     outbox: &webhook::Outbox,
+    started: DateTime<Utc>,
 ) {
     let now = Utc::now();
-    let mut snapshot = evaluate::Snapshot::default();
+    let mut snapshot = evaluate::Snapshot {
+        fresh_since: Some(started),
+        ..evaluate::Snapshot::default()
+    };
     let mut errors = Vec::new();
     for rule in &settings.rules {
         let data = match evaluate::read(rule, reader, &mut snapshot, now, settings.abandon_after)
