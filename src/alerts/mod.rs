@@ -158,6 +158,7 @@ async fn evaluate_once(
         ..evaluate::Snapshot::default()
     };
     let mut errors = Vec::new();
+    let mut deliveries = Vec::new();
     for rule in &settings.rules {
         let data = match evaluate::read(rule, reader, &mut snapshot, now, settings.abandon_after)
             .await
@@ -185,7 +186,7 @@ async fn evaluate_once(
                     settings.public_url.trim_end_matches('/'),
                     page_path(rule, &notice.labels)
                 );
-                outbox.send(webhook::Delivery {
+                deliveries.push(webhook::Delivery {
                     webhook: hook.clone(),
                     rule: rule.name.clone(),
                     body: webhook::body(rule, hook.format, &notice, &page),
@@ -193,5 +194,10 @@ async fn evaluate_once(
             }
         }
     }
+    // Published before anything is sent: whoever gets a notification finds it in
+    // `/api/alerts` and `/metrics` already.
     board.publish(tracker, now, errors);
+    for delivery in deliveries {
+        outbox.send(delivery);
+    }
 }
