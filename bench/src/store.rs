@@ -184,7 +184,14 @@ fn routes(port: u16) -> anyhow::Result<Vec<(String, String, bool)>> {
         ("7d", "?range=7d"),
         ("30d", "?range=30d"),
     ] {
-        for report in ["backlog", "runtime", "failures", "throughput", "names"] {
+        for report in [
+            "backlog",
+            "runtime",
+            "wait",
+            "failures",
+            "throughput",
+            "names",
+        ] {
             add(
                 &format!("reports/{report} {suffix}"),
                 format!("/api/reports/{report}{query}"),
