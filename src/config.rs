@@ -358,6 +358,15 @@ pub struct ServeArgs {
     )]
     pub max_decode_depth: usize,
 
+    /// How often the `[[alert]]` rules of the config file are evaluated.
+    #[arg(long, env = "TASKSCOPE_ALERT_INTERVAL", default_value = "15s", value_parser = parse_duration, value_name = "DUR")]
+    pub alert_interval: Duration,
+
+    /// The address people open taskscope at, for the links in alert notifications (default
+    /// `http://<--listen>`).
+    #[arg(long, env = "TASKSCOPE_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
     #[command(flatten)]
     pub housekeeping: HousekeepingArgs,
 }
@@ -408,12 +417,15 @@ pub struct ServeSettings {
     /// The decode budget every decoder works within.
     pub decode_limits: broker_adapters::limits::Limits,
     pub housekeeping: crate::housekeeping::Settings,
+    /// The `[[alert]]` rules of the config file, their interval and link base.
+    pub alerts: crate::alerts::AlertSettings,
 }
 
 impl ServeArgs {
     pub fn into_settings(self) -> Result<ServeSettings, UsageError> {
         let selection = parse_brokers(&self.brokers)?;
         let redis_db = redis_db_of(&self.redis)?;
+        let alerts = self.alert_settings()?;
         if self
             .auth_token
             .as_deref()
@@ -480,6 +492,56 @@ impl ServeArgs {
                 .filter(|k| !k.is_empty())
                 .collect(),
             housekeeping: self.housekeeping.into_settings()?,
+            alerts,
+        })
+    }
+
+    /// The `[[alert]]` rules of the `--config` file (none without one), checked against the
+    /// raw history kept: a window longer than `--retention` would count deleted rows.
+    fn alert_settings(&self) -> Result<crate::alerts::AlertSettings, UsageError> {
+        let rules = match &self.config {
+            None => Vec::new(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    UsageError(format!(
+                        "cannot read the config file {}: {e}",
+                        path.display()
+                    ))
+                })?;
+                crate::alerts::rules::parse_rules(&text).map_err(|e| {
+                    UsageError(format!("in the config file {}: {}", path.display(), e.0))
+                })?
+            }
+        };
+        if let Some(rule) = rules
+            .iter()
+            .find(|r| r.when.has_window() && r.over > self.housekeeping.retention)
+        {
+            return Err(UsageError(format!(
+                "alert {:?}: over: {} is longer than --retention ({}), the raw history it counts",
+                rule.name,
+                humantime::format_duration(rule.over),
+                humantime::format_duration(self.housekeeping.retention)
+            )));
+        }
+        let public_url = match &self.public_url {
+            Some(u) => {
+                let parsed = url::Url::parse(u.trim())
+                    .map_err(|e| UsageError(format!("--public-url {u:?}: not a URL ({e})")))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(UsageError(format!(
+                        "--public-url {u:?}: must start with http:// or https://"
+                    )));
+                }
+                u.trim().trim_end_matches('/').to_string()
+            }
+            None => format!("http://{}", self.listen),
+        };
+        Ok(crate::alerts::AlertSettings {
+            rules,
+            every: self.alert_interval,
+            abandon_after: self.abandon_after,
+            public_url,
         })
     }
 }
@@ -612,6 +674,10 @@ fn flatten(
     out: &mut Vec<(String, String)>,
 ) -> anyhow::Result<()> {
     for (key, value) in table {
+        if prefix.is_empty() && key == "alert" {
+            // `[[alert]]` rules are read by `ServeArgs::alert_settings`, not as a flag.
+            continue;
+        }
         let name = if prefix.is_empty() {
             key.clone()
         } else {
@@ -821,6 +887,42 @@ mod tests {
     }
 
     #[test]
+    fn alert_rules_come_from_the_config_file_and_stay_within_retention() {
+        use clap::Parser;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("taskscope.toml");
+        let toml = "abandon_after = \"2m\"\n[[alert]]\nname = \"a\"\nwhen = \"failures\"\n\
+                    above = 1\nover = \"1h\"\n";
+        std::fs::write(&path, toml).expect("write");
+        let path = path.to_str().expect("utf-8").to_string();
+        let settings = |extra: &[&str]| {
+            let mut args = vec!["taskscope", "serve", "--config", path.as_str()];
+            args.extend_from_slice(extra);
+            match Cli::try_parse_from(args).map(|c| c.command) {
+                Ok(Command::Serve(serve)) => serve.into_settings(),
+                other => panic!("{other:?}"),
+            }
+        };
+        let ok = settings(&["--public-url", "https://ts.example.com/"]).unwrap();
+        assert_eq!(ok.alerts.rules.len(), 1);
+        assert_eq!(ok.alerts.rules[0].over, Duration::from_secs(3600));
+        assert_eq!(ok.alerts.public_url, "https://ts.example.com");
+        let err = settings(&["--retention", "30m", "--aggregate-retention", "1d"])
+            .unwrap_err()
+            .0;
+        assert!(
+            err.starts_with("alert \"a\": over: 1h is longer than --retention"),
+            "{err}"
+        );
+        let err = settings(&["--public-url", "ftp://x"]).unwrap_err().0;
+        assert!(err.starts_with("--public-url"), "{err}");
+        // The other keys of the file still become settings; `[[alert]]` is not one.
+        let mut flat = Vec::new();
+        flatten("", &toml.parse().expect("TOML"), &mut flat).expect("flattens");
+        assert_eq!(flat, vec![("abandon_after".to_string(), "2m".to_string())]);
+    }
+
+    #[test]
     fn brokers_list_is_checked() {
         assert_eq!(parse_brokers("auto").unwrap(), BrokerSelection::Auto);
         assert_eq!(
@@ -872,6 +974,8 @@ mod tests {
             "TASKSCOPE_RECONCILE_EVERY",
             "TASKSCOPE_POLL_EVERY",
             "TASKSCOPE_RESCAN_EVERY",
+            "TASKSCOPE_ALERT_INTERVAL",
+            "TASKSCOPE_PUBLIC_URL",
         ];
         let mut known: Vec<&str> = KNOWN_VARS.clone();
         known.sort_unstable();

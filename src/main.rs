@@ -7,6 +7,7 @@
 //! - [`store`]: DuckDB history; one writer thread folds observations with the state machine.
 //! - [`http`]: the JSON API and the pages.
 //! - [`metrics`]: counters shared by the above.
+//! - [`alerts`]: `[[alert]]` rules evaluated on a schedule, webhooks.
 //! - [`export`]: `taskscope export`, the task list to CSV or Parquet.
 //! - [`demo`]: `taskscope demo`, a live dashboard fed by the load generator.
 //!
@@ -15,6 +16,7 @@
 //!
 //! Exit codes: 0 success, 2 bad usage, 1 any other error (one line saying what to do).
 
+mod alerts;
 mod brokers;
 mod config;
 mod demo;
@@ -241,29 +243,48 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     }
     let task_metrics = http::prometheus::TaskMetrics::new(settings.metrics_max_labels);
     task_metrics.clone().spawn_feed(writer.subscribe());
-    let app = http::router(http::AppState::new(
-        reader.clone(),
-        writer.clone(),
-        metrics.clone(),
-        settings.abandon_after,
-        task_metrics,
-        http::Access {
-            auth_token: settings.auth_token.clone(),
-            hosts: http::auth::HostPolicy {
-                listen: Some(settings.listen),
-                allowed: settings.allowed_hosts.clone(),
+    let alert_board = alerts::AlertBoard::new(settings.alerts.rules.clone());
+    let app = http::router(
+        http::AppState::new(
+            reader.clone(),
+            writer.clone(),
+            metrics.clone(),
+            settings.abandon_after,
+            task_metrics,
+            http::Access {
+                auth_token: settings.auth_token.clone(),
+                hosts: http::auth::HostPolicy {
+                    listen: Some(settings.listen),
+                    allowed: settings.allowed_hosts.clone(),
+                },
+                max_queries: settings.max_http_queries,
+                base_path: settings.base_path.clone(),
+                ..http::Access::default()
             },
-            max_queries: settings.max_http_queries,
-            base_path: settings.base_path.clone(),
-            ..http::Access::default()
-        },
-        http::limits::HttpLimits {
-            request_timeout: settings.request_timeout,
-            max_sse_clients: settings.max_sse_clients,
-            ..http::limits::HttpLimits::default()
-        },
-        shutdown_rx.clone(),
-    ));
+            http::limits::HttpLimits {
+                request_timeout: settings.request_timeout,
+                max_sse_clients: settings.max_sse_clients,
+                ..http::limits::HttpLimits::default()
+            },
+            shutdown_rx.clone(),
+        )
+        .with_alerts(alert_board.clone()),
+    );
+    let alert_task = if settings.alerts.rules.is_empty() {
+        None
+    } else {
+        info!(
+            rules = settings.alerts.rules.len(),
+            every = ?settings.alerts.every,
+            "Evaluating alert rules."
+        );
+        Some(alerts::spawn(
+            settings.alerts.clone(),
+            reader.clone(),
+            alert_board,
+            shutdown_rx.clone(),
+        )?)
+    };
     let server = tokio::spawn(http::server::serve(
         listener,
         app,
@@ -334,6 +355,9 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     // A job mid-run stops at its next step; its work so far is committed and idempotent.
     housekeeping.abort();
     let _ = housekeeping.await;
+    if let Some(task) = alert_task {
+        let _ = task.await;
+    }
     if let Some(result) = ingest_result {
         result.context("the ingest task panicked")??;
     }

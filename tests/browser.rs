@@ -647,3 +647,63 @@ fn pages_under_a_base_path_load_their_assets_and_live_stream_in_chromium() {
     );
     assert!(problems.is_empty(), "{problems:#?}");
 }
+
+#[test]
+fn a_firing_alert_stands_out_on_the_overview_in_chromium() {
+    use common::{rq_produce, RqProduceOpts};
+    let _slot = common::test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("taskscope.toml");
+    std::fs::write(
+        &config,
+        "alert_interval = \"1s\"\n\
+         [[alert]]\nname = \"parked queue\"\nwhen = \"oldest_age\"\nabove = 2\n\
+         [[alert]]\nname = \"failing\"\nwhen = \"failure_rate\"\nabove = 0.5\n",
+    )
+    .expect("write the config");
+    let ts = Taskscope::start(
+        &redis.url(),
+        &dir.path().join("t.duckdb"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--sample-every",
+            "1s",
+        ],
+    );
+    // A parked queue: jobs and no worker.
+    let opts = RqProduceOpts {
+        queue: Some("parked".into()),
+        args: Some(json!([1, 2])),
+        ..RqProduceOpts::default()
+    };
+    rq_produce(&redis.url(), "add", 3, &opts);
+    wait_for("the parked queue alert to fire", LONG, || {
+        let alerts = ts.get("/api/alerts");
+        let firing = alerts["alerts"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| i["state"] == "firing"));
+        if firing {
+            Ok(())
+        } else {
+            Err(alerts.to_string())
+        }
+    });
+
+    let chromium = Chromium::start();
+    let mut page = chromium.new_page();
+    let shots = screenshot_dir();
+    let mut problems = Vec::new();
+    for (width, mobile, suffix) in [(1280, false, "desktop"), (390, true, "phone")] {
+        page.viewport(width, mobile);
+        let shot = shots.join(format!("alerts-{suffix}.png"));
+        problems.extend(page.check(&ts.url("/"), "/", width, &shot));
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+    assert_eq!(
+        page.eval("document.querySelectorAll('#alerts tr.alert-firing a[href=\"/tasks?broker=rq&queue=parked\"]').length"),
+        json!(1),
+        "the firing alert links to its queue's tasks"
+    );
+}

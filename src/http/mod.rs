@@ -2,6 +2,7 @@
 //! store. Handlers read only through [`StoreReader`] queries and render with the `templates`
 //! crate; nothing here touches Redis or DuckDB directly.
 
+mod alerts;
 mod api;
 pub mod auth;
 pub mod base_path;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// `--base-path`, for what is written for the browser outside the templates (redirects).
     pub base_path: base_path::BasePath,
+    /// Alert rules, their instances and webhook counters (empty without `[[alert]]` rules).
+    pub alerts: crate::alerts::AlertBoard,
 }
 
 impl AppState {
@@ -80,7 +83,14 @@ impl AppState {
             sse_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_sse_clients)),
             limits,
             shutdown,
+            alerts: crate::alerts::AlertBoard::default(),
         }
+    }
+
+    /// The same state showing `alerts` (`/api/alerts`, `/`, `/metrics`).
+    pub fn with_alerts(mut self, alerts: crate::alerts::AlertBoard) -> AppState {
+        self.alerts = alerts;
+        self
     }
 }
 
@@ -130,6 +140,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/reports/throughput", get(reports::throughput))
         .route("/api/reports/names", get(reports::names))
         .route("/api/failures/groups", get(failures::groups))
+        .route("/api/alerts", get(alerts::list))
         .route("/failures", get(failures::page))
         .route("/export.csv", get(api::export_csv))
         .route("/reports", get(pages::reports))

@@ -90,6 +90,7 @@ pub async fn overview(
                 next_run: r.next_at,
             })
             .collect(),
+        alerts: super::alerts::overview_lines(&state.alerts),
     };
     templates::overview(&view).into_response()
 }

@@ -55,6 +55,11 @@ struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RuleLabels {
+    rule: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct JobLabels {
     job: String,
 }
@@ -366,6 +371,39 @@ impl TaskCounts {
     }
 }
 
+/// `taskscope_alert_firing{rule}` (1 while any instance of the rule fires, else 0; every rule
+/// has a series) and `taskscope_alert_webhook_failures_total`. Nothing without rules.
+fn register_alerts(registry: &mut Registry, alerts: &crate::alerts::AlertBoard) {
+    let snap = alerts.snapshot();
+    if snap.rules.is_empty() {
+        return;
+    }
+    let firing = Family::<RuleLabels, Gauge>::default();
+    for rule in &snap.rules {
+        let on = snap
+            .instances
+            .iter()
+            .any(|i| i.rule == rule.name && i.phase == crate::alerts::state::Phase::Firing);
+        firing
+            .get_or_create(&RuleLabels {
+                rule: rule.name.clone(),
+            })
+            .set(i64::from(on));
+    }
+    registry.register(
+        "taskscope_alert_firing",
+        "1 while an alert of the rule fires (any of its queues), else 0",
+        firing,
+    );
+    let failures = Counter::<u64>::default();
+    failures.inc_by(alerts.deliveries.failures.load(Ordering::Relaxed));
+    registry.register(
+        "taskscope_alert_webhook_failures",
+        "Alert notifications not delivered (every attempt failed, or the queue was full)",
+        failures,
+    );
+}
+
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let abandon_after =
         chrono::Duration::from_std(state.abandon_after).unwrap_or(chrono::Duration::MAX);
@@ -439,6 +477,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
     );
     register_ingest(&mut registry, &state.metrics);
     register_housekeeping(&mut registry, &state.metrics);
+    register_alerts(&mut registry, &state.alerts);
     let writer = state.writer.stats();
     let store = [
         (

@@ -383,12 +383,17 @@ async fn csv_export_has_a_header_and_every_matching_task() {
     assert_eq!(lines.len(), 6, "{body}");
     assert!(
         lines.contains(
-            &r#""c2","celery","celery","billing.add","success","[2,""a,\""b\""""]","{}",,,,0,,,2026-11-23T10:00:20.000Z,,2026-11-23T10:02:30.000Z,20.0,2026-11-23T10:02:30.000Z"#
+            &r#""c2","celery","celery","billing.add","success","[2,""a,\""b\""""]","{}",,,,0,,,2026-11-23T10:00:20.000Z,,2026-11-23T10:02:30.000Z,20.0,2026-11-23T10:02:30.000Z,"#
         ),
         "{body}"
     );
+    assert!(
+        crate::store::CSV_HEADER.ends_with(",updated_at,fingerprint\n"),
+        "fingerprint is the last column, after the old ones"
+    );
     let (_, failed) = get(&f, "/export.csv?state=failure&limit=1").await;
     assert_eq!(failed.lines().count(), 3, "limit is ignored: {failed}");
+
     let (status, _) = get(&f, "/export.csv?state=done").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }

@@ -16,9 +16,10 @@ use duckdb::Connection;
 use std::io::Write;
 use std::path::Path;
 
-/// The CSV header: the contract's task fields, in the order of its Task JSON.
+/// The CSV header: the contract's task fields, in the order of its Task JSON, then the failure
+/// group's `fingerprint` (added last, so the older columns keep their places).
 pub const CSV_HEADER: &str = "id,broker,queue,name,state,args,kwargs,result,error,traceback,\
-retries,worker,eta,enqueued_at,started_at,finished_at,runtime_ms,updated_at\n";
+retries,worker,eta,enqueued_at,started_at,finished_at,runtime_ms,updated_at,fingerprint\n";
 
 /// A text column as a CSV field: always quoted (quotes doubled), empty when NULL, and
 /// [`neutralised`].
@@ -67,6 +68,7 @@ fn csv_line_sql() -> String {
         time("finished_at"),
         "coalesce(CAST(runtime_ms AS VARCHAR), '')".to_string(),
         time("updated_at"),
+        text("fingerprint"),
     ];
     format!("concat_ws(',', {})", fields.join(", "))
 }
@@ -144,7 +146,7 @@ pub fn write_parquet(conn: &Connection, query: &TaskQuery, out: &Path) -> Result
     let sql = format!(
         "COPY (SELECT id, broker, queue, name, state, args, kwargs, result, error, traceback,
                       retries, worker, eta, enqueued_at, started_at, finished_at, runtime_ms,
-                      updated_at
+                      updated_at, fingerprint
                FROM tasks {}) TO ? (FORMAT parquet, ROW_GROUP_SIZE 16384)",
         where_clause(&wheres)
     );

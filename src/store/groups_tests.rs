@@ -152,3 +152,53 @@ async fn failures_group_by_fingerprint_and_their_counts_survive_retention() {
     drop(writer);
     handle.join().unwrap();
 }
+
+#[tokio::test]
+async fn the_csv_export_ends_each_line_with_the_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) =
+        open(&dir.path().join("csv.duckdb"), StoreOptions::default()).unwrap();
+    let mut obs = failed("a", 1, TaskEvent::Failed, "ValueError: card declined 3");
+    let mut ok = TaskObservation::new(Broker::Rq, "b", at(2), TaskEvent::Succeeded, "test");
+    ok.fields.queue = Some("default".into());
+    obs.push(ok);
+    writer
+        .observe(obs.into_iter().map(Observation::Task).collect())
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+    let fingerprint = reader
+        .column_for_test("SELECT fingerprint FROM tasks WHERE id = 'a'")
+        .await
+        .remove(0);
+    assert_eq!(fingerprint.len(), 16, "{fingerprint}");
+    let csv = reader
+        .with_conn("test", |conn| {
+            let mut out = Vec::new();
+            export::write_csv_file(conn, &TaskQuery::default(), &mut out)?;
+            Ok(String::from_utf8(out).unwrap())
+        })
+        .await
+        .unwrap();
+    assert!(
+        csv.lines()
+            .next()
+            .unwrap()
+            .ends_with(",runtime_ms,updated_at,fingerprint"),
+        "{csv}"
+    );
+    // The traceback spans lines inside its quoted field: the fingerprint ends the record.
+    assert!(csv.contains(&format!(",\"{fingerprint}\"\n")), "{csv}");
+    let of = |id: &str| {
+        csv.lines()
+            .find(|l| l.starts_with(&format!("\"{id}\"")))
+            .unwrap()
+    };
+    assert!(
+        of("b").ends_with(','),
+        "no fingerprint: an empty last field: {csv}"
+    );
+    drop(writer);
+    drop(reader);
+    handle.join().unwrap();
+}

@@ -8,6 +8,7 @@
 //! - `reader`: [`StoreReader`], every query the HTTP layer, exports and ingest need.
 //! - `reports`: the aggregate queries behind `/api/reports/*` and the charts.
 //! - `groups`: failure groups (`/api/failures/groups`): counts per fingerprint over a window.
+//! - `alert_window`: what alert rules count over a window, per queue.
 //! - `export`: streamed CSV and Parquet exports of the task list.
 //! - [`maintenance`]: housekeeping's SQL (roll-ups, retention, down-sampling, checkpoints),
 //!   run as steps on the writer thread.
@@ -26,6 +27,9 @@
 // DuckDB lives here and nowhere else (clippy.toml).
 #![allow(clippy::disallowed_types)]
 
+mod alert_window;
+#[cfg(test)]
+mod alert_window_tests;
 mod export;
 mod groups;
 #[cfg(test)]
@@ -41,6 +45,7 @@ pub mod synthetic;
 mod tests;
 mod writer;
 
+pub use alert_window::QueueWindow;
 pub use export::{
     open_read_only, write_csv_file as export_csv_to, write_parquet as export_parquet, CSV_HEADER,
 };

@@ -5,6 +5,7 @@
 //! - [`mod@overview`], [`tasks`], [`mod@task`]: one module per page, each with the view struct its
 //!   handler fills and the function that renders it.
 //! - [`mod@reports`], [`mod@queues`], [`mod@workers`], [`mod@failures`]: the report pages.
+//! - [`mod@alerts`]: the alerts section of the overview.
 //! - [`charts`]: server-side SVG time-series charts.
 //! - [`message`]: not found and error pages.
 //! - [`components`]: pieces pages share (state badge, task table, banner).
@@ -25,6 +26,7 @@
 //! most every 2 s and swaps those regions' HTML: the server stays the only renderer and the
 //! filters in the URL stay the source of truth. The *Live* button pauses and resumes.
 
+pub mod alerts;
 pub mod charts;
 pub mod components;
 pub mod failures;
@@ -42,8 +44,11 @@ pub mod workers;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
+mod tests_alerts;
+#[cfg(test)]
 mod tests_failures;
 
+pub use alerts::{AlertLine, AlertsView};
 pub use failures::{failures, FailuresView, GroupRow};
 pub use layout::{page, Nav};
 pub use message::{error_page, not_found};

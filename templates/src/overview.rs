@@ -39,6 +39,8 @@ pub struct OverviewView {
     pub charts: Option<ChartSet>,
     /// One line per housekeeping job: its last run and next time.
     pub housekeeping: Vec<HousekeepingLine>,
+    /// Alert rules' firing, pending and resolved instances (no section without rules).
+    pub alerts: crate::alerts::AlertsView,
 }
 
 /// A housekeeping job as the overview shows it.
@@ -80,6 +82,7 @@ pub(crate) fn render(view: &OverviewView, now: &DateTime<Utc>) -> Markup {
             (banner(&warning))
         }
         div #live-overview data-live-region="overview" {
+        (crate::alerts::alerts_section(&view.alerts, now))
         (state_strip(&view.by_state))
         @if let Some(charts) = &view.charts {
             div.section-head.charts-head {

@@ -130,6 +130,7 @@ fn sample_overview() -> OverviewView {
             error: None,
             next_run: Some(ago(-3000)),
         }],
+        alerts: crate::AlertsView::default(),
     }
 }
 
