@@ -228,6 +228,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKSCOPE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
     pub request_timeout: Duration,
 
+    /// Serve every page, asset and API route under this URL prefix (e.g. `/taskscope` behind a
+    /// reverse proxy); requests are answered with or without it, so a proxy may strip it or not.
+    #[arg(long, env = "TASKSCOPE_BASE_PATH", default_value = "/", value_parser = crate::http::base_path::BasePath::parse, value_name = "PATH")]
+    pub base_path: crate::http::base_path::BasePath,
+
     /// Open `/api/events` streams (live pages) at most; more get 503.
     #[arg(
         long,
@@ -397,6 +402,8 @@ pub struct ServeSettings {
     pub allowed_hosts: Vec<String>,
     pub request_timeout: Duration,
     pub max_sse_clients: usize,
+    /// `--base-path`: the URL prefix pages and links are served under.
+    pub base_path: crate::http::base_path::BasePath,
     pub max_http_queries: usize,
     pub metrics_max_labels: usize,
     /// Every broker's resolved settings (`src/brokers/`).
@@ -462,6 +469,7 @@ impl ServeArgs {
                 .collect(),
             request_timeout: self.request_timeout,
             max_sse_clients: self.max_sse_clients,
+            base_path: self.base_path,
             max_http_queries: self.max_http_queries.max(1),
             metrics_max_labels: self.metrics_max_labels,
             registry,
@@ -972,7 +980,7 @@ mod tests {
         let mut known: Vec<&str> = KNOWN_VARS.clone();
         known.sort_unstable();
         // Brokers added through the registry since bring their own keys, and only those.
-        let added_since = ["TASKSCOPE_ARQ_QUEUES"];
+        let added_since = ["TASKSCOPE_ARQ_QUEUES", "TASKSCOPE_BASE_PATH"];
         let mut expected = before_the_registry.to_vec();
         expected.extend(added_since);
         expected.sort_unstable();

@@ -258,6 +258,7 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
                     allowed: settings.allowed_hosts.clone(),
                 },
                 max_queries: settings.max_http_queries,
+                base_path: settings.base_path.clone(),
                 ..http::Access::default()
             },
             http::limits::HttpLimits {

@@ -561,6 +561,93 @@ fn failure_groups_page_renders_in_chromium_with_real_rq_failures() {
     );
 }
 
+/// `--base-path /taskscope` (a non-stripping proxy's view): the overview, the task list and a
+/// task's page load with their stylesheet and script from under the prefix, the live stream
+/// connects there, a link followed stays under it, and nothing in the console complains.
+#[test]
+fn pages_under_a_base_path_load_their_assets_and_live_stream_in_chromium() {
+    use common::{rq_produce, RqProduceOpts, RqWorker};
+    let _slot = common::test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ts = Taskscope::start(
+        &redis.url(),
+        &dir.path().join("t.duckdb"),
+        &["--base-path", "/taskscope", "--sample-every", "1s"],
+    );
+    let _worker = RqWorker::start(&redis.url(), &["default"], &[], &[]);
+    let ids = rq_produce(&redis.url(), "add", 3, &RqProduceOpts::default());
+    ts.wait_all_state(&ids, "success", LONG);
+
+    let chromium = Chromium::start();
+    let mut page = chromium.new_page();
+    page.call("Network.enable", json!({}));
+    page.viewport(1280, false);
+    let shots = screenshot_dir();
+    let mut problems = Vec::new();
+    for (path, shot) in [
+        ("/taskscope/", "base-path-overview.png"),
+        ("/taskscope/tasks", "base-path-tasks.png"),
+    ] {
+        problems.extend(page.check(&ts.url(path), path, 1280, &shots.join(shot)));
+        let loaded = page
+            .eval("performance.getEntriesByType('resource').map(e => new URL(e.name).pathname)");
+        for asset in ["/taskscope/static/app.css", "/taskscope/static/app.js"] {
+            assert!(
+                loaded
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|p| p == asset)),
+                "{path}: {asset} not loaded: {loaded}"
+            );
+        }
+        assert_ne!(
+            page.eval("getComputedStyle(document.querySelector('header.topbar')).backgroundColor"),
+            json!("rgba(0, 0, 0, 0)"),
+            "{path}: the stylesheet does not apply"
+        );
+    }
+    // The live stream: app.js opened `/taskscope/api/events`, answered 200 (an open stream never
+    // shows in resource timing, so ask the network log).
+    wait_for("the live stream answered under the prefix", LONG, || {
+        page.eval("1"); // reads the events that arrived meanwhile
+        let answered: Vec<(String, i64)> = page
+            .events
+            .iter()
+            .filter(|(method, _)| method == "Network.responseReceived")
+            .filter_map(|(_, p)| {
+                let url = p["response"]["url"].as_str()?;
+                let path = url.split_once("//")?.1.split_once('/')?.1;
+                path.ends_with("api/events").then(|| {
+                    (
+                        format!("/{path}"),
+                        p["response"]["status"].as_i64().unwrap_or(0),
+                    )
+                })
+            })
+            .collect();
+        let expected = ("/taskscope/api/events".to_string(), 200);
+        if !answered.is_empty() && answered.iter().all(|a| *a == expected) {
+            Ok(())
+        } else {
+            Err(format!("{answered:?}"))
+        }
+    });
+    let href =
+        page.eval("document.querySelector('a[href^=\"/taskscope/tasks/\"]').getAttribute('href')");
+    let href = href.as_str().expect("a task link").to_string();
+    problems.extend(page.check(
+        &ts.url(&href),
+        &href,
+        1280,
+        &shots.join("base-path-task.png"),
+    ));
+    assert_eq!(
+        page.eval("document.querySelector('h1') !== null && location.pathname.startsWith('/taskscope/tasks/')"),
+        json!(true)
+    );
+    assert!(problems.is_empty(), "{problems:#?}");
+}
+
 #[test]
 fn a_firing_alert_stands_out_on_the_overview_in_chromium() {
     use common::{rq_produce, RqProduceOpts};

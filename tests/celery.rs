@@ -542,6 +542,44 @@ fn sent_to_idle_worker(mode: Mode) {
     }
 }
 
+/// Countdown tasks sent to an idle worker: the worker takes each message at once and holds it
+/// in `unacked` until its ETA. Held, a task is still `queued` (with its `eta`): it is reported
+/// `running` only when it starts, at its ETA, then succeeds.
+fn countdown_held_by_an_idle_worker(mode: Mode) {
+    let w = World::new(mode);
+    let worker = w.worker("celery");
+    wait_worker_alive(&w.ts, &worker);
+    let ids = w.produce(
+        "add",
+        3,
+        "celery",
+        &ProduceOpts {
+            countdown: Some(4.0),
+            ..ProduceOpts::default()
+        },
+    );
+    for id in &ids {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_common(mode, &t, id, "billing.add", "celery");
+        let eta = parse_time(&t, "eta");
+        let transitions = t["transitions"].as_array().expect("transitions");
+        let started = transitions
+            .iter()
+            .find(|tr| tr["state"] == "running")
+            .unwrap_or_else(|| panic!("never running: {t}"));
+        let started_at = chrono::DateTime::parse_from_rfc3339(
+            started["at"].as_str().expect("a transition time"),
+        )
+        .expect("RFC 3339");
+        // Celery starts a due task within its timer's resolution (1 s); clocks are one machine.
+        assert!(
+            started_at >= eta - chrono::Duration::milliseconds(1000),
+            "reported running while its worker held it, {} s before its ETA: {t}",
+            (eta - started_at).num_milliseconds() as f64 / 1000.0
+        );
+    }
+}
+
 /// taskscope is SIGKILLed mid-stream; tasks sent and finished while it is down, and tasks sent
 /// after it comes back, all end in their outcome; nothing recorded before the crash is lost.
 fn restart_mid_stream(mode: Mode) {
@@ -652,6 +690,11 @@ macro_rules! scenarios {
         fn sent_to_idle_worker() {
             let _slot = crate::common::test_slot();
             crate::sent_to_idle_worker($mode)
+        }
+        #[test]
+        fn countdown_held_by_an_idle_worker() {
+            let _slot = crate::common::test_slot();
+            crate::countdown_held_by_an_idle_worker($mode)
         }
         #[test]
         fn restart_mid_stream() {

@@ -68,9 +68,8 @@ fn two_exceptions_then_a_new_one_form_three_groups_with_their_counts() {
     let _worker = RqWorker::start(&redis.url(), &["default"], &[], &[]);
 
     // ValueError("card declined <n>") three times, RuntimeError("flaky <n>") twice and once
-    // retried before failing. RQ's retried attempt counts no error: the adapter learns the
-    // retry from the job hash, which holds no traceback (the results stream's `retried` entry
-    // does, and is not read for it), so 3 + 3.
+    // retried before failing. RQ's retried attempt counts no error: RQ keeps none for it (an
+    // attempt that raised with retries left gets no results entry and no `exc_info`), so 3 + 3.
     let declined: Vec<String> = [3, 17, 250]
         .iter()
         .map(|n| enqueue(&redis, "fail", json!([n]), None))

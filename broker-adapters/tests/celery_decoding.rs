@@ -988,6 +988,36 @@ fn adapter_lrange_of_captured_messages_yields_queued_with_attempt() {
     assert!(again.observations.is_empty(), "{again:#?}");
 }
 
+/// A countdown message that leaves its queue before its ETA is held by the worker that took it
+/// (kombu keeps it in `unacked` until due): still `queued`, never `running` for the whole
+/// countdown. One that leaves when due, and a message without an ETA, started.
+#[test]
+fn adapter_message_leaving_its_queue_before_its_eta_is_held_not_running() {
+    let plain = "queue_message_json.bin";
+    let countdown = "queue_message_countdown.bin";
+    let items = [fixture(plain), fixture(countdown)];
+    let eta = t("2026-11-23T13:42:01.771219Z");
+    for (left_at, countdown_started) in [
+        (during_capture(), false),
+        (eta + chrono::Duration::seconds(1), true),
+    ] {
+        let mut a = adapter();
+        let listed = a.on_reply(&lrange("celery"), bulk_array(&items), during_capture());
+        assert_eq!(tasks(&listed).len(), 2, "{listed:#?}");
+        let out = a.on_reply(&lrange("celery"), bulk_array(&[]), left_at);
+        let started: Vec<String> = tasks(&out)
+            .iter()
+            .filter(|o| o.event == TaskEvent::Running)
+            .map(|o| o.task_id.clone())
+            .collect();
+        let mut expected = vec![manifest_task_id(plain)];
+        if countdown_started {
+            expected.push(manifest_task_id(countdown));
+        }
+        assert_eq!(started, expected, "left at {left_at}: {out:#?}");
+    }
+}
+
 #[test]
 fn adapter_lrange_of_priority_sub_list_reports_the_base_queue() {
     let mut a = adapter();

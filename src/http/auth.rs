@@ -241,7 +241,7 @@ pub async fn require_token(
                     "the token in the address is not this taskscope's --auth-token",
                 );
             }
-            return login_redirect(&token, request.headers(), &uri);
+            return login_redirect(&token, request.headers(), &uri, &state.base_path);
         }
     }
     if is_trusted(&state, request.headers(), request.uri()) {
@@ -255,13 +255,21 @@ pub async fn require_token(
     )
 }
 
-/// 303 to the same address without `token`, setting the session cookie.
-fn login_redirect(token: &AuthToken, headers: &HeaderMap, uri: &Uri) -> Response {
+/// 303 to the same address without `token`, setting the session cookie. The address carries
+/// `--base-path` (the request's path has lost it before routing, whether the proxy stripped it
+/// or not; the browser's address has it either way).
+fn login_redirect(
+    token: &AuthToken,
+    headers: &HeaderMap,
+    uri: &Uri,
+    base: &super::base_path::BasePath,
+) -> Response {
     let rest = uri.query().map(query_without_token).unwrap_or_default();
+    let path = format!("{}{}", base.as_str(), uri.path());
     let location = if rest.is_empty() {
-        uri.path().to_string()
+        path
     } else {
-        format!("{}?{rest}", uri.path())
+        format!("{path}?{rest}")
     };
     let secure = if is_https(headers, uri) {
         "; Secure"

@@ -5,6 +5,7 @@
 mod alerts;
 mod api;
 pub mod auth;
+pub mod base_path;
 mod failures;
 pub mod limits;
 mod metric_labels;
@@ -46,6 +47,8 @@ pub struct AppState {
     /// Turns true when the process stops: SSE streams end on it, so shutdown need not wait
     /// for browsers to close their tabs.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// `--base-path`, for what is written for the browser outside the templates (redirects).
+    pub base_path: base_path::BasePath,
     /// Alert rules, their instances and webhook counters (empty without `[[alert]]` rules).
     pub alerts: crate::alerts::AlertBoard,
 }
@@ -75,6 +78,7 @@ impl AppState {
                 .as_deref()
                 .map(|t| Arc::new(auth::AuthToken::new(t))),
             hosts: Arc::new(access.hosts),
+            base_path: access.base_path,
             task_metrics,
             sse_slots: Arc::new(tokio::sync::Semaphore::new(limits.max_sse_clients)),
             limits,
@@ -99,6 +103,8 @@ pub struct Access {
     pub max_queries: usize,
     /// How long a request waits for a query slot before 503.
     pub query_wait: Duration,
+    /// `--base-path`: the URL prefix everything is served under.
+    pub base_path: base_path::BasePath,
 }
 
 impl Default for Access {
@@ -108,6 +114,7 @@ impl Default for Access {
             hosts: auth::HostPolicy::default(),
             max_queries: 8,
             query_wait: Duration::from_secs(10),
+            base_path: base_path::BasePath::default(),
         }
     }
 }
@@ -150,7 +157,11 @@ pub fn router(state: AppState) -> Router {
         .route("/static/app.css", get(app_css))
         .route("/static/app.js", get(app_js))
         .merge(protected);
-    with_guards(routes, state)
+    let base = state.base_path.clone();
+    if !templates::set_base_path(base.as_str()) {
+        tracing::warn!(base_path = %base, "another --base-path was set before in this process; page links keep it");
+    }
+    base_path::mount(base, with_guards(routes, state))
 }
 
 /// The layers around every route: the request timeout, compression, a panic caught as a 500

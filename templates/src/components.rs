@@ -5,6 +5,7 @@
 //! colour on every page.
 
 use crate::format::{self, cell_text, encode_component, unknown};
+use crate::paths::url;
 use broker_adapters::{QueueSample, Task, TaskState, Worker};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
@@ -22,16 +23,16 @@ pub fn state_badge(state: TaskState) -> Markup {
 /// The page of one task. Ids come from the broker and may hold any character, so they are
 /// percent-encoded into the path.
 pub fn task_href(id: &str) -> String {
-    format!("/tasks/{}", encode_component(id))
+    url(&format!("/tasks/{}", encode_component(id)))
 }
 
 /// The task list filtered by the given pairs (`/tasks?broker=celery&queue=default`).
 pub fn tasks_href<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     let query = format::query(pairs);
     if query.is_empty() {
-        "/tasks".to_string()
+        url("/tasks")
     } else {
-        format!("/tasks?{query}")
+        url(&format!("/tasks?{query}"))
     }
 }
 

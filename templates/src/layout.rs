@@ -4,6 +4,7 @@
 //! lives here. One small script (`/static/app.js`: chart tooltips, live updates) is loaded
 //! deferred; every page must work without it.
 
+use crate::paths::url;
 use maud::{html, Markup, DOCTYPE};
 
 /// The top-level section a page belongs to, highlighted in the navigation.
@@ -38,27 +39,27 @@ const FAVICON: &str = "data:image/svg+xml,%3Csvg xmlns='http://www.w3.org/2000/s
 pub fn page(title: &str, nav_active: Nav, version: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
-        html lang="en" {
+        html lang="en" data-base=(crate::paths::base_path()) {
             head {
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · taskscope" }
                 link rel="icon" href=(FAVICON);
-                link rel="stylesheet" href="/static/app.css";
-                script src="/static/app.js" defer {}
+                link rel="stylesheet" href=(url("/static/app.css"));
+                script src=(url("/static/app.js")) defer {}
             }
             body {
                 header.topbar {
                     div.topbar-inner {
-                        a.brand href="/" { "taskscope" }
+                        a.brand href=(url("/")) { "taskscope" }
                         nav.sections aria-label="Sections" {
                             @for (nav, href, label) in SECTIONS {
-                                a href=(href) aria-current=[(*nav == nav_active).then_some("page")] {
+                                a href=(url(href)) aria-current=[(*nav == nav_active).then_some("page")] {
                                     (label)
                                 }
                             }
                         }
-                        a.api-link href="/api/tasks" { "JSON API" }
+                        a.api-link href=(url("/api/tasks")) { "JSON API" }
                     }
                 }
                 main.container { (body) }
@@ -68,11 +69,11 @@ pub fn page(title: &str, nav_active: Nav, version: &str, body: Markup) -> Markup
                         span.sep { "·" }
                         "times in UTC"
                         span.sep { "·" }
-                        a href="/api/tasks" { "API" }
+                        a href=(url("/api/tasks")) { "API" }
                         span.sep { "·" }
-                        a href="/metrics" { "metrics" }
+                        a href=(url("/metrics")) { "metrics" }
                         span.sep { "·" }
-                        a href="/healthz" { "health" }
+                        a href=(url("/healthz")) { "health" }
                     }
                 }
             }

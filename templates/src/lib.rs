@@ -10,6 +10,7 @@
 //! - [`message`]: not found and error pages.
 //! - [`components`]: pieces pages share (state badge, task table, banner).
 //! - [`mod@format`]: times, runtimes, truncation and URL encoding.
+//! - [`paths`]: the `--base-path` prefix every address written for the browser carries.
 //! - `static/app.css`: the one stylesheet, served as [`APP_CSS`] at `/static/app.css`.
 //! - `static/app.js`: the one script (tooltips, live updates), served as [`APP_JS`].
 //!
@@ -33,6 +34,7 @@ pub mod format;
 pub mod layout;
 pub mod message;
 pub mod overview;
+pub mod paths;
 pub mod queues;
 pub mod reports;
 pub mod task;
@@ -51,6 +53,7 @@ pub use failures::{failures, FailuresView, GroupRow};
 pub use layout::{page, Nav};
 pub use message::{error_page, not_found};
 pub use overview::{overview, HousekeepingLine, OverviewView};
+pub use paths::{set_base_path, url};
 pub use queues::{queues, QueueCard, QueuesView};
 pub use reports::{reports, ChartSet, NameRow, ReportWindow, ReportsView, RuntimeRow, WaitRow};
 pub use task::{task_detail, TaskDetailView};

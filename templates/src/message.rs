@@ -1,6 +1,7 @@
 //! The pages that stand in for one that cannot be shown: not found, and errors.
 
 use crate::layout::{page, Nav};
+use crate::paths::url;
 use maud::{html, Markup};
 
 /// The page for something that does not exist; `what` says what was looked for
@@ -14,7 +15,7 @@ pub fn not_found(version: &str, what: &str) -> Markup {
             div.message-page {
                 h1 { "Not found" }
                 p { (what) }
-                p { a href="/tasks" { "Search all tasks" } " or go to the " a href="/" { "overview" } "." }
+                p { a href=(url("/tasks")) { "Search all tasks" } " or go to the " a href=(url("/")) { "overview" } "." }
             }
         },
     )
@@ -31,7 +32,7 @@ pub fn error_page(version: &str, message: &str) -> Markup {
             div.message-page {
                 h1 { "Something went wrong" }
                 p.error-text { (message) }
-                p { a href="/" { "Back to the overview" } }
+                p { a href=(url("/")) { "Back to the overview" } }
             }
         },
     )

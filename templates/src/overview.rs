@@ -8,6 +8,7 @@
 use crate::components::{self, banner, empty, state_class, task_table, tasks_href};
 use crate::format::{self, time, time_ago};
 use crate::layout::{page, Nav};
+use crate::paths::url;
 use crate::reports::{chart_grid, range_selector, ChartSet};
 use crate::workers::worker_table;
 use broker_adapters::{QueueSample, Task, TaskState, Worker};
@@ -93,21 +94,21 @@ pub(crate) fn render(view: &OverviewView, now: &DateTime<Utc>) -> Markup {
         section #queues {
             div.section-head {
                 h2 { "Queues" }
-                a href="/queues" { "All queues →" }
+                a href=(url("/queues")) { "All queues →" }
             }
             (queue_table(&view.queues, now))
         }
         section #workers {
             div.section-head {
                 h2 { "Workers" }
-                a href="/workers" { "All workers →" }
+                a href=(url("/workers")) { "All workers →" }
             }
             (worker_table(&view.workers, now))
         }
         section #recent {
             div.section-head {
                 h2 { "Recent tasks" }
-                a href="/tasks" { "All tasks →" }
+                a href=(url("/tasks")) { "All tasks →" }
             }
             @if view.recent.is_empty() {
                 (empty("No task seen yet. Tasks appear here as soon as a producer enqueues one."))

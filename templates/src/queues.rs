@@ -6,6 +6,7 @@ use crate::charts::{line_chart, LineSeries};
 use crate::components::{self, banner, empty, tasks_href};
 use crate::format::{self, time_ago};
 use crate::layout::{page, Nav};
+use crate::paths::url;
 use crate::reports::{range_selector, ReportWindow};
 use broker_adapters::{QueueSample, Worker};
 use chrono::{DateTime, Utc};
@@ -39,7 +40,7 @@ pub(crate) fn render(view: &QueuesView, now: &DateTime<Utc>) -> Markup {
         div.page-head {
             h1 { "Queues" }
             (range_selector(w, "/queues"))
-            a.muted-link href="/api/queues" { "as JSON" }
+            a.muted-link href=(url("/api/queues")) { "as JSON" }
         }
         @for warning in components::no_worker_warnings(&latest, &view.workers) {
             (banner(&warning))

@@ -9,6 +9,7 @@ use crate::charts::{bar_chart, line_chart, meter, BarSeries, LineSeries, TimeAxi
 use crate::components::{empty, tasks_href};
 use crate::format::{self, cell_text};
 use crate::layout::{page, Nav};
+use crate::paths::url;
 use broker_adapters::rfc3339;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
@@ -91,9 +92,9 @@ impl ReportWindow {
         pairs.extend_from_slice(extra);
         let q = format::query(pairs);
         if q.is_empty() {
-            path.to_string()
+            url(path)
         } else {
-            format!("{path}?{q}")
+            url(&format!("{path}?{q}"))
         }
     }
 }
@@ -222,7 +223,7 @@ pub fn range_selector(w: &ReportWindow, path: &str) -> Markup {
         .map(|(key, label)| {
             let mut pairs = vec![("range", *key)];
             pairs.extend(w.filter_pairs());
-            let href = format!("{path}?{}", format::query(pairs));
+            let href = url(&format!("{path}?{}", format::query(pairs)));
             (href, *label, w.range.as_deref() == Some(*key))
         })
         .collect();
@@ -246,7 +247,7 @@ fn filter_form(w: &ReportWindow) -> Markup {
         .or_else(|| w.range.clone())
         .unwrap_or_default();
     html! {
-        form.filters.report-filters method="get" action="/reports" {
+        form.filters.report-filters method="get" action=(url("/reports")) {
             label {
                 span { "Since" }
                 input type="text" name="since" value=(since) placeholder="e.g. 6h or 2026-11-23T08:00:00Z";
@@ -269,7 +270,7 @@ fn filter_form(w: &ReportWindow) -> Markup {
             }
             div.form-actions {
                 button type="submit" { "Apply" }
-                a href="/reports" { "Reset" }
+                a href=(url("/reports")) { "Reset" }
             }
         }
     }

@@ -4,6 +4,7 @@
 use crate::components::{state_badge, state_class, tasks_href};
 use crate::format::{self, long_time, relative_time, unknown};
 use crate::layout::{page, Nav};
+use crate::paths::url;
 use broker_adapters::{rfc3339, Task, Transition};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
@@ -27,7 +28,7 @@ pub(crate) fn render(view: &TaskDetailView, now: &DateTime<Utc>) -> Markup {
     let task = &view.task;
     let name = task.name.as_deref().unwrap_or("(unnamed task)");
     let body = html! {
-        nav.crumbs { a href="/tasks" { "← Tasks" } }
+        nav.crumbs { a href=(url("/tasks")) { "← Tasks" } }
         div.task-head {
             h1 { (name) }
             (state_badge(task.state))

@@ -6,6 +6,7 @@
 
 use crate::components::{empty, task_table, tasks_href};
 use crate::layout::{page, Nav};
+use crate::paths::url;
 use broker_adapters::{Broker, Task, TaskState};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
@@ -84,13 +85,13 @@ pub fn next_page_href(filters: &TaskFilters, cursor: &str) -> String {
 pub(crate) fn render(view: &TaskListView, now: &DateTime<Utc>) -> Markup {
     let filters = &view.filters;
     let api_href = match crate::format::query(filters.pairs()) {
-        q if q.is_empty() => "/api/tasks".to_string(),
-        q => format!("/api/tasks?{q}"),
+        q if q.is_empty() => url("/api/tasks"),
+        q => url(&format!("/api/tasks?{q}")),
     };
     let export_href =
         match crate::format::query(filters.pairs().into_iter().filter(|(k, _)| *k != "limit")) {
-            q if q.is_empty() => "/export.csv".to_string(),
-            q => format!("/export.csv?{q}"),
+            q if q.is_empty() => url("/export.csv"),
+            q => url(&format!("/export.csv?{q}")),
         };
     let body = html! {
         div.page-head {
@@ -129,7 +130,7 @@ fn filter_form(f: &TaskFilters) -> Markup {
     let custom_state = !state.is_empty() && !TaskState::ALL.iter().any(|s| s.as_str() == state);
     let custom_broker = !broker.is_empty() && !Broker::ALL.iter().any(|b| b.as_str() == broker);
     html! {
-        form.filters method="get" action="/tasks" {
+        form.filters method="get" action=(url("/tasks")) {
             label {
                 span { "Search" }
                 input type="search" name="q" value=(value(&f.q)) placeholder="id, name or args";
@@ -186,7 +187,7 @@ fn filter_form(f: &TaskFilters) -> Markup {
             div.form-actions {
                 button type="submit" { "Filter" }
                 @if !f.is_empty() {
-                    a href="/tasks" { "Reset" }
+                    a href=(url("/tasks")) { "Reset" }
                 }
             }
         }

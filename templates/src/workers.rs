@@ -5,6 +5,7 @@
 use crate::components::{self, banner, empty};
 use crate::format::{self, time_ago};
 use crate::layout::{page, Nav};
+use crate::paths::url;
 use broker_adapters::{QueueSample, Worker};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
@@ -30,7 +31,7 @@ pub(crate) fn render(view: &WorkersView, now: &DateTime<Utc>) -> Markup {
             h1 { "Workers" }
             span.chip { (alive) " alive" }
             span.chip { (view.workers.len() - alive) " dead" }
-            a.muted-link href="/api/workers" { "as JSON" }
+            a.muted-link href=(url("/api/workers")) { "as JSON" }
         }
         @for warning in components::no_worker_warnings(&view.queues, &view.workers) {
             (banner(&warning))

@@ -81,7 +81,9 @@
       .catch(function () { /* the next event retries */ })
       .then(function () { busy = false; if (pending) schedule(); });
   }
-  var source = new EventSource("/api/events");
+  // `--base-path`: the prefix the server is mounted under ("" at the root).
+  var base = document.documentElement.getAttribute("data-base") || "";
+  var source = new EventSource(base + "/api/events");
   source.addEventListener("transition", schedule);
   source.addEventListener("lagged", schedule);
   window.addEventListener("pagehide", function () { source.close(); });

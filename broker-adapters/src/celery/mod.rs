@@ -242,7 +242,7 @@ impl CeleryAdapter {
                                 task_id: msg.task_id.clone(),
                                 attempt: msg.retries,
                                 queue: queue.clone(),
-                                waiting_eta: None,
+                                waiting_eta: msg.eta,
                             },
                         );
                     }
@@ -263,7 +263,11 @@ impl CeleryAdapter {
             if let Some(before) = self.listed.insert(key.to_string(), listing) {
                 let after = &self.listed[key];
                 for (identity, gone) in before {
-                    if !after.contains_key(&identity) {
+                    // A message due later is held by the worker that took it (kombu keeps
+                    // it in `unacked` until its ETA): it starts when that entry is
+                    // acknowledged, or when its result says so.
+                    let held = gone.waiting_eta.is_some_and(|eta| eta > now);
+                    if !after.contains_key(&identity) && !held {
                         out.observations
                             .push(gone.running(now, "queue: taken by a worker"));
                     }
@@ -437,7 +441,8 @@ struct InFlight {
     task_id: String,
     attempt: u32,
     queue: String,
-    /// A held message reported as waiting for this ETA, not yet reported running.
+    /// The ETA it was reported waiting for (a held message in `unacked`, or a listed one),
+    /// not yet reported running.
     waiting_eta: Option<DateTime<Utc>>,
 }
 
