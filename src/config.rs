@@ -32,6 +32,9 @@ pub enum Command {
     /// Run housekeeping (roll-up, retention, compaction) once now and print what it did.
     /// `taskscope serve` runs it on its own schedule; this needs the file not in use.
     Housekeeping(Box<HousekeepingCmd>),
+    /// A one-shot look at the brokers in Redis: queues, workers or tasks, as a table or JSON.
+    /// Needs no history file and writes nothing to Redis.
+    Inspect(Box<crate::inspect::InspectArgs>),
     /// Write every task matching the task-list filters to a CSV or Parquet file.
     Export(Box<crate::export::ExportArgs>),
     /// A private redis-server, generated traffic of every broker and the UI: a live

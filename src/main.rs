@@ -9,6 +9,7 @@
 //! - [`metrics`]: counters shared by the above.
 //! - [`alerts`]: `[[alert]]` rules evaluated on a schedule, webhooks.
 //! - [`export`]: `taskscope export`, the task list to CSV or Parquet.
+//! - [`inspect`]: `taskscope inspect`, a one-shot look at the brokers in Redis.
 //! - [`demo`]: `taskscope demo`, a live dashboard fed by the load generator.
 //!
 //! `store` and the load generator live in the package's library (`src/lib.rs`), which the
@@ -24,6 +25,7 @@ mod export;
 mod housekeeping;
 mod http;
 mod ingest;
+mod inspect;
 mod metrics;
 
 use taskscope::store;
@@ -46,7 +48,12 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse_from(&args);
-    init_tracing();
+    // A one-shot command's output is what it prints: only errors go to stderr by default.
+    init_tracing(if matches!(cli.command, Command::Inspect(_)) {
+        "error"
+    } else {
+        "info,fred=warn"
+    });
     match cli.command {
         Command::Housekeeping(args) => housekeeping_once(args),
         Command::Export(export_args) => match export::run(*export_args) {
@@ -64,6 +71,23 @@ fn main() -> ExitCode {
             }
         },
         Command::Demo(args) => run_async(demo::run(*args)),
+        Command::Inspect(args) => {
+            let runtime = match async_runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match runtime.block_on(inspect::run(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(inspect::InspectError::Usage(msg)) => {
+                    eprintln!("taskscope: {msg}");
+                    ExitCode::from(2)
+                }
+                Err(inspect::InspectError::Other(e)) => {
+                    eprintln!("taskscope: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Serve(serve_args) => {
             let settings = match serve_args.into_settings() {
                 Ok(s) => s,
@@ -204,9 +228,10 @@ fn async_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
         })
 }
 
-fn init_tracing() {
+/// Logs to stderr, filtered by `TASKSCOPE_LOG` (e.g. `debug`), else by `default`.
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TASKSCOPE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,fred=warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -292,40 +317,7 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
 
-    let ingest_cfg = ingest::IngestConfig {
-        redis_url: settings.redis_url.clone(),
-        redis_db: settings.redis_db,
-        config_set: settings.config_set,
-        abandon_after: settings.abandon_after,
-        sample_every: settings.sample_every,
-        reconcile_every: settings.reconcile_every,
-        poll_every: settings.poll_every,
-        rescan_every: settings.rescan_every,
-        max_payload_bytes: settings.max_payload_bytes,
-        sanitizer: ingest::sanitize::Sanitizer::new(
-            settings.max_value_bytes,
-            settings.redact_keys.clone(),
-        ),
-    };
-    let adapters = settings
-        .brokers
-        .iter()
-        .filter_map(|b| settings.registry.build_adapter(*b, &[]))
-        .collect();
-    let auto = settings.detect_every.map(|every| {
-        info!(every = ?every, "Looking for Celery, Dramatiq, RQ and taskiq keys in Redis (--brokers auto).");
-        let registry = settings.registry.clone();
-        ingest::AutoDetect {
-            options: ingest::detect::DetectOptions {
-                every,
-                pages_per_pass: DETECT_PAGES_PER_PASS,
-                rules: Arc::new(settings.registry.key_rules()),
-                redis_url: settings.redis_url.clone(),
-                db: settings.redis_db,
-            },
-            factory: Box::new(move |broker, detected| registry.build_adapter(broker, detected)),
-        }
-    });
+    let (ingest_cfg, adapters, auto) = ingest_parts(&settings);
     let housekeeping = housekeeping::spawn(
         settings.housekeeping.clone(),
         writer.clone(),
@@ -369,6 +361,52 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     info!("Stopped.");
     Ok(())
+}
+
+/// What the ingest pipeline is started with, from the settings: its knobs, the adapters of the
+/// brokers given, and auto-detection (`--brokers auto`). Shared by `serve` and `inspect`.
+fn ingest_parts(
+    settings: &ServeSettings,
+) -> (
+    ingest::IngestConfig,
+    Vec<Box<dyn broker_adapters::Adapter>>,
+    Option<ingest::AutoDetect>,
+) {
+    let ingest_cfg = ingest::IngestConfig {
+        redis_url: settings.redis_url.clone(),
+        redis_db: settings.redis_db,
+        config_set: settings.config_set,
+        abandon_after: settings.abandon_after,
+        sample_every: settings.sample_every,
+        reconcile_every: settings.reconcile_every,
+        poll_every: settings.poll_every,
+        rescan_every: settings.rescan_every,
+        max_payload_bytes: settings.max_payload_bytes,
+        sanitizer: ingest::sanitize::Sanitizer::new(
+            settings.max_value_bytes,
+            settings.redact_keys.clone(),
+        ),
+    };
+    let adapters = settings
+        .brokers
+        .iter()
+        .filter_map(|b| settings.registry.build_adapter(*b, &[]))
+        .collect();
+    let auto = settings.detect_every.map(|every| {
+        info!(every = ?every, "Looking for {} keys in Redis (--brokers auto).", brokers::names_for_humans());
+        let registry = settings.registry.clone();
+        ingest::AutoDetect {
+            options: ingest::detect::DetectOptions {
+                every,
+                pages_per_pass: DETECT_PAGES_PER_PASS,
+                rules: Arc::new(settings.registry.key_rules()),
+                redis_url: settings.redis_url.clone(),
+                db: settings.redis_db,
+            },
+            factory: Box::new(move |broker, detected| registry.build_adapter(broker, detected)),
+        }
+    });
+    (ingest_cfg, adapters, auto)
 }
 
 async fn shutdown_signal() {

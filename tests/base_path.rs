@@ -180,7 +180,7 @@ fn the_login_redirect_keeps_the_prefix() {
 
 #[test]
 fn a_bad_base_path_is_a_usage_error() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_taskscope"))
+    let out = std::process::Command::new(taskscope_bin())
         .args(["serve", "--base-path", "/a/../b"])
         .output()
         .expect("run taskscope");
