@@ -365,8 +365,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TASKSCOPE_ALERT_INTERVAL", default_value = "15s", value_parser = parse_duration, value_name = "DUR")]
     pub alert_interval: Duration,
 
-    /// The address people open taskscope at, for the links in alert notifications (default
-    /// `http://<--listen>`).
+    /// The address people open taskscope at, `--base-path` included, for the links in alert
+    /// notifications (default `http://<--listen><--base-path>`).
     #[arg(long, env = "TASKSCOPE_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
 
@@ -538,7 +538,7 @@ impl ServeArgs {
                 }
                 u.trim().trim_end_matches('/').to_string()
             }
-            None => format!("http://{}", self.listen),
+            None => format!("http://{}{}", self.listen, self.base_path.as_str()),
         };
         Ok(crate::alerts::AlertSettings {
             rules,
@@ -916,6 +916,11 @@ mod tests {
         assert!(
             err.starts_with("alert \"a\": over: 1h is longer than --retention"),
             "{err}"
+        );
+        let behind = settings(&["--listen", "127.0.0.1:7000", "--base-path", "/ts/"]).unwrap();
+        assert_eq!(
+            behind.alerts.public_url, "http://127.0.0.1:7000/ts",
+            "links carry the --base-path"
         );
         let err = settings(&["--public-url", "ftp://x"]).unwrap_err().0;
         assert!(err.starts_with("--public-url"), "{err}");

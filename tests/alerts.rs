@@ -155,6 +155,10 @@ when = "backlog"
 broker = "rq"
 above = 2
 webhook = "{url}/slack"
+
+[[alert]]
+name = "nobody-home"
+when = "no_worker"
 "#,
             url = receiver.url
         ),
@@ -168,7 +172,7 @@ webhook = "{url}/slack"
     );
 
     let rules = ts.get("/api/alerts");
-    assert_eq!(rules["rules"].as_array().map(Vec::len), Some(2), "{rules}");
+    assert_eq!(rules["rules"].as_array().map(Vec::len), Some(3), "{rules}");
     assert_eq!(rules["rules"][0]["webhook_host"], "127.0.0.1", "{rules}");
 
     // A parked queue: five jobs, no worker.
@@ -202,6 +206,7 @@ webhook = "{url}/slack"
             .is_some_and(|u| u.starts_with(&ts.base_url) && u.contains("queue=parked")),
         "{firing}"
     );
+    // The evaluator publishes before it sends: the API already says what the webhook said.
     let api = instances(&ts, "parked-age");
     assert_eq!(api.len(), 1, "{api:?}");
     assert_eq!(api[0]["state"], "firing", "{api:?}");
@@ -233,6 +238,14 @@ webhook = "{url}/slack"
             && text.contains("queue=parked"),
         "{slack}"
     );
+
+    // No RQ worker alive while messages wait: no_worker fires too (no webhook).
+    wait_for("no_worker firing", LONG, || {
+        match instances(&ts, "nobody-home").as_slice() {
+            [one] if one["state"] == "firing" && one["value"] == 5.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
 
     // Still firing over several evaluations: no second notification.
     wait_evaluations(&ts, 3);
@@ -278,6 +291,13 @@ webhook = "{url}/slack"
         },
     );
 
+    wait_for("no_worker resolved", LONG, || {
+        match instances(&ts, "nobody-home").as_slice() {
+            [one] if one["state"] == "resolved" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+
     wait_evaluations(&ts, 3);
     assert_eq!(
         receiver.bodies("/json").len(),
@@ -286,9 +306,16 @@ webhook = "{url}/slack"
         receiver.bodies("/json")
     );
     assert_eq!(receiver.bodies("/slack").len(), 2);
-    let alerts = ts.get("/api/alerts");
+    // Counted once the receiver's answer is read, a moment after it recorded the body.
+    let alerts = wait_for("four deliveries counted", LONG, || {
+        let alerts = ts.get("/api/alerts");
+        if alerts["webhooks"]["delivered"] == 4 {
+            Ok(alerts)
+        } else {
+            Err(alerts.to_string())
+        }
+    });
     assert_eq!(alerts["webhooks"]["failures"], 0, "{alerts}");
-    assert_eq!(alerts["webhooks"]["delivered"], 4, "{alerts}");
     assert!(
         !ts.log_text().contains(&format!("{}/json", receiver.url)),
         "webhook URLs are never logged in full"
@@ -320,4 +347,117 @@ fn a_bad_rule_stops_taskscope_at_start_naming_the_rule_and_the_field() {
         err.contains("alert \"slow\" (alert #1): over:"),
         "stderr: {err}"
     );
+}
+
+#[test]
+fn real_failures_fire_window_rules_that_resolve_once_the_window_has_passed() {
+    let _slot = test_slot();
+    let redis = RedisServer::start();
+    let receiver = Receiver::start();
+    let dir = tempfile::Builder::new()
+        .prefix("taskscope-alerts-")
+        .tempdir()
+        .expect("tempdir");
+    let config = dir.path().join("taskscope.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"alert_interval = "1s"
+
+[[alert]]
+name = "declines"
+when = "failures"
+task = "rq_app.fail"
+over = "8s"
+above = 1
+webhook = "{url}/failures"
+format = "json"
+
+[[alert]]
+name = "rate"
+when = "failure_rate"
+over = "8s"
+above = 0.5
+
+[[alert]]
+name = "new-error"
+when = "new_failure_group"
+over = "8s"
+webhook = "{url}/groups"
+format = "json"
+"#,
+            url = receiver.url
+        ),
+    )
+    .expect("write the config");
+    let ts = Taskscope::start(
+        &redis.url(),
+        &dir.path().join("t.duckdb"),
+        &[
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--sample-every",
+            "1s",
+        ],
+    );
+    let _worker = RqWorker::start(&redis.url(), &["default"], &[], &[]);
+    let ids = rq_produce(
+        &redis.url(),
+        "fail",
+        3,
+        &RqProduceOpts {
+            args: Some(serde_json::json!([7])),
+            ..RqProduceOpts::default()
+        },
+    );
+    ts.wait_all_state(&ids, "failure", LONG);
+
+    let firing = wait_for("the failures webhook (firing)", LONG, || {
+        match receiver.bodies("/failures").as_slice() {
+            [one, ..] => Ok(one.clone()),
+            [] => Err(format!("/api/alerts: {}", ts.get("/api/alerts"))),
+        }
+    });
+    assert_eq!(firing["state"], "firing", "{firing}");
+    assert_eq!(firing["labels"]["task"], "rq_app.fail", "{firing}");
+    assert_eq!(firing["labels"]["queue"], "default", "{firing}");
+    assert!(firing["value"].as_f64().unwrap_or(0.0) >= 2.0, "{firing}");
+    let group = wait_for("the new failure group webhook", LONG, || {
+        match receiver.bodies("/groups").as_slice() {
+            [one, ..] => Ok(one.clone()),
+            [] => Err(format!("/api/alerts: {}", ts.get("/api/alerts"))),
+        }
+    });
+    assert_eq!(group["state"], "firing", "{group}");
+    assert_eq!(group["labels"]["exception"], "ValueError", "{group}");
+    let fingerprint = ts.task(&ids[0]).expect("the task")["fingerprint"].clone();
+    assert_eq!(group["labels"]["fingerprint"], fingerprint, "{group}");
+    wait_for("failure_rate firing at 100%", LONG, || {
+        match instances(&ts, "rate").as_slice() {
+            [one] if one["state"] == "firing" && one["value"] == 1.0 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+
+    // Nothing fails any more: once the failures leave the 8 s window, each resolves once.
+    for (path, what) in [("/failures", "failures"), ("/groups", "new failure group")] {
+        let resolved = wait_for(
+            &format!("the {what} webhook (resolved)"),
+            LONG,
+            || match receiver.bodies(path).as_slice() {
+                [_, second] => Ok(second.clone()),
+                other => Err(format!("{other:?}")),
+            },
+        );
+        assert_eq!(resolved["state"], "resolved", "{resolved}");
+    }
+    wait_for("failure_rate resolved", LONG, || {
+        match instances(&ts, "rate").as_slice() {
+            [one] if one["state"] == "resolved" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
+    wait_evaluations(&ts, 2);
+    assert_eq!(receiver.bodies("/failures").len(), 2, "no duplicates");
+    assert_eq!(receiver.bodies("/groups").len(), 2, "no duplicates");
 }

@@ -54,6 +54,8 @@ pub struct BoardState {
     /// Pending, firing and recently resolved instances.
     pub instances: Vec<Instance>,
     pub evaluated_at: Option<DateTime<Utc>>,
+    /// How long the last evaluation took (its store reads, mostly), in ms.
+    pub evaluation_ms: Option<f64>,
     /// Rules whose data could not be read at the last evaluation, with why.
     pub errors: Vec<(String, String)>,
 }
@@ -76,7 +78,13 @@ impl AlertBoard {
             .clone()
     }
 
-    fn publish(&self, tracker: &Tracker, at: DateTime<Utc>, errors: Vec<(String, String)>) {
+    fn publish(
+        &self,
+        tracker: &Tracker,
+        at: DateTime<Utc>,
+        took: Duration,
+        errors: Vec<(String, String)>,
+    ) {
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         let mut instances: Vec<Instance> = tracker.instances().cloned().collect();
         // Firing first, then pending, then resolved; newest change first within each.
@@ -93,6 +101,7 @@ impl AlertBoard {
         });
         inner.instances = instances;
         inner.evaluated_at = Some(at);
+        inner.evaluation_ms = Some(took.as_secs_f64() * 1000.0);
         inner.errors = errors;
     }
 }
@@ -153,11 +162,13 @@ async fn evaluate_once(
     started: DateTime<Utc>,
 ) {
     let now = Utc::now();
+    let started_at = std::time::Instant::now();
     let mut snapshot = evaluate::Snapshot {
         fresh_since: Some(started),
         ..evaluate::Snapshot::default()
     };
     let mut errors = Vec::new();
+    let mut deliveries = Vec::new();
     for rule in &settings.rules {
         let data = match evaluate::read(rule, reader, &mut snapshot, now, settings.abandon_after)
             .await
@@ -185,7 +196,7 @@ async fn evaluate_once(
                     settings.public_url.trim_end_matches('/'),
                     page_path(rule, &notice.labels)
                 );
-                outbox.send(webhook::Delivery {
+                deliveries.push(webhook::Delivery {
                     webhook: hook.clone(),
                     rule: rule.name.clone(),
                     body: webhook::body(rule, hook.format, &notice, &page),
@@ -193,5 +204,10 @@ async fn evaluate_once(
             }
         }
     }
-    board.publish(tracker, now, errors);
+    // Published before anything is sent: whoever gets a notification finds it in
+    // `/api/alerts` and `/metrics` already.
+    board.publish(tracker, now, started_at.elapsed(), errors);
+    for delivery in deliveries {
+        outbox.send(delivery);
+    }
 }

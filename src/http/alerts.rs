@@ -11,8 +11,8 @@ use std::sync::atomic::Ordering;
 
 /// `GET /api/alerts`: `{"alerts": [{"rule","state","since","value","labels"}...]}` with the
 /// firing and resolved instances (firing first), plus `pending` (same shape), `rules`,
-/// `webhooks` (delivery counters, the last error with the webhook's host only), `evaluated_at`
-/// and `errors` (rules whose data could not be read at the last evaluation).
+/// `webhooks` (delivery counters, the last error with the webhook's host only), `evaluated_at`,
+/// `evaluation_ms` (how long the last evaluation took) and `errors` (rules whose data could not be read at the last evaluation).
 pub async fn list(State(state): State<AppState>) -> Json<Value> {
     Json(alerts_json(&state.alerts))
 }
@@ -59,6 +59,7 @@ pub(crate) fn alerts_json(board: &AlertBoard) -> Value {
             "last_error": last_error,
         },
         "evaluated_at": snap.evaluated_at.map(|t| broker_adapters::rfc3339(&t)),
+        "evaluation_ms": snap.evaluation_ms,
         "errors": snap.errors.iter().map(|(rule, error)| json!({"rule": rule, "error": error})).collect::<Vec<_>>(),
     })
 }

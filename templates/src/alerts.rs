@@ -3,6 +3,7 @@
 //! resolved ones, and the last webhook delivery error.
 
 use crate::format::time;
+use crate::paths::url;
 use chrono::{DateTime, Utc};
 use maud::{html, Markup};
 
@@ -33,7 +34,7 @@ pub struct AlertLine {
     pub above: f64,
     /// `key=value` of the instance's labels.
     pub labels: Vec<String>,
-    /// The taskscope page about it.
+    /// The taskscope page about it, from `/` (the `--base-path` is added when rendered).
     pub href: String,
 }
 
@@ -79,7 +80,7 @@ pub fn alerts_section(view: &AlertsView, now: &DateTime<Utc>) -> Markup {
                                             span.chip { (line.state) }
                                         }
                                     }
-                                    td { a href=(line.href) { (line.rule) } }
+                                    td { a href=(url(&line.href)) { (line.rule) } }
                                     td { (line.labels.join(", ")) }
                                     td.num.nowrap title={ (line.when) " above " (line.above) } { (line.value) }
                                     td.nowrap { (time(&line.since, now)) }
