@@ -1,10 +1,13 @@
 // A real BullMQ worker for taskscope's tests and fixture capture.
 // Usage: node worker.js <redis-url> <queue> [prefix]
-// Env: WORKER_NAME (client name suffix), LOCK_MS (lockDuration), STALLED_MS (stalledInterval),
-//      CONCURRENCY. Prints "ready" once connected.
+// Env: WORKER_NAME (the Worker's `name`, its jobs' `pb`), LOCK_MS (lockDuration), STALLED_MS
+//      (stalledInterval), CONCURRENCY, TS_MARKER_DIR (a `sleep` job touches
+//      `<prefix>:<queue>:<id>.started` there as it starts). Prints "ready" once connected.
 // Jobs by name: `add` returns data.x + data.y; `fail` throws; `flaky` fails its first attempt;
 // `sleep` sleeps data.ms then returns "slept"; anything else returns data.
 'use strict';
+const fs = require('fs');
+const path = require('path');
 const { Worker } = require('bullmq');
 
 const [url, queue, prefix = 'bull'] = process.argv.slice(2);
@@ -28,6 +31,9 @@ const worker = new Worker(
         if (job.attemptsMade < 1) throw new Error('flaky first attempt');
         return 'recovered';
       case 'sleep':
+        if (process.env.TS_MARKER_DIR) {
+          fs.writeFileSync(path.join(process.env.TS_MARKER_DIR, `${prefix}:${queue}:${job.id}.started`), '');
+        }
         await sleep(job.data.ms || 1000);
         return 'slept';
       default:
