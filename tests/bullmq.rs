@@ -258,3 +258,47 @@ fn bullmq_named_with_brokers_bullmq_follows_the_queues_given() {
     assert_common(&t, "fail", "app:orders");
     assert_eq!(t["error"], "boom", "{t}");
 }
+
+#[test]
+fn bullmq_job_scheduler_runs_are_tasks_of_their_own() {
+    let _slot = test_slot();
+    let w = World::new(&[]);
+    let _worker = w.worker("cron", "bull", &[]);
+    // `upsertJobScheduler` every 300 ms: each run is a job `repeat:<scheduler>:<ms>`.
+    let first = w
+        .produce(
+            "cron",
+            "bull",
+            json!([{"scheduler": "tick", "repeat": {"every": 300},
+                    "name": "add", "data": {"x": 4, "y": 4}}]),
+        )
+        .remove(0);
+    assert!(first.starts_with("bull:cron:repeat:tick:"), "{first}");
+    let runs = wait_for("three scheduled runs succeeded", LONG, || {
+        let list = w.ts.get("/api/tasks?broker=bullmq&state=success");
+        let runs: Vec<Value> = list["tasks"]
+            .as_array()
+            .map(|ts| {
+                ts.iter()
+                    .filter(|t| {
+                        t["id"]
+                            .as_str()
+                            .is_some_and(|id| id.starts_with("bull:cron:repeat:tick:"))
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if runs.len() >= 3 {
+            Ok(runs)
+        } else {
+            Err(list.to_string())
+        }
+    });
+    for run in runs {
+        let id = run["id"].as_str().unwrap_or_default();
+        let t = w.ts.task(id).expect("listed");
+        assert_common(&t, "add", "bull:cron");
+        assert_eq!(t["result"], json!(8), "{t}");
+    }
+}

@@ -1,8 +1,9 @@
 //! BullMQ's key names (`QueueKeys` of bullmq 6): every key of a queue is
 //! `<prefix>:<queue>:<suffix>` (prefix `bull` unless the app sets `prefix`), a job's hash is
 //! `<prefix>:<queue>:<job id>` and its lock `<prefix>:<queue>:<job id>:lock`. BullMQ refuses a
-//! `:` in a queue name and in a custom job id, so the last two segments of a key are always
-//! the queue and the id; a prefix may hold colons.
+//! `:` in a queue name and in a custom job id, so the segment before a queue key's suffix is
+//! the queue; a prefix may hold colons, and so do the ids of a job scheduler's jobs
+//! (`repeat:<scheduler id>:<ms>`), so a job key is resolved against the queues followed.
 
 /// BullMQ's default key prefix.
 pub const DEFAULT_PREFIX: &str = "bull";
@@ -64,25 +65,6 @@ impl QueueName {
     }
 }
 
-/// The queue and job id of a lock key `<prefix>:<queue>:<id>:lock`.
-pub fn lock_of(key: &str) -> Option<(QueueName, &str)> {
-    let job_key = key.strip_suffix(LOCK_SUFFIX)?;
-    let (queue, id) = job_key.rsplit_once(':')?;
-    if id.is_empty() {
-        return None;
-    }
-    Some((QueueName::parse_qualified(queue)?, id))
-}
-
-/// The queue and job id of a task id (a job key `<prefix>:<queue>:<id>`).
-pub fn job_of(task_id: &str) -> Option<(QueueName, &str)> {
-    let (queue, id) = task_id.rsplit_once(':')?;
-    if id.is_empty() {
-        return None;
-    }
-    Some((QueueName::parse_qualified(queue)?, id))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -95,16 +77,7 @@ mod tests {
         let custom = QueueName::from_events_key("app:v2:jobs:events").unwrap();
         assert_eq!(custom.prefix, "app:v2");
         assert_eq!(custom.name, "jobs");
-        assert_eq!(
-            lock_of("bull:emails:7:lock"),
-            Some((QueueName::new("bull", "emails"), "7"))
-        );
-        assert_eq!(lock_of("emails:lock"), None);
         assert_eq!(QueueName::from_events_key("events"), None);
         assert_eq!(QueueName::from_events_key(":q:events"), None);
-        assert_eq!(
-            job_of("shop:stall:1"),
-            Some((QueueName::new("shop", "stall"), "1"))
-        );
     }
 }

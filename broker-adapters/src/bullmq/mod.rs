@@ -244,6 +244,17 @@ impl BullmqAdapter {
             .get_or_insert_with(task_id.to_string(), JobMemo::default)
     }
 
+    /// The followed queue a job key (`<prefix>:<queue>:<job id>`, a task id) belongs to, and
+    /// the job id. A job scheduler's job ids hold colons (`repeat:<scheduler>:<ms>`), and so
+    /// may a prefix: the queue is the longest followed `<prefix>:<queue>` the key starts with.
+    fn followed_job_of<'k>(&self, key: &'k str) -> Option<(QueueName, &'k str)> {
+        key.rmatch_indices(':').map(|(i, _)| i).find_map(|i| {
+            let queue = QueueName::parse_qualified(&key[..i])?;
+            let id = &key[i + 1..];
+            (!id.is_empty() && self.queues.contains_key(&queue)).then_some((queue, id))
+        })
+    }
+
     /// The queue followed whose key `key` is (`<prefix>:<queue>:<suffix>`), and the suffix.
     fn queue_of_key<'k>(&self, key: &'k str) -> Option<(QueueName, &'k str)> {
         let (queue, suffix) = key.rsplit_once(':')?;
@@ -455,7 +466,7 @@ impl BullmqAdapter {
         if !hash.exists() {
             return; // removed (removeOnComplete): the stream told its life
         }
-        let queue = layout::job_of(task_id).map(|(q, _)| q.qualified());
+        let queue = self.followed_job_of(task_id).map(|(q, _)| q.qualified());
         let memo = self.memo(task_id).clone();
         let fill = |obs: &mut TaskObservation| {
             obs.fields.queue = queue.clone();
@@ -657,12 +668,12 @@ impl Adapter for BullmqAdapter {
 
     fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
         if op == "expired" {
-            let Some((queue, id)) = layout::lock_of(key) else {
+            let Some((queue, id)) = key
+                .strip_suffix(layout::LOCK_SUFFIX)
+                .and_then(|job| self.followed_job_of(job))
+            else {
                 return Vec::new();
             };
-            if !self.queues.contains_key(&queue) {
-                return Vec::new();
-            }
             let task_id = queue.job(id);
             let Some(memo) = self.jobs.get(&task_id) else {
                 return Vec::new();
@@ -760,7 +771,10 @@ impl Adapter for BullmqAdapter {
                 if reply.as_i64().is_some_and(|t| t >= 0 || t == -1) {
                     return out;
                 }
-                let Some((queue, id)) = layout::lock_of(key) else {
+                let Some((queue, id)) = key
+                    .strip_suffix(layout::LOCK_SUFFIX)
+                    .and_then(|job| self.followed_job_of(job))
+                else {
                     return out;
                 };
                 let task_id = queue.job(id);
@@ -843,7 +857,7 @@ impl Adapter for BullmqAdapter {
             reads.extend(self.stream_read(q));
         }
         for task in open {
-            if layout::job_of(&task.id).is_some_and(|(q, _)| self.queues.contains_key(&q)) {
+            if self.followed_job_of(&task.id).is_some() {
                 reads.push(Self::job_read(&task.id));
             }
         }
