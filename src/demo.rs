@@ -1,5 +1,5 @@
 //! `taskscope demo`: a private `redis-server`, a child `taskscope serve` watching it, and the
-//! load generator playing gentle, realistic traffic of all five brokers until Ctrl-C: a rate
+//! load generator playing gentle, realistic traffic of all six brokers until Ctrl-C: a rate
 //! that swells and ebbs over two minutes against workers of fixed capacity (so backlogs rise
 //! and fall), runtimes from 50 ms to 3 s, failures and retries.
 
