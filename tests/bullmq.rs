@@ -250,6 +250,8 @@ fn bullmq_named_with_brokers_bullmq_follows_the_queues_given() {
     );
     w.ts.wait_state(&ids[0], "queued", LONG);
     w.queue_sample("app:orders", |s| s["length"] == 2);
+    // The oldest waiting job's age, from its `added` event.
+    assert_oldest_age_grows(&w.ts, "bullmq", "app:orders");
     let _worker = w.worker("orders", "app", &[]);
     let t = w.ts.wait_state(&ids[0], "success", LONG);
     assert_common(&t, "add", "app:orders");

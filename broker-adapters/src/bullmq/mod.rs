@@ -101,6 +101,8 @@ struct JobMemo {
     phase: Phase,
     /// When its current attempt became active.
     active_at: Option<DateTime<Utc>>,
+    /// When it was added (its `added` event, or its hash's `timestamp`).
+    added_at: Option<DateTime<Utc>>,
     /// Its hash was read once for its fields (data, enqueue time).
     fields_read: bool,
     /// When its last `delayed` event said it may run: kept on the `waiting` that follows.
@@ -111,6 +113,9 @@ struct JobMemo {
 #[derive(Debug, Clone, Default)]
 struct SampleRound {
     counts: HashMap<&'static str, u64>,
+    /// The oldest job id of `wait` (its tail: BullMQ `LPUSH`es and takes from the right),
+    /// once read (`Some(None)`: empty).
+    head: Option<Option<String>>,
 }
 
 /// The lists and sorted sets a queue sample counts.
@@ -209,10 +214,15 @@ impl BullmqAdapter {
         }
     }
 
-    /// The jobs of a queue's `active` list and newest `completed` and `failed` entries: read
-    /// when the stream cannot tell (first sight, or a trimmed stream).
+    /// The jobs of a queue's `wait` and `active` lists and newest `completed` and `failed`
+    /// entries: read when the stream cannot tell (first sight, or a trimmed stream).
     fn set_reads(queue: &QueueName) -> Vec<ReadRequest> {
         vec![
+            ReadRequest::LRange {
+                key: queue.key("wait"),
+                start: -GAP_DEPTH,
+                stop: -1,
+            },
             ReadRequest::LRange {
                 key: queue.key("active"),
                 start: 0,
@@ -335,6 +345,7 @@ impl BullmqAdapter {
         let obs = match e.kind {
             EventKind::Added => {
                 memo.attempt.get_or_insert(0);
+                memo.added_at = Some(at);
                 memo.phase = Phase::Waiting;
                 let mut obs = new_obs(TaskEvent::Queued, "events");
                 obs.attempt = Some(0);
@@ -467,7 +478,11 @@ impl BullmqAdapter {
             return; // removed (removeOnComplete): the stream told its life
         }
         let queue = self.followed_job_of(task_id).map(|(q, _)| q.qualified());
-        let memo = self.memo(task_id).clone();
+        let memo = self.memo(task_id);
+        if memo.added_at.is_none() {
+            memo.added_at = hash.added_at;
+        }
+        let memo = memo.clone();
         let fill = |obs: &mut TaskObservation| {
             obs.fields.queue = queue.clone();
             fill_fields(obs, &hash);
@@ -583,9 +598,34 @@ impl BullmqAdapter {
         if let Some((name, _)) = SAMPLED.iter().find(|(s, _)| *s == what) {
             round.counts.insert(name, n);
         }
+        self.close_round(queue, now, out);
+    }
+
+    /// The oldest waiting job of a sampling round.
+    fn on_head(&mut self, queue: &QueueName, reply: Reply, now: DateTime<Utc>, out: &mut Output) {
+        let Some(round) = self.sampling.get_mut(queue) else {
+            return;
+        };
+        let ids: Vec<String> = reply.into_strings();
+        round.head = Some(ids.into_iter().next());
+        self.close_round(queue, now, out);
+    }
+
+    /// A sampling round with every reply in: its sample.
+    fn close_round(&mut self, queue: &QueueName, now: DateTime<Utc>, out: &mut Output) {
+        let Some(round) = self.sampling.get(queue) else {
+            return;
+        };
         if round.counts.len() < SAMPLED.len() {
             return;
         }
+        let Some(head) = &round.head else {
+            return;
+        };
+        let oldest_enqueued_at = head
+            .as_ref()
+            .and_then(|id| self.jobs.get(&queue.job(id)))
+            .and_then(|m| m.added_at);
         let c = |k: &str| round.counts.get(k).copied().unwrap_or(0);
         let sample = QueueSample {
             broker: Broker::Bullmq,
@@ -595,7 +635,7 @@ impl BullmqAdapter {
             dead: c("failed"),
             running: c("active"),
             sampled_at: now,
-            oldest_enqueued_at: None,
+            oldest_enqueued_at,
         };
         self.sampling.remove(queue);
         out.queue_samples.push(sample);
@@ -799,12 +839,18 @@ impl Adapter for BullmqAdapter {
                 );
                 out.observations.push(Observation::Task(obs));
             }
-            ReadRequest::LRange { key, .. } => {
-                if let Some((queue, "active")) = self.queue_of_key(key) {
+            ReadRequest::LRange {
+                key, start, stop, ..
+            } => match self.queue_of_key(key) {
+                Some((queue, "wait")) if *start == -1 && *stop == -1 => {
+                    self.on_head(&queue, reply, now, &mut out)
+                }
+                Some((queue, "active" | "wait")) => {
                     let ids: Vec<String> = reply.into_strings();
                     self.on_set(&queue, ids, &mut out);
                 }
-            }
+                _ => {}
+            },
             ReadRequest::ZRangeWithScores { key, .. } => {
                 if let Some((queue, "completed" | "failed")) = self.queue_of_key(key) {
                     let ids: Vec<String> = reply
@@ -869,6 +915,11 @@ impl Adapter for BullmqAdapter {
         let mut reads = Vec::new();
         for q in self.queues.keys() {
             self.sampling.insert(q.clone(), SampleRound::default());
+            reads.push(ReadRequest::LRange {
+                key: q.key("wait"),
+                start: -1,
+                stop: -1,
+            });
             for (what, sorted) in SAMPLED {
                 let key = q.key(what);
                 reads.push(if sorted {
