@@ -304,3 +304,50 @@ fn bullmq_job_scheduler_runs_are_tasks_of_their_own() {
         assert_eq!(t["result"], json!(8), "{t}");
     }
 }
+
+#[test]
+fn bullmq_restarted_taskscope_catches_up_even_past_a_trimmed_events_stream() {
+    let _slot = test_slot();
+    let mut w = World::new(&[]);
+    let _worker = w.worker("trim", "bull", &[]);
+    let seen = w
+        .produce(
+            "trim",
+            "bull",
+            json!([{"name": "add", "data": {"x": 1, "y": 1}}]),
+        )
+        .remove(0);
+    w.ts.wait_state(&seen, "success", LONG);
+    // taskscope down while 150 jobs run, their events stream trimmed to about 20 entries
+    // (`maxLenEvents`, `MAXLEN ~`: whole stream nodes of 100 go): most of their events are lost.
+    w.ts.stop();
+    let jobs: Vec<Value> = (0..150)
+        .map(|n| json!({"name": "add", "data": {"x": n, "y": 1000}}))
+        .collect();
+    let ids = bullmq_produce_env(
+        &w.redis.url(),
+        "trim",
+        "bull",
+        &Value::Array(jobs),
+        &[("MAX_LEN_EVENTS", "20")],
+    );
+    wait_for("the worker to finish the 150 jobs", LONG, || {
+        let done = w.redis.cli(&["ZCARD", "bull:trim:completed"]);
+        (done.trim() == "151").then_some(()).ok_or(done)
+    });
+    let kept: usize = w
+        .redis
+        .cli(&["XLEN", "bull:trim:events"])
+        .trim()
+        .parse()
+        .expect("XLEN");
+    assert!(kept < 300, "trimmed: {kept} of 600 events kept");
+    // Restarted: the stream's window and the queue's sets tell every job's end.
+    w.ts.restart();
+    for (n, id) in ids.iter().enumerate() {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_eq!(t["result"], json!(n + 1000), "{t}");
+        assert_eq!(t["name"], "add", "{t}");
+        assert_eq!(t["kwargs"], json!({"x": n, "y": 1000}), "{t}");
+    }
+}

@@ -1488,9 +1488,21 @@ pub fn bullmq_worker(
 /// `FlowProducer`): the task ids taskscope gives the jobs, `<prefix>:<queue>:<job id>`, in
 /// order (a flow: the parent, then its children depth first).
 pub fn bullmq_produce(redis_url: &str, queue: &str, prefix: &str, jobs: &Value) -> Vec<String> {
+    bullmq_produce_env(redis_url, queue, prefix, jobs, &[])
+}
+
+/// [`bullmq_produce`] with `env` (`MAX_LEN_EVENTS`: the queue's `maxLenEvents`).
+pub fn bullmq_produce_env(
+    redis_url: &str,
+    queue: &str,
+    prefix: &str,
+    jobs: &Value,
+    env: &[(&str, &str)],
+) -> Vec<String> {
     let out = Command::new("node")
         .arg("producer.js")
         .args([redis_url, queue, prefix, &jobs.to_string()])
+        .envs(env.iter().copied())
         .current_dir(node_dir())
         .output()
         .expect("run node producer.js");

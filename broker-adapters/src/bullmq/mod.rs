@@ -171,13 +171,12 @@ impl BullmqAdapter {
         }
         tracing::info!(queue = %queue.qualified(), "Found a BullMQ queue; following its events stream.");
         self.queues.insert(queue.clone(), StreamState::default());
-        let mut reads = self.stream_read(&queue);
-        reads.extend(Self::set_reads(&queue));
-        reads
+        self.stream_read(&queue)
     }
 
     /// The read of a queue's new entries, unless one is in flight (then it is asked again when
-    /// that one answers).
+    /// that one answers). The first read (at first sight, after a restart of taskscope or a
+    /// gap) also reads the queue's lists and sets: jobs older than the stream's window.
     fn stream_read(&mut self, queue: &QueueName) -> Vec<ReadRequest> {
         let Some(state) = self.queues.get_mut(queue) else {
             return Vec::new();
@@ -188,20 +187,24 @@ impl BullmqAdapter {
         }
         state.in_flight = Some(false);
         let key = queue.events();
-        vec![match state.last_id {
-            Some(last) => ReadRequest::XRange {
+        match state.last_id {
+            Some(last) => vec![ReadRequest::XRange {
                 key,
                 start: format!("({last}"),
                 end: "+".to_string(),
                 count: PAGE,
-            },
-            None => ReadRequest::XRevRange {
-                key,
-                end: "+".to_string(),
-                start: "-".to_string(),
-                count: INITIAL_WINDOW,
-            },
-        }]
+            }],
+            None => {
+                let mut reads = Self::set_reads(queue);
+                reads.push(ReadRequest::XRevRange {
+                    key,
+                    end: "+".to_string(),
+                    start: "-".to_string(),
+                    count: INITIAL_WINDOW,
+                });
+                reads
+            }
+        }
     }
 
     /// The stream's first entry: whether the last entry read was trimmed away.
