@@ -191,6 +191,14 @@ fn bullmq_found_with_defaults_every_kind_of_job_waits_then_runs() {
     w.queue_sample(q, |s| {
         s["length"] == 0 && s["delayed"] == 0 && s["dead"] == 1
     });
+    // The worker, from its connection's name in CLIENT LIST.
+    let workers = w.ts.get("/api/workers");
+    let me = workers["workers"]
+        .as_array()
+        .and_then(|ws| ws.iter().find(|x| x["id"] == "bull:jobs:w1"))
+        .unwrap_or_else(|| panic!("no BullMQ worker: {workers}"));
+    assert_eq!(me["broker"], "bullmq", "{me}");
+    assert_eq!(me["alive"], true, "{me}");
 }
 
 #[test]
@@ -218,6 +226,17 @@ fn bullmq_sigkilled_worker_leaves_its_job_abandoned_until_another_worker_reruns_
     // Its lock expires (2 s): abandoned.
     let t = w.ts.wait_state(&id, "abandoned", LONG);
     assert!(detail_of(&t, "abandoned").contains("lock"), "{t}");
+    // Its connection is gone from CLIENT LIST: offline.
+    wait_for("the doomed worker offline", LONG, || {
+        let workers = w.ts.get("/api/workers");
+        let doomed = workers["workers"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|x| x["id"] == "shop:stall:doomed").cloned());
+        match doomed {
+            Some(d) if d["alive"] == false => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    });
     // Another worker's stalled check moves it back to wait, and runs it again.
     let _rescuer = w.worker(
         "stall",

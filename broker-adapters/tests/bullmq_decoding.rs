@@ -199,7 +199,7 @@ fn every_ordinary_life_is_read_from_the_events_stream() {
     assert_eq!(ok.name.as_deref(), Some("add"));
     assert_eq!(ok.result, Some(json!(5)));
     assert_eq!(ok.kwargs, Some(json!({"x": 2, "y": 3})));
-    assert_eq!(ok.worker.as_deref(), Some("w1"));
+    assert_eq!(ok.worker.as_deref(), Some("w1"), "pb, the bare name");
     assert_eq!(ok.queue.as_deref(), Some("bull:q1"));
     assert!(ok.enqueued_at.is_some() && ok.runtime_ms.is_some());
 

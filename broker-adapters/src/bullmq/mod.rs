@@ -33,27 +33,35 @@
 //! any `*:events` stream (any prefix) whose first entry is a BullMQ event. Task ids are the
 //! job keys, `<prefix>:<queue>:<job id>` (job ids are only unique per queue).
 //!
-//! Workers: BullMQ workers keep no key of their own (they name their connection, which only
-//! `CLIENT LIST` shows); a task's worker is its hash's `pb`.
+//! Workers: BullMQ workers keep no key of their own; they name their connections, which
+//! `CLIENT LIST` shows (read at every sample, unless Redis refuses it): each named worker of a
+//! followed queue is listed as `<prefix>:<queue>:<name>`, with a heartbeat per sample and
+//! `offline` once its connections are gone. A task's `worker` is its hash's `pb`, the bare name:
+//! deliberately not the listed id, so that the sweep of `--abandon-after`, whose only signal
+//! here would be the sampling period, never judges a BullMQ task; the job's lock and the
+//! `stalled` event, BullMQ's own verdict, do.
 
 pub mod detect;
 pub mod event;
 pub mod job;
 pub mod layout;
+pub mod workers;
 
 use crate::adapter::{
     glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
 };
 use crate::bounded::{FifoMap, FifoSet};
 use crate::detect::Setting;
-use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
+use crate::model::{
+    Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
+};
 use crate::taskiq::stream::{self, Entry, StreamId};
 use chrono::{DateTime, Utc};
 use event::{Event, EventKind};
 use job::JobHash;
 use layout::QueueName;
 use serde_json::Value;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Entries read per `XRANGE`.
 const PAGE: u64 = 1_000;
@@ -133,6 +141,10 @@ pub struct BullmqAdapter {
     jobs: FifoMap<String, JobMemo>,
     probed: FifoSet<String>,
     sampling: HashMap<QueueName, SampleRound>,
+    /// Worker ids seen in the last `CLIENT LIST`.
+    workers: BTreeSet<String>,
+    /// Redis refused `CLIENT LIST` (ACL): workers are not listed, and it is not asked again.
+    client_list_refused: bool,
 }
 
 impl BullmqAdapter {
@@ -146,6 +158,8 @@ impl BullmqAdapter {
             jobs: FifoMap::new(JOB_CAPACITY),
             probed: FifoSet::new(PROBED_CAPACITY),
             sampling: HashMap::new(),
+            workers: BTreeSet::new(),
+            client_list_refused: false,
         }
     }
 
@@ -604,6 +618,51 @@ impl BullmqAdapter {
         self.close_round(queue, now, out);
     }
 
+    /// `CLIENT LIST`: a heartbeat of every worker connected now, and `offline` for those gone
+    /// since the last one.
+    fn on_clients(&mut self, reply: Reply, now: DateTime<Utc>, out: &mut Output) {
+        let Some(bytes) = reply.as_bytes() else {
+            return;
+        };
+        let text = String::from_utf8_lossy(bytes);
+        let mut seen = BTreeSet::new();
+        for client in workers::parse(&text, self.queues.keys()) {
+            let id = client.id();
+            if !seen.insert(id.clone()) {
+                continue; // a worker has several connections
+            }
+            out.observations
+                .push(Observation::Worker(WorkerObservation {
+                    broker: Broker::Bullmq,
+                    id,
+                    hostname: client
+                        .addr
+                        .as_deref()
+                        .and_then(|a| a.rsplit_once(':'))
+                        .map(|(host, _)| host.to_string()),
+                    pid: None,
+                    at: now,
+                    event: WorkerEvent::Heartbeat,
+                    active: None,
+                    heartbeat_every_s: None,
+                }));
+        }
+        for gone in self.workers.difference(&seen) {
+            out.observations
+                .push(Observation::Worker(WorkerObservation {
+                    broker: Broker::Bullmq,
+                    id: gone.clone(),
+                    hostname: None,
+                    pid: None,
+                    at: now,
+                    event: WorkerEvent::Offline,
+                    active: None,
+                    heartbeat_every_s: None,
+                }));
+        }
+        self.workers = seen;
+    }
+
     /// The oldest waiting job of a sampling round.
     fn on_head(&mut self, queue: &QueueName, reply: Reply, now: DateTime<Utc>, out: &mut Output) {
         let Some(round) = self.sampling.get_mut(queue) else {
@@ -809,6 +868,7 @@ impl Adapter for BullmqAdapter {
                 }
             }
             ReadRequest::HMGet { key, .. } => self.on_job(key, reply, now, &mut out),
+            ReadRequest::ClientList => self.on_clients(reply, now, &mut out),
             ReadRequest::PTtl(key) => {
                 // A lock expired: abandoned unless it is back (a live worker renewed it).
                 if reply.as_i64().is_some_and(|t| t >= 0 || t == -1) {
@@ -880,6 +940,13 @@ impl Adapter for BullmqAdapter {
     }
 
     fn on_read_error(&mut self, request: &ReadRequest, error: &str, _now: DateTime<Utc>) -> Output {
+        if matches!(request.inner(), ReadRequest::ClientList) {
+            tracing::info!(
+                error,
+                "Redis refused CLIENT LIST: BullMQ workers are not listed."
+            );
+            self.client_list_refused = true;
+        }
         // A stream read that failed is no longer in flight.
         if let ReadRequest::XRange { key, .. } | ReadRequest::XRevRange { key, .. } =
             request.inner()
@@ -916,6 +983,9 @@ impl Adapter for BullmqAdapter {
     fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
         self.sampling.clear();
         let mut reads = Vec::new();
+        if !self.client_list_refused && !self.queues.is_empty() {
+            reads.push(ReadRequest::ClientList);
+        }
         for q in self.queues.keys() {
             self.sampling.insert(q.clone(), SampleRound::default());
             reads.push(ReadRequest::LRange {
