@@ -370,3 +370,97 @@ fn bullmq_restarted_taskscope_catches_up_even_past_a_trimmed_events_stream() {
         assert_eq!(t["kwargs"], json!({"x": n, "y": 1000}), "{t}");
     }
 }
+
+/// `/metrics`' decode errors, all kinds and brokers.
+fn decode_errors(ts: &Taskscope) -> u64 {
+    let text = reqwest::blocking::get(ts.url("/metrics"))
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("taskscope_decode_errors_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[test]
+fn bullmq_hostile_hashes_and_events_cost_decode_errors_never_a_crash() {
+    let _slot = test_slot();
+    let w = World::new(&["--max-payload-bytes", "65536"]);
+    let _worker = w.worker("jobs", "bull", &[]);
+    let before = w
+        .produce(
+            "jobs",
+            "bull",
+            json!([{"name": "add", "data": {"x": 1, "y": 1}}]),
+        )
+        .remove(0);
+    w.ts.wait_state(&before, "success", LONG);
+    // In queue `bull:hostile`, which no worker serves: a job whose data nests 60,000 deep, one
+    // whose data is over --max-payload-bytes, an event naming no job, a result that is not JSON.
+    let deep = format!("{}{}", "[".repeat(60_000), "]".repeat(60_000));
+    let huge = format!("\"{}\"", "x".repeat(100_000));
+    let cli = |args: &[&str]| w.redis.cli(args);
+    cli(&[
+        "HSET",
+        "bull:hostile:1",
+        "name",
+        "deep",
+        "data",
+        &deep,
+        "timestamp",
+        "1796000000000",
+    ]);
+    cli(&[
+        "HSET",
+        "bull:hostile:2",
+        "name",
+        "huge",
+        "data",
+        &huge,
+        "timestamp",
+        "1796000000000",
+    ]);
+    for entry in [
+        vec!["event", "added", "jobId", "1", "name", "deep"],
+        vec!["event", "added", "jobId", "2", "name", "huge"],
+        vec!["event", "completed", "returnvalue", "1"],
+        vec!["event", "added", "jobId", "3", "name", "odd"],
+        vec![
+            "event",
+            "completed",
+            "jobId",
+            "3",
+            "returnvalue",
+            "{oops",
+            "prev",
+            "active",
+        ],
+    ] {
+        let mut args = vec!["XADD", "bull:hostile:events", "*"];
+        args.extend(entry);
+        cli(&args);
+    }
+    let t = w.ts.wait_state("bull:hostile:1", "queued", LONG);
+    assert_eq!(t["name"], "deep", "{t}");
+    assert_eq!(t["kwargs"], Value::Null, "{t}");
+    let t = w.ts.wait_state("bull:hostile:2", "queued", LONG);
+    assert_eq!(t["name"], "huge", "{t}");
+    let t = w.ts.wait_state("bull:hostile:3", "success", LONG);
+    assert_eq!(t["result"], Value::Null, "{t}");
+    // The deep data, the event without a job, the result: one decode error each (the huge
+    // data is counted by the ingest layer, which never read it).
+    wait_for("the decode errors counted", LONG, || {
+        let n = decode_errors(&w.ts);
+        (n >= 3).then_some(n).ok_or(format!("{n} counted"))
+    });
+    // Still serving, and the neighbours right.
+    let after = w
+        .produce(
+            "jobs",
+            "bull",
+            json!([{"name": "add", "data": {"x": 2, "y": 2}}]),
+        )
+        .remove(0);
+    let t = w.ts.wait_state(&after, "success", LONG);
+    assert_eq!(t["result"], json!(4), "{t}");
+}
