@@ -4,13 +4,16 @@
 #   - with TASKSCOPE_SETUP_BROWSER=1 (as .ci/run sets), Debian's chromium for tests/browser.rs,
 #   - the official libduckdb.so 1.5.6 (from the npm package that ships it) into .deps/duckdb,
 #     so the duckdb crate links in a minute instead of compiling DuckDB for 25,
-#   - a Python venv (.venv) with the pinned worker libraries of tests/python/requirements.txt.
+#   - a Python venv (.venv) with the pinned worker libraries of tests/python/requirements.txt,
+#   - Node (Debian's nodejs/npm, only when `node` is missing) and the pinned BullMQ of
+#     tests/node/package-lock.json (`npm ci`, when node_modules is missing or the lock changed).
 # Idempotent: re-running skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 want_apt=()
 command -v redis-server >/dev/null 2>&1 || want_apt+=(redis-server)
+command -v node >/dev/null 2>&1 || want_apt+=(nodejs npm)
 if [ "${TASKSCOPE_SETUP_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   want_apt+=(chromium)
 fi
@@ -42,4 +45,9 @@ if [ ! -x .venv/bin/python ] || ! wanted_requirements | cmp -s - .venv/.requirem
   .venv/bin/pip install -q --no-deps -r tests/python/requirements-nodeps.txt
   wanted_requirements > .venv/.requirements
 fi
-echo "setup: done (redis-server $(redis-server --version | awk '{print $3}'), libduckdb $(cat .deps/duckdb/VERSION), $(.venv/bin/python --version))"
+# tests/node: the real BullMQ workers of tests/bullmq.rs, pinned by the committed lock file.
+if ! cmp -s tests/node/package-lock.json tests/node/node_modules/.taskscope-lock 2>/dev/null; then
+  echo "setup: npm ci in tests/node (bullmq)"
+  (cd tests/node && npm ci --silent --no-audit --no-fund && cp package-lock.json node_modules/.taskscope-lock)
+fi
+echo "setup: done (redis-server $(redis-server --version | awk '{print $3}'), libduckdb $(cat .deps/duckdb/VERSION), $(.venv/bin/python --version), node $(node --version))"

@@ -1,5 +1,5 @@
 //! `taskscope demo`: a private `redis-server`, a child `taskscope serve` watching it, and the
-//! load generator playing gentle, realistic traffic of all five brokers until Ctrl-C: a rate
+//! load generator playing gentle, realistic traffic of all six brokers until Ctrl-C: a rate
 //! that swells and ebbs over two minutes against workers of fixed capacity (so backlogs rise
 //! and fall), runtimes from 50 ms to 3 s, failures and retries.
 
@@ -34,12 +34,13 @@ pub struct DemoArgs {
     pub duration: Option<Duration>,
 }
 
-const FLAVORS: [Flavor; 5] = [
+const FLAVORS: [Flavor; 6] = [
     Flavor::CeleryEvents,
     Flavor::Dramatiq,
     Flavor::Rq,
     Flavor::Taskiq,
     Flavor::Arq,
+    Flavor::Bullmq,
 ];
 /// Period of the rate's swell and ebb.
 const PERIOD_S: f64 = 120.0;
@@ -79,7 +80,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &redis.url(),
         &db,
         &listen.to_string(),
-        "celery,dramatiq,rq,taskiq,arq",
+        "celery,dramatiq,rq,taskiq,arq,bullmq",
     );
     serve.extend(["--sample-every".to_string(), "2s".to_string()]);
     let exe = std::env::current_exe().context("cannot find the taskscope binary")?;

@@ -7,9 +7,9 @@
 mod common;
 
 use common::{
-    arq_produce, arq_worker, dramatiq_produce, produce, rq_produce, taskiq_produce, taskiq_worker,
-    transition_states, wait_for, CeleryWorker, DramatiqProduceOpts, DramatiqWorker, ProduceOpts,
-    RedisServer, RqProduceOpts, RqWorker, Taskscope, LONG,
+    arq_produce, arq_worker, bullmq_produce, bullmq_worker, dramatiq_produce, produce, rq_produce,
+    taskiq_produce, taskiq_worker, transition_states, wait_for, CeleryWorker, DramatiqProduceOpts,
+    DramatiqWorker, ProduceOpts, RedisServer, RqProduceOpts, RqWorker, Taskscope, LONG,
 };
 use serde_json::{json, Value};
 
@@ -301,6 +301,25 @@ fn arq_is_followed_from_its_first_key() {
     }
     let t = assert_task(&ts, &failed, "failure", "fail", None);
     assert_eq!(t["error"], "ValueError: card declined 1", "{t}");
+}
+
+#[test]
+fn bullmq_is_followed_from_its_first_key() {
+    let _slot = common::test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ts = start_defaults(&redis, &dir);
+    let url = redis.url();
+    let _worker = bullmq_worker(&url, "emails", "bull", &[]);
+    let jobs = json!([{"name": "add", "data": {"x": 1, "y": 2}}, {"name": "fail"}]);
+    let ids = bullmq_produce(&url, "emails", "bull", &jobs);
+    let found = detected(&ts, "bullmq");
+    assert_eq!(found["via"], "new-key", "{found}");
+    let t = assert_task(&ts, &ids[0], "success", "add", None);
+    assert_eq!(t["kwargs"], json!({"x": 1, "y": 2}), "{t}");
+    assert_eq!(t["result"], json!(3), "{t}");
+    let t = assert_task(&ts, &ids[1], "failure", "fail", None);
+    assert_eq!(t["error"], "boom", "{t}");
 }
 
 #[test]

@@ -18,7 +18,7 @@ use tracing::{info, Instrument};
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
     /// Which broker formats to write: a comma list of celery, celery-events, dramatiq, rq,
-    /// taskiq, arq, or `all`. Each runs on its own, with its own taskscope.
+    /// taskiq, arq, bullmq, or `all`. Each runs on its own, with its own taskscope.
     #[arg(long, default_value = "all", value_name = "LIST")]
     pub broker: String,
     /// Lifecycles started per second, or `max` (as fast as Redis answers the pipelines).

@@ -177,6 +177,9 @@ pub enum ReadRequest {
         key: String,
         group: String,
     },
+    /// `CLIENT LIST`: the connections of every client, one line each (BullMQ's workers are
+    /// known only by their connection names). Redis may refuse it (ACL): a [`Reply::Error`].
+    ClientList,
     /// The same read on the adapter's side connection ([`Adapter::side_url`], e.g. Celery's
     /// result backend in another database); on the main connection when there is none.
     Side(Box<ReadRequest>),
@@ -206,6 +209,7 @@ impl ReadRequest {
             | ReadRequest::HScanFirstPage { key: k, .. }
             | ReadRequest::ZRangeWithScores { key: k, .. } => k,
             ReadRequest::MGet(keys) => keys.first().map(String::as_str).unwrap_or(""),
+            ReadRequest::ClientList => "",
             ReadRequest::Side(inner) => inner.key(),
         }
     }

@@ -57,6 +57,9 @@ pub enum Setting {
     TaskiqResultPrefix(String),
     /// An arq queue (`queue_name`) other than `arq:queue`, from its `<queue>:health-check`.
     ArqQueue(String),
+    /// A BullMQ queue, qualified by its prefix (`bull:emails`), from its `:meta` hash or its
+    /// `:events` stream.
+    BullmqQueue(String),
 }
 
 /// One piece of evidence that a broker is present.
@@ -184,6 +187,14 @@ impl KeyRuleSet {
 /// adapter's own [`crate::taskiq::looks_like_message`]) or a kombu envelope (`body`, `headers`,
 /// `properties.delivery_tag`). `stream` says which kind of key the entry came from.
 pub fn classify_message(key: &str, entry: &[u8], stream: bool) -> Option<Finding> {
+    if stream {
+        if let Some(queue) = crate::bullmq::layout::QueueName::from_events_key(key) {
+            // BullMQ's event names are not JSON: judged before any decoding.
+            if crate::bullmq::event::EventKind::known(entry).is_some() {
+                return Some(crate::bullmq::detect::finding(key, &queue));
+            }
+        }
+    }
     let value = decode_small(entry)?;
     let object = value.as_object()?;
     if crate::taskiq::looks_like_message(entry) {

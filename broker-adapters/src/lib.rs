@@ -10,7 +10,7 @@
 //! - [`pickle`]: an iterative pickle VM into JSON, within the budget.
 //! - [`detect`]: which brokers live in a Redis, from key names and sampled messages.
 //! - [`fingerprint`]: failure fingerprints, what groups failures into "the same error".
-//! - one module per broker: [`arq`], [`celery`], [`dramatiq`], [`rq`], [`taskiq`].
+//! - one module per broker: [`arq`], [`bullmq`], [`celery`], [`dramatiq`], [`rq`], [`taskiq`].
 //!
 //! # Invariant
 //! Nothing in this crate does I/O or reads the clock: bytes and `now` in, observations out. That
@@ -20,6 +20,7 @@ pub mod adapter;
 pub mod arq;
 pub mod bounded;
 mod budgeted;
+pub mod bullmq;
 pub mod celery;
 pub mod codec;
 pub mod detect;

@@ -20,15 +20,17 @@ pub enum Broker {
     Taskiq,
     Rq,
     Arq,
+    Bullmq,
 }
 
 impl Broker {
-    pub const ALL: [Broker; 5] = [
+    pub const ALL: [Broker; 6] = [
         Broker::Celery,
         Broker::Dramatiq,
         Broker::Taskiq,
         Broker::Rq,
         Broker::Arq,
+        Broker::Bullmq,
     ];
 
     /// Whether this broker's known workers vouch for its running tasks whose worker is
@@ -40,8 +42,10 @@ impl Broker {
     /// has no liveness signal, and silence is not evidence. Not arq either: its only worker
     /// signal is one health-check key per queue, written once per `health_check_interval` (an
     /// hour by default); its running jobs are judged by their own in-progress keys' expiry.
+    /// Nor BullMQ: its workers write no key (taskscope knows none); a job's lock and the
+    /// `stalled` event judge it.
     pub fn workers_vouch_for_unnamed_runs(self) -> bool {
-        !matches!(self, Broker::Taskiq | Broker::Arq)
+        !matches!(self, Broker::Taskiq | Broker::Arq | Broker::Bullmq)
     }
 
     /// Every broker's name, comma separated (`celery, dramatiq, taskiq, rq`).
@@ -56,6 +60,7 @@ impl Broker {
             Broker::Taskiq => "taskiq",
             Broker::Rq => "rq",
             Broker::Arq => "arq",
+            Broker::Bullmq => "bullmq",
         }
     }
 }
@@ -530,7 +535,7 @@ mod tests {
         let err = "sidekiq".parse::<Broker>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown broker \"sidekiq\": expected one of celery, dramatiq, taskiq, rq, arq"
+            "unknown broker \"sidekiq\": expected one of celery, dramatiq, taskiq, rq, arq, bullmq"
         );
         assert_eq!(" rq ".parse::<Broker>(), Ok(Broker::Rq));
     }

@@ -588,3 +588,68 @@ fn fuzz_arq_records() {
         Ok(())
     });
 }
+
+#[test]
+fn fuzz_bullmq_events_and_job_hashes() {
+    use broker_adapters::bullmq::{job, BullmqAdapter, BullmqConfig};
+    use broker_adapters::{Adapter, ReadRequest, Reply};
+    let now = chrono::DateTime::from_timestamp_millis(1_900_000_000_000).expect("time");
+    let value = prop_oneof![
+        3 => json_input(),
+        1 => vec(any::<u8>(), 0..64),
+        1 => prop::sample::select(vec![
+            b"added".to_vec(), b"active".to_vec(), b"waiting".to_vec(), b"delayed".to_vec(),
+            b"completed".to_vec(), b"failed".to_vec(), b"stalled".to_vec(), b"1".to_vec(),
+            b"jobId".to_vec(), b"-1".to_vec(), b"99999999999999999999".to_vec(),
+        ]),
+    ];
+    let bytes = |b: Vec<u8>| Reply::Bytes(b);
+    // Events: entries of random fields and values; job hashes: random values of every field.
+    fuzz(
+        "bullmq",
+        (
+            vec(vec(value.clone(), 0..8), 0..12),
+            vec(value, job::FIELDS.len()),
+        ),
+        |(entries, hash)| {
+            let mut adapter = BullmqAdapter::new(BullmqConfig {
+                queues: vec![broker_adapters::bullmq::layout::QueueName::new("bull", "q")],
+            });
+            let stream = ReadRequest::XRevRange {
+                key: "bull:q:events".into(),
+                end: "+".into(),
+                start: "-".into(),
+                count: 1000,
+            };
+            let reply = Reply::Array(
+                entries
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, fields)| {
+                        let mut all = vec![bytes(b"event".to_vec())];
+                        all.extend(fields.into_iter().map(bytes));
+                        Reply::Array(vec![
+                            bytes(format!("{}-0", 100 - i).into_bytes()),
+                            Reply::Array(all),
+                        ])
+                    })
+                    .collect(),
+            );
+            let out = adapter.handle_reply(&stream, reply, now);
+            for read in out.follow_up {
+                if let ReadRequest::HMGet { .. } = read {
+                    let reply = Reply::Array(hash.iter().cloned().map(bytes).collect());
+                    let out = adapter.handle_reply(&read, reply, now);
+                    for o in out.observations {
+                        if let broker_adapters::Observation::Task(t) = o {
+                            for v in [&t.fields.kwargs, &t.fields.result].into_iter().flatten() {
+                                within_budget(v)?;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        },
+    );
+}

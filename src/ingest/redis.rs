@@ -243,6 +243,7 @@ fn command(req: &ReadRequest) -> (CustomCommand, Vec<Value>) {
             ],
         ),
         ReadRequest::XInfoGroups(k) => (cmd("XINFO"), vec![s("GROUPS"), s(k)]),
+        ReadRequest::ClientList => (cmd("CLIENT"), vec![s("LIST")]),
         ReadRequest::XInfoConsumers { key, group } => {
             (cmd("XINFO"), vec![s("CONSUMERS"), s(key), s(group)])
         }

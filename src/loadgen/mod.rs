@@ -24,6 +24,7 @@
 #![allow(clippy::disallowed_types)]
 
 pub mod arq;
+pub mod bullmq;
 pub mod celery;
 pub mod dramatiq;
 pub mod http;
@@ -66,16 +67,19 @@ pub enum Flavor {
     Taskiq,
     /// arq with a JSON `job_serializer` (job, in-progress, try counter, result keys).
     Arq,
+    /// BullMQ 6 (job hash, wait/active lists, completed/failed sets, the events stream).
+    Bullmq,
 }
 
 impl Flavor {
-    pub const ALL: [Flavor; 6] = [
+    pub const ALL: [Flavor; 7] = [
         Flavor::Celery,
         Flavor::CeleryEvents,
         Flavor::Dramatiq,
         Flavor::Rq,
         Flavor::Taskiq,
         Flavor::Arq,
+        Flavor::Bullmq,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -86,6 +90,7 @@ impl Flavor {
             Flavor::Rq => "rq",
             Flavor::Taskiq => "taskiq",
             Flavor::Arq => "arq",
+            Flavor::Bullmq => "bullmq",
         }
     }
 
@@ -97,6 +102,7 @@ impl Flavor {
             Flavor::Rq => "rq",
             Flavor::Taskiq => "taskiq",
             Flavor::Arq => "arq",
+            Flavor::Bullmq => "bullmq",
         }
     }
 
@@ -250,6 +256,7 @@ impl Driver {
             match f {
                 Flavor::Taskiq => out.extend(taskiq::setup()),
                 Flavor::Rq => out.extend(rq::setup()),
+                Flavor::Bullmq => out.extend(bullmq::setup()),
                 _ => {}
             }
         }
@@ -269,6 +276,8 @@ impl Driver {
         let outcome = outcome.unwrap_or_else(|| Outcome::from_percent(self.rng.below(100)));
         let id = match flavor {
             Flavor::Taskiq | Flavor::Rq | Flavor::Arq => hex_id(self.run, seq),
+            // The job key: `bull:load:<job id>`.
+            Flavor::Bullmq => format!("{}:{}", bullmq::QUEUE, hex_id(self.run, seq)),
             _ => uuid_id(self.run, seq),
         };
         self.tasks.push(Task {
@@ -308,6 +317,8 @@ impl Driver {
                     Flavor::Rq => rq::heartbeat(wall),
                     Flavor::Taskiq => Vec::new(),
                     Flavor::Arq => arq::heartbeat(wall),
+                    // BullMQ workers write no key of their own.
+                    Flavor::Bullmq => Vec::new(),
                 });
             }
         }
@@ -329,6 +340,7 @@ impl Driver {
                     Flavor::Rq => rq::finish(t, wall),
                     Flavor::Taskiq => taskiq::finish(t),
                     Flavor::Arq => arq::finish(t, wall),
+                    Flavor::Bullmq => bullmq::finish(t, wall),
                 });
                 out.finished.push(i);
             }
@@ -374,6 +386,7 @@ impl Driver {
                     Flavor::Rq => rq::deliver(t, wall),
                     Flavor::Taskiq => Vec::new(),
                     Flavor::Arq => arq::deliver(t),
+                    Flavor::Bullmq => bullmq::deliver(t, wall),
                 });
                 self.running.push((now + rt, i));
             }
@@ -395,6 +408,7 @@ impl Driver {
                 Flavor::Rq => rq::enqueue(t, wall),
                 Flavor::Taskiq => taskiq::enqueue(t),
                 Flavor::Arq => arq::enqueue(t, wall),
+                Flavor::Bullmq => bullmq::enqueue(t, wall),
             });
             self.waiting.entry(flavor).or_default().push_back(i);
             out.enqueued += 1;
@@ -435,6 +449,11 @@ impl Driver {
             }
             Flavor::Arq => {
                 let c = arq::retry(&self.tasks[i]);
+                self.tasks[i].attempt = 1;
+                c
+            }
+            Flavor::Bullmq => {
+                let c = bullmq::retry(&self.tasks[i]);
                 self.tasks[i].attempt = 1;
                 c
             }

@@ -1439,3 +1439,80 @@ pub fn arq_produce(port: u16, args: &[&str]) -> Vec<String> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// BullMQ (tests/node: worker.js, producer.js; bullmq pinned in tests/node/package-lock.json)
+
+/// `tests/node`, with its `node_modules` (installed by `scripts/setup.sh`).
+pub fn node_dir() -> PathBuf {
+    let dir = repo_root().join("tests/node");
+    assert!(
+        dir.join("node_modules/bullmq").is_dir(),
+        "tests/node/node_modules is missing: run scripts/setup.sh (npm ci in tests/node)"
+    );
+    dir
+}
+
+/// `node worker.js <redis> <queue> <prefix>` with `env` (`WORKER_NAME`, `LOCK_MS`,
+/// `STALLED_MS`), in its own process group; returns once it is connected.
+pub fn bullmq_worker(
+    redis_url: &str,
+    queue: &str,
+    prefix: &str,
+    env: &[(&str, &str)],
+) -> WorkerProcess {
+    let dir = tempfile::Builder::new()
+        .prefix("taskscope-bullmq-")
+        .tempdir()
+        .expect("tempdir");
+    let mut cmd = Command::new("node");
+    cmd.arg("worker.js")
+        .args([redis_url, queue, prefix])
+        .envs(env.iter().copied())
+        .current_dir(node_dir());
+    let log = dir.path().join("worker.log");
+    let mut worker = WorkerProcess::spawn("bullmq", cmd, dir);
+    wait_for("the BullMQ worker to connect", LONG, || {
+        worker.assert_running();
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("ready") {
+            Ok(())
+        } else {
+            Err(format!("log so far:\n{text}"))
+        }
+    });
+    worker
+}
+
+/// `node producer.js <redis> <queue> <prefix> <jobs>` (`Queue.add`, or a flow through
+/// `FlowProducer`): the task ids taskscope gives the jobs, `<prefix>:<queue>:<job id>`, in
+/// order (a flow: the parent, then its children depth first).
+pub fn bullmq_produce(redis_url: &str, queue: &str, prefix: &str, jobs: &Value) -> Vec<String> {
+    bullmq_produce_env(redis_url, queue, prefix, jobs, &[])
+}
+
+/// [`bullmq_produce`] with `env` (`MAX_LEN_EVENTS`: the queue's `maxLenEvents`).
+pub fn bullmq_produce_env(
+    redis_url: &str,
+    queue: &str,
+    prefix: &str,
+    jobs: &Value,
+    env: &[(&str, &str)],
+) -> Vec<String> {
+    let out = Command::new("node")
+        .arg("producer.js")
+        .args([redis_url, queue, prefix, &jobs.to_string()])
+        .envs(env.iter().copied())
+        .current_dir(node_dir())
+        .output()
+        .expect("run node producer.js");
+    assert!(
+        out.status.success(),
+        "producer.js {jobs} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<Value> = serde_json::from_slice(&out.stdout).expect("producer.js prints JSON");
+    ids.iter()
+        .map(|id| format!("{prefix}:{queue}:{}", id.as_str().expect("a job id")))
+        .collect()
+}

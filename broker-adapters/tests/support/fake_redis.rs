@@ -367,6 +367,7 @@ impl FakeRedis {
             },
             ReadRequest::PTtl(_) => Reply::Int(if value.is_some() { -1 } else { -2 }),
             ReadRequest::Type(_) => text(value.map_or("none", Value::type_name)),
+            ReadRequest::ClientList => Reply::Bytes(Vec::new()),
             ReadRequest::XLen(_)
             | ReadRequest::XRange { .. }
             | ReadRequest::XRevRange { .. }
