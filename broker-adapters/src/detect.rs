@@ -57,6 +57,8 @@ pub enum Setting {
     TaskiqResultPrefix(String),
     /// An arq queue (`queue_name`) other than `arq:queue`, from its `<queue>:health-check`.
     ArqQueue(String),
+    /// Sidekiq's `redis-namespace` namespace, from `<ns>:processes` or `<ns>:stat:processed`.
+    SidekiqNamespace(String),
 }
 
 /// One piece of evidence that a broker is present.

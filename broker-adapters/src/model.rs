@@ -20,15 +20,17 @@ pub enum Broker {
     Taskiq,
     Rq,
     Arq,
+    Sidekiq,
 }
 
 impl Broker {
-    pub const ALL: [Broker; 5] = [
+    pub const ALL: [Broker; 6] = [
         Broker::Celery,
         Broker::Dramatiq,
         Broker::Taskiq,
         Broker::Rq,
         Broker::Arq,
+        Broker::Sidekiq,
     ];
 
     /// Whether this broker's known workers vouch for its running tasks whose worker is
@@ -56,6 +58,7 @@ impl Broker {
             Broker::Taskiq => "taskiq",
             Broker::Rq => "rq",
             Broker::Arq => "arq",
+            Broker::Sidekiq => "sidekiq",
         }
     }
 }
@@ -527,10 +530,10 @@ mod tests {
 
     #[test]
     fn an_unknown_broker_error_names_every_broker() {
-        let err = "sidekiq".parse::<Broker>().unwrap_err();
+        let err = "resque".parse::<Broker>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown broker \"sidekiq\": expected one of celery, dramatiq, taskiq, rq, arq"
+            "unknown broker \"resque\": expected one of celery, dramatiq, taskiq, rq, arq, sidekiq"
         );
         assert_eq!(" rq ".parse::<Broker>(), Ok(Broker::Rq));
     }
