@@ -868,7 +868,7 @@ mod tests {
         let mut known: Vec<&str> = KNOWN_VARS.clone();
         known.sort_unstable();
         // Brokers added through the registry since bring their own keys, and only those.
-        let added_since = ["TASKSCOPE_ARQ_QUEUES"];
+        let added_since = ["TASKSCOPE_ARQ_QUEUES", "TASKSCOPE_SIDEKIQ_NAMESPACE"];
         let mut expected = before_the_registry.to_vec();
         expected.extend(added_since);
         expected.sort_unstable();

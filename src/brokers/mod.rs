@@ -1,7 +1,8 @@
 //! The broker registry: every broker taskscope watches, each in a module of its own here that
 //! owns everything the binary knows about it.
 //!
-//! A broker module (`celery.rs`, `dramatiq.rs`, `rq.rs`, `taskiq.rs`, `arq.rs`) holds:
+//! A broker module (`celery.rs`, `dramatiq.rs`, `rq.rs`, `taskiq.rs`, `arq.rs`,
+//! `sidekiq.rs`) holds:
 //! - its settings: a clap [`Args`] struct flattened into `taskscope serve` (flags, their
 //!   `TASKSCOPE_*` variables and TOML keys all come from it), implementing [`BrokerModule`];
 //! - how they resolve ([`BrokerModule::resolve`]): defaults, validation, and whether the user
@@ -20,6 +21,7 @@ pub mod celery;
 pub mod dramatiq;
 mod given;
 pub mod rq;
+pub mod sidekiq;
 pub mod taskiq;
 
 use crate::config::UsageError;
@@ -104,6 +106,7 @@ registry! {
     rq: rq::RqArgs,
     taskiq: taskiq::TaskiqArgs,
     arq: arq::ArqArgs,
+    sidekiq: sidekiq::SidekiqArgs,
 }
 
 /// Every broker's resolved settings, in the registry's order.
@@ -177,7 +180,10 @@ mod tests {
         seen.sort();
         seen.dedup();
         assert_eq!(seen.len(), ALL.len());
-        assert_eq!(names_for_humans(), "celery, dramatiq, rq, taskiq or arq");
+        assert_eq!(
+            names_for_humans(),
+            "celery, dramatiq, rq, taskiq, arq or sidekiq"
+        );
     }
 
     #[test]
@@ -211,6 +217,10 @@ mod tests {
                 "taskiq result prefix res",
             ),
             (Setting::ArqQueue("emails".into()), "arq queue emails"),
+            (
+                Setting::SidekiqNamespace("app".into()),
+                "sidekiq namespace app",
+            ),
         ];
         for (setting, text) in cases {
             // Exhaustive on purpose: a new `Setting` gets a case above (and a describer).
@@ -223,7 +233,8 @@ mod tests {
                 | Setting::TaskiqStream(_)
                 | Setting::TaskiqList(_)
                 | Setting::TaskiqResultPrefix(_)
-                | Setting::ArqQueue(_) => {}
+                | Setting::ArqQueue(_)
+                | Setting::SidekiqNamespace(_) => {}
             }
             assert_eq!(describe_setting(&setting), text);
             let owners = DESCRIBERS.iter().filter(|d| d(&setting).is_some()).count();

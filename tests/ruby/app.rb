@@ -6,6 +6,14 @@ require "sidekiq"
 # redis-rb 4.8 warns at every `SADD` Sidekiq 6.4 sends.
 Redis.silence_deprecations = true if Redis.respond_to?(:silence_deprecations=)
 
+# `TS_SIDEKIQ_NAMESPACE`: the app's keys under a redis-namespace (`<ns>:queues`...).
+namespace = ENV["TS_SIDEKIQ_NAMESPACE"].to_s
+unless namespace.empty?
+  redis = {url: ENV.fetch("REDIS_URL", "redis://127.0.0.1:6379/0"), namespace: namespace}
+  Sidekiq.configure_client { |config| config.redis = redis }
+  Sidekiq.configure_server { |config| config.redis = redis }
+end
+
 Sidekiq.configure_server do |config|
   # The retry poller checks every `average_scheduled_poll_interval` seconds on average; tests
   # want a retry or a scheduled job back within a second or two.
@@ -17,6 +25,9 @@ class AddJob
   include Sidekiq::Worker
 
   def perform(a, b, seconds = 0)
+    # The tests wait for this marker before they kill the process.
+    dir = ENV["TS_MARKER_DIR"]
+    File.write(File.join(dir, "#{jid}.started"), "") if dir
     sleep(seconds) if seconds.to_f > 0
     a + b
   end

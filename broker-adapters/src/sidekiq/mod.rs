@@ -94,6 +94,8 @@ struct JobMemo {
     pending: Option<Pending>,
     /// The `retry_count` whose `retried` was reported.
     retried: Option<u32>,
+    /// When its schedule or retry entry was due (the entry's score).
+    due: Option<DateTime<Utc>>,
     finished: bool,
 }
 
@@ -449,7 +451,7 @@ impl SidekiqAdapter {
             }
             match set {
                 Set::Schedule => self.on_scheduled(job, *score, now, out),
-                Set::Retry => self.on_retry(job, now, out),
+                Set::Retry => self.on_retry(job, *score, now, out),
                 Set::Dead => self.on_dead(job, now, out),
             }
         }
@@ -478,6 +480,8 @@ impl SidekiqAdapter {
             let mut obs =
                 TaskObservation::new(Broker::Sidekiq, jid, now, TaskEvent::Queued, "poller");
             obs.fields.queue = memo.queue.clone();
+            // Its time came: the eta stays what it was.
+            obs.fields.eta = memo.due;
             obs.detail = Some(match set {
                 Set::Retry => "back in its queue for a retry".to_string(),
                 _ => "due: pushed to its queue".to_string(),
@@ -494,6 +498,7 @@ impl SidekiqAdapter {
         }
         memo.in_schedule = true;
         memo.queue = job.queue.clone();
+        memo.due = crate::codec::unix_seconds(score);
         let mut obs = Self::observation(
             job,
             job.created_at.unwrap_or(now).min(now),
@@ -504,11 +509,13 @@ impl SidekiqAdapter {
         out.observations.push(Observation::Task(obs));
     }
 
-    fn on_retry(&mut self, job: &Job, now: DateTime<Utc>, out: &mut Output) {
+    fn on_retry(&mut self, job: &Job, score: f64, now: DateTime<Utc>, out: &mut Output) {
         let count = job.retry_count.unwrap_or(0);
         self.stop_pending(&job.jid);
         let memo = self.memo(&job.jid);
         memo.in_retry = true;
+        memo.due = crate::codec::unix_seconds(score);
+        let due = memo.due;
         memo.running_on = None;
         memo.queue = job.queue.clone();
         if memo.finished || memo.retried == Some(count) {
@@ -522,6 +529,7 @@ impl SidekiqAdapter {
             "retry",
         );
         obs.attempt = Some(count);
+        obs.fields.eta = due;
         obs.fields.error = job.error.clone();
         obs.fields.traceback = job.backtrace.clone();
         obs.detail = Some(format!(
