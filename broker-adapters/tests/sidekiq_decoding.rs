@@ -151,8 +151,9 @@ fn a_retry_entry_is_retried_with_its_error_and_backtrace() {
     let out = both_pages(&mut a, "retry", true, reply(&fixture("retry")));
     let jid = manifest_jid("failing");
     let t = of(&out, &jid);
-    assert_eq!(t.len(), 1, "{out:?}");
-    let t = t[0];
+    assert_eq!(t.len(), 2, "{out:?}");
+    assert_eq!(t[0].event, TaskEvent::Running, "it ran, unseen");
+    let t = t[1];
     assert_eq!(t.event, TaskEvent::Retried);
     assert_eq!(t.attempt, Some(0));
     assert_eq!(t.fields.name.as_deref(), Some("FailJob"));
@@ -189,7 +190,9 @@ fn dead_entries_are_failures_with_their_attempt() {
         now(),
     );
     let failing = of(&out, &manifest_jid("failing"));
-    assert_eq!(failing.len(), 1);
+    assert_eq!(failing.len(), 2);
+    assert_eq!(failing[0].event, TaskEvent::Running);
+    let failing = &failing[1..];
     assert_eq!(failing[0].event, TaskEvent::Failed);
     assert_eq!(failing[0].attempt, Some(1), "second try failed");
     assert_eq!(
@@ -197,6 +200,7 @@ fn dead_entries_are_failures_with_their_attempt() {
         Some("ArgumentError: card-declined-3")
     );
     let noretry = of(&out, &manifest_jid("noretry"));
+    let noretry = &noretry[1..];
     assert_eq!(noretry[0].event, TaskEvent::Failed);
     assert_eq!(noretry[0].attempt, Some(0));
     assert_eq!(noretry[0].fields.name.as_deref(), Some("NoRetryJob"));
@@ -278,7 +282,8 @@ fn a_taken_job_that_failed_is_retried_never_success() {
     let taken = both_pages(&mut a, "queue:default", false, Reply::Array(vec![]));
     assert_eq!(of(&taken, &jid)[0].event, TaskEvent::Running);
     let retried = both_pages(&mut a, "retry", true, reply(&retry));
-    assert_eq!(of(&retried, &jid)[0].event, TaskEvent::Retried);
+    let events: Vec<TaskEvent> = of(&retried, &jid).iter().map(|t| t.event).collect();
+    assert_eq!(events, [TaskEvent::Retried], "seen running already");
     for beat in 2..6 {
         let out = heartbeat(&mut a, beat as f64, Reply::Array(vec![]), now());
         assert!(of(&out, &jid).is_empty(), "{out:?}");

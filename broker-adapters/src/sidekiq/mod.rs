@@ -477,6 +477,8 @@ impl SidekiqAdapter {
             if memo.finished || memo.in_list.is_some() {
                 continue;
             }
+            // A new try.
+            memo.started = false;
             let mut obs =
                 TaskObservation::new(Broker::Sidekiq, jid, now, TaskEvent::Queued, "poller");
             obs.fields.queue = memo.queue.clone();
@@ -522,12 +524,9 @@ impl SidekiqAdapter {
             return;
         }
         memo.retried = Some(count);
-        let mut obs = Self::observation(
-            job,
-            job.last_failure_at().unwrap_or(now).min(now),
-            TaskEvent::Retried,
-            "retry",
-        );
+        let at = job.last_failure_at().unwrap_or(now).min(now);
+        Self::ran(memo, job, Some(count), at, "retry", out);
+        let mut obs = Self::observation(job, at, TaskEvent::Retried, "retry");
         obs.attempt = Some(count);
         obs.fields.eta = due;
         obs.fields.error = job.error.clone();
@@ -540,6 +539,25 @@ impl SidekiqAdapter {
         out.observations.push(Observation::Task(obs));
     }
 
+    /// A failed try that was never seen running (an idle fetcher took it inside the push and
+    /// it failed before a heartbeat): it ran, up to its failure.
+    fn ran(
+        memo: &mut JobMemo,
+        job: &Job,
+        attempt: Option<u32>,
+        at: DateTime<Utc>,
+        source: &'static str,
+        out: &mut Output,
+    ) {
+        if std::mem::replace(&mut memo.started, true) {
+            return;
+        }
+        let mut obs = Self::observation(job, at, TaskEvent::Running, source);
+        obs.attempt = attempt;
+        obs.detail = Some("ran until its failure (taken before taskscope saw it)".to_string());
+        out.observations.push(Observation::Task(obs));
+    }
+
     fn on_dead(&mut self, job: &Job, now: DateTime<Utc>, out: &mut Output) {
         self.stop_pending(&job.jid);
         let memo = self.memo(&job.jid);
@@ -549,12 +567,9 @@ impl SidekiqAdapter {
         memo.finished = true;
         memo.running_on = None;
         memo.in_retry = false;
-        let mut obs = Self::observation(
-            job,
-            job.last_failure_at().unwrap_or(now).min(now),
-            TaskEvent::Failed,
-            "dead",
-        );
+        let at = job.last_failure_at().unwrap_or(now).min(now);
+        Self::ran(memo, job, job.retry_count, at, "dead", out);
+        let mut obs = Self::observation(job, at, TaskEvent::Failed, "dead");
         obs.attempt = job.retry_count;
         obs.fields.error = job.error.clone();
         obs.fields.traceback = job.backtrace.clone();
