@@ -42,7 +42,7 @@ fn demo_smoke_shows_all_five_brokers() {
         if let Ok(resp) = http.get(format!("{base}/api/stats")).send() {
             if let Ok(v) = resp.json::<Value>() {
                 last = v;
-                let all = ["celery", "dramatiq", "rq", "taskiq", "arq"]
+                let all = ["celery", "dramatiq", "rq", "taskiq", "arq", "sidekiq"]
                     .iter()
                     .all(|b| last["by_broker"][*b].as_u64().unwrap_or(0) > 0);
                 if all {

@@ -77,7 +77,15 @@ fn bench_load_smoke_every_broker_no_lifecycle_lost() {
     let brokers: Vec<&str> = runs.iter().filter_map(|r| r["broker"].as_str()).collect();
     assert_eq!(
         brokers,
-        ["celery", "celery-events", "dramatiq", "rq", "taskiq", "arq"]
+        [
+            "celery",
+            "celery-events",
+            "dramatiq",
+            "rq",
+            "taskiq",
+            "arq",
+            "sidekiq"
+        ]
     );
     for run in runs {
         for figure in FIGURES {
