@@ -576,16 +576,21 @@ impl SidekiqAdapter {
         out.observations.push(Observation::Task(obs));
     }
 
+    /// A process's hash (first: its `beat`), then its work hash as Sidekiq 6 and 7+ name it
+    /// (read after the beat, so the snapshot is at least as new as the beat).
+    fn process_reads(&self, identity: &str) -> Vec<ReadRequest> {
+        vec![
+            ReadRequest::HGetAll(self.layout.process(identity)),
+            ReadRequest::HGetAll(self.layout.workers(identity)),
+            ReadRequest::HGetAll(self.layout.work(identity)),
+        ]
+    }
+
     /// The process set: each process's hash and work hash are read.
     fn on_processes(&mut self, reply: Reply, now: DateTime<Utc>, out: &mut Output) {
         let listed: BTreeSet<String> = reply.into_strings();
         for identity in listed.iter().take(MAX_PROCESSES) {
-            out.follow_up
-                .push(ReadRequest::HGetAll(self.layout.process(identity)));
-            out.follow_up
-                .push(ReadRequest::HGetAll(self.layout.workers(identity)));
-            out.follow_up
-                .push(ReadRequest::HGetAll(self.layout.work(identity)));
+            out.follow_up.extend(self.process_reads(identity));
         }
         // A process that left the set stopped cleanly (`SREM` at shutdown; its unfinished jobs
         // were pushed back to their queues).
@@ -860,7 +865,16 @@ impl Adapter for SidekiqAdapter {
                 format!("{ns}{}", layout::PROCESSES),
                 format!("{ns}*{}", layout::WORKERS_SUFFIX),
                 format!("{ns}*{}", layout::WORK_SUFFIX),
-            ],
+            ]
+            .into_iter()
+            // Each known process's hash: its `HSET` is the heartbeat (the heartbeat's `SADD
+            // processes` of a member already there notifies nothing).
+            .chain(
+                self.processes
+                    .keys()
+                    .map(|id| crate::adapter::glob_escape(&self.layout.process(id))),
+            )
+            .collect(),
             scan_patterns: Vec::new(),
             side_scan_patterns: Vec::new(),
             // Lists (queues), sets (`queues`, `processes`), sorted sets (schedule, retry,
@@ -884,6 +898,12 @@ impl Adapter for SidekiqAdapter {
     fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
         let layout = self.layout.clone();
         let Some(kind) = layout.classify(key) else {
+            // A known process's hash: a heartbeat (`hset`) or its expiry.
+            let identity = key.strip_prefix(layout.prefix()).unwrap_or_default();
+            if !identity.is_empty() && self.processes.contains_key(identity) {
+                let reads = self.process_reads(identity);
+                return self.coalesced(key, reads);
+            }
             return Vec::new();
         };
         match kind {
@@ -902,7 +922,13 @@ impl Adapter for SidekiqAdapter {
             SidekiqKey::Schedule => self.set_event(Set::Schedule),
             SidekiqKey::Retry => self.set_event(Set::Retry),
             SidekiqKey::Dead => self.set_event(Set::Dead),
-            // A heartbeat (`SADD`), a clean stop (`SREM`), a work hash written or expired.
+            // A work hash written or expired: its process is read.
+            SidekiqKey::Work(identity) if self.processes.contains_key(identity) => {
+                let process = layout.process(identity);
+                let reads = self.process_reads(identity);
+                self.coalesced(&process, reads)
+            }
+            // A new process (`SADD`), a clean stop (`SREM`), an unknown process's work hash.
             SidekiqKey::Processes | SidekiqKey::Work(_) => {
                 let _ = op;
                 let processes = layout.key(layout::PROCESSES);
@@ -981,6 +1007,12 @@ impl Adapter for SidekiqAdapter {
                 let seven = key.ends_with(layout::WORK_SUFFIX);
                 let identity = identity.to_string();
                 self.on_work(&identity, &key, reply, seven, now, &mut out);
+                if seven {
+                    // The last read of the process's round.
+                    let process = layout.process(&identity);
+                    let again = self.answered(&process, |s| s.process_reads(&identity));
+                    out.follow_up.extend(again);
+                }
             }
             (ReadRequest::HGetAll(_), None) => {
                 if let Some(identity) = key.strip_prefix(layout.prefix()) {
