@@ -243,3 +243,31 @@ fn sidekiq_named_with_brokers_sidekiq_and_a_namespace_reads_jobs_waiting_for_a_p
         );
     }
 }
+
+#[test]
+fn sidekiq_namespace_is_found_with_defaults() {
+    let _slot = test_slot();
+    let w = World::new(&[], Some("shop"));
+    let _worker = w.worker();
+    let identity = w.identity();
+    // Slow jobs: an idle process takes a job inside its push (README, What it sees).
+    let slow = w.produce(&["add", "2", "6", "critical"]);
+    let dead = w.one(&["noretry", "namespaced"]);
+    for id in &slow {
+        let t = w.ts.wait_state(id, "success", LONG);
+        assert_common(&t, "AddJob", "critical");
+        assert!(
+            t["transitions"]
+                .as_array()
+                .is_some_and(|tr| tr.iter().any(|x| x["worker"] == identity.as_str())),
+            "{t}"
+        );
+    }
+    let t = w.ts.wait_state(&dead, "failure", LONG);
+    assert_eq!(t["error"], "ArgumentError: namespaced", "{t}");
+    let health = w.ts.get("/healthz");
+    assert!(
+        health.to_string().contains("sidekiq namespace shop"),
+        "{health}"
+    );
+}

@@ -377,3 +377,36 @@ fn garbage_is_counted_never_a_panic() {
     let _ = heartbeat(&mut a, 1.0, junk.clone(), now());
     let _ = a.handle_reply(&ReadRequest::HGetAll("vm:1:abc".into()), junk, now());
 }
+
+#[test]
+fn a_known_process_hash_is_watched_and_its_hset_reads_that_process() {
+    let mut a = adapter();
+    let id = identity();
+    let l = Layout::new(None);
+    assert!(
+        !a.interest().key_patterns.contains(&l.process(&id)),
+        "unknown yet"
+    );
+    heartbeat(&mut a, 1.0, Reply::Array(vec![]), now());
+    // The heartbeat's `SADD processes` of a member already there notifies nothing: its
+    // `HSET` of the process hash is the signal.
+    assert!(a.interest().key_patterns.contains(&l.process(&id)));
+    let reads = a.on_key_event(&l.process(&id), "hset", now());
+    assert_eq!(
+        reads,
+        vec![
+            ReadRequest::HGetAll(l.process(&id)),
+            ReadRequest::HGetAll(l.workers(&id)),
+            ReadRequest::HGetAll(l.work(&id)),
+        ]
+    );
+    // Coalesced while in flight; asked again once the round ends.
+    assert!(a.on_key_event(&l.process(&id), "hset", now()).is_empty());
+    let out = a.handle_reply(
+        &ReadRequest::HGetAll(l.work(&id)),
+        Reply::Array(vec![]),
+        now(),
+    );
+    assert_eq!(out.follow_up.len(), 3, "{out:?}");
+    assert!(a.on_key_event("somebody:else", "hset", now()).is_empty());
+}
