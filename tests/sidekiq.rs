@@ -233,6 +233,7 @@ fn sidekiq_named_with_brokers_sidekiq_and_a_namespace_reads_jobs_waiting_for_a_p
             other => Err(format!("{other:?}")),
         }
     });
+    assert_oldest_age_grows(&w.ts, "sidekiq", "default");
     let _worker = w.worker();
     for id in &waiting {
         let t = w.ts.wait_state(id, "success", LONG);

@@ -410,3 +410,45 @@ fn a_known_process_hash_is_watched_and_its_hset_reads_that_process() {
     assert_eq!(out.follow_up.len(), 3, "{out:?}");
     assert!(a.on_key_event("somebody:else", "hset", now()).is_empty());
 }
+
+#[test]
+fn a_sample_counts_a_queue_and_dates_its_oldest_job() {
+    let mut a = adapter();
+    let f = fixture("queue_parked");
+    let queues = fixture("queues");
+    let names = Reply::Array(
+        queues["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(bytes)
+            .collect(),
+    );
+    let out = a.handle_reply(&ReadRequest::SMembers("queues".into()), names, now());
+    assert!(
+        out.follow_up.iter().any(|r| r.key() == "queue:parked"),
+        "{out:?}"
+    );
+    let reads = a.sample_queues(now());
+    let mut out = Output::default();
+    for r in &reads {
+        let answer = match r {
+            ReadRequest::LLen(_) => Reply::Int(2),
+            ReadRequest::LRange { .. } => {
+                Reply::Array(vec![bytes(f["items"].as_array().unwrap().last().unwrap())])
+            }
+            _ => Reply::Int(0),
+        };
+        out.merge(a.handle_reply(r, answer, now()));
+    }
+    let s = out
+        .queue_samples
+        .iter()
+        .find(|s| s.name == "parked")
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert_eq!(s.length, 2);
+    let oldest = s.oldest_enqueued_at.expect("the tail job's enqueued_at");
+    let first: Value = serde_json::from_str(f["items"][1].as_str().unwrap()).unwrap();
+    let at = first["enqueued_at"].as_f64().unwrap();
+    assert!((oldest.timestamp_micros() as f64 / 1e6 - at).abs() < 0.001);
+}

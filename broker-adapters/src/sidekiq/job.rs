@@ -6,7 +6,7 @@
 //!
 //! Times: Sidekiq 6 writes `created_at`, `enqueued_at`, `failed_at`, `retried_at` as float
 //! epoch seconds, Sidekiq 8 as integer epoch milliseconds (told apart by size); a work entry's
-//! `run_at` is integer seconds in 6 and milliseconds in 8.
+//! `run_at` is integer seconds in both (8.1.7's `processor.rb`), read either way.
 
 use crate::codec::{self, CodecError};
 use chrono::{DateTime, Utc};

@@ -159,6 +159,8 @@ pub struct SidekiqAdapter {
     /// Queue lengths read for the samples, by queue.
     lengths: HashMap<String, u64>,
     set_cards: HashMap<Set, u64>,
+    /// The push time of the job at each queue's tail (the next fetched), read by the samples.
+    oldest: HashMap<String, Option<DateTime<Utc>>>,
 }
 
 impl SidekiqAdapter {
@@ -176,6 +178,7 @@ impl SidekiqAdapter {
             in_flight: HashMap::new(),
             lengths: HashMap::new(),
             set_cards: HashMap::new(),
+            oldest: HashMap::new(),
         }
     }
 
@@ -965,6 +968,22 @@ impl Adapter for SidekiqAdapter {
                 out.follow_up.extend(again);
                 self.on_processes(reply, now, &mut out);
             }
+            (
+                ReadRequest::LRange {
+                    start: -1,
+                    stop: -1,
+                    ..
+                },
+                Some(SidekiqKey::Queue(q)),
+            ) => {
+                // A sample's read of the next job to be fetched: the oldest waiting.
+                let q = q.to_string();
+                let jobs = Self::entries(&key, reply, false, &mut out);
+                let oldest = jobs
+                    .first()
+                    .and_then(|(j, _)| j.enqueued_at.or(j.created_at));
+                self.oldest.insert(q, oldest);
+            }
             (ReadRequest::LRange { start, .. }, Some(SidekiqKey::Queue(q))) => {
                 let q = q.to_string();
                 let jobs = Self::entries(&key, reply, false, &mut out);
@@ -1064,7 +1083,17 @@ impl Adapter for SidekiqAdapter {
         let mut reads: Vec<ReadRequest> = self
             .queues
             .iter()
-            .map(|q| ReadRequest::LLen(self.layout.queue(q)))
+            .flat_map(|q| {
+                let key = self.layout.queue(q);
+                [
+                    ReadRequest::LLen(key.clone()),
+                    ReadRequest::LRange {
+                        key,
+                        start: -1,
+                        stop: -1,
+                    },
+                ]
+            })
             .collect();
         for set in [Set::Schedule, Set::Retry, Set::Dead] {
             reads.push(ReadRequest::ZCard(self.set_key(set)));
@@ -1120,7 +1149,8 @@ impl SidekiqAdapter {
                 dead: 0,
                 running: running.get(q.as_str()).copied().unwrap_or(0),
                 sampled_at: now,
-                oldest_enqueued_at: None,
+                // `enqueued_at`: its last push (a retry's or a scheduled job's due push).
+                oldest_enqueued_at: self.oldest.get(q).copied().flatten(),
             });
         }
     }
