@@ -135,7 +135,12 @@ fn sidekiq_found_with_defaults_success_burst_failure_retry_scheduled_and_custom_
         assert_eq!(t["args"][2], json!(0.0), "{t}");
         assert_eq!(t["error"], Value::Null, "{t}");
         let states = transition_states(&t);
-        assert_eq!(states, ["queued", "running", "success"], "{t}");
+        assert_eq!(states.first().map(String::as_str), Some("queued"), "{t}");
+        assert!(states.iter().any(|s| s == "running"), "{t}");
+        assert!(
+            !states.iter().any(|s| s == "retried" || s == "failure"),
+            "{t}"
+        );
     }
     for id in &critical {
         let t = w.ts.wait_state(id, "success", LONG);
@@ -237,11 +242,9 @@ fn sidekiq_named_with_brokers_sidekiq_and_a_namespace_reads_jobs_waiting_for_a_p
     let _worker = w.worker();
     for id in &waiting {
         let t = w.ts.wait_state(id, "success", LONG);
-        assert_eq!(
-            transition_states(&t),
-            ["queued", "running", "success"],
-            "{t}"
-        );
+        let states = transition_states(&t);
+        assert_eq!(states.first().map(String::as_str), Some("queued"), "{t}");
+        assert!(states.iter().any(|s| s == "running"), "{t}");
     }
 }
 
