@@ -39,7 +39,6 @@ pub mod layout;
 
 use crate::adapter::{Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply};
 use crate::bounded::FifoMap;
-use crate::detect::Setting;
 use crate::model::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
 };
@@ -898,7 +897,7 @@ impl Adapter for SidekiqAdapter {
         Vec::new()
     }
 
-    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn on_key_event(&mut self, key: &str, _op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
         let layout = self.layout.clone();
         let Some(kind) = layout.classify(key) else {
             // A known process's hash: a heartbeat (`hset`) or its expiry.
@@ -933,7 +932,6 @@ impl Adapter for SidekiqAdapter {
             }
             // A new process (`SADD`), a clean stop (`SREM`), an unknown process's work hash.
             SidekiqKey::Processes | SidekiqKey::Work(_) => {
-                let _ = op;
                 let processes = layout.key(layout::PROCESSES);
                 let reads = vec![self.processes_read()];
                 self.coalesced(&processes, reads)
@@ -1099,11 +1097,6 @@ impl Adapter for SidekiqAdapter {
             reads.push(ReadRequest::ZCard(self.set_key(set)));
         }
         reads
-    }
-
-    fn on_detected(&mut self, setting: &Setting) -> Vec<ReadRequest> {
-        let _ = setting;
-        Vec::new()
     }
 
     fn on_gap(&mut self) {
