@@ -819,7 +819,11 @@ mod tests {
             parse_brokers("celery, celery").unwrap(),
             BrokerSelection::Listed(vec![Broker::Celery])
         );
-        assert!(parse_brokers("sidekiq").is_err());
+        assert_eq!(
+            parse_brokers("sidekiq").unwrap(),
+            BrokerSelection::Listed(vec![Broker::Sidekiq])
+        );
+        assert!(parse_brokers("resque").is_err());
     }
 
     #[test]
