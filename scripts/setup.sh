@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything taskscope needs to build and test on a fresh Debian machine:
 #   - redis-server (Debian package) for the integration tests,
+#   - Sidekiq 6.4 and its Redis client (Debian packages ruby-sidekiq, ruby-redis,
+#     ruby-redis-namespace) for the Sidekiq tests' workers (tests/ruby),
 #   - with TASKSCOPE_SETUP_BROWSER=1 (as .ci/run sets), Debian's chromium for tests/browser.rs,
 #   - the official libduckdb.so 1.5.6 (from the npm package that ships it) into .deps/duckdb,
 #     so the duckdb crate links in a minute instead of compiling DuckDB for 25,
@@ -14,6 +16,8 @@ cd "$(dirname "$0")/.."
 want_apt=()
 command -v redis-server >/dev/null 2>&1 || want_apt+=(redis-server)
 command -v node >/dev/null 2>&1 || want_apt+=(nodejs npm)
+command -v sidekiq >/dev/null 2>&1 || want_apt+=(ruby-sidekiq ruby-redis)
+ruby -e 'require "redis/namespace"' >/dev/null 2>&1 || want_apt+=(ruby-redis-namespace)
 if [ "${TASKSCOPE_SETUP_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
   want_apt+=(chromium)
 fi

@@ -937,7 +937,11 @@ mod tests {
             parse_brokers("celery, celery").unwrap(),
             BrokerSelection::Listed(vec![Broker::Celery])
         );
-        assert!(parse_brokers("sidekiq").is_err());
+        assert_eq!(
+            parse_brokers("sidekiq").unwrap(),
+            BrokerSelection::Listed(vec![Broker::Sidekiq])
+        );
+        assert!(parse_brokers("resque").is_err());
     }
 
     #[test]
@@ -992,6 +996,7 @@ mod tests {
             "TASKSCOPE_ARQ_QUEUES",
             "TASKSCOPE_BASE_PATH",
             "TASKSCOPE_BULLMQ_QUEUES",
+            "TASKSCOPE_SIDEKIQ_NAMESPACE",
         ];
         let mut expected = before_the_registry.to_vec();
         expected.extend(added_since);

@@ -34,13 +34,14 @@ pub struct DemoArgs {
     pub duration: Option<Duration>,
 }
 
-const FLAVORS: [Flavor; 6] = [
+const FLAVORS: [Flavor; 7] = [
     Flavor::CeleryEvents,
     Flavor::Dramatiq,
     Flavor::Rq,
     Flavor::Taskiq,
     Flavor::Arq,
     Flavor::Bullmq,
+    Flavor::Sidekiq,
 ];
 /// Period of the rate's swell and ebb.
 const PERIOD_S: f64 = 120.0;
@@ -80,7 +81,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         &redis.url(),
         &db,
         &listen.to_string(),
-        "celery,dramatiq,rq,taskiq,arq,bullmq",
+        "celery,dramatiq,rq,taskiq,arq,bullmq,sidekiq",
     );
     serve.extend(["--sample-every".to_string(), "2s".to_string()]);
     let exe = std::env::current_exe().context("cannot find the taskscope binary")?;

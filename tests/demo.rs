@@ -1,5 +1,5 @@
 //! Smoke run of `taskscope demo`, so it cannot rot: the demo until its dashboard shows tasks of
-//! all six brokers, then Ctrl-C. Seconds, not minutes. (The load benchmark's smoke runs are in
+//! all seven brokers, then Ctrl-C. Seconds, not minutes. (The load benchmark's smoke runs are in
 //! `bench/tests/load.rs`.)
 
 mod common;
@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[test]
-fn demo_smoke_shows_all_six_brokers() {
+fn demo_smoke_shows_all_seven_brokers() {
     let _slot = common::test_slot();
     let port = common::free_port();
     let mut child = Command::new(common::taskscope_bin())
@@ -42,9 +42,11 @@ fn demo_smoke_shows_all_six_brokers() {
         if let Ok(resp) = http.get(format!("{base}/api/stats")).send() {
             if let Ok(v) = resp.json::<Value>() {
                 last = v;
-                let all = ["celery", "dramatiq", "rq", "taskiq", "arq", "bullmq"]
-                    .iter()
-                    .all(|b| last["by_broker"][*b].as_u64().unwrap_or(0) > 0);
+                let all = [
+                    "celery", "dramatiq", "rq", "taskiq", "arq", "bullmq", "sidekiq",
+                ]
+                .iter()
+                .all(|b| last["by_broker"][*b].as_u64().unwrap_or(0) > 0);
                 if all {
                     break true;
                 }
@@ -83,7 +85,7 @@ fn demo_smoke_shows_all_six_brokers() {
         .unwrap_or_default();
     assert!(
         ok,
-        "the demo never showed all six brokers; last /api/stats: {last}\n{text}"
+        "the demo never showed all seven brokers; last /api/stats: {last}\n{text}"
     );
     assert!(
         status.is_some_and(|s| s.success()),

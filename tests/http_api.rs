@@ -270,9 +270,9 @@ fn bad_usage_exits_2_and_a_locked_database_exits_1_with_a_message() {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, err) = run(&["serve", "--brokers", "sidekiq"]);
+    let (code, err) = run(&["serve", "--brokers", "resque"]);
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("sidekiq"), "{err}");
+    assert!(err.contains("resque"), "{err}");
     let (code, err) = run(&["serve", "--abandon-after", "soon"]);
     assert_eq!(code, Some(2), "{err}");
     let (code, err) = run(&["serve", "--redis", "http://localhost"]);

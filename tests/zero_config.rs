@@ -11,6 +11,7 @@ use common::{
     taskiq_produce, taskiq_worker, transition_states, wait_for, CeleryWorker, DramatiqProduceOpts,
     DramatiqWorker, ProduceOpts, RedisServer, RqProduceOpts, RqWorker, Taskscope, LONG,
 };
+use common::{sidekiq_produce, sidekiq_worker};
 use serde_json::{json, Value};
 
 /// taskscope with nothing but its Redis and its file (the harness adds `--listen` and
@@ -320,6 +321,35 @@ fn bullmq_is_followed_from_its_first_key() {
     assert_eq!(t["result"], json!(3), "{t}");
     let t = assert_task(&ts, &ids[1], "failure", "fail", None);
     assert_eq!(t["error"], "boom", "{t}");
+}
+
+#[test]
+fn sidekiq_is_followed_from_its_first_key() {
+    let _slot = common::test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The defaults, but for the harness's `--abandon-after 5s`: Sidekiq 6 beats every 5 s.
+    let ts = Taskscope::start(
+        &redis.url(),
+        &dir.path().join("t.duckdb"),
+        &["--abandon-after", "15s"],
+    );
+    let health = ts.get("/healthz");
+    assert_eq!(health["detection"]["mode"], "auto", "{health}");
+    assert_eq!(health["brokers"], json!([]), "an empty Redis: {health}");
+
+    // Its first key: the process's heartbeat (`processes`), written as it starts.
+    let _worker = sidekiq_worker(&redis, &["default"], None);
+    detected(&ts, "sidekiq");
+    // Jobs of 6 s: each outlives a heartbeat (an idle fetcher takes a job inside its push).
+    let slow = sidekiq_produce(&redis, None, &["add", "3", "6"]);
+    let failed = sidekiq_produce(&redis, None, &["noretry", "no-second-chance"]).remove(0);
+    for (i, id) in slow.iter().enumerate() {
+        let n = i as u64 + 1;
+        assert_task(&ts, id, "success", "AddJob", Some(&json!([n, n, 6.0])));
+    }
+    let t = assert_task(&ts, &failed, "failure", "NoRetryJob", None);
+    assert_eq!(t["error"], "ArgumentError: no-second-chance", "{t}");
 }
 
 #[test]

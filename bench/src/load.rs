@@ -18,7 +18,7 @@ use tracing::{info, Instrument};
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
     /// Which broker formats to write: a comma list of celery, celery-events, dramatiq, rq,
-    /// taskiq, arq, bullmq, or `all`. Each runs on its own, with its own taskscope.
+    /// taskiq, arq, bullmq, sidekiq, or `all`. Each runs on its own, with its own taskscope.
     #[arg(long, default_value = "all", value_name = "LIST")]
     pub broker: String,
     /// Lifecycles started per second, or `max` (as fast as Redis answers the pipelines).
@@ -290,6 +290,13 @@ async fn generate_one(
         }
     }
     let elapsed = started.elapsed();
+    if flavor.success_needs_heartbeats() {
+        // Live workers go on beating: the heartbeats that show the last jobs finished.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            errors += send(client, d.idle_heartbeats(chrono::Utc::now())).await?;
+        }
+    }
     let tasks = d
         .tasks
         .iter()

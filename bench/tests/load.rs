@@ -84,7 +84,8 @@ fn bench_load_smoke_every_broker_no_lifecycle_lost() {
             "rq",
             "taskiq",
             "arq",
-            "bullmq"
+            "bullmq",
+            "sidekiq"
         ]
     );
     for run in runs {
@@ -107,6 +108,11 @@ fn bench_load_smoke_every_broker_no_lifecycle_lost() {
             run["taskscope_peak_rss_mb"].as_f64().unwrap_or(0.0) > 1.0,
             "{run}"
         );
+        if run["broker"] == "sidekiq" {
+            // Jobs popped before taskscope reads the list and finished before a heartbeat leave
+            // no trace (README, Sidekiq): some may be lost, none shown wrong.
+            assert_eq!(run["wrong"], 0, "wrong lifecycles: {run}");
+        }
         if run["must_not_lose"] == true {
             assert_eq!(run["lost"], 0, "lost lifecycles: {run}");
             assert_eq!(run["wrong"], 0, "wrong lifecycles: {run}");

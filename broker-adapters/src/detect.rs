@@ -60,6 +60,8 @@ pub enum Setting {
     /// A BullMQ queue, qualified by its prefix (`bull:emails`), from its `:meta` hash or its
     /// `:events` stream.
     BullmqQueue(String),
+    /// Sidekiq's `redis-namespace` namespace, from `<ns>:processes` or `<ns>:stat:processed`.
+    SidekiqNamespace(String),
 }
 
 /// One piece of evidence that a broker is present.

@@ -30,6 +30,7 @@ pub mod limits;
 pub mod model;
 pub mod pickle;
 pub mod rq;
+pub mod sidekiq;
 pub mod state;
 pub mod taskiq;
 pub mod worker_state;

@@ -21,16 +21,18 @@ pub enum Broker {
     Rq,
     Arq,
     Bullmq,
+    Sidekiq,
 }
 
 impl Broker {
-    pub const ALL: [Broker; 6] = [
+    pub const ALL: [Broker; 7] = [
         Broker::Celery,
         Broker::Dramatiq,
         Broker::Taskiq,
         Broker::Rq,
         Broker::Arq,
         Broker::Bullmq,
+        Broker::Sidekiq,
     ];
 
     /// Whether this broker's known workers vouch for its running tasks whose worker is
@@ -61,6 +63,7 @@ impl Broker {
             Broker::Rq => "rq",
             Broker::Arq => "arq",
             Broker::Bullmq => "bullmq",
+            Broker::Sidekiq => "sidekiq",
         }
     }
 }
@@ -532,10 +535,10 @@ mod tests {
 
     #[test]
     fn an_unknown_broker_error_names_every_broker() {
-        let err = "sidekiq".parse::<Broker>().unwrap_err();
+        let err = "resque".parse::<Broker>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "unknown broker \"sidekiq\": expected one of celery, dramatiq, taskiq, rq, arq, bullmq"
+            "unknown broker \"resque\": expected one of celery, dramatiq, taskiq, rq, arq, bullmq, sidekiq"
         );
         assert_eq!(" rq ".parse::<Broker>(), Ok(Broker::Rq));
     }

@@ -1,7 +1,8 @@
 //! The broker registry: every broker taskscope watches, each in a module of its own here that
 //! owns everything the binary knows about it.
 //!
-//! A broker module (`celery.rs`, `dramatiq.rs`, `rq.rs`, `taskiq.rs`, `arq.rs`, `bullmq.rs`) holds:
+//! A broker module (`celery.rs`, `dramatiq.rs`, `rq.rs`, `taskiq.rs`, `arq.rs`, `bullmq.rs`,
+//! `sidekiq.rs`) holds:
 //! - its settings: a clap [`Args`] struct flattened into `taskscope serve` (flags, their
 //!   `TASKSCOPE_*` variables and TOML keys all come from it), implementing [`BrokerModule`];
 //! - how they resolve ([`BrokerModule::resolve`]): defaults, validation, and whether the user
@@ -21,6 +22,7 @@ pub mod celery;
 pub mod dramatiq;
 mod given;
 pub mod rq;
+pub mod sidekiq;
 pub mod taskiq;
 
 use crate::config::UsageError;
@@ -106,6 +108,7 @@ registry! {
     taskiq: taskiq::TaskiqArgs,
     arq: arq::ArqArgs,
     bullmq: bullmq::BullmqArgs,
+    sidekiq: sidekiq::SidekiqArgs,
 }
 
 /// Every broker's resolved settings, in the registry's order.
@@ -181,7 +184,7 @@ mod tests {
         assert_eq!(seen.len(), ALL.len());
         assert_eq!(
             names_for_humans(),
-            "celery, dramatiq, rq, taskiq, arq or bullmq"
+            "celery, dramatiq, rq, taskiq, arq, bullmq or sidekiq"
         );
     }
 
@@ -220,6 +223,10 @@ mod tests {
                 Setting::BullmqQueue("bull:emails".into()),
                 "bullmq queue bull:emails",
             ),
+            (
+                Setting::SidekiqNamespace("app".into()),
+                "sidekiq namespace app",
+            ),
         ];
         for (setting, text) in cases {
             // Exhaustive on purpose: a new `Setting` gets a case above (and a describer).
@@ -233,7 +240,8 @@ mod tests {
                 | Setting::TaskiqList(_)
                 | Setting::TaskiqResultPrefix(_)
                 | Setting::ArqQueue(_)
-                | Setting::BullmqQueue(_) => {}
+                | Setting::BullmqQueue(_)
+                | Setting::SidekiqNamespace(_) => {}
             }
             assert_eq!(describe_setting(&setting), text);
             let owners = DESCRIBERS.iter().filter(|d| d(&setting).is_some()).count();

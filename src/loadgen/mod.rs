@@ -31,6 +31,7 @@ pub mod http;
 pub mod redis;
 pub mod rq;
 pub mod sandbox;
+pub mod sidekiq;
 pub mod taskiq;
 
 use fred::prelude::Value;
@@ -69,10 +70,12 @@ pub enum Flavor {
     Arq,
     /// BullMQ 6 (job hash, wait/active lists, completed/failed sets, the events stream).
     Bullmq,
+    /// Sidekiq 6.4 (queue list, retry and dead sets, a process's heartbeat and work hash).
+    Sidekiq,
 }
 
 impl Flavor {
-    pub const ALL: [Flavor; 7] = [
+    pub const ALL: [Flavor; 8] = [
         Flavor::Celery,
         Flavor::CeleryEvents,
         Flavor::Dramatiq,
@@ -80,6 +83,7 @@ impl Flavor {
         Flavor::Taskiq,
         Flavor::Arq,
         Flavor::Bullmq,
+        Flavor::Sidekiq,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -91,6 +95,7 @@ impl Flavor {
             Flavor::Taskiq => "taskiq",
             Flavor::Arq => "arq",
             Flavor::Bullmq => "bullmq",
+            Flavor::Sidekiq => "sidekiq",
         }
     }
 
@@ -103,12 +108,21 @@ impl Flavor {
             Flavor::Taskiq => "taskiq",
             Flavor::Arq => "arq",
             Flavor::Bullmq => "bullmq",
+            Flavor::Sidekiq => "sidekiq",
         }
     }
 
-    /// Whether the target says no lifecycle may be lost in this mode.
+    /// Whether the target says no lifecycle may be lost in this mode. Not Celery
+    /// without events, nor Sidekiq: a job a fetcher pops before taskscope reads the list, that
+    /// succeeds before the next heartbeat, leaves no trace in Redis.
     pub fn must_not_lose(self) -> bool {
-        !matches!(self, Flavor::Celery)
+        !matches!(self, Flavor::Celery | Flavor::Sidekiq)
+    }
+
+    /// Whether taskscope sees this flavor's successes only at the workers' next heartbeats
+    /// (Sidekiq): after the last lifecycle, the generator keeps beating as live workers do.
+    pub fn success_needs_heartbeats(self) -> bool {
+        matches!(self, Flavor::Sidekiq)
     }
 }
 
@@ -249,6 +263,19 @@ impl Driver {
         }
     }
 
+    /// The heartbeats of idle workers of the active flavors that need them
+    /// ([`Flavor::success_needs_heartbeats`]): what live workers keep writing after the last
+    /// lifecycle.
+    pub fn idle_heartbeats(&self, wall: chrono::DateTime<chrono::Utc>) -> Vec<Cmd> {
+        let mut out = Vec::new();
+        for f in &self.active_flavors {
+            if *f == Flavor::Sidekiq {
+                out.extend(sidekiq::heartbeat(self.run, &[], wall));
+            }
+        }
+        out
+    }
+
     /// Commands to run once before the first tick (consumer groups, registries).
     pub fn setup(&self) -> Vec<Cmd> {
         let mut out = Vec::new();
@@ -278,6 +305,8 @@ impl Driver {
             Flavor::Taskiq | Flavor::Rq | Flavor::Arq => hex_id(self.run, seq),
             // The job key: `bull:load:<job id>`.
             Flavor::Bullmq => format!("{}:{}", bullmq::QUEUE, hex_id(self.run, seq)),
+            // A jid: 24 hex digits.
+            Flavor::Sidekiq => hex_id(self.run, seq)[8..].to_string(),
             _ => uuid_id(self.run, seq),
         };
         self.tasks.push(Task {
@@ -310,8 +339,16 @@ impl Driver {
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
         {
             self.last_heartbeat = Some(now);
+            let sidekiq_running: Vec<&Task> = self
+                .running
+                .iter()
+                .map(|(_, i)| &self.tasks[*i])
+                .filter(|t| t.flavor == Flavor::Sidekiq)
+                .collect();
+            let sidekiq_beat = sidekiq::heartbeat(self.run, &sidekiq_running, wall);
             for f in self.active_flavors.clone() {
                 out.commands.extend(match f {
+                    Flavor::Sidekiq => sidekiq_beat.clone(),
                     Flavor::Celery | Flavor::CeleryEvents => celery::heartbeat(wall),
                     Flavor::Dramatiq => dramatiq::heartbeat(wall),
                     Flavor::Rq => rq::heartbeat(wall),
@@ -341,15 +378,27 @@ impl Driver {
                     Flavor::Taskiq => taskiq::finish(t),
                     Flavor::Arq => arq::finish(t, wall),
                     Flavor::Bullmq => bullmq::finish(t, wall),
+                    Flavor::Sidekiq => sidekiq::finish(t, wall),
                 });
                 out.finished.push(i);
             }
         }
 
-        // 2. Dramatiq: delay queue back to the queue (the worker's `enqueue` of a due message).
+        // 2. Dramatiq: delay queue back to the queue (the worker's `enqueue` of a due message);
+        // Sidekiq: the retry poller's move from `retry` back to the queue.
         let (due, later): (Vec<_>, Vec<_>) = self.delayed.drain(..).partition(|(at, _)| *at <= now);
         self.delayed = later;
         for (_, i) in due {
+            if self.tasks[i].flavor == Flavor::Sidekiq {
+                let member = std::mem::take(&mut self.tasks[i].delivery);
+                out.commands
+                    .extend(sidekiq::requeue_from_retry(&self.tasks[i], wall, &member));
+                self.waiting
+                    .entry(Flavor::Sidekiq)
+                    .or_default()
+                    .push_back(i);
+                continue;
+            }
             let old = self.tasks[i].delivery.clone();
             let new_rid = uuid_id(self.run ^ 0xD0, self.tasks[i].seq * 4 + 2);
             self.tasks[i].delivery = new_rid;
@@ -387,6 +436,7 @@ impl Driver {
                     Flavor::Taskiq => Vec::new(),
                     Flavor::Arq => arq::deliver(t),
                     Flavor::Bullmq => bullmq::deliver(t, wall),
+                    Flavor::Sidekiq => sidekiq::deliver(t),
                 });
                 self.running.push((now + rt, i));
             }
@@ -409,6 +459,7 @@ impl Driver {
                 Flavor::Taskiq => taskiq::enqueue(t),
                 Flavor::Arq => arq::enqueue(t, wall),
                 Flavor::Bullmq => bullmq::enqueue(t, wall),
+                Flavor::Sidekiq => sidekiq::enqueue(t, wall),
             });
             self.waiting.entry(flavor).or_default().push_back(i);
             out.enqueued += 1;
@@ -456,6 +507,14 @@ impl Driver {
                 let c = bullmq::retry(&self.tasks[i]);
                 self.tasks[i].attempt = 1;
                 c
+            }
+            Flavor::Sidekiq => {
+                self.tasks[i].attempt = 1;
+                let member = sidekiq::retry_member(&self.tasks[i], wall);
+                let c = sidekiq::retry(&member, wall);
+                self.tasks[i].delivery = member;
+                self.delayed.push((now + self.retry_delay, i));
+                return c;
             }
         };
         self.waiting.entry(flavor).or_default().push_back(i);
