@@ -1,7 +1,8 @@
 // A real BullMQ worker for taskscope's tests and fixture capture.
 // Usage: node worker.js <redis-url> <queue> [prefix]
 // Env: WORKER_NAME (the Worker's `name`, its jobs' `pb`), LOCK_MS (lockDuration), STALLED_MS
-//      (stalledInterval), CONCURRENCY, TS_MARKER_DIR (a `sleep` job touches
+//      (stalledInterval), CONCURRENCY, LIMIT_MAX and LIMIT_MS (the `limiter`: at most LIMIT_MAX
+//      jobs per LIMIT_MS), TS_MARKER_DIR (a `sleep` job touches
 //      `<prefix>:<queue>:<id>.started` there as it starts). Prints "ready" once connected.
 // Jobs by name: `add` returns data.x + data.y; `fail` throws; `flaky` fails its first attempt;
 // `sleep` sleeps data.ms then returns "slept"; anything else returns data.
@@ -47,6 +48,9 @@ const worker = new Worker(
     concurrency: Number(process.env.CONCURRENCY || 1),
     lockDuration: Number(process.env.LOCK_MS || 30000),
     stalledInterval: Number(process.env.STALLED_MS || 30000),
+    limiter: process.env.LIMIT_MAX
+      ? { max: Number(process.env.LIMIT_MAX), duration: Number(process.env.LIMIT_MS || 1000) }
+      : undefined,
   },
 );
 worker.on('ready', () => console.log('ready'));
