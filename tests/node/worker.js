@@ -53,9 +53,19 @@ const worker = new Worker(
       : undefined,
   },
 );
-worker.on('ready', () => console.log('ready'));
-worker.on('error', (e) => console.error('worker error', e.message));
+let ready = false;
+worker.on('ready', () => {
+  ready = true;
+  console.log('ready');
+});
+worker.on('error', (e) => {
+  console.error('worker error', e.message);
+  // Before it ever connected (no Redis, no ioredis): give up instead of retrying forever.
+  if (!ready) process.exit(1);
+});
 const stop = async () => {
+  // A close that hangs (a job still running) must not keep the process alive.
+  setTimeout(() => process.exit(0), 3000).unref();
   await worker.close();
   process.exit(0);
 };
