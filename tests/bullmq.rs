@@ -464,3 +464,33 @@ fn bullmq_hostile_hashes_and_events_cost_decode_errors_never_a_crash() {
     let t = w.ts.wait_state(&after, "success", LONG);
     assert_eq!(t["result"], json!(4), "{t}");
 }
+
+#[test]
+fn bullmq_rate_limited_queue_runs_each_job_once_at_its_pace() {
+    let _slot = test_slot();
+    let w = World::new(&[]);
+    // `limiter: {max: 1, duration: 400}`: one job per 400 ms, two slots idle meanwhile.
+    let _worker = w.worker(
+        "limited",
+        "bull",
+        &[
+            ("LIMIT_MAX", "1"),
+            ("LIMIT_MS", "400"),
+            ("CONCURRENCY", "2"),
+        ],
+    );
+    let jobs: Vec<Value> = (0..3)
+        .map(|n| json!({"name": "add", "data": {"x": n, "y": 1}}))
+        .collect();
+    let ids = w.produce("limited", "bull", Value::Array(jobs));
+    let done = w.ts.wait_all_state(&ids, "success", LONG);
+    for (n, t) in done.iter().enumerate() {
+        assert_common(t, "add", "bull:limited");
+        assert_eq!(t["retries"], 0, "rate limiting is not a retry: {t}");
+        assert_eq!(t["result"], json!(n + 1), "{t}");
+    }
+    for pair in done.windows(2) {
+        let gap = parse_time(&pair[1], "started_at") - parse_time(&pair[0], "started_at");
+        assert!(gap.num_milliseconds() >= 300, "{}\n{}", pair[0], pair[1]);
+    }
+}

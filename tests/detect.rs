@@ -1,14 +1,15 @@
 //! `--brokers auto` end to end: taskscope starts on an empty Redis watching nothing, real
-//! Celery, Dramatiq, RQ and taskiq workers start in that same database, and taskscope finds
-//! each broker from its own keys, starts its adapter (with the Dramatiq namespace and the taskiq
-//! stream it found) and follows every broker's tasks.
+//! Celery, Dramatiq, RQ and taskiq workers, and BullMQ's Node workers, start in that same
+//! database, and taskscope finds each broker from its own keys, starts its adapter (with the
+//! Dramatiq namespace, the taskiq stream and the BullMQ queue it found) and follows every
+//! broker's tasks.
 
 mod common;
 
 use common::{
-    dramatiq_produce, produce, rq_produce, taskiq_produce, taskiq_worker, wait_for, CeleryWorker,
-    DramatiqProduceOpts, DramatiqWorker, ProduceOpts, RedisServer, RqProduceOpts, RqWorker,
-    Taskscope, LONG,
+    bullmq_produce, bullmq_worker, dramatiq_produce, produce, rq_produce, taskiq_produce,
+    taskiq_worker, wait_for, CeleryWorker, DramatiqProduceOpts, DramatiqWorker, ProduceOpts,
+    RedisServer, RqProduceOpts, RqWorker, Taskscope, LONG,
 };
 use serde_json::{json, Value};
 
@@ -80,10 +81,19 @@ fn auto_detection_finds_every_broker_sharing_one_redis() {
     let dramatiq_message = dramatiq_produce(&url, "add", 1, &dramatiq_opts).remove(0);
     let rq_job = rq_produce(&url, "add", 1, &RqProduceOpts::default()).remove(0);
     let taskiq_task = taskiq_produce(&url, &taskiq_env, "add", 1, &[]).remove(0);
+    // And Node: BullMQ under a prefix of its own, found from its events stream.
+    let _bullmq = bullmq_worker(&url, "mail", "node", &[]);
+    let bullmq_job = bullmq_produce(
+        &url,
+        "mail",
+        "node",
+        &json!([{"name": "add", "data": {"x": 1, "y": 2}}]),
+    )
+    .remove(0);
 
-    let all = ["celery", "dramatiq", "rq", "taskiq"].map(String::from);
+    let all = ["celery", "dramatiq", "rq", "taskiq", "bullmq"].map(String::from);
     let health = wait_for(
-        "all four brokers and the taskiq stream detected",
+        "all five brokers and the taskiq stream detected",
         LONG,
         || {
             let h = ts.get("/healthz");
@@ -109,6 +119,7 @@ fn auto_detection_finds_every_broker_sharing_one_redis() {
     );
     assert!(found.contains("_kombu.binding."), "{health}");
     assert!(found.contains("rq prefix rq:"), "{health}");
+    assert!(found.contains("bullmq queue node:mail"), "{health}");
 
     let overview = reqwest::blocking::get(ts.url("/"))
         .and_then(|r| r.text())
@@ -126,6 +137,7 @@ fn auto_detection_finds_every_broker_sharing_one_redis() {
         (&dramatiq_message, "dramatiq"),
         (&rq_job, "rq"),
         (&taskiq_task, "taskiq"),
+        (&bullmq_job, "bullmq"),
     ] {
         let t = ts.wait_state(id, "success", LONG);
         assert_eq!(t["broker"], broker, "{t}");

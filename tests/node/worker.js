@@ -1,7 +1,8 @@
 // A real BullMQ worker for taskscope's tests and fixture capture.
 // Usage: node worker.js <redis-url> <queue> [prefix]
 // Env: WORKER_NAME (the Worker's `name`, its jobs' `pb`), LOCK_MS (lockDuration), STALLED_MS
-//      (stalledInterval), CONCURRENCY, TS_MARKER_DIR (a `sleep` job touches
+//      (stalledInterval), CONCURRENCY, LIMIT_MAX and LIMIT_MS (the `limiter`: at most LIMIT_MAX
+//      jobs per LIMIT_MS), TS_MARKER_DIR (a `sleep` job touches
 //      `<prefix>:<queue>:<id>.started` there as it starts). Prints "ready" once connected.
 // Jobs by name: `add` returns data.x + data.y; `fail` throws; `flaky` fails its first attempt;
 // `sleep` sleeps data.ms then returns "slept"; anything else returns data.
@@ -47,11 +48,24 @@ const worker = new Worker(
     concurrency: Number(process.env.CONCURRENCY || 1),
     lockDuration: Number(process.env.LOCK_MS || 30000),
     stalledInterval: Number(process.env.STALLED_MS || 30000),
+    limiter: process.env.LIMIT_MAX
+      ? { max: Number(process.env.LIMIT_MAX), duration: Number(process.env.LIMIT_MS || 1000) }
+      : undefined,
   },
 );
-worker.on('ready', () => console.log('ready'));
-worker.on('error', (e) => console.error('worker error', e.message));
+let ready = false;
+worker.on('ready', () => {
+  ready = true;
+  console.log('ready');
+});
+worker.on('error', (e) => {
+  console.error('worker error', e.message);
+  // Before it ever connected (no Redis, no ioredis): give up instead of retrying forever.
+  if (!ready) process.exit(1);
+});
 const stop = async () => {
+  // A close that hangs (a job still running) must not keep the process alive.
+  setTimeout(() => process.exit(0), 3000).unref();
   await worker.close();
   process.exit(0);
 };

@@ -336,6 +336,13 @@ impl BullmqAdapter {
         if let (Some(n), Some(state)) = (newest, self.queues.get_mut(queue)) {
             state.last_id = Some(state.last_id.map_or(n, |l| l.max(n)));
         }
+        // One hash read per job and batch: a job added and started (or retried) between two
+        // reads is read once, after its last event, for all of it.
+        let mut asked = std::collections::HashSet::new();
+        out.follow_up.retain(|read| match read {
+            ReadRequest::HMGet { key, .. } => asked.insert(key.clone()),
+            _ => true,
+        });
     }
 
     /// One event: its observation, and the job hash read it calls for.
