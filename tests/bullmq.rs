@@ -63,31 +63,7 @@ impl World {
 }
 
 fn assert_common(t: &Value, name: &str, queue: &str) {
-    assert_task_shape(t);
-    assert_eq!(t["broker"], "bullmq", "{t}");
-    assert_eq!(t["name"], name, "{t}");
-    assert_eq!(t["queue"], queue, "{t}");
-    assert!(t["enqueued_at"].is_string(), "enqueued_at: {t}");
-    assert!(t["started_at"].is_string(), "started_at: {t}");
-    assert!(t["finished_at"].is_string(), "finished_at: {t}");
-    assert!(t["runtime_ms"].is_number(), "runtime_ms: {t}");
-    let states = transition_states(t);
-    assert_eq!(states.first().map(String::as_str), Some("queued"), "{t}");
-    assert!(states.iter().any(|s| s == "running"), "running shown: {t}");
-    assert_eq!(
-        states.last().map(String::as_str),
-        t["state"].as_str(),
-        "{t}"
-    );
-}
-
-fn detail_of(t: &Value, state: &str) -> String {
-    t["transitions"]
-        .as_array()
-        .and_then(|tr| tr.iter().rev().find(|x| x["state"] == state))
-        .and_then(|x| x["detail"].as_str())
-        .unwrap_or_default()
-        .to_string()
+    assert_finished_task(t, "bullmq", name, queue);
 }
 
 #[test]

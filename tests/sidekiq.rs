@@ -92,15 +92,6 @@ fn assert_common(t: &Value, name: &str, queue: &str) {
     );
 }
 
-fn detail_of(t: &Value, state: &str) -> String {
-    t["transitions"]
-        .as_array()
-        .and_then(|tr| tr.iter().rev().find(|x| x["state"] == state))
-        .and_then(|x| x["detail"].as_str())
-        .unwrap_or_default()
-        .to_string()
-}
-
 #[test]
 fn sidekiq_found_with_defaults_success_burst_failure_retry_scheduled_and_custom_queue() {
     let _slot = test_slot();
