@@ -237,19 +237,7 @@ impl View {
     fn json(&self) -> Value {
         let now = Utc::now();
         match self {
-            View::Queues(queues) => {
-                let queues: Vec<Value> = queues
-                    .iter()
-                    .map(|q| {
-                        let mut value = json!(q);
-                        if let Value::Object(map) = &mut value {
-                            map.insert("oldest_age_ms".into(), json!(q.oldest_age_ms(now)));
-                        }
-                        value
-                    })
-                    .collect();
-                json!({ "queues": queues })
-            }
+            View::Queues(queues) => crate::http::api::queues_json(queues, now),
             View::Workers(workers) => json!({ "workers": workers }),
             View::Tasks(tasks) => json!({ "tasks": tasks, "next_cursor": null }),
         }

@@ -5,6 +5,7 @@ use super::{ApiError, AppState, VERSION};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::Json;
+use broker_adapters::QueueSample;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -117,12 +118,15 @@ pub async fn get_task(
 /// `/api/queues`: each queue's latest sample, with `oldest_age_ms` (the age now of its oldest
 /// waiting message, `null` when unknown).
 pub async fn queues(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let now = Utc::now();
-    let queues: Vec<Value> = state
-        .reader
-        .queues()
-        .await?
-        .into_iter()
+    let queues = state.reader.queues().await?;
+    Ok(Json(queues_json(&queues, Utc::now())))
+}
+
+/// The answer of `/api/queues` (also `taskscope inspect queues --json`): each latest sample
+/// with `oldest_age_ms` as of `now`.
+pub fn queues_json(queues: &[QueueSample], now: chrono::DateTime<Utc>) -> Value {
+    let queues: Vec<Value> = queues
+        .iter()
         .map(|q| {
             let mut value = json!(q);
             if let Value::Object(map) = &mut value {
@@ -131,7 +135,7 @@ pub async fn queues(State(state): State<AppState>) -> Result<Json<Value>, ApiErr
             value
         })
         .collect();
-    Ok(Json(json!({ "queues": queues })))
+    json!({ "queues": queues })
 }
 
 pub async fn workers(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {

@@ -3,7 +3,7 @@
 //! crate; nothing here touches Redis or DuckDB directly.
 
 mod alerts;
-mod api;
+pub(crate) mod api;
 pub mod auth;
 pub mod base_path;
 mod failures;
