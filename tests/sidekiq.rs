@@ -239,6 +239,32 @@ fn sidekiq_named_with_brokers_sidekiq_and_a_namespace_reads_jobs_waiting_for_a_p
     }
 }
 
+/// Jobs pushed before any Sidekiq process ever ran, taskscope started first with the defaults:
+/// the `queues` set alone is no evidence (too common a name), the job JSON waiting in
+/// `queue:default` is; the jobs are listed waiting, then run once a process starts.
+#[test]
+fn sidekiq_jobs_pushed_before_any_process_are_found_from_their_queue_list() {
+    let _slot = test_slot();
+    let w = World::new(&[], None);
+    let waiting = w.produce(&["add", "2", "0"]);
+    let found = wait_for("sidekiq detected", LONG, || {
+        let h = w.ts.get("/healthz");
+        let found = h["detection"]["found"]
+            .as_array()
+            .and_then(|f| f.iter().find(|f| f["broker"] == "sidekiq").cloned());
+        found.ok_or_else(|| format!("{h}"))
+    });
+    assert_eq!(found["key"], "queue:default", "{found}");
+    for id in &waiting {
+        let t = w.ts.wait_state(id, "queued", LONG);
+        assert_eq!(t["name"], "AddJob", "{t}");
+    }
+    let _worker = w.worker();
+    for id in &waiting {
+        w.ts.wait_state(id, "success", LONG);
+    }
+}
+
 #[test]
 fn sidekiq_namespace_is_found_with_defaults() {
     let _slot = test_slot();

@@ -76,7 +76,9 @@ fn celery_on_a_queue_of_its_own_is_followed_from_its_first_key() {
     };
     // Both worker processes busy first, so the next messages wait in the queue where passive
     // mode reads them (a message an idle worker takes at once may go unread: see the README).
-    let slow = produce(&url, "slow", 2, "jobs", &opts(json!([1.5])));
+    // Busy long enough to outlast the five producer runs below on a loaded machine (each
+    // starts a Python interpreter and imports Celery: over a second each under CI load).
+    let slow = produce(&url, "slow", 2, "jobs", &opts(json!([10.0])));
     for id in &slow {
         ts.wait_task(id, "running (its worker process busy)", LONG, |t| {
             t["state"] == "running"
@@ -95,7 +97,7 @@ fn celery_on_a_queue_of_its_own_is_followed_from_its_first_key() {
     let flaky = produce(&url, "flaky", 1, "jobs", &opts(json!(["k", 2]))).remove(0);
 
     for id in &slow {
-        assert_task(&ts, id, "success", "billing.slow", Some(&json!([1.5])));
+        assert_task(&ts, id, "success", "billing.slow", Some(&json!([10.0])));
     }
     for (id, args) in &adds {
         let t = assert_task(&ts, id, "success", "billing.add", Some(args));

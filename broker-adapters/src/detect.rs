@@ -185,9 +185,10 @@ impl KeyRuleSet {
     }
 }
 
-/// Whether one entry of a stream or list (`key`) shows a broker: a `TaskiqMessage` (the taskiq
-/// adapter's own [`crate::taskiq::looks_like_message`]) or a kombu envelope (`body`, `headers`,
-/// `properties.delivery_tag`). `stream` says which kind of key the entry came from.
+/// Whether one entry of a stream or list (`key`) shows a broker: a BullMQ event, a
+/// `TaskiqMessage` (the taskiq adapter's own [`crate::taskiq::looks_like_message`]), a kombu
+/// envelope (`body`, `headers`, `properties.delivery_tag`) or a Sidekiq job in a
+/// `queue:<name>` list. `stream` says which kind of key the entry came from.
 pub fn classify_message(key: &str, entry: &[u8], stream: bool) -> Option<Finding> {
     if stream {
         if let Some(queue) = crate::bullmq::layout::QueueName::from_events_key(key) {
@@ -216,6 +217,9 @@ pub fn classify_message(key: &str, entry: &[u8], stream: bool) -> Option<Finding
     if kombu && !stream {
         let setting = Setting::CeleryQueue(key.to_string());
         return Some(Finding::new(Broker::Celery, key, Some(setting)));
+    }
+    if !stream {
+        return crate::sidekiq::detect::finding_for_list_entry(key, object);
     }
     None
 }
