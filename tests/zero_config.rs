@@ -403,14 +403,15 @@ fn late_queues_of_watched_brokers_are_followed_at_once() {
     let emails = [("TS_DRAMATIQ_QUEUE", "emails")];
     let _emails = DramatiqWorker::start(&url, &emails);
     let _reports = RqWorker::start(&url, &["reports"], &[], &[]);
-    // The "jobs" worker busy first, so the add waits in its queue (see above).
+    // The "jobs" worker busy first (long enough for the next producer run under CI load), so
+    // the add waits in its queue (see above).
     let busy = produce(
         &url,
         "slow",
         2,
         "jobs",
         &ProduceOpts {
-            args: Some(json!([1.0])),
+            args: Some(json!([5.0])),
             ..ProduceOpts::default()
         },
     );
@@ -452,7 +453,7 @@ fn late_queues_of_watched_brokers_are_followed_at_once() {
     .remove(0);
 
     for id in &busy {
-        assert_task(&ts, id, "success", "billing.slow", Some(&json!([1.0])));
+        assert_task(&ts, id, "success", "billing.slow", Some(&json!([5.0])));
     }
     let t = ts.wait_state(&celery, "success", LONG);
     assert_eq!(t["name"], "billing.add", "{t}");
