@@ -216,20 +216,24 @@ impl SidekiqAdapter {
     }
 
     /// Both ends of a queue list (new jobs are `LPUSH`ed at the head, fetchers `BRPOP` the tail).
+    /// A read of a queue list: its head page, then its tail page only when the head page is
+    /// full ([`Self::tail_read`]): a list shorter than a page (the usual case) costs one
+    /// `LRANGE` per change.
     fn list_reads(&self, queue: &str) -> Vec<ReadRequest> {
-        let key = self.layout.queue(queue);
-        vec![
-            ReadRequest::LRange {
-                key: key.clone(),
-                start: 0,
-                stop: PAGE - 1,
-            },
-            ReadRequest::LRange {
-                key,
-                start: -PAGE,
-                stop: -1,
-            },
-        ]
+        vec![ReadRequest::LRange {
+            key: self.layout.queue(queue),
+            start: 0,
+            stop: PAGE - 1,
+        }]
+    }
+
+    /// The tail page of a queue list longer than a page (its next jobs to be fetched).
+    fn tail_read(&self, queue: &str) -> ReadRequest {
+        ReadRequest::LRange {
+            key: self.layout.queue(queue),
+            start: -PAGE,
+            stop: -1,
+        }
     }
 
     /// Both ends of a sorted set (the dead set: its newest end only).
@@ -985,8 +989,16 @@ impl Adapter for SidekiqAdapter {
             (ReadRequest::LRange { start, .. }, Some(SidekiqKey::Queue(q))) => {
                 let q = q.to_string();
                 let jobs = Self::entries(&key, reply, false, &mut out);
-                if *start >= 0 {
-                    self.list_pages.entry(q).or_default().head = Some(jobs);
+                if *start >= 0 && (jobs.len() as i64) < PAGE {
+                    // The whole list: it is its own tail.
+                    self.list_pages.remove(&q);
+                    let again = self.answered(&key, |s| s.list_reads(&q));
+                    out.follow_up.extend(again);
+                    let tail = jobs.clone();
+                    self.on_list(&q, jobs, tail, now, &mut out);
+                } else if *start >= 0 {
+                    self.list_pages.entry(q.clone()).or_default().head = Some(jobs);
+                    out.follow_up.push(self.tail_read(&q));
                 } else {
                     let head = self.list_pages.remove(&q).and_then(|p| p.head);
                     let again = self.answered(&key, |s| s.list_reads(&q));
