@@ -544,7 +544,8 @@ fn sent_to_idle_worker(mode: Mode) {
 
 /// Countdown tasks sent to an idle worker: the worker takes each message at once and holds it
 /// in `unacked` until its ETA. Held, a task is still `queued` (with its `eta`): it is reported
-/// `running` only when it starts, at its ETA, then succeeds.
+/// `running` only when it starts, at its ETA (or not at all: a task that runs in a millisecond
+/// may go from held to its result between two reads, README *Limits*), then succeeds.
 fn countdown_held_by_an_idle_worker(mode: Mode) {
     let w = World::new(mode);
     let worker = w.worker("celery");
@@ -563,20 +564,21 @@ fn countdown_held_by_an_idle_worker(mode: Mode) {
         assert_common(mode, &t, id, "billing.add", "celery");
         let eta = parse_time(&t, "eta");
         let transitions = t["transitions"].as_array().expect("transitions");
-        let started = transitions
-            .iter()
-            .find(|tr| tr["state"] == "running")
-            .unwrap_or_else(|| panic!("never running: {t}"));
-        let started_at = chrono::DateTime::parse_from_rfc3339(
-            started["at"].as_str().expect("a transition time"),
-        )
-        .expect("RFC 3339");
-        // Celery starts a due task within its timer's resolution (1 s); clocks are one machine.
-        assert!(
-            started_at >= eta - chrono::Duration::milliseconds(1000),
-            "reported running while its worker held it, {} s before its ETA: {t}",
-            (eta - started_at).num_milliseconds() as f64 / 1000.0
-        );
+        let at = |tr: &Value| {
+            chrono::DateTime::parse_from_rfc3339(tr["at"].as_str().expect("a transition time"))
+                .expect("RFC 3339")
+        };
+        let first = transitions.first().expect("a first transition");
+        assert_eq!(first["state"], "queued", "seen waiting first: {t}");
+        assert!(at(first) < eta, "seen waiting before its ETA: {t}");
+        for started in transitions.iter().filter(|tr| tr["state"] == "running") {
+            // Celery starts a due task within its timer's resolution (1 s); one machine's clock.
+            assert!(
+                at(started) >= eta - chrono::Duration::milliseconds(1000),
+                "reported running while its worker held it, {} s before its ETA: {t}",
+                (eta - at(started)).num_milliseconds() as f64 / 1000.0
+            );
+        }
     }
 }
 
