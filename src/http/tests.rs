@@ -469,15 +469,20 @@ async fn metrics_declare_every_contract_name() {
 async fn queues_answer_the_oldest_age_now_and_null_when_unknown() {
     let f = fixture().await;
     let oldest = chrono::DateTime::parse_from_rfc3339("2026-11-23T10:03:00Z").unwrap();
-    let before = (chrono::Utc::now() - oldest.with_timezone(&chrono::Utc)).num_milliseconds();
+    // Fractional milliseconds, as the answer has them (whole ones cut `after` below the age).
+    let age_now = || {
+        let age = chrono::Utc::now() - oldest.with_timezone(&chrono::Utc);
+        age.num_microseconds().unwrap() as f64 / 1000.0
+    };
+    let before = age_now();
     let body = get_json(&f, "/api/queues").await;
-    let after = (chrono::Utc::now() - oldest.with_timezone(&chrono::Utc)).num_milliseconds();
+    let after = age_now();
     let queues = body["queues"].as_array().unwrap();
     let by_name = |name: &str| queues.iter().find(|q| q["name"] == name).unwrap().clone();
     assert_eq!(by_name("celery")["oldest_age_ms"], Value::Null);
     let age = by_name("default")["oldest_age_ms"].as_f64().unwrap();
     assert!(
-        (before as f64..=after as f64).contains(&age),
+        (before..=after).contains(&age),
         "{before} <= {age} <= {after}"
     );
     let (_, text) = get(&f, "/metrics").await;
