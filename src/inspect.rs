@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use taskscope::store::{self, TaskQuery};
+use templates::format;
 use tokio::sync::watch;
 
 /// How long the brokers may take to be found and read before `inspect` gives up waiting and
@@ -200,12 +201,11 @@ async fn wait_until_read(metrics: &Metrics, auto: bool) -> anyhow::Result<()> {
     }
     loop {
         let d = metrics.detection();
+        // Only a broker's first finding records how long it took to be watched.
         let found_all_watched = d.found.iter().all(|f| {
-            // Only a broker's first finding records how long it took to be watched.
-            f.watching_after_ms.is_some()
-                || d.found
-                    .iter()
-                    .any(|g| g.broker == f.broker && g.watching_after_ms.is_some())
+            d.found
+                .iter()
+                .any(|g| g.broker == f.broker && g.watching_after_ms.is_some())
         });
         if d.passes >= 1 && found_all_watched {
             return Ok(());
@@ -260,7 +260,7 @@ impl View {
                             q.running.to_string(),
                             q.dead.to_string(),
                             q.oldest_age_ms(now)
-                                .map_or("-".to_string(), |ms| age(ms / 1000.0)),
+                                .map_or("-".to_string(), format::runtime),
                         ]
                     })
                     .collect(),
@@ -276,7 +276,7 @@ impl View {
                             w.hostname.clone().unwrap_or_else(|| "-".into()),
                             if w.alive { "yes" } else { "no" }.to_string(),
                             w.running.to_string(),
-                            ago(now, w.last_seen),
+                            format::relative_time(&w.last_seen, &now),
                         ]
                     })
                     .collect(),
@@ -295,7 +295,7 @@ impl View {
                             t.name.clone().unwrap_or_else(|| "-".into()),
                             t.state.as_str().to_string(),
                             t.retries.to_string(),
-                            ago(now, t.updated_at),
+                            format::relative_time(&t.updated_at, &now),
                         ]
                     })
                     .collect(),
@@ -317,14 +317,11 @@ impl View {
 /// so it cannot move the terminal's cursor or colours.
 fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
     let clean = |s: &str| -> String {
-        let mut out: String = s
+        let printable: String = s
             .chars()
             .map(|c| if c.is_control() { '?' } else { c })
             .collect();
-        if out.chars().count() > 60 {
-            out = out.chars().take(59).collect::<String>() + "…";
-        }
-        out
+        format::truncate(&printable, 60).into_owned()
     };
     let rows: Vec<Vec<String>> = rows
         .iter()
@@ -357,23 +354,6 @@ fn render_table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn ago(now: DateTime<Utc>, at: DateTime<Utc>) -> String {
-    let secs = (now - at).num_milliseconds().max(0) as f64 / 1000.0;
-    format!("{} ago", age(secs))
-}
-
-fn age(secs: f64) -> String {
-    if secs < 60.0 {
-        format!("{secs:.1}s")
-    } else if secs < 3600.0 {
-        format!("{:.0}m", secs / 60.0)
-    } else if secs < 86_400.0 {
-        format!("{:.1}h", secs / 3600.0)
-    } else {
-        format!("{:.1}d", secs / 86_400.0)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -399,13 +379,5 @@ mod tests {
         assert!(parse_states(&["done".into()])
             .unwrap_err()
             .contains("--state"));
-    }
-
-    #[test]
-    fn ages_read_at_a_glance() {
-        assert_eq!(age(3.25), "3.2s");
-        assert_eq!(age(600.0), "10m");
-        assert_eq!(age(5400.0), "1.5h");
-        assert_eq!(age(172_800.0), "2.0d");
     }
 }
