@@ -144,3 +144,254 @@ fn key_patterns_match_as_redis_globs() {
     assert!(glob_match("rq:job:[0-9a-f]?", "rq:job:3x"));
     assert!(!glob_match("rq:job:[^0-9]", "rq:job:3"));
 }
+
+fn xrange(key: &str, start: &str, end: &str, count: u64) -> ReadRequest {
+    ReadRequest::XRange {
+        key: key.into(),
+        start: start.into(),
+        end: end.into(),
+        count,
+    }
+}
+
+/// The ids of an `XRANGE` reply.
+fn ids(reply: Reply) -> Vec<String> {
+    reply
+        .into_items()
+        .into_iter()
+        .filter_map(|e| e.into_items().first().cloned())
+        .map(|id| String::from_utf8(id.as_bytes().unwrap().to_vec()).unwrap())
+        .collect()
+}
+
+#[test]
+fn xadd_ids_follow_the_clock_then_the_sequence() {
+    let mut r = FakeRedis::new();
+    let now = r.now_ms();
+    let a = r.xadd("s", "*", &[("data", b"1")]);
+    let b = r.xadd("s", "*", &[("data", b"2")]);
+    assert_eq!(a, format!("{now}-0"));
+    assert_eq!(b, format!("{now}-1"));
+    r.advance_to(now + 7);
+    assert_eq!(
+        r.xadd("s", "*", &[("data", b"3")]),
+        format!("{}-0", now + 7)
+    );
+    assert_eq!(
+        r.xadd("s", "9999999999999-5", &[("data", b"4")]),
+        "9999999999999-5"
+    );
+    assert_eq!(r.xlen("s"), 4);
+    let entry = |id: &str, v: &str| {
+        Reply::Array(vec![
+            Reply::Bytes(id.as_bytes().to_vec()),
+            Reply::Array(vec![
+                Reply::Bytes(b"data".to_vec()),
+                Reply::Bytes(v.as_bytes().to_vec()),
+            ]),
+        ])
+    };
+    assert_eq!(
+        r.read(&xrange("s", "-", "+", 2)),
+        Reply::Array(vec![entry(&a, "1"), entry(&b, "2")]),
+        "entries are [id, [field, value]]"
+    );
+    let ops: Vec<String> = events(&mut r).into_iter().map(|(_, op)| op).collect();
+    assert_eq!(ops, ["xadd"; 4]);
+}
+
+#[test]
+fn xrange_takes_exclusive_starts_and_counts_and_xrevrange_reads_newest_first() {
+    let mut r = FakeRedis::new();
+    let all: Vec<String> = (0..5)
+        .map(|i| r.xadd("s", "*", &[("n", i.to_string().as_bytes())]))
+        .collect();
+    assert_eq!(
+        ids(r.read(&xrange("s", &format!("({}", all[1]), "+", 2))),
+        all[2..4]
+    );
+    assert_eq!(
+        ids(r.read(&xrange("s", &all[1], &format!("({}", all[3]), 10))),
+        all[1..3]
+    );
+    assert_eq!(
+        ids(r.read(&xrange("s", &format!("({}", all[4]), "+", 10))),
+        Vec::<String>::new()
+    );
+    let rev = r.read(&ReadRequest::XRevRange {
+        key: "s".into(),
+        end: "+".into(),
+        start: "-".into(),
+        count: 2,
+    });
+    assert_eq!(ids(rev), [all[4].clone(), all[3].clone()]);
+    assert_eq!(
+        ids(r.read(&xrange("nope", "-", "+", 10))),
+        Vec::<String>::new()
+    );
+    assert_eq!(r.read(&ReadRequest::XLen("nope".into())), Reply::Int(0));
+}
+
+#[test]
+fn xtrim_and_xdel_drop_entries_with_their_events_and_keep_the_stream() {
+    let mut r = FakeRedis::new();
+    let a = r.xadd("s", "*", &[("n", b"0")]);
+    r.xadd_maxlen("s", 2, "*", &[("n", b"1")]);
+    r.xadd_maxlen("s", 2, "*", &[("n", b"2")]);
+    assert_eq!(r.xlen("s"), 2);
+    assert!(!r.xdel("s", &a), "trimmed already");
+    let left = ids(r.read(&xrange("s", "-", "+", 10)));
+    assert!(r.xdel("s", &left[0]) && r.xdel("s", &left[1]));
+    assert_eq!(r.xtrim("s", 0), 0);
+    assert!(r.exists("s"), "an empty stream stays");
+    let ops: Vec<String> = events(&mut r).into_iter().map(|(_, op)| op).collect();
+    assert_eq!(ops, ["xadd", "xadd", "xadd", "xtrim", "xdel", "xdel"]);
+    assert_eq!(
+        r.read(&ReadRequest::Type("s".into())),
+        Reply::Bytes(b"stream".to_vec())
+    );
+}
+
+/// The rows of an `XINFO` reply as `name -> value` maps.
+fn rows(reply: Reply) -> Vec<std::collections::HashMap<String, Reply>> {
+    reply
+        .into_items()
+        .into_iter()
+        .map(|row| {
+            row.into_pairs()
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8(k.as_bytes().unwrap().to_vec()).unwrap(),
+                        v,
+                    )
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn consumer_groups_deliver_track_pending_entries_and_acknowledge() {
+    let mut r = FakeRedis::new();
+    assert!(r.xgroup_create("s", "g", "$", true));
+    assert!(!r.xgroup_create("s", "g", "$", true), "BUSYGROUP");
+    let a = r.xadd("s", "*", &[("data", b"a")]);
+    let b = r.xadd("s", "*", &[("data", b"b")]);
+    let got = r.xreadgroup("s", "g", "c1", 1);
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].0, a);
+    r.advance_to(r.now_ms() + 250);
+    let pending = r.read(&ReadRequest::XPending {
+        key: "s".into(),
+        group: "g".into(),
+        count: 10,
+    });
+    assert_eq!(
+        pending,
+        Reply::Array(vec![Reply::Array(vec![
+            Reply::Bytes(a.as_bytes().to_vec()),
+            Reply::Bytes(b"c1".to_vec()),
+            Reply::Int(250),
+            Reply::Int(1),
+        ])])
+    );
+    let groups = rows(r.read(&ReadRequest::XInfoGroups("s".into())));
+    assert_eq!(groups[0]["name"], Reply::Bytes(b"g".to_vec()));
+    assert_eq!(groups[0]["pending"], Reply::Int(1));
+    assert_eq!(
+        groups[0]["last-delivered-id"],
+        Reply::Bytes(a.as_bytes().to_vec())
+    );
+    assert_eq!(groups[0]["lag"], Reply::Int(1));
+    let consumers = rows(r.read(&ReadRequest::XInfoConsumers {
+        key: "s".into(),
+        group: "g".into(),
+    }));
+    assert_eq!(consumers[0]["name"], Reply::Bytes(b"c1".to_vec()));
+    assert_eq!(consumers[0]["pending"], Reply::Int(1));
+    assert_eq!(consumers[0]["idle"], Reply::Int(250));
+    assert_eq!(r.xack("s", "g", &[&a, &b]), 1, "b was never delivered");
+    assert_eq!(r.xpending("s", "g"), vec![]);
+    assert!(matches!(
+        r.read(&ReadRequest::XPending { key: "s".into(), group: "other".into(), count: 10 }),
+        Reply::Error(e) if e.starts_with("NOGROUP")
+    ));
+    assert!(matches!(
+        r.read(&ReadRequest::XInfoGroups("nope".into())),
+        Reply::Error(_)
+    ));
+    let ops: Vec<String> = events(&mut r).into_iter().map(|(_, op)| op).collect();
+    assert_eq!(
+        ops,
+        ["xgroup-create", "xadd", "xadd", "xgroup-createconsumer"]
+    );
+}
+
+#[test]
+fn claims_move_idle_pending_entries_to_another_consumer_and_count_deliveries() {
+    let mut r = FakeRedis::new();
+    r.xgroup_create("s", "g", "0", true);
+    let a = r.xadd("s", "*", &[("data", b"a")]);
+    r.xreadgroup("s", "g", "c1", 10);
+    r.advance_to(r.now_ms() + 100);
+    assert!(
+        r.xclaim("s", "g", "c2", 1_000, &[&a]).is_empty(),
+        "not idle enough"
+    );
+    let (next, claimed) = r.xautoclaim("s", "g", "c2", 50, "0-0", 10);
+    assert_eq!((next.as_str(), claimed.len()), ("0-0", 1));
+    assert_eq!(r.xpending("s", "g"), vec![(a.clone(), "c2".to_string(), 2)]);
+    r.advance_to(r.now_ms() + 10);
+    let claimed = r.xclaim("s", "g", "c1", 0, &[&a]);
+    assert_eq!(claimed[0].0, a);
+    assert_eq!(r.xpending("s", "g"), vec![(a.clone(), "c1".to_string(), 3)]);
+    r.xdel("s", &a);
+    assert!(r.xclaim("s", "g", "c2", 0, &[&a]).is_empty());
+    assert_eq!(
+        r.xpending("s", "g"),
+        vec![],
+        "a deleted entry leaves the PEL when claimed"
+    );
+}
+
+#[test]
+fn ttls_count_down_on_the_clock_and_expire_with_an_event() {
+    let mut r = FakeRedis::new();
+    let t0 = r.now_ms();
+    r.setex("a", 10, b"1");
+    r.set_px("b", b"2", 500);
+    r.hset("h", "f", b"v");
+    assert!(r.expire("h", 1));
+    assert!(!r.expire("nope", 1));
+    assert_eq!(r.read(&ReadRequest::PTtl("a".into())), Reply::Int(10_000));
+    assert_eq!(r.read(&ReadRequest::PTtl("h".into())), Reply::Int(1_000));
+    r.hset("h", "g", b"w");
+    assert_eq!(r.pttl("h"), 1_000, "a write keeps the TTL");
+    r.advance_to(t0 + 499);
+    assert_eq!(r.pttl("b"), 1);
+    r.advance_to(t0 + 1_000);
+    assert!(!r.exists("b") && !r.exists("h") && r.exists("a"));
+    assert_eq!(r.read(&ReadRequest::Get("b".into())), Reply::Nil);
+    r.set("a", b"3");
+    assert_eq!(r.pttl("a"), -1, "SET clears the TTL");
+    assert_eq!(r.pttl("gone"), -2);
+    let ops: Vec<(String, String)> = events(&mut r);
+    let expected = [
+        ("a", "set"),
+        ("a", "expire"),
+        ("b", "set"),
+        ("b", "expire"),
+        ("h", "hset"),
+        ("h", "expire"),
+        ("h", "hset"),
+        ("b", "expired"),
+        ("h", "expired"),
+        ("a", "set"),
+    ];
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(k, o)| (k.to_string(), o.to_string()))
+        .collect();
+    assert_eq!(ops, expected);
+}

@@ -61,6 +61,7 @@ impl<A: Adapter> Driver<A> {
 
     pub fn advance(&mut self, ms: i64) {
         self.now += Duration::milliseconds(ms);
+        self.redis.advance_to(self.now.timestamp_millis());
     }
 
     /// Delivers every notification the fake's writes caused since the last delivery, in order.

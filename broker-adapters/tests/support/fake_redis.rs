@@ -5,13 +5,25 @@
 //! records the events Redis would publish (`hset`, and `del` when a write empties a key), in
 //! order, for [`super::driver::Driver`] to deliver. Reads answer a [`ReadRequest`] the way the
 //! ingest layer would after converting Redis's reply: a missing key reads as empty (`Nil` for
-//! `GET`), a key of another type is a `WRONGTYPE` [`Reply::Error`]. Streams, `XPENDING` and
-//! `XINFO` are not modelled yet: those reads answer an error that says so.
+//! `GET`), a key of another type is a `WRONGTYPE` [`Reply::Error`].
 //!
-//! No TTLs either: `PTTL` answers -1 for a key that exists, -2 otherwise.
+//! Streams with consumer groups ([`super::fake_stream`]): `XADD` (`xadd`, then `xtrim` when
+//! `MAXLEN` trims), `XTRIM` (`xtrim`), `XDEL` (`xdel`), `XGROUP CREATE` (`xgroup-create`),
+//! `XREADGROUP` / `XCLAIM` / `XAUTOCLAIM` (`xgroup-createconsumer` for a new consumer; no event
+//! otherwise), `XACK` (none); reads `XLEN`, `XRANGE`, `XREVRANGE`, `XPENDING`, `XINFO GROUPS`,
+//! `XINFO CONSUMERS`.
+//!
+//! TTLs on the fake's own clock (milliseconds, moved by [`FakeRedis::advance_to`], which the
+//! driver calls as its clock moves): `SETEX` / `SET PX` (`set` then `expire`), `EXPIRE` /
+//! `PEXPIRE` (`expire`), `PTTL`; a key whose time is up is removed with an `expired` event.
+//! `SET` without a TTL clears the key's TTL, as Redis does; other writes keep it.
 
+use super::fake_stream::{self, Fields, Id, Stream};
 use broker_adapters::{ReadRequest, Reply};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// The fake's clock at start: the driver's (2026-12-06T12:00:00Z), in ms.
+pub const START_MS: i64 = 1_796_558_400_000;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Value {
@@ -21,6 +33,7 @@ enum Value {
     Set(BTreeSet<String>),
     /// Member -> score; read back in Redis's order (score, then member).
     ZSet(BTreeMap<String, f64>),
+    Stream(Box<Stream>),
 }
 
 impl Value {
@@ -31,6 +44,7 @@ impl Value {
             Value::Hash(_) => "hash",
             Value::Set(_) => "set",
             Value::ZSet(_) => "zset",
+            Value::Stream(_) => "stream",
         }
     }
 
@@ -41,6 +55,8 @@ impl Value {
             Value::Hash(h) => h.is_empty(),
             Value::Set(s) => s.is_empty(),
             Value::ZSet(z) => z.is_empty(),
+            // A stream stays when its last entry goes (its groups and last id with it).
+            Value::Stream(_) => false,
         }
     }
 }
@@ -53,10 +69,28 @@ pub struct KeyEvent {
 }
 
 /// The fake database, plus the notifications its writes caused and nobody took yet.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FakeRedis {
     keys: BTreeMap<String, Value>,
     events: Vec<KeyEvent>,
+    /// The clock (ms since the epoch): stream ids, idle times, expiries.
+    now_ms: i64,
+    /// Keys with a TTL: when they expire (ms).
+    expires: BTreeMap<String, i64>,
+    /// What `CLIENT LIST` answers (one `id=.. name=..` line per connection).
+    pub client_list: String,
+}
+
+impl Default for FakeRedis {
+    fn default() -> FakeRedis {
+        FakeRedis {
+            keys: BTreeMap::new(),
+            events: Vec::new(),
+            now_ms: START_MS,
+            expires: BTreeMap::new(),
+            client_list: String::new(),
+        }
+    }
 }
 
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
@@ -102,6 +136,7 @@ impl FakeRedis {
     fn drop_if_empty(&mut self, key: &str) {
         if self.keys.get(key).is_some_and(Value::is_empty) {
             self.keys.remove(key);
+            self.expires.remove(key);
             self.event(key, "del");
         }
     }
@@ -128,15 +163,276 @@ impl FakeRedis {
     pub fn set(&mut self, key: &str, value: &[u8]) {
         self.keys
             .insert(key.to_string(), Value::Str(value.to_vec()));
+        self.expires.remove(key);
         self.event(key, "set");
     }
 
+    pub fn get(&self, key: &str) -> Option<Vec<u8>> {
+        match self.keys.get(key) {
+            Some(Value::Str(s)) => Some(s.clone()),
+            _ => None,
+        }
+    }
+
     pub fn del(&mut self, key: &str) -> bool {
+        self.expires.remove(key);
         let existed = self.keys.remove(key).is_some();
         if existed {
             self.event(key, "del");
         }
         existed
+    }
+
+    // --- TTLs and the clock ---
+
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    /// Moves the clock to `ms` (never back) and expires the keys whose time is up, each with
+    /// an `expired` event, in order of expiry.
+    pub fn advance_to(&mut self, ms: i64) {
+        self.now_ms = self.now_ms.max(ms);
+        let mut due: Vec<(i64, String)> = self
+            .expires
+            .iter()
+            .filter(|(_, at)| **at <= self.now_ms)
+            .map(|(k, at)| (*at, k.clone()))
+            .collect();
+        due.sort();
+        for (_, key) in due {
+            self.expires.remove(&key);
+            self.keys.remove(&key);
+            self.event(&key, "expired");
+        }
+    }
+
+    /// `SET key value PX ms`.
+    pub fn set_px(&mut self, key: &str, value: &[u8], ms: i64) {
+        self.set(key, value);
+        self.pexpire(key, ms);
+    }
+
+    /// `SETEX key seconds value`.
+    pub fn setex(&mut self, key: &str, seconds: i64, value: &[u8]) {
+        self.set_px(key, value, seconds * 1000);
+    }
+
+    /// `EXPIRE key seconds`: false when there is no such key.
+    pub fn expire(&mut self, key: &str, seconds: i64) -> bool {
+        self.pexpire(key, seconds * 1000)
+    }
+
+    /// `PEXPIRE key ms`: false when there is no such key. A time not in the future deletes the
+    /// key (`del`), as Redis does.
+    pub fn pexpire(&mut self, key: &str, ms: i64) -> bool {
+        if !self.keys.contains_key(key) {
+            return false;
+        }
+        if ms <= 0 {
+            self.del(key);
+        } else {
+            self.expires.insert(key.to_string(), self.now_ms + ms);
+            self.event(key, "expire");
+        }
+        true
+    }
+
+    /// `PTTL key`: ms left, -1 without a TTL, -2 without the key.
+    pub fn pttl(&self, key: &str) -> i64 {
+        match (self.keys.contains_key(key), self.expires.get(key)) {
+            (false, _) => -2,
+            (true, None) => -1,
+            (true, Some(at)) => at - self.now_ms,
+        }
+    }
+
+    // --- streams ---
+
+    fn stream_mut(&mut self, key: &str) -> &mut Stream {
+        match self.entry(key, || Value::Stream(Box::default())) {
+            Value::Stream(s) => s,
+            _ => unreachable!("entry checks the type"),
+        }
+    }
+
+    fn stream(&self, key: &str) -> Option<&Stream> {
+        match self.keys.get(key) {
+            Some(Value::Stream(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// `XADD key <id> field value ...` (`id` `*` for a new one on the clock): the entry's id.
+    pub fn xadd(&mut self, key: &str, id: &str, fields: &[(&str, &[u8])]) -> String {
+        let fields: Fields = fields
+            .iter()
+            .map(|(f, v)| (f.as_bytes().to_vec(), v.to_vec()))
+            .collect();
+        let now = self.now_ms;
+        let id = self
+            .stream_mut(key)
+            .add(id, fields, now)
+            .unwrap_or_else(|e| panic!("XADD {key}: {e}"));
+        self.event(key, "xadd");
+        id.to_string()
+    }
+
+    /// `XADD key MAXLEN n <id> ...`: the add (`xadd`), then the trim (`xtrim` if any dropped).
+    pub fn xadd_maxlen(
+        &mut self,
+        key: &str,
+        maxlen: usize,
+        id: &str,
+        fields: &[(&str, &[u8])],
+    ) -> String {
+        let id = self.xadd(key, id, fields);
+        if self.stream_mut(key).trim_maxlen(maxlen) > 0 {
+            self.event(key, "xtrim");
+        }
+        id
+    }
+
+    /// `XTRIM key MAXLEN n`: how many entries went.
+    pub fn xtrim(&mut self, key: &str, maxlen: usize) -> usize {
+        let Some(Value::Stream(s)) = self.keys.get_mut(key) else {
+            return 0;
+        };
+        let dropped = s.trim_maxlen(maxlen);
+        if dropped > 0 {
+            self.event(key, "xtrim");
+        }
+        dropped
+    }
+
+    /// `XDEL key id`.
+    pub fn xdel(&mut self, key: &str, id: &str) -> bool {
+        let (Some(Value::Stream(s)), Some(id)) = (self.keys.get_mut(key), Id::parse(id)) else {
+            return false;
+        };
+        let removed = s.entries.remove(&id).is_some();
+        if removed {
+            self.event(key, "xdel");
+        }
+        removed
+    }
+
+    pub fn xlen(&self, key: &str) -> usize {
+        self.stream(key).map_or(0, |s| s.entries.len())
+    }
+
+    /// `XGROUP CREATE key group <id> [MKSTREAM]`: false when the group exists (Redis's
+    /// `BUSYGROUP`); panics without the stream and without `mkstream` (Redis's error).
+    pub fn xgroup_create(&mut self, key: &str, group: &str, id: &str, mkstream: bool) -> bool {
+        assert!(
+            mkstream || self.stream(key).is_some(),
+            "XGROUP CREATE {key}: no such key (MKSTREAM not given)"
+        );
+        let created = self.stream_mut(key).create_group(group, id);
+        if created {
+            self.event(key, "xgroup-create");
+        }
+        created
+    }
+
+    /// `XREADGROUP GROUP group consumer COUNT count STREAMS key >`: the entries delivered,
+    /// `(id, fields)`.
+    pub fn xreadgroup(
+        &mut self,
+        key: &str,
+        group: &str,
+        consumer: &str,
+        count: usize,
+    ) -> Vec<(String, Fields)> {
+        let now = self.now_ms;
+        let (delivered, created) = self.stream_mut(key).read_group(group, consumer, count, now);
+        if created {
+            self.event(key, "xgroup-createconsumer");
+        }
+        delivered
+            .into_iter()
+            .map(|(id, f)| (id.to_string(), f))
+            .collect()
+    }
+
+    /// `XACK key group id...`: how many were pending.
+    pub fn xack(&mut self, key: &str, group: &str, ids: &[&str]) -> usize {
+        let ids: Vec<Id> = ids.iter().filter_map(|i| Id::parse(i)).collect();
+        match self.keys.get_mut(key) {
+            Some(Value::Stream(s)) => s.ack(group, &ids),
+            _ => 0,
+        }
+    }
+
+    fn consumer_exists(&self, key: &str, group: &str, consumer: &str) -> bool {
+        self.stream(key)
+            .and_then(|s| s.groups.get(group))
+            .is_some_and(|g| g.consumers.contains_key(consumer))
+    }
+
+    /// `XCLAIM key group consumer min-idle-ms id...`: the entries claimed.
+    pub fn xclaim(
+        &mut self,
+        key: &str,
+        group: &str,
+        consumer: &str,
+        min_idle_ms: i64,
+        ids: &[&str],
+    ) -> Vec<(String, Fields)> {
+        let ids: Vec<Id> = ids.iter().filter_map(|i| Id::parse(i)).collect();
+        let known = self.consumer_exists(key, group, consumer);
+        let now = self.now_ms;
+        let claimed = self
+            .stream_mut(key)
+            .claim(group, consumer, min_idle_ms, &ids, now);
+        if !known {
+            self.event(key, "xgroup-createconsumer");
+        }
+        claimed
+            .into_iter()
+            .map(|(id, f)| (id.to_string(), f))
+            .collect()
+    }
+
+    /// `XAUTOCLAIM key group consumer min-idle-ms start COUNT count`: the next cursor and the
+    /// entries claimed.
+    pub fn xautoclaim(
+        &mut self,
+        key: &str,
+        group: &str,
+        consumer: &str,
+        min_idle_ms: i64,
+        start: &str,
+        count: usize,
+    ) -> (String, Vec<(String, Fields)>) {
+        let known = self.consumer_exists(key, group, consumer);
+        let now = self.now_ms;
+        let (next, claimed) =
+            self.stream_mut(key)
+                .autoclaim(group, consumer, min_idle_ms, start, count, now);
+        if !known {
+            self.event(key, "xgroup-createconsumer");
+        }
+        (
+            next.to_string(),
+            claimed
+                .into_iter()
+                .map(|(id, f)| (id.to_string(), f))
+                .collect(),
+        )
+    }
+
+    /// The ids of the entries pending in `group`, with their consumer and delivery count.
+    pub fn xpending(&self, key: &str, group: &str) -> Vec<(String, String, u64)> {
+        self.stream(key)
+            .and_then(|s| s.groups.get(group))
+            .map(|g| {
+                g.pel
+                    .iter()
+                    .map(|(id, p)| (id.to_string(), p.consumer.clone(), p.deliveries))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     // --- lists ---
@@ -365,17 +661,48 @@ impl FakeRedis {
                 }
                 _ => Reply::Array(Vec::new()),
             },
-            ReadRequest::PTtl(_) => Reply::Int(if value.is_some() { -1 } else { -2 }),
+            ReadRequest::PTtl(key) => Reply::Int(self.pttl(key)),
             ReadRequest::Type(_) => text(value.map_or("none", Value::type_name)),
-            ReadRequest::ClientList => Reply::Bytes(Vec::new()),
+            ReadRequest::ClientList => text(&self.client_list),
             ReadRequest::XLen(_)
             | ReadRequest::XRange { .. }
             | ReadRequest::XRevRange { .. }
             | ReadRequest::XPending { .. }
             | ReadRequest::XInfoGroups(_)
-            | ReadRequest::XInfoConsumers { .. } => Reply::Error(format!(
-                "fake redis: streams are not modelled ({request:?})"
-            )),
+            | ReadRequest::XInfoConsumers { .. }
+                if wrong("stream") =>
+            {
+                Reply::Error(WRONGTYPE.into())
+            }
+            ReadRequest::XLen(key) => Reply::Int(self.xlen(key) as i64),
+            ReadRequest::XRange {
+                key,
+                start,
+                end,
+                count,
+            } => self.stream(key).map_or(Reply::Array(Vec::new()), |s| {
+                s.range(start, end, *count, false)
+            }),
+            ReadRequest::XRevRange {
+                key,
+                end,
+                start,
+                count,
+            } => self.stream(key).map_or(Reply::Array(Vec::new()), |s| {
+                s.range(start, end, *count, true)
+            }),
+            ReadRequest::XPending { key, group, count } => match self.stream(key) {
+                Some(s) => s.pending_reply(group, *count, self.now_ms),
+                None => fake_stream::nogroup(group),
+            },
+            ReadRequest::XInfoGroups(key) => match self.stream(key) {
+                Some(s) => s.groups_reply(),
+                None => Reply::Error("ERR no such key".into()),
+            },
+            ReadRequest::XInfoConsumers { key, group } => match self.stream(key) {
+                Some(s) => s.consumers_reply(group, self.now_ms),
+                None => fake_stream::nogroup(group),
+            },
         }
     }
 }
