@@ -11,10 +11,10 @@
 //! before [`Driver::deliver`] (a script is atomic: no read runs inside it).
 
 use super::fake_redis::{glob_match, FakeRedis, KeyEvent};
-use broker_adapters::state;
+use broker_adapters::{state, worker_state};
 use broker_adapters::{
     Adapter, DecodeError, Observation, OpenTask, Output, PrefetchRead, QueueSample, ReadRequest,
-    Task, TaskObservation, TaskState,
+    Task, TaskEvent, TaskObservation, TaskState, Worker,
 };
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -351,6 +351,43 @@ impl<A: Adapter> Driver<A> {
             })
             .collect();
         self.snapshots.retain(|k, _| followed.contains(k));
+    }
+
+    /// The workers as the worker state machine folds the worker observations so far.
+    pub fn workers(&self) -> Vec<Worker> {
+        let mut workers: BTreeMap<String, Worker> = BTreeMap::new();
+        for obs in &self.observations {
+            if let Observation::Worker(w) = obs {
+                let folded = worker_state::fold(workers.get(&w.id), w);
+                workers.insert(w.id.clone(), folded);
+            }
+        }
+        workers.into_values().collect()
+    }
+
+    /// The shared abandon sweep at the driver's clock (`abandon_after_ms` of silence), its
+    /// observations folded like the rest.
+    pub fn sweep(&mut self, abandon_after_ms: i64) {
+        let running: Vec<Task> = self
+            .tasks
+            .values()
+            .filter(|t| t.state == TaskState::Running)
+            .cloned()
+            .collect();
+        let found = state::find_abandoned(
+            &running,
+            &self.workers(),
+            self.now,
+            Duration::milliseconds(abandon_after_ms),
+        );
+        for obs in found {
+            self.observe(obs);
+        }
+    }
+
+    /// The events of `id`'s observations, in order.
+    pub fn events_of(&self, id: &str) -> Vec<TaskEvent> {
+        self.observations_of(id).iter().map(|o| o.event).collect()
     }
 
     pub fn task(&self, id: &str) -> &Task {

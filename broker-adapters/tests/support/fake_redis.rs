@@ -463,6 +463,18 @@ impl FakeRedis {
         popped
     }
 
+    pub fn rpop(&mut self, key: &str) -> Option<Vec<u8>> {
+        let Some(Value::List(l)) = self.keys.get_mut(key) else {
+            return None;
+        };
+        let popped = l.pop_back();
+        if popped.is_some() {
+            self.event(key, "rpop");
+            self.drop_if_empty(key);
+        }
+        popped
+    }
+
     pub fn list(&self, key: &str) -> Vec<Vec<u8>> {
         match self.keys.get(key) {
             Some(Value::List(l)) => l.iter().cloned().collect(),

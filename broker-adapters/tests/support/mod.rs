@@ -6,3 +6,4 @@ pub mod dramatiq_worker;
 pub mod driver;
 pub mod fake_redis;
 pub mod fake_stream;
+pub mod taskiq_worker;
