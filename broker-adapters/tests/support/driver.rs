@@ -101,6 +101,34 @@ impl<A: Adapter> Driver<A> {
         self.deliver();
     }
 
+    /// Delivers the messages published since the last delivery, in order, to the adapter when
+    /// one of its channel patterns matches (as its pub/sub subscription would).
+    pub fn deliver_published(&mut self) {
+        for (channel, payload) in self.redis.take_published() {
+            self.message(&channel, &payload);
+        }
+    }
+
+    /// One pub/sub message on `channel`; then the reads it asks for are answered.
+    pub fn message(&mut self, channel: &str, payload: &[u8]) {
+        let subscribed = self
+            .adapter
+            .interest()
+            .channel_patterns
+            .iter()
+            .any(|p| glob_match(p, channel));
+        if subscribed {
+            let out = self.adapter.on_message(channel, payload, self.now);
+            let more = self.absorb(out);
+            self.pump(more);
+        }
+    }
+
+    /// Discards the published messages not delivered yet (lost while disconnected).
+    pub fn lose_published(&mut self) {
+        self.redis.take_published();
+    }
+
     /// Discards the pending notifications (lost while disconnected, say).
     pub fn lose_notifications(&mut self) {
         self.redis.take_events();

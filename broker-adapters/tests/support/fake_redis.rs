@@ -79,6 +79,8 @@ pub struct FakeRedis {
     expires: BTreeMap<String, i64>,
     /// What `CLIENT LIST` answers (one `id=.. name=..` line per connection).
     pub client_list: String,
+    /// `PUBLISH`ed messages nobody took yet, `(channel, payload)`, oldest first.
+    published: Vec<(String, Vec<u8>)>,
 }
 
 impl Default for FakeRedis {
@@ -89,6 +91,7 @@ impl Default for FakeRedis {
             now_ms: START_MS,
             expires: BTreeMap::new(),
             client_list: String::new(),
+            published: Vec::new(),
         }
     }
 }
@@ -181,6 +184,18 @@ impl FakeRedis {
             self.event(key, "del");
         }
         existed
+    }
+
+    // --- pub/sub ---
+
+    /// `PUBLISH channel payload` (no keyspace event; the driver delivers it to a subscriber).
+    pub fn publish(&mut self, channel: &str, payload: &[u8]) {
+        self.published.push((channel.to_string(), payload.to_vec()));
+    }
+
+    /// The messages published since the last call, oldest first.
+    pub fn take_published(&mut self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.published)
     }
 
     // --- TTLs and the clock ---
