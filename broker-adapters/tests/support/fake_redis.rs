@@ -506,6 +506,16 @@ impl FakeRedis {
         self.event(key, "hset");
     }
 
+    /// `HSET key f v f v ...`: one command, one `hset` event.
+    pub fn hset_many(&mut self, key: &str, fields: &[(&str, &[u8])]) {
+        if let Value::Hash(h) = self.entry(key, || Value::Hash(BTreeMap::new())) {
+            for (f, v) in fields {
+                h.insert(f.to_string(), v.to_vec());
+            }
+        }
+        self.event(key, "hset");
+    }
+
     pub fn hget(&self, key: &str, field: &str) -> Option<Vec<u8>> {
         match self.keys.get(key) {
             Some(Value::Hash(h)) => h.get(field).cloned(),

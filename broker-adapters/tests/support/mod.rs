@@ -7,4 +7,5 @@ pub mod dramatiq_worker;
 pub mod driver;
 pub mod fake_redis;
 pub mod fake_stream;
+pub mod rq_worker;
 pub mod taskiq_worker;
