@@ -170,6 +170,19 @@ impl FakeRedis {
         self.event(key, "set");
     }
 
+    /// `INCR key` (`incrby` event): the new value. The key keeps its TTL.
+    pub fn incr(&mut self, key: &str) -> i64 {
+        let current = self
+            .get(key)
+            .and_then(|v| String::from_utf8(v).ok()?.parse::<i64>().ok())
+            .unwrap_or(0);
+        let next = current + 1;
+        self.keys
+            .insert(key.to_string(), Value::Str(next.to_string().into_bytes()));
+        self.event(key, "incrby");
+        next
+    }
+
     pub fn get(&self, key: &str) -> Option<Vec<u8>> {
         match self.keys.get(key) {
             Some(Value::Str(s)) => Some(s.clone()),
@@ -574,6 +587,18 @@ impl FakeRedis {
             z.insert(member.to_string(), score);
         }
         self.event(key, "zadd");
+    }
+
+    /// `ZINCRBY key by member` (`zincr` event): the new score.
+    pub fn zincrby(&mut self, key: &str, by: f64, member: &str) -> f64 {
+        let mut score = by;
+        if let Value::ZSet(z) = self.entry(key, || Value::ZSet(BTreeMap::new())) {
+            let s = z.entry(member.to_string()).or_insert(0.0);
+            *s += by;
+            score = *s;
+        }
+        self.event(key, "zincr");
+        score
     }
 
     pub fn zrem(&mut self, key: &str, member: &str) -> bool {

@@ -2,6 +2,7 @@
 //! adapter against it the way the ingest layer does. Each test binary uses a part of it.
 #![allow(dead_code)]
 
+pub mod arq_worker;
 pub mod celery_worker;
 pub mod dramatiq_worker;
 pub mod driver;
