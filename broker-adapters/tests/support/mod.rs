@@ -9,4 +9,5 @@ pub mod driver;
 pub mod fake_redis;
 pub mod fake_stream;
 pub mod rq_worker;
+pub mod sidekiq_worker;
 pub mod taskiq_worker;
