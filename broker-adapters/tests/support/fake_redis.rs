@@ -503,6 +503,20 @@ impl FakeRedis {
         popped
     }
 
+    /// `LREM key 1 value`: the first occurrence removed (`lrem`, and `del` when emptied).
+    pub fn lrem(&mut self, key: &str, value: &[u8]) -> bool {
+        let Some(Value::List(l)) = self.keys.get_mut(key) else {
+            return false;
+        };
+        let Some(at) = l.iter().position(|v| v == value) else {
+            return false;
+        };
+        l.remove(at);
+        self.event(key, "lrem");
+        self.drop_if_empty(key);
+        true
+    }
+
     pub fn list(&self, key: &str) -> Vec<Vec<u8>> {
         match self.keys.get(key) {
             Some(Value::List(l)) => l.iter().cloned().collect(),
@@ -527,6 +541,20 @@ impl FakeRedis {
             }
         }
         self.event(key, "hset");
+    }
+
+    /// `HINCRBY key field by` (`hincrby` event): the new value.
+    pub fn hincrby(&mut self, key: &str, field: &str, by: i64) -> i64 {
+        let current = self
+            .hget(key, field)
+            .and_then(|v| String::from_utf8(v).ok()?.parse::<i64>().ok())
+            .unwrap_or(0);
+        let next = current + by;
+        if let Value::Hash(h) = self.entry(key, || Value::Hash(BTreeMap::new())) {
+            h.insert(field.to_string(), next.to_string().into_bytes());
+        }
+        self.event(key, "hincrby");
+        next
     }
 
     pub fn hget(&self, key: &str, field: &str) -> Option<Vec<u8>> {

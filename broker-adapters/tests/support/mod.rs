@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod arq_worker;
+pub mod bullmq_worker;
 pub mod celery_worker;
 pub mod dramatiq_worker;
 pub mod driver;

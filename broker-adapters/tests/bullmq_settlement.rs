@@ -1,0 +1,222 @@
+//! How the BullMQ adapter settles each job, driven end to end against the in-memory Redis
+//! (`support/`): BullMQ 6's script writes (`support/bullmq_worker.rs`) on a captured job hash
+//! (`tests/fixtures/bullmq/lifecycles.json`), the keyspace notifications they cause (the
+//! events stream's `xadd`, a lock's `expired`), and every read the adapter asks for.
+//!
+//! Settlement paths (the adapter's module docs): the events stream (`added`/`waiting`/
+//! `delayed` queued, `active` running with the hash's `pb`, `completed`/`failed` the outcome,
+//! `waiting prev=active` a retry); `abandoned` when the job's lock expires, then `stalled`; a
+//! trimmed stream makes reconciliation read the `active` list and the newest finished jobs.
+
+mod support;
+
+use broker_adapters::bullmq::layout::QueueName;
+use broker_adapters::bullmq::{BullmqAdapter, BullmqConfig};
+use broker_adapters::TaskState;
+use chrono::Duration;
+use support::bullmq_worker::{self as bw, task_id, WORKER};
+use support::driver::Driver;
+use support::fake_redis::FakeRedis;
+
+const JOB: &str = "1";
+
+fn driver() -> Driver<BullmqAdapter> {
+    Driver::new(BullmqAdapter::new(BullmqConfig {
+        queues: vec![QueueName::new(bw::PREFIX, bw::QUEUE)],
+    }))
+}
+
+/// One script call's writes, their notifications, then a little time.
+fn step<T>(d: &mut Driver<BullmqAdapter>, write: impl FnOnce(&mut FakeRedis) -> T) -> T {
+    let out = write(&mut d.redis);
+    d.deliver();
+    d.advance(5);
+    out
+}
+
+fn add(d: &mut Driver<BullmqAdapter>, attempts: u32) {
+    let now = d.now;
+    step(d, |r| bw::add(r, JOB, attempts, 0, now));
+}
+
+fn take(d: &mut Driver<BullmqAdapter>, worker: &str) {
+    let now = d.now;
+    let job = step(d, |r| bw::take(r, worker, now));
+    assert_eq!(job.as_deref(), Some(JOB));
+}
+
+fn finish(d: &mut Driver<BullmqAdapter>, outcome: Result<&str, &str>) {
+    let now = d.now;
+    step(d, |r| bw::finish(r, JOB, outcome, now));
+}
+
+#[test]
+fn job_added_active_on_its_worker_then_completed() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 1);
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Queued);
+    assert_eq!(t.name.as_deref(), Some("add"));
+    take(&mut d, WORKER);
+    assert_eq!(d.state(&id), TaskState::Running);
+    assert_eq!(d.task(&id).worker.as_deref(), Some(WORKER));
+    finish(&mut d, Ok("5"));
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.result, Some(serde_json::json!(5)));
+    assert_eq!(t.retries, 0);
+}
+
+#[test]
+fn job_failed_for_good_carries_its_reason() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 1);
+    take(&mut d, WORKER);
+    finish(&mut d, Err("boom x"));
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Failure);
+    assert!(t.error.as_deref().unwrap_or_default().contains("boom x"));
+}
+
+/// `attempts: 2`, no backoff: the failed attempt goes back to `wait` (`waiting prev=active`),
+/// the second attempt completes.
+#[test]
+fn retried_job_then_completed_counts_one_retry() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 2);
+    take(&mut d, WORKER);
+    step(&mut d, |r| bw::retry(r, JOB, "flaky first attempt"));
+    assert_eq!(d.state(&id), TaskState::Retried);
+    take(&mut d, WORKER);
+    assert_eq!(d.state(&id), TaskState::Running);
+    finish(&mut d, Ok("5"));
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.retries, 1);
+}
+
+/// `delay`: queued with its due time as `eta`, then promoted, run, completed.
+#[test]
+fn delayed_job_is_queued_with_its_eta() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    let now = d.now;
+    step(&mut d, |r| bw::add(r, JOB, 1, 500, now));
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Queued);
+    assert_eq!(
+        t.eta.map(|e| e.timestamp_millis()),
+        Some((now + Duration::milliseconds(500)).timestamp_millis())
+    );
+    d.advance(500);
+    step(&mut d, |r| bw::promote(r, JOB));
+    take(&mut d, WORKER);
+    finish(&mut d, Ok("5"));
+    assert_eq!(d.state(&id), TaskState::Success);
+}
+
+/// The worker dies: its lock expires (abandoned), the stalled checker moves the job back to
+/// `wait`, another worker runs it to completion.
+#[test]
+fn job_whose_lock_expired_is_abandoned_then_run_again() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 1);
+    take(&mut d, WORKER);
+    d.advance(bw::LOCK_MS);
+    d.deliver();
+    assert_eq!(d.state(&id), TaskState::Abandoned);
+    step(&mut d, |r| bw::move_stalled(r, JOB));
+    assert_eq!(d.state(&id), TaskState::Abandoned);
+    take(&mut d, "w2");
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Running);
+    assert_eq!(t.worker.as_deref(), Some("w2"));
+    assert_eq!(t.retries, 0, "a stall is not an attempt");
+    finish(&mut d, Ok("5"));
+    assert_eq!(d.state(&id), TaskState::Success);
+}
+
+/// A live worker extends its lock: a long job is never abandoned.
+#[test]
+fn long_job_with_its_lock_extended_keeps_running() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 1);
+    take(&mut d, WORKER);
+    for _ in 0..8 {
+        d.advance(bw::LOCK_MS / 2);
+        step(&mut d, |r| bw::extend_lock(r, JOB));
+    }
+    d.reconcile();
+    assert_eq!(d.state(&id), TaskState::Running);
+}
+
+/// Every notification lost: reconciliation reads the stream and settles the job.
+#[test]
+fn reconciliation_alone_reads_the_stream_and_settles() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    let now = d.now;
+    bw::add(&mut d.redis, JOB, 1, 0, now);
+    d.lose_notifications();
+    d.reconcile();
+    assert_eq!(d.state(&id), TaskState::Queued);
+    bw::take(&mut d.redis, WORKER, now);
+    bw::finish(&mut d.redis, JOB, Err("boom x"), now);
+    d.lose_notifications();
+    d.reconcile();
+    assert_eq!(d.state(&id), TaskState::Failure);
+}
+
+/// A gap while the job runs; it completes unseen; reconciliation settles it.
+#[test]
+fn job_completed_during_a_gap_is_settled_after_it() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 1);
+    take(&mut d, WORKER);
+    d.gap();
+    let now = d.now;
+    bw::finish(&mut d.redis, JOB, Ok("5"), now);
+    d.lose_notifications();
+    d.reconcile();
+    assert_eq!(d.state(&id), TaskState::Success);
+}
+
+/// `removeOnComplete`: the whole job runs and its hash is deleted before the loop reads
+/// anything: recorded from the stream alone.
+#[test]
+fn job_removed_on_complete_before_any_read_is_recorded_from_the_stream() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    let now = d.now;
+    bw::add(&mut d.redis, JOB, 1, 0, now);
+    bw::take(&mut d.redis, WORKER, now);
+    bw::finish(&mut d.redis, JOB, Ok("5"), now);
+    d.redis.del(&id);
+    d.deliver_batch();
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.name.as_deref(), Some("add"));
+}
+
+/// The events stream is trimmed past what was read while notifications were lost: the
+/// reconciliation sees the gap in the stream and reads the job's hash.
+#[test]
+fn events_trimmed_while_unseen_are_recovered_from_the_job_hash() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 1);
+    let now = d.now;
+    bw::take(&mut d.redis, WORKER, now);
+    bw::finish(&mut d.redis, JOB, Ok("5"), now);
+    bw::add(&mut d.redis, "2", 1, 0, now);
+    d.redis.xtrim("bull:q1:events", 1);
+    d.lose_notifications();
+    d.reconcile();
+    assert_eq!(d.state(&id), TaskState::Success);
+}
