@@ -220,3 +220,47 @@ fn events_trimmed_while_unseen_are_recovered_from_the_job_hash() {
     d.reconcile();
     assert_eq!(d.state(&id), TaskState::Success);
 }
+
+/// `attempts: 2` with a backoff: the failed attempt goes to `delayed` right after `active`
+/// (a retry, its error the attempt's reason), is promoted when due, and completes.
+#[test]
+fn retried_with_backoff_then_completed() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 2);
+    take(&mut d, WORKER);
+    let now = d.now;
+    step(&mut d, |r| {
+        bw::retry_with_backoff(r, JOB, "flaky first attempt", 1_000, now)
+    });
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Retried);
+    assert_eq!(t.retries, 1);
+    assert!(t
+        .error
+        .as_deref()
+        .unwrap_or_default()
+        .contains("flaky first attempt"));
+    d.advance(1_000);
+    step(&mut d, |r| bw::promote(r, JOB));
+    take(&mut d, WORKER);
+    finish(&mut d, Ok("5"));
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.retries, 1);
+}
+
+/// A worker whose event loop stalled past its lock's life: the lock expires (abandoned), yet
+/// the worker finishes the job: its completion settles the task.
+#[test]
+fn job_abandoned_by_its_lock_then_completed_by_its_worker_is_a_success() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 1);
+    take(&mut d, WORKER);
+    d.advance(bw::LOCK_MS);
+    d.deliver();
+    assert_eq!(d.state(&id), TaskState::Abandoned);
+    finish(&mut d, Ok("5"));
+    assert_eq!(d.state(&id), TaskState::Success);
+}

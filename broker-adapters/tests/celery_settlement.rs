@@ -436,3 +436,21 @@ fn countdown_task_restored_by_a_warm_shutdown_is_queued_not_running() {
     d.sweep(60_000);
     assert_eq!(d.state(ID), TaskState::Queued);
 }
+
+/// `priority=5` with the default steps: the message waits in the sub-list `celery\x06\x163`,
+/// a worker's `BRPOP` over every sub-list takes it.
+#[test]
+fn priority_message_in_its_sub_list_is_queued_then_taken() {
+    let mut d = driver();
+    let msg = Message::new("queue_message_priority5_default_steps.bin", ID, TAG);
+    let sub = "celery\x06\x163";
+    step(&mut d, |r| r.lpush(sub, &msg.bytes()));
+    let t = d.task(ID);
+    assert_eq!(t.state, TaskState::Queued);
+    assert_eq!(t.queue.as_deref(), Some(cw::QUEUE));
+    step(&mut d, |r| r.rpop(sub));
+    assert_eq!(d.state(ID), TaskState::Running);
+    let record = success(&d);
+    step(&mut d, |r| cw::store_result(r, ID, &record));
+    assert_eq!(d.state(ID), TaskState::Success);
+}

@@ -427,3 +427,26 @@ fn list_task_popped_before_it_was_read_is_known_by_its_result() {
     });
     assert_eq!(d.state(&id), TaskState::Success);
 }
+
+/// Two consumer groups on one stream (each gets every entry): the task is running while
+/// either holds it, and settled once both have acknowledged it.
+#[test]
+fn stream_entry_read_by_two_groups_settles_when_both_acknowledged() {
+    let mut d = driver();
+    step(&mut d, |r| r.xgroup_create(QUEUE, "audit", "$", true));
+    consumer_up(&mut d, C1);
+    step(&mut d, |r| r.xreadgroup(QUEUE, "audit", C2, 100));
+    let id = task_id(ADD.message);
+    let entry = step(&mut d, |r| tq::kiq(r, QUEUE, &fixture(ADD.message)));
+    step(&mut d, |r| tq::read(r, QUEUE, C1));
+    step(&mut d, |r| r.xreadgroup(QUEUE, "audit", C2, 100));
+    step(&mut d, |r| tq::ack(r, QUEUE, &entry));
+    d.reconcile();
+    assert_eq!(d.state(&id), TaskState::Running, "audit still holds it");
+    step(&mut d, |r| r.xack(QUEUE, "audit", &[&entry]));
+    d.reconcile();
+    d.reconcile();
+    d.reconcile();
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Success, "assumed: no result backend");
+}

@@ -168,3 +168,27 @@ pub fn move_stalled(r: &mut FakeRedis, job: &str) {
     );
     event(r, &[("event", "stalled"), ("jobId", job)]);
 }
+
+/// A failed attempt with attempts left and a backoff: into `delayed`, due in `backoff_ms`.
+pub fn retry_with_backoff(
+    r: &mut FakeRedis,
+    job: &str,
+    reason: &str,
+    backoff_ms: i64,
+    now: DateTime<Utc>,
+) {
+    let due = now.timestamp_millis() + backoff_ms;
+    r.lrem(&key("active"), job.as_bytes());
+    r.zadd(&key("delayed"), due as f64, job);
+    r.hset(&key(job), "failedReason", reason.as_bytes());
+    r.hincrby(&key(job), "atm", 1);
+    r.del(&format!("{}:lock", key(job)));
+    event(
+        r,
+        &[
+            ("event", "delayed"),
+            ("jobId", job),
+            ("delay", &due.to_string()),
+        ],
+    );
+}
