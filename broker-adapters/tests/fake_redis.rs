@@ -395,3 +395,37 @@ fn ttls_count_down_on_the_clock_and_expire_with_an_event() {
         .collect();
     assert_eq!(ops, expected);
 }
+
+#[test]
+fn counters_list_removal_and_publish_behave_as_redis() {
+    let mut r = FakeRedis::new();
+    r.setex("n", 10, b"4");
+    assert_eq!(r.incr("n"), 5);
+    assert_eq!(r.pttl("n"), 10_000, "INCR keeps the TTL");
+    assert_eq!(r.incr("fresh"), 1);
+    assert_eq!(r.hincrby("h", "ats", 1), 1);
+    assert_eq!(r.hincrby("h", "ats", 2), 3);
+    assert_eq!(r.zincrby("z", 1.5, "m"), 1.5);
+    assert_eq!(r.zincrby("z", 1.0, "m"), 2.5);
+    r.rpush("l", b"a");
+    r.rpush("l", b"b");
+    r.rpush("l", b"a");
+    assert!(r.lrem("l", b"a"));
+    assert_eq!(r.list("l"), [b"b".to_vec(), b"a".to_vec()]);
+    assert_eq!(r.rpop("l"), Some(b"a".to_vec()));
+    assert!(r.lrem("l", b"b") && !r.exists("l"));
+    r.hset_many("m", &[("a", b"1"), ("b", b"2")]);
+    r.publish("chan", b"hello");
+    assert_eq!(
+        r.take_published(),
+        [("chan".to_string(), b"hello".to_vec())]
+    );
+    let ops: Vec<String> = events(&mut r).into_iter().map(|(_, op)| op).collect();
+    assert_eq!(
+        ops,
+        [
+            "set", "expire", "incrby", "incrby", "hincrby", "hincrby", "zincr", "zincr", "rpush",
+            "rpush", "rpush", "lrem", "rpop", "lrem", "del", "hset"
+        ]
+    );
+}

@@ -225,3 +225,29 @@ fn job_never_listed_is_seen_in_a_work_hash_then_succeeds() {
     run.beat(&[]);
     assert_eq!(run.state(), TaskState::Success);
 }
+
+/// A second process was SIGKILLed (its hash expired, its name left in `processes`, as
+/// Sidekiq cleans that set lazily): the success of a job taken by the live one is still
+/// inferred from the live one's heartbeats.
+#[test]
+fn a_dead_process_does_not_hold_back_the_success_of_a_live_ones_job() {
+    let mut run = Run::new();
+    let other = "vm:19999:0123456789ab";
+    let (started, now) = (run.started, run.d.now);
+    run.step(|r| sw::heartbeat_of(r, other, started, &[], now));
+    run.d.advance(61_000);
+    run.d.deliver();
+    assert!(
+        !run.d.redis.exists(other),
+        "the other process's hash expired"
+    );
+    run.beat(&[]);
+    let job = run.job();
+    run.step(|r| sw::push(r, &job));
+    run.step(sw::fetch);
+    run.beat(&[]);
+    run.beat(&[]);
+    run.d.reconcile();
+    run.beat(&[]);
+    assert_eq!(run.state(), TaskState::Success);
+}

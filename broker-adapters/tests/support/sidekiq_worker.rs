@@ -68,14 +68,25 @@ pub fn heartbeat(
     running: &[&Value],
     now: DateTime<Utc>,
 ) {
-    let workers = format!("{IDENTITY}:workers");
+    heartbeat_of(r, IDENTITY, started, running, now);
+}
+
+/// A heartbeat of process `identity`.
+pub fn heartbeat_of(
+    r: &mut FakeRedis,
+    identity: &str,
+    started: DateTime<Utc>,
+    running: &[&Value],
+    now: DateTime<Utc>,
+) {
+    let workers = format!("{identity}:workers");
     r.del(&workers);
     for (n, job) in running.iter().enumerate() {
         let entry = json!({"queue": QUEUE, "payload": job.to_string(), "run_at": now.timestamp()});
         r.hset(&workers, &format!("t{n}"), entry.to_string().as_bytes());
     }
     r.expire(&workers, 60);
-    r.sadd("processes", IDENTITY);
+    r.sadd("processes", identity);
     let mut info: Value = serde_json::from_str(
         fixture("process_busy.json")["fields"]["info"]
             .as_str()
@@ -83,13 +94,14 @@ pub fn heartbeat(
     )
     .expect("JSON");
     info["started_at"] = json!(seconds(started));
+    info["identity"] = json!(identity);
     let (info, busy, beat) = (
         info.to_string(),
         running.len().to_string(),
         seconds(now).to_string(),
     );
     r.hset_many(
-        IDENTITY,
+        identity,
         &[
             ("info", info.as_bytes()),
             ("busy", busy.as_bytes()),
@@ -97,7 +109,7 @@ pub fn heartbeat(
             ("quiet", b"false"),
         ],
     );
-    r.expire(IDENTITY, 60);
+    r.expire(identity, 60);
 }
 
 /// The job with a failure's fields (`retry_count` the retries so far).
