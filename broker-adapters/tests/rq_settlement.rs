@@ -275,3 +275,49 @@ fn job_whose_hash_expired_before_it_was_read_is_a_success() {
     d.reconcile();
     assert_eq!(d.state(ID), TaskState::Success);
 }
+
+/// `enqueue_in(600 s)`: queued (status `scheduled`) with its due time from the `scheduled`
+/// registry as `eta`; the scheduler enqueues it when due; it runs and finishes.
+#[test]
+fn scheduled_job_is_queued_with_its_eta_then_runs() {
+    let mut d = driver();
+    let now = d.now;
+    let due = now + chrono::Duration::seconds(600);
+    step(&mut d, |r| rw::enqueue_at(r, ID, now, due));
+    let t = d.task(ID);
+    assert_eq!(t.state, TaskState::Queued);
+    assert_eq!(t.eta.map(|e| e.timestamp()), Some(due.timestamp()));
+    d.advance(600_000);
+    let now = d.now;
+    step(&mut d, |r| rw::enqueue_scheduled(r, ID, now));
+    assert_eq!(d.state(ID), TaskState::Queued);
+    let started = start(&mut d, EXEC1);
+    end(&mut d, EXEC1, started, End::Finished);
+    let t = d.task(ID);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.retries, 0);
+}
+
+/// A `Retry(max=1)` job of a killed worker: abandoned at its `rq:wip` deadline; RQ's cleanup
+/// then retries it (back to `queued`, one retry less); it runs again and finishes.
+#[test]
+fn abandoned_job_retried_by_rq_cleanup_runs_again() {
+    let mut d = driver();
+    enqueue(&mut d, Some(1));
+    start(&mut d, EXEC1);
+    d.advance(121_000);
+    d.reconcile();
+    assert_eq!(d.state(ID), TaskState::Abandoned);
+    let now = d.now;
+    step(&mut d, |r| {
+        r.zrem(&format!("rq:wip:{}", rw::QUEUE), &format!("{ID}:{EXEC1}"));
+        rw::retry(r, ID, W, EXEC1, 0, now);
+    });
+    assert_eq!(d.state(ID), TaskState::Retried);
+    let started = start(&mut d, EXEC2);
+    assert_eq!(d.state(ID), TaskState::Running);
+    end(&mut d, EXEC2, started, End::Finished);
+    let t = d.task(ID);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.retries, 1);
+}

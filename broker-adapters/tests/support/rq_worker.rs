@@ -285,3 +285,36 @@ pub fn cleanup_abandoned(r: &mut FakeRedis, id: &str, exec: &str, now: DateTime<
         id,
     );
 }
+
+/// `queue.enqueue_in(...)`: the job hash with status `scheduled`, its id in
+/// `rq:scheduled:<q>` scored by its due time (no queue list yet).
+pub fn enqueue_at(r: &mut FakeRedis, id: &str, now: DateTime<Utc>, due: DateTime<Utc>) {
+    r.sadd("rq:queues", &queue_key());
+    let mut fields = hash_fixture("job_pickle_queued.json");
+    for (f, v) in &mut fields {
+        match f.as_str() {
+            "created_at" => *v = iso(now).into_bytes(),
+            "enqueued_at" => *v = Vec::new(),
+            "status" => *v = b"scheduled".to_vec(),
+            _ => {}
+        }
+    }
+    let fields: Vec<(&str, &[u8])> = fields
+        .iter()
+        .map(|(f, v)| (f.as_str(), v.as_slice()))
+        .collect();
+    hset(r, &job_key(id), &fields);
+    r.zadd(&format!("rq:scheduled:{QUEUE}"), due.timestamp() as f64, id);
+}
+
+/// The scheduler moves a due job to its queue: out of `scheduled`, status `queued`, `RPUSH`.
+pub fn enqueue_scheduled(r: &mut FakeRedis, id: &str, now: DateTime<Utc>) {
+    r.zrem(&format!("rq:scheduled:{QUEUE}"), id);
+    let at = iso(now);
+    hset(
+        r,
+        &job_key(id),
+        &[("status", b"queued"), ("enqueued_at", at.as_bytes())],
+    );
+    r.rpush(&queue_key(), id.as_bytes());
+}
