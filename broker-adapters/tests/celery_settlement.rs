@@ -454,3 +454,39 @@ fn priority_message_in_its_sub_list_is_queued_then_taken() {
     step(&mut d, |r| cw::store_result(r, ID, &record));
     assert_eq!(d.state(ID), TaskState::Success);
 }
+
+/// With `-E`: the task runs on a named worker whose heartbeats stop (SIGKILL: no
+/// `worker-offline`); once it is silent for `--abandon-after`, the sweep abandons the task.
+#[test]
+fn task_of_a_silent_named_worker_is_abandoned() {
+    let mut d = driver();
+    let now = d.now;
+    step(&mut d, |r| {
+        cw::worker_event(r, "event_worker_online_with_E.bin", now)
+    });
+    step(&mut d, |r| cw::send(r, &message()));
+    let now = d.now;
+    step(&mut d, |r| {
+        cw::take(r);
+        cw::task_event(
+            r,
+            "event_task_multi_containing_task_started_with_E.bin",
+            ID,
+            now,
+        );
+    });
+    step(&mut d, |r| cw::ack(r, TAG));
+    assert_eq!(d.task(ID).worker.as_deref(), Some(cw::HOSTNAME));
+    for _ in 0..5 {
+        d.advance(2_000);
+        let now = d.now;
+        step(&mut d, |r| {
+            cw::worker_event(r, "event_worker_heartbeat_with_E.bin", now)
+        });
+        d.sweep(60_000);
+    }
+    assert_eq!(d.state(ID), TaskState::Running, "its worker beats");
+    d.advance(61_000);
+    d.sweep(60_000);
+    assert_eq!(d.state(ID), TaskState::Abandoned);
+}
