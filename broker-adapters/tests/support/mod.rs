@@ -1,5 +1,7 @@
-//! Test support shared by the adapter tests: an in-memory Redis and a driver that runs any
-//! adapter against it the way the ingest layer does. Each test binary uses a part of it.
+//! Test support shared by the adapter tests: an in-memory Redis (`fake_redis`, streams in
+//! `fake_stream`), a driver that runs any adapter against it the way the ingest layer does
+//! (`driver`), and per broker the writes its library makes, command for command, on captured
+//! payloads (`<broker>_worker`). Each test binary uses a part of it.
 #![allow(dead_code)]
 
 pub mod arq_worker;
