@@ -17,12 +17,52 @@
 //!   every dispatch call of every process writes it).
 
 pub mod detect;
+pub mod layout;
 pub mod message;
 
 use crate::adapter::{
-    glob_escape, Adapter, DecodeError, FirstSight, FirstSightRead, Interest, OpenTask, Output,
-    Prefetch, PrefetchRead, ReadRequest, Reply,
+    unknown_tag, Adapter, DecodeError, FirstSight, FirstSightRead, FollowTags, Interest, OpenTask,
+    Output, Prefetch, PrefetchRead, Read, ReadRequest, Reply, Tag,
 };
+use layout::{KeyKind, Layout, Part};
+
+crate::read_reasons! {
+    /// Why the Dramatiq adapter reads (the tag of each of its reads).
+    pub enum Why {
+        /// A page of redis ids of `<q>` or `<q>.DQ` (`LRANGE`): new ids are read next.
+        NewMessages,
+        /// The head of `<q>` for its sample (`LRANGE 0 0`).
+        Head,
+        /// Payloads of ids not known yet (`HMGET` of a `.msgs` hash).
+        Messages,
+        /// The first page of a `.msgs` hash first notified (the prefetcher's first sight).
+        FirstSight,
+        /// The newest dead letters (`ZRANGE` of `<q>.XQ`).
+        DeadList,
+        /// An ack set (`SMEMBERS`): running messages, and those that left.
+        Acks,
+        /// Whether departed ids are still in `.msgs` (requeued).
+        CheckQueued,
+        /// `.DQ.msgs` whole, read for departed ids: a retry copy of them.
+        CheckRetried,
+        /// Whether departed ids are in `.XQ.msgs` (dead-lettered): the last of the three.
+        CheckDead,
+        /// The prefetcher's `HMGET` of departed ids in `.XQ.msgs`.
+        DepartedDead,
+        /// The prefetcher's `HKEYS` snapshot of a followed `.msgs`.
+        Snapshot,
+        /// The prefetcher's `HMGET` of a followed hash's new fields.
+        Followed,
+        /// A `.msgs` hash whole for the post-gap settlement of open tasks.
+        Settlement,
+        /// A Results-middleware record (`LRANGE 0 0` of its key).
+        Result,
+        /// `LLEN`/`ZCARD` of a queue's three lists for its sample.
+        Length,
+        /// The heartbeats sorted set: closes a sampling round.
+        Heartbeats,
+    }
+}
 use crate::bounded::{FifoMap, FifoSet};
 use crate::model::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
@@ -92,7 +132,14 @@ struct Leaving {
 }
 
 pub struct DramatiqAdapter {
-    ns: String,
+    layout: Layout,
+    /// Per queue, reads that may find new messages of it still unanswered (a page of `<q>`,
+    /// an `HMGET` of `<q>.msgs`): a departure is not settled while one is in flight, since it
+    /// may carry the retry copy that makes the departure no success.
+    discovering: HashMap<String, HashSet<ReadRequest>>,
+    /// Departures whose settlement waits for `discovering` of their queue to drain (settled at
+    /// the next reconciliation at the latest).
+    deferred: HashMap<String, Vec<(String, Leaving)>>,
     /// Base queue names found so far.
     queues: BTreeSet<String>,
     known: FifoMap<String, Known>,
@@ -156,7 +203,9 @@ struct Settlement {
 impl DramatiqAdapter {
     pub fn new(config: DramatiqConfig) -> DramatiqAdapter {
         DramatiqAdapter {
-            ns: config.namespace,
+            layout: Layout::new(&config.namespace),
+            discovering: HashMap::new(),
+            deferred: HashMap::new(),
             queues: BTreeSet::new(),
             known: FifoMap::new(KNOWN_CAPACITY),
             highest_retry: FifoMap::new(KNOWN_CAPACITY),
@@ -242,7 +291,7 @@ impl DramatiqAdapter {
 
     /// An `hdel` on `<q>.msgs`: some message of `q` was acknowledged (or nacked). Check the
     /// oldest unsettled ones (consumers take the oldest first).
-    fn check_acked(&mut self, queue: &str) -> Vec<ReadRequest> {
+    fn check_acked(&mut self, queue: &str) -> Vec<Read> {
         let ids: Vec<String> = self
             .in_flight
             .get(queue)
@@ -268,36 +317,123 @@ impl DramatiqAdapter {
         if fresh.is_empty() {
             return Vec::new();
         }
+        self.settlement_reads(queue, fresh)
+    }
+
+    /// The three reads that tell what became of ids that left an ack set of `queue`, in this
+    /// order, the last one settling: a requeue keeps the id in `.msgs`; a retry put a copy in
+    /// `.DQ.msgs` just before the ack (read whole: the delay-queue consumer may already have
+    /// taken the copy off the `.DQ` list); a nack moved the id to `.XQ.msgs`.
+    fn settlement_reads(&self, queue: &str, ids: Vec<String>) -> Vec<Read> {
         vec![
-            ReadRequest::HMGet {
-                key: self.key(&format!("{queue}.msgs")),
-                fields: fresh.clone(),
-            },
-            ReadRequest::HGetAll(self.key(&format!("{queue}.DQ.msgs"))),
-            ReadRequest::HMGet {
-                key: self.key(&format!("{queue}.XQ.msgs")),
-                fields: fresh,
-            },
+            Why::CheckQueued.read(ReadRequest::HMGet {
+                key: self.layout.messages(queue, Part::Main),
+                fields: ids.clone(),
+            }),
+            Why::CheckRetried.read(ReadRequest::HGetAll(
+                self.layout.messages(queue, Part::Delayed),
+            )),
+            Why::CheckDead.read(ReadRequest::HMGet {
+                key: self.layout.messages(queue, Part::Dead),
+                fields: ids,
+            }),
         ]
-    }
-
-    fn key(&self, rest: &str) -> String {
-        format!("{}:{rest}", self.ns)
-    }
-
-    fn acks_prefix(&self) -> String {
-        self.key("__acks__.")
-    }
-
-    fn heartbeats(&self) -> String {
-        self.key("__heartbeats__")
     }
 
     /// `<ns>:__acks__.<worker>.<queue>` -> (worker, queue as named, e.g. `default.DQ`).
     fn parse_acks_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
-        let rest = key.strip_prefix(&self.acks_prefix())?;
-        // Worker ids are uuids (no dots); the queue may contain dots.
-        rest.split_once('.')
+        self.layout.parse_acks(key)
+    }
+
+    /// Notes the reads of `reads` that may find new messages of a main queue (see
+    /// `discovering`).
+    fn track_discovery(&mut self, reads: &[Read]) {
+        for read in reads {
+            if !matches!(
+                Why::try_from(read.tag),
+                Ok(Why::NewMessages | Why::Messages)
+            ) {
+                continue;
+            }
+            let queue = match self.layout.classify(read.request.key()) {
+                Some(KeyKind::List {
+                    queue,
+                    part: Part::Main,
+                })
+                | Some(KeyKind::Messages {
+                    queue,
+                    part: Part::Main,
+                }) => queue.to_string(),
+                _ => continue,
+            };
+            self.discovering
+                .entry(queue)
+                .or_default()
+                .insert(read.request.clone());
+        }
+    }
+
+    /// A discovery read answered (or refused): when it was its queue's last in flight, the
+    /// departures deferred meanwhile are settled now.
+    fn discovered(&mut self, request: &ReadRequest, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let queue = match self.layout.classify(request.key()) {
+            Some(KeyKind::List { queue, .. }) | Some(KeyKind::Messages { queue, .. }) => {
+                queue.to_string()
+            }
+            _ => return out,
+        };
+        let drained = match self.discovering.get_mut(&queue) {
+            Some(reads) => {
+                reads.remove(request);
+                reads.is_empty()
+            }
+            None => true,
+        };
+        if !drained {
+            return out;
+        }
+        self.discovering.remove(&queue);
+        for (id, leaving) in self.deferred.remove(&queue).unwrap_or_default() {
+            self.settle_departure(&id, leaving, now, &mut out);
+        }
+        out
+    }
+
+    /// Settles an id that left an ack set and is neither requeued-and-checked nor dead, or
+    /// defers it while a read that may carry its retry copy is in flight.
+    fn depart(&mut self, id: &str, leaving: Leaving, now: DateTime<Utc>, out: &mut Output) {
+        let queue = leaving.known.queue.clone();
+        if self.discovering.get(&queue).is_some_and(|r| !r.is_empty()) {
+            self.deferred
+                .entry(queue)
+                .or_default()
+                .push((id.to_string(), leaving));
+            return;
+        }
+        self.settle_departure(id, leaving, now, out);
+    }
+
+    fn settle_departure(
+        &mut self,
+        id: &str,
+        leaving: Leaving,
+        now: DateTime<Utc>,
+        out: &mut Output,
+    ) {
+        let (queue, actor, message_id) = (
+            leaving.known.queue.clone(),
+            leaving.known.actor.clone(),
+            leaving.known.message_id.clone(),
+        );
+        if let Some(obs) = self.settle(id, leaving, now) {
+            let succeeded = matches!(&obs, Observation::Task(o) if o.event == TaskEvent::Succeeded);
+            out.observations.push(obs);
+            if succeeded {
+                out.follow_up
+                    .extend(self.probe_result(&queue, &actor, &message_id));
+            }
+        }
     }
 
     fn remember(&mut self, redis_id: &str, msg: &DramatiqMessage) {
@@ -355,23 +491,27 @@ impl DramatiqAdapter {
         obs
     }
 
-    fn read_tail(key: String) -> ReadRequest {
-        ReadRequest::LRange {
+    fn read_tail(key: String) -> Read {
+        Why::NewMessages.read(ReadRequest::LRange {
             key,
             start: -PAGE,
             stop: -1,
-        }
+        })
     }
 
-    fn queue_reads(&self, queue: &str) -> Vec<ReadRequest> {
+    fn dead_read(&self, queue: &str) -> Read {
+        Why::DeadList.read(ReadRequest::ZRangeWithScores {
+            key: self.layout.list(queue, Part::Dead),
+            start: -PAGE,
+            stop: -1,
+        })
+    }
+
+    fn queue_reads(&self, queue: &str) -> Vec<Read> {
         vec![
-            Self::read_tail(self.key(queue)),
-            Self::read_tail(self.key(&format!("{queue}.DQ"))),
-            ReadRequest::ZRangeWithScores {
-                key: self.key(&format!("{queue}.XQ")),
-                start: -PAGE,
-                stop: -1,
-            },
+            Self::read_tail(self.layout.list(queue, Part::Main)),
+            Self::read_tail(self.layout.list(queue, Part::Delayed)),
+            self.dead_read(queue),
         ]
     }
 
@@ -391,17 +531,18 @@ impl DramatiqAdapter {
         let mut out = Output::default();
         // A full page of new ids (a backlog found at start): older ones wait before it.
         if full_page && !unknown.is_empty() && start < 0 && -start < MAX_LIST_DEPTH {
-            out.follow_up.push(ReadRequest::LRange {
-                key: key.to_string(),
-                start: start - PAGE,
-                stop: start - 1,
-            });
+            out.follow_up
+                .push(Why::NewMessages.read(ReadRequest::LRange {
+                    key: key.to_string(),
+                    start: start - PAGE,
+                    stop: start - 1,
+                }));
         }
         if !unknown.is_empty() {
-            out.follow_up.push(ReadRequest::HMGet {
-                key: format!("{key}.msgs"),
+            out.follow_up.push(Why::Messages.read(ReadRequest::HMGet {
+                key: Layout::messages_of_list(key),
                 fields: unknown,
-            });
+            }));
         }
         out
     }
@@ -418,10 +559,10 @@ impl DramatiqAdapter {
             .collect();
         let mut out = Output::default();
         if !fresh.is_empty() {
-            out.follow_up.push(ReadRequest::HMGet {
-                key: format!("{key}.msgs"),
+            out.follow_up.push(Why::Messages.read(ReadRequest::HMGet {
+                key: Layout::messages_of_list(key),
                 fields: fresh,
-            });
+            }));
         }
         out
     }
@@ -444,11 +585,10 @@ impl DramatiqAdapter {
             _ => (TaskEvent::Queued, "queue"),
         };
         let mut obs = TaskObservation::new(Broker::Dramatiq, id, now, event, source);
-        let queue = hash
-            .strip_prefix(&format!("{}:", self.ns))
-            .unwrap_or(hash)
-            .trim_end_matches(".DQ")
-            .trim_end_matches(".XQ");
+        let queue = match self.layout.classify(hash) {
+            Some(KeyKind::Messages { queue, .. }) => queue,
+            _ => hash,
+        };
         obs.fields.queue = Some(queue.to_string());
         obs.fields.error = Some(error);
         Observation::Task(obs)
@@ -490,9 +630,13 @@ impl DramatiqAdapter {
         now: DateTime<Utc>,
     ) -> Output {
         let mut out = Output::default();
-        let hash = key.strip_suffix(".msgs").unwrap_or(key);
-        let dead = hash.ends_with(".XQ");
-        let delayed = hash.ends_with(".DQ");
+        let hash = key;
+        let part = match self.layout.classify(key) {
+            Some(KeyKind::Messages { part, .. }) => part,
+            _ => Part::Main,
+        };
+        let dead = part == Part::Dead;
+        let delayed = part == Part::Delayed;
         let values = reply.into_items();
         for (id, value) in fields.iter().zip(values) {
             let bytes = value.as_bytes();
@@ -509,22 +653,7 @@ impl DramatiqAdapter {
                         continue;
                     };
                     if !present {
-                        let (queue, actor, message_id) = (
-                            leaving.known.queue.clone(),
-                            leaving.known.actor.clone(),
-                            leaving.known.message_id.clone(),
-                        );
-                        if let Some(obs) = self.settle(id, leaving, now) {
-                            let succeeded = matches!(&obs, Observation::Task(o) if o.event == TaskEvent::Succeeded);
-                            out.observations.push(obs);
-                            if succeeded {
-                                out.follow_up.extend(self.probe_result(
-                                    &queue,
-                                    &actor,
-                                    &message_id,
-                                ));
-                            }
-                        }
+                        self.depart(id, leaving, now, &mut out);
                     }
                 } else if !delayed {
                     leaving.still_queued = Some(present);
@@ -644,7 +773,7 @@ impl DramatiqAdapter {
 
     /// [`Self::result_read`] once the Results middleware was seen; before, only for the first
     /// [`RESULT_PROBES`] settled tasks and then one in [`RESULT_SAMPLE_EVERY`].
-    fn probe_result(&mut self, queue: &str, actor: &str, message_id: &str) -> Option<ReadRequest> {
+    fn probe_result(&mut self, queue: &str, actor: &str, message_id: &str) -> Option<Read> {
         if !self.results_seen {
             self.result_probes += 1;
             if self.result_probes > RESULT_PROBES
@@ -657,15 +786,19 @@ impl DramatiqAdapter {
     }
 
     /// A read of the Results middleware's record of a task (nothing when it is not used).
-    fn result_read(&mut self, queue: &str, actor: &str, message_id: &str) -> ReadRequest {
+    fn result_read(&mut self, queue: &str, actor: &str, message_id: &str) -> Read {
         let key = message::result_key(queue, actor, message_id);
         self.result_owner
             .insert(key.clone(), message_id.to_string());
-        ReadRequest::LRange {
+        Self::result_key_read(key)
+    }
+
+    fn result_key_read(key: String) -> Read {
+        Why::Result.read(ReadRequest::LRange {
             key,
             start: 0,
             stop: 0,
-        }
+        })
     }
 
     /// SMEMBERS of an ack set: new members are taken, departed ones are settled by reads.
@@ -705,10 +838,11 @@ impl DramatiqAdapter {
             }
         }
         if !to_read.is_empty() {
-            out.follow_up.push(ReadRequest::HMGet {
-                key: self.key(&format!("{queue_name}.msgs")),
+            let (queue, part) = layout::split_queue(&queue_name);
+            out.follow_up.push(Why::Messages.read(ReadRequest::HMGet {
+                key: self.layout.messages(queue, part),
                 fields: to_read,
-            });
+            }));
         }
         if !delayed && self.followed(&base) {
             // Acknowledged, dead-lettered and retried ids leave `.msgs` too, where the
@@ -738,20 +872,7 @@ impl DramatiqAdapter {
                         );
                     }
                 }
-                // In this order, the last one settling: a requeue keeps the id in `.msgs`; a retry
-                // put a copy in `.DQ.msgs` just before the ack (read whole: the delay-queue
-                // consumer may already have taken the copy off the `.DQ` list); a nack moved the
-                // id to `.XQ.msgs`.
-                out.follow_up.push(ReadRequest::HMGet {
-                    key: self.key(&format!("{base}.msgs")),
-                    fields: departed.clone(),
-                });
-                out.follow_up
-                    .push(ReadRequest::HGetAll(self.key(&format!("{base}.DQ.msgs"))));
-                out.follow_up.push(ReadRequest::HMGet {
-                    key: self.key(&format!("{base}.XQ.msgs")),
-                    fields: departed,
-                });
+                out.follow_up.extend(self.settlement_reads(&base, departed));
             }
         }
         out
@@ -768,14 +889,14 @@ impl DramatiqAdapter {
     /// (reported from `.XQ.msgs`); ids that left an ack set and are still here were requeued.
     fn on_snapshot(&mut self, key: &str, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
-        let Some(queue) = key
-            .strip_prefix(&format!("{}:", self.ns))
-            .and_then(|rest| rest.strip_suffix(".msgs"))
-            .filter(|q| !q.ends_with(".DQ") && !q.ends_with(".XQ"))
-            .map(str::to_string)
+        let Some(KeyKind::Messages {
+            queue,
+            part: Part::Main,
+        }) = self.layout.classify(key)
         else {
             return out; // `.DQ.msgs`: its new messages came in the HMGET before
         };
+        let queue = queue.to_string();
         if !self.followed(&queue) {
             return out;
         }
@@ -869,10 +990,10 @@ impl DramatiqAdapter {
                 );
                 fields.push(id);
             }
-            out.follow_up.push(ReadRequest::HMGet {
-                key: self.key(&format!("{queue}.XQ.msgs")),
+            out.follow_up.push(Why::CheckDead.read(ReadRequest::HMGet {
+                key: self.layout.messages(&queue, Part::Dead),
                 fields,
-            });
+            }));
         }
         out
     }
@@ -882,8 +1003,8 @@ impl DramatiqAdapter {
     /// `<q>.msgs` and `<q>.DQ.msgs`, then `HMGET`s of the new messages only and of the departed
     /// ids in `.XQ.msgs`. Coalesced: reads follow round trips, not messages.
     fn follow_rules(&self, queue: &str) -> Vec<Prefetch> {
-        let msgs = self.key(&format!("{queue}.msgs"));
-        let delayed = self.key(&format!("{queue}.DQ.msgs"));
+        let msgs = self.layout.messages(queue, Part::Main);
+        let delayed = self.layout.messages(queue, Part::Delayed);
         let mut ack_keys: Vec<(&String, bool)> = self
             .acks
             .keys()
@@ -895,15 +1016,22 @@ impl DramatiqAdapter {
         ack_keys.sort();
         let mut reads: Vec<PrefetchRead> = ack_keys
             .iter()
-            .map(|(k, _)| PrefetchRead::Read(ReadRequest::SMembers((*k).clone())))
+            .map(|(k, _)| PrefetchRead::Read(Why::Acks.read(ReadRequest::SMembers((*k).clone()))))
             .collect();
+        let tags = FollowTags {
+            snapshot: Why::Snapshot.into(),
+            new: Why::Followed.into(),
+            departed: Why::DepartedDead.into(),
+        };
         reads.push(PrefetchRead::FollowHash {
             key: msgs.clone(),
-            departed_to: Some(self.key(&format!("{queue}.XQ.msgs"))),
+            departed_to: Some(self.layout.messages(queue, Part::Dead)),
+            tags,
         });
         reads.push(PrefetchRead::FollowHash {
             key: delayed.clone(),
             departed_to: None,
+            tags,
         });
         let rule = |key: String, ops: &[&str]| Prefetch {
             key,
@@ -931,13 +1059,13 @@ impl DramatiqAdapter {
         else {
             // Not written yet (the middleware stores a failure just after the nack) or no
             // Results middleware: look again at the next reconciliations, a few times.
-            if self.result_owner.contains_key(key) {
-                let tries = self.result_retries.entry(key.to_string()).or_insert(0);
-                *tries += 1;
-                if *tries > RESULT_TRIES {
-                    self.result_retries.remove(key);
-                    self.result_owner.remove(key);
-                }
+            // (Counted whether or not its owner is still remembered: a forgotten owner must
+            // not leave the key re-read at every reconciliation.)
+            let tries = self.result_retries.entry(key.to_string()).or_insert(0);
+            *tries += 1;
+            if *tries > RESULT_TRIES || !self.result_owner.contains_key(key) {
+                self.result_retries.remove(key);
+                self.result_owner.remove(key);
             }
             return out;
         };
@@ -975,15 +1103,11 @@ impl Adapter for DramatiqAdapter {
     }
 
     fn interest(&self) -> Interest {
-        let ns = glob_escape(&self.ns);
+        let l = &self.layout;
         Interest {
             channel_patterns: Vec::new(),
-            key_patterns: vec![
-                format!("{ns}:*.msgs"),
-                format!("{ns}:__acks__.*"),
-                format!("{ns}:*.XQ"),
-            ],
-            scan_patterns: vec![format!("{ns}:*.msgs"), format!("{ns}:__acks__.*")],
+            key_patterns: vec![l.messages_pattern(), l.acks_pattern(), l.dead_pattern()],
+            scan_patterns: vec![l.messages_pattern(), l.acks_pattern()],
             side_scan_patterns: Vec::new(),
             notify_classes: "hsz".to_string(),
             prefetch: self
@@ -996,162 +1120,196 @@ impl Adapter for DramatiqAdapter {
             // idle worker they are fetched and acknowledged within milliseconds, before the
             // queue's prefetch rule exists.
             first_sight: vec![FirstSight {
-                pattern: format!("{ns}:*.msgs"),
+                pattern: l.messages_pattern(),
                 ops: vec!["hset".to_string()],
                 read: FirstSightRead::HashFirstPage { count: PAGE as u64 },
+                tag: Why::FirstSight.into(),
             }],
         }
     }
 
-    fn on_scan(
-        &mut self,
-        _pattern: &str,
-        keys: Vec<String>,
-        _now: DateTime<Utc>,
-    ) -> Vec<ReadRequest> {
+    fn on_scan(&mut self, _pattern: &str, keys: Vec<String>, _now: DateTime<Utc>) -> Vec<Read> {
         let mut reads = Vec::new();
         for key in keys {
-            if key.starts_with(&self.acks_prefix()) {
-                // A queue found here may hold a backlog: followed once a sample says it is short.
-                if let Some(base) = self
-                    .parse_acks_key(&key)
-                    .map(|(_, q)| message::base_queue(q).to_string())
-                    .filter(|q| !self.queues.contains(q))
-                {
-                    self.unfollowed.insert(base);
+            match self.layout.classify(&key) {
+                Some(KeyKind::Acks { queue, .. }) => {
+                    // A queue found here may hold a backlog: followed once a sample says it is
+                    // short.
+                    if !self.queues.contains(queue) {
+                        self.unfollowed.insert(queue.to_string());
+                    }
+                    reads.push(Why::Acks.read(ReadRequest::SMembers(key)));
                 }
-                reads.push(ReadRequest::SMembers(key));
-            } else if let Some(hash) = key
-                .strip_prefix(&format!("{}:", self.ns))
-                .and_then(|rest| rest.strip_suffix(".msgs"))
-            {
-                let base = message::base_queue(hash).to_string();
-                if self.queues.insert(base.clone()) {
-                    self.unfollowed.insert(base.clone());
-                    reads.extend(self.queue_reads(&base));
+                Some(KeyKind::Messages { queue, .. }) => {
+                    let base = queue.to_string();
+                    if self.queues.insert(base.clone()) {
+                        self.unfollowed.insert(base.clone());
+                        reads.extend(self.queue_reads(&base));
+                    }
                 }
+                _ => {}
             }
         }
+        self.track_discovery(&reads);
         reads
     }
 
-    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
-        if key.starts_with(&self.acks_prefix()) {
-            // A followed queue's known ack sets are read by its prefetch rule.
-            let followed = self.acks.contains_key(key)
-                && self
-                    .parse_acks_key(key)
-                    .is_some_and(|(_, q)| self.followed(message::base_queue(q)));
-            return match op {
-                "sadd" | "srem" | "del" if !followed => {
-                    vec![ReadRequest::SMembers(key.to_string())]
+    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<Read> {
+        let reads = match self.layout.classify(key) {
+            Some(KeyKind::Acks { queue, .. }) => {
+                // A followed queue's known ack sets are read by its prefetch rule.
+                let followed = self.acks.contains_key(key) && self.followed(queue);
+                match op {
+                    "sadd" | "srem" | "del" if !followed => {
+                        vec![Why::Acks.read(ReadRequest::SMembers(key.to_string()))]
+                    }
+                    _ => Vec::new(),
                 }
-                _ => Vec::new(),
-            };
-        }
-        let Some(rest) = key.strip_prefix(&format!("{}:", self.ns)) else {
-            return Vec::new();
+            }
+            Some(KeyKind::List {
+                queue,
+                part: Part::Dead,
+            }) => {
+                // Dead letters of a followed queue are looked up as their ids leave `.msgs`.
+                let queue = queue.to_string();
+                let new_queue = self.queues.insert(queue.clone());
+                if op == "zadd" && (new_queue || !self.followed(&queue)) {
+                    vec![self.dead_read(&queue)]
+                } else {
+                    Vec::new()
+                }
+            }
+            Some(KeyKind::Messages { queue, part }) => {
+                let queue = queue.to_string();
+                if self.queues.contains(&queue) && self.followed(&queue) {
+                    Vec::new() // the prefetch rule reads it
+                } else if op == "hdel" && part == Part::Main {
+                    self.check_acked(&queue)
+                } else if op != "hset" {
+                    Vec::new()
+                } else {
+                    self.queues.insert(queue.clone());
+                    match part {
+                        Part::Dead => vec![self.dead_read(&queue)],
+                        part => vec![Self::read_tail(self.layout.list(&queue, part))],
+                    }
+                }
+            }
+            _ => Vec::new(),
         };
-        if let Some(dead) = rest.strip_suffix(".XQ") {
-            // Dead letters of a followed queue are looked up as their ids leave `.msgs`.
-            let new_queue = self.queues.insert(dead.to_string());
-            return if op == "zadd" && (new_queue || !self.followed(dead)) {
-                vec![ReadRequest::ZRangeWithScores {
-                    key: key.to_string(),
-                    start: -PAGE,
-                    stop: -1,
-                }]
-            } else {
-                Vec::new()
-            };
-        }
-        let Some(hash) = rest.strip_suffix(".msgs") else {
-            return Vec::new();
-        };
-        let base = message::base_queue(hash);
-        if self.queues.contains(base) && self.followed(base) {
-            return Vec::new(); // the prefetch rule reads it
-        }
-        if op == "hdel" && !hash.ends_with(".DQ") && !hash.ends_with(".XQ") {
-            return self.check_acked(hash);
-        }
-        if op != "hset" {
-            return Vec::new();
-        }
-        self.queues.insert(message::base_queue(hash).to_string());
-        if let Some(dead) = hash.strip_suffix(".XQ") {
-            vec![ReadRequest::ZRangeWithScores {
-                key: self.key(&format!("{dead}.XQ")),
-                start: -PAGE,
-                stop: -1,
-            }]
-        } else {
-            vec![Self::read_tail(self.key(hash))]
-        }
+        self.track_discovery(&reads);
+        reads
     }
 
     fn on_message(&mut self, _channel: &str, _payload: &[u8], _now: DateTime<Utc>) -> Output {
         Output::default()
     }
 
-    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
-        match request.inner() {
-            ReadRequest::LRange { key, .. } if self.result_owner.contains_key(key) => {
-                self.on_result(key, reply, now)
-            }
-            ReadRequest::LRange {
-                key,
-                start: 0,
-                stop: 0,
-            } if self.sampling.is_some() => {
+    fn on_reply(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        reply: Reply,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let Ok(why) = Why::try_from(tag) else {
+            return unknown_tag(Broker::Dramatiq, request, tag);
+        };
+        let key = request.key();
+        let mut out = match (why, request.inner()) {
+            (Why::Result, _) => self.on_result(key, reply, now),
+            (Why::Head, _) => {
                 let items = reply.into_items();
-                if let (Some(head), Some(q)) = (
+                if let (Some(head), Some(KeyKind::List { queue, .. })) = (
                     items.first().and_then(Reply::as_bytes),
-                    key.strip_prefix(&format!("{}:", self.ns)),
+                    self.layout.classify(key),
                 ) {
-                    self.sampled_heads
-                        .insert(q.to_string(), String::from_utf8_lossy(head).into_owned());
+                    if self.sampling.is_some() {
+                        self.sampled_heads.insert(
+                            queue.to_string(),
+                            String::from_utf8_lossy(head).into_owned(),
+                        );
+                    }
                 }
                 // A head not read yet is read now (for the next round).
                 self.on_list(key, 0, Reply::Array(items))
             }
-            ReadRequest::LRange { key, start, .. } => self.on_list(key, *start, reply),
-            ReadRequest::HMGet { key, fields } => self.on_messages(key, fields, reply, now),
-            ReadRequest::HGetAll(key) => self.on_hash_entries(key, reply, true, now),
-            ReadRequest::HScanFirstPage { key, .. } => {
+            (Why::NewMessages, ReadRequest::LRange { start, .. }) => {
+                self.on_list(key, *start, reply)
+            }
+            (
+                Why::Messages
+                | Why::Followed
+                | Why::DepartedDead
+                | Why::CheckQueued
+                | Why::CheckDead,
+                ReadRequest::HMGet { fields, .. },
+            ) => self.on_messages(key, fields, reply, now),
+            (Why::CheckRetried | Why::Settlement, _) => self.on_hash_entries(key, reply, true, now),
+            (Why::FirstSight, _) => {
                 // `[cursor, [field, value, ...]]`: the first messages of a queue new to us.
                 let page = reply.into_items().into_iter().nth(1).unwrap_or(Reply::Nil);
                 self.on_hash_entries(key, page, false, now)
             }
-            ReadRequest::SMembers(key) => self.on_acks(key, reply, now),
-            ReadRequest::HKeys(key) => self.on_snapshot(key, reply, now),
-            ReadRequest::ZRangeWithScores { key, .. } if *key == self.heartbeats() => {
-                self.on_heartbeats(reply, now)
-            }
-            ReadRequest::ZRangeWithScores { key, .. } => self.on_dead_list(key, reply),
-            ReadRequest::LLen(key) | ReadRequest::ZCard(key) => {
+            (Why::Acks, _) => self.on_acks(key, reply, now),
+            (Why::Snapshot, _) => self.on_snapshot(key, reply, now),
+            (Why::Heartbeats, _) => self.on_heartbeats(reply, now),
+            (Why::DeadList, _) => self.on_dead_list(key, reply),
+            (Why::Length, _) => {
                 self.on_length(key, reply.as_i64().unwrap_or(0).max(0) as u64);
                 Output::default()
             }
             _ => Output::default(),
+        };
+        if matches!(why, Why::NewMessages | Why::Messages) {
+            out.merge(self.discovered(request, now));
         }
+        self.track_discovery(&out.follow_up);
+        out
     }
 
-    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
-        let mut reads: Vec<ReadRequest> = self
+    fn on_read_error(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let mut out = Output {
+            decode_errors: vec![crate::adapter::read_error(Broker::Dramatiq, request, error)],
+            ..Output::default()
+        };
+        if matches!(Why::try_from(tag), Ok(Why::NewMessages | Why::Messages)) {
+            out.merge(self.discovered(request, now));
+        }
+        out
+    }
+
+    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<Read> {
+        let mut reads: Vec<Read> = self
             .acks
             .keys()
             .cloned()
-            .map(ReadRequest::SMembers)
+            .map(|k| Why::Acks.read(ReadRequest::SMembers(k)))
             .collect();
-        reads.extend(self.result_retries.keys().map(|key| ReadRequest::LRange {
-            key: key.clone(),
-            start: 0,
-            stop: 0,
-        }));
+        reads.extend(
+            self.result_retries
+                .keys()
+                .map(|key| Self::result_key_read(key.clone())),
+        );
         let queues: Vec<String> = self.queues.iter().cloned().collect();
         for q in &queues {
             reads.extend(self.queue_reads(q));
+        }
+        // Departures deferred for a discovery read whose reply never came (a gap, or a read the
+        // ingest layer merged with an identical one): checked again now, and settled.
+        self.discovering.clear();
+        for (queue, departed) in std::mem::take(&mut self.deferred) {
+            let ids: Vec<String> = departed.iter().map(|(id, _)| id.clone()).collect();
+            for (id, leaving) in departed {
+                self.leaving.insert(id, leaving);
+            }
+            reads.extend(self.settlement_reads(&queue, ids));
         }
         // Messages read but not seen leaving an ack set (both moves fell between two reads)
         // are checked here too, not only on the next `hdel` of their queue.
@@ -1178,15 +1336,16 @@ impl Adapter for DramatiqAdapter {
             let awaiting: HashSet<String> = queues
                 .iter()
                 .flat_map(|q| {
-                    [
-                        self.key(&format!("{q}.msgs")),
-                        self.key(&format!("{q}.DQ.msgs")),
-                        self.key(&format!("{q}.XQ.msgs")),
-                    ]
+                    [Part::Main, Part::Delayed, Part::Dead].map(|p| self.layout.messages(q, p))
                 })
                 .collect();
             if !awaiting.is_empty() {
-                reads.extend(awaiting.iter().cloned().map(ReadRequest::HGetAll));
+                reads.extend(
+                    awaiting
+                        .iter()
+                        .cloned()
+                        .map(|k| Why::Settlement.read(ReadRequest::HGetAll(k))),
+                );
                 self.settlement = Some(Settlement {
                     open: open
                         .iter()
@@ -1198,29 +1357,31 @@ impl Adapter for DramatiqAdapter {
                 });
             }
         }
+        self.track_discovery(&reads);
         reads
     }
 
-    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<Read> {
         let mut reads = Vec::new();
         for q in &self.queues {
-            reads.push(ReadRequest::LLen(self.key(q)));
-            reads.push(ReadRequest::LLen(self.key(&format!("{q}.DQ"))));
-            reads.push(ReadRequest::ZCard(self.key(&format!("{q}.XQ"))));
+            let l = &self.layout;
+            reads.push(Why::Length.read(ReadRequest::LLen(l.list(q, Part::Main))));
+            reads.push(Why::Length.read(ReadRequest::LLen(l.list(q, Part::Delayed))));
+            reads.push(Why::Length.read(ReadRequest::ZCard(l.list(q, Part::Dead))));
             // The head's redis id: its message's timestamp is the queue's oldest.
-            reads.push(ReadRequest::LRange {
-                key: self.key(q),
+            reads.push(Why::Head.read(ReadRequest::LRange {
+                key: l.list(q, Part::Main),
                 start: 0,
                 stop: 0,
-            });
+            }));
         }
         self.sampling = Some(self.queues.iter().map(|q| (q.clone(), (0, 0, 0))).collect());
         self.sampled_heads.clear();
-        reads.push(ReadRequest::ZRangeWithScores {
-            key: self.heartbeats(),
+        reads.push(Why::Heartbeats.read(ReadRequest::ZRangeWithScores {
+            key: self.layout.heartbeats(),
             start: 0,
             stop: -1,
-        });
+        }));
         reads
     }
 
@@ -1234,27 +1395,23 @@ impl Adapter for DramatiqAdapter {
         self.sampled_heads.clear();
         self.snapshot.clear();
         self.acks_left.clear();
+        self.discovering.clear();
+        self.deferred.clear();
     }
 }
 
 impl DramatiqAdapter {
     fn on_length(&mut self, key: &str, n: u64) {
-        let Some(rest) = key.strip_prefix(&format!("{}:", self.ns)) else {
+        let Some(KeyKind::List { queue, part }) = self.layout.classify(key) else {
             return;
         };
-        let Some(sampling) = self.sampling.as_mut() else {
+        let Some(entry) = self.sampling.as_mut().and_then(|s| s.get_mut(queue)) else {
             return;
         };
-        if let Some(q) = rest.strip_suffix(".DQ") {
-            if let Some(entry) = sampling.get_mut(q) {
-                entry.1 += n;
-            }
-        } else if let Some(q) = rest.strip_suffix(".XQ") {
-            if let Some(entry) = sampling.get_mut(q) {
-                entry.2 += n;
-            }
-        } else if let Some(entry) = sampling.get_mut(rest) {
-            entry.0 += n;
+        match part {
+            Part::Main => entry.0 += n,
+            Part::Delayed => entry.1 += n,
+            Part::Dead => entry.2 += n,
         }
     }
 

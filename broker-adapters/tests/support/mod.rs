@@ -5,3 +5,4 @@
 pub mod dramatiq_worker;
 pub mod driver;
 pub mod fake_redis;
+pub mod tagged;
