@@ -1295,6 +1295,10 @@ impl Pipeline {
     }
 }
 
+/// The tags of the `GET`s an `MGET` of [`coalesce_gets`] stands for (`None`: a read sent as
+/// asked).
+type MergedTags = Option<Vec<Tag>>;
+
 /// Sends one round's single-key `GET`s (taskiq's result keys, one per `set` notification) as
 /// `MGET`s of up to [`GET_CHUNK`] keys per adapter: one command instead of one per key, for
 /// Redis and for the count of commands per lifecycle. The `MGET`s take the place of the
@@ -1302,7 +1306,7 @@ impl Pipeline {
 /// (taskiq reads a queue before the results of its tasks). Returns the reads to send, each
 /// with, when it is such an `MGET`, the tags of the `GET`s it stands for (in key order);
 /// [`split_reply`] hands each `GET` its own reply and tag.
-fn coalesce_gets(batch: Vec<(usize, Read)>) -> (Vec<(usize, Read)>, Vec<Option<Vec<Tag>>>) {
+fn coalesce_gets(batch: Vec<(usize, Read)>) -> (Vec<(usize, Read)>, Vec<MergedTags>) {
     let mut gets: BTreeMap<usize, Vec<(String, Tag)>> = BTreeMap::new();
     let mut last_get: BTreeMap<usize, usize> = BTreeMap::new();
     for (i, (adapter, read)) in batch.iter().enumerate() {
@@ -1345,7 +1349,7 @@ fn coalesce_gets(batch: Vec<(usize, Read)>) -> (Vec<(usize, Read)>, Vec<Option<V
 /// The reply of one read sent by [`coalesce_gets`]: an `MGET` that stands for `GET`s (`merged`:
 /// their tags) is split into one reply per key (an error goes to each of them); any other read
 /// keeps its reply.
-fn split_reply(read: Read, reply: Reply, merged: Option<Vec<Tag>>) -> Vec<(Read, Reply)> {
+fn split_reply(read: Read, reply: Reply, merged: MergedTags) -> Vec<(Read, Reply)> {
     let (Some(tags), ReadRequest::MGet(keys)) = (merged, &read.request) else {
         return vec![(read, reply)];
     };

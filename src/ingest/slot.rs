@@ -332,6 +332,7 @@ fn reply_bytes(reply: &Reply, enough: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use broker_adapters::{ReadRequest, Tag};
     use std::sync::Mutex;
 
     /// Records which thread ran each call and what it was; panics on a payload starting

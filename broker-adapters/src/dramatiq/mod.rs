@@ -1261,10 +1261,12 @@ impl Adapter for DramatiqAdapter {
             }
             _ => Output::default(),
         };
+        // The reads this reply asks for first: a page of new ids keeps its queue discovering
+        // until their payloads are read.
+        self.track_discovery(&out.follow_up);
         if matches!(why, Why::NewMessages | Why::Messages) {
             out.merge(self.discovered(request, now));
         }
-        self.track_discovery(&out.follow_up);
         out
     }
 

@@ -19,6 +19,9 @@ use broker_adapters::{
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
+/// A followed hash's `departed_to` and tags, beside its `HKEYS` read.
+type Followed<'r> = (&'r Option<String>, FollowTags);
+
 pub struct Driver<A: Adapter> {
     pub redis: FakeRedis,
     pub adapter: A,
@@ -187,7 +190,7 @@ impl<A: Adapter> Driver<A> {
                 any |= self.changed.remove(key) | !self.snapshots.contains_key(key);
             }
         }
-        let first: Vec<(Read, Option<(&Option<String>, FollowTags)>)> = rule
+        let first: Vec<(Read, Option<Followed>)> = rule
             .iter()
             .filter(|r| any || matches!(r, PrefetchRead::Read(_)))
             .map(|r| match r {
