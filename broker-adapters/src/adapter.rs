@@ -577,3 +577,64 @@ pub struct Publish {
     pub channel: String,
     pub payload: Vec<u8>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{arq, bullmq, celery, dramatiq, rq, sidekiq, taskiq};
+
+    crate::read_reasons! {
+        enum Why {
+            First,
+            Second,
+        }
+    }
+
+    #[test]
+    fn reasons_go_to_tags_and_back_and_an_unknown_tag_is_an_error() {
+        for why in [Why::First, Why::Second] {
+            assert_eq!(Why::try_from(Tag::from(why)), Ok(why));
+        }
+        assert_eq!(Why::try_from(Tag(2)), Err(UnknownTag(Tag(2))));
+        let read = Why::Second.read(ReadRequest::Get("k".into()));
+        assert_eq!(read.tag, Tag(1));
+        assert_eq!(read, ReadRequest::Get("k".into()));
+    }
+
+    /// A reply with a tag the adapter never handed out (data from a bug, not from Redis) is one
+    /// counted `unknown-tag` decode error, never a panic, for every adapter and every request.
+    #[test]
+    fn every_adapter_counts_a_reply_with_an_unknown_tag_as_a_decode_error() {
+        let adapters: Vec<Box<dyn Adapter>> = vec![
+            Box::new(arq::ArqAdapter::new(arq::ArqConfig::default())),
+            Box::new(bullmq::BullmqAdapter::new(bullmq::BullmqConfig::default())),
+            Box::new(celery::CeleryAdapter::new(celery::CeleryConfig::default())),
+            Box::new(dramatiq::DramatiqAdapter::new(
+                dramatiq::DramatiqConfig::default(),
+            )),
+            Box::new(rq::RqAdapter::new(rq::RqConfig::default())),
+            Box::new(sidekiq::SidekiqAdapter::new(
+                sidekiq::SidekiqConfig::default(),
+            )),
+            Box::new(taskiq::TaskiqAdapter::new(taskiq::TaskiqConfig::default())),
+        ];
+        let requests = [
+            ReadRequest::Get("k".into()),
+            ReadRequest::HGetAll("k".into()),
+            ReadRequest::LRange {
+                key: "k".into(),
+                start: 0,
+                stop: 0,
+            },
+        ];
+        for mut adapter in adapters {
+            for request in &requests {
+                let read = Read::new(Tag(u16::MAX), request.clone());
+                let out = adapter.handle_reply(&read, Reply::Array(vec![]), chrono::Utc::now());
+                assert_eq!(out.decode_errors.len(), 1, "{}", adapter.broker());
+                assert_eq!(out.decode_errors[0].kind, "unknown-tag");
+                assert!(out.observations.is_empty() && out.follow_up.is_empty());
+            }
+        }
+    }
+}

@@ -20,6 +20,7 @@
 // fred lives in the Redis I/O layers (clippy.toml): this is one.
 #![allow(clippy::disallowed_types)]
 
+mod coalesce;
 pub mod detect;
 pub mod notifications;
 mod oversize;
@@ -32,8 +33,9 @@ use crate::metrics::{ChangeFeed, Metrics, Source};
 use crate::store::{StoreReader, StoreWriter};
 use anyhow::Context;
 use broker_adapters::detect::{self as detection, Setting};
-use broker_adapters::{Adapter, Broker, Output, Read, ReadRequest, Reply, Tag};
+use broker_adapters::{Adapter, Broker, Output, Read, ReadRequest, Reply};
 use chrono::Utc;
+use coalesce::{coalesce_gets, split_reply};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use notifications::Feed;
@@ -104,8 +106,6 @@ const BARRIER_WAIT: Duration = Duration::from_millis(250);
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for adapters decoding off the loop, so their observations are kept.
 const SETTLE_AT_SHUTDOWN: Duration = Duration::from_secs(2);
-/// Keys per `MGET` when a round's single-key `GET`s are sent together (see [`coalesce_gets`]).
-const GET_CHUNK: usize = 256;
 /// New-key notifications waiting for the detector; more are dropped (the passes find them).
 const HINT_QUEUE: usize = 65_536;
 /// Notification classes auto-detection needs: key events (`E`) of new keys (`n`).
@@ -1295,82 +1295,6 @@ impl Pipeline {
     }
 }
 
-/// The tags of the `GET`s an `MGET` of [`coalesce_gets`] stands for (`None`: a read sent as
-/// asked).
-type MergedTags = Option<Vec<Tag>>;
-
-/// Sends one round's single-key `GET`s (taskiq's result keys, one per `set` notification) as
-/// `MGET`s of up to [`GET_CHUNK`] keys per adapter: one command instead of one per key, for
-/// Redis and for the count of commands per lifecycle. The `MGET`s take the place of the
-/// adapter's last `GET` in the round, so a key is never read earlier than it was asked for
-/// (taskiq reads a queue before the results of its tasks). Returns the reads to send, each
-/// with, when it is such an `MGET`, the tags of the `GET`s it stands for (in key order);
-/// [`split_reply`] hands each `GET` its own reply and tag.
-fn coalesce_gets(batch: Vec<(usize, Read)>) -> (Vec<(usize, Read)>, Vec<MergedTags>) {
-    let mut gets: BTreeMap<usize, Vec<(String, Tag)>> = BTreeMap::new();
-    let mut last_get: BTreeMap<usize, usize> = BTreeMap::new();
-    for (i, (adapter, read)) in batch.iter().enumerate() {
-        if let ReadRequest::Get(key) = &read.request {
-            gets.entry(*adapter)
-                .or_default()
-                .push((key.clone(), read.tag));
-            last_get.insert(*adapter, i);
-        }
-    }
-    // A lone GET stays a GET.
-    gets.retain(|_, keys| keys.len() > 1);
-    if gets.is_empty() {
-        let flags = vec![None; batch.len()];
-        return (batch, flags);
-    }
-    let mut wire = Vec::with_capacity(batch.len());
-    let mut flags = Vec::with_capacity(batch.len());
-    for (i, (adapter, read)) in batch.into_iter().enumerate() {
-        let Some(keys) = gets
-            .get(&adapter)
-            .filter(|_| matches!(read.request, ReadRequest::Get(_)))
-        else {
-            wire.push((adapter, read));
-            flags.push(None);
-            continue;
-        };
-        if last_get.get(&adapter) == Some(&i) {
-            for chunk in keys.chunks(GET_CHUNK) {
-                let keys = chunk.iter().map(|(k, _)| k.clone()).collect();
-                // The tag of a merged MGET is never handed to an adapter: each GET gets its own.
-                wire.push((adapter, Read::new(read.tag, ReadRequest::MGet(keys))));
-                flags.push(Some(chunk.iter().map(|(_, t)| *t).collect()));
-            }
-        }
-    }
-    (wire, flags)
-}
-
-/// The reply of one read sent by [`coalesce_gets`]: an `MGET` that stands for `GET`s (`merged`:
-/// their tags) is split into one reply per key (an error goes to each of them); any other read
-/// keeps its reply.
-fn split_reply(read: Read, reply: Reply, merged: MergedTags) -> Vec<(Read, Reply)> {
-    let (Some(tags), ReadRequest::MGet(keys)) = (merged, &read.request) else {
-        return vec![(read, reply)];
-    };
-    let gets: Vec<Read> = keys
-        .iter()
-        .zip(tags)
-        .map(|(k, tag)| Read::new(tag, ReadRequest::Get(k.clone())))
-        .collect();
-    match reply {
-        Reply::Array(items) if items.len() == gets.len() => gets.into_iter().zip(items).collect(),
-        Reply::Error(e) => gets
-            .into_iter()
-            .map(|g| (g, Reply::Error(e.clone())))
-            .collect(),
-        _ => gets
-            .into_iter()
-            .map(|g| (g, Reply::Error("MGET reply of an unexpected shape".into())))
-            .collect(),
-    }
-}
-
 /// Runs reads on the connection each belongs to (the main one, or the asking adapter's side
 /// connection for [`ReadRequest::Side`]), pipelined per connection; replies in order.
 async fn execute(
@@ -1451,84 +1375,5 @@ mod tests {
             redact("redis://127.0.0.1:6379/0"),
             "redis://127.0.0.1:6379/0"
         );
-    }
-
-    use super::*;
-
-    fn get(k: &str) -> Read {
-        Read::new(Tag(7), ReadRequest::Get(k.to_string()))
-    }
-
-    fn read(r: ReadRequest) -> Read {
-        Read::new(Tag(1), r)
-    }
-
-    #[test]
-    fn gets_of_a_round_go_out_as_one_mget_in_place_of_the_last() {
-        let queue = read(ReadRequest::XInfoGroups("taskiq".into()));
-        let other = read(ReadRequest::LLen("celery".into()));
-        let a = Read::new(Tag(3), ReadRequest::Get("a".into()));
-        let batch = vec![
-            (0, a.clone()),
-            (1, get("lone")),
-            (0, queue.clone()),
-            (0, get("b")),
-            (1, other.clone()),
-        ];
-        let (wire, merged) = coalesce_gets(batch);
-        assert_eq!(
-            wire.iter()
-                .map(|(i, r)| (*i, r.request.clone()))
-                .collect::<Vec<_>>(),
-            vec![
-                (1, get("lone").request),
-                (0, queue.request.clone()),
-                (0, ReadRequest::MGet(vec!["a".into(), "b".into()])),
-                (1, other.request),
-            ]
-        );
-        assert_eq!(merged, vec![None, None, Some(vec![Tag(3), Tag(7)]), None]);
-
-        // Each GET gets its own reply, with its own tag.
-        let reply = Reply::Array(vec![Reply::Bytes(b"1".to_vec()), Reply::Nil]);
-        assert_eq!(
-            split_reply(wire[2].1.clone(), reply.clone(), merged[2].clone()),
-            vec![
-                (a.clone(), Reply::Bytes(b"1".to_vec())),
-                (get("b"), Reply::Nil)
-            ]
-        );
-        // An adapter's own MGET keeps its reply whole.
-        assert_eq!(
-            split_reply(wire[2].1.clone(), reply.clone(), None),
-            vec![(wire[2].1.clone(), reply)]
-        );
-        assert_eq!(
-            split_reply(
-                wire[2].1.clone(),
-                Reply::Error("LOADING".into()),
-                merged[2].clone()
-            ),
-            vec![
-                (a, Reply::Error("LOADING".into())),
-                (get("b"), Reply::Error("LOADING".into()))
-            ]
-        );
-    }
-
-    #[test]
-    fn many_gets_are_chunked_and_a_round_without_them_is_untouched() {
-        let batch: Vec<(usize, Read)> = (0..GET_CHUNK + 1)
-            .map(|i| (0, get(&format!("k{i}"))))
-            .collect();
-        let (wire, merged) = coalesce_gets(batch);
-        assert_eq!(wire.len(), 2);
-        assert!(merged.iter().all(Option::is_some));
-        assert_eq!(merged[1].as_ref().map(Vec::len), Some(1));
-        assert!(matches!(&wire[1].1.request, ReadRequest::MGet(k) if k.len() == 1));
-
-        let batch = vec![(0, read(ReadRequest::HGetAll("unacked".into())))];
-        let (wire, merged) = coalesce_gets(batch.clone());
-        assert_eq!((wire, merged), (batch, vec![None]));
     }
 }

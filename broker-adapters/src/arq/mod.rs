@@ -36,6 +36,16 @@ use crate::adapter::{
     Read, ReadRequest, Reply, Tag,
 };
 
+use crate::bounded::FifoMap;
+use crate::detect::Setting;
+use crate::model::{
+    Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
+};
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use layout::ArqKey;
+use record::{JobDef, ResultRecord};
+use std::collections::{BTreeSet, HashMap};
+
 crate::read_reasons! {
     /// Why the arq adapter reads (the tag of each of its reads).
     pub enum Why {
@@ -59,15 +69,6 @@ crate::read_reasons! {
         OldestPage,
     }
 }
-use crate::bounded::FifoMap;
-use crate::detect::Setting;
-use crate::model::{
-    Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
-};
-use chrono::{DateTime, Duration, TimeZone, Utc};
-use layout::ArqKey;
-use record::{JobDef, ResultRecord};
-use std::collections::{BTreeSet, HashMap};
 
 /// Queue entries read per page.
 const PAGE: i64 = 500;

@@ -52,6 +52,19 @@ use crate::adapter::{
     Reply, Tag,
 };
 
+use crate::bounded::{FifoMap, FifoSet};
+use crate::detect::Setting;
+use crate::model::{
+    Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
+};
+use crate::taskiq::stream::{self, Entry, StreamId};
+use chrono::{DateTime, Utc};
+use event::{Event, EventKind};
+use job::JobHash;
+use layout::QueueName;
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
 crate::read_reasons! {
     /// Why the BullMQ adapter reads (the tag of each of its reads).
     pub enum Why {
@@ -78,18 +91,6 @@ crate::read_reasons! {
         Count,
     }
 }
-use crate::bounded::{FifoMap, FifoSet};
-use crate::detect::Setting;
-use crate::model::{
-    Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
-};
-use crate::taskiq::stream::{self, Entry, StreamId};
-use chrono::{DateTime, Utc};
-use event::{Event, EventKind};
-use job::JobHash;
-use layout::QueueName;
-use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// Entries read per `XRANGE`.
 const PAGE: u64 = 1_000;

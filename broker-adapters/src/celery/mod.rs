@@ -49,6 +49,7 @@ crate::read_reasons! {
         Length,
     }
 }
+
 /// Queue entries read per LRANGE page.
 const PAGE: i64 = 200;
 /// How deep into one queue a reconciliation reads (a deeper backlog is counted, not listed).

@@ -15,6 +15,17 @@
 //! - results and errors from the Results middleware when its keys exist.
 //! - workers from `<ns>:__heartbeats__` (sampled, never followed notification by notification:
 //!   every dispatch call of every process writes it).
+//!
+//! # Files
+//! This file holds the adapter's memory and routes: notifications and replies go, by the read's
+//! [`Why`], to one of
+//! - [`layout`]: every key name (builders, `classify`);
+//! - `messages.rs`: list pages and payloads into `queued` / `running` / `failed`;
+//! - `acks.rs`: ack sets (`running`, and departures);
+//! - `settle.rs`: the one settlement model (`depart`, `settle`, the post-gap settlement);
+//! - `follow.rs`: short queues followed by the prefetcher, and their snapshots;
+//! - `results.rs`: the Results middleware's records;
+//! - `sampling.rs`: queue samples and worker heartbeats.
 
 mod acks;
 pub mod detect;
@@ -30,8 +41,15 @@ use crate::adapter::{
     unknown_tag, Adapter, DecodeError, FirstSight, FirstSightRead, FollowTags, Interest, OpenTask,
     Output, Prefetch, PrefetchRead, Read, ReadRequest, Reply, Tag,
 };
+use crate::bounded::{FifoMap, FifoSet};
+use crate::model::{
+    Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
+};
+use chrono::{DateTime, Utc};
 use layout::{KeyKind, Layout, Part};
+use message::DramatiqMessage;
 use settle::{Leaving, Settlement};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 crate::read_reasons! {
     /// Why the Dramatiq adapter reads (the tag of each of its reads).
@@ -70,13 +88,6 @@ crate::read_reasons! {
         Heartbeats,
     }
 }
-use crate::bounded::{FifoMap, FifoSet};
-use crate::model::{
-    Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
-};
-use chrono::{DateTime, Utc};
-use message::DramatiqMessage;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 /// Ids read per list or dead-letter page.
 const PAGE: i64 = 200;

@@ -41,6 +41,15 @@ use crate::adapter::{
     unknown_tag, Adapter, DecodeError, Interest, OpenTask, Output, Read, ReadRequest, Reply, Tag,
 };
 
+use crate::bounded::FifoMap;
+use crate::model::{
+    Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
+};
+use chrono::{DateTime, Utc};
+use job::{Job, WorkEntry};
+use layout::{Layout, SidekiqKey};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
 crate::read_reasons! {
     /// Why the Sidekiq adapter reads (the tag of each of its reads).
     pub enum Why {
@@ -68,14 +77,6 @@ crate::read_reasons! {
         SetSize,
     }
 }
-use crate::bounded::FifoMap;
-use crate::model::{
-    Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
-};
-use chrono::{DateTime, Utc};
-use job::{Job, WorkEntry};
-use layout::{Layout, SidekiqKey};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// List entries and sorted-set members read per page (a page from each end).
 const PAGE: i64 = 500;

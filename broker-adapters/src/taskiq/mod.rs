@@ -56,6 +56,15 @@ use crate::adapter::{
 };
 use layout::KeyKind;
 
+use crate::bounded::{FifoMap, FifoSet};
+use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
+use chrono::{DateTime, Utc};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use stream::StreamId;
+
+pub use message::{looks_like_message, looks_like_stream_entry};
+pub use result::looks_like_result;
+
 crate::read_reasons! {
     /// Why the taskiq adapter reads (the tag of each of its reads).
     pub enum Why {
@@ -87,14 +96,6 @@ crate::read_reasons! {
         Results,
     }
 }
-use crate::bounded::{FifoMap, FifoSet};
-use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
-use chrono::{DateTime, Utc};
-use std::collections::{BTreeMap, HashMap, HashSet};
-use stream::StreamId;
-
-pub use message::{looks_like_message, looks_like_stream_entry};
-pub use result::looks_like_result;
 
 /// Entries read per `XRANGE` page.
 const PAGE: u64 = 500;
