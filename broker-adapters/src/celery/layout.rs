@@ -85,6 +85,22 @@ pub fn binding_queue(entry: &str) -> Option<&str> {
     entry.rsplit(SEP).next()
 }
 
+/// Bindings also name Celery's own broadcast queues (pidbox, events, replies): not task queues.
+pub fn is_task_queue(binding_key: &str, queue: &str) -> bool {
+    let exchange = binding_exchange(binding_key);
+    !queue.is_empty()
+        && !exchange.ends_with(".pidbox")
+        && exchange != "celeryev"
+        && !queue.ends_with(".pidbox")
+        && !queue.starts_with("celeryev.")
+}
+
+/// The pattern of Celery's event channels in database `db` (`/<db>.celeryev/...`; without the
+/// database prefix they are `celeryev*`).
+pub fn events_pattern(db: u32) -> String {
+    format!("/{db}.celeryev*")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,5 +123,11 @@ mod tests {
         );
         assert_eq!(classify("other", known), None);
         assert_eq!(queue_keys("q").count(), 1 + PRIORITY_STEPS.len());
+        assert!(is_task_queue("_kombu.binding.celery", "celery"));
+        assert!(!is_task_queue(
+            "_kombu.binding.celery.pidbox",
+            "w1.celery.pidbox"
+        ));
+        assert!(!is_task_queue("_kombu.binding.celeryev", "celeryev.abc"));
     }
 }

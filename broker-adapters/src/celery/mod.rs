@@ -428,7 +428,7 @@ impl CeleryAdapter {
             let Some(queue) = layout::binding_queue(&text) else {
                 continue;
             };
-            if is_task_queue(key, queue) {
+            if layout::is_task_queue(key, queue) {
                 let mut reads = Vec::new();
                 self.add_queue(queue, &mut reads);
                 out.follow_up.extend(reads);
@@ -469,16 +469,6 @@ impl InFlight {
         obs.fields.queue = Some(self.queue.clone());
         Observation::Task(obs)
     }
-}
-
-/// Bindings also name Celery's own broadcast queues (pidbox, events, replies): not task queues.
-fn is_task_queue(binding_key: &str, queue: &str) -> bool {
-    let exchange = layout::binding_exchange(binding_key);
-    !queue.is_empty()
-        && !exchange.ends_with(".pidbox")
-        && exchange != "celeryev"
-        && !queue.ends_with(".pidbox")
-        && !queue.starts_with("celeryev.")
 }
 
 fn message_identity(msg: &CeleryMessage) -> String {
@@ -637,7 +627,7 @@ impl Adapter for CeleryAdapter {
         Interest {
             channel_patterns: vec![
                 layout::results_pattern(),
-                format!("/{}.celeryev*", self.config.db),
+                layout::events_pattern(self.config.db),
                 "celeryev*".to_string(),
             ],
             key_patterns,

@@ -5,21 +5,26 @@
 use super::*;
 
 impl DramatiqAdapter {
-    /// `<ns>:__acks__.<worker>.<queue>` -> (worker, queue as named, e.g. `default.DQ`).
-    pub(super) fn parse_acks_key<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str)> {
-        self.layout.parse_acks(key)
+    /// An ack set's worker, base queue, and whether it holds delayed messages (`<q>.DQ`).
+    pub(super) fn ack_set<'k>(&self, key: &'k str) -> Option<(&'k str, &'k str, bool)> {
+        match self.layout.classify(key) {
+            Some(KeyKind::Acks {
+                worker,
+                queue,
+                delayed,
+            }) => Some((worker, queue, delayed)),
+            _ => None,
+        }
     }
 
     /// SMEMBERS of an ack set: new members are taken, departed ones are settled by reads.
     pub(super) fn on_acks(&mut self, key: &str, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
-        let Some((worker, queue_name)) = self.parse_acks_key(key) else {
+        let Some((worker, base, delayed)) = self.ack_set(key) else {
             return out;
         };
-        let (worker, queue_name) = (worker.to_string(), queue_name.to_string());
+        let (worker, base) = (worker.to_string(), base.to_string());
         self.consumers.insert(worker.clone());
-        let delayed = queue_name.ends_with(".DQ");
-        let base = message::base_queue(&queue_name).to_string();
         self.queues.insert(base.clone());
         let members: BTreeSet<String> = reply.into_strings();
         let before = self
@@ -47,9 +52,9 @@ impl DramatiqAdapter {
             }
         }
         if !to_read.is_empty() {
-            let (queue, part) = layout::split_queue(&queue_name);
+            let part = if delayed { Part::Delayed } else { Part::Main };
             out.follow_up.push(Why::Messages.read(ReadRequest::HMGet {
-                key: self.layout.messages(queue, part),
+                key: self.layout.messages(&base, part),
                 fields: to_read,
             }));
         }

@@ -131,8 +131,8 @@ impl DramatiqAdapter {
             .acks
             .keys()
             .filter_map(|k| {
-                let (_, q) = self.parse_acks_key(k)?;
-                (message::base_queue(q) == queue).then_some((k, q.ends_with(".DQ")))
+                let (_, q, delayed) = self.ack_set(k)?;
+                (q == queue).then_some((k, delayed))
             })
             .collect();
         ack_keys.sort();

@@ -59,7 +59,10 @@ impl DramatiqAdapter {
                 let fetched: u64 = self
                     .acks
                     .iter()
-                    .filter(|(key, _)| self.parse_acks_key(key).is_some_and(|(_, q)| q == queue))
+                    .filter(|(key, _)| {
+                        self.ack_set(key)
+                            .is_some_and(|(_, q, delayed)| !delayed && q == queue)
+                    })
                     .map(|(_, members)| members.len() as u64)
                     .sum();
                 let size = length + fetched;
@@ -73,15 +76,18 @@ impl DramatiqAdapter {
                 let running: u64 = self
                     .acks
                     .iter()
-                    .filter(|(key, _)| self.parse_acks_key(key).is_some_and(|(_, q)| q == queue))
+                    .filter(|(key, _)| {
+                        self.ack_set(key)
+                            .is_some_and(|(_, q, delayed)| !delayed && q == queue)
+                    })
                     .map(|(_, members)| members.len() as u64)
                     .sum();
                 let held: u64 = self
                     .acks
                     .iter()
                     .filter(|(key, _)| {
-                        self.parse_acks_key(key)
-                            .is_some_and(|(_, q)| q.strip_suffix(".DQ") == Some(queue.as_str()))
+                        self.ack_set(key)
+                            .is_some_and(|(_, q, delayed)| delayed && q == queue)
                     })
                     .map(|(_, members)| members.len() as u64)
                     .sum();
