@@ -330,3 +330,83 @@ impl DramatiqAdapter {
         reads
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = include_bytes!("../../tests/fixtures/dramatiq/queue_message.bin");
+    const RID: &str = "16deba5e-78c0-48dd-9722-a2be2c56937d";
+    const ID: &str = "bc48c9a5-7594-4bdc-9f09-cd942381a3c9";
+    const ACKS: &str = "dramatiq:__acks__.w1.default";
+
+    fn bulk(items: &[&[u8]]) -> Reply {
+        Reply::Array(items.iter().map(|b| Reply::Bytes(b.to_vec())).collect())
+    }
+
+    /// What Redis answers once the message is acknowledged and gone: nothing anywhere.
+    fn gone(read: &Read) -> Reply {
+        match &read.request {
+            ReadRequest::HMGet { fields, .. } => Reply::Array(vec![Reply::Nil; fields.len()]),
+            _ => Reply::Array(vec![]),
+        }
+    }
+
+    fn successes(out: &Output) -> usize {
+        out.observations
+            .iter()
+            .filter(|o| matches!(o, Observation::Task(t) if t.task_id == ID && t.event == TaskEvent::Succeeded))
+            .count()
+    }
+
+    /// A departure waits for a read of its queue that may carry a retry copy; when that reply
+    /// never comes (lost to a gap, merged away), the next reconciliation checks the departure
+    /// again and settles it. On a followed queue the reconciliation has no other way to: its
+    /// departures are seen only by snapshots, and this one was seen already.
+    #[test]
+    fn a_departure_deferred_for_a_read_that_never_answers_is_settled_by_reconciliation() {
+        let now = Utc::now();
+        let mut a = DramatiqAdapter::new(DramatiqConfig::default());
+        let msgs = "dramatiq:default.msgs";
+        // The queue's first message, read at first sight: the queue is followed.
+        let first = Why::FirstSight.read(ReadRequest::HScanFirstPage {
+            key: msgs.into(),
+            count: 200,
+        });
+        let page = Reply::Array(vec![
+            Reply::Bytes(b"0".to_vec()),
+            bulk(&[RID.as_bytes(), MSG]),
+        ]);
+        assert_eq!(a.handle_reply(&first, page, now).observations.len(), 1);
+        assert!(a.followed("default"));
+        let snapshot = Why::Snapshot.read(ReadRequest::HKeys(msgs.into()));
+        a.handle_reply(&snapshot, bulk(&[RID.as_bytes()]), now);
+        // Taken, beside another message whose payload is read next, and never answered.
+        let ack = Why::Acks.read(ReadRequest::SMembers(ACKS.into()));
+        let out = a.handle_reply(&ack, bulk(&[RID.as_bytes(), b"other"]), now);
+        assert!(matches!(
+            Why::try_from(out.follow_up[0].tag),
+            Ok(Why::Messages)
+        ));
+        // Acknowledged: gone from the ack set, not dead-lettered, gone from `.msgs`.
+        a.handle_reply(&ack, bulk(&[b"other"]), now);
+        let dead = Why::DepartedDead.read(ReadRequest::HMGet {
+            key: "dramatiq:default.XQ.msgs".into(),
+            fields: vec![RID.into()],
+        });
+        a.handle_reply(&dead, Reply::Array(vec![Reply::Nil]), now);
+        let out = a.handle_reply(&snapshot, bulk(&[b"other"]), now);
+        assert_eq!(
+            successes(&out),
+            0,
+            "deferred while a read of its queue is in flight"
+        );
+        // The reconciliation checks it again and settles it.
+        let reads = a.reconcile(&[], now);
+        let mut out = Output::default();
+        for read in &reads {
+            out.merge(a.handle_reply(read, gone(read), now));
+        }
+        assert_eq!(successes(&out), 1, "{out:#?}");
+    }
+}
