@@ -1,10 +1,17 @@
 //! The seam between the pure adapters and the ingest layer that does the I/O.
 //!
 //! An adapter is a sans-I/O state machine: it says which pub/sub channels and which keys it cares
-//! about, asks for reads ([`ReadRequest`]) when a key changes or a periodic pass is due, and turns
-//! the replies and pub/sub payloads into [`Observation`]s. The ingest layer owns the Redis
+//! about, asks for reads ([`Read`]s) when a key changes or a periodic pass is due, and turns the
+//! replies and pub/sub payloads into [`Observation`]s. The ingest layer owns the Redis
 //! connection, batches and pipelines the reads, and routes each reply back with the request that
-//! asked for it. Nothing here knows about fred, tokio or DuckDB.
+//! asked for it and its [`Tag`]. Nothing here knows about fred, tokio or DuckDB.
+//!
+//! # Tags
+//! Every read carries a [`Tag`]: why the adapter asked for it, opaque to the ingest layer, which
+//! hands it back with the reply. Each adapter declares its reasons with [`read_reasons!`] (an
+//! enum, one variant per reason) and matches on them in [`Adapter::on_reply`], never on key
+//! strings; a tag it does not know is a counted decode error ([`unknown_tag`]), never a panic.
+//! Data a reason needs (which queue, which task) comes from the request's key, not the tag.
 
 use crate::model::{Broker, Observation, QueueSample};
 use chrono::{DateTime, Utc};
@@ -108,6 +115,93 @@ pub fn glob_escape(s: &str) -> String {
         out.push(c);
     }
     out
+}
+
+/// Why an adapter asked for a read: opaque to the ingest layer, which hands it back with the
+/// reply. Adapters make them from their own reason enum ([`read_reasons!`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Tag(pub u16);
+
+/// A tag an adapter did not hand out (see [`unknown_tag`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownTag(pub Tag);
+
+/// A read an adapter asks for, with why it asked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Read {
+    pub tag: Tag,
+    pub request: ReadRequest,
+}
+
+impl Read {
+    pub fn new(tag: impl Into<Tag>, request: ReadRequest) -> Read {
+        Read {
+            tag: tag.into(),
+            request,
+        }
+    }
+}
+
+/// A read is its request, whatever its tag (what tests and logs compare).
+impl PartialEq<ReadRequest> for Read {
+    fn eq(&self, other: &ReadRequest) -> bool {
+        self.request == *other
+    }
+}
+
+/// The output of a reply whose tag the adapter does not know: one `unknown-tag` decode error.
+pub fn unknown_tag(broker: Broker, request: &ReadRequest, tag: Tag) -> Output {
+    Output {
+        decode_errors: vec![DecodeError {
+            broker,
+            kind: "unknown-tag",
+            key: request.key().to_string(),
+            message: format!(
+                "a reply came back with tag {}, which this adapter never hands out",
+                tag.0
+            ),
+        }],
+        ..Output::default()
+    }
+}
+
+/// Declares an adapter's reasons to read: a `#[repr(u16)]` enum with `From<Why> for Tag`,
+/// `TryFrom<Tag>` (an unknown tag is an [`UnknownTag`] error) and `why.read(request)`, the
+/// [`Read`] of `request` for that reason.
+#[macro_export]
+macro_rules! read_reasons {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant,)+
+        }
+
+        impl From<$name> for $crate::adapter::Tag {
+            fn from(why: $name) -> $crate::adapter::Tag {
+                $crate::adapter::Tag(why as u16)
+            }
+        }
+
+        impl TryFrom<$crate::adapter::Tag> for $name {
+            type Error = $crate::adapter::UnknownTag;
+            fn try_from(tag: $crate::adapter::Tag) -> Result<$name, $crate::adapter::UnknownTag> {
+                $(if tag.0 == $name::$variant as u16 {
+                    return Ok($name::$variant);
+                })+
+                Err($crate::adapter::UnknownTag(tag))
+            }
+        }
+
+        impl $name {
+            /// The read of `request` for this reason.
+            #[allow(dead_code)]
+            $vis fn read(self, request: $crate::adapter::ReadRequest) -> $crate::adapter::Read {
+                $crate::adapter::Read::new(self, request)
+            }
+        }
+    };
 }
 
 /// A read-only command an adapter wants run. The ingest layer pipelines many of them in one
@@ -251,7 +345,7 @@ pub struct Output {
     pub observations: Vec<Observation>,
     pub decode_errors: Vec<DecodeError>,
     /// Reads that this reply showed are needed (e.g. a discovered queue to read).
-    pub follow_up: Vec<ReadRequest>,
+    pub follow_up: Vec<Read>,
     /// Queue sizes read in this reply.
     pub queue_samples: Vec<QueueSample>,
 }
@@ -293,13 +387,15 @@ pub struct Interest {
 /// that appears while a worker is idle live a few milliseconds (a Dramatiq message is fetched and
 /// acknowledged within 1-3 ms of a worker's poll), far less than the loop's reply to the
 /// notification and the prefetch rule it then installs. The reply reaches
-/// [`Adapter::on_reply`] as the request [`FirstSight::request`] makes.
+/// [`Adapter::on_reply`] as the read [`FirstSight::read_of`] makes, with [`FirstSight::tag`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FirstSight {
     /// A Redis glob over key names (as the adapter's key patterns).
     pub pattern: String,
     pub ops: Vec<String>,
     pub read: FirstSightRead,
+    /// The tag its reply comes back with.
+    pub tag: Tag,
 }
 
 /// What a [`FirstSight`] reads of the notified key.
@@ -311,13 +407,14 @@ pub enum FirstSightRead {
 
 impl FirstSight {
     /// The read of `key`, a key matching [`FirstSight::pattern`].
-    pub fn request(&self, key: &str) -> ReadRequest {
-        match self.read {
+    pub fn read_of(&self, key: &str) -> Read {
+        let request = match self.read {
             FirstSightRead::HashFirstPage { count } => ReadRequest::HScanFirstPage {
                 key: key.to_string(),
                 count,
             },
-        }
+        };
+        Read::new(self.tag, request)
     }
 }
 
@@ -341,8 +438,8 @@ pub struct Prefetch {
 /// One read of a [`Prefetch`] rule.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PrefetchRead {
-    /// A plain read; its reply is handed over as it is.
-    Read(ReadRequest),
+    /// A plain read; its reply is handed over as it is, with its tag.
+    Read(Read),
     /// Follows the fields of a hash: `HKEYS key` in the rule's pipeline, then a second pipeline
     /// with `HMGET key` of the fields the previous snapshot of `key` lacked and, with
     /// `departed_to`, `HMGET departed_to` of the fields that left `key` since that snapshot
@@ -350,11 +447,24 @@ pub enum PrefetchRead {
     /// first (when not empty; the first snapshot reads every field), then every first-pipeline
     /// reply in order, this one as [`ReadRequest::HKeys`] with the whole snapshot. The hashes of
     /// a rule are read together, and only when one was notified since the last run (or at a
-    /// reconciliation); runs of one hash never overlap.
+    /// reconciliation); runs of one hash never overlap. Each of the three reads comes back with
+    /// its own tag of `tags`.
     FollowHash {
         key: String,
         departed_to: Option<String>,
+        tags: FollowTags,
     },
+}
+
+/// The tags of a [`PrefetchRead::FollowHash`]'s replies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FollowTags {
+    /// The `HKEYS` snapshot of the followed hash.
+    pub snapshot: Tag,
+    /// The `HMGET` of the fields new since the previous snapshot.
+    pub new: Tag,
+    /// The `HMGET` of `departed_to` for the fields that left.
+    pub departed: Tag,
 }
 /// A task the ingest layer still considers open (not success/failure), handed to adapters so
 /// they can check on it (e.g. read its result key).
@@ -374,23 +484,35 @@ pub trait Adapter: Send {
     fn interest(&self) -> Interest;
 
     /// Keys that a SCAN with one of `interest().scan_patterns` found.
-    fn on_scan(&mut self, pattern: &str, keys: Vec<String>, now: DateTime<Utc>)
-        -> Vec<ReadRequest>;
+    fn on_scan(&mut self, pattern: &str, keys: Vec<String>, now: DateTime<Utc>) -> Vec<Read>;
 
     /// A keyspace notification: `op` (`lpush`, `hset`, `del`...) happened on `key`.
-    fn on_key_event(&mut self, key: &str, op: &str, now: DateTime<Utc>) -> Vec<ReadRequest>;
+    fn on_key_event(&mut self, key: &str, op: &str, now: DateTime<Utc>) -> Vec<Read>;
 
     /// A pub/sub message on a channel matching one of the adapter's patterns.
     fn on_message(&mut self, channel: &str, payload: &[u8], now: DateTime<Utc>) -> Output;
 
-    /// The reply to a read this adapter asked for; never a [`Reply::Error`] (those go to
-    /// [`Adapter::on_read_error`]). Callers use [`Adapter::handle_reply`].
-    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output;
+    /// The reply to a read this adapter asked for, with the read's tag (route on it, not on
+    /// the key); never a [`Reply::Error`] (those go to [`Adapter::on_read_error`]). Callers use
+    /// [`Adapter::handle_reply`].
+    fn on_reply(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        reply: Reply,
+        now: DateTime<Utc>,
+    ) -> Output;
 
     /// A read that Redis refused (`WRONGTYPE`, `NOGROUP`, a script error...): by default one
     /// `redis-reply` decode error; an adapter that waits for the reply (a sampling round, a
     /// key's kind) overrides it to account for it as well.
-    fn on_read_error(&mut self, request: &ReadRequest, error: &str, _now: DateTime<Utc>) -> Output {
+    fn on_read_error(
+        &mut self,
+        _tag: Tag,
+        request: &ReadRequest,
+        error: &str,
+        _now: DateTime<Utc>,
+    ) -> Output {
         Output {
             decode_errors: vec![read_error(self.broker(), request, error)],
             ..Output::default()
@@ -399,19 +521,19 @@ pub trait Adapter: Send {
 
     /// Hands a reply to [`Adapter::on_reply`], or a refused read to [`Adapter::on_read_error`]:
     /// the one place replies are routed (the ingest layer and the tests' driver both call it).
-    fn handle_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
+    fn handle_reply(&mut self, read: &Read, reply: Reply, now: DateTime<Utc>) -> Output {
         match reply {
-            Reply::Error(e) => self.on_read_error(request, &e, now),
-            reply => self.on_reply(request, reply, now),
+            Reply::Error(e) => self.on_read_error(read.tag, &read.request, &e, now),
+            reply => self.on_reply(read.tag, &read.request, reply, now),
         }
     }
 
     /// Periodic reconciliation: reads that catch what notifications could not carry (and, when
     /// notifications are off, the polling itself). `open` are tasks not yet finished.
-    fn reconcile(&mut self, open: &[OpenTask], now: DateTime<Utc>) -> Vec<ReadRequest>;
+    fn reconcile(&mut self, open: &[OpenTask], now: DateTime<Utc>) -> Vec<Read>;
 
     /// Reads whose replies produce this adapter's queue samples.
-    fn sample_queues(&mut self, now: DateTime<Utc>) -> Vec<ReadRequest>;
+    fn sample_queues(&mut self, now: DateTime<Utc>) -> Vec<Read>;
 
     /// The connection to Redis was lost (or notifications lagged): anything may have happened
     /// meanwhile, including a Redis that restarted empty. Forget snapshots whose differences
@@ -422,7 +544,7 @@ pub trait Adapter: Send {
     /// Auto-detection learned a setting of this broker while the adapter was running (another
     /// queue, say): the reads that start watching it. Settings an adapter cannot take (a second
     /// Dramatiq namespace) are ignored.
-    fn on_detected(&mut self, _setting: &crate::detect::Setting) -> Vec<ReadRequest> {
+    fn on_detected(&mut self, _setting: &crate::detect::Setting) -> Vec<Read> {
         Vec::new()
     }
 
@@ -454,4 +576,65 @@ pub trait Adapter: Send {
 pub struct Publish {
     pub channel: String,
     pub payload: Vec<u8>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{arq, bullmq, celery, dramatiq, rq, sidekiq, taskiq};
+
+    crate::read_reasons! {
+        enum Why {
+            First,
+            Second,
+        }
+    }
+
+    #[test]
+    fn reasons_go_to_tags_and_back_and_an_unknown_tag_is_an_error() {
+        for why in [Why::First, Why::Second] {
+            assert_eq!(Why::try_from(Tag::from(why)), Ok(why));
+        }
+        assert_eq!(Why::try_from(Tag(2)), Err(UnknownTag(Tag(2))));
+        let read = Why::Second.read(ReadRequest::Get("k".into()));
+        assert_eq!(read.tag, Tag(1));
+        assert_eq!(read, ReadRequest::Get("k".into()));
+    }
+
+    /// A reply with a tag the adapter never handed out (data from a bug, not from Redis) is one
+    /// counted `unknown-tag` decode error, never a panic, for every adapter and every request.
+    #[test]
+    fn every_adapter_counts_a_reply_with_an_unknown_tag_as_a_decode_error() {
+        let adapters: Vec<Box<dyn Adapter>> = vec![
+            Box::new(arq::ArqAdapter::new(arq::ArqConfig::default())),
+            Box::new(bullmq::BullmqAdapter::new(bullmq::BullmqConfig::default())),
+            Box::new(celery::CeleryAdapter::new(celery::CeleryConfig::default())),
+            Box::new(dramatiq::DramatiqAdapter::new(
+                dramatiq::DramatiqConfig::default(),
+            )),
+            Box::new(rq::RqAdapter::new(rq::RqConfig::default())),
+            Box::new(sidekiq::SidekiqAdapter::new(
+                sidekiq::SidekiqConfig::default(),
+            )),
+            Box::new(taskiq::TaskiqAdapter::new(taskiq::TaskiqConfig::default())),
+        ];
+        let requests = [
+            ReadRequest::Get("k".into()),
+            ReadRequest::HGetAll("k".into()),
+            ReadRequest::LRange {
+                key: "k".into(),
+                start: 0,
+                stop: 0,
+            },
+        ];
+        for mut adapter in adapters {
+            for request in &requests {
+                let read = Read::new(Tag(u16::MAX), request.clone());
+                let out = adapter.handle_reply(&read, Reply::Array(vec![]), chrono::Utc::now());
+                assert_eq!(out.decode_errors.len(), 1, "{}", adapter.broker());
+                assert_eq!(out.decode_errors[0].kind, "unknown-tag");
+                assert!(out.observations.is_empty() && out.follow_up.is_empty());
+            }
+        }
+    }
 }

@@ -36,7 +36,8 @@ pub mod taskiq;
 pub mod worker_state;
 
 pub use adapter::{
-    too_large_error, Adapter, DecodeError, FirstSight, FirstSightRead, Interest, OpenTask, Output,
-    Prefetch, PrefetchRead, Publish, ReadRequest, Reply,
+    too_large_error, unknown_tag, Adapter, DecodeError, FirstSight, FirstSightRead, FollowTags,
+    Interest, OpenTask, Output, Prefetch, PrefetchRead, Publish, Read, ReadRequest, Reply, Tag,
+    UnknownTag,
 };
 pub use model::*;

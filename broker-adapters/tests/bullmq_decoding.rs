@@ -3,12 +3,15 @@
 //! `Adapter` trait with the replies Redis would give and folded by the shared state machine;
 //! plus garbage that must never panic.
 
+mod support;
+
 use broker_adapters::bullmq::{BullmqAdapter, BullmqConfig};
 use broker_adapters::state::apply;
-use broker_adapters::{Adapter, Observation, ReadRequest, Reply, Task, TaskState};
+use broker_adapters::{Adapter, Observation, Read, ReadRequest, Reply, Task, TaskState};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, VecDeque};
+use support::tagged::Answer;
 
 fn fixture(name: &str) -> Value {
     let path = format!(
@@ -153,16 +156,16 @@ impl Captured {
 fn drive(
     adapter: &mut BullmqAdapter,
     redis: &Captured,
-    first: Vec<ReadRequest>,
+    first: Vec<Read>,
     tasks: &mut BTreeMap<String, Task>,
 ) -> usize {
-    let mut queue: VecDeque<ReadRequest> = first.into();
+    let mut queue: VecDeque<Read> = first.into();
     let mut decode_errors = 0;
     let mut rounds = 0;
     while let Some(read) = queue.pop_front() {
         rounds += 1;
         assert!(rounds < 10_000, "reads never end");
-        let out = adapter.handle_reply(&read, redis.answer(&read), now());
+        let out = adapter.answer(&read, redis.answer(&read.request), now());
         decode_errors += out.decode_errors.len();
         for o in out.observations {
             if let Observation::Task(t) = o {
@@ -253,9 +256,9 @@ fn a_stalled_job_is_abandoned_then_run_again_by_another_worker() {
     let mut tasks = BTreeMap::new();
     // Fold each observation, keeping the states it went through.
     let mut states = Vec::new();
-    let mut queue: VecDeque<ReadRequest> = first.into();
+    let mut queue: VecDeque<Read> = first.into();
     while let Some(read) = queue.pop_front() {
-        let out = adapter.handle_reply(&read, redis.answer(&read), now());
+        let out = adapter.answer(&read, redis.answer(&read.request), now());
         for o in out.observations {
             if let Observation::Task(t) = o {
                 let applied = apply(tasks.remove(&t.task_id), &t);
@@ -374,7 +377,7 @@ fn garbage_never_panics() {
     ];
     for read in &reads {
         for reply in &garbage {
-            let _ = adapter.handle_reply(read, reply.clone(), now());
+            let _ = adapter.answer(read, reply.clone(), now());
         }
     }
     let hmget = ReadRequest::HMGet {
@@ -392,6 +395,6 @@ fn garbage_never_panics() {
         b("99999999999999999999"),
     ];
     values.resize(broker_adapters::bullmq::job::FIELDS.len(), b("\u{0}"));
-    let out = adapter.handle_reply(&hmget, Reply::Array(values), now());
+    let out = adapter.answer(&hmget, Reply::Array(values), now());
     assert!(out.decode_errors.iter().any(|e| e.kind == "data-json"));
 }

@@ -5,6 +5,8 @@
 //! Task ids, delivery tags and times come from `manifest.json` (or from a fixture that names the
 //! same task), never from guesses.
 
+mod support;
+
 use broker_adapters::adapter::{Adapter, DecodeError, Output, ReadRequest, Reply};
 use broker_adapters::celery::{
     control, events, message, result, CeleryAdapter, CeleryConfig, PRIORITY_STEPS, SEP,
@@ -17,6 +19,7 @@ use chrono::{DateTime, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
+use support::tagged::Answer;
 
 // ---------------------------------------------------------------------------------------------
 // Fixture helpers
@@ -958,7 +961,7 @@ fn adapter_lrange_of_captured_messages_yields_queued_with_attempt() {
     let files = &QUEUE_MESSAGES[..6];
     let items: Vec<Vec<u8>> = files.iter().map(|f| fixture(f)).collect();
     let now = during_capture();
-    let out = a.on_reply(&lrange("celery"), bulk_array(&items), now);
+    let out = a.answer(&lrange("celery"), bulk_array(&items), now);
     assert!(out.decode_errors.is_empty(), "{:#?}", out.decode_errors);
     assert!(out.follow_up.is_empty(), "a short page needs no next page");
     let obs = tasks(&out);
@@ -984,7 +987,7 @@ fn adapter_lrange_of_captured_messages_yields_queued_with_attempt() {
     assert_eq!(countdown.fields.eta, Some(t("2026-11-23T13:42:01.771219Z")));
 
     // The same entries read again are not news.
-    let again = a.on_reply(&lrange("celery"), bulk_array(&items), now);
+    let again = a.answer(&lrange("celery"), bulk_array(&items), now);
     assert!(again.observations.is_empty(), "{again:#?}");
 }
 
@@ -1002,9 +1005,9 @@ fn adapter_message_leaving_its_queue_before_its_eta_is_held_not_running() {
         (eta + chrono::Duration::seconds(1), true),
     ] {
         let mut a = adapter();
-        let listed = a.on_reply(&lrange("celery"), bulk_array(&items), during_capture());
+        let listed = a.answer(&lrange("celery"), bulk_array(&items), during_capture());
         assert_eq!(tasks(&listed).len(), 2, "{listed:#?}");
-        let out = a.on_reply(&lrange("celery"), bulk_array(&[]), left_at);
+        let out = a.answer(&lrange("celery"), bulk_array(&[]), left_at);
         // A set: departures come in no particular order.
         let started: std::collections::BTreeSet<String> = tasks(&out)
             .iter()
@@ -1024,7 +1027,7 @@ fn adapter_lrange_of_priority_sub_list_reports_the_base_queue() {
     let mut a = adapter();
     let key = format!("celery{SEP}3");
     let f = "queue_message_priority5_default_steps.bin";
-    let out = a.on_reply(&lrange(&key), bulk_array(&[fixture(f)]), during_capture());
+    let out = a.answer(&lrange(&key), bulk_array(&[fixture(f)]), during_capture());
     let o = the_task(&out);
     assert_eq!(o.task_id, manifest_task_id(f));
     assert_eq!(o.fields.queue.as_deref(), Some("celery"));
@@ -1035,7 +1038,7 @@ fn adapter_lrange_of_priority_sub_list_reports_the_base_queue() {
 fn adapter_full_lrange_page_of_new_messages_asks_for_the_next_page() {
     let mut a = adapter();
     let items: Vec<Vec<u8>> = (0..200).map(|n| json_message_variant(n, |_| {})).collect();
-    let out = a.on_reply(&lrange("celery"), bulk_array(&items), during_capture());
+    let out = a.answer(&lrange("celery"), bulk_array(&items), during_capture());
     assert_eq!(tasks(&out).len(), 200);
     assert_eq!(
         out.follow_up,
@@ -1046,7 +1049,7 @@ fn adapter_full_lrange_page_of_new_messages_asks_for_the_next_page() {
         }]
     );
     // Nothing new on a full page: stop paging.
-    let out = a.on_reply(&lrange("celery"), bulk_array(&items), during_capture());
+    let out = a.answer(&lrange("celery"), bulk_array(&items), during_capture());
     assert!(out.follow_up.is_empty());
 }
 
@@ -1073,7 +1076,7 @@ fn adapter_hgetall_unacked_yields_running_or_queued_for_future_eta_then_acknowle
     let now = during_capture();
     assert!(eta_msg.eta.unwrap() > now);
 
-    let out = a.on_reply(&hgetall_unacked(), unacked_reply(&[running_f, eta_f]), now);
+    let out = a.answer(&hgetall_unacked(), unacked_reply(&[running_f, eta_f]), now);
     assert!(out.decode_errors.is_empty(), "{:#?}", out.decode_errors);
     assert!(
         out.queue_samples.is_empty(),
@@ -1093,12 +1096,12 @@ fn adapter_hgetall_unacked_yields_running_or_queued_for_future_eta_then_acknowle
     assert_eq!(held.fields.eta, eta_msg.eta);
 
     // The same hash again: nothing new.
-    let out = a.on_reply(&hgetall_unacked(), unacked_reply(&[running_f, eta_f]), now);
+    let out = a.answer(&hgetall_unacked(), unacked_reply(&[running_f, eta_f]), now);
     assert!(out.observations.is_empty(), "{out:#?}");
 
     // Both entries vanished: acknowledged.
     let later = now + chrono::Duration::seconds(1);
-    let out = a.on_reply(&hgetall_unacked(), Reply::Array(vec![]), later);
+    let out = a.answer(&hgetall_unacked(), Reply::Array(vec![]), later);
     let obs = tasks(&out);
     assert_eq!(obs.len(), 2, "{out:#?}");
     let ids: BTreeSet<&str> = obs.iter().map(|o| o.task_id.as_str()).collect();
@@ -1115,7 +1118,7 @@ fn adapter_hgetall_unacked_yields_running_or_queued_for_future_eta_then_acknowle
     }
 
     // And a missing key (nil) reads as empty: nothing left to acknowledge.
-    let out = a.on_reply(&hgetall_unacked(), Reply::Nil, later);
+    let out = a.answer(&hgetall_unacked(), Reply::Nil, later);
     assert!(out.observations.is_empty());
 }
 
@@ -1125,7 +1128,7 @@ fn adapter_hgetall_unacked_past_eta_is_running() {
     let f = "unacked_eta_extended.bin";
     let msg = message::decode_envelope(&fixture_json(f)[0]).unwrap();
     let after_eta = msg.eta.unwrap() + chrono::Duration::seconds(1);
-    let out = a.on_reply(&hgetall_unacked(), unacked_reply(&[f]), after_eta);
+    let out = a.answer(&hgetall_unacked(), unacked_reply(&[f]), after_eta);
     let o = the_task(&out);
     assert_eq!(o.task_id, msg.task_id);
     assert_eq!(o.event, TaskEvent::Running);
@@ -1141,9 +1144,9 @@ fn adapter_hgetall_unacked_early_ack_snapshot_is_running_then_acknowledged() {
         Reply::Bytes(tag.into_bytes()),
         Reply::Bytes(fixture(f)),
     ]);
-    let out = a.on_reply(&hgetall_unacked(), reply, during_capture());
+    let out = a.answer(&hgetall_unacked(), reply, during_capture());
     assert_eq!(the_task(&out).event, TaskEvent::Running);
-    let out = a.on_reply(&hgetall_unacked(), Reply::Array(vec![]), during_capture());
+    let out = a.answer(&hgetall_unacked(), Reply::Array(vec![]), during_capture());
     let o = the_task(&out);
     assert_eq!(o.task_id, msg.task_id);
     assert_eq!(o.source, "unacked: acknowledged");
@@ -1159,10 +1162,10 @@ fn adapter_unacked_eta_task_still_held_after_its_eta_becomes_running() {
     let msg = message::decode_envelope(&fixture_json(f)[0]).unwrap();
     let eta = msg.eta.unwrap();
     let before = eta - chrono::Duration::seconds(5);
-    let out = a.on_reply(&hgetall_unacked(), unacked_reply(&[f]), before);
+    let out = a.answer(&hgetall_unacked(), unacked_reply(&[f]), before);
     assert_eq!(the_task(&out).event, TaskEvent::Queued);
     let after = eta + chrono::Duration::seconds(1);
-    let out = a.on_reply(&hgetall_unacked(), unacked_reply(&[f]), after);
+    let out = a.answer(&hgetall_unacked(), unacked_reply(&[f]), after);
     let o = the_task(&out);
     assert_eq!(o.task_id, msg.task_id);
     assert_eq!(o.event, TaskEvent::Running);
@@ -1253,7 +1256,7 @@ fn adapter_plain_retry_record_is_numbered_after_the_message_that_ran() {
         v["headers"]["id"] = json!(id);
     });
     let now = during_capture();
-    a.on_reply(&lrange("celery"), bulk_array(&[msg]), now);
+    a.answer(&lrange("celery"), bulk_array(&[msg]), now);
     let out = a.on_message(
         &format!("celery-task-meta-{id}"),
         &fixture("result_retry_plain.bin"),
@@ -1293,7 +1296,7 @@ fn adapter_plain_retry_record_is_numbered_after_the_message_that_ran() {
     assert_eq!(the_task(&out).attempt, None);
     // Read from its key (a re-read may repeat a record), it stays unknown.
     let mut c = adapter();
-    let out = c.on_reply(
+    let out = c.answer(
         &ReadRequest::Get(format!("celery-task-meta-{id}")),
         Reply::Bytes(fixture("result_retry_plain.bin")),
         now,
@@ -1337,7 +1340,7 @@ fn adapter_requeued_message_read_before_attempt_zero_events_counts_one_retry() {
     });
     let read_at = unix(w2 + 0.05);
     let meta = format!("celery-task-meta-{id}");
-    let mut outputs = vec![a.on_reply(&lrange("celery"), bulk_array(&[requeued]), read_at)];
+    let mut outputs = vec![a.answer(&lrange("celery"), bulk_array(&[requeued]), read_at)];
     let mut publish = |channel: &str, payload: Vec<u8>| {
         outputs.push(a.on_message(channel, &payload, read_at));
     };
@@ -1434,21 +1437,21 @@ fn adapter_retried_message_due_before_the_retry_record_still_counts_as_retried()
     let mut outputs = Vec::new();
     // Attempt 0: taken, acknowledged (it runs), fails.
     let m0 = unacked_attempt(id, 0, None);
-    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[(0, m0)]), at("48.441")));
-    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[]), at("48.497")));
+    outputs.push(a.answer(&hgetall_unacked(), unacked(&[(0, m0)]), at("48.441")));
+    outputs.push(a.answer(&hgetall_unacked(), unacked(&[]), at("48.497")));
     // Attempt 1's message (due 48.730) is first read when due; then acknowledged.
     let m1 = unacked_attempt(id, 1, Some("2026-12-06T01:08:48.730000+00:00"));
-    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[(1, m1)]), at("48.732")));
-    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[]), at("48.819")));
+    outputs.push(a.answer(&hgetall_unacked(), unacked(&[(1, m1)]), at("48.732")));
+    outputs.push(a.answer(&hgetall_unacked(), unacked(&[]), at("48.819")));
     // The RETRY record of attempt 0 only now.
     let retry0 = plain_record(id, "RETRY", "2026-12-06T01:08:48.730Z");
     outputs.push(a.on_message(&meta, &retry0, at("48.840")));
     // Attempt 2's message waits for its ETA; the RETRY of attempt 1; attempt 2 runs, succeeds.
     let m2 = unacked_attempt(id, 2, Some("2026-12-06T01:08:49.290000+00:00"));
-    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[(2, m2)]), at("48.981")));
+    outputs.push(a.answer(&hgetall_unacked(), unacked(&[(2, m2)]), at("48.981")));
     let retry1 = plain_record(id, "RETRY", "2026-12-06T01:08:49.041Z");
     outputs.push(a.on_message(&meta, &retry1, at("49.045")));
-    outputs.push(a.on_reply(&hgetall_unacked(), unacked(&[]), at("49.300")));
+    outputs.push(a.answer(&hgetall_unacked(), unacked(&[]), at("49.300")));
     let success = plain_record(id, "SUCCESS", "2026-12-06T01:08:49.350Z");
     outputs.push(a.on_message(&meta, &success, at("49.352")));
 
@@ -1504,11 +1507,11 @@ fn adapter_retry_records_published_before_any_other_sign_count_every_retry() {
     let m1 = unacked_attempt(id, 1, Some("2026-12-06T01:13:09.280000+00:00"));
     let tag = b"ffffffff-0000-4000-8000-000000000201".to_vec();
     let held = Reply::Array(vec![Reply::Bytes(tag), Reply::Bytes(m1)]);
-    outputs.push(a.on_reply(&hgetall_unacked(), held, at("08.981")));
+    outputs.push(a.answer(&hgetall_unacked(), held, at("08.981")));
     outputs.push(a.on_message(&meta, &retry, at("13.081")));
     let success = plain_record(id, "SUCCESS", "2026-12-06T01:13:09.545Z");
     outputs.push(a.on_message(&meta, &success, at("13.082")));
-    outputs.push(a.on_reply(&hgetall_unacked(), Reply::Array(vec![]), at("13.109")));
+    outputs.push(a.answer(&hgetall_unacked(), Reply::Array(vec![]), at("13.109")));
 
     let mut task = None;
     let mut transitions: Vec<Transition> = Vec::new();
@@ -1543,7 +1546,7 @@ fn adapter_mget_and_get_of_result_keys_yield_observations() {
         Reply::Bytes(fixture(files[0])),
         Reply::Bytes(fixture(files[1])),
     ]);
-    let out = a.on_reply(&ReadRequest::MGet(keys.clone()), reply, during_capture());
+    let out = a.answer(&ReadRequest::MGet(keys.clone()), reply, during_capture());
     let obs = tasks(&out);
     assert_eq!(obs.len(), 2);
     assert_eq!(obs[0].event, TaskEvent::Succeeded);
@@ -1551,7 +1554,7 @@ fn adapter_mget_and_get_of_result_keys_yield_observations() {
     assert_eq!(obs[1].task_id, manifest_task_id(files[1]));
 
     // A missing key is nil: nothing, no error.
-    let out = a.on_reply(
+    let out = a.answer(
         &ReadRequest::MGet(keys.clone()),
         Reply::Array(vec![Reply::Nil, Reply::Bytes(fixture(files[1]))]),
         during_capture(),
@@ -1559,7 +1562,7 @@ fn adapter_mget_and_get_of_result_keys_yield_observations() {
     assert_eq!(tasks(&out).len(), 1);
     assert!(out.decode_errors.is_empty());
 
-    let out = a.on_reply(
+    let out = a.answer(
         &ReadRequest::Get(keys[0].clone()),
         Reply::Bytes(fixture(files[0])),
         during_capture(),
@@ -1651,7 +1654,7 @@ fn adapter_smembers_binding_adds_the_queue_and_reads_its_lists() {
     });
     assert_eq!(a.queues().count(), 0);
     let req = ReadRequest::SMembers("_kombu.binding.celery".into());
-    let out = a.on_reply(
+    let out = a.answer(
         &req,
         binding_members("kombu_binding_celery.bin"),
         during_capture(),
@@ -1666,7 +1669,7 @@ fn adapter_smembers_binding_adds_the_queue_and_reads_its_lists() {
     );
     assert_eq!(out.follow_up, want);
     // Known now: no second round of reads.
-    let out = a.on_reply(
+    let out = a.answer(
         &req,
         binding_members("kombu_binding_celery.bin"),
         during_capture(),
@@ -1675,14 +1678,14 @@ fn adapter_smembers_binding_adds_the_queue_and_reads_its_lists() {
 
     // The producer-written set and a new queue with the default config.
     let mut d = adapter();
-    let out = d.on_reply(
+    let out = d.answer(
         &req,
         binding_members("kombu_binding_celery_after_publish.bin"),
         during_capture(),
     );
     assert!(out.follow_up.is_empty(), "celery is configured already");
     let billing = format!("billing{SEP}{SEP}billing");
-    let out = d.on_reply(
+    let out = d.answer(
         &ReadRequest::SMembers("_kombu.binding.billing".into()),
         Reply::Array(vec![Reply::Bytes(billing.into_bytes())]),
         during_capture(),
@@ -1708,7 +1711,7 @@ fn adapter_smembers_pidbox_and_celeryev_bindings_add_no_queue() {
         ),
         ("_kombu.binding.celeryev", "kombu_binding_celeryev.bin"),
     ] {
-        let out = a.on_reply(
+        let out = a.answer(
             &ReadRequest::SMembers(key.into()),
             binding_members(file),
             during_capture(),
@@ -1767,7 +1770,8 @@ fn adapter_interest_covers_celeryev_and_result_channels() {
     assert!(interest.key_patterns.contains(&"celery".to_string()));
     assert!(interest.key_patterns.contains(&format!("celery{SEP}*")));
     assert!(interest.prefetch.iter().any(|p| p.key == "unacked"
-        && p.reads == vec![broker_adapters::PrefetchRead::Read(hgetall_unacked())]));
+        && p.reads.len() == 1
+        && matches!(&p.reads[0], broker_adapters::PrefetchRead::Read(r) if *r == hgetall_unacked())));
 
     let other_db = CeleryAdapter::new(CeleryConfig {
         db: 5,
@@ -1798,11 +1802,11 @@ fn adapter_sampling_round_yields_queue_samples_with_length_running_delayed() {
     let lengths = [3i64, 1, 0, 2];
     let mut samples = Vec::new();
     for (req, len) in reads.iter().zip(lengths) {
-        let out = a.on_reply(req, Reply::Int(len), now);
+        let out = a.answer(req, Reply::Int(len), now);
         assert_eq!(out, Output::default(), "{req:?}");
     }
     let last = reads.last().unwrap();
-    let out = a.on_reply(
+    let out = a.answer(
         last,
         unacked_reply(&[
             "unacked_acks_late_running_plain.bin",
@@ -1822,7 +1826,7 @@ fn adapter_sampling_round_yields_queue_samples_with_length_running_delayed() {
     assert_eq!(s.sampled_at, now);
 
     // A later HGETALL outside a round emits no sample.
-    let out = a.on_reply(last, Reply::Array(vec![]), now);
+    let out = a.answer(last, Reply::Array(vec![]), now);
     assert!(out.queue_samples.is_empty());
 
     // LLEN replies as bulk strings, nil and errors count as what they hold (or 0).
@@ -1834,9 +1838,9 @@ fn adapter_sampling_round_yields_queue_samples_with_length_running_delayed() {
         Reply::Int(-1),
     ];
     for (req, reply) in reads.iter().zip(replies) {
-        a.handle_reply(req, reply, now);
+        a.answer(req, reply, now);
     }
-    let out = a.on_reply(reads.last().unwrap(), Reply::Array(vec![]), now);
+    let out = a.answer(reads.last().unwrap(), Reply::Array(vec![]), now);
     assert_eq!(out.queue_samples.len(), 1);
     assert_eq!(out.queue_samples[0].length, 4);
     assert_eq!(out.queue_samples[0].running, 0);
@@ -1845,7 +1849,7 @@ fn adapter_sampling_round_yields_queue_samples_with_length_running_delayed() {
 #[test]
 fn adapter_redis_error_reply_is_a_decode_error_with_the_key() {
     let mut a = adapter();
-    let out = a.handle_reply(
+    let out = a.answer(
         &lrange("celery"),
         Reply::Error("WRONGTYPE Operation against a key".into()),
         during_capture(),
@@ -1919,7 +1923,7 @@ fn garbage_entries_in_a_queue_page_lose_no_neighbour() {
 
     let key = "celery";
     let mut a = adapter();
-    let out = a.on_reply(&lrange(key), bulk_array(&items), during_capture());
+    let out = a.answer(&lrange(key), bulk_array(&items), during_capture());
 
     let obs = tasks(&out);
     let ids: Vec<String> = obs.iter().map(|o| o.task_id.clone()).collect();
@@ -1993,7 +1997,7 @@ fn garbage_unacked_entries_lose_no_neighbour() {
         Reply::Bytes(b"tag-empty".to_vec()),
         Reply::Bytes(b"[{}, \"\", \"celery\"]".to_vec()),
     ]);
-    let out = a.on_reply(&hgetall_unacked(), reply, during_capture());
+    let out = a.answer(&hgetall_unacked(), reply, during_capture());
     assert_eq!(tasks(&out).len(), 1);
     assert_eq!(
         tasks(&out)[0].task_id,
@@ -2260,19 +2264,19 @@ proptest! {
         let _ = a.on_message(&channel, &message_payload, now);
         let reply = Reply::Array(items.iter().cloned().map(Reply::Bytes).collect());
         let lr = ReadRequest::LRange { key: key.clone(), start: 0, stop: 199 };
-        let out = a.on_reply(&lr, reply.clone(), now);
+        let out = a.answer(&lr, reply.clone(), now);
         // Every bulk item is accounted for: an observation, a decode error, both (a message
         // whose body does not decode is listed and counted), or a duplicate.
         prop_assert!(out.observations.len() <= items.len());
         prop_assert!(out.decode_errors.len() <= items.len());
         // The same items as an unacked hash, as binding members, as result values.
-        let _ = a.on_reply(&ReadRequest::HGetAll("unacked".into()), reply.clone(), now);
-        let _ = a.on_reply(&ReadRequest::HGetAll("unacked".into()), Reply::Array(vec![]), now);
-        let _ = a.on_reply(&ReadRequest::SMembers(format!("_kombu.binding.{key}")), reply.clone(), now);
+        let _ = a.answer(&ReadRequest::HGetAll("unacked".into()), reply.clone(), now);
+        let _ = a.answer(&ReadRequest::HGetAll("unacked".into()), Reply::Array(vec![]), now);
+        let _ = a.answer(&ReadRequest::SMembers(format!("_kombu.binding.{key}")), reply.clone(), now);
         let keys: Vec<String> = (0..items.len()).map(|i| format!("celery-task-meta-{i}")).collect();
-        let _ = a.on_reply(&ReadRequest::MGet(keys), reply.clone(), now);
+        let _ = a.answer(&ReadRequest::MGet(keys), reply.clone(), now);
         for r in a.sample_queues(now) {
-            let _ = a.on_reply(&r, reply.clone(), now);
+            let _ = a.answer(&r, reply.clone(), now);
         }
         let _ = a.on_key_event(&key, "lpush", now);
         let _ = a.on_scan("_kombu.binding.*", vec![key.clone()], now);
@@ -2300,7 +2304,7 @@ proptest! {
             }
         }
         let mut a = adapter();
-        let out = a.on_reply(&lrange("celery"), bulk_array(&items), during_capture());
+        let out = a.answer(&lrange("celery"), bulk_array(&items), during_capture());
         let got: BTreeMap<String, ()> =
             tasks(&out).iter().map(|o| (o.task_id.clone(), ())).collect();
         // Random bytes almost never form a JSON object with an id; when one does it is a task.
@@ -2358,7 +2362,7 @@ fn adapter_result_reads_go_to_the_side_connection_when_results_live_elsewhere() 
         vec![ReadRequest::Side(Box::new(ReadRequest::MGet(vec![key])))]
     );
     let reply = Reply::Array(vec![Reply::Bytes(fixture("result_success_plain.bin"))]);
-    let out = a.on_reply(&reads[0], reply, Utc::now());
+    let out = a.answer(&reads[0], reply, Utc::now());
     assert_eq!(out.observations.len(), 1, "{out:?}");
     let open = [broker_adapters::OpenTask {
         id: "t1".into(),
@@ -2368,5 +2372,5 @@ fn adapter_result_reads_go_to_the_side_connection_when_results_live_elsewhere() 
     assert!(a
         .reconcile(&open, Utc::now())
         .iter()
-        .any(|r| matches!(r, ReadRequest::Side(inner) if matches!(**inner, ReadRequest::MGet(_)))));
+        .any(|r| matches!(&r.request, ReadRequest::Side(inner) if matches!(**inner, ReadRequest::MGet(_)))));
 }

@@ -8,6 +8,8 @@
 //! broker-adapters --test fuzz_decoders <target> -- --nocapture` runs one target for ten minutes
 //! and prints the executions (`PROPTEST_CASES` sets the cases per round, default 64).
 
+mod support;
+
 use broker_adapters::codec::{self, Limits};
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -15,6 +17,7 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use serde_json::Value;
 use std::io::Write;
 use std::time::{Duration, Instant};
+use support::tagged::Answer;
 
 /// One decode may take this long at most: a stall guard, not a speed target (a debug build on a
 /// loaded shared machine included; speed is measured by `tests/hostile_decode_time.rs`).
@@ -592,7 +595,7 @@ fn fuzz_arq_records() {
 #[test]
 fn fuzz_bullmq_events_and_job_hashes() {
     use broker_adapters::bullmq::{job, BullmqAdapter, BullmqConfig};
-    use broker_adapters::{Adapter, ReadRequest, Reply};
+    use broker_adapters::{ReadRequest, Reply};
     let now = chrono::DateTime::from_timestamp_millis(1_900_000_000_000).expect("time");
     let value = prop_oneof![
         3 => json_input(),
@@ -635,11 +638,11 @@ fn fuzz_bullmq_events_and_job_hashes() {
                     })
                     .collect(),
             );
-            let out = adapter.handle_reply(&stream, reply, now);
+            let out = adapter.answer(&stream, reply, now);
             for read in out.follow_up {
-                if let ReadRequest::HMGet { .. } = read {
+                if let ReadRequest::HMGet { .. } = &read.request {
                     let reply = Reply::Array(hash.iter().cloned().map(bytes).collect());
-                    let out = adapter.handle_reply(&read, reply, now);
+                    let out = adapter.answer(&read, reply, now);
                     for o in out.observations {
                         if let broker_adapters::Observation::Task(t) = o {
                             for v in [&t.fields.kwargs, &t.fields.result].into_iter().flatten() {

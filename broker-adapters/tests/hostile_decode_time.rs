@@ -3,8 +3,11 @@
 //! timed assertion (the machine's load is not ours). Run it optimised:
 //! `cargo test --release -p broker-adapters --test hostile_decode_time -- --ignored --nocapture`.
 
+mod support;
+
 use std::io::Write;
 use std::time::{Duration, Instant};
+use support::tagged::Answer;
 
 use base64::Engine as _;
 use broker_adapters::adapter::{Adapter, ReadRequest, Reply};
@@ -63,7 +66,8 @@ fn rq_job(data: &[u8]) -> Duration {
         let mut a = RqAdapter::new(RqConfig::default());
         let now = Utc::now();
         let reads = a.on_key_event("rq:job:h", "hset", now);
-        let Some(read @ ReadRequest::HMGet { fields, .. }) = reads.first() else {
+        let Some(read @ ReadRequest::HMGet { fields, .. }) = reads.first().map(|r| &r.request)
+        else {
             panic!("no HMGET of the job hash: {reads:?}");
         };
         let values = fields
@@ -76,7 +80,7 @@ fn rq_job(data: &[u8]) -> Duration {
                 _ => Reply::Nil,
             })
             .collect();
-        let out = a.on_reply(read, Reply::Array(values), now);
+        let out = a.answer(read, Reply::Array(values), now);
         assert!(!out.observations.is_empty(), "the job is listed");
     })
 }
@@ -103,7 +107,7 @@ fn celery_message(body: &[u8], compression: Option<&str>) -> Duration {
             start: 0,
             stop: 199,
         };
-        let out = a.on_reply(
+        let out = a.answer(
             &read,
             Reply::Array(vec![Reply::Bytes(envelope.clone())]),
             Utc::now(),
@@ -122,7 +126,7 @@ fn dramatiq_message(args: &[u8]) -> Duration {
             key: "dramatiq:default.msgs".into(),
             fields: vec!["h".into()],
         };
-        let out = a.on_reply(
+        let out = a.answer(
             &read,
             Reply::Array(vec![Reply::Bytes(msg.clone())]),
             Utc::now(),

@@ -3,14 +3,17 @@
 //! driven through the `Adapter` trait with the replies Redis would give; plus garbage that must
 //! never panic nor hide a neighbouring job.
 
+mod support;
+
 use broker_adapters::codec::base64_decode;
-use broker_adapters::rq::{job, result, RqAdapter, RqConfig};
+use broker_adapters::rq::{self, job, result, RqAdapter, RqConfig};
 use broker_adapters::{
     Adapter, Observation, Output, ReadRequest, Reply, TaskEvent, TaskObservation, WorkerEvent,
 };
 use chrono::{DateTime, Duration, Utc};
 use proptest::prelude::*;
 use serde_json::{json, Value};
+use support::tagged::Answer;
 
 fn fixture(name: &str) -> Value {
     let path = format!("{}/tests/fixtures/rq/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -92,7 +95,7 @@ fn read_job(a: &mut RqAdapter, id: &str, name: &str, now: DateTime<Utc>) -> Outp
     let h = hash(name);
     let reads = a.on_key_event(&format!("rq:job:{id}"), "hset", now);
     assert_eq!(reads.len(), 1, "{reads:?}");
-    a.on_reply(&reads[0], hmget_reply(&reads[0], &h), now)
+    a.answer(&reads[0], hmget_reply(&reads[0].request, &h), now)
 }
 
 fn now() -> DateTime<Utc> {
@@ -144,10 +147,10 @@ fn finished_job_succeeds_and_its_results_entry_gives_the_return_value() {
     let results = out
         .follow_up
         .iter()
-        .find(|r| matches!(r, ReadRequest::XRevRange { .. }))
+        .find(|r| matches!(&r.request, ReadRequest::XRevRange { .. }))
         .expect("a read of the results stream");
-    assert_eq!(results.key(), "rq:results:job-f");
-    let out = a.on_reply(results, stream_reply("results_success.json"), now());
+    assert_eq!(results.request.key(), "rq:results:job-f");
+    let out = a.answer(results, stream_reply("results_success.json"), now());
     let t = tasks(&out);
     // The job hash's first: first seen finished, its start too, then its outcome.
     assert_eq!(t.len(), 3, "{t:?}");
@@ -171,7 +174,7 @@ fn failed_job_gives_the_error_line_and_traceback_from_its_results_entry() {
         start: "-".into(),
         count: 1,
     };
-    let out = a.on_reply(&read, stream_reply("results_failure.json"), now());
+    let out = a.answer(&read, stream_reply("results_failure.json"), now());
     let t = tasks(&out);
     let t = t.last().unwrap();
     assert_eq!(t.event, TaskEvent::Failed);
@@ -197,7 +200,7 @@ fn requeued_job_after_a_failed_attempt_is_a_retry_of_attempt_zero() {
         }
     }
     let reads = a.on_key_event("rq:job:job-r", "hset", now());
-    let out = a.on_reply(&reads[0], hmget_reply(&reads[0], &fresh), now());
+    let out = a.answer(&reads[0], hmget_reply(&reads[0].request, &fresh), now());
     assert_eq!(tasks(&out)[0].event, TaskEvent::Queued);
     let out = read_job(&mut a, "job-r", "job_retry_requeued.json", now());
     let t = tasks(&out);
@@ -225,11 +228,15 @@ fn scheduled_job_is_queued_with_the_registry_score_as_eta() {
     let z = fixture("scheduled_registry.json");
     let id = z[0][0].as_str().unwrap().to_string();
     let due = z[0][1].as_f64().unwrap();
-    let out = a.on_reply(&registry, zset_reply("scheduled_registry.json"), now());
+    let out = a.answer(&registry, zset_reply("scheduled_registry.json"), now());
     assert_eq!(out.follow_up.len(), 1);
-    assert_eq!(out.follow_up[0].key(), format!("rq:job:{id}"));
+    assert_eq!(out.follow_up[0].request.key(), format!("rq:job:{id}"));
     let h = hash("job_scheduled.json");
-    let out = a.on_reply(&out.follow_up[0], hmget_reply(&out.follow_up[0], &h), now());
+    let out = a.answer(
+        &out.follow_up[0],
+        hmget_reply(&out.follow_up[0].request, &h),
+        now(),
+    );
     let t = tasks(&out);
     assert_eq!(t[0].event, TaskEvent::Queued);
     let eta = t[0].fields.eta.expect("eta");
@@ -259,8 +266,8 @@ fn started_job_runs_on_its_worker_and_the_busy_worker_is_alive_until_its_heartbe
     let reads = a.on_key_event(&format!("rq:worker:{worker_name}"), "hset", last);
     assert_eq!(reads.len(), 2, "PTTL then HMGET: {reads:?}");
     let at = last + Duration::seconds(10);
-    a.on_reply(&reads[0], Reply::Int(pttl - 10_000), at);
-    let out = a.on_reply(&reads[1], hmget_reply(&reads[1], &w), at);
+    a.answer(&reads[0], Reply::Int(pttl - 10_000), at);
+    let out = a.answer(&reads[1], hmget_reply(&reads[1].request, &w), at);
     let beats: Vec<_> = out
         .observations
         .iter()
@@ -287,9 +294,9 @@ fn started_registry_members_are_job_and_execution_ids() {
     let z = fixture("started_registry.json");
     let member = z[0][0].as_str().unwrap();
     let (job, _execution) = member.split_once(':').unwrap();
-    let out = a.on_reply(&read, zset_reply("started_registry.json"), now());
+    let out = a.answer(&read, zset_reply("started_registry.json"), now());
     assert_eq!(out.follow_up.len(), 1);
-    assert_eq!(out.follow_up[0].key(), format!("rq:job:{job}"));
+    assert_eq!(out.follow_up[0].request.key(), format!("rq:job:{job}"));
 }
 
 #[test]
@@ -320,7 +327,7 @@ fn a_garbage_job_is_a_decode_error_and_its_neighbour_is_still_read() {
             *v = b"x\x9c\x00garbage".to_vec();
         }
     }
-    let out = a.on_reply(&reads[0], hmget_reply(&reads[0], &garbage), now());
+    let out = a.answer(&reads[0], hmget_reply(&reads[0].request, &garbage), now());
     assert_eq!(out.decode_errors.len(), 1, "{:?}", out.decode_errors);
     assert_eq!(out.decode_errors[0].kind, "job-data");
     // Still shown: name from the description, no arguments.
@@ -343,13 +350,13 @@ fn a_job_hash_gone_while_open_is_settled_by_reconciliation() {
     let reads = a.reconcile(&open, now());
     let read = reads
         .iter()
-        .find(|r| r.key() == "rq:job:gone")
+        .find(|r| r.request.key() == "rq:job:gone")
         .expect("the open job is read");
-    let ReadRequest::HMGet { fields, .. } = read else {
+    let ReadRequest::HMGet { fields, .. } = &read.request else {
         panic!("{read:?}")
     };
     let nils = Reply::Array(fields.iter().map(|_| Reply::Nil).collect());
-    let out = a.on_reply(read, nils, now());
+    let out = a.answer(read, nils, now());
     assert_eq!(tasks(&out)[0].event, TaskEvent::Succeeded);
 }
 
@@ -378,10 +385,10 @@ proptest! {
         reads.extend(a.on_key_event("rq:worker:w1", "hset", t));
         reads.extend(a.on_key_event("rq:queues", "sadd", t));
         reads.extend(a.sample_queues(t));
-        reads.push(ReadRequest::LRange { key: "rq:queue:default".into(), start: 0, stop: 10 });
-        reads.push(ReadRequest::ZRangeWithScores { key: "rq:wip:default".into(), start: 0, stop: 10 });
+        reads.push(rq::Why::QueueIds.read(ReadRequest::LRange { key: "rq:queue:default".into(), start: 0, stop: 10 }));
+        reads.push(rq::Why::Registry.read(ReadRequest::ZRangeWithScores { key: "rq:wip:default".into(), start: 0, stop: 10 }));
         for (read, reply) in reads.iter().zip(replies.into_iter().cycle()) {
-            let _ = a.on_reply(read, reply, t);
+            let _ = a.answer(read, reply, t);
         }
     }
 
@@ -417,8 +424,8 @@ fn a_worker_that_registered_its_death_is_offline() {
     w.push(("death".into(), b"2026-11-23T16:30:00.000000Z".to_vec()));
     let t = now();
     let reads = a.on_key_event("rq:worker:w9", "hset", t);
-    a.on_reply(&reads[0], Reply::Int(59_000), t);
-    let out = a.on_reply(&reads[1], hmget_reply(&reads[1], &w), t);
+    a.answer(&reads[0], Reply::Int(59_000), t);
+    let out = a.answer(&reads[1], hmget_reply(&reads[1].request, &w), t);
     let Some(Observation::Worker(obs)) = out.observations.last() else {
         panic!("{:?}", out.observations)
     };
@@ -434,7 +441,7 @@ fn a_job_hash_left_with_only_a_heartbeat_is_not_a_decode_error() {
         "last_heartbeat".to_string(),
         b"2026-11-23T16:30:00.000000Z".to_vec(),
     )];
-    let out = a.on_reply(&reads[0], hmget_reply(&reads[0], &h), now());
+    let out = a.answer(&reads[0], hmget_reply(&reads[0].request, &h), now());
     assert!(out.decode_errors.is_empty(), "{:?}", out.decode_errors);
     assert!(out.observations.is_empty());
 }
@@ -447,10 +454,10 @@ fn keys_under_another_prefix_are_ignored_and_a_custom_prefix_is_followed() {
     assert!(a.on_key_event("rq:job:x", "hset", now()).is_empty());
     let reads = a.on_key_event("shop:job:x", "hset", now());
     assert_eq!(reads.len(), 1);
-    assert_eq!(reads[0].key(), "shop:job:x");
-    let out = a.on_reply(
+    assert_eq!(reads[0].request.key(), "shop:job:x");
+    let out = a.answer(
         &reads[0],
-        hmget_reply(&reads[0], &hash("job_pickle_queued.json")),
+        hmget_reply(&reads[0].request, &hash("job_pickle_queued.json")),
         now(),
     );
     assert_eq!(tasks(&out)[0].fields.name.as_deref(), Some("rq_app.add"));
@@ -496,8 +503,8 @@ fn a_worker_name_reused_by_a_new_process_seen_late_reports_no_pid() {
         .unwrap();
     let read = |a: &mut RqAdapter, h: &[(String, Vec<u8>)], at: DateTime<Utc>| {
         let reads = a.on_key_event("rq:worker:fixed", "hset", at);
-        a.on_reply(&reads[0], Reply::Int(80_000), at);
-        a.on_reply(&reads[1], hmget_reply(&reads[1], h), at)
+        a.answer(&reads[0], Reply::Int(80_000), at);
+        a.answer(&reads[1], hmget_reply(&reads[1].request, h), at)
     };
     let pids = |out: &Output| -> Vec<Option<u32>> {
         out.observations
@@ -566,7 +573,7 @@ proptest! {
             }
         }
         let reads = a.on_key_event("rq:job:j", "hset", t);
-        let _ = a.on_reply(&reads[0], hmget_reply(&reads[0], &h), t);
+        let _ = a.answer(&reads[0], hmget_reply(&reads[0].request, &h), t);
         let mut w = hash("worker_busy.json");
         for (k, v) in w.iter_mut() {
             match k.as_str() {
@@ -577,8 +584,8 @@ proptest! {
         }
         w.push(("death".into(), times[7].clone().into_bytes()));
         let reads = a.on_key_event("rq:worker:w", "hset", t);
-        let _ = a.on_reply(&reads[0], Reply::Int(pttl), t);
-        let _ = a.on_reply(&reads[1], hmget_reply(&reads[1], &w), t);
+        let _ = a.answer(&reads[0], Reply::Int(pttl), t);
+        let _ = a.answer(&reads[1], hmget_reply(&reads[1].request, &w), t);
     }
 }
 
@@ -587,7 +594,7 @@ fn a_sampling_round_gives_length_delayed_dead_and_running_per_queue() {
     let mut a = RqAdapter::new(RqConfig::default());
     let t = now();
     let queues = Reply::Array(vec![Reply::Bytes(b"rq:queue:default".to_vec())]);
-    let out = a.on_reply(
+    let out = a.answer(
         &ReadRequest::SMembers("rq:queues".into()),
         queues.clone(),
         t,
@@ -596,7 +603,7 @@ fn a_sampling_round_gives_length_delayed_dead_and_running_per_queue() {
     let reads = a.sample_queues(t);
     let mut samples = Vec::new();
     for read in &reads {
-        let reply = match read {
+        let reply = match &read.request {
             ReadRequest::SMembers(k) if k == "rq:queues" => queues.clone(),
             ReadRequest::SMembers(_) => Reply::Array(vec![Reply::Bytes(b"rq:worker:w1".to_vec())]),
             ReadRequest::LLen(_) => Reply::Int(4),
@@ -606,11 +613,13 @@ fn a_sampling_round_gives_length_delayed_dead_and_running_per_queue() {
             ReadRequest::LRange { .. } => Reply::Array(vec![]),
             other => panic!("unexpected sampling read {other:?}"),
         };
-        let out = a.on_reply(read, reply, t);
+        let out = a.answer(read, reply, t);
         samples.extend(out.queue_samples);
-        if matches!(read, ReadRequest::SMembers(k) if k == "rq:workers") {
+        if matches!(&read.request, ReadRequest::SMembers(k) if k == "rq:workers") {
             assert!(
-                out.follow_up.iter().any(|r| r.key() == "rq:worker:w1"),
+                out.follow_up
+                    .iter()
+                    .any(|r| r.request.key() == "rq:worker:w1"),
                 "workers are read: {:?}",
                 out.follow_up
             );
@@ -633,12 +642,12 @@ fn a_sampling_round_dates_the_oldest_waiting_job_from_its_enqueued_at() {
     let t = now();
     read_job(&mut a, "job-1", "job_pickle_queued.json", t);
     let queues = Reply::Array(vec![Reply::Bytes(b"rq:queue:default".to_vec())]);
-    a.on_reply(&ReadRequest::SMembers("rq:queues".into()), queues, t);
+    a.answer(&ReadRequest::SMembers("rq:queues".into()), queues, t);
     let round = |a: &mut RqAdapter, head: &[u8]| {
         let mut samples = Vec::new();
         let mut follow_up = Vec::new();
         for read in a.sample_queues(t) {
-            let reply = match &read {
+            let reply = match &read.request {
                 ReadRequest::LRange {
                     key,
                     start: 0,
@@ -648,7 +657,7 @@ fn a_sampling_round_dates_the_oldest_waiting_job_from_its_enqueued_at() {
                 ReadRequest::LLen(_) => Reply::Int(1),
                 _ => Reply::Array(vec![]),
             };
-            let out = a.on_reply(&read, reply, t);
+            let out = a.answer(&read, reply, t);
             samples.extend(out.queue_samples);
             follow_up.extend(out.follow_up);
         }
@@ -664,7 +673,7 @@ fn a_sampling_round_dates_the_oldest_waiting_job_from_its_enqueued_at() {
     let (samples, follow_up) = round(&mut a, b"job-2");
     assert_eq!(samples[0].oldest_enqueued_at, None);
     assert!(
-        follow_up.iter().any(|r| r.key() == "rq:job:job-2"),
+        follow_up.iter().any(|r| r.request.key() == "rq:job:job-2"),
         "{follow_up:?}"
     );
 }
@@ -687,17 +696,17 @@ fn a_started_job_whose_wip_entry_expired_is_abandoned_once() {
         ])
     };
     // Due in the future, or just past (worker clocks may be a little ahead): nothing.
-    let out = a.on_reply(&wip, entry(t.timestamp() as f64 + 30.0), t);
+    let out = a.answer(&wip, entry(t.timestamp() as f64 + 30.0), t);
     assert!(out.observations.is_empty());
-    let out = a.on_reply(&wip, entry(t.timestamp() as f64 - 5.0), t);
+    let out = a.answer(&wip, entry(t.timestamp() as f64 - 5.0), t);
     assert!(out.observations.is_empty());
     // Long past: abandoned, once.
-    let out = a.on_reply(&wip, entry(t.timestamp() as f64 - 120.0), t);
+    let out = a.answer(&wip, entry(t.timestamp() as f64 - 120.0), t);
     let obs = tasks(&out);
     assert_eq!(obs.len(), 1);
     assert_eq!(obs[0].event, TaskEvent::Abandoned);
     assert_eq!(obs[0].task_id, "job-s");
-    let out = a.on_reply(&wip, entry(t.timestamp() as f64 - 120.0), t);
+    let out = a.answer(&wip, entry(t.timestamp() as f64 - 120.0), t);
     assert!(out.observations.is_empty());
 }
 
@@ -727,7 +736,7 @@ fn retries_missed_by_every_read_are_counted_from_the_attempts_execution_keys() {
         "results_failure.json",
         &[("execution_id", "4a985ab888344a8ba82290bceaa78323")],
     );
-    let out = a.on_reply(&read, last, t0);
+    let out = a.answer(&read, last, t0);
     let t = tasks(&out);
     assert!(t.iter().any(|o| o.event == TaskEvent::Failed), "{t:?}");
     assert!(t.iter().all(|o| o.attempt == Some(2)), "{t:?}");
@@ -745,17 +754,17 @@ fn an_outcome_read_before_its_attempts_notification_waits_for_the_results_entry(
     let read = out
         .follow_up
         .iter()
-        .find(|r| matches!(r, ReadRequest::XRevRange { .. }))
+        .find(|r| matches!(&r.request, ReadRequest::XRevRange { .. }))
         .expect("a read of the results stream")
         .clone();
     let entry = stream_reply_with("results_success.json", &[("execution_id", "bbbb")]);
-    let out = a.on_reply(&read, entry, t0);
+    let out = a.answer(&read, entry, t0);
     let t = tasks(&out);
     assert_eq!(t.len(), 3, "{t:?}");
     assert!(t.iter().all(|o| o.attempt == Some(1)), "{t:?}");
     // A stream without entries (no results kept): the job hash's outcome goes out as it is.
     let _ = read_job(&mut a, "job-4", "job_pickle_finished.json", t0);
-    let out = a.on_reply(&read_for("job-4"), Reply::Array(Vec::new()), t0);
+    let out = a.answer(&read_for("job-4"), Reply::Array(Vec::new()), t0);
     assert_eq!(tasks(&out).last().unwrap().event, TaskEvent::Succeeded);
 }
 
@@ -788,11 +797,11 @@ fn a_finished_job_whose_results_xadd_was_seen_does_not_read_them_twice() {
     assert!(
         !out.follow_up
             .iter()
-            .any(|r| matches!(r, ReadRequest::XRevRange { .. })),
+            .any(|r| matches!(&r.request, ReadRequest::XRevRange { .. })),
         "{:?}",
         out.follow_up
     );
-    let out = a.on_reply(&xadd[0], stream_reply("results_success.json"), t0);
+    let out = a.answer(&xadd[0], stream_reply("results_success.json"), t0);
     let t = tasks(&out);
     assert_eq!(t.last().unwrap().event, TaskEvent::Succeeded);
     assert_eq!(t.last().unwrap().fields.result, Some(json!(5)));

@@ -3,12 +3,15 @@
 //! driven through the `Adapter` trait with the replies Redis would give; plus garbage that must
 //! never panic.
 
+mod support;
+
 use broker_adapters::sidekiq::{job, layout::Layout, SidekiqAdapter, SidekiqConfig};
 use broker_adapters::{
     Adapter, Observation, Output, ReadRequest, Reply, TaskEvent, TaskObservation, WorkerEvent,
 };
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::Value;
+use support::tagged::Answer;
 
 fn fixture(name: &str) -> Value {
     let path = format!(
@@ -121,8 +124,8 @@ fn both_pages(a: &mut SidekiqAdapter, key: &str, scored: bool, r: Reply) -> Outp
             },
         )
     };
-    let mut out = a.handle_reply(&head, r.clone(), now());
-    out.merge(a.handle_reply(&tail, r, now()));
+    let mut out = a.answer(&head, r.clone(), now());
+    out.merge(a.answer(&tail, r, now()));
     out
 }
 
@@ -132,9 +135,9 @@ fn heartbeat(a: &mut SidekiqAdapter, beat: f64, work: Reply, at: DateTime<Utc>) 
     let l = Layout::new(None);
     let mut fields = fixture("process");
     fields["fields"]["beat"] = Value::from(beat.to_string());
-    let mut out = a.handle_reply(&ReadRequest::HGetAll(l.process(&id)), reply(&fields), at);
-    out.merge(a.handle_reply(&ReadRequest::HGetAll(l.workers(&id)), work, at));
-    out.merge(a.handle_reply(&ReadRequest::HGetAll(l.work(&id)), Reply::Array(vec![]), at));
+    let mut out = a.answer(&ReadRequest::HGetAll(l.process(&id)), reply(&fields), at);
+    out.merge(a.answer(&ReadRequest::HGetAll(l.workers(&id)), work, at));
+    out.merge(a.answer(&ReadRequest::HGetAll(l.work(&id)), Reply::Array(vec![]), at));
     out
 }
 
@@ -180,7 +183,7 @@ fn a_retry_entry_is_retried_with_its_error_and_backtrace() {
 fn dead_entries_are_failures_with_their_attempt() {
     let mut a = adapter();
     let r = reply(&fixture("dead"));
-    let out = a.handle_reply(
+    let out = a.answer(
         &ReadRequest::ZRangeWithScores {
             key: "dead".into(),
             start: -500,
@@ -375,7 +378,7 @@ fn garbage_is_counted_never_a_panic() {
     assert!(out.decode_errors.len() >= 5, "{:?}", out.decode_errors);
     let _ = both_pages(&mut a, "retry", true, junk.clone());
     let _ = heartbeat(&mut a, 1.0, junk.clone(), now());
-    let _ = a.handle_reply(&ReadRequest::HGetAll("vm:1:abc".into()), junk, now());
+    let _ = a.answer(&ReadRequest::HGetAll("vm:1:abc".into()), junk, now());
 }
 
 #[test]
@@ -402,7 +405,7 @@ fn a_known_process_hash_is_watched_and_its_hset_reads_that_process() {
     );
     // Coalesced while in flight; asked again once the round ends.
     assert!(a.on_key_event(&l.process(&id), "hset", now()).is_empty());
-    let out = a.handle_reply(
+    let out = a.answer(
         &ReadRequest::HGetAll(l.work(&id)),
         Reply::Array(vec![]),
         now(),
@@ -424,22 +427,24 @@ fn a_sample_counts_a_queue_and_dates_its_oldest_job() {
             .map(bytes)
             .collect(),
     );
-    let out = a.handle_reply(&ReadRequest::SMembers("queues".into()), names, now());
+    let out = a.answer(&ReadRequest::SMembers("queues".into()), names, now());
     assert!(
-        out.follow_up.iter().any(|r| r.key() == "queue:parked"),
+        out.follow_up
+            .iter()
+            .any(|r| r.request.key() == "queue:parked"),
         "{out:?}"
     );
     let reads = a.sample_queues(now());
     let mut out = Output::default();
     for r in &reads {
-        let answer = match r {
+        let answer = match &r.request {
             ReadRequest::LLen(_) => Reply::Int(2),
             ReadRequest::LRange { .. } => {
                 Reply::Array(vec![bytes(f["items"].as_array().unwrap().last().unwrap())])
             }
             _ => Reply::Int(0),
         };
-        out.merge(a.handle_reply(r, answer, now()));
+        out.merge(a.answer(r, answer, now()));
     }
     let s = out
         .queue_samples

@@ -20,6 +20,7 @@
 // fred lives in the Redis I/O layers (clippy.toml): this is one.
 #![allow(clippy::disallowed_types)]
 
+mod coalesce;
 pub mod detect;
 pub mod notifications;
 mod oversize;
@@ -32,8 +33,9 @@ use crate::metrics::{ChangeFeed, Metrics, Source};
 use crate::store::{StoreReader, StoreWriter};
 use anyhow::Context;
 use broker_adapters::detect::{self as detection, Setting};
-use broker_adapters::{Adapter, Broker, Output, ReadRequest, Reply};
+use broker_adapters::{Adapter, Broker, Output, Read, ReadRequest, Reply};
 use chrono::Utc;
+use coalesce::{coalesce_gets, split_reply};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use notifications::Feed;
@@ -75,7 +77,7 @@ enum Incoming {
     /// A prefetch read ran at once on a notification (see [`prefetch`]).
     Prefetched {
         adapter: usize,
-        request: ReadRequest,
+        read: Read,
         reply: Result<broker_adapters::Reply, String>,
         /// When the reply arrived: what it shows was true then, whenever the loop gets to it.
         at: chrono::DateTime<Utc>,
@@ -104,8 +106,6 @@ const BARRIER_WAIT: Duration = Duration::from_millis(250);
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for adapters decoding off the loop, so their observations are kept.
 const SETTLE_AT_SHUTDOWN: Duration = Duration::from_secs(2);
-/// Keys per `MGET` when a round's single-key `GET`s are sent together (see [`coalesce_gets`]).
-const GET_CHUNK: usize = 256;
 /// New-key notifications waiting for the detector; more are dropped (the passes find them).
 const HINT_QUEUE: usize = 65_536;
 /// Notification classes auto-detection needs: key events (`E`) of new keys (`n`).
@@ -428,8 +428,8 @@ struct Pipeline {
     metrics: Arc<Metrics>,
     rx: mpsc::Receiver<Incoming>,
     /// Reads asked for and not yet run, with the index of the adapter that asked.
-    pending: Vec<(usize, ReadRequest)>,
-    pending_set: HashSet<(usize, ReadRequest)>,
+    pending: Vec<(usize, Read)>,
+    pending_set: HashSet<(usize, Read)>,
     /// Patterns already PSUBSCRIBEd.
     subscribed: BTreeSet<String>,
     feed: Feed,
@@ -835,16 +835,17 @@ impl Pipeline {
                 }
                 Incoming::Prefetched {
                     adapter,
-                    request,
+                    read,
                     reply,
                     at,
                 } => match reply {
                     Ok(reply) => {
                         self.metrics.ingested(Source::Read, 1);
-                        self.on_reply(adapter, &request, reply, at, &mut output)
-                            .await;
+                        self.on_reply(adapter, &read, reply, at, &mut output).await;
                     }
-                    Err(e) => debug!(error = %e, key = request.key(), "A prefetch read failed."),
+                    Err(e) => {
+                        debug!(error = %e, key = read.request.key(), "A prefetch read failed.")
+                    }
                 },
                 Incoming::Lagged(n) => {
                     warn!(
@@ -884,7 +885,7 @@ impl Pipeline {
         self.resync_requested |= resync;
     }
 
-    fn queue_reads(&mut self, adapter: usize, reads: Vec<ReadRequest>) {
+    fn queue_reads(&mut self, adapter: usize, reads: Vec<Read>) {
         for r in reads {
             if self.pending_set.insert((adapter, r.clone())) {
                 self.pending.push((adapter, r));
@@ -896,19 +897,19 @@ impl Pipeline {
     async fn on_reply(
         &mut self,
         adapter: usize,
-        request: &ReadRequest,
+        read: &Read,
         reply: Reply,
         at: chrono::DateTime<Utc>,
         into: &mut Output,
     ) {
         let broker = self.slots[adapter].broker();
-        let oversize = self.oversize.in_reply(broker, request.key(), &reply);
+        let oversize = self.oversize.in_reply(broker, read.request.key(), &reply);
         let mut out = Output {
             decode_errors: oversize.into_iter().collect(),
             ..Output::default()
         };
         let call = slot::Call::Reply {
-            request: request.clone(),
+            read: read.clone(),
             reply,
             at,
         };
@@ -1052,11 +1053,11 @@ impl Pipeline {
                         self.read_barrier(now, into).await;
                     }
                     self.metrics.ingested(Source::Read, replies.len() as u64);
-                    for (((adapter, request), reply), merged) in
+                    for (((adapter, read), reply), merged) in
                         wire.into_iter().zip(replies).zip(merged)
                     {
-                        for (request, reply) in split_reply(request, reply, merged) {
-                            self.on_reply(adapter, &request, reply, now, into).await;
+                        for (read, reply) in split_reply(read, reply, merged) {
+                            self.on_reply(adapter, &read, reply, now, into).await;
                         }
                     }
                 }
@@ -1112,13 +1113,13 @@ impl Pipeline {
                 }
                 Incoming::Prefetched {
                     adapter,
-                    request,
+                    read,
                     reply,
                     at,
                 } => {
                     if let Ok(reply) = reply {
                         self.metrics.ingested(Source::Read, 1);
-                        self.on_reply(adapter, &request, reply, at, into).await;
+                        self.on_reply(adapter, &read, reply, at, into).await;
                     }
                 }
                 Incoming::Lagged(_) | Incoming::Reconnected => {
@@ -1187,7 +1188,7 @@ impl Pipeline {
     async fn sample(&mut self) {
         let now = Utc::now();
         let mut output = Output::default();
-        let mut batch: Vec<(usize, ReadRequest)> = Vec::new();
+        let mut batch: Vec<(usize, Read)> = Vec::new();
         for i in 0..self.slots.len() {
             // An adapter away decoding skips this round.
             if let Some(adapter) = self.slots[i].here() {
@@ -1197,8 +1198,8 @@ impl Pipeline {
         if !batch.is_empty() {
             match execute(&self.client, &self.side, &batch).await {
                 Ok(replies) => {
-                    for ((i, request), reply) in batch.into_iter().zip(replies) {
-                        self.on_reply(i, &request, reply, now, &mut output).await;
+                    for ((i, read), reply) in batch.into_iter().zip(replies) {
+                        self.on_reply(i, &read, reply, now, &mut output).await;
                     }
                 }
                 Err(e) => warn!(error = %e, "Queue sampling failed; next round will retry."),
@@ -1294,81 +1295,19 @@ impl Pipeline {
     }
 }
 
-/// Sends one round's single-key `GET`s (taskiq's result keys, one per `set` notification) as
-/// `MGET`s of up to [`GET_CHUNK`] keys per adapter: one command instead of one per key, for
-/// Redis and for the count of commands per lifecycle. The `MGET`s take the place of the
-/// adapter's last `GET` in the round, so a key is never read earlier than it was asked for
-/// (taskiq reads a queue before the results of its tasks). Returns the reads to send, each
-/// flagged when it is such an `MGET`; [`split_reply`] hands each `GET` its own reply.
-fn coalesce_gets(batch: Vec<(usize, ReadRequest)>) -> (Vec<(usize, ReadRequest)>, Vec<bool>) {
-    let mut gets: BTreeMap<usize, Vec<String>> = BTreeMap::new();
-    let mut last_get: BTreeMap<usize, usize> = BTreeMap::new();
-    for (i, (adapter, read)) in batch.iter().enumerate() {
-        if let ReadRequest::Get(key) = read {
-            gets.entry(*adapter).or_default().push(key.clone());
-            last_get.insert(*adapter, i);
-        }
-    }
-    // A lone GET stays a GET.
-    gets.retain(|_, keys| keys.len() > 1);
-    if gets.is_empty() {
-        let flags = vec![false; batch.len()];
-        return (batch, flags);
-    }
-    let mut wire = Vec::with_capacity(batch.len());
-    let mut flags = Vec::with_capacity(batch.len());
-    for (i, (adapter, read)) in batch.into_iter().enumerate() {
-        let Some(keys) = gets
-            .get(&adapter)
-            .filter(|_| matches!(read, ReadRequest::Get(_)))
-        else {
-            wire.push((adapter, read));
-            flags.push(false);
-            continue;
-        };
-        if last_get.get(&adapter) == Some(&i) {
-            for chunk in keys.chunks(GET_CHUNK) {
-                wire.push((adapter, ReadRequest::MGet(chunk.to_vec())));
-                flags.push(true);
-            }
-        }
-    }
-    (wire, flags)
-}
-
-/// The reply of one read sent by [`coalesce_gets`]: an `MGET` that stands for `GET`s
-/// (`merged`) is split into one reply per key (an error goes to each of them); any other read
-/// keeps its reply.
-fn split_reply(request: ReadRequest, reply: Reply, merged: bool) -> Vec<(ReadRequest, Reply)> {
-    let ReadRequest::MGet(keys) = request else {
-        return vec![(request, reply)];
-    };
-    if !merged {
-        return vec![(ReadRequest::MGet(keys), reply)];
-    }
-    let gets = keys.into_iter().map(ReadRequest::Get);
-    match reply {
-        Reply::Array(items) if items.len() == gets.len() => gets.zip(items).collect(),
-        Reply::Error(e) => gets.map(|g| (g, Reply::Error(e.clone()))).collect(),
-        _ => gets
-            .map(|g| (g, Reply::Error("MGET reply of an unexpected shape".into())))
-            .collect(),
-    }
-}
-
 /// Runs reads on the connection each belongs to (the main one, or the asking adapter's side
 /// connection for [`ReadRequest::Side`]), pipelined per connection; replies in order.
 async fn execute(
     main: &redis::Redis,
     side: &[Option<redis::Redis>],
-    batch: &[(usize, ReadRequest)],
+    batch: &[(usize, Read)],
 ) -> anyhow::Result<Vec<Reply>> {
-    let side_of = |(adapter, read): &(usize, ReadRequest)| match read {
+    let side_of = |(adapter, read): &(usize, Read)| match read.request {
         ReadRequest::Side(_) => side.get(*adapter).and_then(Option::as_ref),
         _ => None,
     };
     if batch.iter().all(|r| side_of(r).is_none()) {
-        let reads: Vec<ReadRequest> = batch.iter().map(|(_, r)| r.clone()).collect();
+        let reads: Vec<ReadRequest> = batch.iter().map(|(_, r)| r.request.clone()).collect();
         return main.reads(&reads).await;
     }
     let mut replies: Vec<Option<Reply>> = vec![None; batch.len()];
@@ -1381,7 +1320,10 @@ async fn execute(
         }
     }
     for (client, indexes) in groups {
-        let reads: Vec<ReadRequest> = indexes.iter().map(|i| batch[*i].1.clone()).collect();
+        let reads: Vec<ReadRequest> = indexes
+            .iter()
+            .map(|i| batch[*i].1.request.clone())
+            .collect();
         for (i, reply) in indexes.into_iter().zip(client.reads(&reads).await?) {
             replies[i] = Some(reply);
         }
@@ -1433,71 +1375,5 @@ mod tests {
             redact("redis://127.0.0.1:6379/0"),
             "redis://127.0.0.1:6379/0"
         );
-    }
-
-    use super::*;
-
-    fn get(k: &str) -> ReadRequest {
-        ReadRequest::Get(k.to_string())
-    }
-
-    #[test]
-    fn gets_of_a_round_go_out_as_one_mget_in_place_of_the_last() {
-        let queue = ReadRequest::XInfoGroups("taskiq".into());
-        let other = ReadRequest::LLen("celery".into());
-        let batch = vec![
-            (0, get("a")),
-            (1, get("lone")),
-            (0, queue.clone()),
-            (0, get("b")),
-            (1, other.clone()),
-        ];
-        let (wire, merged) = coalesce_gets(batch);
-        assert_eq!(
-            wire,
-            vec![
-                (1, get("lone")),
-                (0, queue.clone()),
-                (0, ReadRequest::MGet(vec!["a".into(), "b".into()])),
-                (1, other),
-            ]
-        );
-        assert_eq!(merged, vec![false, false, true, false]);
-
-        let reply = Reply::Array(vec![Reply::Bytes(b"1".to_vec()), Reply::Nil]);
-        assert_eq!(
-            split_reply(wire[2].1.clone(), reply.clone(), true),
-            vec![
-                (get("a"), Reply::Bytes(b"1".to_vec())),
-                (get("b"), Reply::Nil)
-            ]
-        );
-        // An adapter's own MGET keeps its reply whole.
-        assert_eq!(
-            split_reply(wire[2].1.clone(), reply.clone(), false),
-            vec![(wire[2].1.clone(), reply)]
-        );
-        assert_eq!(
-            split_reply(wire[2].1.clone(), Reply::Error("LOADING".into()), true),
-            vec![
-                (get("a"), Reply::Error("LOADING".into())),
-                (get("b"), Reply::Error("LOADING".into()))
-            ]
-        );
-    }
-
-    #[test]
-    fn many_gets_are_chunked_and_a_round_without_them_is_untouched() {
-        let batch: Vec<(usize, ReadRequest)> = (0..GET_CHUNK + 1)
-            .map(|i| (0, get(&format!("k{i}"))))
-            .collect();
-        let (wire, merged) = coalesce_gets(batch);
-        assert_eq!(wire.len(), 2);
-        assert_eq!(merged, vec![true, true]);
-        assert!(matches!(&wire[1].1, ReadRequest::MGet(k) if k.len() == 1));
-
-        let batch = vec![(0, ReadRequest::HGetAll("unacked".into()))];
-        let (wire, merged) = coalesce_gets(batch.clone());
-        assert_eq!((wire, merged), (batch, vec![false]));
     }
 }

@@ -9,9 +9,7 @@
 //! how a decoder without a budget shows up). A panic inside an adapter running off the loop
 //! costs that payload (a decode error), not the process.
 
-use broker_adapters::{
-    Adapter, Broker, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
-};
+use broker_adapters::{Adapter, Broker, DecodeError, Interest, OpenTask, Output, Read, Reply};
 use chrono::{DateTime, Utc};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -39,7 +37,7 @@ pub enum Call {
         now: DateTime<Utc>,
     },
     Reply {
-        request: ReadRequest,
+        read: Read,
         reply: Reply,
         at: DateTime<Utc>,
     },
@@ -218,7 +216,7 @@ impl Slot {
             self.waiting.push_front(call);
             return Outcome::Later;
         };
-        let reads = |reads: Vec<ReadRequest>| {
+        let reads = |reads: Vec<Read>| {
             Outcome::Ran(Output {
                 follow_up: reads,
                 ..Output::default()
@@ -232,18 +230,22 @@ impl Slot {
                 adapter.on_gap();
                 Outcome::Ran(Output::default())
             }
-            Call::Reply { request, reply, at } => {
+            Call::Reply { read, reply, at } => {
                 let bytes = reply_bytes(&reply, OFF_LOOP_BYTES);
                 if bytes < OFF_LOOP_BYTES {
                     let start = Instant::now();
-                    let out = adapter.handle_reply(&request, reply, at);
-                    log_if_slow(self.broker, request.key(), bytes, start.elapsed(), false);
+                    let out = adapter.handle_reply(&read, reply, at);
+                    log_if_slow(
+                        self.broker,
+                        read.request.key(),
+                        bytes,
+                        start.elapsed(),
+                        false,
+                    );
                     return Outcome::Ran(out);
                 }
-                let key = request.key().to_string();
-                self.off_loop(key, bytes, done, move |a| {
-                    a.handle_reply(&request, reply, at)
-                })
+                let key = read.request.key().to_string();
+                self.off_loop(key, bytes, done, move |a| a.handle_reply(&read, reply, at))
             }
             Call::Message {
                 channel,
@@ -330,6 +332,7 @@ fn reply_bytes(reply: &Reply, enough: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use broker_adapters::{ReadRequest, Tag};
     use std::sync::Mutex;
 
     /// Records which thread ran each call and what it was; panics on a payload starting
@@ -356,24 +359,30 @@ mod tests {
                 ..Interest::default()
             }
         }
-        fn on_scan(&mut self, _: &str, _: Vec<String>, _: DateTime<Utc>) -> Vec<ReadRequest> {
+        fn on_scan(&mut self, _: &str, _: Vec<String>, _: DateTime<Utc>) -> Vec<Read> {
             Vec::new()
         }
-        fn on_key_event(&mut self, key: &str, _: &str, _: DateTime<Utc>) -> Vec<ReadRequest> {
+        fn on_key_event(&mut self, key: &str, _: &str, _: DateTime<Utc>) -> Vec<Read> {
             self.record(key);
-            vec![ReadRequest::Get(key.to_string())]
+            vec![Read::new(Tag(0), ReadRequest::Get(key.to_string()))]
         }
         fn on_message(&mut self, channel: &str, payload: &[u8], _: DateTime<Utc>) -> Output {
             assert!(payload.first() != Some(&b'!'), "hostile payload");
             self.record(channel)
         }
-        fn on_reply(&mut self, request: &ReadRequest, _: Reply, _: DateTime<Utc>) -> Output {
+        fn on_reply(
+            &mut self,
+            _: Tag,
+            request: &ReadRequest,
+            _: Reply,
+            _: DateTime<Utc>,
+        ) -> Output {
             self.record(request.key())
         }
-        fn reconcile(&mut self, _: &[OpenTask], _: DateTime<Utc>) -> Vec<ReadRequest> {
+        fn reconcile(&mut self, _: &[OpenTask], _: DateTime<Utc>) -> Vec<Read> {
             Vec::new()
         }
-        fn sample_queues(&mut self, _: DateTime<Utc>) -> Vec<ReadRequest> {
+        fn sample_queues(&mut self, _: DateTime<Utc>) -> Vec<Read> {
             Vec::new()
         }
     }
@@ -391,7 +400,7 @@ mod tests {
 
     fn get(key: &str, bytes: usize) -> Call {
         Call::Reply {
-            request: ReadRequest::Get(key.into()),
+            read: Read::new(Tag(0), ReadRequest::Get(key.into())),
             reply: Reply::Array(vec![Reply::Bytes(vec![b'x'; bytes])]),
             at: Utc::now(),
         }
@@ -425,7 +434,10 @@ mod tests {
         let out = slot.restore(decoded);
         assert!(out.decode_errors.is_empty());
         let out = slot.resume(&tx);
-        assert_eq!(out.follow_up, vec![ReadRequest::Get("k1".into())]);
+        assert_eq!(
+            out.follow_up,
+            vec![Read::new(Tag(0), ReadRequest::Get("k1".into()))]
+        );
         assert!(!slot.is_away());
         let seen = seen(&threads);
         let order: Vec<&str> = seen.iter().map(|(_, what)| what.as_str()).collect();
@@ -478,7 +490,7 @@ mod tests {
         let _ = slot.restore(rx.recv().await.expect("back"));
         let out = slot.resume(&tx);
         assert_eq!(out.follow_up.len(), WAITING_CAPACITY);
-        assert_eq!(out.follow_up[0], ReadRequest::Get("k2".into()));
+        assert_eq!(out.follow_up[0].request, ReadRequest::Get("k2".into()));
         assert!(slot.take_overflow());
         assert!(!slot.take_overflow(), "reported once");
         assert_eq!(seen(&threads).len(), WAITING_CAPACITY + 1);

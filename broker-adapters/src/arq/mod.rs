@@ -32,9 +32,10 @@ pub mod layout;
 pub mod record;
 
 use crate::adapter::{
-    glob_escape, too_large_error, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest,
-    Reply,
+    glob_escape, too_large_error, unknown_tag, Adapter, DecodeError, Interest, OpenTask, Output,
+    Read, ReadRequest, Reply, Tag,
 };
+
 use crate::bounded::FifoMap;
 use crate::detect::Setting;
 use crate::model::{
@@ -44,6 +45,30 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 use layout::ArqKey;
 use record::{JobDef, ResultRecord};
 use std::collections::{BTreeSet, HashMap};
+
+crate::read_reasons! {
+    /// Why the arq adapter reads (the tag of each of its reads).
+    pub enum Why {
+        /// `MGET` of a job's result, definition, try counter and in-progress key.
+        Status,
+        /// A job definition (`GET arq:job:<id>`).
+        Job,
+        /// A result record (`GET arq:result:<id>`).
+        Result,
+        /// A queue's health-check string.
+        Health,
+        /// Its time to live.
+        HealthTtl,
+        /// A queue's size for its sample (`ZCARD`).
+        Size,
+        /// The head of a queue for its sample (`ZRANGE 0 0`).
+        Head,
+        /// The newest page of a queue (highest scores).
+        NewestPage,
+        /// The oldest page of a queue (lowest scores).
+        OldestPage,
+    }
+}
 
 /// Queue entries read per page.
 const PAGE: i64 = 500;
@@ -164,41 +189,44 @@ impl ArqAdapter {
 
     /// One read that tells a job's state: `MGET` of its result, definition, try counter and
     /// in-progress key (judged in [`ArqAdapter::on_status`]).
-    fn status_read(id: &str) -> ReadRequest {
-        ReadRequest::MGet(vec![
+    fn status_read(id: &str) -> Read {
+        Why::Status.read(ReadRequest::MGet(vec![
             layout::result(id),
             layout::job(id),
             layout::retry(id),
             layout::in_progress(id),
-        ])
+        ]))
     }
 
     /// The highest scores of a queue: the newest jobs and the deferred ones.
-    fn newest_page(queue: &str) -> ReadRequest {
-        ReadRequest::ZRangeWithScores {
+    fn newest_page(queue: &str) -> Read {
+        Why::NewestPage.read(ReadRequest::ZRangeWithScores {
             key: queue.to_string(),
             start: -PAGE,
             stop: -1,
-        }
+        })
     }
 
     /// The lowest scores: the jobs due first (and running: arq keeps them in the set).
-    fn oldest_page(queue: &str) -> ReadRequest {
-        ReadRequest::ZRangeWithScores {
+    fn oldest_page(queue: &str) -> Read {
+        Why::OldestPage.read(ReadRequest::ZRangeWithScores {
             key: queue.to_string(),
             start: 0,
             stop: PAGE - 1,
-        }
+        })
     }
 
-    fn health_reads(queue: &str) -> [ReadRequest; 2] {
+    fn health_reads(queue: &str) -> [Read; 2] {
         let key = layout::health_check(queue);
-        [ReadRequest::PTtl(key.clone()), ReadRequest::Get(key)]
+        [
+            Why::HealthTtl.read(ReadRequest::PTtl(key.clone())),
+            Why::Health.read(ReadRequest::Get(key)),
+        ]
     }
 
     /// A page read of `queue` unless one is in flight (then it is asked again when that one
     /// answers: coalesced, so an enqueue burst costs round trips, not pages per job).
-    fn page_on_change(&mut self, queue: &str) -> Vec<ReadRequest> {
+    fn page_on_change(&mut self, queue: &str) -> Vec<Read> {
         match self.page_pending.get_mut(queue) {
             Some(dirty) => {
                 *dirty = true;
@@ -246,7 +274,8 @@ impl ArqAdapter {
             let (started, finished, enqueued_at) = (memo.started, memo.finished, memo.enqueued_at);
             if !memo.job_read && !memo.job_asked && !finished {
                 memo.job_asked = true;
-                out.follow_up.push(ReadRequest::Get(layout::job(&id)));
+                out.follow_up
+                    .push(Why::Job.read(ReadRequest::Get(layout::job(&id))));
             }
             if !moved || started || finished {
                 // A retried job's new score is judged by its status read.
@@ -605,21 +634,16 @@ impl Adapter for ArqAdapter {
         }
     }
 
-    fn on_scan(
-        &mut self,
-        _pattern: &str,
-        keys: Vec<String>,
-        _now: DateTime<Utc>,
-    ) -> Vec<ReadRequest> {
+    fn on_scan(&mut self, _pattern: &str, keys: Vec<String>, _now: DateTime<Utc>) -> Vec<Read> {
         let mut reads = Vec::new();
         for key in &keys {
             match layout::classify(key, &self.queues) {
                 Some(ArqKey::Job(id)) if !self.known.get(id).is_some_and(|m| m.job_read) => {
-                    reads.push(ReadRequest::Get(key.clone()))
+                    reads.push(Why::Job.read(ReadRequest::Get(key.clone())))
                 }
                 Some(ArqKey::InProgress(id)) => reads.push(Self::status_read(id)),
                 Some(ArqKey::Result(id)) if !self.known.get(id).is_some_and(|m| m.finished) => {
-                    reads.push(ReadRequest::Get(key.clone()))
+                    reads.push(Why::Result.read(ReadRequest::Get(key.clone())))
                 }
                 Some(ArqKey::HealthCheck(q)) => {
                     let q = q.to_string();
@@ -634,18 +658,18 @@ impl Adapter for ArqAdapter {
         reads
     }
 
-    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<Read> {
         let Some(kind) = layout::classify(key, &self.queues) else {
             return Vec::new();
         };
         match (kind, op) {
             (ArqKey::Job(id), "set") => {
                 self.memo(id).job_asked = true;
-                vec![ReadRequest::Get(key.to_string())]
+                vec![Why::Job.read(ReadRequest::Get(key.to_string()))]
             }
             (ArqKey::Result(id), "set") => {
                 self.memo(id).result_written = true;
-                vec![ReadRequest::Get(key.to_string())]
+                vec![Why::Result.read(ReadRequest::Get(key.to_string()))]
             }
             // A try starts (`set`), the try counter moves (`incrby`), a try ends without a
             // result (`del`: a retry), its worker is gone (`expired`), or the job ended
@@ -683,42 +707,47 @@ impl Adapter for ArqAdapter {
         Output::default()
     }
 
-    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
+    fn on_reply(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        reply: Reply,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let Ok(why) = Why::try_from(tag) else {
+            return unknown_tag(Broker::Arq, request, tag);
+        };
         let key = request.key().to_string();
         let queues = self.queues.clone();
         let mut out = Output::default();
-        match (request.inner(), layout::classify(&key, &queues)) {
-            (ReadRequest::MGet(_), Some(ArqKey::Result(id))) => {
+        // The tag says why; the key says which job or queue.
+        match (why, layout::classify(&key, &queues)) {
+            (Why::Status, Some(ArqKey::Result(id))) => {
                 return self.on_status(id, reply, now);
             }
-            (ReadRequest::Get(_), Some(ArqKey::Job(id))) => {
+            (Why::Job, Some(ArqKey::Job(id))) => {
                 if self.known.get(id).is_some_and(|m| m.job_read) {
                     return out;
                 }
                 return self.on_job(id, &key, &reply, now);
             }
-            (ReadRequest::Get(_), Some(ArqKey::Result(id))) => {
+            (Why::Result, Some(ArqKey::Result(id))) => {
                 return self.on_result(id, &key, &reply, now);
             }
-            (ReadRequest::Get(_), Some(ArqKey::HealthCheck(q))) => {
+            (Why::Health, Some(ArqKey::HealthCheck(q))) => {
                 return self.on_health(q, &reply, now);
             }
-            (ReadRequest::PTtl(_), Some(ArqKey::HealthCheck(q))) => {
+            (Why::HealthTtl, Some(ArqKey::HealthCheck(q))) => {
                 if let Some(ms) = reply.as_i64() {
                     self.health_ttl.insert(q.to_string(), ms);
                 }
             }
-            (ReadRequest::ZCard(_), Some(ArqKey::Queue(q))) => {
+            (Why::Size, Some(ArqKey::Queue(q))) => {
                 if let Some(round) = self.sampling.get_mut(q) {
                     round.card = Some(reply.as_i64().unwrap_or(0).max(0) as u64);
                 }
             }
-            (
-                ReadRequest::ZRangeWithScores {
-                    start: 0, stop: 0, ..
-                },
-                Some(ArqKey::Queue(q)),
-            ) => {
+            (Why::Head, Some(ArqKey::Queue(q))) => {
                 let head = reply
                     .clone()
                     .into_pairs()
@@ -735,15 +764,15 @@ impl Adapter for ArqAdapter {
                 }
                 self.on_page(q, false, reply, now, &mut out);
             }
-            (ReadRequest::ZRangeWithScores { start, .. }, Some(ArqKey::Queue(q))) => {
-                self.on_page(q, *start < 0, reply, now, &mut out);
+            (Why::NewestPage | Why::OldestPage, Some(ArqKey::Queue(q))) => {
+                self.on_page(q, why == Why::NewestPage, reply, now, &mut out);
             }
             _ => {}
         }
         out
     }
 
-    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<Read> {
         let mut reads = Vec::new();
         for q in &self.queues {
             reads.push(Self::oldest_page(q));
@@ -755,17 +784,17 @@ impl Adapter for ArqAdapter {
         reads
     }
 
-    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<Read> {
         let mut reads = Vec::new();
         self.sampling.clear();
         for q in &self.queues {
             self.sampling.insert(q.clone(), QueueRound::default());
-            reads.push(ReadRequest::ZCard(q.clone()));
-            reads.push(ReadRequest::ZRangeWithScores {
+            reads.push(Why::Size.read(ReadRequest::ZCard(q.clone())));
+            reads.push(Why::Head.read(ReadRequest::ZRangeWithScores {
                 key: q.clone(),
                 start: 0,
                 stop: 0,
-            });
+            }));
             reads.extend(Self::health_reads(q));
             // Last: its reply closes the queue's round.
             reads.push(Self::newest_page(q));
@@ -773,7 +802,7 @@ impl Adapter for ArqAdapter {
         reads
     }
 
-    fn on_detected(&mut self, setting: &Setting) -> Vec<ReadRequest> {
+    fn on_detected(&mut self, setting: &Setting) -> Vec<Read> {
         match setting {
             Setting::ArqQueue(q) if self.add_queue(q) => {
                 let mut reads = vec![Self::oldest_page(q)];

@@ -48,8 +48,10 @@ pub mod layout;
 pub mod workers;
 
 use crate::adapter::{
-    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
+    glob_escape, unknown_tag, Adapter, DecodeError, Interest, OpenTask, Output, Read, ReadRequest,
+    Reply, Tag,
 };
+
 use crate::bounded::{FifoMap, FifoSet};
 use crate::detect::Setting;
 use crate::model::{
@@ -62,6 +64,33 @@ use job::JobHash;
 use layout::QueueName;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+crate::read_reasons! {
+    /// Why the BullMQ adapter reads (the tag of each of its reads).
+    pub enum Why {
+        /// A stream's first entry (`XRANGE - + COUNT 1`): a probe of a stream not followed yet,
+        /// or whether a followed one was trimmed past the last entry read.
+        FirstEntry,
+        /// A followed stream's newest window, read the first time (`XREVRANGE`).
+        Window,
+        /// A followed stream's entries after the last one read.
+        NewEntries,
+        /// A job hash.
+        Job,
+        /// `CLIENT LIST`: the workers.
+        Clients,
+        /// A job lock's time to live after its `expired` notification.
+        LockTtl,
+        /// The next job of `wait`, for its queue sample.
+        Head,
+        /// The ids of a queue's `wait` or `active` list.
+        ListIds,
+        /// The newest ids of `completed` or `failed`.
+        SetIds,
+        /// A list's or set's size for its queue sample.
+        Count,
+    }
+}
 
 /// Entries read per `XRANGE`.
 const PAGE: u64 = 1_000;
@@ -179,7 +208,7 @@ impl BullmqAdapter {
 
     /// Starts following a queue: its stream from the newest window, and its sets (jobs older
     /// than the window). Nothing when it is followed already.
-    fn adopt(&mut self, queue: QueueName) -> Vec<ReadRequest> {
+    fn adopt(&mut self, queue: QueueName) -> Vec<Read> {
         if self.queues.contains_key(&queue) || self.queues.len() >= MAX_QUEUES {
             return Vec::new();
         }
@@ -191,7 +220,7 @@ impl BullmqAdapter {
     /// The read of a queue's new entries, unless one is in flight (then it is asked again when
     /// that one answers). The first read (at first sight, after a restart of taskscope or a
     /// gap) also reads the queue's lists and sets: jobs older than the stream's window.
-    fn stream_read(&mut self, queue: &QueueName) -> Vec<ReadRequest> {
+    fn stream_read(&mut self, queue: &QueueName) -> Vec<Read> {
         let Some(state) = self.queues.get_mut(queue) else {
             return Vec::new();
         };
@@ -202,68 +231,68 @@ impl BullmqAdapter {
         state.in_flight = Some(false);
         let key = queue.events();
         match state.last_id {
-            Some(last) => vec![ReadRequest::XRange {
+            Some(last) => vec![Why::NewEntries.read(ReadRequest::XRange {
                 key,
                 start: format!("({last}"),
                 end: "+".to_string(),
                 count: PAGE,
-            }],
+            })],
             None => {
                 let mut reads = Self::set_reads(queue);
-                reads.push(ReadRequest::XRevRange {
+                reads.push(Why::Window.read(ReadRequest::XRevRange {
                     key,
                     end: "+".to_string(),
                     start: "-".to_string(),
                     count: INITIAL_WINDOW,
-                });
+                }));
                 reads
             }
         }
     }
 
     /// The stream's first entry: whether the last entry read was trimmed away.
-    fn first_entry_read(queue: &QueueName) -> ReadRequest {
-        ReadRequest::XRange {
+    fn first_entry_read(queue: &QueueName) -> Read {
+        Why::FirstEntry.read(ReadRequest::XRange {
             key: queue.events(),
             start: "-".to_string(),
             end: "+".to_string(),
             count: 1,
-        }
+        })
     }
 
     /// The jobs of a queue's `wait` and `active` lists and newest `completed` and `failed`
     /// entries: read when the stream cannot tell (first sight, or a trimmed stream).
-    fn set_reads(queue: &QueueName) -> Vec<ReadRequest> {
+    fn set_reads(queue: &QueueName) -> Vec<Read> {
         vec![
-            ReadRequest::LRange {
+            Why::ListIds.read(ReadRequest::LRange {
                 key: queue.key("wait"),
                 start: -GAP_DEPTH,
                 stop: -1,
-            },
-            ReadRequest::LRange {
+            }),
+            Why::ListIds.read(ReadRequest::LRange {
                 key: queue.key("active"),
                 start: 0,
                 stop: GAP_DEPTH - 1,
-            },
-            ReadRequest::ZRangeWithScores {
+            }),
+            Why::SetIds.read(ReadRequest::ZRangeWithScores {
                 key: queue.key("completed"),
                 start: -GAP_DEPTH,
                 stop: -1,
-            },
-            ReadRequest::ZRangeWithScores {
+            }),
+            Why::SetIds.read(ReadRequest::ZRangeWithScores {
                 key: queue.key("failed"),
                 start: -GAP_DEPTH,
                 stop: -1,
-            },
+            }),
         ]
     }
 
     /// One `HMGET` of a job's hash.
-    fn job_read(task_id: &str) -> ReadRequest {
-        ReadRequest::HMGet {
+    fn job_read(task_id: &str) -> Read {
+        Why::Job.read(ReadRequest::HMGet {
             key: task_id.to_string(),
             fields: job::FIELDS.iter().map(|f| f.to_string()).collect(),
-        }
+        })
     }
 
     fn memo(&mut self, task_id: &str) -> &mut JobMemo {
@@ -339,7 +368,7 @@ impl BullmqAdapter {
         // One hash read per job and batch: a job added and started (or retried) between two
         // reads is read once, after its last event, for all of it.
         let mut asked = std::collections::HashSet::new();
-        out.follow_up.retain(|read| match read {
+        out.follow_up.retain(|read| match &read.request {
             ReadRequest::HMGet { key, .. } => asked.insert(key.clone()),
             _ => true,
         });
@@ -755,12 +784,7 @@ impl Adapter for BullmqAdapter {
         }
     }
 
-    fn on_scan(
-        &mut self,
-        _pattern: &str,
-        keys: Vec<String>,
-        _now: DateTime<Utc>,
-    ) -> Vec<ReadRequest> {
+    fn on_scan(&mut self, _pattern: &str, keys: Vec<String>, _now: DateTime<Utc>) -> Vec<Read> {
         let mut reads = Vec::new();
         for key in keys {
             let Some(queue) = QueueName::from_events_key(&key) else {
@@ -775,7 +799,7 @@ impl Adapter for BullmqAdapter {
         reads
     }
 
-    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<Read> {
         if op == "expired" {
             let Some((queue, id)) = key
                 .strip_suffix(layout::LOCK_SUFFIX)
@@ -792,7 +816,7 @@ impl Adapter for BullmqAdapter {
             }
             // Judged with this read's reply: the lock expired while the job was active, and no
             // worker set it again since.
-            return vec![ReadRequest::PTtl(key.to_string())];
+            return vec![Why::LockTtl.read(ReadRequest::PTtl(key.to_string()))];
         }
         if op != "xadd" {
             return Vec::new();
@@ -813,12 +837,19 @@ impl Adapter for BullmqAdapter {
         Output::default()
     }
 
-    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
+    fn on_reply(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        reply: Reply,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let Ok(why) = Why::try_from(tag) else {
+            return unknown_tag(Broker::Bullmq, request, tag);
+        };
         let mut out = Output::default();
-        match request.inner() {
-            ReadRequest::XRange {
-                key, start, count, ..
-            } if start == "-" && *count == 1 => {
+        match (why, request.inner()) {
+            (Why::FirstEntry, ReadRequest::XRange { key, .. }) => {
                 let Some(queue) = QueueName::from_events_key(key) else {
                     return out;
                 };
@@ -848,16 +879,19 @@ impl Adapter for BullmqAdapter {
                     }
                 }
             }
-            ReadRequest::XRange { key, count, .. } | ReadRequest::XRevRange { key, count, .. } => {
+            (
+                Why::Window | Why::NewEntries,
+                ReadRequest::XRange { key, count, .. } | ReadRequest::XRevRange { key, count, .. },
+            ) => {
                 let Some(queue) = QueueName::from_events_key(key) else {
                     return out;
                 };
+                let first_read = why == Why::Window;
                 let mut entries = stream::entries(reply);
-                if matches!(request.inner(), ReadRequest::XRevRange { .. }) {
+                if first_read {
                     entries.reverse();
                 }
                 let full = entries.len() as u64 >= *count;
-                let first_read = matches!(request.inner(), ReadRequest::XRevRange { .. });
                 self.on_entries(&queue, entries, full && !first_read, now, &mut out);
                 let again = match self.queues.get_mut(&queue) {
                     Some(state) => {
@@ -874,9 +908,9 @@ impl Adapter for BullmqAdapter {
                     out.follow_up.extend(self.stream_read(&queue));
                 }
             }
-            ReadRequest::HMGet { key, .. } => self.on_job(key, reply, now, &mut out),
-            ReadRequest::ClientList => self.on_clients(reply, now, &mut out),
-            ReadRequest::PTtl(key) => {
+            (Why::Job, request) => self.on_job(request.key(), reply, now, &mut out),
+            (Why::Clients, _) => self.on_clients(reply, now, &mut out),
+            (Why::LockTtl, ReadRequest::PTtl(key)) => {
                 // A lock expired: abandoned unless it is back (a live worker renewed it).
                 if reply.as_i64().is_some_and(|t| t >= 0 || t == -1) {
                     return out;
@@ -909,19 +943,18 @@ impl Adapter for BullmqAdapter {
                 );
                 out.observations.push(Observation::Task(obs));
             }
-            ReadRequest::LRange {
-                key, start, stop, ..
-            } => match self.queue_of_key(key) {
-                Some((queue, "wait")) if *start == -1 && *stop == -1 => {
+            (Why::Head, request) => {
+                if let Some((queue, "wait")) = self.queue_of_key(request.key()) {
                     self.on_head(&queue, reply, now, &mut out)
                 }
-                Some((queue, "active" | "wait")) => {
+            }
+            (Why::ListIds, request) => {
+                if let Some((queue, "active" | "wait")) = self.queue_of_key(request.key()) {
                     let ids: Vec<String> = reply.into_strings();
                     self.on_set(&queue, ids, &mut out);
                 }
-                _ => {}
-            },
-            ReadRequest::ZRangeWithScores { key, .. } => {
+            }
+            (Why::SetIds, ReadRequest::ZRangeWithScores { key, .. }) => {
                 if let Some((queue, "completed" | "failed")) = self.queue_of_key(key) {
                     let ids: Vec<String> = reply
                         .into_pairs()
@@ -934,8 +967,8 @@ impl Adapter for BullmqAdapter {
                     self.on_set(&queue, ids, &mut out);
                 }
             }
-            ReadRequest::LLen(key) | ReadRequest::ZCard(key) => {
-                if let Some((queue, what)) = self.queue_of_key(key) {
+            (Why::Count, request) => {
+                if let Some((queue, what)) = self.queue_of_key(request.key()) {
                     let n = reply.as_i64().unwrap_or(0).max(0) as u64;
                     let what = what.to_string();
                     self.on_count(&queue, &what, n, now, &mut out);
@@ -946,8 +979,15 @@ impl Adapter for BullmqAdapter {
         out
     }
 
-    fn on_read_error(&mut self, request: &ReadRequest, error: &str, _now: DateTime<Utc>) -> Output {
-        if matches!(request.inner(), ReadRequest::ClientList) {
+    fn on_read_error(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        error: &str,
+        _now: DateTime<Utc>,
+    ) -> Output {
+        let why = Why::try_from(tag);
+        if why == Ok(Why::Clients) {
             tracing::info!(
                 error,
                 "Redis refused CLIENT LIST: BullMQ workers are not listed."
@@ -955,11 +995,9 @@ impl Adapter for BullmqAdapter {
             self.client_list_refused = true;
         }
         // A stream read that failed is no longer in flight.
-        if let ReadRequest::XRange { key, .. } | ReadRequest::XRevRange { key, .. } =
-            request.inner()
-        {
+        if matches!(why, Ok(Why::Window | Why::NewEntries)) {
             if let Some(state) =
-                QueueName::from_events_key(key).and_then(|q| self.queues.get_mut(&q))
+                QueueName::from_events_key(request.key()).and_then(|q| self.queues.get_mut(&q))
             {
                 state.in_flight = None;
             }
@@ -970,7 +1008,7 @@ impl Adapter for BullmqAdapter {
         }
     }
 
-    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<Read> {
         let queues: Vec<QueueName> = self.queues.keys().cloned().collect();
         let mut reads = Vec::new();
         for q in &queues {
@@ -987,32 +1025,32 @@ impl Adapter for BullmqAdapter {
         reads
     }
 
-    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<Read> {
         self.sampling.clear();
         let mut reads = Vec::new();
         if !self.client_list_refused && !self.queues.is_empty() {
-            reads.push(ReadRequest::ClientList);
+            reads.push(Why::Clients.read(ReadRequest::ClientList));
         }
         for q in self.queues.keys() {
             self.sampling.insert(q.clone(), SampleRound::default());
-            reads.push(ReadRequest::LRange {
+            reads.push(Why::Head.read(ReadRequest::LRange {
                 key: q.key("wait"),
                 start: -1,
                 stop: -1,
-            });
+            }));
             for (what, sorted) in SAMPLED {
                 let key = q.key(what);
-                reads.push(if sorted {
+                reads.push(Why::Count.read(if sorted {
                     ReadRequest::ZCard(key)
                 } else {
                     ReadRequest::LLen(key)
-                });
+                }));
             }
         }
         reads
     }
 
-    fn on_detected(&mut self, setting: &Setting) -> Vec<ReadRequest> {
+    fn on_detected(&mut self, setting: &Setting) -> Vec<Read> {
         match setting {
             Setting::BullmqQueue(q) => match QueueName::parse_qualified(q) {
                 Some(q) => self.adopt(q),

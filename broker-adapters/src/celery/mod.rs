@@ -17,11 +17,13 @@ mod attempts;
 pub mod control;
 pub mod detect;
 pub mod events;
+pub mod layout;
 pub mod message;
 pub mod result;
 
 use crate::adapter::{
-    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, Publish, ReadRequest, Reply,
+    glob_escape, unknown_tag, Adapter, DecodeError, Interest, OpenTask, Output, Publish, Read,
+    ReadRequest, Reply, Tag,
 };
 use crate::bounded::{FifoMap, FifoSet};
 use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
@@ -29,12 +31,25 @@ use chrono::{DateTime, Utc};
 use message::CeleryMessage;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-/// kombu's separator in binding entries and priority queue names (`\x06\x16`).
-pub const SEP: &str = "\x06\x16";
-/// Celery's default priority steps beyond 0; each has its own list `<queue>\x06\x16<p>`.
-pub const PRIORITY_STEPS: [u8; 3] = [3, 6, 9];
-const UNACKED: &str = "unacked";
-const BINDING_PREFIX: &str = "_kombu.binding.";
+use layout::{KeyKind, UNACKED};
+pub use layout::{PRIORITY_STEPS, SEP};
+
+crate::read_reasons! {
+    /// Why the Celery adapter reads (the tag of each of its reads).
+    pub enum Why {
+        /// A page of a queue list (`LRANGE`), from its head or its tail.
+        QueuePage,
+        /// The `unacked` hash (`HGETALL`); it also closes a sampling round.
+        Unacked,
+        /// Result records (`GET`/`MGET` of `celery-task-meta-*`).
+        Results,
+        /// A binding set (`SMEMBERS` of `_kombu.binding.*`): the queues it names.
+        Bindings,
+        /// A queue list's length (`LLEN`) for a sampling round.
+        Length,
+    }
+}
+
 /// Queue entries read per LRANGE page.
 const PAGE: i64 = 200;
 /// How deep into one queue a reconciliation reads (a deeper backlog is counted, not listed).
@@ -146,12 +161,12 @@ impl CeleryAdapter {
     }
 
     /// A read of result keys: on the side connection when the results live elsewhere.
-    fn result_read(&self, read: ReadRequest) -> ReadRequest {
-        if self.config.result_url.is_some() {
+    fn result_read(&self, read: ReadRequest) -> Read {
+        Why::Results.read(if self.config.result_url.is_some() {
             ReadRequest::Side(Box::new(read))
         } else {
             read
-        }
+        })
     }
 
     /// Numbers the attempts of `out`'s task observations (see [`attempts`]), in order.
@@ -187,37 +202,28 @@ impl CeleryAdapter {
     }
 
     /// The queue a list key belongs to (`celery` for `celery` and `celery\x06\x163`).
-    fn queue_of_key<'k>(&self, key: &'k str) -> Option<&'k str> {
-        let base = key.split_once(SEP).map_or(key, |(q, _)| q);
-        self.queues.contains(base).then_some(base)
-    }
-
-    fn read_queue(key: &str, start: i64) -> ReadRequest {
-        ReadRequest::LRange {
+    fn read_queue(key: &str, start: i64) -> Read {
+        Why::QueuePage.read(ReadRequest::LRange {
             key: key.to_string(),
             start,
             stop: start + PAGE - 1,
-        }
+        })
     }
 
-    fn queue_keys(queue: &str) -> impl Iterator<Item = String> + '_ {
-        std::iter::once(queue.to_string()).chain(
-            PRIORITY_STEPS
-                .iter()
-                .map(move |p| format!("{queue}{SEP}{p}")),
-        )
+    fn read_unacked() -> Read {
+        Why::Unacked.read(ReadRequest::HGetAll(UNACKED.to_string()))
     }
 
     /// A new queue: remember it and read what it holds.
-    fn add_queue(&mut self, queue: &str, out: &mut Vec<ReadRequest>) {
+    fn add_queue(&mut self, queue: &str, out: &mut Vec<Read>) {
         if self.queues.insert(queue.to_string()) {
-            out.extend(Self::queue_keys(queue).map(|k| Self::read_queue(&k, 0)));
+            out.extend(layout::queue_keys(queue).map(|k| Self::read_queue(&k, 0)));
         }
     }
 
     fn on_queue_page(&mut self, key: &str, start: i64, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
-        let queue = key.split_once(SEP).map_or(key, |(q, _)| q).to_string();
+        let queue = layout::queue_of(key).to_string();
         let items = reply.into_items();
         let full_page = items.len() as i64 >= PAGE;
         let complete = start == 0 && !full_page;
@@ -396,7 +402,10 @@ impl CeleryAdapter {
 
     fn result_record(&mut self, key: &str, bytes: &[u8], now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
-        let key_id = key.strip_prefix(result::RESULT_PREFIX);
+        let key_id = match layout::classify(key, |_| false) {
+            Some(KeyKind::Result(id)) => Some(id),
+            _ => None,
+        };
         match result::decode(bytes, key_id) {
             Ok(meta) => out.observations.extend(result_observation(meta, now)),
             Err(e) if self.first_time_bad(bytes) => {
@@ -416,10 +425,10 @@ impl CeleryAdapter {
             };
             let text = String::from_utf8_lossy(bytes);
             // routing_key \x06\x16 pattern \x06\x16 queue
-            let Some(queue) = text.rsplit(SEP).next() else {
+            let Some(queue) = layout::binding_queue(&text) else {
                 continue;
             };
-            if is_task_queue(key, queue) {
+            if layout::is_task_queue(key, queue) {
                 let mut reads = Vec::new();
                 self.add_queue(queue, &mut reads);
                 out.follow_up.extend(reads);
@@ -460,18 +469,6 @@ impl InFlight {
         obs.fields.queue = Some(self.queue.clone());
         Observation::Task(obs)
     }
-}
-
-/// Bindings also name Celery's own broadcast queues (pidbox, events, replies): not task queues.
-fn is_task_queue(binding_key: &str, queue: &str) -> bool {
-    let exchange = binding_key
-        .strip_prefix(BINDING_PREFIX)
-        .unwrap_or(binding_key);
-    !queue.is_empty()
-        && !exchange.ends_with(".pidbox")
-        && exchange != "celeryev"
-        && !queue.ends_with(".pidbox")
-        && !queue.starts_with("celeryev.")
 }
 
 fn message_identity(msg: &CeleryMessage) -> String {
@@ -604,7 +601,7 @@ impl Adapter for CeleryAdapter {
         Broker::Celery
     }
 
-    fn on_detected(&mut self, setting: &crate::detect::Setting) -> Vec<ReadRequest> {
+    fn on_detected(&mut self, setting: &crate::detect::Setting) -> Vec<Read> {
         let mut reads = Vec::new();
         match setting {
             crate::detect::Setting::CeleryQueue(queue) => self.add_queue(queue, &mut reads),
@@ -621,29 +618,26 @@ impl Adapter for CeleryAdapter {
     }
 
     fn interest(&self) -> Interest {
-        let mut key_patterns = vec![UNACKED.to_string(), format!("{BINDING_PREFIX}*")];
+        let mut key_patterns = vec![UNACKED.to_string(), layout::bindings_pattern()];
         for q in &self.queues {
             let escaped = glob_escape(q);
-            key_patterns.push(escaped.clone());
-            key_patterns.push(format!("{escaped}{SEP}*"));
+            key_patterns.push(layout::priority_lists_pattern(&escaped));
+            key_patterns.push(escaped);
         }
         Interest {
             channel_patterns: vec![
-                format!("{}*", result::RESULT_PREFIX),
-                format!("/{}.celeryev*", self.config.db),
+                layout::results_pattern(),
+                layout::events_pattern(self.config.db),
                 "celeryev*".to_string(),
             ],
             key_patterns,
             scan_patterns: if self.config.result_url.is_some() {
-                vec![format!("{BINDING_PREFIX}*")]
+                vec![layout::bindings_pattern()]
             } else {
-                vec![
-                    format!("{BINDING_PREFIX}*"),
-                    format!("{}*", result::RESULT_PREFIX),
-                ]
+                vec![layout::bindings_pattern(), layout::results_pattern()]
             },
             side_scan_patterns: if self.config.result_url.is_some() {
-                vec![format!("{}*", result::RESULT_PREFIX)]
+                vec![layout::results_pattern()]
             } else {
                 Vec::new()
             },
@@ -651,24 +645,19 @@ impl Adapter for CeleryAdapter {
             prefetch: vec![crate::adapter::Prefetch {
                 key: UNACKED.to_string(),
                 ops: vec!["hset".to_string(), "hdel".to_string()],
-                reads: vec![crate::adapter::PrefetchRead::Read(ReadRequest::HGetAll(
-                    UNACKED.to_string(),
-                ))],
+                reads: vec![crate::adapter::PrefetchRead::Read(Self::read_unacked())],
                 coalesce: false,
             }],
             first_sight: Vec::new(),
         }
     }
 
-    fn on_scan(
-        &mut self,
-        pattern: &str,
-        keys: Vec<String>,
-        _now: DateTime<Utc>,
-    ) -> Vec<ReadRequest> {
-        if pattern.starts_with(BINDING_PREFIX) {
-            keys.into_iter().map(ReadRequest::SMembers).collect()
-        } else if pattern.starts_with(result::RESULT_PREFIX) {
+    fn on_scan(&mut self, pattern: &str, keys: Vec<String>, _now: DateTime<Utc>) -> Vec<Read> {
+        if pattern == layout::bindings_pattern() {
+            keys.into_iter()
+                .map(|k| Why::Bindings.read(ReadRequest::SMembers(k)))
+                .collect()
+        } else if pattern == layout::results_pattern() {
             keys.chunks(MGET_CHUNK)
                 .map(|c| self.result_read(ReadRequest::MGet(c.to_vec())))
                 .collect()
@@ -677,23 +666,13 @@ impl Adapter for CeleryAdapter {
         }
     }
 
-    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
-        if key == UNACKED {
-            return if matches!(op, "hset" | "hdel") {
-                vec![ReadRequest::HGetAll(UNACKED.to_string())]
-            } else {
-                Vec::new()
-            };
-        }
-        if key.starts_with(BINDING_PREFIX) {
-            return if op == "sadd" {
-                vec![ReadRequest::SMembers(key.to_string())]
-            } else {
-                Vec::new()
-            };
-        }
-        if self.queue_of_key(key).is_some() {
-            return match op {
+    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<Read> {
+        match layout::classify(key, |q| self.queues.contains(q)) {
+            Some(KeyKind::Unacked) if matches!(op, "hset" | "hdel") => vec![Self::read_unacked()],
+            Some(KeyKind::Binding(_)) if op == "sadd" => {
+                vec![Why::Bindings.read(ReadRequest::SMembers(key.to_string()))]
+            }
+            Some(KeyKind::Queue(_)) => match op {
                 "lpush" | "linsert" => vec![Self::read_queue(key, 0)],
                 // A worker took a message (BRPOP fires `rpop`): see which one.
                 "rpop" | "lpop" => {
@@ -709,19 +688,19 @@ impl Adapter for CeleryAdapter {
                     Vec::new()
                 }
                 // kombu restores unacked messages with RPUSH-like pushes at the tail.
-                "rpush" => vec![ReadRequest::LRange {
+                "rpush" => vec![Why::QueuePage.read(ReadRequest::LRange {
                     key: key.to_string(),
                     start: -PAGE,
                     stop: -1,
-                }],
+                })],
                 _ => Vec::new(),
-            };
+            },
+            _ => Vec::new(),
         }
-        Vec::new()
     }
 
     fn on_message(&mut self, channel: &str, payload: &[u8], now: DateTime<Utc>) -> Output {
-        if channel.starts_with(result::RESULT_PREFIX) {
+        if channel.starts_with(layout::RESULT_PREFIX) {
             let mut out = self.result_record(channel, payload, now);
             self.number_attempts(&mut out, true);
             return out;
@@ -742,8 +721,16 @@ impl Adapter for CeleryAdapter {
     }
 
     /// A failed length read still arrived: that list counts as empty in this round.
-    fn on_read_error(&mut self, request: &ReadRequest, error: &str, _now: DateTime<Utc>) -> Output {
-        if let (ReadRequest::LLen(_), Some(sampling)) = (request, self.sampled_lengths.as_mut()) {
+    fn on_read_error(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        error: &str,
+        _now: DateTime<Utc>,
+    ) -> Output {
+        if let (Ok(Why::Length), Some(sampling)) =
+            (Why::try_from(tag), self.sampled_lengths.as_mut())
+        {
             sampling.awaiting = sampling.awaiting.saturating_sub(1);
         }
         Output {
@@ -756,16 +743,29 @@ impl Adapter for CeleryAdapter {
         }
     }
 
-    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
-        let mut out = match request.inner() {
-            ReadRequest::LRange { key, start, .. } => self.on_queue_page(key, *start, reply, now),
-            ReadRequest::HGetAll(key) if key == UNACKED => self.on_unacked(reply, now),
-            ReadRequest::MGet(keys) => self.on_results(keys, reply, now),
-            ReadRequest::Get(key) => self.on_results(std::slice::from_ref(key), reply, now),
-            ReadRequest::SMembers(key) => self.on_bindings(key, reply),
-            ReadRequest::LLen(key) => {
+    fn on_reply(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        reply: Reply,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let Ok(why) = Why::try_from(tag) else {
+            return unknown_tag(Broker::Celery, request, tag);
+        };
+        let mut out = match (why, request.inner()) {
+            (Why::QueuePage, ReadRequest::LRange { key, start, .. }) => {
+                self.on_queue_page(key, *start, reply, now)
+            }
+            (Why::Unacked, _) => self.on_unacked(reply, now),
+            (Why::Results, ReadRequest::MGet(keys)) => self.on_results(keys, reply, now),
+            (Why::Results, ReadRequest::Get(key)) => {
+                self.on_results(std::slice::from_ref(key), reply, now)
+            }
+            (Why::Bindings, request) => self.on_bindings(request.key(), reply),
+            (Why::Length, request) => {
                 if let Some(sampling) = self.sampled_lengths.as_mut() {
-                    let queue = key.split_once(SEP).map_or(key.as_str(), |(q, _)| q);
+                    let queue = layout::queue_of(request.key());
                     *sampling.lengths.entry(queue.to_string()).or_default() +=
                         reply.as_i64().unwrap_or(0).max(0) as u64;
                     sampling.awaiting = sampling.awaiting.saturating_sub(1);
@@ -778,21 +778,18 @@ impl Adapter for CeleryAdapter {
         out
     }
 
-    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<Read> {
         for task in open {
             self.attempts.stored(&task.id);
         }
-        let mut reads: Vec<ReadRequest> = self
+        let mut reads: Vec<Read> = self
             .queues
             .iter()
-            .flat_map(|q| Self::queue_keys(q))
+            .flat_map(|q| layout::queue_keys(q))
             .map(|k| Self::read_queue(&k, 0))
             .collect();
-        reads.push(ReadRequest::HGetAll(UNACKED.to_string()));
-        let result_keys: Vec<String> = open
-            .iter()
-            .map(|t| format!("{}{}", result::RESULT_PREFIX, t.id))
-            .collect();
+        reads.push(Self::read_unacked());
+        let result_keys: Vec<String> = open.iter().map(|t| layout::result_key(&t.id)).collect();
         reads.extend(
             result_keys
                 .chunks(MGET_CHUNK)
@@ -828,18 +825,18 @@ impl Adapter for CeleryAdapter {
         self.sampled_lengths = None;
     }
 
-    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
-        let mut reads: Vec<ReadRequest> = self
+    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<Read> {
+        let mut reads: Vec<Read> = self
             .queues
             .iter()
-            .flat_map(|q| Self::queue_keys(q))
-            .map(ReadRequest::LLen)
+            .flat_map(|q| layout::queue_keys(q))
+            .map(|k| Why::Length.read(ReadRequest::LLen(k)))
             .collect();
         self.sampled_lengths = Some(Sampling {
             lengths: self.queues.iter().map(|q| (q.clone(), 0)).collect(),
             awaiting: reads.len(),
         });
-        reads.push(ReadRequest::HGetAll(UNACKED.to_string()));
+        reads.push(Self::read_unacked());
         reads
     }
 }
@@ -875,7 +872,7 @@ mod tests {
         let reads = adapter.reconcile(&open, Utc::now());
         assert!(
             reads.iter().any(
-                |r| matches!(r, ReadRequest::Side(inner) if matches!(**inner, ReadRequest::MGet(_)))
+                |r| matches!(&r.request, ReadRequest::Side(inner) if matches!(**inner, ReadRequest::MGet(_)))
             ),
             "open tasks' results are read on the side connection: {reads:?}"
         );

@@ -45,10 +45,7 @@ impl MessageError {
 
 /// Queue names end in `.DQ` (delay queue) or `.XQ` (dead letters) for the derived queues.
 pub fn base_queue(queue_name: &str) -> &str {
-    queue_name
-        .strip_suffix(".DQ")
-        .or_else(|| queue_name.strip_suffix(".XQ"))
-        .unwrap_or(queue_name)
+    super::layout::split_queue(queue_name).0
 }
 
 fn millis(v: &Value) -> Option<DateTime<Utc>> {

@@ -34,7 +34,8 @@ pub mod result;
 pub mod worker;
 
 use crate::adapter::{
-    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
+    glob_escape, unknown_tag, Adapter, DecodeError, Interest, OpenTask, Output, Read, ReadRequest,
+    Reply, Tag,
 };
 use crate::bounded::FifoMap;
 use crate::model::{
@@ -45,6 +46,32 @@ use job::{JobError, JobRecord, JobStatus, DATA_FIELD, JOB_FIELDS};
 use layout::{Layout, Registry, RqKey};
 use result::ResultType;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+crate::read_reasons! {
+    /// Why the RQ adapter reads (the tag of each of its reads).
+    pub enum Why {
+        /// A job hash (`HMGET`).
+        Job,
+        /// A job's results stream, newest entry (`XREVRANGE`).
+        Results,
+        /// A worker hash (`HMGET`).
+        Worker,
+        /// A worker key's time to live (`PTTL`).
+        WorkerTtl,
+        /// The set of worker keys; closes a sampling round.
+        Workers,
+        /// The set of queue keys.
+        Queues,
+        /// A page of a queue's waiting job ids (`LRANGE`).
+        QueueIds,
+        /// The head of a queue for its sample (`LRANGE 0 0`).
+        QueueHead,
+        /// A page of a registry (`ZRANGE WITHSCORES`).
+        Registry,
+        /// A queue's or registry's length for its sample (`LLEN`/`ZCARD`).
+        Length,
+    }
+}
 
 /// Ids read per list or registry page.
 const PAGE: i64 = 500;
@@ -175,66 +202,66 @@ impl RqAdapter {
     }
 
     /// The HMGET of a job hash (with `data` until its call was decoded once).
-    fn job_read(&self, id: &str) -> ReadRequest {
+    fn job_read(&self, id: &str) -> Read {
         let mut fields: Vec<String> = JOB_FIELDS.iter().map(|f| f.to_string()).collect();
         if !self.known.get(id).is_some_and(|m| m.call_read) {
             fields.push(DATA_FIELD.to_string());
         }
-        ReadRequest::HMGet {
+        Why::Job.read(ReadRequest::HMGet {
             key: self.layout.job(id),
             fields,
-        }
+        })
     }
 
-    fn results_read(&self, id: &str) -> ReadRequest {
-        ReadRequest::XRevRange {
+    fn results_read(&self, id: &str) -> Read {
+        Why::Results.read(ReadRequest::XRevRange {
             key: self.layout.results(id),
             end: "+".to_string(),
             start: "-".to_string(),
             count: 1,
-        }
+        })
     }
 
     /// The first page of a registry (lowest scores: the jobs due or expiring first).
-    fn page(key: String) -> ReadRequest {
-        ReadRequest::ZRangeWithScores {
+    fn page(key: String) -> Read {
+        Why::Registry.read(ReadRequest::ZRangeWithScores {
             key,
             start: 0,
             stop: PAGE - 1,
-        }
+        })
     }
 
     /// The last page of a registry scored by expiry (highest scores: the newest jobs).
-    fn newest(key: String) -> ReadRequest {
-        ReadRequest::ZRangeWithScores {
+    fn newest(key: String) -> Read {
+        Why::Registry.read(ReadRequest::ZRangeWithScores {
             key,
             start: -PAGE,
             stop: -1,
-        }
+        })
     }
 
-    fn worker_reads(&self, name: &str) -> [ReadRequest; 2] {
+    fn worker_reads(&self, name: &str) -> [Read; 2] {
         let key = self.layout.worker(name);
         [
-            ReadRequest::PTtl(key.clone()),
-            ReadRequest::HMGet {
+            Why::WorkerTtl.read(ReadRequest::PTtl(key.clone())),
+            Why::Worker.read(ReadRequest::HMGet {
                 key,
                 fields: worker::WORKER_FIELDS
                     .iter()
                     .map(|f| f.to_string())
                     .collect(),
-            },
+            }),
         ]
     }
 
     /// Reads of a queue's waiting list and registries that find jobs not known yet (what
     /// notifications missed, and all there is when taskscope polls).
-    fn queue_reads(&self, queue: &str) -> Vec<ReadRequest> {
-        let mut reads = vec![ReadRequest::LRange {
+    fn queue_reads(&self, queue: &str) -> Vec<Read> {
+        let mut reads = vec![Why::QueueIds.read(ReadRequest::LRange {
             key: self.layout.queue(queue),
             start: 0,
             stop: PAGE - 1,
-        }];
+        })];
         for registry in [Registry::Started, Registry::Scheduled, Registry::Deferred] {
             reads.push(Self::page(self.layout.registry(registry, queue)));
         }
@@ -868,12 +895,7 @@ impl Adapter for RqAdapter {
         }
     }
 
-    fn on_scan(
-        &mut self,
-        _pattern: &str,
-        keys: Vec<String>,
-        _now: DateTime<Utc>,
-    ) -> Vec<ReadRequest> {
+    fn on_scan(&mut self, _pattern: &str, keys: Vec<String>, _now: DateTime<Utc>) -> Vec<Read> {
         keys.iter()
             .filter_map(|key| match self.layout.classify(key) {
                 Some(RqKey::Job(id)) if !self.was_read(id) => Some(self.job_read(id)),
@@ -882,7 +904,7 @@ impl Adapter for RqAdapter {
             .collect()
     }
 
-    fn on_key_event(&mut self, key: &str, op: &str, now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn on_key_event(&mut self, key: &str, op: &str, now: DateTime<Utc>) -> Vec<Read> {
         match (self.layout.classify(key), op) {
             (Some(RqKey::Job(id)), "hset" | "hmset") => vec![self.job_read(id)],
             (Some(RqKey::Execution(job, execution)), "hset" | "hmset") => {
@@ -897,7 +919,9 @@ impl Adapter for RqAdapter {
             (Some(RqKey::Registry(Registry::Scheduled, _)), "zadd") => {
                 vec![Self::page(key.to_string())]
             }
-            (Some(RqKey::Queues), "sadd") => vec![ReadRequest::SMembers(self.layout.queues())],
+            (Some(RqKey::Queues), "sadd") => {
+                vec![Why::Queues.read(ReadRequest::SMembers(self.layout.queues()))]
+            }
             (Some(RqKey::Worker(name)), "hset" | "hmset") => {
                 let recent = self
                     .worker_read_at
@@ -917,17 +941,27 @@ impl Adapter for RqAdapter {
         Output::default()
     }
 
-    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
+    fn on_reply(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        reply: Reply,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let Ok(why) = Why::try_from(tag) else {
+            return unknown_tag(Broker::Rq, request, tag);
+        };
         let layout = self.layout.clone();
         let mut out = Output::default();
-        match (request.inner(), layout.classify(request.key())) {
-            (ReadRequest::HMGet { key, fields }, Some(RqKey::Job(id))) => {
+        // The tag says why; the key says which job, worker or queue.
+        match (why, request.inner(), layout.classify(request.key())) {
+            (Why::Job, ReadRequest::HMGet { key, fields }, Some(RqKey::Job(id))) => {
                 return self.on_job(key, id, fields, reply, now);
             }
-            (ReadRequest::HMGet { .. }, Some(RqKey::Worker(name))) => {
+            (Why::Worker, _, Some(RqKey::Worker(name))) => {
                 return self.on_worker(name, reply, now);
             }
-            (ReadRequest::PTtl(_), Some(RqKey::Worker(name))) => match reply.as_i64() {
+            (Why::WorkerTtl, _, Some(RqKey::Worker(name))) => match reply.as_i64() {
                 Some(ms) if ms > 0 => {
                     // Checked: a reply is data, and data must not panic.
                     if let Some(at) =
@@ -940,19 +974,14 @@ impl Adapter for RqAdapter {
                     self.worker_expiry.remove(name);
                 }
             },
-            (ReadRequest::XRevRange { key, .. }, Some(RqKey::Results(id))) => {
-                return self.on_results(key, id, reply, now);
+            (Why::Results, request, Some(RqKey::Results(id))) => {
+                return self.on_results(request.key(), id, reply, now);
             }
-            (ReadRequest::SMembers(_), Some(RqKey::Workers)) => {
+            (Why::Workers, _, _) => {
                 return self.on_workers(reply, now);
             }
-            (ReadRequest::SMembers(_), Some(RqKey::Queues)) => return self.on_queues(reply),
-            (
-                ReadRequest::LRange {
-                    start: 0, stop: 0, ..
-                },
-                Some(RqKey::Queue(q)),
-            ) if self.sampling.is_some() => {
+            (Why::Queues, _, _) => return self.on_queues(reply),
+            (Why::QueueHead, _, Some(RqKey::Queue(q))) if self.sampling.is_some() => {
                 let items = reply.into_items();
                 if let Some(head) = items.first().and_then(Reply::as_bytes) {
                     self.sampled_heads
@@ -960,22 +989,22 @@ impl Adapter for RqAdapter {
                 }
                 self.on_ids(items, &mut out);
             }
-            (ReadRequest::LRange { .. }, Some(RqKey::Queue(_))) => {
+            (Why::QueueIds | Why::QueueHead, _, Some(RqKey::Queue(_))) => {
                 self.on_ids(reply.into_items(), &mut out);
             }
-            (ReadRequest::ZRangeWithScores { .. }, Some(RqKey::Registry(registry, _))) => {
+            (Why::Registry, _, Some(RqKey::Registry(registry, _))) => {
                 self.on_registry(registry, reply, now, &mut out);
             }
-            (ReadRequest::LLen(key) | ReadRequest::ZCard(key), _) => {
-                self.on_length(key, reply.as_i64().unwrap_or(0).max(0) as u64);
+            (Why::Length, request, _) => {
+                self.on_length(request.key(), reply.as_i64().unwrap_or(0).max(0) as u64);
             }
             _ => {}
         }
         out
     }
 
-    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
-        let mut reads = vec![ReadRequest::SMembers(self.layout.queues())];
+    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<Read> {
+        let mut reads = vec![Why::Queues.read(ReadRequest::SMembers(self.layout.queues()))];
         for queue in &self.queues {
             reads.extend(self.queue_reads(queue));
         }
@@ -990,24 +1019,24 @@ impl Adapter for RqAdapter {
         reads
     }
 
-    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
-        let mut reads = vec![ReadRequest::SMembers(self.layout.queues())];
+    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<Read> {
+        let mut reads = vec![Why::Queues.read(ReadRequest::SMembers(self.layout.queues()))];
         for q in &self.queues {
-            reads.push(ReadRequest::LLen(self.layout.queue(q)));
+            reads.push(Why::Length.read(ReadRequest::LLen(self.layout.queue(q))));
             // The head's id: its job hash's `enqueued_at` is the queue's oldest.
-            reads.push(ReadRequest::LRange {
+            reads.push(Why::QueueHead.read(ReadRequest::LRange {
                 key: self.layout.queue(q),
                 start: 0,
                 stop: 0,
-            });
+            }));
             for registry in [Registry::Scheduled, Registry::Failed, Registry::Started] {
-                reads.push(ReadRequest::ZCard(self.layout.registry(registry, q)));
+                reads.push(Why::Length.read(ReadRequest::ZCard(self.layout.registry(registry, q))));
             }
         }
         self.sampling = Some(self.queues.iter().map(|q| (q.clone(), [0; 4])).collect());
         self.sampled_heads.clear();
         // Last: its reply closes the round.
-        reads.push(ReadRequest::SMembers(self.layout.workers()));
+        reads.push(Why::Workers.read(ReadRequest::SMembers(self.layout.workers())));
         reads
     }
 

@@ -37,7 +37,10 @@ pub mod detect;
 pub mod job;
 pub mod layout;
 
-use crate::adapter::{Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply};
+use crate::adapter::{
+    unknown_tag, Adapter, DecodeError, Interest, OpenTask, Output, Read, ReadRequest, Reply, Tag,
+};
+
 use crate::bounded::FifoMap;
 use crate::model::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
@@ -46,6 +49,34 @@ use chrono::{DateTime, Utc};
 use job::{Job, WorkEntry};
 use layout::{Layout, SidekiqKey};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+crate::read_reasons! {
+    /// Why the Sidekiq adapter reads (the tag of each of its reads).
+    pub enum Why {
+        /// The set of queue names.
+        Queues,
+        /// The set of process identities.
+        Processes,
+        /// The head page of a queue list.
+        ListHead,
+        /// The tail page of a queue list longer than a page.
+        ListTail,
+        /// The next job of a queue to be fetched, for its sample (`LRANGE -1 -1`).
+        Oldest,
+        /// The low-score page of a sorted set (schedule, retry).
+        SetHead,
+        /// The high-score page of a sorted set.
+        SetTail,
+        /// A process hash.
+        Process,
+        /// A process's work hash (Sidekiq 6 `<id>:workers`, 7+ `<id>:work`).
+        Work,
+        /// A queue list's length for its sample.
+        Length,
+        /// A sorted set's size for its sample (the dead set's closes the round).
+        SetSize,
+    }
+}
 
 /// List entries and sorted-set members read per page (a page from each end).
 const PAGE: i64 = 500;
@@ -219,50 +250,54 @@ impl SidekiqAdapter {
     /// A read of a queue list: its head page, then its tail page only when the head page is
     /// full ([`Self::tail_read`]): a list shorter than a page (the usual case) costs one
     /// `LRANGE` per change.
-    fn list_reads(&self, queue: &str) -> Vec<ReadRequest> {
-        vec![ReadRequest::LRange {
+    fn list_reads(&self, queue: &str) -> Vec<Read> {
+        vec![Why::ListHead.read(ReadRequest::LRange {
             key: self.layout.queue(queue),
             start: 0,
             stop: PAGE - 1,
-        }]
+        })]
     }
 
     /// The tail page of a queue list longer than a page (its next jobs to be fetched).
-    fn tail_read(&self, queue: &str) -> ReadRequest {
-        ReadRequest::LRange {
+    fn tail_read(&self, queue: &str) -> Read {
+        Why::ListTail.read(ReadRequest::LRange {
             key: self.layout.queue(queue),
             start: -PAGE,
             stop: -1,
-        }
+        })
     }
 
     /// Both ends of a sorted set (the dead set: its newest end only).
-    fn set_reads(&self, set: Set) -> Vec<ReadRequest> {
+    fn set_reads(&self, set: Set) -> Vec<Read> {
         let key = self.set_key(set);
-        let tail = ReadRequest::ZRangeWithScores {
+        let tail = Why::SetTail.read(ReadRequest::ZRangeWithScores {
             key: key.clone(),
             start: -PAGE,
             stop: -1,
-        };
+        });
         if set == Set::Dead {
             return vec![tail];
         }
         vec![
-            ReadRequest::ZRangeWithScores {
+            Why::SetHead.read(ReadRequest::ZRangeWithScores {
                 key,
                 start: 0,
                 stop: PAGE - 1,
-            },
+            }),
             tail,
         ]
     }
 
-    fn processes_read(&self) -> ReadRequest {
-        ReadRequest::SMembers(self.layout.key(layout::PROCESSES))
+    fn processes_read(&self) -> Read {
+        Why::Processes.read(ReadRequest::SMembers(self.layout.key(layout::PROCESSES)))
+    }
+
+    fn queues_read(&self) -> Read {
+        Why::Queues.read(ReadRequest::SMembers(self.layout.key(layout::QUEUES)))
     }
 
     /// `reads` of `key` unless a read of it is in flight (then asked again when it answers).
-    fn coalesced(&mut self, key: &str, reads: Vec<ReadRequest>) -> Vec<ReadRequest> {
+    fn coalesced(&mut self, key: &str, reads: Vec<Read>) -> Vec<Read> {
         match self.in_flight.get_mut(key) {
             Some(dirty) => {
                 *dirty = true;
@@ -276,11 +311,7 @@ impl SidekiqAdapter {
     }
 
     /// The last read of a coalesced key answered: the reads again if it changed meanwhile.
-    fn answered(
-        &mut self,
-        key: &str,
-        reads: impl FnOnce(&Self) -> Vec<ReadRequest>,
-    ) -> Vec<ReadRequest> {
+    fn answered(&mut self, key: &str, reads: impl FnOnce(&Self) -> Vec<Read>) -> Vec<Read> {
         match self.in_flight.remove(key) {
             Some(true) => {
                 self.in_flight.insert(key.to_string(), false);
@@ -584,11 +615,11 @@ impl SidekiqAdapter {
 
     /// A process's hash (first: its `beat`), then its work hash as Sidekiq 6 and 7+ name it
     /// (read after the beat, so the snapshot is at least as new as the beat).
-    fn process_reads(&self, identity: &str) -> Vec<ReadRequest> {
+    fn process_reads(&self, identity: &str) -> Vec<Read> {
         vec![
-            ReadRequest::HGetAll(self.layout.process(identity)),
-            ReadRequest::HGetAll(self.layout.workers(identity)),
-            ReadRequest::HGetAll(self.layout.work(identity)),
+            Why::Process.read(ReadRequest::HGetAll(self.layout.process(identity))),
+            Why::Work.read(ReadRequest::HGetAll(self.layout.workers(identity))),
+            Why::Work.read(ReadRequest::HGetAll(self.layout.work(identity))),
         ]
     }
 
@@ -892,16 +923,11 @@ impl Adapter for SidekiqAdapter {
         }
     }
 
-    fn on_scan(
-        &mut self,
-        _pattern: &str,
-        _keys: Vec<String>,
-        _now: DateTime<Utc>,
-    ) -> Vec<ReadRequest> {
+    fn on_scan(&mut self, _pattern: &str, _keys: Vec<String>, _now: DateTime<Utc>) -> Vec<Read> {
         Vec::new()
     }
 
-    fn on_key_event(&mut self, key: &str, _op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn on_key_event(&mut self, key: &str, _op: &str, _now: DateTime<Utc>) -> Vec<Read> {
         let layout = self.layout.clone();
         let Some(kind) = layout.classify(key) else {
             // A known process's hash: a heartbeat (`hset`) or its expiry.
@@ -914,7 +940,7 @@ impl Adapter for SidekiqAdapter {
         };
         match kind {
             SidekiqKey::Queues => {
-                let reads = vec![ReadRequest::SMembers(key.to_string())];
+                let reads = vec![self.queues_read()];
                 self.coalesced(key, reads)
             }
             SidekiqKey::Queue(q) => {
@@ -947,16 +973,24 @@ impl Adapter for SidekiqAdapter {
         Output::default()
     }
 
-    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
+    fn on_reply(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        reply: Reply,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let Ok(why) = Why::try_from(tag) else {
+            return unknown_tag(Broker::Sidekiq, request, tag);
+        };
         let key = request.key().to_string();
         let layout = self.layout.clone();
         let mut out = Output::default();
+        // The tag says why; the key says which queue, set or process.
         let kind = layout.classify(&key);
-        match (request.inner(), kind) {
-            (ReadRequest::SMembers(_), Some(SidekiqKey::Queues)) => {
-                let again = self.answered(&key, |s| {
-                    vec![ReadRequest::SMembers(s.layout.key(layout::QUEUES))]
-                });
+        match (why, kind) {
+            (Why::Queues, _) => {
+                let again = self.answered(&key, |s| vec![s.queues_read()]);
                 out.follow_up.extend(again);
                 let names: Vec<String> = reply.into_strings();
                 for q in names {
@@ -965,19 +999,12 @@ impl Adapter for SidekiqAdapter {
                     }
                 }
             }
-            (ReadRequest::SMembers(_), Some(SidekiqKey::Processes)) => {
+            (Why::Processes, _) => {
                 let again = self.answered(&key, |s| vec![s.processes_read()]);
                 out.follow_up.extend(again);
                 self.on_processes(reply, now, &mut out);
             }
-            (
-                ReadRequest::LRange {
-                    start: -1,
-                    stop: -1,
-                    ..
-                },
-                Some(SidekiqKey::Queue(q)),
-            ) => {
+            (Why::Oldest, Some(SidekiqKey::Queue(q))) => {
                 // A sample's read of the next job to be fetched: the oldest waiting.
                 let q = q.to_string();
                 let jobs = Self::entries(&key, reply, false, &mut out);
@@ -986,17 +1013,18 @@ impl Adapter for SidekiqAdapter {
                     .and_then(|(j, _)| j.enqueued_at.or(j.created_at));
                 self.oldest.insert(q, oldest);
             }
-            (ReadRequest::LRange { start, .. }, Some(SidekiqKey::Queue(q))) => {
+            (Why::ListHead | Why::ListTail, Some(SidekiqKey::Queue(q))) => {
                 let q = q.to_string();
                 let jobs = Self::entries(&key, reply, false, &mut out);
-                if *start >= 0 && (jobs.len() as i64) < PAGE {
+                let head = why == Why::ListHead;
+                if head && (jobs.len() as i64) < PAGE {
                     // The whole list: it is its own tail.
                     self.list_pages.remove(&q);
                     let again = self.answered(&key, |s| s.list_reads(&q));
                     out.follow_up.extend(again);
                     let tail = jobs.clone();
                     self.on_list(&q, jobs, tail, now, &mut out);
-                } else if *start >= 0 {
+                } else if head {
                     self.list_pages.entry(q.clone()).or_default().head = Some(jobs);
                     out.follow_up.push(self.tail_read(&q));
                 } else {
@@ -1009,7 +1037,7 @@ impl Adapter for SidekiqAdapter {
                 }
             }
             (
-                ReadRequest::ZRangeWithScores { start, .. },
+                Why::SetHead | Why::SetTail,
                 Some(k @ (SidekiqKey::Schedule | SidekiqKey::Retry | SidekiqKey::Dead)),
             ) => {
                 let set = match k {
@@ -1018,7 +1046,7 @@ impl Adapter for SidekiqAdapter {
                     _ => Set::Dead,
                 };
                 let jobs = Self::entries(&key, reply, true, &mut out);
-                if *start >= 0 {
+                if why == Why::SetHead {
                     self.set_pages.entry(set).or_default().head = Some(jobs);
                 } else {
                     let head = self.set_pages.remove(&set).and_then(|p| p.head);
@@ -1032,7 +1060,7 @@ impl Adapter for SidekiqAdapter {
                     self.on_set(set, head, jobs, now, &mut out);
                 }
             }
-            (ReadRequest::HGetAll(_), Some(SidekiqKey::Work(identity))) => {
+            (Why::Work, Some(SidekiqKey::Work(identity))) => {
                 let seven = key.ends_with(layout::WORK_SUFFIX);
                 let identity = identity.to_string();
                 self.on_work(&identity, &key, reply, seven, now, &mut out);
@@ -1043,17 +1071,17 @@ impl Adapter for SidekiqAdapter {
                     out.follow_up.extend(again);
                 }
             }
-            (ReadRequest::HGetAll(_), None) => {
+            (Why::Process, _) => {
                 if let Some(identity) = key.strip_prefix(layout.prefix()) {
                     let identity = identity.to_string();
                     self.on_process(&identity, &key, reply, now, &mut out);
                 }
             }
-            (ReadRequest::LLen(_), Some(SidekiqKey::Queue(q))) => {
+            (Why::Length, Some(SidekiqKey::Queue(q))) => {
                 self.lengths
                     .insert(q.to_string(), reply.as_i64().unwrap_or(0).max(0) as u64);
             }
-            (ReadRequest::ZCard(_), Some(k)) => {
+            (Why::SetSize, Some(k)) => {
                 let n = reply.as_i64().unwrap_or(0).max(0) as u64;
                 match k {
                     SidekiqKey::Schedule => {
@@ -1075,11 +1103,8 @@ impl Adapter for SidekiqAdapter {
         out
     }
 
-    fn reconcile(&mut self, _open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
-        let mut reads = vec![
-            ReadRequest::SMembers(self.layout.key(layout::QUEUES)),
-            self.processes_read(),
-        ];
+    fn reconcile(&mut self, _open: &[OpenTask], _now: DateTime<Utc>) -> Vec<Read> {
+        let mut reads = vec![self.queues_read(), self.processes_read()];
         for q in &self.queues {
             reads.extend(self.list_reads(q));
         }
@@ -1089,24 +1114,24 @@ impl Adapter for SidekiqAdapter {
         reads
     }
 
-    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
-        let mut reads: Vec<ReadRequest> = self
+    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<Read> {
+        let mut reads: Vec<Read> = self
             .queues
             .iter()
             .flat_map(|q| {
                 let key = self.layout.queue(q);
                 [
-                    ReadRequest::LLen(key.clone()),
-                    ReadRequest::LRange {
+                    Why::Length.read(ReadRequest::LLen(key.clone())),
+                    Why::Oldest.read(ReadRequest::LRange {
                         key,
                         start: -1,
                         stop: -1,
-                    },
+                    }),
                 ]
             })
             .collect();
         for set in [Set::Schedule, Set::Retry, Set::Dead] {
-            reads.push(ReadRequest::ZCard(self.set_key(set)));
+            reads.push(Why::SetSize.read(ReadRequest::ZCard(self.set_key(set))));
         }
         reads
     }
@@ -1122,7 +1147,7 @@ impl Adapter for SidekiqAdapter {
 
 impl SidekiqAdapter {
     /// Reacts to a sorted set's notification.
-    fn set_event(&mut self, set: Set) -> Vec<ReadRequest> {
+    fn set_event(&mut self, set: Set) -> Vec<Read> {
         let key = self.set_key(set);
         let reads = self.set_reads(set);
         self.coalesced(&key, reads)

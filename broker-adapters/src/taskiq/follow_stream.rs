@@ -2,7 +2,9 @@
 //! lists (`running`, and acknowledgements that send the task to its result), consumers' idle
 //! times (worker heartbeats) and groups (queue samples). Never joins a group, never acks.
 
-use super::{group_reads, message, stream, ConsumerSeen, EntryInfo, TaskiqAdapter, ENTRY_CAPACITY};
+use super::{
+    group_reads, message, stream, ConsumerSeen, EntryInfo, TaskiqAdapter, Why, ENTRY_CAPACITY,
+};
 use crate::adapter::{Output, ReadRequest, Reply};
 use crate::model::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
@@ -181,12 +183,13 @@ impl TaskiqAdapter {
             .take(64)
             .collect();
         for id in unknown {
-            out.follow_up.push(ReadRequest::XRange {
-                key: key.to_string(),
-                start: id.to_string(),
-                end: id.to_string(),
-                count: 1,
-            });
+            out.follow_up
+                .push(Why::PendingEntry.read(ReadRequest::XRange {
+                    key: key.to_string(),
+                    start: id.to_string(),
+                    end: id.to_string(),
+                    count: 1,
+                }));
         }
         for (entry, consumer, deliveries) in running {
             let mut obs = TaskObservation::new(
@@ -318,7 +321,7 @@ impl TaskiqAdapter {
             // One probe per stream at a time: a reply lost to a gap does not pile up.
             self.oldest_probes.retain(|read, _| read.key() != key);
             self.oldest_probes.insert(probe.clone(), sample);
-            out.follow_up.push(probe);
+            out.follow_up.push(Why::OldestProbe.read(probe));
         }
     }
 }

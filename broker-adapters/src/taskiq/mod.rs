@@ -44,14 +44,18 @@
 pub mod detect;
 mod follow_list;
 mod follow_stream;
+pub mod layout;
 pub mod message;
 mod outcome;
 pub mod result;
 pub mod stream;
 
 use crate::adapter::{
-    glob_escape, Adapter, DecodeError, Interest, OpenTask, Output, ReadRequest, Reply,
+    glob_escape, unknown_tag, Adapter, DecodeError, Interest, OpenTask, Output, Read, ReadRequest,
+    Reply, Tag,
 };
+use layout::KeyKind;
+
 use crate::bounded::{FifoMap, FifoSet};
 use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
 use chrono::{DateTime, Utc};
@@ -60,6 +64,38 @@ use stream::StreamId;
 
 pub use message::{looks_like_message, looks_like_stream_entry};
 pub use result::looks_like_result;
+
+crate::read_reasons! {
+    /// Why the taskiq adapter reads (the tag of each of its reads).
+    pub enum Why {
+        /// `TYPE` of a configured queue: a stream or a list.
+        Kind,
+        /// The newest entry of a stream no one named (`XREVRANGE ... COUNT 1`): is it taskiq's?
+        Probe,
+        /// The newest entries of a followed stream, read the first time (`XREVRANGE`).
+        Window,
+        /// The entries after the last one read (`XRANGE (last + COUNT`).
+        NewEntries,
+        /// One entry a pending list names and that was never read (`XRANGE id id`).
+        PendingEntry,
+        /// The oldest waiting entry of a stream, for its queue sample.
+        OldestProbe,
+        /// `XINFO GROUPS` (also closes a stream's sampling round).
+        Groups,
+        /// `XINFO CONSUMERS` of one group.
+        Consumers,
+        /// `XPENDING` of one group.
+        Pending,
+        /// `XLEN` of a stream for its sample.
+        StreamLength,
+        /// The items of a list queue (`LRANGE`).
+        ListItems,
+        /// `LLEN` of a list queue for its sample.
+        ListLength,
+        /// Result records (`GET`/`MGET`).
+        Results,
+    }
+}
 
 /// Entries read per `XRANGE` page.
 const PAGE: u64 = 500;
@@ -209,15 +245,6 @@ fn sorted_prefixes(prefixes: Vec<String>) -> Vec<String> {
     out
 }
 
-fn hex32_pattern() -> String {
-    "[0-9a-f]".repeat(32)
-}
-
-/// taskiq's default task id: `uuid4().hex`.
-fn is_hex32(id: &str) -> bool {
-    id.len() == 32 && id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-}
-
 fn text(r: &Reply) -> Option<String> {
     r.as_bytes()
         .map(|b| String::from_utf8_lossy(b).into_owned())
@@ -254,38 +281,29 @@ impl TaskiqAdapter {
 
     /// Where `task_id`'s result record may be: under every known prefix, and bare.
     fn result_keys(&self, task_id: &str) -> Vec<String> {
-        self.prefixes
-            .iter()
-            .map(|p| format!("{p}:{task_id}"))
-            .chain(std::iter::once(task_id.to_string()))
-            .collect()
+        layout::result_keys(&self.prefixes, task_id)
     }
 
     /// `MGET`s of the result keys of `ids`, a task's keys never split across two reads (a
     /// miss is judged over all of them).
-    fn result_reads<'i>(&self, ids: impl IntoIterator<Item = &'i str>) -> Vec<ReadRequest> {
+    fn result_reads<'i>(&self, ids: impl IntoIterator<Item = &'i str>) -> Vec<Read> {
         let per_chunk = (MGET_CHUNK / (self.prefixes.len() + 1)).max(1);
         let ids: Vec<&str> = ids.into_iter().collect();
         ids.chunks(per_chunk)
-            .map(|c| ReadRequest::MGet(c.iter().flat_map(|id| self.result_keys(id)).collect()))
+            .map(|c| {
+                Why::Results.read(ReadRequest::MGet(
+                    c.iter().flat_map(|id| self.result_keys(id)).collect(),
+                ))
+            })
             .collect()
     }
 
     /// A result key's prefix (`None`: a bare id) and task id, if the key may be one.
-    fn split_result_key<'k>(&self, key: &'k str) -> Option<(Option<&str>, &'k str)> {
-        if key.ends_with(result::PROGRESS_SUFFIX) {
-            return None;
+    fn split_result_key<'s, 'k>(&'s self, key: &'k str) -> Option<(Option<&'s str>, &'k str)> {
+        match layout::classify(key, &self.prefixes)? {
+            KeyKind::PrefixedResult { prefix, task_id } => Some((Some(prefix), task_id)),
+            KeyKind::BareResult(id) => Some((None, id)),
         }
-        for p in &self.prefixes {
-            if let Some(id) = key
-                .strip_prefix(p.as_str())
-                .and_then(|rest| rest.strip_prefix(':'))
-                .filter(|id| !id.is_empty())
-            {
-                return Some((Some(p.as_str()), id));
-            }
-        }
-        Some((None, key))
     }
 
     /// The task id a result key belongs to, if the key is one.
@@ -299,23 +317,19 @@ impl TaskiqAdapter {
     fn is_result_key(&self, key: &str) -> bool {
         match self.split_result_key(key) {
             Some((Some(_), _)) => true,
-            Some((None, id)) => is_hex32(id) || self.tasks.contains_key(id),
+            Some((None, id)) => layout::is_hex32(id) || self.tasks.contains_key(id),
             None => false,
         }
     }
 
     fn result_patterns(&self) -> Vec<String> {
-        self.prefixes
-            .iter()
-            .map(|p| format!("{}:*", glob_escape(p)))
-            .chain(std::iter::once(hex32_pattern()))
-            .collect()
+        layout::result_patterns(&self.prefixes)
     }
 
     /// Starts reading results under `prefix` (found by auto-detection): reads of the records of
     /// the tasks followed whose outcome is not known yet (open tasks of the store come with the
     /// next reconciliation, new records with their `set` notification).
-    fn add_prefix(&mut self, prefix: &str) -> Vec<ReadRequest> {
+    fn add_prefix(&mut self, prefix: &str) -> Vec<Read> {
         let prefix = prefix.trim();
         if prefix.is_empty() || self.prefixes.iter().any(|p| p == prefix) {
             return Vec::new();
@@ -332,10 +346,10 @@ impl TaskiqAdapter {
             .tasks
             .iter()
             .filter(|(_, t)| t.result_read.is_none_or(|r| r < t.attempt))
-            .map(|(id, _)| format!("{prefix}:{id}"))
+            .map(|(id, _)| layout::result_key(prefix, id))
             .collect();
         keys.chunks(MGET_CHUNK)
-            .map(|c| ReadRequest::MGet(c.to_vec()))
+            .map(|c| Why::Results.read(ReadRequest::MGet(c.to_vec())))
             .collect()
     }
 
@@ -361,23 +375,23 @@ impl TaskiqAdapter {
     }
 
     /// Reads that bring a stream up to date: new entries, groups, consumers, pending entries.
-    fn stream_reads(&self, key: &str) -> Vec<ReadRequest> {
+    fn stream_reads(&self, key: &str) -> Vec<Read> {
         let state = self.streams.get(key);
         let mut reads = vec![match state.and_then(|s| s.last_id) {
-            Some(last) => ReadRequest::XRange {
+            Some(last) => Why::NewEntries.read(ReadRequest::XRange {
                 key: key.to_string(),
                 start: format!("({last}"),
                 end: "+".to_string(),
                 count: PAGE,
-            },
-            None => ReadRequest::XRevRange {
+            }),
+            None => Why::Window.read(ReadRequest::XRevRange {
                 key: key.to_string(),
                 end: "+".to_string(),
                 start: "-".to_string(),
                 count: INITIAL_WINDOW,
-            },
+            }),
         }];
-        reads.push(ReadRequest::XInfoGroups(key.to_string()));
+        reads.push(Why::Groups.read(ReadRequest::XInfoGroups(key.to_string())));
         if let Some(state) = state {
             for group in state.groups.keys() {
                 reads.extend(group_reads(key, group));
@@ -386,19 +400,19 @@ impl TaskiqAdapter {
         reads
     }
 
-    fn list_reads(key: &str) -> Vec<ReadRequest> {
-        vec![ReadRequest::LRange {
+    fn list_reads(key: &str) -> Vec<Read> {
+        vec![Why::ListItems.read(ReadRequest::LRange {
             key: key.to_string(),
             start: 0,
             stop: LIST_DEPTH - 1,
-        }]
+        })]
     }
 
-    fn queue_reads(&self, key: &str) -> Vec<ReadRequest> {
+    fn queue_reads(&self, key: &str) -> Vec<Read> {
         match self.kinds.get(key) {
             Some(QueueKind::Stream) => self.stream_reads(key),
             Some(QueueKind::List) => Self::list_reads(key),
-            _ => vec![ReadRequest::Type(key.to_string())],
+            _ => vec![Why::Kind.read(ReadRequest::Type(key.to_string()))],
         }
     }
 
@@ -454,17 +468,17 @@ impl TaskiqAdapter {
 }
 
 /// The reads of one consumer group: its consumers (heartbeats) and its pending entries.
-fn group_reads(key: &str, group: &str) -> [ReadRequest; 2] {
+fn group_reads(key: &str, group: &str) -> [Read; 2] {
     [
-        ReadRequest::XInfoConsumers {
+        Why::Consumers.read(ReadRequest::XInfoConsumers {
             key: key.to_string(),
             group: group.to_string(),
-        },
-        ReadRequest::XPending {
+        }),
+        Why::Pending.read(ReadRequest::XPending {
             key: key.to_string(),
             group: group.to_string(),
             count: PEL_PAGE,
-        },
+        }),
     ]
 }
 
@@ -480,7 +494,7 @@ impl Adapter for TaskiqAdapter {
         let mut channel_patterns = escaped;
         // Every stream add in the database: streams of other taskiq queues are found by their
         // first entry (`E` turns key events on).
-        channel_patterns.push(format!("__keyevent@{}__:xadd", self.db));
+        channel_patterns.push(layout::xadd_channel(self.db));
         Interest {
             channel_patterns,
             key_patterns,
@@ -495,22 +509,17 @@ impl Adapter for TaskiqAdapter {
         }
     }
 
-    fn on_scan(
-        &mut self,
-        _pattern: &str,
-        keys: Vec<String>,
-        _now: DateTime<Utc>,
-    ) -> Vec<ReadRequest> {
+    fn on_scan(&mut self, _pattern: &str, keys: Vec<String>, _now: DateTime<Utc>) -> Vec<Read> {
         let keys: Vec<String> = keys
             .into_iter()
             .filter(|k| self.is_result_key(k) && !self.is_queue(k))
             .collect();
         keys.chunks(MGET_CHUNK)
-            .map(|c| ReadRequest::MGet(c.to_vec()))
+            .map(|c| Why::Results.read(ReadRequest::MGet(c.to_vec())))
             .collect()
     }
 
-    fn on_detected(&mut self, setting: &crate::detect::Setting) -> Vec<ReadRequest> {
+    fn on_detected(&mut self, setting: &crate::detect::Setting) -> Vec<Read> {
         use crate::detect::Setting;
         let (key, kind) = match setting {
             Setting::TaskiqStream(k) => (k, QueueKind::Stream),
@@ -532,7 +541,7 @@ impl Adapter for TaskiqAdapter {
         self.queue_reads(key)
     }
 
-    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn on_key_event(&mut self, key: &str, op: &str, _now: DateTime<Utc>) -> Vec<Read> {
         if self.is_queue(key) {
             match op {
                 "xadd" | "xtrim" | "xdel" | "xsetid" | "xgroup-create" | "xautoclaim"
@@ -549,15 +558,15 @@ impl Adapter for TaskiqAdapter {
         if op == "xadd" && !self.probed.contains(key) {
             // An unknown stream: does it carry taskiq messages?
             self.probed.insert(key.to_string());
-            return vec![ReadRequest::XRevRange {
+            return vec![Why::Probe.read(ReadRequest::XRevRange {
                 key: key.to_string(),
                 end: "+".to_string(),
                 start: "-".to_string(),
                 count: 1,
-            }];
+            })];
         }
         if op == "set" && self.is_result_key(key) {
-            return vec![ReadRequest::Get(key.to_string())];
+            return vec![Why::Results.read(ReadRequest::Get(key.to_string()))];
         }
         Vec::new()
     }
@@ -583,10 +592,18 @@ impl Adapter for TaskiqAdapter {
 
     /// WRONGTYPE (the name is another kind of key now), NOGROUP, ...: a queue's kind is learnt
     /// again, and a sample waiting for its oldest entry goes out without it. Not a decode error.
-    fn on_read_error(&mut self, request: &ReadRequest, error: &str, _now: DateTime<Utc>) -> Output {
+    fn on_read_error(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        error: &str,
+        _now: DateTime<Utc>,
+    ) -> Output {
         let mut out = Output::default();
-        if let Some(sample) = self.oldest_probes.remove(request) {
-            out.queue_samples.push(sample);
+        if Why::try_from(tag) == Ok(Why::OldestProbe) {
+            if let Some(sample) = self.oldest_probes.remove(request) {
+                out.queue_samples.push(sample);
+            }
             return out;
         }
         tracing::debug!(key = request.key(), error, "taskiq read failed");
@@ -596,16 +613,28 @@ impl Adapter for TaskiqAdapter {
         out
     }
 
-    fn on_reply(&mut self, request: &ReadRequest, reply: Reply, now: DateTime<Utc>) -> Output {
+    fn on_reply(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        reply: Reply,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let Ok(why) = Why::try_from(tag) else {
+            return unknown_tag(Broker::Taskiq, request, tag);
+        };
         let mut out = Output::default();
-        if let Some(mut sample) = self.oldest_probes.remove(request) {
-            // The oldest undelivered entry's id: when Redis added it.
-            sample.oldest_enqueued_at = stream::entries(reply).first().and_then(|e| e.id.time());
-            out.queue_samples.push(sample);
-            return out;
-        }
-        match request {
-            ReadRequest::Type(key) => {
+        match (why, request) {
+            (Why::OldestProbe, request) => {
+                // Nothing when a gap (or a newer round) dropped the probe's round.
+                if let Some(mut sample) = self.oldest_probes.remove(request) {
+                    // The oldest undelivered entry's id: when Redis added it.
+                    sample.oldest_enqueued_at =
+                        stream::entries(reply).first().and_then(|e| e.id.time());
+                    out.queue_samples.push(sample);
+                }
+            }
+            (Why::Kind, ReadRequest::Type(key)) => {
                 let kind = match text(&reply).as_deref() {
                     Some("stream") => QueueKind::Stream,
                     Some("list") => QueueKind::List,
@@ -615,7 +644,7 @@ impl Adapter for TaskiqAdapter {
                     out.follow_up = self.queue_reads(key);
                 }
             }
-            ReadRequest::XRevRange { key, .. } if !self.is_queue(key) => {
+            (Why::Probe, ReadRequest::XRevRange { key, .. }) if !self.is_queue(key) => {
                 let taskiq = stream::entries(reply).first().is_some_and(|e| {
                     let fields: Vec<(&[u8], &[u8])> = e
                         .fields
@@ -632,7 +661,7 @@ impl Adapter for TaskiqAdapter {
                     out.follow_up = self.stream_reads(key);
                 }
             }
-            ReadRequest::XRevRange { key, .. } => {
+            (Why::Probe | Why::Window, ReadRequest::XRevRange { key, .. }) => {
                 let mut entries = stream::entries(reply);
                 entries.reverse();
                 let newest = entries.last().map(|e| e.id);
@@ -642,19 +671,13 @@ impl Adapter for TaskiqAdapter {
                 }
                 self.on_entries(key, entries, now, &mut out);
             }
-            ReadRequest::XRange {
-                key,
-                start,
-                end,
-                count,
-            } => {
+            (Why::PendingEntry, ReadRequest::XRange { key, .. }) => {
+                // One pending entry read by id: known now, its state comes with the next
+                // XPENDING read.
+                self.on_entries(key, stream::entries(reply), now, &mut out);
+            }
+            (Why::NewEntries, ReadRequest::XRange { key, count, .. }) => {
                 let entries = stream::entries(reply);
-                if start == end {
-                    // One pending entry read by id: known now, its state comes with the next
-                    // XPENDING read.
-                    self.on_entries(key, entries, now, &mut out);
-                    return out;
-                }
                 let full = entries.len() as u64 >= *count;
                 let newest = entries.last().map(|e| e.id);
                 self.on_entries(key, entries, now, &mut out);
@@ -666,17 +689,21 @@ impl Adapter for TaskiqAdapter {
                     out.follow_up = self.stream_reads(key);
                 }
             }
-            ReadRequest::XInfoGroups(key) => self.on_groups(key, reply, now, &mut out),
-            ReadRequest::XInfoConsumers { .. } => self.on_consumers(reply, now, &mut out),
-            ReadRequest::XPending { key, group, count } => {
+            (Why::Groups, ReadRequest::XInfoGroups(key)) => {
+                self.on_groups(key, reply, now, &mut out)
+            }
+            (Why::Consumers, _) => self.on_consumers(reply, now, &mut out),
+            (Why::Pending, ReadRequest::XPending { key, group, count }) => {
                 self.on_pending(key, group, *count, reply, now, &mut out)
             }
-            ReadRequest::XLen(key) => {
+            (Why::StreamLength, ReadRequest::XLen(key)) => {
                 self.streams.entry(key.clone()).or_default().xlen =
                     reply.as_i64().map(|n| n.max(0) as u64);
             }
-            ReadRequest::LRange { key, .. } => self.on_list(key, reply, now, &mut out),
-            ReadRequest::LLen(key) => out.queue_samples.push(QueueSample {
+            (Why::ListItems, ReadRequest::LRange { key, .. }) => {
+                self.on_list(key, reply, now, &mut out)
+            }
+            (Why::ListLength, ReadRequest::LLen(key)) => out.queue_samples.push(QueueSample {
                 broker: Broker::Taskiq,
                 name: key.clone(),
                 length: reply.as_i64().unwrap_or(0).max(0) as u64,
@@ -687,17 +714,19 @@ impl Adapter for TaskiqAdapter {
                 // A list message (`TaskiqMessage`) carries no enqueue time.
                 oldest_enqueued_at: None,
             }),
-            ReadRequest::Get(key) => {
+            (Why::Results, ReadRequest::Get(key)) => {
                 self.on_results(std::slice::from_ref(key), vec![reply], now, &mut out)
             }
-            ReadRequest::MGet(keys) => self.on_results(keys, reply.into_items(), now, &mut out),
+            (Why::Results, ReadRequest::MGet(keys)) => {
+                self.on_results(keys, reply.into_items(), now, &mut out)
+            }
             _ => {}
         }
         out
     }
 
-    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<ReadRequest> {
-        let mut reads: Vec<ReadRequest> = self
+    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<Read> {
+        let mut reads: Vec<Read> = self
             .queues
             .iter()
             .flat_map(|q| self.queue_reads(q))
@@ -708,25 +737,27 @@ impl Adapter for TaskiqAdapter {
         reads
     }
 
-    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<ReadRequest> {
+    fn sample_queues(&mut self, _now: DateTime<Utc>) -> Vec<Read> {
         let mut reads = Vec::new();
         for q in &self.queues {
             match self.kinds.get(q) {
                 Some(QueueKind::Stream) => {
                     self.sampling.insert(q.clone());
-                    reads.push(ReadRequest::XLen(q.clone()));
-                    reads.push(ReadRequest::XInfoGroups(q.clone()));
+                    reads.push(Why::StreamLength.read(ReadRequest::XLen(q.clone())));
+                    reads.push(Why::Groups.read(ReadRequest::XInfoGroups(q.clone())));
                     if let Some(state) = self.streams.get(q) {
                         for g in state.groups.keys() {
-                            reads.push(ReadRequest::XInfoConsumers {
+                            reads.push(Why::Consumers.read(ReadRequest::XInfoConsumers {
                                 key: q.clone(),
                                 group: g.clone(),
-                            });
+                            }));
                         }
                     }
                 }
-                Some(QueueKind::List) => reads.push(ReadRequest::LLen(q.clone())),
-                _ => reads.push(ReadRequest::Type(q.clone())),
+                Some(QueueKind::List) => {
+                    reads.push(Why::ListLength.read(ReadRequest::LLen(q.clone())))
+                }
+                _ => reads.push(Why::Kind.read(ReadRequest::Type(q.clone()))),
             }
         }
         reads

@@ -13,11 +13,14 @@
 use super::fake_redis::{glob_match, FakeRedis, KeyEvent};
 use broker_adapters::{state, worker_state};
 use broker_adapters::{
-    Adapter, DecodeError, Observation, OpenTask, Output, PrefetchRead, QueueSample, ReadRequest,
-    Task, TaskEvent, TaskObservation, TaskState, Worker,
+    Adapter, DecodeError, FollowTags, Observation, OpenTask, Output, PrefetchRead, QueueSample,
+    Read, ReadRequest, Task, TaskEvent, TaskObservation, TaskState, Worker,
 };
 use chrono::{DateTime, Duration, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// A followed hash's `departed_to` and tags, beside its `HKEYS` read.
+type Followed<'r> = (&'r Option<String>, FollowTags);
 
 pub struct Driver<A: Adapter> {
     pub redis: FakeRedis,
@@ -149,7 +152,7 @@ impl<A: Adapter> Driver<A> {
         key: &str,
         op: &str,
         mut coalesced: Option<&mut Vec<Vec<PrefetchRead>>>,
-    ) -> Vec<ReadRequest> {
+    ) -> Vec<Read> {
         let interest = self.adapter.interest();
         self.retain_snapshots(&interest.prefetch);
         let ruled = interest.prefetch.iter().any(|r| r.key == key);
@@ -185,19 +188,19 @@ impl<A: Adapter> Driver<A> {
         }
         // A key no rule covers is read at its first sight, as the prefetcher does it.
         if !ruled && !self.first_seen.contains(key) {
-            let first: Vec<ReadRequest> = interest
+            let first: Vec<Read> = interest
                 .first_sight
                 .iter()
                 .filter(|f| f.ops.iter().any(|o| o == op) && glob_match(&f.pattern, key))
-                .map(|f| f.request(key))
+                .map(|f| f.read_of(key))
                 .collect();
             if !first.is_empty() {
                 self.first_seen.insert(key.to_string());
             }
-            for request in first {
-                let reply = self.redis.read(&request);
-                self.reads.push(request.clone());
-                let out = self.adapter.handle_reply(&request, reply, self.now);
+            for read in first {
+                let reply = self.redis.read(&read.request);
+                self.reads.push(read.request.clone());
+                let out = self.adapter.handle_reply(&read, reply, self.now);
                 let more = self.absorb(out);
                 self.pump(more);
             }
@@ -216,23 +219,31 @@ impl<A: Adapter> Driver<A> {
                 any |= self.changed.remove(key) | !self.snapshots.contains_key(key);
             }
         }
-        let first: Vec<(ReadRequest, Option<&Option<String>>)> = rule
+        let first: Vec<(Read, Option<Followed>)> = rule
             .iter()
             .filter(|r| any || matches!(r, PrefetchRead::Read(_)))
             .map(|r| match r {
                 PrefetchRead::Read(r) => (r.clone(), None),
-                PrefetchRead::FollowHash { key, departed_to } => {
-                    (ReadRequest::HKeys(key.clone()), Some(departed_to))
-                }
+                PrefetchRead::FollowHash {
+                    key,
+                    departed_to,
+                    tags,
+                } => (
+                    Read::new(tags.snapshot, ReadRequest::HKeys(key.clone())),
+                    Some((departed_to, *tags)),
+                ),
             })
             .collect();
-        let replies: Vec<_> = first.iter().map(|(r, _)| self.redis.read(r)).collect();
+        let replies: Vec<_> = first
+            .iter()
+            .map(|(r, _)| self.redis.read(&r.request))
+            .collect();
         let mut second = Vec::new();
-        for ((request, departed_to), reply) in first.iter().zip(&replies) {
-            let Some(departed_to) = departed_to else {
+        for ((read, follow), reply) in first.iter().zip(&replies) {
+            let Some((departed_to, tags)) = follow else {
                 continue;
             };
-            let key = request.key().to_string();
+            let key = read.request.key().to_string();
             let current: HashSet<String> = reply.clone().into_strings();
             let previous = self.snapshots.insert(key.clone(), current.clone());
             let mut new: Vec<String> = match &previous {
@@ -244,23 +255,29 @@ impl<A: Adapter> Driver<A> {
                 .unwrap_or_default();
             if !new.is_empty() {
                 new.sort_unstable();
-                second.push(ReadRequest::HMGet {
-                    key: key.clone(),
-                    fields: new,
-                });
+                second.push(Read::new(
+                    tags.new,
+                    ReadRequest::HMGet {
+                        key: key.clone(),
+                        fields: new,
+                    },
+                ));
             }
             if let Some(to) = departed_to.as_ref().filter(|_| !departed.is_empty()) {
                 departed.sort_unstable();
-                second.push(ReadRequest::HMGet {
-                    key: to.clone(),
-                    fields: departed,
-                });
+                second.push(Read::new(
+                    tags.departed,
+                    ReadRequest::HMGet {
+                        key: to.clone(),
+                        fields: departed,
+                    },
+                ));
             }
         }
         let second: Vec<_> = second
             .into_iter()
             .map(|r| {
-                let reply = self.redis.read(&r);
+                let reply = self.redis.read(&r.request);
                 (r, reply)
             })
             .collect();
@@ -268,9 +285,9 @@ impl<A: Adapter> Driver<A> {
         let answers = second
             .into_iter()
             .chain(first.into_iter().map(|(r, _)| r).zip(replies));
-        for (request, reply) in answers {
-            self.reads.push(request.clone());
-            let out = self.adapter.handle_reply(&request, reply, self.now);
+        for (read, reply) in answers {
+            self.reads.push(read.request.clone());
+            let out = self.adapter.handle_reply(&read, reply, self.now);
             follow_up.extend(self.absorb(out));
         }
         self.pump(follow_up);
@@ -278,15 +295,15 @@ impl<A: Adapter> Driver<A> {
 
     /// Answers `reads` and every follow-up they cause, breadth first (one pipelined round
     /// after another).
-    pub fn pump(&mut self, reads: Vec<ReadRequest>) {
-        let mut queue: VecDeque<ReadRequest> = reads.into();
+    pub fn pump(&mut self, reads: Vec<Read>) {
+        let mut queue: VecDeque<Read> = reads.into();
         let mut answered = 0;
-        while let Some(request) = queue.pop_front() {
+        while let Some(read) = queue.pop_front() {
             answered += 1;
-            assert!(answered < 100_000, "the adapter keeps asking: {request:?}");
-            let reply = self.redis.read(&request);
-            self.reads.push(request.clone());
-            let out = self.adapter.handle_reply(&request, reply, self.now);
+            assert!(answered < 100_000, "the adapter keeps asking: {read:?}");
+            let reply = self.redis.read(&read.request);
+            self.reads.push(read.request.clone());
+            let out = self.adapter.handle_reply(&read, reply, self.now);
             queue.extend(self.absorb(out));
         }
     }
@@ -299,7 +316,7 @@ impl<A: Adapter> Driver<A> {
         });
     }
 
-    fn absorb(&mut self, out: Output) -> Vec<ReadRequest> {
+    fn absorb(&mut self, out: Output) -> Vec<Read> {
         for obs in &out.observations {
             if let Observation::Task(t) = obs {
                 let applied = state::apply(self.tasks.remove(&t.task_id), t);

@@ -13,4 +13,5 @@ pub mod fake_redis;
 pub mod fake_stream;
 pub mod rq_worker;
 pub mod sidekiq_worker;
+pub mod tagged;
 pub mod taskiq_worker;

@@ -23,7 +23,7 @@ use super::{redis, Incoming, BARRIER_CHANNEL};
 use crate::metrics::{Metrics, Source};
 use broker_adapters::adapter::glob_escape;
 use broker_adapters::bounded::FifoSet;
-use broker_adapters::{FirstSight, Prefetch, PrefetchRead, ReadRequest, Reply};
+use broker_adapters::{FirstSight, Prefetch, PrefetchRead, Read, ReadRequest, Reply};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use schedule::{followed, RunKey, Schedule};
@@ -262,19 +262,19 @@ impl Prefetcher {
     }
 
     /// Reads `request` for `adapter` now, outside any rule: the first sight of a key.
-    fn fire_first_sight(&self, adapter: usize, request: ReadRequest) {
+    fn fire_first_sight(&self, adapter: usize, read: Read) {
         let client = self.client.clone();
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let reply = client
-                .reads(std::slice::from_ref(&request))
+                .reads(std::slice::from_ref(&read.request))
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|mut replies| replies.pop().ok_or_else(|| "no reply".to_string()));
             let _ = tx
                 .send(Incoming::Prefetched {
                     adapter,
-                    request,
+                    read,
                     reply,
                     at: chrono::Utc::now(),
                 })
@@ -293,11 +293,11 @@ impl Prefetcher {
             let at = chrono::Utc::now();
             match result {
                 Ok(replies) => {
-                    for (request, reply) in replies {
+                    for (read, reply) in replies {
                         let _ = tx
                             .send(Incoming::Prefetched {
                                 adapter: *adapter,
-                                request,
+                                read,
                                 reply: Ok(reply),
                                 at,
                             })
@@ -306,14 +306,11 @@ impl Prefetcher {
                 }
                 Err(e) => {
                     if let Some(first) = reads.first() {
-                        let request = match first {
-                            PrefetchRead::Read(r) => r.clone(),
-                            PrefetchRead::FollowHash { key, .. } => ReadRequest::HKeys(key.clone()),
-                        };
+                        let read = first_read(first);
                         let _ = tx
                             .send(Incoming::Prefetched {
                                 adapter: *adapter,
-                                request,
+                                read,
                                 reply: Err(e),
                                 at,
                             })
@@ -326,13 +323,23 @@ impl Prefetcher {
     }
 }
 
+/// The read of a rule's first pipeline for `read` (a followed hash's `HKEYS` snapshot).
+fn first_read(read: &PrefetchRead) -> Read {
+    match read {
+        PrefetchRead::Read(r) => r.clone(),
+        PrefetchRead::FollowHash { key, tags, .. } => {
+            Read::new(tags.snapshot, ReadRequest::HKeys(key.clone()))
+        }
+    }
+}
+
 /// One run of a rule: its pipeline, then the new and departed fields of the hashes it follows.
 /// The replies in the order the adapter gets them (see [`PrefetchRead::FollowHash`]).
 async fn run_reads(
     client: &redis::Redis,
     run: &RunKey,
     snapshots: &Mutex<Snapshots>,
-) -> Result<Vec<(ReadRequest, Reply)>, String> {
+) -> Result<Vec<(Read, Reply)>, String> {
     // The hashes are read together or not at all: a snapshot of one may show a write whose
     // notification is still on its way, and of which an earlier write to another hash is the
     // key (Dramatiq's retry copy, written before the original's ack). Not at all when none was
@@ -351,18 +358,18 @@ async fn run_reads(
         }
         Err(_) => run.1.iter().collect(),
     };
-    let first: Vec<ReadRequest> = reads
-        .iter()
-        .map(|r| match r {
-            PrefetchRead::Read(r) => r.clone(),
-            PrefetchRead::FollowHash { key, .. } => ReadRequest::HKeys(key.clone()),
-        })
-        .collect();
-    let replies = client.reads(&first).await.map_err(|e| e.to_string())?;
+    let first: Vec<Read> = reads.iter().map(|r| first_read(r)).collect();
+    let requests: Vec<ReadRequest> = first.iter().map(|r| r.request.clone()).collect();
+    let replies = client.reads(&requests).await.map_err(|e| e.to_string())?;
     let mut second = Vec::new();
     if let Ok(mut snaps) = snapshots.lock() {
         for (read, reply) in reads.iter().zip(&replies) {
-            let PrefetchRead::FollowHash { key, departed_to } = *read else {
+            let PrefetchRead::FollowHash {
+                key,
+                departed_to,
+                tags,
+            } = *read
+            else {
                 continue;
             };
             if matches!(reply, Reply::Error(_)) {
@@ -381,23 +388,30 @@ async fn run_reads(
             snaps.fields.insert(key.clone(), current);
             if !new.is_empty() {
                 new.sort_unstable();
-                second.push(ReadRequest::HMGet {
-                    key: key.clone(),
-                    fields: new,
-                });
+                second.push(Read::new(
+                    tags.new,
+                    ReadRequest::HMGet {
+                        key: key.clone(),
+                        fields: new,
+                    },
+                ));
             }
             if let Some(to) = departed_to.as_ref().filter(|_| !departed.is_empty()) {
                 departed.sort_unstable();
-                second.push(ReadRequest::HMGet {
-                    key: to.clone(),
-                    fields: departed,
-                });
+                second.push(Read::new(
+                    tags.departed,
+                    ReadRequest::HMGet {
+                        key: to.clone(),
+                        fields: departed,
+                    },
+                ));
             }
         }
     }
     let mut out = Vec::with_capacity(second.len() + first.len());
     if !second.is_empty() {
-        let more = client.reads(&second).await.map_err(|e| e.to_string())?;
+        let requests: Vec<ReadRequest> = second.iter().map(|r| r.request.clone()).collect();
+        let more = client.reads(&requests).await.map_err(|e| e.to_string())?;
         out.extend(second.into_iter().zip(more));
     }
     out.extend(first.into_iter().zip(replies));
@@ -607,16 +621,15 @@ fn on_key_event(
                     .collect()
             })
             .unwrap_or_default();
-        let first_sight: Vec<(usize, ReadRequest)> =
-            if ruled.is_none() && !p.first_seen.contains(&key) {
-                subs.first_sight
-                    .iter()
-                    .filter(|(_, f)| f.ops.contains(&ev.operation) && glob_match(&f.pattern, &key))
-                    .map(|(a, f)| (*a, f.request(&key)))
-                    .collect()
-            } else {
-                Vec::new()
-            };
+        let first_sight: Vec<(usize, Read)> = if ruled.is_none() && !p.first_seen.contains(&key) {
+            subs.first_sight
+                .iter()
+                .filter(|(_, f)| f.ops.contains(&ev.operation) && glob_match(&f.pattern, &key))
+                .map(|(a, f)| (*a, f.read_of(&key)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let forward = subs.patterns.iter().any(|p| glob_match(p, &key));
         (matched, first_sight, forward)
     };

@@ -180,13 +180,16 @@ impl Schedule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use broker_adapters::ReadRequest;
+    use broker_adapters::{FollowTags, Read, ReadRequest, Tag};
     use std::collections::HashSet;
 
     fn plain(key: &str) -> RunKey {
         (
             0,
-            vec![PrefetchRead::Read(ReadRequest::HGetAll(key.into()))],
+            vec![PrefetchRead::Read(Read::new(
+                Tag(0),
+                ReadRequest::HGetAll(key.into()),
+            ))],
         )
     }
 
@@ -194,10 +197,15 @@ mod tests {
         (
             0,
             vec![
-                PrefetchRead::Read(ReadRequest::SMembers(ack.into())),
+                PrefetchRead::Read(Read::new(Tag(0), ReadRequest::SMembers(ack.into()))),
                 PrefetchRead::FollowHash {
                     key: hash.into(),
                     departed_to: None,
+                    tags: FollowTags {
+                        snapshot: Tag(1),
+                        new: Tag(2),
+                        departed: Tag(3),
+                    },
                 },
             ],
         )

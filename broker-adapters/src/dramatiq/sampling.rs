@@ -1,0 +1,108 @@
+//! Sampling rounds: lengths of a queue's three lists and its head, the heartbeats that close the
+//! round (worker observations) and the queue samples; a sample also decides whether a queue is
+//! followed.
+
+use super::*;
+
+impl DramatiqAdapter {
+    pub(super) fn on_length(&mut self, key: &str, n: u64) {
+        let Some(KeyKind::List { queue, part }) = self.layout.classify(key) else {
+            return;
+        };
+        let Some(entry) = self.sampling.as_mut().and_then(|s| s.get_mut(queue)) else {
+            return;
+        };
+        match part {
+            Part::Main => entry.0 += n,
+            Part::Delayed => entry.1 += n,
+            Part::Dead => entry.2 += n,
+        }
+    }
+
+    /// The heartbeats ZSET closes a sampling round: worker observations and queue samples.
+    pub(super) fn on_heartbeats(&mut self, reply: Reply, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        for (worker, score) in reply.into_pairs() {
+            let Some(worker) = worker
+                .as_bytes()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+            else {
+                continue;
+            };
+            if !self.consumers.contains(&worker) {
+                continue; // a producer's broker: it dispatches, it does not consume
+            }
+            let Some(at) = score
+                .as_f64()
+                .and_then(|ms| crate::codec::unix_seconds(ms / 1000.0))
+            else {
+                continue;
+            };
+            out.observations
+                .push(Observation::Worker(WorkerObservation {
+                    broker: Broker::Dramatiq,
+                    id: worker,
+                    hostname: None,
+                    pid: None,
+                    at,
+                    event: WorkerEvent::Heartbeat,
+                    active: None,
+                    heartbeat_every_s: None,
+                }));
+        }
+        if let Some(sampling) = self.sampling.take() {
+            let mut heads = std::mem::take(&mut self.sampled_heads);
+            for (queue, (length, delayed, dead)) in sampling {
+                let oldest_enqueued_at = heads
+                    .remove(&queue)
+                    .and_then(|id| self.known.get(&id).and_then(|k| k.waiting_since));
+                let fetched: u64 = self
+                    .acks
+                    .iter()
+                    .filter(|(key, _)| {
+                        self.ack_set(key)
+                            .is_some_and(|(_, q, delayed)| !delayed && q == queue)
+                    })
+                    .map(|(_, members)| members.len() as u64)
+                    .sum();
+                let size = length + fetched;
+                if size > FOLLOW_MAX {
+                    if self.unfollowed.insert(queue.clone()) {
+                        self.snapshot.remove(&queue);
+                    }
+                } else if size <= FOLLOW_MAX / 2 {
+                    self.unfollowed.remove(&queue);
+                }
+                let running: u64 = self
+                    .acks
+                    .iter()
+                    .filter(|(key, _)| {
+                        self.ack_set(key)
+                            .is_some_and(|(_, q, delayed)| !delayed && q == queue)
+                    })
+                    .map(|(_, members)| members.len() as u64)
+                    .sum();
+                let held: u64 = self
+                    .acks
+                    .iter()
+                    .filter(|(key, _)| {
+                        self.ack_set(key)
+                            .is_some_and(|(_, q, delayed)| delayed && q == queue)
+                    })
+                    .map(|(_, members)| members.len() as u64)
+                    .sum();
+                out.queue_samples.push(QueueSample {
+                    broker: Broker::Dramatiq,
+                    name: queue,
+                    length,
+                    delayed: delayed + held,
+                    dead,
+                    running,
+                    sampled_at: now,
+                    oldest_enqueued_at,
+                });
+            }
+        }
+        out
+    }
+}
