@@ -404,10 +404,6 @@ fn task_of_a_worker_that_went_offline_is_abandoned() {
 /// `restore_unacked` takes it out of `unacked` and pushes it back. Nothing ran it: it is
 /// queued, with its ETA, and the sweep must not abandon it when its worker goes offline.
 #[test]
-#[ignore = "adapter bug: a tag leaving `unacked` is always read as acknowledged (`running`), \
-            even when the message was held for its ETA and restored to the queue (warm \
-            shutdown); its identity is already seen, so the list read says nothing, and the \
-            task shows running, then abandoned once its worker is offline"]
 fn countdown_task_restored_by_a_warm_shutdown_is_queued_not_running() {
     let mut d = driver();
     let now = d.now;

@@ -50,6 +50,9 @@ crate::read_reasons! {
     }
 }
 
+/// How far ahead of ours a worker's clock may be when it starts an ETA message: a held message
+/// that leaves `unacked` more than this before its ETA was given back, not started.
+const ETA_CLOCK_MARGIN_MS: i64 = 2_000;
 /// Queue entries read per LRANGE page.
 const PAGE: i64 = 200;
 /// How deep into one queue a reconciliation reads (a deeper backlog is counted, not listed).
@@ -356,7 +359,15 @@ impl CeleryAdapter {
             }
         }
         for (tag, gone) in &self.unacked {
-            if !tags.contains_key(tag) {
+            // A message held for an ETA still ahead was not acknowledged but given back to
+            // its queue (a warm shutdown, or kombu's visibility-timeout restore): a worker acks
+            // an ETA message only once it starts it. Its identity is already seen, so it stays
+            // queued until a worker takes it again. The margin absorbs a worker's clock ahead
+            // of ours.
+            let given_back = gone
+                .waiting_eta
+                .is_some_and(|eta| eta > now + chrono::Duration::milliseconds(ETA_CLOCK_MARGIN_MS));
+            if !tags.contains_key(tag) && !given_back {
                 out.observations
                     .push(gone.running(now, "unacked: acknowledged"));
             }
