@@ -529,7 +529,10 @@ fn purge_cli_shows_the_count_asks_and_journals_in_the_history_file() {
     assert_eq!(w.redis_cli(&["LLEN", "rq:queue:default"]), "0");
     // An empty queue purges to nothing; an unknown broker is bad usage.
     let out = purge("", &["--yes"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("Purged 0 messages"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Purged 0 messages"),
+        "{out:?}"
+    );
     let bad = Command::new(taskscope_bin())
         .args([
             "purge",
@@ -551,5 +554,127 @@ fn purge_cli_shows_the_count_asks_and_journals_in_the_history_file() {
         audit[0]["who"].as_str().unwrap().starts_with("cli"),
         "{}",
         audit[0]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Celery (tests/python/celery_app.py, billing.py)
+
+fn celery_worker(w: &World) -> CeleryWorker {
+    CeleryWorker::start(&w.redis.url(), "celery", true, &[])
+}
+
+#[test]
+fn celery_run_with_a_countdown_is_executed_by_a_real_worker_at_its_eta() {
+    let _slot = test_slot();
+    let w = World::with_actions("celery");
+    let _worker = celery_worker(&w);
+    let task = w.run(
+        json!({"broker": "celery", "queue": "celery", "name": "billing.add",
+                            "args": [20, 22], "delay_ms": 1500}),
+    );
+    let id = task["id"].as_str().expect("id").to_string();
+    let eta = chrono::DateTime::parse_from_rfc3339(task["eta"].as_str().expect("eta")).unwrap();
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["result"], json!(42), "{done}");
+    assert_eq!(done["name"], "billing.add", "{done}");
+    assert_eq!(done["args"], json!([20, 22]), "{done}");
+    let started = parse_time(&done, "started_at");
+    assert!(
+        started >= eta - chrono::Duration::milliseconds(50),
+        "started {started} before its eta {eta}: {done}"
+    );
+    assert_eq!(
+        w.redis.celery_result(&id).expect("result")["status"],
+        "SUCCESS"
+    );
+    assert_eq!(w.audit()[0]["new_task_id"], id.as_str());
+}
+
+#[test]
+fn celery_failed_task_retried_runs_again_under_a_new_id_linked_both_ways() {
+    let _slot = test_slot();
+    let w = World::with_actions("celery");
+    let _worker = celery_worker(&w);
+    let first = w.run(json!({"broker": "celery", "name": "billing.fail", "args": [9]}));
+    let id = first["id"].as_str().unwrap().to_string();
+    let failed = w.ts.wait_state(&id, "failure", LONG);
+    assert_eq!(failed["error"], "ValueError: card declined 9", "{failed}");
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{id}/retry"), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"]
+        .as_str()
+        .expect("new_task_id")
+        .to_string();
+    assert_ne!(new_id, id);
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["name"], "billing.fail", "{again}");
+    assert_eq!(again["args"], json!([9]), "{again}");
+    assert_eq!(
+        w.redis.celery_result(&new_id).expect("result")["status"],
+        "FAILURE"
+    );
+    for t in [&id, &new_id] {
+        let task = w.ts.task(t).expect("task");
+        assert!(
+            task["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["action"] == "retry" && a["new_task_id"] == new_id.as_str()),
+            "{task}"
+        );
+    }
+}
+
+#[test]
+fn celery_delete_and_purge_remove_messages_a_stopped_worker_would_have_run() {
+    let _slot = test_slot();
+    let w = World::with_actions("celery");
+    let ids = produce(&w.redis.url(), "add", 4, "celery", &ProduceOpts::default());
+    w.ts.wait_all_state(&ids, "queued", SHORT);
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/celery/celery/messages/{}", ids[1]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 1);
+    assert_eq!(w.redis_cli(&["LLEN", "celery"]), "3");
+    let (status, again) = w.write(
+        "DELETE",
+        &format!("/api/queues/celery/celery/messages/{}", ids[1]),
+        None,
+    );
+    assert_eq!(status, 404, "{again}");
+    let (status, entry) = w.write("POST", "/api/queues/celery/celery/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 3, "{entry}");
+    assert_eq!(w.redis_cli(&["LLEN", "celery"]), "0");
+    let _worker = celery_worker(&w);
+    let marker = produce(&w.redis.url(), "add", 1, "celery", &ProduceOpts::default());
+    w.ts.wait_state(&marker[0], "success", LONG);
+    for id in &ids {
+        assert!(w.redis.celery_result(id).is_none(), "purged task {id} ran");
+    }
+}
+
+#[test]
+fn celery_running_task_is_revoked_with_terminate() {
+    let _slot = test_slot();
+    let w = World::with_actions("celery");
+    let worker = celery_worker(&w);
+    let slow = w.run(json!({"broker": "celery", "name": "billing.slow", "args": [60]}));
+    let id = slow["id"].as_str().unwrap().to_string();
+    worker.wait_started(&id, LONG);
+    w.ts.wait_state(&id, "running", SHORT);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{id}/revoke"), None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["action"], "revoke");
+    let t = w.ts.wait_state(&id, "failure", LONG);
+    assert!(t["error"].as_str().unwrap_or("").contains("Revoked"), "{t}");
+    assert_eq!(
+        w.redis.celery_result(&id).expect("result")["status"],
+        "REVOKED"
     );
 }
