@@ -893,3 +893,67 @@ fn pages_retry_purge_and_run_through_forms_with_a_confirmation_and_show_the_jour
         .unwrap();
     assert_eq!(resp.status().as_u16(), 403);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Dramatiq (tests/python/dramatiq_app.py)
+
+#[test]
+fn dramatiq_run_delayed_retry_delete_and_purge_with_a_real_worker() {
+    let _slot = test_slot();
+    let w = World::with_actions("dramatiq");
+    // No worker yet: two waiting messages and one delayed, then deleted and purged.
+    let waiting = dramatiq_produce(&w.redis.url(), "add", 2, &DramatiqProduceOpts::default());
+    w.ts.wait_all_state(&waiting, "queued", SHORT);
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/dramatiq/default/messages/{}", waiting[0]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 1);
+    let delayed =
+        w.run(json!({"broker": "dramatiq", "name": "add", "args": [1, 1], "delay_ms": 600000}));
+    let delayed_id = delayed["id"].as_str().unwrap().to_string();
+    w.ts.wait_state(&delayed_id, "queued", SHORT);
+    assert_eq!(w.redis_cli(&["LLEN", "dramatiq:default.DQ"]), "1");
+    let (status, entry) = w.write("POST", "/api/queues/dramatiq/default/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 2, "one waiting, one delayed: {entry}");
+    assert_eq!(
+        w.redis_cli(&[
+            "EXISTS",
+            "dramatiq:default",
+            "dramatiq:default.msgs",
+            "dramatiq:default.DQ"
+        ]),
+        "0"
+    );
+    // A worker: a run (delayed a little) succeeds, a failure retried runs again, the removed
+    // messages never run.
+    let _worker = DramatiqWorker::start(&w.redis.url(), &[]);
+    let task = w.run(
+        json!({"broker": "dramatiq", "queue": "default", "name": "add",
+                            "args": [20, 22], "delay_ms": 500}),
+    );
+    let id = task["id"].as_str().unwrap().to_string();
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["name"], "add", "{done}");
+    assert_eq!(done["args"], json!([20, 22]), "{done}");
+    let failing = w.run(json!({"broker": "dramatiq", "name": "fail", "args": [5]}));
+    let failing_id = failing["id"].as_str().unwrap().to_string();
+    w.ts.wait_state(&failing_id, "failure", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{failing_id}/retry"), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"].as_str().unwrap().to_string();
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["name"], "fail", "{again}");
+    assert_eq!(again["args"], json!([5]), "{again}");
+    for removed in [&waiting[0], &waiting[1], &delayed_id] {
+        let t = w.ts.task(removed).expect("task");
+        assert!(t["started_at"].is_null(), "a removed message ran: {t}");
+    }
+    // Dramatiq cannot stop a running message: a clear 400 naming the broker.
+    let (status, v) = w.write("POST", &format!("/api/tasks/{id}/revoke"), None);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("dramatiq"), "{v}");
+}

@@ -3,7 +3,7 @@
 //! [`ActionError::Unsupported`] naming the broker and the action.
 
 use super::redis::ActionRedis;
-use super::{celery, rq, stored_whole, ActionError, ActionSettings};
+use super::{celery, dramatiq, rq, stored_whole, ActionError, ActionSettings};
 use broker_adapters::{Broker, Task, TaskState};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -122,6 +122,21 @@ impl Actions {
                 };
                 (queue.clone(), celery::enqueue(&message))
             }
+            Broker::Dramatiq => {
+                let queue = req.queue.clone().unwrap_or_else(|| "default".into());
+                check_identifier("queue", &queue)?;
+                let redis_id = uuid::Uuid::new_v4().to_string();
+                let message = dramatiq::Message {
+                    message_id: &id,
+                    redis_id: &redis_id,
+                    actor: &req.name,
+                    args: &req.args,
+                    kwargs: &req.kwargs,
+                    queue: &queue,
+                    eta: run_at,
+                };
+                (queue.clone(), dramatiq::enqueue(&message, now))
+            }
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -198,6 +213,42 @@ impl Actions {
                 redis.apply(&celery::enqueue(&message)).await?;
                 Ok(new_task(original, new_id, queue, name, now))
             }
+            Broker::Dramatiq => {
+                let queue = original.queue.clone().unwrap_or_else(|| "default".into());
+                // The dead letter keeps the failed message's body: its call, exactly.
+                let dead = redis
+                    .read_script(
+                        dramatiq::FIND_DEAD_LUA,
+                        vec![dramatiq::dead_messages_key(&queue)],
+                        vec![original.id.as_bytes().to_vec()],
+                        self.max_payload_bytes,
+                    )
+                    .await?
+                    .and_then(|raw| dramatiq::call_of(&raw));
+                let (actor, args, kwargs) = match dead {
+                    Some(call) => call,
+                    None => {
+                        let (args, kwargs) = whole_arguments(original)?;
+                        (name.clone(), args, kwargs)
+                    }
+                };
+                let new_id = uuid::Uuid::new_v4().to_string();
+                let redis_id = uuid::Uuid::new_v4().to_string();
+                let message = dramatiq::Message {
+                    message_id: &new_id,
+                    redis_id: &redis_id,
+                    actor: &actor,
+                    args: &args,
+                    kwargs: &kwargs,
+                    queue: &queue,
+                    eta: None,
+                };
+                redis.apply(&dramatiq::enqueue(&message, now)).await?;
+                let mut task = new_task(original, new_id, queue, actor, now);
+                task.args = Some(Value::Array(args));
+                task.kwargs = Some(Value::Object(kwargs));
+                Ok(task)
+            }
             other => Err(ActionError::unsupported(
                 other,
                 "retry",
@@ -270,6 +321,7 @@ impl Actions {
         let removed = match broker {
             Broker::Rq => redis.apply(&rq::delete(queue, id)).await?,
             Broker::Celery => redis.apply(&celery::delete(queue, id)).await?,
+            Broker::Dramatiq => redis.apply(&dramatiq::delete(queue, id)).await?,
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -300,6 +352,13 @@ impl Actions {
             Broker::Celery => {
                 let mut n = 0;
                 for key in celery::queue_keys(queue) {
+                    n += redis.integer("LLEN", vec![key.into_bytes()]).await?;
+                }
+                n
+            }
+            Broker::Dramatiq => {
+                let mut n = 0;
+                for key in dramatiq::waiting_lists(queue) {
                     n += redis.integer("LLEN", vec![key.into_bytes()]).await?;
                 }
                 n
@@ -346,6 +405,13 @@ impl Actions {
                     .await?
                     > 0
             }
+            Broker::Dramatiq => {
+                let mut any = false;
+                for key in dramatiq::known_keys(queue) {
+                    any |= redis.integer("EXISTS", vec![key.into_bytes()]).await? > 0;
+                }
+                any
+            }
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -362,6 +428,7 @@ impl Actions {
         }
         let removed = match broker {
             Broker::Rq => redis.apply(&rq::purge(queue)).await?,
+            Broker::Dramatiq => redis.apply(&dramatiq::purge(queue)).await?,
             _ => redis.apply(&celery::purge(queue)).await?,
         };
         Ok(removed.max(0) as u64)

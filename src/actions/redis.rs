@@ -148,6 +148,36 @@ impl ActionRedis {
         Ok(out)
     }
 
+    /// A read-only Lua script whose reply is one value (`None` for nil); a reply over
+    /// `max_bytes` is refused.
+    pub async fn read_script(
+        &self,
+        lua: &'static str,
+        keys: Vec<String>,
+        args: Vec<Vec<u8>>,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u8>>, ActionError> {
+        let mut all = vec![Value::from(lua), Value::from(keys.len() as i64)];
+        all.extend(keys.iter().map(|k| Value::from(k.as_str())));
+        all.extend(values(&args));
+        let reply: Value = self
+            .client
+            .custom(custom("EVAL"), all)
+            .await
+            .map_err(redis_error)?;
+        let bytes = match reply {
+            Value::Null => return Ok(None),
+            v => bytes_of(v),
+        };
+        if bytes.len() > max_bytes.max(1) {
+            return Err(ActionError::Conflict(format!(
+                "the message holds {} bytes, more than --max-payload-bytes",
+                bytes.len()
+            )));
+        }
+        Ok(Some(bytes))
+    }
+
     /// One command whose reply is an integer (`LLEN`, `ZCARD`, `EXISTS`...).
     pub async fn integer(
         &self,

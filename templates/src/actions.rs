@@ -41,6 +41,11 @@ pub struct ActionForms {
 
 /// The brokers whose messages taskscope can write, and what each supports.
 pub fn can_run(broker: Broker) -> bool {
+    matches!(broker, Broker::Rq | Broker::Celery | Broker::Dramatiq)
+}
+
+/// The brokers with a way to stop a running task from Redis.
+pub fn can_stop(broker: Broker) -> bool {
     matches!(broker, Broker::Rq | Broker::Celery)
 }
 
@@ -56,7 +61,7 @@ pub fn task_buttons(task: &Task, forms: &ActionForms) -> Markup {
         task.state,
         TaskState::Failure | TaskState::Abandoned | TaskState::Retried
     );
-    let stoppable = task.state == TaskState::Running
+    let stoppable = (task.state == TaskState::Running && can_stop(task.broker))
         || (task.broker == Broker::Celery && task.state == TaskState::Queued);
     let deletable = task.state == TaskState::Queued;
     let id = format::encode_component(&task.id);
