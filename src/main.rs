@@ -293,7 +293,11 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         settings.redis_db,
         settings.max_payload_bytes,
     )
-    .await?;
+    .await?
+    .with_sanitizer(ingest::sanitize::Sanitizer::new(
+        settings.max_value_bytes,
+        settings.redact_keys.clone(),
+    ));
     if actions.enabled() {
         tracing::warn!(
             names = %settings.actions.allow_names.join(","),

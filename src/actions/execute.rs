@@ -3,7 +3,7 @@
 //! [`ActionError::Unsupported`] naming the broker and the action.
 
 use super::redis::ActionRedis;
-use super::{celery, dramatiq, rq, stored_whole, ActionError, ActionSettings};
+use super::{celery, dramatiq, rq, stored_whole, taskiq, ActionError, ActionSettings};
 use broker_adapters::{Broker, Task, TaskState};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -28,6 +28,9 @@ pub struct Actions {
     max_payload_bytes: usize,
     /// The database number of the Redis URL (Celery's fanout channels name it).
     db: u32,
+    /// Truncation and redaction of what the store is told about the tasks actions create
+    /// (as ingest applies them to what it reads).
+    sanitizer: Option<crate::ingest::sanitize::Sanitizer>,
 }
 
 /// Longest task name, queue or id accepted (the store's caps).
@@ -50,6 +53,7 @@ impl Actions {
             redis: None,
             max_payload_bytes: 0,
             db: 0,
+            sanitizer: None,
         }
     }
 
@@ -70,7 +74,39 @@ impl Actions {
             redis,
             max_payload_bytes,
             db,
+            sanitizer: None,
         })
+    }
+
+    /// The same actions, telling the store about created tasks through `sanitizer`.
+    pub fn with_sanitizer(mut self, sanitizer: crate::ingest::sanitize::Sanitizer) -> Actions {
+        self.sanitizer = Some(sanitizer);
+        self
+    }
+
+    /// What the store is told about a task an action created: queued, with its name and
+    /// arguments (a worker may take the message before ingest reads it), sanitized as ingest
+    /// sanitizes what it reads.
+    pub fn created(&self, task: &Task, detail: String) -> broker_adapters::Observation {
+        let mut obs = broker_adapters::TaskObservation::new(
+            task.broker,
+            task.id.clone(),
+            task.enqueued_at.unwrap_or(task.updated_at),
+            broker_adapters::TaskEvent::Queued,
+            "taskscope",
+        );
+        obs.fields.queue = task.queue.clone();
+        obs.fields.name = task.name.clone();
+        obs.fields.args = task.args.clone();
+        obs.fields.kwargs = task.kwargs.clone();
+        obs.fields.eta = task.eta;
+        obs.fields.enqueued_at = task.enqueued_at;
+        obs.detail = Some(detail);
+        let mut observation = broker_adapters::Observation::Task(obs);
+        if let Some(s) = &self.sanitizer {
+            s.apply_observation(&mut observation);
+        }
+        observation
     }
 
     pub fn enabled(&self) -> bool {
@@ -99,7 +135,11 @@ impl Actions {
             .delay_ms
             .filter(|d| *d > 0)
             .map(|d| now + chrono::Duration::milliseconds(d.min(365 * 86_400_000) as i64));
-        let id = uuid::Uuid::new_v4().to_string();
+        let id = match req.broker {
+            // taskiq's own ids are `uuid4().hex`.
+            Broker::Taskiq => uuid::Uuid::new_v4().simple().to_string(),
+            _ => uuid::Uuid::new_v4().to_string(),
+        };
         let (queue, write) = match req.broker {
             Broker::Rq => {
                 let queue = req.queue.clone().unwrap_or_else(|| "default".into());
@@ -136,6 +176,20 @@ impl Actions {
                     eta: run_at,
                 };
                 (queue.clone(), dramatiq::enqueue(&message, now))
+            }
+            Broker::Taskiq => {
+                let queue = req.queue.clone().unwrap_or_else(|| "taskiq".into());
+                check_identifier("queue", &queue)?;
+                if run_at.is_some() {
+                    return Err(ActionError::unsupported(
+                        Broker::Taskiq,
+                        "run with delay_ms",
+                        "a delay needs taskiq's scheduler, which does not keep it in the queue",
+                    ));
+                }
+                let kind = self.taskiq_kind(&queue).await?;
+                let message = taskiq::message(&id, &req.name, &req.args, &req.kwargs);
+                (queue.clone(), taskiq::enqueue(kind, &queue, message))
             }
             other => {
                 return Err(ActionError::unsupported(
@@ -249,6 +303,15 @@ impl Actions {
                 task.kwargs = Some(Value::Object(kwargs));
                 Ok(task)
             }
+            Broker::Taskiq => {
+                let (args, kwargs) = whole_arguments(original)?;
+                let queue = original.queue.clone().unwrap_or_else(|| "taskiq".into());
+                let kind = self.taskiq_kind(&queue).await?;
+                let new_id = uuid::Uuid::new_v4().simple().to_string();
+                let message = taskiq::message(&new_id, &name, &args, &kwargs);
+                redis.apply(&taskiq::enqueue(kind, &queue, message)).await?;
+                Ok(new_task(original, new_id, queue, name, now))
+            }
             other => Err(ActionError::unsupported(
                 other,
                 "retry",
@@ -322,6 +385,10 @@ impl Actions {
             Broker::Rq => redis.apply(&rq::delete(queue, id)).await?,
             Broker::Celery => redis.apply(&celery::delete(queue, id)).await?,
             Broker::Dramatiq => redis.apply(&dramatiq::delete(queue, id)).await?,
+            Broker::Taskiq => {
+                let kind = self.taskiq_kind(queue).await?;
+                redis.apply(&taskiq::delete(kind, queue, id)).await?
+            }
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -362,6 +429,10 @@ impl Actions {
                     n += redis.integer("LLEN", vec![key.into_bytes()]).await?;
                 }
                 n
+            }
+            Broker::Taskiq => {
+                let kind = self.taskiq_kind(queue).await?;
+                redis.apply(&taskiq::count(kind, queue)).await?
             }
             other => {
                 return Err(ActionError::unsupported(
@@ -412,6 +483,12 @@ impl Actions {
                 }
                 any
             }
+            Broker::Taskiq => {
+                redis
+                    .integer("EXISTS", vec![queue.as_bytes().to_vec()])
+                    .await?
+                    > 0
+            }
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -429,9 +506,24 @@ impl Actions {
         let removed = match broker {
             Broker::Rq => redis.apply(&rq::purge(queue)).await?,
             Broker::Dramatiq => redis.apply(&dramatiq::purge(queue)).await?,
+            Broker::Taskiq => {
+                let kind = self.taskiq_kind(queue).await?;
+                redis.apply(&taskiq::purge(kind, queue)).await?
+            }
             _ => redis.apply(&celery::purge(queue)).await?,
         };
         Ok(removed.max(0) as u64)
+    }
+}
+
+impl Actions {
+    /// Whether a taskiq queue is a stream or a list (`TYPE`; see [`taskiq::QueueKind::of_type`]).
+    async fn taskiq_kind(&self, queue: &str) -> Result<taskiq::QueueKind, ActionError> {
+        let t = self
+            .redis()?
+            .text("TYPE", vec![queue.as_bytes().to_vec()])
+            .await?;
+        Ok(taskiq::QueueKind::of_type(&t))
     }
 }
 

@@ -41,7 +41,10 @@ pub struct ActionForms {
 
 /// The brokers whose messages taskscope can write, and what each supports.
 pub fn can_run(broker: Broker) -> bool {
-    matches!(broker, Broker::Rq | Broker::Celery | Broker::Dramatiq)
+    matches!(
+        broker,
+        Broker::Rq | Broker::Celery | Broker::Dramatiq | Broker::Taskiq
+    )
 }
 
 /// The brokers with a way to stop a running task from Redis.
