@@ -3,7 +3,7 @@
 //! [`ActionError::Unsupported`] naming the broker and the action.
 
 use super::redis::ActionRedis;
-use super::{celery, dramatiq, rq, stored_whole, taskiq, ActionError, ActionSettings};
+use super::{arq, celery, dramatiq, rq, stored_whole, taskiq, ActionError, ActionSettings};
 use broker_adapters::{Broker, Task, TaskState};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -136,8 +136,8 @@ impl Actions {
             .filter(|d| *d > 0)
             .map(|d| now + chrono::Duration::milliseconds(d.min(365 * 86_400_000) as i64));
         let id = match req.broker {
-            // taskiq's own ids are `uuid4().hex`.
-            Broker::Taskiq => uuid::Uuid::new_v4().simple().to_string(),
+            // taskiq's and arq's own ids are `uuid4().hex`.
+            Broker::Taskiq | Broker::Arq => uuid::Uuid::new_v4().simple().to_string(),
             _ => uuid::Uuid::new_v4().to_string(),
         };
         let (queue, write) = match req.broker {
@@ -190,6 +190,15 @@ impl Actions {
                 let kind = self.taskiq_kind(&queue).await?;
                 let message = taskiq::message(&id, &req.name, &req.args, &req.kwargs);
                 (queue.clone(), taskiq::enqueue(kind, &queue, message))
+            }
+            Broker::Arq => {
+                let queue = req
+                    .queue
+                    .clone()
+                    .unwrap_or_else(|| arq::DEFAULT_QUEUE.into());
+                check_identifier("queue", &queue)?;
+                let w = arq::enqueue(&id, &req.name, &req.args, &req.kwargs, &queue, now, run_at);
+                (queue, w)
             }
             other => {
                 return Err(ActionError::unsupported(
@@ -312,6 +321,20 @@ impl Actions {
                 redis.apply(&taskiq::enqueue(kind, &queue, message)).await?;
                 Ok(new_task(original, new_id, queue, name, now))
             }
+            Broker::Arq => {
+                let (args, kwargs) = whole_arguments(original)?;
+                let queue = original
+                    .queue
+                    .clone()
+                    .unwrap_or_else(|| arq::DEFAULT_QUEUE.into());
+                let new_id = uuid::Uuid::new_v4().simple().to_string();
+                redis
+                    .apply(&arq::enqueue(
+                        &new_id, &name, &args, &kwargs, &queue, now, None,
+                    ))
+                    .await?;
+                Ok(new_task(original, new_id, queue, name, now))
+            }
             other => Err(ActionError::unsupported(
                 other,
                 "retry",
@@ -367,6 +390,17 @@ impl Actions {
                     .await?;
                 Ok(())
             }
+            Broker::Arq => {
+                if task.state.is_final() {
+                    return Err(ActionError::Conflict(format!(
+                        "task {} already finished ({})",
+                        task.id,
+                        task.state.as_str()
+                    )));
+                }
+                redis.apply(&arq::abort(&task.id, Utc::now())).await?;
+                Ok(())
+            }
             other => Err(ActionError::unsupported(
                 other,
                 "revoke",
@@ -389,6 +423,7 @@ impl Actions {
                 let kind = self.taskiq_kind(queue).await?;
                 redis.apply(&taskiq::delete(kind, queue, id)).await?
             }
+            Broker::Arq => redis.apply(&arq::delete(queue, id)).await?,
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -434,6 +469,7 @@ impl Actions {
                 let kind = self.taskiq_kind(queue).await?;
                 redis.apply(&taskiq::count(kind, queue)).await?
             }
+            Broker::Arq => redis.apply(&arq::count(queue)).await?,
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -489,6 +525,12 @@ impl Actions {
                     .await?
                     > 0
             }
+            Broker::Arq => {
+                redis
+                    .integer("EXISTS", vec![queue.as_bytes().to_vec()])
+                    .await?
+                    > 0
+            }
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -506,6 +548,7 @@ impl Actions {
         let removed = match broker {
             Broker::Rq => redis.apply(&rq::purge(queue)).await?,
             Broker::Dramatiq => redis.apply(&dramatiq::purge(queue)).await?,
+            Broker::Arq => redis.apply(&arq::purge(queue)).await?,
             Broker::Taskiq => {
                 let kind = self.taskiq_kind(queue).await?;
                 redis.apply(&taskiq::purge(kind, queue)).await?
