@@ -79,17 +79,18 @@ pub fn delete(queue: &str, id: &str) -> Write {
 
 /// Removes every waiting job of the queue KEYS[1] (ARGV[1] = 1) or counts them (0).
 const PURGE_LUA: &str = r#"
-local count = 0
+local out = {0}
 for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
     if redis.call('EXISTS', 'arq:in-progress:' .. id) == 0 then
-        count = count + 1
+        out[1] = out[1] + 1
         if ARGV[1] == '1' then
             redis.call('ZREM', KEYS[1], id)
             redis.call('DEL', 'arq:job:' .. id)
+            if #out <= 10000 then out[#out + 1] = id end
         end
     end
 end
-return count
+return out
 "#;
 
 pub fn purge(queue: &str) -> Write {

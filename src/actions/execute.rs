@@ -3,7 +3,9 @@
 //! [`ActionError::Unsupported`] naming the broker and the action.
 
 use super::redis::ActionRedis;
-use super::{arq, celery, dramatiq, rq, stored_whole, taskiq, ActionError, ActionSettings};
+use super::{
+    arq, celery, dramatiq, rq, sidekiq, stored_whole, taskiq, ActionError, ActionSettings,
+};
 use broker_adapters::{Broker, Task, TaskState};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -109,6 +111,28 @@ impl Actions {
         observation
     }
 
+    /// What the store is told about a task whose message an action removed (delete, purge):
+    /// it will never run, so it ends `failure` with the reason (a final state: the broker's
+    /// adapter cannot tell a removed message from one a worker took, and must not turn it into
+    /// a run).
+    pub fn removed(
+        broker: Broker,
+        id: &str,
+        reason: String,
+        at: DateTime<Utc>,
+    ) -> broker_adapters::Observation {
+        let mut obs = broker_adapters::TaskObservation::new(
+            broker,
+            id.to_string(),
+            at,
+            broker_adapters::TaskEvent::Failed,
+            "taskscope",
+        );
+        obs.fields.error = Some(reason.clone());
+        obs.detail = Some(reason);
+        broker_adapters::Observation::Task(obs)
+    }
+
     pub fn enabled(&self) -> bool {
         self.settings.enabled && self.redis.is_some()
     }
@@ -138,6 +162,8 @@ impl Actions {
         let id = match req.broker {
             // taskiq's and arq's own ids are `uuid4().hex`.
             Broker::Taskiq | Broker::Arq => uuid::Uuid::new_v4().simple().to_string(),
+            // Sidekiq's `jid`: 12 random bytes in hex.
+            Broker::Sidekiq => uuid::Uuid::new_v4().simple().to_string()[..24].to_string(),
             _ => uuid::Uuid::new_v4().to_string(),
         };
         let (queue, write) = match req.broker {
@@ -199,6 +225,17 @@ impl Actions {
                 check_identifier("queue", &queue)?;
                 let w = arq::enqueue(&id, &req.name, &req.args, &req.kwargs, &queue, now, run_at);
                 (queue, w)
+            }
+            Broker::Sidekiq => {
+                let queue = req.queue.clone().unwrap_or_else(|| "default".into());
+                check_identifier("queue", &queue)?;
+                if !req.kwargs.is_empty() {
+                    return Err(ActionError::BadRequest(
+                        "Sidekiq jobs take positional args only: pass kwargs as {}".into(),
+                    ));
+                }
+                let job = sidekiq::job(&id, &req.name, &req.args, &queue, now);
+                (queue, sidekiq::push(job, now, run_at))
             }
             other => {
                 return Err(ActionError::unsupported(
@@ -335,6 +372,38 @@ impl Actions {
                     .await?;
                 Ok(new_task(original, new_id, queue, name, now))
             }
+            Broker::Sidekiq => {
+                let queue = original.queue.clone().unwrap_or_else(|| "default".into());
+                let new_id = uuid::Uuid::new_v4().simple().to_string()[..24].to_string();
+                let failed = redis
+                    .read_script(
+                        sidekiq::FIND_FAILED_LUA,
+                        vec!["dead".into(), "retry".into()],
+                        vec![original.id.as_bytes().to_vec()],
+                        self.max_payload_bytes,
+                    )
+                    .await?
+                    .and_then(|raw| sidekiq::retry_of(&raw, &new_id, now));
+                let job = match failed {
+                    Some(job) => job,
+                    None => {
+                        let (args, _) = whole_arguments(original)?;
+                        sidekiq::job(&new_id, &name, &args, &queue, now)
+                    }
+                };
+                let queue = job
+                    .get("queue")
+                    .and_then(Value::as_str)
+                    .unwrap_or(&queue)
+                    .to_string();
+                let args = job.get("args").cloned();
+                redis.apply(&sidekiq::push(job, now, None)).await?;
+                let mut task = new_task(original, new_id, queue, name, now);
+                if args.is_some() {
+                    task.args = args;
+                }
+                Ok(task)
+            }
             other => Err(ActionError::unsupported(
                 other,
                 "retry",
@@ -424,6 +493,7 @@ impl Actions {
                 redis.apply(&taskiq::delete(kind, queue, id)).await?
             }
             Broker::Arq => redis.apply(&arq::delete(queue, id)).await?,
+            Broker::Sidekiq => redis.apply(&sidekiq::delete(queue, id)).await?,
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -470,6 +540,11 @@ impl Actions {
                 redis.apply(&taskiq::count(kind, queue)).await?
             }
             Broker::Arq => redis.apply(&arq::count(queue)).await?,
+            Broker::Sidekiq => {
+                redis
+                    .integer("LLEN", vec![sidekiq::queue_key(queue).into_bytes()])
+                    .await?
+            }
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -481,8 +556,13 @@ impl Actions {
         Ok(n.max(0) as u64)
     }
 
-    /// Removes every waiting message of `queue`; how many.
-    pub async fn purge(&self, broker: Broker, queue: &str) -> Result<u64, ActionError> {
+    /// Removes every waiting message of `queue`; how many, and the ids of the tasks removed
+    /// (at most 10000).
+    pub async fn purge(
+        &self,
+        broker: Broker,
+        queue: &str,
+    ) -> Result<(u64, Vec<String>), ActionError> {
         let redis = self.redis()?;
         check_identifier("queue", queue)?;
         let known = match broker {
@@ -531,6 +611,15 @@ impl Actions {
                     .await?
                     > 0
             }
+            Broker::Sidekiq => {
+                redis
+                    .integer(
+                        "SISMEMBER",
+                        vec![b"queues".to_vec(), queue.as_bytes().to_vec()],
+                    )
+                    .await?
+                    > 0
+            }
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -546,16 +635,18 @@ impl Actions {
             )));
         }
         let removed = match broker {
-            Broker::Rq => redis.apply(&rq::purge(queue)).await?,
-            Broker::Dramatiq => redis.apply(&dramatiq::purge(queue)).await?,
-            Broker::Arq => redis.apply(&arq::purge(queue)).await?,
+            Broker::Rq => redis.apply_listing(&rq::purge(queue)).await?,
+            Broker::Dramatiq => redis.apply_listing(&dramatiq::purge(queue)).await?,
+            Broker::Arq => redis.apply_listing(&arq::purge(queue)).await?,
+            Broker::Sidekiq => redis.apply_listing(&sidekiq::purge(queue)).await?,
             Broker::Taskiq => {
                 let kind = self.taskiq_kind(queue).await?;
-                redis.apply(&taskiq::purge(kind, queue)).await?
+                redis.apply_listing(&taskiq::purge(kind, queue)).await?
             }
-            _ => redis.apply(&celery::purge(queue)).await?,
+            _ => redis.apply_listing(&celery::purge(queue)).await?,
         };
-        Ok(removed.max(0) as u64)
+        let (removed, ids) = removed;
+        Ok((removed.max(0) as u64, ids))
     }
 }
 

@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`settings`]: the flags, their refusal rules and the name allow-list (globs).
 //! - [`pickle`]: a minimal pickle writer for RQ's default serializer (pure).
-//! - [`rq`], [`celery`], [`dramatiq`], [`taskiq`], [`arq`]: one file per broker, pure: the exact commands and payloads the real
+//! - [`rq`], [`celery`], [`dramatiq`], [`taskiq`], [`arq`], [`sidekiq`]: one file per broker, pure: the exact commands and payloads the real
 //!   library writes, as [`Write`]s (one `MULTI`/`EXEC` or one Lua script each), built from
 //!   plain values and `now`, unit-tested without Redis.
 //! - [`redis`]: the only I/O: a fred client that runs a [`Write`] atomically and makes the
@@ -24,6 +24,7 @@ pub mod pickle;
 pub mod redis;
 pub mod rq;
 pub mod settings;
+pub mod sidekiq;
 pub mod taskiq;
 
 pub use execute::{Actions, RunRequest};
@@ -63,7 +64,8 @@ impl RedisCommand {
 pub enum Write {
     /// Commands in one `MULTI`/`EXEC`.
     Multi(Vec<RedisCommand>),
-    /// One Lua script (`EVAL`); its integer reply is the count of what it removed.
+    /// One Lua script (`EVAL`); its reply is the count of what it removed, or (purges)
+    /// `{count, id, id...}`: the count, then the ids of the tasks removed (at most 10000).
     Script {
         lua: &'static str,
         keys: Vec<String>,

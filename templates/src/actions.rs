@@ -43,7 +43,12 @@ pub struct ActionForms {
 pub fn can_run(broker: Broker) -> bool {
     matches!(
         broker,
-        Broker::Rq | Broker::Celery | Broker::Dramatiq | Broker::Taskiq | Broker::Arq
+        Broker::Rq
+            | Broker::Celery
+            | Broker::Dramatiq
+            | Broker::Taskiq
+            | Broker::Arq
+            | Broker::Sidekiq
     )
 }
 
