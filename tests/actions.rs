@@ -1179,3 +1179,33 @@ fn sidekiq_run_retry_delete_and_purge_with_a_real_process() {
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("sidekiq"), "{v}");
 }
+
+#[test]
+fn a_write_redis_refuses_fails_with_502_and_is_journaled_as_failed() {
+    let _slot = test_slot();
+    let w = World::with_actions("rq");
+    // A read-only replica (of a master that is not there): every write is refused.
+    let dead_port = free_port().to_string();
+    w.redis_cli(&["REPLICAOF", "127.0.0.1", &dead_port]);
+    let (status, v) = w.write(
+        "POST",
+        "/api/tasks",
+        Some(json!({"broker": "rq", "name": "rq_app.add", "args": [1, 2]})),
+    );
+    w.redis_cli(&["REPLICAOF", "NO", "ONE"]);
+    assert_eq!(status, 502, "{v}");
+    let error = v["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("Redis refused the write") && error.contains("READONLY"),
+        "{v}"
+    );
+    assert_eq!(v["entry"]["outcome"], "failed", "{v}");
+    assert_eq!(
+        w.redis_cli(&["EXISTS", "rq:queue:default"]),
+        "0",
+        "nothing half-written"
+    );
+    let audit = w.audit();
+    assert_eq!(audit[0]["outcome"], "failed");
+    assert!(audit[0]["error"].as_str().unwrap().contains("READONLY"));
+}
