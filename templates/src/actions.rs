@@ -364,9 +364,9 @@ mod tests {
             !html.contains("method=\"post\""),
             "deleting goes through the confirmation page"
         );
-        task.broker = Broker::Sidekiq;
+        task.broker = Broker::Bullmq;
         assert!(task_buttons(&task, &forms)
             .into_string()
-            .contains("not supported for sidekiq"));
+            .contains("not supported for bullmq"));
     }
 }
