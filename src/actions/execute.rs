@@ -4,7 +4,7 @@
 
 use super::redis::ActionRedis;
 use super::{
-    arq, celery, dramatiq, rq, sidekiq, stored_whole, taskiq, ActionError, ActionSettings,
+    arq, bullmq, celery, dramatiq, rq, sidekiq, stored_whole, taskiq, ActionError, ActionSettings,
 };
 use broker_adapters::{Broker, Task, TaskState};
 use chrono::{DateTime, Utc};
@@ -509,6 +509,37 @@ impl Actions {
             )));
         }
         Ok(removed as u64)
+    }
+
+    /// Pauses (`paused`) or resumes `queue`, where the broker itself has a pause (BullMQ's
+    /// `meta.paused`).
+    pub async fn pause(
+        &self,
+        broker: Broker,
+        queue: &str,
+        paused: bool,
+    ) -> Result<(), ActionError> {
+        let redis = self.redis()?;
+        check_identifier("queue", queue)?;
+        let action = if paused { "pause" } else { "resume" };
+        if broker != Broker::Bullmq {
+            return Err(ActionError::unsupported(
+                broker,
+                action,
+                "the broker has no pause of its own in Redis (only BullMQ has: meta.paused)",
+            ));
+        }
+        let mut known = false;
+        for key in bullmq::known_keys(queue) {
+            known |= redis.integer("EXISTS", vec![key.into_bytes()]).await? > 0;
+        }
+        if !known {
+            return Err(ActionError::NotFound(format!(
+                "bullmq queue {queue:?} not found in Redis (name it as taskscope shows it: <prefix>:<queue>)"
+            )));
+        }
+        redis.apply(&bullmq::pause(queue, paused)).await?;
+        Ok(())
     }
 
     /// Waiting messages of `queue` (what a purge would remove).

@@ -384,3 +384,24 @@ pub async fn bulk(
     let reply = api::bulk_core(&state, action, &filters, false, &headers, &bytes).await;
     browser(reply, |_| "/audit".into())
 }
+
+/// `POST /queues/{broker}/{queue}/pause|resume` -> back to the queues.
+pub async fn pause_or_resume(
+    State(state): State<AppState>,
+    Path((broker, queue, verb)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let paused = match verb.as_str() {
+        "pause" => true,
+        "resume" => false,
+        other => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                &format!("No action {other:?} on queues."),
+            )
+        }
+    };
+    let reply = api::pause_core(&state, broker, queue, paused, &headers, &bytes).await;
+    browser(reply, |_| "/queues".into())
+}

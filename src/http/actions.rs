@@ -824,3 +824,49 @@ fn filters_json(f: &super::query::TaskFilterParams) -> Map<String, Value> {
     }
     m
 }
+
+/// `POST /api/queues/{broker}/{queue}/pause` and `/resume` -> the journal entry (BullMQ only;
+/// other brokers answer 400).
+pub async fn pause(
+    State(state): State<AppState>,
+    Path((broker, queue)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Reply {
+    pause_core(&state, broker, queue, true, &headers, &bytes).await
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    Path((broker, queue)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Reply {
+    pause_core(&state, broker, queue, false, &headers, &bytes).await
+}
+
+pub async fn pause_core(
+    state: &AppState,
+    broker: String,
+    queue: String,
+    paused: bool,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Reply {
+    let body = parse_body(headers, bytes);
+    let mut pending = Pending::new(if paused { "pause" } else { "resume" }, "-");
+    pending.entry.broker = Some(broker.clone());
+    pending.entry.queue = Some(queue.clone());
+    pending.entry.target = Some(queue.clone());
+    if let Err(r) = admit(state, headers, &body, &mut pending).await {
+        return r;
+    }
+    let broker = match parse_broker(&broker) {
+        Ok(b) => b,
+        Err(e) => return answer(state, pending, Err(e)).await,
+    };
+    match state.actions.pause(broker, &queue, paused).await {
+        Ok(()) => answer(state, pending, Ok(Value::Null)).await,
+        Err(e) => answer(state, pending, Err(action_failure(e))).await,
+    }
+}

@@ -151,6 +151,8 @@ pub fn router(state: AppState) -> Router {
             delete(actions::delete_message),
         )
         .route("/api/queues/{broker}/{queue}/purge", post(actions::purge))
+        .route("/api/queues/{broker}/{queue}/pause", post(actions::pause))
+        .route("/api/queues/{broker}/{queue}/resume", post(actions::resume))
         .route("/api/audit", get(actions::audit))
         .route("/api/bulk/{action}", post(actions::bulk))
         .route("/api/csrf", get(actions::csrf))
@@ -168,6 +170,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/queues/{broker}/{queue}/purge",
             get(action_pages::confirm_purge).post(action_pages::purge),
+        )
+        .route(
+            "/queues/{broker}/{queue}/{verb}",
+            post(action_pages::pause_or_resume),
         )
         .route("/api/queues", get(api::queues))
         .route("/api/workers", get(api::workers))
