@@ -35,6 +35,9 @@ pub enum Command {
     /// A one-shot look at the brokers in Redis: queues, workers or tasks, as a table or JSON.
     /// Needs no history file and writes nothing to Redis.
     Inspect(Box<crate::inspect::InspectArgs>),
+    /// Empty a queue (as the broker's library does) after showing how many messages wait in
+    /// it; asks first unless `--yes`; journaled in `--db`'s audit journal when given.
+    Purge(Box<crate::purge::PurgeArgs>),
     /// Write every task matching the task-list filters to a CSV or Parquet file.
     Export(Box<crate::export::ExportArgs>),
     /// A private redis-server, generated traffic of every broker and the UI: a live
@@ -100,6 +103,10 @@ pub struct HousekeepingArgs {
     #[arg(long, env = "TASKSCOPE_AGGREGATE_RETENTION", default_value = "400d", value_parser = parse_duration, value_name = "DUR")]
     pub aggregate_retention: Duration,
 
+    /// How long the audit journal of actions is kept (never deleted with the task history).
+    #[arg(long, env = "TASKSCOPE_AUDIT_RETENTION", default_value = "400d", value_parser = parse_duration, value_name = "DUR")]
+    pub audit_retention: Duration,
+
     /// A schedule of its own for the roll-up job (TOML: `[schedule] rollup = "..."`).
     #[arg(long, env = "TASKSCOPE_SCHEDULE_ROLLUP", value_name = "CRON")]
     pub schedule_rollup: Option<String>,
@@ -144,6 +151,7 @@ impl HousekeepingArgs {
                 retention: self.retention,
                 sample_retention: self.sample_retention,
                 aggregate_retention: self.aggregate_retention,
+                audit_retention: self.audit_retention,
             },
         })
     }
@@ -230,6 +238,27 @@ pub struct ServeArgs {
     /// (`/api/events`, `/export.csv`) are timed only to their start.
     #[arg(long, env = "TASKSCOPE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
     pub request_timeout: Duration,
+
+    /// Enable write actions (run, retry, delete, purge, revoke) from the UI and the API; needs
+    /// `--auth-token` or `--trusted-user-header`. Every action is journaled (`/audit`).
+    #[arg(long, env = "TASKSCOPE_ALLOW_ACTIONS")]
+    pub allow_actions: bool,
+
+    /// Task names that may be run from taskscope (comma list of globs: `*` any run of
+    /// characters, `?` one).
+    #[arg(
+        long,
+        env = "TASKSCOPE_ACTION_ALLOW_NAMES",
+        default_value = "*",
+        value_delimiter = ',',
+        value_name = "GLOBS"
+    )]
+    pub action_allow_names: Vec<String>,
+
+    /// The identity header an authenticating proxy sets (e.g. `X-Forwarded-User`): recorded in
+    /// the audit journal, and required on every write. The proxy must strip it from clients.
+    #[arg(long, env = "TASKSCOPE_TRUSTED_USER_HEADER", value_name = "NAME")]
+    pub trusted_user_header: Option<String>,
 
     /// Serve every page, asset and API route under this URL prefix (e.g. `/taskscope` behind a
     /// reverse proxy); requests are answered with or without it, so a proxy may strip it or not.
@@ -407,6 +436,8 @@ pub struct ServeSettings {
     pub max_sse_clients: usize,
     /// `--base-path`: the URL prefix pages and links are served under.
     pub base_path: crate::http::base_path::BasePath,
+    /// `--allow-actions`, `--action-allow-names`, `--trusted-user-header`.
+    pub actions: crate::actions::ActionSettings,
     pub max_http_queries: usize,
     pub metrics_max_labels: usize,
     /// Every broker's resolved settings (`src/brokers/`).
@@ -425,6 +456,36 @@ pub struct ServeSettings {
 }
 
 impl ServeArgs {
+    /// Brokers given non-default key prefixes (the action writers use the defaults only).
+    fn custom_broker_keys(&self) -> Vec<(Broker, String)> {
+        let mut out = Vec::new();
+        let b = &self.per_broker;
+        if let Some(p) =
+            b.rq.rq_prefix
+                .as_deref()
+                .filter(|p| !matches!(p.trim(), "rq" | "rq:"))
+        {
+            out.push((Broker::Rq, format!("--rq-prefix {p}")));
+        }
+        if let Some(ns) = b
+            .dramatiq
+            .dramatiq_namespace
+            .as_deref()
+            .filter(|n| n.trim() != "dramatiq")
+        {
+            out.push((Broker::Dramatiq, format!("--dramatiq-namespace {ns}")));
+        }
+        if let Some(ns) = b
+            .sidekiq
+            .sidekiq_namespace
+            .as_deref()
+            .filter(|n| !n.trim().is_empty())
+        {
+            out.push((Broker::Sidekiq, format!("--sidekiq-namespace {ns}")));
+        }
+        out
+    }
+
     pub fn into_settings(self) -> Result<ServeSettings, UsageError> {
         let selection = parse_brokers(&self.brokers)?;
         let redis_db = redis_db_of(&self.redis)?;
@@ -445,6 +506,14 @@ impl ServeArgs {
                 self.listen
             )));
         }
+        let actions = crate::actions::ActionSettings::new(
+            self.allow_actions,
+            &self.action_allow_names,
+            self.trusted_user_header.as_deref(),
+            self.auth_token.is_some(),
+        )
+        .map_err(UsageError)?
+        .with_custom_keys(self.custom_broker_keys());
         let registry = self.per_broker.resolve(&crate::brokers::ResolveContext {
             redis_url: self.redis.clone(),
             redis_db,
@@ -473,6 +542,7 @@ impl ServeArgs {
             request_timeout: self.request_timeout,
             max_sse_clients: self.max_sse_clients,
             base_path: self.base_path,
+            actions,
             max_http_queries: self.max_http_queries.max(1),
             metrics_max_labels: self.metrics_max_labels,
             registry,
@@ -795,6 +865,38 @@ mod tests {
     }
 
     #[test]
+    fn actions_are_refused_for_brokers_given_non_default_keys() {
+        use clap::Parser;
+        let Ok(Command::Serve(serve)) = Cli::try_parse_from([
+            "taskscope",
+            "serve",
+            "--allow-actions",
+            "--auth-token",
+            "t",
+            "--rq-prefix",
+            "myapp:",
+            "--dramatiq-namespace",
+            "dramatiq",
+        ])
+        .map(|c| c.command) else {
+            panic!("parses")
+        };
+        let Ok(settings) = serve.into_settings() else {
+            panic!("valid")
+        };
+        assert_eq!(
+            settings.actions.custom_keys_of(Broker::Rq),
+            Some("--rq-prefix myapp:")
+        );
+        assert_eq!(
+            settings.actions.custom_keys_of(Broker::Dramatiq),
+            None,
+            "the default"
+        );
+        assert_eq!(settings.actions.custom_keys_of(Broker::Celery), None);
+    }
+
+    #[test]
     fn a_listen_beyond_loopback_needs_a_token_or_insecure_listen() {
         use clap::Parser;
         let settings = |args: &[&str]| match Cli::try_parse_from(args).map(|c| c.command) {
@@ -993,7 +1095,11 @@ mod tests {
         known.sort_unstable();
         // Brokers added through the registry since bring their own keys, and only those.
         let added_since = [
+            "TASKSCOPE_ACTION_ALLOW_NAMES",
+            "TASKSCOPE_ALLOW_ACTIONS",
             "TASKSCOPE_ARQ_QUEUES",
+            "TASKSCOPE_AUDIT_RETENTION",
+            "TASKSCOPE_TRUSTED_USER_HEADER",
             "TASKSCOPE_BASE_PATH",
             "TASKSCOPE_BULLMQ_QUEUES",
             "TASKSCOPE_SIDEKIQ_NAMESPACE",

@@ -185,6 +185,8 @@ fn sample_detail() -> TaskDetailView {
         version: "0.1.0".to_string(),
         task,
         transitions,
+        actions: Vec::new(),
+        forms: None,
     }
 }
 
@@ -200,6 +202,7 @@ fn sample_list() -> TaskListView {
         },
         tasks: sample_tasks(),
         next_cursor: Some("2026-11-23T12:16:07.706Z|7c9d".to_string()),
+        bulk_actions: false,
     }
 }
 
