@@ -171,12 +171,11 @@ async fn chart_set(
     now: chrono::DateTime<Utc>,
 ) -> Result<templates::ChartSet, PageError> {
     let (range, filter) = params.window(now).map_err(PageError::BadRequest)?;
-    let (backlog, throughput, failures) = tokio::join!(
-        state.reader.backlog(range, filter.clone()),
-        state.reader.throughput(range, filter.clone()),
-        state.reader.failures(range, filter, 0),
-    );
-    let (backlog, throughput, failures) = (backlog?, throughput?, failures?);
+    // One query after another, not at once: each may take its share of DuckDB's memory limit
+    // (`StoreOptions::memory_limit_mib`), and together they ran out of it.
+    let backlog = state.reader.backlog(range, filter.clone()).await?;
+    let throughput = state.reader.throughput(range, filter.clone()).await?;
+    let failures = state.reader.failures(range, filter, 0).await?;
     let window = report_window(params, &range);
     let axis = &window.axis;
     let brokers: std::collections::BTreeSet<_> = backlog.iter().map(|s| s.broker).collect();
@@ -333,15 +332,23 @@ async fn reports_view(
     let (range, filter) = params.window(now).map_err(PageError::BadRequest)?;
     let (since, until) = (range.since, range.until);
     let r = &state.reader;
-    let (charts, by_name, runtime, wait, failing, frequent, retried) = tokio::join!(
-        chart_set(state, params, now),
-        r.failures(range, filter.clone(), super::reports::TOP_NAMES),
-        r.runtime(since, until, filter.clone(), TOP_ROWS),
-        r.wait(since, until, filter.clone(), TOP_ROWS),
-        r.name_stats(since, until, filter.clone(), NameOrder::Failures, TOP_ROWS),
-        r.name_stats(since, until, filter.clone(), NameOrder::Runs, TOP_ROWS),
-        r.name_stats(since, until, filter, NameOrder::Retries, TOP_ROWS),
-    );
+    // One query after another (see `chart_set`): a page's queries at once needed twice
+    // DuckDB's memory limit at 10M tasks.
+    let charts = chart_set(state, params, now).await;
+    let by_name = r
+        .failures(range, filter.clone(), super::reports::TOP_NAMES)
+        .await;
+    let runtime = r.runtime(since, until, filter.clone(), TOP_ROWS).await;
+    let wait = r.wait(since, until, filter.clone(), TOP_ROWS).await;
+    let failing = r
+        .name_stats(since, until, filter.clone(), NameOrder::Failures, TOP_ROWS)
+        .await;
+    let frequent = r
+        .name_stats(since, until, filter.clone(), NameOrder::Runs, TOP_ROWS)
+        .await;
+    let retried = r
+        .name_stats(since, until, filter, NameOrder::Retries, TOP_ROWS)
+        .await;
     let charts = charts?;
     let count = charts.window.axis.count;
     let failures_by_name = by_name?

@@ -120,9 +120,9 @@ pub const PIPELINE_CHUNK: usize = 512;
 ///
 /// `pubsub`: the client subscribes. fred sizes all eight of a client's broadcast channels
 /// (messages, keyspace events, errors, reconnects...) with one capacity and allocates every slot
-/// up front, so a large capacity costs ~20 MB of resident memory per client: only subscribers
-/// need it (their messages and keyspace events must survive a burst); command clients keep
-/// fred's default.
+/// up front (65,536 slots cost ~20 MB of resident memory per client): only subscribers get
+/// [`SUBSCRIBER_BUFFER`] (their messages and keyspace events must survive a burst); command
+/// clients keep fred's default.
 pub fn builder(url: &str, pubsub: bool) -> anyhow::Result<Builder> {
     let mut config =
         // fred's message is shown only when it cannot quote the URL's credentials.
@@ -155,14 +155,24 @@ pub fn builder(url: &str, pubsub: bool) -> anyhow::Result<Builder> {
             c.internal_command_timeout = Duration::from_secs(10);
         })
         .with_performance_config(|p| {
-            // fred drops pub/sub messages for a receiver that lags more than this.
+            // fred drops pub/sub messages for a receiver that lags more than this. Our
+            // forwarders move each message at once into the loop's channel (200,000 deep,
+            // allocated as it fills) or the prefetcher's unbounded queue, so fred's buffer only
+            // has to cover the moments a forwarder task waits for a core; a lag that still
+            // happens is counted and resynced (`Incoming::Lagged`).
             if pubsub {
-                p.broadcast_channel_capacity = 65_536;
+                p.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
             }
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 10_000, 2));
     Ok(builder)
 }
+
+/// Slots of each of a subscriber's fred broadcast channels, all allocated up front. Each
+/// forwarder empties its channel into a queue of ours at once, so this covers only the time a
+/// forwarder task waits to be scheduled (8,192 keyspace events: over a second at the load
+/// benchmark's highest notification rates).
+const SUBSCRIBER_BUFFER: usize = 8_192;
 
 fn cmd(name: &'static str) -> CustomCommand {
     CustomCommand::new_static(name, ClusterHash::FirstKey, false)

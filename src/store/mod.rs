@@ -130,12 +130,13 @@ pub struct StoreOptions {
     /// Reader connections kept open when idle.
     pub max_idle_readers: usize,
     /// DuckDB's `memory_limit` (its buffer pool: cached blocks, hash tables, sorts) in MiB
-    /// (`TASKSCOPE_DUCKDB_MEMORY_MIB`, 128 by default). DuckDB's own default is 80% of the
+    /// (`TASKSCOPE_DUCKDB_MEMORY_MIB`, 64 by default). DuckDB's own default is 80% of the
     /// machine's RAM, which a sidecar must not take: past this limit DuckDB evicts cached
     /// blocks (re-read from the OS page cache) and spills joins and sorts to `<db>.tmp`.
     /// Schema v3 has no ART index, which DuckDB keeps in memory whatever the limit. At 10M
-    /// tasks every route ran within 64 MiB alone, but `/reports` runs its queries at once and
-    /// ran out of memory there; the buffer pool fills up to the limit and stays resident.
+    /// tasks every route ran within 64 MiB alone; `/reports` and the overview run their queries
+    /// one after another (they ran out of memory at 64 MiB at once, hence the earlier 128). The
+    /// buffer pool fills up to the limit and stays resident.
     pub memory_limit_mib: usize,
     /// DuckDB's worker `threads` (database-wide). `None` keeps DuckDB's default (one per core).
     pub threads: Option<usize>,
@@ -155,7 +156,7 @@ impl Default for StoreOptions {
             memory_limit_mib: std::env::var("TASKSCOPE_DUCKDB_MEMORY_MIB")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(128),
+                .unwrap_or(64),
             threads: std::env::var("TASKSCOPE_DUCKDB_THREADS")
                 .ok()
                 .and_then(|v| v.parse().ok()),
