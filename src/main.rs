@@ -17,6 +17,7 @@
 //!
 //! Exit codes: 0 success, 2 bad usage, 1 any other error (one line saying what to do).
 
+mod actions;
 mod alerts;
 mod brokers;
 mod config;
