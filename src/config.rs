@@ -35,6 +35,9 @@ pub enum Command {
     /// A one-shot look at the brokers in Redis: queues, workers or tasks, as a table or JSON.
     /// Needs no history file and writes nothing to Redis.
     Inspect(Box<crate::inspect::InspectArgs>),
+    /// Empty a queue (as the broker's library does) after showing how many messages wait in
+    /// it; asks first unless `--yes`; journaled in `--db`'s audit journal when given.
+    Purge(Box<crate::purge::PurgeArgs>),
     /// Write every task matching the task-list filters to a CSV or Parquet file.
     Export(Box<crate::export::ExportArgs>),
     /// A private redis-server, generated traffic of every broker and the UI: a live
@@ -100,6 +103,10 @@ pub struct HousekeepingArgs {
     #[arg(long, env = "TASKSCOPE_AGGREGATE_RETENTION", default_value = "400d", value_parser = parse_duration, value_name = "DUR")]
     pub aggregate_retention: Duration,
 
+    /// How long the audit journal of actions is kept (never deleted with the task history).
+    #[arg(long, env = "TASKSCOPE_AUDIT_RETENTION", default_value = "400d", value_parser = parse_duration, value_name = "DUR")]
+    pub audit_retention: Duration,
+
     /// A schedule of its own for the roll-up job (TOML: `[schedule] rollup = "..."`).
     #[arg(long, env = "TASKSCOPE_SCHEDULE_ROLLUP", value_name = "CRON")]
     pub schedule_rollup: Option<String>,
@@ -144,6 +151,7 @@ impl HousekeepingArgs {
                 retention: self.retention,
                 sample_retention: self.sample_retention,
                 aggregate_retention: self.aggregate_retention,
+                audit_retention: self.audit_retention,
             },
         })
     }
@@ -230,6 +238,27 @@ pub struct ServeArgs {
     /// (`/api/events`, `/export.csv`) are timed only to their start.
     #[arg(long, env = "TASKSCOPE_REQUEST_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
     pub request_timeout: Duration,
+
+    /// Enable write actions (run, retry, delete, purge, revoke) from the UI and the API; needs
+    /// `--auth-token` or `--trusted-user-header`. Every action is journaled (`/audit`).
+    #[arg(long, env = "TASKSCOPE_ALLOW_ACTIONS")]
+    pub allow_actions: bool,
+
+    /// Task names that may be run from taskscope (comma list of globs: `*` any run of
+    /// characters, `?` one).
+    #[arg(
+        long,
+        env = "TASKSCOPE_ACTION_ALLOW_NAMES",
+        default_value = "*",
+        value_delimiter = ',',
+        value_name = "GLOBS"
+    )]
+    pub action_allow_names: Vec<String>,
+
+    /// The identity header an authenticating proxy sets (e.g. `X-Forwarded-User`): recorded in
+    /// the audit journal, and required on every write. The proxy must strip it from clients.
+    #[arg(long, env = "TASKSCOPE_TRUSTED_USER_HEADER", value_name = "NAME")]
+    pub trusted_user_header: Option<String>,
 
     /// Serve every page, asset and API route under this URL prefix (e.g. `/taskscope` behind a
     /// reverse proxy); requests are answered with or without it, so a proxy may strip it or not.
@@ -407,6 +436,8 @@ pub struct ServeSettings {
     pub max_sse_clients: usize,
     /// `--base-path`: the URL prefix pages and links are served under.
     pub base_path: crate::http::base_path::BasePath,
+    /// `--allow-actions`, `--action-allow-names`, `--trusted-user-header`.
+    pub actions: crate::actions::ActionSettings,
     pub max_http_queries: usize,
     pub metrics_max_labels: usize,
     /// Every broker's resolved settings (`src/brokers/`).
@@ -445,6 +476,13 @@ impl ServeArgs {
                 self.listen
             )));
         }
+        let actions = crate::actions::ActionSettings::new(
+            self.allow_actions,
+            &self.action_allow_names,
+            self.trusted_user_header.as_deref(),
+            self.auth_token.is_some(),
+        )
+        .map_err(UsageError)?;
         let registry = self.per_broker.resolve(&crate::brokers::ResolveContext {
             redis_url: self.redis.clone(),
             redis_db,
@@ -473,6 +511,7 @@ impl ServeArgs {
             request_timeout: self.request_timeout,
             max_sse_clients: self.max_sse_clients,
             base_path: self.base_path,
+            actions,
             max_http_queries: self.max_http_queries.max(1),
             metrics_max_labels: self.metrics_max_labels,
             registry,

@@ -28,6 +28,7 @@ mod http;
 mod ingest;
 mod inspect;
 mod metrics;
+mod purge;
 
 use taskscope::store;
 
@@ -50,11 +51,13 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse_from(&args);
     // A one-shot command's output is what it prints: only errors go to stderr by default.
-    init_tracing(if matches!(cli.command, Command::Inspect(_)) {
-        "error"
-    } else {
-        "info,fred=warn"
-    });
+    init_tracing(
+        if matches!(cli.command, Command::Inspect(_) | Command::Purge(_)) {
+            "error"
+        } else {
+            "info,fred=warn"
+        },
+    );
     match cli.command {
         Command::Housekeeping(args) => housekeeping_once(args),
         Command::Export(export_args) => match export::run(*export_args) {
@@ -84,6 +87,23 @@ fn main() -> ExitCode {
                     ExitCode::from(2)
                 }
                 Err(inspect::InspectError::Other(e)) => {
+                    eprintln!("taskscope: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Purge(args) => {
+            let runtime = match async_runtime() {
+                Ok(rt) => rt,
+                Err(code) => return code,
+            };
+            match runtime.block_on(purge::run(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(purge::PurgeError::Usage(msg)) => {
+                    eprintln!("taskscope: {msg}");
+                    ExitCode::from(2)
+                }
+                Err(purge::PurgeError::Other(e)) => {
                     eprintln!("taskscope: {e:#}");
                     ExitCode::from(1)
                 }
@@ -267,6 +287,27 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
              or a private network guards this port."
         );
     }
+    let actions = actions::Actions::start(
+        settings.actions.clone(),
+        &settings.redis_url,
+        settings.redis_db,
+        settings.max_payload_bytes,
+    )
+    .await?
+    .with_sidekiq_namespace(
+        settings
+            .registry
+            .namespace(broker_adapters::Broker::Sidekiq)
+            .as_deref(),
+    );
+    if actions.enabled() {
+        tracing::warn!(
+            names = %settings.actions.allow_names.join(","),
+            identity = settings.actions.trusted_user_header.as_deref().unwrap_or("token"),
+            "Write actions are enabled (--allow-actions): taskscope may enqueue, retry, delete, \
+             purge and revoke tasks; every action is journaled in /audit."
+        );
+    }
     let task_metrics = http::prometheus::TaskMetrics::new(settings.metrics_max_labels);
     task_metrics.clone().spawn_feed(writer.subscribe());
     let alert_board = alerts::AlertBoard::new(settings.alerts.rules.clone());
@@ -294,7 +335,8 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
             },
             shutdown_rx.clone(),
         )
-        .with_alerts(alert_board.clone()),
+        .with_alerts(alert_board.clone())
+        .with_actions(actions),
     );
     let alert_task = if settings.alerts.rules.is_empty() {
         None

@@ -62,7 +62,13 @@ pub struct Policy {
     pub sample_retention: Duration,
     /// Roll-ups and down-sampled queue samples.
     pub aggregate_retention: Duration,
+    /// The audit journal (`--audit-retention`): never shortened by the task retention.
+    pub audit_retention: Duration,
 }
+
+/// `--audit-retention`'s default: 400 days (tests).
+#[cfg(test)]
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(400 * 86_400);
 
 /// What a job did (or, in a dry run, would do).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -269,11 +275,20 @@ async fn retention(
         })
         .await?
         .rows;
-    report.rows += downsampled + aggregates;
+    let audit_before = ago(now, cx.policy.audit_retention);
+    let audit = cx
+        .writer
+        .maintain(Step::DeleteAudit {
+            before: audit_before,
+        })
+        .await?
+        .rows;
+    report.rows += downsampled + aggregates + audit;
     parts.push(format!(
-        "down-sampled queue samples older than {} (-{downsampled} rows); deleted {aggregates} aggregate rows older than {}",
+        "down-sampled queue samples older than {} (-{downsampled} rows); deleted {aggregates} aggregate rows older than {}; deleted {audit} audit entries older than {}",
         broker_adapters::rfc3339(&samples_before),
-        broker_adapters::rfc3339(&aggregates_before)
+        broker_adapters::rfc3339(&aggregates_before),
+        broker_adapters::rfc3339(&audit_before)
     ));
     report.detail = parts.join("; ");
     Ok(report)

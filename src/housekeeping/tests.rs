@@ -26,6 +26,7 @@ fn policy() -> Policy {
         retention: std::time::Duration::from_secs(30 * 86_400),
         sample_retention: std::time::Duration::from_secs(7 * 86_400),
         aggregate_retention: std::time::Duration::from_secs(400 * 86_400),
+        audit_retention: crate::housekeeping::jobs::DEFAULT_AUDIT_RETENTION,
     }
 }
 
@@ -397,6 +398,7 @@ async fn raw_rows_wait_for_their_rollup_and_aggregates_expire_after_their_retent
         retention: std::time::Duration::from_secs(60),
         sample_retention: std::time::Duration::from_secs(60),
         aggregate_retention: std::time::Duration::from_secs(3 * 86_400),
+        audit_retention: crate::housekeeping::jobs::DEFAULT_AUDIT_RETENTION,
     };
     let mut obs = lifecycle(
         "a",
@@ -420,6 +422,44 @@ async fn raw_rows_wait_for_their_rollup_and_aggregates_expire_after_their_retent
     // "a"'s roll-ups are 5 days old: past the 3-day aggregate retention, deleted too.
     assert_eq!(store.count("rollup_hourly").await, 0);
     assert_eq!(store.count("rollup_daily").await, 0);
+}
+
+#[tokio::test]
+async fn the_audit_journal_outlives_the_task_retention_and_goes_only_past_its_own() {
+    let store = Store::open();
+    let policy = Policy {
+        retention: std::time::Duration::from_secs(60),
+        sample_retention: std::time::Duration::from_secs(60),
+        aggregate_retention: std::time::Duration::from_secs(3 * 86_400),
+        audit_retention: std::time::Duration::from_secs(10 * 86_400),
+    };
+    for (days, target) in [(5, "kept"), (11, "gone")] {
+        store
+            .writer
+            .audit(store::NewAuditEntry {
+                at: days_ago(days, 0),
+                who: "token".into(),
+                action: "purge".into(),
+                broker: Some("rq".into()),
+                queue: Some("default".into()),
+                target: Some(target.into()),
+                arguments: None,
+                new_task_id: None,
+                outcome: store::AuditOutcome::Ok,
+                error: None,
+                count: Some(3),
+            })
+            .await
+            .unwrap();
+    }
+    let cx = store.context(&policy);
+    let report = jobs::run(Job::Retention, &cx, now(), false).await.unwrap();
+    assert!(
+        report.detail.contains("deleted 1 audit entries"),
+        "{}",
+        report.detail
+    );
+    assert_eq!(store.column("SELECT target FROM audit_log").await, ["kept"]);
 }
 
 #[tokio::test]

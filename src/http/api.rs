@@ -109,8 +109,11 @@ pub async fn get_task(
     };
     let mut value = serde_json::to_value(&task)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // The actions taken on it or that created it (issue #21): retries link both tasks.
+    let actions = state.reader.audit_for_task(&task.id).await?;
     if let Value::Object(map) = &mut value {
         map.insert("transitions".into(), json!(transitions));
+        map.insert("actions".into(), json!(actions));
     }
     Ok(Json(value))
 }

@@ -142,6 +142,20 @@ pub fn is_trusted(state: &AppState, headers: &HeaderMap, uri: &Uri) -> bool {
     }
 }
 
+/// Whether the request carries `--auth-token` as a bearer token (an API client: no browser
+/// session, so no CSRF token is asked of it).
+pub fn has_valid_bearer(state: &AppState, headers: &HeaderMap) -> bool {
+    state
+        .auth
+        .as_ref()
+        .is_some_and(|token| bearer(headers).is_some_and(|t| token.matches(t)))
+}
+
+/// The session cookie's value, if the request has one.
+pub fn session_of_request(headers: &HeaderMap) -> Option<&str> {
+    session_cookie(headers)
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(header::AUTHORIZATION)

@@ -2,6 +2,7 @@
 //! store. Handlers read only through [`StoreReader`] queries and render with the `templates`
 //! crate; nothing here touches Redis or DuckDB directly.
 
+mod actions;
 mod alerts;
 pub(crate) mod api;
 pub mod auth;
@@ -16,12 +17,13 @@ mod reports;
 pub mod server;
 #[cfg(test)]
 mod tests;
+pub mod write_guard;
 
 use crate::metrics::Metrics;
 use crate::store::StoreReader;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +53,10 @@ pub struct AppState {
     pub base_path: base_path::BasePath,
     /// Alert rules, their instances and webhook counters (empty without `[[alert]]` rules).
     pub alerts: crate::alerts::AlertBoard,
+    /// The write actions (disabled unless `--allow-actions`).
+    pub actions: Arc<crate::actions::Actions>,
+    /// The write routes' CSRF key and rate limit.
+    pub write_guard: Arc<write_guard::WriteGuard>,
 }
 
 impl AppState {
@@ -84,7 +90,15 @@ impl AppState {
             limits,
             shutdown,
             alerts: crate::alerts::AlertBoard::default(),
+            actions: Arc::new(crate::actions::Actions::disabled()),
+            write_guard: Arc::new(write_guard::WriteGuard::default()),
         }
+    }
+
+    /// The same state with write actions (`--allow-actions`).
+    pub fn with_actions(mut self, actions: crate::actions::Actions) -> AppState {
+        self.actions = Arc::new(actions);
+        self
     }
 
     /// The same state showing `alerts` (`/api/alerts`, `/`, `/metrics`).
@@ -127,8 +141,17 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(pages::overview))
         .route("/tasks", get(pages::task_list))
         .route("/tasks/{id}", get(pages::task_detail))
-        .route("/api/tasks", get(api::list_tasks))
+        .route("/api/tasks", get(api::list_tasks).post(actions::run))
         .route("/api/tasks/{id}", get(api::get_task))
+        .route("/api/tasks/{id}/retry", post(actions::retry))
+        .route("/api/tasks/{id}/revoke", post(actions::revoke))
+        .route(
+            "/api/queues/{broker}/{queue}/messages/{id}",
+            delete(actions::delete_message),
+        )
+        .route("/api/queues/{broker}/{queue}/purge", post(actions::purge))
+        .route("/api/audit", get(actions::audit))
+        .route("/api/csrf", get(actions::csrf))
         .route("/api/queues", get(api::queues))
         .route("/api/workers", get(api::workers))
         .route("/api/stats", get(api::stats))

@@ -106,6 +106,8 @@ pub enum Step {
     /// Delete queue samples and roll-ups older than `before` (the long retention), and
     /// housekeeping run records beyond the newest 1000.
     DeleteAggregates { before: DateTime<Utc> },
+    /// Delete audit journal entries older than `before` (`--audit-retention` only).
+    DeleteAudit { before: DateTime<Utc> },
     /// `FORCE CHECKPOINT`: deleted rows' blocks become reusable, the WAL is folded in.
     Checkpoint,
     /// Record a job run (for `/`, `/healthz` and the next process).
@@ -166,6 +168,10 @@ pub fn run_step(conn: &mut Connection, step: &Step) -> Result<StepOutcome, Store
                 ..StepOutcome::default()
             })
         }
+        Step::DeleteAudit { before } => Ok(StepOutcome {
+            rows: super::audit::delete_before(conn, *before)?,
+            ..StepOutcome::default()
+        }),
         Step::DeleteTransitions { from, to } => Ok(StepOutcome {
             rows: conn.execute(
                 "DELETE FROM transitions WHERE occurred_at >= ? AND occurred_at < ?",

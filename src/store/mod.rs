@@ -30,6 +30,9 @@
 mod alert_window;
 #[cfg(test)]
 mod alert_window_tests;
+pub mod audit;
+#[cfg(test)]
+mod audit_tests;
 mod export;
 mod groups;
 #[cfg(test)]
@@ -46,6 +49,7 @@ mod tests;
 mod writer;
 
 pub use alert_window::QueueWindow;
+pub use audit::{AuditEntry, AuditOutcome, AuditPage, AuditQuery, NewAuditEntry};
 pub use export::{
     open_read_only, write_csv_file as export_csv_to, write_parquet as export_parquet, CSV_HEADER,
 };

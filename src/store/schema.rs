@@ -244,6 +244,28 @@ pub(super) const MIGRATIONS: &[(i32, &str)] = &[
     CREATE TABLE failure_rollup_daily AS SELECT * FROM failure_rollup_hourly LIMIT 0;
     "#,
     ),
+    (
+        7,
+        r#"
+    -- The audit journal (issue #21): every write action taken through taskscope, refused and
+    -- failed ones included (`src/store/audit.rs`). Small and append-only: no index; kept for
+    -- --audit-retention, never deleted with the task history.
+    CREATE TABLE audit_log (
+        id          BIGINT NOT NULL,  -- increasing: the newest entry has the highest id
+        occurred_at TIMESTAMP NOT NULL,
+        who         VARCHAR NOT NULL,
+        action      VARCHAR NOT NULL, -- run, retry, delete, purge, revoke
+        broker      VARCHAR,
+        queue       VARCHAR,
+        target      VARCHAR,          -- the task or message acted on (the queue for purge)
+        arguments   VARCHAR,          -- JSON text
+        new_task_id VARCHAR,          -- the task a run or retry created
+        outcome     VARCHAR NOT NULL, -- ok, refused, failed
+        error       VARCHAR,
+        removed     BIGINT            -- messages removed by delete or purge
+    );
+    "#,
+    ),
 ];
 
 /// The statements of migration 3 that follow its DDL: the v2 rows of `tasks` and `transitions`

@@ -56,6 +56,12 @@ pub enum WriterCommand {
         step: Step,
         reply: oneshot::Sender<Result<StepOutcome, StoreError>>,
     },
+    /// Append an entry to the audit journal (`super::audit`), after the observations sent
+    /// before it are committed; answered with the entry and its id.
+    Audit {
+        entry: super::audit::NewAuditEntry,
+        reply: oneshot::Sender<Result<super::audit::AuditEntry, StoreError>>,
+    },
 }
 
 /// One state change, after it was committed. Sent to [`StoreWriter::subscribe`]rs.
@@ -129,6 +135,16 @@ impl StoreWriter {
     pub async fn maintain(&self, step: Step) -> Result<StepOutcome, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.send(WriterCommand::Maintain { step, reply }).await?;
+        rx.await.map_err(|_| StoreError::WriterGone)?
+    }
+
+    /// Appends `entry` to the audit journal; resolves with its id once committed.
+    pub async fn audit(
+        &self,
+        entry: super::audit::NewAuditEntry,
+    ) -> Result<super::audit::AuditEntry, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(WriterCommand::Audit { entry, reply }).await?;
         rx.await.map_err(|_| StoreError::WriterGone)?
     }
 
@@ -361,7 +377,10 @@ impl Writer {
             while weight < self.max_batch
                 && cmds.len() < MAX_COMMANDS
                 && started.elapsed() < MAX_DRAIN.max(self.linger)
-                && !matches!(cmds.last(), Some(WriterCommand::Maintain { .. }))
+                && !matches!(
+                    cmds.last(),
+                    Some(WriterCommand::Maintain { .. } | WriterCommand::Audit { .. })
+                )
             {
                 match rx.try_recv() {
                     Ok(cmd) => {
@@ -386,6 +405,12 @@ impl Writer {
                     let outcome = self.maintain(&step);
                     // The caller may have stopped waiting (shutdown); the step is done anyway.
                     let _ = reply.send(outcome);
+                }
+                Some(WriterCommand::Audit { entry, reply }) => {
+                    if !cmds.is_empty() {
+                        self.process(cmds, weight.saturating_sub(1));
+                    }
+                    let _ = reply.send(super::audit::append(&self.conn, entry));
                 }
                 Some(last) => {
                     cmds.push(last);
@@ -545,7 +570,9 @@ impl Writer {
                         self.fold_task(&mut out, loaded, &obs);
                     }
                 }
-                WriterCommand::Flush(_) | WriterCommand::Maintain { .. } => {}
+                WriterCommand::Flush(_)
+                | WriterCommand::Maintain { .. }
+                | WriterCommand::Audit { .. } => {}
             }
         }
         out

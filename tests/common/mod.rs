@@ -526,19 +526,32 @@ impl Taskscope {
 
     /// GET `path`, returning the status and the JSON body (`Value::Null` when not JSON).
     pub fn try_get(&self, path: &str) -> Result<(u16, Value), String> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .send()
-            .map_err(|e| format!("GET {path}: {e}"))?;
+        let mut request = self.http.get(self.url(path));
+        if let Some(token) = self.auth_token() {
+            request = request.bearer_auth(token);
+        }
+        let resp = request.send().map_err(|e| format!("GET {path}: {e}"))?;
         let status = resp.status().as_u16();
         let text = resp.text().map_err(|e| format!("GET {path}: body: {e}"))?;
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
     }
 
+    /// The `--auth-token` it was started with: the harness's requests send it as a bearer.
+    pub fn auth_token(&self) -> Option<&str> {
+        self.extra_args
+            .iter()
+            .position(|a| a == "--auth-token")
+            .and_then(|i| self.extra_args.get(i + 1))
+            .map(String::as_str)
+    }
+
     /// GET `path`, which must answer 200 with JSON.
     pub fn get(&self, path: &str) -> Value {
-        http_get_json(&self.http, &self.url(path))
+        match self.try_get(path) {
+            Ok((200, v)) => v,
+            Ok((status, v)) => panic!("GET {path}: status {status}: {v}"),
+            Err(e) => panic!("{e}"),
+        }
     }
 
     /// The task as taskscope knows it (with `transitions`), `None` on 404.

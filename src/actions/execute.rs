@@ -1,0 +1,551 @@
+//! What each action does for each broker: the reads it needs, the pure builder of the broker's
+//! file, one atomic write through [`ActionRedis`]. Unsupported combinations answer
+//! [`ActionError::Unsupported`] naming the broker and the action.
+
+use super::redis::ActionRedis;
+use super::{celery, rq, sidekiq, stored_whole, ActionError, ActionSettings};
+use broker_adapters::sidekiq::layout::Layout as SidekiqLayout;
+use broker_adapters::{Broker, Task, TaskState};
+use chrono::{DateTime, Utc};
+use serde_json::{Map, Value};
+
+/// `POST /api/tasks`: a task to enqueue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunRequest {
+    pub broker: Broker,
+    pub queue: Option<String>,
+    pub name: String,
+    pub args: Vec<Value>,
+    pub kwargs: Map<String, Value>,
+    pub delay_ms: Option<u64>,
+}
+
+/// The action writer: the settings and the Redis connection (none when actions are off).
+#[derive(Debug, Clone)]
+pub struct Actions {
+    pub settings: ActionSettings,
+    redis: Option<ActionRedis>,
+    /// `--max-payload-bytes`: a job hash larger than this is not read for a retry.
+    max_payload_bytes: usize,
+    /// The database number of the Redis URL (Celery's fanout channels name it).
+    db: u32,
+    /// Sidekiq's keys (`--sidekiq-namespace`).
+    sidekiq: SidekiqLayout,
+}
+
+/// Longest task name, queue or id accepted (the store's caps).
+const MAX_NAME: usize = 512;
+
+fn check_identifier(what: &str, value: &str) -> Result<(), ActionError> {
+    if value.is_empty() || value.len() > MAX_NAME || value.chars().any(char::is_control) {
+        return Err(ActionError::BadRequest(format!(
+            "{what} must be 1 to {MAX_NAME} bytes without control characters"
+        )));
+    }
+    Ok(())
+}
+
+impl Actions {
+    /// Actions that refuse everything (`--allow-actions` not given).
+    pub fn disabled() -> Actions {
+        Actions {
+            settings: ActionSettings::default(),
+            redis: None,
+            max_payload_bytes: 0,
+            db: 0,
+            sidekiq: SidekiqLayout::default(),
+        }
+    }
+
+    /// Connects to `redis_url` when `settings.enabled`.
+    pub async fn start(
+        settings: ActionSettings,
+        redis_url: &str,
+        db: u32,
+        max_payload_bytes: usize,
+    ) -> anyhow::Result<Actions> {
+        let redis = if settings.enabled {
+            Some(ActionRedis::connect(redis_url).await?)
+        } else {
+            None
+        };
+        Ok(Actions {
+            settings,
+            redis,
+            max_payload_bytes,
+            db,
+            sidekiq: SidekiqLayout::default(),
+        })
+    }
+
+    /// Writes Sidekiq's keys under `namespace` (`--sidekiq-namespace`; `None`: none).
+    pub fn with_sidekiq_namespace(mut self, namespace: Option<&str>) -> Actions {
+        self.sidekiq = SidekiqLayout::new(namespace);
+        self
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.settings.enabled && self.redis.is_some()
+    }
+
+    fn redis(&self) -> Result<&ActionRedis, ActionError> {
+        match &self.redis {
+            Some(r) if self.settings.enabled => Ok(r),
+            _ => Err(ActionError::Disabled),
+        }
+    }
+
+    /// Enqueues a new task; returns it as queued.
+    pub async fn run(&self, req: &RunRequest, now: DateTime<Utc>) -> Result<Task, ActionError> {
+        let redis = self.redis()?;
+        check_identifier("name", &req.name)?;
+        if !self.settings.name_allowed(&req.name) {
+            return Err(ActionError::Forbidden(format!(
+                "{:?} is not in --action-allow-names ({})",
+                req.name,
+                self.settings.allow_names.join(",")
+            )));
+        }
+        let run_at = req
+            .delay_ms
+            .filter(|d| *d > 0)
+            .map(|d| now + chrono::Duration::milliseconds(d.min(365 * 86_400_000) as i64));
+        let id = new_id(req.broker);
+        let (queue, write) = match req.broker {
+            Broker::Rq => {
+                let queue = req.queue.clone().unwrap_or_else(|| "default".into());
+                check_identifier("queue", &queue)?;
+                let w = rq::enqueue(&id, &req.name, &req.args, &req.kwargs, &queue, now, run_at);
+                (queue, w)
+            }
+            Broker::Celery => {
+                let queue = req.queue.clone().unwrap_or_else(|| "celery".into());
+                check_identifier("queue", &queue)?;
+                let message = celery::Message {
+                    id: &id,
+                    name: &req.name,
+                    args: &req.args,
+                    kwargs: &req.kwargs,
+                    queue: &queue,
+                    eta: run_at,
+                    retries: 0,
+                    root_id: None,
+                };
+                (queue.clone(), celery::enqueue(&message))
+            }
+            Broker::Sidekiq => {
+                let queue = req.queue.clone().unwrap_or_else(|| "default".into());
+                check_identifier("queue", &queue)?;
+                positional_only(Broker::Sidekiq, &req.kwargs)?;
+                let w = sidekiq::enqueue(
+                    &self.sidekiq,
+                    &id,
+                    &req.name,
+                    &req.args,
+                    &queue,
+                    now,
+                    run_at,
+                );
+                (queue, w)
+            }
+            other => {
+                return Err(ActionError::unsupported(
+                    other,
+                    "run",
+                    "not implemented yet",
+                ))
+            }
+        };
+        redis.apply(&write).await?;
+        let mut task = Task::new(req.broker, id, now);
+        task.queue = Some(queue);
+        task.name = Some(req.name.clone());
+        task.args = Some(Value::Array(req.args.clone()));
+        task.kwargs = Some(Value::Object(req.kwargs.clone()));
+        task.enqueued_at = Some(now);
+        task.eta = run_at;
+        Ok(task)
+    }
+
+    /// A new message with `original`'s name and arguments (re-read from Redis where the
+    /// broker still holds them, else from the store when stored whole); returns the new task.
+    pub async fn retry(&self, original: &Task, now: DateTime<Utc>) -> Result<Task, ActionError> {
+        let redis = self.redis()?;
+        if !matches!(
+            original.state,
+            TaskState::Failure | TaskState::Abandoned | TaskState::Retried
+        ) {
+            return Err(ActionError::Conflict(format!(
+                "task {} is {}: only failed or abandoned tasks are retried (run it again instead)",
+                original.id,
+                original.state.as_str()
+            )));
+        }
+        let name = original.name.clone().ok_or_else(|| {
+            ActionError::Conflict(format!("task {} has no known name", original.id))
+        })?;
+        if !self.settings.name_allowed(&name) {
+            return Err(ActionError::Forbidden(format!(
+                "{name:?} is not in --action-allow-names ({})",
+                self.settings.allow_names.join(",")
+            )));
+        }
+        match original.broker {
+            Broker::Rq => {
+                let queue = original.queue.clone().unwrap_or_else(|| "default".into());
+                let hash = redis
+                    .hash(&rq::job_key(&original.id), self.max_payload_bytes)
+                    .await?;
+                let new_id = uuid::Uuid::new_v4().to_string();
+                let write = match rq::retry(&hash, &new_id, &queue, now) {
+                    Some(w) => w,
+                    None => {
+                        let (args, kwargs) = whole_arguments(original)?;
+                        rq::enqueue(&new_id, &name, &args, &kwargs, &queue, now, None)
+                    }
+                };
+                redis.apply(&write).await?;
+                Ok(new_task(original, new_id, queue, name, now))
+            }
+            Broker::Celery => {
+                let (args, kwargs) = whole_arguments(original)?;
+                let queue = original.queue.clone().unwrap_or_else(|| "celery".into());
+                let new_id = uuid::Uuid::new_v4().to_string();
+                let message = celery::Message {
+                    id: &new_id,
+                    name: &name,
+                    args: &args,
+                    kwargs: &kwargs,
+                    queue: &queue,
+                    eta: None,
+                    retries: 0,
+                    root_id: None,
+                };
+                redis.apply(&celery::enqueue(&message)).await?;
+                Ok(new_task(original, new_id, queue, name, now))
+            }
+            Broker::Sidekiq => self.retry_sidekiq(redis, original, name, now).await,
+            other => Err(ActionError::unsupported(
+                other,
+                "retry",
+                "not implemented yet",
+            )),
+        }
+    }
+
+    /// Stops a running task (RQ `stop-job`, Celery `revoke` with terminate) or revokes a
+    /// waiting Celery task.
+    pub async fn revoke(&self, task: &Task) -> Result<(), ActionError> {
+        let redis = self.redis()?;
+        match task.broker {
+            Broker::Rq => {
+                let hash = redis
+                    .hash(&rq::job_key(&task.id), self.max_payload_bytes)
+                    .await?;
+                let field = |name: &str| {
+                    hash.iter()
+                        .find(|(k, _)| k == name)
+                        .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                        .filter(|v| !v.is_empty())
+                };
+                if field("status").as_deref() != Some("started") {
+                    return Err(ActionError::Conflict(format!(
+                        "RQ job {} is not running (status {}): only a running job can be stopped; \
+                         delete a waiting one",
+                        task.id,
+                        field("status").unwrap_or_else(|| "unknown: no job hash".into())
+                    )));
+                }
+                let worker = field("worker_name").ok_or_else(|| {
+                    ActionError::Conflict(format!("RQ job {} names no worker", task.id))
+                })?;
+                redis.apply(&rq::stop_job(&worker, &task.id)).await?;
+                Ok(())
+            }
+            Broker::Celery => {
+                if task.state.is_final() {
+                    return Err(ActionError::Conflict(format!(
+                        "task {} already finished ({})",
+                        task.id,
+                        task.state.as_str()
+                    )));
+                }
+                redis
+                    .apply(&celery::revoke_on(
+                        self.db,
+                        &task.id,
+                        uuid::Uuid::new_v4().to_string(),
+                        Utc::now(),
+                    ))
+                    .await?;
+                Ok(())
+            }
+            Broker::Sidekiq => Err(ActionError::unsupported(
+                Broker::Sidekiq,
+                "revoke",
+                "Sidekiq (OSS) has no way to stop a running job (only Sidekiq Pro/Enterprise \
+                 do); delete a waiting or scheduled one instead",
+            )),
+            other => Err(ActionError::unsupported(
+                other,
+                "revoke",
+                "the broker has no way to stop a running task",
+            )),
+        }
+    }
+
+    /// Removes waiting or delayed message `id` from `queue`; how many were removed (0 is an
+    /// error: not waiting there).
+    pub async fn delete(&self, broker: Broker, queue: &str, id: &str) -> Result<u64, ActionError> {
+        let redis = self.redis()?;
+        check_identifier("queue", queue)?;
+        check_identifier("id", id)?;
+        let removed = match broker {
+            Broker::Rq => redis.apply(&rq::delete(queue, id)).await?,
+            Broker::Celery => redis.apply(&celery::delete(queue, id)).await?,
+            Broker::Sidekiq => {
+                redis
+                    .apply(&sidekiq::delete(&self.sidekiq, queue, id))
+                    .await?
+            }
+            other => {
+                return Err(ActionError::unsupported(
+                    other,
+                    "delete",
+                    "not implemented yet",
+                ))
+            }
+        };
+        if removed <= 0 {
+            return Err(ActionError::NotFound(format!(
+                "no waiting or delayed {} message {id} in queue {queue:?}",
+                broker.as_str()
+            )));
+        }
+        Ok(removed as u64)
+    }
+
+    /// Waiting messages of `queue` (what a purge would remove).
+    pub async fn queue_length(&self, broker: Broker, queue: &str) -> Result<u64, ActionError> {
+        let redis = self.redis()?;
+        check_identifier("queue", queue)?;
+        let n = match broker {
+            Broker::Rq => {
+                redis
+                    .integer("LLEN", vec![rq::queue_key(queue).into_bytes()])
+                    .await?
+            }
+            Broker::Celery => {
+                let mut n = 0;
+                for key in celery::queue_keys(queue) {
+                    n += redis.integer("LLEN", vec![key.into_bytes()]).await?;
+                }
+                n
+            }
+            Broker::Sidekiq => {
+                redis
+                    .integer("LLEN", vec![self.sidekiq.queue(queue).into_bytes()])
+                    .await?
+            }
+            other => {
+                return Err(ActionError::unsupported(
+                    other,
+                    "purge",
+                    "not implemented yet",
+                ))
+            }
+        };
+        Ok(n.max(0) as u64)
+    }
+
+    /// Removes every waiting message of `queue`; how many.
+    pub async fn purge(&self, broker: Broker, queue: &str) -> Result<u64, ActionError> {
+        let redis = self.redis()?;
+        check_identifier("queue", queue)?;
+        let known = match broker {
+            Broker::Rq => {
+                redis
+                    .integer(
+                        "SISMEMBER",
+                        vec![b"rq:queues".to_vec(), rq::queue_key(queue).into_bytes()],
+                    )
+                    .await?
+                    > 0
+                    || redis
+                        .integer("EXISTS", vec![rq::queue_key(queue).into_bytes()])
+                        .await?
+                        > 0
+            }
+            Broker::Celery => {
+                let mut any = false;
+                for key in celery::queue_keys(queue) {
+                    any |= redis.integer("EXISTS", vec![key.into_bytes()]).await? > 0;
+                }
+                any || redis
+                    .integer(
+                        "EXISTS",
+                        vec![format!("_kombu.binding.{queue}").into_bytes()],
+                    )
+                    .await?
+                    > 0
+            }
+            Broker::Sidekiq => {
+                redis
+                    .integer(
+                        "SISMEMBER",
+                        vec![
+                            self.sidekiq.key(QUEUES_KEY).into_bytes(),
+                            queue.as_bytes().to_vec(),
+                        ],
+                    )
+                    .await?
+                    > 0
+                    || redis
+                        .integer("EXISTS", vec![self.sidekiq.queue(queue).into_bytes()])
+                        .await?
+                        > 0
+            }
+            other => {
+                return Err(ActionError::unsupported(
+                    other,
+                    "purge",
+                    "not implemented yet",
+                ))
+            }
+        };
+        if !known {
+            return Err(ActionError::NotFound(format!(
+                "{} queue {queue:?} not found in Redis",
+                broker.as_str()
+            )));
+        }
+        let removed = match broker {
+            Broker::Rq => redis.apply(&rq::purge(queue)).await?,
+            Broker::Sidekiq => redis.apply(&sidekiq::purge(&self.sidekiq, queue)).await?,
+            _ => redis.apply(&celery::purge(queue)).await?,
+        };
+        Ok(removed.max(0) as u64)
+    }
+}
+
+impl Actions {
+    /// Sidekiq: the job as its `retry` or `dead` set still holds it (class, args and options
+    /// exactly), pushed under a new jid and taken out of the set as Sidekiq's own retry does;
+    /// else, the stored arguments when whole.
+    async fn retry_sidekiq(
+        &self,
+        redis: &ActionRedis,
+        original: &Task,
+        name: String,
+        now: DateTime<Utc>,
+    ) -> Result<Task, ActionError> {
+        let new_jid = new_id(Broker::Sidekiq);
+        for set in sidekiq::failed_sets(&self.sidekiq) {
+            let Some(member) = redis
+                .script_bytes(
+                    sidekiq::FIND_LUA,
+                    std::slice::from_ref(&set),
+                    &[original.id.as_bytes().to_vec()],
+                    self.max_payload_bytes,
+                )
+                .await?
+            else {
+                continue;
+            };
+            let retry = sidekiq::retry(&self.sidekiq, &set, &member, &new_jid, now)
+                .map_err(ActionError::Conflict)?;
+            if redis.apply(&retry.write).await? == 0 {
+                return Err(ActionError::Conflict(format!(
+                    "Sidekiq job {} left the {set} set while it was being retried (Sidekiq's \
+                     retry poller took it): nothing written",
+                    original.id
+                )));
+            }
+            let mut task = new_task(original, new_jid, retry.queue, retry.class, now);
+            task.args = Some(retry.args);
+            task.kwargs = None;
+            return Ok(task);
+        }
+        let (args, kwargs) = whole_arguments(original)?;
+        positional_only(Broker::Sidekiq, &kwargs)?;
+        let queue = original.queue.clone().unwrap_or_else(|| "default".into());
+        let write = sidekiq::enqueue(&self.sidekiq, &new_jid, &name, &args, &queue, now, None);
+        redis.apply(&write).await?;
+        let mut task = new_task(original, new_jid, queue, name, now);
+        task.kwargs = None;
+        Ok(task)
+    }
+}
+
+/// Sidekiq's `queues` set, under the namespace.
+const QUEUES_KEY: &str = broker_adapters::sidekiq::layout::QUEUES;
+
+/// A new task id in the broker's own shape: Sidekiq's jid is `SecureRandom.hex(12)`; the others
+/// take a UUID.
+fn new_id(broker: Broker) -> String {
+    let uuid = uuid::Uuid::new_v4();
+    match broker {
+        Broker::Sidekiq => {
+            // 12 random bytes: two UUIDs' first 6 (before their version nibble).
+            let other = uuid::Uuid::new_v4();
+            let mut random = [0u8; 12];
+            random[..6].copy_from_slice(&uuid.as_bytes()[..6]);
+            random[6..].copy_from_slice(&other.as_bytes()[..6]);
+            sidekiq::jid(&random)
+        }
+        _ => uuid.to_string(),
+    }
+}
+
+/// Brokers whose jobs take positional arguments only refuse keyword arguments.
+fn positional_only(broker: Broker, kwargs: &Map<String, Value>) -> Result<(), ActionError> {
+    if kwargs.is_empty() {
+        return Ok(());
+    }
+    Err(ActionError::BadRequest(format!(
+        "{} jobs take positional arguments only: pass them in args, not kwargs",
+        broker.as_str()
+    )))
+}
+
+/// The stored arguments, when they are the whole arguments.
+fn whole_arguments(task: &Task) -> Result<(Vec<Value>, Map<String, Value>), ActionError> {
+    let args = match &task.args {
+        Some(Value::Array(a)) => a.clone(),
+        None => Vec::new(),
+        Some(_) => {
+            return Err(ActionError::Conflict(format!(
+                "task {}'s arguments were not stored as a list: cannot retry it",
+                task.id
+            )))
+        }
+    };
+    let kwargs = match &task.kwargs {
+        Some(Value::Object(m)) => m.clone(),
+        None => Map::new(),
+        Some(_) => {
+            return Err(ActionError::Conflict(format!(
+                "task {}'s keyword arguments were not stored as an object: cannot retry it",
+                task.id
+            )))
+        }
+    };
+    if !stored_whole(&Value::Array(args.clone())) || !stored_whole(&Value::Object(kwargs.clone())) {
+        return Err(ActionError::Conflict(format!(
+            "the broker no longer holds task {}'s message and its stored arguments were \
+             truncated or redacted: cannot retry it with its original arguments",
+            task.id
+        )));
+    }
+    Ok((args, kwargs))
+}
+
+fn new_task(original: &Task, id: String, queue: String, name: String, now: DateTime<Utc>) -> Task {
+    let mut task = Task::new(original.broker, id, now);
+    task.queue = Some(queue);
+    task.name = Some(name);
+    task.args = original.args.clone();
+    task.kwargs = original.kwargs.clone();
+    task.enqueued_at = Some(now);
+    task
+}

@@ -1,0 +1,496 @@
+//! The write routes of issue #21 (`POST /api/tasks`, `POST /api/tasks/{id}/retry|revoke`,
+//! `DELETE /api/queues/{broker}/{queue}/messages/{id}`, `POST /api/queues/{broker}/{queue}/purge`)
+//! and the journal's `GET /api/audit`.
+//!
+//! Each write goes: rate limit ([`write_guard`], 429 not journaled) -> identity and CSRF/Origin
+//! -> the action ([`crate::actions::Actions`]) -> one journal entry through the store writer,
+//! whatever the outcome (refused and failed ones too). The answer is the entry (or, for a run,
+//! the new task with its entry); an error is `{"error", "entry"}` with its status.
+
+use super::write_guard::{self, Refusal};
+use super::{ApiError, AppState};
+use crate::actions::{ActionError, RunRequest};
+use crate::store::{AuditEntry, AuditOutcome, AuditQuery, NewAuditEntry};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use broker_adapters::{Broker, Task};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+/// A request body: JSON, or a form (the pages' forms); the CSRF field of a form.
+struct Body {
+    fields: Map<String, Value>,
+    csrf: Option<String>,
+}
+
+fn parse_body(headers: &HeaderMap, bytes: &Bytes) -> Result<Body, String> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if content_type.starts_with("application/x-www-form-urlencoded") {
+        let mut fields = Map::new();
+        let mut csrf = None;
+        for (k, v) in form_urlencoded::parse(bytes) {
+            if k == write_guard::CSRF_FIELD {
+                csrf = Some(v.into_owned());
+            } else {
+                fields.insert(k.into_owned(), Value::String(v.into_owned()));
+            }
+        }
+        return Ok(Body { fields, csrf });
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Body {
+            fields: Map::new(),
+            csrf: None,
+        });
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(fields)) => {
+            let csrf = fields
+                .get(write_guard::CSRF_FIELD)
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            Ok(Body { fields, csrf })
+        }
+        Ok(_) => Err("the body must be a JSON object".into()),
+        Err(e) => Err(format!("the body is not JSON: {e}")),
+    }
+}
+
+/// The journal entry being built for one request.
+struct Pending {
+    entry: NewAuditEntry,
+}
+
+impl Pending {
+    fn new(action: &str, who: &str) -> Pending {
+        Pending {
+            entry: NewAuditEntry {
+                at: Utc::now(),
+                who: who.to_string(),
+                action: action.to_string(),
+                broker: None,
+                queue: None,
+                target: None,
+                arguments: None,
+                new_task_id: None,
+                outcome: AuditOutcome::Ok,
+                error: None,
+                count: None,
+            },
+        }
+    }
+}
+
+fn status_of(e: &ActionError) -> StatusCode {
+    match e {
+        ActionError::Disabled | ActionError::Forbidden(_) => StatusCode::FORBIDDEN,
+        ActionError::Unsupported { .. } | ActionError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        ActionError::NotFound(_) => StatusCode::NOT_FOUND,
+        ActionError::Conflict(_) => StatusCode::CONFLICT,
+        ActionError::Redis(_) => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// Journals `pending` with `result`'s outcome; the entry, or an API error if the journal
+/// itself failed.
+async fn journal(
+    state: &AppState,
+    mut pending: Pending,
+    failure: Option<(StatusCode, String)>,
+) -> Result<AuditEntry, ApiError> {
+    if let Some((status, message)) = &failure {
+        pending.entry.outcome = if *status == StatusCode::BAD_GATEWAY {
+            AuditOutcome::Failed
+        } else {
+            AuditOutcome::Refused
+        };
+        pending.entry.error = Some(message.clone());
+    }
+    Ok(state.writer.audit(pending.entry).await?)
+}
+
+/// The response to a write: `ok` on success, else `{"error","entry"}` with its status.
+async fn answer(
+    state: &AppState,
+    pending: Pending,
+    result: Result<Value, (StatusCode, String)>,
+) -> Response {
+    match result {
+        Ok(mut body) => match journal(state, pending, None).await {
+            Ok(entry) => {
+                if body.is_null() {
+                    body = json!(entry);
+                } else if let Value::Object(map) = &mut body {
+                    map.insert("audit".into(), json!(entry));
+                }
+                (StatusCode::OK, Json(body)).into_response()
+            }
+            Err(e) => e.into_response(),
+        },
+        Err((status, message)) => {
+            match journal(state, pending, Some((status, message.clone()))).await {
+                Ok(entry) => {
+                    (status, Json(json!({"error": message, "entry": entry}))).into_response()
+                }
+                Err(e) => e.into_response(),
+            }
+        }
+    }
+}
+
+fn refusal(r: Refusal) -> (StatusCode, String) {
+    (r.status, r.message)
+}
+
+fn action_failure(e: ActionError) -> (StatusCode, String) {
+    (status_of(&e), e.to_string())
+}
+
+/// The checks before any write. `Err` is an immediate response: 429 (not journaled), or a
+/// refusal (journaled as `who` "-" or the known user).
+async fn admit(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Result<Body, String>,
+    pending: &mut Pending,
+) -> Result<(), Response> {
+    if let Err(wait) = state.write_guard.take() {
+        let secs = wait.as_secs().max(1);
+        let mut response = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("too many write actions: try again in {secs} s"),
+        )
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Err(response);
+    }
+    let who = match write_guard::identity(state, headers) {
+        Ok(who) => who,
+        Err(r) => {
+            pending.entry.who = "-".into();
+            return Err(answer(
+                state,
+                std::mem::replace(pending, Pending::new("", "")),
+                Err(refusal(r)),
+            )
+            .await);
+        }
+    };
+    pending.entry.who = who;
+    let csrf = body.as_ref().ok().and_then(|b| b.csrf.as_deref());
+    if let Err(r) = write_guard::check_origin_and_csrf(state, headers, csrf) {
+        return Err(answer(
+            state,
+            std::mem::replace(pending, Pending::new("", "")),
+            Err(refusal(r)),
+        )
+        .await);
+    }
+    if !state.actions.enabled() {
+        return Err(answer(
+            state,
+            std::mem::replace(pending, Pending::new("", "")),
+            Err(action_failure(ActionError::Disabled)),
+        )
+        .await);
+    }
+    if let Err(e) = body {
+        return Err(answer(
+            state,
+            std::mem::replace(pending, Pending::new("", "")),
+            Err((StatusCode::BAD_REQUEST, e.clone())),
+        )
+        .await);
+    }
+    Ok(())
+}
+
+fn text_field(fields: &Map<String, Value>, name: &str) -> Option<String> {
+    match fields.get(name) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_string()),
+        _ => None,
+    }
+}
+
+/// A JSON list/object field, given as JSON or (from a form) as JSON text.
+fn json_field(fields: &Map<String, Value>, name: &str) -> Result<Option<Value>, String> {
+    match fields.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Ok(None),
+        Some(Value::String(s)) => serde_json::from_str(s)
+            .map(Some)
+            .map_err(|e| format!("{name} is not valid JSON: {e}")),
+        Some(v) => Ok(Some(v.clone())),
+    }
+}
+
+fn run_request(fields: &Map<String, Value>) -> Result<RunRequest, String> {
+    let broker: Broker = text_field(fields, "broker")
+        .ok_or("broker is required (celery, dramatiq, taskiq, rq, arq, bullmq, sidekiq)")?
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let name = text_field(fields, "name").ok_or("name is required: the task's name")?;
+    let args = match json_field(fields, "args")? {
+        None => Vec::new(),
+        Some(Value::Array(a)) => a,
+        Some(_) => return Err("args must be a JSON list".into()),
+    };
+    let kwargs = match json_field(fields, "kwargs")? {
+        None => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err("kwargs must be a JSON object".into()),
+    };
+    let delay_ms = match fields.get("delay_ms") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .ok_or("delay_ms must be a whole number of milliseconds >= 0")?,
+        ),
+        Some(Value::String(s)) if s.trim().is_empty() => None,
+        Some(Value::String(s)) => Some(
+            s.trim()
+                .parse::<u64>()
+                .map_err(|_| "delay_ms must be a whole number of milliseconds >= 0")?,
+        ),
+        Some(_) => return Err("delay_ms must be a whole number of milliseconds >= 0".into()),
+    };
+    Ok(RunRequest {
+        broker,
+        queue: text_field(fields, "queue"),
+        name,
+        args,
+        kwargs,
+        delay_ms,
+    })
+}
+
+/// `POST /api/tasks`: run a task -> the new task (with its journal entry as `audit`).
+pub async fn run(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes) -> Response {
+    let body = parse_body(&headers, &bytes);
+    let mut pending = Pending::new("run", "-");
+    if let Ok(b) = &body {
+        pending.entry.broker = text_field(&b.fields, "broker");
+        pending.entry.queue = text_field(&b.fields, "queue");
+        pending.entry.target = text_field(&b.fields, "name");
+        let mut args = b.fields.clone();
+        args.remove(write_guard::CSRF_FIELD);
+        pending.entry.arguments = Some(Value::Object(args));
+    }
+    if let Err(r) = admit(&state, &headers, &body, &mut pending).await {
+        return r;
+    }
+    let body = match body {
+        Ok(b) => b,
+        // `admit` answered a bad body already; kept for the compiler.
+        Err(e) => return ApiError::bad_request(e).into_response(),
+    };
+    let req = match run_request(&body.fields) {
+        Ok(r) => r,
+        Err(e) => return answer(&state, pending, Err((StatusCode::BAD_REQUEST, e))).await,
+    };
+    pending.entry.arguments = Some(json!({
+        "name": req.name, "args": req.args, "kwargs": req.kwargs, "delay_ms": req.delay_ms,
+    }));
+    let result = state.actions.run(&req, Utc::now()).await;
+    match result {
+        Ok(task) => {
+            pending.entry.queue = task.queue.clone();
+            pending.entry.new_task_id = Some(task.id.clone());
+            answer(&state, pending, Ok(task_json(&task))).await
+        }
+        Err(e) => answer(&state, pending, Err(action_failure(e))).await,
+    }
+}
+
+fn task_json(task: &Task) -> Value {
+    serde_json::to_value(task).unwrap_or(Value::Null)
+}
+
+async fn stored_task(state: &AppState, id: &str) -> Result<Task, (StatusCode, String)> {
+    match state.reader.get_task(id).await {
+        Ok(Some((task, _))) => Ok(task),
+        Ok(None) => Err((StatusCode::NOT_FOUND, format!("no task with id {id:?}"))),
+        Err(e) => Err((StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
+}
+
+/// `POST /api/tasks/{id}/retry` -> the journal entry (`new_task_id`: the retry).
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let body = parse_body(&headers, &bytes);
+    let mut pending = Pending::new("retry", "-");
+    pending.entry.target = Some(id.clone());
+    if let Err(r) = admit(&state, &headers, &body, &mut pending).await {
+        return r;
+    }
+    let original = match stored_task(&state, &id).await {
+        Ok(t) => t,
+        Err(e) => return answer(&state, pending, Err(e)).await,
+    };
+    pending.entry.broker = Some(original.broker.as_str().to_string());
+    pending.entry.queue = original.queue.clone();
+    pending.entry.arguments = Some(json!({
+        "name": original.name, "args": original.args, "kwargs": original.kwargs,
+    }));
+    match state.actions.retry(&original, Utc::now()).await {
+        Ok(task) => {
+            pending.entry.new_task_id = Some(task.id.clone());
+            answer(&state, pending, Ok(Value::Null)).await
+        }
+        Err(e) => answer(&state, pending, Err(action_failure(e))).await,
+    }
+}
+
+/// `POST /api/tasks/{id}/revoke` -> the journal entry.
+pub async fn revoke(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let body = parse_body(&headers, &bytes);
+    let mut pending = Pending::new("revoke", "-");
+    pending.entry.target = Some(id.clone());
+    if let Err(r) = admit(&state, &headers, &body, &mut pending).await {
+        return r;
+    }
+    let task = match stored_task(&state, &id).await {
+        Ok(t) => t,
+        Err(e) => return answer(&state, pending, Err(e)).await,
+    };
+    pending.entry.broker = Some(task.broker.as_str().to_string());
+    pending.entry.queue = task.queue.clone();
+    match state.actions.revoke(&task).await {
+        Ok(()) => answer(&state, pending, Ok(Value::Null)).await,
+        Err(e) => answer(&state, pending, Err(action_failure(e))).await,
+    }
+}
+
+fn parse_broker(text: &str) -> Result<Broker, (StatusCode, String)> {
+    text.parse()
+        .map_err(|e| (StatusCode::NOT_FOUND, format!("{e}")))
+}
+
+/// `DELETE /api/queues/{broker}/{queue}/messages/{id}` -> the journal entry.
+pub async fn delete_message(
+    State(state): State<AppState>,
+    Path((broker, queue, id)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let body = parse_body(&headers, &bytes);
+    let mut pending = Pending::new("delete", "-");
+    pending.entry.broker = Some(broker.clone());
+    pending.entry.queue = Some(queue.clone());
+    pending.entry.target = Some(id.clone());
+    if let Err(r) = admit(&state, &headers, &body, &mut pending).await {
+        return r;
+    }
+    let broker = match parse_broker(&broker) {
+        Ok(b) => b,
+        Err(e) => return answer(&state, pending, Err(e)).await,
+    };
+    match state.actions.delete(broker, &queue, &id).await {
+        Ok(n) => {
+            pending.entry.count = Some(n);
+            answer(&state, pending, Ok(Value::Null)).await
+        }
+        Err(e) => answer(&state, pending, Err(action_failure(e))).await,
+    }
+}
+
+/// `POST /api/queues/{broker}/{queue}/purge` -> the journal entry (`count`: messages removed).
+pub async fn purge(
+    State(state): State<AppState>,
+    Path((broker, queue)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let body = parse_body(&headers, &bytes);
+    let mut pending = Pending::new("purge", "-");
+    pending.entry.broker = Some(broker.clone());
+    pending.entry.queue = Some(queue.clone());
+    pending.entry.target = Some(queue.clone());
+    if let Err(r) = admit(&state, &headers, &body, &mut pending).await {
+        return r;
+    }
+    let broker = match parse_broker(&broker) {
+        Ok(b) => b,
+        Err(e) => return answer(&state, pending, Err(e)).await,
+    };
+    match state.actions.purge(broker, &queue).await {
+        Ok(n) => {
+            pending.entry.count = Some(n);
+            answer(&state, pending, Ok(Value::Null)).await
+        }
+        Err(e) => answer(&state, pending, Err(action_failure(e))).await,
+    }
+}
+
+/// `GET /api/csrf`: this session's CSRF token, for scripts behind an identity proxy.
+pub async fn csrf(State(state): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    Json(json!({ "csrf_token": write_guard::csrf_for(&state, &headers) }))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct AuditParams {
+    action: Option<String>,
+    who: Option<String>,
+    since: Option<String>,
+    until: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Turns `/api/audit`'s parameters into a store query.
+pub fn audit_query(p: &AuditParams) -> Result<AuditQuery, ApiError> {
+    let now = Utc::now();
+    let time = |v: &Option<String>, name: &str| -> Result<_, ApiError> {
+        v.as_deref()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| super::query::parse_time_filter(name, s, now))
+            .transpose()
+    };
+    let before_id = p
+        .cursor
+        .as_deref()
+        .filter(|c| !c.is_empty())
+        .map(|c| {
+            c.parse::<i64>().map_err(|_| {
+                ApiError::bad_request("invalid cursor: pass the next_cursor of a previous page")
+            })
+        })
+        .transpose()?;
+    Ok(AuditQuery {
+        action: p.action.clone().filter(|s| !s.is_empty()),
+        who: p.who.clone().filter(|s| !s.is_empty()),
+        since: time(&p.since, "since")?,
+        until: time(&p.until, "until")?,
+        before_id,
+        limit: p.limit.unwrap_or(50).clamp(1, 1000),
+    })
+}
+
+/// `GET /api/audit`: `{"entries":[...],"next_cursor"}`, newest first.
+pub async fn audit(
+    State(state): State<AppState>,
+    Query(params): Query<AuditParams>,
+) -> Result<Json<Value>, ApiError> {
+    let query = audit_query(&params)?;
+    let page = state.reader.audit(&query).await?;
+    Ok(Json(json!(page)))
+}

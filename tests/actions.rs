@@ -1,0 +1,876 @@
+//! Write actions end to end (issue #21): taskscope with `--allow-actions` on a private
+//! redis-server enqueues, retries, deletes, purges and stops tasks in each broker's own format,
+//! and the broker's real workers run (or never run) them; every action is in `/api/audit` and
+//! in the timelines of the tasks it touched. Refusals: no `--allow-actions`, no CSRF token or
+//! Origin, a name outside `--action-allow-names`, the rate limit, a missing identity header.
+//!
+//! Run one: `cargo test --test actions -- rq_run`.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::process::Command;
+
+const TOKEN: &str = "act-s3cret";
+
+/// redis-server and taskscope with actions enabled (token auth) for `brokers`.
+struct World {
+    ts: Taskscope,
+    redis: RedisServer,
+    http: reqwest::blocking::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    fn new(brokers: &str, extra: &[&str]) -> World {
+        let redis = RedisServer::start();
+        let dir = tempfile::Builder::new()
+            .prefix("taskscope-db-")
+            .tempdir()
+            .expect("tempdir");
+        let mut args = vec!["--brokers", brokers, "--sample-every", "1s"];
+        args.extend_from_slice(extra);
+        let ts = Taskscope::start(&redis.url(), &dir.path().join("t.duckdb"), &args);
+        World {
+            ts,
+            redis,
+            http: reqwest::blocking::Client::builder()
+                .timeout(std::time::Duration::from_secs(20))
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .expect("client"),
+            _dir: dir,
+        }
+    }
+
+    fn with_actions(brokers: &str) -> World {
+        World::new(brokers, &["--allow-actions", "--auth-token", TOKEN])
+    }
+
+    /// A write with the bearer token: (status, JSON body).
+    fn write(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = self.ts.url(path);
+        let mut req = match method {
+            "DELETE" => self.http.delete(url),
+            _ => self.http.post(url),
+        };
+        req = req.bearer_auth(TOKEN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
+            .send()
+            .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = resp.status().as_u16();
+        let text = resp.text().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    fn run(&self, body: Value) -> Value {
+        let (status, v) = self.write("POST", "/api/tasks", Some(body.clone()));
+        assert_eq!(status, 200, "POST /api/tasks {body}: {v}");
+        v
+    }
+
+    fn audit(&self) -> Vec<Value> {
+        self.ts.get("/api/audit?limit=1000")["entries"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn redis_cli(&self, args: &[&str]) -> String {
+        self.redis.cli(args)
+    }
+}
+
+fn rq_worker(w: &World) -> RqWorker {
+    RqWorker::start(&w.redis.url(), &["default"], &[], &[])
+}
+
+#[test]
+fn rq_run_from_the_api_is_executed_by_a_real_worker_and_journaled() {
+    let _slot = test_slot();
+    let w = World::with_actions("rq");
+    let worker = rq_worker(&w);
+    let task = w.run(
+        json!({"broker": "rq", "queue": "default", "name": "rq_app.add",
+                            "args": [2, 3], "kwargs": {"note": "from taskscope"}}),
+    );
+    let id = task["id"].as_str().expect("the new task's id").to_string();
+    assert_eq!(task["state"], "queued", "{task}");
+    assert_eq!(task["audit"]["who"], "token", "{task}");
+    assert_eq!(task["audit"]["new_task_id"], id.as_str(), "{task}");
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["result"], json!(5), "{done}");
+    assert_eq!(done["name"], "rq_app.add", "{done}");
+    assert_eq!(done["args"], json!([2, 3]), "{done}");
+    assert_eq!(done["kwargs"], json!({"note": "from taskscope"}), "{done}");
+    assert_eq!(done["worker"], worker.name.as_str(), "{done}");
+    let states = transition_states(&done);
+    assert!(states.contains(&"running".to_string()), "{states:?}");
+    let actions = done["actions"].as_array().expect("actions in the timeline");
+    assert_eq!(actions.len(), 1, "{done}");
+    assert_eq!(actions[0]["action"], "run");
+    let audit = w.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["action"], "run");
+    assert_eq!(audit[0]["outcome"], "ok");
+    assert_eq!(audit[0]["target"], "rq_app.add");
+    assert_eq!(audit[0]["arguments"]["args"], json!([2, 3]));
+    for key in [
+        "id",
+        "at",
+        "who",
+        "action",
+        "target",
+        "new_task_id",
+        "outcome",
+        "error",
+    ] {
+        assert!(audit[0].get(key).is_some(), "{key} missing: {}", audit[0]);
+    }
+}
+
+#[test]
+fn rq_failed_task_retried_runs_again_under_a_new_id_linked_both_ways() {
+    let _slot = test_slot();
+    let w = World::with_actions("rq");
+    let _worker = rq_worker(&w);
+    let ids = rq_produce(
+        &w.redis.url(),
+        "fail",
+        1,
+        &RqProduceOpts {
+            args: Some(json!([7])),
+            ..RqProduceOpts::default()
+        },
+    );
+    let failed = w.ts.wait_state(&ids[0], "failure", LONG);
+    assert_eq!(failed["error"], "ValueError: card declined 7", "{failed}");
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["action"], "retry");
+    assert_eq!(entry["target"], ids[0].as_str());
+    assert_eq!(entry["outcome"], "ok");
+    let new_id = entry["new_task_id"]
+        .as_str()
+        .expect("new_task_id")
+        .to_string();
+    assert_ne!(new_id, ids[0]);
+    // The same call ran again under the new id (and failed the same way).
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["name"], "rq_app.fail", "{again}");
+    assert_eq!(again["args"], json!([7]), "{again}");
+    assert_eq!(again["error"], "ValueError: card declined 7", "{again}");
+    for id in [&ids[0], &new_id] {
+        let t = w.ts.task(id).expect("task");
+        let actions = t["actions"].as_array().expect("actions");
+        assert!(
+            actions
+                .iter()
+                .any(|a| a["action"] == "retry" && a["new_task_id"] == new_id.as_str()),
+            "task {id} does not show the retry: {t}"
+        );
+    }
+    // A successful task is not retried.
+    let ok = w.run(json!({"broker": "rq", "name": "rq_app.add", "args": [1, 1]}));
+    let ok_id = ok["id"].as_str().unwrap().to_string();
+    w.ts.wait_state(&ok_id, "success", LONG);
+    let (status, refused) = w.write("POST", &format!("/api/tasks/{ok_id}/retry"), None);
+    assert_eq!(status, 409, "{refused}");
+    assert_eq!(refused["entry"]["outcome"], "refused", "{refused}");
+}
+
+#[test]
+fn rq_delete_and_purge_remove_messages_a_stopped_worker_would_have_run() {
+    let _slot = test_slot();
+    let w = World::with_actions("rq");
+    // No worker yet: five jobs wait.
+    let ids = rq_produce(
+        &w.redis.url(),
+        "add",
+        5,
+        &RqProduceOpts {
+            args: Some(json!([1, 2])),
+            ..RqProduceOpts::default()
+        },
+    );
+    w.ts.wait_all_state(&ids, "queued", SHORT);
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/rq/default/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["action"], "delete");
+    assert_eq!(entry["count"], 1);
+    assert_eq!(w.redis_cli(&["EXISTS", &format!("rq:job:{}", ids[0])]), "0");
+    // Deleting it again: not waiting any more.
+    let (status, again) = w.write(
+        "DELETE",
+        &format!("/api/queues/rq/default/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 404, "{again}");
+    let (status, entry) = w.write("POST", "/api/queues/rq/default/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["action"], "purge");
+    assert_eq!(entry["count"], 4, "{entry}");
+    assert_eq!(w.redis_cli(&["LLEN", "rq:queue:default"]), "0");
+    let (status, missing) = w.write("POST", "/api/queues/rq/nosuchqueue/purge", None);
+    assert_eq!(status, 404, "{missing}");
+    // A worker now runs what is left: a marker job enqueued after them runs, they never do.
+    let _worker = rq_worker(&w);
+    let marker = rq_produce(&w.redis.url(), "add", 1, &RqProduceOpts::default());
+    w.ts.wait_state(&marker[0], "success", LONG);
+    for id in &ids {
+        assert_eq!(
+            w.redis_cli(&["EXISTS", &format!("rq:job:{id}")]),
+            "0",
+            "{id}"
+        );
+        let t = w.ts.task(id).expect("task");
+        assert_ne!(t["state"], "success", "a deleted job ran: {t}");
+        assert!(t["started_at"].is_null(), "a deleted job started: {t}");
+    }
+    let actions: Vec<String> = w
+        .audit()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        ["purge:refused", "purge:ok", "delete:refused", "delete:ok"],
+        "newest first"
+    );
+}
+
+#[test]
+fn rq_running_job_is_stopped_by_revoke() {
+    let _slot = test_slot();
+    let w = World::with_actions("rq");
+    let worker = rq_worker(&w);
+    let hang = rq_produce(&w.redis.url(), "hang", 1, &RqProduceOpts::default());
+    worker.wait_started(&hang[0], LONG);
+    w.ts.wait_state(&hang[0], "running", SHORT);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/revoke", hang[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["action"], "revoke");
+    let t = w.ts.wait_state(&hang[0], "failure", LONG);
+    assert_eq!(t["error"], "stopped", "{t}");
+    // A finished job cannot be stopped.
+    let (status, refused) = w.write("POST", &format!("/api/tasks/{}/revoke", hang[0]), None);
+    assert_eq!(status, 409, "{refused}");
+}
+
+#[test]
+fn writes_are_refused_without_allow_actions() {
+    let _slot = test_slot();
+    let w = World::new("rq", &["--auth-token", TOKEN]);
+    let (status, v) = w.write(
+        "POST",
+        "/api/tasks",
+        Some(json!({"broker": "rq", "name": "rq_app.add"})),
+    );
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("--allow-actions"),
+        "{v}"
+    );
+    assert_eq!(w.redis_cli(&["EXISTS", "rq:queue:default"]), "0");
+    let (status, v) = w.write("POST", "/api/queues/rq/default/purge", None);
+    assert_eq!(status, 403, "{v}");
+}
+
+#[test]
+fn browser_writes_need_the_origin_and_the_csrf_token_and_names_must_be_allowed() {
+    let _slot = test_slot();
+    let w = World::new(
+        "rq",
+        &[
+            "--allow-actions",
+            "--auth-token",
+            TOKEN,
+            "--action-allow-names",
+            "rq_app.*",
+        ],
+    );
+    // A browser session: the cookie from `?token=`.
+    let login = w
+        .http
+        .get(w.ts.url(&format!("/?token={TOKEN}")))
+        .send()
+        .expect("login");
+    assert_eq!(login.status().as_u16(), 303);
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
+    let host = w.ts.base_url.trim_start_matches("http://").to_string();
+    let form = |fields: &[(&str, &str)], origin: Option<&str>| {
+        let mut req = w
+            .http
+            .post(w.ts.url("/api/tasks"))
+            .header("cookie", &cookie)
+            .form(fields);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        let resp = req.send().expect("post");
+        let status = resp.status().as_u16();
+        (status, resp.json::<Value>().unwrap_or(Value::Null))
+    };
+    let run = [("broker", "rq"), ("name", "rq_app.add"), ("args", "[1, 2]")];
+    // No Origin: refused.
+    let (status, v) = form(&run, None);
+    assert_eq!(status, 403, "{v}");
+    // Another site's Origin: refused.
+    let (status, v) = form(&run, Some("http://evil.example"));
+    assert_eq!(status, 403, "{v}");
+    // Our Origin without the CSRF token: refused.
+    let origin = format!("http://{host}");
+    let (status, v) = form(&run, Some(&origin));
+    assert_eq!(status, 403, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("CSRF"), "{v}");
+    // With the session's token: accepted.
+    let csrf = w
+        .http
+        .get(w.ts.url("/api/csrf"))
+        .header("cookie", &cookie)
+        .send()
+        .expect("csrf")
+        .json::<Value>()
+        .expect("json")["csrf_token"]
+        .as_str()
+        .expect("csrf_token")
+        .to_string();
+    let mut with_token = run.to_vec();
+    with_token.push(("csrf_token", &csrf));
+    let (status, v) = form(&with_token, Some(&origin));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["name"], "rq_app.add", "{v}");
+    assert_eq!(v["args"], json!([1, 2]), "{v}");
+    // A name outside --action-allow-names.
+    let (status, v) = w.write(
+        "POST",
+        "/api/tasks",
+        Some(json!({"broker": "rq", "name": "os.system", "args": ["true"]})),
+    );
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("--action-allow-names"),
+        "{v}"
+    );
+    assert_eq!(w.redis_cli(&["LLEN", "rq:queue:default"]), "1");
+    let audit = w.audit();
+    let outcomes: Vec<&str> = audit
+        .iter()
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        ["refused", "ok", "refused", "refused", "refused"],
+        "{audit:?}"
+    );
+    // An unsupported combination names the broker and the action.
+    let (status, v) = w.write(
+        "POST",
+        "/api/tasks",
+        Some(json!({"broker": "sidekiq", "name": "rq_app.add"})),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("sidekiq"), "{v}");
+    // The rate limit: a burst of writes ends in 429 with Retry-After.
+    let mut limited = None;
+    for _ in 0..60 {
+        let resp = w
+            .http
+            .post(w.ts.url("/api/queues/rq/nosuch/purge"))
+            .bearer_auth(TOKEN)
+            .send()
+            .expect("post");
+        if resp.status().as_u16() == 429 {
+            limited = Some(resp);
+            break;
+        }
+    }
+    let limited = limited.expect("no 429 after 60 writes in a burst");
+    assert!(limited.headers().get("retry-after").is_some());
+}
+
+#[test]
+fn the_trusted_user_header_names_who_acted_and_is_required() {
+    let _slot = test_slot();
+    let w = World::new(
+        "rq",
+        &[
+            "--allow-actions",
+            "--trusted-user-header",
+            "X-Forwarded-User",
+        ],
+    );
+    let host = w.ts.base_url.trim_start_matches("http://").to_string();
+    let origin = format!("http://{host}");
+    let csrf_of = |user: &str| {
+        w.http
+            .get(w.ts.url("/api/csrf"))
+            .header("x-forwarded-user", user)
+            .send()
+            .expect("csrf")
+            .json::<Value>()
+            .expect("json")["csrf_token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let post = |user: Option<&str>, csrf: &str| {
+        let mut req = w
+            .http
+            .post(w.ts.url("/api/tasks"))
+            .header("origin", &origin)
+            .header("x-csrf-token", csrf)
+            .json(&json!({"broker": "rq", "name": "rq_app.add", "args": [1, 1]}));
+        if let Some(u) = user {
+            req = req.header("x-forwarded-user", u);
+        }
+        let resp = req.send().expect("post");
+        (
+            resp.status().as_u16(),
+            resp.json::<Value>().unwrap_or(Value::Null),
+        )
+    };
+    let (status, v) = post(None, &csrf_of("alice"));
+    assert_eq!(status, 403, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("X-Forwarded-User"),
+        "{v}"
+    );
+    let (status, v) = post(Some("alice"), &csrf_of("alice"));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["audit"]["who"], "alice", "{v}");
+    // Another user's CSRF token does not do.
+    let (status, v) = post(Some("bob"), &csrf_of("alice"));
+    assert_eq!(status, 403, "{v}");
+    let who: Vec<String> = w.ts.get("/api/audit?who=alice")["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["who"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(who, ["alice"]);
+}
+
+#[test]
+fn allow_actions_without_a_token_or_identity_header_exits_2() {
+    let out = Command::new(taskscope_bin())
+        .args(["serve", "--allow-actions", "--listen", "127.0.0.1:0"])
+        .env_remove("TASKSCOPE_AUTH_TOKEN")
+        .env_remove("TASKSCOPE_TRUSTED_USER_HEADER")
+        .output()
+        .expect("run taskscope");
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--auth-token") && err.contains("--trusted-user-header"),
+        "{err}"
+    );
+}
+
+#[test]
+fn purge_cli_shows_the_count_asks_and_journals_in_the_history_file() {
+    let _slot = test_slot();
+    let mut w = World::with_actions("rq");
+    let ids = rq_produce(&w.redis.url(), "add", 3, &RqProduceOpts::default());
+    w.ts.wait_all_state(&ids, "queued", SHORT);
+    w.ts.stop();
+    let purge = |answer: &str, extra: &[&str]| {
+        use std::io::Write;
+        let mut child = Command::new(taskscope_bin())
+            .args(["purge", "rq", "default", "--redis", &w.redis.url()])
+            .args(extra)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("run taskscope purge");
+        let _ = child.stdin.take().unwrap().write_all(answer.as_bytes());
+        child.wait_with_output().expect("purge output")
+    };
+    // Asked, answered no: nothing purged.
+    let out = purge("n\n", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("3 waiting messages in rq queue \"default\""),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Nothing purged"), "{stdout}");
+    assert_eq!(w.redis_cli(&["LLEN", "rq:queue:default"]), "3");
+    // --yes, journaled in the history file.
+    let db = w.ts.db_path.to_string_lossy().to_string();
+    let out = purge("", &["--yes", "--db", &db]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("Purged 3 messages"), "{stdout}");
+    assert_eq!(w.redis_cli(&["LLEN", "rq:queue:default"]), "0");
+    // An empty queue purges to nothing; an unknown broker is bad usage.
+    let out = purge("", &["--yes"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Purged 0 messages"),
+        "{out:?}"
+    );
+    let bad = Command::new(taskscope_bin())
+        .args([
+            "purge",
+            "nosuch",
+            "default",
+            "--yes",
+            "--redis",
+            &w.redis.url(),
+        ])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2), "{bad:?}");
+    w.ts.restart();
+    let audit = w.audit();
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["action"], "purge");
+    assert_eq!(audit[0]["count"], 3);
+    assert!(
+        audit[0]["who"].as_str().unwrap().starts_with("cli"),
+        "{}",
+        audit[0]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Celery (tests/python/celery_app.py, billing.py)
+
+fn celery_worker(w: &World) -> CeleryWorker {
+    CeleryWorker::start(&w.redis.url(), "celery", true, &[])
+}
+
+#[test]
+fn celery_run_with_a_countdown_is_executed_by_a_real_worker_at_its_eta() {
+    let _slot = test_slot();
+    let w = World::with_actions("celery");
+    let _worker = celery_worker(&w);
+    let task = w.run(
+        json!({"broker": "celery", "queue": "celery", "name": "billing.add",
+                            "args": [20, 22], "delay_ms": 1500}),
+    );
+    let id = task["id"].as_str().expect("id").to_string();
+    let eta = chrono::DateTime::parse_from_rfc3339(task["eta"].as_str().expect("eta")).unwrap();
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["result"], json!(42), "{done}");
+    assert_eq!(done["name"], "billing.add", "{done}");
+    assert_eq!(done["args"], json!([20, 22]), "{done}");
+    let started = parse_time(&done, "started_at");
+    assert!(
+        started >= eta - chrono::Duration::milliseconds(50),
+        "started {started} before its eta {eta}: {done}"
+    );
+    assert_eq!(
+        w.redis.celery_result(&id).expect("result")["status"],
+        "SUCCESS"
+    );
+    assert_eq!(w.audit()[0]["new_task_id"], id.as_str());
+}
+
+#[test]
+fn celery_failed_task_retried_runs_again_under_a_new_id_linked_both_ways() {
+    let _slot = test_slot();
+    let w = World::with_actions("celery");
+    let _worker = celery_worker(&w);
+    let first = w.run(json!({"broker": "celery", "name": "billing.fail", "args": [9]}));
+    let id = first["id"].as_str().unwrap().to_string();
+    let failed = w.ts.wait_state(&id, "failure", LONG);
+    assert_eq!(failed["error"], "ValueError: card declined 9", "{failed}");
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{id}/retry"), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"]
+        .as_str()
+        .expect("new_task_id")
+        .to_string();
+    assert_ne!(new_id, id);
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["name"], "billing.fail", "{again}");
+    assert_eq!(again["args"], json!([9]), "{again}");
+    assert_eq!(
+        w.redis.celery_result(&new_id).expect("result")["status"],
+        "FAILURE"
+    );
+    for t in [&id, &new_id] {
+        let task = w.ts.task(t).expect("task");
+        assert!(
+            task["actions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["action"] == "retry" && a["new_task_id"] == new_id.as_str()),
+            "{task}"
+        );
+    }
+}
+
+#[test]
+fn celery_delete_and_purge_remove_messages_a_stopped_worker_would_have_run() {
+    let _slot = test_slot();
+    let w = World::with_actions("celery");
+    let ids = produce(&w.redis.url(), "add", 4, "celery", &ProduceOpts::default());
+    w.ts.wait_all_state(&ids, "queued", SHORT);
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/celery/celery/messages/{}", ids[1]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 1);
+    assert_eq!(w.redis_cli(&["LLEN", "celery"]), "3");
+    let (status, again) = w.write(
+        "DELETE",
+        &format!("/api/queues/celery/celery/messages/{}", ids[1]),
+        None,
+    );
+    assert_eq!(status, 404, "{again}");
+    let (status, entry) = w.write("POST", "/api/queues/celery/celery/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 3, "{entry}");
+    assert_eq!(w.redis_cli(&["LLEN", "celery"]), "0");
+    let _worker = celery_worker(&w);
+    let marker = produce(&w.redis.url(), "add", 1, "celery", &ProduceOpts::default());
+    w.ts.wait_state(&marker[0], "success", LONG);
+    for id in &ids {
+        assert!(w.redis.celery_result(id).is_none(), "purged task {id} ran");
+    }
+}
+
+#[test]
+fn celery_running_task_is_revoked_with_terminate() {
+    let _slot = test_slot();
+    let w = World::with_actions("celery");
+    let worker = celery_worker(&w);
+    let slow = w.run(json!({"broker": "celery", "name": "billing.slow", "args": [60]}));
+    let id = slow["id"].as_str().unwrap().to_string();
+    worker.wait_started(&id, LONG);
+    w.ts.wait_state(&id, "running", SHORT);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{id}/revoke"), None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["action"], "revoke");
+    let t = w.ts.wait_state(&id, "failure", LONG);
+    assert!(t["error"].as_str().unwrap_or("").contains("Revoked"), "{t}");
+    assert_eq!(
+        w.redis.celery_result(&id).expect("result")["status"],
+        "REVOKED"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sidekiq (Sidekiq 6.4, tests/ruby/app.rb)
+
+fn sidekiq_world() -> World {
+    World::with_actions("sidekiq")
+}
+
+fn sidekiq(w: &World) -> WorkerProcess {
+    sidekiq_worker(&w.redis, &["default", "critical"], None)
+}
+
+fn is_jid(id: &str) -> bool {
+    id.len() == 24 && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+#[test]
+fn sidekiq_run_now_and_delayed_is_executed_by_a_real_sidekiq_and_journaled() {
+    let _slot = test_slot();
+    let w = sidekiq_world();
+    let worker = sidekiq(&w);
+    // A slow job: an idle fetcher takes it at once, a heartbeat's work hash shows it running.
+    let task = w.run(
+        json!({"broker": "sidekiq", "queue": "critical", "name": "AddJob",
+        "args": [2, 3, 6]}),
+    );
+    let id = task["id"].as_str().expect("id").to_string();
+    assert!(is_jid(&id), "a jid as SecureRandom.hex(12): {id}");
+    assert_eq!(task["state"], "queued", "{task}");
+    worker.wait_started(&id, LONG);
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["name"], "AddJob", "{done}");
+    assert_eq!(done["queue"], "critical", "{done}");
+    assert_eq!(done["args"], json!([2, 3, 6]), "{done}");
+    assert!(
+        transition_states(&done).contains(&"running".to_string()),
+        "{done}"
+    );
+    // A delayed one waits in the schedule until Sidekiq's poller pushes it.
+    let later = w.run(
+        json!({"broker": "sidekiq", "name": "AddJob", "args": [40, 2],
+        "delay_ms": 1500}),
+    );
+    let later_id = later["id"].as_str().expect("id").to_string();
+    assert!(later["eta"].is_string(), "{later}");
+    worker.wait_started(&later_id, LONG);
+    let done = w.ts.wait_state(&later_id, "success", LONG);
+    assert_eq!(done["queue"], "default", "{done}");
+    assert_eq!(done["args"], json!([40, 2]), "{done}");
+    // Sidekiq jobs take positional arguments only; OSS Sidekiq cannot stop a running job.
+    let (status, refused) = w.write(
+        "POST",
+        "/api/tasks",
+        Some(json!({"broker": "sidekiq", "name": "AddJob", "args": [1], "kwargs": {"b": 2}})),
+    );
+    assert_eq!(status, 400, "{refused}");
+    let (status, refused) = w.write("POST", &format!("/api/tasks/{id}/revoke"), None);
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused.to_string().contains("sidekiq"),
+        "the error names the broker: {refused}"
+    );
+    let runs: Vec<Value> = w
+        .audit()
+        .into_iter()
+        .filter(|e| e["action"] == "run" && e["outcome"] == "ok")
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+}
+
+#[test]
+fn sidekiq_dead_job_retried_runs_again_under_a_new_jid_linked_both_ways() {
+    let _slot = test_slot();
+    let w = sidekiq_world();
+    let _worker = sidekiq(&w);
+    let ids = sidekiq_produce(&w.redis, None, &["noretry", "declined-9"]);
+    let failed = w.ts.wait_state(&ids[0], "failure", LONG);
+    assert_eq!(failed["name"], "NoRetryJob", "{failed}");
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["outcome"], "ok", "{entry}");
+    let new_id = entry["new_task_id"].as_str().expect("new id").to_string();
+    assert!(is_jid(&new_id) && new_id != ids[0], "{new_id}");
+    // The job from the dead set, options included (`retry: 0`): dead again at once.
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["name"], "NoRetryJob", "{again}");
+    assert_eq!(again["args"], json!(["declined-9"]), "{again}");
+    assert!(
+        again["error"].as_str().unwrap_or("").contains("declined-9"),
+        "{again}"
+    );
+    // Sidekiq's own retry takes the member out of `dead`: only the new attempt is there.
+    let dead = w.redis_cli(&["ZRANGE", "dead", "0", "-1"]);
+    assert!(
+        dead.contains(&new_id) && !dead.contains(&ids[0]),
+        "dead set: {dead}"
+    );
+    assert_eq!(w.ts.task(&ids[0]).expect("task")["state"], "failure");
+    for id in [&ids[0], &new_id] {
+        let t = w.ts.task(id).expect("task");
+        let actions = t["actions"].as_array().expect("actions");
+        assert!(
+            actions
+                .iter()
+                .any(|a| a["action"] == "retry" && a["new_task_id"] == new_id.as_str()),
+            "task {id} does not show the retry: {t}"
+        );
+    }
+    // Out of the dead set now: a second retry rebuilds the job from the stored (whole)
+    // arguments, with Sidekiq's default options (`retry: true`: into the retry set).
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    let third = entry["new_task_id"].as_str().expect("new id").to_string();
+    let t = w.ts.wait_state(&third, "retried", LONG);
+    assert_eq!(t["args"], json!(["declined-9"]), "{t}");
+    assert_eq!(t["name"], "NoRetryJob", "{t}");
+}
+
+#[test]
+fn sidekiq_delete_and_purge_remove_jobs_a_stopped_sidekiq_would_have_run() {
+    let _slot = test_slot();
+    let w = sidekiq_world();
+    // No Sidekiq process yet: three jobs wait in the list, one in the schedule.
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            w.run(json!({"broker": "sidekiq", "name": "AddJob", "args": [i, 1]}))["id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    let scheduled = w.run(
+        json!({"broker": "sidekiq", "name": "AddJob", "args": [9, 9],
+        "delay_ms": 500}),
+    )["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(w.redis_cli(&["LLEN", "queue:default"]), "3");
+    assert_eq!(w.redis_cli(&["ZCARD", "schedule"]), "1");
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/sidekiq/default/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 1, "{entry}");
+    assert_eq!(w.redis_cli(&["LLEN", "queue:default"]), "2");
+    let (status, again) = w.write(
+        "DELETE",
+        &format!("/api/queues/sidekiq/default/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 404, "{again}");
+    // The scheduled job, by its jid, out of the schedule (not from another queue's name).
+    let (status, other) = w.write(
+        "DELETE",
+        &format!("/api/queues/sidekiq/critical/messages/{scheduled}"),
+        None,
+    );
+    assert_eq!(status, 404, "{other}");
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/sidekiq/default/messages/{scheduled}"),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(w.redis_cli(&["ZCARD", "schedule"]), "0");
+    let (status, entry) = w.write("POST", "/api/queues/sidekiq/default/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 2, "{entry}");
+    assert_eq!(w.redis_cli(&["EXISTS", "queue:default"]), "0");
+    assert_eq!(w.redis_cli(&["SISMEMBER", "queues", "default"]), "0");
+    let (status, missing) = w.write("POST", "/api/queues/sidekiq/nosuchqueue/purge", None);
+    assert_eq!(status, 404, "{missing}");
+    // A Sidekiq process now: a marker job run after them starts; they never do.
+    // The marker is scheduled after the deleted scheduled job's time: the poller pushing it
+    // has passed that time (it takes every due job at once, oldest first).
+    let worker = sidekiq(&w);
+    let marker = w.run(
+        json!({"broker": "sidekiq", "name": "AddJob", "args": [0, 0],
+        "delay_ms": 600}),
+    )["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    worker.wait_started(&marker, LONG);
+    let log = worker.log_text();
+    assert!(
+        log.contains(&marker),
+        "the log names the jobs it runs:\n{log}"
+    );
+    for id in ids.iter().chain([&scheduled]) {
+        assert!(!log.contains(id.as_str()), "deleted job {id} ran:\n{log}");
+    }
+}
