@@ -874,3 +874,193 @@ fn sidekiq_delete_and_purge_remove_jobs_a_stopped_sidekiq_would_have_run() {
         assert!(!log.contains(id.as_str()), "deleted job {id} ran:\n{log}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// BullMQ (bullmq 6.7.6, tests/node/worker.js; queue `bull:mail`)
+
+fn bullmq_world() -> World {
+    World::with_actions("bullmq")
+}
+
+fn bull(w: &World) -> WorkerProcess {
+    bullmq_worker(&w.redis.url(), "mail", "bull", &[])
+}
+
+#[test]
+fn bullmq_run_now_and_delayed_is_executed_by_a_real_worker_and_journaled() {
+    let _slot = test_slot();
+    let w = bullmq_world();
+    let _worker = bull(&w);
+    let task = w.run(
+        json!({"broker": "bullmq", "queue": "bull:mail", "name": "add",
+        "kwargs": {"x": 2, "y": 3}}),
+    );
+    let id = task["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        id, "bull:mail:1",
+        "the queue's counter gives the job id: {task}"
+    );
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["result"], json!(5), "{done}");
+    assert_eq!(done["name"], "add", "{done}");
+    assert_eq!(done["queue"], "bull:mail", "{done}");
+    assert_eq!(done["kwargs"], json!({"x": 2, "y": 3}), "{done}");
+    // Delayed, on the queue named without its prefix.
+    let later = w.run(json!({"broker": "bullmq", "queue": "mail", "name": "add",
+        "kwargs": {"x": 40, "y": 2}, "delay_ms": 1000}));
+    let later_id = later["id"].as_str().expect("id").to_string();
+    assert!(later["eta"].is_string(), "{later}");
+    let done = w.ts.wait_state(&later_id, "success", LONG);
+    assert_eq!(done["result"], json!(42), "{done}");
+    let hash = w.redis_cli(&["HGET", &later_id, "opts"]);
+    assert_eq!(hash.trim(), r#"{"delay":1000,"attempts":0}"#);
+    // One data value per job; no way to stop a running job; no pause outside BullMQ.
+    let (status, refused) = w.write(
+        "POST",
+        "/api/tasks",
+        Some(
+            json!({"broker": "bullmq", "queue": "bull:mail", "name": "add",
+            "args": [1, 2]}),
+        ),
+    );
+    assert_eq!(status, 400, "{refused}");
+    let (status, refused) = w.write("POST", &format!("/api/tasks/{id}/revoke"), None);
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.to_string().contains("bullmq"), "{refused}");
+    let (status, refused) = w.write("POST", "/api/queues/sidekiq/default/pause", None);
+    assert_eq!(status, 400, "{refused}");
+}
+
+#[test]
+fn bullmq_failed_job_retried_runs_again_under_a_new_id_linked_both_ways() {
+    let _slot = test_slot();
+    let w = bullmq_world();
+    let _worker = bull(&w);
+    let ids = bullmq_produce(
+        &w.redis.url(),
+        "mail",
+        "bull",
+        &json!([{"name": "fail", "data": {"why": "declined"},
+            "opts": {"backoff": {"type": "fixed", "delay": 100}}}]),
+    );
+    w.ts.wait_state(&ids[0], "failure", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"].as_str().expect("new id").to_string();
+    assert_eq!(new_id, "bull:mail:2", "{entry}");
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["name"], "fail", "{again}");
+    assert_eq!(again["kwargs"], json!({"why": "declined"}), "{again}");
+    assert_eq!(again["error"], "boom declined", "{again}");
+    // The failed job's own options came along (not its identity).
+    let opts: Value =
+        serde_json::from_str(w.redis_cli(&["HGET", &new_id, "opts"]).trim()).expect("opts");
+    assert_eq!(
+        opts["backoff"],
+        json!({"type": "fixed", "delay": 100}),
+        "{opts}"
+    );
+    for id in [&ids[0], &new_id] {
+        let t = w.ts.task(id).expect("task");
+        let actions = t["actions"].as_array().expect("actions");
+        assert!(
+            actions
+                .iter()
+                .any(|a| a["action"] == "retry" && a["new_task_id"] == new_id.as_str()),
+            "task {id} does not show the retry: {t}"
+        );
+    }
+}
+
+#[test]
+fn bullmq_delete_purge_pause_and_resume_on_a_queue_a_stopped_worker_would_have_run() {
+    let _slot = test_slot();
+    let w = bullmq_world();
+    let run = |data: Value, delay: u64| -> String {
+        w.run(
+            json!({"broker": "bullmq", "queue": "bull:mail", "name": "add",
+            "kwargs": data, "delay_ms": delay}),
+        )["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let ids: Vec<String> = (0..3).map(|i| run(json!({"x": i, "y": 1}), 0)).collect();
+    let delayed = run(json!({"x": 9, "y": 9}), 60_000);
+    assert_eq!(w.redis_cli(&["LLEN", "bull:mail:wait"]), "3");
+    assert_eq!(w.redis_cli(&["ZCARD", "bull:mail:delayed"]), "1");
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/bullmq/bull:mail/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 1, "{entry}");
+    assert_eq!(w.redis_cli(&["EXISTS", &ids[0]]), "0");
+    let (status, again) = w.write(
+        "DELETE",
+        &format!("/api/queues/bullmq/bull:mail/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 404, "{again}");
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/bullmq/bull:mail/messages/{delayed}"),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(w.redis_cli(&["ZCARD", "bull:mail:delayed"]), "0");
+    let (status, entry) = w.write("POST", "/api/queues/bullmq/bull:mail/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 2, "{entry}");
+    assert_eq!(w.redis_cli(&["LLEN", "bull:mail:wait"]), "0");
+    for id in &ids {
+        assert_eq!(w.redis_cli(&["EXISTS", id]), "0", "{id}");
+    }
+    let (status, missing) = w.write("POST", "/api/queues/bullmq/bull:nosuch/purge", None);
+    assert_eq!(status, 404, "{missing}");
+    // Paused: a job added now waits, even with a worker ready.
+    let (status, entry) = w.write("POST", "/api/queues/bullmq/bull:mail/pause", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["action"], "pause", "{entry}");
+    assert_eq!(w.redis_cli(&["HGET", "bull:mail:meta", "paused"]), "1");
+    let held = run(json!({"x": 20, "y": 22}), 0);
+    assert_eq!(w.redis_cli(&["EXISTS", "bull:mail:marker"]), "0");
+    let _worker = bull(&w);
+    w.ts.wait_state(&held, "queued", SHORT);
+    assert_eq!(w.redis_cli(&["HEXISTS", &held, "processedOn"]), "0");
+    let (status, entry) = w.write("POST", "/api/queues/bullmq/bull:mail/resume", None);
+    assert_eq!(status, 200, "{entry}");
+    let done = w.ts.wait_state(&held, "success", LONG);
+    assert_eq!(done["result"], json!(42), "{done}");
+    for id in ids.iter().chain([&delayed]) {
+        let t = w.ts.task(id).expect("task");
+        assert_ne!(t["state"], "success", "a deleted job ran: {t}");
+        assert!(t["started_at"].is_null(), "a deleted job started: {t}");
+    }
+    let actions: Vec<String> = w
+        .audit()
+        .iter()
+        .filter(|e| e["action"] != "run")
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "resume:ok",
+            "pause:ok",
+            "purge:refused",
+            "purge:ok",
+            "delete:ok",
+            "delete:refused",
+            "delete:ok"
+        ],
+        "newest first"
+    );
+}

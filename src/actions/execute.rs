@@ -3,7 +3,8 @@
 //! [`ActionError::Unsupported`] naming the broker and the action.
 
 use super::redis::ActionRedis;
-use super::{celery, rq, sidekiq, stored_whole, ActionError, ActionSettings};
+use super::{bullmq, celery, rq, sidekiq, stored_whole, ActionError, ActionSettings};
+use broker_adapters::bullmq::layout::QueueName;
 use broker_adapters::sidekiq::layout::Layout as SidekiqLayout;
 use broker_adapters::{Broker, Task, TaskState};
 use chrono::{DateTime, Utc};
@@ -110,6 +111,9 @@ impl Actions {
             .delay_ms
             .filter(|d| *d > 0)
             .map(|d| now + chrono::Duration::milliseconds(d.min(365 * 86_400_000) as i64));
+        if req.broker == Broker::Bullmq {
+            return self.run_bullmq(redis, req, now, run_at).await;
+        }
         let id = new_id(req.broker);
         let (queue, write) = match req.broker {
             Broker::Rq => {
@@ -225,6 +229,7 @@ impl Actions {
                 Ok(new_task(original, new_id, queue, name, now))
             }
             Broker::Sidekiq => self.retry_sidekiq(redis, original, name, now).await,
+            Broker::Bullmq => self.retry_bullmq(redis, original, name, now).await,
             other => Err(ActionError::unsupported(
                 other,
                 "retry",
@@ -280,6 +285,12 @@ impl Actions {
                     .await?;
                 Ok(())
             }
+            Broker::Bullmq => Err(ActionError::unsupported(
+                Broker::Bullmq,
+                "revoke",
+                "BullMQ has no command to stop a running job (only its worker's own code can); \
+                 delete a waiting or delayed one instead",
+            )),
             Broker::Sidekiq => Err(ActionError::unsupported(
                 Broker::Sidekiq,
                 "revoke",
@@ -306,6 +317,12 @@ impl Actions {
             Broker::Sidekiq => {
                 redis
                     .apply(&sidekiq::delete(&self.sidekiq, queue, id))
+                    .await?
+            }
+            Broker::Bullmq => {
+                let q = bullmq_queue(queue)?;
+                redis
+                    .apply(&bullmq::delete(&q, bullmq::job_id(&q, id)))
                     .await?
             }
             other => {
@@ -346,6 +363,18 @@ impl Actions {
                 redis
                     .integer("LLEN", vec![self.sidekiq.queue(queue).into_bytes()])
                     .await?
+            }
+            Broker::Bullmq => {
+                let q = bullmq_queue(queue)?;
+                redis
+                    .integer("LLEN", vec![q.key("wait").into_bytes()])
+                    .await?
+                    + redis
+                        .integer("LLEN", vec![q.key("paused").into_bytes()])
+                        .await?
+                    + redis
+                        .integer("ZCARD", vec![q.key("prioritized").into_bytes()])
+                        .await?
             }
             other => {
                 return Err(ActionError::unsupported(
@@ -389,6 +418,7 @@ impl Actions {
                     .await?
                     > 0
             }
+            Broker::Bullmq => self.bullmq_known(redis, &bullmq_queue(queue)?).await?,
             Broker::Sidekiq => {
                 redis
                     .integer(
@@ -422,6 +452,7 @@ impl Actions {
         let removed = match broker {
             Broker::Rq => redis.apply(&rq::purge(queue)).await?,
             Broker::Sidekiq => redis.apply(&sidekiq::purge(&self.sidekiq, queue)).await?,
+            Broker::Bullmq => redis.apply(&bullmq::purge(&bullmq_queue(queue)?)).await?,
             _ => redis.apply(&celery::purge(queue)).await?,
         };
         Ok(removed.max(0) as u64)
@@ -474,6 +505,153 @@ impl Actions {
         let mut task = new_task(original, new_jid, queue, name, now);
         task.kwargs = None;
         Ok(task)
+    }
+}
+
+impl Actions {
+    /// BullMQ: `Queue.add`, the job id from the queue's counter (the task id is the job key).
+    async fn run_bullmq(
+        &self,
+        redis: &ActionRedis,
+        req: &RunRequest,
+        now: DateTime<Utc>,
+        run_at: Option<DateTime<Utc>>,
+    ) -> Result<Task, ActionError> {
+        let queue = req.queue.clone().ok_or_else(|| {
+            ActionError::BadRequest(
+                "a BullMQ job needs its queue (`bull:emails`, or `emails` under the default \
+                 prefix `bull`)"
+                    .into(),
+            )
+        })?;
+        let q = bullmq_queue(&queue)?;
+        let data = bullmq::data_of(&req.args, &req.kwargs).map_err(ActionError::BadRequest)?;
+        let delay = run_at.map_or(0, |at| (at - now).num_milliseconds().max(0) as u64);
+        let write = bullmq::add(
+            &q,
+            &req.name,
+            &bullmq::data_json(&data),
+            &bullmq::default_opts(delay),
+            now,
+            delay,
+        );
+        let job = redis.apply(&write).await?;
+        let mut task = Task::new(Broker::Bullmq, q.job(&job.to_string()), now);
+        task.queue = Some(q.qualified());
+        task.name = Some(req.name.clone());
+        set_bullmq_data(&mut task, data);
+        task.enqueued_at = Some(now);
+        task.eta = run_at;
+        Ok(task)
+    }
+
+    /// BullMQ: a new job with the failed job's name, data and options, read from its hash
+    /// (BullMQ keeps it until `removeOnFail`); else from the stored whole arguments.
+    async fn retry_bullmq(
+        &self,
+        redis: &ActionRedis,
+        original: &Task,
+        name: String,
+        now: DateTime<Utc>,
+    ) -> Result<Task, ActionError> {
+        let qualified = original
+            .queue
+            .clone()
+            .or_else(|| {
+                original
+                    .id
+                    .rsplit_once(':')
+                    .map(|(queue, _)| queue.to_string())
+            })
+            .ok_or_else(|| {
+                ActionError::Conflict(format!("BullMQ job {} names no queue", original.id))
+            })?;
+        let q = bullmq_queue(&qualified)?;
+        let hash = redis.hash(&original.id, self.max_payload_bytes).await?;
+        let field = |n: &str| hash.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let (data_bytes, opts, data) = match (field("name"), field("data")) {
+            (Some(_), Some(data)) => {
+                let opts = bullmq::retry_opts(&field("opts").unwrap_or_default());
+                let parsed = bullmq::parsed_data(&data);
+                (data, opts, parsed)
+            }
+            _ => {
+                let (args, kwargs) = whole_arguments(original)?;
+                let data = bullmq::data_of(&args, &kwargs).map_err(ActionError::Conflict)?;
+                (bullmq::data_json(&data), bullmq::default_opts(0), data)
+            }
+        };
+        let job = redis
+            .apply(&bullmq::add(&q, &name, &data_bytes, &opts, now, 0))
+            .await?;
+        let mut task = new_task(original, q.job(&job.to_string()), q.qualified(), name, now);
+        set_bullmq_data(&mut task, data);
+        Ok(task)
+    }
+
+    /// Whether BullMQ's queue `q` exists (its metadata, wait list or id counter).
+    async fn bullmq_known(&self, redis: &ActionRedis, q: &QueueName) -> Result<bool, ActionError> {
+        for suffix in ["meta", "wait", "id"] {
+            if redis
+                .integer("EXISTS", vec![q.key(suffix).into_bytes()])
+                .await?
+                > 0
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Pauses or resumes `queue` where the broker itself can (BullMQ's `meta.paused`).
+    pub async fn pause(
+        &self,
+        broker: Broker,
+        queue: &str,
+        paused: bool,
+    ) -> Result<(), ActionError> {
+        let redis = self.redis()?;
+        check_identifier("queue", queue)?;
+        let action = if paused { "pause" } else { "resume" };
+        match broker {
+            Broker::Bullmq => {
+                let q = bullmq_queue(queue)?;
+                if !self.bullmq_known(redis, &q).await? {
+                    return Err(ActionError::NotFound(format!(
+                        "bullmq queue {queue:?} not found in Redis"
+                    )));
+                }
+                redis.apply(&bullmq::pause(&q, paused)).await?;
+                Ok(())
+            }
+            other => Err(ActionError::unsupported(
+                other,
+                action,
+                "the broker has no queue pause of its own",
+            )),
+        }
+    }
+}
+
+/// A BullMQ queue as taskscope names it (`bull:emails`); a bare name is under the default
+/// prefix `bull`.
+fn bullmq_queue(queue: &str) -> Result<QueueName, ActionError> {
+    check_identifier("queue", queue)?;
+    Ok(QueueName::parse_qualified(queue).unwrap_or_else(|| QueueName::new("bull", queue)))
+}
+
+/// A BullMQ task's arguments as the adapter shows them: object data as kwargs, anything else
+/// as a one-item args list.
+fn set_bullmq_data(task: &mut Task, data: Value) {
+    match data {
+        Value::Object(_) => {
+            task.kwargs = Some(data);
+            task.args = None;
+        }
+        other => {
+            task.args = Some(Value::Array(vec![other]));
+            task.kwargs = None;
+        }
     }
 }
 

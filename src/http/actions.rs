@@ -1,5 +1,5 @@
 //! The write routes of issue #21 (`POST /api/tasks`, `POST /api/tasks/{id}/retry|revoke`,
-//! `DELETE /api/queues/{broker}/{queue}/messages/{id}`, `POST /api/queues/{broker}/{queue}/purge`)
+//! `DELETE /api/queues/{broker}/{queue}/messages/{id}`, `POST /api/queues/{broker}/{queue}/purge`, `.../pause`, `.../resume`)
 //! and the journal's `GET /api/audit`.
 //!
 //! Each write goes: rate limit ([`write_guard`], 429 not journaled) -> identity and CSRF/Origin
@@ -436,6 +436,52 @@ pub async fn purge(
             pending.entry.count = Some(n);
             answer(&state, pending, Ok(Value::Null)).await
         }
+        Err(e) => answer(&state, pending, Err(action_failure(e))).await,
+    }
+}
+
+/// `POST /api/queues/{broker}/{queue}/pause` -> the journal entry; only where the broker itself
+/// pauses queues (BullMQ's `meta.paused`), else 400 naming the broker.
+pub async fn pause(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    pause_or_resume(state, path, headers, bytes, true).await
+}
+
+/// `POST /api/queues/{broker}/{queue}/resume` -> the journal entry.
+pub async fn resume(
+    state: State<AppState>,
+    path: Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    pause_or_resume(state, path, headers, bytes, false).await
+}
+
+async fn pause_or_resume(
+    State(state): State<AppState>,
+    Path((broker, queue)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+    paused: bool,
+) -> Response {
+    let body = parse_body(&headers, &bytes);
+    let mut pending = Pending::new(if paused { "pause" } else { "resume" }, "-");
+    pending.entry.broker = Some(broker.clone());
+    pending.entry.queue = Some(queue.clone());
+    pending.entry.target = Some(queue.clone());
+    if let Err(r) = admit(&state, &headers, &body, &mut pending).await {
+        return r;
+    }
+    let broker = match parse_broker(&broker) {
+        Ok(b) => b,
+        Err(e) => return answer(&state, pending, Err(e)).await,
+    };
+    match state.actions.pause(broker, &queue, paused).await {
+        Ok(()) => answer(&state, pending, Ok(Value::Null)).await,
         Err(e) => answer(&state, pending, Err(action_failure(e))).await,
     }
 }

@@ -150,6 +150,8 @@ pub fn router(state: AppState) -> Router {
             delete(actions::delete_message),
         )
         .route("/api/queues/{broker}/{queue}/purge", post(actions::purge))
+        .route("/api/queues/{broker}/{queue}/pause", post(actions::pause))
+        .route("/api/queues/{broker}/{queue}/resume", post(actions::resume))
         .route("/api/audit", get(actions::audit))
         .route("/api/csrf", get(actions::csrf))
         .route("/api/queues", get(api::queues))
