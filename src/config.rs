@@ -1032,7 +1032,11 @@ mod tests {
         known.sort_unstable();
         // Brokers added through the registry since bring their own keys, and only those.
         let added_since = [
+            "TASKSCOPE_ACTION_ALLOW_NAMES",
+            "TASKSCOPE_ALLOW_ACTIONS",
             "TASKSCOPE_ARQ_QUEUES",
+            "TASKSCOPE_AUDIT_RETENTION",
+            "TASKSCOPE_TRUSTED_USER_HEADER",
             "TASKSCOPE_BASE_PATH",
             "TASKSCOPE_BULLMQ_QUEUES",
             "TASKSCOPE_SIDEKIQ_NAMESPACE",

@@ -1064,3 +1064,282 @@ fn bullmq_delete_purge_pause_and_resume_on_a_queue_a_stopped_worker_would_have_r
         "newest first"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The pages (plain HTML forms, no JavaScript)
+
+/// A browser session without JavaScript: the cookie of `?token=`, forms posted with the
+/// page's CSRF token and the Origin a browser sends.
+struct Browser<'a> {
+    w: &'a World,
+    cookie: String,
+    origin: String,
+}
+
+impl<'a> Browser<'a> {
+    fn login(w: &'a World) -> Browser<'a> {
+        let login = w
+            .http
+            .get(w.ts.url(&format!("/?token={TOKEN}")))
+            .send()
+            .expect("login");
+        let cookie = login.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .split(';')
+            .next()
+            .unwrap()
+            .to_string();
+        Browser {
+            w,
+            cookie,
+            origin: w.ts.base_url.clone(),
+        }
+    }
+
+    fn page(&self, path: &str) -> (u16, String) {
+        let resp = self
+            .w
+            .http
+            .get(self.w.ts.url(path))
+            .header("cookie", &self.cookie)
+            .send()
+            .expect("GET");
+        (resp.status().as_u16(), resp.text().unwrap_or_default())
+    }
+
+    /// Posts the form whose action is `action` on the page's HTML, with its hidden fields and
+    /// `fields`; returns the status and the `Location` of a redirect.
+    fn submit(&self, html: &str, action: &str, fields: &[(&str, &str)]) -> (u16, String) {
+        let needle = format!("action=\"{action}\"");
+        let at = html
+            .find(&needle)
+            .unwrap_or_else(|| panic!("no form {action} in:\n{html}"));
+        let form = &html[at..html[at..].find("</form>").map_or(html.len(), |e| at + e)];
+        let csrf = form
+            .split("name=\"csrf_token\" value=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .expect("csrf_token field")
+            .to_string();
+        let mut all = vec![("csrf_token", csrf.as_str())];
+        all.extend_from_slice(fields);
+        let resp = self
+            .w
+            .http
+            .post(self.w.ts.url(action))
+            .header("cookie", &self.cookie)
+            .header("origin", &self.origin)
+            .form(&all)
+            .send()
+            .expect("POST");
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = resp.text().unwrap_or_default();
+        (status, if location.is_empty() { body } else { location })
+    }
+}
+
+#[test]
+fn pages_retry_purge_and_run_through_forms_with_a_confirmation_and_show_the_journal() {
+    let _slot = test_slot();
+    let w = World::with_actions("rq");
+    let _worker = rq_worker(&w);
+    let ids = rq_produce(
+        &w.redis.url(),
+        "fail",
+        1,
+        &RqProduceOpts {
+            args: Some(json!([4])),
+            ..RqProduceOpts::default()
+        },
+    );
+    w.ts.wait_state(&ids[0], "failure", LONG);
+    let b = Browser::login(&w);
+    // The failed task's page has a Retry button; it posts, then shows the retry.
+    let (status, html) = b.page(&format!("/tasks/{}", ids[0]));
+    assert_eq!(status, 200);
+    let retry = format!("/tasks/{}/retry", ids[0]);
+    let (status, location) = b.submit(&html, &retry, &[]);
+    assert_eq!(status, 303, "{location}");
+    let new_id = location.trim_start_matches("/tasks/").to_string();
+    w.ts.wait_state(&new_id, "failure", LONG);
+    let (_, html) = b.page(&format!("/tasks/{}", ids[0]));
+    assert!(
+        html.contains("retried as"),
+        "the timeline shows the retry:\n{html}"
+    );
+    assert!(html.contains(&new_id));
+    // A queue without a worker: its purge asks first, with the count.
+    let waiting = rq_produce(
+        &w.redis.url(),
+        "add",
+        3,
+        &RqProduceOpts {
+            queue: Some("later".into()),
+            ..RqProduceOpts::default()
+        },
+    );
+    w.ts.wait_all_state(&waiting, "queued", SHORT);
+    wait_for("the queue sample of later", SHORT, || {
+        let q = w.ts.get("/api/queues");
+        let n = q["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == "later")
+            .map(|q| q["length"].clone());
+        if n == Some(json!(3)) {
+            Ok(())
+        } else {
+            Err(format!("{q}"))
+        }
+    });
+    let (_, queues) = b.page("/queues");
+    assert!(queues.contains("/queues/rq/later/purge"), "{queues}");
+    let (status, confirm) = b.page("/queues/rq/later/purge");
+    assert_eq!(status, 200);
+    assert!(confirm.contains("Purge 3 waiting messages"), "{confirm}");
+    assert_eq!(
+        w.redis_cli(&["LLEN", "rq:queue:later"]),
+        "3",
+        "nothing purged before confirming"
+    );
+    let (status, location) = b.submit(&confirm, "/queues/rq/later/purge", &[]);
+    assert_eq!(status, 303, "{location}");
+    assert_eq!(location, "/audit");
+    assert_eq!(w.redis_cli(&["LLEN", "rq:queue:later"]), "0");
+    // A waiting task's delete asks first too.
+    let one = rq_produce(
+        &w.redis.url(),
+        "add",
+        1,
+        &RqProduceOpts {
+            queue: Some("later".into()),
+            ..RqProduceOpts::default()
+        },
+    );
+    w.ts.wait_state(&one[0], "queued", SHORT);
+    let (_, task_page) = b.page(&format!("/tasks/{}", one[0]));
+    assert!(
+        task_page.contains(&format!("/tasks/{}/delete", one[0])),
+        "{task_page}"
+    );
+    let (_, confirm) = b.page(&format!("/tasks/{}/delete", one[0]));
+    let (status, _) = b.submit(&confirm, &format!("/tasks/{}/delete", one[0]), &[]);
+    assert_eq!(status, 303);
+    assert_eq!(w.redis_cli(&["EXISTS", &format!("rq:job:{}", one[0])]), "0");
+    // The run form on /audit.
+    let (status, audit) = b.page("/audit");
+    assert_eq!(status, 200);
+    let (status, location) = b.submit(
+        &audit,
+        "/audit/run",
+        &[
+            ("broker", "rq"),
+            ("queue", "default"),
+            ("name", "rq_app.add"),
+            ("args", "[40, 2]"),
+            ("kwargs", "{}"),
+            ("delay_ms", ""),
+        ],
+    );
+    assert_eq!(status, 303, "{location}");
+    let run_id = location.trim_start_matches("/tasks/").to_string();
+    let t = w.ts.wait_state(&run_id, "success", LONG);
+    assert_eq!(t["result"], json!(42));
+    // The journal page lists all four, newest first.
+    let (_, audit) = b.page("/audit");
+    let order: Vec<usize> = ["run", "delete", "purge", "retry"]
+        .iter()
+        .map(|a| {
+            audit
+                .find(&format!("<strong>{a}</strong>"))
+                .unwrap_or_else(|| panic!("{a} not on /audit:\n{audit}"))
+        })
+        .collect();
+    assert!(order.windows(2).all(|p| p[0] < p[1]), "{order:?}");
+    let (_, filtered) = b.page("/audit?action=purge");
+    assert!(
+        filtered.contains("<strong>purge</strong>") && !filtered.contains("<strong>retry</strong>")
+    );
+    // A form post without the page's token is refused with an error page.
+    let resp = w
+        .http
+        .post(w.ts.url(&retry))
+        .header("cookie", &b.cookie)
+        .header("origin", &b.origin)
+        .form(&[("csrf_token", "forged")])
+        .send()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dramatiq (tests/python/dramatiq_app.py)
+
+#[test]
+fn dramatiq_run_delayed_retry_delete_and_purge_with_a_real_worker() {
+    let _slot = test_slot();
+    let w = World::with_actions("dramatiq");
+    // No worker yet: two waiting messages and one delayed, then deleted and purged.
+    let waiting = dramatiq_produce(&w.redis.url(), "add", 2, &DramatiqProduceOpts::default());
+    w.ts.wait_all_state(&waiting, "queued", SHORT);
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/dramatiq/default/messages/{}", waiting[0]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 1);
+    let delayed =
+        w.run(json!({"broker": "dramatiq", "name": "add", "args": [1, 1], "delay_ms": 600000}));
+    let delayed_id = delayed["id"].as_str().unwrap().to_string();
+    w.ts.wait_state(&delayed_id, "queued", SHORT);
+    assert_eq!(w.redis_cli(&["LLEN", "dramatiq:default.DQ"]), "1");
+    let (status, entry) = w.write("POST", "/api/queues/dramatiq/default/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 2, "one waiting, one delayed: {entry}");
+    assert_eq!(
+        w.redis_cli(&[
+            "EXISTS",
+            "dramatiq:default",
+            "dramatiq:default.msgs",
+            "dramatiq:default.DQ"
+        ]),
+        "0"
+    );
+    // A worker: a run (delayed a little) succeeds, a failure retried runs again, the removed
+    // messages never run.
+    let _worker = DramatiqWorker::start(&w.redis.url(), &[]);
+    let task = w.run(
+        json!({"broker": "dramatiq", "queue": "default", "name": "add",
+                            "args": [20, 22], "delay_ms": 500}),
+    );
+    let id = task["id"].as_str().unwrap().to_string();
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["name"], "add", "{done}");
+    assert_eq!(done["args"], json!([20, 22]), "{done}");
+    let failing = w.run(json!({"broker": "dramatiq", "name": "fail", "args": [5]}));
+    let failing_id = failing["id"].as_str().unwrap().to_string();
+    w.ts.wait_state(&failing_id, "failure", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{failing_id}/retry"), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"].as_str().unwrap().to_string();
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["name"], "fail", "{again}");
+    assert_eq!(again["args"], json!([5]), "{again}");
+    for removed in [&waiting[0], &waiting[1], &delayed_id] {
+        let t = w.ts.task(removed).expect("task");
+        assert!(t["started_at"].is_null(), "a removed message ran: {t}");
+    }
+    // Dramatiq cannot stop a running message: a clear 400 naming the broker.
+    let (status, v) = w.write("POST", &format!("/api/tasks/{id}/revoke"), None);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("dramatiq"), "{v}");
+}

@@ -707,3 +707,140 @@ fn a_firing_alert_stands_out_on_the_overview_in_chromium() {
         "the firing alert links to its queue's tasks"
     );
 }
+
+/// The action UI (issue #21) in Chromium: a failed RQ job's page with its buttons, the Retry
+/// button posting its form and landing on the retry's page, a queue's purge confirmation with
+/// its count, and `/audit` with the journal and the run form; at desktop and phone widths, no
+/// console errors. Screenshots: `target/screenshots/actions-*.png`, `audit-*.png`.
+#[test]
+fn action_pages_retry_and_purge_in_chromium() {
+    use common::{rq_produce, RqProduceOpts, RqWorker};
+    let _slot = common::test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = "shots-token";
+    let ts = Taskscope::start(
+        &redis.url(),
+        &dir.path().join("t.duckdb"),
+        &[
+            "--brokers",
+            "rq",
+            "--sample-every",
+            "1s",
+            "--allow-actions",
+            "--auth-token",
+            token,
+        ],
+    );
+    let _worker = RqWorker::start(&redis.url(), &["default"], &[], &[]);
+    let failed = rq_produce(
+        &redis.url(),
+        "fail",
+        1,
+        &RqProduceOpts {
+            args: Some(json!([3])),
+            ..RqProduceOpts::default()
+        },
+    )
+    .remove(0);
+    ts.wait_state(&failed, "failure", LONG);
+    let waiting = rq_produce(
+        &redis.url(),
+        "add",
+        4,
+        &RqProduceOpts {
+            queue: Some("invoices".into()),
+            ..RqProduceOpts::default()
+        },
+    );
+    ts.wait_all_state(&waiting, "queued", LONG);
+    wait_for("a sample of the invoices queue", LONG, || {
+        let q = ts.get("/api/queues");
+        if q.to_string().contains("\"invoices\"") {
+            Ok(())
+        } else {
+            Err(q.to_string())
+        }
+    });
+
+    let chromium = Chromium::start();
+    let mut page = chromium.new_page();
+    let shots = screenshot_dir();
+    page.viewport(1280, false);
+    page.open(&ts.url(&format!("/?token={token}")));
+    let mut problems = Vec::new();
+    let task_path = format!("/tasks/{failed}");
+    problems.extend(page.check(
+        &ts.url(&task_path),
+        &task_path,
+        1280,
+        &shots.join("actions-task-desktop.png"),
+    ));
+    assert_eq!(
+        page.count("form[action$=\"/retry\"] button"),
+        1,
+        "a Retry button"
+    );
+    // Retry: the form posts and the browser lands on the new task's page.
+    let since = page.events.len();
+    page.eval("document.querySelector('form[action$=\"/retry\"] button').click()");
+    page.wait_event("Page.loadEventFired", since, Duration::from_secs(30));
+    page.settle(Duration::from_millis(500));
+    let landed = page.eval("location.pathname");
+    let new_id = landed
+        .as_str()
+        .and_then(|p| p.strip_prefix("/tasks/"))
+        .unwrap_or_else(|| panic!("not on a task page after Retry: {landed}"))
+        .to_string();
+    assert_ne!(new_id, failed);
+    ts.wait_state(&new_id, "failure", LONG);
+    problems.extend(page.check(
+        &ts.url(&task_path),
+        &task_path,
+        1280,
+        &shots.join("actions-task-retried-desktop.png"),
+    ));
+    // Purge: the confirmation page shows the count; confirming posts and lands on /audit.
+    let purge_path = "/queues/rq/invoices/purge";
+    problems.extend(page.check(
+        &ts.url(purge_path),
+        purge_path,
+        1280,
+        &shots.join("actions-confirm-purge-desktop.png"),
+    ));
+    assert_eq!(
+        page.eval("document.querySelector('.confirm-question').textContent.includes('Purge 4 waiting messages')"),
+        json!(true)
+    );
+    let since = page.events.len();
+    page.eval("document.querySelector('.confirm form button').click()");
+    page.wait_event("Page.loadEventFired", since, Duration::from_secs(30));
+    page.settle(Duration::from_millis(500));
+    assert_eq!(page.eval("location.pathname"), json!("/audit"));
+    assert_eq!(redis.cli(&["LLEN", "rq:queue:invoices"]), "0");
+    for (width, mobile, suffix) in [(1280, false, "desktop"), (390, true, "phone")] {
+        page.viewport(width, mobile);
+        problems.extend(page.check(
+            &ts.url("/audit"),
+            "/audit",
+            width,
+            &shots.join(format!("audit-{suffix}.png")),
+        ));
+    }
+    page.viewport(390, true);
+    problems.extend(page.check(
+        &ts.url(&task_path),
+        &task_path,
+        390,
+        &shots.join("actions-task-phone.png"),
+    ));
+    assert_eq!(page.count("table.audit tbody tr"), 0, "not on /audit");
+    page.viewport(1280, false);
+    page.open(&ts.url("/audit"));
+    assert_eq!(
+        page.count("table.audit tbody tr"),
+        2,
+        "retry and purge journaled"
+    );
+    assert!(problems.is_empty(), "{problems:#?}");
+}

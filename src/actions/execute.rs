@@ -3,7 +3,7 @@
 //! [`ActionError::Unsupported`] naming the broker and the action.
 
 use super::redis::ActionRedis;
-use super::{bullmq, celery, rq, sidekiq, stored_whole, ActionError, ActionSettings};
+use super::{bullmq, celery, dramatiq, rq, sidekiq, stored_whole, ActionError, ActionSettings};
 use broker_adapters::bullmq::layout::QueueName;
 use broker_adapters::sidekiq::layout::Layout as SidekiqLayout;
 use broker_adapters::{Broker, Task, TaskState};
@@ -152,6 +152,21 @@ impl Actions {
                 );
                 (queue, w)
             }
+            Broker::Dramatiq => {
+                let queue = req.queue.clone().unwrap_or_else(|| "default".into());
+                check_identifier("queue", &queue)?;
+                let redis_id = uuid::Uuid::new_v4().to_string();
+                let message = dramatiq::Message {
+                    message_id: &id,
+                    redis_id: &redis_id,
+                    actor: &req.name,
+                    args: &req.args,
+                    kwargs: &req.kwargs,
+                    queue: &queue,
+                    eta: run_at,
+                };
+                (queue.clone(), dramatiq::enqueue(&message, now))
+            }
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -230,6 +245,42 @@ impl Actions {
             }
             Broker::Sidekiq => self.retry_sidekiq(redis, original, name, now).await,
             Broker::Bullmq => self.retry_bullmq(redis, original, name, now).await,
+            Broker::Dramatiq => {
+                let queue = original.queue.clone().unwrap_or_else(|| "default".into());
+                // The dead letter keeps the failed message's body: its call, exactly.
+                let dead = redis
+                    .read_script(
+                        dramatiq::FIND_DEAD_LUA,
+                        vec![dramatiq::dead_messages_key(&queue)],
+                        vec![original.id.as_bytes().to_vec()],
+                        self.max_payload_bytes,
+                    )
+                    .await?
+                    .and_then(|raw| dramatiq::call_of(&raw));
+                let (actor, args, kwargs) = match dead {
+                    Some(call) => call,
+                    None => {
+                        let (args, kwargs) = whole_arguments(original)?;
+                        (name.clone(), args, kwargs)
+                    }
+                };
+                let new_id = uuid::Uuid::new_v4().to_string();
+                let redis_id = uuid::Uuid::new_v4().to_string();
+                let message = dramatiq::Message {
+                    message_id: &new_id,
+                    redis_id: &redis_id,
+                    actor: &actor,
+                    args: &args,
+                    kwargs: &kwargs,
+                    queue: &queue,
+                    eta: None,
+                };
+                redis.apply(&dramatiq::enqueue(&message, now)).await?;
+                let mut task = new_task(original, new_id, queue, actor, now);
+                task.args = Some(Value::Array(args));
+                task.kwargs = Some(Value::Object(kwargs));
+                Ok(task)
+            }
             other => Err(ActionError::unsupported(
                 other,
                 "retry",
@@ -325,6 +376,7 @@ impl Actions {
                     .apply(&bullmq::delete(&q, bullmq::job_id(&q, id)))
                     .await?
             }
+            Broker::Dramatiq => redis.apply(&dramatiq::delete(queue, id)).await?,
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -375,6 +427,13 @@ impl Actions {
                     + redis
                         .integer("ZCARD", vec![q.key("prioritized").into_bytes()])
                         .await?
+            }
+            Broker::Dramatiq => {
+                let mut n = 0;
+                for key in dramatiq::waiting_lists(queue) {
+                    n += redis.integer("LLEN", vec![key.into_bytes()]).await?;
+                }
+                n
             }
             other => {
                 return Err(ActionError::unsupported(
@@ -435,6 +494,13 @@ impl Actions {
                         .await?
                         > 0
             }
+            Broker::Dramatiq => {
+                let mut any = false;
+                for key in dramatiq::known_keys(queue) {
+                    any |= redis.integer("EXISTS", vec![key.into_bytes()]).await? > 0;
+                }
+                any
+            }
             other => {
                 return Err(ActionError::unsupported(
                     other,
@@ -453,6 +519,7 @@ impl Actions {
             Broker::Rq => redis.apply(&rq::purge(queue)).await?,
             Broker::Sidekiq => redis.apply(&sidekiq::purge(&self.sidekiq, queue)).await?,
             Broker::Bullmq => redis.apply(&bullmq::purge(&bullmq_queue(queue)?)).await?,
+            Broker::Dramatiq => redis.apply(&dramatiq::purge(queue)).await?,
             _ => redis.apply(&celery::purge(queue)).await?,
         };
         Ok(removed.max(0) as u64)
@@ -473,10 +540,10 @@ impl Actions {
         let new_jid = new_id(Broker::Sidekiq);
         for set in sidekiq::failed_sets(&self.sidekiq) {
             let Some(member) = redis
-                .script_bytes(
+                .read_script(
                     sidekiq::FIND_LUA,
-                    std::slice::from_ref(&set),
-                    &[original.id.as_bytes().to_vec()],
+                    vec![set.clone()],
+                    vec![original.id.as_bytes().to_vec()],
                     self.max_payload_bytes,
                 )
                 .await?

@@ -148,18 +148,18 @@ impl ActionRedis {
         Ok(out)
     }
 
-    /// One read-only Lua script whose reply is one string (or nil: `None`), e.g. a sorted
-    /// set's member found by its content; a reply over `max_bytes` is refused.
-    pub async fn script_bytes(
+    /// A read-only Lua script whose reply is one value (`None` for nil); a reply over
+    /// `max_bytes` is refused.
+    pub async fn read_script(
         &self,
-        lua: &str,
-        keys: &[String],
-        args: &[Vec<u8>],
+        lua: &'static str,
+        keys: Vec<String>,
+        args: Vec<Vec<u8>>,
         max_bytes: usize,
     ) -> Result<Option<Vec<u8>>, ActionError> {
         let mut all = vec![Value::from(lua), Value::from(keys.len() as i64)];
         all.extend(keys.iter().map(|k| Value::from(k.as_str())));
-        all.extend(values(args));
+        all.extend(values(&args));
         let reply: Value = self
             .client
             .custom(custom("EVAL"), all)
@@ -167,13 +167,11 @@ impl ActionRedis {
             .map_err(redis_error)?;
         let bytes = match reply {
             Value::Null => return Ok(None),
-            Value::Boolean(false) => return Ok(None),
-            other => bytes_of(other),
+            v => bytes_of(v),
         };
-        if bytes.len() > max_bytes {
+        if bytes.len() > max_bytes.max(1) {
             return Err(ActionError::Conflict(format!(
-                "the message read for this action holds {} bytes, more than \
-                 --max-payload-bytes: not read",
+                "the message holds {} bytes, more than --max-payload-bytes",
                 bytes.len()
             )));
         }

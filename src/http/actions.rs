@@ -116,12 +116,59 @@ async fn journal(
     Ok(state.writer.audit(pending.entry).await?)
 }
 
-/// The response to a write: `ok` on success, else `{"error","entry"}` with its status.
+/// What a write answers: the JSON body with its status (the pages turn it into a redirect or
+/// an error page).
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub body: Value,
+    /// `Retry-After` seconds (429).
+    pub retry_after: Option<u64>,
+}
+
+impl Reply {
+    fn error(e: ApiError) -> Reply {
+        Reply {
+            status: e.status,
+            body: json!({ "error": e.message }),
+            retry_after: None,
+        }
+    }
+
+    /// The error message of a failed write.
+    pub fn error_message(&self) -> Option<&str> {
+        self.body.get("error").and_then(Value::as_str)
+    }
+
+    /// The journal entry of a write (success: the body itself, or its `audit`; failure: its
+    /// `entry`).
+    pub fn entry(&self) -> Option<&Value> {
+        if self.status.is_success() {
+            Some(self.body.get("audit").unwrap_or(&self.body))
+        } else {
+            self.body.get("entry")
+        }
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        response
+    }
+}
+
+/// The reply to a write: `ok` on success, else `{"error","entry"}` with its status.
 async fn answer(
     state: &AppState,
     pending: Pending,
     result: Result<Value, (StatusCode, String)>,
-) -> Response {
+) -> Reply {
     match result {
         Ok(mut body) => match journal(state, pending, None).await {
             Ok(entry) => {
@@ -130,16 +177,22 @@ async fn answer(
                 } else if let Value::Object(map) = &mut body {
                     map.insert("audit".into(), json!(entry));
                 }
-                (StatusCode::OK, Json(body)).into_response()
+                Reply {
+                    status: StatusCode::OK,
+                    body,
+                    retry_after: None,
+                }
             }
-            Err(e) => e.into_response(),
+            Err(e) => Reply::error(e),
         },
         Err((status, message)) => {
             match journal(state, pending, Some((status, message.clone()))).await {
-                Ok(entry) => {
-                    (status, Json(json!({"error": message, "entry": entry}))).into_response()
-                }
-                Err(e) => e.into_response(),
+                Ok(entry) => Reply {
+                    status,
+                    body: json!({"error": message, "entry": entry}),
+                    retry_after: None,
+                },
+                Err(e) => Reply::error(e),
             }
         }
     }
@@ -160,18 +213,14 @@ async fn admit(
     headers: &HeaderMap,
     body: &Result<Body, String>,
     pending: &mut Pending,
-) -> Result<(), Response> {
+) -> Result<(), Reply> {
     if let Err(wait) = state.write_guard.take() {
         let secs = wait.as_secs().max(1);
-        let mut response = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            format!("too many write actions: try again in {secs} s"),
-        )
-        .into_response();
-        if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
-            response.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return Err(response);
+        return Err(Reply {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            body: json!({ "error": format!("too many write actions: try again in {secs} s") }),
+            retry_after: Some(secs),
+        });
     }
     let who = match write_guard::identity(state, headers) {
         Ok(who) => who,
@@ -274,7 +323,12 @@ fn run_request(fields: &Map<String, Value>) -> Result<RunRequest, String> {
 }
 
 /// `POST /api/tasks`: run a task -> the new task (with its journal entry as `audit`).
-pub async fn run(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes) -> Response {
+pub async fn run(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes) -> Reply {
+    run_core(&state, &headers, &bytes).await
+}
+
+pub async fn run_core(state: &AppState, headers: &HeaderMap, bytes: &Bytes) -> Reply {
+    let (state, headers, bytes) = (state.clone(), headers.clone(), bytes.clone());
     let body = parse_body(&headers, &bytes);
     let mut pending = Pending::new("run", "-");
     if let Ok(b) = &body {
@@ -291,7 +345,7 @@ pub async fn run(State(state): State<AppState>, headers: HeaderMap, bytes: Bytes
     let body = match body {
         Ok(b) => b,
         // `admit` answered a bad body already; kept for the compiler.
-        Err(e) => return ApiError::bad_request(e).into_response(),
+        Err(e) => return Reply::error(ApiError::bad_request(e)),
     };
     let req = match run_request(&body.fields) {
         Ok(r) => r,
@@ -329,7 +383,12 @@ pub async fn retry(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Response {
+) -> Reply {
+    retry_core(&state, id, &headers, &bytes).await
+}
+
+pub async fn retry_core(state: &AppState, id: String, headers: &HeaderMap, bytes: &Bytes) -> Reply {
+    let (state, headers, bytes) = (state.clone(), headers.clone(), bytes.clone());
     let body = parse_body(&headers, &bytes);
     let mut pending = Pending::new("retry", "-");
     pending.entry.target = Some(id.clone());
@@ -360,7 +419,17 @@ pub async fn revoke(
     Path(id): Path<String>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Response {
+) -> Reply {
+    revoke_core(&state, id, &headers, &bytes).await
+}
+
+pub async fn revoke_core(
+    state: &AppState,
+    id: String,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Reply {
+    let (state, headers, bytes) = (state.clone(), headers.clone(), bytes.clone());
     let body = parse_body(&headers, &bytes);
     let mut pending = Pending::new("revoke", "-");
     pending.entry.target = Some(id.clone());
@@ -390,7 +459,19 @@ pub async fn delete_message(
     Path((broker, queue, id)): Path<(String, String, String)>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Response {
+) -> Reply {
+    delete_core(&state, broker, queue, id, &headers, &bytes).await
+}
+
+pub async fn delete_core(
+    state: &AppState,
+    broker: String,
+    queue: String,
+    id: String,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Reply {
+    let (state, headers, bytes) = (state.clone(), headers.clone(), bytes.clone());
     let body = parse_body(&headers, &bytes);
     let mut pending = Pending::new("delete", "-");
     pending.entry.broker = Some(broker.clone());
@@ -418,7 +499,18 @@ pub async fn purge(
     Path((broker, queue)): Path<(String, String)>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Response {
+) -> Reply {
+    purge_core(&state, broker, queue, &headers, &bytes).await
+}
+
+pub async fn purge_core(
+    state: &AppState,
+    broker: String,
+    queue: String,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Reply {
+    let (state, headers, bytes) = (state.clone(), headers.clone(), bytes.clone());
     let body = parse_body(&headers, &bytes);
     let mut pending = Pending::new("purge", "-");
     pending.entry.broker = Some(broker.clone());
@@ -447,7 +539,7 @@ pub async fn pause(
     path: Path<(String, String)>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Response {
+) -> Reply {
     pause_or_resume(state, path, headers, bytes, true).await
 }
 
@@ -457,7 +549,7 @@ pub async fn resume(
     path: Path<(String, String)>,
     headers: HeaderMap,
     bytes: Bytes,
-) -> Response {
+) -> Reply {
     pause_or_resume(state, path, headers, bytes, false).await
 }
 
@@ -467,7 +559,7 @@ async fn pause_or_resume(
     headers: HeaderMap,
     bytes: Bytes,
     paused: bool,
-) -> Response {
+) -> Reply {
     let body = parse_body(&headers, &bytes);
     let mut pending = Pending::new(if paused { "pause" } else { "resume" }, "-");
     pending.entry.broker = Some(broker.clone());
@@ -499,6 +591,19 @@ pub struct AuditParams {
     until: Option<String>,
     cursor: Option<String>,
     limit: Option<usize>,
+}
+
+impl AuditParams {
+    /// The filters as typed, for the `/audit` page.
+    pub fn filters(&self) -> templates::AuditFilters {
+        let set = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        templates::AuditFilters {
+            action: set(&self.action),
+            who: set(&self.who),
+            since: set(&self.since),
+            until: set(&self.until),
+        }
+    }
 }
 
 /// Turns `/api/audit`'s parameters into a store query.

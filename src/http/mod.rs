@@ -2,6 +2,7 @@
 //! store. Handlers read only through [`StoreReader`] queries and render with the `templates`
 //! crate; nothing here touches Redis or DuckDB directly.
 
+mod action_pages;
 mod actions;
 mod alerts;
 pub(crate) mod api;
@@ -154,6 +155,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/queues/{broker}/{queue}/resume", post(actions::resume))
         .route("/api/audit", get(actions::audit))
         .route("/api/csrf", get(actions::csrf))
+        .route("/audit", get(action_pages::audit))
+        .route("/audit/run", post(action_pages::run))
+        .route("/tasks/{id}/retry", post(action_pages::retry))
+        .route(
+            "/tasks/{id}/{action}",
+            get(action_pages::confirm_task).post(action_pages::post_task),
+        )
+        .route(
+            "/queues/{broker}/{queue}/purge",
+            get(action_pages::confirm_purge).post(action_pages::purge),
+        )
         .route("/api/queues", get(api::queues))
         .route("/api/workers", get(api::workers))
         .route("/api/stats", get(api::stats))

@@ -131,14 +131,29 @@ pub async fn task_list(
     }
 }
 
-pub async fn task_detail(State(state): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn task_detail(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     match state.reader.get_task(&id).await {
-        Ok(Some((task, transitions))) => templates::task_detail(&templates::TaskDetailView {
-            version: VERSION.to_string(),
-            task,
-            transitions,
-        })
-        .into_response(),
+        Ok(Some((task, transitions))) => {
+            let actions = match state.reader.audit_for_task(&task.id).await {
+                Ok(entries) => entries
+                    .iter()
+                    .map(super::action_pages::action_line)
+                    .collect(),
+                Err(e) => return failed(e),
+            };
+            templates::task_detail(&templates::TaskDetailView {
+                version: VERSION.to_string(),
+                task,
+                transitions,
+                actions,
+                forms: super::action_pages::forms(&state, &headers),
+            })
+            .into_response()
+        }
         Ok(None) => (
             StatusCode::NOT_FOUND,
             templates::not_found(VERSION, &format!("No task with id {id:?} has been seen.")),
@@ -379,7 +394,11 @@ async fn reports_view(
 }
 
 /// `/queues`: a card per queue with its latest counts and its backlog over the window.
-pub async fn queues(State(state): State<AppState>, Query(params): Query<ReportParams>) -> Response {
+pub async fn queues(
+    State(state): State<AppState>,
+    Query(params): Query<ReportParams>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let now = Utc::now();
     let result: Result<templates::QueuesView, PageError> = async {
         let (range, filter) = params.window(now).map_err(PageError::BadRequest)?;
@@ -415,6 +434,7 @@ pub async fn queues(State(state): State<AppState>, Query(params): Query<ReportPa
             window: report_window(&params, &range),
             queues: cards,
             workers,
+            forms: super::action_pages::forms(&state, &headers),
         })
     }
     .await;

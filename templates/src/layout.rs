@@ -16,6 +16,8 @@ pub enum Nav {
     Workers,
     Failures,
     Reports,
+    /// `/audit` and the action pages.
+    Audit,
     /// A page outside the sections (not found, error): nothing is highlighted.
     None,
 }
@@ -29,6 +31,7 @@ const SECTIONS: &[(Nav, &str, &str)] = &[
     (Nav::Workers, "/workers", "Workers"),
     (Nav::Failures, "/failures", "Failures"),
     (Nav::Reports, "/reports", "Reports"),
+    (Nav::Audit, "/audit", "Audit"),
 ];
 
 /// A tiny inline icon, so browsers do not ask for `/favicon.ico`.

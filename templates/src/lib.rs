@@ -5,6 +5,7 @@
 //! - [`mod@overview`], [`tasks`], [`mod@task`]: one module per page, each with the view struct its
 //!   handler fills and the function that renders it.
 //! - [`mod@reports`], [`mod@queues`], [`mod@workers`], [`mod@failures`]: the report pages.
+//! - [`mod@actions`]: action buttons, confirmation and run forms, the audit journal page.
 //! - [`mod@alerts`]: the alerts section of the overview.
 //! - [`charts`]: server-side SVG time-series charts.
 //! - [`message`]: not found and error pages.
@@ -26,6 +27,7 @@
 //! most every 2 s and swaps those regions' HTML: the server stays the only renderer and the
 //! filters in the URL stay the source of truth. The *Live* button pauses and resumes.
 
+pub mod actions;
 pub mod alerts;
 pub mod charts;
 pub mod components;
@@ -48,6 +50,9 @@ mod tests_alerts;
 #[cfg(test)]
 mod tests_failures;
 
+pub use actions::{
+    audit_page, confirm_page, ActionForms, ActionLine, AuditFilters, AuditView, ConfirmView,
+};
 pub use alerts::{AlertLine, AlertsView};
 pub use failures::{failures, FailuresView, GroupRow};
 pub use layout::{page, Nav};

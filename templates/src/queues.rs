@@ -26,6 +26,8 @@ pub struct QueuesView {
     pub window: ReportWindow,
     pub queues: Vec<QueueCard>,
     pub workers: Vec<Worker>,
+    /// The purge buttons, when actions are enabled.
+    pub forms: Option<crate::actions::ActionForms>,
 }
 
 /// The queues page.
@@ -73,6 +75,10 @@ pub(crate) fn render(view: &QueuesView, now: &DateTime<Utc>) -> Markup {
                     @let href = |from: DateTime<Utc>, to: DateTime<Utc>| w.tasks_href(&base, &from, &to);
                     (line_chart(&w.axis, std::slice::from_ref(&q.backlog), &href, "No samples in this range."))
                     a.muted-link href=(w.href("/reports", &base)) { "Reports for this queue →" }
+                    @if view.forms.is_some() && crate::actions::can_run(s.broker) {
+                        " "
+                        a.button.danger.small href=(url(&format!("/queues/{}/{}/purge", s.broker.as_str(), format::encode_component(&s.name)))) { "Purge…" }
+                    }
                 }
             }
         }

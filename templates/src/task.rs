@@ -17,6 +17,10 @@ pub struct TaskDetailView {
     pub task: Task,
     /// Every state change of the task, oldest first.
     pub transitions: Vec<Transition>,
+    /// The actions taken on it or that created it (the audit journal), oldest first.
+    pub actions: Vec<crate::actions::ActionLine>,
+    /// The action buttons, when actions are enabled.
+    pub forms: Option<crate::actions::ActionForms>,
 }
 
 /// The task page.
@@ -36,6 +40,9 @@ pub(crate) fn render(view: &TaskDetailView, now: &DateTime<Utc>) -> Markup {
         p.task-id.mono { (task.id) }
         @if let Some(error) = &task.error {
             div.error-box { (error) }
+        }
+        @if let Some(forms) = &view.forms {
+            (crate::actions::task_buttons(task, forms))
         }
         section.card {
             h2 { "Details" }
@@ -58,6 +65,10 @@ pub(crate) fn render(view: &TaskDetailView, now: &DateTime<Utc>) -> Markup {
         section {
             h2 { "Timeline" }
             (timeline(&view.transitions, now))
+            @if !view.actions.is_empty() {
+                h3 { "Actions" }
+                (crate::actions::action_timeline(&task.id, &view.actions, now))
+            }
         }
     };
     page(name, Nav::Tasks, &view.version, body)

@@ -185,6 +185,8 @@ fn sample_detail() -> TaskDetailView {
         version: "0.1.0".to_string(),
         task,
         transitions,
+        actions: Vec::new(),
+        forms: None,
     }
 }
 
