@@ -1343,3 +1343,168 @@ fn dramatiq_run_delayed_retry_delete_and_purge_with_a_real_worker() {
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("dramatiq"), "{v}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// arq (arq 0.28, tests/python/arq_app.py; queue `arq:queue`)
+
+fn arq_world() -> World {
+    World::with_actions("arq")
+}
+
+fn arq(w: &World, settings: &str) -> WorkerProcess {
+    arq_worker(w.redis.port, settings, "arq:queue")
+}
+
+fn is_hex_uuid(id: &str) -> bool {
+    id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+#[test]
+fn arq_run_now_and_deferred_is_executed_by_a_real_worker_and_journaled() {
+    let _slot = test_slot();
+    let w = arq_world();
+    let _worker = arq(&w, "WorkerSettings");
+    let task = w.run(json!({"broker": "arq", "name": "add", "args": [2, 3],
+        "kwargs": {"note": "from taskscope"}}));
+    let id = task["id"].as_str().expect("id").to_string();
+    assert!(is_hex_uuid(&id), "uuid4().hex: {id}");
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["result"], json!(5), "{done}");
+    assert_eq!(done["queue"], "arq:queue", "{done}");
+    assert_eq!(done["args"], json!([2, 3]), "{done}");
+    assert_eq!(done["kwargs"], json!({"note": "from taskscope"}), "{done}");
+    let later = w.run(json!({"broker": "arq", "name": "add", "args": [40, 2],
+        "delay_ms": 1500}));
+    let later_id = later["id"].as_str().expect("id").to_string();
+    let done = w.ts.wait_state(&later_id, "success", LONG);
+    assert_eq!(done["result"], json!(42), "{done}");
+    assert!(
+        parse_time(&done, "started_at") >= parse_time(&later, "eta"),
+        "run after its time: {done} {later}"
+    );
+    // arq has no queue pause.
+    let (status, refused) = w.write("POST", "/api/queues/arq/arq:queue/pause", None);
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.to_string().contains("arq"), "{refused}");
+}
+
+#[test]
+fn arq_failed_job_retried_runs_again_under_a_new_id_linked_both_ways() {
+    let _slot = test_slot();
+    let w = arq_world();
+    let _worker = arq(&w, "WorkerSettings");
+    let ids = arq_produce(w.redis.port, &["fail", "[3]"]);
+    w.ts.wait_state(&ids[0], "failure", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"].as_str().expect("new id").to_string();
+    assert!(is_hex_uuid(&new_id) && new_id != ids[0], "{new_id}");
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["name"], "fail", "{again}");
+    assert_eq!(again["args"], json!([3]), "{again}");
+    assert_eq!(again["error"], "ValueError: card declined 3", "{again}");
+    for id in [&ids[0], &new_id] {
+        let t = w.ts.task(id).expect("task");
+        let actions = t["actions"].as_array().expect("actions");
+        assert!(
+            actions
+                .iter()
+                .any(|a| a["action"] == "retry" && a["new_task_id"] == new_id.as_str()),
+            "task {id} does not show the retry: {t}"
+        );
+    }
+}
+
+#[test]
+fn arq_with_a_json_serializer_gets_json_jobs() {
+    let _slot = test_slot();
+    let w = arq_world();
+    let worker = arq(&w, "JsonWorkerSettings");
+    // The application's own job tells taskscope its serializer.
+    let ids = arq_produce(w.redis.port, &["--serializer", "json", "fail", "[4]"]);
+    let failed = w.ts.wait_state(&ids[0], "failure", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"].as_str().expect("new id").to_string();
+    // It ran again and failed the same way (JSON cannot hold the exception: arq stores
+    // "unable to serialize result" for both); a job the worker could not read would fail with
+    // a deserialization error instead.
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["error"], failed["error"], "{again}");
+    assert_eq!(again["args"], json!([4]), "{again}");
+    assert!(again["started_at"].is_string(), "{again}");
+    let log = worker.log_text();
+    assert!(!log.contains("DeserializationError"), "{log}");
+    let task = w.run(json!({"broker": "arq", "name": "add", "args": [1, 2]}));
+    let id = task["id"].as_str().expect("id").to_string();
+    let job = w.redis_cli(&["GET", &format!("arq:job:{id}")]);
+    assert!(job.trim_start().starts_with('{'), "a JSON job: {job}");
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["result"], json!(3), "{done}");
+}
+
+#[test]
+fn arq_delete_purge_and_abort() {
+    let _slot = test_slot();
+    let w = arq_world();
+    let run = |args: Value, delay: u64| -> String {
+        w.run(json!({"broker": "arq", "name": "add", "args": args, "delay_ms": delay}))["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let ids: Vec<String> = (0..3).map(|i| run(json!([i, 1]), 0)).collect();
+    let deferred = run(json!([9, 9]), 60_000);
+    assert_eq!(w.redis_cli(&["ZCARD", "arq:queue"]), "4");
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/arq/arq:queue/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 1, "{entry}");
+    assert_eq!(
+        w.redis_cli(&["EXISTS", &format!("arq:job:{}", ids[0])]),
+        "0"
+    );
+    let (status, again) = w.write(
+        "DELETE",
+        &format!("/api/queues/arq/arq:queue/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 404, "{again}");
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/arq/arq:queue/messages/{deferred}"),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    let (status, entry) = w.write("POST", "/api/queues/arq/arq:queue/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 2, "{entry}");
+    assert_eq!(w.redis_cli(&["EXISTS", "arq:queue"]), "0");
+    let (status, missing) = w.write("POST", "/api/queues/arq/arq:nosuch/purge", None);
+    assert_eq!(status, 404, "{missing}");
+    // A worker now: a running job is aborted (`Job.abort`: arq:abort); the removed ones never
+    // ran.
+    let worker = arq(&w, "WorkerSettings");
+    let victim = w.run(json!({"broker": "arq", "name": "slow", "args": [1.9]}))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    worker.wait_started(&victim, LONG);
+    w.ts.wait_state(&victim, "running", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{victim}/revoke"), None);
+    assert_eq!(status, 200, "{entry}");
+    let t = w.ts.wait_state(&victim, "failure", LONG);
+    assert_eq!(t["error"], "CancelledError", "{t}");
+    for id in ids.iter().chain([&deferred]) {
+        assert_eq!(
+            w.redis_cli(&["EXISTS", &format!("arq:result:{id}")]),
+            "0",
+            "a removed job ran: {id}"
+        );
+        let t = w.ts.task(id).expect("task");
+        assert!(t["started_at"].is_null(), "a removed job started: {t}");
+    }
+}

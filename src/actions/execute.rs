@@ -3,7 +3,9 @@
 //! [`ActionError::Unsupported`] naming the broker and the action.
 
 use super::redis::ActionRedis;
-use super::{bullmq, celery, dramatiq, rq, sidekiq, stored_whole, ActionError, ActionSettings};
+use super::{
+    arq, bullmq, celery, dramatiq, rq, sidekiq, stored_whole, ActionError, ActionSettings,
+};
 use broker_adapters::bullmq::layout::QueueName;
 use broker_adapters::sidekiq::layout::Layout as SidekiqLayout;
 use broker_adapters::{Broker, Task, TaskState};
@@ -113,6 +115,9 @@ impl Actions {
             .map(|d| now + chrono::Duration::milliseconds(d.min(365 * 86_400_000) as i64));
         if req.broker == Broker::Bullmq {
             return self.run_bullmq(redis, req, now, run_at).await;
+        }
+        if req.broker == Broker::Arq {
+            return self.run_arq(redis, req, now, run_at).await;
         }
         let id = new_id(req.broker);
         let (queue, write) = match req.broker {
@@ -245,6 +250,7 @@ impl Actions {
             }
             Broker::Sidekiq => self.retry_sidekiq(redis, original, name, now).await,
             Broker::Bullmq => self.retry_bullmq(redis, original, name, now).await,
+            Broker::Arq => self.retry_arq(redis, original, name, now).await,
             Broker::Dramatiq => {
                 let queue = original.queue.clone().unwrap_or_else(|| "default".into());
                 // The dead letter keeps the failed message's body: its call, exactly.
@@ -336,6 +342,20 @@ impl Actions {
                     .await?;
                 Ok(())
             }
+            Broker::Arq => {
+                if task.state.is_final() {
+                    return Err(ActionError::Conflict(format!(
+                        "arq job {} already finished ({})",
+                        task.id,
+                        task.state.as_str()
+                    )));
+                }
+                let queue = task.queue.as_deref().unwrap_or(arq::DEFAULT_QUEUE);
+                redis
+                    .apply(&arq::abort(queue, &task.id, Utc::now().timestamp_millis()))
+                    .await?;
+                Ok(())
+            }
             Broker::Bullmq => Err(ActionError::unsupported(
                 Broker::Bullmq,
                 "revoke",
@@ -376,6 +396,7 @@ impl Actions {
                     .apply(&bullmq::delete(&q, bullmq::job_id(&q, id)))
                     .await?
             }
+            Broker::Arq => redis.apply(&arq::delete(queue, id)).await?,
             Broker::Dramatiq => redis.apply(&dramatiq::delete(queue, id)).await?,
             other => {
                 return Err(ActionError::unsupported(
@@ -416,6 +437,7 @@ impl Actions {
                     .integer("LLEN", vec![self.sidekiq.queue(queue).into_bytes()])
                     .await?
             }
+            Broker::Arq => redis.apply(&arq::waiting(queue)).await?,
             Broker::Bullmq => {
                 let q = bullmq_queue(queue)?;
                 redis
@@ -478,6 +500,12 @@ impl Actions {
                     > 0
             }
             Broker::Bullmq => self.bullmq_known(redis, &bullmq_queue(queue)?).await?,
+            Broker::Arq => {
+                redis
+                    .integer("EXISTS", vec![queue.as_bytes().to_vec()])
+                    .await?
+                    > 0
+            }
             Broker::Sidekiq => {
                 redis
                     .integer(
@@ -519,6 +547,7 @@ impl Actions {
             Broker::Rq => redis.apply(&rq::purge(queue)).await?,
             Broker::Sidekiq => redis.apply(&sidekiq::purge(&self.sidekiq, queue)).await?,
             Broker::Bullmq => redis.apply(&bullmq::purge(&bullmq_queue(queue)?)).await?,
+            Broker::Arq => redis.apply(&arq::purge(queue)).await?,
             Broker::Dramatiq => redis.apply(&dramatiq::purge(queue)).await?,
             _ => redis.apply(&celery::purge(queue)).await?,
         };
@@ -700,6 +729,175 @@ impl Actions {
     }
 }
 
+impl Actions {
+    /// The serializer of the arq application: the one of a job or result already in Redis,
+    /// else arq's default, pickle. A msgpack (or unknown) one is refused.
+    async fn arq_serializer(&self, redis: &ActionRedis) -> Result<arq::Serializer, ActionError> {
+        match redis
+            .read_script(arq::SNIFF_LUA, Vec::new(), Vec::new(), 16)
+            .await?
+        {
+            None => Ok(arq::Serializer::Pickle),
+            Some(head) => arq::serializer_of(&head).ok_or_else(|| {
+                ActionError::unsupported(
+                    Broker::Arq,
+                    "run",
+                    "this arq application's job_serializer is not pickle or JSON (msgpack?): \
+                     taskscope writes only those two",
+                )
+            }),
+        }
+    }
+
+    /// arq: `enqueue_job` (`_defer_by` for a delay).
+    async fn run_arq(
+        &self,
+        redis: &ActionRedis,
+        req: &RunRequest,
+        now: DateTime<Utc>,
+        run_at: Option<DateTime<Utc>>,
+    ) -> Result<Task, ActionError> {
+        let queue = req
+            .queue
+            .clone()
+            .unwrap_or_else(|| arq::DEFAULT_QUEUE.into());
+        check_identifier("queue", &queue)?;
+        let serializer = self.arq_serializer(redis).await?;
+        let id = new_id(Broker::Arq);
+        let enqueue_ms = now.timestamp_millis();
+        let job = arq::job_bytes(
+            serializer,
+            &req.name,
+            &req.args,
+            &req.kwargs,
+            None,
+            enqueue_ms,
+        );
+        let score = run_at.map_or(enqueue_ms, |at| at.timestamp_millis());
+        redis
+            .apply(&arq::enqueue(&queue, &id, job, enqueue_ms, score))
+            .await?;
+        let mut task = Task::new(Broker::Arq, id, now);
+        task.queue = Some(queue);
+        task.name = Some(req.name.clone());
+        task.args = Some(Value::Array(req.args.clone()));
+        task.kwargs = Some(Value::Object(req.kwargs.clone()));
+        task.enqueued_at = Some(now);
+        task.eta = run_at;
+        Ok(task)
+    }
+
+    /// arq: a new job with the function, args and kwargs of the failed job's result (or of its
+    /// job key while it still exists), in the same serializer; else the stored whole arguments.
+    async fn retry_arq(
+        &self,
+        redis: &ActionRedis,
+        original: &Task,
+        name: String,
+        now: DateTime<Utc>,
+    ) -> Result<Task, ActionError> {
+        use broker_adapters::arq::record;
+        const GET_LUA: &str = "return redis.call('GET', KEYS[1])";
+        let queue = original
+            .queue
+            .clone()
+            .unwrap_or_else(|| arq::DEFAULT_QUEUE.into());
+        let mut held = None;
+        for key in [
+            format!("{}{}", arq::RESULT_PREFIX, original.id),
+            format!("{}{}", arq::JOB_PREFIX, original.id),
+        ] {
+            if let Some(bytes) = redis
+                .read_script(GET_LUA, vec![key], Vec::new(), self.max_payload_bytes)
+                .await?
+            {
+                held = Some(bytes);
+                break;
+            }
+        }
+        let (function, args, kwargs, serializer) = match held {
+            Some(bytes) => {
+                let serializer = arq::serializer_of(&bytes).ok_or_else(|| {
+                    ActionError::unsupported(
+                        Broker::Arq,
+                        "retry",
+                        "the job was written by a job_serializer other than pickle or JSON",
+                    )
+                })?;
+                let job = record::decode_result(&bytes)
+                    .map(|r| r.job)
+                    .or_else(|_| record::decode_job(&bytes))
+                    .map_err(|e| {
+                        ActionError::Conflict(format!(
+                            "arq job {}'s stored call does not decode: {e}",
+                            original.id
+                        ))
+                    })?;
+                let args = match job.args {
+                    Some(Value::Array(a)) => a,
+                    None => Vec::new(),
+                    Some(_) => {
+                        return Err(ActionError::Conflict(format!(
+                            "arq job {}'s arguments are not plain data: cannot retry it with \
+                             its original arguments",
+                            original.id
+                        )))
+                    }
+                };
+                let kwargs = match job.kwargs {
+                    Some(Value::Object(m)) => m,
+                    None => Map::new(),
+                    Some(_) => {
+                        return Err(ActionError::Conflict(format!(
+                            "arq job {}'s keyword arguments are not plain data",
+                            original.id
+                        )))
+                    }
+                };
+                if has_placeholder(&args)
+                    || has_placeholder(&kwargs.values().cloned().collect::<Vec<_>>())
+                {
+                    return Err(ActionError::Conflict(format!(
+                        "arq job {}'s arguments hold Python objects taskscope cannot rewrite: \
+                         cannot retry it with its original arguments",
+                        original.id
+                    )));
+                }
+                (job.function, args, kwargs, serializer)
+            }
+            None => {
+                let (args, kwargs) = whole_arguments(original)?;
+                let serializer = self.arq_serializer(redis).await?;
+                (name, args, kwargs, serializer)
+            }
+        };
+        let new_id = new_id(Broker::Arq);
+        let enqueue_ms = now.timestamp_millis();
+        let job = arq::job_bytes(serializer, &function, &args, &kwargs, None, enqueue_ms);
+        redis
+            .apply(&arq::enqueue(&queue, &new_id, job, enqueue_ms, enqueue_ms))
+            .await?;
+        let mut task = new_task(original, new_id, queue, function, now);
+        task.args = Some(Value::Array(args));
+        task.kwargs = Some(Value::Object(kwargs));
+        Ok(task)
+    }
+}
+
+/// Whether decoded pickle values hold a class placeholder (`{"__class__": ...}`).
+fn has_placeholder(values: &[Value]) -> bool {
+    let mut stack: Vec<&Value> = values.iter().collect();
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(m) if m.contains_key("__class__") => return true,
+            Value::Object(m) => stack.extend(m.values()),
+            Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// A BullMQ queue as taskscope names it (`bull:emails`); a bare name is under the default
 /// prefix `bull`.
 fn bullmq_queue(queue: &str) -> Result<QueueName, ActionError> {
@@ -738,6 +936,8 @@ fn new_id(broker: Broker) -> String {
             random[6..].copy_from_slice(&other.as_bytes()[..6]);
             sidekiq::jid(&random)
         }
+        // `uuid4().hex`.
+        Broker::Arq => uuid.simple().to_string(),
         _ => uuid.to_string(),
     }
 }

@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`settings`]: the flags, their refusal rules and the name allow-list (globs).
 //! - [`pickle`]: a minimal pickle writer for RQ's default serializer (pure).
-//! - [`rq`], [`celery`], [`dramatiq`], [`sidekiq`], [`bullmq`]: one file per broker, pure: the exact commands and payloads the real
+//! - [`rq`], [`celery`], [`dramatiq`], [`sidekiq`], [`bullmq`], [`arq`]: one file per broker, pure: the exact commands and payloads the real
 //!   library writes, as [`Write`]s (one `MULTI`/`EXEC` or one Lua script each), built from
 //!   plain values and `now`, unit-tested without Redis.
 //! - [`redis`]: the only I/O: a fred client that runs a [`Write`] atomically and makes the
@@ -16,6 +16,7 @@
 //! Taskscope otherwise never writes to a broker's keys: this module is the second opt-in write
 //! path (the first is `--celery-enable-events`).
 
+pub mod arq;
 pub mod bullmq;
 pub mod celery;
 pub mod dramatiq;
