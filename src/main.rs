@@ -299,7 +299,11 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
             .registry
             .namespace(broker_adapters::Broker::Sidekiq)
             .as_deref(),
-    );
+    )
+    .with_sanitizer(ingest::sanitize::Sanitizer::new(
+        settings.max_value_bytes,
+        settings.redact_keys.clone(),
+    ));
     if actions.enabled() {
         tracing::warn!(
             names = %settings.actions.allow_names.join(","),

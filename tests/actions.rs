@@ -1508,3 +1508,132 @@ fn arq_delete_purge_and_abort() {
         assert!(t["started_at"].is_null(), "a removed job started: {t}");
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// taskiq (tests/python/taskiq_app.py)
+
+fn taskiq_scenario(kind: &str) {
+    let env = [("TS_TASKIQ_BROKER", kind)];
+    let w = World::new(
+        "taskiq",
+        &[
+            "--allow-actions",
+            "--auth-token",
+            TOKEN,
+            "--reconcile-every",
+            "1s",
+        ],
+    );
+    // The worker starts (a stream broker creates its group), then stops: messages wait.
+    let mut first = taskiq_worker(&w.redis.url(), &env);
+    let warm = taskiq_produce(&w.redis.url(), &env, "add", 1, &[]);
+    w.ts.wait_state(&warm[0], "success", LONG);
+    first.sigkill();
+    let waiting = taskiq_produce(&w.redis.url(), &env, "add", 3, &[]);
+    w.ts.wait_all_state(&waiting, "queued", SHORT);
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/taskiq/taskiq/messages/{}", waiting[0]),
+        None,
+    );
+    assert_eq!(status, 200, "{kind}: {entry}");
+    assert_eq!(entry["count"], 1);
+    let (status, entry) = w.write("POST", "/api/queues/taskiq/taskiq/purge", None);
+    assert_eq!(status, 200, "{kind}: {entry}");
+    assert_eq!(entry["count"], 2, "{kind}: {entry}");
+    // A worker again: a run succeeds, a failure retried runs again, the removed never run.
+    let _worker = taskiq_worker(&w.redis.url(), &env);
+    let task = w.run(
+        json!({"broker": "taskiq", "queue": "taskiq", "name": "taskiq_app:add",
+                            "args": [40, 2]}),
+    );
+    let id = task["id"].as_str().unwrap().to_string();
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["result"], json!(42), "{kind}: {done}");
+    let failing = w.run(json!({"broker": "taskiq", "name": "taskiq_app:fail", "args": [8]}));
+    let failing_id = failing["id"].as_str().unwrap().to_string();
+    w.ts.wait_state(&failing_id, "failure", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{failing_id}/retry"), None);
+    assert_eq!(status, 200, "{kind}: {entry}");
+    let new_id = entry["new_task_id"].as_str().unwrap().to_string();
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["args"], json!([8]), "{kind}: {again}");
+    // Never run: no result was stored (the result backend keys results by bare task id).
+    // (taskscope's stream reading takes an entry gone from the stream for one taken by a
+    // worker: a removed one may show `running`, never an outcome.)
+    for removed in &waiting {
+        assert_eq!(
+            w.redis_cli(&["EXISTS", removed]),
+            "0",
+            "{kind}: {removed} ran"
+        );
+        let t = w.ts.task(removed).expect("task");
+        assert!(
+            t["finished_at"].is_null(),
+            "{kind}: a removed message ran: {t}"
+        );
+    }
+}
+
+#[test]
+fn taskiq_stream_run_retry_delete_and_purge_with_a_real_worker() {
+    let _slot = test_slot();
+    taskiq_scenario("stream");
+}
+
+#[test]
+fn taskiq_list_run_retry_delete_and_purge_with_a_real_worker() {
+    let _slot = test_slot();
+    taskiq_scenario("list");
+}
+
+// ---------------------------------------------------------------------------------------------
+// arq (tests/python/arq_app.py)
+
+#[test]
+fn arq_run_retry_delete_purge_and_abort_with_a_real_worker() {
+    let _slot = test_slot();
+    let w = World::with_actions("arq");
+    // No worker yet: three waiting jobs, one deleted, two purged.
+    let run = |args: Value| {
+        let t = w.run(json!({"broker": "arq", "name": "add", "args": args}));
+        t["id"].as_str().unwrap().to_string()
+    };
+    let waiting: Vec<String> = (0..3).map(|i| run(json!([i, 1]))).collect();
+    w.ts.wait_all_state(&waiting, "queued", SHORT);
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/arq/arq:queue/messages/{}", waiting[0]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    let (status, entry) = w.write("POST", "/api/queues/arq/arq:queue/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 2, "{entry}");
+    assert_eq!(w.redis_cli(&["EXISTS", "arq:queue"]), "0");
+    let _worker = arq_worker(w.redis.port, "WorkerSettings", "arq:queue");
+    let ok = run(json!([40, 2]));
+    let done = w.ts.wait_state(&ok, "success", LONG);
+    assert_eq!(done["result"], json!(42), "{done}");
+    let failing = w.run(json!({"broker": "arq", "name": "fail", "args": [6]}));
+    let failing_id = failing["id"].as_str().unwrap().to_string();
+    w.ts.wait_state(&failing_id, "failure", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{failing_id}/retry"), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"].as_str().unwrap().to_string();
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["args"], json!([6]), "{again}");
+    // Abort a running job (the worker allows aborts).
+    let slow = w.run(json!({"broker": "arq", "name": "slow", "args": [60]}));
+    let slow_id = slow["id"].as_str().unwrap().to_string();
+    w.ts.wait_state(&slow_id, "running", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{slow_id}/revoke"), None);
+    assert_eq!(status, 200, "{entry}");
+    let aborted = w.ts.wait_state(&slow_id, "failure", LONG);
+    assert_eq!(aborted["error"], "CancelledError", "{aborted}");
+    assert_eq!(detail_of(&aborted, "failure"), "aborted", "{aborted}");
+    for removed in &waiting {
+        let t = w.ts.task(removed).expect("task");
+        assert!(t["started_at"].is_null(), "a removed job ran: {t}");
+    }
+}

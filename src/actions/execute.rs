@@ -4,7 +4,7 @@
 
 use super::redis::ActionRedis;
 use super::{
-    arq, bullmq, celery, dramatiq, rq, sidekiq, stored_whole, ActionError, ActionSettings,
+    arq, bullmq, celery, dramatiq, rq, sidekiq, stored_whole, taskiq, ActionError, ActionSettings,
 };
 use broker_adapters::bullmq::layout::QueueName;
 use broker_adapters::sidekiq::layout::Layout as SidekiqLayout;
@@ -34,6 +34,9 @@ pub struct Actions {
     db: u32,
     /// Sidekiq's keys (`--sidekiq-namespace`).
     sidekiq: SidekiqLayout,
+    /// Truncation and redaction of what the store is told about the tasks actions create
+    /// (as ingest applies them to what it reads).
+    sanitizer: Option<crate::ingest::sanitize::Sanitizer>,
 }
 
 /// Longest task name, queue or id accepted (the store's caps).
@@ -57,6 +60,7 @@ impl Actions {
             max_payload_bytes: 0,
             db: 0,
             sidekiq: SidekiqLayout::default(),
+            sanitizer: None,
         }
     }
 
@@ -78,6 +82,7 @@ impl Actions {
             max_payload_bytes,
             db,
             sidekiq: SidekiqLayout::default(),
+            sanitizer: None,
         })
     }
 
@@ -85,6 +90,37 @@ impl Actions {
     pub fn with_sidekiq_namespace(mut self, namespace: Option<&str>) -> Actions {
         self.sidekiq = SidekiqLayout::new(namespace);
         self
+    }
+
+    /// The same actions, telling the store about created tasks through `sanitizer`.
+    pub fn with_sanitizer(mut self, sanitizer: crate::ingest::sanitize::Sanitizer) -> Actions {
+        self.sanitizer = Some(sanitizer);
+        self
+    }
+
+    /// What the store is told about a task an action created: queued, with its name and
+    /// arguments (a worker may take the message before ingest reads it), sanitized as ingest
+    /// sanitizes what it reads.
+    pub fn created(&self, task: &Task, detail: String) -> broker_adapters::Observation {
+        let mut obs = broker_adapters::TaskObservation::new(
+            task.broker,
+            task.id.clone(),
+            task.enqueued_at.unwrap_or(task.updated_at),
+            broker_adapters::TaskEvent::Queued,
+            "taskscope",
+        );
+        obs.fields.queue = task.queue.clone();
+        obs.fields.name = task.name.clone();
+        obs.fields.args = task.args.clone();
+        obs.fields.kwargs = task.kwargs.clone();
+        obs.fields.eta = task.eta;
+        obs.fields.enqueued_at = task.enqueued_at;
+        obs.detail = Some(detail);
+        let mut observation = broker_adapters::Observation::Task(obs);
+        if let Some(s) = &self.sanitizer {
+            s.apply_observation(&mut observation);
+        }
+        observation
     }
 
     pub fn enabled(&self) -> bool {
@@ -171,6 +207,20 @@ impl Actions {
                     eta: run_at,
                 };
                 (queue.clone(), dramatiq::enqueue(&message, now))
+            }
+            Broker::Taskiq => {
+                let queue = req.queue.clone().unwrap_or_else(|| "taskiq".into());
+                check_identifier("queue", &queue)?;
+                if run_at.is_some() {
+                    return Err(ActionError::unsupported(
+                        Broker::Taskiq,
+                        "run with delay_ms",
+                        "a delay needs taskiq's scheduler, which does not keep it in the queue",
+                    ));
+                }
+                let kind = self.taskiq_kind(&queue).await?;
+                let message = taskiq::message(&id, &req.name, &req.args, &req.kwargs);
+                (queue.clone(), taskiq::enqueue(kind, &queue, message))
             }
             other => {
                 return Err(ActionError::unsupported(
@@ -287,11 +337,15 @@ impl Actions {
                 task.kwargs = Some(Value::Object(kwargs));
                 Ok(task)
             }
-            other => Err(ActionError::unsupported(
-                other,
-                "retry",
-                "not implemented yet",
-            )),
+            Broker::Taskiq => {
+                let (args, kwargs) = whole_arguments(original)?;
+                let queue = original.queue.clone().unwrap_or_else(|| "taskiq".into());
+                let kind = self.taskiq_kind(&queue).await?;
+                let new_id = uuid::Uuid::new_v4().simple().to_string();
+                let message = taskiq::message(&new_id, &name, &args, &kwargs);
+                redis.apply(&taskiq::enqueue(kind, &queue, message)).await?;
+                Ok(new_task(original, new_id, queue, name, now))
+            }
         }
     }
 
@@ -398,12 +452,9 @@ impl Actions {
             }
             Broker::Arq => redis.apply(&arq::delete(queue, id)).await?,
             Broker::Dramatiq => redis.apply(&dramatiq::delete(queue, id)).await?,
-            other => {
-                return Err(ActionError::unsupported(
-                    other,
-                    "delete",
-                    "not implemented yet",
-                ))
+            Broker::Taskiq => {
+                let kind = self.taskiq_kind(queue).await?;
+                redis.apply(&taskiq::delete(kind, queue, id)).await?
             }
         };
         if removed <= 0 {
@@ -457,12 +508,9 @@ impl Actions {
                 }
                 n
             }
-            other => {
-                return Err(ActionError::unsupported(
-                    other,
-                    "purge",
-                    "not implemented yet",
-                ))
+            Broker::Taskiq => {
+                let kind = self.taskiq_kind(queue).await?;
+                redis.apply(&taskiq::count(kind, queue)).await?
             }
         };
         Ok(n.max(0) as u64)
@@ -529,12 +577,11 @@ impl Actions {
                 }
                 any
             }
-            other => {
-                return Err(ActionError::unsupported(
-                    other,
-                    "purge",
-                    "not implemented yet",
-                ))
+            Broker::Taskiq => {
+                redis
+                    .integer("EXISTS", vec![queue.as_bytes().to_vec()])
+                    .await?
+                    > 0
             }
         };
         if !known {
@@ -549,9 +596,24 @@ impl Actions {
             Broker::Bullmq => redis.apply(&bullmq::purge(&bullmq_queue(queue)?)).await?,
             Broker::Arq => redis.apply(&arq::purge(queue)).await?,
             Broker::Dramatiq => redis.apply(&dramatiq::purge(queue)).await?,
+            Broker::Taskiq => {
+                let kind = self.taskiq_kind(queue).await?;
+                redis.apply(&taskiq::purge(kind, queue)).await?
+            }
             _ => redis.apply(&celery::purge(queue)).await?,
         };
         Ok(removed.max(0) as u64)
+    }
+}
+
+impl Actions {
+    /// Whether a taskiq queue is a stream or a list (`TYPE`; see [`taskiq::QueueKind::of_type`]).
+    async fn taskiq_kind(&self, queue: &str) -> Result<taskiq::QueueKind, ActionError> {
+        let t = self
+            .redis()?
+            .text("TYPE", vec![queue.as_bytes().to_vec()])
+            .await?;
+        Ok(taskiq::QueueKind::of_type(&t))
     }
 }
 
@@ -936,8 +998,8 @@ fn new_id(broker: Broker) -> String {
             random[6..].copy_from_slice(&other.as_bytes()[..6]);
             sidekiq::jid(&random)
         }
-        // `uuid4().hex`.
-        Broker::Arq => uuid.simple().to_string(),
+        // taskiq's and arq's own ids are `uuid4().hex`.
+        Broker::Taskiq | Broker::Arq => uuid.simple().to_string(),
         _ => uuid.to_string(),
     }
 }

@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`settings`]: the flags, their refusal rules and the name allow-list (globs).
 //! - [`pickle`]: a minimal pickle writer for RQ's default serializer (pure).
-//! - [`rq`], [`celery`], [`dramatiq`], [`sidekiq`], [`bullmq`], [`arq`]: one file per broker, pure: the exact commands and payloads the real
+//! - [`rq`], [`celery`], [`dramatiq`], [`taskiq`], [`sidekiq`], [`bullmq`], [`arq`]: one file per broker, pure: the exact commands and payloads the real
 //!   library writes, as [`Write`]s (one `MULTI`/`EXEC` or one Lua script each), built from
 //!   plain values and `now`, unit-tested without Redis.
 //! - [`redis`]: the only I/O: a fred client that runs a [`Write`] atomically and makes the
@@ -26,6 +26,7 @@ pub mod redis;
 pub mod rq;
 pub mod settings;
 pub mod sidekiq;
+pub mod taskiq;
 
 pub use execute::{Actions, RunRequest};
 pub use settings::ActionSettings;

@@ -178,6 +178,20 @@ impl ActionRedis {
         Ok(Some(bytes))
     }
 
+    /// One command whose reply is a simple string (`TYPE`).
+    pub async fn text(
+        &self,
+        name: &'static str,
+        args: Vec<Vec<u8>>,
+    ) -> Result<String, ActionError> {
+        let reply: Value = self
+            .client
+            .custom(custom(name), values(&args))
+            .await
+            .map_err(redis_error)?;
+        Ok(bytes_text(reply))
+    }
+
     /// One command whose reply is an integer (`LLEN`, `ZCARD`, `EXISTS`...).
     pub async fn integer(
         &self,

@@ -359,9 +359,22 @@ pub async fn run_core(state: &AppState, headers: &HeaderMap, bytes: &Bytes) -> R
         Ok(task) => {
             pending.entry.queue = task.queue.clone();
             pending.entry.new_task_id = Some(task.id.clone());
+            tell_store(&state, &task, "enqueued from taskscope".into()).await;
             answer(&state, pending, Ok(task_json(&task))).await
         }
         Err(e) => answer(&state, pending, Err(action_failure(e))).await,
+    }
+}
+
+/// Tells the store about a task an action created (its name and arguments stay known even
+/// when a worker takes the message before ingest reads it).
+async fn tell_store(state: &AppState, task: &Task, detail: String) {
+    if let Err(e) = state
+        .writer
+        .observe(vec![state.actions.created(task, detail)])
+        .await
+    {
+        tracing::warn!(error = %e, task = %task.id, "Could not record a created task.");
     }
 }
 
@@ -407,6 +420,7 @@ pub async fn retry_core(state: &AppState, id: String, headers: &HeaderMap, bytes
     match state.actions.retry(&original, Utc::now()).await {
         Ok(task) => {
             pending.entry.new_task_id = Some(task.id.clone());
+            tell_store(&state, &task, format!("a retry of {id} from taskscope")).await;
             answer(&state, pending, Ok(Value::Null)).await
         }
         Err(e) => answer(&state, pending, Err(action_failure(e))).await,

@@ -41,12 +41,15 @@ pub struct ActionForms {
 
 /// The brokers whose messages taskscope can write, and what each supports.
 pub fn can_run(broker: Broker) -> bool {
-    matches!(broker, Broker::Rq | Broker::Celery | Broker::Dramatiq)
+    matches!(
+        broker,
+        Broker::Rq | Broker::Celery | Broker::Dramatiq | Broker::Taskiq | Broker::Arq
+    )
 }
 
 /// The brokers with a way to stop a running task from Redis.
 pub fn can_stop(broker: Broker) -> bool {
-    matches!(broker, Broker::Rq | Broker::Celery)
+    matches!(broker, Broker::Rq | Broker::Celery | Broker::Arq)
 }
 
 fn csrf_field(forms: &ActionForms) -> Markup {
