@@ -43,7 +43,13 @@ pub struct ActionForms {
 pub fn can_run(broker: Broker) -> bool {
     matches!(
         broker,
-        Broker::Rq | Broker::Celery | Broker::Dramatiq | Broker::Taskiq | Broker::Arq
+        Broker::Rq
+            | Broker::Celery
+            | Broker::Dramatiq
+            | Broker::Taskiq
+            | Broker::Arq
+            | Broker::Bullmq
+            | Broker::Sidekiq
     )
 }
 
@@ -359,9 +365,14 @@ mod tests {
             !html.contains("method=\"post\""),
             "deleting goes through the confirmation page"
         );
+        // OSS Sidekiq cannot stop a running job: no stop button for it.
         task.broker = Broker::Sidekiq;
-        assert!(task_buttons(&task, &forms)
-            .into_string()
-            .contains("not supported for sidekiq"));
+        task.state = TaskState::Running;
+        let html = task_buttons(&task, &forms).into_string();
+        assert!(!html.contains("not supported"), "{html}");
+        assert!(
+            !html.contains("/stop") && !html.contains("/revoke"),
+            "{html}"
+        );
     }
 }
