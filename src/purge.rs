@@ -117,7 +117,18 @@ pub async fn run(args: PurgeArgs) -> Result<(), PurgeError> {
     let result = actions.purge(broker, &args.queue).await;
     if let Some((writer, reader, handle)) = journal {
         let (outcome, error, count) = match &result {
-            Ok(n) => (AuditOutcome::Ok, None, Some(*n)),
+            Ok((n, ids)) => {
+                let reason = format!("purged from queue {} by taskscope ({})", args.queue, who());
+                let now = chrono::Utc::now();
+                let removed = ids
+                    .iter()
+                    .map(|id| Actions::removed(broker, id, reason.clone(), now))
+                    .collect();
+                if let Err(e) = writer.observe(removed).await {
+                    tracing::warn!(error = %e, "Could not record the purged tasks.");
+                }
+                (AuditOutcome::Ok, None, Some(*n))
+            }
             Err(ActionError::Redis(m)) => (
                 AuditOutcome::Failed,
                 Some(format!("Redis refused the write: {m}")),
@@ -145,7 +156,7 @@ pub async fn run(args: PurgeArgs) -> Result<(), PurgeError> {
         journaled
             .map_err(|e| PurgeError::Other(anyhow::anyhow!("cannot journal the purge: {e}")))?;
     }
-    let removed = result.map_err(usage_or_other)?;
+    let (removed, _) = result.map_err(usage_or_other)?;
     println!(
         "Purged {removed} message{}.",
         if removed == 1 { "" } else { "s" }

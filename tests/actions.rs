@@ -232,8 +232,15 @@ fn rq_delete_and_purge_remove_messages_a_stopped_worker_would_have_run() {
             "{id}"
         );
         let t = w.ts.task(id).expect("task");
-        assert_ne!(t["state"], "success", "a deleted job ran: {t}");
         assert!(t["started_at"].is_null(), "a deleted job started: {t}");
+        assert_eq!(t["state"], "failure", "a removed message ends failure: {t}");
+        assert!(
+            t["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("by taskscope (token)"),
+            "{t}"
+        );
     }
     let actions: Vec<String> = w
         .audit()
@@ -871,9 +878,20 @@ fn sidekiq_delete_and_purge_remove_jobs_a_stopped_sidekiq_would_have_run() {
     for id in ids.iter().chain([&scheduled]) {
         assert!(!log.contains(id.as_str()), "deleted job {id} ran:\n{log}");
     }
-    // (taskscope's Sidekiq reading takes a job gone from its list for one a fetcher took, and
-    // later infers its success: a known limit of the adapter, see README; the journal and the
-    // task's timeline show the deletion.)
+    // The store was told they will never run: taskscope's Sidekiq reading, which takes a job
+    // gone from its list for one a fetcher took, cannot infer their success (it does the
+    // marker's, two heartbeats later).
+    w.ts.wait_state(&marker, "success", LONG);
+    for id in ids.iter().chain([&scheduled]) {
+        let t = w.ts.task(id).expect("task");
+        assert_eq!(t["state"], "failure", "{t}");
+        let error = t["error"].as_str().unwrap_or("");
+        assert!(
+            error.contains("deleted from queue default")
+                || error.contains("purged from queue default"),
+            "{t}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1338,6 +1356,14 @@ fn dramatiq_run_delayed_retry_delete_and_purge_with_a_real_worker() {
     for removed in [&waiting[0], &waiting[1], &delayed_id] {
         let t = w.ts.task(removed).expect("task");
         assert!(t["started_at"].is_null(), "a removed message ran: {t}");
+        assert_eq!(t["state"], "failure", "a removed message ends failure: {t}");
+        assert!(
+            t["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("by taskscope (token)"),
+            "{t}"
+        );
     }
     // Dramatiq cannot stop a running message: a clear 400 naming the broker.
     let (status, v) = w.write("POST", &format!("/api/tasks/{id}/revoke"), None);
@@ -1560,8 +1586,7 @@ fn taskiq_scenario(kind: &str) {
     let again = w.ts.wait_state(&new_id, "failure", LONG);
     assert_eq!(again["args"], json!([8]), "{kind}: {again}");
     // Never run: no result was stored (the result backend keys results by bare task id).
-    // (taskscope's stream reading takes an entry gone from the stream for one taken by a
-    // worker: a removed one may show `running`, never an outcome.)
+    // In taskscope they end `failure`, saying who removed them.
     for removed in &waiting {
         assert_eq!(
             w.redis_cli(&["EXISTS", removed]),
@@ -1569,9 +1594,13 @@ fn taskiq_scenario(kind: &str) {
             "{kind}: {removed} ran"
         );
         let t = w.ts.task(removed).expect("task");
+        assert_eq!(t["state"], "failure", "{kind}: {t}");
         assert!(
-            t["finished_at"].is_null(),
-            "{kind}: a removed message ran: {t}"
+            t["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("by taskscope (token)"),
+            "{kind}: {t}"
         );
     }
 }
@@ -1635,6 +1664,111 @@ fn arq_run_retry_delete_purge_and_abort_with_a_real_worker() {
     assert_eq!(detail_of(&aborted, "failure"), "aborted", "{aborted}");
     for removed in &waiting {
         let t = w.ts.task(removed).expect("task");
-        assert!(t["started_at"].is_null(), "a removed job ran: {t}");
+        assert_eq!(t["state"], "failure", "a removed message ends failure: {t}");
+        assert!(
+            t["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("by taskscope (token)"),
+            "{t}"
+        );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sidekiq (tests/ruby/app.rb)
+
+#[test]
+fn sidekiq_run_retry_delete_and_purge_with_a_real_process() {
+    let _slot = test_slot();
+    // Sidekiq 6 beats every 5 s: the default 5 s --abandon-after would be too short.
+    let w = World::new(
+        "sidekiq",
+        &[
+            "--allow-actions",
+            "--auth-token",
+            TOKEN,
+            "--abandon-after",
+            "15s",
+        ],
+    );
+    // No process yet: three waiting jobs, one deleted, two purged.
+    let run = |class: &str, args: Value| {
+        let t = w.run(json!({"broker": "sidekiq", "name": class, "args": args}));
+        t["id"].as_str().unwrap().to_string()
+    };
+    let waiting: Vec<String> = (0..3).map(|i| run("AddJob", json!([i, 1]))).collect();
+    w.ts.wait_all_state(&waiting, "queued", SHORT);
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/sidekiq/default/messages/{}", waiting[0]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    let (status, entry) = w.write("POST", "/api/queues/sidekiq/default/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 2, "{entry}");
+    assert_eq!(w.redis_cli(&["EXISTS", "queue:default"]), "0");
+    // A failing job (straight to `dead`) and a good one wait too (seen waiting: Sidekiq's
+    // success is inferred from a job seen waiting, then in no work hash); then a process.
+    // (Produced by the app: the class's `retry: 0` is in the job; a job pushed by class name,
+    // as taskscope and `Sidekiq::Client.push("class" => ...)` do, gets the default retry.)
+    let failing = sidekiq_produce(&w.redis, None, &["noretry", "declined 7"]).remove(0);
+    let ok = run("AddJob", json!([40, 2]));
+    w.ts.wait_all_state(&[failing.clone(), ok.clone()], "queued", SHORT);
+    let _worker = sidekiq_worker(&w.redis, &["default"], None);
+    w.ts.wait_state(&ok, "success", LONG);
+    let failed = w.ts.wait_state(&failing, "failure", LONG);
+    assert_eq!(failed["args"], json!(["declined 7"]), "{failed}");
+    // Retry: the dead job's class and args pushed again under a new jid.
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{failing}/retry"), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"].as_str().unwrap().to_string();
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["name"], "NoRetryJob", "{again}");
+    assert_eq!(again["args"], json!(["declined 7"]), "{again}");
+    for removed in &waiting {
+        let t = w.ts.task(removed).expect("task");
+        assert_eq!(t["state"], "failure", "a removed message ends failure: {t}");
+        assert!(
+            t["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("by taskscope (token)"),
+            "{t}"
+        );
+    }
+    let (status, v) = w.write("POST", &format!("/api/tasks/{ok}/revoke"), None);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("sidekiq"), "{v}");
+}
+
+#[test]
+fn a_write_redis_refuses_fails_with_502_and_is_journaled_as_failed() {
+    let _slot = test_slot();
+    let w = World::with_actions("rq");
+    // A read-only replica (of a master that is not there): every write is refused.
+    let dead_port = free_port().to_string();
+    w.redis_cli(&["REPLICAOF", "127.0.0.1", &dead_port]);
+    let (status, v) = w.write(
+        "POST",
+        "/api/tasks",
+        Some(json!({"broker": "rq", "name": "rq_app.add", "args": [1, 2]})),
+    );
+    w.redis_cli(&["REPLICAOF", "NO", "ONE"]);
+    assert_eq!(status, 502, "{v}");
+    let error = v["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("Redis refused the write") && error.contains("READONLY"),
+        "{v}"
+    );
+    assert_eq!(v["entry"]["outcome"], "failed", "{v}");
+    assert_eq!(
+        w.redis_cli(&["EXISTS", "rq:queue:default"]),
+        "0",
+        "nothing half-written"
+    );
+    let audit = w.audit();
+    assert_eq!(audit[0]["outcome"], "failed");
+    assert!(audit[0]["error"].as_str().unwrap().contains("READONLY"));
 }

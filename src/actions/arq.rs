@@ -142,9 +142,10 @@ pub fn delete(queue: &str, id: &str) -> Write {
     }
 }
 
-/// Every job of the queue `KEYS[1]` not in progress, out with its keys; replies the count.
+/// Every job of the queue `KEYS[1]` not in progress, out with its keys; replies the count, then
+/// the ids of at most 10000 of them.
 const PURGE_LUA: &str = r#"
-local count = 0
+local out = {0}
 local start = 0
 while true do
     local ids = redis.call('ZRANGE', KEYS[1], start, start + 999)
@@ -156,12 +157,13 @@ while true do
         else
             redis.call('ZREM', KEYS[1], id)
             redis.call('DEL', ARGV[2] .. id, ARGV[3] .. id)
-            count = count + 1
+            out[1] = out[1] + 1
+            if #out <= 10000 then out[#out + 1] = id end
         end
     end
     start = start + kept
 end
-return count
+return out
 "#;
 
 pub fn purge(queue: &str) -> Write {

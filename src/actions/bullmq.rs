@@ -189,15 +189,19 @@ pub fn delete(queue: &QueueName, job_id: &str) -> Write {
 }
 
 /// `Queue.drain()`: every waiting job's keys deleted, then the lists and the priority set;
-/// replies the count. Pages of 1000 ids keep each `DEL` bounded.
+/// replies the count, then the task ids (job keys) of at most 10000 of them. Pages of 1000 ids
+/// keep each `DEL` bounded.
 ///
 /// KEYS: wait, paused, prioritized, priority counter. ARGV: job key prefix.
 const PURGE_LUA: &str = r#"
 local rcall = redis.call
-local count = 0
+local out = {0}
 local function drop(ids)
-    for _, id in ipairs(ids) do rcall('DEL', ARGV[1] .. id, ARGV[1] .. id .. ':logs') end
-    count = count + #ids
+    for _, id in ipairs(ids) do
+        rcall('DEL', ARGV[1] .. id, ARGV[1] .. id .. ':logs')
+        if #out <= 10000 then out[#out + 1] = ARGV[1] .. id end
+    end
+    out[1] = out[1] + #ids
 end
 for i = 1, 2 do
     local start = 0
@@ -217,7 +221,7 @@ while true do
     start = start + 1000
 end
 rcall('DEL', KEYS[3], KEYS[4])
-return count
+return out
 "#;
 
 pub fn purge(queue: &QueueName) -> Write {

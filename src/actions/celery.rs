@@ -132,12 +132,19 @@ pub fn delete(queue: &str, id: &str) -> Write {
 
 /// kombu's `_purge`: every priority list counted, then deleted.
 const PURGE_LUA: &str = r#"
-local count = 0
+local out = {0}
 for _, key in ipairs(KEYS) do
-    count = count + redis.call('LLEN', key)
+    for _, message in ipairs(redis.call('LRANGE', key, 0, -1)) do
+        out[1] = out[1] + 1
+        local ok, decoded = pcall(cjson.decode, message)
+        if #out <= 10000 and ok and type(decoded) == 'table' and type(decoded.headers) == 'table'
+            and type(decoded.headers.id) == 'string' then
+            out[#out + 1] = decoded.headers.id
+        end
+    end
     redis.call('DEL', key)
 end
-return count
+return out
 "#;
 
 pub fn purge(queue: &str) -> Write {

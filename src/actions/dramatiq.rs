@@ -139,9 +139,17 @@ pub fn delete(queue: &str, message_id: &str) -> Write {
 
 /// The waiting and delayed messages counted, then their lists and hashes deleted.
 const PURGE_LUA: &str = r#"
-local count = redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[3])
+local out = {redis.call('LLEN', KEYS[1]) + redis.call('LLEN', KEYS[3])}
+for _, hash in ipairs({KEYS[2], KEYS[4]}) do
+    for _, body in ipairs(redis.call('HVALS', hash)) do
+        local ok, decoded = pcall(cjson.decode, body)
+        if #out <= 10000 and ok and type(decoded) == 'table' and type(decoded.message_id) == 'string' then
+            out[#out + 1] = decoded.message_id
+        end
+    end
+end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
-return count
+return out
 "#;
 
 pub fn purge(queue: &str) -> Write {

@@ -123,6 +123,28 @@ impl Actions {
         observation
     }
 
+    /// What the store is told about a task whose message an action removed (delete, purge):
+    /// it will never run, so it ends `failure` with the reason (a final state: the broker's
+    /// adapter cannot tell a removed message from one a worker took, and must not turn it into
+    /// a run).
+    pub fn removed(
+        broker: Broker,
+        id: &str,
+        reason: String,
+        at: DateTime<Utc>,
+    ) -> broker_adapters::Observation {
+        let mut obs = broker_adapters::TaskObservation::new(
+            broker,
+            id.to_string(),
+            at,
+            broker_adapters::TaskEvent::Failed,
+            "taskscope",
+        );
+        obs.fields.error = Some(reason.clone());
+        obs.detail = Some(reason);
+        broker_adapters::Observation::Task(obs)
+    }
+
     pub fn enabled(&self) -> bool {
         self.settings.enabled && self.redis.is_some()
     }
@@ -516,8 +538,13 @@ impl Actions {
         Ok(n.max(0) as u64)
     }
 
-    /// Removes every waiting message of `queue`; how many.
-    pub async fn purge(&self, broker: Broker, queue: &str) -> Result<u64, ActionError> {
+    /// Removes every waiting message of `queue`; how many, and the ids of the tasks removed
+    /// (at most 10000).
+    pub async fn purge(
+        &self,
+        broker: Broker,
+        queue: &str,
+    ) -> Result<(u64, Vec<String>), ActionError> {
         let redis = self.redis()?;
         check_identifier("queue", queue)?;
         let known = match broker {
@@ -591,18 +618,27 @@ impl Actions {
             )));
         }
         let removed = match broker {
-            Broker::Rq => redis.apply(&rq::purge(queue)).await?,
-            Broker::Sidekiq => redis.apply(&sidekiq::purge(&self.sidekiq, queue)).await?,
-            Broker::Bullmq => redis.apply(&bullmq::purge(&bullmq_queue(queue)?)).await?,
-            Broker::Arq => redis.apply(&arq::purge(queue)).await?,
-            Broker::Dramatiq => redis.apply(&dramatiq::purge(queue)).await?,
+            Broker::Rq => redis.apply_listing(&rq::purge(queue)).await?,
+            Broker::Sidekiq => {
+                redis
+                    .apply_listing(&sidekiq::purge(&self.sidekiq, queue))
+                    .await?
+            }
+            Broker::Bullmq => {
+                redis
+                    .apply_listing(&bullmq::purge(&bullmq_queue(queue)?))
+                    .await?
+            }
+            Broker::Arq => redis.apply_listing(&arq::purge(queue)).await?,
+            Broker::Dramatiq => redis.apply_listing(&dramatiq::purge(queue)).await?,
             Broker::Taskiq => {
                 let kind = self.taskiq_kind(queue).await?;
-                redis.apply(&taskiq::purge(kind, queue)).await?
+                redis.apply_listing(&taskiq::purge(kind, queue)).await?
             }
-            _ => redis.apply(&celery::purge(queue)).await?,
+            _ => redis.apply_listing(&celery::purge(queue)).await?,
         };
-        Ok(removed.max(0) as u64)
+        let (removed, ids) = removed;
+        Ok((removed.max(0) as u64, ids))
     }
 }
 
@@ -958,6 +994,17 @@ fn has_placeholder(values: &[Value]) -> bool {
         }
     }
     false
+}
+
+impl Actions {
+    /// The task id of message `id` of `queue` as a delete route names it (BullMQ takes a bare
+    /// job id too: its task id is the job key).
+    pub fn task_id_of(broker: Broker, queue: &str, id: &str) -> String {
+        match (broker, bullmq_queue(queue)) {
+            (Broker::Bullmq, Ok(q)) => q.job(bullmq::job_id(&q, id)),
+            _ => id.to_string(),
+        }
+    }
 }
 
 /// A BullMQ queue as taskscope names it (`bull:emails`); a bare name is under the default

@@ -65,7 +65,8 @@ impl RedisCommand {
 pub enum Write {
     /// Commands in one `MULTI`/`EXEC`.
     Multi(Vec<RedisCommand>),
-    /// One Lua script (`EVAL`); its integer reply is the count of what it removed.
+    /// One Lua script (`EVAL`); its reply is the count of what it removed, or (purges)
+    /// `{count, id, id...}`: the count, then the ids of the tasks removed (at most 10000).
     Script {
         lua: &'static str,
         keys: Vec<String>,

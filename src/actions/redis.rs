@@ -61,6 +61,35 @@ impl ActionRedis {
     /// Applies `write` atomically; the integer reply of a script or `PUBLISH` (removed
     /// messages, receivers), 0 for a `MULTI`.
     pub async fn apply(&self, write: &Write) -> Result<i64, ActionError> {
+        Ok(self.apply_listing(write).await?.0)
+    }
+
+    /// [`Self::apply`], with the task ids a purge script lists after its count.
+    pub async fn apply_listing(&self, write: &Write) -> Result<(i64, Vec<String>), ActionError> {
+        match write {
+            Write::Script { lua, keys, args } => {
+                let mut all = vec![Value::from(*lua), Value::from(keys.len() as i64)];
+                all.extend(keys.iter().map(|k| Value::from(k.as_str())));
+                all.extend(values(args));
+                let reply: Value = self
+                    .client
+                    .custom(custom("EVAL"), all)
+                    .await
+                    .map_err(redis_error)?;
+                Ok(match reply {
+                    Value::Array(items) => {
+                        let mut it = items.into_iter();
+                        let count = it.next().and_then(|v| v.as_i64()).unwrap_or(0);
+                        (count, it.map(bytes_text).collect())
+                    }
+                    other => (other.as_i64().unwrap_or(0), Vec::new()),
+                })
+            }
+            other => Ok((self.apply_one(other).await?, Vec::new())),
+        }
+    }
+
+    async fn apply_one(&self, write: &Write) -> Result<i64, ActionError> {
         match write {
             Write::Multi(commands) => {
                 let trx = self.client.multi();

@@ -205,14 +205,15 @@ pub fn delete(queue: &str, id: &str) -> Write {
 /// `Queue.empty()`'s script: pops every waiting id and deletes its job hash; replies the count.
 const PURGE_LUA: &str = r#"
 local prefix = ARGV[1]
-local count = 0
+local out = {0}
 while true do
     local job_id = redis.call('LPOP', KEYS[1])
     if job_id == false then break end
     redis.call('DEL', prefix .. job_id, prefix .. job_id .. ':dependents')
-    count = count + 1
+    out[1] = out[1] + 1
+    if #out <= 10000 then out[#out + 1] = job_id end
 end
-return count
+return out
 "#;
 
 pub fn purge(queue: &str) -> Write {

@@ -234,12 +234,25 @@ pub fn delete(layout: &Layout, queue: &str, jid: &str) -> Write {
     }
 }
 
-/// `Queue#clear` (`UNLINK queue:<q>`, `SREM queues <q>`), replying the count it removed.
+/// `Queue#clear` (`UNLINK queue:<q>`, `SREM queues <q>`), replying the count it removed, then
+/// the jids of (at most 10000 of) the removed jobs.
 const PURGE_LUA: &str = r#"
-local n = redis.call('LLEN', KEYS[1])
+local out = {redis.call('LLEN', KEYS[1])}
+local start = 0
+while #out <= 10000 do
+    local members = redis.call('LRANGE', KEYS[1], start, start + 99)
+    if #members == 0 then break end
+    for _, m in ipairs(members) do
+        local ok, job = pcall(cjson.decode, m)
+        if ok and type(job) == 'table' and type(job['jid']) == 'string' and #out <= 10000 then
+            out[#out + 1] = job['jid']
+        end
+    end
+    start = start + 100
+end
 redis.call('UNLINK', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
-return n
+return out
 "#;
 
 pub fn purge(layout: &Layout, queue: &str) -> Write {

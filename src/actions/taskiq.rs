@@ -109,16 +109,29 @@ return removed
 const PURGE_LUA: &str = concat!(
     waiting_lua!(),
     r#"
+local out = {0}
+local function note(body)
+    local ok, decoded = pcall(cjson.decode, body)
+    if #out <= 10000 and ok and type(decoded) == 'table' and type(decoded.task_id) == 'string' then
+        out[#out + 1] = decoded.task_id
+    end
+end
 if ARGV[1] == 'list' then
-    local n = redis.call('LLEN', KEYS[1])
+    for _, body in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+        out[1] = out[1] + 1
+        note(body)
+    end
     redis.call('DEL', KEYS[1])
-    return n
+    return out
 end
-local removed = 0
 for _, entry in ipairs(waiting(KEYS[1])) do
-    removed = removed + redis.call('XDEL', KEYS[1], entry[1])
+    out[1] = out[1] + redis.call('XDEL', KEYS[1], entry[1])
+    local fields = entry[2]
+    for i = 1, #fields, 2 do
+        if fields[i] == 'data' then note(fields[i + 1]) end
+    end
 end
-return removed
+return out
 "#
 );
 

@@ -378,6 +378,13 @@ async fn tell_store(state: &AppState, task: &Task, detail: String) {
     }
 }
 
+/// Tells the store the tasks whose messages were removed (they end `failure`).
+async fn tell_removed(state: &AppState, removed: Vec<broker_adapters::Observation>) {
+    if let Err(e) = state.writer.observe(removed).await {
+        tracing::warn!(error = %e, "Could not record removed tasks.");
+    }
+}
+
 fn task_json(task: &Task) -> Value {
     serde_json::to_value(task).unwrap_or(Value::Null)
 }
@@ -501,6 +508,13 @@ pub async fn delete_core(
     match state.actions.delete(broker, &queue, &id).await {
         Ok(n) => {
             pending.entry.count = Some(n);
+            let reason = format!(
+                "deleted from queue {queue} by taskscope ({})",
+                pending.entry.who
+            );
+            let task_id = crate::actions::Actions::task_id_of(broker, &queue, &id);
+            let removed = crate::actions::Actions::removed(broker, &task_id, reason, Utc::now());
+            tell_removed(&state, vec![removed]).await;
             answer(&state, pending, Ok(Value::Null)).await
         }
         Err(e) => answer(&state, pending, Err(action_failure(e))).await,
@@ -538,8 +552,18 @@ pub async fn purge_core(
         Err(e) => return answer(&state, pending, Err(e)).await,
     };
     match state.actions.purge(broker, &queue).await {
-        Ok(n) => {
+        Ok((n, ids)) => {
             pending.entry.count = Some(n);
+            let reason = format!(
+                "purged from queue {queue} by taskscope ({})",
+                pending.entry.who
+            );
+            let now = Utc::now();
+            let removed = ids
+                .iter()
+                .map(|id| crate::actions::Actions::removed(broker, id, reason.clone(), now))
+                .collect();
+            tell_removed(&state, removed).await;
             answer(&state, pending, Ok(Value::Null)).await
         }
         Err(e) => answer(&state, pending, Err(action_failure(e))).await,
