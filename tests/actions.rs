@@ -754,6 +754,41 @@ fn sidekiq_run_now_and_delayed_is_executed_by_a_real_sidekiq_and_journaled() {
 }
 
 #[test]
+fn sidekiq_under_a_namespace_runs_and_retries_in_the_namespaces_keys() {
+    let _slot = test_slot();
+    let w = World::new(
+        "sidekiq",
+        &[
+            "--allow-actions",
+            "--auth-token",
+            TOKEN,
+            "--sidekiq-namespace",
+            "app",
+        ],
+    );
+    let worker = sidekiq_worker(&w.redis, &["default"], Some("app"));
+    let task = w.run(json!({"broker": "sidekiq", "name": "AddJob", "args": [2, 3, 6]}));
+    let id = task["id"].as_str().expect("id").to_string();
+    worker.wait_started(&id, LONG);
+    w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(w.redis_cli(&["SISMEMBER", "app:queues", "default"]), "1");
+    assert_eq!(
+        w.redis_cli(&["EXISTS", "queues"]),
+        "0",
+        "nothing outside the namespace"
+    );
+    let ids = sidekiq_produce(&w.redis, Some("app"), &["noretry", "ns-7"]);
+    w.ts.wait_state(&ids[0], "failure", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"].as_str().expect("new id").to_string();
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["args"], json!(["ns-7"]), "{again}");
+    let dead = w.redis_cli(&["ZRANGE", "app:dead", "0", "-1"]);
+    assert!(dead.contains(&new_id) && !dead.contains(&ids[0]), "{dead}");
+}
+
+#[test]
 fn sidekiq_dead_job_retried_runs_again_under_a_new_jid_linked_both_ways() {
     let _slot = test_slot();
     let w = sidekiq_world();

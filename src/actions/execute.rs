@@ -244,11 +244,12 @@ impl Actions {
                 let message = taskiq::message(&id, &req.name, &req.args, &req.kwargs);
                 (queue.clone(), taskiq::enqueue(kind, &queue, message))
             }
+            // BullMQ and arq were run above (their ids come from Redis or their own shape).
             other => {
                 return Err(ActionError::unsupported(
                     other,
                     "run",
-                    "not implemented yet",
+                    "no writer for this broker",
                 ))
             }
         };
