@@ -1807,3 +1807,83 @@ fn a_write_redis_refuses_fails_with_502_and_is_journaled_as_failed() {
     assert_eq!(audit[0]["outcome"], "failed");
     assert!(audit[0]["error"].as_str().unwrap().contains("READONLY"));
 }
+
+#[test]
+fn bulk_retry_and_delete_over_a_task_list_filter_with_a_preview_count() {
+    let _slot = test_slot();
+    let w = World::with_actions("rq");
+    let _worker = rq_worker(&w);
+    let failed = rq_produce(
+        &w.redis.url(),
+        "fail",
+        3,
+        &RqProduceOpts {
+            args: Some(json!([2])),
+            ..RqProduceOpts::default()
+        },
+    );
+    let ok = rq_produce(&w.redis.url(), "add", 1, &RqProduceOpts::default());
+    w.ts.wait_all_state(&failed, "failure", LONG);
+    w.ts.wait_state(&ok[0], "success", LONG);
+    // Jobs nobody consumes: the bulk delete's targets.
+    let parked = rq_produce(
+        &w.redis.url(),
+        "add",
+        2,
+        &RqProduceOpts {
+            queue: Some("parked".into()),
+            ..RqProduceOpts::default()
+        },
+    );
+    w.ts.wait_all_state(&parked, "queued", SHORT);
+    // The preview counts the failed tasks the filter matches (not the successful one).
+    let (status, preview) = w.write(
+        "POST",
+        "/api/bulk/retry?broker=rq&name=rq_app.fail&preview=1",
+        None,
+    );
+    assert_eq!(status, 200, "{preview}");
+    assert_eq!(preview["count"], 3, "{preview}");
+    assert_eq!(w.audit().len(), 0, "a preview changes nothing");
+    let (status, done) = w.write("POST", "/api/bulk/retry?broker=rq&name=rq_app.fail", None);
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["ok"], 3, "{done}");
+    let retries: Vec<String> = w
+        .audit()
+        .iter()
+        .filter(|e| e["action"] == "retry")
+        .map(|e| e["new_task_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(retries.len(), 3);
+    for id in &retries {
+        let t = w.ts.wait_state(id, "failure", LONG);
+        assert_eq!(t["args"], json!([2]), "{t}");
+    }
+    let (status, preview) = w.write("POST", "/api/bulk/delete?queue=parked&preview=1", None);
+    assert_eq!(status, 200);
+    assert_eq!(preview["count"], 2, "{preview}");
+    let (status, done) = w.write("POST", "/api/bulk/delete?queue=parked", None);
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["ok"], 2, "{done}");
+    assert_eq!(w.redis_cli(&["LLEN", "rq:queue:parked"]), "0");
+    let (status, _) = w.write("POST", "/api/bulk/nosuch?preview=1", None);
+    assert_eq!(status, 404);
+    // The pages: the task list links to the bulk retry, which asks first with the count.
+    let b = Browser::login(&w);
+    let (_, list) = b.page("/tasks?name=rq_app.fail");
+    assert!(
+        list.contains("/tasks/bulk/retry?name=rq_app.fail"),
+        "{list}"
+    );
+    let (status, confirm) = b.page("/tasks/bulk/retry?name=rq_app.fail");
+    assert_eq!(status, 200);
+    assert!(
+        confirm.contains("Retry the 6 failed or abandoned tasks"),
+        "{confirm}"
+    );
+    let (status, location) = b.submit(&confirm, "/tasks/bulk/retry?name=rq_app.fail", &[]);
+    assert_eq!(status, 303, "{location}");
+    assert_eq!(location, "/audit");
+    let bulk = w.ts.get("/api/audit?action=bulk-retry")["entries"].clone();
+    assert_eq!(bulk[0]["count"], 6, "{bulk}");
+}

@@ -106,7 +106,7 @@ pub async fn audit(
             }
         }
         pairs.push(("cursor", c.as_str()));
-        templates::url(&format!("/audit{}", templates::format::query(pairs)))
+        templates::url(&format!("/audit?{}", templates::format::query(pairs)))
     });
     templates::audit_page(&templates::AuditView {
         version: VERSION.to_string(),
@@ -301,5 +301,86 @@ pub async fn purge(
     bytes: Bytes,
 ) -> Response {
     let reply = api::purge_core(&state, broker, queue, &headers, &bytes).await;
+    browser(reply, |_| "/audit".into())
+}
+
+/// `GET /tasks/bulk/{action}?<filters>`: the confirmation page with the count of tasks the
+/// bulk action would touch.
+pub async fn confirm_bulk(
+    State(state): State<AppState>,
+    Path(action): Path<String>,
+    Query(filters): Query<super::query::TaskFilterParams>,
+    headers: HeaderMap,
+) -> Response {
+    let tasks = match api::bulk_targets(&state, &action, &filters).await {
+        Ok(t) => t,
+        Err((status, message)) => return error_page(status, &message),
+    };
+    let what = if action == "retry" {
+        "failed or abandoned"
+    } else {
+        "waiting"
+    };
+    let q = match templates::format::query(filters_pairs(&filters)) {
+        q if q.is_empty() => q,
+        q => format!("?{q}"),
+    };
+    confirm(
+        &state,
+        &headers,
+        if action == "retry" {
+            "Retry tasks"
+        } else {
+            "Delete tasks"
+        },
+        format!(
+            "{} the {} {what} task{} matching these filters{}?",
+            if action == "retry" { "Retry" } else { "Delete" },
+            tasks.len(),
+            if tasks.len() == 1 { "" } else { "s" },
+            if tasks.len() >= api::BULK_MAX {
+                " (the first 1000)"
+            } else {
+                ""
+            },
+        ),
+        format!("/tasks/bulk/{action}{q}"),
+        if action == "retry" {
+            "Retry all"
+        } else {
+            "Delete all"
+        },
+        format!("/tasks{q}"),
+    )
+}
+
+fn filters_pairs(f: &super::query::TaskFilterParams) -> Vec<(&'static str, &str)> {
+    let mut out = Vec::new();
+    for (k, v) in [
+        ("broker", &f.broker),
+        ("queue", &f.queue),
+        ("name", &f.name),
+        ("state", &f.state),
+        ("q", &f.q),
+        ("since", &f.since),
+        ("until", &f.until),
+        ("fingerprint", &f.fingerprint),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            out.push((k, v));
+        }
+    }
+    out
+}
+
+/// `POST /tasks/bulk/{action}?<filters>` -> the journal.
+pub async fn bulk(
+    State(state): State<AppState>,
+    Path(action): Path<String>,
+    Query(filters): Query<super::query::TaskFilterParams>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let reply = api::bulk_core(&state, action, &filters, false, &headers, &bytes).await;
     browser(reply, |_| "/audit".into())
 }

@@ -683,3 +683,191 @@ pub async fn audit(
     let page = state.reader.audit(&query).await?;
     Ok(Json(json!(page)))
 }
+
+/// The most tasks one bulk action touches (the rest stay for the next one).
+pub const BULK_MAX: usize = 1000;
+
+/// A bulk action: `retry` (failed or abandoned tasks) or `delete` (waiting ones).
+fn bulk_states(action: &str) -> Option<&'static [broker_adapters::TaskState]> {
+    use broker_adapters::TaskState::*;
+    match action {
+        "retry" => Some(&[Failure, Abandoned]),
+        "delete" => Some(&[Queued]),
+        _ => None,
+    }
+}
+
+/// The tasks a bulk `action` over `filters` acts on: the filters' matches in the states the
+/// action applies to, newest first, at most [`BULK_MAX`].
+pub async fn bulk_targets(
+    state: &AppState,
+    action: &str,
+    filters: &super::query::TaskFilterParams,
+) -> Result<Vec<Task>, (StatusCode, String)> {
+    let Some(states) = bulk_states(action) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            format!("no bulk action {action:?}: retry or delete"),
+        ));
+    };
+    let mut query = filters
+        .to_query(Utc::now())
+        .map_err(|e| (e.status, e.message))?;
+    query.states = if query.states.is_empty() {
+        states.to_vec()
+    } else {
+        query
+            .states
+            .into_iter()
+            .filter(|s| states.contains(s))
+            .collect()
+    };
+    if query.states.is_empty() {
+        return Ok(Vec::new());
+    }
+    query.limit = BULK_MAX;
+    query.cursor = None;
+    state
+        .reader
+        .list_tasks(&query)
+        .await
+        .map(|page| page.tasks)
+        .map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// `POST /api/bulk/{action}?<task-list filters>[&preview=1]`: the preview (`count` and the
+/// first ids) or the action on every matching task (one journal entry each, and one for the
+/// bulk action itself).
+pub async fn bulk(
+    State(state): State<AppState>,
+    Path(action): Path<String>,
+    Query(filters): Query<super::query::TaskFilterParams>,
+    Query(flags): Query<BulkFlags>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Reply {
+    bulk_core(&state, action, &filters, flags.preview(), &headers, &bytes).await
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct BulkFlags {
+    preview: Option<String>,
+}
+
+impl BulkFlags {
+    fn preview(&self) -> bool {
+        matches!(self.preview.as_deref(), Some("1" | "true" | "yes"))
+    }
+}
+
+pub async fn bulk_core(
+    state: &AppState,
+    action: String,
+    filters: &super::query::TaskFilterParams,
+    preview: bool,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Reply {
+    if preview {
+        return match bulk_targets(state, &action, filters).await {
+            Ok(tasks) => Reply {
+                status: StatusCode::OK,
+                body: json!({
+                    "action": action,
+                    "count": tasks.len(),
+                    "capped": tasks.len() >= BULK_MAX,
+                    "task_ids": tasks.iter().take(20).map(|t| t.id.clone()).collect::<Vec<_>>(),
+                }),
+                retry_after: None,
+            },
+            Err((status, message)) => Reply {
+                status,
+                body: json!({ "error": message }),
+                retry_after: None,
+            },
+        };
+    }
+    let body = parse_body(headers, bytes);
+    let mut pending = Pending::new(&format!("bulk-{action}"), "-");
+    let filter_json = serde_json::to_value(filters_json(filters)).unwrap_or(Value::Null);
+    pending.entry.arguments = Some(filter_json.clone());
+    if let Err(r) = admit(state, headers, &body, &mut pending).await {
+        return r;
+    }
+    let tasks = match bulk_targets(state, &action, filters).await {
+        Ok(t) => t,
+        Err(e) => return answer(state, pending, Err(e)).await,
+    };
+    let who = pending.entry.who.clone();
+    let (mut ok, mut failed) = (0u64, 0u64);
+    for task in &tasks {
+        let mut one = Pending::new(&action, &who);
+        one.entry.target = Some(task.id.clone());
+        one.entry.broker = Some(task.broker.as_str().to_string());
+        one.entry.queue = task.queue.clone();
+        one.entry.arguments = Some(json!({ "bulk": filter_json }));
+        let result = if action == "retry" {
+            match state.actions.retry(task, Utc::now()).await {
+                Ok(new) => {
+                    one.entry.new_task_id = Some(new.id.clone());
+                    tell_store(
+                        state,
+                        &new,
+                        format!("a retry of {} from taskscope", task.id),
+                    )
+                    .await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            let queue = task.queue.clone().unwrap_or_default();
+            match state.actions.delete(task.broker, &queue, &task.id).await {
+                Ok(n) => {
+                    one.entry.count = Some(n);
+                    let reason = format!("deleted from queue {queue} by taskscope ({who})");
+                    let removed =
+                        crate::actions::Actions::removed(task.broker, &task.id, reason, Utc::now());
+                    tell_removed(state, vec![removed]).await;
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            }
+        };
+        let failure = result.err().map(action_failure);
+        if failure.is_some() {
+            failed += 1;
+        } else {
+            ok += 1;
+        }
+        if let Err(e) = journal(state, one, failure).await {
+            return Reply::error(e);
+        }
+    }
+    pending.entry.count = Some(ok);
+    let summary = json!({"action": action, "count": tasks.len(), "ok": ok, "failed": failed});
+    let mut reply = answer(state, pending, Ok(summary)).await;
+    if failed > 0 && reply.status.is_success() {
+        reply.body["error"] = json!(format!("{failed} of {} failed: see /audit", tasks.len()));
+    }
+    reply
+}
+
+fn filters_json(f: &super::query::TaskFilterParams) -> Map<String, Value> {
+    let mut m = Map::new();
+    for (k, v) in [
+        ("broker", &f.broker),
+        ("queue", &f.queue),
+        ("name", &f.name),
+        ("state", &f.state),
+        ("q", &f.q),
+        ("since", &f.since),
+        ("until", &f.until),
+        ("fingerprint", &f.fingerprint),
+    ] {
+        if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+            m.insert(k.into(), json!(v));
+        }
+    }
+    m
+}

@@ -154,10 +154,15 @@ pub fn router(state: AppState) -> Router {
         .route("/api/queues/{broker}/{queue}/pause", post(actions::pause))
         .route("/api/queues/{broker}/{queue}/resume", post(actions::resume))
         .route("/api/audit", get(actions::audit))
+        .route("/api/bulk/{action}", post(actions::bulk))
         .route("/api/csrf", get(actions::csrf))
         .route("/audit", get(action_pages::audit))
         .route("/audit/run", post(action_pages::run))
         .route("/tasks/{id}/retry", post(action_pages::retry))
+        .route(
+            "/tasks/bulk/{action}",
+            get(action_pages::confirm_bulk).post(action_pages::bulk),
+        )
         .route(
             "/tasks/{id}/{action}",
             get(action_pages::confirm_task).post(action_pages::post_task),

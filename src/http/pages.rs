@@ -115,6 +115,7 @@ pub async fn task_list(
             filters: params.to_view(),
             tasks: page.tasks,
             next_cursor: page.next_cursor,
+            bulk_actions: state.actions.enabled(),
         })
         .into_response(),
         Err(crate::store::StoreError::BadCursor(c)) => (

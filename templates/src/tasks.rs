@@ -68,6 +68,9 @@ pub struct TaskListView {
     pub tasks: Vec<Task>,
     /// The `next_cursor` of `/api/tasks`: `None` on the last page.
     pub next_cursor: Option<String>,
+    /// With actions enabled: links to retry or delete every matching task (behind a
+    /// confirmation page with the count).
+    pub bulk_actions: bool,
 }
 
 /// The task list page.
@@ -101,6 +104,16 @@ pub(crate) fn render(view: &TaskListView, now: &DateTime<Utc>) -> Markup {
             (crate::components::live_toggle())
         }
         (filter_form(filters))
+        @if view.bulk_actions && !view.tasks.is_empty() {
+            @let q = match crate::format::query(filters.pairs()) {
+                q if q.is_empty() => q,
+                q => format!("?{q}"),
+            };
+            div.action-buttons.bulk-actions {
+                a.button.small href=(url(&format!("/tasks/bulk/retry{q}"))) { "Retry every matching failed task…" }
+                a.button.small.danger href=(url(&format!("/tasks/bulk/delete{q}"))) { "Delete every matching waiting task…" }
+            }
+        }
         div #live-tasks data-live-region="tasks" {
         @if view.tasks.is_empty() {
             @if filters.is_empty() {

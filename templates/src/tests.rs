@@ -202,6 +202,7 @@ fn sample_list() -> TaskListView {
         },
         tasks: sample_tasks(),
         next_cursor: Some("2026-11-23T12:16:07.706Z|7c9d".to_string()),
+        bulk_actions: false,
     }
 }
 
