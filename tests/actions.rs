@@ -1334,6 +1334,50 @@ fn pages_retry_purge_and_run_through_forms_with_a_confirmation_and_show_the_jour
     assert_eq!(resp.status().as_u16(), 403);
 }
 
+#[test]
+fn bullmq_queue_page_pauses_and_resumes_through_forms() {
+    let _slot = test_slot();
+    let w = bullmq_world();
+    let held = w.run(
+        json!({"broker": "bullmq", "queue": "bull:mail", "name": "add",
+        "kwargs": {"x": 1, "y": 1}}),
+    )["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let b = Browser::login(&w);
+    let html = wait_for("the queue's card with its pause form", LONG, || {
+        let (status, html) = b.page("/queues");
+        if status == 200 && html.contains("/queues/bullmq/bull%3Amail/pause") {
+            Ok(html)
+        } else {
+            Err(format!("{status}"))
+        }
+    });
+    let (status, location) = b.submit(&html, "/queues/bullmq/bull%3Amail/pause", &[]);
+    assert_eq!((status, location.as_str()), (303, "/queues"), "pause");
+    assert_eq!(w.redis_cli(&["HGET", "bull:mail:meta", "paused"]), "1");
+    let _worker = bull(&w);
+    w.ts.wait_state(&held, "queued", SHORT);
+    assert_eq!(w.redis_cli(&["HEXISTS", &held, "processedOn"]), "0");
+    let (_, html) = b.page("/queues");
+    let (status, location) = b.submit(&html, "/queues/bullmq/bull%3Amail/resume", &[]);
+    assert_eq!((status, location.as_str()), (303, "/queues"), "resume");
+    w.ts.wait_state(&held, "success", LONG);
+    let audit: Vec<String> = w
+        .audit()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(audit, ["resume:ok", "pause:ok", "run:ok"], "newest first");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dramatiq (tests/python/dramatiq_app.py)
 

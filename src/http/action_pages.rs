@@ -304,6 +304,28 @@ pub async fn purge(
     browser(reply, |_| "/audit".into())
 }
 
+/// `POST /queues/{broker}/{queue}/pause` and `.../resume` (BullMQ's own queue pause; not
+/// destructive: no confirmation) -> the queues page.
+pub async fn pause(
+    State(state): State<AppState>,
+    Path((broker, queue)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let reply = api::pause_core(&state, broker, queue, &headers, &bytes, true).await;
+    browser(reply, |_| "/queues".into())
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    Path((broker, queue)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let reply = api::pause_core(&state, broker, queue, &headers, &bytes, false).await;
+    browser(reply, |_| "/queues".into())
+}
+
 /// `GET /tasks/bulk/{action}?<filters>`: the confirmation page with the count of tasks the
 /// bulk action would touch.
 pub async fn confirm_bulk(

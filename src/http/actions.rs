@@ -598,21 +598,33 @@ async fn pause_or_resume(
     bytes: Bytes,
     paused: bool,
 ) -> Reply {
-    let body = parse_body(&headers, &bytes);
+    pause_core(&state, broker, queue, &headers, &bytes, paused).await
+}
+
+/// Pause (`paused`) or resume `queue` of `broker`, journaled (the API's and the pages' route).
+pub async fn pause_core(
+    state: &AppState,
+    broker: String,
+    queue: String,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+    paused: bool,
+) -> Reply {
+    let body = parse_body(headers, bytes);
     let mut pending = Pending::new(if paused { "pause" } else { "resume" }, "-");
     pending.entry.broker = Some(broker.clone());
     pending.entry.queue = Some(queue.clone());
     pending.entry.target = Some(queue.clone());
-    if let Err(r) = admit(&state, &headers, &body, &mut pending).await {
+    if let Err(r) = admit(state, headers, &body, &mut pending).await {
         return r;
     }
     let broker = match parse_broker(&broker) {
         Ok(b) => b,
-        Err(e) => return answer(&state, pending, Err(e)).await,
+        Err(e) => return answer(state, pending, Err(e)).await,
     };
     match state.actions.pause(broker, &queue, paused).await {
-        Ok(()) => answer(&state, pending, Ok(Value::Null)).await,
-        Err(e) => answer(&state, pending, Err(action_failure(e))).await,
+        Ok(()) => answer(state, pending, Ok(Value::Null)).await,
+        Err(e) => answer(state, pending, Err(action_failure(e))).await,
     }
 }
 

@@ -79,6 +79,16 @@ pub(crate) fn render(view: &QueuesView, now: &DateTime<Utc>) -> Markup {
                         " "
                         a.button.danger.small href=(url(&format!("/queues/{}/{}/purge", s.broker.as_str(), format::encode_component(&s.name)))) { "Purge…" }
                     }
+                    @if let (Some(forms), true) = (&view.forms, crate::actions::can_pause(s.broker)) {
+                        div.action-buttons {
+                            @for (verb, label) in [("pause", "Pause"), ("resume", "Resume")] {
+                                form method="post" action=(url(&format!("/queues/{}/{}/{verb}", s.broker.as_str(), format::encode_component(&s.name)))) {
+                                    input type="hidden" name="csrf_token" value=(forms.csrf);
+                                    button.small type="submit" { (label) }
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
