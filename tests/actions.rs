@@ -1931,3 +1931,50 @@ fn bulk_retry_and_delete_over_a_task_list_filter_with_a_preview_count() {
     let bulk = w.ts.get("/api/audit?action=bulk-retry")["entries"].clone();
     assert_eq!(bulk[0]["count"], 6, "{bulk}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// BullMQ: pause and resume (tests/node/worker.js, producer.js)
+
+#[test]
+fn bullmq_pause_holds_jobs_until_resume_and_other_brokers_say_not_supported() {
+    let _slot = test_slot();
+    let w = World::with_actions("bullmq");
+    let _worker = bullmq_worker(&w.redis.url(), "jobs", "bull", &[("WORKER_NAME", "w1")]);
+    let first = bullmq_produce(
+        &w.redis.url(),
+        "jobs",
+        "bull",
+        &json!([{"name": "add", "data": {"x": 1, "y": 1}}]),
+    );
+    w.ts.wait_state(&first[0], "success", LONG);
+    let (status, entry) = w.write("POST", "/api/queues/bullmq/bull:jobs/pause", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["action"], "pause");
+    assert_eq!(w.redis_cli(&["HGET", "bull:jobs:meta", "paused"]), "1");
+    let held = bullmq_produce(
+        &w.redis.url(),
+        "jobs",
+        "bull",
+        &json!([{"name": "add", "data": {"x": 2, "y": 2}}]),
+    );
+    w.ts.wait_state(&held[0], "queued", SHORT);
+    // Paused: the job stays waiting (observed for 2 s: an absence, not a synchronisation).
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        let t = w.ts.task(&held[0]).expect("task");
+        assert_eq!(
+            t["state"], "queued",
+            "a job ran while the queue was paused: {t}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (status, entry) = w.write("POST", "/api/queues/bullmq/bull:jobs/resume", None);
+    assert_eq!(status, 200, "{entry}");
+    let done = w.ts.wait_state(&held[0], "success", LONG);
+    assert_eq!(done["result"], json!(4), "{done}");
+    let (status, v) = w.write("POST", "/api/queues/rq/default/pause", None);
+    assert_eq!(status, 400, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("rq"), "{v}");
+    let (status, v) = w.write("POST", "/api/queues/bullmq/bull:nosuch/pause", None);
+    assert_eq!(status, 404, "{v}");
+}

@@ -304,28 +304,6 @@ pub async fn purge(
     browser(reply, |_| "/audit".into())
 }
 
-/// `POST /queues/{broker}/{queue}/pause` and `.../resume` (BullMQ's own queue pause; not
-/// destructive: no confirmation) -> the queues page.
-pub async fn pause(
-    State(state): State<AppState>,
-    Path((broker, queue)): Path<(String, String)>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Response {
-    let reply = api::pause_core(&state, broker, queue, &headers, &bytes, true).await;
-    browser(reply, |_| "/queues".into())
-}
-
-pub async fn resume(
-    State(state): State<AppState>,
-    Path((broker, queue)): Path<(String, String)>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Response {
-    let reply = api::pause_core(&state, broker, queue, &headers, &bytes, false).await;
-    browser(reply, |_| "/queues".into())
-}
-
 /// `GET /tasks/bulk/{action}?<filters>`: the confirmation page with the count of tasks the
 /// bulk action would touch.
 pub async fn confirm_bulk(
@@ -405,4 +383,25 @@ pub async fn bulk(
 ) -> Response {
     let reply = api::bulk_core(&state, action, &filters, false, &headers, &bytes).await;
     browser(reply, |_| "/audit".into())
+}
+
+/// `POST /queues/{broker}/{queue}/pause|resume` -> back to the queues.
+pub async fn pause_or_resume(
+    State(state): State<AppState>,
+    Path((broker, queue, verb)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Response {
+    let paused = match verb.as_str() {
+        "pause" => true,
+        "resume" => false,
+        other => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                &format!("No action {other:?} on queues."),
+            )
+        }
+    };
+    let reply = api::pause_core(&state, broker, queue, paused, &headers, &bytes).await;
+    browser(reply, |_| "/queues".into())
 }

@@ -570,64 +570,6 @@ pub async fn purge_core(
     }
 }
 
-/// `POST /api/queues/{broker}/{queue}/pause` -> the journal entry; only where the broker itself
-/// pauses queues (BullMQ's `meta.paused`), else 400 naming the broker.
-pub async fn pause(
-    state: State<AppState>,
-    path: Path<(String, String)>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Reply {
-    pause_or_resume(state, path, headers, bytes, true).await
-}
-
-/// `POST /api/queues/{broker}/{queue}/resume` -> the journal entry.
-pub async fn resume(
-    state: State<AppState>,
-    path: Path<(String, String)>,
-    headers: HeaderMap,
-    bytes: Bytes,
-) -> Reply {
-    pause_or_resume(state, path, headers, bytes, false).await
-}
-
-async fn pause_or_resume(
-    State(state): State<AppState>,
-    Path((broker, queue)): Path<(String, String)>,
-    headers: HeaderMap,
-    bytes: Bytes,
-    paused: bool,
-) -> Reply {
-    pause_core(&state, broker, queue, &headers, &bytes, paused).await
-}
-
-/// Pause (`paused`) or resume `queue` of `broker`, journaled (the API's and the pages' route).
-pub async fn pause_core(
-    state: &AppState,
-    broker: String,
-    queue: String,
-    headers: &HeaderMap,
-    bytes: &Bytes,
-    paused: bool,
-) -> Reply {
-    let body = parse_body(headers, bytes);
-    let mut pending = Pending::new(if paused { "pause" } else { "resume" }, "-");
-    pending.entry.broker = Some(broker.clone());
-    pending.entry.queue = Some(queue.clone());
-    pending.entry.target = Some(queue.clone());
-    if let Err(r) = admit(state, headers, &body, &mut pending).await {
-        return r;
-    }
-    let broker = match parse_broker(&broker) {
-        Ok(b) => b,
-        Err(e) => return answer(state, pending, Err(e)).await,
-    };
-    match state.actions.pause(broker, &queue, paused).await {
-        Ok(()) => answer(state, pending, Ok(Value::Null)).await,
-        Err(e) => answer(state, pending, Err(action_failure(e))).await,
-    }
-}
-
 /// `GET /api/csrf`: this session's CSRF token, for scripts behind an identity proxy.
 pub async fn csrf(State(state): State<AppState>, headers: HeaderMap) -> Json<Value> {
     Json(json!({ "csrf_token": write_guard::csrf_for(&state, &headers) }))
@@ -882,4 +824,50 @@ fn filters_json(f: &super::query::TaskFilterParams) -> Map<String, Value> {
         }
     }
     m
+}
+
+/// `POST /api/queues/{broker}/{queue}/pause` and `/resume` -> the journal entry (BullMQ only;
+/// other brokers answer 400).
+pub async fn pause(
+    State(state): State<AppState>,
+    Path((broker, queue)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Reply {
+    pause_core(&state, broker, queue, true, &headers, &bytes).await
+}
+
+pub async fn resume(
+    State(state): State<AppState>,
+    Path((broker, queue)): Path<(String, String)>,
+    headers: HeaderMap,
+    bytes: Bytes,
+) -> Reply {
+    pause_core(&state, broker, queue, false, &headers, &bytes).await
+}
+
+pub async fn pause_core(
+    state: &AppState,
+    broker: String,
+    queue: String,
+    paused: bool,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+) -> Reply {
+    let body = parse_body(headers, bytes);
+    let mut pending = Pending::new(if paused { "pause" } else { "resume" }, "-");
+    pending.entry.broker = Some(broker.clone());
+    pending.entry.queue = Some(queue.clone());
+    pending.entry.target = Some(queue.clone());
+    if let Err(r) = admit(state, headers, &body, &mut pending).await {
+        return r;
+    }
+    let broker = match parse_broker(&broker) {
+        Ok(b) => b,
+        Err(e) => return answer(state, pending, Err(e)).await,
+    };
+    match state.actions.pause(broker, &queue, paused).await {
+        Ok(()) => answer(state, pending, Ok(Value::Null)).await,
+        Err(e) => answer(state, pending, Err(action_failure(e))).await,
+    }
 }

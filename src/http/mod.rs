@@ -167,14 +167,13 @@ pub fn router(state: AppState) -> Router {
             "/tasks/{id}/{action}",
             get(action_pages::confirm_task).post(action_pages::post_task),
         )
-        .route("/queues/{broker}/{queue}/pause", post(action_pages::pause))
-        .route(
-            "/queues/{broker}/{queue}/resume",
-            post(action_pages::resume),
-        )
         .route(
             "/queues/{broker}/{queue}/purge",
             get(action_pages::confirm_purge).post(action_pages::purge),
+        )
+        .route(
+            "/queues/{broker}/{queue}/{verb}",
+            post(action_pages::pause_or_resume),
         )
         .route("/api/queues", get(api::queues))
         .route("/api/workers", get(api::workers))

@@ -53,11 +53,6 @@ pub fn can_run(broker: Broker) -> bool {
     )
 }
 
-/// The brokers with a queue pause of their own (BullMQ's `meta.paused`).
-pub fn can_pause(broker: Broker) -> bool {
-    broker == Broker::Bullmq
-}
-
 /// The brokers with a way to stop a running task from Redis.
 pub fn can_stop(broker: Broker) -> bool {
     matches!(broker, Broker::Rq | Broker::Celery | Broker::Arq)

@@ -75,16 +75,17 @@ pub(crate) fn render(view: &QueuesView, now: &DateTime<Utc>) -> Markup {
                     @let href = |from: DateTime<Utc>, to: DateTime<Utc>| w.tasks_href(&base, &from, &to);
                     (line_chart(&w.axis, std::slice::from_ref(&q.backlog), &href, "No samples in this range."))
                     a.muted-link href=(w.href("/reports", &base)) { "Reports for this queue →" }
-                    @if view.forms.is_some() && crate::actions::can_run(s.broker) {
-                        " "
-                        a.button.danger.small href=(url(&format!("/queues/{}/{}/purge", s.broker.as_str(), format::encode_component(&s.name)))) { "Purge…" }
-                    }
-                    @if let (Some(forms), true) = (&view.forms, crate::actions::can_pause(s.broker)) {
+                    @if let Some(forms) = &view.forms {
                         div.action-buttons {
-                            @for (verb, label) in [("pause", "Pause"), ("resume", "Resume")] {
-                                form method="post" action=(url(&format!("/queues/{}/{}/{verb}", s.broker.as_str(), format::encode_component(&s.name)))) {
-                                    input type="hidden" name="csrf_token" value=(forms.csrf);
-                                    button.small type="submit" { (label) }
+                            @if crate::actions::can_run(s.broker) {
+                                a.button.danger.small href=(url(&format!("/queues/{}/{}/purge", s.broker.as_str(), format::encode_component(&s.name)))) { "Purge…" }
+                            }
+                            @if s.broker == broker_adapters::Broker::Bullmq {
+                                @for verb in ["pause", "resume"] {
+                                    form method="post" action=(url(&format!("/queues/bullmq/{}/{verb}", format::encode_component(&s.name)))) {
+                                        input type="hidden" name="csrf_token" value=(forms.csrf);
+                                        button.small type="submit" { (if verb == "pause" { "Pause" } else { "Resume" }) }
+                                    }
                                 }
                             }
                         }
