@@ -456,6 +456,36 @@ pub struct ServeSettings {
 }
 
 impl ServeArgs {
+    /// Brokers given non-default key prefixes (the action writers use the defaults only).
+    fn custom_broker_keys(&self) -> Vec<(Broker, String)> {
+        let mut out = Vec::new();
+        let b = &self.per_broker;
+        if let Some(p) =
+            b.rq.rq_prefix
+                .as_deref()
+                .filter(|p| !matches!(p.trim(), "rq" | "rq:"))
+        {
+            out.push((Broker::Rq, format!("--rq-prefix {p}")));
+        }
+        if let Some(ns) = b
+            .dramatiq
+            .dramatiq_namespace
+            .as_deref()
+            .filter(|n| n.trim() != "dramatiq")
+        {
+            out.push((Broker::Dramatiq, format!("--dramatiq-namespace {ns}")));
+        }
+        if let Some(ns) = b
+            .sidekiq
+            .sidekiq_namespace
+            .as_deref()
+            .filter(|n| !n.trim().is_empty())
+        {
+            out.push((Broker::Sidekiq, format!("--sidekiq-namespace {ns}")));
+        }
+        out
+    }
+
     pub fn into_settings(self) -> Result<ServeSettings, UsageError> {
         let selection = parse_brokers(&self.brokers)?;
         let redis_db = redis_db_of(&self.redis)?;
@@ -482,7 +512,8 @@ impl ServeArgs {
             self.trusted_user_header.as_deref(),
             self.auth_token.is_some(),
         )
-        .map_err(UsageError)?;
+        .map_err(UsageError)?
+        .with_custom_keys(self.custom_broker_keys());
         let registry = self.per_broker.resolve(&crate::brokers::ResolveContext {
             redis_url: self.redis.clone(),
             redis_db,
@@ -831,6 +862,38 @@ mod tests {
                 "results,res".to_string()
             )]
         );
+    }
+
+    #[test]
+    fn actions_are_refused_for_brokers_given_non_default_keys() {
+        use clap::Parser;
+        let Ok(Command::Serve(serve)) = Cli::try_parse_from([
+            "taskscope",
+            "serve",
+            "--allow-actions",
+            "--auth-token",
+            "t",
+            "--rq-prefix",
+            "myapp:",
+            "--dramatiq-namespace",
+            "dramatiq",
+        ])
+        .map(|c| c.command) else {
+            panic!("parses")
+        };
+        let Ok(settings) = serve.into_settings() else {
+            panic!("valid")
+        };
+        assert_eq!(
+            settings.actions.custom_keys_of(Broker::Rq),
+            Some("--rq-prefix myapp:")
+        );
+        assert_eq!(
+            settings.actions.custom_keys_of(Broker::Dramatiq),
+            None,
+            "the default"
+        );
+        assert_eq!(settings.actions.custom_keys_of(Broker::Celery), None);
     }
 
     #[test]

@@ -90,8 +90,7 @@ pub async fn run(args: PurgeArgs) -> Result<(), PurgeError> {
     };
     let settings = ActionSettings {
         enabled: true,
-        allow_names: Vec::new(),
-        trusted_user_header: None,
+        ..ActionSettings::default()
     };
     let actions = Actions::start(settings, &args.redis, db, 0).await?;
     let count = actions

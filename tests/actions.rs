@@ -1318,6 +1318,11 @@ fn pages_retry_purge_and_run_through_forms_with_a_confirmation_and_show_the_jour
         })
         .collect();
     assert!(order.windows(2).all(|p| p[0] < p[1]), "{order:?}");
+    let (_, first) = b.page("/audit?limit=1");
+    assert!(
+        first.contains("href=\"/audit?cursor="),
+        "the older page's link: {first}"
+    );
     let (_, filtered) = b.page("/audit?action=purge");
     assert!(
         filtered.contains("<strong>purge</strong>") && !filtered.contains("<strong>retry</strong>")

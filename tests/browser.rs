@@ -800,6 +800,24 @@ fn action_pages_retry_and_purge_in_chromium() {
         1280,
         &shots.join("actions-task-retried-desktop.png"),
     ));
+    problems.extend(page.check(
+        &ts.url("/queues"),
+        "/queues",
+        1280,
+        &shots.join("actions-queues-desktop.png"),
+    ));
+    assert_eq!(
+        page.count("a[href=\"/queues/rq/invoices/purge\"]"),
+        1,
+        "a Purge button"
+    );
+    let list = "/tasks?state=failure";
+    problems.extend(page.check(
+        &ts.url(list),
+        list,
+        1280,
+        &shots.join("actions-task-list-desktop.png"),
+    ));
     // Purge: the confirmation page shows the count; confirming posts and lands on /audit.
     let purge_path = "/queues/rq/invoices/purge";
     problems.extend(page.check(

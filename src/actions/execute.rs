@@ -156,9 +156,23 @@ impl Actions {
         }
     }
 
+    /// Refuses a broker whose keys were given a non-default prefix (the writers use the
+    /// libraries' default keys).
+    fn default_keys(&self, broker: Broker, action: &'static str) -> Result<(), ActionError> {
+        match self.settings.custom_keys_of(broker) {
+            Some(flag) => Err(ActionError::unsupported(
+                broker,
+                action,
+                format!("taskscope writes with the library's default keys only, and {flag} is set"),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Enqueues a new task; returns it as queued.
     pub async fn run(&self, req: &RunRequest, now: DateTime<Utc>) -> Result<Task, ActionError> {
         let redis = self.redis()?;
+        self.default_keys(req.broker, "run")?;
         check_identifier("name", &req.name)?;
         if !self.settings.name_allowed(&req.name) {
             return Err(ActionError::Forbidden(format!(
@@ -268,6 +282,7 @@ impl Actions {
     /// broker still holds them, else from the store when stored whole); returns the new task.
     pub async fn retry(&self, original: &Task, now: DateTime<Utc>) -> Result<Task, ActionError> {
         let redis = self.redis()?;
+        self.default_keys(original.broker, "retry")?;
         if !matches!(
             original.state,
             TaskState::Failure | TaskState::Abandoned | TaskState::Retried
@@ -376,6 +391,7 @@ impl Actions {
     /// waiting Celery task.
     pub async fn revoke(&self, task: &Task) -> Result<(), ActionError> {
         let redis = self.redis()?;
+        self.default_keys(task.broker, "revoke")?;
         match task.broker {
             Broker::Rq => {
                 let hash = redis
@@ -457,6 +473,7 @@ impl Actions {
     /// error: not waiting there).
     pub async fn delete(&self, broker: Broker, queue: &str, id: &str) -> Result<u64, ActionError> {
         let redis = self.redis()?;
+        self.default_keys(broker, "delete")?;
         check_identifier("queue", queue)?;
         check_identifier("id", id)?;
         let removed = match broker {
@@ -492,6 +509,7 @@ impl Actions {
     /// Waiting messages of `queue` (what a purge would remove).
     pub async fn queue_length(&self, broker: Broker, queue: &str) -> Result<u64, ActionError> {
         let redis = self.redis()?;
+        self.default_keys(broker, "purge")?;
         check_identifier("queue", queue)?;
         let n = match broker {
             Broker::Rq => {
@@ -547,6 +565,7 @@ impl Actions {
         queue: &str,
     ) -> Result<(u64, Vec<String>), ActionError> {
         let redis = self.redis()?;
+        self.default_keys(broker, "purge")?;
         check_identifier("queue", queue)?;
         let known = match broker {
             Broker::Rq => {

@@ -10,6 +10,10 @@ pub struct ActionSettings {
     pub allow_names: Vec<String>,
     /// `--trusted-user-header` as given: the journal's `who`, required on every write.
     pub trusted_user_header: Option<String>,
+    /// Brokers whose keys were given a non-default prefix or namespace (`--rq-prefix`,
+    /// `--dramatiq-namespace`, `--sidekiq-namespace`), with the flag: the writers use the
+    /// libraries' default keys only, so actions on these brokers are refused.
+    pub custom_keys: Vec<(broker_adapters::Broker, String)>,
 }
 
 impl ActionSettings {
@@ -44,7 +48,22 @@ impl ActionSettings {
                 .filter(|g| !g.is_empty())
                 .collect(),
             trusted_user_header: header,
+            custom_keys: Vec::new(),
         })
+    }
+
+    /// The same settings knowing which brokers have non-default keys.
+    pub fn with_custom_keys(mut self, custom: Vec<(broker_adapters::Broker, String)>) -> Self {
+        self.custom_keys = custom;
+        self
+    }
+
+    /// The flag that gave `broker` non-default keys, if any.
+    pub fn custom_keys_of(&self, broker: broker_adapters::Broker) -> Option<&str> {
+        self.custom_keys
+            .iter()
+            .find(|(b, _)| *b == broker)
+            .map(|(_, flag)| flag.as_str())
     }
 
     /// Whether `name` matches one of `--action-allow-names`.
