@@ -475,14 +475,7 @@ impl ServeArgs {
         {
             out.push((Broker::Dramatiq, format!("--dramatiq-namespace {ns}")));
         }
-        if let Some(ns) = b
-            .sidekiq
-            .sidekiq_namespace
-            .as_deref()
-            .filter(|n| !n.trim().is_empty())
-        {
-            out.push((Broker::Sidekiq, format!("--sidekiq-namespace {ns}")));
-        }
+        // `--sidekiq-namespace` is not one: the Sidekiq writer puts its keys under it.
         out
     }
 

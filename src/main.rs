@@ -294,6 +294,12 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         settings.max_payload_bytes,
     )
     .await?
+    .with_sidekiq_namespace(
+        settings
+            .registry
+            .namespace(broker_adapters::Broker::Sidekiq)
+            .as_deref(),
+    )
     .with_sanitizer(ingest::sanitize::Sanitizer::new(
         settings.max_value_bytes,
         settings.redact_keys.clone(),

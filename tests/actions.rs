@@ -394,13 +394,11 @@ fn browser_writes_need_the_origin_and_the_csrf_token_and_names_must_be_allowed()
         "{audit:?}"
     );
     // An unsupported combination names the broker and the action.
-    let (status, v) = w.write(
-        "POST",
-        "/api/tasks",
-        Some(json!({"broker": "bullmq", "name": "rq_app.add"})),
-    );
+    // (every broker runs tasks now: RQ has no queue pause of its own.)
+    let (status, v) = w.write("POST", "/api/queues/rq/default/pause", None);
     assert_eq!(status, 400, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("bullmq"), "{v}");
+    let error = v["error"].as_str().unwrap();
+    assert!(error.contains("rq") && error.contains("pause"), "{v}");
     // The rate limit: a burst of writes ends in 429 with Retry-After.
     let mut limited = None;
     for _ in 0..60 {
@@ -687,6 +685,441 @@ fn celery_running_task_is_revoked_with_terminate() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Sidekiq (Sidekiq 6.4, tests/ruby/app.rb)
+
+fn sidekiq_world() -> World {
+    World::with_actions("sidekiq")
+}
+
+fn sidekiq(w: &World) -> WorkerProcess {
+    sidekiq_worker(&w.redis, &["default", "critical"], None)
+}
+
+fn is_jid(id: &str) -> bool {
+    id.len() == 24 && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+#[test]
+fn sidekiq_run_now_and_delayed_is_executed_by_a_real_sidekiq_and_journaled() {
+    let _slot = test_slot();
+    let w = sidekiq_world();
+    let worker = sidekiq(&w);
+    // A slow job: an idle fetcher takes it at once, a heartbeat's work hash shows it running.
+    let task = w.run(
+        json!({"broker": "sidekiq", "queue": "critical", "name": "AddJob",
+        "args": [2, 3, 6]}),
+    );
+    let id = task["id"].as_str().expect("id").to_string();
+    assert!(is_jid(&id), "a jid as SecureRandom.hex(12): {id}");
+    assert_eq!(task["state"], "queued", "{task}");
+    worker.wait_started(&id, LONG);
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["name"], "AddJob", "{done}");
+    assert_eq!(done["queue"], "critical", "{done}");
+    assert_eq!(done["args"], json!([2, 3, 6]), "{done}");
+    assert!(
+        transition_states(&done).contains(&"running".to_string()),
+        "{done}"
+    );
+    // A delayed one waits in the schedule until Sidekiq's poller pushes it.
+    let later = w.run(
+        json!({"broker": "sidekiq", "name": "AddJob", "args": [40, 2],
+        "delay_ms": 1500}),
+    );
+    let later_id = later["id"].as_str().expect("id").to_string();
+    assert!(later["eta"].is_string(), "{later}");
+    worker.wait_started(&later_id, LONG);
+    let done = w.ts.wait_state(&later_id, "success", LONG);
+    assert_eq!(done["queue"], "default", "{done}");
+    assert_eq!(done["args"], json!([40, 2]), "{done}");
+    // Sidekiq jobs take positional arguments only; OSS Sidekiq cannot stop a running job.
+    let (status, refused) = w.write(
+        "POST",
+        "/api/tasks",
+        Some(json!({"broker": "sidekiq", "name": "AddJob", "args": [1], "kwargs": {"b": 2}})),
+    );
+    assert_eq!(status, 400, "{refused}");
+    let (status, refused) = w.write("POST", &format!("/api/tasks/{id}/revoke"), None);
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused.to_string().contains("sidekiq"),
+        "the error names the broker: {refused}"
+    );
+    let runs: Vec<Value> = w
+        .audit()
+        .into_iter()
+        .filter(|e| e["action"] == "run" && e["outcome"] == "ok")
+        .collect();
+    assert_eq!(runs.len(), 2, "{runs:?}");
+}
+
+#[test]
+fn sidekiq_under_a_namespace_runs_and_retries_in_the_namespaces_keys() {
+    let _slot = test_slot();
+    let w = World::new(
+        "sidekiq",
+        &[
+            "--allow-actions",
+            "--auth-token",
+            TOKEN,
+            "--sidekiq-namespace",
+            "app",
+        ],
+    );
+    let worker = sidekiq_worker(&w.redis, &["default"], Some("app"));
+    let task = w.run(json!({"broker": "sidekiq", "name": "AddJob", "args": [2, 3, 6]}));
+    let id = task["id"].as_str().expect("id").to_string();
+    worker.wait_started(&id, LONG);
+    w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(w.redis_cli(&["SISMEMBER", "app:queues", "default"]), "1");
+    assert_eq!(
+        w.redis_cli(&["EXISTS", "queues"]),
+        "0",
+        "nothing outside the namespace"
+    );
+    let ids = sidekiq_produce(&w.redis, Some("app"), &["noretry", "ns-7"]);
+    w.ts.wait_state(&ids[0], "failure", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"].as_str().expect("new id").to_string();
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["args"], json!(["ns-7"]), "{again}");
+    let dead = w.redis_cli(&["ZRANGE", "app:dead", "0", "-1"]);
+    assert!(dead.contains(&new_id) && !dead.contains(&ids[0]), "{dead}");
+}
+
+#[test]
+fn sidekiq_dead_job_retried_runs_again_under_a_new_jid_linked_both_ways() {
+    let _slot = test_slot();
+    let w = sidekiq_world();
+    let _worker = sidekiq(&w);
+    let ids = sidekiq_produce(&w.redis, None, &["noretry", "declined-9"]);
+    let failed = w.ts.wait_state(&ids[0], "failure", LONG);
+    assert_eq!(failed["name"], "NoRetryJob", "{failed}");
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["outcome"], "ok", "{entry}");
+    let new_id = entry["new_task_id"].as_str().expect("new id").to_string();
+    assert!(is_jid(&new_id) && new_id != ids[0], "{new_id}");
+    // The job from the dead set, options included (`retry: 0`): dead again at once.
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["name"], "NoRetryJob", "{again}");
+    assert_eq!(again["args"], json!(["declined-9"]), "{again}");
+    assert!(
+        again["error"].as_str().unwrap_or("").contains("declined-9"),
+        "{again}"
+    );
+    // Sidekiq's own retry takes the member out of `dead`: only the new attempt is there.
+    let dead = w.redis_cli(&["ZRANGE", "dead", "0", "-1"]);
+    assert!(
+        dead.contains(&new_id) && !dead.contains(&ids[0]),
+        "dead set: {dead}"
+    );
+    assert_eq!(w.ts.task(&ids[0]).expect("task")["state"], "failure");
+    for id in [&ids[0], &new_id] {
+        let t = w.ts.task(id).expect("task");
+        let actions = t["actions"].as_array().expect("actions");
+        assert!(
+            actions
+                .iter()
+                .any(|a| a["action"] == "retry" && a["new_task_id"] == new_id.as_str()),
+            "task {id} does not show the retry: {t}"
+        );
+    }
+    // Out of the dead set now: a second retry rebuilds the job from the stored (whole)
+    // arguments, with Sidekiq's default options (`retry: true`: into the retry set).
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    let third = entry["new_task_id"].as_str().expect("new id").to_string();
+    let t = w.ts.wait_state(&third, "retried", LONG);
+    assert_eq!(t["args"], json!(["declined-9"]), "{t}");
+    assert_eq!(t["name"], "NoRetryJob", "{t}");
+}
+
+#[test]
+fn sidekiq_delete_and_purge_remove_jobs_a_stopped_sidekiq_would_have_run() {
+    let _slot = test_slot();
+    let w = sidekiq_world();
+    // No Sidekiq process yet: three jobs wait in the list, one in the schedule.
+    let ids: Vec<String> = (0..3)
+        .map(|i| {
+            w.run(json!({"broker": "sidekiq", "name": "AddJob", "args": [i, 1]}))["id"]
+                .as_str()
+                .expect("id")
+                .to_string()
+        })
+        .collect();
+    let scheduled = w.run(
+        json!({"broker": "sidekiq", "name": "AddJob", "args": [9, 9],
+        "delay_ms": 500}),
+    )["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    assert_eq!(w.redis_cli(&["LLEN", "queue:default"]), "3");
+    assert_eq!(w.redis_cli(&["ZCARD", "schedule"]), "1");
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/sidekiq/default/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 1, "{entry}");
+    assert_eq!(w.redis_cli(&["LLEN", "queue:default"]), "2");
+    let (status, again) = w.write(
+        "DELETE",
+        &format!("/api/queues/sidekiq/default/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 404, "{again}");
+    // The scheduled job, by its jid, out of the schedule (not from another queue's name).
+    let (status, other) = w.write(
+        "DELETE",
+        &format!("/api/queues/sidekiq/critical/messages/{scheduled}"),
+        None,
+    );
+    assert_eq!(status, 404, "{other}");
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/sidekiq/default/messages/{scheduled}"),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(w.redis_cli(&["ZCARD", "schedule"]), "0");
+    let (status, entry) = w.write("POST", "/api/queues/sidekiq/default/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 2, "{entry}");
+    assert_eq!(w.redis_cli(&["EXISTS", "queue:default"]), "0");
+    assert_eq!(w.redis_cli(&["SISMEMBER", "queues", "default"]), "0");
+    let (status, missing) = w.write("POST", "/api/queues/sidekiq/nosuchqueue/purge", None);
+    assert_eq!(status, 404, "{missing}");
+    // A Sidekiq process now: a marker job run after them starts; they never do.
+    // The marker is scheduled after the deleted scheduled job's time: the poller pushing it
+    // has passed that time (it takes every due job at once, oldest first).
+    let worker = sidekiq(&w);
+    let marker = w.run(
+        json!({"broker": "sidekiq", "name": "AddJob", "args": [0, 0],
+        "delay_ms": 600}),
+    )["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    worker.wait_started(&marker, LONG);
+    let log = worker.log_text();
+    assert!(
+        log.contains(&marker),
+        "the log names the jobs it runs:\n{log}"
+    );
+    for id in ids.iter().chain([&scheduled]) {
+        assert!(!log.contains(id.as_str()), "deleted job {id} ran:\n{log}");
+    }
+    // The store was told they will never run: taskscope's Sidekiq reading, which takes a job
+    // gone from its list for one a fetcher took, cannot infer their success (it does the
+    // marker's, two heartbeats later).
+    w.ts.wait_state(&marker, "success", LONG);
+    for id in ids.iter().chain([&scheduled]) {
+        let t = w.ts.task(id).expect("task");
+        assert_eq!(t["state"], "failure", "{t}");
+        let error = t["error"].as_str().unwrap_or("");
+        assert!(
+            error.contains("deleted from queue default")
+                || error.contains("purged from queue default"),
+            "{t}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// BullMQ (bullmq 6.7.6, tests/node/worker.js; queue `bull:mail`)
+
+fn bullmq_world() -> World {
+    World::with_actions("bullmq")
+}
+
+fn bull(w: &World) -> WorkerProcess {
+    bullmq_worker(&w.redis.url(), "mail", "bull", &[])
+}
+
+#[test]
+fn bullmq_run_now_and_delayed_is_executed_by_a_real_worker_and_journaled() {
+    let _slot = test_slot();
+    let w = bullmq_world();
+    let _worker = bull(&w);
+    let task = w.run(
+        json!({"broker": "bullmq", "queue": "bull:mail", "name": "add",
+        "kwargs": {"x": 2, "y": 3}}),
+    );
+    let id = task["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        id, "bull:mail:1",
+        "the queue's counter gives the job id: {task}"
+    );
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["result"], json!(5), "{done}");
+    assert_eq!(done["name"], "add", "{done}");
+    assert_eq!(done["queue"], "bull:mail", "{done}");
+    assert_eq!(done["kwargs"], json!({"x": 2, "y": 3}), "{done}");
+    // Delayed, on the queue named without its prefix.
+    let later = w.run(json!({"broker": "bullmq", "queue": "mail", "name": "add",
+        "kwargs": {"x": 40, "y": 2}, "delay_ms": 1000}));
+    let later_id = later["id"].as_str().expect("id").to_string();
+    assert!(later["eta"].is_string(), "{later}");
+    let done = w.ts.wait_state(&later_id, "success", LONG);
+    assert_eq!(done["result"], json!(42), "{done}");
+    let hash = w.redis_cli(&["HGET", &later_id, "opts"]);
+    assert_eq!(hash.trim(), r#"{"delay":1000,"attempts":0}"#);
+    // One data value per job; no way to stop a running job; no pause outside BullMQ.
+    let (status, refused) = w.write(
+        "POST",
+        "/api/tasks",
+        Some(
+            json!({"broker": "bullmq", "queue": "bull:mail", "name": "add",
+            "args": [1, 2]}),
+        ),
+    );
+    assert_eq!(status, 400, "{refused}");
+    let (status, refused) = w.write("POST", &format!("/api/tasks/{id}/revoke"), None);
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.to_string().contains("bullmq"), "{refused}");
+    let (status, refused) = w.write("POST", "/api/queues/sidekiq/default/pause", None);
+    assert_eq!(status, 400, "{refused}");
+}
+
+#[test]
+fn bullmq_failed_job_retried_runs_again_under_a_new_id_linked_both_ways() {
+    let _slot = test_slot();
+    let w = bullmq_world();
+    let _worker = bull(&w);
+    let ids = bullmq_produce(
+        &w.redis.url(),
+        "mail",
+        "bull",
+        &json!([{"name": "fail", "data": {"why": "declined"},
+            "opts": {"backoff": {"type": "fixed", "delay": 100}}}]),
+    );
+    w.ts.wait_state(&ids[0], "failure", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"].as_str().expect("new id").to_string();
+    assert_eq!(new_id, "bull:mail:2", "{entry}");
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["name"], "fail", "{again}");
+    assert_eq!(again["kwargs"], json!({"why": "declined"}), "{again}");
+    assert_eq!(again["error"], "boom declined", "{again}");
+    // The failed job's own options came along (not its identity).
+    let opts: Value =
+        serde_json::from_str(w.redis_cli(&["HGET", &new_id, "opts"]).trim()).expect("opts");
+    assert_eq!(
+        opts["backoff"],
+        json!({"type": "fixed", "delay": 100}),
+        "{opts}"
+    );
+    for id in [&ids[0], &new_id] {
+        let t = w.ts.task(id).expect("task");
+        let actions = t["actions"].as_array().expect("actions");
+        assert!(
+            actions
+                .iter()
+                .any(|a| a["action"] == "retry" && a["new_task_id"] == new_id.as_str()),
+            "task {id} does not show the retry: {t}"
+        );
+    }
+}
+
+#[test]
+fn bullmq_delete_purge_pause_and_resume_on_a_queue_a_stopped_worker_would_have_run() {
+    let _slot = test_slot();
+    let w = bullmq_world();
+    let run = |data: Value, delay: u64| -> String {
+        w.run(
+            json!({"broker": "bullmq", "queue": "bull:mail", "name": "add",
+            "kwargs": data, "delay_ms": delay}),
+        )["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let ids: Vec<String> = (0..3).map(|i| run(json!({"x": i, "y": 1}), 0)).collect();
+    let delayed = run(json!({"x": 9, "y": 9}), 60_000);
+    assert_eq!(w.redis_cli(&["LLEN", "bull:mail:wait"]), "3");
+    assert_eq!(w.redis_cli(&["ZCARD", "bull:mail:delayed"]), "1");
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/bullmq/bull:mail/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 1, "{entry}");
+    assert_eq!(w.redis_cli(&["EXISTS", &ids[0]]), "0");
+    let (status, again) = w.write(
+        "DELETE",
+        &format!("/api/queues/bullmq/bull:mail/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 404, "{again}");
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/bullmq/bull:mail/messages/{delayed}"),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(w.redis_cli(&["ZCARD", "bull:mail:delayed"]), "0");
+    let (status, entry) = w.write("POST", "/api/queues/bullmq/bull:mail/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 2, "{entry}");
+    assert_eq!(w.redis_cli(&["LLEN", "bull:mail:wait"]), "0");
+    for id in &ids {
+        assert_eq!(w.redis_cli(&["EXISTS", id]), "0", "{id}");
+    }
+    let (status, missing) = w.write("POST", "/api/queues/bullmq/bull:nosuch/purge", None);
+    assert_eq!(status, 404, "{missing}");
+    // Paused: a job added now waits, even with a worker ready.
+    let (status, entry) = w.write("POST", "/api/queues/bullmq/bull:mail/pause", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["action"], "pause", "{entry}");
+    assert_eq!(w.redis_cli(&["HGET", "bull:mail:meta", "paused"]), "1");
+    let held = run(json!({"x": 20, "y": 22}), 0);
+    assert_eq!(w.redis_cli(&["EXISTS", "bull:mail:marker"]), "0");
+    let _worker = bull(&w);
+    w.ts.wait_state(&held, "queued", SHORT);
+    assert_eq!(w.redis_cli(&["HEXISTS", &held, "processedOn"]), "0");
+    let (status, entry) = w.write("POST", "/api/queues/bullmq/bull:mail/resume", None);
+    assert_eq!(status, 200, "{entry}");
+    let done = w.ts.wait_state(&held, "success", LONG);
+    assert_eq!(done["result"], json!(42), "{done}");
+    for id in ids.iter().chain([&delayed]) {
+        let t = w.ts.task(id).expect("task");
+        assert_ne!(t["state"], "success", "a deleted job ran: {t}");
+        assert!(t["started_at"].is_null(), "a deleted job started: {t}");
+    }
+    let actions: Vec<String> = w
+        .audit()
+        .iter()
+        .filter(|e| e["action"] != "run")
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "resume:ok",
+            "pause:ok",
+            "purge:refused",
+            "purge:ok",
+            "delete:ok",
+            "delete:refused",
+            "delete:ok"
+        ],
+        "newest first"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
 // The pages (plain HTML forms, no JavaScript)
 
 /// A browser session without JavaScript: the cookie of `?token=`, forms posted with the
@@ -906,6 +1339,50 @@ fn pages_retry_purge_and_run_through_forms_with_a_confirmation_and_show_the_jour
     assert_eq!(resp.status().as_u16(), 403);
 }
 
+#[test]
+fn bullmq_queue_page_pauses_and_resumes_through_forms() {
+    let _slot = test_slot();
+    let w = bullmq_world();
+    let held = w.run(
+        json!({"broker": "bullmq", "queue": "bull:mail", "name": "add",
+        "kwargs": {"x": 1, "y": 1}}),
+    )["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let b = Browser::login(&w);
+    let html = wait_for("the queue's card with its pause form", LONG, || {
+        let (status, html) = b.page("/queues");
+        if status == 200 && html.contains("/queues/bullmq/bull%3Amail/pause") {
+            Ok(html)
+        } else {
+            Err(format!("{status}"))
+        }
+    });
+    let (status, location) = b.submit(&html, "/queues/bullmq/bull%3Amail/pause", &[]);
+    assert_eq!((status, location.as_str()), (303, "/queues"), "pause");
+    assert_eq!(w.redis_cli(&["HGET", "bull:mail:meta", "paused"]), "1");
+    let _worker = bull(&w);
+    w.ts.wait_state(&held, "queued", SHORT);
+    assert_eq!(w.redis_cli(&["HEXISTS", &held, "processedOn"]), "0");
+    let (_, html) = b.page("/queues");
+    let (status, location) = b.submit(&html, "/queues/bullmq/bull%3Amail/resume", &[]);
+    assert_eq!((status, location.as_str()), (303, "/queues"), "resume");
+    w.ts.wait_state(&held, "success", LONG);
+    let audit: Vec<String> = w
+        .audit()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["action"].as_str().unwrap(),
+                e["outcome"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(audit, ["resume:ok", "pause:ok", "run:ok"], "newest first");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Dramatiq (tests/python/dramatiq_app.py)
 
@@ -976,6 +1453,171 @@ fn dramatiq_run_delayed_retry_delete_and_purge_with_a_real_worker() {
     let (status, v) = w.write("POST", &format!("/api/tasks/{id}/revoke"), None);
     assert_eq!(status, 400, "{v}");
     assert!(v["error"].as_str().unwrap().contains("dramatiq"), "{v}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// arq (arq 0.28, tests/python/arq_app.py; queue `arq:queue`)
+
+fn arq_world() -> World {
+    World::with_actions("arq")
+}
+
+fn arq(w: &World, settings: &str) -> WorkerProcess {
+    arq_worker(w.redis.port, settings, "arq:queue")
+}
+
+fn is_hex_uuid(id: &str) -> bool {
+    id.len() == 32 && id.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+#[test]
+fn arq_run_now_and_deferred_is_executed_by_a_real_worker_and_journaled() {
+    let _slot = test_slot();
+    let w = arq_world();
+    let _worker = arq(&w, "WorkerSettings");
+    let task = w.run(json!({"broker": "arq", "name": "add", "args": [2, 3],
+        "kwargs": {"note": "from taskscope"}}));
+    let id = task["id"].as_str().expect("id").to_string();
+    assert!(is_hex_uuid(&id), "uuid4().hex: {id}");
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["result"], json!(5), "{done}");
+    assert_eq!(done["queue"], "arq:queue", "{done}");
+    assert_eq!(done["args"], json!([2, 3]), "{done}");
+    assert_eq!(done["kwargs"], json!({"note": "from taskscope"}), "{done}");
+    let later = w.run(json!({"broker": "arq", "name": "add", "args": [40, 2],
+        "delay_ms": 1500}));
+    let later_id = later["id"].as_str().expect("id").to_string();
+    let done = w.ts.wait_state(&later_id, "success", LONG);
+    assert_eq!(done["result"], json!(42), "{done}");
+    assert!(
+        parse_time(&done, "started_at") >= parse_time(&later, "eta"),
+        "run after its time: {done} {later}"
+    );
+    // arq has no queue pause.
+    let (status, refused) = w.write("POST", "/api/queues/arq/arq:queue/pause", None);
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.to_string().contains("arq"), "{refused}");
+}
+
+#[test]
+fn arq_failed_job_retried_runs_again_under_a_new_id_linked_both_ways() {
+    let _slot = test_slot();
+    let w = arq_world();
+    let _worker = arq(&w, "WorkerSettings");
+    let ids = arq_produce(w.redis.port, &["fail", "[3]"]);
+    w.ts.wait_state(&ids[0], "failure", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"].as_str().expect("new id").to_string();
+    assert!(is_hex_uuid(&new_id) && new_id != ids[0], "{new_id}");
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["name"], "fail", "{again}");
+    assert_eq!(again["args"], json!([3]), "{again}");
+    assert_eq!(again["error"], "ValueError: card declined 3", "{again}");
+    for id in [&ids[0], &new_id] {
+        let t = w.ts.task(id).expect("task");
+        let actions = t["actions"].as_array().expect("actions");
+        assert!(
+            actions
+                .iter()
+                .any(|a| a["action"] == "retry" && a["new_task_id"] == new_id.as_str()),
+            "task {id} does not show the retry: {t}"
+        );
+    }
+}
+
+#[test]
+fn arq_with_a_json_serializer_gets_json_jobs() {
+    let _slot = test_slot();
+    let w = arq_world();
+    let worker = arq(&w, "JsonWorkerSettings");
+    // The application's own job tells taskscope its serializer.
+    let ids = arq_produce(w.redis.port, &["--serializer", "json", "fail", "[4]"]);
+    let failed = w.ts.wait_state(&ids[0], "failure", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{}/retry", ids[0]), None);
+    assert_eq!(status, 200, "{entry}");
+    let new_id = entry["new_task_id"].as_str().expect("new id").to_string();
+    // It ran again and failed the same way (JSON cannot hold the exception: arq stores
+    // "unable to serialize result" for both); a job the worker could not read would fail with
+    // a deserialization error instead.
+    let again = w.ts.wait_state(&new_id, "failure", LONG);
+    assert_eq!(again["error"], failed["error"], "{again}");
+    assert_eq!(again["args"], json!([4]), "{again}");
+    assert!(again["started_at"].is_string(), "{again}");
+    let log = worker.log_text();
+    assert!(!log.contains("DeserializationError"), "{log}");
+    let task = w.run(json!({"broker": "arq", "name": "add", "args": [1, 2]}));
+    let id = task["id"].as_str().expect("id").to_string();
+    let job = w.redis_cli(&["GET", &format!("arq:job:{id}")]);
+    assert!(job.trim_start().starts_with('{'), "a JSON job: {job}");
+    let done = w.ts.wait_state(&id, "success", LONG);
+    assert_eq!(done["result"], json!(3), "{done}");
+}
+
+#[test]
+fn arq_delete_purge_and_abort() {
+    let _slot = test_slot();
+    let w = arq_world();
+    let run = |args: Value, delay: u64| -> String {
+        w.run(json!({"broker": "arq", "name": "add", "args": args, "delay_ms": delay}))["id"]
+            .as_str()
+            .expect("id")
+            .to_string()
+    };
+    let ids: Vec<String> = (0..3).map(|i| run(json!([i, 1]), 0)).collect();
+    let deferred = run(json!([9, 9]), 60_000);
+    assert_eq!(w.redis_cli(&["ZCARD", "arq:queue"]), "4");
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/arq/arq:queue/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 1, "{entry}");
+    assert_eq!(
+        w.redis_cli(&["EXISTS", &format!("arq:job:{}", ids[0])]),
+        "0"
+    );
+    let (status, again) = w.write(
+        "DELETE",
+        &format!("/api/queues/arq/arq:queue/messages/{}", ids[0]),
+        None,
+    );
+    assert_eq!(status, 404, "{again}");
+    let (status, entry) = w.write(
+        "DELETE",
+        &format!("/api/queues/arq/arq:queue/messages/{deferred}"),
+        None,
+    );
+    assert_eq!(status, 200, "{entry}");
+    let (status, entry) = w.write("POST", "/api/queues/arq/arq:queue/purge", None);
+    assert_eq!(status, 200, "{entry}");
+    assert_eq!(entry["count"], 2, "{entry}");
+    assert_eq!(w.redis_cli(&["EXISTS", "arq:queue"]), "0");
+    let (status, missing) = w.write("POST", "/api/queues/arq/arq:nosuch/purge", None);
+    assert_eq!(status, 404, "{missing}");
+    // A worker now: a running job is aborted (`Job.abort`: arq:abort); the removed ones never
+    // ran.
+    let worker = arq(&w, "WorkerSettings");
+    let victim = w.run(json!({"broker": "arq", "name": "slow", "args": [1.9]}))["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    worker.wait_started(&victim, LONG);
+    w.ts.wait_state(&victim, "running", LONG);
+    let (status, entry) = w.write("POST", &format!("/api/tasks/{victim}/revoke"), None);
+    assert_eq!(status, 200, "{entry}");
+    let t = w.ts.wait_state(&victim, "failure", LONG);
+    assert_eq!(t["error"], "CancelledError", "{t}");
+    for id in ids.iter().chain([&deferred]) {
+        assert_eq!(
+            w.redis_cli(&["EXISTS", &format!("arq:result:{id}")]),
+            "0",
+            "a removed job ran: {id}"
+        );
+        let t = w.ts.task(id).expect("task");
+        assert!(t["started_at"].is_null(), "a removed job started: {t}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

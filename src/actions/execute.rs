@@ -6,6 +6,8 @@ use super::redis::ActionRedis;
 use super::{
     arq, bullmq, celery, dramatiq, rq, sidekiq, stored_whole, taskiq, ActionError, ActionSettings,
 };
+use broker_adapters::bullmq::layout::QueueName;
+use broker_adapters::sidekiq::layout::Layout as SidekiqLayout;
 use broker_adapters::{Broker, Task, TaskState};
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value};
@@ -30,6 +32,8 @@ pub struct Actions {
     max_payload_bytes: usize,
     /// The database number of the Redis URL (Celery's fanout channels name it).
     db: u32,
+    /// Sidekiq's keys (`--sidekiq-namespace`).
+    sidekiq: SidekiqLayout,
     /// Truncation and redaction of what the store is told about the tasks actions create
     /// (as ingest applies them to what it reads).
     sanitizer: Option<crate::ingest::sanitize::Sanitizer>,
@@ -55,6 +59,7 @@ impl Actions {
             redis: None,
             max_payload_bytes: 0,
             db: 0,
+            sidekiq: SidekiqLayout::default(),
             sanitizer: None,
         }
     }
@@ -76,8 +81,15 @@ impl Actions {
             redis,
             max_payload_bytes,
             db,
+            sidekiq: SidekiqLayout::default(),
             sanitizer: None,
         })
+    }
+
+    /// Writes Sidekiq's keys under `namespace` (`--sidekiq-namespace`; `None`: none).
+    pub fn with_sidekiq_namespace(mut self, namespace: Option<&str>) -> Actions {
+        self.sidekiq = SidekiqLayout::new(namespace);
+        self
     }
 
     /// The same actions, telling the store about created tasks through `sanitizer`.
@@ -173,13 +185,13 @@ impl Actions {
             .delay_ms
             .filter(|d| *d > 0)
             .map(|d| now + chrono::Duration::milliseconds(d.min(365 * 86_400_000) as i64));
-        let id = match req.broker {
-            // taskiq's and arq's own ids are `uuid4().hex`.
-            Broker::Taskiq | Broker::Arq => uuid::Uuid::new_v4().simple().to_string(),
-            // Sidekiq's `jid`: 12 random bytes in hex.
-            Broker::Sidekiq => uuid::Uuid::new_v4().simple().to_string()[..24].to_string(),
-            _ => uuid::Uuid::new_v4().to_string(),
-        };
+        if req.broker == Broker::Bullmq {
+            return self.run_bullmq(redis, req, now, run_at).await;
+        }
+        if req.broker == Broker::Arq {
+            return self.run_arq(redis, req, now, run_at).await;
+        }
+        let id = new_id(req.broker);
         let (queue, write) = match req.broker {
             Broker::Rq => {
                 let queue = req.queue.clone().unwrap_or_else(|| "default".into());
@@ -201,6 +213,21 @@ impl Actions {
                     root_id: None,
                 };
                 (queue.clone(), celery::enqueue(&message))
+            }
+            Broker::Sidekiq => {
+                let queue = req.queue.clone().unwrap_or_else(|| "default".into());
+                check_identifier("queue", &queue)?;
+                positional_only(Broker::Sidekiq, &req.kwargs)?;
+                let w = sidekiq::enqueue(
+                    &self.sidekiq,
+                    &id,
+                    &req.name,
+                    &req.args,
+                    &queue,
+                    now,
+                    run_at,
+                );
+                (queue, w)
             }
             Broker::Dramatiq => {
                 let queue = req.queue.clone().unwrap_or_else(|| "default".into());
@@ -231,31 +258,12 @@ impl Actions {
                 let message = taskiq::message(&id, &req.name, &req.args, &req.kwargs);
                 (queue.clone(), taskiq::enqueue(kind, &queue, message))
             }
-            Broker::Arq => {
-                let queue = req
-                    .queue
-                    .clone()
-                    .unwrap_or_else(|| arq::DEFAULT_QUEUE.into());
-                check_identifier("queue", &queue)?;
-                let w = arq::enqueue(&id, &req.name, &req.args, &req.kwargs, &queue, now, run_at);
-                (queue, w)
-            }
-            Broker::Sidekiq => {
-                let queue = req.queue.clone().unwrap_or_else(|| "default".into());
-                check_identifier("queue", &queue)?;
-                if !req.kwargs.is_empty() {
-                    return Err(ActionError::BadRequest(
-                        "Sidekiq jobs take positional args only: pass kwargs as {}".into(),
-                    ));
-                }
-                let job = sidekiq::job(&id, &req.name, &req.args, &queue, now);
-                (queue, sidekiq::push(job, now, run_at))
-            }
+            // BullMQ and arq were run above (their ids come from Redis or their own shape).
             other => {
                 return Err(ActionError::unsupported(
                     other,
                     "run",
-                    "not implemented yet",
+                    "no writer for this broker",
                 ))
             }
         };
@@ -328,6 +336,9 @@ impl Actions {
                 redis.apply(&celery::enqueue(&message)).await?;
                 Ok(new_task(original, new_id, queue, name, now))
             }
+            Broker::Sidekiq => self.retry_sidekiq(redis, original, name, now).await,
+            Broker::Bullmq => self.retry_bullmq(redis, original, name, now).await,
+            Broker::Arq => self.retry_arq(redis, original, name, now).await,
             Broker::Dramatiq => {
                 let queue = original.queue.clone().unwrap_or_else(|| "default".into());
                 // The dead letter keeps the failed message's body: its call, exactly.
@@ -373,57 +384,6 @@ impl Actions {
                 redis.apply(&taskiq::enqueue(kind, &queue, message)).await?;
                 Ok(new_task(original, new_id, queue, name, now))
             }
-            Broker::Arq => {
-                let (args, kwargs) = whole_arguments(original)?;
-                let queue = original
-                    .queue
-                    .clone()
-                    .unwrap_or_else(|| arq::DEFAULT_QUEUE.into());
-                let new_id = uuid::Uuid::new_v4().simple().to_string();
-                redis
-                    .apply(&arq::enqueue(
-                        &new_id, &name, &args, &kwargs, &queue, now, None,
-                    ))
-                    .await?;
-                Ok(new_task(original, new_id, queue, name, now))
-            }
-            Broker::Sidekiq => {
-                let queue = original.queue.clone().unwrap_or_else(|| "default".into());
-                let new_id = uuid::Uuid::new_v4().simple().to_string()[..24].to_string();
-                let failed = redis
-                    .read_script(
-                        sidekiq::FIND_FAILED_LUA,
-                        vec!["dead".into(), "retry".into()],
-                        vec![original.id.as_bytes().to_vec()],
-                        self.max_payload_bytes,
-                    )
-                    .await?
-                    .and_then(|raw| sidekiq::retry_of(&raw, &new_id, now));
-                let job = match failed {
-                    Some(job) => job,
-                    None => {
-                        let (args, _) = whole_arguments(original)?;
-                        sidekiq::job(&new_id, &name, &args, &queue, now)
-                    }
-                };
-                let queue = job
-                    .get("queue")
-                    .and_then(Value::as_str)
-                    .unwrap_or(&queue)
-                    .to_string();
-                let args = job.get("args").cloned();
-                redis.apply(&sidekiq::push(job, now, None)).await?;
-                let mut task = new_task(original, new_id, queue, name, now);
-                if args.is_some() {
-                    task.args = args;
-                }
-                Ok(task)
-            }
-            other => Err(ActionError::unsupported(
-                other,
-                "retry",
-                "not implemented yet",
-            )),
         }
     }
 
@@ -478,14 +438,29 @@ impl Actions {
             Broker::Arq => {
                 if task.state.is_final() {
                     return Err(ActionError::Conflict(format!(
-                        "task {} already finished ({})",
+                        "arq job {} already finished ({})",
                         task.id,
                         task.state.as_str()
                     )));
                 }
-                redis.apply(&arq::abort(&task.id, Utc::now())).await?;
+                let queue = task.queue.as_deref().unwrap_or(arq::DEFAULT_QUEUE);
+                redis
+                    .apply(&arq::abort(queue, &task.id, Utc::now().timestamp_millis()))
+                    .await?;
                 Ok(())
             }
+            Broker::Bullmq => Err(ActionError::unsupported(
+                Broker::Bullmq,
+                "revoke",
+                "BullMQ has no command to stop a running job (only its worker's own code can); \
+                 delete a waiting or delayed one instead",
+            )),
+            Broker::Sidekiq => Err(ActionError::unsupported(
+                Broker::Sidekiq,
+                "revoke",
+                "Sidekiq (OSS) has no way to stop a running job (only Sidekiq Pro/Enterprise \
+                 do); delete a waiting or scheduled one instead",
+            )),
             other => Err(ActionError::unsupported(
                 other,
                 "revoke",
@@ -504,19 +479,22 @@ impl Actions {
         let removed = match broker {
             Broker::Rq => redis.apply(&rq::delete(queue, id)).await?,
             Broker::Celery => redis.apply(&celery::delete(queue, id)).await?,
+            Broker::Sidekiq => {
+                redis
+                    .apply(&sidekiq::delete(&self.sidekiq, queue, id))
+                    .await?
+            }
+            Broker::Bullmq => {
+                let q = bullmq_queue(queue)?;
+                redis
+                    .apply(&bullmq::delete(&q, bullmq::job_id(&q, id)))
+                    .await?
+            }
+            Broker::Arq => redis.apply(&arq::delete(queue, id)).await?,
             Broker::Dramatiq => redis.apply(&dramatiq::delete(queue, id)).await?,
             Broker::Taskiq => {
                 let kind = self.taskiq_kind(queue).await?;
                 redis.apply(&taskiq::delete(kind, queue, id)).await?
-            }
-            Broker::Arq => redis.apply(&arq::delete(queue, id)).await?,
-            Broker::Sidekiq => redis.apply(&sidekiq::delete(queue, id)).await?,
-            other => {
-                return Err(ActionError::unsupported(
-                    other,
-                    "delete",
-                    "not implemented yet",
-                ))
             }
         };
         if removed <= 0 {
@@ -526,37 +504,6 @@ impl Actions {
             )));
         }
         Ok(removed as u64)
-    }
-
-    /// Pauses (`paused`) or resumes `queue`, where the broker itself has a pause (BullMQ's
-    /// `meta.paused`).
-    pub async fn pause(
-        &self,
-        broker: Broker,
-        queue: &str,
-        paused: bool,
-    ) -> Result<(), ActionError> {
-        let redis = self.redis()?;
-        check_identifier("queue", queue)?;
-        let action = if paused { "pause" } else { "resume" };
-        if broker != Broker::Bullmq {
-            return Err(ActionError::unsupported(
-                broker,
-                action,
-                "the broker has no pause of its own in Redis (only BullMQ has: meta.paused)",
-            ));
-        }
-        let mut known = false;
-        for key in bullmq::known_keys(queue) {
-            known |= redis.integer("EXISTS", vec![key.into_bytes()]).await? > 0;
-        }
-        if !known {
-            return Err(ActionError::NotFound(format!(
-                "bullmq queue {queue:?} not found in Redis (name it as taskscope shows it: <prefix>:<queue>)"
-            )));
-        }
-        redis.apply(&bullmq::pause(queue, paused)).await?;
-        Ok(())
     }
 
     /// Waiting messages of `queue` (what a purge would remove).
@@ -577,6 +524,24 @@ impl Actions {
                 }
                 n
             }
+            Broker::Sidekiq => {
+                redis
+                    .integer("LLEN", vec![self.sidekiq.queue(queue).into_bytes()])
+                    .await?
+            }
+            Broker::Arq => redis.apply(&arq::waiting(queue)).await?,
+            Broker::Bullmq => {
+                let q = bullmq_queue(queue)?;
+                redis
+                    .integer("LLEN", vec![q.key("wait").into_bytes()])
+                    .await?
+                    + redis
+                        .integer("LLEN", vec![q.key("paused").into_bytes()])
+                        .await?
+                    + redis
+                        .integer("ZCARD", vec![q.key("prioritized").into_bytes()])
+                        .await?
+            }
             Broker::Dramatiq => {
                 let mut n = 0;
                 for key in dramatiq::waiting_lists(queue) {
@@ -587,19 +552,6 @@ impl Actions {
             Broker::Taskiq => {
                 let kind = self.taskiq_kind(queue).await?;
                 redis.apply(&taskiq::count(kind, queue)).await?
-            }
-            Broker::Arq => redis.apply(&arq::count(queue)).await?,
-            Broker::Sidekiq => {
-                redis
-                    .integer("LLEN", vec![sidekiq::queue_key(queue).into_bytes()])
-                    .await?
-            }
-            other => {
-                return Err(ActionError::unsupported(
-                    other,
-                    "purge",
-                    "not implemented yet",
-                ))
             }
         };
         Ok(n.max(0) as u64)
@@ -642,6 +594,29 @@ impl Actions {
                     .await?
                     > 0
             }
+            Broker::Bullmq => self.bullmq_known(redis, &bullmq_queue(queue)?).await?,
+            Broker::Arq => {
+                redis
+                    .integer("EXISTS", vec![queue.as_bytes().to_vec()])
+                    .await?
+                    > 0
+            }
+            Broker::Sidekiq => {
+                redis
+                    .integer(
+                        "SISMEMBER",
+                        vec![
+                            self.sidekiq.key(QUEUES_KEY).into_bytes(),
+                            queue.as_bytes().to_vec(),
+                        ],
+                    )
+                    .await?
+                    > 0
+                    || redis
+                        .integer("EXISTS", vec![self.sidekiq.queue(queue).into_bytes()])
+                        .await?
+                        > 0
+            }
             Broker::Dramatiq => {
                 let mut any = false;
                 for key in dramatiq::known_keys(queue) {
@@ -655,28 +630,6 @@ impl Actions {
                     .await?
                     > 0
             }
-            Broker::Arq => {
-                redis
-                    .integer("EXISTS", vec![queue.as_bytes().to_vec()])
-                    .await?
-                    > 0
-            }
-            Broker::Sidekiq => {
-                redis
-                    .integer(
-                        "SISMEMBER",
-                        vec![b"queues".to_vec(), queue.as_bytes().to_vec()],
-                    )
-                    .await?
-                    > 0
-            }
-            other => {
-                return Err(ActionError::unsupported(
-                    other,
-                    "purge",
-                    "not implemented yet",
-                ))
-            }
         };
         if !known {
             return Err(ActionError::NotFound(format!(
@@ -686,9 +639,18 @@ impl Actions {
         }
         let removed = match broker {
             Broker::Rq => redis.apply_listing(&rq::purge(queue)).await?,
-            Broker::Dramatiq => redis.apply_listing(&dramatiq::purge(queue)).await?,
+            Broker::Sidekiq => {
+                redis
+                    .apply_listing(&sidekiq::purge(&self.sidekiq, queue))
+                    .await?
+            }
+            Broker::Bullmq => {
+                redis
+                    .apply_listing(&bullmq::purge(&bullmq_queue(queue)?))
+                    .await?
+            }
             Broker::Arq => redis.apply_listing(&arq::purge(queue)).await?,
-            Broker::Sidekiq => redis.apply_listing(&sidekiq::purge(queue)).await?,
+            Broker::Dramatiq => redis.apply_listing(&dramatiq::purge(queue)).await?,
             Broker::Taskiq => {
                 let kind = self.taskiq_kind(queue).await?;
                 redis.apply_listing(&taskiq::purge(kind, queue)).await?
@@ -709,6 +671,415 @@ impl Actions {
             .await?;
         Ok(taskiq::QueueKind::of_type(&t))
     }
+}
+
+impl Actions {
+    /// Sidekiq: the job as its `retry` or `dead` set still holds it (class, args and options
+    /// exactly), pushed under a new jid and taken out of the set as Sidekiq's own retry does;
+    /// else, the stored arguments when whole.
+    async fn retry_sidekiq(
+        &self,
+        redis: &ActionRedis,
+        original: &Task,
+        name: String,
+        now: DateTime<Utc>,
+    ) -> Result<Task, ActionError> {
+        let new_jid = new_id(Broker::Sidekiq);
+        for set in sidekiq::failed_sets(&self.sidekiq) {
+            let Some(member) = redis
+                .read_script(
+                    sidekiq::FIND_LUA,
+                    vec![set.clone()],
+                    vec![original.id.as_bytes().to_vec()],
+                    self.max_payload_bytes,
+                )
+                .await?
+            else {
+                continue;
+            };
+            let retry = sidekiq::retry(&self.sidekiq, &set, &member, &new_jid, now)
+                .map_err(ActionError::Conflict)?;
+            if redis.apply(&retry.write).await? == 0 {
+                return Err(ActionError::Conflict(format!(
+                    "Sidekiq job {} left the {set} set while it was being retried (Sidekiq's \
+                     retry poller took it): nothing written",
+                    original.id
+                )));
+            }
+            let mut task = new_task(original, new_jid, retry.queue, retry.class, now);
+            task.args = Some(retry.args);
+            task.kwargs = None;
+            return Ok(task);
+        }
+        let (args, kwargs) = whole_arguments(original)?;
+        positional_only(Broker::Sidekiq, &kwargs)?;
+        let queue = original.queue.clone().unwrap_or_else(|| "default".into());
+        let write = sidekiq::enqueue(&self.sidekiq, &new_jid, &name, &args, &queue, now, None);
+        redis.apply(&write).await?;
+        let mut task = new_task(original, new_jid, queue, name, now);
+        task.kwargs = None;
+        Ok(task)
+    }
+}
+
+impl Actions {
+    /// BullMQ: `Queue.add`, the job id from the queue's counter (the task id is the job key).
+    async fn run_bullmq(
+        &self,
+        redis: &ActionRedis,
+        req: &RunRequest,
+        now: DateTime<Utc>,
+        run_at: Option<DateTime<Utc>>,
+    ) -> Result<Task, ActionError> {
+        let queue = req.queue.clone().ok_or_else(|| {
+            ActionError::BadRequest(
+                "a BullMQ job needs its queue (`bull:emails`, or `emails` under the default \
+                 prefix `bull`)"
+                    .into(),
+            )
+        })?;
+        let q = bullmq_queue(&queue)?;
+        let data = bullmq::data_of(&req.args, &req.kwargs).map_err(ActionError::BadRequest)?;
+        let delay = run_at.map_or(0, |at| (at - now).num_milliseconds().max(0) as u64);
+        let write = bullmq::add(
+            &q,
+            &req.name,
+            &bullmq::data_json(&data),
+            &bullmq::default_opts(delay),
+            now,
+            delay,
+        );
+        let job = redis.apply(&write).await?;
+        let mut task = Task::new(Broker::Bullmq, q.job(&job.to_string()), now);
+        task.queue = Some(q.qualified());
+        task.name = Some(req.name.clone());
+        set_bullmq_data(&mut task, data);
+        task.enqueued_at = Some(now);
+        task.eta = run_at;
+        Ok(task)
+    }
+
+    /// BullMQ: a new job with the failed job's name, data and options, read from its hash
+    /// (BullMQ keeps it until `removeOnFail`); else from the stored whole arguments.
+    async fn retry_bullmq(
+        &self,
+        redis: &ActionRedis,
+        original: &Task,
+        name: String,
+        now: DateTime<Utc>,
+    ) -> Result<Task, ActionError> {
+        let qualified = original
+            .queue
+            .clone()
+            .or_else(|| {
+                original
+                    .id
+                    .rsplit_once(':')
+                    .map(|(queue, _)| queue.to_string())
+            })
+            .ok_or_else(|| {
+                ActionError::Conflict(format!("BullMQ job {} names no queue", original.id))
+            })?;
+        let q = bullmq_queue(&qualified)?;
+        let hash = redis.hash(&original.id, self.max_payload_bytes).await?;
+        let field = |n: &str| hash.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        let (data_bytes, opts, data) = match (field("name"), field("data")) {
+            (Some(_), Some(data)) => {
+                let opts = bullmq::retry_opts(&field("opts").unwrap_or_default());
+                let parsed = bullmq::parsed_data(&data);
+                (data, opts, parsed)
+            }
+            _ => {
+                let (args, kwargs) = whole_arguments(original)?;
+                let data = bullmq::data_of(&args, &kwargs).map_err(ActionError::Conflict)?;
+                (bullmq::data_json(&data), bullmq::default_opts(0), data)
+            }
+        };
+        let job = redis
+            .apply(&bullmq::add(&q, &name, &data_bytes, &opts, now, 0))
+            .await?;
+        let mut task = new_task(original, q.job(&job.to_string()), q.qualified(), name, now);
+        set_bullmq_data(&mut task, data);
+        Ok(task)
+    }
+
+    /// Whether BullMQ's queue `q` exists (its metadata, wait list or id counter).
+    async fn bullmq_known(&self, redis: &ActionRedis, q: &QueueName) -> Result<bool, ActionError> {
+        for suffix in ["meta", "wait", "id"] {
+            if redis
+                .integer("EXISTS", vec![q.key(suffix).into_bytes()])
+                .await?
+                > 0
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Pauses or resumes `queue` where the broker itself can (BullMQ's `meta.paused`).
+    pub async fn pause(
+        &self,
+        broker: Broker,
+        queue: &str,
+        paused: bool,
+    ) -> Result<(), ActionError> {
+        let redis = self.redis()?;
+        check_identifier("queue", queue)?;
+        let action = if paused { "pause" } else { "resume" };
+        match broker {
+            Broker::Bullmq => {
+                let q = bullmq_queue(queue)?;
+                if !self.bullmq_known(redis, &q).await? {
+                    return Err(ActionError::NotFound(format!(
+                        "bullmq queue {queue:?} not found in Redis"
+                    )));
+                }
+                redis.apply(&bullmq::pause(&q, paused)).await?;
+                Ok(())
+            }
+            other => Err(ActionError::unsupported(
+                other,
+                action,
+                "the broker has no queue pause of its own",
+            )),
+        }
+    }
+}
+
+impl Actions {
+    /// The serializer of the arq application: the one of a job or result already in Redis,
+    /// else arq's default, pickle. A msgpack (or unknown) one is refused.
+    async fn arq_serializer(&self, redis: &ActionRedis) -> Result<arq::Serializer, ActionError> {
+        match redis
+            .read_script(arq::SNIFF_LUA, Vec::new(), Vec::new(), 16)
+            .await?
+        {
+            None => Ok(arq::Serializer::Pickle),
+            Some(head) => arq::serializer_of(&head).ok_or_else(|| {
+                ActionError::unsupported(
+                    Broker::Arq,
+                    "run",
+                    "this arq application's job_serializer is not pickle or JSON (msgpack?): \
+                     taskscope writes only those two",
+                )
+            }),
+        }
+    }
+
+    /// arq: `enqueue_job` (`_defer_by` for a delay).
+    async fn run_arq(
+        &self,
+        redis: &ActionRedis,
+        req: &RunRequest,
+        now: DateTime<Utc>,
+        run_at: Option<DateTime<Utc>>,
+    ) -> Result<Task, ActionError> {
+        let queue = req
+            .queue
+            .clone()
+            .unwrap_or_else(|| arq::DEFAULT_QUEUE.into());
+        check_identifier("queue", &queue)?;
+        let serializer = self.arq_serializer(redis).await?;
+        let id = new_id(Broker::Arq);
+        let enqueue_ms = now.timestamp_millis();
+        let job = arq::job_bytes(
+            serializer,
+            &req.name,
+            &req.args,
+            &req.kwargs,
+            None,
+            enqueue_ms,
+        );
+        let score = run_at.map_or(enqueue_ms, |at| at.timestamp_millis());
+        redis
+            .apply(&arq::enqueue(&queue, &id, job, enqueue_ms, score))
+            .await?;
+        let mut task = Task::new(Broker::Arq, id, now);
+        task.queue = Some(queue);
+        task.name = Some(req.name.clone());
+        task.args = Some(Value::Array(req.args.clone()));
+        task.kwargs = Some(Value::Object(req.kwargs.clone()));
+        task.enqueued_at = Some(now);
+        task.eta = run_at;
+        Ok(task)
+    }
+
+    /// arq: a new job with the function, args and kwargs of the failed job's result (or of its
+    /// job key while it still exists), in the same serializer; else the stored whole arguments.
+    async fn retry_arq(
+        &self,
+        redis: &ActionRedis,
+        original: &Task,
+        name: String,
+        now: DateTime<Utc>,
+    ) -> Result<Task, ActionError> {
+        use broker_adapters::arq::record;
+        const GET_LUA: &str = "return redis.call('GET', KEYS[1])";
+        let queue = original
+            .queue
+            .clone()
+            .unwrap_or_else(|| arq::DEFAULT_QUEUE.into());
+        let mut held = None;
+        for key in [
+            format!("{}{}", arq::RESULT_PREFIX, original.id),
+            format!("{}{}", arq::JOB_PREFIX, original.id),
+        ] {
+            if let Some(bytes) = redis
+                .read_script(GET_LUA, vec![key], Vec::new(), self.max_payload_bytes)
+                .await?
+            {
+                held = Some(bytes);
+                break;
+            }
+        }
+        let (function, args, kwargs, serializer) = match held {
+            Some(bytes) => {
+                let serializer = arq::serializer_of(&bytes).ok_or_else(|| {
+                    ActionError::unsupported(
+                        Broker::Arq,
+                        "retry",
+                        "the job was written by a job_serializer other than pickle or JSON",
+                    )
+                })?;
+                let job = record::decode_result(&bytes)
+                    .map(|r| r.job)
+                    .or_else(|_| record::decode_job(&bytes))
+                    .map_err(|e| {
+                        ActionError::Conflict(format!(
+                            "arq job {}'s stored call does not decode: {e}",
+                            original.id
+                        ))
+                    })?;
+                let args = match job.args {
+                    Some(Value::Array(a)) => a,
+                    None => Vec::new(),
+                    Some(_) => {
+                        return Err(ActionError::Conflict(format!(
+                            "arq job {}'s arguments are not plain data: cannot retry it with \
+                             its original arguments",
+                            original.id
+                        )))
+                    }
+                };
+                let kwargs = match job.kwargs {
+                    Some(Value::Object(m)) => m,
+                    None => Map::new(),
+                    Some(_) => {
+                        return Err(ActionError::Conflict(format!(
+                            "arq job {}'s keyword arguments are not plain data",
+                            original.id
+                        )))
+                    }
+                };
+                if has_placeholder(&args)
+                    || has_placeholder(&kwargs.values().cloned().collect::<Vec<_>>())
+                {
+                    return Err(ActionError::Conflict(format!(
+                        "arq job {}'s arguments hold Python objects taskscope cannot rewrite: \
+                         cannot retry it with its original arguments",
+                        original.id
+                    )));
+                }
+                (job.function, args, kwargs, serializer)
+            }
+            None => {
+                let (args, kwargs) = whole_arguments(original)?;
+                let serializer = self.arq_serializer(redis).await?;
+                (name, args, kwargs, serializer)
+            }
+        };
+        let new_id = new_id(Broker::Arq);
+        let enqueue_ms = now.timestamp_millis();
+        let job = arq::job_bytes(serializer, &function, &args, &kwargs, None, enqueue_ms);
+        redis
+            .apply(&arq::enqueue(&queue, &new_id, job, enqueue_ms, enqueue_ms))
+            .await?;
+        let mut task = new_task(original, new_id, queue, function, now);
+        task.args = Some(Value::Array(args));
+        task.kwargs = Some(Value::Object(kwargs));
+        Ok(task)
+    }
+}
+
+/// Whether decoded pickle values hold a class placeholder (`{"__class__": ...}`).
+fn has_placeholder(values: &[Value]) -> bool {
+    let mut stack: Vec<&Value> = values.iter().collect();
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::Object(m) if m.contains_key("__class__") => return true,
+            Value::Object(m) => stack.extend(m.values()),
+            Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    false
+}
+
+impl Actions {
+    /// The task id of message `id` of `queue` as a delete route names it (BullMQ takes a bare
+    /// job id too: its task id is the job key).
+    pub fn task_id_of(broker: Broker, queue: &str, id: &str) -> String {
+        match (broker, bullmq_queue(queue)) {
+            (Broker::Bullmq, Ok(q)) => q.job(bullmq::job_id(&q, id)),
+            _ => id.to_string(),
+        }
+    }
+}
+
+/// A BullMQ queue as taskscope names it (`bull:emails`); a bare name is under the default
+/// prefix `bull`.
+fn bullmq_queue(queue: &str) -> Result<QueueName, ActionError> {
+    check_identifier("queue", queue)?;
+    Ok(QueueName::parse_qualified(queue).unwrap_or_else(|| QueueName::new("bull", queue)))
+}
+
+/// A BullMQ task's arguments as the adapter shows them: object data as kwargs, anything else
+/// as a one-item args list.
+fn set_bullmq_data(task: &mut Task, data: Value) {
+    match data {
+        Value::Object(_) => {
+            task.kwargs = Some(data);
+            task.args = None;
+        }
+        other => {
+            task.args = Some(Value::Array(vec![other]));
+            task.kwargs = None;
+        }
+    }
+}
+
+/// Sidekiq's `queues` set, under the namespace.
+const QUEUES_KEY: &str = broker_adapters::sidekiq::layout::QUEUES;
+
+/// A new task id in the broker's own shape: Sidekiq's jid is `SecureRandom.hex(12)`; the others
+/// take a UUID.
+fn new_id(broker: Broker) -> String {
+    let uuid = uuid::Uuid::new_v4();
+    match broker {
+        Broker::Sidekiq => {
+            // 12 random bytes: two UUIDs' first 6 (before their version nibble).
+            let other = uuid::Uuid::new_v4();
+            let mut random = [0u8; 12];
+            random[..6].copy_from_slice(&uuid.as_bytes()[..6]);
+            random[6..].copy_from_slice(&other.as_bytes()[..6]);
+            sidekiq::jid(&random)
+        }
+        // taskiq's and arq's own ids are `uuid4().hex`.
+        Broker::Taskiq | Broker::Arq => uuid.simple().to_string(),
+        _ => uuid.to_string(),
+    }
+}
+
+/// Brokers whose jobs take positional arguments only refuse keyword arguments.
+fn positional_only(broker: Broker, kwargs: &Map<String, Value>) -> Result<(), ActionError> {
+    if kwargs.is_empty() {
+        return Ok(());
+    }
+    Err(ActionError::BadRequest(format!(
+        "{} jobs take positional arguments only: pass them in args, not kwargs",
+        broker.as_str()
+    )))
 }
 
 /// The stored arguments, when they are the whole arguments.

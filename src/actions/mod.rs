@@ -6,7 +6,7 @@
 //! # Layout
 //! - [`settings`]: the flags, their refusal rules and the name allow-list (globs).
 //! - [`pickle`]: a minimal pickle writer for RQ's default serializer (pure).
-//! - [`rq`], [`celery`], [`dramatiq`], [`taskiq`], [`arq`], [`sidekiq`], [`bullmq`] (pause/resume): one file per broker, pure: the exact commands and payloads the real
+//! - [`rq`], [`celery`], [`dramatiq`], [`taskiq`], [`sidekiq`], [`bullmq`], [`arq`]: one file per broker, pure: the exact commands and payloads the real
 //!   library writes, as [`Write`]s (one `MULTI`/`EXEC` or one Lua script each), built from
 //!   plain values and `now`, unit-tested without Redis.
 //! - [`redis`]: the only I/O: a fred client that runs a [`Write`] atomically and makes the

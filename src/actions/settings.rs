@@ -11,8 +11,8 @@ pub struct ActionSettings {
     /// `--trusted-user-header` as given: the journal's `who`, required on every write.
     pub trusted_user_header: Option<String>,
     /// Brokers whose keys were given a non-default prefix or namespace (`--rq-prefix`,
-    /// `--dramatiq-namespace`, `--sidekiq-namespace`), with the flag: the writers use the
-    /// libraries' default keys only, so actions on these brokers are refused.
+    /// `--dramatiq-namespace`), with the flag: those writers use the libraries' default keys
+    /// only, so actions on these brokers are refused (Sidekiq's writes under its namespace).
     pub custom_keys: Vec<(broker_adapters::Broker, String)>,
 }
 

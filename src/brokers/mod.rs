@@ -69,6 +69,12 @@ pub trait BrokerSpec: std::fmt::Debug + Send + Sync {
     /// Its adapter, configured by the settings and, where the user left a setting out, by what
     /// auto-detection learned (`detected`: settings of every broker, in the order found).
     fn build_adapter(&self, detected: &[Setting]) -> Box<dyn Adapter>;
+
+    /// The key namespace the user gave for this broker (Sidekiq's `--sidekiq-namespace`), under
+    /// which write actions put its keys; `None`: none given.
+    fn namespace(&self) -> Option<String> {
+        None
+    }
 }
 
 /// Declares the registry: one line per broker, `field: module::Args`, in the order brokers
@@ -136,6 +142,11 @@ impl Registry {
     /// no adapter for it.
     pub fn build_adapter(&self, broker: Broker, detected: &[Setting]) -> Option<Box<dyn Adapter>> {
         self.spec(broker).map(|s| s.build_adapter(detected))
+    }
+
+    /// The namespace given for `broker` ([`BrokerSpec::namespace`]).
+    pub fn namespace(&self, broker: Broker) -> Option<String> {
+        self.spec(broker).and_then(|s| s.namespace())
     }
 
     /// Every broker's key rules, for detection.

@@ -68,6 +68,11 @@ impl BrokerSpec for SidekiqSpec {
         Box::new(SidekiqKeys::new((!ns.is_empty()).then_some(ns.as_str())))
     }
 
+    fn namespace(&self) -> Option<String> {
+        let ns = self.namespace.value();
+        (self.namespace.is_given() && !ns.is_empty()).then(|| ns.clone())
+    }
+
     fn build_adapter(&self, detected: &[Setting]) -> Box<dyn Adapter> {
         let found = detected.iter().find_map(|s| match s {
             Setting::SidekiqNamespace(ns) => Some(ns.clone()),

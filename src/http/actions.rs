@@ -1,5 +1,5 @@
 //! The write routes of issue #21 (`POST /api/tasks`, `POST /api/tasks/{id}/retry|revoke`,
-//! `DELETE /api/queues/{broker}/{queue}/messages/{id}`, `POST /api/queues/{broker}/{queue}/purge`)
+//! `DELETE /api/queues/{broker}/{queue}/messages/{id}`, `POST /api/queues/{broker}/{queue}/purge`, `.../pause`, `.../resume`)
 //! and the journal's `GET /api/audit`.
 //!
 //! Each write goes: rate limit ([`write_guard`], 429 not journaled) -> identity and CSRF/Origin
@@ -512,7 +512,8 @@ pub async fn delete_core(
                 "deleted from queue {queue} by taskscope ({})",
                 pending.entry.who
             );
-            let removed = crate::actions::Actions::removed(broker, &id, reason, Utc::now());
+            let task_id = crate::actions::Actions::task_id_of(broker, &queue, &id);
+            let removed = crate::actions::Actions::removed(broker, &task_id, reason, Utc::now());
             tell_removed(&state, vec![removed]).await;
             answer(&state, pending, Ok(Value::Null)).await
         }

@@ -48,6 +48,7 @@ pub fn can_run(broker: Broker) -> bool {
             | Broker::Dramatiq
             | Broker::Taskiq
             | Broker::Arq
+            | Broker::Bullmq
             | Broker::Sidekiq
     )
 }
@@ -364,9 +365,14 @@ mod tests {
             !html.contains("method=\"post\""),
             "deleting goes through the confirmation page"
         );
-        task.broker = Broker::Bullmq;
-        assert!(task_buttons(&task, &forms)
-            .into_string()
-            .contains("not supported for bullmq"));
+        // OSS Sidekiq cannot stop a running job: no stop button for it.
+        task.broker = Broker::Sidekiq;
+        task.state = TaskState::Running;
+        let html = task_buttons(&task, &forms).into_string();
+        assert!(!html.contains("not supported"), "{html}");
+        assert!(
+            !html.contains("/stop") && !html.contains("/revoke"),
+            "{html}"
+        );
     }
 }
