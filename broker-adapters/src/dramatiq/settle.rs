@@ -10,6 +10,10 @@
 
 use super::*;
 
+/// Departures of one queue kept waiting for its discovery reads, at most; past it a departure
+/// is settled at once.
+const MAX_DEFERRED_PER_QUEUE: usize = 10_000;
+
 /// An id that left a worker's ack set, waiting for the reads that tell what became of it.
 #[derive(Debug, Clone)]
 pub(super) struct Leaving {
@@ -205,11 +209,13 @@ impl DramatiqAdapter {
     ) {
         let queue = leaving.known.queue.clone();
         if self.discovering.get(&queue).is_some_and(|r| !r.is_empty()) {
-            self.deferred
-                .entry(queue)
-                .or_default()
-                .push((id.to_string(), leaving));
-            return;
+            let waiting = self.deferred.entry(queue).or_default();
+            // Bounded: a queue whose discovery reads never all drain between two
+            // reconciliations (constant traffic) settles the rest at once, as before deferral.
+            if waiting.len() < MAX_DEFERRED_PER_QUEUE {
+                waiting.push((id.to_string(), leaving));
+                return;
+            }
         }
         self.settle_departure(id, leaving, now, out);
     }
