@@ -67,7 +67,13 @@ impl World {
         (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
+    /// Runs a task; forced (`"force": true`) unless the body says otherwise, as these tests
+    /// run names on a fresh Redis before taskscope has seen any task of them.
     fn run(&self, body: Value) -> Value {
+        let mut body = body;
+        if let Some(fields) = body.as_object_mut() {
+            fields.entry("force").or_insert(Value::Bool(true));
+        }
         let (status, v) = self.write("POST", "/api/tasks", Some(body.clone()));
         assert_eq!(status, 200, "POST /api/tasks {body}: {v}");
         v
@@ -338,7 +344,12 @@ fn browser_writes_need_the_origin_and_the_csrf_token_and_names_must_be_allowed()
         let status = resp.status().as_u16();
         (status, resp.json::<Value>().unwrap_or(Value::Null))
     };
-    let run = [("broker", "rq"), ("name", "rq_app.add"), ("args", "[1, 2]")];
+    let run = [
+        ("broker", "rq"),
+        ("name", "rq_app.add"),
+        ("args", "[1, 2]"),
+        ("force", "on"),
+    ];
     // No Origin: refused.
     let (status, v) = form(&run, None);
     assert_eq!(status, 403, "{v}");
@@ -448,7 +459,7 @@ fn the_trusted_user_header_names_who_acted_and_is_required() {
             .post(w.ts.url("/api/tasks"))
             .header("origin", &origin)
             .header("x-csrf-token", csrf)
-            .json(&json!({"broker": "rq", "name": "rq_app.add", "args": [1, 1]}));
+            .json(&json!({"broker": "rq", "name": "rq_app.add", "args": [1, 1], "force": true}));
         if let Some(u) = user {
             req = req.header("x-forwarded-user", u);
         }
@@ -736,7 +747,10 @@ fn sidekiq_run_now_and_delayed_is_executed_by_a_real_sidekiq_and_journaled() {
     let (status, refused) = w.write(
         "POST",
         "/api/tasks",
-        Some(json!({"broker": "sidekiq", "name": "AddJob", "args": [1], "kwargs": {"b": 2}})),
+        Some(
+            json!({"broker": "sidekiq", "name": "AddJob", "args": [1], "kwargs": {"b": 2},
+            "force": true}),
+        ),
     );
     assert_eq!(status, 400, "{refused}");
     let (status, refused) = w.write("POST", &format!("/api/tasks/{id}/revoke"), None);
@@ -974,7 +988,7 @@ fn bullmq_run_now_and_delayed_is_executed_by_a_real_worker_and_journaled() {
         "/api/tasks",
         Some(
             json!({"broker": "bullmq", "queue": "bull:mail", "name": "add",
-            "args": [1, 2]}),
+            "args": [1, 2], "force": true}),
         ),
     );
     assert_eq!(status, 400, "{refused}");
@@ -1301,6 +1315,7 @@ fn pages_retry_purge_and_run_through_forms_with_a_confirmation_and_show_the_jour
             ("args", "[40, 2]"),
             ("kwargs", "{}"),
             ("delay_ms", ""),
+            ("force", "on"),
         ],
     );
     assert_eq!(status, 303, "{location}");
@@ -1828,6 +1843,54 @@ fn sidekiq_run_retry_delete_and_purge_with_a_real_process() {
 }
 
 #[test]
+fn a_run_of_a_name_never_seen_is_refused_unless_forced_seen_or_allowed_by_name() {
+    let _slot = test_slot();
+    let w = World::with_actions("rq");
+    let body = json!({"broker": "rq", "queue": "default", "name": "rq_app.add", "args": [1, 2]});
+    // Never seen on rq, not forced: refused, journaled, nothing written.
+    let (status, v) = w.write("POST", "/api/tasks", Some(body.clone()));
+    assert_eq!(status, 400, "{v}");
+    let error = v["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains("unknown task name") && error.contains("\"force\": true"),
+        "{v}"
+    );
+    assert_eq!(w.redis_cli(&["EXISTS", "rq:queue:default"]), "0");
+    assert_eq!(w.audit()[0]["outcome"], "refused", "{:?}", w.audit());
+    // Forced: enqueued; a real worker runs it.
+    let _worker = rq_worker(&w);
+    let first = w.run(body.clone());
+    let id = first["id"].as_str().expect("id").to_string();
+    w.ts.wait_state(&id, "success", LONG);
+    // Seen now: the same name needs no force.
+    let (status, v) = w.write("POST", "/api/tasks", Some(body));
+    assert_eq!(status, 200, "{v}");
+    // An exact name in --action-allow-names counts as known, even never seen.
+    let exact = World::new(
+        "rq",
+        &[
+            "--allow-actions",
+            "--auth-token",
+            TOKEN,
+            "--action-allow-names",
+            "rq_app.mul,rq_app.*",
+        ],
+    );
+    let (status, v) = exact.write(
+        "POST",
+        "/api/tasks",
+        Some(json!({"broker": "rq", "name": "rq_app.mul", "args": [2, 3]})),
+    );
+    assert_eq!(status, 200, "{v}");
+    let (status, v) = exact.write(
+        "POST",
+        "/api/tasks",
+        Some(json!({"broker": "rq", "name": "rq_app.div", "args": [2, 3]})),
+    );
+    assert_eq!(status, 400, "a glob match is allowed, not known: {v}");
+}
+
+#[test]
 fn a_write_redis_refuses_fails_with_502_and_is_journaled_as_failed() {
     let _slot = test_slot();
     let w = World::with_actions("rq");
@@ -1837,7 +1900,7 @@ fn a_write_redis_refuses_fails_with_502_and_is_journaled_as_failed() {
     let (status, v) = w.write(
         "POST",
         "/api/tasks",
-        Some(json!({"broker": "rq", "name": "rq_app.add", "args": [1, 2]})),
+        Some(json!({"broker": "rq", "name": "rq_app.add", "args": [1, 2], "force": true})),
     );
     w.redis_cli(&["REPLICAOF", "NO", "ONE"]);
     assert_eq!(status, 502, "{v}");

@@ -10,7 +10,7 @@
 use super::write_guard::{self, Refusal};
 use super::{ApiError, AppState};
 use crate::actions::{ActionError, RunRequest};
-use crate::store::{AuditEntry, AuditOutcome, AuditQuery, NewAuditEntry};
+use crate::store::{AuditEntry, AuditOutcome, AuditQuery, NewAuditEntry, TaskQuery};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -354,6 +354,12 @@ pub async fn run_core(state: &AppState, headers: &HeaderMap, bytes: &Bytes) -> R
     pending.entry.arguments = Some(json!({
         "name": req.name, "args": req.args, "kwargs": req.kwargs, "delay_ms": req.delay_ms,
     }));
+    // After the allow-list (a name it refuses is a 403 whether known or not).
+    if state.actions.settings.name_allowed(&req.name) && !force_field(&body.fields) {
+        if let Err(refusal) = known_name(&state, &req).await {
+            return answer(&state, pending, Err(refusal)).await;
+        }
+    }
     let result = state.actions.run(&req, Utc::now()).await;
     match result {
         Ok(task) => {
@@ -363,6 +369,53 @@ pub async fn run_core(state: &AppState, headers: &HeaderMap, bytes: &Bytes) -> R
             answer(&state, pending, Ok(task_json(&task))).await
         }
         Err(e) => answer(&state, pending, Err(action_failure(e))).await,
+    }
+}
+
+/// `force`: `true` (JSON) or `on`/`true`/`1` (a form's checkbox).
+fn force_field(fields: &Map<String, Value>) -> bool {
+    match fields.get("force") {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::String(s)) => matches!(s.trim(), "on" | "true" | "1"),
+        _ => false,
+    }
+}
+
+/// A run of a name this broker has never shown a task of is refused unless forced: a typo
+/// would otherwise enqueue a message that no worker knows (Celery, Dramatiq and RQ workers
+/// drop or fail it, some silently). An exact name (no glob) in `--action-allow-names` counts as
+/// known.
+async fn known_name(state: &AppState, req: &RunRequest) -> Result<(), (StatusCode, String)> {
+    if state
+        .actions
+        .settings
+        .allow_names
+        .iter()
+        .any(|p| p == &req.name)
+    {
+        return Ok(());
+    }
+    let query = TaskQuery {
+        brokers: vec![req.broker],
+        name: Some(req.name.clone()),
+        limit: 1,
+        ..TaskQuery::default()
+    };
+    match state.reader.list_tasks(&query).await {
+        Ok(page) if !page.tasks.is_empty() => Ok(()),
+        Ok(_) => Err((
+            StatusCode::BAD_REQUEST,
+            format!(
+                "unknown task name {:?} for {}: taskscope has never seen a task of that name on \
+                 this broker; check the spelling, or send \"force\": true to enqueue it anyway",
+                req.name,
+                req.broker.as_str()
+            ),
+        )),
+        Err(e) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("could not check the task name against the history: {e}"),
+        )),
     }
 }
 

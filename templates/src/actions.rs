@@ -273,6 +273,10 @@ fn run_form(forms: &ActionForms) -> Markup {
                 label { span { "Args (JSON list)" } input type="text" name="args" value="[]"; }
                 label { span { "Kwargs (JSON object)" } input type="text" name="kwargs" value="{}"; }
                 label { span { "Delay (ms)" } input type="number" name="delay_ms" min="0" placeholder="0"; }
+                label.checkbox title="A name taskscope has never seen on this broker is refused (a typo would enqueue a message no worker knows) unless this is ticked" {
+                    input type="checkbox" name="force" value="on";
+                    span { "Run even if this name was never seen" }
+                }
                 div.form-actions { button type="submit" { "Run" } }
             }
         }

@@ -51,6 +51,9 @@ crate::read_reasons! {
     pub enum Why {
         /// `MGET` of a job's result, definition, try counter and in-progress key.
         Status,
+        /// The same read at a reconciliation: only there does a definition gone with no
+        /// result and no run seen settle as a success.
+        SettleStatus,
         /// A job definition (`GET arq:job:<id>`).
         Job,
         /// A result record (`GET arq:result:<id>`).
@@ -444,8 +447,9 @@ impl ArqAdapter {
         out
     }
 
-    /// A status read (`MGET` result, definition, try counter, in-progress key).
-    fn on_status(&mut self, id: &str, reply: Reply, now: DateTime<Utc>) -> Output {
+    /// A status read (`MGET` result, definition, try counter, in-progress key); `settling` at a
+    /// reconciliation.
+    fn on_status(&mut self, id: &str, reply: Reply, now: DateTime<Utc>, settling: bool) -> Output {
         let items = reply.into_items();
         let [result, job, tries, in_progress] = match <[Reply; 4]>::try_from(items) {
             Ok(items) => items,
@@ -466,6 +470,17 @@ impl ArqAdapter {
         let expired = std::mem::take(&mut memo.expired);
         let known = memo.job_read || memo.started;
         let event = if memo.finished {
+            None
+        } else if !job_kept
+            && known
+            && !memo.started
+            && in_progress.as_bytes().is_none()
+            && !settling
+        {
+            // Gone before any run was seen, with no result: a fast job of `keep_result=0`, or
+            // one deleted by hand (taskscope's own delete records it as such at once). Left to
+            // the next reconciliation, so that a removal told meanwhile is not overtaken by an
+            // inferred success.
             None
         } else if !job_kept && known {
             // arq deletes the definition only as the job ends (a retry keeps it, a dead worker
@@ -723,7 +738,10 @@ impl Adapter for ArqAdapter {
         // The tag says why; the key says which job or queue.
         match (why, layout::classify(&key, &queues)) {
             (Why::Status, Some(ArqKey::Result(id))) => {
-                return self.on_status(id, reply, now);
+                return self.on_status(id, reply, now, false);
+            }
+            (Why::SettleStatus, Some(ArqKey::Result(id))) => {
+                return self.on_status(id, reply, now, true);
             }
             (Why::Job, Some(ArqKey::Job(id))) => {
                 if self.known.get(id).is_some_and(|m| m.job_read) {
@@ -779,7 +797,8 @@ impl Adapter for ArqAdapter {
             reads.push(Self::newest_page(q));
         }
         for task in open {
-            reads.push(Self::status_read(&task.id));
+            let Read { request, .. } = Self::status_read(&task.id);
+            reads.push(Why::SettleStatus.read(request));
         }
         reads
     }
