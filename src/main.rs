@@ -303,7 +303,8 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
     .with_sanitizer(ingest::sanitize::Sanitizer::new(
         settings.max_value_bytes,
         settings.redact_keys.clone(),
-    ));
+    ))
+    .with_detection(metrics.clone());
     if actions.enabled() {
         tracing::warn!(
             names = %settings.actions.allow_names.join(","),

@@ -131,6 +131,9 @@ pub struct Detection {
     pub last_pass: Option<DateTime<Utc>>,
     /// Evidence, in the order found: broker, the key that showed it, the setting learned.
     pub found: Vec<DetectedBroker>,
+    /// The settings learned, as detection gave them (the actions check them: a namespace or
+    /// prefix of the application's own means writes must not go under the default keys).
+    pub settings: Vec<broker_adapters::detect::Setting>,
 }
 
 /// One piece of detection evidence.
@@ -281,6 +284,14 @@ impl Metrics {
             .fetch_add(n.div_ceil(chunk), Ordering::Relaxed);
     }
 
+    /// The settings auto-detection learned so far.
+    pub fn detected_settings(&self) -> Vec<broker_adapters::detect::Setting> {
+        self.detection
+            .lock()
+            .map(|d| d.settings.clone())
+            .unwrap_or_default()
+    }
+
     pub fn enable_detection(&self) {
         if let Ok(mut d) = self.detection.lock() {
             d.enabled = true;
@@ -297,6 +308,11 @@ impl Metrics {
 
     pub fn detected(&self, finding: &Finding, via: Via) {
         if let Ok(mut d) = self.detection.lock() {
+            if let Some(setting) = &finding.setting {
+                if !d.settings.contains(setting) && d.settings.len() < 1_000 {
+                    d.settings.push(setting.clone());
+                }
+            }
             d.found.push(DetectedBroker {
                 broker: finding.broker,
                 key: finding.key.clone(),

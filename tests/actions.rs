@@ -1890,6 +1890,39 @@ fn a_run_of_a_name_never_seen_is_refused_unless_forced_seen_or_allowed_by_name()
     assert_eq!(status, 400, "a glob match is allowed, not known: {v}");
 }
 
+/// With the defaults (`--brokers auto`), a Dramatiq application under its own namespace is
+/// found by its keys; a run on dramatiq is then refused instead of being written under
+/// `dramatiq:`, where none of its workers would ever see it.
+#[test]
+fn a_detected_application_namespace_refuses_writes_under_the_default_keys() {
+    let _slot = test_slot();
+    let w = World::new("auto", &["--allow-actions", "--auth-token", TOKEN]);
+    w.redis_cli(&["ZADD", "shop:__heartbeats__", "1700000000000", "worker-1"]);
+    wait_for("dramatiq namespace shop detected", LONG, || {
+        let h = w.ts.get("/healthz");
+        if h["detection"]["found"]
+            .to_string()
+            .contains("dramatiq namespace shop")
+        {
+            Ok(())
+        } else {
+            Err(h.to_string())
+        }
+    });
+    let (status, v) = w.write(
+        "POST",
+        "/api/tasks",
+        Some(json!({"broker": "dramatiq", "name": "count_words", "args": [1], "force": true})),
+    );
+    assert_eq!(status, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("\"shop\""),
+        "{v}"
+    );
+    assert_eq!(w.redis_cli(&["EXISTS", "dramatiq:default"]), "0");
+    assert_eq!(w.audit()[0]["outcome"], "refused");
+}
+
 #[test]
 fn a_write_redis_refuses_fails_with_502_and_is_journaled_as_failed() {
     let _slot = test_slot();

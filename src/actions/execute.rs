@@ -34,6 +34,8 @@ pub struct Actions {
     db: u32,
     /// Sidekiq's keys (`--sidekiq-namespace`).
     sidekiq: SidekiqLayout,
+    /// What auto-detection learned (a namespace or prefix of the application's own).
+    detection: Option<std::sync::Arc<crate::metrics::Metrics>>,
     /// Truncation and redaction of what the store is told about the tasks actions create
     /// (as ingest applies them to what it reads).
     sanitizer: Option<crate::ingest::sanitize::Sanitizer>,
@@ -60,6 +62,7 @@ impl Actions {
             max_payload_bytes: 0,
             db: 0,
             sidekiq: SidekiqLayout::default(),
+            detection: None,
             sanitizer: None,
         }
     }
@@ -82,6 +85,7 @@ impl Actions {
             max_payload_bytes,
             db,
             sidekiq: SidekiqLayout::default(),
+            detection: None,
             sanitizer: None,
         })
     }
@@ -159,14 +163,29 @@ impl Actions {
     /// Refuses a broker whose keys were given a non-default prefix (the writers use the
     /// libraries' default keys).
     fn default_keys(&self, broker: Broker, action: &'static str) -> Result<(), ActionError> {
-        match self.settings.custom_keys_of(broker) {
-            Some(flag) => Err(ActionError::unsupported(
+        if let Some(flag) = self.settings.custom_keys_of(broker) {
+            return Err(ActionError::unsupported(
                 broker,
                 action,
                 format!("taskscope writes with the library's default keys only, and {flag} is set"),
-            )),
+            ));
+        }
+        let detected = self
+            .detection
+            .as_ref()
+            .map(|m| m.detected_settings())
+            .unwrap_or_default();
+        match custom_keys_detected(&detected, broker, self.sidekiq.prefix()) {
+            Some(what) => Err(ActionError::unsupported(broker, action, what)),
             None => Ok(()),
         }
+    }
+
+    /// The same actions, refusing to write under default keys where auto-detection found the
+    /// application's own namespace or prefix.
+    pub fn with_detection(mut self, metrics: std::sync::Arc<crate::metrics::Metrics>) -> Actions {
+        self.detection = Some(metrics);
+        self
     }
 
     /// Enqueues a new task; returns it as queued.
@@ -1122,4 +1141,60 @@ fn new_task(original: &Task, id: String, queue: String, name: String, now: DateT
     task.kwargs = original.kwargs.clone();
     task.enqueued_at = Some(now);
     task
+}
+
+/// Why actions on `broker` must not write under the library's default keys, when auto-detection
+/// found the application using others (a Dramatiq namespace, an RQ prefix, a Sidekiq namespace
+/// other than `sidekiq_prefix`, the writer's): the workers would never see what is written.
+pub fn custom_keys_detected(
+    detected: &[broker_adapters::detect::Setting],
+    broker: Broker,
+    sidekiq_prefix: &str,
+) -> Option<String> {
+    use broker_adapters::detect::Setting;
+    detected.iter().find_map(|s| match (s, broker) {
+        (Setting::DramatiqNamespace(ns), Broker::Dramatiq) if ns != "dramatiq" => Some(format!(
+            "taskscope found Dramatiq's namespace {ns:?} in Redis and writes with the default \
+             namespace only"
+        )),
+        (Setting::RqPrefix(p), Broker::Rq) if p != "rq:" => Some(format!(
+            "taskscope found RQ's key prefix {p:?} in Redis and writes with the default prefix only"
+        )),
+        (Setting::SidekiqNamespace(ns), Broker::Sidekiq)
+            if !ns.is_empty() && format!("{}:", ns.trim_end_matches(':')) != sidekiq_prefix =>
+        {
+            Some(format!(
+                "taskscope found Sidekiq's namespace {ns:?} in Redis: start it with \
+                 --sidekiq-namespace {ns} to write under it"
+            ))
+        }
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker_adapters::detect::Setting;
+
+    #[test]
+    fn detected_namespaces_and_prefixes_of_the_application_refuse_default_key_writes() {
+        let found = [
+            Setting::DramatiqNamespace("shop".into()),
+            Setting::RqPrefix("rq:".into()),
+            Setting::SidekiqNamespace("app".into()),
+            Setting::CeleryQueue("emails".into()),
+        ];
+        let why = custom_keys_detected(&found, Broker::Dramatiq, "").expect("refused");
+        assert!(why.contains("\"shop\""), "{why}");
+        assert_eq!(custom_keys_detected(&found, Broker::Rq, ""), None);
+        let why = custom_keys_detected(&found, Broker::Sidekiq, "").expect("refused");
+        assert!(why.contains("--sidekiq-namespace app"), "{why}");
+        assert_eq!(custom_keys_detected(&found, Broker::Sidekiq, "app:"), None);
+        assert_eq!(custom_keys_detected(&found, Broker::Celery, ""), None);
+        let defaults = [Setting::DramatiqNamespace("dramatiq".into())];
+        assert_eq!(custom_keys_detected(&defaults, Broker::Dramatiq, ""), None);
+        let other = [Setting::RqPrefix("jobs:".into())];
+        assert!(custom_keys_detected(&other, Broker::Rq, "").is_some());
+    }
 }
