@@ -136,7 +136,15 @@ pub fn confirm_page(view: &ConfirmView) -> Markup {
             p.muted { "The action is recorded in the " a href=(url("/audit")) { "audit journal" } "." }
         }
     };
-    page(&view.title, Nav::Audit, &view.version, body)
+    // The section the action was asked from (where Cancel goes back to).
+    let nav = if view.cancel_path.starts_with("/queues") {
+        Nav::Queues
+    } else if view.cancel_path.starts_with("/tasks") {
+        Nav::Tasks
+    } else {
+        Nav::Audit
+    };
+    page(&view.title, nav, &view.version, body)
 }
 
 /// The journal page's filters (as typed).
