@@ -170,9 +170,10 @@ pub fn builder(url: &str, pubsub: bool) -> anyhow::Result<Builder> {
 
 /// Slots of each of a subscriber's fred broadcast channels, all allocated up front. Each
 /// forwarder empties its channel into a queue of ours at once, so this covers only the time a
-/// forwarder task waits to be scheduled (8,192 keyspace events: over a second at the load
-/// benchmark's highest notification rates).
-const SUBSCRIBER_BUFFER: usize = 8_192;
+/// forwarder task waits to be scheduled. 8,192 (a second of the load benchmark's highest
+/// notification rates) was tried: Dramatiq at the generator's top rate on a loaded machine
+/// lost more lifecycles than with 65,536, so the ~40 MB stay until lag is measured per size.
+const SUBSCRIBER_BUFFER: usize = 65_536;
 
 fn cmd(name: &'static str) -> CustomCommand {
     CustomCommand::new_static(name, ClusterHash::FirstKey, false)
