@@ -522,6 +522,30 @@ pub async fn revoke_core(
     }
 }
 
+/// The start of every action on a queue (delete, purge, pause, resume): its journal entry
+/// (broker, queue, target), the write guard's checks, then the broker's name. `Err` is the
+/// answer already given (and journaled where the guard admitted the request).
+async fn admit_on_queue(
+    state: &AppState,
+    headers: &HeaderMap,
+    bytes: &Bytes,
+    action: &str,
+    broker: &str,
+    queue: &str,
+    target: &str,
+) -> Result<(Broker, Pending), Reply> {
+    let body = parse_body(headers, bytes);
+    let mut pending = Pending::new(action, "-");
+    pending.entry.broker = Some(broker.to_string());
+    pending.entry.queue = Some(queue.to_string());
+    pending.entry.target = Some(target.to_string());
+    admit(state, headers, &body, &mut pending).await?;
+    match parse_broker(broker) {
+        Ok(b) => Ok((b, pending)),
+        Err(e) => Err(answer(state, pending, Err(e)).await),
+    }
+}
+
 fn parse_broker(text: &str) -> Result<Broker, (StatusCode, String)> {
     text.parse()
         .map_err(|e| (StatusCode::NOT_FOUND, format!("{e}")))
@@ -545,19 +569,11 @@ pub async fn delete_core(
     headers: &HeaderMap,
     bytes: &Bytes,
 ) -> Reply {
-    let (state, headers, bytes) = (state.clone(), headers.clone(), bytes.clone());
-    let body = parse_body(&headers, &bytes);
-    let mut pending = Pending::new("delete", "-");
-    pending.entry.broker = Some(broker.clone());
-    pending.entry.queue = Some(queue.clone());
-    pending.entry.target = Some(id.clone());
-    if let Err(r) = admit(&state, &headers, &body, &mut pending).await {
-        return r;
-    }
-    let broker = match parse_broker(&broker) {
-        Ok(b) => b,
-        Err(e) => return answer(&state, pending, Err(e)).await,
-    };
+    let (broker, mut pending) =
+        match admit_on_queue(state, headers, bytes, "delete", &broker, &queue, &id).await {
+            Ok(admitted) => admitted,
+            Err(r) => return r,
+        };
     match state.actions.delete(broker, &queue, &id).await {
         Ok(n) => {
             pending.entry.count = Some(n);
@@ -567,10 +583,10 @@ pub async fn delete_core(
             );
             let task_id = crate::actions::Actions::task_id_of(broker, &queue, &id);
             let removed = crate::actions::Actions::removed(broker, &task_id, reason, Utc::now());
-            tell_removed(&state, vec![removed]).await;
-            answer(&state, pending, Ok(Value::Null)).await
+            tell_removed(state, vec![removed]).await;
+            answer(state, pending, Ok(Value::Null)).await
         }
-        Err(e) => answer(&state, pending, Err(action_failure(e))).await,
+        Err(e) => answer(state, pending, Err(action_failure(e))).await,
     }
 }
 
@@ -591,19 +607,11 @@ pub async fn purge_core(
     headers: &HeaderMap,
     bytes: &Bytes,
 ) -> Reply {
-    let (state, headers, bytes) = (state.clone(), headers.clone(), bytes.clone());
-    let body = parse_body(&headers, &bytes);
-    let mut pending = Pending::new("purge", "-");
-    pending.entry.broker = Some(broker.clone());
-    pending.entry.queue = Some(queue.clone());
-    pending.entry.target = Some(queue.clone());
-    if let Err(r) = admit(&state, &headers, &body, &mut pending).await {
-        return r;
-    }
-    let broker = match parse_broker(&broker) {
-        Ok(b) => b,
-        Err(e) => return answer(&state, pending, Err(e)).await,
-    };
+    let (broker, mut pending) =
+        match admit_on_queue(state, headers, bytes, "purge", &broker, &queue, &queue).await {
+            Ok(admitted) => admitted,
+            Err(r) => return r,
+        };
     match state.actions.purge(broker, &queue).await {
         Ok((n, ids)) => {
             pending.entry.count = Some(n);
@@ -616,10 +624,10 @@ pub async fn purge_core(
                 .iter()
                 .map(|id| crate::actions::Actions::removed(broker, id, reason.clone(), now))
                 .collect();
-            tell_removed(&state, removed).await;
-            answer(&state, pending, Ok(Value::Null)).await
+            tell_removed(state, removed).await;
+            answer(state, pending, Ok(Value::Null)).await
         }
-        Err(e) => answer(&state, pending, Err(action_failure(e))).await,
+        Err(e) => answer(state, pending, Err(action_failure(e))).await,
     }
 }
 
@@ -907,18 +915,12 @@ pub async fn pause_core(
     headers: &HeaderMap,
     bytes: &Bytes,
 ) -> Reply {
-    let body = parse_body(headers, bytes);
-    let mut pending = Pending::new(if paused { "pause" } else { "resume" }, "-");
-    pending.entry.broker = Some(broker.clone());
-    pending.entry.queue = Some(queue.clone());
-    pending.entry.target = Some(queue.clone());
-    if let Err(r) = admit(state, headers, &body, &mut pending).await {
-        return r;
-    }
-    let broker = match parse_broker(&broker) {
-        Ok(b) => b,
-        Err(e) => return answer(state, pending, Err(e)).await,
-    };
+    let action = if paused { "pause" } else { "resume" };
+    let (broker, pending) =
+        match admit_on_queue(state, headers, bytes, action, &broker, &queue, &queue).await {
+            Ok(admitted) => admitted,
+            Err(r) => return r,
+        };
     match state.actions.pause(broker, &queue, paused).await {
         Ok(()) => answer(state, pending, Ok(Value::Null)).await,
         Err(e) => answer(state, pending, Err(action_failure(e))).await,
