@@ -81,6 +81,7 @@ pub async fn healthz(
             "batches": writer.batches.load(Ordering::Relaxed),
             "batch_errors": writer.batch_errors.load(Ordering::Relaxed),
             "dropped": writer.dropped.load(Ordering::Relaxed),
+            "unflushed": writer.unflushed.load(Ordering::Relaxed),
             "backlog": state.writer.backlog(),
         },
     }))

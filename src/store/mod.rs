@@ -37,12 +37,14 @@ mod export;
 mod groups;
 #[cfg(test)]
 mod groups_tests;
+mod live;
 pub mod maintenance;
 mod reader;
 mod reports;
 mod rows;
 mod schema;
 mod seen;
+mod sink;
 pub mod synthetic;
 #[cfg(test)]
 mod tests;
@@ -140,16 +142,17 @@ pub struct StoreOptions {
     pub memory_limit_mib: usize,
     /// DuckDB's worker `threads` (database-wide). `None` keeps DuckDB's default (one per core).
     pub threads: Option<usize>,
-    /// How long the writer waits for more commands once its channel is empty before it writes
-    /// a batch (never while a flush waits). `TASKSCOPE_WRITER_LINGER_MS` overrides it.
-    pub writer_linger: std::time::Duration,
+    /// How often the sink writes what the fold thread has folded and published: the file, and
+    /// what a `kill -9` can lose, is at most this far behind the live view (plus one
+    /// transaction). `TASKSCOPE_FLUSH_INTERVAL_MS` overrides it (1,000 ms by default).
+    pub flush_interval: std::time::Duration,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             channel_capacity: 10_000,
-            cache_capacity: 200_000,
+            cache_capacity: 50_000,
             max_batch_observations: 50_000,
             broadcast_capacity: 4_096,
             max_idle_readers: 4,
@@ -160,11 +163,11 @@ impl Default for StoreOptions {
             threads: std::env::var("TASKSCOPE_DUCKDB_THREADS")
                 .ok()
                 .and_then(|v| v.parse().ok()),
-            writer_linger: std::time::Duration::from_millis(
-                std::env::var("TASKSCOPE_WRITER_LINGER_MS")
+            flush_interval: std::time::Duration::from_millis(
+                std::env::var("TASKSCOPE_FLUSH_INTERVAL_MS")
                     .ok()
                     .and_then(|v| v.parse().ok())
-                    .unwrap_or(50),
+                    .unwrap_or(1_000),
             ),
         }
     }
@@ -217,7 +220,8 @@ pub fn open(
         path: path.to_path_buf(),
         source,
     })?;
-    let reader = StoreReader::new(reader_template, opts.max_idle_readers);
-    let (writer, handle) = writer::start(conn, &opts)?;
+    let live = std::sync::Arc::new(live::LiveTail::default());
+    let reader = StoreReader::new(reader_template, opts.max_idle_readers, live.clone());
+    let (writer, handle) = writer::start(conn, &opts, live)?;
     Ok((writer, reader, handle))
 }

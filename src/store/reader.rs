@@ -2,9 +2,15 @@
 //! connections (clones of the writer's database); each query borrows one on a `spawn_blocking`
 //! thread and gives it back, so no connection ever crosses an `.await`.
 //!
-//! Readers see what the writer has committed (MVCC): call `StoreWriter::flush` first to read
-//! your own writes. User input only ever reaches SQL as bound parameters.
+//! Readers see what the writer has committed (MVCC), with the live tail (`live.rs`: folded,
+//! published, not yet committed) merged over it where a task, a count or a queue is answered:
+//! `get_task`, `list_tasks` (its page's tasks), `stats` (all-time counts) and `queues`. So the
+//! API never shows a task older than `/api/events` did. Other reads (reports, workers, exports,
+//! `open_tasks`, `stats` since a time) are at most one flush interval behind; call
+//! `StoreWriter::flush` first to read your own writes there. User input only ever reaches SQL
+//! as bound parameters.
 
+use super::live::{self, Key, LiveTail, TailTask};
 use super::rows::{
     self, decode_cursor, encode_cursor, get_ts_required, read_task, read_transition, TASK_COLUMNS,
     TRANSITION_COLUMNS,
@@ -15,7 +21,7 @@ use broker_adapters::{Broker, OpenTask, QueueSample, Task, TaskState, Transition
 use chrono::{DateTime, Utc};
 use duckdb::types::Value as DbValue;
 use duckdb::Connection;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// The filters of `/api/tasks` (and of the CSV export). Empty lists and `None` mean "any".
@@ -81,6 +87,8 @@ impl std::fmt::Debug for StoreReader {
 }
 
 struct Pool {
+    /// What the writer folded but has not committed yet.
+    live: Arc<LiveTail>,
     /// Cloned to make new connections (never queried itself).
     template: Mutex<Connection>,
     idle: Mutex<Vec<Connection>>,
@@ -174,9 +182,10 @@ pub(super) fn task_filter(query: &TaskQuery) -> (Vec<String>, Vec<DbValue>) {
 }
 
 impl StoreReader {
-    pub(super) fn new(template: Connection, max_idle: usize) -> StoreReader {
+    pub(super) fn new(template: Connection, max_idle: usize, live: Arc<LiveTail>) -> StoreReader {
         StoreReader {
             pool: Arc::new(Pool {
+                live,
                 template: Mutex::new(template),
                 idle: Mutex::new(Vec::new()),
                 max_idle,
@@ -224,6 +233,16 @@ impl StoreReader {
         })
         .await
         .map_err(|e| StoreError::Cancelled(format!("{what}: {e}")))?
+    }
+
+    /// Runs `f` as [`Self::with_conn`] does, with the live tail at hand.
+    async fn with_conn_live<T, F>(&self, what: &'static str, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &LiveTail) -> Result<T, StoreError> + Send + 'static,
+    {
+        let live = self.pool.live.clone();
+        self.with_conn(what, move |conn| f(conn, &live)).await
     }
 
     /// The first column of every row of `sql`, as text (tests check exact table contents).
@@ -296,9 +315,47 @@ impl StoreReader {
     pub async fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage, StoreError> {
         let query = query.clone();
         let cursor = query.cursor.as_deref().map(decode_cursor).transpose()?;
-        self.with_conn("list_tasks", move |conn| {
-            let (mut wheres, mut params) = task_filter(&query);
-            if let Some(c) = &cursor {
+        self.with_conn_live("list_tasks", move |conn, live| {
+            // The page as the file has it, then the live version of its tasks; again when a
+            // commit emptied the tail in between (the file may then hold newer versions).
+            let mut attempts = 0;
+            loop {
+                let generation = live.generation();
+                let page = list_tasks_in_file(conn, &query, cursor.as_ref())?;
+                let keys: Vec<_> = page
+                    .tasks
+                    .iter()
+                    .map(|t| (t.broker, t.id.clone()))
+                    .collect();
+                let snapshot = live.tasks_of(&keys);
+                // Tasks the file's page lacks (new ones, or moved up by a change) that match.
+                let extra = live.tasks_where(|t, transitions| {
+                    !keys.iter().any(|k| k.0 == t.broker && k.1 == t.id)
+                        && live_task_matches(&query, cursor.as_ref(), t, transitions)
+                });
+                attempts += 1;
+                if (snapshot.generation == generation && live.unchanged_since(generation))
+                    || attempts >= live::MAX_ATTEMPTS
+                {
+                    return Ok(overlay_page(page, snapshot.value, extra, &query));
+                }
+                live.wait_out_commit();
+            }
+        })
+        .await
+    }
+}
+
+/// The page of `query` as the file has it.
+fn list_tasks_in_file(
+    conn: &Connection,
+    query: &TaskQuery,
+    cursor: Option<&rows::Cursor>,
+) -> Result<TaskPage, StoreError> {
+    {
+        {
+            let (mut wheres, mut params) = task_filter(query);
+            if let Some(c) = cursor {
                 wheres.push(
                     "(updated_at < ? OR (updated_at = ? AND (broker > ? OR (broker = ? AND id > ?))))"
                         .into(),
@@ -346,10 +403,95 @@ impl StoreReader {
                 None
             };
             Ok(TaskPage { tasks, next_cursor })
-        })
-        .await
+        }
     }
+}
 
+/// `page` (the file's, up to `limit + 1` tasks) with the live version of its tasks and the
+/// tail's other matching tasks, newest first, cut to the query's limit. A task whose live state
+/// no longer matches the query's states leaves the page.
+fn overlay_page(
+    page: TaskPage,
+    live: HashMap<Key, Task>,
+    extra: Vec<Task>,
+    query: &TaskQuery,
+) -> TaskPage {
+    if live.is_empty() && extra.is_empty() {
+        return page;
+    }
+    let file_has_more = page.next_cursor.is_some();
+    let mut tasks: Vec<Task> = page
+        .tasks
+        .into_iter()
+        .filter_map(|t| match live.get(&(t.broker, t.id.clone())) {
+            Some(newer) if newer.updated_at >= t.updated_at => (query.states.is_empty()
+                || query.states.contains(&newer.state))
+            .then(|| newer.clone()),
+            _ => Some(t),
+        })
+        .chain(extra)
+        .collect();
+    tasks.sort_by(|a, b| {
+        b.updated_at
+            .cmp(&a.updated_at)
+            .then_with(|| a.broker.as_str().cmp(b.broker.as_str()))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let limit = query.limit.clamp(1, 10_000);
+    let next_cursor = if tasks.len() > limit || file_has_more {
+        tasks.truncate(limit);
+        tasks.last().map(encode_cursor)
+    } else {
+        None
+    };
+    TaskPage { tasks, next_cursor }
+}
+
+/// Whether a tail task belongs on the page of `query` after `cursor` (the SQL filters of
+/// `task_filter`, applied to the live version; a fingerprint is matched on the task's current
+/// one and its uncommitted transitions).
+fn live_task_matches(
+    query: &TaskQuery,
+    cursor: Option<&rows::Cursor>,
+    t: &Task,
+    transitions: &[Transition],
+) -> bool {
+    let lower = |v: &Option<serde_json::Value>| {
+        v.as_ref()
+            .map(|v| v.to_string().to_lowercase())
+            .unwrap_or_default()
+    };
+    let text_is = |field: &Option<String>, wanted: &Option<String>| {
+        wanted.as_ref().is_none_or(|w| field.as_ref() == Some(w))
+    };
+    (query.brokers.is_empty() || query.brokers.contains(&t.broker))
+        && text_is(&t.queue, &query.queue)
+        && text_is(&t.name, &query.name)
+        && (query.states.is_empty() || query.states.contains(&t.state))
+        && query.q.as_ref().is_none_or(|q| {
+            let q = q.to_lowercase();
+            t.id.to_lowercase().contains(&q)
+                || t.name.as_deref().unwrap_or("").to_lowercase().contains(&q)
+                || lower(&t.args).contains(&q)
+                || lower(&t.kwargs).contains(&q)
+        })
+        && query.fingerprint.as_ref().is_none_or(|f| {
+            t.fingerprint.as_ref() == Some(f)
+                || transitions
+                    .iter()
+                    .any(|tr| tr.fingerprint.as_ref() == Some(f))
+        })
+        && query.since.is_none_or(|s| t.updated_at >= s)
+        && query.until.is_none_or(|u| t.updated_at < u)
+        && cursor.is_none_or(|c| {
+            t.updated_at < c.updated_at
+                || (t.updated_at == c.updated_at
+                    && (t.broker.as_str() > c.broker.as_str()
+                        || (t.broker == c.broker && t.id > c.id)))
+        })
+}
+
+impl StoreReader {
     /// The newest `limit` tasks, unfiltered.
     pub async fn recent_tasks(&self, limit: usize) -> Result<Vec<Task>, StoreError> {
         let query = TaskQuery {
@@ -363,65 +505,26 @@ impl StoreReader {
     /// recently updated task wins.
     pub async fn get_task(&self, id: &str) -> Result<Option<(Task, Vec<Transition>)>, StoreError> {
         let id = id.to_string();
-        self.with_conn("get_task", move |conn| {
-            // The 16-byte key (no index: a scan of one narrow column), then the text.
-            let mut stmt = conn.prepare(&format!(
-                "SELECT {TASK_COLUMNS}, num FROM tasks WHERE uid = {} AND id = $1
-                 ORDER BY updated_at DESC, broker LIMIT 1",
-                super::schema::uid_sql("$1::VARCHAR")
-            ))?;
-            let mut rows = stmt.query([&id])?;
-            let Some(row) = rows.next()? else {
-                return Ok(None);
-            };
-            let task = read_task(row)?;
-            let num: i64 = row.get(19)?;
-            // The timeline by the task's number, bounded by its last update (no transition is
-            // later): zone maps skip the row groups written before the task was first seen
-            // (their numbers are lower) and after it last changed.
-            let mut stmt = conn.prepare(&format!(
-                "SELECT {TRANSITION_COLUMNS} FROM (
-                     SELECT t.broker, ? AS task_id, t.state, t.occurred_at, t.worker, t.detail, t.seq
-                     FROM transitions t WHERE t.task_num = ? AND t.occurred_at <= ?)
-                 ORDER BY occurred_at, seq"
-            ))?;
-            let mut rows = stmt.query(duckdb::params![
-                task.id.as_str(),
-                num,
-                rows::Ts(task.updated_at)
-            ])?;
-            let mut transitions = Vec::new();
-            while let Some(row) = rows.next()? {
-                transitions.push(read_transition(row)?);
-            }
-            Ok(Some((task, transitions)))
+        self.with_conn_live("get_task", move |conn, live| {
+            live::merged(
+                live,
+                |tail| tail.tasks_with_id(&id),
+                || get_task_in_file(conn, &id),
+                merge_task,
+            )
         })
         .await
     }
 
     /// The newest sample of every queue, ordered by broker and queue.
     pub async fn queues(&self) -> Result<Vec<QueueSample>, StoreError> {
-        self.with_conn("queues", |conn| {
-            let mut stmt = conn.prepare(
-                "SELECT broker, queue, sampled_at, length, delayed, dead, running, oldest_enqueued_at
-                 FROM queue_latest ORDER BY broker, queue",
-            )?;
-            let mut rows = stmt.query([])?;
-            let mut out = Vec::new();
-            while let Some(row) = rows.next()? {
-                let broker: String = row.get(0)?;
-                out.push(QueueSample {
-                    broker: rows::parse_broker(&broker)?,
-                    name: row.get(1)?,
-                    sampled_at: get_ts_required(row, 2)?,
-                    length: row.get(3)?,
-                    delayed: row.get(4)?,
-                    dead: row.get(5)?,
-                    running: row.get(6)?,
-                    oldest_enqueued_at: rows::get_ts(row, 7)?,
-                });
-            }
-            Ok(out)
+        self.with_conn_live("queues", |conn, live| {
+            live::merged(
+                live,
+                LiveTail::queues,
+                || queues_in_file(conn),
+                merge_queues,
+            )
         })
         .await
     }
@@ -470,40 +573,15 @@ impl StoreReader {
 
     /// Task counts by state and by broker, of the tasks updated since `since` (all when `None`).
     pub async fn stats(&self, since: Option<DateTime<Utc>>) -> Result<Stats, StoreError> {
-        self.with_conn("stats", move |conn| {
-            // All time: the counts the writer keeps (no scan of every task).
-            let (sql, params): (&str, Vec<DbValue>) = match since {
-                Some(since) => (
-                    "SELECT broker, state, count(*) FROM tasks WHERE updated_at >= ?
-                     GROUP BY broker, state",
-                    vec![rows::opt_ts(Some(since))],
-                ),
-                None => (
-                    "SELECT broker, state, n FROM task_counts WHERE n > 0",
-                    Vec::new(),
-                ),
-            };
-            let mut stmt = conn.prepare(sql)?;
-            let mut rows = stmt.query(duckdb::params_from_iter(params))?;
-            let mut stats = Stats {
-                by_state: TaskState::ALL.into_iter().map(|s| (s, 0)).collect(),
-                by_broker: BTreeMap::new(),
-            };
-            while let Some(row) = rows.next()? {
-                let broker: String = row.get(0)?;
-                let state: String = row.get(1)?;
-                let n: i64 = row.get(2)?;
-                let n = u64::try_from(n).unwrap_or(0);
-                *stats
-                    .by_state
-                    .entry(rows::parse_state(&state)?)
-                    .or_default() += n;
-                *stats
-                    .by_broker
-                    .entry(rows::parse_broker(&broker)?)
-                    .or_default() += n;
-            }
-            Ok(stats)
+        self.with_conn_live("stats", move |conn, live| match since {
+            // All time: the file's counts moved on by the tail's uncommitted tasks.
+            None => live::merged(
+                live,
+                LiveTail::count_deltas,
+                || stats_in_file(conn, None),
+                add_count_deltas,
+            ),
+            Some(_) => stats_in_file(conn, since),
         })
         .await
     }
@@ -535,4 +613,172 @@ impl StoreReader {
         })
         .await
     }
+}
+
+/// A task and its timeline as the file has them.
+fn get_task_in_file(
+    conn: &Connection,
+    id: &str,
+) -> Result<Option<(Task, Vec<Transition>)>, StoreError> {
+    let id = id.to_string();
+    {
+        // The 16-byte key (no index: a scan of one narrow column), then the text.
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {TASK_COLUMNS}, num FROM tasks WHERE uid = {} AND id = $1
+                 ORDER BY updated_at DESC, broker LIMIT 1",
+            super::schema::uid_sql("$1::VARCHAR")
+        ))?;
+        let mut rows = stmt.query([&id])?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        let task = read_task(row)?;
+        let num: i64 = row.get(19)?;
+        // The timeline by the task's number, bounded by its last update (no transition is
+        // later): zone maps skip the row groups written before the task was first seen
+        // (their numbers are lower) and after it last changed.
+        let mut stmt = conn.prepare(&format!(
+                "SELECT {TRANSITION_COLUMNS} FROM (
+                     SELECT t.broker, ? AS task_id, t.state, t.occurred_at, t.worker, t.detail, t.seq
+                     FROM transitions t WHERE t.task_num = ? AND t.occurred_at <= ?)
+                 ORDER BY occurred_at, seq"
+            ))?;
+        let mut rows = stmt.query(duckdb::params![
+            task.id.as_str(),
+            num,
+            rows::Ts(task.updated_at)
+        ])?;
+        let mut transitions = Vec::new();
+        while let Some(row) = rows.next()? {
+            transitions.push(read_transition(row)?);
+        }
+        Ok(Some((task, transitions)))
+    }
+}
+
+/// The file's answer for an id with the live tail's versions of that id over it: the newest
+/// version wins (as in the file, by `updated_at`), and a task's uncommitted transitions follow
+/// those of the file. (A tail task of another broker than the file's answer shows only its
+/// uncommitted transitions until it is written: the same id in two brokers at once.)
+fn merge_task(
+    file: Option<(Task, Vec<Transition>)>,
+    tail: Vec<TailTask>,
+) -> Option<(Task, Vec<Transition>)> {
+    let Some(newest) = tail.into_iter().max_by(|a, b| {
+        a.task
+            .updated_at
+            .cmp(&b.task.updated_at)
+            .then_with(|| b.task.broker.as_str().cmp(a.task.broker.as_str()))
+    }) else {
+        return file;
+    };
+    match file {
+        Some((task, mut transitions)) if task.broker == newest.task.broker => {
+            transitions.extend(newest.transitions);
+            // Stable: equal times keep the file's order, then the tail's.
+            transitions.sort_by_key(|t| t.at);
+            Some((newest.task, transitions))
+        }
+        Some((task, transitions)) if task.updated_at > newest.task.updated_at => {
+            Some((task, transitions))
+        }
+        _ => Some((newest.task, newest.transitions)),
+    }
+}
+
+/// Task counts by state and broker as the file has them.
+fn stats_in_file(conn: &Connection, since: Option<DateTime<Utc>>) -> Result<Stats, StoreError> {
+    {
+        // All time: the counts the writer keeps (no scan of every task).
+        let (sql, params): (&str, Vec<DbValue>) = match since {
+            Some(since) => (
+                "SELECT broker, state, count(*) FROM tasks WHERE updated_at >= ?
+                     GROUP BY broker, state",
+                vec![rows::opt_ts(Some(since))],
+            ),
+            None => (
+                "SELECT broker, state, n FROM task_counts WHERE n > 0",
+                Vec::new(),
+            ),
+        };
+        let mut stmt = conn.prepare(sql)?;
+        let mut rows = stmt.query(duckdb::params_from_iter(params))?;
+        let mut stats = Stats {
+            by_state: TaskState::ALL.into_iter().map(|s| (s, 0)).collect(),
+            by_broker: BTreeMap::new(),
+        };
+        while let Some(row) = rows.next()? {
+            let broker: String = row.get(0)?;
+            let state: String = row.get(1)?;
+            let n: i64 = row.get(2)?;
+            let n = u64::try_from(n).unwrap_or(0);
+            *stats
+                .by_state
+                .entry(rows::parse_state(&state)?)
+                .or_default() += n;
+            *stats
+                .by_broker
+                .entry(rows::parse_broker(&broker)?)
+                .or_default() += n;
+        }
+        Ok(stats)
+    }
+}
+
+/// `stats` with the tail's count changes added (never below zero).
+fn add_count_deltas(mut stats: Stats, deltas: BTreeMap<(Broker, TaskState), i64>) -> Stats {
+    let apply = |n: &mut u64, d: i64| {
+        *n = u64::try_from(i64::try_from(*n).unwrap_or(i64::MAX).saturating_add(d)).unwrap_or(0);
+    };
+    for ((broker, state), d) in deltas {
+        apply(stats.by_state.entry(state).or_default(), d);
+        apply(stats.by_broker.entry(broker).or_default(), d);
+    }
+    stats.by_broker.retain(|_, n| *n > 0);
+    stats
+}
+
+/// The newest sample of every queue as the file has it.
+fn queues_in_file(conn: &Connection) -> Result<Vec<QueueSample>, StoreError> {
+    {
+        let mut stmt = conn.prepare(
+            "SELECT broker, queue, sampled_at, length, delayed, dead, running, oldest_enqueued_at
+                 FROM queue_latest ORDER BY broker, queue",
+        )?;
+        let mut rows = stmt.query([])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let broker: String = row.get(0)?;
+            out.push(QueueSample {
+                broker: rows::parse_broker(&broker)?,
+                name: row.get(1)?,
+                sampled_at: get_ts_required(row, 2)?,
+                length: row.get(3)?,
+                delayed: row.get(4)?,
+                dead: row.get(5)?,
+                running: row.get(6)?,
+                oldest_enqueued_at: rows::get_ts(row, 7)?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The file's newest samples with the tail's newer ones over them, ordered by broker and queue.
+fn merge_queues(mut file: Vec<QueueSample>, tail: Vec<QueueSample>) -> Vec<QueueSample> {
+    if tail.is_empty() {
+        return file;
+    }
+    for sample in tail {
+        match file
+            .iter_mut()
+            .find(|s| s.broker == sample.broker && s.name == sample.name)
+        {
+            Some(s) if s.sampled_at <= sample.sampled_at => *s = sample,
+            Some(_) => {}
+            None => file.push(sample),
+        }
+    }
+    file.sort_by(|a, b| (a.broker.as_str(), &a.name).cmp(&(b.broker.as_str(), &b.name)));
+    file
 }

@@ -846,3 +846,105 @@ async fn tasks_read_back_from_the_file_are_replaced_not_duplicated() {
     }
     close(writer, reader, handle);
 }
+
+/// The live view is ahead of the file: a transition is published, and the reader's task, list,
+/// counts and queues show it, before the writer's flush interval writes it; once written, the
+/// merged answers count nothing twice.
+#[tokio::test]
+async fn transitions_are_published_and_read_before_they_reach_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing is written until the test flushes.
+    let opts = StoreOptions {
+        flush_interval: std::time::Duration::from_secs(3600),
+        ..StoreOptions::default()
+    };
+    let (writer, reader, handle) = open(&dir.path().join("t.duckdb"), opts).unwrap();
+    write(
+        &writer,
+        vec![task_obs(Broker::Celery, "stored", 0, TaskEvent::Queued)],
+    )
+    .await;
+    let mut events = writer.subscribe();
+    writer
+        .observe(vec![
+            Observation::Task(task_obs(Broker::Celery, "stored", 1, TaskEvent::Running)),
+            Observation::Task(task_obs(Broker::Celery, "stored", 2, TaskEvent::Succeeded)),
+            Observation::Task(task_obs(Broker::Rq, "fresh", 1, TaskEvent::Queued)),
+        ])
+        .await
+        .unwrap();
+    writer
+        .samples(vec![QueueSample {
+            broker: Broker::Rq,
+            name: "default".into(),
+            sampled_at: at(1),
+            length: 7,
+            delayed: 0,
+            dead: 0,
+            running: 0,
+            oldest_enqueued_at: None,
+        }])
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(30), events.recv())
+            .await
+            .expect("a transition within 30 s, long before any flush")
+            .unwrap();
+        seen.push((ev.task.id.clone(), ev.transition.state));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("stored".to_string(), TaskState::Running),
+            ("stored".to_string(), TaskState::Success),
+            ("fresh".to_string(), TaskState::Queued),
+        ]
+    );
+    let check = |reader: StoreReader| async move {
+        let (task, timeline) = reader.get_task("stored").await.unwrap().unwrap();
+        assert_eq!(task.state, TaskState::Success);
+        let states: Vec<TaskState> = timeline.iter().map(|t| t.state).collect();
+        assert_eq!(
+            states,
+            [TaskState::Queued, TaskState::Running, TaskState::Success]
+        );
+        let (fresh, timeline) = reader.get_task("fresh").await.unwrap().unwrap();
+        assert_eq!(fresh.broker, Broker::Rq);
+        assert_eq!(timeline.len(), 1);
+        let stats = reader.stats(None).await.unwrap();
+        assert_eq!(stats.by_state[&TaskState::Success], 1, "{stats:?}");
+        assert_eq!(stats.by_state[&TaskState::Queued], 1, "{stats:?}");
+        assert_eq!(stats.by_broker.get(&Broker::Celery), Some(&1), "{stats:?}");
+        assert_eq!(stats.by_broker.get(&Broker::Rq), Some(&1), "{stats:?}");
+        let query = TaskQuery {
+            limit: 10,
+            ..TaskQuery::default()
+        };
+        let page = reader.list_tasks(&query).await.unwrap();
+        let stored = page.tasks.iter().find(|t| t.id == "stored").unwrap();
+        assert_eq!(stored.state, TaskState::Success);
+        let queues = reader.queues().await.unwrap();
+        assert_eq!(queues.len(), 1);
+        assert_eq!(queues[0].length, 7);
+    };
+    // Published and served, not yet in the file.
+    check(reader.clone()).await;
+    assert_eq!(
+        reader
+            .column_for_test("SELECT state FROM tasks ORDER BY id")
+            .await,
+        ["queued"]
+    );
+    // Written: the same answers, from the file alone.
+    writer.flush().await.unwrap();
+    assert_eq!(
+        reader
+            .column_for_test("SELECT state FROM tasks ORDER BY id")
+            .await,
+        ["queued", "success"]
+    );
+    check(reader.clone()).await;
+    close(writer, reader, handle);
+}
