@@ -34,6 +34,21 @@ def cpu(pid):
     return (int(rest[11]) + int(rest[12])) / TICKS
 
 
+def thread_cpu(pid):
+    """CPU seconds of each thread of `pid`, summed by thread name (tokio workers together)."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[name] = out.get(name, 0) + (int(rest[11]) + int(rest[12])) / TICKS
+    return out
+
+
 def status_bytes(pid, field):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -112,6 +127,7 @@ def main():
         wait_for("flower /healthcheck", lambda: get(f"http://127.0.0.1:{fport}/healthcheck") and True, 60)
         time.sleep(2)  # both subscribed and settled
         cpu0 = {"taskscope": cpu(ts.pid), "flower": cpu(fl.pid)}
+        threads0 = thread_cpu(ts.pid)
         t0 = time.time()
         out = subprocess.run([a.python, os.path.join(ROOT, "bench/celery_events.py"),
                               "--broker", broker, "--tasks", str(a.tasks), "--rate", str(a.rate)],
@@ -131,6 +147,7 @@ def main():
         wait_for("both caught up", both_done, 600)
         time.sleep(1)
         cpu1 = {"taskscope": cpu(ts.pid), "flower": cpu(fl.pid)}
+        threads1 = thread_cpu(ts.pid)
         by_state, ts_tasks = taskscope_finished(tport)
         fl_tasks = len(json.loads(get(f"http://127.0.0.1:{fport}/api/tasks?limit={a.tasks * 2}", 120)))
         events = sent["events"]
@@ -144,6 +161,11 @@ def main():
                         "tasks_at_end": tasks,
                         "caught_up_seconds": round(done[who], 2)}
         res["taskscope"]["by_state"] = by_state
+        # Where taskscope's CPU went, per 10k events, by thread (a thread that ended is missed).
+        res["taskscope"]["cpu_seconds_per_10k_events_by_thread"] = {
+            name: round((threads1[name] - threads0.get(name, 0)) / events * 10_000, 4)
+            for name in sorted(threads1, key=lambda n: threads0.get(n, 0) - threads1[n])
+            if threads1[name] - threads0.get(name, 0) > 0}
         # How many DuckDB transactions the writer needed: its fixed cost per batch dominates.
         res["taskscope"]["store_batches"] = json.loads(get(f"http://127.0.0.1:{tport}/healthz"))["store"]["batches"]
         res["cpu_ratio_flower_over_taskscope"] = round(
@@ -158,6 +180,8 @@ def main():
                 r = res[who]
                 print(f"{who:10} {r['cpu_seconds_per_10k_events']:>13.3f} {mib(r['peak_rss_bytes']):>13.1f} "
                       f"{r['tasks_at_end']:>13} {r['caught_up_seconds']:>12.1f}")
+            print("taskscope CPU s/10k events by thread: " + ", ".join(
+                f"{n} {v:.3f}" for n, v in res["taskscope"]["cpu_seconds_per_10k_events_by_thread"].items()))
             print(f"taskscope wrote {res['taskscope']['store_batches']} store batches")
             print(f"Flower used {res['cpu_ratio_flower_over_taskscope']}x the CPU of taskscope "
                   f"(Flower keeps at most --max_tasks={a.max_tasks} tasks)")

@@ -18,7 +18,7 @@
 
 use broker_adapters::{Broker, QueueSample, Task, TaskState, Transition};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 /// A task's key: broker and id.
 pub(super) type Key = (Broker, String);
@@ -27,7 +27,7 @@ pub(super) type Key = (Broker, String);
 /// none yet) and the transitions not yet in the file.
 #[derive(Debug, Clone)]
 pub(super) struct TailTask {
-    pub task: Task,
+    pub task: Arc<Task>,
     pub stored_state: Option<TaskState>,
     pub transitions: Vec<Transition>,
     /// The `seq` of each of `transitions` (increasing).
@@ -52,7 +52,7 @@ pub(super) struct LiveTail {
 
 /// One task a fold round changed, for [`LiveTail::put_round`].
 pub(super) struct TailChange<'a> {
-    pub task: &'a Task,
+    pub task: &'a Arc<Task>,
     /// The state of the version before the round (`None`: a new task). Used only when the
     /// task enters the tail: that version is then the one in the file.
     pub prior_state: Option<TaskState>,
@@ -106,13 +106,13 @@ impl LiveTail {
         for change in changes {
             let key = (change.task.broker, change.task.id.clone());
             let entry = inner.tasks.entry(key).or_insert_with(|| TailTask {
-                task: change.task.clone(),
+                task: Arc::clone(change.task),
                 stored_state: change.prior_state,
                 transitions: Vec::new(),
                 seqs: Vec::new(),
                 round,
             });
-            entry.task = change.task.clone();
+            entry.task = Arc::clone(change.task);
             entry.round = round;
             for (seq, t) in change.transitions {
                 entry.seqs.push(seq);
@@ -180,7 +180,12 @@ impl LiveTail {
             generation: inner.generation,
             value: keys
                 .iter()
-                .filter_map(|k| inner.tasks.get(k).map(|t| (k.clone(), t.task.clone())))
+                .filter_map(|k| {
+                    inner
+                        .tasks
+                        .get(k)
+                        .map(|t| (k.clone(), Task::clone(&t.task)))
+                })
                 .collect(),
         }
     }
@@ -191,7 +196,7 @@ impl LiveTail {
             .tasks
             .values()
             .filter(|t| keep(&t.task, &t.transitions))
-            .map(|t| t.task.clone())
+            .map(|t| Task::clone(&t.task))
             .collect()
     }
 
@@ -253,13 +258,13 @@ mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
 
-    fn task(id: &str, state: TaskState, secs: i64) -> Task {
+    fn task(id: &str, state: TaskState, secs: i64) -> Arc<Task> {
         let at =
             Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap() + chrono::Duration::seconds(secs);
         let mut t = Task::new(Broker::Celery, id, at);
         t.state = state;
         t.updated_at = at;
-        t
+        Arc::new(t)
     }
 
     fn transition(t: &Task) -> Transition {

@@ -677,12 +677,12 @@ fn merge_task(
             transitions.extend(newest.transitions);
             // Stable: equal times keep the file's order, then the tail's.
             transitions.sort_by_key(|t| t.at);
-            Some((newest.task, transitions))
+            Some((Task::clone(&newest.task), transitions))
         }
         Some((task, transitions)) if task.updated_at > newest.task.updated_at => {
             Some((task, transitions))
         }
-        _ => Some((newest.task, newest.transitions)),
+        _ => Some((Task::clone(&newest.task), newest.transitions)),
     }
 }
 

@@ -38,7 +38,7 @@ pub(super) struct Batch {
     pub round: u64,
     /// The last version of every changed task, with the `updated_at` of the version before the
     /// round (`None`: a new task).
-    pub tasks: HashMap<Key, (Task, Option<DateTime<Utc>>)>,
+    pub tasks: HashMap<Key, (Arc<Task>, Option<DateTime<Utc>>)>,
     /// Transitions with their `seq`, in order.
     pub transitions: Vec<(i64, Transition)>,
     pub workers: HashMap<Key, WorkerRow>,
@@ -74,7 +74,7 @@ struct Pending {
     /// Up to which round.
     round: u64,
     /// The last version of each task, and the `updated_at` of its version in the file.
-    tasks: HashMap<Key, (Task, Option<DateTime<Utc>>)>,
+    tasks: HashMap<Key, (Arc<Task>, Option<DateTime<Utc>>)>,
     transitions: Vec<(i64, Transition)>,
     workers: HashMap<Key, WorkerRow>,
     samples: Vec<QueueSample>,

@@ -209,11 +209,11 @@ pub(super) fn start(
         flush_interval: opts.flush_interval,
     };
     let sink_handle = std::thread::Builder::new()
-        .name("taskscope-store-sink".into())
+        .name("taskscope-sink".into())
         .spawn(move || sink.run(sink_rx))
         .map_err(StoreError::Thread)?;
     let handle = std::thread::Builder::new()
-        .name("taskscope-store-fold".into())
+        .name("taskscope-fold".into())
         .spawn(move || {
             writer.run(rx);
             if sink_handle.join().is_err() {
@@ -235,7 +235,8 @@ pub(super) struct WorkerRow {
 
 /// The fold thread's state.
 struct Writer {
-    cache: HashMap<Key, Task>,
+    /// Shared with the live tail and the sink (one copy of each task version).
+    cache: HashMap<Key, Arc<Task>>,
     /// Every key stored or sent to the sink (a Bloom filter): a key it has never seen is not
     /// looked up.
     seen: SeenKeys,
@@ -330,7 +331,7 @@ impl Writer {
         for task in running {
             let key = (task.broker, task.id.clone());
             self.running.insert(key.clone());
-            self.cache.insert(key, task);
+            self.cache.insert(key, Arc::new(task));
         }
         let workers = {
             let mut stmt = conn.prepare(
@@ -493,23 +494,9 @@ impl Writer {
         if let Some((seq, _)) = out.transitions.last() {
             self.next_seq = seq + 1;
         }
-        let mut per_task: HashMap<&Key, Vec<(i64, Transition)>> = HashMap::new();
-        for (seq, t) in &out.transitions {
-            // Every transition's task changed: it is in `out.tasks`.
-            if let Some((key, _)) = out.tasks.get_key_value(&(t.broker, t.task_id.clone())) {
-                per_task.entry(key).or_default().push((*seq, t.clone()));
-            }
-        }
-        self.live.put_round(
-            round,
-            out.tasks.iter().map(|(key, (task, prior))| TailChange {
-                task,
-                prior_state: prior.map(|(state, _)| state),
-                transitions: per_task.remove(key).unwrap_or_default(),
-            }),
-            &out.samples,
-        );
-        let mut tasks = HashMap::with_capacity(out.tasks.len());
+        // One shared copy of each changed task for the cache, the live tail and the sink.
+        let mut tasks: HashMap<Key, (Arc<Task>, Option<Prior>)> =
+            HashMap::with_capacity(out.tasks.len());
         for (key, (task, prior)) in out.tasks {
             self.seen.insert(&key);
             if task.state == TaskState::Running {
@@ -520,9 +507,30 @@ impl Writer {
             if task.state.is_final() {
                 self.finished.push_back(key.clone());
             }
+            let task = Arc::new(task);
             self.cache.insert(key.clone(), task.clone());
-            tasks.insert(key, (task, prior.map(|(_, at)| at)));
+            tasks.insert(key, (task, prior));
         }
+        let mut per_task: HashMap<&Key, Vec<(i64, Transition)>> = HashMap::new();
+        for (seq, t) in &out.transitions {
+            // Every transition's task changed: it is in `tasks`.
+            if let Some((key, _)) = tasks.get_key_value(&(t.broker, t.task_id.clone())) {
+                per_task.entry(key).or_default().push((*seq, t.clone()));
+            }
+        }
+        self.live.put_round(
+            round,
+            tasks.iter().map(|(key, (task, prior))| TailChange {
+                task,
+                prior_state: prior.map(|(state, _)| state),
+                transitions: per_task.remove(key).unwrap_or_default(),
+            }),
+            &out.samples,
+        );
+        let tasks = tasks
+            .into_iter()
+            .map(|(key, (task, prior))| (key, (task, prior.map(|(_, at)| at))))
+            .collect();
         self.workers
             .extend(out.workers.iter().map(|(k, w)| (k.clone(), w.clone())));
         self.evict();
@@ -615,7 +623,10 @@ impl Writer {
         let (current, prior, changed_earlier) = match out.tasks.remove(&key) {
             Some((task, prior)) => (Some(task), prior, true),
             None => {
-                let current = self.cache.get(&key).or_else(|| loaded.get(&key)).cloned();
+                let current = match self.cache.get(&key) {
+                    Some(task) => Some(Task::clone(task)),
+                    None => loaded.get(&key).cloned(),
+                };
                 let prior = current.as_ref().map(|t| (t.state, t.updated_at));
                 (current, prior, false)
             }
@@ -670,7 +681,7 @@ impl Writer {
             .running
             .iter()
             .filter(|k| !out.tasks.contains_key(*k))
-            .filter_map(|k| self.cache.get(k).cloned())
+            .filter_map(|k| self.cache.get(k).map(|t| Task::clone(t)))
             .collect();
         running.extend(
             out.tasks
@@ -694,6 +705,10 @@ impl Writer {
             }
         }
         if self.cache.len() <= self.cache_capacity {
+            // Evictions leave room a table never gives back by itself.
+            if self.cache.capacity() > 4 * self.cache.len().max(1024) {
+                self.cache.shrink_to(2 * self.cache.len());
+            }
             return;
         }
         let target = self.cache_capacity - self.cache_capacity / 4;
