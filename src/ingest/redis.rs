@@ -161,7 +161,7 @@ pub fn builder(url: &str, pubsub: bool) -> anyhow::Result<Builder> {
             // has to cover the moments a forwarder task waits for a core; a lag that still
             // happens is counted and resynced (`Incoming::Lagged`).
             if pubsub {
-                p.broadcast_channel_capacity = SUBSCRIBER_BUFFER;
+                p.broadcast_channel_capacity = subscriber_buffer();
             }
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 10_000, 2));
@@ -174,6 +174,15 @@ pub fn builder(url: &str, pubsub: bool) -> anyhow::Result<Builder> {
 /// notification rates) was tried: Dramatiq at the generator's top rate on a loaded machine
 /// lost more lifecycles than with 65,536, so the ~40 MB stay until lag is measured per size.
 const SUBSCRIBER_BUFFER: usize = 65_536;
+
+/// [`SUBSCRIBER_BUFFER`], or `TASKSCOPE_SUBSCRIBER_BUFFER` (a benchmarking knob: the size is
+/// chosen by measuring lost lifecycles and peak RSS per size; 16 to 1,048,576 slots).
+fn subscriber_buffer() -> usize {
+    std::env::var("TASKSCOPE_SUBSCRIBER_BUFFER")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(SUBSCRIBER_BUFFER, |n| n.clamp(16, 1 << 20))
+}
 
 fn cmd(name: &'static str) -> CustomCommand {
     CustomCommand::new_static(name, ClusterHash::FirstKey, false)

@@ -112,10 +112,15 @@ impl Slot {
 
     /// Its current interest; while it is away, the one it had when it left.
     pub fn interest(&mut self) -> Interest {
+        self.refresh_interest().clone()
+    }
+
+    /// [`Slot::interest`] without a copy.
+    pub fn refresh_interest(&mut self) -> &Interest {
         if let Some(a) = &self.adapter {
             self.interest = a.interest();
         }
-        self.interest.clone()
+        &self.interest
     }
 
     /// Its [`Adapter::side_url`]; while it is away, the one it had when it left.
