@@ -98,6 +98,12 @@ const SCAN_COUNT: u32 = 1_000;
 const INCOMING_CAP: usize = 200_000;
 /// Incoming messages handled before the pending reads run.
 const INCOMING_BATCH: usize = 20_000;
+/// A batch of fewer messages than this waits [`INCOMING_LINGER`] for more, once.
+const LINGER_UNDER: usize = 64;
+/// How long a small batch waits for more messages before its reads run and its observations
+/// go to the store: a few ms of latency, against a fixed cost per batch paid per message when
+/// messages come one by one (measured on Celery's event stream).
+const INCOMING_LINGER: Duration = Duration::from_millis(5);
 /// Read rounds (follow-ups of follow-ups) per batch before yielding to incoming messages.
 const MAX_READ_ROUNDS: usize = 64;
 /// The channel of the read barrier ([`Adapter::wants_read_barrier`]): a `PUBLISH` on it after a
@@ -856,58 +862,74 @@ impl Pipeline {
     }
 
     async fn handle_incoming(&mut self, first: Incoming) {
-        let now = Utc::now();
+        let mut now = Utc::now();
         let mut output = Output::default();
         let mut resync = false;
         let mut next = Some(first);
         let mut handled = 0usize;
+        let mut lingered = false;
         let (mut keyspace, mut pubsub) = (0u64, 0u64);
-        while let Some(item) = next.take() {
-            match item {
-                // The key's creation: its write's own event follows.
-                Incoming::Key { op, .. } if op == "new" => {}
-                Incoming::Key { key, op } => {
-                    keyspace += 1;
-                    self.on_key_event(key, op, now, &mut output);
-                }
-                Incoming::Message { channel, payload } => {
-                    pubsub += 1;
-                    if self.factory.is_some() {
-                        self.detect_from_message(&channel, &payload).await;
+        loop {
+            while let Some(item) = next.take() {
+                match item {
+                    // The key's creation: its write's own event follows.
+                    Incoming::Key { op, .. } if op == "new" => {}
+                    Incoming::Key { key, op } => {
+                        keyspace += 1;
+                        self.on_key_event(key, op, now, &mut output);
                     }
-                    self.on_message(&channel, payload, now, &mut output).await;
-                }
-                Incoming::Prefetched {
-                    adapter,
-                    read,
-                    reply,
-                    at,
-                } => match reply {
-                    Ok(reply) => {
-                        self.metrics.ingested(Source::Read, 1);
-                        self.on_reply(adapter, &read, reply, at, &mut output).await;
+                    Incoming::Message { channel, payload } => {
+                        pubsub += 1;
+                        if self.factory.is_some() {
+                            self.detect_from_message(&channel, &payload).await;
+                        }
+                        self.on_message(&channel, payload, now, &mut output).await;
                     }
-                    Err(e) => {
-                        debug!(error = %e, key = read.request.key(), "A prefetch read failed.")
+                    Incoming::Prefetched {
+                        adapter,
+                        read,
+                        reply,
+                        at,
+                    } => match reply {
+                        Ok(reply) => {
+                            self.metrics.ingested(Source::Read, 1);
+                            self.on_reply(adapter, &read, reply, at, &mut output).await;
+                        }
+                        Err(e) => {
+                            debug!(error = %e, key = read.request.key(), "A prefetch read failed.")
+                        }
+                    },
+                    Incoming::Lagged(n) => {
+                        warn!(
+                            dropped = n,
+                            "Fell behind Redis pub/sub; re-reading to catch up."
+                        );
+                        self.metrics.lagged_events.fetch_add(n, Ordering::Relaxed);
+                        resync = true;
                     }
-                },
-                Incoming::Lagged(n) => {
-                    warn!(
-                        dropped = n,
-                        "Fell behind Redis pub/sub; re-reading to catch up."
-                    );
-                    self.metrics.lagged_events.fetch_add(n, Ordering::Relaxed);
-                    resync = true;
+                    Incoming::Reconnected => {
+                        info!("Reconnected to Redis; re-reading what may have been missed.");
+                        resync = true;
+                    }
                 }
-                Incoming::Reconnected => {
-                    info!("Reconnected to Redis; re-reading what may have been missed.");
-                    resync = true;
+                handled += 1;
+                if handled < INCOMING_BATCH {
+                    next = self.rx.try_recv();
                 }
             }
-            handled += 1;
-            if handled < INCOMING_BATCH {
-                next = self.rx.try_recv();
+            // A small batch waits a moment for more: what a batch costs besides its messages
+            // (the reads' round trip, the hand-over to the store, the subscriptions check) is
+            // then shared by the messages of [`INCOMING_LINGER`], not paid per message.
+            if lingered || resync || handled >= LINGER_UNDER {
+                break;
             }
+            lingered = true;
+            tokio::time::sleep(INCOMING_LINGER).await;
+            next = self.rx.try_recv();
+            if next.is_none() {
+                break;
+            }
+            now = Utc::now();
         }
         let dropped = self.rx.take_dropped();
         if dropped > 0 {
