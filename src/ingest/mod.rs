@@ -924,7 +924,13 @@ impl Pipeline {
                 break;
             }
             lingered = true;
-            tokio::time::sleep(INCOMING_LINGER).await;
+            // The whole thread sleeps, fred's connection tasks with it (this runtime is the
+            // loop's own): what Redis sends meanwhile waits in the socket and is then read
+            // with one read, instead of one wake-up, one `epoll_wait` and one `recv` per
+            // message. A short async wait then lets the connection tasks read it and the
+            // forwarders queue it.
+            std::thread::sleep(INCOMING_LINGER);
+            tokio::time::sleep(Duration::from_micros(200)).await;
             next = self.rx.try_recv();
             if next.is_none() {
                 break;
