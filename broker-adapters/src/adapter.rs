@@ -483,6 +483,13 @@ pub trait Adapter: Send {
     /// Channels and keys this adapter wants notifications for.
     fn interest(&self) -> Interest;
 
+    /// A number that changes whenever [`Adapter::interest`] may answer something new, so that
+    /// the ingest loop (which looks after every batch) builds it only then. `None`, the
+    /// default: not tracked, the interest is built every time.
+    fn interest_version(&self) -> Option<u64> {
+        None
+    }
+
     /// Keys that a SCAN with one of `interest().scan_patterns` found.
     fn on_scan(&mut self, pattern: &str, keys: Vec<String>, now: DateTime<Utc>) -> Vec<Read>;
 

@@ -2372,3 +2372,160 @@ fn adapter_result_reads_go_to_the_side_connection_when_results_live_elsewhere() 
         .iter()
         .any(|r| matches!(&r.request, ReadRequest::Side(inner) if matches!(**inner, ReadRequest::MGet(_)))));
 }
+
+// ---------------------------------------------------------------------------------------------
+// Events decoded straight into observations (`events::observe_message`, the adapter's path)
+// ---------------------------------------------------------------------------------------------
+
+/// What `decode` then `observe` on each event gives: the reference `observe_message` must match.
+fn observed_the_long_way(bytes: &[u8]) -> Result<Vec<Observation>, String> {
+    events::decode(bytes)
+        .map(|evs| {
+            evs.iter()
+                .filter_map(|e| events::observe(e, during_capture()))
+                .collect()
+        })
+        .map_err(|e| e.to_string())
+}
+
+#[test]
+fn every_captured_event_message_gives_the_same_observations_straight() {
+    let files: Vec<String> = std::fs::read_dir(FIXTURES)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.starts_with("event_"))
+        .collect();
+    assert!(files.len() >= 15, "event captures: {files:?}");
+    for f in files {
+        let bytes = fixture(&f);
+        let straight = events::observe_message(&bytes, during_capture())
+            .unwrap_or_else(|e| panic!("{f}: {e}"));
+        assert!(!straight.is_empty(), "{f}");
+        assert_eq!(Ok(straight), observed_the_long_way(&bytes), "{f}");
+    }
+}
+
+/// A kombu envelope around one event or a list of them, each with a known type and members of
+/// any JSON type (the ones `observe` reads, and others it skips).
+fn event_message() -> impl Strategy<Value = Vec<u8>> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u32>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| json!(f)),
+        (0.0f64..2e9).prop_map(|f| json!(f)),
+        ".{0,16}".prop_map(Value::from),
+        Just(json!("(1, 'a')")),
+        Just(json!("{'ok': True, 'n': 3}")),
+        Just(json!("ValueError('bad')")),
+        Just(json!("2026-11-23T13:42:01.771219+00:00")),
+    ];
+    let value = leaf.prop_recursive(2, 12, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::from),
+            prop::collection::btree_map("[a-z_]{1,6}", inner, 0..3)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    });
+    let kind = prop_oneof![
+        Just("task-sent"),
+        Just("task-received"),
+        Just("task-started"),
+        Just("task-succeeded"),
+        Just("task-failed"),
+        Just("task-retried"),
+        Just("task-revoked"),
+        Just("task-rejected"),
+        Just("worker-heartbeat"),
+        Just("worker-online"),
+        Just("task-unknown"),
+    ];
+    let member = prop_oneof![
+        Just("timestamp"),
+        Just("hostname"),
+        Just("pid"),
+        Just("active"),
+        Just("freq"),
+        Just("uuid"),
+        Just("eta"),
+        Just("name"),
+        Just("args"),
+        Just("kwargs"),
+        Just("queue"),
+        Just("routing_key"),
+        Just("retries"),
+        Just("result"),
+        Just("runtime"),
+        Just("traceback"),
+        Just("exception"),
+        Just("expired"),
+        Just("terminated"),
+        Just("requeue"),
+        Just("clock"),
+        Just("utcoffset"),
+        Just("sw_ident"),
+        Just("loadavg"),
+        Just("type"),
+    ];
+    let event = (
+        kind,
+        prop::collection::vec((member, value), 0..12),
+        any::<bool>(),
+    )
+        .prop_map(|(kind, members, with_id)| {
+            let mut m = serde_json::Map::new();
+            m.insert("type".into(), json!(kind));
+            if with_id {
+                m.insert("uuid".into(), json!("6e48e318-7e8f-4754-98a7-404b32d7c3b6"));
+                m.insert("hostname".into(), json!("w1@host"));
+            }
+            // Later members win, as in a JSON object with a name twice.
+            for (k, v) in members {
+                m.insert(k.to_string(), v);
+            }
+            Value::Object(m)
+        });
+    (
+        prop::collection::vec(event, 1..4),
+        any::<bool>(),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(mut evs, many, b64, with_content_type)| {
+            use base64::Engine as _;
+            let body = if many {
+                Value::from(evs)
+            } else {
+                evs.swap_remove(0)
+            };
+            let text = body.to_string();
+            let body_text = if b64 {
+                base64::engine::general_purpose::STANDARD.encode(text.as_bytes())
+            } else {
+                text
+            };
+            let mut envelope = json!({
+                "body": body_text,
+                "headers": {"hostname": "w1@host"},
+                "properties": {"body_encoding": if b64 { "base64" } else { "utf-8" },
+                               "delivery_info": {"routing_key": "task.multi"}},
+            });
+            if with_content_type {
+                envelope["content-type"] = json!("application/json");
+            }
+            serde_json::to_vec(&envelope).unwrap()
+        })
+}
+
+proptest! {
+    #![proptest_config(no_persistence(512))]
+
+    #[test]
+    fn event_messages_give_the_same_observations_straight_as_the_long_way(
+        bytes in prop_oneof![event_message(), payload()],
+    ) {
+        let straight = events::observe_message(&bytes, during_capture()).map_err(|e| e.to_string());
+        prop_assert_eq!(straight, observed_the_long_way(&bytes));
+    }
+}

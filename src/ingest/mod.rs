@@ -22,6 +22,7 @@
 
 mod coalesce;
 pub mod detect;
+mod forward;
 pub mod notifications;
 mod oversize;
 mod prefetch;
@@ -92,8 +93,17 @@ enum Incoming {
 const OPEN_TASKS_PER_RECONCILE: usize = 1_000;
 /// Keys a SCAN call asks for at once.
 const SCAN_COUNT: u32 = 1_000;
+/// Messages waiting for the loop, at most (allocated as they arrive; past it they are dropped,
+/// counted as lagged and resynced): tens of seconds of the heaviest notification rates.
+const INCOMING_CAP: usize = 200_000;
 /// Incoming messages handled before the pending reads run.
 const INCOMING_BATCH: usize = 20_000;
+/// A batch of fewer messages than this waits [`INCOMING_LINGER`] for more, once.
+const LINGER_UNDER: usize = 64;
+/// How long a small batch waits for more messages before its reads run and its observations
+/// go to the store: a few ms of latency, against a fixed cost per batch paid per message when
+/// messages come one by one (measured on Celery's event stream).
+const INCOMING_LINGER: Duration = Duration::from_millis(5);
 /// Read rounds (follow-ups of follow-ups) per batch before yielding to incoming messages.
 const MAX_READ_ROUNDS: usize = 64;
 /// The channel of the read barrier ([`Adapter::wants_read_barrier`]): a `PUBLISH` on it after a
@@ -167,7 +177,7 @@ pub async fn run(
     redis::set_max_payload_bytes(cfg.max_payload_bytes);
     let client = redis::builder(&cfg.redis_url, false)?.build()?;
     let subscriber = redis::builder(&cfg.redis_url, true)?.build_subscriber_client()?;
-    let (tx, rx) = mpsc::channel::<Incoming>(200_000);
+    let (tx, rx) = forward::queue::<Incoming>(INCOMING_CAP);
     let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Subscriptions::default()));
     let (applied_tx, applied_rx) = watch::channel(None);
     let kick = prefetch::Kick::default();
@@ -277,6 +287,7 @@ pub async fn run(
         unsupported: HashSet::new(),
         barrier_seq: 0,
         oversize: oversize::Oversize::default(),
+        subscribed_for: None,
     };
     pipeline.resync().await;
     pipeline.run_loop(&mut shutdown).await;
@@ -321,13 +332,14 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Moves fred's broadcast messages into our own bounded queue at once, so the broadcast
-/// receivers never lag behind the (slower) processing; a lag that still happens is reported.
+/// Moves fred's broadcast messages into our own queue ([`forward`]) at once, without ever
+/// waiting for the loop, so the broadcast receivers never lag behind the (slower) processing;
+/// a lag that still happens is reported.
 fn spawn_forwarders(
     subscriber: &SubscriberClient,
     client: &Client,
     db: u32,
-    tx: mpsc::Sender<Incoming>,
+    tx: forward::Sender<Incoming>,
     hints: Option<mpsc::Sender<detect::NewKey>>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
@@ -355,13 +367,13 @@ fn spawn_forwarders(
                 Ok(ev) if u32::from(ev.db) == db => {
                     let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
                     let op = ev.operation;
-                    if key_tx.send(Incoming::Key { key, op }).await.is_err() {
+                    if key_tx.send(Incoming::Key { key, op }).is_err() {
                         return;
                     }
                 }
                 Ok(_) => {}
                 Err(RecvError::Lagged(n)) => {
-                    let _ = key_tx.send(Incoming::Lagged(n)).await;
+                    let _ = key_tx.send(Incoming::Lagged(n));
                 }
                 Err(RecvError::Closed) => return,
             }
@@ -379,16 +391,12 @@ fn spawn_forwarders(
                         other => other.as_bytes().map(<[u8]>::to_vec).unwrap_or_default(),
                     };
                     let channel = m.channel.to_string();
-                    if msg_tx
-                        .send(Incoming::Message { channel, payload })
-                        .await
-                        .is_err()
-                    {
+                    if msg_tx.send(Incoming::Message { channel, payload }).is_err() {
                         return;
                     }
                 }
                 Err(RecvError::Lagged(n)) => {
-                    let _ = msg_tx.send(Incoming::Lagged(n)).await;
+                    let _ = msg_tx.send(Incoming::Lagged(n));
                 }
                 Err(RecvError::Closed) => return,
             }
@@ -403,7 +411,7 @@ fn spawn_forwarders(
                 match reconnects.recv().await {
                     Ok(_) if initial => initial = false,
                     Ok(_) | Err(RecvError::Lagged(_)) => {
-                        if tx.send(Incoming::Reconnected).await.is_err() {
+                        if tx.send(Incoming::Reconnected).is_err() {
                             return;
                         }
                     }
@@ -426,7 +434,7 @@ struct Pipeline {
     writer: StoreWriter,
     reader: StoreReader,
     metrics: Arc<Metrics>,
-    rx: mpsc::Receiver<Incoming>,
+    rx: forward::Receiver<Incoming>,
     /// Reads asked for and not yet run, with the index of the adapter that asked.
     pending: Vec<(usize, Read)>,
     pending_set: HashSet<(usize, Read)>,
@@ -464,6 +472,18 @@ struct Pipeline {
     barrier_seq: u64,
     /// Values over `--max-payload-bytes` already counted.
     oversize: oversize::Oversize,
+    /// What the subscriptions were last brought up to date for (see
+    /// [`Pipeline::update_subscriptions`]); `None` when they must be worked out again.
+    subscribed_for: Option<SubscriptionInputs>,
+}
+
+/// What the subscriptions follow from: each adapter's interest, the change feed, and whether
+/// new keys are listened to.
+#[derive(PartialEq)]
+struct SubscriptionInputs {
+    interests: Vec<broker_adapters::Interest>,
+    notifications: bool,
+    listening_new_keys: bool,
 }
 
 impl Pipeline {
@@ -657,7 +677,9 @@ impl Pipeline {
         }
         async {
             self.ensure_feed().await;
-            // A reconnect re-subscribes what fred tracks; we only add what is new.
+            // A reconnect re-subscribes what fred tracks; we only add what is new (worked out
+            // afresh: the prefetcher may have restarted its subscriptions).
+            self.subscribed_for = None;
             self.update_subscriptions().await;
             self.scan().await;
             self.reconcile().await;
@@ -730,8 +752,32 @@ impl Pipeline {
     }
 
     async fn update_subscriptions(&mut self) {
-        // Runs after every batch: ask each adapter for its interest once.
+        // Runs after every batch: ask each adapter for its interest once. Nearly always it is
+        // what was subscribed for last time, and then there is nothing to do.
+        let notifications = matches!(self.feed, Feed::Notifications { .. });
+        let listening_new_keys = self.listening_new_keys();
+        let mut unchanged = self.subscribed_for.as_ref().is_some_and(|s| {
+            s.notifications == notifications
+                && s.listening_new_keys == listening_new_keys
+                && s.interests.len() == self.slots.len()
+        });
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let interest = slot.refresh_interest();
+            unchanged &= self
+                .subscribed_for
+                .as_ref()
+                .is_some_and(|s| s.interests.get(i) == Some(interest));
+        }
+        if unchanged {
+            return;
+        }
         let interests: Vec<_> = self.slots.iter_mut().map(|a| a.interest()).collect();
+        let inputs = SubscriptionInputs {
+            interests: interests.clone(),
+            notifications,
+            listening_new_keys,
+        };
+        let mut all_applied = true;
         let rules = prefetch::rules(
             interests
                 .iter()
@@ -785,7 +831,10 @@ impl Pipeline {
                     debug!(patterns = ?new, "Subscribed.");
                     self.subscribed.extend(new);
                 }
-                Err(e) => warn!(error = %e, "PSUBSCRIBE failed; will retry after the next batch."),
+                Err(e) => {
+                    all_applied = false;
+                    warn!(error = %e, "PSUBSCRIBE failed; will retry after the next batch.")
+                }
             }
         }
         if matches!(self.feed, Feed::Notifications { .. })
@@ -793,6 +842,7 @@ impl Pipeline {
         {
             self.metrics.set_change_feed(ChangeFeed::Notifications);
         }
+        self.subscribed_for = all_applied.then_some(inputs);
     }
 
     /// Waits (a bounded time) until the prefetcher has subscribed to `sent`: a scan or a
@@ -812,58 +862,91 @@ impl Pipeline {
     }
 
     async fn handle_incoming(&mut self, first: Incoming) {
-        let now = Utc::now();
+        let mut now = Utc::now();
         let mut output = Output::default();
         let mut resync = false;
         let mut next = Some(first);
         let mut handled = 0usize;
+        let mut lingered = false;
         let (mut keyspace, mut pubsub) = (0u64, 0u64);
-        while let Some(item) = next.take() {
-            match item {
-                // The key's creation: its write's own event follows.
-                Incoming::Key { op, .. } if op == "new" => {}
-                Incoming::Key { key, op } => {
-                    keyspace += 1;
-                    self.on_key_event(key, op, now, &mut output);
-                }
-                Incoming::Message { channel, payload } => {
-                    pubsub += 1;
-                    if self.factory.is_some() {
-                        self.detect_from_message(&channel, &payload).await;
+        loop {
+            while let Some(item) = next.take() {
+                match item {
+                    // The key's creation: its write's own event follows.
+                    Incoming::Key { op, .. } if op == "new" => {}
+                    Incoming::Key { key, op } => {
+                        keyspace += 1;
+                        self.on_key_event(key, op, now, &mut output);
                     }
-                    self.on_message(&channel, payload, now, &mut output).await;
-                }
-                Incoming::Prefetched {
-                    adapter,
-                    read,
-                    reply,
-                    at,
-                } => match reply {
-                    Ok(reply) => {
-                        self.metrics.ingested(Source::Read, 1);
-                        self.on_reply(adapter, &read, reply, at, &mut output).await;
+                    Incoming::Message { channel, payload } => {
+                        pubsub += 1;
+                        if self.factory.is_some() {
+                            self.detect_from_message(&channel, &payload).await;
+                        }
+                        self.on_message(&channel, payload, now, &mut output).await;
                     }
-                    Err(e) => {
-                        debug!(error = %e, key = read.request.key(), "A prefetch read failed.")
+                    Incoming::Prefetched {
+                        adapter,
+                        read,
+                        reply,
+                        at,
+                    } => match reply {
+                        Ok(reply) => {
+                            self.metrics.ingested(Source::Read, 1);
+                            self.on_reply(adapter, &read, reply, at, &mut output).await;
+                        }
+                        Err(e) => {
+                            debug!(error = %e, key = read.request.key(), "A prefetch read failed.")
+                        }
+                    },
+                    Incoming::Lagged(n) => {
+                        warn!(
+                            dropped = n,
+                            "Fell behind Redis pub/sub; re-reading to catch up."
+                        );
+                        self.metrics.lagged_events.fetch_add(n, Ordering::Relaxed);
+                        resync = true;
                     }
-                },
-                Incoming::Lagged(n) => {
-                    warn!(
-                        dropped = n,
-                        "Fell behind Redis pub/sub; re-reading to catch up."
-                    );
-                    self.metrics.lagged_events.fetch_add(n, Ordering::Relaxed);
-                    resync = true;
+                    Incoming::Reconnected => {
+                        info!("Reconnected to Redis; re-reading what may have been missed.");
+                        resync = true;
+                    }
                 }
-                Incoming::Reconnected => {
-                    info!("Reconnected to Redis; re-reading what may have been missed.");
-                    resync = true;
+                handled += 1;
+                if handled < INCOMING_BATCH {
+                    next = self.rx.try_recv();
                 }
             }
-            handled += 1;
-            if handled < INCOMING_BATCH {
-                next = self.rx.try_recv().ok();
+            // A small batch waits a moment for more: what a batch costs besides its messages
+            // (the reads' round trip, the hand-over to the store, the subscriptions check) is
+            // then shared by the messages of [`INCOMING_LINGER`], not paid per message.
+            if lingered || resync || handled >= LINGER_UNDER {
+                break;
             }
+            lingered = true;
+            // The whole thread sleeps, fred's connection tasks with it (this runtime is the
+            // loop's own): what Redis sends meanwhile waits in the socket and is then read
+            // with one read, instead of one wake-up, one `epoll_wait` and one `recv` per
+            // message. A short async wait then lets the connection tasks read it and the
+            // forwarders queue it.
+            std::thread::sleep(INCOMING_LINGER);
+            tokio::time::sleep(Duration::from_micros(200)).await;
+            next = self.rx.try_recv();
+            if next.is_none() {
+                break;
+            }
+            now = Utc::now();
+        }
+        let dropped = self.rx.take_dropped();
+        if dropped > 0 {
+            warn!(
+                dropped,
+                "Too many messages waited for the loop; re-reading to catch up."
+            );
+            self.metrics
+                .lagged_events
+                .fetch_add(dropped, Ordering::Relaxed);
+            resync = true;
         }
         self.metrics.ingested(Source::Keyspace, keyspace);
         self.metrics.ingested(Source::Pubsub, pubsub);
@@ -1257,7 +1340,7 @@ impl Pipeline {
                     }
                     self.run_pending(now, &mut output).await;
                     self.deliver(output).await;
-                    while let Ok(item) = self.rx.try_recv() {
+                    while let Some(item) = self.rx.try_recv() {
                         Box::pin(self.handle_incoming(item)).await;
                     }
                     if next == 0 {

@@ -95,6 +95,15 @@ impl Sanitizer {
     }
 
     fn redacts(&self, key: &str) -> bool {
+        // Every key of every payload comes here: ASCII keys (nearly all) are compared in
+        // place, without a lower-case copy.
+        if key.is_ascii() {
+            let key = key.as_bytes();
+            return self.redact.iter().any(|w| {
+                let w = w.as_bytes();
+                w.is_empty() || key.windows(w.len()).any(|k| k.eq_ignore_ascii_case(w))
+            });
+        }
         let key = key.to_lowercase();
         self.redact.iter().any(|w| key.contains(w.as_str()))
     }

@@ -84,6 +84,8 @@ pub struct Slot {
     adapter: Option<Box<dyn Adapter>>,
     /// Its interest when last asked (answered for it while it is away).
     interest: Interest,
+    /// The [`Adapter::interest_version`] `interest` was built at.
+    interest_version: Option<u64>,
     wants_read_barrier: bool,
     /// Its side URL when last asked.
     side_url: Option<String>,
@@ -98,6 +100,7 @@ impl Slot {
             index,
             broker: adapter.broker(),
             interest: adapter.interest(),
+            interest_version: adapter.interest_version(),
             wants_read_barrier: adapter.wants_read_barrier(),
             side_url: adapter.side_url(),
             adapter: Some(adapter),
@@ -112,10 +115,20 @@ impl Slot {
 
     /// Its current interest; while it is away, the one it had when it left.
     pub fn interest(&mut self) -> Interest {
+        self.refresh_interest().clone()
+    }
+
+    /// [`Slot::interest`] without a copy; built again only when the adapter's
+    /// [`Adapter::interest_version`] changed (or it does not keep one).
+    pub fn refresh_interest(&mut self) -> &Interest {
         if let Some(a) = &self.adapter {
-            self.interest = a.interest();
+            let version = a.interest_version();
+            if version.is_none() || version != self.interest_version {
+                self.interest = a.interest();
+                self.interest_version = version;
+            }
         }
-        self.interest.clone()
+        &self.interest
     }
 
     /// Its [`Adapter::side_url`]; while it is away, the one it had when it left.
@@ -280,6 +293,7 @@ impl Slot {
         };
         let (slot, broker, done) = (self.index, self.broker, done.clone());
         self.interest = adapter.interest();
+        self.interest_version = adapter.interest_version();
         let task = tokio::task::spawn_blocking(move || {
             let start = Instant::now();
             let output = std::panic::catch_unwind(AssertUnwindSafe(|| call(adapter.as_mut())));

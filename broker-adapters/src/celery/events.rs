@@ -94,6 +94,80 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<Value>, EventError> {
     Ok(into_events(body))
 }
 
+/// Decodes one published event message straight into its observations (events taskscope
+/// does not use give none). The same as [`decode`] then [`observe`] on each event, without
+/// building the members of an event that [`observe`] never reads (most of them).
+pub fn observe_message(bytes: &[u8], now: DateTime<Utc>) -> Result<Vec<Observation>, EventError> {
+    if let Ok(Envelope {
+        body: Some(raw),
+        content_type,
+        properties,
+    }) = serde_json::from_slice::<Envelope>(bytes)
+    {
+        let content_type = content_type.as_deref().unwrap_or("application/json");
+        if matches!(content_type.trim(), "application/json" | "") {
+            let encoding = properties.and_then(|p| p.body_encoding);
+            let body = if encoding.as_deref() == Some("base64") {
+                std::borrow::Cow::Owned(codec::base64_decode(&raw)?)
+            } else {
+                std::borrow::Cow::Borrowed(raw.as_bytes())
+            };
+            let limits = crate::limits::Limits::current();
+            if let Some(events) = crate::budgeted::json_picked(&body, &limits, OBSERVED) {
+                return Ok(events.iter().filter_map(|e| observe_in(e, now)).collect());
+            }
+        }
+    }
+    // Anything else (another serialiser, another shape, an error to report) as it always was.
+    Ok(decode(bytes)?
+        .iter()
+        .filter_map(|e| observe(e, now))
+        .collect())
+}
+
+/// Every member of an event [`observe`] reads; [`observe_message`] builds only these.
+const OBSERVED: &[&str] = &[
+    "type",
+    "timestamp",
+    "hostname",
+    "pid",
+    "active",
+    "freq",
+    "uuid",
+    "eta",
+    "name",
+    "args",
+    "kwargs",
+    "queue",
+    "routing_key",
+    "retries",
+    "result",
+    "runtime",
+    "traceback",
+    "exception",
+    "expired",
+    "terminated",
+    "requeue",
+];
+
+/// An event's members by name: a whole `Value`, or the members [`OBSERVED`] picked.
+trait Members {
+    fn member(&self, key: &str) -> Option<&Value>;
+}
+
+impl Members for Value {
+    fn member(&self, key: &str) -> Option<&Value> {
+        self.get(key)
+    }
+}
+
+impl Members for crate::budgeted::Picked {
+    fn member(&self, key: &str) -> Option<&Value> {
+        debug_assert!(OBSERVED.contains(&key), "{key} is read but not picked");
+        self.get(key)
+    }
+}
+
 fn into_events(body: Value) -> Vec<Value> {
     match body {
         Value::Array(events) => events,
@@ -103,12 +177,16 @@ fn into_events(body: Value) -> Vec<Value> {
 
 /// Turns one event dict into an observation; `None` for events taskscope does not use.
 pub fn observe(event: &Value, now: DateTime<Utc>) -> Option<Observation> {
-    let kind = event.get("type")?.as_str()?;
+    observe_in(event, now)
+}
+
+fn observe_in(event: &impl Members, now: DateTime<Utc>) -> Option<Observation> {
+    let kind = event.member("type")?.as_str()?;
     let at = event
-        .get("timestamp")
+        .member("timestamp")
         .and_then(codec::parse_time)
         .unwrap_or(now);
-    let hostname = event.get("hostname").and_then(as_string);
+    let hostname = event.member("hostname").and_then(as_string);
     if let Some(worker_event) = kind.strip_prefix("worker-") {
         let event_kind = match worker_event {
             "online" => WorkerEvent::Online,
@@ -121,15 +199,15 @@ pub fn observe(event: &Value, now: DateTime<Utc>) -> Option<Observation> {
             broker: Broker::Celery,
             hostname: id.split_once('@').map(|(_, host)| host.to_string()),
             id,
-            pid: event.get("pid").and_then(as_u32),
+            pid: event.member("pid").and_then(as_u32),
             at,
             event: event_kind,
-            active: event.get("active").and_then(as_u32),
-            heartbeat_every_s: event.get("freq").and_then(Value::as_f64),
+            active: event.member("active").and_then(as_u32),
+            heartbeat_every_s: event.member("freq").and_then(Value::as_f64),
         }));
     }
-    let task_id = event.get("uuid").and_then(as_string)?;
-    let eta = event.get("eta").and_then(codec::parse_time);
+    let task_id = event.member("uuid").and_then(as_string)?;
+    let eta = event.member("eta").and_then(codec::parse_time);
     let task_event = match kind {
         "task-sent" => TaskEvent::Queued,
         "task-received" if eta.is_some_and(|eta| eta > at) => TaskEvent::Queued,
@@ -138,7 +216,7 @@ pub fn observe(event: &Value, now: DateTime<Utc>) -> Option<Observation> {
         "task-failed" => TaskEvent::Failed,
         "task-retried" => TaskEvent::Retried,
         "task-revoked" => TaskEvent::Failed,
-        "task-rejected" if event.get("requeue").and_then(Value::as_bool) == Some(true) => {
+        "task-rejected" if event.member("requeue").and_then(Value::as_bool) == Some(true) => {
             TaskEvent::Queued
         }
         "task-rejected" => TaskEvent::Failed,
@@ -146,13 +224,13 @@ pub fn observe(event: &Value, now: DateTime<Utc>) -> Option<Observation> {
     };
     let mut obs = TaskObservation::new(Broker::Celery, task_id, at, task_event, "event");
     let f = &mut obs.fields;
-    f.name = event.get("name").and_then(as_string);
-    f.args = event.get("args").and_then(repr_value);
-    f.kwargs = event.get("kwargs").and_then(repr_value);
+    f.name = event.member("name").and_then(as_string);
+    f.args = event.member("args").and_then(repr_value);
+    f.kwargs = event.member("kwargs").and_then(repr_value);
     f.eta = eta;
     f.queue = event
-        .get("queue")
-        .or_else(|| event.get("routing_key"))
+        .member("queue")
+        .or_else(|| event.member("routing_key"))
         .and_then(as_string);
     if matches!(
         kind,
@@ -162,27 +240,27 @@ pub fn observe(event: &Value, now: DateTime<Utc>) -> Option<Observation> {
     }
     match kind {
         "task-sent" => {
-            obs.attempt = event.get("retries").and_then(as_u32);
+            obs.attempt = event.member("retries").and_then(as_u32);
             f.enqueued_at = Some(at);
         }
-        "task-received" => obs.attempt = event.get("retries").and_then(as_u32),
+        "task-received" => obs.attempt = event.member("retries").and_then(as_u32),
         "task-started" => f.started_at = Some(at),
         "task-succeeded" => {
-            f.result = event.get("result").and_then(repr_value);
+            f.result = event.member("result").and_then(repr_value);
             f.runtime_ms = event
-                .get("runtime")
+                .member("runtime")
                 .and_then(Value::as_f64)
                 .filter(|r| r.is_finite() && *r >= 0.0)
                 .map(|r| r * 1000.0);
         }
         "task-failed" | "task-retried" => {
             let traceback = event
-                .get("traceback")
+                .member("traceback")
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
                 .map(str::to_string);
             f.error = event
-                .get("exception")
+                .member("exception")
                 .and_then(Value::as_str)
                 .map(codec::error_line_from_repr)
                 .or_else(|| {
@@ -193,9 +271,9 @@ pub fn observe(event: &Value, now: DateTime<Utc>) -> Option<Observation> {
             f.traceback = traceback;
         }
         "task-revoked" => {
-            let why = if event.get("expired").and_then(Value::as_bool) == Some(true) {
+            let why = if event.member("expired").and_then(Value::as_bool) == Some(true) {
                 "expired"
-            } else if event.get("terminated").and_then(Value::as_bool) == Some(true) {
+            } else if event.member("terminated").and_then(Value::as_bool) == Some(true) {
                 "terminated"
             } else {
                 "revoked"

@@ -663,6 +663,12 @@ impl Adapter for CeleryAdapter {
         }
     }
 
+    /// The interest follows from the queues (which only grow) and whether results live
+    /// elsewhere (which, once learned, stays).
+    fn interest_version(&self) -> Option<u64> {
+        Some(((self.queues.len() as u64) << 1) | u64::from(self.config.result_url.is_some()))
+    }
+
     fn on_scan(&mut self, pattern: &str, keys: Vec<String>, _now: DateTime<Utc>) -> Vec<Read> {
         if pattern == layout::bindings_pattern() {
             keys.into_iter()
@@ -718,10 +724,8 @@ impl Adapter for CeleryAdapter {
         }
         let mut out = Output::default();
         if channel.contains("celeryev") {
-            match events::decode(payload) {
-                Ok(evs) => out
-                    .observations
-                    .extend(evs.iter().filter_map(|e| events::observe(e, now))),
+            match events::observe_message(payload, now) {
+                Ok(observations) => out.observations.extend(observations),
                 Err(e) => out
                     .decode_errors
                     .push(decode_error(e.kind(), channel, e.to_string())),

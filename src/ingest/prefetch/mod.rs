@@ -19,7 +19,7 @@
 
 mod schedule;
 
-use super::{redis, Incoming, BARRIER_CHANNEL};
+use super::{forward, redis, Incoming, BARRIER_CHANNEL};
 use crate::metrics::{Metrics, Source};
 use broker_adapters::adapter::glob_escape;
 use broker_adapters::bounded::FifoSet;
@@ -177,7 +177,7 @@ struct Snapshots {
 pub fn spawn(
     redis_url: &str,
     db: u32,
-    tx: mpsc::Sender<Incoming>,
+    tx: forward::Sender<Incoming>,
     link: SubscriptionLink,
     kick: Kick,
     metrics: Arc<Metrics>,
@@ -205,7 +205,7 @@ pub fn spawn(
 /// The run loop's state: which runs are in flight or due.
 struct Prefetcher {
     client: redis::Redis,
-    tx: mpsc::Sender<Incoming>,
+    tx: forward::Sender<Incoming>,
     done_tx: mpsc::UnboundedSender<RunKey>,
     schedule: Schedule,
     snapshots: Arc<Mutex<Snapshots>>,
@@ -271,14 +271,12 @@ impl Prefetcher {
                 .await
                 .map_err(|e| e.to_string())
                 .and_then(|mut replies| replies.pop().ok_or_else(|| "no reply".to_string()));
-            let _ = tx
-                .send(Incoming::Prefetched {
-                    adapter,
-                    read,
-                    reply,
-                    at: chrono::Utc::now(),
-                })
-                .await;
+            let _ = tx.send(Incoming::Prefetched {
+                adapter,
+                read,
+                reply,
+                at: chrono::Utc::now(),
+            });
         });
     }
 
@@ -294,27 +292,23 @@ impl Prefetcher {
             match result {
                 Ok(replies) => {
                     for (read, reply) in replies {
-                        let _ = tx
-                            .send(Incoming::Prefetched {
-                                adapter: *adapter,
-                                read,
-                                reply: Ok(reply),
-                                at,
-                            })
-                            .await;
+                        let _ = tx.send(Incoming::Prefetched {
+                            adapter: *adapter,
+                            read,
+                            reply: Ok(reply),
+                            at,
+                        });
                     }
                 }
                 Err(e) => {
                     if let Some(first) = reads.first() {
                         let read = first_read(first);
-                        let _ = tx
-                            .send(Incoming::Prefetched {
-                                adapter: *adapter,
-                                read,
-                                reply: Err(e),
-                                at,
-                            })
-                            .await;
+                        let _ = tx.send(Incoming::Prefetched {
+                            adapter: *adapter,
+                            read,
+                            reply: Err(e),
+                            at,
+                        });
                     }
                 }
             }
@@ -422,7 +416,7 @@ async fn run(
     subscriber: SubscriberClient,
     client: redis::Redis,
     db: u32,
-    tx: mpsc::Sender<Incoming>,
+    tx: forward::Sender<Incoming>,
     link: SubscriptionLink,
     kick: Kick,
     metrics: Arc<Metrics>,
@@ -450,16 +444,8 @@ async fn run(
         warn!(error = %e, "Cannot subscribe to the read barrier channel; RQ retries may be undercounted.");
     }
     let _resubscribe = subscriber.manage_subscriptions();
-    // Events for the loop go through a task of their own: a busy loop never delays a prefetch.
-    let (forward_tx, mut forward_rx) = mpsc::unbounded_channel::<Incoming>();
-    let loop_tx = tx.clone();
-    tokio::spawn(async move {
-        while let Some(item) = forward_rx.recv().await {
-            if loop_tx.send(item).await.is_err() {
-                return;
-            }
-        }
-    });
+    // Events for the loop go into its queue, which never makes this thread wait.
+    let forward_tx = tx.clone();
     let mut reconnects = subscriber.reconnect_rx();
     let reconnect_tx = forward_tx.clone();
     tokio::spawn(async move {
@@ -605,7 +591,7 @@ async fn run(
 fn on_key_event(
     p: &mut Prefetcher,
     rules: &watch::Receiver<Arc<Subscriptions>>,
-    forward_tx: &mpsc::UnboundedSender<Incoming>,
+    forward_tx: &forward::Sender<Incoming>,
     metrics: &Metrics,
     ev: fred::types::KeyspaceEvent,
 ) {
