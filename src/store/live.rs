@@ -138,6 +138,12 @@ impl LiveTail {
         }
     }
 
+    /// After a change of the file that is not a batch (a housekeeping step).
+    pub fn end_commit(&self) {
+        let mut inner = self.write();
+        inner.generation += if inner.generation % 2 == 0 { 2 } else { 1 };
+    }
+
     /// After a commit (or after giving a batch up) of every round up to `round`, whose last
     /// transition is `max_seq` and whose tasks' written states are `written`: what the file now
     /// holds leaves the tail.

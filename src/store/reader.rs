@@ -89,6 +89,8 @@ impl std::fmt::Debug for StoreReader {
 struct Pool {
     /// What the writer folded but has not committed yet.
     live: Arc<LiveTail>,
+    /// The file's all-time counts and the live tail's generation they were read at.
+    file_counts: Mutex<Option<(u64, Stats)>>,
     /// Cloned to make new connections (never queried itself).
     template: Mutex<Connection>,
     idle: Mutex<Vec<Connection>>,
@@ -186,6 +188,7 @@ impl StoreReader {
         StoreReader {
             pool: Arc::new(Pool {
                 live,
+                file_counts: Mutex::new(None),
                 template: Mutex::new(template),
                 idle: Mutex::new(Vec::new()),
                 max_idle,
@@ -572,18 +575,60 @@ impl StoreReader {
     }
 
     /// Task counts by state and by broker, of the tasks updated since `since` (all when `None`).
+    ///
+    /// All time, it is answered from memory: the file's counts change only when the sink
+    /// commits (or housekeeping runs), so they are read once per commit and the live tail's
+    /// changes are added to them.
     pub async fn stats(&self, since: Option<DateTime<Utc>>) -> Result<Stats, StoreError> {
+        if since.is_none() {
+            if let Some(stats) = self.stats_from_memory() {
+                return Ok(stats);
+            }
+        }
+        let pool = self.pool.clone();
         self.with_conn_live("stats", move |conn, live| match since {
-            // All time: the file's counts moved on by the tail's uncommitted tasks.
-            None => live::merged(
-                live,
-                LiveTail::count_deltas,
-                || stats_in_file(conn, None),
-                add_count_deltas,
-            ),
+            // All time: the file's counts moved on by the tail's unwritten tasks.
+            None => {
+                let mut attempts = 0;
+                loop {
+                    let deltas = live.count_deltas();
+                    let file = stats_in_file(conn, None)?;
+                    attempts += 1;
+                    if live.unchanged_since(deltas.generation) {
+                        *pool
+                            .file_counts
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner) =
+                            Some((deltas.generation, file.clone()));
+                    } else if attempts < live::MAX_ATTEMPTS {
+                        live.wait_out_commit();
+                        continue;
+                    }
+                    return Ok(add_count_deltas(file, deltas.value));
+                }
+            }
             Some(_) => stats_in_file(conn, since),
         })
         .await
+    }
+
+    /// The all-time counts from the file's counts read at the current generation, if any.
+    fn stats_from_memory(&self) -> Option<Stats> {
+        let deltas = self.pool.live.count_deltas();
+        let cached = self
+            .pool
+            .file_counts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match &*cached {
+            Some((generation, file))
+                if self.pool.live.unchanged_since(*generation)
+                    && *generation == deltas.generation =>
+            {
+                Some(add_count_deltas(file.clone(), deltas.value))
+            }
+            _ => None,
+        }
     }
 
     /// Tasks of `broker` that may still move (queued, running, retried, abandoned), most

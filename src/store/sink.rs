@@ -234,7 +234,11 @@ impl Sink {
             tracing::debug_span!("store_maintenance", step = ?step, rows = tracing::field::Empty);
         let _entered = span.enter();
         let started = Instant::now();
-        let mut outcome = maintenance::run_step(&mut self.conn, step)?;
+        // Counts and rows change: readers holding the file's answers read again.
+        self.live.begin_commit();
+        let outcome = maintenance::run_step(&mut self.conn, step);
+        self.live.end_commit();
+        let mut outcome = outcome?;
         outcome.took = started.elapsed();
         span.record("rows", outcome.rows);
         Ok(outcome)
