@@ -239,6 +239,8 @@ impl Sink {
         let outcome = maintenance::run_step(&mut self.conn, step);
         self.live.end_commit();
         let mut outcome = outcome?;
+        // Deletions and compaction free large buffers: give them back.
+        super::writer::give_back_freed_memory();
         outcome.took = started.elapsed();
         span.record("rows", outcome.rows);
         Ok(outcome)
