@@ -18,7 +18,9 @@ use super::live::LiveTail;
 use super::maintenance::{self, Step, StepOutcome};
 use super::rows::{opt_text, read_task, task_params, Ts};
 use super::schema::{id_text_sql, uid_sql};
-use super::writer::{prefixed_task_columns, GroupSighting, Key, WorkerRow, WriterStats};
+use super::writer::{
+    prefixed_task_columns, GroupSighting, Key, WorkerRow, WriterCommand, WriterStats,
+};
 use super::StoreError;
 use broker_adapters::{Broker, QueueSample, Task, TaskState, Transition};
 use chrono::{DateTime, Utc};
@@ -29,7 +31,6 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 
 /// What one fold round changed, in the order it happened.
 #[derive(Default)]
@@ -56,16 +57,9 @@ pub(super) enum SinkItem {
         keys: Vec<Key>,
         reply: SyncSender<Result<HashMap<Key, Task>, StoreError>>,
     },
-    /// Answered once everything sent before is written (or dropped after a failure).
-    Flush(oneshot::Sender<()>),
-    Maintain {
-        step: Step,
-        reply: oneshot::Sender<Result<StepOutcome, StoreError>>,
-    },
-    Audit {
-        entry: super::audit::NewAuditEntry,
-        reply: oneshot::Sender<Result<super::audit::AuditEntry, StoreError>>,
-    },
+    /// A flush, housekeeping step or audit entry ([`WriterCommand`]'s other variants are never
+    /// sent here): run, and answered, after everything sent before is written.
+    Barrier(WriterCommand),
 }
 
 /// Batches received and not yet written, merged.
@@ -164,15 +158,21 @@ impl Sink {
                     // The fold thread waits for it; it is gone only when shutting down.
                     let _ = reply.send(self.lookup(&keys));
                 }
-                SinkItem::Flush(ack) => {
+                // The caller may have stopped waiting (shutdown); the work is done anyway.
+                SinkItem::Barrier(WriterCommand::Flush(ack)) => {
                     let _ = ack.send(());
                 }
-                SinkItem::Maintain { step, reply } => {
+                SinkItem::Barrier(WriterCommand::Maintain { step, reply }) => {
                     let _ = reply.send(self.maintain(&step));
                 }
-                SinkItem::Audit { entry, reply } => {
+                SinkItem::Barrier(WriterCommand::Audit { entry, reply }) => {
                     let _ = reply.send(super::audit::append(&self.conn, entry));
                 }
+                SinkItem::Barrier(
+                    WriterCommand::Observations(_)
+                    | WriterCommand::QueueSamples(_)
+                    | WriterCommand::Sweep { .. },
+                ) => {}
             }
         }
         self.write_pending(pending);

@@ -439,24 +439,18 @@ impl Writer {
 
     /// Sends a flush, housekeeping step or audit entry to the sink.
     fn forward(&mut self, cmd: WriterCommand) {
-        let item = match cmd {
-            WriterCommand::Flush(ack) => SinkItem::Flush(ack),
-            WriterCommand::Maintain { step, reply } => {
-                if let Step::DeleteTasks { from, to } = &step {
-                    let running = &self.running;
-                    self.cache.retain(|key, task| {
-                        running.contains(key) || task.updated_at < *from || task.updated_at >= *to
-                    });
-                }
-                SinkItem::Maintain { step, reply }
-            }
-            WriterCommand::Audit { entry, reply } => SinkItem::Audit { entry, reply },
-            WriterCommand::Observations(_)
-            | WriterCommand::QueueSamples(_)
-            | WriterCommand::Sweep { .. } => return,
-        };
+        if let WriterCommand::Maintain {
+            step: Step::DeleteTasks { from, to },
+            ..
+        } = &cmd
+        {
+            let running = &self.running;
+            self.cache.retain(|key, task| {
+                running.contains(key) || task.updated_at < *from || task.updated_at >= *to
+            });
+        }
         // The sink is gone only after a panic: the caller's reply channel then says so.
-        let _ = self.sink.send(item);
+        let _ = self.sink.send(SinkItem::Barrier(cmd));
     }
 
     /// Folds one round, publishes it and hands it to the sink.
