@@ -98,12 +98,25 @@ const SCAN_COUNT: u32 = 1_000;
 const INCOMING_CAP: usize = 200_000;
 /// Incoming messages handled before the pending reads run.
 const INCOMING_BATCH: usize = 20_000;
-/// A batch of fewer messages than this waits [`INCOMING_LINGER`] for more, once.
+/// A batch of fewer messages than this waits [`incoming_linger`] for more, once.
 const LINGER_UNDER: usize = 64;
 /// How long a small batch waits for more messages before its reads run and its observations
-/// go to the store: a few ms of latency, against a fixed cost per batch paid per message when
-/// messages come one by one (measured on Celery's event stream).
-const INCOMING_LINGER: Duration = Duration::from_millis(5);
+/// go to the store (`TASKSCOPE_INGEST_LINGER_MS`, off by default): a few ms of latency, against
+/// a fixed cost per batch paid per message when messages come one by one (measured on Celery's
+/// event stream). Off because with 5 ms, two taskiq retries re-sent within those 5 ms were read
+/// in one batch and shown as one `retried` transition (`tests/taskiq.rs`
+/// `retry_with_intermediate_results_kept`, 4 failures in 6 runs): the taskiq adapter must count
+/// every re-send of one stream read before this can be on.
+fn incoming_linger() -> Option<Duration> {
+    static LINGER: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
+    *LINGER.get_or_init(|| {
+        std::env::var("TASKSCOPE_INGEST_LINGER_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|ms| *ms > 0)
+            .map(|ms| Duration::from_millis(ms.min(100)))
+    })
+}
 /// Read rounds (follow-ups of follow-ups) per batch before yielding to incoming messages.
 const MAX_READ_ROUNDS: usize = 64;
 /// The channel of the read barrier ([`Adapter::wants_read_barrier`]): a `PUBLISH` on it after a
@@ -919,7 +932,10 @@ impl Pipeline {
             }
             // A small batch waits a moment for more: what a batch costs besides its messages
             // (the reads' round trip, the hand-over to the store, the subscriptions check) is
-            // then shared by the messages of [`INCOMING_LINGER`], not paid per message.
+            // then shared by the messages of [`incoming_linger`], not paid per message.
+            let Some(linger) = incoming_linger() else {
+                break;
+            };
             if lingered || resync || handled >= LINGER_UNDER {
                 break;
             }
@@ -929,7 +945,7 @@ impl Pipeline {
             // with one read, instead of one wake-up, one `epoll_wait` and one `recv` per
             // message. A short async wait then lets the connection tasks read it and the
             // forwarders queue it.
-            std::thread::sleep(INCOMING_LINGER);
+            std::thread::sleep(linger);
             tokio::time::sleep(Duration::from_micros(200)).await;
             next = self.rx.try_recv();
             if next.is_none() {
