@@ -219,7 +219,7 @@ fn kill_9_mid_traffic_then_restart_rederives_every_final_state_from_redis() {
         "the traffic stopped before the crash"
     );
     let rounds_at_crash = rounds_done.load(Ordering::SeqCst);
-    ts.kill(); // SIGKILL
+    ts.crash(); // SIGKILL at once
 
     // While it is down: the round in progress ends and a whole round more runs.
     wait_for(

@@ -472,8 +472,25 @@ impl Taskscope {
         format!("{}{}", self.base_url, path)
     }
 
-    /// SIGKILL: a crash, nothing flushed on the way out.
+    /// SIGKILL once the history file holds everything taskscope has shown (`/healthz`
+    /// `store.unflushed` is 0; at most 10 s): a crash that falls between two writes of the file.
+    /// The file is written once per flush interval, so a kill right after a state was shown
+    /// would lose what only the file keeps (a Celery task's name); [`Self::crash`] is that case,
+    /// tested in `tests/crash_recovery.rs`.
     pub fn kill(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.is_some() && Instant::now() < deadline {
+            match self.try_get("/healthz") {
+                Ok((200, v)) if v["store"]["unflushed"] == 0 => break,
+                Ok(_) => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => break,
+            }
+        }
+        self.crash();
+    }
+
+    /// SIGKILL at once: a crash, nothing flushed on the way out.
+    pub fn crash(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -606,7 +623,7 @@ impl Drop for Taskscope {
                 tail(&self.log, 100)
             );
         }
-        self.kill();
+        self.crash();
     }
 }
 
