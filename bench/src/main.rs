@@ -8,6 +8,8 @@
 //! - [`store`]: `taskscope-bench store`, a generated history of N tasks
 //!   (`taskscope::store::synthetic`), its size on disk, the latency of every report and
 //!   task-list route of a real `taskscope serve` on it, and that server's peak memory.
+//! - [`fold_sink`]: `taskscope-bench fold-sink`, the CPU of the store's fold and sink threads
+//!   alone, in process.
 //! - [`usage`]: CPU seconds and peak RSS of a child, from `/proc`.
 //!
 //! Both commands run the `taskscope` binary they are given (`--taskscope`), by default the one
@@ -19,6 +21,7 @@
 // Tooling: the benchmarks talk to Redis and read DuckDB files directly (clippy.toml).
 #![allow(clippy::disallowed_types)]
 
+mod fold_sink;
 mod load;
 mod observe;
 mod store;
@@ -49,6 +52,9 @@ enum Command {
     /// Generate a history of N tasks in DuckDB, then time every report and task-list route of
     /// a `taskscope serve` on it (p50/p95), and report bytes per task and the server's peak RSS.
     Store(Box<store::StoreBenchArgs>),
+    /// The CPU of the store's fold and sink threads alone, in this process, on Celery-like
+    /// lifecycles written one flush per step.
+    FoldSink(Box<fold_sink::FoldSinkArgs>),
 }
 
 fn main() -> ExitCode {
@@ -60,9 +66,19 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if let Command::FoldSink(args) = cli.command {
+        return match fold_sink::run(*args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("taskscope-bench: {e:#}");
+                ExitCode::from(1)
+            }
+        };
+    }
     let outcome = taskscope_binary(cli.taskscope).and_then(|exe| match cli.command {
         Command::Store(args) => store::run(&exe, *args),
         Command::Load(args) => run_load(exe, *args),
+        Command::FoldSink(_) => Ok(()),
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
