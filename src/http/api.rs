@@ -219,7 +219,7 @@ pub async fn events(
         Ok(match item {
             Ok(ev) => Event::default()
                 .event("transition")
-                .json_data(&ev.task)
+                .json_data(ev.task.as_ref())
                 .unwrap_or_else(|_| Event::default().event("error")),
             Err(BroadcastStreamRecvError::Lagged(n)) => {
                 Event::default().event("lagged").data(n.to_string())

@@ -109,7 +109,7 @@ async fn fixture_and_state(options: Options) -> (Fixture, AppState) {
                 detail: None,
                 fingerprint: None,
             },
-            task: task.clone(),
+            task: std::sync::Arc::new(task.clone()),
         });
     }
     let state = AppState::new(

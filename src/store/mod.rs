@@ -45,6 +45,8 @@ mod rows;
 mod schema;
 mod seen;
 mod sink;
+#[cfg(test)]
+mod sink_tests;
 pub mod synthetic;
 #[cfg(test)]
 mod tests;

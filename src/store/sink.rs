@@ -9,15 +9,17 @@
 //! pending set; if it fails again its observations are counted as dropped (the live view has
 //! shown them; the file will not hold them).
 //!
-//! A task written for the first time takes the next task number; a changed task's stored row is
-//! found by its key within the `updated_at` range of the stored versions (tasks have no index:
-//! zone maps skip the other row groups), deleted, and the new version appended with the same
-//! number. Transitions are appended with their task's number.
+//! A task written for the first time takes the next task number (counted here); a changed
+//! task's stored row is found by its key within the `updated_at` ranges of the stored versions
+//! (tasks have no index: zone maps skip the other row groups) and deleted in one statement per
+//! range, which returns its number and state; the new version is appended with the same number.
+//! Transitions are appended with their task's number, and the task counts move by what was
+//! deleted and appended: no staging table, no join, one scan of what the ranges hold.
 
 use super::live::LiveTail;
 use super::maintenance::{self, Step, StepOutcome};
 use super::rows::{opt_text, read_task, task_params, Ts};
-use super::schema::{id_text_sql, uid_sql};
+use super::schema::uid_sql;
 use super::writer::{
     prefixed_task_columns, GroupSighting, Key, WorkerRow, WriterCommand, WriterStats,
 };
@@ -26,6 +28,7 @@ use broker_adapters::{Broker, QueueSample, Task, TaskState, Transition};
 use chrono::{DateTime, Utc};
 use duckdb::types::Value as DbValue;
 use duckdb::Connection;
+use md5::Digest;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
@@ -124,6 +127,9 @@ pub(super) struct Sink {
     pub live: Arc<LiveTail>,
     pub stats: Arc<WriterStats>,
     pub flush_interval: Duration,
+    /// The number the next new task takes: one more than the highest stored when the store
+    /// opened (only the sink numbers tasks), moved on by each committed write.
+    pub next_num: i64,
 }
 
 impl Sink {
@@ -203,7 +209,8 @@ impl Sink {
         }
         let s = &self.stats;
         match result {
-            Ok(()) => {
+            Ok(next_num) => {
+                self.next_num = next_num;
                 s.batches.fetch_add(1, Ordering::Relaxed);
                 s.transitions_written
                     .fetch_add(pending.transitions.len() as u64, Ordering::Relaxed);
@@ -281,103 +288,67 @@ impl Sink {
         Ok(loaded)
     }
 
-    /// Writes the pending set in one transaction.
-    fn write(&mut self, out: &Pending) -> Result<(), StoreError> {
+    /// Writes the pending set in one transaction; returns the next free task number.
+    fn write(&mut self, out: &Pending) -> Result<i64, StoreError> {
         let tx = self.conn.transaction()?;
+        let mut next_num = self.next_num;
+        // The number of every task of the set: its stored row's, or the next free one.
+        let mut nums: HashMap<(Broker, &str), i64> = HashMap::with_capacity(out.tasks.len());
         if !out.tasks.is_empty() {
-            let mut range: Option<(DateTime<Utc>, DateTime<Utc>)> = None;
+            // The stored rows of the tasks that have one: deleted, their number and state kept.
+            let stored = delete_stored_rows(&tx, out)?;
+            let mut counts: HashMap<(Broker, TaskState), i64> = HashMap::new();
+            for ((broker, _), (_, state)) in &stored {
+                *counts.entry((*broker, *state)).or_insert(0) -= 1;
+            }
             {
-                let mut app = tx.appender("staging_tasks")?;
-                for (task, prev) in out.tasks.values() {
-                    if let Some(p) = *prev {
-                        range = Some(range.map_or((p, p), |(lo, hi)| (lo.min(p), hi.max(p))));
-                    }
-                    let mut row: Vec<DbValue> = task_params(task).into();
-                    row.extend([super::rows::opt_ts(*prev), DbValue::Null, DbValue::Null]);
-                    app.append_row(duckdb::appender_params_from_iter(row))?;
+                let mut app = tx.appender("task_rows")?;
+                for (task, _) in out.tasks.values() {
+                    let num = match stored.get(&(task.broker, task.id.as_str())) {
+                        Some((num, _)) => *num,
+                        None => {
+                            next_num += 1;
+                            next_num - 1
+                        }
+                    };
+                    nums.insert((task.broker, task.id.as_str()), num);
+                    *counts.entry((task.broker, task.state)).or_insert(0) += 1;
+                    app.append_row(duckdb::appender_params_from_iter(task_row(num, task)))?;
                 }
                 app.flush()?;
             }
-            if let Some((lo, hi)) = range {
-                // Stored times are whole microseconds: `hi` rounded up keeps its row in range.
-                let hi = hi + chrono::Duration::microseconds(1);
-                tx.execute(
-                    &format!(
-                        "UPDATE staging_tasks s SET num = r.num, prev_state = r.state
-                         FROM task_rows r
-                         WHERE r.updated_at >= ? AND r.updated_at < ?
-                           AND r.broker = s.broker AND r.uid = {}",
-                        uid_sql("s.id")
-                    ),
-                    duckdb::params![Ts(lo), Ts(hi)],
-                )?;
-                tx.execute(
-                    "DELETE FROM task_rows
-                     WHERE updated_at >= ? AND updated_at < ?
-                       AND num IN (SELECT num FROM staging_tasks WHERE num IS NOT NULL)",
-                    duckdb::params![Ts(lo), Ts(hi)],
-                )?;
+            let mut stmt = tx.prepare(
+                "INSERT INTO task_counts VALUES (?, ?, ?)
+                 ON CONFLICT (broker, state) DO UPDATE SET n = task_counts.n + excluded.n",
+            )?;
+            for ((broker, state), n) in counts {
+                if n != 0 {
+                    stmt.execute(duckdb::params![broker.as_str(), state.as_str(), n])?;
+                }
             }
-            tx.execute_batch(&format!(
-                "UPDATE staging_tasks SET num = nextval('task_num') WHERE num IS NULL;
-                 INSERT INTO task_rows (num, broker, uid, id_text, queue, name, state, args,
-                                        kwargs, result, error, traceback, retries, worker, eta,
-                                        enqueued_at, started_at, finished_at, runtime_ms,
-                                        updated_at, fingerprint)
-                 SELECT num, broker, {}, {}, queue, name, state, args, kwargs, result, error,
-                        traceback, retries, worker, eta, enqueued_at, started_at, finished_at,
-                        runtime_ms, updated_at, fingerprint
-                 FROM staging_tasks;
-                 INSERT INTO task_counts
-                 SELECT broker, state, sum(d) FROM (
-                     SELECT broker, state, 1 AS d FROM staging_tasks
-                     UNION ALL
-                     SELECT broker, prev_state, -1 FROM staging_tasks WHERE prev_state IS NOT NULL)
-                 GROUP BY ALL HAVING sum(d) <> 0
-                 ON CONFLICT (broker, state) DO UPDATE SET n = task_counts.n + excluded.n;",
-                uid_sql("id"),
-                id_text_sql("id")
-            ))?;
         }
         if !out.transitions.is_empty() {
-            {
-                let mut app = tx.appender("staging_transitions")?;
-                for (seq, t) in &out.transitions {
-                    app.append_row([
-                        DbValue::Text(t.broker.as_str().to_string()),
-                        DbValue::Text(t.task_id.clone()),
-                        DbValue::Text(t.state.as_str().to_string()),
-                        super::rows::opt_ts(Some(t.at)),
-                        opt_text(&t.worker),
-                        opt_text(&t.detail),
-                        DbValue::BigInt(*seq),
-                        opt_text(&t.fingerprint),
-                    ])?;
-                }
-                app.flush()?;
+            let mut app = tx.appender("transitions")?;
+            for (seq, t) in &out.transitions {
+                // Every transition's task changed, so it is in the set with its number.
+                let Some(num) = nums.get(&(t.broker, t.task_id.as_str())) else {
+                    return Err(StoreError::Corrupt(format!(
+                        "a transition of task {:?} without its task in the batch",
+                        t.task_id
+                    )));
+                };
+                app.append_row([
+                    DbValue::Text(t.broker.as_str().to_string()),
+                    DbValue::BigInt(*num),
+                    DbValue::Text(t.state.as_str().to_string()),
+                    super::rows::opt_ts(Some(t.at)),
+                    opt_text(&t.worker),
+                    opt_text(&t.detail),
+                    DbValue::BigInt(*seq),
+                    opt_text(&t.fingerprint),
+                ])?;
             }
-            // Every transition's task changed, so it is in `staging_tasks` with its number.
-            let written = tx.execute(
-                "INSERT INTO transitions (broker, task_num, state, occurred_at, worker, detail,
-                                          seq, fingerprint)
-                 SELECT t.broker, k.num, t.state, t.occurred_at, t.worker, t.detail, t.seq,
-                        t.fingerprint
-                 FROM staging_transitions t
-                 JOIN staging_tasks k ON k.broker = t.broker AND k.id = t.task_id
-                 ORDER BY t.seq",
-                [],
-            )?;
-            if written != out.transitions.len() {
-                return Err(StoreError::Corrupt(format!(
-                    "{} of {} transitions found their task in the batch",
-                    written,
-                    out.transitions.len()
-                )));
-            }
-            tx.execute("DELETE FROM staging_transitions", [])?;
-        }
-        if !out.tasks.is_empty() {
-            tx.execute("DELETE FROM staging_tasks", [])?;
+            app.flush()?;
         }
         if !out.groups.is_empty() {
             let mut stmt = tx.prepare(
@@ -454,7 +425,7 @@ impl Sink {
             }
         }
         tx.commit()?;
-        Ok(())
+        Ok(next_num)
     }
 }
 
@@ -468,4 +439,129 @@ fn sample_params(s: &QueueSample) -> [DbValue; 7] {
         DbValue::UBigInt(s.dead),
         DbValue::UBigInt(s.running),
     ]
+}
+
+/// The number and stored state of each task of a set whose row was deleted, by the set's key.
+type StoredRows<'a> = HashMap<(Broker, &'a str), (i64, TaskState)>;
+
+/// Deletes the stored rows of the set's tasks that have one (`prev` known), each searched
+/// within a few `updated_at` ranges around the stored versions' times; returns each found
+/// task's number and stored state, keyed by the set's own key.
+fn delete_stored_rows<'a>(
+    tx: &duckdb::Transaction<'_>,
+    out: &'a Pending,
+) -> Result<StoredRows<'a>, StoreError> {
+    let mut stored = HashMap::new();
+    let times: Vec<i64> = out
+        .tasks
+        .values()
+        .filter_map(|(_, prev)| prev.map(|p| p.timestamp_micros()))
+        .collect();
+    if times.is_empty() {
+        return Ok(stored);
+    }
+    {
+        let mut app = tx.appender("lookup_keys")?;
+        for ((broker, id), _) in out.tasks.iter().filter(|(_, (_, prev))| prev.is_some()) {
+            app.append_row([broker.as_str(), id.as_str()])?;
+        }
+        app.flush()?;
+    }
+    {
+        let mut stmt = tx.prepare(&format!(
+            "DELETE FROM task_rows USING lookup_keys k
+             WHERE task_rows.updated_at >= ? AND task_rows.updated_at < ?
+               AND task_rows.broker = k.broker AND task_rows.uid = {}
+             RETURNING task_rows.num, task_rows.broker,
+                       coalesce(task_rows.id_text, task_rows.uid::VARCHAR), task_rows.state",
+            uid_sql("k.id")
+        ))?;
+        for (lo, hi) in time_ranges(times) {
+            let mut rows = stmt.query([
+                DbValue::Timestamp(duckdb::types::TimeUnit::Microsecond, lo),
+                DbValue::Timestamp(duckdb::types::TimeUnit::Microsecond, hi),
+            ])?;
+            while let Some(row) = rows.next()? {
+                let num: i64 = row.get(0)?;
+                let broker = super::rows::parse_broker(&row.get::<_, String>(1)?)?;
+                let id: String = row.get(2)?;
+                let state = super::rows::parse_state(&row.get::<_, String>(3)?)?;
+                if let Some(((b, id), _)) = out.tasks.get_key_value(&(broker, id)) {
+                    stored.insert((*b, id.as_str()), (num, state));
+                }
+            }
+        }
+    }
+    tx.execute("DELETE FROM lookup_keys", [])?;
+    Ok(stored)
+}
+
+/// Two stored versions further apart than this are searched in separate ranges (a retried
+/// task stored an hour ago must not make the search scan the hour).
+const RANGE_GAP_MICROS: i64 = 60 * 1_000_000;
+/// Ranges searched at most (one statement each): the closest are merged beyond.
+const MAX_RANGES: usize = 8;
+
+/// `[lo, hi)` ranges (microseconds) holding every one of `times`: clusters of times closer
+/// than [`RANGE_GAP_MICROS`], at most [`MAX_RANGES`] of them.
+pub(super) fn time_ranges(mut times: Vec<i64>) -> Vec<(i64, i64)> {
+    times.sort_unstable();
+    times.dedup();
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for t in times {
+        match ranges.last_mut() {
+            Some(last) if t - last.1 <= RANGE_GAP_MICROS => last.1 = t,
+            _ => ranges.push((t, t)),
+        }
+    }
+    while ranges.len() > MAX_RANGES {
+        let Some(i) = (1..ranges.len()).min_by_key(|&i| ranges[i].0 - ranges[i - 1].1) else {
+            break;
+        };
+        ranges[i - 1].1 = ranges[i].1;
+        ranges.remove(i);
+    }
+    // Stored times are whole microseconds: the end bound is exclusive.
+    ranges
+        .into_iter()
+        .map(|(lo, hi)| (lo, hi.saturating_add(1)))
+        .collect()
+}
+
+/// A task as a row of `task_rows` (its columns in table order), numbered `num`.
+fn task_row(num: i64, task: &Task) -> Vec<DbValue> {
+    let (uid, id_text) = task_uid(&task.id);
+    let mut row = Vec::with_capacity(21);
+    row.push(DbValue::BigInt(num));
+    let mut params = task_params(task).into_iter();
+    row.extend(params.next()); // broker
+    params.next(); // id: as uid and id_text
+    row.push(DbValue::Text(uid));
+    row.push(id_text.map_or(DbValue::Null, DbValue::Text));
+    row.extend(params);
+    row
+}
+
+/// The 16-byte key of a task id as UUID text, and the id text kept beside it (`None` when the
+/// key gives it back): the id itself when it is a canonical lower-case UUID, else the md5 of
+/// the text. The same as [`uid_sql`] and [`super::schema::id_text_sql`] compute in SQL.
+pub(super) fn task_uid(id: &str) -> (String, Option<String>) {
+    if is_canonical_uuid(id) {
+        return (id.to_string(), None);
+    }
+    let digest: [u8; 16] = md5::Md5::digest(id.as_bytes()).into();
+    (
+        uuid::Uuid::from_bytes(digest).hyphenated().to_string(),
+        Some(id.to_string()),
+    )
+}
+
+/// Whether `id` reads back unchanged through DuckDB's `UUID` type: 8-4-4-4-12 lower-case hex.
+fn is_canonical_uuid(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 36
+        && b.iter().enumerate().all(|(i, c)| match i {
+            8 | 13 | 18 | 23 => *c == b'-',
+            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
+        })
 }

@@ -74,8 +74,9 @@ pub enum WriterCommand {
 /// [`StoreWriter::subscribe`]rs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TransitionEvent {
-    /// The task right after this transition.
-    pub task: Task,
+    /// The task right after this transition (shared with the fold thread's cache, the live
+    /// tail and the sink when it is the round's last version of the task).
+    pub task: Arc<Task>,
     pub transition: Transition,
 }
 
@@ -203,11 +204,17 @@ pub(super) fn start(
     };
     writer.load(&conn)?;
     give_back_freed_memory();
+    // Tasks are numbered after the highest stored number, in order of first write.
+    let next_num: i64 =
+        conn.query_row("SELECT coalesce(max(num), 0) + 1 FROM task_rows", [], |r| {
+            r.get(0)
+        })?;
     let sink = Sink {
         conn,
         live,
         stats: stats.clone(),
         flush_interval: opts.flush_interval,
+        next_num,
     };
     let sink_handle = std::thread::Builder::new()
         .name("taskscope-sink".into())
@@ -265,8 +272,8 @@ struct Writer {
 #[derive(Default)]
 struct Outcome {
     /// The last version of every changed task, with the state and time of its version before
-    /// the round (`None`: new).
-    tasks: HashMap<Key, (Task, Option<Prior>)>,
+    /// the round (`None`: new). Shared with the round's events.
+    tasks: HashMap<Key, (Arc<Task>, Option<Prior>)>,
     /// Transitions with their `seq`.
     transitions: Vec<(i64, Transition)>,
     /// The task right after each transition, for subscribers.
@@ -296,27 +303,11 @@ const MAX_COMMANDS: usize = 10_000;
 impl Writer {
     /// Loads what the writer keeps in memory: running tasks, workers, the transition sequence.
     fn load(&mut self, conn: &Connection) -> Result<(), StoreError> {
-        // Staging for upserts: appending here and `INSERT OR REPLACE ... SELECT` is ~60x faster
-        // than multi-row `INSERT ... ON CONFLICT DO UPDATE` with bound values (measured: 50k
-        // tasks in 0.6 s vs 14 s).
-        // `prev_updated_at`: the stored version's time (from memory), which bounds the search for
-        // the row it replaces (tasks have no index: zone maps on `updated_at` find it);
-        // `num` and `prev_state` are filled from that row.
-        let next_num: i64 =
-            conn.query_row("SELECT coalesce(max(num), 0) + 1 FROM task_rows", [], |r| {
-                r.get(0)
-            })?;
-        conn.execute_batch(&format!(
-            "CREATE TEMP TABLE IF NOT EXISTS staging_tasks AS
-                 SELECT {TASK_COLUMNS}, NULL::TIMESTAMP AS prev_updated_at, NULL::BIGINT AS num,
-                        NULL::VARCHAR AS prev_state
-                 FROM tasks LIMIT 0;
-             CREATE TEMP TABLE IF NOT EXISTS staging_transitions (
-                 broker VARCHAR, task_id VARCHAR, state VARCHAR, occurred_at TIMESTAMP,
-                 worker VARCHAR, detail VARCHAR, seq BIGINT, fingerprint VARCHAR);
-             CREATE TEMP TABLE IF NOT EXISTS lookup_keys (broker VARCHAR, id VARCHAR);
-             CREATE OR REPLACE TEMP SEQUENCE task_num START WITH {next_num};"
-        ))?;
+        // The keys the sink looks up (tasks not in memory) or replaces (their stored rows),
+        // appended here and joined: one scan finds them all.
+        conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS lookup_keys (broker VARCHAR, id VARCHAR);",
+        )?;
         let running = {
             let mut stmt = conn.prepare(&format!(
                 "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running'"
@@ -489,7 +480,8 @@ impl Writer {
         if let Some((seq, _)) = out.transitions.last() {
             self.next_seq = seq + 1;
         }
-        // One shared copy of each changed task for the cache, the live tail and the sink.
+        // One shared copy of each changed task for the cache, the live tail, the sink and the
+        // round's last event of the task.
         let mut tasks: HashMap<Key, (Arc<Task>, Option<Prior>)> =
             HashMap::with_capacity(out.tasks.len());
         for (key, (task, prior)) in out.tasks {
@@ -502,7 +494,6 @@ impl Writer {
             if task.state.is_final() {
                 self.finished.push_back(key.clone());
             }
-            let task = Arc::new(task);
             self.cache.insert(key.clone(), task.clone());
             tasks.insert(key, (task, prior));
         }
@@ -616,7 +607,8 @@ impl Writer {
     fn fold_task(&self, out: &mut Outcome, loaded: &HashMap<Key, Task>, obs: &TaskObservation) {
         let key = (obs.broker, obs.task_id.clone());
         let (current, prior, changed_earlier) = match out.tasks.remove(&key) {
-            Some((task, prior)) => (Some(task), prior, true),
+            // Its event of this round holds it too: only then is it copied.
+            Some((task, prior)) => (Some(Arc::unwrap_or_clone(task)), prior, true),
             None => {
                 let current = match self.cache.get(&key) {
                     Some(task) => Some(Task::clone(task)),
@@ -644,16 +636,17 @@ impl Writer {
         if let (Some(at), Some(id)) = (seen_at, &applied.task.fingerprint) {
             see_group(out, id, &applied.task, at);
         }
+        let task = Arc::new(applied.task);
         if let Some(transition) = applied.transition {
             let seq = self.next_seq + out.transitions.len() as i64;
             out.transitions.push((seq, transition.clone()));
             out.events.push(TransitionEvent {
-                task: applied.task.clone(),
+                task: task.clone(),
                 transition,
             });
         }
         if applied.changed || changed_earlier {
-            out.tasks.insert(key, (applied.task, prior));
+            out.tasks.insert(key, (task, prior));
         }
     }
 
@@ -682,7 +675,7 @@ impl Writer {
             out.tasks
                 .values()
                 .filter(|(t, _)| t.state == TaskState::Running)
-                .map(|(t, _)| t.clone()),
+                .map(|(t, _)| Task::clone(t)),
         );
         running
     }

@@ -232,7 +232,7 @@ async fn metrics_labels_are_capped_in_number_and_length() {
                 detail: None,
                 fingerprint: None,
             },
-            task,
+            task: std::sync::Arc::new(task),
         });
     }
     let (f, state) = fixture_and_state(Options {
@@ -472,7 +472,7 @@ async fn wait_histograms_fold_queues_past_the_label_cap_into_other() {
                 detail: None,
                 fingerprint: None,
             },
-            task,
+            task: std::sync::Arc::new(task),
         });
     }
     let f = fixture_with(Options {
