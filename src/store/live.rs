@@ -52,6 +52,7 @@ pub(super) struct LiveTail {
 
 /// One task a fold round changed, for [`LiveTail::put_round`].
 pub(super) struct TailChange<'a> {
+    pub key: &'a Key,
     pub task: &'a Arc<Task>,
     /// The state of the version before the round (`None`: a new task). Used only when the
     /// task enters the tail: that version is then the one in the file.
@@ -104,14 +105,22 @@ impl LiveTail {
     ) {
         let mut inner = self.write();
         for change in changes {
-            let key = (change.task.broker, change.task.id.clone());
-            let entry = inner.tasks.entry(key).or_insert_with(|| TailTask {
-                task: Arc::clone(change.task),
-                stored_state: change.prior_state,
-                transitions: Vec::new(),
-                seqs: Vec::new(),
-                round,
-            });
+            // The key is cloned only for a task new to the tail.
+            if !inner.tasks.contains_key(change.key) {
+                inner.tasks.insert(
+                    change.key.clone(),
+                    TailTask {
+                        task: Arc::clone(change.task),
+                        stored_state: change.prior_state,
+                        transitions: Vec::new(),
+                        seqs: Vec::new(),
+                        round,
+                    },
+                );
+            }
+            let Some(entry) = inner.tasks.get_mut(change.key) else {
+                continue;
+            };
             entry.task = Arc::clone(change.task);
             entry.round = round;
             for (seq, t) in change.transitions {
@@ -145,16 +154,16 @@ impl LiveTail {
     }
 
     /// After a commit (or after giving a batch up) of every round up to `round`, whose last
-    /// transition is `max_seq` and whose tasks' written states are `written`: what the file now
-    /// holds leaves the tail.
-    pub fn written(&self, round: u64, max_seq: i64, written: &HashMap<Key, TaskState>) {
+    /// transition is `max_seq` and whose tasks' written states `written` tells: what the file
+    /// now holds leaves the tail.
+    pub fn written(&self, round: u64, max_seq: i64, written: impl Fn(&Key) -> Option<TaskState>) {
         let mut inner = self.write();
         inner.tasks.retain(|key, t| {
             if t.round <= round {
                 return false;
             }
-            if let Some(state) = written.get(key) {
-                t.stored_state = Some(*state);
+            if let Some(state) = written(key) {
+                t.stored_state = Some(state);
             }
             let keep_from = t.seqs.iter().take_while(|s| **s <= max_seq).count();
             t.seqs.drain(..keep_from);
@@ -291,10 +300,15 @@ mod tests {
     #[test]
     fn a_commit_of_earlier_rounds_keeps_what_later_rounds_changed() {
         let tail = LiveTail::default();
+        let (key_a, key_b) = (
+            (Broker::Celery, "a".to_string()),
+            (Broker::Celery, "b".to_string()),
+        );
         let queued = task("a", TaskState::Queued, 0);
         tail.put_round(
             1,
             [TailChange {
+                key: &key_a,
                 task: &queued,
                 prior_state: None,
                 transitions: vec![(1, transition(&queued))],
@@ -307,11 +321,13 @@ mod tests {
             2,
             [
                 TailChange {
+                    key: &key_a,
                     task: &running,
                     prior_state: Some(TaskState::Queued),
                     transitions: vec![(2, transition(&running))],
                 },
                 TailChange {
+                    key: &key_b,
                     task: &other,
                     prior_state: None,
                     transitions: vec![(3, transition(&other))],
@@ -326,7 +342,7 @@ mod tests {
             "mid-commit is never stable"
         );
         let written = HashMap::from([((Broker::Celery, "a".to_string()), TaskState::Queued)]);
-        tail.written(1, 1, &written);
+        tail.written(1, 1, |k| written.get(k).copied());
         assert!(tail.unchanged_since(tail.generation()));
         assert_eq!(tail.generation(), before + 2);
         let a = tail.tasks_with_id("a").value;
@@ -340,7 +356,7 @@ mod tests {
         assert_eq!(deltas.get(&(Broker::Celery, TaskState::Running)), Some(&1));
         // Round 2 written: the tail is empty.
         tail.begin_commit();
-        tail.written(2, 3, &HashMap::new());
+        tail.written(2, 3, |_| None);
         assert!(tail.tasks_with_id("a").value.is_empty());
         assert!(tail.tasks_with_id("b").value.is_empty());
     }

@@ -28,12 +28,15 @@ use broker_adapters::{Broker, QueueSample, Task, TaskState, Transition};
 use chrono::{DateTime, Utc};
 use duckdb::types::Value as DbValue;
 use duckdb::Connection;
+use foldhash::{HashMap, HashMapExt, HashSet};
 use md5::Digest;
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A task's last version and the `updated_at` of its version in the file (`None`: it has none).
+pub(super) type Versions = (Arc<Task>, Option<DateTime<Utc>>);
 
 /// What one fold round changed, in the order it happened.
 #[derive(Default)]
@@ -41,8 +44,8 @@ pub(super) struct Batch {
     /// The fold round's number (increasing).
     pub round: u64,
     /// The last version of every changed task, with the `updated_at` of the version before the
-    /// round (`None`: a new task).
-    pub tasks: HashMap<Key, (Arc<Task>, Option<DateTime<Utc>>)>,
+    /// round (`None`: a new task); each task once.
+    pub tasks: Vec<(Key, Versions)>,
     /// Transitions with their `seq`, in order.
     pub transitions: Vec<(i64, Transition)>,
     pub workers: HashMap<Key, WorkerRow>,
@@ -71,7 +74,7 @@ struct Pending {
     /// Up to which round.
     round: u64,
     /// The last version of each task, and the `updated_at` of its version in the file.
-    tasks: HashMap<Key, (Arc<Task>, Option<DateTime<Utc>>)>,
+    tasks: HashMap<Key, Versions>,
     transitions: Vec<(i64, Transition)>,
     workers: HashMap<Key, WorkerRow>,
     samples: Vec<QueueSample>,
@@ -222,13 +225,10 @@ impl Sink {
                     "store batch failed twice; its observations are dropped from the file");
             }
         }
-        let written: HashMap<Key, TaskState> = pending
-            .tasks
-            .iter()
-            .map(|(k, (t, _))| (k.clone(), t.state))
-            .collect();
         let max_seq = pending.transitions.last().map_or(i64::MIN, |(s, _)| *s);
-        self.live.written(pending.round, max_seq, &written);
+        self.live.written(pending.round, max_seq, |key| {
+            pending.tasks.get(key).map(|(t, _)| t.state)
+        });
         // The fold thread added them before sending them here.
         s.unflushed
             .fetch_sub(pending.observations, Ordering::Relaxed);

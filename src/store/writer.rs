@@ -33,7 +33,10 @@ use broker_adapters::{
 };
 use chrono::{DateTime, Utc};
 use duckdb::Connection;
-use std::collections::{HashMap, HashSet, VecDeque};
+// foldhash (seeded per process): keys come from Redis, so not an unseeded hash; SipHash was a
+// tenth of the fold thread's CPU.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -271,9 +274,8 @@ struct Writer {
 /// What one round changes.
 #[derive(Default)]
 struct Outcome {
-    /// The last version of every changed task, with the state and time of its version before
-    /// the round (`None`: new). Shared with the round's events.
-    tasks: HashMap<Key, (Arc<Task>, Option<Prior>)>,
+    /// Every changed task.
+    tasks: HashMap<Key, Changed>,
     /// Transitions with their `seq`.
     transitions: Vec<(i64, Transition)>,
     /// The task right after each transition, for subscribers.
@@ -287,6 +289,16 @@ struct Outcome {
 
 /// A task's state and `updated_at` before a round changed it.
 type Prior = (TaskState, DateTime<Utc>);
+
+/// A task a round changed.
+struct Changed {
+    /// Its last version (shared with the round's last event of the task).
+    task: Arc<Task>,
+    /// The state and time of its version before the round (`None`: new).
+    prior: Option<Prior>,
+    /// Its transitions of the round with their `seq`, for the live tail.
+    transitions: Vec<(i64, Transition)>,
+}
 
 /// A failure group as one batch saw it (upserted into `failure_groups`).
 pub(super) struct GroupSighting {
@@ -482,9 +494,14 @@ impl Writer {
         }
         // One shared copy of each changed task for the cache, the live tail, the sink and the
         // round's last event of the task.
-        let mut tasks: HashMap<Key, (Arc<Task>, Option<Prior>)> =
-            HashMap::with_capacity(out.tasks.len());
-        for (key, (task, prior)) in out.tasks {
+        let mut tasks = Vec::with_capacity(out.tasks.len());
+        let mut transitions = Vec::with_capacity(out.tasks.len());
+        for (key, changed) in out.tasks {
+            let Changed {
+                task,
+                prior,
+                transitions: of_task,
+            } = changed;
             self.seen.insert(&key);
             if task.state == TaskState::Running {
                 self.running.insert(key.clone());
@@ -495,22 +512,20 @@ impl Writer {
                 self.finished.push_back(key.clone());
             }
             self.cache.insert(key.clone(), task.clone());
-            tasks.insert(key, (task, prior));
-        }
-        let mut per_task: HashMap<&Key, Vec<(i64, Transition)>> = HashMap::new();
-        for (seq, t) in &out.transitions {
-            // Every transition's task changed: it is in `tasks`.
-            if let Some((key, _)) = tasks.get_key_value(&(t.broker, t.task_id.clone())) {
-                per_task.entry(key).or_default().push((*seq, t.clone()));
-            }
+            tasks.push((key, (task, prior)));
+            transitions.push(of_task);
         }
         self.live.put_round(
             round,
-            tasks.iter().map(|(key, (task, prior))| TailChange {
-                task,
-                prior_state: prior.map(|(state, _)| state),
-                transitions: per_task.remove(key).unwrap_or_default(),
-            }),
+            tasks
+                .iter()
+                .zip(transitions)
+                .map(|((key, (task, prior)), transitions)| TailChange {
+                    key,
+                    task,
+                    prior_state: prior.map(|(state, _)| state),
+                    transitions,
+                }),
             &out.samples,
         );
         let tasks = tasks
@@ -606,16 +621,21 @@ impl Writer {
 
     fn fold_task(&self, out: &mut Outcome, loaded: &HashMap<Key, Task>, obs: &TaskObservation) {
         let key = (obs.broker, obs.task_id.clone());
-        let (current, prior, changed_earlier) = match out.tasks.remove(&key) {
+        let (current, prior, changed_earlier, mut transitions) = match out.tasks.remove(&key) {
             // Its event of this round holds it too: only then is it copied.
-            Some((task, prior)) => (Some(Arc::unwrap_or_clone(task)), prior, true),
+            Some(c) => (
+                Some(Arc::unwrap_or_clone(c.task)),
+                c.prior,
+                true,
+                c.transitions,
+            ),
             None => {
                 let current = match self.cache.get(&key) {
                     Some(task) => Some(Task::clone(task)),
                     None => loaded.get(&key).cloned(),
                 };
                 let prior = current.as_ref().map(|t| (t.state, t.updated_at));
-                (current, prior, false)
+                (current, prior, false, Vec::new())
             }
         };
         let before_fingerprint = current.as_ref().and_then(|t| t.fingerprint.clone());
@@ -640,13 +660,21 @@ impl Writer {
         if let Some(transition) = applied.transition {
             let seq = self.next_seq + out.transitions.len() as i64;
             out.transitions.push((seq, transition.clone()));
+            transitions.push((seq, transition.clone()));
             out.events.push(TransitionEvent {
                 task: task.clone(),
                 transition,
             });
         }
         if applied.changed || changed_earlier {
-            out.tasks.insert(key, (task, prior));
+            out.tasks.insert(
+                key,
+                Changed {
+                    task,
+                    prior,
+                    transitions,
+                },
+            );
         }
     }
 
@@ -674,8 +702,8 @@ impl Writer {
         running.extend(
             out.tasks
                 .values()
-                .filter(|(t, _)| t.state == TaskState::Running)
-                .map(|(t, _)| Task::clone(t)),
+                .filter(|c| c.task.state == TaskState::Running)
+                .map(|c| Task::clone(&c.task)),
         );
         running
     }
