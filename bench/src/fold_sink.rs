@@ -32,7 +32,35 @@ pub struct FoldSinkArgs {
     /// The DuckDB file (created; an existing one is opened and added to).
     #[arg(long, value_name = "PATH")]
     pub db: PathBuf,
+    /// Afterwards, check the file: one row and one number per task, counts equal to the rows,
+    /// every transition's task there (e.g. on a file an older taskscope wrote).
+    #[arg(long)]
+    pub check: bool,
 }
+
+/// Each check's SQL answers 0 when the file is consistent.
+const CHECKS: &[(&str, &str)] = &[
+    (
+        "tasks sharing a number",
+        "SELECT (count(*) - count(DISTINCT num))::VARCHAR FROM task_rows",
+    ),
+    (
+        "tasks stored twice",
+        "SELECT (count(*) - count(DISTINCT (broker, uid)))::VARCHAR FROM task_rows",
+    ),
+    (
+        "task_counts off from the rows",
+        "SELECT coalesce(sum(abs(coalesce(c.n, 0) - coalesce(r.n, 0))), 0)::VARCHAR
+         FROM task_counts c
+         FULL JOIN (SELECT broker, state, count(*) AS n FROM task_rows GROUP BY ALL) r
+           USING (broker, state)",
+    ),
+    (
+        "transitions without their task",
+        "SELECT count(*)::VARCHAR FROM transitions t
+         LEFT JOIN task_rows k ON k.num = t.task_num WHERE k.num IS NULL",
+    ),
+];
 
 /// CPU seconds of each thread of this process by name.
 fn thread_cpu() -> HashMap<String, f64> {
@@ -142,6 +170,30 @@ pub fn run(args: FoldSinkArgs) -> anyhow::Result<()> {
     })?;
     let wall = started.elapsed();
     let after = thread_cpu();
+    if args.check {
+        let mut failed = Vec::new();
+        runtime.block_on(async {
+            for (what, sql) in CHECKS {
+                let answer = reader.column_for_test(sql).await;
+                println!("check: {what}: {}", answer.join(","));
+                if answer != ["0"] {
+                    failed.push(*what);
+                }
+            }
+            let rows = reader
+                .column_for_test("SELECT count(*)::VARCHAR FROM task_rows")
+                .await;
+            let transitions = reader
+                .column_for_test("SELECT count(*)::VARCHAR FROM transitions")
+                .await;
+            println!(
+                "check: {} tasks, {} transitions",
+                rows.join(","),
+                transitions.join(",")
+            );
+        });
+        anyhow::ensure!(failed.is_empty(), "the file is inconsistent: {failed:?}");
+    }
     drop(writer);
     if handle.join().is_err() {
         anyhow::bail!("the store's writer thread panicked");

@@ -11,10 +11,10 @@
 //!
 //! A task written for the first time takes the next task number (counted here); a changed
 //! task's stored row is found by its key within the `updated_at` ranges of the stored versions
-//! (tasks have no index: zone maps skip the other row groups) and deleted in one statement per
-//! range, which returns its number and state; the new version is appended with the same number.
-//! Transitions are appended with their task's number, and the task counts move by what was
-//! deleted and appended: no staging table, no join, one scan of what the ranges hold.
+//! (tasks have no index: zone maps skip the other row groups), read for its number and state,
+//! and deleted; the new version is appended with the same number. Transitions are appended
+//! with their task's number, and the task counts move by what was deleted and appended: no
+//! staging tables, no `INSERT ... SELECT`, no `UPDATE ... FROM`.
 
 use super::live::LiveTail;
 use super::maintenance::{self, Step, StepOutcome};
@@ -445,8 +445,8 @@ fn sample_params(s: &QueueSample) -> [DbValue; 7] {
 type StoredRows<'a> = HashMap<(Broker, &'a str), (i64, TaskState)>;
 
 /// Deletes the stored rows of the set's tasks that have one (`prev` known), each searched
-/// within a few `updated_at` ranges around the stored versions' times; returns each found
-/// task's number and stored state, keyed by the set's own key.
+/// within a few `updated_at` ranges around the stored versions' times (one SELECT and one
+/// DELETE each); returns each found task's number and stored state, keyed by the set's own key.
 fn delete_stored_rows<'a>(
     tx: &duckdb::Transaction<'_>,
     out: &'a Pending,
@@ -468,19 +468,26 @@ fn delete_stored_rows<'a>(
         app.flush()?;
     }
     {
-        let mut stmt = tx.prepare(&format!(
+        // A SELECT, then a DELETE of what it found: `DELETE ... RETURNING` cost ten times both
+        // (measured: 2,000 of 40,000 rows, 20-35 ms against 1.8 + 1.7 ms).
+        let mut select = tx.prepare(&format!(
+            "SELECT r.num, r.broker, coalesce(r.id_text, r.uid::VARCHAR), r.state
+             FROM task_rows r JOIN lookup_keys k ON r.broker = k.broker AND r.uid = {uid}
+             WHERE r.updated_at >= ? AND r.updated_at < ?",
+            uid = uid_sql("k.id")
+        ))?;
+        let mut delete = tx.prepare(&format!(
             "DELETE FROM task_rows USING lookup_keys k
              WHERE task_rows.updated_at >= ? AND task_rows.updated_at < ?
-               AND task_rows.broker = k.broker AND task_rows.uid = {}
-             RETURNING task_rows.num, task_rows.broker,
-                       coalesce(task_rows.id_text, task_rows.uid::VARCHAR), task_rows.state",
-            uid_sql("k.id")
+               AND task_rows.broker = k.broker AND task_rows.uid = {uid}",
+            uid = uid_sql("k.id")
         ))?;
         for (lo, hi) in time_ranges(times) {
-            let mut rows = stmt.query([
+            let range = [
                 DbValue::Timestamp(duckdb::types::TimeUnit::Microsecond, lo),
                 DbValue::Timestamp(duckdb::types::TimeUnit::Microsecond, hi),
-            ])?;
+            ];
+            let mut rows = select.query(range.clone())?;
             while let Some(row) = rows.next()? {
                 let num: i64 = row.get(0)?;
                 let broker = super::rows::parse_broker(&row.get::<_, String>(1)?)?;
@@ -490,6 +497,8 @@ fn delete_stored_rows<'a>(
                     stored.insert((*b, id.as_str()), (num, state));
                 }
             }
+            drop(rows);
+            delete.execute(range)?;
         }
     }
     tx.execute("DELETE FROM lookup_keys", [])?;
