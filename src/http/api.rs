@@ -82,6 +82,7 @@ pub async fn healthz(
             "batch_errors": writer.batch_errors.load(Ordering::Relaxed),
             "dropped": writer.dropped.load(Ordering::Relaxed),
             "unflushed": writer.unflushed.load(Ordering::Relaxed),
+            "throttled_ms": writer.throttled_ms.load(Ordering::Relaxed),
             "backlog": state.writer.backlog(),
         },
     }))

@@ -148,6 +148,10 @@ pub struct StoreOptions {
     /// what a `kill -9` can lose, is at most this far behind the live view (plus one
     /// transaction). `TASKSCOPE_FLUSH_INTERVAL_MS` overrides it (1,000 ms by default).
     pub flush_interval: std::time::Duration,
+    /// Test support: how many of the sink's next file lookups fail (as a lookup that ran out
+    /// of memory does). Always 0 outside tests.
+    #[doc(hidden)]
+    pub failing_lookups: u32,
 }
 
 impl Default for StoreOptions {
@@ -171,6 +175,7 @@ impl Default for StoreOptions {
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(1_000),
             ),
+            failing_lookups: 0,
         }
     }
 }

@@ -35,8 +35,17 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A task's last version and the `updated_at` of its version in the file (`None`: it has none).
+/// A task's last version and the `updated_at` of its version in the file (`None`: it has none;
+/// [`STORED_AT_UNKNOWN`]: it may have one, at a time not known).
 pub(super) type Versions = (Arc<Task>, Option<DateTime<Utc>>);
+
+/// The stored-version time of a task whose stored version could not be read (the fold's lookup
+/// failed twice): its row, if any, is searched for over all time and replaced, never duplicated.
+pub(super) const STORED_AT_UNKNOWN: DateTime<Utc> = DateTime::<Utc>::MIN_UTC;
+
+/// The time range searched for the rows of tasks stored at an unknown time (microseconds,
+/// ~146,000 years either side of 1970: inside DuckDB's timestamps).
+const ALL_TIME: (i64, i64) = (-(1 << 62), 1 << 62);
 
 /// What one fold round changed, in the order it happened.
 #[derive(Default)]
@@ -133,6 +142,8 @@ pub(super) struct Sink {
     /// The number the next new task takes: one more than the highest stored when the store
     /// opened (only the sink numbers tasks), moved on by each committed write.
     pub next_num: i64,
+    /// Test support ([`super::StoreOptions::failing_lookups`]): file lookups still to fail.
+    pub failing_lookups: u32,
 }
 
 impl Sink {
@@ -153,20 +164,30 @@ impl Sink {
                 }
             };
             let Some(item) = item else { break };
-            if let SinkItem::Batch(batch) = item {
-                pending.merge(batch);
-                if pending.weight >= MAX_PENDING_ROWS {
-                    self.write_pending(std::mem::take(&mut pending));
+            match item {
+                SinkItem::Batch(batch) => {
+                    pending.merge(batch);
+                    // Large enough, whatever the interval; half the fold thread's bound on
+                    // what is unwritten, so that it never waits a whole interval.
+                    if pending.weight >= MAX_PENDING_ROWS
+                        || pending.observations >= super::writer::MAX_UNFLUSHED / 2
+                    {
+                        self.write_pending(std::mem::take(&mut pending));
+                    }
+                    continue;
                 }
-                continue;
+                SinkItem::Lookup { keys, reply } => {
+                    // No write first: a task of the pending set is answered from it (its last
+                    // version), the others from the file, which holds theirs. The fold thread
+                    // waits for the answer; it is gone only when shutting down.
+                    let _ = reply.send(self.lookup(&pending, &keys));
+                    continue;
+                }
+                SinkItem::Barrier(_) => {}
             }
             self.write_pending(std::mem::take(&mut pending));
             match item {
-                SinkItem::Batch(_) => {}
-                SinkItem::Lookup { keys, reply } => {
-                    // The fold thread waits for it; it is gone only when shutting down.
-                    let _ = reply.send(self.lookup(&keys));
-                }
+                SinkItem::Batch(_) | SinkItem::Lookup { .. } => {}
                 // The caller may have stopped waiting (shutdown); the work is done anyway.
                 SinkItem::Barrier(WriterCommand::Flush(ack)) => {
                     let _ = ack.send(());
@@ -253,14 +274,31 @@ impl Sink {
         Ok(outcome)
     }
 
-    /// The stored versions of `keys`, in one query.
-    fn lookup(&mut self, keys: &[Key]) -> Result<HashMap<Key, Task>, StoreError> {
+    /// The last versions of `keys`: the pending set's, else the file's (in one query).
+    fn lookup(
+        &mut self,
+        pending: &Pending,
+        keys: &[Key],
+    ) -> Result<HashMap<Key, Task>, StoreError> {
         let mut loaded = HashMap::new();
-        if keys.is_empty() {
+        let mut unique: HashSet<(Broker, &str)> = HashSet::default();
+        for key in keys {
+            match pending.tasks.get(key) {
+                Some((task, _)) => {
+                    loaded.insert(key.clone(), Task::clone(task));
+                }
+                None => {
+                    unique.insert((key.0, key.1.as_str()));
+                }
+            }
+        }
+        if unique.is_empty() {
             return Ok(loaded);
         }
-        let unique: HashSet<(Broker, &str)> =
-            keys.iter().map(|(b, id)| (*b, id.as_str())).collect();
+        if self.failing_lookups > 0 {
+            self.failing_lookups -= 1;
+            return Err(StoreError::Corrupt("a lookup made to fail (test)".into()));
+        }
         let tx = self.conn.transaction()?;
         {
             let mut app = tx.appender("lookup_keys")?;
@@ -482,7 +520,15 @@ fn delete_stored_rows<'a>(
                AND task_rows.broker = k.broker AND task_rows.uid = {uid}",
             uid = uid_sql("k.id")
         ))?;
-        for (lo, hi) in time_ranges(times) {
+        // A task stored at an unknown time makes the search cover all time (rare: a failed
+        // lookup), the others' rows included.
+        let unknown = times.contains(&STORED_AT_UNKNOWN.timestamp_micros());
+        let ranges = if unknown {
+            vec![ALL_TIME]
+        } else {
+            time_ranges(times)
+        };
+        for (lo, hi) in ranges {
             let range = [
                 DbValue::Timestamp(duckdb::types::TimeUnit::Microsecond, lo),
                 DbValue::Timestamp(duckdb::types::TimeUnit::Microsecond, hi),

@@ -847,6 +847,60 @@ async fn tasks_read_back_from_the_file_are_replaced_not_duplicated() {
     close(writer, reader, handle);
 }
 
+/// A task whose stored version cannot be read (the lookup fails twice, as one that runs out of
+/// memory does) is folded as new and replaces its stored row: never a second row of one task,
+/// and the counts stay those of the rows.
+#[tokio::test]
+async fn a_task_whose_lookup_fails_replaces_its_stored_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        // Every later observation of a task finds it in the file, not in memory.
+        cache_capacity: 1,
+        failing_lookups: 2,
+        ..StoreOptions::default()
+    };
+    let (writer, reader, handle) = open(&dir.path().join("t.duckdb"), opts).unwrap();
+    let ids: Vec<String> = (0..20).map(|i| format!("task-{i}")).collect();
+    for (i, id) in ids.iter().enumerate() {
+        write(
+            &writer,
+            vec![task_obs(Broker::Rq, id, i as i64, TaskEvent::Queued)],
+        )
+        .await;
+    }
+    // Stored an hour earlier than anything else in the file: found wherever it is.
+    write(
+        &writer,
+        vec![task_obs(Broker::Rq, &ids[3], 3600, TaskEvent::Running)],
+    )
+    .await;
+    assert_eq!(
+        reader
+            .column_for_test(
+                "SELECT count(*)::VARCHAR || ' ' || count(DISTINCT uid)::VARCHAR FROM task_rows"
+            )
+            .await,
+        ["20 20"]
+    );
+    let stats = reader.stats(None).await.unwrap();
+    assert_eq!(stats.by_state.values().sum::<u64>(), 20, "{stats:?}");
+    assert_eq!(stats.by_state[&TaskState::Running], 1);
+    assert_eq!(stats.by_state[&TaskState::Queued], 19);
+    // Its number is kept: the earlier transition still belongs to it.
+    let (task, timeline) = reader.get_task(&ids[3]).await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Running);
+    let states: Vec<TaskState> = timeline.iter().map(|t| t.state).collect();
+    assert_eq!(states, [TaskState::Queued, TaskState::Running]);
+    assert!(
+        writer
+            .stats()
+            .batch_errors
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 2
+    );
+    close(writer, reader, handle);
+}
+
 /// The live view is ahead of the file: a transition is published, and the reader's task, list,
 /// counts and queues show it, before the writer's flush interval writes it; once written, the
 /// merged answers count nothing twice.

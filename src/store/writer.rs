@@ -23,7 +23,7 @@ use super::live::{LiveTail, TailChange};
 use super::maintenance::{Step, StepOutcome};
 use super::rows::{read_task, TASK_COLUMNS};
 use super::seen::SeenKeys;
-use super::sink::{Batch, Sink, SinkItem};
+use super::sink::{Batch, Sink, SinkItem, STORED_AT_UNKNOWN};
 use super::{StoreError, StoreOptions};
 use broker_adapters::fingerprint::{fingerprint, Fingerprint};
 use broker_adapters::state;
@@ -90,6 +90,9 @@ pub struct WriterStats {
     pub observations_applied: AtomicU64,
     /// Observations folded and published but not yet written to the file.
     pub unflushed: AtomicU64,
+    /// Milliseconds the fold thread waited for the sink because the file was
+    /// [`MAX_UNFLUSHED`] observations behind (back-pressure on ingest).
+    pub throttled_ms: AtomicU64,
     /// Transitions committed.
     pub transitions_written: AtomicU64,
     /// Transactions committed.
@@ -218,6 +221,7 @@ pub(super) fn start(
         stats: stats.clone(),
         flush_interval: opts.flush_interval,
         next_num,
+        failing_lookups: opts.failing_lookups,
     };
     let sink_handle = std::thread::Builder::new()
         .name("taskscope-sink".into())
@@ -288,7 +292,21 @@ struct Outcome {
 }
 
 /// A task's state and `updated_at` before a round changed it.
-type Prior = (TaskState, DateTime<Utc>);
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Prior {
+    /// Its last version before the round (cache or file): state and `updated_at`.
+    Known(TaskState, DateTime<Utc>),
+    /// It may have a stored version, which could not be read (the lookup failed twice): the
+    /// sink replaces whatever row the file holds for it.
+    Unknown,
+}
+
+/// What a fold round needed from the file: the stored versions it read, and the keys whose
+/// stored versions could not be read.
+struct Loaded {
+    tasks: HashMap<Key, Task>,
+    unknown: HashSet<Key>,
+}
 
 /// A task a round changed.
 struct Changed {
@@ -306,6 +324,11 @@ pub(super) struct GroupSighting {
     pub first: DateTime<Utc>,
     pub last: DateTime<Utc>,
 }
+
+/// Observations folded but not yet written past which the fold thread waits for the sink
+/// ([`Writer::wait_for_sink`]): about 3 s of the fastest ingest measured (~30k observations a
+/// second), a few tens of MB of pending versions at most.
+pub(super) const MAX_UNFLUSHED: u64 = 100_000;
 
 /// Rounds the sink's channel holds before the fold thread waits for it (back-pressure: the
 /// file cannot fall further behind).
@@ -467,13 +490,33 @@ impl Writer {
             transitions = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let loaded = match self.load_missing(&cmds) {
-            Ok(loaded) => loaded,
-            Err(e) => {
-                // Folded without them: a task looks new (its history in the file stays).
+        let missing = self.missing_keys(&cmds);
+        let loaded = match self.look_up(&missing) {
+            Ok(tasks) => Loaded {
+                tasks,
+                unknown: HashSet::new(),
+            },
+            Err(first) => {
                 self.stats.batch_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(error = %e, "store lookup of tasks not in memory failed");
-                HashMap::new()
+                tracing::warn!(error = %first, "store lookup of tasks not in memory failed; trying once more");
+                match self.look_up(&missing) {
+                    Ok(tasks) => Loaded {
+                        tasks,
+                        unknown: HashSet::new(),
+                    },
+                    Err(e) => {
+                        // Folded as new, and written over whatever version the file holds (never
+                        // beside it: one row per task). What only the file knew (a name, args)
+                        // is lost from these tasks; counted and logged.
+                        self.stats.batch_errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, tasks = missing.len(),
+                            "store lookup of tasks not in memory failed twice; they are folded as new and replace their stored rows");
+                        Loaded {
+                            tasks: HashMap::new(),
+                            unknown: missing,
+                        }
+                    }
+                }
             }
         };
         let outcome = self.fold(&cmds, &loaded);
@@ -483,6 +526,7 @@ impl Writer {
 
     /// Moves memory on, fills the live tail, tells subscribers and sends the round to the sink.
     fn publish(&mut self, out: Outcome) {
+        self.wait_for_sink();
         self.round += 1;
         let round = self.round;
         let s = &self.stats;
@@ -523,14 +567,23 @@ impl Writer {
                 .map(|((key, (task, prior)), transitions)| TailChange {
                     key,
                     task,
-                    prior_state: prior.map(|(state, _)| state),
+                    prior_state: match prior {
+                        Some(Prior::Known(state, _)) => Some(*state),
+                        _ => None,
+                    },
                     transitions,
                 }),
             &out.samples,
         );
         let tasks = tasks
             .into_iter()
-            .map(|(key, (task, prior))| (key, (task, prior.map(|(_, at)| at))))
+            .map(|(key, (task, prior))| {
+                let stored_at = prior.map(|p| match p {
+                    Prior::Known(_, at) => at,
+                    Prior::Unknown => STORED_AT_UNKNOWN,
+                });
+                (key, (task, stored_at))
+            })
             .collect();
         self.workers
             .extend(out.workers.iter().map(|(k, w)| (k.clone(), w.clone())));
@@ -554,9 +607,39 @@ impl Writer {
         }
     }
 
-    /// Reads the tasks the round's observations need that are not in memory, in one query run
-    /// by the sink after everything sent before (so an evicted task's last version is there).
-    fn load_missing(&mut self, cmds: &[WriterCommand]) -> Result<HashMap<Key, Task>, StoreError> {
+    /// Waits while the file is more than [`MAX_UNFLUSHED`] observations behind the live view.
+    ///
+    /// The sink writes at its own pace; when it is slower than ingest (a slow disk, a long
+    /// housekeeping step, a machine out of CPU), what it has not written waits in memory (its
+    /// pending set, the live tail). Without this bound that memory grew without limit (a
+    /// one-hour soak on an overloaded machine reached 7 GB). Waiting here fills the command
+    /// channel, then ingest waits, its forwarding queue fills, and past that it counts lagged
+    /// events and resynchronises from Redis: memory stays bounded, and what Redis still holds is
+    /// re-derived.
+    fn wait_for_sink(&self) {
+        let unflushed = || self.stats.unflushed.load(Ordering::Relaxed);
+        if unflushed() <= MAX_UNFLUSHED {
+            return;
+        }
+        let started = Instant::now();
+        while unflushed() > MAX_UNFLUSHED {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        let waited = started.elapsed();
+        self.stats
+            .throttled_ms
+            .fetch_add(waited.as_millis() as u64, Ordering::Relaxed);
+        if waited >= std::time::Duration::from_secs(1) {
+            tracing::warn!(
+                waited_ms = waited.as_millis() as u64,
+                limit = MAX_UNFLUSHED,
+                "The store file fell behind the live view; ingest waited for it."
+            );
+        }
+    }
+
+    /// The keys of the round's tasks that are not in memory but may be in the file.
+    fn missing_keys(&self, cmds: &[WriterCommand]) -> HashSet<Key> {
         let mut missing: HashSet<Key> = HashSet::new();
         for cmd in cmds {
             if let WriterCommand::Observations(list) = cmd {
@@ -571,13 +654,19 @@ impl Writer {
                 }
             }
         }
-        if missing.is_empty() {
+        missing
+    }
+
+    /// The last versions of `keys` (the sink's pending ones, else the file's), in one query run
+    /// by the sink after everything sent before.
+    fn look_up(&mut self, keys: &HashSet<Key>) -> Result<HashMap<Key, Task>, StoreError> {
+        if keys.is_empty() {
             return Ok(HashMap::new());
         }
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         self.sink
             .send(SinkItem::Lookup {
-                keys: missing.into_iter().collect(),
+                keys: keys.iter().cloned().collect(),
                 reply,
             })
             .map_err(|_| StoreError::WriterGone)?;
@@ -585,7 +674,7 @@ impl Writer {
     }
 
     /// Applies the batch's commands in order on top of memory and `loaded`.
-    fn fold(&self, cmds: &[WriterCommand], loaded: &HashMap<Key, Task>) -> Outcome {
+    fn fold(&self, cmds: &[WriterCommand], loaded: &Loaded) -> Outcome {
         let mut out = Outcome::default();
         for cmd in cmds {
             match cmd {
@@ -619,7 +708,7 @@ impl Writer {
         out
     }
 
-    fn fold_task(&self, out: &mut Outcome, loaded: &HashMap<Key, Task>, obs: &TaskObservation) {
+    fn fold_task(&self, out: &mut Outcome, loaded: &Loaded, obs: &TaskObservation) {
         let key = (obs.broker, obs.task_id.clone());
         let (current, prior, changed_earlier, mut transitions) = match out.tasks.remove(&key) {
             // Its event of this round holds it too: only then is it copied.
@@ -632,9 +721,13 @@ impl Writer {
             None => {
                 let current = match self.cache.get(&key) {
                     Some(task) => Some(Task::clone(task)),
-                    None => loaded.get(&key).cloned(),
+                    None => loaded.tasks.get(&key).cloned(),
                 };
-                let prior = current.as_ref().map(|t| (t.state, t.updated_at));
+                let prior = match &current {
+                    Some(t) => Some(Prior::Known(t.state, t.updated_at)),
+                    None if loaded.unknown.contains(&key) => Some(Prior::Unknown),
+                    None => None,
+                };
                 (current, prior, false, Vec::new())
             }
         };
