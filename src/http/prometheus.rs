@@ -39,6 +39,11 @@ struct RuntimeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TagLabels {
+    tag: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     broker: String,
     queue: String,
@@ -407,9 +412,10 @@ fn register_alerts(registry: &mut Registry, alerts: &crate::alerts::AlertBoard) 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let abandon_after =
         chrono::Duration::from_std(state.abandon_after).unwrap_or(chrono::Duration::MAX);
-    let (queues, workers) = tokio::join!(
+    let (queues, workers, engine_memory) = tokio::join!(
         state.reader.queues(),
-        state.reader.workers(chrono::Utc::now(), abandon_after)
+        state.reader.workers(chrono::Utc::now(), abandon_after),
+        state.reader.engine_memory()
     );
     let mut registry = Registry::default();
     let (tasks, runtime, wait) = state.task_metrics.snapshot();
@@ -501,6 +507,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         counter.inc_by(value.load(Ordering::Relaxed));
         registry.register(name, help, counter);
     }
+    register_engine_memory(&mut registry, engine_memory.unwrap_or_default());
     let mut body = String::new();
     if let Err(e) = encode(&mut body, &registry) {
         return (
@@ -517,6 +524,35 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// `taskscope_store_engine_memory_bytes{tag}` and `taskscope_store_engine_spilled_bytes{tag}`:
+/// what DuckDB's buffer manager holds (bounded by `TASKSCOPE_DUCKDB_MEMORY_MIB`) and spilled.
+fn register_engine_memory(registry: &mut Registry, memory: Vec<crate::store::EngineMemory>) {
+    let held = Family::<TagLabels, Gauge>::default();
+    let spilled = Family::<TagLabels, Gauge>::default();
+    for m in memory {
+        let labels = TagLabels {
+            tag: metric_labels::cut(&m.tag).to_string(),
+        };
+        held.get_or_create(&labels)
+            .set(i64::try_from(m.bytes).unwrap_or(i64::MAX));
+        if m.temporary_bytes > 0 {
+            spilled
+                .get_or_create(&labels)
+                .set(i64::try_from(m.temporary_bytes).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "taskscope_store_engine_memory_bytes",
+        "Memory DuckDB's buffer manager holds, by DuckDB's tag (bounded by its memory_limit)",
+        held,
+    );
+    registry.register(
+        "taskscope_store_engine_spilled_bytes",
+        "Bytes DuckDB spilled to temporary files, by tag",
+        spilled,
+    );
 }
 
 /// `taskscope_queue_oldest_age_seconds`: a series per queue whose oldest waiting message is

@@ -56,7 +56,7 @@ pub use export::{
     open_read_only, write_csv_file as export_csv_to, write_parquet as export_parquet, CSV_HEADER,
 };
 pub use groups::{FailureGroup, GroupState, MAX_GROUPS};
-pub use reader::{StoreReader, TaskQuery};
+pub use reader::{EngineMemory, StoreReader, TaskQuery};
 pub use reports::{NameOrder, NameStats, ReportFilter, ReportRange};
 pub use writer::{StoreWriter, TransitionEvent};
 
