@@ -127,7 +127,8 @@ pub struct StoreOptions {
     pub cache_capacity: usize,
     /// Upper bound of observations folded into one transaction.
     pub max_batch_observations: usize,
-    /// Transition events buffered for slow subscribers (SSE) before they lag.
+    /// Transition events buffered for slow subscribers (SSE) before they lag. The metrics
+    /// feed drains them every 200 ms: 16,384 covers 80k transitions a second.
     pub broadcast_capacity: usize,
     /// Reader connections kept open when idle.
     pub max_idle_readers: usize,
@@ -154,7 +155,7 @@ impl Default for StoreOptions {
             channel_capacity: 10_000,
             cache_capacity: 50_000,
             max_batch_observations: 50_000,
-            broadcast_capacity: 4_096,
+            broadcast_capacity: 16_384,
             max_idle_readers: 4,
             memory_limit_mib: std::env::var("TASKSCOPE_DUCKDB_MEMORY_MIB")
                 .ok()
