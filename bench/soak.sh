@@ -77,7 +77,12 @@ health() {
   curl -s -m 2 "http://$listen/healthz" |
     jq -r '[.store.transitions_written // "", .store.backlog // ""] | @csv' 2>/dev/null || echo ","
 }
-echo "seconds,rss_kib,anon_kib,file_kib,transitions,backlog" >"$out"
+# DuckDB's buffer manager (cached blocks, hash tables...), summed over its tags, in KiB.
+engine() {
+  curl -s -m 5 "http://$listen/metrics" |
+    awk '/^taskscope_store_engine_memory_bytes\{/ {s += $NF} END {printf "%d", s / 1024}' 2>/dev/null || true
+}
+echo "seconds,rss_kib,anon_kib,file_kib,transitions,backlog,duckdb_kib" >"$out"
 start=$(date +%s)
 last_rollup=""
 while kill -0 "$server" 2>/dev/null; do
@@ -85,7 +90,7 @@ while kill -0 "$server" 2>/dev/null; do
   [ "$now" -gt $((minutes * 60)) ] && break
   line=$(awk '/^Rss:/ {r=$2} /^Anonymous:/ {a=$2} END {if (r) print r "," a "," r - a}' \
     "/proc/$server/smaps_rollup" 2>/dev/null || true)
-  [ -n "$line" ] && echo "$now,$line,$(health)" >>"$out"
+  [ -n "$line" ] && echo "$now,$line,$(health),$(engine)" >>"$out"
   last_rollup=$(cat "/proc/$server/smaps_rollup" 2>/dev/null || echo "$last_rollup")
   sleep "$every"
 done
@@ -100,12 +105,12 @@ cleanup
 echo "--- the driver's last lines ($log)"
 tail -n 20 "$log"
 awk -F, '
-  NR > 1 && $2 > 0 { t[n] = $1; r[n] = $2; a[n] = $3; w[n] = $5; b[n] = $6; n++ }
+  NR > 1 && $2 > 0 { t[n] = $1; r[n] = $2; a[n] = $3; w[n] = $5; b[n] = $6; d[n] = $7; n++ }
   END {
     if (n < 4) { print "soak: too few samples"; exit 1 }
     for (i = 0; i < n; i++)
       if (i == 0 || int(t[i] / 60) != int(t[i - 1] / 60))
-        printf "  %5d s  RSS %7.1f MiB  (anonymous %7.1f MiB)  transitions %9s  writer backlog %6s\n", t[i], r[i] / 1024, a[i] / 1024, w[i], b[i]
+        printf "  %5d s  RSS %7.1f MiB  (anonymous %7.1f MiB, DuckDB buffers %6.1f MiB)  transitions %9s  writer backlog %6s\n", t[i], r[i] / 1024, a[i] / 1024, d[i] / 1024, w[i], b[i]
     h = int(n / 2); peak = 0
     for (i = 0; i < n; i++) if (r[i] > peak) peak = r[i]
     growth = (r[n - 1] - r[h]) * 100 / r[h]

@@ -39,6 +39,11 @@ struct RuntimeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TagLabels {
+    tag: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct QueueLabels {
     broker: String,
     queue: String,
@@ -157,7 +162,13 @@ where
 #[derive(Clone)]
 pub struct TaskMetrics {
     inner: Arc<Mutex<TaskCounts>>,
+    /// The writer's transition events, drained in bursts ([`TaskMetrics::spawn_feed`]).
+    feed: Arc<Mutex<Option<broadcast::Receiver<Arc<TransitionEvent>>>>>,
 }
+
+/// How often the feed drains the transition events between scrapes: the events wait in the
+/// writer's broadcast buffer (`StoreOptions::broadcast_capacity`) meanwhile.
+const FEED_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
 struct TaskCounts {
     queues: LabelCap,
@@ -186,13 +197,105 @@ impl TaskMetrics {
                 runtime: HashMap::new(),
                 wait: HashMap::new(),
             })),
+            feed: Arc::new(Mutex::new(None)),
         }
     }
 
-    /// Counts one committed transition.
+    /// Counts one transition, as the feed does for each one it drains.
+    #[cfg(test)]
     pub fn record(&self, event: &TransitionEvent) {
-        let task = &event.task;
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .record(event);
+    }
+
+    /// How many queues or names get series of their own.
+    pub fn max_labels(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .queues
+            .max()
+    }
+
+    /// Feeds these metrics from the writer's transition events until the writer stops.
+    ///
+    /// The events are drained in bursts, every [`FEED_INTERVAL`] and before each scrape
+    /// ([`Self::catch_up`]), never one wake-up per transition: waking a task for each of
+    /// thousands of transitions a second cost more CPU than counting them (a futex on the
+    /// writer's side, a worker thread's wake-up on this side). A scrape still counts every
+    /// transition published before it.
+    pub fn spawn_feed(self, events: broadcast::Receiver<Arc<TransitionEvent>>) {
+        *self.feed.lock().unwrap_or_else(PoisonError::into_inner) = Some(events);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FEED_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if !self.catch_up() {
+                    return;
+                }
+            }
+        });
+    }
+
+    /// Counts every transition published so far; `false` once the writer has stopped.
+    pub fn catch_up(&self) -> bool {
+        let mut feed = self.feed.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(events) = feed.as_mut() else {
+            return true;
+        };
         let mut counts = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            match events.try_recv() {
+                Ok(event) => counts.record(&event),
+                Err(broadcast::error::TryRecvError::Empty) => return true,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    tracing::warn!(missed = n, "Metrics fell behind the transition feed; taskscope_tasks_total undercounts.");
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    *feed = None;
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// The counters as metric families, for one scrape.
+    fn snapshot(
+        &self,
+    ) -> (
+        Family<TaskLabels, Counter>,
+        HistogramFamily<RuntimeLabels>,
+        HistogramFamily<QueueLabels>,
+    ) {
+        let counts = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let tasks = Family::<TaskLabels, Counter>::default();
+        for (labels, n) in &counts.tasks {
+            tasks.get_or_create(labels).inc_by(*n);
+        }
+        let mut runtime: Vec<_> = counts
+            .runtime
+            .iter()
+            .map(|(l, h)| (l.clone(), h.clone()))
+            .collect();
+        runtime.sort_by(|a, b| (&a.0.broker, &a.0.name).cmp(&(&b.0.broker, &b.0.name)));
+        let mut wait: Vec<_> = counts
+            .wait
+            .iter()
+            .map(|(l, h)| (l.clone(), h.clone()))
+            .collect();
+        wait.sort_by(|a, b| (&a.0.broker, &a.0.queue).cmp(&(&b.0.broker, &b.0.queue)));
+        (tasks, HistogramFamily(runtime), HistogramFamily(wait))
+    }
+}
+
+impl TaskCounts {
+    /// Counts one transition.
+    fn record(&mut self, event: &TransitionEvent) {
+        let task = &event.task;
+        let counts = self;
         let queue = counts
             .queues
             .observe(task.queue.as_deref().unwrap_or("unknown"));
@@ -244,60 +347,6 @@ impl TaskMetrics {
         }
     }
 
-    /// How many queues or names get series of their own.
-    pub fn max_labels(&self) -> usize {
-        self.inner
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .queues
-            .max()
-    }
-
-    /// Feeds these metrics from the writer's transition events until the writer stops.
-    pub fn spawn_feed(self, mut events: broadcast::Receiver<Arc<TransitionEvent>>) {
-        tokio::spawn(async move {
-            loop {
-                match events.recv().await {
-                    Ok(event) => self.record(&event),
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "Metrics fell behind the transition feed; taskscope_tasks_total undercounts.");
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-    }
-
-    /// The counters as metric families, for one scrape.
-    fn snapshot(
-        &self,
-    ) -> (
-        Family<TaskLabels, Counter>,
-        HistogramFamily<RuntimeLabels>,
-        HistogramFamily<QueueLabels>,
-    ) {
-        let counts = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
-        let tasks = Family::<TaskLabels, Counter>::default();
-        for (labels, n) in &counts.tasks {
-            tasks.get_or_create(labels).inc_by(*n);
-        }
-        let mut runtime: Vec<_> = counts
-            .runtime
-            .iter()
-            .map(|(l, h)| (l.clone(), h.clone()))
-            .collect();
-        runtime.sort_by(|a, b| (&a.0.broker, &a.0.name).cmp(&(&b.0.broker, &b.0.name)));
-        let mut wait: Vec<_> = counts
-            .wait
-            .iter()
-            .map(|(l, h)| (l.clone(), h.clone()))
-            .collect();
-        wait.sort_by(|a, b| (&a.0.broker, &a.0.queue).cmp(&(&b.0.broker, &b.0.queue)));
-        (tasks, HistogramFamily(runtime), HistogramFamily(wait))
-    }
-}
-
-impl TaskCounts {
     /// Adds the counts of every series `matches` picks to the series `relabel` names.
     fn fold_counts(
         &mut self,
@@ -407,11 +456,13 @@ fn register_alerts(registry: &mut Registry, alerts: &crate::alerts::AlertBoard) 
 pub async fn metrics(State(state): State<AppState>) -> Response {
     let abandon_after =
         chrono::Duration::from_std(state.abandon_after).unwrap_or(chrono::Duration::MAX);
-    let (queues, workers) = tokio::join!(
+    let (queues, workers, engine_memory) = tokio::join!(
         state.reader.queues(),
-        state.reader.workers(chrono::Utc::now(), abandon_after)
+        state.reader.workers(chrono::Utc::now(), abandon_after),
+        state.reader.engine_memory()
     );
     let mut registry = Registry::default();
+    state.task_metrics.catch_up();
     let (tasks, runtime, wait) = state.task_metrics.snapshot();
     registry.register(
         "taskscope_tasks",
@@ -501,6 +552,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         counter.inc_by(value.load(Ordering::Relaxed));
         registry.register(name, help, counter);
     }
+    register_engine_memory(&mut registry, engine_memory.unwrap_or_default());
     let mut body = String::new();
     if let Err(e) = encode(&mut body, &registry) {
         return (
@@ -517,6 +569,35 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// `taskscope_store_engine_memory_bytes{tag}` and `taskscope_store_engine_spilled_bytes{tag}`:
+/// what DuckDB's buffer manager holds (bounded by `TASKSCOPE_DUCKDB_MEMORY_MIB`) and spilled.
+fn register_engine_memory(registry: &mut Registry, memory: Vec<crate::store::EngineMemory>) {
+    let held = Family::<TagLabels, Gauge>::default();
+    let spilled = Family::<TagLabels, Gauge>::default();
+    for m in memory {
+        let labels = TagLabels {
+            tag: metric_labels::cut(&m.tag).to_string(),
+        };
+        held.get_or_create(&labels)
+            .set(i64::try_from(m.bytes).unwrap_or(i64::MAX));
+        if m.temporary_bytes > 0 {
+            spilled
+                .get_or_create(&labels)
+                .set(i64::try_from(m.temporary_bytes).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "taskscope_store_engine_memory_bytes",
+        "Memory DuckDB's buffer manager holds, by DuckDB's tag (bounded by its memory_limit)",
+        held,
+    );
+    registry.register(
+        "taskscope_store_engine_spilled_bytes",
+        "Bytes DuckDB spilled to temporary files, by tag",
+        spilled,
+    );
 }
 
 /// `taskscope_queue_oldest_age_seconds`: a series per queue whose oldest waiting message is
@@ -657,4 +738,61 @@ fn register_ingest(registry: &mut Registry, metrics: &Metrics) {
         "Redis commands taskscope issued",
         commands,
     );
+}
+
+#[cfg(test)]
+mod feed_tests {
+    use super::TaskMetrics;
+    use crate::store::TransitionEvent;
+    use broker_adapters::{Broker, Task, TaskState, Transition};
+    use std::sync::Arc;
+
+    fn queued(id: &str) -> Arc<TransitionEvent> {
+        let at = chrono::Utc::now();
+        let mut task = Task::new(Broker::Rq, id, at);
+        task.queue = Some("default".into());
+        task.name = Some("jobs.resize".into());
+        Arc::new(TransitionEvent {
+            transition: Transition {
+                broker: Broker::Rq,
+                task_id: id.into(),
+                state: TaskState::Queued,
+                at,
+                worker: None,
+                detail: None,
+                fingerprint: None,
+            },
+            task,
+        })
+    }
+
+    fn queued_count(metrics: &TaskMetrics) -> u64 {
+        let counts = metrics.inner.lock().unwrap();
+        counts
+            .tasks
+            .iter()
+            .filter(|(l, _)| l.state == "queued" && l.name == "jobs.resize")
+            .map(|(_, n)| *n)
+            .sum()
+    }
+
+    /// The feed counts in bursts (no wake-up per transition), yet a scrape right after a
+    /// transition counts it: the scrape drains what was published before it.
+    #[tokio::test]
+    async fn a_scrape_counts_every_transition_published_before_it() {
+        let metrics = TaskMetrics::new(10);
+        let (events, rx) = tokio::sync::broadcast::channel(64);
+        metrics.clone().spawn_feed(rx);
+        for i in 0..3 {
+            events.send(queued(&format!("job-{i}"))).unwrap();
+        }
+        // No waiting for the feed's interval.
+        assert!(metrics.catch_up());
+        assert_eq!(queued_count(&metrics), 3);
+        events.send(queued("job-3")).unwrap();
+        drop(events);
+        // The last events are counted, then the feed sees the writer gone.
+        assert!(!metrics.catch_up());
+        assert_eq!(queued_count(&metrics), 4);
+    }
 }

@@ -461,6 +461,13 @@ async fn metrics_declare_every_contract_name() {
     ] {
         assert!(text.contains(needle), "/metrics lacks {needle}:\n{text}");
     }
+    // DuckDB's own memory: the fixture's file holds tables, so some blocks are cached.
+    let engine: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("taskscope_store_engine_memory_bytes{tag="))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(engine > 0, "no DuckDB memory in /metrics:\n{text}");
 }
 
 /// `oldest_age_ms` is computed when asked, from the stored enqueue time of the oldest waiting

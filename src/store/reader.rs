@@ -64,6 +64,16 @@ pub struct Stats {
 }
 
 /// Read access to the history. Cheap to clone.
+/// Memory DuckDB's buffer manager accounts for under one tag ([`StoreReader::engine_memory`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineMemory {
+    /// DuckDB's name for what holds it (`BASE_TABLE`, `HASH_TABLE`, `ORDER_BY`, ...).
+    pub tag: String,
+    pub bytes: u64,
+    /// Spilled to `<db>.tmp`.
+    pub temporary_bytes: u64,
+}
+
 #[derive(Clone)]
 pub struct StoreReader {
     pool: Arc<Pool>,
@@ -502,6 +512,27 @@ impl StoreReader {
             ..TaskQuery::default()
         };
         Ok(self.list_tasks(&query).await?.tasks)
+    }
+
+    /// What DuckDB's buffer manager holds, in bytes, by its tag (`duckdb_memory()`: cached
+    /// blocks, hash tables, sorts...) and what it spilled to temporary files. Database-wide:
+    /// the writer's and every reader's queries together.
+    pub async fn engine_memory(&self) -> Result<Vec<EngineMemory>, StoreError> {
+        self.with_conn("engine_memory", |conn| {
+            let mut stmt = conn.prepare(
+                "SELECT tag, memory_usage_bytes, temporary_storage_bytes FROM duckdb_memory()
+                 WHERE memory_usage_bytes > 0 OR temporary_storage_bytes > 0 ORDER BY tag",
+            )?;
+            let rows = stmt.query_map([], |row| {
+                Ok(EngineMemory {
+                    tag: row.get(0)?,
+                    bytes: row.get::<_, i64>(1)?.max(0) as u64,
+                    temporary_bytes: row.get::<_, i64>(2)?.max(0) as u64,
+                })
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
     }
 
     /// A task and its timeline (oldest first). When several brokers know the id, the most
