@@ -762,7 +762,7 @@ mod feed_tests {
                 detail: None,
                 fingerprint: None,
             },
-            task,
+            task: Arc::new(task),
         })
     }
 
