@@ -543,7 +543,10 @@ mod tests {
             assert_eq!(version != last_version, changed, "version after {what}");
             for (v, i) in &seen {
                 // An equal version must mean an equal interest (the loop keeps the old one).
-                assert!(*v != version || *i == interest, "a stale version after {what}");
+                assert!(
+                    *v != version || *i == interest,
+                    "a stale version after {what}"
+                );
             }
             seen.push((version, interest));
         };
