@@ -27,10 +27,8 @@ impl DramatiqAdapter {
         self.consumers.insert(worker.clone());
         self.queues.insert(base.clone());
         let members: BTreeSet<String> = reply.into_strings();
-        let before = self
-            .acks
-            .insert(key.to_string(), members.clone())
-            .unwrap_or_default();
+        // Taken out and put back at the end (no copy of the members per read).
+        let before = self.acks.remove(key).unwrap_or_default();
         let mut to_read = Vec::new();
         for id in members.difference(&before) {
             if !delayed {
@@ -89,6 +87,7 @@ impl DramatiqAdapter {
                 out.follow_up.extend(self.settlement_reads(&base, departed));
             }
         }
+        self.acks.insert(key.to_string(), members);
         out
     }
 }

@@ -28,7 +28,14 @@ impl DramatiqAdapter {
         if !self.followed(&queue) {
             return out;
         }
-        let current: HashSet<String> = reply.into_strings();
+        // Borrowed from the reply: the stored snapshot is updated in place below, so a
+        // snapshot costs allocations for the fields that changed only.
+        let items = reply.into_items();
+        let current: HashSet<std::borrow::Cow<'_, str>> = items
+            .iter()
+            .filter_map(Reply::as_bytes)
+            .map(String::from_utf8_lossy)
+            .collect();
         let left: Vec<(String, String)> = self
             .acks_left
             .iter()
@@ -37,7 +44,7 @@ impl DramatiqAdapter {
             .collect();
         for (id, worker) in left {
             self.acks_left.remove(&id);
-            if current.contains(&id) {
+            if current.contains(id.as_str()) {
                 if let Some(k) = self.known.get(&id) {
                     let mut obs = self.known_observation(k, TaskEvent::Queued, now, "requeued");
                     obs.fields.worker = Some(worker);
@@ -47,7 +54,11 @@ impl DramatiqAdapter {
             }
         }
         let departed: Vec<String> = match self.snapshot.get(&queue) {
-            Some(previous) => previous.difference(&current).cloned().collect(),
+            Some(previous) => previous
+                .iter()
+                .filter(|id| !current.contains(id.as_str()))
+                .cloned()
+                .collect(),
             // The first snapshot since the queue is followed (or since a gap): what was read
             // before and is gone now left meanwhile.
             None => self
@@ -55,13 +66,30 @@ impl DramatiqAdapter {
                 .get(&queue)
                 .map(|ids| {
                     ids.iter()
-                        .filter(|id| !current.contains(*id) && !self.leaving.contains_key(*id))
+                        .filter(|id| {
+                            !current.contains(id.as_str()) && !self.leaving.contains_key(*id)
+                        })
                         .cloned()
                         .collect()
                 })
                 .unwrap_or_default(),
         };
-        self.snapshot.insert(queue.clone(), current);
+        match self.snapshot.get_mut(&queue) {
+            Some(previous) => {
+                for id in &departed {
+                    previous.remove(id);
+                }
+                for id in &current {
+                    if !previous.contains(id.as_ref()) {
+                        previous.insert(id.to_string());
+                    }
+                }
+            }
+            None => {
+                let owned = current.iter().map(|id| id.to_string()).collect();
+                self.snapshot.insert(queue.clone(), owned);
+            }
+        }
         let mut gone = HashSet::new();
         let mut unchecked = Vec::new();
         for id in departed {

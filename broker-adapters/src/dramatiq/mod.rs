@@ -231,6 +231,30 @@ impl DramatiqAdapter {
     }
 }
 
+impl DramatiqAdapter {
+    /// A fingerprint of what [`Adapter::interest`] is built from: equal states give equal
+    /// fingerprints; sets are hashed member by member and combined without order (each set
+    /// with its own seed), so no sort is needed.
+    fn interest_fingerprint(&self) -> u64 {
+        use std::collections::hash_map::DefaultHasher;
+        use std::hash::{Hash, Hasher};
+        fn set_hash<'a>(seed: u64, items: impl Iterator<Item = &'a String>) -> u64 {
+            items.fold(0u64, |acc, item| {
+                let mut h = DefaultHasher::new();
+                seed.hash(&mut h);
+                item.hash(&mut h);
+                acc ^ h.finish()
+            })
+        }
+        let mut h = DefaultHasher::new();
+        (self.queues.len(), self.acks.len(), self.unfollowed.len()).hash(&mut h);
+        set_hash(1, self.queues.iter()).hash(&mut h);
+        set_hash(2, self.acks.keys()).hash(&mut h);
+        set_hash(3, self.unfollowed.iter()).hash(&mut h);
+        h.finish()
+    }
+}
+
 impl Adapter for DramatiqAdapter {
     fn broker(&self) -> Broker {
         Broker::Dramatiq
@@ -260,6 +284,14 @@ impl Adapter for DramatiqAdapter {
                 tag: Why::FirstSight.into(),
             }],
         }
+    }
+
+    /// The interest follows from the queues, which of them are followed, and the ack sets
+    /// known (their rules read them): a fingerprint of those three, so that the loop, which
+    /// asks after every batch, builds the rules again only when one changed (building them
+    /// costs a clone of every rule's reads, thousands of times a second at full load).
+    fn interest_version(&self) -> Option<u64> {
+        Some(self.interest_fingerprint())
     }
 
     fn on_scan(&mut self, _pattern: &str, keys: Vec<String>, _now: DateTime<Utc>) -> Vec<Read> {
@@ -486,5 +518,73 @@ impl Adapter for DramatiqAdapter {
         self.acks_left.clear();
         self.discovering.clear();
         self.deferred.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MSG: &[u8] = include_bytes!("../../tests/fixtures/dramatiq/queue_message.bin");
+    const RID: &str = "16deba5e-78c0-48dd-9722-a2be2c56937d";
+
+    /// The loop builds the interest again only when its version moves: every change of the
+    /// queues, of which are followed, and of the ack sets known moves it, and a version seen
+    /// before always comes with the interest it came with then.
+    #[test]
+    fn the_interest_version_moves_whenever_the_interest_does() {
+        let now = Utc::now();
+        let mut a = DramatiqAdapter::new(DramatiqConfig::default());
+        let mut seen: Vec<(Option<u64>, Interest)> = vec![(a.interest_version(), a.interest())];
+        let mut check = |a: &DramatiqAdapter, changed: bool, what: &str| {
+            let (version, interest) = (a.interest_version(), a.interest());
+            let (last_version, last_interest) = seen.last().expect("a first state").clone();
+            assert_eq!(interest != last_interest, changed, "interest after {what}");
+            assert_eq!(version != last_version, changed, "version after {what}");
+            for (v, i) in &seen {
+                // An equal version must mean an equal interest (the loop keeps the old one).
+                assert!(
+                    *v != version || *i == interest,
+                    "a stale version after {what}"
+                );
+            }
+            seen.push((version, interest));
+        };
+        // The queue's first message, read at first sight: the queue is followed.
+        let first = Why::FirstSight.read(ReadRequest::HScanFirstPage {
+            key: "dramatiq:default.msgs".into(),
+            count: 200,
+        });
+        let page = Reply::Array(vec![
+            Reply::Bytes(b"0".to_vec()),
+            Reply::Array(vec![
+                Reply::Bytes(RID.as_bytes().to_vec()),
+                Reply::Bytes(MSG.to_vec()),
+            ]),
+        ]);
+        a.handle_reply(&first, page, now);
+        check(&a, true, "a new queue");
+        // A worker's ack set: its rule and a read in every rule of the queue.
+        let acks = Why::Acks.read(ReadRequest::SMembers("dramatiq:__acks__.w1.default".into()));
+        let members = Reply::Array(vec![Reply::Bytes(RID.as_bytes().to_vec())]);
+        a.handle_reply(&acks, members.clone(), now);
+        check(&a, true, "a new ack set");
+        a.handle_reply(&acks, Reply::Array(vec![]), now);
+        check(&a, false, "the ack set read again");
+        // A sample finds the queue long: unfollowed, no rule.
+        let sample = |a: &mut DramatiqAdapter, length: i64| {
+            for read in a.sample_queues(now) {
+                let reply = match &read.request {
+                    ReadRequest::LLen(k) if !k.ends_with(".DQ") => Reply::Int(length),
+                    ReadRequest::LLen(_) | ReadRequest::ZCard(_) => Reply::Int(0),
+                    _ => Reply::Array(vec![]),
+                };
+                a.handle_reply(&read, reply, now);
+            }
+        };
+        sample(&mut a, 5_000);
+        check(&a, true, "the queue unfollowed");
+        sample(&mut a, 0);
+        check(&a, true, "the queue followed again");
     }
 }

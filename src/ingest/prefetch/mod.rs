@@ -352,9 +352,11 @@ async fn run_reads(
         }
         Err(_) => run.1.iter().collect(),
     };
+    let started = std::time::Instant::now();
     let first: Vec<Read> = reads.iter().map(|r| first_read(r)).collect();
     let requests: Vec<ReadRequest> = first.iter().map(|r| r.request.clone()).collect();
     let replies = client.reads(&requests).await.map_err(|e| e.to_string())?;
+    let first_at = started.elapsed();
     let mut second = Vec::new();
     if let Ok(mut snaps) = snapshots.lock() {
         for (read, reply) in reads.iter().zip(&replies) {
@@ -369,17 +371,7 @@ async fn run_reads(
             if matches!(reply, Reply::Error(_)) {
                 continue;
             }
-            let current: HashSet<String> = reply.clone().into_strings();
-            let previous = snaps.fields.remove(key);
-            let mut new: Vec<String> = match &previous {
-                Some(prev) => current.difference(prev).cloned().collect(),
-                None => current.iter().cloned().collect(),
-            };
-            let mut departed: Vec<String> = previous
-                .as_ref()
-                .map(|prev| prev.difference(&current).cloned().collect())
-                .unwrap_or_default();
-            snaps.fields.insert(key.clone(), current);
+            let (mut new, mut departed) = snapshot_diff(&mut snaps.fields, key, reply);
             if !new.is_empty() {
                 new.sort_unstable();
                 second.push(Read::new(
@@ -402,14 +394,68 @@ async fn run_reads(
             }
         }
     }
+    // Fields read by the second round trip, for the `debug` log of each run (where the time
+    // goes: its round trips, and how much each one carried).
+    let second_fields: usize = second
+        .iter()
+        .map(|r| match &r.request {
+            ReadRequest::HMGet { fields, .. } => fields.len(),
+            _ => 0,
+        })
+        .sum();
     let mut out = Vec::with_capacity(second.len() + first.len());
     if !second.is_empty() {
         let requests: Vec<ReadRequest> = second.iter().map(|r| r.request.clone()).collect();
         let more = client.reads(&requests).await.map_err(|e| e.to_string())?;
         out.extend(second.into_iter().zip(more));
     }
+    debug!(
+        first_us = first_at.as_micros() as u64,
+        total_us = started.elapsed().as_micros() as u64,
+        second_fields,
+        "Prefetch run."
+    );
     out.extend(first.into_iter().zip(replies));
     Ok(out)
+}
+
+/// Takes `reply` (a followed hash's `HKEYS`) as the new snapshot of `key`: the fields new
+/// since the previous one, and those gone. The snapshot is updated in place, so a run costs
+/// allocations for what changed only, not for every field of the hash.
+fn snapshot_diff(
+    snapshots: &mut HashMap<String, HashSet<String>>,
+    key: &str,
+    reply: &Reply,
+) -> (Vec<String>, Vec<String>) {
+    let items: &[Reply] = match reply {
+        Reply::Array(items) => items,
+        _ => &[],
+    };
+    let current: HashSet<std::borrow::Cow<'_, str>> = items
+        .iter()
+        .filter_map(Reply::as_bytes)
+        .map(String::from_utf8_lossy)
+        .collect();
+    let Some(previous) = snapshots.get_mut(key) else {
+        let new: Vec<String> = current.into_iter().map(|f| f.into_owned()).collect();
+        snapshots.insert(key.to_string(), new.iter().cloned().collect());
+        return (new, Vec::new());
+    };
+    let new: Vec<String> = current
+        .iter()
+        .filter(|f| !previous.contains(f.as_ref()))
+        .map(|f| f.to_string())
+        .collect();
+    let departed: Vec<String> = previous
+        .iter()
+        .filter(|f| !current.contains(f.as_str()))
+        .cloned()
+        .collect();
+    for f in &departed {
+        previous.remove(f);
+    }
+    previous.extend(new.iter().cloned());
+    (new, departed)
 }
 
 async fn run(
@@ -648,7 +694,46 @@ fn on_key_event(
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{glob_match, snapshot_diff};
+    use broker_adapters::Reply;
+    use std::collections::{HashMap, HashSet};
+
+    fn fields(names: &[&str]) -> Reply {
+        Reply::Array(
+            names
+                .iter()
+                .map(|n| Reply::Bytes(n.as_bytes().to_vec()))
+                .collect(),
+        )
+    }
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn a_snapshot_gives_the_fields_new_and_gone_since_the_previous_one() {
+        let mut snaps = HashMap::new();
+        let (new, gone) = snapshot_diff(&mut snaps, "q.msgs", &fields(&["a", "b"]));
+        assert_eq!((sorted(new), gone), (vec!["a".into(), "b".into()], vec![]));
+        let (new, gone) = snapshot_diff(&mut snaps, "q.msgs", &fields(&["b", "c", "d"]));
+        assert_eq!(
+            (sorted(new), gone),
+            (vec!["c".into(), "d".into()], vec!["a".to_string()])
+        );
+        let (new, gone) = snapshot_diff(&mut snaps, "q.msgs", &fields(&["b", "c", "d"]));
+        assert!(new.is_empty() && gone.is_empty(), "nothing changed");
+        let expected: HashSet<String> = ["b", "c", "d"].map(String::from).into();
+        assert_eq!(snaps["q.msgs"], expected, "kept as the previous snapshot");
+        // Another hash has its own; an empty or odd reply empties the snapshot.
+        let (new, _) = snapshot_diff(&mut snaps, "other.msgs", &fields(&["a"]));
+        assert_eq!(new, vec!["a".to_string()]);
+        let (new, gone) = snapshot_diff(&mut snaps, "q.msgs", &Reply::Nil);
+        assert!(new.is_empty());
+        assert_eq!(sorted(gone), vec!["b", "c", "d"]);
+        assert!(snaps["q.msgs"].is_empty());
+    }
 
     #[test]
     fn globs_match_as_redis_does() {
