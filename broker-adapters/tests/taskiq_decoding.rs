@@ -273,6 +273,15 @@ fn fast_task_never_in_the_pel_still_ends_with_its_outcome() {
         ))]),
         now,
     );
+    // A failure waits for a read of the stream after it: a retry's copy is written before the
+    // failed attempt's record, and would be read first.
+    assert!(tasks(&out).is_empty(), "{:?}", out.observations);
+    assert!(
+        matches!(out.follow_up.as_slice(), [r] if matches!(r.request, ReadRequest::XRange { .. })),
+        "{:?}",
+        out.follow_up
+    );
+    let out = a.answer(&out.follow_up[0], entries(&[]), now);
     let t = tasks(&out);
     assert_eq!(t[0].event, TaskEvent::Failed);
     assert_eq!(

@@ -450,3 +450,85 @@ fn stream_entry_read_by_two_groups_settles_when_both_acknowledged() {
     let t = d.task(&id);
     assert_eq!(t.state, TaskState::Success, "assumed: no result backend");
 }
+
+/// The place of `event` (of attempt `attempt`) among a task's observations.
+fn position(d: &Driver<TaskiqAdapter>, id: &str, event: TaskEvent, attempt: u32) -> Option<usize> {
+    d.observations_of(id)
+        .iter()
+        .position(|o| o.event == event && o.attempt == Some(attempt))
+}
+
+/// A worker writes between two reads of one pipeline: the stream's `XRANGE` ran before the
+/// retry's copy was added, the result read after the copy ran and succeeded. The success of
+/// attempt 1 goes out after the copy is read (`retried`), not before it (which would leave
+/// the copy behind a final state, the retry uncounted).
+#[test]
+fn stream_result_read_before_the_retry_copy_waits_for_it() {
+    let mut d = driver();
+    consumer_up(&mut d, C1);
+    let id = task_id("stream_json_pickle_message_flaky.bin");
+    let first = step(&mut d, |r| {
+        tq::kiq(r, QUEUE, &fixture("stream_json_pickle_message_flaky.bin"))
+    });
+    step(&mut d, |r| tq::read(r, QUEUE, C1));
+    d.reconcile();
+    assert_eq!(d.state(&id), TaskState::Running);
+    d.reconcile_interleaved(1, |r| {
+        let copy = tq::kiq(
+            r,
+            QUEUE,
+            &fixture("stream_json_pickle_message_flaky_retry1.bin"),
+        );
+        tq::save_result(r, &id, &fixture(FAIL.result));
+        tq::ack(r, QUEUE, &first);
+        tq::read(r, QUEUE, C1);
+        tq::save_result(r, &id, &fixture("stream_json_pickle_result_flaky.bin"));
+        tq::ack(r, QUEUE, &copy);
+    });
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.retries, 1);
+    let queued = position(&d, &id, TaskEvent::Queued, 1).expect("the copy was read");
+    let succeeded = position(&d, &id, TaskEvent::Succeeded, 1).expect("the outcome");
+    assert!(
+        queued < succeeded,
+        "the copy (retried) before the outcome: {:?}",
+        d.events_of(&id)
+    );
+}
+
+/// The same interleaving with the failed attempt's record: read before the copy written
+/// before it, it would end the task as a failure; held until the stream is read, it is the
+/// retried attempt's error, and the copy's run settles the task.
+#[test]
+fn stream_failure_read_before_the_retry_copy_is_not_final() {
+    let mut d = driver();
+    consumer_up(&mut d, C1);
+    let id = task_id("stream_json_pickle_message_flaky.bin");
+    let first = step(&mut d, |r| {
+        tq::kiq(r, QUEUE, &fixture("stream_json_pickle_message_flaky.bin"))
+    });
+    step(&mut d, |r| tq::read(r, QUEUE, C1));
+    d.reconcile();
+    assert_eq!(d.state(&id), TaskState::Running);
+    let mut copy = String::new();
+    d.reconcile_interleaved(1, |r| {
+        copy = tq::kiq(
+            r,
+            QUEUE,
+            &fixture("stream_json_pickle_message_flaky_retry1.bin"),
+        );
+        tq::save_result(r, &id, &fixture(FAIL.result));
+    });
+    assert_eq!(d.state(&id), TaskState::Retried, "{:?}", d.events_of(&id));
+    step(&mut d, |r| tq::ack(r, QUEUE, &first));
+    step(&mut d, |r| tq::read(r, QUEUE, C1));
+    step(&mut d, |r| {
+        tq::save_result(r, &id, &fixture("stream_json_pickle_result_flaky.bin"))
+    });
+    step(&mut d, |r| tq::ack(r, QUEUE, &copy));
+    d.reconcile();
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.retries, 1);
+}

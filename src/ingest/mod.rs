@@ -100,22 +100,25 @@ const INCOMING_CAP: usize = 200_000;
 const INCOMING_BATCH: usize = 20_000;
 /// A batch of fewer messages than this waits [`incoming_linger`] for more, once.
 const LINGER_UNDER: usize = 64;
+/// The small-batch linger unless `TASKSCOPE_INGEST_LINGER_MS` says otherwise.
+const DEFAULT_LINGER_MS: u64 = 5;
 /// How long a small batch waits for more messages before its reads run and its observations
-/// go to the store (`TASKSCOPE_INGEST_LINGER_MS`, off by default): a few ms of latency, against
-/// a fixed cost per batch paid per message when messages come one by one (measured on Celery's
-/// event stream). Off because with 5 ms, two taskiq retries re-sent within those 5 ms were read
-/// in one batch and shown as one `retried` transition (`tests/taskiq.rs`
-/// `retry_with_intermediate_results_kept`, 4 failures in 6 runs): the taskiq adapter must count
-/// every re-send of one stream read before this can be on.
+/// go to the store (`TASKSCOPE_INGEST_LINGER_MS`, [`DEFAULT_LINGER_MS`] by default, `0` turns it
+/// off, at most 100): a few ms of latency, against a fixed cost per batch paid per message when
+/// messages come one by one (measured on Celery's event stream). Correctness never depends on
+/// it: what one batch reads at once (two re-sends of a taskiq task, say) is told apart by the
+/// adapters (the taskiq adapter holds an outcome until the stream written before it is read).
 fn incoming_linger() -> Option<Duration> {
     static LINGER: std::sync::OnceLock<Option<Duration>> = std::sync::OnceLock::new();
-    *LINGER.get_or_init(|| {
-        std::env::var("TASKSCOPE_INGEST_LINGER_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-            .filter(|ms| *ms > 0)
-            .map(|ms| Duration::from_millis(ms.min(100)))
-    })
+    *LINGER.get_or_init(|| linger_from(std::env::var("TASKSCOPE_INGEST_LINGER_MS").ok().as_deref()))
+}
+
+/// The linger a `TASKSCOPE_INGEST_LINGER_MS` value asks for (unset or unreadable: the default).
+fn linger_from(value: Option<&str>) -> Option<Duration> {
+    let ms = value
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(DEFAULT_LINGER_MS);
+    (ms > 0).then(|| Duration::from_millis(ms.min(100)))
 }
 /// Read rounds (follow-ups of follow-ups) per batch before yielding to incoming messages.
 const MAX_READ_ROUNDS: usize = 64;
@@ -1457,6 +1460,18 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
 
 #[cfg(test)]
 mod tests {
+    use super::{linger_from, Duration, DEFAULT_LINGER_MS};
+
+    #[test]
+    fn linger_is_on_by_default_and_zero_turns_it_off() {
+        let default = Some(Duration::from_millis(DEFAULT_LINGER_MS));
+        assert_eq!(linger_from(None), default);
+        assert_eq!(linger_from(Some("soon")), default);
+        assert_eq!(linger_from(Some("0")), None);
+        assert_eq!(linger_from(Some(" 2 ")), Some(Duration::from_millis(2)));
+        assert_eq!(linger_from(Some("5000")), Some(Duration::from_millis(100)));
+    }
+
     #[test]
     fn redact_hides_credentials_of_any_url_parsable_or_not() {
         use super::redact;

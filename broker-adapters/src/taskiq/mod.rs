@@ -231,6 +231,10 @@ pub struct TaskiqAdapter {
     /// Queues with a task whose result record was read: there, a missing one means "not yet"
     /// (a result backend is configured), elsewhere "never" (none is).
     results_seen: HashSet<String>,
+    /// Per stream, outcomes read before the stream was read after them ([`outcome`]): handed
+    /// out after the next read of its new entries, so that every re-send written before the
+    /// record is `retried` first, whatever batch each was read in.
+    held: HashMap<String, Vec<Observation>>,
 }
 
 /// Prefixes trimmed, without empties and duplicates, longest first.
@@ -276,6 +280,7 @@ impl TaskiqAdapter {
             sampling: HashSet::new(),
             oldest_probes: HashMap::new(),
             results_seen: HashSet::new(),
+            held: HashMap::new(),
         }
     }
 
@@ -374,10 +379,9 @@ impl TaskiqAdapter {
         t
     }
 
-    /// Reads that bring a stream up to date: new entries, groups, consumers, pending entries.
-    fn stream_reads(&self, key: &str) -> Vec<Read> {
-        let state = self.streams.get(key);
-        let mut reads = vec![match state.and_then(|s| s.last_id) {
+    /// The read of a stream's entries after the last one read (its newest ones the first time).
+    fn entries_read(&self, key: &str) -> Read {
+        match self.streams.get(key).and_then(|s| s.last_id) {
             Some(last) => Why::NewEntries.read(ReadRequest::XRange {
                 key: key.to_string(),
                 start: format!("({last}"),
@@ -390,7 +394,13 @@ impl TaskiqAdapter {
                 start: "-".to_string(),
                 count: INITIAL_WINDOW,
             }),
-        }];
+        }
+    }
+
+    /// Reads that bring a stream up to date: new entries, groups, consumers, pending entries.
+    fn stream_reads(&self, key: &str) -> Vec<Read> {
+        let state = self.streams.get(key);
+        let mut reads = vec![self.entries_read(key)];
         reads.push(Why::Groups.read(ReadRequest::XInfoGroups(key.to_string())));
         if let Some(state) = state {
             for group in state.groups.keys() {
@@ -607,6 +617,8 @@ impl Adapter for TaskiqAdapter {
             return out;
         }
         tracing::debug!(key = request.key(), error, "taskiq read failed");
+        // Outcomes held for this stream's read go out without it.
+        self.release_held(request.key(), &mut out);
         if self.is_queue(request.key()) {
             self.set_kind(request.key(), QueueKind::Unknown);
         }
@@ -670,6 +682,9 @@ impl Adapter for TaskiqAdapter {
                     state.last_id = newest;
                 }
                 self.on_entries(key, entries, now, &mut out);
+                if why == Why::Window {
+                    self.release_held(key, &mut out);
+                }
             }
             (Why::PendingEntry, ReadRequest::XRange { key, .. }) => {
                 // One pending entry read by id: known now, its state comes with the next
@@ -687,6 +702,8 @@ impl Adapter for TaskiqAdapter {
                 }
                 if full {
                     out.follow_up = self.stream_reads(key);
+                } else {
+                    self.release_held(key, &mut out);
                 }
             }
             (Why::Groups, ReadRequest::XInfoGroups(key)) => {

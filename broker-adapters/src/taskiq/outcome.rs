@@ -1,11 +1,24 @@
 //! Outcomes from the result backend's records, and what a missing record means (see the
 //! module documentation of [`super`]).
+//!
+//! A record can be read before the stream entries written before it: the stream's read and the
+//! record's ran in one pipeline while a worker wrote between them, or a loop that waited for
+//! more notifications read a newer record than the one notified. taskiq writes a retry's copy
+//! (`XADD`, `_retries` + 1) before the failed attempt's record, and an attempt's message before
+//! its record, so a record that may have such entries unread (a failure, or an attempt later
+//! than any message read) of a stream task is held: it goes out after the next read of the
+//! stream's new entries, behind the re-sends that read finds (each one `retried`), never before
+//! them. Correctness then never depends on which batch a write was read in.
 
 use super::{result, QueueKind, TaskiqAdapter, RESULT_TRIES};
 use crate::adapter::{Output, Reply};
 use crate::model::{Broker, Observation, TaskEvent, TaskObservation};
 use chrono::{DateTime, Utc};
 use std::collections::HashSet;
+
+/// Outcomes held per stream before they go out unheld (a budget against a stream whose reads
+/// never come back).
+const HELD_CAPACITY: usize = 10_000;
 
 impl TaskiqAdapter {
     /// The values of result keys (one `GET`, or an `MGET` of several tasks' keys under every
@@ -61,6 +74,12 @@ impl TaskiqAdapter {
             }
         };
         let attempt = record.retries.unwrap_or(0);
+        // The stream to read before this outcome goes out (see the module documentation).
+        let hold_for = self.tasks.get(task_id).and_then(|track| {
+            let unread = attempt > track.attempt || (record.is_err && attempt >= track.attempt);
+            let stream = self.kinds.get(&track.queue) == Some(&QueueKind::Stream);
+            (unread && stream).then(|| track.queue.clone())
+        });
         if let Some(track) = self.tasks.get_mut(task_id) {
             if attempt >= track.attempt {
                 track.awaiting = None;
@@ -85,8 +104,31 @@ impl TaskiqAdapter {
         } else {
             obs.fields.result = Some(record.return_value);
         }
-        out.observations.push(Observation::Task(obs));
+        let obs = Observation::Task(obs);
+        match hold_for {
+            Some(stream) => self.hold(stream, obs, out),
+            None => out.observations.push(obs),
+        }
         true
+    }
+
+    /// Holds `obs` until stream `stream`'s new entries are read (the read is asked for here).
+    fn hold(&mut self, stream: String, obs: Observation, out: &mut Output) {
+        let read = self.entries_read(&stream);
+        let held = self.held.entry(stream).or_default();
+        if held.len() >= HELD_CAPACITY {
+            out.observations.push(obs);
+            return;
+        }
+        held.push(obs);
+        out.follow_up.push(read);
+    }
+
+    /// Hands out the outcomes held for `stream`, after what its read just found.
+    pub(super) fn release_held(&mut self, stream: &str, out: &mut Output) {
+        if let Some(held) = self.held.remove(stream) {
+            out.observations.extend(held);
+        }
     }
 
     /// An awaited result key read empty: on the first miss the task is `running` (taken, no

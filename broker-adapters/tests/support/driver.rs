@@ -357,6 +357,33 @@ impl<A: Adapter> Driver<A> {
         }
     }
 
+    /// A reconciliation whose pipeline a worker interleaves: the first `answered` of its reads
+    /// are answered, then `meanwhile` writes (Redis runs other clients' commands between two of
+    /// one pipeline), then the rest and their follow-ups; then the notifications of `meanwhile`
+    /// are delivered.
+    pub fn reconcile_interleaved(
+        &mut self,
+        answered: usize,
+        meanwhile: impl FnOnce(&mut FakeRedis),
+    ) {
+        let open: Vec<OpenTask> = self
+            .tasks
+            .values()
+            .filter(|t| !t.state.is_final())
+            .map(|t| OpenTask {
+                id: t.id.clone(),
+                queue: t.queue.clone(),
+                name: t.name.clone(),
+            })
+            .collect();
+        let mut reads = self.adapter.reconcile(&open, self.now);
+        let rest = reads.split_off(answered.min(reads.len()));
+        self.pump(reads);
+        meanwhile(&mut self.redis);
+        self.pump(rest);
+        self.deliver();
+    }
+
     /// A sampling tick.
     pub fn sample(&mut self) {
         let reads = self.adapter.sample_queues(self.now);
