@@ -257,6 +257,14 @@ pub enum ReadRequest {
         start: String,
         count: u64,
     },
+    /// `XREAD COUNT count STREAMS key... 0...`: the first `count` entries of each stream, in
+    /// one command for many streams (RQ's results streams, one per job). The reply is
+    /// `[[key, [[id, [field, value, ...]], ...]], ...]` for the streams that have entries, nil
+    /// when none has.
+    XReadFirst {
+        keys: Vec<String>,
+        count: u64,
+    },
     /// `XPENDING key group - + count`: the pending entries of a consumer group, with consumer,
     /// idle time and delivery count. Never joins or acknowledges for the group.
     XPending {
@@ -302,7 +310,9 @@ impl ReadRequest {
             | ReadRequest::HMGet { key: k, .. }
             | ReadRequest::HScanFirstPage { key: k, .. }
             | ReadRequest::ZRangeWithScores { key: k, .. } => k,
-            ReadRequest::MGet(keys) => keys.first().map(String::as_str).unwrap_or(""),
+            ReadRequest::MGet(keys) | ReadRequest::XReadFirst { keys, .. } => {
+                keys.first().map(String::as_str).unwrap_or("")
+            }
             ReadRequest::ClientList => "",
             ReadRequest::Side(inner) => inner.key(),
         }
@@ -567,6 +577,14 @@ pub trait Adapter: Send {
     /// what notifications name (RQ's attempts) would judge a reply without them.
     fn wants_read_barrier(&self) -> bool {
         false
+    }
+
+    /// Called once the notifications of a batch (and of a read barrier) were handed to
+    /// [`Adapter::on_key_event`], before that round's reads run: an adapter that defers reads
+    /// until it has seen every notification of a burst (RQ: a job's hash is not read when the
+    /// burst also holds its results entry) asks for them here.
+    fn end_of_batch(&mut self, _now: DateTime<Utc>) -> Output {
+        Output::default()
     }
 
     /// Messages this adapter publishes on its own schedule (asked about every second), such as

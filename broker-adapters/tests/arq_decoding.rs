@@ -275,7 +275,9 @@ fn status(
     } else {
         layout::in_progress(id)
     };
-    let reads = a.on_key_event(&key, op, now());
+    let mut reads = a.on_key_event(&key, op, now());
+    // Status reads wait for the end of the batch.
+    reads.extend(a.end_of_batch(now()).follow_up);
     assert_eq!(reads.len(), 1, "{reads:?}");
     let bytes = |b: Option<Vec<u8>>| b.map_or(Reply::Nil, Reply::Bytes);
     let reply = Reply::Array(vec![
@@ -377,7 +379,8 @@ fn a_job_deleted_without_a_result_finished_and_its_later_expiry_changes_nothing(
     let id = id_of(&key);
     read_on_set(&mut a, "job_pickle_queued");
     status(&mut a, &id, "set", None, Some(job), Some("1"), true);
-    let reads = a.on_key_event(&key, "del", now());
+    let mut reads = a.on_key_event(&key, "del", now());
+    reads.extend(a.end_of_batch(now()).follow_up);
     let reply = Reply::Array(vec![
         Reply::Nil,
         Reply::Nil,
@@ -394,6 +397,7 @@ fn a_job_deleted_without_a_result_finished_and_its_later_expiry_changes_nothing(
     assert!(a
         .on_key_event(&layout::in_progress(&id), "expired", now())
         .is_empty());
+    assert!(a.end_of_batch(now()).follow_up.is_empty());
     // Read afresh (taskscope restarted meanwhile): gone everywhere is not abandoned.
     let mut fresh = adapter();
     let out = status(&mut fresh, &id, "expired", None, None, None, false);

@@ -40,6 +40,41 @@ fn enqueue(d: &mut Driver<ArqAdapter>) -> chrono::DateTime<chrono::Utc> {
     now
 }
 
+/// Two jobs' whole runs, each pipeline's notifications in one batch (as a busy loop gets
+/// them): the statuses a batch asks for are one `MGET` for both jobs, and none when the batch
+/// wrote the results; the states are the same.
+#[test]
+fn batched_runs_read_statuses_together_and_not_when_the_result_is_in_the_batch() {
+    const ID2: &str = "d4d7e1a6b2a755a79b1a63a4e42fa728";
+    let mut d = driver();
+    let now = d.now;
+    d.redis.take_events();
+    aw::enqueue(&mut d.redis, ID, now, now);
+    aw::enqueue(&mut d.redis, ID2, now, now);
+    d.deliver_batch();
+    d.advance(5);
+    let status_reads = |d: &Driver<ArqAdapter>| {
+        d.reads
+            .iter()
+            .filter(|r| matches!(r, broker_adapters::ReadRequest::MGet(k) if k.len() >= 4))
+            .count()
+    };
+    let before = status_reads(&d);
+    let (t1, t2) = (aw::start(&mut d.redis, ID), aw::start(&mut d.redis, ID2));
+    d.deliver_batch();
+    assert_eq!(d.state(ID), TaskState::Running);
+    assert_eq!(d.state(ID2), TaskState::Running);
+    assert_eq!(status_reads(&d), before + 1, "{:?}", d.reads);
+    d.advance(600);
+    let end = d.now;
+    aw::finish(&mut d.redis, ID, now, now, end, t1, Outcome::Success);
+    aw::finish(&mut d.redis, ID2, now, now, end, t2, Outcome::Success);
+    d.deliver_batch();
+    assert_eq!(d.state(ID), TaskState::Success);
+    assert_eq!(d.state(ID2), TaskState::Success);
+    assert_eq!(status_reads(&d), before + 1, "{:?}", d.reads);
+}
+
 #[test]
 fn job_queued_running_then_success_from_its_result() {
     let mut d = driver();

@@ -2,7 +2,8 @@
 -- that every bulk string longer than ARGV[1] bytes is replaced by the pair
 -- {'taskscope:too-large', <its length>}, so a huge value never crosses the wire.
 -- KEYS: the keys read. ARGV[1]: the limit in bytes; ARGV[2]: the command (GET, MGET, HMGET,
--- HGETALL, HSCAN, LRANGE, XRANGE, XREVRANGE); ARGV[3..]: its arguments after the key.
+-- HGETALL, HSCAN, LRANGE, XRANGE, XREVRANGE, XREAD); ARGV[3..]: its arguments after the key
+-- (XREAD: ARGV[3] is its COUNT, KEYS the streams, each read from its start).
 -- One command inside the script per read (the project counts Redis commands per lifecycle):
 -- values are measured after the read, so a huge one is copied into Lua for the time of the
 -- script (inside Redis, never sent), except a lone GET's, measured first with STRLEN (a
@@ -62,6 +63,16 @@ elseif cmd == 'HMGET' then
     first = last + 1
   end
   return out
+elseif cmd == 'XREAD' then
+  -- ARGV[3]: the count; KEYS: the streams, each read from its first entry.
+  local args = {'COUNT', ARGV[3], 'STREAMS'}
+  for i = 1, #KEYS do
+    args[#args + 1] = KEYS[i]
+  end
+  for i = 1, #KEYS do
+    args[#args + 1] = '0'
+  end
+  return bound(redis.call('XREAD', unpack(args)))
 elseif cmd == 'HGETALL' or cmd == 'HSCAN' or cmd == 'LRANGE' or cmd == 'XRANGE' or cmd == 'XREVRANGE' then
   return bound(redis.call(cmd, KEYS[1], unpack(ARGV, 3)))
 end

@@ -1140,6 +1140,7 @@ impl Pipeline {
     /// Runs the pending reads (and the reads their replies ask for) as pipelined round trips.
     async fn run_pending(&mut self, now: chrono::DateTime<Utc>, into: &mut Output) {
         for _ in 0..MAX_READ_ROUNDS {
+            self.end_of_batch(now, into);
             if self.pending.is_empty() {
                 return;
             }
@@ -1167,6 +1168,21 @@ impl Pipeline {
                     warn!(error = %e, reads = wire.len(), "Reads failed; they will be redone after reconnecting.");
                     return;
                 }
+            }
+        }
+    }
+
+    /// Tells every adapter on the loop that the notifications so far were handed over
+    /// ([`Adapter::end_of_batch`]); the reads they defer join this round.
+    fn end_of_batch(&mut self, now: chrono::DateTime<Utc>, into: &mut Output) {
+        for i in 0..self.slots.len() {
+            if self.slots[i].is_away() {
+                continue; // its next round asks
+            }
+            if let slot::Outcome::Ran(out) =
+                self.slots[i].call(slot::Call::BatchEnd { now }, &self.decoded_tx)
+            {
+                self.collect(i, out, into);
             }
         }
     }

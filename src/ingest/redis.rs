@@ -256,6 +256,18 @@ fn command(req: &ReadRequest) -> (CustomCommand, Vec<Value>) {
                 Value::from(i64::try_from(*count).unwrap_or(i64::MAX)),
             ],
         ),
+        ReadRequest::XReadFirst { keys, count } => (
+            cmd("XREAD"),
+            [
+                s("COUNT"),
+                Value::from(i64::try_from(*count).unwrap_or(i64::MAX)),
+                s("STREAMS"),
+            ]
+            .into_iter()
+            .chain(keys.iter().map(|k| s(k)))
+            .chain(keys.iter().map(|_| s("0")))
+            .collect(),
+        ),
         ReadRequest::XPending { key, group, count } => (
             cmd("XPENDING"),
             vec![
@@ -314,6 +326,17 @@ fn wire_command(
         return (name, args);
     };
     let s = |k: &str| Value::from(k.to_string());
+    if let ReadRequest::XReadFirst { keys, count } = req.inner() {
+        // KEYS: the streams; ARGV: the limit, `XREAD`, the count (the script adds the ids).
+        let mut wire = Vec::with_capacity(keys.len() + 5);
+        wire.push(s(sha));
+        wire.push(Value::from(keys.len() as i64));
+        wire.extend(keys.iter().map(|k| s(k)));
+        wire.push(Value::from(i64::try_from(max_payload).unwrap_or(i64::MAX)));
+        wire.push(s("XREAD"));
+        wire.push(Value::from(i64::try_from(*count).unwrap_or(i64::MAX)));
+        return (cmd("EVALSHA"), wire);
+    }
     let keys = match req.inner() {
         ReadRequest::MGet(keys) => keys.len(),
         _ => 1,
@@ -341,6 +364,7 @@ fn is_bounded(req: &ReadRequest) -> bool {
             | ReadRequest::LRange { .. }
             | ReadRequest::XRange { .. }
             | ReadRequest::XRevRange { .. }
+            | ReadRequest::XReadFirst { .. }
     )
 }
 

@@ -56,6 +56,10 @@ pub enum Call {
         now: DateTime<Utc>,
     },
     Gap,
+    /// The end of a batch of notifications ([`Adapter::end_of_batch`]).
+    BatchEnd {
+        now: DateTime<Utc>,
+    },
 }
 
 /// What a call gave.
@@ -243,6 +247,7 @@ impl Slot {
                 adapter.on_gap();
                 Outcome::Ran(Output::default())
             }
+            Call::BatchEnd { now } => Outcome::Ran(adapter.end_of_batch(now)),
             Call::Reply { read, reply, at } => {
                 let bytes = reply_bytes(&reply, OFF_LOOP_BYTES);
                 if bytes < OFF_LOOP_BYTES {

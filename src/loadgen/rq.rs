@@ -3,9 +3,9 @@
 //! `RPUSH rq:queue:default`; the worker's `LPOP`, the attempt's execution (hash
 //! `rq:execution:<job id>:<execution id>`, `rq:executions:<job id>`, `rq:wip:default` member
 //! `<job id>:<execution id>`, the worker's execution index; removed as the attempt ends),
-//! status `started`; then a `rq:results:<id>` stream entry (type 1
-//! succeeded, 2 failed with `exc_string` = base64 of zlib of the traceback), status
-//! `finished`/`failed` and the finished/failed registry. A `Retry(max=1)` job goes back to
+//! status `started`; then status `finished`/`failed`, the finished/failed registry and a
+//! `rq:results:<id>` stream entry (type 1 succeeded, 2 failed with `exc_string` = base64 of
+//! zlib of the traceback). A `Retry(max=1)` job goes back to
 //! `queued` with `retries_left` decremented and no results entry for the failed attempt.
 
 use super::{cmd, Cmd, Outcome, Task};
@@ -172,15 +172,15 @@ pub fn deliver(t: &Task, wall: DateTime<Utc>) -> Vec<Cmd> {
 
 fn end(t: &Task, status: &str, registry: &str, wall: DateTime<Utc>) -> Vec<Cmd> {
     let now = iso(wall);
-    let mut out = vec![hset(
+    let mut out = end_execution(t);
+    out.push(hset(
         job_key(t),
         vec![
             ("status", status.as_bytes().to_vec()),
             ("ended_at", now.clone().into_bytes()),
             ("last_heartbeat", now.into_bytes()),
         ],
-    )];
-    out.extend(end_execution(t));
+    ));
     out.push(cmd(
         "ZADD",
         [
@@ -192,7 +192,9 @@ fn end(t: &Task, status: &str, registry: &str, wall: DateTime<Utc>) -> Vec<Cmd> 
     out
 }
 
-/// The results stream entry, then the job's status and registries.
+/// The attempt's cleanup, the job's status and registry, then the results stream entry (the
+/// order of RQ 3's `handle_job_success` / `handle_job_failure` transaction, as in
+/// `broker-adapters/tests/fixtures/rq/keyspace_retried_twice.json`).
 pub fn finish(t: &Task, wall: DateTime<Utc>) -> Vec<Cmd> {
     let started = wall.timestamp_micros() as f64 / 1e6 - t.runtime.as_secs_f64();
     let ended = wall.timestamp_micros() as f64 / 1e6;
@@ -224,12 +226,12 @@ pub fn finish(t: &Task, wall: DateTime<Utc>) -> Vec<Cmd> {
         "execution_ended_at".into(),
         format!("{ended:.6}"),
     ]);
-    let mut out = vec![cmd("XADD", entry)];
-    out.extend(if failed {
+    let mut out = if failed {
         end(t, "failed", "failed", wall)
     } else {
         end(t, "finished", "finished", wall)
-    });
+    };
+    out.push(cmd("XADD", entry));
     out
 }
 

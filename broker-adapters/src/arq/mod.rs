@@ -25,7 +25,9 @@
 //! Every task read runs on the notification of its key (no prefetch is needed: the job
 //! definition lives until the result is written, and the result an hour), and for open tasks
 //! at every reconciliation: one `MGET` of the result, the definition, the try counter and the
-//! in-progress key ([`ArqAdapter::status_read`]), judged together.
+//! in-progress key ([`ArqAdapter::status_read`]), judged together. The statuses a batch of
+//! notifications asks for are read at its end, in one `MGET` for many jobs, and not for a job
+//! whose result the batch wrote (its `GET` tells the outcome).
 
 pub mod detect;
 pub mod layout;
@@ -140,7 +142,14 @@ pub struct ArqAdapter {
     /// Milliseconds left on each health-check key, read just before it.
     health_ttl: HashMap<String, i64>,
     sampling: HashMap<String, QueueRound>,
+    /// Jobs whose status is read at the end of the batch (see [`Adapter::end_of_batch`]),
+    /// in order, once each.
+    status_due: Vec<String>,
+    status_due_set: std::collections::HashSet<String>,
 }
+
+/// Jobs whose status one `MGET` reads (4 keys each).
+const STATUS_PER_READ: usize = 64;
 
 impl ArqAdapter {
     pub fn new(config: ArqConfig) -> ArqAdapter {
@@ -160,7 +169,50 @@ impl ArqAdapter {
             health_alive: HashMap::new(),
             health_ttl: HashMap::new(),
             sampling: HashMap::new(),
+            status_due: Vec::new(),
+            status_due_set: std::collections::HashSet::new(),
         }
+    }
+
+    /// The status of many jobs in one `MGET` (each job's 4 keys in [`Self::status_read`]'s
+    /// order).
+    fn statuses_read(ids: &[String]) -> Read {
+        let keys = ids
+            .iter()
+            .flat_map(|id| {
+                [
+                    layout::result(id),
+                    layout::job(id),
+                    layout::retry(id),
+                    layout::in_progress(id),
+                ]
+            })
+            .collect();
+        Why::Status.read(ReadRequest::MGet(keys))
+    }
+
+    /// A status `MGET` of one job or many: each job's 4 replies to [`Self::on_status`].
+    fn on_statuses(
+        &mut self,
+        keys: &[String],
+        reply: Reply,
+        now: DateTime<Utc>,
+        settling: bool,
+    ) -> Output {
+        let mut out = Output::default();
+        let items = reply.into_items();
+        if items.len() != keys.len() {
+            return out;
+        }
+        let queues = self.queues.clone();
+        let mut items = items.into_iter();
+        for job_keys in keys.chunks(4) {
+            let chunk: Vec<Reply> = items.by_ref().take(job_keys.len()).collect();
+            if let Some(ArqKey::Result(id)) = layout::classify(&job_keys[0], &queues) {
+                out.merge(self.on_status(id, Reply::Array(chunk), now, settling));
+            }
+        }
+        out
     }
 
     /// The queues followed.
@@ -699,7 +751,12 @@ impl Adapter for ArqAdapter {
                 if op == "expired" {
                     memo.expired = true;
                 }
-                vec![Self::status_read(id)]
+                // Read once the batch is over, once, with the batch's other jobs (unless the
+                // batch also wrote its result, which tells the outcome).
+                if self.status_due_set.insert(id.to_string()) {
+                    self.status_due.push(id.to_string());
+                }
+                Vec::new()
             }
             (ArqKey::Queue(q), "zadd" | "zincr") => {
                 let q = q.to_string();
@@ -737,11 +794,11 @@ impl Adapter for ArqAdapter {
         let mut out = Output::default();
         // The tag says why; the key says which job or queue.
         match (why, layout::classify(&key, &queues)) {
-            (Why::Status, Some(ArqKey::Result(id))) => {
-                return self.on_status(id, reply, now, false);
-            }
-            (Why::SettleStatus, Some(ArqKey::Result(id))) => {
-                return self.on_status(id, reply, now, true);
+            (Why::Status | Why::SettleStatus, Some(ArqKey::Result(_))) => {
+                let ReadRequest::MGet(keys) = request.inner() else {
+                    return out;
+                };
+                return self.on_statuses(keys, reply, now, why == Why::SettleStatus);
             }
             (Why::Job, Some(ArqKey::Job(id))) => {
                 if self.known.get(id).is_some_and(|m| m.job_read) {
@@ -832,7 +889,33 @@ impl Adapter for ArqAdapter {
         }
     }
 
+    /// The statuses asked for by the batch's notifications, in one `MGET` per
+    /// [`STATUS_PER_READ`] jobs; not of a job whose result the batch wrote (its `GET` tells
+    /// the outcome) or that ended already. A try's `set`, its counter's `incrby` and its end
+    /// are then one read, not three.
+    fn end_of_batch(&mut self, _now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        if self.status_due.is_empty() {
+            return out;
+        }
+        self.status_due_set.clear();
+        let due: Vec<String> = std::mem::take(&mut self.status_due)
+            .into_iter()
+            .filter(|id| {
+                !self
+                    .known
+                    .get(id)
+                    .is_some_and(|m| m.finished || (m.result_written && !m.expired))
+            })
+            .collect();
+        out.follow_up
+            .extend(due.chunks(STATUS_PER_READ).map(Self::statuses_read));
+        out
+    }
+
     fn on_gap(&mut self) {
+        self.status_due.clear();
+        self.status_due_set.clear();
         for memo in self.known.values_mut() {
             memo.job_asked = false;
         }

@@ -6,8 +6,8 @@
 //! until none is left. Task observations are folded with the shared state machine, so a test
 //! can ask what a task's state is, as the store would show it.
 //!
-//! Reads run synchronously after each delivered notification: the fake's state at that moment
-//! is what a prompt read would see. Writes of one Lua script call should be applied together
+//! Reads run synchronously after each delivered notification (after the adapter's
+//! `end_of_batch`): the fake's state at that moment is what a prompt read would see. Writes of one Lua script call should be applied together
 //! before [`Driver::deliver`] (a script is atomic: no read runs inside it).
 
 use super::fake_redis::{glob_match, FakeRedis, KeyEvent};
@@ -298,7 +298,14 @@ impl<A: Adapter> Driver<A> {
     pub fn pump(&mut self, reads: Vec<Read>) {
         let mut queue: VecDeque<Read> = reads.into();
         let mut answered = 0;
-        while let Some(read) = queue.pop_front() {
+        loop {
+            // What the adapter deferred to the end of the notifications (the ingest loop asks
+            // at each round).
+            let out = self.adapter.end_of_batch(self.now);
+            queue.extend(self.absorb(out));
+            let Some(read) = queue.pop_front() else {
+                break;
+            };
             answered += 1;
             assert!(answered < 100_000, "the adapter keeps asking: {read:?}");
             let reply = self.redis.read(&read.request);

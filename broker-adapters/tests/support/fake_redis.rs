@@ -128,6 +128,11 @@ impl FakeRedis {
         std::mem::take(&mut self.events)
     }
 
+    /// Puts notifications back to be delivered (a test that drops some of them).
+    pub fn put_events(&mut self, events: Vec<KeyEvent>) {
+        self.events.extend(events);
+    }
+
     fn event(&mut self, key: &str, op: &str) {
         self.events.push(KeyEvent {
             key: key.to_string(),
@@ -781,6 +786,23 @@ impl FakeRedis {
             } => self.stream(key).map_or(Reply::Array(Vec::new()), |s| {
                 s.range(start, end, *count, true)
             }),
+            ReadRequest::XReadFirst { keys, count } => {
+                let found: Vec<Reply> = keys
+                    .iter()
+                    .filter_map(|k| {
+                        let entries = self.stream(k)?.range("-", "+", *count, false);
+                        match &entries {
+                            Reply::Array(e) if e.is_empty() => None,
+                            _ => Some(Reply::Array(vec![text(k), entries])),
+                        }
+                    })
+                    .collect();
+                if found.is_empty() {
+                    Reply::Nil
+                } else {
+                    Reply::Array(found)
+                }
+            }
             ReadRequest::XPending { key, group, count } => match self.stream(key) {
                 Some(s) => s.pending_reply(group, *count, self.now_ms),
                 None => fake_stream::nogroup(group),

@@ -98,7 +98,7 @@ impl Tagging for rq::RqAdapter {
             ReadRequest::HMGet { .. } if key.contains(":worker:") => Why::Worker,
             ReadRequest::HMGet { .. } => Why::Job,
             ReadRequest::PTtl(_) => Why::WorkerTtl,
-            ReadRequest::XRevRange { .. } => Why::Results,
+            ReadRequest::XRevRange { .. } | ReadRequest::XReadFirst { .. } => Why::Results,
             ReadRequest::SMembers(_) if key.ends_with("workers") => Why::Workers,
             ReadRequest::SMembers(_) => Why::Queues,
             ReadRequest::LRange {
