@@ -14,6 +14,8 @@
 # flock /tmp/taskscope-bench.lock. Build first: `cargo build --release -p taskscope -p taskscope-bench`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 broker=celery-events rate=3150 seconds=15 tasks=""
 out=${OUT:-/tmp/taskscope-profile.data}
 while [ $# -gt 0 ]; do
@@ -36,13 +38,7 @@ log=$(mktemp /tmp/taskscope-profile-XXXXXX.log)
 "$bench" load --no-baseline --broker "$broker" --rate "$rate" --tasks "$tasks" >"$log" 2>&1 &
 driver=$!
 trap 'kill "$driver" 2>/dev/null || true; wait "$driver" 2>/dev/null || true' EXIT
-server=""
-for _ in $(seq 1 600); do
-  server=$(pgrep -P "$driver" -x taskscope || true)
-  [ -n "$server" ] && break
-  kill -0 "$driver" 2>/dev/null || { cat "$log" >&2; exit 1; }
-  sleep 0.1
-done
+server=$(server_of "$driver" "$log") || true
 [ -n "$server" ] || { echo "profile: no taskscope serve appeared" >&2; exit 1; }
 # The server starts before the traffic: let the traffic begin.
 sleep 3
@@ -51,13 +47,14 @@ perf record -q -e cpu-clock -F 1999 -p "$server" -o "$out" -- sleep "$seconds" 2
 wait "$driver" || true
 trap - EXIT
 echo "--- the load's report ($log)"
-grep -E "lifecycles|lag|lost|wrong|CPU|commands" "$log" | head -20 || true
+grep -v -E "INFO|WARN" "$log" | tail -n 4 || true
 report() { perf report -i "$out" --no-children -g none --percent-limit "$1" "${@:2}" 2>/dev/null | grep -v '^#' | grep '%' || true; }
 echo "--- CPU by thread (share of the server's samples)"
 report 0.5 --sort comm
 echo "--- top functions, all threads"
 report 0.8 --sort comm,dso,sym | head -30
-for thread in taskscope-ingest taskscope-fold taskscope-sink taskscope-prefe tokio-rt-worker; do
+# Thread names as the kernel keeps them (15 characters).
+for thread in taskscope-inges taskscope-fold taskscope-sink taskscope-prefe tokio-rt-worker; do
   echo "--- top functions of $thread (share of all samples)"
   report 0.3 --comm "$thread" --sort dso,sym | head -12
 done

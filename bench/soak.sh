@@ -24,6 +24,8 @@
 # flock /tmp/taskscope-bench.lock (one benchmark at a time on the machine).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 rate=500 minutes=60 broker=celery retention=10m every=5 housekeeping='0 */2 * * * *'
 out=${OUT:-/tmp/taskscope-soak.csv}
 while [ $# -gt 0 ]; do
@@ -63,13 +65,7 @@ cleanup() {
 }
 trap cleanup EXIT
 # The driver's child `taskscope serve` (not any other taskscope on the machine).
-server=""
-for _ in $(seq 1 600); do
-  server=$(pgrep -P "$driver" -x taskscope || true)
-  [ -n "$server" ] && break
-  kill -0 "$driver" 2>/dev/null || { cat "$log" >&2; exit 1; }
-  sleep 0.1
-done
+server=$(server_of "$driver" "$log") || true
 [ -n "$server" ] || { echo "soak: no taskscope serve appeared" >&2; exit 1; }
 echo "soak: ${minutes} min, broker $broker at $rate/s, retention $retention, housekeeping '$housekeeping', server pid $server, samples in $out"
 listen=$(tr '\0' '\n' <"/proc/$server/cmdline" | awk 'prev == "--listen" {print; exit} {prev = $0}')
