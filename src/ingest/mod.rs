@@ -100,8 +100,12 @@ const INCOMING_CAP: usize = 200_000;
 const INCOMING_BATCH: usize = 20_000;
 /// A batch of fewer messages than this waits [`incoming_linger`] for more, once.
 const LINGER_UNDER: usize = 64;
-/// The small-batch linger unless `TASKSCOPE_INGEST_LINGER_MS` says otherwise.
-const DEFAULT_LINGER_MS: u64 = 5;
+/// The small-batch linger unless `TASKSCOPE_INGEST_LINGER_MS` says otherwise: off. With 5 ms,
+/// CI's `tests/celery.rs` `events::failure` lost a task's queue: the notification of kombu's
+/// `unacked` hash waited in the linger, and the 8 ms task was gone from the hash when it was
+/// read (a fast task's queue is only there). Delays before reads lose what short-lived keys
+/// hold; a linger for pub/sub messages alone (which carry their data) would not.
+const DEFAULT_LINGER_MS: u64 = 0;
 /// How long a small batch waits for more messages before its reads run and its observations
 /// go to the store (`TASKSCOPE_INGEST_LINGER_MS`, [`DEFAULT_LINGER_MS`] by default, `0` turns it
 /// off, at most 100): a few ms of latency, against a fixed cost per batch paid per message when
@@ -1479,10 +1483,9 @@ mod tests {
     use super::{linger_from, Duration, DEFAULT_LINGER_MS};
 
     #[test]
-    fn linger_is_on_by_default_and_zero_turns_it_off() {
-        let default = Some(Duration::from_millis(DEFAULT_LINGER_MS));
-        assert_eq!(linger_from(None), default);
-        assert_eq!(linger_from(Some("soon")), default);
+    fn linger_is_off_by_default_and_a_value_turns_it_on() {
+        assert_eq!(linger_from(None), None);
+        assert_eq!(linger_from(Some("soon")), None);
         assert_eq!(linger_from(Some("0")), None);
         assert_eq!(linger_from(Some(" 2 ")), Some(Duration::from_millis(2)));
         assert_eq!(linger_from(Some("5000")), Some(Duration::from_millis(100)));
