@@ -1480,7 +1480,7 @@ fn chrono_duration(d: Duration) -> chrono::Duration {
 
 #[cfg(test)]
 mod tests {
-    use super::{linger_from, Duration, DEFAULT_LINGER_MS};
+    use super::{linger_from, Duration};
 
     #[test]
     fn linger_is_off_by_default_and_a_value_turns_it_on() {
