@@ -142,11 +142,7 @@ fn arq_found_with_defaults_success_failure_retry_deferred_timeout_and_abort() {
             other => Err(format!("{other:?}")),
         }
     });
-    let workers = w.ts.get("/api/workers");
-    let me = workers["workers"]
-        .as_array()
-        .and_then(|ws| ws.iter().find(|x| x["id"] == "arq:queue:health-check"))
-        .unwrap_or_else(|| panic!("no arq worker: {workers}"));
+    let me = wait_worker(&w.ts, "arq:queue:health-check", LONG);
     assert_eq!(me["broker"], "arq", "{me}");
     assert_eq!(me["alive"], true, "{me}");
 }

@@ -168,11 +168,7 @@ fn bullmq_found_with_defaults_every_kind_of_job_waits_then_runs() {
         s["length"] == 0 && s["delayed"] == 0 && s["dead"] == 1
     });
     // The worker, from its connection's name in CLIENT LIST.
-    let workers = w.ts.get("/api/workers");
-    let me = workers["workers"]
-        .as_array()
-        .and_then(|ws| ws.iter().find(|x| x["id"] == "bull:jobs:w1"))
-        .unwrap_or_else(|| panic!("no BullMQ worker: {workers}"));
+    let me = wait_worker(&w.ts, "bull:jobs:w1", LONG);
     assert_eq!(me["broker"], "bullmq", "{me}");
     assert_eq!(me["alive"], true, "{me}");
 }

@@ -168,11 +168,7 @@ fn sidekiq_found_with_defaults_success_burst_failure_retry_scheduled_and_custom_
     assert!((1_900..=2_100).contains(&wait.num_milliseconds()), "{t}");
 
     // The worker is the process.
-    let workers = w.ts.get("/api/workers");
-    let me = workers["workers"]
-        .as_array()
-        .and_then(|ws| ws.iter().find(|x| x["id"] == identity.as_str()))
-        .unwrap_or_else(|| panic!("no sidekiq worker: {workers}"));
+    let me = wait_worker(&w.ts, identity.as_str(), LONG);
     assert_eq!(me["broker"], "sidekiq", "{me}");
     assert_eq!(me["alive"], true, "{me}");
     wait_for("the critical queue sampled", LONG, || {

@@ -1660,3 +1660,16 @@ pub fn assert_finished_task(t: &Value, broker: &str, name: &str, queue: &str) {
         "{t}"
     );
 }
+
+/// The worker `id` from `/api/workers`, polled until listed: workers are read from the file,
+/// which follows the live view by up to a flush interval.
+pub fn wait_worker(ts: &Taskscope, id: &str, timeout: Duration) -> serde_json::Value {
+    wait_for(&format!("GET /api/workers to list {id}"), timeout, || {
+        let workers = ts.get("/api/workers");
+        workers["workers"]
+            .as_array()
+            .and_then(|ws| ws.iter().find(|x| x["id"] == id))
+            .cloned()
+            .ok_or_else(|| workers.to_string())
+    })
+}
