@@ -121,18 +121,7 @@ fn rq_success_and_failure_with_arguments_results_and_traceback() {
 
     // The worker, alive, and the queue. Workers are read from the file, which follows the live
     // view by up to a flush interval: polled.
-    let me = wait_for(
-        &format!("GET /api/workers to list {}", worker.name),
-        LONG,
-        || {
-            let workers = w.ts.get("/api/workers");
-            workers["workers"]
-                .as_array()
-                .and_then(|ws| ws.iter().find(|x| x["id"] == worker.name.as_str()))
-                .cloned()
-                .ok_or_else(|| workers.to_string())
-        },
-    );
+    let me = wait_worker(&w.ts, worker.name.as_str(), LONG);
     assert_eq!(me["broker"], "rq");
     assert_eq!(me["alive"], true, "{me}");
     wait_for(

@@ -302,23 +302,7 @@ fn sigkilled_worker_abandoned_then_claimed() {
     assert!(!consumer.is_empty(), "the consumer name as worker: {t}");
     assert!(t["started_at"].is_string(), "started_at: {t}");
     // Workers are read from the history file, up to a flush interval behind the task's state.
-    let workers = wait_for("the consumer in /api/workers", SHORT, || {
-        let workers = w.ts.get("/api/workers");
-        if workers["workers"]
-            .as_array()
-            .is_some_and(|ws| ws.iter().any(|x| x["id"] == consumer.as_str()))
-        {
-            Ok(workers)
-        } else {
-            Err(workers.to_string())
-        }
-    });
-    assert!(
-        workers["workers"]
-            .as_array()
-            .is_some_and(|ws| ws.iter().any(|x| x["id"] == consumer.as_str())),
-        "the consumer in /api/workers: {workers}"
-    );
+    wait_worker(&w.ts, &consumer, SHORT);
 
     worker.sigkill();
     let t =

@@ -108,10 +108,9 @@ fn stream_task_failure_carries_its_error() {
     assert!(error.contains("CardDeclined"), "{error}");
 }
 
-/// SimpleRetryMiddleware: the copy (`_retries` 1) is added before the failed attempt's result
-/// and acknowledgement; the copy then runs and succeeds.
-#[test]
-fn stream_retry_copy_is_the_next_attempt_and_its_result_settles() {
+/// A driver where consumer C1 has read the flaky task (first attempt), shown running: the
+/// driver, the task id and the stream entry id of its message.
+fn flaky_task_running() -> (Driver<TaskiqAdapter>, String, String) {
     let mut d = driver();
     consumer_up(&mut d, C1);
     let id = task_id("stream_json_pickle_message_flaky.bin");
@@ -121,6 +120,14 @@ fn stream_retry_copy_is_the_next_attempt_and_its_result_settles() {
     step(&mut d, |r| tq::read(r, QUEUE, C1));
     d.reconcile();
     assert_eq!(d.state(&id), TaskState::Running);
+    (d, id, first)
+}
+
+/// SimpleRetryMiddleware: the copy (`_retries` 1) is added before the failed attempt's result
+/// and acknowledgement; the copy then runs and succeeds.
+#[test]
+fn stream_retry_copy_is_the_next_attempt_and_its_result_settles() {
+    let (mut d, id, first) = flaky_task_running();
     let copy = step(&mut d, |r| {
         tq::kiq(
             r,
@@ -464,15 +471,7 @@ fn position(d: &Driver<TaskiqAdapter>, id: &str, event: TaskEvent, attempt: u32)
 /// the copy behind a final state, the retry uncounted).
 #[test]
 fn stream_result_read_before_the_retry_copy_waits_for_it() {
-    let mut d = driver();
-    consumer_up(&mut d, C1);
-    let id = task_id("stream_json_pickle_message_flaky.bin");
-    let first = step(&mut d, |r| {
-        tq::kiq(r, QUEUE, &fixture("stream_json_pickle_message_flaky.bin"))
-    });
-    step(&mut d, |r| tq::read(r, QUEUE, C1));
-    d.reconcile();
-    assert_eq!(d.state(&id), TaskState::Running);
+    let (mut d, id, first) = flaky_task_running();
     d.reconcile_interleaved(1, |r| {
         let copy = tq::kiq(
             r,
@@ -502,15 +501,7 @@ fn stream_result_read_before_the_retry_copy_waits_for_it() {
 /// retried attempt's error, and the copy's run settles the task.
 #[test]
 fn stream_failure_read_before_the_retry_copy_is_not_final() {
-    let mut d = driver();
-    consumer_up(&mut d, C1);
-    let id = task_id("stream_json_pickle_message_flaky.bin");
-    let first = step(&mut d, |r| {
-        tq::kiq(r, QUEUE, &fixture("stream_json_pickle_message_flaky.bin"))
-    });
-    step(&mut d, |r| tq::read(r, QUEUE, C1));
-    d.reconcile();
-    assert_eq!(d.state(&id), TaskState::Running);
+    let (mut d, id, first) = flaky_task_running();
     let mut copy = String::new();
     d.reconcile_interleaved(1, |r| {
         copy = tq::kiq(

@@ -336,11 +336,9 @@ impl<A: Adapter> Driver<A> {
         out.follow_up
     }
 
-    /// The periodic reconciliation: the adapter's reads (with the tasks still open), then every
-    /// coalesced prefetch rule, forced.
-    pub fn reconcile(&mut self) {
-        let open: Vec<OpenTask> = self
-            .tasks
+    /// The tasks not final yet, as ingest lists them for a reconciliation.
+    fn open_tasks(&self) -> Vec<OpenTask> {
+        self.tasks
             .values()
             .filter(|t| !t.state.is_final())
             .map(|t| OpenTask {
@@ -348,8 +346,13 @@ impl<A: Adapter> Driver<A> {
                 queue: t.queue.clone(),
                 name: t.name.clone(),
             })
-            .collect();
-        let reads = self.adapter.reconcile(&open, self.now);
+            .collect()
+    }
+
+    /// The periodic reconciliation: the adapter's reads (with the tasks still open), then every
+    /// coalesced prefetch rule, forced.
+    pub fn reconcile(&mut self) {
+        let reads = self.adapter.reconcile(&self.open_tasks(), self.now);
         self.pump(reads);
         let prefetch = self.adapter.interest().prefetch;
         self.retain_snapshots(&prefetch);
@@ -373,17 +376,7 @@ impl<A: Adapter> Driver<A> {
         answered: usize,
         meanwhile: impl FnOnce(&mut FakeRedis),
     ) {
-        let open: Vec<OpenTask> = self
-            .tasks
-            .values()
-            .filter(|t| !t.state.is_final())
-            .map(|t| OpenTask {
-                id: t.id.clone(),
-                queue: t.queue.clone(),
-                name: t.name.clone(),
-            })
-            .collect();
-        let mut reads = self.adapter.reconcile(&open, self.now);
+        let mut reads = self.adapter.reconcile(&self.open_tasks(), self.now);
         let rest = reads.split_off(answered.min(reads.len()));
         self.pump(reads);
         meanwhile(&mut self.redis);
