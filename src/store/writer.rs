@@ -491,31 +491,26 @@ impl Writer {
         );
         let _entered = span.enter();
         let missing = self.missing_keys(&cmds);
-        let loaded = match self.look_up(&missing) {
+        let looked_up = self.look_up(&missing).or_else(|first| {
+            self.stats.batch_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %first, "store lookup of tasks not in memory failed; trying once more");
+            self.look_up(&missing)
+        });
+        let loaded = match looked_up {
             Ok(tasks) => Loaded {
                 tasks,
                 unknown: HashSet::new(),
             },
-            Err(first) => {
+            Err(e) => {
+                // Folded as new, and written over whatever version the file holds (never
+                // beside it: one row per task). What only the file knew (a name, args) is lost
+                // from these tasks; counted and logged.
                 self.stats.batch_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %first, "store lookup of tasks not in memory failed; trying once more");
-                match self.look_up(&missing) {
-                    Ok(tasks) => Loaded {
-                        tasks,
-                        unknown: HashSet::new(),
-                    },
-                    Err(e) => {
-                        // Folded as new, and written over whatever version the file holds (never
-                        // beside it: one row per task). What only the file knew (a name, args)
-                        // is lost from these tasks; counted and logged.
-                        self.stats.batch_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::error!(error = %e, tasks = missing.len(),
-                            "store lookup of tasks not in memory failed twice; they are folded as new and replace their stored rows");
-                        Loaded {
-                            tasks: HashMap::new(),
-                            unknown: missing,
-                        }
-                    }
+                tracing::error!(error = %e, tasks = missing.len(),
+                    "store lookup of tasks not in memory failed twice; they are folded as new and replace their stored rows");
+                Loaded {
+                    tasks: HashMap::new(),
+                    unknown: missing,
                 }
             }
         };
