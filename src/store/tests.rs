@@ -854,7 +854,8 @@ async fn tasks_read_back_from_the_file_are_replaced_not_duplicated() {
 async fn a_task_whose_lookup_fails_replaces_its_stored_row() {
     let dir = tempfile::tempdir().unwrap();
     let opts = StoreOptions {
-        // Every later observation of a task finds it in the file, not in memory.
+        // Finished tasks leave memory oldest first, and one is kept: every later observation
+        // of an earlier task finds it in the file, not in memory.
         cache_capacity: 1,
         failing_lookups: 2,
         ..StoreOptions::default()
@@ -864,14 +865,14 @@ async fn a_task_whose_lookup_fails_replaces_its_stored_row() {
     for (i, id) in ids.iter().enumerate() {
         write(
             &writer,
-            vec![task_obs(Broker::Rq, id, i as i64, TaskEvent::Queued)],
+            vec![task_obs(Broker::Rq, id, i as i64, TaskEvent::Succeeded)],
         )
         .await;
     }
     // Stored an hour earlier than anything else in the file: found wherever it is.
     write(
         &writer,
-        vec![task_obs(Broker::Rq, &ids[3], 3600, TaskEvent::Running)],
+        vec![task_obs(Broker::Rq, &ids[3], 3600, TaskEvent::Failed)],
     )
     .await;
     assert_eq!(
@@ -884,13 +885,13 @@ async fn a_task_whose_lookup_fails_replaces_its_stored_row() {
     );
     let stats = reader.stats(None).await.unwrap();
     assert_eq!(stats.by_state.values().sum::<u64>(), 20, "{stats:?}");
-    assert_eq!(stats.by_state[&TaskState::Running], 1);
-    assert_eq!(stats.by_state[&TaskState::Queued], 19);
+    assert_eq!(stats.by_state[&TaskState::Failure], 1);
+    assert_eq!(stats.by_state[&TaskState::Success], 19);
     // Its number is kept: the earlier transition still belongs to it.
     let (task, timeline) = reader.get_task(&ids[3]).await.unwrap().unwrap();
-    assert_eq!(task.state, TaskState::Running);
+    assert_eq!(task.state, TaskState::Failure);
     let states: Vec<TaskState> = timeline.iter().map(|t| t.state).collect();
-    assert_eq!(states, [TaskState::Queued, TaskState::Running]);
+    assert_eq!(states, [TaskState::Success, TaskState::Failure]);
     assert!(
         writer
             .stats()
