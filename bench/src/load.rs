@@ -378,6 +378,8 @@ pub struct FlavorReport {
     pub baseline_generated_per_s: Option<f64>,
     pub generator_command_errors: u64,
     pub sse_lagged: u64,
+    /// Pub/sub messages taskscope dropped and re-read (`/healthz` `lagged_events`) in the run.
+    pub taskscope_fell_behind: u64,
 }
 
 /// The whole report.
@@ -572,6 +574,7 @@ async fn run_flavor(
         ts_commands,
         ts_round_trips,
         sse_lagged,
+        fell_behind,
     } = report_parts;
     let n = args.tasks as f64;
     let with_cpu = g.at_end.cpu_seconds - before.cpu_seconds;
@@ -630,6 +633,7 @@ async fn run_flavor(
         baseline_generated_per_s: base_rate,
         generator_command_errors: g.command_errors,
         sse_lagged,
+        taskscope_fell_behind: fell_behind,
     })
 }
 
@@ -645,6 +649,7 @@ struct Watched {
     ts_commands: u64,
     ts_round_trips: u64,
     sse_lagged: u64,
+    fell_behind: u64,
 }
 
 async fn watched_run(
@@ -663,6 +668,7 @@ async fn watched_run(
     // Let the start-up scan and the event stream settle before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ts_before = api.redis_commands().await?;
+    let lagged_before = api.lagged_events().await?;
     let before = redis_counters(client).await?;
     let g = generate(
         clients,
@@ -720,6 +726,7 @@ async fn watched_run(
     };
     let usage = usage::usage(child.pid())?;
     let ts_after = api.redis_commands().await?;
+    let fell_behind = api.lagged_events().await?.saturating_sub(lagged_before);
     let ts_commands = ts_after.0.saturating_sub(ts_before.0);
     let ts_round_trips = ts_after.1.saturating_sub(ts_before.1);
     let at_settle = redis_counters(client).await?;
@@ -750,6 +757,7 @@ async fn watched_run(
             ts_commands,
             ts_round_trips,
             sse_lagged,
+            fell_behind,
         },
         usage,
     ))
@@ -805,6 +813,12 @@ pub fn print_table(r: &Report) {
         );
         for e in &x.wrong_examples {
             println!("    wrong: {e}");
+        }
+        if x.taskscope_fell_behind > 0 {
+            println!(
+                "    taskscope fell behind Redis pub/sub: {} messages dropped and re-read",
+                x.taskscope_fell_behind
+            );
         }
     }
 }

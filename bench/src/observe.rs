@@ -86,6 +86,14 @@ impl Api {
         ))
     }
 
+    /// Pub/sub messages taskscope dropped so far and re-read (`/healthz` `lagged_events`).
+    pub async fn lagged_events(&self) -> anyhow::Result<u64> {
+        let h = self.get_json("/healthz").await?;
+        h["lagged_events"]
+            .as_u64()
+            .context("/healthz has no lagged_events")
+    }
+
     /// Tasks in a final state (`/api/stats`).
     pub async fn final_tasks(&self) -> anyhow::Result<u64> {
         let stats = self.get_json("/api/stats").await?;

@@ -383,6 +383,8 @@ pub fn run(exe: &Path, args: StoreBenchArgs) -> anyhow::Result<()> {
     let peak_rss = usage::status_bytes(pid, "VmHWM").unwrap_or(0);
     let rss_end = usage::status_bytes(pid, "VmRSS").unwrap_or(0);
     let cpu = usage::cpu_seconds(pid).unwrap_or(0.0);
+    let rss_by_mapping = usage::rss_by_mapping(pid);
+    let engine_bytes = engine_memory_bytes(http_port);
     serve.stop(Duration::from_secs(30));
 
     let tasks = generated.as_ref().map(|g| g.tasks).unwrap_or(tasks_served);
@@ -419,6 +421,11 @@ pub fn run(exe: &Path, args: StoreBenchArgs) -> anyhow::Result<()> {
             "rss_idle_bytes": rss_idle,
             "rss_end_bytes": rss_end,
             "peak_rss_bytes": peak_rss,
+            "rss_end_by_mapping": rss_by_mapping
+                .iter()
+                .map(|(name, bytes)| json!({"mapping": name, "bytes": bytes}))
+                .collect::<Vec<_>>(),
+            "engine_memory_end_bytes": engine_bytes,
             "cpu_seconds": round2(cpu),
         },
         "summary": {
@@ -468,6 +475,29 @@ pub fn run(exe: &Path, args: StoreBenchArgs) -> anyhow::Result<()> {
             mib(TARGET_RSS_BYTES),
             cpu
         );
+        let parts: Vec<String> = rss_by_mapping
+            .iter()
+            .take(6)
+            .map(|(name, bytes)| format!("{name} {:.1}", mib(*bytes)))
+            .collect();
+        println!(
+            "RSS at the end, MiB: {} (of the anonymous memory, DuckDB's buffer manager holds {:.1})",
+            parts.join(", "),
+            mib(engine_bytes)
+        );
     }
     Ok(())
+}
+
+/// What DuckDB's buffer manager holds, summed over its tags (`/metrics`
+/// `taskscope_store_engine_memory_bytes`); 0 when the scrape fails.
+fn engine_memory_bytes(port: u16) -> u64 {
+    let Ok(answer) = http::get(port, "/metrics") else {
+        return 0;
+    };
+    String::from_utf8_lossy(&answer.body)
+        .lines()
+        .filter(|l| l.starts_with("taskscope_store_engine_memory_bytes"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }

@@ -52,3 +52,34 @@ fn clock_ticks() -> f64 {
         .and_then(|s| s.trim().parse::<f64>().ok())
         .unwrap_or(100.0)
 }
+
+/// Resident bytes of a live process by what they belong to, from `/proc/<pid>/smaps`: each
+/// mapped file by its name (`libduckdb.so`, the binary), anonymous memory as `[anon]` (the
+/// heap, DuckDB's pool, thread stacks), largest first.
+pub fn rss_by_mapping(pid: u32) -> Vec<(String, u64)> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/smaps")) else {
+        return Vec::new();
+    };
+    let mut totals: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut current = String::from("[anon]");
+    for line in text.lines() {
+        let mut fields = line.split_whitespace();
+        let Some(first) = fields.next() else { continue };
+        if first.contains('-') && !first.ends_with(':') {
+            // A mapping's header: address range, perms, offset, device, inode, [path].
+            current = match fields.nth(4) {
+                Some(path) if path.starts_with('/') => {
+                    path.rsplit('/').next().unwrap_or(path).to_string()
+                }
+                Some("[heap]") | None => "[anon]".to_string(),
+                Some(other) => other.to_string(),
+            };
+        } else if first == "Rss:" {
+            let kb: u64 = fields.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+            *totals.entry(current.clone()).or_default() += kb * 1024;
+        }
+    }
+    let mut out: Vec<(String, u64)> = totals.into_iter().filter(|(_, b)| *b > 0).collect();
+    out.sort_by_key(|b| std::cmp::Reverse(b.1));
+    out
+}

@@ -166,6 +166,12 @@ impl<T> Receiver<T> {
         self.taken.pop_front()
     }
 
+    /// Whether any waiting message matches `pred` (looked at under the queue's lock, none
+    /// taken).
+    pub fn any_waiting(&self, pred: impl Fn(&T) -> bool) -> bool {
+        self.taken.iter().any(&pred) || lock(&self.shared.state).items.iter().any(&pred)
+    }
+
     /// Messages dropped at the cap since the last call.
     pub fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut lock(&self.shared.state).dropped)
@@ -197,6 +203,23 @@ mod tests {
         assert_eq!(rx.recv().await, Some(10));
         assert_eq!(rx.try_recv(), None);
         assert_eq!(rx.take_dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn any_waiting_looks_without_taking() {
+        let (tx, mut rx) = queue::<u32>(10);
+        assert!(!rx.any_waiting(|_| true));
+        for i in [1, 2, 3] {
+            tx.send(i).unwrap();
+        }
+        assert!(rx.any_waiting(|&i| i == 3));
+        assert!(!rx.any_waiting(|&i| i == 4));
+        assert_eq!(rx.recv().await, Some(1));
+        // What was taken with the first and not handed out yet counts too.
+        assert!(rx.any_waiting(|&i| i == 2));
+        assert_eq!(rx.recv().await, Some(2));
+        assert_eq!(rx.recv().await, Some(3));
+        assert!(!rx.any_waiting(|_| true));
     }
 
     #[tokio::test]
