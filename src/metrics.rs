@@ -48,6 +48,9 @@ pub struct Metrics {
     decode_errors: Mutex<BTreeMap<Broker, u64>>,
     /// Pub/sub messages fred dropped because this process lagged (then a reconcile runs).
     pub lagged_events: AtomicU64,
+    /// The most messages seen waiting in one of fred's subscriber buffers when its reader got
+    /// to them (what `TASKSCOPE_SUBSCRIBER_BUFFER` has to hold; past it, messages are lost).
+    pub subscriber_backlog_max: AtomicU64,
     /// Redis commands taskscope issued (pipelined commands count one each).
     pub redis_commands: AtomicU64,
     /// Round trips to Redis (a pipeline of up to 512 commands counts once).
@@ -156,6 +159,7 @@ impl Default for Metrics {
             ingest_events: Mutex::new(BTreeMap::new()),
             decode_errors: Mutex::new(BTreeMap::new()),
             lagged_events: AtomicU64::new(0),
+            subscriber_backlog_max: AtomicU64::new(0),
             redis_commands: AtomicU64::new(0),
             redis_round_trips: AtomicU64::new(0),
             change_feed: Mutex::new(ChangeFeed::Unknown),

@@ -380,6 +380,9 @@ pub struct FlavorReport {
     pub sse_lagged: u64,
     /// Pub/sub messages taskscope dropped and re-read (`/healthz` `lagged_events`) in the run.
     pub taskscope_fell_behind: u64,
+    /// The most messages that waited in one of taskscope's fred subscriber buffers (since its
+    /// start; `/healthz` `subscriber_backlog_max`).
+    pub taskscope_subscriber_backlog_max: u64,
 }
 
 /// The whole report.
@@ -575,6 +578,7 @@ async fn run_flavor(
         ts_round_trips,
         sse_lagged,
         fell_behind,
+        backlog_max,
     } = report_parts;
     let n = args.tasks as f64;
     let with_cpu = g.at_end.cpu_seconds - before.cpu_seconds;
@@ -634,6 +638,7 @@ async fn run_flavor(
         generator_command_errors: g.command_errors,
         sse_lagged,
         taskscope_fell_behind: fell_behind,
+        taskscope_subscriber_backlog_max: backlog_max,
     })
 }
 
@@ -650,6 +655,7 @@ struct Watched {
     ts_round_trips: u64,
     sse_lagged: u64,
     fell_behind: u64,
+    backlog_max: u64,
 }
 
 async fn watched_run(
@@ -668,7 +674,7 @@ async fn watched_run(
     // Let the start-up scan and the event stream settle before counting.
     tokio::time::sleep(Duration::from_millis(300)).await;
     let ts_before = api.redis_commands().await?;
-    let lagged_before = api.lagged_events().await?;
+    let (lagged_before, _) = api.lagged_events().await?;
     let before = redis_counters(client).await?;
     let g = generate(
         clients,
@@ -726,7 +732,8 @@ async fn watched_run(
     };
     let usage = usage::usage(child.pid())?;
     let ts_after = api.redis_commands().await?;
-    let fell_behind = api.lagged_events().await?.saturating_sub(lagged_before);
+    let (lagged_after, backlog_max) = api.lagged_events().await?;
+    let fell_behind = lagged_after.saturating_sub(lagged_before);
     let ts_commands = ts_after.0.saturating_sub(ts_before.0);
     let ts_round_trips = ts_after.1.saturating_sub(ts_before.1);
     let at_settle = redis_counters(client).await?;
@@ -758,6 +765,7 @@ async fn watched_run(
             ts_round_trips,
             sse_lagged,
             fell_behind,
+            backlog_max,
         },
         usage,
     ))
@@ -814,6 +822,10 @@ pub fn print_table(r: &Report) {
         for e in &x.wrong_examples {
             println!("    wrong: {e}");
         }
+        println!(
+            "    taskscope's fullest pub/sub buffer held {} messages",
+            x.taskscope_subscriber_backlog_max
+        );
         if x.taskscope_fell_behind > 0 {
             println!(
                 "    taskscope fell behind Redis pub/sub: {} messages dropped and re-read",

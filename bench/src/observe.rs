@@ -86,12 +86,16 @@ impl Api {
         ))
     }
 
-    /// Pub/sub messages taskscope dropped so far and re-read (`/healthz` `lagged_events`).
-    pub async fn lagged_events(&self) -> anyhow::Result<u64> {
+    /// Pub/sub messages taskscope dropped so far and re-read (`/healthz` `lagged_events`), and
+    /// the most that waited in one of its subscriber buffers (`subscriber_backlog_max`).
+    pub async fn lagged_events(&self) -> anyhow::Result<(u64, u64)> {
         let h = self.get_json("/healthz").await?;
-        h["lagged_events"]
-            .as_u64()
-            .context("/healthz has no lagged_events")
+        Ok((
+            h["lagged_events"]
+                .as_u64()
+                .context("/healthz has no lagged_events")?,
+            h["subscriber_backlog_max"].as_u64().unwrap_or(0),
+        ))
     }
 
     /// Tasks in a final state (`/api/stats`).

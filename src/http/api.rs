@@ -75,6 +75,7 @@ pub async fn healthz(
         "redis_commands": state.metrics.redis_commands.load(Ordering::Relaxed),
         "redis_round_trips": state.metrics.redis_round_trips.load(Ordering::Relaxed),
         "lagged_events": state.metrics.lagged_events.load(Ordering::Relaxed),
+        "subscriber_backlog_max": state.metrics.subscriber_backlog_max.load(Ordering::Relaxed),
         "store": {
             "observations_applied": writer.observations_applied.load(Ordering::Relaxed),
             "transitions_written": writer.transitions_written.load(Ordering::Relaxed),

@@ -178,6 +178,37 @@ impl<T> Receiver<T> {
     }
 }
 
+/// Records the high-water mark of a fred subscriber buffer ([`crate::metrics::Metrics`]
+/// `subscriber_backlog_max`): what waits in it is looked at once per burst (when the messages
+/// seen waiting last time are taken), not per message, since each look takes the channel's
+/// lock.
+pub struct BacklogGauge {
+    metrics: Arc<crate::metrics::Metrics>,
+    until_check: usize,
+}
+
+impl BacklogGauge {
+    pub fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
+        Self {
+            metrics,
+            until_check: 0,
+        }
+    }
+
+    /// Call after each message taken from `rx`.
+    pub fn taken<T: Clone>(&mut self, rx: &tokio::sync::broadcast::Receiver<T>) {
+        if self.until_check == 0 {
+            // The one just taken waited too.
+            let waiting = rx.len() + 1;
+            self.metrics
+                .subscriber_backlog_max
+                .fetch_max(waiting as u64, Ordering::Relaxed);
+            self.until_check = waiting;
+        }
+        self.until_check -= 1;
+    }
+}
+
 /// The state's lock; a panic while holding it (none can: pushes and swaps only) is ignored.
 fn lock<T>(m: &Mutex<State<T>>) -> std::sync::MutexGuard<'_, State<T>> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())

@@ -258,7 +258,14 @@ pub async fn run(
         }
         None => (None, None),
     };
-    spawn_forwarders(&subscriber, &client, cfg.redis_db, tx, hint_tx);
+    spawn_forwarders(
+        &subscriber,
+        &client,
+        cfg.redis_db,
+        tx,
+        hint_tx,
+        metrics.clone(),
+    );
 
     info!(url = %redact(&cfg.redis_url), "Connecting to Redis.");
     tokio::select! {
@@ -399,6 +406,7 @@ fn spawn_forwarders(
     db: u32,
     tx: forward::Sender<Incoming>,
     hints: Option<mpsc::Sender<detect::NewKey>>,
+    metrics: Arc<Metrics>,
 ) {
     use tokio::sync::broadcast::error::RecvError;
     // Keyspace notifications come through the prefetcher's subscriber; this one subscribes to
@@ -406,9 +414,14 @@ fn spawn_forwarders(
     // it was not told about), and fred hands those over as keyspace events too.
     let mut keys = subscriber.keyspace_event_rx();
     let key_tx = tx.clone();
+    let mut key_backlog = forward::BacklogGauge::new(metrics.clone());
     tokio::spawn(async move {
         loop {
-            match keys.recv().await {
+            let ev = keys.recv().await;
+            if ev.is_ok() {
+                key_backlog.taken(&keys);
+            }
+            match ev {
                 // New keys (of any database) are the detector's, never the adapters'.
                 Ok(ev) if ev.operation == "new" => {
                     if let Some(hints) = &hints {
@@ -439,10 +452,12 @@ fn spawn_forwarders(
     });
     let mut messages = subscriber.message_rx();
     let msg_tx = tx.clone();
+    let mut message_backlog = forward::BacklogGauge::new(metrics);
     tokio::spawn(async move {
         loop {
             match messages.recv().await {
                 Ok(m) => {
+                    message_backlog.taken(&messages);
                     let payload = match m.value {
                         Value::Bytes(b) => b.to_vec(),
                         Value::String(s) => s.as_bytes().to_vec(),

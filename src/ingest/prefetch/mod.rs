@@ -566,6 +566,12 @@ async fn run(
             }
             _ = kick.notified() => p.kick(),
             ev = keys.recv() => {
+                if ev.is_ok() {
+                    // A burst starts: what waits behind this one is the buffer's high-water.
+                    metrics
+                        .subscriber_backlog_max
+                        .fetch_max(keys.len() as u64 + 1, std::sync::atomic::Ordering::Relaxed);
+                }
                 let mut ev = ev;
                 let mut yielded = false;
                 // Read the whole burst (a script's or a pipeline's notifications) before firing
