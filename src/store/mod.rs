@@ -37,6 +37,7 @@ mod export;
 mod groups;
 #[cfg(test)]
 mod groups_tests;
+mod heap;
 mod live;
 pub mod maintenance;
 mod reader;

@@ -144,6 +144,8 @@ pub(super) struct Sink {
     pub next_num: i64,
     /// Test support ([`super::StoreOptions::failing_lookups`]): file lookups still to fail.
     pub failing_lookups: u32,
+    /// When freed heap memory is given back ([`super::heap`]).
+    pub trim: super::heap::TrimPolicy,
 }
 
 impl Sink {
@@ -181,6 +183,7 @@ impl Sink {
                     // version), the others from the file, which holds theirs. The fold thread
                     // waits for the answer; it is gone only when shutting down.
                     let _ = reply.send(self.lookup(&pending, &keys));
+                    self.trim.done(keys.len() as u64);
                     continue;
                 }
                 SinkItem::Barrier(_) => {}
@@ -223,6 +226,7 @@ impl Sink {
         );
         let _entered = span.enter();
         let started = Instant::now();
+        let observations = pending.observations;
         self.live.begin_commit();
         let mut result = self.write(&pending);
         if let Err(e) = &result {
@@ -253,6 +257,8 @@ impl Sink {
         // The fold thread added them before sending them here.
         s.unflushed
             .fetch_sub(pending.observations, Ordering::Relaxed);
+        drop(pending);
+        self.trim.done(observations);
         span.record("duration_ms", started.elapsed().as_secs_f64() * 1000.0);
     }
 
@@ -268,7 +274,7 @@ impl Sink {
         self.live.end_commit();
         let mut outcome = outcome?;
         // Deletions and compaction free large buffers: give them back.
-        super::writer::give_back_freed_memory();
+        super::heap::give_back_freed_memory();
         outcome.took = started.elapsed();
         span.record("rows", outcome.rows);
         Ok(outcome)

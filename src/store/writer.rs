@@ -209,7 +209,8 @@ pub(super) fn start(
         sink: sink_tx,
     };
     writer.load(&conn)?;
-    give_back_freed_memory();
+    // Loading the filter of stored ids allocates and frees one string per stored task.
+    super::heap::give_back_freed_memory();
     // Tasks are numbered after the highest stored number, in order of first write.
     let next_num: i64 =
         conn.query_row("SELECT coalesce(max(num), 0) + 1 FROM task_rows", [], |r| {
@@ -222,6 +223,7 @@ pub(super) fn start(
         flush_interval: opts.flush_interval,
         next_num,
         failing_lookups: opts.failing_lookups,
+        trim: Default::default(),
     };
     let sink_handle = std::thread::Builder::new()
         .name("taskscope-sink".into())
@@ -868,17 +870,6 @@ pub(super) fn prefixed_task_columns(alias: &str) -> String {
         .map(|c| format!("{alias}.{c}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Returns the C heap's free pages to the system. Loading the filter of stored ids allocates
-/// and frees one string per stored task (10M at 10M tasks); glibc keeps what was freed in its
-/// arenas unless asked, and a sidecar's resident memory is what its operators see.
-pub(super) fn give_back_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: `malloc_trim` only walks glibc's own arenas; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// The worker row after `obs` ([`broker_adapters::worker_state::fold`]), `None` when
