@@ -760,6 +760,63 @@ mod flags {
         drop(w.worker("parked"));
     }
 
+    /// Periodic rescans (`--rescan-every`) do not re-read what the live feed already brought
+    /// (every result key, each time: a burst that grew with Redis), but every 12th still scans
+    /// everything: a result stored without its publish (missed by the feed) is found by it.
+    #[test]
+    fn periodic_rescans_skip_what_the_live_feed_brought_but_not_forever() {
+        let _slot = test_slot();
+        let w = World::with_args(Mode::Passive, &["--rescan-every", "1s"]);
+        let _worker = w.worker("celery");
+        let ids = w.produce("add", 40, "celery", &ProduceOpts::default());
+        w.ts.wait_all_state(&ids, "success", LONG);
+        let applied = |ts: &Taskscope| {
+            ts.get("/healthz")["store"]["observations_applied"]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        // Three periodic rescans that skip (every 12th scans everything, and may fall among
+        // them: it reads the 40 again).
+        let scan_lines = |ts: &Taskscope| -> Vec<String> {
+            ts.log_text()
+                .lines()
+                .filter(|l| l.contains("Scanned Redis"))
+                .map(str::to_string)
+                .collect()
+        };
+        let (scans0, applied0) = (scan_lines(&w.ts).len(), applied(&w.ts));
+        let window = wait_for("three periodic rescans that skip", LONG, || {
+            let lines = scan_lines(&w.ts).split_off(scans0);
+            let skipping = lines.iter().filter(|l| l.contains("full=false")).count();
+            (skipping >= 3)
+                .then_some(lines)
+                .ok_or(format!("{skipping} so far"))
+        });
+        let full = window.iter().filter(|l| l.contains("full=true")).count() as u64;
+        let reread = applied(&w.ts) - applied0;
+        // A rescan that read the 40 result keys adds 40 observations.
+        assert!(
+            reread < 40 * (full + 1),
+            "{reread} observations in {} rescans ({full} full): the results were read again",
+            window.len()
+        );
+
+        // A result the feed never brought (stored without its PUBLISH) is found by the
+        // rescan that scans everything.
+        let missed = "5f0c6f3e-9a51-4a8e-8f3e-2b7d4c1a9e10";
+        let record = json!({
+            "status": "SUCCESS", "result": 7, "traceback": null, "children": [],
+            "date_done": "2026-01-01T00:00:00.000000+00:00", "task_id": missed,
+        });
+        w.redis.cli(&[
+            "SET",
+            &format!("celery-task-meta-{missed}"),
+            &record.to_string(),
+        ]);
+        let t = w.ts.wait_state(missed, "success", Duration::from_secs(40));
+        assert_eq!(t["result"], 7, "{t}");
+    }
+
     /// `--celery-result-url`: results in database 1, the broker in 0 (a common setup). Results
     /// stored while taskscope was down are found by scanning database 1 after a restart.
     #[test]
