@@ -1431,7 +1431,7 @@ impl Pipeline {
     /// for every [`FULL_RESCAN_EVERY`]th, the rest scanned as at start.
     async fn rescan(&mut self) {
         self.rescans += 1;
-        let full = self.rescans.is_multiple_of(FULL_RESCAN_EVERY);
+        let full = self.rescans % FULL_RESCAN_EVERY == 0;
         self.scan_patterns(full).await;
     }
 
