@@ -90,10 +90,14 @@ fn tasks(out: &Output) -> Vec<&TaskObservation> {
         .collect()
 }
 
-/// Reads the captured job hash `name` as job `id` through the adapter: notification, HMGET.
+/// Reads the captured job hash `name` as job `id` through the adapter: notification (a job
+/// read before is read at the end of the batch), HMGET.
 fn read_job(a: &mut RqAdapter, id: &str, name: &str, now: DateTime<Utc>) -> Output {
     let h = hash(name);
-    let reads = a.on_key_event(&format!("rq:job:{id}"), "hset", now);
+    let mut reads = a.on_key_event(&format!("rq:job:{id}"), "hset", now);
+    reads.extend(a.end_of_batch(now).follow_up);
+    // Only the hash's (the batch may read results streams too).
+    reads.retain(|r| matches!(r.request, ReadRequest::HMGet { .. }));
     assert_eq!(reads.len(), 1, "{reads:?}");
     a.answer(&reads[0], hmget_reply(&reads[0].request, &h), now)
 }
@@ -786,13 +790,20 @@ fn results_entries_name_their_execution() {
     assert_eq!(id.len(), 32, "{id}");
 }
 
-/// A results `xadd` and the finishing `hset` in one batch: the results stream is read once.
+/// A results `xadd` and the finishing `hset` in one batch: the results stream is read once,
+/// with the other streams of the batch (one `XREAD`).
 #[test]
 fn a_finished_job_whose_results_xadd_was_seen_does_not_read_them_twice() {
     let mut a = RqAdapter::new(RqConfig::default());
     let t0 = now();
-    let xadd = a.on_key_event("rq:results:job-f", "xadd", t0);
-    assert_eq!(xadd.len(), 1);
+    assert!(a.on_key_event("rq:results:job-f", "xadd", t0).is_empty());
+    assert!(a.on_key_event("rq:results:job-g", "xadd", t0).is_empty());
+    let xadd = a.end_of_batch(t0).follow_up;
+    assert_eq!(xadd.len(), 1, "{xadd:?}");
+    assert!(
+        matches!(&xadd[0].request, ReadRequest::XReadFirst { keys, .. } if keys.len() == 2),
+        "{xadd:?}"
+    );
     let out = read_job(&mut a, "job-f", "job_pickle_finished.json", t0);
     assert!(
         !out.follow_up
@@ -801,8 +812,214 @@ fn a_finished_job_whose_results_xadd_was_seen_does_not_read_them_twice() {
         "{:?}",
         out.follow_up
     );
-    let out = a.answer(&xadd[0], stream_reply("results_success.json"), t0);
+    // `job-g`'s stream has no entry (XREAD leaves it out).
+    let reply = Reply::Array(vec![Reply::Array(vec![
+        Reply::Bytes(b"rq:results:job-f".to_vec()),
+        stream_reply("results_success.json"),
+    ])]);
+    let out = a.answer(&xadd[0], reply, t0);
     let t = tasks(&out);
     assert_eq!(t.last().unwrap().event, TaskEvent::Succeeded);
     assert_eq!(t.last().unwrap().fields.result, Some(json!(5)));
+    assert_eq!(t.last().unwrap().task_id, "job-f");
+}
+
+/// A captured job hash of a keyspace fixture (`hash`) as {field: bytes}.
+fn captured_hash(v: &Value) -> Vec<(String, Vec<u8>)> {
+    v["hash"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), base64_decode(v.as_str().unwrap()).unwrap()))
+        .collect()
+}
+
+/// The `XREAD` reply giving `key` the captured results entry of a keyspace fixture.
+fn captured_xread(key: &str, v: &Value) -> Reply {
+    let mut flat = Vec::new();
+    for (k, val) in v["results"]["fields"].as_object().unwrap() {
+        flat.push(Reply::Bytes(k.as_bytes().to_vec()));
+        flat.push(Reply::Bytes(base64_decode(val.as_str().unwrap()).unwrap()));
+    }
+    let entry = Reply::Array(vec![
+        Reply::Bytes(v["results"]["id"].as_str().unwrap().as_bytes().to_vec()),
+        Reply::Array(flat),
+    ]);
+    Reply::Array(vec![Reply::Array(vec![
+        Reply::Bytes(key.as_bytes().to_vec()),
+        Reply::Array(vec![entry]),
+    ])])
+}
+
+/// The captured hash as the enqueue left it: queued, without what the worker writes.
+fn as_enqueued(mut h: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    for (k, v) in &mut h {
+        match k.as_str() {
+            "status" => *v = b"queued".to_vec(),
+            "started_at" | "ended_at" | "last_heartbeat" | "worker_name" => v.clear(),
+            _ => {}
+        }
+    }
+    h
+}
+
+/// Answers `reads` (and the reads their replies ask for) with the job hash `h` and a keyspace
+/// fixture's captured results entry; returns every output and counts the hash reads.
+fn answer_from_capture(
+    a: &mut RqAdapter,
+    mut reads: Vec<broker_adapters::Read>,
+    v: &Value,
+    h: &[(String, Vec<u8>)],
+    id: &str,
+    now: DateTime<Utc>,
+) -> (Vec<Output>, usize) {
+    let (mut outs, mut hash_reads) = (Vec::new(), 0);
+    while let Some(read) = reads.pop() {
+        let reply = match &read.request {
+            ReadRequest::HMGet { key, .. } if *key == format!("rq:job:{id}") => {
+                hash_reads += 1;
+                hmget_reply(&read.request, h)
+            }
+            ReadRequest::XReadFirst { keys, .. } => {
+                assert_eq!(keys, &vec![format!("rq:results:{id}")], "{read:?}");
+                captured_xread(&keys[0], v)
+            }
+            // Queue pages and registries of the queue found: empty.
+            _ => Reply::Array(Vec::new()),
+        };
+        let out = a.answer(&read, reply, now);
+        reads.extend(out.follow_up.iter().cloned());
+        outs.push(out);
+    }
+    (outs, hash_reads)
+}
+
+/// Folds the adapter's observations of `id` as the store does.
+fn fold(outs: &[Output], id: &str) -> broker_adapters::Task {
+    let mut task = None;
+    for out in outs {
+        for t in tasks(out).into_iter().filter(|t| t.task_id == id) {
+            task = Some(broker_adapters::state::apply(task, t).task);
+        }
+    }
+    task.expect("observed")
+}
+
+/// What a real worker's writes raise for an instant job (`keyspace_instant_*.json`, captured
+/// by `tests/python/capture_rq_keyspace.py`), all in one batch: enqueued, started and ended
+/// before taskscope read anything. The job hash is read once, the results stream once; the
+/// task has its start time, worker and runtime, and its value or traceback.
+#[test]
+fn instant_job_in_one_batch_of_real_notifications_keeps_its_start() {
+    for (name, success) in [
+        ("keyspace_instant_success.json", true),
+        ("keyspace_instant_failure.json", false),
+    ] {
+        let v = fixture(name);
+        let id = "job-i";
+        let mut a = RqAdapter::new(RqConfig::default());
+        let t0 = now();
+        let mut reads = Vec::new();
+        for pair in v["events"].as_array().unwrap() {
+            let key = pair[0].as_str().unwrap().replace("JOB", id);
+            reads.extend(a.on_key_event(&key, pair[1].as_str().unwrap(), t0));
+        }
+        reads.extend(a.end_of_batch(t0).follow_up);
+        // The ingest loop reads once what many notifications ask for.
+        let mut seen = Vec::new();
+        reads.retain(|r| {
+            let new = !seen.contains(&r.request);
+            seen.push(r.request.clone());
+            new
+        });
+        let h = captured_hash(&v);
+        let (outs, hash_reads) = answer_from_capture(&mut a, reads, &v, &h, id, t0);
+        assert_eq!(hash_reads, 1, "{name}");
+        let t = fold(&outs, id);
+        assert!(t.started_at.is_some(), "{name}: {t:?}");
+        assert!(t.finished_at.is_some(), "{name}: {t:?}");
+        assert!(t.runtime_ms.is_some(), "{name}: {t:?}");
+        assert_eq!(t.worker.as_deref(), Some("wcapture"), "{name}: {t:?}");
+        assert_eq!(t.queue.as_deref(), Some("default"), "{name}: {t:?}");
+        if success {
+            assert_eq!(t.name.as_deref(), Some("rq_app.add"), "{name}");
+            assert_eq!(t.state, broker_adapters::TaskState::Success, "{t:?}");
+            assert_eq!(t.result, Some(json!(5)), "{t:?}");
+        } else {
+            assert_eq!(t.state, broker_adapters::TaskState::Failure, "{t:?}");
+            assert_eq!(t.error.as_deref(), Some("ValueError: card declined 3"));
+        }
+    }
+}
+
+/// The same notifications as they arrive from a real worker in batches: the enqueue, then
+/// the start's transaction and the job's `started` writes, then the end; or the start and the
+/// end in one batch (an instant job read at its enqueue: the case where the outcome alone came
+/// without a start time). The job hash is read at the enqueue only: the start is told by the
+/// execution and the worker key of its transaction, the end by the results entry, a failure's
+/// too (its `exc_string` is a traceback: it was not stopped).
+#[test]
+fn real_notifications_in_batches_read_the_hash_once_and_keep_the_start() {
+    for name in [
+        "keyspace_instant_success.json",
+        "keyspace_instant_failure.json",
+    ] {
+        for start_and_end_together in [false, true] {
+            let v = fixture(name);
+            let id = "job-j";
+            let mut a = RqAdapter::new(RqConfig::default());
+            let t0 = now();
+            let events = v["events"].as_array().unwrap();
+            // Batches end after the enqueue's second `hset`, and after the job's `started`
+            // writes unless the start and the end come together.
+            let job_hsets: Vec<usize> = events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e[0] == "rq:job:JOB" && e[1] == "hset")
+                .map(|(i, _)| i)
+                .collect();
+            let mut cuts = vec![job_hsets[1] + 1, job_hsets[4] + 1, events.len()];
+            if start_and_end_together {
+                cuts.remove(1);
+            }
+            let (mut outs, mut hash_reads, mut from) = (Vec::new(), 0, 0);
+            for cut in cuts {
+                let mut reads = Vec::new();
+                for pair in &events[from..cut] {
+                    let key = pair[0].as_str().unwrap().replace("JOB", id);
+                    reads.extend(a.on_key_event(&key, pair[1].as_str().unwrap(), t0));
+                }
+                from = cut;
+                let end = a.end_of_batch(t0);
+                reads.extend(end.follow_up.iter().cloned());
+                outs.push(end);
+                // The worker's reads are another matter; the ingest loop reads once what many
+                // notifications ask for.
+                reads.retain(|r| !r.request.key().starts_with("rq:worker:"));
+                let mut seen = Vec::new();
+                reads.retain(|r| {
+                    let new = !seen.contains(&r.request);
+                    seen.push(r.request.clone());
+                    new
+                });
+                // Read at the enqueue only (the assertion below).
+                let h = as_enqueued(captured_hash(&v));
+                let (o, n) = answer_from_capture(&mut a, reads, &v, &h, id, t0);
+                outs.extend(o);
+                hash_reads += n;
+            }
+            let case = format!("{name}, start and end together: {start_and_end_together}");
+            assert_eq!(hash_reads, 1, "{case}");
+            let t = fold(&outs, id);
+            assert!(t.started_at.is_some(), "{case}: {t:?}");
+            assert!(t.runtime_ms.is_some(), "{case}: {t:?}");
+            assert_eq!(t.worker.as_deref(), Some("wcapture"), "{case}: {t:?}");
+            assert!(t.state.is_final(), "{case}: {t:?}");
+            assert_eq!(
+                t.name.as_deref(),
+                Some(v["job"].as_str().unwrap().split('(').next().unwrap()),
+                "{case}"
+            );
+        }
+    }
 }
