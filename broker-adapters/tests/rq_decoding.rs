@@ -722,13 +722,20 @@ fn retries_missed_by_every_read_are_counted_from_the_attempts_execution_keys() {
     let mut a = RqAdapter::new(RqConfig::default());
     let events = fixture("keyspace_retried_twice.json");
     let t0 = now();
+    let mut first_read = None;
     for pair in events["events"].as_array().unwrap() {
         let key = pair[0].as_str().unwrap().replace("JOB", "job-2");
         let op = pair[1].as_str().unwrap();
-        // The reads they ask for are not answered (they would come too late).
-        let _ = a.on_key_event(&key, op, t0);
+        // The first read they ask for is answered only after them all (it comes too late to
+        // see any attempt); the notifications meanwhile ask for no other.
+        let reads = a.on_key_event(&key, op, t0);
+        first_read = first_read.or(reads
+            .into_iter()
+            .find(|r| matches!(r.request, ReadRequest::HMGet { .. })));
     }
-    let out = read_job(&mut a, "job-2", "job_failed_after_two_retries.json", t0);
+    let first_read = first_read.expect("the hash read at the enqueue");
+    let h = hash("job_failed_after_two_retries.json");
+    let out = a.answer(&first_read, hmget_reply(&first_read.request, &h), t0);
     assert!(tasks(&out).is_empty(), "held for the results entry");
     let read = ReadRequest::XRevRange {
         key: "rq:results:job-2".into(),
@@ -863,6 +870,18 @@ fn as_enqueued(mut h: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
     h
 }
 
+/// The captured hash as the worker's `started` writes left it.
+fn as_started(mut h: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    for (k, v) in &mut h {
+        match k.as_str() {
+            "status" => *v = b"started".to_vec(),
+            "ended_at" => v.clear(),
+            _ => {}
+        }
+    }
+    h
+}
+
 /// Answers `reads` (and the reads their replies ask for) with the job hash `h` and a keyspace
 /// fixture's captured results entry; returns every output and counts the hash reads.
 fn answer_from_capture(
@@ -952,74 +971,128 @@ fn instant_job_in_one_batch_of_real_notifications_keeps_its_start() {
     }
 }
 
+/// Reads asked for, less the worker's (another matter) and those asked twice (the ingest
+/// loop reads once what many notifications ask for in a round).
+fn job_reads_of(reads: Vec<broker_adapters::Read>) -> Vec<broker_adapters::Read> {
+    let mut seen = Vec::new();
+    reads
+        .into_iter()
+        .filter(|r| !r.request.key().starts_with("rq:worker:"))
+        .filter(|r| {
+            let new = !seen.contains(&r.request);
+            seen.push(r.request.clone());
+            new
+        })
+        .collect()
+}
+
+/// Feeds a keyspace fixture's events to a new adapter in batches ending at `cuts` (indices
+/// into the events), as the ingest loop does: each batch's notifications, its end, its reads
+/// answered (the job hash as `h`: it is read once, asserted by the caller). With `first_read_in_flight`, the first batch's reads are answered only after the
+/// second batch's notifications were handed over (the read barrier delivers what arrived
+/// while they ran before their replies). Returns the task as the store folds it and how many
+/// times the job hash was read.
+fn run_in_batches(
+    v: &Value,
+    cuts: &[usize],
+    first_read_in_flight: bool,
+    h: &[(String, Vec<u8>)],
+) -> (broker_adapters::Task, usize) {
+    let id = "job-j";
+    let mut a = RqAdapter::new(RqConfig::default());
+    let t0 = now();
+    let events = v["events"].as_array().unwrap();
+    let (mut outs, mut hash_reads, mut from) = (Vec::new(), 0, 0);
+    let mut in_flight: Option<Vec<broker_adapters::Read>> = None;
+    for (i, &cut) in cuts.iter().enumerate() {
+        let mut reads = Vec::new();
+        for pair in &events[from..cut] {
+            let key = pair[0].as_str().unwrap().replace("JOB", id);
+            reads.extend(a.on_key_event(&key, pair[1].as_str().unwrap(), t0));
+        }
+        from = cut;
+        if let Some(first) = in_flight.take() {
+            // The first batch's replies, after this batch's notifications.
+            let (o, n) = answer_from_capture(&mut a, job_reads_of(first), v, h, id, t0);
+            outs.extend(o);
+            hash_reads += n;
+        }
+        let end = a.end_of_batch(t0);
+        reads.extend(end.follow_up.iter().cloned());
+        outs.push(end);
+        if first_read_in_flight && i == 0 {
+            in_flight = Some(reads);
+            continue;
+        }
+        let (o, n) = answer_from_capture(&mut a, job_reads_of(reads), v, h, id, t0);
+        outs.extend(o);
+        hash_reads += n;
+    }
+    (fold(&outs, id), hash_reads)
+}
+
 /// The same notifications as they arrive from a real worker in batches: the enqueue, then
 /// the start's transaction and the job's `started` writes, then the end; or the start and the
 /// end in one batch (an instant job read at its enqueue: the case where the outcome alone came
-/// without a start time). The job hash is read at the enqueue only: the start is told by the
-/// execution and the worker key of its transaction, the end by the results entry, a failure's
-/// too (its `exc_string` is a traceback: it was not stopped).
+/// without a start time); or a batch ending inside the start's transaction, before the worker
+/// key that names its worker; or the start's notifications handed over while the first read
+/// was under way. The job hash is read at the enqueue only: the start is told by the
+/// execution and the worker key of its transaction, the end by the results entry, a
+/// failure's too (its `exc_string` is a traceback: it was not stopped).
 #[test]
 fn real_notifications_in_batches_read_the_hash_once_and_keep_the_start() {
     for name in [
         "keyspace_instant_success.json",
         "keyspace_instant_failure.json",
     ] {
-        for start_and_end_together in [false, true] {
-            let v = fixture(name);
-            let id = "job-j";
-            let mut a = RqAdapter::new(RqConfig::default());
-            let t0 = now();
-            let events = v["events"].as_array().unwrap();
-            // Batches end after the enqueue's second `hset`, and after the job's `started`
-            // writes unless the start and the end come together.
-            let job_hsets: Vec<usize> = events
+        let v = fixture(name);
+        let events = v["events"].as_array().unwrap();
+        let at = |key: &str, op: &str, nth: usize| {
+            events
                 .iter()
                 .enumerate()
-                .filter(|(_, e)| e[0] == "rq:job:JOB" && e[1] == "hset")
+                .filter(|(_, e)| e[0] == key && e[1] == op)
                 .map(|(i, _)| i)
-                .collect();
-            let mut cuts = vec![job_hsets[1] + 1, job_hsets[4] + 1, events.len()];
-            if start_and_end_together {
-                cuts.remove(1);
-            }
-            let (mut outs, mut hash_reads, mut from) = (Vec::new(), 0, 0);
-            for cut in cuts {
-                let mut reads = Vec::new();
-                for pair in &events[from..cut] {
-                    let key = pair[0].as_str().unwrap().replace("JOB", id);
-                    reads.extend(a.on_key_event(&key, pair[1].as_str().unwrap(), t0));
-                }
-                from = cut;
-                let end = a.end_of_batch(t0);
-                reads.extend(end.follow_up.iter().cloned());
-                outs.push(end);
-                // The worker's reads are another matter; the ingest loop reads once what many
-                // notifications ask for.
-                reads.retain(|r| !r.request.key().starts_with("rq:worker:"));
-                let mut seen = Vec::new();
-                reads.retain(|r| {
-                    let new = !seen.contains(&r.request);
-                    seen.push(r.request.clone());
-                    new
-                });
-                // Read at the enqueue only (the assertion below).
-                let h = as_enqueued(captured_hash(&v));
-                let (o, n) = answer_from_capture(&mut a, reads, &v, &h, id, t0);
-                outs.extend(o);
-                hash_reads += n;
-            }
-            let case = format!("{name}, start and end together: {start_and_end_together}");
+                .nth(nth)
+                .unwrap_or_else(|| panic!("{name}: {key} {op} #{nth}"))
+        };
+        // After the enqueue's second `hset`; after the job's `started` writes; inside the
+        // start's transaction, before the worker's execution index.
+        let enqueued = at("rq:job:JOB", "hset", 1) + 1;
+        let started = at("rq:job:JOB", "hset", 4) + 1;
+        let mid_start = at("rq:executions:JOB", "zadd", 0) + 1;
+        let end = events.len();
+        for (case, cuts, in_flight) in [
+            ("three batches", vec![enqueued, started, end], false),
+            ("start and end together", vec![enqueued, end], false),
+            (
+                "split start",
+                vec![enqueued, mid_start, started, end],
+                false,
+            ),
+            ("first read in flight", vec![enqueued, started, end], true),
+            // ... and run after the start: it finds the job started.
+            (
+                "first read in flight, run late",
+                vec![enqueued, started, end],
+                true,
+            ),
+        ] {
+            let h = captured_hash(&v);
+            let h = if case.ends_with("late") {
+                as_started(h)
+            } else {
+                as_enqueued(h)
+            };
+            let (t, hash_reads) = run_in_batches(&v, &cuts, in_flight, &h);
+            let case = format!("{name}, {case}");
             assert_eq!(hash_reads, 1, "{case}");
-            let t = fold(&outs, id);
             assert!(t.started_at.is_some(), "{case}: {t:?}");
             assert!(t.runtime_ms.is_some(), "{case}: {t:?}");
             assert_eq!(t.worker.as_deref(), Some("wcapture"), "{case}: {t:?}");
             assert!(t.state.is_final(), "{case}: {t:?}");
-            assert_eq!(
-                t.name.as_deref(),
-                Some(v["job"].as_str().unwrap().split('(').next().unwrap()),
-                "{case}"
-            );
+            let function = v["job"].as_str().unwrap().split('(').next();
+            assert_eq!(t.name.as_deref(), function, "{case}");
         }
     }
 }

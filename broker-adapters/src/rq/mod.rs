@@ -132,6 +132,9 @@ struct JobMemo {
     /// A results-stream read was asked for by an `xadd` and has not been answered yet: a read
     /// of the job hash finding it finished does not ask for another.
     results_pending: bool,
+    /// Its first hash read was asked for and not answered yet: notifications meanwhile (those
+    /// the read barrier hands over before the reply) are batch news, judged once it is read.
+    first_read_asked: bool,
     /// The outcome a read of the job hash found, held until the results stream is read: the
     /// read may have overtaken the notification naming the last attempt's execution, and an
     /// outcome is final (its attempt cannot be corrected later). The results entry names that
@@ -280,13 +283,23 @@ impl RqAdapter {
         out
     }
 
-    /// The news of the current batch about a job read before (`None`: not read yet, its
-    /// notifications ask for reads at once as before).
+    /// The news of the current batch about a job read before, or whose first read is under
+    /// way (`None`: not read yet, its notifications ask for reads at once as before).
     fn news(&mut self, id: &str) -> Option<&mut BatchNews> {
-        if !self.was_read(id) {
+        let asked = self.known.get(id).is_some_and(|m| m.first_read_asked);
+        if !asked && !self.was_read(id) {
             return None;
         }
         Some(self.batch.entry(id.to_string()).or_default())
+    }
+
+    /// Whether the last read of the job's hash already told its current attempt running: it
+    /// found it `started`, and no execution began since (the retry count that read made is
+    /// the attempts seen less one).
+    fn start_was_read(&self, id: &str) -> bool {
+        self.known.get(id).is_some_and(|m| {
+            m.status == Some(JobStatus::Started) && m.retries + 1 == m.executions.len() as u32
+        })
     }
 
     /// The worker key written in the transaction that started `job`'s new execution names its
@@ -553,6 +566,9 @@ impl RqAdapter {
     ) -> Output {
         let mut out = Output::default();
         let reconciled = self.reconciling.remove(id);
+        if let Some(memo) = self.known.get_mut(id) {
+            memo.first_read_asked = false;
+        }
         let values = reply.into_items();
         let record = match job::decode(fields, &values) {
             Ok(Some(record)) => record,
@@ -1144,7 +1160,10 @@ impl Adapter for RqAdapter {
                     Vec::new()
                 }
                 // The ingest loop asks for a read once per round, however many ask.
-                None => vec![self.job_read(id)],
+                None => {
+                    self.memo(id).first_read_asked = true;
+                    vec![self.job_read(id)]
+                }
             },
             (Some(RqKey::Execution(job, execution)), "hset" | "hmset") => {
                 // The retry count a later read makes includes it (the fingerprint too).
@@ -1314,28 +1333,47 @@ impl Adapter for RqAdapter {
     /// enqueue) and one of its results stream.
     fn end_of_batch(&mut self, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
-        self.starting = None;
         let due = std::mem::take(&mut self.results_due);
         out.follow_up.extend(self.results_reads(&due));
         if self.batch.is_empty() {
             return out;
         }
+        let mut carried = HashMap::new();
         for (id, news) in std::mem::take(&mut self.batch) {
             if news.result {
-                continue; // its results read is under way
+                // Its results read is under way; a job never read (its first read lost or
+                // finding nothing) is read for its name and arguments.
+                if news.hset && !self.was_read(&id) {
+                    out.follow_up.push(self.job_read(&id));
+                }
+                continue;
             }
             if news.started && !news.ended {
-                if let Some(worker) = news.worker {
-                    if let Some(obs) = self.running_from_notifications(&id, worker, now) {
-                        out.observations.push(Observation::Task(obs));
+                match news.worker {
+                    Some(worker) => {
+                        if let Some(obs) = self.running_from_notifications(&id, worker, now) {
+                            out.observations.push(Observation::Task(obs));
+                            continue;
+                        }
+                        if self.start_was_read(&id) {
+                            continue; // its first read, under way then, found it started
+                        }
+                    }
+                    // The batch ended inside the start's transaction: the next one names
+                    // the worker (the guess stays open across batches: notifications come
+                    // in order on one connection).
+                    None if !news.hset && self.starting.as_deref() == Some(id.as_str()) => {
+                        carried.insert(id, news);
                         continue;
                     }
+                    None => {}
                 }
             }
             if news.hset {
                 out.follow_up.push(self.job_read(&id));
             }
         }
+        self.batch = carried;
         out
     }
 
@@ -1350,6 +1388,7 @@ impl Adapter for RqAdapter {
         for memo in self.known.values_mut() {
             memo.fingerprint = None;
             memo.results_pending = false;
+            memo.first_read_asked = false;
             memo.held_outcome.clear();
             memo.held_entry = None;
         }
