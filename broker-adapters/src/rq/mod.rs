@@ -6,9 +6,12 @@
 //!   tasks at every reconciliation, and for ids found in queue lists and registries; after its
 //!   first read, once per batch of notifications that wrote it, unless the batch tells its
 //!   news without it ([`RqAdapter::end_of_batch`]): a new attempt whose transaction named its
-//!   worker is `running` on that worker, a results entry is the outcome (read with the batch's
-//!   other entries in one `XREAD`; a failure's hash is read then for `stopped`). Per successful
-//!   lifecycle: one `HMGET` and a share of one `XREAD`;
+//!   worker is `running` on that worker, a results entry is the outcome and the attempt's start
+//!   (`execution_started_at`; read with the batch's other entries in one `XREAD`; the hash is
+//!   read then only when the entry's `exc_string` is no traceback: RQ 3.0 writes a stopped job
+//!   as a failure with a sentence). Notifications that come while a job's first read is under
+//!   way are news of the batch too. Per lifecycle that succeeds or fails: one `HMGET` and a
+//!   share of one `XREAD`; a `Retry` adds one `HMGET` (its requeue has no results entry);
 //! - `queued`: statuses `queued`, `deferred` (`depends_on`), `scheduled` (`enqueue_at/in`, with
 //!   `eta` from the score of `<p>scheduled:<q>`), `created`, `rate_limited`, `ready_to_enqueue`;
 //! - `running`: status `started`, with the worker's name and the attempt's `started_at`;
