@@ -685,3 +685,36 @@ fn rq_stopped_job_is_a_failure() {
     assert_eq!(t["error"], "stopped", "{t}");
     assert_eq!(t["worker"], worker.name.as_str(), "{t}");
 }
+
+/// Jobs that take a few milliseconds (a `SimpleWorker` runs them without forking, back to
+/// back; the default worker forks a horse for each): their start and end often reach
+/// taskscope in one batch of notifications. Each must still have its worker, start time and
+/// runtime, with its name, arguments, queue and result.
+#[test]
+fn rq_instant_jobs_each_have_their_start_worker_runtime_and_result() {
+    let _slot = test_slot();
+    let w = World::new(&[]);
+    let simple = w.worker(&["simple"], &["--worker-class", "rq.worker.SimpleWorker"]);
+    let forking = w.worker(&["default"], &[]);
+    let on_simple = w.produce("add", 300, &on("simple"));
+    let on_default = w.produce("add", 60, &on("default"));
+    for (ids, worker, queue) in [
+        (&on_simple, &simple, "simple"),
+        (&on_default, &forking, "default"),
+    ] {
+        for (i, id) in ids.iter().enumerate() {
+            let t = w.ts.wait_state(id, "success", LONG);
+            assert_common(&t, id, "rq_app.add", queue);
+            assert_ran_on(&t, worker);
+            let i = i as i64;
+            assert_eq!(t["args"], json!([i, i + 1]), "args: {t}");
+            assert_eq!(t["result"], json!(2 * i + 1), "result: {t}");
+            assert_eq!(t["retries"], 0, "retries: {t}");
+            let states = transition_states(&t);
+            assert!(
+                states.iter().any(|s| s == "running"),
+                "no running transition: {t}"
+            );
+        }
+    }
+}

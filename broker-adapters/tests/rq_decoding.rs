@@ -90,10 +90,14 @@ fn tasks(out: &Output) -> Vec<&TaskObservation> {
         .collect()
 }
 
-/// Reads the captured job hash `name` as job `id` through the adapter: notification, HMGET.
+/// Reads the captured job hash `name` as job `id` through the adapter: notification (a job
+/// read before is read at the end of the batch), HMGET.
 fn read_job(a: &mut RqAdapter, id: &str, name: &str, now: DateTime<Utc>) -> Output {
     let h = hash(name);
-    let reads = a.on_key_event(&format!("rq:job:{id}"), "hset", now);
+    let mut reads = a.on_key_event(&format!("rq:job:{id}"), "hset", now);
+    reads.extend(a.end_of_batch(now).follow_up);
+    // Only the hash's (the batch may read results streams too).
+    reads.retain(|r| matches!(r.request, ReadRequest::HMGet { .. }));
     assert_eq!(reads.len(), 1, "{reads:?}");
     a.answer(&reads[0], hmget_reply(&reads[0].request, &h), now)
 }
@@ -718,13 +722,20 @@ fn retries_missed_by_every_read_are_counted_from_the_attempts_execution_keys() {
     let mut a = RqAdapter::new(RqConfig::default());
     let events = fixture("keyspace_retried_twice.json");
     let t0 = now();
+    let mut first_read = None;
     for pair in events["events"].as_array().unwrap() {
         let key = pair[0].as_str().unwrap().replace("JOB", "job-2");
         let op = pair[1].as_str().unwrap();
-        // The reads they ask for are not answered (they would come too late).
-        let _ = a.on_key_event(&key, op, t0);
+        // The first read they ask for is answered only after them all (it comes too late to
+        // see any attempt); the notifications meanwhile ask for no other.
+        let reads = a.on_key_event(&key, op, t0);
+        first_read = first_read.or(reads
+            .into_iter()
+            .find(|r| matches!(r.request, ReadRequest::HMGet { .. })));
     }
-    let out = read_job(&mut a, "job-2", "job_failed_after_two_retries.json", t0);
+    let first_read = first_read.expect("the hash read at the enqueue");
+    let h = hash("job_failed_after_two_retries.json");
+    let out = a.answer(&first_read, hmget_reply(&first_read.request, &h), t0);
     assert!(tasks(&out).is_empty(), "held for the results entry");
     let read = ReadRequest::XRevRange {
         key: "rq:results:job-2".into(),
@@ -786,13 +797,20 @@ fn results_entries_name_their_execution() {
     assert_eq!(id.len(), 32, "{id}");
 }
 
-/// A results `xadd` and the finishing `hset` in one batch: the results stream is read once.
+/// A results `xadd` and the finishing `hset` in one batch: the results stream is read once,
+/// with the other streams of the batch (one `XREAD`).
 #[test]
 fn a_finished_job_whose_results_xadd_was_seen_does_not_read_them_twice() {
     let mut a = RqAdapter::new(RqConfig::default());
     let t0 = now();
-    let xadd = a.on_key_event("rq:results:job-f", "xadd", t0);
-    assert_eq!(xadd.len(), 1);
+    assert!(a.on_key_event("rq:results:job-f", "xadd", t0).is_empty());
+    assert!(a.on_key_event("rq:results:job-g", "xadd", t0).is_empty());
+    let xadd = a.end_of_batch(t0).follow_up;
+    assert_eq!(xadd.len(), 1, "{xadd:?}");
+    assert!(
+        matches!(&xadd[0].request, ReadRequest::XReadFirst { keys, .. } if keys.len() == 2),
+        "{xadd:?}"
+    );
     let out = read_job(&mut a, "job-f", "job_pickle_finished.json", t0);
     assert!(
         !out.follow_up
@@ -801,8 +819,280 @@ fn a_finished_job_whose_results_xadd_was_seen_does_not_read_them_twice() {
         "{:?}",
         out.follow_up
     );
-    let out = a.answer(&xadd[0], stream_reply("results_success.json"), t0);
+    // `job-g`'s stream has no entry (XREAD leaves it out).
+    let reply = Reply::Array(vec![Reply::Array(vec![
+        Reply::Bytes(b"rq:results:job-f".to_vec()),
+        stream_reply("results_success.json"),
+    ])]);
+    let out = a.answer(&xadd[0], reply, t0);
     let t = tasks(&out);
     assert_eq!(t.last().unwrap().event, TaskEvent::Succeeded);
     assert_eq!(t.last().unwrap().fields.result, Some(json!(5)));
+    assert_eq!(t.last().unwrap().task_id, "job-f");
+}
+
+/// A captured job hash of a keyspace fixture (`hash`) as {field: bytes}.
+fn captured_hash(v: &Value) -> Vec<(String, Vec<u8>)> {
+    v["hash"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), base64_decode(v.as_str().unwrap()).unwrap()))
+        .collect()
+}
+
+/// The `XREAD` reply giving `key` the captured results entry of a keyspace fixture.
+fn captured_xread(key: &str, v: &Value) -> Reply {
+    let mut flat = Vec::new();
+    for (k, val) in v["results"]["fields"].as_object().unwrap() {
+        flat.push(Reply::Bytes(k.as_bytes().to_vec()));
+        flat.push(Reply::Bytes(base64_decode(val.as_str().unwrap()).unwrap()));
+    }
+    let entry = Reply::Array(vec![
+        Reply::Bytes(v["results"]["id"].as_str().unwrap().as_bytes().to_vec()),
+        Reply::Array(flat),
+    ]);
+    Reply::Array(vec![Reply::Array(vec![
+        Reply::Bytes(key.as_bytes().to_vec()),
+        Reply::Array(vec![entry]),
+    ])])
+}
+
+/// The captured hash as the enqueue left it: queued, without what the worker writes.
+fn as_enqueued(mut h: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    for (k, v) in &mut h {
+        match k.as_str() {
+            "status" => *v = b"queued".to_vec(),
+            "started_at" | "ended_at" | "last_heartbeat" | "worker_name" => v.clear(),
+            _ => {}
+        }
+    }
+    h
+}
+
+/// The captured hash as the worker's `started` writes left it.
+fn as_started(mut h: Vec<(String, Vec<u8>)>) -> Vec<(String, Vec<u8>)> {
+    for (k, v) in &mut h {
+        match k.as_str() {
+            "status" => *v = b"started".to_vec(),
+            "ended_at" => v.clear(),
+            _ => {}
+        }
+    }
+    h
+}
+
+/// Answers `reads` (and the reads their replies ask for) with the job hash `h` and a keyspace
+/// fixture's captured results entry; returns every output and counts the hash reads.
+fn answer_from_capture(
+    a: &mut RqAdapter,
+    mut reads: Vec<broker_adapters::Read>,
+    v: &Value,
+    h: &[(String, Vec<u8>)],
+    id: &str,
+    now: DateTime<Utc>,
+) -> (Vec<Output>, usize) {
+    let (mut outs, mut hash_reads) = (Vec::new(), 0);
+    while let Some(read) = reads.pop() {
+        let reply = match &read.request {
+            ReadRequest::HMGet { key, .. } if *key == format!("rq:job:{id}") => {
+                hash_reads += 1;
+                hmget_reply(&read.request, h)
+            }
+            ReadRequest::XReadFirst { keys, .. } => {
+                assert_eq!(keys, &vec![format!("rq:results:{id}")], "{read:?}");
+                captured_xread(&keys[0], v)
+            }
+            // Queue pages and registries of the queue found: empty.
+            _ => Reply::Array(Vec::new()),
+        };
+        let out = a.answer(&read, reply, now);
+        reads.extend(out.follow_up.iter().cloned());
+        outs.push(out);
+    }
+    (outs, hash_reads)
+}
+
+/// Folds the adapter's observations of `id` as the store does.
+fn fold(outs: &[Output], id: &str) -> broker_adapters::Task {
+    let mut task = None;
+    for out in outs {
+        for t in tasks(out).into_iter().filter(|t| t.task_id == id) {
+            task = Some(broker_adapters::state::apply(task, t).task);
+        }
+    }
+    task.expect("observed")
+}
+
+/// What a real worker's writes raise for an instant job (`keyspace_instant_*.json`, captured
+/// by `tests/python/capture_rq_keyspace.py`), all in one batch: enqueued, started and ended
+/// before taskscope read anything. The job hash is read once, the results stream once; the
+/// task has its start time, worker and runtime, and its value or traceback.
+#[test]
+fn instant_job_in_one_batch_of_real_notifications_keeps_its_start() {
+    for (name, success) in [
+        ("keyspace_instant_success.json", true),
+        ("keyspace_instant_failure.json", false),
+    ] {
+        let v = fixture(name);
+        let id = "job-i";
+        let mut a = RqAdapter::new(RqConfig::default());
+        let t0 = now();
+        let mut reads = Vec::new();
+        for pair in v["events"].as_array().unwrap() {
+            let key = pair[0].as_str().unwrap().replace("JOB", id);
+            reads.extend(a.on_key_event(&key, pair[1].as_str().unwrap(), t0));
+        }
+        reads.extend(a.end_of_batch(t0).follow_up);
+        // The ingest loop reads once what many notifications ask for.
+        let mut seen = Vec::new();
+        reads.retain(|r| {
+            let new = !seen.contains(&r.request);
+            seen.push(r.request.clone());
+            new
+        });
+        let h = captured_hash(&v);
+        let (outs, hash_reads) = answer_from_capture(&mut a, reads, &v, &h, id, t0);
+        assert_eq!(hash_reads, 1, "{name}");
+        let t = fold(&outs, id);
+        assert!(t.started_at.is_some(), "{name}: {t:?}");
+        assert!(t.finished_at.is_some(), "{name}: {t:?}");
+        assert!(t.runtime_ms.is_some(), "{name}: {t:?}");
+        assert_eq!(t.worker.as_deref(), Some("wcapture"), "{name}: {t:?}");
+        assert_eq!(t.queue.as_deref(), Some("default"), "{name}: {t:?}");
+        if success {
+            assert_eq!(t.name.as_deref(), Some("rq_app.add"), "{name}");
+            assert_eq!(t.state, broker_adapters::TaskState::Success, "{t:?}");
+            assert_eq!(t.result, Some(json!(5)), "{t:?}");
+        } else {
+            assert_eq!(t.state, broker_adapters::TaskState::Failure, "{t:?}");
+            assert_eq!(t.error.as_deref(), Some("ValueError: card declined 3"));
+        }
+    }
+}
+
+/// Reads asked for, less the worker's (another matter) and those asked twice (the ingest
+/// loop reads once what many notifications ask for in a round).
+fn job_reads_of(reads: Vec<broker_adapters::Read>) -> Vec<broker_adapters::Read> {
+    let mut seen = Vec::new();
+    reads
+        .into_iter()
+        .filter(|r| !r.request.key().starts_with("rq:worker:"))
+        .filter(|r| {
+            let new = !seen.contains(&r.request);
+            seen.push(r.request.clone());
+            new
+        })
+        .collect()
+}
+
+/// Feeds a keyspace fixture's events to a new adapter in batches ending at `cuts` (indices
+/// into the events), as the ingest loop does: each batch's notifications, its end, its reads
+/// answered (the job hash as `h`: it is read once, asserted by the caller). With `first_read_in_flight`, the first batch's reads are answered only after the
+/// second batch's notifications were handed over (the read barrier delivers what arrived
+/// while they ran before their replies). Returns the task as the store folds it and how many
+/// times the job hash was read.
+fn run_in_batches(
+    v: &Value,
+    cuts: &[usize],
+    first_read_in_flight: bool,
+    h: &[(String, Vec<u8>)],
+) -> (broker_adapters::Task, usize) {
+    let id = "job-j";
+    let mut a = RqAdapter::new(RqConfig::default());
+    let t0 = now();
+    let events = v["events"].as_array().unwrap();
+    let (mut outs, mut hash_reads, mut from) = (Vec::new(), 0, 0);
+    let mut in_flight: Option<Vec<broker_adapters::Read>> = None;
+    for (i, &cut) in cuts.iter().enumerate() {
+        let mut reads = Vec::new();
+        for pair in &events[from..cut] {
+            let key = pair[0].as_str().unwrap().replace("JOB", id);
+            reads.extend(a.on_key_event(&key, pair[1].as_str().unwrap(), t0));
+        }
+        from = cut;
+        if let Some(first) = in_flight.take() {
+            // The first batch's replies, after this batch's notifications.
+            let (o, n) = answer_from_capture(&mut a, job_reads_of(first), v, h, id, t0);
+            outs.extend(o);
+            hash_reads += n;
+        }
+        let end = a.end_of_batch(t0);
+        reads.extend(end.follow_up.iter().cloned());
+        outs.push(end);
+        if first_read_in_flight && i == 0 {
+            in_flight = Some(reads);
+            continue;
+        }
+        let (o, n) = answer_from_capture(&mut a, job_reads_of(reads), v, h, id, t0);
+        outs.extend(o);
+        hash_reads += n;
+    }
+    (fold(&outs, id), hash_reads)
+}
+
+/// The same notifications as they arrive from a real worker in batches: the enqueue, then
+/// the start's transaction and the job's `started` writes, then the end; or the start and the
+/// end in one batch (an instant job read at its enqueue: the case where the outcome alone came
+/// without a start time); or a batch ending inside the start's transaction, before the worker
+/// key that names its worker; or the start's notifications handed over while the first read
+/// was under way. The job hash is read at the enqueue only: the start is told by the
+/// execution and the worker key of its transaction, the end by the results entry, a
+/// failure's too (its `exc_string` is a traceback: it was not stopped).
+#[test]
+fn real_notifications_in_batches_read_the_hash_once_and_keep_the_start() {
+    for name in [
+        "keyspace_instant_success.json",
+        "keyspace_instant_failure.json",
+    ] {
+        let v = fixture(name);
+        let events = v["events"].as_array().unwrap();
+        let at = |key: &str, op: &str, nth: usize| {
+            events
+                .iter()
+                .enumerate()
+                .filter(|(_, e)| e[0] == key && e[1] == op)
+                .map(|(i, _)| i)
+                .nth(nth)
+                .unwrap_or_else(|| panic!("{name}: {key} {op} #{nth}"))
+        };
+        // After the enqueue's second `hset`; after the job's `started` writes; inside the
+        // start's transaction, before the worker's execution index.
+        let enqueued = at("rq:job:JOB", "hset", 1) + 1;
+        let started = at("rq:job:JOB", "hset", 4) + 1;
+        let mid_start = at("rq:executions:JOB", "zadd", 0) + 1;
+        let end = events.len();
+        for (case, cuts, in_flight) in [
+            ("three batches", vec![enqueued, started, end], false),
+            ("start and end together", vec![enqueued, end], false),
+            (
+                "split start",
+                vec![enqueued, mid_start, started, end],
+                false,
+            ),
+            ("first read in flight", vec![enqueued, started, end], true),
+            // ... and run after the start: it finds the job started.
+            (
+                "first read in flight, run late",
+                vec![enqueued, started, end],
+                true,
+            ),
+        ] {
+            let h = captured_hash(&v);
+            let h = if case.ends_with("late") {
+                as_started(h)
+            } else {
+                as_enqueued(h)
+            };
+            let (t, hash_reads) = run_in_batches(&v, &cuts, in_flight, &h);
+            let case = format!("{name}, {case}");
+            assert_eq!(hash_reads, 1, "{case}");
+            assert!(t.started_at.is_some(), "{case}: {t:?}");
+            assert!(t.runtime_ms.is_some(), "{case}: {t:?}");
+            assert_eq!(t.worker.as_deref(), Some("wcapture"), "{case}: {t:?}");
+            assert!(t.state.is_final(), "{case}: {t:?}");
+            let function = v["job"].as_str().unwrap().split('(').next();
+            assert_eq!(t.name.as_deref(), function, "{case}");
+        }
+    }
 }

@@ -57,6 +57,136 @@ fn end(d: &mut Driver<RqAdapter>, exec: &str, started: DateTime<Utc>, how: End) 
     step(d, |r| rw::end(r, ID, W, exec, started, now, how));
 }
 
+/// One pipeline's writes, their notifications delivered as one batch of the ingest loop (as
+/// a transaction's notifications mostly arrive), then a little time.
+fn batch<T>(d: &mut Driver<RqAdapter>, write: impl FnOnce(&mut FakeRedis) -> T) -> T {
+    let out = write(&mut d.redis);
+    d.deliver_batch();
+    d.advance(5);
+    out
+}
+
+/// The reads of job `id`'s own keys so far: (hash reads, results reads).
+fn job_reads(d: &Driver<RqAdapter>, id: &str) -> (usize, usize) {
+    let hash = format!("rq:job:{id}");
+    let results = format!("rq:results:{id}");
+    let n = |key: &str| d.reads.iter().filter(|r| r.key() == key).count();
+    (n(&hash), n(&results))
+}
+
+/// Each pipeline's notifications in one batch: the hash is read once (at the enqueue; a
+/// stopped job's once more at its end), the start is told by the execution and the worker key of
+/// its transaction, the end by the results entry (read with the batch's other entries): two
+/// reads per success, all the same states, worker, value and times.
+#[test]
+fn batched_lifecycle_reads_the_hash_once_and_the_results_once() {
+    for how in [End::Finished, End::Failed, End::Stopped] {
+        let mut d = driver();
+        let now = d.now;
+        batch(&mut d, |r| rw::enqueue(r, ID, now, None));
+        assert_eq!(d.state(ID), TaskState::Queued);
+        assert_eq!(d.task(ID).name.as_deref(), Some("rq_app.add"));
+        let now = d.now;
+        batch(&mut d, |r| rw::dequeue_and_start(r, W, EXEC1, now));
+        assert_eq!(d.state(ID), TaskState::Running);
+        assert_eq!(d.task(ID).worker.as_deref(), Some(W));
+        assert_eq!(job_reads(&d, ID), (1, 0), "{:?}", d.reads);
+        d.advance(1_000);
+        let ended = d.now;
+        batch(&mut d, |r| rw::end(r, ID, W, EXEC1, now, ended, how));
+        // A stopped job's hash is read once more: its status tells it from a failure (RQ
+        // writes both results entries with type 2; a stopped one's `exc_string` is no
+        // traceback).
+        let hash_reads = if how == End::Stopped { 2 } else { 1 };
+        assert_eq!(job_reads(&d, ID), (hash_reads, 1), "{how:?}: {:?}", d.reads);
+        let t = d.task(ID);
+        assert_eq!(t.worker.as_deref(), Some(W));
+        assert_eq!(t.retries, 0);
+        match how {
+            End::Finished => {
+                assert_eq!(t.state, TaskState::Success);
+                assert_eq!(t.result, Some(serde_json::json!(5)));
+            }
+            End::Failed => {
+                assert_eq!(t.state, TaskState::Failure);
+                assert!(t
+                    .traceback
+                    .as_deref()
+                    .unwrap_or_default()
+                    .contains("Traceback"));
+            }
+            End::Stopped => {
+                assert_eq!(t.state, TaskState::Failure);
+                assert_eq!(t.error.as_deref(), Some("stopped"));
+            }
+        }
+        let mut firsts = Vec::new();
+        for e in d.events_of(ID) {
+            if !firsts.contains(&e) {
+                firsts.push(e);
+            }
+        }
+        assert_eq!(
+            firsts[..2],
+            [TaskEvent::Queued, TaskEvent::Running],
+            "{how:?}"
+        );
+    }
+}
+
+/// A batch that holds an attempt's end without a results entry (a `Retry`) reads the hash:
+/// the retry and then the next attempt are counted as when every notification is read.
+#[test]
+fn batched_retry_reads_the_hash_and_counts_the_retry() {
+    let mut d = driver();
+    let now = d.now;
+    batch(&mut d, |r| rw::enqueue(r, ID, now, Some(2)));
+    let now = d.now;
+    batch(&mut d, |r| rw::dequeue_and_start(r, W, EXEC1, now));
+    let now = d.now;
+    batch(&mut d, |r| rw::retry(r, ID, W, EXEC1, 1, now));
+    assert_eq!(d.state(ID), TaskState::Retried);
+    assert_eq!(d.task(ID).retries, 1);
+    assert_eq!(job_reads(&d, ID), (2, 0), "{:?}", d.reads);
+    // The requeue and the second start in one batch: the attempt's end sends to the hash.
+    let now = d.now;
+    let started = batch(&mut d, |r| {
+        rw::dequeue_and_start(r, W, EXEC2, now);
+        now
+    });
+    assert_eq!(d.state(ID), TaskState::Running);
+    assert_eq!(d.task(ID).retries, 1);
+    let ended = d.now;
+    batch(&mut d, |r| {
+        rw::end(r, ID, W, EXEC2, started, ended, End::Finished)
+    });
+    let t = d.task(ID);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.retries, 1);
+    assert_eq!(job_reads(&d, ID), (2, 1), "{:?}", d.reads);
+}
+
+/// Without the worker key in the start's transaction, the hash is read for the worker.
+#[test]
+fn batched_start_without_its_worker_key_reads_the_hash() {
+    let mut d = driver();
+    let now = d.now;
+    batch(&mut d, |r| rw::enqueue(r, ID, now, None));
+    let now = d.now;
+    batch(&mut d, |r| {
+        rw::dequeue_and_start(r, W, EXEC1, now);
+        let kept = r
+            .take_events()
+            .into_iter()
+            .filter(|e| e.key != format!("rq:worker:{W}:executions"))
+            .collect();
+        r.put_events(kept);
+    });
+    assert_eq!(d.state(ID), TaskState::Running);
+    assert_eq!(d.task(ID).worker.as_deref(), Some(W));
+    assert_eq!(job_reads(&d, ID), (2, 0), "{:?}", d.reads);
+}
+
 #[test]
 fn job_queued_started_on_its_worker_then_finished_with_its_return_value() {
     let mut d = driver();
@@ -75,8 +205,8 @@ fn job_queued_started_on_its_worker_then_finished_with_its_return_value() {
     assert_eq!(t.retries, 0);
     assert_eq!(t.worker.as_deref(), Some(W));
     assert_eq!(t.result, Some(serde_json::json!(5)));
-    // The results entry (its `xadd` comes first) settles it; the job hash read on the status
-    // `hset` then says the same again (its start only fills what is unknown).
+    // The job hash read on the status `hset` and the results entry (its `xadd` comes last)
+    // settle it (the start only fills what is unknown).
     let mut firsts = Vec::new();
     for e in d.events_of(ID) {
         if !firsts.contains(&e) {

@@ -23,6 +23,9 @@ pub enum RqKey<'k> {
     /// `<p>execution:<job id>:<execution id>`: one attempt of a job (RQ >= 2.0), created as the
     /// attempt starts, deleted as it ends. Only its name is used: each attempt has its own id.
     Execution(&'k str, &'k str),
+    /// `<p>executions:<job id>`: the job's running attempts (RQ >= 2.0): a `zadd` as an attempt
+    /// starts, a `zrem` as it ends. Only the notification is used (no read).
+    Executions(&'k str),
 }
 
 /// RQ's per-queue registries (sorted sets of job ids).
@@ -139,6 +142,7 @@ impl Layout {
         match segment {
             "job" if plain => Some(RqKey::Job(name)),
             "results" if plain => Some(RqKey::Results(name)),
+            "executions" if plain => Some(RqKey::Executions(name)),
             "worker" if !name.ends_with(":executions") => Some(RqKey::Worker(name)),
             "queue" if !name.ends_with(":intermediate") => Some(RqKey::Queue(name)),
             "execution" => match name.split_once(':') {
@@ -189,7 +193,8 @@ mod tests {
             Some(RqKey::Execution("a", "b"))
         );
         assert_eq!(l.classify("rq:execution:a"), None);
-        assert_eq!(l.classify("rq:executions:a"), None);
+        assert_eq!(l.classify("rq:executions:a"), Some(RqKey::Executions("a")));
+        assert_eq!(l.classify("rq:executions:a:b"), None);
         assert_eq!(
             l.classify("rq:queue:app:high"),
             Some(RqKey::Queue("app:high"))

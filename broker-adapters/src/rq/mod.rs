@@ -2,8 +2,16 @@
 //!
 //! Where each state comes from (notes and fixtures: `tests/fixtures/rq/README.md`):
 //! - every state: the job hash `<p>job:<id>` (`status`, timestamps, `origin`, `worker_name`,
-//!   `retries_left`, `number_of_retries`), read on its `hset` notifications, for open tasks at
-//!   every reconciliation, and for ids found in queue lists and registries;
+//!   `retries_left`, `number_of_retries`), read at its first `hset` notification, for open
+//!   tasks at every reconciliation, and for ids found in queue lists and registries; after its
+//!   first read, once per batch of notifications that wrote it, unless the batch tells its
+//!   news without it ([`RqAdapter::end_of_batch`]): a new attempt whose transaction named its
+//!   worker is `running` on that worker, a results entry is the outcome and the attempt's start
+//!   (`execution_started_at`; read with the batch's other entries in one `XREAD`; the hash is
+//!   read then only when the entry's `exc_string` is no traceback: RQ 3.0 writes a stopped job
+//!   as a failure with a sentence). Notifications that come while a job's first read is under
+//!   way are news of the batch too. Per lifecycle that succeeds or fails: one `HMGET` and a
+//!   share of one `XREAD`; a `Retry` adds one `HMGET` (its requeue has no results entry);
 //! - `queued`: statuses `queued`, `deferred` (`depends_on`), `scheduled` (`enqueue_at/in`, with
 //!   `eta` from the score of `<p>scheduled:<q>`), `created`, `rate_limited`, `ready_to_enqueue`;
 //! - `running`: status `started`, with the worker's name and the attempt's `started_at`;
@@ -84,6 +92,12 @@ const WIP_SKEW_MARGIN: Duration = Duration::seconds(30);
 const WORKER_READ_EVERY: Duration = Duration::seconds(1);
 /// Execution ids remembered per job (attempts counted beyond this are not told apart).
 const EXECUTIONS_PER_JOB: usize = 64;
+/// Results streams read per `XREAD` (one command for a batch's outcomes).
+const RESULTS_PER_READ: usize = 256;
+/// Entries of each results stream an `XREAD` brings (from the oldest; a job has one per
+/// outcome, `MAXLEN ~ 10`): a stream that gives this many may hold newer ones, and its newest
+/// is read on its own (`XREVRANGE COUNT 1`).
+const RESULTS_ENTRIES_PER_READ: u64 = 8;
 
 /// Configuration of the RQ adapter.
 #[derive(Debug, Clone)]
@@ -121,6 +135,9 @@ struct JobMemo {
     /// A results-stream read was asked for by an `xadd` and has not been answered yet: a read
     /// of the job hash finding it finished does not ask for another.
     results_pending: bool,
+    /// Its first hash read was asked for and not answered yet: notifications meanwhile (those
+    /// the read barrier hands over before the reply) are batch news, judged once it is read.
+    first_read_asked: bool,
     /// The outcome a read of the job hash found, held until the results stream is read: the
     /// read may have overtaken the notification naming the last attempt's execution, and an
     /// outcome is final (its attempt cannot be corrected later). The results entry names that
@@ -129,6 +146,10 @@ struct JobMemo {
     /// The attempt of the outcome a results entry gave (the job hash's outcome goes out at
     /// once then).
     results_outcome: Option<u32>,
+    /// A failed results entry read without the hash (the batch had the entry): held until the
+    /// hash is read, whose status tells a stopped job from a failed one (RQ writes both with
+    /// type 2), and which then goes first, as when the hash is read before the entry.
+    held_entry: Option<TaskObservation>,
     /// `enqueued_at` at the last read of its hash: the oldest age of a queue it heads.
     enqueued_at: Option<DateTime<Utc>>,
 }
@@ -168,6 +189,29 @@ pub struct RqAdapter {
     /// Per queue, the first job id of `<p>queue:<q>` (RQ `RPUSH`es and workers `LPOP`: the
     /// next to run, normally the oldest) read by the current sampling round.
     sampled_heads: HashMap<String, String>,
+    /// What the notifications of the current batch told about jobs read before (see
+    /// [`RqAdapter::end_of_batch`]): their hashes are read, if at all, once the batch is over.
+    batch: HashMap<String, BatchNews>,
+    /// The job whose new execution was the last notification (with its executions `zadd`):
+    /// the worker key notified next, in the same transaction, names its worker.
+    starting: Option<String>,
+    /// Jobs whose results stream got an entry during the batch: read together at its end.
+    results_due: Vec<String>,
+}
+
+/// What one batch of notifications told about one job read before.
+#[derive(Debug, Clone, Default)]
+struct BatchNews {
+    /// Its hash was written (`hset`).
+    hset: bool,
+    /// A new attempt started (a new execution id).
+    started: bool,
+    /// The worker that started it (the worker key written in the attempt's transaction).
+    worker: Option<String>,
+    /// An attempt ended (`zrem` on `<p>executions:<job>`).
+    ended: bool,
+    /// Its results stream got an entry (read at once: it tells the outcome).
+    result: bool,
 }
 
 impl RqAdapter {
@@ -183,7 +227,137 @@ impl RqAdapter {
             reconciling: HashSet::new(),
             sampling: None,
             sampled_heads: HashMap::new(),
+            batch: HashMap::new(),
+            starting: None,
+            results_due: Vec::new(),
         }
+    }
+
+    /// One `XREAD` of many jobs' results streams, each from its first entry.
+    fn results_reads(&self, ids: &[String]) -> Vec<Read> {
+        ids.chunks(RESULTS_PER_READ)
+            .map(|chunk| {
+                Why::Results.read(ReadRequest::XReadFirst {
+                    keys: chunk.iter().map(|id| self.layout.results(id)).collect(),
+                    count: RESULTS_ENTRIES_PER_READ,
+                })
+            })
+            .collect()
+    }
+
+    /// An `XREAD` of results streams: each job's newest entry goes where an `XREVRANGE COUNT 1`
+    /// reply would; a stream that gave as many entries as asked is read again for its newest.
+    fn on_results_batch(
+        &mut self,
+        keys: &[String],
+        count: u64,
+        reply: Reply,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let mut out = Output::default();
+        // Nil when no stream has an entry.
+        let mut found: HashMap<String, Vec<Reply>> = HashMap::new();
+        for stream in reply.into_items() {
+            let mut parts = stream.into_items().into_iter();
+            let (Some(key), Some(entries)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(key) = key
+                .as_bytes()
+                .map(|k| String::from_utf8_lossy(k).into_owned())
+            else {
+                continue;
+            };
+            found.insert(key, entries.into_items());
+        }
+        let layout = self.layout.clone();
+        for key in keys {
+            let Some(RqKey::Results(id)) = layout.classify(key) else {
+                continue;
+            };
+            let entries = found.remove(key).unwrap_or_default();
+            if entries.len() as u64 >= count {
+                out.follow_up.push(self.results_read(id));
+                continue;
+            }
+            let newest = entries.into_iter().last().into_iter().collect();
+            out.merge(self.on_results(key, id, Reply::Array(newest), now));
+        }
+        out
+    }
+
+    /// The news of the current batch about a job read before, or whose first read is under
+    /// way (`None`: not read yet, its notifications ask for reads at once as before).
+    fn news(&mut self, id: &str) -> Option<&mut BatchNews> {
+        let asked = self.known.get(id).is_some_and(|m| m.first_read_asked);
+        if !asked && !self.was_read(id) {
+            return None;
+        }
+        Some(self.batch.entry(id.to_string()).or_default())
+    }
+
+    /// Whether the last read of the job's hash already told its current attempt running: it
+    /// found it `started`, and no execution began since (the retry count that read made is
+    /// the attempts seen less one).
+    fn start_was_read(&self, id: &str) -> bool {
+        self.known.get(id).is_some_and(|m| {
+            m.status == Some(JobStatus::Started) && m.retries + 1 == m.executions.len() as u32
+        })
+    }
+
+    /// The worker key written in the transaction that started `job`'s new execution names its
+    /// worker: RQ's `prepare_execution` writes, in one `MULTI`, the execution hash, its
+    /// registries and the worker's state (RQ 3 also `<p>worker:<name>:executions`), and a
+    /// transaction's notifications are never interleaved with another client's. Notifications
+    /// of the job's own execution keys and expiries keep the guess open; any other ends it.
+    fn guess_worker(&mut self, job: String, key: &str, class: &Option<RqKey<'_>>, op: &str) {
+        let worker = match (class, op) {
+            (Some(RqKey::Worker(name)), "hset" | "hmset") => Some(name.to_string()),
+            // `<p>worker:<name>:executions` (RQ 3), not a key the layout names.
+            (None, "sadd") => key
+                .strip_prefix(&self.layout.worker(""))
+                .and_then(|k| k.strip_suffix(":executions"))
+                .filter(|n| !n.is_empty())
+                .map(str::to_string),
+            (Some(RqKey::Execution(j, _)) | Some(RqKey::Executions(j)), _) if *j == job => {
+                self.starting = Some(job);
+                return;
+            }
+            (_, "expire" | "pexpire" | "expireat" | "pexpireat") => {
+                self.starting = Some(job);
+                return;
+            }
+            _ => None,
+        };
+        if let (Some(worker), Some(news)) = (worker, self.batch.get_mut(&job)) {
+            news.worker = Some(worker);
+        }
+    }
+
+    /// A job seen running from its notifications alone: the new execution, the worker named in
+    /// its transaction. What the hash would say but this does not (`started_at` to the
+    /// microsecond) comes with the results entry.
+    fn running_from_notifications(
+        &mut self,
+        id: &str,
+        worker: String,
+        now: DateTime<Utc>,
+    ) -> Option<TaskObservation> {
+        let memo = self.known.get_mut(id)?;
+        if !memo.status.is_some_and(|s| s.is_waiting()) {
+            return None;
+        }
+        let executions = memo.executions.len() as u32;
+        memo.retries = memo.retries.max(executions.saturating_sub(1));
+        memo.status = Some(JobStatus::Started);
+        memo.fingerprint = None;
+        memo.results_outcome = None;
+        let mut obs =
+            TaskObservation::new(Broker::Rq, id, now, TaskEvent::Running, "execution started");
+        obs.attempt = Some(memo.retries);
+        obs.fields.worker = Some(worker);
+        obs.fields.started_at = Some(now);
+        Some(obs)
     }
 
     fn memo(&mut self, id: &str) -> &mut JobMemo {
@@ -395,10 +569,17 @@ impl RqAdapter {
     ) -> Output {
         let mut out = Output::default();
         let reconciled = self.reconciling.remove(id);
+        if let Some(memo) = self.known.get_mut(id) {
+            memo.first_read_asked = false;
+        }
         let values = reply.into_items();
         let record = match job::decode(fields, &values) {
             Ok(Some(record)) => record,
             Ok(None) => {
+                // Gone since its results entry: the entry alone.
+                if let Some(entry) = self.known.get_mut(id).and_then(|m| m.held_entry.take()) {
+                    out.observations.push(Observation::Task(entry));
+                }
                 if reconciled {
                     // Open, and its hash is gone: RQ deletes a job's hash `result_ttl` (500 s)
                     // after success, at once with `result_ttl=0`, or on `job.delete()`.
@@ -418,6 +599,9 @@ impl RqAdapter {
             Err(e) => {
                 out.decode_errors
                     .push(Self::decode_error(key, e.kind(), e.to_string()));
+                if let Some(entry) = self.known.get_mut(id).and_then(|m| m.held_entry.take()) {
+                    out.observations.push(Observation::Task(entry));
+                }
                 return out;
             }
         };
@@ -488,6 +672,7 @@ impl RqAdapter {
             let memo = self.memo(id);
             if let Some(attempt) = memo.results_outcome {
                 // The results entry was read first: it named the last execution.
+                outcome.extend(memo.held_entry.take());
                 for o in &mut outcome {
                     o.attempt = o.attempt.map(|a| a.max(attempt));
                 }
@@ -555,16 +740,28 @@ impl RqAdapter {
         if let Some(memo) = self.known.get_mut(id) {
             memo.results_pending = false;
         }
+        // Without an outcome held from the hash, the hash was not read for this end (the
+        // batch had the entry): an entry that tells nothing sends to the hash.
+        let held = self
+            .known
+            .get(id)
+            .is_some_and(|m| !m.held_outcome.is_empty());
         let entry = match result::decode_latest(reply) {
             Ok(Some(entry)) => entry,
             Ok(None) => {
                 self.release_outcome(id, &mut out);
+                if !held {
+                    out.follow_up.push(self.job_read(id));
+                }
                 return out;
             }
             Err(e) => {
                 out.decode_errors
                     .push(Self::decode_error(key, e.kind(), e.to_string()));
                 self.release_outcome(id, &mut out);
+                if !held {
+                    out.follow_up.push(self.job_read(id));
+                }
                 return out;
             }
         };
@@ -587,6 +784,9 @@ impl RqAdapter {
             // The job hash, waiting again, says which attempt it is.
             ResultType::Retried => {
                 self.release_outcome(id, &mut out);
+                if !held {
+                    out.follow_up.push(self.job_read(id));
+                }
                 return out;
             }
         };
@@ -599,6 +799,15 @@ impl RqAdapter {
             memo.retries = memo.retries.max(executions.saturating_sub(1));
             memo.results_outcome = Some(memo.retries);
             obs.attempt = Some(memo.retries);
+            if memo.held_outcome.is_empty() {
+                // Ended, as the hash (not read for it) says: no longer judged by `rq:wip`.
+                memo.status = Some(match entry.kind {
+                    ResultType::Successful => JobStatus::Finished,
+                    ResultType::Stopped => JobStatus::Stopped,
+                    _ => JobStatus::Failed,
+                });
+                memo.fingerprint = None;
+            }
         }
         obs.fields.worker = entry.worker_name.clone();
         obs.fields.result = entry.return_value.clone();
@@ -609,6 +818,24 @@ impl RqAdapter {
             obs.fields.runtime_ms = ((e - s).num_microseconds())
                 .map(|us| us as f64 / 1000.0)
                 .filter(|ms| *ms >= 0.0);
+        }
+        if entry.kind == ResultType::Failed && !held && !entry.has_traceback() {
+            // Not an exception's traceback: RQ 3.0 writes a stopped job's entry as a failure
+            // with a sentence (`Job stopped by user, ...`), and its cleanup of an abandoned
+            // job another one. The hash's status says which: read it, the entry after it.
+            if let Some(memo) = self.known.get_mut(id) {
+                memo.held_entry = Some(obs);
+                out.follow_up.push(self.job_read(id));
+                return out;
+            }
+        }
+        if !held {
+            // The hash was not read for this end (the batch had the entry): the attempt's start
+            // comes from the entry. An outcome carries no start time the store would take: a
+            // job that started and ended within one batch would have none.
+            if let Some(ran) = running_from_entry(&obs) {
+                out.observations.push(Observation::Task(ran));
+            }
         }
         // The job hash's outcome first, as when it is read after the entry: the entry then
         // fills what the hash does not say (a stopped job's error stays `stopped`).
@@ -752,6 +979,23 @@ impl RqAdapter {
     }
 }
 
+/// The attempt's start a results entry tells (`execution_started_at`, its worker), as the
+/// running observation that goes before its outcome.
+fn running_from_entry(outcome: &TaskObservation) -> Option<TaskObservation> {
+    let started = outcome.fields.started_at?;
+    let mut ran = TaskObservation::new(
+        Broker::Rq,
+        &outcome.task_id,
+        started.min(outcome.at),
+        TaskEvent::Running,
+        "execution started",
+    );
+    ran.attempt = outcome.attempt;
+    ran.fields.worker = outcome.fields.worker.clone();
+    ran.fields.started_at = Some(started);
+    Some(ran)
+}
+
 /// The observation one job hash makes.
 fn observe(
     id: &str,
@@ -886,6 +1130,8 @@ impl Adapter for RqAdapter {
                 format!("{p}queues"),
                 // Each attempt's execution hash: its name tells attempts apart (no read).
                 format!("{p}execution:*"),
+                // A job's running attempts: `zrem` as one ends (no read).
+                format!("{p}executions:*"),
             ],
             scan_patterns: vec![format!("{p}job:*")],
             side_scan_patterns: Vec::new(),
@@ -905,16 +1151,49 @@ impl Adapter for RqAdapter {
     }
 
     fn on_key_event(&mut self, key: &str, op: &str, now: DateTime<Utc>) -> Vec<Read> {
-        match (self.layout.classify(key), op) {
-            (Some(RqKey::Job(id)), "hset" | "hmset") => vec![self.job_read(id)],
+        let class = self.layout.classify(key);
+        if let Some(job) = self.starting.take() {
+            self.guess_worker(job, key, &class, op);
+        }
+        match (class, op) {
+            (Some(RqKey::Job(id)), "hset" | "hmset") => match self.news(id) {
+                // Read once the batch is over, unless the batch tells it all.
+                Some(news) => {
+                    news.hset = true;
+                    Vec::new()
+                }
+                // The ingest loop asks for a read once per round, however many ask.
+                None => {
+                    self.memo(id).first_read_asked = true;
+                    vec![self.job_read(id)]
+                }
+            },
             (Some(RqKey::Execution(job, execution)), "hset" | "hmset") => {
                 // The retry count a later read makes includes it (the fingerprint too).
-                self.memo(job).saw_execution(execution);
+                if self.memo(job).saw_execution(execution) {
+                    if let Some(news) = self.news(job) {
+                        news.started = true;
+                        news.worker = None;
+                        self.starting = Some(job.to_string());
+                    }
+                }
+                Vec::new()
+            }
+            (Some(RqKey::Executions(job)), "zrem") => {
+                if let Some(news) = self.news(job) {
+                    news.ended = true;
+                }
                 Vec::new()
             }
             (Some(RqKey::Results(id)), "xadd") => {
-                self.memo(id).results_pending = true;
-                vec![self.results_read(id)]
+                if let Some(news) = self.news(id) {
+                    news.result = true;
+                }
+                let memo = self.memo(id);
+                if !std::mem::replace(&mut memo.results_pending, true) {
+                    self.results_due.push(id.to_string());
+                }
+                Vec::new()
             }
             (Some(RqKey::Registry(Registry::Scheduled, _)), "zadd") => {
                 vec![Self::page(key.to_string())]
@@ -974,6 +1253,9 @@ impl Adapter for RqAdapter {
                     self.worker_expiry.remove(name);
                 }
             },
+            (Why::Results, ReadRequest::XReadFirst { keys, count }, _) => {
+                return self.on_results_batch(keys, *count, reply, now);
+            }
             (Why::Results, request, Some(RqKey::Results(id))) => {
                 return self.on_results(request.key(), id, reply, now);
             }
@@ -1046,7 +1328,62 @@ impl Adapter for RqAdapter {
         true
     }
 
+    /// The hashes of jobs read before, written during the batch, are read now, once each;
+    /// not when the batch tells their news without them: an entry in the results stream (read
+    /// at once: the outcome, its worker, its times, value or traceback), or a new attempt whose
+    /// worker the attempt's transaction named (running, on that worker). RQ writes the hash 3-5
+    /// times per attempt: this is what brings a lifecycle down to one read of its hash (at its
+    /// enqueue) and one of its results stream.
+    fn end_of_batch(&mut self, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let due = std::mem::take(&mut self.results_due);
+        out.follow_up.extend(self.results_reads(&due));
+        if self.batch.is_empty() {
+            return out;
+        }
+        let mut carried = HashMap::new();
+        for (id, news) in std::mem::take(&mut self.batch) {
+            if news.result {
+                // Its results read is under way; a job never read (its first read lost or
+                // finding nothing) is read for its name and arguments.
+                if news.hset && !self.was_read(&id) {
+                    out.follow_up.push(self.job_read(&id));
+                }
+                continue;
+            }
+            if news.started && !news.ended {
+                match news.worker {
+                    Some(worker) => {
+                        if let Some(obs) = self.running_from_notifications(&id, worker, now) {
+                            out.observations.push(Observation::Task(obs));
+                            continue;
+                        }
+                        if self.start_was_read(&id) {
+                            continue; // its first read, under way then, found it started
+                        }
+                    }
+                    // The batch ended inside the start's transaction: the next one names
+                    // the worker (the guess stays open across batches: notifications come
+                    // in order on one connection).
+                    None if !news.hset && self.starting.as_deref() == Some(id.as_str()) => {
+                        carried.insert(id, news);
+                        continue;
+                    }
+                    None => {}
+                }
+            }
+            if news.hset {
+                out.follow_up.push(self.job_read(&id));
+            }
+        }
+        self.batch = carried;
+        out
+    }
+
     fn on_gap(&mut self) {
+        self.batch.clear();
+        self.results_due.clear();
+        self.starting = None;
         self.sampling = None;
         self.sampled_heads.clear();
         self.reconciling.clear();
@@ -1054,7 +1391,9 @@ impl Adapter for RqAdapter {
         for memo in self.known.values_mut() {
             memo.fingerprint = None;
             memo.results_pending = false;
+            memo.first_read_asked = false;
             memo.held_outcome.clear();
+            memo.held_entry = None;
         }
     }
 }

@@ -59,6 +59,15 @@ pub struct ResultEntry {
 }
 
 impl ResultEntry {
+    /// Whether `exc_string` is an exception's traceback (what a job that raised gets), not a
+    /// sentence RQ wrote itself (a stopped job, the cleanup of an abandoned one).
+    pub fn has_traceback(&self) -> bool {
+        self.traceback.as_deref().is_some_and(|tb| {
+            tb.trim_start()
+                .starts_with("Traceback (most recent call last)")
+        })
+    }
+
     /// The traceback's last line (`ValueError: card declined 3`), the contract's `error`. RQ's
     /// cleanup of a dead worker's job writes a sentence instead of a traceback
     /// (`Moved to FailedJobRegistry, due to AbandonedJobError, at ...`): it becomes

@@ -10,9 +10,10 @@
 //! - dequeue and start: `LPOP`, the attempt's execution (`HSET rq:execution:<id>:<exec>`,
 //!   `EXPIRE`, `ZADD rq:executions:<id>`, `EXPIRE`, `ZADD rq:wip:<q> <now + 90> <id>:<exec>`,
 //!   `SADD rq:worker:<name>:executions`, `EXPIRE`), `HSET rq:job:<id>` `status` `started`;
-//! - the end: `XADD rq:results:<id> MAXLEN ~ 10 * type <1|2|3> ...`, `HSET rq:job:<id>`
-//!   `status` `finished`/`failed`/`stopped`, the execution cleaned up (`DEL`, `ZREM`s, `SREM`),
-//!   `ZADD rq:<finished|failed>:<q>`; a success's hash then `EXPIRE`s after `result_ttl`;
+//! - the end: the execution cleaned up (`DEL`, `ZREM`s, `SREM`), `HSET rq:job:<id>` `status`
+//!   `finished`/`failed`/`stopped`, `ZADD rq:<finished|failed>:<q>`, then `XADD
+//!   rq:results:<id> MAXLEN ~ 10 * type <1|2|3> ...` (last, as in `keyspace_retried_twice.json`);
+//!   a success's hash then `EXPIRE`s after `result_ttl`;
 //! - `Retry(max=n)`: the execution cleaned up, `HSET` `status` `queued` with `retries_left`
 //!   one less, `RPUSH` again; no results entry for the failed attempt.
 
@@ -181,12 +182,25 @@ fn end_execution(r: &mut FakeRedis, id: &str, worker: &str, exec: &str) {
 pub enum End {
     Finished,
     Failed,
-    /// `rq job stop` / `send_stop_job_command`: results type 3, status `stopped`, failed
-    /// registry.
+    /// `rq job stop` / `send_stop_job_command`: results type 2 (as RQ 3.0 writes it; type 3
+    /// exists but the real worker does not use it), status `stopped`, failed registry.
     Stopped,
 }
 
-/// The results entry, the job's status, the execution cleaned up, the registry; a success's
+/// A stopped job's `exc_string` as RQ 3.0 writes it: base64 of zlib of its sentence.
+fn stopped_exc_string() -> Vec<u8> {
+    use base64::Engine;
+    use std::io::Write;
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
+    z.write_all(b"Job stopped by user, work-horse terminated.")
+        .expect("zlib to memory");
+    let bytes = z.finish().expect("zlib to memory");
+    base64::engine::general_purpose::STANDARD
+        .encode(bytes)
+        .into_bytes()
+}
+
+/// The execution cleaned up, the job's status, the registry, the results entry; a success's
 /// hash expires after [`RESULT_TTL_S`].
 pub fn end(
     r: &mut FakeRedis,
@@ -205,7 +219,9 @@ pub fn end(
     let kind: &[u8] = match how {
         End::Finished => b"1",
         End::Failed => b"2",
-        End::Stopped => b"3",
+        // RQ 3.0 writes a stopped job's entry as a failure (type 2, `exc_string` "Job stopped
+        // by user, work-horse terminated."): only the hash's status says `stopped`.
+        End::Stopped => b"2",
     };
     let mut fields: Vec<(String, Vec<u8>)> = Vec::new();
     for (f, v) in captured["fields"].as_object().expect("fields") {
@@ -215,6 +231,8 @@ pub fn end(
             "execution_id" => exec.as_bytes().to_vec(),
             "execution_started_at" => started_s.as_bytes().to_vec(),
             "execution_ended_at" => ended_s.as_bytes().to_vec(),
+            // RQ's own sentence instead of a traceback (`StopRequested` in `worker_classes.py`).
+            "exc_string" if how == End::Stopped => stopped_exc_string(),
             _ => b64(v.as_str().expect("base64 text")),
         };
         fields.push((f.clone(), value));
@@ -223,13 +241,13 @@ pub fn end(
         .iter()
         .map(|(f, v)| (f.as_str(), v.as_slice()))
         .collect();
-    r.xadd_maxlen(&format!("rq:results:{id}"), 10, "*", &fields);
     let (status, registry): (&[u8], &str) = match how {
         End::Finished => (b"finished", "finished"),
         End::Failed => (b"failed", "failed"),
         End::Stopped => (b"stopped", "failed"),
     };
     let at = iso(now);
+    end_execution(r, id, worker, exec);
     hset(
         r,
         &job_key(id),
@@ -239,12 +257,12 @@ pub fn end(
             ("last_heartbeat", at.as_bytes()),
         ],
     );
-    end_execution(r, id, worker, exec);
     r.zadd(
         &format!("rq:{registry}:{QUEUE}"),
         (now.timestamp() + RESULT_TTL_S) as f64,
         id,
     );
+    r.xadd_maxlen(&format!("rq:results:{id}"), 10, "*", &fields);
     if how == End::Finished {
         r.expire(&job_key(id), RESULT_TTL_S);
     }
