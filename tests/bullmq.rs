@@ -94,7 +94,10 @@ fn bullmq_found_with_defaults_every_kind_of_job_waits_then_runs() {
         json!([{"flow": {"name": "add", "data": {"x": 100, "y": 1},
                          "children": [{"name": "add", "data": {"x": 1, "y": 2}}]}}]),
     );
-    let t = w.ts.wait_state(&add, "queued", LONG);
+    // A job still queued shows its data (its hash is read once it has waited a second).
+    let t = w.ts.wait_task(&add, "queued with its data", LONG, |t| {
+        t["state"] == "queued" && !t["kwargs"].is_null()
+    });
     assert_eq!(t["kwargs"], json!({"x": 2, "y": 3}), "{t}");
     let t = w.ts.wait_task(&delayed, "queued with an eta", LONG, |t| {
         t["state"] == "queued" && t["eta"].is_string()

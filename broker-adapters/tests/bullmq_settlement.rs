@@ -11,8 +11,8 @@
 mod support;
 
 use broker_adapters::bullmq::layout::QueueName;
-use broker_adapters::bullmq::{BullmqAdapter, BullmqConfig};
-use broker_adapters::TaskState;
+use broker_adapters::bullmq::{BullmqAdapter, BullmqConfig, HASH_READ_DEFER_MS};
+use broker_adapters::{ReadRequest, TaskState};
 use chrono::Duration;
 use support::bullmq_worker::{self as bw, task_id, WORKER};
 use support::driver::Driver;
@@ -50,6 +50,20 @@ fn finish(d: &mut Driver<BullmqAdapter>, outcome: Result<&str, &str>) {
     step(d, |r| bw::finish(r, JOB, outcome, now));
 }
 
+/// Time enough for the job hash reads the adapter defers, then a round of the loop.
+fn past_deferred_reads(d: &mut Driver<BullmqAdapter>) {
+    d.advance(HASH_READ_DEFER_MS);
+    d.pump(Vec::new());
+}
+
+/// How many times the job's hash was read.
+fn hash_reads(d: &Driver<BullmqAdapter>, id: &str) -> usize {
+    d.reads
+        .iter()
+        .filter(|r| matches!(r, ReadRequest::HMGet { key, .. } if key == id))
+        .count()
+}
+
 #[test]
 fn job_added_active_on_its_worker_then_completed() {
     let mut d = driver();
@@ -60,12 +74,59 @@ fn job_added_active_on_its_worker_then_completed() {
     assert_eq!(t.name.as_deref(), Some("add"));
     take(&mut d, WORKER);
     assert_eq!(d.state(&id), TaskState::Running);
+    // A job running past the deferral is read for its worker (and its data).
+    past_deferred_reads(&mut d);
     assert_eq!(d.task(&id).worker.as_deref(), Some(WORKER));
+    assert!(d.task(&id).kwargs.is_some(), "{:?}", d.task(&id));
     finish(&mut d, Ok("5"));
     let t = d.task(&id);
     assert_eq!(t.state, TaskState::Success);
     assert_eq!(t.result, Some(serde_json::json!(5)));
     assert_eq!(t.retries, 0);
+    assert_eq!(
+        hash_reads(&d, &id),
+        1,
+        "read while it ran, not again at its end"
+    );
+}
+
+/// A job queued, run and completed within the deferral: its hash is read once, at its end,
+/// for everything the stream does not carry (data, worker, enqueue time).
+#[test]
+fn fast_job_is_read_once_at_its_end_with_its_data_and_worker() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 1);
+    assert_eq!(d.state(&id), TaskState::Queued);
+    take(&mut d, WORKER);
+    finish(&mut d, Ok("5"));
+    past_deferred_reads(&mut d);
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.worker.as_deref(), Some(WORKER));
+    assert!(t.kwargs.is_some(), "{t:?}");
+    assert!(t.enqueued_at.is_some(), "{t:?}");
+    assert_eq!(hash_reads(&d, &id), 1);
+}
+
+/// A job still queued after the deferral is read for its data; its end reads it again for its
+/// worker, once.
+#[test]
+fn job_queued_past_the_deferral_shows_its_data_while_it_waits() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 1);
+    assert_eq!(hash_reads(&d, &id), 0);
+    past_deferred_reads(&mut d);
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Queued);
+    assert!(t.kwargs.is_some(), "{t:?}");
+    take(&mut d, WORKER);
+    finish(&mut d, Ok("5"));
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.worker.as_deref(), Some(WORKER));
+    assert_eq!(hash_reads(&d, &id), 2);
 }
 
 #[test]
@@ -132,6 +193,7 @@ fn job_whose_lock_expired_is_abandoned_then_run_again() {
     step(&mut d, |r| bw::move_stalled(r, JOB));
     assert_eq!(d.state(&id), TaskState::Abandoned);
     take(&mut d, "w2");
+    past_deferred_reads(&mut d);
     let t = d.task(&id);
     assert_eq!(t.state, TaskState::Running);
     assert_eq!(t.worker.as_deref(), Some("w2"));

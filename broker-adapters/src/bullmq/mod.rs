@@ -8,10 +8,8 @@
 //!   reconciliation); the first read of a queue takes its newest [`INITIAL_WINDOW`] entries
 //!   (`XREVRANGE`), so a restarted taskscope resumes from what the stream still holds;
 //! - `queued`: `added` (the job's name) then `waiting`, `waiting-children` (a flow parent) or
-//!   `delayed` (its `delay` is the `eta`). The job hash is read the moment `added` is read
-//!   (data, enqueue time): a `removeOnComplete` job may be gone by then, and is still recorded
-//!   whole from the stream (name, result, times), without its data;
-//! - `running`: `active` (the hash's `pb` names the worker: read with the same `HMGET`);
+//!   `delayed` (its `delay` is the `eta`);
+//! - `running`: `active` (the hash's `pb` names the worker);
 //! - `success`: `completed` (its `returnvalue`); `failure`: `failed` (its `failedReason`; the
 //!   hash adds the stack trace), which BullMQ writes only once no attempt is left;
 //! - `retried`: a failed attempt with attempts left: `delayed` right after `active` (a backoff)
@@ -22,12 +20,23 @@
 //!   `wait` (`waiting` `prev=active` then `stalled`), also read as abandoned, and another
 //!   worker runs it again (`active`: running again, same attempt: a stall is not an attempt).
 //!
+//! The job hash (data, enqueue time, worker, stack trace: what the stream does not carry) is
+//! read once per job where possible, never once per event: at the job's end (`completed`,
+//! `failed`), or [`HASH_READ_DEFER_MS`] after its `added` or `active` when it is still queued
+//! (for its data) or running (for its worker) by then, and at each failed attempt (its error).
+//! The reads a round of notifications calls for are asked for at its end
+//! ([`Adapter::end_of_batch`]), one per job. A queue whose finished jobs' hashes are found
+//! gone (`removeOnComplete`) is read at once from then on, at `added` and `active`, while the
+//! hash is there; its jobs that finish before any read are still recorded whole from the
+//! stream (name, result, times), without their data.
+//!
 //! A trimmed stream (`maxLenEvents`, 10,000 by default, `MAXLEN ~`): at every reconciliation
 //! the stream's first id is compared with the last id read; when the last one read is gone,
 //! events may have been lost, and the queue's `active` list and newest `completed` and `failed`
 //! entries are read, and each job hash not known finished judged on its own
-//! ([`BullmqAdapter::on_job`]). Open tasks are judged by their hash at every reconciliation
-//! too, so nothing is lost silently.
+//! ([`BullmqAdapter::on_job`]). At every reconciliation, the hash of an open task is read when
+//! the stream never named it (older than taskscope's window) or when events may have been lost
+//! since the last one (a trimmed stream, a gap), so nothing is lost silently.
 //!
 //! Queues: configured (`--bullmq-queues`), found by detection, or found by this adapter from
 //! any `*:events` stream (any prefix) whose first entry is a BullMQ event. Task ids are the
@@ -104,6 +113,10 @@ const JOB_CAPACITY: usize = 200_000;
 const PROBED_CAPACITY: usize = 100_000;
 /// Queues followed at most.
 const MAX_QUEUES: usize = 10_000;
+/// How long a job's hash read waits for the job to finish: a job that finishes sooner is read
+/// once, at its end, for all of it (data, enqueue time, worker, stack trace); one still queued
+/// or running then is read for its data, or its worker.
+pub const HASH_READ_DEFER_MS: i64 = 1_000;
 
 /// Configuration of the BullMQ adapter.
 #[derive(Debug, Clone, Default)]
@@ -118,6 +131,12 @@ struct StreamState {
     last_id: Option<StreamId>,
     /// A read of new entries is in flight; `true` inside when a notification came since.
     in_flight: Option<bool>,
+    /// Its finished jobs' hashes were found gone (`removeOnComplete`, `removeOnFail`): its
+    /// jobs are read at once, at `added` and `active`, not at their end.
+    eager: bool,
+    /// Events may have been lost (a gap, a trimmed stream): the next reconciliation reads the
+    /// hash of every open task of the queue, not only of those the stream never named.
+    reread_open: bool,
 }
 
 /// Where a job stood at its last event.
@@ -140,8 +159,12 @@ struct JobMemo {
     active_at: Option<DateTime<Utc>>,
     /// When it was added (its `added` event, or its hash's `timestamp`).
     added_at: Option<DateTime<Utc>>,
-    /// Its hash was read once for its fields (data, enqueue time).
+    /// Its hash was read (or asked for) once for its fields (data, enqueue time).
     fields_read: bool,
+    /// Its hash was read (or asked for) since its current attempt became active: the worker.
+    worker_read: bool,
+    /// A deferred read of its hash is waiting in [`BullmqAdapter::deferred`].
+    deferred: bool,
     /// When its last `delayed` event said it may run: kept on the `waiting` that follows.
     eta: Option<DateTime<Utc>>,
 }
@@ -153,6 +176,26 @@ struct SampleRound {
     /// The oldest job id of `wait` (its tail: BullMQ `LPUSH`es and takes from the right),
     /// once read (`Some(None)`: empty).
     head: Option<Option<String>>,
+}
+
+/// When an event calls for its job's hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HashRead {
+    None,
+    /// In this round: the job finished (or failed an attempt), or its queue is eager.
+    Now,
+    /// After [`HASH_READ_DEFER_MS`], unless the job finished by then.
+    Later,
+}
+
+impl HashRead {
+    fn later_unless(eager: bool) -> HashRead {
+        if eager {
+            HashRead::Now
+        } else {
+            HashRead::Later
+        }
+    }
 }
 
 /// The lists and sorted sets a queue sample counts.
@@ -174,6 +217,8 @@ pub struct BullmqAdapter {
     workers: BTreeSet<String>,
     /// Redis refused `CLIENT LIST` (ACL): workers are not listed, and it is not asked again.
     client_list_refused: bool,
+    /// Job hash reads waiting for their time ([`HASH_READ_DEFER_MS`]), oldest first.
+    deferred: std::collections::VecDeque<(DateTime<Utc>, String)>,
 }
 
 impl BullmqAdapter {
@@ -189,6 +234,7 @@ impl BullmqAdapter {
             sampling: HashMap::new(),
             workers: BTreeSet::new(),
             client_list_refused: false,
+            deferred: std::collections::VecDeque::new(),
         }
     }
 
@@ -300,6 +346,55 @@ impl BullmqAdapter {
             .get_or_insert_with(task_id.to_string(), JobMemo::default)
     }
 
+    /// Asks for a job's hash now; what the read will tell is noted, so that no other read of
+    /// the job is asked for the same thing.
+    fn read_now(&mut self, task_id: &str, out: &mut Output) {
+        let memo = self.memo(task_id);
+        memo.fields_read = true;
+        if matches!(memo.phase, Phase::Active | Phase::Finished) {
+            memo.worker_read = true;
+        }
+        out.follow_up.push(Self::job_read(task_id));
+    }
+
+    /// Reads a job's hash [`HASH_READ_DEFER_MS`] from now, if by then the job has not finished
+    /// (its end reads it) and the hash still has something to tell ([`BullmqAdapter::due_reads`]).
+    fn defer_read(&mut self, task_id: &str, now: DateTime<Utc>) {
+        let memo = self.memo(task_id);
+        if std::mem::replace(&mut memo.deferred, true) {
+            return;
+        }
+        let due = now + chrono::Duration::milliseconds(HASH_READ_DEFER_MS);
+        self.deferred.push_back((due, task_id.to_string()));
+    }
+
+    /// The deferred hash reads that are due (or that overflow [`JOB_CAPACITY`]) and still
+    /// needed: a job queued whose data was not read yet, a job running whose worker was not.
+    fn due_reads(&mut self, now: DateTime<Utc>) -> Vec<Read> {
+        let mut out = Output::default();
+        while let Some((due, _)) = self.deferred.front() {
+            if *due > now && self.deferred.len() <= JOB_CAPACITY {
+                break;
+            }
+            let Some((_, task_id)) = self.deferred.pop_front() else {
+                break;
+            };
+            let Some(memo) = self.jobs.get_mut(&task_id) else {
+                continue;
+            };
+            memo.deferred = false;
+            let wanted = match memo.phase {
+                Phase::Finished => false,
+                Phase::Active => !memo.fields_read || !memo.worker_read,
+                Phase::Waiting | Phase::Unknown => !memo.fields_read,
+            };
+            if wanted {
+                self.read_now(&task_id, &mut out);
+            }
+        }
+        out.follow_up
+    }
+
     /// The followed queue a job key (`<prefix>:<queue>:<job id>`, a task id) belongs to, and
     /// the job id. A job scheduler's job ids hold colons (`repeat:<scheduler>:<ms>`), and so
     /// may a prefix: the queue is the longest followed `<prefix>:<queue>` the key starts with.
@@ -387,6 +482,7 @@ impl BullmqAdapter {
             return;
         };
         let task_id = queue.job(job_id);
+        let eager = self.queues.get(queue).is_some_and(|s| s.eager);
         let at = e.at().unwrap_or(now).min(now);
         let new_obs = |event, source| {
             let mut obs = TaskObservation::new(Broker::Bullmq, task_id.clone(), at, event, source);
@@ -395,6 +491,7 @@ impl BullmqAdapter {
         };
         let memo = self.memo(&task_id);
         let attempt = memo.attempt;
+        let mut hash_read = HashRead::None;
         let obs = match e.kind {
             EventKind::Added => {
                 memo.attempt.get_or_insert(0);
@@ -404,8 +501,8 @@ impl BullmqAdapter {
                 obs.attempt = Some(0);
                 obs.fields.name = e.name.clone();
                 obs.fields.enqueued_at = Some(at);
-                if !std::mem::replace(&mut memo.fields_read, true) {
-                    out.follow_up.push(Self::job_read(&task_id));
+                if !memo.fields_read {
+                    hash_read = HashRead::later_unless(eager);
                 }
                 obs
             }
@@ -421,8 +518,9 @@ impl BullmqAdapter {
                     memo.eta = e.delay_until;
                     obs.fields.eta = e.delay_until;
                 }
-                // Its error is that attempt's `failedReason`, in the hash.
-                out.follow_up.push(Self::job_read(&task_id));
+                // Its error is that attempt's `failedReason`, in the hash (until the next attempt
+                // fails).
+                hash_read = HashRead::Now;
                 obs
             }
             EventKind::Waiting | EventKind::Stalled
@@ -462,15 +560,20 @@ impl BullmqAdapter {
             EventKind::Active => {
                 memo.phase = Phase::Active;
                 memo.active_at = Some(at);
+                memo.worker_read = false;
                 let mut obs = new_obs(TaskEvent::Running, "events");
                 obs.attempt = attempt;
                 obs.fields.started_at = Some(at);
                 // The worker is the hash's `pb`.
-                out.follow_up.push(Self::job_read(&task_id));
+                hash_read = HashRead::later_unless(eager);
                 obs
             }
             EventKind::Completed => {
                 memo.phase = Phase::Finished;
+                // What the hash adds (data, worker), unless read already.
+                if !memo.fields_read || !memo.worker_read {
+                    hash_read = HashRead::Now;
+                }
                 let started = memo.active_at;
                 let mut obs = new_obs(TaskEvent::Succeeded, "events");
                 obs.attempt = attempt;
@@ -497,12 +600,17 @@ impl BullmqAdapter {
                 obs.fields.runtime_ms = runtime(started, at);
                 obs.fields.error = e.failed_reason.clone();
                 // The stack trace is in the hash (when `removeOnFail` kept it).
-                out.follow_up.push(Self::job_read(&task_id));
+                hash_read = HashRead::Now;
                 obs
             }
             _ => return,
         };
         out.observations.push(Observation::Task(obs));
+        match hash_read {
+            HashRead::None => {}
+            HashRead::Now => self.read_now(&task_id, out),
+            HashRead::Later => self.defer_read(&task_id, now),
+        }
     }
 
     /// A job hash read: its fields, and, when the stream could not tell (a gap, a restart, a
@@ -528,7 +636,24 @@ impl BullmqAdapter {
                 .push(Self::decode_error(task_id, kind, message.clone()));
         }
         if !hash.exists() {
-            return; // removed (removeOnComplete): the stream told its life
+            // Removed (removeOnComplete): the stream told its life. A queue whose jobs go at
+            // their end is read at once from now on, while their hashes are there.
+            let finished = self
+                .jobs
+                .get(task_id)
+                .is_some_and(|m| m.phase == Phase::Finished);
+            if let Some(state) = self
+                .followed_job_of(task_id)
+                .and_then(|(q, _)| self.queues.get_mut(&q))
+                .filter(|s| finished && !s.eager)
+            {
+                tracing::info!(
+                    job = task_id,
+                    "BullMQ job hash gone at its end (removeOnComplete): its queue's jobs are read as they start"
+                );
+                state.eager = true;
+            }
+            return;
         }
         let queue = self.followed_job_of(task_id).map(|(q, _)| q.qualified());
         let memo = self.memo(task_id);
@@ -621,8 +746,17 @@ impl BullmqAdapter {
         }
     }
 
-    /// Job ids of a queue's set or list: the hashes of those not known finished.
-    fn on_set(&mut self, queue: &QueueName, ids: Vec<String>, out: &mut Output) {
+    /// Job ids of a queue's set or list: the hashes of those not known finished. At first
+    /// sight, read after [`HASH_READ_DEFER_MS`] unless the stream's window (asked for with the
+    /// sets) told their end; after a trimmed stream, at once.
+    fn on_set(
+        &mut self,
+        queue: &QueueName,
+        ids: Vec<String>,
+        now: DateTime<Utc>,
+        out: &mut Output,
+    ) {
+        let first_sight = self.queues.get(queue).is_some_and(|s| s.last_id.is_none());
         for id in ids {
             let task_id = queue.job(&id);
             if self
@@ -632,7 +766,11 @@ impl BullmqAdapter {
             {
                 continue;
             }
-            out.follow_up.push(Self::job_read(&task_id));
+            if first_sight {
+                self.defer_read(&task_id, now);
+            } else {
+                self.read_now(&task_id, out);
+            }
         }
     }
 
@@ -867,6 +1005,9 @@ impl Adapter for BullmqAdapter {
                                 );
                                 out.follow_up.extend(Self::set_reads(&queue));
                                 out.follow_up.extend(self.stream_read(&queue));
+                                if let Some(state) = self.queues.get_mut(&queue) {
+                                    state.reread_open = true;
+                                }
                             }
                         }
                     }
@@ -951,7 +1092,7 @@ impl Adapter for BullmqAdapter {
             (Why::ListIds, request) => {
                 if let Some((queue, "active" | "wait")) = self.queue_of_key(request.key()) {
                     let ids: Vec<String> = reply.into_strings();
-                    self.on_set(&queue, ids, &mut out);
+                    self.on_set(&queue, ids, now, &mut out);
                 }
             }
             (Why::SetIds, ReadRequest::ZRangeWithScores { key, .. }) => {
@@ -964,7 +1105,7 @@ impl Adapter for BullmqAdapter {
                                 .map(|b| String::from_utf8_lossy(b).into_owned())
                         })
                         .collect();
-                    self.on_set(&queue, ids, &mut out);
+                    self.on_set(&queue, ids, now, &mut out);
                 }
             }
             (Why::Count, request) => {
@@ -1008,7 +1149,7 @@ impl Adapter for BullmqAdapter {
         }
     }
 
-    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<Read> {
+    fn reconcile(&mut self, open: &[OpenTask], now: DateTime<Utc>) -> Vec<Read> {
         let queues: Vec<QueueName> = self.queues.keys().cloned().collect();
         let mut reads = Vec::new();
         for q in &queues {
@@ -1017,11 +1158,22 @@ impl Adapter for BullmqAdapter {
             }
             reads.extend(self.stream_read(q));
         }
+        // An open task the stream told of settles from the stream; its hash is read when the
+        // stream never named it (a job older than taskscope's window, or forgotten), or when
+        // events may have been lost since.
         for task in open {
-            if self.followed_job_of(&task.id).is_some() {
+            let Some((queue, _)) = self.followed_job_of(&task.id) else {
+                continue;
+            };
+            let reread = self.queues.get(&queue).is_some_and(|s| s.reread_open);
+            if reread || !self.jobs.contains_key(&task.id) {
                 reads.push(Self::job_read(&task.id));
             }
         }
+        for state in self.queues.values_mut() {
+            state.reread_open = false;
+        }
+        reads.extend(self.due_reads(now));
         reads
     }
 
@@ -1050,6 +1202,13 @@ impl Adapter for BullmqAdapter {
         reads
     }
 
+    fn end_of_batch(&mut self, now: DateTime<Utc>) -> Output {
+        Output {
+            follow_up: self.due_reads(now),
+            ..Output::default()
+        }
+    }
+
     fn on_detected(&mut self, setting: &Setting) -> Vec<Read> {
         match setting {
             Setting::BullmqQueue(q) => match QueueName::parse_qualified(q) {
@@ -1065,6 +1224,7 @@ impl Adapter for BullmqAdapter {
         for state in self.queues.values_mut() {
             state.last_id = None;
             state.in_flight = None;
+            state.reread_open = true;
         }
         self.sampling.clear();
     }
