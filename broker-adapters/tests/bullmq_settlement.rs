@@ -56,11 +56,16 @@ fn past_deferred_reads(d: &mut Driver<BullmqAdapter>) {
     d.pump(Vec::new());
 }
 
-/// How many times the job's hash was read.
+/// How many reads brought the job's hash: its own `HMGET`, or a `SORT_RO` of its queue's
+/// lists and sets (the tests that count run one job).
 fn hash_reads(d: &Driver<BullmqAdapter>, id: &str) -> usize {
     d.reads
         .iter()
-        .filter(|r| matches!(r, ReadRequest::HMGet { key, .. } if key == id))
+        .filter(|r| match r {
+            ReadRequest::HMGet { key, .. } => key == id,
+            ReadRequest::SortGet { .. } => true,
+            _ => false,
+        })
         .count()
 }
 
@@ -107,6 +112,53 @@ fn fast_job_is_read_once_at_its_end_with_its_data_and_worker() {
     assert!(t.kwargs.is_some(), "{t:?}");
     assert!(t.enqueued_at.is_some(), "{t:?}");
     assert_eq!(hash_reads(&d, &id), 1);
+}
+
+/// Many jobs run and finished between two reads of the stream: one `SORT_RO` of `completed`
+/// and one of `failed` bring all their hashes (data, worker), never one read per job.
+#[test]
+fn jobs_finished_together_are_read_with_one_command_per_set() {
+    let mut d = driver();
+    let now = d.now;
+    let ids: Vec<String> = (1..=40).map(|n| n.to_string()).collect();
+    for id in &ids {
+        bw::add(&mut d.redis, id, 1, 0, now);
+    }
+    for id in &ids {
+        let taken = bw::take(&mut d.redis, WORKER, now);
+        assert_eq!(taken.as_deref(), Some(id.as_str()));
+        let n: u32 = id.parse().expect("id");
+        let outcome = if n % 4 == 0 { Err("boom") } else { Ok("5") };
+        bw::finish(&mut d.redis, id, outcome, now);
+    }
+    d.deliver_batch();
+    for id in &ids {
+        let t = d.task(&task_id(id));
+        let n: u32 = id.parse().expect("id");
+        let want = if n % 4 == 0 {
+            TaskState::Failure
+        } else {
+            TaskState::Success
+        };
+        assert_eq!(t.state, want, "{t:?}");
+        assert_eq!(t.worker.as_deref(), Some(WORKER), "{t:?}");
+        assert!(t.kwargs.is_some(), "{t:?}");
+    }
+    let sorts: Vec<&str> = d
+        .reads
+        .iter()
+        .filter_map(|r| match r {
+            ReadRequest::SortGet { key, .. } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sorts.len(), 2, "{sorts:?}");
+    let hmgets = d
+        .reads
+        .iter()
+        .filter(|r| matches!(r, ReadRequest::HMGet { .. }))
+        .count();
+    assert_eq!(hmgets, 0);
 }
 
 /// A job still queued after the deferral is read for its data; its end reads it again for its

@@ -86,6 +86,8 @@ crate::read_reasons! {
         NewEntries,
         /// A job hash.
         Job,
+        /// The hashes of the jobs at the head of a list or sorted set (`SORT_RO ... GET`).
+        Jobs,
         /// `CLIENT LIST`: the workers.
         Clients,
         /// A job lock's time to live after its `expired` notification.
@@ -113,6 +115,11 @@ const JOB_CAPACITY: usize = 200_000;
 const PROBED_CAPACITY: usize = 100_000;
 /// Queues followed at most.
 const MAX_QUEUES: usize = 10_000;
+/// Most members one `SORT_RO` of a list or set brings back with their hashes.
+const SORT_MAX: u64 = 1_000;
+/// Members a `SORT_RO` reads beyond the jobs it is for: jobs that joined the list or set
+/// after the events that asked for the read.
+const SORT_SLACK: u64 = 50;
 /// How long a job's hash read waits for the job to finish: a job that finishes sooner is read
 /// once, at its end, for all of it (data, enqueue time, worker, stack trace); one still queued
 /// or running then is read for its data, or its worker.
@@ -165,6 +172,8 @@ struct JobMemo {
     worker_read: bool,
     /// A deferred read of its hash is waiting in [`BullmqAdapter::deferred`].
     deferred: bool,
+    /// Its end was `failed` (it is in the queue's `failed` set, not `completed`).
+    failed: bool,
     /// When its last `delayed` event said it may run: kept on the `waiting` that follows.
     eta: Option<DateTime<Utc>>,
 }
@@ -183,19 +192,32 @@ struct SampleRound {
 enum HashRead {
     None,
     /// In this round: the job finished (or failed an attempt), or its queue is eager.
-    Now,
+    Now(Where),
     /// After [`HASH_READ_DEFER_MS`], unless the job finished by then.
     Later,
 }
 
 impl HashRead {
-    fn later_unless(eager: bool) -> HashRead {
+    /// Later, or now (where the job is) when its queue is eager.
+    fn later_unless(eager: bool, at: Where) -> HashRead {
         if eager {
-            HashRead::Now
+            HashRead::Now(at)
         } else {
             HashRead::Later
         }
     }
+}
+
+/// Where a job whose hash is wanted is expected: the list or set of its queue whose `SORT_RO`
+/// reads it with its neighbours (the newest members first), or elsewhere (read on its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Where {
+    Completed,
+    Failed,
+    Active,
+    /// The head of `wait` (just added, or retried without backoff).
+    Wait,
+    Elsewhere,
 }
 
 /// The lists and sorted sets a queue sample counts.
@@ -219,6 +241,13 @@ pub struct BullmqAdapter {
     client_list_refused: bool,
     /// Job hash reads waiting for their time ([`HASH_READ_DEFER_MS`]), oldest first.
     deferred: std::collections::VecDeque<(DateTime<Utc>, String)>,
+    /// Job hashes to read at the end of this round of notifications, with where each job is
+    /// ([`BullmqAdapter::end_of_batch`] reads them together).
+    wanted: Vec<(String, Where)>,
+    /// The jobs each `SORT_RO` in flight was asked for, per list or set, in asking order.
+    sorting: HashMap<String, std::collections::VecDeque<Vec<String>>>,
+    /// Redis refused `SORT_RO` (older than 7.0, or an ACL): every hash is read on its own.
+    sort_refused: bool,
 }
 
 impl BullmqAdapter {
@@ -235,6 +264,9 @@ impl BullmqAdapter {
             workers: BTreeSet::new(),
             client_list_refused: false,
             deferred: std::collections::VecDeque::new(),
+            wanted: Vec::new(),
+            sorting: HashMap::new(),
+            sort_refused: false,
         }
     }
 
@@ -346,15 +378,104 @@ impl BullmqAdapter {
             .get_or_insert_with(task_id.to_string(), JobMemo::default)
     }
 
-    /// Asks for a job's hash now; what the read will tell is noted, so that no other read of
-    /// the job is asked for the same thing.
-    fn read_now(&mut self, task_id: &str, out: &mut Output) {
+    /// Asks for a job's hash at the end of this round ([`BullmqAdapter::end_of_batch`]);
+    /// what the read will tell is noted, so that no other read of the job is asked for the
+    /// same thing. `at` is where the job is expected (a hint: a job not found there is read
+    /// on its own).
+    fn read_now(&mut self, task_id: &str, at: Where) {
         let memo = self.memo(task_id);
         memo.fields_read = true;
         if matches!(memo.phase, Phase::Active | Phase::Finished) {
             memo.worker_read = true;
         }
-        out.follow_up.push(Self::job_read(task_id));
+        self.wanted.push((task_id.to_string(), at));
+    }
+
+    /// The `SORT_RO` of a queue's list or set that brings back the hashes of `jobs` (and of
+    /// their neighbours), or `None` when it cannot (the queue's name holds the pattern's `*`).
+    fn sort_read(&mut self, queue: &QueueName, at: Where, jobs: Vec<String>) -> Option<Read> {
+        let (suffix, desc) = match at {
+            Where::Completed => ("completed", true),
+            Where::Failed => ("failed", true),
+            Where::Active => ("active", false),
+            Where::Wait => ("wait", false),
+            Where::Elsewhere => return None,
+        };
+        let pattern = queue.job("*");
+        if self.sort_refused || pattern.matches('*').count() != 1 {
+            return None;
+        }
+        let key = queue.key(suffix);
+        let count = (jobs.len() as u64 * 2 + SORT_SLACK).min(SORT_MAX);
+        self.sorting.entry(key.clone()).or_default().push_back(jobs);
+        Some(
+            Why::Jobs.read(ReadRequest::SortGet {
+                key,
+                desc,
+                count,
+                gets: job::FIELDS
+                    .iter()
+                    .map(|f| format!("{pattern}->{f}"))
+                    .collect(),
+            }),
+        )
+    }
+
+    /// The reads of the job hashes wanted this round: one `SORT_RO` per queue and place for
+    /// the jobs of a list or set, one `HMGET` for each other job.
+    fn wanted_reads(&mut self) -> Vec<Read> {
+        let wanted = std::mem::take(&mut self.wanted);
+        let mut seen = std::collections::HashSet::new();
+        let mut groups: BTreeMap<(QueueName, Where), Vec<String>> = BTreeMap::new();
+        let mut reads = Vec::new();
+        for (task_id, at) in wanted {
+            if !seen.insert(task_id.clone()) {
+                continue;
+            }
+            match self.followed_job_of(&task_id) {
+                Some((queue, _)) if at != Where::Elsewhere => {
+                    groups.entry((queue, at)).or_default().push(task_id)
+                }
+                _ => reads.push(Self::job_read(&task_id)),
+            }
+        }
+        for ((queue, at), jobs) in groups {
+            if jobs.len() as u64 + SORT_SLACK > SORT_MAX {
+                reads.extend(jobs.iter().map(|j| Self::job_read(j)));
+                continue;
+            }
+            match self.sort_read(&queue, at, jobs.clone()) {
+                Some(read) => reads.push(read),
+                None => reads.extend(jobs.iter().map(|j| Self::job_read(j))),
+            }
+        }
+        reads
+    }
+
+    /// A `SORT_RO` reply: the hashes of the jobs it was asked for, handed to
+    /// [`BullmqAdapter::on_job`]; those not in it are read on their own.
+    fn on_sorted(&mut self, key: &str, reply: Option<Reply>, now: DateTime<Utc>, out: &mut Output) {
+        let Some(asked) = self.sorting.get_mut(key).and_then(|q| q.pop_front()) else {
+            return;
+        };
+        if self.sorting.get(key).is_some_and(|q| q.is_empty()) {
+            self.sorting.remove(key);
+        }
+        let mut missing: std::collections::HashSet<String> = asked.into_iter().collect();
+        if let (Some(reply), Some((queue, _))) = (reply, self.queue_of_key(key)) {
+            let items = reply.into_items();
+            for chunk in items.chunks(1 + job::FIELDS.len()) {
+                let Some(id) = chunk.first().and_then(Reply::as_bytes) else {
+                    continue;
+                };
+                let task_id = queue.job(&String::from_utf8_lossy(id));
+                if chunk.len() == 1 + job::FIELDS.len() && missing.remove(&task_id) {
+                    self.on_job(&task_id, chunk[1..].to_vec(), now, out);
+                }
+            }
+        }
+        out.follow_up
+            .extend(missing.iter().map(|task_id| Self::job_read(task_id)));
     }
 
     /// Reads a job's hash [`HASH_READ_DEFER_MS`] from now, if by then the job has not finished
@@ -370,8 +491,7 @@ impl BullmqAdapter {
 
     /// The deferred hash reads that are due (or that overflow [`JOB_CAPACITY`]) and still
     /// needed: a job queued whose data was not read yet, a job running whose worker was not.
-    fn due_reads(&mut self, now: DateTime<Utc>) -> Vec<Read> {
-        let mut out = Output::default();
+    fn due_reads(&mut self, now: DateTime<Utc>) {
         while let Some((due, _)) = self.deferred.front() {
             if *due > now && self.deferred.len() <= JOB_CAPACITY {
                 break;
@@ -389,10 +509,14 @@ impl BullmqAdapter {
                 Phase::Waiting | Phase::Unknown => !memo.fields_read,
             };
             if wanted {
-                self.read_now(&task_id, &mut out);
+                let at = if memo.phase == Phase::Active {
+                    Where::Active
+                } else {
+                    Where::Elsewhere
+                };
+                self.read_now(&task_id, at);
             }
         }
-        out.follow_up
     }
 
     /// The followed queue a job key (`<prefix>:<queue>:<job id>`, a task id) belongs to, and
@@ -502,7 +626,7 @@ impl BullmqAdapter {
                 obs.fields.name = e.name.clone();
                 obs.fields.enqueued_at = Some(at);
                 if !memo.fields_read {
-                    hash_read = HashRead::later_unless(eager);
+                    hash_read = HashRead::later_unless(eager, Where::Wait);
                 }
                 obs
             }
@@ -520,7 +644,11 @@ impl BullmqAdapter {
                 }
                 // Its error is that attempt's `failedReason`, in the hash (until the next attempt
                 // fails).
-                hash_read = HashRead::Now;
+                hash_read = HashRead::Now(if e.kind == EventKind::Waiting {
+                    Where::Wait
+                } else {
+                    Where::Elsewhere
+                });
                 obs
             }
             EventKind::Waiting | EventKind::Stalled
@@ -565,14 +693,14 @@ impl BullmqAdapter {
                 obs.attempt = attempt;
                 obs.fields.started_at = Some(at);
                 // The worker is the hash's `pb`.
-                hash_read = HashRead::later_unless(eager);
+                hash_read = HashRead::later_unless(eager, Where::Active);
                 obs
             }
             EventKind::Completed => {
                 memo.phase = Phase::Finished;
                 // What the hash adds (data, worker), unless read already.
                 if !memo.fields_read || !memo.worker_read {
-                    hash_read = HashRead::Now;
+                    hash_read = HashRead::Now(Where::Completed);
                 }
                 let started = memo.active_at;
                 let mut obs = new_obs(TaskEvent::Succeeded, "events");
@@ -593,6 +721,7 @@ impl BullmqAdapter {
             }
             EventKind::Failed => {
                 memo.phase = Phase::Finished;
+                memo.failed = true;
                 let started = memo.active_at;
                 let mut obs = new_obs(TaskEvent::Failed, "events");
                 obs.attempt = attempt;
@@ -600,7 +729,7 @@ impl BullmqAdapter {
                 obs.fields.runtime_ms = runtime(started, at);
                 obs.fields.error = e.failed_reason.clone();
                 // The stack trace is in the hash (when `removeOnFail` kept it).
-                hash_read = HashRead::Now;
+                hash_read = HashRead::Now(Where::Failed);
                 obs
             }
             _ => return,
@@ -608,15 +737,14 @@ impl BullmqAdapter {
         out.observations.push(Observation::Task(obs));
         match hash_read {
             HashRead::None => {}
-            HashRead::Now => self.read_now(&task_id, out),
+            HashRead::Now(at) => self.read_now(&task_id, at),
             HashRead::Later => self.defer_read(&task_id, now),
         }
     }
 
     /// A job hash read: its fields, and, when the stream could not tell (a gap, a restart, a
     /// reconciliation of an open task), its outcome.
-    fn on_job(&mut self, task_id: &str, reply: Reply, now: DateTime<Utc>, out: &mut Output) {
-        let values = reply.into_items();
+    fn on_job(&mut self, task_id: &str, values: Vec<Reply>, now: DateTime<Utc>, out: &mut Output) {
         if values.len() != job::FIELDS.len() {
             return;
         }
@@ -769,7 +897,7 @@ impl BullmqAdapter {
             if first_sight {
                 self.defer_read(&task_id, now);
             } else {
-                self.read_now(&task_id, out);
+                out.follow_up.push(Self::job_read(&task_id));
             }
         }
     }
@@ -1049,7 +1177,8 @@ impl Adapter for BullmqAdapter {
                     out.follow_up.extend(self.stream_read(&queue));
                 }
             }
-            (Why::Job, request) => self.on_job(request.key(), reply, now, &mut out),
+            (Why::Job, request) => self.on_job(request.key(), reply.into_items(), now, &mut out),
+            (Why::Jobs, request) => self.on_sorted(request.key(), Some(reply), now, &mut out),
             (Why::Clients, _) => self.on_clients(reply, now, &mut out),
             (Why::LockTtl, ReadRequest::PTtl(key)) => {
                 // A lock expired: abandoned unless it is back (a live worker renewed it).
@@ -1125,9 +1254,24 @@ impl Adapter for BullmqAdapter {
         tag: Tag,
         request: &ReadRequest,
         error: &str,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Output {
         let why = Why::try_from(tag);
+        if why == Ok(Why::Jobs) {
+            // Its jobs are read on their own, and so is every job from now on.
+            if !self.sort_refused {
+                tracing::info!(
+                    error,
+                    "Redis refused SORT_RO: BullMQ job hashes are read one by one."
+                );
+            }
+            self.sort_refused = true;
+            let mut out = Output::default();
+            self.on_sorted(request.key(), None, now, &mut out);
+            out.decode_errors
+                .push(crate::adapter::read_error(Broker::Bullmq, request, error));
+            return out;
+        }
         if why == Ok(Why::Clients) {
             tracing::info!(
                 error,
@@ -1149,7 +1293,7 @@ impl Adapter for BullmqAdapter {
         }
     }
 
-    fn reconcile(&mut self, open: &[OpenTask], now: DateTime<Utc>) -> Vec<Read> {
+    fn reconcile(&mut self, open: &[OpenTask], _now: DateTime<Utc>) -> Vec<Read> {
         let queues: Vec<QueueName> = self.queues.keys().cloned().collect();
         let mut reads = Vec::new();
         for q in &queues {
@@ -1173,7 +1317,6 @@ impl Adapter for BullmqAdapter {
         for state in self.queues.values_mut() {
             state.reread_open = false;
         }
-        reads.extend(self.due_reads(now));
         reads
     }
 
@@ -1203,8 +1346,9 @@ impl Adapter for BullmqAdapter {
     }
 
     fn end_of_batch(&mut self, now: DateTime<Utc>) -> Output {
+        self.due_reads(now);
         Output {
-            follow_up: self.due_reads(now),
+            follow_up: self.wanted_reads(),
             ..Output::default()
         }
     }
@@ -1226,6 +1370,9 @@ impl Adapter for BullmqAdapter {
             state.in_flight = None;
             state.reread_open = true;
         }
+        // Replies in flight are lost: the jobs they were for are read again with the open
+        // tasks at the next reconciliation.
+        self.sorting.clear();
         self.sampling.clear();
     }
 }

@@ -756,6 +756,40 @@ impl FakeRedis {
                 }
                 _ => Reply::Array(Vec::new()),
             },
+            ReadRequest::SortGet {
+                desc, count, gets, ..
+            } => {
+                let mut members: Vec<&str> = match value {
+                    Some(Value::List(l)) => l
+                        .iter()
+                        .map(|m| std::str::from_utf8(m).unwrap_or(""))
+                        .collect(),
+                    Some(Value::ZSet(z)) => Self::zsorted(z)
+                        .into_iter()
+                        .map(|(m, _)| m.as_str())
+                        .collect(),
+                    Some(_) => return Reply::Error(WRONGTYPE.into()),
+                    None => Vec::new(),
+                };
+                if *desc {
+                    members.reverse();
+                }
+                members.truncate(*count as usize);
+                let mut out = Vec::new();
+                for m in members {
+                    out.push(text(m));
+                    for get in gets {
+                        // `<prefix>*->field`: the field of the hash `<prefix><member>`.
+                        let (pattern, field) = get.rsplit_once("->").unwrap_or((get, ""));
+                        let key = pattern.replacen('*', m, 1);
+                        out.push(match self.keys.get(&key) {
+                            Some(Value::Hash(h)) => h.get(field).map_or(Reply::Nil, |v| bulk(v)),
+                            _ => Reply::Nil,
+                        });
+                    }
+                }
+                Reply::Array(out)
+            }
             ReadRequest::PTtl(key) => Reply::Int(self.pttl(key)),
             ReadRequest::Type(_) => text(value.map_or("none", Value::type_name)),
             ReadRequest::ClientList => text(&self.client_list),
