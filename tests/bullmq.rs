@@ -174,6 +174,18 @@ fn bullmq_found_with_defaults_every_kind_of_job_waits_then_runs() {
     let me = wait_worker(&w.ts, "bull:jobs:w1", LONG);
     assert_eq!(me["broker"], "bullmq", "{me}");
     assert_eq!(me["alive"], true, "{me}");
+    // Finished jobs' hashes were read by set (`SORT_RO ... GET`), inside the bounded-read
+    // script, not refused by this Redis (which would mean one `HMGET` per job).
+    let stats = w.redis.cli(&["INFO", "commandstats"]);
+    let sort_ro = stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cmdstat_sort_ro:"))
+        .unwrap_or_else(|| panic!("no SORT_RO ran:\n{stats}"));
+    assert!(!sort_ro.starts_with("calls=0,"), "{sort_ro}");
+    assert!(
+        sort_ro.contains("rejected_calls=0,failed_calls=0"),
+        "{sort_ro}"
+    );
 }
 
 #[test]
