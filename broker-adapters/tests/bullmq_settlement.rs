@@ -128,7 +128,11 @@ fn jobs_finished_together_are_read_with_one_command_per_set() {
         let taken = bw::take(&mut d.redis, WORKER, now);
         assert_eq!(taken.as_deref(), Some(id.as_str()));
         let n: u32 = id.parse().expect("id");
-        let outcome = if n.is_multiple_of(4) { Err("boom") } else { Ok("5") };
+        let outcome = if n.is_multiple_of(4) {
+            Err("boom")
+        } else {
+            Ok("5")
+        };
         bw::finish(&mut d.redis, id, outcome, now);
     }
     d.deliver_batch();

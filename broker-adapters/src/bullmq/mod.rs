@@ -25,7 +25,11 @@
 //! `failed`), or [`HASH_READ_DEFER_MS`] after its `added` or `active` when it is still queued
 //! (for its data) or running (for its worker) by then, and at each failed attempt (its error).
 //! The reads a round of notifications calls for are asked for at its end
-//! ([`Adapter::end_of_batch`]), one per job. A queue whose finished jobs' hashes are found
+//! ([`Adapter::end_of_batch`]), together: one `SORT_RO <set> BY nosort LIMIT 0 n GET # GET
+//! <prefix>:<queue>:*->field...` ([`ReadRequest::SortGet`]) per queue for the jobs just
+//! finished (`completed`, `failed`, newest first), running (`active`) or retried (`wait`), with
+//! a slack for jobs that joined the set since; a job not found there is read on its own
+//! (`HMGET`), and so is every job when Redis refuses `SORT_RO` (< 7.0, an ACL). A queue whose finished jobs' hashes are found
 //! gone (`removeOnComplete`) is read at once from then on, at `added` and `active`, while the
 //! hash is there; its jobs that finish before any read are still recorded whole from the
 //! stream (name, result, times), without their data.
