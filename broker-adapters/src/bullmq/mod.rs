@@ -123,7 +123,7 @@ const MAX_QUEUES: usize = 10_000;
 const SORT_MAX: u64 = 1_000;
 /// Members a `SORT_RO` reads beyond the jobs it is for: jobs that joined the list or set
 /// after the events that asked for the read.
-const SORT_SLACK: u64 = 50;
+const SORT_SLACK: u64 = 16;
 /// How long a job's hash read waits for the job to finish: a job that finishes sooner is read
 /// once, at its end, for all of it (data, enqueue time, worker, stack trace); one still queued
 /// or running then is read for its data, or its worker.
@@ -444,7 +444,8 @@ impl BullmqAdapter {
             }
         }
         for ((queue, at), jobs) in groups {
-            if jobs.len() as u64 + SORT_SLACK > SORT_MAX {
+            // One job: its own `HMGET`, as many commands and less for Redis to do.
+            if jobs.len() == 1 || jobs.len() as u64 + SORT_SLACK > SORT_MAX {
                 reads.extend(jobs.iter().map(|j| Self::job_read(j)));
                 continue;
             }
