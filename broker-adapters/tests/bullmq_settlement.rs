@@ -165,6 +165,46 @@ fn jobs_finished_together_are_read_with_one_command_per_set() {
     assert_eq!(hmgets, 0);
 }
 
+/// A Redis that refuses `SORT_RO` (older than 7.0, an ACL): the jobs of the refused read are
+/// read one by one, and so is every job from then on; nothing is lost.
+#[test]
+fn a_refused_sort_ro_falls_back_to_one_hmget_per_job() {
+    let mut d = driver();
+    d.redis.refuse_sort_ro = true;
+    let now = d.now;
+    let run = |d: &mut Driver<BullmqAdapter>, ids: &[String]| {
+        for id in ids {
+            bw::add(&mut d.redis, id, 1, 0, now);
+        }
+        for id in ids {
+            assert_eq!(
+                bw::take(&mut d.redis, WORKER, now).as_deref(),
+                Some(id.as_str())
+            );
+            bw::finish(&mut d.redis, id, Ok("5"), now);
+        }
+        d.deliver_batch();
+        for id in ids {
+            let t = d.task(&task_id(id));
+            assert_eq!(t.state, TaskState::Success, "{t:?}");
+            assert_eq!(t.worker.as_deref(), Some(WORKER), "{t:?}");
+            assert!(t.kwargs.is_some(), "{t:?}");
+        }
+    };
+    let first: Vec<String> = (1..=5).map(|n| n.to_string()).collect();
+    run(&mut d, &first);
+    let sorts = |d: &Driver<BullmqAdapter>| {
+        d.reads
+            .iter()
+            .filter(|r| matches!(r, ReadRequest::SortGet { .. }))
+            .count()
+    };
+    assert_eq!(sorts(&d), 1, "asked once");
+    let second: Vec<String> = (6..=10).map(|n| n.to_string()).collect();
+    run(&mut d, &second);
+    assert_eq!(sorts(&d), 1, "never asked again");
+}
+
 /// A job still queued after the deferral is read for its data; its end reads it again for its
 /// worker, once.
 #[test]

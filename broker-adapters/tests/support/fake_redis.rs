@@ -81,6 +81,8 @@ pub struct FakeRedis {
     pub client_list: String,
     /// `PUBLISH`ed messages nobody took yet, `(channel, payload)`, oldest first.
     published: Vec<(String, Vec<u8>)>,
+    /// `SORT_RO` is refused, as by a Redis older than 7.0.
+    pub refuse_sort_ro: bool,
 }
 
 impl Default for FakeRedis {
@@ -92,6 +94,7 @@ impl Default for FakeRedis {
             expires: BTreeMap::new(),
             client_list: String::new(),
             published: Vec::new(),
+            refuse_sort_ro: false,
         }
     }
 }
@@ -756,6 +759,9 @@ impl FakeRedis {
                 }
                 _ => Reply::Array(Vec::new()),
             },
+            ReadRequest::SortGet { .. } if self.refuse_sort_ro => {
+                Reply::Error("ERR unknown command 'SORT_RO'".into())
+            }
             ReadRequest::SortGet {
                 desc, count, gets, ..
             } => {
