@@ -432,7 +432,8 @@ impl BullmqAdapter {
         let mut seen = std::collections::HashSet::new();
         let mut groups: BTreeMap<(QueueName, Where), Vec<String>> = BTreeMap::new();
         let mut reads = Vec::new();
-        for (task_id, at) in wanted {
+        // A job wanted twice this round is where its last event put it.
+        for (task_id, at) in wanted.into_iter().rev() {
             if !seen.insert(task_id.clone()) {
                 continue;
             }
