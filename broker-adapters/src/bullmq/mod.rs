@@ -121,9 +121,13 @@ const PROBED_CAPACITY: usize = 100_000;
 const MAX_QUEUES: usize = 10_000;
 /// Most members one `SORT_RO` of a list or set brings back with their hashes.
 const SORT_MAX: u64 = 1_000;
-/// Members a `SORT_RO` reads beyond the jobs it is for: jobs that joined the list or set
-/// after the events that asked for the read.
-const SORT_SLACK: u64 = 16;
+/// Members a `SORT_RO` first reads beyond the jobs it is for (jobs that joined the list or set
+/// after the events that asked for the read); then learned per list or set
+/// ([`BullmqAdapter::on_sorted`]): each member read costs Redis a dozen hash lookups.
+const SORT_SLACK: u64 = 4;
+/// The most slack a `SORT_RO` learns: a job not in its set at all (removed at its end, moved
+/// on) is a miss too, and must not make every later read of the set a long one.
+const SORT_MAX_SLACK: u64 = 100;
 /// How long a job's hash read waits for the job to finish: a job that finishes sooner is read
 /// once, at its end, for all of it (data, enqueue time, worker, stack trace); one still queued
 /// or running then is read for its data, or its worker.
@@ -250,6 +254,8 @@ pub struct BullmqAdapter {
     wanted: Vec<(String, Where)>,
     /// The jobs each `SORT_RO` in flight was asked for, per list or set, in asking order.
     sorting: HashMap<String, std::collections::VecDeque<Vec<String>>>,
+    /// Per list or set, the members its next `SORT_RO` reads beyond the jobs it is for.
+    sort_slack: HashMap<String, u64>,
     /// Redis refused `SORT_RO` (older than 7.0, or an ACL): every hash is read on its own.
     sort_refused: bool,
 }
@@ -270,6 +276,7 @@ impl BullmqAdapter {
             deferred: std::collections::VecDeque::new(),
             wanted: Vec::new(),
             sorting: HashMap::new(),
+            sort_slack: HashMap::new(),
             sort_refused: false,
         }
     }
@@ -410,7 +417,8 @@ impl BullmqAdapter {
             return None;
         }
         let key = queue.key(suffix);
-        let count = (jobs.len() as u64 * 2 + SORT_SLACK).min(SORT_MAX);
+        let slack = self.sort_slack.get(&key).copied().unwrap_or(SORT_SLACK);
+        let count = (jobs.len() as u64 + slack).min(SORT_MAX);
         self.sorting.entry(key.clone()).or_default().push_back(jobs);
         Some(
             Why::Jobs.read(ReadRequest::SortGet {
@@ -446,7 +454,7 @@ impl BullmqAdapter {
         }
         for ((queue, at), jobs) in groups {
             // One job: its own `HMGET`, as many commands and less for Redis to do.
-            if jobs.len() == 1 || jobs.len() as u64 + SORT_SLACK > SORT_MAX {
+            if jobs.len() == 1 || jobs.len() as u64 >= SORT_MAX {
                 reads.extend(jobs.iter().map(|j| Self::job_read(j)));
                 continue;
             }
@@ -467,19 +475,33 @@ impl BullmqAdapter {
         if self.sorting.get(key).is_some_and(|q| q.is_empty()) {
             self.sorting.remove(key);
         }
+        let asked_count = asked.len() as u64;
         let mut missing: std::collections::HashSet<String> = asked.into_iter().collect();
+        // How deep the last job asked for was: the slack the next read needs.
+        let mut depth = 0u64;
         if let (Some(reply), Some((queue, _))) = (reply, self.queue_of_key(key)) {
             let items = reply.into_items();
-            for chunk in items.chunks(1 + job::FIELDS.len()) {
+            for (i, chunk) in items.chunks(1 + job::FIELDS.len()).enumerate() {
                 let Some(id) = chunk.first().and_then(Reply::as_bytes) else {
                     continue;
                 };
                 let task_id = queue.job(&String::from_utf8_lossy(id));
                 if chunk.len() == 1 + job::FIELDS.len() && missing.remove(&task_id) {
+                    depth = i as u64 + 1;
                     self.on_job(&task_id, chunk[1..].to_vec(), now, out);
                 }
             }
         }
+        // Newer members above the jobs asked for, with a margin; twice as many after a miss.
+        let found = asked_count - missing.len() as u64;
+        let above = depth.saturating_sub(found);
+        let slack = self.sort_slack.entry(key.to_string()).or_insert(SORT_SLACK);
+        *slack = if missing.is_empty() {
+            above + above / 2 + 2
+        } else {
+            (*slack * 2).max(above + above / 2 + 2)
+        }
+        .min(SORT_MAX_SLACK);
         out.follow_up
             .extend(missing.iter().map(|task_id| Self::job_read(task_id)));
     }
