@@ -94,7 +94,10 @@ fn bullmq_found_with_defaults_every_kind_of_job_waits_then_runs() {
         json!([{"flow": {"name": "add", "data": {"x": 100, "y": 1},
                          "children": [{"name": "add", "data": {"x": 1, "y": 2}}]}}]),
     );
-    let t = w.ts.wait_state(&add, "queued", LONG);
+    // A job still queued shows its data (its hash is read once it has waited a second).
+    let t = w.ts.wait_task(&add, "queued with its data", LONG, |t| {
+        t["state"] == "queued" && !t["kwargs"].is_null()
+    });
     assert_eq!(t["kwargs"], json!({"x": 2, "y": 3}), "{t}");
     let t = w.ts.wait_task(&delayed, "queued with an eta", LONG, |t| {
         t["state"] == "queued" && t["eta"].is_string()
@@ -465,4 +468,41 @@ fn bullmq_rate_limited_queue_runs_each_job_once_at_its_pace() {
         let gap = parse_time(&pair[1], "started_at") - parse_time(&pair[0], "started_at");
         assert!(gap.num_milliseconds() >= 300, "{}\n{}", pair[0], pair[1]);
     }
+}
+
+/// Jobs that finish together are each shown whole (data, worker, result), their hashes read
+/// by set (`SORT_RO ... GET` through the bounded-read script, which this Redis accepts), not
+/// with one `HMGET` each.
+#[test]
+fn bullmq_jobs_finished_together_are_shown_whole_from_one_read_per_set() {
+    let _slot = test_slot();
+    let w = World::new(&[]);
+    let jobs: Vec<Value> = (0..200)
+        .map(|n| json!({"name": "add", "data": {"x": n, "y": 1}}))
+        .collect();
+    let ids = w.produce("burst", "bull", Value::Array(jobs));
+    let _worker = w.worker(
+        "burst",
+        "bull",
+        &[("WORKER_NAME", "wb"), ("CONCURRENCY", "50")],
+    );
+    for (n, id) in ids.iter().enumerate() {
+        let t =
+            w.ts.wait_task(id, "success with its data and worker", LONG, |t| {
+                t["state"] == "success" && t["worker"] == "wb" && !t["kwargs"].is_null()
+            });
+        assert_common(&t, "add", "bull:burst");
+        assert_eq!(t["kwargs"], json!({"x": n, "y": 1}), "{t}");
+        assert_eq!(t["result"], json!(n + 1), "{t}");
+    }
+    let stats = w.redis.cli(&["INFO", "commandstats"]);
+    let sort_ro = stats
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cmdstat_sort_ro:"))
+        .unwrap_or_else(|| panic!("no SORT_RO ran:\n{stats}"));
+    assert!(!sort_ro.starts_with("calls=0,"), "{sort_ro}");
+    assert!(
+        sort_ro.contains("rejected_calls=0,failed_calls=0"),
+        "{sort_ro}"
+    );
 }

@@ -265,6 +265,18 @@ pub enum ReadRequest {
         keys: Vec<String>,
         count: u64,
     },
+    /// `SORT_RO key BY nosort [DESC] LIMIT 0 count GET # GET pattern...`: the first `count`
+    /// members of a list or sorted set in its own order (a sorted set's newest first with
+    /// `desc`), each followed by the values its `GET` patterns name (`<prefix>*->field`: a field
+    /// of the hash `<prefix><member>`), in one command: the fields of many hashes at once
+    /// (BullMQ's finished and active jobs). The reply is flat: `count` x (1 + patterns) items,
+    /// nil for a missing hash or field. Redis 7.0+ (older ones refuse it: a [`Reply::Error`]).
+    SortGet {
+        key: String,
+        desc: bool,
+        count: u64,
+        gets: Vec<String>,
+    },
     /// `XPENDING key group - + count`: the pending entries of a consumer group, with consumer,
     /// idle time and delivery count. Never joins or acknowledges for the group.
     XPending {
@@ -304,6 +316,7 @@ impl ReadRequest {
             | ReadRequest::XInfoGroups(k)
             | ReadRequest::XRange { key: k, .. }
             | ReadRequest::XRevRange { key: k, .. }
+            | ReadRequest::SortGet { key: k, .. }
             | ReadRequest::XPending { key: k, .. }
             | ReadRequest::XInfoConsumers { key: k, .. }
             | ReadRequest::LRange { key: k, .. }

@@ -162,7 +162,12 @@ fn drive(
     let mut queue: VecDeque<Read> = first.into();
     let mut decode_errors = 0;
     let mut rounds = 0;
-    while let Some(read) = queue.pop_front() {
+    loop {
+        // What the adapter asks for at the end of a round (the ingest loop asks each round).
+        queue.extend(adapter.end_of_batch(now()).follow_up);
+        let Some(read) = queue.pop_front() else {
+            break;
+        };
         rounds += 1;
         assert!(rounds < 10_000, "reads never end");
         let out = adapter.answer(&read, redis.answer(&read.request), now());
@@ -257,7 +262,11 @@ fn a_stalled_job_is_abandoned_then_run_again_by_another_worker() {
     // Fold each observation, keeping the states it went through.
     let mut states = Vec::new();
     let mut queue: VecDeque<Read> = first.into();
-    while let Some(read) = queue.pop_front() {
+    loop {
+        queue.extend(adapter.end_of_batch(now()).follow_up);
+        let Some(read) = queue.pop_front() else {
+            break;
+        };
         let out = adapter.answer(&read, redis.answer(&read.request), now());
         for o in out.observations {
             if let Observation::Task(t) = o {

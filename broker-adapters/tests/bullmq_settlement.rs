@@ -11,8 +11,8 @@
 mod support;
 
 use broker_adapters::bullmq::layout::QueueName;
-use broker_adapters::bullmq::{BullmqAdapter, BullmqConfig};
-use broker_adapters::TaskState;
+use broker_adapters::bullmq::{BullmqAdapter, BullmqConfig, HASH_READ_DEFER_MS};
+use broker_adapters::{ReadRequest, TaskState};
 use chrono::Duration;
 use support::bullmq_worker::{self as bw, task_id, WORKER};
 use support::driver::Driver;
@@ -50,6 +50,25 @@ fn finish(d: &mut Driver<BullmqAdapter>, outcome: Result<&str, &str>) {
     step(d, |r| bw::finish(r, JOB, outcome, now));
 }
 
+/// Time enough for the job hash reads the adapter defers, then a round of the loop.
+fn past_deferred_reads(d: &mut Driver<BullmqAdapter>) {
+    d.advance(HASH_READ_DEFER_MS);
+    d.pump(Vec::new());
+}
+
+/// How many reads brought the job's hash: its own `HMGET`, or a `SORT_RO` of its queue's
+/// lists and sets (the tests that count run one job).
+fn hash_reads(d: &Driver<BullmqAdapter>, id: &str) -> usize {
+    d.reads
+        .iter()
+        .filter(|r| match r {
+            ReadRequest::HMGet { key, .. } => key == id,
+            ReadRequest::SortGet { .. } => true,
+            _ => false,
+        })
+        .count()
+}
+
 #[test]
 fn job_added_active_on_its_worker_then_completed() {
     let mut d = driver();
@@ -60,12 +79,150 @@ fn job_added_active_on_its_worker_then_completed() {
     assert_eq!(t.name.as_deref(), Some("add"));
     take(&mut d, WORKER);
     assert_eq!(d.state(&id), TaskState::Running);
+    // A job running past the deferral is read for its worker (and its data).
+    past_deferred_reads(&mut d);
     assert_eq!(d.task(&id).worker.as_deref(), Some(WORKER));
+    assert!(d.task(&id).kwargs.is_some(), "{:?}", d.task(&id));
     finish(&mut d, Ok("5"));
     let t = d.task(&id);
     assert_eq!(t.state, TaskState::Success);
     assert_eq!(t.result, Some(serde_json::json!(5)));
     assert_eq!(t.retries, 0);
+    assert_eq!(
+        hash_reads(&d, &id),
+        1,
+        "read while it ran, not again at its end"
+    );
+}
+
+/// A job queued, run and completed within the deferral: its hash is read once, at its end,
+/// for everything the stream does not carry (data, worker, enqueue time).
+#[test]
+fn fast_job_is_read_once_at_its_end_with_its_data_and_worker() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 1);
+    assert_eq!(d.state(&id), TaskState::Queued);
+    take(&mut d, WORKER);
+    finish(&mut d, Ok("5"));
+    past_deferred_reads(&mut d);
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.worker.as_deref(), Some(WORKER));
+    assert!(t.kwargs.is_some(), "{t:?}");
+    assert!(t.enqueued_at.is_some(), "{t:?}");
+    assert_eq!(hash_reads(&d, &id), 1);
+}
+
+/// Many jobs run and finished between two reads of the stream: one `SORT_RO` of `completed`
+/// and one of `failed` bring all their hashes (data, worker), never one read per job.
+#[test]
+fn jobs_finished_together_are_read_with_one_command_per_set() {
+    let mut d = driver();
+    let now = d.now;
+    let ids: Vec<String> = (1..=40).map(|n| n.to_string()).collect();
+    for id in &ids {
+        bw::add(&mut d.redis, id, 1, 0, now);
+    }
+    for id in &ids {
+        let taken = bw::take(&mut d.redis, WORKER, now);
+        assert_eq!(taken.as_deref(), Some(id.as_str()));
+        let n: u32 = id.parse().expect("id");
+        let outcome = if n.is_multiple_of(4) {
+            Err("boom")
+        } else {
+            Ok("5")
+        };
+        bw::finish(&mut d.redis, id, outcome, now);
+    }
+    d.deliver_batch();
+    for id in &ids {
+        let t = d.task(&task_id(id));
+        let n: u32 = id.parse().expect("id");
+        let want = if n.is_multiple_of(4) {
+            TaskState::Failure
+        } else {
+            TaskState::Success
+        };
+        assert_eq!(t.state, want, "{t:?}");
+        assert_eq!(t.worker.as_deref(), Some(WORKER), "{t:?}");
+        assert!(t.kwargs.is_some(), "{t:?}");
+    }
+    let sorts: Vec<&str> = d
+        .reads
+        .iter()
+        .filter_map(|r| match r {
+            ReadRequest::SortGet { key, .. } => Some(key.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sorts.len(), 2, "{sorts:?}");
+    let hmgets = d
+        .reads
+        .iter()
+        .filter(|r| matches!(r, ReadRequest::HMGet { .. }))
+        .count();
+    assert_eq!(hmgets, 0);
+}
+
+/// A Redis that refuses `SORT_RO` (older than 7.0, an ACL): the jobs of the refused read are
+/// read one by one, and so is every job from then on; nothing is lost.
+#[test]
+fn a_refused_sort_ro_falls_back_to_one_hmget_per_job() {
+    let mut d = driver();
+    d.redis.refuse_sort_ro = true;
+    let now = d.now;
+    let run = |d: &mut Driver<BullmqAdapter>, ids: &[String]| {
+        for id in ids {
+            bw::add(&mut d.redis, id, 1, 0, now);
+        }
+        for id in ids {
+            assert_eq!(
+                bw::take(&mut d.redis, WORKER, now).as_deref(),
+                Some(id.as_str())
+            );
+            bw::finish(&mut d.redis, id, Ok("5"), now);
+        }
+        d.deliver_batch();
+        for id in ids {
+            let t = d.task(&task_id(id));
+            assert_eq!(t.state, TaskState::Success, "{t:?}");
+            assert_eq!(t.worker.as_deref(), Some(WORKER), "{t:?}");
+            assert!(t.kwargs.is_some(), "{t:?}");
+        }
+    };
+    let first: Vec<String> = (1..=5).map(|n| n.to_string()).collect();
+    run(&mut d, &first);
+    let sorts = |d: &Driver<BullmqAdapter>| {
+        d.reads
+            .iter()
+            .filter(|r| matches!(r, ReadRequest::SortGet { .. }))
+            .count()
+    };
+    assert_eq!(sorts(&d), 1, "asked once");
+    let second: Vec<String> = (6..=10).map(|n| n.to_string()).collect();
+    run(&mut d, &second);
+    assert_eq!(sorts(&d), 1, "never asked again");
+}
+
+/// A job still queued after the deferral is read for its data; its end reads it again for its
+/// worker, once.
+#[test]
+fn job_queued_past_the_deferral_shows_its_data_while_it_waits() {
+    let mut d = driver();
+    let id = task_id(JOB);
+    add(&mut d, 1);
+    assert_eq!(hash_reads(&d, &id), 0);
+    past_deferred_reads(&mut d);
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Queued);
+    assert!(t.kwargs.is_some(), "{t:?}");
+    take(&mut d, WORKER);
+    finish(&mut d, Ok("5"));
+    let t = d.task(&id);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.worker.as_deref(), Some(WORKER));
+    assert_eq!(hash_reads(&d, &id), 2);
 }
 
 #[test]
@@ -132,6 +289,7 @@ fn job_whose_lock_expired_is_abandoned_then_run_again() {
     step(&mut d, |r| bw::move_stalled(r, JOB));
     assert_eq!(d.state(&id), TaskState::Abandoned);
     take(&mut d, "w2");
+    past_deferred_reads(&mut d);
     let t = d.task(&id);
     assert_eq!(t.state, TaskState::Running);
     assert_eq!(t.worker.as_deref(), Some("w2"));

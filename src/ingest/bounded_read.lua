@@ -2,8 +2,9 @@
 -- that every bulk string longer than ARGV[1] bytes is replaced by the pair
 -- {'taskscope:too-large', <its length>}, so a huge value never crosses the wire.
 -- KEYS: the keys read. ARGV[1]: the limit in bytes; ARGV[2]: the command (GET, MGET, HMGET,
--- HGETALL, HSCAN, LRANGE, XRANGE, XREVRANGE, XREAD); ARGV[3..]: its arguments after the key
--- (XREAD: ARGV[3] is its COUNT, KEYS the streams, each read from its start).
+-- HGETALL, HSCAN, LRANGE, XRANGE, XREVRANGE, XREAD, SORT_RO); ARGV[3..]: its arguments after
+-- the key (XREAD: ARGV[3] is its COUNT, KEYS the streams, each read from its start; SORT_RO's
+-- GET patterns read hashes not in KEYS, which a Redis that is not a cluster allows).
 -- One command inside the script per read (the project counts Redis commands per lifecycle):
 -- values are measured after the read, so a huge one is copied into Lua for the time of the
 -- script (inside Redis, never sent), except a lone GET's, measured first with STRLEN (a
@@ -73,7 +74,8 @@ elseif cmd == 'XREAD' then
     args[#args + 1] = '0'
   end
   return bound(redis.call('XREAD', unpack(args)))
-elseif cmd == 'HGETALL' or cmd == 'HSCAN' or cmd == 'LRANGE' or cmd == 'XRANGE' or cmd == 'XREVRANGE' then
+elseif cmd == 'HGETALL' or cmd == 'HSCAN' or cmd == 'LRANGE' or cmd == 'XRANGE' or cmd == 'XREVRANGE'
+    or cmd == 'SORT_RO' then
   return bound(redis.call(cmd, KEYS[1], unpack(ARGV, 3)))
 end
 return redis.error_reply('taskscope bounded read: unsupported command ' .. tostring(cmd))

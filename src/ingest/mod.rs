@@ -607,6 +607,11 @@ impl Pipeline {
                     }
                     if connected {
                         self.publish_due().await;
+                        // Reads an adapter put off until a time (BullMQ's job hashes) go out
+                        // within a second of it, even when no notification comes.
+                        let mut output = Output::default();
+                        self.run_pending(Utc::now(), &mut output).await;
+                        self.deliver(output).await;
                     }
                     let swept = self.writer.sweep(Utc::now(), chrono_duration(self.cfg.abandon_after)).await;
                     self.check_writer(swept);

@@ -268,6 +268,28 @@ fn command(req: &ReadRequest) -> (CustomCommand, Vec<Value>) {
             .chain(keys.iter().map(|_| s("0")))
             .collect(),
         ),
+        ReadRequest::SortGet {
+            key,
+            desc,
+            count,
+            gets,
+        } => {
+            let mut args = vec![s(key), s("BY"), s("nosort")];
+            if *desc {
+                args.push(s("DESC"));
+            }
+            args.extend([
+                s("LIMIT"),
+                Value::from(0),
+                Value::from(i64::try_from(*count).unwrap_or(i64::MAX)),
+                s("GET"),
+                s("#"),
+            ]);
+            for get in gets {
+                args.extend([s("GET"), s(get)]);
+            }
+            (cmd("SORT_RO"), args)
+        }
         ReadRequest::XPending { key, group, count } => (
             cmd("XPENDING"),
             vec![
@@ -365,6 +387,7 @@ fn is_bounded(req: &ReadRequest) -> bool {
             | ReadRequest::XRange { .. }
             | ReadRequest::XRevRange { .. }
             | ReadRequest::XReadFirst { .. }
+            | ReadRequest::SortGet { .. }
     )
 }
 

@@ -8,10 +8,8 @@
 //!   reconciliation); the first read of a queue takes its newest [`INITIAL_WINDOW`] entries
 //!   (`XREVRANGE`), so a restarted taskscope resumes from what the stream still holds;
 //! - `queued`: `added` (the job's name) then `waiting`, `waiting-children` (a flow parent) or
-//!   `delayed` (its `delay` is the `eta`). The job hash is read the moment `added` is read
-//!   (data, enqueue time): a `removeOnComplete` job may be gone by then, and is still recorded
-//!   whole from the stream (name, result, times), without its data;
-//! - `running`: `active` (the hash's `pb` names the worker: read with the same `HMGET`);
+//!   `delayed` (its `delay` is the `eta`);
+//! - `running`: `active` (the hash's `pb` names the worker);
 //! - `success`: `completed` (its `returnvalue`); `failure`: `failed` (its `failedReason`; the
 //!   hash adds the stack trace), which BullMQ writes only once no attempt is left;
 //! - `retried`: a failed attempt with attempts left: `delayed` right after `active` (a backoff)
@@ -22,12 +20,27 @@
 //!   `wait` (`waiting` `prev=active` then `stalled`), also read as abandoned, and another
 //!   worker runs it again (`active`: running again, same attempt: a stall is not an attempt).
 //!
+//! The job hash (data, enqueue time, worker, stack trace: what the stream does not carry) is
+//! read once per job where possible, never once per event: at the job's end (`completed`,
+//! `failed`), or [`HASH_READ_DEFER_MS`] after its `added` or `active` when it is still queued
+//! (for its data) or running (for its worker) by then, and at each failed attempt (its error).
+//! The reads a round of notifications calls for are asked for at its end
+//! ([`Adapter::end_of_batch`]), together: one `SORT_RO <set> BY nosort LIMIT 0 n GET # GET
+//! <prefix>:<queue>:*->field...` ([`ReadRequest::SortGet`]) per queue for the jobs just
+//! finished (`completed`, `failed`, newest first), running (`active`) or retried (`wait`), with
+//! a slack for jobs that joined the set since; a job not found there is read on its own
+//! (`HMGET`), and so is every job when Redis refuses `SORT_RO` (< 7.0, an ACL). A queue whose finished jobs' hashes are found
+//! gone (`removeOnComplete`) is read at once from then on, at `added` and `active`, while the
+//! hash is there; its jobs that finish before any read are still recorded whole from the
+//! stream (name, result, times), without their data.
+//!
 //! A trimmed stream (`maxLenEvents`, 10,000 by default, `MAXLEN ~`): at every reconciliation
 //! the stream's first id is compared with the last id read; when the last one read is gone,
 //! events may have been lost, and the queue's `active` list and newest `completed` and `failed`
 //! entries are read, and each job hash not known finished judged on its own
-//! ([`BullmqAdapter::on_job`]). Open tasks are judged by their hash at every reconciliation
-//! too, so nothing is lost silently.
+//! ([`BullmqAdapter::on_job`]). At every reconciliation, the hash of an open task is read when
+//! the stream never named it (older than taskscope's window) or when events may have been lost
+//! since the last one (a trimmed stream, a gap), so nothing is lost silently.
 //!
 //! Queues: configured (`--bullmq-queues`), found by detection, or found by this adapter from
 //! any `*:events` stream (any prefix) whose first entry is a BullMQ event. Task ids are the
@@ -77,6 +90,8 @@ crate::read_reasons! {
         NewEntries,
         /// A job hash.
         Job,
+        /// The hashes of the jobs at the head of a list or sorted set (`SORT_RO ... GET`).
+        Jobs,
         /// `CLIENT LIST`: the workers.
         Clients,
         /// A job lock's time to live after its `expired` notification.
@@ -104,6 +119,19 @@ const JOB_CAPACITY: usize = 200_000;
 const PROBED_CAPACITY: usize = 100_000;
 /// Queues followed at most.
 const MAX_QUEUES: usize = 10_000;
+/// Most members one `SORT_RO` of a list or set brings back with their hashes.
+const SORT_MAX: u64 = 1_000;
+/// Members a `SORT_RO` first reads beyond the jobs it is for (jobs that joined the list or set
+/// after the events that asked for the read); then learned per list or set
+/// ([`BullmqAdapter::on_sorted`]): each member read costs Redis a dozen hash lookups.
+const SORT_SLACK: u64 = 4;
+/// The most slack a `SORT_RO` learns: a job not in its set at all (removed at its end, moved
+/// on) is a miss too, and must not make every later read of the set a long one.
+const SORT_MAX_SLACK: u64 = 100;
+/// How long a job's hash read waits for the job to finish: a job that finishes sooner is read
+/// once, at its end, for all of it (data, enqueue time, worker, stack trace); one still queued
+/// or running then is read for its data, or its worker.
+pub const HASH_READ_DEFER_MS: i64 = 1_000;
 
 /// Configuration of the BullMQ adapter.
 #[derive(Debug, Clone, Default)]
@@ -118,6 +146,12 @@ struct StreamState {
     last_id: Option<StreamId>,
     /// A read of new entries is in flight; `true` inside when a notification came since.
     in_flight: Option<bool>,
+    /// Its finished jobs' hashes were found gone (`removeOnComplete`, `removeOnFail`): its
+    /// jobs are read at once, at `added` and `active`, not at their end.
+    eager: bool,
+    /// Events may have been lost (a gap, a trimmed stream): the next reconciliation reads the
+    /// hash of every open task of the queue, not only of those the stream never named.
+    reread_open: bool,
 }
 
 /// Where a job stood at its last event.
@@ -140,8 +174,14 @@ struct JobMemo {
     active_at: Option<DateTime<Utc>>,
     /// When it was added (its `added` event, or its hash's `timestamp`).
     added_at: Option<DateTime<Utc>>,
-    /// Its hash was read once for its fields (data, enqueue time).
+    /// Its hash was read (or asked for) once for its fields (data, enqueue time).
     fields_read: bool,
+    /// Its hash was read (or asked for) since its current attempt became active: the worker.
+    worker_read: bool,
+    /// A deferred read of its hash is waiting in [`BullmqAdapter::deferred`].
+    deferred: bool,
+    /// Its end was `failed` (it is in the queue's `failed` set, not `completed`).
+    failed: bool,
     /// When its last `delayed` event said it may run: kept on the `waiting` that follows.
     eta: Option<DateTime<Utc>>,
 }
@@ -153,6 +193,39 @@ struct SampleRound {
     /// The oldest job id of `wait` (its tail: BullMQ `LPUSH`es and takes from the right),
     /// once read (`Some(None)`: empty).
     head: Option<Option<String>>,
+}
+
+/// When an event calls for its job's hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HashRead {
+    None,
+    /// In this round: the job finished (or failed an attempt), or its queue is eager.
+    Now(Where),
+    /// After [`HASH_READ_DEFER_MS`], unless the job finished by then.
+    Later,
+}
+
+impl HashRead {
+    /// Later, or now (where the job is) when its queue is eager.
+    fn later_unless(eager: bool, at: Where) -> HashRead {
+        if eager {
+            HashRead::Now(at)
+        } else {
+            HashRead::Later
+        }
+    }
+}
+
+/// Where a job whose hash is wanted is expected: the list or set of its queue whose `SORT_RO`
+/// reads it with its neighbours (the newest members first), or elsewhere (read on its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Where {
+    Completed,
+    Failed,
+    Active,
+    /// The head of `wait` (just added, or retried without backoff).
+    Wait,
+    Elsewhere,
 }
 
 /// The lists and sorted sets a queue sample counts.
@@ -174,6 +247,17 @@ pub struct BullmqAdapter {
     workers: BTreeSet<String>,
     /// Redis refused `CLIENT LIST` (ACL): workers are not listed, and it is not asked again.
     client_list_refused: bool,
+    /// Job hash reads waiting for their time ([`HASH_READ_DEFER_MS`]), oldest first.
+    deferred: std::collections::VecDeque<(DateTime<Utc>, String)>,
+    /// Job hashes to read at the end of this round of notifications, with where each job is
+    /// ([`BullmqAdapter::end_of_batch`] reads them together).
+    wanted: Vec<(String, Where)>,
+    /// The jobs each `SORT_RO` in flight was asked for, per list or set, in asking order.
+    sorting: HashMap<String, std::collections::VecDeque<Vec<String>>>,
+    /// Per list or set, the members its next `SORT_RO` reads beyond the jobs it is for.
+    sort_slack: HashMap<String, u64>,
+    /// Redis refused `SORT_RO` (older than 7.0, or an ACL): every hash is read on its own.
+    sort_refused: bool,
 }
 
 impl BullmqAdapter {
@@ -189,6 +273,11 @@ impl BullmqAdapter {
             sampling: HashMap::new(),
             workers: BTreeSet::new(),
             client_list_refused: false,
+            deferred: std::collections::VecDeque::new(),
+            wanted: Vec::new(),
+            sorting: HashMap::new(),
+            sort_slack: HashMap::new(),
+            sort_refused: false,
         }
     }
 
@@ -300,6 +389,164 @@ impl BullmqAdapter {
             .get_or_insert_with(task_id.to_string(), JobMemo::default)
     }
 
+    /// Asks for a job's hash at the end of this round ([`BullmqAdapter::end_of_batch`]);
+    /// what the read will tell is noted, so that no other read of the job is asked for the
+    /// same thing. `at` is where the job is expected (a hint: a job not found there is read
+    /// on its own).
+    fn read_now(&mut self, task_id: &str, at: Where) {
+        let memo = self.memo(task_id);
+        memo.fields_read = true;
+        if matches!(memo.phase, Phase::Active | Phase::Finished) {
+            memo.worker_read = true;
+        }
+        self.wanted.push((task_id.to_string(), at));
+    }
+
+    /// The `SORT_RO` of a queue's list or set that brings back the hashes of `jobs` (and of
+    /// their neighbours), or `None` when it cannot (the queue's name holds the pattern's `*`).
+    fn sort_read(&mut self, queue: &QueueName, at: Where, jobs: Vec<String>) -> Option<Read> {
+        let (suffix, desc) = match at {
+            Where::Completed => ("completed", true),
+            Where::Failed => ("failed", true),
+            Where::Active => ("active", false),
+            Where::Wait => ("wait", false),
+            Where::Elsewhere => return None,
+        };
+        let pattern = queue.job("*");
+        if self.sort_refused || pattern.matches('*').count() != 1 {
+            return None;
+        }
+        let key = queue.key(suffix);
+        let slack = self.sort_slack.get(&key).copied().unwrap_or(SORT_SLACK);
+        let count = (jobs.len() as u64 + slack).min(SORT_MAX);
+        self.sorting.entry(key.clone()).or_default().push_back(jobs);
+        Some(
+            Why::Jobs.read(ReadRequest::SortGet {
+                key,
+                desc,
+                count,
+                gets: job::FIELDS
+                    .iter()
+                    .map(|f| format!("{pattern}->{f}"))
+                    .collect(),
+            }),
+        )
+    }
+
+    /// The reads of the job hashes wanted this round: one `SORT_RO` per queue and place for
+    /// the jobs of a list or set, one `HMGET` for each other job.
+    fn wanted_reads(&mut self) -> Vec<Read> {
+        let wanted = std::mem::take(&mut self.wanted);
+        let mut seen = std::collections::HashSet::new();
+        let mut groups: BTreeMap<(QueueName, Where), Vec<String>> = BTreeMap::new();
+        let mut reads = Vec::new();
+        // A job wanted twice this round is where its last event put it.
+        for (task_id, at) in wanted.into_iter().rev() {
+            if !seen.insert(task_id.clone()) {
+                continue;
+            }
+            match self.followed_job_of(&task_id) {
+                Some((queue, _)) if at != Where::Elsewhere => {
+                    groups.entry((queue, at)).or_default().push(task_id)
+                }
+                _ => reads.push(Self::job_read(&task_id)),
+            }
+        }
+        for ((queue, at), jobs) in groups {
+            // One job: its own `HMGET`, as many commands and less for Redis to do.
+            if jobs.len() == 1 || jobs.len() as u64 >= SORT_MAX {
+                reads.extend(jobs.iter().map(|j| Self::job_read(j)));
+                continue;
+            }
+            match self.sort_read(&queue, at, jobs.clone()) {
+                Some(read) => reads.push(read),
+                None => reads.extend(jobs.iter().map(|j| Self::job_read(j))),
+            }
+        }
+        reads
+    }
+
+    /// A `SORT_RO` reply: the hashes of the jobs it was asked for, handed to
+    /// [`BullmqAdapter::on_job`]; those not in it are read on their own.
+    fn on_sorted(&mut self, key: &str, reply: Option<Reply>, now: DateTime<Utc>, out: &mut Output) {
+        let Some(asked) = self.sorting.get_mut(key).and_then(|q| q.pop_front()) else {
+            return;
+        };
+        if self.sorting.get(key).is_some_and(|q| q.is_empty()) {
+            self.sorting.remove(key);
+        }
+        let asked_count = asked.len() as u64;
+        let mut missing: std::collections::HashSet<String> = asked.into_iter().collect();
+        // How deep the last job asked for was: the slack the next read needs.
+        let mut depth = 0u64;
+        if let (Some(reply), Some((queue, _))) = (reply, self.queue_of_key(key)) {
+            let items = reply.into_items();
+            for (i, chunk) in items.chunks(1 + job::FIELDS.len()).enumerate() {
+                let Some(id) = chunk.first().and_then(Reply::as_bytes) else {
+                    continue;
+                };
+                let task_id = queue.job(&String::from_utf8_lossy(id));
+                if chunk.len() == 1 + job::FIELDS.len() && missing.remove(&task_id) {
+                    depth = i as u64 + 1;
+                    self.on_job(&task_id, chunk[1..].to_vec(), now, out);
+                }
+            }
+        }
+        // Newer members above the jobs asked for, with a margin; twice as many after a miss.
+        let found = asked_count - missing.len() as u64;
+        let above = depth.saturating_sub(found);
+        let slack = self.sort_slack.entry(key.to_string()).or_insert(SORT_SLACK);
+        *slack = if missing.is_empty() {
+            above + above / 2 + 2
+        } else {
+            (*slack * 2).max(above + above / 2 + 2)
+        }
+        .min(SORT_MAX_SLACK);
+        out.follow_up
+            .extend(missing.iter().map(|task_id| Self::job_read(task_id)));
+    }
+
+    /// Reads a job's hash [`HASH_READ_DEFER_MS`] from now, if by then the job has not finished
+    /// (its end reads it) and the hash still has something to tell ([`BullmqAdapter::due_reads`]).
+    fn defer_read(&mut self, task_id: &str, now: DateTime<Utc>) {
+        let memo = self.memo(task_id);
+        if std::mem::replace(&mut memo.deferred, true) {
+            return;
+        }
+        let due = now + chrono::Duration::milliseconds(HASH_READ_DEFER_MS);
+        self.deferred.push_back((due, task_id.to_string()));
+    }
+
+    /// The deferred hash reads that are due (or that overflow [`JOB_CAPACITY`]) and still
+    /// needed: a job queued whose data was not read yet, a job running whose worker was not.
+    fn due_reads(&mut self, now: DateTime<Utc>) {
+        while let Some((due, _)) = self.deferred.front() {
+            if *due > now && self.deferred.len() <= JOB_CAPACITY {
+                break;
+            }
+            let Some((_, task_id)) = self.deferred.pop_front() else {
+                break;
+            };
+            let Some(memo) = self.jobs.get_mut(&task_id) else {
+                continue;
+            };
+            memo.deferred = false;
+            let wanted = match memo.phase {
+                Phase::Finished => false,
+                Phase::Active => !memo.fields_read || !memo.worker_read,
+                Phase::Waiting | Phase::Unknown => !memo.fields_read,
+            };
+            if wanted {
+                let at = if memo.phase == Phase::Active {
+                    Where::Active
+                } else {
+                    Where::Elsewhere
+                };
+                self.read_now(&task_id, at);
+            }
+        }
+    }
+
     /// The followed queue a job key (`<prefix>:<queue>:<job id>`, a task id) belongs to, and
     /// the job id. A job scheduler's job ids hold colons (`repeat:<scheduler>:<ms>`), and so
     /// may a prefix: the queue is the longest followed `<prefix>:<queue>` the key starts with.
@@ -387,6 +634,7 @@ impl BullmqAdapter {
             return;
         };
         let task_id = queue.job(job_id);
+        let eager = self.queues.get(queue).is_some_and(|s| s.eager);
         let at = e.at().unwrap_or(now).min(now);
         let new_obs = |event, source| {
             let mut obs = TaskObservation::new(Broker::Bullmq, task_id.clone(), at, event, source);
@@ -395,6 +643,7 @@ impl BullmqAdapter {
         };
         let memo = self.memo(&task_id);
         let attempt = memo.attempt;
+        let mut hash_read = HashRead::None;
         let obs = match e.kind {
             EventKind::Added => {
                 memo.attempt.get_or_insert(0);
@@ -404,8 +653,8 @@ impl BullmqAdapter {
                 obs.attempt = Some(0);
                 obs.fields.name = e.name.clone();
                 obs.fields.enqueued_at = Some(at);
-                if !std::mem::replace(&mut memo.fields_read, true) {
-                    out.follow_up.push(Self::job_read(&task_id));
+                if !memo.fields_read {
+                    hash_read = HashRead::later_unless(eager, Where::Wait);
                 }
                 obs
             }
@@ -421,8 +670,13 @@ impl BullmqAdapter {
                     memo.eta = e.delay_until;
                     obs.fields.eta = e.delay_until;
                 }
-                // Its error is that attempt's `failedReason`, in the hash.
-                out.follow_up.push(Self::job_read(&task_id));
+                // Its error is that attempt's `failedReason`, in the hash (until the next attempt
+                // fails).
+                hash_read = HashRead::Now(if e.kind == EventKind::Waiting {
+                    Where::Wait
+                } else {
+                    Where::Elsewhere
+                });
                 obs
             }
             EventKind::Waiting | EventKind::Stalled
@@ -462,15 +716,20 @@ impl BullmqAdapter {
             EventKind::Active => {
                 memo.phase = Phase::Active;
                 memo.active_at = Some(at);
+                memo.worker_read = false;
                 let mut obs = new_obs(TaskEvent::Running, "events");
                 obs.attempt = attempt;
                 obs.fields.started_at = Some(at);
                 // The worker is the hash's `pb`.
-                out.follow_up.push(Self::job_read(&task_id));
+                hash_read = HashRead::later_unless(eager, Where::Active);
                 obs
             }
             EventKind::Completed => {
                 memo.phase = Phase::Finished;
+                // What the hash adds (data, worker), unless read already.
+                if !memo.fields_read || !memo.worker_read {
+                    hash_read = HashRead::Now(Where::Completed);
+                }
                 let started = memo.active_at;
                 let mut obs = new_obs(TaskEvent::Succeeded, "events");
                 obs.attempt = attempt;
@@ -490,6 +749,7 @@ impl BullmqAdapter {
             }
             EventKind::Failed => {
                 memo.phase = Phase::Finished;
+                memo.failed = true;
                 let started = memo.active_at;
                 let mut obs = new_obs(TaskEvent::Failed, "events");
                 obs.attempt = attempt;
@@ -497,18 +757,22 @@ impl BullmqAdapter {
                 obs.fields.runtime_ms = runtime(started, at);
                 obs.fields.error = e.failed_reason.clone();
                 // The stack trace is in the hash (when `removeOnFail` kept it).
-                out.follow_up.push(Self::job_read(&task_id));
+                hash_read = HashRead::Now(Where::Failed);
                 obs
             }
             _ => return,
         };
         out.observations.push(Observation::Task(obs));
+        match hash_read {
+            HashRead::None => {}
+            HashRead::Now(at) => self.read_now(&task_id, at),
+            HashRead::Later => self.defer_read(&task_id, now),
+        }
     }
 
     /// A job hash read: its fields, and, when the stream could not tell (a gap, a restart, a
     /// reconciliation of an open task), its outcome.
-    fn on_job(&mut self, task_id: &str, reply: Reply, now: DateTime<Utc>, out: &mut Output) {
-        let values = reply.into_items();
+    fn on_job(&mut self, task_id: &str, values: Vec<Reply>, now: DateTime<Utc>, out: &mut Output) {
         if values.len() != job::FIELDS.len() {
             return;
         }
@@ -528,7 +792,24 @@ impl BullmqAdapter {
                 .push(Self::decode_error(task_id, kind, message.clone()));
         }
         if !hash.exists() {
-            return; // removed (removeOnComplete): the stream told its life
+            // Removed (removeOnComplete): the stream told its life. A queue whose jobs go at
+            // their end is read at once from now on, while their hashes are there.
+            let finished = self
+                .jobs
+                .get(task_id)
+                .is_some_and(|m| m.phase == Phase::Finished);
+            if let Some(state) = self
+                .followed_job_of(task_id)
+                .and_then(|(q, _)| self.queues.get_mut(&q))
+                .filter(|s| finished && !s.eager)
+            {
+                tracing::info!(
+                    job = task_id,
+                    "BullMQ job hash gone at its end (removeOnComplete): its queue's jobs are read as they start"
+                );
+                state.eager = true;
+            }
+            return;
         }
         let queue = self.followed_job_of(task_id).map(|(q, _)| q.qualified());
         let memo = self.memo(task_id);
@@ -621,8 +902,17 @@ impl BullmqAdapter {
         }
     }
 
-    /// Job ids of a queue's set or list: the hashes of those not known finished.
-    fn on_set(&mut self, queue: &QueueName, ids: Vec<String>, out: &mut Output) {
+    /// Job ids of a queue's set or list: the hashes of those not known finished. At first
+    /// sight, read after [`HASH_READ_DEFER_MS`] unless the stream's window (asked for with the
+    /// sets) told their end; after a trimmed stream, at once.
+    fn on_set(
+        &mut self,
+        queue: &QueueName,
+        ids: Vec<String>,
+        now: DateTime<Utc>,
+        out: &mut Output,
+    ) {
+        let first_sight = self.queues.get(queue).is_some_and(|s| s.last_id.is_none());
         for id in ids {
             let task_id = queue.job(&id);
             if self
@@ -632,7 +922,11 @@ impl BullmqAdapter {
             {
                 continue;
             }
-            out.follow_up.push(Self::job_read(&task_id));
+            if first_sight {
+                self.defer_read(&task_id, now);
+            } else {
+                out.follow_up.push(Self::job_read(&task_id));
+            }
         }
     }
 
@@ -867,6 +1161,9 @@ impl Adapter for BullmqAdapter {
                                 );
                                 out.follow_up.extend(Self::set_reads(&queue));
                                 out.follow_up.extend(self.stream_read(&queue));
+                                if let Some(state) = self.queues.get_mut(&queue) {
+                                    state.reread_open = true;
+                                }
                             }
                         }
                     }
@@ -908,7 +1205,8 @@ impl Adapter for BullmqAdapter {
                     out.follow_up.extend(self.stream_read(&queue));
                 }
             }
-            (Why::Job, request) => self.on_job(request.key(), reply, now, &mut out),
+            (Why::Job, request) => self.on_job(request.key(), reply.into_items(), now, &mut out),
+            (Why::Jobs, request) => self.on_sorted(request.key(), Some(reply), now, &mut out),
             (Why::Clients, _) => self.on_clients(reply, now, &mut out),
             (Why::LockTtl, ReadRequest::PTtl(key)) => {
                 // A lock expired: abandoned unless it is back (a live worker renewed it).
@@ -951,7 +1249,7 @@ impl Adapter for BullmqAdapter {
             (Why::ListIds, request) => {
                 if let Some((queue, "active" | "wait")) = self.queue_of_key(request.key()) {
                     let ids: Vec<String> = reply.into_strings();
-                    self.on_set(&queue, ids, &mut out);
+                    self.on_set(&queue, ids, now, &mut out);
                 }
             }
             (Why::SetIds, ReadRequest::ZRangeWithScores { key, .. }) => {
@@ -964,7 +1262,7 @@ impl Adapter for BullmqAdapter {
                                 .map(|b| String::from_utf8_lossy(b).into_owned())
                         })
                         .collect();
-                    self.on_set(&queue, ids, &mut out);
+                    self.on_set(&queue, ids, now, &mut out);
                 }
             }
             (Why::Count, request) => {
@@ -984,9 +1282,24 @@ impl Adapter for BullmqAdapter {
         tag: Tag,
         request: &ReadRequest,
         error: &str,
-        _now: DateTime<Utc>,
+        now: DateTime<Utc>,
     ) -> Output {
         let why = Why::try_from(tag);
+        if why == Ok(Why::Jobs) {
+            // Its jobs are read on their own, and so is every job from now on.
+            if !self.sort_refused {
+                tracing::info!(
+                    error,
+                    "Redis refused SORT_RO: BullMQ job hashes are read one by one."
+                );
+            }
+            self.sort_refused = true;
+            let mut out = Output::default();
+            self.on_sorted(request.key(), None, now, &mut out);
+            out.decode_errors
+                .push(crate::adapter::read_error(Broker::Bullmq, request, error));
+            return out;
+        }
         if why == Ok(Why::Clients) {
             tracing::info!(
                 error,
@@ -1017,10 +1330,20 @@ impl Adapter for BullmqAdapter {
             }
             reads.extend(self.stream_read(q));
         }
+        // An open task the stream told of settles from the stream; its hash is read when the
+        // stream never named it (a job older than taskscope's window, or forgotten), or when
+        // events may have been lost since.
         for task in open {
-            if self.followed_job_of(&task.id).is_some() {
+            let Some((queue, _)) = self.followed_job_of(&task.id) else {
+                continue;
+            };
+            let reread = self.queues.get(&queue).is_some_and(|s| s.reread_open);
+            if reread || !self.jobs.contains_key(&task.id) {
                 reads.push(Self::job_read(&task.id));
             }
+        }
+        for state in self.queues.values_mut() {
+            state.reread_open = false;
         }
         reads
     }
@@ -1050,6 +1373,14 @@ impl Adapter for BullmqAdapter {
         reads
     }
 
+    fn end_of_batch(&mut self, now: DateTime<Utc>) -> Output {
+        self.due_reads(now);
+        Output {
+            follow_up: self.wanted_reads(),
+            ..Output::default()
+        }
+    }
+
     fn on_detected(&mut self, setting: &Setting) -> Vec<Read> {
         match setting {
             Setting::BullmqQueue(q) => match QueueName::parse_qualified(q) {
@@ -1065,7 +1396,11 @@ impl Adapter for BullmqAdapter {
         for state in self.queues.values_mut() {
             state.last_id = None;
             state.in_flight = None;
+            state.reread_open = true;
         }
+        // Replies in flight are lost: the jobs they were for are read again with the open
+        // tasks at the next reconciliation.
+        self.sorting.clear();
         self.sampling.clear();
     }
 }

@@ -81,6 +81,8 @@ pub struct FakeRedis {
     pub client_list: String,
     /// `PUBLISH`ed messages nobody took yet, `(channel, payload)`, oldest first.
     published: Vec<(String, Vec<u8>)>,
+    /// `SORT_RO` is refused, as by a Redis older than 7.0.
+    pub refuse_sort_ro: bool,
 }
 
 impl Default for FakeRedis {
@@ -92,6 +94,7 @@ impl Default for FakeRedis {
             expires: BTreeMap::new(),
             client_list: String::new(),
             published: Vec::new(),
+            refuse_sort_ro: false,
         }
     }
 }
@@ -756,6 +759,43 @@ impl FakeRedis {
                 }
                 _ => Reply::Array(Vec::new()),
             },
+            ReadRequest::SortGet { .. } if self.refuse_sort_ro => {
+                Reply::Error("ERR unknown command 'SORT_RO'".into())
+            }
+            ReadRequest::SortGet {
+                desc, count, gets, ..
+            } => {
+                let mut members: Vec<&str> = match value {
+                    Some(Value::List(l)) => l
+                        .iter()
+                        .map(|m| std::str::from_utf8(m).unwrap_or(""))
+                        .collect(),
+                    Some(Value::ZSet(z)) => Self::zsorted(z)
+                        .into_iter()
+                        .map(|(m, _)| m.as_str())
+                        .collect(),
+                    Some(_) => return Reply::Error(WRONGTYPE.into()),
+                    None => Vec::new(),
+                };
+                if *desc {
+                    members.reverse();
+                }
+                members.truncate(*count as usize);
+                let mut out = Vec::new();
+                for m in members {
+                    out.push(text(m));
+                    for get in gets {
+                        // `<prefix>*->field`: the field of the hash `<prefix><member>`.
+                        let (pattern, field) = get.rsplit_once("->").unwrap_or((get, ""));
+                        let key = pattern.replacen('*', m, 1);
+                        out.push(match self.keys.get(&key) {
+                            Some(Value::Hash(h)) => h.get(field).map_or(Reply::Nil, |v| bulk(v)),
+                            _ => Reply::Nil,
+                        });
+                    }
+                }
+                Reply::Array(out)
+            }
             ReadRequest::PTtl(key) => Reply::Int(self.pttl(key)),
             ReadRequest::Type(_) => text(value.map_or("none", Value::type_name)),
             ReadRequest::ClientList => text(&self.client_list),
