@@ -184,6 +184,12 @@ fn snapshot<K: Ord + Copy>(map: &Mutex<BTreeMap<K, u64>>) -> Vec<(K, u64)> {
 }
 
 impl Metrics {
+    /// `waiting` messages were seen in one of fred's subscriber buffers at once.
+    pub fn saw_subscriber_backlog(&self, waiting: usize) {
+        self.subscriber_backlog_max
+            .fetch_max(waiting as u64, Ordering::Relaxed);
+    }
+
     pub fn ingested(&self, source: Source, n: u64) {
         bump(&self.ingest_events, source, n);
     }

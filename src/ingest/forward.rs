@@ -200,9 +200,7 @@ impl BacklogGauge {
         if self.until_check == 0 {
             // The one just taken waited too.
             let waiting = rx.len() + 1;
-            self.metrics
-                .subscriber_backlog_max
-                .fetch_max(waiting as u64, Ordering::Relaxed);
+            self.metrics.saw_subscriber_backlog(waiting);
             self.until_check = waiting;
         }
         self.until_check -= 1;

@@ -530,7 +530,7 @@ struct Pipeline {
     /// A reconnect or a pub/sub lag asked for a resync (run on the next sweep tick).
     resync_requested: bool,
     /// (adapter, pattern) pairs a full scan has covered: a periodic rescan skips those the
-    /// live feed covers ([`Ingest::heard_live`]), but for every [`FULL_RESCAN_EVERY`]th.
+    /// live feed covers ([`Pipeline::heard_live`]), but for every [`FULL_RESCAN_EVERY`]th.
     fully_scanned: HashSet<(usize, String)>,
     /// Periodic rescans so far.
     rescans: u64,
@@ -1430,8 +1430,6 @@ impl Pipeline {
         self.deliver(output).await;
     }
 
-    /// Bounded SCANs for every adapter's scan patterns; reads run page by page so memory stays
-    /// flat on a large keyspace, and incoming messages are handled between pages.
     /// The periodic rescan ([`Config::rescan_every`]): what the live feed covers is skipped but
     /// for every [`FULL_RESCAN_EVERY`]th, the rest scanned as at start.
     async fn rescan(&mut self) {
@@ -1453,6 +1451,9 @@ impl Pipeline {
         notified || interest.channel_patterns.iter().any(|p| p == pattern)
     }
 
+    /// Bounded SCANs for every adapter's scan patterns (not `full`: those a full scan covered
+    /// and the live feed keeps current are skipped); reads run page by page so memory stays
+    /// flat on a large keyspace, and incoming messages are handled between pages.
     async fn scan_patterns(&mut self, full: bool) {
         let started = std::time::Instant::now();
         let mut total = 0usize;
@@ -1466,18 +1467,13 @@ impl Pipeline {
                 .cloned()
                 .flatten()
                 .unwrap_or_else(|| main.clone());
-            let main_patterns: Vec<String> = interest
-                .scan_patterns
-                .iter()
-                .filter(|p| {
-                    let key = (i, (*p).clone());
-                    let skip =
-                        !full && self.fully_scanned.contains(&key) && self.heard_live(&interest, p);
-                    skipped += usize::from(skip);
-                    !skip
-                })
-                .cloned()
-                .collect();
+            let (skip, main_patterns): (Vec<String>, Vec<String>) =
+                interest.scan_patterns.iter().cloned().partition(|p| {
+                    !full
+                        && self.fully_scanned.contains(&(i, p.clone()))
+                        && self.heard_live(&interest, p)
+                });
+            skipped += skip.len();
             if full {
                 self.fully_scanned
                     .extend(main_patterns.iter().map(|p| (i, p.clone())));

@@ -47,11 +47,16 @@ impl TrimPolicy {
         let due =
             self.work >= TRIM_AFTER_WORK || (self.work > 0 && self.last.elapsed() >= TRIM_EVERY);
         if due {
-            give_back_freed_memory();
-            self.work = 0;
-            self.last = Instant::now();
+            self.trim_now();
         }
         due
+    }
+
+    /// Trims now (after work known to free much, as housekeeping), and counts from zero again.
+    pub(super) fn trim_now(&mut self) {
+        give_back_freed_memory();
+        self.work = 0;
+        self.last = Instant::now();
     }
 }
 

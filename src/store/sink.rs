@@ -274,7 +274,7 @@ impl Sink {
         self.live.end_commit();
         let mut outcome = outcome?;
         // Deletions and compaction free large buffers: give them back.
-        super::heap::give_back_freed_memory();
+        self.trim.trim_now();
         outcome.took = started.elapsed();
         span.record("rows", outcome.rows);
         Ok(outcome)

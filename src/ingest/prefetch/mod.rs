@@ -568,9 +568,7 @@ async fn run(
             ev = keys.recv() => {
                 if ev.is_ok() {
                     // A burst starts: what waits behind this one is the buffer's high-water.
-                    metrics
-                        .subscriber_backlog_max
-                        .fetch_max(keys.len() as u64 + 1, std::sync::atomic::Ordering::Relaxed);
+                    metrics.saw_subscriber_backlog(keys.len() + 1);
                 }
                 let mut ev = ev;
                 let mut yielded = false;
