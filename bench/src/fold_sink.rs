@@ -98,7 +98,7 @@ fn thread_cpu() -> HashMap<String, f64> {
 fn observation(id: usize, at: DateTime<Utc>, event: TaskEvent) -> Observation {
     let mut o = TaskObservation::new(
         Broker::Celery,
-        format!("{:08x}-0000-4000-8000-{:012x}", id / 7, id),
+        taskscope::loadgen::uuid_id(7, id as u64),
         at,
         event,
         "event",

@@ -202,9 +202,23 @@ impl Rng {
     }
 }
 
-/// A 32-hex-digit id from the generator's sequence (unique within a run).
+/// A 32-hex-digit id from the generator's sequence: unique within a run (the low half is a
+/// bijection of `seq`) and as random-looking as the uuid4 ids real producers make. Ids that
+/// share a prefix are not what the store meets: DuckDB bit-packs such a key column, and a scan
+/// of bit-packed 128-bit values is ~5x slower than of random ones (measured: 0.28 s against
+/// 0.06 s per 2M keys), which made soaks' CPU grow with the history for the bench's ids only.
 pub fn hex_id(run: u64, seq: u64) -> String {
-    format!("{run:016x}{seq:016x}")
+    let lo = splitmix64(seq ^ run.rotate_left(32));
+    let hi = splitmix64(lo ^ run);
+    format!("{hi:016x}{lo:016x}")
+}
+
+/// SplitMix64's finaliser: a bijection of `u64` that scatters neighbouring inputs.
+fn splitmix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// A uuid-shaped id (Celery, Dramatiq) from the generator's sequence.
@@ -552,5 +566,11 @@ mod tests {
         let a = uuid_id(1, 2);
         assert_eq!(a.len(), 36);
         assert_ne!(uuid_id(1, 2), uuid_id(1, 3));
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|s| hex_id(7, s)).collect();
+        assert_eq!(ids.len(), 10_000);
+        let ids: std::collections::HashSet<String> = (0..10_000).map(|s| uuid_id(7, s)).collect();
+        assert_eq!(ids.len(), 10_000);
+        // No shared prefix between neighbours (real ids are uuid4s).
+        assert_ne!(hex_id(7, 1)[..8], hex_id(7, 2)[..8]);
     }
 }
