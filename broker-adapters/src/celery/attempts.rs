@@ -31,7 +31,7 @@
 //! already holds (open at a reconciliation: taskscope restarted while it was retrying) is
 //! never assumed to start from a record.
 
-use crate::bounded::FifoMap;
+use crate::bounded::{key128, FifoMap};
 
 /// Per-task numbering state.
 #[derive(Debug, Default, Clone)]
@@ -61,9 +61,10 @@ pub enum Unnumbered {
     StartedResult = 3,
 }
 
-/// A bounded memory of task numbering; the oldest tasks are forgotten first.
+/// A bounded memory of task numbering; the oldest tasks are forgotten first. Keyed by
+/// [`key128`]: at its 200,000 tasks ~17 MB of heap instead of ~25.
 pub struct Attempts {
-    memos: FifoMap<String, Memo>,
+    memos: FifoMap<u128, Memo>,
 }
 
 impl Attempts {
@@ -75,7 +76,7 @@ impl Attempts {
 
     fn memo(&mut self, task_id: &str) -> &mut Memo {
         self.memos
-            .get_or_insert_with(task_id.to_string(), Memo::default)
+            .get_or_insert_with(key128(task_id), Memo::default)
     }
 
     /// Records an observation that named its attempt. Counting starts only from a task's
