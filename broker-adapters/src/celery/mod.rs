@@ -25,7 +25,7 @@ use crate::adapter::{
     glob_escape, unknown_tag, Adapter, DecodeError, Interest, OpenTask, Output, Publish, Read,
     ReadRequest, Reply, Tag,
 };
-use crate::bounded::{FifoMap, FifoSet};
+use crate::bounded::{key128, FifoMap, FifoSet};
 use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
 use chrono::{DateTime, Utc};
 use message::CeleryMessage;
@@ -97,7 +97,8 @@ impl Default for CeleryConfig {
 pub struct CeleryAdapter {
     config: CeleryConfig,
     queues: BTreeSet<String>,
-    seen: FifoSet<String>,
+    /// Message identities reported queued, and bad payloads counted, as [`key128`]s.
+    seen: FifoSet<u128>,
     /// The last read of `unacked`, by delivery tag: a new tag is a newly taken message; a tag
     /// that vanished was acknowledged, which with Celery's default early ack means the task
     /// just started executing.
@@ -147,7 +148,7 @@ impl CeleryAdapter {
     /// Redis is read again by every reconciliation and must be counted once, not every time.
     fn first_time_bad(&mut self, bytes: &[u8]) -> bool {
         self.seen
-            .insert(format!("undecodable:{:016x}", hash_of(bytes)))
+            .insert(key128(&format!("undecodable:{:016x}", hash_of(bytes))))
     }
 
     /// Decodes a queue entry, or takes it from `bad_bodies` when its body failed before.
@@ -239,7 +240,7 @@ impl CeleryAdapter {
             match self.decode_queued(bytes) {
                 Ok(msg) => {
                     let identity = message_identity(&msg);
-                    if self.seen.insert(identity.clone()) {
+                    if self.seen.insert(key128(&identity)) {
                         unseen += 1;
                         out.observations.push(queued_observation(&msg, &queue, now));
                         out.decode_errors.extend(body_error(&msg, key));
