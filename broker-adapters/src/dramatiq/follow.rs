@@ -93,7 +93,7 @@ impl DramatiqAdapter {
         let mut gone = HashSet::new();
         let mut unchecked = Vec::new();
         for id in departed {
-            if self.dead_seen.contains(&id) {
+            if self.dead_seen.contains(&key128(&id)) {
                 // Reported from `.XQ.msgs` already.
                 self.known.remove(&id);
                 self.running_on.remove(&id);

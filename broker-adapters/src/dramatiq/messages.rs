@@ -70,7 +70,7 @@ impl DramatiqAdapter {
                 id.as_bytes()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
             })
-            .filter(|id| !self.dead_seen.contains(id))
+            .filter(|id| !self.dead_seen.contains(&key128(id)))
             .collect();
         let mut out = Output::default();
         if !fresh.is_empty() {
@@ -187,6 +187,10 @@ impl DramatiqAdapter {
                     // acknowledged it): only a settlement can tell what became of its task.
                     self.needs_settlement = true;
                 }
+                if !dead && !delayed {
+                    // Nothing left to read it from: its running phase goes unseen.
+                    self.pending_running.remove(id);
+                }
                 continue;
             };
             let msg = match message::decode(bytes) {
@@ -221,7 +225,7 @@ impl DramatiqAdapter {
                     .insert(id.clone());
             }
             if dead {
-                if self.dead_seen.insert(id.clone()) {
+                if self.dead_seen.insert(key128(id)) {
                     let queue = msg.queue.clone();
                     self.forget_in_flight(&queue, id);
                     out.observations.push(self.observation(

@@ -41,7 +41,7 @@ use crate::adapter::{
     unknown_tag, Adapter, DecodeError, FirstSight, FirstSightRead, FollowTags, Interest, OpenTask,
     Output, Prefetch, PrefetchRead, Read, ReadRequest, Reply, Tag,
 };
-use crate::bounded::{FifoMap, FifoSet};
+use crate::bounded::{key128, FifoMap, FifoSet};
 use crate::model::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
 };
@@ -156,10 +156,14 @@ pub struct DramatiqAdapter {
     /// Members of each ack set at its last read, by key.
     acks: HashMap<String, BTreeSet<String>>,
     /// Ids seen in an ack set before their message was read: (worker, list key).
-    pending_running: HashMap<String, String>,
+    /// Bounded: an id whose message is never read (taken and acknowledged first) is
+    /// forgotten with the oldest.
+    pending_running: FifoMap<String, String>,
     leaving: HashMap<String, Leaving>,
-    /// Ids of dead-lettered messages already reported.
-    dead_seen: HashSet<String>,
+    /// Ids of dead-lettered messages already reported, as [`key128`]s. Bounded: dead letters
+    /// stay in Redis for a week (`dead_message_ttl`), and a set of every id ever seen grew
+    /// with them; one forgotten and read again is reported again (the same final state).
+    dead_seen: FifoSet<u128>,
     /// Worker ids seen owning an ack set: heartbeats of other ids are producers.
     consumers: BTreeSet<String>,
     /// Per queue: (length, delayed, dead) read by the current sampling round.
@@ -208,9 +212,9 @@ impl DramatiqAdapter {
             known: FifoMap::new(KNOWN_CAPACITY),
             highest_retry: FifoMap::new(KNOWN_CAPACITY),
             acks: HashMap::new(),
-            pending_running: HashMap::new(),
+            pending_running: FifoMap::new(KNOWN_CAPACITY),
             leaving: HashMap::new(),
-            dead_seen: HashSet::new(),
+            dead_seen: FifoSet::new(KNOWN_CAPACITY),
             consumers: BTreeSet::new(),
             sampling: None,
             sampled_heads: HashMap::new(),
