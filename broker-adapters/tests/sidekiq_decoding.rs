@@ -457,3 +457,18 @@ fn a_sample_counts_a_queue_and_dates_its_oldest_job() {
     let at = first["enqueued_at"].as_f64().unwrap();
     assert!((oldest.timestamp_micros() as f64 / 1e6 - at).abs() < 0.001);
 }
+
+#[test]
+fn a_refused_read_leaves_its_key_read_again_on_the_next_notification() {
+    let mut a = adapter();
+    let now = Utc::now();
+    let reads = a.on_key_event("queues", "sadd", now);
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert!(
+        a.on_key_event("queues", "sadd", now).is_empty(),
+        "coalesced while its read is in flight"
+    );
+    let out = a.handle_reply(&reads[0], Reply::Error("ERR busy".into()), now);
+    assert_eq!(out.decode_errors.len(), 1);
+    assert_eq!(a.on_key_event("queues", "sadd", now).len(), 1);
+}

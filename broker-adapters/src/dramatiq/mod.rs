@@ -103,6 +103,8 @@ const KNOWN_CAPACITY: usize = 200_000;
 const CHECK_ON_ACK: usize = 64;
 /// Unsettled messages remembered per queue (older ones are settled by reconciliation only).
 const IN_FLIGHT_CAPACITY: usize = 10_000;
+/// Worker ids remembered as consumers (the newest first kept).
+const CONSUMERS_CAPACITY: usize = 10_000;
 /// A queue is followed by the prefetcher (see [`DramatiqAdapter::interest`]) while it holds at
 /// most this many messages (waiting plus fetched, at the last sample); past it, its messages
 /// live long enough for the batching loop, and `HKEYS` of its hash would cost too much.
@@ -165,7 +167,8 @@ pub struct DramatiqAdapter {
     /// with them; one forgotten and read again is reported again (the same final state).
     dead_seen: FifoSet<u128>,
     /// Worker ids seen owning an ack set: heartbeats of other ids are producers.
-    consumers: BTreeSet<String>,
+    /// Bounded: a fresh id per worker process, and processes come and go with every deploy.
+    consumers: FifoSet<String>,
     /// Per queue: (length, delayed, dead) read by the current sampling round.
     sampling: Option<BTreeMap<String, (u64, u64, u64)>>,
     /// Per queue, the first redis id of `<ns>:<q>` read by the current sampling round (the
@@ -215,7 +218,7 @@ impl DramatiqAdapter {
             pending_running: FifoMap::new(KNOWN_CAPACITY),
             leaving: HashMap::new(),
             dead_seen: FifoSet::new(KNOWN_CAPACITY),
-            consumers: BTreeSet::new(),
+            consumers: FifoSet::new(CONSUMERS_CAPACITY),
             sampling: None,
             sampled_heads: HashMap::new(),
             result_owner: FifoMap::new(KNOWN_CAPACITY),

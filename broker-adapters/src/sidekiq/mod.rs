@@ -973,6 +973,22 @@ impl Adapter for SidekiqAdapter {
         Output::default()
     }
 
+    /// A refused read still ends its key's read in flight: left marked, the key would never be
+    /// read on a notification again (and each such key stayed in memory).
+    fn on_read_error(
+        &mut self,
+        _tag: Tag,
+        request: &ReadRequest,
+        error: &str,
+        _now: DateTime<Utc>,
+    ) -> Output {
+        self.in_flight.remove(request.key());
+        Output {
+            decode_errors: vec![crate::adapter::read_error(Broker::Sidekiq, request, error)],
+            ..Output::default()
+        }
+    }
+
     fn on_reply(
         &mut self,
         tag: Tag,
