@@ -159,6 +159,9 @@ pub struct StoreOptions {
     /// of memory does). Always 0 outside tests.
     #[doc(hidden)]
     pub failing_lookups: u32,
+    /// Tasks retention must have deleted (and at least half as many as remain) before the
+    /// filter of stored ids is rebuilt from the file (`seen.rs`). 100,000 by default.
+    pub filter_rebuild_min_deleted: u64,
 }
 
 impl Default for StoreOptions {
@@ -186,6 +189,7 @@ impl Default for StoreOptions {
                     .unwrap_or(1_000),
             ),
             failing_lookups: 0,
+            filter_rebuild_min_deleted: 100_000,
         }
     }
 }

@@ -3,11 +3,19 @@
 //! Most observations of a task the writer does not have in memory are of a task it has never
 //! seen (a `task-sent`, a new message). Looking one up in the database scans every stored id.
 //! The filter answers "certainly never stored" without I/O; only a "maybe" (a stored task, or a
-//! 0.01 % false positive) is looked up. Keys are never removed (retention deletes only make more "maybe"s), and the filter grows
+//! 0.01 % false positive) is looked up. A Bloom filter cannot forget a key, and the filter grows
 //! by appending a new filter twice the size of the last one, so it needs no bound up front.
 //! A key costs 19 bits at 0.01 % false positives; a filter sized for N keys allocates those bits
 //! at once (the writer sizes the first for the stored count and a quarter more).
+//!
+//! Retention deletes tasks the filter still holds: left alone it would grow with every task
+//! ever stored, not with those kept (issue #22: months of traffic). So once retention has
+//! deleted half as many tasks as remain, the sink rebuilds the filter from the file ([`load`])
+//! and hands it to the fold thread, which adds the keys it inserted meanwhile (its journal)
+//! before it swaps: the filter never misses a stored key (a miss would store a second row).
 
+use super::StoreError;
+use duckdb::Connection;
 use fastbloom::BloomFilter;
 use std::hash::Hash;
 
@@ -26,6 +34,8 @@ pub(super) struct SeenKeys {
     /// Capacity of the last filter, and how many keys went into it.
     last_capacity: usize,
     last_len: usize,
+    /// Keys inserted into all filters.
+    len: usize,
 }
 
 impl SeenKeys {
@@ -36,7 +46,13 @@ impl SeenKeys {
             filters: vec![new_filter(capacity)],
             last_capacity: capacity,
             last_len: 0,
+            len: 0,
         }
+    }
+
+    /// Keys inserted (a key that seemed present already is not counted).
+    pub(super) fn len(&self) -> usize {
+        self.len
     }
 
     /// Records `key` as stored.
@@ -52,6 +68,7 @@ impl SeenKeys {
         if let Some(last) = self.filters.last_mut() {
             last.insert(key);
             self.last_len += 1;
+            self.len += 1;
         }
     }
 
@@ -64,6 +81,33 @@ impl SeenKeys {
     pub(super) fn may_contain(&self, key: &impl Hash) -> bool {
         self.filters.iter().any(|f| f.contains(key))
     }
+}
+
+/// A filter of every task key in the file, sized for a quarter more than it holds; with the
+/// number of keys stored.
+pub(super) fn load(conn: &Connection) -> Result<(SeenKeys, usize), StoreError> {
+    let (count, first, last): (i64, Option<i64>, Option<i64>) = conn.query_row(
+        "SELECT count(*), min(num), max(num) FROM task_rows",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    let count = usize::try_from(count).unwrap_or(0);
+    let mut seen = SeenKeys::with_expected(count.saturating_add(count / 4));
+    // In ranges of task numbers (zone maps find them): DuckDB materialises a query's result,
+    // and all ids at once held ~600 MB at 10M tasks.
+    const CHUNK: i64 = 250_000;
+    let mut stmt = conn.prepare("SELECT broker, id FROM tasks WHERE num >= ? AND num < ?")?;
+    let (mut lo, end) = (first.unwrap_or(0), last.unwrap_or(-1));
+    while lo <= end {
+        let mut rows = stmt.query([lo, lo + CHUNK])?;
+        while let Some(row) = rows.next()? {
+            let broker: String = row.get(0)?;
+            let id: String = row.get(1)?;
+            seen.insert(&(super::rows::parse_broker(&broker)?, id));
+        }
+        lo += CHUNK;
+    }
+    Ok((seen, count))
 }
 
 fn new_filter(capacity: usize) -> BloomFilter {

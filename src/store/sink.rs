@@ -146,6 +146,13 @@ pub(super) struct Sink {
     pub failing_lookups: u32,
     /// When freed heap memory is given back ([`super::heap`]).
     pub trim: super::heap::TrimPolicy,
+    /// Where each task deletion is answered: a filter of stored ids rebuilt from the file, or
+    /// none (see `seen.rs`).
+    pub rebuilt: std::sync::mpsc::Sender<Option<super::seen::SeenKeys>>,
+    /// Tasks deleted since the filter was last built.
+    pub deleted_since_rebuild: u64,
+    /// Deletions below which the filter is never rebuilt.
+    pub rebuild_min_deleted: u64,
 }
 
 impl Sink {
@@ -196,7 +203,17 @@ impl Sink {
                     let _ = ack.send(());
                 }
                 SinkItem::Barrier(WriterCommand::Maintain { step, reply }) => {
-                    let _ = reply.send(self.maintain(&step));
+                    let outcome = self.maintain(&step);
+                    let deleted = match (&step, &outcome) {
+                        (Step::DeleteTasks { .. }, Ok(o)) => Some(o.rows),
+                        (Step::DeleteTasks { .. }, Err(_)) => Some(0),
+                        _ => None,
+                    };
+                    let _ = reply.send(outcome);
+                    if let Some(deleted) = deleted {
+                        let rebuilt = self.rebuild_filter_after(deleted);
+                        let _ = self.rebuilt.send(rebuilt);
+                    }
                 }
                 SinkItem::Barrier(WriterCommand::Audit { entry, reply }) => {
                     let _ = reply.send(super::audit::append(&self.conn, entry));
@@ -260,6 +277,45 @@ impl Sink {
         drop(pending);
         self.trim.done(observations);
         span.record("duration_ms", started.elapsed().as_secs_f64() * 1000.0);
+    }
+
+    /// A filter of the stored ids, rebuilt once retention has deleted half as many tasks as
+    /// remain since it was built (a third of its keys gone); else none.
+    fn rebuild_filter_after(&mut self, deleted: u64) -> Option<super::seen::SeenKeys> {
+        self.deleted_since_rebuild += deleted;
+        if self.deleted_since_rebuild < self.rebuild_min_deleted.max(1) {
+            return None;
+        }
+        let stored: i64 = match self
+            .conn
+            .query_row("SELECT count(*) FROM task_rows", [], |r| r.get(0))
+        {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not count the stored tasks; the filter of stored ids is kept.");
+                return None;
+            }
+        };
+        if self.deleted_since_rebuild.saturating_mul(2) < u64::try_from(stored).unwrap_or(0) {
+            return None;
+        }
+        let started = Instant::now();
+        match super::seen::load(&self.conn) {
+            Ok((seen, _)) => {
+                self.deleted_since_rebuild = 0;
+                tracing::info!(
+                    tasks = stored,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "store sink: rebuilt the filter of stored task ids after retention"
+                );
+                // The old filter's memory goes back once the fold thread drops it.
+                Some(seen)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "Could not rebuild the filter of stored ids; the old one is kept.");
+                None
+            }
+        }
     }
 
     /// Runs a housekeeping step.

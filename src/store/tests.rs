@@ -1,6 +1,8 @@
 //! The store as its callers see it: observations in through the writer, answers out of the
 //! reader, against a real DuckDB file in a temporary directory. Times are fixed, in the past.
 
+use super::maintenance::Step;
+use super::writer::WriterCommand;
 use super::*;
 use broker_adapters::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, TaskState, WorkerEvent,
@@ -9,6 +11,7 @@ use broker_adapters::{
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use serde_json::json;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 
 fn at(secs: i64) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(2024, 3, 1, 12, 0, 0).unwrap() + Duration::milliseconds(secs * 1000)
@@ -1041,4 +1044,105 @@ fn the_key_column_stays_uncompressed_for_ids_that_share_a_prefix() {
         )
         .unwrap();
     assert_eq!(n, 200_000);
+}
+
+/// Retention deletes tasks the filter of stored ids still holds: once it deleted half as many
+/// as remain, the filter is rebuilt from the file (it holds the kept tasks only, not every task
+/// ever stored), and keys folded while it was rebuilt are not lost: a kept task changed after
+/// the rebuild is replaced, never stored twice.
+#[tokio::test]
+async fn retention_rebuilds_the_filter_of_stored_ids_without_losing_a_kept_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        // A one-task cache: later observations find their task through the filter and the file.
+        cache_capacity: 1,
+        filter_rebuild_min_deleted: 1,
+        ..StoreOptions::default()
+    };
+    let (writer, reader, handle) = open(&dir.path().join("t.duckdb"), opts).unwrap();
+    // 40 old tasks (second 0-39), 10 kept ones (second 1000-1009).
+    let old: Vec<TaskObservation> = (0..40)
+        .map(|i| task_obs(Broker::Celery, &format!("old-{i}"), i, TaskEvent::Succeeded))
+        .collect();
+    write(&writer, old).await;
+    let kept: Vec<TaskObservation> = (0..10)
+        .map(|i| {
+            task_obs(
+                Broker::Celery,
+                &format!("kept-{i}"),
+                1000 + i,
+                TaskEvent::Queued,
+            )
+        })
+        .collect();
+    write(&writer, kept).await;
+    assert_eq!(writer.stats().filter_keys.load(Ordering::Relaxed), 50);
+
+    // The deletion, and right behind it (likely folded before the sink answers, so kept in
+    // the journal) a kept task's change and a new task.
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    writer
+        .send(WriterCommand::Maintain {
+            step: Step::DeleteTasks {
+                from: at(-1),
+                to: at(500),
+            },
+            reply,
+        })
+        .await
+        .unwrap();
+    write(
+        &writer,
+        vec![
+            task_obs(Broker::Celery, "kept-3", 1100, TaskEvent::Running),
+            task_obs(Broker::Celery, "new-1", 1200, TaskEvent::Queued),
+        ],
+    )
+    .await;
+    assert_eq!(answer.await.unwrap().unwrap().rows, 40);
+    // The rebuilt filter is taken with the next command at the latest.
+    write(
+        &writer,
+        vec![task_obs(Broker::Celery, "new-2", 1250, TaskEvent::Queued)],
+    )
+    .await;
+    assert_eq!(
+        writer.stats().filter_keys.load(Ordering::Relaxed),
+        12,
+        "the 10 kept tasks, new-1 and new-2: not the 40 deleted"
+    );
+    // Every task changes again: each is found through the new filter, none stored twice.
+    let mut again: Vec<TaskObservation> = (0..10)
+        .map(|i| {
+            task_obs(
+                Broker::Celery,
+                &format!("kept-{i}"),
+                1300 + i,
+                TaskEvent::Succeeded,
+            )
+        })
+        .collect();
+    again.push(task_obs(
+        Broker::Celery,
+        "new-1",
+        1400,
+        TaskEvent::Succeeded,
+    ));
+    again.push(task_obs(
+        Broker::Celery,
+        "new-2",
+        1401,
+        TaskEvent::Succeeded,
+    ));
+    write(&writer, again).await;
+    assert_eq!(
+        reader
+            .column_for_test("SELECT count(*)::VARCHAR FROM tasks")
+            .await,
+        ["12"]
+    );
+    let stats = reader.stats(None).await.unwrap();
+    assert_eq!(stats.by_state[&TaskState::Success], 12);
+    assert_eq!(stats.by_state.values().sum::<u64>(), 12);
+    close(writer, reader, handle);
 }

@@ -101,6 +101,8 @@ pub struct WriterStats {
     pub batch_errors: AtomicU64,
     /// Observations and samples lost because their batch failed twice.
     pub dropped: AtomicU64,
+    /// Keys in the filter of stored task ids (rebuilt after retention: see `seen.rs`).
+    pub filter_keys: AtomicU64,
 }
 
 /// The handle through which everything is written. Cheap to clone; the writer thread stops once
@@ -191,6 +193,7 @@ pub(super) fn start(
     let (events, _) = broadcast::channel(opts.broadcast_capacity.max(1));
     let stats = Arc::new(WriterStats::default());
     let (sink_tx, sink_rx) = std::sync::mpsc::sync_channel(SINK_CHANNEL);
+    let (rebuilt_tx, rebuilt_rx) = std::sync::mpsc::channel();
     let cache_capacity = opts.cache_capacity.max(1);
     let mut writer = Writer {
         cache: HashMap::new(),
@@ -207,6 +210,9 @@ pub(super) fn start(
         stats: stats.clone(),
         live: live.clone(),
         sink: sink_tx,
+        rebuilt: rebuilt_rx,
+        awaiting_rebuilds: 0,
+        journal: Vec::new(),
     };
     writer.load(&conn)?;
     // Loading the filter of stored ids allocates and frees one string per stored task.
@@ -224,6 +230,9 @@ pub(super) fn start(
         next_num,
         failing_lookups: opts.failing_lookups,
         trim: Default::default(),
+        rebuilt: rebuilt_tx,
+        deleted_since_rebuild: 0,
+        rebuild_min_deleted: opts.filter_rebuild_min_deleted,
     };
     let sink_handle = std::thread::Builder::new()
         .name("taskscope-sink".into())
@@ -275,6 +284,14 @@ struct Writer {
     stats: Arc<WriterStats>,
     live: Arc<LiveTail>,
     sink: SyncSender<SinkItem>,
+    /// The sink's answer to each forwarded task deletion: a filter rebuilt from the file, or
+    /// none.
+    rebuilt: std::sync::mpsc::Receiver<Option<SeenKeys>>,
+    /// Task deletions forwarded and not answered yet.
+    awaiting_rebuilds: usize,
+    /// Keys inserted into `seen` while a deletion is unanswered: a filter rebuilt from the
+    /// file lacks those still on their way to it.
+    journal: Vec<Key>,
 }
 
 /// What one round changes.
@@ -403,30 +420,11 @@ impl Writer {
     /// Fills the filter of stored keys from the `tasks` table.
     fn load_seen(&mut self, conn: &Connection) -> Result<(), StoreError> {
         let started = Instant::now();
-        let (count, first, last): (i64, Option<i64>, Option<i64>) = conn.query_row(
-            "SELECT count(*), min(num), max(num) FROM task_rows",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
-        // A quarter more than stored: room for a while of new tasks before the chain grows
-        // (19 bits a key: 30 MB at 10M tasks).
-        let count = usize::try_from(count).unwrap_or(0);
-        let mut seen = SeenKeys::with_expected(count.saturating_add(count / 4));
-        // In ranges of task numbers (zone maps find them): DuckDB materialises a query's result,
-        // and all ids at once held ~600 MB at 10M tasks.
-        const CHUNK: i64 = 250_000;
-        let mut stmt = conn.prepare("SELECT broker, id FROM tasks WHERE num >= ? AND num < ?")?;
-        let (mut lo, end) = (first.unwrap_or(0), last.unwrap_or(-1));
-        while lo <= end {
-            let mut rows = stmt.query([lo, lo + CHUNK])?;
-            while let Some(row) = rows.next()? {
-                let broker: String = row.get(0)?;
-                let id: String = row.get(1)?;
-                seen.insert(&(super::rows::parse_broker(&broker)?, id));
-            }
-            lo += CHUNK;
-        }
+        let (seen, count) = super::seen::load(conn)?;
         self.seen = seen;
+        self.stats
+            .filter_keys
+            .store(self.seen.len() as u64, Ordering::Relaxed);
         tracing::info!(
             tasks = count,
             took_ms = started.elapsed().as_millis() as u64,
@@ -434,6 +432,32 @@ impl Writer {
             "store writer: loaded the filter of stored task ids"
         );
         Ok(())
+    }
+
+    /// Takes the filters the sink rebuilt after task deletions: each gets the keys inserted
+    /// since the first deletion still answered, then replaces the filter.
+    fn take_rebuilt_filters(&mut self) {
+        while let Ok(rebuilt) = self.rebuilt.try_recv() {
+            self.awaiting_rebuilds = self.awaiting_rebuilds.saturating_sub(1);
+            if let Some(mut seen) = rebuilt {
+                for key in &self.journal {
+                    seen.insert(key);
+                }
+                tracing::info!(
+                    keys_before = self.seen.len(),
+                    keys_after = seen.len(),
+                    filter_bytes = seen.bytes(),
+                    "store writer: the filter of stored task ids was rebuilt after retention"
+                );
+                self.seen = seen;
+                self.stats
+                    .filter_keys
+                    .store(self.seen.len() as u64, Ordering::Relaxed);
+            }
+            if self.awaiting_rebuilds == 0 {
+                self.journal = Vec::new();
+            }
+        }
     }
 
     fn run(mut self, mut rx: mpsc::Receiver<WriterCommand>) {
@@ -450,6 +474,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.take_rebuilt_filters();
             // Folding commands go in rounds; the others go to the sink between them, in order.
             let mut round: Vec<WriterCommand> = Vec::new();
             for cmd in cmds {
@@ -475,6 +500,8 @@ impl Writer {
             ..
         } = &cmd
         {
+            // The sink answers with a rebuilt filter, or none (see `take_rebuilt_filters`).
+            self.awaiting_rebuilds += 1;
             let running = &self.running;
             self.cache.retain(|key, task| {
                 running.contains(key) || task.updated_at < *from || task.updated_at >= *to
@@ -546,7 +573,15 @@ impl Writer {
                 prior,
                 transitions: of_task,
             } = changed;
+            if self.awaiting_rebuilds > 0 {
+                // Every key, even one the filter may hold: deleted by the step under way and
+                // changed again, it is written only after the rebuild read the file.
+                self.journal.push(key.clone());
+            }
             self.seen.insert(&key);
+            self.stats
+                .filter_keys
+                .store(self.seen.len() as u64, Ordering::Relaxed);
             if task.state == TaskState::Running {
                 self.running.insert(key.clone());
             } else {
