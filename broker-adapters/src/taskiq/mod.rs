@@ -114,6 +114,8 @@ const MGET_CHUNK: usize = 256;
 const RESULT_TRIES: u32 = 3;
 /// Tasks and unsettled entries remembered (the oldest are forgotten first).
 const TASK_CAPACITY: usize = 200_000;
+/// Stream consumers remembered (their last heartbeat and pending count).
+const CONSUMER_CAPACITY: usize = 10_000;
 const ENTRY_CAPACITY: usize = 100_000;
 
 #[derive(Debug, Clone)]
@@ -222,7 +224,9 @@ pub struct TaskiqAdapter {
     /// Per list: the (task id, attempt) of the items at its last read; `None` after a gap.
     lists: HashMap<String, Option<HashSet<(String, u32)>>>,
     tasks: FifoMap<String, TaskTrack>,
-    consumers: HashMap<String, ConsumerSeen>,
+    /// Bounded: taskiq-redis names a consumer by a fresh uuid per process, and Redis keeps
+    /// every consumer a group ever had. One forgotten and listed again is reported again.
+    consumers: FifoMap<String, ConsumerSeen>,
     /// Streams whose next `XINFO GROUPS` reply makes a queue sample.
     sampling: HashSet<String>,
     /// Queue samples of streams with entries waiting, held until the `XRANGE ... COUNT 1`
@@ -276,7 +280,7 @@ impl TaskiqAdapter {
             streams: HashMap::new(),
             lists: HashMap::new(),
             tasks: FifoMap::new(TASK_CAPACITY),
-            consumers: HashMap::new(),
+            consumers: FifoMap::new(CONSUMER_CAPACITY),
             sampling: HashSet::new(),
             oldest_probes: HashMap::new(),
             results_seen: HashSet::new(),
