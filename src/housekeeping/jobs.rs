@@ -254,7 +254,18 @@ async fn retention(
             .await?;
         }
         cx.writer.maintain(Step::SetRawFloor(before)).await?;
-        report.rows += tasks.0 + transitions.0;
+        let workers = cx
+            .writer
+            .maintain(Step::DeleteWorkers { before })
+            .await?
+            .rows;
+        if workers > 0 {
+            parts.push(format!(
+                "forgot {workers} workers last seen before {}",
+                broker_adapters::rfc3339(&before)
+            ));
+        }
+        report.rows += tasks.0 + transitions.0 + workers;
         parts.push(format!(
             "deleted {} tasks and {} transitions older than {} in {} steps (longest {:.1} ms)",
             tasks.0,

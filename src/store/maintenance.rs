@@ -108,6 +108,10 @@ pub enum Step {
     DeleteAggregates { before: DateTime<Utc> },
     /// Delete audit journal entries older than `before` (`--audit-retention` only).
     DeleteAudit { before: DateTime<Utc> },
+    /// Forget workers last seen before `before` (the raw retention): a fresh id per worker
+    /// process (Dramatiq, RQ, taskiq, Sidekiq, a pod's hostname) added one for good with every
+    /// deploy, kept in memory, cloned by every sweep and read by every `/metrics` scrape.
+    DeleteWorkers { before: DateTime<Utc> },
     /// `FORCE CHECKPOINT`: deleted rows' blocks become reusable, the WAL is folded in.
     Checkpoint,
     /// Record a job run (for `/`, `/healthz` and the next process).
@@ -170,6 +174,13 @@ pub fn run_step(conn: &mut Connection, step: &Step) -> Result<StepOutcome, Store
         }
         Step::DeleteAudit { before } => Ok(StepOutcome {
             rows: super::audit::delete_before(conn, *before)?,
+            ..StepOutcome::default()
+        }),
+        Step::DeleteWorkers { before } => Ok(StepOutcome {
+            rows: conn.execute(
+                "DELETE FROM workers WHERE last_seen < ?",
+                duckdb::params![Ts(*before)],
+            )? as u64,
             ..StepOutcome::default()
         }),
         Step::DeleteTransitions { from, to } => Ok(StepOutcome {

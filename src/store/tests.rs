@@ -1146,3 +1146,65 @@ async fn retention_rebuilds_the_filter_of_stored_ids_without_losing_a_kept_task(
     assert_eq!(stats.by_state.values().sum::<u64>(), 12);
     close(writer, reader, handle);
 }
+
+/// Workers last seen before the retention are forgotten, in the file and in the writer's
+/// memory (a sweep writes no row back for them), and stay forgotten after a restart.
+#[tokio::test]
+async fn workers_last_seen_before_the_retention_are_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.duckdb");
+    let (writer, reader, handle) = open_at(&path);
+    writer
+        .observe(vec![
+            worker_obs("celery@old", 1, 0, WorkerEvent::Online),
+            worker_obs("celery@silent", 3, 5, WorkerEvent::Online),
+            worker_obs("celery@old", 1, 10, WorkerEvent::Offline),
+            worker_obs("celery@new", 2, 100, WorkerEvent::Online),
+        ])
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+    let outcome = writer
+        .maintain(Step::DeleteWorkers { before: at(50) })
+        .await
+        .unwrap();
+    assert_eq!(outcome.rows, 2);
+    writer.sweep(at(200), Duration::seconds(60)).await.unwrap();
+    writer.flush().await.unwrap();
+    let ids = |workers: Vec<broker_adapters::Worker>| -> Vec<String> {
+        workers.into_iter().map(|w| w.id).collect()
+    };
+    assert_eq!(
+        ids(reader
+            .workers(at(201), Duration::seconds(60))
+            .await
+            .unwrap()),
+        ["celery@new"]
+    );
+    // The writer forgot it too: heard of again, it is a new worker, online since then.
+    writer
+        .observe(vec![worker_obs(
+            "celery@old",
+            1,
+            300,
+            WorkerEvent::Heartbeat,
+        )])
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+    let workers = reader
+        .workers(at(301), Duration::seconds(60))
+        .await
+        .unwrap();
+    let old = workers.iter().find(|w| w.id == "celery@old").unwrap();
+    assert_ne!(old.online_since, at(0), "not the forgotten process's start");
+    close(writer, reader, handle);
+    let (writer, reader, handle) = open_at(&path);
+    let mut after_restart = ids(reader
+        .workers(at(301), Duration::seconds(60))
+        .await
+        .unwrap());
+    after_restart.sort();
+    assert_eq!(after_restart, ["celery@new", "celery@old"]);
+    close(writer, reader, handle);
+}

@@ -496,6 +496,13 @@ impl Writer {
     /// Sends a flush, housekeeping step or audit entry to the sink.
     fn forward(&mut self, cmd: WriterCommand) {
         if let WriterCommand::Maintain {
+            step: Step::DeleteWorkers { before },
+            ..
+        } = &cmd
+        {
+            self.workers.retain(|_, w| w.worker.last_seen >= *before);
+        }
+        if let WriterCommand::Maintain {
             step: Step::DeleteTasks { from, to },
             ..
         } = &cmd
