@@ -454,8 +454,16 @@ impl Adapter for DramatiqAdapter {
             decode_errors: vec![crate::adapter::read_error(Broker::Dramatiq, request, error)],
             ..Output::default()
         };
-        if matches!(Why::try_from(tag), Ok(Why::NewMessages | Why::Messages)) {
-            out.merge(self.discovered(request, now));
+        match (Why::try_from(tag), request) {
+            (Ok(Why::NewMessages | Why::Messages), _) => out.merge(self.discovered(request, now)),
+            // The read that settles leaving ids failed: forgotten as leaving, they are checked
+            // again by the next reconciliation (else kept, and skipped, until a gap).
+            (Ok(Why::CheckDead | Why::DepartedDead), ReadRequest::HMGet { fields, .. }) => {
+                for id in fields {
+                    self.leaving.remove(id);
+                }
+            }
+            _ => {}
         }
         out
     }

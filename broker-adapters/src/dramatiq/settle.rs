@@ -415,4 +415,51 @@ mod tests {
         }
         assert_eq!(successes(&out), 1, "{out:#?}");
     }
+
+    /// The read that would settle a departure is refused (a timeout, a busy script): the id is
+    /// not left waiting for it for good, the next reconciliation checks it again.
+    #[test]
+    fn a_departure_whose_settling_read_fails_is_checked_again_by_reconciliation() {
+        let now = Utc::now();
+        let mut a = DramatiqAdapter::new(DramatiqConfig::default());
+        // Found by a scan: not followed (its departures are settled by reads, not snapshots).
+        a.on_scan("dramatiq:*.msgs", vec!["dramatiq:default.msgs".into()], now);
+        assert!(!a.followed("default"));
+        let ack = Why::Acks.read(ReadRequest::SMembers(ACKS.into()));
+        let out = a.handle_reply(&ack, bulk(&[RID.as_bytes()]), now);
+        let message = out
+            .follow_up
+            .iter()
+            .find(|r| matches!(Why::try_from(r.tag), Ok(Why::Messages)))
+            .expect("its message is read")
+            .clone();
+        a.handle_reply(
+            &message,
+            Reply::Array(vec![Reply::Bytes(MSG.to_vec())]),
+            now,
+        );
+        // Acknowledged; of the reads that settle it, the dead-letter check is refused.
+        let out = a.handle_reply(&ack, bulk(&[]), now);
+        let mut settled = Output::default();
+        for read in &out.follow_up {
+            let reply = match Why::try_from(read.tag) {
+                Ok(Why::CheckDead) => Reply::Error("ERR busy".into()),
+                _ => gone(read),
+            };
+            settled.merge(a.handle_reply(read, reply, now));
+        }
+        assert!(
+            out.follow_up
+                .iter()
+                .any(|r| matches!(Why::try_from(r.tag), Ok(Why::CheckDead))),
+            "{out:#?}"
+        );
+        assert_eq!(successes(&settled), 0, "{settled:#?}");
+        let reads = a.reconcile(&[], now);
+        let mut out = Output::default();
+        for read in &reads {
+            out.merge(a.handle_reply(read, gone(read), now));
+        }
+        assert_eq!(successes(&out), 1, "{out:#?}");
+    }
 }
