@@ -122,6 +122,9 @@ impl Via {
 }
 
 /// The state of broker auto-detection, for `/healthz` and the overview.
+/// Findings `/healthz` lists at most (each queue of a broker is one).
+pub const MAX_DETECTION_EVIDENCE: usize = 1_000;
+
 #[derive(Debug, Clone, Default)]
 pub struct Detection {
     /// `--brokers auto` is on.
@@ -132,7 +135,8 @@ pub struct Detection {
     pub new_keys: u64,
     pub new_keys_skipped: u64,
     pub last_pass: Option<DateTime<Utc>>,
-    /// Evidence, in the order found: broker, the key that showed it, the setting learned.
+    /// Evidence, in the order found: broker, the key that showed it, the setting learned (the
+    /// first [`MAX_DETECTION_EVIDENCE`]).
     pub found: Vec<DetectedBroker>,
     /// The settings learned, as detection gave them (the actions check them: a namespace or
     /// prefix of the application's own means writes must not go under the default keys).
@@ -322,6 +326,10 @@ impl Metrics {
                 if !d.settings.contains(setting) && d.settings.len() < 1_000 {
                     d.settings.push(setting.clone());
                 }
+            }
+            if d.found.len() >= MAX_DETECTION_EVIDENCE {
+                // The first findings tell how each broker was found; the rest are its queues.
+                return;
             }
             d.found.push(DetectedBroker {
                 broker: finding.broker,

@@ -43,6 +43,8 @@ use tracing::{debug, info, info_span, warn, Instrument};
 const SCAN_COUNT: u32 = 1_000;
 /// Keys whose sample was read, remembered so they are read once (the oldest forgotten first).
 const SAMPLED_MEMORY: usize = 100_000;
+/// Findings (broker and setting) remembered as reported.
+const REPORTED_MEMORY: usize = 10_000;
 /// Keys named like taskiq task ids whose value prefix is read per pass.
 const RESULT_SAMPLES_PER_PASS: usize = 16;
 /// Bytes read of a candidate taskiq result.
@@ -151,7 +153,9 @@ pub struct Detector {
     /// Whether each scan has wrapped around at least once.
     wrapped: [bool; 3],
     sampled: FifoSet<String>,
-    reported: HashSet<(Broker, Option<Setting>)>,
+    /// Bounded (queue names come from producers); one forgotten and found again is handed
+    /// to its adapter again, which already has it.
+    reported: FifoSet<(Broker, Option<Setting>)>,
     /// Key families and how often one of them turned out not to be a queue.
     shapes: FifoMap<String, u8>,
     /// Streams seen empty, sampled again until their first entry, with when they were seen.
@@ -172,7 +176,7 @@ impl Detector {
             cursors: [0; 3],
             wrapped: [false; 3],
             sampled: FifoSet::new(SAMPLED_MEMORY),
-            reported: HashSet::new(),
+            reported: FifoSet::new(REPORTED_MEMORY),
             shapes: FifoMap::new(SHAPES_MEMORY),
             pending: FifoMap::new(PENDING_CAPACITY),
             type_window: (Instant::now(), 0),

@@ -638,13 +638,14 @@ impl Pipeline {
     async fn on_detected(&mut self, detected: detect::Detected) {
         let detect::Detected { finding, seen, via } = detected;
         let broker = finding.broker;
-        if let Some(setting) = &finding.setting {
+        let running = self.slots.iter().position(|a| a.broker() == broker);
+        if let (None, Some(setting)) = (running, &finding.setting) {
+            // Kept for the adapter started below; a running one is handed it directly.
             self.learned
                 .entry(broker)
                 .or_default()
                 .push(setting.clone());
         }
-        let running = self.slots.iter().position(|a| a.broker() == broker);
         if let Some(i) = running {
             if let Some(setting) = &finding.setting {
                 // A new setting is rare: it waits for the adapter to be back from decoding.
