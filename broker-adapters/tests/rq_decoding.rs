@@ -203,7 +203,7 @@ fn requeued_job_after_a_failed_attempt_is_a_retry_of_attempt_zero() {
             _ => {}
         }
     }
-    let reads = a.on_key_event("rq:job:job-r", "hset", now());
+    let reads = first_sight(&mut a, "rq:job:job-r", now());
     let out = a.answer(&reads[0], hmget_reply(&reads[0].request, &fresh), now());
     assert_eq!(tasks(&out)[0].event, TaskEvent::Queued);
     let out = read_job(&mut a, "job-r", "job_retry_requeued.json", now());
@@ -324,7 +324,7 @@ fn results_entries_decode_on_their_own() {
 #[test]
 fn a_garbage_job_is_a_decode_error_and_its_neighbour_is_still_read() {
     let mut a = RqAdapter::new(RqConfig::default());
-    let reads = a.on_key_event("rq:job:bad", "hset", now());
+    let reads = first_sight(&mut a, "rq:job:bad", now());
     let mut garbage = hash("job_pickle_queued.json");
     for (k, v) in garbage.iter_mut() {
         if k == "data" {
@@ -377,6 +377,14 @@ fn any_reply() -> impl Strategy<Value = Reply> {
     })
 }
 
+/// A job hash's first `hset` notification, its batch over: the reads they ask for (a job's
+/// first read waits for the end of its batch, to be read with the batch's other jobs).
+fn first_sight(a: &mut RqAdapter, key: &str, now: DateTime<Utc>) -> Vec<broker_adapters::Read> {
+    let mut reads = a.on_key_event(key, "hset", now);
+    reads.extend(a.end_of_batch(now).follow_up);
+    reads
+}
+
 proptest! {
     /// Whatever Redis answers to any read the adapter makes, it never panics.
     #[test]
@@ -388,6 +396,7 @@ proptest! {
         reads.extend(a.on_key_event("rq:scheduled:default", "zadd", t));
         reads.extend(a.on_key_event("rq:worker:w1", "hset", t));
         reads.extend(a.on_key_event("rq:queues", "sadd", t));
+        reads.extend(a.end_of_batch(t).follow_up);
         reads.extend(a.sample_queues(t));
         reads.push(rq::Why::QueueIds.read(ReadRequest::LRange { key: "rq:queue:default".into(), start: 0, stop: 10 }));
         reads.push(rq::Why::Registry.read(ReadRequest::ZRangeWithScores { key: "rq:wip:default".into(), start: 0, stop: 10 }));
@@ -440,7 +449,7 @@ fn a_worker_that_registered_its_death_is_offline() {
 #[test]
 fn a_job_hash_left_with_only_a_heartbeat_is_not_a_decode_error() {
     let mut a = RqAdapter::new(RqConfig::default());
-    let reads = a.on_key_event("rq:job:raced", "hset", now());
+    let reads = first_sight(&mut a, "rq:job:raced", now());
     let h = vec![(
         "last_heartbeat".to_string(),
         b"2026-11-23T16:30:00.000000Z".to_vec(),
@@ -455,8 +464,8 @@ fn keys_under_another_prefix_are_ignored_and_a_custom_prefix_is_followed() {
     let mut a = RqAdapter::new(RqConfig {
         prefix: "shop".into(),
     });
-    assert!(a.on_key_event("rq:job:x", "hset", now()).is_empty());
-    let reads = a.on_key_event("shop:job:x", "hset", now());
+    assert!(first_sight(&mut a, "rq:job:x", now()).is_empty());
+    let reads = first_sight(&mut a, "shop:job:x", now());
     assert_eq!(reads.len(), 1);
     assert_eq!(reads[0].request.key(), "shop:job:x");
     let out = a.answer(
@@ -576,7 +585,7 @@ proptest! {
                 *v = status.as_bytes().to_vec();
             }
         }
-        let reads = a.on_key_event("rq:job:j", "hset", t);
+        let reads = first_sight(&mut a, "rq:job:j", t);
         let _ = a.answer(&reads[0], hmget_reply(&reads[0].request, &h), t);
         let mut w = hash("worker_busy.json");
         for (k, v) in w.iter_mut() {
@@ -728,7 +737,11 @@ fn retries_missed_by_every_read_are_counted_from_the_attempts_execution_keys() {
         let op = pair[1].as_str().unwrap();
         // The first read they ask for is answered only after them all (it comes too late to
         // see any attempt); the notifications meanwhile ask for no other.
-        let reads = a.on_key_event(&key, op, t0);
+        let mut reads = a.on_key_event(&key, op, t0);
+        if first_read.is_none() {
+            // The batch of the first notification ends: its read goes out.
+            reads.extend(a.end_of_batch(t0).follow_up);
+        }
         first_read = first_read.or(reads
             .into_iter()
             .find(|r| matches!(r.request, ReadRequest::HMGet { .. })));
