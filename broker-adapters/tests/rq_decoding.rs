@@ -1109,3 +1109,129 @@ fn real_notifications_in_batches_read_the_hash_once_and_keep_the_start() {
         }
     }
 }
+
+/// The reply Redis gives to `request` (a `SORT_RO ... GET # GET <p>job:*->field ...`) when the
+/// list or registry holds `members`, each with its captured hash (`None`: gone).
+fn sort_reply(request: &ReadRequest, members: &[(&str, Option<&[(String, Vec<u8>)]>)]) -> Reply {
+    let ReadRequest::SortGet { gets, .. } = request else {
+        panic!("expected a SORT_RO, got {request:?}")
+    };
+    let mut flat = Vec::new();
+    for (id, h) in members {
+        flat.push(Reply::Bytes(id.as_bytes().to_vec()));
+        for get in gets {
+            let (_, f) = get.rsplit_once("->").expect("a hash field pattern");
+            flat.push(
+                h.and_then(|h| field(h, f))
+                    .map_or(Reply::Nil, |v| Reply::Bytes(v.to_vec())),
+            );
+        }
+    }
+    Reply::Array(flat)
+}
+
+/// Three jobs enqueued in one batch, two moved at once to the intermediate list by a worker
+/// of that one queue (`BLMOVE`: the push to the intermediate list, then the queue's `lpop`):
+/// one `SORT_RO` of the intermediate list's tail and one of the queue's tail, no `HMGET`; and
+/// their replies give the observations `HMGET` replies give. A job the `SORT_RO` does not
+/// find (popped meanwhile) is read with `HMGET`.
+#[test]
+fn jobs_of_one_batch_are_read_from_the_intermediate_list_or_the_queue_with_one_sort_each() {
+    let t = now();
+    let h = hash("job_pickle_queued.json");
+    let batch = |a: &mut RqAdapter| {
+        let mut reads = Vec::new();
+        for id in ["j1", "j2", "j3", "j4"] {
+            reads.extend(a.on_key_event(&format!("rq:job:{id}"), "hset", t));
+            reads.extend(a.on_key_event("rq:queue:default", "rpush", t));
+        }
+        for _ in 0..2 {
+            reads.extend(a.on_key_event("rq:queue:default:intermediate", "rpush", t));
+            reads.extend(a.on_key_event("rq:queue:default", "lpop", t));
+        }
+        reads.extend(a.end_of_batch(t).follow_up);
+        reads
+    };
+    let mut sorted = RqAdapter::new(RqConfig::default());
+    let reads = batch(&mut sorted);
+    let keys: Vec<(&str, bool, u64)> = reads
+        .iter()
+        .map(|r| match &r.request {
+            ReadRequest::SortGet {
+                key, desc, count, ..
+            } => (key.as_str(), *desc, *count),
+            other => panic!("expected only SORT_ROs, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("rq:queue:default", true, 2 + 8),
+            ("rq:queue:default:intermediate", true, 2 + 8)
+        ]
+    );
+    let mut via_sort = Vec::new();
+    // The queue's tail: j4 (newest first), j3; j3's hash gone (deleted), a neighbour not asked for.
+    let queue = sort_reply(
+        &reads[0].request,
+        &[("j4", Some(&h)), ("j3", None), ("other", Some(&h))],
+    );
+    via_sort.extend(sorted.answer(&reads[0], queue, t).observations);
+    // The intermediate list: j2 only (j1 started meanwhile): j1 is read on its own.
+    let intermediate = sort_reply(&reads[1].request, &[("j2", Some(&h))]);
+    let out = sorted.answer(&reads[1], intermediate, t);
+    assert_eq!(out.follow_up.len(), 1, "{:?}", out.follow_up);
+    assert_eq!(out.follow_up[0].request.key(), "rq:job:j1");
+    assert!(matches!(
+        out.follow_up[0].request,
+        ReadRequest::HMGet { .. }
+    ));
+    via_sort.extend(out.observations);
+    let read = out.follow_up[0].clone();
+    via_sort.extend(
+        sorted
+            .answer(&read, hmget_reply(&read.request, &h), t)
+            .observations,
+    );
+
+    // The same batch when Redis refuses `SORT_RO`: one `HMGET` per job.
+    let mut plain = RqAdapter::new(RqConfig::default());
+    let reads = batch(&mut plain);
+    let refused = || Reply::Error("ERR unknown command 'SORT_RO'".into());
+    let out = plain.answer(&reads[0], refused(), t);
+    assert_eq!(out.follow_up.len(), 2, "{:?}", out.follow_up);
+    let mut hmgets = out.follow_up;
+    hmgets.extend(plain.answer(&reads[1], refused(), t).follow_up);
+    let mut via_hmget = Vec::new();
+    for read in &hmgets {
+        let gone = read.request.key() == "rq:job:j3";
+        let reply = if gone {
+            hmget_reply(&read.request, &[])
+        } else {
+            hmget_reply(&read.request, &h)
+        };
+        via_hmget.extend(plain.answer(read, reply, t).observations);
+    }
+    // From then on every job is read on its own.
+    let mut later = Vec::new();
+    for id in ["k1", "k2"] {
+        later.extend(plain.on_key_event(&format!("rq:job:{id}"), "hset", t));
+        later.extend(plain.on_key_event("rq:queue:default", "rpush", t));
+    }
+    later.extend(plain.end_of_batch(t).follow_up);
+    assert!(
+        later
+            .iter()
+            .all(|r| matches!(r.request, ReadRequest::HMGet { .. })),
+        "{later:?}"
+    );
+
+    let by_task = |obs: Vec<Observation>| {
+        let mut v: Vec<String> = obs.into_iter().map(|o| format!("{o:?}")).collect();
+        v.sort();
+        v
+    };
+    let via_sort = by_task(via_sort);
+    assert_eq!(via_sort.len(), 3, "{via_sort:?}");
+    assert_eq!(via_sort, by_task(via_hmget));
+}

@@ -227,6 +227,12 @@ pub struct RqAdapter {
     /// The job the last notification was about (its hash, results, execution keys): RQ's
     /// transactions write a job's keys, then push its id to a queue or registry.
     last_job: Option<String>,
+    /// Per queue, the jobs the batch pushed to its tail, oldest first: a worker's pop takes
+    /// the oldest (when the queue held nothing older: else a guess that costs a miss).
+    pushed: HashMap<String, std::collections::VecDeque<String>>,
+    /// Per queue, pops told by the push to its intermediate list whose `lpop` (notified after
+    /// the push: `LMOVE`) is still to come.
+    moved: HashMap<String, u32>,
     /// Per queue or registry key, the jobs of each `SORT_RO` in flight, in the order asked.
     sorting: HashMap<String, std::collections::VecDeque<SortAsk>>,
     /// Per queue or registry key, the slack its next `SORT_RO` reads ([`SORT_SLACK`]).
@@ -285,6 +291,8 @@ impl RqAdapter {
             wanted: Vec::new(),
             placed: HashMap::new(),
             last_job: None,
+            pushed: HashMap::new(),
+            moved: HashMap::new(),
             sorting: HashMap::new(),
             sort_slack: HashMap::new(),
             sort_refused: false,
@@ -432,8 +440,34 @@ impl RqAdapter {
             (Some(RqKey::Queue(_)), "rpush" | "lpush") => {
                 if let Some(id) = previous {
                     let head = op == "lpush";
+                    if !head {
+                        self.pushed
+                            .entry(key.to_string())
+                            .or_default()
+                            .push_back(id.clone());
+                    }
                     let key = key.to_string();
                     self.placed.insert(id, Place { key, head });
+                }
+            }
+            // A worker of this one queue moved its head to its intermediate list (`BLMOVE`;
+            // the queue's `lpop` is notified after): there until the job starts.
+            (Some(RqKey::Intermediate(queue)), "rpush") => {
+                let queue = self.layout.queue(queue);
+                if let Some(id) = self.pushed.get_mut(&queue).and_then(|q| q.pop_front()) {
+                    *self.moved.entry(queue).or_default() += 1;
+                    if self.placed.contains_key(&id) {
+                        let key = key.to_string();
+                        self.placed.insert(id, Place { key, head: false });
+                    }
+                }
+            }
+            // A worker popped the queue's head (`LPOP`): running soon, in no list.
+            (Some(RqKey::Queue(_)), "lpop") => {
+                if let Some(n) = self.moved.get_mut(key).filter(|n| **n > 0) {
+                    *n -= 1;
+                } else if let Some(id) = self.pushed.get_mut(key).and_then(|q| q.pop_front()) {
+                    self.placed.remove(&id);
                 }
             }
             (Some(RqKey::Registry(Registry::Finished | Registry::Failed, _)), "zadd") => {
@@ -1626,6 +1660,8 @@ impl Adapter for RqAdapter {
         out.follow_up.extend(self.job_reads(wanted));
         out.follow_up.extend(self.results_reads(&due));
         self.placed.clear();
+        self.pushed.clear();
+        self.moved.clear();
         out
     }
 
@@ -1634,6 +1670,8 @@ impl Adapter for RqAdapter {
         self.results_due.clear();
         self.wanted.clear();
         self.placed.clear();
+        self.pushed.clear();
+        self.moved.clear();
         self.last_job = None;
         self.sorting.clear();
         self.starting = None;
