@@ -1235,3 +1235,33 @@ fn jobs_of_one_batch_are_read_from_the_intermediate_list_or_the_queue_with_one_s
     assert_eq!(via_sort.len(), 3, "{via_sort:?}");
     assert_eq!(via_sort, by_task(via_hmget));
 }
+
+/// A `SORT_RO` that finds none of its jobs (a registry topped by jobs kept longer, workers
+/// faster than taskscope) pauses `SORT_RO`s of that key: the next batches' jobs pushed there
+/// are read with `HMGET`, without a miss first; another key is still read with `SORT_RO`.
+#[test]
+fn a_sort_that_finds_none_of_its_jobs_pauses_sorts_of_its_key() {
+    let t = now();
+    let mut a = RqAdapter::new(RqConfig::default());
+    let batch = |a: &mut RqAdapter, ids: &[&str], key: &str| {
+        let mut reads = Vec::new();
+        for id in ids {
+            reads.extend(a.on_key_event(&format!("rq:job:{id}"), "hset", t));
+            reads.extend(a.on_key_event(key, "rpush", t));
+        }
+        reads.extend(a.end_of_batch(t).follow_up);
+        reads
+    };
+    let reads = batch(&mut a, &["a1", "a2"], "rq:queue:default");
+    assert!(matches!(reads[..], [ref r] if matches!(r.request, ReadRequest::SortGet { .. })));
+    // Popped before the read: neither is there; both read on their own.
+    let out = a.answer(&reads[0], Reply::Array(Vec::new()), t);
+    assert_eq!(out.follow_up.len(), 2, "{:?}", out.follow_up);
+    let reads = batch(&mut a, &["b1", "b2"], "rq:queue:default");
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert!(reads
+        .iter()
+        .all(|r| matches!(r.request, ReadRequest::HMGet { .. })));
+    let reads = batch(&mut a, &["c1", "c2"], "rq:queue:other");
+    assert!(matches!(reads[..], [ref r] if matches!(r.request, ReadRequest::SortGet { .. })));
+}

@@ -119,6 +119,12 @@ const SORT_SLACK: u64 = 8;
 /// The most slack a `SORT_RO` learns: a job no longer in its list (popped by a worker) is a
 /// miss too, and must not make every later read of the list a long one.
 const SORT_MAX_SLACK: u64 = 256;
+/// Batches a queue or registry is not read with `SORT_RO` after one found none of its jobs
+/// (a registry topped by jobs kept longer, workers popping faster than taskscope reads):
+/// its jobs are read with `HMGET` meanwhile, without a `SORT_RO` miss before.
+const SORT_BARREN_PAUSE: u32 = 16;
+/// Queues and registries whose `SORT_RO` slack and pause are remembered (then forgotten).
+const SORT_KEYS: usize = 10_000;
 
 /// Configuration of the RQ adapter.
 #[derive(Debug, Clone)]
@@ -237,6 +243,9 @@ pub struct RqAdapter {
     sorting: HashMap<String, std::collections::VecDeque<SortAsk>>,
     /// Per queue or registry key, the slack its next `SORT_RO` reads ([`SORT_SLACK`]).
     sort_slack: HashMap<String, u64>,
+    /// Per queue or registry key, the batches its jobs are still read with `HMGET` after a
+    /// `SORT_RO` that found none ([`SORT_BARREN_PAUSE`]).
+    sort_paused: HashMap<String, u32>,
     /// Redis refused `SORT_RO` (older than 7.0, an ACL, a cluster): every hash is read on its
     /// own from then on.
     sort_refused: bool,
@@ -295,6 +304,7 @@ impl RqAdapter {
             moved: HashMap::new(),
             sorting: HashMap::new(),
             sort_slack: HashMap::new(),
+            sort_paused: HashMap::new(),
             sort_refused: false,
         }
     }
@@ -320,8 +330,15 @@ impl RqAdapter {
         let pattern = self.layout.job("*");
         let sortable = pattern.matches('*').count() == 1 && !pattern.contains("->");
         for (place, jobs) in groups {
+            let paused = match self.sort_paused.get_mut(&place.key) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            };
             // One job: its own `HMGET`, as many commands and less for Redis to do.
-            if !sortable || jobs.len() < 2 || jobs.len() as u64 >= SORT_MAX {
+            if paused || !sortable || jobs.len() < 2 || jobs.len() as u64 >= SORT_MAX {
                 reads.extend(jobs.iter().map(|j| self.job_read(j)));
                 continue;
             }
@@ -404,6 +421,13 @@ impl RqAdapter {
         // Newer members above the jobs asked for, with a margin; twice as many after a miss.
         let found = asked_count - missing.len() as u64;
         let above = depth.saturating_sub(found);
+        if self.sort_slack.len() >= SORT_KEYS || self.sort_paused.len() >= SORT_KEYS {
+            self.sort_slack.clear();
+            self.sort_paused.clear();
+        }
+        if found == 0 {
+            self.sort_paused.insert(key.to_string(), SORT_BARREN_PAUSE);
+        }
         let slack = self.sort_slack.entry(key.to_string()).or_insert(SORT_SLACK);
         *slack = if missing.is_empty() {
             above + above / 2 + 2
@@ -1552,14 +1576,15 @@ impl Adapter for RqAdapter {
         if let (Ok(Why::Jobs), ReadRequest::SortGet { key, .. }) =
             (Why::try_from(tag), request.inner())
         {
-            // Its jobs are read on their own, and so is every job from now on.
-            if !self.sort_refused {
+            // Its jobs are read on their own, and so is every job from now on unless the key
+            // alone was wrong (another application's key of another type).
+            if !self.sort_refused && !error.starts_with("WRONGTYPE") {
                 tracing::info!(
                     error,
                     "Redis refused SORT_RO: RQ job hashes are read one by one."
                 );
+                self.sort_refused = true;
             }
-            self.sort_refused = true;
             out = self.on_sorted(key, None, now);
         }
         out.decode_errors
