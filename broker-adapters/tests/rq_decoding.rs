@@ -1112,7 +1112,10 @@ fn real_notifications_in_batches_read_the_hash_once_and_keep_the_start() {
 
 /// The reply Redis gives to `request` (a `SORT_RO ... GET # GET <p>job:*->field ...`) when the
 /// list or registry holds `members`, each with its captured hash (`None`: gone).
-fn sort_reply(request: &ReadRequest, members: &[(&str, Option<&[(String, Vec<u8>)]>)]) -> Reply {
+/// A captured hash's fields and values.
+type Hash = [(String, Vec<u8>)];
+
+fn sort_reply(request: &ReadRequest, members: &[(&str, Option<&Hash>)]) -> Reply {
     let ReadRequest::SortGet { gets, .. } = request else {
         panic!("expected a SORT_RO, got {request:?}")
     };
@@ -1236,32 +1239,47 @@ fn jobs_of_one_batch_are_read_from_the_intermediate_list_or_the_queue_with_one_s
     assert_eq!(via_sort, by_task(via_hmget));
 }
 
-/// A `SORT_RO` that finds none of its jobs (a registry topped by jobs kept longer, workers
-/// faster than taskscope) pauses `SORT_RO`s of that key: the next batches' jobs pushed there
-/// are read with `HMGET`, without a miss first; another key is still read with `SORT_RO`.
+/// A `SORT_RO` that finds none of its jobs reads deeper next time (twice the slack); once
+/// `SORT_RO`s at the deepest find none three times in a row (a registry topped by jobs kept
+/// longer, workers faster than taskscope), that key is paused: the next batches' jobs pushed
+/// there are read with `HMGET`, without a miss first; another key is still read with
+/// `SORT_RO`.
 #[test]
-fn a_sort_that_finds_none_of_its_jobs_pauses_sorts_of_its_key() {
+fn sorts_that_keep_finding_none_of_their_jobs_pause_sorts_of_their_key() {
     let t = now();
     let mut a = RqAdapter::new(RqConfig::default());
-    let batch = |a: &mut RqAdapter, ids: &[&str], key: &str| {
+    let mut n = 0;
+    let mut batch = |a: &mut RqAdapter, key: &str| {
         let mut reads = Vec::new();
-        for id in ids {
-            reads.extend(a.on_key_event(&format!("rq:job:{id}"), "hset", t));
+        for _ in 0..2 {
+            n += 1;
+            reads.extend(a.on_key_event(&format!("rq:job:j{n}"), "hset", t));
             reads.extend(a.on_key_event(key, "rpush", t));
         }
         reads.extend(a.end_of_batch(t).follow_up);
         reads
     };
-    let reads = batch(&mut a, &["a1", "a2"], "rq:queue:default");
-    assert!(matches!(reads[..], [ref r] if matches!(r.request, ReadRequest::SortGet { .. })));
-    // Popped before the read: neither is there; both read on their own.
-    let out = a.answer(&reads[0], Reply::Array(Vec::new()), t);
-    assert_eq!(out.follow_up.len(), 2, "{:?}", out.follow_up);
-    let reads = batch(&mut a, &["b1", "b2"], "rq:queue:default");
-    assert_eq!(reads.len(), 2, "{reads:?}");
-    assert!(reads
-        .iter()
-        .all(|r| matches!(r.request, ReadRequest::HMGet { .. })));
-    let reads = batch(&mut a, &["c1", "c2"], "rq:queue:other");
+    let mut counts = Vec::new();
+    loop {
+        let reads = batch(&mut a, "rq:queue:default");
+        let [ref read] = reads[..] else {
+            // Paused: one `HMGET` per job.
+            assert_eq!(reads.len(), 2, "{reads:?}");
+            assert!(reads
+                .iter()
+                .all(|r| matches!(r.request, ReadRequest::HMGet { .. })));
+            break;
+        };
+        let ReadRequest::SortGet { count, .. } = read.request else {
+            panic!("{read:?}")
+        };
+        counts.push(count);
+        assert!(counts.len() < 20, "never paused: {counts:?}");
+        // Popped before the read: neither is there; both read on their own.
+        let out = a.answer(read, Reply::Array(Vec::new()), t);
+        assert_eq!(out.follow_up.len(), 2, "{:?}", out.follow_up);
+    }
+    assert_eq!(counts, [10, 18, 34, 66, 130, 258, 258, 258]);
+    let reads = batch(&mut a, "rq:queue:other");
     assert!(matches!(reads[..], [ref r] if matches!(r.request, ReadRequest::SortGet { .. })));
 }

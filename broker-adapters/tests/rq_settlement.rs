@@ -563,3 +563,31 @@ fn jobs_of_one_batch_are_read_with_one_sort_of_their_list_or_registry() {
     assert_eq!(sorted.task("fast-1").name.as_deref(), Some("rq_app.add"));
     assert_eq!(sorted.task("fast-0").worker.as_deref(), Some(W));
 }
+
+/// A `result_ttl=0` job read while queued, then started and ended (its hash deleted) within
+/// one batch: running on its worker from the attempt's notifications (the hash read finds it
+/// gone), then a success once reconciliation finds the hash gone.
+#[test]
+fn result_ttl_zero_job_started_and_ended_within_one_batch_shows_its_worker() {
+    let mut d = driver();
+    let now = d.now;
+    batch(&mut d, |r| rw::enqueue(r, ID, now, None));
+    assert_eq!(d.state(ID), TaskState::Queued);
+    let started = d.now;
+    batch(&mut d, |r| {
+        assert_eq!(
+            rw::dequeue_and_start(r, W, EXEC1, started).as_deref(),
+            Some(ID)
+        );
+        rw::end_discarded(r, ID, W, EXEC1);
+    });
+    assert_eq!(d.state(ID), TaskState::Running);
+    assert_eq!(d.task(ID).worker.as_deref(), Some(W));
+    assert_eq!(d.task(ID).started_at, Some(started));
+    d.advance(1_000);
+    d.reconcile();
+    let t = d.task(ID);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.worker.as_deref(), Some(W));
+    assert_eq!(t.name.as_deref(), Some("rq_app.add"));
+}

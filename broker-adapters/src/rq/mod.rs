@@ -119,9 +119,12 @@ const SORT_SLACK: u64 = 8;
 /// The most slack a `SORT_RO` learns: a job no longer in its list (popped by a worker) is a
 /// miss too, and must not make every later read of the list a long one.
 const SORT_MAX_SLACK: u64 = 256;
-/// Batches a queue or registry is not read with `SORT_RO` after one found none of its jobs
-/// (a registry topped by jobs kept longer, workers popping faster than taskscope reads):
-/// its jobs are read with `HMGET` meanwhile, without a `SORT_RO` miss before.
+/// `SORT_RO`s in a row of one queue or registry that found none of their jobs with the
+/// slack at its most (a registry topped by jobs kept longer, workers popping faster than
+/// taskscope reads) before that key is paused ([`SORT_BARREN_PAUSE`]).
+const SORT_BARREN_STREAK: u32 = 3;
+/// Batches a paused queue or registry is not read with `SORT_RO`: its jobs are read with
+/// `HMGET` meanwhile, without a `SORT_RO` miss before.
 const SORT_BARREN_PAUSE: u32 = 16;
 /// Queues and registries whose `SORT_RO` slack and pause are remembered (then forgotten).
 const SORT_KEYS: usize = 10_000;
@@ -179,6 +182,10 @@ struct JobMemo {
     held_entry: Option<TaskObservation>,
     /// `enqueued_at` at the last read of its hash: the oldest age of a queue it heads.
     enqueued_at: Option<DateTime<Utc>>,
+    /// An attempt started (on the worker its transaction named) and ended within one batch
+    /// without a results entry (`result_ttl=0`, a `Retry`): its hash, read then, tells the rest;
+    /// when it is gone (`result_ttl=0` deletes it at the end), this is all there is of it.
+    ran_unread: Option<TaskObservation>,
 }
 
 impl JobMemo {
@@ -243,9 +250,9 @@ pub struct RqAdapter {
     sorting: HashMap<String, std::collections::VecDeque<SortAsk>>,
     /// Per queue or registry key, the slack its next `SORT_RO` reads ([`SORT_SLACK`]).
     sort_slack: HashMap<String, u64>,
-    /// Per queue or registry key, the batches its jobs are still read with `HMGET` after a
-    /// `SORT_RO` that found none ([`SORT_BARREN_PAUSE`]).
-    sort_paused: HashMap<String, u32>,
+    /// Per queue or registry key, the `SORT_RO`s in a row that found none of their jobs, and
+    /// the batches its jobs are still read with `HMGET` ([`SORT_BARREN_PAUSE`]).
+    sort_paused: HashMap<String, (u32, u32)>,
     /// Redis refused `SORT_RO` (older than 7.0, an ACL, a cluster): every hash is read on its
     /// own from then on.
     sort_refused: bool,
@@ -331,7 +338,7 @@ impl RqAdapter {
         let sortable = pattern.matches('*').count() == 1 && !pattern.contains("->");
         for (place, jobs) in groups {
             let paused = match self.sort_paused.get_mut(&place.key) {
-                Some(n) if *n > 0 => {
+                Some((_, n)) if *n > 0 => {
                     *n -= 1;
                     true
                 }
@@ -425,10 +432,17 @@ impl RqAdapter {
             self.sort_slack.clear();
             self.sort_paused.clear();
         }
-        if found == 0 {
-            self.sort_paused.insert(key.to_string(), SORT_BARREN_PAUSE);
-        }
         let slack = self.sort_slack.entry(key.to_string()).or_insert(SORT_SLACK);
+        let at_most = *slack >= SORT_MAX_SLACK;
+        let streak = self.sort_paused.entry(key.to_string()).or_default();
+        if found > 0 || !at_most {
+            streak.0 = 0;
+        } else {
+            streak.0 += 1;
+            if streak.0 >= SORT_BARREN_STREAK {
+                *streak = (0, SORT_BARREN_PAUSE);
+            }
+        }
         *slack = if missing.is_empty() {
             above + above / 2 + 2
         } else {
@@ -626,6 +640,29 @@ impl RqAdapter {
         let mut obs =
             TaskObservation::new(Broker::Rq, id, now, TaskEvent::Running, "execution started");
         obs.attempt = Some(memo.retries);
+        obs.fields.worker = Some(worker);
+        obs.fields.started_at = Some(now);
+        Some(obs)
+    }
+
+    /// The running observation of an attempt told by notifications only, for a job whose hash
+    /// was read waiting (see [`JobMemo::ran_unread`]); nothing is changed.
+    fn ran_from_notifications(
+        &self,
+        id: &str,
+        worker: String,
+        now: DateTime<Utc>,
+    ) -> Option<TaskObservation> {
+        let memo = self.known.get(id)?;
+        if !memo.status.is_some_and(|s| s.is_waiting()) {
+            return None;
+        }
+        let attempt = memo
+            .retries
+            .max((memo.executions.len() as u32).saturating_sub(1));
+        let mut obs =
+            TaskObservation::new(Broker::Rq, id, now, TaskEvent::Running, "execution started");
+        obs.attempt = Some(attempt);
         obs.fields.worker = Some(worker);
         obs.fields.started_at = Some(now);
         Some(obs)
@@ -840,13 +877,20 @@ impl RqAdapter {
     ) -> Output {
         let mut out = Output::default();
         let reconciled = self.reconciling.remove(id);
+        let mut ran_unread = None;
         if let Some(memo) = self.known.get_mut(id) {
             memo.first_read_asked = false;
+            ran_unread = memo.ran_unread.take();
         }
         let values = reply.into_items();
         let record = match job::decode(fields, &values) {
             Ok(Some(record)) => record,
             Ok(None) => {
+                // Deleted as its attempt ended (`result_ttl=0`): the attempt as notifications
+                // told it; reconciliation then finds the hash gone.
+                if let Some(ran) = ran_unread {
+                    out.observations.push(Observation::Task(ran));
+                }
                 // Gone since its results entry: the entry alone.
                 if let Some(entry) = self.known.get_mut(id).and_then(|m| m.held_entry.take()) {
                     out.observations.push(Observation::Task(entry));
@@ -1655,6 +1699,17 @@ impl Adapter for RqAdapter {
                 }
                 continue;
             }
+            if let (true, true, Some(worker)) = (news.started, news.ended, &news.worker) {
+                // Started and ended within the batch, no results entry: held for its hash read.
+                if news.hset {
+                    let ran = self.ran_from_notifications(&id, worker.clone(), now);
+                    if let Some(memo) = self.known.get_mut(&id) {
+                        memo.ran_unread = ran;
+                    }
+                    wanted.push(id);
+                    continue;
+                }
+            }
             if news.started && !news.ended {
                 match news.worker {
                     Some(worker) => {
@@ -1710,6 +1765,7 @@ impl Adapter for RqAdapter {
             memo.first_read_asked = false;
             memo.held_outcome.clear();
             memo.held_entry = None;
+            memo.ran_unread = None;
         }
     }
 }
