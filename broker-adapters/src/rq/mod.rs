@@ -13,12 +13,18 @@
 //!   way are news of the batch too. The hashes a batch wants are read together where their ids
 //!   are ([`RqAdapter::job_reads`]): the notifications name a job's keys and then, in the same
 //!   transaction, the list or registry that takes its id (`RPUSH <p>queue:<q>` at the enqueue
-//!   or a `Retry`'s requeue, `ZADD <p>finished:<q>` / `<p>failed:<q>` at the end); two or more
-//!   jobs pushed to one key are read with one `SORT_RO <key> BY nosort DESC LIMIT 0 n GET #
-//!   GET <p>job:*->field ...` (the list's tail, the registry's highest expiries: the newest;
-//!   `n` the jobs plus a learned slack, bounded), each other job (running: `rq:wip` members are
-//!   no job ids; pushed alone; not found there) with its own `HMGET`, and every job so when
-//!   Redis refuses `SORT_RO` (< 7.0, an ACL, a cluster). Per lifecycle that succeeds or fails:
+//!   or a `Retry`'s requeue, `ZADD <p>finished:<q>` / `<p>failed:<q>` at the end; a worker of
+//!   one queue's `BLMOVE` to `<p>queue:<q>:intermediate` moves the oldest pushed, a plain
+//!   `LPOP` takes it out of every list); two or more jobs pushed to one key are read with one
+//!   `SORT_RO <key> BY nosort DESC LIMIT 0 n GET # GET <p>job:*->field ...` (the list's tail,
+//!   the registry's highest expiries: the newest; `n` the jobs plus a slack learned per key,
+//!   at most [`SORT_MAX_SLACK`] more: a registry of 100k entries is never read whole; a key
+//!   whose reads keep finding none of their jobs at the deepest is paused a while), each other
+//!   job (running: `rq:wip` members are no job ids; pushed alone; not found there) with its
+//!   own `HMGET`, and every job so when Redis refuses `SORT_RO` (< 7.0, an ACL, a cluster). A
+//!   job whose attempt started and ended within one batch without a results entry, its hash
+//!   then found deleted (`result_ttl=0`), is shown running on the worker its start's
+//!   transaction named (at the batch's time). Per lifecycle that succeeds or fails:
 //!   one `HMGET` or a share of a `SORT_RO`, and a share of one `XREAD`; a `Retry` adds one
 //!   (its requeue has no results entry);
 //! - `queued`: statuses `queued`, `deferred` (`depends_on`), `scheduled` (`enqueue_at/in`, with
