@@ -203,7 +203,7 @@ fn requeued_job_after_a_failed_attempt_is_a_retry_of_attempt_zero() {
             _ => {}
         }
     }
-    let reads = a.on_key_event("rq:job:job-r", "hset", now());
+    let reads = first_sight(&mut a, "rq:job:job-r", now());
     let out = a.answer(&reads[0], hmget_reply(&reads[0].request, &fresh), now());
     assert_eq!(tasks(&out)[0].event, TaskEvent::Queued);
     let out = read_job(&mut a, "job-r", "job_retry_requeued.json", now());
@@ -324,7 +324,7 @@ fn results_entries_decode_on_their_own() {
 #[test]
 fn a_garbage_job_is_a_decode_error_and_its_neighbour_is_still_read() {
     let mut a = RqAdapter::new(RqConfig::default());
-    let reads = a.on_key_event("rq:job:bad", "hset", now());
+    let reads = first_sight(&mut a, "rq:job:bad", now());
     let mut garbage = hash("job_pickle_queued.json");
     for (k, v) in garbage.iter_mut() {
         if k == "data" {
@@ -377,6 +377,14 @@ fn any_reply() -> impl Strategy<Value = Reply> {
     })
 }
 
+/// A job hash's first `hset` notification, its batch over: the reads they ask for (a job's
+/// first read waits for the end of its batch, to be read with the batch's other jobs).
+fn first_sight(a: &mut RqAdapter, key: &str, now: DateTime<Utc>) -> Vec<broker_adapters::Read> {
+    let mut reads = a.on_key_event(key, "hset", now);
+    reads.extend(a.end_of_batch(now).follow_up);
+    reads
+}
+
 proptest! {
     /// Whatever Redis answers to any read the adapter makes, it never panics.
     #[test]
@@ -388,6 +396,7 @@ proptest! {
         reads.extend(a.on_key_event("rq:scheduled:default", "zadd", t));
         reads.extend(a.on_key_event("rq:worker:w1", "hset", t));
         reads.extend(a.on_key_event("rq:queues", "sadd", t));
+        reads.extend(a.end_of_batch(t).follow_up);
         reads.extend(a.sample_queues(t));
         reads.push(rq::Why::QueueIds.read(ReadRequest::LRange { key: "rq:queue:default".into(), start: 0, stop: 10 }));
         reads.push(rq::Why::Registry.read(ReadRequest::ZRangeWithScores { key: "rq:wip:default".into(), start: 0, stop: 10 }));
@@ -440,7 +449,7 @@ fn a_worker_that_registered_its_death_is_offline() {
 #[test]
 fn a_job_hash_left_with_only_a_heartbeat_is_not_a_decode_error() {
     let mut a = RqAdapter::new(RqConfig::default());
-    let reads = a.on_key_event("rq:job:raced", "hset", now());
+    let reads = first_sight(&mut a, "rq:job:raced", now());
     let h = vec![(
         "last_heartbeat".to_string(),
         b"2026-11-23T16:30:00.000000Z".to_vec(),
@@ -455,8 +464,8 @@ fn keys_under_another_prefix_are_ignored_and_a_custom_prefix_is_followed() {
     let mut a = RqAdapter::new(RqConfig {
         prefix: "shop".into(),
     });
-    assert!(a.on_key_event("rq:job:x", "hset", now()).is_empty());
-    let reads = a.on_key_event("shop:job:x", "hset", now());
+    assert!(first_sight(&mut a, "rq:job:x", now()).is_empty());
+    let reads = first_sight(&mut a, "shop:job:x", now());
     assert_eq!(reads.len(), 1);
     assert_eq!(reads[0].request.key(), "shop:job:x");
     let out = a.answer(
@@ -576,7 +585,7 @@ proptest! {
                 *v = status.as_bytes().to_vec();
             }
         }
-        let reads = a.on_key_event("rq:job:j", "hset", t);
+        let reads = first_sight(&mut a, "rq:job:j", t);
         let _ = a.answer(&reads[0], hmget_reply(&reads[0].request, &h), t);
         let mut w = hash("worker_busy.json");
         for (k, v) in w.iter_mut() {
@@ -728,7 +737,11 @@ fn retries_missed_by_every_read_are_counted_from_the_attempts_execution_keys() {
         let op = pair[1].as_str().unwrap();
         // The first read they ask for is answered only after them all (it comes too late to
         // see any attempt); the notifications meanwhile ask for no other.
-        let reads = a.on_key_event(&key, op, t0);
+        let mut reads = a.on_key_event(&key, op, t0);
+        if first_read.is_none() {
+            // The batch of the first notification ends: its read goes out.
+            reads.extend(a.end_of_batch(t0).follow_up);
+        }
         first_read = first_read.or(reads
             .into_iter()
             .find(|r| matches!(r.request, ReadRequest::HMGet { .. })));
@@ -1095,4 +1108,178 @@ fn real_notifications_in_batches_read_the_hash_once_and_keep_the_start() {
             assert_eq!(t.name.as_deref(), function, "{case}");
         }
     }
+}
+
+/// The reply Redis gives to `request` (a `SORT_RO ... GET # GET <p>job:*->field ...`) when the
+/// list or registry holds `members`, each with its captured hash (`None`: gone).
+/// A captured hash's fields and values.
+type Hash = [(String, Vec<u8>)];
+
+fn sort_reply(request: &ReadRequest, members: &[(&str, Option<&Hash>)]) -> Reply {
+    let ReadRequest::SortGet { gets, .. } = request else {
+        panic!("expected a SORT_RO, got {request:?}")
+    };
+    let mut flat = Vec::new();
+    for (id, h) in members {
+        flat.push(Reply::Bytes(id.as_bytes().to_vec()));
+        for get in gets {
+            let (_, f) = get.rsplit_once("->").expect("a hash field pattern");
+            flat.push(
+                h.and_then(|h| field(h, f))
+                    .map_or(Reply::Nil, |v| Reply::Bytes(v.to_vec())),
+            );
+        }
+    }
+    Reply::Array(flat)
+}
+
+/// Three jobs enqueued in one batch, two moved at once to the intermediate list by a worker
+/// of that one queue (`BLMOVE`: the push to the intermediate list, then the queue's `lpop`):
+/// one `SORT_RO` of the intermediate list's tail and one of the queue's tail, no `HMGET`; and
+/// their replies give the observations `HMGET` replies give. A job the `SORT_RO` does not
+/// find (popped meanwhile) is read with `HMGET`.
+#[test]
+fn jobs_of_one_batch_are_read_from_the_intermediate_list_or_the_queue_with_one_sort_each() {
+    let t = now();
+    let h = hash("job_pickle_queued.json");
+    let batch = |a: &mut RqAdapter| {
+        let mut reads = Vec::new();
+        for id in ["j1", "j2", "j3", "j4"] {
+            reads.extend(a.on_key_event(&format!("rq:job:{id}"), "hset", t));
+            reads.extend(a.on_key_event("rq:queue:default", "rpush", t));
+        }
+        for _ in 0..2 {
+            reads.extend(a.on_key_event("rq:queue:default:intermediate", "rpush", t));
+            reads.extend(a.on_key_event("rq:queue:default", "lpop", t));
+        }
+        reads.extend(a.end_of_batch(t).follow_up);
+        reads
+    };
+    let mut sorted = RqAdapter::new(RqConfig::default());
+    let reads = batch(&mut sorted);
+    let keys: Vec<(&str, bool, u64)> = reads
+        .iter()
+        .map(|r| match &r.request {
+            ReadRequest::SortGet {
+                key, desc, count, ..
+            } => (key.as_str(), *desc, *count),
+            other => panic!("expected only SORT_ROs, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("rq:queue:default", true, 2 + 8),
+            ("rq:queue:default:intermediate", true, 2 + 8)
+        ]
+    );
+    let mut via_sort = Vec::new();
+    // The queue's tail: j4 (newest first), j3; j3's hash gone (deleted), a neighbour not asked for.
+    let queue = sort_reply(
+        &reads[0].request,
+        &[("j4", Some(&h)), ("j3", None), ("other", Some(&h))],
+    );
+    via_sort.extend(sorted.answer(&reads[0], queue, t).observations);
+    // The intermediate list: j2 only (j1 started meanwhile): j1 is read on its own.
+    let intermediate = sort_reply(&reads[1].request, &[("j2", Some(&h))]);
+    let out = sorted.answer(&reads[1], intermediate, t);
+    assert_eq!(out.follow_up.len(), 1, "{:?}", out.follow_up);
+    assert_eq!(out.follow_up[0].request.key(), "rq:job:j1");
+    assert!(matches!(
+        out.follow_up[0].request,
+        ReadRequest::HMGet { .. }
+    ));
+    via_sort.extend(out.observations);
+    let read = out.follow_up[0].clone();
+    via_sort.extend(
+        sorted
+            .answer(&read, hmget_reply(&read.request, &h), t)
+            .observations,
+    );
+
+    // The same batch when Redis refuses `SORT_RO`: one `HMGET` per job.
+    let mut plain = RqAdapter::new(RqConfig::default());
+    let reads = batch(&mut plain);
+    let refused = || Reply::Error("ERR unknown command 'SORT_RO'".into());
+    let out = plain.answer(&reads[0], refused(), t);
+    assert_eq!(out.follow_up.len(), 2, "{:?}", out.follow_up);
+    let mut hmgets = out.follow_up;
+    hmgets.extend(plain.answer(&reads[1], refused(), t).follow_up);
+    let mut via_hmget = Vec::new();
+    for read in &hmgets {
+        let gone = read.request.key() == "rq:job:j3";
+        let reply = if gone {
+            hmget_reply(&read.request, &[])
+        } else {
+            hmget_reply(&read.request, &h)
+        };
+        via_hmget.extend(plain.answer(read, reply, t).observations);
+    }
+    // From then on every job is read on its own.
+    let mut later = Vec::new();
+    for id in ["k1", "k2"] {
+        later.extend(plain.on_key_event(&format!("rq:job:{id}"), "hset", t));
+        later.extend(plain.on_key_event("rq:queue:default", "rpush", t));
+    }
+    later.extend(plain.end_of_batch(t).follow_up);
+    assert!(
+        later
+            .iter()
+            .all(|r| matches!(r.request, ReadRequest::HMGet { .. })),
+        "{later:?}"
+    );
+
+    let by_task = |obs: Vec<Observation>| {
+        let mut v: Vec<String> = obs.into_iter().map(|o| format!("{o:?}")).collect();
+        v.sort();
+        v
+    };
+    let via_sort = by_task(via_sort);
+    assert_eq!(via_sort.len(), 3, "{via_sort:?}");
+    assert_eq!(via_sort, by_task(via_hmget));
+}
+
+/// A `SORT_RO` that finds none of its jobs reads deeper next time (twice the slack); once
+/// `SORT_RO`s at the deepest find none three times in a row (a registry topped by jobs kept
+/// longer, workers faster than taskscope), that key is paused: the next batches' jobs pushed
+/// there are read with `HMGET`, without a miss first; another key is still read with
+/// `SORT_RO`.
+#[test]
+fn sorts_that_keep_finding_none_of_their_jobs_pause_sorts_of_their_key() {
+    let t = now();
+    let mut a = RqAdapter::new(RqConfig::default());
+    let mut n = 0;
+    let mut batch = |a: &mut RqAdapter, key: &str| {
+        let mut reads = Vec::new();
+        for _ in 0..2 {
+            n += 1;
+            reads.extend(a.on_key_event(&format!("rq:job:j{n}"), "hset", t));
+            reads.extend(a.on_key_event(key, "rpush", t));
+        }
+        reads.extend(a.end_of_batch(t).follow_up);
+        reads
+    };
+    let mut counts = Vec::new();
+    loop {
+        let reads = batch(&mut a, "rq:queue:default");
+        let [ref read] = reads[..] else {
+            // Paused: one `HMGET` per job.
+            assert_eq!(reads.len(), 2, "{reads:?}");
+            assert!(reads
+                .iter()
+                .all(|r| matches!(r.request, ReadRequest::HMGet { .. })));
+            break;
+        };
+        let ReadRequest::SortGet { count, .. } = read.request else {
+            panic!("{read:?}")
+        };
+        counts.push(count);
+        assert!(counts.len() < 20, "never paused: {counts:?}");
+        // Popped before the read: neither is there; both read on their own.
+        let out = a.answer(read, Reply::Array(Vec::new()), t);
+        assert_eq!(out.follow_up.len(), 2, "{:?}", out.follow_up);
+    }
+    assert_eq!(counts, [10, 18, 34, 66, 130, 258, 258, 258]);
+    let reads = batch(&mut a, "rq:queue:other");
+    assert!(matches!(reads[..], [ref r] if matches!(r.request, ReadRequest::SortGet { .. })));
 }

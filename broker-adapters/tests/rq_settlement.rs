@@ -451,3 +451,143 @@ fn abandoned_job_retried_by_rq_cleanup_runs_again() {
     assert_eq!(t.state, TaskState::Success);
     assert_eq!(t.retries, 1);
 }
+
+/// The job hash reads that went out on their own (`HMGET`) and as `SORT_RO`s of a queue or
+/// registry, so far.
+fn hash_read_commands(d: &Driver<RqAdapter>) -> (usize, Vec<String>) {
+    use broker_adapters::ReadRequest;
+    let hmgets = d
+        .reads
+        .iter()
+        .filter(|r| matches!(r, ReadRequest::HMGet { key, .. } if key.starts_with("rq:job:")))
+        .count();
+    let sorts = d
+        .reads
+        .iter()
+        .filter_map(|r| match r {
+            ReadRequest::SortGet { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    (hmgets, sorts)
+}
+
+/// What a user sees of a task, to compare two runs.
+fn seen(d: &Driver<RqAdapter>, id: &str) -> String {
+    let t = d.task(id);
+    format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {:?} {}",
+        t.state,
+        t.name,
+        t.queue,
+        t.args,
+        t.kwargs,
+        t.worker,
+        t.result,
+        t.error,
+        t.traceback.as_ref().map(|tb| tb.len()),
+        t.enqueued_at,
+        t.started_at,
+        t.finished_at,
+        t.runtime_ms,
+        t.retries
+    )
+}
+
+/// Jobs enqueued in one batch are read with one `SORT_RO` of their queue's tail, jobs that
+/// started and ended within one batch with one `SORT_RO` of the finished (or failed) registry,
+/// instead of one `HMGET` each; every task then shows what it shows when Redis refuses
+/// `SORT_RO` (one `HMGET` per job, as before): name, arguments, queue, worker, times, result,
+/// traceback.
+#[test]
+fn jobs_of_one_batch_are_read_with_one_sort_of_their_list_or_registry() {
+    const N: usize = 5;
+    let run = |refuse: bool| {
+        let mut d = driver();
+        d.redis.refuse_sort_ro = refuse;
+        let queued: Vec<String> = (0..N).map(|i| format!("queued-{i}")).collect();
+        let fast: Vec<String> = (0..N).map(|i| format!("fast-{i}")).collect();
+        // Enqueued, started and ended (a success, a failure...) within one batch.
+        let started = d.now;
+        batch(&mut d, |r| {
+            for (i, id) in fast.iter().enumerate() {
+                rw::enqueue(r, id, started, None);
+                let exec = format!("e{i:031}");
+                assert_eq!(
+                    rw::dequeue_and_start(r, W, &exec, started).as_deref(),
+                    Some(id.as_str())
+                );
+                let how = if i % 2 == 0 {
+                    End::Finished
+                } else {
+                    End::Failed
+                };
+                rw::end(r, id, W, &exec, started, started, how);
+            }
+        });
+        let after_fast = hash_read_commands(&d);
+        let now = d.now;
+        batch(&mut d, |r| {
+            for id in &queued {
+                rw::enqueue(r, id, now, None);
+            }
+        });
+        for id in &queued {
+            assert_eq!(d.state(id), TaskState::Queued);
+        }
+        (d, queued, fast, after_fast)
+    };
+    let (sorted, queued, fast, after_fast) = run(false);
+    let registries = ["rq:failed:default", "rq:finished:default"].map(String::from);
+    assert_eq!(after_fast, (0, registries.to_vec()), "{:?}", sorted.reads);
+    let (hmgets, sorts) = hash_read_commands(&sorted);
+    assert_eq!(hmgets, 0, "{:?}", sorted.reads);
+    assert_eq!(
+        sorts,
+        [
+            "rq:failed:default",
+            "rq:finished:default",
+            "rq:queue:default"
+        ],
+        "{:?}",
+        sorted.reads
+    );
+    let (plain, ..) = run(true);
+    let (hmgets, _) = hash_read_commands(&plain);
+    assert_eq!(hmgets, 2 * N, "{:?}", plain.reads);
+    for id in queued.iter().chain(&fast) {
+        assert_eq!(seen(&sorted, id), seen(&plain, id), "{id}");
+    }
+    assert_eq!(sorted.state("fast-0"), TaskState::Success);
+    assert_eq!(sorted.state("fast-1"), TaskState::Failure);
+    assert_eq!(sorted.task("fast-1").name.as_deref(), Some("rq_app.add"));
+    assert_eq!(sorted.task("fast-0").worker.as_deref(), Some(W));
+}
+
+/// A `result_ttl=0` job read while queued, then started and ended (its hash deleted) within
+/// one batch: running on its worker from the attempt's notifications (the hash read finds it
+/// gone), then a success once reconciliation finds the hash gone.
+#[test]
+fn result_ttl_zero_job_started_and_ended_within_one_batch_shows_its_worker() {
+    let mut d = driver();
+    let now = d.now;
+    batch(&mut d, |r| rw::enqueue(r, ID, now, None));
+    assert_eq!(d.state(ID), TaskState::Queued);
+    let started = d.now;
+    batch(&mut d, |r| {
+        assert_eq!(
+            rw::dequeue_and_start(r, W, EXEC1, started).as_deref(),
+            Some(ID)
+        );
+        rw::end_discarded(r, ID, W, EXEC1);
+    });
+    assert_eq!(d.state(ID), TaskState::Running);
+    assert_eq!(d.task(ID).worker.as_deref(), Some(W));
+    assert_eq!(d.task(ID).started_at, Some(started));
+    d.advance(1_000);
+    d.reconcile();
+    let t = d.task(ID);
+    assert_eq!(t.state, TaskState::Success);
+    assert_eq!(t.worker.as_deref(), Some(W));
+    assert_eq!(t.name.as_deref(), Some("rq_app.add"));
+}

@@ -10,6 +10,9 @@ pub enum RqKey<'k> {
     Queues,
     /// `<p>queue:<name>`: the list of waiting job ids.
     Queue(&'k str),
+    /// `<p>queue:<name>:intermediate` (RQ >= 1.16): the ids a worker of that one queue popped
+    /// (`BLMOVE` from the queue) and has not started yet.
+    Intermediate(&'k str),
     /// `<p>job:<id>`: a job hash.
     Job(&'k str),
     /// `<p>results:<id>`: a job's results stream (RQ >= 1.12).
@@ -100,6 +103,10 @@ impl Layout {
         format!("{}queue:{name}", self.prefix)
     }
 
+    pub fn intermediate(&self, queue: &str) -> String {
+        format!("{}queue:{queue}:intermediate", self.prefix)
+    }
+
     pub fn job(&self, id: &str) -> String {
         format!("{}job:{id}", self.prefix)
     }
@@ -121,7 +128,7 @@ impl Layout {
     }
 
     /// What `key` is, or `None` for keys taskscope does not read (locks, execution registries,
-    /// intermediate lists, dependents sets, keys of other applications).
+    /// dependents sets, keys of other applications).
     pub fn classify<'k>(&self, key: &'k str) -> Option<RqKey<'k>> {
         let rest = key.strip_prefix(&self.prefix)?;
         if rest == "queues" {
@@ -144,7 +151,11 @@ impl Layout {
             "results" if plain => Some(RqKey::Results(name)),
             "executions" if plain => Some(RqKey::Executions(name)),
             "worker" if !name.ends_with(":executions") => Some(RqKey::Worker(name)),
-            "queue" if !name.ends_with(":intermediate") => Some(RqKey::Queue(name)),
+            "queue" => match name.strip_suffix(":intermediate") {
+                Some(queue) if !queue.is_empty() => Some(RqKey::Intermediate(queue)),
+                Some(_) => None,
+                None => Some(RqKey::Queue(name)),
+            },
             "execution" => match name.split_once(':') {
                 Some((job, execution))
                     if !job.is_empty() && !execution.is_empty() && !execution.contains(':') =>
@@ -177,7 +188,11 @@ mod tests {
             l.classify("rq:queue:default"),
             Some(RqKey::Queue("default"))
         );
-        assert_eq!(l.classify("rq:queue:default:intermediate"), None);
+        assert_eq!(
+            l.classify("rq:queue:default:intermediate"),
+            Some(RqKey::Intermediate("default"))
+        );
+        assert_eq!(l.classify("rq:queue::intermediate"), None);
         assert_eq!(
             l.classify("rq:wip:default"),
             Some(RqKey::Registry(Registry::Started, "default"))

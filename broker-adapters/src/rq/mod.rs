@@ -10,8 +10,23 @@
 //!   (`execution_started_at`; read with the batch's other entries in one `XREAD`; the hash is
 //!   read then only when the entry's `exc_string` is no traceback: RQ 3.0 writes a stopped job
 //!   as a failure with a sentence). Notifications that come while a job's first read is under
-//!   way are news of the batch too. Per lifecycle that succeeds or fails: one `HMGET` and a
-//!   share of one `XREAD`; a `Retry` adds one `HMGET` (its requeue has no results entry);
+//!   way are news of the batch too. The hashes a batch wants are read together where their ids
+//!   are ([`RqAdapter::job_reads`]): the notifications name a job's keys and then, in the same
+//!   transaction, the list or registry that takes its id (`RPUSH <p>queue:<q>` at the enqueue
+//!   or a `Retry`'s requeue, `ZADD <p>finished:<q>` / `<p>failed:<q>` at the end; a worker of
+//!   one queue's `BLMOVE` to `<p>queue:<q>:intermediate` moves the oldest pushed, a plain
+//!   `LPOP` takes it out of every list); two or more jobs pushed to one key are read with one
+//!   `SORT_RO <key> BY nosort DESC LIMIT 0 n GET # GET <p>job:*->field ...` (the list's tail,
+//!   the registry's highest expiries: the newest; `n` the jobs plus a slack learned per key,
+//!   at most [`SORT_MAX_SLACK`] more: a registry of 100k entries is never read whole; a key
+//!   whose reads keep finding none of their jobs at the deepest is paused a while), each other
+//!   job (running: `rq:wip` members are no job ids; pushed alone; not found there) with its
+//!   own `HMGET`, and every job so when Redis refuses `SORT_RO` (< 7.0, an ACL, a cluster). A
+//!   job whose attempt started and ended within one batch without a results entry, its hash
+//!   then found deleted (`result_ttl=0`), is shown running on the worker its start's
+//!   transaction named (at the batch's time). Per lifecycle that succeeds or fails:
+//!   one `HMGET` or a share of a `SORT_RO`, and a share of one `XREAD`; a `Retry` adds one
+//!   (its requeue has no results entry);
 //! - `queued`: statuses `queued`, `deferred` (`depends_on`), `scheduled` (`enqueue_at/in`, with
 //!   `eta` from the score of `<p>scheduled:<q>`), `created`, `rate_limited`, `ready_to_enqueue`;
 //! - `running`: status `started`, with the worker's name and the attempt's `started_at`;
@@ -78,6 +93,9 @@ crate::read_reasons! {
         Registry,
         /// A queue's or registry's length for its sample (`LLEN`/`ZCARD`).
         Length,
+        /// The hashes of a batch's jobs from the list or registry holding their ids
+        /// (`SORT_RO ... GET`).
+        Jobs,
     }
 }
 
@@ -98,6 +116,24 @@ const RESULTS_PER_READ: usize = 256;
 /// outcome, `MAXLEN ~ 10`): a stream that gives this many may hold newer ones, and its newest
 /// is read on its own (`XREVRANGE COUNT 1`).
 const RESULTS_ENTRIES_PER_READ: u64 = 8;
+/// Most members one `SORT_RO` of a queue or registry brings back with their hashes.
+const SORT_MAX: u64 = 1_000;
+/// Members a `SORT_RO` first reads beyond the jobs it is for (ids that joined the list or
+/// registry after the notifications that asked for the read); then learned per key
+/// ([`RqAdapter::on_sorted`]): each member read costs Redis a dozen hash lookups.
+const SORT_SLACK: u64 = 8;
+/// The most slack a `SORT_RO` learns: a job no longer in its list (popped by a worker) is a
+/// miss too, and must not make every later read of the list a long one.
+const SORT_MAX_SLACK: u64 = 256;
+/// `SORT_RO`s in a row of one queue or registry that found none of their jobs with the
+/// slack at its most (a registry topped by jobs kept longer, workers popping faster than
+/// taskscope reads) before that key is paused ([`SORT_BARREN_PAUSE`]).
+const SORT_BARREN_STREAK: u32 = 3;
+/// Batches a paused queue or registry is not read with `SORT_RO`: its jobs are read with
+/// `HMGET` meanwhile, without a `SORT_RO` miss before.
+const SORT_BARREN_PAUSE: u32 = 16;
+/// Queues and registries whose `SORT_RO` slack and pause are remembered (then forgotten).
+const SORT_KEYS: usize = 10_000;
 
 /// Configuration of the RQ adapter.
 #[derive(Debug, Clone)]
@@ -152,6 +188,10 @@ struct JobMemo {
     held_entry: Option<TaskObservation>,
     /// `enqueued_at` at the last read of its hash: the oldest age of a queue it heads.
     enqueued_at: Option<DateTime<Utc>>,
+    /// An attempt started (on the worker its transaction named) and ended within one batch
+    /// without a results entry (`result_ttl=0`, a `Retry`): its hash, read then, tells the rest;
+    /// when it is gone (`result_ttl=0` deletes it at the end), this is all there is of it.
+    ran_unread: Option<TaskObservation>,
 }
 
 impl JobMemo {
@@ -197,6 +237,46 @@ pub struct RqAdapter {
     starting: Option<String>,
     /// Jobs whose results stream got an entry during the batch: read together at its end.
     results_due: Vec<String>,
+    /// Jobs whose hash is to be read at the end of the batch (first reads, and hashes the batch
+    /// wrote without telling their news): together, from the key holding their ids.
+    wanted: Vec<String>,
+    /// Where the batch's notifications last put each job's id: the queue list or finished /
+    /// failed registry its transaction pushed it to ([`RqAdapter::on_key_event`]).
+    placed: HashMap<String, Place>,
+    /// The job the last notification was about (its hash, results, execution keys): RQ's
+    /// transactions write a job's keys, then push its id to a queue or registry.
+    last_job: Option<String>,
+    /// Per queue, the jobs the batch pushed to its tail, oldest first: a worker's pop takes
+    /// the oldest (when the queue held nothing older: else a guess that costs a miss).
+    pushed: HashMap<String, std::collections::VecDeque<String>>,
+    /// Per queue, pops told by the push to its intermediate list whose `lpop` (notified after
+    /// the push: `LMOVE`) is still to come.
+    moved: HashMap<String, u32>,
+    /// Per queue or registry key, the jobs of each `SORT_RO` in flight, in the order asked.
+    sorting: HashMap<String, std::collections::VecDeque<SortAsk>>,
+    /// Per queue or registry key, the slack its next `SORT_RO` reads ([`SORT_SLACK`]).
+    sort_slack: HashMap<String, u64>,
+    /// Per queue or registry key, the `SORT_RO`s in a row that found none of their jobs, and
+    /// the batches its jobs are still read with `HMGET` ([`SORT_BARREN_PAUSE`]).
+    sort_paused: HashMap<String, (u32, u32)>,
+    /// Redis refused `SORT_RO` (older than 7.0, an ACL, a cluster): every hash is read on its
+    /// own from then on.
+    sort_refused: bool,
+}
+
+/// Where a job's id was pushed: a queue list (at its head for `LPUSH`, its tail for `RPUSH`)
+/// or a registry (scored by expiry: the newest at the top).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Place {
+    key: String,
+    head: bool,
+}
+
+/// The jobs one `SORT_RO` was asked for, and whether it reads `data` too.
+#[derive(Debug, Clone)]
+struct SortAsk {
+    jobs: Vec<String>,
+    with_data: bool,
 }
 
 /// What one batch of notifications told about one job read before.
@@ -230,6 +310,217 @@ impl RqAdapter {
             batch: HashMap::new(),
             starting: None,
             results_due: Vec::new(),
+            wanted: Vec::new(),
+            placed: HashMap::new(),
+            last_job: None,
+            pushed: HashMap::new(),
+            moved: HashMap::new(),
+            sorting: HashMap::new(),
+            sort_slack: HashMap::new(),
+            sort_paused: HashMap::new(),
+            sort_refused: false,
+        }
+    }
+
+    /// The reads of the job hashes wanted at the end of a batch: one `SORT_RO` per queue or
+    /// registry for the jobs the batch pushed there (two or more), one `HMGET` for each other
+    /// job (running, pushed alone, or where a `SORT_RO` cannot go).
+    fn job_reads(&mut self, wanted: Vec<String>) -> Vec<Read> {
+        let mut seen = HashSet::new();
+        let mut groups: BTreeMap<Place, Vec<String>> = BTreeMap::new();
+        let mut reads = Vec::new();
+        for id in wanted {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            match self.placed.get(&id) {
+                Some(place) if !self.sort_refused => {
+                    groups.entry(place.clone()).or_default().push(id)
+                }
+                _ => reads.push(self.job_read(&id)),
+            }
+        }
+        let pattern = self.layout.job("*");
+        let sortable = pattern.matches('*').count() == 1 && !pattern.contains("->");
+        for (place, jobs) in groups {
+            let paused = match self.sort_paused.get_mut(&place.key) {
+                Some((_, n)) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            };
+            // One job: its own `HMGET`, as many commands and less for Redis to do.
+            if paused || !sortable || jobs.len() < 2 || jobs.len() as u64 >= SORT_MAX {
+                reads.extend(jobs.iter().map(|j| self.job_read(j)));
+                continue;
+            }
+            let with_data = jobs
+                .iter()
+                .any(|j| !self.known.get(j).is_some_and(|m| m.call_read));
+            let slack = self
+                .sort_slack
+                .get(&place.key)
+                .copied()
+                .unwrap_or(SORT_SLACK);
+            let count = (jobs.len() as u64 + slack).min(SORT_MAX);
+            let mut gets: Vec<String> = JOB_FIELDS
+                .iter()
+                .map(|f| format!("{pattern}->{f}"))
+                .collect();
+            if with_data {
+                gets.push(format!("{pattern}->{DATA_FIELD}"));
+            }
+            self.sorting
+                .entry(place.key.clone())
+                .or_default()
+                .push_back(SortAsk { jobs, with_data });
+            reads.push(Why::Jobs.read(ReadRequest::SortGet {
+                key: place.key,
+                // A list's tail, or a registry's newest (highest expiry), first.
+                desc: !place.head,
+                count,
+                gets,
+            }));
+        }
+        reads
+    }
+
+    /// A `SORT_RO` reply (`None`: refused): the hashes of the jobs it was asked for go where
+    /// `HMGET` replies go ([`RqAdapter::on_job`]); those not in it are read on their own.
+    fn on_sorted(&mut self, key: &str, reply: Option<Reply>, now: DateTime<Utc>) -> Output {
+        let mut out = Output::default();
+        let Some(asked) = self.sorting.get_mut(key).and_then(|q| q.pop_front()) else {
+            return out;
+        };
+        if self.sorting.get(key).is_some_and(|q| q.is_empty()) {
+            self.sorting.remove(key);
+        }
+        let asked_count = asked.jobs.len() as u64;
+        let mut missing: HashSet<String> = asked.jobs.into_iter().collect();
+        let mut fields: Vec<String> = JOB_FIELDS.iter().map(|f| f.to_string()).collect();
+        if asked.with_data {
+            fields.push(DATA_FIELD.to_string());
+        }
+        // How deep the last job asked for was: the slack the next read needs.
+        let mut depth = 0u64;
+        if let Some(reply) = reply {
+            let items = reply.into_items();
+            for (i, chunk) in items.chunks(1 + fields.len()).enumerate() {
+                if chunk.len() != 1 + fields.len() {
+                    continue;
+                }
+                let Some(id) = chunk[0]
+                    .as_bytes()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                else {
+                    continue;
+                };
+                if !missing.remove(&id) {
+                    continue;
+                }
+                depth = i as u64 + 1;
+                // A call decoded once is not decoded again (as its `HMGET` would not read it).
+                let n = if self.known.get(&id).is_some_and(|m| m.call_read) {
+                    JOB_FIELDS.len()
+                } else {
+                    fields.len()
+                };
+                let values = Reply::Array(chunk[1..=n].to_vec());
+                let job_key = self.layout.job(&id);
+                out.merge(self.on_job(&job_key, &id, &fields[..n], values, now));
+            }
+        }
+        // Newer members above the jobs asked for, with a margin; twice as many after a miss.
+        let found = asked_count - missing.len() as u64;
+        let above = depth.saturating_sub(found);
+        if self.sort_slack.len() >= SORT_KEYS || self.sort_paused.len() >= SORT_KEYS {
+            self.sort_slack.clear();
+            self.sort_paused.clear();
+        }
+        let slack = self.sort_slack.entry(key.to_string()).or_insert(SORT_SLACK);
+        let at_most = *slack >= SORT_MAX_SLACK;
+        let streak = self.sort_paused.entry(key.to_string()).or_default();
+        if found > 0 || !at_most {
+            streak.0 = 0;
+        } else {
+            streak.0 += 1;
+            if streak.0 >= SORT_BARREN_STREAK {
+                *streak = (0, SORT_BARREN_PAUSE);
+            }
+        }
+        *slack = if missing.is_empty() {
+            above + above / 2 + 2
+        } else {
+            (*slack * 2).max(above + above / 2 + 2)
+        }
+        .min(SORT_MAX_SLACK);
+        let mut missing: Vec<String> = missing.into_iter().collect();
+        missing.sort();
+        out.follow_up
+            .extend(missing.iter().map(|id| self.job_read(id)));
+        out
+    }
+
+    /// A notification's part in placing jobs: the job it is about becomes the last one named,
+    /// and a push to a queue or a finished / failed registry right after a job's keys were
+    /// written places that job's id there (RQ's `MULTI`s: `HSET` the hash, then `RPUSH` the
+    /// queue; the end writes the hash and results, then `ZADD`s the registry). A wrong guess
+    /// costs a `SORT_RO` miss, read again with `HMGET`.
+    fn place(&mut self, key: &str, class: &Option<RqKey<'_>>, op: &str) {
+        let previous = self.last_job.take();
+        match (class, op) {
+            (Some(RqKey::Job(id) | RqKey::Results(id) | RqKey::Executions(id)), _) => {
+                self.last_job = Some(id.to_string());
+            }
+            (Some(RqKey::Execution(id, _)), _) => {
+                if matches!(op, "hset" | "hmset") {
+                    // An attempt started: running, in no list or registry `SORT_RO` can
+                    // read (`rq:wip` members are `<job>:<execution>`, not job ids).
+                    self.placed.remove(*id);
+                }
+                self.last_job = Some(id.to_string());
+            }
+            (Some(RqKey::Queue(_)), "rpush" | "lpush") => {
+                if let Some(id) = previous {
+                    let head = op == "lpush";
+                    if !head {
+                        self.pushed
+                            .entry(key.to_string())
+                            .or_default()
+                            .push_back(id.clone());
+                    }
+                    let key = key.to_string();
+                    self.placed.insert(id, Place { key, head });
+                }
+            }
+            // A worker of this one queue moved its head to its intermediate list (`BLMOVE`;
+            // the queue's `lpop` is notified after): there until the job starts.
+            (Some(RqKey::Intermediate(queue)), "rpush") => {
+                let queue = self.layout.queue(queue);
+                if let Some(id) = self.pushed.get_mut(&queue).and_then(|q| q.pop_front()) {
+                    *self.moved.entry(queue).or_default() += 1;
+                    if self.placed.contains_key(&id) {
+                        let key = key.to_string();
+                        self.placed.insert(id, Place { key, head: false });
+                    }
+                }
+            }
+            // A worker popped the queue's head (`LPOP`): running soon, in no list.
+            (Some(RqKey::Queue(_)), "lpop") => {
+                if let Some(n) = self.moved.get_mut(key).filter(|n| **n > 0) {
+                    *n -= 1;
+                } else if let Some(id) = self.pushed.get_mut(key).and_then(|q| q.pop_front()) {
+                    self.placed.remove(&id);
+                }
+            }
+            (Some(RqKey::Registry(Registry::Finished | Registry::Failed, _)), "zadd") => {
+                if let Some(id) = previous {
+                    let key = key.to_string();
+                    self.placed.insert(id, Place { key, head: false });
+                }
+            }
+            _ => {}
         }
     }
 
@@ -355,6 +646,29 @@ impl RqAdapter {
         let mut obs =
             TaskObservation::new(Broker::Rq, id, now, TaskEvent::Running, "execution started");
         obs.attempt = Some(memo.retries);
+        obs.fields.worker = Some(worker);
+        obs.fields.started_at = Some(now);
+        Some(obs)
+    }
+
+    /// The running observation of an attempt told by notifications only, for a job whose hash
+    /// was read waiting (see [`JobMemo::ran_unread`]); nothing is changed.
+    fn ran_from_notifications(
+        &self,
+        id: &str,
+        worker: String,
+        now: DateTime<Utc>,
+    ) -> Option<TaskObservation> {
+        let memo = self.known.get(id)?;
+        if !memo.status.is_some_and(|s| s.is_waiting()) {
+            return None;
+        }
+        let attempt = memo
+            .retries
+            .max((memo.executions.len() as u32).saturating_sub(1));
+        let mut obs =
+            TaskObservation::new(Broker::Rq, id, now, TaskEvent::Running, "execution started");
+        obs.attempt = Some(attempt);
         obs.fields.worker = Some(worker);
         obs.fields.started_at = Some(now);
         Some(obs)
@@ -569,13 +883,20 @@ impl RqAdapter {
     ) -> Output {
         let mut out = Output::default();
         let reconciled = self.reconciling.remove(id);
+        let mut ran_unread = None;
         if let Some(memo) = self.known.get_mut(id) {
             memo.first_read_asked = false;
+            ran_unread = memo.ran_unread.take();
         }
         let values = reply.into_items();
         let record = match job::decode(fields, &values) {
             Ok(Some(record)) => record,
             Ok(None) => {
+                // Deleted as its attempt ended (`result_ttl=0`): the attempt as notifications
+                // told it; reconciliation then finds the hash gone.
+                if let Some(ran) = ran_unread {
+                    out.observations.push(Observation::Task(ran));
+                }
                 // Gone since its results entry: the entry alone.
                 if let Some(entry) = self.known.get_mut(id).and_then(|m| m.held_entry.take()) {
                     out.observations.push(Observation::Task(entry));
@@ -1128,6 +1449,11 @@ impl Adapter for RqAdapter {
                 // only, whose round its reply closes.
                 format!("{p}worker:*"),
                 format!("{p}queues"),
+                // Pushes of job ids (no read): where a batch's jobs are, read together
+                // (`SORT_RO`) from there.
+                format!("{p}queue:*"),
+                format!("{p}finished:*"),
+                format!("{p}failed:*"),
                 // Each attempt's execution hash: its name tells attempts apart (no read).
                 format!("{p}execution:*"),
                 // A job's running attempts: `zrem` as one ends (no read).
@@ -1135,7 +1461,7 @@ impl Adapter for RqAdapter {
             ],
             scan_patterns: vec![format!("{p}job:*")],
             side_scan_patterns: Vec::new(),
-            notify_classes: "hszt".to_string(),
+            notify_classes: "hsztl".to_string(),
             prefetch: Vec::new(),
             first_sight: Vec::new(),
         }
@@ -1155,19 +1481,20 @@ impl Adapter for RqAdapter {
         if let Some(job) = self.starting.take() {
             self.guess_worker(job, key, &class, op);
         }
+        self.place(key, &class, op);
         match (class, op) {
-            (Some(RqKey::Job(id)), "hset" | "hmset") => match self.news(id) {
-                // Read once the batch is over, unless the batch tells it all.
-                Some(news) => {
-                    news.hset = true;
-                    Vec::new()
+            (Some(RqKey::Job(id)), "hset" | "hmset") => {
+                match self.news(id) {
+                    // Read once the batch is over, unless the batch tells it all.
+                    Some(news) => news.hset = true,
+                    // Read at the end of the batch, with the other jobs pushed where it is.
+                    None => {
+                        self.memo(id).first_read_asked = true;
+                        self.wanted.push(id.to_string());
+                    }
                 }
-                // The ingest loop asks for a read once per round, however many ask.
-                None => {
-                    self.memo(id).first_read_asked = true;
-                    vec![self.job_read(id)]
-                }
-            },
+                Vec::new()
+            }
             (Some(RqKey::Execution(job, execution)), "hset" | "hmset") => {
                 // The retry count a later read makes includes it (the fingerprint too).
                 if self.memo(job).saw_execution(execution) {
@@ -1280,8 +1607,38 @@ impl Adapter for RqAdapter {
             (Why::Length, request, _) => {
                 self.on_length(request.key(), reply.as_i64().unwrap_or(0).max(0) as u64);
             }
+            (Why::Jobs, ReadRequest::SortGet { key, .. }, _) => {
+                return self.on_sorted(key, Some(reply), now);
+            }
             _ => {}
         }
+        out
+    }
+
+    fn on_read_error(
+        &mut self,
+        tag: Tag,
+        request: &ReadRequest,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Output {
+        let mut out = Output::default();
+        if let (Ok(Why::Jobs), ReadRequest::SortGet { key, .. }) =
+            (Why::try_from(tag), request.inner())
+        {
+            // Its jobs are read on their own, and so is every job from now on unless the key
+            // alone was wrong (another application's key of another type).
+            if !self.sort_refused && !error.starts_with("WRONGTYPE") {
+                tracing::info!(
+                    error,
+                    "Redis refused SORT_RO: RQ job hashes are read one by one."
+                );
+                self.sort_refused = true;
+            }
+            out = self.on_sorted(key, None, now);
+        }
+        out.decode_errors
+            .push(crate::adapter::read_error(Broker::Rq, request, error));
         out
     }
 
@@ -1337,19 +1694,27 @@ impl Adapter for RqAdapter {
     fn end_of_batch(&mut self, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
         let due = std::mem::take(&mut self.results_due);
-        out.follow_up.extend(self.results_reads(&due));
-        if self.batch.is_empty() {
-            return out;
-        }
+        let mut wanted = std::mem::take(&mut self.wanted);
         let mut carried = HashMap::new();
         for (id, news) in std::mem::take(&mut self.batch) {
             if news.result {
                 // Its results read is under way; a job never read (its first read lost or
                 // finding nothing) is read for its name and arguments.
                 if news.hset && !self.was_read(&id) {
-                    out.follow_up.push(self.job_read(&id));
+                    wanted.push(id);
                 }
                 continue;
+            }
+            if let (true, true, Some(worker)) = (news.started, news.ended, &news.worker) {
+                // Started and ended within the batch, no results entry: held for its hash read.
+                if news.hset {
+                    let ran = self.ran_from_notifications(&id, worker.clone(), now);
+                    if let Some(memo) = self.known.get_mut(&id) {
+                        memo.ran_unread = ran;
+                    }
+                    wanted.push(id);
+                    continue;
+                }
             }
             if news.started && !news.ended {
                 match news.worker {
@@ -1373,16 +1738,28 @@ impl Adapter for RqAdapter {
                 }
             }
             if news.hset {
-                out.follow_up.push(self.job_read(&id));
+                wanted.push(id);
             }
         }
         self.batch = carried;
+        // The hashes first, as when their reads were asked for at the notification.
+        out.follow_up.extend(self.job_reads(wanted));
+        out.follow_up.extend(self.results_reads(&due));
+        self.placed.clear();
+        self.pushed.clear();
+        self.moved.clear();
         out
     }
 
     fn on_gap(&mut self) {
         self.batch.clear();
         self.results_due.clear();
+        self.wanted.clear();
+        self.placed.clear();
+        self.pushed.clear();
+        self.moved.clear();
+        self.last_job = None;
+        self.sorting.clear();
         self.starting = None;
         self.sampling = None;
         self.sampled_heads.clear();
@@ -1394,6 +1771,7 @@ impl Adapter for RqAdapter {
             memo.first_read_asked = false;
             memo.held_outcome.clear();
             memo.held_entry = None;
+            memo.ran_unread = None;
         }
     }
 }

@@ -177,6 +177,13 @@ fn end_execution(r: &mut FakeRedis, id: &str, worker: &str, exec: &str) {
     );
 }
 
+/// A success with `result_ttl=0`: no results entry, no registry; the job hash deleted
+/// (`job.cleanup(0)`), then the execution cleaned up.
+pub fn end_discarded(r: &mut FakeRedis, id: &str, worker: &str, exec: &str) {
+    r.del(&job_key(id));
+    end_execution(r, id, worker, exec);
+}
+
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum End {

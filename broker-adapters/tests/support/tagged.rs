@@ -106,6 +106,7 @@ impl Tagging for rq::RqAdapter {
             } => Why::QueueHead,
             ReadRequest::LRange { .. } => Why::QueueIds,
             ReadRequest::ZRangeWithScores { .. } => Why::Registry,
+            ReadRequest::SortGet { .. } => Why::Jobs,
             _ => Why::Length,
         }
         .into()
