@@ -11,7 +11,7 @@
 //! entry is forgotten only when a new key arrives while the memory is full. All operations are
 //! O(1) (a hash map threaded by a linked list: `hashlink`).
 
-use hashlink::linked_hash_map::Entry;
+use hashlink::linked_hash_map::{Entry, RawEntryMut};
 use hashlink::{LinkedHashMap, LinkedHashSet};
 use std::borrow::Borrow;
 use std::hash::Hash;
@@ -147,6 +147,23 @@ impl<K: Hash + Eq, V> FifoMap<K, V> {
             Entry::Vacant(entry) => entry.insert(make()),
         };
         (value, evicted)
+    }
+
+    /// [`Self::get_or_insert_with`] by a borrowed key, owned (`to_owned`) only when it is
+    /// inserted: a lookup of a key that is there allocates nothing.
+    pub fn get_or_insert_with_ref<Q>(&mut self, key: &Q, make: impl FnOnce() -> V) -> &mut V
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if !self.entries.contains_key(key) {
+            self.make_room();
+        }
+        // Not moved to the back when there: reading never makes an entry younger.
+        match self.entries.raw_entry_mut().from_key(key) {
+            RawEntryMut::Occupied(entry) => entry.into_mut(),
+            RawEntryMut::Vacant(entry) => entry.insert(key.to_owned(), make()).1,
+        }
     }
 
     fn make_room(&mut self) -> Option<(K, V)> {

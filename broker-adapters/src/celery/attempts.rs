@@ -74,8 +74,7 @@ impl Attempts {
     }
 
     fn memo(&mut self, task_id: &str) -> &mut Memo {
-        self.memos
-            .get_or_insert_with(task_id.to_string(), Memo::default)
+        self.memos.get_or_insert_with_ref(task_id, Memo::default)
     }
 
     /// Records an observation that named its attempt. Counting starts only from a task's
