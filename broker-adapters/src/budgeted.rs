@@ -50,6 +50,12 @@ impl Picked {
         let i = self.wanted.iter().position(|w| *w == key)?;
         self.values.get(i)?.as_ref()
     }
+
+    /// Takes the member `key` out (a later [`Picked::get`] of it is `None`).
+    pub(crate) fn take(&mut self, key: &str) -> Option<Value> {
+        let i = self.wanted.iter().position(|w| *w == key)?;
+        self.values.get_mut(i)?.take()
+    }
 }
 
 /// Parses a JSON object, or an array of objects, keeping only the members named in `wanted`

@@ -94,6 +94,17 @@ pub fn base64_decode(text: &str) -> Result<Vec<u8>, CodecError> {
     Ok(BASE64.decode(&cleaned)?)
 }
 
+/// [`base64_decode`] appended to `out` (a buffer reused from one payload to the next).
+pub fn base64_decode_into(text: &str, out: &mut Vec<u8>) -> Result<(), CodecError> {
+    if !text.bytes().any(|b| b.is_ascii_whitespace()) {
+        BASE64.decode_vec(text.as_bytes(), out)?;
+        return Ok(());
+    }
+    let cleaned: Vec<u8> = text.bytes().filter(|b| !b.is_ascii_whitespace()).collect();
+    BASE64.decode_vec(&cleaned, out)?;
+    Ok(())
+}
+
 /// Standard alphabet; padding optional.
 const BASE64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
     &base64::alphabet::STANDARD,

@@ -37,6 +37,8 @@ use broker_adapters::detect::{self as detection, Setting};
 use broker_adapters::{Adapter, Broker, Output, Read, ReadRequest, Reply};
 use chrono::Utc;
 use coalesce::{coalesce_gets, split_reply};
+use fred::bytes::Bytes;
+use fred::bytes_utils::Str;
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use notifications::Feed;
@@ -71,9 +73,11 @@ enum Incoming {
         key: String,
         op: String,
     },
+    /// fred's own buffers, shared rather than copied (the channel name and payload of every
+    /// event pass through here).
     Message {
-        channel: String,
-        payload: Vec<u8>,
+        channel: Str,
+        payload: Bytes,
     },
     /// A prefetch read ran at once on a notification (see [`prefetch`]).
     Prefetched {
@@ -156,7 +160,7 @@ fn linger_ms(value: Option<&str>, default: u64) -> Option<Duration> {
 /// with.
 fn is_message(item: &Incoming) -> bool {
     match item {
-        Incoming::Message { channel, .. } => channel != BARRIER_CHANNEL,
+        Incoming::Message { channel, .. } => &**channel != BARRIER_CHANNEL,
         Incoming::Key { op, .. } => op == "new",
         _ => false,
     }
@@ -468,11 +472,14 @@ fn spawn_forwarders(
                 Ok(m) => {
                     message_backlog.taken(&messages);
                     let payload = match m.value {
-                        Value::Bytes(b) => b.to_vec(),
-                        Value::String(s) => s.as_bytes().to_vec(),
-                        other => other.as_bytes().map(<[u8]>::to_vec).unwrap_or_default(),
+                        Value::Bytes(b) => b,
+                        Value::String(s) => s.into_inner(),
+                        other => other
+                            .as_bytes()
+                            .map(Bytes::copy_from_slice)
+                            .unwrap_or_default(),
                     };
-                    let channel = m.channel.to_string();
+                    let channel = m.channel;
                     if msg_tx.send(Incoming::Message { channel, payload }).is_err() {
                         return;
                     }
@@ -979,7 +986,7 @@ impl Pipeline {
                         if self.factory.is_some() {
                             self.detect_from_message(&channel, &payload).await;
                         }
-                        self.on_message(&channel, payload, now, &mut output).await;
+                        self.on_message(channel, payload, now, &mut output).await;
                     }
                     Incoming::Prefetched {
                         adapter,
@@ -1189,8 +1196,8 @@ impl Pipeline {
     /// it is a decode error of the adapters that subscribed to its channel.
     async fn on_message(
         &mut self,
-        channel: &str,
-        payload: Vec<u8>,
+        channel: Str,
+        payload: Bytes,
         now: chrono::DateTime<Utc>,
         into: &mut Output,
     ) {
@@ -1200,10 +1207,10 @@ impl Pipeline {
                     .interest()
                     .channel_patterns
                     .iter()
-                    .any(|p| prefetch::glob_match(p, channel));
+                    .any(|p| prefetch::glob_match(p, &channel));
                 let broker = self.slots[i].broker();
                 let error = subscribed
-                    .then(|| oversize::message_error(broker, channel, payload.len() as u64));
+                    .then(|| oversize::message_error(broker, &channel, payload.len() as u64));
                 let out = Output {
                     decode_errors: error.into_iter().collect(),
                     ..Output::default()
@@ -1212,10 +1219,9 @@ impl Pipeline {
             }
             return;
         }
-        let payload = Arc::new(payload);
         for i in 0..self.slots.len() {
             let call = slot::Call::Message {
-                channel: channel.to_string(),
+                channel: channel.clone(),
                 payload: payload.clone(),
                 now,
             };
@@ -1319,7 +1325,7 @@ impl Pipeline {
                 Ok(None) | Err(_) => return,
             };
             match item {
-                Incoming::Message { channel, payload } if channel == BARRIER_CHANNEL => {
+                Incoming::Message { channel, payload } if &*channel == BARRIER_CHANNEL => {
                     if payload == token.as_bytes() {
                         return;
                     }
@@ -1331,7 +1337,7 @@ impl Pipeline {
                 }
                 Incoming::Message { channel, payload } => {
                     self.metrics.ingested(Source::Pubsub, 1);
-                    self.on_message(&channel, payload, now, into).await;
+                    self.on_message(channel, payload, now, into).await;
                 }
                 Incoming::Prefetched {
                     adapter,

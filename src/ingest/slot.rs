@@ -13,7 +13,6 @@ use broker_adapters::{Adapter, Broker, DecodeError, Interest, OpenTask, Output, 
 use chrono::{DateTime, Utc};
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{error, warn};
@@ -42,8 +41,8 @@ pub enum Call {
         at: DateTime<Utc>,
     },
     Message {
-        channel: String,
-        payload: Arc<Vec<u8>>,
+        channel: fred::bytes_utils::Str,
+        payload: fred::bytes::Bytes,
         now: DateTime<Utc>,
     },
     Scan {
@@ -277,7 +276,7 @@ impl Slot {
                     log_if_slow(self.broker, &channel, bytes, start.elapsed(), false);
                     return Outcome::Ran(out);
                 }
-                let key = channel.clone();
+                let key = channel.to_string();
                 self.off_loop(key, bytes, done, move |a| {
                     a.on_message(&channel, &payload, now)
                 })
@@ -352,7 +351,7 @@ fn reply_bytes(reply: &Reply, enough: usize) -> usize {
 mod tests {
     use super::*;
     use broker_adapters::{ReadRequest, Tag};
-    use std::sync::Mutex;
+    use std::sync::{Arc, Mutex};
 
     /// Records which thread ran each call and what it was; panics on a payload starting
     /// with `!`.
@@ -475,7 +474,7 @@ mod tests {
         hostile[0] = b'!';
         let call = Call::Message {
             channel: "ch".into(),
-            payload: Arc::new(hostile),
+            payload: hostile.into(),
             now: Utc::now(),
         };
         assert!(matches!(slot.call(call, &tx), Outcome::Later));
@@ -485,7 +484,7 @@ mod tests {
         // The adapter is back in its slot and goes on.
         let call = Call::Message {
             channel: "ch".into(),
-            payload: Arc::new(vec![b'x'; 3]),
+            payload: vec![b'x'; 3].into(),
             now: Utc::now(),
         };
         let Outcome::Ran(out) = slot.call(call, &tx) else {

@@ -107,14 +107,26 @@ pub fn observe_message(bytes: &[u8], now: DateTime<Utc>) -> Result<Vec<Observati
         let content_type = content_type.as_deref().unwrap_or("application/json");
         if matches!(content_type.trim(), "application/json" | "") {
             let encoding = properties.and_then(|p| p.body_encoding);
-            let body = if encoding.as_deref() == Some("base64") {
-                std::borrow::Cow::Owned(codec::base64_decode(&raw)?)
-            } else {
-                std::borrow::Cow::Borrowed(raw.as_bytes())
-            };
             let limits = crate::limits::Limits::current();
-            if let Some(events) = crate::budgeted::json_picked(&body, &limits, OBSERVED) {
-                return Ok(events.iter().filter_map(|e| observe_in(e, now)).collect());
+            let picked = if encoding.as_deref() == Some("base64") {
+                BODY.with_borrow_mut(|body| {
+                    body.clear();
+                    let picked = codec::base64_decode_into(&raw, body)
+                        .map(|()| crate::budgeted::json_picked(body, &limits, OBSERVED));
+                    // A large body's buffer is given back; the usual ones are reused.
+                    if body.capacity() > KEEP_BODY_BYTES {
+                        *body = Vec::new();
+                    }
+                    picked
+                })?
+            } else {
+                crate::budgeted::json_picked(raw.as_bytes(), &limits, OBSERVED)
+            };
+            if let Some(events) = picked {
+                return Ok(events
+                    .into_iter()
+                    .filter_map(|mut e| observe_in(&mut e, now))
+                    .collect());
             }
         }
     }
@@ -124,6 +136,15 @@ pub fn observe_message(bytes: &[u8], now: DateTime<Utc>) -> Result<Vec<Observati
         .filter_map(|e| observe(e, now))
         .collect())
 }
+
+thread_local! {
+    /// The decoded body of the event message being observed, reused from one message to the
+    /// next.
+    static BODY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`BODY`] keeps at most this much allocated between messages (events are ~1 KB).
+const KEEP_BODY_BYTES: usize = 64 * 1024;
 
 /// Every member of an event [`observe`] reads; [`observe_message`] builds only these.
 const OBSERVED: &[&str] = &[
@@ -150,14 +171,30 @@ const OBSERVED: &[&str] = &[
     "requeue",
 ];
 
-/// An event's members by name: a whole `Value`, or the members [`OBSERVED`] picked.
+/// An event's members by name: a whole `Value`, or the members [`OBSERVED`] picked. Text an
+/// observation keeps is taken out of picked members (they are built for this event alone),
+/// copied out of a whole `Value`.
 trait Members {
     fn member(&self, key: &str) -> Option<&Value>;
+
+    /// The member `key` as text ([`as_string`]), taken out when the event is owned.
+    fn text(&mut self, key: &str) -> Option<String>;
+
+    /// The member `key` as a value ([`repr_value`]), taken out when the event is owned.
+    fn repr(&mut self, key: &str) -> Option<Value>;
 }
 
-impl Members for Value {
+impl Members for &Value {
     fn member(&self, key: &str) -> Option<&Value> {
         self.get(key)
+    }
+
+    fn text(&mut self, key: &str) -> Option<String> {
+        self.get(key).and_then(as_string)
+    }
+
+    fn repr(&mut self, key: &str) -> Option<Value> {
+        self.get(key).and_then(repr_value)
     }
 }
 
@@ -165,6 +202,23 @@ impl Members for crate::budgeted::Picked {
     fn member(&self, key: &str) -> Option<&Value> {
         debug_assert!(OBSERVED.contains(&key), "{key} is read but not picked");
         self.get(key)
+    }
+
+    fn text(&mut self, key: &str) -> Option<String> {
+        debug_assert!(OBSERVED.contains(&key), "{key} is read but not picked");
+        match self.take(key)? {
+            Value::String(s) => Some(s),
+            other => as_string(&other),
+        }
+    }
+
+    fn repr(&mut self, key: &str) -> Option<Value> {
+        debug_assert!(OBSERVED.contains(&key), "{key} is read but not picked");
+        match self.take(key)? {
+            Value::Null => None,
+            Value::String(s) => Some(codec::python_literal(&s).unwrap_or(Value::String(s))),
+            other => Some(other),
+        }
     }
 }
 
@@ -177,24 +231,51 @@ fn into_events(body: Value) -> Vec<Value> {
 
 /// Turns one event dict into an observation; `None` for events taskscope does not use.
 pub fn observe(event: &Value, now: DateTime<Utc>) -> Option<Observation> {
-    observe_in(event, now)
+    observe_in(&mut { event }, now)
 }
 
-fn observe_in(event: &impl Members, now: DateTime<Utc>) -> Option<Observation> {
-    let kind = event.member("type")?.as_str()?;
+/// The event types taskscope uses ([`Kind::of`] is `None` for the others).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Worker(WorkerEvent),
+    Sent,
+    Received,
+    Started,
+    Succeeded,
+    Failed,
+    Retried,
+    Revoked,
+    Rejected,
+}
+
+impl Kind {
+    fn of(event_type: &str) -> Option<Kind> {
+        Some(match event_type {
+            "worker-online" => Kind::Worker(WorkerEvent::Online),
+            "worker-heartbeat" => Kind::Worker(WorkerEvent::Heartbeat),
+            "worker-offline" => Kind::Worker(WorkerEvent::Offline),
+            "task-sent" => Kind::Sent,
+            "task-received" => Kind::Received,
+            "task-started" => Kind::Started,
+            "task-succeeded" => Kind::Succeeded,
+            "task-failed" => Kind::Failed,
+            "task-retried" => Kind::Retried,
+            "task-revoked" => Kind::Revoked,
+            "task-rejected" => Kind::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+fn observe_in(event: &mut impl Members, now: DateTime<Utc>) -> Option<Observation> {
+    let kind = Kind::of(event.member("type")?.as_str()?)?;
     let at = event
         .member("timestamp")
         .and_then(codec::parse_time)
         .unwrap_or(now);
-    let hostname = event.member("hostname").and_then(as_string);
-    if let Some(worker_event) = kind.strip_prefix("worker-") {
-        let event_kind = match worker_event {
-            "online" => WorkerEvent::Online,
-            "heartbeat" => WorkerEvent::Heartbeat,
-            "offline" => WorkerEvent::Offline,
-            _ => return None,
-        };
-        let id = hostname.clone()?;
+    let hostname = event.text("hostname");
+    if let Kind::Worker(event_kind) = kind {
+        let id = hostname?;
         return Some(Observation::Worker(WorkerObservation {
             broker: Broker::Celery,
             hostname: id.split_once('@').map(|(_, host)| host.to_string()),
@@ -206,59 +287,58 @@ fn observe_in(event: &impl Members, now: DateTime<Utc>) -> Option<Observation> {
             heartbeat_every_s: event.member("freq").and_then(Value::as_f64),
         }));
     }
-    let task_id = event.member("uuid").and_then(as_string)?;
+    let task_id = event.text("uuid")?;
     let eta = event.member("eta").and_then(codec::parse_time);
     let task_event = match kind {
-        "task-sent" => TaskEvent::Queued,
-        "task-received" if eta.is_some_and(|eta| eta > at) => TaskEvent::Queued,
-        "task-received" | "task-started" => TaskEvent::Running,
-        "task-succeeded" => TaskEvent::Succeeded,
-        "task-failed" => TaskEvent::Failed,
-        "task-retried" => TaskEvent::Retried,
-        "task-revoked" => TaskEvent::Failed,
-        "task-rejected" if event.member("requeue").and_then(Value::as_bool) == Some(true) => {
+        Kind::Worker(_) => return None,
+        Kind::Sent => TaskEvent::Queued,
+        Kind::Received if eta.is_some_and(|eta| eta > at) => TaskEvent::Queued,
+        Kind::Received | Kind::Started => TaskEvent::Running,
+        Kind::Succeeded => TaskEvent::Succeeded,
+        Kind::Failed => TaskEvent::Failed,
+        Kind::Retried => TaskEvent::Retried,
+        Kind::Revoked => TaskEvent::Failed,
+        Kind::Rejected if event.member("requeue").and_then(Value::as_bool) == Some(true) => {
             TaskEvent::Queued
         }
-        "task-rejected" => TaskEvent::Failed,
-        _ => return None,
+        Kind::Rejected => TaskEvent::Failed,
     };
     let mut obs = TaskObservation::new(Broker::Celery, task_id, at, task_event, "event");
     let f = &mut obs.fields;
-    f.name = event.member("name").and_then(as_string);
-    f.args = event.member("args").and_then(repr_value);
-    f.kwargs = event.member("kwargs").and_then(repr_value);
+    f.name = event.text("name");
+    f.args = event.repr("args");
+    f.kwargs = event.repr("kwargs");
     f.eta = eta;
-    f.queue = event
-        .member("queue")
-        .or_else(|| event.member("routing_key"))
-        .and_then(as_string);
+    f.queue = match event.member("queue") {
+        Some(_) => event.text("queue"),
+        None => event.text("routing_key"),
+    };
     if matches!(
         kind,
-        "task-received" | "task-started" | "task-succeeded" | "task-failed" | "task-retried"
+        Kind::Received | Kind::Started | Kind::Succeeded | Kind::Failed | Kind::Retried
     ) {
         f.worker = hostname;
     }
     match kind {
-        "task-sent" => {
+        Kind::Sent => {
             obs.attempt = event.member("retries").and_then(as_u32);
             f.enqueued_at = Some(at);
         }
-        "task-received" => obs.attempt = event.member("retries").and_then(as_u32),
-        "task-started" => f.started_at = Some(at),
-        "task-succeeded" => {
-            f.result = event.member("result").and_then(repr_value);
+        Kind::Received => obs.attempt = event.member("retries").and_then(as_u32),
+        Kind::Started => f.started_at = Some(at),
+        Kind::Succeeded => {
+            f.result = event.repr("result");
             f.runtime_ms = event
                 .member("runtime")
                 .and_then(Value::as_f64)
                 .filter(|r| r.is_finite() && *r >= 0.0)
                 .map(|r| r * 1000.0);
         }
-        "task-failed" | "task-retried" => {
-            let traceback = event
-                .member("traceback")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-                .map(str::to_string);
+        Kind::Failed | Kind::Retried => {
+            let traceback = match event.member("traceback") {
+                Some(Value::String(s)) if !s.is_empty() => event.text("traceback"),
+                _ => None,
+            };
             f.error = event
                 .member("exception")
                 .and_then(Value::as_str)
@@ -270,7 +350,7 @@ fn observe_in(event: &impl Members, now: DateTime<Utc>) -> Option<Observation> {
                 });
             f.traceback = traceback;
         }
-        "task-revoked" => {
+        Kind::Revoked => {
             let why = if event.member("expired").and_then(Value::as_bool) == Some(true) {
                 "expired"
             } else if event.member("terminated").and_then(Value::as_bool) == Some(true) {
@@ -280,8 +360,8 @@ fn observe_in(event: &impl Members, now: DateTime<Utc>) -> Option<Observation> {
             };
             f.error = Some(format!("TaskRevokedError: {why}"));
         }
-        "task-rejected" => f.error = Some("rejected by the worker".to_string()),
-        _ => {}
+        Kind::Rejected => f.error = Some("rejected by the worker".to_string()),
+        Kind::Worker(_) => {}
     }
     Some(Observation::Task(obs))
 }

@@ -624,9 +624,13 @@ async fn run(
                     }
                 }
                 p.fire_due();
-                let payload = msg.value.as_bytes().map(<[u8]>::to_vec).unwrap_or_default();
+                let payload = msg
+                    .value
+                    .as_bytes()
+                    .map(fred::bytes::Bytes::copy_from_slice)
+                    .unwrap_or_default();
                 let _ = forward_tx.send(Incoming::Message {
-                    channel: BARRIER_CHANNEL.to_string(),
+                    channel: fred::bytes_utils::Str::from_static(BARRIER_CHANNEL),
                     payload,
                 });
             }
