@@ -213,8 +213,9 @@ pub struct RqAdapter {
     /// Queue names found (`<p>queues`, job origins).
     queues: BTreeSet<String>,
     known: FifoMap<String, JobMemo>,
-    /// Due times from the `scheduled` registries, by job id.
-    etas: HashMap<String, DateTime<Utc>>,
+    /// Due times from the `scheduled` registries, by job id. Bounded: an id whose hash is
+    /// gone or does not decode has no memo to take it away with it.
+    etas: FifoMap<String, DateTime<Utc>>,
     /// Per worker, the birth of the process last announced, and whether its pid is reported
     /// (see [`RqAdapter::on_worker`]).
     workers_born: HashMap<String, (Option<DateTime<Utc>>, bool)>,
@@ -300,7 +301,7 @@ impl RqAdapter {
             layout: Layout::new(&config.prefix),
             queues: BTreeSet::new(),
             known: FifoMap::new(KNOWN_CAPACITY),
-            etas: HashMap::new(),
+            etas: FifoMap::new(KNOWN_CAPACITY),
             workers_born: HashMap::new(),
             worker_read_at: HashMap::new(),
             worker_expiry: HashMap::new(),
