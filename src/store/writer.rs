@@ -422,9 +422,7 @@ impl Writer {
         let started = Instant::now();
         let (seen, count) = super::seen::load(conn)?;
         self.seen = seen;
-        self.stats
-            .filter_keys
-            .store(self.seen.len() as u64, Ordering::Relaxed);
+        self.publish_filter_keys();
         tracing::info!(
             tasks = count,
             took_ms = started.elapsed().as_millis() as u64,
@@ -432,6 +430,12 @@ impl Writer {
             "store writer: loaded the filter of stored task ids"
         );
         Ok(())
+    }
+
+    fn publish_filter_keys(&self) {
+        self.stats
+            .filter_keys
+            .store(self.seen.len() as u64, Ordering::Relaxed);
     }
 
     /// Takes the filters the sink rebuilt after task deletions: each gets the keys inserted
@@ -450,9 +454,7 @@ impl Writer {
                     "store writer: the filter of stored task ids was rebuilt after retention"
                 );
                 self.seen = seen;
-                self.stats
-                    .filter_keys
-                    .store(self.seen.len() as u64, Ordering::Relaxed);
+                self.publish_filter_keys();
             }
             if self.awaiting_rebuilds == 0 {
                 self.journal = Vec::new();
@@ -495,24 +497,21 @@ impl Writer {
 
     /// Sends a flush, housekeeping step or audit entry to the sink.
     fn forward(&mut self, cmd: WriterCommand) {
-        if let WriterCommand::Maintain {
-            step: Step::DeleteWorkers { before },
-            ..
-        } = &cmd
-        {
-            self.workers.retain(|_, w| w.worker.last_seen >= *before);
-        }
-        if let WriterCommand::Maintain {
-            step: Step::DeleteTasks { from, to },
-            ..
-        } = &cmd
-        {
-            // The sink answers with a rebuilt filter, or none (see `take_rebuilt_filters`).
-            self.awaiting_rebuilds += 1;
-            let running = &self.running;
-            self.cache.retain(|key, task| {
-                running.contains(key) || task.updated_at < *from || task.updated_at >= *to
-            });
+        if let WriterCommand::Maintain { step, .. } = &cmd {
+            match step {
+                Step::DeleteWorkers { before } => {
+                    self.workers.retain(|_, w| w.worker.last_seen >= *before);
+                }
+                Step::DeleteTasks { from, to } => {
+                    // The sink answers with a rebuilt filter, or none (`take_rebuilt_filters`).
+                    self.awaiting_rebuilds += 1;
+                    let running = &self.running;
+                    self.cache.retain(|key, task| {
+                        running.contains(key) || task.updated_at < *from || task.updated_at >= *to
+                    });
+                }
+                _ => {}
+            }
         }
         // The sink is gone only after a panic: the caller's reply channel then says so.
         let _ = self.sink.send(SinkItem::Barrier(cmd));
@@ -586,9 +585,6 @@ impl Writer {
                 self.journal.push(key.clone());
             }
             self.seen.insert(&key);
-            self.stats
-                .filter_keys
-                .store(self.seen.len() as u64, Ordering::Relaxed);
             if task.state == TaskState::Running {
                 self.running.insert(key.clone());
             } else {
@@ -601,6 +597,7 @@ impl Writer {
             tasks.push((key, (task, prior)));
             transitions.push(of_task);
         }
+        self.publish_filter_keys();
         self.live.put_round(
             round,
             tasks

@@ -635,25 +635,18 @@ impl RqAdapter {
         worker: String,
         now: DateTime<Utc>,
     ) -> Option<TaskObservation> {
+        let obs = self.ran_from_notifications(id, worker, now)?;
         let memo = self.known.get_mut(id)?;
-        if !memo.status.is_some_and(|s| s.is_waiting()) {
-            return None;
-        }
-        let executions = memo.executions.len() as u32;
-        memo.retries = memo.retries.max(executions.saturating_sub(1));
+        memo.retries = obs.attempt.unwrap_or(memo.retries);
         memo.status = Some(JobStatus::Started);
         memo.fingerprint = None;
         memo.results_outcome = None;
-        let mut obs =
-            TaskObservation::new(Broker::Rq, id, now, TaskEvent::Running, "execution started");
-        obs.attempt = Some(memo.retries);
-        obs.fields.worker = Some(worker);
-        obs.fields.started_at = Some(now);
         Some(obs)
     }
 
     /// The running observation of an attempt told by notifications only, for a job whose hash
-    /// was read waiting (see [`JobMemo::ran_unread`]); nothing is changed.
+    /// was read waiting (see [`JobMemo::ran_unread`]); nothing is changed (the memo moves on in
+    /// [`Self::running_from_notifications`]).
     fn ran_from_notifications(
         &self,
         id: &str,
