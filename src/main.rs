@@ -17,6 +17,30 @@
 //!
 //! Exit codes: 0 success, 2 bad usage, 1 any other error (one line saying what to do).
 
+/// jemalloc for the whole process (see `Cargo.toml`); its unprefixed `malloc` also serves the
+/// C and C++ libraries linked in.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's settings, read at its start (`MALLOC_CONF` in the environment overrides them):
+/// freed pages go back to the system within about a second, by a background thread even when
+/// taskscope is idle, and two arenas serve the process's few busy threads. With jemalloc's
+/// defaults (8 arenas on 2 cores, 10 s decay) the Flower comparison's peak RSS was 158.9 MiB;
+/// with these 132.3 (glibc: 129.7-134.1), the CPU gain kept.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[export_name = "malloc_conf"]
+static JEMALLOC_CONF: JemallocConf =
+    JemallocConf(c"background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0,narenas:2".as_ptr());
+
+/// A C string for jemalloc (`const char *malloc_conf`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[repr(transparent)]
+struct JemallocConf(*const std::ffi::c_char);
+// SAFETY: it points to a static, immutable byte string.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+unsafe impl Sync for JemallocConf {}
+
 mod actions;
 mod alerts;
 mod brokers;

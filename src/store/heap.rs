@@ -7,6 +7,11 @@
 //! stepped from ~150 to ~330 MiB after each 5-minute rescan and fell back by ~90 MiB only when
 //! housekeeping, which trimmed, ran next. `malloc_trim` walks every arena and returns the pages
 //! of their free chunks.
+//!
+//! The `taskscope` binary itself runs on jemalloc (`src/main.rs`), which gives freed pages back
+//! within about a second on its own; there this trims only the little glibc still holds. It
+//! matters for programs that use the store on glibc's allocator (the benchmarks' in-process
+//! store, the tests).
 
 use std::time::{Duration, Instant};
 
