@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything taskscope needs to build and test on a fresh Debian machine:
 #   - redis-server (Debian package) for the integration tests,
+#   - make (Debian package) for jemalloc, the binary's allocator, built from C by its crate,
 #   - Sidekiq 6.4 and its Redis client (Debian packages ruby-sidekiq, ruby-redis,
 #     ruby-redis-namespace) for the Sidekiq tests' workers (tests/ruby),
 #   - with TASKSCOPE_SETUP_BROWSER=1 (as .ci/run sets), Debian's chromium for tests/browser.rs,
@@ -15,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 want_apt=()
 command -v redis-server >/dev/null 2>&1 || want_apt+=(redis-server)
+command -v make >/dev/null 2>&1 || want_apt+=(make)
 command -v node >/dev/null 2>&1 || want_apt+=(nodejs npm)
 command -v sidekiq >/dev/null 2>&1 || want_apt+=(ruby-sidekiq ruby-redis)
 ruby -e 'require "redis/namespace"' >/dev/null 2>&1 || want_apt+=(ruby-redis-namespace)
