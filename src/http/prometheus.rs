@@ -537,6 +537,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             &writer.transitions_written,
         ),
         (
+            "taskscope_store_task_rows_replaced",
+            "Stored task rows replaced by a newer version (a task that changed after it was written)",
+            &writer.task_rows_replaced,
+        ),
+        (
             "taskscope_store_batch_errors",
             "Failed attempts to commit a store batch",
             &writer.batch_errors,

@@ -254,9 +254,10 @@ impl Sink {
         }
         let s = &self.stats;
         match result {
-            Ok(next_num) => {
+            Ok((next_num, replaced)) => {
                 self.next_num = next_num;
                 s.batches.fetch_add(1, Ordering::Relaxed);
+                s.task_rows_replaced.fetch_add(replaced, Ordering::Relaxed);
                 s.transitions_written
                     .fetch_add(pending.transitions.len() as u64, Ordering::Relaxed);
             }
@@ -388,15 +389,18 @@ impl Sink {
         Ok(loaded)
     }
 
-    /// Writes the pending set in one transaction; returns the next free task number.
-    fn write(&mut self, out: &Pending) -> Result<i64, StoreError> {
+    /// Writes the pending set in one transaction; returns the next free task number and how
+    /// many stored task rows it replaced.
+    fn write(&mut self, out: &Pending) -> Result<(i64, u64), StoreError> {
         let tx = self.conn.transaction()?;
         let mut next_num = self.next_num;
+        let mut replaced = 0;
         // The number of every task of the set: its stored row's, or the next free one.
         let mut nums: HashMap<(Broker, &str), i64> = HashMap::with_capacity(out.tasks.len());
         if !out.tasks.is_empty() {
             // The stored rows of the tasks that have one: deleted, their number and state kept.
             let stored = delete_stored_rows(&tx, out)?;
+            replaced = stored.len() as u64;
             let mut counts: HashMap<(Broker, TaskState), i64> = HashMap::new();
             for ((broker, _), (_, state)) in &stored {
                 *counts.entry((*broker, *state)).or_insert(0) -= 1;
@@ -525,7 +529,7 @@ impl Sink {
             }
         }
         tx.commit()?;
-        Ok(next_num)
+        Ok((next_num, replaced))
     }
 }
 

@@ -837,6 +837,14 @@ async fn tasks_read_back_from_the_file_are_replaced_not_duplicated() {
     let stats = reader.stats(None).await.unwrap();
     assert_eq!(stats.by_state[&TaskState::Success], 50);
     assert_eq!(stats.by_state.values().sum::<u64>(), 50);
+    // Written at each of the three flushes: appended once, then replaced twice.
+    assert_eq!(
+        writer
+            .stats()
+            .task_rows_replaced
+            .load(std::sync::atomic::Ordering::Relaxed),
+        100
+    );
     for id in &ids {
         let (task, timeline) = reader.get_task(id).await.unwrap().unwrap();
         assert_eq!(&task.id, id);

@@ -95,6 +95,10 @@ pub struct WriterStats {
     pub throttled_ms: AtomicU64,
     /// Transitions committed.
     pub transitions_written: AtomicU64,
+    /// Stored task rows replaced by a newer version (deleted, then appended again): a task whose
+    /// state changed after its row reached the file. Each costs DuckDB a scan of the key column
+    /// and in-memory delete information for its row group (until a checkpoint rewrites it).
+    pub task_rows_replaced: AtomicU64,
     /// Transactions committed.
     pub batches: AtomicU64,
     /// Failed attempts to commit a batch (each batch is tried twice).
