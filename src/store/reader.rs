@@ -139,6 +139,41 @@ pub(super) fn in_list(col: &str, n: usize) -> String {
     format!("{col} IN ({})", vec!["?"; n].join(", "))
 }
 
+/// `q`'s condition on `task_rows` (five parameters: [`search_params`]), the same as
+/// [`task_filter`]'s on the `tasks` view: a case-insensitive substring of the id, the name, the
+/// args or the kwargs. A UUID id is stored as its value and reads as text already in lower
+/// case, so only other ids are lowered: at 10M tasks ~30 % cheaper than `lower()` of every id
+/// (DuckDB 1.5.6, one thread: 4.0 s against 5.6 s a scan).
+const SEARCH_CONDITION: &str = "(CASE WHEN id_text IS NULL THEN contains(uid::VARCHAR, ?) \
+     ELSE contains(lower(id_text), ?) END \
+     OR contains(lower(coalesce(name, '')), ?) \
+     OR contains(lower(coalesce(args, '')), ?) \
+     OR contains(lower(coalesce(kwargs, '')), ?))";
+
+/// The lower-cased `q` of a query, when it has one.
+fn search_text(query: &TaskQuery) -> Option<String> {
+    query
+        .q
+        .as_deref()
+        .filter(|q| !q.is_empty())
+        .map(str::to_lowercase)
+}
+
+/// The parameters of [`SEARCH_CONDITION`].
+fn search_params(q: &str) -> impl Iterator<Item = DbValue> {
+    std::iter::repeat_n(DbValue::Text(q.to_string()), 5)
+}
+
+/// A search matching at most this many stored tasks has their numbers read first, and its page
+/// is read among them; one that matches more is filtered as it is paged, as other filters are
+/// (DuckDB's top-N prunes row groups older than the page as it fills: a common match is found
+/// in the newest ones).
+#[cfg(not(test))]
+const SEARCH_NUMS_FIRST: usize = 50_000;
+/// Small in tests, so that their searches take both ways.
+#[cfg(test)]
+const SEARCH_NUMS_FIRST: usize = 5;
+
 /// The `WHERE` conditions of a [`TaskQuery`]'s filters (not its cursor or limit), and their bound
 /// values in order. Shared by the task list and the exports.
 pub(super) fn task_filter(query: &TaskQuery) -> (Vec<String>, Vec<DbValue>) {
@@ -165,14 +200,13 @@ pub(super) fn task_filter(query: &TaskQuery) -> (Vec<String>, Vec<DbValue>) {
         wheres.push(in_list("state", query.states.len()));
         params.extend(query.states.iter().copied().map(state_value));
     }
-    if let Some(q) = query.q.as_deref().filter(|q| !q.is_empty()) {
+    if let Some(q) = search_text(query) {
         wheres.push(
             "(contains(lower(id), ?) OR contains(lower(coalesce(name, '')), ?) \
              OR contains(lower(coalesce(args, '')), ?) \
              OR contains(lower(coalesce(kwargs, '')), ?))"
                 .into(),
         );
-        let q = q.to_lowercase();
         params.extend(std::iter::repeat_n(DbValue::Text(q), 4));
     }
     if let Some(fingerprint) = &query.fingerprint {
@@ -359,6 +393,25 @@ impl StoreReader {
     }
 }
 
+/// The numbers of the stored tasks that `q` (lower case) matches, or `None` when there are more
+/// than [`SEARCH_NUMS_FIRST`].
+fn nums_matching(conn: &Connection, q: &str) -> Result<Option<Vec<i64>>, StoreError> {
+    let sql = format!(
+        "SELECT num FROM task_rows WHERE {SEARCH_CONDITION} LIMIT {}",
+        SEARCH_NUMS_FIRST + 1
+    );
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query(duckdb::params_from_iter(search_params(q)))?;
+    let mut nums = Vec::new();
+    while let Some(row) = rows.next()? {
+        nums.push(row.get::<_, i64>(0)?);
+        if nums.len() > SEARCH_NUMS_FIRST {
+            return Ok(None);
+        }
+    }
+    Ok(Some(nums))
+}
+
 /// The page of `query` as the file has it.
 fn list_tasks_in_file(
     conn: &Connection,
@@ -367,7 +420,33 @@ fn list_tasks_in_file(
 ) -> Result<TaskPage, StoreError> {
     {
         {
-            let (mut wheres, mut params) = task_filter(query);
+            // A search scans the text of every task. The page query below filters twice (its
+            // top-N, then the rows at or after the N-th newest time, which for a rare match is
+            // most of the table): a search matching few tasks has their numbers read in one
+            // scan first, and the page is read among those numbers (zone maps of `num`).
+            let (mut wheres, mut params) = match search_text(query) {
+                Some(q) => match nums_matching(conn, &q)? {
+                    Some(nums) if nums.is_empty() => {
+                        return Ok(TaskPage {
+                            tasks: Vec::new(),
+                            next_cursor: None,
+                        })
+                    }
+                    Some(nums) => {
+                        let without_q = TaskQuery {
+                            q: None,
+                            ..query.clone()
+                        };
+                        let (mut wheres, params) = task_filter(&without_q);
+                        let list: Vec<String> = nums.iter().map(i64::to_string).collect();
+                        // Numbers read from the file, not user text.
+                        wheres.push(format!("num IN ({})", list.join(", ")));
+                        (wheres, params)
+                    }
+                    None => task_filter(query),
+                },
+                None => task_filter(query),
+            };
             if let Some(c) = cursor {
                 wheres.push(
                     "(updated_at < ? OR (updated_at = ? AND (broker > ? OR (broker = ? AND id > ?))))"

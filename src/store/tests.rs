@@ -254,6 +254,79 @@ async fn list_tasks_filters_and_pages_every_task_exactly_once() {
         ..TaskQuery::default()
     };
     assert_eq!(count(by_id).await, 10);
+    // A search matching few tasks (at most `SEARCH_NUMS_FIRST`, 5 in tests, unlike the above)
+    // reads their numbers first: the same answers, pages and filters.
+    let by_one_id = TaskQuery {
+        q: Some("task-007".into()),
+        ..TaskQuery::default()
+    };
+    assert_eq!(count(by_one_id).await, 1);
+    let few = |limit, cursor| TaskQuery {
+        q: Some("CUSTOMER-10".into()), // 10, 100..=109: 11, more than 5
+        limit,
+        cursor,
+        ..TaskQuery::default()
+    };
+    assert_eq!(count(few(1000, None)).await, 11);
+    let nine = |cursor| TaskQuery {
+        q: Some("customer-11".into()),
+        states: vec![TaskState::Queued], // 11, 110..=119 minus the failed 112, 116
+        limit: 5,
+        cursor,
+        ..TaskQuery::default()
+    };
+    let first = reader.list_tasks(&nine(None)).await.unwrap();
+    assert_eq!(first.tasks.len(), 5);
+    let rest = reader
+        .list_tasks(&nine(first.next_cursor.clone()))
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = first
+        .tasks
+        .iter()
+        .chain(&rest.tasks)
+        .map(|t| t.id.clone())
+        .collect();
+    assert_eq!(rest.next_cursor, None);
+    ids.sort();
+    assert_eq!(
+        ids,
+        [
+            "task-011", "task-110", "task-111", "task-113", "task-114", "task-115", "task-117",
+            "task-118", "task-119"
+        ]
+    );
+    let none = TaskQuery {
+        q: Some("no such text".into()),
+        ..TaskQuery::default()
+    };
+    assert_eq!(count(none).await, 0);
+    // A UUID id is stored as its value (no text): found by any part of it, in any case.
+    let uuid = "5f0c2e6a-3b1d-4c8e-9a7f-1e2d3c4b5a69";
+    write(
+        &writer,
+        vec![task_obs(Broker::Celery, uuid, 500, TaskEvent::Queued)],
+    )
+    .await;
+    let by_uuid_part = TaskQuery {
+        q: Some("6A-3B1D-4C8".into()),
+        ..TaskQuery::default()
+    };
+    let found = reader
+        .list_tasks(&TaskQuery {
+            limit: 10,
+            ..by_uuid_part
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        found
+            .tasks
+            .iter()
+            .map(|t| t.id.as_str())
+            .collect::<Vec<_>>(),
+        [uuid]
+    );
     // since inclusive, until exclusive: seconds 10..20 hold tasks 30..=59.
     let window = TaskQuery {
         since: Some(at(10)),
