@@ -178,6 +178,12 @@ fn decide(task: &Task, obs: &TaskObservation, is_new: bool) -> Decision {
         };
     }
     if task.state.is_final() {
+        if removal_corrects_inferred_success(task, obs) {
+            return Decision::Move {
+                state: TaskState::Failure,
+                attempt: task.retries,
+            };
+        }
         return Decision::FillOnly;
     }
     let forward = if task.state == TaskState::Abandoned {
@@ -200,6 +206,22 @@ fn decide(task: &Task, obs: &TaskObservation, is_new: bool) -> Decision {
     } else {
         Decision::FillOnly
     }
+}
+
+/// The source of the observations taskscope's own actions make (`src/actions`).
+pub const ACTION_SOURCE: &str = "taskscope";
+
+/// An action removed the task's message (delete, purge: a `Failed` from [`ACTION_SOURCE`]),
+/// and the task shows `success` without ever having run: that success was inferred from the
+/// message leaving its queue, which the removal itself caused (Dramatiq's adapter settles a
+/// message gone from every queue as acknowledged), and it was folded first because the
+/// adapter saw Redis change before the action told the store. Measured in CI: a deleted
+/// Dramatiq message shown `success` 1 ms before the removal's `failure` arrived.
+fn removal_corrects_inferred_success(task: &Task, obs: &TaskObservation) -> bool {
+    obs.event == TaskEvent::Failed
+        && obs.source == ACTION_SOURCE
+        && task.state == TaskState::Success
+        && task.started_at.is_none()
 }
 
 fn pos(attempt: u32, rank: u8) -> Position {
@@ -463,6 +485,58 @@ mod tests {
 
     fn states(transitions: &[Transition]) -> Vec<TaskState> {
         transitions.iter().map(|t| t.state).collect()
+    }
+
+    #[test]
+    fn a_removal_by_an_action_corrects_the_success_inferred_from_it_only() {
+        let removed = || {
+            let mut o = TaskObservation::new(
+                Broker::Dramatiq,
+                "t1",
+                t(3),
+                TaskEvent::Failed,
+                ACTION_SOURCE,
+            );
+            o.fields.error = Some("deleted from queue default by taskscope (token)".into());
+            o
+        };
+        // Queued, then settled as acknowledged when the action's delete emptied its queue.
+        let (task, tr) = run(&[
+            obs(TaskEvent::Queued, 0, Some(0)),
+            obs(TaskEvent::Succeeded, 2, None),
+            removed(),
+        ]);
+        assert_eq!(task.state, TaskState::Failure);
+        assert_eq!(
+            states(&tr),
+            [TaskState::Queued, TaskState::Success, TaskState::Failure]
+        );
+        assert!(task
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("by taskscope")));
+        // A task that ran and succeeded keeps its outcome; so does one failed by a worker.
+        let (ran, _) = run(&[
+            obs(TaskEvent::Queued, 0, Some(0)),
+            obs(TaskEvent::Running, 1, Some(0)),
+            obs(TaskEvent::Succeeded, 2, None),
+            removed(),
+        ]);
+        assert_eq!(ran.state, TaskState::Success);
+        let (failed, tr) = run(&[
+            obs(TaskEvent::Queued, 0, Some(0)),
+            obs(TaskEvent::Failed, 2, None),
+            removed(),
+        ]);
+        assert_eq!(failed.state, TaskState::Failure);
+        assert_eq!(tr.len(), 2, "no second failure");
+        // Any other source's failure after a success changes nothing.
+        let (other, _) = run(&[
+            obs(TaskEvent::Queued, 0, Some(0)),
+            obs(TaskEvent::Succeeded, 2, None),
+            obs(TaskEvent::Failed, 3, None),
+        ]);
+        assert_eq!(other.state, TaskState::Success);
     }
 
     #[test]

@@ -111,7 +111,7 @@ impl Actions {
             task.id.clone(),
             task.enqueued_at.unwrap_or(task.updated_at),
             broker_adapters::TaskEvent::Queued,
-            "taskscope",
+            broker_adapters::state::ACTION_SOURCE,
         );
         obs.fields.queue = task.queue.clone();
         obs.fields.name = task.name.clone();
@@ -142,7 +142,7 @@ impl Actions {
             id.to_string(),
             at,
             broker_adapters::TaskEvent::Failed,
-            "taskscope",
+            broker_adapters::state::ACTION_SOURCE,
         );
         obs.fields.error = Some(reason.clone());
         obs.detail = Some(reason);

@@ -581,9 +581,13 @@ pub async fn delete_core(
                 "deleted from queue {queue} by taskscope ({})",
                 pending.entry.who
             );
-            let task_id = crate::actions::Actions::task_id_of(broker, &queue, &id);
-            let removed = crate::actions::Actions::removed(broker, &task_id, reason, Utc::now());
-            tell_removed(state, vec![removed]).await;
+            // Nothing removed (a worker took the message first): the task goes on as it goes.
+            if n > 0 {
+                let task_id = crate::actions::Actions::task_id_of(broker, &queue, &id);
+                let removed =
+                    crate::actions::Actions::removed(broker, &task_id, reason, Utc::now());
+                tell_removed(state, vec![removed]).await;
+            }
             answer(state, pending, Ok(Value::Null)).await
         }
         Err(e) => answer(state, pending, Err(action_failure(e))).await,
@@ -840,10 +844,16 @@ pub async fn bulk_core(
             match state.actions.delete(task.broker, &queue, &task.id).await {
                 Ok(n) => {
                     one.entry.count = Some(n);
-                    let reason = format!("deleted from queue {queue} by taskscope ({who})");
-                    let removed =
-                        crate::actions::Actions::removed(task.broker, &task.id, reason, Utc::now());
-                    tell_removed(state, vec![removed]).await;
+                    if n > 0 {
+                        let reason = format!("deleted from queue {queue} by taskscope ({who})");
+                        let removed = crate::actions::Actions::removed(
+                            task.broker,
+                            &task.id,
+                            reason,
+                            Utc::now(),
+                        );
+                        tell_removed(state, vec![removed]).await;
+                    }
                     Ok(())
                 }
                 Err(e) => Err(e),

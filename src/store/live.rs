@@ -253,12 +253,11 @@ pub(super) fn merged<S, T, E>(
     mut query: impl FnMut() -> Result<T, E>,
     merge: impl Fn(T, S) -> T,
 ) -> Result<T, E> {
-    let mut attempts = 0;
+    let mut retries = Retries::new();
     loop {
         let snap = snapshot(tail);
         let answer = query()?;
-        attempts += 1;
-        if tail.unchanged_since(snap.generation) || attempts >= MAX_ATTEMPTS {
+        if tail.unchanged_since(snap.generation) || !retries.again() {
             return Ok(merge(answer, snap.value));
         }
         tail.wait_out_commit();
@@ -266,12 +265,90 @@ pub(super) fn merged<S, T, E>(
 }
 
 /// How many times a read is tried before it merges what it has (a commit lasts tens of ms).
-pub(super) const MAX_ATTEMPTS: u32 = 40;
+const MAX_ATTEMPTS: u32 = 40;
+
+/// How long a read keeps trying. Under steady ingest a commit lands once per flush interval,
+/// so a read slower than that (a search of 10M tasks: ~2 s) finds one under way at every try:
+/// tried up to 40 times, it ran past the request timeout (30 s). Past this budget it merges what
+/// it has: at worst a task committed during the read shows its version of the read's start.
+const RETRY_BUDGET: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Whether a read of the file and the tail should be tried again (see [`MAX_ATTEMPTS`] and
+/// [`RETRY_BUDGET`]).
+pub(super) struct Retries {
+    started: std::time::Instant,
+    attempts: u32,
+}
+
+impl Retries {
+    pub(super) fn new() -> Retries {
+        Retries {
+            started: std::time::Instant::now(),
+            attempts: 0,
+        }
+    }
+
+    /// Counts an attempt; true when another one is allowed.
+    pub(super) fn again(&mut self) -> bool {
+        self.attempts += 1;
+        self.attempts < MAX_ATTEMPTS && self.started.elapsed() < RETRY_BUDGET
+    }
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
+
+    /// A read that commits keep overtaking (steady ingest) is tried again only within the
+    /// budget: a slow one merges what it has instead of running 40 times.
+    #[test]
+    fn a_slow_read_overtaken_by_commits_is_not_tried_forty_times() {
+        let tail = LiveTail::default();
+        let mut tries = 0;
+        let started = std::time::Instant::now();
+        let answer = merged(
+            &tail,
+            |t| Snapshot {
+                generation: t.generation(),
+                value: (),
+            },
+            || {
+                tries += 1;
+                // A commit starts and ends while the file is read.
+                tail.begin_commit();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                tail.end_commit();
+                Ok::<_, ()>(tries)
+            },
+            |answer, ()| answer,
+        );
+        assert_eq!(
+            answer,
+            Ok(3),
+            "200 ms reads: tried while under the 500 ms budget"
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        // A fast read is tried again as often as it takes (up to 40 times).
+        let mut fast = 0;
+        let answer = merged(
+            &tail,
+            |t| Snapshot {
+                generation: t.generation(),
+                value: (),
+            },
+            || {
+                fast += 1;
+                if fast < 10 {
+                    tail.begin_commit();
+                    tail.end_commit();
+                }
+                Ok::<_, ()>(fast)
+            },
+            |answer, ()| answer,
+        );
+        assert_eq!(answer, Ok(10));
+    }
 
     fn task(id: &str, state: TaskState, secs: i64) -> Arc<Task> {
         let at =

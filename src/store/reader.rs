@@ -365,7 +365,7 @@ impl StoreReader {
         self.with_conn_live("list_tasks", move |conn, live| {
             // The page as the file has it, then the live version of its tasks; again when a
             // commit emptied the tail in between (the file may then hold newer versions).
-            let mut attempts = 0;
+            let mut retries = live::Retries::new();
             loop {
                 let generation = live.generation();
                 let page = list_tasks_in_file(conn, &query, cursor.as_ref())?;
@@ -380,9 +380,8 @@ impl StoreReader {
                     !keys.iter().any(|k| k.0 == t.broker && k.1 == t.id)
                         && live_task_matches(&query, cursor.as_ref(), t, transitions)
                 });
-                attempts += 1;
                 if (snapshot.generation == generation && live.unchanged_since(generation))
-                    || attempts >= live::MAX_ATTEMPTS
+                    || !retries.again()
                 {
                     return Ok(overlay_page(page, snapshot.value, extra, &query));
                 }
@@ -393,15 +392,22 @@ impl StoreReader {
     }
 }
 
-/// The numbers of the stored tasks that `q` (lower case) matches, or `None` when there are more
-/// than [`SEARCH_NUMS_FIRST`].
-fn nums_matching(conn: &Connection, q: &str) -> Result<Option<Vec<i64>>, StoreError> {
+/// The numbers of the stored tasks that `q` (lower case) and the other filters (`wheres`, with
+/// their `params`) match, or `None` when there are more than [`SEARCH_NUMS_FIRST`].
+fn nums_matching(
+    conn: &Connection,
+    q: &str,
+    wheres: &[String],
+    params: &[DbValue],
+) -> Result<Option<Vec<i64>>, StoreError> {
+    let others: String = wheres.iter().map(|w| format!("{w} AND ")).collect();
     let sql = format!(
-        "SELECT num FROM task_rows WHERE {SEARCH_CONDITION} LIMIT {}",
+        "SELECT num FROM task_rows WHERE {others}{SEARCH_CONDITION} LIMIT {}",
         SEARCH_NUMS_FIRST + 1
     );
     let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query(duckdb::params_from_iter(search_params(q)))?;
+    let all = params.iter().cloned().chain(search_params(q));
+    let mut rows = stmt.query(duckdb::params_from_iter(all))?;
     let mut nums = Vec::new();
     while let Some(row) = rows.next()? {
         nums.push(row.get::<_, i64>(0)?);
@@ -425,26 +431,29 @@ fn list_tasks_in_file(
             // most of the table): a search matching few tasks has their numbers read in one
             // scan first, and the page is read among those numbers (zone maps of `num`).
             let (mut wheres, mut params) = match search_text(query) {
-                Some(q) => match nums_matching(conn, &q)? {
-                    Some(nums) if nums.is_empty() => {
-                        return Ok(TaskPage {
-                            tasks: Vec::new(),
-                            next_cursor: None,
-                        })
+                Some(q) => {
+                    // The other filters hold for `task_rows` as for the view (same columns).
+                    let without_q = TaskQuery {
+                        q: None,
+                        ..query.clone()
+                    };
+                    let (mut wheres, params) = task_filter(&without_q);
+                    match nums_matching(conn, &q, &wheres, &params)? {
+                        Some(nums) if nums.is_empty() => {
+                            return Ok(TaskPage {
+                                tasks: Vec::new(),
+                                next_cursor: None,
+                            })
+                        }
+                        Some(nums) => {
+                            let list: Vec<String> = nums.iter().map(i64::to_string).collect();
+                            // Numbers read from the file, not user text.
+                            wheres.push(format!("num IN ({})", list.join(", ")));
+                            (wheres, params)
+                        }
+                        None => task_filter(query),
                     }
-                    Some(nums) => {
-                        let without_q = TaskQuery {
-                            q: None,
-                            ..query.clone()
-                        };
-                        let (mut wheres, params) = task_filter(&without_q);
-                        let list: Vec<String> = nums.iter().map(i64::to_string).collect();
-                        // Numbers read from the file, not user text.
-                        wheres.push(format!("num IN ({})", list.join(", ")));
-                        (wheres, params)
-                    }
-                    None => task_filter(query),
-                },
+                }
                 None => task_filter(query),
             };
             if let Some(c) = cursor {
@@ -699,18 +708,17 @@ impl StoreReader {
         self.with_conn_live("stats", move |conn, live| match since {
             // All time: the file's counts moved on by the tail's unwritten tasks.
             None => {
-                let mut attempts = 0;
+                let mut retries = live::Retries::new();
                 loop {
                     let deltas = live.count_deltas();
                     let file = stats_in_file(conn, None)?;
-                    attempts += 1;
                     if live.unchanged_since(deltas.generation) {
                         *pool
                             .file_counts
                             .lock()
                             .unwrap_or_else(PoisonError::into_inner) =
                             Some((deltas.generation, file.clone()));
-                    } else if attempts < live::MAX_ATTEMPTS {
+                    } else if retries.again() {
                         live.wait_out_commit();
                         continue;
                     }
