@@ -305,14 +305,15 @@ mod tests {
     #[test]
     fn a_slow_read_overtaken_by_commits_is_not_tried_forty_times() {
         let tail = LiveTail::default();
+        let generation_only = |t: &LiveTail| Snapshot {
+            generation: t.generation(),
+            value: (),
+        };
         let mut tries = 0;
         let started = std::time::Instant::now();
         let answer = merged(
             &tail,
-            |t| Snapshot {
-                generation: t.generation(),
-                value: (),
-            },
+            generation_only,
             || {
                 tries += 1;
                 // A commit starts and ends while the file is read.
@@ -333,10 +334,7 @@ mod tests {
         let mut fast = 0;
         let answer = merged(
             &tail,
-            |t| Snapshot {
-                generation: t.generation(),
-                value: (),
-            },
+            generation_only,
             || {
                 fast += 1;
                 if fast < 10 {
