@@ -438,6 +438,23 @@ async fn tell_removed(state: &AppState, removed: Vec<broker_adapters::Observatio
     }
 }
 
+/// Tells the store that a delete removed `n` messages of `task_id` from `queue` (it ends
+/// `failure`); nothing when it removed none (a worker took the message first: the task goes on).
+async fn tell_deleted(
+    state: &AppState,
+    broker: Broker,
+    task_id: &str,
+    queue: &str,
+    who: &str,
+    n: u64,
+) {
+    if n > 0 {
+        let reason = format!("deleted from queue {queue} by taskscope ({who})");
+        let removed = crate::actions::Actions::removed(broker, task_id, reason, Utc::now());
+        tell_removed(state, vec![removed]).await;
+    }
+}
+
 fn task_json(task: &Task) -> Value {
     serde_json::to_value(task).unwrap_or(Value::Null)
 }
@@ -577,17 +594,8 @@ pub async fn delete_core(
     match state.actions.delete(broker, &queue, &id).await {
         Ok(n) => {
             pending.entry.count = Some(n);
-            let reason = format!(
-                "deleted from queue {queue} by taskscope ({})",
-                pending.entry.who
-            );
-            // Nothing removed (a worker took the message first): the task goes on as it goes.
-            if n > 0 {
-                let task_id = crate::actions::Actions::task_id_of(broker, &queue, &id);
-                let removed =
-                    crate::actions::Actions::removed(broker, &task_id, reason, Utc::now());
-                tell_removed(state, vec![removed]).await;
-            }
+            let task_id = crate::actions::Actions::task_id_of(broker, &queue, &id);
+            tell_deleted(state, broker, &task_id, &queue, &pending.entry.who, n).await;
             answer(state, pending, Ok(Value::Null)).await
         }
         Err(e) => answer(state, pending, Err(action_failure(e))).await,
@@ -844,16 +852,7 @@ pub async fn bulk_core(
             match state.actions.delete(task.broker, &queue, &task.id).await {
                 Ok(n) => {
                     one.entry.count = Some(n);
-                    if n > 0 {
-                        let reason = format!("deleted from queue {queue} by taskscope ({who})");
-                        let removed = crate::actions::Actions::removed(
-                            task.broker,
-                            &task.id,
-                            reason,
-                            Utc::now(),
-                        );
-                        tell_removed(state, vec![removed]).await;
-                    }
+                    tell_deleted(state, task.broker, &task.id, &queue, &who, n).await;
                     Ok(())
                 }
                 Err(e) => Err(e),
