@@ -304,9 +304,10 @@ struct Writer {
     spare_tasks: HashMap<Key, Changed>,
 }
 
-/// The largest table of a round's changed tasks kept for the next round; a bigger one (a
-/// start-up scan's round) is given back.
-const SPARE_TASKS_CAPACITY: usize = 1 << 16;
+/// The largest table of a round's changed tasks kept for the next round (~0.5 MB; steady rounds
+/// hold tens to hundreds of tasks); a bigger one (a burst, a start-up scan's round) is given
+/// back rather than kept for good.
+const SPARE_TASKS_CAPACITY: usize = 1 << 12;
 
 /// What one round changes.
 #[derive(Default)]
