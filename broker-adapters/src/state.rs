@@ -402,58 +402,135 @@ pub fn find_abandoned(
     now: DateTime<Utc>,
     abandon_after: Duration,
 ) -> Vec<TaskObservation> {
-    let mut out = Vec::new();
-    for task in running.iter().filter(|t| t.state == TaskState::Running) {
-        let started = task.started_at.unwrap_or(task.updated_at);
-        let reason = match &task.worker {
-            Some(name) => workers
-                .iter()
-                .find(|w| w.broker == task.broker && &w.id == name)
-                .and_then(|w| {
-                    if !w.alive {
-                        Some(format!("abandoned: worker {} went offline", w.id))
-                    } else if now - w.last_seen > abandon_after {
-                        Some(format!(
-                            "abandoned: worker {} silent since {}",
-                            w.id,
-                            crate::model::rfc3339(&w.last_seen)
-                        ))
-                    } else if w.online_since > started {
-                        Some(format!("abandoned: worker {} restarted", w.id))
-                    } else {
-                        None
-                    }
-                }),
-            None if !task.broker.workers_vouch_for_unnamed_runs() => None,
-            None => {
-                let mut same_broker = workers
-                    .iter()
-                    .filter(|w| w.broker == task.broker)
-                    .peekable();
-                if same_broker.peek().is_none() {
-                    None
-                } else {
-                    let survivor = same_broker
-                        .any(|w| w.online_since <= started && worker_alive(w, now, abandon_after));
-                    (!survivor && now - started > abandon_after.min(Duration::seconds(5)))
-                        .then(|| "abandoned: every worker up when it started is gone".to_string())
+    let cutoffs = AbandonCutoffs::new(workers, now, abandon_after);
+    running
+        .iter()
+        .filter_map(|task| cutoffs.abandon(task, now))
+        .collect()
+}
+
+/// Which running tasks count as abandoned at one instant, per worker: the rules of
+/// [`find_abandoned`] as time bounds, so that they can be applied to tasks in memory one by one
+/// (O(1) each) and to tasks kept only in a file (`started < before` in a query).
+#[derive(Debug, Clone, Default)]
+pub struct AbandonCutoffs {
+    /// Of each named worker (by name: several brokers may share one), its cutoff.
+    named: std::collections::HashMap<String, Vec<AbandonCutoff>>,
+    /// Of each broker whose workers vouch for the runs no worker is named for.
+    unnamed: std::collections::HashMap<crate::model::Broker, AbandonCutoff>,
+}
+
+/// A running task of `worker` (or, when `None`, an unnamed run of `broker`) that started
+/// before `before` (any time when `None`) is abandoned, for `reason`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AbandonCutoff {
+    pub broker: crate::model::Broker,
+    pub worker: Option<String>,
+    pub before: Option<DateTime<Utc>>,
+    pub reason: String,
+}
+
+impl AbandonCutoffs {
+    /// The cutoffs `workers` (every known worker) imply at `now`.
+    pub fn new(workers: &[Worker], now: DateTime<Utc>, abandon_after: Duration) -> Self {
+        use crate::model::Broker;
+        let mut named: std::collections::HashMap<String, Vec<AbandonCutoff>> =
+            std::collections::HashMap::new();
+        // Of each broker whose workers vouch for unnamed runs: whether it has a worker at all,
+        // and the earliest start of a worker alive now.
+        let mut unnamed: std::collections::HashMap<Broker, Option<DateTime<Utc>>> =
+            std::collections::HashMap::new();
+        for w in workers {
+            let (before, reason) = if !w.alive {
+                (None, format!("abandoned: worker {} went offline", w.id))
+            } else if now - w.last_seen > abandon_after {
+                let since = crate::model::rfc3339(&w.last_seen);
+                (
+                    None,
+                    format!("abandoned: worker {} silent since {since}", w.id),
+                )
+            } else {
+                // A new process under the same name cannot be running what started before it.
+                (
+                    Some(w.online_since),
+                    format!("abandoned: worker {} restarted", w.id),
+                )
+            };
+            let of_name = named.entry(w.id.clone()).or_default();
+            of_name.retain(|c| c.broker != w.broker);
+            of_name.push(AbandonCutoff {
+                broker: w.broker,
+                worker: Some(w.id.clone()),
+                before,
+                reason,
+            });
+            if w.broker.workers_vouch_for_unnamed_runs() {
+                let earliest = unnamed.entry(w.broker).or_insert(None);
+                if worker_alive(w, now, abandon_after) {
+                    *earliest = Some(earliest.map_or(w.online_since, |e| e.min(w.online_since)));
                 }
             }
-        };
-        if let Some(reason) = reason {
-            let mut obs = TaskObservation::new(
-                task.broker,
-                task.id.clone(),
-                now,
-                TaskEvent::Abandoned,
-                "sweep",
+        }
+        // A run no worker is named for survives while a worker that was up when it started
+        // is alive, and for its first seconds (its worker may not have been heard yet).
+        let grace = now - abandon_after.min(Duration::seconds(5));
+        let mut unnamed_cutoffs = std::collections::HashMap::new();
+        for (broker, earliest_alive) in unnamed {
+            let before = earliest_alive.map_or(grace, |e| e.min(grace));
+            unnamed_cutoffs.insert(
+                broker,
+                AbandonCutoff {
+                    broker,
+                    worker: None,
+                    before: Some(before),
+                    reason: "abandoned: every worker up when it started is gone".to_string(),
+                },
             );
-            obs.attempt = Some(task.retries);
-            obs.detail = Some(reason);
-            out.push(obs);
+        }
+        Self {
+            named,
+            unnamed: unnamed_cutoffs,
         }
     }
-    out
+
+    /// Every cutoff (for a query of stored tasks).
+    pub fn iter(&self) -> impl Iterator<Item = &AbandonCutoff> {
+        self.named.values().flatten().chain(self.unnamed.values())
+    }
+
+    /// Whether no running task could be abandoned (no worker is known).
+    pub fn is_empty(&self) -> bool {
+        self.named.is_empty() && self.unnamed.is_empty()
+    }
+
+    /// `task`'s `Abandoned` observation, if it is a running task these cutoffs abandon.
+    pub fn abandon(&self, task: &Task, now: DateTime<Utc>) -> Option<TaskObservation> {
+        if task.state != TaskState::Running {
+            return None;
+        }
+        let started = task.started_at.unwrap_or(task.updated_at);
+        let cutoff = match &task.worker {
+            Some(name) => self
+                .named
+                .get(name.as_str())?
+                .iter()
+                .find(|c| c.broker == task.broker)?,
+            None => self.unnamed.get(&task.broker)?,
+        };
+        if cutoff.before.is_some_and(|before| started >= before) {
+            return None;
+        }
+        let mut obs = TaskObservation::new(
+            task.broker,
+            task.id.clone(),
+            now,
+            TaskEvent::Abandoned,
+            "sweep",
+        );
+        obs.attempt = Some(task.retries);
+        obs.detail = Some(cutoff.reason.clone());
+        Some(obs)
+    }
 }
 
 #[cfg(test)]

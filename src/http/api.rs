@@ -80,6 +80,8 @@ pub async fn healthz(
             "observations_applied": writer.observations_applied.load(Ordering::Relaxed),
             "transitions_written": writer.transitions_written.load(Ordering::Relaxed),
             "task_rows_replaced": writer.task_rows_replaced.load(Ordering::Relaxed),
+            "running_in_memory": writer.running_in_memory.load(Ordering::Relaxed),
+            "running_parked": writer.running_parked.load(Ordering::Relaxed),
             "batches": writer.batches.load(Ordering::Relaxed),
             "batch_errors": writer.batch_errors.load(Ordering::Relaxed),
             "dropped": writer.dropped.load(Ordering::Relaxed),

@@ -557,6 +557,22 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         counter.inc_by(value.load(Ordering::Relaxed));
         registry.register(name, help, counter);
     }
+    let running_in_memory = Gauge::<i64>::default();
+    running_in_memory.set(
+        i64::try_from(writer.running_in_memory.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+    );
+    registry.register(
+        "taskscope_store_running_in_memory",
+        "Running tasks held in memory (at most 10,000; the oldest others are parked in the file)",
+        running_in_memory,
+    );
+    let parked = Counter::<u64>::default();
+    parked.inc_by(writer.running_parked.load(Ordering::Relaxed));
+    registry.register(
+        "taskscope_store_running_parked",
+        "Running tasks parked: dropped from memory because more were running than it holds",
+        parked,
+    );
     register_engine_memory(&mut registry, engine_memory.unwrap_or_default());
     let mut body = String::new();
     if let Err(e) = encode(&mut body, &registry) {

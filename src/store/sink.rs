@@ -24,6 +24,7 @@ use super::writer::{
     prefixed_task_columns, GroupSighting, Key, WorkerRow, WriterCommand, WriterStats,
 };
 use super::StoreError;
+use broker_adapters::state::AbandonCutoff;
 use broker_adapters::{Broker, QueueSample, Task, TaskState, Transition};
 use chrono::{DateTime, Utc};
 use duckdb::types::Value as DbValue;
@@ -75,6 +76,13 @@ pub(super) enum SinkItem {
     /// A flush, housekeeping step or audit entry ([`WriterCommand`]'s other variants are never
     /// sent here): run, and answered, after everything sent before is written.
     Barrier(WriterCommand),
+    /// Stored running tasks that `cutoffs` may abandon, the earliest started first, at most
+    /// `limit`: answered after everything sent before is written (the file is then current).
+    RunningBefore {
+        cutoffs: Vec<AbandonCutoff>,
+        limit: usize,
+        reply: SyncSender<Result<Vec<Task>, StoreError>>,
+    },
 }
 
 /// Batches received and not yet written, merged.
@@ -193,11 +201,18 @@ impl Sink {
                     self.trim.done(keys.len() as u64);
                     continue;
                 }
-                SinkItem::Barrier(_) => {}
+                SinkItem::Barrier(_) | SinkItem::RunningBefore { .. } => {}
             }
             self.write_pending(std::mem::take(&mut pending));
             match item {
                 SinkItem::Batch(_) | SinkItem::Lookup { .. } => {}
+                SinkItem::RunningBefore {
+                    cutoffs,
+                    limit,
+                    reply,
+                } => {
+                    let _ = reply.send(self.running_before(&cutoffs, limit));
+                }
                 // The caller may have stopped waiting (shutdown); the work is done anyway.
                 SinkItem::Barrier(WriterCommand::Flush(ack)) => {
                     let _ = ack.send(());
@@ -335,6 +350,53 @@ impl Sink {
         outcome.took = started.elapsed();
         span.record("rows", outcome.rows);
         Ok(outcome)
+    }
+
+    /// The stored running tasks that `cutoffs` may abandon (started before their worker's
+    /// cutoff), earliest first, at most `limit` (one scan of the running rows).
+    fn running_before(
+        &mut self,
+        cutoffs: &[AbandonCutoff],
+        limit: usize,
+    ) -> Result<Vec<Task>, StoreError> {
+        let span = tracing::debug_span!(
+            "store_parked_sweep",
+            cutoffs = cutoffs.len(),
+            found = tracing::field::Empty
+        );
+        let _entered = span.enter();
+        let tx = self.conn.transaction()?;
+        {
+            let mut app = tx.appender("sweep_cutoffs")?;
+            for c in cutoffs {
+                app.append_row(duckdb::params![
+                    c.broker.as_str(),
+                    c.worker.as_deref(),
+                    super::rows::opt_ts(c.before),
+                ])?;
+            }
+            app.flush()?;
+        }
+        let mut found = Vec::new();
+        {
+            let mut stmt = tx.prepare(&format!(
+                "SELECT {} FROM tasks t JOIN sweep_cutoffs c
+                     ON t.broker = c.broker AND t.worker IS NOT DISTINCT FROM c.worker
+                 WHERE t.state = 'running'
+                   AND (c.before IS NULL OR coalesce(t.started_at, t.updated_at) < c.before)
+                 ORDER BY coalesce(t.started_at, t.updated_at), t.broker, t.id
+                 LIMIT ?",
+                prefixed_task_columns("t"),
+            ))?;
+            let mut rows = stmt.query([i64::try_from(limit).unwrap_or(i64::MAX)])?;
+            while let Some(row) = rows.next()? {
+                found.push(read_task(row)?);
+            }
+        }
+        tx.execute("DELETE FROM sweep_cutoffs", [])?;
+        tx.commit()?;
+        span.record("found", found.len());
+        Ok(found)
     }
 
     /// The last versions of `keys`: the pending set's, else the file's (in one query).

@@ -1289,3 +1289,104 @@ async fn workers_last_seen_before_the_retention_are_forgotten() {
     assert_eq!(after_restart, ["celery@new", "celery@old"]);
     close(writer, reader, handle);
 }
+
+/// Running tasks past `running_capacity` leave memory, the oldest first (Celery with
+/// `ignore_result` and no events never reports an end: they would pile up until a deploy), and
+/// are still folded when they change, swept when their workers go away (from the file), and
+/// after a restart.
+#[tokio::test]
+async fn running_tasks_past_the_memory_cap_are_parked_and_still_swept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.duckdb");
+    let opts = StoreOptions {
+        running_capacity: 4,
+        parked_sweep_interval: std::time::Duration::ZERO,
+        ..StoreOptions::default()
+    };
+    let (writer, reader, handle) = open(&path, opts.clone()).unwrap();
+    writer
+        .observe(vec![
+            worker_obs("celery@a", 1, 0, WorkerEvent::Online),
+            worker_obs("celery@b", 2, 0, WorkerEvent::Online),
+        ])
+        .await
+        .unwrap();
+    let running = |id: String, secs: i64, worker: Option<&str>| {
+        let mut o = task_obs(Broker::Celery, &id, secs, TaskEvent::Running);
+        o.fields.worker = worker.map(str::to_string);
+        o
+    };
+    for i in 1..=20 {
+        let batch = vec![
+            running(format!("a-{i}"), i, Some("celery@a")),
+            running(format!("unnamed-{i}"), i, None),
+        ];
+        write(&writer, batch).await;
+    }
+    write(
+        &writer,
+        (1..=5)
+            .map(|i| running(format!("b-{i}"), 20 + i, Some("celery@b")))
+            .collect(),
+    )
+    .await;
+    let stats = writer.stats();
+    assert!(stats.running_in_memory.load(Ordering::Relaxed) <= 4);
+    assert!(stats.running_parked.load(Ordering::Relaxed) >= 41);
+
+    // A parked task that ends is read back from the file: one row, its name kept.
+    let mut named = task_obs(Broker::Celery, "a-1", 0, TaskEvent::Queued);
+    named.fields.name = Some("tasks.add".into());
+    write(&writer, vec![named]).await;
+    write(
+        &writer,
+        vec![task_obs(Broker::Celery, "a-1", 30, TaskEvent::Succeeded)],
+    )
+    .await;
+    let (a1, _) = reader.get_task("a-1").await.unwrap().unwrap();
+    assert_eq!(
+        (a1.state, a1.name.as_deref()),
+        (TaskState::Success, Some("tasks.add"))
+    );
+
+    // Worker a goes away: its parked tasks are abandoned from the file; b's and the unnamed
+    // ones (b was up when they started) stay running.
+    writer
+        .observe(vec![worker_obs("celery@a", 1, 100, WorkerEvent::Offline)])
+        .await
+        .unwrap();
+    writer
+        .sweep(at(101), Duration::seconds(1000))
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+    for i in 2..=20 {
+        let (t, _) = reader.get_task(&format!("a-{i}")).await.unwrap().unwrap();
+        assert_eq!(t.state, TaskState::Abandoned, "a-{i}");
+    }
+    let counts = reader.stats(None).await.unwrap();
+    assert_eq!(counts.by_state[&TaskState::Running], 25, "{counts:?}");
+    assert_eq!(counts.by_state[&TaskState::Abandoned], 19);
+
+    // After a restart only the newest running tasks are loaded; the sweep still finds the
+    // others in the file once b goes away.
+    close(writer, reader, handle);
+    let (writer, reader, handle) = open(&path, opts).unwrap();
+    assert_eq!(writer.stats().running_in_memory.load(Ordering::Relaxed), 4);
+    writer
+        .observe(vec![worker_obs("celery@b", 2, 200, WorkerEvent::Offline)])
+        .await
+        .unwrap();
+    writer
+        .sweep(at(201), Duration::seconds(1000))
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+    let counts = reader.stats(None).await.unwrap();
+    assert_eq!(counts.by_state[&TaskState::Running], 0, "{counts:?}");
+    assert_eq!(counts.by_state[&TaskState::Abandoned], 44);
+    assert_eq!(counts.by_state[&TaskState::Success], 1);
+    let (unnamed, _) = reader.get_task("unnamed-7").await.unwrap().unwrap();
+    assert_eq!(unnamed.state, TaskState::Abandoned);
+    close(writer, reader, handle);
+}

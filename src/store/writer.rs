@@ -107,6 +107,11 @@ pub struct WriterStats {
     pub dropped: AtomicU64,
     /// Keys in the filter of stored task ids (rebuilt after retention: see `seen.rs`).
     pub filter_keys: AtomicU64,
+    /// Running tasks held in memory (at most `StoreOptions::running_capacity`).
+    pub running_in_memory: AtomicU64,
+    /// Running tasks parked: dropped from memory, the oldest first, because more than
+    /// `StoreOptions::running_capacity` were running (kept in the file, swept from there).
+    pub running_parked: AtomicU64,
 }
 
 /// The handle through which everything is written. Cheap to clone; the writer thread stops once
@@ -218,6 +223,10 @@ pub(super) fn start(
         awaiting_rebuilds: 0,
         journal: Vec::new(),
         spare_tasks: HashMap::new(),
+        running_capacity: opts.running_capacity.max(1),
+        parked_sweep_interval: opts.parked_sweep_interval,
+        running_in_file: false,
+        last_parked_sweep: None,
     };
     writer.load(&conn)?;
     // Loading the filter of stored ids allocates and frees one string per stored task.
@@ -302,7 +311,19 @@ struct Writer {
     /// thread's CPU (perf, Celery events at 2,000/s: `reserve_rehash`, and glibc's
     /// `malloc_consolidate` run by the large allocation).
     spare_tasks: HashMap<Key, Changed>,
+    /// Running tasks `running` holds at most; past it the oldest are parked (`park_running`).
+    running_capacity: usize,
+    /// How often the sweep reads parked running tasks from the file.
+    parked_sweep_interval: std::time::Duration,
+    /// The file may hold running tasks that memory does not (some were parked, or more were
+    /// stored than loaded at start). Never reset: finding out costs the query it would save.
+    running_in_file: bool,
+    /// When the sweep last read parked tasks, and whether that read hit its limit.
+    last_parked_sweep: Option<(Instant, bool)>,
 }
+
+/// Parked running tasks one sweep reads from the file at most (the next sweep reads on).
+const PARKED_SWEEP_LIMIT: usize = 10_000;
 
 /// The largest table of a round's changed tasks kept for the next round (~0.5 MB; steady rounds
 /// hold tens to hundreds of tasks); a bigger one (a burst, a start-up scan's round) is given
@@ -340,6 +361,9 @@ enum Prior {
 struct Loaded {
     tasks: HashMap<Key, Task>,
     unknown: HashSet<Key>,
+    /// Keys of `tasks` read for the sweep: running tasks kept only in the file that the
+    /// sweep's cutoffs may abandon.
+    parked: Vec<Key>,
 }
 
 /// A task a round changed.
@@ -377,14 +401,30 @@ impl Writer {
         conn.execute_batch(
             "CREATE TEMP TABLE IF NOT EXISTS lookup_keys (broker VARCHAR, id VARCHAR);",
         )?;
+        conn.execute_batch(
+            "CREATE TEMP TABLE IF NOT EXISTS sweep_cutoffs
+                 (broker VARCHAR, worker VARCHAR, before TIMESTAMP);",
+        )?;
+        // The most recently started running tasks, up to the capacity (one more tells whether
+        // the file holds others: they are parked from the start).
         let running = {
             let mut stmt = conn.prepare(&format!(
-                "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running'"
+                "SELECT {TASK_COLUMNS} FROM tasks WHERE state = 'running'
+                 ORDER BY coalesce(started_at, updated_at) DESC LIMIT ?"
             ))?;
-            let mut rows = stmt.query([])?;
+            let limit = i64::try_from(self.running_capacity).unwrap_or(i64::MAX - 1) + 1;
+            let mut rows = stmt.query([limit])?;
             let mut out = Vec::new();
             while let Some(row) = rows.next()? {
                 out.push(read_task(row)?);
+            }
+            if out.len() > self.running_capacity {
+                out.truncate(self.running_capacity);
+                self.running_in_file = true;
+                tracing::info!(
+                    loaded = out.len(),
+                    "store: more tasks are running than memory keeps; the oldest stay in the file (swept from there)"
+                );
             }
             out
         };
@@ -394,6 +434,9 @@ impl Writer {
             self.running.insert(key.clone());
             self.cache.insert(key, Arc::new(task));
         }
+        self.stats
+            .running_in_memory
+            .store(self.running.len() as u64, Ordering::Relaxed);
         let workers = {
             let mut stmt = conn.prepare(
                 "SELECT broker, id, hostname, pid, alive, first_seen, last_seen, online_since
@@ -496,6 +539,12 @@ impl Writer {
             let mut round: Vec<WriterCommand> = Vec::new();
             for cmd in cmds {
                 match cmd {
+                    WriterCommand::Sweep { .. } if self.running_in_file => {
+                        // The sweep's read of parked tasks (before its round folds) needs the
+                        // workers as of the sweep: what came before it is folded first.
+                        self.fold_round(std::mem::take(&mut round));
+                        round.push(cmd);
+                    }
                     WriterCommand::Observations(_)
                     | WriterCommand::QueueSamples(_)
                     | WriterCommand::Sweep { .. } => round.push(cmd),
@@ -553,6 +602,7 @@ impl Writer {
             Ok(tasks) => Loaded {
                 tasks,
                 unknown: HashSet::new(),
+                parked: Vec::new(),
             },
             Err(e) => {
                 // Folded as new, and written over whatever version the file holds (never
@@ -564,13 +614,71 @@ impl Writer {
                 Loaded {
                     tasks: HashMap::new(),
                     unknown: missing,
+                    parked: Vec::new(),
                 }
             }
         };
+        let mut loaded = loaded;
+        if let Some((now, abandon_after)) = last_sweep(&cmds) {
+            self.read_parked(&mut loaded, now, abandon_after);
+        }
         let spare = std::mem::take(&mut self.spare_tasks);
         let outcome = self.fold(&cmds, &loaded, spare);
         span.record("transitions", outcome.transitions.len());
         self.publish(outcome);
+    }
+
+    /// For a round that sweeps, once any running task was parked and at most every
+    /// `parked_sweep_interval` (at once again after a read that hit its limit): the parked
+    /// running tasks the sweep's cutoffs may abandon, read from the file into `loaded`.
+    fn read_parked(
+        &mut self,
+        loaded: &mut Loaded,
+        now: DateTime<Utc>,
+        abandon_after: chrono::Duration,
+    ) {
+        if !self.running_in_file {
+            return;
+        }
+        if self
+            .last_parked_sweep
+            .is_some_and(|(at, full)| !full && at.elapsed() < self.parked_sweep_interval)
+        {
+            return;
+        }
+        let workers: Vec<Worker> = self.workers.values().map(|w| w.worker.clone()).collect();
+        let cutoffs = state::AbandonCutoffs::new(&workers, now, abandon_after);
+        self.last_parked_sweep = Some((Instant::now(), false));
+        if cutoffs.is_empty() {
+            return;
+        }
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let query = SinkItem::RunningBefore {
+            cutoffs: cutoffs.iter().cloned().collect(),
+            limit: PARKED_SWEEP_LIMIT,
+            reply,
+        };
+        if self.sink.send(query).is_err() {
+            return;
+        }
+        match answer.recv() {
+            Ok(Ok(tasks)) => {
+                self.last_parked_sweep = Some((Instant::now(), tasks.len() >= PARKED_SWEEP_LIMIT));
+                for task in tasks {
+                    let key = (task.broker, task.id.clone());
+                    if self.cache.contains_key(&key) {
+                        continue;
+                    }
+                    loaded.parked.push(key.clone());
+                    loaded.tasks.entry(key).or_insert(task);
+                }
+            }
+            Ok(Err(e)) => {
+                self.stats.batch_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "store: reading parked running tasks for the sweep failed; the next sweep tries again");
+            }
+            Err(_) => {}
+        }
     }
 
     /// Moves memory on, fills the live tail, tells subscribers and sends the round to the sink.
@@ -646,6 +754,10 @@ impl Writer {
         self.workers
             .extend(out.workers.iter().map(|(k, w)| (k.clone(), w.clone())));
         self.evict();
+        self.park_running();
+        self.stats
+            .running_in_memory
+            .store(self.running.len() as u64, Ordering::Relaxed);
         for event in out.events {
             // No subscriber is fine: nobody is watching the live view.
             let _ = self.events.send(Arc::new(event));
@@ -764,7 +876,6 @@ impl Writer {
                 }
                 WriterCommand::QueueSamples(samples) => out.samples.extend(samples.iter().cloned()),
                 WriterCommand::Sweep { now, abandon_after } => {
-                    let running = self.running_tasks(&out);
                     let workers: Vec<Worker> = self
                         .workers
                         .iter()
@@ -772,8 +883,16 @@ impl Writer {
                         .chain(out.workers.iter())
                         .map(|(_, w)| w.worker.clone())
                         .collect();
-                    for obs in state::find_abandoned(&running, &workers, *now, *abandon_after) {
-                        self.fold_task(&mut out, loaded, &obs);
+                    let cutoffs = state::AbandonCutoffs::new(&workers, *now, *abandon_after);
+                    if cutoffs.is_empty() {
+                        continue;
+                    }
+                    let abandoned: Vec<TaskObservation> = self
+                        .running_tasks(&out, loaded)
+                        .filter_map(|task| cutoffs.abandon(task, *now))
+                        .collect();
+                    for obs in &abandoned {
+                        self.fold_task(&mut out, loaded, obs);
                     }
                 }
                 WriterCommand::Flush(_)
@@ -860,21 +979,29 @@ impl Writer {
         }
     }
 
-    /// The running tasks as of this point of the batch.
-    fn running_tasks(&self, out: &Outcome) -> Vec<Task> {
-        let mut running: Vec<Task> = self
+    /// The running tasks as of this point of the batch: those in memory, and the parked ones
+    /// `loaded` read for the sweep.
+    fn running_tasks<'a>(
+        &'a self,
+        out: &'a Outcome,
+        loaded: &'a Loaded,
+    ) -> impl Iterator<Item = &'a Task> + 'a {
+        let in_memory = self
             .running
             .iter()
             .filter(|k| !out.tasks.contains_key(*k))
-            .filter_map(|k| self.cache.get(k).map(|t| Task::clone(t)))
-            .collect();
-        running.extend(
-            out.tasks
-                .values()
-                .filter(|c| c.task.state == TaskState::Running)
-                .map(|c| Task::clone(&c.task)),
-        );
-        running
+            .filter_map(|k| self.cache.get(k).map(|t| &**t));
+        let changed = out
+            .tasks
+            .values()
+            .filter(|c| c.task.state == TaskState::Running)
+            .map(|c| &*c.task);
+        let parked = loaded
+            .parked
+            .iter()
+            .filter(|k| !out.tasks.contains_key(*k) && !self.cache.contains_key(*k))
+            .filter_map(|k| loaded.tasks.get(k));
+        in_memory.chain(changed).chain(parked)
     }
 
     /// Keeps the cache to what is live: the most recently finished tasks up to
@@ -908,6 +1035,54 @@ impl Writer {
             }
         });
     }
+
+    /// Keeps at most `running_capacity` running tasks in memory: past it, parks the oldest
+    /// (by start) down to three quarters of it. Each is in the file or the sink's pending set
+    /// already (every change goes there); it is looked up when it changes again, and swept from
+    /// the file ([`Writer::read_parked`]).
+    fn park_running(&mut self) {
+        if self.running.len() <= self.running_capacity {
+            return;
+        }
+        let target = self.running_capacity - self.running_capacity / 4;
+        let mut by_start: Vec<(DateTime<Utc>, &Key)> = self
+            .running
+            .iter()
+            .filter_map(|k| {
+                self.cache
+                    .get(k)
+                    .map(|t| (t.started_at.unwrap_or(t.updated_at), k))
+            })
+            .collect();
+        let excess = by_start.len().saturating_sub(target);
+        if excess == 0 {
+            return;
+        }
+        by_start.select_nth_unstable(excess - 1);
+        let parked: Vec<Key> = by_start[..excess]
+            .iter()
+            .map(|(_, k)| (*k).clone())
+            .collect();
+        for key in &parked {
+            self.running.remove(key);
+            self.cache.remove(key);
+        }
+        self.running_in_file = true;
+        let before = self
+            .stats
+            .running_parked
+            .fetch_add(parked.len() as u64, Ordering::Relaxed);
+        if before == 0 {
+            tracing::warn!(
+                running = self.running.len() + parked.len(),
+                kept = self.running.len(),
+                "More tasks are running than taskscope keeps in memory; the oldest are kept in the \
+                 file only (swept from there every {:?}). Tasks that never report an end (Celery \
+                 with ignore_result and no events) stay running until their workers go away.",
+                self.parked_sweep_interval
+            );
+        }
+    }
 }
 
 /// Records that the failure group `id` (the fingerprint of `task`'s error) was seen at `at`;
@@ -929,6 +1104,14 @@ fn see_group(out: &mut Outcome, id: &str, task: &Task, at: DateTime<Utc>) {
             last: at,
         },
     );
+}
+
+/// The time and abandonment delay of the round's last sweep, if it has one.
+fn last_sweep(cmds: &[WriterCommand]) -> Option<(DateTime<Utc>, chrono::Duration)> {
+    cmds.iter().rev().find_map(|cmd| match cmd {
+        WriterCommand::Sweep { now, abandon_after } => Some((*now, *abandon_after)),
+        _ => None,
+    })
 }
 
 /// Observations count by their number, other commands as one.
