@@ -59,6 +59,88 @@ fn canonical_uuid(id: &str) -> Option<u128> {
     Some(value)
 }
 
+/// Queues an adapter watches at most. Each costs its reads, samples and per-queue state; a
+/// producer that names a queue per tenant (or a hostile one) must not grow them without bound.
+pub const MAX_QUEUES: usize = 10_000;
+
+/// The names of the queues an adapter watches, in order, at most `capacity`: past it a new
+/// name is refused, not the oldest forgotten (a queue's reads, samples and per-queue state are
+/// keyed by its name, and a queue watched for a while is worth more than a new one), and the
+/// first refusal is logged.
+#[derive(Debug, Clone)]
+pub struct QueueNames {
+    broker: &'static str,
+    capacity: usize,
+    names: std::collections::BTreeSet<String>,
+    refused: u64,
+}
+
+impl QueueNames {
+    /// An empty set of `broker`'s queues that holds at most `capacity` names.
+    pub fn new(broker: &'static str, capacity: usize) -> Self {
+        QueueNames {
+            broker,
+            capacity,
+            names: std::collections::BTreeSet::new(),
+            refused: 0,
+        }
+    }
+
+    /// Adds `name`; `true` if it is new and was admitted.
+    pub fn insert(&mut self, name: &str) -> bool {
+        if self.names.contains(name) {
+            return false;
+        }
+        if self.is_full() {
+            self.refused += 1;
+            if self.refused == 1 {
+                tracing::warn!(
+                    broker = self.broker,
+                    queue = %name,
+                    limit = self.capacity,
+                    "Too many queues: taskscope watches at most this many per broker; new ones are not followed or sampled."
+                );
+            }
+            return false;
+        }
+        self.names.insert(name.to_string())
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.names.contains(name)
+    }
+
+    /// Whether a new name would be refused.
+    pub fn is_full(&self) -> bool {
+        self.names.len() >= self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// New names refused since the set was full.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+
+    pub fn iter(&self) -> std::collections::btree_set::Iter<'_, String> {
+        self.names.iter()
+    }
+}
+
+impl<'a> IntoIterator for &'a QueueNames {
+    type Item = &'a String;
+    type IntoIter = std::collections::btree_set::Iter<'a, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.names.iter()
+    }
+}
+
 /// A set of at most `capacity` values; inserting a new value into a full set forgets the
 /// oldest one.
 #[derive(Debug, Clone)]
@@ -274,6 +356,20 @@ impl<K: Hash + Eq, V> FifoMap<K, V> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_names_refuse_new_names_past_their_capacity_and_keep_the_old() {
+        let mut q = QueueNames::new("test", 2);
+        assert!(q.insert("a"));
+        assert!(!q.insert("a"));
+        assert!(q.insert("b"));
+        assert!(q.is_full());
+        assert!(!q.insert("c"));
+        assert!(!q.insert("d"));
+        assert_eq!(q.iter().map(String::as_str).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(q.refused(), 2);
+        assert!(q.contains("a") && !q.contains("c"));
+    }
 
     #[test]
     fn task_keys_are_uuid_values_or_hashes_and_tell_ids_apart() {

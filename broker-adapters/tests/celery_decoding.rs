@@ -1694,6 +1694,35 @@ fn adapter_smembers_binding_adds_the_queue_and_reads_its_lists() {
     assert!(d.interest().key_patterns.contains(&"billing".to_string()));
 }
 
+/// A producer that names a queue per tenant (or a hostile one) cannot grow the queues watched
+/// (and their reads, samples and state) without bound: past `MAX_QUEUES` new ones are refused,
+/// the ones watched stay.
+#[test]
+fn adapter_watches_at_most_max_queues() {
+    let mut a = adapter();
+    let extra = 5;
+    for i in 0..broker_adapters::bounded::MAX_QUEUES + extra {
+        let entry = format!("tenant-{i}{SEP}{SEP}tenant-{i}");
+        a.answer(
+            &ReadRequest::SMembers(format!("_kombu.binding.tenant-{i}")),
+            Reply::Array(vec![Reply::Bytes(entry.into_bytes())]),
+            during_capture(),
+        );
+    }
+    assert_eq!(a.queues().count(), broker_adapters::bounded::MAX_QUEUES);
+    assert!(
+        a.queues().any(|q| q == "celery"),
+        "the configured queue stays"
+    );
+    let late = format!("late{SEP}{SEP}late");
+    let out = a.answer(
+        &ReadRequest::SMembers("_kombu.binding.late".into()),
+        Reply::Array(vec![Reply::Bytes(late.into_bytes())]),
+        during_capture(),
+    );
+    assert!(out.follow_up.is_empty(), "a refused queue is not read");
+}
+
 #[test]
 fn adapter_smembers_pidbox_and_celeryev_bindings_add_no_queue() {
     let mut a = CeleryAdapter::new(CeleryConfig {

@@ -558,9 +558,8 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         registry.register(name, help, counter);
     }
     let running_in_memory = Gauge::<i64>::default();
-    running_in_memory.set(
-        i64::try_from(writer.running_in_memory.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
-    );
+    running_in_memory
+        .set(i64::try_from(writer.running_in_memory.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     registry.register(
         "taskscope_store_running_in_memory",
         "Running tasks held in memory (at most 10,000; the oldest others are parked in the file)",

@@ -25,11 +25,11 @@ use crate::adapter::{
     glob_escape, unknown_tag, Adapter, DecodeError, Interest, OpenTask, Output, Publish, Read,
     ReadRequest, Reply, Tag,
 };
-use crate::bounded::{key128, FifoMap, FifoSet};
+use crate::bounded::{key128, FifoMap, FifoSet, QueueNames, MAX_QUEUES};
 use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
 use chrono::{DateTime, Utc};
 use message::CeleryMessage;
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use layout::{KeyKind, UNACKED};
 pub use layout::{PRIORITY_STEPS, SEP};
@@ -96,7 +96,7 @@ impl Default for CeleryConfig {
 /// The Celery adapter's memory between replies. Everything in it can be rebuilt from Redis.
 pub struct CeleryAdapter {
     config: CeleryConfig,
-    queues: BTreeSet<String>,
+    queues: QueueNames,
     /// Message identities reported queued, and bad payloads counted, as [`key128`]s.
     seen: FifoSet<u128>,
     /// The last read of `unacked`, by delivery tag: a new tag is a newly taken message; a tag
@@ -129,7 +129,10 @@ const BAD_BODIES: usize = 1_024;
 
 impl CeleryAdapter {
     pub fn new(config: CeleryConfig) -> CeleryAdapter {
-        let queues = config.queues.iter().cloned().collect();
+        let mut queues = QueueNames::new("celery", MAX_QUEUES);
+        for q in &config.queues {
+            queues.insert(q);
+        }
         CeleryAdapter {
             config,
             queues,
@@ -220,7 +223,7 @@ impl CeleryAdapter {
 
     /// A new queue: remember it and read what it holds.
     fn add_queue(&mut self, queue: &str, out: &mut Vec<Read>) {
-        if self.queues.insert(queue.to_string()) {
+        if self.queues.insert(queue) {
             out.extend(layout::queue_keys(queue).map(|k| Self::read_queue(&k, 0)));
         }
     }

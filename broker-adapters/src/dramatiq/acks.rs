@@ -25,7 +25,7 @@ impl DramatiqAdapter {
         };
         let (worker, base) = (worker.to_string(), base.to_string());
         self.consumers.insert(worker.clone());
-        self.queues.insert(base.clone());
+        self.queues.insert(&base);
         let members: BTreeSet<String> = reply.into_strings();
         // Taken out and put back at the end (no copy of the members per read).
         let before = self.acks.remove(key).unwrap_or_default();

@@ -270,7 +270,7 @@ impl DramatiqAdapter {
             .highest_retry
             .get_or_insert_with(msg.message_id.clone(), || 0);
         *highest = (*highest).max(msg.retries);
-        self.queues.insert(msg.queue.clone());
+        self.queues.insert(&msg.queue);
     }
 
     pub(super) fn observation(

@@ -41,7 +41,7 @@ use crate::adapter::{
     unknown_tag, Adapter, DecodeError, FirstSight, FirstSightRead, FollowTags, Interest, OpenTask,
     Output, Prefetch, PrefetchRead, Read, ReadRequest, Reply, Tag,
 };
-use crate::bounded::{key128, FifoMap, FifoSet};
+use crate::bounded::{key128, FifoMap, FifoSet, QueueNames, MAX_QUEUES};
 use crate::model::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
 };
@@ -151,7 +151,7 @@ pub struct DramatiqAdapter {
     /// the next reconciliation at the latest).
     deferred: HashMap<String, Vec<(String, Leaving)>>,
     /// Base queue names found so far.
-    queues: BTreeSet<String>,
+    queues: QueueNames,
     known: FifoMap<String, Known>,
     /// The highest `options.retries` seen per `message_id` (a retry copy outranks its ack).
     highest_retry: FifoMap<String, u32>,
@@ -211,7 +211,7 @@ impl DramatiqAdapter {
             layout: Layout::new(&config.namespace),
             discovering: HashMap::new(),
             deferred: HashMap::new(),
-            queues: BTreeSet::new(),
+            queues: QueueNames::new("dramatiq", MAX_QUEUES),
             known: FifoMap::new(KNOWN_CAPACITY),
             highest_retry: FifoMap::new(KNOWN_CAPACITY),
             acks: HashMap::new(),
@@ -308,14 +308,14 @@ impl Adapter for DramatiqAdapter {
                 Some(KeyKind::Acks { queue, .. }) => {
                     // A queue found here may hold a backlog: followed once a sample says it is
                     // short.
-                    if !self.queues.contains(queue) {
+                    if !self.queues.contains(queue) && !self.queues.is_full() {
                         self.unfollowed.insert(queue.to_string());
                     }
                     reads.push(Why::Acks.read(ReadRequest::SMembers(key)));
                 }
                 Some(KeyKind::Messages { queue, .. }) => {
                     let base = queue.to_string();
-                    if self.queues.insert(base.clone()) {
+                    if self.queues.insert(&base) {
                         self.unfollowed.insert(base.clone());
                         reads.extend(self.queue_reads(&base));
                     }
@@ -345,7 +345,7 @@ impl Adapter for DramatiqAdapter {
             }) => {
                 // Dead letters of a followed queue are looked up as their ids leave `.msgs`.
                 let queue = queue.to_string();
-                let new_queue = self.queues.insert(queue.clone());
+                let new_queue = self.queues.insert(&queue);
                 if op == "zadd" && (new_queue || !self.followed(&queue)) {
                     vec![self.dead_read(&queue)]
                 } else {
@@ -361,7 +361,7 @@ impl Adapter for DramatiqAdapter {
                 } else if op != "hset" {
                     Vec::new()
                 } else {
-                    self.queues.insert(queue.clone());
+                    self.queues.insert(&queue);
                     match part {
                         Part::Dead => vec![self.dead_read(&queue)],
                         part => vec![Self::read_tail(self.layout.list(&queue, part))],

@@ -60,7 +60,7 @@ use crate::adapter::{
     glob_escape, unknown_tag, Adapter, DecodeError, Interest, OpenTask, Output, Read, ReadRequest,
     Reply, Tag,
 };
-use crate::bounded::FifoMap;
+use crate::bounded::{FifoMap, QueueNames, MAX_QUEUES};
 use crate::model::{
     Broker, Observation, QueueSample, TaskEvent, TaskObservation, WorkerEvent, WorkerObservation,
 };
@@ -211,7 +211,7 @@ impl JobMemo {
 pub struct RqAdapter {
     layout: Layout,
     /// Queue names found (`<p>queues`, job origins).
-    queues: BTreeSet<String>,
+    queues: QueueNames,
     known: FifoMap<String, JobMemo>,
     /// Due times from the `scheduled` registries, by job id. Bounded: an id whose hash is
     /// gone or does not decode has no memo to take it away with it.
@@ -299,7 +299,7 @@ impl RqAdapter {
     pub fn new(config: RqConfig) -> RqAdapter {
         RqAdapter {
             layout: Layout::new(&config.prefix),
-            queues: BTreeSet::new(),
+            queues: QueueNames::new("rq", MAX_QUEUES),
             known: FifoMap::new(KNOWN_CAPACITY),
             etas: FifoMap::new(KNOWN_CAPACITY),
             workers_born: HashMap::new(),
@@ -754,7 +754,7 @@ impl RqAdapter {
     }
 
     fn add_queue(&mut self, queue: &str) -> bool {
-        !queue.is_empty() && self.queues.insert(queue.to_string())
+        !queue.is_empty() && self.queues.insert(queue)
     }
 
     fn decode_error(key: &str, kind: &'static str, message: String) -> DecodeError {
