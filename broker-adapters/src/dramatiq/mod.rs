@@ -543,6 +543,62 @@ mod tests {
     const MSG: &[u8] = include_bytes!("../../tests/fixtures/dramatiq/queue_message.bin");
     const RID: &str = "16deba5e-78c0-48dd-9722-a2be2c56937d";
 
+    /// A dead worker's ack sets, emptied by another worker's maintenance, are forgotten once
+    /// its heartbeat is gone: each deploy brings new worker ids, and they piled up before.
+    #[test]
+    fn empty_ack_sets_of_workers_without_a_heartbeat_are_forgotten() {
+        let now = Utc::now();
+        let mut a = DramatiqAdapter::new(DramatiqConfig::default());
+        let read = |a: &mut DramatiqAdapter, worker: &str, members: &[&str]| {
+            let acks = Why::Acks.read(ReadRequest::SMembers(format!(
+                "dramatiq:__acks__.{worker}.default"
+            )));
+            let reply = Reply::Array(
+                members
+                    .iter()
+                    .map(|m| Reply::Bytes(m.as_bytes().to_vec()))
+                    .collect(),
+            );
+            a.handle_reply(&acks, reply, now);
+        };
+        read(&mut a, "alive-idle", &[]);
+        read(&mut a, "alive-busy", &[RID]);
+        read(
+            &mut a,
+            "dead-busy",
+            &["7e0e3a2c-0000-4000-8000-000000000001"],
+        );
+        read(&mut a, "dead", &[]);
+        assert_eq!(a.acks.len(), 4);
+        let heartbeats = Why::Heartbeats.read(ReadRequest::ZRangeWithScores {
+            key: "dramatiq:__heartbeats__".into(),
+            start: 0,
+            stop: -1,
+        });
+        let score = Reply::Bytes(b"1700000000000".to_vec());
+        let beating = Reply::Array(vec![
+            Reply::Bytes(b"alive-idle".to_vec()),
+            score.clone(),
+            Reply::Bytes(b"alive-busy".to_vec()),
+            score,
+        ]);
+        a.handle_reply(&heartbeats, beating, now);
+        let mut left: Vec<&str> = a.acks.keys().map(String::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                "dramatiq:__acks__.alive-busy.default",
+                "dramatiq:__acks__.alive-idle.default",
+                "dramatiq:__acks__.dead-busy.default",
+            ],
+            "only the dead worker's empty set goes; a set with members waits for its settlement"
+        );
+        // An error reply tells nothing: nothing is forgotten.
+        a.handle_reply(&heartbeats, Reply::Error("ERR".into()), now);
+        assert_eq!(a.acks.len(), 3);
+    }
+
     /// The loop builds the interest again only when its version moves: every change of the
     /// queues, of which are followed, and of the ack sets known moves it, and a version seen
     /// before always comes with the interest it came with then.

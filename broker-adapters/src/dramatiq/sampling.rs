@@ -22,6 +22,9 @@ impl DramatiqAdapter {
     /// The heartbeats ZSET closes a sampling round: worker observations and queue samples.
     pub(super) fn on_heartbeats(&mut self, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
+        // The whole set (an error reply tells nothing about who is alive).
+        let complete = matches!(reply, Reply::Array(_));
+        let mut beating: HashSet<String> = HashSet::new();
         for (worker, score) in reply.into_pairs() {
             let Some(worker) = worker
                 .as_bytes()
@@ -29,6 +32,7 @@ impl DramatiqAdapter {
             else {
                 continue;
             };
+            beating.insert(worker.clone());
             if !self.consumers.contains(&worker) {
                 continue; // a producer's broker: it dispatches, it does not consume
             }
@@ -49,6 +53,9 @@ impl DramatiqAdapter {
                     active: None,
                     heartbeat_every_s: None,
                 }));
+        }
+        if complete {
+            self.forget_empty_ack_sets_of_dead_workers(&beating);
         }
         if let Some(sampling) = self.sampling.take() {
             let mut heads = std::mem::take(&mut self.sampled_heads);
@@ -104,5 +111,23 @@ impl DramatiqAdapter {
             }
         }
         out
+    }
+
+    /// Forgets the ack sets that are empty and whose worker has no heartbeat any more. Each
+    /// worker process has its own ack sets (its id is a fresh uuid), and a dead one's are
+    /// requeued and deleted by another worker's maintenance, which leaves them empty here:
+    /// kept, they would pile up with every deploy (and each sampling round walks them all).
+    /// A live worker's empty set is kept (it empties and fills with every task: dropping it
+    /// would change the interest each time); one dropped by mistake is learned again from
+    /// its next `sadd`.
+    fn forget_empty_ack_sets_of_dead_workers(&mut self, beating: &HashSet<String>) {
+        let layout = &self.layout;
+        self.acks.retain(|key, members| {
+            !members.is_empty()
+                || match layout.classify(key) {
+                    Some(KeyKind::Acks { worker, .. }) => beating.contains(worker),
+                    _ => true,
+                }
+        });
     }
 }
