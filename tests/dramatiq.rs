@@ -556,13 +556,19 @@ fn results_middleware_result() {
     }
 }
 
-/// RedisBroker namespace `shop` (keys `shop:*`) with `--dramatiq-namespace shop`.
+/// RedisBroker namespace `shop` (keys `shop:*`) with `--dramatiq-namespace shop`. The
+/// messages are sent before the worker starts: what is tested is the namespace, not the race
+/// of an idle worker against the first read of a new queue (`sent_to_idle_worker`; under a
+/// loaded CI machine an idle worker may take and finish both within a millisecond).
 #[test]
 fn custom_namespace() {
     let _slot = test_slot();
     let w = World::with_namespace("shop");
-    let _worker = w.worker();
     let ids = w.produce("add", 2, &defaults());
+    for id in &ids {
+        w.ts.wait_state(id, "queued", LONG);
+    }
+    let _worker = w.worker();
     for (i, id) in ids.iter().enumerate() {
         let t = w.ts.wait_state(id, "success", LONG);
         assert_common(&t, id, "add", "default");
