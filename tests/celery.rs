@@ -641,6 +641,46 @@ fn restart_mid_stream(mode: Mode) {
     }
 }
 
+/// Passive mode, hang() tasks with no end Redis would tell (as with `ignore_result=True`):
+/// with room for two running tasks in memory, the other four are parked in the file; each is
+/// still shown running, and all six are abandoned when their worker is SIGKILLed (the parked
+/// ones found by the sweep's query of the file).
+#[test]
+fn running_tasks_past_the_memory_cap_are_abandoned_with_their_worker() {
+    let _slot = test_slot();
+    let redis = RedisServer::start();
+    let dir = tempfile::Builder::new()
+        .prefix("taskscope-db-")
+        .tempdir()
+        .expect("tempdir");
+    let ts = Taskscope::start_with_env(
+        &redis.url(),
+        &dir.path().join("t.duckdb"),
+        &["--brokers", "celery"],
+        &[("TASKSCOPE_RUNNING_IN_MEMORY", "2")],
+    );
+    let ids = produce(&redis.url(), "hang", 6, "celery", &ProduceOpts::default());
+    for id in &ids {
+        ts.wait_state(id, "queued", SHORT);
+    }
+    let mut worker = CeleryWorker::start(&redis.url(), "celery", false, &["-c", "6"]);
+    for id in &ids {
+        ts.wait_state(id, "running", LONG);
+    }
+    let health = ts.get("/healthz");
+    assert!(
+        health["store"]["running_parked"].as_u64().unwrap_or(0) >= 4
+            && health["store"]["running_in_memory"].as_u64().unwrap_or(99) <= 2,
+        "four of six running tasks parked: {}",
+        health["store"]
+    );
+    worker.sigkill();
+    for id in &ids {
+        let t = ts.wait_state(id, "abandoned", Duration::from_secs(5 + 10 + 25));
+        assert_eq!(t["name"], "billing.hang", "{t}");
+    }
+}
+
 macro_rules! scenarios {
     ($mode:expr) => {
         #[test]

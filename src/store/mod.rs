@@ -162,7 +162,8 @@ pub struct StoreOptions {
     /// Tasks retention must have deleted (and at least half as many as remain) before the
     /// filter of stored ids is rebuilt from the file (`seen.rs`). 100,000 by default.
     pub filter_rebuild_min_deleted: u64,
-    /// Running tasks the fold thread keeps in memory at most (10,000 by default). Running
+    /// Running tasks the fold thread keeps in memory at most (`TASKSCOPE_RUNNING_IN_MEMORY`,
+    /// 10,000 by default). Running
     /// tasks are otherwise never evicted (the sweep judges them every second), but some never
     /// end as far as Redis tells: Celery with `ignore_result=True` and no events keeps every
     /// task `running` until its workers go away, so between two deploys they would pile up in
@@ -171,7 +172,8 @@ pub struct StoreOptions {
     /// (`parked_sweep_interval`).
     pub running_capacity: usize,
     /// How often the sweep also looks for abandoned tasks among the parked ones (a query of
-    /// the file's running tasks; 30 s by default), once any was parked.
+    /// the file's running tasks, ~20-50 ms at 10M stored tasks; 10 s by default), once any
+    /// was parked.
     pub parked_sweep_interval: std::time::Duration,
 }
 
@@ -201,8 +203,11 @@ impl Default for StoreOptions {
             ),
             failing_lookups: 0,
             filter_rebuild_min_deleted: 100_000,
-            running_capacity: 10_000,
-            parked_sweep_interval: std::time::Duration::from_secs(30),
+            running_capacity: std::env::var("TASKSCOPE_RUNNING_IN_MEMORY")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(10_000),
+            parked_sweep_interval: std::time::Duration::from_secs(10),
         }
     }
 }

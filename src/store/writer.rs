@@ -1077,8 +1077,9 @@ impl Writer {
                 running = self.running.len() + parked.len(),
                 kept = self.running.len(),
                 "More tasks are running than taskscope keeps in memory; the oldest are kept in the \
-                 file only (swept from there every {:?}). Tasks that never report an end (Celery \
-                 with ignore_result and no events) stay running until their workers go away.",
+                 file only (swept from there every {:?}; TASKSCOPE_RUNNING_IN_MEMORY sets how many \
+                 are kept). Tasks that never report an end (Celery with ignore_result and no \
+                 events) stay running until their workers go away.",
                 self.parked_sweep_interval
             );
         }

@@ -353,6 +353,8 @@ pub struct Taskscope {
     pub extra_args: Vec<String>,
     child: Option<Child>,
     log: PathBuf,
+    /// Environment variables set for the server (besides the harness's own).
+    env: Vec<(String, String)>,
     http: reqwest::blocking::Client,
     _dir: tempfile::TempDir,
 }
@@ -362,6 +364,16 @@ impl Taskscope {
     /// --abandon-after 5s <extra_args>`, with stdout and stderr in a log file; returns once
     /// `/healthz` answers.
     pub fn start(redis_url: &str, db_path: &Path, extra_args: &[&str]) -> Taskscope {
+        Taskscope::start_with_env(redis_url, db_path, extra_args, &[])
+    }
+
+    /// [`Taskscope::start`] with these environment variables set for the server.
+    pub fn start_with_env(
+        redis_url: &str,
+        db_path: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Taskscope {
         let dir = tempfile::Builder::new()
             .prefix("taskscope-log-")
             .tempdir()
@@ -371,6 +383,10 @@ impl Taskscope {
             redis_url: redis_url.to_string(),
             db_path: db_path.to_path_buf(),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
             log: dir.path().join("taskscope.log"),
             http: reqwest::blocking::Client::builder()
@@ -418,6 +434,7 @@ impl Taskscope {
             if std::env::var_os("RUST_LOG").is_none() {
                 cmd.env("RUST_LOG", "info");
             }
+            cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
             let child = cmd.spawn().expect("spawn taskscope");
             self.child = Some(child);
             self.base_url = format!("http://{listen}");
