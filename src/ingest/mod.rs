@@ -114,10 +114,8 @@ const DEFAULT_LINGER_MS: u64 = 0;
 /// says otherwise. Such messages carry their data (Celery's events), so waiting delays no read;
 /// measured on Celery's event stream (`bench/flower_compare.sh`): 5 ms took the process from
 /// 0.616 to 0.428 CPU s per 10k events. A notification or a read reply arriving meanwhile ends
-/// the wait within [`PUBSUB_LINGER_SLICE`].
+/// the wait at once (its sender wakes the thread).
 const DEFAULT_PUBSUB_LINGER_MS: u64 = 5;
-/// The pub/sub linger sleeps in slices of this, looking for anything but a message after each.
-const PUBSUB_LINGER_SLICE: Duration = Duration::from_millis(1);
 
 /// How long a small batch of pub/sub messages alone waits for more
 /// (`TASKSCOPE_PUBSUB_LINGER_MS`, [`DEFAULT_PUBSUB_LINGER_MS`] by default, `0` turns it off, at
@@ -246,7 +244,7 @@ pub async fn run(
     redis::set_max_payload_bytes(cfg.max_payload_bytes);
     let client = redis::builder(&cfg.redis_url, false)?.build()?;
     let subscriber = redis::builder(&cfg.redis_url, true)?.build_subscriber_client()?;
-    let (tx, rx) = forward::queue::<Incoming>(INCOMING_CAP);
+    let (tx, rx) = forward::queue_with_urgent::<Incoming>(INCOMING_CAP, |item| !is_message(item));
     let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Subscriptions::default()));
     let (applied_tx, applied_rx) = watch::channel(None);
     let kick = prefetch::Kick::default();
@@ -1084,18 +1082,11 @@ impl Pipeline {
         self.resync_requested |= resync;
     }
 
-    /// Sleeps the thread for `linger` in [`PUBSUB_LINGER_SLICE`]s, ending early once anything
-    /// but a pub/sub message waits (a notification from the prefetcher's thread, a read's
-    /// reply): what it asks for is read now, not after the linger.
+    /// Sleeps the thread for `linger`, ending early once anything but a pub/sub message waits
+    /// (a notification from the prefetcher's thread, a read's reply): what it asks for is read
+    /// now, not after the linger. The queue's sender wakes it ([`forward::Receiver::linger`]).
     fn sleep_unless_a_read_is_asked(&self, linger: Duration) {
-        let until = std::time::Instant::now() + linger;
-        loop {
-            let now = std::time::Instant::now();
-            if now >= until || self.rx.any_waiting(|item| !is_message(item)) {
-                return;
-            }
-            std::thread::sleep(PUBSUB_LINGER_SLICE.min(until - now));
-        }
+        self.rx.linger(linger);
     }
 
     fn queue_reads(&mut self, adapter: usize, reads: Vec<Read>) {
