@@ -187,6 +187,9 @@ pub struct DramatiqAdapter {
     settlement: Option<Settlement>,
     /// Queues not followed by the prefetcher (found by a scan and not sampled yet, or long).
     unfollowed: HashSet<String>,
+    /// Ack sets found empty with no heartbeat of their worker by the last sampling round:
+    /// forgotten if the next round finds them so again (`sampling.rs`).
+    acks_without_heartbeat: HashSet<String>,
     /// Per followed queue, the fields of `<q>.msgs` at the prefetcher's last snapshot.
     snapshot: HashMap<String, HashSet<String>>,
     /// Ids that left `.msgs` and were looked up in `.XQ.msgs` by the prefetcher (not there, or
@@ -227,6 +230,7 @@ impl DramatiqAdapter {
             needs_settlement: true,
             settlement: None,
             unfollowed: HashSet::new(),
+            acks_without_heartbeat: HashSet::new(),
             snapshot: HashMap::new(),
             xq_checked: FifoSet::new(KNOWN_CAPACITY),
             undecodable: FifoSet::new(KNOWN_CAPACITY),
@@ -525,6 +529,7 @@ impl Adapter for DramatiqAdapter {
         self.needs_settlement = true;
         self.settlement = None;
         self.acks.clear();
+        self.acks_without_heartbeat.clear();
         self.leaving.clear();
         self.pending_running.clear();
         self.sampling = None;
@@ -582,6 +587,12 @@ mod tests {
             Reply::Bytes(b"alive-busy".to_vec()),
             score,
         ]);
+        a.handle_reply(&heartbeats, beating.clone(), now);
+        assert_eq!(
+            a.acks.len(),
+            4,
+            "one round without a heartbeat is not enough"
+        );
         a.handle_reply(&heartbeats, beating, now);
         let mut left: Vec<&str> = a.acks.keys().map(String::as_str).collect();
         left.sort_unstable();

@@ -113,21 +113,34 @@ impl DramatiqAdapter {
         out
     }
 
-    /// Forgets the ack sets that are empty and whose worker has no heartbeat any more. Each
-    /// worker process has its own ack sets (its id is a fresh uuid), and a dead one's are
-    /// requeued and deleted by another worker's maintenance, which leaves them empty here:
-    /// kept, they would pile up with every deploy (and each sampling round walks them all).
-    /// A live worker's empty set is kept (it empties and fills with every task: dropping it
-    /// would change the interest each time); one dropped by mistake is learned again from
-    /// its next `sadd`.
+    /// Forgets the ack sets that are empty and whose worker had no heartbeat in two sampling
+    /// rounds in a row. Each worker process has its own ack sets (its id is a fresh uuid), and
+    /// a dead one's are requeued and deleted by another worker's maintenance, which leaves
+    /// them empty here: kept, they would pile up with every deploy (and each sampling round
+    /// walks them all). A live worker's empty set is kept (it empties and fills with every
+    /// task: dropping it would change the interest, and its prefetch rule, each time); Dramatiq
+    /// writes a worker's heartbeat on every call of its script, so a live worker misses at most
+    /// the round that read the heartbeats just before its first call. Its set, if dropped
+    /// anyway, is learned again from its next `sadd`, but what it held meanwhile is read late.
     fn forget_empty_ack_sets_of_dead_workers(&mut self, beating: &HashSet<String>) {
         let layout = &self.layout;
+        let before = std::mem::take(&mut self.acks_without_heartbeat);
+        let mut now_without = HashSet::new();
         self.acks.retain(|key, members| {
-            !members.is_empty()
-                || match layout.classify(key) {
-                    Some(KeyKind::Acks { worker, .. }) => beating.contains(worker),
-                    _ => true,
+            if !members.is_empty() {
+                return true;
+            }
+            match layout.classify(key) {
+                Some(KeyKind::Acks { worker, .. }) if !beating.contains(worker) => {
+                    if before.contains(key) {
+                        return false;
+                    }
+                    now_without.insert(key.clone());
+                    true
                 }
+                _ => true,
+            }
         });
+        self.acks_without_heartbeat = now_without;
     }
 }
