@@ -24,10 +24,7 @@ impl World {
     /// taskscope with the defaults (plus `extra`) on an empty Redis.
     fn new(extra: &[&str]) -> World {
         let redis = RedisServer::start();
-        let dir = tempfile::Builder::new()
-            .prefix("taskscope-db-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = db_dir();
         let mut args = vec!["--sample-every", "1s"];
         args.extend_from_slice(extra);
         let ts = Taskscope::start(&redis.url(), &dir.path().join("t.duckdb"), &args);

@@ -39,10 +39,7 @@ impl World {
 
     fn with_args(mode: Mode, extra: &[&str]) -> World {
         let redis = RedisServer::start();
-        let dir = tempfile::Builder::new()
-            .prefix("taskscope-db-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = db_dir();
         // These tests are about the Celery adapter, not detection (tests/detect.rs).
         let args: Vec<&str> = ["--brokers", "celery"]
             .into_iter()
@@ -649,10 +646,7 @@ fn restart_mid_stream(mode: Mode) {
 fn running_tasks_past_the_memory_cap_are_abandoned_with_their_worker() {
     let _slot = test_slot();
     let redis = RedisServer::start();
-    let dir = tempfile::Builder::new()
-        .prefix("taskscope-db-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = db_dir();
     let ts = Taskscope::start_with_env(
         &redis.url(),
         &dir.path().join("t.duckdb"),

@@ -125,10 +125,7 @@ fn wait_celery_success(redis: &RedisServer, id: &str) {
 fn retried_under_load(all_brokers: bool) {
     let redis = RedisServer::start();
     let url = redis.url();
-    let dir = tempfile::Builder::new()
-        .prefix("taskscope-db-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = db_dir();
     let brokers = if all_brokers {
         "celery,dramatiq,rq,taskiq"
     } else {

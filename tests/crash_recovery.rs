@@ -141,10 +141,7 @@ fn ended_right(t: &Value, e: &Expected) -> bool {
 fn kill_9_mid_traffic_then_restart_rederives_every_final_state_from_redis() {
     let _slot = test_slot();
     let redis = RedisServer::start();
-    let dir = tempfile::Builder::new()
-        .prefix("taskscope-db-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = db_dir();
     let db = dir.path().join("crash.duckdb");
     let mut ts = Taskscope::start(&redis.url(), &db, &["--brokers", "celery,rq"]);
     let _celery = CeleryWorker::start(&redis.url(), "celery", false, &[]);

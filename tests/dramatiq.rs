@@ -40,10 +40,7 @@ impl World {
 
     fn start(namespace: Option<&str>) -> World {
         let redis = RedisServer::start();
-        let dir = tempfile::Builder::new()
-            .prefix("taskscope-db-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = db_dir();
         let mut args = vec!["--brokers", "dramatiq"];
         if let Some(ns) = namespace {
             args.extend(["--dramatiq-namespace", ns]);

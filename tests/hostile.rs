@@ -345,10 +345,7 @@ struct Figures {
 /// checks, a restart, and the checks again.
 fn hostile_scenario(names: &[&str]) -> Figures {
     let redis = RedisServer::start();
-    let dir = tempfile::Builder::new()
-        .prefix("taskscope-db-")
-        .tempdir()
-        .expect("tempdir");
+    let dir = db_dir();
     let mut ts = Taskscope::start(
         &redis.url(),
         &dir.path().join("t.duckdb"),

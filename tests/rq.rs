@@ -25,10 +25,7 @@ struct World {
 impl World {
     fn new(extra: &[&str]) -> World {
         let redis = RedisServer::start();
-        let dir = tempfile::Builder::new()
-            .prefix("taskscope-db-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = db_dir();
         let mut args = vec!["--brokers", "rq", "--sample-every", "1s"];
         args.extend_from_slice(extra);
         let ts = Taskscope::start(&redis.url(), &dir.path().join("t.duckdb"), &args);

@@ -39,10 +39,7 @@ impl World {
         namespace: Option<&'static str>,
     ) -> World {
         let redis = RedisServer::start();
-        let dir = tempfile::Builder::new()
-            .prefix("taskscope-db-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = db_dir();
         // Sidekiq 6 beats every 5 s: the harness's `--abandon-after 5s` would call a process
         // silent between two heartbeats.
         let mut args = vec!["--sample-every", "1s", "--abandon-after", abandon_after];

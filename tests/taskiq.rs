@@ -30,10 +30,7 @@ struct World {
 impl World {
     fn new(env: &[(&'static str, &'static str)], extra_args: &[&str]) -> World {
         let redis = RedisServer::start();
-        let dir = tempfile::Builder::new()
-            .prefix("taskscope-db-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = db_dir();
         let mut args = vec![
             "--brokers",
             "taskiq",
@@ -447,10 +444,7 @@ const TWO_BROKERS_EXPLICIT: [&str; 6] = [
 impl TwoBrokers {
     fn new(env: &[(&'static str, &'static str)], taskscope_args: &[&str]) -> TwoBrokers {
         let redis = RedisServer::start();
-        let dir = tempfile::Builder::new()
-            .prefix("taskscope-db-")
-            .tempdir()
-            .expect("tempdir");
+        let dir = db_dir();
         let mut args = vec!["--reconcile-every", "1s", "--sample-every", "1s"];
         args.extend_from_slice(taskscope_args);
         let ts = Taskscope::start(&redis.url(), &dir.path().join("t.duckdb"), &args);

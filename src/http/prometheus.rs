@@ -551,6 +551,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
             "Observations lost because their batch failed twice",
             &writer.dropped,
         ),
+        (
+            "taskscope_store_running_parked",
+            "Running tasks parked: dropped from memory because more were running than it holds",
+            &writer.running_parked,
+        ),
     ];
     for (name, help, value) in store {
         let counter = Counter::<u64>::default();
@@ -564,13 +569,6 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         "taskscope_store_running_in_memory",
         "Running tasks held in memory (at most 10,000; the oldest others are parked in the file)",
         running_in_memory,
-    );
-    let parked = Counter::<u64>::default();
-    parked.inc_by(writer.running_parked.load(Ordering::Relaxed));
-    registry.register(
-        "taskscope_store_running_parked",
-        "Running tasks parked: dropped from memory because more were running than it holds",
-        parked,
     );
     register_engine_memory(&mut registry, engine_memory.unwrap_or_default());
     let mut body = String::new();

@@ -64,6 +64,14 @@ fn which(program: &str) -> bool {
 
 /// A port that was free a moment ago (bind to port 0, read it, release it). Callers retry when
 /// the port got taken in between.
+/// A temporary directory for a test's history file (`taskscope-db-*`, removed when dropped).
+pub fn db_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("taskscope-db-")
+        .tempdir()
+        .expect("tempdir")
+}
+
 pub fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     listener.local_addr().expect("local_addr").port()
