@@ -567,7 +567,7 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .set(i64::try_from(writer.running_in_memory.load(Ordering::Relaxed)).unwrap_or(i64::MAX));
     registry.register(
         "taskscope_store_running_in_memory",
-        "Running tasks held in memory (at most 10,000; the oldest others are parked in the file)",
+        "Running tasks held in memory (at most TASKSCOPE_RUNNING_IN_MEMORY, 10,000 by default; the oldest others are parked in the file)",
         running_in_memory,
     );
     register_engine_memory(&mut registry, engine_memory.unwrap_or_default());
