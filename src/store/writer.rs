@@ -1,8 +1,9 @@
 //! The writer: two `std::thread`s fed by a bounded channel of [`WriterCommand`]s.
 //!
-//! - The **fold thread** (this file) owns the live state: a cache of tasks (every running one,
-//!   the other open ones up to `StoreOptions::cache_capacity`, the most recently finished ones
-//!   up to a fifth of it), a Bloom filter of every task key ever stored (`seen.rs`), the
+//! - The **fold thread** (this file) owns the live state: a cache of tasks (the running ones up
+//!   to `StoreOptions::running_capacity`, the oldest others parked in the file, the other open
+//!   ones up to `StoreOptions::cache_capacity`, the most recently finished ones up to a fifth of
+//!   it), a Bloom filter of every task key ever stored (`seen.rs`), the
 //!   workers, the transition sequence. Each round it drains what the channel holds (no waiting),
 //!   folds every observation in order with the shared state machine
 //!   (`broker_adapters::state::apply`), then at once moves its memory on, puts the changes in the
