@@ -170,6 +170,13 @@ pub struct TaskMetrics {
 /// writer's broadcast buffer (`StoreOptions::broadcast_capacity`) meanwhile.
 const FEED_INTERVAL: std::time::Duration = std::time::Duration::from_millis(200);
 
+/// Series of `taskscope_tasks_total` (broker x queue x name x state) with a task name of their
+/// own at most: [`LabelCap`] bounds queues and names each, not the pairs of them, and a producer
+/// with a queue per tenant running the same task names makes every pair (100 x 100 x 6 states
+/// is 60,000 series, which a Prometheus server pays for). Past it a new pair counts under name
+/// `other` of its queue, so the series stay below this plus one per queue and state.
+const MAX_TASK_SERIES: usize = 5_000;
+
 struct TaskCounts {
     queues: LabelCap,
     names: LabelCap,
@@ -309,15 +316,16 @@ impl TaskCounts {
             counts.fold_name(&demoted);
         }
         let broker = task.broker.as_str().to_string();
-        *counts
-            .tasks
-            .entry(TaskLabels {
-                broker: broker.clone(),
-                queue: queue.label.clone(),
-                name: name.label.clone(),
-                state: event.transition.state.as_str().to_string(),
-            })
-            .or_default() += 1;
+        let mut labels = TaskLabels {
+            broker: broker.clone(),
+            queue: queue.label.clone(),
+            name: name.label.clone(),
+            state: event.transition.state.as_str().to_string(),
+        };
+        if counts.tasks.len() >= MAX_TASK_SERIES && !counts.tasks.contains_key(&labels) {
+            labels.name = OTHER.to_string();
+        }
+        *counts.tasks.entry(labels).or_default() += 1;
         if event.transition.state == TaskState::Running {
             if let Some(ms) = task.wait_ms() {
                 counts
@@ -792,6 +800,35 @@ mod feed_tests {
             .filter(|(l, _)| l.state == "queued" && l.name == "jobs.resize")
             .map(|(_, n)| *n)
             .sum()
+    }
+
+    /// A queue per tenant running the same task names: the pairs get series of their own up to
+    /// `MAX_TASK_SERIES`, the rest count under name `other` of their queue; nothing is lost.
+    #[test]
+    fn queue_and_name_pairs_are_capped_not_only_each_label() {
+        let metrics = TaskMetrics::new(100);
+        let mut sent = 0u64;
+        for q in 0..100 {
+            for n in 0..100 {
+                let event = queued(&format!("job-{q}-{n}"));
+                let mut task = (*event.task).clone();
+                task.queue = Some(format!("tenant-{q}"));
+                task.name = Some(format!("jobs.task{n}"));
+                metrics.record(&TransitionEvent {
+                    task: Arc::new(task),
+                    transition: event.transition.clone(),
+                });
+                sent += 1;
+            }
+        }
+        let counts = metrics.inner.lock().unwrap();
+        assert!(
+            counts.tasks.len() <= super::MAX_TASK_SERIES + 100,
+            "{} series",
+            counts.tasks.len()
+        );
+        assert_eq!(counts.tasks.values().sum::<u64>(), sent);
+        assert!(counts.tasks.keys().any(|l| l.name == super::OTHER));
     }
 
     /// The feed counts in bursts (no wake-up per transition), yet a scrape right after a
