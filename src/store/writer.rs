@@ -190,6 +190,11 @@ impl StoreWriter {
     pub fn backlog(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
+
+    /// Whether the writer thread is gone (nothing will drain the channel).
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
 }
 
 /// Starts the fold and sink threads on `conn` (already migrated). The handle is the fold
