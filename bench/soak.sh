@@ -13,9 +13,10 @@
 # tasks, --tasks = rate x duration), or with `--broker demo` `taskscope demo --duration`
 # (every broker, a rate that swells and ebbs, runtimes 50 ms - 3 s). The server is the child
 # `taskscope serve` of either. Housekeeping: every job every `--housekeeping` (cron, default
-# every 2 minutes), retention `--retention`. Note that roll-ups close whole hours 15 minutes
-# after they end and retention deletes only rolled-up history: raw rows are deleted only in a
-# soak that runs past HH:15 with traffic before HH:00, i.e. longer than about 75 minutes.
+# every 2 minutes), retention `--retention`. Note that retention deletes raw rows only once
+# their whole day is rolled up (daily roll-ups are computed from raw rows, 15 minutes after
+# the day ends): a soak shows raw rows deleted only if it runs past 00:15 UTC with traffic
+# before midnight.
 #
 # Samples go to $OUT (default /tmp/taskscope-soak.csv: seconds, rss_kib, anon_kib, file_kib,
 # and from the server's /healthz transitions_written and the store writer's backlog, which tell
