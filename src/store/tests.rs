@@ -1290,6 +1290,19 @@ async fn workers_last_seen_before_the_retention_are_forgotten() {
     close(writer, reader, handle);
 }
 
+/// `id` (process `pid`) says goodbye at `secs`; a sweep runs a second later; all written.
+async fn goes_offline_then_sweep(writer: &StoreWriter, id: &str, pid: u32, secs: i64) {
+    writer
+        .observe(vec![worker_obs(id, pid, secs, WorkerEvent::Offline)])
+        .await
+        .unwrap();
+    writer
+        .sweep(at(secs + 1), Duration::seconds(1000))
+        .await
+        .unwrap();
+    writer.flush().await.unwrap();
+}
+
 /// Running tasks past `running_capacity` leave memory, the oldest first (Celery with
 /// `ignore_result` and no events never reports an end: they would pile up until a deploy), and
 /// are still folded when they change, swept when their workers go away (from the file), and
@@ -1351,15 +1364,7 @@ async fn running_tasks_past_the_memory_cap_are_parked_and_still_swept() {
 
     // Worker a goes away: its parked tasks are abandoned from the file; b's and the unnamed
     // ones (b was up when they started) stay running.
-    writer
-        .observe(vec![worker_obs("celery@a", 1, 100, WorkerEvent::Offline)])
-        .await
-        .unwrap();
-    writer
-        .sweep(at(101), Duration::seconds(1000))
-        .await
-        .unwrap();
-    writer.flush().await.unwrap();
+    goes_offline_then_sweep(&writer, "celery@a", 1, 100).await;
     for i in 2..=20 {
         let (t, _) = reader.get_task(&format!("a-{i}")).await.unwrap().unwrap();
         assert_eq!(t.state, TaskState::Abandoned, "a-{i}");
@@ -1373,15 +1378,7 @@ async fn running_tasks_past_the_memory_cap_are_parked_and_still_swept() {
     close(writer, reader, handle);
     let (writer, reader, handle) = open(&path, opts).unwrap();
     assert_eq!(writer.stats().running_in_memory.load(Ordering::Relaxed), 4);
-    writer
-        .observe(vec![worker_obs("celery@b", 2, 200, WorkerEvent::Offline)])
-        .await
-        .unwrap();
-    writer
-        .sweep(at(201), Duration::seconds(1000))
-        .await
-        .unwrap();
-    writer.flush().await.unwrap();
+    goes_offline_then_sweep(&writer, "celery@b", 2, 200).await;
     let counts = reader.stats(None).await.unwrap();
     assert_eq!(counts.by_state[&TaskState::Running], 0, "{counts:?}");
     assert_eq!(counts.by_state[&TaskState::Abandoned], 44);
