@@ -1439,20 +1439,24 @@ impl Pipeline {
         self.scan_patterns(full).await;
     }
 
-    /// Waits, handling what arrives meanwhile, until the writer's channel holds at most
-    /// [`SCAN_WRITER_BACKLOG`] commands. A scan reads pages faster than the writer folds them
-    /// (each a known task's lookup in the file), and the channel is bounded in commands, not
-    /// observations: a start-up scan of 300,000 Celery results peaked at 355 MiB, and a soak's
-    /// hourly full rescan of ~1.8M at 506 MiB, of observations waiting there.
-    async fn wait_for_writer(&mut self) {
-        while self.writer.backlog() > SCAN_WRITER_BACKLOG
-            && self.writer_error.is_none()
-            && !self.writer.is_closed()
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
+    /// Between two pages of a scan: handles what arrived meanwhile, then waits (handling what
+    /// arrives) until the writer's channel holds at most [`SCAN_WRITER_BACKLOG`] commands. A
+    /// scan reads pages faster than the writer folds them (each a known task's lookup in the
+    /// file), and the channel is bounded in commands, not observations: a start-up scan of
+    /// 300,000 Celery results peaked at 355-422 MiB, and a soak's hourly full rescan of ~1.8M
+    /// at 506 MiB, of observations waiting there.
+    async fn between_scan_pages(&mut self) {
+        loop {
             while let Some(item) = self.rx.try_recv() {
                 Box::pin(self.handle_incoming(item)).await;
             }
+            if self.writer.backlog() <= SCAN_WRITER_BACKLOG
+                || self.writer_error.is_some()
+                || self.writer.is_closed()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 
@@ -1529,10 +1533,7 @@ impl Pipeline {
                     }
                     self.run_pending(now, &mut output).await;
                     self.deliver(output).await;
-                    while let Some(item) = self.rx.try_recv() {
-                        Box::pin(self.handle_incoming(item)).await;
-                    }
-                    self.wait_for_writer().await;
+                    self.between_scan_pages().await;
                     if next == 0 {
                         break;
                     }
