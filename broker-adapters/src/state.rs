@@ -432,7 +432,11 @@ pub struct AbandonCutoff {
 
 impl AbandonCutoffs {
     /// The cutoffs `workers` (every known worker) imply at `now`.
-    pub fn new(workers: &[Worker], now: DateTime<Utc>, abandon_after: Duration) -> Self {
+    pub fn new<'w>(
+        workers: impl IntoIterator<Item = &'w Worker>,
+        now: DateTime<Utc>,
+        abandon_after: Duration,
+    ) -> Self {
         use crate::model::Broker;
         let mut named: std::collections::HashMap<String, Vec<AbandonCutoff>> =
             std::collections::HashMap::new();

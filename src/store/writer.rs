@@ -52,7 +52,7 @@ pub enum WriterCommand {
     Observations(Vec<Observation>),
     /// Append these queue sizes to the backlog history.
     QueueSamples(Vec<QueueSample>),
-    /// Abandon the running tasks whose worker died or fell silent (`state::find_abandoned`).
+    /// Abandon the running tasks whose worker died or fell silent (the rules of `state::find_abandoned`, applied as `state::AbandonCutoffs`).
     Sweep {
         now: DateTime<Utc>,
         abandon_after: chrono::Duration,
@@ -652,8 +652,8 @@ impl Writer {
         {
             return;
         }
-        let workers: Vec<Worker> = self.workers.values().map(|w| w.worker.clone()).collect();
-        let cutoffs = state::AbandonCutoffs::new(&workers, now, abandon_after);
+        let workers = self.workers.values().map(|w| &w.worker);
+        let cutoffs = state::AbandonCutoffs::new(workers, now, abandon_after);
         self.last_parked_sweep = Some((Instant::now(), false));
         if cutoffs.is_empty() {
             return;
@@ -882,14 +882,13 @@ impl Writer {
                 }
                 WriterCommand::QueueSamples(samples) => out.samples.extend(samples.iter().cloned()),
                 WriterCommand::Sweep { now, abandon_after } => {
-                    let workers: Vec<Worker> = self
+                    let workers = self
                         .workers
                         .iter()
                         .filter(|(k, _)| !out.workers.contains_key(*k))
                         .chain(out.workers.iter())
-                        .map(|(_, w)| w.worker.clone())
-                        .collect();
-                    let cutoffs = state::AbandonCutoffs::new(&workers, *now, *abandon_after);
+                        .map(|(_, w)| &w.worker);
+                    let cutoffs = state::AbandonCutoffs::new(workers, *now, *abandon_after);
                     if cutoffs.is_empty() {
                         continue;
                     }
