@@ -63,44 +63,74 @@ fn canonical_uuid(id: &str) -> Option<u128> {
 /// producer that names a queue per tenant (or a hostile one) must not grow them without bound.
 pub const MAX_QUEUES: usize = 10_000;
 
-/// The names of the queues an adapter watches, in order, at most `capacity`: past it a new
-/// name is refused, not the oldest forgotten (a queue's reads, samples and per-queue state are
-/// keyed by its name, and a queue watched for a while is worth more than a new one), and the
-/// first refusal is logged.
+/// How many queues of a broker an adapter watches at most: past it a new queue is refused,
+/// not the oldest forgotten (a queue's reads, samples and per-queue state are keyed by its name,
+/// and a queue watched for a while is worth more than a new one), and the first refusal is
+/// logged. [`QueueNames`] is built on it; an adapter that keeps its queues otherwise asks it.
 #[derive(Debug, Clone)]
-pub struct QueueNames {
+pub struct QueueLimit {
     broker: &'static str,
     capacity: usize,
-    names: std::collections::BTreeSet<String>,
     refused: u64,
+}
+
+impl QueueLimit {
+    pub fn new(broker: &'static str, capacity: usize) -> Self {
+        QueueLimit {
+            broker,
+            capacity,
+            refused: 0,
+        }
+    }
+
+    /// Whether a new queue `name` may be watched beside the `watched` ones; counts (and the
+    /// first time logs) a refusal.
+    pub fn admit(&mut self, watched: usize, name: &str) -> bool {
+        if watched < self.capacity {
+            return true;
+        }
+        self.refused += 1;
+        if self.refused == 1 {
+            tracing::warn!(
+                broker = self.broker,
+                queue = %name,
+                limit = self.capacity,
+                "Too many queues: taskscope watches at most this many per broker; new ones are not followed or sampled."
+            );
+        }
+        false
+    }
+
+    /// Whether a new queue beside the `watched` ones would be refused.
+    pub fn is_full(&self, watched: usize) -> bool {
+        watched >= self.capacity
+    }
+
+    /// New queues refused so far.
+    pub fn refused(&self) -> u64 {
+        self.refused
+    }
+}
+
+/// The names of the queues an adapter watches, in order, within a [`QueueLimit`].
+#[derive(Debug, Clone)]
+pub struct QueueNames {
+    limit: QueueLimit,
+    names: std::collections::BTreeSet<String>,
 }
 
 impl QueueNames {
     /// An empty set of `broker`'s queues that holds at most `capacity` names.
     pub fn new(broker: &'static str, capacity: usize) -> Self {
         QueueNames {
-            broker,
-            capacity,
+            limit: QueueLimit::new(broker, capacity),
             names: std::collections::BTreeSet::new(),
-            refused: 0,
         }
     }
 
     /// Adds `name`; `true` if it is new and was admitted.
     pub fn insert(&mut self, name: &str) -> bool {
-        if self.names.contains(name) {
-            return false;
-        }
-        if self.is_full() {
-            self.refused += 1;
-            if self.refused == 1 {
-                tracing::warn!(
-                    broker = self.broker,
-                    queue = %name,
-                    limit = self.capacity,
-                    "Too many queues: taskscope watches at most this many per broker; new ones are not followed or sampled."
-                );
-            }
+        if self.names.contains(name) || !self.limit.admit(self.names.len(), name) {
             return false;
         }
         self.names.insert(name.to_string())
@@ -112,7 +142,7 @@ impl QueueNames {
 
     /// Whether a new name would be refused.
     pub fn is_full(&self) -> bool {
-        self.names.len() >= self.capacity
+        self.limit.is_full(self.names.len())
     }
 
     pub fn len(&self) -> usize {
@@ -125,7 +155,7 @@ impl QueueNames {
 
     /// New names refused since the set was full.
     pub fn refused(&self) -> u64 {
-        self.refused
+        self.limit.refused()
     }
 
     pub fn iter(&self) -> std::collections::btree_set::Iter<'_, String> {

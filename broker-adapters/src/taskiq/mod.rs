@@ -56,7 +56,7 @@ use crate::adapter::{
 };
 use layout::KeyKind;
 
-use crate::bounded::{FifoMap, FifoSet, MAX_QUEUES};
+use crate::bounded::{FifoMap, FifoSet, QueueLimit, MAX_QUEUES};
 use crate::model::{Broker, Observation, QueueSample, TaskEvent, TaskObservation};
 use chrono::{DateTime, Utc};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -208,10 +208,10 @@ struct ConsumerSeen {
 
 pub struct TaskiqAdapter {
     /// Configured queue names, then streams discovered from `xadd` key events (at most
-    /// [`MAX_QUEUES`]: past it new ones are refused, see [`TaskiqAdapter::admit_queue`]).
+    /// [`MAX_QUEUES`]: past it new ones are refused, see `queue_limit`).
     queues: Vec<String>,
-    /// Discovered queues refused because [`MAX_QUEUES`] were watched.
-    queues_refused: u64,
+    /// At most [`MAX_QUEUES`] discovered queues are watched.
+    queue_limit: QueueLimit,
     db: u32,
     /// Streams probed (one entry read) and found not to hold taskiq messages, or being probed.
     probed: FifoSet<String>,
@@ -275,7 +275,7 @@ impl TaskiqAdapter {
                 .map(|q| (q.clone(), QueueKind::Unknown))
                 .collect(),
             queues,
-            queues_refused: 0,
+            queue_limit: QueueLimit::new("taskiq", MAX_QUEUES),
             db: config.db,
             probed: FifoSet::new(PROBED_CAPACITY),
             prefixes_given: config.result_prefixes.iter().any(|p| !p.trim().is_empty()),
@@ -290,24 +290,6 @@ impl TaskiqAdapter {
             results_seen: HashSet::new(),
             held: HashMap::new(),
         }
-    }
-
-    /// Whether a discovered queue may be watched: not past [`MAX_QUEUES`] (each costs reads,
-    /// samples and state); the first refusal is logged.
-    fn admit_queue(&mut self, key: &str) -> bool {
-        if self.queues.len() < MAX_QUEUES {
-            return true;
-        }
-        self.queues_refused += 1;
-        if self.queues_refused == 1 {
-            tracing::warn!(
-                broker = "taskiq",
-                queue = %key,
-                limit = MAX_QUEUES,
-                "Too many queues: taskscope watches at most this many per broker; new ones are not followed or sampled."
-            );
-        }
-        false
     }
 
     /// Where `task_id`'s result record may be: under every known prefix, and bare.
@@ -567,7 +549,7 @@ impl Adapter for TaskiqAdapter {
         if self.is_queue(key) {
             return Vec::new();
         }
-        if !self.admit_queue(key) {
+        if !self.queue_limit.admit(self.queues.len(), key) {
             return Vec::new();
         }
         tracing::info!(queue = %key, "Auto-detection found a taskiq queue; watching it.");
@@ -694,7 +676,7 @@ impl Adapter for TaskiqAdapter {
                         .collect();
                     looks_like_stream_entry(&fields)
                 });
-                if taskiq && self.admit_queue(key) {
+                if taskiq && self.queue_limit.admit(self.queues.len(), key) {
                     tracing::info!(stream = %key, "Found a taskiq stream; watching it as a queue.");
                     self.probed.remove(key);
                     self.queues.push(key.clone());
