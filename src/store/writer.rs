@@ -52,7 +52,8 @@ pub enum WriterCommand {
     Observations(Vec<Observation>),
     /// Append these queue sizes to the backlog history.
     QueueSamples(Vec<QueueSample>),
-    /// Abandon the running tasks whose worker died or fell silent (the rules of `state::find_abandoned`, applied as `state::AbandonCutoffs`).
+    /// Abandon the running tasks whose worker died or fell silent (the rules of
+    /// `state::find_abandoned`, applied as `state::AbandonCutoffs`).
     Sweep {
         now: DateTime<Utc>,
         abandon_after: chrono::Duration,
