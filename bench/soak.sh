@@ -13,10 +13,9 @@
 # tasks, --tasks = rate x duration), or with `--broker demo` `taskscope demo --duration`
 # (every broker, a rate that swells and ebbs, runtimes 50 ms - 3 s). The server is the child
 # `taskscope serve` of either. Housekeeping: every job every `--housekeeping` (cron, default
-# every 2 minutes), retention `--retention`. Note that retention deletes raw rows only once
-# their whole day is rolled up (daily roll-ups are computed from raw rows, 15 minutes after
-# the day ends): a soak shows raw rows deleted only if it runs past 00:15 UTC with traffic
-# before midnight.
+# every 2 minutes), retention `--retention`. Raw rows are deleted once their hour is rolled
+# up (15 minutes after it ends), so with the defaults retention deletes from ~75 minutes on.
+# (Before 2026-12-07's fourth round they waited for their whole day's roll-up, after 00:15 UTC.)
 #
 # Samples go to $OUT (default /tmp/taskscope-soak.csv: seconds, rss_kib, anon_kib, file_kib,
 # and from the server's /healthz transitions_written and the store writer's backlog, which tell

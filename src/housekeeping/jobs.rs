@@ -3,7 +3,8 @@
 //! - `rollup`: aggregate finished hours and days of raw transitions into `rollup_hourly` and
 //!   `rollup_daily`.
 //! - `retention`: roll up first, then delete raw tasks and transitions older than
-//!   `--retention` (never past the roll-up watermarks), down-sample queue samples older than
+//!   `--retention` (never past the hourly roll-up watermark; days are rolled up from hours
+//!   once their raw rows go), down-sample queue samples older than
 //!   `--sample-retention`, delete aggregates older than `--aggregate-retention`.
 //! - `compaction`: `FORCE CHECKPOINT`, so the blocks of deleted rows are reused instead of the
 //!   file growing; the file size and free blocks before and after are reported.
@@ -205,11 +206,13 @@ async fn retention(
     if !dry_run {
         parts.push(format!("rolled up {}", rolled.rows));
     }
-    let (hourly, daily) = cx.reader.rollup_watermarks().await?;
+    let (hourly, _daily) = cx.reader.rollup_watermarks().await?;
     let wanted = ago(now, cx.policy.retention);
     // On an hour boundary: reports read whole rolled-up hours before it, raw rows after.
-    let raw_before = match (hourly, daily) {
-        (Some(h), Some(d)) => Some(Period::Hour.floor(wanted.min(h).min(d))),
+    // Only the hourly watermark bounds it: a day whose raw rows are partly gone is rolled up
+    // from its hours (`maintenance::rollup`).
+    let raw_before = match hourly {
+        Some(h) => Some(Period::Hour.floor(wanted.min(h))),
         // Nothing rolled up yet: either no transitions at all, or a dry run before the first
         // roll-up. Deleting waits for the roll-up.
         _ if dry_run => Some(wanted),

@@ -425,6 +425,96 @@ async fn raw_rows_wait_for_their_rollup_and_aggregates_expire_after_their_retent
 }
 
 #[tokio::test]
+async fn a_retention_shorter_than_a_day_trims_raw_rows_by_hour_and_the_day_rolls_up_from_hours() {
+    let store = Store::open();
+    let policy = Policy {
+        retention: std::time::Duration::from_secs(60),
+        sample_retention: std::time::Duration::from_secs(60),
+        aggregate_retention: std::time::Duration::from_secs(30 * 86_400),
+        audit_retention: crate::housekeeping::jobs::DEFAULT_AUDIT_RETENTION,
+    };
+    let today =
+        |h: i64, m: i64| now() - Duration::hours(12) + Duration::hours(h) + Duration::minutes(m);
+    let mut obs = lifecycle(
+        "a",
+        "app.add",
+        today(2, 0),
+        Some(TaskEvent::Succeeded),
+        10.0,
+    );
+    obs.extend(lifecycle(
+        "b",
+        "app.add",
+        today(5, 0),
+        Some(TaskEvent::Succeeded),
+        30.0,
+    ));
+    let mut failed = lifecycle("c", "app.add", today(5, 10), Some(TaskEvent::Failed), 50.0);
+    if let Some(Observation::Task(t)) = failed.last_mut() {
+        t.fields.error = Some("ValueError: boom".into());
+    }
+    obs.extend(failed);
+    obs.extend(lifecycle(
+        "d",
+        "app.add",
+        today(11, 50),
+        Some(TaskEvent::Succeeded),
+        20.0,
+    ));
+    store.observe(obs).await;
+    let cx = store.context(&policy);
+
+    // Noon: hours up to 11:00 are rolled up (the late-data grace keeps 11:00-12:00 raw) and
+    // their raw rows go now, not after the day ends.
+    jobs::run(Job::Retention, &cx, now(), false).await.unwrap();
+    assert_eq!(store.column("SELECT id FROM tasks").await, ["d"]);
+    assert_eq!(store.count("rollup_daily").await, 0);
+
+    // After midnight the day is rolled up from its hours: exact counts, sums, min and max;
+    // percentiles are the count-weighted mean of the hours' (10, 30 and 20 ms).
+    let after_midnight = today(24, 30);
+    jobs::run(Job::Retention, &cx, after_midnight, false)
+        .await
+        .unwrap();
+    assert!(store.column("SELECT id FROM tasks").await.is_empty());
+    assert_eq!(
+        store
+            .column(
+                "SELECT concat_ws(' ', strftime(bucket, '%Y-%m-%d %H:%M'), state, transitions,
+                                  runtime_count, runtime_sum_ms, runtime_min_ms, runtime_max_ms,
+                                  runtime_p50_ms)
+                 FROM rollup_daily ORDER BY state"
+            )
+            .await,
+        [
+            "2024-03-31 00:00 failure 1 1 50.0 50.0 50.0 50.0",
+            "2024-03-31 00:00 queued 4 0",
+            "2024-03-31 00:00 running 4 0",
+            "2024-03-31 00:00 success 3 3 60.0 10.0 30.0 20.0",
+        ]
+    );
+    assert_eq!(
+        store
+            .column(
+                "SELECT concat_ws(' ', strftime(bucket, '%Y-%m-%d'), state, transitions)
+                 FROM failure_rollup_daily"
+            )
+            .await,
+        ["2024-03-31 failure 1"]
+    );
+    // Rolled up once: a later run adds no second row for the day.
+    jobs::run(
+        Job::Retention,
+        &cx,
+        after_midnight + Duration::hours(2),
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(store.count("rollup_daily").await, 4);
+}
+
+#[tokio::test]
 async fn the_audit_journal_outlives_the_task_retention_and_goes_only_past_its_own() {
     let store = Store::open();
     let policy = Policy {

@@ -6,8 +6,11 @@
 //! a restart is simply run again by the next housekeeping run.
 //!
 //! Invariants:
-//! - raw transitions are rolled up before they are deleted: the retention cutoff never passes
-//!   the roll-up watermarks;
+//! - raw transitions are rolled up by hour before they are deleted: the retention cutoff never
+//!   passes the hourly watermark. A day is rolled up from its raw transitions (exact
+//!   percentiles) while they are all there, and from its hourly roll-ups once retention has
+//!   deleted some of them (a day that starts before the raw floor), so a retention shorter
+//!   than a day trims raw rows hour by hour instead of keeping them until their day ends;
 //! - roll-ups cover whole periods that ended more than [`LATE_DATA_GRACE`] ago, and each period
 //!   is rolled up exactly once (the watermark moves in the same transaction as the insert);
 //! - `running` tasks are never deleted: the writer keeps them in memory for the abandon sweep.
@@ -375,12 +378,20 @@ fn set_mark(conn: &Connection, name: &str, at: DateTime<Utc>) -> Result<(), Stor
     Ok(())
 }
 
-/// Where roll-up of `period` starts: the watermark, else the period of the oldest transition.
+/// Where roll-up of `period` starts: the watermark, else the period of the oldest transition
+/// (for days, or of the oldest hourly roll-up: the raw rows of a first day may be gone).
 fn rollup_start(conn: &Connection, period: Period) -> Result<Option<DateTime<Utc>>, StoreError> {
     if let Some(mark) = watermark(conn, period)? {
         return Ok(Some(mark));
     }
-    let mut stmt = conn.prepare("SELECT min(occurred_at) FROM transitions")?;
+    let sql = match period {
+        Period::Hour => "SELECT min(occurred_at) FROM transitions",
+        Period::Day => {
+            "SELECT least((SELECT min(occurred_at) FROM transitions),
+                          (SELECT min(bucket) FROM rollup_hourly))"
+        }
+    };
+    let mut stmt = conn.prepare(sql)?;
     let mut rows = stmt.query([])?;
     let oldest = match rows.next()? {
         Some(row) => super::rows::get_ts(row, 0)?,
@@ -449,6 +460,37 @@ static FAILURE_ROLLUP_SELECT: std::sync::LazyLock<String> = std::sync::LazyLock:
     )
 });
 
+/// A day's roll-up rows from its hourly ones (`$1`, `$2`: the days' range), for days whose raw
+/// transitions retention has begun to delete. Counts, sums, minima and maxima are exact; the
+/// percentiles are the count-weighted mean of the hours' (as reports merge rolled-up hours).
+const DAILY_FROM_HOURLY_SELECT: &str = "
+    SELECT time_bucket(INTERVAL 1 DAY, bucket) AS day, broker, queue, name, state,
+           sum(transitions),
+           sum(runtime_count),
+           sum(runtime_sum_ms),
+           min(runtime_min_ms),
+           max(runtime_max_ms),
+           sum(runtime_p50_ms * runtime_count) / nullif(sum(runtime_count) FILTER (WHERE runtime_p50_ms IS NOT NULL), 0),
+           sum(runtime_p95_ms * runtime_count) / nullif(sum(runtime_count) FILTER (WHERE runtime_p95_ms IS NOT NULL), 0),
+           sum(runtime_p99_ms * runtime_count) / nullif(sum(runtime_count) FILTER (WHERE runtime_p99_ms IS NOT NULL), 0),
+           sum(coalesce(wait_count, 0)),
+           sum(wait_sum_ms),
+           max(wait_max_ms),
+           sum(wait_p50_ms * wait_count) / nullif(sum(wait_count) FILTER (WHERE wait_p50_ms IS NOT NULL), 0),
+           sum(wait_p95_ms * wait_count) / nullif(sum(wait_count) FILTER (WHERE wait_p95_ms IS NOT NULL), 0),
+           sum(wait_p99_ms * wait_count) / nullif(sum(wait_count) FILTER (WHERE wait_p99_ms IS NOT NULL), 0)
+    FROM rollup_hourly
+    WHERE bucket >= $1 AND bucket < $2
+    GROUP BY day, broker, queue, name, state";
+
+/// A day's failure-group roll-up rows from its hourly ones (as [`DAILY_FROM_HOURLY_SELECT`]).
+const DAILY_FAILURES_FROM_HOURLY_SELECT: &str = "
+    SELECT time_bucket(INTERVAL 1 DAY, bucket) AS day, fingerprint, broker, queue, name, state,
+           sum(transitions)
+    FROM failure_rollup_hourly
+    WHERE bucket >= $1 AND bucket < $2
+    GROUP BY day, fingerprint, broker, queue, name, state";
+
 /// The failure group of a transition `tr` of task `t` (`failure` or `retried`): its own
 /// fingerprint, else, for a failure, its task's (the error read after the state).
 pub(crate) const FAILURE_FINGERPRINT_SQL: &str =
@@ -467,7 +509,19 @@ fn rollup(
     if start >= until {
         return Ok(StepOutcome::default());
     }
-    let end = (start + period.duration() * max_periods.max(1) as i32).min(until);
+    let mut end = (start + period.duration() * max_periods.max(1) as i32).min(until);
+    if period == Period::Day {
+        if let Some(floor) = raw_floor(conn)?.filter(|floor| start < *floor) {
+            // Some raw rows of these days are gone: roll them up from their (complete) hours.
+            let hours_until =
+                watermark(conn, Period::Hour)?.map_or(start, |w| Period::Day.floor(w));
+            end = end.min(Period::Day.ceil(floor)).min(hours_until);
+            if end <= start {
+                return Ok(StepOutcome::default());
+            }
+            return rollup_days_from_hours(conn, start, end, until);
+        }
+    }
     let interval = match period {
         Period::Hour => "1 hour",
         Period::Day => "1 day",
@@ -502,6 +556,31 @@ fn rollup(
         }
     }
     set_mark(&tx, period.watermark(), end)?;
+    tx.commit()?;
+    Ok(StepOutcome {
+        rows,
+        more: end < until,
+        ..StepOutcome::default()
+    })
+}
+
+/// Rolls up the days `[start, end)` from `rollup_hourly` (see [`DAILY_FROM_HOURLY_SELECT`]).
+fn rollup_days_from_hours(
+    conn: &mut Connection,
+    start: DateTime<Utc>,
+    end: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<StepOutcome, StoreError> {
+    let tx = conn.transaction()?;
+    let rows = tx.execute(
+        &format!("INSERT INTO rollup_daily {DAILY_FROM_HOURLY_SELECT}"),
+        duckdb::params![Ts(start), Ts(end)],
+    )? as u64;
+    tx.execute(
+        &format!("INSERT INTO failure_rollup_daily {DAILY_FAILURES_FROM_HOURLY_SELECT}"),
+        duckdb::params![Ts(start), Ts(end)],
+    )?;
+    set_mark(&tx, Period::Day.watermark(), end)?;
     tx.commit()?;
     Ok(StepOutcome {
         rows,
