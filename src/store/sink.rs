@@ -14,11 +14,12 @@
 //! (tasks have no index: zone maps skip the other row groups), read for its number and state,
 //! and deleted; the new version is appended with the same number. Transitions are appended
 //! with their task's number, and the task counts move by what was deleted and appended: no
-//! staging tables, no `INSERT ... SELECT`, no `UPDATE ... FROM`.
+//! staging tables, no `INSERT ... SELECT`, no `UPDATE ... FROM`. Upserts (counts, workers,
+//! queues, failure groups) are one statement per table and batch, not one per row.
 
 use super::live::LiveTail;
 use super::maintenance::{self, Step, StepOutcome};
-use super::rows::{opt_text, read_task, task_params, Ts};
+use super::rows::{opt_text, read_task, task_params};
 use super::schema::uid_sql;
 use super::writer::{
     prefixed_task_columns, GroupSighting, Key, WorkerRow, WriterCommand, WriterStats,
@@ -483,15 +484,21 @@ impl Sink {
                 }
                 app.flush()?;
             }
-            let mut stmt = tx.prepare(
-                "INSERT INTO task_counts VALUES (?, ?, ?)
-                 ON CONFLICT (broker, state) DO UPDATE SET n = task_counts.n + excluded.n",
+            upsert(
+                &tx,
+                "INSERT INTO task_counts",
+                "ON CONFLICT (broker, state) DO UPDATE SET n = task_counts.n + excluded.n",
+                counts
+                    .into_iter()
+                    .filter(|(_, n)| *n != 0)
+                    .map(|((broker, state), n)| {
+                        [
+                            DbValue::Text(broker.as_str().to_string()),
+                            DbValue::Text(state.as_str().to_string()),
+                            DbValue::BigInt(n),
+                        ]
+                    }),
             )?;
-            for ((broker, state), n) in counts {
-                if n != 0 {
-                    stmt.execute(duckdb::params![broker.as_str(), state.as_str(), n])?;
-                }
-            }
         }
         if !out.transitions.is_empty() {
             let mut app = tx.appender("transitions")?;
@@ -516,49 +523,47 @@ impl Sink {
             }
             app.flush()?;
         }
-        if !out.groups.is_empty() {
-            let mut stmt = tx.prepare(
-                "INSERT INTO failure_groups (fingerprint, exception, message, frames, first_seen,
-                                             last_seen)
-                 VALUES (?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (fingerprint) DO UPDATE SET
-                     first_seen = least(failure_groups.first_seen, excluded.first_seen),
-                     last_seen = greatest(failure_groups.last_seen, excluded.last_seen)",
-            )?;
-            for (id, seen) in &out.groups {
-                stmt.execute(duckdb::params![
-                    id,
-                    seen.group.exception,
-                    seen.group.message,
-                    seen.group.frames.join("\n"),
-                    Ts(seen.first),
-                    Ts(seen.last),
-                ])?;
-            }
-        }
-        if !out.workers.is_empty() {
-            let mut stmt = tx.prepare(
-                "INSERT INTO workers (broker, id, hostname, pid, alive, first_seen, last_seen,
-                                      online_since)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (broker, id) DO UPDATE SET
-                     hostname = excluded.hostname, pid = excluded.pid, alive = excluded.alive,
-                     first_seen = excluded.first_seen, last_seen = excluded.last_seen,
-                     online_since = excluded.online_since",
-            )?;
-            for w in out.workers.values() {
-                stmt.execute(duckdb::params![
-                    w.worker.broker.as_str(),
-                    w.worker.id,
-                    w.worker.hostname,
-                    w.worker.pid.map(i64::from),
-                    w.worker.alive,
-                    Ts(w.first_seen),
-                    Ts(w.worker.last_seen),
-                    Ts(w.worker.online_since),
-                ])?;
-            }
-        }
+        upsert(
+            &tx,
+            "INSERT INTO failure_groups (fingerprint, exception, message, frames, first_seen,
+                                         last_seen)",
+            "ON CONFLICT (fingerprint) DO UPDATE SET
+                 first_seen = least(failure_groups.first_seen, excluded.first_seen),
+                 last_seen = greatest(failure_groups.last_seen, excluded.last_seen)",
+            out.groups.iter().map(|(id, seen)| {
+                [
+                    DbValue::Text(id.clone()),
+                    opt_text(&seen.group.exception),
+                    DbValue::Text(seen.group.message.clone()),
+                    DbValue::Text(seen.group.frames.join("\n")),
+                    ts_value(seen.first),
+                    ts_value(seen.last),
+                ]
+            }),
+        )?;
+        upsert(
+            &tx,
+            "INSERT INTO workers (broker, id, hostname, pid, alive, first_seen, last_seen,
+                                  online_since)",
+            "ON CONFLICT (broker, id) DO UPDATE SET
+                 hostname = excluded.hostname, pid = excluded.pid, alive = excluded.alive,
+                 first_seen = excluded.first_seen, last_seen = excluded.last_seen,
+                 online_since = excluded.online_since",
+            out.workers.values().map(|w| {
+                [
+                    DbValue::Text(w.worker.broker.as_str().to_string()),
+                    DbValue::Text(w.worker.id.clone()),
+                    opt_text(&w.worker.hostname),
+                    w.worker
+                        .pid
+                        .map_or(DbValue::Null, |p| DbValue::BigInt(i64::from(p))),
+                    DbValue::Boolean(w.worker.alive),
+                    ts_value(w.first_seen),
+                    ts_value(w.worker.last_seen),
+                    ts_value(w.worker.online_since),
+                ]
+            }),
+        )?;
         if !out.samples.is_empty() {
             {
                 let mut app = tx.appender("queue_samples")?;
@@ -574,25 +579,56 @@ impl Sink {
                     *e = s;
                 }
             }
-            let mut stmt = tx.prepare(
+            upsert(
+                &tx,
                 "INSERT INTO queue_latest (broker, queue, sampled_at, length, delayed, dead, running,
-                                           oldest_enqueued_at)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                 ON CONFLICT (broker, queue) DO UPDATE SET
+                                           oldest_enqueued_at)",
+                "ON CONFLICT (broker, queue) DO UPDATE SET
                      sampled_at = excluded.sampled_at, length = excluded.length, delayed = excluded.delayed,
                      dead = excluded.dead, running = excluded.running,
                      oldest_enqueued_at = excluded.oldest_enqueued_at
                  WHERE excluded.sampled_at >= queue_latest.sampled_at",
+                latest.values().map(|s| {
+                    let [b, q, at, length, delayed, dead, running] = sample_params(s);
+                    let oldest = super::rows::opt_ts(s.oldest_enqueued_at);
+                    [b, q, at, length, delayed, dead, running, oldest]
+                }),
             )?;
-            for s in latest.values() {
-                let [b, q, at, length, delayed, dead, running] = sample_params(s);
-                let oldest = super::rows::opt_ts(s.oldest_enqueued_at);
-                stmt.execute([b, q, at, length, delayed, dead, running, oldest])?;
-            }
         }
         tx.commit()?;
         Ok((next_num, replaced))
     }
+}
+
+/// Rows per upsert statement (each row's values are parameters).
+const UPSERT_ROWS: usize = 256;
+
+/// `{head} VALUES (?, ...), ... {tail}` for `rows`, [`UPSERT_ROWS`] at a time: an `INSERT ...
+/// ON CONFLICT` costs DuckDB about a millisecond to plan whatever its rows (it is planned again
+/// at every execution), so one per row cost a millisecond per worker or queue every flush.
+/// The rows' keys must be distinct (DuckDB refuses to update a row twice in one statement).
+fn upsert<const N: usize>(
+    tx: &duckdb::Transaction<'_>,
+    head: &str,
+    tail: &str,
+    rows: impl Iterator<Item = [DbValue; N]>,
+) -> Result<(), StoreError> {
+    let one = format!("({})", vec!["?"; N].join(", "));
+    let mut rows = rows.peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<[DbValue; N]> = rows.by_ref().take(UPSERT_ROWS).collect();
+        let sql = format!(
+            "{head} VALUES {} {tail}",
+            vec![one.as_str(); chunk.len()].join(", ")
+        );
+        tx.execute(&sql, duckdb::params_from_iter(chunk.into_iter().flatten()))?;
+    }
+    Ok(())
+}
+
+/// A timestamp parameter.
+fn ts_value(at: DateTime<Utc>) -> DbValue {
+    super::rows::opt_ts(Some(at))
 }
 
 fn sample_params(s: &QueueSample) -> [DbValue; 7] {

@@ -593,6 +593,73 @@ async fn queues_answer_the_newest_sample_of_each_queue() {
 }
 
 #[tokio::test]
+async fn hundreds_of_workers_queues_and_counts_in_one_batch_are_all_written_then_updated() {
+    // More rows than one upsert statement takes (`UPSERT_ROWS`): every one is written, and a
+    // second batch updates them all, read back from the file after a restart.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.duckdb");
+    let n = 600;
+    let sample = |i: usize, secs: i64, length: u64| QueueSample {
+        broker: Broker::Celery,
+        name: format!("q{i}"),
+        length,
+        delayed: 0,
+        dead: 0,
+        running: 0,
+        sampled_at: at(secs),
+        oldest_enqueued_at: None,
+    };
+    let (writer, reader, handle) = open_at(&path);
+    for (secs, event, length) in [(0, WorkerEvent::Online, 1), (10, WorkerEvent::Heartbeat, 2)] {
+        writer
+            .observe(
+                (0..n)
+                    .map(|i| worker_obs(&format!("w{i}"), 1, secs, event))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        writer
+            .samples((0..n).map(|i| sample(i, secs, length)).collect())
+            .await
+            .unwrap();
+        let brokers = [Broker::Celery, Broker::Rq, Broker::Dramatiq];
+        write(
+            &writer,
+            brokers
+                .iter()
+                .map(|b| {
+                    task_obs(
+                        *b,
+                        &format!("{}-{secs}", b.as_str()),
+                        secs,
+                        TaskEvent::Queued,
+                    )
+                })
+                .collect(),
+        )
+        .await;
+    }
+    close(writer, reader, handle);
+    let (writer, reader, handle) = open_at(&path);
+    let workers = reader.workers(at(11), Duration::seconds(60)).await.unwrap();
+    assert_eq!(workers.len(), n);
+    assert!(workers.iter().all(|w| w.last_seen == at(10)), "{workers:?}");
+    let queues = reader.queues().await.unwrap();
+    assert_eq!(queues.len(), n);
+    assert!(queues
+        .iter()
+        .all(|q| q.length == 2 && q.sampled_at == at(10)));
+    let stats = reader.stats(None).await.unwrap();
+    assert_eq!(
+        stats.by_broker.values().copied().collect::<Vec<_>>(),
+        [2, 2, 2],
+        "{stats:?}"
+    );
+    close(writer, reader, handle);
+}
+
+#[tokio::test]
 async fn timestamps_round_trip_to_the_microsecond() {
     let dir = tempfile::tempdir().unwrap();
     let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
@@ -616,6 +683,52 @@ fn a_second_open_of_a_locked_file_says_which_file_and_why() {
     };
     let msg = err.to_string();
     assert!(msg.contains("/data/t.duckdb") && msg.contains("another taskscope"));
+}
+
+/// What a flush costs with many workers and queues: each flush writes every worker's heartbeat
+/// and every queue's latest sample (one upsert statement per table, not per row).
+/// `cargo test --release --lib -- --ignored --nocapture store::tests::flush_of_300_workers`
+#[tokio::test]
+#[ignore]
+async fn flush_of_300_workers_and_300_queues() {
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    let (n, flushes) = (300, 20);
+    let started = std::time::Instant::now();
+    for secs in 0..flushes {
+        let event = if secs == 0 {
+            WorkerEvent::Online
+        } else {
+            WorkerEvent::Heartbeat
+        };
+        writer
+            .observe(
+                (0..n)
+                    .map(|i| worker_obs(&format!("w{i}"), 1, secs, event))
+                    .collect(),
+            )
+            .await
+            .unwrap();
+        let samples = (0..n)
+            .map(|i| QueueSample {
+                broker: Broker::Celery,
+                name: format!("q{i}"),
+                length: secs as u64,
+                delayed: 0,
+                dead: 0,
+                running: 0,
+                sampled_at: at(secs),
+                oldest_enqueued_at: None,
+            })
+            .collect();
+        writer.samples(samples).await.unwrap();
+        writer.flush().await.unwrap();
+    }
+    println!(
+        "{n} workers and {n} queues: {:.1} ms per flush ({flushes} flushes)",
+        started.elapsed().as_secs_f64() * 1000.0 / flushes as f64
+    );
+    close(writer, reader, handle);
 }
 
 /// `cargo test --release -- --ignored --nocapture store::tests::throughput`
