@@ -592,6 +592,37 @@ async fn queues_answer_the_newest_sample_of_each_queue() {
     close(writer, reader, handle);
 }
 
+/// Sends `n` workers' `event` and `n` queues' samples of `length` (queues `q0`...), at `secs`.
+async fn workers_and_queues(
+    writer: &StoreWriter,
+    n: usize,
+    secs: i64,
+    event: WorkerEvent,
+    length: u64,
+) {
+    writer
+        .observe(
+            (0..n)
+                .map(|i| worker_obs(&format!("w{i}"), 1, secs, event))
+                .collect(),
+        )
+        .await
+        .unwrap();
+    let samples = (0..n)
+        .map(|i| QueueSample {
+            broker: Broker::Celery,
+            name: format!("q{i}"),
+            length,
+            delayed: 0,
+            dead: 0,
+            running: 0,
+            sampled_at: at(secs),
+            oldest_enqueued_at: None,
+        })
+        .collect();
+    writer.samples(samples).await.unwrap();
+}
+
 #[tokio::test]
 async fn hundreds_of_workers_queues_and_counts_in_one_batch_are_all_written_then_updated() {
     // More rows than one upsert statement takes (`UPSERT_ROWS`): every one is written, and a
@@ -599,30 +630,9 @@ async fn hundreds_of_workers_queues_and_counts_in_one_batch_are_all_written_then
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("t.duckdb");
     let n = 600;
-    let sample = |i: usize, secs: i64, length: u64| QueueSample {
-        broker: Broker::Celery,
-        name: format!("q{i}"),
-        length,
-        delayed: 0,
-        dead: 0,
-        running: 0,
-        sampled_at: at(secs),
-        oldest_enqueued_at: None,
-    };
     let (writer, reader, handle) = open_at(&path);
     for (secs, event, length) in [(0, WorkerEvent::Online, 1), (10, WorkerEvent::Heartbeat, 2)] {
-        writer
-            .observe(
-                (0..n)
-                    .map(|i| worker_obs(&format!("w{i}"), 1, secs, event))
-                    .collect(),
-            )
-            .await
-            .unwrap();
-        writer
-            .samples((0..n).map(|i| sample(i, secs, length)).collect())
-            .await
-            .unwrap();
+        workers_and_queues(&writer, n, secs, event, length).await;
         let brokers = [Broker::Celery, Broker::Rq, Broker::Dramatiq];
         write(
             &writer,
@@ -701,27 +711,7 @@ async fn flush_of_300_workers_and_300_queues() {
         } else {
             WorkerEvent::Heartbeat
         };
-        writer
-            .observe(
-                (0..n)
-                    .map(|i| worker_obs(&format!("w{i}"), 1, secs, event))
-                    .collect(),
-            )
-            .await
-            .unwrap();
-        let samples = (0..n)
-            .map(|i| QueueSample {
-                broker: Broker::Celery,
-                name: format!("q{i}"),
-                length: secs as u64,
-                delayed: 0,
-                dead: 0,
-                running: 0,
-                sampled_at: at(secs),
-                oldest_enqueued_at: None,
-            })
-            .collect();
-        writer.samples(samples).await.unwrap();
+        workers_and_queues(&writer, n, secs, event, secs as u64).await;
         writer.flush().await.unwrap();
     }
     println!(
