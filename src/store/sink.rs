@@ -19,6 +19,7 @@
 
 use super::live::LiveTail;
 use super::maintenance::{self, Step, StepOutcome};
+use super::reports::ts;
 use super::rows::{opt_text, read_task, task_params};
 use super::schema::uid_sql;
 use super::writer::{
@@ -536,8 +537,8 @@ impl Sink {
                     opt_text(&seen.group.exception),
                     DbValue::Text(seen.group.message.clone()),
                     DbValue::Text(seen.group.frames.join("\n")),
-                    ts_value(seen.first),
-                    ts_value(seen.last),
+                    ts(seen.first),
+                    ts(seen.last),
                 ]
             }),
         )?;
@@ -558,9 +559,9 @@ impl Sink {
                         .pid
                         .map_or(DbValue::Null, |p| DbValue::BigInt(i64::from(p))),
                     DbValue::Boolean(w.worker.alive),
-                    ts_value(w.first_seen),
-                    ts_value(w.worker.last_seen),
-                    ts_value(w.worker.online_since),
+                    ts(w.first_seen),
+                    ts(w.worker.last_seen),
+                    ts(w.worker.online_since),
                 ]
             }),
         )?;
@@ -624,11 +625,6 @@ fn upsert<const N: usize>(
         tx.execute(&sql, duckdb::params_from_iter(chunk.into_iter().flatten()))?;
     }
     Ok(())
-}
-
-/// A timestamp parameter.
-fn ts_value(at: DateTime<Utc>) -> DbValue {
-    super::rows::opt_ts(Some(at))
 }
 
 fn sample_params(s: &QueueSample) -> [DbValue; 7] {
