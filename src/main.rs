@@ -47,6 +47,8 @@ mod brokers;
 mod config;
 mod demo;
 mod export;
+#[cfg(all(feature = "heap-profile", target_os = "linux", target_env = "gnu"))]
+mod heap_profile;
 mod housekeeping;
 mod http;
 mod ingest;
@@ -398,6 +400,8 @@ async fn serve(settings: ServeSettings) -> anyhow::Result<()> {
         metrics.clone(),
         shutdown_rx.clone(),
     );
+    #[cfg(all(feature = "heap-profile", target_os = "linux", target_env = "gnu"))]
+    heap_profile::spawn_dump_on_signal();
     let ingest = ingest::spawn(
         ingest_cfg,
         adapters,
