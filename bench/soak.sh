@@ -8,6 +8,11 @@
 #   bench/soak.sh --minutes 15 --rate 500 --broker celery --retention 10m --every 5
 #   bench/soak.sh --minutes 15 --broker demo --rate 200   # `taskscope demo`: all brokers
 #   MALLOC_ARENA_MAX=2 bench/soak.sh ...   # any TASKSCOPE_* / MALLOC_* reaches the server
+#   # where the heap is, at chosen moments: a build with jemalloc's profiler
+#   cargo build --release -p taskscope --features heap-profile   # then copy it to a BIN_DIR
+#   MALLOC_CONF=prof:true,lg_prof_interval:32,prof_prefix:/tmp/hp/jeprof BIN_DIR=... bench/soak.sh
+#   kill -USR2 <server pid>   # one more profile now; read them with jemalloc's jeprof
+#   # (target/release/build/tikv-jemalloc-sys-*/out/build/bin/jeprof --text --base=A bin B)
 #
 # Traffic: `taskscope-bench load --no-baseline --broker <b>` (one broker, steady rate, 0 s
 # tasks, --tasks = rate x duration), or with `--broker demo` `taskscope demo --duration`

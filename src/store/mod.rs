@@ -248,8 +248,9 @@ pub fn open(
         // DuckDB's allocator keeps freed memory of a finished query for the next one up to
         // this threshold (128 MB by default): a sidecar gives it back. Its background thread
         // returns the rest of what queries freed while taskscope idles: measured at 10M tasks
-        // (`taskscope-bench store`), idle RSS 193.5 -> 180.8 MiB (147.6-149.3 against 166.1
-        // with a 32 MiB limit); peak unchanged.
+        // (`taskscope-bench store`), idle RSS 166.1 -> 147.6-149.3 MiB with a 32 MiB limit;
+        // with the default 64 MiB, 184.5 -> 180.8-182.6 (the pool keeps the blocks the filter
+        // load cached: not freed memory); peak unchanged.
         "SET memory_limit = '{}MiB'; SET allocator_flush_threshold = '8MiB'; \
          SET allocator_background_threads = true{threads}",
         opts.memory_limit_mib.max(16),
