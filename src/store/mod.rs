@@ -105,6 +105,15 @@ pub enum StoreError {
     Corrupt(String),
     #[error("the store writer has stopped")]
     WriterGone,
+    #[error(
+        "cannot write the filter of stored task ids in {dir} (an unnamed file beside the \
+         database): {source}"
+    )]
+    FilterFile {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{what}: {source}")]
     File {
         what: String,
@@ -266,6 +275,11 @@ pub fn open(
     })?;
     let live = std::sync::Arc::new(live::LiveTail::default());
     let reader = StoreReader::new(reader_template, opts.max_idle_readers, live.clone());
-    let (writer, handle) = writer::start(conn, &opts, live)?;
+    // The filter of stored ids keeps its file beside the database (`seen.rs`).
+    let filter_dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let (writer, handle) = writer::start(conn, &opts, live, filter_dir)?;
     Ok((writer, reader, handle))
 }

@@ -163,6 +163,8 @@ pub(super) struct Sink {
     pub deleted_since_rebuild: u64,
     /// Deletions below which the filter is never rebuilt.
     pub rebuild_min_deleted: u64,
+    /// Where the filter keeps its file (the database's directory).
+    pub filter_dir: std::path::PathBuf,
 }
 
 impl Sink {
@@ -318,7 +320,7 @@ impl Sink {
             return None;
         }
         let started = Instant::now();
-        match super::seen::load(&self.conn) {
+        match super::seen::load(&self.conn, &self.filter_dir) {
             Ok((seen, _)) => {
                 self.deleted_since_rebuild = 0;
                 tracing::info!(

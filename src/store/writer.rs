@@ -204,6 +204,7 @@ pub(super) fn start(
     conn: Connection,
     opts: &StoreOptions,
     live: Arc<LiveTail>,
+    filter_dir: std::path::PathBuf,
 ) -> Result<(StoreWriter, JoinHandle<()>), StoreError> {
     let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));
     let (events, _) = broadcast::channel(opts.broadcast_capacity.max(1));
@@ -213,7 +214,7 @@ pub(super) fn start(
     let cache_capacity = opts.cache_capacity.max(1);
     let mut writer = Writer {
         cache: HashMap::new(),
-        seen: SeenKeys::with_expected(0),
+        seen: SeenKeys::with_expected(&filter_dir, 0)?,
         cache_capacity,
         finished_capacity: (cache_capacity / 5).max(1),
         finished: VecDeque::new(),
@@ -235,7 +236,7 @@ pub(super) fn start(
         running_in_file: false,
         last_parked_sweep: None,
     };
-    writer.load(&conn)?;
+    writer.load(&conn, &filter_dir)?;
     // Loading the filter of stored ids allocates and frees one string per stored task.
     super::heap::give_back_freed_memory();
     // Tasks are numbered after the highest stored number, in order of first write.
@@ -254,6 +255,7 @@ pub(super) fn start(
         rebuilt: rebuilt_tx,
         deleted_since_rebuild: 0,
         rebuild_min_deleted: opts.filter_rebuild_min_deleted,
+        filter_dir,
     };
     let sink_handle = std::thread::Builder::new()
         .name("taskscope-sink".into())
@@ -402,7 +404,7 @@ const MAX_COMMANDS: usize = 10_000;
 
 impl Writer {
     /// Loads what the writer keeps in memory: running tasks, workers, the transition sequence.
-    fn load(&mut self, conn: &Connection) -> Result<(), StoreError> {
+    fn load(&mut self, conn: &Connection, filter_dir: &std::path::Path) -> Result<(), StoreError> {
         // The keys the sink looks up (tasks not in memory) or replaces (their stored rows),
         // appended here and joined: one scan finds them all.
         conn.execute_batch(
@@ -435,7 +437,7 @@ impl Writer {
             }
             out
         };
-        self.load_seen(conn)?;
+        self.load_seen(conn, filter_dir)?;
         for task in running {
             let key = (task.broker, task.id.clone());
             self.running.insert(key.clone());
@@ -483,9 +485,9 @@ impl Writer {
     }
 
     /// Fills the filter of stored keys from the `tasks` table.
-    fn load_seen(&mut self, conn: &Connection) -> Result<(), StoreError> {
+    fn load_seen(&mut self, conn: &Connection, dir: &std::path::Path) -> Result<(), StoreError> {
         let started = Instant::now();
-        let (seen, count) = super::seen::load(conn)?;
+        let (seen, count) = super::seen::load(conn, dir)?;
         self.seen = seen;
         self.publish_filter_keys();
         tracing::info!(
