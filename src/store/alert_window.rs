@@ -33,7 +33,7 @@ impl StoreReader {
         until: DateTime<Utc>,
         filter: ReportFilter,
     ) -> Result<Vec<QueueWindow>, StoreError> {
-        self.with_conn("alert_window", move |conn| {
+        self.with_conn_heavy("alert_window", move |conn| {
             let cond = filter.conditions("t.broker", "t.queue", Some("t.name"));
             let wait = broker_adapters::model::WAIT_MS_SQL;
             let sql = format!(

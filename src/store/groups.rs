@@ -65,7 +65,7 @@ impl StoreReader {
         state: GroupState,
         limit: usize,
     ) -> Result<Vec<FailureGroup>, StoreError> {
-        self.with_conn("failure_groups", move |conn| {
+        self.with_conn_heavy("failure_groups", move |conn| {
             failure_groups(conn, &range, &filter, state, limit.min(MAX_GROUPS))
         })
         .await

@@ -150,8 +150,12 @@ pub struct StoreOptions {
     /// blocks (re-read from the OS page cache) and spills joins and sorts to `<db>.tmp`.
     /// Schema v3 has no ART index, which DuckDB keeps in memory whatever the limit. At 10M
     /// tasks every route ran within 64 MiB alone; `/reports` and the overview run their queries
-    /// one after another (they ran out of memory at 64 MiB at once, hence the earlier 128). The
-    /// buffer pool fills up to the limit and stays resident.
+    /// one after another (they ran out of memory at 64 MiB at once, hence the earlier 128), and
+    /// analytic queries of every request run one at a time (`reader.rs`, `Pool::heavy`: four
+    /// clients loading `/reports` at once got "Out of Memory" 500s before). The buffer pool
+    /// fills up to the limit and stays resident. 32 MiB kept every route of the 10M-task
+    /// benchmark and four concurrent `/reports` clients answering; the default keeps room for
+    /// housekeeping and the sink's writes beside a report.
     pub memory_limit_mib: usize,
     /// DuckDB's worker `threads` (database-wide; `TASKSCOPE_DUCKDB_THREADS`, 1 by default).
     /// `None` keeps DuckDB's default (one per core). With one, every query runs on the thread

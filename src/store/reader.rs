@@ -105,6 +105,12 @@ struct Pool {
     template: Mutex<Connection>,
     idle: Mutex<Vec<Connection>>,
     max_idle: usize,
+    /// One analytic query (a report, a search, failure groups, an alert window) at a time,
+    /// across every reader of the pool: each may take most of DuckDB's `memory_limit` for its
+    /// hash tables, and several at once ran out of it (four clients loading `/reports` at
+    /// 10M tasks: `failures` answered 500 "Out of Memory" at the default 64 MiB). They take
+    /// 5-50 ms each, so queueing costs little; point queries and lists never wait here.
+    heavy: Arc<tokio::sync::Semaphore>,
 }
 
 impl Pool {
@@ -236,6 +242,7 @@ impl StoreReader {
                 template: Mutex::new(template),
                 idle: Mutex::new(Vec::new()),
                 max_idle,
+                heavy: Arc::new(tokio::sync::Semaphore::new(1)),
             }),
             gate: None,
         }
@@ -280,6 +287,41 @@ impl StoreReader {
         })
         .await
         .map_err(|e| StoreError::Cancelled(format!("{what}: {e}")))?
+    }
+
+    /// Runs `f` as [`Self::with_conn`] does, after taking the pool's one slot for analytic
+    /// queries (see `Pool::heavy`).
+    pub(super) async fn with_conn_heavy<T, F>(
+        &self,
+        what: &'static str,
+        f: F,
+    ) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let permit = self.heavy_slot(what).await?;
+        self.with_conn(what, move |conn| {
+            let _permit = permit;
+            f(conn)
+        })
+        .await
+    }
+
+    /// The pool's one slot for analytic queries; a gated reader waits for it within the
+    /// gate's `wait` (then [`StoreError::Busy`]).
+    async fn heavy_slot(
+        &self,
+        what: &'static str,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, StoreError> {
+        let acquire = self.pool.heavy.clone().acquire_owned();
+        match &self.gate {
+            None => acquire.await,
+            Some(gate) => tokio::time::timeout(gate.wait, acquire)
+                .await
+                .map_err(|_| StoreError::Busy(what))?,
+        }
+        .map_err(|_| StoreError::Cancelled(format!("{what}: the gate closed")))
     }
 
     /// Runs `f` as [`Self::with_conn`] does, with the live tail at hand.
@@ -362,7 +404,13 @@ impl StoreReader {
     pub async fn list_tasks(&self, query: &TaskQuery) -> Result<TaskPage, StoreError> {
         let query = query.clone();
         let cursor = query.cursor.as_deref().map(decode_cursor).transpose()?;
+        // A search scans the text of every task in range: an analytic query.
+        let search = match query.q.as_deref() {
+            Some(q) if !q.trim().is_empty() => Some(self.heavy_slot("list_tasks").await?),
+            _ => None,
+        };
         self.with_conn_live("list_tasks", move |conn, live| {
+            let _search = search;
             // The page as the file has it, then the live version of its tasks; again when a
             // commit emptied the tail in between (the file may then hold newer versions).
             let mut retries = live::Retries::new();

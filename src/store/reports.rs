@@ -257,7 +257,7 @@ impl StoreReader {
         range: ReportRange,
         filter: ReportFilter,
     ) -> Result<Vec<BacklogSeries>, StoreError> {
-        self.with_conn("backlog", move |conn| backlog(conn, &range, &filter))
+        self.with_conn_heavy("backlog", move |conn| backlog(conn, &range, &filter))
             .await
     }
 
@@ -267,7 +267,7 @@ impl StoreReader {
         range: ReportRange,
         filter: ReportFilter,
     ) -> Result<Vec<ThroughputSeries>, StoreError> {
-        self.with_conn("throughput", move |conn| throughput(conn, &range, &filter))
+        self.with_conn_heavy("throughput", move |conn| throughput(conn, &range, &filter))
             .await
     }
 
@@ -279,7 +279,7 @@ impl StoreReader {
         filter: ReportFilter,
         top: usize,
     ) -> Result<FailureReport, StoreError> {
-        self.with_conn("failures", move |conn| failures(conn, &range, &filter, top))
+        self.with_conn_heavy("failures", move |conn| failures(conn, &range, &filter, top))
             .await
     }
 
@@ -292,7 +292,7 @@ impl StoreReader {
         order: NameOrder,
         limit: usize,
     ) -> Result<Vec<NameStats>, StoreError> {
-        self.with_conn("name_stats", move |conn| {
+        self.with_conn_heavy("name_stats", move |conn| {
             name_stats(conn, since, until, &filter, order, limit)
         })
         .await
@@ -307,7 +307,7 @@ impl StoreReader {
         filter: ReportFilter,
         limit: usize,
     ) -> Result<Vec<RuntimeStats>, StoreError> {
-        self.with_conn("runtime", move |conn| {
+        self.with_conn_heavy("runtime", move |conn| {
             runtime(conn, since, until, &filter, limit)
         })
         .await
@@ -323,7 +323,7 @@ impl StoreReader {
         filter: ReportFilter,
         limit: usize,
     ) -> Result<Vec<WaitStats>, StoreError> {
-        self.with_conn("wait", move |conn| wait(conn, since, until, &filter, limit))
+        self.with_conn_heavy("wait", move |conn| wait(conn, since, until, &filter, limit))
             .await
     }
 }

@@ -1490,3 +1490,49 @@ async fn running_tasks_past_the_memory_cap_are_parked_and_still_swept() {
     assert_eq!(unnamed.state, TaskState::Abandoned);
     close(writer, reader, handle);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analytic_queries_run_one_at_a_time_across_readers() {
+    // Several reports at once ran DuckDB out of its memory limit (500s at 10M tasks); the
+    // pool runs one analytic query at a time, whichever reader (gated or not) asks.
+    let dir = tempfile::tempdir().unwrap();
+    let (writer, reader, handle) = open_at(&dir.path().join("t.duckdb"));
+    let gated = reader.gated(8, std::time::Duration::from_secs(10));
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+    let first = {
+        let reader = reader.clone();
+        let started_tx = started_tx.clone();
+        tokio::spawn(async move {
+            reader
+                .with_conn_heavy("first", move |_| {
+                    let _ = started_tx.send("first");
+                    let _ = held.recv();
+                    Ok(())
+                })
+                .await
+        })
+    };
+    assert_eq!(started.recv().await, Some("first"));
+    let second = tokio::spawn(async move {
+        gated
+            .with_conn_heavy("second", move |_| {
+                let _ = started_tx.send("second");
+                Ok(())
+            })
+            .await
+    });
+    // A point query is not held up by it.
+    reader.stats(None).await.unwrap();
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), started.recv())
+            .await
+            .is_err(),
+        "the second analytic query started while the first ran"
+    );
+    release.send(()).unwrap();
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    assert_eq!(started.recv().await, Some("second"));
+    close(writer, reader, handle);
+}
