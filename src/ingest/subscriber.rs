@@ -511,6 +511,117 @@ mod tests {
         assert_eq!(got.len(), 4);
     }
 
+    /// A command over a plain socket; returns the first line of the reply.
+    fn raw(conn: &mut std::net::TcpStream, args: &[&str]) -> String {
+        use std::io::{BufRead, Write};
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        conn.write_all(out.as_bytes()).unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(conn.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        line
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn authenticates_subscribes_and_delivers_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = std::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no", "--requirepass", "s3cret"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server on PATH");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let mut admin = loop {
+            match std::net::TcpStream::connect(("127.0.0.1", port)) {
+                Ok(c) => break c,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(20)).await
+                }
+                Err(e) => panic!("redis-server did not start: {e}"),
+            }
+        };
+        assert!(raw(&mut admin, &["AUTH", "s3cret"]).starts_with("+OK"));
+        assert!(raw(
+            &mut admin,
+            &["CONFIG", "SET", "notify-keyspace-events", "K$"]
+        )
+        .starts_with("+OK"));
+
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let url = format!("redis://:s3cret@127.0.0.1:{port}/0");
+        let sub = Subscriber::spawn(&url, "test", move |p| tx.send(p).is_ok()).unwrap();
+        // Asked before the connection is up: made on connect.
+        sub.psubscribe(vec!["__keyspace@0__:job:*".into()])
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(10), sub.connected())
+            .await
+            .unwrap()
+            .unwrap();
+        // Answered once Redis confirmed it.
+        sub.subscribe(vec!["chan".into()]).await.unwrap();
+        // Both subscriptions are in place before anything is published: Redis counts them.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !raw(&mut admin, &["PUBSUB", "NUMPAT"]).starts_with(":1") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PSUBSCRIBE never made"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        raw(&mut admin, &["SET", "job:1", "x"]);
+        raw(&mut admin, &["PUBLISH", "chan", "hello"]);
+        raw(&mut admin, &["SET", "other", "x"]);
+        raw(&mut admin, &["PUBLISH", "chan", "bye"]);
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            let push = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("a push within 10 s")
+                .unwrap();
+            got.push(match push {
+                Push::Key { db, operation, key } => {
+                    format!("key {db} {operation} {}", String::from_utf8_lossy(&key))
+                }
+                Push::Message { channel, payload } => {
+                    format!(
+                        "message {} {}",
+                        &*channel,
+                        String::from_utf8_lossy(&payload)
+                    )
+                }
+                Push::Reconnected => "reconnected".into(),
+            });
+        }
+        assert_eq!(
+            got,
+            ["key 0 set job:1", "message chan hello", "message chan bye"],
+            "in Redis's order; `other` matches no pattern"
+        );
+        sub.quit();
+        let _ = server.kill();
+        let _ = server.wait();
+    }
+
     #[test]
     fn a_request_is_answered_after_every_name_is_confirmed() {
         let (done, mut answer) = oneshot::channel();
