@@ -168,10 +168,17 @@ impl SeenKeys {
             return;
         }
         let hash = hash_key(key);
-        match self.contains_hash(hash) {
-            Ok(true) => return,
-            Ok(false) => {}
-            Err(e) => return self.break_on(&e),
+        // Every segment's block of the key, the last one last: it is kept for the write, so a
+        // new key costs one read per segment and one write.
+        let mut block = [0u8; BLOCK_BYTES];
+        for i in 0..self.segments.len() {
+            let at = self.segments[i].block_at(hash);
+            if let Err(e) = self.file.read_exact_at(&mut block, at) {
+                return self.break_on(&e);
+            }
+            if has_bits(&block, hash) {
+                return;
+            }
         }
         if self.last_len >= self.last_capacity {
             self.last_capacity = self.last_capacity.saturating_mul(2);
@@ -184,15 +191,13 @@ impl SeenKeys {
                 return self.break_on(&e);
             }
             self.segments.push(next);
+            // A new segment is a sparse extension of the file: all zeros.
+            block = [0u8; BLOCK_BYTES];
         }
-        let Some(last) = self.segments.last().copied() else {
+        let Some(last) = self.segments.last() else {
             return;
         };
         let at = last.block_at(hash);
-        let mut block = [0u8; BLOCK_BYTES];
-        if let Err(e) = self.file.read_exact_at(&mut block, at) {
-            return self.break_on(&e);
-        }
         set_bits(&mut block, hash);
         if let Err(e) = self.file.write_all_at(&block, at) {
             return self.break_on(&e);
@@ -265,7 +270,7 @@ pub(super) fn load(conn: &Connection, dir: &Path) -> Result<(SeenKeys, usize), S
             let hash = hash_key(&(super::rows::parse_broker(&broker)?, id));
             // `block_at` counts from the segment's offset, 0 for the first.
             let at = usize::try_from(segment.block_at(hash)).unwrap_or(usize::MAX);
-            if let Some(block) = bits.get_mut(at..at + BLOCK_BYTES) {
+            if let Some(block) = bits.get_mut(at..at.saturating_add(BLOCK_BYTES)) {
                 set_bits(block, hash);
                 inserted += 1;
             }
