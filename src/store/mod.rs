@@ -145,7 +145,7 @@ pub struct StoreOptions {
     /// Reader connections kept open when idle.
     pub max_idle_readers: usize,
     /// DuckDB's `memory_limit` (its buffer pool: cached blocks, hash tables, sorts) in MiB
-    /// (`TASKSCOPE_DUCKDB_MEMORY_MIB`, 64 by default). DuckDB's own default is 80% of the
+    /// (`TASKSCOPE_DUCKDB_MEMORY_MIB`, 32 by default). DuckDB's own default is 80% of the
     /// machine's RAM, which a sidecar must not take: past this limit DuckDB evicts cached
     /// blocks (re-read from the OS page cache) and spills joins and sorts to `<db>.tmp`.
     /// Schema v3 has no ART index, which DuckDB keeps in memory whatever the limit. At 10M
@@ -154,8 +154,9 @@ pub struct StoreOptions {
     /// analytic queries of every request run one at a time (`reader.rs`, `Pool::heavy`: four
     /// clients loading `/reports` at once got "Out of Memory" 500s before). The buffer pool
     /// fills up to the limit and stays resident. 32 MiB kept every route of the 10M-task
-    /// benchmark and four concurrent `/reports` clients answering; the default keeps room for
-    /// housekeeping and the sink's writes beside a report.
+    /// benchmark, four concurrent `/reports` clients and housekeeping beside them answering;
+    /// a batch write that fails (a report's hash tables beside it) is retried alone
+    /// (`sink.rs`). At 24 the 7-day failures report ran out of memory.
     pub memory_limit_mib: usize,
     /// DuckDB's worker `threads` (database-wide; `TASKSCOPE_DUCKDB_THREADS`, 1 by default).
     /// `None` keeps DuckDB's default (one per core). With one, every query runs on the thread
@@ -172,6 +173,10 @@ pub struct StoreOptions {
     /// of memory does). Always 0 outside tests.
     #[doc(hidden)]
     pub failing_lookups: u32,
+    /// Test support: this many batch writes fail before they touch the file (a batch is
+    /// tried twice). Always 0 outside tests.
+    #[doc(hidden)]
+    pub failing_writes: u32,
     /// Tasks retention must have deleted (and at least half as many as remain) before the
     /// filter of stored ids is rebuilt from the file (`seen.rs`). 100,000 by default.
     pub filter_rebuild_min_deleted: u64,
@@ -201,7 +206,7 @@ impl Default for StoreOptions {
             memory_limit_mib: std::env::var("TASKSCOPE_DUCKDB_MEMORY_MIB")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(64),
+                .unwrap_or(32),
             threads: Some(
                 std::env::var("TASKSCOPE_DUCKDB_THREADS")
                     .ok()
@@ -215,6 +220,7 @@ impl Default for StoreOptions {
                     .unwrap_or(1_000),
             ),
             failing_lookups: 0,
+            failing_writes: 0,
             filter_rebuild_min_deleted: 100_000,
             running_capacity: std::env::var("TASKSCOPE_RUNNING_IN_MEMORY")
                 .ok()
@@ -262,8 +268,8 @@ pub fn open(
         // this threshold (128 MB by default): a sidecar gives it back. Its background thread
         // returns the rest of what queries freed while taskscope idles: measured at 10M tasks
         // (`taskscope-bench store`), idle RSS 166.1 -> 147.6-149.3 MiB with a 32 MiB limit;
-        // with the default 64 MiB, 184.5 -> 180.8-182.6 (the pool keeps the blocks the filter
-        // load cached: not freed memory); peak unchanged.
+        // with 64 MiB (the default then), 184.5 -> 180.8-182.6 (the pool keeps the blocks the
+        // filter load cached: not freed memory); peak unchanged.
         "SET memory_limit = '{}MiB'; SET allocator_flush_threshold = '8MiB'; \
          SET allocator_background_threads = true{threads}",
         opts.memory_limit_mib.max(16),
@@ -278,12 +284,19 @@ pub fn open(
         source,
     })?;
     let live = std::sync::Arc::new(live::LiveTail::default());
-    let reader = StoreReader::new(reader_template, opts.max_idle_readers, live.clone());
+    // One analytic query at a time (readers), and a batch write's retry alone (the sink).
+    let analytic = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+    let reader = StoreReader::new(
+        reader_template,
+        opts.max_idle_readers,
+        live.clone(),
+        analytic.clone(),
+    );
     // The filter of stored ids keeps its file beside the database (`seen.rs`).
     let filter_dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let (writer, handle) = writer::start(conn, &opts, live, filter_dir)?;
+    let (writer, handle) = writer::start(conn, &opts, live, filter_dir, analytic)?;
     Ok((writer, reader, handle))
 }

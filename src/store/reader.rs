@@ -109,7 +109,8 @@ struct Pool {
     /// across every reader of the pool: each may take most of DuckDB's `memory_limit` for its
     /// hash tables, and several at once ran out of it (four clients loading `/reports` at
     /// 10M tasks: `failures` answered 500 "Out of Memory" at the default 64 MiB). They take
-    /// 5-50 ms each, so queueing costs little; point queries and lists never wait here.
+    /// 5-50 ms each, so queueing costs little; point queries and lists never wait here. The
+    /// sink takes it too, to retry a failed batch with no analytic query beside it.
     heavy: Arc<tokio::sync::Semaphore>,
 }
 
@@ -234,7 +235,12 @@ pub(super) fn task_filter(query: &TaskQuery) -> (Vec<String>, Vec<DbValue>) {
 }
 
 impl StoreReader {
-    pub(super) fn new(template: Connection, max_idle: usize, live: Arc<LiveTail>) -> StoreReader {
+    pub(super) fn new(
+        template: Connection,
+        max_idle: usize,
+        live: Arc<LiveTail>,
+        analytic: Arc<tokio::sync::Semaphore>,
+    ) -> StoreReader {
         StoreReader {
             pool: Arc::new(Pool {
                 live,
@@ -242,7 +248,7 @@ impl StoreReader {
                 template: Mutex::new(template),
                 idle: Mutex::new(Vec::new()),
                 max_idle,
-                heavy: Arc::new(tokio::sync::Semaphore::new(1)),
+                heavy: analytic,
             }),
             gate: None,
         }

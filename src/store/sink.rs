@@ -154,6 +154,11 @@ pub(super) struct Sink {
     pub next_num: i64,
     /// Test support ([`super::StoreOptions::failing_lookups`]): file lookups still to fail.
     pub failing_lookups: u32,
+    /// Test support ([`super::StoreOptions::failing_writes`]): batch writes still to fail.
+    pub failing_writes: u32,
+    /// The readers' slot for analytic queries (`reader.rs`, `Pool::heavy`), taken to retry a
+    /// failed batch alone.
+    pub analytic: Arc<tokio::sync::Semaphore>,
     /// When freed heap memory is given back ([`super::heap`]).
     pub trim: super::heap::TrimPolicy,
     /// Where each task deletion is answered: a filter of stored ids rebuilt from the file, or
@@ -268,7 +273,12 @@ impl Sink {
         if let Err(e) = &result {
             self.stats.batch_errors.fetch_add(1, Ordering::Relaxed);
             tracing::error!(error = %e, observations = pending.observations,
-                "store batch failed; retrying once");
+                "store batch failed; retrying once, with no analytic query beside it");
+            // DuckDB's memory limit is shared by every connection: a report's hash tables can
+            // leave a batch without room ("Out of Memory"). The retry waits for the analytic
+            // slot (queries of 5-50 ms) and holds it, so none runs beside it.
+            let analytic = self.analytic.clone();
+            let _alone = futures::executor::block_on(analytic.acquire());
             result = self.write(&pending);
         }
         let s = &self.stats;
@@ -458,6 +468,12 @@ impl Sink {
     /// Writes the pending set in one transaction; returns the next free task number and how
     /// many stored task rows it replaced.
     fn write(&mut self, out: &Pending) -> Result<(i64, u64), StoreError> {
+        if self.failing_writes > 0 {
+            self.failing_writes -= 1;
+            return Err(StoreError::Corrupt(
+                "a batch write made to fail (test)".into(),
+            ));
+        }
         let tx = self.conn.transaction()?;
         let mut next_num = self.next_num;
         let mut replaced = 0;

@@ -205,6 +205,7 @@ pub(super) fn start(
     opts: &StoreOptions,
     live: Arc<LiveTail>,
     filter_dir: std::path::PathBuf,
+    analytic: Arc<tokio::sync::Semaphore>,
 ) -> Result<(StoreWriter, JoinHandle<()>), StoreError> {
     let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));
     let (events, _) = broadcast::channel(opts.broadcast_capacity.max(1));
@@ -251,6 +252,8 @@ pub(super) fn start(
         flush_interval: opts.flush_interval,
         next_num,
         failing_lookups: opts.failing_lookups,
+        failing_writes: opts.failing_writes,
+        analytic,
         trim: Default::default(),
         rebuilt: rebuilt_tx,
         deleted_since_rebuild: 0,
