@@ -46,10 +46,10 @@ pub struct Metrics {
     pub redis_connected: AtomicBool,
     ingest_events: Mutex<BTreeMap<Source, u64>>,
     decode_errors: Mutex<BTreeMap<Broker, u64>>,
-    /// Pub/sub messages fred dropped because this process lagged (then a reconcile runs).
+    /// Pub/sub messages dropped because this process lagged (then a reconcile runs).
     pub lagged_events: AtomicU64,
-    /// The most messages seen waiting in one of fred's subscriber buffers when its reader got
-    /// to them (what `TASKSCOPE_SUBSCRIBER_BUFFER` has to hold; past it, messages are lost).
+    /// The most keyspace notifications seen waiting for the prefetcher when it got to them
+    /// (its queue holds 65,536; past that they are dropped and counted in `lagged_events`).
     pub subscriber_backlog_max: AtomicU64,
     /// Redis commands taskscope issued (pipelined commands count one each).
     pub redis_commands: AtomicU64,

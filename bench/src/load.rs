@@ -380,7 +380,7 @@ pub struct FlavorReport {
     pub sse_lagged: u64,
     /// Pub/sub messages taskscope dropped and re-read (`/healthz` `lagged_events`) in the run.
     pub taskscope_fell_behind: u64,
-    /// The most messages that waited in one of taskscope's fred subscriber buffers (since its
+    /// The most keyspace notifications that waited for taskscope's prefetcher (since its
     /// start; `/healthz` `subscriber_backlog_max`).
     pub taskscope_subscriber_backlog_max: u64,
 }
@@ -823,7 +823,7 @@ pub fn print_table(r: &Report) {
             println!("    wrong: {e}");
         }
         println!(
-            "    taskscope's fullest pub/sub buffer held {} messages",
+            "    taskscope's prefetcher had at most {} notifications waiting",
             x.taskscope_subscriber_backlog_max
         );
         if x.taskscope_fell_behind > 0 {

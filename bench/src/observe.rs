@@ -87,7 +87,7 @@ impl Api {
     }
 
     /// Pub/sub messages taskscope dropped so far and re-read (`/healthz` `lagged_events`), and
-    /// the most that waited in one of its subscriber buffers (`subscriber_backlog_max`).
+    /// the most notifications that waited for its prefetcher (`subscriber_backlog_max`).
     pub async fn lagged_events(&self) -> anyhow::Result<(u64, u64)> {
         let h = self.get_json("/healthz").await?;
         Ok((

@@ -610,7 +610,7 @@ impl Detector {
         let mut found = Vec::new();
         for db in dbs {
             let url = redis::url_with_db(&self.opts.redis_url, db)?;
-            let client = self.client.sibling(redis::builder(&url, false)?.build()?);
+            let client = self.client.sibling(redis::builder(&url)?.build()?);
             let connected =
                 tokio::time::timeout(Duration::from_secs(5), client.client().init()).await;
             if !matches!(connected, Ok(Ok(_))) {

@@ -1,11 +1,9 @@
-//! The queue between Redis's pushes (fred's pub/sub broadcast channels, the prefetcher) and the
+//! The queue between Redis's pushes (the subscribers' connection tasks, the prefetcher) and the
 //! ingest loop: a sender never waits, and the queue grows as needed up to a cap.
 //!
-//! fred drops messages for a broadcast receiver that falls more than its channel's capacity
-//! behind, and allocates every slot of that channel up front. So fred's channels stay small
-//! and are emptied into this queue at once; this one allocates only what is waiting. Past
+//! It allocates only what is waiting. Past
 //! [`Sender::send`]'s cap a message is dropped and counted ([`Receiver::take_dropped`]), never
-//! blocking the sender: the loop then resyncs by reading, as for a lag of fred's. Order is
+//! blocking the sender: the loop then resyncs by reading. Order is
 //! kept: the receiver takes everything waiting at once (one lock per batch, not per message).
 
 use std::collections::VecDeque;
@@ -222,35 +220,6 @@ impl<T> Receiver<T> {
     /// Messages dropped at the cap since the last call.
     pub fn take_dropped(&mut self) -> u64 {
         std::mem::take(&mut lock(&self.shared.state).dropped)
-    }
-}
-
-/// Records the high-water mark of a fred subscriber buffer ([`crate::metrics::Metrics`]
-/// `subscriber_backlog_max`): what waits in it is looked at once per burst (when the messages
-/// seen waiting last time are taken), not per message, since each look takes the channel's
-/// lock.
-pub struct BacklogGauge {
-    metrics: Arc<crate::metrics::Metrics>,
-    until_check: usize,
-}
-
-impl BacklogGauge {
-    pub fn new(metrics: Arc<crate::metrics::Metrics>) -> Self {
-        Self {
-            metrics,
-            until_check: 0,
-        }
-    }
-
-    /// Call after each message taken from `rx`.
-    pub fn taken<T: Clone>(&mut self, rx: &tokio::sync::broadcast::Receiver<T>) {
-        if self.until_check == 0 {
-            // The one just taken waited too.
-            let waiting = rx.len() + 1;
-            self.metrics.saw_subscriber_backlog(waiting);
-            self.until_check = waiting;
-        }
-        self.until_check -= 1;
     }
 }
 

@@ -29,6 +29,7 @@ mod prefetch;
 pub mod redis;
 pub mod sanitize;
 mod slot;
+mod subscriber;
 
 use crate::metrics::{ChangeFeed, Metrics, Source};
 use crate::store::{StoreReader, StoreWriter};
@@ -39,7 +40,6 @@ use chrono::Utc;
 use coalesce::{coalesce_gets, split_reply};
 use fred::bytes::Bytes;
 use fred::bytes_utils::Str;
-use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use notifications::Feed;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
@@ -73,8 +73,8 @@ enum Incoming {
         key: String,
         op: String,
     },
-    /// fred's own buffers, shared rather than copied (the channel name and payload of every
-    /// event pass through here).
+    /// The subscriber's read buffer, shared rather than copied (the channel name and payload
+    /// of every event pass through here).
     Message {
         channel: Str,
         payload: Bytes,
@@ -87,7 +87,7 @@ enum Incoming {
         /// When the reply arrived: what it shows was true then, whenever the loop gets to it.
         at: chrono::DateTime<Utc>,
     },
-    /// fred dropped this many messages: resynchronise by reading.
+    /// This many messages were dropped (a queue was full): resynchronise by reading.
     Lagged(u64),
     /// A connection came back: what happened meanwhile is only in Redis's data.
     Reconnected,
@@ -245,8 +245,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     redis::set_max_payload_bytes(cfg.max_payload_bytes);
-    let client = redis::builder(&cfg.redis_url, false)?.build()?;
-    let subscriber = redis::builder(&cfg.redis_url, true)?.build_subscriber_client()?;
+    let client = redis::builder(&cfg.redis_url)?.build()?;
     let (tx, rx) = forward::queue_with_urgent::<Incoming>(INCOMING_CAP, |item| !is_message(item));
     let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Subscriptions::default()));
     let (applied_tx, applied_rx) = watch::channel(None);
@@ -270,14 +269,7 @@ pub async fn run(
         }
         None => (None, None),
     };
-    spawn_forwarders(
-        &subscriber,
-        &client,
-        cfg.redis_db,
-        tx,
-        hint_tx,
-        metrics.clone(),
-    );
+    let subscriber = spawn_subscriber(&cfg.redis_url, &client, cfg.redis_db, tx, hint_tx)?;
 
     info!(url = %redact(&cfg.redis_url), "Connecting to Redis.");
     tokio::select! {
@@ -285,7 +277,7 @@ pub async fn run(
         _ = shutdown.changed() => return Ok(()),
     }
     tokio::select! {
-        r = subscriber.init() => { r?; }
+        r = subscriber.connected() => { r?; }
         _ = shutdown.changed() => return Ok(()),
     }
     let side_urls: Vec<(Broker, Option<String>)> = adapters
@@ -322,7 +314,6 @@ pub async fn run(
         }
         _ => (None, None, None),
     };
-    let _resubscribe = subscriber.manage_subscriptions();
     metrics.redis_connected.store(true, Ordering::Relaxed);
     info!("Connected to Redis.");
 
@@ -372,7 +363,7 @@ pub async fn run(
     pipeline.run_loop(&mut shutdown).await;
     pipeline.settle_all(SETTLE_AT_SHUTDOWN).await;
     let _ = pipeline.client.client().quit().await;
-    let _ = pipeline.subscriber.quit().await;
+    pipeline.subscriber.quit();
     for side in pipeline.side.iter().flatten() {
         let _ = side.client().quit().await;
     }
@@ -387,7 +378,7 @@ pub async fn run(
 
 /// Connects an adapter's second Redis ([`Adapter::side_url`]).
 async fn connect_side(url: &str, broker: Broker) -> anyhow::Result<Client> {
-    let c = redis::builder(url, false)?.build()?;
+    let c = redis::builder(url)?.build()?;
     info!(url = %redact(url), %broker, "Connecting to a second Redis.");
     c.init().await?;
     Ok(c)
@@ -411,111 +402,79 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// Moves fred's broadcast messages into our own queue ([`forward`]) at once, without ever
-/// waiting for the loop, so the broadcast receivers never lag behind the (slower) processing;
-/// a lag that still happens is reported.
-fn spawn_forwarders(
-    subscriber: &SubscriberClient,
+/// The loop's subscriber: its pushes go into the loop's queue ([`forward`], which never makes
+/// the connection task wait) and new-key notifications to the detector; and the command
+/// client's reconnections are told to the loop.
+fn spawn_subscriber(
+    url: &str,
     client: &Client,
     db: u32,
     tx: forward::Sender<Incoming>,
     hints: Option<mpsc::Sender<detect::NewKey>>,
-    metrics: Arc<Metrics>,
-) {
+) -> anyhow::Result<subscriber::Subscriber> {
     use tokio::sync::broadcast::error::RecvError;
     // Keyspace notifications come through the prefetcher's subscriber; this one subscribes to
     // key-event channels only (taskiq's `__keyevent@<db>__:xadd`, which finds streams of queues
-    // it was not told about), and fred hands those over as keyspace events too.
-    let mut keys = subscriber.keyspace_event_rx();
-    let key_tx = tx.clone();
-    let mut key_backlog = forward::BacklogGauge::new(metrics.clone());
-    tokio::spawn(async move {
-        loop {
-            let ev = keys.recv().await;
-            if ev.is_ok() {
-                key_backlog.taken(&keys);
-            }
-            match ev {
-                // New keys (of any database) are the detector's, never the adapters'.
-                Ok(ev) if ev.operation == "new" => {
-                    if let Some(hints) = &hints {
-                        let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
-                        let hint = detect::NewKey {
-                            db: u32::from(ev.db),
-                            key,
-                            at: std::time::Instant::now(),
-                        };
-                        // Full: the detector is behind; its passes find what it skips.
-                        let _ = hints.try_send(hint);
-                    }
-                }
-                Ok(ev) if u32::from(ev.db) == db => {
-                    let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
-                    let op = ev.operation;
-                    if key_tx.send(Incoming::Key { key, op }).is_err() {
-                        return;
-                    }
-                }
-                Ok(_) => {}
-                Err(RecvError::Lagged(n)) => {
-                    let _ = key_tx.send(Incoming::Lagged(n));
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    });
-    let mut messages = subscriber.message_rx();
-    let msg_tx = tx.clone();
-    let mut message_backlog = forward::BacklogGauge::new(metrics);
-    tokio::spawn(async move {
-        loop {
-            match messages.recv().await {
-                Ok(m) => {
-                    message_backlog.taken(&messages);
-                    let payload = match m.value {
-                        Value::Bytes(b) => b,
-                        Value::String(s) => s.into_inner(),
-                        other => other
-                            .as_bytes()
-                            .map(Bytes::copy_from_slice)
-                            .unwrap_or_default(),
+    // it was not told about, and new keys for the detector) and to pub/sub channels.
+    let push_tx = tx.clone();
+    let subscriber = subscriber::Subscriber::spawn(url, "ingest", move |push| {
+        let incoming = match push {
+            // New keys (of any database) are the detector's, never the adapters'.
+            subscriber::Push::Key {
+                db: key_db,
+                operation,
+                key,
+            } if operation == "new" => {
+                if let Some(hints) = &hints {
+                    let hint = detect::NewKey {
+                        db: key_db,
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        at: std::time::Instant::now(),
                     };
-                    let channel = m.channel;
-                    if msg_tx.send(Incoming::Message { channel, payload }).is_err() {
+                    // Full: the detector is behind; its passes find what it skips.
+                    let _ = hints.try_send(hint);
+                }
+                return true;
+            }
+            subscriber::Push::Key {
+                db: key_db,
+                operation,
+                key,
+            } if key_db == db => Incoming::Key {
+                key: String::from_utf8_lossy(&key).into_owned(),
+                op: operation,
+            },
+            subscriber::Push::Key { .. } => return true,
+            subscriber::Push::Message { channel, payload } => {
+                Incoming::Message { channel, payload }
+            }
+            subscriber::Push::Reconnected => Incoming::Reconnected,
+        };
+        push_tx.send(incoming).is_ok()
+    })?;
+    let mut reconnects = client.reconnect_rx();
+    tokio::spawn(async move {
+        // The first event is the initial connection, which `run` handles itself.
+        let mut initial = true;
+        loop {
+            match reconnects.recv().await {
+                Ok(_) if initial => initial = false,
+                Ok(_) | Err(RecvError::Lagged(_)) => {
+                    if tx.send(Incoming::Reconnected).is_err() {
                         return;
                     }
-                }
-                Err(RecvError::Lagged(n)) => {
-                    let _ = msg_tx.send(Incoming::Lagged(n));
                 }
                 Err(RecvError::Closed) => return,
             }
         }
     });
-    for mut reconnects in [subscriber.reconnect_rx(), client.reconnect_rx()] {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            // The first event is the initial connection, which `run` handles itself.
-            let mut initial = true;
-            loop {
-                match reconnects.recv().await {
-                    Ok(_) if initial => initial = false,
-                    Ok(_) | Err(RecvError::Lagged(_)) => {
-                        if tx.send(Incoming::Reconnected).is_err() {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        });
-    }
+    Ok(subscriber)
 }
 
 struct Pipeline {
     cfg: IngestConfig,
     client: redis::Redis,
-    subscriber: SubscriberClient,
+    subscriber: subscriber::Subscriber,
     /// The adapters, each in its slot (see [`slot`]).
     slots: Vec<slot::Slot>,
     /// Adapters coming back from decoding off the loop.
@@ -843,7 +802,11 @@ impl Pipeline {
         }
         info!("No longer listening to new keys for auto-detection.");
         if self.subscribed.remove(NEW_KEY_EVENTS) {
-            if let Err(e) = self.subscriber.punsubscribe(NEW_KEY_EVENTS).await {
+            if let Err(e) = self
+                .subscriber
+                .punsubscribe(vec![NEW_KEY_EVENTS.to_string()])
+                .await
+            {
                 debug!(error = %e, "PUNSUBSCRIBE of new-key events failed.");
             }
         }
@@ -1037,11 +1000,10 @@ impl Pipeline {
                 break;
             };
             lingered = true;
-            // The whole thread sleeps, fred's connection tasks with it (this runtime is the
+            // The whole thread sleeps, the connection tasks with it (this runtime is the
             // loop's own): what Redis sends meanwhile waits in the socket and is then read
             // with one read, instead of one wake-up, one `epoll_wait` and one `recv` per
-            // message. A short async wait then lets the connection tasks read it and the
-            // forwarders queue it.
+            // message. A short async wait then lets the subscriber's task read and queue it.
             if messages_alone {
                 self.sleep_unless_a_read_is_asked(linger);
             } else {

@@ -115,15 +115,9 @@ impl Redis {
 /// (and Redis's output buffer for us) modest.
 pub const PIPELINE_CHUNK: usize = 512;
 
-/// Builds a client for `url` that reconnects forever with backoff and keeps going when Redis is
-/// down at start (`fail_fast = false`).
-///
-/// `pubsub`: the client subscribes. fred sizes all eight of a client's broadcast channels
-/// (messages, keyspace events, errors, reconnects...) with one capacity and allocates every slot
-/// up front (65,536 slots cost ~20 MB of resident memory per client): only subscribers get
-/// [`SUBSCRIBER_BUFFER`] (their messages and keyspace events must survive a burst); command
-/// clients keep fred's default.
-pub fn builder(url: &str, pubsub: bool) -> anyhow::Result<Builder> {
+/// Builds a command client for `url` that reconnects forever with backoff and keeps going when
+/// Redis is down at start (`fail_fast = false`). Subscribing is [`super::subscriber`]'s.
+pub fn builder(url: &str) -> anyhow::Result<Builder> {
     let mut config =
         // fred's message is shown only when it cannot quote the URL's credentials.
         Config::from_url(url).map_err(|e| {
@@ -154,38 +148,8 @@ pub fn builder(url: &str, pubsub: bool) -> anyhow::Result<Builder> {
             c.connection_timeout = Duration::from_secs(5);
             c.internal_command_timeout = Duration::from_secs(10);
         })
-        .with_performance_config(|p| {
-            // fred drops pub/sub messages for a receiver that lags more than this. Our
-            // forwarders move each message at once into the loop's queue (`forward`: never
-            // blocks, allocated as it fills, 200,000 deep), so fred's buffer only has to cover
-            // one hand-over of its connection task; a lag that still happens is counted and
-            // resynced (`Incoming::Lagged`).
-            if pubsub {
-                p.broadcast_channel_capacity = subscriber_buffer();
-            }
-        })
         .set_policy(ReconnectPolicy::new_exponential(0, 100, 10_000, 2));
     Ok(builder)
-}
-
-/// Slots of each of a subscriber's fred broadcast channels, all allocated up front. Each
-/// forwarder empties its channel into a queue of ours at once ([`super::forward`]), so this
-/// covers only what fred's connection task hands over in one go (it reads many replies per
-/// turn) before the forwarder runs. Measured (`taskscope-bench load --broker
-/// dramatiq,celery-events --tasks 20000 --rate max`, `TASKSCOPE_SUBSCRIBER_BUFFER`): 2,048
-/// slots dropped 16,071 notifications at 7.8k Dramatiq lifecycles/s, 8,192 and 16,384 none
-/// (at up to 5k/s on that loaded machine), and peak RSS fell by ~55 MB from 65,536 to 16,384.
-/// The largest hand-over seen was at least 6,519 (2,048 plus 4,471 dropped at once): 16,384
-/// keeps over twice that.
-const SUBSCRIBER_BUFFER: usize = 16_384;
-
-/// [`SUBSCRIBER_BUFFER`], or `TASKSCOPE_SUBSCRIBER_BUFFER` (a benchmarking knob: the size is
-/// chosen by measuring lost lifecycles and peak RSS per size; 16 to 1,048,576 slots).
-fn subscriber_buffer() -> usize {
-    std::env::var("TASKSCOPE_SUBSCRIBER_BUFFER")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .map_or(SUBSCRIBER_BUFFER, |n| n.clamp(16, 1 << 20))
 }
 
 fn cmd(name: &'static str) -> CustomCommand {

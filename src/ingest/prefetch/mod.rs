@@ -19,17 +19,17 @@
 
 mod schedule;
 
+use super::subscriber::{Push, Subscriber};
 use super::{forward, redis, Incoming, BARRIER_CHANNEL};
 use crate::metrics::{Metrics, Source};
 use broker_adapters::adapter::glob_escape;
 use broker_adapters::bounded::FifoSet;
 use broker_adapters::{FirstSight, Prefetch, PrefetchRead, Read, ReadRequest, Reply};
-use fred::clients::SubscriberClient;
 use fred::prelude::*;
 use schedule::{followed, RunKey, Schedule};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use tokio::sync::broadcast::error::{RecvError, TryRecvError};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::{debug, error, warn};
 
@@ -182,8 +182,8 @@ pub fn spawn(
     kick: Kick,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let subscriber = redis::builder(redis_url, true)?.build_subscriber_client()?;
-    let client = redis::Redis::new(redis::builder(redis_url, false)?.build()?, metrics.clone());
+    let redis_url = redis_url.to_string();
+    let client = redis::Redis::new(redis::builder(&redis_url)?.build()?, metrics.clone());
     let thread = std::thread::Builder::new()
         .name("taskscope-prefetch".into())
         .spawn(move || {
@@ -197,7 +197,7 @@ pub fn spawn(
                     return;
                 }
             };
-            runtime.block_on(run(subscriber, client, db, tx, link, kick, metrics));
+            runtime.block_on(run(&redis_url, client, db, tx, link, kick, metrics));
         })?;
     Ok(thread)
 }
@@ -458,8 +458,46 @@ fn snapshot_diff(
     (new, departed)
 }
 
+/// What the prefetcher's subscriber delivered, or how many pushes it dropped since.
+enum Event {
+    Push(Push),
+    Lagged(u64),
+}
+
+/// Pushes waiting for the prefetcher at most (a bound, not an allocation: tokio's channel
+/// allocates as it fills). The prefetcher only routes and fires reads, so a backlog is a
+/// stall of its thread; past the bound pushes are dropped, counted, and the loop resyncs.
+const PUSH_QUEUE: usize = 65_536;
+
+/// The subscriber's callback: into the prefetcher's queue, never waiting; when full, dropped
+/// and counted ([`Event::Lagged`] goes first once there is room).
+fn deliver_to(tx: mpsc::Sender<Event>) -> impl FnMut(Push) -> bool + Send + 'static {
+    use tokio::sync::mpsc::error::TrySendError;
+    let mut dropped = 0u64;
+    move |push| {
+        if dropped > 0 {
+            match tx.try_send(Event::Lagged(dropped)) {
+                Ok(()) => dropped = 0,
+                Err(TrySendError::Full(_)) => {
+                    dropped += 1;
+                    return true;
+                }
+                Err(TrySendError::Closed(_)) => return false,
+            }
+        }
+        match tx.try_send(Event::Push(push)) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                dropped += 1;
+                true
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
 async fn run(
-    subscriber: SubscriberClient,
+    redis_url: &str,
     client: redis::Redis,
     db: u32,
     tx: forward::Sender<Incoming>,
@@ -471,12 +509,18 @@ async fn run(
         wanted: mut rules,
         applied,
     } = link;
-    let mut keys = subscriber.keyspace_event_rx();
-    let mut messages = subscriber.message_rx();
+    let (events_tx, mut events) = mpsc::channel(PUSH_QUEUE);
+    let subscriber = match Subscriber::spawn(redis_url, "prefetch", deliver_to(events_tx)) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "The prefetcher cannot subscribe; prefetching is off.");
+            return;
+        }
+    };
     let init = async {
-        subscriber.init().await?;
+        subscriber.connected().await?;
         client.client().init().await?;
-        Ok::<(), fred::error::Error>(())
+        Ok::<(), anyhow::Error>(())
     };
     tokio::select! {
         r = init => if let Err(e) = r {
@@ -486,29 +530,14 @@ async fn run(
         _ = tx.closed() => return,
     }
     // The loop's read barrier comes back here, on the connection of the keyspace events.
-    if let Err(e) = subscriber.subscribe(BARRIER_CHANNEL).await {
+    if let Err(e) = subscriber
+        .subscribe(vec![BARRIER_CHANNEL.to_string()])
+        .await
+    {
         warn!(error = %e, "Cannot subscribe to the read barrier channel; RQ retries may be undercounted.");
     }
-    let _resubscribe = subscriber.manage_subscriptions();
     // Events for the loop go into its queue, which never makes this thread wait.
     let forward_tx = tx.clone();
-    let mut reconnects = subscriber.reconnect_rx();
-    let reconnect_tx = forward_tx.clone();
-    tokio::spawn(async move {
-        // The first event is the initial connection.
-        let mut initial = true;
-        loop {
-            match reconnects.recv().await {
-                Ok(_) if initial => initial = false,
-                Ok(_) | Err(RecvError::Lagged(_)) => {
-                    if reconnect_tx.send(Incoming::Reconnected).is_err() {
-                        return;
-                    }
-                }
-                Err(RecvError::Closed) => return,
-            }
-        }
-    });
     let mut subscribed = BTreeSet::new();
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<RunKey>();
     let mut p = Prefetcher {
@@ -565,78 +594,58 @@ async fn run(
                 rules_changed = true;
             }
             _ = kick.notified() => p.kick(),
-            ev = keys.recv() => {
-                if ev.is_ok() {
-                    // A burst starts: what waits behind this one is the buffer's high-water.
-                    metrics.saw_subscriber_backlog(keys.len() + 1);
-                }
-                let mut ev = ev;
+            ev = events.recv() => {
+                let Some(mut ev) = ev else { break };
+                // A burst starts: what waits behind this one is the queue's high-water.
+                metrics.saw_subscriber_backlog(events.len() + 1);
                 let mut yielded = false;
                 // Read the whole burst (a script's or a pipeline's notifications) before firing
-                // the coalesced runs it asks for.
+                // the coalesced runs it asks for. Keyspace events and messages come in Redis's
+                // order, so every event sent before a read barrier is handled before it.
                 'burst: loop {
                     match ev {
-                        Ok(ev) if u32::from(ev.db) == db => {
-                            on_key_event(&mut p, &rules, &forward_tx, &metrics, ev);
+                        Event::Push(Push::Key { db: key_db, operation, key }) if key_db == db => {
+                            on_key_event(&mut p, &rules, &forward_tx, &metrics, operation, &key);
                         }
-                        Ok(_) => {}
-                        Err(RecvError::Lagged(n)) => {
+                        Event::Push(Push::Key { .. }) => {}
+                        Event::Push(Push::Message { channel, payload }) => {
+                            if &*channel == BARRIER_CHANNEL {
+                                p.fire_due();
+                                let _ = forward_tx.send(Incoming::Message {
+                                    channel: fred::bytes_utils::Str::from_static(BARRIER_CHANNEL),
+                                    payload,
+                                });
+                            }
+                        }
+                        Event::Push(Push::Reconnected) => {
+                            if forward_tx.send(Incoming::Reconnected).is_err() {
+                                break;
+                            }
+                        }
+                        Event::Lagged(n) => {
                             debug!(dropped = n, "The prefetcher fell behind; the loop will resync.");
                             let _ = forward_tx.send(Incoming::Lagged(n));
                         }
-                        Err(RecvError::Closed) => return,
                     }
                     ev = loop {
-                        match keys.try_recv() {
-                            Ok(next) => break Ok(next),
-                            Err(TryRecvError::Lagged(n)) => break Err(RecvError::Lagged(n)),
-                            Err(TryRecvError::Closed) => return,
+                        match events.try_recv() {
+                            Ok(next) => break next,
                             Err(TryRecvError::Empty) if !yielded && p.schedule.has_due() => {
                                 // Let the connection task hand over the rest of the burst.
                                 yielded = true;
                                 tokio::task::yield_now().await;
                             }
                             Err(TryRecvError::Empty) => break 'burst,
+                            Err(TryRecvError::Disconnected) => break 'burst,
                         }
                     };
                 }
                 p.fire_due();
             }
             Some(run) = done_rx.recv() => p.on_done(run),
-            msg = messages.recv() => {
-                let Ok(msg) = msg else { continue };
-                if &*msg.channel != BARRIER_CHANNEL {
-                    continue;
-                }
-                // fred hands a connection's keyspace events and messages over in the order
-                // Redis sent them, into two channels: every event sent before the barrier is
-                // in `keys` by now. Handle those first, so the loop gets them before it.
-                loop {
-                    match keys.try_recv() {
-                        Ok(ev) if u32::from(ev.db) == db => {
-                            on_key_event(&mut p, &rules, &forward_tx, &metrics, ev);
-                        }
-                        Ok(_) => {}
-                        Err(TryRecvError::Lagged(n)) => {
-                            let _ = forward_tx.send(Incoming::Lagged(n));
-                        }
-                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
-                    }
-                }
-                p.fire_due();
-                let payload = msg
-                    .value
-                    .as_bytes()
-                    .map(fred::bytes::Bytes::copy_from_slice)
-                    .unwrap_or_default();
-                let _ = forward_tx.send(Incoming::Message {
-                    channel: fred::bytes_utils::Str::from_static(BARRIER_CHANNEL),
-                    payload,
-                });
-            }
         }
     }
-    let _ = subscriber.quit().await;
+    subscriber.quit();
     let _ = client.client().quit().await;
 }
 
@@ -647,16 +656,17 @@ fn on_key_event(
     rules: &watch::Receiver<Arc<Subscriptions>>,
     forward_tx: &forward::Sender<Incoming>,
     metrics: &Metrics,
-    ev: fred::types::KeyspaceEvent,
+    operation: String,
+    key: &[u8],
 ) {
-    let key = String::from_utf8_lossy(ev.key.as_bytes()).into_owned();
+    let key = String::from_utf8_lossy(key).into_owned();
     let (matched, first_sight, forward) = {
         let subs = rules.borrow();
         let ruled = subs.rules.get(&key);
         let matched: Vec<(RunKey, bool)> = ruled
             .map(|rs| {
                 rs.iter()
-                    .filter(|(_, p)| p.ops.contains(&ev.operation))
+                    .filter(|(_, p)| p.ops.contains(&operation))
                     .map(|(a, p)| ((*a, p.reads.clone()), p.coalesce))
                     .collect()
             })
@@ -664,7 +674,7 @@ fn on_key_event(
         let first_sight: Vec<(usize, Read)> = if ruled.is_none() && !p.first_seen.contains(&key) {
             subs.first_sight
                 .iter()
-                .filter(|(_, f)| f.ops.contains(&ev.operation) && glob_match(&f.pattern, &key))
+                .filter(|(_, f)| f.ops.contains(&operation) && glob_match(&f.pattern, &key))
                 .map(|(a, f)| (*a, f.read_of(&key)))
                 .collect()
         } else {
@@ -691,10 +701,7 @@ fn on_key_event(
     }
     if forward {
         // Counted by the loop.
-        let _ = forward_tx.send(Incoming::Key {
-            key,
-            op: ev.operation,
-        });
+        let _ = forward_tx.send(Incoming::Key { key, op: operation });
     } else {
         metrics.ingested(Source::Keyspace, 1);
     }
