@@ -282,6 +282,90 @@ fn pubsub_broker_published_then_outcomes() {
     assert_eq!(t["error"], "CardDeclined: card declined 1", "error: {t}");
 }
 
+/// Pub/sub tasks published and finished in the same instant (a fast worker, a loaded
+/// machine): each publication reaches taskscope before its result, because messages and
+/// keyspace events come on one connection in Redis's order and a message goes to the loop
+/// before the reads of the keys written after it. Two connections (messages on one, the
+/// result's notification on the other) let the result overtake the message: the task went
+/// straight to `success` and the late `queued` was only a filled-in field.
+#[test]
+fn pubsub_publication_is_seen_before_an_immediate_result() {
+    let _slot = test_slot();
+    let w = World::new(&[], &[]);
+    let message = |id: &str| {
+        json!({"task_id": id, "task_name": "taskiq_app:add", "labels": {}, "labels_types": {},
+               "args": [1, 2], "kwargs": {}})
+        .to_string()
+    };
+    let result = json!({"is_err": false, "log": null, "return_value": 3,
+                        "execution_time": 0.001, "labels": {}, "error": null})
+    .to_string();
+    let pair = |id: &str| {
+        vec![
+            vec!["PUBLISH".to_string(), "taskiq".into(), message(id)],
+            vec!["SET".to_string(), id.to_string(), result.clone()],
+        ]
+    };
+    // Subscribed once a published task is seen (one more probe every poll until then).
+    let mut probes = Vec::new();
+    wait_for("taskscope to see a published task", LONG, || {
+        let probe = format!("{:032x}", 0xfeed_0000_u64 + probes.len() as u64);
+        pipeline(w.redis.port, &pair(&probe));
+        probes.push(probe);
+        match probes.iter().any(|p| w.ts.task(p).is_some()) {
+            true => Ok(()),
+            false => Err(format!("none of {} probes seen", probes.len())),
+        }
+    });
+    // Ids as taskiq makes them (uuid4 hex): a result key is read on its notification even
+    // before its task is known.
+    let ids: Vec<String> = (0..200)
+        .map(|i| format!("{:032x}", 0xb0_0000 + i))
+        .collect();
+    let commands: Vec<Vec<String>> = ids.iter().flat_map(|id| pair(id)).collect();
+    pipeline(w.redis.port, &commands);
+    let mut out_of_order = Vec::new();
+    for t in w.ts.wait_all_state(&ids, "success", LONG) {
+        if transition_states(&t) != ["queued", "success"] {
+            out_of_order.push(t);
+        }
+    }
+    assert!(
+        out_of_order.is_empty(),
+        "{} of {} tasks without `queued` before `success`, e.g. {}",
+        out_of_order.len(),
+        ids.len(),
+        out_of_order[0]
+    );
+}
+
+/// Sends `commands` to Redis in one write (a pipeline, as a producer's client sends them) and
+/// waits for every reply.
+fn pipeline(port: u16, commands: &[Vec<String>]) {
+    use std::io::{Read, Write};
+    let mut out = Vec::new();
+    for args in commands
+        .iter()
+        .chain([&vec!["ECHO".to_string(), "end-of-pipe".into()]])
+    {
+        out.extend(format!("*{}\r\n", args.len()).into_bytes());
+        for a in args {
+            out.extend(format!("${}\r\n", a.len()).into_bytes());
+            out.extend(a.as_bytes());
+            out.extend(b"\r\n");
+        }
+    }
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to Redis");
+    conn.write_all(&out).expect("write the pipeline");
+    let mut replies = Vec::new();
+    let mut buf = [0u8; 65536];
+    while !replies.ends_with(b"end-of-pipe\r\n") {
+        let n = conn.read(&mut buf).expect("read the replies");
+        assert!(n > 0, "Redis closed the connection");
+        replies.extend_from_slice(&buf[..n]);
+    }
+}
+
 /// A worker SIGKILLed while it runs a task: the entry stays in its consumer's pending list and
 /// the consumer falls silent; after `--abandon-after` (5 s here) the task is `abandoned`. A new
 /// worker (idle_timeout 2 s) claims the entry with `XAUTOCLAIM` after its next non-empty read:

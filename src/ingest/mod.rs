@@ -246,21 +246,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     redis::set_max_payload_bytes(cfg.max_payload_bytes);
     let client = redis::builder(&cfg.redis_url)?.build()?;
+    // A URL the subscriber cannot use fails here, before any thread starts.
+    let target = subscriber::Target::from_url(&cfg.redis_url)?;
     let (tx, rx) = forward::queue_with_urgent::<Incoming>(INCOMING_CAP, |item| !is_message(item));
     let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Subscriptions::default()));
     let (applied_tx, applied_rx) = watch::channel(None);
     let kick = prefetch::Kick::default();
-    let prefetcher = prefetch::spawn(
-        &cfg.redis_url,
-        cfg.redis_db,
-        tx.clone(),
-        prefetch::SubscriptionLink {
-            wanted: rules_rx,
-            applied: applied_tx,
-        },
-        kick.clone(),
-        metrics.clone(),
-    )?;
     // `--brokers auto`: new-key notifications go straight to the detector.
     let (hint_tx, hint_rx) = match auto {
         Some(_) => {
@@ -269,15 +260,25 @@ pub async fn run(
         }
         None => (None, None),
     };
-    let subscriber = spawn_subscriber(&cfg.redis_url, &client, cfg.redis_db, tx, hint_tx)?;
+    // The one pub/sub connection: keyspace events, key events and messages, in Redis's order.
+    let prefetcher = prefetch::spawn(
+        target,
+        &cfg.redis_url,
+        cfg.redis_db,
+        tx.clone(),
+        hint_tx,
+        prefetch::SubscriptionLink {
+            wanted: rules_rx,
+            applied: applied_tx,
+        },
+        kick.clone(),
+        metrics.clone(),
+    )?;
+    forward_reconnects(&client, tx);
 
     info!(url = %redact(&cfg.redis_url), "Connecting to Redis.");
     tokio::select! {
         r = client.init() => { r?; }
-        _ = shutdown.changed() => return Ok(()),
-    }
-    tokio::select! {
-        r = subscriber.connected() => { r?; }
         _ = shutdown.changed() => return Ok(()),
     }
     let side_urls: Vec<(Broker, Option<String>)> = adapters
@@ -321,7 +322,6 @@ pub async fn run(
     let mut pipeline = Pipeline {
         cfg,
         client: redis::Redis::new(client, metrics.clone()),
-        subscriber,
         slots: adapters
             .into_iter()
             .enumerate()
@@ -335,7 +335,6 @@ pub async fn run(
         rx,
         pending: Vec::new(),
         pending_set: HashSet::new(),
-        subscribed: BTreeSet::new(),
         feed: Feed::Polling {
             reason: "not checked yet".into(),
         },
@@ -363,7 +362,6 @@ pub async fn run(
     pipeline.run_loop(&mut shutdown).await;
     pipeline.settle_all(SETTLE_AT_SHUTDOWN).await;
     let _ = pipeline.client.client().quit().await;
-    pipeline.subscriber.quit();
     for side in pipeline.side.iter().flatten() {
         let _ = side.client().quit().await;
     }
@@ -402,56 +400,10 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// The loop's subscriber: its pushes go into the loop's queue ([`forward`], which never makes
-/// the connection task wait) and new-key notifications to the detector; and the command
-/// client's reconnections are told to the loop.
-fn spawn_subscriber(
-    url: &str,
-    client: &Client,
-    db: u32,
-    tx: forward::Sender<Incoming>,
-    hints: Option<mpsc::Sender<detect::NewKey>>,
-) -> anyhow::Result<subscriber::Subscriber> {
+/// Tells the loop when the command client reconnects (the subscriber's own reconnections
+/// come through the prefetcher as [`Incoming::Reconnected`]).
+fn forward_reconnects(client: &Client, tx: forward::Sender<Incoming>) {
     use tokio::sync::broadcast::error::RecvError;
-    // Keyspace notifications come through the prefetcher's subscriber; this one subscribes to
-    // key-event channels only (taskiq's `__keyevent@<db>__:xadd`, which finds streams of queues
-    // it was not told about, and new keys for the detector) and to pub/sub channels.
-    let push_tx = tx.clone();
-    let subscriber = subscriber::Subscriber::spawn(url, "ingest", move |push| {
-        let incoming = match push {
-            // New keys (of any database) are the detector's, never the adapters'.
-            subscriber::Push::Key {
-                db: key_db,
-                operation,
-                key,
-            } if operation == "new" => {
-                if let Some(hints) = &hints {
-                    let hint = detect::NewKey {
-                        db: key_db,
-                        key: String::from_utf8_lossy(&key).into_owned(),
-                        at: std::time::Instant::now(),
-                    };
-                    // Full: the detector is behind; its passes find what it skips.
-                    let _ = hints.try_send(hint);
-                }
-                return true;
-            }
-            subscriber::Push::Key {
-                db: key_db,
-                operation,
-                key,
-            } if key_db == db => Incoming::Key {
-                key: String::from_utf8_lossy(&key).into_owned(),
-                op: operation,
-            },
-            subscriber::Push::Key { .. } => return true,
-            subscriber::Push::Message { channel, payload } => {
-                Incoming::Message { channel, payload }
-            }
-            subscriber::Push::Reconnected => Incoming::Reconnected,
-        };
-        push_tx.send(incoming).is_ok()
-    })?;
     let mut reconnects = client.reconnect_rx();
     tokio::spawn(async move {
         // The first event is the initial connection, which `run` handles itself.
@@ -468,13 +420,11 @@ fn spawn_subscriber(
             }
         }
     });
-    Ok(subscriber)
 }
 
 struct Pipeline {
     cfg: IngestConfig,
     client: redis::Redis,
-    subscriber: subscriber::Subscriber,
     /// The adapters, each in its slot (see [`slot`]).
     slots: Vec<slot::Slot>,
     /// Adapters coming back from decoding off the loop.
@@ -487,8 +437,6 @@ struct Pipeline {
     /// Reads asked for and not yet run, with the index of the adapter that asked.
     pending: Vec<(usize, Read)>,
     pending_set: HashSet<(usize, Read)>,
-    /// Patterns already PSUBSCRIBEd.
-    subscribed: BTreeSet<String>,
     feed: Feed,
     /// (broker, kind) pairs of decode errors already logged: each is logged once.
     logged_errors: HashSet<(Broker, &'static str)>,
@@ -801,15 +749,9 @@ impl Pipeline {
             return;
         }
         info!("No longer listening to new keys for auto-detection.");
-        if self.subscribed.remove(NEW_KEY_EVENTS) {
-            if let Err(e) = self
-                .subscriber
-                .punsubscribe(vec![NEW_KEY_EVENTS.to_string()])
-                .await
-            {
-                debug!(error = %e, "PUNSUBSCRIBE of new-key events failed.");
-            }
-        }
+        // Worked out afresh without the new-key channel: the prefetcher unsubscribes it.
+        self.subscribed_for = None;
+        self.update_subscriptions().await;
         if std::mem::take(&mut self.new_key_class_added) && self.cfg.config_set {
             notifications::drop_class(self.client.client(), 'n').await;
         }
@@ -841,20 +783,19 @@ impl Pipeline {
             notifications,
             listening_new_keys,
         };
-        let mut all_applied = true;
         let rules = prefetch::rules(
             interests
                 .iter()
                 .enumerate()
                 .map(|(i, interest)| (i, interest.prefetch.clone())),
         );
-        let mut wanted = BTreeSet::new();
+        let mut channels = BTreeSet::new();
         let mut patterns = BTreeSet::new();
         if self.factory.is_some() {
-            wanted.extend(detection::early_channels(self.cfg.redis_db));
+            channels.extend(detection::early_channels(self.cfg.redis_db));
         }
         if self.listening_new_keys() {
-            wanted.insert(NEW_KEY_EVENTS.to_string());
+            channels.insert(NEW_KEY_EVENTS.to_string());
         }
         let first_sight = if matches!(self.feed, Feed::Notifications { .. }) {
             interests
@@ -866,10 +807,10 @@ impl Pipeline {
             Vec::new()
         };
         for interest in interests {
-            wanted.extend(interest.channel_patterns);
+            channels.extend(interest.channel_patterns);
             if matches!(self.feed, Feed::Notifications { .. }) {
-                // Keyspace notifications all go to the prefetcher's subscriber, which forwards
-                // what its rules do not keep (a pattern equal to a rule's key stays its own).
+                // Keyspace notifications are the prefetcher's, which forwards what its rules
+                // do not keep (a pattern equal to a rule's key stays its own).
                 patterns.extend(
                     interest
                         .key_patterns
@@ -880,26 +821,15 @@ impl Pipeline {
         }
         let subscriptions = prefetch::Subscriptions {
             patterns,
+            channels,
             rules,
             first_sight,
         };
+        let mut all_applied = true;
         if **self.rules_tx.borrow() != subscriptions {
             let sent = Arc::new(subscriptions);
             self.rules_tx.send_replace(sent.clone());
-            self.await_prefetch_subscriptions(&sent).await;
-        }
-        let new: Vec<String> = wanted.difference(&self.subscribed).cloned().collect();
-        if !new.is_empty() {
-            match self.subscriber.psubscribe(new.clone()).await {
-                Ok(()) => {
-                    debug!(patterns = ?new, "Subscribed.");
-                    self.subscribed.extend(new);
-                }
-                Err(e) => {
-                    all_applied = false;
-                    warn!(error = %e, "PSUBSCRIBE failed; will retry after the next batch.")
-                }
-            }
+            all_applied = self.await_prefetch_subscriptions(&sent).await;
         }
         if matches!(self.feed, Feed::Notifications { .. })
             && self.metrics.change_feed() != ChangeFeed::Notifications
@@ -911,17 +841,24 @@ impl Pipeline {
 
     /// Waits (a bounded time) until the prefetcher has subscribed to `sent`: a scan or a
     /// reconciliation that runs before keyspace events flow misses what happens in between.
-    async fn await_prefetch_subscriptions(&mut self, sent: &Arc<prefetch::Subscriptions>) {
+    /// Whether they were (a `PSUBSCRIBE` Redis refused is retried by the prefetcher).
+    async fn await_prefetch_subscriptions(&mut self, sent: &Arc<prefetch::Subscriptions>) -> bool {
         let applied = self
             .applied_rx
             .wait_for(|a| a.as_ref().is_some_and(|a| Arc::ptr_eq(a, sent)));
         match tokio::time::timeout(SUBSCRIBE_WAIT, applied).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(_)) => debug!("The prefetcher is gone; its subscriptions are not awaited."),
-            Err(_) => warn!(
-                waited = ?SUBSCRIBE_WAIT,
-                "The keyspace subscriptions were not confirmed in time; carrying on (the next reconciliation reads what was missed)."
-            ),
+            Ok(Ok(_)) => true,
+            Ok(Err(_)) => {
+                debug!("The prefetcher is gone; its subscriptions are not awaited.");
+                false
+            }
+            Err(_) => {
+                warn!(
+                    waited = ?SUBSCRIBE_WAIT,
+                    "The subscriptions were not confirmed in time; carrying on (the next reconciliation reads what was missed)."
+                );
+                false
+            }
         }
     }
 
@@ -1000,16 +937,14 @@ impl Pipeline {
                 break;
             };
             lingered = true;
-            // The whole thread sleeps, the connection tasks with it (this runtime is the
-            // loop's own): what Redis sends meanwhile waits in the socket and is then read
-            // with one read, instead of one wake-up, one `epoll_wait` and one `recv` per
-            // message. A short async wait then lets the subscriber's task read and queue it.
+            // The whole thread sleeps (this runtime is the loop's own) while the prefetcher's
+            // thread queues what Redis pushes meanwhile: one wake-up for all of it, instead of
+            // one per message.
             if messages_alone {
                 self.sleep_unless_a_read_is_asked(linger);
             } else {
                 std::thread::sleep(linger);
             }
-            tokio::time::sleep(Duration::from_micros(200)).await;
             next = self.rx.try_recv();
             if next.is_none() {
                 break;

@@ -8,7 +8,8 @@
 //! kept 19.3 MB resident for channels that mostly carry nothing: at 10M tasks of history the
 //! largest part of the heap after DuckDB (issue #22). Here nothing is preallocated: the
 //! callback moves each push into a queue of the consumer's (capped, counted when full), and
-//! keyspace events and messages arrive in one sequence, in Redis's order.
+//! keyspace events and messages arrive in one sequence, in Redis's order (taskscope opens
+//! one such connection, in [`super::prefetch`], so that this order holds for everything).
 //!
 //! The connection task reconnects forever with backoff (100 ms doubling to 10 s), subscribes
 //! again to every channel and pattern it was asked for, then delivers [`Push::Reconnected`]:
@@ -40,6 +41,8 @@ pub enum Push {
         db: u32,
         operation: String,
         key: Bytes,
+        /// A keyspace notification (else a key-event one).
+        keyspace: bool,
     },
     /// The connection was lost and is back, subscriptions restored (never sent for the first
     /// connection): pushes of the time between are lost.
@@ -63,7 +66,7 @@ enum Control {
 }
 
 /// Where to connect, from the Redis URL (fred parses it, as for the command client).
-struct Target {
+pub struct Target {
     host: String,
     port: u16,
     username: Option<String>,
@@ -74,15 +77,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(10);
 
-impl Subscriber {
-    /// Starts the connection task for `url` on the current runtime; `deliver` gets every push
-    /// (called on the connection task: it must not wait) and returns `false` once nobody
-    /// consumes them (the task ends).
-    pub fn spawn(
-        url: &str,
-        name: &'static str,
-        deliver: impl FnMut(Push) -> bool + Send + 'static,
-    ) -> anyhow::Result<Self> {
+impl Target {
+    /// The server and credentials of a Redis URL; an error for a URL fred cannot use or for
+    /// more than one server (found at start, before any thread is spawned).
+    pub fn from_url(url: &str) -> anyhow::Result<Self> {
         let config = Config::from_url(url)
             .with_context(|| format!("cannot use the Redis URL {:?}", super::redact(url)))?;
         let ServerConfig::Centralized { server } = &config.server else {
@@ -91,16 +89,28 @@ impl Subscriber {
                 super::redact(url)
             );
         };
-        let target = Target {
+        Ok(Target {
             host: server.host.to_string(),
             port: server.port,
             username: config.username.clone(),
             password: config.password.clone(),
-        };
+        })
+    }
+}
+
+impl Subscriber {
+    /// Starts the connection task for `target` on the current runtime; `deliver` gets every
+    /// push (called on the connection task: it must not wait) and returns `false` once nobody
+    /// consumes them (the task ends).
+    pub fn spawn(
+        target: Target,
+        name: &'static str,
+        deliver: impl FnMut(Push) -> bool + Send + 'static,
+    ) -> Self {
         let (control, control_rx) = mpsc::unbounded_channel();
         let (connected_tx, connected) = watch::channel(false);
         tokio::spawn(run(target, name, control_rx, connected_tx, deliver));
-        Ok(Self { control, connected })
+        Self { control, connected }
     }
 
     /// Waits for the first connection (retried for as long as it takes).
@@ -424,6 +434,7 @@ fn push(channel: Bytes, payload: Bytes) -> Push {
             db,
             operation: String::from_utf8_lossy(&operation).into_owned(),
             key,
+            keyspace,
         };
     }
     let channel = Str::from_inner(channel.clone())
@@ -501,10 +512,10 @@ mod tests {
             matches!(&got[0], Push::Message { channel, payload } if &**channel == "celeryev.task" && &payload[..] == b"{}")
         );
         assert!(
-            matches!(&got[1], Push::Key { db: 0, operation, key } if operation == "lpush" && &key[..] == b"dramatiq:default")
+            matches!(&got[1], Push::Key { db: 0, operation, key, keyspace: true } if operation == "lpush" && &key[..] == b"dramatiq:default")
         );
         assert!(
-            matches!(&got[2], Push::Key { db: 12, operation, key } if operation == "new" && &key[..] == b"rq:job:1")
+            matches!(&got[2], Push::Key { db: 12, operation, key, keyspace: false } if operation == "new" && &key[..] == b"rq:job:1")
         );
         // A keyspace-looking channel with no database number is an ordinary message.
         assert!(matches!(&got[3], Push::Message { .. }));
@@ -568,7 +579,8 @@ mod tests {
 
         let (tx, mut rx) = mpsc::unbounded_channel();
         let url = format!("redis://:s3cret@127.0.0.1:{port}/0");
-        let sub = Subscriber::spawn(&url, "test", move |p| tx.send(p).is_ok()).unwrap();
+        let target = Target::from_url(&url).unwrap();
+        let sub = Subscriber::spawn(target, "test", move |p| tx.send(p).is_ok());
         // Asked before the connection is up: made on connect.
         sub.psubscribe(vec!["__keyspace@0__:job:*".into()])
             .await
@@ -599,7 +611,9 @@ mod tests {
                 .expect("a push within 10 s")
                 .unwrap();
             got.push(match push {
-                Push::Key { db, operation, key } => {
+                Push::Key {
+                    db, operation, key, ..
+                } => {
                     format!("key {db} {operation} {}", String::from_utf8_lossy(&key))
                 }
                 Push::Message { channel, payload } => {

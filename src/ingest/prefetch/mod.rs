@@ -1,13 +1,16 @@
-//! Prefetch reads, fired the moment a notification for their key arrives, on a thread of their
-//! own.
+//! taskscope's one pub/sub connection and the prefetch reads, fired the moment a notification
+//! for their key arrives, on a thread of their own.
+//!
+//! Every push (keyspace events, key events, messages) comes on this thread's subscriber and
+//! goes on to the loop in Redis's order (new keys to the detector); see [`Subscriptions`].
 //!
 //! Some keys hold their content for milliseconds only (Celery's `unacked` entries: 1-9 ms
 //! between a worker taking a message and acknowledging it; a Dramatiq message in its `.msgs`
 //! hash with a fast worker). Waiting for the batching loop loses them, and so does a cold
 //! wake-up through several tasks on a shared runtime: measured, an idle taskscope's first read
 //! after a quiet spell came 1.7 ms after the write. So the prefetcher owns a single-threaded
-//! runtime on its own OS thread, with its own subscriber (only to the prefetch keys) and its own
-//! read connection: notification in, read out, with no hand-off between threads.
+//! runtime on its own OS thread, with the subscriber and its own read connection: notification
+//! in, read out, with no hand-off between threads.
 //!
 //! Two kinds of rules ([`Prefetch::coalesce`]), plain and coalesced; which runs fire when is
 //! decided, without I/O, by [`schedule::Schedule`] (its doc says how). Coalesced rules also
@@ -19,7 +22,8 @@
 
 mod schedule;
 
-use super::subscriber::{Push, Subscriber};
+use super::detect::NewKey;
+use super::subscriber::{Push, Subscriber, Target};
 use super::{forward, redis, Incoming, BARRIER_CHANNEL};
 use crate::metrics::{Metrics, Source};
 use broker_adapters::adapter::glob_escape;
@@ -37,13 +41,18 @@ use tracing::{debug, error, warn};
 pub type Rules = HashMap<String, Vec<(usize, Prefetch)>>;
 
 /// What the prefetcher subscribes to: every adapter's keyspace key patterns (forwarded to the
-/// loop as [`Incoming::Key`]) and the keys of the rules (run here). One subscriber for both, so
-/// Redis delivers each notification once: measured, each subscriber a notification goes to
-/// costs Redis about as much again as turning notifications on.
+/// loop as [`Incoming::Key`]), the keys of the rules (run here), and the loop's pub/sub
+/// channels (forwarded as [`Incoming::Message`], key events as [`Incoming::Key`]). One
+/// connection for all: Redis delivers each notification once (measured, each subscriber a
+/// notification goes to costs Redis about as much again as turning notifications on), and the
+/// loop gets messages and notifications in Redis's order, so a message is handled before the
+/// reads of the keys written after it (a taskiq task's publication before its result).
 #[derive(Debug, Default, PartialEq)]
 pub struct Subscriptions {
     /// Key glob patterns (without `__keyspace@<db>__:`), empty while polling.
     pub patterns: BTreeSet<String>,
+    /// Channel patterns, subscribed to as they are (`PSUBSCRIBE`).
+    pub channels: BTreeSet<String>,
     pub rules: Rules,
     /// Reads of keys no rule covers yet, by adapter index (see [`FirstSight`]).
     pub first_sight: Vec<(usize, FirstSight)>,
@@ -174,10 +183,13 @@ struct Snapshots {
 }
 
 /// Starts the prefetcher thread. It stops when the loop drops its receiver of `tx`.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
+    target: Target,
     redis_url: &str,
     db: u32,
     tx: forward::Sender<Incoming>,
+    hints: Option<mpsc::Sender<NewKey>>,
     link: SubscriptionLink,
     kick: Kick,
     metrics: Arc<Metrics>,
@@ -193,11 +205,12 @@ pub fn spawn(
             {
                 Ok(rt) => rt,
                 Err(e) => {
-                    error!(error = %e, "Cannot start the prefetch runtime; prefetching is off.");
+                    error!(error = %e, "Cannot start the prefetch runtime; no keyspace events or pub/sub messages will arrive (reconciliation reads only).");
                     return;
                 }
             };
-            runtime.block_on(run(&redis_url, client, db, tx, link, kick, metrics));
+            let feeds = Feeds { tx, hints };
+            runtime.block_on(run(target, client, db, feeds, link, kick, metrics));
         })?;
     Ok(thread)
 }
@@ -496,27 +509,32 @@ fn deliver_to(tx: mpsc::Sender<Event>) -> impl FnMut(Push) -> bool + Send + 'sta
     }
 }
 
+/// Where pushes go: the loop's queue, and new-key notifications to the detector
+/// (`--brokers auto`).
+struct Feeds {
+    tx: forward::Sender<Incoming>,
+    hints: Option<mpsc::Sender<NewKey>>,
+}
+
+/// How long a subscription Redis refused waits before it is asked again.
+const SUBSCRIBE_RETRY: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn run(
-    redis_url: &str,
+    target: Target,
     client: redis::Redis,
     db: u32,
-    tx: forward::Sender<Incoming>,
+    feeds: Feeds,
     link: SubscriptionLink,
     kick: Kick,
     metrics: Arc<Metrics>,
 ) {
+    let Feeds { tx, hints } = feeds;
     let SubscriptionLink {
         wanted: mut rules,
         applied,
     } = link;
     let (events_tx, mut events) = mpsc::channel(PUSH_QUEUE);
-    let subscriber = match Subscriber::spawn(redis_url, "prefetch", deliver_to(events_tx)) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!(error = %e, "The prefetcher cannot subscribe; prefetching is off.");
-            return;
-        }
-    };
+    let subscriber = Subscriber::spawn(target, "taskscope", deliver_to(events_tx));
     let init = async {
         subscriber.connected().await?;
         client.client().init().await?;
@@ -524,12 +542,12 @@ async fn run(
     };
     tokio::select! {
         r = init => if let Err(e) = r {
-            warn!(error = %e, "The prefetcher cannot connect; prefetching is off.");
+            error!(error = %e, "The subscriber cannot connect; no keyspace events or pub/sub messages will arrive (reconciliation reads only).");
             return;
         },
         _ = tx.closed() => return,
     }
-    // The loop's read barrier comes back here, on the connection of the keyspace events.
+    // The loop's read barrier comes back here, after every notification sent before it.
     if let Err(e) = subscriber
         .subscribe(vec![BARRIER_CHANNEL.to_string()])
         .await
@@ -549,41 +567,44 @@ async fn run(
         first_seen: FifoSet::new(FIRST_SIGHT_MEMORY),
     };
     let mut rules_changed = true;
+    // Set when Redis refused a subscription: asked again then.
+    let retry = tokio::time::sleep(SUBSCRIBE_RETRY);
+    tokio::pin!(retry);
+    let mut retrying = false;
     loop {
         if std::mem::take(&mut rules_changed) {
             let current = rules.borrow().clone();
             p.set_rules(&current.rules);
-            let wanted: BTreeSet<String> = current
-                .patterns
-                .iter()
-                .cloned()
-                .chain(
-                    current
-                        .rules
-                        .keys()
-                        .filter(|k| !current.patterns.iter().any(|p| glob_match(p, k)))
-                        .map(|k| key_pattern(k)),
-                )
-                .chain(
-                    current
-                        .first_sight
-                        .iter()
-                        .map(|(_, f)| f.pattern.clone())
-                        .filter(|f| !current.patterns.contains(f)),
-                )
-                .map(|p| format!("__keyspace@{db}__:{p}"))
-                .collect();
+            let wanted = wanted_patterns(&current, db);
+            let gone: Vec<String> = subscribed.difference(&wanted).cloned().collect();
             let new: Vec<String> = wanted.difference(&subscribed).cloned().collect();
+            let mut refused = false;
+            if !gone.is_empty() {
+                match subscriber.punsubscribe(gone.clone()).await {
+                    Ok(()) => gone.iter().for_each(|g| {
+                        subscribed.remove(g);
+                    }),
+                    Err(e) => debug!(error = %e, "PUNSUBSCRIBE failed."),
+                }
+            }
             if !new.is_empty() {
                 match subscriber.psubscribe(new.clone()).await {
                     Ok(()) => subscribed.extend(new),
                     Err(e) => {
-                        warn!(error = %e, "Prefetch PSUBSCRIBE failed; retrying on the next rule change.")
+                        refused = true;
+                        warn!(error = %e, retry_in = ?SUBSCRIBE_RETRY, "PSUBSCRIBE failed; retrying.")
                     }
                 }
             }
-            // Answered (or failed, which was logged): the loop waits for nothing more.
-            applied.send_replace(Some(current));
+            if refused {
+                retry
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + SUBSCRIBE_RETRY);
+                retrying = true;
+            } else {
+                // Answered: the loop waits for nothing more.
+                applied.send_replace(Some(current));
+            }
         }
         tokio::select! {
             _ = tx.closed() => break,
@@ -591,6 +612,10 @@ async fn run(
                 if changed.is_err() {
                     break;
                 }
+                rules_changed = true;
+            }
+            _ = &mut retry, if retrying => {
+                retrying = false;
                 rules_changed = true;
             }
             _ = kick.notified() => p.kick(),
@@ -601,31 +626,17 @@ async fn run(
                 let mut yielded = false;
                 // Read the whole burst (a script's or a pipeline's notifications) before firing
                 // the coalesced runs it asks for. Keyspace events and messages come in Redis's
-                // order, so every event sent before a read barrier is handled before it.
+                // order, and go to the loop in it.
                 'burst: loop {
-                    match ev {
-                        Event::Push(Push::Key { db: key_db, operation, key }) if key_db == db => {
-                            on_key_event(&mut p, &rules, &forward_tx, &metrics, operation, &key);
-                        }
-                        Event::Push(Push::Key { .. }) => {}
-                        Event::Push(Push::Message { channel, payload }) => {
-                            if &*channel == BARRIER_CHANNEL {
-                                p.fire_due();
-                                let _ = forward_tx.send(Incoming::Message {
-                                    channel: fred::bytes_utils::Str::from_static(BARRIER_CHANNEL),
-                                    payload,
-                                });
-                            }
-                        }
-                        Event::Push(Push::Reconnected) => {
-                            if forward_tx.send(Incoming::Reconnected).is_err() {
-                                break;
-                            }
-                        }
+                    let keep_going = match ev {
+                        Event::Push(push) => on_push(&mut p, &rules, &forward_tx, hints.as_ref(), &metrics, db, push),
                         Event::Lagged(n) => {
-                            debug!(dropped = n, "The prefetcher fell behind; the loop will resync.");
-                            let _ = forward_tx.send(Incoming::Lagged(n));
+                            debug!(dropped = n, "The subscriber fell behind; the loop will resync.");
+                            forward_tx.send(Incoming::Lagged(n)).is_ok()
                         }
+                    };
+                    if !keep_going {
+                        break;
                     }
                     ev = loop {
                         match events.try_recv() {
@@ -647,6 +658,98 @@ async fn run(
     }
     subscriber.quit();
     let _ = client.client().quit().await;
+}
+
+/// Every pattern to be subscribed to for `subs` (keyspace ones with their channel prefix).
+fn wanted_patterns(subs: &Subscriptions, db: u32) -> BTreeSet<String> {
+    subs.patterns
+        .iter()
+        .cloned()
+        .chain(
+            subs.rules
+                .keys()
+                .filter(|k| !subs.patterns.iter().any(|p| glob_match(p, k)))
+                .map(|k| key_pattern(k)),
+        )
+        .chain(
+            subs.first_sight
+                .iter()
+                .map(|(_, f)| f.pattern.clone())
+                .filter(|f| !subs.patterns.contains(f)),
+        )
+        .map(|p| format!("__keyspace@{db}__:{p}"))
+        .chain(subs.channels.iter().cloned())
+        .collect()
+}
+
+/// Handles one push: keyspace events of this database run the rules (and go to the loop when
+/// an adapter's pattern wants them), new keys go to the detector, other key events and
+/// messages to the loop. `false` once the loop is gone.
+fn on_push(
+    p: &mut Prefetcher,
+    rules: &watch::Receiver<Arc<Subscriptions>>,
+    forward_tx: &forward::Sender<Incoming>,
+    hints: Option<&mpsc::Sender<NewKey>>,
+    metrics: &Metrics,
+    db: u32,
+    push: Push,
+) -> bool {
+    match push {
+        Push::Key {
+            db: key_db,
+            operation,
+            key,
+            keyspace: true,
+        } => {
+            if key_db == db {
+                on_key_event(p, rules, forward_tx, metrics, operation, &key);
+            }
+            true
+        }
+        // New keys (of any database) are the detector's, never the adapters'.
+        Push::Key {
+            db: key_db,
+            operation,
+            key,
+            keyspace: false,
+        } if operation == "new" => {
+            if let Some(hints) = hints {
+                let hint = NewKey {
+                    db: key_db,
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    at: std::time::Instant::now(),
+                };
+                // Full: the detector is behind; its passes find what it skips.
+                let _ = hints.try_send(hint);
+            }
+            true
+        }
+        Push::Key {
+            db: key_db,
+            operation,
+            key,
+            keyspace: false,
+        } => {
+            key_db != db
+                || forward_tx
+                    .send(Incoming::Key {
+                        key: String::from_utf8_lossy(&key).into_owned(),
+                        op: operation,
+                    })
+                    .is_ok()
+        }
+        Push::Message { channel, payload } => {
+            if &*channel == BARRIER_CHANNEL {
+                // Every notification Redis sent before the barrier was handled: its reads are
+                // fired before the barrier reaches the loop.
+                p.fire_due();
+            }
+            forward_tx
+                .send(Incoming::Message { channel, payload })
+                .is_ok()
+        }
+        Push::Reconnected => forward_tx.send(Incoming::Reconnected).is_ok(),
+    }
 }
 
 /// Handles one keyspace event of the prefetcher's database: runs the rules it matches and
