@@ -145,7 +145,7 @@ pub struct StoreOptions {
     /// Reader connections kept open when idle.
     pub max_idle_readers: usize,
     /// DuckDB's `memory_limit` (its buffer pool: cached blocks, hash tables, sorts) in MiB
-    /// (`TASKSCOPE_DUCKDB_MEMORY_MIB`, 32 by default). DuckDB's own default is 80% of the
+    /// (`TASKSCOPE_DUCKDB_MEMORY_MIB`, 64 by default). DuckDB's own default is 80% of the
     /// machine's RAM, which a sidecar must not take: past this limit DuckDB evicts cached
     /// blocks (re-read from the OS page cache) and spills joins and sorts to `<db>.tmp`.
     /// Schema v3 has no ART index, which DuckDB keeps in memory whatever the limit. At 10M
@@ -154,8 +154,10 @@ pub struct StoreOptions {
     /// analytic queries of every request run one at a time (`reader.rs`, `Pool::heavy`: four
     /// clients loading `/reports` at once got "Out of Memory" 500s before). The buffer pool
     /// fills up to the limit and stays resident. 32 MiB kept every route of the 10M-task
-    /// benchmark, four concurrent `/reports` clients and housekeeping beside them answering;
-    /// a batch write that fails (a report's hash tables beside it) is retried alone
+    /// benchmark, four concurrent `/reports` clients and housekeeping beside them answering,
+    /// but not ingest into that history: the sink's lookups and batches ran out of memory
+    /// ("failed to pin block", 31.7 of 32 MiB used) with no report running, and 11 batches
+    /// in a minute were dropped; at 64, none. A batch write that fails is retried alone
     /// (`sink.rs`). At 24 the 7-day failures report ran out of memory.
     pub memory_limit_mib: usize,
     /// DuckDB's worker `threads` (database-wide; `TASKSCOPE_DUCKDB_THREADS`, 1 by default).
@@ -206,7 +208,7 @@ impl Default for StoreOptions {
             memory_limit_mib: std::env::var("TASKSCOPE_DUCKDB_MEMORY_MIB")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(32),
+                .unwrap_or(64),
             threads: Some(
                 std::env::var("TASKSCOPE_DUCKDB_THREADS")
                     .ok()
