@@ -534,7 +534,17 @@ async fn run(
         applied,
     } = link;
     let (events_tx, mut events) = mpsc::channel(PUSH_QUEUE);
-    let subscriber = Subscriber::spawn(target, "taskscope", deliver_to(events_tx));
+    let direct = Feeds {
+        tx: tx.clone(),
+        hints,
+    };
+    let mut to_loop = deliver_to(events_tx);
+    // On the connection task, in Redis's order: see [`forward_direct`].
+    let deliver = move |push| match forward_direct(&direct, db, push) {
+        Ok(alive) => alive,
+        Err(push) => to_loop(push),
+    };
+    let subscriber = Subscriber::spawn(target, "taskscope", deliver);
     let init = async {
         subscriber.connected().await?;
         client.client().init().await?;
@@ -629,7 +639,7 @@ async fn run(
                 // order, and go to the loop in it.
                 'burst: loop {
                     let keep_going = match ev {
-                        Event::Push(push) => on_push(&mut p, &rules, &forward_tx, hints.as_ref(), &metrics, db, push),
+                        Event::Push(push) => on_push(&mut p, &rules, &forward_tx, &metrics, db, push),
                         Event::Lagged(n) => {
                             debug!(dropped = n, "The subscriber fell behind; the loop will resync.");
                             forward_tx.send(Incoming::Lagged(n)).is_ok()
@@ -682,14 +692,59 @@ fn wanted_patterns(subs: &Subscriptions, db: u32) -> BTreeSet<String> {
         .collect()
 }
 
-/// Handles one push: keyspace events of this database run the rules (and go to the loop when
-/// an adapter's pattern wants them), new keys go to the detector, other key events and
-/// messages to the loop. `false` once the loop is gone.
+/// The pushes that need no rule, handled on the connection task as they arrive: messages (the
+/// read barrier aside) and key events go straight into the loop's queue, new keys to the
+/// detector. A message is thereby in the loop's queue before anything a later notification
+/// causes (the prefetcher's loop handles those after it), and messages, most of what Redis
+/// pushes, skip a hop. `Err` hands the push back for the prefetcher's loop.
+fn forward_direct(feeds: &Feeds, db: u32, push: Push) -> Result<bool, Push> {
+    match push {
+        // New keys (of any database) are the detector's, never the adapters'.
+        Push::Key {
+            db: key_db,
+            operation,
+            key,
+            keyspace: false,
+        } if operation == "new" => {
+            if let Some(hints) = &feeds.hints {
+                let hint = NewKey {
+                    db: key_db,
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    at: std::time::Instant::now(),
+                };
+                // Full: the detector is behind; its passes find what it skips.
+                let _ = hints.try_send(hint);
+            }
+            Ok(true)
+        }
+        Push::Key {
+            db: key_db,
+            operation,
+            key,
+            keyspace: false,
+        } => Ok(key_db != db
+            || feeds
+                .tx
+                .send(Incoming::Key {
+                    key: String::from_utf8_lossy(&key).into_owned(),
+                    op: operation,
+                })
+                .is_ok()),
+        Push::Message { channel, payload } if &*channel != BARRIER_CHANNEL => Ok(feeds
+            .tx
+            .send(Incoming::Message { channel, payload })
+            .is_ok()),
+        other => Err(other),
+    }
+}
+
+/// Handles what [`forward_direct`] handed back: keyspace events of this database run the rules
+/// (and go to the loop when an adapter's pattern wants them); the read barrier fires what is
+/// due, then goes to the loop, as a reconnection does. `false` once the loop is gone.
 fn on_push(
     p: &mut Prefetcher,
     rules: &watch::Receiver<Arc<Subscriptions>>,
     forward_tx: &forward::Sender<Incoming>,
-    hints: Option<&mpsc::Sender<NewKey>>,
     metrics: &Metrics,
     db: u32,
     push: Push,
@@ -706,44 +761,11 @@ fn on_push(
             }
             true
         }
-        // New keys (of any database) are the detector's, never the adapters'.
-        Push::Key {
-            db: key_db,
-            operation,
-            key,
-            keyspace: false,
-        } if operation == "new" => {
-            if let Some(hints) = hints {
-                let hint = NewKey {
-                    db: key_db,
-                    key: String::from_utf8_lossy(&key).into_owned(),
-                    at: std::time::Instant::now(),
-                };
-                // Full: the detector is behind; its passes find what it skips.
-                let _ = hints.try_send(hint);
-            }
-            true
-        }
-        Push::Key {
-            db: key_db,
-            operation,
-            key,
-            keyspace: false,
-        } => {
-            key_db != db
-                || forward_tx
-                    .send(Incoming::Key {
-                        key: String::from_utf8_lossy(&key).into_owned(),
-                        op: operation,
-                    })
-                    .is_ok()
-        }
+        Push::Key { .. } => true,
         Push::Message { channel, payload } => {
-            if &*channel == BARRIER_CHANNEL {
-                // Every notification Redis sent before the barrier was handled: its reads are
-                // fired before the barrier reaches the loop.
-                p.fire_due();
-            }
+            // Every notification Redis sent before the barrier was handled: its reads are
+            // fired before the barrier reaches the loop.
+            p.fire_due();
             forward_tx
                 .send(Incoming::Message { channel, payload })
                 .is_ok()
