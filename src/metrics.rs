@@ -48,8 +48,9 @@ pub struct Metrics {
     decode_errors: Mutex<BTreeMap<Broker, u64>>,
     /// Pub/sub messages dropped because this process lagged (then a reconcile runs).
     pub lagged_events: AtomicU64,
-    /// The most keyspace notifications seen waiting for the prefetcher when it got to them
-    /// (its queue holds 65,536; past that they are dropped and counted in `lagged_events`).
+    /// The most pushes (keyspace notifications, the read barrier) seen waiting for the
+    /// prefetcher when it got to them (its queue holds 65,536; past that they are dropped and
+    /// counted in `lagged_events`).
     pub subscriber_backlog_max: AtomicU64,
     /// Redis commands taskscope issued (pipelined commands count one each).
     pub redis_commands: AtomicU64,
@@ -188,7 +189,7 @@ fn snapshot<K: Ord + Copy>(map: &Mutex<BTreeMap<K, u64>>) -> Vec<(K, u64)> {
 }
 
 impl Metrics {
-    /// `waiting` messages were seen in one of fred's subscriber buffers at once.
+    /// `waiting` pushes were seen waiting for the prefetcher at once.
     pub fn saw_subscriber_backlog(&self, waiting: usize) {
         self.subscriber_backlog_max
             .fetch_max(waiting as u64, Ordering::Relaxed);
