@@ -613,7 +613,9 @@ fn downsample(conn: &mut Connection, before: DateTime<Utc>) -> Result<StepOutcom
     // One day per step keeps each transaction short.
     let end = (start + Duration::days(1)).min(before);
     let tx = conn.transaction()?;
-    tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS downsampled AS SELECT * FROM queue_samples LIMIT 0; DELETE FROM downsampled;")?;
+    tx.execute_batch(
+        "CREATE TEMP TABLE IF NOT EXISTS downsampled AS SELECT * FROM queue_samples LIMIT 0",
+    )?;
     tx.execute(
         "INSERT INTO downsampled
          SELECT broker, queue, time_bucket(INTERVAL 5 MINUTE, sampled_at) AS sampled_at,
@@ -627,6 +629,9 @@ fn downsample(conn: &mut Connection, before: DateTime<Utc>) -> Result<StepOutcom
         duckdb::params![Ts(start), Ts(end)],
     )? as u64;
     let kept = tx.execute("INSERT INTO queue_samples SELECT * FROM downsampled", [])? as u64;
+    // Dropped, not kept emptied: a DELETE frees no memory of an in-memory table, so every step
+    // appended its day's rows to what the sink's connection held until it closed.
+    tx.execute_batch("DROP TABLE downsampled")?;
     set_mark(&tx, MARK, end)?;
     tx.commit()?;
     Ok(StepOutcome {

@@ -1601,3 +1601,40 @@ async fn a_failed_batch_is_retried_with_no_analytic_query_beside_it() {
     assert_eq!(stats.transitions_written.load(Relaxed), 1);
     close(writer, reader, handle);
 }
+
+#[test]
+fn downsampling_keeps_no_table_of_its_own_between_steps() {
+    // A DELETE frees no memory of an in-memory table: an emptied-and-kept temporary table
+    // grew with every step's rows for as long as the sink's connection lived (measured: a
+    // month of 200 queues sampled every minute left 130 MiB in DuckDB's `IN_MEMORY_TABLE`).
+    let mut conn = duckdb::Connection::open_in_memory().unwrap();
+    schema::migrate(&mut conn).unwrap();
+    conn.execute_batch(
+        "INSERT INTO queue_samples
+         SELECT 'celery', 'q', TIMESTAMP '2026-01-01' + i * INTERVAL 1 SECOND, i, 0, 0, 0
+         FROM range(5000) t(i)",
+    )
+    .unwrap();
+    let before = Utc.with_ymd_and_hms(2026, 1, 3, 0, 0, 0).unwrap();
+    let mut steps = 0;
+    loop {
+        let outcome =
+            maintenance::run_step(&mut conn, &Step::DownsampleSamples { before }).unwrap();
+        steps += 1;
+        let temporary: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM duckdb_tables() WHERE temporary",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(temporary, 0, "after step {steps}");
+        if !outcome.more {
+            break;
+        }
+    }
+    let rows: i64 = conn
+        .query_row("SELECT count(*) FROM queue_samples", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 17, "5,000 one-second samples in 5-minute buckets");
+}
