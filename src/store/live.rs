@@ -324,10 +324,11 @@ mod tests {
             },
             |answer, ()| answer,
         );
-        assert_eq!(
-            answer,
-            Ok(3),
-            "200 ms reads: tried while under the 500 ms budget"
+        // Three tries (0, 200, 400 ms) on a quiet machine; two when the machine is so loaded
+        // that the second ends past 500 ms (CI49, a soak alongside).
+        assert!(
+            matches!(answer, Ok(2) | Ok(3)),
+            "200 ms reads: tried while under the 500 ms budget, got {answer:?}"
         );
         assert!(started.elapsed() < std::time::Duration::from_secs(2));
         // A fast read is tried again as often as it takes (up to 40 times).
