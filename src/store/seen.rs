@@ -112,6 +112,14 @@ pub(super) struct SeenKeys {
     broken: bool,
 }
 
+/// What the filter's file says of a key.
+enum Probe {
+    /// Every bit of the key is set in one segment's block.
+    Present,
+    /// None has them; the last segment's block, as read.
+    Absent { last_block: [u8; BLOCK_BYTES] },
+}
+
 impl SeenKeys {
     /// An empty set sized for about `expected` keys (more are fine), its file in `dir`.
     pub(super) fn with_expected(dir: &Path, expected: usize) -> Result<Self, StoreError> {
@@ -168,18 +176,13 @@ impl SeenKeys {
             return;
         }
         let hash = hash_key(key);
-        // Every segment's block of the key, the last one last: it is kept for the write, so a
-        // new key costs one read per segment and one write.
-        let mut block = [0u8; BLOCK_BYTES];
-        for i in 0..self.segments.len() {
-            let at = self.segments[i].block_at(hash);
-            if let Err(e) = self.file.read_exact_at(&mut block, at) {
-                return self.break_on(&e);
-            }
-            if has_bits(&block, hash) {
-                return;
-            }
-        }
+        // The last segment's block is kept for the write: a new key costs one read per
+        // segment and one write.
+        let mut block = match self.probe(hash) {
+            Ok(Probe::Present) => return,
+            Ok(Probe::Absent { last_block }) => last_block,
+            Err(e) => return self.break_on(&e),
+        };
         if self.last_len >= self.last_capacity {
             self.last_capacity = self.last_capacity.saturating_mul(2);
             self.last_len = 0;
@@ -212,19 +215,21 @@ impl SeenKeys {
             return true;
         }
         // A read that fails answers "maybe": a lookup, never a second row.
-        self.contains_hash(hash_key(key)).unwrap_or(true)
+        self.probe(hash_key(key))
+            .map_or(true, |p| matches!(p, Probe::Present))
     }
 
-    fn contains_hash(&self, hash: u64) -> std::io::Result<bool> {
+    /// Reads the key's block of every segment, oldest first, until one has its bits.
+    fn probe(&self, hash: u64) -> std::io::Result<Probe> {
         let mut block = [0u8; BLOCK_BYTES];
         for segment in &self.segments {
             self.file
                 .read_exact_at(&mut block, segment.block_at(hash))?;
             if has_bits(&block, hash) {
-                return Ok(true);
+                return Ok(Probe::Present);
             }
         }
-        Ok(false)
+        Ok(Probe::Absent { last_block: block })
     }
 
     fn break_on(&mut self, e: &std::io::Error) {
