@@ -246,8 +246,6 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     redis::set_max_payload_bytes(cfg.max_payload_bytes);
     let client = redis::builder(&cfg.redis_url)?.build()?;
-    // A URL the subscriber cannot use fails here, before any thread starts.
-    let target = subscriber::Target::from_url(&cfg.redis_url)?;
     let (tx, rx) = forward::queue_with_urgent::<Incoming>(INCOMING_CAP, |item| !is_message(item));
     let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Subscriptions::default()));
     let (applied_tx, applied_rx) = watch::channel(None);
@@ -262,7 +260,6 @@ pub async fn run(
     };
     // The one pub/sub connection: keyspace events, key events and messages, in Redis's order.
     let prefetcher = prefetch::spawn(
-        target,
         &cfg.redis_url,
         cfg.redis_db,
         tx.clone(),

@@ -183,9 +183,7 @@ struct Snapshots {
 }
 
 /// Starts the prefetcher thread. It stops when the loop drops its receiver of `tx`.
-#[allow(clippy::too_many_arguments)]
 pub fn spawn(
-    target: Target,
     redis_url: &str,
     db: u32,
     tx: forward::Sender<Incoming>,
@@ -194,8 +192,9 @@ pub fn spawn(
     kick: Kick,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<std::thread::JoinHandle<()>> {
-    let redis_url = redis_url.to_string();
-    let client = redis::Redis::new(redis::builder(&redis_url)?.build()?, metrics.clone());
+    let client = redis::Redis::new(redis::builder(redis_url)?.build()?, metrics.clone());
+    // A URL the subscriber cannot use fails here, before the thread starts.
+    let target = Target::from_url(redis_url)?;
     let thread = std::thread::Builder::new()
         .name("taskscope-prefetch".into())
         .spawn(move || {
@@ -528,19 +527,15 @@ async fn run(
     kick: Kick,
     metrics: Arc<Metrics>,
 ) {
-    let Feeds { tx, hints } = feeds;
+    let tx = feeds.tx.clone();
     let SubscriptionLink {
         wanted: mut rules,
         applied,
     } = link;
     let (events_tx, mut events) = mpsc::channel(PUSH_QUEUE);
-    let direct = Feeds {
-        tx: tx.clone(),
-        hints,
-    };
     let mut to_loop = deliver_to(events_tx);
     // On the connection task, in Redis's order: see [`forward_direct`].
-    let deliver = move |push| match forward_direct(&direct, db, push) {
+    let deliver = move |push| match forward_direct(&feeds, db, push) {
         Ok(alive) => alive,
         Err(push) => to_loop(push),
     };
