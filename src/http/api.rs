@@ -88,6 +88,7 @@ pub async fn healthz(
             "unflushed": writer.unflushed.load(Ordering::Relaxed),
             "throttled_ms": writer.throttled_ms.load(Ordering::Relaxed),
             "backlog": state.writer.backlog(),
+            "backlog_observations": state.writer.backlog_observations(),
         },
     }))
 }

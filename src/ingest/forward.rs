@@ -1,10 +1,11 @@
 //! The queue between Redis's pushes (the subscribers' connection tasks, the prefetcher) and the
 //! ingest loop: a sender never waits, and the queue grows as needed up to a cap.
 //!
-//! It allocates only what is waiting. Past
-//! [`Sender::send`]'s cap a message is dropped and counted ([`Receiver::take_dropped`]), never
-//! blocking the sender: the loop then resyncs by reading. Order is
-//! kept: the receiver takes everything waiting at once (one lock per batch, not per message).
+//! It allocates only what is waiting. Past [`Sender::send`]'s caps (messages, and bytes by the
+//! queue's weight function) a message is dropped and counted ([`Receiver::take_dropped`]),
+//! never blocking the sender: the loop then resyncs by reading. Order is kept: the receiver
+//! takes everything waiting at once (one lock per batch, not per message), and what it took
+//! counts against the caps until it has handed the last of it out.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,10 +23,19 @@ struct Shared<T> {
     ready: Notify,
     senders: AtomicUsize,
     cap: usize,
+    /// What an item weighs (its bytes) and how much the queue holds at most.
+    weigh: fn(&T) -> usize,
+    byte_cap: usize,
 }
 
 struct State<T> {
     items: VecDeque<T>,
+    /// What `items` weigh.
+    bytes: usize,
+    /// How many items the receiver took at its last take, and what they weighed: held until it
+    /// has handed the last of them out.
+    taken: usize,
+    taken_bytes: usize,
     /// Messages dropped at the cap since the receiver last asked.
     dropped: u64,
     /// The thread of a receiver in [`Receiver::linger`]: an urgent item unparks it.
@@ -51,18 +61,27 @@ pub struct Receiver<T> {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Closed;
 
-/// A queue holding at most `cap` messages (`cap` >= 1).
+/// A queue holding at most `cap` messages (`cap` >= 1), with no bound on bytes.
 #[cfg(test)]
 pub fn queue<T>(cap: usize) -> (Sender<T>, Receiver<T>) {
-    queue_with_urgent(cap, |_| false)
+    queue_with(cap, usize::MAX, |_| 0, |_| false)
 }
 
-/// A queue holding at most `cap` messages (`cap` >= 1), where an item for which `urgent` is
-/// true ends the receiver's [`Receiver::linger`].
-pub fn queue_with_urgent<T>(cap: usize, urgent: fn(&T) -> bool) -> (Sender<T>, Receiver<T>) {
+/// A queue holding at most `cap` messages (`cap` >= 1) and at most `byte_cap` bytes as `weigh`
+/// counts them (one item is always let into an empty queue, whatever it weighs), where an item
+/// for which `urgent` is true ends the receiver's [`Receiver::linger`].
+pub fn queue_with<T>(
+    cap: usize,
+    byte_cap: usize,
+    weigh: fn(&T) -> usize,
+    urgent: fn(&T) -> bool,
+) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            bytes: 0,
+            taken: 0,
+            taken_bytes: 0,
             dropped: 0,
             lingerer: None,
         }),
@@ -70,6 +89,8 @@ pub fn queue_with_urgent<T>(cap: usize, urgent: fn(&T) -> bool) -> (Sender<T>, R
         ready: Notify::new(),
         senders: AtomicUsize::new(1),
         cap: cap.max(1),
+        weigh,
+        byte_cap,
     });
     let (alive_tx, alive_rx) = watch::channel(());
     (
@@ -92,12 +113,18 @@ impl<T> Sender<T> {
         if self.is_closed() {
             return Err(Closed);
         }
+        let weight = (self.shared.weigh)(&item);
         let (was_empty, lingerer) = {
             let mut state = lock(&self.shared.state);
-            if state.items.len() >= self.shared.cap {
+            let held = state.items.len() + state.taken;
+            let held_bytes = state.bytes + state.taken_bytes;
+            if held >= self.shared.cap
+                || (held > 0 && held_bytes.saturating_add(weight) > self.shared.byte_cap)
+            {
                 state.dropped += 1;
                 return Ok(());
             }
+            state.bytes += weight;
             let was_empty = state.items.is_empty();
             let lingerer = match &state.lingerer {
                 Some(thread) if (self.shared.urgent)(&item) => Some(thread.clone()),
@@ -168,6 +195,12 @@ impl<T> Receiver<T> {
     /// The next message if one is waiting.
     pub fn try_recv(&mut self) -> Option<T> {
         if let Some(item) = self.taken.pop_front() {
+            if self.taken.is_empty() {
+                // The last of a take handed out: its room is the senders' again.
+                let mut state = lock(&self.shared.state);
+                state.taken = 0;
+                state.taken_bytes = 0;
+            }
             return Some(item);
         }
         // Take everything at once; hand the sender back an empty queue (a small one when a
@@ -180,12 +213,18 @@ impl<T> Receiver<T> {
             self.taken = VecDeque::new();
         }
         std::mem::swap(&mut state.items, &mut self.taken);
+        state.taken = self.taken.len();
+        state.taken_bytes = std::mem::take(&mut state.bytes);
+        if self.taken.len() == 1 {
+            state.taken = 0;
+            state.taken_bytes = 0;
+        }
         drop(state);
         self.taken.pop_front()
     }
 
     /// Blocks the calling thread for `timeout`, or until an urgent item (see
-    /// [`queue_with_urgent`]) waits: one wake-up for the whole wait, where sleeping in slices
+    /// [`queue_with`]) waits: one wake-up for the whole wait, where sleeping in slices
     /// and looking after each cost a context switch a slice (perf of Celery's event stream:
     /// ~6 % of the process in `clock_nanosleep`'s switches with 1 ms slices).
     pub fn linger(&self, timeout: std::time::Duration) {
@@ -241,13 +280,41 @@ mod tests {
         assert_eq!(rx.take_dropped(), 2);
         assert_eq!(rx.take_dropped(), 0);
         assert_eq!(rx.recv().await, Some(0));
-        // Room again once taken: sent after the first batch, received after it.
+        // What the receiver took and has not handed out still counts.
         tx.send(10).unwrap();
+        assert_eq!(rx.take_dropped(), 1);
         assert_eq!(rx.recv().await, Some(1));
         assert_eq!(rx.recv().await, Some(2));
-        assert_eq!(rx.recv().await, Some(10));
+        // Room again once handed out: sent after the first batch, received after it.
+        tx.send(11).unwrap();
+        assert_eq!(rx.recv().await, Some(11));
         assert_eq!(rx.try_recv(), None);
         assert_eq!(rx.take_dropped(), 0);
+    }
+
+    #[tokio::test]
+    async fn holds_at_most_its_bytes_taken_or_not_and_lets_one_large_item_in() {
+        let (tx, mut rx) = queue_with::<Vec<u8>>(1_000, 100, Vec::len, |_| false);
+        for _ in 0..4 {
+            tx.send(vec![0; 30]).unwrap();
+        }
+        // 90 bytes held: a fourth 30 would make 120.
+        assert_eq!(rx.take_dropped(), 1);
+        assert_eq!(rx.recv().await.map(|v| v.len()), Some(30));
+        // Two left of the take (60 bytes, counted as the take's 90 until handed out).
+        tx.send(vec![0; 20]).unwrap();
+        assert_eq!(rx.take_dropped(), 1);
+        rx.recv().await;
+        rx.recv().await;
+        assert_eq!(rx.try_recv(), None);
+        // An empty queue lets in one item larger than the cap, and nothing beside it.
+        tx.send(vec![0; 500]).unwrap();
+        tx.send(vec![0; 1]).unwrap();
+        assert_eq!(rx.take_dropped(), 1);
+        assert_eq!(rx.recv().await.map(|v| v.len()), Some(500));
+        tx.send(vec![0; 100]).unwrap();
+        assert_eq!(rx.take_dropped(), 0);
+        assert_eq!(rx.recv().await.map(|v| v.len()), Some(100));
     }
 
     /// A linger lasts its whole time through ordinary items, and ends as soon as an urgent one
@@ -255,7 +322,7 @@ mod tests {
     #[test]
     fn a_linger_ends_when_an_urgent_item_is_sent_and_not_before() {
         use std::time::{Duration, Instant};
-        let (tx, rx) = queue_with_urgent::<u32>(100, |&i| i >= 100);
+        let (tx, rx) = queue_with::<u32>(100, usize::MAX, |_| 0, |&i| i >= 100);
         let ordinary = std::thread::spawn({
             let tx = tx.clone();
             move || {

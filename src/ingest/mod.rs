@@ -100,6 +100,11 @@ const SCAN_COUNT: u32 = 1_000;
 /// Messages waiting for the loop, at most (allocated as they arrive; past it they are dropped,
 /// counted as lagged and resynced): tens of seconds of the heaviest notification rates.
 const INCOMING_CAP: usize = 200_000;
+/// Bytes of channel names, payloads, keys and read replies waiting for the loop, at most (as
+/// [`incoming_bytes`] counts them): a stalled loop (it waits for the store when the file falls
+/// behind) holds this much, not 200,000 Celery events of a kilobyte or more. 64 MiB is 6-20 s
+/// of Celery's events at 3-10k a second.
+const INCOMING_BYTE_CAP: usize = 64 << 20;
 /// Incoming messages handled before the pending reads run.
 const INCOMING_BATCH: usize = 20_000;
 /// A batch of fewer messages than this waits [`incoming_linger`] for more, once.
@@ -156,6 +161,34 @@ fn linger_ms(value: Option<&str>, default: u64) -> Option<Duration> {
 /// A pub/sub message (it carries its data; not the read barrier, which releases what waits
 /// for reads), or a key's creation (its write's own event follows): what a linger may wait
 /// with.
+/// What an incoming item holds in memory, roughly: its strings and reply bytes.
+fn incoming_bytes(item: &Incoming) -> usize {
+    match item {
+        Incoming::Key { key, op } => key.len() + op.len(),
+        Incoming::Message { channel, payload } => channel.len() + payload.len(),
+        Incoming::Prefetched { read, reply, .. } => {
+            std::mem::size_of_val(read)
+                + match reply {
+                    Ok(reply) => reply_bytes(reply),
+                    Err(e) => e.len(),
+                }
+        }
+        Incoming::Lagged(_) | Incoming::Reconnected => 0,
+    }
+}
+
+/// The bytes of a reply's strings and errors (replies are arrays of bulk strings, a few levels
+/// deep at most: taskscope's own reads build them).
+fn reply_bytes(reply: &broker_adapters::Reply) -> usize {
+    use broker_adapters::Reply;
+    match reply {
+        Reply::Bytes(b) => b.len(),
+        Reply::Error(e) => e.len(),
+        Reply::Array(items) => items.iter().map(|r| 16 + reply_bytes(r)).sum(),
+        Reply::Nil | Reply::Int(_) | Reply::Double(_) | Reply::TooLarge(_) => 0,
+    }
+}
+
 fn is_message(item: &Incoming) -> bool {
     match item {
         Incoming::Message { channel, .. } => &**channel != BARRIER_CHANNEL,
@@ -246,7 +279,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     redis::set_max_payload_bytes(cfg.max_payload_bytes);
     let client = redis::builder(&cfg.redis_url)?.build()?;
-    let (tx, rx) = forward::queue_with_urgent::<Incoming>(INCOMING_CAP, |item| !is_message(item));
+    let (tx, rx) =
+        forward::queue_with::<Incoming>(INCOMING_CAP, INCOMING_BYTE_CAP, incoming_bytes, |item| {
+            !is_message(item)
+        });
     let (rules_tx, rules_rx) = watch::channel(Arc::new(prefetch::Subscriptions::default()));
     let (applied_tx, applied_rx) = watch::channel(None);
     let kick = prefetch::Kick::default();

@@ -33,6 +33,7 @@ mod alert_window_tests;
 pub mod audit;
 #[cfg(test)]
 mod audit_tests;
+mod commands;
 mod export;
 mod groups;
 #[cfg(test)]
@@ -134,6 +135,12 @@ pub enum StoreError {
 pub struct StoreOptions {
     /// Commands the writer's channel holds before `send` waits (back-pressure on ingest).
     pub channel_capacity: usize,
+    /// Observations and queue samples the commands in the writer's channel carry at most
+    /// before `send` waits (`commands.rs`): what waits there is bounded in memory, not only in
+    /// number (a command carries up to a whole ingest batch). 25,000 by default, a little
+    /// more than one ingest batch (`INCOMING_BATCH`); the fold thread empties the channel as
+    /// fast as it fills unless it waits for the file.
+    pub channel_observations: usize,
     /// Tasks the writer keeps in memory to fold observations without reading the database.
     /// Finished tasks are evicted first.
     pub cache_capacity: usize,
@@ -201,6 +208,7 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             channel_capacity: 10_000,
+            channel_observations: 25_000,
             cache_capacity: 50_000,
             max_batch_observations: 50_000,
             broadcast_capacity: 16_384,

@@ -20,6 +20,7 @@
 //! steps and audit entries go through both threads in order: each sees everything sent before
 //! it written.
 
+use super::commands::{CommandSender, Queued};
 use super::live::{LiveTail, TailChange};
 use super::maintenance::{Step, StepOutcome};
 use super::rows::{read_task, TASK_COLUMNS};
@@ -120,7 +121,7 @@ pub struct WriterStats {
 /// every clone is dropped.
 #[derive(Debug, Clone)]
 pub struct StoreWriter {
-    tx: mpsc::Sender<WriterCommand>,
+    tx: CommandSender,
     events: broadcast::Sender<Arc<TransitionEvent>>,
     stats: Arc<WriterStats>,
 }
@@ -189,7 +190,13 @@ impl StoreWriter {
 
     /// Commands waiting in the channel.
     pub fn backlog(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.tx.commands_waiting()
+    }
+
+    /// Observations and queue samples the waiting commands carry (at most
+    /// `StoreOptions::channel_observations`).
+    pub fn backlog_observations(&self) -> usize {
+        self.tx.observations_waiting()
     }
 
     /// Whether the writer thread is gone (nothing will drain the channel).
@@ -207,7 +214,7 @@ pub(super) fn start(
     filter_dir: std::path::PathBuf,
     analytic: Arc<tokio::sync::Semaphore>,
 ) -> Result<(StoreWriter, JoinHandle<()>), StoreError> {
-    let (tx, rx) = mpsc::channel(opts.channel_capacity.max(1));
+    let (tx, rx) = super::commands::channel(opts.channel_capacity, opts.channel_observations);
     let (events, _) = broadcast::channel(opts.broadcast_capacity.max(1));
     let stats = Arc::new(WriterStats::default());
     let (sink_tx, sink_rx) = std::sync::mpsc::sync_channel(SINK_CHANNEL);
@@ -532,16 +539,19 @@ impl Writer {
         }
     }
 
-    fn run(mut self, mut rx: mpsc::Receiver<WriterCommand>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Queued>) {
         while let Some(first) = rx.blocking_recv() {
             // What the channel holds now, no waiting: folding is cheap, the file is the sink's.
-            let mut weight = command_weight(&first);
-            let mut cmds = vec![first];
+            let mut weight = command_weight(&first.cmd);
+            let mut room = Vec::new();
+            room.extend(first.room);
+            let mut cmds = vec![first.cmd];
             while weight < self.max_batch && cmds.len() < MAX_COMMANDS {
                 match rx.try_recv() {
-                    Ok(cmd) => {
-                        weight += command_weight(&cmd);
-                        cmds.push(cmd);
+                    Ok(queued) => {
+                        weight += command_weight(&queued.cmd);
+                        room.extend(queued.room);
+                        cmds.push(queued.cmd);
                     }
                     Err(_) => break,
                 }
@@ -567,6 +577,8 @@ impl Writer {
                 }
             }
             self.fold_round(round);
+            // Folded (and, past `MAX_UNFLUSHED`, waited for): room for more in the channel.
+            drop(room);
         }
         tracing::debug!("store writer stopped: every StoreWriter was dropped");
     }
