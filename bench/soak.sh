@@ -95,6 +95,9 @@ while kill -0 "$server" 2>/dev/null; do
   last_rollup=$(cat "/proc/$server/smaps_rollup" 2>/dev/null || echo "$last_rollup")
   sleep "$every"
 done
+# The server's own log (its driver deletes it at exit): warnings, lags, housekeeping runs.
+cp "/proc/$server/fd/2" "$out.server.log" 2>/dev/null &&
+  echo "soak: the server's log is in $out.server.log"
 echo "--- smaps_rollup of the server at the end of the traffic"
 echo "$last_rollup" | grep -E '^(Rss|Pss_Anon|Pss_File|Anonymous|Shared|Private)' || true
 if [ "$broker" = demo ]; then
