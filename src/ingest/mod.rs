@@ -209,6 +209,9 @@ const SCAN_WRITER_BACKLOG: usize = 4;
 
 /// Read rounds (follow-ups of follow-ups) per batch before yielding to incoming messages.
 const MAX_READ_ROUNDS: usize = 64;
+/// Observations a batch's reads gather before they go to the store, whatever is still to read:
+/// a catch-up round of 200,000 reads (after a gap) once gathered ~100 MB in one vector.
+const DELIVER_EVERY: usize = 5_000;
 /// The channel of the read barrier ([`Adapter::wants_read_barrier`]): a `PUBLISH` on it after a
 /// round of reads comes back on the prefetcher's subscriber (the one of the keyspace events),
 /// which forwards it after every notification Redis sent before it.
@@ -1195,6 +1198,16 @@ impl Pipeline {
                     {
                         for (read, reply) in split_reply(read, reply, merged) {
                             self.on_reply(adapter, &read, reply, now, into).await;
+                        }
+                        if into.observations.len() >= DELIVER_EVERY {
+                            // A round of many reads (a catch-up after a gap) goes to the store
+                            // in parts, never as one vector of all its observations.
+                            let part = Output {
+                                observations: std::mem::take(&mut into.observations),
+                                queue_samples: std::mem::take(&mut into.queue_samples),
+                                ..Output::default()
+                            };
+                            self.deliver(part).await;
                         }
                     }
                 }

@@ -144,7 +144,9 @@ pub struct StoreOptions {
     /// Tasks the writer keeps in memory to fold observations without reading the database.
     /// Finished tasks are evicted first.
     pub cache_capacity: usize,
-    /// Upper bound of observations folded into one transaction.
+    /// Observations the fold thread takes from its channel for one round (one command more
+    /// at most, of at most `writer::OBSERVE_CHUNK`): bounds a round's lookup of tasks missing
+    /// from memory (a task is ~400 bytes inline). 20,000 by default.
     pub max_batch_observations: usize,
     /// Transition events buffered for slow subscribers (SSE) before they lag. The metrics
     /// feed drains them every 200 ms: 16,384 covers 80k transitions a second.
@@ -210,7 +212,7 @@ impl Default for StoreOptions {
             channel_capacity: 10_000,
             channel_observations: 25_000,
             cache_capacity: 50_000,
-            max_batch_observations: 50_000,
+            max_batch_observations: 20_000,
             broadcast_capacity: 16_384,
             max_idle_readers: 4,
             memory_limit_mib: std::env::var("TASKSCOPE_DUCKDB_MEMORY_MIB")

@@ -132,7 +132,14 @@ impl StoreWriter {
         self.tx.send(cmd).await.map_err(|_| StoreError::WriterGone)
     }
 
-    pub async fn observe(&self, observations: Vec<Observation>) -> Result<(), StoreError> {
+    /// Queues observations, in commands of at most [`OBSERVE_CHUNK`]: a fold round, and the
+    /// lookup of its tasks missing from memory, stay bounded whatever a caller hands over.
+    pub async fn observe(&self, mut observations: Vec<Observation>) -> Result<(), StoreError> {
+        while observations.len() > OBSERVE_CHUNK {
+            let rest = observations.split_off(OBSERVE_CHUNK);
+            self.send(WriterCommand::Observations(observations)).await?;
+            observations = rest;
+        }
         if observations.is_empty() {
             return Ok(());
         }
@@ -403,9 +410,14 @@ pub(super) struct GroupSighting {
 }
 
 /// Observations folded but not yet written past which the fold thread waits for the sink
-/// ([`Writer::wait_for_sink`]): about 3 s of the fastest ingest measured (~30k observations a
-/// second), a few tens of MB of pending versions at most.
-pub(super) const MAX_UNFLUSHED: u64 = 100_000;
+/// ([`Writer::wait_for_sink`]): under 2 s of the fastest ingest measured (~30k observations a
+/// second; the sink writes at half of it, whatever its interval), ~30 MB of pending versions.
+/// At 100,000 the folded tasks held 57.6 MB of the heap at a catch-up's peak (a heap profile of
+/// `bench/sink_stall.sh`).
+pub(super) const MAX_UNFLUSHED: u64 = 50_000;
+
+/// Observations one command carries at most ([`StoreWriter::observe`] splits larger vectors).
+pub const OBSERVE_CHUNK: usize = 5_000;
 
 /// Rounds the sink's channel holds before the fold thread waits for it (back-pressure: the
 /// file cannot fall further behind).
@@ -1162,4 +1174,40 @@ fn apply_worker(current: Option<&WorkerRow>, obs: &WorkerObservation) -> Option<
     let first_seen = current.map_or(obs.at, |r| r.first_seen.min(obs.at));
     let next = WorkerRow { worker, first_seen };
     (current != Some(&next)).then_some(next)
+}
+
+#[cfg(test)]
+mod observe_tests {
+    use super::*;
+    use broker_adapters::TaskEvent;
+
+    #[tokio::test]
+    async fn a_large_vector_goes_to_the_fold_thread_in_commands_of_a_chunk_at_most() {
+        let (tx, mut rx) = super::super::commands::channel(100, 1_000_000);
+        let (events, _) = broadcast::channel(1);
+        let writer = StoreWriter {
+            tx,
+            events,
+            stats: Arc::default(),
+        };
+        let obs = Observation::Task(TaskObservation::new(
+            Broker::Celery,
+            "t",
+            Utc::now(),
+            TaskEvent::Queued,
+            "queue",
+        ));
+        writer
+            .observe(vec![obs; 2 * OBSERVE_CHUNK + 1])
+            .await
+            .expect("the channel has room");
+        drop(writer);
+        let mut sizes = Vec::new();
+        while let Some(queued) = rx.recv().await {
+            if let WriterCommand::Observations(list) = queued.cmd {
+                sizes.push(list.len());
+            }
+        }
+        assert_eq!(sizes, [OBSERVE_CHUNK, OBSERVE_CHUNK, 1]);
+    }
 }
