@@ -158,9 +158,6 @@ fn linger_ms(value: Option<&str>, default: u64) -> Option<Duration> {
         .unwrap_or(default);
     (ms > 0).then(|| Duration::from_millis(ms.min(100)))
 }
-/// A pub/sub message (it carries its data; not the read barrier, which releases what waits
-/// for reads), or a key's creation (its write's own event follows): what a linger may wait
-/// with.
 /// What an incoming item holds in memory, roughly: its strings and reply bytes.
 fn incoming_bytes(item: &Incoming) -> usize {
     match item {
@@ -189,6 +186,9 @@ fn reply_bytes(reply: &broker_adapters::Reply) -> usize {
     }
 }
 
+/// A pub/sub message (it carries its data; not the read barrier, which releases what waits
+/// for reads), or a key's creation (its write's own event follows): what a linger may wait
+/// with.
 fn is_message(item: &Incoming) -> bool {
     match item {
         Incoming::Message { channel, .. } => &**channel != BARRIER_CHANNEL,
