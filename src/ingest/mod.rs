@@ -158,6 +158,7 @@ fn linger_ms(value: Option<&str>, default: u64) -> Option<Duration> {
         .unwrap_or(default);
     (ms > 0).then(|| Duration::from_millis(ms.min(100)))
 }
+
 /// What an incoming item holds in memory, roughly: its strings and reply bytes.
 fn incoming_bytes(item: &Incoming) -> usize {
     match item {
@@ -166,7 +167,7 @@ fn incoming_bytes(item: &Incoming) -> usize {
         Incoming::Prefetched { read, reply, .. } => {
             std::mem::size_of_val(read)
                 + match reply {
-                    Ok(reply) => reply_bytes(reply),
+                    Ok(reply) => reply_memory(reply),
                     Err(e) => e.len(),
                 }
         }
@@ -174,14 +175,16 @@ fn incoming_bytes(item: &Incoming) -> usize {
     }
 }
 
-/// The bytes of a reply's strings and errors (replies are arrays of bulk strings, a few levels
-/// deep at most: taskscope's own reads build them).
-fn reply_bytes(reply: &broker_adapters::Reply) -> usize {
+/// The memory a reply holds, roughly: its strings, its errors and a slot per array item
+/// (unlike `slot::reply_bytes`, the payload size that decides where a reply is decoded).
+/// Replies are arrays of bulk strings, a few levels deep at most: taskscope's own reads build
+/// them.
+fn reply_memory(reply: &broker_adapters::Reply) -> usize {
     use broker_adapters::Reply;
     match reply {
         Reply::Bytes(b) => b.len(),
         Reply::Error(e) => e.len(),
-        Reply::Array(items) => items.iter().map(|r| 16 + reply_bytes(r)).sum(),
+        Reply::Array(items) => items.iter().map(|r| 16 + reply_memory(r)).sum(),
         Reply::Nil | Reply::Int(_) | Reply::Double(_) | Reply::TooLarge(_) => 0,
     }
 }

@@ -90,7 +90,7 @@ impl CommandSender {
 }
 
 /// The observations or samples a command carries (what its memory grows with).
-fn carried(cmd: &WriterCommand) -> usize {
+pub(super) fn carried(cmd: &WriterCommand) -> usize {
     match cmd {
         WriterCommand::Observations(v) => v.len(),
         WriterCommand::QueueSamples(v) => v.len(),

@@ -1150,13 +1150,9 @@ fn last_sweep(cmds: &[WriterCommand]) -> Option<(DateTime<Utc>, chrono::Duration
     })
 }
 
-/// Observations count by their number, other commands as one.
+/// Observations and samples count by their number, other commands as one.
 fn command_weight(cmd: &WriterCommand) -> usize {
-    match cmd {
-        WriterCommand::Observations(v) => v.len().max(1),
-        WriterCommand::QueueSamples(v) => v.len().max(1),
-        _ => 1,
-    }
+    super::commands::carried(cmd).max(1)
 }
 
 pub(super) fn prefixed_task_columns(alias: &str) -> String {
