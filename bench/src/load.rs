@@ -7,6 +7,7 @@ use crate::usage::{self, ProcUsage};
 use anyhow::{bail, Context};
 use fred::prelude::*;
 use serde::Serialize;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use taskscope::loadgen::redis::{self as rio, send};
@@ -50,6 +51,10 @@ pub struct LoadArgs {
     /// Print the report as JSON (one object) instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// On stderr: tasks shown more than 500 ms after their final write (by outcome, a sample
+    /// of ids with their transitions) and tasks never shown (by outcome).
+    #[arg(long)]
+    pub explain: bool,
     /// The taskscope binary to run (the global `--taskscope`).
     #[arg(skip)]
     pub taskscope: std::path::PathBuf,
@@ -316,6 +321,8 @@ async fn generate_one(
 pub struct Lag {
     pub samples: usize,
     pub p50_ms: f64,
+    pub p90_ms: f64,
+    pub p95_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
 }
@@ -329,6 +336,8 @@ fn percentiles(mut v: Vec<f64>) -> Lag {
     Lag {
         samples: v.len(),
         p50_ms: at(0.50),
+        p90_ms: at(0.90),
+        p95_ms: at(0.95),
         p99_ms: at(0.99),
         max_ms: v[v.len() - 1],
     }
@@ -725,6 +734,19 @@ async fn watched_run(
                 Some(_) => {}
             }
         }
+        if args.explain && lost > 0 && Instant::now() > deadline {
+            let mut by_outcome = std::collections::BTreeMap::new();
+            let mut some = Vec::new();
+            for (id, o, _) in &g.tasks {
+                if !shown.contains_key(id) {
+                    *by_outcome.entry(format!("{o:?}")).or_insert(0) += 1;
+                    if some.len() < 3 {
+                        some.push(id.clone());
+                    }
+                }
+            }
+            eprintln!("lost: {by_outcome:?} e.g. {some:?}");
+        }
         if (lost == 0 && wrong == 0) || Instant::now() > deadline {
             break (lost, wrong, examples);
         }
@@ -738,19 +760,29 @@ async fn watched_run(
     let ts_round_trips = ts_after.1.saturating_sub(ts_before.1);
     let at_settle = redis_counters(client).await?;
     follower.abort();
-    let a = arrivals
-        .lock()
-        .map_err(|_| anyhow::anyhow!("arrivals lock poisoned"))?;
-    let mut lags = Vec::with_capacity(n);
-    let mut last_arrival = None::<Instant>;
-    for (id, _, written) in &g.tasks {
-        if let (Some(w), Some(seen)) = (written, a.final_at.get(id)) {
-            lags.push(seen.saturating_duration_since(*w).as_secs_f64() * 1000.0);
-            last_arrival = Some(last_arrival.map_or(*seen, |l| l.max(*seen)));
+    let (lags, last_arrival, late_ids, sse_lagged) = {
+        let a = arrivals
+            .lock()
+            .map_err(|_| anyhow::anyhow!("arrivals lock poisoned"))?;
+        let mut lags = Vec::with_capacity(n);
+        let mut last_arrival = None::<Instant>;
+        for (id, _, written) in &g.tasks {
+            if let (Some(w), Some(seen)) = (written, a.final_at.get(id)) {
+                lags.push(seen.saturating_duration_since(*w).as_secs_f64() * 1000.0);
+                last_arrival = Some(last_arrival.map_or(*seen, |l| l.max(*seen)));
+            }
         }
+        let late_ids = if args.explain {
+            late_report(&g.tasks, &a.final_at)
+        } else {
+            Vec::new()
+        };
+        (lags, last_arrival, late_ids, a.lagged)
+    };
+    for id in late_ids.iter().take(3) {
+        let t = api.get_json(&format!("/api/tasks/{id}")).await?;
+        eprintln!("{id}: {}", serde_json::to_string_pretty(&t["transitions"])?);
     }
-    let sse_lagged = a.lagged;
-    drop(a);
     Ok((
         Watched {
             g,
@@ -769,6 +801,34 @@ async fn watched_run(
         },
         usage,
     ))
+}
+
+/// `--explain`: prints the tasks shown more than 500 ms after their final write, by outcome,
+/// with a sample of them; returns the sampled ids (their transitions are printed next).
+fn late_report(
+    tasks: &[(String, Outcome, Option<Instant>)],
+    final_at: &HashMap<String, Instant>,
+) -> Vec<String> {
+    let mut late: Vec<(f64, &str, Outcome)> = tasks
+        .iter()
+        .filter_map(|(id, o, w)| {
+            let seen = final_at.get(id)?;
+            let ms = seen.saturating_duration_since((*w)?).as_secs_f64() * 1000.0;
+            (ms > 500.0).then_some((ms, id.as_str(), *o))
+        })
+        .collect();
+    late.sort_by(|x, y| x.0.total_cmp(&y.0));
+    let mut by_outcome = std::collections::BTreeMap::new();
+    for (_, _, o) in &late {
+        *by_outcome.entry(format!("{o:?}")).or_insert(0) += 1;
+    }
+    eprintln!("late (> 500 ms): {} {:?}", late.len(), by_outcome);
+    let mut sampled = Vec::new();
+    for (ms, id, o) in late.iter().step_by((late.len() / 8).max(1)) {
+        eprintln!("  {ms:.0} ms {id} {o:?}");
+        sampled.push(id.to_string());
+    }
+    sampled
 }
 
 /// The report as a table.

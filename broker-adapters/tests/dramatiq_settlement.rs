@@ -695,3 +695,132 @@ on_both_paths!(
         );
     }
 );
+
+/// A followed queue where the task is known by its delayed copy (`retries` 1), then, in one
+/// burst the loop sees as one batch (the prefetcher's coalesced run comes after it): a worker
+/// moves the copy back to `default` under a new id and another takes and finishes that new
+/// message before any snapshot lists it. `finish` is the new message's end.
+fn moved_back_and_finished_between_two_reads(
+    finish: impl FnOnce(&mut support::fake_redis::FakeRedis, &str),
+) -> (Driver<DramatiqAdapter>, String) {
+    let mut d = driver(Path::Followed);
+    first_enqueue(&mut d, Path::Followed, &fixture("queue_message.bin"));
+    d.reconcile(); // the start-up settlement, with nothing gone yet
+    d.reads.clear();
+    let copy = fixture("retry_copy_dq_1.bin");
+    let id = dq::message_id(&copy);
+    step(&mut d, |r| {
+        dq::enqueue(r, W1, &copy);
+    });
+    assert_eq!(d.task(&id).retries, 1, "{:#?}", d.observations_of(&id));
+    let moved = fixture("retry_copy_requeued_1.bin");
+    dq::fetch(&mut d.redis, W2, "default.DQ", 1);
+    let new_id = dq::enqueue(&mut d.redis, W2, &moved);
+    dq::ack(&mut d.redis, W2, "default.DQ", &dq::redis_id(&copy));
+    assert_eq!(dq::fetch(&mut d.redis, W1, "default", 2).len(), 2);
+    finish(&mut d.redis, &new_id);
+    d.deliver_batch();
+    (d, id)
+}
+
+/// The settlement's bulk reads (`HGETALL` of `.msgs`) were not needed.
+fn no_bulk_settlement(d: &Driver<DramatiqAdapter>) {
+    assert!(
+        !d.reads
+            .iter()
+            .any(|r| *r == ReadRequest::HGetAll(format!("{NS}:default.msgs"))),
+        "{:#?}",
+        d.reads
+    );
+}
+
+/// Before `requeue.rs` the task stayed `retried` until a reconciliation's bulk settlement
+/// (seconds at full load); now the queue's next snapshot run settles it.
+#[test]
+fn moved_back_message_taken_and_acknowledged_between_two_reads_succeeds_at_the_next_run() {
+    let (mut d, id) = moved_back_and_finished_between_two_reads(|r, new_id| {
+        dq::ack(r, W1, "default", new_id);
+    });
+    assert_eq!(
+        d.state(&id),
+        TaskState::Retried,
+        "{:#?}",
+        d.observations_of(&id)
+    );
+    // Any write to the queue runs its rule again.
+    step(&mut d, |r| {
+        dq::enqueue(r, PRODUCER, &fixture("queue_message_unicode.bin"));
+    });
+    let t = d.task(&id);
+    assert_eq!((t.state, t.retries), (TaskState::Success, 1));
+    let success = d
+        .observations_of(&id)
+        .into_iter()
+        .find(|o| o.event == TaskEvent::Succeeded)
+        .expect("a success");
+    assert_eq!(
+        success.source,
+        broker_adapters::dramatiq::requeue::MOVED_AND_ACKNOWLEDGED
+    );
+    no_bulk_settlement(&d);
+}
+
+/// The same move whose new message failed for good: the newest dead letters hold it.
+#[test]
+fn moved_back_message_taken_and_nacked_between_two_reads_is_a_failure() {
+    let (mut d, id) = moved_back_and_finished_between_two_reads(|r, new_id| {
+        dq::nack(r, W1, "default", new_id);
+    });
+    step(&mut d, |r| {
+        dq::enqueue(r, PRODUCER, &fixture("queue_message_unicode.bin"));
+    });
+    assert_eq!(
+        d.state(&id),
+        TaskState::Failure,
+        "{:#?}",
+        d.observations_of(&id)
+    );
+    assert!(
+        !d.observations_of(&id)
+            .iter()
+            .any(|o| o.event == TaskEvent::Succeeded),
+        "{:#?}",
+        d.observations_of(&id)
+    );
+}
+
+/// The same move whose new message failed and was retried again: the next copy outranks it.
+#[test]
+fn moved_back_message_retried_again_between_two_reads_is_retried() {
+    let (mut d, id) = moved_back_and_finished_between_two_reads(|r, new_id| {
+        dq::enqueue(r, W1, &fixture("retry_copy_dq_2.bin"));
+        dq::ack(r, W1, "default", new_id);
+    });
+    step(&mut d, |r| {
+        dq::enqueue(r, PRODUCER, &fixture("queue_message_unicode.bin"));
+    });
+    let t = d.task(&id);
+    assert_eq!(
+        (t.state, t.retries),
+        (TaskState::Retried, 2),
+        "{:#?}",
+        d.observations_of(&id)
+    );
+}
+
+/// No later write to the queue: the reconciliation's run of the rule settles it, still
+/// without the bulk settlement.
+#[test]
+fn moved_back_message_of_a_quiet_queue_succeeds_at_the_next_reconciliation() {
+    let (mut d, id) = moved_back_and_finished_between_two_reads(|r, new_id| {
+        dq::ack(r, W1, "default", new_id);
+    });
+    d.reconcile();
+    assert_eq!(
+        d.state(&id),
+        TaskState::Success,
+        "{:#?}",
+        d.observations_of(&id)
+    );
+    no_bulk_settlement(&d);
+}

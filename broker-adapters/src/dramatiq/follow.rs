@@ -15,18 +15,21 @@ impl DramatiqAdapter {
     /// and of the departed ones in `.XQ.msgs`): ids gone since the previous snapshot were
     /// acknowledged (success, or a retry whose copy is already known), or dead-lettered
     /// (reported from `.XQ.msgs`); ids that left an ack set and are still here were requeued.
+    /// A snapshot of `.DQ.msgs` (its new messages came in the `HMGET` before) tells which
+    /// delayed copies were moved back (`requeue.rs`).
     pub(super) fn on_snapshot(&mut self, key: &str, reply: Reply, now: DateTime<Utc>) -> Output {
         let mut out = Output::default();
-        let Some(KeyKind::Messages {
-            queue,
-            part: Part::Main,
-        }) = self.layout.classify(key)
-        else {
-            return out; // `.DQ.msgs`: its new messages came in the HMGET before
+        let (queue, part) = match self.layout.classify(key) {
+            Some(KeyKind::Messages { queue, part }) if part != Part::Dead => {
+                (queue.to_string(), part)
+            }
+            _ => return out,
         };
-        let queue = queue.to_string();
         if !self.followed(&queue) {
             return out;
+        }
+        if part == Part::Delayed {
+            return self.on_delayed_snapshot(&queue, reply);
         }
         // Borrowed from the reply: the stored snapshot is updated in place below, so a
         // snapshot costs allocations for the fields that changed only.

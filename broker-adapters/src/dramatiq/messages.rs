@@ -218,6 +218,7 @@ impl DramatiqAdapter {
             };
             let first_time = !self.known.contains_key(id);
             self.remember(id, &msg);
+            self.note_copy(id, &msg, part);
             if first_time && !dead && !delayed {
                 self.in_flight
                     .entry(msg.queue.clone())
@@ -266,10 +267,10 @@ impl DramatiqAdapter {
                 waiting_since: msg.sent_at.max(msg.eta),
             },
         );
-        let highest = self
-            .highest_retry
-            .get_or_insert_with(msg.message_id.clone(), || 0);
-        *highest = (*highest).max(msg.retries);
+        let copies = self
+            .copies
+            .get_or_insert_with(msg.message_id.clone(), Copies::default);
+        copies.highest = copies.highest.max(msg.retries);
         self.queues.insert(&msg.queue);
     }
 

@@ -24,6 +24,7 @@
 //! - `acks.rs`: ack sets (`running`, and departures);
 //! - `settle.rs`: the one settlement model (`depart`, `settle`, the post-gap settlement);
 //! - `follow.rs`: short queues followed by the prefetcher, and their snapshots;
+//! - `requeue.rs`: delayed copies moved back whose new message was never read;
 //! - `results.rs`: the Results middleware's records;
 //! - `sampling.rs`: queue samples and worker heartbeats.
 
@@ -33,6 +34,7 @@ mod follow;
 pub mod layout;
 pub mod message;
 mod messages;
+pub mod requeue;
 mod results;
 mod sampling;
 mod settle;
@@ -86,6 +88,10 @@ crate::read_reasons! {
         Length,
         /// The heartbeats sorted set: closes a sampling round.
         Heartbeats,
+        /// The newest dead letters (`ZRANGE` of `<q>.XQ`) for moves being checked.
+        MovedDead,
+        /// Dead letters of that page never reported (`HMGET` of `<q>.XQ.msgs`).
+        MovedDeadMessages,
     }
 }
 
@@ -127,6 +133,17 @@ impl Default for DramatiqConfig {
     }
 }
 
+/// The copies of one `message_id` read so far.
+#[derive(Debug, Clone, Copy, Default)]
+struct Copies {
+    /// The highest `options.retries` of any copy (a retry copy outranks its ack).
+    highest: u32,
+    /// The highest of a copy read in `.msgs` (a delayed copy's move back was seen).
+    main: Option<u32>,
+    /// A copy was read in the dead letters.
+    dead: bool,
+}
+
 /// A decoded message, remembered by its `redis_message_id`.
 #[derive(Debug, Clone)]
 struct Known {
@@ -153,8 +170,10 @@ pub struct DramatiqAdapter {
     /// Base queue names found so far.
     queues: QueueNames,
     known: FifoMap<String, Known>,
-    /// The highest `options.retries` seen per `message_id` (a retry copy outranks its ack).
-    highest_retry: FifoMap<String, u32>,
+    /// The copies read per `message_id`.
+    copies: FifoMap<String, Copies>,
+    /// Delayed copies and their moves back to the queue (`requeue.rs`).
+    requeues: requeue::Requeues,
     /// Members of each ack set at its last read, by key.
     acks: HashMap<String, BTreeSet<String>>,
     /// Ids seen in an ack set before their message was read: (worker, list key).
@@ -216,7 +235,8 @@ impl DramatiqAdapter {
             deferred: HashMap::new(),
             queues: QueueNames::new("dramatiq", MAX_QUEUES),
             known: FifoMap::new(KNOWN_CAPACITY),
-            highest_retry: FifoMap::new(KNOWN_CAPACITY),
+            copies: FifoMap::new(KNOWN_CAPACITY),
+            requeues: requeue::Requeues::default(),
             acks: HashMap::new(),
             pending_running: FifoMap::new(KNOWN_CAPACITY),
             leaving: HashMap::new(),
@@ -430,6 +450,10 @@ impl Adapter for DramatiqAdapter {
             }
             (Why::Acks, _) => self.on_acks(key, reply, now),
             (Why::Snapshot, _) => self.on_snapshot(key, reply, now),
+            (Why::MovedDead, _) => self.on_moved_dead_list(key, reply, now),
+            (Why::MovedDeadMessages, ReadRequest::HMGet { fields, .. }) => {
+                self.on_moved_dead_messages(key, fields, reply, now)
+            }
             (Why::Heartbeats, _) => self.on_heartbeats(reply, now),
             (Why::DeadList, _) => self.on_dead_list(key, reply),
             (Why::Length, _) => {
@@ -467,6 +491,11 @@ impl Adapter for DramatiqAdapter {
                     self.leaving.remove(id);
                 }
             }
+            (Ok(Why::MovedDead | Why::MovedDeadMessages), _) => {
+                if let Some(queue) = self.checked_queue(request.key()) {
+                    self.moves_undecided(&queue);
+                }
+            }
             _ => {}
         }
         out
@@ -496,6 +525,7 @@ impl Adapter for DramatiqAdapter {
                 }
             }
         }
+        self.moves_reconcile();
         reads.extend(self.settlement_reconcile(open));
         self.track_discovery(&reads);
         reads
@@ -538,6 +568,7 @@ impl Adapter for DramatiqAdapter {
         self.acks_left.clear();
         self.discovering.clear();
         self.deferred.clear();
+        self.moves_forget();
     }
 }
 

@@ -264,9 +264,9 @@ impl DramatiqAdapter {
             )));
         }
         if self
-            .highest_retry
+            .copies
             .get(&k.message_id)
-            .is_some_and(|r| *r > k.retries)
+            .is_some_and(|c| c.highest > k.retries)
         {
             // The Retries middleware enqueued a copy before acking this one.
             let queue = k.queue.clone();
