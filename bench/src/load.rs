@@ -52,7 +52,8 @@ pub struct LoadArgs {
     #[arg(long)]
     pub json: bool,
     /// On stderr: tasks shown more than 500 ms after their final write (by outcome, a sample
-    /// of ids with their transitions) and tasks never shown (by outcome).
+    /// of ids with their transitions) and tasks never shown (by outcome); taskscope's log is
+    /// kept in the temporary directory.
     #[arg(long)]
     pub explain: bool,
     /// The taskscope binary to run (the global `--taskscope`).
@@ -556,6 +557,15 @@ async fn run_flavor(
     let api = Api::new(format!("http://127.0.0.1:{port}"))?;
     let result = watched_run(clients, &api, &mut child, flavor, rate, args, seed ^ 0xFF).await;
     child.stop(Duration::from_secs(10));
+    if args.explain {
+        // The run's directory goes with it: its server log is kept (`TASKSCOPE_LOG` sets the
+        // level).
+        let kept = std::env::temp_dir().join(format!("taskscope-bench-{}.log", flavor.as_str()));
+        match std::fs::copy(&log, &kept) {
+            Ok(_) => eprintln!("taskscope's log: {}", kept.display()),
+            Err(e) => eprintln!("cannot keep taskscope's log {}: {e}", log.display()),
+        }
+    }
     // 3. Without taskscope but with the keyspace notifications it turned on (still set): how
     // much of its cost to Redis is the notifications themselves.
     let notify_only = if args.no_baseline || result.is_err() {
