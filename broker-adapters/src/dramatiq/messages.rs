@@ -62,14 +62,22 @@ impl DramatiqAdapter {
         out
     }
 
-    pub(super) fn on_dead_list(&mut self, key: &str, reply: Reply) -> Output {
-        let fresh: Vec<String> = reply
+    /// The redis ids of a page of dead letters (`ZRANGE ... WITHSCORES` of `<q>.XQ`), oldest
+    /// first.
+    pub(super) fn dead_page_ids(reply: Reply) -> Vec<String> {
+        reply
             .into_pairs()
             .into_iter()
             .filter_map(|(id, _)| {
                 id.as_bytes()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
             })
+            .collect()
+    }
+
+    pub(super) fn on_dead_list(&mut self, key: &str, reply: Reply) -> Output {
+        let fresh: Vec<String> = Self::dead_page_ids(reply)
+            .into_iter()
             .filter(|id| !self.dead_seen.contains(&key128(id)))
             .collect();
         let mut out = Output::default();

@@ -183,14 +183,7 @@ impl DramatiqAdapter {
             return Output::default();
         };
         let queue = queue.to_string();
-        let ids: Vec<String> = reply
-            .into_pairs()
-            .into_iter()
-            .filter_map(|(id, _)| {
-                id.as_bytes()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-            })
-            .collect();
+        let ids = Self::dead_page_ids(reply);
         let page_full = ids.len() as i64 >= DEAD_PAGE;
         let fresh: Vec<String> = ids
             .into_iter()
