@@ -271,6 +271,41 @@ fn retried_then_success() {
     );
 }
 
+/// Thirty tasks that fail once each, sent with two hundred fast ones to a busy worker: retry
+/// copies move through the delay queue and back while the queue churns. Every flaky task ends
+/// `success` with one retry and a `retried` transition; every fast one `success`. (A moved-back
+/// message taken and finished before any read lists it, which `requeue.rs` settles, did not
+/// happen in this test's runs with a real worker; `broker-adapters/tests/dramatiq_settlement.rs`
+/// drives it write by write.)
+#[test]
+fn burst_of_retries_among_fast_tasks_all_succeed_with_one_retry() {
+    let _slot = test_slot();
+    let w = World::new();
+    let _worker = w.worker();
+    let flaky = w.produce(
+        "flaky",
+        30,
+        &DramatiqProduceOpts {
+            fail_times: Some(1),
+            ..defaults()
+        },
+    );
+    let fast = w.produce("add", 200, &defaults());
+    for id in &flaky {
+        let t =
+            w.ts.wait_task(id, "state success with retries == 1", LONG, |t| {
+                t["state"] == "success" && t["retries"] == 1
+            });
+        assert!(
+            transition_states(&t).iter().any(|s| s == "retried"),
+            "no `retried` transition: {t}"
+        );
+    }
+    for id in &fast {
+        w.ts.wait_task(id, "state success", LONG, |t| t["state"] == "success");
+    }
+}
+
 /// add sent with `--delay 1500` (delay queue `default.DQ`, `options.eta`) to a running worker:
 /// `queued` with `eta` (queue `default`, not `default.DQ`) while it waits, then success.
 #[test]
