@@ -55,19 +55,10 @@ pub(super) struct Requeues {
     checking: HashMap<String, Vec<Moved>>,
 }
 
-impl Requeues {
-    /// Forgets every move of `message_id` with at most `retries` (its new message was read,
-    /// or its dead letter).
-    fn decided(&mut self, message_id: &str, retries: u32) {
-        for moves in self.moved.values_mut().chain(self.checking.values_mut()) {
-            moves.retain(|m| m.known.message_id != message_id || m.known.retries > retries);
-        }
-    }
-}
-
 impl DramatiqAdapter {
-    /// A message read from one of `msg.queue`'s hashes: delayed copies are remembered, and a
-    /// message read in `.msgs` or `.XQ.msgs` decides the moves of its `message_id`.
+    /// A message read from one of `msg.queue`'s hashes: delayed copies are remembered; one read
+    /// in `.msgs` or `.XQ.msgs` is noted in its [`Copies`], which [`Self::move_decided`] asks
+    /// at every decision.
     pub(super) fn note_copy(&mut self, id: &str, msg: &DramatiqMessage, part: Part) {
         match part {
             Part::Delayed => {
@@ -81,13 +72,11 @@ impl DramatiqAdapter {
                 if let Some(c) = self.copies.get_mut(&msg.message_id) {
                     c.main = Some(c.main.map_or(msg.retries, |m| m.max(msg.retries)));
                 }
-                self.requeues.decided(&msg.message_id, msg.retries);
             }
             Part::Dead => {
                 if let Some(c) = self.copies.get_mut(&msg.message_id) {
                     c.dead = true;
                 }
-                self.requeues.decided(&msg.message_id, u32::MAX);
             }
         }
     }
