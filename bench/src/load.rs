@@ -7,7 +7,6 @@ use crate::usage::{self, ProcUsage};
 use anyhow::{bail, Context};
 use fred::prelude::*;
 use serde::Serialize;
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use taskscope::loadgen::redis::{self as rio, send};
@@ -744,20 +743,19 @@ async fn watched_run(
                 Some(_) => {}
             }
         }
-        if args.explain && lost > 0 && Instant::now() > deadline {
-            let mut by_outcome = std::collections::BTreeMap::new();
-            let mut some = Vec::new();
-            for (id, o, _) in &g.tasks {
-                if !shown.contains_key(id) {
-                    *by_outcome.entry(format!("{o:?}")).or_insert(0) += 1;
-                    if some.len() < 3 {
-                        some.push(id.clone());
-                    }
-                }
-            }
-            eprintln!("lost: {by_outcome:?} e.g. {some:?}");
-        }
         if (lost == 0 && wrong == 0) || Instant::now() > deadline {
+            if args.explain && lost > 0 {
+                let never: Vec<&(String, Outcome, Option<Instant>)> = g
+                    .tasks
+                    .iter()
+                    .filter(|(id, _, _)| !shown.contains_key(id))
+                    .collect();
+                let some: Vec<&str> = never.iter().take(3).map(|t| t.0.as_str()).collect();
+                eprintln!(
+                    "lost: {:?} e.g. {some:?}",
+                    by_outcome(never.iter().map(|t| t.1))
+                );
+            }
             break (lost, wrong, examples);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -774,19 +772,21 @@ async fn watched_run(
         let a = arrivals
             .lock()
             .map_err(|_| anyhow::anyhow!("arrivals lock poisoned"))?;
-        let mut lags = Vec::with_capacity(n);
+        // Each task's lag with its index in `g.tasks`.
+        let mut timed = Vec::with_capacity(n);
         let mut last_arrival = None::<Instant>;
-        for (id, _, written) in &g.tasks {
+        for (i, (id, _, written)) in g.tasks.iter().enumerate() {
             if let (Some(w), Some(seen)) = (written, a.final_at.get(id)) {
-                lags.push(seen.saturating_duration_since(*w).as_secs_f64() * 1000.0);
+                timed.push((seen.saturating_duration_since(*w).as_secs_f64() * 1000.0, i));
                 last_arrival = Some(last_arrival.map_or(*seen, |l| l.max(*seen)));
             }
         }
         let late_ids = if args.explain {
-            late_report(&g.tasks, &a.final_at)
+            late_report(&g.tasks, &timed)
         } else {
             Vec::new()
         };
+        let lags: Vec<f64> = timed.into_iter().map(|(ms, _)| ms).collect();
         (lags, last_arrival, late_ids, a.lagged)
     };
     for id in late_ids.iter().take(3) {
@@ -813,26 +813,35 @@ async fn watched_run(
     ))
 }
 
-/// `--explain`: prints the tasks shown more than 500 ms after their final write, by outcome,
-/// with a sample of them; returns the sampled ids (their transitions are printed next).
+/// How many of `outcomes` there are of each, for `--explain`.
+fn by_outcome(
+    outcomes: impl Iterator<Item = Outcome>,
+) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for o in outcomes {
+        *counts.entry(format!("{o:?}")).or_insert(0) += 1;
+    }
+    counts
+}
+
+/// `--explain`: prints the tasks shown more than 500 ms after their final write (`timed`: lag
+/// in ms and index in `tasks`), by outcome, with a sample of them; returns the sampled ids
+/// (their transitions are printed next).
 fn late_report(
     tasks: &[(String, Outcome, Option<Instant>)],
-    final_at: &HashMap<String, Instant>,
+    timed: &[(f64, usize)],
 ) -> Vec<String> {
-    let mut late: Vec<(f64, &str, Outcome)> = tasks
+    let mut late: Vec<(f64, &str, Outcome)> = timed
         .iter()
-        .filter_map(|(id, o, w)| {
-            let seen = final_at.get(id)?;
-            let ms = seen.saturating_duration_since((*w)?).as_secs_f64() * 1000.0;
-            (ms > 500.0).then_some((ms, id.as_str(), *o))
-        })
+        .filter(|(ms, _)| *ms > 500.0)
+        .map(|&(ms, i)| (ms, tasks[i].0.as_str(), tasks[i].1))
         .collect();
     late.sort_by(|x, y| x.0.total_cmp(&y.0));
-    let mut by_outcome = std::collections::BTreeMap::new();
-    for (_, _, o) in &late {
-        *by_outcome.entry(format!("{o:?}")).or_insert(0) += 1;
-    }
-    eprintln!("late (> 500 ms): {} {:?}", late.len(), by_outcome);
+    eprintln!(
+        "late (> 500 ms): {} {:?}",
+        late.len(),
+        by_outcome(late.iter().map(|l| l.2))
+    );
     let mut sampled = Vec::new();
     for (ms, id, o) in late.iter().step_by((late.len() / 8).max(1)) {
         eprintln!("  {ms:.0} ms {id} {o:?}");
